@@ -1,0 +1,70 @@
+"""Shared fixtures: unique shared-memory names, and cleanup that runs even when
+a test fails (segments unlinked, child processes killed)."""
+
+import os
+import uuid
+
+import posix_ipc
+import pytest
+
+SHM_PREFIX = "shmtest"
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        posix_ipc.unlink_shared_memory("/" + name.lstrip("/"))
+    except posix_ipc.ExistentialError:
+        pass
+
+
+@pytest.fixture
+def shm_name():
+    """A segment name unique to this test; whatever has it is unlinked after."""
+    name = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    yield name
+    _unlink_quietly(name)
+
+
+@pytest.fixture
+def shm_names():
+    """A factory of unique segment names, all unlinked after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        _unlink_quietly(name)
+
+
+@pytest.fixture
+def reap():
+    """Register processes (multiprocessing or subprocess.Popen); all are
+    killed and reaped after the test, pass or fail."""
+    procs = []
+    yield procs.append
+    for p in procs:
+        try:
+            if hasattr(p, "poll"):  # subprocess.Popen
+                if p.poll() is None:
+                    p.kill()
+                p.wait(timeout=10)
+            else:  # multiprocessing.Process
+                if p.is_alive():
+                    p.kill()
+                p.join(timeout=10)
+        except Exception:  # noqa: BLE001 - cleanup must go on for the others
+            pass
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail loudly if any test left a segment of ours in /dev/shm."""
+    leaked = [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}-{os.getpid()}-")]
+    for n in leaked:
+        _unlink_quietly(n)
+    if leaked:
+        session.exitstatus = 1
+        print(f"\nERROR: tests left shared-memory segments behind: {leaked}")
