@@ -1,0 +1,758 @@
+"""Configuration: one TOML file, validated whole, once, at startup.
+
+Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[score]``,
+``[score.weights]``.  A missing key takes its default; ``Config()`` is the
+all-defaults configuration.
+
+Where the defaults come from
+    Every ``[score]`` and ``[score.weights]`` key, its meaning and its default
+    are defined by SCORING.md, the reference definition of the score; the
+    values here copy it exactly and ``tests/test_config.py`` checks them key by
+    key.  ``[engine]`` and ``[ingest]`` are operational settings owned by this
+    module.  Each key's meaning, unit and range is written once, as the
+    ``doc`` of its field below; ``render_defaults()`` prints those docs as the
+    comments of a complete default file, which loads back to ``Config()``.
+
+Validation policy
+    A configuration is accepted whole or refused: nothing is clamped, ignored
+    or silently defaulted.  Unknown sections and keys are errors (a typo must
+    not leave a default in force), with the closest valid key suggested.
+    Integer keys take TOML integers only; float keys take floats or integers
+    (converted to float); a boolean is never a number; floats must be finite.
+    Ranges and cross-key rules are checked in ``__post_init__``, so every
+    instance is valid however it was made (``from_dict``, ``with_overrides``,
+    ``dataclasses.replace`` or a constructor call).  The first problem found
+    raises ``ConfigError`` naming the key and the value, e.g.
+    ``score.limit_critical = 120 must be < score.max_queue (100)``.
+
+Rules for callers
+    Instances are immutable; derive new ones with ``with_overrides`` or
+    ``dataclasses.replace``.  The kernels receive the score parameters only as
+    ``ScoreConfig.to_params()``, whose positions are those of
+    ``kernels.params``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import textwrap
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kernels import params as kp
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "CurveConfig",
+    "EngineConfig",
+    "IngestConfig",
+    "ScoreConfig",
+    "Weights",
+    "load_config",
+    "parse_override",
+    "render_config",
+    "render_defaults",
+    "with_overrides",
+]
+
+MAX_CAPACITY = 16_777_216
+MIN_FRAME_BYTES = 1024
+# Integer keys end up in the float64 parameter vector; keep them exact there.
+_MAX_INT = 2**53
+_MAX_ZMQ_INT = 2**31 - 1
+
+# Field kinds: how a value is type-checked and written to TOML.
+_INT, _FLOAT, _STR, _MODE, _SECTION = "int", "float", "str", "mode", "section"
+
+
+def _key(kind: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"kind": kind, "doc": doc})
+
+
+def _section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"kind": _SECTION, "doc": doc})
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+# --------------------------------------------------------------------------
+# Showing values in messages
+
+
+def _show(value: Any) -> str:
+    """A value as the user would write it in TOML (floats exactly)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        return "{...}"
+    return repr(value)
+
+
+def _num(value: Any) -> str:
+    """A checked number for a range message: integral floats without ``.0``
+    (the user most likely wrote ``120``, which was stored as ``120.0``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return _show(value)
+
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string"}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _type_error(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{key} = {_show(value)} has type {_type_name(value)}, expected {expected}")
+
+
+# --------------------------------------------------------------------------
+# Type checks: one per kind; each returns the value as stored.
+
+
+def _as_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(key, value, "a float (an integer is accepted)")
+    try:
+        result = float(value)
+    except OverflowError as err:
+        raise ConfigError(f"{key} = {_show(value)} is out of float64 range") from err
+    if not math.isfinite(result):
+        raise ConfigError(f"{key} = {_show(value)} must be finite")
+    return result
+
+
+def _as_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(key, value, "an integer")
+    if abs(value) > _MAX_INT:
+        raise ConfigError(f"{key} = {value} is too large (limit 2**53)")
+    return value
+
+
+def _as_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _type_error(key, value, "a string")
+    return value
+
+
+_OCTAL = re.compile(r"(?:0o)?([0-7]{1,4})")
+
+
+def _as_mode(key: str, value: Any) -> int:
+    if isinstance(value, str):
+        m = _OCTAL.fullmatch(value.strip())
+        if m is None:
+            raise ConfigError(
+                f'{key} = {_show(value)} is not an octal mode (write 0o640 or "0640")'
+            )
+        return int(m.group(1), 8)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(key, value, 'an octal integer like 0o640 or a string like "0640"')
+    return value
+
+
+_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode}
+
+
+class _Section:
+    """Behaviour shared by the section dataclasses: type checks, then the
+    section's own range and consistency rules (``_validate``)."""
+
+    PATH: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            kind = f.metadata["kind"]
+            key = _join(self.PATH, f.name)
+            value = getattr(self, f.name)
+            if kind == _SECTION:
+                if not isinstance(value, f.default_factory):
+                    raise ConfigError(
+                        f"{key} must be a {f.default_factory.__name__}, got {_type_name(value)}"
+                    )
+                continue
+            object.__setattr__(self, f.name, _CHECK[kind](key, value))
+        self._validate()
+
+    def _validate(self) -> None:
+        pass
+
+    # Rule helpers: the message always names the key and its value.
+    def _fail(self, name: str, rule: str) -> None:
+        raise ConfigError(f"{_join(self.PATH, name)} = {_num(getattr(self, name))} {rule}")
+
+    def _ref(self, name: str) -> str:
+        return f"{_join(self.PATH, name)} ({_num(getattr(self, name))})"
+
+    def _unit_interval(self, *names: str, low_open: bool = True) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if low_open and not 0 < v <= 1:
+                self._fail(name, "must be in (0, 1]")
+            if not low_open and not 0 <= v <= 1:
+                self._fail(name, "must be in [0, 1]")
+
+    def _at_least(self, low: float, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < low:
+                self._fail(name, f"must be >= {low}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) <= 0:
+                self._fail(name, "must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-shaped nested dict of this section (plain values)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if f.metadata["kind"] == _SECTION else value
+        return out
+
+
+# --------------------------------------------------------------------------
+# [engine]
+
+
+@dataclass(frozen=True)
+class EngineConfig(_Section):
+    """``[engine]``: the engine process, its segment and its tick."""
+
+    PATH: ClassVar[str] = "engine"
+
+    capacity: int = _key(
+        _INT, 16384,
+        "Node slots in the shared-memory segment: the most nodes tracked at "
+        "once. A heartbeat from a new node when every slot is taken is rejected "
+        f"(registry_full). Integer, 1..{MAX_CAPACITY}.")
+    tick_interval_ms: int = _key(
+        _INT, 50,
+        "Period of the scoring tick, milliseconds. Replay also uses it to turn "
+        "tick counts into heartbeat ages. Integer >= 1.")
+    forget_after_s: float = _key(
+        _FLOAT, 300.0,
+        "A node whose last heartbeat is at least this old is forgotten at the "
+        "start of a tick and its slot freed. Seconds, > 0.")
+    shm_mode: int = _key(
+        _MODE, 0o600,
+        'Permission bits of the shared-memory segment, octal (0o640 or "0640"). '
+        "Must include owner read+write (0o600); only read/write bits (within "
+        "0o666) are allowed.")
+    restart_backoff_min_s: float = _key(
+        _FLOAT, 0.5,
+        "Shortest delay before a failed child process is restarted; repeated "
+        "failures lengthen it up to restart_backoff_max_s. Seconds, > 0.")
+    restart_backoff_max_s: float = _key(
+        _FLOAT, 10.0,
+        "Longest restart delay. Seconds, >= restart_backoff_min_s.")
+    parent_check_interval_s: float = _key(
+        _FLOAT, 0.5,
+        "How often a child process checks that its parent is still alive "
+        "(and exits if not). Seconds, > 0.")
+
+    def _validate(self) -> None:
+        if not 1 <= self.capacity <= MAX_CAPACITY:
+            self._fail("capacity", f"must be in 1..{MAX_CAPACITY}")
+        self._at_least(1, "tick_interval_ms")
+        self._positive("forget_after_s", "restart_backoff_min_s", "parent_check_interval_s")
+        mode = self.shm_mode
+        if mode & 0o600 != 0o600 or mode & ~0o666:
+            hint = ""
+            if re.fullmatch(r"[0-7]{3,4}", str(mode)):
+                # `shm_mode = 600` in TOML is decimal 600 = 0o1130.
+                hint = f" (a TOML integer without 0o is decimal: did you mean 0o{mode}?)"
+            raise ConfigError(
+                f"engine.shm_mode = {mode:#o} must include owner read+write (0o600) "
+                f"and no bits outside 0o666 (no execute, setuid, setgid or sticky){hint}"
+            )
+        if self.restart_backoff_min_s > self.restart_backoff_max_s:
+            self._fail("restart_backoff_min_s", f"must be <= {self._ref('restart_backoff_max_s')}")
+
+
+# --------------------------------------------------------------------------
+# [ingest] and [ingest.curve]
+
+_BIND = re.compile(
+    r"tcp://(?:\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|[0-9]{1,5})"
+    r"|ipc://.+"
+    r"|inproc://.+"
+)
+
+
+@dataclass(frozen=True)
+class CurveConfig(_Section):
+    """``[ingest.curve]``: CURVE security of the heartbeat socket; both keys
+    empty means CURVE off, both set means on."""
+
+    PATH: ClassVar[str] = "ingest.curve"
+
+    server_secret_key_file: str = _key(
+        _STR, "",
+        "File holding the server's CURVE secret key (zmq.auth key-file format). "
+        "Empty, with authorized_keys_dir empty too: CURVE off. Set both to turn "
+        "CURVE on.")
+    authorized_keys_dir: str = _key(
+        _STR, "",
+        "Directory of the public key files of the clients allowed to send "
+        "heartbeats. Set together with server_secret_key_file.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server_secret_key_file)
+
+    def _validate(self) -> None:
+        secret, keys = self.server_secret_key_file, self.authorized_keys_dir
+        if bool(secret) != bool(keys):
+            set_name, empty_name = (
+                ("server_secret_key_file", "authorized_keys_dir") if secret
+                else ("authorized_keys_dir", "server_secret_key_file")
+            )
+            raise ConfigError(
+                f"{self.PATH}.{set_name} = {_show(getattr(self, set_name))} is set but "
+                f"{self.PATH}.{empty_name} is empty: set both (CURVE on) or neither (CURVE off)"
+            )
+
+
+@dataclass(frozen=True)
+class IngestConfig(_Section):
+    """``[ingest]``: the heartbeat socket and its intake loop."""
+
+    PATH: ClassVar[str] = "ingest"
+
+    bind: str = _key(
+        _STR, "tcp://127.0.0.1:7710",
+        "ZeroMQ endpoint the heartbeat socket binds: tcp://host:port (port may "
+        "be * for any free port), ipc://path or inproc://name.")
+    max_frame_bytes: int = _key(
+        _INT, 1048576,
+        "Largest heartbeat frame accepted; a larger one is rejected unparsed. "
+        f"Bytes, integer >= {MIN_FRAME_BYTES}.")
+    drain_batch: int = _key(
+        _INT, 1024,
+        "Most frames drained from the socket per loop turn before the loop "
+        "does its other work. Integer >= 1.")
+    rcvhwm: int = _key(
+        _INT, 100000,
+        "Receive high-water mark of the socket (ZMQ_RCVHWM): frames queued "
+        f"before ZeroMQ drops new ones. Integer, 0..{_MAX_ZMQ_INT}; 0 means no limit.")
+    reject_log_interval_s: float = _key(
+        _FLOAT, 1.0,
+        "Rejected heartbeats are logged as a summary at most once per this "
+        "interval (the counters are always exact). Seconds, > 0.")
+    curve: CurveConfig = _section(CurveConfig, "CURVE authentication and encryption "
+                                  "of the heartbeat socket. Both keys empty: CURVE off.")
+
+    def _validate(self) -> None:
+        m = _BIND.fullmatch(self.bind)
+        port = m.group("port") if m else None
+        if m is None or (port not in (None, "*") and not 1 <= int(port) <= 65535):
+            self._fail("bind", "must look like tcp://host:port (port 1..65535 or *), "
+                               "ipc://path or inproc://name")
+        self._at_least(MIN_FRAME_BYTES, "max_frame_bytes")
+        self._at_least(1, "drain_batch")
+        if not 0 <= self.rcvhwm <= _MAX_ZMQ_INT:
+            self._fail("rcvhwm", f"must be in 0..{_MAX_ZMQ_INT}")
+        self._positive("reject_log_interval_s")
+
+
+# --------------------------------------------------------------------------
+# [score] and [score.weights]: SCORING.md, step numbers in the docs.
+
+
+@dataclass(frozen=True)
+class Weights(_Section):
+    """``[score.weights]``: base weights of the goodness terms in ``core``."""
+
+    PATH: ClassVar[str] = "score.weights"
+
+    cpu: float = _key(_FLOAT, 0.20, "Base weight of g_cpu in core (step 6). >= 0.")
+    mem: float = _key(_FLOAT, 0.15, "Base weight of g_mem. >= 0.")
+    io: float = _key(_FLOAT, 0.05, "Base weight of g_io (nodes that report io). >= 0.")
+    wait: float = _key(
+        _FLOAT, 0.25,
+        "Base weight of g_wait; pressure adds k1*P to it. >= 0. cpu + mem + wait "
+        "must be > 0: they are the whole denominator of core for a node that "
+        "reports no optional metric.")
+    throughput: float = _key(
+        _FLOAT, 0.15,
+        "Base weight of g_tput (nodes that report throughput); pressure adds "
+        "k2*P to it. >= 0.")
+    success: float = _key(_FLOAT, 0.15, "Base weight of g_succ (nodes that report ok/err). >= 0.")
+    tail: float = _key(_FLOAT, 0.05, "Base weight of g_tail (nodes that report p50/p95). >= 0.")
+
+    def _validate(self) -> None:
+        self._at_least(0, *(f.name for f in fields(self)))
+        if self.cpu + self.mem + self.wait <= 0:
+            raise ConfigError(
+                f"{self._ref('cpu')} + {self._ref('mem')} + {self._ref('wait')} "
+                "must be > 0: they are the denominator of core for a node that "
+                "reports no optional metric"
+            )
+
+
+@dataclass(frozen=True)
+class ScoreConfig(_Section):
+    """``[score]``: every parameter of the score (SCORING.md)."""
+
+    PATH: ClassVar[str] = "score"
+
+    alpha_queue: float = _key(
+        _FLOAT, 0.3,
+        "EMA weight of the newest queue length (step 1): "
+        "qema = alpha_queue*queue + (1-alpha_queue)*qema. In (0, 1].")
+    max_cpu: float = _key(
+        _FLOAT, 0.98,
+        "CPU busy fraction at which g_cpu reaches 0 and the breaker trips "
+        "(steps 3, 8). In (0, 1].")
+    max_mem: float = _key(
+        _FLOAT, 0.95,
+        "Memory used fraction at which g_mem reaches 0 and the breaker trips "
+        "(steps 3, 8). In (0, 1].")
+    max_wait_s: float = _key(
+        _FLOAT, 30.0,
+        "Sojourn time (qema * avg_job_s) at which g_wait reaches 0 and the "
+        "breaker trips; it also scales the global pressure P (steps 3, 5, 8). "
+        "Seconds, > 0.")
+    max_tail_ratio: float = _key(
+        _FLOAT, 3.0,
+        "p95/p50 latency ratio at which g_tail reaches 0 (step 3). > 1.")
+    suspect_after_s: float = _key(
+        _FLOAT, 2.0,
+        "Heartbeat age up to which liveness L = 1 (step 4). Seconds, >= 0, "
+        "< dead_after_s.")
+    dead_after_s: float = _key(
+        _FLOAT, 10.0,
+        "Heartbeat age from which L = 0 and the node is DEAD; L falls linearly "
+        "in between (step 4). Seconds, > suspect_after_s.")
+    k1: float = _key(
+        _FLOAT, 0.5,
+        "Weight added to wait per unit of global pressure: w_wait += k1*P "
+        "(step 6). >= 0.")
+    k2: float = _key(
+        _FLOAT, 0.3,
+        "Weight added to throughput per unit of global pressure: "
+        "w_throughput += k2*P (step 6). >= 0.")
+    max_queue: float = _key(
+        _FLOAT, 100.0,
+        "Queue EMA at which backpressure B reaches 0 and the breaker trips "
+        "(steps 7, 8). Jobs, > 0.")
+    limit_critical: float = _key(
+        _FLOAT, 50.0,
+        "Queue EMA up to which B = 1; B falls linearly to 0 at max_queue "
+        "(step 7). Jobs, >= 0, < max_queue.")
+    min_requests: int = _key(
+        _INT, 20,
+        "Fewest ok + err in a heartbeat for its error rate to trip the breaker "
+        "(step 8). Integer >= 1.")
+    max_error_rate: float = _key(
+        _FLOAT, 0.5,
+        "Error rate err/(ok+err) at or above which the breaker trips (step 8). "
+        "In (0, 1].")
+    beta: float = _key(
+        _FLOAT, 0.5,
+        "Smoothing weight of the newest raw score: s = beta*raw + (1-beta)*s_prev "
+        "(step 10). In (0, 1]; 1 means no smoothing.")
+    t_degraded: float = _key(
+        _FLOAT, 0.40,
+        "Smoothed score below which a node is DEGRADED (step 11). In (0, 1].")
+    t_overloaded: float = _key(
+        _FLOAT, 0.20,
+        "Smoothed score below which a node is OVERLOADED (step 11). "
+        ">= 0, < t_degraded.")
+    delta: float = _key(
+        _FLOAT, 0.10,
+        "Hysteresis margin: a node moves to a better state only at threshold + "
+        "delta; a quarantined node's good tick needs raw >= t_degraded + delta "
+        "(steps 11, 12). >= 0.")
+    flap_window: int = _key(
+        _INT, 50,
+        "Decay window of the flap counter: flap = flap*(1 - 1/flap_window) + c "
+        "(step 12). Ticks, integer >= 1.")
+    max_flaps: float = _key(
+        _FLOAT, 6.0,
+        "Flap value at which a node is quarantined (step 12). > 0.")
+    max_quarantined_fraction: float = _key(
+        _FLOAT, 0.5,
+        "Most nodes quarantined at once, as a fraction of live nodes: "
+        "floor(fraction * live) (step 12). In [0, 1]; 0 disables quarantine.")
+    quarantine_memory: int = _key(
+        _INT, 1000,
+        "Consecutive ticks live and out of quarantine after which a node's "
+        "quarantine count n resets to 0 (step 12). Ticks, integer >= 1.")
+    probation_ticks: int = _key(
+        _INT, 30,
+        "Consecutive good ticks a quarantined node needs for release, times "
+        "min(n, max_backoff) (step 12). Ticks, integer >= 1.")
+    max_backoff: int = _key(
+        _INT, 8,
+        "Cap of the probation multiplier min(n, max_backoff) for repeat "
+        "offenders (step 12). Integer >= 1.")
+    weights: Weights = _section(
+        Weights, "Base weights of the goodness terms in core (SCORING.md step 6). "
+        "They are relative: core divides by the sum of the weights of the "
+        "metrics a node reports, so they need not sum to 1.")
+
+    def _validate(self) -> None:
+        self._unit_interval("alpha_queue", "max_cpu", "max_mem")
+        self._positive("max_wait_s")
+        if self.max_tail_ratio <= 1:
+            self._fail("max_tail_ratio", "must be > 1")
+        self._at_least(0, "suspect_after_s")
+        if self.suspect_after_s >= self.dead_after_s:
+            self._fail("suspect_after_s", f"must be < {self._ref('dead_after_s')}")
+        self._at_least(0, "k1", "k2")
+        self._positive("max_queue")
+        self._at_least(0, "limit_critical")
+        if self.limit_critical >= self.max_queue:
+            self._fail("limit_critical", f"must be < {self._ref('max_queue')}")
+        self._at_least(1, "min_requests")
+        self._unit_interval("max_error_rate", "beta", "t_degraded")
+        self._at_least(0, "t_overloaded")
+        if self.t_overloaded >= self.t_degraded:
+            self._fail("t_overloaded", f"must be < {self._ref('t_degraded')}")
+        self._at_least(0, "delta")
+        self._at_least(1, "flap_window")
+        self._positive("max_flaps")
+        self._unit_interval("max_quarantined_fraction", low_open=False)
+        self._at_least(1, "quarantine_memory", "probation_ticks", "max_backoff")
+
+    def to_params(self) -> np.ndarray:
+        """The kernels' float64 parameter vector, positions from ``kernels.params``."""
+        out = np.empty(kp.N_PARAMS, dtype=np.float64)
+        for index, name in enumerate(kp.PARAM_NAMES):
+            out[index] = _lookup(self, name)
+        return out
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------
+# The whole file
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """The whole configuration: ``.engine``, ``.ingest`` (``.curve``),
+    ``.score`` (``.weights``)."""
+
+    PATH: ClassVar[str] = ""
+
+    engine: EngineConfig = _section(
+        EngineConfig, "The engine process: shared-memory segment, tick, supervision.")
+    ingest: IngestConfig = _section(IngestConfig, "Heartbeat intake over ZeroMQ.")
+    score: ScoreConfig = _section(
+        ScoreConfig, "The desirability score. Every key and default is defined "
+        "in SCORING.md; step numbers refer to it.")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build from the nested TOML-shaped dict; missing keys take defaults."""
+        return _build(cls, data, "")
+
+
+def _all_keys(cls: type, path: str = "") -> dict[str, str]:
+    """Every dotted name of the schema -> its kind (sections included)."""
+    out: dict[str, str] = {}
+    for f in fields(cls):
+        name = _join(path, f.name)
+        out[name] = f.metadata["kind"]
+        if f.metadata["kind"] == _SECTION:
+            out.update(_all_keys(f.default_factory, name))
+    return out
+
+
+_ALL_KEYS = _all_keys(Config)
+
+
+def _display(dotted: str, is_section: bool) -> str:
+    return f"[{dotted}]" if is_section else dotted
+
+
+def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
+    is_section = isinstance(value, Mapping)
+    what = "section" if is_section else ("key" if path else "top-level key")
+    bad = _display(_join(path, str(name)), is_section)
+    local = [f.name for f in fields(cls)]
+    close = difflib.get_close_matches(str(name), local, n=1, cutoff=0.6)
+    if close:
+        guess = _join(path, close[0])
+    else:
+        # Right key, wrong section (e.g. `beta` under [engine]): match by last part.
+        by_last: dict[str, str] = {}
+        for dotted in _ALL_KEYS:
+            by_last.setdefault(dotted.rsplit(".", 1)[-1], dotted)
+        close = difflib.get_close_matches(str(name), list(by_last), n=1, cutoff=0.75)
+        guess = by_last[close[0]] if close else ""
+    if guess:
+        hint = f" (did you mean {_display(guess, _ALL_KEYS[guess] == _SECTION)}?)"
+    else:
+        hint = f"; valid names in {_display(path, True) if path else 'the file'}: " + ", ".join(local)
+    return ConfigError(f"unknown {what} {bad}{hint}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{path} = {_show(data)} has type {_type_name(data)}, expected a table (section [{path}])"
+            if path else f"configuration must be a table, got {_type_name(data)}"
+        )
+    by_name = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = by_name.get(name)
+        if f is None:
+            raise _unknown(cls, path, name, value)
+        if f.metadata["kind"] == _SECTION:
+            value = _build(f.default_factory, value, _join(path, name))
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives ``Config()``.
+
+    Every error (missing file, TOML syntax, bad key or value) is a
+    ``ConfigError`` whose message starts with the file name.
+    """
+    if path is None:
+        return Config()
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{name}: config file not found") from err
+    except OSError as err:
+        raise ConfigError(f"{name}: cannot read config file: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{name}: invalid TOML: {err}") from err
+    try:
+        return Config.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def with_overrides(config: Config, dotted: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` with dotted keys replaced, validated as a whole,
+    e.g. ``with_overrides(cfg, {"score.beta": 0.7, "score.weights.cpu": 0.3})``."""
+    data = config.to_dict()
+    for key, value in dotted.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override key {key!r} is malformed (expected section.key)")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})  # an unknown section is reported by from_dict
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {key}: {'.'.join(parts[:depth + 1])} is a key, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return Config.from_dict(data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"score.beta=0.7"`` -> ``("score.beta", 0.7)``, for command lines.
+
+    The right side is read as a TOML value (``0.7``, ``true``, ``"x"``); text
+    that is not one (``tcp://host:1``, ``0640``) is taken as a bare string.
+    """
+    key, sep, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+# --------------------------------------------------------------------------
+# Writing TOML
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(kind: str, value: Any) -> str:
+    if kind == _FLOAT:
+        return repr(float(value))  # shortest round-tripping form, always has '.' or 'e'
+    if kind == _MODE:
+        return f"{value:#o}"
+    if kind == _STR:
+        return _toml_string(value)
+    return str(value)
+
+
+def _comment(text: str, width: int = 78) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, width - 2)]
+
+
+def render_config(config: Config) -> str:
+    """``config`` as a complete, commented TOML file; ``load_config`` reads it
+    back to an equal ``Config``."""
+    lines = _comment(
+        "shm-engine configuration. Every key is listed with its meaning, unit "
+        "and range. A key left out takes its default; an unknown key is an "
+        "error. The [score] keys are defined in SCORING.md."
+    )
+
+    def emit(section: _Section, path: str, doc: str) -> None:
+        lines.extend(["", f"[{path}]"])
+        lines.extend(_comment(doc))
+        subsections = []
+        for f in fields(section):  # type: ignore[arg-type]
+            kind = f.metadata["kind"]
+            if kind == _SECTION:
+                subsections.append(f)
+                continue
+            lines.append("")
+            lines.extend(_comment(f.metadata["doc"]))
+            lines.append(f"{f.name} = {_toml_value(kind, getattr(section, f.name))}")
+        for f in subsections:
+            emit(getattr(section, f.name), _join(path, f.name), f.metadata["doc"])
+
+    for f in fields(config):
+        emit(getattr(config, f.name), f.name, f.metadata["doc"])
+    return "\n".join(lines) + "\n"
+
+
+def render_defaults() -> str:
+    """The default configuration as a complete, commented TOML file."""
+    return render_config(Config())
