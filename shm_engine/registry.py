@@ -1,0 +1,164 @@
+"""The node registry: node id -> slot, owned by the ingest process.
+
+Invariants:
+- A node is registered by its first accepted heartbeat into the lowest free
+  slot; forgetting frees the slot; a later heartbeat registers it anew (new
+  generation, so the tick starts it fresh).
+- Every registration change happens between `slot_change_begin` and
+  `slot_change_end` (odd ``slot_gen`` meanwhile), and bumps the header's
+  ``registry_epoch`` afterwards, so readers know to refresh their id maps.
+- Only one process writes the registry; the replay driver uses the same
+  class over a private mapping, so live and replay share the slot logic.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from .layout import ZONE_BYTES, SegmentViews
+from .table import slot_change_begin, slot_change_end
+
+
+def decode_id(raw: np.ndarray) -> bytes:
+    """Node id bytes from a NUL-padded u1 row."""
+    return bytes(raw).split(b"\0", 1)[0]
+
+
+class NodeRegistry:
+    """Registry over the ``registry`` region and header counters of ``views``.
+
+    Constructing it adopts whatever the segment already holds (an ingest
+    restarted after a crash keeps every node), repairing slots a crashed
+    writer left mid-change."""
+
+    def __init__(self, views: SegmentViews):
+        self._views = views
+        self._reg = views.registry
+        self._hdr = views.header
+        self._table = views.table
+        self.capacity = views.layout.capacity
+        self._slots: dict[bytes, int] = {}
+        self._free: list[int] = []
+        self._hwm = int(self._hdr.slot_hwm[0])
+        self._adopt()
+
+    def _adopt(self) -> None:
+        reg, table = self._reg, self._table
+        for s in np.flatnonzero(reg.slot_gen[: self._hwm] & 1):
+            # A writer died during a registration change: drop the slot.
+            reg.registered[s] = 0
+            slot_change_end(reg.slot_gen, int(s))
+        for s in np.flatnonzero(reg.meta_version[: self._hwm] & 1):
+            slot_change_end(reg.meta_version, int(s))
+        for s in np.flatnonzero(table.row_version[: self._hwm] & 1):
+            # A writer died mid-row: the row holds fields of this node's two
+            # latest heartbeats, each valid; publish it as is.
+            table.row_version[s] += 1
+        for s in range(self._hwm):
+            if reg.registered[s]:
+                self._slots[decode_id(reg.node_id[s])] = s
+            else:
+                self._free.append(s)
+        heapq.heapify(self._free)
+        self._hdr.registered[0] = len(self._slots)
+
+    # ------------------------------------------------------------ lookups --
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._slots
+
+    def get(self, key: bytes, default: int = -1) -> int:
+        return self._slots.get(key, default)
+
+    def items(self):
+        return self._slots.items()
+
+    @property
+    def hwm(self) -> int:
+        """1 + the highest slot ever used."""
+        return self._hwm
+
+    # ------------------------------------------------------------ changes --
+    def register(self, key: bytes, zone: bytes = b"", labels: bytes | None = None) -> int:
+        """Register ``key`` in the lowest free slot; -1 when full.
+
+        The caller has validated ``key`` (1..63 bytes of UTF-8)."""
+        if self._free:
+            slot = heapq.heappop(self._free)
+        elif self._hwm < self.capacity:
+            slot = self._hwm
+            self._hwm += 1
+            self._hdr.slot_hwm[0] = self._hwm
+        else:
+            return -1
+        reg = self._reg
+        slot_change_begin(reg.slot_gen, slot)
+        reg.node_id[slot] = 0
+        reg.node_id[slot, : len(key)] = np.frombuffer(key, np.uint8)
+        self._set_meta(slot, zone, labels)
+        reg.registered[slot] = 1
+        slot_change_end(reg.slot_gen, slot)
+        self._slots[key] = slot
+        self._hdr.registered[0] = len(self._slots)
+        self._hdr.registry_epoch[0] += 1
+        return slot
+
+    def set_meta(self, slot: int, zone: bytes, labels: bytes | None) -> None:
+        """Replace a registered slot's zone and labels (from its latest heartbeat)."""
+        reg = self._reg
+        zlen = len(zone)
+        llen = len(labels) if labels else 0
+        if (reg.labels_len[slot] == llen and not reg.zone[slot, zlen:].any()
+                and bytes(reg.zone[slot, :zlen]) == zone
+                and (llen == 0 or bytes(reg.labels[slot, :llen]) == labels)):
+            return  # unchanged: the common case, no generation bump
+        # Not a new registration, so not slot_gen: the tick would start the
+        # node fresh.  Readers of zone/labels check meta_version instead.
+        slot_change_begin(reg.meta_version, slot)
+        self._set_meta(slot, zone, labels)
+        slot_change_end(reg.meta_version, slot)
+        self._hdr.registry_epoch[0] += 1
+
+    def _set_meta(self, slot: int, zone: bytes, labels: bytes | None) -> None:
+        reg = self._reg
+        reg.zone[slot] = 0
+        if zone:
+            reg.zone[slot, : min(len(zone), ZONE_BYTES - 1)] = np.frombuffer(zone, np.uint8)
+        n = len(labels) if labels else 0
+        reg.labels_len[slot] = n
+        if n:
+            reg.labels[slot, :n] = np.frombuffer(labels, np.uint8)
+
+    def free(self, slot: int) -> None:
+        """Forget the node in ``slot``."""
+        reg = self._reg
+        key = decode_id(reg.node_id[slot])
+        slot_change_begin(reg.slot_gen, slot)
+        reg.registered[slot] = 0
+        reg.node_id[slot] = 0
+        reg.labels_len[slot] = 0
+        slot_change_end(reg.slot_gen, slot)
+        self._slots.pop(key, None)
+        heapq.heappush(self._free, slot)
+        self._hdr.registered[0] = len(self._slots)
+        self._hdr.registry_epoch[0] += 1
+
+    def forget_older_than(self, now: float, forget_after_s: float,
+                          age_mul: float = 1.0, age_div: float = 1.0) -> list[int]:
+        """Free every node whose age is >= ``forget_after_s``; returns the slots.
+
+        Ages are computed as in `table.gather_inputs`."""
+        hwm = self._hwm
+        if hwm == 0:
+            return []
+        reg, recv = self._reg.registered[:hwm], self._table.recv_time[:hwm]
+        age = ((now - recv) * age_mul) / age_div
+        slots = np.flatnonzero((reg != 0) & (age >= forget_after_s))
+        for s in slots:
+            self.free(int(s))
+        return [int(s) for s in slots]
+

@@ -1,0 +1,194 @@
+"""Writing heartbeat rows (ingest) and gathering a consistent tick input (tick worker).
+
+Invariant: the tick never uses a half-written row or a slot whose
+registration is changing.  The ingest, the only writer of the table and the
+registry, writes each row between two increments of ``row_version`` and
+changes a slot's registration between two increments of ``slot_gen`` (odd
+while in progress).  The gather copies a row and re-checks both counters.
+
+Rules for callers:
+- Only the ingest calls `write_rows`, `slot_change_begin`/`slot_change_end`.
+- `gather_inputs` runs in the tick worker; a slot that stays inconsistent for
+  ``MAX_SPINS`` attempts (its writer died mid-write) keeps the inputs of the
+  previous tick and is counted in the return value; the restarted ingest
+  repairs such slots (`repair_after_crash`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels.params import UNREGISTERED
+
+from .ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
+                       store_relaxed_u64, store_release_u64)
+
+MAX_SPINS = 10_000
+_ONE = np.uint64(1)
+_TWO = np.uint64(2)
+
+
+@njit(cache=True, nogil=True)
+def write_rows(row_version, recv_time, cpu, mem, queue, avg_job_s, throughput, ok, err, io,
+               p50_ms, p95_ms, ts, reported,
+               slots, r_cpu, r_mem, r_queue, r_avg_job_s, r_throughput, r_ok, r_err, r_io,
+               r_p50_ms, r_p95_ms, r_ts, r_flags, now):
+    """Write validated heartbeat j into row ``slots[j]`` (skipped when < 0).
+
+    Each row replaces the whole previous row; optional metrics not flagged in
+    ``r_flags`` are zeroed, so they read as "not reported".  Returns rows written."""
+    written = 0
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        if s < 0:
+            continue
+        v = load_relaxed_u64(row_version, s)
+        store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
+        fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
+        f = r_flags[j]
+        recv_time[s] = now
+        cpu[s] = r_cpu[j]
+        mem[s] = r_mem[j]
+        queue[s] = r_queue[j]
+        avg_job_s[s] = r_avg_job_s[j]
+        throughput[s] = r_throughput[j] if f & 1 else 0.0
+        ok[s] = r_ok[j] if f & 2 else 0.0
+        err[s] = r_err[j] if f & 2 else 0.0
+        io[s] = r_io[j] if f & 4 else 0.0
+        p50_ms[s] = r_p50_ms[j] if f & 8 else 0.0
+        p95_ms[s] = r_p95_ms[j] if f & 8 else 0.0
+        ts[s] = r_ts[j] if f & 16 else 0.0
+        reported[s] = f & 15
+        store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
+        written += 1
+    return written
+
+
+@njit(cache=True, nogil=True)
+def slot_change_begin(slot_gen, slot):
+    """Mark ``slot``'s registration as changing (odd generation)."""
+    g = load_relaxed_u64(slot_gen, slot)
+    if g & _ONE == 0:
+        store_relaxed_u64(slot_gen, slot, g + _ONE)
+    fence_release()  # odd gen visible before the id/registered stores; pairs with fence_acquire in gather_inputs
+
+
+@njit(cache=True, nogil=True)
+def slot_change_end(slot_gen, slot):
+    """Publish ``slot``'s new registration (even generation)."""
+    g = load_relaxed_u64(slot_gen, slot)
+    store_release_u64(slot_gen, slot, g + _ONE)  # pairs with load_acquire in gather_inputs / the reader
+
+
+@njit(cache=True, nogil=True)
+def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue, avg_job_s,
+                  throughput, ok, err, io, p50_ms, p95_ms, reported,
+                  prev_gen, prev_hb_seen, prev_state,
+                  inp_active, inp_fresh, inp_new_hb, inp_age, inp_cpu, inp_mem, inp_queue,
+                  inp_avg_job_s, inp_throughput, inp_ok, inp_err, inp_io, inp_p50_ms,
+                  inp_p95_ms, inp_reported,
+                  nxt_gen, nxt_hb_seen, now, age_mul, age_div, hwm):
+    """Copy a consistent view of slots ``[0, hwm)`` into the tick inputs.
+
+    ``fresh`` marks a node whose generation differs from the one the
+    previous epoch scored (a new registration); ``new_hb`` marks a row
+    written since the previous epoch.  ``age = ((now - recv_time) * age_mul)
+    / age_div``: (1, 1) live, (tick_interval_ms, 1000) in replay, where times
+    are tick numbers, so ages are exact in ticks.  Slots from ``hwm`` on are
+    inactive.  Returns the number of slots that stayed inconsistent."""
+    torn = 0
+    n = inp_active.shape[0]
+    for s in range(hwm):
+        done = False
+        for _ in range(MAX_SPINS):
+            g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
+            if g1 & _ONE:
+                continue
+            reg = registered[s]
+            v1 = load_acquire_u64(row_version, s)  # pairs with store_release in write_rows
+            if v1 & _ONE:
+                continue
+            r_recv = recv_time[s]
+            r_cpu = cpu[s]
+            r_mem = mem[s]
+            r_queue = queue[s]
+            r_avg = avg_job_s[s]
+            r_tp = throughput[s]
+            r_ok = ok[s]
+            r_err = err[s]
+            r_io = io[s]
+            r_p50 = p50_ms[s]
+            r_p95 = p95_ms[s]
+            r_rep = reported[s]
+            fence_acquire()  # field loads complete before the re-check; pairs with fence_release in write_rows
+            if load_relaxed_u64(row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
+                continue
+            done = True
+            break
+        if not done:
+            # Writer died mid-write: keep last tick's view of this slot.
+            torn += 1
+            inp_new_hb[s] = 0
+            nxt_gen[s] = prev_gen[s]
+            nxt_hb_seen[s] = prev_hb_seen[s]
+            inp_fresh[s] = 0
+            inp_active[s] = 1 if prev_state[s] != UNREGISTERED else 0
+            continue
+        if reg == 0:
+            inp_active[s] = 0
+            inp_fresh[s] = 0
+            inp_new_hb[s] = 0
+            nxt_gen[s] = g1
+            nxt_hb_seen[s] = 0
+            continue
+        fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
+        inp_active[s] = 1
+        inp_fresh[s] = 1 if fresh else 0
+        inp_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
+        inp_age[s] = ((now - r_recv) * age_mul) / age_div
+        inp_cpu[s] = r_cpu
+        inp_mem[s] = r_mem
+        inp_queue[s] = r_queue
+        inp_avg_job_s[s] = r_avg
+        inp_throughput[s] = r_tp
+        inp_ok[s] = r_ok
+        inp_err[s] = r_err
+        inp_io[s] = r_io
+        inp_p50_ms[s] = r_p50
+        inp_p95_ms[s] = r_p95
+        inp_reported[s] = r_rep
+        nxt_gen[s] = g1
+        nxt_hb_seen[s] = v1
+    for s in range(hwm, n):
+        inp_active[s] = 0
+        inp_fresh[s] = 0
+        inp_new_hb[s] = 0
+    return torn
+
+
+def write_batch(table, slots: np.ndarray, records: np.ndarray, now: float) -> int:
+    """Write validated wire records (``wire.RECORD_DTYPE``) into their slots."""
+    t = table
+    r = records
+    return write_rows(t.row_version, t.recv_time, t.cpu, t.mem, t.queue, t.avg_job_s,
+                      t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.ts, t.reported,
+                      slots, r["cpu"], r["mem"], r["queue"], r["avg_job_s"], r["throughput"],
+                      r["ok"].astype(np.float64), r["err"].astype(np.float64), r["io"],
+                      r["p50_ms"], r["p95_ms"], r["ts"], r["flags"], float(now))
+
+
+def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: float = 1.0,
+           hwm: int | None = None) -> int:
+    """`gather_inputs` over `SegmentViews` ``views`` from buffer ``prev`` into
+    tick inputs ``inp`` and buffer ``nxt``'s gen/hb_seen columns."""
+    t, reg = views.table, views.registry
+    if hwm is None:
+        hwm = int(views.header.slot_hwm[0])
+    return gather_inputs(reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem,
+                         t.queue, t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms,
+                         t.p95_ms, t.reported, prev.gen, prev.hb_seen, prev.state.state,
+                         inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
+                         inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
+                         inp.p50_ms, inp.p95_ms, inp.reported, nxt.gen, nxt.hb_seen,
+                         float(now), float(age_mul), float(age_div), min(hwm, inp.active.shape[0]))
