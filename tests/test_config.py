@@ -461,7 +461,7 @@ def test_load_toml_file(tmp_path):
         "capacity = 1024\n"
         "shm_mode = 0o640\n"
         "[ingest]\n"
-        'bind = "ipc:///tmp/hb"\n'
+        'bind = "ipc:///run/shm-engine/hb"\n'
         "[ingest.curve]\n"
         'server_secret_key_file = "s"\n'
         'authorized_keys_dir = "c"\n'
@@ -474,7 +474,7 @@ def test_load_toml_file(tmp_path):
     cfg = load_config(path)
     assert cfg.engine.capacity == 1024
     assert cfg.engine.shm_mode == 0o640
-    assert cfg.ingest.bind == "ipc:///tmp/hb"
+    assert cfg.ingest.bind == "ipc:///run/shm-engine/hb"
     assert cfg.ingest.curve.enabled
     assert cfg.score.max_queue == 200.0 and type(cfg.score.max_queue) is float
     assert cfg.score.beta == 0.25
@@ -560,7 +560,7 @@ def test_render_non_default_round_trip():
         "score.beta": 0.1 + 0.2,  # 0.30000000000000004 must survive exactly
         "score.max_queue": 1e6,
         "engine.shm_mode": 0o660,
-        "ingest.bind": 'ipc:///tmp/a "quoted" \\ path\t',
+        "ingest.bind": 'ipc:///run/a "quoted" \\ path\t',
         "ingest.curve.server_secret_key_file": "k/é.key_secret",
         "ingest.curve.authorized_keys_dir": "k/clients",
     })
