@@ -5,10 +5,11 @@ The ranking is every slot with score > 0, by score descending and then slot
 ascending.  The key (score, slot) is unique, so any correct comparison sort
 gives the one valid order; `sort_ranked` is an in-place introsort (quicksort
 with median-of-3, heapsort past a depth limit, insertion sort for short runs):
-O(m log m) worst case, no allocation.  Callers fill `ranked[:m]` with the
+O(m log m) worst case; its only allocation is a 66x3 range stack.  Callers fill `ranked[:m]` with the
 candidate slots (in any order) and sort them in place.
 """
 
+import numpy as np
 from numba import njit
 
 from kernels.params import DEGRADED
@@ -102,23 +103,6 @@ def _partition(score, idx, lo, hi):
 
 
 @njit(cache=True, error_model="numpy")
-def _introsort(score, idx, lo, hi, depth):
-    while hi - lo > _SHORT:
-        if depth == 0:
-            _heapsort(score, idx, lo, hi)
-            return
-        depth -= 1
-        p = _partition(score, idx, lo, hi)
-        if p - lo < hi - p:
-            _introsort(score, idx, lo, p, depth)
-            lo = p
-        else:
-            _introsort(score, idx, p, hi, depth)
-            hi = p
-    _insertion(score, idx, lo, hi)
-
-
-@njit(cache=True, error_model="numpy")
 def sort_ranked(score, idx, m):
     """Sort idx[:m] (distinct slots) by score descending, then slot ascending."""
     limit = 2
@@ -126,4 +110,37 @@ def sort_ranked(score, idx, m):
     while k > 1:  # depth limit 2*log2(m) + 2 before falling back to heapsort
         limit += 2
         k >>= 1
-    _introsort(score, idx, 0, m, limit)
+    # Pending ranges (lo, hi, depth).  The larger side is pushed and the
+    # smaller one processed first, so at most log2(m) + 1 ranges wait at once.
+    # Explicit rather than recursive: numba's cache cannot reload recursive
+    # functions safely.
+    stack = np.empty((66, 3), np.int64)
+    top = 0
+    stack[0, 0] = 0
+    stack[0, 1] = m
+    stack[0, 2] = limit
+    top = 1
+    while top > 0:
+        top -= 1
+        lo = stack[top, 0]
+        hi = stack[top, 1]
+        depth = stack[top, 2]
+        while hi - lo > _SHORT:
+            if depth == 0:
+                _heapsort(score, idx, lo, hi)
+                lo = hi
+                break
+            depth -= 1
+            p = _partition(score, idx, lo, hi)
+            if p - lo < hi - p:
+                stack[top, 0] = p
+                stack[top, 1] = hi
+                stack[top, 2] = depth
+                hi = p
+            else:
+                stack[top, 0] = lo
+                stack[top, 1] = p
+                stack[top, 2] = depth
+                lo = p
+            top += 1
+        _insertion(score, idx, lo, hi)
