@@ -1,0 +1,286 @@
+"""ScoreReader: a scheduler's view of the published scores, straight from shared memory.
+
+The reader maps the engine's segment read-only (a buggy scheduler cannot
+corrupt scores) and copies what it needs out of the score buffer of the
+latest epoch through the latch (`shm_engine.seqlock.read_consistent`, the one
+retry loop).  No call makes a syscall or touches a socket: reads are loads
+from the mapping, plus a monotonic clock read (vDSO) for ``age_s``.
+
+Node names live in the registry region, written by the ingest.  The reader
+caches ``name -> (slot, generation)`` and refreshes only the slots whose
+generation moved (one vectorised compare); a score is returned only when
+the buffer's generation for the slot matches, so a slot reused by another
+node is never read as the old one.
+
+If the writer laps the reader on every retry (it would have to publish
+faster than a copy takes), the call serves the last good copy it made and
+counts ``retries_exhausted``; `is_stale` tells a stalled engine apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from shm_engine.errors import EngineNotRunning
+from shm_engine.registry import decode_id
+from shm_engine.segment import Segment
+from shm_engine.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent
+from shm_engine.states import NodeState
+
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished"]
+
+_PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
+_WEIGHT_NAMES = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
+
+
+class NothingPublished(LookupError):
+    """Raised by reader calls before the engine has published its first tick.
+
+    Wait for ``reader.epoch > 0`` (a tick interval after start)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent copy of a published tick.
+
+    Arrays are indexed by slot (``nodes[i]`` is the node in slot i, None for
+    an empty slot); ``ranked`` holds slots, best first."""
+    epoch: int
+    tick_time: float        # wall-clock time of the tick (time.time())
+    tick_mono: float        # monotonic time of the tick (time.monotonic())
+    nodes: tuple            # node id per slot, None where no node
+    score: np.ndarray
+    raw: np.ndarray
+    state: np.ndarray
+    wait: np.ndarray
+    qema: np.ndarray
+    liveness: np.ndarray
+    ranked: np.ndarray
+    pressure: float
+    weights: dict
+    counts: dict
+
+    def scores(self) -> dict:
+        """{node: published score} for every node in the snapshot."""
+        return {n: float(self.score[i]) for i, n in enumerate(self.nodes) if n is not None}
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return [(self.nodes[s], float(self.score[s])) for s in self.ranked[:k]]
+
+
+class ScoreReader:
+    """Read-only client of a running engine.  Build with `ScoreReader.attach`."""
+
+    def __init__(self, segment: Segment):
+        self._seg = segment
+        v = segment.views
+        self._hdr = v.header
+        self._seq = v.header.latch_seq
+        self._slot_gen = v.registry.slot_gen
+        self._node_id = v.registry.node_id
+        self._registered = v.registry.registered
+        self._bufs = v.buffers
+        cap = segment.layout.capacity
+        # name -> (slot, gen); per-slot cached gens and names.
+        self._index: dict[str, tuple[int, int]] = {}
+        self._gens = np.zeros(cap, np.uint64)
+        self._names: list[str | None] = [None] * cap
+        self._index_epoch = -1
+        self._nodes_cache: tuple = ()
+        self._nodes_gens = np.zeros(0, np.uint64)
+        self._last: Snapshot | None = None
+        self.retries_exhausted = 0
+        # Fast paths for score()/state(): typed memoryviews of the columns.
+        self._mv = [{c: memoryview(b.views[c]) for c in ("score", "state", "gen")}
+                    for b in self._bufs]
+
+    @classmethod
+    def attach(cls, name: str = "dfps") -> "ScoreReader":
+        """Map engine ``name`` read-only.  Raises EngineNotRunning / LayoutMismatch."""
+        return cls(Segment.attach(name, readonly=True))
+
+    def close(self) -> None:
+        self._mv = None
+        self._bufs = None
+        self._seg.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------- status --
+    @property
+    def name(self) -> str:
+        return self._seg.name
+
+    @property
+    def epoch(self) -> int:
+        """Number of ticks published so far (0: none yet)."""
+        return int(self._seq[0]) >> 1
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the latest published tick (inf if none)."""
+        st, _e, mono = read_consistent(self._seq, lambda b: float(self._bufs[b].tick_mono[0]))
+        if st != READ_OK:
+            return float("inf")
+        return max(0.0, time.monotonic() - mono)
+
+    def is_stale(self, max_age_s: float) -> bool:
+        """True if no tick was published in the last ``max_age_s`` seconds
+        (the engine is stalled or gone); the last snapshot stays readable."""
+        return self.age_s > max_age_s
+
+    # -------------------------------------------------------------- index --
+    def _refresh_index(self) -> None:
+        epoch = int(self._hdr.registry_epoch[0])
+        if epoch == self._index_epoch:
+            return
+        hwm = min(int(self._hdr.slot_hwm[0]), self._gens.shape[0])
+        gens = self._slot_gen[:hwm].copy()
+        changed = np.flatnonzero(gens != self._gens[:hwm])
+        for s in changed:
+            s = int(s)
+            old = self._names[s]
+            if old is not None and self._index.get(old, (-1,))[0] == s:
+                del self._index[old]
+            self._names[s] = None
+            self._gens[s] = 0
+            for _ in range(100):
+                g1 = int(self._slot_gen[s])
+                if g1 & 1:
+                    continue
+                reg = bool(self._registered[s])
+                raw = decode_id(self._node_id[s])
+                if int(self._slot_gen[s]) == g1:
+                    break
+            else:
+                continue  # the ingest is mid-change; the next refresh gets it
+            self._gens[s] = g1
+            if reg and raw:
+                name = raw.decode("utf-8", "replace")
+                self._names[s] = name
+                self._index[name] = (s, g1)
+        self._index_epoch = epoch
+
+    def _lookup(self, node: str) -> tuple[int, int]:
+        ent = self._index.get(node)
+        if ent is None:
+            self._refresh_index()
+            ent = self._index.get(node)
+            if ent is None:
+                raise KeyError(f"node {node!r} is not registered with engine {self.name!r}")
+        return ent
+
+    # ------------------------------------------------------- single values --
+    def _read_slot(self, node: str, column: str):
+        for attempt in range(2):
+            slot, gen = self._lookup(node)
+            mv = self._mv
+            st, epoch, got = read_consistent(
+                self._seq, lambda b: (mv[b]["gen"][slot], mv[b][column][slot]))
+            if st == READ_OK:
+                if got[0] == gen:
+                    return got[1]
+                self._refresh_index()  # the slot changed hands, or the index is old
+                continue
+            if st == READ_NOTHING_PUBLISHED:
+                raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+            self.retries_exhausted += 1
+            if self._last is not None and slot < len(self._last.nodes) \
+                    and self._last.nodes[slot] == node:
+                return getattr(self._last, column)[slot]
+            raise KeyError(f"node {node!r}: engine {self.name!r} is publishing faster than "
+                           "this reader can copy; no earlier copy to serve")
+        raise KeyError(f"node {node!r} is registered but not scored yet by engine {self.name!r}")
+
+    def score(self, node: str) -> float:
+        """Published desirability of ``node`` in [0, 1] (0 unless HEALTHY or DEGRADED).
+
+        Raises KeyError naming the node if it is unknown (or not yet scored)."""
+        return float(self._read_slot(node, "score"))
+
+    def state(self, node: str) -> NodeState:
+        """Published state of ``node``; KeyError naming it if unknown."""
+        return NodeState(int(self._read_slot(node, "state")))
+
+    # ------------------------------------------------------------ snapshot --
+    def _copy(self, b: int, hwm: int):
+        buf = self._bufs[b]
+        v = buf.views
+        cols = {c: v[c][:hwm].copy() for c in _PUBLISHED}
+        gen = v["gen"][:hwm].copy()
+        n_ranked = min(int(buf.n_ranked[0]), hwm)
+        ranked = v["ranked"][:n_ranked].copy()
+        meta = (float(buf.tick_wall[0]), float(buf.tick_mono[0]), float(buf.pressure[0]),
+                buf.weights[:7].copy(), buf.counts[:5].copy())
+        return cols, gen, ranked, meta
+
+    def snapshot(self) -> Snapshot:
+        """One consistent copy of the latest tick (see `Snapshot`)."""
+        hwm = min(int(self._hdr.slot_hwm[0]), self._gens.shape[0])
+        st, epoch, got = read_consistent(self._seq, lambda b: self._copy(b, hwm))
+        if st == READ_NOTHING_PUBLISHED:
+            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+        if st != READ_OK:
+            self.retries_exhausted += 1
+            if self._last is None:
+                raise NothingPublished(f"engine {self.name!r}: no consistent copy yet")
+            return self._last
+        cols, gen, ranked, (wall, mono, pressure, weights, counts) = got
+        snap = Snapshot(epoch=epoch, tick_time=wall, tick_mono=mono,
+                        nodes=self._nodes_for(gen, cols["state"]), ranked=ranked,
+                        pressure=pressure,
+                        weights=dict(zip(_WEIGHT_NAMES, map(float, weights))),
+                        counts={s.name.lower(): int(counts[int(s)]) for s in NodeState},
+                        **cols)
+        self._last = snap
+        return snap
+
+    def _nodes_for(self, gen: np.ndarray, state: np.ndarray) -> tuple:
+        """Node names per slot for buffer generations ``gen`` (cached)."""
+        if gen.shape == self._nodes_gens.shape and np.array_equal(gen, self._nodes_gens):
+            return self._nodes_cache
+        self._refresh_index()
+        n = gen.shape[0]
+        ok = (gen == self._gens[:n]) & (state != 255)
+        if not ok[state != 255].all():
+            self._index_epoch = -1  # a generation we have not seen: force a re-read
+            self._refresh_index()
+            ok = (gen == self._gens[:n]) & (state != 255)
+        names = self._names
+        nodes = tuple(names[i] if ok[i] else None for i in range(n))
+        self._nodes_cache, self._nodes_gens = nodes, gen
+        return nodes
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The best ``k`` nodes as ``(node, score)``, from the published ranking."""
+        if k <= 0:
+            return []
+
+        def copy(b):
+            buf = self._bufs[b]
+            n = min(int(buf.n_ranked[0]), k)
+            slots = buf.views["ranked"][:n].copy()
+            # A torn copy may hold garbage slots: clip, never fault.
+            return (slots, np.take(buf.views["score"], slots, mode="clip"),
+                    np.take(buf.views["gen"], slots, mode="clip"))
+
+        st, _epoch, got = read_consistent(self._seq, copy)
+        if st == READ_NOTHING_PUBLISHED:
+            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+        if st != READ_OK:
+            self.retries_exhausted += 1
+            return self._last.top(k) if self._last is not None else []
+        slots, scores, gens = got
+        if any(self._gens[s] != g for s, g in zip(slots, gens)):
+            self._index_epoch = -1
+            self._refresh_index()
+        return [(self._names[s], float(sc))
+                for s, sc, g in zip(slots.tolist(), scores.tolist(), gens) if self._gens[s] == g]
+

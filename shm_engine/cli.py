@@ -1,0 +1,146 @@
+"""The ``shm-engine`` command line.
+
+Each subcommand imports its implementation lazily, so ``shm-engine status``
+does not pay for compiling kernels.  Exit codes: 0 success, 1 runtime
+failure, 2 usage/configuration error or no such engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ConfigError, ShmEngineError
+
+DEFAULT_NAME = "dfps"
+
+
+def _config(path):
+    from .config import load_config
+    return load_config(path)
+
+
+# ------------------------------------------------------------ subcommands --
+def cmd_replay(args) -> int:
+    from .replay import replay
+    cfg = _config(args.config)
+    stream = open(args.trace, encoding="utf-8") if args.trace != "-" else sys.stdin
+    out = sys.stdout
+    dumps = json.dumps
+    try:
+        with stream:
+            for rec in replay(stream, cfg, ticks=args.ticks):
+                out.write(dumps(rec, separators=(",", ":")))
+                out.write("\n")
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import render_defaults
+    if args.print_defaults:
+        sys.stdout.write(render_defaults())
+        return 0
+    if args.check:
+        cfg = _config(args.check)
+        print(f"{args.check}: OK (capacity {cfg.engine.capacity}, "
+              f"tick {cfg.engine.tick_interval_ms} ms, bind {cfg.ingest.bind})")
+        return 0
+    print("shm-engine config: give --print-defaults or --check FILE", file=sys.stderr)
+    return 2
+
+
+def _lazy(module: str, func: str):
+    def run(args):
+        import importlib
+        return getattr(importlib.import_module(module), func)(args)
+    return run
+
+
+# ----------------------------------------------------------------- parser --
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shm-engine",
+                                description="Node desirability scoring through shared memory.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("replay", help="run the scoring kernels over a JSONL trace")
+    r.add_argument("trace", help="trace file (JSON lines), or - for stdin")
+    r.add_argument("--config", help="TOML configuration file")
+    r.add_argument("--ticks", type=int, help="compute ticks 0..N-1")
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("config", help="print or check configuration")
+    c.add_argument("--print-defaults", action="store_true",
+                   help="print a complete, commented default configuration file")
+    c.add_argument("--check", metavar="FILE", help="validate FILE")
+    c.set_defaults(func=cmd_config)
+
+    def name_arg(sp):
+        sp.add_argument("--name", default=DEFAULT_NAME,
+                        help=f"engine name (shared-memory segment /NAME; default {DEFAULT_NAME})")
+
+    run = sub.add_parser("run", help="run the engine (supervisor, ingest, tick worker)")
+    run.add_argument("--config", help="TOML configuration file")
+    name_arg(run)
+    run.set_defaults(func=_lazy("shm_engine.supervisor", "cmd_run"))
+
+    st = sub.add_parser("status", help="show a running engine's status")
+    name_arg(st)
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.set_defaults(func=_lazy("shm_engine.status", "cmd_status"))
+
+    top = sub.add_parser("top", help="live terminal view of a running engine")
+    name_arg(top)
+    top.add_argument("--interval", type=float, default=0.5, help="refresh seconds")
+    top.add_argument("--rows", type=int, default=25, help="nodes shown")
+    top.set_defaults(func=_lazy("shm_engine.topview", "cmd_top"))
+
+    demo = sub.add_parser("demo", help="run an engine with a simulated fleet and watch it")
+    demo.add_argument("--nodes", type=int, default=200)
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
+    demo.add_argument("--config", help="TOML configuration file")
+    demo.add_argument("--no-view", action="store_true", help="no live view, summary only")
+    demo.set_defaults(func=_lazy("shm_engine.demo", "cmd_demo"))
+
+    ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
+    ag.add_argument("--endpoint", required=True, help="engine ingest endpoint, e.g. tcp://host:7710")
+    ag.add_argument("--node-id", default=None, help="node id (default: host name)")
+    ag.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
+    ag.add_argument("--listen", default=None,
+                    help="local endpoint where the node's service reports queue/job stats")
+    ag.add_argument("--count", type=int, default=None, help="stop after N heartbeats")
+    ag.add_argument("--curve-server-key", default=None, help="engine's public CURVE key file")
+    ag.add_argument("--curve-client-key", default=None, help="this agent's CURVE secret key file")
+    ag.set_defaults(func=_lazy("clients.agent", "cmd_agent"))
+
+    keys = sub.add_parser("keys", help="generate a CURVE key pair")
+    keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
+    keys.add_argument("--key-name", default="engine", help="file base name")
+    keys.set_defaults(func=_lazy("shm_engine.keys", "cmd_keys"))
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"shm-engine: configuration error: {err}", file=sys.stderr)
+        return 2
+    except ShmEngineError as err:
+        print(f"shm-engine: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"shm-engine: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
