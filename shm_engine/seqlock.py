@@ -188,22 +188,25 @@ def jit_read_consistent(seq_arr, buffers, out, max_retries, seq_index=0):
     """The jitted retry loop: copy the newest published buffer into ``out``.
 
     ``buffers`` is any array whose first axis (length 2) is the buffer index,
-    ``out`` has the shape of ``buffers[0]``. Returns ``(status, epoch)``:
-    ``(READ_OK, E)`` with ``out`` holding epoch E; ``(READ_NOTHING_PUBLISHED, 0)``;
-    ``(READ_RETRIES_EXHAUSTED, E)`` after ``max_retries + 1`` torn attempts,
-    ``out`` then holds garbage. numba cannot cache a function that takes a
-    function argument, hence a copy of an array slice rather than a callback.
+    ``out`` has the shape of ``buffers[0]``. Returns ``(status, epoch,
+    attempts)``: ``(READ_OK, E, n)`` with ``out`` holding epoch E after n >= 1
+    copies; ``(READ_NOTHING_PUBLISHED, 0, 1)``; ``(READ_RETRIES_EXHAUSTED, E,
+    max_retries + 1)``, ``out`` then holding garbage. ``attempts - 1`` is the
+    number of retries, for a metrics counter. numba cannot cache a function
+    that takes a function argument, hence an array copy, not a callback.
     """
     epoch = np.int64(0)
-    for _ in range(max_retries + 1):
+    attempts = np.int64(0)
+    while attempts <= max_retries:
+        attempts += 1
         s1 = jit_read_begin(seq_arr, seq_index)
         epoch = s1 >> 1
         if epoch == 0:
-            return READ_NOTHING_PUBLISHED, np.int64(0)
+            return READ_NOTHING_PUBLISHED, np.int64(0), attempts
         out[...] = buffers[epoch & 1]
         if not jit_read_retry(seq_arr, s1, seq_index):
-            return READ_OK, epoch
-    return READ_RETRIES_EXHAUSTED, epoch
+            return READ_OK, epoch, attempts
+    return READ_RETRIES_EXHAUSTED, epoch, attempts
 
 
 # --------------------------------------------------------------------------
