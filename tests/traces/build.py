@@ -126,7 +126,9 @@ def breakers() -> Trace:
     lines = []
     for k in range(12):
         trip = 4 <= k < 8
-        lines.append(hb(k, "queue", queue=100.0 if trip else 99.0, avg_job_s=0.0))
+        if k >= 4:  # first tick qema = queue = 100 exactly: tripped, fresh O
+            lines.append(hb(k, "queue", queue=100.0 if trip else 0.0, avg_job_s=0.0))
+        lines.append(hb(k, "queue99", queue=99.0, avg_job_s=0.0))  # B tiny, not tripped
         lines.append(hb(k, "wait", queue=10.0, avg_job_s=3.0 if trip else 2.999))
         lines.append(hb(k, "cpu", cpu=0.98 if trip else 0.979))
         lines.append(hb(k, "mem", mem=0.95 if trip else 0.949))
