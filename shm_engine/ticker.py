@@ -1,0 +1,248 @@
+"""The tick worker: gathers the heartbeat table, runs the kernels, publishes an epoch.
+
+Invariant: the tick worker is the only writer of the latch and the score
+buffers.  Epoch ``E`` is written into buffer ``E & 1`` from the state carried
+in buffer ``(E - 1) & 1`` (the last published epoch) and made visible by one
+store of the latch.  Because the carried state lives in the segment, a
+restarted worker resumes exactly where the last published epoch left off;
+if it finds the latch odd (its predecessor died mid-write), ``write_begin``
+returns that unfinished epoch and the same buffer is rewritten from scratch.
+
+Memory ordering (see `shm_engine.ordering` and `shm_engine.seqlock`): the
+buffer is filled by jitted code (`table.gather_inputs`, `kernels.tick`) and by
+Python numpy stores of the per-tick scalars, between the Python twins
+``seqlock.write_begin`` and ``seqlock.write_end``.  We rely on x86-64 TSO plus
+the opacity of each call into compiled code: every store of the jitted
+functions has retired in program order before the function returns, the
+Python stores that follow are separate C calls that no compiler moves, and
+TSO never reorders a store with an older store.  So the odd latch value is
+visible before any buffer store, and every buffer store before the even
+value (pairs with ``read_begin``/``read_retry`` in the readers).  On a weakly
+ordered CPU this module would need the ``jit_write_begin``/``jit_write_end``
+twins called from one jitted function around the fill.
+
+Rules for callers: one `Ticker` per segment at a time (the supervisor only
+starts a worker after the previous one has exited); ``now`` is
+``time.monotonic()``, the clock the ingest stamps ``recv_time`` with.
+
+Scheduling (`run_schedule`): deadlines are ``t0 + k * interval``, so the
+cadence never drifts; a tick that ends after the next deadline counts one
+overrun and the schedule skips to the first deadline still ahead instead of
+bursting to catch up.  Durations (µs) are kept over the last ``STATS_WINDOW``
+ticks; last, p50, p99 and max of that window go to the header after each
+publish (they are monitoring values, outside the latch).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import signal
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+import kernels
+from kernels.columns import make_inputs
+
+from .config import Config
+from .layout import SegmentViews, layout_for
+from .segment import Segment
+from .seqlock import check_sequence_word, write_begin, write_end
+from .table import gather
+
+__all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
+
+STATS_WINDOW = 2048
+EXIT_OK = 0
+EXIT_ATTACH_FAILED = 1
+
+
+class TickResult(NamedTuple):
+    """What one tick published."""
+    epoch: int
+    n_ranked: int
+    pressure: float
+    live: int
+    registered: int
+    torn: int           # slots whose row stayed inconsistent (kept last tick's view)
+    duration_us: float  # write_begin .. write_end, wall of this process
+
+
+class TickStats:
+    """Tick durations over a rolling window, and the header fields they feed."""
+
+    def __init__(self, window: int = STATS_WINDOW):
+        self._ring = np.zeros(window, np.float64)
+        self._n = 0
+        self.last = 0.0
+
+    def add(self, us: float) -> None:
+        self._ring[self._n % self._ring.shape[0]] = us
+        self._n += 1
+        self.last = us
+
+    def summary(self) -> tuple[float, float, float, float]:
+        """(last, p50, p99, max) in µs over the window; zeros before any tick."""
+        n = min(self._n, self._ring.shape[0])
+        if n == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        w = self._ring[:n]
+        p50, p99 = np.percentile(w, (50.0, 99.0))
+        return self.last, float(p50), float(p99), float(w.max())
+
+
+class Ticker:
+    """Drives ticks over `SegmentViews` ``views`` (a live segment or a private mapping).
+
+    ``tick(now)`` computes and publishes one epoch and updates the tick
+    counters in the header; overruns are counted by the schedule, not here."""
+
+    def __init__(self, views: SegmentViews, config: Config):
+        self.views = views
+        self.config = config
+        self.header = views.header
+        self._latch = views.header.latch_seq
+        check_sequence_word(self._latch)
+        self.params = config.score.to_params()
+        self.inputs = make_inputs(views.layout.capacity)
+        self.stats = TickStats()
+
+    @property
+    def epoch(self) -> int:
+        """The last published epoch (0: none)."""
+        return int(self._latch[0]) >> 1
+
+    def tick(self, now: float) -> TickResult:
+        t_start = time.perf_counter()
+        h = self.header
+        epoch = write_begin(self._latch)
+        # Published state of epoch - 1 is the previous tick (all-UNREGISTERED
+        # initial buffer 0 when epoch == 1).
+        prev = self.views.buffers[(epoch - 1) & 1]
+        nxt = self.views.buffers[epoch & 1]
+        hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
+        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm)
+        n_ranked, pressure, live = kernels.tick(self.params, self.inputs, prev.state,
+                                                nxt.state, nxt.out)
+        registered = int(nxt.out.counts.sum())
+        nxt.epoch[0] = epoch
+        nxt.tick_mono[0] = now
+        nxt.tick_wall[0] = time.time()
+        nxt.pressure[0] = pressure
+        nxt.n_ranked[0] = n_ranked
+        nxt.live[0] = live
+        nxt.registered[0] = registered
+        nxt.slot_hwm[0] = hwm
+        # Every buffer store above stays before this one (x86-64 TSO, see the
+        # module docstring). Pairs with read_begin in the readers.
+        write_end(self._latch)
+        us = (time.perf_counter() - t_start) * 1e6
+        self.stats.add(us)
+        last, p50, p99, mx = self.stats.summary()
+        h.tick_us_last[0] = last
+        h.tick_us_p50[0] = p50
+        h.tick_us_p99[0] = p99
+        h.tick_us_max[0] = mx
+        h.ticks[0] += 1
+        h.ticker_alive_mono[0] = time.monotonic()
+        return TickResult(epoch, int(n_ranked), float(pressure), int(live), registered,
+                          int(torn), us)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) everything a tick runs, on the
+    exact dtypes and array kinds of a live segment, before the first tick."""
+    kernels.warm_up()
+    layout = layout_for(2)
+    mm = mmap.mmap(-1, layout.size)
+    views = SegmentViews(mm, layout)
+    for b in views.buffers:
+        b.state.state[:] = 255
+    t = Ticker(views, Config())
+    t.tick(0.0)
+    t.tick(0.05)
+
+
+# ------------------------------------------------------------------ schedule --
+class Schedule:
+    """Absolute deadlines ``t0 + k * interval``; skips missed ones."""
+
+    def __init__(self, interval_s: float, t0: float):
+        self.interval = interval_s
+        self.t0 = t0
+        self.k = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.t0 + self.k * self.interval
+
+    def after_tick(self, end: float) -> bool:
+        """Advance past a tick that ended at ``end``; True if it overran
+        (ended after the next deadline)."""
+        nxt = self.k + 1
+        if end > self.t0 + nxt * self.interval:
+            self.k = math.floor((end - self.t0) / self.interval) + 1
+            return True
+        self.k = nxt
+        return False
+
+
+def run_schedule(ticker: Ticker, interval_s: float, should_stop, check_s: float) -> None:
+    """Tick on the schedule until ``should_stop()``; it is checked at least
+    every ``check_s`` seconds while sleeping and after every tick."""
+    h = ticker.header
+    sched = Schedule(interval_s, time.monotonic())
+    while not should_stop():
+        now = time.monotonic()
+        wait = sched.deadline - now
+        if wait > 0:
+            time.sleep(min(wait, check_s))
+            continue  # re-check stop, then the deadline
+        ticker.tick(now)
+        if sched.after_tick(time.monotonic()):
+            h.overruns[0] += 1
+
+
+# -------------------------------------------------------------- entry point --
+def _log(level: str, event: str, **kv) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    fields = " ".join(f"{k}={v}" for k, v in kv.items())
+    print(f"{stamp} {level} {event} {fields}".rstrip(), file=sys.stderr, flush=True)
+
+
+def ticker_main(name: str, config: Config, parent_pid: int) -> int:
+    """Tick worker process: attach ``name``, warm up, tick until the parent
+    dies, ``header.stopping`` is set, or SIGTERM.  Returns the exit code."""
+    stop = {"signal": False}
+
+    def on_term(_sig, _frame):
+        stop["signal"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
+    try:
+        seg = Segment.attach(name, readonly=False)
+    except Exception as err:  # noqa: BLE001 - reported as an exit code
+        _log("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_ATTACH_FAILED
+    try:
+        warm_up()
+        ticker = Ticker(seg.views, config)
+        h = seg.views.header
+        h.ticker_alive_mono[0] = time.monotonic()
+        _log("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
+
+        def should_stop() -> bool:
+            return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
+
+        run_schedule(ticker, config.engine.tick_interval_ms / 1000.0, should_stop,
+                     min(config.engine.parent_check_interval_s, 0.1))
+        _log("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
+        return EXIT_OK
+    finally:
+        ticker = None
+        seg.close()
