@@ -327,3 +327,12 @@ def test_sort_ranked_sorts_only_the_prefix():
     idx = np.array([0, 2, 1, 3], np.int32)
     sort_ranked(score, idx, 3)
     assert idx.tolist() == [1, 2, 0, 3]
+
+
+def test_heapsort_fallback_matches_lexsort():
+    from kernels.ranking import _heapsort
+    rng = np.random.default_rng(3)
+    score = rng.integers(1, 6, 500) / 5
+    idx = rng.permutation(500).astype(np.int32)
+    _heapsort(score, idx, 0, 500)
+    assert idx.tolist() == np.lexsort((np.arange(500), -score)).tolist()
