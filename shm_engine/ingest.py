@@ -1,0 +1,434 @@
+"""The ingest process: heartbeat frames from a ZeroMQ PULL socket into the segment.
+
+Invariant: the ingest is the only writer of the registry and the heartbeat
+table.  Every frame is decoded and validated whole (`wire.decode_frame`)
+before anything of it is applied; a rejected heartbeat leaves no trace but its
+counter, and never costs the good heartbeats of the same frame.  After each
+frame the header counters satisfy::
+
+    ingest_accepted + sum(rejects) == ingest_heartbeats
+
+and ``ingest_frames`` is bumped last, so a reader that sees ``ingest_frames ==
+k`` also sees the rows and the other counters of those k frames (x86-64 TSO:
+the stores retire in program order, see `shm_engine.ordering`).
+
+Registration follows SCORING.md: a node's first accepted heartbeat takes the
+lowest free slot; a full registry rejects it (``registry_full``).  Nodes are
+forgotten every `FORGET_PERIOD_S` (`NodeRegistry.forget_older_than`), and
+also on arrival: a heartbeat for a registered node whose age is already
+>= ``forget_after_s`` frees the slot and registers the node anew, as replay
+does when forgetting runs at the start of the tick the heartbeat arrives in.
+
+Cost model (the reason for the shape of `Ingest.handle_frame`): the per-record
+Python work is one dict lookup, done in C (``map(dict.get, keys)``); the age
+check, the zone/labels change check and the row writes are whole-frame numpy
+or numba operations (one `table.write_batch` call per frame).  Only
+registrations, re-registrations and metadata changes go record by record.
+
+Rules for callers: one `Ingest` per segment at a time (the supervisor starts
+a new ingest only after the old one exited); ``now`` is ``time.monotonic()``,
+the clock the tick worker ages rows with.  `Ingest` keeps a copy of the
+registry's id -> slot map, so the registry must change only through it.
+
+Socket limits: ``ZMQ_MAXMSGSIZE`` is `HARD_LIMIT_FACTOR` x
+``ingest.max_frame_bytes``.  A frame above ``max_frame_bytes`` but under the
+hard limit is received and counted ``frame_too_large`` without being decoded;
+one above the hard limit makes ZeroMQ drop the sender's connection (it is
+never counted: ZeroMQ does not deliver it).  The hard limit only bounds the
+memory one frame can take.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import time
+import traceback
+
+import numpy as np
+import zmq
+
+from .config import Config
+from .errors import LayoutMismatch
+from .layout import N_REJECT_SLOTS, SegmentViews
+from .registry import NodeRegistry
+from .segment import Segment
+from .table import write_batch
+from .wire import RECORD_DTYPE, REJECT_REASONS, decode_frame
+
+__all__ = ["Ingest", "ingest_main", "run_standalone", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1          # restartable: e.g. the segment is not there (yet)
+EXIT_CONFIG = 78         # EX_CONFIG, fatal for the supervisor: cannot bind, bad keys
+FORGET_PERIOD_S = 0.1
+HARD_LIMIT_FACTOR = 64
+SAMPLE_MAX = 3           # sample details per reject log line
+
+_REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
+assert len(REJECT_REASONS) <= N_REJECT_SLOTS
+_MALFORMED_FRAME = _REJECT_INDEX["malformed_frame"]
+_REGISTRY_FULL = _REJECT_INDEX["registry_full"]
+
+
+def _log(level: str, event: str, **kv) -> None:
+    """One line on stderr: ``time level event key=value ...`` (as the supervisor)."""
+    t = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    fields = "".join(f" {k}={v}" for k, v in kv.items())
+    try:
+        print(f"{stamp} {level} {event}{fields}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # a closed stderr must not stop the intake
+
+
+def _cells(view: np.ndarray) -> memoryview:
+    """A header field as a native-format memoryview: ``c[0] += n`` on it is a
+    plain Python number update, several times cheaper than on a numpy view."""
+    return memoryview(view).cast("B").cast("Q" if view.dtype.kind == "u" else "d")
+
+
+class RejectLog:
+    """Counts rejections since the last log line; at most one line per interval."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.counts: dict[str, int] = {}
+        self.samples: list[tuple[str, str]] = []
+        self._last = time.monotonic()
+
+    def add(self, reason: str, count: int, sample: tuple[str, str] | None = None) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        if sample is not None and len(self.samples) < SAMPLE_MAX:
+            self.samples.append(sample)
+
+    def add_samples(self, samples: list[tuple[str, str]]) -> None:
+        room = SAMPLE_MAX - len(self.samples)
+        if room > 0:
+            self.samples.extend(samples[:room])
+
+    def maybe_flush(self, now: float, force: bool = False) -> bool:
+        """Log the summary if there is one and the interval has passed."""
+        if not self.counts or (not force and now - self._last < self.interval_s):
+            return False
+        window = now - self._last
+        total = sum(self.counts.values())
+        parts = " ".join(f"{r}={c}" for r, c in sorted(self.counts.items(),
+                                                        key=lambda rc: _REJECT_INDEX[rc[0]]))
+        # Details hold untrusted bytes; repr() keeps the line one line.
+        samples = " | ".join(f"{r}: {d}" for r, d in self.samples)
+        _log("WARN", "ingest_rejects", window_s=f"{window:.3f}", total=total,
+             reasons=repr(parts), samples=repr(samples))
+        self.counts = {}
+        self.samples = []
+        self._last = now
+        return True
+
+
+class Ingest:
+    """The intake state over `SegmentViews` ``views``; no sockets.
+
+    `handle_frame` applies one frame; `forget` frees nodes that went silent.
+    Both return status and never raise on bad input."""
+
+    def __init__(self, views: SegmentViews, config: Config):
+        self.views = views
+        self.config = config
+        self.registry = NodeRegistry(views)
+        self._slot_of: dict[bytes, int] = dict(self.registry.items())
+        self._table = views.table
+        self._reg = views.registry
+        self._recv_time = views.table.recv_time
+        self._max_frame_bytes = config.ingest.max_frame_bytes
+        self._forget_after_s = config.engine.forget_after_s
+        self.log = RejectLog(config.ingest.reject_log_interval_s)
+        h = views.header
+        self._frames = _cells(h.ingest_frames)
+        self._heartbeats = _cells(h.ingest_heartbeats)
+        self._accepted = _cells(h.ingest_accepted)
+        self._bytes = _cells(h.ingest_bytes)
+        self._alive = _cells(h.ingest_alive_mono)
+        self._rejects = _cells(h.rejects)
+        self._internal_errors = 0
+        self._full_in_frame = 0
+
+    # ----------------------------------------------------------- frames --
+    def handle_frame(self, frame, now: float) -> int:
+        """Decode ``frame`` (bytes-like) received at monotonic ``now`` and apply
+        its valid heartbeats.  Returns the number of heartbeats written.
+
+        An unexpected exception (a bug, not bad input) is counted under
+        ``malformed_frame`` for the heartbeats it cost, logged, and swallowed:
+        one frame must not stop the intake."""
+        nbytes = memoryview(frame).nbytes
+        seen, accepted, rejected = 1, 0, 0
+        self._full_in_frame = 0
+        try:
+            dec = decode_frame(frame, self._max_frame_bytes)
+            seen = dec.seen
+            if dec.rejects:
+                log, rej = self.log, self._rejects
+                for reason, count in dec.rejects.items():
+                    rej[_REJECT_INDEX[reason]] += count
+                    log.add(reason, count)
+                    rejected += count
+                log.add_samples(dec.sample)
+            if len(dec.records):
+                accepted = self._apply(dec.records, dec.labels, now)
+        except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
+            lost = seen - accepted - rejected - self._full_in_frame
+            self._internal_error(err, max(lost, 0))
+        self._heartbeats[0] += seen
+        self._accepted[0] += accepted
+        self._bytes[0] += nbytes
+        self._frames[0] += 1  # last: see the module docstring
+        return accepted
+
+    def _apply(self, records: np.ndarray, labels: list[bytes | None] | None, now: float) -> int:
+        n = len(records)
+        keys = records["node"].tolist()   # S64 -> bytes, NUL padding stripped = node_key()
+        slot_of = self._slot_of
+        slots = np.fromiter(map(slot_of.get, keys, itertools.repeat(-1, n)), np.int64, n)
+        recv = self._recv_time
+        # One vectorised test finds every record that needs the slow path: an
+        # unknown node, or one whose row is old enough to be forgotten.
+        if (slots < 0).any():
+            problem = True
+        else:
+            problem = bool(((now - recv[slots]) >= self._forget_after_s).any())
+        if problem:
+            self._resolve_slow(records, labels, keys, slots, now)
+        self._update_meta(records, labels, slots)
+        return int(write_batch(self._table, slots, records, now))
+
+    def _resolve_slow(self, records, labels, keys, slots, now) -> None:
+        """Registrations and re-registrations, record by record in frame order
+        (the order decides who gets the lowest free slot)."""
+        registry, slot_of, recv = self.registry, self._slot_of, self._recv_time
+        forget_after = self._forget_after_s
+        zones = records["zone"].tolist()
+        done: dict[bytes, int] = {}   # nodes settled earlier in this frame
+        for j, key in enumerate(keys):
+            s = done.get(key)
+            if s is not None:
+                slots[j] = s
+                continue
+            s = slot_of.get(key, -1)
+            if s >= 0 and now - recv[s] >= forget_after:
+                registry.free(s)      # forgotten: registered anew just below
+                del slot_of[key]
+                s = -1
+            if s < 0:
+                s = registry.register(key, zones[j], labels[j] if labels is not None else None)
+                if s < 0:
+                    self._full_in_frame += 1
+                    self._rejects[_REGISTRY_FULL] += 1
+                    self.log.add("registry_full", 1, (
+                        "registry_full", f"node {key.decode('utf-8', 'backslashreplace')!r}: "
+                        f"all {registry.capacity} slots taken"))
+                    slots[j] = -1
+                    continue          # not settled: a slot freed later in the frame may take it
+                slot_of[key] = s
+            done[key] = s
+            slots[j] = s
+
+    def _update_meta(self, records, labels, slots) -> None:
+        """Apply changed zones/labels; the unchanged common case costs a few
+        whole-frame comparisons."""
+        reg = self._reg
+        idx = None
+        if (slots < 0).any():
+            idx = np.flatnonzero(slots >= 0)
+            if not len(idx):
+                return
+            sl = slots[idx]
+            zones = records["zone"][idx]
+        else:
+            sl = slots
+            zones = records["zone"]
+        changed = reg.zone[sl].view(f"S{reg.zone.shape[1]}")[:, 0] != zones
+        cur_len = reg.labels_len[sl]
+        if labels is None:
+            changed |= cur_len != 0
+        else:
+            labs = labels if idx is None else [labels[i] for i in idx.tolist()]
+            new_len = np.fromiter((len(b) if b else 0 for b in labs), np.int64, len(labs))
+            changed |= cur_len != new_len
+            for i in np.flatnonzero(~changed & (new_len > 0)).tolist():
+                if bytes(reg.labels[sl[i], :new_len[i]]) != labs[i]:
+                    changed[i] = True
+        if not changed.any():
+            return
+        # Apply every heartbeat of the changed nodes in frame order, so the
+        # last one wins even when a node repeats within the frame.
+        targets = set(sl[changed].tolist())
+        all_zones = records["zone"].tolist()
+        registry = self.registry
+        for j, s in enumerate(slots.tolist()):
+            if s in targets:
+                registry.set_meta(s, all_zones[j], labels[j] if labels is not None else None)
+
+    def _internal_error(self, err: Exception, lost: int) -> None:
+        self._rejects[_MALFORMED_FRAME] += lost
+        detail = f"internal error {type(err).__name__}: {str(err)[:200]}"
+        self.log.add("malformed_frame", lost, ("malformed_frame", detail))
+        self._internal_errors += 1
+        if self._internal_errors == 1:  # the first one in full; later ones in the summary
+            _log("ERROR", "ingest_internal_error", error=repr(detail),
+                 traceback=repr(traceback.format_exc()))
+
+    # --------------------------------------------------------- upkeep --
+    def forget(self, now: float) -> list[int]:
+        """Free every node whose age is >= ``engine.forget_after_s``; the slots."""
+        freed = self.registry.forget_older_than(now, self._forget_after_s)
+        if freed:
+            self._slot_of = dict(self.registry.items())
+        return freed
+
+    def mark_alive(self, now: float) -> None:
+        self._alive[0] = now
+
+    def warm_up(self) -> None:
+        """Load (or compile) the row writer's specialisations for 1- and
+        n-record batches (a 1-record field view types as contiguous) without
+        writing: every slot is -1."""
+        for n in (1, 2):
+            write_batch(self._table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
+
+
+# ------------------------------------------------------------------ process --
+class _StopFlag:
+    def __init__(self):
+        self.signal = 0
+
+    def __call__(self, signum, _frame):
+        self.signal = signum
+
+
+def _open_socket(ctx: zmq.Context, config: Config) -> tuple[zmq.Socket | None, str]:
+    """A bound PULL socket, or (None, reason) when the configuration cannot work."""
+    ic = config.ingest
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, ic.rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, min(ic.max_frame_bytes * HARD_LIMIT_FACTOR, 2**62))
+    try:
+        if ic.curve.enabled:
+            _enable_curve(ctx, sock, config)
+        sock.bind(ic.bind)
+    except (zmq.ZMQError, OSError, ValueError) as err:
+        sock.close(0)
+        return None, str(err)
+    return sock, ""
+
+
+def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config) -> None:
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    cc = config.ingest.curve
+    if not zmq.has("curve"):
+        raise ValueError("ingest.curve is set but this libzmq has no CURVE support")
+    if not os.path.isdir(cc.authorized_keys_dir):
+        raise ValueError(f"ingest.curve.authorized_keys_dir = {cc.authorized_keys_dir!r} "
+                         "is not a directory")
+    public, secret = zmq.auth.load_certificate(cc.server_secret_key_file)
+    if not secret:
+        raise ValueError(f"ingest.curve.server_secret_key_file = {cc.server_secret_key_file!r} "
+                         "holds no secret key")
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=cc.authorized_keys_dir)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+
+
+def ingest_main(name: str, config: Config, parent_pid: int) -> int:
+    """The ingest process: attach segment ``name``, bind ``ingest.bind``, apply
+    frames until the parent (``parent_pid``) dies, the header's ``stopping``
+    is set, or SIGTERM (SIGINT too, unless it is ignored, as the supervisor
+    arranges).  Returns the exit code: 0 stopped, 1 attach failed (restartable),
+    78 bind or CURVE setup failed (fatal)."""
+    stop = _StopFlag()
+    signal.signal(signal.SIGTERM, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
+    try:
+        seg = Segment.attach(name, readonly=False)
+    except LayoutMismatch as err:
+        _log("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_CONFIG
+    except Exception as err:  # noqa: BLE001 - reported as an exit code
+        _log("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_FAILED
+    ctx = zmq.Context()
+    sock = None
+    try:
+        sock, why = _open_socket(ctx, config)
+        if sock is None:
+            _log("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
+            return EXIT_CONFIG
+        ingest = Ingest(seg.views, config)
+        ingest.warm_up()
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        _log("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
+             registered=len(ingest.registry))
+        _run(ingest, sock, config, parent_pid, stop)
+        ingest.log.maybe_flush(time.monotonic(), force=True)
+        h = seg.views.header
+        why = (f"signal_{stop.signal}" if stop.signal else
+               "stopping" if h.stopping[0] else "parent_exited")
+        _log("INFO", "ingest_stopped", pid=os.getpid(), reason=why,
+             frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
+        return EXIT_OK
+    finally:
+        if sock is not None:
+            sock.close(0)
+        ctx.term()
+        ingest = None
+        seg.close()
+
+
+def _run(ingest: Ingest, sock: zmq.Socket, config: Config, parent_pid: int,
+         stop: _StopFlag) -> None:
+    """The loop: wait (bounded), drain a batch, upkeep; until told to stop."""
+    h = ingest.views.header
+    poll_ms = max(1, int(1000 * min(config.engine.parent_check_interval_s, FORGET_PERIOD_S)))
+    drain = config.ingest.drain_batch
+    recv, handle, monotonic = sock.recv, ingest.handle_frame, time.monotonic
+    noblock = zmq.NOBLOCK
+    next_forget = 0.0
+    while True:
+        now = monotonic()
+        ingest.mark_alive(now)
+        if stop.signal or h.stopping[0] or os.getppid() != parent_pid:
+            return
+        if now >= next_forget:
+            ingest.forget(now)
+            next_forget = now + FORGET_PERIOD_S
+        ingest.log.maybe_flush(now)
+        if not sock.poll(poll_ms, zmq.POLLIN):
+            continue
+        for _ in range(drain):
+            try:
+                frame = recv(noblock, copy=False)
+            except zmq.Again:
+                break
+            handle(frame.buffer, monotonic())
+
+
+def run_standalone(name: str, config: Config) -> int:
+    """Create segment ``name`` and run an ingest on it in this process, with no
+    tick worker (for benchmarks); unlinks the segment on the way out."""
+    seg = Segment.create(name, config.engine.capacity, mode=config.engine.shm_mode,
+                         tick_interval_ms=config.engine.tick_interval_ms,
+                         endpoint=config.ingest.bind)
+    try:
+        return ingest_main(name, config, os.getppid())
+    finally:
+        seg.close()
+        seg.unlink()
