@@ -1,0 +1,128 @@
+"""`shm-engine status`: a running engine's health, read from its segment.
+
+Read-only: the segment is mapped ``PROT_READ``, nothing is written, no socket
+is opened.  Per-tick numbers (epoch, node counts per state) come from the
+latest published buffer through the latch (`seqlock.read_consistent`, the one
+retry loop); counters (ticks, overruns, tick durations, ingest counters,
+children) are single header words, each read once.
+
+A segment whose supervisor is gone (killed with SIGKILL) is reported as not
+running: the next ``shm-engine run`` reclaims it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .errors import EngineNotRunning
+from .segment import Segment, process_alive
+from .seqlock import READ_OK, read_consistent
+from .states import NodeState
+from .wire import REJECT_REASONS
+
+__all__ = ["cmd_status", "read_status"]
+
+
+def _copy_meta(buf) -> tuple:
+    return (int(buf.epoch[0]), float(buf.tick_mono[0]), float(buf.tick_wall[0]),
+            float(buf.pressure[0]), int(buf.n_ranked[0]), int(buf.live[0]),
+            int(buf.registered[0]), buf.counts[:5].copy())
+
+
+def read_status(name: str) -> dict:
+    """The status object of engine ``name`` (what ``--json`` prints).
+
+    Raises EngineNotRunning if there is no segment, or its supervisor is dead."""
+    with Segment.attach(name, readonly=True) as seg:
+        v = seg.views
+        h = v.header
+        pid = int(h.supervisor_pid[0])
+        creator = int(h.creator_pid[0])
+        if not process_alive(creator, int(h.creator_start[0])):
+            raise EngineNotRunning(f"engine {name!r} is not running (stale segment of dead "
+                                   f"pid {creator}; the next run reclaims it)")
+        st, epoch, meta = read_consistent(h.latch_seq, lambda b: _copy_meta(v.buffers[b]))
+        now = time.monotonic()
+        if st == READ_OK:
+            _e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts = meta
+            age = max(0.0, now - tick_mono)
+        else:
+            epoch, tick_wall, pressure, n_ranked, live, registered = 0, None, 0.0, 0, 0, 0
+            counts, age = [0] * 5, None
+        nodes = {"registered": registered}
+        nodes.update({s.name.lower(): int(counts[int(s)]) for s in NodeState})
+        rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
+        ingest_alive = float(h.ingest_alive_mono[0])
+        ticker_alive = float(h.ticker_alive_mono[0])
+        return {
+            "name": h.read_str("name") or name,
+            "pid": pid,
+            "ingest_endpoint": h.read_str("endpoint"),
+            "capacity": int(h.capacity[0]),
+            "stopping": bool(h.stopping[0]),
+            "epoch": int(epoch),
+            "tick_interval_ms": int(h.tick_interval_ms[0]),
+            "last_tick_age_s": age,
+            "last_tick_wall": tick_wall,
+            "ticks": int(h.ticks[0]),
+            "tick_us": {"last": float(h.tick_us_last[0]), "p50": float(h.tick_us_p50[0]),
+                        "p99": float(h.tick_us_p99[0]), "max": float(h.tick_us_max[0])},
+            "overruns": int(h.overruns[0]),
+            "pressure": pressure,
+            "ranked": n_ranked,
+            "live": live,
+            "nodes": nodes,
+            "ingest": {
+                "frames": int(h.ingest_frames[0]),
+                "heartbeats": int(h.ingest_heartbeats[0]),
+                "accepted": int(h.ingest_accepted[0]),
+                "bytes": int(h.ingest_bytes[0]),
+                "rejected": rejects,
+                "registered_now": int(h.registered[0]),
+                "alive_age_s": max(0.0, now - ingest_alive) if ingest_alive else None,
+            },
+            "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
+            "children": {
+                "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
+                "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
+            },
+        }
+
+
+def _fmt_age(age) -> str:
+    return "never" if age is None else f"{age:.3f}s ago"
+
+
+def render(s: dict) -> str:
+    """The compact human-readable block."""
+    t, n, i, c = s["tick_us"], s["nodes"], s["ingest"], s["children"]
+    rejected = {k: v for k, v in i["rejected"].items() if v}
+    rej = " ".join(f"{k}={v}" for k, v in rejected.items()) or "none"
+    return "\n".join([
+        f"engine   {s['name']}  pid {s['pid']}  ingest {s['ingest_endpoint']}"
+        + ("  (stopping)" if s["stopping"] else ""),
+        f"tick     epoch {s['epoch']}  every {s['tick_interval_ms']} ms  "
+        f"last {_fmt_age(s['last_tick_age_s'])}  overruns {s['overruns']}",
+        f"tick µs  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "
+        f"max {t['max']:.0f}",
+        f"nodes    {n['registered']} registered: {n['healthy']} healthy, "
+        f"{n['degraded']} degraded, {n['overloaded']} overloaded, "
+        f"{n['quarantined']} quarantined, {n['dead']} dead; "
+        f"{s['ranked']} ranked, pressure {s['pressure']:.3f}",
+        f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
+        f"{i['accepted']} accepted; rejected: {rej}",
+        f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
+        f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
+    ])
+
+
+def cmd_status(args) -> int:
+    """``shm-engine status --name NAME [--json]``."""
+    s = read_status(args.name)
+    if args.json:
+        sys.stdout.write(json.dumps(s, sort_keys=False) + "\n")
+    else:
+        sys.stdout.write(render(s) + "\n")
+    return 0

@@ -1,0 +1,295 @@
+"""`shm-engine run`: the supervisor process and its two children.
+
+The supervisor owns the segment's lifetime: it creates it (O_CREAT|O_EXCL,
+reclaiming a stale one), starts the ingest and the tick worker as ``spawn``
+children, restarts a child that dies, and on SIGTERM/SIGINT stops both and
+unlinks the segment.  The children hold no state of their own: the registry
+and the heartbeat table (ingest) and the carried node state (tick worker) live
+in the segment, so a restarted child adopts them.
+
+Invariants:
+- At most one tick worker runs at a time: a new one is started only after the
+  previous one has exited (its sentinel fired), because the latch allows a
+  single writer.  The same holds for the ingest.
+- The segment is unlinked on every exit path of `Supervisor.run` once it was
+  created here (``try/finally``); only SIGKILL leaves it behind, and the next
+  ``run`` reclaims it as stale (its creator pid is dead).
+- A child that exits with `EXIT_FATAL` (78, e.g. the ingest cannot bind) is
+  not restarted: the engine shuts down and ``run`` returns 1.
+
+Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
+doubling up to ``restart_backoff_max_s``; a child that ran for
+`STABLE_AFTER_S` before dying starts again from the minimum.
+
+Output: one line per event on stderr, ``time level event key=value ...``; on
+stdout the ingest endpoint at start and ``ready`` once the first epoch is
+published (for scripts that wait on it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .config import Config, load_config
+from .segment import Segment
+
+__all__ = ["Supervisor", "cmd_run", "EXIT_FATAL", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
+
+EXIT_FATAL = 78                 # EX_CONFIG: a child's fatal configuration error
+STABLE_AFTER_S = 30.0           # a child that ran this long resets its backoff
+STOP_GRACE_S = 1.0              # after setting `stopping`, before SIGTERM
+STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
+DEFAULT_TARGETS = {
+    "ingest": "shm_engine.ingest:ingest_main",
+    "ticker": "shm_engine.ticker:ticker_main",
+}
+
+
+def _log_line(stream: TextIO, level: str, event: str, **kv) -> None:
+    t = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    fields = "".join(f" {k}={v}" for k, v in kv.items())
+    try:
+        stream.write(f"{stamp} {level} {event}{fields}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr must not take the supervisor down
+
+
+def _child_main(target: str, name: str, config: Config, parent_pid: int) -> None:
+    """Spawn entry of both children: the exit code is ``target``'s return value."""
+    # Ctrl-C reaches the whole process group; the supervisor alone decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    module, _, func = target.partition(":")
+    fn = getattr(importlib.import_module(module), func)
+    sys.exit(int(fn(name, config, parent_pid) or 0))
+
+
+@dataclass
+class _Child:
+    role: str
+    target: str
+    proc: multiprocessing.process.BaseProcess | None = None
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float | None = None
+    starts: int = 0
+    history: list = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs engine ``name``.  ``run()`` is the whole lifetime; ``targets``
+    maps a role (``ingest``, ``ticker``) to ``"module:function"`` (tests
+    substitute their own)."""
+
+    def __init__(self, name: str, config: Config, *, targets: dict[str, str] | None = None,
+                 log: TextIO | None = None, out: TextIO | None = None):
+        self.name = name
+        self.config = config
+        self._log_stream = log if log is not None else sys.stderr
+        self._out = out if out is not None else sys.stdout
+        self._ctx = multiprocessing.get_context("spawn")
+        tg = dict(DEFAULT_TARGETS, **(targets or {}))
+        self.children = {role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
+                         for role in ("ingest", "ticker")}
+        self.seg: Segment | None = None
+        self._stop_signal: int | None = None
+        self._wake_r = self._wake_w = -1
+        self._ready = False
+
+    # ------------------------------------------------------------- logging --
+    def log(self, level: str, event: str, **kv) -> None:
+        _log_line(self._log_stream, level, event, **kv)
+
+    def _say(self, line: str) -> None:
+        try:
+            self._out.write(line + "\n")
+            self._out.flush()
+        except (OSError, ValueError):
+            pass
+
+    # -------------------------------------------------------------- signals --
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def _install_signals(self):
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        return old_fd, old
+
+    def _restore_signals(self, saved) -> None:
+        old_fd, old = saved
+        for s, h in old.items():
+            signal.signal(s, h)
+        signal.set_wakeup_fd(old_fd)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to shut down (as SIGTERM does)."""
+        self._stop_signal = signal.SIGTERM
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------- children --
+    def _set_pid(self, role: str, pid: int) -> None:
+        getattr(self.seg.views.header, f"{role}_pid")[0] = pid
+
+    def _start(self, child: _Child) -> None:
+        proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
+                                 args=(child.target, self.name, self.config, os.getpid()),
+                                 daemon=False)
+        proc.start()
+        child.proc = proc
+        child.started = time.monotonic()
+        child.restart_at = None
+        self._set_pid(child.role, proc.pid)
+        if child.starts:
+            h = self.seg.views.header
+            counter = getattr(h, f"{child.role}_restarts")
+            counter[0] += 1
+            self.log("INFO", "child_restarted", role=child.role, pid=proc.pid,
+                     restarts=int(counter[0]))
+        else:
+            self.log("INFO", "child_started", role=child.role, pid=proc.pid)
+        child.starts += 1
+
+    def _reap(self, child: _Child, now: float) -> bool:
+        """Handle an exited child; False if its exit is fatal for the engine."""
+        proc = child.proc
+        proc.join()
+        code = proc.exitcode
+        ran = now - child.started
+        child.proc = None
+        self._set_pid(child.role, 0)
+        if code == EXIT_FATAL:
+            self.log("ERROR", "child_fatal", role=child.role, pid=proc.pid, code=code,
+                     ran_s=f"{ran:.3f}")
+            return False
+        if ran >= STABLE_AFTER_S:
+            child.backoff = self.config.engine.restart_backoff_min_s
+        delay = child.backoff
+        child.backoff = min(child.backoff * 2, self.config.engine.restart_backoff_max_s)
+        child.restart_at = now + delay
+        how = f"signal_{-code}" if code is not None and code < 0 else str(code)
+        self.log("WARN", "child_exited", role=child.role, pid=proc.pid, code=how,
+                 ran_s=f"{ran:.3f}", restart_in_s=f"{delay:.3f}")
+        return True
+
+    def _terminate_children(self) -> None:
+        live = [c for c in self.children.values() if c.proc is not None]
+        # Both children exit by themselves once `stopping` is set; a short
+        # grace lets them finish cleanly before SIGTERM.
+        multiprocessing.connection.wait([c.proc.sentinel for c in live], STOP_GRACE_S)
+        for c in live:
+            if c.proc.is_alive():
+                c.proc.terminate()
+        deadline = time.monotonic() + STOP_JOIN_TIMEOUT_S
+        for c in live:
+            c.proc.join(max(0.0, deadline - time.monotonic()))
+            if c.proc.is_alive():
+                self.log("WARN", "child_killed", role=c.role, pid=c.proc.pid,
+                         after_s=STOP_JOIN_TIMEOUT_S)
+                c.proc.kill()
+                c.proc.join(5.0)
+            self.log("INFO", "child_stopped", role=c.role, pid=c.proc.pid, code=c.proc.exitcode)
+            c.proc = None
+            if self.seg is not None:
+                self._set_pid(c.role, 0)
+
+    # ------------------------------------------------------------ lifetime --
+    def run(self) -> int:
+        """Create the segment, supervise until a stop signal or a fatal child
+        exit, then shut down.  Returns 0 after a requested stop, 1 after a
+        fatal child exit.  Raises EngineAlreadyRunning (nothing created)."""
+        saved = self._install_signals()
+        created = False
+        try:
+            cfg = self.config
+            self.seg = Segment.create(self.name, cfg.engine.capacity, mode=cfg.engine.shm_mode,
+                                      tick_interval_ms=cfg.engine.tick_interval_ms,
+                                      endpoint=cfg.ingest.bind)
+            created = True
+            h = self.seg.views.header
+            h.supervisor_pid[0] = os.getpid()
+            h.supervisor_alive_mono[0] = time.monotonic()
+            self.log("INFO", "engine_starting", name=self.name, pid=os.getpid(),
+                     capacity=cfg.engine.capacity, tick_ms=cfg.engine.tick_interval_ms,
+                     endpoint=cfg.ingest.bind)
+            self._say(f"ingest endpoint {cfg.ingest.bind}")
+            for child in self.children.values():
+                self._start(child)
+            code = self._loop()
+            return code
+        finally:
+            try:
+                if created:
+                    self._shutdown()
+            finally:
+                self._restore_signals(saved)
+
+    def _loop(self) -> int:
+        h = self.seg.views.header
+        while self._stop_signal is None:
+            now = time.monotonic()
+            h.supervisor_alive_mono[0] = now
+            for child in self.children.values():
+                if child.proc is not None and child.proc.exitcode is not None:
+                    if not self._reap(child, now):
+                        self.log("ERROR", "engine_fatal", name=self.name,
+                                 reason=f"{child.role}_fatal_exit")
+                        return 1
+            for child in self.children.values():
+                if child.proc is None and child.restart_at is not None and now >= child.restart_at:
+                    self._start(child)
+            if not self._ready and int(h.latch_seq[0]) >> 1 > 0:
+                self._ready = True
+                self.log("INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1)
+                self._say("ready")
+            timeout = 0.05 if not self._ready else 1.0
+            for child in self.children.values():
+                if child.restart_at is not None:
+                    timeout = min(timeout, max(0.0, child.restart_at - now))
+            waitables = [c.proc.sentinel for c in self.children.values() if c.proc is not None]
+            multiprocessing.connection.wait(waitables + [self._wake_r], timeout)
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        self.log("INFO", "stop_requested", signal=signal.Signals(self._stop_signal).name)
+        return 0
+
+    def _shutdown(self) -> None:
+        seg = self.seg
+        try:
+            if seg is not None and seg.views is not None:
+                seg.views.header.stopping[0] = 1
+            self._terminate_children()
+        finally:
+            if seg is not None:
+                seg.close()
+                seg.unlink()
+                self.log("INFO", "engine_stopped", name=self.name, segment_unlinked=True)
+            self.seg = None
+
+
+def cmd_run(args) -> int:
+    """``shm-engine run --config FILE --name NAME``."""
+    config = load_config(args.config)
+    return Supervisor(args.name, config).run()
