@@ -162,7 +162,7 @@ def _node_label(node: Any) -> str:
     if isinstance(node, (bytes, bytearray)):
         node = bytes(node).decode("utf-8", "backslashreplace")
     elif not isinstance(node, str):
-        return "?"
+        return "node ?"
     return "node " + _short(node)
 
 

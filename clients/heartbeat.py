@@ -1,0 +1,164 @@
+"""Sending heartbeats to the engine: a ZeroMQ PUSH client.
+
+Invariant: nothing this client sends is rejected by the engine's validation
+(``shm_engine.wire``), because every heartbeat is checked here first with the
+same code; a bad heartbeat is the caller's bug and raises ``InvalidHeartbeat``.
+
+Rules for callers:
+- ``send``/``send_batch`` never block.  When the socket's queue is full (the
+  engine is slow or away) the heartbeat is dropped and counted in ``dropped``;
+  heartbeats are periodic, so the next one replaces it.
+- A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
+  create one per process (a forked child's ``send`` raises RuntimeError).
+- Labels travel only in JSON frames; everything else goes in binary frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from shm_engine import wire
+from shm_engine.errors import ShmEngineError
+
+
+class InvalidHeartbeat(ShmEngineError, ValueError):
+    """Raised by ``HeartbeatClient.send``/``send_batch`` when a heartbeat would
+    be rejected by the engine.  The message names the reason, the node and the
+    field; fix the values the caller passes.  ``reason`` is the engine's reject
+    reason (``bad_field``, ``missing_field``, ...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class HeartbeatClient:
+    """PUSH socket connected to the engine's heartbeat endpoint.
+
+    ``sent`` and ``dropped`` count heartbeats (not frames).  ``max_frame_bytes``
+    bounds each frame ``send_batch`` builds; keep it at or below the engine's
+    limit, or whole batches are refused as ``frame_too_large``.
+    """
+
+    def __init__(self, endpoint: str, *, sndhwm: int = 10000, linger_ms: int = 0,
+                 curve: Any = None,
+                 max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES) -> None:
+        if curve is not None:
+            raise ValueError("curve: CURVE security is not supported yet; pass curve=None")
+        if max_frame_bytes < wire.HEADER_SIZE + wire.RECORD_SIZE:
+            raise ValueError(f"max_frame_bytes={max_frame_bytes} cannot hold one record "
+                             f"({wire.HEADER_SIZE + wire.RECORD_SIZE} bytes)")
+        self.endpoint = endpoint
+        self.max_frame_bytes = max_frame_bytes
+        self.sent = 0
+        self.dropped = 0
+        self._pid = os.getpid()
+        self._ctx = zmq.Context()
+        try:
+            self._sock = self._ctx.socket(zmq.PUSH)
+            self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+            self._sock.connect(endpoint)
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        self._closed = False
+
+    # -- sending
+
+    def send(self, node: str, **fields: Any) -> bool:
+        """Send one heartbeat; True if queued, False if dropped (queue full).
+
+        Raises InvalidHeartbeat if the engine would reject it."""
+        self._check_usable()
+        record, labels, reason, detail = wire.check_heartbeat({"node": node, **fields})
+        if reason is not None:
+            raise InvalidHeartbeat(reason, detail)
+        if labels is None:
+            frame = wire.encode_record(record)
+        else:
+            frame = wire.encode_json({"node": node, **fields})
+        return self._send_frame(frame, 1)
+
+    def send_batch(self, records: Iterable[Mapping] | np.ndarray) -> int:
+        """Send many heartbeats in binary frames of at most ``max_frame_bytes``.
+
+        ``records``: mappings with the JSON field names (``node`` included), or
+        a ``wire.RECORD_DTYPE`` array.  All are validated before any is sent;
+        labels cannot travel in a batch (use ``send``).  Returns how many
+        heartbeats were queued; the rest were dropped and counted.
+        """
+        self._check_usable()
+        batch = self._validated(records)
+        per_frame = (self.max_frame_bytes - wire.HEADER_SIZE) // wire.RECORD_SIZE
+        queued = 0
+        for start in range(0, len(batch), per_frame):
+            chunk = batch[start:start + per_frame]
+            if self._send_frame(wire.encode_batch(chunk), len(chunk)):
+                queued += len(chunk)
+        return queued
+
+    def _validated(self, records: Iterable[Mapping] | np.ndarray) -> np.ndarray:
+        if isinstance(records, np.ndarray):
+            if records.dtype != wire.RECORD_DTYPE:
+                raise TypeError(f"records array has dtype {records.dtype}, "
+                                "not wire.RECORD_DTYPE")
+            decoded = wire.decode_frame(wire.encode_batch(records), float("inf"))
+            if decoded.rejects:
+                raise InvalidHeartbeat(*decoded.sample[0])
+            return decoded.records
+        rows = []
+        for mapping in records:
+            record, labels, reason, detail = wire.check_heartbeat(dict(mapping))
+            if reason is not None:
+                raise InvalidHeartbeat(reason, detail)
+            if labels is not None:
+                raise InvalidHeartbeat(
+                    "bad_field", f"node {mapping['node']!r}: labels cannot travel in a "
+                                 "binary batch; send this heartbeat with send()")
+            rows.append(record)
+        out = np.zeros(len(rows), wire.RECORD_DTYPE)
+        for i, record in enumerate(rows):
+            out[i] = record
+        return out
+
+    def _send_frame(self, frame: bytes, n: int) -> bool:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+        except zmq.Again:
+            self.dropped += n
+            return False
+        self.sent += n
+        return True
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("HeartbeatClient is closed")
+        if os.getpid() != self._pid:
+            raise RuntimeError("HeartbeatClient was created in another process; "
+                               "create a new client after fork()")
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Close the socket and terminate the context (idempotent).  Unsent
+        heartbeats are kept for at most ``linger_ms``."""
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self._pid:
+            return      # the parent owns the sockets; never terminate them here
+        self._sock.close()
+        self._ctx.term()
+
+    def __enter__(self) -> HeartbeatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
