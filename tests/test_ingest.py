@@ -1,0 +1,500 @@
+"""shm_engine.ingest: frames in, rows and registrations out, counters exact.
+
+In-process tests drive `Ingest.handle_frame` over a real segment with a
+logical clock (``now`` is passed in); the process tests run `ingest_main` in a
+spawned child on a loopback port and wait on the header counters.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import struct
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from shm_engine import ingest as ingest_mod
+from shm_engine import wire
+from shm_engine.config import Config
+from shm_engine.ingest import EXIT_CONFIG, Ingest, ingest_main
+from shm_engine.registry import decode_id
+from shm_engine.segment import Segment, process_alive
+
+FORGET = 300.0   # engine.forget_after_s (the default), seconds
+
+
+def make_config(**ingest) -> Config:
+    cfg = Config()
+    return Config.from_dict({
+        "engine": {"forget_after_s": FORGET, "parent_check_interval_s": 0.05},
+        "ingest": {"max_frame_bytes": cfg.ingest.max_frame_bytes, **ingest},
+    })
+
+
+@pytest.fixture
+def seg(shm_name):
+    s = Segment.create(shm_name, capacity=8)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ing(seg):
+    return Ingest(seg.views, make_config())
+
+
+def hb(node: str, **kw) -> dict:
+    out = {"node": node, "cpu": 0.5, "mem": 0.25, "queue": 2.0, "avg_job_s": 0.5}
+    out.update(kw)
+    return out
+
+
+def slot_of(views, node: str) -> int:
+    """The slot ``node`` is registered in, from the segment itself; -1 if none."""
+    reg = views.registry
+    for s in range(int(views.header.slot_hwm[0])):
+        if reg.registered[s] and decode_id(reg.node_id[s]) == node.encode():
+            return s
+    return -1
+
+
+def counters(views) -> dict:
+    h = views.header
+    out = {"frames": int(h.ingest_frames[0]), "heartbeats": int(h.ingest_heartbeats[0]),
+           "accepted": int(h.ingest_accepted[0])}
+    out.update({r: int(h.rejects[i]) for i, r in enumerate(wire.REJECT_REASONS) if h.rejects[i]})
+    return out
+
+
+def assert_balanced(views) -> None:
+    h = views.header
+    assert int(h.ingest_accepted[0]) + int(h.rejects.sum()) == int(h.ingest_heartbeats[0])
+
+
+# --------------------------------------------------------------------------
+# Registration and forgetting
+
+
+def test_first_heartbeats_take_the_lowest_free_slots(ing, seg):
+    v = seg.views
+    ing.handle_frame(wire.encode_batch([hb("a"), hb("b"), hb("c")]), 0.0)
+    assert [slot_of(v, n) for n in "abc"] == [0, 1, 2]
+    # t=200: a and c report again; at t=300 b's age is 300 >= 300: forgotten.
+    ing.handle_frame(wire.encode_batch([hb("a"), hb("c")]), 200.0)
+    assert ing.forget(300.0) == [1]
+    assert slot_of(v, "b") == -1 and int(v.header.registered[0]) == 2
+    # The next new node takes slot 1, the lowest free one (not slot 3).
+    ing.handle_frame(wire.encode_json(hb("d")), 301.0)
+    assert slot_of(v, "d") == 1
+    assert int(v.header.slot_hwm[0]) == 3
+    assert_balanced(v)
+
+
+def test_a_node_too_old_at_arrival_is_registered_anew_in_the_lowest_free_slot(ing, seg):
+    v = seg.views
+    ing.handle_frame(wire.encode_batch([hb("p"), hb("q")]), 0.0)      # p: 0, q: 1
+    ing.handle_frame(wire.encode_json(hb("q")), 250.0)
+    assert ing.forget(300.0) == [0]                                     # p: age 300
+    gen_q = int(v.registry.slot_gen[1])
+    # t=550: q's age is 550 - 250 = 300 >= forget_after_s; the periodic
+    # forget has not run yet, so the arrival itself forgets q: slot 1 is
+    # freed and q registered anew in slot 0, the lowest free slot.
+    ing.handle_frame(wire.encode_json(hb("q", queue=7.0)), 550.0)
+    assert slot_of(v, "q") == 0
+    assert v.registry.registered[1] == 0
+    assert int(v.registry.slot_gen[1]) == gen_q + 2                    # freed once
+    assert v.table.recv_time[0] == 550.0 and v.table.queue[0] == 7.0
+    assert int(v.header.registered[0]) == 1
+
+
+def test_a_node_younger_than_forget_after_keeps_its_slot_and_generation(ing, seg):
+    v = seg.views
+    ing.handle_frame(wire.encode_json(hb("a")), 0.0)
+    gen = int(v.registry.slot_gen[0])
+    ing.handle_frame(wire.encode_json(hb("a")), FORGET - 0.001)
+    assert int(v.registry.slot_gen[0]) == gen
+    assert ing.forget(FORGET) == []
+
+
+def test_same_node_twice_in_a_new_registration_frame_gets_one_slot(ing, seg):
+    v = seg.views
+    # New node twice in one frame: the second must not see the fresh slot's
+    # never-written row as "too old" and register it again.
+    ing.handle_frame(wire.encode_batch([hb("n", queue=1.0), hb("m"), hb("n", queue=2.0)]), 1e6)
+    assert slot_of(v, "n") == 0 and slot_of(v, "m") == 1
+    assert int(v.header.registered[0]) == 2
+    assert v.table.queue[0] == 2.0        # the later heartbeat of the frame wins
+    assert int(v.table.row_version[0]) == 4
+    assert_balanced(v)
+
+
+def test_registry_full_rejects_new_nodes_and_keeps_known_ones(shm_name):
+    seg = Segment.create(shm_name, capacity=2)
+    try:
+        v = seg.views
+        ing = Ingest(v, make_config())
+        # a, b fill both slots; c is rejected; b's second heartbeat is kept.
+        ing.handle_frame(wire.encode_batch([hb("a"), hb("b"), hb("c"), hb("b", cpu=0.75)]), 5.0)
+        assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 3, "registry_full": 1}
+        assert slot_of(v, "c") == -1
+        assert v.table.cpu[1] == 0.75
+        # Full again through JSON; a freed slot is taken by the next new node.
+        ing.handle_frame(wire.encode_json(hb("d")), 6.0)
+        assert counters(v)["registry_full"] == 2
+        ing.handle_frame(wire.encode_json(hb("b")), 300.0)
+        assert ing.forget(305.0) == [0]                   # a: age 300
+        ing.handle_frame(wire.encode_json(hb("d")), 306.0)
+        assert slot_of(v, "d") == 0
+        assert_balanced(v)
+    finally:
+        seg.close()
+
+
+def test_ingest_adopts_the_registry_of_a_previous_ingest(ing, seg):
+    v = seg.views
+    ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0)
+    again = Ingest(v, make_config())          # a restarted ingest
+    again.handle_frame(wire.encode_batch([hb("b"), hb("c")]), 2.0)
+    assert [slot_of(v, n) for n in "abc"] == [0, 1, 2]
+    assert int(v.header.registered[0]) == 3
+
+
+# --------------------------------------------------------------------------
+# Rejections
+
+
+def _binary_header(version=1, record_size=192, count=0, reserved=0) -> bytes:
+    return struct.pack("<4sHHII", b"SHMH", version, record_size, count, reserved)
+
+
+REJECT_CASES = [
+    # (reason, frame); each frame holds exactly one rejected heartbeat
+    ("frame_too_large", b"{" + b" " * 1100 + b"}"),     # max_frame_bytes = 1024 here
+    ("malformed_frame", b"\xff\xfe"),
+    ("malformed_frame", b'{"node": '),
+    ("unsupported_version", _binary_header(version=2)),
+    ("malformed_heartbeat", b"[17]"),
+    ("missing_field", b'{"node":"a","cpu":0.5,"mem":0.5,"queue":1}'),
+    ("bad_field", wire.encode_json(hb("a")).replace(b'"cpu":0.5', b'"cpu":1.5')),
+    ("bad_node_id", wire.encode_json(hb("a")).replace(b'"node":"a"', b'"node":""')),
+    ("unknown_field", wire.encode_json(hb("a"))[:-1] + b',"gpu":0.5}'),
+]
+
+
+@pytest.mark.parametrize("reason,frame", REJECT_CASES, ids=[f"{r}-{i}" for i, (r, _f)
+                                                            in enumerate(REJECT_CASES)])
+def test_every_reject_reason_is_counted_and_nothing_is_applied(shm_name, reason, frame):
+    seg = Segment.create(shm_name, capacity=4)
+    try:
+        v = seg.views
+        ing = Ingest(v, make_config(max_frame_bytes=1024))
+        ing.handle_frame(frame, 1.0)
+        assert counters(v) == {"frames": 1, "heartbeats": 1, "accepted": 0, reason: 1}
+        assert int(v.header.ingest_bytes[0]) == len(frame)
+        assert int(v.header.registered[0]) == 0 and not v.table.row_version.any()
+    finally:
+        seg.close()
+
+
+def test_registry_full_is_counted_in_its_slot(shm_name):
+    seg = Segment.create(shm_name, capacity=1)
+    try:
+        ing = Ingest(seg.views, make_config())
+        ing.handle_frame(wire.encode_json(hb("a")), 1.0)
+        ing.handle_frame(wire.encode_json(hb("b")), 1.0)
+        i = wire.REJECT_REASONS.index("registry_full")
+        assert int(seg.views.header.rejects[i]) == 1
+        assert int(seg.views.header.rejects.sum()) == 1
+    finally:
+        seg.close()
+
+
+def _records(*mappings) -> np.ndarray:
+    """RECORD_DTYPE rows of valid mappings (to be corrupted by the test)."""
+    frame = wire.encode_batch(list(mappings))
+    return np.frombuffer(frame, wire.RECORD_DTYPE, offset=16).copy()
+
+
+def test_bad_heartbeats_in_a_binary_batch_keep_the_good_ones(ing, seg):
+    v = seg.views
+    recs = _records(hb("good1"), hb("bad-cpu"), hb("good2"), hb("bad-nan"))
+    recs[1]["cpu"] = 1.5
+    recs[3]["queue"] = np.nan
+    ing.handle_frame(wire.encode_batch(recs), 3.0)
+    assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 2, "bad_field": 2}
+    assert [slot_of(v, n) for n in ("good1", "good2", "bad-cpu", "bad-nan")] == [0, 1, -1, -1]
+
+
+def test_bad_heartbeats_in_a_json_array_keep_the_good_ones(ing, seg):
+    v = seg.views
+    frame = (b"[" + wire.encode_json(hb("x")) + b',{"node":"y"},42,'
+             + wire.encode_json(hb("z", io=0.5)) + b"]")
+    ing.handle_frame(frame, 3.0)
+    assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 2,
+                           "missing_field": 1, "malformed_heartbeat": 1}
+    assert [slot_of(v, n) for n in "xyz"] == [0, -1, 1]
+    assert v.table.io[1] == 0.5
+
+
+# --------------------------------------------------------------------------
+# Rows and metadata
+
+
+def test_rows_are_written_exactly(ing, seg):
+    v = seg.views
+    full = hb("full", cpu=0.125, mem=0.75, queue=3.0, avg_job_s=0.25, throughput=12.5,
+              ok=7, err=2, io=0.375, p50_ms=10.0, p95_ms=40.0, ts=1700000000.5)
+    ing.handle_frame(wire.encode_json(full), 42.5)
+    ing.handle_frame(wire.encode_batch([hb("bare", queue=9.0)]), 43.5)
+    t = v.table
+    # column: (slot 0 from the JSON frame, slot 1 from the binary one)
+    expected = {
+        "recv_time": (42.5, 43.5), "cpu": (0.125, 0.5), "mem": (0.75, 0.25),
+        "queue": (3.0, 9.0), "avg_job_s": (0.25, 0.5), "throughput": (12.5, 0.0),
+        "ok": (7.0, 0.0), "err": (2.0, 0.0), "io": (0.375, 0.0), "p50_ms": (10.0, 0.0),
+        "p95_ms": (40.0, 0.0), "ts": (1700000000.5, 0.0),
+        "reported": (wire.HAS_THROUGHPUT | wire.HAS_OKERR | wire.HAS_IO | wire.HAS_TAIL, 0),
+        "row_version": (2, 2),
+    }
+    for col, (a, b) in expected.items():
+        assert getattr(t, col)[:2].tolist() == [a, b], col
+    # A later heartbeat replaces the whole row: unreported metrics read 0.
+    ing.handle_frame(wire.encode_json(hb("full", cpu=0.0)), 44.0)
+    assert (t.throughput[0], t.ok[0], t.io[0], t.p95_ms[0], t.reported[0]) == (0, 0, 0, 0, 0)
+    assert (t.cpu[0], t.recv_time[0], t.row_version[0]) == (0.0, 44.0, 4)
+    assert_balanced(v)
+
+
+def test_zone_and_labels_are_stored_replaced_and_cleared(ing, seg):
+    v = seg.views
+    reg = v.registry
+    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"gpu": "a100", "b": "x"})), 1.0)
+    assert bytes(reg.zone[0]).rstrip(b"\0") == b"eu-1"
+    assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"x","gpu":"a100"}'
+    meta, epoch = int(reg.meta_version[0]), int(v.header.registry_epoch[0])
+    # Unchanged metadata: no version bump.
+    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"b": "x", "gpu": "a100"})), 2.0)
+    assert (int(reg.meta_version[0]), int(v.header.registry_epoch[0])) == (meta, epoch)
+    # Same length, other bytes: replaced.
+    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"b": "y", "gpu": "a100"})), 3.0)
+    assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"y","gpu":"a100"}'
+    assert int(reg.meta_version[0]) == meta + 2
+    # A binary heartbeat carries no labels and here no zone: both cleared.
+    ing.handle_frame(wire.encode_batch([hb("a")]), 4.0)
+    assert not reg.zone[0].any() and reg.labels_len[0] == 0
+    # A binary zone is stored.
+    ing.handle_frame(wire.encode_batch([hb("a", zone="us-2")]), 5.0)
+    assert bytes(reg.zone[0]).rstrip(b"\0") == b"us-2"
+    assert int(v.header.registered[0]) == 1
+
+
+def test_the_last_heartbeat_of_a_node_in_a_frame_sets_its_zone(ing, seg):
+    reg = seg.views.registry
+    ing.handle_frame(wire.encode_json(hb("a", zone="z1")), 1.0)
+    ing.handle_frame(wire.encode_batch([hb("a", zone="z2"), hb("a", zone="z1")]), 2.0)
+    assert bytes(reg.zone[0]).rstrip(b"\0") == b"z1"
+    ing.handle_frame(wire.encode_batch([hb("a", zone="z1"), hb("a", zone="z3")]), 3.0)
+    assert bytes(reg.zone[0]).rstrip(b"\0") == b"z3"
+
+
+# --------------------------------------------------------------------------
+# Failures inside the ingest
+
+
+def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_works(
+        ing, seg, monkeypatch, capsys):
+    v = seg.views
+    real = ingest_mod.write_batch
+
+    def broken(*args):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(ingest_mod, "write_batch", broken)
+    assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
+    assert counters(v) == {"frames": 1, "heartbeats": 2, "accepted": 0, "malformed_frame": 2}
+    assert "ingest_internal_error" in capsys.readouterr().err
+    monkeypatch.setattr(ingest_mod, "write_batch", real)
+    assert ing.handle_frame(wire.encode_batch([hb("a")]), 2.0) == 1
+    assert_balanced(v)
+
+
+def test_keyboard_interrupt_is_not_swallowed(ing, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest_mod, "decode_frame", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ing.handle_frame(wire.encode_json(hb("a")), 1.0)
+
+
+def test_reject_log_is_one_line_per_interval_with_samples(ing, capsys):
+    ing.log.interval_s = 3600.0
+    for i in range(5):
+        ing.handle_frame(b"\x01not a frame %d" % i, 1.0)
+    assert ing.log.maybe_flush(time.monotonic()) is False      # interval not over
+    assert capsys.readouterr().err == ""
+    assert ing.log.maybe_flush(time.monotonic(), force=True) is True
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert "ingest_rejects" in lines[0] and "total=5" in lines[0]
+    assert "malformed_frame=5" in lines[0] and lines[0].count("unknown frame kind") == 3
+
+
+# --------------------------------------------------------------------------
+# The process
+
+
+def _free_tcp_endpoint() -> str:
+    ctx = zmq.Context.instance()
+    probe = ctx.socket(zmq.PULL)
+    try:
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+    finally:
+        probe.close(0)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def run_ingest(name: str, config: Config, parent_pid: int) -> None:
+    """Spawn target: the exit code is ingest_main's return value (as the supervisor does)."""
+    sys.exit(ingest_main(name, config, parent_pid))
+
+
+def run_ingest_under(name: str, config: Config, pids) -> None:
+    """Spawn target: an intermediate parent that starts the ingest, reports both
+    pids, and waits to be killed."""
+    child = mp.get_context("spawn").Process(target=run_ingest, args=(name, config, os.getpid()))
+    child.start()
+    pids.put((os.getpid(), child.pid))
+    child.join()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)  # poll interval, not synchronisation
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie whose new parent has not reaped it yet."""
+    if not process_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
+
+
+def _start(shm_name, reap, **ingest):
+    endpoint = _free_tcp_endpoint()
+    config = make_config(bind=endpoint, **ingest)
+    seg = Segment.create(shm_name, capacity=64)
+    proc = mp.get_context("spawn").Process(target=run_ingest,
+                                           args=(shm_name, config, os.getpid()))
+    reap(proc)
+    proc.start()
+    h = seg.views.header
+    wait_for(lambda: h.ingest_alive_mono[0] > 0 or not proc.is_alive(), 60, "ingest start")
+    assert proc.is_alive(), f"ingest exited with {proc.exitcode}"
+    return seg, proc, endpoint
+
+
+def test_process_applies_json_and_binary_frames_and_stops_on_stopping(shm_name, reap):
+    seg, proc, endpoint = _start(shm_name, reap)
+    v = seg.views
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        push.connect(endpoint)
+        t0 = time.monotonic()
+        push.send(wire.encode_json(hb("j1", zone="z", labels={"k": "v"})))
+        push.send(wire.encode_batch([hb(f"b{i}", queue=float(i)) for i in range(10)]))
+        push.send(b"[1]")
+        wait_for(lambda: v.header.ingest_frames[0] >= 3, 30, "3 frames counted")
+        assert counters(v) == {"frames": 3, "heartbeats": 12, "accepted": 11,
+                               "malformed_heartbeat": 1}
+        assert slot_of(v, "j1") == 0
+        assert [slot_of(v, f"b{i}") for i in range(10)] == list(range(1, 11))
+        assert v.table.queue[1:11].tolist() == [float(i) for i in range(10)]
+        # Receive times are this machine's CLOCK_MONOTONIC, taken on arrival.
+        assert t0 <= v.table.recv_time[:11].min() <= v.table.recv_time[:11].max() <= time.monotonic()
+        assert bytes(v.registry.zone[0]).rstrip(b"\0") == b"z"
+        assert int(v.header.ingest_bytes[0]) > 16 + 10 * 192
+        alive = float(v.header.ingest_alive_mono[0])
+        wait_for(lambda: v.header.ingest_alive_mono[0] > alive, 10, "alive time to advance")
+        v.header.stopping[0] = 1
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    finally:
+        push.close(0)
+        ctx.term()
+        seg.close()
+
+
+def test_process_exits_when_its_parent_dies(shm_name, reap):
+    endpoint = _free_tcp_endpoint()
+    config = make_config(bind=endpoint)
+    seg = Segment.create(shm_name, capacity=8)
+    ctx = mp.get_context("spawn")
+    pids = ctx.Queue()
+    parent = ctx.Process(target=run_ingest_under, args=(shm_name, config, pids))
+    reap(parent)
+    parent.start()
+    parent_pid, ingest_pid = pids.get(timeout=60)
+    try:
+        h = seg.views.header
+        wait_for(lambda: h.ingest_alive_mono[0] > 0, 60, "ingest start")
+        assert not _exited(ingest_pid)
+        os.kill(parent_pid, signal.SIGKILL)
+        parent.join(timeout=10)
+        wait_for(lambda: _exited(ingest_pid), 30, "ingest to exit after its parent died")
+    finally:
+        if not _exited(ingest_pid):
+            os.kill(ingest_pid, signal.SIGKILL)
+        seg.close()
+
+
+def test_process_exits_0_on_sigterm(shm_name, reap):
+    seg, proc, _endpoint = _start(shm_name, reap)
+    try:
+        proc.terminate()
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    finally:
+        seg.close()
+
+
+@pytest.mark.parametrize("how", ["address_in_use", "bad_interface"])
+def test_bind_failure_exits_78(shm_name, reap, how):
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PULL)
+    holder.setsockopt(zmq.LINGER, 0)
+    try:
+        if how == "address_in_use":
+            port = holder.bind_to_random_port("tcp://127.0.0.1")
+            endpoint = f"tcp://127.0.0.1:{port}"
+        else:
+            endpoint = "tcp://no-such-interface-xyz:7710"
+        seg = Segment.create(shm_name, capacity=8)
+        try:
+            proc = mp.get_context("spawn").Process(
+                target=run_ingest, args=(shm_name, make_config(bind=endpoint), os.getpid()))
+            reap(proc)
+            proc.start()
+            proc.join(timeout=60)
+            assert proc.exitcode == EXIT_CONFIG == 78
+        finally:
+            seg.close()
+    finally:
+        holder.close(0)
+        ctx.term()
