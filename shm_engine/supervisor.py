@@ -45,7 +45,7 @@ __all__ = ["Supervisor", "cmd_run", "EXIT_FATAL", "STABLE_AFTER_S", "DEFAULT_TAR
 
 EXIT_FATAL = 78                 # EX_CONFIG: a child's fatal configuration error
 STABLE_AFTER_S = 30.0           # a child that ran this long resets its backoff
-STOP_GRACE_S = 1.0              # after setting `stopping`, before SIGTERM
+STOP_GRACE_S = 3.0              # after setting `stopping`, before SIGTERM
 STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest:ingest_main",
