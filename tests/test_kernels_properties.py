@@ -23,7 +23,7 @@ from kernels import (DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTE
                      default_params)
 from test_kernels_harness import Sim
 
-SETTINGS = settings(max_examples=80, deadline=None,
+SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TOL = 1e-12
 

@@ -99,7 +99,7 @@ def assert_same(expected, got):
             assert g[key] == pytest.approx(e[key], abs=1e-9, rel=0), f"{where}: {key}"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1), st.integers(1, CAPACITY), st.integers(1, 120))
 def test_kernels_match_reference_on_random_traces(seed, n_nodes, ticks):
     lines = random_trace(random.Random(seed), n_nodes, ticks)
