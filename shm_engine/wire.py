@@ -41,7 +41,7 @@ Python work.
 Decisions SCORING.md leaves open (the checks run in this order; the first
 failure names the reason, as in the test suite's reference implementation):
 unknown key; node missing, then malformed; required fields missing; then each
-value in table order (a both-or-neither pair with one half is ``bad_field``).
+value in table order (a both-or-neither pair with one half is ``missing_field``: its partner is missing).
 ``bool`` is not a number, an integral float is not an ``ok``/``err`` count,
 ``null`` is not a value (omit the key), a zone may not contain NUL (the binary
 padding could not represent it), and a JSON object with a repeated key is
@@ -102,8 +102,9 @@ REJECT_REASONS = (
                             # non-zero reserved header field
     "unsupported_version",  # binary version or record_size we do not know
     "malformed_heartbeat",  # an element of a JSON array that is not an object
-    "missing_field",        # a required field is absent
-    "bad_field",            # wrong type, non-finite, out of range, broken pair,
+    "missing_field",        # a required field is absent, or half of an ok/err or
+                            # p50_ms/p95_ms pair
+    "bad_field",            # wrong type, non-finite, out of range,
                             # bad flags/reserved bytes, labels or zone invalid
     "bad_node_id",          # empty, > 63 bytes, invalid UTF-8, control chars, NUL
     "unknown_field",        # a JSON key not in SCORING.md's input table
@@ -252,7 +253,7 @@ def _check(obj: dict) -> tuple[tuple, bytes | None]:
         raise _Reject("missing_field", f"missing {missing}")
     for a, b in (("ok", "err"), ("p50_ms", "p95_ms")):
         if (a in obj) != (b in obj):
-            raise _Reject("bad_field", f"{a if a in obj else b} without its pair "
+            raise _Reject("missing_field", f"{a if a in obj else b} without its pair "
                                        f"({a} and {b} come together)")
     dup = getattr(obj, "duplicate", None)
     if dup is not None:

@@ -73,7 +73,7 @@ def test_send_batch_accepts_a_record_array(pull):
 
 @pytest.mark.parametrize("fields,match", [
     (dict(HB, cpu=1.5), r"^bad_field: node 'n1': cpu=1\.5 out of \[0, 1\]$"),
-    (dict(HB, ok=1), r"bad_field: node 'n1': ok without its pair"),
+    (dict(HB, ok=1), r"missing_field: node 'n1': ok without its pair"),
     ({k: v for k, v in HB.items() if k != "queue"}, r"missing_field: node 'n1': missing queue"),
     (dict(HB, colour="red"), r"unknown_field: node 'n1': unknown field 'colour'"),
     (dict(HB, mem=True), r"mem=True is not a number"),
