@@ -397,6 +397,14 @@ def test_quarantine_backoff_path():
                                "25:O@1 26:Q@1 37:H@1")
 
 
+def test_quarantine_backoff_cap_path():
+    recs = run("quarantine_backoff_cap").records
+    # probation 3, max_backoff 2: n1 at t3 -> t6 (3 ticks: 4, 5, 6);
+    # n2 at t15 -> t21 (6 = 3*2); n3 at t29 -> t35 (6 = 3*min(3, 2), not 9)
+    assert path(recs, "q") == ("0:H@1 1:O@1 2:H@1 3:Q@1 6:H@1 13:O@1 14:H@1 15:Q@1 "
+                               "21:H@1 27:O@1 28:H@1 29:Q@1 35:H@1")
+
+
 def test_quarantine_memory_path():
     recs = run("quarantine_memory").records
     # probation 3, memory 6: Q t4 (n1) -> t8; 7 clean ticks reset n; Q t18 (n1)

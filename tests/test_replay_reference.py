@@ -212,6 +212,16 @@ def random_traces(draw) -> list[dict]:
     tick = 0
     for _ in range(draw(st.integers(1, 40))):
         tick += draw(st.sampled_from([0, 0, 0, 1, 1, 1, 2, 4, 7, 13]))
+        if draw(st.integers(0, 7)) == 0:
+            # a burst of flapping (tripped / clean on alternate ticks), so that
+            # quarantine, probation and the cap come up often
+            node = draw(st.sampled_from(NODES))
+            for _ in range(draw(st.integers(2, 12))):
+                cpu = 0.99 if tick % 2 else 0.0
+                lines.append({"tick": tick, "node": node, "cpu": cpu, "mem": 0.0,
+                              "queue": 0.0, "avg_job_s": 0.0})
+                tick += 1
+            continue
         msg = draw(heartbeats())
         if draw(st.integers(0, 9)) == 0:
             msg = draw(st.sampled_from(CORRUPTIONS))(msg)

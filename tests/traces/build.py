@@ -248,6 +248,21 @@ def quarantine_memory() -> Trace:
     return Trace("quarantine_memory", lines, params)
 
 
+def quarantine_backoff_cap() -> Trace:
+    """max_backoff 2: quarantines need probation_ticks * min(n, 2) ticks, so
+    the third (n = 3) needs 2x like the second, not 3x."""
+    lines = []
+    flapping = [range(0, 5), range(12, 17), range(26, 31)]
+    for k in range(50):
+        lines.append(level(k, "s", 0.0))
+        if any(k in r for r in flapping):
+            lines.append(_flapper(k, "q"))
+        else:
+            lines.append(level(k, "q", 0.0))
+    params = {"score": {**EXACT, "max_flaps": 2, "probation_ticks": 3, "max_backoff": 2}}
+    return Trace("quarantine_backoff_cap", lines, params)
+
+
 def quarantine_cap() -> Trace:
     """Five flapping nodes and one steady: cap = floor(0.5 * live), admitted in
     slot order, the rest keep state and flap; releases let the next in; a
@@ -356,8 +371,8 @@ def tick_lines() -> Trace:
 
 BUILDERS = [defaults_long, hysteresis_exact, hysteresis_smooth, breakers,
             liveness_registry, optional_metrics, pressure, quarantine_backoff,
-            quarantine_memory, quarantine_cap, quarantine_defaults, rejections,
-            tick_lines]
+            quarantine_backoff_cap, quarantine_memory, quarantine_cap,
+            quarantine_defaults, rejections, tick_lines]
 
 
 def all_traces() -> list[Trace]:
