@@ -1,0 +1,219 @@
+"""`shm-engine run` as a real process: restarts, name ownership, stale
+segments, clean and fatal shutdowns.
+
+Each test starts the engine as a subprocess (`Engine`), waits for its
+``ready`` line, and reads its state in-process through `status.read_status`
+(the same object ``status --json`` prints).  Every wait is a poll with a
+deadline; processes are registered with ``reap`` and names come from
+``shm_name``, so nothing outlives a failing test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shm_engine.errors import EngineNotRunning
+from shm_engine.status import read_status
+
+SHM_ENGINE = str(Path(sys.executable).with_name("shm-engine"))
+START_TIMEOUT_S = 60.0      # two spawned children import numba on a busy machine
+STOP_TIMEOUT_S = 30.0
+
+
+def wait_until(predicate, timeout, what, period=0.01):
+    """Poll ``predicate`` until true; TimeoutError naming ``what`` otherwise.
+
+    The short sleep is the poll period, not a synchronisation: the result
+    is always decided by the predicate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(period)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, port: int, *, tick_ms: int = 20, capacity: int = 64,
+                 max_frame_bytes: int = 1048576, extra: str = "") -> Path:
+    path.write_text(f"""
+[engine]
+tick_interval_ms = {tick_ms}
+capacity = {capacity}
+restart_backoff_min_s = 0.1
+restart_backoff_max_s = 0.4
+parent_check_interval_s = 0.1
+
+[ingest]
+bind = "tcp://127.0.0.1:{port}"
+max_frame_bytes = {max_frame_bytes}
+{extra}
+""")
+    return path
+
+
+def segment_exists(name: str) -> bool:
+    return os.path.exists(f"/dev/shm/{name}")
+
+
+def try_status(name: str):
+    try:
+        return read_status(name)
+    except EngineNotRunning:
+        return None
+
+
+def cli(*args, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([SHM_ENGINE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Engine:
+    """One ``shm-engine run`` subprocess; output goes to files (no pipe to fill)."""
+
+    def __init__(self, name: str, config: Path, workdir: Path, reap):
+        self.name = name
+        self.port = None
+        self._out = workdir / f"{name}.out"
+        self._err = workdir / f"{name}.err"
+        with open(self._out, "wb") as out, open(self._err, "wb") as err:
+            self.proc = subprocess.Popen([SHM_ENGINE, "run", "--name", name, "--config", str(config)],
+                                         stdout=out, stderr=err)
+        reap(self.proc)
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"engine exited {self.proc.returncode} before ready:\n"
+                                     f"{self.stderr}")
+            return "ready\n" in self.stdout
+        wait_until(ready, timeout, f"engine {self.name} ready")
+        return read_status(self.name)
+
+    def status(self) -> dict:
+        return read_status(self.name)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def engine_at(tmp_path, reap):
+    """``engine_at(name, config_path)`` starts an engine; reaped after the test."""
+    def start(name: str, config: Path) -> Engine:
+        return Engine(name, config, tmp_path, reap)
+    return start
+
+
+def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
+        shm_name, tmp_path, engine_at):
+    eng = engine_at(shm_name, write_config(tmp_path / "a.toml", free_port()))
+    st = eng.wait_ready()
+    assert st["pid"] == eng.proc.pid
+    assert st["children"]["ticker"]["restarts"] == st["children"]["ingest"]["restarts"] == 0
+
+    # A second run with the same name: one line, exit 2, the live engine untouched.
+    second = cli("run", "--name", shm_name, "--config",
+                 str(write_config(tmp_path / "b.toml", free_port())))
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"already running (pid {eng.proc.pid})" in lines[0]
+    assert segment_exists(shm_name) and eng.proc.poll() is None
+
+    for role in ("ticker", "ingest"):
+        old = eng.status()
+        old_pid = old["children"][role]["pid"]
+        assert old_pid > 0
+        os.kill(old_pid, signal.SIGKILL)
+
+        def restarted():
+            c = eng.status()["children"][role]
+            return c["restarts"] == 1 and c["pid"] not in (0, old_pid)
+        wait_until(restarted, START_TIMEOUT_S, f"{role} restarted")
+        # The tick worker resumes from the published epoch, it does not start over.
+        wait_until(lambda: eng.status()["epoch"] > old["epoch"] + 3, START_TIMEOUT_S,
+                   "epochs after the restart")
+        assert f"child_exited role={role} pid={old_pid} code=signal_9" in eng.stderr
+        assert f"child_restarted role={role}" in eng.stderr
+
+    final = eng.status()
+    assert final["children"]["ticker"]["restarts"] == final["children"]["ingest"]["restarts"] == 1
+    assert eng.stop() == 0
+    assert not segment_exists(shm_name)
+
+
+_CREATE_AND_HANG = """
+import sys, time
+from shm_engine.segment import Segment
+seg = Segment.create(sys.argv[1], 64)
+print("created", flush=True)
+time.sleep(120)
+"""
+
+
+def test_stale_segment_is_reclaimed_and_sigterm_leaves_none(shm_name, tmp_path, engine_at, reap):
+    creator = subprocess.Popen([sys.executable, "-c", _CREATE_AND_HANG, shm_name],
+                               stdout=subprocess.PIPE, text=True)
+    reap(creator)
+    assert creator.stdout.readline() == "created\n"
+    creator.kill()
+    creator.wait(10)
+    assert segment_exists(shm_name)
+
+    # status on the stale segment: a one-line error, exit 2.
+    st = cli("status", "--name", shm_name, "--json")
+    assert st.returncode == 2
+    assert st.stdout == ""
+    assert len(st.stderr.strip().splitlines()) == 1
+    assert "not running" in st.stderr and f"pid {creator.pid}" in st.stderr
+
+    eng = engine_at(shm_name, write_config(tmp_path / "e.toml", free_port()))
+    assert eng.wait_ready()["pid"] == eng.proc.pid
+    assert eng.stop() == 0
+    assert not segment_exists(shm_name)
+    assert "engine_stopped" in eng.stderr
+
+
+def test_status_of_a_missing_engine_is_one_line_exit_2(shm_name):
+    st = cli("status", "--name", shm_name)
+    assert st.returncode == 2
+    assert st.stderr.count("\n") == 1
+    assert st.stderr.startswith("shm-engine: ") and "not running" in st.stderr
+
+
+def test_fatal_child_exit_stops_the_engine(shm_name, tmp_path, engine_at):
+    # The ingest cannot bind a port that is taken: exit 78, no restart, exit 1.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        eng = engine_at(shm_name, write_config(tmp_path / "e.toml", port))
+        rc = eng.proc.wait(START_TIMEOUT_S)
+    assert rc == 1
+    assert "child_fatal role=ingest" in eng.stderr and "code=78" in eng.stderr
+    assert "child_restarted" not in eng.stderr
+    assert not segment_exists(shm_name)
