@@ -146,10 +146,10 @@ def _make_fence(ordering: str):
 
 
 def _named(impl, name: str, doc: str):
+    # Typing errors name the intrinsic by its function's name, so give each
+    # factory-made function the public one.
     impl.__name__ = impl.__qualname__ = name
     impl.__doc__ = doc
-    # numba's cache and error messages find the intrinsic by module + name.
-    impl.__module__ = __name__
     return intrinsic(impl)
 
 
