@@ -1,0 +1,199 @@
+"""End to end: ``shm-engine run`` fed by a plain pyzmq PUSH socket, read by
+`ScoreReader` and ``shm-engine status --json``, stopped by SIGTERM.
+
+1. Every kind of bad frame is rejected under its own reason while good nodes
+   keep scoring, unchanged.
+2. A steady heartbeat sequence gives the same states and scores live as
+   through `shm_engine.replay.replay`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import zmq
+
+from clients.reader import NothingPublished, ScoreReader
+from shm_engine import wire
+from shm_engine.config import load_config
+from shm_engine.replay import replay
+from shm_engine.states import NodeState
+from test_supervisor import (START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
+                             wait_until, write_config)
+
+
+@pytest.fixture
+def push():
+    """``push(port)``: a connected PUSH socket, closed after the test."""
+    ctx = zmq.Context()
+    socks = []
+
+    def connect(port: int) -> zmq.Socket:
+        s = ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        socks.append(s)
+        return s
+
+    yield connect
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
+def hb(node: str, **kw) -> dict:
+    # cpu 0.49 -> g_cpu 0.5; mem 0.475 -> g_mem 0.5; queue 0 -> g_wait 1 and P 0:
+    # score = (0.20*0.5 + 0.15*0.5 + 0.25*1) / 0.60 = 0.425 / 0.6, every tick.
+    d = dict(node=node, cpu=0.49, mem=0.475, queue=0.0, avg_job_s=1.0)
+    d.update(kw)
+    return d
+
+
+GOOD_SCORE = 0.425 / 0.6
+GOOD = [hb(f"good-{i}") for i in range(4)]      # fills capacity 4
+MAX_FRAME = 4096
+
+# (what, frame, reason) -- one frame of each kind of bad input.
+BAD_FRAMES = [
+    ("bad JSON", b'{"node": "x", ', "malformed_frame"),
+    ("bad UTF-8", b'{"node": "\xff\xfe", "cpu": 0.1}', "malformed_frame"),
+    ("wrong magic", b"SHMX" + bytes(12), "malformed_frame"),
+    ("wrong version", wire.HEADER.pack(wire.MAGIC, 2, wire.RECORD_SIZE, 1, 0)
+     + bytes(wire.RECORD_SIZE), "unsupported_version"),
+    ("truncated binary", wire.encode_batch([hb("t")])[:-10], "malformed_frame"),
+    ("oversized frame", b"[" + b" " * MAX_FRAME + b"]", "frame_too_large"),
+    ("array element not an object", b"[1]", "malformed_heartbeat"),
+    ("missing field", json.dumps({"node": "m", "cpu": 0.1}).encode(), "missing_field"),
+    ("bad field", json.dumps(hb("b", cpu=2.0)).encode(), "bad_field"),
+    ("bad node id", json.dumps(hb("")).encode(), "bad_node_id"),
+    ("unknown field", json.dumps(hb("u", color="red")).encode(), "unknown_field"),
+    ("registry full", json.dumps(hb("one-too-many")).encode(), "registry_full"),
+]
+
+
+def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path, reap, push):
+    port = free_port()
+    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, capacity=4,
+                                        max_frame_bytes=MAX_FRAME), tmp_path, reap)
+    eng.wait_ready()
+    sock = push(port)
+    # Binary batch for two nodes, JSON for the other two: both kinds score.
+    good_frames = [wire.encode_batch(GOOD[:2])] + [wire.encode_json(h) for h in GOOD[2:]]
+
+    def send_good():
+        for f in good_frames:
+            sock.send(f)
+
+    reader = ScoreReader.attach(shm_name)
+    try:
+        def all_scored():
+            send_good()
+            try:
+                snap = reader.snapshot()
+            except NothingPublished:
+                return False
+            return sorted(n for n in snap.nodes if n) == sorted(h["node"] for h in GOOD)
+        wait_until(all_scored, START_TIMEOUT_S, "the good nodes scored", period=0.05)
+
+        before = eng.status()
+        for what, frame, reason in BAD_FRAMES:
+            want = eng.status()["ingest"]["rejected"][reason] + 1
+            sock.send(frame)
+
+            def counted():
+                send_good()  # keep the good nodes live meanwhile
+                return eng.status()["ingest"]["rejected"][reason] >= want
+            wait_until(counted, 10, f"{what} counted as {reason}", period=0.02)
+            snap = reader.snapshot()
+            for h in GOOD:
+                node = h["node"]
+                assert reader.state(node) == NodeState.HEALTHY, what
+                assert reader.score(node) == pytest.approx(GOOD_SCORE, abs=1e-12), what
+            assert snap.counts["healthy"] == 4 and len(snap.ranked) == 4, what
+
+        # Scoring went on through all of it.
+        epoch = reader.epoch
+        wait_until(lambda: reader.epoch > epoch + 2, 10, "more epochs")
+        assert reader.snapshot().scores() == pytest.approx(
+            {h["node"]: GOOD_SCORE for h in GOOD}, abs=1e-12)
+    finally:
+        reader.close()
+
+    # The same counters through the command line.
+    out = cli("status", "--name", shm_name, "--json")
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    expected = {r: 0 for r in wire.REJECT_REASONS}
+    for _what, _frame, reason in BAD_FRAMES:
+        expected[reason] += 1
+    assert st["ingest"]["rejected"] == expected
+    assert st["nodes"]["registered"] == 4 and st["nodes"]["healthy"] == 4
+    assert st["ingest"]["accepted"] > before["ingest"]["accepted"]
+    assert st["ingest"]["frames"] >= before["ingest"]["frames"] + len(BAD_FRAMES)
+    assert st["name"] == shm_name and st["pid"] == eng.proc.pid
+    assert st["ingest_endpoint"] == f"tcp://127.0.0.1:{port}"
+    assert st["epoch"] > before["epoch"]
+    assert st["last_tick_age_s"] < 5.0
+    assert 0 < st["tick_us"]["p50"] <= st["tick_us"]["p99"] <= st["tick_us"]["max"]
+    assert set(st["children"]) == {"ingest", "ticker"}
+
+    assert eng.stop() == 0
+    assert not segment_exists(shm_name)
+
+
+# Steady fleet: every node sends the same heartbeat every tick.  Chosen away
+# from every threshold so a different first tick (live nodes may register a
+# tick apart) cannot change a hysteresis path, only decay away.
+STEADY = [
+    hb("healthy-plain"),
+    hb("healthy-full", cpu=0.3, mem=0.4, queue=4.0, avg_job_s=0.5, throughput=20.0,
+       ok=50, err=1, io=0.2, p50_ms=10.0, p95_ms=14.0),
+    hb("degraded", cpu=0.8, mem=0.8, queue=20.0, avg_job_s=1.0, throughput=5.0),
+    hb("overloaded-tripped", cpu=0.99),
+    hb("failing-fast", ok=5, err=30),
+]
+TICKS = 80
+
+
+def test_live_matches_replay_on_steady_heartbeats(shm_name, tmp_path, reap, push):
+    port = free_port()
+    config_path = write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16)
+    eng = Engine(shm_name, config_path, tmp_path, reap)
+    eng.wait_ready()
+    sock = push(port)
+    frame = json.dumps(STEADY).encode()   # one frame: every node in the same tick
+    names = sorted(h["node"] for h in STEADY)
+    reader = ScoreReader.attach(shm_name)
+    try:
+        sock.send(frame)
+        wait_until(lambda: sorted(n for n in reader.snapshot().nodes if n) == names,
+                   30, "all nodes registered", period=0.005)
+        start = reader.epoch
+        last_sent = start
+        while reader.epoch < start + TICKS:
+            if reader.epoch != last_sent:   # about one heartbeat per node per tick
+                last_sent = reader.epoch
+                sock.send(frame)
+            time.sleep(0.002)
+        live = reader.snapshot()
+    finally:
+        reader.close()
+    assert eng.stop() == 0
+    assert not segment_exists(shm_name)
+
+    trace = [dict(h, tick=k) for k in range(TICKS) for h in STEADY]
+    recs = [r for r in replay(trace, load_config(config_path)) if r["tick"] == TICKS - 1]
+    assert sorted(r["node"] for r in recs) == names
+    for r in recs:
+        s = live.nodes.index(r["node"])
+        assert NodeState(int(live.state[s])).name.lower() == r["state"], r["node"]
+        assert float(live.score[s]) == pytest.approx(r["score"], abs=1e-6), r["node"]
+        assert float(live.raw[s]) == pytest.approx(r["raw"], abs=1e-6), r["node"]
+        assert float(live.qema[s]) == pytest.approx(r["qema"], abs=1e-6), r["node"]
+        assert float(live.wait[s]) == pytest.approx(r["wait"], abs=1e-6), r["node"]
+        assert float(live.liveness[s]) == r["liveness"] == 1.0
+    assert live.pressure == pytest.approx(recs[0]["pressure"], abs=1e-6)
+    # The fleet covers more than one state, so the comparison means something.
+    assert {r["state"] for r in recs} >= {"healthy", "degraded", "overloaded"}
