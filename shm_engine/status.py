@@ -105,7 +105,7 @@ def render(s: dict) -> str:
         + ("  (stopping)" if s["stopping"] else ""),
         f"tick     epoch {s['epoch']}  every {s['tick_interval_ms']} ms  "
         f"last {_fmt_age(s['last_tick_age_s'])}  overruns {s['overruns']}",
-        f"tick µs  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "
+        f"tick us  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "
         f"max {t['max']:.0f}",
         f"nodes    {n['registered']} registered: {n['healthy']} healthy, "
         f"{n['degraded']} degraded, {n['overloaded']} overloaded, "
