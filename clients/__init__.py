@@ -1,5 +1,13 @@
-"""Clients of the engine: sending heartbeats."""
+"""Clients of the engine: schedulers read scores, nodes send heartbeats.
+
+- `ScoreReader`: read published scores straight from shared memory.
+- `HeartbeatClient`: send heartbeats to the ingest (never blocks the caller).
+- `NodeState`: the published node states.
+"""
 
 from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
+from clients.reader import NothingPublished, ScoreReader, Snapshot
+from shm_engine.states import NodeState
 
-__all__ = ["HeartbeatClient", "InvalidHeartbeat"]
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
+           "InvalidHeartbeat", "NodeState"]
