@@ -302,6 +302,57 @@ def test_the_last_heartbeat_of_a_node_in_a_frame_sets_its_zone(ing, seg):
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"z3"
 
 
+def test_a_large_batch_writes_every_row_exactly(shm_name):
+    seg = Segment.create(shm_name, capacity=300)
+    try:
+        v = seg.views
+        ing = Ingest(v, make_config())
+        rng = np.random.default_rng(7)
+        n = 250
+        recs = _records(*[hb(f"node-{i:03d}") for i in range(n)])
+        recs["cpu"] = rng.random(n)
+        recs["queue"] = rng.random(n) * 50
+        recs["throughput"] = rng.random(n) * 10
+        recs["flags"] = np.where(np.arange(n) % 2 == 0, wire.HAS_THROUGHPUT, 0)
+        recs["throughput"][recs["flags"] == 0] = 0.0
+        ing.handle_frame(wire.encode_batch(recs), 9.0)
+        assert counters(v) == {"frames": 1, "heartbeats": n, "accepted": n}
+        t = v.table
+        for col in ("cpu", "mem", "queue", "avg_job_s", "throughput"):
+            np.testing.assert_array_equal(getattr(t, col)[:n], recs[col], err_msg=col)
+        np.testing.assert_array_equal(t.reported[:n], recs["flags"])
+        assert (t.recv_time[:n] == 9.0).all() and (t.row_version[:n] == 2).all()
+        assert [decode_id(v.registry.node_id[s]) for s in range(n)] == recs["node"].tolist()
+    finally:
+        seg.close()
+
+
+def test_a_repeated_batch_follows_registry_changes(ing, seg):
+    """The same node list sent again is matched to its slots in bulk; any
+    change in the registry since must still be seen."""
+    v = seg.views
+    names = [f"n{i}" for i in range(8)]
+    frame = wire.encode_batch([hb(x) for x in names])
+    ing.handle_frame(frame, 0.0)
+    ing.handle_frame(frame, 1.0)
+    assert [slot_of(v, x) for x in names] == list(range(8))
+    # Same length and first node, another node in the middle: its own slot.
+    other = wire.encode_batch([hb(x) for x in names[:3] + ["zz"] + names[4:]])
+    ing.handle_frame(other, 2.0)                  # capacity 8: zz does not fit
+    assert counters(v)["registry_full"] == 1 and slot_of(v, "zz") == -1
+    # n3 goes silent and is forgotten; zz takes its slot; the old frame
+    # must then register n3 anew (nowhere: full) instead of writing zz's row.
+    ing.handle_frame(wire.encode_batch([hb(x) for x in names if x != "n3"]), 200.0)
+    assert ing.forget(301.0) == [3]
+    ing.handle_frame(wire.encode_json(hb("zz", queue=5.0)), 302.0)
+    assert slot_of(v, "zz") == 3
+    ing.handle_frame(frame, 303.0)
+    assert counters(v)["registry_full"] == 2 and slot_of(v, "n3") == -1
+    assert v.table.queue[3] == 5.0 and v.table.recv_time[3] == 302.0
+    assert (v.table.recv_time[[0, 1, 2, 4, 5, 6, 7]] == 303.0).all()
+    assert_balanced(v)
+
+
 # --------------------------------------------------------------------------
 # Failures inside the ingest
 
