@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--curve-client-key", default=None, help="this agent's CURVE secret key file")
     ag.set_defaults(func=_lazy("clients.agent", "cmd_agent"))
 
+    met = sub.add_parser("metrics", help="Prometheus exporter reading the engine's segment")
+    name_arg(met)
+    met.add_argument("--listen", default="127.0.0.1:9710", help="HOST:PORT to serve /metrics on")
+    met.add_argument("--per-node", action="store_true",
+                     help="also export per-node score and state (cardinality = fleet size)")
+    met.set_defaults(func=_lazy("shm_engine.metrics", "cmd_metrics"))
+
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
     keys.add_argument("--key-name", default="engine", help="file base name")

@@ -1,0 +1,150 @@
+"""`shm-engine metrics`: a Prometheus exporter that reads the engine's segment.
+
+One process, one custom collector: every scrape maps the segment read-only,
+copies the header counters and the latest published tick (through the
+latch, like any reader) and unmaps it.  Re-attaching per scrape means an
+engine restart (a new segment) is picked up without restarting the
+exporter, and a stopped engine shows as ``shm_engine_up 0`` instead of
+stale numbers.  We deliberately do not use prometheus_client's
+multiprocess mode: the engine's processes already publish everything in
+shared memory.
+
+Per-node series (score, state) are off by default: their cardinality is the
+fleet size.  Turn them on with ``--per-node`` for small fleets.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .errors import EngineNotRunning, LayoutMismatch
+from .states import NodeState
+
+__all__ = ["EngineCollector", "cmd_metrics"]
+
+
+class EngineCollector:
+    """prometheus_client collector for engine ``name``."""
+
+    def __init__(self, name: str, per_node: bool = False):
+        self.name = name
+        self.per_node = per_node
+
+    def describe(self):
+        return []  # unchecked collector: the series depend on the engine's state
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from .status import read_status
+        up = GaugeMetricFamily("shm_engine_up", "1 if the engine's segment is attached and live",
+                               labels=["engine"])
+        try:
+            s = read_status(self.name)
+        except (EngineNotRunning, LayoutMismatch):
+            up.add_metric([self.name], 0.0)
+            yield up
+            return
+        e = [self.name]
+        up.add_metric(e, 1.0)
+        yield up
+
+        def gauge(metric, doc, value):
+            g = GaugeMetricFamily(metric, doc, labels=["engine"])
+            g.add_metric(e, float(value))
+            return g
+
+        def counter(metric, doc, value):
+            c = CounterMetricFamily(metric, doc, labels=["engine"])
+            c.add_metric(e, float(value))
+            return c
+
+        yield counter("shm_engine_ticks", "ticks published", s.get("ticks", s["epoch"]))
+        yield gauge("shm_engine_epoch", "latest published epoch", s["epoch"])
+        yield counter("shm_engine_tick_overruns", "ticks longer than the tick interval",
+                      s["overruns"])
+        age = s["last_tick_age_s"]
+        yield gauge("shm_engine_last_tick_age_seconds", "seconds since the latest tick",
+                    age if age is not None else float("inf"))
+        yield gauge("shm_engine_tick_interval_seconds", "configured tick interval",
+                    s["tick_interval_ms"] / 1000.0)
+        tick = GaugeMetricFamily("shm_engine_tick_duration_microseconds",
+                                 "tick duration over a rolling window",
+                                 labels=["engine", "stat"])
+        for stat in ("last", "p50", "p99", "max"):
+            tick.add_metric(e + [stat], float(s["tick_us"][stat]))
+        yield tick
+        nodes = GaugeMetricFamily("shm_engine_nodes", "nodes by state in the latest tick",
+                                  labels=["engine", "state"])
+        for state, n in s["nodes"].items():
+            nodes.add_metric(e + [state], float(n))
+        yield nodes
+        if s.get("pressure") is not None:
+            yield gauge("shm_engine_pressure", "global pressure P of the latest tick",
+                        s["pressure"])
+        ing = s["ingest"]
+        yield counter("shm_engine_frames", "frames received by the ingest", ing["frames"])
+        yield counter("shm_engine_heartbeats", "heartbeats seen by the ingest",
+                      ing["heartbeats"])
+        yield counter("shm_engine_heartbeats_accepted", "heartbeats applied", ing["accepted"])
+        rej = CounterMetricFamily("shm_engine_heartbeats_rejected",
+                                  "heartbeats rejected, by reason", labels=["engine", "reason"])
+        for reason, n in ing["rejected"].items():
+            rej.add_metric(e + [reason], float(n))
+        yield rej
+        restarts = CounterMetricFamily("shm_engine_child_restarts",
+                                       "restarts of the engine's child processes",
+                                       labels=["engine", "child"])
+        for child, info in s["children"].items():
+            restarts.add_metric(e + [child], float(info["restarts"]))
+        yield restarts
+        if self.per_node:
+            yield from self._per_node()
+
+    def _per_node(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from clients.reader import NothingPublished, ScoreReader
+        try:
+            with ScoreReader.attach(self.name) as reader:
+                snap = reader.snapshot()
+        except (EngineNotRunning, LayoutMismatch, NothingPublished):
+            return
+        score = GaugeMetricFamily("shm_engine_node_score", "published desirability",
+                                  labels=["engine", "node"])
+        state = GaugeMetricFamily("shm_engine_node_state", "node state (1 for the current one)",
+                                  labels=["engine", "node", "state"])
+        names = {int(s): s.name.lower() for s in NodeState}
+        for slot, node in enumerate(snap.nodes):
+            if node is None:
+                continue
+            score.add_metric([self.name, node], float(snap.score[slot]))
+            st = names.get(int(snap.state[slot]))
+            if st is not None:
+                state.add_metric([self.name, node, st], 1.0)
+        yield score
+        yield state
+
+
+def cmd_metrics(args) -> int:
+    try:
+        from prometheus_client import start_http_server
+        from prometheus_client.core import CollectorRegistry
+    except ImportError:
+        print("shm-engine metrics needs prometheus_client: pip install 'shm-engine[metrics]'",
+              file=sys.stderr)
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not host:
+        print(f"shm-engine metrics: --listen {args.listen!r} must be HOST:PORT", file=sys.stderr)
+        return 2
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(args.name, per_node=args.per_node))
+    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    print(f"metrics for engine {args.name!r} on http://{args.listen}/metrics", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)  # the HTTP server runs in its own thread
+    except KeyboardInterrupt:
+        return 0
