@@ -20,10 +20,17 @@ also on arrival: a heartbeat for a registered node whose age is already
 does when forgetting runs at the start of the tick the heartbeat arrives in.
 
 Cost model (the reason for the shape of `Ingest.handle_frame`): the per-record
-Python work is one dict lookup, done in C (``map(dict.get, keys)``); the age
-check, the zone/labels change check and the row writes are whole-frame numpy
-or numba operations (one `table.write_batch` call per frame).  Only
-registrations, re-registrations and metadata changes go record by record.
+Python work is at most one dict lookup, done in C (``map(dict.get, keys)``);
+a batch that repeats an earlier one's node list (batching senders do) skips
+even that: its remembered slots are verified against the registry's ids in
+bulk.  The age check, the zone/labels change check and the row writes are
+whole-frame numpy or numba operations (one `table.write_batch` call per
+frame); a 1-record frame takes a scalar path.  Only registrations,
+re-registrations and metadata changes go record by record.
+
+Known gap (registry API): `NodeRegistry.register` publishes a slot (even
+``slot_gen``) before the ingest can write its first row, so a tick that
+gathers in between sees the new node with the slot's previous row.
 
 Rules for callers: one `Ingest` per segment at a time (the supervisor starts
 a new ingest only after the old one exited); ``now`` is ``time.monotonic()``,
@@ -370,24 +377,30 @@ class _StopFlag:
         self.signal = signum
 
 
-def _open_socket(ctx: zmq.Context, config: Config) -> tuple[zmq.Socket | None, str]:
-    """A bound PULL socket, or (None, reason) when the configuration cannot work."""
+def _open_socket(ctx: zmq.Context, config: Config):
+    """(socket, authenticator or None, "") bound and ready, or (None, None,
+    reason) when the configuration cannot work."""
     ic = config.ingest
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, ic.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, min(ic.max_frame_bytes * HARD_LIMIT_FACTOR, 2**62))
+    auth = None
     try:
         if ic.curve.enabled:
-            _enable_curve(ctx, sock, config)
+            auth = _enable_curve(ctx, sock, config)
         sock.bind(ic.bind)
     except (zmq.ZMQError, OSError, ValueError) as err:
         sock.close(0)
-        return None, str(err)
-    return sock, ""
+        if auth is not None:
+            auth.stop()
+        return None, None, str(err)
+    return sock, auth, ""
 
 
-def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config) -> None:
+def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config):
+    """Make ``sock`` a CURVE server admitting the keys in authorized_keys_dir;
+    returns the running authenticator (stop it before terminating ``ctx``)."""
     import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -407,6 +420,7 @@ def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config) -> None:
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
+    return auth
 
 
 def ingest_main(name: str, config: Config, parent_pid: int) -> int:
@@ -428,9 +442,9 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         _log("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
         return EXIT_FAILED
     ctx = zmq.Context()
-    sock = None
+    sock = auth = None
     try:
-        sock, why = _open_socket(ctx, config)
+        sock, auth, why = _open_socket(ctx, config)
         if sock is None:
             _log("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
             return EXIT_CONFIG
@@ -450,6 +464,8 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
     finally:
         if sock is not None:
             sock.close(0)
+        if auth is not None:
+            auth.stop()
         ctx.term()
         ingest = None
         seg.close()

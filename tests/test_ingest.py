@@ -549,3 +549,61 @@ def test_bind_failure_exits_78(shm_name, reap, how):
     finally:
         holder.close(0)
         ctx.term()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+def test_curve_admits_authorized_clients_only(shm_name, reap, tmp_path):
+    import zmq.auth
+
+    keys = tmp_path / "authorized"
+    keys.mkdir()
+    _server_pub, server_secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    client_pub, client_secret = zmq.auth.create_certificates(str(tmp_path), "client")
+    os.replace(client_pub, keys / "client.key")
+    stranger_pub, stranger_secret = zmq.auth.create_certificates(str(tmp_path), "stranger")
+    seg, proc, endpoint = _start(shm_name, reap, curve={
+        "server_secret_key_file": server_secret, "authorized_keys_dir": str(keys)})
+    v = seg.views
+    ctx = zmq.Context()
+    server_key, _ = zmq.auth.load_certificate(server_secret)
+    socks = []
+    try:
+        for name, secret_file in (("stranger", stranger_secret), ("client", client_secret)):
+            pub, sec = zmq.auth.load_certificate(secret_file)
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.curve_publickey, push.curve_secretkey, push.curve_serverkey = pub, sec, server_key
+            push.connect(endpoint)
+            push.send(wire.encode_json(hb(name)))
+            socks.append(push)
+        wait_for(lambda: v.header.ingest_frames[0] >= 1, 30, "the authorized frame")
+        # A second round trip from the client gives the stranger's frame,
+        # sent first, all the time it would need to arrive.
+        socks[1].send(wire.encode_json(hb("client")))
+        wait_for(lambda: v.header.ingest_frames[0] >= 2, 30, "the second authorized frame")
+        assert slot_of(v, "client") == 0 and slot_of(v, "stranger") == -1
+        v.header.stopping[0] = 1
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+        assert counters(v) == {"frames": 2, "heartbeats": 2, "accepted": 2}
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        seg.close()
+
+
+def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
+    seg = Segment.create(shm_name, capacity=8)
+    try:
+        config = make_config(bind=_free_tcp_endpoint(), curve={
+            "server_secret_key_file": str(tmp_path / "absent.key_secret"),
+            "authorized_keys_dir": str(tmp_path)})
+        proc = mp.get_context("spawn").Process(target=run_ingest,
+                                               args=(shm_name, config, os.getpid()))
+        reap(proc)
+        proc.start()
+        proc.join(timeout=60)
+        assert proc.exitcode == EXIT_CONFIG
+    finally:
+        seg.close()
