@@ -478,7 +478,8 @@ def test_process_applies_json_and_binary_frames_and_stops_on_stopping(shm_name, 
         assert [slot_of(v, f"b{i}") for i in range(10)] == list(range(1, 11))
         assert v.table.queue[1:11].tolist() == [float(i) for i in range(10)]
         # Receive times are this machine's CLOCK_MONOTONIC, taken on arrival.
-        assert t0 <= v.table.recv_time[:11].min() <= v.table.recv_time[:11].max() <= time.monotonic()
+        recv = v.table.recv_time[:11]
+        assert t0 <= recv.min() <= recv.max() <= time.monotonic()
         assert bytes(v.registry.zone[0]).rstrip(b"\0") == b"z"
         assert int(v.header.ingest_bytes[0]) > 16 + 10 * 192
         alive = float(v.header.ingest_alive_mono[0])
