@@ -34,7 +34,7 @@ __all__ = ["pick"]
 
 
 def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
-         rng: np.random.Generator, exclude=None, *, d: int = 2) -> int:
+         rng: np.random.Generator, exclude=None, *, d: int = 3) -> int:
     """Power-of-``d``-choices pick among the ranked nodes; a slot or -1.
 
     scores    per-slot published desirability (float, >= 0; 0 = not eligible).

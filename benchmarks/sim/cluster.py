@@ -18,13 +18,13 @@ the node's epoch; completions of an older epoch are lost jobs.
 Heartbeat of node j, sent every ``hb_interval_s`` (phase per node) while up,
 received ``delay`` later: cpu = base + per_busy * busy fraction over the
 interval (+ noise), mem = base + 1% per outstanding job, queue = outstanding
-jobs (running + waiting), avg_job_s = mean duration of the jobs finished in
-the interval (ok or failed; the previous value if none), throughput =
+jobs (running + waiting), avg_job_s = EMA (weight 0.05 per job, about the last
+20) of the durations of finished jobs, ok or failed, throughput =
 finished / interval, ok / err = finished counts.  No io, no latency tail.
 
 What policies see (`View`): the latest received heartbeat fields, an
-``alive`` mask (heartbeat younger than the engine's ``dead_after_s``, updated
-each tick, the usual heartbeat timeout of a naive scheduler), the latest
+``alive`` mask (heartbeat younger than 10 s, the default ``dead_after_s``,
+updated each tick: the usual heartbeat timeout of a naive scheduler), the latest
 tick's published scores and ranking, and, for the oracle only, the truth.
 """
 
@@ -37,14 +37,16 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs, make_outputs, make_state
-from kernels.params import DEAD_AFTER_S, HAS_OKERR, HAS_THROUGHPUT
+from kernels.params import HAS_OKERR, HAS_THROUGHPUT
 
 from .scenarios import World
 
 __all__ = ["View", "run"]
 
 _COMPLETE, _HB_SEND, _HB_RECV, _DIE, _REVIVE = 0, 1, 2, 3, 4
-OK, FAILED, LOST = 0, 1, 2
+OK, FAILED, LOST, SENT_DEAD = 0, 1, 2, 3   # LOST: on a node when it died
+BASELINE_TIMEOUT_S = 10.0   # baselines drop a node after this heartbeat silence (= default dead_after_s)
+AVG_JOB_EMA = 0.05     # a node's avg_job_s: EMA over its finished jobs (~ the last 20)
 _INF = math.inf
 
 
@@ -86,7 +88,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     n_jobs = len(arr_t)
     duration, hb_iv, tick_s = sc.duration_s, sc.hb_interval_s, sc.tick_s
     fail_time = sc.fail_time_s
-    dead_after = float(params[DEAD_AFTER_S])
+    dead_after = BASELINE_TIMEOUT_S   # not params: score overrides must not move the baselines
 
     inp = make_inputs(n)
     st_a, st_b = make_state(n), make_state(n)
@@ -109,7 +111,6 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     up_time = [0.0] * n
     fin_n = [0] * n             # finished since the last heartbeat
     fin_err = [0] * n
-    fin_dur = [0.0] * n
     last_send = [0.0] * n
     avg_job = [sc.mean_size / s for s in speed_l]   # a node's own long-run estimate
     hb_k = [0] * n
@@ -150,9 +151,13 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     next_tick = 0.0
     i = 0
     next_arr = arr_t[0] if n_jobs else _INF
-    lost_at_dead = 0
     while True:
-        th = heap[0][0] if heap else _INF
+        if not heap:
+            if next_arr == _INF and next_tick == _INF:
+                break
+            th = _INF
+        else:
+            th = heap[0][0]
         if next_arr <= th and next_arr <= next_tick:
             # ---- arrival: route it ----
             t = next_arr
@@ -175,7 +180,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 push(heap, (start + dur, seq, _COMPLETE, j, epoch[j], (i, dur, ok)))
                 seq += 1
             else:
-                lost_at_dead += 1   # sent to a dead node: lost (status stays LOST)
+                status[i] = SENT_DEAD
             i += 1
             next_arr = arr_t[i] if i < n_jobs else _INF
         elif next_tick <= th:
@@ -208,7 +213,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 advance(j, t)
                 n_out[j] -= 1
                 fin_n[j] += 1
-                fin_dur[j] += dur
+                avg_job[j] += AVG_JOB_EMA * (dur - avg_job[j])
                 if ok:
                     status[ji] = OK
                     resp[ji] = t - arr_t[ji]
@@ -232,13 +237,10 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 noise = hb_noise[j, k]
                 cpu = cpu_base[j] + cpu_per_busy[j] * busy + noise[0]
                 mem = mem_base[j] + 0.01 * n_out[j] + noise[1]
-                if fin_n[j]:
-                    avg_job[j] = fin_dur[j] / fin_n[j]
                 hb = (min(max(cpu, 0.0), 1.0), min(max(mem, 0.0), 1.0), float(n_out[j]),
                       avg_job[j], fin_n[j] / el if el > 0 else 0.0,
                       float(fin_n[j] - fin_err[j]), float(fin_err[j]))
                 fin_n[j] = fin_err[j] = 0
-                fin_dur[j] = 0.0
                 push(heap, (t + noise[2], seq, _HB_RECV, j, 0, hb))
                 seq += 1
             elif kind == _HB_RECV:
@@ -265,11 +267,8 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 last_send[j] = t
                 busy_area[j] = 0.0
                 fin_n[j] = fin_err[j] = 0
-                fin_dur[j] = 0.0
                 avg_job[j] = sc.mean_size / speed_l[j]
                 up_time_start[j] = t
-        if next_arr == _INF and not heap and next_tick == _INF:
-            break
 
     end_t = duration
     for j in range(n):
@@ -293,7 +292,8 @@ def _metrics(world: World, status, resp, over_time, up_time, fallbacks) -> dict:
         "p99_s": float(q[1]),
         "p999_s": float(q[2]),
         "failed": int((st == FAILED).sum()),
-        "lost": int((st == LOST).sum()),
+        "lost": int(((st == LOST) | (st == SENT_DEAD)).sum()),
+        "sent_to_dead": int((st == SENT_DEAD).sum()),
         "over_limit_pct": float(100.0 * sum(over_time) / max(sum(up_time), 1e-9)),
         "jobs_per_s": float(r.size / window),
         "fallbacks": int(fallbacks),

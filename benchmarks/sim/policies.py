@@ -198,7 +198,8 @@ SCORE_POLICIES = {
     "des_wrand": ScoreWeighted,
     "des_wrand_pow4": ScoreWeightedSq,
     "des_topq": ScoreTopK,
-    "des_p3c": _pick_policy(d=3),
-    "desirability": _pick_policy(),   # clients.pick.pick with its defaults
+    "des_p2c": _pick_policy(d=2),
+    "des_p4c": _pick_policy(d=4),
+    "desirability": _pick_policy(),   # clients.pick.pick with its defaults (d=3)
 }
 POLICIES = {**BASELINES, **SCORE_POLICIES, "oracle": Oracle}
