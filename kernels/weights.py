@@ -32,22 +32,32 @@ def core(w, reported, gcpu, gmem, gio, gwait, gtput, gsucc, gtail):
     """Weighted mean of the reported goodness values; `w` as written by
     `weights_in_effect`, `reported` the HAS_* bitmask.  Unreported metrics'
     goodness arguments are ignored."""
-    num = w[0] * gcpu
-    den = w[0]
-    num += w[1] * gmem
-    den += w[1]
+    return core_w(w[0], w[1], w[2], w[3], w[4], w[5], w[6], reported,
+                  gcpu, gmem, gio, gwait, gtput, gsucc, gtail)
+
+
+@njit(cache=True, error_model="numpy")
+def core_w(w_cpu, w_mem, w_io, w_wait, w_tput, w_succ, w_tail, reported,
+           gcpu, gmem, gio, gwait, gtput, gsucc, gtail):
+    """`core` with the weights as scalars: what the per-node loop calls, so
+    that no array crosses a call inside the loop (numba would incref and
+    decref it on every node)."""
+    num = w_cpu * gcpu
+    den = w_cpu
+    num += w_mem * gmem
+    den += w_mem
     if reported & HAS_IO:
-        num += w[2] * gio
-        den += w[2]
-    num += w[3] * gwait
-    den += w[3]
+        num += w_io * gio
+        den += w_io
+    num += w_wait * gwait
+    den += w_wait
     if reported & HAS_THROUGHPUT:
-        num += w[4] * gtput
-        den += w[4]
+        num += w_tput * gtput
+        den += w_tput
     if reported & HAS_OKERR:
-        num += w[5] * gsucc
-        den += w[5]
+        num += w_succ * gsucc
+        den += w_succ
     if reported & HAS_TAIL:
-        num += w[6] * gtail
-        den += w[6]
+        num += w_tail * gtail
+        den += w_tail
     return num / den
