@@ -479,7 +479,8 @@ def cmd_demo(args) -> int:
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
-    old_term = signal.signal(signal.SIGTERM, on_term)
+    # SIGTERM, and SIGHUP (the terminal went away), stop the demo like Ctrl-C.
+    old_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
     workdir = tempfile.mkdtemp(prefix="shm-engine-demo-")
     engine = None
     try:
@@ -514,7 +515,8 @@ def cmd_demo(args) -> int:
             if engine is not None and engine.proc is not None and engine.proc.poll() is None:
                 engine.stop()
         finally:
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             shutil.rmtree(workdir, ignore_errors=True)
 
 

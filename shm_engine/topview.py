@@ -45,6 +45,7 @@ STATE_STYLES = {
 }
 _STATE_NAMES = {int(s): s.name.lower() for s in NodeState}
 RATE_WINDOW_S = 1.0          # rates are averaged over at least this long
+_UNRANKED_NAMES = 5          # node names listed per unranked state
 _RECENT_CHANGES = 8          # the "recent state changes" panel keeps this many
 _BAR_WIDTH = 10
 _BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -97,6 +98,7 @@ class ViewState:
     rows: list[NodeRow] = field(default_factory=list)
     changes: list[StateChange] = field(default_factory=list)   # since the previous refresh
     recent: list[StateChange] = field(default_factory=list)    # last few, newest first
+    unranked: dict = field(default_factory=dict)    # state -> a few node names, worst first
     rejects: dict = field(default_factory=dict)                 # reason -> total, non-zero only
     heartbeats: int = 0
     accepted: int = 0
@@ -212,7 +214,18 @@ class Watcher:
         vs.registered = sum(1 for n in snap.nodes if n is not None)
         vs.ranked = len(snap.ranked)
         vs.recent = list(reversed(self._recent))
+        vs.unranked = self._unranked(snap)
         return vs
+
+    @staticmethod
+    def _unranked(snap, per_state: int = _UNRANKED_NAMES) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for state in (NodeState.DEAD, NodeState.QUARANTINED, NodeState.OVERLOADED):
+            slots = [s for s in range(len(snap.nodes))
+                     if snap.nodes[s] is not None and int(snap.state[s]) == int(state)]
+            if slots:
+                out[state.name.lower()] = sorted(snap.nodes[s] for s in slots)[:per_state]
+        return out
 
     def _diff_states(self, snap, vs: ViewState) -> None:
         states = {}
@@ -320,8 +333,17 @@ def render(view_state: ViewState):
         )
     parts.append(table)
 
+    if vs.unranked:
+        out = Text("not ranked: ")
+        for state, names in vs.unranked.items():
+            more = vs.counts.get(state, len(names)) - len(names)
+            out.append(state, style=STATE_STYLES.get(state, ""))
+            out.append(" " + ", ".join(names) + (f" +{more}" if more > 0 else "") + "  ")
+        parts.append(out)
+
     changes = Text()
-    changes.append(f"changed since last refresh: {len(vs.changes)}", style="bold")
+    changes.append(f"state changes since last refresh: {len(vs.changes)}; recent:",
+                   style="bold")
     for c in vs.recent:
         changes.append(f"\n  ▶ {c.node}  ")
         changes.append_text(_state_text(c.new, c.old))

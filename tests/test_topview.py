@@ -37,6 +37,8 @@ def sample_view() -> ViewState:
             NodeRow(None, "node-big", 0.0, "overloaded", 80.0, 2.0, 1.0),
         ],
         changes=[change], recent=[change],
+        unranked={"dead": ["node-dead"], "quarantined": ["node-flap"],
+                  "overloaded": ["node-big"]},
         rejects={"bad_field": 3, "unknown_field": 1}, heartbeats=1000, accepted=996,
     )
 
@@ -58,6 +60,7 @@ def test_render_marks_state_changes_with_the_old_state():
     assert changed and "▶" in changed[0] and "degraded → healthy" in changed[0]
     flap = [ln for ln in lines if "node-flap" in ln and "degraded → quarantined" in ln]
     assert len(flap) == 2          # its table row and the recent-changes list
+    assert "not ranked: dead node-dead  quarantined node-flap  overloaded node-big" in out
     steady = [ln for ln in lines if "node-a" in ln]
     assert "▶" not in steady[0] and "→" not in steady[0]
 
@@ -143,3 +146,9 @@ def test_watcher_rows_ranked_first_then_worst_states(rows, expected):
 def test_top_exits_2_when_the_engine_does_not_exist(shm_name, capsys):
     assert main(["top", "--name", shm_name]) == 2
     assert "not running" in capsys.readouterr().err
+
+
+def test_watcher_lists_a_few_unranked_nodes_per_bad_state():
+    s = snap(1, ["q2", "o1", "q1", "h", "x1", "q3"], [Q, O, Q, H, X, Q], [0, 0, 0, 0.9, 0, 0], [3])
+    assert Watcher._unranked(s, per_state=2) == {"dead": ["x1"], "quarantined": ["q1", "q2"],
+                                                 "overloaded": ["o1"]}
