@@ -28,9 +28,10 @@ whole-frame numpy or numba operations (one `table.write_batch` call per
 frame); a 1-record frame takes a scalar path.  Only registrations,
 re-registrations and metadata changes go record by record.
 
-Known gap (registry API): `NodeRegistry.register` publishes a slot (even
-``slot_gen``) before the ingest can write its first row, so a tick that
-gathers in between sees the new node with the slot's previous row.
+New registrations stay unpublished (odd ``slot_gen``) until the frame's rows
+are written (`NodeRegistry.register(publish=False)`, then
+`publish_pending()`), so a tick never scores a new node on the previous
+occupant's row.
 
 Rules for callers: one `Ingest` per segment at a time (the supervisor starts
 a new ingest only after the old one exited); ``now`` is ``time.monotonic()``,
@@ -202,6 +203,9 @@ class Ingest:
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
+        finally:
+            # After the rows: see "New registrations" in the module docstring.
+            self.registry.publish_pending()
         self._heartbeats[0] += seen
         self._accepted[0] += accepted
         self._bytes[0] += nbytes
@@ -281,7 +285,8 @@ class Ingest:
                 del slot_of[key]
                 s = -1
             if s < 0:
-                s = registry.register(key, zones[j], labels[j] if labels is not None else None)
+                s = registry.register(key, zones[j], labels[j] if labels is not None else None,
+                                      publish=False)
                 if s < 0:
                     self._full_in_frame += 1
                     self._rejects[_REGISTRY_FULL] += 1

@@ -41,6 +41,7 @@ class NodeRegistry:
         self.capacity = views.layout.capacity
         self._slots: dict[bytes, int] = {}
         self._free: list[int] = []
+        self._pending: list[int] = []
         self._hwm = int(self._hdr.slot_hwm[0])
         self._adopt()
 
@@ -83,10 +84,15 @@ class NodeRegistry:
         return self._hwm
 
     # ------------------------------------------------------------ changes --
-    def register(self, key: bytes, zone: bytes = b"", labels: bytes | None = None) -> int:
+    def register(self, key: bytes, zone: bytes = b"", labels: bytes | None = None,
+                 *, publish: bool = True) -> int:
         """Register ``key`` in the lowest free slot; -1 when full.
 
-        The caller has validated ``key`` (1..63 bytes of UTF-8)."""
+        The caller has validated ``key`` (1..63 bytes of UTF-8).  With
+        ``publish=False`` the slot stays "changing" (odd generation) until
+        `publish_pending()`: a writer that runs concurrently with the tick
+        must write the node's first row before that, or a tick could score
+        the new node on the previous occupant's row."""
         if self._free:
             slot = heapq.heappop(self._free)
         elif self._hwm < self.capacity:
@@ -101,11 +107,23 @@ class NodeRegistry:
         reg.node_id[slot, : len(key)] = np.frombuffer(key, np.uint8)
         self._set_meta(slot, zone, labels)
         reg.registered[slot] = 1
-        slot_change_end(reg.slot_gen, slot)
         self._slots[key] = slot
         self._hdr.registered[0] = len(self._slots)
-        self._hdr.registry_epoch[0] += 1
+        if publish:
+            slot_change_end(reg.slot_gen, slot)
+            self._hdr.registry_epoch[0] += 1
+        else:
+            self._pending.append(slot)
         return slot
+
+    def publish_pending(self) -> None:
+        """Publish the registrations made with ``publish=False``."""
+        if not self._pending:
+            return
+        for slot in self._pending:
+            slot_change_end(self._reg.slot_gen, slot)
+        self._pending.clear()
+        self._hdr.registry_epoch[0] += 1
 
     def set_meta(self, slot: int, zone: bytes, labels: bytes | None) -> None:
         """Replace a registered slot's zone and labels (from its latest heartbeat)."""
@@ -135,12 +153,17 @@ class NodeRegistry:
 
     def free(self, slot: int) -> None:
         """Forget the node in ``slot``."""
+        if slot in self._pending:  # registered and forgotten before publishing
+            self._pending.remove(slot)
+            slot_change_end(self._reg.slot_gen, slot)
         reg = self._reg
         key = decode_id(reg.node_id[slot])
         slot_change_begin(reg.slot_gen, slot)
         reg.registered[slot] = 0
         reg.node_id[slot] = 0
+        reg.zone[slot] = 0
         reg.labels_len[slot] = 0
+        reg.labels[slot] = 0
         slot_change_end(reg.slot_gen, slot)
         self._slots.pop(key, None)
         heapq.heappush(self._free, slot)
