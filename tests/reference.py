@@ -427,7 +427,13 @@ class ReferenceEngine:
             g["io"] = 1 - row["io"]
         g["wait"] = 1 - min(node.wait / sc["max_wait_s"], 1.0)
         if "throughput" in row:
-            g["throughput"] = 1.0 if big_t == 0 else row["throughput"] / big_t
+            # READING: T only counts live nodes, so for a node that is not live
+            # throughput / T can exceed 1, or overflow to inf (1e300 / 1e-10),
+            # and then raw = 0 * B * inf = NaN. "Each in [0, 1]" settles it:
+            # the ratio is capped at 1. Live nodes are never affected
+            # (their own throughput is <= T), and a non-live node's raw is
+            # then 0 as L = 0 requires.
+            g["throughput"] = 1.0 if big_t == 0 else min(row["throughput"] / big_t, 1.0)
         if "ok" in row:
             g["success"] = (row["ok"] + 1) / (row["ok"] + row["err"] + 2)
         if "p50_ms" in row:

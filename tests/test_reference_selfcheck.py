@@ -107,6 +107,17 @@ def test_throughput_all_zero_means_goodness_one():
     assert rec["raw"] == approx(0.62 / 0.75)
 
 
+def test_dead_node_raw_is_zero_even_if_throughput_ratio_overflows():
+    # "a" dead at t10; T = 1e-10 from live "b"; 1e300 / 1e-10 overflows to
+    # inf, capped at 1 ("each in [0, 1]"), so raw = 0 * 1 * core = 0
+    g = {"cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1}
+    recs = reference_replay([{"tick": 0, "node": "a", **g, "throughput": 1e300},
+                             {"tick": 0, "node": "b", **g, "throughput": 1e-10},
+                             {"tick": 10, "node": "b", **g, "throughput": 1e-10}], FAST)
+    assert at(recs, 10, "a")["raw"] == 0.0
+    assert at(recs, 10, "a")["state"] == "dead"
+
+
 @pytest.mark.parametrize("age, liveness", [
     (2, 1.0),    # age == suspect_after_s: L = 1
     (3, 0.875),  # (10 - 3) / (10 - 2)

@@ -123,6 +123,26 @@ def test_ticks_argument_matches_reference(name, ticks):
     assert_same_records(got, want)
 
 
+@needs_engine
+def test_dead_node_raw_stays_finite_when_throughput_ratio_overflows():
+    """A DEAD node must publish raw = 0, never NaN.
+
+    T counts live nodes only, so a dead node's throughput / T is unbounded:
+    here 1e300 / 1e-10 = inf, and L * B * core = 0 * 1 * inf = NaN, which the
+    CLI prints as the non-JSON token NaN. SCORING.md says every goodness is
+    in [0, 1] (the reference caps the ratio); see reference._goodness.
+    """
+    g = {"cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1}
+    lines = [{"tick": 0, "node": "a", **g, "throughput": 1e300},
+             {"tick": 0, "node": "b", **g, "throughput": 1e-10},
+             {"tick": 10, "node": "b", **g, "throughput": 1e-10}]
+    params = {"engine": {"tick_interval_ms": 1000}}   # "a" is dead at tick 10
+    want = reference_replay(lines, params)
+    assert want[-2]["node"] == "a" and want[-2]["state"] == "dead"
+    assert want[-2]["raw"] == 0.0
+    assert_same_records(engine_replay(lines, params), want)
+
+
 # ------------------------------------------------------------ the CLI
 
 def _cli_command() -> list[str]:
@@ -179,7 +199,9 @@ def heartbeats(draw) -> dict:
     msg = {"node": draw(st.sampled_from(NODES)), "cpu": draw(unit), "mem": draw(unit),
            "queue": draw(nonneg), "avg_job_s": draw(st.floats(0.0, 4.0, allow_nan=False))}
     if draw(st.booleans()):
-        msg["throughput"] = draw(st.floats(0.0, 50.0, allow_nan=False))
+        # no subnormals: 50 / 5e-324 overflows; that case has its own test
+        msg["throughput"] = draw(st.floats(0.0, 50.0, allow_nan=False,
+                                           allow_subnormal=False))
     if draw(st.booleans()):
         msg["ok"] = draw(st.integers(0, 40))
         msg["err"] = draw(st.integers(0, 40))
