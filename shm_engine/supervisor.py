@@ -195,7 +195,11 @@ class Supervisor:
         live = [c for c in self.children.values() if c.proc is not None]
         # Both children exit by themselves once `stopping` is set; a short
         # grace lets them finish cleanly before SIGTERM.
-        multiprocessing.connection.wait([c.proc.sentinel for c in live], STOP_GRACE_S)
+        grace_end = time.monotonic() + STOP_GRACE_S
+        pending = [c.proc.sentinel for c in live]
+        while pending and time.monotonic() < grace_end:
+            done = multiprocessing.connection.wait(pending, grace_end - time.monotonic())
+            pending = [p for p in pending if p not in done]
         for c in live:
             if c.proc.is_alive():
                 c.proc.terminate()
