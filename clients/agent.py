@@ -391,6 +391,12 @@ class Agent:
         if self._pull is not None:
             self._pull.close()
             self._pull = None
+            # libzmq leaves the socket file of an ipc:// bind behind.
+            if self.listen_endpoint and self.listen_endpoint.startswith("ipc://"):
+                try:
+                    os.unlink(self.listen_endpoint[len("ipc://"):])
+                except OSError:
+                    pass
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

@@ -490,7 +490,8 @@ def cmd_demo(args) -> int:
             cfg, cfg_path = _write_config(args, workdir, port, args.nodes)
             engine = EngineProcess(name, cfg_path, os.path.join(workdir, "engine.log"))
             print(f"starting engine {name!r} (ingest tcp://127.0.0.1:{port}, "
-                  f"tick {cfg.engine.tick_interval_ms} ms) ...", file=sys.stderr)
+                  f"tick {cfg.engine.tick_interval_ms} ms); the first run compiles the "
+                  "scoring kernels, which can take a minute ...", file=sys.stderr)
             engine.start()
             reader = engine.wait_ready(READY_TIMEOUT_S)
             if reader is not None:

@@ -208,3 +208,17 @@ def test_bad_node_id_is_a_usage_error(capsys):
     assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--node-id", "x" * 64,
                  "--count", "1"]) == 2
     assert "give --node-id" in capsys.readouterr().err
+
+
+def test_ipc_listen_socket_file_is_removed_on_close(tmp_path, pull):
+    _sock, endpoint = pull
+    path = tmp_path / "agent.sock"
+    with Agent(endpoint, "node-i", listen=f"ipc://{path}", sampler=FakeSampler()) as agent:
+        assert path.exists()
+        rep = Reporter(agent.listen_endpoint)
+        try:
+            assert rep.report(queue=1)
+            poll_until(agent, lambda: agent.reports == 1)
+        finally:
+            rep.close()
+    assert not path.exists()
