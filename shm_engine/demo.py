@@ -39,7 +39,8 @@ import numpy as np
 from . import wire
 from .config import load_config, render_config, with_overrides
 from .errors import ConfigError, EngineNotRunning, LayoutMismatch
-from .segment import posix_name
+from .segment import Segment, posix_name, process_alive
+from .segment import unlink as unlink_segment
 from .states import NodeState
 
 __all__ = ["cmd_demo", "Fleet", "KINDS", "EngineProcess"]
@@ -251,27 +252,36 @@ class EngineProcess:
         except OSError:
             return ""
 
-    def wait_ready(self, timeout: float, interrupted=lambda: False):
-        """Poll ``ScoreReader.attach`` until the first epoch is published.
-
-        Returns the reader, or None if the child exited first.  Raises
-        TimeoutError after ``timeout`` seconds."""
+    def wait_ready(self, timeout: float):
+        """Poll ``ScoreReader.attach`` until our child has published its first
+        epoch (a segment of the same name made by another process does not
+        count).  Returns the reader, or None if the child exited first.
+        Raises TimeoutError after ``timeout`` seconds."""
         from clients.reader import ScoreReader
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return None
+            reader = None
             try:
-                reader = ScoreReader.attach(self.name)
+                if self._created_by_child():
+                    reader = ScoreReader.attach(self.name)
             except (EngineNotRunning, LayoutMismatch):
-                reader = None
+                pass
             if reader is not None:
                 if reader.epoch > 0:
                     return reader
                 reader.close()
             time.sleep(0.1)
         raise TimeoutError(f"engine {self.name!r} published no tick within {timeout:.0f} s")
+
+    def _created_by_child(self) -> bool:
+        with Segment.attach(self.name, readonly=True) as seg:
+            return int(seg.views.header.creator_pid[0]) == self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, wait; SIGKILL if it does not exit.  Returns the exit code
@@ -292,6 +302,15 @@ class EngineProcess:
     def segment_exists(self) -> bool:
         return os.path.exists("/dev/shm" + posix_name(self.name)) if os.path.isdir("/dev/shm") \
             else _segment_exists_posix(self.name)
+
+
+def _engine_alive(name: str) -> bool:
+    try:
+        with Segment.attach(name, readonly=True) as seg:
+            h = seg.views.header
+            return process_alive(int(h.creator_pid[0]), int(h.creator_start[0]))
+    except (EngineNotRunning, LayoutMismatch):
+        return False
 
 
 def _segment_exists_posix(name: str) -> bool:
@@ -481,6 +500,10 @@ def cmd_demo(args) -> int:
         raise KeyboardInterrupt
     # SIGTERM, and SIGHUP (the terminal went away), stop the demo like Ctrl-C.
     old_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    if _engine_alive(name):
+        print(f"shm-engine demo: engine {name!r} is already running; give another --name",
+              file=sys.stderr)
+        return 2
     workdir = tempfile.mkdtemp(prefix="shm-engine-demo-")
     engine = None
     try:
@@ -503,7 +526,7 @@ def cmd_demo(args) -> int:
                   f"before it was ready:\n{tail}", file=sys.stderr)
             return 1
         reader.close()
-        code = _run(args, name, cfg, port, view)
+        code = _run(args, name, cfg, port, view, engine)
         return _stop(engine, code)
     except TimeoutError as err:
         print(f"shm-engine demo: {err}\n{engine.log_tail() if engine else ''}", file=sys.stderr)
@@ -526,6 +549,10 @@ def _stop(engine: EngineProcess, code: int) -> int:
     if rc != 0:
         print(f"shm-engine demo: the engine did not stop cleanly (exit {rc}):\n"
               f"{engine.log_tail()}", file=sys.stderr)
+        if engine.segment_exists() and not _engine_alive(engine.name):
+            unlink_segment(engine.name)     # ours, and its creator is gone
+            print(f"shm-engine demo: removed the stale segment {posix_name(engine.name)}",
+                  file=sys.stderr)
         return 1
     if engine.segment_exists():
         print(f"shm-engine demo: segment {posix_name(engine.name)} left behind after the "
@@ -535,7 +562,7 @@ def _stop(engine: EngineProcess, code: int) -> int:
     return code
 
 
-def _run(args, name: str, cfg, port: int, view: bool) -> int:
+def _run(args, name: str, cfg, port: int, view: bool, engine: EngineProcess) -> int:
     """Drive the fleet until --duration or Ctrl-C; print the summary."""
     from clients.heartbeat import HeartbeatClient
 
@@ -561,11 +588,14 @@ def _run(args, name: str, cfg, port: int, view: bool) -> int:
         next_beat = next_view = t0
         next_status = t0 + STATUS_INTERVAL_S
         cpu = np.full(fleet.n, np.nan)
-        interrupted = False
+        interrupted = lost = False
         while True:
             now = time.monotonic()
             t = now - t0
             if args.duration is not None and t >= args.duration:
+                break
+            if not engine.running():
+                lost = True
                 break
             try:
                 if now >= next_beat:
@@ -604,6 +634,10 @@ def _run(args, name: str, cfg, port: int, view: bool) -> int:
                             rejected=sum(vs.rejects.values())), flush=True)
         if interrupted:
             print("(interrupted)", flush=True)
+        if lost:
+            print(f"shm-engine demo: the engine exited (code {engine.proc.returncode}) "
+                  f"while the demo ran:\n{engine.log_tail()}", file=sys.stderr)
+            return 1
         return 0
     finally:
         if live is not None:
