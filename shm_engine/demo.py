@@ -486,7 +486,15 @@ def cmd_demo(args) -> int:
         print("shm-engine demo: --duration must be > 0", file=sys.stderr)
         return 2
     name = args.name or f"demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    posix_name(name)  # a bad --name fails here, before anything starts
+    try:
+        posix_name(name)
+    except ValueError as err:
+        print(f"shm-engine demo: --name: {err}", file=sys.stderr)
+        return 2
+    if _engine_alive(name):
+        print(f"shm-engine demo: engine {name!r} is already running; give another --name",
+              file=sys.stderr)
+        return 2
     view = not args.no_view and sys.stdout.isatty()
     if view:
         try:
@@ -500,10 +508,6 @@ def cmd_demo(args) -> int:
         raise KeyboardInterrupt
     # SIGTERM, and SIGHUP (the terminal went away), stop the demo like Ctrl-C.
     old_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    if _engine_alive(name):
-        print(f"shm-engine demo: engine {name!r} is already running; give another --name",
-              file=sys.stderr)
-        return 2
     workdir = tempfile.mkdtemp(prefix="shm-engine-demo-")
     engine = None
     try:
