@@ -12,8 +12,12 @@ from numba import njit
 
 @njit(cache=True, error_model="numpy")
 def raw_score(is_tripped, L, B, core):
-    """Step 9."""
-    if is_tripped:
+    """Step 9: 0 if tripped, else ``L * B * core``.
+
+    A dead node (L = 0) scores exactly 0 without evaluating the product: its
+    throughput goodness is not bounded by T (T counts live nodes only), so
+    ``core`` may be inf and ``0 * inf`` would publish NaN."""
+    if is_tripped or L == 0.0:
         return 0.0
     return L * B * core
 
