@@ -109,6 +109,10 @@ class Ticker:
         check_sequence_word(self._latch)
         self.params = config.score.to_params()
         self.inputs = make_inputs(views.layout.capacity)
+        # A slot the gather cannot read consistently keeps its previous inputs
+        # for one tick.  A just-started worker has none: infinite age makes
+        # such a slot DEAD (score 0) for that tick, never a zero-load node.
+        self.inputs.age[:] = np.inf
         self.stats = TickStats()
 
     @property
