@@ -93,6 +93,14 @@ def render(result: dict) -> str:
         "with more than 2 waiting jobs per worker. Method and discussion: "
         "[docs/routing.md](../docs/routing.md). JSON: `benchmarks/results/sim.json`.",
         "",
+        "Score policies: `desirability` is `clients.pick.pick` as shipped (best of 3 "
+        "random ranked nodes); `des_p2c` / `des_p4c` the same with d = 2 / 4; "
+        "`des_argmax` the top-ranked node; `des_wrand` / `des_wrand_pow4` weighted "
+        "random by score / score^4; `des_topq` uniform among the top quarter. "
+        "Baselines: `wrand_*` weighted random by 1-cpu, 1-mem, their mean; `jsq` "
+        "join-shortest-queue; `p2c_queue` best of 2 random nodes by queue. "
+        "`oracle` sees the true state.",
+        "",
         "### Goal: best score policy p99 <= 0.5x least_cpu and <= p2c_queue; "
         "failures <= 0.1x least_cpu in churn and fail_fast",
         "",
