@@ -130,8 +130,6 @@ class Watcher:
         self._history: deque[tuple] = deque()   # counter samples of the rate window
         self._prev_states: dict[str, str] = {}
         self._recent: deque[StateChange] = deque(maxlen=_RECENT_CHANGES)
-        self._last_epoch = -1
-        self._last_move = time.monotonic()
         self.snapshot = None          # latest clients.reader.Snapshot, for callers
 
     def close(self) -> None:
@@ -296,8 +294,8 @@ def render(view_state: ViewState):
     vs = view_state
     head = Text()
     head.append(f"shm-engine {vs.name}", style="bold")
-    head.append(f"  epoch {vs.epoch}  tick {vs.tick_interval_ms} ms"
-                f"  p50 {vs.tick_us_p50:,.0f} µs  p99 {vs.tick_us_p99:,.0f} µs"
+    head.append(f"  epoch {vs.epoch}  tick every {vs.tick_interval_ms} ms, takes"
+                f" p50 {vs.tick_us_p50:,.0f} µs p99 {vs.tick_us_p99:,.0f} µs"
                 f"  {_rate(vs.ticks_per_s)} ticks/s  {_rate(vs.heartbeats_per_s)} hb/s"
                 + (f"  overruns {vs.overruns}" if vs.overruns else ""))
     line2 = Text()

@@ -45,7 +45,7 @@ def sample_view() -> ViewState:
 
 def test_render_shows_header_nodes_states_and_footer():
     out = text_of(render(sample_view()))
-    for expected in ("shm-engine prod", "epoch 42", "tick 50 ms", "p50 210", "p99 480",
+    for expected in ("shm-engine prod", "epoch 42", "tick every 50 ms", "p50 210", "p99 480",
                      "20 ticks/s", "1,234 hb/s", "pressure 0.375", "wait 0.44",
                      "healthy 2", "quarantined 1", "dead 1",
                      "node-a", "node-b", "node-dead", "node-flap", "node-big",
