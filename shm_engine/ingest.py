@@ -456,6 +456,9 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         ingest = Ingest(seg.views, config)
         ingest.warm_up()
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # The bound endpoint (a `*` port resolved) replaces the configured
+        # one in the header, so `status` and clients see where to connect.
+        seg.views.header.write_str("endpoint", endpoint)
         _log("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
              registered=len(ingest.registry))
         _run(ingest, sock, config, parent_pid, stop)

@@ -123,7 +123,8 @@ _HEADER_FIELDS = (
     ("ticker_pid", "<i8", 1, 736),
     ("ticker_restarts", "<u8", 1, 744),
     ("stopping", "<u8", 1, 752),
-    # strings (creator writes once).
+    # strings: name (creator, once); endpoint (creator: as configured, then
+    # the ingest: as bound, with a `*` port resolved).
     ("name", "u1", NAME_BYTES, 1024),
     ("endpoint", "u1", ENDPOINT_BYTES, 1088),
 )

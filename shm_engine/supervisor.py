@@ -263,7 +263,11 @@ class Supervisor:
                     self._start(child)
             if not self._ready and int(h.latch_seq[0]) >> 1 > 0:
                 self._ready = True
-                self.log("INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1)
+                bound = h.read_str("endpoint")
+                self.log("INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1,
+                         endpoint=bound)
+                if bound != self.config.ingest.bind:  # a `*` port, now resolved
+                    self._say(f"ingest endpoint {bound}")
                 self._say("ready")
             timeout = 0.05 if not self._ready else 1.0
             for child in self.children.values():

@@ -217,3 +217,27 @@ def test_fatal_child_exit_stops_the_engine(shm_name, tmp_path, engine_at):
     assert "child_fatal role=ingest" in eng.stderr and "code=78" in eng.stderr
     assert "child_restarted" not in eng.stderr
     assert not segment_exists(shm_name)
+
+
+def test_wildcard_port_is_resolved_and_published(shm_name, tmp_path, engine_at):
+    import re
+
+    import zmq
+
+    from shm_engine.wire import encode_json
+
+    eng = engine_at(shm_name, write_config(tmp_path / "e.toml", "*"))
+    eng.wait_ready()
+    bound = re.search(r"^ingest endpoint (tcp://127\.0\.0\.1:\d+)$", eng.stdout, re.M)
+    assert bound, eng.stdout
+    assert eng.status()["ingest_endpoint"] == bound.group(1)
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(bound.group(1))
+        push.send(encode_json(dict(node="w", cpu=0.1, mem=0.1, queue=0, avg_job_s=1)))
+        wait_until(lambda: eng.status()["ingest"]["accepted"] == 1, 30, "heartbeat accepted")
+        push.close(0)
+    finally:
+        ctx.term()
+    assert eng.stop() == 0
