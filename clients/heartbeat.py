@@ -11,12 +11,18 @@ Rules for callers:
 - A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
   create one per process (a forked child's ``send`` raises RuntimeError).
 - Labels travel only in JSON frames; everything else goes in binary frames.
+- With ``curve=CurveKeys(...)`` the connection is CURVE-encrypted and the
+  engine admits it only if the client's public key is in its
+  ``[ingest.curve] authorized_keys_dir``.  An engine that refuses the key
+  drops the connection silently (ZeroMQ gives the sender no error): the
+  heartbeats count as ``sent`` but never arrive.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +44,40 @@ class InvalidHeartbeat(ShmEngineError, ValueError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """CURVE keys of one client: the engine's public key and the client's own
+    pair (each 40-character Z85 bytes, as ``zmq.curve_keypair`` makes them).
+
+    Build from the files ``shm-engine keys`` writes with `from_files`."""
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("server_public", "client_public", "client_secret"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != 40:
+                # Never echo the value: it may be a secret key.
+                size = len(value) if isinstance(value, (bytes, str)) else "?"
+                raise ValueError(f"CurveKeys.{name} must be 40 bytes of Z85, got "
+                                 f"{type(value).__name__} of length {size}")
+
+    @classmethod
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveKeys":
+        """Keys from the engine's ``NAME.key`` and this client's
+        ``NAME.key_secret``.  Raises ValueError if the secret file holds no
+        secret key, OSError if a file cannot be read."""
+        import zmq.auth
+
+        server_public, _ = zmq.auth.load_certificate(server_public_file)
+        client_public, client_secret = zmq.auth.load_certificate(client_secret_file)
+        if not client_secret:
+            raise ValueError(f"{client_secret_file} holds no secret key "
+                             "(give the client's .key_secret file)")
+        return cls(server_public, client_public, client_secret)
+
+
 class HeartbeatClient:
     """PUSH socket connected to the engine's heartbeat endpoint.
 
@@ -47,10 +87,12 @@ class HeartbeatClient:
     """
 
     def __init__(self, endpoint: str, *, sndhwm: int = 10000, linger_ms: int = 0,
-                 curve: Any = None,
+                 curve: CurveKeys | None = None,
                  max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES) -> None:
-        if curve is not None:
-            raise ValueError("curve: CURVE security is not supported yet; pass curve=None")
+        if curve is not None and not isinstance(curve, CurveKeys):
+            raise ValueError(f"curve must be a CurveKeys or None, got {type(curve).__name__}")
+        if curve is not None and not zmq.has("curve"):
+            raise ValueError("curve: this libzmq has no CURVE support")
         if max_frame_bytes < wire.HEADER_SIZE + wire.RECORD_SIZE:
             raise ValueError(f"max_frame_bytes={max_frame_bytes} cannot hold one record "
                              f"({wire.HEADER_SIZE + wire.RECORD_SIZE} bytes)")
@@ -64,6 +106,10 @@ class HeartbeatClient:
             self._sock = self._ctx.socket(zmq.PUSH)
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
             self._sock.setsockopt(zmq.LINGER, linger_ms)
+            if curve is not None:   # before connect: the handshake uses them
+                self._sock.curve_serverkey = curve.server_public
+                self._sock.curve_publickey = curve.client_public
+                self._sock.curve_secretkey = curve.client_secret
             self._sock.connect(endpoint)
         except BaseException:
             self._ctx.destroy(linger=0)
