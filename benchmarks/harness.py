@@ -383,7 +383,7 @@ def _redis_bench(scores: dict, reps: int) -> dict:
             t2 = time.perf_counter_ns()
             hgetall.append((t1 - t0) / 1e3)
             ztop.append((t2 - t1) / 1e3)
-        return {"server": exe, "hget_ns": _stats(hget), "hgetall_us": _stats(hgetall),
+        return {"server": os.path.basename(exe), "hget_ns": _stats(hget), "hgetall_us": _stats(hgetall),
                 "zrevrange10_us": _stats(ztop), "server_rss_kb": _rss_kb(proc.pid)}
     finally:
         proc.terminate()
