@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.pick import pick as _pick
 from shm_engine.errors import EngineNotRunning
 from shm_engine.registry import decode_id
 from shm_engine.segment import Segment
@@ -93,6 +94,7 @@ class ScoreReader:
         self._nodes_cache: tuple = ()
         self._nodes_key = b""
         self._last: Snapshot | None = None
+        self._rng: np.random.Generator | None = None
         self.retries_exhausted = 0
         # Hot paths read through typed memoryviews: an item load is ~30 ns,
         # a numpy scalar index ~100 ns.
@@ -311,3 +313,48 @@ class ScoreReader:
             self._refresh_index()
         names = self._names
         return [(names[s], sc) for s, sc, g in got if gens[s] == g]
+
+    # ---------------------------------------------------------------- pick --
+    def pick(self, exclude=None, rng: np.random.Generator | None = None, *,
+             d: int = 3) -> str | None:
+        """Choose one node for a job without herding (see `clients.pick`).
+
+        Power of ``d`` choices on the published desirability: ``d`` distinct
+        ranked nodes drawn uniformly, the best of them returned.  ``exclude``:
+        node names never to return (e.g. already tried for this job); ``rng``:
+        a seeded ``numpy.random.Generator`` for reproducible picks (default:
+        the reader's own).  None when no node qualifies (nothing ranked, or
+        all excluded): wait for the next tick or fall back."""
+        if d < 1:
+            raise ValueError(f"pick: d = {d!r} must be >= 1")
+        if rng is None:
+            if self._rng is None:
+                self._rng = np.random.default_rng()
+            rng = self._rng
+        ex = None
+        if exclude:
+            self._refresh_index()
+            ex = [self._index[n][0] for n in exclude if n in self._index]
+
+        def choose(b):
+            buf = self._bufs[b]
+            try:
+                slot = _pick(buf.views["score"], buf.views["ranked"], int(buf.n_ranked[0]),
+                             rng, ex, d=d)
+                return slot, (self._gen_mv[b][slot] if slot >= 0 else 0)
+            except (IndexError, ValueError):
+                return -2, 0  # a torn copy: the latch check makes us retry
+
+        st, _epoch, got = read_consistent(self._seq, choose)
+        if st == READ_NOTHING_PUBLISHED:
+            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+        if st != READ_OK:
+            self.retries_exhausted += 1
+            return None
+        slot, gen = got
+        if slot < 0:
+            return None
+        if self._gen_list[slot] != gen:
+            self._index_epoch = -1  # registered after our last refresh
+            self._refresh_index()
+        return self._names[slot] if self._gen_list[slot] == gen else None

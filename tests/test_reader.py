@@ -252,3 +252,25 @@ def test_stress_readers_never_see_a_mixed_or_backward_snapshot(shm_name, reap):
     # Against a writer flipping every few microseconds, a reader is rarely lapped
     # on every retry; at a real tick interval this never happens.
     assert sum(g[3] for g in got) < total // 1000, f"readers starved: {got}"
+
+
+def test_pick_spreads_over_ranked_nodes_and_honours_exclude(engine, reader):
+    t = time.monotonic()
+    cpus = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.99)  # n8 is tripped
+    for i, cpu in enumerate(cpus):
+        engine.send(f"n{i}", t, cpu=cpu)
+    engine.tick(t)
+    rng = np.random.default_rng(7)
+    picks = [reader.pick(rng=rng) for _ in range(2000)]
+    assert "n8" not in picks  # score 0 is never a candidate
+    # Best of 3 drawn from 8 ranked: the two worst can never win a draw.
+    assert set(picks) == {f"n{i}" for i in range(6)}
+    # P(n0) = P(n0 is drawn) = 3/8: favoured, yet not herded on.
+    assert 0.30 < picks.count("n0") / len(picks) < 0.45
+    assert picks.count("n0") > picks.count("n1") > picks.count("n5")
+    assert reader.pick(exclude=[f"n{i}" for i in range(6)], rng=rng) in ("n6", "n7")
+    assert reader.pick(exclude=[f"n{i}" for i in range(8)], rng=rng) is None
+    again = [reader.pick(rng=np.random.default_rng(7)) for _ in range(3)]
+    assert again == [picks[0]] * 3  # seedable
+    with pytest.raises(ValueError, match="d = 0"):
+        reader.pick(d=0)
