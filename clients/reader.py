@@ -20,7 +20,7 @@ counts ``retries_exhausted``; `is_stale` tells a stalled engine apart.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,7 +34,8 @@ from shm_engine.states import NodeState
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished"]
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
-_STATES = {int(s): s for s in NodeState}  # NodeState(v) costs ~1 us; a dict hit ~30 ns
+_STATES = {int(s): s for s in NodeState}
+_STATE_KEYS = tuple(s.name.lower() for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
 _WEIGHT_NAMES = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
 
 
@@ -44,9 +45,9 @@ class NothingPublished(LookupError):
     Wait for ``reader.epoch > 0`` (a tick interval after start)."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One consistent copy of a published tick.
+class Snapshot(NamedTuple):
+    """One consistent copy of a published tick (immutable; a NamedTuple
+    because a frozen dataclass costs several microseconds to build).
 
     Arrays are indexed by slot (``nodes[i]`` is the node in slot i, None for
     an empty slot); ``ranked`` holds slots, best first."""
@@ -104,6 +105,9 @@ class ScoreReader:
         self._gen_mv, self._ranked_mv = mvs("gen"), mvs("ranked")
         self._nranked_mv = tuple(memoryview(b.n_ranked) for b in self._bufs)
         self._gen_list = [0] * cap  # self._gens as Python ints, for per-slot checks
+        self._published = tuple(tuple(b.views[c] for c in _PUBLISHED + ("gen",))
+                                for b in self._bufs)
+        self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
 
     @classmethod
     def attach(cls, name: str = "dfps") -> "ScoreReader":
@@ -242,14 +246,12 @@ class ScoreReader:
     # ------------------------------------------------------------ snapshot --
     def _copy(self, b: int, hwm: int):
         buf = self._bufs[b]
-        v = buf.views
-        cols = {c: v[c][:hwm].copy() for c in _PUBLISHED}
-        gen = v["gen"][:hwm].copy()
-        n_ranked = min(int(buf.n_ranked[0]), hwm)
-        ranked = v["ranked"][:n_ranked].copy()
-        meta = (float(buf.tick_wall[0]), float(buf.tick_mono[0]), float(buf.pressure[0]),
-                buf.weights[:7].copy(), buf.counts[:5].copy())
-        return cols, gen, ranked, meta
+        cols = [a[:hwm].copy() for a in self._published[b]]  # _PUBLISHED order, then gen
+        n_ranked = min(self._nranked_mv[b][0], hwm)
+        ranked = self._ranked_views[b][:n_ranked].copy()
+        meta = (buf.tick_wall[0], buf.tick_mono[0], buf.pressure[0],
+                buf.weights[:7].tolist(), buf.counts[:5].tolist())
+        return cols, ranked, meta
 
     def snapshot(self) -> Snapshot:
         """One consistent copy of the latest tick (see `Snapshot`)."""
@@ -262,13 +264,11 @@ class ScoreReader:
             if self._last is None:
                 raise NothingPublished(f"engine {self.name!r}: no consistent copy yet")
             return self._last
-        cols, gen, ranked, (wall, mono, pressure, weights, counts) = got
-        snap = Snapshot(epoch=epoch, tick_time=wall, tick_mono=mono,
-                        nodes=self._nodes_for(gen, cols["state"]), ranked=ranked,
-                        pressure=pressure,
-                        weights=dict(zip(_WEIGHT_NAMES, map(float, weights))),
-                        counts={s.name.lower(): int(counts[int(s)]) for s in NodeState},
-                        **cols)
+        cols, ranked, (wall, mono, pressure, weights, counts) = got
+        score, raw, wait, qema, liveness, state, gen = cols
+        snap = Snapshot(epoch, float(wall), float(mono), self._nodes_for(gen, state),
+                        score, raw, state, wait, qema, liveness, ranked, float(pressure),
+                        dict(zip(_WEIGHT_NAMES, weights)), dict(zip(_STATE_KEYS, counts)))
         self._last = snap
         return snap
 
