@@ -293,26 +293,32 @@ class ScoreReader:
         """The best ``k`` nodes as ``(node, score)``, from the published ranking."""
         if k <= 0:
             return []
-        cap = len(self._gen_list)
-
-        def copy(b):
-            n = min(self._nranked_mv[b][0], k)
-            sc, gm = self._score_mv[b], self._gen_mv[b]
-            # A torn copy may hold garbage slots: range-check, never fault.
-            return [(s, sc[s], gm[s]) for s in self._ranked_mv[b][:n].tolist() if 0 <= s < cap]
-
-        st, _epoch, got = read_consistent(self._seq, copy)
-        if st == READ_NOTHING_PUBLISHED:
-            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-        if st != READ_OK:
-            self.retries_exhausted += 1
-            return self._last.top(k) if self._last is not None else []
-        gens = self._gen_list
-        if any(gens[s] != g for s, _sc, g in got):
+        seq = self._seq_mv
+        s1 = seq[0]
+        got = self._top_copy((s1 >> 1) & 1, k)
+        # One inline latch attempt (pairs with write_begin, as in _read_slot);
+        # anything unusual goes through read_consistent.
+        if not (s1 > 1 and seq[0] < (s1 | 1) + 2):
+            st, _epoch, got = read_consistent(self._seq, lambda b: self._top_copy(b, k))
+            if st == READ_NOTHING_PUBLISHED:
+                raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+            if st != READ_OK:
+                self.retries_exhausted += 1
+                return self._last.top(k) if self._last is not None else []
+        slots, scores, gens = got
+        known = self._gen_list
+        if [known[s] for s in slots] != gens:
             self._index_epoch = -1  # a node we have not seen yet
             self._refresh_index()
         names = self._names
-        return [(names[s], sc) for s, sc, g in got if gens[s] == g]
+        return [(names[s], sc) for s, sc, g in zip(slots, scores, gens) if known[s] == g]
+
+    def _top_copy(self, b: int, k: int):
+        n = min(self._nranked_mv[b][0], k)
+        sc, gm, cap = self._score_mv[b], self._gen_mv[b], len(self._gen_list)
+        # A torn copy may hold garbage slots: range-check, never fault.
+        slots = [s for s in self._ranked_mv[b][:n].tolist() if 0 <= s < cap]
+        return slots, [sc[s] for s in slots], [gm[s] for s in slots]
 
     # ---------------------------------------------------------------- pick --
     def pick(self, exclude=None, rng: np.random.Generator | None = None, *,
