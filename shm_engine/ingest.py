@@ -48,6 +48,7 @@ memory one frame can take.
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import sys
@@ -59,14 +60,14 @@ import zmq
 
 from .config import Config
 from .errors import LayoutMismatch
-from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews
+from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
 from .registry import NodeRegistry
 from .segment import Segment
 from .table import write_batch
 from .wire import (NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET, ZONE_SIZE,
                    decode_frame)
 
-__all__ = ["Ingest", "ingest_main", "run_standalone", "EXIT_OK", "EXIT_FAILED",
+__all__ = ["Ingest", "ingest_main", "run_standalone", "warm_up", "EXIT_OK", "EXIT_FAILED",
            "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
 
 EXIT_OK = 0
@@ -374,6 +375,18 @@ class Ingest:
 
 
 # ------------------------------------------------------------------ process --
+def warm_up() -> None:
+    """Load the row writer's compiled code, on a private mapping of the live
+    layout, before any segment is attached (what a warm spare does first)."""
+    layout = layout_for(2)
+    mm = mmap.mmap(-1, layout.size)
+    views = SegmentViews(mm, layout)
+    for n in (1, 2):
+        write_batch(views.table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
+    views = None
+    mm.close()
+
+
 class _StopFlag:
     def __init__(self):
         self.signal = 0

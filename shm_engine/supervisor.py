@@ -21,6 +21,16 @@ Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
 `STABLE_AFTER_S` before dying starts again from the minimum.
 
+Warm spares: a child's start is dominated by the interpreter importing numpy,
+numba and pyzmq and loading the kernels (about a second on a busy machine,
+several under heavy load), so each role keeps one *spare* process that has
+done all of that and waits, without touching the segment or the socket, for
+a ``go`` on its pipe.  A restart hands the role to the spare (scoring resumes
+within the restart delay plus about one tick) and starts a new spare in the
+background.  A spare exits when its parent dies or its pipe closes; a dead
+spare just means a cold start.  The single-writer invariant is unchanged: the
+spare gets ``go`` only after the previous child has exited.
+
 Output: one line per event on stderr, ``time level event key=value ...``; on
 stdout the ingest endpoint at start and ``ready`` once the first epoch is
 published (for scripts that wait on it).
@@ -47,6 +57,7 @@ EXIT_FATAL = 78                 # EX_CONFIG: a child's fatal configuration error
 STABLE_AFTER_S = 30.0           # a child that ran this long resets its backoff
 STOP_GRACE_S = 3.0              # after setting `stopping`, before SIGTERM
 STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
+SPARE_POLL_S = 0.1              # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest:ingest_main",
     "ticker": "shm_engine.ticker:ticker_main",
@@ -64,12 +75,30 @@ def _log_line(stream: TextIO, level: str, event: str, **kv) -> None:
         pass  # a closed stderr must not take the supervisor down
 
 
-def _child_main(target: str, name: str, config: Config, parent_pid: int) -> None:
-    """Spawn entry of both children: the exit code is ``target``'s return value."""
+def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=None) -> None:
+    """Spawn entry of both children: the exit code is ``target``'s return value.
+
+    With ``gate`` (the read end of a pipe) the process is a warm spare: it
+    imports ``target``'s module, runs the module's ``warm_up()`` if it has
+    one, and waits for ``go`` before running ``target``; anything else on
+    the pipe, its end, or the parent's death makes it exit 0."""
     # Ctrl-C reaches the whole process group; the supervisor alone decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     module, _, func = target.partition(":")
-    fn = getattr(importlib.import_module(module), func)
+    mod = importlib.import_module(module)
+    fn = getattr(mod, func)
+    if gate is not None:
+        if callable(getattr(mod, "warm_up", None)):
+            mod.warm_up()
+        while not gate.poll(SPARE_POLL_S):
+            if os.getppid() != parent_pid:
+                sys.exit(0)
+        try:
+            if gate.recv() != "go":
+                sys.exit(0)
+        except (EOFError, OSError):
+            sys.exit(0)
+        gate.close()
     sys.exit(int(fn(name, config, parent_pid) or 0))
 
 
@@ -83,6 +112,8 @@ class _Child:
     restart_at: float | None = None
     starts: int = 0
     history: list = field(default_factory=list)
+    spare: multiprocessing.process.BaseProcess | None = None
+    spare_gate: multiprocessing.connection.Connection | None = None  # write end
 
 
 class Supervisor:
@@ -150,11 +181,58 @@ class Supervisor:
     def _set_pid(self, role: str, pid: int) -> None:
         getattr(self.seg.views.header, f"{role}_pid")[0] = pid
 
-    def _start(self, child: _Child) -> None:
+    def _start_spare(self, child: _Child) -> None:
+        r, w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
-                                 args=(child.target, self.name, self.config, os.getpid()),
+                                 args=(child.target, self.name, self.config, os.getpid(), r),
                                  daemon=False)
         proc.start()
+        r.close()
+        child.spare, child.spare_gate = proc, w
+        self.log("INFO", "spare_started", role=child.role, pid=proc.pid)
+
+    def _take_spare(self, child: _Child):
+        """The role's spare, told to go; None if there is none alive."""
+        proc, gate = child.spare, child.spare_gate
+        child.spare = child.spare_gate = None
+        if proc is None:
+            return None
+        try:
+            if proc.is_alive():
+                gate.send("go")
+                return proc
+        except OSError:
+            pass                      # it died just now: cold start
+        finally:
+            gate.close()
+        proc.join(1.0)
+        return None
+
+    def _stop_spares(self) -> None:
+        """End every spare.  A spare holds no state and has touched neither
+        the segment nor the socket, so SIGTERM is safe at any point."""
+        spares = []
+        for child in self.children.values():
+            proc, gate = child.spare, child.spare_gate
+            child.spare = child.spare_gate = None
+            if proc is not None:
+                gate.close()
+                proc.terminate()
+                spares.append(proc)
+        deadline = time.monotonic() + STOP_JOIN_TIMEOUT_S
+        for proc in spares:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5.0)
+
+    def _start(self, child: _Child) -> None:
+        proc = self._take_spare(child)
+        if proc is None:
+            proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
+                                     args=(child.target, self.name, self.config, os.getpid()),
+                                     daemon=False)
+            proc.start()
         child.proc = proc
         child.started = time.monotonic()
         child.restart_at = None
@@ -168,6 +246,7 @@ class Supervisor:
         else:
             self.log("INFO", "child_started", role=child.role, pid=proc.pid)
         child.starts += 1
+        self._start_spare(child)
 
     def _reap(self, child: _Child, now: float) -> bool:
         """Handle an exited child; False if its exit is fatal for the engine."""
@@ -192,6 +271,7 @@ class Supervisor:
         return True
 
     def _terminate_children(self) -> None:
+        self._stop_spares()
         live = [c for c in self.children.values() if c.proc is not None]
         # Both children exit by themselves once `stopping` is set; a short
         # grace lets them finish cleanly before SIGTERM.
