@@ -17,10 +17,24 @@ Two entry points; callers fill ``ranked[:m]`` with the candidate slots:
     `sort_ranked`.  Allocates O(slots) scratch.  The seed never changes the
     result, only the work.
 
+  * `radix_ranked(score, ranked, m, scratch)`: a stable LSD radix sort on
+    the score's IEEE-754 bits, O(m) per pass whatever the previous order.
+    Every candidate's score is > 0 (and finite), and the bits of positive
+    doubles order like unsigned integers, so the key ``~bits`` ascending is
+    score descending; the candidates arrive in slot order and every pass is
+    stable, so ties stay by slot ascending: the same order as `sort_ranked`.
+    8-bit digits for short rankings, 11-bit ones (6 passes at most) from
+    `RADIX_WIDE_FROM` candidates on; a pass whose digit is the same for
+    every key (the sign and high exponent bits, usually) is skipped.  All
+    scratch comes from a `RankScratch` (`make_rank_scratch(capacity)`), so
+    it allocates nothing.
+
 Comparisons take scalars (score, slot) rather than the arrays: numba would
 incref/decref an array argument on every call, which used to cost more than
 the comparison itself.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -229,3 +243,84 @@ def rerank(score, ranked, m, prev_ranked, n_prev):
     for j in range(m):
         ranked[j] = seq[j]
     return moves
+
+
+# Digit width: 8 bits below RADIX_WIDE_FROM candidates (fewer buckets to scan
+# per pass), 11 bits from there on (fewer passes: 6 instead of 8).
+RADIX_WIDE_FROM = 4096
+RADIX_MAX_PASSES = 8
+RADIX_MAX_BUCKETS = 1 << 11
+
+
+class RankScratch(NamedTuple):
+    """Work arrays of `radix_ranked`, allocated once per capacity."""
+    keys: np.ndarray      # u8[capacity]
+    keys_tmp: np.ndarray  # u8[capacity]
+    idx_tmp: np.ndarray   # i4[capacity]
+    hist: np.ndarray      # i8[RADIX_MAX_PASSES, RADIX_MAX_BUCKETS]
+
+
+def make_rank_scratch(capacity: int) -> RankScratch:
+    return RankScratch(np.zeros(capacity, np.uint64), np.zeros(capacity, np.uint64),
+                       np.zeros(capacity, np.int32),
+                       np.zeros((RADIX_MAX_PASSES, RADIX_MAX_BUCKETS), np.int64))
+
+
+@njit(cache=True, error_model="numpy")
+def radix_ranked(score, ranked, m, scratch):
+    """Sort ranked[:m] (distinct slots in ascending slot order, every
+    score[slot] > 0 and finite) by score descending, then slot ascending.
+
+    Same result as `sort_ranked` under those preconditions (the candidates
+    of a tick satisfy them).  ``score`` must be C-contiguous (its bits are
+    read through a uint64 view).  Returns the number of passes made."""
+    if m <= _SHORT:
+        _insertion(score, ranked, 0, m)
+        return 0
+    width = 8 if m < RADIX_WIDE_FROM else 11
+    n_passes = (64 + width - 1) // width
+    n_buckets = 1 << width
+    bits = score.view(np.uint64)
+    keys = scratch.keys
+    keys_tmp = scratch.keys_tmp
+    idx_tmp = scratch.idx_tmp
+    hist = scratch.hist
+    mask = np.uint64(n_buckets - 1)
+    for d in range(n_passes):
+        for b in range(n_buckets):
+            hist[d, b] = 0
+    # One read of the scores builds the keys and every digit's histogram.
+    for j in range(m):
+        k = ~bits[ranked[j]]
+        keys[j] = k
+        for d in range(n_passes):
+            hist[d, (k >> np.uint64(d * width)) & mask] += 1
+    src_k = keys
+    src_i = ranked
+    dst_k = keys_tmp
+    dst_i = idx_tmp
+    passes = 0
+    first_key = keys[0]
+    for d in range(n_passes):
+        shift = np.uint64(d * width)
+        if hist[d, (first_key >> shift) & mask] == m:
+            continue  # every key has this digit: the pass would not move anything
+        total = 0
+        for b in range(n_buckets):  # exclusive prefix sums: first position per digit
+            c = hist[d, b]
+            hist[d, b] = total
+            total += c
+        for j in range(m):
+            k = src_k[j]
+            b = (k >> shift) & mask
+            pos = hist[d, b]
+            hist[d, b] = pos + 1
+            dst_k[pos] = k
+            dst_i[pos] = src_i[j]
+        src_k, dst_k = dst_k, src_k
+        src_i, dst_i = dst_i, src_i
+        passes += 1
+    if passes & 1:
+        for j in range(m):
+            ranked[j] = idx_tmp[j]
+    return passes
