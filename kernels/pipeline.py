@@ -20,6 +20,11 @@ Order (SCORING.md "Order within a tick"), as three fused passes:
   3. per node in slot order: quarantine admissions under the cap, the `n`
      memory, step 13 and the ranking candidates; then step 14's sort.
 
+Variants that differ only in how step 14 sorts (same results bit for bit):
+`tick` (introsort, no scratch), `tick_radix` (radix sort in caller-owned
+scratch: the tick worker's), `tick_ranked` (insertion sort seeded by the
+previous ranking; fast only when few nodes move, see `ranking.rerank`).
+
 Results: out.score/raw/wait/liveness per slot, out.ranked[:n_ranked] the
 ranking, out.weights the 7 weights in effect, out.counts nodes per state
 HEALTHY..DEAD.  Every score, raw and L is in [0, 1]; P in [0, 1].
@@ -49,7 +54,7 @@ from kernels.pressure import pressure, pressure_term
 from kernels.quarantine import (flap_update, is_candidate, memory_step,
                                 probation_step, quarantine_cap, release_due)
 from kernels.queue import queue_ema, sojourn
-from kernels.ranking import published, rerank, sort_ranked
+from kernels.ranking import published, radix_ranked, rerank, sort_ranked
 from kernels.smoothing import raw_score, smooth
 from kernels.weights import core_w, weights_in_effect
 
@@ -239,6 +244,17 @@ def tick(params, inp, prev, nxt, out):
     """Compute one tick; returns (n_ranked, P, live count)."""
     m, P, live = _score(params, inp, prev, nxt, out)
     sort_ranked(out.score, out.ranked, m)
+    return m, P, live
+
+
+@njit(cache=True, error_model="numpy")
+def tick_radix(params, inp, prev, nxt, out, scratch):
+    """`tick`, with step 14 done by `ranking.radix_ranked` in the caller's
+    preallocated ``scratch`` (`ranking.make_rank_scratch(capacity)`): same
+    results bit for bit, O(slots) whatever the previous order, and no
+    allocation.  What the tick worker runs."""
+    m, P, live = _score(params, inp, prev, nxt, out)
+    radix_ranked(out.score, out.ranked, m, scratch)
     return m, P, live
 
 

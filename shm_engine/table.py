@@ -16,6 +16,8 @@ Rules for callers:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -88,7 +90,8 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
                   inp_active, inp_fresh, inp_new_hb, inp_age, inp_cpu, inp_mem, inp_queue,
                   inp_avg_job_s, inp_throughput, inp_ok, inp_err, inp_io, inp_p50_ms,
                   inp_p95_ms, inp_reported,
-                  nxt_gen, nxt_hb_seen, now, age_mul, age_div, hwm):
+                  nxt_gen, nxt_hb_seen, now, age_mul, age_div, hwm,
+                  held_gen, held_version, held_recv):
     """Copy a consistent view of slots ``[0, hwm)`` into the tick inputs.
 
     ``fresh`` marks a node whose generation differs from the one the
@@ -96,10 +99,31 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
     written since the previous epoch.  ``age = ((now - recv_time) * age_mul)
     / age_div``: (1, 1) live, (tick_interval_ms, 1000) in replay, where times
     are tick numbers, so ages are exact in ticks.  Slots from ``hwm`` on are
-    inactive.  Returns the number of slots that stayed inconsistent."""
+    inactive.  Returns the number of slots that stayed inconsistent.
+
+    ``held_*`` (one per slot, owned by the caller with the inputs) say which
+    row the inputs already hold: slot_gen, row_version and recv_time of the
+    last consistent copy of a registered row (``held_version`` odd: nothing
+    held).  A row whose counters still read exactly those values has not
+    been written since (both only grow, and an even pair means no write or
+    registration change is in progress), so its fields are not read again;
+    only the flags and the age are recomputed.  Every other row goes through
+    the full read protocol."""
     torn = 0
     n = inp_active.shape[0]
     for s in range(hwm):
+        g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
+        v1 = load_acquire_u64(row_version, s)  # pairs with store_release in write_rows
+        if v1 == held_version[s] and g1 == held_gen[s]:
+            # Unchanged since the copy the inputs hold (held values are even).
+            fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
+            inp_active[s] = 1
+            inp_fresh[s] = 1 if fresh else 0
+            inp_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
+            inp_age[s] = ((now - held_recv[s]) * age_mul) / age_div
+            nxt_gen[s] = g1
+            nxt_hb_seen[s] = v1
+            continue
         done = False
         for _ in range(MAX_SPINS):
             g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
@@ -127,7 +151,8 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
             done = True
             break
         if not done:
-            # Writer died mid-write: keep last tick's view of this slot.
+            # Writer died mid-write: keep last tick's view of this slot (and
+            # the held_* of that view).
             torn += 1
             inp_new_hb[s] = 0
             nxt_gen[s] = prev_gen[s]
@@ -141,6 +166,7 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
             inp_new_hb[s] = 0
             nxt_gen[s] = g1
             nxt_hb_seen[s] = 0
+            held_version[s] = _ONE
             continue
         fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
         inp_active[s] = 1
@@ -160,11 +186,29 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
         inp_reported[s] = r_rep
         nxt_gen[s] = g1
         nxt_hb_seen[s] = v1
+        held_gen[s] = g1
+        held_version[s] = v1
+        held_recv[s] = r_recv
     for s in range(hwm, n):
         inp_active[s] = 0
         inp_fresh[s] = 0
         inp_new_hb[s] = 0
     return torn
+
+
+class GatherCache(NamedTuple):
+    """Which heartbeat row the tick inputs hold, per slot (see `gather_inputs`).
+
+    Belongs with one `TickInputs` and must change only through `gather`
+    into those inputs; `make_gather_cache` starts with nothing held."""
+    gen: np.ndarray       # u8
+    version: np.ndarray   # u8, odd = nothing held
+    recv_time: np.ndarray  # f8
+
+
+def make_gather_cache(capacity: int) -> GatherCache:
+    return GatherCache(np.zeros(capacity, np.uint64), np.ones(capacity, np.uint64),
+                       np.zeros(capacity, np.float64))
 
 
 def write_batch(table, slots: np.ndarray, records: np.ndarray, now: float) -> int:
@@ -179,16 +223,23 @@ def write_batch(table, slots: np.ndarray, records: np.ndarray, now: float) -> in
 
 
 def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: float = 1.0,
-           hwm: int | None = None) -> int:
+           hwm: int | None = None, cache: GatherCache | None = None) -> int:
     """`gather_inputs` over `SegmentViews` ``views`` from buffer ``prev`` into
-    tick inputs ``inp`` and buffer ``nxt``'s gen/hb_seen columns."""
+    tick inputs ``inp`` and buffer ``nxt``'s gen/hb_seen columns.
+
+    ``cache``: the `GatherCache` of ``inp``, kept by the caller from one
+    gather to the next, so unchanged rows are not copied again; without
+    one every row is copied."""
     t, reg = views.table, views.registry
     if hwm is None:
         hwm = int(views.header.slot_hwm[0])
+    if cache is None:
+        cache = make_gather_cache(inp.active.shape[0])
     return gather_inputs(reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem,
                          t.queue, t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms,
                          t.p95_ms, t.reported, prev.gen, prev.hb_seen, prev.state.state,
                          inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
                          inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
                          inp.p50_ms, inp.p95_ms, inp.reported, nxt.gen, nxt.hb_seen,
-                         float(now), float(age_mul), float(age_div), min(hwm, inp.active.shape[0]))
+                         float(now), float(age_mul), float(age_div), min(hwm, inp.active.shape[0]),
+                         cache.gen, cache.version, cache.recv_time)

@@ -47,12 +47,14 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
+from kernels.pipeline import tick_radix
+from kernels.ranking import make_rank_scratch
 
 from .config import Config
 from .layout import SegmentViews, layout_for
 from .segment import Segment
 from .seqlock import check_sequence_word, write_begin, write_end
-from .table import gather
+from .table import gather, make_gather_cache
 
 __all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
 
@@ -113,6 +115,10 @@ class Ticker:
         # for one tick.  A just-started worker has none: infinite age makes
         # such a slot DEAD (score 0) for that tick, never a zero-load node.
         self.inputs.age[:] = np.inf
+        # Which rows self.inputs holds (the gather skips unchanged rows), and
+        # the ranking sort's work arrays: private, allocated once.
+        self._gather_cache = make_gather_cache(views.layout.capacity)
+        self._rank_scratch = make_rank_scratch(views.layout.capacity)
         self.stats = TickStats()
 
     @property
@@ -129,9 +135,10 @@ class Ticker:
         prev = self.views.buffers[(epoch - 1) & 1]
         nxt = self.views.buffers[epoch & 1]
         hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
-        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm)
-        n_ranked, pressure, live = kernels.tick(self.params, self.inputs, prev.state,
-                                                nxt.state, nxt.out)
+        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
+                      cache=self._gather_cache)
+        n_ranked, pressure, live = tick_radix(self.params, self.inputs, prev.state,
+                                              nxt.state, nxt.out, self._rank_scratch)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
