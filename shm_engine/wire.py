@@ -135,12 +135,17 @@ class DecodedFrame:
     ``rejects``: reason -> count, only reasons that occurred.
     ``seen``: heartbeats in the frame (1 for a frame that could not be split).
     ``sample``: up to 3 (reason, detail) pairs, for rate-limited logging.
+    ``one``: for a frame of exactly one heartbeat that was accepted, its
+    values as plain Python objects in RECORD_DTYPE field order, node and zone
+    without padding (what ``records[0]`` holds); None otherwise.  The
+    ingest's 1-record path reads it instead of the numpy record.
     """
     records: np.ndarray
     labels: list[bytes | None] | None
     rejects: dict[str, int]
     seen: int
     sample: list[tuple[str, str]]
+    one: tuple | None = None
 
 
 class _Reject(Exception):
@@ -432,9 +437,12 @@ def _decode_json(buf: bytes) -> DecodedFrame:
         rejects[reason] = rejects.get(reason, 0) + 1
         if len(sample) < _SAMPLE_MAX:
             sample.append((reason, detail))
-    records = np.zeros(len(good), RECORD_DTYPE)    # zeros: reserved bytes are 0
-    records[:] = good
-    return DecodedFrame(records, labels, rejects, len(items), sample)
+    # Packed with struct (reserved bytes 0): several times cheaper than
+    # assigning tuples to a structured array.
+    pack = _REC.pack
+    records = np.frombuffer(bytearray(b"".join([pack(*v, 0) for v in good])), RECORD_DTYPE)
+    one = good[0] if len(items) == 1 and good else None
+    return DecodedFrame(records, labels, rejects, len(items), sample, one)
 
 
 # ------------------------------------------------------------------ binary frames
@@ -640,6 +648,128 @@ def _validate_binary(recs: np.ndarray, raw: np.ndarray):
     return ~bad, reasons, details
 
 
+# The small-frame path (count <= _SMALL_MAX): one struct unpack per record and
+# plain comparisons, the rules of _validate_binary in the same order with the
+# same details; whole-array numpy work costs more than it saves on a few records.
+# test_wire_fastpath checks the two paths agree on random and mutated frames.
+_SMALL_MAX = 4
+# cpu..ts, ok, err, then `flags` and the 7 reserved bytes after it as one
+# little-endian word (flags is its low byte), node, zone, the last reserved word.
+_REC = struct.Struct("<9dIIQ64s32sQ")
+assert _REC.size == RECORD_SIZE
+_INF = math.inf
+_NODE_CTRL_RE = re.compile(rb"[\x01-\x1f\x7f]")
+_ZERO_ZONE = bytes(ZONE_SIZE)
+
+
+def _record_fault(v: tuple) -> tuple[str, str] | None:
+    """The first rule of _validate_binary that the unpacked record ``v``
+    (`_REC` fields) breaks, as (reason, detail without the node label), or None."""
+    cpu, mem, queue, avg, tp, io, p50, p95, ts, ok, err, fw, node, zone, rsv = v
+    if node[0] == 0:
+        return "bad_node_id", "node id is empty"
+    if node[NODE_SIZE - 1]:
+        return "bad_node_id", f"node id has no trailing NUL (> {MAX_NODE_BYTES} bytes)"
+    text = node.rstrip(b"\0")
+    if b"\0" in text:
+        return "bad_node_id", "node id contains NUL"
+    if _NODE_CTRL_RE.search(text):
+        return "bad_node_id", "node id contains a control character"
+    if not text.isascii():
+        try:
+            bad = _CONTROL_RE.search(text.decode("utf-8")) is not None
+        except UnicodeDecodeError:
+            bad = True
+        if bad:
+            return "bad_node_id", "node id is not valid UTF-8 or contains a control character"
+    flags = fw & 0xFF
+    if flags & (0xFF ^ KNOWN_FLAGS):
+        return "bad_field", f"flags=0x{flags:02x} has unknown bits"
+    if not 0.0 <= cpu <= 1.0:
+        return "bad_field", f"cpu={cpu!r} out of [0, 1]"
+    if not 0.0 <= mem <= 1.0:
+        return "bad_field", f"mem={mem!r} out of [0, 1]"
+    if not 0.0 <= queue < _INF:
+        return "bad_field", f"queue={queue!r} out of [0, inf)"
+    if not 0.0 <= avg < _INF:
+        return "bad_field", f"avg_job_s={avg!r} out of [0, inf)"
+    # x != 0.0 is True for NaN, as in the vectorised rules.
+    if flags & HAS_THROUGHPUT:
+        if not 0.0 <= tp < _INF:
+            return "bad_field", f"throughput={tp!r} out of [0, inf)"
+    elif tp != 0.0:
+        return "bad_field", (f"throughput={tp!r} set without its presence bit "
+                             f"0x{HAS_THROUGHPUT:02x}")
+    if not flags & HAS_OKERR and (ok or err):
+        return "bad_field", f"ok={ok} err={err} set without its presence bit 0x{HAS_OKERR:02x}"
+    if flags & HAS_IO:
+        if not 0.0 <= io <= 1.0:
+            return "bad_field", f"io={io!r} out of [0, 1]"
+    elif io != 0.0:
+        return "bad_field", f"io={io!r} set without its presence bit 0x{HAS_IO:02x}"
+    if flags & HAS_TAIL:
+        if not (0.0 < p50 < _INF and p95 < _INF and p95 >= p50):
+            return "bad_field", (f"p50_ms={p50!r} p95_ms={p95!r} "
+                                 "not 0 < p50_ms <= p95_ms < inf")
+    elif p50 != 0.0 or p95 != 0.0:
+        return "bad_field", (f"p50_ms={p50!r} p95_ms={p95!r} set without its presence bit "
+                             f"0x{HAS_TAIL:02x}")
+    if flags & HAS_TS:
+        if not math.isfinite(ts):
+            return "bad_field", f"ts={ts!r} not finite"
+    elif ts != 0.0:
+        return "bad_field", f"ts={ts!r} set without its presence bit 0x{HAS_TS:02x}"
+    if not flags & HAS_ZONE:
+        if zone != _ZERO_ZONE:
+            return "bad_field", f"zone bytes set without its presence bit 0x{HAS_ZONE:02x}"
+    elif zone[ZONE_SIZE - 1]:
+        return "bad_field", f"zone has no trailing NUL (> {MAX_ZONE_BYTES} bytes)"
+    else:
+        ztext = zone.rstrip(b"\0")
+        if b"\0" in ztext:
+            return "bad_field", "zone contains NUL"
+        if not ztext.isascii():
+            try:
+                ztext.decode("utf-8")
+            except UnicodeDecodeError:
+                return "bad_field", "zone is not valid UTF-8"
+    if fw >> 8 or rsv:
+        return "bad_field", "reserved record bytes are not zero"
+    return None
+
+
+def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
+    """_decode_binary's result for a frame of 1.._SMALL_MAX records, header checked."""
+    unpack = _REC.unpack_from
+    if count == 1:   # the common frame
+        v = unpack(mv, HEADER_SIZE)
+        fault = _record_fault(v)
+        if fault is None:
+            records = np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE)
+            one = v[:11] + (v[11] & 0xFF, v[12].rstrip(b"\0"), v[13].rstrip(b"\0"))
+            return DecodedFrame(records, None, {}, 1, [], one)
+        reason, detail = fault
+        label = _node_label(v[12].rstrip(b"\0"))
+        return DecodedFrame(np.zeros(0, RECORD_DTYPE), None, {reason: 1}, 1,
+                            [(reason, f"{label}: {detail}")])
+    kept: list = []
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    for off in range(HEADER_SIZE, HEADER_SIZE + count * RECORD_SIZE, RECORD_SIZE):
+        v = unpack(mv, off)
+        fault = _record_fault(v)
+        if fault is None:
+            kept.append(mv[off:off + RECORD_SIZE])
+            continue
+        reason, detail = fault
+        rejects[reason] = rejects.get(reason, 0) + 1
+        if len(sample) < _SAMPLE_MAX:
+            label = _node_label(v[12].rstrip(b"\0"))
+            sample.append((reason, f"{label}: {detail}"))
+    records = np.frombuffer(bytearray(b"".join(kept)), RECORD_DTYPE)
+    return DecodedFrame(records, None, rejects, count, sample)
+
+
 def _decode_binary(mv: memoryview) -> DecodedFrame:
     size = mv.nbytes
     if size < HEADER_SIZE:
@@ -656,6 +786,13 @@ def _decode_binary(mv: memoryview) -> DecodedFrame:
                              f"{size} bytes, header promises 16 + {count}*{RECORD_SIZE}")
     if count == 0:
         return DecodedFrame(np.zeros(0, RECORD_DTYPE), None, {}, 0, [])
+    if count <= _SMALL_MAX:
+        return _decode_small(mv, count)
+    return _decode_large(mv, count)
+
+
+def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
+    """_decode_binary's vectorised path, header checked."""
     recs = np.frombuffer(mv, RECORD_DTYPE, count, HEADER_SIZE)
     raw = np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE).reshape(count, RECORD_SIZE)
     if _all_valid(recs, raw):

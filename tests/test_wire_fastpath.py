@@ -1,0 +1,122 @@
+"""The small-frame binary path (plain comparisons on a struct unpack) against the
+vectorised one: same records, reject reasons, counts and sample details on
+random and mutated frames of 1..4 records, and `one` mirrors the record."""
+
+import json
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shm_engine import wire
+from shm_engine.wire import RECORD_DTYPE, decode_frame
+
+MAX = 1 << 20
+
+FULL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2, throughput=10.0,
+            ok=5, err=1, io=0.1, p50_ms=3.0, p95_ms=9.0, ts=1.7e9, zone="eu-1")
+MINIMAL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
+BASES = [FULL, MINIMAL, dict(MINIMAL, node="nœud-é", zone="zé"), dict(FULL, node="x" * 63),
+         dict(MINIMAL, ok=2**32 - 1, err=0, zone="z" * 31)]
+
+FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1.0000000000000002, 5e-324, -5e-324, 1e308,
+          float("inf"), float("-inf"), float("nan"), 3.0, 9.0]
+F8_NAMES = ["cpu", "mem", "queue", "avg_job_s", "throughput", "io", "p50_ms", "p95_ms", "ts"]
+# Bytes that sit on rule boundaries: NUL, controls, DEL, C1 lead bytes, invalid UTF-8.
+BYTES = [0x00, 0x01, 0x09, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0x85, 0x9F, 0xC2, 0xC3,
+         0xE2, 0xFF, 0x40, 0x3F]
+
+FUZZ = settings(max_examples=600, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def both(frame: bytes):
+    mv = memoryview(frame)
+    count = struct.unpack_from("<I", frame, 8)[0]
+    return wire._decode_small(mv, count), wire._decode_large(mv, count)
+
+
+def assert_same(small, large):
+    assert small.records.dtype == RECORD_DTYPE
+    assert small.records.tobytes() == large.records.tobytes()
+    assert small.rejects == large.rejects
+    assert list(small.rejects) == list(large.rejects)    # first-seen order too
+    assert small.seen == large.seen
+    assert small.sample == large.sample
+    assert small.labels is None and large.labels is None
+
+
+def assert_one_mirrors_records(d):
+    if d.one is None:
+        assert not (d.seen == 1 and len(d.records) == 1)
+        return
+    assert d.seen == 1 and len(d.records) == 1
+    assert d.one == d.records[0].item()    # S fields read back without padding
+    assert all(type(x) is float for x in d.one[:9])
+    assert all(type(x) is int for x in d.one[9:12])
+
+
+def body_of(bases) -> bytearray:
+    return bytearray(wire.encode_batch([dict(b, node=f"{b['node'][:60]}{i}")
+                                        for i, b in enumerate(bases)]))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(BASES), min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 4 * 192 - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
+                max_size=6),
+       st.lists(st.tuples(st.integers(0, 3), st.sampled_from(F8_NAMES), st.sampled_from(FLOATS)),
+                max_size=3),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 255)), max_size=2))
+def test_small_path_agrees_with_the_vectorised_one(bases, pokes, floats, flags):
+    frame = body_of(bases)
+    n = len(bases)
+    for rec, name, value in floats:
+        struct.pack_into("<d", frame, 16 + (rec % n) * 192 + RECORD_DTYPE.fields[name][1], value)
+    for rec, value in flags:
+        frame[16 + (rec % n) * 192 + 80] = value
+    for pos, value in pokes:
+        frame[16 + pos % (n * 192)] = value
+    small, large = both(bytes(frame))
+    assert_same(small, large)
+    assert_one_mirrors_records(small)
+
+
+@FUZZ
+@given(st.integers(1, 4), st.binary(min_size=192 * 4, max_size=192 * 4))
+def test_small_path_agrees_on_random_records(n, body):
+    frame = struct.pack("<4sHHII", b"SHMH", 1, 192, n, 0) + body[:n * 192]
+    small, large = both(frame)
+    assert_same(small, large)
+    assert_one_mirrors_records(small)
+
+
+def test_decode_frame_takes_the_small_path_up_to_4_records(monkeypatch):
+    calls = []
+    real = wire._decode_large
+    monkeypatch.setattr(wire, "_decode_large", lambda mv, n: calls.append(n) or real(mv, n))
+    for n in (1, 4, 5):
+        d = decode_frame(bytes(body_of(BASES[:1] * n)), MAX)
+        assert d.rejects == {} and len(d.records) == n
+    assert calls == [5]
+
+
+def test_one_is_set_for_a_single_accepted_heartbeat_of_either_kind():
+    b = decode_frame(wire.encode_batch([FULL]), MAX)
+    j = decode_frame(wire.encode_json(FULL), MAX)
+    assert b.one == j.one == j.records[0].item()
+    assert b.one[12:] == (b"n7", b"eu-1")
+    assert decode_frame(wire.encode_batch([FULL, MINIMAL]), MAX).one is None
+    assert decode_frame(json.dumps(dict(FULL, cpu=2.0)).encode(), MAX).one is None
+    assert decode_frame(b"[" + wire.encode_json(FULL) + b"]", MAX).one == j.one
+
+
+def test_json_records_are_packed_like_the_structured_assignment():
+    objs = [FULL, MINIMAL, dict(MINIMAL, node="nœud", zone="zé", labels={"a": "b"})]
+    d = decode_frame(json.dumps(objs).encode(), MAX)
+    expect = np.zeros(3, RECORD_DTYPE)
+    for i, o in enumerate(objs):
+        expect[i] = wire._check(dict(o))[0]
+    assert d.rejects == {} and d.records.tobytes() == expect.tobytes()
+    assert d.records.flags.writeable
