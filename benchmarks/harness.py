@@ -8,12 +8,16 @@ Sections (keys of ``latest.json``):
   tick       `Ticker.tick` over a real segment (gather + kernels + publish
              through the latch) at each node count, steady state: every node
              heartbeats once a second and a tick runs every 50 ms, so 5% of
-             the rows are new at each tick.  Side by side: the same ticker
-             with step 14 seeded by the previous ranking (`kernels.pipeline.
-             tick_ranked`, a prototype until the ticker calls it), the
-             kernels alone, the vectorised NumPy baseline and the per-node
-             Python baseline (sampled on fewer nodes and extrapolated
-             linearly where it would take too long; marked "extrapolated").
+             the rows are new at each tick.  Side by side, interleaved on
+             the same segment: the ticker as shipped before (full gather,
+             introsort), the earlier prototype with step 14 seeded by the
+             previous ranking (`kernels.pipeline.tick_ranked`), the kernels
+             alone, the vectorised NumPy baseline and the per-node Python
+             baseline (sampled on fewer nodes and extrapolated linearly where
+             it would take too long; marked "extrapolated").  Then the parts
+             of a tick on private copies: gather with and without the row
+             cache, the score passes, and step 14 by each sort.
+             ``--only tick`` runs just this section, without Python.
   read       `ScoreReader` from another process: score(node), snapshot(),
              top(10); Redis (HGET, HGETALL, ZREVRANGE) when redis-server and
              the redis client are installed; a multiprocessing.Manager dict.
@@ -156,13 +160,17 @@ def _register_all(views, config, recs, now: float) -> "object":
 # ------------------------------------------------------------------- tick --
 class _RankedTicker:
     """`Ticker.tick` with step 14 seeded by the previous published ranking
-    (`kernels.pipeline.tick_ranked`): the prototype of the ticker change
-    proposed in the report.  Same publish protocol as `Ticker.tick`."""
+    (`kernels.pipeline.tick_ranked`) and a full gather: the earlier
+    prototype, kept for comparison.  Same publish protocol as `Ticker.tick`.
+    ``ranked=False``: the ticker as shipped before the radix sort and the
+    gather cache (full gather, `kernels.tick`'s introsort)."""
 
-    def __init__(self, ticker):
+    def __init__(self, ticker, ranked: bool = True):
         self.t = ticker
+        self.ranked = ranked
 
     def tick(self, now: float) -> float:
+        import kernels
         from kernels.pipeline import tick_ranked
         from shm_engine.seqlock import write_begin, write_end
         from shm_engine.table import gather
@@ -174,9 +182,13 @@ class _RankedTicker:
         nxt = t.views.buffers[epoch & 1]
         hwm = min(int(h.slot_hwm[0]), t.inputs.active.shape[0])
         gather(t.views, prev, nxt, t.inputs, now, hwm=hwm)
-        n_prev = int(prev.n_ranked[0]) if epoch > 1 else 0
-        n_ranked, pressure, live = tick_ranked(t.params, t.inputs, prev.state, nxt.state,
-                                               nxt.out, prev.out.ranked, n_prev)
+        if self.ranked:
+            n_prev = int(prev.n_ranked[0]) if epoch > 1 else 0
+            n_ranked, pressure, live = tick_ranked(t.params, t.inputs, prev.state, nxt.state,
+                                                   nxt.out, prev.out.ranked, n_prev)
+        else:
+            n_ranked, pressure, live = kernels.tick(t.params, t.inputs, prev.state, nxt.state,
+                                                    nxt.out)
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
         nxt.tick_wall[0] = time.time()
@@ -189,13 +201,88 @@ class _RankedTicker:
         return (time.perf_counter() - t0) * 1e6
 
 
-def bench_tick(n: int, reps: int, python_max: int, log) -> dict:
+def _components(views, params, hwm, now, c, log_moves) -> dict:
+    """Time each part of a tick on private copies of what the ticker just
+    read and published (``c``: private arrays of the caller, kept across
+    calls), in shuffled order: gather without / with the row cache, the
+    score passes, and step 14 by introsort, seeded insertion sort and radix."""
+    from kernels.pipeline import _score
+    from kernels.ranking import radix_ranked, rerank, sort_ranked
+    from shm_engine.table import gather
+    epoch = int(views.header.latch_seq[0]) >> 1
+    prev = views.buffers[(epoch - 1) & 1]
+    nxt = views.buffers[epoch & 1]
+    out = {}
+    c["cache_full"].version[:] = 1   # nothing held: every row copied
+
+    def g_full():
+        gather(views, prev, c["nxt_full"], c["inp_full"], now, hwm=hwm, cache=c["cache_full"])
+
+    def g_cached():
+        gather(views, prev, c["nxt_cached"], c["inp"], now, hwm=hwm, cache=c["cache"])
+
+    def passes():
+        return _score(params, c["inp"], prev.state, c["state"], c["out"])
+
+    for name, fn in sorted({"gather_full": g_full, "gather_cached": g_cached}.items(),
+                           key=lambda _: c["rng"].random()):
+        t0 = time.perf_counter_ns()
+        fn()
+        out[name] = (time.perf_counter_ns() - t0) / 1e3
+    t0 = time.perf_counter_ns()
+    m, _p, _l = passes()
+    out["passes"] = (time.perf_counter_ns() - t0) / 1e3
+    score = c["out"].score
+    cand = c["out"].ranked[:m].copy()
+    prev_ranked = prev.out.ranked
+    n_prev = int(prev.n_ranked[0])
+    results = {}
+    sorts = {"sort_intro": lambda a: sort_ranked(score, a, m),
+             "sort_rerank": lambda a: rerank(score, a, m, prev_ranked, n_prev),
+             "sort_radix": lambda a: radix_ranked(score, a, m, c["scratch"])}
+    for name, fn in sorted(sorts.items(), key=lambda _: c["rng"].random()):
+        a = c["work"]
+        a[:m] = cand
+        t0 = time.perf_counter_ns()
+        r = fn(a)
+        out[name] = (time.perf_counter_ns() - t0) / 1e3
+        results[name] = a[:m].copy()
+        if name == "sort_rerank":
+            log_moves.append(int(r))
+    assert all(np.array_equal(v, results["sort_intro"]) for v in results.values())
+    assert np.array_equal(results["sort_intro"], nxt.out.ranked[:m])
+    return out
+
+
+class _PrivateBuffer:
+    """The gen/hb_seen columns a gather writes, outside the segment."""
+
+    def __init__(self, n: int):
+        self.gen = np.zeros(n, np.uint64)
+        self.hb_seen = np.zeros(n, np.uint64)
+
+
+def _tick_line(out: dict) -> str:
+    c = out["components"]
+    return (f"  tick n={out['nodes']}: ticker {out['ticker']['median']:.1f} us (before "
+            f"{out['ticker_before']['median']:.1f}, tick_ranked proto "
+            f"{out['ticker_ranked']['median']:.1f}), kernels {out['kernels']['median']:.1f} us; "
+            f"gather full/cached {c['gather_full']['median']:.1f}/"
+            f"{c['gather_cached']['median']:.1f}, passes {c['passes']['median']:.1f}, sort "
+            f"intro/rerank/radix {c['sort_intro']['median']:.1f}/{c['sort_rerank']['median']:.1f}/"
+            f"{c['sort_radix']['median']:.1f} us (rerank fell back "
+            f"{c['rerank_fallbacks']['fell_back']}/{c['rerank_fallbacks']['n']})")
+
+
+def bench_tick(n: int, reps: int, python_max: int, log, only_tick: bool = False) -> dict:
     import kernels
     from benchmarks.baselines.numpy_tick import numpy_tick
     from benchmarks.baselines.python_tick import Node, python_tick
     from kernels.columns import make_outputs, make_state
+    from kernels.pipeline import tick_radix
+    from kernels.ranking import make_rank_scratch
     from shm_engine.segment import Segment
-    from shm_engine.table import write_batch
+    from shm_engine.table import make_gather_cache, write_batch
     from shm_engine.ticker import Ticker
 
     rng = np.random.default_rng(n)
@@ -210,13 +297,23 @@ def bench_tick(n: int, reps: int, python_max: int, log) -> dict:
         t_reg = time.perf_counter() - t_reg
         ticker = Ticker(seg.views, config)
         ranked = _RankedTicker(ticker)
+        before = _RankedTicker(ticker, ranked=False)
         params = ticker.params
-        # private copies for the kernels-only and NumPy measurements
+        # private copies for the kernels-only, component and NumPy measurements
         k_prev, k_nxt, k_out = make_state(n), make_state(n), make_outputs(n)
         np_prev, np_nxt, np_out = make_state(n), make_state(n), make_outputs(n)
         k_inp = kernels.make_inputs(n)
+        k_scratch = make_rank_scratch(n)
+        comp = {"inp": kernels.make_inputs(n), "inp_full": kernels.make_inputs(n),
+                "cache": make_gather_cache(n), "cache_full": make_gather_cache(n),
+                "nxt_full": _PrivateBuffer(n), "nxt_cached": _PrivateBuffer(n),
+                "state": make_state(n), "out": make_outputs(n), "scratch": k_scratch,
+                "work": np.zeros(n, np.int32), "rng": np.random.default_rng(7)}
+        moves = []
         warm = 3
-        res = {"ticker": [], "ticker_ranked": [], "kernels": [], "numpy": []}
+        res = {"ticker": [], "ticker_before": [], "ticker_ranked": [], "kernels": [],
+               "numpy": []}
+        comps: dict[str, list] = {}
         hb = max(1, int(n * HB_FRACTION))
         numpy_every = 1 if n <= 100_000 else 3
         for k in range(warm + reps):
@@ -224,17 +321,23 @@ def bench_tick(n: int, reps: int, python_max: int, log) -> dict:
             sel = rng.choice(n, hb, replace=False).astype(np.int64)
             _drift(recs, sel, rng)
             write_batch(seg.views.table, sel, recs[sel], now)
-            # interleave: the shipped ticker and the prototype alternate
-            if k % 2 == 0:
+            # interleave: the shipped ticker, the one shipped before, the prototype
+            if k % 3 == 0:
                 us = ticker.tick(now).duration_us
                 res["ticker"].append(us) if k >= warm else None
+            elif k % 3 == 1:
+                us = before.tick(now)
+                res["ticker_before"].append(us) if k >= warm else None
             else:
                 us = ranked.tick(now)
                 res["ticker_ranked"].append(us) if k >= warm else None
+            hwm = int(seg.views.header.slot_hwm[0])
+            for key, v in _components(seg.views, params, hwm, now, comp, moves).items():
+                comps.setdefault(key, []).append(v) if k >= warm else None
             for dst, src in zip(k_inp, ticker.inputs):
                 dst[:] = src
             t0 = time.perf_counter_ns()
-            kernels.tick(params, k_inp, k_prev, k_nxt, k_out)
+            tick_radix(params, k_inp, k_prev, k_nxt, k_out, k_scratch)
             t1 = time.perf_counter_ns()
             k_prev, k_nxt = k_nxt, k_prev
             if k >= warm:
@@ -251,12 +354,18 @@ def bench_tick(n: int, reps: int, python_max: int, log) -> dict:
             st = _stats(v)
             st["ns_per_node"] = st["median"] * 1e3 / n
             out[key] = st
+        out["components"] = {key: _stats(v) for key, v in comps.items()}
+        mv = np.asarray(moves[warm:])
+        out["components"]["rerank_fallbacks"] = {"n": int(mv.size), "fell_back": int((mv < 0).sum())}
         out["equal_results"] = bool(np.array_equal(np_out.score, k_out.score) or
                                     np.allclose(np_out.score, k_out.score, atol=1e-9))
     finally:
-        ticker = ranked = None
+        ticker = ranked = before = None
         seg.close()
         seg.unlink()
+    if only_tick:
+        log(_tick_line(out))
+        return out
 
     # Python baseline: a dict of Node objects, sampled on <= python_max nodes.
     pn = min(n, python_max)
@@ -290,10 +399,8 @@ def bench_tick(n: int, reps: int, python_max: int, log) -> dict:
     st["measured_nodes"] = pn
     st["extrapolated"] = pn < n
     out["python"] = st
-    log(f"  tick n={n}: ticker {out['ticker']['median']:.1f} us, ranked "
-        f"{out['ticker_ranked']['median']:.1f} us, kernels {out['kernels']['median']:.1f} us, "
-        f"numpy {out['numpy']['median']:.1f} us, python {st['median']:.0f} us"
-        + (" (extrapolated)" if pn < n else ""))
+    log(_tick_line(out) + f"; numpy {out['numpy']['median']:.1f} us, python "
+        f"{st['median']:.0f} us" + (" (extrapolated)" if pn < n else ""))
     return out
 
 
@@ -763,20 +870,40 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "NOT met"
 
 
+def tick_tables(rows: list) -> list[str]:
+    """The tick tables: whole ticks side by side, then where a tick's time goes."""
+    lines = ["| tick | nodes | Ticker.tick median / p99 µs | ns/node | before (full gather, "
+             "introsort) µs | + tick_ranked (proto) µs | kernels only µs | NumPy µs (x) | "
+             "Python µs (x) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["nodes"]):
+        t = r["ticker"]["median"]
+        py = r.get("python")
+        py_cell = "not run" if py is None else \
+            f"{py['median']:.0f} ({py['median'] / t:.0f}x){' extrap.' if py['extrapolated'] else ''}"
+        lines.append(
+            f"| | {r['nodes']:,} | {t:.1f} / {r['ticker']['p99']:.1f} | "
+            f"{r['ticker']['ns_per_node']:.1f} | {r['ticker_before']['median']:.1f} | "
+            f"{r['ticker_ranked']['median']:.1f} | {r['kernels']['median']:.1f} | "
+            f"{r['numpy']['median']:.1f} ({r['numpy']['median'] / t:.1f}x) | {py_cell} |")
+    lines += ["", "| tick parts (median µs) | nodes | gather: full / row cache | score passes | "
+              "step 14: introsort / seeded insertion (fell back) / radix |",
+              "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["nodes"]):
+        c = r["components"]
+        fb = c["rerank_fallbacks"]
+        lines.append(
+            f"| | {r['nodes']:,} | {c['gather_full']['median']:.1f} / "
+            f"{c['gather_cached']['median']:.1f} | {c['passes']['median']:.1f} | "
+            f"{c['sort_intro']['median']:.1f} / {c['sort_rerank']['median']:.1f} "
+            f"({fb['fell_back']}/{fb['n']}) / {c['sort_radix']['median']:.1f} |")
+    return lines
+
+
 def summarise(res: dict) -> list[str]:
     lines = []
     tick = {r["nodes"]: r for r in res["tick"]}
-    lines.append("| tick | nodes | Ticker.tick median / p99 µs | ns/node | + tick_ranked (proto) "
-                 "median µs | kernels only µs | NumPy µs (x) | Python µs (x) |")
-    lines.append("|---|---|---|---|---|---|---|---|")
-    for n, r in sorted(tick.items()):
-        t = r["ticker"]["median"]
-        py = r["python"]
-        lines.append(
-            f"| | {n:,} | {t:.1f} / {r['ticker']['p99']:.1f} | {r['ticker']['ns_per_node']:.1f} | "
-            f"{r['ticker_ranked']['median']:.1f} | {r['kernels']['median']:.1f} | "
-            f"{r['numpy']['median']:.1f} ({r['numpy']['median'] / t:.1f}x) | "
-            f"{py['median']:.0f} ({py['median'] / t:.0f}x){' extrap.' if py['extrapolated'] else ''} |")
+    lines.extend(tick_tables(res["tick"]))
     goals = []
     if 10_000 in tick:
         t = tick[10_000]["ticker"]["median"]
@@ -909,6 +1036,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip "
                                                 "(read,ingest,freshness)")
+    ap.add_argument("--only", choices=("tick",), default=None,
+                    help="run only this section (tick: no Python baseline); prints the "
+                         "tables and writes <out>/tick_only.json, never latest.json or "
+                         "RESULTS.md")
     args = ap.parse_args(argv)
     quick = args.quick
     nodes = [int(x) for x in args.nodes.split(",")] if args.nodes else \
@@ -931,8 +1062,14 @@ def main(argv=None) -> int:
     for n in nodes:
         reps = (60 if n <= 10_000 else 12) if quick else \
             (400 if n <= 10_000 else 60 if n <= 100_000 else 16)
-        rows.append(bench_tick(n, reps, python_max=10_000 if quick else 100_000, log=log))
+        rows.append(bench_tick(n, reps, python_max=10_000 if quick else 100_000, log=log,
+                               only_tick=args.only == "tick"))
     res["tick"] = rows
+    if args.only == "tick":
+        print("\n".join(tick_tables(rows)))
+        (out_dir / "tick_only.json").write_text(json.dumps(res, indent=1, default=float))
+        log(f"wrote {out_dir / 'tick_only.json'}")
+        return 0
     res["read"] = None if "read" in skip else bench_read(10_000, 30 if quick else 300, log)
     res["ingest"] = None if "ingest" in skip else bench_ingest(quick, log)
     res["freshness"] = None if "freshness" in skip else \
