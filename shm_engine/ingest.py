@@ -25,7 +25,11 @@ a batch that repeats an earlier one's node list (batching senders do) skips
 even that: its remembered slots are verified against the registry's ids in
 bulk.  The age check, the zone/labels change check and the row writes are
 whole-frame numpy or numba operations (one `table.write_batch` call per
-frame); a 1-record frame takes a scalar path.  Only registrations,
+frame).  A frame of one accepted heartbeat (the common frame) takes a scalar
+path: `wire.DecodedFrame.one` holds its values as Python objects, the checks
+read header and registry cells through memoryviews, and `table.write_row`
+writes the row from scalars (one array argument: a numba call costs about a
+quarter microsecond per array it unboxes).  Only registrations,
 re-registrations and metadata changes go record by record.
 
 New registrations stay unpublished (odd ``slot_gen``) until the frame's rows
@@ -63,7 +67,7 @@ from .errors import LayoutMismatch
 from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
 from .registry import NodeRegistry
 from .segment import Segment
-from .table import write_batch
+from .table import column_addresses, write_batch, write_row
 from .wire import (NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET, ZONE_SIZE,
                    decode_frame)
 
@@ -158,6 +162,13 @@ class Ingest:
         self._table = views.table
         self._reg = views.registry
         self._recv_time = views.table.recv_time
+        # Scalar reads for the 1-record path: a memoryview item is a Python
+        # float/int, several times cheaper to get than a numpy scalar.
+        self._recv_cells = memoryview(views.table.recv_time)
+        self._zone_first_cells = memoryview(views.registry.zone[:, 0])
+        self._labels_len_cells = memoryview(views.registry.labels_len)
+        self._row_columns = column_addresses(views.table)   # self._table keeps them mapped
+        self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
         self._zone_words = views.registry.zone.view(np.uint64)
         self._zone_first = views.registry.zone[:, 0]
@@ -199,7 +210,9 @@ class Ingest:
                     log.add(reason, count)
                     rejected += count
                 log.add_samples(dec.sample)
-            if len(dec.records):
+            if dec.one is not None:
+                accepted = self._apply_one(dec, now)
+            elif len(dec.records):
                 accepted = self._apply(dec.records, dec.labels, now)
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
             lost = seen - accepted - rejected - self._full_in_frame
@@ -212,6 +225,18 @@ class Ingest:
         self._bytes[0] += nbytes
         self._frames[0] += 1  # last: see the module docstring
         return accepted
+
+    def _apply_one(self, dec, now: float) -> int:
+        """`_apply` for a frame of one accepted heartbeat, on scalars."""
+        one = dec.one
+        s = self._slot_of.get(one[12], -1)
+        if s < 0 or now - self._recv_cells[s] >= self._forget_after_s:
+            return self._apply(dec.records, dec.labels, now)   # (re-)registration
+        zone = one[13]
+        lab = dec.labels[0] if dec.labels is not None else None
+        if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
+            self.registry.set_meta(s, zone, lab)   # compares before writing
+        return write_row(self._row_columns, self._capacity, s, float(now), *one[:12])
 
     def _apply(self, records: np.ndarray, labels: list[bytes | None] | None, now: float) -> int:
         n = len(records)
@@ -372,6 +397,7 @@ class Ingest:
         writing: every slot is -1."""
         for n in (1, 2):
             write_batch(self._table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
+        write_row(self._row_columns, self._capacity, -1, 0.0, *([0.0] * 9), 0, 0, 0)
 
 
 # ------------------------------------------------------------------ process --

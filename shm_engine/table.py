@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kernels.params import UNREGISTERED
 
@@ -65,6 +67,74 @@ def write_rows(row_version, recv_time, cpu, mem, queue, avg_job_s, throughput, o
         store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
         written += 1
     return written
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """A ``voidptr`` from an integer address (numba has no cast for it)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.intp), codegen
+
+
+@njit(cache=True, nogil=True)
+def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_throughput,
+              r_io, r_p50_ms, r_p95_ms, r_ts, r_ok, r_err, f):
+    """`write_rows` for one heartbeat given as scalars (in ``wire.RECORD_DTYPE``
+    field order), into row ``s`` of the table whose column addresses are
+    ``columns`` (`column_addresses`).  The same row protocol, field by field.
+
+    Why addresses: a call unboxes one array instead of 14 table columns and 13
+    record columns, which is most of the cost of writing one row.  Returns 1,
+    or 0 (nothing written) when ``s`` is not in ``[0, capacity)``."""
+    if s < 0 or s >= capacity:
+        return 0
+    row_version = carray(_pointer(columns[0]), capacity, np.uint64)
+    v = load_relaxed_u64(row_version, s)
+    store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
+    fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
+    carray(_pointer(columns[1]), capacity, np.float64)[s] = now
+    carray(_pointer(columns[2]), capacity, np.float64)[s] = r_cpu
+    carray(_pointer(columns[3]), capacity, np.float64)[s] = r_mem
+    carray(_pointer(columns[4]), capacity, np.float64)[s] = r_queue
+    carray(_pointer(columns[5]), capacity, np.float64)[s] = r_avg_job_s
+    carray(_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & 1 else 0.0
+    carray(_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & 2 else 0.0
+    carray(_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & 2 else 0.0
+    carray(_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & 4 else 0.0
+    carray(_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & 8 else 0.0
+    carray(_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & 8 else 0.0
+    carray(_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & 16 else 0.0
+    carray(_pointer(columns[13]), capacity, np.uint8)[s] = f & 15
+    store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
+    return 1
+
+
+# The table columns in the order `write_row` indexes ``columns``.
+_ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", np.float64),
+                ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),
+                ("throughput", np.float64), ("ok", np.float64), ("err", np.float64),
+                ("io", np.float64), ("p50_ms", np.float64), ("p95_ms", np.float64),
+                ("ts", np.float64), ("reported", np.uint8))
+
+
+def column_addresses(table) -> np.ndarray:
+    """The addresses of ``table``'s columns for `write_row` (setup: raises
+    ValueError on a column of another dtype, length or layout).
+
+    The caller must keep ``table`` (its views) alive while it uses the
+    addresses: the views are what keeps the segment mapped (``mmap.close``
+    refuses while they exist)."""
+    capacity = len(table.row_version)
+    out = []
+    for name, dtype in _ROW_COLUMNS:
+        col = getattr(table, name)
+        if (col.dtype != dtype or col.shape != (capacity,) or not col.flags.c_contiguous
+                or col.ctypes.data % col.dtype.itemsize):
+            raise ValueError(f"table column {name!r} is {col.dtype}{col.shape}, not an aligned "
+                             f"contiguous {np.dtype(dtype)}[{capacity}]")
+        out.append(col.ctypes.data)
+    return np.array(out, np.intp)
 
 
 @njit(cache=True, nogil=True)
