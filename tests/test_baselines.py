@@ -5,7 +5,8 @@ optional metric on and off, thresholds crossed) are driven through
 `kernels.tick`, the vectorised NumPy baseline and the per-node Python
 baseline; every published value must agree within 1e-9 and every state and
 the ranking exactly.  `kernels.tick_ranked` (step 14 seeded by the previous
-ranking) must equal `kernels.tick` bit for bit, whatever the seed.
+ranking) and `kernels.tick_radix` (radix sort in reused scratch) must equal
+`kernels.tick` bit for bit, whatever the seed.
 """
 
 import numpy as np
@@ -14,8 +15,8 @@ import pytest
 from benchmarks.baselines.numpy_tick import numpy_tick
 from benchmarks.baselines.python_tick import Node, python_tick
 from kernels import default_params, make_inputs, make_outputs, make_state, tick
-from kernels.pipeline import tick_ranked
-from kernels.ranking import rerank, sort_ranked
+from kernels.pipeline import tick_radix, tick_ranked
+from kernels.ranking import make_rank_scratch, rerank, sort_ranked
 
 
 def _random_world(rng, n, k, inp, last, active):
@@ -59,7 +60,8 @@ def test_baselines_match_kernels(seed):
     params = default_params(max_flaps=1.5 if seed % 2 else 6.0, flap_window=5.0,
                             probation_ticks=2.0)
     groups = {name: (make_inputs(n), make_state(n), make_state(n), make_outputs(n))
-              for name in ("k", "np", "kr")}
+              for name in ("k", "np", "kr", "kx")}
+    scratch = make_rank_scratch(n)
     ref_inp = groups["k"][0]
     nodes: dict[int, Node] = {}
     last = np.zeros(n, np.int64)
@@ -67,7 +69,7 @@ def test_baselines_match_kernels(seed):
     prev_ranked, n_prev = np.zeros(n, np.int32), 0
     for k in range(40):
         _random_world(rng, n, k, ref_inp, last, active)
-        for name in ("np", "kr"):
+        for name in ("np", "kr", "kx"):
             for dst, src in zip(groups[name][0], ref_inp):
                 dst[:] = src
         res = {}
@@ -76,6 +78,8 @@ def test_baselines_match_kernels(seed):
             res[name] = fn(params, inp, prev, nxt, out)
         inp, prev, nxt, out = groups["kr"]
         res["kr"] = tick_ranked(params, inp, prev, nxt, out, prev_ranked, n_prev)
+        inp, prev, nxt, out = groups["kx"]
+        res["kx"] = tick_radix(params, inp, prev, nxt, out, scratch)
         # Python: slot i is node i; dict order must be slot order.
         for i in range(n):
             if not ref_inp.active[i]:
@@ -95,7 +99,7 @@ def test_baselines_match_kernels(seed):
 
         k_out, k_nxt = groups["k"][3], groups["k"][2]
         m = res["k"][0]
-        for name in ("np", "kr"):
+        for name in ("np", "kr", "kx"):
             _i, _p, nxt, out = groups[name]
             assert res[name][0] == m and res[name][2] == res["k"][2]
             assert res[name][1] == pytest.approx(res["k"][1], abs=1e-12)
@@ -116,6 +120,8 @@ def test_baselines_match_kernels(seed):
             assert nd.state == k_nxt.state[i]
         # the kernel's exact bits for the tick_ranked variant
         assert np.array_equal(groups["kr"][3].score, k_out.score)
+        assert np.array_equal(groups["kx"][3].score, k_out.score)
+        assert np.array_equal(groups["kx"][3].ranked[:m], k_out.ranked[:m])
         prev_ranked, n_prev = groups["kr"][3].ranked.copy(), m
         for g in groups.values():
             g[0].fresh[:] = 0
