@@ -72,7 +72,7 @@ _MAX_INT = 2**53
 _MAX_ZMQ_INT = 2**31 - 1
 
 # Field kinds: how a value is type-checked and written to TOML.
-_INT, _FLOAT, _STR, _MODE, _SECTION = "int", "float", "str", "mode", "section"
+_INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
 
 
 def _key(kind: str, default: Any, doc: str) -> Any:
@@ -149,6 +149,12 @@ def _as_int(key: str, value: Any) -> int:
     return value
 
 
+def _as_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _type_error(key, value, "a boolean (true or false)")
+    return value
+
+
 def _as_str(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _type_error(key, value, "a string")
@@ -171,7 +177,7 @@ def _as_mode(key: str, value: Any) -> int:
     return value
 
 
-_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode}
+_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode, _BOOL: _as_bool}
 
 
 class _Section:
@@ -270,6 +276,12 @@ class EngineConfig(_Section):
         _FLOAT, 0.5,
         "How often a child process checks that its parent is still alive "
         "(and exits if not). Seconds, > 0.")
+    warm_spares: bool = _key(
+        _BOOL, True,
+        "Keep one pre-loaded spare process per child, so a crashed ingest or "
+        "tick worker is replaced in well under a second instead of after a "
+        "cold start (1-5 s of imports and kernel loading). Costs one more "
+        "process per child (about 150 MB resident each). true or false.")
 
     def _validate(self) -> None:
         if not 1 <= self.capacity <= MAX_CAPACITY:
@@ -353,9 +365,11 @@ class IngestConfig(_Section):
         "Most frames drained from the socket per loop turn before the loop "
         "does its other work. Integer >= 1.")
     rcvhwm: int = _key(
-        _INT, 100000,
+        _INT, 10000,
         "Receive high-water mark of the socket (ZMQ_RCVHWM): frames queued "
-        f"before ZeroMQ drops new ones. Integer, 0..{_MAX_ZMQ_INT}; 0 means no limit.")
+        "before senders are pushed back (they drop and count). It bounds the "
+        "memory a flood can pin in the ingest: about rcvhwm x the frame size. "
+        f"Integer, 0..{_MAX_ZMQ_INT}; 0 means no limit.")
     reject_log_interval_s: float = _key(
         _FLOAT, 1.0,
         "Rejected heartbeats are logged as a summary at most once per this "
@@ -717,6 +731,8 @@ def _toml_value(kind: str, value: Any) -> str:
         return f"{value:#o}"
     if kind == _STR:
         return _toml_string(value)
+    if kind == _BOOL:
+        return "true" if value else "false"
     return str(value)
 
 

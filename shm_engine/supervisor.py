@@ -182,6 +182,8 @@ class Supervisor:
         getattr(self.seg.views.header, f"{role}_pid")[0] = pid
 
     def _start_spare(self, child: _Child) -> None:
+        if not self.config.engine.warm_spares:
+            return  # [engine] warm_spares = false: restarts are cold starts
         r, w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
                                  args=(child.target, self.name, self.config, os.getpid(), r),

@@ -95,10 +95,11 @@ OPERATIONAL_DEFAULTS = {
     "engine.restart_backoff_min_s": 0.5,
     "engine.restart_backoff_max_s": 10.0,
     "engine.parent_check_interval_s": 0.5,
+    "engine.warm_spares": True,
     "ingest.bind": "tcp://127.0.0.1:7710",
     "ingest.max_frame_bytes": 1048576,
     "ingest.drain_batch": 1024,
-    "ingest.rcvhwm": 100000,
+    "ingest.rcvhwm": 10000,
     "ingest.reject_log_interval_s": 1.0,
     "ingest.curve.server_secret_key_file": "",
     "ingest.curve.authorized_keys_dir": "",
@@ -129,6 +130,8 @@ def test_default_types(key):
         assert type(value) is int
     elif isinstance(ALL_DEFAULTS[key], str):
         assert type(value) is str
+    elif isinstance(ALL_DEFAULTS[key], bool):
+        assert type(value) is bool
     else:
         assert type(value) is float
 
@@ -248,6 +251,8 @@ TYPE_ERRORS = [
     ("engine.capacity", "16384", r'engine\.capacity = "16384" has type string'),
     ("ingest.drain_batch", 1.0, r"ingest\.drain_batch = 1\.0 has type float"),
     ("ingest.rcvhwm", 1e5, r"ingest\.rcvhwm = 100000\.0 has type float"),
+    ("engine.warm_spares", 1, r"engine\.warm_spares = 1 has type integer, expected a boolean"),
+    ("engine.warm_spares", "yes", r'engine\.warm_spares = "yes" has type string'),
     ("ingest.bind", 7710, r"ingest\.bind = 7710 has type integer, expected a string"),
     ("ingest.curve.authorized_keys_dir", False,
      r"ingest\.curve\.authorized_keys_dir = false has type boolean, expected a string"),

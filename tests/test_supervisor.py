@@ -241,3 +241,25 @@ def test_wildcard_port_is_resolved_and_published(shm_name, tmp_path, engine_at):
     finally:
         ctx.term()
     assert eng.stop() == 0
+
+
+def test_without_warm_spares_only_the_children_run_and_restarts_are_cold(
+        shm_name, tmp_path, engine_at):
+    import psutil
+
+    cfg = write_config(tmp_path / "c.toml", free_port())
+    cfg.write_text(cfg.read_text().replace("[engine]\n", "[engine]\nwarm_spares = false\n"))
+    eng = engine_at(shm_name, cfg)
+    st = eng.wait_ready()
+    # Spawned children run multiprocessing's spawn_main; spares would be more of them.
+    kids = {p.pid for p in psutil.Process(eng.proc.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())}
+    assert kids == {st["children"]["ticker"]["pid"], st["children"]["ingest"]["pid"]}
+    assert "spare_started" not in eng.stderr
+    old_pid = st["children"]["ticker"]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(lambda: eng.status()["children"]["ticker"]["restarts"] == 1
+               and eng.status()["children"]["ticker"]["pid"] not in (0, old_pid),
+               START_TIMEOUT_S, "cold restart")
+    wait_until(lambda: eng.status()["epoch"] > st["epoch"] + 3, START_TIMEOUT_S, "ticking again")
+    assert eng.stop() == 0
