@@ -5,9 +5,9 @@
 - `NodeState`: the published node states.
 """
 
-from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
+from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
 from clients.reader import NothingPublished, ScoreReader, Snapshot
 from shm_engine.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
-           "InvalidHeartbeat", "NodeState"]
+           "InvalidHeartbeat", "CurveKeys", "NodeState"]

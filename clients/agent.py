@@ -254,7 +254,7 @@ class Agent:
 
     def __init__(self, endpoint: str, node_id: str | None = None, *, listen: str | None = None,
                  interval: float = 1.0, sampler: Any = None,
-                 client: HeartbeatClient | None = None,
+                 client: HeartbeatClient | None = None, curve: Any = None,
                  log: Callable[[str], None] = _stderr_log):
         if interval <= 0:
             raise ValueError(f"interval={interval!r} must be > 0")
@@ -263,7 +263,7 @@ class Agent:
         self.log = log
         self._throttle = _Throttle(LOG_EVERY_S)
         self.sampler = sampler if sampler is not None else MachineSampler()
-        self.client = client if client is not None else HeartbeatClient(endpoint)
+        self.client = client if client is not None else HeartbeatClient(endpoint, curve=curve)
         self._own_client = client is None
         # Service stats: latest values, and ok/err accumulated since the last
         # heartbeat that was queued.
@@ -421,8 +421,13 @@ def cmd_agent(args) -> int:
 
     if bool(args.curve_server_key) != bool(args.curve_client_key):
         return fail("give both --curve-server-key and --curve-client-key, or neither")
+    curve = None
     if args.curve_server_key:
-        return fail("CURVE support is not built yet")
+        from clients.heartbeat import CurveKeys
+        try:
+            curve = CurveKeys.from_files(args.curve_server_key, args.curve_client_key)
+        except (OSError, ValueError) as err:
+            return fail(f"cannot load CURVE keys: {err}")
     if args.interval <= 0:
         return fail(f"--interval {args.interval} must be > 0")
     if args.count is not None and args.count < 0:
@@ -439,7 +444,7 @@ def cmd_agent(args) -> int:
         return fail(f"node id {node_id!r} is not valid ({detail}); give --node-id")
     listen = args.listen or default_listen()
     try:
-        agent = Agent(args.endpoint, node_id, listen=listen, interval=args.interval)
+        agent = Agent(args.endpoint, node_id, listen=listen, interval=args.interval, curve=curve)
     except zmq.ZMQError as err:
         return fail(f"cannot use --endpoint {args.endpoint!r} / --listen {listen!r}: {err}")
 

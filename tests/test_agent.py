@@ -196,8 +196,8 @@ def test_count_bounded_run_sends_n_heartbeats(pull):
 
 @pytest.mark.parametrize("keys, message", [
     (["--curve-server-key", "s.key"], "give both"),
-    (["--curve-server-key", "s.key", "--curve-client-key", "c.key_secret"],
-     "CURVE support is not built yet"),
+    (["--curve-server-key", "missing.key", "--curve-client-key", "missing.key_secret"],
+     "cannot load CURVE keys"),
 ])
 def test_curve_options(keys, message, capsys):
     assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--count", "1", *keys]) == 2
@@ -222,3 +222,40 @@ def test_ipc_listen_socket_file_is_removed_on_close(tmp_path, pull):
         finally:
             rep.close()
     assert not path.exists()
+
+
+def test_agent_heartbeats_over_curve_reach_an_authenticating_engine_socket(tmp_path):
+    """The agent's --curve-* keys encrypt its heartbeats; a CURVE PULL socket
+    that knows the agent's public key receives them."""
+    import zmq
+    from zmq.auth.thread import ThreadAuthenticator
+
+    from shm_engine.keys import make_keys
+    from shm_engine.wire import decode_frame
+
+    make_keys(str(tmp_path / "server"), "engine")
+    make_keys(str(tmp_path / "clients"), "agent")
+    server_pub, server_sec = zmq.auth.load_certificate(
+        str(tmp_path / "server" / "engine.key_secret"))
+    ctx = zmq.Context()
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    try:
+        auth.configure_curve(domain="*", location=str(tmp_path / "clients"))
+        sock = ctx.socket(zmq.PULL)
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = server_pub, server_sec
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        rc = main(["agent", "--endpoint", f"tcp://127.0.0.1:{port}", "--node-id", "sealed",
+                   "--count", "1", "--interval", "0.05",
+                   "--listen", f"ipc://{tmp_path}/agent.sock",
+                   "--curve-server-key", str(tmp_path / "server" / "engine.key"),
+                   "--curve-client-key", str(tmp_path / "clients" / "agent.key_secret")])
+        assert rc == 0
+        assert sock.poll(10_000), "no heartbeat arrived over CURVE"
+        dec = decode_frame(sock.recv(), 1 << 20)
+        assert bytes(dec.records[0]["node"]).rstrip(b"\0") == b"sealed"
+        sock.close(0)
+    finally:
+        auth.stop()
+        ctx.term()
