@@ -55,8 +55,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -123,11 +122,12 @@ _INT_TYPES = (int, np.integer)
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")        # C0, DEL, C1
 _JSON_FIRST = frozenset(b"{[ \t\n\r")
 _HEADER_V1_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)
+_ONE_FRAME_SIZE = HEADER_SIZE + RECORD_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedFrame:
-    """What one frame yielded.
+class DecodedFrame(NamedTuple):
+    """What one frame yielded (immutable; a NamedTuple because building a
+    frozen dataclass costs about as much as decoding a 1-record frame).
 
     ``records``: the accepted heartbeats (RECORD_DTYPE), in frame order.
     ``labels``: canonical JSON labels aligned with ``records`` (None where a
@@ -738,12 +738,37 @@ def _record_fault(v: tuple) -> tuple[str, str] | None:
     return None
 
 
+# A node id or zone field that is valid without a UTF-8 decode: printable
+# ASCII (zone: any ASCII but NUL), then NUL padding with at least one NUL.
+_ASCII_NODE = re.compile(rb"[\x20-\x7e]{1,%d}\x00+" % MAX_NODE_BYTES).fullmatch
+_ASCII_ZONE = re.compile(rb"[\x01-\x7f]*\x00+").fullmatch
+
+
+def _plainly_valid(v: tuple) -> bool:
+    """True only if `_record_fault` would find no fault (False for some valid
+    records too, e.g. non-ASCII ids): the common case in one expression."""
+    cpu, mem, queue, avg, tp, io, p50, p95, ts, ok, err, fw, node, zone, rsv = v
+    # fw < 64: no unknown flag bit and the 7 reserved bytes after `flags` are 0.
+    # x == 0.0 is False for NaN, as the rules want.
+    return (fw < 64 and not rsv
+            and 0.0 <= cpu <= 1.0 and 0.0 <= mem <= 1.0
+            and 0.0 <= queue < _INF and 0.0 <= avg < _INF
+            and (0.0 <= tp < _INF if fw & HAS_THROUGHPUT else tp == 0.0)
+            and (fw & HAS_OKERR or not (ok or err))
+            and (0.0 <= io <= 1.0 if fw & HAS_IO else io == 0.0)
+            and ((0.0 < p50 < _INF and p50 <= p95 < _INF) if fw & HAS_TAIL
+                 else p50 == 0.0 and p95 == 0.0)
+            and (-_INF < ts < _INF if fw & HAS_TS else ts == 0.0)
+            and _ASCII_NODE(node) is not None
+            and (_ASCII_ZONE(zone) is not None if fw & HAS_ZONE else zone == _ZERO_ZONE))
+
+
 def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
     """_decode_binary's result for a frame of 1.._SMALL_MAX records, header checked."""
     unpack = _REC.unpack_from
     if count == 1:   # the common frame
         v = unpack(mv, HEADER_SIZE)
-        fault = _record_fault(v)
+        fault = None if _plainly_valid(v) else _record_fault(v)
         if fault is None:
             records = np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE)
             one = v[:11] + (v[11] & 0xFF, v[12].rstrip(b"\0"), v[13].rstrip(b"\0"))
@@ -757,8 +782,7 @@ def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
     sample: list[tuple[str, str]] = []
     for off in range(HEADER_SIZE, HEADER_SIZE + count * RECORD_SIZE, RECORD_SIZE):
         v = unpack(mv, off)
-        fault = _record_fault(v)
-        if fault is None:
+        if _plainly_valid(v) or (fault := _record_fault(v)) is None:
             kept.append(mv[off:off + RECORD_SIZE])
             continue
         reason, detail = fault
@@ -823,11 +847,20 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_frame_bytes: int) ->
     size = mv.nbytes
     if size > max_frame_bytes:
         return _frame_reject("frame_too_large", f"{size} bytes > max {max_frame_bytes}")
+    if size == _ONE_FRAME_SIZE and mv[:HEADER_SIZE] == _HEADER_V1_ONE:
+        # The common frame, one binary record: _decode_small without the layers.
+        v = _REC.unpack_from(mv, HEADER_SIZE)
+        if _plainly_valid(v):
+            node = v[12].rstrip(b"\0")
+            zone = v[13].rstrip(b"\0") if v[11] & HAS_ZONE else b""
+            return DecodedFrame(np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE),
+                                None, {}, 1, [], v[:11] + (v[11], node, zone))
+        return _decode_small(mv, 1)
     if size == 0:
         return _frame_reject("malformed_frame", "empty frame")
     first = mv[0]
     if first in _JSON_FIRST:
-        return _decode_json(bytes(mv))
+        return _decode_json(frame if type(frame) is bytes else bytes(mv))
     if mv[:4] == MAGIC:
         return _decode_binary(mv)
     return _frame_reject("malformed_frame", f"unknown frame kind (first byte 0x{first:02x})")

@@ -34,7 +34,16 @@ FUZZ = settings(max_examples=600, deadline=None,
 def both(frame: bytes):
     mv = memoryview(frame)
     count = struct.unpack_from("<I", frame, 8)[0]
-    return wire._decode_small(mv, count), wire._decode_large(mv, count)
+    for i in range(count):
+        # the one-expression accept must never pass a record a rule rejects
+        v = wire._REC.unpack_from(mv, 16 + 192 * i)
+        assert not wire._plainly_valid(v) or wire._record_fault(v) is None
+    small, large = wire._decode_small(mv, count), wire._decode_large(mv, count)
+    if count == 1:   # decode_frame's inlined 1-record path
+        whole = decode_frame(frame, MAX)
+        assert_same(whole, large)
+        assert whole.one == small.one
+    return small, large
 
 
 def assert_same(small, large):
@@ -120,3 +129,37 @@ def test_json_records_are_packed_like_the_structured_assignment():
         expect[i] = wire._check(dict(o))[0]
     assert d.rejects == {} and d.records.tobytes() == expect.tobytes()
     assert d.records.flags.writeable
+
+
+# ------------------------------------------------------------------ table.write_row
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(BASES), st.integers(0, 63)),
+                min_size=1, max_size=12))
+def test_write_row_writes_what_write_batch_writes(shm_name, writes):
+    """Same fields, same zeroing of absent metrics, same row_version steps."""
+    from shm_engine.segment import Segment
+    from shm_engine.table import column_addresses, write_batch, write_row
+    a = Segment.create(shm_name + "a", 8)
+    b = Segment.create(shm_name + "b", 8)
+    try:
+        ta, tb = a.views.table, b.views.table
+        cols = column_addresses(tb)
+        for k, (slot, base, flags) in enumerate(writes):
+            d = decode_frame(wire.encode_batch([base]), MAX)
+            rec = d.records.copy()
+            rec["flags"] = flags & 0x3F          # absent metrics carry values: zeroed
+            one = rec[0].item()
+            now = 100.0 + k
+            assert write_batch(ta, np.array([slot], np.int64), rec, now) == 1
+            assert write_row(cols, 8, slot, now, *one[:12]) == 1
+        for name in ta._fields:
+            assert getattr(ta, name).tobytes() == getattr(tb, name).tobytes(), name
+        assert write_row(cols, 8, -1, 1.0, *one[:12]) == 0
+        assert write_row(cols, 8, 8, 1.0, *one[:12]) == 0
+        assert ta.row_version.tobytes() == tb.row_version.tobytes()
+        del ta, tb
+    finally:
+        for seg in (a, b):
+            seg.close()
+            seg.unlink()
