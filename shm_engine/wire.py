@@ -36,7 +36,10 @@ Two frame kinds (the first byte decides, docs/wire-format.md is the spec):
 
 Binary validation is vectorised over the batch; only failing records, and node
 ids or zones with bytes >= 0x80 (which need a real UTF-8 decode), cost per-record
-Python work.
+Python work.  Frames of at most 4 records (most senders send one heartbeat per
+frame) take a scalar path instead: a struct unpack and plain comparisons per
+record, the same rules in the same order with the same details (a numpy
+reduction costs more than a whole record's checks in Python at that size).
 
 Decisions SCORING.md leaves open (the checks run in this order; the first
 failure names the reason, as in the test suite's reference implementation):
