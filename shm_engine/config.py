@@ -276,6 +276,12 @@ class EngineConfig(_Section):
         _FLOAT, 0.5,
         "How often a child process checks that its parent is still alive "
         "(and exits if not). Seconds, > 0.")
+    hang_timeout_s: float = _key(
+        _FLOAT, 10.0,
+        "A child that has not beaten (ticked, or turned its ingest loop) for "
+        "this long is taken as hung: the supervisor kills and restarts it. "
+        "Watched only after the child's first beat, so a slow start is not a "
+        "hang. Seconds, >= 0; 0 turns the watchdog off.")
     warm_spares: bool = _key(
         _BOOL, True,
         "Keep one pre-loaded spare process per child, so a crashed ingest or "
@@ -288,6 +294,8 @@ class EngineConfig(_Section):
             self._fail("capacity", f"must be in 1..{MAX_CAPACITY}")
         self._at_least(1, "tick_interval_ms")
         self._positive("forget_after_s", "restart_backoff_min_s", "parent_check_interval_s")
+        if self.hang_timeout_s < 0:
+            self._fail("hang_timeout_s", "must be >= 0 (0 turns the watchdog off)")
         mode = self.shm_mode
         if mode & 0o600 != 0o600 or mode & ~0o666:
             hint = ""

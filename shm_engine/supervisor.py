@@ -272,6 +272,25 @@ class Supervisor:
                  ran_s=f"{ran:.3f}", restart_in_s=f"{delay:.3f}")
         return True
 
+    def _watchdog(self, h, now: float) -> None:
+        """SIGKILL a child that stopped beating (hung, not dead): the exit
+        then takes the normal restart path.  A child is watched only after
+        its first beat since it started, so a slow start (a cold numba
+        compile) is never taken for a hang.  ``hang_timeout_s = 0``: off."""
+        limit = self.config.engine.hang_timeout_s
+        if limit <= 0:
+            return
+        for child in self.children.values():
+            proc = child.proc
+            if proc is None or proc.exitcode is not None:
+                continue
+            beat = float(getattr(h, f"{child.role}_alive_mono")[0])
+            if beat < child.started or now - beat < limit:
+                continue
+            self.log("WARN", "child_hung", role=child.role, pid=proc.pid,
+                     silent_s=f"{now - beat:.3f}", limit_s=limit)
+            proc.kill()
+
     def _terminate_children(self) -> None:
         self._stop_spares()
         live = [c for c in self.children.values() if c.proc is not None]
@@ -343,6 +362,7 @@ class Supervisor:
             for child in self.children.values():
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
+            self._watchdog(h, now)
             if not self._ready and int(h.latch_seq[0]) >> 1 > 0:
                 self._ready = True
                 bound = h.read_str("endpoint")

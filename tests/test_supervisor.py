@@ -263,3 +263,44 @@ def test_without_warm_spares_only_the_children_run_and_restarts_are_cold(
                START_TIMEOUT_S, "cold restart")
     wait_until(lambda: eng.status()["epoch"] > st["epoch"] + 3, START_TIMEOUT_S, "ticking again")
     assert eng.stop() == 0
+
+
+def test_a_hung_child_is_killed_and_restarted_by_the_watchdog(shm_name, tmp_path, engine_at):
+    cfg = write_config(tmp_path / "h.toml", free_port())
+    cfg.write_text(cfg.read_text().replace("[engine]\n", "[engine]\nhang_timeout_s = 1.0\n"))
+    eng = engine_at(shm_name, cfg)
+    st = eng.wait_ready()
+    hung = st["children"]["ticker"]["pid"]
+    os.kill(hung, signal.SIGSTOP)  # alive, but no longer ticking
+    try:
+        wait_until(lambda: eng.status()["children"]["ticker"]["restarts"] == 1
+                   and eng.status()["children"]["ticker"]["pid"] not in (0, hung),
+                   START_TIMEOUT_S, "the hung ticker replaced")
+    finally:
+        try:
+            os.kill(hung, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert f"child_hung role=ticker pid={hung}" in eng.stderr
+    epoch = eng.status()["epoch"]
+    wait_until(lambda: eng.status()["epoch"] > epoch + 3, START_TIMEOUT_S, "ticking again")
+    assert eng.status()["children"]["ingest"]["restarts"] == 0  # the busy ingest is left alone
+    assert eng.stop() == 0
+
+
+def test_watchdog_off_leaves_a_stopped_child_alone(shm_name, tmp_path, engine_at):
+    cfg = write_config(tmp_path / "w.toml", free_port())
+    cfg.write_text(cfg.read_text().replace("[engine]\n", "[engine]\nhang_timeout_s = 0\n"))
+    eng = engine_at(shm_name, cfg)
+    st = eng.wait_ready()
+    pid = st["children"]["ticker"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t_end = time.monotonic() + 3.0
+        wait_until(lambda: time.monotonic() > t_end or "child_hung" in eng.stderr, 10,
+                   "3 s with the ticker stopped")
+        assert "child_hung" not in eng.stderr
+        assert eng.status()["children"]["ticker"] == {"pid": pid, "restarts": 0}
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert eng.stop() == 0
