@@ -41,6 +41,19 @@ def shm_names():
 
 
 @pytest.fixture
+def pull():
+    """A plain PULL socket on a free loopback port, standing in for the
+    engine's ingest: yields ``(socket, endpoint)``."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close(linger=0)
+    ctx.term()
+
+
+@pytest.fixture
 def reap():
     """Register processes (multiprocessing or subprocess.Popen); all are
     killed and reaped after the test, pass or fail."""

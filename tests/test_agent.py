@@ -26,17 +26,6 @@ class FakeSampler:
         return dict(self.values)
 
 
-@pytest.fixture
-def pull():
-    """A plain PULL socket standing in for the engine's ingest."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(linger=0)
-    ctx.term()
-
-
 def recv_heartbeat(sock) -> dict:
     assert sock.poll(int(TIMEOUT_S * 1000)), "no heartbeat within the timeout"
     d = wire.decode_frame(sock.recv(), wire.DEFAULT_MAX_FRAME_BYTES)

@@ -6,23 +6,12 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from clients import HeartbeatClient, InvalidHeartbeat
 from shm_engine import wire
 
 HB = dict(cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 TIMEOUT_MS = 5000
-
-
-@pytest.fixture
-def pull():
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(linger=0)
-    ctx.term()
 
 
 def recv_decoded(sock, max_frame_bytes=wire.DEFAULT_MAX_FRAME_BYTES):

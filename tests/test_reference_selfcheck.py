@@ -8,12 +8,12 @@ engine on it means something.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from traces import build  # tests/traces/build.py
 
 from reference import (
     DEFAULT_PARAMS,
@@ -26,17 +26,6 @@ from reference import (
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
 
 
-def _load_build():
-    """tests/traces/build.py as a module (tests/ is not a package)."""
-    if "trace_build" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("trace_build", TRACES_DIR / "build.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["trace_build"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["trace_build"]
-
-
-build = _load_build()
 
 FAST = {"engine": {"tick_interval_ms": 1000}}  # suspect 2 ticks, dead 10
 

@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from traces import build  # tests/traces/build.py
+
 from reference import RECORD_KEYS, reference_replay
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -30,17 +32,6 @@ FLOAT_KEYS = ("score", "raw", "wait", "qema", "liveness", "pressure")
 TOLERANCE = 1e-9
 
 
-def _load_build():
-    """tests/traces/build.py as a module (tests/ is not a package)."""
-    if "trace_build" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("trace_build", TRACES_DIR / "build.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["trace_build"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["trace_build"]
-
-
-build = _load_build()
 TRACES = {t.name: t for t in build.all_traces()}
 
 # Skip only while the engine module is absent; once it exists, an import
