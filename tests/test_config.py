@@ -648,3 +648,12 @@ def test_parse_override_then_apply():
 def test_parse_override_needs_equals():
     with pytest.raises(ConfigError, match=r"override 'score\.beta' must look like section\.key=value"):
         parse_override("score.beta")
+
+
+def test_kernel_default_vector_equals_the_configuration_defaults():
+    # kernels.defaults serves tests and warm-up without a config file; the
+    # configuration is the authority.  The two tables must never drift.
+    import numpy as np
+
+    from kernels import default_params
+    np.testing.assert_array_equal(default_params(), Config().score.to_params())
