@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -569,7 +568,7 @@ def bench_read(n: int, reps: int, log) -> dict:
 def _sender(port: int, kind: str, count: int, n_nodes: int, ready) -> None:
     import zmq
 
-    from shm_engine.wire import encode_batch, encode_json, RECORD_DTYPE  # noqa: F401
+    from shm_engine.wire import encode_batch, encode_json
     rng = np.random.default_rng(3)
     recs = _records(n_nodes, rng)
     if kind == "json":

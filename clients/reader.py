@@ -25,7 +25,6 @@ from typing import NamedTuple
 import numpy as np
 
 from clients.pick import pick as _pick
-from shm_engine.errors import EngineNotRunning
 from shm_engine.registry import decode_id
 from shm_engine.segment import Segment
 from shm_engine.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent

@@ -6,13 +6,9 @@ beta = 1 also s = raw: the test picks s directly through cpu.  Ticks are 50 ms
 apart, so a node goes suspect after 40 silent ticks and dead after 200.
 """
 
-import math
-
-import numpy as np
 import pytest
 
-from kernels import (DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED,
-                     default_params)
+from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
 from test_kernels_harness import Sim
 
 CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, k1=0.0, k2=0.0, beta=1.0)
