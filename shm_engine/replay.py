@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-import kernels
 from kernels.columns import make_inputs
+from kernels.pipeline import tick_radix
+from kernels.ranking import make_rank_scratch
 
 from . import wire
 from .config import Config
@@ -52,6 +53,7 @@ class Replay:
         self.registry = NodeRegistry(self.views)
         self.params = config.score.to_params()
         self.inputs = make_inputs(cap)
+        self._rank_scratch = make_rank_scratch(cap)
         self.rejects: Counter[str] = Counter()
         self.accepted = 0
         self.tick_no = 0
@@ -93,8 +95,9 @@ class Replay:
         nxt = self.views.buffers[(k + 1) & 1]
         hwm = self.registry.hwm
         gather(self.views, prev, nxt, self.inputs, float(k), self._interval, 1000.0, hwm)
-        n_ranked, pressure, _live = kernels.tick(self.params, self.inputs, prev.state,
-                                                 nxt.state, nxt.out)
+        # The tick worker's own kernel (`Ticker.tick`), ranking included.
+        n_ranked, pressure, _live = tick_radix(self.params, self.inputs, prev.state,
+                                               nxt.state, nxt.out, self._rank_scratch)
         self.tick_no += 1
         return self._records(k, nxt, int(n_ranked), float(pressure), hwm)
 
