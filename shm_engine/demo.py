@@ -42,6 +42,7 @@ from .errors import ConfigError, EngineNotRunning, LayoutMismatch
 from .segment import Segment, posix_name, process_alive
 from .segment import unlink as unlink_segment
 from .states import NodeState
+from .status import engine_ready
 
 __all__ = ["cmd_demo", "Fleet", "KINDS", "EngineProcess"]
 
@@ -253,9 +254,9 @@ class EngineProcess:
             return ""
 
     def wait_ready(self, timeout: float):
-        """Poll ``ScoreReader.attach`` until our child has published its first
-        epoch (a segment of the same name made by another process does not
-        count).  Returns the reader, or None if the child exited first.
+        """Poll the segment until our child is ready (first epoch published,
+        ingest socket bound; a segment of the same name made by another
+        process does not count), then attach a ``ScoreReader``.  Returns the reader, or None if the child exited first.
         Raises TimeoutError after ``timeout`` seconds."""
         from clients.reader import ScoreReader
 
@@ -263,22 +264,18 @@ class EngineProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return None
-            reader = None
             try:
-                if self._created_by_child():
-                    reader = ScoreReader.attach(self.name)
+                if self._ready_child():
+                    return ScoreReader.attach(self.name)
             except (EngineNotRunning, LayoutMismatch):
                 pass
-            if reader is not None:
-                if reader.epoch > 0:
-                    return reader
-                reader.close()
             time.sleep(0.1)
         raise TimeoutError(f"engine {self.name!r} published no tick within {timeout:.0f} s")
 
-    def _created_by_child(self) -> bool:
+    def _ready_child(self) -> bool:
         with Segment.attach(self.name, readonly=True) as seg:
-            return int(seg.views.header.creator_pid[0]) == self.proc.pid
+            h = seg.views.header
+            return int(h.creator_pid[0]) == self.proc.pid and engine_ready(h)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -22,7 +22,14 @@ from .seqlock import READ_OK, read_consistent
 from .states import NodeState
 from .wire import REJECT_REASONS
 
-__all__ = ["cmd_status", "read_status"]
+__all__ = ["cmd_status", "engine_ready", "read_status"]
+
+
+def engine_ready(h) -> bool:
+    """True once both children are up: the tick worker has published an
+    epoch and the ingest process has beaten, which it does only after its
+    socket is bound and the resolved endpoint is in the header."""
+    return int(h.latch_seq[0]) >> 1 > 0 and float(h.ingest_alive_mono[0]) > 0.0
 
 
 def _copy_meta(buf) -> tuple:
@@ -62,6 +69,7 @@ def read_status(name: str) -> dict:
             "ingest_endpoint": h.read_str("endpoint"),
             "capacity": int(h.capacity[0]),
             "stopping": bool(h.stopping[0]),
+            "ready": engine_ready(h),
             "epoch": int(epoch),
             "tick_interval_ms": int(h.tick_interval_ms[0]),
             "last_tick_age_s": age,
@@ -102,7 +110,7 @@ def render(s: dict) -> str:
     rej = " ".join(f"{k}={v}" for k, v in rejected.items()) or "none"
     return "\n".join([
         f"engine   {s['name']}  pid {s['pid']}  ingest {s['ingest_endpoint']}"
-        + ("  (stopping)" if s["stopping"] else ""),
+        + ("  (stopping)" if s["stopping"] else "" if s["ready"] else "  (starting)"),
         f"tick     epoch {s['epoch']}  every {s['tick_interval_ms']} ms  "
         f"last {_fmt_age(s['last_tick_age_s'])}  overruns {s['overruns']}",
         f"tick us  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "

@@ -33,7 +33,8 @@ spare gets ``go`` only after the previous child has exited.
 
 Output: one line per event on stderr, ``time level event key=value ...``; on
 stdout the ingest endpoint at start and ``ready`` once the first epoch is
-published (for scripts that wait on it).
+published *and* the ingest socket is bound (for scripts that wait on it); a
+``*`` port is printed again, resolved, just before ``ready``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import TextIO
 
 from .config import Config, load_config
 from .segment import Segment
+from .status import engine_ready
 
 __all__ = ["Supervisor", "cmd_run", "EXIT_FATAL", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
 
@@ -363,7 +365,7 @@ class Supervisor:
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
             self._watchdog(h, now)
-            if not self._ready and int(h.latch_seq[0]) >> 1 > 0:
+            if not self._ready and engine_ready(h):
                 self._ready = True
                 bound = h.read_str("endpoint")
                 self.log("INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1,

@@ -304,3 +304,21 @@ def test_watchdog_off_leaves_a_stopped_child_alone(shm_name, tmp_path, engine_at
     finally:
         os.kill(pid, signal.SIGCONT)
     assert eng.stop() == 0
+
+
+def test_ready_needs_a_published_epoch_and_a_bound_ingest(shm_name):
+    """`ready` (stdout, status) waits for both children: a tick alone does
+    not make the engine ready while the ingest socket is not yet bound, which
+    is when the resolved endpoint is not yet in the header."""
+    from shm_engine.segment import Segment
+    from shm_engine.status import engine_ready
+
+    with Segment.create(shm_name, 4, endpoint="tcp://127.0.0.1:*") as seg:
+        h = seg.views.header
+        assert not engine_ready(h)
+        h.latch_seq[0] = 2                      # epoch 1 published, ingest silent
+        assert not engine_ready(h)
+        assert not read_status(shm_name)["ready"]
+        h.ingest_alive_mono[0] = time.monotonic()
+        assert engine_ready(h)
+        assert read_status(shm_name)["ready"]
