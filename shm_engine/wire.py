@@ -484,65 +484,23 @@ def _padded_field(raw: np.ndarray, offset: int, size: int):
     return b, _rows_any(nz & after)
 
 
-# The fast check's view of the 9 float64 columns cpu..ts: which flag bit makes
-# each present (_ALWAYS for the required ones) and its accepted [lo, hi].
-_ALWAYS = 0x40                       # an unknown flag bit, ORed in on a copy
-_F8_BITS = np.array([_ALWAYS] * 4 + [HAS_THROUGHPUT, HAS_IO, HAS_TAIL, HAS_TAIL, HAS_TS],
-                    np.uint8)
-_F8_LO = np.array([0.0] * 6 + [5e-324, 5e-324, -np.inf])    # 5e-324: p50, p95 > 0
-_F8_HI = np.array([1.0, 1.0, np.inf, np.inf, np.inf, 1.0, np.inf, np.inf, np.inf])
-_HIGH_BYTE_MASK = np.uint64(0xFFFF_FFFF_FFFF_FF00)   # word 10 minus `flags`
-
-
 def _all_valid(recs: np.ndarray, raw: np.ndarray) -> bool:
     """True iff every record passes every rule of _validate_binary.
 
-    The common case costs a dozen whole-batch operations; when it says False,
-    _validate_binary (one mask per rule) finds which records fail and why.
-    test_wire checks the two agree on random and mutated frames.
+    One compiled pass over the records (`_wire_kernels.all_valid_records`,
+    imported on first use so that senders never load numba); when it says
+    False, _validate_binary (one mask per rule) finds which records fail and
+    why.  test_wire checks the two agree on random and mutated frames.
     """
-    flags = recs["flags"]
-    if (flags & np.uint8(0xFF ^ KNOWN_FLAGS)).any():
-        return False
-    # Column-major copy: numpy broadcasts fast along long rows, slowly along 9-wide ones.
-    f8 = np.ascontiguousarray(raw.view("<f8")[:, :9].T)
-    present = ((flags | np.uint8(_ALWAYS))[None, :] & _F8_BITS[:, None]) != 0
-    # Comparisons are False for NaN; inf passes lo/hi, so finiteness is tested apart.
-    in_range = (f8 >= _F8_LO[:, None]) & (f8 <= _F8_HI[:, None]) & np.isfinite(f8)
-    if not np.where(present, in_range, f8 == 0.0).all():
-        return False
-    tail = (flags & np.uint8(HAS_TAIL)) != 0
-    if not ((f8[7] >= f8[6]) | ~tail).all():
-        return False
-    if ((recs["ok"] | recs["err"]) != 0)[(flags & np.uint8(HAS_OKERR)) == 0].any():
-        return False
-    words = raw.view("<u8")
-    if (words[:, 10] & _HIGH_BYTE_MASK).any() or words[:, 23].any():
-        return False
-    node = np.ascontiguousarray(raw[:, NODE_OFFSET:NODE_OFFSET + NODE_SIZE])
-    if not node[:, 0].all() or node[:, NODE_SIZE - 1].any():
-        return False
-    if ((node - np.uint8(1)) < np.uint8(0x1F)).any() or (node >= 0x7F).any():
-        return False    # control bytes, or bytes that need a UTF-8 decode
-    if not _nul_padded(node):
-        return False
-    zone = np.ascontiguousarray(raw[:, ZONE_OFFSET:ZONE_OFFSET + ZONE_SIZE])
-    if zone.any():
-        has_zone = (flags & np.uint8(HAS_ZONE)) != 0
-        if zone[~has_zone].any() or zone[:, ZONE_SIZE - 1].any() or (zone >= 0x80).any():
-            return False
-        if not _nul_padded(zone):
-            return False
-    return True
+    global _all_valid_records
+    if _all_valid_records is None:
+        from ._wire_kernels import all_valid_records as _all_valid_records
+    if not raw.flags.c_contiguous:
+        raw = np.ascontiguousarray(raw)
+    return bool(_all_valid_records(raw.view("<f8"), raw.view("<u8")))
 
 
-def _nul_padded(b: np.ndarray) -> bool:
-    """Every row of a contiguous uint8 array is non-zero bytes, then NULs only
-    (rows must end in NUL: callers check the last column)."""
-    nz = (b != 0).reshape(-1)
-    rise = nz[1:] > nz[:-1]                  # a NUL followed by a non-zero byte
-    rise[b.shape[1] - 1::b.shape[1]] = False  # ...except across a row boundary
-    return not rise.any()
+_all_valid_records = None
 
 
 def _validate_binary(recs: np.ndarray, raw: np.ndarray):
@@ -820,17 +778,18 @@ def _decode_binary(mv: memoryview) -> DecodedFrame:
 
 def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
     """_decode_binary's vectorised path, header checked."""
-    recs = np.frombuffer(mv, RECORD_DTYPE, count, HEADER_SIZE)
-    raw = np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE).reshape(count, RECORD_SIZE)
+    # Copied out of the frame buffer first (as bytes: a structured copy is
+    # slow), so the frame can be released and the check reads aligned memory.
+    raw = np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE).reshape(
+        count, RECORD_SIZE).copy()
+    recs = raw.view(RECORD_DTYPE).reshape(count)
     if _all_valid(recs, raw):
-        return DecodedFrame(raw.copy().view(RECORD_DTYPE).reshape(count), None, {}, count, [])
+        return DecodedFrame(recs, None, {}, count, [])
     ok, reasons, details = _validate_binary(recs, raw)
     rejects: dict[str, int] = {}
     for r in reasons:
         rejects[r] = rejects.get(r, 0) + 1
     sample = list(zip(reasons, details))
-    # Copied out of the frame buffer (as bytes: a structured copy is slow), so
-    # the frame can be released.
     kept = raw[ok]
     records = kept.view(RECORD_DTYPE).reshape(len(kept))
     return DecodedFrame(records, None, rejects, count, sample)
