@@ -187,11 +187,14 @@ def sender_main(endpoint: str, first: int, count: int, period_s: float, stop, pa
         ctx.term()
 
 
-def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int) -> None:
+def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
+                warm=None) -> None:
     """Read snapshots and single scores until ``stop``; put one result dict
     on ``results``: snapshots, scores, torn (snapshots failing
     `check_snapshot`, or a node count other than ``expect_nodes`` once the
-    whole fleet was seen), backwards (epoch went down), first problems."""
+    whole fleet was seen), backwards (epoch went down), first problems.
+    ``warm`` (a queue, optional) gets this pid once the first full snapshot
+    was read."""
     from clients.reader import NothingPublished, ScoreReader
     rng = np.random.default_rng(seed)
     out = {"snapshots": 0, "scores": 0, "torn": 0, "backwards": 0, "problems": [],
@@ -211,7 +214,10 @@ def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int) -
                 out["backwards"] += 1
             last_epoch = max(last_epoch, snap.epoch)
             probs = check_snapshot(snap, expect_nodes if full else None)
-            full = full or sum(n is not None for n in snap.nodes) == expect_nodes
+            if not full and sum(n is not None for n in snap.nodes) == expect_nodes:
+                full = True
+                if warm is not None:
+                    warm.put(os.getpid())
             if probs:
                 out["torn"] += 1
                 if len(out["problems"]) < 5:
