@@ -294,23 +294,40 @@ class ScoreReader:
             return []
         seq = self._seq_mv
         s1 = seq[0]
-        got = self._top_copy((s1 >> 1) & 1, k)
-        # One inline latch attempt (pairs with write_begin, as in _read_slot);
-        # anything unusual goes through read_consistent.
-        if not (s1 > 1 and seq[0] < (s1 | 1) + 2):
-            st, _epoch, got = read_consistent(self._seq, lambda b: self._top_copy(b, k))
-            if st == READ_NOTHING_PUBLISHED:
-                raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-            if st != READ_OK:
-                self.retries_exhausted += 1
-                return self._last.top(k) if self._last is not None else []
+        b = (s1 >> 1) & 1
+        # Fast path: one pass over the buffer, then one latch check (pairs
+        # with write_begin, as in _read_slot).  Every slot must be one whose
+        # node we know at the generation the buffer was scored with; a torn
+        # copy may hold garbage slots, which raise IndexError (or fail the
+        # generation check) and are caught before anything is returned.
+        sc, gm, known, names = self._score_mv[b], self._gen_mv[b], self._gen_list, self._names
+        try:
+            slots = self._ranked_mv[b][:min(self._nranked_mv[b][0], k)].tolist()
+            out = [(nm, sc[s]) for s in slots
+                   if s >= 0 and known[s] == gm[s] and (nm := names[s]) is not None]
+        except IndexError:
+            out = slots = None
+        if s1 > 1 and seq[0] < (s1 | 1) + 2 and slots is not None and len(out) == len(slots):
+            return out
+        return self._top_slow(k)
+
+    def _top_slow(self, k: int) -> list[tuple[str, float]]:
+        """`top` through read_consistent, refreshing the node index when a
+        ranked slot holds a node (or generation) we have not seen yet."""
+        st, _epoch, got = read_consistent(self._seq, lambda b: self._top_copy(b, k))
+        if st == READ_NOTHING_PUBLISHED:
+            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+        if st != READ_OK:
+            self.retries_exhausted += 1
+            return self._last.top(k) if self._last is not None else []
         slots, scores, gens = got
         known = self._gen_list
         if [known[s] for s in slots] != gens:
             self._index_epoch = -1  # a node we have not seen yet
             self._refresh_index()
         names = self._names
-        return [(names[s], sc) for s, sc, g in zip(slots, scores, gens) if known[s] == g]
+        return [(names[s], sc) for s, sc, g in zip(slots, scores, gens)
+                if known[s] == g and names[s] is not None]
 
     def _top_copy(self, b: int, k: int):
         n = min(self._nranked_mv[b][0], k)

@@ -130,6 +130,46 @@ def test_a_reused_slot_is_never_read_as_its_old_node(engine, reader):
     assert reader.snapshot().nodes[0] == "new"
 
 
+def test_top_names_nodes_registered_after_the_first_call_and_reused_slots(engine, reader):
+    engine.send("a", 0.0, cpu=0.5)
+    engine.tick(0.0)
+    assert [n for n, _ in reader.top(5)] == ["a"]
+    engine.send("b", 0.5, cpu=0.1)             # unseen by the reader's index so far
+    engine.tick(0.5)
+    assert [n for n, _ in reader.top(5)] == ["b", "a"]
+    engine.registry.free(1)
+    assert engine.send("c", 1.0, cpu=0.05) == 1     # b's slot, a new generation
+    engine.tick(1.0)
+    top = reader.top(5)
+    assert [n for n, _ in top] == ["c", "a"]
+    snap = reader.snapshot()
+    assert top == [("c", snap.score[1]), ("a", snap.score[0])]
+
+
+def test_top_skips_out_of_range_and_unknown_slots_without_faulting(engine, reader):
+    """A ranking holding slots that are out of range, negative or never
+    registered (what a torn copy can hold; here published on purpose) never
+    faults top() nor yields an unknown name: only real nodes come back."""
+    t = time.monotonic()
+    for i, cpu in enumerate((0.1, 0.2, 0.3)):
+        engine.send(f"n{i}", t, cpu=cpu)
+    engine.tick(t)
+    engine.tick(t)          # both buffers hold the three nodes
+    assert [n for n, _ in reader.top(3)] == ["n0", "n1", "n2"]
+    seq = engine.views.header.latch_seq
+    buf = engine.views.buffers[write_begin(seq) & 1]
+    buf.out.ranked[:4] = [10_000_000, -5, 7, 2]     # 7: an empty slot
+    buf.n_ranked[0] = 4
+    write_end(seq)          # publish it, garbage included
+    assert reader.top(4) == [("n2", buf.out.score[2])]
+    # A writer mid-publish never disturbs the published ranking.
+    write_begin(seq)
+    try:
+        assert reader.top(4) == [("n2", buf.out.score[2])]
+    finally:
+        write_end(seq)
+
+
 def test_stale_engine_keeps_serving_the_last_snapshot(engine, reader):
     engine.send("a", time.monotonic())
     engine.tick(time.monotonic() - 5.0)  # a tick that happened 5 s ago
