@@ -5,8 +5,9 @@ ascending slot order, every score > 0 and finite.
 Cases that stress a radix sort on the score's bits: many ties (few score
 levels, so stability decides the order), scores spread over many binades
 (the exponent digits vary), subnormal and extreme scores, a single
-distinct value (every pass skipped), both digit widths and the boundary
-between them, and only the prefix ``ranked[:m]`` being touched.
+distinct value (nothing to sort), one outlier that crowds every other key
+into a few large buckets (their own LSD sort), first digits of several
+widths, and only the prefix ``ranked[:m]`` being touched.
 """
 
 import numpy as np
@@ -30,11 +31,15 @@ def _scores(rng, n, kind):
         return np.where(rng.random(n) < 0.2, 0.0, 0.37)
     if kind == "near":            # differ only in the last bits of the mantissa
         return 0.6 + rng.integers(0, 5, n) * np.finfo(float).eps
+    if kind == "outlier":         # one tiny score: the rest crowd into a few buckets
+        s = 0.6 + rng.integers(0, 1 << 20, n) * np.finfo(float).eps
+        s[: min(n, 1)] = 1e-300
+        return s
     raise ValueError(kind)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "levels", "binades", "extremes", "one_value",
-                                  "near"])
+                                  "near", "outlier"])
 @pytest.mark.parametrize("n", [0, 1, 2, 16, 17, 100, RADIX_WIDE_FROM - 1, RADIX_WIDE_FROM,
                                RADIX_WIDE_FROM + 1, 30_000])
 def test_radix_equals_sort_ranked(kind, n):
