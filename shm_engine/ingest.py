@@ -62,6 +62,7 @@ import traceback
 import numpy as np
 import zmq
 
+from ._ingest_kernels import AGED, META, STALE, check_slots
 from .config import Config
 from .errors import LayoutMismatch
 from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
@@ -69,7 +70,7 @@ from .registry import NodeRegistry
 from .segment import Segment
 from .table import column_addresses, write_batch, write_row
 from .wire import (NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET, ZONE_SIZE,
-                   decode_frame)
+                   _all_valid, decode_frame)
 
 __all__ = ["Ingest", "ingest_main", "run_standalone", "warm_up", "EXIT_OK", "EXIT_FAILED",
            "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
@@ -174,6 +175,7 @@ class Ingest:
         self._zone_first = views.registry.zone[:, 0]
         self._node_words = views.registry.node_id.view(np.uint64)
         self._registered = views.registry.registered
+        self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
         self._one_slot = np.zeros(1, np.int64)
         self._max_frame_bytes = config.ingest.max_frame_bytes
@@ -255,17 +257,15 @@ class Ingest:
             return int(write_batch(self._table, slots, records, now)) if s >= 0 else 0
         # Senders that batch usually list the same nodes in the same order
         # every time: the slots of such a frame are remembered, keyed by its
-        # length and first node, and checked against the registry's ids in a
-        # few whole-frame operations (ids are unique among registered slots).
+        # length and first node, and checked against the registry's ids (and
+        # ages and zones) in one compiled pass (ids are unique among
+        # registered slots).
         words = np.ascontiguousarray(records).view(np.uint64).reshape(n, -1)
         memo_key = (n, bytes(records["node"][0]))
         slots = self._memo.get(memo_key)
-        if slots is not None and not (
-                self._registered[slots].all()
-                and (self._node_words[slots] == words[:, _NODE_WORDS]).all()):
-            slots = None
+        status = STALE if slots is None else self._check(slots, words, now)
         keys = None
-        if slots is None:
+        if status == STALE:
             keys = records["node"].tolist()   # S64 -> bytes without padding = node_key()
             try:
                 # The one per-record Python step: dict lookups, in C.  An
@@ -275,16 +275,25 @@ class Ingest:
                 slots = None
             else:
                 self._remember(memo_key, slots)
-        # Known nodes: one vectorised age test finds those to forget on arrival.
-        if slots is None or ((now - recv[slots]) >= forget_after).any():
+                status = self._check(slots, words, now)
+        # Known nodes: the check found those to forget on arrival (AGED).
+        if slots is None or status & AGED:
             if keys is None:
                 keys = records["node"].tolist()
             slots = np.full(n, -1, np.int64) if slots is None else slots.copy()
             self._resolve_slow(records, labels, keys, slots, now)
             if not self._full_in_frame:
                 self._remember(memo_key, slots)
-        self._update_meta(records, labels, slots, words)
+            self._update_meta(records, labels, slots, words)
+        elif status & META or labels is not None:
+            self._update_meta(records, labels, slots, words)
         return int(write_batch(self._table, slots, records, now))
+
+    def _check(self, slots: np.ndarray, words: np.ndarray, now: float) -> int:
+        """`check_slots` over this segment: STALE, or AGED/META bits."""
+        return check_slots(slots, words, self._node_words, self._registered,
+                           self._labels_len, self._zone_words, self._recv_time, float(now),
+                           float(self._forget_after_s))
 
     def _remember(self, memo_key, slots: np.ndarray) -> None:
         if len(slots) < MEMO_MIN_RECORDS:
@@ -398,6 +407,9 @@ class Ingest:
         for n in (1, 2):
             write_batch(self._table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
         write_row(self._row_columns, self._capacity, -1, 0.0, *([0.0] * 9), 0, 0, 0)
+        self._check(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
+                    0.0)
+        _warm_up_decode()
 
 
 # ------------------------------------------------------------------ process --
@@ -409,8 +421,19 @@ def warm_up() -> None:
     views = SegmentViews(mm, layout)
     for n in (1, 2):
         write_batch(views.table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
-    views = None
+    reg = views.registry
+    check_slots(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
+                reg.node_id.view(np.uint64), reg.registered, reg.labels_len,
+                reg.zone.view(np.uint64), views.table.recv_time, 0.0, 1.0)
+    _warm_up_decode()
+    views = reg = None
     mm.close()
+
+
+def _warm_up_decode() -> None:
+    """Load the compiled check of `decode_frame`'s batch path (5+ records)."""
+    raw = np.zeros((0, RECORD_DTYPE.itemsize), np.uint8)
+    _all_valid(raw.view(RECORD_DTYPE).reshape(0), raw)
 
 
 class _StopFlag:

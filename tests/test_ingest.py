@@ -608,3 +608,59 @@ def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
         assert proc.exitcode == EXIT_CONFIG
     finally:
         seg.close()
+
+
+def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, seg):
+    """The remembered slots of a batch are checked in one compiled pass
+    (`_ingest_kernels.check_slots`): a zone change and a node whose age has
+    reached forget_after (300 s) must still take the record-by-record paths."""
+    v, reg = seg.views, seg.views.registry
+    names = [f"n{i}" for i in range(8)]
+    ing.handle_frame(wire.encode_batch([hb(x) for x in names]), 0.0)
+    ing.handle_frame(wire.encode_batch([hb(x) for x in names]), 1.0)   # remembered
+    gen = [int(g) for g in reg.slot_gen[:8]]
+    ing.handle_frame(wire.encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
+                     2.0)
+    assert bytes(reg.zone[5]).rstrip(b"\0") == b"z9" and not reg.zone[4].any()
+    # n2 silent from 2 s on; at 302 s its age is 300 >= forget_after: registered
+    # anew (new generation) in its own, lowest free, slot; the others keep theirs.
+    ing.handle_frame(wire.encode_batch([hb(x) for x in names if x != "n2"]), 150.0)
+    ing.handle_frame(wire.encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
+                     302.0)
+    assert [slot_of(v, x) for x in names] == list(range(8))
+    assert int(reg.slot_gen[2]) == gen[2] + 4
+    assert [int(g) for g in reg.slot_gen[:8]][3:] == gen[3:]
+    assert (v.table.recv_time[:8] == 302.0).all()
+    assert_balanced(v)
+
+
+def test_check_slots_statuses():
+    """Table: registry of 3 slots, age limit 10; records for a (slot 0) and b (slot 1)."""
+    from shm_engine._ingest_kernels import AGED, META, STALE, check_slots
+
+    def words(*ids_zones):
+        recs = np.zeros(len(ids_zones), wire.RECORD_DTYPE)
+        recs["node"] = [i for i, _ in ids_zones]
+        recs["zone"] = [z for _, z in ids_zones]
+        return recs.view(np.uint64).reshape(len(recs), -1)
+
+    node = np.zeros((3, 64), np.uint8)
+    node[0, :1], node[1, :1] = ord("a"), ord("b")
+    zone = np.zeros((3, 32), np.uint8)
+    registered = np.array([1, 1, 0], np.uint8)
+    labels_len = np.zeros(3, np.uint16)
+    recv = np.array([5.0, 1.0, 0.0])
+    ab = words((b"a", b""), (b"b", b""))
+
+    def check(slots, w=ab, now=10.0, lab=labels_len):
+        return check_slots(np.array(slots, np.int64), w, node.view(np.uint64), registered,
+                           lab, zone.view(np.uint64), recv, now, 10.0)
+
+    assert check([0, 1]) == 0                        # ages 5 and 9 < 10
+    assert check([0, 1], now=11.0) == AGED           # b: 11 - 1 = 10 >= 10
+    assert check([1, 0]) == STALE                    # ids swapped
+    assert check([0, 2]) == STALE                    # slot 2 not registered
+    assert check([0, -1]) == STALE and check([0, 3]) == STALE   # out of range
+    assert check([0, 1], w=words((b"a", b"z"), (b"b", b""))) == META   # zone differs
+    assert check([0, 1], lab=np.array([0, 4, 0], np.uint16)) == META   # b has labels
+    assert check([0, 1], now=11.0, lab=np.array([3, 0, 0], np.uint16)) == AGED | META
