@@ -25,9 +25,10 @@ Warm spares: a child's start is dominated by the interpreter importing numpy,
 numba and pyzmq and loading the kernels (about a second on a busy machine,
 several under heavy load), so each role keeps one *spare* process that has
 done all of that and waits, without touching the segment or the socket, for
-a ``go`` on its pipe.  A restart hands the role to the spare (scoring resumes
-within the restart delay plus about one tick) and starts a new spare in the
-background.  A spare exits when its parent dies or its pipe closes; a dead
+a ``go`` on its pipe (it says ``warm`` on the pipe when ready; the supervisor
+logs ``spare_ready`` with the time it took).  A restart hands the role to
+the spare, warm or still warming (once warm, scoring resumes within the
+restart delay plus about one tick) and starts a new spare in the background.  A spare exits when its parent dies or its pipe closes; a dead
 spare just means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
@@ -80,10 +81,11 @@ def _log_line(stream: TextIO, level: str, event: str, **kv) -> None:
 def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=None) -> None:
     """Spawn entry of both children: the exit code is ``target``'s return value.
 
-    With ``gate`` (the read end of a pipe) the process is a warm spare: it
+    With ``gate`` (its end of a pipe) the process is a warm spare: it
     imports ``target``'s module, runs the module's ``warm_up()`` if it has
-    one, and waits for ``go`` before running ``target``; anything else on
-    the pipe, its end, or the parent's death makes it exit 0."""
+    one, answers ``warm`` on the pipe, and waits for ``go`` before running
+    ``target``; anything else on the pipe, its end, or the parent's death
+    makes it exit 0."""
     # Ctrl-C reaches the whole process group; the supervisor alone decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     module, _, func = target.partition(":")
@@ -92,6 +94,10 @@ def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=No
     if gate is not None:
         if callable(getattr(mod, "warm_up", None)):
             mod.warm_up()
+        try:
+            gate.send("warm")
+        except OSError:
+            pass    # its end is closed: a ``go`` may be waiting all the same
         while not gate.poll(SPARE_POLL_S):
             if os.getppid() != parent_pid:
                 sys.exit(0)
@@ -102,6 +108,11 @@ def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=No
             sys.exit(0)
         gate.close()
     sys.exit(int(fn(name, config, parent_pid) or 0))
+
+
+def _exit_text(code: int | None) -> str:
+    """An exit code as logged: ``signal_9`` for a death by signal."""
+    return f"signal_{-code}" if code is not None and code < 0 else str(code)
 
 
 @dataclass
@@ -115,7 +126,9 @@ class _Child:
     starts: int = 0
     history: list = field(default_factory=list)
     spare: multiprocessing.process.BaseProcess | None = None
-    spare_gate: multiprocessing.connection.Connection | None = None  # write end
+    spare_gate: multiprocessing.connection.Connection | None = None  # our end
+    spare_started: float = 0.0
+    spare_warm: bool = False        # it said ``warm`` (or died: nothing to wait for)
 
 
 class Supervisor:
@@ -186,19 +199,45 @@ class Supervisor:
     def _start_spare(self, child: _Child) -> None:
         if not self.config.engine.warm_spares:
             return  # [engine] warm_spares = false: restarts are cold starts
-        r, w = self._ctx.Pipe(duplex=False)
+        theirs, ours = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
-                                 args=(child.target, self.name, self.config, os.getpid(), r),
+                                 args=(child.target, self.name, self.config, os.getpid(), theirs),
                                  daemon=False)
         proc.start()
-        r.close()
-        child.spare, child.spare_gate = proc, w
+        theirs.close()
+        child.spare, child.spare_gate = proc, ours
+        child.spare_started, child.spare_warm = time.monotonic(), False
         self.log("INFO", "spare_started", role=child.role, pid=proc.pid)
+
+    def _spare_said(self, child: _Child, now: float) -> None:
+        """Read what a spare said on its pipe: ``warm`` once it is ready to
+        take over, logged with how long it took.  Its end closing means it
+        died; `_spare_lost` reports that when its sentinel fires."""
+        try:
+            msg = child.spare_gate.recv()
+        except (EOFError, OSError):
+            msg = None
+        child.spare_warm = True         # either way, nothing more to read
+        if msg == "warm":
+            self.log("INFO", "spare_ready", role=child.role, pid=child.spare.pid,
+                     warm_s=f"{now - child.spare_started:.3f}")
+
+    def _spare_lost(self, child: _Child) -> None:
+        """A spare died before it was needed: the role's next restart is a
+        cold start (which starts a new spare)."""
+        proc, gate = child.spare, child.spare_gate
+        child.spare = child.spare_gate = None
+        child.spare_warm = False
+        gate.close()
+        proc.join(1.0)
+        self.log("WARN", "spare_lost", role=child.role, pid=proc.pid,
+                 code=_exit_text(proc.exitcode))
 
     def _take_spare(self, child: _Child):
         """The role's spare, told to go; None if there is none alive."""
         proc, gate = child.spare, child.spare_gate
         child.spare = child.spare_gate = None
+        child.spare_warm = False
         if proc is None:
             return None
         try:
@@ -269,7 +308,7 @@ class Supervisor:
         delay = child.backoff
         child.backoff = min(child.backoff * 2, self.config.engine.restart_backoff_max_s)
         child.restart_at = now + delay
-        how = f"signal_{-code}" if code is not None and code < 0 else str(code)
+        how = _exit_text(code)
         self.log("WARN", "child_exited", role=child.role, pid=proc.pid, code=how,
                  ran_s=f"{ran:.3f}", restart_in_s=f"{delay:.3f}")
         return True
@@ -378,7 +417,18 @@ class Supervisor:
                 if child.restart_at is not None:
                     timeout = min(timeout, max(0.0, child.restart_at - now))
             waitables = [c.proc.sentinel for c in self.children.values() if c.proc is not None]
-            multiprocessing.connection.wait(waitables + [self._wake_r], timeout)
+            spares = {c.spare.sentinel: c for c in self.children.values() if c.spare is not None}
+            gates = {c.spare_gate: c for c in self.children.values()
+                     if c.spare_gate is not None and not c.spare_warm}
+            ready = multiprocessing.connection.wait(
+                waitables + list(spares) + list(gates) + [self._wake_r], timeout)
+            for r in ready:
+                if r in spares:
+                    self._spare_lost(spares[r])
+            for r in ready:
+                c = gates.get(r)
+                if c is not None and c.spare_gate is r:
+                    self._spare_said(c, time.monotonic())
             try:
                 while os.read(self._wake_r, 512):
                     pass

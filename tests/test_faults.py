@@ -29,10 +29,16 @@ SEND_PERIOD_S = 0.05     # 20 heartbeats per node per second
 READERS = 2
 # The promise: scoring resumes within 1 s of the restart delay.  It rests on
 # the supervisor's warm spares (a cold start, importing numba and loading the
-# kernels, takes 1-5 s on a busy 2-core machine); a spare needs that long to
-# warm up after the previous restart, hence the spacing of the kills.
+# kernels, takes 1-5 s on a busy 2-core machine), so each kill waits until
+# the role's spare has said it is warm (`spare_ready`), then a random moment.
 RESUME_S = 1.0
-KILL_SPACING_S = (3.0, 5.0)
+KILL_JITTER_S = (0.0, 1.0)
+
+
+def _spare_warm(stderr: str, role: str) -> bool:
+    """Every spare of ``role`` started so far has reported ``spare_ready``."""
+    started = len(re.findall(rf"spare_started role={role}\b", stderr))
+    return started > 0 and len(re.findall(rf"spare_ready role={role}\b", stderr)) == started
 
 
 def _registry_rows(name: str) -> tuple[dict, np.ndarray]:
@@ -109,7 +115,9 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
         assert _rows_describe_their_nodes(ids0, rows0)
 
         for role in ("ticker", "ingest", "ticker", "ingest"):
-            time.sleep(rng.uniform(*KILL_SPACING_S))    # a random moment, under load
+            wait_until(lambda: _spare_warm(eng.stderr, role), START_TIMEOUT_S,
+                       f"the {role} spare warm", period=0.02)
+            time.sleep(rng.uniform(*KILL_JITTER_S))     # a random moment, under load
             st = eng.status()
             pid = st["children"][role]["pid"]
             frames0 = st["ingest"]["frames"]

@@ -322,3 +322,28 @@ def test_ready_needs_a_published_epoch_and_a_bound_ingest(shm_name):
         h.ingest_alive_mono[0] = time.monotonic()
         assert engine_ready(h)
         assert read_status(shm_name)["ready"]
+
+
+def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_path,
+                                                                   engine_at):
+    import re
+
+    eng = engine_at(shm_name, write_config(tmp_path / "e.toml", free_port()))
+    eng.wait_ready()
+    for role in ("ingest", "ticker"):
+        wait_until(lambda: re.search(rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$",
+                                     eng.stderr, re.M), START_TIMEOUT_S, f"{role} spare warm")
+    spare = int(re.search(r"spare_started role=ticker pid=(\d+)", eng.stderr).group(1))
+    os.kill(spare, signal.SIGKILL)
+    wait_until(lambda: f"spare_lost role=ticker pid={spare}" in eng.stderr, 30, "spare lost")
+    ticker = eng.status()["children"]["ticker"]["pid"]
+    os.kill(ticker, signal.SIGKILL)
+
+    def restarted():
+        c = eng.status()["children"]["ticker"]
+        return c["restarts"] == 1 and c["pid"] not in (0, ticker, spare)
+    wait_until(restarted, START_TIMEOUT_S, "ticker restarted cold")
+    epoch = eng.status()["epoch"]
+    wait_until(lambda: eng.status()["epoch"] > epoch + 3, START_TIMEOUT_S, "ticks again")
+    assert eng.stop() == 0
+    assert not segment_exists(shm_name)
