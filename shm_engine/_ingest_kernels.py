@@ -8,7 +8,6 @@ thousand records.  Pure function over arrays: it only reads its inputs.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 STALE = -1     # some slot does not hold that record's node: look the ids up again

@@ -828,6 +828,44 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_frame_bytes: int) ->
     return _frame_reject("malformed_frame", f"unknown frame kind (first byte 0x{first:02x})")
 
 
+# Header of a 1-record v1 frame as its two little-endian 8-byte words.
+_ONE_HEADER_WORDS = np.frombuffer(_HEADER_V1_ONE, "<u8")
+
+
+def decode_one_record_frames(frames: list) -> DecodedFrame | None:
+    """Decode k frames of exactly one binary v1 record each as one batch.
+
+    Returns what `decode_frame` returns for a k-record frame holding the
+    same records in the same order (so rejects, details and ``seen = k`` are
+    those of the k frames decoded one by one), or None when some frame is not
+    a 208-byte frame with the 1-record v1 header (decode each one then).
+    Frames are bytes-like; never raises on bad input.  The caller has checked
+    that ``max_frame_bytes`` admits a 208-byte frame.
+    """
+    k = len(frames)
+    try:
+        joined = b"".join(frames)
+    except TypeError:
+        return None
+    if len(joined) != k * _ONE_FRAME_SIZE:
+        return None
+    buf = np.frombuffer(joined, np.uint8).reshape(k, _ONE_FRAME_SIZE)
+    head = buf[:, :HEADER_SIZE].view("<u8")
+    if not ((head[:, 0] == _ONE_HEADER_WORDS[0]) & (head[:, 1] == _ONE_HEADER_WORDS[1])).all():
+        return None
+    raw = np.ascontiguousarray(buf[:, HEADER_SIZE:])    # a copy: aligned, writable
+    recs = raw.view(RECORD_DTYPE).reshape(k)
+    if _all_valid(recs, raw):
+        return DecodedFrame(recs, None, {}, k, [])
+    ok, reasons, details = _validate_binary(recs, raw)
+    rejects: dict[str, int] = {}
+    for r in reasons:
+        rejects[r] = rejects.get(r, 0) + 1
+    kept = raw[ok]
+    return DecodedFrame(kept.view(RECORD_DTYPE).reshape(len(kept)), None, rejects, k,
+                        list(zip(reasons, details)))
+
+
 # ------------------------------------------------------------------ encoders
 
 def node_key(record: Any) -> bytes:

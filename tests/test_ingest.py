@@ -664,3 +664,78 @@ def test_check_slots_statuses():
     assert check([0, 1], w=words((b"a", b"z"), (b"b", b""))) == META   # zone differs
     assert check([0, 1], lab=np.array([0, 4, 0], np.uint16)) == META   # b has labels
     assert check([0, 1], now=11.0, lab=np.array([3, 0, 0], np.uint16)) == AGED | META
+
+
+def _singles_and_others():
+    """Frames for a coalescing test: mostly 1-record binary frames (some
+    repeating a node, some invalid, some for new nodes, a zone change), with
+    a JSON frame padded to 208 bytes and a 2-record batch in between."""
+    frames = []
+    for i in range(40):
+        frames.append(wire.encode_batch([hb(f"n{i % 6}", queue=float(i))]))
+    frames[5] = wire.encode_batch([hb("n7", queue=55.0)])               # new node
+    bad = bytearray(wire.encode_batch([hb("n1", queue=99.0)]))
+    bad[16] = 0xFF                                                      # cpu: NaN-ish bytes
+    frames[9] = bytes(bad)
+    bad2 = bytearray(frames[10])
+    bad2[16 + 88] = 0                                                   # empty node id
+    frames[10] = bytes(bad2)
+    frames[12] = wire.encode_batch([hb("n2", zone="z1", queue=12.0)])   # zone set
+    js = wire.encode_json(hb("n8", queue=8.0))
+    js = js[:-1] + b" " * (208 - len(js)) + b"}"                         # 208 bytes, JSON
+    assert len(js) == 208
+    frames.insert(20, js)
+    frames.insert(30, wire.encode_batch([hb("n9"), hb("n0", queue=3.0)]))
+    frames.append(b"SHMH")                                              # truncated
+    return frames
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 25, 1000])
+def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, monkeypatch):
+    """Coalesced runs of 1-record frames: the same segment bytes (rows,
+    registry, counters) as the frames applied one at a time, whatever the
+    chunking; capacity 8 makes new nodes meet a full registry."""
+    frames = _singles_and_others()
+    runs = []
+    real = ingest_mod.decode_one_record_frames
+    monkeypatch.setattr(ingest_mod, "decode_one_record_frames",
+                        lambda fs: runs.append(real(fs)) or runs[-1])
+    results = []
+    for coalesce in (False, True):
+        seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)
+        try:
+            ing = Ingest(seg.views, make_config())
+            ing.handle_frame(wire.encode_batch([hb("old")]), 0.0)
+            accepted = 0
+            for start in range(0, len(frames), chunk):
+                part = frames[start:start + chunk]
+                if coalesce:
+                    accepted += ing.handle_frames(part, 5.0)
+                else:
+                    accepted += sum(ing.handle_frame(f, 5.0) for f in part)
+            v = seg.views
+            assert_balanced(v)
+            results.append((accepted, counters(v), bytes(v.table.recv_time),
+                            bytes(v.table.queue), bytes(v.table.row_version),
+                            bytes(v.registry.node_id), bytes(v.registry.zone),
+                            bytes(v.registry.slot_gen), int(v.header.registry_epoch[0]) > 0))
+        finally:
+            seg.close()
+            seg.unlink()
+    assert results[0] == results[1]
+    assert (chunk < ingest_mod.COALESCE_MIN) == (not any(r is not None for r in runs))
+    assert results[1][1]["frames"] == len(frames) + 1
+
+
+def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
+    """A run with the same silent node twice: forgotten and registered anew
+    once (as frame by frame), then its second heartbeat updates the row."""
+    v, reg = seg.views, seg.views.registry
+    ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 0.0)
+    gen = int(reg.slot_gen[0])
+    frames = [wire.encode_batch([hb("a" if i in (2, 5) else "b", queue=float(i))])
+              for i in range(10)]
+    assert ing.handle_frames(frames, 400.0) == 10
+    assert slot_of(v, "a") == 0 and int(reg.slot_gen[0]) == gen + 4
+    assert v.table.queue[0] == 5.0 and v.table.queue[1] == 9.0
+    assert counters(v) == {"frames": 11, "heartbeats": 12, "accepted": 12}

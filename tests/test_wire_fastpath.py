@@ -189,3 +189,31 @@ def test_compiled_batch_check_agrees_byte_by_byte(value):
                 assert not fast, (row, pos)
             else:
                 assert fast == (not reasons), (row, pos, reasons)
+
+
+def test_one_record_frames_decode_as_one_batch_like_one_by_one():
+    """decode_one_record_frames: the records, reject counts and seen of the
+    frames decoded one by one; None when a frame is not a 1-record frame."""
+    rng = np.random.default_rng(11)
+    good = wire.encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="a",
+                                   zone="z")])
+    frames = []
+    for i in range(200):
+        f = bytearray(good)
+        if i % 7 == 0:
+            f[16 + int(rng.integers(0, 192))] = int(rng.integers(0, 256))
+        frames.append(bytes(f))
+    one_by_one = [decode_frame(f, 1 << 20) for f in frames]
+    batch = wire.decode_one_record_frames(frames)
+    assert batch.seen == 200
+    assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
+    expect: dict = {}
+    for d in one_by_one:
+        for r, c in d.rejects.items():
+            expect[r] = expect.get(r, 0) + c
+    assert batch.rejects == expect and expect
+    assert wire.decode_one_record_frames(frames[:3] + [b"{" + b" " * 206 + b"}"]) is None
+    bad_header = bytearray(good)
+    bad_header[4] = 2                                   # version 2
+    assert wire.decode_one_record_frames([good, bytes(bad_header)]) is None
+    assert wire.decode_one_record_frames([good, good[:-1]]) is None
