@@ -72,7 +72,7 @@ from .errors import LayoutMismatch
 from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
 from .registry import NodeRegistry
 from .segment import Segment
-from .table import column_addresses, write_batch, write_row
+from .table import column_addresses, write_batch, write_records, write_row
 from .wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
                    ZONE_SIZE, _all_valid, decode_frame, decode_one_record_frames)
 
@@ -363,7 +363,8 @@ class Ingest:
             self._update_meta(records, labels, slots, words)
         elif status & META or labels is not None:
             self._update_meta(records, labels, slots, words)
-        return int(write_batch(self._table, slots, records, now))
+        return int(write_records(self._row_columns, self._capacity, slots,
+                                 words.view(np.float64), words, float(now)))
 
     def _check(self, slots: np.ndarray, words: np.ndarray, now: float) -> int:
         """`check_slots` over this segment: STALE, or AGED/META bits."""
@@ -483,8 +484,10 @@ class Ingest:
         for n in (1, 2):
             write_batch(self._table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
         write_row(self._row_columns, self._capacity, -1, 0.0, *([0.0] * 9), 0, 0, 0)
-        self._check(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
-                    0.0)
+        words = np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64)
+        self._check(np.zeros(0, np.int64), words, 0.0)
+        write_records(self._row_columns, self._capacity, np.zeros(0, np.int64),
+                      words.view(np.float64), words, 0.0)
         _warm_up_decode()
 
 
@@ -501,6 +504,9 @@ def warm_up() -> None:
     check_slots(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
                 reg.node_id.view(np.uint64), reg.registered, reg.labels_len,
                 reg.zone.view(np.uint64), views.table.recv_time, 0.0, 1.0)
+    words = np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64)
+    write_records(column_addresses(views.table), layout.capacity, np.zeros(0, np.int64),
+                  words.view(np.float64), words, 0.0)
     _warm_up_decode()
     views = reg = None
     mm.close()

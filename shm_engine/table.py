@@ -110,6 +110,29 @@ def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_t
     return 1
 
 
+_LOW32 = np.uint64(0xFFFF_FFFF)
+_LOW8 = np.uint64(0xFF)
+_32 = np.uint64(32)
+
+
+@njit(cache=True, nogil=True)
+def write_records(columns, capacity, slots, f8, words, now):
+    """`write_rows` for validated records given in the wire layout: record j,
+    as float64 ``f8[j]`` and uint64 ``words[j]`` (two (n, 24) views of the
+    same ``wire.RECORD_DTYPE`` bytes, little-endian), into row ``slots[j]``
+    (skipped when not in ``[0, capacity)``), by `write_row` and its row
+    protocol.  Why: one call unboxes 4 arrays instead of 27 (and no ok/err
+    conversion copies).  Returns rows written."""
+    written = 0
+    for j in range(slots.shape[0]):
+        okerr = words[j, 9]                  # ok: bytes 72..75, err: 76..79
+        written += write_row(columns, capacity, slots[j], now, f8[j, 0], f8[j, 1], f8[j, 2],
+                             f8[j, 3], f8[j, 4], f8[j, 5], f8[j, 6], f8[j, 7], f8[j, 8],
+                             np.int64(okerr & _LOW32), np.int64(okerr >> _32),
+                             np.int64(words[j, 10] & _LOW8))
+    return written
+
+
 # The table columns in the order `write_row` indexes ``columns``.
 _ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", np.float64),
                 ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),

@@ -360,16 +360,17 @@ def test_a_repeated_batch_follows_registry_changes(ing, seg):
 def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_works(
         ing, seg, monkeypatch, capsys):
     v = seg.views
-    real = ingest_mod.write_batch
 
     def broken(*args):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(ingest_mod, "write_batch", broken)
-    assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
-    assert counters(v) == {"frames": 1, "heartbeats": 2, "accepted": 0, "malformed_frame": 2}
-    assert "ingest_internal_error" in capsys.readouterr().err
-    monkeypatch.setattr(ingest_mod, "write_batch", real)
+    with monkeypatch.context() as m:   # the row writers of 1-record and larger frames
+        m.setattr(ingest_mod, "write_batch", broken)
+        m.setattr(ingest_mod, "write_records", broken)
+        assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
+        assert counters(v) == {"frames": 1, "heartbeats": 2, "accepted": 0,
+                               "malformed_frame": 2}
+        assert "ingest_internal_error" in capsys.readouterr().err
     assert ing.handle_frame(wire.encode_batch([hb("a")]), 2.0) == 1
     assert_balanced(v)
 

@@ -166,6 +166,38 @@ def test_write_row_writes_what_write_batch_writes(shm_name, writes):
             seg.unlink()
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(-1, 8), st.sampled_from(BASES), st.integers(0, 63),
+                          st.integers(0, 2**32 - 1)), min_size=1, max_size=12))
+def test_write_records_writes_what_write_batch_writes(shm_name, writes):
+    """`write_records` (the batch path, records as words) against
+    `write_batch`: same fields, zeroing, row_version steps and count; slots
+    -1 and 8 (out of range) are skipped by both."""
+    from shm_engine.segment import Segment
+    from shm_engine.table import column_addresses, write_batch, write_records
+    a = Segment.create(shm_name + "a", 8)
+    b = Segment.create(shm_name + "b", 8)
+    try:
+        ta, tb = a.views.table, b.views.table
+        recs = np.zeros(len(writes), RECORD_DTYPE)
+        for k, (_, base, flags, err) in enumerate(writes):
+            recs[k] = decode_frame(wire.encode_batch([base]), MAX).records[0]
+            recs[k]["flags"] = flags & 0x3F      # absent metrics carry values: zeroed
+            recs[k]["err"] = err                 # any u4, high bit included
+        slots = np.array([w[0] for w in writes], np.int64)
+        words = recs.view(np.uint64).reshape(len(recs), -1)
+        expect = write_batch(ta, np.where(slots < 8, slots, -1), recs, 7.0)
+        got = write_records(column_addresses(tb), 8, slots, words.view(np.float64), words, 7.0)
+        assert got == expect == int(((slots >= 0) & (slots < 8)).sum())
+        for name in ta._fields:
+            assert getattr(ta, name).tobytes() == getattr(tb, name).tobytes(), name
+        del ta, tb
+    finally:
+        for seg in (a, b):
+            seg.close()
+            seg.unlink()
+
+
 @pytest.mark.parametrize("value", [0x00, 0x01, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0xFF])
 def test_compiled_batch_check_agrees_byte_by_byte(value):
     """The compiled batch check tests node and zone bytes 8 at a time: poke
