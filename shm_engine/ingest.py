@@ -74,7 +74,8 @@ from .registry import NodeRegistry
 from .segment import Segment
 from .table import column_addresses, write_batch, write_records, write_row
 from .wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
-                   ZONE_SIZE, _all_valid, decode_frame, decode_one_record_frames)
+                   ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
+                   decode_one_record_frames)
 
 __all__ = ["Ingest", "copy_next", "drain", "ingest_main", "run_standalone", "warm_up", "EXIT_OK",
            "EXIT_FAILED", "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
@@ -106,6 +107,7 @@ DRAIN_CHUNK = 256         # frames received before they are handled: bounds the 
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = HEADER_SIZE + RECORD_DTYPE.itemsize   # bytes of a 1-record binary frame
+_OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
 
 
 def _log(level: str, event: str, **kv) -> None:
@@ -250,34 +252,42 @@ class Ingest:
         frame (the counters move once per run of frames, ``ingest_frames``
         last).  Why: a run of 1-record binary frames (what most senders
         send) is decoded and applied as one batch, so its per-frame cost is
-        a few list operations instead of a decode and a row write each."""
+        a few list operations instead of a decode and a row write each; a
+        run of JSON objects is decoded frame by frame and applied as one
+        batch."""
         n = len(frames)
         if n < COALESCE_MIN or not self._coalesce:
             return sum([self.handle_frame(f, now) for f in frames])
         sizes = list(map(len, frames))
         if sizes.count(_ONE_FRAME) == n:
-            return self._handle_run(frames, now)
+            return self._handle_run(frames, now, decode_one_record_frames, n * _ONE_FRAME)
+        most = self._max_frame_bytes
+        kinds = [_BINARY1 if size == _ONE_FRAME else
+                 _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
+                 for f, size in zip(frames, sizes)]
         accepted, i = 0, 0
         while i < n:
-            j = i
-            while j < n and sizes[j] == _ONE_FRAME:
+            kind, j = kinds[i], i + 1
+            while j < n and kinds[j] == kind:
                 j += 1
-            if j - i >= COALESCE_MIN:
-                accepted += self._handle_run(frames[i:j], now)
+            if kind != _OTHER and j - i >= COALESCE_MIN:
+                decode = decode_one_record_frames if kind == _BINARY1 else decode_json_objects
+                accepted += self._handle_run(frames[i:j], now, decode, sum(sizes[i:j]))
             else:
-                j = max(j, i + 1)
                 for f in frames[i:j]:
                     accepted += self.handle_frame(f, now)
             i = j
         return accepted
 
-    def _handle_run(self, frames: list, now: float) -> int:
-        """`handle_frames` for frames of 208 bytes each."""
+    def _handle_run(self, frames: list, now: float, decode, nbytes: int) -> int:
+        """`handle_frames` for a run of frames of one kind: ``decode`` is
+        `wire.decode_one_record_frames` (which may refuse the run: then frame
+        by frame) or `wire.decode_json_objects`."""
         k = len(frames)
         seen, accepted, rejected = k, 0, 0
         self._full_in_frame = 0
         try:
-            dec = decode_one_record_frames(frames)
+            dec = decode(frames)
             if dec is None:    # not all 1-record binary frames (a JSON one, say)
                 return sum([self.handle_frame(f, now) for f in frames])
             if dec.rejects:
@@ -288,7 +298,7 @@ class Ingest:
                     rejected += count
                 log.add_samples(dec.sample)
             if len(dec.records):
-                accepted = self._apply(dec.records, None, now, remember=False)
+                accepted = self._apply(dec.records, dec.labels, now, remember=False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
@@ -296,7 +306,7 @@ class Ingest:
             self.registry.publish_pending()
         self._heartbeats[0] += seen
         self._accepted[0] += accepted
-        self._bytes[0] += k * _ONE_FRAME
+        self._bytes[0] += nbytes
         self._frames[0] += k  # last: see the module docstring
         return accepted
 

@@ -828,6 +828,41 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_frame_bytes: int) ->
     return _frame_reject("malformed_frame", f"unknown frame kind (first byte 0x{first:02x})")
 
 
+def decode_json_objects(frames: list) -> DecodedFrame:
+    """Decode k JSON frames that each start with ``{`` as one batch.
+
+    Returns the k results of `decode_frame` merged: records and labels in
+    frame order, rejects summed, the first samples, ``seen = k`` (a frame
+    that starts with ``{`` holds one object or is malformed).  Frames are
+    bytes no longer than ``max_frame_bytes`` (the caller checks); never
+    raises on bad input.
+    """
+    good: list[tuple] = []
+    labels: list[bytes | None] = []
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    for buf in frames:
+        try:
+            obj = _parse_json(buf)
+        except _Reject as rej:
+            reason, detail = rej.reason, "frame: " + rej.detail
+        else:
+            try:
+                values, lab = _check(obj)
+            except _Reject as rej:
+                reason, detail = rej.reason, f"{_node_label(obj.get('node'))}: {rej.detail}"
+            else:
+                good.append(values)
+                labels.append(lab)
+                continue
+        rejects[reason] = rejects.get(reason, 0) + 1
+        if len(sample) < _SAMPLE_MAX:
+            sample.append((reason, detail))
+    pack = _REC.pack
+    records = np.frombuffer(bytearray(b"".join([pack(*v, 0) for v in good])), RECORD_DTYPE)
+    return DecodedFrame(records, labels, rejects, len(frames), sample)
+
+
 # Header of a 1-record v1 frame as its two little-endian 8-byte words.
 _ONE_HEADER_WORDS = np.frombuffer(_HEADER_V1_ONE, "<u8")
 

@@ -691,16 +691,37 @@ def _singles_and_others():
     return frames
 
 
+def _json_and_others():
+    """JSON objects (labels, zones, invalid values, a duplicate key, broken
+    JSON, an array) between runs of 1-record binary frames."""
+    frames = []
+    for i in range(30):
+        frames.append(wire.encode_json(hb(f"n{i % 5}", queue=float(i))))
+    frames[3] = wire.encode_json(hb("n1", labels={"gpu": "a100"}, zone="z1"))
+    frames[4] = wire.encode_json(hb("n1", labels={"gpu": "h100"}))          # labels change
+    frames[6] = b'{"node": "n2", "cpu": 2.0, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
+    frames[7] = b'{"node": "n3", "node": "n4", "cpu": 0.1}'
+    frames[8] = b'{"node": "n3", '                                            # broken
+    frames[9] = b'{"node": "n6", "cpu": 0.1, "mem": 0.1, "queue": 1, "avg_job_s": 1, "x": 1}'
+    frames[11] = wire.encode_json(hb("n7", zone="z2"))                        # new node
+    frames[13] = b"[" + wire.encode_json(hb("n2")) + b"]"                     # an array
+    frames[14] = b"{" + b"[" * 40 + b"]" * 40 + b"}"                          # too deep
+    frames[20:20] = [wire.encode_batch([hb(f"n{i % 3}", queue=float(i))]) for i in range(9)]
+    frames.append(wire.encode_json(hb("n0", queue=77.0)))
+    return frames
+
+
+@pytest.mark.parametrize("build", [_singles_and_others, _json_and_others])
 @pytest.mark.parametrize("chunk", [1, 3, 8, 25, 1000])
-def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, monkeypatch):
+def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, monkeypatch):
     """Coalesced runs of 1-record frames: the same segment bytes (rows,
     registry, counters) as the frames applied one at a time, whatever the
     chunking; capacity 8 makes new nodes meet a full registry."""
-    frames = _singles_and_others()
+    frames = build()
     runs = []
-    real = ingest_mod.decode_one_record_frames
-    monkeypatch.setattr(ingest_mod, "decode_one_record_frames",
-                        lambda fs: runs.append(real(fs)) or runs[-1])
+    for name in ("decode_one_record_frames", "decode_json_objects"):
+        monkeypatch.setattr(ingest_mod, name,
+                            lambda fs, real=getattr(wire, name): runs.append(real(fs)) or runs[-1])
     results = []
     for coalesce in (False, True):
         seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)
@@ -719,7 +740,9 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, monkeypat
             results.append((accepted, counters(v), bytes(v.table.recv_time),
                             bytes(v.table.queue), bytes(v.table.row_version),
                             bytes(v.registry.node_id), bytes(v.registry.zone),
-                            bytes(v.registry.slot_gen), int(v.header.registry_epoch[0]) > 0))
+                            bytes(v.registry.labels_len), bytes(v.registry.labels),
+                            bytes(v.registry.slot_gen), bytes(v.registry.meta_version),
+                            int(v.header.registry_epoch[0]) > 0))
         finally:
             seg.close()
             seg.unlink()

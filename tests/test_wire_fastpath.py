@@ -249,3 +249,26 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
     bad_header[4] = 2                                   # version 2
     assert wire.decode_one_record_frames([good, bytes(bad_header)]) is None
     assert wire.decode_one_record_frames([good, good[:-1]]) is None
+
+
+def test_json_objects_decode_as_one_batch_like_one_by_one():
+    """decode_json_objects: records, labels, reject counts and samples of the
+    frames decoded one by one, merged in frame order."""
+    base = dict(node="a", cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1)
+    frames = [wire.encode_json(dict(base, node=f"n{i}", labels={"k": str(i)}) if i % 4 == 0
+                               else dict(base, node=f"n{i}")) for i in range(12)]
+    frames[2] = b'{"node": "x", "cpu": -1, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
+    frames[5] = b'{"node": '
+    frames[7] = b'{"node": "x", "node": "y"}'
+    frames[9] = b'{"node": "\\u0001", "cpu": 0.1, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
+    one_by_one = [decode_frame(f, MAX) for f in frames]
+    batch = wire.decode_json_objects(frames)
+    assert batch.seen == len(frames)
+    assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
+    assert batch.labels == [lab for d in one_by_one for lab in d.labels or []]
+    expect: dict = {}
+    for d in one_by_one:
+        for r, c in d.rejects.items():
+            expect[r] = expect.get(r, 0) + c
+    assert batch.rejects == expect and sum(expect.values()) == 4
+    assert batch.sample == [s for d in one_by_one for s in d.sample][:3]
