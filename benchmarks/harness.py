@@ -21,9 +21,12 @@ Sections (keys of ``latest.json``):
   read       `ScoreReader` from another process: score(node), snapshot(),
              top(10); Redis (HGET, HGETALL, ZREVRANGE) when redis-server and
              the redis client are installed; a multiprocessing.Manager dict.
-  ingest     sustained heartbeats/s into the segment over a real PULL socket:
-             single JSON frames, single binary frames, batches of 1000; and
-             the ceiling: a bare PULL loop that does nothing with the bytes.
+  ingest     sustained heartbeats/s into the segment over a real PULL socket,
+             received as the ingest process receives (`ingest.drain`, then
+             `Ingest.handle_frames`): single JSON frames, single binary
+             frames, batches of 1000; and the ceilings: a bare PULL loop (one
+             blocking recv per frame) and the drain loop, doing nothing with
+             the bytes.  ``--only ingest`` runs just this section.
   freshness  heartbeat leaving the sender -> its effect visible to a
              ScoreReader, 10K nodes at 1 Hz, real ingest and tick processes.
   memory     segment bytes per node, private per-node arrays, RSS per process.
@@ -1059,10 +1062,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip "
                                                 "(read,ingest,freshness)")
-    ap.add_argument("--only", choices=("tick",), default=None,
+    ap.add_argument("--only", choices=("tick", "ingest"), default=None,
                     help="run only this section (tick: no Python baseline); prints the "
-                         "tables and writes <out>/tick_only.json, never latest.json or "
-                         "RESULTS.md")
+                         "tables and writes <out>/<section>_only.json, never latest.json "
+                         "or RESULTS.md")
     args = ap.parse_args(argv)
     quick = args.quick
     nodes = [int(x) for x in args.nodes.split(",")] if args.nodes else \
@@ -1081,6 +1084,14 @@ def main(argv=None) -> int:
            "command": "python -m benchmarks run " + " ".join(argv if argv is not None
                                                              else sys.argv[2:])}
     log(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
+    if args.only == "ingest":
+        res["ingest"] = ig = bench_ingest(quick, log)
+        for k, row in ig.items():
+            f = row.get("fraction_of_ceiling")
+            print(f"{k:32s} {row['hb_per_s']:>14,.0f}/s" + ("" if f is None else f"  {f:.0%}"))
+        (out_dir / "ingest_only.json").write_text(json.dumps(res, indent=1, default=float))
+        log(f"wrote {out_dir / 'ingest_only.json'}")
+        return 0
     rows = []
     for n in nodes:
         reps = (60 if n <= 10_000 else 12) if quick else \
