@@ -13,7 +13,9 @@ batch type.  Fields a heartbeat does not carry are 0 and their presence bit is
 clear.  For every frame, ``len(records) + sum(rejects.values()) == seen``.
 
 Rules for callers: ``decode_frame`` and ``check_heartbeat`` are hot paths and
-return status, never raise on bad input.  The encoders are for senders and
+return status, never raise on bad input; so are ``decode_one_record_frames``
+and ``decode_json_objects``, which decode a run of small frames as one batch
+with the results of ``decode_frame`` on each, merged.  The encoders are for senders and
 tests; they raise ``ValueError`` on an invalid heartbeat.
 
 Two frame kinds (the first byte decides, docs/wire-format.md is the spec):
