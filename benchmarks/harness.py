@@ -597,13 +597,13 @@ def _ingest_run(kind: str, count: int, n_nodes: int, apply: bool, drained: bool 
     """Frames/s received (and applied when ``apply``) from a sender process.
 
     ``drained``: receive as the ingest process does (`shm_engine.ingest.drain`:
-    NOBLOCK receives in chunks of `DRAIN_CHUNK`, bytes or zmq.Frame by the
-    size of the last frame, each chunk handed to `Ingest.handle_frames`);
+    NOBLOCK receives in chunks, bytes or zmq.Frame by the size of the last
+    frame (`next_drain`), each chunk handed to `Ingest.handle_frames`);
     otherwise one blocking ``recv(copy=False)`` per frame (the bare PULL
     loop; with ``apply``, one `handle_frame` each)."""
     import zmq
 
-    from shm_engine.ingest import DRAIN_CHUNK, copy_next, drain
+    from shm_engine.ingest import DRAIN_CHUNK, drain, next_drain
     from shm_engine.segment import Segment
     config = _config(max(n_nodes, 1000))
     port = _free_port()
@@ -632,13 +632,13 @@ def _ingest_run(kind: str, count: int, n_nodes: int, apply: bool, drained: bool 
         left = count - 1
         if drained:
             handle = ing.handle_frames if apply else None
-            copy = True
+            copy, chunk = True, DRAIN_CHUNK
             while left > 0:
-                frames = drain(sock, min(DRAIN_CHUNK, left), copy)
+                frames = drain(sock, min(chunk, left), copy)
                 if not frames:
                     sock.poll(1000)
                     continue
-                copy = copy_next(frames)
+                copy, chunk = next_drain(frames)
                 if apply:
                     handle(frames, monotonic())
                 left -= len(frames)

@@ -51,7 +51,9 @@ Socket limits: ``ZMQ_MAXMSGSIZE`` is `HARD_LIMIT_FACTOR` x
 hard limit is received and counted ``frame_too_large`` without being decoded;
 one above the hard limit makes ZeroMQ drop the sender's connection (it is
 never counted: ZeroMQ does not deliver it).  The hard limit only bounds the
-memory one frame can take.
+memory one frame can take.  Beyond the socket's queue (``rcvhwm`` frames) the
+loop holds one drained chunk: at most `DRAIN_CHUNK` frames, `LARGE_CHUNK`
+once frames are above `RECV_COPY_MAX` bytes (`next_drain`).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ from .wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REA
                    ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
                    decode_one_record_frames)
 
-__all__ = ["Ingest", "copy_next", "drain", "ingest_main", "run_standalone", "warm_up", "EXIT_OK",
+__all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up", "EXIT_OK",
            "EXIT_FAILED", "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
 
 EXIT_OK = 0
@@ -98,12 +100,13 @@ assert ZONE_OFFSET % 8 == 0 and ZONE_SIZE == ZONE_BYTES and RECORD_DTYPE.itemsiz
 assert NODE_OFFSET % 8 == 0 and NODE_SIZE == NODE_ID_BYTES
 MEMO_MIN_RECORDS = 8      # smaller frames go through the dict directly
 MEMO_MAX_FRAMES = 4096    # remembered frame shapes; cleared when full
-DRAIN_CHUNK = 256         # frames received before they are handled: bounds the wait
+DRAIN_CHUNK = 256         # small frames received before they are handled: bounds the wait
+LARGE_CHUNK = 4           # the same for frames above RECV_COPY_MAX
 # `drain` receives a frame as bytes (recv(copy=True)) while the frames come
 # small: measured 2-3x the frames/s of zmq.Frame objects at 208 bytes.  A large
 # frame is cheaper as a zmq.Frame (no copy into a new bytes object): 1000-record
 # frames went at about twice the rate.  The last frame's size picks the mode for
-# the next chunk.
+# the next chunk (`next_drain`).
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = HEADER_SIZE + RECORD_DTYPE.itemsize   # bytes of a 1-record binary frame
@@ -646,9 +649,14 @@ def drain(sock: zmq.Socket, limit: int, copy: bool = True) -> list:
     return frames
 
 
-def copy_next(frames: list) -> bool:
-    """The ``copy`` argument of the next `drain` after it returned ``frames``."""
-    return len(frames[-1]) <= RECV_COPY_MAX if frames else True
+def next_drain(frames: list) -> tuple[bool, int]:
+    """``(copy, limit)`` for the next `drain` after one returned ``frames``:
+    small frames as bytes, `DRAIN_CHUNK` at a time; large ones as zmq.Frame,
+    `LARGE_CHUNK` at a time, so the frames the loop holds beyond the socket's
+    queue (``rcvhwm``) stay few when frames are large."""
+    if not frames or len(frames[-1]) <= RECV_COPY_MAX:
+        return True, DRAIN_CHUNK
+    return False, LARGE_CHUNK
 
 
 def _run(ingest: Ingest, sock: zmq.Socket, config: Config, parent_pid: int,
@@ -657,9 +665,8 @@ def _run(ingest: Ingest, sock: zmq.Socket, config: Config, parent_pid: int,
     h = ingest.views.header
     poll_ms = max(1, int(1000 * min(config.engine.parent_check_interval_s, FORGET_PERIOD_S)))
     drain_batch = config.ingest.drain_batch
-    chunk = min(drain_batch, DRAIN_CHUNK)
     handle, monotonic = ingest.handle_frames, time.monotonic
-    copy = True
+    copy, chunk = True, DRAIN_CHUNK
     next_forget = 0.0
     while True:
         now = monotonic()
@@ -677,7 +684,7 @@ def _run(ingest: Ingest, sock: zmq.Socket, config: Config, parent_pid: int,
             frames = drain(sock, min(chunk, left), copy)
             if not frames:
                 break
-            copy = copy_next(frames)
+            copy, chunk = next_drain(frames)
             handle(frames, monotonic())
             left -= len(frames)
 

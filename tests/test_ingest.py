@@ -763,3 +763,14 @@ def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
     assert slot_of(v, "a") == 0 and int(reg.slot_gen[0]) == gen + 4
     assert v.table.queue[0] == 5.0 and v.table.queue[1] == 9.0
     assert counters(v) == {"frames": 11, "heartbeats": 12, "accepted": 12}
+
+
+@pytest.mark.parametrize("sizes, expect", [
+    ([], (True, ingest_mod.DRAIN_CHUNK)),                          # nothing yet
+    ([208], (True, ingest_mod.DRAIN_CHUNK)),                       # small: bytes
+    ([208, ingest_mod.RECV_COPY_MAX], (True, ingest_mod.DRAIN_CHUNK)),
+    ([208, ingest_mod.RECV_COPY_MAX + 1], (False, ingest_mod.LARGE_CHUNK)),   # the last decides
+    ([ingest_mod.RECV_COPY_MAX + 1, 208], (True, ingest_mod.DRAIN_CHUNK)),
+])
+def test_next_drain_picks_copy_and_chunk_by_the_last_frame(sizes, expect):
+    assert ingest_mod.next_drain([bytes(n) for n in sizes]) == expect
