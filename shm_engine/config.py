@@ -376,7 +376,9 @@ class IngestConfig(_Section):
         _INT, 10000,
         "Receive high-water mark of the socket (ZMQ_RCVHWM): frames queued "
         "before senders are pushed back (they drop and count). It bounds the "
-        "memory a flood can pin in the ingest: about rcvhwm x the frame size. "
+        "memory a flood can pin in the ingest: about rcvhwm x the frame size, "
+        "plus the one chunk the loop has drained (at most 256 small frames, "
+        "or 4 above 16 KiB). "
         f"Integer, 0..{_MAX_ZMQ_INT}; 0 means no limit.")
     reject_log_interval_s: float = _key(
         _FLOAT, 1.0,

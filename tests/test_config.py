@@ -562,6 +562,16 @@ def test_render_defaults_comments_every_key():
     assert all(len(line) <= 78 for line in lines)
 
 
+def test_rcvhwm_doc_states_the_ingest_loops_own_bound():
+    """The rcvhwm comment promises how many drained frames the ingest loop
+    holds beyond the socket's queue; it must follow the loop's constants."""
+    from shm_engine import ingest
+
+    doc = " ".join(render_defaults().split())
+    assert (f"at most {ingest.DRAIN_CHUNK} small frames, or {ingest.LARGE_CHUNK} above "
+            f"{ingest.RECV_COPY_MAX // 1024} KiB") in doc
+
+
 def test_render_non_default_round_trip():
     cfg = with_overrides(Config(), {
         "score.beta": 0.1 + 0.2,  # 0.30000000000000004 must survive exactly
