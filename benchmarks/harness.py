@@ -976,7 +976,18 @@ def summarise(res: dict) -> list[str]:
             f = ig[k].get("fraction_of_ceiling")
             lines.append(f"| {k} | {ig[k]['hb_per_s']:,.0f} | {'' if f is None else f'{f:.0%}'} |")
         fr = ig["single_binary"]["fraction_of_ceiling"]
-        goals.append(f"single binary >= 60% of ceiling: {fr:.0%}, "
+        note = ""
+        if "ceiling_single_frames_drained" in ig:
+            # The goal is judged against the lower of the two: a drained
+            # ceiling above our rate must not make the goal look met.
+            dr = ig["single_binary"]["hb_per_s"] / ig["ceiling_single_frames_drained"]["hb_per_s"]
+            note = f" ({dr:.0%} of the drained-loop ceiling)"
+            fr = min(fr, dr)
+        if fr > 1.0:
+            note += ("; above 100% means the ingest keeps up with the one sending process, "
+                     "which bounds the ceilings too on this machine: a ratio of about 1")
+        goals.append(f"single binary >= 60% of ceiling: "
+                     f"{ig['single_binary']['fraction_of_ceiling']:.0%}{note}, "
                      f"{_ok(fr >= GOALS['single_binary_of_ceiling'])}")
         b = ig["batched_binary_1000"]["hb_per_s"]
         goals.append(f"batched >= 5M/s: {b / 1e6:.2f}M/s, {_ok(b >= GOALS['batched_hb_s'])}")
