@@ -225,12 +225,7 @@ class Ingest:
             dec = decode_frame(frame, self._max_frame_bytes)
             seen = dec.seen
             if dec.rejects:
-                log, rej = self.log, self._rejects
-                for reason, count in dec.rejects.items():
-                    rej[_REJECT_INDEX[reason]] += count
-                    log.add(reason, count)
-                    rejected += count
-                log.add_samples(dec.sample)
+                rejected = self._count_rejects(dec)
             if dec.one is not None:
                 accepted = self._apply_one(dec, now)
             elif len(dec.records):
@@ -241,11 +236,26 @@ class Ingest:
         finally:
             # After the rows: see "New registrations" in the module docstring.
             self.registry.publish_pending()
+        self._count_frames(1, seen, accepted, nbytes)
+        return accepted
+
+    def _count_rejects(self, dec) -> int:
+        """Count a decoded frame's (or run's) rejects by reason, in the
+        header and the reject log; returns how many there were."""
+        log, rej = self.log, self._rejects
+        rejected = 0
+        for reason, count in dec.rejects.items():
+            rej[_REJECT_INDEX[reason]] += count
+            log.add(reason, count)
+            rejected += count
+        log.add_samples(dec.sample)
+        return rejected
+
+    def _count_frames(self, frames: int, seen: int, accepted: int, nbytes: int) -> None:
         self._heartbeats[0] += seen
         self._accepted[0] += accepted
         self._bytes[0] += nbytes
-        self._frames[0] += 1  # last: see the module docstring
-        return accepted
+        self._frames[0] += frames  # last: see the module docstring
 
     def handle_frames(self, frames: list, now: float) -> int:
         """`handle_frame` for each of ``frames`` in order, all received by
@@ -294,12 +304,7 @@ class Ingest:
             if dec is None:    # not all 1-record binary frames (a JSON one, say)
                 return sum([self.handle_frame(f, now) for f in frames])
             if dec.rejects:
-                log, rej = self.log, self._rejects
-                for reason, count in dec.rejects.items():
-                    rej[_REJECT_INDEX[reason]] += count
-                    log.add(reason, count)
-                    rejected += count
-                log.add_samples(dec.sample)
+                rejected = self._count_rejects(dec)
             if len(dec.records):
                 accepted = self._apply(dec.records, dec.labels, now, remember=False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
@@ -307,10 +312,7 @@ class Ingest:
             self._internal_error(err, max(lost, 0))
         finally:
             self.registry.publish_pending()
-        self._heartbeats[0] += seen
-        self._accepted[0] += accepted
-        self._bytes[0] += nbytes
-        self._frames[0] += k  # last: see the module docstring
+        self._count_frames(k, seen, accepted, nbytes)
         return accepted
 
     def _apply_one(self, dec, now: float) -> int:
