@@ -118,7 +118,7 @@ def machine() -> dict:
 
 
 def _config(capacity: int, port: int | None = None):
-    from shm_engine.config import Config, with_overrides
+    from shm_engine.core.config import Config, with_overrides
     over = {"engine.capacity": capacity}
     if port is not None:
         over["ingest.bind"] = f"tcp://127.0.0.1:{port}"
@@ -151,7 +151,7 @@ def _drift(recs, sel, rng):
 
 
 def _register_all(views, config, recs, now: float) -> "object":
-    from shm_engine.ingest import Ingest
+    from shm_engine.ingest.process import Ingest
     from shm_engine.wire import encode_batch
     ing = Ingest(views, config)
     for start in range(0, len(recs), 4000):
@@ -174,8 +174,8 @@ class _RankedTicker:
     def tick(self, now: float) -> float:
         import kernels
         from kernels.pipeline import tick_ranked
-        from shm_engine.seqlock import write_begin, write_end
-        from shm_engine.table import gather
+        from shm_engine.core.seqlock import write_begin, write_end
+        from shm_engine.core.rows import gather
         t = self.t
         t0 = time.perf_counter()
         h = t.header
@@ -210,7 +210,7 @@ def _components(views, params, hwm, now, c, log_moves) -> dict:
     score passes, and step 14 by introsort, seeded insertion sort and radix."""
     from kernels.pipeline import _score
     from kernels.ranking import radix_ranked, rerank, sort_ranked
-    from shm_engine.table import gather
+    from shm_engine.core.rows import gather
     epoch = int(views.header.latch_seq[0]) >> 1
     prev = views.buffers[(epoch - 1) & 1]
     nxt = views.buffers[epoch & 1]
@@ -283,9 +283,9 @@ def bench_tick(n: int, reps: int, python_max: int, log, only_tick: bool = False)
     from kernels.columns import make_outputs, make_state
     from kernels.pipeline import tick_radix
     from kernels.ranking import make_rank_scratch
-    from shm_engine.segment import Segment
-    from shm_engine.table import make_gather_cache, write_batch
-    from shm_engine.ticker import Ticker
+    from shm_engine.core.segment import Segment
+    from shm_engine.core.rows import make_gather_cache, write_batch
+    from shm_engine.tick.ticker import Ticker
 
     rng = np.random.default_rng(n)
     config = _config(n)
@@ -524,8 +524,8 @@ def _manager_bench(scores: dict, reps: int) -> dict:
 
 
 def bench_read(n: int, reps: int, log) -> dict:
-    from shm_engine.segment import Segment
-    from shm_engine.ticker import Ticker
+    from shm_engine.core.segment import Segment
+    from shm_engine.tick.ticker import Ticker
     rng = np.random.default_rng(5)
     config = _config(n)
     name = _unique("read")
@@ -596,15 +596,15 @@ def _sender(port: int, kind: str, count: int, n_nodes: int, ready) -> None:
 def _ingest_run(kind: str, count: int, n_nodes: int, apply: bool, drained: bool = True) -> float:
     """Frames/s received (and applied when ``apply``) from a sender process.
 
-    ``drained``: receive as the ingest process does (`shm_engine.ingest.drain`:
+    ``drained``: receive as the ingest process does (`shm_engine.ingest.process.drain`:
     NOBLOCK receives in chunks, bytes or zmq.Frame by the size of the last
     frame (`next_drain`), each chunk handed to `Ingest.handle_frames`);
     otherwise one blocking ``recv(copy=False)`` per frame (the bare PULL
     loop; with ``apply``, one `handle_frame` each)."""
     import zmq
 
-    from shm_engine.ingest import DRAIN_CHUNK, drain, next_drain
-    from shm_engine.segment import Segment
+    from shm_engine.ingest.process import DRAIN_CHUNK, drain, next_drain
+    from shm_engine.core.segment import Segment
     config = _config(max(n_nodes, 1000))
     port = _free_port()
     ctx = zmq.Context()
@@ -752,9 +752,9 @@ def _fresh_sender(port: int, n: int, probes: int, duration: float, q) -> None:
 
 def bench_freshness(n: int, duration: float, log) -> dict:
     from clients.reader import ScoreReader
-    from shm_engine.ingest import ingest_main
-    from shm_engine.segment import Segment
-    from shm_engine.ticker import ticker_main
+    from shm_engine.ingest.process import ingest_main
+    from shm_engine.core.segment import Segment
+    from shm_engine.tick.ticker import ticker_main
     port = _free_port()
     config = _config(n, port)
     name = _unique("fresh")
@@ -846,7 +846,7 @@ def bench_freshness(n: int, duration: float, log) -> dict:
 # ----------------------------------------------------------------- memory --
 def bench_memory(fresh: dict | None) -> dict:
     from kernels.columns import make_inputs
-    from shm_engine.layout import layout_for
+    from shm_engine.core.layout import layout_for
     out = {}
     for n in (10_000, 1_000_000):
         size = layout_for(n).size
@@ -1088,7 +1088,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    from shm_engine.ticker import warm_up
+    from shm_engine.tick.ticker import warm_up
     warm_up()
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "quick": quick,

@@ -7,7 +7,7 @@
 
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
 from clients.reader import NothingPublished, ScoreReader, Snapshot
-from shm_engine.states import NodeState
+from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
            "InvalidHeartbeat", "CurveKeys", "NodeState"]

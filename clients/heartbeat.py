@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from shm_engine import wire
-from shm_engine.errors import ShmEngineError
+from shm_engine.core.errors import ShmEngineError
 
 
 class InvalidHeartbeat(ShmEngineError, ValueError):

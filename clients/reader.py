@@ -2,7 +2,7 @@
 
 The reader maps the engine's segment read-only (a buggy scheduler cannot
 corrupt scores) and copies what it needs out of the score buffer of the
-latest epoch through the latch (`shm_engine.seqlock.read_consistent`, the one
+latest epoch through the latch (`shm_engine.core.seqlock.read_consistent`, the one
 retry loop).  No call makes a syscall or touches a socket: reads are loads
 from the mapping, plus a monotonic clock read (vDSO) for ``age_s``.
 
@@ -25,10 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 from clients.pick import pick as _pick
-from shm_engine.registry import decode_id
-from shm_engine.segment import Segment
-from shm_engine.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent
-from shm_engine.states import NodeState
+from shm_engine.core.registry import decode_id
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent
+from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished"]
 

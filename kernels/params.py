@@ -2,7 +2,7 @@
 
 The kernels take every score parameter in one float64 vector so that a tick is
 a pure function of arrays.  This module is the only place that names a position
-in that vector; `shm_engine.config.ScoreConfig.to_params()` fills it.
+in that vector; `shm_engine.core.config.ScoreConfig.to_params()` fills it.
 """
 
 # Positions in the float64 parameter vector (SCORING.md names, `weights.x` -> W_X).

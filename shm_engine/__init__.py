@@ -12,9 +12,9 @@ Schedulers read scores with `clients.ScoreReader`; nodes send heartbeats with
 `clients.HeartbeatClient` or the ``shm-engine agent`` command.
 """
 
-from .errors import (ConfigError, EngineAlreadyRunning, EngineNotRunning, LayoutMismatch,
+from shm_engine.core.errors import (ConfigError, EngineAlreadyRunning, EngineNotRunning, LayoutMismatch,
                      ShmEngineError)
-from .states import NodeState
+from shm_engine.core.states import NodeState
 
 __version__ = "0.1.0"
 

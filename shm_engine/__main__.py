@@ -1,3 +1,3 @@
-from .cli import main
+from shm_engine.ops.cli import main
 
 raise SystemExit(main())

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from shm_engine import wire
-from shm_engine.config import ScoreConfig
+from shm_engine.core.config import ScoreConfig
 from test_supervisor import (START_TIMEOUT_S, STOP_TIMEOUT_S, Engine, cli,  # noqa: F401
                              free_port, segment_exists, try_status, wait_until, write_config)
 

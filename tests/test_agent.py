@@ -12,7 +12,7 @@ from clients import agent as agent_mod
 from clients.agent import Agent, Reporter, check_report
 from clients.heartbeat import HeartbeatClient
 from shm_engine import wire
-from shm_engine.cli import main
+from shm_engine.ops.cli import main
 
 TIMEOUT_S = 5.0
 MACHINE = {"cpu": 0.5, "mem": 0.25, "io": 0.125}
@@ -219,7 +219,7 @@ def test_agent_heartbeats_over_curve_reach_an_authenticating_engine_socket(tmp_p
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
 
-    from shm_engine.keys import make_keys
+    from shm_engine.ops.keys import make_keys
     from shm_engine.wire import decode_frame
 
     make_keys(str(tmp_path / "server"), "engine")

@@ -1,4 +1,4 @@
-"""Tests of shm_engine.config: defaults (= SCORING.md), types, every range and
+"""Tests of shm_engine.core.config: defaults (= SCORING.md), types, every range and
 consistency rule, file loading, the default-file round trip, and the kernels'
 parameter vector."""
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import params as kp
-from shm_engine.config import (
+from shm_engine.core.config import (
     Config,
     CurveConfig,
     ScoreConfig,
@@ -24,7 +24,7 @@ from shm_engine.config import (
     render_defaults,
     with_overrides,
 )
-from shm_engine.errors import ConfigError
+from shm_engine.core.errors import ConfigError
 
 
 def nested(dotted: dict) -> dict:

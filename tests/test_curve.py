@@ -24,7 +24,7 @@ from clients.heartbeat import CurveKeys, HeartbeatClient
 from clients.reader import NothingPublished, ScoreReader
 from engine_util import (START_TIMEOUT_S, Engine, cli, fleet_records, free_port, segment_exists,
                          wait_until, write_config)
-from shm_engine.keys import make_keys
+from shm_engine.ops.keys import make_keys
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from shm_engine.demo import KINDS, Fleet, _kind_counts
+from shm_engine.ops.demo import KINDS, Fleet, _kind_counts
 
 DEMO_TIMEOUT_S = 150
 

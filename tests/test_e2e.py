@@ -4,7 +4,7 @@
 1. Every kind of bad frame is rejected under its own reason while good nodes
    keep scoring, unchanged.
 2. A steady heartbeat sequence gives the same states and scores live as
-   through `shm_engine.replay.replay`.
+   through `shm_engine.tick.replay.replay`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import zmq
 
 from clients.reader import NothingPublished, ScoreReader
 from shm_engine import wire
-from shm_engine.config import load_config
-from shm_engine.replay import replay
-from shm_engine.states import NodeState
+from shm_engine.core.config import load_config
+from shm_engine.tick.replay import replay
+from shm_engine.core.states import NodeState
 from test_supervisor import (START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
                              wait_until, write_config)
 

@@ -22,7 +22,7 @@ from clients.reader import NothingPublished, ScoreReader
 from engine_util import (SPAWN, START_TIMEOUT_S, Engine, check_snapshot, free_port, node_name,
                          node_params, pid_gone, reader_main, segment_exists, sender_main,
                          start_procs, wait_until, write_config)
-from shm_engine.segment import Segment
+from shm_engine.core.segment import Segment
 
 NODES = 200
 SEND_PERIOD_S = 0.05     # 20 heartbeats per node per second

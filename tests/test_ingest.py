@@ -1,4 +1,4 @@
-"""shm_engine.ingest: frames in, rows and registrations out, counters exact.
+"""shm_engine.ingest.process: frames in, rows and registrations out, counters exact.
 
 In-process tests drive `Ingest.handle_frame` over a real segment with a
 logical clock (``now`` is passed in); the process tests run `ingest_main` in a
@@ -20,10 +20,10 @@ import zmq
 
 from shm_engine import ingest as ingest_mod
 from shm_engine import wire
-from shm_engine.config import Config
-from shm_engine.ingest import EXIT_CONFIG, Ingest, ingest_main
-from shm_engine.registry import decode_id
-from shm_engine.segment import Segment, process_alive
+from shm_engine.core.config import Config
+from shm_engine.ingest.process import EXIT_CONFIG, Ingest, ingest_main
+from shm_engine.core.registry import decode_id
+from shm_engine.core.segment import Segment, process_alive
 
 FORGET = 300.0   # engine.forget_after_s (the default), seconds
 
@@ -637,7 +637,7 @@ def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, s
 
 def test_check_slots_statuses():
     """Table: registry of 3 slots, age limit 10; records for a (slot 0) and b (slot 1)."""
-    from shm_engine._ingest_kernels import AGED, META, STALE, check_slots
+    from shm_engine.ingest._checks import AGED, META, STALE, check_slots
 
     def words(*ids_zones):
         recs = np.zeros(len(ids_zones), wire.RECORD_DTYPE)

@@ -6,12 +6,12 @@ import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
-from shm_engine.config import Config
-from shm_engine.metrics import EngineCollector
-from shm_engine.registry import NodeRegistry
-from shm_engine.segment import Segment
-from shm_engine.table import write_batch
-from shm_engine.ticker import Ticker
+from shm_engine.core.config import Config
+from shm_engine.ops.metrics import EngineCollector
+from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.segment import Segment
+from shm_engine.core.rows import write_batch
+from shm_engine.tick.ticker import Ticker
 from shm_engine.wire import check_heartbeat
 
 

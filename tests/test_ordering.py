@@ -1,4 +1,4 @@
-"""shm_engine.ordering: what the intrinsics compute, what they compile to, and
+"""shm_engine.core.ordering: what the intrinsics compute, what they compile to, and
 that a jitted spin loop sees every store another process makes.
 
 Why the module exists, shown on this compiler: a spin loop over a plain
@@ -21,7 +21,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import shm_util
-from shm_engine.ordering import (
+from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
     fence_seq_cst,
@@ -229,7 +229,7 @@ def test_intrinsics_work_in_cached_functions_across_processes(tmp_path):
     """A ``cache=True`` user of the intrinsics compiles once, then loads."""
     script = textwrap.dedent("""
         import numpy as np
-        from shm_engine.seqlock import jit_read_begin
+        from shm_engine.core.seqlock import jit_read_begin
         assert jit_read_begin(np.full(1, 6, np.uint64)) == 6
         print(sum(jit_read_begin.stats.cache_hits.values()))
     """)

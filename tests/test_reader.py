@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from shm_engine.config import Config
-from shm_engine.registry import NodeRegistry
-from shm_engine.segment import Segment
-from shm_engine.seqlock import write_begin, write_end
-from shm_engine.states import NodeState
-from shm_engine.table import write_batch
-from shm_engine.ticker import Ticker
+from shm_engine.core.config import Config
+from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import write_begin, write_end
+from shm_engine.core.states import NodeState
+from shm_engine.core.rows import write_batch
+from shm_engine.tick.ticker import Ticker
 from shm_engine.wire import check_heartbeat
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from kernels.columns import make_inputs
-from shm_engine.layout import SegmentViews, layout_for
-from shm_engine.registry import NodeRegistry, decode_id
-from shm_engine.table import gather, write_batch
+from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.registry import NodeRegistry, decode_id
+from shm_engine.core.rows import gather, write_batch
 from shm_engine.wire import check_heartbeat
 
 

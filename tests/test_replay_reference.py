@@ -37,14 +37,14 @@ TRACES = {t.name: t for t in build.all_traces()}
 # Skip only while the engine module is absent; once it exists, an import
 # error inside it must fail these tests, not skip them.
 needs_engine = pytest.mark.skipif(
-    importlib.util.find_spec("shm_engine.replay") is None
-    or importlib.util.find_spec("shm_engine.config") is None,
-    reason="shm_engine.replay / shm_engine.config not written yet")
+    importlib.util.find_spec("shm_engine.tick.replay") is None
+    or importlib.util.find_spec("shm_engine.core.config") is None,
+    reason="shm_engine.tick.replay / shm_engine.core.config not written yet")
 
 
 def engine_replay(lines, params, ticks=None) -> list[dict]:
-    from shm_engine.config import Config
-    from shm_engine.replay import replay
+    from shm_engine.core.config import Config
+    from shm_engine.tick.replay import replay
 
     config = Config.from_dict(params or {})
     return list(replay(list(lines), config, ticks=ticks))
@@ -143,8 +143,8 @@ def _cli_command() -> list[str]:
     return [sys.executable, "-m", "shm_engine"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("shm_engine.cli") is None,
-                    reason="shm_engine.cli not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("shm_engine.ops.cli") is None,
+                    reason="shm_engine.ops.cli not written yet")
 @pytest.mark.parametrize("name, ticks", [
     ("quarantine_memory", None),   # with --config
     ("tick_lines", 12),            # with --config and --ticks

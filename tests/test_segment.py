@@ -7,9 +7,9 @@ import stat
 import numpy as np
 import pytest
 
-from shm_engine.errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
-from shm_engine.layout import HEADER_BYTES, LAYOUT_VERSION, MAGIC, layout_for
-from shm_engine.segment import Segment, posix_name, process_alive, unlink
+from shm_engine.core.errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
+from shm_engine.core.layout import HEADER_BYTES, LAYOUT_VERSION, MAGIC, layout_for
+from shm_engine.core.segment import Segment, posix_name, process_alive, unlink
 
 
 def _dev_shm(name):

@@ -1,4 +1,4 @@
-"""shm_engine.seqlock: the retry predicate as a table, the protocol under every
+"""shm_engine.core.seqlock: the retry predicate as a table, the protocol under every
 interleaving hypothesis finds, a writer that dies mid-write, and multi-process
 stress with self-describing records (plus proof the checker can fail).
 
@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 import shm_util
-from shm_engine.ordering import load_acquire_u64, store_release_u64
-from shm_engine.seqlock import (
+from shm_engine.core.ordering import load_acquire_u64, store_release_u64
+from shm_engine.core.seqlock import (
     READ_NOTHING_PUBLISHED,
     READ_OK,
     READ_RETRIES_EXHAUSTED,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from shm_engine.errors import EngineNotRunning
-from shm_engine.status import read_status
+from shm_engine.core.errors import EngineNotRunning
+from shm_engine.ops.status import read_status
 
 SHM_ENGINE = str(Path(sys.executable).with_name("shm-engine"))
 START_TIMEOUT_S = 60.0      # two spawned children import numba on a busy machine
@@ -168,7 +168,7 @@ def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
 
 _CREATE_AND_HANG = """
 import sys, time
-from shm_engine.segment import Segment
+from shm_engine.core.segment import Segment
 seg = Segment.create(sys.argv[1], 64)
 print("created", flush=True)
 time.sleep(120)
@@ -310,8 +310,8 @@ def test_ready_needs_a_published_epoch_and_a_bound_ingest(shm_name):
     """`ready` (stdout, status) waits for both children: a tick alone does
     not make the engine ready while the ingest socket is not yet bound, which
     is when the resolved endpoint is not yet in the header."""
-    from shm_engine.segment import Segment
-    from shm_engine.status import engine_ready
+    from shm_engine.core.segment import Segment
+    from shm_engine.ops.status import engine_ready
 
     with Segment.create(shm_name, 4, endpoint="tcp://127.0.0.1:*") as seg:
         h = seg.views.header

@@ -17,13 +17,13 @@ import pytest
 
 from clients.reader import ScoreReader
 from shm_engine import wire
-from shm_engine.config import Config, with_overrides
-from shm_engine.registry import NodeRegistry
-from shm_engine.segment import Segment
-from shm_engine.seqlock import write_begin
-from shm_engine.states import NodeState
-from shm_engine.table import write_batch
-from shm_engine.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
+from shm_engine.core.config import Config, with_overrides
+from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import write_begin
+from shm_engine.core.states import NodeState
+from shm_engine.core.rows import write_batch
+from shm_engine.tick.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
 
 CAP = 6  # not 8, the length of the weights and counts vectors
 CFG = Config()

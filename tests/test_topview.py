@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 
 from clients.reader import Snapshot
-from shm_engine.cli import main
-from shm_engine.states import NodeState
-from shm_engine.topview import NodeRow, StateChange, ViewState, Watcher, render
+from shm_engine.ops.cli import main
+from shm_engine.core.states import NodeState
+from shm_engine.ops.topview import NodeRow, StateChange, ViewState, Watcher, render
 
 
 def text_of(renderable, width=160) -> str:

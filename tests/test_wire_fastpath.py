@@ -139,8 +139,8 @@ def test_json_records_are_packed_like_the_structured_assignment():
                 min_size=1, max_size=12))
 def test_write_row_writes_what_write_batch_writes(shm_name, writes):
     """Same fields, same zeroing of absent metrics, same row_version steps."""
-    from shm_engine.segment import Segment
-    from shm_engine.table import column_addresses, write_batch, write_row
+    from shm_engine.core.segment import Segment
+    from shm_engine.core.rows import column_addresses, write_batch, write_row
     a = Segment.create(shm_name + "a", 8)
     b = Segment.create(shm_name + "b", 8)
     try:
@@ -173,8 +173,8 @@ def test_write_records_writes_what_write_batch_writes(shm_name, writes):
     """`write_records` (the batch path, records as words) against
     `write_batch`: same fields, zeroing, row_version steps and count; slots
     -1 and 8 (out of range) are skipped by both."""
-    from shm_engine.segment import Segment
-    from shm_engine.table import column_addresses, write_batch, write_records
+    from shm_engine.core.segment import Segment
+    from shm_engine.core.rows import column_addresses, write_batch, write_records
     a = Segment.create(shm_name + "a", 8)
     b = Segment.create(shm_name + "b", 8)
     try:

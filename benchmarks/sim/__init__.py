@@ -37,7 +37,7 @@ DEFAULT_JSON = os.path.join(_BENCH, "results", "sim.json")
 
 
 def _params(overrides: tuple):
-    from shm_engine.config import Config, with_overrides
+    from shm_engine.core.config import Config, with_overrides
     cfg = Config()
     if overrides:
         cfg = with_overrides(cfg, {k if k.startswith("score.") else "score." + k: v
@@ -102,7 +102,7 @@ def simulate(scenarios=None, policies=None, seed: int = 1, is_quick: bool = Fals
 
 
 def _parse_override(item: str):
-    from shm_engine.config import parse_override
+    from shm_engine.core.config import parse_override
     return parse_override(item)
 
 

@@ -5,7 +5,7 @@ of its own generator; nodes, jobs, noise, deaths and heartbeat schedules come
 from the `World` (drawn up front), so every policy of a scenario faces the
 same inputs.  Scores come from the real `kernels.tick`, run every
 ``tick_s`` on the heartbeats received so far, with inputs built the way the
-engine's gather builds them (`shm_engine.table.gather_inputs`; replay does the
+engine's gather builds them (`shm_engine.core.rows.gather_inputs`; replay does the
 same on a logical clock): ``age = now - last receive``, ``fresh`` on a
 node's first tick after registration, ``new_hb`` when a heartbeat arrived since
 the previous tick, nodes forgotten after ``forget_after_s``.

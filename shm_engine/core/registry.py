@@ -17,8 +17,8 @@ import heapq
 
 import numpy as np
 
-from .layout import ZONE_BYTES, SegmentViews
-from .table import slot_change_begin, slot_change_end
+from shm_engine.core.layout import ZONE_BYTES, SegmentViews
+from shm_engine.core.rows import slot_change_begin, slot_change_end
 
 
 def decode_id(raw: np.ndarray) -> bytes:

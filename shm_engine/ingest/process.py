@@ -10,7 +10,7 @@ frame the header counters satisfy::
 
 and ``ingest_frames`` is bumped last, so a reader that sees ``ingest_frames ==
 k`` also sees the rows and the other counters of those k frames (x86-64 TSO:
-the stores retire in program order, see `shm_engine.ordering`).
+the stores retire in program order, see `shm_engine.core.ordering`).
 
 Registration follows SCORING.md: a node's first accepted heartbeat takes the
 lowest free slot; a full registry rejects it (``registry_full``).  Nodes are
@@ -68,14 +68,14 @@ import traceback
 import numpy as np
 import zmq
 
-from ._ingest_kernels import AGED, META, STALE, check_slots
-from .config import Config
-from .errors import LayoutMismatch
-from .layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
-from .registry import NodeRegistry
-from .segment import Segment
-from .table import column_addresses, write_batch, write_records, write_row
-from .wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
+from shm_engine.ingest._checks import AGED, META, STALE, check_slots
+from shm_engine.core.config import Config
+from shm_engine.core.errors import LayoutMismatch
+from shm_engine.core.layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
+from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.segment import Segment
+from shm_engine.core.rows import column_addresses, write_batch, write_records, write_row
+from shm_engine.wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
                    ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
                    decode_one_record_frames)
 

@@ -25,8 +25,8 @@ import time
 import numpy as np
 import posix_ipc
 
-from .errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
-from .layout import LAYOUT_VERSION, MAGIC, Layout, SegmentViews, layout_for, read_capacity
+from shm_engine.core.errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
+from shm_engine.core.layout import LAYOUT_VERSION, MAGIC, Layout, SegmentViews, layout_for, read_capacity
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 # A segment without magic younger than this is assumed to be mid-creation.

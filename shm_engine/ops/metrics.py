@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .errors import EngineNotRunning, LayoutMismatch
-from .states import NodeState
+from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.states import NodeState
 
 __all__ = ["EngineCollector", "cmd_metrics"]
 
@@ -37,7 +37,7 @@ class EngineCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from .status import read_status
+        from shm_engine.ops.status import read_status
         up = GaugeMetricFamily("shm_engine_up", "1 if the engine's segment is attached and live",
                                labels=["engine"])
         try:

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import wire
-from .config import load_config, render_config, with_overrides
-from .errors import ConfigError, EngineNotRunning, LayoutMismatch
-from .segment import Segment, posix_name, process_alive
-from .segment import unlink as unlink_segment
-from .states import NodeState
-from .status import engine_ready
+from shm_engine import wire
+from shm_engine.core.config import load_config, render_config, with_overrides
+from shm_engine.core.errors import ConfigError, EngineNotRunning, LayoutMismatch
+from shm_engine.core.segment import Segment, posix_name, process_alive
+from shm_engine.core.segment import unlink as unlink_segment
+from shm_engine.core.states import NodeState
+from shm_engine.ops.status import engine_ready
 
 __all__ = ["cmd_demo", "Fleet", "KINDS", "EngineProcess"]
 
@@ -567,7 +567,7 @@ def _run(args, name: str, cfg, port: int, view: bool, engine: EngineProcess) -> 
     """Drive the fleet until --duration or Ctrl-C; print the summary."""
     from clients.heartbeat import HeartbeatClient
 
-    from .topview import Watcher
+    from shm_engine.ops.topview import Watcher
 
     period = args.duration if args.duration is not None else CYCLE_S
     fleet = Fleet(args.nodes, args.seed, period, cfg.score.dead_after_s)
@@ -583,7 +583,7 @@ def _run(args, name: str, cfg, port: int, view: bool, engine: EngineProcess) -> 
         if view:
             from rich.live import Live
 
-            from .topview import render
+            from shm_engine.ops.topview import render
             live = Live(auto_refresh=False, redirect_stderr=False)
             live.start()
         next_beat = next_view = t0

@@ -11,19 +11,19 @@ import argparse
 import json
 import sys
 
-from .errors import ConfigError, ShmEngineError
+from shm_engine.core.errors import ConfigError, ShmEngineError
 
 DEFAULT_NAME = "dfps"
 
 
 def _config(path):
-    from .config import load_config
+    from shm_engine.core.config import load_config
     return load_config(path)
 
 
 # ------------------------------------------------------------ subcommands --
 def cmd_replay(args) -> int:
-    from .replay import replay
+    from shm_engine.tick.replay import replay
     cfg = _config(args.config)
     stream = open(args.trace, encoding="utf-8") if args.trace != "-" else sys.stdin
     out = sys.stdout
@@ -39,7 +39,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import render_defaults
+    from shm_engine.core.config import render_defaults
     if args.print_defaults:
         sys.stdout.write(render_defaults())
         return 0
@@ -84,18 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the engine (supervisor, ingest, tick worker)")
     run.add_argument("--config", help="TOML configuration file")
     name_arg(run)
-    run.set_defaults(func=_lazy("shm_engine.supervisor", "cmd_run"))
+    run.set_defaults(func=_lazy("shm_engine.ops.supervisor", "cmd_run"))
 
     st = sub.add_parser("status", help="show a running engine's status")
     name_arg(st)
     st.add_argument("--json", action="store_true", help="one JSON object")
-    st.set_defaults(func=_lazy("shm_engine.status", "cmd_status"))
+    st.set_defaults(func=_lazy("shm_engine.ops.status", "cmd_status"))
 
     top = sub.add_parser("top", help="live terminal view of a running engine")
     name_arg(top)
     top.add_argument("--interval", type=float, default=0.5, help="refresh seconds")
     top.add_argument("--rows", type=int, default=25, help="nodes shown")
-    top.set_defaults(func=_lazy("shm_engine.topview", "cmd_top"))
+    top.set_defaults(func=_lazy("shm_engine.ops.topview", "cmd_top"))
 
     demo = sub.add_parser("demo", help="run an engine with a simulated fleet and watch it")
     demo.add_argument("--nodes", type=int, default=200)
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
     demo.add_argument("--config", help="TOML configuration file")
     demo.add_argument("--no-view", action="store_true", help="no live view, summary only")
-    demo.set_defaults(func=_lazy("shm_engine.demo", "cmd_demo"))
+    demo.set_defaults(func=_lazy("shm_engine.ops.demo", "cmd_demo"))
 
     ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
     ag.add_argument("--endpoint", required=True, help="engine ingest endpoint, e.g. tcp://host:7710")
@@ -123,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--listen", default="127.0.0.1:9710", help="HOST:PORT to serve /metrics on")
     met.add_argument("--per-node", action="store_true",
                      help="also export per-node score and state (cardinality = fleet size)")
-    met.set_defaults(func=_lazy("shm_engine.metrics", "cmd_metrics"))
+    met.set_defaults(func=_lazy("shm_engine.ops.metrics", "cmd_metrics"))
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
     keys.add_argument("--key-name", default="engine", help="file base name")
-    keys.set_defaults(func=_lazy("shm_engine.keys", "cmd_keys"))
+    keys.set_defaults(func=_lazy("shm_engine.ops.keys", "cmd_keys"))
     return p
 
 

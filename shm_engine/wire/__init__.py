@@ -501,7 +501,7 @@ def _all_valid(recs: np.ndarray, raw: np.ndarray) -> bool:
     """
     global _all_valid_records
     if _all_valid_records is None:
-        from ._wire_kernels import all_valid_records as _all_valid_records
+        from shm_engine.wire._checks import all_valid_records as _all_valid_records
     if not raw.flags.c_contiguous:
         raw = np.ascontiguousarray(raw)
     return bool(_all_valid_records(raw.view("<f8"), raw.view("<u8")))

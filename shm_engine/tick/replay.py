@@ -24,13 +24,13 @@ from kernels.columns import make_inputs
 from kernels.pipeline import tick_radix
 from kernels.ranking import make_rank_scratch
 
-from . import wire
-from .config import Config
-from .errors import ShmEngineError
-from .layout import SegmentViews, layout_for
-from .registry import NodeRegistry, decode_id
-from .states import STATE_NAMES
-from .table import gather, write_batch
+from shm_engine import wire
+from shm_engine.core.config import Config
+from shm_engine.core.errors import ShmEngineError
+from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.registry import NodeRegistry, decode_id
+from shm_engine.core.states import STATE_NAMES
+from shm_engine.core.rows import gather, write_batch
 
 
 class TraceError(ShmEngineError, ValueError):

@@ -8,7 +8,7 @@ restarted worker resumes exactly where the last published epoch left off;
 if it finds the latch odd (its predecessor died mid-write), ``write_begin``
 returns that unfinished epoch and the same buffer is rewritten from scratch.
 
-Memory ordering (see `shm_engine.ordering` and `shm_engine.seqlock`): the
+Memory ordering (see `shm_engine.core.ordering` and `shm_engine.core.seqlock`): the
 buffer is filled by jitted code (`table.gather_inputs`, `kernels.tick`) and by
 Python numpy stores of the per-tick scalars, between the Python twins
 ``seqlock.write_begin`` and ``seqlock.write_end``.  We rely on x86-64 TSO plus
@@ -50,11 +50,11 @@ from kernels.columns import make_inputs
 from kernels.pipeline import tick_radix
 from kernels.ranking import make_rank_scratch
 
-from .config import Config
-from .layout import SegmentViews, layout_for
-from .segment import Segment
-from .seqlock import check_sequence_word, write_begin, write_end
-from .table import gather, make_gather_cache
+from shm_engine.core.config import Config
+from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.core.rows import gather, make_gather_cache
 
 __all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
 

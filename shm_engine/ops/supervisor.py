@@ -50,9 +50,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .config import Config, load_config
-from .segment import Segment
-from .status import engine_ready
+from shm_engine.core.config import Config, load_config
+from shm_engine.core.segment import Segment
+from shm_engine.ops.status import engine_ready
 
 __all__ = ["Supervisor", "cmd_run", "EXIT_FATAL", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
 
@@ -62,8 +62,8 @@ STOP_GRACE_S = 3.0              # after setting `stopping`, before SIGTERM
 STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
 SPARE_POLL_S = 0.1              # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
-    "ingest": "shm_engine.ingest:ingest_main",
-    "ticker": "shm_engine.ticker:ticker_main",
+    "ingest": "shm_engine.ingest.process:ingest_main",
+    "ticker": "shm_engine.tick.ticker:ticker_main",
 }
 
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from kernels import params as kp
 
-from .errors import ConfigError
+from shm_engine.core.errors import ConfigError
 
 __all__ = [
     "Config",

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 from kernels.params import UNREGISTERED
 
-from .ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
+from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
 
 MAX_SPINS = 10_000

@@ -43,7 +43,7 @@ Two implementations of the same protocol:
   * ``jit_*`` functions are ``@njit(cache=True)`` and use ``ordering``'s atomic
     loads, stores and fences; use them from jitted code (the tick worker).
   * the plain-named functions are ordinary Python over numpy; they rely on the
-    x86-64 argument in ``shm_engine.ordering`` (opaque C calls + TSO) and are
+    x86-64 argument in ``shm_engine.core.ordering`` (opaque C calls + TSO) and are
     for light clients that do not want numba.
 
 Sequence numbers and epochs are int64 on the way out (2**62 epochs is beyond
@@ -59,7 +59,7 @@ from typing import TypeVar
 import numpy as np
 from numba import njit
 
-from shm_engine.ordering import (
+from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
     load_acquire_u64,
@@ -125,7 +125,7 @@ def buffer_index(epoch):
 
 
 # --------------------------------------------------------------------------
-# Jitted implementation (ordered by shm_engine.ordering on every CPU).
+# Jitted implementation (ordered by shm_engine.core.ordering on every CPU).
 
 
 @njit(cache=True)
