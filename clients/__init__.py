@@ -1,13 +1,28 @@
 """Clients of the engine: schedulers read scores, nodes send heartbeats.
 
-- `ScoreReader`: read published scores straight from shared memory.
-- `HeartbeatClient`: send heartbeats to the ingest (never blocks the caller).
+- `ScoreReader`, `Snapshot`, `NothingPublished`: read published scores
+  straight from shared memory (needs numpy and numba).
+- `HeartbeatClient`, `CurveKeys`, `InvalidHeartbeat`: send heartbeats to the
+  ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
+
+Senders run on every node of a fleet, so `from clients import HeartbeatClient`
+stays light: the reader side is imported on first use.
 """
 
+import importlib
+
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
-from clients.reader import NothingPublished, ScoreReader, Snapshot
 from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
            "InvalidHeartbeat", "CurveKeys", "NodeState"]
+
+_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",
+         "NothingPublished": "clients.reader"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clients' has no attribute {name!r}")

@@ -14,13 +14,11 @@ weights (6), backpressure (7), breaker (8), smoothing (9-10), hysteresis (11),
 quarantine (12), ranking (13-14); `pipeline` fuses them into three passes.
 """
 
-from kernels.columns import (NodeState, TickInputs, TickOutputs, make_inputs,
-                             make_outputs, make_state)
-from kernels.defaults import default_params
+import importlib
+
 from kernels.params import (DEAD, DEGRADED, HAS_IO, HAS_OKERR, HAS_TAIL,
                             HAS_THROUGHPUT, HEALTHY, N_STATES, OVERLOADED,
                             QUARANTINED, UNREGISTERED, WEIGHT_NAMES)
-from kernels.pipeline import tick
 
 __all__ = [
     "tick", "warm_up", "default_params",
@@ -30,7 +28,18 @@ __all__ = [
     "N_STATES", "HAS_THROUGHPUT", "HAS_OKERR", "HAS_IO", "HAS_TAIL", "WEIGHT_NAMES",
 ]
 
-STATE_NAMES = ("healthy", "degraded", "overloaded", "quarantined", "dead")
+# Names backed by numba (or by modules that import it) resolve on first use, so
+# that `kernels.params` (constants only) can be imported by light clients
+# (heartbeat senders) without loading numba.
+_LAZY = {"tick": "pipeline", "default_params": "defaults",
+         "TickInputs": "columns", "NodeState": "columns", "TickOutputs": "columns",
+         "make_inputs": "columns", "make_state": "columns", "make_outputs": "columns"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"kernels.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
 
 
 def warm_up() -> None:

@@ -565,7 +565,7 @@ def test_render_defaults_comments_every_key():
 def test_rcvhwm_doc_states_the_ingest_loops_own_bound():
     """The rcvhwm comment promises how many drained frames the ingest loop
     holds beyond the socket's queue; it must follow the loop's constants."""
-    from shm_engine import ingest
+    from shm_engine.ingest import process as ingest
 
     doc = " ".join(render_defaults().split())
     assert (f"at most {ingest.DRAIN_CHUNK} small frames, or {ingest.LARGE_CHUNK} above "

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from shm_engine import ingest as ingest_mod
+from shm_engine.ingest import process as ingest_mod
 from shm_engine import wire
 from shm_engine.core.config import Config
 from shm_engine.ingest.process import EXIT_CONFIG, Ingest, ingest_main
