@@ -1,21 +1,25 @@
-"""Independent reference for the desirability score and ``shm-engine replay``.
+"""Independent reference for the desirability score (version 2) and replay.
 
-Written from SCORING.md and docs/scoring-notes.md alone, never from the engine,
-so that a disagreement between the two points at a bug in one of them. It is
-deliberately slow and plain: one ``Node`` object per registered node, one
-function per step, every expression in the order SCORING.md writes it (the
-notes require float64 left-to-right evaluation, and results are compared to
-1e-9).
+Written from SCORING.md (version 2) and the readings in docs/scoring.md alone,
+never from the engine, so that a disagreement between the two points at a bug
+in one of them. It is deliberately slow and plain: one ``Node`` object per
+registered node, one method per step, every expression in the order the
+definition writes it (float64, left to right; results are compared to 1e-9).
 
 Invariants this module keeps, and callers may rely on:
 - a rejected heartbeat changes nothing (not even liveness); it is only counted
   in ``ReplayResult.rejections`` under its reason;
+- feedback for a node that is not registered when it is applied changes
+  nothing; it is only counted in ``ReplayResult.ignored_feedback``;
+- everything a node accumulated (queue EMA, smoothing, error window, feedback,
+  quarantine history) lives on its ``Node``, which is dropped when the node is
+  forgotten: a later registration starts from zero;
 - records come out ticks ascending, slots ascending within a tick, with exactly
   the keys of a replay line.
 
-Readings of SCORING.md that neither the page nor the notes settle are marked
-``READING:`` below; they only affect which reason a rejection is counted under,
-or inputs that the comparison traces avoid.
+Readings that SCORING.md does not settle are marked ``READING:`` below (and
+listed in docs/scoring.md); they only affect which reason a rejection is
+counted under, or inputs that the comparison traces avoid.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import copy
 import heapq
 import json
 import math
-import unicodedata
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -57,12 +61,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "max_tail_ratio": 3.0,
         "suspect_after_s": 2.0,
         "dead_after_s": 10.0,
+        "error_half_life_s": 10.0,
         "weights": {
             "cpu": 0.20,
             "mem": 0.15,
             "io": 0.05,
             "wait": 0.25,
-            "throughput": 0.15,
+            "rate": 0.15,
             "success": 0.15,
             "tail": 0.05,
         },
@@ -70,8 +75,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "k2": 0.3,
         "max_queue": 100.0,
         "limit_critical": 50.0,
-        "min_requests": 20,
+        "min_requests": 10,
         "max_error_rate": 0.5,
+        "max_consecutive_errors": 5,
+        "ejection_s": 5.0,
         "beta": 0.5,
         "t_degraded": 0.40,
         "t_overloaded": 0.20,
@@ -85,19 +92,31 @@ DEFAULT_PARAMS: dict[str, Any] = {
     },
 }
 
-# Order of the metrics in `core` (notes: cpu, mem, io, wait, throughput,
-# success, tail) with the weight key each one uses.
-METRIC_ORDER = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
+# Order of the terms in `core`, each named by its weight key.
+METRIC_ORDER = ("cpu", "mem", "io", "wait", "rate", "success", "tail")
 
 REQUIRED_FIELDS = ("node", "cpu", "mem", "queue", "avg_job_s")
-OPTIONAL_FIELDS = ("throughput", "ok", "err", "io", "p50_ms", "p95_ms", "ts",
-                   "zone", "labels")
+OPTIONAL_FIELDS = ("throughput", "ok", "err", "io", "p50_ms", "p95_ms", "slots",
+                   "resources", "ts", "zone", "labels")
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 U32_MAX = 2**32 - 1
+SLOTS_MAX = 65535
+MAX_RESOURCES = 8
+RESOURCE_NAME_BYTES = (1, 15)
+
+NODE_ID = re.compile(r"[A-Za-z0-9._:/-]{1,63}", re.ASCII)
+
+FEEDBACK_KEY = "feedback"
+FEEDBACK_VALUES = ("rif", "ok", "err", "consec")
+FEEDBACK_KEYS = frozenset(("tick", FEEDBACK_KEY) + FEEDBACK_VALUES)
 
 
 def merge_params(params: dict | None) -> dict:
-    """DEFAULT_PARAMS with ``params`` laid over it (nested dicts merge)."""
+    """DEFAULT_PARAMS with ``params`` laid over it (nested dicts merge).
+
+    An unknown key raises ``KeyError`` naming it, so a version 1 config that
+    still sets ``weights.throughput`` is refused, not silently ignored.
+    """
     merged = copy.deepcopy(DEFAULT_PARAMS)
 
     def lay(dst: dict, src: dict, where: str) -> None:
@@ -128,9 +147,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _finite_float(hb: dict, key: str, lo: float | None = None,
-                  hi: float | None = None, lo_open: bool = False) -> float:
-    value = hb[key]
+def _is_int(value: Any) -> bool:
+    # READING: a count must be a JSON integer; 3.0 is not one.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _to_float(key: str, value: Any, lo: float | None = None,
+              hi: float | None = None, lo_open: bool = False) -> float:
     if not _is_number(value):
         raise Rejected("bad_field", f"{key}={value!r} is not a number")
     try:
@@ -146,18 +169,38 @@ def _finite_float(hb: dict, key: str, lo: float | None = None,
     return x
 
 
-def _valid_node_id(value: Any) -> bool:
-    # READING: a non-string id is "malformed" (bad_node_id), not a wrong-typed
-    # field; "control characters" are Unicode category Cc (C0, DEL, C1).
-    if not isinstance(value, str):
-        return False
+def _utf8_size(text: str) -> int | None:
     try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return False
-    if not 1 <= size <= 63:
-        return False
-    return not any(unicodedata.category(ch) == "Cc" for ch in value)
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate has no encoding
+        return None
+
+
+def valid_node_id(value: Any) -> bool:
+    """1..63 characters, each an ASCII letter, digit or one of ``. _ : - /``.
+
+    READING: a non-string id is a malformed id (``bad_node_id``), not a
+    wrong-typed field.
+    """
+    return isinstance(value, str) and NODE_ID.fullmatch(value) is not None
+
+
+def _resources(value: Any) -> dict[str, float]:
+    # READING: a name is any string of 1..15 UTF-8 bytes; an empty object is
+    # allowed (it reports no resources).
+    if not isinstance(value, dict):
+        raise Rejected("bad_field", f"resources={value!r} is not an object")
+    if len(value) > MAX_RESOURCES:
+        raise Rejected("bad_field", f"resources has {len(value)} names, "
+                                    f"at most {MAX_RESOURCES}")
+    out = {}
+    lo, hi = RESOURCE_NAME_BYTES
+    for name, amount in value.items():
+        size = _utf8_size(name) if isinstance(name, str) else None
+        if size is None or not lo <= size <= hi:
+            raise Rejected("bad_field", f"resource name {name!r}")
+        out[name] = _to_float(f"resources.{name}", amount, 0.0)
+    return out
 
 
 def validate_heartbeat(hb: dict) -> dict:
@@ -166,14 +209,14 @@ def validate_heartbeat(hb: dict) -> dict:
     Raises ``Rejected`` with the reason. READING: the checks run in this order
     and the first failure names the reason: unknown key, node (missing /
     malformed), required fields missing, a pair with one half missing
-    (``missing_field``), then each value (``bad_field``).
+    (``missing_field``), then each value in table order (``bad_field``).
     """
     for key in hb:
         if key not in KNOWN_FIELDS:
             raise Rejected("unknown_field", f"unknown key {key!r}")
     if "node" not in hb:
         raise Rejected("missing_field", "node")
-    if not _valid_node_id(hb["node"]):
+    if not valid_node_id(hb["node"]):
         raise Rejected("bad_node_id", repr(hb["node"]))
     for key in REQUIRED_FIELDS:
         if key not in hb:
@@ -183,37 +226,38 @@ def validate_heartbeat(hb: dict) -> dict:
             raise Rejected("missing_field", f"{a} and {b} come together")
 
     row: dict[str, Any] = {"node": hb["node"]}
-    row["cpu"] = _finite_float(hb, "cpu", 0.0, 1.0)
-    row["mem"] = _finite_float(hb, "mem", 0.0, 1.0)
-    row["queue"] = _finite_float(hb, "queue", 0.0)
-    row["avg_job_s"] = _finite_float(hb, "avg_job_s", 0.0)
+    row["cpu"] = _to_float("cpu", hb["cpu"], 0.0, 1.0)
+    row["mem"] = _to_float("mem", hb["mem"], 0.0, 1.0)
+    row["queue"] = _to_float("queue", hb["queue"], 0.0)
+    row["avg_job_s"] = _to_float("avg_job_s", hb["avg_job_s"], 0.0)
     if "throughput" in hb:
-        row["throughput"] = _finite_float(hb, "throughput", 0.0)
+        row["throughput"] = _to_float("throughput", hb["throughput"], 0.0)
     if "ok" in hb:
         for key in ("ok", "err"):
             value = hb[key]
-            # READING: an integral float such as 3.0 is still not an int.
-            if not (isinstance(value, int) and not isinstance(value, bool)
-                    and 0 <= value <= U32_MAX):
+            if not (_is_int(value) and 0 <= value <= U32_MAX):
                 raise Rejected("bad_field", f"{key}={value!r}")
             row[key] = value
     if "io" in hb:
-        row["io"] = _finite_float(hb, "io", 0.0, 1.0)
+        row["io"] = _to_float("io", hb["io"], 0.0, 1.0)
     if "p50_ms" in hb:
-        row["p50_ms"] = _finite_float(hb, "p50_ms", 0.0, lo_open=True)
-        row["p95_ms"] = _finite_float(hb, "p95_ms", 0.0, lo_open=True)
+        row["p50_ms"] = _to_float("p50_ms", hb["p50_ms"], 0.0, lo_open=True)
+        row["p95_ms"] = _to_float("p95_ms", hb["p95_ms"], 0.0, lo_open=True)
         if not row["p95_ms"] >= row["p50_ms"]:
             raise Rejected("bad_field", "p95_ms < p50_ms")
+    slots = hb.get("slots", 1)
+    if not (_is_int(slots) and 1 <= slots <= SLOTS_MAX):
+        raise Rejected("bad_field", f"slots={slots!r}")
+    row["slots"] = slots
+    if "resources" in hb:
+        row["resources"] = _resources(hb["resources"])
     if "ts" in hb:
         # READING: ts is informational but still a float; non-finite rejects.
-        _finite_float(hb, "ts")
+        _to_float("ts", hb["ts"])
     if "zone" in hb:
         zone = hb["zone"]
-        try:
-            ok = isinstance(zone, str) and len(zone.encode("utf-8")) <= 31
-        except UnicodeEncodeError:
-            ok = False
-        if not ok:
+        size = _utf8_size(zone) if isinstance(zone, str) else None
+        if size is None or size > 31:
             raise Rejected("bad_field", f"zone={zone!r}")
     if "labels" in hb:
         labels = hb["labels"]
@@ -224,11 +268,38 @@ def validate_heartbeat(hb: dict) -> dict:
     return row
 
 
+def validate_feedback(line: dict) -> dict:
+    """Check a feedback trace line; return ``{"node", "rif", "ok", "err",
+    "consec"}`` with ``None`` for an absent ``rif`` / ``consec`` and 0 for an
+    absent ``ok`` / ``err``.
+
+    READING: a feedback line is the trace's own instruction, not input from a
+    node, so a malformed one (unknown key, a node that is not a string, a
+    value that is not an integer >= 0) makes the trace invalid: ``ValueError``.
+    A string that is not a valid id simply names no registered node.
+    """
+    unknown = set(line) - FEEDBACK_KEYS
+    if unknown:
+        raise ValueError(f"feedback line with unknown keys {sorted(unknown)}: {line!r}")
+    node = line.get(FEEDBACK_KEY)
+    if not isinstance(node, str):
+        raise ValueError(f"feedback line without a node id string: {line!r}")
+    out: dict[str, Any] = {"node": node}
+    for key in FEEDBACK_VALUES:
+        value = line.get(key)
+        if value is not None and not (_is_int(value) and value >= 0):
+            raise ValueError(f"feedback {key}={value!r} is not an integer >= 0: {line!r}")
+        out[key] = value
+    out["ok"] = out["ok"] or 0
+    out["err"] = out["err"] or 0
+    return out
+
+
 # ---------------------------------------------------------------- the engine
 
 @dataclass
 class Node:
-    """Everything the engine remembers about one registered node."""
+    """Everything the engine remembers about one registration of a node."""
 
     node_id: str
     slot: int
@@ -237,15 +308,25 @@ class Node:
     new: bool = True        # a heartbeat arrived since the previous tick
     first_tick: bool = True
     qema: float = 0.0
+    e_ok: float = 0.0       # decayed error window
+    e_err: float = 0.0
     s: float = 0.0
     state: int | None = None  # None until the first tick is computed
     flap: float = 0.0
     n: int = 0              # quarantines entered
     probation: int = 0      # consecutive good ticks while quarantined
     memory: int = 0         # consecutive ticks neither QUARANTINED nor DEAD
+    # scheduler feedback
+    rif: int = 0
+    consec: int = 0
+    fb_ok: int = 0          # since the previous tick
+    fb_err: int = 0
+    err_tick: int | None = None  # tick of the latest error release
     # per-tick scratch
+    load: float = 0.0
     wait: float = 0.0
     liveness: float = 0.0
+    err_age: float | None = None
     tripped: bool = False
     raw: float = 0.0
     score: float = 0.0
@@ -256,10 +337,16 @@ class Node:
 class ReplayResult:
     records: list[dict]
     rejections: Counter = field(default_factory=Counter)
+    ignored_feedback: int = 0
 
 
 class ReferenceEngine:
-    """The tick of SCORING.md on a logical clock, one node at a time."""
+    """The tick of SCORING.md on a logical clock, one node at a time.
+
+    Drive it per tick k as replay does: ``forget(k)``, then ``receive`` for
+    each heartbeat of k, then ``feedback`` for each feedback line of k (file
+    order), then ``tick(k)``.
+    """
 
     def __init__(self, params: dict | None = None) -> None:
         self.p = merge_params(params)
@@ -269,17 +356,18 @@ class ReferenceEngine:
         self.free_slots = list(range(capacity))  # a heap: lowest slot first
         self.by_id: dict[str, Node] = {}
         self.rejections: Counter = Counter()
+        self.ignored_feedback = 0
 
     # -- registry
 
-    def _age(self, node: Node, tick: int) -> float:
-        # Notes: integer k - a first, then the product, then the division.
-        return ((tick - node.last_receive) * self.eng["tick_interval_ms"]) / 1000
+    def _seconds(self, ticks: int) -> float:
+        # Integer tick difference first, then the product, then the division.
+        return (ticks * self.eng["tick_interval_ms"]) / 1000
 
     def forget(self, tick: int) -> None:
         for node in sorted(self.by_id.values(), key=lambda n: n.slot):
-            if self._age(node, tick) >= self.eng["forget_after_s"]:
-                del self.by_id[node.node_id]
+            if self._seconds(tick - node.last_receive) >= self.eng["forget_after_s"]:
+                del self.by_id[node.node_id]   # its feedback and window go too
                 heapq.heappush(self.free_slots, node.slot)
 
     def receive(self, hb: dict, tick: int) -> str | None:
@@ -304,41 +392,67 @@ class ReferenceEngine:
             node.new = True
         return None
 
+    def feedback(self, fb: dict, tick: int) -> bool:
+        """Apply one feedback line (as ``validate_feedback`` returns it) at
+        ``tick``, after the tick's heartbeats; False when it was ignored
+        because its node is not registered."""
+        node = self.by_id.get(fb["node"])
+        if node is None:
+            self.ignored_feedback += 1
+            return False
+        if fb["rif"] is not None:
+            node.rif = fb["rif"]
+        if fb["consec"] is not None:
+            node.consec = fb["consec"]
+        node.fb_ok = node.fb_ok + fb["ok"]
+        node.fb_err = node.fb_err + fb["err"]
+        if fb["err"] > 0:
+            node.err_tick = tick
+        return True
+
     # -- the tick
 
+    def decay(self) -> float:
+        """The error window's per-tick factor d."""
+        tick_s = self.eng["tick_interval_ms"] / 1000
+        return 0.5 ** (tick_s / self.sc["error_half_life_s"])
+
     def tick(self, tick: int) -> list[dict]:
-        """Compute tick ``tick`` (forgetting and heartbeats already applied)."""
+        """Compute tick ``tick`` (forgetting, heartbeats and feedback of this
+        tick already applied)."""
         sc = self.sc
         nodes = sorted(self.by_id.values(), key=lambda n: n.slot)
+        d = self.decay()
 
-        # Steps 1-4.
+        # Steps 1-4 (and the breaker of step 8, which needs only the node).
         for node in nodes:
             self._queue_ema(node)
-            node.wait = node.qema * node.row["avg_job_s"]
-            node.liveness = self._liveness(self._age(node, tick))
+            self._load_and_wait(node)
+            self._error_window(node, d)
+            node.liveness = self._liveness(self._seconds(tick - node.last_receive))
+            node.err_age = (None if node.err_tick is None
+                            else self._seconds(tick - node.err_tick))
             node.tripped = self._tripped(node)
         live = [node for node in nodes if node.liveness > 0]
-
-        # T for g_tput: largest throughput among live reporting nodes.
-        big_t = 0.0
-        for node in live:
-            if "throughput" in node.row:
-                big_t = max(big_t, node.row["throughput"])
+        big_r = rate_normaliser([self._rate(node) for node in live
+                                 if node.row["avg_job_s"] > 0])
 
         # Step 5, once, before step 6.
-        pressure = 0.0
-        if live:
-            total = 0.0
-            for node in live:
-                total = total + min(node.wait / sc["max_wait_s"], 1.0)
-            pressure = total / len(live)
+        p_of = {node.slot: min(node.wait / sc["max_wait_s"], 1.0) for node in nodes}
+        total = 0.0
+        for node in live:
+            total = total + p_of[node.slot]
+        pressure = total / len(live) if live else 0.0
 
         # Steps 6-11, flap, probation and release, in slot order.
-        weights = dict(sc["weights"])
-        weights["wait"] = weights["wait"] + sc["k1"] * pressure
-        weights["throughput"] = weights["throughput"] + sc["k2"] * pressure
         for node in nodes:
-            self._score_and_state(node, weights, big_t)
+            if node.liveness <= 0:
+                p_i = pressure
+            elif len(live) == 1:
+                p_i = 0.0
+            else:
+                p_i = (total - p_of[node.slot]) / (len(live) - 1)
+            self._score_and_state(node, p_i, big_r)
 
         # Step 12 admissions, in slot order, after every node's update.
         cap = math.floor(sc["max_quarantined_fraction"] * len(live))
@@ -385,6 +499,8 @@ class ReferenceEngine:
             })
             node.new = False
             node.first_tick = False
+            node.fb_ok = 0
+            node.fb_err = 0
         return records
 
     def _queue_ema(self, node: Node) -> None:
@@ -395,6 +511,19 @@ class ReferenceEngine:
             a = self.sc["alpha_queue"]
             node.qema = a * queue + (1 - a) * node.qema
 
+    def _load_and_wait(self, node: Node) -> None:
+        slots = node.row["slots"]
+        node.load = max(node.qema, float(node.rif - slots), 0.0)
+        node.wait = node.load * node.row["avg_job_s"] / slots
+
+    def _error_window(self, node: Node, d: float) -> None:
+        new_ok, new_err = node.fb_ok, node.fb_err
+        if node.new and "ok" in node.row:
+            new_ok = new_ok + node.row["ok"]
+            new_err = new_err + node.row["err"]
+        node.e_ok = node.e_ok * d + new_ok
+        node.e_err = node.e_err * d + new_err
+
     def _liveness(self, age: float) -> float:
         sc = self.sc
         if age <= sc["suspect_after_s"]:
@@ -403,21 +532,29 @@ class ReferenceEngine:
             return 0.0
         return (sc["dead_after_s"] - age) / (sc["dead_after_s"] - sc["suspect_after_s"])
 
+    @staticmethod
+    def _rate(node: Node) -> float:
+        # READING: callers keep avg_job_s large enough that this is finite
+        # (slots / 1e-308 overflows; two infinite rates would make g_rate NaN).
+        return node.row["slots"] / node.row["avg_job_s"]
+
     def _tripped(self, node: Node) -> bool:
         sc, row = self.sc, node.row
-        if node.qema >= sc["max_queue"] or node.wait >= sc["max_wait_s"]:
+        if node.load >= sc["max_queue"] or node.wait >= sc["max_wait_s"]:
             return True
         if row["cpu"] >= sc["max_cpu"] or row["mem"] >= sc["max_mem"]:
             return True
-        if "ok" in row:
-            total = row["ok"] + row["err"]
-            # READING: total > 0 guards err/0 should min_requests be set to 0.
-            if total >= sc["min_requests"] and total > 0 \
-                    and row["err"] / total >= sc["max_error_rate"]:
-                return True
+        total = node.e_ok + node.e_err
+        # READING: total > 0 guards 0/0 should min_requests be set to 0.
+        if total >= sc["min_requests"] and total > 0 \
+                and node.e_err / total >= sc["max_error_rate"]:
+            return True
+        if node.consec >= sc["max_consecutive_errors"] and node.err_age is not None \
+                and node.err_age < sc["ejection_s"]:
+            return True
         return False
 
-    def _goodness(self, node: Node, big_t: float) -> dict[str, float]:
+    def _goodness(self, node: Node, big_r: float) -> dict[str, float]:
         sc, row = self.sc, node.row
         g = {
             "cpu": 1 - min(row["cpu"] / sc["max_cpu"], 1.0),
@@ -426,24 +563,20 @@ class ReferenceEngine:
         if "io" in row:
             g["io"] = 1 - row["io"]
         g["wait"] = 1 - min(node.wait / sc["max_wait_s"], 1.0)
-        if "throughput" in row:
-            # READING: T only counts live nodes, so for a node that is not live
-            # throughput / T can exceed 1, or overflow to inf (1e300 / 1e-10),
-            # and then raw = 0 * B * inf = NaN. "Each in [0, 1]" settles it:
-            # the ratio is capped at 1. Live nodes are never affected
-            # (their own throughput is <= T), and a non-live node's raw is
-            # then 0 as L = 0 requires.
-            g["throughput"] = 1.0 if big_t == 0 else min(row["throughput"] / big_t, 1.0)
-        if "ok" in row:
-            g["success"] = (row["ok"] + 1) / (row["ok"] + row["err"] + 2)
+        if row["avg_job_s"] > 0:
+            g["rate"] = 1.0 if big_r is None else min(self._rate(node) / big_r, 1.0)
+        g["success"] = (node.e_ok + 1) / (node.e_ok + node.e_err + 1)
         if "p50_ms" in row:
             ratio = row["p95_ms"] / row["p50_ms"]
             g["tail"] = 1 - min(max(ratio - 1, 0.0) / (sc["max_tail_ratio"] - 1), 1.0)
         return g
 
-    def _score_and_state(self, node: Node, weights: dict, big_t: float) -> None:
+    def _score_and_state(self, node: Node, p_i: float, big_r: float | None) -> None:
         sc = self.sc
-        g = self._goodness(node, big_t)
+        weights = dict(sc["weights"])
+        weights["wait"] = weights["wait"] + sc["k1"] * p_i
+        weights["rate"] = weights["rate"] + sc["k2"] * p_i
+        g = self._goodness(node, big_r)
         num = 0.0
         den = 0.0
         for m in METRIC_ORDER:
@@ -452,8 +585,8 @@ class ReferenceEngine:
                 den = den + weights[m]
         core = num / den
 
-        # Step 7-9.
-        b = (sc["max_queue"] - node.qema) / (sc["max_queue"] - sc["limit_critical"])
+        # Steps 7-9.
+        b = (sc["max_queue"] - node.load) / (sc["max_queue"] - sc["limit_critical"])
         b = min(max(b, 0.0), 1.0)
         live = node.liveness > 0
         node.raw = 0.0 if node.tripped else node.liveness * b * core
@@ -524,6 +657,22 @@ class ReferenceEngine:
         return HEALTHY
 
 
+def rate_normaliser(rates: list[float]) -> float | None:
+    """R of step 3: the nearest-rank 90th percentile of ``rates`` (the live
+    nodes' ``slots / avg_job_s``), the maximum below 10 rates, None for none.
+
+    ``ceil(0.9 * m)`` is computed as ``(9 * m + 9) // 10``: the same integer
+    for every m, without a float product.
+    """
+    m = len(rates)
+    if m == 0:
+        return None
+    ordered = sorted(rates)
+    if m < 10:
+        return ordered[-1]
+    return ordered[(9 * m + 9) // 10 - 1]
+
+
 # ---------------------------------------------------------------- replay
 
 def _parse_lines(lines: Iterable[str | dict]) -> list[dict]:
@@ -538,16 +687,23 @@ def _parse_lines(lines: Iterable[str | dict]) -> list[dict]:
             raise ValueError(f"trace line without a valid tick: {line!r}")
         if parsed and tick < parsed[-1]["tick"]:
             raise ValueError(f"trace ticks decrease at {line!r}")
+        if FEEDBACK_KEY in line:
+            validate_feedback(line)
         parsed.append(line)
     return parsed
 
 
 def run_reference(lines: Iterable[str | dict], params: dict | None = None,
                   ticks: int | None = None) -> ReplayResult:
-    """Replay a trace; the records plus the rejections counted by reason.
+    """Replay a trace; the records, the rejections counted by reason, and the
+    number of feedback lines ignored (node not registered).
 
-    READING: every trace line names its tick, so a rejected heartbeat line
-    (or a ``{"tick": k}`` line) still extends the run to k.
+    ``lines`` are JSON text lines or dicts: heartbeats plus ``"tick"``,
+    feedback lines (``"feedback": NODE``), or ``{"tick": k}``. Per tick:
+    forgetting, the tick's heartbeats, its feedback lines in file order, the
+    tick. READING: every trace line names its tick, so a rejected heartbeat
+    line, an ignored feedback line or a ``{"tick": k}`` line still extends the
+    run to k.
     """
     parsed = _parse_lines(lines)
     if ticks is None:
@@ -557,13 +713,21 @@ def run_reference(lines: Iterable[str | dict], params: dict | None = None,
     i = 0
     for k in range(ticks):
         engine.forget(k)
+        feedback = []
         while i < len(parsed) and parsed[i]["tick"] == k:
-            hb = {key: v for key, v in parsed[i].items() if key != "tick"}
-            if hb:
-                engine.receive(hb, k)
+            line = parsed[i]
+            if FEEDBACK_KEY in line:
+                feedback.append(validate_feedback(line))
+            else:
+                hb = {key: v for key, v in line.items() if key != "tick"}
+                if hb:
+                    engine.receive(hb, k)
             i += 1
+        for fb in feedback:
+            engine.feedback(fb, k)
         records.extend(engine.tick(k))
-    return ReplayResult(records=records, rejections=engine.rejections)
+    return ReplayResult(records=records, rejections=engine.rejections,
+                        ignored_feedback=engine.ignored_feedback)
 
 
 def reference_replay(lines: Iterable[str | dict], params: dict | None = None,

@@ -1,8 +1,11 @@
 """The engine's replay against the independent reference (tests/reference.py).
 
-Every trace of tests/traces/build.py, a few ``--ticks`` variants, the CLI in a
-subprocess, and random small traces from hypothesis must give the same
-records: keys equal, floats within 1e-9 absolute, everything else exactly.
+Every trace of tests/traces/build.py (feedback, slots and rate-percentile
+traces included), a few ``--ticks`` variants, the CLI in a subprocess, and
+random small traces from hypothesis (heartbeats with every field, scheduler
+feedback lines, corrupt heartbeats) must give the same records: keys equal,
+floats within 1e-9 absolute, everything else exactly. Both sides follow
+SCORING.md version 2.
 A failure names the first differing record and field; the reference's own
 arithmetic is checked by hand in test_reference_selfcheck.py.
 """
@@ -105,6 +108,9 @@ def test_trace_file_lines_match_reference(name):
     ("tick_lines", 60),     # runs past the last named tick
     ("liveness_registry", 30),
     ("quarantine_memory", 52),
+    ("feedback_ejection", 105),   # stops inside an ejection
+    ("feedback_registry", 7),     # stops on the registry_full tick
+    ("feedback_window", 30),      # runs past the last named tick
 ])
 def test_ticks_argument_matches_reference(name, ticks):
     trace = TRACES[name]
@@ -115,18 +121,17 @@ def test_ticks_argument_matches_reference(name, ticks):
 
 
 @needs_engine
-def test_dead_node_raw_stays_finite_when_throughput_ratio_overflows():
+def test_dead_node_raw_stays_finite_when_rate_ratio_overflows():
     """A DEAD node must publish raw = 0, never NaN.
 
-    T counts live nodes only, so a dead node's throughput / T is unbounded:
-    here 1e300 / 1e-10 = inf, and L * B * core = 0 * 1 * inf = NaN, which the
-    CLI prints as the non-JSON token NaN. SCORING.md says every goodness is
-    in [0, 1] (the reference caps the ratio); see reference._goodness.
+    R counts live nodes only, so a dead node's rate / R is unbounded: here
+    (1 / 1e-300) / (1 / 1e10) = 1e300 / 1e-10 = inf, which ``min(rate / R, 1)``
+    caps at 1; raw = L * B * core = 0 * 1 * core = 0.
     """
-    g = {"cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1}
-    lines = [{"tick": 0, "node": "a", **g, "throughput": 1e300},
-             {"tick": 0, "node": "b", **g, "throughput": 1e-10},
-             {"tick": 10, "node": "b", **g, "throughput": 1e-10}]
+    g = {"cpu": 0.1, "mem": 0.1, "queue": 0.0}
+    lines = [{"tick": 0, "node": "a", **g, "avg_job_s": 1e-300},
+             {"tick": 0, "node": "b", **g, "avg_job_s": 1e10},
+             {"tick": 10, "node": "b", **g, "avg_job_s": 1e10}]
     params = {"engine": {"tick_interval_ms": 1000}}   # "a" is dead at tick 10
     want = reference_replay(lines, params)
     assert want[-2]["node"] == "a" and want[-2]["state"] == "dead"
@@ -149,6 +154,8 @@ def _cli_command() -> list[str]:
     ("quarantine_memory", None),   # with --config
     ("tick_lines", 12),            # with --config and --ticks
     ("breakers", None),            # defaults, no --config
+    ("feedback_window", None),     # feedback lines, with --config
+    ("feedback_ejection", 120),    # feedback lines at defaults, with --ticks
 ])
 def test_cli_replay_matches_reference(name, ticks):
     trace = TRACES[name]
@@ -170,29 +177,34 @@ def test_cli_replay_matches_reference(name, ticks):
 # ------------------------------------------------------------ random traces
 
 # A small world: capacity 3 for registry_full, 1 s ticks with dead at 6 s and
-# forget at 12 s so random gaps reach every liveness zone, and quarantine
-# knobs small enough to trigger in a few dozen ticks.
+# forget at 12 s so random gaps reach every liveness zone, quarantine knobs
+# small enough to trigger in a few dozen ticks, and an error window, ejection
+# and min_requests that feedback reaches often.
 RANDOM_PARAMS = {
     "engine": {"capacity": 3, "tick_interval_ms": 1000, "forget_after_s": 12},
     "score": {"dead_after_s": 6.0, "max_flaps": 2, "probation_ticks": 2,
-              "flap_window": 8, "quarantine_memory": 5, "beta": 0.7},
+              "flap_window": 8, "quarantine_memory": 5, "beta": 0.7,
+              "error_half_life_s": 2.0, "max_consecutive_errors": 3,
+              "ejection_s": 3.0, "min_requests": 6},
 }
+# n0..n3 compete for 3 slots; "ghost" only ever gets feedback.
 NODES = ["n0", "n1", "n2", "n3"]
+FEEDBACK_NODES = NODES + ["ghost"]
 
 unit = st.one_of(st.sampled_from([0.0, 0.5, 0.95, 0.98, 1.0]),
                  st.floats(0.0, 1.0, allow_nan=False))
 nonneg = st.one_of(st.sampled_from([0.0, 10.0, 50.0, 100.0]),
                    st.floats(0.0, 150.0, allow_nan=False))
+# No tiny job times: slots / avg_job_s must stay finite (its own test above).
+job_s = st.one_of(st.just(0.0), st.floats(1e-3, 4.0, allow_nan=False))
 
 
 @st.composite
 def heartbeats(draw) -> dict:
     msg = {"node": draw(st.sampled_from(NODES)), "cpu": draw(unit), "mem": draw(unit),
-           "queue": draw(nonneg), "avg_job_s": draw(st.floats(0.0, 4.0, allow_nan=False))}
+           "queue": draw(nonneg), "avg_job_s": draw(job_s)}
     if draw(st.booleans()):
-        # no subnormals: 50 / 5e-324 overflows; that case has its own test
-        msg["throughput"] = draw(st.floats(0.0, 50.0, allow_nan=False,
-                                           allow_subnormal=False))
+        msg["throughput"] = draw(st.floats(0.0, 50.0, allow_nan=False))
     if draw(st.booleans()):
         msg["ok"] = draw(st.integers(0, 40))
         msg["err"] = draw(st.integers(0, 40))
@@ -202,7 +214,26 @@ def heartbeats(draw) -> dict:
         p50 = draw(st.floats(0.5, 100.0, allow_nan=False))
         msg["p50_ms"] = p50
         msg["p95_ms"] = p50 * draw(st.floats(1.0, 5.0, allow_nan=False))
+    if draw(st.booleans()):
+        msg["slots"] = draw(st.sampled_from([1, 2, 4, 16, 65535]))
+    if draw(st.integers(0, 3)) == 0:
+        msg["resources"] = {"cpu": draw(st.floats(0.0, 64.0, allow_nan=False)),
+                            "gpu": float(draw(st.integers(0, 8)))}
     return msg
+
+
+@st.composite
+def feedback_lines(draw) -> dict:
+    line = {"feedback": draw(st.sampled_from(FEEDBACK_NODES))}
+    if draw(st.booleans()):
+        line["rif"] = draw(st.sampled_from([0, 1, 3, 20, 70, 120]))
+    if draw(st.booleans()):
+        line["ok"] = draw(st.integers(0, 6))
+    if draw(st.booleans()):
+        line["err"] = draw(st.integers(0, 6))
+    if draw(st.booleans()):
+        line["consec"] = draw(st.integers(0, 5))
+    return line
 
 
 # Invalid on purpose, and with a reason every reading of SCORING.md agrees on.
@@ -215,7 +246,10 @@ CORRUPTIONS = [
     lambda m: {**{k: v for k, v in m.items() if k not in ("ok", "err")}, "ok": 3},
     lambda m: {**m, "p50_ms": 10.0, "p95_ms": 5.0},
     lambda m: {**m, "node": ""},
+    lambda m: {**m, "node": m["node"] + " x"},
     lambda m: {**m, "cpu": True},
+    lambda m: {**m, "slots": 0},
+    lambda m: {**m, "resources": {"gpu": -1.0}},
 ]
 
 
@@ -225,7 +259,8 @@ def random_traces(draw) -> list[dict]:
     tick = 0
     for _ in range(draw(st.integers(1, 40))):
         tick += draw(st.sampled_from([0, 0, 0, 1, 1, 1, 2, 4, 7, 13]))
-        if draw(st.integers(0, 7)) == 0:
+        kind = draw(st.integers(0, 9))
+        if kind == 0:
             # a burst of flapping (tripped / clean on alternate ticks), so that
             # quarantine, probation and the cap come up often
             node = draw(st.sampled_from(NODES))
@@ -234,6 +269,9 @@ def random_traces(draw) -> list[dict]:
                 lines.append({"tick": tick, "node": node, "cpu": cpu, "mem": 0.0,
                               "queue": 0.0, "avg_job_s": 0.0})
                 tick += 1
+            continue
+        if kind <= 3:
+            lines.append({"tick": tick, **draw(feedback_lines())})
             continue
         msg = draw(heartbeats())
         if draw(st.integers(0, 9)) == 0:

@@ -1,7 +1,8 @@
 """Builders of the replay traces that the reference comparison runs.
 
-Each builder returns a ``Trace``: heartbeat lines (dicts with ``"tick"``), the
-parameter overrides (SCORING.md key names, nested by section) and an optional
+Each builder returns a ``Trace``: trace lines (dicts with ``"tick"``: heartbeats,
+scheduler feedback lines ``{"tick", "feedback", "rif", "ok", "err", "consec"}``
+and bare ``{"tick": k}`` lines), the parameter overrides (SCORING.md key names, nested by section) and an optional
 ``--ticks`` value. ``python tests/traces/build.py`` writes every trace next to
 this file as ``NAME.jsonl`` plus ``NAME.toml`` (the overrides, for
 ``--config``) when it has overrides; the committed files must equal what the
@@ -122,7 +123,14 @@ def hysteresis_smooth() -> Trace:
 
 
 def breakers() -> Trace:
-    """Every circuit-breaker condition, each with a near miss, at defaults."""
+    """Every circuit-breaker condition, each with a near miss, at defaults.
+
+    The error window (d = 0.5 ** 0.005 per 50 ms tick) is fed by heartbeats
+    only here: "errs" reaches min_requests with a rate of exactly 0.5 at t4
+    and stays above it until t8's oks; "errs_near" misses by one error;
+    "decay" trips on its first tick (10 errors == min_requests) and drops
+    below min_requests by the next tick's decay; "few" never reaches 10.
+    """
     lines = []
     for k in range(12):
         trip = 4 <= k < 8
@@ -132,8 +140,11 @@ def breakers() -> Trace:
         lines.append(hb(k, "wait", queue=10.0, avg_job_s=3.0 if trip else 2.999))
         lines.append(hb(k, "cpu", cpu=0.98 if trip else 0.979))
         lines.append(hb(k, "mem", mem=0.95 if trip else 0.949))
-        lines.append(hb(k, "errs", ok=10 if trip else 11, err=10))
-        lines.append(hb(k, "few", ok=0, err=19))  # rate 1 but below min_requests
+        errs = {4: (5, 5), 5: (0, 1), 6: (0, 1), 7: (0, 1), 8: (10, 0)}.get(k, (0, 0))
+        lines.append(hb(k, "errs", ok=errs[0], err=errs[1]))
+        lines.append(hb(k, "errs_near", ok=6 if k == 4 else 0, err=5 if k == 4 else 0))
+        lines.append(hb(k, "decay", ok=0, err=10 if k == 0 else 0))
+        lines.append(hb(k, "few", ok=0, err=9 if k == 0 else 0))
         lines.append(hb(k, "many", ok=0, err=20 + k))
         lines.append(hb(k, "ema", queue=150.0 if k >= 2 else 0.0, avg_job_s=0.0))
     return Trace("breakers", lines)
@@ -167,9 +178,11 @@ def liveness_registry() -> Trace:
 
 
 def optional_metrics() -> Trace:
-    """Optional metrics appearing and disappearing with each row, and the
-    throughput normaliser T: the largest among live reporters (a suspect node
-    counts, a dead one does not), and T = 0."""
+    """Optional metrics appearing and disappearing with each row, and the rate
+    normaliser R: the largest ``slots / avg_job_s`` among live nodes below ten
+    of them (a suspect node counts, a dead one does not). ``throughput`` is
+    shown, not scored: "zero" changes it at t22 and its score does not move;
+    "idle" has ``avg_job_s`` 0, so no rate term at all."""
     lines = []
     for k in range(30):
         full = {"throughput": 10.0, "ok": 50, "err": 5, "io": 0.3,
@@ -179,19 +192,19 @@ def optional_metrics() -> Trace:
             lines.append(hb(k, "opt2", io=0.9, p50_ms=10.0, p95_ms=10.0))
         elif k < 20:
             lines.append(hb(k, "opt2", ok=4294967295, err=0))
-        if k < 8 or 25 <= k:  # the biggest producer: suspect, dead, back
-            lines.append(hb(k, "fast", throughput=40.0))
+        if k < 8 or 25 <= k:  # the fastest node (rate 40): suspect, dead, back
+            lines.append(hb(k, "fast", avg_job_s=0.025, throughput=40.0))
         lines.append(hb(k, "zero", throughput=0.0 if k < 22 else 5.0))
         if k >= 22:
-            lines.append(hb(k, "idle", throughput=0.0))
+            lines.append(hb(k, "idle", avg_job_s=0.0, throughput=0.0))
     params = {"engine": dict(FAST_CLOCK), "score": {"dead_after_s": 6.0}}
     return Trace("optional_metrics", lines, params)
 
 
 def pressure() -> Trace:
-    """Pressure P from several waits (one over max_wait_s, capped at 1), a
-    node in the suspect zone counted, a dead one not; changed k1/k2 and
-    weights."""
+    """Pressure from several waits (one over max_wait_s, capped at 1), a node
+    in the suspect zone counted, a dead one not; each live node weighted by
+    the others' pressure P_i; changed k1/k2 and weights (``rate`` too)."""
     lines = []
     for k in range(25):
         lines.append(hb(k, "p1", queue=20.0, avg_job_s=1.0, throughput=5.0))
@@ -200,7 +213,8 @@ def pressure() -> Trace:
             lines.append(hb(k, "p3", queue=45.0, avg_job_s=1.0, throughput=8.0))
         lines.append(hb(k, "p4", queue=0.0, avg_job_s=1.0, throughput=3.0, ok=7, err=1))
     params = {"engine": dict(FAST_CLOCK),
-              "score": {"k1": 0.8, "k2": 0.6, "weights": {"cpu": 0.3, "io": 0.1}}}
+              "score": {"k1": 0.8, "k2": 0.6,
+                        "weights": {"cpu": 0.3, "io": 0.1, "rate": 0.2}}}
     return Trace("pressure", lines, params)
 
 
@@ -299,7 +313,9 @@ def quarantine_defaults() -> Trace:
 def rejections() -> Trace:
     """Invalid heartbeats that must change nothing, next to valid edge cases
     that must be accepted. "r" sends only invalid heartbeats from tick 2, so
-    it goes suspect then DEAD on the fast clock; unknown ids never register."""
+    it goes suspect then DEAD on the fast clock; unknown ids never register.
+    Ids are 1..63 ASCII letters, digits and ``. _ : - /``: anything else,
+    look-alike letters and invisible characters included, is refused."""
     nan, inf = float("nan"), float("inf")
     bad = [
         {"node": "r", "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},            # missing cpu
@@ -335,16 +351,50 @@ def rejections() -> Trace:
         {"node": "tab\there", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": 17, "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "ghost", "cpu": 0.1, "mem": 2.0, "queue": 0.0, "avg_job_s": 0.1},
+        # ids outside A-Z a-z 0-9 . _ : - /
+        {"node": "nœud-é" + "x" * 55, "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
+        {"node": "a b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
+        {"node": "nod\u0435", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # Cyrillic e
+        {"node": "a\u200bb", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},   # format char
+        {"node": "\uff4e\uff4f\uff44\uff45", "cpu": 0.1, "mem": 0.1, "queue": 0.0,
+         "avg_job_s": 0.1},                                                    # fullwidth
+        {"node": "a+b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
+        {"node": "a\\b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
+        # slots: an integer in [1, 65535]
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": 0},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": 65536},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": 2.0},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": True},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": "4"},
+        # resources: at most 8 names of 1..15 bytes, each a float >= 0
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": ["gpu"]},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {f"r{i}": 1.0 for i in range(9)}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"": 1.0}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"g" * 16: 1.0}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"gpu": -1.0}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"gpu": nan}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"gpu": "1"}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
+         "resources": {"gpu": True}},
     ]
     good = [
         {"node": "e" * 63, "cpu": 0, "mem": 1, "queue": 3, "avg_job_s": 0},     # ints, bounds
-        {"node": "nœud-é" + "x" * 55, "cpu": 1.0, "mem": 0.0, "queue": 0.0, "avg_job_s": 0.0},
+        {"node": "AZaz09._:-/" + "x" * 52, "cpu": 1.0, "mem": 0.0, "queue": 0.0,
+         "avg_job_s": 0.0, "slots": 65535,
+         "resources": {"g" * 15: 0.0, **{f"r{i}": 1e300 for i in range(7)}}},
         {"node": "edge", "cpu": 0.5, "mem": 0.5, "queue": 0.0, "avg_job_s": 0.0,
          "ok": 4294967295, "err": 0, "p50_ms": 5.0, "p95_ms": 5.0, "io": 1.0,
          "throughput": 0.0, "zone": "z" * 31, "labels": {}, "ts": -1.5},
         {"node": "edge2", "cpu": 0.5, "mem": 0.5, "queue": 0.0, "avg_job_s": 0.0,
          "ok": 0, "err": 0, "p50_ms": 1e-300, "p95_ms": 1e300, "zone": "",
-         "labels": {"k": "v", "é": "ü"}},
+         "labels": {"k": "v", "é": "ü"}, "slots": 1, "resources": {}},
     ]
     lines = []
     for k in range(20):
@@ -369,10 +419,222 @@ def tick_lines() -> Trace:
     return Trace("tick_lines", lines, {"engine": dict(FAST_CLOCK)})
 
 
+def fb(tick: int, node: str, **values) -> dict:
+    """A feedback line: ``rif``, ``ok``, ``err``, ``consec`` by keyword."""
+    return {"tick": tick, "feedback": node, **values}
+
+
+def feedback_ejection() -> Trace:
+    """Ejection at the defaults (max_consecutive_errors 5, ejection_s 5.0 =
+    100 ticks of 50 ms). Tripped while ``consec >= 5`` and the latest error
+    release is less than 5 s old, counted from the tick of that release.
+
+    "ej": 5 errors at t10, ejected t10..t109; err_age = 5.0 at t110 ends it.
+    "ok_ends": the same, ended at t30 by one ok with consec 0; ejected again
+    at t50 (one more error, consec 6; the window stays below min_requests);
+    an ok line without consec at t60 leaves consec at 6 (the
+    schedulers' count is taken as given), consec 0 at t61 ends it.
+    "near": consec 4 never ejects; consec 5 with no new error at t40 ejects
+    until t110, five seconds after the error of t10.
+    "renew": a new error at t80 restarts the five seconds (ejected to t179).
+    "noerr": consec 7 but no error release ever: no err_age, never ejected.
+    """
+    lines = []
+    nodes = ("ej", "ok_ends", "near", "renew", "noerr")
+    events = {
+        10: [fb(10, "ej", err=5, consec=5), fb(10, "ok_ends", err=5, consec=5),
+             fb(10, "near", err=4, consec=4), fb(10, "renew", err=5, consec=5),
+             fb(10, "noerr", consec=7)],
+        30: [fb(30, "ok_ends", ok=1, consec=0)],
+        40: [fb(40, "near", consec=5)],
+        50: [fb(50, "ok_ends", err=1, consec=6)],
+        60: [fb(60, "ok_ends", ok=1)],
+        61: [fb(61, "ok_ends", consec=0)],
+        80: [fb(80, "renew", err=1, consec=6)],
+    }
+    for k in range(200):
+        for node in nodes:
+            lines.append(hb(k, node, cpu=0.2, mem=0.3, queue=1.0, avg_job_s=0.5))
+        lines.extend(events.get(k, []))
+    return Trace("feedback_ejection", lines)
+
+
+WINDOW_CLOCK = {"engine": {"tick_interval_ms": 1000},
+                "score": {"error_half_life_s": 1.0}}   # d = 0.5 exactly
+
+
+def feedback_window() -> Trace:
+    """The decayed error window with d = 0.5 (1 s ticks, 1 s half-life),
+    min_requests 10 and max_error_rate 0.5 (defaults).
+
+    "fbw": heartbeats without ok/err; feedback 4 ok + 6 err at t2 trips it
+    by the window alone; by t3 the window has halved to 5: released.
+    "sum": 3 ok + 3 err by heartbeat and 2 + 2 by feedback at t2: 10 at
+    rate 0.5 trips only if both sources count.
+    "near": 5 + 4 (9 < 10) and "rate": 6 + 5 (rate < 0.5): never trip.
+    "mix": 2 ok + 3 err per heartbeat approach 10 from below (5, 7.5,
+    8.75, 9.375); 2 feedback errors at t4 push it over; two heartbeats in
+    t6 (only the latest counts) and one at t7 whose latest carries no
+    ok/err; from t9 no outcomes, and the window decays below 10.
+    "dead": 12 errors at t0 (tripped), silent from t1 (dead at t10);
+    feedback to the dead node at t12 (3 errors) still counts; its window
+    decays every dead tick; revived at t14 with 3*0.25 + 12*0.5**14 errors.
+    """
+    lines = []
+    for k in range(20):
+        lines.append(hb(k, "fbw"))
+        if k == 2:
+            lines.append(fb(k, "fbw", ok=4, err=6))
+        lines.append(hb(k, "sum", ok=3 if k == 2 else 0, err=3 if k == 2 else 0))
+        if k == 2:
+            lines.append(fb(k, "sum", ok=2, err=2))
+        lines.append(hb(k, "near"))
+        lines.append(hb(k, "rate"))
+        if k == 2:
+            lines.append(fb(k, "near", ok=5, err=4))
+            lines.append(fb(k, "rate", ok=6, err=5))
+        if k == 6:
+            lines.append(hb(k, "mix", ok=50, err=0))
+        if k == 7:
+            lines.append(hb(k, "mix", ok=2, err=3))
+            lines.append(hb(k, "mix"))
+        elif k < 9:
+            lines.append(hb(k, "mix", ok=2, err=3))
+        else:
+            lines.append(hb(k, "mix"))
+        if k == 4:
+            lines.append(fb(k, "mix", err=2))
+        if k == 0 or k >= 14:
+            lines.append(hb(k, "dead", ok=0, err=12 if k == 0 else 0))
+        if k == 12:
+            lines.append(fb(k, "dead", err=3))
+    return Trace("feedback_window", lines, WINDOW_CLOCK)
+
+
+def feedback_load() -> Trace:
+    """Requests in flight: ``load = max(qema, rif - slots, 0)`` and
+    ``wait = load * avg_job_s / slots`` (fast clock, defaults otherwise).
+
+    "rif" (1 slot, queue 2): rif 5 at t3 raises load to 4 above qema; rif 2
+    at t6 (2 - 1 < qema) leaves qema in charge; rif 4 at t7; an outcome-only
+    line at t8 keeps rif 4; rif 0 at t9.
+    "rifs" (4 slots, queue 1): rif 4 at t3 gives rif - slots = 0; rif 10 at
+    t5 gives load 6, wait 6 * 2 / 4 = 3.
+    "rifq" (1 slot): rif 76 at t2 gives load 75, B = 0.5; rif 101 at t5
+    gives load 100 = max_queue: the queue breaker trips; rif 0 at t8.
+    "rifw" (2 slots, 1 s jobs): rif 61 at t2 gives wait 29.5 (not tripped),
+    rif 62 at t4 gives wait 30 = max_wait_s: tripped.
+    Every rif also moves the others' pressure P_i.
+    """
+    lines = []
+    events = {
+        2: [fb(2, "rifq", rif=76), fb(2, "rifw", rif=61)],
+        3: [fb(3, "rif", rif=5), fb(3, "rifs", rif=4)],
+        4: [fb(4, "rifw", rif=62)],
+        5: [fb(5, "rifs", rif=10), fb(5, "rifq", rif=101)],
+        6: [fb(6, "rif", rif=2)],
+        7: [fb(7, "rif", rif=4)],
+        8: [fb(8, "rif", ok=3), fb(8, "rifq", rif=0)],
+        9: [fb(9, "rif", rif=0)],
+    }
+    for k in range(12):
+        lines.append(hb(k, "rif", queue=2.0, avg_job_s=0.5))
+        lines.append(hb(k, "rifs", queue=1.0, avg_job_s=2.0, slots=4))
+        lines.append(hb(k, "rifq", queue=0.0, avg_job_s=0.1))
+        lines.append(hb(k, "rifw", queue=0.0, avg_job_s=1.0, slots=2))
+        lines.extend(events.get(k, []))
+    return Trace("feedback_load", lines, {"engine": dict(FAST_CLOCK)})
+
+
+def feedback_registry() -> Trace:
+    """Feedback belongs to a registration (fast clock, forget after 5 s,
+    capacity 3).
+
+    t0: feedback for "f1" written before its first heartbeat still applies
+    (feedback follows the tick's heartbeats); feedback for "ghost" (never
+    registered) and for "bad" (only invalid heartbeats) is ignored.
+    "f1" and "f2" get rif 50, consec 9 with an error and 20 errors, then
+    fall silent after t1 and are forgotten at t6. At t6 "g" registers into
+    slot 1 (f1's) and starts from zero; "f2" comes back in the same tick
+    into slot 2, fresh, and the feedback line after it applies to the new
+    registration; feedback for "f1" at t6 (not registered) is ignored. At
+    t7 "f1" meets a full registry: its heartbeat is refused and its
+    feedback ignored.
+    """
+    lines = [fb(0, "f1", rif=50, consec=9, err=20),
+             hb(0, "keep"), hb(0, "f1"), hb(0, "f2"),
+             fb(0, "f2", rif=50, consec=9, err=20),
+             fb(0, "ghost", rif=3, err=30, consec=9),
+             {"tick": 0, "node": "bad", "cpu": 2.0, "mem": 0.1, "queue": 0.0,
+              "avg_job_s": 0.1},
+             fb(0, "bad", rif=3),
+             hb(1, "keep"), hb(1, "f1"), hb(1, "f2")]
+    for k in range(2, 12):
+        lines.append(hb(k, "keep"))
+        if k == 6:
+            lines.append(fb(k, "f1", rif=40, err=1, consec=9))
+            lines.append(hb(k, "g"))
+            lines.append(hb(k, "f2"))
+            lines.append(fb(k, "f2", rif=2))
+        elif k > 6:
+            lines.append(hb(k, "g"))
+            lines.append(hb(k, "f2"))
+        if k == 7:
+            lines.append(hb(k, "f1"))
+            lines.append(fb(k, "f1", rif=40, err=1, consec=9))
+    params = {"engine": {"capacity": 3, "forget_after_s": 5, **FAST_CLOCK}}
+    return Trace("feedback_registry", lines, params)
+
+
+def slots_field() -> Trace:
+    """``slots``: wait divides by it, rate is ``slots / avg_job_s``, and a row
+    without it means 1 (fast clock, defaults otherwise).
+
+    "s1" (no slots) and "s4" (4) share queue 8 and 1 s jobs: waits 8 and 2;
+    rates 1 and 4. "smax" (65535 slots, queue 99, 2 s jobs): a tiny wait but
+    load 99 keeps B = 0.02 (the queue is not divided by slots); its rate
+    32767.5 sets R. "sdrop" reports 8 slots until t5, then none: its wait
+    and rate fall back to one slot's.
+    """
+    lines = []
+    for k in range(10):
+        lines.append(hb(k, "s1", queue=8.0, avg_job_s=1.0))
+        lines.append(hb(k, "s4", queue=8.0, avg_job_s=1.0, slots=4))
+        lines.append(hb(k, "smax", queue=99.0, avg_job_s=2.0, slots=65535))
+        if k < 5:
+            lines.append(hb(k, "sdrop", queue=4.0, avg_job_s=0.5, slots=8))
+        else:
+            lines.append(hb(k, "sdrop", queue=4.0, avg_job_s=0.5))
+    return Trace("slots", lines, {"engine": dict(FAST_CLOCK)})
+
+
+def rate_percentile() -> Trace:
+    """R, the nearest-rank 90th percentile of the live nodes' rates, with one
+    absurd rate (fast clock: suspect after 2 ticks, dead after 10).
+
+    "r01".."r10" run i slots of 1 s jobs (rates 1..10); "wild" claims
+    avg_job_s 1e-6 (rate ~1e6). m = 11 from t0: R = r_(ceil(9.9) - 1) = r_9 =
+    10. From t4 "r10" reports avg_job_s 0 (no rate): m = 10, R = r_8 = 9.
+    From t8 "r09" too: m = 9 < 10, R = the maximum, the absurd rate. "wild"
+    goes silent after t11: suspect (still counted) until dead at t21, when
+    m = 8 and R = 8.
+    """
+    lines = []
+    for k in range(24):
+        for i in range(1, 11):
+            gone = (i == 10 and k >= 4) or (i == 9 and k >= 8)
+            lines.append(hb(k, f"r{i:02d}", cpu=0.0, mem=0.0, queue=0.0,
+                            avg_job_s=0.0 if gone else 1.0, slots=i))
+        if k <= 11:
+            lines.append(hb(k, "wild", cpu=0.0, mem=0.0, queue=0.0, avg_job_s=1e-6))
+    return Trace("rate_percentile", lines, {"engine": dict(FAST_CLOCK)})
+
+
 BUILDERS = [defaults_long, hysteresis_exact, hysteresis_smooth, breakers,
             liveness_registry, optional_metrics, pressure, quarantine_backoff,
             quarantine_backoff_cap, quarantine_memory, quarantine_cap,
-            quarantine_defaults, rejections, tick_lines]
+            quarantine_defaults, rejections, tick_lines, feedback_ejection,
+            feedback_window, feedback_load, feedback_registry, slots_field, rate_percentile]
 
 
 def all_traces() -> list[Trace]:
