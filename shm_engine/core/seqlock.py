@@ -31,9 +31,10 @@ Rules for callers:
   * The writer touches only buffer ``E & 1`` of the epoch ``E`` that
     ``write_begin`` returned, until ``write_end``, and never the other one.
   * The protected data holds no pointers, and a reader must not trust any value
-    (a length, an offset, a slot) of a copy until ``read_retry`` says it is
-    consistent: a torn copy is garbage that is thrown away, so the copy itself
-    must tolerate garbage (bounded loops, range-checked indexing).
+    (a length, an offset, a slot) of a copy until the latch accepted it
+    (``read_retry`` or ``still_newest``): a torn copy is garbage that is thrown
+    away, so the copy itself must tolerate garbage (bounded loops,
+    range-checked indexing).
   * A reader copies (never keeps a view of) the buffer, and never writes seq.
   * The sequence word is zeroed by whoever creates the segment, before any
     reader or writer attaches.
@@ -122,7 +123,8 @@ def write_begin(seq_arr: np.ndarray, seq_index: int = 0) -> int:
     if (s & 1) == 0:
         s += 1
         # The odd value is visible before the caller's first buffer store
-        # (TSO: stores stay in order). Pairs with the load in read_retry.
+        # (TSO: stores stay in order). Pairs with the loads in read_retry
+        # and still_newest.
         seq_arr[seq_index] = s
     return (s >> 1) + 1
 
