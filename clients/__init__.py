@@ -16,8 +16,14 @@ stays light: the reader side is imported on first use.
 import importlib
 
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
-from shm_engine.core.errors import (EngineNotRunning, LayoutMismatch, NothingPublished,
-                                    ReadContention, ShmEngineError, UnknownNode)
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+    ShmEngineError,
+    UnknownNode,
+)
 from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "HeartbeatClient", "InvalidHeartbeat", "CurveKeys",

@@ -40,8 +40,14 @@ from clients.pick import pick as _pick
 from shm_engine.core.errors import NothingPublished, ReadContention, UnknownNode
 from shm_engine.core.registry import read_node_id
 from shm_engine.core.segment import Segment
-from shm_engine.core.seqlock import (DEFAULT_MAX_RETRIES, READ_NOTHING_PUBLISHED, READ_OK,
-                                     read_begin, read_consistent, still_newest)
+from shm_engine.core.seqlock import (
+    DEFAULT_MAX_RETRIES,
+    READ_NOTHING_PUBLISHED,
+    READ_OK,
+    read_begin,
+    read_consistent,
+    still_newest,
+)
 from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention"]
@@ -162,8 +168,7 @@ class ScoreReader:
         hwm = min(int(self._hdr.slot_hwm[0]), self._gens.shape[0])
         gens = self._registry.slot_gen[:hwm].copy()
         changed = np.flatnonzero(gens != self._gens[:hwm])
-        for s in changed:
-            s = int(s)
+        for s in changed.tolist():
             old = self._names[s]
             if old is not None and self._index.get(old, (-1,))[0] == s:
                 del self._index[old]

@@ -241,7 +241,7 @@ def test_lapped_on_every_retry_without_an_earlier_copy_is_read_contention(engine
     engine.send("a", 0.0)
     engine.tick(0.0)
     engine.tick(0.0)
-    reader._seq_mv = _LappingSeq(4)  # noqa: SLF001 - a writer faster than any copy
+    reader._seq_mv = _LappingSeq(4)  # a writer faster than any copy
     for call in (lambda: reader.score("a"), lambda: reader.state("a"), reader.snapshot):
         with pytest.raises(ReadContention, match=r"^engine '.+' published faster than this reader "
                                                  r"could copy .+ \(17 attempts\)"):
@@ -255,7 +255,7 @@ def test_lapped_on_every_retry_serves_the_last_snapshot(engine, reader):
     engine.send("b", 0.0, cpu=0.5)
     engine.tick(0.0)
     last = reader.snapshot()
-    reader._seq_mv = _LappingSeq(4)  # noqa: SLF001 - a writer faster than any copy
+    reader._seq_mv = _LappingSeq(4)  # a writer faster than any copy
     assert reader.snapshot() is last
     assert reader.score("b") == last.score[1] and reader.state("a") is NodeState.HEALTHY
     assert reader.top(1) == last.top(1) == [("a", last.score[0])]

@@ -18,8 +18,12 @@ from __future__ import annotations
 import sys
 import time
 
-from shm_engine.core.errors import (EngineNotRunning, LayoutMismatch, NothingPublished,
-                                    ReadContention)
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+)
 from shm_engine.core.states import NodeState
 
 __all__ = ["EngineCollector", "cmd_metrics"]

@@ -27,8 +27,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from shm_engine.core.errors import (EngineNotRunning, LayoutMismatch, NothingPublished,
-                                    ReadContention)
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+)
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import NodeState
 from shm_engine.wire import REJECT_REASONS
@@ -117,7 +121,7 @@ class Watcher:
     no engine to attach to."""
 
     def __init__(self, name: str, rows: int = 25):
-        from clients.reader import ScoreReader   # clients imports shm_engine: keep lazy
+        from clients.reader import ScoreReader  # clients imports shm_engine: keep lazy
 
         self.name = name
         self.rows = rows
