@@ -1,10 +1,13 @@
 """Clients of the engine: schedulers read scores, nodes send heartbeats.
 
-- `ScoreReader`, `Snapshot`, `NothingPublished`: read published scores
-  straight from shared memory (needs numpy and numba).
+- `ScoreReader`, `Snapshot`: read published scores straight from shared
+  memory (needs numpy and numba).
 - `HeartbeatClient`, `CurveKeys`, `InvalidHeartbeat`: send heartbeats to the
   ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
+- What `ScoreReader` calls raise, all `ShmEngineError`: `EngineNotRunning`,
+  `LayoutMismatch` (attach), `NothingPublished`, `UnknownNode` (also a
+  ``KeyError``), `ReadContention`.
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -13,13 +16,21 @@ stays light: the reader side is imported on first use.
 import importlib
 
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+    ShmEngineError,
+    UnknownNode,
+)
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
-           "InvalidHeartbeat", "CurveKeys", "NodeState"]
+__all__ = ["ScoreReader", "Snapshot", "HeartbeatClient", "InvalidHeartbeat", "CurveKeys",
+           "NodeState", "ShmEngineError", "EngineNotRunning", "LayoutMismatch",
+           "NothingPublished", "UnknownNode", "ReadContention"]
 
-_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",
-         "NothingPublished": "clients.reader"}
+_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader"}
 
 
 def __getattr__(name):

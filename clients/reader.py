@@ -2,19 +2,31 @@
 
 The reader maps the engine's segment read-only (a buggy scheduler cannot
 corrupt scores) and copies what it needs out of the score buffer of the
-latest epoch through the latch (`shm_engine.core.seqlock.read_consistent`, the one
-retry loop).  No call makes a syscall or touches a socket: reads are loads
-from the mapping, plus a monotonic clock read (vDSO) for ``age_s``.
+latest epoch through the latch (`shm_engine.core.seqlock`).  No call makes a
+syscall or touches a socket: reads are loads from the mapping, plus a
+monotonic clock read (vDSO) for ``age_s``.
+
+Latch reads.  Every read goes through ``read_consistent``, the one retry
+loop, and the reader keeps the epoch it returned.  ``score``, ``state`` and
+``top`` first try a single copy from that epoch's buffer, accepted if
+``still_newest`` says no newer epoch was published meanwhile (one load of the
+latch per call); anything unusual -- a new tick, nothing published, a node
+the index does not know -- goes to their slow path through
+``read_consistent``.  A copy never trusts a value it read (a slot, a length)
+before the latch accepts it: garbage slots are range-checked, never followed.
 
 Node names live in the registry region, written by the ingest.  The reader
 caches ``name -> (slot, generation)`` and refreshes only the slots whose
-generation moved (one vectorised compare); a score is returned only when
-the buffer's generation for the slot matches, so a slot reused by another
-node is never read as the old one.
+generation moved (one vectorised compare, then `registry.read_node_id` per
+slot); a score is returned only when the buffer's generation for the slot
+matches, so a slot reused by another node is never read as the old one.
 
-If the writer laps the reader on every retry (it would have to publish
-faster than a copy takes), the call serves the last good copy it made and
-counts ``retries_exhausted``; `is_stale` tells a stalled engine apart.
+Errors, from the caller's side (`shm_engine.core.errors`): `NothingPublished`
+before the first tick; `UnknownNode` (a ``KeyError``) for a node the latest
+tick has no score for; `ReadContention` when the writer lapped the reader on
+every retry and no earlier copy is held.  With an earlier copy the call serves
+it instead and counts ``retries_exhausted``; `is_stale` tells a stalled
+engine apart.
 """
 
 from __future__ import annotations
@@ -25,23 +37,25 @@ from typing import NamedTuple
 import numpy as np
 
 from clients.pick import pick as _pick
-from shm_engine.core.registry import decode_id
+from shm_engine.core.errors import NothingPublished, ReadContention, UnknownNode
+from shm_engine.core.registry import read_node_id
 from shm_engine.core.segment import Segment
-from shm_engine.core.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent
+from shm_engine.core.seqlock import (
+    DEFAULT_MAX_RETRIES,
+    READ_NOTHING_PUBLISHED,
+    READ_OK,
+    read_begin,
+    read_consistent,
+    still_newest,
+)
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished"]
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention"]
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
 _STATE_KEYS = tuple(s.name.lower() for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
 _WEIGHT_NAMES = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
-
-
-class NothingPublished(LookupError):
-    """Raised by reader calls before the engine has published its first tick.
-
-    Wait for ``reader.epoch > 0`` (a tick interval after start)."""
 
 
 class Snapshot(NamedTuple):
@@ -80,10 +94,7 @@ class ScoreReader:
         self._seg = segment
         v = segment.views
         self._hdr = v.header
-        self._seq = v.header.latch_seq
-        self._slot_gen = v.registry.slot_gen
-        self._node_id = v.registry.node_id
-        self._registered = v.registry.registered
+        self._registry = v.registry
         self._bufs = v.buffers
         cap = segment.layout.capacity
         # name -> (slot, gen); per-slot cached gens and names.
@@ -94,11 +105,12 @@ class ScoreReader:
         self._nodes_cache: tuple = ()
         self._nodes_key = b""
         self._last: Snapshot | None = None
+        self._epoch = 0  # of the last consistent read: the hot paths' guess
         self._rng: np.random.Generator | None = None
         self.retries_exhausted = 0
         # Hot paths read through typed memoryviews: an item load is ~30 ns,
         # a numpy scalar index ~100 ns.
-        self._seq_mv = memoryview(self._seq)
+        self._seq_mv = memoryview(v.header.latch_seq)
         mvs = lambda col: tuple(memoryview(b.views[col]) for b in self._bufs)  # noqa: E731
         self._score_mv, self._state_mv = mvs("score"), mvs("state")
         self._gen_mv, self._ranked_mv = mvs("gen"), mvs("ranked")
@@ -133,12 +145,12 @@ class ScoreReader:
     @property
     def epoch(self) -> int:
         """Number of ticks published so far (0: none yet)."""
-        return int(self._seq[0]) >> 1
+        return read_begin(self._seq_mv)
 
     @property
     def age_s(self) -> float:
         """Seconds since the latest published tick (inf if none)."""
-        st, _e, mono = read_consistent(self._seq, lambda b: float(self._bufs[b].tick_mono[0]))
+        st, _e, mono = read_consistent(self._seq_mv, lambda b: float(self._bufs[b].tick_mono[0]))
         if st != READ_OK:
             return float("inf")
         return max(0.0, time.monotonic() - mono)
@@ -154,32 +166,25 @@ class ScoreReader:
         if epoch == self._index_epoch:
             return
         hwm = min(int(self._hdr.slot_hwm[0]), self._gens.shape[0])
-        gens = self._slot_gen[:hwm].copy()
+        gens = self._registry.slot_gen[:hwm].copy()
         changed = np.flatnonzero(gens != self._gens[:hwm])
-        for s in changed:
-            s = int(s)
+        for s in changed.tolist():
             old = self._names[s]
             if old is not None and self._index.get(old, (-1,))[0] == s:
                 del self._index[old]
             self._names[s] = None
             self._gens[s] = 0
             self._gen_list[s] = 0
-            for _ in range(100):
-                g1 = int(self._slot_gen[s])
-                if g1 & 1:
-                    continue
-                reg = bool(self._registered[s])
-                raw = decode_id(self._node_id[s])
-                if int(self._slot_gen[s]) == g1:
-                    break
-            else:
+            got = read_node_id(self._registry, s)
+            if got is None:
                 continue  # the ingest is mid-change; the next refresh gets it
-            self._gens[s] = g1
-            self._gen_list[s] = g1
-            if reg and raw:
-                name = raw.decode("utf-8", "replace")
+            gen, key = got
+            self._gens[s] = gen
+            self._gen_list[s] = gen
+            if key:
+                name = key.decode("utf-8", "replace")
                 self._names[s] = name
-                self._index[name] = (s, g1)
+                self._index[name] = (s, gen)
         self._index_epoch = epoch
 
     def _lookup(self, node: str) -> tuple[int, int]:
@@ -188,58 +193,73 @@ class ScoreReader:
             self._refresh_index()
             ent = self._index.get(node)
             if ent is None:
-                raise KeyError(f"node {node!r} is not registered with engine {self.name!r}")
+                raise UnknownNode(node, f"node {node!r} is not registered with engine "
+                                        f"{self.name!r}")
         return ent
+
+    def _read(self, copy_fn):
+        """``read_consistent`` over this engine's latch: ``(epoch, copy)``, or
+        ``(epoch, None)`` when the writer lapped every attempt (counted in
+        ``retries_exhausted``).  Raises NothingPublished before the first tick."""
+        st, epoch, got = read_consistent(self._seq_mv, copy_fn)
+        if st == READ_OK:
+            self._epoch = epoch
+        elif st == READ_NOTHING_PUBLISHED:
+            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
+        else:
+            self.retries_exhausted += 1
+        return epoch, got
+
+    def _contention(self, what: str) -> ReadContention:
+        return ReadContention(f"engine {self.name!r} published faster than this reader could "
+                              f"copy {what} ({DEFAULT_MAX_RETRIES + 1} attempts), and no "
+                              "earlier copy is held; try again")
 
     # ------------------------------------------------------- single values --
     def _read_slot(self, node: str, column):
         """``column[slot]`` of ``node`` from the latest epoch (``column``: a
         pair of memoryviews, one per buffer)."""
-        ent = self._index.get(node)
-        if ent is not None:
-            # One attempt of the latch read inline (the hot path of a
-            # scheduler); anything unusual goes through read_consistent.
-            slot, gen = ent
-            seq = self._seq_mv
-            s1 = seq[0]
-            b = (s1 >> 1) & 1
-            g = self._gen_mv[b][slot]
-            value = column[b][slot]
-            # Pairs with write_begin: the buffer we read is intact unless the
-            # writer started the epoch after next (see seqlock.read_retry).
-            if seq[0] < (s1 | 1) + 2 and g == gen and s1 > 1:
-                return value
+        # The hot path of a scheduler: one copy, one latch check.
+        try:
+            slot, gen = self._index[node]
+        except KeyError:
+            return self._read_slot_slow(node, column)
+        epoch = self._epoch
+        b = epoch & 1
+        g = self._gen_mv[b][slot]
+        value = column[b][slot]
+        if g == gen and still_newest(self._seq_mv, epoch):
+            return value
         return self._read_slot_slow(node, column)
 
     def _read_slot_slow(self, node: str, column):
         for _attempt in range(2):
             slot, gen = self._lookup(node)
             gmv = self._gen_mv
-            st, _epoch, got = read_consistent(self._seq, lambda b: (gmv[b][slot], column[b][slot]))
-            if st == READ_OK:
+            _epoch, got = self._read(lambda b: (gmv[b][slot], column[b][slot]))
+            if got is not None:
                 if got[0] == gen:
                     return got[1]
                 self._refresh_index()  # the slot changed hands, or the index is old
                 continue
-            if st == READ_NOTHING_PUBLISHED:
-                raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-            self.retries_exhausted += 1
             last = self._last
             if last is not None and slot < len(last.nodes) and last.nodes[slot] == node:
                 col = last.score if column is self._score_mv else last.state
                 return col[slot]
-            raise KeyError(f"node {node!r}: engine {self.name!r} is publishing faster than "
-                           "this reader can copy; no earlier copy to serve")
-        raise KeyError(f"node {node!r} is registered but not scored yet by engine {self.name!r}")
+            raise self._contention(f"node {node!r}")
+        raise UnknownNode(node, f"node {node!r} is registered but not scored yet by engine "
+                                f"{self.name!r}; it is from the next tick")
 
     def score(self, node: str) -> float:
         """Published desirability of ``node`` in [0, 1] (0 unless HEALTHY or DEGRADED).
 
-        Raises KeyError naming the node if it is unknown (or not yet scored)."""
+        Raises UnknownNode naming the node if the latest tick has no score for
+        it, NothingPublished before the first tick, ReadContention if no
+        consistent copy could be made (see the module docstring)."""
         return self._read_slot(node, self._score_mv)
 
     def state(self, node: str) -> NodeState:
-        """Published state of ``node``; KeyError naming it if unknown."""
+        """Published state of ``node``; raises as `score` does."""
         return _STATES[self._read_slot(node, self._state_mv)]
 
     # ------------------------------------------------------------ snapshot --
@@ -253,15 +273,16 @@ class ScoreReader:
         return cols, ranked, meta
 
     def snapshot(self) -> Snapshot:
-        """One consistent copy of the latest tick (see `Snapshot`)."""
+        """One consistent copy of the latest tick (see `Snapshot`).
+
+        Raises NothingPublished before the first tick; ReadContention if no
+        consistent copy could be made and none was made before (otherwise
+        that earlier copy is returned)."""
         hwm = min(int(self._hdr.slot_hwm[0]), self._gens.shape[0])
-        st, epoch, got = read_consistent(self._seq, lambda b: self._copy(b, hwm))
-        if st == READ_NOTHING_PUBLISHED:
-            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-        if st != READ_OK:
-            self.retries_exhausted += 1
+        epoch, got = self._read(lambda b: self._copy(b, hwm))
+        if got is None:
             if self._last is None:
-                raise NothingPublished(f"engine {self.name!r}: no consistent copy yet")
+                raise self._contention("a snapshot")
             return self._last
         cols, ranked, (wall, mono, pressure, weights, counts) = got
         score, raw, wait, qema, liveness, state, gen = cols
@@ -289,17 +310,18 @@ class ScoreReader:
         return nodes
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
-        """The best ``k`` nodes as ``(node, score)``, from the published ranking."""
+        """The best ``k`` nodes as ``(node, score)``, from the published ranking.
+
+        Raises NothingPublished before the first tick.  If no consistent copy
+        could be made, returns the top of the last snapshot (``[]`` if none)."""
         if k <= 0:
             return []
-        seq = self._seq_mv
-        s1 = seq[0]
-        b = (s1 >> 1) & 1
-        # Fast path: one pass over the buffer, then one latch check (pairs
-        # with write_begin, as in _read_slot).  Every slot must be one whose
-        # node we know at the generation the buffer was scored with; a torn
-        # copy may hold garbage slots, which raise IndexError (or fail the
-        # generation check) and are caught before anything is returned.
+        # One copy, one latch check, as in _read_slot.  Every slot must be one
+        # whose node we know at the generation the buffer was scored with; a
+        # torn copy may hold garbage slots, which raise IndexError (or fail
+        # the generation check) and are caught before anything is returned.
+        epoch = self._epoch
+        b = epoch & 1
         sc, gm, known, names = self._score_mv[b], self._gen_mv[b], self._gen_list, self._names
         try:
             slots = self._ranked_mv[b][:min(self._nranked_mv[b][0], k)].tolist()
@@ -307,18 +329,15 @@ class ScoreReader:
                    if s >= 0 and known[s] == gm[s] and (nm := names[s]) is not None]
         except IndexError:
             out = slots = None
-        if s1 > 1 and seq[0] < (s1 | 1) + 2 and slots is not None and len(out) == len(slots):
+        if slots is not None and len(out) == len(slots) and still_newest(self._seq_mv, epoch):
             return out
         return self._top_slow(k)
 
     def _top_slow(self, k: int) -> list[tuple[str, float]]:
         """`top` through read_consistent, refreshing the node index when a
         ranked slot holds a node (or generation) we have not seen yet."""
-        st, _epoch, got = read_consistent(self._seq, lambda b: self._top_copy(b, k))
-        if st == READ_NOTHING_PUBLISHED:
-            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-        if st != READ_OK:
-            self.retries_exhausted += 1
+        _epoch, got = self._read(lambda b: self._top_copy(b, k))
+        if got is None:
             return self._last.top(k) if self._last is not None else []
         slots, scores, gens = got
         known = self._gen_list
@@ -367,11 +386,8 @@ class ScoreReader:
             except (IndexError, ValueError):
                 return -2, 0  # a torn copy: the latch check makes us retry
 
-        st, _epoch, got = read_consistent(self._seq, choose)
-        if st == READ_NOTHING_PUBLISHED:
-            raise NothingPublished(f"engine {self.name!r} has not published a tick yet")
-        if st != READ_OK:
-            self.retries_exhausted += 1
+        _epoch, got = self._read(choose)
+        if got is None:
             return None
         slot, gen = got
         if slot < 0:

@@ -195,7 +195,7 @@ def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
     whole fleet was seen), backwards (epoch went down), first problems.
     ``warm`` (a queue, optional) gets this pid once the first full snapshot
     was read."""
-    from clients.reader import NothingPublished, ScoreReader
+    from clients import NothingPublished, ReadContention, ScoreReader, UnknownNode
     rng = np.random.default_rng(seed)
     out = {"snapshots": 0, "scores": 0, "torn": 0, "backwards": 0, "problems": [],
            "errors": 0, "max_epoch": 0, "retries_exhausted": 0, "pid": os.getpid()}
@@ -206,7 +206,7 @@ def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
         while not stop.is_set():
             try:
                 snap = reader.snapshot()
-            except NothingPublished:
+            except (NothingPublished, ReadContention):
                 time.sleep(0.01)
                 continue
             out["snapshots"] += 1
@@ -226,7 +226,7 @@ def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
             for n in rng.choice(names, size=min(20, len(names)), replace=False) if names else ():
                 try:
                     v = reader.score(str(n))
-                except KeyError:
+                except (UnknownNode, ReadContention):
                     out["errors"] += 1
                     continue
                 out["scores"] += 1

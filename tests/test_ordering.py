@@ -229,9 +229,11 @@ def test_intrinsics_work_in_cached_functions_across_processes(tmp_path):
     """A ``cache=True`` user of the intrinsics compiles once, then loads."""
     script = textwrap.dedent("""
         import numpy as np
-        from shm_engine.core.seqlock import jit_read_begin
-        assert jit_read_begin(np.full(1, 6, np.uint64)) == 6
-        print(sum(jit_read_begin.stats.cache_hits.values()))
+        from shm_engine.core.rows import slot_change_end
+        gen = np.full(1, 5, np.uint64)
+        slot_change_end(gen, 0)  # a store_release_u64
+        assert gen[0] == 6
+        print(sum(slot_change_end.stats.cache_hits.values()))
     """)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     runs = [

@@ -2,12 +2,15 @@
 cross-process stress test whose published values describe themselves."""
 
 import multiprocessing as mp
+import pickle
 import time
 
 import numpy as np
 import pytest
 
-from clients.reader import NothingPublished, ScoreReader
+import clients
+from clients import (EngineNotRunning, NothingPublished, ReadContention, ScoreReader,
+                     ShmEngineError, UnknownNode)
 from shm_engine.core.config import Config
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
@@ -68,10 +71,36 @@ def reader(engine):
 def test_nothing_published_before_the_first_tick(engine, reader):
     engine.send("a", 0.0)
     assert reader.epoch == 0 and reader.age_s == float("inf")
-    with pytest.raises(NothingPublished, match="has not published a tick yet"):
-        reader.score("a")
-    with pytest.raises(NothingPublished):
-        reader.snapshot()
+    calls = [lambda: reader.score("a"), lambda: reader.state("a"), reader.snapshot,
+             reader.top, reader.pick]
+    for call in calls:
+        with pytest.raises(NothingPublished, match=r"^engine '.+' has not published a tick yet$"):
+            call()
+    engine.tick(0.0)
+    assert reader.epoch == 1 and reader.score("a") > 0
+
+
+def test_attaching_to_no_engine_names_it(shm_name):
+    with pytest.raises(EngineNotRunning, match=rf"^engine '{shm_name}' is not running"):
+        ScoreReader.attach(shm_name)
+
+
+def test_every_reader_exception_is_exported_from_clients():
+    """What a scheduler catches is importable from `clients` (no numba needed)
+    and is one family."""
+    for exc in (EngineNotRunning, NothingPublished, UnknownNode, ReadContention,
+                clients.LayoutMismatch):
+        assert exc.__name__ in clients.__all__ and getattr(clients, exc.__name__) is exc
+        assert issubclass(exc, ShmEngineError)
+    assert issubclass(UnknownNode, KeyError)
+    assert not issubclass(ReadContention, KeyError)     # not "no such node"
+    assert not issubclass(NothingPublished, KeyError)
+
+
+def test_unknown_node_prints_its_message_and_survives_pickling():
+    err = UnknownNode("n1", "node 'n1' is not registered with engine 'e'")
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.node) == ("node 'n1' is not registered with engine 'e'", "n1")
 
 
 def test_score_state_snapshot_and_top_agree_with_the_buffer(engine, reader):
@@ -100,17 +129,41 @@ def test_score_state_snapshot_and_top_agree_with_the_buffer(engine, reader):
 def test_unknown_node_is_a_key_error_naming_it(engine, reader):
     engine.send("a", 0.0)
     engine.tick(0.0)
-    with pytest.raises(KeyError, match="'nope' is not registered"):
+    with pytest.raises(UnknownNode, match=r"^node 'nope' is not registered with engine '.+'$") \
+            as err:
         reader.score("nope")
-    with pytest.raises(KeyError, match="'nope'"):
+    assert isinstance(err.value, KeyError) and err.value.node == "nope"
+    with pytest.raises(UnknownNode, match=r"^node 'nope' is not registered"):
         reader.state("nope")
+
+
+def test_every_call_sees_the_tick_published_before_it(engine, reader):
+    """The hot paths start from the epoch of the reader's last read; a tick
+    published since is seen, never the older copy."""
+    engine.send("a", 0.0, cpu=0.1)
+    engine.send("b", 0.0, cpu=0.5)
+    engine.tick(0.0)
+    assert reader.score("a") > reader.score("b") > 0 and reader.top(1)[0][0] == "a"
+    states = set()
+    for epoch in range(2, 8):           # a alternates between idle and overloaded
+        engine.send("a", float(epoch), cpu=0.99 if epoch % 2 else 0.1)
+        engine.send("b", float(epoch), cpu=0.5)
+        engine.tick(float(epoch))
+        buf = engine.views.buffers[epoch & 1]
+        out, names = buf.out, ("a", "b")
+        ranked = out.ranked[:int(buf.n_ranked[0])]
+        assert reader.score("a") == out.score[0] and reader.score("b") == out.score[1]
+        assert reader.top(2) == [(names[s], out.score[s]) for s in ranked]
+        states.add(reader.state("a"))
+    assert reader.epoch == 7 and NodeState.OVERLOADED in states   # the ticks really differed
 
 
 def test_registered_but_not_yet_scored(engine, reader):
     engine.send("a", 0.0)
     engine.tick(0.0)
     engine.send("late", 0.0)
-    with pytest.raises(KeyError, match="'late' is registered but not scored yet"):
+    with pytest.raises(UnknownNode, match=r"^node 'late' is registered but not scored yet by "
+                                          r"engine '.+'; it is from the next tick$"):
         reader.score("late")
     engine.tick(0.05)
     assert reader.score("late") > 0
@@ -125,7 +178,7 @@ def test_a_reused_slot_is_never_read_as_its_old_node(engine, reader):
     assert slot == 0
     engine.tick(1.0)
     assert reader.score("new") == 0.0
-    with pytest.raises(KeyError, match="'old'"):
+    with pytest.raises(UnknownNode, match=r"^node 'old' is not registered"):
         reader.score("old")
     assert reader.snapshot().nodes[0] == "new"
 
@@ -168,6 +221,45 @@ def test_top_skips_out_of_range_and_unknown_slots_without_faulting(engine, reade
         assert reader.top(4) == [("n2", buf.out.score[2])]
     finally:
         write_end(seq)
+
+
+class _LappingSeq:
+    """A latch word the writer moves by two epochs between any two loads:
+    every copy a reader makes is lapped (seq 4k at read_begin, 4k + 4 at
+    read_retry, and 4k + 4 >= 2 * 2k + 3)."""
+
+    def __init__(self, start):
+        self.seq = start
+
+    def __getitem__(self, index):
+        value = self.seq
+        self.seq += 4
+        return value
+
+
+def test_lapped_on_every_retry_without_an_earlier_copy_is_read_contention(engine, reader):
+    engine.send("a", 0.0)
+    engine.tick(0.0)
+    engine.tick(0.0)
+    reader._seq_mv = _LappingSeq(4)  # a writer faster than any copy
+    for call in (lambda: reader.score("a"), lambda: reader.state("a"), reader.snapshot):
+        with pytest.raises(ReadContention, match=r"^engine '.+' published faster than this reader "
+                                                 r"could copy .+ \(17 attempts\)"):
+            call()
+    assert reader.top(5) == [] and reader.pick() is None     # documented statuses
+    assert reader.retries_exhausted == 5
+
+
+def test_lapped_on_every_retry_serves_the_last_snapshot(engine, reader):
+    engine.send("a", 0.0, cpu=0.1)
+    engine.send("b", 0.0, cpu=0.5)
+    engine.tick(0.0)
+    last = reader.snapshot()
+    reader._seq_mv = _LappingSeq(4)  # a writer faster than any copy
+    assert reader.snapshot() is last
+    assert reader.score("b") == last.score[1] and reader.state("a") is NodeState.HEALTHY
+    assert reader.top(1) == last.top(1) == [("a", last.score[0])]
+    assert reader.retries_exhausted == 4
 
 
 def test_stale_engine_keeps_serving_the_last_snapshot(engine, reader):
@@ -250,7 +342,7 @@ def _stress_reader(name, n_reads, result):
                     e, slot = divmod(code, 1000)
                     if slot != s or val != _stress_value(e, s):
                         bad += 1
-            except (NothingPublished, KeyError):
+            except (NothingPublished, ReadContention):
                 # Lapped on every retry with no earlier copy to serve: the
                 # documented status of a starved reader, not a wrong value.
                 starved += 1

@@ -8,7 +8,7 @@ import pytest
 
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
-from shm_engine.core.registry import NodeRegistry, decode_id
+from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
 from shm_engine.core.rows import gather, write_batch
 from shm_engine.wire import check_heartbeat
 
@@ -48,6 +48,42 @@ def test_lowest_free_slot_and_full(views):
     assert reg.register(b"full") == -1 and len(reg) == 8
     assert decode_id(views.registry.node_id[0]) == b"d"
     assert int(views.header.registered[0]) == 8
+
+
+class _GenSequence:
+    """A ``slot_gen`` column whose loads return ``values`` in turn (the last
+    one forever): another process's registration changes, step by step."""
+
+    def __init__(self, values):
+        self.values, self.loads = list(values), 0
+
+    def __getitem__(self, slot):
+        self.loads += 1
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+def test_read_node_id_of_registered_and_free_slots(views):
+    reg = NodeRegistry(views)
+    assert reg.register(b"alpha") == 0 and reg.register(b"beta") == 1
+    reg.free(1)
+    assert read_node_id(views.registry, 0) == (2, b"alpha")   # registered: gen 0 -> 1 -> 2
+    assert read_node_id(views.registry, 1) == (4, b"")        # freed: two changes
+    assert read_node_id(views.registry, 5) == (0, b"")        # never used
+
+
+@pytest.mark.parametrize("gens, expect, loads", [
+    # slot_gen loads in order (2 per attempt: before and after the id), result
+    ([2, 2], (2, b"alpha"), 2),            # quiet slot: one attempt
+    ([2, 4, 4, 4], (4, b"alpha"), 4),      # changed during the copy: copied again
+    ([3, 2, 2], (2, b"alpha"), 3),         # mid-change (odd) at first: skipped, one retry
+    ([5], None, ID_READ_ATTEMPTS),         # odd on every attempt: a status, not a wait
+])
+def test_read_node_id_never_pairs_an_id_with_another_generation(views, gens, expect, loads):
+    reg = NodeRegistry(views)
+    reg.register(b"alpha")
+    gen = _GenSequence(gens)
+    assert read_node_id(views.registry._replace(slot_gen=gen), 0) == expect
+    assert gen.loads == loads
 
 
 def test_every_change_bumps_generation_and_epoch(views):

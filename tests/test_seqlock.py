@@ -2,6 +2,11 @@
 interleaving hypothesis finds, a writer that dies mid-write, and multi-process
 stress with self-describing records (plus proof the checker can fail).
 
+The stress needs a writer that publishes at memory speed, so this file holds a
+jitted twin of the protocol over `shm_engine.core.ordering`'s atomics
+(``jit_*``; production runs the Python functions only).  The tables run both,
+so the twin cannot drift from the module it stands in for.
+
 Test segment (this file's own layout, in 8-byte words)::
 
     word 0     seq                       buffers start at word 16:
@@ -23,21 +28,23 @@ from hypothesis import strategies as st
 from numba import njit
 
 import shm_util
-from shm_engine.core.ordering import load_acquire_u64, store_release_u64
+from shm_engine.core.ordering import (
+    fence_acquire,
+    fence_release,
+    load_acquire_u64,
+    load_relaxed_u64,
+    store_relaxed_u64,
+    store_release_u64,
+)
 from shm_engine.core.seqlock import (
     READ_NOTHING_PUBLISHED,
     READ_OK,
     READ_RETRIES_EXHAUSTED,
-    buffer_index,
     check_sequence_word,
-    jit_read_begin,
-    jit_read_consistent,
-    jit_read_retry,
-    jit_write_begin,
-    jit_write_end,
     read_begin,
     read_consistent,
     read_retry,
+    still_newest,
     write_begin,
     write_end,
 )
@@ -57,6 +64,66 @@ def _views(words):
     """(seq words, buffers[2, RECORD_WORDS] as int64) of a test segment."""
     records = words[BUFFERS_WORD:BUFFERS_WORD + 2 * RECORD_WORDS]
     return words, records.view(np.int64).reshape(2, RECORD_WORDS)
+
+
+# --------------------------------------------------------------------------
+# The jitted twin: the same steps as the module's, each ordered access an
+# atomic of shm_engine.core.ordering (correct on any CPU).
+
+
+@njit(cache=True)
+def jit_write_begin(seq, seq_index=0):
+    s = np.int64(load_relaxed_u64(seq, seq_index))  # only this writer stores seq
+    if (s & 1) == 0:
+        s += 1
+        store_relaxed_u64(seq, seq_index, s)
+    # The odd value is visible before any buffer store. Pairs with
+    # fence_acquire() in jit_read_retry.
+    fence_release()
+    return (s >> 1) + 1
+
+
+@njit(cache=True)
+def jit_write_end(seq, seq_index=0):
+    s = np.int64(load_relaxed_u64(seq, seq_index))
+    if (s & 1) == 0:
+        return np.int64(0)
+    # Every buffer store stays before the even value. Pairs with
+    # load_acquire_u64() in jit_read_begin.
+    store_release_u64(seq, seq_index, s + 1)
+    return (s + 1) >> 1
+
+
+@njit(cache=True)
+def jit_read_begin(seq, seq_index=0):
+    # The copy's loads stay after this one. Pairs with store_release_u64() in
+    # jit_write_end.
+    return np.int64(load_acquire_u64(seq, seq_index)) >> 1
+
+
+@njit(cache=True)
+def jit_read_retry(seq, epoch, seq_index=0):
+    # The copy's loads stay before the re-read of seq. Pairs with
+    # fence_release() in jit_write_begin.
+    fence_acquire()
+    return epoch == 0 or np.int64(load_relaxed_u64(seq, seq_index)) >= (epoch << 1) + 3
+
+
+@njit(cache=True)
+def jit_read_consistent(seq, buffers, out, max_retries, seq_index=0):
+    """``read_consistent`` copying ``buffers[b]`` into ``out``; returns
+    ``(status, epoch, attempts)`` (``attempts - 1`` retries)."""
+    epoch = np.int64(0)
+    attempts = np.int64(0)
+    while attempts <= max_retries:
+        attempts += 1
+        epoch = jit_read_begin(seq, seq_index)
+        if epoch == 0:
+            return READ_NOTHING_PUBLISHED, np.int64(0), attempts
+        out[...] = buffers[epoch & 1]
+        if not jit_read_retry(seq, epoch, seq_index):
+            return READ_OK, epoch, attempts
+    return READ_RETRIES_EXHAUSTED, epoch, attempts
 
 
 @njit(cache=True)
@@ -95,10 +162,13 @@ def record_errors(snap, epoch):
 # --------------------------------------------------------------------------
 # The predicate and the writer's steps, as tables.
 
-# read_retry(s1, s2) is True iff s2 >= (s1 >> 1 << 1) + 3, i.e. the writer has
-# begun the epoch after the next one, which reuses the buffer s1 pointed at.
+# A copy begun at seq s1 is of epoch E = s1 >> 1; read_retry(E) at seq s2 is
+# True iff E == 0 or s2 >= 2E + 3, i.e. nothing was published or the writer has
+# begun the epoch after the next one, which reuses the buffer of E.
 RETRY_CASES = [
     # s1, s2, retry      why
+    (0, 0, True),     # epoch 0: nothing published, the copy is never used
+    (1, 1, True),     # epoch 1 being written, still nothing published
     (4, 4, False),    # epoch 2 (buffer 0), nothing moved
     (4, 5, False),    # writer filling epoch 3 = buffer 1, not ours
     (4, 6, False),    # epoch 3 published; buffer 0 untouched
@@ -114,9 +184,41 @@ RETRY_CASES = [
 
 @pytest.mark.parametrize("s1, s2, retry", RETRY_CASES)
 def test_read_retry_table(s1, s2, retry):
-    seq = np.array([s2], np.uint64)
-    assert read_retry(seq, s1) is retry
-    assert jit_read_retry(seq, s1) == retry
+    seq = np.array([s1], np.uint64)
+    epoch = read_begin(memoryview(seq))
+    assert epoch == jit_read_begin(seq) == s1 >> 1
+    seq[0] = s2
+    assert read_retry(memoryview(seq), epoch) is retry
+    assert jit_read_retry(seq, epoch) == retry
+
+
+def test_read_begin_gives_a_python_int():
+    """The reader's hot paths do int arithmetic on it (a numpy scalar would
+    be slower and leak into Snapshot.epoch)."""
+    seq = np.array([2**63 + 6], np.uint64)
+    epoch = read_begin(memoryview(seq))
+    assert type(epoch) is int and epoch == 2**62 + 3
+
+
+# still_newest(E) at seq s is True iff E >= 1 and s >> 1 == E: no newer epoch
+# is published, so the writer has touched only the other buffer since.
+NEWEST_CASES = [
+    # epoch, seq, newest   why
+    (0, 0, False),    # nothing published: never use a copy
+    (0, 1, False),    # epoch 1 being written, still nothing published
+    (2, 4, True),     # epoch 2 (buffer 0), nothing moved
+    (2, 5, True),     # writer filling epoch 3 = buffer 1, not ours
+    (2, 6, False),    # epoch 3 published: ours is consistent but old
+    (2, 7, False),    # writer filling epoch 4 = buffer 0: ours may be torn
+]
+
+
+@pytest.mark.parametrize("epoch, s, newest", NEWEST_CASES)
+def test_still_newest_table(epoch, s, newest):
+    seq = np.array([s], np.uint64)
+    assert still_newest(memoryview(seq), epoch) is newest
+    if newest:  # stricter than read_retry: a copy it accepts, read_retry accepts
+        assert read_retry(memoryview(seq), epoch) is False
 
 
 WRITE_BEGIN_CASES = [
@@ -133,7 +235,7 @@ def test_write_begin_table(impl, before, epoch, buffer, after):
     begin = write_begin if impl == "python" else jit_write_begin
     seq = np.array([before], np.uint64)
     e = begin(seq)
-    assert (e, buffer_index(e), seq.item(0)) == (epoch, buffer, after)
+    assert (e, e & 1, seq.item(0)) == (epoch, buffer, after)
 
 
 @pytest.mark.parametrize("impl", ["python", "jit"])
@@ -151,14 +253,15 @@ def test_sequence_word_at_an_index(impl):
     words = np.zeros(4, np.uint64)
     assert begin(words, 2) == 1 and end(words, 2) == 1
     assert words.tolist() == [0, 0, 2, 0]
-    assert read_begin(words, 2) == jit_read_begin(words, 2) == 2
+    assert read_begin(memoryview(words), 2) == jit_read_begin(words, 2) == 1
 
 
 def test_nothing_published_is_a_status_not_an_error():
     seq = np.zeros(1, np.uint64)
     buffers = np.zeros((2, 4), np.int64)
     out = np.zeros(4, np.int64)
-    assert read_consistent(seq, lambda b: buffers[b].copy()) == (READ_NOTHING_PUBLISHED, 0, None)
+    assert read_consistent(memoryview(seq), lambda b: buffers[b].copy()) == \
+        (READ_NOTHING_PUBLISHED, 0, None)
     assert jit_read_consistent(seq, buffers, out, MAX_RETRIES) == (READ_NOTHING_PUBLISHED, 0, 1)
 
 
@@ -171,7 +274,8 @@ def test_a_writer_that_always_laps_exhausts_the_retries():
         return buffers[b].copy()
 
     # Attempts start at seq 4, 8, 12 (epochs 2, 4, 6); each sees seq + 4 >= seq + 3.
-    assert read_consistent(seq, copy_while_lapped, max_retries=2) == (READ_RETRIES_EXHAUSTED, 6, None)
+    assert read_consistent(memoryview(seq), copy_while_lapped, max_retries=2) == \
+        (READ_RETRIES_EXHAUSTED, 6, None)
     assert seq.item(0) == 4 + 3 * 4  # three attempts: the first plus two retries
 
 
@@ -229,7 +333,7 @@ def _writer(seq, buffers, epochs_begun):
     while True:
         e = write_begin(seq)
         epochs_begun.append(e)
-        rec = buffers[buffer_index(e)]
+        rec = buffers[e & 1]
         rec[0] = e
         yield
         for j in range(1, MODEL_WORDS):
@@ -248,7 +352,9 @@ def _writer(seq, buffers, epochs_begun):
 def test_any_interleaving_yields_only_whole_epochs_in_order(schedule, crashes, reads):
     """``schedule[k]`` writer steps run before the reader's k-th element read
     (and before each read_retry); a step in ``crashes`` kills the writer there
-    and a new writer takes over."""
+    and a new writer takes over.  After each read the reader also copies once
+    from the epoch it kept, as the hot paths do: accepted by ``still_newest``,
+    that copy is whole and of the epoch published when it was checked."""
     seq = np.zeros(1, np.uint64)
     buffers = np.zeros((2, MODEL_WORDS), np.int64)
     epochs_begun: list[int] = []
@@ -278,15 +384,21 @@ def test_any_interleaving_yields_only_whole_epochs_in_order(schedule, crashes, r
         run_writer()  # between the last element and read_retry
         return out
 
-    last = 0
+    def whole(epoch):
+        return [epoch] + [epoch * EPOCH_STRIDE + j for j in range(1, MODEL_WORDS)]
+
+    last = kept = 0
     for _ in range(reads):
-        status, epoch, snap = read_consistent(seq, copy, MAX_RETRIES)
+        status, epoch, snap = read_consistent(memoryview(seq), copy, MAX_RETRIES)
         if status == READ_OK:
-            assert snap == [epoch] + [epoch * EPOCH_STRIDE + j for j in range(1, MODEL_WORDS)]
+            assert snap == whole(epoch)
             assert epoch >= last
-            last = epoch
+            last = kept = epoch
         else:
             assert status in (READ_NOTHING_PUBLISHED, READ_RETRIES_EXHAUSTED)
+        snap = copy(kept & 1)
+        if still_newest(memoryview(seq), kept):
+            assert snap == whole(kept) and seq.item(0) >> 1 == kept
 
 
 # --------------------------------------------------------------------------
@@ -307,7 +419,7 @@ def publish_epochs(seq, buffers, count):
     e = 0
     for _ in range(count):
         e = jit_write_begin(seq, SEQ_WORD)
-        fill_record(buffers[buffer_index(e)], e)
+        fill_record(buffers[e & 1], e)
         jit_write_end(seq, SEQ_WORD)
     return e
 
@@ -349,6 +461,7 @@ def jit_reader(seq, buffers, stats, n_reads, max_calls):
 def python_reader(seq, buffers, stats, n_reads, max_calls):
     """The same through the Python path: numpy copies, read_consistent."""
     copies = []
+    seq_mv = memoryview(seq)
 
     def copy(b):
         snap = buffers[b].copy()
@@ -359,7 +472,7 @@ def python_reader(seq, buffers, stats, n_reads, max_calls):
         if stats[OK] >= n_reads:
             break
         copies.clear()
-        status, epoch, snap = read_consistent(seq, copy, MAX_RETRIES, SEQ_WORD)
+        status, epoch, snap = read_consistent(seq_mv, copy, MAX_RETRIES, SEQ_WORD)
         _account(stats, status, epoch, max(len(copies), 1), snap if snap is not None else buffers[0])
         rejected = copies[:-1] if status == READ_OK else copies
         stats[TORN_REJECTED] += sum(record_errors(c, c[0]) != 0 for c in rejected)
@@ -450,7 +563,7 @@ def begin_and_stall(words, seq, buffers, spin_budget):
     kills us while we spin)."""
     publish_epochs(seq, buffers, 3)
     e = jit_write_begin(seq, SEQ_WORD)
-    rec = buffers[buffer_index(e)]
+    rec = buffers[e & 1]
     rec[0] = e
     rec[2:200] = -1  # half a write
     store_release_u64(words, MID_WRITE_WORD, e)
@@ -486,7 +599,8 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         for _ in range(1000):  # readers go on, with no retries, at epoch 3
             assert jit_read_consistent(seq, buffers, out, 0, SEQ_WORD) == (READ_OK, 3, 1)
             assert record_errors(out, 3) == 0
-            status, epoch, snap = read_consistent(seq, lambda b: buffers[b].copy(), 0, SEQ_WORD)
+            status, epoch, snap = read_consistent(memoryview(seq), lambda b: buffers[b].copy(),
+                                                  0, SEQ_WORD)
             assert (status, epoch, record_errors(snap, 3)) == (READ_OK, 3, 0)
 
         begin, end = (write_begin, write_end) if impl == "python" else (jit_write_begin, jit_write_end)

@@ -1,7 +1,9 @@
 """Exceptions, named from the caller's side.
 
-Hot paths (the tick, the ingest loop, reader calls) return status values; these
-are raised only by setup: loading configuration, creating or attaching a segment.
+Hot paths (the tick, the ingest loop) return status values; these are raised by
+setup (loading configuration, creating or attaching a segment) and by a
+scheduler's `clients.ScoreReader` calls, where there is no value to return.
+Each docstring says who raises it and what to do.
 """
 
 
@@ -36,4 +38,43 @@ class LayoutMismatch(ShmEngineError):
 
     The engine and its clients must come from compatible releases; restart the
     engine or upgrade the client.
+    """
+
+
+class NothingPublished(ShmEngineError):
+    """Raised by `ScoreReader` calls (``score``, ``state``, ``top``, ``pick``,
+    ``snapshot``) before the engine has published its first tick.
+
+    Not a fault: the engine publishes a tick interval after start. Wait until
+    ``reader.epoch > 0``, or catch this and try again.
+    """
+
+
+class UnknownNode(ShmEngineError, KeyError):
+    """Raised by `ScoreReader.score` and ``state`` when the latest published
+    tick has no score for the node: it never sent an accepted heartbeat, was
+    forgotten after a silence, is misspelt, or registered after that tick.
+
+    ``node`` names it (so does the message). Check the name; a node that has
+    just started sending is scored from the next tick. A ``KeyError``, so
+    mapping-style callers keep working.
+    """
+
+    def __init__(self, node: str, message: str):
+        super().__init__(node, message)
+        self.node = node
+
+    def __str__(self) -> str:
+        return self.args[1]  # KeyError would print the repr of args
+
+
+class ReadContention(ShmEngineError):
+    """Raised by `ScoreReader.score`, ``state`` and ``snapshot`` when the engine
+    published faster than the reader could copy on every retry, and the reader
+    holds no earlier copy to serve instead.
+
+    The engine is healthy; this reader is starved of CPU (or the tick interval
+    is far below a copy's duration). Try again; if it recurs, give the reader
+    more CPU or raise the tick interval. ``ScoreReader.retries_exhausted``
+    counts these events, including those served from an earlier copy.
     """

@@ -9,6 +9,9 @@ Invariants:
   ``registry_epoch`` afterwards, so readers know to refresh their id maps.
 - Only one process writes the registry; the replay driver uses the same
   class over a private mapping, so live and replay share the slot logic.
+- Other processes read a slot's id with `read_node_id` only: it re-checks
+  ``slot_gen`` around the copy, so an id is never paired with the generation
+  of another registration.
 """
 
 from __future__ import annotations
@@ -17,13 +20,43 @@ import heapq
 
 import numpy as np
 
-from shm_engine.core.layout import ZONE_BYTES, SegmentViews
+from shm_engine.core.layout import ZONE_BYTES, Registry, SegmentViews
 from shm_engine.core.rows import slot_change_begin, slot_change_end
 
 
 def decode_id(raw: np.ndarray) -> bytes:
     """Node id bytes from a NUL-padded u1 row."""
     return bytes(raw).split(b"\0", 1)[0]
+
+
+#: Attempts of `read_node_id` on a slot that is changing: one change is a few
+#: microseconds of the ingest, a Python attempt about one.
+ID_READ_ATTEMPTS = 100
+
+
+def read_node_id(reg: Registry, slot: int) -> tuple[int, bytes] | None:
+    """``(generation, node id)`` of ``slot``, read consistently from another
+    process; the id is ``b""`` for a free slot.
+
+    None if the slot was changing on every one of ``ID_READ_ATTEMPTS``
+    attempts (the ingest is mid-change, or died there): a status, try again
+    after the next ``registry_epoch`` bump.  Plain loads, correct on x86-64
+    (see `shm_engine.core.ordering`).
+    """
+    slot_gen = reg.slot_gen
+    for _ in range(ID_READ_ATTEMPTS):
+        # The id loads come after this one. Pairs with the store_release in
+        # rows.slot_change_end: an even generation comes with its id.
+        gen = int(slot_gen[slot])
+        if gen & 1:
+            continue
+        key = decode_id(reg.node_id[slot]) if reg.registered[slot] else b""
+        # The id loads come before this one. Pairs with the fence_release in
+        # rows.slot_change_begin: a copy that saw a later change's store
+        # sees its odd generation here.
+        if int(slot_gen[slot]) == gen:
+            return gen, key
+    return None
 
 
 class NodeRegistry:

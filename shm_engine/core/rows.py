@@ -166,14 +166,18 @@ def slot_change_begin(slot_gen, slot):
     g = load_relaxed_u64(slot_gen, slot)
     if g & _ONE == 0:
         store_relaxed_u64(slot_gen, slot, g + _ONE)
-    fence_release()  # odd gen visible before the id/registered stores; pairs with fence_acquire in gather_inputs
+    # The odd gen is visible before the id/registered stores. Pairs with
+    # fence_acquire in gather_inputs and the re-read in registry.read_node_id.
+    fence_release()
 
 
 @njit(cache=True, nogil=True)
 def slot_change_end(slot_gen, slot):
     """Publish ``slot``'s new registration (even generation)."""
     g = load_relaxed_u64(slot_gen, slot)
-    store_release_u64(slot_gen, slot, g + _ONE)  # pairs with load_acquire in gather_inputs / the reader
+    # Pairs with load_acquire in gather_inputs and the first load in
+    # registry.read_node_id.
+    store_release_u64(slot_gen, slot, g + _ONE)
 
 
 @njit(cache=True, nogil=True)

@@ -9,45 +9,52 @@ Shape (the "seqcount latch" of Linux ``include/linux/seqlock.h``)::
                                                  +----------+  +----------+
 
 Invariant. ``epoch = seq >> 1`` is the last published epoch; it only grows.
-Published epoch ``e >= 1`` lives in buffer ``e & 1``; nothing is published at
+Published epoch ``E >= 1`` lives in buffer ``E & 1``; nothing is published at
 epoch 0. While ``seq`` is odd the writer is filling epoch ``(seq >> 1) + 1``,
 which is the *other* buffer, so the buffer of the published epoch is never
-written while it is the newest. A reader that started at ``s1`` copied a
-consistent snapshot unless, by the time it finished, the writer had begun the
-epoch after next -- the one that reuses its buffer: ``s2 >= (s1 >> 1 << 1) + 3``.
+written while it is the newest. A copy of epoch ``E`` is consistent unless,
+by the time it finished, the writer had begun the epoch after next -- the one
+that reuses its buffer: ``seq >= 2E + 3``.
 
 Sequence, by value of seq (epoch E published, buffer b = E & 1)::
 
     2E      readers use b           writer may begin E+1 (buffer 1-b)
     2E+1    readers still use b     writer fills 1-b
     2E+2    readers use 1-b         E+1 published
-    2E+3    writer fills b again:   a copy of b started at 2E or 2E+1 retries
+    2E+3    writer fills b again:   a copy of b begun at 2E or 2E+1 retries
 
 Rules for callers:
   * Exactly one writer at a time. Two concurrent writers corrupt silently;
     ownership (a pid file, the engine's create-exclusive segment) is the
     caller's job. A writer that died mid-write leaves seq odd; the next writer's
     ``write_begin`` sees that and rewrites the same epoch into the same buffer.
-  * The writer touches only buffer ``epoch & 1`` between ``write_begin`` and
-    ``write_end``, and never the other one.
+  * The writer touches only buffer ``E & 1`` of the epoch ``E`` that
+    ``write_begin`` returned, until ``write_end``, and never the other one.
   * The protected data holds no pointers, and a reader must not trust any value
-    (a length, an offset) of a copy until ``read_retry`` says it is consistent:
-    a torn copy is garbage that is thrown away, so the copy itself must
-    tolerate garbage (bounded loops, no indexing by copied values).
+    (a length, an offset, a slot) of a copy until the latch accepted it
+    (``read_retry`` or ``still_newest``): a torn copy is garbage that is thrown
+    away, so the copy itself must tolerate garbage (bounded loops,
+    range-checked indexing).
   * A reader copies (never keeps a view of) the buffer, and never writes seq.
   * The sequence word is zeroed by whoever creates the segment, before any
     reader or writer attaches.
-  * Use ``read_consistent`` / ``jit_read_consistent``: they are the retry loop.
 
-Two implementations of the same protocol:
-  * ``jit_*`` functions are ``@njit(cache=True)`` and use ``ordering``'s atomic
-    loads, stores and fences; use them from jitted code (the tick worker).
-  * the plain-named functions are ordinary Python over numpy; they rely on the
-    x86-64 argument in ``shm_engine.core.ordering`` (opaque C calls + TSO) and are
-    for light clients that do not want numba.
+Reading. ``read_consistent`` is the retry loop, the only one: ``read_begin``
+gives the epoch E, the caller's copy reads buffer ``E & 1``, ``read_retry``
+says whether to copy again. A reader that keeps the epoch of its last
+consistent read may skip ``read_begin`` on a hot path: copy from that epoch's
+buffer, then ``still_newest(seq, E)`` (one load instead of two, and current,
+not only consistent); when it is False, read through ``read_consistent`` and
+keep the epoch it returns. Callers never loop themselves.
 
-Sequence numbers and epochs are int64 on the way out (2**62 epochs is beyond
-reach). Hot-path calls return status codes and never raise; only
+Memory ordering. These functions are plain Python over numpy (writer) and
+``memoryview`` (reader): each access is one opaque call into C that no
+compiler moves, and x86-64 TSO keeps loads in order with loads and stores with
+stores (``shm_engine.core.ordering`` gives the argument, and what a weakly
+ordered CPU would need instead). Each ordered access below names its partner.
+
+Sequence numbers and epochs are Python ints (2**62 epochs is beyond reach).
+Hot-path calls return status codes and never raise; only
 ``check_sequence_word`` (setup) raises.
 """
 
@@ -57,34 +64,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
-from numba import njit
-
-from shm_engine.core.ordering import (
-    fence_acquire,
-    fence_release,
-    load_acquire_u64,
-    load_relaxed_u64,
-    store_relaxed_u64,
-    store_release_u64,
-)
 
 __all__ = [
     "READ_OK",
     "READ_NOTHING_PUBLISHED",
     "READ_RETRIES_EXHAUSTED",
     "DEFAULT_MAX_RETRIES",
-    "buffer_index",
     "check_sequence_word",
     "write_begin",
     "write_end",
     "read_begin",
     "read_retry",
     "read_consistent",
-    "jit_write_begin",
-    "jit_write_end",
-    "jit_read_begin",
-    "jit_read_retry",
-    "jit_read_consistent",
+    "still_newest",
 ]
 
 #: The copy is a consistent snapshot of the returned epoch.
@@ -104,8 +96,7 @@ def check_sequence_word(seq_arr: np.ndarray, seq_index: int = 0) -> None:
 
     Raises ``TypeError`` for a non-uint64 or non-1-D array and ``ValueError``
     for an index out of range or a word that is not 8-byte aligned (an
-    unaligned word may be torn by a plain load and makes the atomic ones slow
-    or split).
+    unaligned word may be torn by a plain load).
     """
     if not isinstance(seq_arr, np.ndarray) or seq_arr.dtype != np.uint64 or seq_arr.ndim != 1:
         raise TypeError(f"sequence word must be a 1-D uint64 array, got {type(seq_arr).__name__} "
@@ -118,143 +109,69 @@ def check_sequence_word(seq_arr: np.ndarray, seq_index: int = 0) -> None:
                          f"(address % 8 == {address % 8})")
 
 
-@njit(cache=True)
-def buffer_index(epoch):
-    """The buffer (0 or 1) that holds ``epoch``; usable from Python and jitted code."""
-    return epoch & 1
-
-
 # --------------------------------------------------------------------------
-# Jitted implementation (ordered by shm_engine.core.ordering on every CPU).
+# Writer (``seq_arr``: the uint64 array holding the word).
 
 
-@njit(cache=True)
-def jit_write_begin(seq_arr, seq_index=0):
-    """Start writing; returns the epoch E being written (buffer ``E & 1``).
+def write_begin(seq_arr: np.ndarray, seq_index: int = 0) -> int:
+    """Start writing; returns the epoch E being written (into buffer ``E & 1``).
 
     If seq is odd, a previous writer died mid-write: seq is left as it is and
     E is the epoch it was writing, so the same buffer is rewritten.
     """
-    # Relaxed: only this writer stores seq, so it reads back its own value.
-    s = np.int64(load_relaxed_u64(seq_arr, seq_index))
-    if (s & 1) == 0:
-        s += 1
-        store_relaxed_u64(seq_arr, seq_index, s)
-    # The odd value must be visible before any data store to the buffer.
-    # Pairs with fence_acquire() in jit_read_retry / read_retry.
-    fence_release()
-    return (s >> 1) + 1
-
-
-@njit(cache=True)
-def jit_write_end(seq_arr, seq_index=0):
-    """Publish the epoch begun by ``jit_write_begin``; returns it.
-
-    Returns 0 and leaves seq alone if no write was in progress (a caller bug).
-    """
-    s = np.int64(load_relaxed_u64(seq_arr, seq_index))
-    if (s & 1) == 0:
-        return np.int64(0)
-    # Every data store stays before the even value.
-    # Pairs with load_acquire_u64() in jit_read_begin / read_begin.
-    store_release_u64(seq_arr, seq_index, s + 1)
-    return (s + 1) >> 1
-
-
-@njit(cache=True)
-def jit_read_begin(seq_arr, seq_index=0):
-    """Sample seq; the reader copies buffer ``buffer_index(s1 >> 1)``.
-
-    ``s1 >> 1 == 0`` means nothing is published yet.
-    """
-    # The copy's loads stay after this load.
-    # Pairs with store_release_u64() in jit_write_end / write_end.
-    return np.int64(load_acquire_u64(seq_arr, seq_index))
-
-
-@njit(cache=True)
-def jit_read_retry(seq_arr, s1, seq_index=0):
-    """True if the copy made since ``jit_read_begin`` returned ``s1`` may be torn."""
-    # The copy's loads stay before the re-read of seq, so if the copy saw
-    # any store the writer made after write_begin, this load sees the odd
-    # value. Pairs with fence_release() in jit_write_begin / write_begin.
-    fence_acquire()
-    s2 = np.int64(load_relaxed_u64(seq_arr, seq_index))
-    return s2 >= ((s1 >> 1) << 1) + 3
-
-
-@njit(cache=True)
-def jit_read_consistent(seq_arr, buffers, out, max_retries, seq_index=0):
-    """The jitted retry loop: copy the newest published buffer into ``out``.
-
-    ``buffers`` is any array whose first axis (length 2) is the buffer index,
-    ``out`` has the shape of ``buffers[0]``. Returns ``(status, epoch,
-    attempts)``: ``(READ_OK, E, n)`` with ``out`` holding epoch E after n >= 1
-    copies; ``(READ_NOTHING_PUBLISHED, 0, 1)``; ``(READ_RETRIES_EXHAUSTED, E,
-    max_retries + 1)``, ``out`` then holding garbage. ``attempts - 1`` is the
-    number of retries, for a metrics counter. numba cannot cache a function
-    that takes a function argument, hence an array copy, not a callback.
-    """
-    epoch = np.int64(0)
-    attempts = np.int64(0)
-    while attempts <= max_retries:
-        attempts += 1
-        s1 = jit_read_begin(seq_arr, seq_index)
-        epoch = s1 >> 1
-        if epoch == 0:
-            return READ_NOTHING_PUBLISHED, np.int64(0), attempts
-        out[...] = buffers[epoch & 1]
-        if not jit_read_retry(seq_arr, s1, seq_index):
-            return READ_OK, epoch, attempts
-    return READ_RETRIES_EXHAUSTED, epoch, attempts
-
-
-# --------------------------------------------------------------------------
-# Python implementation (plain numpy; correct on x86-64, see ordering.py).
-
-
-def write_begin(seq_arr: np.ndarray, seq_index: int = 0) -> int:
-    """Python twin of ``jit_write_begin``; returns the epoch being written."""
     s = seq_arr.item(seq_index)
     if (s & 1) == 0:
         s += 1
-        # x86-64: TSO keeps this store before the caller's data stores, and
-        # CPython cannot move them. Pairs with fence_acquire() in read_retry.
+        # The odd value is visible before the caller's first buffer store
+        # (TSO: stores stay in order). Pairs with the loads in read_retry
+        # and still_newest.
         seq_arr[seq_index] = s
     return (s >> 1) + 1
 
 
 def write_end(seq_arr: np.ndarray, seq_index: int = 0) -> int:
-    """Python twin of ``jit_write_end``; returns the published epoch or 0."""
+    """Publish the epoch begun by ``write_begin``; returns it.
+
+    Returns 0 and leaves seq alone if no write was in progress (a caller bug).
+    """
     s = seq_arr.item(seq_index)
     if (s & 1) == 0:
         return 0
-    # x86-64: TSO keeps the data stores before this one.
-    # Pairs with the load in read_begin.
+    # Every buffer store of the caller is visible before the even value
+    # (TSO: stores stay in order). Pairs with the load in read_begin.
     seq_arr[seq_index] = s + 1
     return (s + 1) >> 1
 
 
-def read_begin(seq_arr: np.ndarray, seq_index: int = 0) -> int:
-    """Python twin of ``jit_read_begin``."""
-    # x86-64: TSO keeps the copy's loads after this one.
-    # Pairs with the store in write_end.
-    return seq_arr.item(seq_index)
+# --------------------------------------------------------------------------
+# Reader (``seq``: ``memoryview`` of that array, made once; indexing one
+# yields a Python int in ~30 ns, where numpy yields a numpy scalar in ~100 ns).
 
 
-def read_retry(seq_arr: np.ndarray, s1: int, seq_index: int = 0) -> bool:
-    """Python twin of ``jit_read_retry``."""
-    # x86-64: TSO keeps the copy's loads before this one; no fence needed.
-    # Pairs with the store in write_begin.
-    s2 = seq_arr.item(seq_index)
-    return s2 >= ((s1 >> 1) << 1) + 3
+def read_begin(seq: memoryview, seq_index: int = 0) -> int:
+    """The last published epoch E (0: none yet); copy buffer ``E & 1``, then
+    ask ``read_retry(seq, E)`` whether the copy may be used."""
+    # The copy's loads come after this one (TSO: loads stay in order).
+    # Pairs with the store in write_end: a copy that began after it sees
+    # every buffer store of epoch E.
+    return seq[seq_index] >> 1
+
+
+def read_retry(seq: memoryview, epoch: int, seq_index: int = 0) -> bool:
+    """True if the copy made since ``read_begin`` returned ``epoch`` must not
+    be used: nothing was published (epoch 0), or the writer has begun the
+    epoch after next, which reuses the copied buffer."""
+    # The copy's loads come before this one (TSO: loads stay in order).
+    # Pairs with the store in write_begin: if the copy saw any store of a
+    # later write into its buffer, this load sees that write's odd value.
+    return epoch == 0 or seq[seq_index] >= (epoch << 1) + 3
 
 
 T = TypeVar("T")
 
 
 def read_consistent(
-    seq_arr: np.ndarray,
+    seq: memoryview,
     copy_fn: Callable[[int], T],
     max_retries: int = DEFAULT_MAX_RETRIES,
     seq_index: int = 0,
@@ -269,11 +186,24 @@ def read_consistent(
     """
     epoch = 0
     for _ in range(max_retries + 1):
-        s1 = read_begin(seq_arr, seq_index)
-        epoch = s1 >> 1
+        epoch = read_begin(seq, seq_index)
         if epoch == 0:
             return READ_NOTHING_PUBLISHED, 0, None
         result = copy_fn(epoch & 1)
-        if not read_retry(seq_arr, s1, seq_index):
+        if not read_retry(seq, epoch, seq_index):
             return READ_OK, epoch, result
     return READ_RETRIES_EXHAUSTED, epoch, None
+
+
+def still_newest(seq: memoryview, epoch: int, seq_index: int = 0) -> bool:
+    """True if ``epoch`` (from an earlier read) is still the newest published
+    epoch; False for 0.
+
+    Then a copy of buffer ``epoch & 1`` made since that read is consistent and
+    current: while E is the newest epoch, the writer fills only the other
+    buffer.
+    """
+    # The copy's loads come before this one (TSO: loads stay in order).
+    # Pairs with the store in write_begin: a copy that saw any store of a
+    # later write into its buffer (epoch E + 2) sees seq >= 2E + 3 here.
+    return epoch != 0 and seq[seq_index] >> 1 == epoch

@@ -18,7 +18,12 @@ from __future__ import annotations
 import sys
 import time
 
-from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+)
 from shm_engine.core.states import NodeState
 
 __all__ = ["EngineCollector", "cmd_metrics"]
@@ -105,11 +110,11 @@ class EngineCollector:
     def _per_node(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from clients.reader import NothingPublished, ScoreReader
+        from clients.reader import ScoreReader
         try:
             with ScoreReader.attach(self.name) as reader:
                 snap = reader.snapshot()
-        except (EngineNotRunning, LayoutMismatch, NothingPublished):
+        except (EngineNotRunning, LayoutMismatch, NothingPublished, ReadContention):
             return
         score = GaugeMetricFamily("shm_engine_node_score", "published desirability",
                                   labels=["engine", "node"])

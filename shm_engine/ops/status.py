@@ -50,7 +50,8 @@ def read_status(name: str) -> dict:
         if not process_alive(creator, int(h.creator_start[0])):
             raise EngineNotRunning(f"engine {name!r} is not running (stale segment of dead "
                                    f"pid {creator}; the next run reclaims it)")
-        st, epoch, meta = read_consistent(h.latch_seq, lambda b: _copy_meta(v.buffers[b]))
+        seq = memoryview(h.latch_seq)
+        st, epoch, meta = read_consistent(seq, lambda b: _copy_meta(v.buffers[b]))
         now = time.monotonic()
         if st == READ_OK:
             _e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts = meta

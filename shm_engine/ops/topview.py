@@ -27,7 +27,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    LayoutMismatch,
+    NothingPublished,
+    ReadContention,
+)
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import NodeState
 from shm_engine.wire import REJECT_REASONS
@@ -116,7 +121,7 @@ class Watcher:
     no engine to attach to."""
 
     def __init__(self, name: str, rows: int = 25):
-        from clients.reader import ScoreReader   # clients imports shm_engine: keep lazy
+        from clients.reader import ScoreReader  # clients imports shm_engine: keep lazy
 
         self.name = name
         self.rows = rows
@@ -159,12 +164,10 @@ class Watcher:
     def sample(self):
         """The latest `Snapshot` (also kept in ``self.snapshot``), without
         building a view; None before the first tick."""
-        from clients.reader import NothingPublished
-
         try:
             self.snapshot = self._reader.snapshot()
-        except NothingPublished:
-            pass
+        except (NothingPublished, ReadContention):
+            pass  # keep the previous one
         return self.snapshot
 
     def _counters(self) -> tuple:
@@ -173,8 +176,6 @@ class Watcher:
                 int(h.ingest_accepted[0]))
 
     def poll(self) -> ViewState:
-        from clients.reader import NothingPublished
-
         h = self._hdr
         now_c = self._counters()
         vs = ViewState(name=self.name, tick_interval_ms=int(h.tick_interval_ms[0]),
@@ -200,6 +201,9 @@ class Watcher:
             snap = self._reader.snapshot()
         except NothingPublished:
             vs.message = "waiting for the first tick"
+            return vs
+        except ReadContention:
+            vs.message = "ticks came faster than this view could copy one; retrying"
             return vs
         self.snapshot = snap
         vs.epoch = snap.epoch

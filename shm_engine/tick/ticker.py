@@ -18,8 +18,8 @@ Python stores that follow are separate C calls that no compiler moves, and
 TSO never reorders a store with an older store.  So the odd latch value is
 visible before any buffer store, and every buffer store before the even
 value (pairs with ``read_begin``/``read_retry`` in the readers).  On a weakly
-ordered CPU this module would need the ``jit_write_begin``/``jit_write_end``
-twins called from one jitted function around the fill.
+ordered CPU the latch stores would have to be `shm_engine.core.ordering`'s
+release store and fence, in one jitted function around the fill.
 
 Rules for callers: one `Ticker` per segment at a time (the supervisor only
 starts a worker after the previous one has exited); ``now`` is
