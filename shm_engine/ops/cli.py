@@ -12,8 +12,7 @@ import json
 import sys
 
 from shm_engine.core.errors import ConfigError, ShmEngineError
-
-DEFAULT_NAME = "dfps"
+from shm_engine.core.runtime import DEFAULT_NAME
 
 
 def _config(path):

@@ -39,7 +39,6 @@ import math
 import mmap
 import os
 import signal
-import sys
 import time
 from typing import NamedTuple
 
@@ -55,12 +54,11 @@ from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 from shm_engine.core.rows import gather, make_gather_cache
+from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 
 __all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
 
 STATS_WINDOW = 2048
-EXIT_OK = 0
-EXIT_ATTACH_FAILED = 1
 
 
 class TickResult(NamedTuple):
@@ -219,12 +217,6 @@ def run_schedule(ticker: Ticker, interval_s: float, should_stop, check_s: float)
 
 
 # -------------------------------------------------------------- entry point --
-def _log(level: str, event: str, **kv) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    fields = " ".join(f"{k}={v}" for k, v in kv.items())
-    print(f"{stamp} {level} {event} {fields}".rstrip(), file=sys.stderr, flush=True)
-
-
 def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     """Tick worker process: attach ``name``, warm up, tick until the parent
     dies, ``header.stopping`` is set, or SIGTERM.  Returns the exit code."""
@@ -238,21 +230,21 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     try:
         seg = Segment.attach(name, readonly=False)
     except Exception as err:  # noqa: BLE001 - reported as an exit code
-        _log("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
-        return EXIT_ATTACH_FAILED
+        log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_FAILED
     try:
         warm_up()
         ticker = Ticker(seg.views, config)
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
-        _log("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
+        log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
 
         def should_stop() -> bool:
             return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
 
         run_schedule(ticker, config.engine.tick_interval_ms / 1000.0, should_stop,
                      min(config.engine.parent_check_interval_s, 0.1))
-        _log("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
+        log_event("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
         return EXIT_OK
     finally:
         ticker = None
