@@ -4,15 +4,13 @@
 columns, marks fresh/new slots, computes ages exactly as replay does
 (`((k - a) * tick_interval_ms) / 1000`), swaps the state buffers after each
 tick and poisons the buffers the tick must overwrite, so a field the kernel
-forgets to write shows up as garbage.  The tests at the bottom check the
-driver itself and `warm_up`.
+forgets to write shows up as garbage (checked in ``test_kernel_sim.py``).
 """
 
 import numpy as np
 
-import kernels
-from kernels import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, UNREGISTERED,
-                     default_params, make_inputs, make_outputs, make_state, tick)
+from kernels import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, default_params, make_inputs,
+                     make_outputs, make_state, tick)
 
 TICK_MS = 50
 
@@ -104,19 +102,3 @@ class Sim:
     def ranked(self):
         return list(self.out.ranked[: self.result[0]])
 
-
-def test_warm_up_compiles_and_leaves_nothing_behind():
-    kernels.warm_up()  # twice: the second call must be a cache hit, not an error
-    kernels.warm_up()
-
-
-def test_sim_poisons_then_tick_overwrites_empty_slots():
-    sim = Sim(capacity=3)
-    sim.hb(1, cpu=0.5)
-    sim.step()
-    st, out = sim.state, sim.out
-    for slot in (0, 2):
-        assert st.state[slot] == UNREGISTERED
-        assert (st.qema[slot], st.s[slot], st.flap[slot]) == (0.0, 0.0, 0.0)
-        assert (st.n[slot], st.probation[slot], st.memory[slot]) == (0, 0, 0)
-        assert (out.score[slot], out.raw[slot], out.wait[slot], out.liveness[slot]) == (0, 0, 0, 0)
