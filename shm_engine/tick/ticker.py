@@ -135,8 +135,7 @@ class Ticker:
         hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
         torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
                       cache=self._gather_cache)
-        n_ranked, pressure, live = tick_radix(self.params, self.inputs, prev.state,
-                                              nxt.state, nxt.out, self._rank_scratch)
+        n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
@@ -160,6 +159,15 @@ class Ticker:
         h.ticker_alive_mono[0] = time.monotonic()
         return TickResult(epoch, int(n_ranked), float(pressure), int(live), registered,
                           int(torn), us)
+
+    def score(self, prev, nxt) -> tuple[int, float, int]:
+        """The kernels of a tick (SCORING.md steps 1-14) over ``self.inputs``:
+        the carried state of buffer ``prev`` in, the state and outputs of
+        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
+        it between gather and publish; alone, it is what the benchmark times
+        as the kernels."""
+        return tick_radix(self.params, self.inputs, prev.state, nxt.state, nxt.out,
+                          self._rank_scratch)
 
 
 def warm_up() -> None:
