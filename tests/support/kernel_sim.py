@@ -49,19 +49,17 @@ class Sim:
         inp.new_hb[slot] = 1
         inp.cpu[slot], inp.mem[slot] = cpu, mem
         inp.queue[slot], inp.avg_job_s[slot] = queue, avg_job_s
+        # Optional metrics: the bit a heartbeat sets when it carries them.
+        optional = ((HAS_THROUGHPUT, {"throughput": throughput}),
+                    (HAS_OKERR, {"ok": ok, "err": err}),
+                    (HAS_IO, {"io": io}),
+                    (HAS_TAIL, {"p50_ms": p50_ms, "p95_ms": p95_ms}))
         rep = 0
-        if throughput is not None:
-            rep |= HAS_THROUGHPUT
-            inp.throughput[slot] = throughput
-        if ok is not None:
-            rep |= HAS_OKERR
-            inp.ok[slot], inp.err[slot] = ok, err
-        if io is not None:
-            rep |= HAS_IO
-            inp.io[slot] = io
-        if p50_ms is not None:
-            rep |= HAS_TAIL
-            inp.p50_ms[slot], inp.p95_ms[slot] = p50_ms, p95_ms
+        for bit, values in optional:
+            if next(iter(values.values())) is not None:
+                rep |= bit
+                for col, v in values.items():
+                    getattr(inp, col)[slot] = v
         inp.reported[slot] = rep
         self.last[slot] = self.k
 
