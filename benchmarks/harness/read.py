@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness.common import TICK_S, bench_config, records, rss_kb, send_records, \
-    stats, unique_name, verdict
+from benchmarks.harness.common import (TICK_S, bench_config, records, rss_kb, send_records,
+                                       stats, unique_name, verdict)
 
 __all__ = ["run", "summary", "reader_child", "GOALS"]
 

@@ -42,12 +42,13 @@ class _Alone:
 
     def __init__(self, capacity: int, config):
         from shm_engine.core.layout import SegmentViews, layout_for
+        from shm_engine.core.states import UNREGISTERED
         from shm_engine.tick.ticker import Ticker
         layout = layout_for(capacity)
         self._mm = mmap.mmap(-1, layout.size)
         views = SegmentViews(self._mm, layout)
         for b in views.buffers:
-            b.state.state[:] = 255           # no node yet, as a new segment
+            b.state.state[:] = UNREGISTERED      # no node yet, as in a new segment
         self.buffers = views.buffers
         self.ticker = Ticker(views, config)
         self.k = 0
@@ -147,8 +148,8 @@ def run(n: int, reps: int, python_max: int, log, only_tick: bool = False) -> dic
         params = ticker.params
         alone = _Alone(n, config)
         parts = _Parts(n)
-        np_prev, np_nxt, np_out = kernels.make_state(n), kernels.make_state(n), \
-            kernels.make_outputs(n)
+        np_prev, np_nxt = kernels.make_state(n), kernels.make_state(n)
+        np_out = kernels.make_outputs(n)
         res: dict[str, list] = {"ticker": [], "kernels": [], "numpy": []}
         part_times: dict[str, list] = {k: [] for k in PART_KEYS}
         hb = max(1, int(n * HB_FRACTION))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm_engine.core.states import NodeState
+from shm_engine.core.states import UNREGISTERED, NodeState
 from shm_engine.ops.demo.fleet import KINDS, Fleet
 
 __all__ = ["Stats"]
@@ -55,7 +55,7 @@ class Stats:
         if not have.any():
             return
         self.samples += 1
-        st = np.where(have, snap.state[np.maximum(slot, 0)], 255).astype(int)
+        st = np.where(have, snap.state[np.maximum(slot, 0)], UNREGISTERED).astype(int)
         for s in NodeState:
             self.seen[:, int(s)] |= st == int(s)
         rank_of = {int(s): r for r, s in enumerate(snap.ranked.tolist(), 1)}
