@@ -39,6 +39,7 @@ import numpy as np
 from clients.pick import pick as _pick
 from shm_engine.core.errors import NothingPublished, ReadContention, UnknownNode
 from shm_engine.core.registry import read_node_id
+from shm_engine.core.runtime import DEFAULT_NAME
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import (
     DEFAULT_MAX_RETRIES,
@@ -48,13 +49,13 @@ from shm_engine.core.seqlock import (
     read_consistent,
     still_newest,
 )
-from shm_engine.core.states import NodeState
+from shm_engine.core.states import STATE_NAMES, NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention"]
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
-_STATE_KEYS = tuple(s.name.lower() for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
+_STATE_KEYS = tuple(STATE_NAMES[s] for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
 _WEIGHT_NAMES = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
 
 
@@ -121,7 +122,7 @@ class ScoreReader:
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
 
     @classmethod
-    def attach(cls, name: str = "dfps") -> "ScoreReader":
+    def attach(cls, name: str = DEFAULT_NAME) -> "ScoreReader":
         """Map engine ``name`` read-only.  Raises EngineNotRunning / LayoutMismatch."""
         return cls(Segment.attach(name, readonly=True))
 

@@ -22,8 +22,8 @@ __all__ = ["Config", "load_config", "render_defaults", "NodeState", "replay",
            "ShmEngineError", "ConfigError", "EngineNotRunning", "EngineAlreadyRunning",
            "LayoutMismatch", "__version__"]
 
-_LAZY = {"Config": "config", "load_config": "config", "render_defaults": "config",
-         "replay": "replay"}
+_LAZY = {"Config": "core.config", "load_config": "core.config", "render_defaults": "core.config",
+         "replay": "tick.replay"}
 
 
 def __getattr__(name):

@@ -4,17 +4,11 @@ a test fails (segments unlinked, child processes killed)."""
 import os
 import uuid
 
-import posix_ipc
 import pytest
 
+from support.shm import unlink_segment
+
 SHM_PREFIX = "shmtest"
-
-
-def _unlink_quietly(name: str) -> None:
-    try:
-        posix_ipc.unlink_shared_memory("/" + name.lstrip("/"))
-    except posix_ipc.ExistentialError:
-        pass
 
 
 @pytest.fixture
@@ -22,7 +16,7 @@ def shm_name():
     """A segment name unique to this test; whatever has it is unlinked after."""
     name = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     yield name
-    _unlink_quietly(name)
+    unlink_segment(name)
 
 
 @pytest.fixture
@@ -37,7 +31,7 @@ def shm_names():
 
     yield make
     for name in made:
-        _unlink_quietly(name)
+        unlink_segment(name)
 
 
 @pytest.fixture
@@ -77,7 +71,7 @@ def pytest_sessionfinish(session, exitstatus):
     """Fail loudly if any test left a segment of ours in /dev/shm."""
     leaked = [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}-{os.getpid()}-")]
     for n in leaked:
-        _unlink_quietly(n)
+        unlink_segment(n)
     if leaked:
         session.exitstatus = 1
         print(f"\nERROR: tests left shared-memory segments behind: {leaked}")

@@ -1,7 +1,8 @@
-"""`python -m benchmarks run --quick` works end to end (not how fast it is).
+"""`python -m benchmarks run --quick` works end to end (not how fast it is),
+and a run rewrites no committed file unless told to (``--record``).
 
-Runs the harness as a user would, into a temporary results directory, and
-checks that latest.json holds every section with positive numbers.
+The quick run goes as a user would start it, into a temporary output folder,
+and latest.json must hold every section with positive numbers.
 """
 
 import json
@@ -10,23 +11,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks.harness import driver, report
+
 ROOT = Path(__file__).resolve().parent.parent
+QUICK_TIMEOUT_S = 150       # about a minute on a busy 2-core machine
 
 
-def test_quick_run_writes_every_section(tmp_path):
+def _run(*args, timeout):
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "run", "--quick",
-                           "--out", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "benchmarks", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
+    committed = {p: p.stat().st_mtime_ns for p in (driver.RESULTS_MD, *driver.RECORD_DIR.iterdir())}
+    proc = _run("--quick", "--out", str(tmp_path), timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "latest.json").read_text())
     for key in ("machine", "tick", "read", "ingest", "freshness", "memory", "scaling"):
         assert res.get(key), key
     assert [r["nodes"] for r in res["tick"]] == [1000, 10000]
     for row in res["tick"]:
-        for variant in ("ticker", "ticker_ranked", "kernels", "numpy", "python"):
+        for variant in ("ticker", "kernels", "numpy", "python"):
             assert row[variant]["median"] > 0 and row[variant]["ns_per_node"] > 0
+        for part in ("gather_full", "gather_cached", "passes", "step14_radix"):
+            assert row["parts"][part]["median"] > 0
     ours = res["read"]["ours"]
     assert ours["score_ns"]["median"] > 0 and ours["snapshot_us"]["median"] > 0
     assert ours["top10_us"]["median"] > 0
@@ -39,3 +51,29 @@ def test_quick_run_writes_every_section(tmp_path):
     assert res["freshness"]["latency_ms"]["median"] > 0
     assert res["memory"]["10000"]["segment_bytes_per_node"] > 0
     assert "Goals:" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in committed} == committed
+
+
+@pytest.mark.parametrize("extra", [["--quick"], ["--only", "tick"], ["--out", "x"],
+                                   ["--nodes", "1000"], ["--skip", "read"]])
+def test_record_is_a_full_run_only(extra):
+    proc = _run("--record", *extra, timeout=60)
+    assert proc.returncode == 2
+    assert "--record is a full run" in proc.stderr
+
+
+def test_record_replaces_the_bench_span_and_nothing_else(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    sim = "<!-- sim:begin -->\nrouting tables\n<!-- sim:end -->\n"
+    md.write_text(f"# Benchmark results\n\n{sim}\n{report.BEGIN}\nold\n{report.END}\n\ntail\n")
+    res = {"command": "python -m benchmarks run", "date": "today",
+           "machine": {"cpu": "x", "cores": 2, "python": "3.11", "numpy": "2", "numba": "0.6",
+                       "load_avg_1m_at_start": 0.5}}
+    report.record_results_md(res, ["| new table |"], md, "tick_scaling.png")
+    text = md.read_text()
+    assert sim in text and text.endswith("\n\ntail\n") and "old" not in text
+    assert text.count(report.BEGIN) == text.count(report.END) == 1
+    assert "| new table |\n\n![tick scaling](results/tick_scaling.png)\n" + report.END in text
+    md.write_text(f"{report.BEGIN}\nno end\n")
+    with pytest.raises(ValueError, match="without"):
+        report.record_results_md(res, [], md, "tick_scaling.png")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from shm_engine.ops.demo import KINDS, Fleet, _kind_counts
+from shm_engine.ops.demo import KINDS, Fleet, kind_counts
 
 DEMO_TIMEOUT_S = 150
 
@@ -31,7 +31,7 @@ def test_demo_runs_prints_a_summary_and_cleans_up(shm_name, reap):
 
 @pytest.mark.parametrize("n", [1, 5, 6, 7, 40, 200, 1001])
 def test_kind_counts_add_up(n):
-    counts = _kind_counts(n)
+    counts = kind_counts(n)
     assert sum(counts) == n and min(counts) >= 0
     if n >= len(KINDS):
         assert min(counts) >= 1

@@ -20,8 +20,8 @@ from shm_engine import wire
 from shm_engine.core.config import load_config
 from shm_engine.tick.replay import replay
 from shm_engine.core.states import NodeState
-from test_supervisor import (START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
-                             wait_until, write_config)
+from support.engine import START_TIMEOUT_S, Engine, cli, free_port, segment_exists, write_config
+from support.wait import wait_until
 
 
 @pytest.fixture

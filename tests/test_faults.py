@@ -1,9 +1,9 @@
 """Faults: children killed under load, a stalled tick worker, a killed supervisor.
 
-Each test runs a real ``shm-engine run`` (`engine_util.Engine`) fed by a
-self-describing fleet (`engine_util.sender_main`) and read by separate reader
-processes (`engine_util.reader_main`) that check every snapshot they copy
-(`engine_util.check_snapshot`): a snapshot mixing two epochs, or naming a
+Each test runs a real ``shm-engine run`` (`support.engine.Engine`) fed by a
+self-describing fleet (`support.fleet.sender_main`) and read by separate reader
+processes (`support.fleet.reader_main`) that check every snapshot they copy
+(`support.fleet.check_snapshot`): a snapshot mixing two epochs, or naming a
 slot after another node, counts as torn.  Waits are polls with deadlines.
 """
 
@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from engine_util import (SPAWN, START_TIMEOUT_S, Engine, check_snapshot, free_port, node_name,
-                         node_params, pid_gone, reader_main, segment_exists, sender_main,
-                         start_procs, wait_until, write_config)
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.fleet import (SPAWN, check_snapshot, node_name, node_params, pid_gone, reader_main,
+                           sender_main, start_procs)
+from support.wait import wait_until
 from shm_engine.core.segment import Segment
 
 NODES = 200

@@ -1,7 +1,6 @@
 """HeartbeatClient over a real PULL socket: frames arrive and decode; local
 validation raises InvalidHeartbeat; send never blocks without a peer."""
 
-import socket
 import time
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 
 from clients import HeartbeatClient, InvalidHeartbeat
 from shm_engine import wire
+from support.engine import free_port
 
 HB = dict(cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 TIMEOUT_MS = 5000
@@ -95,12 +95,6 @@ def test_bad_node_id_raises():
     with HeartbeatClient("tcp://127.0.0.1:1") as client:
         with pytest.raises(InvalidHeartbeat, match=r"bad_node_id: node 'a\\nb'"):
             client.send("a\nb", **HB)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_send_never_blocks_without_a_peer():

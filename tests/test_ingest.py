@@ -21,7 +21,8 @@ import zmq
 from shm_engine.ingest import process as ingest_mod
 from shm_engine import wire
 from shm_engine.core.config import Config
-from shm_engine.ingest.process import EXIT_CONFIG, Ingest, ingest_main
+from shm_engine.core.runtime import EXIT_FATAL
+from shm_engine.ingest.process import Ingest, ingest_main
 from shm_engine.core.registry import decode_id
 from shm_engine.core.segment import Segment, process_alive
 
@@ -545,7 +546,7 @@ def test_bind_failure_exits_78(shm_name, reap, how):
             reap(proc)
             proc.start()
             proc.join(timeout=60)
-            assert proc.exitcode == EXIT_CONFIG == 78
+            assert proc.exitcode == EXIT_FATAL == 78
         finally:
             seg.close()
     finally:
@@ -606,7 +607,7 @@ def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
         reap(proc)
         proc.start()
         proc.join(timeout=60)
-        assert proc.exitcode == EXIT_CONFIG
+        assert proc.exitcode == EXIT_FATAL
     finally:
         seg.close()
 

@@ -9,7 +9,7 @@ apart, so a node goes suspect after 40 silent ticks and dead after 200.
 import pytest
 
 from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
-from test_kernels_harness import Sim
+from support.kernel_sim import Sim
 
 CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, k1=0.0, k2=0.0, beta=1.0)
 H, D, O, Q, X = HEALTHY, DEGRADED, OVERLOADED, QUARANTINED, DEAD

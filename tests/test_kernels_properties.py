@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from kernels import (DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED,
                      default_params)
-from test_kernels_harness import Sim
+from support.kernel_sim import Sim
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kernels import default_params
 from reference import STATE_NAMES, run_reference
-from test_kernels_harness import Sim
+from support.kernel_sim import Sim
 
 SCORE = dict(suspect_after_s=0.1, dead_after_s=0.5, max_flaps=2, flap_window=5,
              probation_ticks=3, quarantine_memory=10, max_backoff=3)

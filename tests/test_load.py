@@ -2,9 +2,9 @@
 
 Marked ``slow``: excluded by default (pytest's addopts carry ``-m 'not slow'``);
 run with ``-m slow`` (``SHM_ENGINE_LOAD_S`` shortens the 60 s window).  Two sender processes send the self-describing fleet
-(`engine_util.sender_main`) in binary batch frames; eight readers call
+(`support.fleet.sender_main`) in binary batch frames; eight readers call
 ``snapshot()`` and ``score()`` in a loop and check every snapshot
-(`engine_util.check_snapshot`).  Promised: no torn read, no rejected
+(`support.fleet.check_snapshot`).  Promised: no torn read, no rejected
 heartbeat, no child restart, flat RSS; reported: tick p99, overruns, reads.
 """
 
@@ -16,8 +16,9 @@ import time
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from engine_util import (SPAWN, START_TIMEOUT_S, Engine, free_port, reader_main, rss_bytes,
-                         segment_exists, sender_main, start_procs, wait_until, write_config)
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.fleet import SPAWN, reader_main, rss_bytes, sender_main, start_procs
+from support.wait import wait_until
 
 NODES = 10_000
 SENDERS = 2

@@ -20,7 +20,8 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-import shm_util
+from support import shm
+from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -282,23 +283,23 @@ def echo_steps(words, n, spin_budget):
 
 def echo_child(name: str, n: int, spin_budget: int, results) -> None:
     """Child entry point (spawned): attach and echo n steps."""
-    mm = shm_util.attach_segment(name)
-    results.put(echo_steps(shm_util.u64_words(mm), n, spin_budget))
+    mm = shm.attach_segment(name)
+    results.put(echo_steps(shm.u64_words(mm), n, spin_budget))
 
 
 def test_jitted_spin_loop_sees_every_step_of_another_process(shm_name, reap):
     ctx = mp.get_context("spawn")
-    mm = shm_util.create_segment(shm_name, SEGMENT_BYTES)
+    mm = shm.create_segment(shm_name, SEGMENT_BYTES)
     try:
-        words = shm_util.u64_words(mm)
+        words = shm.u64_words(mm)
         results = ctx.Queue()
         child = ctx.Process(target=echo_child, args=(shm_name, ROUND_TRIPS, SPIN_BUDGET, results))
         reap(child)
         child.start()
         for k in range(1, ROUND_TRIPS + 1):
             words[PING_WORD] = k  # x86-64: a plain store, seen in order by the child
-            shm_util.wait_until(lambda: words.item(ECHO_WORD) >= k, timeout=30,
-                                what=f"echo of step {k}")
+            wait_until(lambda: words.item(ECHO_WORD) >= k, timeout=30, what=f"echo of step {k}",
+                       period=0)
             assert words.item(ECHO_WORD) == k, f"child failed at step {k}"
         echoed, status, most_spins = results.get(timeout=30)
         child.join(timeout=30)
@@ -307,4 +308,4 @@ def test_jitted_spin_loop_sees_every_step_of_another_process(shm_name, reap):
         assert most_spins < SPIN_BUDGET
         del words
     finally:
-        shm_util.close_quietly(mm)
+        shm.close_quietly(mm)

@@ -24,8 +24,8 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
-from engine_util import (START_TIMEOUT_S, Engine, free_port, segment_exists, wait_until,
-                         write_config)
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.wait import wait_until
 from shm_engine import wire
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-import shm_util
+from support import shm
+from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -480,8 +481,8 @@ def python_reader(seq, buffers, stats, n_reads, max_calls):
 
 def writer_child(name: str, chunk: int, time_budget: float, results) -> None:
     """Publish in chunks until the stop flag is set or the budget runs out."""
-    mm = shm_util.attach_segment(name)
-    words = shm_util.u64_words(mm)
+    mm = shm.attach_segment(name)
+    words = shm.u64_words(mm)
     seq, buffers = _views(words)
     deadline = time.monotonic() + time_budget
     last = 0
@@ -491,8 +492,8 @@ def writer_child(name: str, chunk: int, time_budget: float, results) -> None:
 
 
 def reader_child(name: str, kind: str, n_reads: int, results) -> None:
-    mm = shm_util.attach_segment(name)
-    seq, buffers = _views(shm_util.u64_words(mm))
+    mm = shm.attach_segment(name)
+    seq, buffers = _views(shm.u64_words(mm))
     stats = np.zeros(len(STAT_NAMES), np.int64)
     reader = jit_reader if kind == "jit" else python_reader
     reader(seq, buffers, stats, n_reads, 4 * n_reads)
@@ -513,14 +514,14 @@ STRESS_READERS = [("jit", 300_000), ("jit", 300_000), ("python", 200_000), ("pyt
 
 def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap):
     ctx = mp.get_context("spawn")
-    mm = shm_util.create_segment(shm_name, SEGMENT_BYTES)
+    mm = shm.create_segment(shm_name, SEGMENT_BYTES)
     try:
-        words = shm_util.u64_words(mm)
+        words = shm.u64_words(mm)
         results = ctx.Queue()
         writer = ctx.Process(target=writer_child, args=(shm_name, 64, 120.0, results))
         reap(writer)
         writer.start()
-        shm_util.wait_until(lambda: words.item(SEQ_WORD) >= 2, timeout=60, what="first epoch")
+        wait_until(lambda: words.item(SEQ_WORD) >= 2, timeout=60, what="first epoch", period=0)
         readers_start = time.monotonic()
         readers = [ctx.Process(target=reader_child, args=(shm_name, kind, n, results))
                    for kind, n in STRESS_READERS]
@@ -554,7 +555,7 @@ def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap)
         assert sum(s["torn_rejected"] for _, s in reports) > 0
         assert sum(n for _, n in STRESS_READERS) == 1_000_000
     finally:
-        shm_util.close_quietly(mm)
+        shm.close_quietly(mm)
 
 
 @njit(cache=True)
@@ -574,8 +575,8 @@ def begin_and_stall(words, seq, buffers, spin_budget):
 
 
 def crashing_writer_child(name: str) -> None:
-    mm = shm_util.attach_segment(name)
-    words = shm_util.u64_words(mm)
+    mm = shm.attach_segment(name)
+    words = shm.u64_words(mm)
     seq, buffers = _views(words)
     begin_and_stall(words, seq, buffers, 2**34)  # ~10 s, if never killed
 
@@ -583,14 +584,14 @@ def crashing_writer_child(name: str) -> None:
 @pytest.mark.parametrize("impl", ["python", "jit"])
 def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, reap):
     ctx = mp.get_context("spawn")
-    mm = shm_util.create_segment(shm_name, SEGMENT_BYTES)
+    mm = shm.create_segment(shm_name, SEGMENT_BYTES)
     try:
-        words = shm_util.u64_words(mm)
+        words = shm.u64_words(mm)
         seq, buffers = _views(words)
         child = ctx.Process(target=crashing_writer_child, args=(shm_name,))
         reap(child)
         child.start()
-        shm_util.wait_until(lambda: words.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write")
+        wait_until(lambda: words.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write", period=0)
         child.kill()
         child.join(timeout=30)
         assert words.item(SEQ_WORD) == 7  # odd: died writing epoch 4 into buffer 0
@@ -613,7 +614,7 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         assert record_errors(out, 4) == 0
         del words, seq, buffers
     finally:
-        shm_util.close_quietly(mm)
+        shm.close_quietly(mm)
 
 
 @njit(cache=True)
@@ -624,8 +625,8 @@ def rewrite_without_latch(buffers, first_epoch, count):
 
 
 def rogue_writer_child(name: str, time_budget: float) -> None:
-    mm = shm_util.attach_segment(name)
-    words = shm_util.u64_words(mm)
+    mm = shm.attach_segment(name)
+    words = shm.u64_words(mm)
     _, buffers = _views(words)
     deadline = time.monotonic() + time_budget
     epoch = 4
@@ -638,16 +639,16 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
     """Negative control: the stress test's reader and checker do fail when a
     writer modifies the buffer being read without going through the latch."""
     ctx = mp.get_context("spawn")
-    mm = shm_util.create_segment(shm_name, SEGMENT_BYTES)
+    mm = shm.create_segment(shm_name, SEGMENT_BYTES)
     try:
-        words = shm_util.u64_words(mm)
+        words = shm.u64_words(mm)
         seq, buffers = _views(words)
         fill_record(buffers[0], 2)
         words[SEQ_WORD] = 4  # epoch 2 published in buffer 0, for good
         rogue = ctx.Process(target=rogue_writer_child, args=(shm_name, 60.0))
         reap(rogue)
         rogue.start()
-        shm_util.wait_until(lambda: buffers[0, 0] != 2, timeout=60, what="rogue writer")
+        wait_until(lambda: buffers[0, 0] != 2, timeout=60, what="rogue writer", period=0)
         stats = np.zeros(len(STAT_NAMES), np.int64)
         deadline = time.monotonic() + 30
         while stats[TORN] == 0 and time.monotonic() < deadline:
@@ -659,4 +660,4 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist()))
         assert stats[INCONSISTENT] > 0
     finally:
-        shm_util.close_quietly(mm)
+        shm.close_quietly(mm)

@@ -1,11 +1,11 @@
 """`shm-engine run` as a real process: restarts, name ownership, stale
 segments, clean and fatal shutdowns.
 
-Each test starts the engine as a subprocess (`Engine`), waits for its
-``ready`` line, and reads its state in-process through `status.read_status`
-(the same object ``status --json`` prints).  Every wait is a poll with a
-deadline; processes are registered with ``reap`` and names come from
-``shm_name``, so nothing outlives a failing test.
+Each test starts the engine as a subprocess (`support.engine.Engine`), waits
+for its ``ready`` line, and reads its state in-process through
+`status.read_status` (the same object ``status --json`` prints).  Every wait
+is a poll with a deadline; processes are registered with ``reap`` and names
+come from ``shm_name``, so nothing outlives a failing test.
 """
 
 from __future__ import annotations
@@ -16,114 +16,19 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from shm_engine.core.errors import EngineNotRunning
 from shm_engine.ops.status import read_status
-
-SHM_ENGINE = str(Path(sys.executable).with_name("shm-engine"))
-START_TIMEOUT_S = 60.0      # two spawned children import numba on a busy machine
-STOP_TIMEOUT_S = 30.0
-
-
-def wait_until(predicate, timeout, what, period=0.01):
-    """Poll ``predicate`` until true; TimeoutError naming ``what`` otherwise.
-
-    The short sleep is the poll period, not a synchronisation: the result
-    is always decided by the predicate."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(period)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(path: Path, port: int, *, tick_ms: int = 20, capacity: int = 64,
-                 max_frame_bytes: int = 1048576, extra: str = "") -> Path:
-    path.write_text(f"""
-[engine]
-tick_interval_ms = {tick_ms}
-capacity = {capacity}
-restart_backoff_min_s = 0.1
-restart_backoff_max_s = 0.4
-parent_check_interval_s = 0.1
-
-[ingest]
-bind = "tcp://127.0.0.1:{port}"
-max_frame_bytes = {max_frame_bytes}
-{extra}
-""")
-    return path
-
-
-def segment_exists(name: str) -> bool:
-    return os.path.exists(f"/dev/shm/{name}")
-
-
-def try_status(name: str):
-    try:
-        return read_status(name)
-    except EngineNotRunning:
-        return None
-
-
-def cli(*args, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([SHM_ENGINE, *args], capture_output=True, text=True, timeout=timeout)
-
-
-class Engine:
-    """One ``shm-engine run`` subprocess; output goes to files (no pipe to fill)."""
-
-    def __init__(self, name: str, config: Path, workdir: Path, reap):
-        self.name = name
-        self.port = None
-        self._out = workdir / f"{name}.out"
-        self._err = workdir / f"{name}.err"
-        with open(self._out, "wb") as out, open(self._err, "wb") as err:
-            self.proc = subprocess.Popen([SHM_ENGINE, "run", "--name", name, "--config", str(config)],
-                                         stdout=out, stderr=err)
-        reap(self.proc)
-
-    @property
-    def stdout(self) -> str:
-        return self._out.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self._err.read_text()
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict:
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"engine exited {self.proc.returncode} before ready:\n"
-                                     f"{self.stderr}")
-            return "ready\n" in self.stdout
-        wait_until(ready, timeout, f"engine {self.name} ready")
-        return read_status(self.name)
-
-    def status(self) -> dict:
-        return read_status(self.name)
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+from support.engine import (LOG_LINE, START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
+                            write_config)
+from support.wait import wait_until
 
 
 @pytest.fixture
 def engine_at(tmp_path, reap):
     """``engine_at(name, config_path)`` starts an engine; reaped after the test."""
-    def start(name: str, config: Path) -> Engine:
+    def start(name: str, config) -> Engine:
         return Engine(name, config, tmp_path, reap)
     return start
 
@@ -164,6 +69,10 @@ def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
     assert final["children"]["ticker"]["restarts"] == final["children"]["ingest"]["restarts"] == 1
     assert eng.stop() == 0
     assert not segment_exists(shm_name)
+    # Supervisor, ingest and tick worker all log in the one format, milliseconds included.
+    lines = eng.stderr.splitlines()
+    assert any("ticker_started" in line for line in lines)
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
 
 
 _CREATE_AND_HANG = """

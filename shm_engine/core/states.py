@@ -14,6 +14,10 @@ class NodeState(IntEnum):
     DEAD = _p.DEAD
 
 
-#: Lower-case names by state value, as replay prints them.
+#: The value of a slot that holds no node (never a published node's state).
+UNREGISTERED = _p.UNREGISTERED
+
+#: Lower-case name by state value, as status, top, metrics and replay print
+#: them; ``"unregistered"`` for `UNREGISTERED`.
 STATE_NAMES = {int(s): s.name.lower() for s in NodeState}
-STATE_NAMES[_p.UNREGISTERED] = "unregistered"
+STATE_NAMES[UNREGISTERED] = "unregistered"

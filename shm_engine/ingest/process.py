@@ -61,7 +61,6 @@ from __future__ import annotations
 import mmap
 import os
 import signal
-import sys
 import time
 import traceback
 
@@ -75,16 +74,14 @@ from shm_engine.core.layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, Se
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_batch, write_records, write_row
+from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
                    ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
                    decode_one_record_frames)
 
-__all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up", "EXIT_OK",
-           "EXIT_FAILED", "EXIT_CONFIG", "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
+__all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up",
+           "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1          # restartable: e.g. the segment is not there (yet)
-EXIT_CONFIG = 78         # EX_CONFIG, fatal for the supervisor: cannot bind, bad keys
 FORGET_PERIOD_S = 0.1
 HARD_LIMIT_FACTOR = 64
 SAMPLE_MAX = 3           # sample details per reject log line
@@ -111,17 +108,6 @@ RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = HEADER_SIZE + RECORD_DTYPE.itemsize   # bytes of a 1-record binary frame
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
-
-
-def _log(level: str, event: str, **kv) -> None:
-    """One line on stderr: ``time level event key=value ...`` (as the supervisor)."""
-    t = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-    fields = "".join(f" {k}={v}" for k, v in kv.items())
-    try:
-        print(f"{stamp} {level} {event}{fields}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass  # a closed stderr must not stop the intake
 
 
 def _cells(view: np.ndarray) -> memoryview:
@@ -159,7 +145,7 @@ class RejectLog:
                                                         key=lambda rc: _REJECT_INDEX[rc[0]]))
         # Details hold untrusted bytes; repr() keeps the line one line.
         samples = " | ".join(f"{r}: {d}" for r, d in self.samples)
-        _log("WARN", "ingest_rejects", window_s=f"{window:.3f}", total=total,
+        log_event("WARN", "ingest_rejects", window_s=f"{window:.3f}", total=total,
              reasons=repr(parts), samples=repr(samples))
         self.counts = {}
         self.samples = []
@@ -478,7 +464,7 @@ class Ingest:
         self.log.add("malformed_frame", lost, ("malformed_frame", detail))
         self._internal_errors += 1
         if self._internal_errors == 1:  # the first one in full; later ones in the summary
-            _log("ERROR", "ingest_internal_error", error=repr(detail),
+            log_event("ERROR", "ingest_internal_error", error=repr(detail),
                  traceback=repr(traceback.format_exc()))
 
     # --------------------------------------------------------- upkeep --
@@ -591,8 +577,9 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
     """The ingest process: attach segment ``name``, bind ``ingest.bind``, apply
     frames until the parent (``parent_pid``) dies, the header's ``stopping``
     is set, or SIGTERM (SIGINT too, unless it is ignored, as the supervisor
-    arranges).  Returns the exit code: 0 stopped, 1 attach failed (restartable),
-    78 bind or CURVE setup failed (fatal)."""
+    arranges).  Returns the exit code (`shm_engine.core.runtime`): `EXIT_OK`
+    stopped, `EXIT_FAILED` attach failed (restartable), `EXIT_FATAL` a segment
+    of another layout, or bind or CURVE setup failed."""
     stop = _StopFlag()
     signal.signal(signal.SIGTERM, stop)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
@@ -600,32 +587,32 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
     try:
         seg = Segment.attach(name, readonly=False)
     except LayoutMismatch as err:
-        _log("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
-        return EXIT_CONFIG
+        log_event("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_FATAL
     except Exception as err:  # noqa: BLE001 - reported as an exit code
-        _log("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
+        log_event("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
         return EXIT_FAILED
     ctx = zmq.Context()
     sock = auth = None
     try:
         sock, auth, why = _open_socket(ctx, config)
         if sock is None:
-            _log("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
-            return EXIT_CONFIG
+            log_event("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
+            return EXIT_FATAL
         ingest = Ingest(seg.views, config)
         ingest.warm_up()
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         # The bound endpoint (a `*` port resolved) replaces the configured
         # one in the header, so `status` and clients see where to connect.
         seg.views.header.write_str("endpoint", endpoint)
-        _log("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
+        log_event("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
              registered=len(ingest.registry))
         _run(ingest, sock, config, parent_pid, stop)
         ingest.log.maybe_flush(time.monotonic(), force=True)
         h = seg.views.header
         why = (f"signal_{stop.signal}" if stop.signal else
                "stopping" if h.stopping[0] else "parent_exited")
-        _log("INFO", "ingest_stopped", pid=os.getpid(), reason=why,
+        log_event("INFO", "ingest_stopped", pid=os.getpid(), reason=why,
              frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
         return EXIT_OK
     finally:

@@ -12,8 +12,7 @@ import json
 import sys
 
 from shm_engine.core.errors import ConfigError, ShmEngineError
-
-DEFAULT_NAME = "dfps"
+from shm_engine.core.runtime import DEFAULT_NAME
 
 
 def _config(path):
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
     demo.add_argument("--config", help="TOML configuration file")
     demo.add_argument("--no-view", action="store_true", help="no live view, summary only")
-    demo.set_defaults(func=_lazy("shm_engine.ops.demo", "cmd_demo"))
+    demo.set_defaults(func=_lazy("shm_engine.ops.demo.cli", "cmd_demo"))
 
     ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
     ag.add_argument("--endpoint", required=True, help="engine ingest endpoint, e.g. tcp://host:7710")

@@ -24,7 +24,7 @@ from shm_engine.core.errors import (
     NothingPublished,
     ReadContention,
 )
-from shm_engine.core.states import NodeState
+from shm_engine.core.states import STATE_NAMES, UNREGISTERED
 
 __all__ = ["EngineCollector", "cmd_metrics"]
 
@@ -120,12 +120,12 @@ class EngineCollector:
                                   labels=["engine", "node"])
         state = GaugeMetricFamily("shm_engine_node_state", "node state (1 for the current one)",
                                   labels=["engine", "node", "state"])
-        names = {int(s): s.name.lower() for s in NodeState}
         for slot, node in enumerate(snap.nodes):
             if node is None:
                 continue
             score.add_metric([self.name, node], float(snap.score[slot]))
-            st = names.get(int(snap.state[slot]))
+            v = int(snap.state[slot])
+            st = STATE_NAMES.get(v) if v != UNREGISTERED else None
             if st is not None:
                 state.add_metric([self.name, node, st], 1.0)
         yield score

@@ -19,7 +19,7 @@ import time
 from shm_engine.core.errors import EngineNotRunning
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
-from shm_engine.core.states import NodeState
+from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.wire import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
@@ -60,7 +60,7 @@ def read_status(name: str) -> dict:
             epoch, tick_wall, pressure, n_ranked, live, registered = 0, None, 0.0, 0, 0, 0
             counts, age = [0] * 5, None
         nodes = {"registered": registered}
-        nodes.update({s.name.lower(): int(counts[int(s)]) for s in NodeState})
+        nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
         ingest_alive = float(h.ingest_alive_mono[0])
         ticker_alive = float(h.ticker_alive_mono[0])

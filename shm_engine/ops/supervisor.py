@@ -14,8 +14,9 @@ Invariants:
 - The segment is unlinked on every exit path of `Supervisor.run` once it was
   created here (``try/finally``); only SIGKILL leaves it behind, and the next
   ``run`` reclaims it as stale (its creator pid is dead).
-- A child that exits with `EXIT_FATAL` (78, e.g. the ingest cannot bind) is
-  not restarted: the engine shuts down and ``run`` returns 1.
+- A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the
+  ingest cannot bind) is not restarted: the engine shuts down and ``run``
+  returns 1.
 
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
@@ -32,7 +33,7 @@ restart delay plus about one tick) and starts a new spare in the background.  A 
 spare just means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
-Output: one line per event on stderr, ``time level event key=value ...``; on
+Output: one line per event on stderr (`shm_engine.core.runtime.log_event`); on
 stdout the ingest endpoint at start and ``ready`` once the first epoch is
 published *and* the ingest socket is bound (for scripts that wait on it); a
 ``*`` port is printed again, resolved, just before ``ready``.
@@ -51,12 +52,12 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from shm_engine.core.config import Config, load_config
+from shm_engine.core.runtime import EXIT_FATAL, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.ops.status import engine_ready
 
-__all__ = ["Supervisor", "cmd_run", "EXIT_FATAL", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
+__all__ = ["Supervisor", "cmd_run", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
 
-EXIT_FATAL = 78                 # EX_CONFIG: a child's fatal configuration error
 STABLE_AFTER_S = 30.0           # a child that ran this long resets its backoff
 STOP_GRACE_S = 3.0              # after setting `stopping`, before SIGTERM
 STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
@@ -65,17 +66,6 @@ DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
 }
-
-
-def _log_line(stream: TextIO, level: str, event: str, **kv) -> None:
-    t = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-    fields = "".join(f" {k}={v}" for k, v in kv.items())
-    try:
-        stream.write(f"{stamp} {level} {event}{fields}\n")
-        stream.flush()
-    except (OSError, ValueError):
-        pass  # a closed stderr must not take the supervisor down
 
 
 def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=None) -> None:
@@ -153,7 +143,7 @@ class Supervisor:
 
     # ------------------------------------------------------------- logging --
     def log(self, level: str, event: str, **kv) -> None:
-        _log_line(self._log_stream, level, event, **kv)
+        log_event(level, event, stream=self._log_stream, **kv)
 
     def _say(self, line: str) -> None:
         try:

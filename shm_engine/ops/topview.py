@@ -34,7 +34,7 @@ from shm_engine.core.errors import (
     ReadContention,
 )
 from shm_engine.core.segment import Segment, process_alive
-from shm_engine.core.states import NodeState
+from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.wire import REJECT_REASONS
 
 __all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top",
@@ -48,7 +48,6 @@ STATE_STYLES = {
     "quarantined": "magenta",
     "dead": "grey50",
 }
-_STATE_NAMES = {int(s): s.name.lower() for s in NodeState}
 RATE_WINDOW_S = 1.0          # rates are averaged over at least this long
 _UNRANKED_NAMES = 5          # node names listed per unranked state
 _RECENT_CHANGES = 8          # the "recent state changes" panel keeps this many
@@ -57,7 +56,7 @@ _BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
 
 
 def state_name(value: int) -> str:
-    return _STATE_NAMES.get(int(value), "unknown")
+    return STATE_NAMES.get(int(value), "unknown")
 
 
 @dataclass(frozen=True)
@@ -226,7 +225,7 @@ class Watcher:
             slots = [s for s in range(len(snap.nodes))
                      if snap.nodes[s] is not None and int(snap.state[s]) == int(state)]
             if slots:
-                out[state.name.lower()] = sorted(snap.nodes[s] for s in slots)[:per_state]
+                out[STATE_NAMES[state]] = sorted(snap.nodes[s] for s in slots)[:per_state]
         return out
 
     def _diff_states(self, snap, vs: ViewState) -> None:

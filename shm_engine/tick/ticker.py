@@ -39,7 +39,6 @@ import math
 import mmap
 import os
 import signal
-import sys
 import time
 from typing import NamedTuple
 
@@ -55,12 +54,11 @@ from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 from shm_engine.core.rows import gather, make_gather_cache
+from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 
 __all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
 
 STATS_WINDOW = 2048
-EXIT_OK = 0
-EXIT_ATTACH_FAILED = 1
 
 
 class TickResult(NamedTuple):
@@ -137,8 +135,7 @@ class Ticker:
         hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
         torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
                       cache=self._gather_cache)
-        n_ranked, pressure, live = tick_radix(self.params, self.inputs, prev.state,
-                                              nxt.state, nxt.out, self._rank_scratch)
+        n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
@@ -162,6 +159,15 @@ class Ticker:
         h.ticker_alive_mono[0] = time.monotonic()
         return TickResult(epoch, int(n_ranked), float(pressure), int(live), registered,
                           int(torn), us)
+
+    def score(self, prev, nxt) -> tuple[int, float, int]:
+        """The kernels of a tick (SCORING.md steps 1-14) over ``self.inputs``:
+        the carried state of buffer ``prev`` in, the state and outputs of
+        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
+        it between gather and publish; alone, it is what the benchmark times
+        as the kernels."""
+        return tick_radix(self.params, self.inputs, prev.state, nxt.state, nxt.out,
+                          self._rank_scratch)
 
 
 def warm_up() -> None:
@@ -219,12 +225,6 @@ def run_schedule(ticker: Ticker, interval_s: float, should_stop, check_s: float)
 
 
 # -------------------------------------------------------------- entry point --
-def _log(level: str, event: str, **kv) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    fields = " ".join(f"{k}={v}" for k, v in kv.items())
-    print(f"{stamp} {level} {event} {fields}".rstrip(), file=sys.stderr, flush=True)
-
-
 def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     """Tick worker process: attach ``name``, warm up, tick until the parent
     dies, ``header.stopping`` is set, or SIGTERM.  Returns the exit code."""
@@ -238,21 +238,21 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     try:
         seg = Segment.attach(name, readonly=False)
     except Exception as err:  # noqa: BLE001 - reported as an exit code
-        _log("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
-        return EXIT_ATTACH_FAILED
+        log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
+        return EXIT_FAILED
     try:
         warm_up()
         ticker = Ticker(seg.views, config)
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
-        _log("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
+        log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
 
         def should_stop() -> bool:
             return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
 
         run_schedule(ticker, config.engine.tick_interval_ms / 1000.0, should_stop,
                      min(config.engine.parent_check_interval_s, 0.1))
-        _log("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
+        log_event("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
         return EXIT_OK
     finally:
         ticker = None

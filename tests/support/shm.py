@@ -1,18 +1,16 @@
-"""Raw POSIX shared-memory segments for tests, and a bounded wait.
+"""Raw POSIX shared-memory segments for tests.
 
 Tests build their own small segments (not the engine's layout) to exercise
 one primitive at a time. The creator zero-fills (ftruncate does), the other
 processes attach with size 0; the descriptor is closed right after mmap, as
 the engine does, so only the mapping keeps the segment alive. Names come from
-conftest's ``shm_name`` / ``shm_names`` fixtures, which unlink them.
+conftest's ``shm_name`` / ``shm_names`` fixtures, which unlink them with
+`unlink_segment`.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
-import time
-from collections.abc import Callable
 
 import numpy as np
 import posix_ipc
@@ -59,19 +57,3 @@ def close_quietly(mm: mmap.mmap) -> None:
         mm.close()
     except BufferError:
         pass
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; raise ``TimeoutError`` naming ``what``.
-
-    A busy poll with a deadline: it is a condition wait, never a sleep used
-    as synchronisation.
-    """
-    deadline = time.monotonic() + timeout
-    polls = 0
-    while not predicate():
-        polls += 1
-        if polls % 64 == 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-            os.sched_yield()  # let a process sharing this core run

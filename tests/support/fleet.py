@@ -1,7 +1,6 @@
-"""Helpers shared by the fault, fuzz, load, security and CURVE tests.
+"""A self-describing fleet and the processes that send and read it.
 
-A running engine is the one of `test_supervisor` (`Engine`, `write_config`,
-`wait_until`, ...; re-exported here).  On top of it:
+Used by the fault and load tests against a real engine (`support.engine`):
 
 - A *self-describing fleet*: node ``sd-<i>`` always sends cpu, mem and
   avg_job_s that are functions of ``i`` (`node_params`), and a queue that
@@ -27,8 +26,6 @@ import psutil
 
 from shm_engine import wire
 from shm_engine.core.config import ScoreConfig
-from test_supervisor import (START_TIMEOUT_S, STOP_TIMEOUT_S, Engine, cli,  # noqa: F401
-                             free_port, segment_exists, try_status, wait_until, write_config)
 
 SPAWN = multiprocessing.get_context("spawn")
 PREFIX = "sd-"
@@ -260,8 +257,3 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def latest_epoch(name: str) -> int:
-    st = try_status(name)
-    return st["epoch"] if st else 0
