@@ -16,6 +16,7 @@ interpreter.
 """
 
 import ast
+import importlib
 import pathlib
 import subprocess
 import sys
@@ -139,3 +140,11 @@ def test_heartbeat_sender_does_not_load_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=ROOT, check=True)
     assert out.stdout.strip() == "", f"`from clients import HeartbeatClient` loaded {out.stdout}"
+
+
+@pytest.mark.parametrize("package", ["shm_engine", "clients", "kernels"])
+def test_every_public_name_resolves(package):
+    # Lazy facades name their modules as strings: a move must not break them.
+    mod = importlib.import_module(package)
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    assert missing == []
