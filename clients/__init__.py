@@ -2,9 +2,13 @@
 
 - `ScoreReader`, `Snapshot`, `NothingPublished`: read published scores
   straight from shared memory (needs numpy and numba).
+- `Claim`, `NodeFeedback`: a job in flight (``reader.claim(node)``) and what
+  the schedulers have recorded about a node (``reader.feedback(node)``).
 - `HeartbeatClient`, `CurveKeys`, `InvalidHeartbeat`: send heartbeats to the
   ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
+- `SchedulerLimitReached`, `LeaseRevoked`, `ClaimAlreadyReleased`: what
+  ``claim()`` and ``release()`` raise.
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -13,13 +17,16 @@ stays light: the reader side is imported on first use.
 import importlib
 
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
+from shm_engine.core.errors import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "HeartbeatClient",
-           "InvalidHeartbeat", "CurveKeys", "NodeState"]
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "Claim", "NodeFeedback",
+           "HeartbeatClient", "InvalidHeartbeat", "CurveKeys", "NodeState",
+           "SchedulerLimitReached", "LeaseRevoked", "ClaimAlreadyReleased"]
 
 _LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",
-         "NothingPublished": "clients.reader"}
+         "NothingPublished": "clients.reader", "Claim": "clients.claims",
+         "NodeFeedback": "clients.claims"}
 
 
 def __getattr__(name):

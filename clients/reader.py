@@ -24,13 +24,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from clients.claims import Claim, ClaimTable, NodeFeedback
 from clients.pick import pick as _pick
 from shm_engine.core.registry import decode_id
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import READ_NOTHING_PUBLISHED, READ_OK, read_consistent
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished"]
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "Claim", "NodeFeedback"]
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
@@ -107,6 +108,7 @@ class ScoreReader:
         self._published = tuple(tuple(b.views[c] for c in _PUBLISHED + ("gen",))
                                 for b in self._bufs)
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
+        self._claims: ClaimTable | None = None   # mapped on first use (read-write)
 
     @classmethod
     def attach(cls, name: str = "dfps") -> "ScoreReader":
@@ -114,6 +116,9 @@ class ScoreReader:
         return cls(Segment.attach(name, readonly=True))
 
     def close(self) -> None:
+        if self._claims is not None:
+            self._claims.close()   # unmaps once its open claims are released
+            self._claims = None
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
         self._ranked_mv = self._nranked_mv = None
         self._bufs = None
@@ -241,6 +246,33 @@ class ScoreReader:
     def state(self, node: str) -> NodeState:
         """Published state of ``node``; KeyError naming it if unknown."""
         return _STATES[self._read_slot(node, self._state_mv)]
+
+    # -------------------------------------------------------------- claims --
+    def _claim_table(self) -> ClaimTable:
+        if self._claims is None:
+            def reindex():
+                self._index_epoch = -1
+                self._refresh_index()
+            self._claims = ClaimTable(self.name, self._slot_gen, self._lookup, reindex)
+        return self._claims
+
+    def claim(self, node: str) -> Claim:
+        """Record one job sent to ``node``: in flight, visible to every
+        scheduler at once, until ``release(ok=...)`` (see `clients.claims`).
+
+        Raises KeyError if ``node`` is not registered, SchedulerLimitReached
+        if every scheduler lease of the engine is held, EngineNotRunning if
+        the claims segment cannot be mapped read-write."""
+        t = self._claims
+        return (t if t is not None else self._claim_table()).claim(node)
+
+    def in_flight(self, node: str) -> int:
+        """Jobs claimed on ``node`` and not yet released, by every scheduler."""
+        return self._claim_table().in_flight(node)
+
+    def feedback(self, node: str) -> NodeFeedback:
+        """The schedulers' record of ``node`` (in flight, outcomes, errors)."""
+        return self._claim_table().feedback(node)
 
     # ------------------------------------------------------------ snapshot --
     def _copy(self, b: int, hwm: int):

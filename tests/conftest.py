@@ -11,15 +11,17 @@ SHM_PREFIX = "shmtest"
 
 
 def _unlink_quietly(name: str) -> None:
-    try:
-        posix_ipc.unlink_shared_memory("/" + name.lstrip("/"))
-    except posix_ipc.ExistentialError:
-        pass
+    for path in ("/" + name.lstrip("/"), "/" + name.lstrip("/") + ".claims"):
+        try:
+            posix_ipc.unlink_shared_memory(path)
+        except posix_ipc.ExistentialError:
+            pass
 
 
 @pytest.fixture
 def shm_name():
-    """A segment name unique to this test; whatever has it is unlinked after."""
+    """A segment name unique to this test; whatever has it (an engine's
+    scores and claims segments) is unlinked after."""
     name = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     yield name
     _unlink_quietly(name)

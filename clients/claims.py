@@ -1,0 +1,254 @@
+"""Claims: tell every scheduler, and the engine, which jobs are in flight where.
+
+    c = reader.claim("node-17")        # one job in flight on node-17
+    ...send the job...
+    c.release(ok=True)                 # or ok=False when it failed
+
+    with reader.claim(node) as c:      # released ok on normal exit,
+        run_job(node)                  # as an error if the block raises
+
+A claim is visible to every scheduler of the engine at once
+(``reader.in_flight(node)``), and the tick reads the outcomes (see
+`shm_engine.core.claims` for the shared words and why they stay exact).
+
+Rules for callers:
+- Release every claim exactly once; a second ``release`` raises
+  `ClaimAlreadyReleased`.  A claim dropped unreleased is returned when it is
+  garbage collected (counted only in ``claims_dropped``, with a
+  ResourceWarning); if the process dies, the engine returns it within a
+  second (counted as abandoned).
+- ``release`` returns False when the claim no longer counts: its node was
+  forgotten (its slot may hold another node by now; counted in
+  ``stale_releases``) or the lease it was made under is gone (revoked, or
+  the parent's across a fork).  No outcome is counted then.
+- A process takes one lease on its first claim and holds it until it exits;
+  its threads and readers share it.  When all ``[claims] max_schedulers``
+  leases are held, ``claim()`` raises `SchedulerLimitReached`.  A forked
+  child takes a lease of its own: claims made before the fork belong to the
+  parent (releasing one in the child is stale).
+- Closing the reader while claims are open keeps the claims segment mapped
+  as long as they exist, so they can still be released.
+
+Why the code looks like this: a claim + release pair is on every job's path,
+so each is one call into compiled code with three or four integer arguments
+(the compiled entry point itself, skipping numba's type dispatch), and a
+`Claim` is a small ``__slots__`` object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+import weakref
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numba import types
+
+from shm_engine.core import claims as _c
+from shm_engine.core.claims import ClaimsSegment
+from shm_engine.core.errors import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
+
+__all__ = ["Claim", "ClaimTable", "NodeFeedback"]
+
+_INT = types.int64
+_ADDR = types.uint64
+
+
+def _entry(fn, *sig):
+    """The compiled entry point of ``fn`` for ``sig`` (loaded from numba's
+    cache when it can be): calling it skips the dispatcher's type lookup."""
+    return fn.compile(sig)
+
+
+_claim = _entry(_c.claim_at, _ADDR, _INT, _INT)
+_release_ok = _entry(_c.release_ok_at, _ADDR, _INT, _INT)
+_release_err = _entry(_c.release_err_at, _ADDR, _INT, _INT, _INT)
+_drop = _entry(_c.drop_at, _ADDR, _INT, _INT)
+_in_flight = _entry(_c.in_flight_at, _ADDR, _INT, _INT)
+_outcome = _entry(_c.outcome_at, _ADDR, _INT, _INT)
+_monotonic_ns = time.monotonic_ns
+
+# Every table of this process, so a forked child can retire the leases it
+# inherited (they are its parent's).
+_TABLES: weakref.WeakSet = weakref.WeakSet()
+
+
+class NodeFeedback(NamedTuple):
+    """What the schedulers have told the engine about one node's current
+    registration: ``in_flight`` claims open now; ``ok`` and ``err`` releases
+    since it registered (modulo 2**32); ``consec`` error releases since its
+    latest ok release; ``last_error_ns`` the time of its latest error release
+    (``time.monotonic_ns()``), None if there was none."""
+    in_flight: int
+    ok: int
+    err: int
+    consec: int
+    last_error_ns: int | None
+
+
+class Claim:
+    """One job in flight on one node.  Release it exactly once, with the
+    outcome: ``release(ok=True)`` / ``release(ok=False)``, or use it as a
+    context manager (ok on normal exit, error on an exception)."""
+
+    __slots__ = ("node", "_table", "_at", "_slot", "_gen", "_done")
+
+    def __init__(self, table: ClaimTable, node: str, at: int, slot: int, gen: int):
+        self.node = node
+        self._table = table     # keeps the mapping ``_at`` points into alive
+        self._at = at
+        self._slot = slot
+        self._gen = gen
+        self._done = False
+
+    @property
+    def released(self) -> bool:
+        return self._done
+
+    def release(self, ok: bool = True) -> bool:
+        """Close the claim with its outcome.  True if it was counted; False
+        if it was stale (see the module docstring).  Raises
+        ClaimAlreadyReleased on a second call."""
+        if self._done:
+            raise ClaimAlreadyReleased(f"the claim on node {self.node!r} was already released")
+        self._done = True
+        if ok:
+            return not _release_ok(self._at, self._slot, self._gen)
+        return not _release_err(self._at, self._slot, self._gen, _monotonic_ns())
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self._done:
+            self.release(ok=exc_type is None)
+        return False
+
+    def __del__(self):
+        if not self._done:
+            self._done = True
+            _drop(self._at, self._slot, self._gen)
+            warnings.warn(f"a claim on node {self.node!r} was never released; returned it "
+                          "(counted in claims_dropped)", ResourceWarning, stacklevel=2)
+
+    def __repr__(self) -> str:
+        return f"<Claim on {self.node!r} {'released' if self._done else 'open'}>"
+
+
+class ClaimTable:
+    """One reader's access to its engine's claims segment (mapped read-write).
+
+    ``lookup(node) -> (slot, gen)`` resolves a node (KeyError if unknown);
+    ``reindex()`` makes the next lookup re-read the registry.  ``slot_gen``
+    is the registry's generation column of the scores segment."""
+
+    def __init__(self, name: str, slot_gen: np.ndarray,
+                 lookup: Callable[[str], tuple[int, int]], reindex: Callable[[], None]):
+        self.name = name
+        self._seg = ClaimsSegment.attach(name, readonly=False)
+        self._slot_gen = slot_gen
+        self._lookup = lookup
+        self._reindex = reindex
+        self._contexts: list[np.ndarray] = []   # every context made (claims point at them)
+        self._at = self._new_context()
+        _TABLES.add(self)
+
+    def _new_context(self) -> int:
+        ctx = _c.make_context(self._seg.views, self._slot_gen)
+        self._contexts.append(ctx)
+        self._ctx = ctx
+        return int(ctx.ctypes.data)
+
+    # --------------------------------------------------------------- claims --
+    def claim(self, node: str) -> Claim:
+        """Open a claim on ``node`` (see `clients.reader.ScoreReader.claim`)."""
+        slot, gen = self._lookup(node)
+        if _claim(self._at, slot, gen):
+            return self._claim_slow(node)
+        return Claim(self, node, self._at, slot, gen)
+
+    def _claim_slow(self, node: str) -> Claim:
+        for _attempt in range(4):
+            slot, gen = self._lookup(node)
+            st = _claim(self._at, slot, gen)
+            if st == _c.CLAIMED:
+                return Claim(self, node, self._at, slot, gen)
+            if st == _c.NOT_CURRENT:
+                self._reindex()   # the node moved or went: look it up afresh
+            elif st == _c.NO_LEASE:
+                if self._ctx[_c.CTX_LIVE]:
+                    self._retire()
+                    raise LeaseRevoked(
+                        f"engine {self.name!r} revoked this process's scheduler lease "
+                        f"(pid {os.getpid()}): its open claims were returned; the next "
+                        "claim takes a new lease")
+                self._take_lease()
+            else:
+                raise OverflowError(f"node {node!r}: 2**32 - 1 claims are open on it "
+                                    "in this process")
+        raise KeyError(f"node {node!r} of engine {self.name!r} is changing registration; "
+                       "try again")
+
+    def _take_lease(self) -> None:
+        views = self._seg.views
+        ident = _c.own_ident()
+        lease, taken = _c.acquire_lease(views.lease_ident, ident)
+        if lease < 0:
+            _c.bump(views.header.leases_refused, 1)
+            holders = sorted(int(p) for p in views.lease_pid if p)
+            raise SchedulerLimitReached(
+                f"engine {self.name!r}: all {views.layout.max_schedulers} scheduler leases "
+                f"([claims] max_schedulers) are held by live processes (pids {holders[:8]}"
+                f"{' ...' if len(holders) > 8 else ''}); stop one of them or raise the limit")
+        if taken:
+            views.lease_pid[lease] = os.getpid()
+            views.lease_start[lease] = ident >> 32
+            views.lease_since[lease] = time.time()
+            _c.bump(views.header.leases_taken, 1)
+        _c.set_lease(self._ctx, views, lease, ident)
+
+    def _retire(self) -> None:
+        """Stop using the current lease (revoked, or inherited over a fork):
+        claims made under it release as stale."""
+        self._ctx[_c.CTX_LIVE] = 0
+        self._at = self._new_context()
+
+    # ---------------------------------------------------------------- reads --
+    def in_flight(self, node: str) -> int:
+        """Claims open on ``node`` now, by every scheduler."""
+        for _attempt in range(4):
+            slot, gen = self._lookup(node)
+            n = _in_flight(self._at, slot, gen)
+            if n >= 0:
+                return n
+            self._reindex()
+        raise KeyError(f"node {node!r} of engine {self.name!r} is changing registration; "
+                       "try again")
+
+    def feedback(self, node: str) -> NodeFeedback:
+        """`NodeFeedback` of ``node``'s current registration."""
+        for _attempt in range(4):
+            slot, gen = self._lookup(node)
+            valid, ok, err, consec, last = _outcome(self._at, slot, gen)
+            n = _in_flight(self._at, slot, gen)
+            if valid and n >= 0:
+                return NodeFeedback(n, ok, err, consec, last or None)
+            self._reindex()
+        raise KeyError(f"node {node!r} of engine {self.name!r} is changing registration; "
+                       "try again")
+
+    # ---------------------------------------------------------------- close --
+    def close(self) -> None:
+        """Stop using this table.  The mapping goes when the last reference
+        does: open claims hold one, so they can still be released."""
+        _TABLES.discard(self)
+
+
+def _after_fork_in_child() -> None:
+    for table in list(_TABLES):
+        table._retire()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
