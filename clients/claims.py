@@ -48,7 +48,9 @@ from numba import types
 
 from shm_engine.core import claims as _c
 from shm_engine.core.claims import ClaimsSegment
-from shm_engine.core.errors import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
+from shm_engine.core.errors import (ClaimAlreadyReleased, EngineNotRunning, LeaseRevoked,
+                                    SchedulerLimitReached)
+from shm_engine.core.segment import Segment
 
 __all__ = ["Claim", "ClaimTable", "NodeFeedback"]
 
@@ -140,15 +142,35 @@ class Claim:
 class ClaimTable:
     """One reader's access to its engine's claims segment (mapped read-write).
 
-    ``lookup(node) -> (slot, gen)`` resolves a node (KeyError if unknown);
-    ``reindex()`` makes the next lookup re-read the registry.  ``slot_gen``
-    is the registry's generation column of the scores segment."""
+    ``scores`` is the reader's mapping of the engine's scores segment;
+    ``lookup(node) -> (slot, gen)`` resolves a node from the reader's index
+    (KeyError if unknown); ``reindex()`` makes the next lookup re-read the
+    registry.  The table maps both segments itself, so its claims stay
+    releasable after the reader is closed (the mappings live as long as the
+    table, which every open claim references)."""
 
-    def __init__(self, name: str, slot_gen: np.ndarray,
-                 lookup: Callable[[str], tuple[int, int]], reindex: Callable[[], None]):
-        self.name = name
-        self._seg = ClaimsSegment.attach(name, readonly=False)
-        self._slot_gen = slot_gen
+    def __init__(self, scores: Segment, lookup: Callable[[str], tuple[int, int]],
+                 reindex: Callable[[], None]):
+        self.name = name = scores.name
+        mine = Segment.attach(name, readonly=True)
+        try:
+            claims = ClaimsSegment.attach(name, readonly=False)
+        except BaseException:
+            mine.close()
+            raise
+        hs, hm, hc = scores.views.header, mine.views.header, claims.views.header
+        same = ((int(hs.creator_pid[0]), float(hs.created_wall[0]))
+                == (int(hm.creator_pid[0]), float(hm.created_wall[0]))
+                and (int(hc.creator_pid[0]), int(hc.creator_start[0]))
+                == (int(hm.creator_pid[0]), int(hm.creator_start[0])))
+        if not same:
+            claims.close()
+            mine.close()
+            raise EngineNotRunning(f"engine {name!r} was restarted since this reader attached; "
+                                   "attach again")
+        self._scores = mine
+        self._seg = claims
+        self._slot_gen = mine.views.registry.slot_gen
         self._lookup = lookup
         self._reindex = reindex
         self._contexts: list[np.ndarray] = []   # every context made (claims point at them)

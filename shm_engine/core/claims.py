@@ -129,6 +129,7 @@ __all__ = [
     "release_err_at", "in_flight_at", "outcome_at", "acquire_lease", "own_ident", "bump",
     "make_context", "set_lease", "drop_at",
     "lease_holder_alive", "reap_dead_leases", "gather_feedback", "claims_status", "warm_up",
+    "in_flight_by_slot",
 ]
 
 #: The tick worker checks the leases in use this often (claims of a dead
@@ -648,35 +649,42 @@ def warm_up() -> None:
     _free_lease(v.lease_ident, 0, 1)
 
 
+def in_flight_by_slot(views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray,
+                      hwm: int) -> np.ndarray:
+    """Claims open now per slot ``[0, hwm)`` (int64), summed with numpy over
+    the leases in use, for monitoring (a read-only mapping is fine)."""
+    hwm = min(int(hwm), views.layout.capacity)
+    tags = (slot_gen[:hwm] >> _ONE) & _LOW32
+    live = registered[:hwm] != 0
+    out = np.zeros(hwm, np.int64)
+    for k in np.flatnonzero(views.lease_ident).tolist():
+        row = views.in_flight[k, :hwm].copy()
+        match = ((row >> _32) == tags) & live
+        out[match] += (row[match] & _LOW32).astype(np.int64)
+    return out
+
+
 def claims_status(views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray,
                   hwm: int) -> dict:
-    """The claims part of ``status``: leases, live in-flight total and the
-    counters, read from a (read-only is fine) mapping with numpy."""
+    """The claims part of ``status``: leases, claims in flight now, and the
+    counters (a read-only mapping is fine)."""
     h = views.header
-    hwm = min(int(hwm), views.layout.capacity)
-    idents = views.lease_ident.copy()
-    in_use = np.flatnonzero(idents)
-    tags = (slot_gen[:hwm] >> np.uint64(1)) & _LOW32
-    live_reg = registered[:hwm] != 0
-    in_flight = 0
-    for k in in_use.tolist():
-        row = views.in_flight[k, :hwm].copy()
-        match = ((row >> _32) == tags) & live_reg
-        in_flight += int((row[match] & _LOW32).sum())
+    in_use = np.flatnonzero(views.lease_ident).tolist()
     return {
-        "max_schedulers": views.layout.max_schedulers,
-        "leases_in_use": int(len(in_use)),
-        "leases": [{"pid": int(views.lease_pid[k]), "since": float(views.lease_since[k])}
-                   for k in in_use.tolist()],
-        "in_flight": in_flight,
+        "in_flight": int(in_flight_by_slot(views, slot_gen, registered, hwm).sum()),
         "released_ok": int(h.released_ok[0]),
         "released_err": int(h.released_err[0]),
-        "abandoned_claims": int(h.abandoned_claims[0]),
+        "abandoned": int(h.abandoned_claims[0]),
         "stale_releases": int(h.stale_releases[0]),
-        "leases_taken": int(h.leases_taken[0]),
-        "leases_refused": int(h.leases_refused[0]),
-        "leases_reaped": int(h.leases_reaped[0]),
-        "lease_check_mono": float(h.lease_check_mono[0]),
+        "dropped": int(h.claims_dropped[0]),
+        "leases": {
+            "in_use": len(in_use),
+            "max": views.layout.max_schedulers,
+            "pids": [int(views.lease_pid[k]) for k in in_use],
+            "taken": int(h.leases_taken[0]),
+            "refused": int(h.leases_refused[0]),
+            "reaped": int(h.leases_reaped[0]),
+        },
     }
 
 
