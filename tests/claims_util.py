@@ -100,7 +100,7 @@ def scheduler_main(name: str, nodes: list[str], pairs: int, seed: int, go, resul
                    log=None, hold: str | None = None) -> None:
     """Make ``pairs`` claims on random ``nodes`` (up to `MAX_OPEN` open at a
     time), release each with a random outcome, and put
-    ``(pid, ok[n], err[n], still_open, stale)`` on ``results``.
+    ``(pid, ok[n], err[n], still_open, stale releases)`` on ``results``.
 
     ``go``: an event to wait for.  ``log``: shared int64 array of
     ``2 * len(nodes) + 2`` words (ok per node, err per node, completed
@@ -148,7 +148,6 @@ def scheduler_main(name: str, nodes: list[str], pairs: int, seed: int, go, resul
                     log[2 * n] = released
                     log[2 * n + 1] = len(open_claims) + (held is not None)
             k += 1
-        still_open = 1 if held is not None else 0
-        results.put((os.getpid(), ok, err, still_open, stale))
         if held is not None:
             held.release(ok=True)
+        results.put((os.getpid(), ok, err, len(open_claims), stale))
