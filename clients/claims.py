@@ -58,19 +58,23 @@ _INT = types.int64
 _ADDR = types.uint64
 
 
-def _entry(fn, *sig):
-    """The compiled entry point of ``fn`` for ``sig`` (loaded from numba's
-    cache when it can be): calling it skips the dispatcher's type lookup."""
-    return fn.compile(sig)
-
-
-_claim = _entry(_c.claim_at, _ADDR, _INT, _INT)
-_release_ok = _entry(_c.release_ok_at, _ADDR, _INT, _INT)
-_release_err = _entry(_c.release_err_at, _ADDR, _INT, _INT, _INT)
-_drop = _entry(_c.drop_at, _ADDR, _INT, _INT)
-_in_flight = _entry(_c.in_flight_at, _ADDR, _INT, _INT)
-_outcome = _entry(_c.outcome_at, _ADDR, _INT, _INT)
+# The compiled entry points (calling one skips the dispatcher's type
+# lookup), loaded from numba's cache by the first ClaimTable, so that a
+# reader that never claims does not pay for them.
+_claim = _release_ok = _release_err = _drop = _in_flight = _outcome = None
 _monotonic_ns = time.monotonic_ns
+
+
+def _load_entry_points() -> None:
+    global _claim, _release_ok, _release_err, _drop, _in_flight, _outcome
+    if _outcome is not None:
+        return
+    _claim = _c.claim_at.compile((_ADDR, _INT, _INT))
+    _release_ok = _c.release_ok_at.compile((_ADDR, _INT, _INT))
+    _release_err = _c.release_err_at.compile((_ADDR, _INT, _INT, _INT))
+    _drop = _c.drop_at.compile((_ADDR, _INT, _INT))
+    _in_flight = _c.in_flight_at.compile((_ADDR, _INT, _INT))
+    _outcome = _c.outcome_at.compile((_ADDR, _INT, _INT))
 
 # Every table of this process, so a forked child can retire the leases it
 # inherited (they are its parent's).
@@ -151,6 +155,7 @@ class ClaimTable:
 
     def __init__(self, scores: Segment, lookup: Callable[[str], tuple[int, int]],
                  reindex: Callable[[], None]):
+        _load_entry_points()
         self.name = name = scores.name
         mine = Segment.attach(name, readonly=True)
         try:

@@ -606,3 +606,44 @@ def test_status_metrics_and_top_show_the_claims(engine, reader, reap):
     assert "jobs in flight 3  released 1 ok 1 error  abandoned 4  stale 0  schedulers 1/4" in out
     for c in open_claims:
         c.release()
+
+
+# ------------------------------------------------------------ live engine --
+def test_the_engine_creates_reclaims_and_unlinks_its_claims_segment(shm_name, tmp_path, reap):
+    import json
+
+    from clients import HeartbeatClient
+    from engine_util import START_TIMEOUT_S, Engine, cli, free_port, wait_until, write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path / "c.toml", port,
+                       extra='\n[claims]\nshm_mode = "0660"\nmax_schedulers = 3\n')
+    claims_path = _dev_shm(shm_name + ".claims")
+    eng = Engine(shm_name, cfg, tmp_path, reap)
+    st = eng.wait_ready()
+    assert st["claims"]["leases"] == {"in_use": 0, "max": 3, "pids": [], "taken": 0,
+                                      "refused": 0, "reaped": 0}
+    assert stat.S_IMODE(os.stat(claims_path).st_mode) == 0o660
+    with HeartbeatClient(f"tcp://127.0.0.1:{port}") as hb:
+        hb.send("x", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
+        wait_until(lambda: eng.status()["nodes"]["registered"] == 1, START_TIMEOUT_S,
+                   "node x registered")
+    reader = ScoreReader.attach(shm_name)
+    c = reader.claim("x")
+    out = cli("status", "--name", shm_name, "--json")
+    assert out.returncode == 0, out.stderr
+    claims = json.loads(out.stdout)["claims"]
+    assert claims["in_flight"] == 1 and claims["leases"]["pids"] == [os.getpid()]
+
+    # SIGKILL leaves both segments behind; the next run reclaims both.
+    eng.proc.kill()
+    eng.proc.wait(30)
+    assert os.path.exists(_dev_shm(shm_name)) and os.path.exists(claims_path)
+    again = Engine(shm_name, cfg, tmp_path, reap)
+    st = again.wait_ready()
+    assert st["pid"] == again.proc.pid and st["claims"]["in_flight"] == 0
+    assert st["claims"]["leases"]["in_use"] == 0
+    c.release()                  # into the old engine's (unlinked) segment: harmless
+    reader.close()
+    assert again.stop() == 0
+    assert not os.path.exists(_dev_shm(shm_name)) and not os.path.exists(claims_path)
