@@ -160,7 +160,8 @@ def bench_gather(nodes: int, reps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.claims", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.claims",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=10_000, help="registered nodes (default 10000)")
     ap.add_argument("--samples", type=int, default=2000, help="batches per figure (default 2000)")
     ap.add_argument("--batch", type=int, default=100, help="pairs per batch (default 100)")

@@ -41,15 +41,19 @@ import os
 import time
 import warnings
 import weakref
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from numba import types
 
 from shm_engine.core import claims as _c
 from shm_engine.core.claims import ClaimsSegment
-from shm_engine.core.errors import (ClaimAlreadyReleased, EngineNotRunning, LeaseRevoked,
-                                    SchedulerLimitReached)
+from shm_engine.core.errors import (
+    ClaimAlreadyReleased,
+    EngineNotRunning,
+    LeaseRevoked,
+    SchedulerLimitReached,
+)
 from shm_engine.core.segment import Segment
 
 __all__ = ["Claim", "ClaimTable", "NodeFeedback"]
@@ -61,7 +65,12 @@ _ADDR = types.uint64
 # The compiled entry points (calling one skips the dispatcher's type
 # lookup), loaded from numba's cache by the first ClaimTable, so that a
 # reader that never claims does not pay for them.
-_claim = _release_ok = _release_err = _drop = _in_flight = _outcome = None
+_claim: Any = None
+_release_ok: Any = None
+_release_err: Any = None
+_drop: Any = None
+_in_flight: Any = None
+_outcome: Any = None
 _monotonic_ns = time.monotonic_ns
 
 
@@ -127,10 +136,9 @@ class Claim:
     def __enter__(self) -> Claim:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if not self._done:
             self.release(ok=exc_type is None)
-        return False
 
     def __del__(self):
         if not self._done:

@@ -18,18 +18,18 @@ import textwrap
 
 import numpy as np
 import pytest
+import shm_util
 from numba import njit
 from numba.core.errors import TypingError
 
-import shm_util
 from shm_engine.core.ordering import (
     cas_i64,
     cas_pair_u64,
     cas_u64,
     exchange_i64,
     exchange_u64,
-    fetch_add_i64,
     fence_seq_cst,
+    fetch_add_i64,
     fetch_add_u64,
     load_acquire_u64,
     load_relaxed_u64,
@@ -290,7 +290,6 @@ def _run(shm_name, reap, mode: str) -> tuple[int, int]:
         value = words.item(PAIR) if mode == "cas_pair" else words.item(COUNTER)
         if mode == "cas_pair":
             assert words.item(PAIR + 1) == 2 * value
-        del words
         return value, torn
     finally:
         shm_util.close_quietly(mm)

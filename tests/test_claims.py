@@ -13,7 +13,6 @@ import multiprocessing as mp
 import os
 import stat
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -24,8 +23,13 @@ from clients.reader import ScoreReader
 from shm_engine.core import claims as C
 from shm_engine.core.claims import ClaimsSegment, unlink_claims
 from shm_engine.core.errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
-from shm_engine.core.layout import (CLAIMS_HEADER_BYTES, CLAIMS_LAYOUT_VERSION, OUTCOME_WORDS,
-                                    claims_layout_for, private_claims)
+from shm_engine.core.layout import (
+    CLAIMS_HEADER_BYTES,
+    CLAIMS_LAYOUT_VERSION,
+    OUTCOME_WORDS,
+    claims_layout_for,
+    private_claims,
+)
 from shm_engine.core.segment import posix_name, process_stat
 
 LOW32 = 0xFFFF_FFFF
@@ -41,7 +45,7 @@ def test_claims_layout_regions_are_page_aligned_and_disjoint(capacity, leases):
     lay = claims_layout_for(capacity, leases)
     regions = lay.regions()
     assert [r[0] for r in regions] == ["header", "leases", "outcomes", "in_flight"]
-    for (_n, off, size), (_m, nxt, _s) in zip(regions, regions[1:]):
+    for (_n, off, size), (_m, nxt, _s) in zip(regions, regions[1:], strict=False):
         assert off % 4096 == 0 and off + size <= nxt
     assert lay.outcomes.shape == (capacity, OUTCOME_WORDS)
     assert lay.row_bytes % 4096 == 0 and lay.row_bytes >= capacity * 8
@@ -150,7 +154,8 @@ def test_layout_version_mismatch_is_refused(shm_name):
     seg = ClaimsSegment.create(shm_name, 4, 1)
     try:
         seg.views.header.layout_version[0] = CLAIMS_LAYOUT_VERSION + 1
-        with pytest.raises(LayoutMismatch, match=f"claims layout version {CLAIMS_LAYOUT_VERSION + 1}"):
+        with pytest.raises(LayoutMismatch,
+                           match=f"claims layout version {CLAIMS_LAYOUT_VERSION + 1}"):
             ClaimsSegment.attach(shm_name)
     finally:
         seg.close()
@@ -424,7 +429,8 @@ def test_a_revoked_lease_raises_once_then_a_new_one_is_taken(engine, reader):
     old = reader.claim("a")
     v = engine.claims.views
     k = int(np.flatnonzero(v.lease_ident)[0])
-    C.reap_dead_leases(engine.claims.views, 16, 0.0, alive=lambda ident: False)   # the engine's view
+    # The engine takes this process for dead (as when it cannot see its pid).
+    C.reap_dead_leases(engine.claims.views, 16, 0.0, alive=lambda ident: False)
     assert v.lease_ident[k] == 0
     with pytest.raises(LeaseRevoked, match="revoked this process's scheduler lease"):
         reader.claim("a")

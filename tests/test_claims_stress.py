@@ -131,7 +131,8 @@ def test_four_schedulers_250k_pairs_each_leave_exact_counts(engine, reap):
     print(f"\n4 x {PAIRS} pairs: {elapsed:.1f} s from start to all reports")
 
 
-def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, reap, record_property):
+def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, reap,
+                                                                    record_property):
     n = N_NODES
     logs = [None, None, None, SPAWN.RawArray("q", 2 * n + 2)]
     procs, go, results = _start(engine.name, reap, seeds=(11, 12, 13, 14), logs=logs)

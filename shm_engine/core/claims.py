@@ -116,11 +116,11 @@ from shm_engine.core.ordering import (
 )
 from shm_engine.core.rows import address_pointer
 from shm_engine.core.segment import (
-    unlink_shm,
     claims_posix_name,
     create_exclusive,
     map_existing,
     process_stat,
+    unlink_shm,
 )
 
 __all__ = [
@@ -740,7 +740,8 @@ class ClaimsSegment:
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != CLAIMS_MAGIC:
-                raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not initialised)")
+                raise EngineNotRunning(f"engine {name!r} is starting "
+                                       f"(segment {pname} not initialised)")
             if version != CLAIMS_LAYOUT_VERSION:
                 raise LayoutMismatch(f"engine {name!r}: claims layout version {version}, "
                                      f"this client reads version {CLAIMS_LAYOUT_VERSION}")

@@ -104,7 +104,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -304,9 +304,12 @@ def _view(buf, f: Field) -> np.ndarray:
 class Header:
     """Named views of the header fields (1-element arrays: index with [0])."""
 
-    def __init__(self, buf, layout: Layout):
+    def __init__(self, buf, layout: Layout | ClaimsLayout):
         for name, f in layout.header.items():
             setattr(self, name, _view(buf, f))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> np.ndarray: ...   # the fields, set above
 
     def read_str(self, name: str) -> str:
         raw = bytes(getattr(self, name))
@@ -500,6 +503,11 @@ class ClaimsViews:
     capacity] (row k is lease k's, rows `ClaimsLayout.row_bytes` apart), and
     the same words as one flat array ``in_flight_flat`` (lease k's row at
     ``k * row_words``), whose array type does not depend on the capacity."""
+
+    lease_ident: np.ndarray
+    lease_pid: np.ndarray
+    lease_start: np.ndarray
+    lease_since: np.ndarray
 
     def __init__(self, buf, layout: ClaimsLayout):
         self.layout = layout
