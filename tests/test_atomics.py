@@ -202,7 +202,7 @@ def test_each_read_modify_write_is_one_locked_instruction():
 # --------------------------------------------------------------------------
 # Many processes, one word
 
-COUNTER, READY, GO, PAIR = 0, 8, 16, 24     # word indices, one cache line each
+COUNTER, READY, GO, PAIR, SIGNED, LOCK = 0, 8, 16, 24, 32, 40   # one cache line each
 SPIN_BUDGET = 2**32
 MODES = ("fetch_add", "cas_loop", "xchg_lock", "cas_pair", "load_store")
 M_PER_PROCESS = {"fetch_add": 400_000, "cas_loop": 200_000, "xchg_lock": 100_000,
@@ -211,10 +211,13 @@ N_PROCESSES = 4
 
 
 @njit(cache=True)
-def hammer(words, mode, m, n_procs):
+def hammer(words, signed, mode, m, n_procs):
     """Wait at the barrier, then add 1 to the counter ``m`` times the
-    ``mode`` way.  Returns (status, torn): status 0 ok, 1 barrier timeout;
-    ``torn`` counts pair observations with hi != 2 * lo (cas_pair only)."""
+    ``mode`` way (``fetch_add`` and ``cas_loop`` also subtract 1 from the
+    int64 word ``signed[SIGNED]`` with the int64 twin; ``xchg_lock`` takes
+    and frees its lock with both twins in turn).  Returns (status, torn):
+    status 0 ok, 1 barrier timeout; ``torn`` counts pair observations with
+    hi != 2 * lo (cas_pair only)."""
     fetch_add_u64(words, READY, 1)
     spins = 0
     while load_acquire_u64(words, GO) == 0:
@@ -222,9 +225,10 @@ def hammer(words, mode, m, n_procs):
         if spins == SPIN_BUDGET:
             return 1, 0
     torn = 0
-    for _ in range(m):
+    for k in range(m):
         if mode == 0:
             fetch_add_u64(words, COUNTER, 1)
+            fetch_add_i64(signed, SIGNED, -1)
         elif mode == 1:
             w = load_relaxed_u64(words, COUNTER)
             while True:
@@ -232,13 +236,26 @@ def hammer(words, mode, m, n_procs):
                 if old == w:
                     break
                 w = old
+            x = signed[SIGNED]
+            while True:
+                old_signed = cas_i64(signed, SIGNED, x, x - 1)
+                if old_signed == x:
+                    break
+                x = old_signed
         elif mode == 2:
-            while exchange_u64(words, READY + 1, 1) != 0:   # a spinlock made of xchg
-                pass
+            if k & 1:                               # a spinlock made of xchg
+                while exchange_i64(signed, LOCK, 1) != 0:
+                    pass
+            else:
+                while exchange_u64(words, LOCK, 1) != 0:
+                    pass
             v = load_relaxed_u64(words, COUNTER)    # the critical section: the
             fence_seq_cst()                         # load_store race below,
             store_relaxed_u64(words, COUNTER, v + np.uint64(1))   # safe only inside
-            store_release_u64(words, READY + 1, 0)
+            if k & 1:
+                exchange_i64(signed, LOCK, 0)
+            else:
+                store_release_u64(words, LOCK, 0)
         elif mode == 3:
             while True:
                 lo = load_acquire_u64(words, PAIR)
@@ -261,12 +278,12 @@ def hammer(words, mode, m, n_procs):
 def _child(name: str, mode: int, m: int, n_procs: int, results) -> None:
     mm = shm_util.attach_segment(name)
     words = shm_util.u64_words(mm)
-    results.put(hammer(words, mode, m, n_procs))
+    results.put(hammer(words, words.view(np.int64), mode, m, n_procs))
 
 
-def _run(shm_name, reap, mode: str) -> tuple[int, int]:
-    """(final counter or pair low half, torn observations) after N processes
-    of M operations each."""
+def _run(shm_name, reap, mode: str) -> tuple[int, int, int]:
+    """(final counter or pair low half, final signed word, torn
+    observations) after N processes of M operations each."""
     ctx = mp.get_context("spawn")
     mm = shm_util.create_segment(shm_name, 4096)
     try:
@@ -290,7 +307,7 @@ def _run(shm_name, reap, mode: str) -> tuple[int, int]:
         value = words.item(PAIR) if mode == "cas_pair" else words.item(COUNTER)
         if mode == "cas_pair":
             assert words.item(PAIR + 1) == 2 * value
-        return value, torn
+        return value, int(words.view(np.int64)[SIGNED]), torn
     finally:
         shm_util.close_quietly(mm)
         shm_util.unlink_segment(shm_name)
@@ -298,8 +315,10 @@ def _run(shm_name, reap, mode: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize("mode", ["fetch_add", "cas_loop", "xchg_lock", "cas_pair"])
 def test_atomic_increments_from_many_processes_sum_exactly(shm_name, reap, mode):
-    value, torn = _run(shm_name, reap, mode)
+    value, signed, torn = _run(shm_name, reap, mode)
     assert value == N_PROCESSES * M_PER_PROCESS[mode]
+    if mode in ("fetch_add", "cas_loop"):
+        assert signed == -N_PROCESSES * M_PER_PROCESS[mode]     # the int64 twins
     assert torn == 0
 
 
@@ -310,7 +329,7 @@ def test_negative_control_plain_load_and_store_loses_updates(shm_names, reap):
     expected = N_PROCESSES * M_PER_PROCESS["load_store"]
     finals = []
     for _round in range(5):
-        value, _torn = _run(shm_names(), reap, "load_store")
+        value, _signed, _torn = _run(shm_names(), reap, "load_store")
         finals.append(value)
         if value < expected:
             break

@@ -530,13 +530,14 @@ def reap_dead_leases(views: ClaimsViews, hwm: int, now: float, alive=lease_holde
             in_use += ident != 0
             continue
         n = int(_return_row(views.in_flight[k], hwm))
+        h.abandoned_claims[0] += n          # before the free: a crash here recounts nothing
         views.lease_pid[k] = 0
         views.lease_start[k] = 0
         views.lease_since[k] = 0.0
         returned += n
-        reaped += bool(_free_lease(idents, k, ident))
-    h.abandoned_claims[0] += returned
-    h.leases_reaped[0] += reaped
+        if _free_lease(idents, k, ident):
+            reaped += 1
+            h.leases_reaped[0] += 1
     h.lease_check_mono[0] = now
     return reaped, returned, in_use
 
