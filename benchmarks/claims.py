@@ -8,8 +8,9 @@ registry and row writer, no sockets):
 - ``pair``: ``reader.claim(node).release(ok=True)`` from Python, timed in
   batches of K pairs on a random node each; the figure is the median over S
   batches of the mean time per pair (the goal: <= 1 us), with p10/p90 of the
-  batch means.  Also the error release, the ``with`` form and
-  ``reader.in_flight``.
+  batch means.  Also the error release, the ``with`` form,
+  ``reader.in_flight``, and an empty Python call in the same loop, which
+  says how fast the machine was running.
 - ``gather``: `shm_engine.core.claims.gather_feedback` over N registered
   nodes with 4 leases in use and claims open on every node (what each tick
   adds), and one `reap_dead_leases` check of 4 live leases.
@@ -110,10 +111,17 @@ def bench_pairs(nodes: int, samples: int, batch: int, seed: int = 1) -> dict:
             def in_flight(i):
                 reader.in_flight(order[i])
 
+            def noop(a, b, c):
+                return a
+
+            def reference(i):     # the machine's speed: one empty Python call
+                noop(order[i], i, i)
+
             res = {"ok": _stats(_batches(pair, samples, batch)),
                    "error": _stats(_batches(pair_err, samples, batch)),
                    "with": _stats(_batches(pair_with, samples, batch)),
-                   "in_flight": _stats(_batches(in_flight, samples, batch))}
+                   "in_flight": _stats(_batches(in_flight, samples, batch)),
+                   "python_call": _stats(_batches(reference, samples, batch))}
             assert all(reader.in_flight(n) == 0 for n in eng.nodes[:50])
         return res
     finally:
@@ -177,7 +185,7 @@ def main(argv=None) -> int:
           f"p90 {p['p90_ns']:.0f})  goal <= {GOAL_PAIR_NS:.0f} ns: "
           f"{'met' if p['median_ns'] <= GOAL_PAIR_NS else 'NOT met'}")
     for key, label in (("error", "claim + release(err)"), ("with", "with reader.claim()"),
-                       ("in_flight", "reader.in_flight()")):
+                       ("in_flight", "reader.in_flight()"), ("python_call", "(a Python call)")):
         q = pairs[key]
         print(f"{label:<21} median {q['median_ns']:7.0f} ns  (p10 {q['p10_ns']:.0f}, "
               f"p90 {q['p90_ns']:.0f})")

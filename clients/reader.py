@@ -253,7 +253,7 @@ class ScoreReader:
             def reindex():
                 self._index_epoch = -1
                 self._refresh_index()
-            self._claims = ClaimTable(self._seg, self._lookup, reindex)
+            self._claims = ClaimTable(self._seg, self._index, self._lookup, reindex)
         return self._claims
 
     def claim(self, node: str) -> Claim:
