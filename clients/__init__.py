@@ -8,6 +8,10 @@
 - What `ScoreReader` calls raise, all `ShmEngineError`: `EngineNotRunning`,
   `LayoutMismatch` (attach), `NothingPublished`, `UnknownNode` (also a
   ``KeyError``), `ReadContention`.
+- `Claim`, `NodeFeedback`: a job in flight (``reader.claim(node)``) and what
+  the schedulers have recorded about a node (``reader.feedback(node)``).
+- What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
+  `LeaseRevoked`, `ClaimAlreadyReleased`.
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -17,20 +21,25 @@ import importlib
 
 from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
 from shm_engine.core.errors import (
+    ClaimAlreadyReleased,
     EngineNotRunning,
     LayoutMismatch,
+    LeaseRevoked,
     NothingPublished,
     ReadContention,
+    SchedulerLimitReached,
     ShmEngineError,
     UnknownNode,
 )
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "HeartbeatClient", "InvalidHeartbeat", "CurveKeys",
-           "NodeState", "ShmEngineError", "EngineNotRunning", "LayoutMismatch",
-           "NothingPublished", "UnknownNode", "ReadContention"]
+__all__ = ["ScoreReader", "Snapshot", "Claim", "NodeFeedback", "HeartbeatClient",
+           "InvalidHeartbeat", "CurveKeys", "NodeState", "ShmEngineError", "EngineNotRunning",
+           "LayoutMismatch", "NothingPublished", "UnknownNode", "ReadContention",
+           "SchedulerLimitReached", "LeaseRevoked", "ClaimAlreadyReleased"]
 
-_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader"}
+_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",
+         "Claim": "clients.claims", "NodeFeedback": "clients.claims"}
 
 
 def __getattr__(name):

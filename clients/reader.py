@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from clients.claims import Claim, ClaimTable, NodeFeedback
 from clients.pick import pick as _pick
 from shm_engine.core.errors import NothingPublished, ReadContention, UnknownNode
 from shm_engine.core.registry import read_node_id
@@ -51,7 +52,8 @@ from shm_engine.core.seqlock import (
 )
 from shm_engine.core.states import STATE_NAMES, NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention"]
+__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention",
+           "Claim", "NodeFeedback"]
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
@@ -120,6 +122,7 @@ class ScoreReader:
         self._published = tuple(tuple(b.views[c] for c in _PUBLISHED + ("gen",))
                                 for b in self._bufs)
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
+        self._claims: ClaimTable | None = None   # mapped on first use (read-write)
 
     @classmethod
     def attach(cls, name: str = DEFAULT_NAME) -> "ScoreReader":
@@ -127,6 +130,9 @@ class ScoreReader:
         return cls(Segment.attach(name, readonly=True))
 
     def close(self) -> None:
+        if self._claims is not None:
+            self._claims.close()   # unmaps once its open claims are released
+            self._claims = None
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
         self._ranked_mv = self._nranked_mv = None
         self._bufs = None
@@ -262,6 +268,33 @@ class ScoreReader:
     def state(self, node: str) -> NodeState:
         """Published state of ``node``; raises as `score` does."""
         return _STATES[self._read_slot(node, self._state_mv)]
+
+    # -------------------------------------------------------------- claims --
+    def _claim_table(self) -> ClaimTable:
+        if self._claims is None:
+            def reindex():
+                self._index_epoch = -1
+                self._refresh_index()
+            self._claims = ClaimTable(self._seg, self._index, self._lookup, reindex)
+        return self._claims
+
+    def claim(self, node: str) -> Claim:
+        """Record one job sent to ``node``: in flight, visible to every
+        scheduler at once, until ``release(ok=...)`` (see `clients.claims`).
+
+        Raises UnknownNode if ``node`` is not registered, SchedulerLimitReached
+        if every scheduler lease of the engine is held, EngineNotRunning if
+        the claims segment cannot be mapped read-write."""
+        t = self._claims
+        return (t if t is not None else self._claim_table()).claim(node)
+
+    def in_flight(self, node: str) -> int:
+        """Jobs claimed on ``node`` and not yet released, by every scheduler."""
+        return self._claim_table().in_flight(node)
+
+    def feedback(self, node: str) -> NodeFeedback:
+        """The schedulers' record of ``node`` (in flight, outcomes, errors)."""
+        return self._claim_table().feedback(node)
 
     # ------------------------------------------------------------ snapshot --
     def _copy(self, b: int, hwm: int):

@@ -13,7 +13,8 @@ SHM_PREFIX = "shmtest"
 
 @pytest.fixture
 def shm_name():
-    """A segment name unique to this test; whatever has it is unlinked after."""
+    """A segment name unique to this test; whatever has it (an engine's
+    scores and claims segments) is unlinked after."""
     name = f"{SHM_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     yield name
     unlink_segment(name)

@@ -104,6 +104,8 @@ OPERATIONAL_DEFAULTS = {
     "ingest.reject_log_interval_s": 1.0,
     "ingest.curve.server_secret_key_file": "",
     "ingest.curve.authorized_keys_dir": "",
+    "claims.shm_mode": 0o600,
+    "claims.max_schedulers": 64,
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -113,6 +115,7 @@ INT_KEYS = {
     "score.min_requests", "score.flap_window", "score.quarantine_memory",
     "score.probation_ticks", "score.max_backoff",
     "ingest.max_frame_bytes", "ingest.drain_batch", "ingest.rcvhwm",
+    "claims.shm_mode", "claims.max_schedulers",
 }
 
 
@@ -335,6 +338,10 @@ RANGE_ERRORS = [
     ("engine.shm_mode", 0o4600, r"engine\.shm_mode = 0o4600 must include"),
     ("engine.shm_mode", "0755", r"engine\.shm_mode = 0o755 must include"),
     ("engine.shm_mode", 600, r"engine\.shm_mode = 0o1130 .* did you mean 0o600\?"),
+    ("claims.shm_mode", 0o444, r"claims\.shm_mode = 0o444 must include owner read\+write"),
+    ("claims.shm_mode", 660, r"claims\.shm_mode = 0o1224 .* did you mean 0o660\?"),
+    ("claims.max_schedulers", 0, r"claims\.max_schedulers = 0 must be in 1\.\.4096"),
+    ("claims.max_schedulers", 4097, r"claims\.max_schedulers = 4097 must be in 1\.\.4096"),
     ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be >= 1024"),
     ("ingest.drain_batch", 0, r"ingest\.drain_batch = 0 must be >= 1"),
     ("ingest.rcvhwm", -1, r"ingest\.rcvhwm = -1 must be in 0\.\.2147483647"),
@@ -444,7 +451,7 @@ UNKNOWN = [
     ({"beta": 0.5}, r"unknown top-level key beta \(did you mean score\.beta\?\)"),
     # Nothing close: the valid names are listed.
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
-    ({"xyzzy": {}}, r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, score"),
+    ({"xyzzy": {}}, r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score"),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
     ({"score": {"weights": 0.2}}, r"score\.weights = 0\.2 has type float, expected a table"),
@@ -556,7 +563,8 @@ def test_render_defaults_comments_every_key():
     assert len(assigned) == len(ALL_DEFAULTS)
     for i in assigned:
         assert lines[i - 1].startswith("# "), lines[i]
-    for section in ("[engine]", "[ingest]", "[ingest.curve]", "[score]", "[score.weights]"):
+    for section in ("[engine]", "[ingest]", "[ingest.curve]", "[claims]", "[score]",
+                    "[score.weights]"):
         assert section in lines
     assert "shm_mode = 0o600" in lines
     assert all(len(line) <= 78 for line in lines)

@@ -1,7 +1,7 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
-Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[score]``,
-``[score.weights]``.  A missing key takes its default; ``Config()`` is the
+Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
+``[score]``, ``[score.weights]``.  A missing key takes its default; ``Config()`` is the
 all-defaults configuration.
 
 Where the defaults come from
@@ -50,8 +50,10 @@ import numpy as np
 from kernels import params as kp
 
 from shm_engine.core.errors import ConfigError
+from shm_engine.core.layout import MAX_SCHEDULERS
 
 __all__ = [
+    "ClaimsConfig",
     "Config",
     "CurveConfig",
     "EngineConfig",
@@ -223,6 +225,18 @@ class _Section:
             if getattr(self, name) < low:
                 self._fail(name, f"must be >= {low}")
 
+    def _shm_mode(self, name: str) -> None:
+        mode = getattr(self, name)
+        if mode & 0o600 != 0o600 or mode & ~0o666:
+            hint = ""
+            if re.fullmatch(r"[0-7]{3,4}", str(mode)):
+                # `shm_mode = 600` in TOML is decimal 600 = 0o1130.
+                hint = f" (a TOML integer without 0o is decimal: did you mean 0o{mode}?)"
+            raise ConfigError(
+                f"{_join(self.PATH, name)} = {mode:#o} must include owner read+write (0o600) "
+                f"and no bits outside 0o666 (no execute, setuid, setgid or sticky){hint}"
+            )
+
     def _positive(self, *names: str) -> None:
         for name in names:
             if getattr(self, name) <= 0:
@@ -296,16 +310,7 @@ class EngineConfig(_Section):
         self._positive("forget_after_s", "restart_backoff_min_s", "parent_check_interval_s")
         if self.hang_timeout_s < 0:
             self._fail("hang_timeout_s", "must be >= 0 (0 turns the watchdog off)")
-        mode = self.shm_mode
-        if mode & 0o600 != 0o600 or mode & ~0o666:
-            hint = ""
-            if re.fullmatch(r"[0-7]{3,4}", str(mode)):
-                # `shm_mode = 600` in TOML is decimal 600 = 0o1130.
-                hint = f" (a TOML integer without 0o is decimal: did you mean 0o{mode}?)"
-            raise ConfigError(
-                f"engine.shm_mode = {mode:#o} must include owner read+write (0o600) "
-                f"and no bits outside 0o666 (no execute, setuid, setgid or sticky){hint}"
-            )
+        self._shm_mode("shm_mode")
         if self.restart_backoff_min_s > self.restart_backoff_max_s:
             self._fail("restart_backoff_min_s", f"must be <= {self._ref('restart_backoff_max_s')}")
 
@@ -398,6 +403,38 @@ class IngestConfig(_Section):
         if not 0 <= self.rcvhwm <= _MAX_ZMQ_INT:
             self._fail("rcvhwm", f"must be in 0..{_MAX_ZMQ_INT}")
         self._positive("reject_log_interval_s")
+
+
+# --------------------------------------------------------------------------
+# [claims]
+
+
+@dataclass(frozen=True)
+class ClaimsConfig(_Section):
+    """``[claims]``: the claims segment, where schedulers record the jobs
+    they send (in flight) and how they ended."""
+
+    PATH: ClassVar[str] = "claims"
+
+    shm_mode: int = _key(
+        _MODE, 0o600,
+        'Permission bits of the claims segment /NAME.claims, octal (0o660 or "0660"). '
+        "Schedulers map it read-write (claiming is writing), so a scheduler group "
+        "needs group read+write here and only read on the scores segment "
+        "([engine] shm_mode). Must include owner read+write (0o600); only "
+        "read/write bits (within 0o666) are allowed.")
+    max_schedulers: int = _key(
+        _INT, 64,
+        "Most scheduler processes that can hold claims at once: each takes one "
+        "lease on its first claim and keeps it until it exits. When all are "
+        "taken by live processes, claim() raises SchedulerLimitReached. Each "
+        "lease reserves 8 bytes per node slot (touched only once used). "
+        f"Integer, 1..{MAX_SCHEDULERS}.")
+
+    def _validate(self) -> None:
+        self._shm_mode("shm_mode")
+        if not 1 <= self.max_schedulers <= MAX_SCHEDULERS:
+            self._fail("max_schedulers", f"must be in 1..{MAX_SCHEDULERS}")
 
 
 # --------------------------------------------------------------------------
@@ -582,13 +619,16 @@ def _lookup(obj: Any, dotted: str) -> Any:
 @dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration: ``.engine``, ``.ingest`` (``.curve``),
-    ``.score`` (``.weights``)."""
+    ``.claims``, ``.score`` (``.weights``)."""
 
     PATH: ClassVar[str] = ""
 
     engine: EngineConfig = _section(
         EngineConfig, "The engine process: shared-memory segment, tick, supervision.")
     ingest: IngestConfig = _section(IngestConfig, "Heartbeat intake over ZeroMQ.")
+    claims: ClaimsConfig = _section(
+        ClaimsConfig, "Scheduler claims: jobs in flight and their outcomes, shared by "
+        "every scheduler and read by the tick.")
     score: ScoreConfig = _section(
         ScoreConfig, "The desirability score. Every key and default is defined "
         "in SCORING.md; step numbers refer to it.")

@@ -78,3 +78,31 @@ class ReadContention(ShmEngineError):
     more CPU or raise the tick interval. ``ScoreReader.retries_exhausted``
     counts these events, including those served from an earlier copy.
     """
+
+
+class SchedulerLimitReached(ShmEngineError):
+    """Raised by ``claim()`` when every scheduler lease of the engine is held.
+
+    Each process that claims holds one of ``[claims] max_schedulers`` leases
+    until it exits (a dead holder's lease is freed within a second).  Stop a
+    scheduler process, or raise the limit and restart the engine.
+    """
+
+
+class LeaseRevoked(ShmEngineError):
+    """Raised by ``claim()`` when the engine took this process's lease back.
+
+    The engine frees the lease of a process it sees as dead, returning its
+    open claims; a live process loses its lease only if the engine cannot see
+    it (another pid namespace).  Its earlier claims release as stale; the
+    next ``claim()`` takes a new lease.  Run schedulers where the engine can
+    see their pids.
+    """
+
+
+class ClaimAlreadyReleased(ShmEngineError):
+    """Raised by ``Claim.release()`` on a claim that was already released.
+
+    Each claim is released exactly once (a ``with`` block does it for you on
+    exit); releasing twice would count one job's outcome twice.
+    """

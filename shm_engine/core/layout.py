@@ -1,12 +1,16 @@
-"""The shared-memory layout: every offset, dtype and size of the segment.
+"""The shared-memory layout: every offset, dtype and size of both segments.
 
 Nothing else in the project computes an offset: code asks this module for
-numpy views over a buffer (`SegmentViews`).  Bump `LAYOUT_VERSION` on any
-change; attach refuses a segment of another version.
+numpy views over a buffer (`SegmentViews`, `ClaimsViews`).  Bump
+`LAYOUT_VERSION` (the scores segment) or `CLAIMS_LAYOUT_VERSION` (the claims
+segment) on any change to it; attach refuses a segment of another version.
 
-One segment per engine, sized by ``capacity`` (slots).  Every column starts
-on a 64-byte boundary, so single-writer fields of different processes never
-share a cache line::
+Two segments per engine, both sized by ``capacity`` (slots): the scores
+segment ``/NAME`` (below), which schedulers map read-only, and the claims
+segment ``/NAME.claims`` (further below), which they map read-write.
+
+The scores segment.  Every column starts on a 64-byte boundary, so
+single-writer fields of different processes never share a cache line::
 
     offset 0      +--------------------------------------------------------+
                   | HEADER (4096 bytes)                                    |
@@ -40,9 +44,11 @@ share a cache line::
                   |     n_ranked, live, registered, slot_hwm,              |
                   |     weights f8[8], counts i8[8]                        |
                   |   published per slot: score raw wait qema liveness f8, |
-                  |     state u1, gen u8, ranked i4                        |
+                  |     state u1, gen u8, ranked i4,                       |
+                  |     feedback the tick read: rif fb_ok fb_err consec    |
+                  |     err_age f8                                         |
                   |   carried per slot: s flap f8, n probation memory i4,  |
-                  |     hb_seen u8                                         |
+                  |     hb_seen u8, ok_seen err_seen u8 (claims counters)  |
                   +--------------------------------------------------------+
                   | SCORE BUFFER 1 (same layout)                           |
                   +--------------------------------------------------------+
@@ -57,19 +63,58 @@ Rules for the parties (see seqlock.py for the latch itself):
   also carry the per-node state the next tick starts from, so a restarted
   tick worker resumes from the last published epoch.
 - The data holds no pointers: every reference is a slot number.
+
+The claims segment (``capacity`` slots, ``max_schedulers`` leases; every
+region starts on a page, so the in-flight row of a lease that is never taken
+is never touched and costs no memory)::
+
+    offset 0      +--------------------------------------------------------+
+                  | HEADER (4096 bytes)                                    |
+                  |   identity ..... magic, layout_version, capacity,      |
+                  |                  max_schedulers, creator pid + start   |
+                  |                  time, size, instance id               |
+                  |   schedulers ... stale_releases, leases_taken,         |
+                  |                  leases_refused, claims_dropped        |
+                  |                  (fetch_add only)                      |
+                  |   tick worker .. abandoned_claims, leases_reaped,      |
+                  |                  lease_check_mono, released_ok,        |
+                  |                  released_err, in_flight               |
+                  +--------------------------------------------------------+
+                  | LEASES (max_schedulers entries, struct of arrays)      |
+                  |   lease_ident u8   0 = free, else start_time % 2**32   |
+                  |                    << 32 | pid, taken by one CAS       |
+                  |   lease_pid i8, lease_start u8, lease_since f8 (wall)  |
+                  +--------------------------------------------------------+
+                  | OUTCOMES u8[cap, 4]: one 32-byte row per node slot     |
+                  |   [0] tag | consec    [1] last_err_ns  (one 16-byte    |
+                  |                        pair, changed by cas_pair_u64)  |
+                  |   [2] tag | ok        [3] tag | err    (cas_u64)       |
+                  +--------------------------------------------------------+
+                  | IN FLIGHT u8[max_schedulers, cap]: one row per lease,  |
+                  |   each row page-aligned; word = tag | count of the     |
+                  |   lease's open claims on the slot's registration       |
+                  +--------------------------------------------------------+
+
+A *tag* is the upper 32 bits of a word: the registration number
+``(slot_gen >> 1) % 2**32`` the lower 32 bits belong to.  The protocol that
+keeps these words exact without locks is in `shm_engine.core.claims`.
 """
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from kernels.columns import NodeState, TickOutputs
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2      # 2: feedback columns in the score buffers
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
+CLAIMS_LAYOUT_VERSION = 1
+CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
+PAGE = 4096
 ALIGN = 64
 HEADER_BYTES = 4096
 NODE_ID_BYTES = 64      # 63 bytes of UTF-8 + at least one NUL
@@ -151,10 +196,14 @@ BUFFER_VECTORS = (("weights", "<f8", N_WEIGHT_SLOTS), ("counts", "<i8", N_COUNT_
 BUFFER_COLUMNS = (
     ("score", "<f8"), ("raw", "<f8"), ("wait", "<f8"), ("qema", "<f8"),
     ("liveness", "<f8"), ("state", "u1"), ("gen", "<u8"), ("ranked", "<i4"),
+    # scheduler feedback as this tick read it (shm_engine.core.claims.gather_feedback)
+    ("rif", "<f8"), ("fb_ok", "<f8"), ("fb_err", "<f8"), ("consec", "<f8"), ("err_age", "<f8"),
     # carried state the next tick starts from
     ("s", "<f8"), ("flap", "<f8"), ("n", "<i4"), ("probation", "<i4"),
-    ("memory", "<i4"), ("hb_seen", "<u8"),
+    ("memory", "<i4"), ("hb_seen", "<u8"), ("ok_seen", "<u8"), ("err_seen", "<u8"),
 )
+#: The feedback columns of a score buffer, in the order the tick fills them.
+FEEDBACK_COLUMNS = ("rif", "fb_ok", "fb_err", "consec", "err_age")
 
 
 def _align(n: int) -> int:
@@ -255,9 +304,12 @@ def _view(buf, f: Field) -> np.ndarray:
 class Header:
     """Named views of the header fields (1-element arrays: index with [0])."""
 
-    def __init__(self, buf, layout: Layout):
+    def __init__(self, buf, layout: Layout | ClaimsLayout):
         for name, f in layout.header.items():
             setattr(self, name, _view(buf, f))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> np.ndarray: ...   # the fields, set above
 
     def read_str(self, name: str) -> str:
         raw = bytes(getattr(self, name))
@@ -312,6 +364,9 @@ class ScoreBuffer:
         self.counts = v["counts"]
         self.gen = v["gen"]
         self.hb_seen = v["hb_seen"]
+        self.ok_seen = v["ok_seen"]
+        self.err_seen = v["err_seen"]
+        self.feedback = tuple(v[c] for c in FEEDBACK_COLUMNS)
         self.state = NodeState(qema=v["qema"], s=v["s"], state=v["state"], flap=v["flap"],
                                n=v["n"], probation=v["probation"], memory=v["memory"])
         self.out = TickOutputs(score=v["score"], raw=v["raw"], wait=v["wait"],
@@ -334,3 +389,142 @@ def read_capacity(buf) -> tuple[int, int, int]:
     """(magic, layout_version, capacity) from the start of a mapped segment."""
     hdr = np.ndarray((2,), dtype="<u8", buffer=buf, offset=0)
     return int(hdr[0]), int(hdr[1] & 0xFFFFFFFF), int(hdr[1] >> 32)
+
+
+# ------------------------------------------------------------ claims segment --
+CLAIMS_HEADER_BYTES = 4096
+#: Words of one node slot's outcome row (OUTCOMES region).
+OUTCOME_WORDS = 4
+OUT_CONSEC, OUT_LAST_ERR, OUT_OK, OUT_ERR = 0, 1, 2, 3
+
+_CLAIMS_HEADER_FIELDS = (
+    # identity: written once by the creator; magic last.  magic, creator_pid
+    # and creator_start sit where the scores header has them, so one stale
+    # check serves both segments.
+    ("magic", "<u8", 1, 0),
+    ("layout_version", "<u4", 1, 8),
+    ("capacity", "<u4", 1, 12),
+    ("creator_pid", "<i8", 1, 16),
+    ("creator_start", "<u8", 1, 24),
+    ("segment_bytes", "<u8", 1, 32),
+    ("created_wall", "<f8", 1, 40),
+    ("max_schedulers", "<u4", 1, 48),
+    ("instance", "<u8", 1, 56),          # random: tells this segment from a re-created one
+    # counters any scheduler bumps (fetch_add_u64 only).
+    ("stale_releases", "<u8", 1, 128),
+    ("leases_taken", "<u8", 1, 136),
+    ("leases_refused", "<u8", 1, 144),
+    ("claims_dropped", "<u8", 1, 152),   # garbage collected unreleased
+    # tick worker (single writer).
+    ("abandoned_claims", "<u8", 1, 192),
+    ("leases_reaped", "<u8", 1, 200),
+    ("lease_check_mono", "<f8", 1, 216),
+    ("released_ok", "<u8", 1, 224),
+    ("released_err", "<u8", 1, 232),
+    ("in_flight", "<u8", 1, 240),        # sum of rif at the latest tick
+)
+LEASE_COLUMNS = (("lease_ident", "<u8"), ("lease_pid", "<i8"), ("lease_start", "<u8"),
+                 ("lease_since", "<f8"))
+
+
+def _page(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+@dataclass(frozen=True)
+class ClaimsLayout:
+    """Offsets of the claims segment for one capacity and lease count.
+    Build with `claims_layout_for()`."""
+    capacity: int
+    max_schedulers: int
+    header: dict[str, Field]
+    leases: dict[str, Field]
+    outcomes: Field          # u8[capacity, OUTCOME_WORDS]
+    in_flight: Field         # u8[max_schedulers, capacity], rows `row_bytes` apart
+    row_bytes: int
+    size: int
+
+    def regions(self) -> list[tuple[str, int, int]]:
+        """(region, offset, bytes) for reports and docs."""
+        lease0 = min(f.offset for f in self.leases.values())
+        return [("header", 0, CLAIMS_HEADER_BYTES),
+                ("leases", lease0, self.outcomes.offset - lease0),
+                ("outcomes", self.outcomes.offset, self.in_flight.offset - self.outcomes.offset),
+                ("in_flight", self.in_flight.offset, self.size - self.in_flight.offset)]
+
+
+#: Most leases a claims segment can hold (a config limit, not a layout one).
+MAX_SCHEDULERS = 4096
+
+
+def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
+    """The layout of a claims segment with ``capacity`` slots and
+    ``max_schedulers`` leases."""
+    if not 1 <= capacity <= 1 << 24:
+        raise ValueError(f"capacity {capacity} out of range 1..{1 << 24}")
+    if not 1 <= max_schedulers <= MAX_SCHEDULERS:
+        raise ValueError(f"max_schedulers {max_schedulers} out of range 1..{MAX_SCHEDULERS}")
+    header = {n: Field(n, np.dtype(dt), (count,), off)
+              for n, dt, count, off in _CLAIMS_HEADER_FIELDS}
+    leases, off = {}, CLAIMS_HEADER_BYTES
+    for name, dt in LEASE_COLUMNS:
+        leases[name] = Field(name, np.dtype(dt), (max_schedulers,), off)
+        off = _align(off + max_schedulers * 8)
+    off = _page(off)
+    outcomes = Field("outcomes", np.dtype("<u8"), (capacity, OUTCOME_WORDS), off)
+    off = _page(off + outcomes.nbytes)
+    row_bytes = _page(capacity * 8)
+    in_flight = Field("in_flight", np.dtype("<u8"), (max_schedulers, capacity), off)
+    size = off + max_schedulers * row_bytes
+    return ClaimsLayout(capacity, max_schedulers, header, leases, outcomes, in_flight,
+                        row_bytes, size)
+
+
+def _check_claims_header() -> None:
+    spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
+                   for n, dt, count, off in _CLAIMS_HEADER_FIELDS)
+    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+        assert a1 <= b0, f"claims header fields {an} and {bn} overlap"
+    assert spans[-1][1] <= CLAIMS_HEADER_BYTES
+    scores = {n: off for n, _dt, _c, off in _HEADER_FIELDS}
+    for n in ("magic", "layout_version", "capacity", "creator_pid", "creator_start"):
+        assert dict((f[0], f[3]) for f in _CLAIMS_HEADER_FIELDS)[n] == scores[n], n
+
+
+_check_claims_header()
+
+
+class ClaimsViews:
+    """All views over one mapped claims segment.
+
+    ``header``: named 1-element views (`Header`); ``lease_ident``,
+    ``lease_pid``, ``lease_start``, ``lease_since``: one entry per lease;
+    ``outcomes``: u8[capacity, 4]; ``in_flight``: u8[max_schedulers,
+    capacity] (row k is lease k's, rows `ClaimsLayout.row_bytes` apart), and
+    the same words as one flat array ``in_flight_flat`` (lease k's row at
+    ``k * row_words``), whose array type does not depend on the capacity."""
+
+    lease_ident: np.ndarray
+    lease_pid: np.ndarray
+    lease_start: np.ndarray
+    lease_since: np.ndarray
+
+    def __init__(self, buf, layout: ClaimsLayout):
+        self.layout = layout
+        self.header = Header(buf, layout)
+        for name, f in layout.leases.items():
+            setattr(self, name, _view(buf, f))
+        self.outcomes = _view(buf, layout.outcomes)
+        f = layout.in_flight
+        self.in_flight = np.ndarray(f.shape, dtype=f.dtype, buffer=buf, offset=f.offset,
+                                    strides=(layout.row_bytes, 8))
+        self.row_words = layout.row_bytes // 8
+        flat = (layout.max_schedulers - 1) * self.row_words + layout.capacity
+        self.in_flight_flat = np.ndarray((flat,), dtype=f.dtype, buffer=buf, offset=f.offset)
+
+
+def private_claims(capacity: int, max_schedulers: int = 1) -> ClaimsViews:
+    """A zeroed claims segment in private memory (no scheduler ever writes
+    it): what the tick reads when an engine has no claims segment."""
+    layout = claims_layout_for(capacity, max_schedulers)
+    return ClaimsViews(mmap.mmap(-1, layout.size), layout)

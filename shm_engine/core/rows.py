@@ -70,7 +70,7 @@ def write_rows(row_version, recv_time, cpu, mem, queue, avg_job_s, throughput, o
 
 
 @intrinsic
-def _pointer(typingctx, address):
+def address_pointer(typingctx, address):
     """A ``voidptr`` from an integer address (numba has no cast for it)."""
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
@@ -89,23 +89,23 @@ def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_t
     or 0 (nothing written) when ``s`` is not in ``[0, capacity)``."""
     if s < 0 or s >= capacity:
         return 0
-    row_version = carray(_pointer(columns[0]), capacity, np.uint64)
+    row_version = carray(address_pointer(columns[0]), capacity, np.uint64)
     v = load_relaxed_u64(row_version, s)
     store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
     fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
-    carray(_pointer(columns[1]), capacity, np.float64)[s] = now
-    carray(_pointer(columns[2]), capacity, np.float64)[s] = r_cpu
-    carray(_pointer(columns[3]), capacity, np.float64)[s] = r_mem
-    carray(_pointer(columns[4]), capacity, np.float64)[s] = r_queue
-    carray(_pointer(columns[5]), capacity, np.float64)[s] = r_avg_job_s
-    carray(_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & 1 else 0.0
-    carray(_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & 2 else 0.0
-    carray(_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & 2 else 0.0
-    carray(_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & 4 else 0.0
-    carray(_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & 8 else 0.0
-    carray(_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & 8 else 0.0
-    carray(_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & 16 else 0.0
-    carray(_pointer(columns[13]), capacity, np.uint8)[s] = f & 15
+    carray(address_pointer(columns[1]), capacity, np.float64)[s] = now
+    carray(address_pointer(columns[2]), capacity, np.float64)[s] = r_cpu
+    carray(address_pointer(columns[3]), capacity, np.float64)[s] = r_mem
+    carray(address_pointer(columns[4]), capacity, np.float64)[s] = r_queue
+    carray(address_pointer(columns[5]), capacity, np.float64)[s] = r_avg_job_s
+    carray(address_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & 1 else 0.0
+    carray(address_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & 2 else 0.0
+    carray(address_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & 2 else 0.0
+    carray(address_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & 4 else 0.0
+    carray(address_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & 8 else 0.0
+    carray(address_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & 8 else 0.0
+    carray(address_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & 16 else 0.0
+    carray(address_pointer(columns[13]), capacity, np.uint8)[s] = f & 15
     store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
     return 1
 

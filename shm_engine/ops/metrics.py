@@ -98,6 +98,29 @@ class EngineCollector:
         for reason, n in ing["rejected"].items():
             rej.add_metric(e + [reason], float(n))
         yield rej
+        cl = s.get("claims")
+        if cl is not None:
+            yield gauge("shm_engine_claims_in_flight", "jobs claimed by schedulers and not "
+                        "yet released", cl["in_flight"])
+            rel = CounterMetricFamily("shm_engine_claims_released", "claims released, by "
+                                      "outcome (as counted by the tick)",
+                                      labels=["engine", "outcome"])
+            rel.add_metric(e + ["ok"], float(cl["released_ok"]))
+            rel.add_metric(e + ["error"], float(cl["released_err"]))
+            yield rel
+            yield counter("shm_engine_claims_abandoned", "claims of dead schedulers returned "
+                          "by the engine", cl["abandoned"])
+            yield counter("shm_engine_claims_stale_releases", "releases of claims whose node "
+                          "was forgotten meanwhile (not counted)", cl["stale_releases"])
+            yield counter("shm_engine_claims_dropped", "claims garbage collected unreleased",
+                          cl["dropped"])
+            le = cl["leases"]
+            yield gauge("shm_engine_scheduler_leases", "scheduler leases in use", le["in_use"])
+            yield gauge("shm_engine_scheduler_leases_max", "[claims] max_schedulers", le["max"])
+            yield counter("shm_engine_scheduler_leases_refused", "claims refused because "
+                          "every scheduler lease was held", le["refused"])
+            yield counter("shm_engine_scheduler_leases_reaped", "leases of dead schedulers "
+                          "freed", le["reaped"])
         restarts = CounterMetricFamily("shm_engine_child_restarts",
                                        "restarts of the engine's child processes",
                                        labels=["engine", "child"])

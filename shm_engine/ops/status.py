@@ -1,7 +1,9 @@
 """`shm-engine status`: a running engine's health, read from its segment.
 
-Read-only: the segment is mapped ``PROT_READ``, nothing is written, no socket
-is opened.  Per-tick numbers (epoch, node counts per state) come from the
+Read-only: the segments are mapped ``PROT_READ``, nothing is written, no socket
+is opened.  The claims part (jobs in flight, outcomes, scheduler leases) comes
+from the claims segment; it is None when that segment is missing or not
+readable by the caller (``[claims] shm_mode``).  Per-tick numbers (epoch, node counts per state) come from the
 latest published buffer through the latch (`seqlock.read_consistent`, the one
 retry loop); counters (ticks, overruns, tick durations, ingest counters,
 children) are single header words, each read once.
@@ -16,7 +18,8 @@ import json
 import sys
 import time
 
-from shm_engine.core.errors import EngineNotRunning
+from shm_engine.core.claims import ClaimsSegment, claims_status
+from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
@@ -62,6 +65,13 @@ def read_status(name: str) -> dict:
         nodes = {"registered": registered}
         nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
+        claims = None
+        try:
+            with ClaimsSegment.attach(name, readonly=True) as cs:
+                claims = claims_status(cs.views, v.registry.slot_gen, v.registry.registered,
+                                       int(h.slot_hwm[0]))
+        except (EngineNotRunning, LayoutMismatch):
+            pass
         ingest_alive = float(h.ingest_alive_mono[0])
         ticker_alive = float(h.ticker_alive_mono[0])
         return {
@@ -93,6 +103,7 @@ def read_status(name: str) -> dict:
                 "alive_age_s": max(0.0, now - ingest_alive) if ingest_alive else None,
             },
             "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
+            "claims": claims,
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
@@ -122,9 +133,20 @@ def render(s: dict) -> str:
         f"{s['ranked']} ranked, pressure {s['pressure']:.3f}",
         f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
         f"{i['accepted']} accepted; rejected: {rej}",
+        _claims_line(s["claims"]),
         f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
         f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
     ])
+
+
+def _claims_line(cl: dict | None) -> str:
+    if cl is None:
+        return "claims   (claims segment not readable)"
+    le = cl["leases"]
+    return (f"claims   {cl['in_flight']} in flight; released {cl['released_ok']} ok, "
+            f"{cl['released_err']} error; {cl['abandoned']} abandoned, "
+            f"{cl['stale_releases']} stale; schedulers {le['in_use']}/{le['max']}"
+            + (f" ({le['refused']} refused)" if le["refused"] else ""))
 
 
 def cmd_status(args) -> int:

@@ -1,9 +1,11 @@
 """`shm-engine run`: the supervisor process and its two children.
 
-The supervisor owns the segment's lifetime: it creates it (O_CREAT|O_EXCL,
-reclaiming a stale one), starts the ingest and the tick worker as ``spawn``
-children, restarts a child that dies, and on SIGTERM/SIGINT stops both and
-unlinks the segment.  The children hold no state of their own: the registry
+The supervisor owns the segments' lifetime: it creates the scores segment
+``/NAME`` and the claims segment ``/NAME.claims`` (O_CREAT|O_EXCL each,
+reclaiming a stale one; modes ``[engine] shm_mode`` and ``[claims]
+shm_mode``), starts the ingest and the tick worker as ``spawn`` children,
+restarts a child that dies, and on SIGTERM/SIGINT stops both and unlinks
+both segments.  The children hold no state of their own: the registry
 and the heartbeat table (ingest) and the carried node state (tick worker) live
 in the segment, so a restarted child adopts them.
 
@@ -11,12 +13,11 @@ Invariants:
 - At most one tick worker runs at a time: a new one is started only after the
   previous one has exited (its sentinel fired), because the latch allows a
   single writer.  The same holds for the ingest.
-- The segment is unlinked on every exit path of `Supervisor.run` once it was
-  created here (``try/finally``); only SIGKILL leaves it behind, and the next
-  ``run`` reclaims it as stale (its creator pid is dead).
-- A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the
-  ingest cannot bind) is not restarted: the engine shuts down and ``run``
-  returns 1.
+- Each segment is unlinked on every exit path of `Supervisor.run` once it
+  was created here (``try/finally``); only SIGKILL leaves them behind, and
+  the next ``run`` reclaims them as stale (their creator pid is dead).
+- A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the ingest cannot bind) is
+  not restarted: the engine shuts down and ``run`` returns 1.
 
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
@@ -51,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config, load_config
 from shm_engine.core.runtime import EXIT_FATAL, log_event
 from shm_engine.core.segment import Segment
@@ -137,6 +139,7 @@ class Supervisor:
         self.children = {role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
                          for role in ("ingest", "ticker")}
         self.seg: Segment | None = None
+        self.claims: ClaimsSegment | None = None
         self._stop_signal: int | None = None
         self._wake_r = self._wake_w = -1
         self._ready = False
@@ -361,6 +364,8 @@ class Supervisor:
                                       tick_interval_ms=cfg.engine.tick_interval_ms,
                                       endpoint=cfg.ingest.bind)
             created = True
+            self.claims = ClaimsSegment.create(self.name, cfg.engine.capacity,
+                                               cfg.claims.max_schedulers, mode=cfg.claims.shm_mode)
             h = self.seg.views.header
             h.supervisor_pid[0] = os.getpid()
             h.supervisor_alive_mono[0] = time.monotonic()
@@ -428,17 +433,20 @@ class Supervisor:
         return 0
 
     def _shutdown(self) -> None:
-        seg = self.seg
+        seg, claims = self.seg, self.claims
         try:
             if seg is not None and seg.views is not None:
                 seg.views.header.stopping[0] = 1
             self._terminate_children()
         finally:
+            if claims is not None:
+                claims.close()
+                claims.unlink()
             if seg is not None:
                 seg.close()
                 seg.unlink()
                 self.log("INFO", "engine_stopped", name=self.name, segment_unlinked=True)
-            self.seg = None
+            self.seg = self.claims = None
 
 
 def cmd_run(args) -> int:

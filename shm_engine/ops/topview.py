@@ -5,7 +5,8 @@ Three parts, so the view can be tested without a terminal and reused by
 
 - `Watcher` reads the engine: scores through `clients.reader.ScoreReader`
   (the latch), counters from the segment header (mapped read-only, each word
-  read once).  ``poll()`` returns a `ViewState`: plain data, rates computed
+  read once), jobs in flight and outcomes from the claims segment (mapped
+  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`: plain data, rates computed
   from the counter deltas between two polls, and the nodes whose state changed
   since the previous poll.
 - `render(view_state)` is a pure function from that data to a rich renderable.
@@ -27,6 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from shm_engine.core.claims import ClaimsSegment, claims_status, in_flight_by_slot
 from shm_engine.core.errors import (
     EngineNotRunning,
     LayoutMismatch,
@@ -71,6 +73,7 @@ class NodeRow:
     qema: float
     liveness: float
     old_state: str | None = None
+    in_flight: int = 0              # jobs claimed on it and not released
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class ViewState:
     heartbeats: int = 0
     accepted: int = 0
     age_s: float | None = None
+    claims: dict | None = None      # status's "claims" object; None: not readable
     message: str | None = None      # e.g. "engine went away"
     now: float = 0.0                # monotonic time of the poll
 
@@ -131,6 +135,10 @@ class Watcher:
             self._reader.close()
             raise
         self._hdr = self._seg.views.header
+        try:
+            self._claims: ClaimsSegment | None = ClaimsSegment.attach(name, readonly=True)
+        except (EngineNotRunning, LayoutMismatch):
+            self._claims = None
         self._history: deque[tuple] = deque()   # counter samples of the rate window
         self._prev_states: dict[str, str] = {}
         self._recent: deque[StateChange] = deque(maxlen=_RECENT_CHANGES)
@@ -139,6 +147,8 @@ class Watcher:
     def close(self) -> None:
         self._reader.close()
         self._seg.close()
+        if self._claims is not None:
+            self._claims.close()
 
     def __enter__(self):
         return self
@@ -211,7 +221,13 @@ class Watcher:
         vs.counts = dict(snap.counts)
         vs.age_s = self._reader.age_s
         self._diff_states(snap, vs)
-        vs.rows = self._rows(snap, {c.node: c.old for c in vs.changes})
+        in_flight = None
+        if self._claims is not None:
+            reg, hwm = self._seg.views.registry, int(h.slot_hwm[0])
+            cv = self._claims.views
+            in_flight = in_flight_by_slot(cv, reg.slot_gen, reg.registered, hwm)
+            vs.claims = claims_status(cv, reg.slot_gen, reg.registered, hwm)
+        vs.rows = self._rows(snap, {c.node: c.old for c in vs.changes}, in_flight)
         vs.registered = sum(1 for n in snap.nodes if n is not None)
         vs.ranked = len(snap.ranked)
         vs.recent = list(reversed(self._recent))
@@ -243,13 +259,14 @@ class Watcher:
                 self._recent.append(change)
         self._prev_states = states
 
-    def _rows(self, snap, old: dict[str, str]) -> list[NodeRow]:
+    def _rows(self, snap, old: dict[str, str], in_flight=None) -> list[NodeRow]:
         def row(slot: int, rank: int | None) -> NodeRow:
             node = snap.nodes[slot]
+            jobs = int(in_flight[slot]) if in_flight is not None and slot < len(in_flight) else 0
             return NodeRow(rank=rank, node=node, score=float(snap.score[slot]),
                            state=state_name(snap.state[slot]), wait=float(snap.wait[slot]),
                            qema=float(snap.qema[slot]), liveness=float(snap.liveness[slot]),
-                           old_state=old.get(node))
+                           old_state=old.get(node), in_flight=jobs)
 
         rows = []
         for rank, slot in enumerate(snap.ranked[:self.rows].tolist(), 1):
@@ -309,6 +326,11 @@ def render(view_state: ViewState):
     for name in STATE_STYLES:
         line3.append(f"{name} {vs.counts.get(name, 0)}  ", style=STATE_STYLES[name])
     parts = [head, line2, line3]
+    if vs.claims is not None:
+        cl, le = vs.claims, vs.claims["leases"]
+        parts.append(Text(f"jobs in flight {cl['in_flight']:,}  released {cl['released_ok']:,} ok"
+                          f" {cl['released_err']:,} error  abandoned {cl['abandoned']:,}  stale "
+                          f"{cl['stale_releases']:,}  schedulers {le['in_use']}/{le['max']}"))
     if vs.message:
         parts.append(Text(vs.message, style="bold red"))
 
@@ -321,6 +343,7 @@ def render(view_state: ViewState):
     table.add_column("wait s", justify="right")
     table.add_column("queue ema", justify="right")
     table.add_column("live", justify="right")
+    table.add_column("jobs", justify="right")
     for r in vs.rows:
         changed = r.old_state is not None
         table.add_row(
@@ -329,7 +352,7 @@ def render(view_state: ViewState):
             f"{r.score:.3f}",
             Text(_bar(r.score), style=STATE_STYLES.get(r.state, "")),
             _state_text(r.state, r.old_state),
-            f"{r.wait:.1f}", f"{r.qema:.1f}", f"{r.liveness:.2f}",
+            f"{r.wait:.1f}", f"{r.qema:.1f}", f"{r.liveness:.2f}", f"{r.in_flight}",
             style="on grey15" if changed else None,
         )
     parts.append(table)

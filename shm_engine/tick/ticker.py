@@ -23,7 +23,20 @@ release store and fence, in one jitted function around the fill.
 
 Rules for callers: one `Ticker` per segment at a time (the supervisor only
 starts a worker after the previous one has exited); ``now`` is
-``time.monotonic()``, the clock the ingest stamps ``recv_time`` with.
+``time.monotonic()``, the clock the ingest stamps ``recv_time`` with and
+schedulers stamp their error releases with.
+
+Scheduler feedback (`shm_engine.core.claims`): each tick, right after the
+heartbeat gather, `claims.gather_feedback` reads the claims segment into the
+feedback columns (`Feedback`: ``rif``, ``fb_ok``, ``fb_err``, ``consec``,
+``err_age``) and publishes the same values in the buffer, with the counters
+it saw carried to the next tick.  The columns are `Ticker.feedback`: the
+tick inputs' own columns of those names once `TickInputs` has them (the
+version-2 kernels read them there), private arrays until then.  After the
+publish, every `claims.LEASE_CHECK_INTERVAL_S`, the worker returns the
+claims of schedulers that died (`claims.reap_dead_leases`).  Without a
+claims segment (replay, tests, an engine created without one) the tick reads
+a private zeroed one: every node has no scheduler traffic.
 
 Scheduling (`run_schedule`): deadlines are ``t0 + k * interval``, so the
 cadence never drifts; a tick that ends after the next deadline counts one
@@ -49,14 +62,18 @@ from kernels.columns import make_inputs
 from kernels.pipeline import tick_radix
 from kernels.ranking import make_rank_scratch
 
+from shm_engine.core import claims as claims_mod
+from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
-from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.layout import FEEDBACK_COLUMNS, ClaimsViews, SegmentViews, layout_for, private_claims
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 from shm_engine.core.rows import gather, make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 
-__all__ = ["Ticker", "TickResult", "TickStats", "ticker_main", "warm_up", "STATS_WINDOW"]
+__all__ = ["Ticker", "TickResult", "TickStats", "Feedback", "ticker_main", "warm_up",
+           "STATS_WINDOW"]
 
 STATS_WINDOW = 2048
 
@@ -70,6 +87,27 @@ class TickResult(NamedTuple):
     registered: int
     torn: int           # slots whose row stayed inconsistent (kept last tick's view)
     duration_us: float  # write_begin .. write_end, wall of this process
+
+
+class Feedback(NamedTuple):
+    """The feedback columns the tick fills (f8 per slot; see
+    `shm_engine.core.claims.gather_feedback` for their meaning)."""
+    rif: np.ndarray
+    fb_ok: np.ndarray
+    fb_err: np.ndarray
+    consec: np.ndarray
+    err_age: np.ndarray
+
+
+def feedback_columns(inputs, capacity: int) -> Feedback:
+    """Where the tick's feedback goes: the columns of ``inputs`` with the
+    feedback names when it has them all (the tick inputs of the version-2
+    kernels), else new private arrays ("no traffic": zeros, err_age +inf)."""
+    if all(hasattr(inputs, c) for c in FEEDBACK_COLUMNS):
+        return Feedback(*(getattr(inputs, c) for c in FEEDBACK_COLUMNS))
+    fb = Feedback(*(np.zeros(capacity, np.float64) for _ in FEEDBACK_COLUMNS))
+    fb.err_age[:] = np.inf
+    return fb
 
 
 class TickStats:
@@ -99,9 +137,11 @@ class Ticker:
     """Drives ticks over `SegmentViews` ``views`` (a live segment or a private mapping).
 
     ``tick(now)`` computes and publishes one epoch and updates the tick
-    counters in the header; overruns are counted by the schedule, not here."""
+    counters in the header; overruns are counted by the schedule, not here.
+    ``claims``: the engine's claims segment (views), or None to tick on
+    heartbeats alone."""
 
-    def __init__(self, views: SegmentViews, config: Config):
+    def __init__(self, views: SegmentViews, config: Config, claims: ClaimsViews | None = None):
         self.views = views
         self.config = config
         self.header = views.header
@@ -118,6 +158,18 @@ class Ticker:
         self._gather_cache = make_gather_cache(views.layout.capacity)
         self._rank_scratch = make_rank_scratch(views.layout.capacity)
         self.stats = TickStats()
+        cap = views.layout.capacity
+        self.live_claims = claims is not None
+        if claims is None:
+            claims = private_claims(cap)
+        elif claims.layout.capacity != cap:
+            raise LayoutMismatch(f"claims segment has {claims.layout.capacity} slots, "
+                                 f"the scores segment {cap}")
+        self.claims = claims
+        # The hook for the tick inputs of the contract (rif, fb_ok, fb_err,
+        # consec, err_age): see feedback_columns.
+        self.feedback = feedback_columns(self.inputs, cap)
+        self._next_lease_check = -math.inf
 
     @property
     def epoch(self) -> int:
@@ -135,6 +187,11 @@ class Ticker:
         hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
         torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
                       cache=self._gather_cache)
+        c, inp = self.claims, self.inputs
+        sum_rif, sum_ok, sum_err = claims_mod.gather_feedback(
+            nxt.gen, inp.active, inp.fresh, c.lease_ident, c.in_flight_flat, c.row_words,
+            c.outcomes, prev.ok_seen, prev.err_seen, hwm, float(now), *self.feedback,
+            *nxt.feedback, nxt.ok_seen, nxt.err_seen)
         n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
@@ -157,6 +214,13 @@ class Ticker:
         h.tick_us_max[0] = mx
         h.ticks[0] += 1
         h.ticker_alive_mono[0] = time.monotonic()
+        if self.live_claims:
+            ch = self.claims.header
+            ch.released_ok[0] += sum_ok
+            ch.released_err[0] += sum_err
+            ch.in_flight[0] = int(sum_rif)
+            if now >= self._next_lease_check:
+                self.check_leases(now, hwm)
         return TickResult(epoch, int(n_ranked), float(pressure), int(live), registered,
                           int(torn), us)
 
@@ -170,10 +234,21 @@ class Ticker:
                           self._rank_scratch)
 
 
+    def check_leases(self, now: float, hwm: int | None = None) -> tuple[int, int, int]:
+        """Return the claims of schedulers that died (see
+        `claims.reap_dead_leases`); (leases reaped, claims returned, leases in
+        use).  `tick` calls it every `claims.LEASE_CHECK_INTERVAL_S`."""
+        self._next_lease_check = now + claims_mod.LEASE_CHECK_INTERVAL_S
+        if hwm is None:
+            hwm = int(self.header.slot_hwm[0])
+        return claims_mod.reap_dead_leases(self.claims, hwm, now)
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) everything a tick runs, on the
     exact dtypes and array kinds of a live segment, before the first tick."""
     kernels.warm_up()
+    claims_mod.warm_up()
     layout = layout_for(2)
     mm = mmap.mmap(-1, layout.size)
     views = SegmentViews(mm, layout)
@@ -240,9 +315,19 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     except Exception as err:  # noqa: BLE001 - reported as an exit code
         log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
         return EXIT_FAILED
+    claims_seg = None
+    try:
+        claims_seg = ClaimsSegment.attach(name, readonly=False)
+    except EngineNotRunning as err:
+        log_event("WARN", "claims_absent", name=name, error=repr(str(err)))
+    except Exception as err:  # noqa: BLE001 - reported as an exit code
+        log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
+        seg.close()
+        return EXIT_FAILED
     try:
         warm_up()
-        ticker = Ticker(seg.views, config)
+        ticker = Ticker(seg.views, config,
+                        claims_seg.views if claims_seg is not None else None)
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
         log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
@@ -257,3 +342,5 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
     finally:
         ticker = None
         seg.close()
+        if claims_seg is not None:
+            claims_seg.close()

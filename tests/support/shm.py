@@ -39,11 +39,13 @@ def attach_segment(name: str) -> mmap.mmap:
 
 
 def unlink_segment(name: str) -> None:
-    """Unlink ``name`` if it still exists (mappings stay valid until closed)."""
-    try:
-        posix_ipc.unlink_shared_memory(_path(name))
-    except posix_ipc.ExistentialError:
-        pass
+    """Unlink ``name`` and its claims segment ``name.claims`` if they still
+    exist (mappings stay valid until closed)."""
+    for path in (_path(name), _path(name) + ".claims"):
+        try:
+            posix_ipc.unlink_shared_memory(path)
+        except posix_ipc.ExistentialError:
+            pass
 
 
 def u64_words(mm: mmap.mmap) -> np.ndarray:
