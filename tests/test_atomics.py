@@ -18,7 +18,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import shm_util
+from support import shm as shm_util
+from support.wait import wait_until
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -296,7 +297,7 @@ def _run(shm_name, reap, mode: str) -> tuple[int, int, int]:
         for p in procs:
             reap(p)
             p.start()
-        shm_util.wait_until(lambda: words.item(READY) == N_PROCESSES, 120, "every child ready")
+        wait_until(lambda: words.item(READY) == N_PROCESSES, 120, "every child ready")
         words[GO] = 1   # x86-64: a plain store, seen in order (pairs with the load_acquire spin)
         got = [results.get(timeout=120) for _ in procs]
         for p in procs:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from claims_util import ClaimsEngine
+from support.claims import ClaimsEngine
 from clients import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
 from clients.reader import ScoreReader
 from shm_engine.core import claims as C
@@ -619,7 +619,9 @@ def test_the_engine_creates_reclaims_and_unlinks_its_claims_segment(shm_name, tm
     import json
 
     from clients import HeartbeatClient
-    from engine_util import START_TIMEOUT_S, Engine, cli, free_port, wait_until, write_config
+    from shm_engine.ops.engine_process import free_port
+    from support.engine import START_TIMEOUT_S, Engine, cli, write_config
+    from support.wait import wait_until
 
     port = free_port()
     cfg = write_config(tmp_path / "c.toml", port,

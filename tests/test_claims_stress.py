@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from claims_util import MAX_OPEN, ClaimsEngine, scheduler_main
+from support.claims import MAX_OPEN, ClaimsEngine, scheduler_main
 from clients.reader import ScoreReader
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.tick.ticker import ticker_main
