@@ -284,7 +284,7 @@ def bench_tick(n: int, reps: int, python_max: int, log, only_tick: bool = False)
     from kernels.pipeline import tick_radix
     from kernels.ranking import make_rank_scratch
     from shm_engine.core.segment import Segment
-    from shm_engine.core.rows import make_gather_cache, write_batch
+    from shm_engine.core.rows import column_addresses, make_gather_cache, write_rows
     from shm_engine.tick.ticker import Ticker
 
     rng = np.random.default_rng(n)
@@ -297,6 +297,7 @@ def bench_tick(n: int, reps: int, python_max: int, log, only_tick: bool = False)
         t_reg = time.perf_counter()
         _register_all(seg.views, config, recs, now)
         t_reg = time.perf_counter() - t_reg
+        columns = column_addresses(seg.views.table)   # seg keeps them mapped
         ticker = Ticker(seg.views, config)
         ranked = _RankedTicker(ticker)
         before = _RankedTicker(ticker, ranked=False)
@@ -322,7 +323,7 @@ def bench_tick(n: int, reps: int, python_max: int, log, only_tick: bool = False)
             now += TICK_S
             sel = rng.choice(n, hb, replace=False).astype(np.int64)
             _drift(recs, sel, rng)
-            write_batch(seg.views.table, sel, recs[sel], now)
+            write_rows(columns, n, sel, recs[sel], now)
             # interleave: the shipped ticker, the one shipped before, the prototype
             if k % 3 == 0:
                 us = ticker.tick(now).duration_us

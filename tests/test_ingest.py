@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 
@@ -364,12 +365,12 @@ def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_work
     def broken(*args):
         raise RuntimeError("injected")
 
-    with monkeypatch.context() as m:   # the row writers of 1-record and larger frames
-        m.setattr(ingest_mod, "write_batch", broken)
-        m.setattr(ingest_mod, "write_records", broken)
+    with monkeypatch.context() as m:   # the row writer, for batches and batches of one
+        m.setattr(ingest_mod, "write_rows", broken)
         assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
-        assert counters(v) == {"frames": 1, "heartbeats": 2, "accepted": 0,
-                               "malformed_frame": 2}
+        assert ing.handle_frame(wire.encode_batch([hb("a")]), 1.5) == 0
+        assert counters(v) == {"frames": 2, "heartbeats": 3, "accepted": 0,
+                               "malformed_frame": 3}
         assert "ingest_internal_error" in capsys.readouterr().err
     assert ing.handle_frame(wire.encode_batch([hb("a")]), 2.0) == 1
     assert_balanced(v)
@@ -774,3 +775,52 @@ def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
 ])
 def test_next_drain_picks_copy_and_chunk_by_the_last_frame(sizes, expect):
     assert ingest_mod.next_drain([bytes(n) for n in sizes]) == expect
+
+
+# In a fresh interpreter (an earlier test's frames would have loaded what the
+# warm-up must load): the compiled functions' signatures after the warm-up,
+# then after frames of every kind through both entry points.
+_WARM_UP_CHECK = """
+import mmap
+import struct
+from shm_engine import wire
+from shm_engine.core.config import Config
+from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.rows import write_rows
+from shm_engine.ingest._checks import check_slots
+from shm_engine.ingest.process import Ingest
+from shm_engine.wire import _checks as wire_checks
+
+def signatures():
+    return [len(f.signatures) for f in (write_rows, check_slots, wire_checks.all_valid_records)]
+
+def hb(node, **kw):
+    return dict(node=node, cpu=0.5, mem=0.25, queue=2.0, avg_job_s=0.5, **kw)
+
+mm = mmap.mmap(-1, layout_for(64).size)
+ing = Ingest(SegmentViews(mm, layout_for(64)), Config())
+ing.warm_up()
+warm = signatures()
+batch = [hb(f"b{i}", throughput=1.0, zone="z") for i in range(12)]
+bad = bytearray(wire.encode_batch([hb("c")] * 5))
+struct.pack_into("<d", bad, 16 + 4 * 192, 2.0)   # the last record's cpu: rejected
+frames = [wire.encode_batch([hb("a")]), wire.encode_batch([hb("a", io=0.5)]),
+          wire.encode_batch(batch), wire.encode_batch(batch),
+          wire.encode_json(hb("j", zone="z", labels={"k": "v"})),
+          b"[" + b",".join(wire.encode_json(hb(f"j{i}")) for i in range(3)) + b"]", bad]
+for f in frames:
+    ing.handle_frame(f, 1.0)
+ing.handle_frames([wire.encode_batch([hb(f"r{i}")]) for i in range(10)], 2.0)
+ing.handle_frames([wire.encode_json(hb(f"r{i}")) for i in range(10)], 3.0)
+h = ing.views.header
+assert (int(h.ingest_accepted[0]), int(h.rejects.sum())) == (54, 1)
+print(warm, signatures())
+"""
+
+
+def test_warm_up_leaves_nothing_to_compile_for_any_frame():
+    out = subprocess.run([sys.executable, "-c", _WARM_UP_CHECK], capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    warm, after = out.stdout.strip().split("] [")
+    assert warm + "]" == "[" + after, out.stdout
