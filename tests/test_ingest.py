@@ -614,7 +614,7 @@ def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
 
 def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, seg):
     """The remembered slots of a batch are checked in one compiled pass
-    (`_ingest_kernels.check_slots`): a zone change and a node whose age has
+    (`ingest._checks.check_slots`): a zone change and a node whose age has
     reached forget_after (300 s) must still take the record-by-record paths."""
     v, reg = seg.views, seg.views.registry
     names = [f"n{i}" for i in range(8)]
