@@ -45,6 +45,10 @@ def __getattr__(name):
 def warm_up() -> None:
     """Compile `tick` (or load it from numba's cache) for the exact dtypes of
     `kernels.columns`, by running two ticks over two tiny slots."""
+    from kernels.columns import make_inputs, make_outputs, make_state
+    from kernels.defaults import default_params
+    from kernels.pipeline import tick
+
     inp = make_inputs(2)
     prev, nxt = make_state(2), make_state(2)
     out = make_outputs(2)
