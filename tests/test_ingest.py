@@ -7,6 +7,7 @@ spawned child on a loopback port and wait on the header counters.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -292,6 +293,38 @@ def test_zone_and_labels_are_stored_replaced_and_cleared(ing, seg):
     ing.handle_frame(wire.encode_batch([hb("a", zone="us-2")]), 5.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"us-2"
     assert int(v.header.registered[0]) == 1
+
+
+def test_a_batch_of_one_left_by_rejects_is_applied_as_a_one_record_frame(shm_name):
+    """A frame whose other heartbeat is rejected leaves a batch of one that
+    the decoder keeps no `DecodedFrame.one` for: the same rows, registrations,
+    zones and labels as the same heartbeats sent one per frame."""
+    sent = [hb("a", zone="z1"), hb("a", zone="z2", queue=5.0), hb("b", labels={"k": "v"}),
+            hb("b", labels={"k": "w"}, io=0.5), hb("a"), hb("c", zone="z3")]
+    bad = dict(hb("x"), cpu=2.0)
+
+    def padded(h):
+        if "labels" in h:   # only JSON carries labels
+            return b"[" + wire.encode_json(h) + b"," + json.dumps(bad).encode() + b"]"
+        recs = _records(h, hb("x"))
+        recs[1]["cpu"] = 2.0
+        return wire.encode_batch(recs)
+
+    lone = [wire.encode_json(h) if "labels" in h else wire.encode_batch([h]) for h in sent]
+    pairs = [padded(h) for h in sent]
+    assert all(wire.decode_frame(f, 1 << 20).one is None for f in pairs)
+    results = []
+    for frames in (lone, pairs):
+        seg = Segment.create(f"{shm_name}{len(results)}", capacity=8)
+        try:
+            ing = Ingest(seg.views, make_config())
+            assert [ing.handle_frame(f, float(k)) for k, f in enumerate(frames)] == [1] * 6
+            v = seg.views
+            results.append([bytes(c) for c in v.table] + [bytes(c) for c in v.registry])
+        finally:
+            seg.close()
+            seg.unlink()
+    assert results[0] == results[1]
 
 
 def test_the_last_heartbeat_of_a_node_in_a_frame_sets_its_zone(ing, seg):

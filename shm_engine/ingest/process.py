@@ -28,14 +28,17 @@ one's node list (batching senders do) skips even that: its remembered slots
 are verified against the registry's ids in bulk.  That check, the age check
 and the zone/labels change check are one compiled pass
 (`ingest._checks.check_slots`).  A batch of one (the common frame) finds its
-slot by one dict lookup and checks age and metadata on header and registry
-cells (memoryviews) instead: for one record the compiled pass and the word
-view it reads cost more than the rest of the frame's apply.  The process loop
-drains the socket in chunks (`drain`) and hands each chunk to
-`Ingest.handle_frames`, which decodes and applies a run of 1-record binary
-frames as one batch: the same rows, registrations and counts as frame by
-frame, for a few list operations per frame.  Only registrations,
-re-registrations and metadata changes go record by record.
+slot by one dict lookup instead, keyed by the node id the decoder already
+holds as bytes (`wire.DecodedFrame.one`), and checks age and metadata on
+table and registry cells (memoryviews): for one record the compiled pass and
+the word view it reads cost more than the rest of the frame's apply.  The
+row writer takes the records as the decoder left them, whatever their
+number (`rows.write_rows`).  The process loop drains the socket in chunks
+(`drain`) and hands each chunk to `Ingest.handle_frames`, which decodes and
+applies a run of 1-record binary frames as one batch: the same rows,
+registrations and counts as frame by frame, for a few list operations per
+frame.  Only registrations, re-registrations and metadata changes go record
+by record.
 
 New registrations stay unpublished (odd ``slot_gen``) until the frame's rows
 are written (`NodeRegistry.register(publish=False)`, then
@@ -228,7 +231,7 @@ class Ingest:
             if dec.rejects:
                 rejected = self._count_rejects(dec)
             if len(dec.records):
-                accepted = self._apply(dec.records, dec.labels, now)
+                accepted = self._apply(dec, now)
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
@@ -305,7 +308,7 @@ class Ingest:
             if dec.rejects:
                 rejected = self._count_rejects(dec)
             if len(dec.records):
-                accepted = self._apply(dec.records, dec.labels, now, remember=False)
+                accepted = self._apply(dec, now, remember=False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
@@ -314,28 +317,35 @@ class Ingest:
         self._count_frames(k, seen, accepted, nbytes)
         return accepted
 
-    def _apply(self, records: np.ndarray, labels: list[bytes | None] | None, now: float,
-               remember: bool = True) -> int:
-        """Apply validated ``records`` (with their ``labels``): register new
-        nodes, update zones and labels, write every row.  Returns rows written.
+    def _apply(self, dec, now: float, remember: bool = True) -> int:
+        """Apply the valid heartbeats of decoded frame (or run) ``dec``:
+        register new nodes, update zones and labels, write every row.
+        Returns rows written.
 
         ``remember``: the batch may be a sender's repeated node list (not a
         coalesced run of frames)."""
+        records = dec.records
         if len(records) == 1:
-            slots = self._slot_of_one(records, labels, now)
+            slots = self._slot_of_one(dec, now)
         else:
-            slots = self._slots_of(records, labels, now, remember)
+            slots = self._slots_of(records, dec.labels, now, remember)
         return int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
 
-    def _slot_of_one(self, records: np.ndarray, labels, now: float) -> np.ndarray:
+    def _slot_of_one(self, dec, now: float) -> np.ndarray:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
-        keys = records["node"].tolist()   # S64 -> bytes without padding = node_key()
-        s = self._slot_of.get(keys[0], -1)
+        records, labels, one = dec.records, dec.labels, dec.one
+        if one is not None:   # the decoder's copy: node and zone as bytes, no padding
+            key, zone = one[12], one[13]
+        else:
+            key, zone = records["node"].tolist()[0], bytes(records["zone"][0])
+        s = self._slot_of.get(key, -1)
         if s < 0 or now - self._recv_cells[s] >= self._forget_after_s:
             slots = np.full(1, -1, np.int64)
-            self._resolve_slow(records, labels, keys, slots, now)
+            self._resolve_slow(records, labels, [key], slots, now)
             return slots
-        self._update_meta_one(s, records, labels)
+        lab = labels[0] if labels is not None else None
+        if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
+            self.registry.set_meta(s, zone, lab)   # compares before writing
         slots = self._one_slot   # reused: write_rows does not keep it
         slots[0] = s
         return slots
@@ -463,13 +473,6 @@ class Ingest:
         for j, s in enumerate(slots.tolist()):
             if s in targets:
                 registry.set_meta(s, zones[j], labels[j] if labels is not None else None)
-
-    def _update_meta_one(self, s: int, records, labels) -> None:
-        """`_update_meta` for a batch of one, on scalars."""
-        zone = records["zone"][0]
-        lab = labels[0] if labels is not None else None
-        if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
-            self.registry.set_meta(s, bytes(zone), lab)   # compares before writing
 
     def _internal_error(self, err: Exception, lost: int) -> None:
         self._rejects[_MALFORMED_FRAME] += lost
