@@ -199,7 +199,8 @@ class Ingest:
         self._registered = views.registry.registered
         self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
-        self._one_slot = np.zeros(1, np.int64)
+        self._one_slot = np.zeros(1, np.int64)   # reused: write_rows does not keep it
+        self._one_slot_cell = memoryview(self._one_slot)
         self._max_frame_bytes = config.ingest.max_frame_bytes
         self._coalesce = _ONE_FRAME <= self._max_frame_bytes
         self._forget_after_s = config.engine.forget_after_s
@@ -346,9 +347,8 @@ class Ingest:
         lab = labels[0] if labels is not None else None
         if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
             self.registry.set_meta(s, zone, lab)   # compares before writing
-        slots = self._one_slot   # reused: write_rows does not keep it
-        slots[0] = s
-        return slots
+        self._one_slot_cell[0] = s
+        return self._one_slot
 
     def _slots_of(self, records: np.ndarray, labels, now: float, remember: bool) -> np.ndarray:
         """The slot of each record (-1: not written, the registry is full),
