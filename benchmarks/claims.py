@@ -37,7 +37,7 @@ from clients.reader import ScoreReader
 from shm_engine.core import claims as C
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.registry import NodeRegistry
-from shm_engine.core.rows import write_batch
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.wire import check_heartbeat
 
@@ -59,8 +59,9 @@ class _Engine:
                                                        avg_job_s=1.0))
             reg.register(node.encode(), b"", labels)
             recs.append(rec)
-        write_batch(self.seg.views.table, np.arange(n, dtype=np.int64), np.array(recs),
-                    time.monotonic())
+        table = self.seg.views.table
+        write_rows(column_addresses(table), table.row_version.shape[0],
+                   np.arange(n, dtype=np.int64), np.array(recs), time.monotonic())
 
     def close(self) -> None:
         for s in (self.claims, self.seg):

@@ -7,10 +7,12 @@ spawned child on a loopback port and wait on the header counters.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 
@@ -294,6 +296,38 @@ def test_zone_and_labels_are_stored_replaced_and_cleared(ing, seg):
     assert int(v.header.registered[0]) == 1
 
 
+def test_a_batch_of_one_left_by_rejects_is_applied_as_a_one_record_frame(shm_name):
+    """A frame whose other heartbeat is rejected leaves a batch of one that
+    the decoder keeps no `DecodedFrame.one` for: the same rows, registrations,
+    zones and labels as the same heartbeats sent one per frame."""
+    sent = [hb("a", zone="z1"), hb("a", zone="z2", queue=5.0), hb("b", labels={"k": "v"}),
+            hb("b", labels={"k": "w"}, io=0.5), hb("a"), hb("c", zone="z3")]
+    bad = dict(hb("x"), cpu=2.0)
+
+    def padded(h):
+        if "labels" in h:   # only JSON carries labels
+            return b"[" + wire.encode_json(h) + b"," + json.dumps(bad).encode() + b"]"
+        recs = _records(h, hb("x"))
+        recs[1]["cpu"] = 2.0
+        return wire.encode_batch(recs)
+
+    lone = [wire.encode_json(h) if "labels" in h else wire.encode_batch([h]) for h in sent]
+    pairs = [padded(h) for h in sent]
+    assert all(wire.decode_frame(f, 1 << 20).one is None for f in pairs)
+    results = []
+    for frames in (lone, pairs):
+        seg = Segment.create(f"{shm_name}{len(results)}", capacity=8)
+        try:
+            ing = Ingest(seg.views, make_config())
+            assert [ing.handle_frame(f, float(k)) for k, f in enumerate(frames)] == [1] * 6
+            v = seg.views
+            results.append([bytes(c) for c in v.table] + [bytes(c) for c in v.registry])
+        finally:
+            seg.close()
+            seg.unlink()
+    assert results[0] == results[1]
+
+
 def test_the_last_heartbeat_of_a_node_in_a_frame_sets_its_zone(ing, seg):
     reg = seg.views.registry
     ing.handle_frame(wire.encode_json(hb("a", zone="z1")), 1.0)
@@ -365,12 +399,12 @@ def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_work
     def broken(*args):
         raise RuntimeError("injected")
 
-    with monkeypatch.context() as m:   # the row writers of 1-record and larger frames
-        m.setattr(ingest_mod, "write_batch", broken)
-        m.setattr(ingest_mod, "write_records", broken)
+    with monkeypatch.context() as m:   # the row writer, for batches and batches of one
+        m.setattr(ingest_mod, "write_rows", broken)
         assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
-        assert counters(v) == {"frames": 1, "heartbeats": 2, "accepted": 0,
-                               "malformed_frame": 2}
+        assert ing.handle_frame(wire.encode_batch([hb("a")]), 1.5) == 0
+        assert counters(v) == {"frames": 2, "heartbeats": 3, "accepted": 0,
+                               "malformed_frame": 3}
         assert "ingest_internal_error" in capsys.readouterr().err
     assert ing.handle_frame(wire.encode_batch([hb("a")]), 2.0) == 1
     assert_balanced(v)
@@ -614,7 +648,7 @@ def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
 
 def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, seg):
     """The remembered slots of a batch are checked in one compiled pass
-    (`_ingest_kernels.check_slots`): a zone change and a node whose age has
+    (`ingest._checks.check_slots`): a zone change and a node whose age has
     reached forget_after (300 s) must still take the record-by-record paths."""
     v, reg = seg.views, seg.views.registry
     names = [f"n{i}" for i in range(8)]
@@ -775,3 +809,52 @@ def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
 ])
 def test_next_drain_picks_copy_and_chunk_by_the_last_frame(sizes, expect):
     assert ingest_mod.next_drain([bytes(n) for n in sizes]) == expect
+
+
+# In a fresh interpreter (an earlier test's frames would have loaded what the
+# warm-up must load): the signatures of the row writer and the batch check
+# after the warm-up a spare runs before it has a segment, then after frames
+# of every kind through both entry points.
+_WARM_UP_CHECK = """
+import mmap
+import struct
+from shm_engine import wire
+from shm_engine.core.config import Config
+from shm_engine.core.layout import SegmentViews, layout_for
+from shm_engine.core.rows import write_rows
+from shm_engine.ingest._checks import check_slots
+from shm_engine.ingest.process import Ingest, warm_up
+
+def signatures():
+    return [len(f.signatures) for f in (write_rows, check_slots)]
+
+def hb(node, **kw):
+    return dict(node=node, cpu=0.5, mem=0.25, queue=2.0, avg_job_s=0.5, **kw)
+
+warm_up()
+warm = signatures()
+mm = mmap.mmap(-1, layout_for(64).size)
+ing = Ingest(SegmentViews(mm, layout_for(64)), Config())
+batch = [hb(f"b{i}", throughput=1.0, zone="z") for i in range(12)]
+bad = bytearray(wire.encode_batch([hb("c")] * 5))
+struct.pack_into("<d", bad, 16 + 4 * 192, 2.0)   # the last record's cpu: rejected
+frames = [wire.encode_batch([hb("a")]), wire.encode_batch([hb("a", io=0.5)]),
+          wire.encode_batch(batch), wire.encode_batch(batch),
+          wire.encode_json(hb("j", zone="z", labels={"k": "v"})),
+          b"[" + b",".join(wire.encode_json(hb(f"j{i}")) for i in range(3)) + b"]", bad]
+for f in frames:
+    ing.handle_frame(f, 1.0)
+ing.handle_frames([wire.encode_batch([hb(f"r{i}")]) for i in range(10)], 2.0)
+ing.handle_frames([wire.encode_json(hb(f"r{i}")) for i in range(10)], 3.0)
+h = ing.views.header
+assert (int(h.ingest_accepted[0]), int(h.rejects.sum())) == (54, 1)
+print(warm, signatures())
+"""
+
+
+def test_warm_up_leaves_nothing_to_compile_for_any_frame():
+    out = subprocess.run([sys.executable, "-c", _WARM_UP_CHECK], capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    warm, after = out.stdout.strip().split("] [")
+    assert warm + "]" == "[" + after, out.stdout

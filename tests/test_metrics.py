@@ -10,7 +10,7 @@ from shm_engine.core.config import Config
 from shm_engine.ops.metrics import EngineCollector
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
-from shm_engine.core.rows import write_batch
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire import check_heartbeat
 
@@ -37,7 +37,8 @@ def test_live_segment_is_exported(shm_name):
             rec, _l, _r, _d = check_heartbeat(dict(node=f"n{i}", cpu=cpu, mem=0.2, queue=1,
                                                    avg_job_s=1))
             slot = reg.register(f"n{i}".encode())
-            write_batch(v.table, np.array([slot], np.int64), np.atleast_1d(rec), now)
+            write_rows(column_addresses(v.table), len(v.table.row_version),
+                       np.array([slot], np.int64), np.atleast_1d(rec), now)
         v.header.rejects[0] = 3  # frame_too_large
         Ticker(v, Config()).tick(now)
         text = _scrape(shm_name, per_node=True)

@@ -16,7 +16,7 @@ from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin, write_end
 from shm_engine.core.states import NodeState
-from shm_engine.core.rows import write_batch
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire import check_heartbeat
 
@@ -44,7 +44,9 @@ class Engine:
         slot = self.registry.get(key)
         if slot < 0:
             slot = self.registry.register(key, b"", labels)
-        write_batch(self.views.table, np.array([slot], np.int64), np.atleast_1d(rec), now)
+        t = self.views.table
+        write_rows(column_addresses(t), len(t.row_version), np.array([slot], np.int64),
+                   np.atleast_1d(rec), now)
         return slot
 
     def tick(self, now):

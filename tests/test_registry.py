@@ -1,16 +1,25 @@
 """Registry (lowest free slot, forgetting, unpublished registrations, crash
-repair) and the table protocol between the ingest and the tick's gather."""
+repair), the row writer, and the table protocol between the ingest and the
+tick's gather (in process, and across processes with self-describing rows)."""
 
 import mmap
+import multiprocessing as mp
+import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
 
+from support import shm as shm_util
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
-from shm_engine.core.rows import gather, write_batch
-from shm_engine.wire import check_heartbeat
+from shm_engine.core.rows import (column_addresses, gather, gather_inputs, make_gather_cache,
+                                  write_rows)
+from shm_engine.core.segment import Segment
+from shm_engine.wire import RECORD_DTYPE, check_heartbeat
 
 
 @pytest.fixture
@@ -33,7 +42,8 @@ def _row(node, **kw):
 
 
 def _write(v, slot, node, now, **kw):
-    write_batch(v.table, np.array([slot], np.int64), _row(node, **kw), now)
+    write_rows(column_addresses(v.table), len(v.table.row_version), np.array([slot], np.int64),
+               _row(node, **kw), now)
 
 
 def test_lowest_free_slot_and_full(views):
@@ -178,3 +188,184 @@ def test_adopting_a_crashed_writers_registry_repairs_half_written_slots(views):
     assert int(views.registry.slot_gen[b]) % 2 == 0 and views.registry.registered[b] == 0
     assert int(views.table.row_version[a]) % 2 == 0
     assert again.register(b"c") == b  # the dropped slot is free again
+
+
+# --------------------------------------------------------------------------
+# The row writer
+
+# Metrics the table keeps, with the presence bit that carries each (0: always).
+ROW_METRICS = (("cpu", 0), ("mem", 0), ("queue", 0), ("avg_job_s", 0), ("throughput", 1),
+               ("ok", 2), ("err", 2), ("io", 4), ("p50_ms", 8), ("p95_ms", 8), ("ts", 16))
+F8 = st.floats(allow_nan=False, width=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 63), st.lists(F8, min_size=9,
+                                                                           max_size=9),
+                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=12),
+       F8)
+def test_write_rows_writes_each_row_exactly(writes, now):
+    """Against a row computed by hand: every metric copied (ok/err as exact
+    floats, any u4), an absent metric 0, ``reported`` the low 4 flags, two
+    ``row_version`` steps per write, the later write of a slot wins, and slots
+    outside [0, 8) are skipped and not counted."""
+    lay = layout_for(8)
+    mm = mmap.mmap(-1, lay.size)
+    table = SegmentViews(mm, lay).table
+    recs = np.zeros(len(writes), RECORD_DTYPE)
+    for j, (_, flags, floats, ok, err) in enumerate(writes):
+        for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
+                                "p50_ms", "p95_ms", "ts"), floats):
+            recs[j][name] = value
+        recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
+        recs[j]["node"] = b"n%d" % j
+    slots = np.array([w[0] for w in writes], np.int64)
+    expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
+    expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
+                  row_version=np.zeros(8, np.uint64))
+    for s, rec in zip(slots.tolist(), recs):
+        if 0 <= s < 8:
+            for name, bit in ROW_METRICS:
+                expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
+            expect["recv_time"][s] = now
+            expect["reported"][s] = rec["flags"] & 15
+            expect["row_version"][s] += 2
+    written = write_rows(column_addresses(table), 8, slots, recs, now)
+    assert written == int(((slots >= 0) & (slots < 8)).sum())
+    for name in table._fields:
+        got = getattr(table, name)
+        assert got.tobytes() == expect[name].astype(got.dtype).tobytes(), name
+    del table
+
+
+def test_column_addresses_refuses_a_table_of_other_columns(views):
+    t = views.table
+    with pytest.raises(ValueError, match=r"table column 'cpu' is float32\(8,\), not an aligned "
+                                         r"contiguous float64\[8\]"):
+        column_addresses(t._replace(cpu=t.cpu.astype(np.float32)))
+    with pytest.raises(ValueError, match=r"table column 'mem' .* contiguous"):
+        column_addresses(t._replace(mem=np.zeros(16)[::2]))
+
+
+# --------------------------------------------------------------------------
+# The row protocol across processes: a child rewrites a few rows as fast as
+# it can while this process gathers them, in compiled loops on both sides.
+# Row s of round k describes itself: its receive time is k and every metric
+# derives from x = k * ROWS + s, so a row copied partly before and partly
+# after a write cannot pass.  The same loop copies the rows once more without
+# the protocol: torn copies there show that the race really ran.
+
+ROWS = 8
+ROUNDS_PER_CALL = 4096
+GATHERS_PER_CALL = 1024
+
+
+@njit(cache=True)
+def _write_rounds(columns, slots, recs, first, rounds):
+    for k in range(first, first + rounds):
+        for s in range(ROWS):
+            x = float(k * ROWS + s)
+            r = recs[s]
+            r.cpu, r.mem, r.queue, r.avg_job_s = x, x + 1.0, x + 2.0, x + 3.0
+            r.throughput, r.io, r.p50_ms, r.p95_ms = x + 4.0, x + 5.0, x + 6.0, x + 7.0
+            r.ok, r.err = k * ROWS + s, k * ROWS + s + 1
+            r.flags = 15
+        write_rows(columns, ROWS, slots, recs, float(k))
+
+
+def _rewrite_rows(name, stop, rounds_done):
+    seg = Segment.attach(name, readonly=False)
+    try:
+        columns = column_addresses(seg.views.table)
+        recs = np.zeros(ROWS, RECORD_DTYPE)
+        slots = np.arange(ROWS, dtype=np.int64)
+        k = 1
+        while not stop.is_set():
+            _write_rounds(columns, slots, recs, k, ROUNDS_PER_CALL)
+            k += ROUNDS_PER_CALL
+            rounds_done.value = k - 1
+    finally:
+        seg.close()
+
+
+@njit(cache=True)
+def _torn(s, recv, cpu, mem, queue, avg, tp, ok, err, io, p50, p95, reported):
+    """Whether slot ``s``'s copied fields mix two writes (see above)."""
+    x = recv * ROWS + s
+    return not (cpu == x and mem == x + 1.0 and queue == x + 2.0 and avg == x + 3.0
+                and tp == x + 4.0 and io == x + 5.0 and p50 == x + 6.0 and p95 == x + 7.0
+                and ok == x and err == x + 1.0 and reported == 15)
+
+
+@njit(cache=True)
+def _race(reg, t, inp, gen, hb_seen, state, cache, gathers):
+    """``gathers`` gathers (as the tick worker's: `gather_inputs` with the
+    row cache; ``now`` 0 and ``age_mul`` -1, so age = receive time), each
+    checked, and as many unprotected copies.  Returns (torn rows gathered,
+    rows the gather gave up on, gathers that saw a new row, torn rows in the
+    unprotected copies)."""
+    torn = gave_up = changed = unprotected = 0
+    for _ in range(gathers):
+        gave_up += gather_inputs(
+            reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem, t.queue,
+            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.reported,
+            gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
+            inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io, inp.p50_ms,
+            inp.p95_ms, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
+            cache.gen, cache.version, cache.recv_time)
+        new = 0
+        for s in range(ROWS):
+            torn += _torn(s, inp.age[s], inp.cpu[s], inp.mem[s], inp.queue[s],
+                          inp.avg_job_s[s], inp.throughput[s], inp.ok[s], inp.err[s], inp.io[s],
+                          inp.p50_ms[s], inp.p95_ms[s], inp.reported[s])
+            new |= inp.new_hb[s]
+            unprotected += _torn(s, t.recv_time[s], t.cpu[s], t.mem[s], t.queue[s],
+                                 t.avg_job_s[s], t.throughput[s], t.ok[s], t.err[s], t.io[s],
+                                 t.p50_ms[s], t.p95_ms[s], t.reported[s])
+        changed += new
+    return torn, gave_up, changed, unprotected
+
+
+def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
+    seg = Segment.create(shm_name, ROWS)
+    try:
+        views = seg.views
+        reg = NodeRegistry(views)
+        assert [reg.register(b"n%d" % s) for s in range(ROWS)] == list(range(ROWS))
+        # Round 0 by this process, so the inputs start consistent: a slot the
+        # gather gives up on (the child was preempted mid-row for all its
+        # spins) keeps its previous inputs, which must still pass.
+        recs, slots = np.zeros(ROWS, RECORD_DTYPE), np.arange(ROWS, dtype=np.int64)
+        _write_rounds(column_addresses(views.table), slots, recs, 0, 1)
+        inp, cache = make_inputs(ROWS), make_gather_cache(ROWS)
+        gen, hb_seen = np.zeros(ROWS, np.uint64), np.zeros(ROWS, np.uint64)
+        state = np.zeros(ROWS, np.uint8)   # every node scored before: new_hb = a new row
+        args = (views.registry, views.table, inp, gen, hb_seen, state, cache)
+        assert _race(*args, 1) == (0, 0, 1, 0)
+        ctx = mp.get_context("spawn")
+        stop, rounds_done = ctx.Event(), ctx.Value("q", 0, lock=False)
+        child = ctx.Process(target=_rewrite_rows, args=(shm_name, stop, rounds_done))
+        reap(child)
+        child.start()
+        version = views.table.row_version
+        shm_util.wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
+        gathers = torn = gave_up = changed = unprotected = 0
+        deadline = time.monotonic() + 60
+        while gathers < 50_000 or changed < 5_000 or unprotected < 100:
+            assert time.monotonic() < deadline, (gathers, changed, unprotected)
+            got = _race(*args, GATHERS_PER_CALL)
+            gathers += GATHERS_PER_CALL
+            torn, gave_up, changed, unprotected = (a + b for a, b in zip(
+                (torn, gave_up, changed, unprotected), got))
+            assert torn == 0, (gathers, torn)
+        stop.set()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over {rounds_done.value} rounds of {ROWS} rows: {changed} "
+              f"saw a new row, {gave_up} rows kept (writer preempted mid-row); the "
+              f"unprotected copies tore {unprotected} rows")
+        del views, version, args
+    finally:
+        seg.close()
+        seg.unlink()

@@ -3,7 +3,7 @@ restart or a crash mid-write, duration statistics, the schedule, and the
 process entry's exits.
 
 Heartbeats are written as the ingest writes them (`NodeRegistry` +
-`table.write_batch`), on a logical clock: times are seconds chosen by the
+`rows.write_rows`), on a logical clock: times are seconds chosen by the
 test, so every age is exact.
 """
 
@@ -22,7 +22,7 @@ from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin
 from shm_engine.core.states import NodeState
-from shm_engine.core.rows import write_batch
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
 
 CAP = 6  # not 8, the length of the weights and counts vectors
@@ -50,7 +50,9 @@ def send(views, registry, now, **hb):
     slot = registry.get(key)
     if slot < 0:
         slot = registry.register(key, b"", labels)
-    write_batch(views.table, np.array([slot], np.int64), np.atleast_1d(rec), now)
+    t = views.table
+    write_rows(column_addresses(t), len(t.row_version), np.array([slot], np.int64),
+               np.atleast_1d(rec), now)
     return slot
 
 

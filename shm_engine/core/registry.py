@@ -207,7 +207,7 @@ class NodeRegistry:
                           age_mul: float = 1.0, age_div: float = 1.0) -> list[int]:
         """Free every node whose age is >= ``forget_after_s``; returns the slots.
 
-        Ages are computed as in `table.gather_inputs`."""
+        Ages are computed as in `rows.gather_inputs`."""
         hwm = self._hwm
         if hwm == 0:
             return []

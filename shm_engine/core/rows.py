@@ -1,17 +1,26 @@
-"""Writing heartbeat rows (ingest) and gathering a consistent tick input (tick worker).
+"""Writing heartbeat rows (ingest, replay) and gathering a consistent tick input (tick worker).
+
+A row is one slot of the heartbeat table: 105 bytes in the 14 columns of
+`layout.TABLE_COLUMNS` (``row_version`` u8; ``recv_time`` and the 11 metrics
+cpu .. ts, f8 each; ``reported`` u1).  A heartbeat reaches the writer as a
+validated 192-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
+metrics, the receive time and which optional metrics it carried.
 
 Invariant: the tick never uses a half-written row or a slot whose
-registration is changing.  The ingest, the only writer of the table and the
+registration is changing.  The ingest, the only writer of the shared table and
 registry, writes each row between two increments of ``row_version`` and
 changes a slot's registration between two increments of ``slot_gen`` (odd
 while in progress).  The gather copies a row and re-checks both counters.
 
 Rules for callers:
-- Only the ingest calls `write_rows`, `slot_change_begin`/`slot_change_end`.
+- `write_rows` is the one row writer: the ingest calls it once per frame (a
+  frame of one heartbeat is a batch of one) or per coalesced run of frames;
+  replay calls it on its private mapping.  Only the ingest calls it on a
+  shared segment, and only the ingest calls `slot_change_begin`/`slot_change_end`.
 - `gather_inputs` runs in the tick worker; a slot that stays inconsistent for
   ``MAX_SPINS`` attempts (its writer died mid-write) keeps the inputs of the
   previous tick and is counted in the return value; the restarted ingest
-  repairs such slots (`repair_after_crash`).
+  repairs such slots when its `NodeRegistry` adopts the segment.
 """
 
 from __future__ import annotations
@@ -23,50 +32,24 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.params import UNREGISTERED
+from kernels.params import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, UNREGISTERED
 
 from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
+from shm_engine.wire import HAS_TS
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
 _TWO = np.uint64(2)
+_REPORTED = HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL   # the flags a row keeps
 
-
-@njit(cache=True, nogil=True)
-def write_rows(row_version, recv_time, cpu, mem, queue, avg_job_s, throughput, ok, err, io,
-               p50_ms, p95_ms, ts, reported,
-               slots, r_cpu, r_mem, r_queue, r_avg_job_s, r_throughput, r_ok, r_err, r_io,
-               r_p50_ms, r_p95_ms, r_ts, r_flags, now):
-    """Write validated heartbeat j into row ``slots[j]`` (skipped when < 0).
-
-    Each row replaces the whole previous row; optional metrics not flagged in
-    ``r_flags`` are zeroed, so they read as "not reported".  Returns rows written."""
-    written = 0
-    for j in range(slots.shape[0]):
-        s = slots[j]
-        if s < 0:
-            continue
-        v = load_relaxed_u64(row_version, s)
-        store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
-        fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
-        f = r_flags[j]
-        recv_time[s] = now
-        cpu[s] = r_cpu[j]
-        mem[s] = r_mem[j]
-        queue[s] = r_queue[j]
-        avg_job_s[s] = r_avg_job_s[j]
-        throughput[s] = r_throughput[j] if f & 1 else 0.0
-        ok[s] = r_ok[j] if f & 2 else 0.0
-        err[s] = r_err[j] if f & 2 else 0.0
-        io[s] = r_io[j] if f & 4 else 0.0
-        p50_ms[s] = r_p50_ms[j] if f & 8 else 0.0
-        p95_ms[s] = r_p95_ms[j] if f & 8 else 0.0
-        ts[s] = r_ts[j] if f & 16 else 0.0
-        reported[s] = f & 15
-        store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
-        written += 1
-    return written
+# The table columns in the order `write_rows` indexes ``columns``, with the
+# dtype it writes them as (`column_addresses` checks the table against both).
+_ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", np.float64),
+                ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),
+                ("throughput", np.float64), ("ok", np.float64), ("err", np.float64),
+                ("io", np.float64), ("p50_ms", np.float64), ("p95_ms", np.float64),
+                ("ts", np.float64), ("reported", np.uint8))
 
 
 @intrinsic
@@ -78,71 +61,53 @@ def address_pointer(typingctx, address):
 
 
 @njit(cache=True, nogil=True)
-def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_throughput,
-              r_io, r_p50_ms, r_p95_ms, r_ts, r_ok, r_err, f):
-    """`write_rows` for one heartbeat given as scalars (in ``wire.RECORD_DTYPE``
-    field order), into row ``s`` of the table whose column addresses are
-    ``columns`` (`column_addresses`).  The same row protocol, field by field.
+def write_rows(columns, capacity, slots, records, now):
+    """Write validated heartbeat ``records[j]`` (a ``wire.RECORD_DTYPE``
+    array) into row ``slots[j]`` of the table whose column addresses are
+    ``columns`` (`column_addresses`), received at ``now``.  A slot outside
+    ``[0, capacity)`` is skipped.  Returns the rows written.
 
-    Why addresses: a call unboxes one array instead of 14 table columns and 13
-    record columns, which is most of the cost of writing one row.  Returns 1,
-    or 0 (nothing written) when ``s`` is not in ``[0, capacity)``."""
-    if s < 0 or s >= capacity:
-        return 0
+    Each row replaces the whole previous row: a metric whose presence bit is
+    clear in the record's ``flags`` is written 0 and its ``reported`` bit is
+    clear, so it reads as "not reported".  The same slot twice in a batch:
+    the later record wins, each write a full protocol round.
+
+    Why these arguments: a numba call costs about a quarter microsecond per
+    array it unboxes; this one unboxes three, whatever the batch size (the
+    table's columns as arrays would be 14), and reads the records where the
+    decoder left them, so a batch of one costs no more than a scalar call."""
     row_version = carray(address_pointer(columns[0]), capacity, np.uint64)
-    v = load_relaxed_u64(row_version, s)
-    store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
-    fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
-    carray(address_pointer(columns[1]), capacity, np.float64)[s] = now
-    carray(address_pointer(columns[2]), capacity, np.float64)[s] = r_cpu
-    carray(address_pointer(columns[3]), capacity, np.float64)[s] = r_mem
-    carray(address_pointer(columns[4]), capacity, np.float64)[s] = r_queue
-    carray(address_pointer(columns[5]), capacity, np.float64)[s] = r_avg_job_s
-    carray(address_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & 1 else 0.0
-    carray(address_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & 2 else 0.0
-    carray(address_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & 2 else 0.0
-    carray(address_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & 4 else 0.0
-    carray(address_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & 8 else 0.0
-    carray(address_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & 8 else 0.0
-    carray(address_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & 16 else 0.0
-    carray(address_pointer(columns[13]), capacity, np.uint8)[s] = f & 15
-    store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
-    return 1
-
-
-_LOW32 = np.uint64(0xFFFF_FFFF)
-_LOW8 = np.uint64(0xFF)
-_32 = np.uint64(32)
-
-
-@njit(cache=True, nogil=True)
-def write_records(columns, capacity, slots, f8, words, now):
-    """`write_rows` for validated records given in the wire layout: record j,
-    as float64 ``f8[j]`` and uint64 ``words[j]`` (two (n, 24) views of the
-    same ``wire.RECORD_DTYPE`` bytes, little-endian), into row ``slots[j]``
-    (skipped when not in ``[0, capacity)``), by `write_row` and its row
-    protocol.  Why: one call unboxes 4 arrays instead of 27 (and no ok/err
-    conversion copies).  Returns rows written."""
     written = 0
     for j in range(slots.shape[0]):
-        okerr = words[j, 9]                  # ok: bytes 72..75, err: 76..79
-        written += write_row(columns, capacity, slots[j], now, f8[j, 0], f8[j, 1], f8[j, 2],
-                             f8[j, 3], f8[j, 4], f8[j, 5], f8[j, 6], f8[j, 7], f8[j, 8],
-                             np.int64(okerr & _LOW32), np.int64(okerr >> _32),
-                             np.int64(words[j, 10] & _LOW8))
+        s = slots[j]
+        if s < 0 or s >= capacity:
+            continue
+        r = records[j]
+        f = r.flags
+        v = load_relaxed_u64(row_version, s)
+        store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
+        fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
+        carray(address_pointer(columns[1]), capacity, np.float64)[s] = now
+        carray(address_pointer(columns[2]), capacity, np.float64)[s] = r.cpu
+        carray(address_pointer(columns[3]), capacity, np.float64)[s] = r.mem
+        carray(address_pointer(columns[4]), capacity, np.float64)[s] = r.queue
+        carray(address_pointer(columns[5]), capacity, np.float64)[s] = r.avg_job_s
+        carray(address_pointer(columns[6]), capacity, np.float64)[s] = (
+            r.throughput if f & HAS_THROUGHPUT else 0.0)
+        carray(address_pointer(columns[7]), capacity, np.float64)[s] = r.ok if f & HAS_OKERR else 0.0
+        carray(address_pointer(columns[8]), capacity, np.float64)[s] = r.err if f & HAS_OKERR else 0.0
+        carray(address_pointer(columns[9]), capacity, np.float64)[s] = r.io if f & HAS_IO else 0.0
+        carray(address_pointer(columns[10]), capacity, np.float64)[s] = r.p50_ms if f & HAS_TAIL else 0.0
+        carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
+        carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
+        carray(address_pointer(columns[13]), capacity, np.uint8)[s] = f & _REPORTED
+        store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
+        written += 1
     return written
 
 
-# The table columns in the order `write_row` indexes ``columns``.
-_ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", np.float64),
-                ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),
-                ("throughput", np.float64), ("ok", np.float64), ("err", np.float64),
-                ("io", np.float64), ("p50_ms", np.float64), ("p95_ms", np.float64),
-                ("ts", np.float64), ("reported", np.uint8))
-
-
 def column_addresses(table) -> np.ndarray:
-    """The addresses of ``table``'s columns for `write_row` (setup: raises
+    """The addresses of ``table``'s columns for `write_rows` (setup: raises
     ValueError on a column of another dtype, length or layout).
 
     The caller must keep ``table`` (its views) alive while it uses the
@@ -306,17 +271,6 @@ class GatherCache(NamedTuple):
 def make_gather_cache(capacity: int) -> GatherCache:
     return GatherCache(np.zeros(capacity, np.uint64), np.ones(capacity, np.uint64),
                        np.zeros(capacity, np.float64))
-
-
-def write_batch(table, slots: np.ndarray, records: np.ndarray, now: float) -> int:
-    """Write validated wire records (``wire.RECORD_DTYPE``) into their slots."""
-    t = table
-    r = records
-    return write_rows(t.row_version, t.recv_time, t.cpu, t.mem, t.queue, t.avg_job_s,
-                      t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.ts, t.reported,
-                      slots, r["cpu"], r["mem"], r["queue"], r["avg_job_s"], r["throughput"],
-                      r["ok"].astype(np.float64), r["err"].astype(np.float64), r["io"],
-                      r["p50_ms"], r["p95_ms"], r["ts"], r["flags"], float(now))
 
 
 def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: float = 1.0,

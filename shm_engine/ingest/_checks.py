@@ -1,4 +1,4 @@
-"""Compiled whole-batch checks for the ingest (`Ingest._apply`).
+"""Compiled whole-batch checks for the ingest (`Ingest._slots_of`).
 
 Why a kernel: checking a batch's remembered slots against the registry took
 half a dozen numpy gathers and comparisons over the batch (each allocating

@@ -19,22 +19,26 @@ also on arrival: a heartbeat for a registered node whose age is already
 >= ``forget_after_s`` frees the slot and registers the node anew, as replay
 does when forgetting runs at the start of the tick the heartbeat arrives in.
 
-Cost model (the reason for the shape of `Ingest.handle_frame`): the per-record
-Python work is at most one dict lookup, done in C (``map(dict.get, keys)``);
-a batch that repeats an earlier one's node list (batching senders do) skips
-even that: its remembered slots are verified against the registry's ids in
-bulk.  That check, the age check and the zone/labels change check are one
-compiled pass (`_ingest_kernels.check_slots`), the row writes one
-`table.write_batch` call per frame.  The process loop drains the socket in
-chunks (`drain`) and hands each chunk to `Ingest.handle_frames`, which
-decodes and applies a run of 1-record binary frames as one batch: the same
-rows, registrations and counts as frame by frame, for a few list operations
-per frame.  A frame of one accepted heartbeat (the common frame) takes a scalar
-path: `wire.DecodedFrame.one` holds its values as Python objects, the checks
-read header and registry cells through memoryviews, and `table.write_row`
-writes the row from scalars (one array argument: a numba call costs about a
-quarter microsecond per array it unboxes).  Only registrations,
-re-registrations and metadata changes go record by record.
+Cost model (the reason for the shape of `Ingest.handle_frame`): every frame,
+and every run of frames handled as one batch, goes through one apply path
+(`Ingest._apply`): find the records' slots, then write every row with one
+`rows.write_rows` call.  The per-record Python work is at most one dict
+lookup, done in C (``map(dict.get, keys)``); a batch that repeats an earlier
+one's node list (batching senders do) skips even that: its remembered slots
+are verified against the registry's ids in bulk.  That check, the age check
+and the zone/labels change check are one compiled pass
+(`ingest._checks.check_slots`).  A batch of one (the common frame) finds its
+slot by one dict lookup instead, keyed by the node id the decoder already
+holds as bytes (`wire.DecodedFrame.one`), and checks age and metadata on
+table and registry cells (memoryviews): for one record the compiled pass and
+the word view it reads cost more than the rest of the frame's apply.  The
+row writer takes the records as the decoder left them, whatever their
+number (`rows.write_rows`).  The process loop drains the socket in chunks
+(`drain`) and hands each chunk to `Ingest.handle_frames`, which decodes and
+applies a run of 1-record binary frames as one batch: the same rows,
+registrations and counts as frame by frame, for a few list operations per
+frame.  Only registrations, re-registrations and metadata changes go record
+by record.
 
 New registrations stay unpublished (odd ``slot_gen``) until the frame's rows
 are written (`NodeRegistry.register(publish=False)`, then
@@ -73,7 +77,7 @@ from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
-from shm_engine.core.rows import column_addresses, write_batch, write_records, write_row
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
                    ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
@@ -167,7 +171,7 @@ class Ingest:
         self._table = views.table
         self._reg = views.registry
         self._recv_time = views.table.recv_time
-        # Scalar reads for the 1-record path: a memoryview item is a Python
+        # Scalar reads for a batch of one: a memoryview item is a Python
         # float/int, several times cheaper to get than a numpy scalar.
         self._recv_cells = memoryview(views.table.recv_time)
         self._zone_first_cells = memoryview(views.registry.zone[:, 0])
@@ -181,7 +185,8 @@ class Ingest:
         self._registered = views.registry.registered
         self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
-        self._one_slot = np.zeros(1, np.int64)
+        self._one_slot = np.zeros(1, np.int64)   # reused: write_rows does not keep it
+        self._one_slot_cell = memoryview(self._one_slot)
         self._max_frame_bytes = config.ingest.max_frame_bytes
         self._coalesce = _ONE_FRAME <= self._max_frame_bytes
         self._forget_after_s = config.engine.forget_after_s
@@ -212,10 +217,8 @@ class Ingest:
             seen = dec.seen
             if dec.rejects:
                 rejected = self._count_rejects(dec)
-            if dec.one is not None:
-                accepted = self._apply_one(dec, now)
-            elif len(dec.records):
-                accepted = self._apply(dec.records, dec.labels, now)
+            if len(dec.records):
+                accepted = self._apply(dec, now)
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
@@ -292,7 +295,7 @@ class Ingest:
             if dec.rejects:
                 rejected = self._count_rejects(dec)
             if len(dec.records):
-                accepted = self._apply(dec.records, dec.labels, now, remember=False)
+                accepted = self._apply(dec, now, remember=False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
             lost = seen - accepted - rejected - self._full_in_frame
             self._internal_error(err, max(lost, 0))
@@ -301,34 +304,42 @@ class Ingest:
         self._count_frames(k, seen, accepted, nbytes)
         return accepted
 
-    def _apply_one(self, dec, now: float) -> int:
-        """`_apply` for a frame of one accepted heartbeat, on scalars."""
-        one = dec.one
-        s = self._slot_of.get(one[12], -1)
+    def _apply(self, dec, now: float, remember: bool = True) -> int:
+        """Apply the valid heartbeats of decoded frame (or run) ``dec``:
+        register new nodes, update zones and labels, write every row.
+        Returns rows written.
+
+        ``remember``: the batch may be a sender's repeated node list (not a
+        coalesced run of frames)."""
+        records = dec.records
+        if len(records) == 1:
+            slots = self._slot_of_one(dec, now)
+        else:
+            slots = self._slots_of(records, dec.labels, now, remember)
+        return int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
+
+    def _slot_of_one(self, dec, now: float) -> np.ndarray:
+        """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
+        records, labels, one = dec.records, dec.labels, dec.one
+        if one is not None:   # the decoder's copy: node and zone as bytes, no padding
+            key, zone = one[12], one[13]
+        else:
+            key, zone = records["node"].tolist()[0], bytes(records["zone"][0])
+        s = self._slot_of.get(key, -1)
         if s < 0 or now - self._recv_cells[s] >= self._forget_after_s:
-            return self._apply(dec.records, dec.labels, now)   # (re-)registration
-        zone = one[13]
-        lab = dec.labels[0] if dec.labels is not None else None
+            slots = np.full(1, -1, np.int64)
+            self._resolve_slow(records, labels, [key], slots, now)
+            return slots
+        lab = labels[0] if labels is not None else None
         if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
             self.registry.set_meta(s, zone, lab)   # compares before writing
-        return write_row(self._row_columns, self._capacity, s, float(now), *one[:12])
+        self._one_slot_cell[0] = s
+        return self._one_slot
 
-    def _apply(self, records: np.ndarray, labels: list[bytes | None] | None, now: float,
-               remember: bool = True) -> int:
+    def _slots_of(self, records: np.ndarray, labels, now: float, remember: bool) -> np.ndarray:
+        """The slot of each record (-1: not written, the registry is full),
+        after registering new nodes and updating changed zones and labels."""
         n = len(records)
-        forget_after, recv = self._forget_after_s, self._recv_time
-        if n == 1:  # the common frame: scalar work only
-            keys = records["node"].tolist()   # S64 -> bytes without padding = node_key()
-            s = self._slot_of.get(keys[0], -1)
-            if s < 0 or now - recv[s] >= forget_after:
-                slots = np.full(1, -1, np.int64)
-                self._resolve_slow(records, labels, keys, slots, now)
-                s = int(slots[0])
-            else:
-                slots = self._one_slot   # reused: write_batch does not keep it
-                slots[0] = s
-                self._update_meta_one(s, records, labels)
-            return int(write_batch(self._table, slots, records, now)) if s >= 0 else 0
         # Senders that batch usually list the same nodes in the same order
         # every time: the slots of such a frame are remembered, keyed by its
         # length and first node, and checked against the registry's ids (and
@@ -364,8 +375,7 @@ class Ingest:
             self._update_meta(records, labels, slots, words)
         elif status & META or labels is not None:
             self._update_meta(records, labels, slots, words)
-        return int(write_records(self._row_columns, self._capacity, slots,
-                                 words.view(np.float64), words, float(now)))
+        return slots
 
     def _check(self, slots: np.ndarray, words: np.ndarray, now: float) -> int:
         """`check_slots` over this segment: STALE, or AGED/META bits."""
@@ -450,14 +460,6 @@ class Ingest:
             if s in targets:
                 registry.set_meta(s, zones[j], labels[j] if labels is not None else None)
 
-    def _update_meta_one(self, s: int, records, labels) -> None:
-        """`_update_meta` for a 1-record frame, on scalars."""
-        reg = self._reg
-        zone = records["zone"][0]
-        lab = labels[0] if labels is not None else None
-        if zone or lab or self._zone_first[s] or reg.labels_len[s]:
-            self.registry.set_meta(s, bytes(zone), lab)   # compares before writing
-
     def _internal_error(self, err: Exception, lost: int) -> None:
         self._rejects[_MALFORMED_FRAME] += lost
         detail = f"internal error {type(err).__name__}: {str(err)[:200]}"
@@ -479,16 +481,13 @@ class Ingest:
         self._alive[0] = now
 
     def warm_up(self) -> None:
-        """Load (or compile) the row writer's specialisations for 1- and
-        n-record batches (a 1-record field view types as contiguous) without
+        """Load (or compile) the row writer, the batch check and the decoder's
+        compiled check, for the argument types the frames bring, without
         writing: every slot is -1."""
-        for n in (1, 2):
-            write_batch(self._table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
-        write_row(self._row_columns, self._capacity, -1, 0.0, *([0.0] * 9), 0, 0, 0)
-        words = np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64)
-        self._check(np.zeros(0, np.int64), words, 0.0)
-        write_records(self._row_columns, self._capacity, np.zeros(0, np.int64),
-                      words.view(np.float64), words, 0.0)
+        write_rows(self._row_columns, self._capacity, np.full(1, -1, np.int64),
+                   np.zeros(1, RECORD_DTYPE), 0.0)
+        self._check(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
+                    0.0)
         _warm_up_decode()
 
 
@@ -498,18 +497,9 @@ def warm_up() -> None:
     layout, before any segment is attached (what a warm spare does first)."""
     layout = layout_for(2)
     mm = mmap.mmap(-1, layout.size)
-    views = SegmentViews(mm, layout)
-    for n in (1, 2):
-        write_batch(views.table, np.full(n, -1, np.int64), np.zeros(n, RECORD_DTYPE), 0.0)
-    reg = views.registry
-    check_slots(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
-                reg.node_id.view(np.uint64), reg.registered, reg.labels_len,
-                reg.zone.view(np.uint64), views.table.recv_time, 0.0, 1.0)
-    words = np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64)
-    write_records(column_addresses(views.table), layout.capacity, np.zeros(0, np.int64),
-                  words.view(np.float64), words, 0.0)
-    _warm_up_decode()
-    views = reg = None
+    ingest = Ingest(SegmentViews(mm, layout), Config())
+    ingest.warm_up()
+    ingest = None   # releases the views: the mapping can close
     mm.close()
 
 

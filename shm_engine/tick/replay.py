@@ -4,9 +4,10 @@ A trace is JSON lines, each a heartbeat object plus ``"tick": k`` (it arrives
 just before tick k), or ``{"tick": k}`` alone to extend the run.  Replay uses
 the live engine's own code for everything that decides a number: heartbeat
 validation (`wire.check_heartbeat`), the registry (lowest free slot,
-forgetting), the row write and the consistent gather (`table`), and the
-kernels.  Only the clock differs: times are tick numbers, and ages are
-``((k - a) * tick_interval_ms) / 1000``, exact in ticks (SCORING.md, Replay).
+forgetting), the row writer and the consistent gather (`rows.write_rows`,
+`rows.gather`), and the kernels.  Only the clock differs: times are tick
+numbers, and ages are ``((k - a) * tick_interval_ms) / 1000``, exact in ticks
+(SCORING.md, Replay).
 
 The mapping is private (anonymous mmap): no shared memory, no sockets.
 """
@@ -30,7 +31,7 @@ from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
 from shm_engine.core.states import STATE_NAMES
-from shm_engine.core.rows import gather, write_batch
+from shm_engine.core.rows import column_addresses, gather, write_rows
 
 
 class TraceError(ShmEngineError, ValueError):
@@ -51,6 +52,7 @@ class Replay:
         for b in self.views.buffers:
             b.state.state[:] = 255
         self.registry = NodeRegistry(self.views)
+        self._columns = column_addresses(self.views.table)   # self.views keeps them mapped
         self.params = config.score.to_params()
         self.inputs = make_inputs(cap)
         self._rank_scratch = make_rank_scratch(cap)
@@ -80,7 +82,8 @@ class Replay:
                     continue
             else:
                 self.registry.set_meta(slot, zone, labels)
-            write_batch(self.views.table, np.array([slot], np.int64), np.atleast_1d(rec), float(k))
+            write_rows(self._columns, self.config.engine.capacity, np.array([slot], np.int64),
+                       np.atleast_1d(rec), float(k))
             self.accepted += 1
         self._pending.clear()
 

@@ -9,7 +9,7 @@ if it finds the latch odd (its predecessor died mid-write), ``write_begin``
 returns that unfinished epoch and the same buffer is rewritten from scratch.
 
 Memory ordering (see `shm_engine.core.ordering` and `shm_engine.core.seqlock`): the
-buffer is filled by jitted code (`table.gather_inputs`, `kernels.tick`) and by
+buffer is filled by jitted code (`rows.gather_inputs`, `kernels.tick`) and by
 Python numpy stores of the per-tick scalars, between the Python twins
 ``seqlock.write_begin`` and ``seqlock.write_end``.  We rely on x86-64 TSO plus
 the opacity of each call into compiled code: every store of the jitted

@@ -26,7 +26,7 @@ from clients.reader import ScoreReader
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.registry import NodeRegistry
-from shm_engine.core.rows import write_batch
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire import check_heartbeat
@@ -72,8 +72,10 @@ class ClaimsEngine:
         slot = self.registry.get(key)
         if slot < 0:
             slot = self.registry.register(key, b"", labels)
-        write_batch(self.views.table, np.array([slot], np.int64), np.atleast_1d(rec),
-                    time.monotonic() if now is None else now)
+        table = self.views.table
+        write_rows(column_addresses(table), table.row_version.shape[0],
+                   np.array([slot], np.int64), np.atleast_1d(rec),
+                   time.monotonic() if now is None else now)
         return slot
 
     def forget(self, node: str) -> int:
