@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from support import shm as shm_util
+from support.wait import wait_until
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
@@ -349,7 +350,7 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         reap(child)
         child.start()
         version = views.table.row_version
-        shm_util.wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
+        wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
         gathers = torn = gave_up = changed = unprotected = 0
         deadline = time.monotonic() + 60
         while gathers < 50_000 or changed < 5_000 or unprotected < 100:
