@@ -25,6 +25,8 @@ m = 0 gives R = 0, which `goodness.g_rate` reads as "no reference"
 Preconditions: every rate > 0 and not NaN (+inf is allowed: a tiny avg_job_s).
 """
 
+import math
+
 from numba import njit
 
 _SHORT = 16
@@ -156,9 +158,7 @@ def sample_select(a, m, k, window):
     and the answer is selected among those few.  If the bounds miss (an
     unlucky sample) it falls back to `select` over a[:m], which the pass left
     intact, so the result is exact either way."""
-    s = 1
-    while s * s * s < m * m:  # s = ceil(m ** (2/3))
-        s += 1
+    s = min(int(math.ceil(m ** (2.0 / 3.0))), m)
     step = m // s
     for t in range(s):  # the sample: a[0], a[step], a[2*step], ...
         j = t * step
@@ -167,12 +167,10 @@ def sample_select(a, m, k, window):
         a[j] = v
     # Position of k in the sample, and a margin g = 2*sqrt(s): the sampled
     # rank of the k-th value has a standard deviation of about
-    # sqrt(s * 0.9 * 0.1) = 0.3*sqrt(s), so the bounds miss (and the
-    # fallback runs) about once in 1e10 ticks for rates in no special order.
+    # sqrt(s * 0.9 * 0.1) = 0.3*sqrt(s), so for rates in no special order
+    # the bounds miss (and the fallback runs) far less than once in 1e9 ticks.
     ks = (k * s) // m
-    g = 1
-    while g * g < 4 * s:
-        g += 1
+    g = int(math.ceil(2.0 * math.sqrt(s)))
     lo_i = max(ks - g, 0)
     hi_i = min(ks + g, s - 1)
     lo = select(a, s, lo_i)
