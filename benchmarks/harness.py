@@ -126,7 +126,7 @@ def _config(capacity: int, port: int | None = None):
 
 
 def _records(n: int, rng, start: int = 0):
-    from shm_engine.wire import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE
+    from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE
     r = np.zeros(n, RECORD_DTYPE)
     r["cpu"] = rng.uniform(0.0, 0.9, n)
     r["mem"] = rng.uniform(0.0, 0.9, n)
@@ -152,7 +152,7 @@ def _drift(recs, sel, rng):
 
 def _register_all(views, config, recs, now: float) -> "object":
     from shm_engine.ingest.process import Ingest
-    from shm_engine.wire import encode_batch
+    from shm_engine.wire.encode import encode_batch
     ing = Ingest(views, config)
     for start in range(0, len(recs), 4000):
         ing.handle_frame(encode_batch(recs[start:start + 4000]), now)
@@ -571,7 +571,7 @@ def bench_read(n: int, reps: int, log) -> dict:
 def _sender(port: int, kind: str, count: int, n_nodes: int, ready) -> None:
     import zmq
 
-    from shm_engine.wire import encode_batch, encode_json
+    from shm_engine.wire.encode import encode_batch, encode_json
     rng = np.random.default_rng(3)
     recs = _records(n_nodes, rng)
     if kind == "json":
@@ -706,7 +706,7 @@ def bench_ingest(quick: bool, log) -> dict:
 def _fresh_sender(port: int, n: int, probes: int, duration: float, q) -> None:
     import zmq
 
-    from shm_engine.wire import encode_batch
+    from shm_engine.wire.encode import encode_batch
     rng = np.random.default_rng(11)
     recs = _records(n, rng)
     recs["queue"][:probes] = 0.0

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 from clients import HeartbeatClient, InvalidHeartbeat
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, node_key, record_to_dict
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
 
 HB = dict(cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 TIMEOUT_MS = 5000
 
 
-def recv_decoded(sock, max_frame_bytes=wire.DEFAULT_MAX_FRAME_BYTES):
+def recv_decoded(sock, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES):
     assert sock.poll(TIMEOUT_MS), "no frame within the timeout"
     frame = sock.recv()
-    return frame, wire.decode_frame(frame, max_frame_bytes)
+    return frame, decode_frame(frame, max_frame_bytes)
 
 
 def test_send_binary_and_json_frames_arrive_and_decode(pull):
@@ -29,10 +31,10 @@ def test_send_binary_and_json_frames_arrive_and_decode(pull):
         # receive before close: with linger 0, close discards what is unsent
         frame, d = recv_decoded(sock)
         assert frame[:4] == b"SHMH" and d.rejects == {}
-        assert wire.record_to_dict(d.records[0]) == dict(node="n1", **HB, ok=3, err=0, zone="eu")
+        assert record_to_dict(d.records[0]) == dict(node="n1", **HB, ok=3, err=0, zone="eu")
         frame, d = recv_decoded(sock)
         assert frame[:1] == b"{" and d.labels == [b'{"rack":"r9"}']
-        assert wire.node_key(d.records[0]) == b"n2"
+        assert node_key(d.records[0]) == b"n2"
 
 
 def test_send_batch_splits_frames_under_the_limit(pull):
@@ -46,13 +48,13 @@ def test_send_batch_splits_frames_under_the_limit(pull):
         for expected in (10, 10, 5):
             frame, d = recv_decoded(sock, limit)
             assert len(frame) <= limit and d.seen == expected and d.rejects == {}
-            got += [wire.node_key(r).decode() for r in d.records]
+            got += [node_key(r).decode() for r in d.records]
     assert got == [f"n{i}" for i in range(25)]
 
 
 def test_send_batch_accepts_a_record_array(pull):
     sock, endpoint = pull
-    arr = wire.decode_frame(wire.encode_batch([dict(node="a", **HB), dict(node="b", **HB)]),
+    arr = decode_frame(encode_batch([dict(node="a", **HB), dict(node="b", **HB)]),
                             1 << 20).records
     with HeartbeatClient(endpoint) as client:
         assert client.send_batch(arr) == 2
@@ -83,7 +85,7 @@ def test_send_batch_validates_everything_before_sending(pull):
             client.send_batch([dict(node="ok", **HB), dict(node="", **HB)])
         with pytest.raises(InvalidHeartbeat, match=r"labels cannot travel in a binary batch"):
             client.send_batch([dict(node="a", **HB, labels={"a": "b"})])
-        bad = wire.decode_frame(wire.encode_batch([dict(node="a", **HB)]), 1 << 20).records
+        bad = decode_frame(encode_batch([dict(node="a", **HB)]), 1 << 20).records
         bad["cpu"] = 7.0
         with pytest.raises(InvalidHeartbeat, match=r"cpu=7\.0 out of"):
             client.send_batch(bad)

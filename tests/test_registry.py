@@ -10,7 +10,7 @@ from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
 from shm_engine.core.rows import gather, write_batch
-from shm_engine.wire import check_heartbeat
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 @pytest.fixture

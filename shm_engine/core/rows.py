@@ -27,6 +27,8 @@ from kernels.params import UNREGISTERED
 
 from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
+from shm_engine.wire.format import (FLAGS_WORD, HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, HAS_TS,
+                                    OKERR_WORD, REPORTED_BITS, SHIFT, WORD)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
@@ -56,14 +58,14 @@ def write_rows(row_version, recv_time, cpu, mem, queue, avg_job_s, throughput, o
         mem[s] = r_mem[j]
         queue[s] = r_queue[j]
         avg_job_s[s] = r_avg_job_s[j]
-        throughput[s] = r_throughput[j] if f & 1 else 0.0
-        ok[s] = r_ok[j] if f & 2 else 0.0
-        err[s] = r_err[j] if f & 2 else 0.0
-        io[s] = r_io[j] if f & 4 else 0.0
-        p50_ms[s] = r_p50_ms[j] if f & 8 else 0.0
-        p95_ms[s] = r_p95_ms[j] if f & 8 else 0.0
-        ts[s] = r_ts[j] if f & 16 else 0.0
-        reported[s] = f & 15
+        throughput[s] = r_throughput[j] if f & HAS_THROUGHPUT else 0.0
+        ok[s] = r_ok[j] if f & HAS_OKERR else 0.0
+        err[s] = r_err[j] if f & HAS_OKERR else 0.0
+        io[s] = r_io[j] if f & HAS_IO else 0.0
+        p50_ms[s] = r_p50_ms[j] if f & HAS_TAIL else 0.0
+        p95_ms[s] = r_p95_ms[j] if f & HAS_TAIL else 0.0
+        ts[s] = r_ts[j] if f & HAS_TS else 0.0
+        reported[s] = f & REPORTED_BITS
         store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
         written += 1
     return written
@@ -98,14 +100,14 @@ def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_t
     carray(_pointer(columns[3]), capacity, np.float64)[s] = r_mem
     carray(_pointer(columns[4]), capacity, np.float64)[s] = r_queue
     carray(_pointer(columns[5]), capacity, np.float64)[s] = r_avg_job_s
-    carray(_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & 1 else 0.0
-    carray(_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & 2 else 0.0
-    carray(_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & 2 else 0.0
-    carray(_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & 4 else 0.0
-    carray(_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & 8 else 0.0
-    carray(_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & 8 else 0.0
-    carray(_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & 16 else 0.0
-    carray(_pointer(columns[13]), capacity, np.uint8)[s] = f & 15
+    carray(_pointer(columns[6]), capacity, np.float64)[s] = r_throughput if f & HAS_THROUGHPUT else 0.0
+    carray(_pointer(columns[7]), capacity, np.float64)[s] = r_ok if f & HAS_OKERR else 0.0
+    carray(_pointer(columns[8]), capacity, np.float64)[s] = r_err if f & HAS_OKERR else 0.0
+    carray(_pointer(columns[9]), capacity, np.float64)[s] = r_io if f & HAS_IO else 0.0
+    carray(_pointer(columns[10]), capacity, np.float64)[s] = r_p50_ms if f & HAS_TAIL else 0.0
+    carray(_pointer(columns[11]), capacity, np.float64)[s] = r_p95_ms if f & HAS_TAIL else 0.0
+    carray(_pointer(columns[12]), capacity, np.float64)[s] = r_ts if f & HAS_TS else 0.0
+    carray(_pointer(columns[13]), capacity, np.uint8)[s] = f & REPORTED_BITS
     store_release_u64(row_version, s, v + _TWO)  # pairs with load_acquire in gather_inputs
     return 1
 
@@ -113,6 +115,12 @@ def write_row(columns, capacity, s, now, r_cpu, r_mem, r_queue, r_avg_job_s, r_t
 _LOW32 = np.uint64(0xFFFF_FFFF)
 _LOW8 = np.uint64(0xFF)
 _32 = np.uint64(32)
+# Words of a wire record (`shm_engine.wire.format`): the nine float64 metrics,
+# ok (low half) and err (high half) in one word, flags (low byte) in another.
+_CPU, _MEM, _QUEUE, _AVG = WORD["cpu"], WORD["mem"], WORD["queue"], WORD["avg_job_s"]
+_TP, _IO, _P50, _P95, _TS = (WORD["throughput"], WORD["io"], WORD["p50_ms"], WORD["p95_ms"],
+                             WORD["ts"])
+assert WORD["err"] == OKERR_WORD and SHIFT["err"] == 32 and SHIFT["flags"] == 0
 
 
 @njit(cache=True, nogil=True)
@@ -125,11 +133,11 @@ def write_records(columns, capacity, slots, f8, words, now):
     conversion copies).  Returns rows written."""
     written = 0
     for j in range(slots.shape[0]):
-        okerr = words[j, 9]                  # ok: bytes 72..75, err: 76..79
-        written += write_row(columns, capacity, slots[j], now, f8[j, 0], f8[j, 1], f8[j, 2],
-                             f8[j, 3], f8[j, 4], f8[j, 5], f8[j, 6], f8[j, 7], f8[j, 8],
-                             np.int64(okerr & _LOW32), np.int64(okerr >> _32),
-                             np.int64(words[j, 10] & _LOW8))
+        okerr = words[j, OKERR_WORD]
+        written += write_row(columns, capacity, slots[j], now, f8[j, _CPU], f8[j, _MEM],
+                             f8[j, _QUEUE], f8[j, _AVG], f8[j, _TP], f8[j, _IO], f8[j, _P50],
+                             f8[j, _P95], f8[j, _TS], np.int64(okerr & _LOW32),
+                             np.int64(okerr >> _32), np.int64(words[j, FLAGS_WORD] & _LOW8))
     return written
 
 

@@ -36,13 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shm_engine import wire
 from shm_engine.core.config import load_config, render_config, with_overrides
 from shm_engine.core.errors import ConfigError, EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, posix_name, process_alive
 from shm_engine.core.segment import unlink as unlink_segment
 from shm_engine.core.states import NodeState
 from shm_engine.ops.status import engine_ready
+from shm_engine.wire.format import (DEFAULT_MAX_FRAME_BYTES, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT,
+                                    HAS_TS, NODE_SIZE, RECORD_DTYPE)
 
 __all__ = ["cmd_demo", "Fleet", "KINDS", "EngineProcess"]
 
@@ -71,7 +72,7 @@ KINDS = (
     Kind("failing", 0.15, "fail fast: low CPU, ~90% errors"),
 )
 _K = {k.key: i for i, k in enumerate(KINDS)}
-_FLAGS = wire.HAS_THROUGHPUT | wire.HAS_OKERR | wire.HAS_TAIL | wire.HAS_TS
+_FLAGS = HAS_THROUGHPUT | HAS_OKERR | HAS_TAIL | HAS_TS
 
 
 def _kind_counts(n: int) -> list[int]:
@@ -111,7 +112,7 @@ class Fleet:
         self.n = n
         self.kind = np.array(kinds, np.int64)
         self.names = names
-        self.node_bytes = np.array([s.encode() for s in names], f"S{wire.NODE_SIZE}")
+        self.node_bytes = np.array([s.encode() for s in names], f"S{NODE_SIZE}")
         k = self.kind
         u = lambda lo, hi: rng.uniform(lo, hi, n)   # noqa: E731
         is_ = lambda key: k == _K[key]              # noqa: E731
@@ -197,7 +198,7 @@ class Fleet:
         ok = requests - err
         send = ~self.silent(t)
         m = int(send.sum())
-        rec = np.zeros(m, wire.RECORD_DTYPE)
+        rec = np.zeros(m, RECORD_DTYPE)
         rec["node"] = self.node_bytes[send]
         rec["cpu"] = cpu[send]
         rec["mem"] = mem[send]
@@ -575,7 +576,7 @@ def _run(args, name: str, cfg, port: int, view: bool, engine: EngineProcess) -> 
     watcher = Watcher(name, rows=25)
     client = HeartbeatClient(f"tcp://127.0.0.1:{port}",
                              max_frame_bytes=min(cfg.ingest.max_frame_bytes,
-                                                 wire.DEFAULT_MAX_FRAME_BYTES))
+                                                 DEFAULT_MAX_FRAME_BYTES))
     live = None
     t0 = time.monotonic()
     t = 0.0

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import NodeState
-from shm_engine.wire import REJECT_REASONS
+from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top",
            "STATE_STYLES"]
