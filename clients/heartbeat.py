@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 
 from shm_engine.core.errors import ShmEngineError
-from shm_engine.wire.binary import decode_records_scalar
+from shm_engine.wire.binary import decode_binary
 from shm_engine.wire.encode import encode_batch, encode_json, encode_record
 from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE
 from shm_engine.wire.jsondecode import check_heartbeat
@@ -160,7 +160,7 @@ class HeartbeatClient:
             if records.dtype != RECORD_DTYPE:
                 raise TypeError(f"records array has dtype {records.dtype}, "
                                 "not wire.RECORD_DTYPE")
-            decoded = decode_records_scalar(records)
+            decoded = decode_binary(memoryview(encode_batch(records)), compiled=False)
             if decoded.rejects:
                 raise InvalidHeartbeat(*decoded.sample[0])
             return decoded.records

@@ -2,6 +2,8 @@
 validation raises InvalidHeartbeat; send never blocks without a peer."""
 
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -150,3 +152,31 @@ def test_array_dtype_is_checked():
     with HeartbeatClient("tcp://127.0.0.1:1") as client:
         with pytest.raises(TypeError, match="RECORD_DTYPE"):
             client.send_batch(np.zeros(3, np.float64))
+
+
+def test_sending_a_record_array_does_not_load_numba():
+    """A sender validates a record array with the wire package's Python
+    checks (the same rule table as the engine's compiled check), so even a
+    large batch never loads numba into the sending process."""
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from clients import HeartbeatClient\n"
+            "from shm_engine.wire.format import RECORD_DTYPE\n"
+            "recs = np.zeros(50, RECORD_DTYPE)\n"
+            "recs['cpu'], recs['mem'] = 0.5, 0.25\n"
+            "recs['node'] = [f'n{i}'.encode() for i in range(50)]\n"
+            "bad = recs.copy()\n"
+            "bad['cpu'][7] = 2.0\n"
+            "client = HeartbeatClient('tcp://127.0.0.1:9', linger_ms=0)\n"
+            "client.send_batch(recs)\n"
+            "try:\n"
+            "    client.send_batch(bad)\n"
+            "except ValueError as err:\n"
+            "    print(err)\n"
+            "client.close()\n"
+            "print(','.join(m for m in ('numba', 'llvmlite') if m in sys.modules) or 'light')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    rejected, loaded = out.stdout.strip().splitlines()
+    assert rejected == "bad_field: node 'n7': cpu=2.0 out of [0, 1]"
+    assert loaded == "light"

@@ -1,18 +1,8 @@
-"""Compiled whole-batch check of binary heartbeat records (`binary.batch_faults`).
-
-GENERATED from `format.RECORD_RULES` by `shm_engine.wire.rulecode`: do not
-edit; run ``python -m shm_engine.wire.rulecode`` after changing the table.
-
-Why a kernel: the rules as a dozen numpy whole-batch operations cost about
-0.2 ms per 1000 records; one pass over each record in compiled code costs a
-few microseconds.  It lives apart from the rest of the wire package so that
-senders, which import the package for its encoders, never import numba.
-
-Contract of `check_records`: ``out[j]`` is 0 when record j passes every
-rule, else 1 + the index in RECORD_RULES of the first rule it breaks,
-exactly as `binary.record_fault` finds it (test_wire and test_wire_fastpath
-check the two agree on hostile records).
-"""
+"""The compiled batch check of binary records: GENERATED from
+`format.RECORD_RULES` by `shm_engine.wire.rulecode`, which says why and
+what `check_records` returns.  Do not edit: run ``python -m shm_engine.wire``
+after changing the table."""
+# ruff: noqa: E501, UP034 (one condition per rule, as rendered)
 
 import numpy as np
 from numba import njit
@@ -25,13 +15,7 @@ _BYTE = np.uint64(0xFF)
 
 
 @njit(cache=True, nogil=True)
-def _check(f8, words, out, decode):
-    """Each record's fault into ``out``; returns how many are invalid.  Without
-    ``decode``, a text field with a byte >= 0x80 counts as broken (deciding it
-    takes the byte-by-byte decoder, which few records need); with it, only
-    the records ``out`` marks are checked again.  The rules are written out
-    in the loop: a call per record (numba passes arrays with reference
-    counting) would cost more than the rules."""
+def check_records(f8, words, out, decode):
     bad = 0
     for j in range(words.shape[0]):
         if decode and not out[j]:
@@ -68,11 +52,3 @@ def _check(f8, words, out, decode):
         out[j] = 0 if fault == NO_FAULT else fault + 1
         bad += fault != NO_FAULT
     return bad
-
-
-def check_records(f8, words, out):
-    """Check n records given as float64 and uint64 (n, 24) views of the
-    same bytes; ``out`` (n,) uint8 receives each record's fault.  Returns
-    how many records are invalid."""
-    bad = _check(f8, words, out, False)
-    return _check(f8, words, out, True) if bad else bad

@@ -8,11 +8,9 @@ The rules exist once, as that table; three checks apply them:
   the reference: it names the first rule a record breaks and says why.
 - `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
   one boolean expression rendered from the table at import
-  (`rulecode.accept_source`), True only if `record_fault` finds nothing.  It
-  may say False for a valid record (text with bytes >= 0x80, which its
-  regular expressions do not decode): `record_fault` decides those.  A loop
-  of Python calls, or a numpy reduction, costs more than a whole record's
-  comparisons at that size.
+  (`rulecode.accept_source`), True exactly when `record_fault` finds
+  nothing.  A loop of Python calls, or a numpy reduction, costs more than a
+  whole record's comparisons at that size.
 - `_checks.check_records`, the compiled whole-batch check (larger frames and
   runs of 1-record frames), generated from the table (`rulecode`): each
   record's first broken rule in one pass, so a batch costs no per-record
@@ -32,11 +30,11 @@ import numpy as np
 
 from shm_engine.wire.format import (HEADER, HEADER_SIZE, HEADER_V1_ONE, ITEM, ONE_FRAME_SIZE,
                                     RECORD_DTYPE, RECORD_RULES, RECORD_SIZE, RECORD_STRUCT,
-                                    RESERVED_ITEMS, RESERVED_SPANS, VERSION, FlagsByte, Number, ReservedBytes,
-                                    Text)
-from shm_engine.wire.rulecode import accept_source
+                                    RESERVED_ITEMS, RESERVED_SPANS, VERSION, FlagsByte, Number,
+                                    ReservedBytes, Text)
 from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
                                     tally)
+from shm_engine.wire.rulecode import accept_source, one_source
 
 SMALL_MAX = 4           # frames of at most this many records take the scalar path
 
@@ -48,11 +46,17 @@ _C1_RE = re.compile("[\x80-\x9f]")
 
 # ------------------------------------------------------------------ the fault finder
 
-def _text_fault(rule: Text, raw: bytes, flags: int) -> str | None:
+def _text_pattern(rule: Text) -> re.Pattern:
+    """A padded text field that is valid without a UTF-8 decode: ASCII
+    (printable: 0x20..0x7e; else 0x01..0x7f), then NULs, at least one."""
+    size = RECORD_DTYPE[rule.name].itemsize
+    chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
+    return re.compile(rb"[%s]{%d,%d}\x00+" % (chars, int(rule.nonempty), size - 1))
+
+
+def _text_fault(rule: Text, raw: bytes) -> str | None:
+    """What is wrong with a present text field (None: nothing)."""
     what = rule.what
-    if rule.bit and not flags & rule.bit:
-        return None if not any(raw) else \
-            f"{what} bytes set without its presence bit 0x{rule.bit:02x}"
     if rule.nonempty and raw[0] == 0:
         return f"{what} is empty"
     if raw[-1]:
@@ -73,25 +77,73 @@ def _text_fault(rule: Text, raw: bytes, flags: int) -> str | None:
     return None
 
 
-def _pair_text(rule: Number) -> str:
-    """How a broken ordered pair is named: ``not 0 < p50_ms <= p95_ms < inf``."""
+def _range_text(rule: Number) -> str:
+    """How a value out of range is named; for an ordered pair, e.g.
+    ``not 0 < p50_ms <= p95_ms < inf``."""
+    if not rule.ordered:
+        return rule.bound.fault
     b = rule.bound
     a, z = rule.names
     return (f"not {b.lo:g} {'<' if b.lo_open else '<='} {a} <= {z} "
             f"{'<' if b.hi_open else '<='} {b.hi:g}")
 
 
-def _number_fault(rule: Number, values: list, flags: int) -> str | None:
-    shown = " ".join(f"{n}={x!r}" for n, x in zip(rule.names, values))
+def _items(items: list[int]):
+    """``v -> tuple`` of the unpacked record's ``items``."""
+    get = itemgetter(*items)
+    return (lambda v: (get(v),)) if len(items) == 1 else get
+
+
+def _number_detail(rule: Number, xs: tuple, flags: int) -> str:
+    shown = " ".join(f"{n}={x!r}" for n, x in zip(rule.names, xs, strict=True))
     if rule.bit and not flags & rule.bit:
-        # x != 0 is True for NaN: an absent value must be exactly 0 (or -0.0).
-        return None if all(x == 0 for x in values) else \
-            f"{shown} set without its presence bit 0x{rule.bit:02x}"
-    if rule.ordered:
-        if all(rule.bound.holds(x) for x in values) and values[0] <= values[1]:
-            return None
-        return f"{shown} {_pair_text(rule)}"
-    return None if all(rule.bound.holds(x) for x in values) else f"{shown} {rule.bound.fault}"
+        return f"{shown} set without its presence bit 0x{rule.bit:02x}"
+    return f"{shown} {_range_text(rule)}"
+
+
+def _rule_check(rule):
+    """``check(v, flags) -> detail or None`` for one rule of RECORD_RULES,
+    made once: a valid record costs a few operations per rule."""
+    if isinstance(rule, Number):
+        bit, holds, ordered = rule.bit, rule.bound.holds, rule.ordered
+        if len(rule.names) == 1:
+            i = ITEM[rule.names[0]]
+
+            def check(v, flags):
+                x = v[i]                     # absent: exactly 0 (NaN == 0 is False)
+                ok = holds(x) if not bit or flags & bit else x == 0
+                return None if ok else _number_detail(rule, (x,), flags)
+        else:
+            i, k = (ITEM[n] for n in rule.names)
+
+            def check(v, flags):
+                x, y = v[i], v[k]
+                ok = (holds(x) and holds(y) and (not ordered or x <= y)
+                      if not bit or flags & bit else x == 0 and y == 0)
+                return None if ok else _number_detail(rule, (x, y), flags)
+    elif isinstance(rule, Text):
+        item, bit, plain = ITEM[rule.name], rule.bit, _text_pattern(rule).fullmatch
+
+        def check(v, flags):
+            raw = v[item]
+            if bit and not flags & bit:
+                return None if not any(raw) else \
+                    f"{rule.what} bytes set without its presence bit 0x{bit:02x}"
+            return None if plain(raw) is not None else _text_fault(rule, raw)
+    elif isinstance(rule, FlagsByte):
+        def check(v, flags):
+            return f"flags=0x{flags:02x} has unknown bits" if flags & ~rule.known else None
+    else:
+        assert isinstance(rule, ReservedBytes)
+        spans = _items([_SPAN_ITEM[span] for span in rule.spans])
+
+        def check(v, flags):
+            return "reserved record bytes are not zero" if any(map(any, spans(v))) else None
+    return check
+
+
+_SPAN_ITEM = dict(zip(RESERVED_SPANS, RESERVED_ITEMS, strict=True))
+_RULE_CHECKS = tuple(_rule_check(rule) for rule in RECORD_RULES)
 
 
 def record_fault(v: tuple) -> tuple[int, str, str] | None:
@@ -99,58 +151,37 @@ def record_fault(v: tuple) -> tuple[int, str, str] | None:
     (`RECORD_STRUCT`) breaks, as (its index, reason, detail without the node
     label); None for a valid record."""
     flags = v[_FLAGS_ITEM]
-    for i, rule in enumerate(RECORD_RULES):
-        if isinstance(rule, Number):
-            detail = _number_fault(rule, [v[ITEM[n]] for n in rule.names], flags)
-        elif isinstance(rule, Text):
-            detail = _text_fault(rule, v[ITEM[rule.name]], flags)
-        elif isinstance(rule, FlagsByte):
-            detail = f"flags=0x{flags:02x} has unknown bits" if flags & ~rule.known else None
-        else:
-            assert isinstance(rule, ReservedBytes)
-            detail = None if not any(any(v[k]) for k in RESERVED_ITEMS) else \
-                "reserved record bytes are not zero"
+    for i, check in enumerate(_RULE_CHECKS):
+        detail = check(v, flags)
         if detail is not None:
-            return i, rule.reason, detail
+            return i, RECORD_RULES[i].reason, detail
     return None
 
 
 # ------------------------------------------------------------------ the scalar fast path
 
-def _text_pattern(rule: Text) -> re.Pattern:
-    """A padded text field that is valid without a UTF-8 decode: ASCII
-    (printable: 0x20..0x7e; else 0x01..0x7f), then NULs, at least one."""
-    size = RECORD_DTYPE[rule.name].itemsize
-    chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
-    return re.compile(rb"[%s]{%d,%d}\x00+" % (chars, int(rule.nonempty), size - 1))
-
-
 _ACCEPT_NAMESPACE: dict = {"_INF": math.inf}
 for _rule in RECORD_RULES:
     if isinstance(_rule, Text):
-        _ACCEPT_NAMESPACE[f"_TEXT_{_rule.name}"] = _text_pattern(_rule).fullmatch
+        _ACCEPT_NAMESPACE[f"_ASCII_{_rule.name}"] = _text_pattern(_rule).fullmatch
+        _ACCEPT_NAMESPACE[f"_TEXT_OK_{_rule.name}"] = \
+            lambda raw, rule=_rule: _text_fault(rule, raw) is None
         _ACCEPT_NAMESPACE[f"_ZERO_{ITEM[_rule.name]}"] = bytes(RECORD_DTYPE[_rule.name].itemsize)
-for _item, (_lo, _hi) in zip(RESERVED_ITEMS, RESERVED_SPANS):
+for _item, (_lo, _hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True):
     _ACCEPT_NAMESPACE[f"_ZERO_{_item}"] = bytes(_hi - _lo)
 ACCEPT_SOURCE = accept_source()
 _accept = eval(ACCEPT_SOURCE, _ACCEPT_NAMESPACE)   # noqa: S307 - built from the table, no input
 
-# A record's values as `DecodedFrame.one`: RECORD_DTYPE fields, text unpadded.
-_TEXT_ITEMS = tuple(ITEM[n] for n in RECORD_DTYPE.names if RECORD_DTYPE[n].kind == "S")
-_PLAIN = itemgetter(*(ITEM[n] for n in RECORD_DTYPE.names if RECORD_DTYPE[n].kind != "S"))
-assert RECORD_DTYPE.names[-len(_TEXT_ITEMS):] == tuple(
-    n for n in RECORD_DTYPE.names if RECORD_DTYPE[n].kind == "S"), "text fields come last"
-
-
-def _one(v: tuple) -> tuple:
-    return _PLAIN(v) + tuple([v[i].rstrip(b"\0") for i in _TEXT_ITEMS])
+_one = eval(one_source())   # noqa: S307 - rendered from the record layout, no input
 
 
 # ------------------------------------------------------------------ frames
 
 def _fault_sample(v: tuple) -> tuple[str, str]:
     """(reason, detail with the node label) of a record that breaks a rule."""
-    _, reason, detail = record_fault(v)
+    fault = record_fault(v)
+    assert fault is not None, "only a record the accept refused has a fault"
+    _, reason, detail = fault
     return reason, f"{node_label(v[_NODE_ITEM])}: {detail}"
 
 
@@ -181,18 +212,8 @@ def _scan(mv: memoryview, first: int, count: int) -> DecodedFrame:
 
 
 def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
-    """`decode_binary`'s scalar path (1..SMALL_MAX records), header checked."""
+    """`decode_binary`'s scalar path, header checked."""
     return decode_one(mv) if count == 1 else _scan(mv, HEADER_SIZE, count)
-
-
-def decode_records_scalar(records: np.ndarray) -> DecodedFrame:
-    """What `decode_frame` gives for a binary frame of ``records``
-    (RECORD_DTYPE), by the scalar path whatever their number: no compiled
-    code, for senders that validate what they send."""
-    return _scan(memoryview(np.ascontiguousarray(records).tobytes()), 0, len(records))
-
-
-_check_records = None
 
 
 def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
@@ -200,11 +221,12 @@ def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
     for a valid record; how many are invalid) of ``raw``, records as a
     C-contiguous (n, RECORD_SIZE) uint8 array, by the compiled check
     (imported on first use, so that senders never load numba)."""
-    global _check_records
-    if _check_records is None:
-        from shm_engine.wire._checks import check_records as _check_records
+    from shm_engine.wire._checks import check_records
     out = np.empty(raw.shape[0], np.uint8)
-    bad = _check_records(raw.view("<f8"), raw.view("<u8"), out)
+    f8, words = raw.view("<f8"), raw.view("<u8")
+    bad = check_records(f8, words, out, False)
+    if bad:   # some may be text with bytes >= 0x80: decode those
+        bad = check_records(f8, words, out, True)
     return out, int(bad)
 
 
@@ -218,7 +240,7 @@ def _decode_rows(raw: np.ndarray, seen: int) -> DecodedFrame:
     rejects: dict[str, int] = {}
     sample: list[tuple[str, str]] = []
     failing = np.flatnonzero(faults)
-    for j, rule in zip(failing.tolist(), faults[failing].tolist()):
+    for j, rule in zip(failing.tolist(), faults[failing].tolist(), strict=True):
         if len(sample) < SAMPLE_MAX:
             v = RECORD_STRUCT.unpack(raw[j].tobytes())
             tally(rejects, sample, *_fault_sample(v))
@@ -238,8 +260,10 @@ def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
     return _decode_rows(raw, count)
 
 
-def decode_binary(mv: memoryview) -> DecodedFrame:
-    """`decode_frame` for a frame that starts with the magic (within the size limit)."""
+def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
+    """`decode_frame` for a frame that starts with the magic (within the size
+    limit).  ``compiled=False`` takes the scalar path whatever the number of
+    records: no numba, for senders that check what they send."""
     size = mv.nbytes
     if size < HEADER_SIZE:
         return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
@@ -255,7 +279,7 @@ def decode_binary(mv: memoryview) -> DecodedFrame:
                             f"{size} bytes, header promises {HEADER_SIZE} + {count}*{RECORD_SIZE}")
     if count == 0:
         return DecodedFrame(no_records(), None, {}, 0, [])
-    if count <= SMALL_MAX:
+    if count <= SMALL_MAX or not compiled:
         return _decode_small(mv, count)
     return _decode_large(mv, count)
 

@@ -19,7 +19,8 @@ Rules for callers: a hot path; returns status, never raises on bad input.
 from __future__ import annotations
 
 from shm_engine.wire.binary import decode_binary, decode_one
-from shm_engine.wire.format import HEADER_SIZE, HEADER_V1_ONE, JSON_FIRST_BYTES, MAGIC, ONE_FRAME_SIZE
+from shm_engine.wire.format import (HEADER_SIZE, HEADER_V1_ONE, JSON_FIRST_BYTES, MAGIC,
+                                    ONE_FRAME_SIZE)
 from shm_engine.wire.jsondecode import decode_json
 from shm_engine.wire.result import DecodedFrame, frame_reject
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (BIT_OF, HEADER, HEADER_V1_ONE, MAGIC, OPTIONAL_FIELDS,
-                                    RECORD_DTYPE, RECORD_SIZE, REQUIRED_FIELDS, VERSION)
+from shm_engine.wire.format import (BIT_OF, FIELD_NAMES, HEADER, HEADER_V1_ONE, MAGIC,
+                                    OPTIONAL_FIELDS, RECORD_DTYPE, RECORD_SIZE, REQUIRED_FIELDS,
+                                    VERSION)
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
 
-_KINDS = {name: RECORD_DTYPE[name].kind for name in RECORD_DTYPE.names}
+_KINDS = {name: RECORD_DTYPE[name].kind for name in FIELD_NAMES}
 _JSON_ORDER = REQUIRED_FIELDS + OPTIONAL_FIELDS
 
 
@@ -75,7 +76,7 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
         if records.dtype != RECORD_DTYPE:
             raise TypeError(f"records array has dtype {records.dtype}, not RECORD_DTYPE")
         out = np.zeros(len(records), RECORD_DTYPE)   # zeros: reserved bytes are 0
-        for name in RECORD_DTYPE.names:
+        for name in FIELD_NAMES:
             out[name] = records[name]
     else:
         rows = []

@@ -81,18 +81,23 @@ MAX_ZONE_BYTES = ZONE_SIZE - 1
 MAX_LABELS_BYTES = 256                # canonical compact JSON of `labels`
 U32_MAX = 2**32 - 1
 
-RECORD_DTYPE = np.dtype({
-    "names": ["cpu", "mem", "queue", "avg_job_s", "throughput", "io",
-              "p50_ms", "p95_ms", "ts", "ok", "err", "flags", "node", "zone"],
-    "formats": ["<f8"] * 9 + ["<u4", "<u4", "u1", f"S{NODE_SIZE}", f"S{ZONE_SIZE}"],
-    "offsets": [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 76, 80, 88, 152],
-    "itemsize": RECORD_SIZE,
-})
+# The record's fields: (name, numpy type, byte offset), in offset order.
+RECORD_FIELDS = (
+    ("cpu", "<f8", 0), ("mem", "<f8", 8), ("queue", "<f8", 16), ("avg_job_s", "<f8", 24),
+    ("throughput", "<f8", 32), ("io", "<f8", 40), ("p50_ms", "<f8", 48), ("p95_ms", "<f8", 56),
+    ("ts", "<f8", 64), ("ok", "<u4", 72), ("err", "<u4", 76), ("flags", "u1", 80),
+    ("node", f"S{NODE_SIZE}", 88), ("zone", f"S{ZONE_SIZE}", 152),
+)
+FIELD_NAMES = tuple(name for name, _, _ in RECORD_FIELDS)
+RECORD_DTYPE = np.dtype({"names": list(FIELD_NAMES),
+                         "formats": [fmt for _, fmt, _ in RECORD_FIELDS],
+                         "offsets": [off for _, _, off in RECORD_FIELDS],
+                         "itemsize": RECORD_SIZE})
 
 # A field's position in RECORD_DTYPE order (in a record's values as a tuple,
 # e.g. `DecodedFrame.one`) and its byte offset.
-FIELD_INDEX = {name: i for i, name in enumerate(RECORD_DTYPE.names)}
-OFFSET = {name: RECORD_DTYPE.fields[name][1] for name in RECORD_DTYPE.names}
+FIELD_INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
+OFFSET = {name: off for name, _, off in RECORD_FIELDS}
 NODE_OFFSET = OFFSET["node"]
 ZONE_OFFSET = OFFSET["zone"]
 
@@ -107,41 +112,40 @@ NODE_WORDS = slice(WORD["node"], WORD["node"] + NODE_SIZE // 8)
 ZONE_WORDS = slice(WORD["zone"], WORD["zone"] + ZONE_SIZE // 8)
 
 
-def _reserved_spans(dtype: np.dtype) -> tuple[tuple[int, int], ...]:
-    """[start, end) byte spans no field covers, in order."""
+def _reserved_spans() -> tuple[tuple[int, int], ...]:
+    """[start, end) byte spans of the record no field covers, in order."""
     spans, pos = [], 0
-    for name in dtype.names:
-        off = dtype.fields[name][1]
+    for name, _, off in RECORD_FIELDS:
+        assert off >= pos, f"{name} overlaps the field before it"
         if off > pos:
             spans.append((pos, off))
-        pos = off + dtype.fields[name][0].itemsize
-    if pos < dtype.itemsize:
-        spans.append((pos, dtype.itemsize))
+        pos = off + RECORD_DTYPE[name].itemsize
+    if pos < RECORD_SIZE:
+        spans.append((pos, RECORD_SIZE))
     return tuple(spans)
 
 
-RESERVED_SPANS = _reserved_spans(RECORD_DTYPE)     # ((81, 88), (184, 192))
+RESERVED_SPANS = _reserved_spans()     # ((81, 88), (184, 192))
 
 _STRUCT_CODES = {"<f8": "d", "<u4": "I", "<u2": "H", "|u1": "B"}
 
 
-def _record_structs(dtype: np.dtype):
+def _record_structs() -> tuple[struct.Struct, struct.Struct, dict[str, int], tuple[int, ...]]:
     """(unpack, pack, item of each field, items of the reserved spans).
 
     ``unpack`` reads a record as a tuple of its fields and reserved spans (as
     bytes) in offset order; ``pack`` writes the fields alone, in
     `RECORD_DTYPE` order, reserved bytes zero."""
-    spans = {lo: hi - lo for lo, hi in RESERVED_SPANS}
-    items = sorted([(dtype.fields[n][1], n) for n in dtype.names] + list(spans.items()),
-                   key=lambda item: item[0])
+    parts: list[tuple[int, str | int]] = [(off, name) for name, _, off in RECORD_FIELDS]
+    parts += [(lo, hi - lo) for lo, hi in RESERVED_SPANS]
     unpack, pack, item_of, reserved = ["<"], ["<"], {}, []
-    for i, (offset, what) in enumerate(items):
+    for i, (_, what) in enumerate(sorted(parts, key=lambda part: part[0])):
         if isinstance(what, int):           # a reserved span of `what` bytes
             unpack.append(f"{what}s")
             pack.append(f"{what}x")
             reserved.append(i)
             continue
-        ftype = dtype.fields[what][0]
+        ftype = RECORD_DTYPE[what]
         code = f"{ftype.itemsize}s" if ftype.kind == "S" else _STRUCT_CODES[ftype.str]
         unpack.append(code)
         pack.append(code)
@@ -154,9 +158,8 @@ def _record_structs(dtype: np.dtype):
 # its fields, field `f` at item ITEM[f], and each reserved span, as bytes, at
 # the items RESERVED_ITEMS.  RECORD_PACK.pack(*values) takes the values in
 # RECORD_DTYPE field order and writes reserved bytes as zero.
-RECORD_STRUCT, RECORD_PACK, ITEM, RESERVED_ITEMS = _record_structs(RECORD_DTYPE)
-assert RECORD_STRUCT.size == RECORD_PACK.size == RECORD_SIZE
-assert list(ITEM) == sorted(RECORD_DTYPE.names, key=OFFSET.get) == list(RECORD_DTYPE.names)
+RECORD_STRUCT, RECORD_PACK, ITEM, RESERVED_ITEMS = _record_structs()
+assert RECORD_STRUCT.size == RECORD_PACK.size == RECORD_SIZE == RECORD_DTYPE.itemsize
 
 # ------------------------------------------------------------------ reject reasons
 
@@ -180,18 +183,23 @@ REJECT_REASONS = (
 # ------------------------------------------------------------------ the rules
 
 
-class Bound(NamedTuple):
-    """The range of a number field; ``fault`` is how a rejection names it."""
-    lo: float
-    hi: float
-    lo_open: bool
-    hi_open: bool
-    fault: str
+class Bound:
+    """The range of a number field; ``fault`` is how a rejection names it.
+    ``holds(x)``: whether ``x`` is in range (False for NaN)."""
+    __slots__ = ("lo", "hi", "lo_open", "hi_open", "fault", "holds")
 
-    def holds(self, x: float) -> bool:
-        """Whether ``x`` is in range (False for NaN)."""
-        return ((self.lo < x) if self.lo_open else (self.lo <= x)) and \
-               ((x < self.hi) if self.hi_open else (x <= self.hi))
+    def __init__(self, lo: float, hi: float, lo_open: bool, hi_open: bool, fault: str) -> None:
+        assert (lo_open or math.isfinite(lo)) and (hi_open or math.isfinite(hi)), \
+            "a bound holds finite values only (the checks rely on it)"
+        self.lo, self.hi, self.lo_open, self.hi_open, self.fault = lo, hi, lo_open, hi_open, fault
+        # One closure per kind of interval: the checks call it per value.
+        if lo_open:
+            self.holds = (lambda x: lo < x < hi) if hi_open else (lambda x: lo < x <= hi)
+        else:
+            self.holds = (lambda x: lo <= x < hi) if hi_open else (lambda x: lo <= x <= hi)
+
+    def __repr__(self) -> str:
+        return f"Bound({self.lo!r}, {self.hi!r}, {self.lo_open}, {self.hi_open}, {self.fault!r})"
 
 
 UNIT = Bound(0.0, 1.0, False, False, "out of [0, 1]")
@@ -288,7 +296,7 @@ BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in names_o
 
 
 def _check_the_tables() -> None:
-    in_record = set(RECORD_DTYPE.names) - {"flags"}
+    in_record = set(FIELD_NAMES) - {"flags"}
     in_rules = set(BIT_OF)
     assert in_record == in_rules, in_record ^ in_rules
     bits = [f.bit for f in FIELDS if not isinstance(f, Labels) and f.bit]
@@ -296,7 +304,7 @@ def _check_the_tables() -> None:
     for f in FIELDS:    # the compiled check reads text fields as whole words
         if isinstance(f, Text):
             assert OFFSET[f.name] % 8 == 0 and RECORD_DTYPE[f.name].itemsize % 8 == 0
-    assert all(RECORD_DTYPE[n].kind in "fuS" for n in RECORD_DTYPE.names)
+    assert all(RECORD_DTYPE[n].kind in "fuS" for n in FIELD_NAMES)
 
 
 _check_the_tables()

@@ -23,14 +23,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELD_INDEX, FIELDS, KNOWN_FIELDS, MAX_JSON_DEPTH, PAIRS,
-                                    RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels, Number, Text)
+from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
+                                    PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
+                                    Number, Text)
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
+from shm_engine.wire.rulecode import json_fields_source
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)   # bool is excluded apart
 _INT_TYPES = (int, np.integer)
@@ -38,12 +40,13 @@ _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")        # C0, DEL, C1
 _REQUIRED_SET = frozenset(REQUIRED_FIELDS)
 _KEY = FIELDS[0]                                         # the node id: checked first
 assert isinstance(_KEY, Text) and _KEY.bit == 0
+_KEY_INDEX = FIELD_INDEX[_KEY.name]
 
 # A record's values in RECORD_DTYPE field order before any field is set.
 _BLANK = tuple(b"" if RECORD_DTYPE[n].kind == "S" else
-               0 if RECORD_DTYPE[n].kind == "u" else 0.0 for n in RECORD_DTYPE.names)
+               0 if RECORD_DTYPE[n].kind == "u" else 0.0 for n in FIELD_NAMES)
 _INDEX = FIELD_INDEX
-_FLAGS = _INDEX["flags"]
+_LIMIT = {n: RECORD_DTYPE[n].itemsize - 1 for n in FIELD_NAMES if RECORD_DTYPE[n].kind == "S"}
 
 
 # ------------------------------------------------------------------ one value
@@ -64,19 +67,31 @@ def _number(obj: Mapping, key: str) -> float:
     return x
 
 
-def _value(obj: Mapping, key: str, rule: Number) -> float | int:
-    """The value of one key of a `Number` row, checked against its bound."""
-    if RECORD_DTYPE[key].kind == "u":
-        value = obj[key]
-        if isinstance(value, bool) or not isinstance(value, _INT_TYPES):
-            raise Reject(rule.reason, f"{key}={short(value)} is not an integer")
-        if not rule.bound.holds(value):
-            raise Reject(rule.reason, f"{key}={short(value)} {rule.bound.fault}")
-        return int(value)
-    x = _number(obj, key)
-    if not rule.bound.holds(x):
-        raise Reject(rule.reason, f"{key}={x!r} {rule.bound.fault}")
-    return x
+def _reader(rule: Number, key: str, first: int | None):
+    """``read(obj, values)``: the checked value of ``key``, a field of the
+    number row ``rule``; ``first``: the position of the value it must not be
+    below (the second of an ordered pair), else None.  A closure per field,
+    made once: the common case (a finite float in range) is a few operations."""
+    holds, fault, reason = rule.bound.holds, rule.bound.fault, rule.reason
+    integer = RECORD_DTYPE[key].kind == "u"
+
+    def read(obj: Mapping, values: list) -> float | int:
+        x = obj[key]
+        if integer:
+            if isinstance(x, bool) or not isinstance(x, _INT_TYPES):
+                raise Reject(reason, f"{key}={short(x)} is not an integer")
+            if not holds(x):
+                raise Reject(reason, f"{key}={short(x)} {fault}")
+            x = int(x)
+        elif not (type(x) is float and holds(x)):     # a bound holds finite values only
+            x = _number(obj, key)
+            if not holds(x):
+                raise Reject(reason, f"{key}={x!r} {fault}")
+        if first is not None and not x >= values[first]:
+            a = FIELD_NAMES[first]
+            raise Reject(reason, f"{key}={x!r} < {a}={values[first]!r}")
+        return x
+    return read
 
 
 def _text(rule: Text, value: Any) -> bytes:
@@ -90,7 +105,7 @@ def _text(rule: Text, value: Any) -> bytes:
         raise Reject(rule.reason, f"{what} is not valid UTF-8") from None
     if rule.nonempty and not raw:
         raise Reject(rule.reason, f"{what} is empty")
-    limit = RECORD_DTYPE[rule.name].itemsize - 1
+    limit = _LIMIT[rule.name]
     if len(raw) > limit:
         raise Reject(rule.reason, f"{what} is {len(raw)} bytes > {limit}")
     if rule.printable:
@@ -125,6 +140,29 @@ def _labels(rule: Labels, labels: Any) -> bytes:
 
 # ------------------------------------------------------------------ one heartbeat
 
+def _field_readers() -> dict:
+    """key -> ``read(obj, values)``: the checked value of that field (the
+    reference; the rendered `_fields` calls it for anything but a float in
+    range)."""
+    readers = {}
+    for rule in FIELDS[1:]:
+        if isinstance(rule, Number):
+            for j, key in enumerate(rule.names):
+                first = _INDEX[rule.names[0]] if rule.ordered and j else None
+                readers[key] = _reader(rule, key, first)
+        elif isinstance(rule, Text):
+            readers[rule.name] = lambda obj, values, rule=rule: _text(rule, obj[rule.name])
+        else:
+            readers[rule.name] = lambda obj, values, rule=rule: _labels(rule, obj[rule.name])
+    return readers
+
+
+_READ = _field_readers()
+_FIELDS_NAMESPACE: dict[str, Any] = {"_READ": _READ, "_INF": math.inf}
+exec(json_fields_source(), _FIELDS_NAMESPACE)   # noqa: S102 - rendered from the table, no input
+_fields: Callable[[Mapping, list], bytes | None] = _FIELDS_NAMESPACE["fields"]
+
+
 def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
     """Validate one heartbeat mapping; return (record values in RECORD_DTYPE
     field order, canonical labels or None).  Raises Reject."""
@@ -135,7 +173,7 @@ def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
     if _KEY.name not in obj:
         raise Reject("missing_field", f"missing {_KEY.name}")
     values = list(_BLANK)
-    values[_INDEX[_KEY.name]] = _text(_KEY, obj[_KEY.name])
+    values[_KEY_INDEX] = _text(_KEY, obj[_KEY.name])
     if not _REQUIRED_SET <= keys:
         missing = next(k for k in REQUIRED_FIELDS if k not in obj)
         raise Reject("missing_field", f"missing {missing}")
@@ -147,28 +185,7 @@ def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
     if dup is not None:
         raise Reject("bad_field", f"field {short(dup)} given twice")
 
-    flags = 0
-    labels = None
-    for rule in FIELDS[1:]:
-        if isinstance(rule, Number):
-            if rule.bit and rule.names[0] not in obj:
-                continue
-            for key in rule.names:
-                values[_INDEX[key]] = _value(obj, key, rule)
-            if rule.ordered:
-                a, b = rule.names
-                if not values[_INDEX[b]] >= values[_INDEX[a]]:
-                    raise Reject(rule.reason, f"{b}={values[_INDEX[b]]!r} < "
-                                              f"{a}={values[_INDEX[a]]!r}")
-        elif rule.name not in obj:
-            continue
-        elif isinstance(rule, Text):
-            values[_INDEX[rule.name]] = _text(rule, obj[rule.name])
-        else:
-            labels = _labels(rule, obj[rule.name])
-            continue
-        flags |= rule.bit
-    values[_FLAGS] = flags
+    labels = _fields(obj, values)
     return tuple(values), labels
 
 
@@ -209,9 +226,12 @@ def _pairs_hook(pairs: list) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        for key, _ in pairs:
+            if key in seen:
+                break
+            seen.add(key)
         obj = _DupDict(obj)
-        obj.duplicate = dup
+        obj.duplicate = key
     return obj
 
 
@@ -248,6 +268,33 @@ def parse_json(buf: bytes) -> Any:
         raise Reject("malformed_frame", f"invalid JSON: {short(str(err), 80)}") from None
 
 
+class _Heartbeats:
+    """What a decode accepts and rejects, heartbeat by heartbeat."""
+
+    def __init__(self) -> None:
+        self.good: list[tuple] = []
+        self.labels: list[bytes | None] = []
+        self.rejects: dict[str, int] = {}
+        self.sample: list[tuple[str, str]] = []
+
+    def check(self, obj: dict) -> None:
+        try:
+            values, lab = check_mapping(obj)
+        except Reject as rej:
+            tally(self.rejects, self.sample, rej.reason,
+                  f"{node_label(obj.get('node'))}: {rej.detail}")
+            return
+        self.good.append(values)
+        self.labels.append(lab)
+
+    def reject(self, reason: str, detail: str) -> None:
+        tally(self.rejects, self.sample, reason, detail)
+
+    def frame(self, seen: int, one: tuple | None = None) -> DecodedFrame:
+        return DecodedFrame(pack_records(self.good), self.labels, self.rejects, seen,
+                            self.sample, one)
+
+
 def decode_json(buf: bytes) -> DecodedFrame:
     """`decode_frame` for a JSON frame (``buf`` within the size limit)."""
     try:
@@ -261,24 +308,15 @@ def decode_json(buf: bytes) -> DecodedFrame:
     else:
         return frame_reject("malformed_frame",
                             f"top level is {type(value).__name__}, not object or array")
-    good: list[tuple] = []
-    labels: list[bytes | None] = []
-    rejects: dict[str, int] = {}
-    sample: list[tuple[str, str]] = []
+    out = _Heartbeats()
     for item in items:
-        if not isinstance(item, dict):
-            tally(rejects, sample, "malformed_heartbeat",
-                  f"array element is {type(item).__name__}, not an object")
-            continue
-        try:
-            values, lab = check_mapping(item)
-        except Reject as rej:
-            tally(rejects, sample, rej.reason, f"{node_label(item.get('node'))}: {rej.detail}")
-            continue
-        good.append(values)
-        labels.append(lab)
-    one = good[0] if len(items) == 1 and good else None
-    return DecodedFrame(pack_records(good), labels, rejects, len(items), sample, one)
+        if isinstance(item, dict):
+            out.check(item)
+        else:
+            out.reject("malformed_heartbeat",
+                       f"array element is {type(item).__name__}, not an object")
+    one = out.good[0] if len(items) == 1 and out.good else None
+    return out.frame(len(items), one)
 
 
 def decode_json_objects(frames: list) -> DecodedFrame:
@@ -290,21 +328,12 @@ def decode_json_objects(frames: list) -> DecodedFrame:
     bytes no longer than ``max_frame_bytes`` (the caller checks); never
     raises on bad input.
     """
-    good: list[tuple] = []
-    labels: list[bytes | None] = []
-    rejects: dict[str, int] = {}
-    sample: list[tuple[str, str]] = []
+    out = _Heartbeats()
     for buf in frames:
         try:
             obj = parse_json(buf)
         except Reject as rej:
-            tally(rejects, sample, rej.reason, "frame: " + rej.detail)
+            out.reject(rej.reason, "frame: " + rej.detail)
             continue
-        try:
-            values, lab = check_mapping(obj)
-        except Reject as rej:
-            tally(rejects, sample, rej.reason, f"{node_label(obj.get('node'))}: {rej.detail}")
-            continue
-        good.append(values)
-        labels.append(lab)
-    return DecodedFrame(pack_records(good), labels, rejects, len(frames), sample)
+        out.check(obj)
+    return out.frame(len(frames))

@@ -1,18 +1,23 @@
-"""`format.RECORD_RULES` as code: the conditions of the binary record rules
-rendered as Python source, for the two fast checks that cannot afford to
-walk the table at run time.
+"""The rule table as code: `format.RECORD_RULES` and `format.FIELDS` rendered
+as Python source, for the hot paths that cannot afford to walk the table at
+run time.  The readable walks of the table (`binary.record_fault`, the
+readers of `jsondecode`) are the reference; tests prove the rendered code
+agrees with them.
 
 - `binary` evaluates `accept_source()` at import: one boolean expression
   over a record unpacked with `format.RECORD_STRUCT` (the scalar path).
+- `jsondecode` evaluates `json_fields_source()` at import: the fields of a
+  JSON heartbeat read in table order, a float in range taken as is.
 - `_checks` (numba) is this module's output, `render_checks()`, committed:
-  one straight-line function over a record's 8-byte words.  Why generated:
-  the same table walked by a compiled loop ran 2-3 times slower (numba
-  compiles a loop over a tuple of rules to a loop, not to the comparisons),
-  and code that reads the table as compile-time constants would be kept
-  stale by numba's cache, which is keyed by the source file alone.
+  one loop over the records with the rules written out as comparisons on a
+  record's 8-byte words.  Why generated: the same table walked by a
+  compiled loop ran 2-3 times slower (numba compiles a loop over a tuple of
+  rules to a loop, not to the comparisons), and code that read the table as
+  compile-time constants would be kept stale by numba's cache, which is
+  keyed by the source file alone.
 
-After changing the table, run ``python -m shm_engine.wire.rulecode``; a test
-fails while `_checks.py` is not what `render_checks()` gives.  Numpy only.
+After changing the table, run ``python -m shm_engine.wire``; a test fails
+while `_checks.py` is not what `render_checks()` gives.  Numpy only.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import sys
 
 import numpy as np
 
-from shm_engine.wire.format import (FLAGS_WORD, ITEM, OFFSET, RECORD_DTYPE, RECORD_RULES,
-                                    RESERVED_ITEMS, SHIFT, FlagsByte, Number, ReservedBytes, Text)
+from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
+                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, SHIFT, FlagsByte,
+                                    Labels, Number, ReservedBytes, Text, names_of)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 
@@ -35,6 +41,12 @@ def _literal(x: float, integer: bool) -> str:
     return repr(int(x)) if integer else repr(float(x))
 
 
+def _in_bound(x: str, bound, integer: bool) -> str:
+    """``lo <= x < hi`` (the bound's kind of interval) as source."""
+    return (f"{_literal(bound.lo, integer)} {'<' if bound.lo_open else '<='} {x} "
+            f"{'<' if bound.hi_open else '<='} {_literal(bound.hi, integer)}")
+
+
 def _number_term(rule: Number, read, flags: str) -> str:
     """The condition that a `Number` row holds, over ``read(field name)``:
     present (bit 0 or set), each value in range and, if ordered, the first
@@ -43,11 +55,9 @@ def _number_term(rule: Number, read, flags: str) -> str:
     for name in rule.names:
         ftype = RECORD_DTYPE[name]
         integer = ftype.kind == "u"
-        b = rule.bound
-        if integer and b.holds(0) and b.holds(int(np.iinfo(ftype).max)):
+        if integer and rule.bound.holds(0) and rule.bound.holds(int(np.iinfo(ftype).max)):
             continue                           # the type holds only valid values
-        ok.append(f"{_literal(b.lo, integer)} {'<' if b.lo_open else '<='} {read(name)} "
-                  f"{'<' if b.hi_open else '<='} {_literal(b.hi, integer)}")
+        ok.append(_in_bound(read(name), rule.bound, integer))
     if rule.ordered:
         ok.append(f"{read(rule.names[0])} <= {read(rule.names[1])}")
     present = " and ".join(ok) or "True"
@@ -78,8 +88,9 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
 
 class _Python:
     """A record unpacked with RECORD_STRUCT as ``v``, its flags as ``f``.
-    Namespace: ``_INF``; ``_TEXT_<field>``, a fullmatch of the field's valid
-    ASCII form; ``_ZERO_<item>``, the zero bytes of an item."""
+    Namespace: ``_INF``; ``_ASCII_<field>``, a fullmatch of the field's
+    valid ASCII form; ``_TEXT_OK_<field>(raw)``, whether the field is valid
+    (any bytes: the slow path); ``_ZERO_<item>``, the zero bytes of an item."""
     flags = "f"
 
     @staticmethod
@@ -89,7 +100,8 @@ class _Python:
     @staticmethod
     def text(rule: Text) -> tuple[str, str]:
         i = ITEM[rule.name]
-        return f"_TEXT_{rule.name}(v[{i}]) is not None", f"v[{i}] == _ZERO_{i}"
+        return (f"(_ASCII_{rule.name}(v[{i}]) is not None or _TEXT_OK_{rule.name}(v[{i}]))",
+                f"v[{i}] == _ZERO_{i}")
 
     @staticmethod
     def reserved(rule: ReservedBytes) -> str:
@@ -97,12 +109,73 @@ class _Python:
 
 
 def accept_source() -> str:
-    """``lambda v: ...``, True only if the unpacked record ``v`` breaks no
-    rule (it may say False for valid text with bytes >= 0x80, which the
-    regular expressions do not decode).  Names: see `_Python`."""
+    """``lambda v: ...``, whether the unpacked record ``v`` breaks no rule.
+    Names: see `_Python`."""
     terms = [f"(f := v[{ITEM['flags']}]) >= 0"]
     terms += [term for _, _, term in _rule_terms(_Python)]
     return "lambda v: (" + "\n    and ".join(terms) + ")"
+
+
+def one_source() -> str:
+    """``lambda v: ...``: the unpacked record ``v`` as `DecodedFrame.one`,
+    its RECORD_DTYPE fields in order, text without its NUL padding: slices
+    for runs of adjacent items, one tuple for the rest."""
+    out: list[str] = []
+    run: list[int] = []                  # adjacent items, taken as one slice
+    texts: list[str] = []                # unpadded text items, one tuple
+
+    def close() -> None:
+        if run:
+            out.append(f"v[{run[0]}:{run[-1] + 1}]")
+            run.clear()
+        if texts:
+            out.append(f"({', '.join(texts)},)")
+            texts.clear()
+    for name in FIELD_NAMES:
+        item = ITEM[name]
+        if RECORD_DTYPE[name].kind == "S":
+            if run:
+                close()
+            texts.append(f"v[{item}].rstrip(b'\\0')")
+        elif run and item == run[-1] + 1:
+            run.append(item)
+        else:
+            close()
+            run.append(item)
+    close()
+    return "lambda v: " + " + ".join(out)
+
+
+def json_fields_source() -> str:
+    """``def fields(obj, values)``: the values of a checked mapping's fields
+    after the key, in `FIELDS` order, into ``values`` (RECORD_DTYPE order),
+    the flags included; returns the labels (None when absent).  A float in
+    range is taken as is; anything else goes to ``_READ[key](obj, values)``,
+    which checks it in full and raises `Reject` (`jsondecode`).  Names:
+    ``_READ``, ``_INF``."""
+    lines = ["def fields(obj, values):", "    flags = 0", "    labels = None"]
+    for rule in FIELDS[1:]:
+        body, keys = [], names_of(rule)
+        for j, key in enumerate(keys):
+            read = f"_READ[{key!r}](obj, values)"
+            if isinstance(rule, Labels):
+                body.append(f"labels = {read}")
+                continue
+            i = FIELD_INDEX[key]
+            if isinstance(rule, Number) and RECORD_DTYPE[key].kind == "f":
+                fast = _in_bound("x", rule.bound, False)
+                if rule.ordered and j:
+                    fast += f" and x >= values[{FIELD_INDEX[keys[0]]}]"
+                body += [f"x = obj[{key!r}]", f"values[{i}] = x if type(x) is float and {fast} else {read}"]
+            else:
+                body.append(f"values[{i}] = {read}")
+        optional = isinstance(rule, Labels) or rule.bit != 0
+        if not isinstance(rule, Labels) and rule.bit:
+            body.append(f"flags |= {rule.bit:#04x}")
+        if optional:
+            lines.append(f"    if {keys[0]!r} in obj:")
+        lines += [("        " if optional else "    ") + line for line in body]
+    return "\n".join(lines + [f"    values[{FIELD_INDEX['flags']}] = flags", "    return labels"])
 
 
 # ------------------------------------------------------------------ the compiled check
@@ -146,76 +219,57 @@ class _Numba:
                             f"words[j, {w}] & {_u64(m)} == 0" for w, m in sorted(masks.items()))
 
 
-def _fault_chain() -> str:
-    """``if not <rule 0 holds>: fault = 0  elif ...  else: fault = NO_FAULT``."""
+def _fault_chain() -> list[str]:
+    """``if not (<rule 0 holds>): fault = 0``, ``elif`` for each next rule,
+    ``else: fault = NO_FAULT``: the first broken rule, in table order."""
     lines = []
     for i, what, term in _rule_terms(_Numba):
         lines += [f"{'if' if i == 0 else 'elif'} not ({term}):  # {what}", f"    fault = {i}"]
-    lines += ["else:", "    fault = NO_FAULT"]
-    return "\n".join(" " * 8 + line for line in lines)
-
-
-_CHECKS_TEMPLATE = '''\
-"""Compiled whole-batch check of binary heartbeat records (`binary.batch_faults`).
-
-GENERATED from `format.RECORD_RULES` by `shm_engine.wire.rulecode`: do not
-edit; run ``python -m shm_engine.wire.rulecode`` after changing the table.
-
-Why a kernel: the rules as a dozen numpy whole-batch operations cost about
-0.2 ms per 1000 records; one pass over each record in compiled code costs a
-few microseconds.  It lives apart from the rest of the wire package so that
-senders, which import the package for its encoders, never import numba.
-
-Contract of `check_records`: ``out[j]`` is 0 when record j passes every
-rule, else 1 + the index in RECORD_RULES of the first rule it breaks,
-exactly as `binary.record_fault` finds it (test_wire and test_wire_fastpath
-check the two agree on hostile records).
-"""
-
-import numpy as np
-from numba import njit
-
-from shm_engine.wire._padded import ascii_padded_ok, utf8_padded_ok
-
-NO_FAULT = {no_fault}
-_INF = np.inf
-_BYTE = np.uint64(0xFF)
-
-
-@njit(cache=True, nogil=True)
-def _check(f8, words, out, decode):
-    """Each record's fault into ``out``; returns how many are invalid.  Without
-    ``decode``, a text field with a byte >= 0x80 counts as broken (deciding it
-    takes the byte-by-byte decoder, which few records need); with it, only
-    the records ``out`` marks are checked again.  The rules are written out
-    in the loop: a call per record (numba passes arrays with reference
-    counting) would cost more than the rules."""
-    bad = 0
-    for j in range(words.shape[0]):
-        if decode and not out[j]:
-            continue
-        flags = {flags}
-{chain}
-        out[j] = 0 if fault == NO_FAULT else fault + 1
-        bad += fault != NO_FAULT
-    return bad
-
-
-def check_records(f8, words, out):
-    """Check n records given as float64 and uint64 (n, {words}) views of the
-    same bytes; ``out`` (n,) uint8 receives each record's fault.  Returns
-    how many records are invalid."""
-    bad = _check(f8, words, out, False)
-    return _check(f8, words, out, True) if bad else bad
-'''
+    return [" " * 8 + line for line in lines + ["else:", "    fault = NO_FAULT"]]
 
 
 def render_checks() -> str:
-    """The source of `_checks.py` for the current table."""
+    """The source of `_checks.py` for the current table.
+
+    `check_records(f8, words, out, decode)` there: each record's first
+    broken rule into ``out`` (1 + its index in RECORD_RULES; 0: none),
+    returning how many are invalid.  The rules are written out inside the
+    loop: a call per record (numba passes arrays with reference counting)
+    would cost more than the rules.  Without ``decode``, text with a byte
+    >= 0x80 counts as broken (its decoder is byte by byte, and few records
+    need it); with it, only the records ``out`` marks are checked again."""
     assert len(RECORD_RULES) < 255
     flags = f"words[j, {FLAGS_WORD}]" + (f" >> {_u64(SHIFT['flags'])}" if SHIFT["flags"] else "")
-    return _CHECKS_TEMPLATE.format(no_fault=len(RECORD_RULES), flags=f"{flags} & _BYTE",
-                                   chain=_fault_chain(), words=RECORD_DTYPE.itemsize // 8)
+    code = [
+        '"""The compiled batch check of binary records: GENERATED from',
+        "`format.RECORD_RULES` by `shm_engine.wire.rulecode`, which says why and",
+        "what `check_records` returns.  Do not edit: run ``python -m shm_engine.wire``",
+        'after changing the table."""',
+        "# ruff: noqa: E501, UP034 (one condition per rule, as rendered)",
+        "",
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        "from shm_engine.wire._padded import ascii_padded_ok, utf8_padded_ok",
+        "",
+        f"NO_FAULT = {len(RECORD_RULES)}",
+        "_INF = np.inf",
+        "_BYTE = np.uint64(0xFF)",
+        "",
+        "",
+        "@njit(cache=True, nogil=True)",
+        "def check_records(f8, words, out, decode):",
+        "    bad = 0",
+        "    for j in range(words.shape[0]):",
+        "        if decode and not out[j]:",
+        "            continue",
+        f"        flags = {flags} & _BYTE",
+        *_fault_chain(),
+        "        out[j] = 0 if fault == NO_FAULT else fault + 1",
+        "        bad += fault != NO_FAULT",
+        "    return bad",
+    ]
+    return "\n".join(code) + "\n"
 
 
 def main() -> int:
@@ -223,6 +277,3 @@ def main() -> int:
     print(f"wrote {CHECKS_PATH}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
