@@ -74,11 +74,12 @@ def test_the_package_exports_its_public_surface():
     assert shm_engine.wire.decode_frame is decode_frame
 
 
-def test_the_compiled_check_is_the_one_rendered_from_the_table():
-    """`_checks.py` is generated (`python -m shm_engine.wire.rulecode`): it must
-    be what the current table renders, or the compiled check and the fault
-    finder disagree."""
+def test_the_rendered_modules_are_those_of_the_current_table():
+    """`_checks.py` and `_scalar.py` are generated (``python -m
+    shm_engine.wire``): they must be what the current table renders, or the
+    fast checks and the reference walks disagree."""
     assert rulecode.CHECKS_PATH.read_text() == rulecode.render_checks()
+    assert rulecode.SCALAR_PATH.read_text() == rulecode.render_scalar()
 
 
 # ------------------------------------------------------------------ JSON accept / reject table
@@ -570,8 +571,8 @@ def test_random_objects_never_raise(obj):
             np.array([rec]).tobytes()
 
 
-def fields_by_readers(obj: dict, values: list):
-    """The reference for the rendered `jsondecode._fields`: each field's
+def fields_by_readers(obj: dict, values: list, read: dict):
+    """The reference for the rendered `_scalar.json_fields`: each field's
     reader, walking FIELDS in order."""
     flags, labels = 0, None
     for rule in FIELDS[1:]:
@@ -579,7 +580,7 @@ def fields_by_readers(obj: dict, values: list):
         if keys[0] not in obj:
             continue
         for key in keys:
-            value = jsondecode._READ[key](obj, values)
+            value = read[key](obj, values)
             if isinstance(rule, Labels):
                 labels = value
             else:
@@ -609,12 +610,12 @@ def test_the_rendered_json_fields_agree_with_the_readers(base, changes):
         except jsondecode.Reject as rej:
             return rej.reason, rej.detail
     rendered = outcome()
-    original = jsondecode._fields
+    original = jsondecode.json_fields
     try:
-        jsondecode._fields = fields_by_readers
+        jsondecode.json_fields = fields_by_readers
         assert outcome() == rendered
     finally:
-        jsondecode._fields = original
+        jsondecode.json_fields = original
 
 
 # ------------------------------------------------------------------ speed (smoke check)

@@ -12,10 +12,18 @@ them directly):
 - `RECORD_DTYPE`, `REJECT_REASONS`, `DEFAULT_MAX_FRAME_BYTES`, the presence
   bits `HAS_*`: the format's facts (`format`, where every other one is).
 
-Modules: `format` (constants, record layout and the rule table; numpy only),
-`result` (`DecodedFrame`), `jsondecode`, `binary`, `decode`, `encode`, and
-`_checks` (the compiled batch check, numba; loaded on first use by `binary`,
-never by a sender).
+Modules, none of which imports numba but the last two:
+
+    format      record layout, limits, flags, reject reasons, the rule table
+    result      DecodedFrame and the reject bookkeeping of every decode path
+    jsondecode  JSON frames; the check of one heartbeat mapping
+    binary      binary frames: the fault finder, the scalar and batch paths
+    decode      decode_frame: length, then kind by the first byte
+    encode      encoders, for senders
+    rulecode    the rule table rendered as code (`python -m shm_engine.wire`)
+    _checks     the compiled batch check, rendered by rulecode (numba; loaded
+                on first use by `binary`, never by a sender)
+    _padded     compiled checks of NUL-padded text fields (numba)
 """
 
 from shm_engine.wire.decode import decode_frame

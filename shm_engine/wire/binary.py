@@ -22,7 +22,6 @@ Rules for callers: everything here returns status; nothing raises on bad input.
 
 from __future__ import annotations
 
-import math
 import re
 from operator import itemgetter
 
@@ -34,7 +33,8 @@ from shm_engine.wire.format import (HEADER, HEADER_SIZE, HEADER_V1_ONE, ITEM, ON
                                     ReservedBytes, Text)
 from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
                                     tally)
-from shm_engine.wire.rulecode import accept_source, one_source
+from shm_engine.wire._scalar import accept, one
+from shm_engine.wire.rulecode import text_pattern
 
 SMALL_MAX = 4           # frames of at most this many records take the scalar path
 
@@ -45,14 +45,6 @@ _C1_RE = re.compile("[\x80-\x9f]")
 
 
 # ------------------------------------------------------------------ the fault finder
-
-def _text_pattern(rule: Text) -> re.Pattern:
-    """A padded text field that is valid without a UTF-8 decode: ASCII
-    (printable: 0x20..0x7e; else 0x01..0x7f), then NULs, at least one."""
-    size = RECORD_DTYPE[rule.name].itemsize
-    chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
-    return re.compile(rb"[%s]{%d,%d}\x00+" % (chars, int(rule.nonempty), size - 1))
-
 
 def _text_fault(rule: Text, raw: bytes) -> str | None:
     """What is wrong with a present text field (None: nothing)."""
@@ -122,7 +114,7 @@ def _rule_check(rule):
                       if not bit or flags & bit else x == 0 and y == 0)
                 return None if ok else _number_detail(rule, (x, y), flags)
     elif isinstance(rule, Text):
-        item, bit, plain = ITEM[rule.name], rule.bit, _text_pattern(rule).fullmatch
+        item, bit, plain = ITEM[rule.name], rule.bit, re.compile(text_pattern(rule)).fullmatch
 
         def check(v, flags):
             raw = v[item]
@@ -160,19 +152,16 @@ def record_fault(v: tuple) -> tuple[int, str, str] | None:
 
 # ------------------------------------------------------------------ the scalar fast path
 
-_ACCEPT_NAMESPACE: dict = {"_INF": math.inf}
-for _rule in RECORD_RULES:
-    if isinstance(_rule, Text):
-        _ACCEPT_NAMESPACE[f"_ASCII_{_rule.name}"] = _text_pattern(_rule).fullmatch
-        _ACCEPT_NAMESPACE[f"_TEXT_OK_{_rule.name}"] = \
-            lambda raw, rule=_rule: _text_fault(rule, raw) is None
-        _ACCEPT_NAMESPACE[f"_ZERO_{ITEM[_rule.name]}"] = bytes(RECORD_DTYPE[_rule.name].itemsize)
-for _item, (_lo, _hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True):
-    _ACCEPT_NAMESPACE[f"_ZERO_{_item}"] = bytes(_hi - _lo)
-ACCEPT_SOURCE = accept_source()
-_accept = eval(ACCEPT_SOURCE, _ACCEPT_NAMESPACE)   # noqa: S307 - built from the table, no input
+def _text_ok(rule_index: int, raw: bytes) -> bool:
+    """The accept's slow path: text that is not plain ASCII."""
+    rule = RECORD_RULES[rule_index]
+    assert isinstance(rule, Text)
+    return _text_fault(rule, raw) is None
 
-_one = eval(one_source())   # noqa: S307 - rendered from the record layout, no input
+
+def _accept(v: tuple) -> bool:
+    """Whether the unpacked record ``v`` breaks no rule (`_scalar.accept`)."""
+    return accept(v, _text_ok)
 
 
 # ------------------------------------------------------------------ frames
@@ -188,9 +177,9 @@ def _fault_sample(v: tuple) -> tuple[str, str]:
 def decode_one(mv: memoryview) -> DecodedFrame:
     """`decode_frame` for a frame of one record with the v1 header (the common frame)."""
     v = RECORD_STRUCT.unpack_from(mv, HEADER_SIZE)
-    if _accept(v) or record_fault(v) is None:
+    if accept(v, _text_ok) or record_fault(v) is None:
         return DecodedFrame(np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE),
-                            None, {}, 1, [], _one(v))
+                            None, {}, 1, [], one(v))
     reason, detail = _fault_sample(v)
     return DecodedFrame(no_records(), None, {reason: 1}, 1, [(reason, detail)])
 
@@ -203,7 +192,7 @@ def _scan(mv: memoryview, first: int, count: int) -> DecodedFrame:
     sample: list[tuple[str, str]] = []
     for off in range(first, first + count * RECORD_SIZE, RECORD_SIZE):
         v = unpack(mv, off)
-        if _accept(v) or record_fault(v) is None:
+        if accept(v, _text_ok) or record_fault(v) is None:
             kept.append(mv[off:off + RECORD_SIZE])
         else:
             tally(rejects, sample, *_fault_sample(v))

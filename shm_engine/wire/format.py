@@ -2,9 +2,10 @@
 
 docs/wire-format.md is the spec for senders; this module is the same facts as
 data.  The decoders (`jsondecode`, `binary`), the encoders (`encode`), the
-compiled batch check (`_checks`), the table's row writer and the segment
-layout all read them from here; none restates an offset, a bit or a bound.
-Numpy only (no numba): senders import it.
+compiled batch check (`_checks`, rendered from this module by `rulecode`),
+the table's row writer, the ingest's slot check and the segment layout all
+read them from here; none restates an offset, a bit or a bound.  Numpy only
+(no numba): senders import it.
 
 A binary v1 frame, little-endian::
 
@@ -20,23 +21,23 @@ A binary v1 frame, little-endian::
                                          | 184..191 rsv                |
                                          +-----------------------------+
 
-`RECORD_DTYPE` is the record; every other position (8-byte words, the struct
-formats, the reserved spans) is derived from it.  Bytes no field covers are
-reserved and must be zero.
+`RECORD_FIELDS` is the record, (name, type, offset) per field; everything
+else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
+the reserved spans) is derived from it.  Bytes no field covers are reserved
+and must be zero.
 
 `FIELDS` is the input table of SCORING.md as data, one row per heartbeat
-field (a pair sent together is one row), in the order the checks run: the
-JSON check and the binary checks (the per-record fault finder in `binary`
-and the compiled whole-batch check in `_checks`) all walk it, so a bound or a
-presence bit is written once.  `RECORD_RULES` is the binary check order: the
-node id, the flags byte, the record's fields in `FIELDS` order, the reserved
-bytes.  Every rule of a row rejects with the row's reason; the first row a
-heartbeat breaks names it.
+field (a pair sent together is one row), in the order the checks run, so a
+bound, a presence bit or a reject reason is written once.  `RECORD_RULES`
+is the binary check order: the node id, the flags byte, the record's fields
+in `FIELDS` order, the reserved bytes.  The first row a heartbeat breaks
+names its reason.
 
-Rule for editors: the compiled modules (`_checks`, `core.rows`) are cached
-by numba per source file; after changing a constant here that they compile
-in (word positions, presence bits), clear the numba cache.  The batch check
-takes `FIELDS` as arguments and is unaffected.
+Rules for editors: a new field is a line in `RECORD_FIELDS` and a row in
+`FIELDS` (and a bit, if optional); then run ``python -m shm_engine.wire``
+to render `_checks.py` again (a test fails until it matches).  Numba caches
+compiled code by source file: `core.rows` and the ingest's `_checks` compile
+word positions and bits in, so clear the numba cache after moving a field.
 """
 
 from __future__ import annotations

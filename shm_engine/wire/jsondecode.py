@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIEL
                                     PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
                                     Number, Text)
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
-from shm_engine.wire.rulecode import json_fields_source
+from shm_engine.wire._scalar import json_fields
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)   # bool is excluded apart
 _INT_TYPES = (int, np.integer)
@@ -158,9 +158,6 @@ def _field_readers() -> dict:
 
 
 _READ = _field_readers()
-_FIELDS_NAMESPACE: dict[str, Any] = {"_READ": _READ, "_INF": math.inf}
-exec(json_fields_source(), _FIELDS_NAMESPACE)   # noqa: S102 - rendered from the table, no input
-_fields: Callable[[Mapping, list], bytes | None] = _FIELDS_NAMESPACE["fields"]
 
 
 def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
@@ -185,7 +182,7 @@ def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
     if dup is not None:
         raise Reject("bad_field", f"field {short(dup)} given twice")
 
-    labels = _fields(obj, values)
+    labels = json_fields(obj, values, _READ)
     return tuple(values), labels
 
 

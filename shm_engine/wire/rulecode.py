@@ -1,23 +1,24 @@
 """The rule table as code: `format.RECORD_RULES` and `format.FIELDS` rendered
-as Python source, for the hot paths that cannot afford to walk the table at
-run time.  The readable walks of the table (`binary.record_fault`, the
-readers of `jsondecode`) are the reference; tests prove the rendered code
-agrees with them.
+as source for the hot paths that cannot afford to walk the table at run time,
+into two committed modules (a test fails while either is not what the
+current table renders; ``python -m shm_engine.wire`` rewrites both):
 
-- `binary` evaluates `accept_source()` at import: one boolean expression
-  over a record unpacked with `format.RECORD_STRUCT` (the scalar path).
-- `jsondecode` evaluates `json_fields_source()` at import: the fields of a
-  JSON heartbeat read in table order, a float in range taken as is.
-- `_checks` (numba) is this module's output, `render_checks()`, committed:
-  one loop over the records with the rules written out as comparisons on a
-  record's 8-byte words.  Why generated: the same table walked by a
+- `_scalar` (Python): `accept(v, text_ok)`, one boolean expression over a
+  record unpacked with `format.RECORD_STRUCT` (the scalar path of `binary`);
+  `one(v)`, that record as `DecodedFrame.one`; `json_fields(obj, values,
+  read)`, the fields of a JSON heartbeat in table order, a float in range
+  taken as is (`jsondecode`).  A loop of Python calls costs more than a
+  whole record's comparisons.
+- `_checks` (numba): one loop over the records with the rules written out
+  as comparisons on a record's 8-byte words.  The same table walked by a
   compiled loop ran 2-3 times slower (numba compiles a loop over a tuple of
   rules to a loop, not to the comparisons), and code that read the table as
   compile-time constants would be kept stale by numba's cache, which is
   keyed by the source file alone.
 
-After changing the table, run ``python -m shm_engine.wire``; a test fails
-while `_checks.py` is not what `render_checks()` gives.  Numpy only.
+The readable walks of the table (`binary.record_fault`, the readers of
+`jsondecode`) are the reference; tests prove the rendered code agrees with
+them.  Numpy only, and nothing rendered is evaluated at run time.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import sys
 import numpy as np
 
 from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
-                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, SHIFT, FlagsByte,
-                                    Labels, Number, ReservedBytes, Text, names_of)
+                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, RESERVED_SPANS, SHIFT,
+                                    FlagsByte, Labels, Number, ReservedBytes, Text, names_of)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
+SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")
 
 
 def _literal(x: float, integer: bool) -> str:
@@ -87,10 +89,10 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
 
 
 class _Python:
-    """A record unpacked with RECORD_STRUCT as ``v``, its flags as ``f``.
-    Namespace: ``_INF``; ``_ASCII_<field>``, a fullmatch of the field's
-    valid ASCII form; ``_TEXT_OK_<field>(raw)``, whether the field is valid
-    (any bytes: the slow path); ``_ZERO_<item>``, the zero bytes of an item."""
+    """A record unpacked with RECORD_STRUCT as ``v``, its flags as ``f``;
+    ``text_ok(rule index, raw)`` decides text that is not plain ASCII.
+    Module names: ``_INF``; ``_ASCII_<field>``, a fullmatch of the field's
+    valid ASCII form; ``_ZERO_<item>``, the zero bytes of an item."""
     flags = "f"
 
     @staticmethod
@@ -100,7 +102,8 @@ class _Python:
     @staticmethod
     def text(rule: Text) -> tuple[str, str]:
         i = ITEM[rule.name]
-        return (f"(_ASCII_{rule.name}(v[{i}]) is not None or _TEXT_OK_{rule.name}(v[{i}]))",
+        k = RECORD_RULES.index(rule)
+        return (f"(_ASCII_{rule.name}(v[{i}]) is not None or text_ok({k}, v[{i}]))",
                 f"v[{i}] == _ZERO_{i}")
 
     @staticmethod
@@ -108,18 +111,24 @@ class _Python:
         return " and ".join(f"v[{k}] == _ZERO_{k}" for k in RESERVED_ITEMS)
 
 
-def accept_source() -> str:
-    """``lambda v: ...``, whether the unpacked record ``v`` breaks no rule.
-    Names: see `_Python`."""
-    terms = [f"(f := v[{ITEM['flags']}]) >= 0"]
-    terms += [term for _, _, term in _rule_terms(_Python)]
-    return "lambda v: (" + "\n    and ".join(terms) + ")"
+def text_pattern(rule: Text) -> bytes:
+    """A padded text field that is valid without a UTF-8 decode: ASCII
+    (printable: 0x20..0x7e; else 0x01..0x7f), then NULs, at least one."""
+    size = RECORD_DTYPE[rule.name].itemsize
+    chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
+    return rb"[%s]{%d,%d}\x00+" % (chars, int(rule.nonempty), size - 1)
 
 
-def one_source() -> str:
-    """``lambda v: ...``: the unpacked record ``v`` as `DecodedFrame.one`,
-    its RECORD_DTYPE fields in order, text without its NUL padding: slices
-    for runs of adjacent items, one tuple for the rest."""
+def _accept_lines() -> list[str]:
+    terms = [term for _, _, term in _rule_terms(_Python)]
+    return (["def accept(v, text_ok):",
+             f"    f = v[{ITEM['flags']}]",
+             "    return (" + terms[0]]
+            + [f"            and {term}" for term in terms[1:]] + ["    )"])
+
+
+def _one_lines() -> list[str]:
+    """`one`: slices for runs of adjacent items, one tuple for the text."""
     out: list[str] = []
     run: list[int] = []                  # adjacent items, taken as one slice
     texts: list[str] = []                # unpadded text items, one tuple
@@ -143,39 +152,54 @@ def one_source() -> str:
             close()
             run.append(item)
     close()
-    return "lambda v: " + " + ".join(out)
+    return ["def one(v):", "    return " + " + ".join(out)]
 
 
-def json_fields_source() -> str:
-    """``def fields(obj, values)``: the values of a checked mapping's fields
-    after the key, in `FIELDS` order, into ``values`` (RECORD_DTYPE order),
-    the flags included; returns the labels (None when absent).  A float in
-    range is taken as is; anything else goes to ``_READ[key](obj, values)``,
-    which checks it in full and raises `Reject` (`jsondecode`).  Names:
-    ``_READ``, ``_INF``."""
-    lines = ["def fields(obj, values):", "    flags = 0", "    labels = None"]
+def _json_fields_lines() -> list[str]:
+    """`json_fields`: anything but a float in range goes to ``read[key](obj,
+    values)``, which checks it in full and raises `Reject`."""
+    lines = ["def json_fields(obj, values, read):", "    flags = 0", "    labels = None"]
     for rule in FIELDS[1:]:
         body, keys = [], names_of(rule)
         for j, key in enumerate(keys):
-            read = f"_READ[{key!r}](obj, values)"
+            slow = f"read[{key!r}](obj, values)"
             if isinstance(rule, Labels):
-                body.append(f"labels = {read}")
+                body.append(f"labels = {slow}")
                 continue
             i = FIELD_INDEX[key]
             if isinstance(rule, Number) and RECORD_DTYPE[key].kind == "f":
                 fast = _in_bound("x", rule.bound, False)
                 if rule.ordered and j:
                     fast += f" and x >= values[{FIELD_INDEX[keys[0]]}]"
-                body += [f"x = obj[{key!r}]", f"values[{i}] = x if type(x) is float and {fast} else {read}"]
+                body += [f"x = obj[{key!r}]", f"values[{i}] = x if type(x) is float and {fast} else {slow}"]
             else:
-                body.append(f"values[{i}] = {read}")
+                body.append(f"values[{i}] = {slow}")
         optional = isinstance(rule, Labels) or rule.bit != 0
         if not isinstance(rule, Labels) and rule.bit:
             body.append(f"flags |= {rule.bit:#04x}")
         if optional:
             lines.append(f"    if {keys[0]!r} in obj:")
         lines += [("        " if optional else "    ") + line for line in body]
-    return "\n".join(lines + [f"    values[{FIELD_INDEX['flags']}] = flags", "    return labels"])
+    return lines + [f"    values[{FIELD_INDEX['flags']}] = flags", "    return labels"]
+
+
+def render_scalar() -> str:
+    """The source of `_scalar.py` for the current table."""
+    names = ["_INF = math.inf"]
+    for rule in RECORD_RULES:
+        if isinstance(rule, Text):
+            names.append(f"_ASCII_{rule.name} = re.compile({text_pattern(rule)!r}).fullmatch")
+            item = ITEM[rule.name]
+            names.append(f"_ZERO_{item} = bytes({RECORD_DTYPE[rule.name].itemsize})")
+    names += [f"_ZERO_{k} = bytes({hi - lo})"
+              for k, (lo, hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True)]
+    code = ['"""The scalar hot paths of the wire package: GENERATED from the rule table',
+            "by `shm_engine.wire.rulecode`, which says what each function does.  Do not",
+            'edit: run ``python -m shm_engine.wire`` after changing the table."""',
+            "# ruff: noqa: E501",
+            "", "import math", "import re", "", *names, "", "",
+            *_accept_lines(), "", "", *_one_lines(), "", "", *_json_fields_lines()]
+    return "\n".join(code) + "\n"
 
 
 # ------------------------------------------------------------------ the compiled check
@@ -273,7 +297,8 @@ def render_checks() -> str:
 
 
 def main() -> int:
-    CHECKS_PATH.write_text(render_checks())
-    print(f"wrote {CHECKS_PATH}", file=sys.stderr)
+    for path, source in ((SCALAR_PATH, render_scalar()), (CHECKS_PATH, render_checks())):
+        path.write_text(source)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
