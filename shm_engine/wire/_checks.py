@@ -3,6 +3,7 @@
 what `check_records` returns.  Do not edit: run ``python -m shm_engine.wire``
 after changing the table."""
 # ruff: noqa: E501, UP034 (one condition per rule, as rendered)
+# _padded.py sha256 f9bb7c8ff477bb7a
 
 import numpy as np
 from numba import njit

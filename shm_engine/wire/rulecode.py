@@ -23,6 +23,7 @@ them.  Numpy only, and nothing rendered is evaluated at run time.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pathlib
 import sys
@@ -35,6 +36,7 @@ from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")
+PADDED_PATH = pathlib.Path(__file__).with_name("_padded.py")
 
 
 def _literal(x: float, integer: bool) -> str:
@@ -270,6 +272,9 @@ def render_checks() -> str:
         "what `check_records` returns.  Do not edit: run ``python -m shm_engine.wire``",
         'after changing the table."""',
         "# ruff: noqa: E501, UP034 (one condition per rule, as rendered)",
+        # numba caches this file's code with _padded's compiled in, keyed by this
+        # file alone: a change there changes this line, so the cache follows.
+        f"# _padded.py sha256 {hashlib.sha256(PADDED_PATH.read_bytes()).hexdigest()[:16]}",
         "",
         "import numpy as np",
         "from numba import njit",
