@@ -22,6 +22,7 @@ Rules for callers: everything here returns status; nothing raises on bad input.
 
 from __future__ import annotations
 
+import functools
 import re
 from operator import itemgetter
 
@@ -205,12 +206,18 @@ def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
     return decode_one(mv) if count == 1 else _scan(mv, HEADER_SIZE, count)
 
 
+@functools.cache
+def _compiled_check():
+    """The compiled check, imported on first use: senders never load numba."""
+    from shm_engine.wire._checks import check_records
+    return check_records
+
+
 def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
     """(each record's first broken rule as 1 + its index in RECORD_RULES, 0
     for a valid record; how many are invalid) of ``raw``, records as a
-    C-contiguous (n, RECORD_SIZE) uint8 array, by the compiled check
-    (imported on first use, so that senders never load numba)."""
-    from shm_engine.wire._checks import check_records
+    C-contiguous (n, RECORD_SIZE) uint8 array, by the compiled check."""
+    check_records = _compiled_check()
     out = np.empty(raw.shape[0], np.uint8)
     f8, words = raw.view("<f8"), raw.view("<u8")
     bad = check_records(f8, words, out, False)
