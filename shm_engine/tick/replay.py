@@ -3,7 +3,7 @@
 A trace is JSON lines, each a heartbeat object plus ``"tick": k`` (it arrives
 just before tick k), or ``{"tick": k}`` alone to extend the run.  Replay uses
 the live engine's own code for everything that decides a number: heartbeat
-validation (`wire.check_heartbeat`), the registry (lowest free slot,
+validation (`wire.jsondecode.check_heartbeat`), the registry (lowest free slot,
 forgetting), the row writer and the consistent gather (`rows.write_rows`,
 `rows.gather`), and the kernels.  Only the clock differs: times are tick
 numbers, and ages are ``((k - a) * tick_interval_ms) / 1000``, exact in ticks
@@ -25,13 +25,14 @@ from kernels.columns import make_inputs
 from kernels.pipeline import tick_radix
 from kernels.ranking import make_rank_scratch
 
-from shm_engine import wire
 from shm_engine.core.config import Config
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
 from shm_engine.core.states import STATE_NAMES
 from shm_engine.core.rows import column_addresses, gather, write_rows
+from shm_engine.wire.encode import node_key
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 class TraceError(ShmEngineError, ValueError):
@@ -68,11 +69,11 @@ class Replay:
 
     def _apply_pending(self, k: int) -> None:
         for obj in self._pending:
-            rec, labels, reason, _detail = wire.check_heartbeat(obj)
+            rec, labels, reason, _detail = check_heartbeat(obj)
             if rec is None:
                 self.rejects[reason] += 1
                 continue
-            key = wire.node_key(rec)
+            key = node_key(rec)
             zone = bytes(rec["zone"]).rstrip(b"\0")
             slot = self.registry.get(key)
             if slot < 0:
