@@ -1,7 +1,8 @@
-"""Step 7 of SCORING.md: backpressure from the queue EMA.
+"""Step 7 of SCORING.md: backpressure from the load.
 
-`B = clamp((max_queue - qema) / (max_queue - limit_critical), 0, 1)`: 1 while
-qema <= limit_critical, falling linearly to 0 at qema = max_queue.
+`B = clamp((max_queue - load) / (max_queue - limit_critical), 0, 1)`: 1 while
+load <= limit_critical, falling linearly to 0 at load = max_queue (`load` is
+step 2's `max(qema, rif - slots, 0)`).
 Precondition (enforced by the configuration): limit_critical < max_queue.
 """
 
@@ -9,7 +10,7 @@ from numba import njit
 
 
 @njit(cache=True, error_model="numpy")
-def backpressure(qema, max_queue, limit_critical):
+def backpressure(load, max_queue, limit_critical):
     """B in [0, 1]."""
-    b = (max_queue - qema) / (max_queue - limit_critical)
+    b = (max_queue - load) / (max_queue - limit_critical)
     return min(max(b, 0.0), 1.0)

@@ -1,11 +1,11 @@
 """Step 3 of SCORING.md: the goodness of each metric, each in [0, 1].
 
 Every function maps a metric to [0, 1], 1 being best, for inputs in their
-documented ranges (the ingest layer rejects anything else).  `g_tput` needs T,
-the largest throughput among *live* nodes that report one, so the pipeline
-calls it only after liveness (step 4) has been computed for every node; a
-non-live node may then see a value above 1, which never matters because its
-raw score is 0.
+documented ranges (the ingest layer rejects anything else).  `g_rate` needs
+R (`kernels.percentile`), a reduction over the *live* nodes, so the pipeline
+calls it only after liveness (step 4) has been computed for every node.
+`g_succ` reads the error window of step 2 (`kernels.window`), not the
+latest heartbeat.
 
 Parameter preconditions (checked by the configuration, not here):
 max_cpu > 0, max_mem > 0, max_wait_s > 0, max_tail_ratio > 1.
@@ -39,17 +39,29 @@ def g_wait(wait, max_wait_s):
 
 
 @njit(cache=True, error_model="numpy")
-def g_tput(throughput, t_max):
-    """`throughput / T`, and 1 when T = 0 (no live node completes anything)."""
-    if t_max == 0.0:
-        return 1.0
-    return throughput / t_max
+def rate(slots, avg_job_s):
+    """Jobs per second the node can complete when busy, `slots / avg_job_s`;
+    only defined (and only scored) when avg_job_s > 0."""
+    return slots / avg_job_s
 
 
 @njit(cache=True, error_model="numpy")
-def g_succ(ok, err):
-    """Laplace-smoothed success rate `(ok + 1) / (ok + err + 2)`; 0.5 with no jobs."""
-    return (ok + 1.0) / (ok + err + 2.0)
+def g_rate(rate, R):
+    """`min(rate / R, 1)`, and 1 when there is no reference (R = 0, i.e. no
+    live node with avg_job_s > 0).  Written as a comparison first: for
+    positive finite values it is the same number (rate >= R exactly when
+    rate / R >= 1), and it stays defined for an infinite rate."""
+    if rate >= R:
+        return 1.0
+    return rate / R
+
+
+@njit(cache=True, error_model="numpy")
+def g_succ(e_ok, e_err):
+    """`(e_ok + 1) / (e_ok + e_err + 1)` over the error window: 1 until
+    errors are seen, so a node with no jobs is not judged worse than a busy
+    one."""
+    return (e_ok + 1.0) / (e_ok + e_err + 1.0)
 
 
 @njit(cache=True, error_model="numpy")

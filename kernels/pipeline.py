@@ -1,33 +1,35 @@
-"""One tick of the score pipeline (SCORING.md steps 1-14) over every slot.
+"""One tick of the score pipeline (SCORING.md version 2, steps 1-14) over every slot.
 
-`tick(params, inp, prev, nxt, out) -> (n_ranked, P, live)` is a pure function
-of arrays: it reads `params`, `inp` and `prev`, and writes every field of
-`nxt` and `out` for every slot (neither is assumed zeroed).  `prev` and `nxt`
-must be different buffers.  It allocates nothing.
+`tick(params, inp, prev, nxt, out, scratch) -> (n_ranked, P, live)` is a pure
+function of arrays: it reads `params`, `inp` and `prev`, and writes every
+field of `nxt` and `out` for every slot (neither is assumed zeroed).  `prev`
+and `nxt` must be different buffers.  `scratch` (`make_scratch(capacity)`,
+the caller's, reused every tick) holds its work arrays: it allocates nothing.
 
 Slot rules:
   * `inp.active == 0`: empty slot; nxt.state = UNREGISTERED, every other value
-    0; it counts nowhere (not live, not in P, T, the cap or `counts`).
+    0; it counts nowhere (not live, not in S, R, the cap or `counts`).
   * first tick (`inp.fresh == 1`, or the slot was UNREGISTERED last tick):
-    every prev_* value of the slot is ignored (it belongs to an earlier
-    occupant): qema = queue, s_prev = raw, flap = n = probation = memory = 0,
-    fresh classification.
+    every prev value of the slot is ignored (it belongs to an earlier
+    occupant): qema = queue, e_ok = e_err = 0 before this tick's outcomes,
+    s_prev = raw, flap = n = probation = memory = 0, fresh classification.
+    The driver resets the slot's feedback inputs (see `kernels.columns`).
 
-Order (SCORING.md "Order within a tick"), as three fused passes:
-  1. steps 1, 2, 4 per node, accumulating P's sum, the live count and T;
-  2. P, the weights in effect, then per node in slot order: steps 3, 6-11,
-     the flap update, probation and release; counting QUARANTINED nodes;
+Order (SCORING.md "Order within a tick"; forgetting, heartbeats and
+feedback are applied to `inp` by the driver before the call), as three fused
+passes:
+  1. steps 1, 2 (qema, load, wait, the error window) and 4 per node,
+     accumulating S and the live count, and gathering the rates of the live
+     nodes with avg_job_s > 0 into scratch;
+  then step 5 (P) and R (`kernels.percentile`), once;
+  2. per node in slot order: P_i, steps 3, 6-11, the flap update, probation
+     and release; counting QUARANTINED nodes;
   3. per node in slot order: quarantine admissions under the cap, the `n`
      memory, step 13 and the ranking candidates; then step 14's sort.
 
-Variants that differ only in how step 14 sorts (same results bit for bit):
-`tick` (introsort, no scratch), `tick_radix` (radix sort in caller-owned
-scratch: the tick worker's), `tick_ranked` (insertion sort seeded by the
-previous ranking; fast only when few nodes move, see `ranking.rerank`).
-
 Results: out.score/raw/wait/liveness per slot, out.ranked[:n_ranked] the
-ranking, out.weights the 7 weights in effect, out.counts nodes per state
-HEALTHY..DEAD.  Every score, raw and L is in [0, 1]; P in [0, 1].
+ranking, out.weights the 7 weights at the published P, out.counts nodes per
+state HEALTHY..DEAD.  Every score, raw and L is in [0, 1]; P in [0, 1].
 
 Kernels use numpy's floating-point error model: a division by zero gives
 inf/nan instead of raising (the configuration rules out the parameter values
@@ -36,31 +38,50 @@ Note for development: numba's on-disk cache of `tick` is not invalidated when
 only a stage module changes; clear the cache directory after editing a stage.
 """
 
+from typing import NamedTuple
+
+import numpy as np
 from numba import njit
 
 from kernels.backpressure import backpressure
 from kernels.breaker import tripped
-from kernels.goodness import g_cpu, g_io, g_mem, g_succ, g_tail, g_tput, g_wait
+from kernels.goodness import g_cpu, g_io, g_mem, g_rate, g_succ, g_tail, g_wait, rate
 from kernels.hysteresis import changed, next_state
 from kernels.liveness import liveness
-from kernels.params import (ALPHA_QUEUE, BETA, DEAD_AFTER_S, DELTA, FLAP_WINDOW,
-                            HAS_THROUGHPUT, HEALTHY, LIMIT_CRITICAL, MAX_BACKOFF,
+from kernels.params import (ALPHA_QUEUE, BETA, DEAD_AFTER_S, DELTA, EJECTION_S,
+                            ERROR_HALF_LIFE_S, FLAP_WINDOW, HEALTHY, K1, K2,
+                            LIMIT_CRITICAL, MAX_BACKOFF, MAX_CONSECUTIVE_ERRORS,
                             MAX_CPU, MAX_ERROR_RATE, MAX_FLAPS, MAX_MEM,
                             MAX_QUARANTINED_FRACTION, MAX_QUEUE, MAX_TAIL_RATIO,
                             MAX_WAIT_S, MIN_REQUESTS, N_STATES, PROBATION_TICKS,
                             QUARANTINE_MEMORY, QUARANTINED, SUSPECT_AFTER_S,
-                            T_DEGRADED, T_OVERLOADED, UNREGISTERED)
-from kernels.pressure import pressure, pressure_term
+                            T_DEGRADED, T_OVERLOADED, TICK_INTERVAL_MS,
+                            UNREGISTERED, W_CPU, W_IO, W_MEM, W_RATE, W_SUCCESS,
+                            W_TAIL, W_WAIT)
+from kernels.percentile import rate_reference
+from kernels.pressure import node_pressure, pressure, pressure_term
 from kernels.quarantine import (flap_update, is_candidate, memory_step,
                                 probation_step, quarantine_cap, release_due)
-from kernels.queue import queue_ema, sojourn
-from kernels.ranking import published, radix_ranked, rerank, sort_ranked
+from kernels.queue import load, queue_ema, sojourn
+from kernels.ranking import RankScratch, make_rank_scratch, published, radix_ranked
 from kernels.smoothing import raw_score, smooth
-from kernels.weights import core_w, weights_in_effect
+from kernels.weights import core_w, shifted, weights_in_effect
+from kernels.window import outcomes, window_decay, window_step
+
+
+class TickScratch(NamedTuple):
+    """Work arrays of one tick, allocated once per capacity."""
+    rank: RankScratch       # step 14's radix sort
+    rates: np.ndarray       # f8[capacity]: the rates R is selected from
+
+
+def make_scratch(capacity: int) -> TickScratch:
+    """Scratch for `tick` over `capacity` slots."""
+    return TickScratch(make_rank_scratch(capacity), np.zeros(capacity, np.float64))
 
 
 @njit(cache=True, error_model="numpy")
-def _score(params, inp, prev, nxt, out):
+def _score(params, inp, prev, nxt, out, scratch):
     """Steps 1-13 for every slot; leaves the step-14 candidates in slot order
     in ``out.ranked[:m]``.  Returns (m, P, live)."""
     nslots = inp.active.shape[0]
@@ -75,6 +96,8 @@ def _score(params, inp, prev, nxt, out):
     limit_critical = params[LIMIT_CRITICAL]
     min_requests = params[MIN_REQUESTS]
     max_error_rate = params[MAX_ERROR_RATE]
+    max_consecutive_errors = params[MAX_CONSECUTIVE_ERRORS]
+    ejection_s = params[EJECTION_S]
     beta = params[BETA]
     t_degraded = params[T_DEGRADED]
     t_overloaded = params[T_OVERLOADED]
@@ -85,6 +108,7 @@ def _score(params, inp, prev, nxt, out):
     quarantine_memory = params[QUARANTINE_MEMORY]
     probation_ticks = params[PROBATION_TICKS]
     max_backoff = params[MAX_BACKOFF]
+    d = window_decay(params[TICK_INTERVAL_MS], params[ERROR_HALF_LIFE_S])
 
     # Columns as local arrays: inside the loops nothing but scalars is passed
     # to a stage function (an array or a tuple of arrays crossing a call costs
@@ -97,13 +121,18 @@ def _score(params, inp, prev, nxt, out):
     in_mem = inp.mem
     in_queue = inp.queue
     in_avg = inp.avg_job_s
-    in_tput = inp.throughput
     in_ok = inp.ok
     in_err = inp.err
     in_io = inp.io
     in_p50 = inp.p50_ms
     in_p95 = inp.p95_ms
     in_rep = inp.reported
+    in_slots = inp.slots
+    in_rif = inp.rif
+    in_fb_ok = inp.fb_ok
+    in_fb_err = inp.fb_err
+    in_consec = inp.consec
+    in_err_age = inp.err_age
     prev_qema = prev.qema
     prev_s = prev.s
     prev_state = prev.state
@@ -111,6 +140,8 @@ def _score(params, inp, prev, nxt, out):
     prev_n = prev.n
     prev_probation = prev.probation
     prev_memory = prev.memory
+    prev_e_ok = prev.e_ok
+    prev_e_err = prev.e_err
     nxt_qema = nxt.qema
     nxt_s = nxt.s
     nxt_state = nxt.state
@@ -118,17 +149,20 @@ def _score(params, inp, prev, nxt, out):
     nxt_n = nxt.n
     nxt_probation = nxt.probation
     nxt_memory = nxt.memory
+    nxt_e_ok = nxt.e_ok
+    nxt_e_err = nxt.e_err
     out_score = out.score
     out_raw = out.raw
     out_wait = out.wait
     out_liveness = out.liveness
     out_ranked = out.ranked
     counts = out.counts
+    rates = scratch.rates
 
-    # Pass 1: steps 1, 2, 4; the sums behind P and T run in slot order.
+    # Pass 1: steps 1, 2, 4; S and the rates run in slot order.
     live = 0
     p_sum = 0.0
-    t_max = 0.0
+    m_rates = 0
     for i in range(nslots):
         if active[i] == 0:
             nxt_qema[i] = 0.0
@@ -138,14 +172,23 @@ def _score(params, inp, prev, nxt, out):
             nxt_n[i] = 0
             nxt_probation[i] = 0
             nxt_memory[i] = 0
+            nxt_e_ok[i] = 0.0
+            nxt_e_err[i] = 0.0
             out_score[i] = 0.0
             out_raw[i] = 0.0
             out_wait[i] = 0.0
             out_liveness[i] = 0.0
             continue
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
-        qema = queue_ema(first, new_hb[i] != 0, in_queue[i], prev_qema[i], alpha_queue)
-        wait = sojourn(qema, in_avg[i])
+        hb = new_hb[i] != 0
+        rep = in_rep[i]
+        slots = in_slots[i]
+        qema = queue_ema(first, hb, in_queue[i], prev_qema[i], alpha_queue)
+        wait = sojourn(load(qema, in_rif[i], slots), in_avg[i], slots)
+        nxt_e_ok[i] = window_step(first, prev_e_ok[i], d,
+                                  outcomes(in_fb_ok[i], hb, rep, in_ok[i]))
+        nxt_e_err[i] = window_step(first, prev_e_err[i], d,
+                                   outcomes(in_fb_err[i], hb, rep, in_err[i]))
         L = liveness(age[i], suspect_after_s, dead_after_s)
         nxt_qema[i] = qema
         out_wait[i] = wait
@@ -153,40 +196,50 @@ def _score(params, inp, prev, nxt, out):
         if L > 0.0:
             live += 1
             p_sum += pressure_term(wait, max_wait_s)
-            if in_rep[i] & HAS_THROUGHPUT and in_tput[i] > t_max:
-                t_max = in_tput[i]
+            if in_avg[i] > 0.0:
+                rates[m_rates] = rate(slots, in_avg[i])
+                m_rates += 1
 
-    # Step 5, then pass 2: steps 3, 6-11 and step 12's flap/probation/release.
+    # Step 5 and R, then pass 2: steps 3, 6-11 and step 12's flap/probation/release.
     P = pressure(p_sum, live)
+    R = rate_reference(rates, m_rates)
     weights_in_effect(params, P, out.weights)
-    w = out.weights
-    w_cpu = w[0]
-    w_mem = w[1]
-    w_io = w[2]
-    w_wait = w[3]
-    w_tput = w[4]
-    w_succ = w[5]
-    w_tail = w[6]
+    w_cpu = params[W_CPU]
+    w_mem = params[W_MEM]
+    w_io = params[W_IO]
+    w_wait_base = params[W_WAIT]
+    w_rate_base = params[W_RATE]
+    w_succ = params[W_SUCCESS]
+    w_tail = params[W_TAIL]
+    k1 = params[K1]
+    k2 = params[K2]
     n_quarantined = 0
     for i in range(nslots):
         if active[i] == 0:
             continue
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
-        qema = nxt_qema[i]
+        slots = in_slots[i]
+        avg = in_avg[i]
+        ld = load(nxt_qema[i], in_rif[i], slots)
         wait = out_wait[i]
         L = out_liveness[i]
         rep = in_rep[i]
         cpu = in_cpu[i]
         mem = in_mem[i]
-        ok = in_ok[i]
-        err = in_err[i]
-        c = core_w(w_cpu, w_mem, w_io, w_wait, w_tput, w_succ, w_tail, rep,
+        e_ok = nxt_e_ok[i]
+        e_err = nxt_e_err[i]
+        P_i = node_pressure(p_sum, live, L > 0.0, pressure_term(wait, max_wait_s), P)
+        has_rate = avg > 0.0
+        grate = g_rate(rate(slots, avg), R) if has_rate else 0.0
+        c = core_w(w_cpu, w_mem, w_io, shifted(w_wait_base, k1, P_i),
+                   shifted(w_rate_base, k2, P_i), w_succ, w_tail, rep, has_rate,
                    g_cpu(cpu, max_cpu), g_mem(mem, max_mem), g_io(in_io[i]),
-                   g_wait(wait, max_wait_s), g_tput(in_tput[i], t_max),
-                   g_succ(ok, err), g_tail(in_p50[i], in_p95[i], max_tail_ratio))
-        B = backpressure(qema, max_queue, limit_critical)
-        trip = tripped(qema, wait, cpu, mem, rep, ok, err, max_queue, max_wait_s,
-                       max_cpu, max_mem, min_requests, max_error_rate)
+                   g_wait(wait, max_wait_s), grate, g_succ(e_ok, e_err),
+                   g_tail(in_p50[i], in_p95[i], max_tail_ratio))
+        B = backpressure(ld, max_queue, limit_critical)
+        trip = tripped(ld, wait, cpu, mem, e_ok, e_err, in_consec[i], in_err_age[i],
+                       max_queue, max_wait_s, max_cpu, max_mem, min_requests,
+                       max_error_rate, max_consecutive_errors, ejection_s)
         raw = raw_score(trip, L, B, c)
         s = smooth(trip, L, raw, prev_s[i], first, beta)
         pstate = prev_state[i]
@@ -240,30 +293,9 @@ def _score(params, inp, prev, nxt, out):
 
 
 @njit(cache=True, error_model="numpy")
-def tick(params, inp, prev, nxt, out):
-    """Compute one tick; returns (n_ranked, P, live count)."""
-    m, P, live = _score(params, inp, prev, nxt, out)
-    sort_ranked(out.score, out.ranked, m)
-    return m, P, live
-
-
-@njit(cache=True, error_model="numpy")
-def tick_radix(params, inp, prev, nxt, out, scratch):
-    """`tick`, with step 14 done by `ranking.radix_ranked` in the caller's
-    preallocated ``scratch`` (`ranking.make_rank_scratch(capacity)`): same
-    results bit for bit, O(slots) whatever the previous order, and no
-    allocation.  What the tick worker runs."""
-    m, P, live = _score(params, inp, prev, nxt, out)
-    radix_ranked(out.score, out.ranked, m, scratch)
-    return m, P, live
-
-
-@njit(cache=True, error_model="numpy")
-def tick_ranked(params, inp, prev, nxt, out, prev_ranked, n_prev):
-    """`tick`, with step 14 seeded by the previous tick's ranking
-    ``prev_ranked[:n_prev]`` (the published ``ranked`` of the buffer ``prev``
-    came from).  Same results as `tick` bit for bit, for any seed: the seed
-    only decides how much sorting is left to do (see `ranking.rerank`)."""
-    m, P, live = _score(params, inp, prev, nxt, out)
-    rerank(out.score, out.ranked, m, prev_ranked, n_prev)
+def tick(params, inp, prev, nxt, out, scratch):
+    """Compute one tick; returns (n_ranked, P, live count).  See the module
+    docstring for the contract."""
+    m, P, live = _score(params, inp, prev, nxt, out, scratch)
+    radix_ranked(out.score, out.ranked, m, scratch.rank)
     return m, P, live

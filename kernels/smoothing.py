@@ -14,9 +14,8 @@ from numba import njit
 def raw_score(is_tripped, L, B, core):
     """Step 9: 0 if tripped, else ``L * B * core``.
 
-    A dead node (L = 0) scores exactly 0 without evaluating the product: its
-    throughput goodness is not bounded by T (T counts live nodes only), so
-    ``core`` may be inf and ``0 * inf`` would publish NaN."""
+    A dead node (L = 0) scores exactly 0 without evaluating the product, so
+    no value of its other inputs can turn ``0 * core`` into NaN."""
     if is_tripped or L == 0.0:
         return 0.0
     return L * B * core

@@ -1,13 +1,15 @@
-"""SCORING.md steps 1-14 in vectorised NumPy: the "no numba" baseline.
+"""SCORING.md (version 2) steps 1-14 in vectorised NumPy: the "no numba" baseline.
 
 `numpy_tick(params, inp, prev, nxt, out) -> (n_ranked, P, live)` has the
-contract of `kernels.tick` (same column groups, same results within 1e-9).
-Each step is one or a few whole-array expressions; the only order-dependent
-parts of SCORING.md are reproduced exactly:
-  * the pressure sum runs in slot order (`np.cumsum` is sequential, unlike
-    `np.sum`'s pairwise summation), so P is bit-identical to the kernel's;
+contract of `kernels.tick` without its scratch (same column groups, same
+results within 1e-9).  Each step is one or a few whole-array expressions; the
+only order-dependent parts of SCORING.md are reproduced exactly:
+  * S, the pressure sum, runs in slot order (`np.cumsum` is sequential,
+    unlike `np.sum`'s pairwise summation), so P and every P_i are
+    bit-identical to the kernel's;
+  * R is the nearest-rank 90th percentile, taken by `np.partition`;
   * quarantine admissions take the first candidates in slot order;
-  * an optional metric adds ``np.where(reported, w*g, 0.0)`` (adding 0.0 is
+  * an optional metric adds ``np.where(has, w*g, 0.0)`` (adding 0.0 is
     exact), so `core` is bit-identical too.
 It allocates temporaries for every step: that, and not the arithmetic, is
 what it costs.
@@ -31,7 +33,16 @@ def numpy_tick(params, inp, prev, nxt, out):
     a = pr[p.ALPHA_QUEUE]
     qema = np.where(first, inp.queue,
                     np.where(inp.new_hb != 0, a * inp.queue + (1.0 - a) * prev.qema, prev.qema))
-    wait = qema * inp.avg_job_s
+    slots = inp.slots
+    load = np.maximum(np.maximum(qema, inp.rif - slots), 0.0)
+    wait = load * inp.avg_job_s / slots
+    rep = inp.reported
+    d = 0.5 ** (float(pr[p.TICK_INTERVAL_MS]) / 1000.0 / float(pr[p.ERROR_HALF_LIFE_S]))
+    hb_out = (inp.new_hb != 0) & ((rep & p.HAS_OKERR) != 0)
+    new_ok = np.where(hb_out, inp.fb_ok + inp.ok, inp.fb_ok)
+    new_err = np.where(hb_out, inp.fb_err + inp.err, inp.fb_err)
+    e_ok = np.where(first, 0.0, prev.e_ok) * d + new_ok
+    e_err = np.where(first, 0.0, prev.e_err) * d + new_err
     sus, dead = pr[p.SUSPECT_AFTER_S], pr[p.DEAD_AFTER_S]
     with np.errstate(divide="ignore", invalid="ignore"):
         L = np.where(inp.age <= sus, 1.0,
@@ -40,36 +51,44 @@ def numpy_tick(params, inp, prev, nxt, out):
     live = int(np.count_nonzero(live_m))
     max_wait = pr[p.MAX_WAIT_S]
     term = np.minimum(wait / max_wait, 1.0)
-    if live:
-        P = float(np.cumsum(term[live_m])[-1]) / live
+    S = float(np.cumsum(term[live_m])[-1]) if live else 0.0
+    P = S / live if live else 0.0
+    if live > 1:
+        P_i = np.where(live_m, (S - term) / (live - 1), P)
     else:
-        P = 0.0
-    rep = inp.reported
-    has_t = (rep & p.HAS_THROUGHPUT) != 0
-    tm = live_m & has_t
-    t_max = float(inp.throughput[tm].max()) if tm.any() else 0.0
-    t_max = max(t_max, 0.0)
+        P_i = np.where(live_m, 0.0, P)
+    has_rate = inp.avg_job_s > 0.0
+    with np.errstate(divide="ignore"):
+        rate = np.where(has_rate, slots / np.where(has_rate, inp.avg_job_s, 1.0), 0.0)
+    live_rates = rate[live_m & has_rate]
+    m_r = live_rates.shape[0]
+    if m_r:
+        k = (9 * m_r + 9) // 10 - 1   # ceil(0.9*m) - 1, exactly
+        R = float(np.partition(live_rates, k)[k])
+    else:
+        R = 0.0
 
     w = out.weights
     w[0] = pr[p.W_CPU]
     w[1] = pr[p.W_MEM]
     w[2] = pr[p.W_IO]
     w[3] = pr[p.W_WAIT] + pr[p.K1] * P
-    w[4] = pr[p.W_THROUGHPUT] + pr[p.K2] * P
+    w[4] = pr[p.W_RATE] + pr[p.K2] * P
     w[5] = pr[p.W_SUCCESS]
     w[6] = pr[p.W_TAIL]
+    w_wait = pr[p.W_WAIT] + pr[p.K1] * P_i
+    w_rate = pr[p.W_RATE] + pr[p.K2] * P_i
 
     with np.errstate(divide="ignore", invalid="ignore"):
         g_cpu = 1.0 - np.minimum(inp.cpu / pr[p.MAX_CPU], 1.0)
         g_mem = 1.0 - np.minimum(inp.mem / pr[p.MAX_MEM], 1.0)
         g_io = 1.0 - inp.io
         g_wait = 1.0 - term
-        g_tput = inp.throughput / t_max if t_max != 0.0 else np.ones_like(inp.throughput)
-        g_succ = (inp.ok + 1.0) / (inp.ok + inp.err + 2.0)
+        g_rate = np.where(rate >= R, 1.0, rate / R)
+        g_succ = (e_ok + 1.0) / (e_ok + e_err + 1.0)
         ratio = inp.p95_ms / inp.p50_ms
         g_tail = 1.0 - np.minimum(np.maximum(ratio - 1.0, 0.0) / (pr[p.MAX_TAIL_RATIO] - 1.0), 1.0)
         has_io = (rep & p.HAS_IO) != 0
-        has_ok = (rep & p.HAS_OKERR) != 0
         has_tail = (rep & p.HAS_TAIL) != 0
         num = w[0] * g_cpu
         den = np.full(num.shape, w[0])
@@ -77,23 +96,24 @@ def numpy_tick(params, inp, prev, nxt, out):
         den = den + w[1]
         num = num + np.where(has_io, w[2] * g_io, 0.0)
         den = den + np.where(has_io, w[2], 0.0)
-        num = num + w[3] * g_wait
-        den = den + w[3]
-        num = num + np.where(has_t, w[4] * g_tput, 0.0)
-        den = den + np.where(has_t, w[4], 0.0)
-        num = num + np.where(has_ok, w[5] * g_succ, 0.0)
-        den = den + np.where(has_ok, w[5], 0.0)
+        num = num + w_wait * g_wait
+        den = den + w_wait
+        num = num + np.where(has_rate, w_rate * g_rate, 0.0)
+        den = den + np.where(has_rate, w_rate, 0.0)
+        num = num + w[5] * g_succ
+        den = den + w[5]
         num = num + np.where(has_tail, w[6] * g_tail, 0.0)
         den = den + np.where(has_tail, w[6], 0.0)
         core = num / den
         mq, lc = pr[p.MAX_QUEUE], pr[p.LIMIT_CRITICAL]
-        B = np.minimum(np.maximum((mq - qema) / (mq - lc), 0.0), 1.0)
-        total = inp.ok + inp.err
-        err_trip = has_ok & (total > 0.0) & (total >= pr[p.MIN_REQUESTS]) & \
-            (inp.err / total >= pr[p.MAX_ERROR_RATE])
-    trip = (qema >= mq) | (wait >= max_wait) | (inp.cpu >= pr[p.MAX_CPU]) | \
-        (inp.mem >= pr[p.MAX_MEM]) | err_trip
-    raw = np.where(trip, 0.0, L * B * core)
+        B = np.minimum(np.maximum((mq - load) / (mq - lc), 0.0), 1.0)
+        total = e_ok + e_err
+        err_trip = (total > 0.0) & (total >= pr[p.MIN_REQUESTS]) & \
+            (e_err / total >= pr[p.MAX_ERROR_RATE])
+    ejected = (inp.consec >= pr[p.MAX_CONSECUTIVE_ERRORS]) & (inp.err_age < pr[p.EJECTION_S])
+    trip = (load >= mq) | (wait >= max_wait) | (inp.cpu >= pr[p.MAX_CPU]) | \
+        (inp.mem >= pr[p.MAX_MEM]) | err_trip | ejected
+    raw = np.where(trip | (L == 0.0), 0.0, L * B * core)
     beta = pr[p.BETA]
     s_prev = np.where(first, raw, prev.s)
     s = np.where(trip | (L == 0.0), 0.0, beta * raw + (1.0 - beta) * s_prev)
@@ -141,6 +161,8 @@ def numpy_tick(params, inp, prev, nxt, out):
     nxt.n[:] = np.where(inact, 0, n)
     nxt.probation[:] = np.where(inact, 0, probation)
     nxt.memory[:] = np.where(inact, 0, memory)
+    nxt.e_ok[:] = np.where(inact, 0.0, e_ok)
+    nxt.e_err[:] = np.where(inact, 0.0, e_err)
     out.score[:] = np.where(inact, 0.0, score)
     out.raw[:] = np.where(inact, 0.0, raw)
     out.wait[:] = np.where(inact, 0.0, wait)

@@ -1,11 +1,11 @@
-"""SCORING.md steps 1-14 per node in plain Python: the "obvious" baseline.
+"""SCORING.md (version 2) steps 1-14 per node in plain Python: the "obvious" baseline.
 
 A dict ``{node_id: Node}`` in registration order (which plays the role of
 slot order for the quarantine admissions and the ranking tiebreak), one
 object per node holding its latest heartbeat and its carried state, and a
-loop over them per pass.  This is what a scheduler author would write first;
-the harness times it against the kernels.  Checked against `kernels.tick` in
-tests/test_baselines.py.
+loop over them per pass (R by sorting the rates).  This is what a scheduler
+author would write first; the harness times it against the kernels.
+Checked against `kernels.tick` in tests/test_baselines.py.
 """
 
 from __future__ import annotations
@@ -21,22 +21,26 @@ _H, _D, _O, _Q, _X = p.HEALTHY, p.DEGRADED, p.OVERLOADED, p.QUARANTINED, p.DEAD
 class Node:
     """Latest heartbeat (set by the caller) and the state carried across ticks."""
     __slots__ = ("cpu", "mem", "queue", "avg_job_s", "throughput", "ok", "err", "io",
-                 "p50_ms", "p95_ms", "reported", "age", "new_hb", "first",
-                 "qema", "s", "state", "flap", "n", "probation", "memory",
-                 "wait", "L", "raw", "score", "_trip")
+                 "p50_ms", "p95_ms", "reported", "slots", "rif", "fb_ok", "fb_err",
+                 "consec", "err_age", "age", "new_hb", "first",
+                 "qema", "s", "state", "flap", "n", "probation", "memory", "e_ok", "e_err",
+                 "wait", "load", "L", "raw", "score", "_trip")
 
     def __init__(self):
         self.cpu = self.mem = self.queue = self.avg_job_s = 0.0
         self.throughput = self.ok = self.err = self.io = 0.0
         self.p50_ms = self.p95_ms = 0.0
         self.reported = 0
+        self.slots = 1.0
+        self.rif = self.fb_ok = self.fb_err = self.consec = 0.0
+        self.err_age = math.inf
         self.age = 0.0
         self.new_hb = True
         self.first = True
-        self.qema = self.s = self.flap = 0.0
+        self.qema = self.s = self.flap = self.e_ok = self.e_err = 0.0
         self.state = -1
         self.n = self.probation = self.memory = 0
-        self.wait = self.L = self.raw = self.score = 0.0
+        self.wait = self.load = self.L = self.raw = self.score = 0.0
         self._trip = False
 
 
@@ -48,25 +52,37 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
     a = pr[p.ALPHA_QUEUE]
     sus, dead = pr[p.SUSPECT_AFTER_S], pr[p.DEAD_AFTER_S]
     max_wait, max_cpu, max_mem = pr[p.MAX_WAIT_S], pr[p.MAX_CPU], pr[p.MAX_MEM]
+    d = 0.5 ** (pr[p.TICK_INTERVAL_MS] / 1000 / pr[p.ERROR_HALF_LIFE_S])
     live = 0
     p_sum = 0.0
-    t_max = 0.0
+    rates = []
     for nd in nodes.values():
         if nd.first:
             nd.qema = nd.queue
+            nd.e_ok = nd.e_err = 0.0
         elif nd.new_hb:
             nd.qema = a * nd.queue + (1.0 - a) * nd.qema
-        nd.wait = nd.qema * nd.avg_job_s
+        nd.load = max(nd.qema, nd.rif - nd.slots, 0.0)
+        nd.wait = nd.load * nd.avg_job_s / nd.slots
+        new_ok, new_err = nd.fb_ok, nd.fb_err
+        if nd.new_hb and nd.reported & p.HAS_OKERR:
+            new_ok += nd.ok
+            new_err += nd.err
+        nd.e_ok = nd.e_ok * d + new_ok
+        nd.e_err = nd.e_err * d + new_err
         age = nd.age
         nd.L = 1.0 if age <= sus else 0.0 if age >= dead else (dead - age) / (dead - sus)
         if nd.L > 0.0:
             live += 1
             p_sum += min(nd.wait / max_wait, 1.0)
-            if nd.reported & p.HAS_THROUGHPUT and nd.throughput > t_max:
-                t_max = nd.throughput
+            if nd.avg_job_s > 0.0:
+                rates.append(nd.slots / nd.avg_job_s)
     P = p_sum / live if live else 0.0
-    w = (pr[p.W_CPU], pr[p.W_MEM], pr[p.W_IO], pr[p.W_WAIT] + pr[p.K1] * P,
-         pr[p.W_THROUGHPUT] + pr[p.K2] * P, pr[p.W_SUCCESS], pr[p.W_TAIL])
+    R = sorted(rates)[math.ceil(0.9 * len(rates)) - 1] if rates else 0.0
+    base = (pr[p.W_CPU], pr[p.W_MEM], pr[p.W_IO], pr[p.W_WAIT], pr[p.W_RATE],
+            pr[p.W_SUCCESS], pr[p.W_TAIL])
+    k1, k2 = pr[p.K1], pr[p.K2]
+    w = (base[0], base[1], base[2], base[3] + k1 * P, base[4] + k2 * P, base[5], base[6])
     mq, lc = pr[p.MAX_QUEUE], pr[p.LIMIT_CRITICAL]
     t_deg, t_over, delta = pr[p.T_DEGRADED], pr[p.T_OVERLOADED], pr[p.DELTA]
     beta = pr[p.BETA]
@@ -74,6 +90,11 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
     n_q = 0
     for nd in nodes.values():
         rep = nd.reported
+        p_i = min(nd.wait / max_wait, 1.0)
+        if nd.L == 0.0:
+            P_i = P
+        else:
+            P_i = (p_sum - p_i) / (live - 1) if live > 1 else 0.0
         num = w[0] * (1.0 - min(nd.cpu / max_cpu, 1.0))
         den = w[0]
         num += w[1] * (1.0 - min(nd.mem / max_mem, 1.0))
@@ -81,27 +102,32 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
         if rep & p.HAS_IO:
             num += w[2] * (1.0 - nd.io)
             den += w[2]
-        num += w[3] * (1.0 - min(nd.wait / max_wait, 1.0))
-        den += w[3]
-        if rep & p.HAS_THROUGHPUT:
-            num += w[4] * (1.0 if t_max == 0.0 else nd.throughput / t_max)
-            den += w[4]
-        if rep & p.HAS_OKERR:
-            num += w[5] * ((nd.ok + 1.0) / (nd.ok + nd.err + 2.0))
-            den += w[5]
+        w_wait = base[3] + k1 * P_i
+        num += w_wait * (1.0 - p_i)
+        den += w_wait
+        if nd.avg_job_s > 0.0:
+            w_rate = base[4] + k2 * P_i
+            rate = nd.slots / nd.avg_job_s
+            num += w_rate * (1.0 if rate >= R else rate / R)
+            den += w_rate
+        num += w[5] * ((nd.e_ok + 1.0) / (nd.e_ok + nd.e_err + 1.0))
+        den += w[5]
         if rep & p.HAS_TAIL:
             r = nd.p95_ms / nd.p50_ms
             num += w[6] * (1.0 - min(max(r - 1.0, 0.0) / (pr[p.MAX_TAIL_RATIO] - 1.0), 1.0))
             den += w[6]
         core = num / den
-        B = min(max((mq - nd.qema) / (mq - lc), 0.0), 1.0)
-        trip = nd.qema >= mq or nd.wait >= max_wait or nd.cpu >= max_cpu or nd.mem >= max_mem
-        if not trip and rep & p.HAS_OKERR:
-            total = nd.ok + nd.err
+        load = nd.load
+        B = min(max((mq - load) / (mq - lc), 0.0), 1.0)
+        trip = load >= mq or nd.wait >= max_wait or nd.cpu >= max_cpu or nd.mem >= max_mem
+        total = nd.e_ok + nd.e_err
+        if not trip:
             trip = total > 0.0 and total >= pr[p.MIN_REQUESTS] and \
-                nd.err / total >= pr[p.MAX_ERROR_RATE]
+                nd.e_err / total >= pr[p.MAX_ERROR_RATE]
+        if not trip:
+            trip = nd.consec >= pr[p.MAX_CONSECUTIVE_ERRORS] and nd.err_age < pr[p.EJECTION_S]
         L = nd.L
-        raw = 0.0 if trip else L * B * core
+        raw = 0.0 if (trip or L == 0.0) else L * B * core
         first = nd.first
         if trip or L == 0.0:
             s = 0.0
