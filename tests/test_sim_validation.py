@@ -64,7 +64,7 @@ def test_mmc_mean_wait_matches_erlang_c():
     c, rho = 2, 0.5
     sc = _identical_servers("mmc", 1, c, rho, duration=600_000 / (c * rho), warmup=200.0)
     w = build_world(sc, 11)
-    m = run(w, Random, default_params(), np.random.default_rng(11))
+    m = run(w, Random, default_params(tick_interval_ms=sc.tick_s * 1000), np.random.default_rng(11))
     assert m["jobs"] > 590_000 and m["failed"] == 0
     lam, mean_size = _realized(w)
     expected = erlang_c_wait(c, lam, 1.0 / mean_size)
@@ -78,7 +78,8 @@ def test_supermarket_model_matches_fixed_point():
     n, lam_nominal = 300, 0.9
     sc = _identical_servers("supermarket", n, 1, lam_nominal, duration=600.0, warmup=60.0)
     w = build_world(sc, 5)
-    m = run(w, TrueTwoChoices, default_params(), np.random.default_rng(5))
+    m = run(w, TrueTwoChoices, default_params(tick_interval_ms=sc.tick_s * 1000),
+            np.random.default_rng(5))
     lam_arr, mean_size = _realized(w)
     lam = lam_arr * mean_size / n            # offered load per server, realized
     s = m["at_least_k"]

@@ -40,19 +40,29 @@ _BENCH = os.path.dirname(_HERE)
 DEFAULT_MD = os.path.join(_BENCH, "RESULTS.md")
 DEFAULT_JSON = os.path.join(_BENCH, "results", "sim.json")
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
-QUICK_SEEDS = (1, 2)
+QUICK_SEEDS = (1,)
 _SCALARS = ("jobs", "mean_s", "p50_s", "p99_s", "p999_s", "mean_wait_s", "failed", "lost",
             "sent_to_dead", "attempt_errors", "retries", "over_limit_pct", "jobs_per_s",
-            "fallbacks")
+            "fallbacks", "tail_service_share", "tail_wait_share", "tail_retry_share")
 
 
-def _params(overrides: tuple):
-    from shm_engine.config import Config, with_overrides
-    cfg = Config()
-    if overrides:
-        cfg = with_overrides(cfg, {k if k.startswith("score.") else "score." + k: v
-                                   for k, v in overrides})
-    return cfg.score.to_params()
+def _params(overrides: tuple, tick_s: float = 0.05) -> np.ndarray:
+    """SCORING.md's defaults (`kernels.defaults`, the table the configuration
+    reads) with ``overrides`` ((key, value) pairs of [score] keys, with or
+    without the ``score.`` prefix) and the scenario's tick interval."""
+    from kernels.defaults import DEFAULTS, default_params
+    from kernels.params import PARAM_NAMES, TICK_INTERVAL_MS
+    vec = default_params()
+    for key, value in overrides:
+        name = key[len("score."):] if key.startswith("score.") else key
+        if name not in DEFAULTS or name == "tick_interval_ms":
+            raise ValueError(f"--score-override {key}: not a [score] key "
+                             f"(one of {', '.join(n for n in PARAM_NAMES if n != 'tick_interval_ms')})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"--score-override {key}={value!r}: not a finite number")
+        vec[PARAM_NAMES.index(name)] = float(value)
+    vec[TICK_INTERVAL_MS] = tick_s * 1000.0
+    return vec
 
 
 def _scenario(name: str, is_quick: bool, shape: tuple):
@@ -71,7 +81,8 @@ def _run_one(task):
     name, is_quick, seed, policy, overrides, shape = task
     w = _world(name, is_quick, seed, shape)
     rng = np.random.default_rng([seed, sum(map(ord, name)), 7])   # same for every policy
-    return name, seed, policy, w.capacity, run(w, POLICIES[policy], _params(overrides), rng)
+    params = _params(overrides, w.scenario.tick_s)
+    return name, seed, policy, w.capacity, run(w, POLICIES[policy], params, rng)
 
 
 def _init_worker():
@@ -154,20 +165,23 @@ def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool 
 
 
 def _parse_override(item: str):
-    from shm_engine.config import parse_override
-    return parse_override(item)
+    from shm_engine.config import ConfigError, parse_override
+    try:
+        return parse_override(item)
+    except ConfigError as e:
+        raise ValueError(str(e)) from e
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks sim", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="16 nodes, 90 s per run, seeds 1 and 2 (smoke test)")
+                    help="16 nodes, 90 s per run, seed 1 (smoke test)")
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                     help="run only this scenario (repeatable)")
     ap.add_argument("--policy", action="append", choices=list(POLICIES),
                     help="run only this policy (repeatable)")
     ap.add_argument("--seed", type=int, action="append",
-                    help="run this seed (repeatable; default 1-5, or 1-2 with --quick)")
+                    help="run this seed (repeatable; default 1-5, or 1 with --quick)")
     ap.add_argument("--seeds", type=int, help="run seeds 1..N")
     ap.add_argument("--retries", type=int, help="retries of a failed or lost job (default 2)")
     ap.add_argument("--schedulers", type=int, help="independent schedulers (default 4)")
@@ -187,8 +201,8 @@ def main(argv=None) -> int:
         seeds = list(range(1, args.seeds + 1))
     else:
         seeds = list(QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
-    overrides = tuple(_parse_override(x) for x in args.score_override)
     try:
+        overrides = tuple(_parse_override(x) for x in args.score_override)
         result = simulate(args.scenario, args.policy, seeds, args.quick, overrides,
                           max(1, args.workers), args.retries, args.schedulers)
     except ValueError as e:

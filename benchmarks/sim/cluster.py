@@ -58,7 +58,7 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs, make_outputs, make_state
-from kernels.params import HAS_OKERR, HAS_THROUGHPUT
+from kernels.params import HAS_OKERR, HAS_THROUGHPUT, TICK_INTERVAL_MS
 
 from .scenarios import World
 
@@ -98,8 +98,13 @@ class View:
 
 def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Generator,
         forget_after_s: float = 300.0) -> dict:
-    """Simulate ``world`` routed by ``policy_cls``; return its metrics."""
+    """Simulate ``world`` routed by ``policy_cls``; return its metrics.  The
+    tick runs every ``scenario.tick_s``, which must equal ``params``'s
+    ``tick_interval_ms`` (the error window's decay assumes it)."""
     sc = world.scenario
+    if abs(params[TICK_INTERVAL_MS] - sc.tick_s * 1000.0) > 1e-9:
+        raise ValueError(f"run: params tick_interval_ms = {params[TICK_INTERVAL_MS]!r} but "
+                         f"scenario {sc.name!r} ticks every {sc.tick_s * 1000.0!r} ms")
     n = sc.n_nodes
     slots = world.slots
     speed_l = [float(x) for x in world.speed]
@@ -166,6 +171,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     status = [-1] * n_jobs
     resp = [math.nan] * n_jobs
     qwait = [math.nan] * n_jobs   # queueing delay of the successful attempt
+    svc = [math.nan] * n_jobs     # service time of the successful attempt
     n_att = [0] * n_jobs
     tried: list = [()] * n_jobs
     c_err = [0] * n_jobs          # attempts failed by a node
@@ -310,6 +316,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                     status[ji] = OK
                     resp[ji] = t - arr_t[ji]
                     qwait[ji] = wait
+                    svc[ji] = dur
                 else:
                     fin_err[j] += 1
                     c_err[ji] += 1
@@ -378,42 +385,35 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     for j in range(n):
         if up[j]:
             up_time[j] += max(duration - up_time_start[j], 0.0)
-    return _metrics(world, status, resp, qwait, c_err, c_lost, c_dead, n_att, over_time,
+    return _metrics(world, status, resp, qwait, svc, c_err, c_lost, c_dead, n_att, over_time,
                     up_time, level_time, view.fallbacks)
 
 
 class _Engine:
-    """The engine's side of one run: the tick's inputs and state, and the call."""
+    """The engine's side of one run: the tick's inputs, state and scratch."""
 
     def __init__(self, params, inp, prev, nxt, out, n):
         self.params, self.inp, self.prev, self.nxt, self.out = params, inp, prev, nxt, out
-        self.v2 = hasattr(inp, "rif")
-        if self.v2:
-            self.scratch = kernels.make_scratch(n)
+        self.scratch = kernels.make_scratch(n)
 
     def heartbeat(self, j, slots, okerr):
-        inp = self.inp
-        inp.reported[j] = HAS_THROUGHPUT | (HAS_OKERR if okerr else 0)
-        if self.v2:
-            inp.slots[j] = slots
+        self.inp.reported[j] = HAS_THROUGHPUT | (HAS_OKERR if okerr else 0)
+        self.inp.slots[j] = slots
 
     def tick(self, t, rif, fb_ok, fb_err, consec, last_err) -> int:
         inp = self.inp
-        if self.v2:
-            inp.rif[:] = rif
-            inp.fb_ok[:] = fb_ok
-            inp.fb_err[:] = fb_err
-            inp.consec[:] = consec
-            np.subtract(t, last_err, out=inp.err_age)
-            n_ranked, _p, _live = kernels.tick(self.params, inp, self.prev, self.nxt, self.out,
-                                               self.scratch)
-        else:
-            n_ranked, _p, _live = kernels.tick(self.params, inp, self.prev, self.nxt, self.out)
+        inp.rif[:] = rif
+        inp.fb_ok[:] = fb_ok
+        inp.fb_err[:] = fb_err
+        inp.consec[:] = consec
+        np.subtract(t, last_err, out=inp.err_age)     # +inf when no error release
+        n_ranked, _p, _live = kernels.tick(self.params, inp, self.prev, self.nxt, self.out,
+                                           self.scratch)
         self.prev, self.nxt = self.nxt, self.prev
         return int(n_ranked)
 
 
-def _metrics(world: World, status, resp, qwait, c_err, c_lost, c_dead, n_att, over_time,
+def _metrics(world: World, status, resp, qwait, svc, c_err, c_lost, c_dead, n_att, over_time,
              up_time, level_time, fallbacks) -> dict:
     sc = world.scenario
     m = (world.arr_t >= sc.warmup_s) & (world.arr_t < sc.duration_s)
@@ -421,7 +421,10 @@ def _metrics(world: World, status, resp, qwait, c_err, c_lost, c_dead, n_att, ov
     okm = st == OK
     r = np.asarray(resp)[m][okm]
     w = np.asarray(qwait)[m][okm]
+    sv = np.asarray(svc)[m][okm]
     q = np.percentile(r, [50, 99, 99.9]) if r.size else [math.nan] * 3
+    tail = r >= q[1] if r.size else r > 0
+    tr = r[tail].sum()
     window = sc.duration_s - sc.warmup_s
     lost = np.asarray(c_lost)[m]
     dead = np.asarray(c_dead)[m]
@@ -442,6 +445,11 @@ def _metrics(world: World, status, resp, qwait, c_err, c_lost, c_dead, n_att, ov
         "over_limit_pct": float(100.0 * sum(over_time) / max(sum(up_time), 1e-9)),
         "jobs_per_s": float(r.size / window),
         "fallbacks": int(fallbacks),
+        # where the slowest 1% of jobs spent their time: the successful
+        # attempt's service and queueing, and the failed attempts before it
+        "tail_service_share": float(sv[tail].sum() / tr) if tr > 0 else math.nan,
+        "tail_wait_share": float(w[tail].sum() / tr) if tr > 0 else math.nan,
+        "tail_retry_share": float(1.0 - (sv[tail].sum() + w[tail].sum()) / tr) if tr > 0 else math.nan,
         # fraction of node-time with >= k jobs on the node, k = 0 .. LEVELS-1
         "at_least_k": (np.cumsum(lt[::-1])[::-1] / tot).round(6).tolist() if tot > 0 else [],
     }

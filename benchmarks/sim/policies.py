@@ -574,9 +574,10 @@ SCORE_POLICIES = {
     "des_wrand_pow4": ScoreWeightedSq,
     "des_topq": ScoreTopK,
     "des_p2c": _pick_policy("des_p2c", d=2),
-    "des_p4c": _pick_policy("des_p4c", d=4),
+    "des_p3c": _pick_policy("des_p3c", d=3),
+    "des_p6c": _pick_policy("des_p6c", d=6),
     "des_noclaims": _pick_policy("des_noclaims", use_claims=False),
-    "desirability": _pick_policy("desirability"),   # clients.pick.pick with its defaults
+    "desirability": _pick_policy("desirability"),   # clients.pick.pick with its defaults (d = 4)
 }
 POLICIES = {**BASELINES, **PEERS, **SCORE_POLICIES, "oracle": Oracle}
 VALIDATION = {"true_p2c": TrueTwoChoices}

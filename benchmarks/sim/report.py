@@ -133,9 +133,10 @@ def render(result: dict) -> str:
         "more than 2 waiting jobs per worker. Method and discussion: "
         "[docs/routing.md](../docs/routing.md). JSON: `benchmarks/results/sim.json`.",
         "",
-        "Policies: `desirability` is `clients.pick.pick` as shipped (best of 3 random ranked "
-        "nodes, discounted by the claims made since the tick); `des_noclaims` the same "
-        "without the claims; `des_p2c` / `des_p4c` d = 2 / 4; `des_argmax` the top-ranked "
+        "Policies: `desirability` is `clients.pick.pick` as shipped (best of 4 random ranked "
+        "nodes, each score discounted by the claims made on the node since the tick); "
+        "`des_noclaims` the same without the claims; `des_p2c` / `des_p3c` / `des_p6c` "
+        "d = 2 / 3 / 6 with the claims; `des_argmax` the top-ranked "
         "node; `des_wrand` / `des_wrand_pow4` weighted random by score / score^4; `des_topq` "
         "uniform among the top quarter. Peers, each with only its own state: "
         "`least_request` (Envoy), `peak_ewma` (Finagle / Linkerd), `prequal` (Google). "
