@@ -104,7 +104,9 @@ def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
         return -1
     ex = None
     if exclude is not None:
-        ex = exclude if isinstance(exclude, (set, frozenset)) else {int(x) for x in exclude}
+        ex = exclude if isinstance(exclude, (tuple, list, set, frozenset)) else tuple(exclude)
+        if len(ex) > 8 and not isinstance(ex, (set, frozenset)):
+            ex = set(ex)          # membership tests stay O(1) for long lists
         if not ex:
             ex = None
     if ex is None and n > d:

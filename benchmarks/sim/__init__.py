@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -164,6 +165,25 @@ def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool 
     }
 
 
+def _rounded(x):
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def dumps(result: dict) -> str:
+    """The result document as JSON text: floats to 6 significant digits,
+    indented, each list of numbers on one line."""
+    text = json.dumps(_rounded(result), indent=1, sort_keys=False)
+    return re.sub(r"\[([^\[\]{}\"]*)\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
+                  if m.group(1).strip() else "[]", text) + "\n"
+
+
 def _parse_override(item: str):
     from shm_engine.config import ConfigError, parse_override
     try:
@@ -217,8 +237,7 @@ def main(argv=None) -> int:
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, sort_keys=False)
-            f.write("\n")
+            f.write(dumps(result))
         os.replace(json_path + ".tmp", json_path)
     if md_path:
         write_section(md_path, body)

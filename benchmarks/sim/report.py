@@ -162,12 +162,13 @@ def render(result: dict) -> str:
         if "failed_vs_least_cpu" in c:
             fl = c["failed_vs_least_cpu"]
             fp = c.get("failed_minus_fewest_peer")
-            fail = f"failed {_rng(fl)}x least_cpu"
+            fail = f"failed {_rng(fl, False)}x least_cpu" + ("" if fl["met"] else " **x**")
             if fp:
-                fail += (f"; vs fewest of peers {_span(fp['shipped'])} vs "
+                fail += (f"; {_span(fp['shipped'])} vs the fewest of the peers' "
                          f"{_span(fp['fewest_of_peers'])}" + ("" if fp["met"] else " **x**"))
         elif "sent_to_dead_vs_least_cpu" in c:
-            fail = f"sent to dead {_rng(c['sent_to_dead_vs_least_cpu'])}x least_cpu"
+            sd = c["sent_to_dead_vs_least_cpu"]
+            fail = f"sent to dead {_rng(sd, False)}x least_cpu" + ("" if sd["met"] else " **x**")
         lines.append(
             f"| {name} | {_span(g['p99_s']['by_seed'])} | {_rng(c.get('p99_vs_least_request'))} | "
             f"{_rng(c.get('p99_vs_peak_ewma'))} | {_rng(c.get('p99_vs_prequal'))} | "
