@@ -73,11 +73,13 @@ class TickScratch(NamedTuple):
     """Work arrays of one tick, allocated once per capacity."""
     rank: RankScratch       # step 14's radix sort
     rates: np.ndarray       # f8[capacity]: the rates R is selected from
+    window: np.ndarray      # f8[capacity]: the rates near R (`percentile.sample_select`)
 
 
 def make_scratch(capacity: int) -> TickScratch:
     """Scratch for `tick` over `capacity` slots."""
-    return TickScratch(make_rank_scratch(capacity), np.zeros(capacity, np.float64))
+    return TickScratch(make_rank_scratch(capacity), np.zeros(capacity, np.float64),
+                       np.zeros(capacity, np.float64))
 
 
 @njit(cache=True, error_model="numpy")
@@ -202,7 +204,7 @@ def _score(params, inp, prev, nxt, out, scratch):
 
     # Step 5 and R, then pass 2: steps 3, 6-11 and step 12's flap/probation/release.
     P = pressure(p_sum, live)
-    R = rate_reference(rates, m_rates)
+    R = rate_reference(rates, m_rates, scratch.window)
     weights_in_effect(params, P, out.weights)
     w_cpu = params[W_CPU]
     w_mem = params[W_MEM]

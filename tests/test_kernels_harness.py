@@ -1,18 +1,24 @@
-"""A small driver for kernel tests: slots, heartbeats and ticks on a logical clock.
+"""A small driver for kernel tests: slots, heartbeats, feedback and ticks on a logical clock.
 
 `Sim` plays the role of the engine around `kernels.tick`: it keeps the input
-columns, marks fresh/new slots, computes ages exactly as replay does
-(`((k - a) * tick_interval_ms) / 1000`), swaps the state buffers after each
-tick and poisons the buffers the tick must overwrite, so a field the kernel
-forgets to write shows up as garbage.  The tests at the bottom check the
-driver itself and `warm_up`.
+columns, marks fresh/new slots, computes ages and error ages exactly as
+replay does (`((k - a) * tick_interval_ms) / 1000`), applies scheduler
+feedback with the trace's semantics (rif and consec replace, ok/err add to
+this tick's releases, an error makes this tick the latest error), resets a
+forgotten slot's feedback, swaps the state buffers after each tick and
+poisons the buffers the tick must overwrite, so a field the kernel forgets to
+write shows up as garbage.  The tests at the bottom check the driver itself
+and `warm_up`.
 """
+
+import math
 
 import numpy as np
 
 import kernels
 from kernels import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, UNREGISTERED,
-                     default_params, make_inputs, make_outputs, make_state, tick)
+                     default_params, make_inputs, make_outputs, make_scratch, make_state,
+                     tick)
 
 TICK_MS = 50
 
@@ -36,13 +42,15 @@ class Sim:
         self.prev = make_state(capacity)
         self.nxt = make_state(capacity)
         self.out = make_outputs(capacity)
+        self.scratch = make_scratch(capacity)
         self.last = [0] * capacity
+        self.err_tick = [None] * capacity
         self.k = 0
         self.rng = np.random.default_rng(seed)
         self.result = None
 
     def hb(self, slot, cpu=0.0, mem=0.0, queue=0.0, avg_job_s=0.0, throughput=None,
-           ok=None, err=None, io=None, p50_ms=None, p95_ms=None):
+           ok=None, err=None, io=None, p50_ms=None, p95_ms=None, slots=None):
         """A heartbeat arriving just before the next tick (registers the slot)."""
         inp = self.inp
         if not inp.active[slot]:
@@ -51,6 +59,7 @@ class Sim:
         inp.new_hb[slot] = 1
         inp.cpu[slot], inp.mem[slot] = cpu, mem
         inp.queue[slot], inp.avg_job_s[slot] = queue, avg_job_s
+        inp.slots[slot] = 1.0 if slots is None else slots
         rep = 0
         if throughput is not None:
             rep |= HAS_THROUGHPUT
@@ -67,21 +76,42 @@ class Sim:
         inp.reported[slot] = rep
         self.last[slot] = self.k
 
+    def fb(self, slot, rif=None, ok=0, err=0, consec=None):
+        """Scheduler feedback for the next tick (a registered slot only)."""
+        inp = self.inp
+        assert inp.active[slot], "feedback for an unregistered slot is ignored"
+        if rif is not None:
+            inp.rif[slot] = rif
+        if consec is not None:
+            inp.consec[slot] = consec
+        inp.fb_ok[slot] += ok
+        inp.fb_err[slot] += err
+        if err > 0:
+            self.err_tick[slot] = self.k
+
     def forget(self, slot):
-        self.inp.active[slot] = 0
-        self.inp.fresh[slot] = 0
-        self.inp.new_hb[slot] = 0
+        inp = self.inp
+        inp.active[slot] = 0
+        inp.fresh[slot] = 0
+        inp.new_hb[slot] = 0
+        inp.rif[slot] = inp.fb_ok[slot] = inp.fb_err[slot] = inp.consec[slot] = 0.0
+        inp.err_age[slot] = math.inf
+        self.err_tick[slot] = None
 
     def step(self):
-        """Compute tick k; afterwards `self.state` is the new NodeState."""
+        """Compute tick k; afterwards `self.state` is the new TickState."""
         for slot in range(self.capacity):
             self.inp.age[slot] = ((self.k - self.last[slot]) * TICK_MS) / 1000
+            e = self.err_tick[slot]
+            self.inp.err_age[slot] = math.inf if e is None else ((self.k - e) * TICK_MS) / 1000
         poison(self.nxt, self.rng)
         poison(self.out, self.rng)
-        self.result = tick(self.params, self.inp, self.prev, self.nxt, self.out)
+        self.result = tick(self.params, self.inp, self.prev, self.nxt, self.out, self.scratch)
         self.prev, self.nxt = self.nxt, self.prev
         self.inp.fresh[:] = 0
         self.inp.new_hb[:] = 0
+        self.inp.fb_ok[:] = 0.0
+        self.inp.fb_err[:] = 0.0
         self.k += 1
         return self.result
 
@@ -110,6 +140,22 @@ def test_warm_up_compiles_and_leaves_nothing_behind():
     kernels.warm_up()
 
 
+def test_import_of_params_and_defaults_does_not_import_numba():
+    import subprocess
+    import sys
+    code = ("import sys, kernels.params, kernels.defaults, kernels; "
+            "kernels.default_params(); kernels.HEALTHY; "
+            "assert 'numba' not in sys.modules, 'numba imported'; "
+            "kernels.tick; assert 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_unknown_public_name_raises_attribute_error():
+    import pytest
+    with pytest.raises(AttributeError, match="no attribute 'tick_ranked'"):
+        kernels.tick_ranked  # noqa: B018 (removed with the introsort prototypes)
+
+
 def test_sim_poisons_then_tick_overwrites_empty_slots():
     sim = Sim(capacity=3)
     sim.hb(1, cpu=0.5)
@@ -119,4 +165,13 @@ def test_sim_poisons_then_tick_overwrites_empty_slots():
         assert st.state[slot] == UNREGISTERED
         assert (st.qema[slot], st.s[slot], st.flap[slot]) == (0.0, 0.0, 0.0)
         assert (st.n[slot], st.probation[slot], st.memory[slot]) == (0, 0, 0)
+        assert (st.e_ok[slot], st.e_err[slot]) == (0.0, 0.0)
         assert (out.score[slot], out.raw[slot], out.wait[slot], out.liveness[slot]) == (0, 0, 0, 0)
+
+
+def test_make_inputs_holds_neutral_feedback():
+    inp = make_inputs(3)
+    assert inp.slots.tolist() == [1.0] * 3
+    assert inp.err_age.tolist() == [math.inf] * 3
+    assert inp.rif.tolist() == inp.fb_ok.tolist() == inp.consec.tolist() == [0.0] * 3
+    assert make_state(3).state.tolist() == [UNREGISTERED] * 3

@@ -1,17 +1,23 @@
 """Multi-tick tests of `kernels.tick`: the whole pipeline on a logical clock.
 
 Most scenarios use the "control" parameters below, under which a node that
-reports only cpu (mem 0, queue 0) has raw = core = g_cpu = 1 - cpu, and with
-beta = 1 also s = raw: the test picks s directly through cpu.  Ticks are 50 ms
-apart, so a node goes suspect after 40 silent ticks and dead after 200.
+reports only cpu (mem 0, queue 0, avg_job_s 0: no rate term) has
+raw = core = g_cpu = 1 - cpu, and with beta = 1 also s = raw: the test picks
+s directly through cpu.  Ticks are 50 ms apart, so a node goes suspect after
+40 silent ticks and dead after 200, and the error window decays by
+d = 0.5 ** (50/1000/10) per tick.
 """
+
+import math
 
 import pytest
 
 from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
 from test_kernels_harness import Sim
 
-CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, k1=0.0, k2=0.0, beta=1.0)
+CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, weights_success=0.0,
+               k1=0.0, k2=0.0, beta=1.0)
+DECAY = 0.5 ** (50 / 1000 / 10.0)
 H, D, O, Q, X = HEALTHY, DEGRADED, OVERLOADED, QUARANTINED, DEAD
 
 
@@ -30,20 +36,24 @@ def test_first_tick_default_params_arithmetic():
     sim = Sim(capacity=2)
     sim.hb(0, cpu=0.3, mem=0.0, queue=8.0, avg_job_s=1.0)
     n_ranked, P, live = sim.step()
-    # qema = 8 (first tick); wait = 8 * 1 = 8; P = min(8/30, 1) / 1 = 0.26667
+    # qema = 8 (first tick); load = max(8, 0 - 1, 0) = 8; wait = 8 * 1 / 1 = 8
+    # P = min(8/30, 1) / 1 = 0.26667 (published); P_0 = 0: the only live node
     assert (live, n_ranked) == (1, 1)
     assert P == pytest.approx(8 / 30)
-    # w_wait = 0.25 + 0.5*P = 0.38333; g_cpu = 1 - 0.3/0.98 = 0.69388
-    # g_mem = 1; g_wait = 1 - 8/30 = 0.73333
-    w_wait = 0.25 + 0.5 * (8 / 30)
-    core = (0.2 * (1 - 0.3 / 0.98) + 0.15 * 1.0 + w_wait * (1 - 8 / 30)) / (0.2 + 0.15 + w_wait)
-    # B = clamp((100-8)/50, 0, 1) = 1; L = 1; raw = core = 0.7745; s = raw (s_prev = raw)
+    # weights at P_0 = 0: the base weights.  g_cpu = 1 - 0.3/0.98 = 0.69388,
+    # g_mem = 1, g_wait = 1 - 8/30 = 0.73333; rate = 1/1 = 1, R = 1 (m = 1) ->
+    # g_rate = 1; g_succ = (0+1)/(0+0+1) = 1
+    num = 0.2 * (1 - 0.3 / 0.98) + 0.15 * 1.0 + 0.25 * (1 - 8 / 30) + 0.15 * 1.0 + 0.15 * 1.0
+    core = num / (0.2 + 0.15 + 0.25 + 0.15 + 0.15)
+    # B = clamp((100-8)/50, 0, 1) = 1; L = 1; raw = core = 0.8097; s = raw (s_prev = raw)
     assert sim.out.raw[0] == pytest.approx(core, abs=1e-12)
     assert sim.state.s[0] == pytest.approx(core, abs=1e-12)
     assert sim.out.score[0] == pytest.approx(core, abs=1e-12)
-    assert sim.state.state[0] == HEALTHY  # fresh: 0.7745 >= 0.4
+    assert sim.out.wait[0] == 8.0
+    assert sim.state.state[0] == HEALTHY  # fresh: 0.8097 >= 0.4
+    # published weights at P = 8/30
     assert sim.out.weights.tolist() == pytest.approx(
-        [0.2, 0.15, 0.05, w_wait, 0.15 + 0.3 * (8 / 30), 0.15, 0.05])
+        [0.2, 0.15, 0.05, 0.25 + 0.5 * (8 / 30), 0.15 + 0.3 * (8 / 30), 0.15, 0.05])
     assert sim.out.counts.tolist() == [1, 0, 0, 0, 0]
     assert sim.ranked == [0]
 
@@ -54,6 +64,7 @@ def test_first_tick_ignores_previous_occupant(mark_fresh):
     # garbage left by an earlier occupant of slot 0
     sim.prev.qema[0], sim.prev.s[0], sim.prev.flap[0] = 77.0, 0.01, 40.0
     sim.prev.n[0], sim.prev.probation[0], sim.prev.memory[0] = 5, 29, 999
+    sim.prev.e_ok[0], sim.prev.e_err[0] = 3.0, 500.0
     sim.prev.state[0] = QUARANTINED if mark_fresh else UNREGISTERED
     sim.hb(0, cpu=0.3, queue=4.0)
     if not mark_fresh:
@@ -65,6 +76,7 @@ def test_first_tick_ignores_previous_occupant(mark_fresh):
     assert st.s[0] == pytest.approx(0.7)
     assert st.state[0] == HEALTHY
     assert (st.flap[0], st.n[0], st.probation[0]) == (0.0, 0, 0)
+    assert (st.e_ok[0], st.e_err[0]) == (0.0, 0.0)  # the window starts from zero
     assert st.memory[0] == 1  # the first tick ended neither QUARANTINED nor DEAD
 
 
@@ -134,24 +146,186 @@ def test_smoothing_delays_the_drop():
     assert sim.state.state[0] == DEGRADED
 
 
-# ---- breaker
+# ---- step 2: load, wait and the error window
 
-TRIPS = [  # (heartbeat on a first tick, heartbeat after one tick at queue 0)
-    pytest.param(dict(queue=100.0), dict(queue=400.0),   # qema 100; 0.3*400 + 0.7*0 = 120
-                 id="qema>=max_queue"),
-    pytest.param(dict(queue=10.0, avg_job_s=3.0),        # wait 10*3 = 30
-                 dict(queue=10.0, avg_job_s=20.0),       # qema 0.3*10 = 3, wait 3*20 = 60
+@pytest.mark.parametrize("queue, rif, slots, avg_job_s, wait, B", [
+    (4.0, 0.0, 1, 2.0, 8.0, 1.0),      # load = max(4, 0 - 1, 0) = 4; wait = 4*2/1 = 8
+    (4.0, 10.0, 2, 2.0, 8.0, 1.0),     # load = max(4, 10 - 2, 0) = 8; wait = 8*2/2 = 8
+    (4.0, 3.0, 8, 2.0, 1.0, 1.0),      # load = max(4, 3 - 8, 0) = 4; wait = 4*2/8 = 1
+    (60.0, 0.0, 4, 0.5, 7.5, 0.8),     # wait = 60*0.5/4 = 7.5; B = (100-60)/50 = 0.8
+    (2.0, 84.0, 4, 0.1, 2.0, 0.4),     # load = 84 - 4 = 80: B = (100-80)/50 = 0.4;
+                                       # wait = 80*0.1/4 = 2
+])
+def test_load_counts_requests_in_flight_and_wait_divides_by_slots(queue, rif, slots,
+                                                                  avg_job_s, wait, B):
+    # weights: only wait counts, no pressure shift -> core = g_wait = 1 - wait/30
+    sim = Sim(capacity=1, weights_cpu=0.0, weights_mem=0.0, weights_rate=0.0,
+              weights_success=0.0, k1=0.0, k2=0.0)
+    sim.hb(0, queue=queue, avg_job_s=avg_job_s, slots=slots)
+    sim.fb(0, rif=rif)
+    sim.step()
+    assert sim.out.wait[0] == pytest.approx(wait, abs=1e-12)
+    assert sim.state.qema[0] == queue   # qema stays the reported queue
+    assert sim.out.raw[0] == pytest.approx(B * (1 - wait / 30), abs=1e-12)
+
+
+def test_error_window_adds_heartbeat_and_feedback_outcomes_and_decays():
+    sim = Sim(capacity=1)
+    sim.hb(0, ok=4, err=1)
+    sim.fb(0, ok=2, err=3)
+    sim.step()
+    # first tick: e_ok = 0*d + (2 + 4) = 6, e_err = 0*d + (3 + 1) = 4
+    assert (sim.state.e_ok[0], sim.state.e_err[0]) == (6.0, 4.0)
+    sim.step()
+    # no heartbeat, no feedback: the last heartbeat's 4/1 is not counted again
+    assert sim.state.e_ok[0] == 6.0 * DECAY and sim.state.e_err[0] == 4.0 * DECAY
+    sim.hb(0, cpu=0.1)                       # a heartbeat without ok/err
+    sim.fb(0, ok=1)
+    sim.step()
+    # e_ok = 6d*d + 1, e_err = 4d*d
+    assert sim.state.e_ok[0] == pytest.approx(6.0 * DECAY * DECAY + 1.0, abs=1e-12)
+    assert sim.state.e_err[0] == pytest.approx(4.0 * DECAY * DECAY, abs=1e-12)
+    sim.hb(0, ok=0, err=2)
+    sim.hb(0, ok=7, err=0)                   # only the latest heartbeat of a tick counts
+    sim.step()
+    assert sim.state.e_ok[0] == pytest.approx((6.0 * DECAY * DECAY + 1.0) * DECAY + 7.0, abs=1e-12)
+    assert sim.state.e_err[0] == pytest.approx(4.0 * DECAY ** 3, abs=1e-12)
+
+
+def test_error_window_halves_every_half_life_and_decays_while_dead():
+    sim = Sim(capacity=2)
+    sim.hb(0, ok=0, err=8)
+    sim.step()
+    for _ in range(200):                     # 200 ticks * 50 ms = 10 s = one half-life
+        sim.hb(1)                            # slot 0 stays silent and dies at tick 200
+        sim.step()
+    assert sim.state.state[0] == DEAD
+    assert sim.state.e_err[0] == pytest.approx(4.0, abs=1e-9)   # 8 * 0.5
+    assert sim.state.e_ok[0] == 0.0
+
+
+def test_success_is_always_scored_from_the_window():
+    # weights: only success counts -> core = g_succ = (e_ok + 1)/(e_ok + e_err + 1)
+    sim = Sim(capacity=3, weights_cpu=0.0, weights_mem=0.0, weights_wait=0.0,
+              weights_rate=0.0, k1=0.0, k2=0.0)
+    sim.hb(0)                                # no outcomes at all: 1/1 = 1
+    sim.hb(1, ok=3, err=1)                   # (3+1)/(3+1+1) = 0.8
+    sim.hb(2)
+    sim.fb(2, ok=1, err=2)                   # feedback only: (1+1)/(1+2+1) = 0.5
+    sim.step()
+    assert sim.out.raw.tolist() == pytest.approx([1.0, 0.8, 0.5], abs=1e-12)
+
+
+# ---- step 3: the rate term against the 90th percentile
+
+def test_rate_term_uses_the_nearest_rank_90th_percentile_of_live_rates():
+    # weights: only rate counts -> core = g_rate = min(rate / R, 1)
+    sim = Sim(capacity=15, weights_cpu=0.0, weights_mem=0.0, weights_wait=0.0,
+              weights_success=1e-300, k1=0.0, k2=0.0)
+    for slot in range(12):                   # rates 1..12 jobs/s: slots / avg_job_s
+        sim.hb(slot, avg_job_s=1.0 / (slot + 1))
+    sim.hb(12, avg_job_s=0.5, slots=1000)    # rate 2000: absurd, but only one node
+    sim.hb(13, avg_job_s=0.0001)             # rate 10000, dead: not in R
+    sim.last[13] = -200
+    sim.hb(14)                               # avg_job_s = 0: no rate term, not in R
+    sim.step()
+    # (success weighs 1e-300 so that slot 14's core is defined: 1e-300*1/1e-300 = 1;
+    # elsewhere it changes nothing at 1e-12)
+    # live rates (m = 13): 1..12 and 2000 -> ceil(0.9*13) - 1 = 11 -> R = r_11 = 12
+    # (with slot 14's rate 1/0 = inf counted, m = 14 would give R = r_12 = 2000)
+    R = 12.0
+    expected = [min((slot + 1) / R, 1.0) for slot in range(12)]
+    assert sim.out.raw[:12].tolist() == pytest.approx(expected, abs=1e-12)
+    assert sim.out.raw[0] == pytest.approx(1 / 12, abs=1e-12)   # 1/12
+    assert sim.out.raw[5] == pytest.approx(0.5, abs=1e-12)      # 6/12
+    assert sim.out.raw[12] == 1.0                                # min(2000/12, 1)
+    assert sim.out.raw[13] == 0.0                                # dead
+    assert sim.out.raw[14] == 1.0                                # g_succ alone
+
+
+def test_no_rate_term_without_avg_job_s():
+    sim = Sim(capacity=2)
+    sim.hb(0, cpu=0.49)                      # avg_job_s = 0
+    sim.hb(1, cpu=0.49, avg_job_s=0.5)       # rate 2 = R: g_rate = 1
+    sim.step()
+    # slot 0: (0.2*0.5 + 0.15*1 + 0.25*1 + 0.15*1) / (0.2 + 0.15 + 0.25 + 0.15) = 0.65/0.75
+    # slot 1: (0.65 + 0.15*1) / 0.9 = 0.8/0.9 (P_i = 0: both waits are 0)
+    assert sim.out.raw.tolist() == pytest.approx([0.65 / 0.75, 0.8 / 0.9], abs=1e-12)
+
+
+def test_rate_reference_is_the_maximum_below_ten_nodes():
+    sim = Sim(capacity=3, weights_cpu=0.0, weights_mem=0.0, weights_wait=0.0,
+              weights_success=0.0, k1=0.0, k2=0.0)
+    sim.hb(0, avg_job_s=1.0)                 # rate 1
+    sim.hb(1, avg_job_s=0.25)                # rate 4 = R (m = 2 < 10: the maximum)
+    sim.hb(2, avg_job_s=1.0, slots=2)        # rate 2
+    sim.step()
+    assert sim.out.raw.tolist() == pytest.approx([0.25, 1.0, 0.5], abs=1e-12)
+
+
+# ---- step 5: each node weighs with the rest of the cluster's pressure
+
+def test_weights_use_the_pressure_of_the_rest_of_the_cluster():
+    sim = Sim(capacity=4)
+    sim.hb(0, queue=3.0, avg_job_s=2.0)      # wait 6  -> p = 0.2
+    sim.hb(1, queue=12.0, avg_job_s=1.0)     # wait 12 -> p = 0.4
+    sim.hb(2, queue=0.0, avg_job_s=1.0)      # wait 0  -> p = 0
+    sim.hb(3, queue=60.0, avg_job_s=0.25)    # wait 15, dead: not in S
+    sim.last[3] = -200
+    n_ranked, P, live = sim.step()
+    # S = 0.2 + 0.4 + 0 = 0.6, live = 3, P = 0.2 (published)
+    assert live == 3 and P == pytest.approx(0.2, abs=1e-15)
+    # P_0 = (0.6 - 0.2)/2 = 0.2, P_1 = (0.6 - 0.4)/2 = 0.1, P_2 = 0.6/2 = 0.3
+    # rates 0.5, 1, 1 (live) -> R = 1; g_rate 0.5, 1, 1
+    def core(P_i, g_wait, g_rate):
+        w_wait, w_rate = 0.25 + 0.5 * P_i, 0.15 + 0.3 * P_i
+        num = 0.2 * 1 + 0.15 * 1 + w_wait * g_wait + w_rate * g_rate + 0.15 * 1
+        return num / (0.2 + 0.15 + w_wait + w_rate + 0.15)
+    expected = [core(0.2, 0.8, 0.5), core(0.1, 0.6, 1.0), core(0.3, 1.0, 1.0)]
+    # B = 1 for all (load <= 50), L = 1
+    assert sim.out.raw[:3].tolist() == pytest.approx(expected, abs=1e-12)
+    assert sim.out.weights[3] == pytest.approx(0.25 + 0.5 * 0.2)   # at P
+    assert sim.out.weights[4] == pytest.approx(0.15 + 0.3 * 0.2)
+
+
+def test_a_node_alone_weighs_with_zero_pressure():
+    sim = Sim(capacity=1)
+    sim.hb(0, queue=20.0, avg_job_s=1.0)     # wait 20: p = 2/3, but P_0 = 0
+    _, P, _ = sim.step()
+    assert P == pytest.approx(2 / 3)
+    # base weights; g_wait = 1/3, g_rate = 1 (R = 1), g_succ = 1
+    num = 0.2 + 0.15 + 0.25 * (1 / 3) + 0.15 + 0.15
+    assert sim.out.raw[0] == pytest.approx(num / 0.9, abs=1e-12)
+
+
+# ---- step 8: breaker
+
+TRIPS = [  # (heartbeat on a first tick, heartbeat after one tick at queue 0, feedback)
+    pytest.param(dict(queue=100.0), dict(queue=400.0), {},   # qema 100; 0.3*400 = 120
+                 id="load>=max_queue"),
+    pytest.param(dict(), dict(), dict(rif=101.0),            # load = 101 - 1 = 100
+                 id="rif-slots>=max_queue"),
+    pytest.param(dict(queue=10.0, avg_job_s=3.0),            # wait 10*3 = 30
+                 dict(queue=10.0, avg_job_s=20.0), {},       # qema 0.3*10 = 3, wait 3*20 = 60
                  id="wait>=max_wait_s"),
-    pytest.param(dict(cpu=0.98), dict(cpu=0.98), id="cpu>=max_cpu"),
-    pytest.param(dict(mem=0.95), dict(mem=0.95), id="mem>=max_mem"),
-    pytest.param(dict(ok=10, err=10), dict(ok=10, err=10),   # 20 jobs, 10/20 = 0.5
-                 id="error_rate"),
+    pytest.param(dict(queue=20.0, avg_job_s=3.0, slots=2),   # wait 20*3/2 = 30
+                 dict(queue=100.0, avg_job_s=1.0, slots=1), {},  # qema 30, wait 30
+                 id="wait>=max_wait_s,slots"),
+    pytest.param(dict(cpu=0.98), dict(cpu=0.98), {}, id="cpu>=max_cpu"),
+    pytest.param(dict(mem=0.95), dict(mem=0.95), {}, id="mem>=max_mem"),
+    pytest.param(dict(ok=5, err=5), dict(ok=5, err=5), {},   # 10 outcomes, 5/10 = 0.5
+                 id="error_rate"),                           # (the window was empty before)
+    pytest.param(dict(), dict(), dict(ok=2, err=8),          # feedback alone: 8/10
+                 id="error_rate,feedback"),
+    pytest.param(dict(), dict(), dict(err=1, consec=5),      # 5 in a row, the latest now
+                 id="ejection"),
 ]
 
 
 @pytest.mark.parametrize("first", [True, False])
-@pytest.mark.parametrize("hb_first, hb_later", TRIPS)
-def test_every_breaker_condition_publishes_zero_in_the_same_tick(hb_first, hb_later, first):
+@pytest.mark.parametrize("hb_first, hb_later, feedback", TRIPS)
+def test_every_breaker_condition_publishes_zero_in_the_same_tick(hb_first, hb_later,
+                                                                 feedback, first):
     sim = Sim(capacity=2)
     sim.hb(1, cpu=0.1)          # a healthy neighbour, so P has company
     hb = hb_first
@@ -162,6 +336,8 @@ def test_every_breaker_condition_publishes_zero_in_the_same_tick(hb_first, hb_la
         sim.hb(1, cpu=0.1)
         hb = hb_later
     sim.hb(0, **{"cpu": 0.1, **hb})
+    if feedback:
+        sim.fb(0, **feedback)
     sim.step()
     assert sim.out.raw[0] == 0.0
     assert sim.state.s[0] == 0.0
@@ -171,12 +347,46 @@ def test_every_breaker_condition_publishes_zero_in_the_same_tick(hb_first, hb_la
 
 
 def test_error_rate_below_threshold_or_volume_does_not_trip():
-    sim = Sim(capacity=2)
-    sim.hb(0, cpu=0.1, ok=11, err=9)   # 9/20 = 0.45 < 0.5
-    sim.hb(1, cpu=0.1, ok=0, err=19)   # 19 < 20 jobs
+    sim = Sim(capacity=3)
+    sim.hb(0, cpu=0.1, ok=6, err=4)     # 4/10 = 0.4 < 0.5
+    sim.hb(1, cpu=0.1, ok=0, err=9)     # 9 < 10 outcomes
+    sim.hb(2, cpu=0.1)
+    sim.fb(2, err=4, consec=4)          # 4 errors in a row < 5
     sim.step()
-    assert sim.state.state.tolist() == [HEALTHY, HEALTHY]
+    assert sim.state.state.tolist() == [HEALTHY, HEALTHY, HEALTHY]
     assert sim.out.raw[1] > 0.0
+    # the next tick's heartbeat adds one error: e_err = 9d + 1 = 9.97 < 10 still
+    sim.hb(1, cpu=0.1, ok=0, err=1)
+    sim.hb(0, cpu=0.1)
+    sim.hb(2, cpu=0.1)
+    sim.step()
+    assert sim.state.e_err[1] == pytest.approx(9 * DECAY + 1, abs=1e-12)
+    assert sim.out.raw[1] > 0.0
+    sim.hb(1, cpu=0.1, ok=0, err=1)      # (9d + 1)d + 1 = 10.93 >= 10, all errors: trips
+    sim.hb(0, cpu=0.1)
+    sim.hb(2, cpu=0.1)
+    sim.step()
+    assert sim.out.raw[1] == 0.0 and sim.state.state[1] == OVERLOADED
+
+
+def test_ejection_lasts_ejection_s_after_the_latest_error_and_an_ok_ends_it():
+    sim = Sim(capacity=2)
+    sim.hb(0, cpu=0.1)
+    sim.hb(1, cpu=0.1)
+    sim.fb(0, err=5, consec=5)          # tick 0: 5 errors in a row, err_age = 0
+    sim.fb(1, err=5, consec=5)
+    sim.step()
+    assert sim.out.raw.tolist() == [0.0, 0.0]
+    sim.fb(1, ok=1, consec=0)           # tick 1: slot 1 has an ok release: the run ends
+    sim.step()
+    # slot 0: err_age = 0.05 s < 5; slot 1: consec 0, raw > 0 (window 1 ok, 5d err)
+    assert sim.out.raw[0] == 0.0 and sim.out.raw[1] > 0.0
+    for k in range(2, 100):             # err_age = k * 0.05 < 5 until tick 100
+        sim.step()
+        assert sim.out.raw[0] == 0.0, k
+    sim.step()                          # tick 100: err_age = 100*50/1000 = 5.0, not < 5
+    assert sim.inp.err_age[0] == 5.0
+    assert sim.out.raw[0] > 0.0
 
 
 # ---- liveness, death and revival
@@ -229,20 +439,21 @@ def test_revival_smooths_from_zero():
     assert sim.state.state[0] == HEALTHY    # fresh: 0.4 >= 0.4
 
 
-def test_dead_nodes_count_nowhere_in_pressure_or_t():
+def test_dead_nodes_count_nowhere_in_pressure_or_r():
     sim = Sim(capacity=3, weights_cpu=0.0, weights_mem=0.0, weights_wait=0.0,
-              weights_throughput=1.0, k1=0.0, k2=0.0)
-    sim.hb(0, throughput=50.0, queue=5.0, avg_job_s=2.0)     # wait 10
-    sim.hb(1, throughput=100.0, queue=9.0, avg_job_s=5.0)    # wait 45 (tripped)
-    sim.hb(2, throughput=1000.0, queue=5.0, avg_job_s=6.0)   # wait 30, dead
+              weights_success=0.0, weights_rate=1.0, k1=0.0, k2=0.0)
+    sim.hb(0, queue=5.0, avg_job_s=2.0)      # wait 10, rate 0.5
+    sim.hb(1, queue=9.0, avg_job_s=1.0)      # wait 9, rate 1
+    sim.hb(2, queue=5.0, avg_job_s=0.001)    # wait 0.005, rate 1000, dead
     sim.last[2] = -200
     n_ranked, P, live = sim.step()
     assert live == 2
-    # P = (min(10/30, 1) + min(45/30, 1)) / 2 = (1/3 + 1)/2 = 0.6667
-    assert P == pytest.approx(2 / 3)
-    # T = 100 (the dead node's 1000 is excluded): core = g_tput = 50/100 = 0.5
+    # P = (min(10/30, 1) + min(9/30, 1)) / 2 = (1/3 + 0.3)/2 = 0.31667
+    assert P == pytest.approx(19 / 60)
+    # R = max(0.5, 1) = 1 (the dead node's 1000 is excluded): core = g_rate = 0.5/1
     assert sim.out.raw[0] == pytest.approx(0.5)
-    assert sim.state.state.tolist() == [HEALTHY, OVERLOADED, DEAD]
+    assert sim.out.raw[1] == pytest.approx(1.0)
+    assert sim.state.state.tolist() == [HEALTHY, HEALTHY, DEAD]
 
 
 # ---- quarantine
@@ -417,9 +628,31 @@ def test_forgotten_slot_is_cleared_and_counts_nowhere():
     st, out = sim.state, sim.out
     assert st.state[1] == UNREGISTERED
     assert (st.qema[1], st.s[1], st.flap[1], st.n[1], st.probation[1], st.memory[1]) == (0, 0, 0, 0, 0, 0)
+    assert (st.e_ok[1], st.e_err[1]) == (0.0, 0.0)
     assert (out.score[1], out.raw[1], out.wait[1], out.liveness[1]) == (0, 0, 0, 0)
     assert (n_ranked, live) == (2, 2)
     assert out.counts.sum() == 2
+
+
+def test_reused_slot_starts_feedback_and_window_from_zero():
+    sim = Sim(capacity=2)
+    sim.hb(0, cpu=0.1, ok=0, err=30)
+    sim.hb(1, cpu=0.1)
+    sim.fb(0, rif=40.0, err=20, consec=20)
+    sim.step()
+    assert sim.state.e_err[0] == 50.0 and sim.out.raw[0] == 0.0   # tripped and ejected
+    sim.forget(0)                            # forgotten: the driver resets its feedback
+    sim.hb(1, cpu=0.1)
+    sim.step()
+    sim.hb(0, cpu=0.1, ok=2, err=0)          # a new node registers into slot 0
+    sim.hb(1, cpu=0.1)
+    sim.step()
+    st = sim.state
+    # e_ok = 0*d + 2, e_err = 0*d + 0: nothing of the earlier 50 errors
+    assert (st.e_ok[0], st.e_err[0]) == (2.0, 0.0)
+    assert (sim.inp.rif[0], sim.inp.consec[0], sim.inp.err_age[0]) == (0.0, 0.0, math.inf)
+    assert sim.out.wait[0] == 0.0 and st.state[0] == HEALTHY
+    assert sim.out.raw[0] == pytest.approx(sim.out.raw[1], abs=1e-12)   # same as a twin
 
 
 def test_ranking_by_score_then_slot():
