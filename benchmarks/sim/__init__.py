@@ -8,10 +8,11 @@ Each (scenario, seed, policy) triple is one deterministic discrete-event run
 policy of that scenario and seed shares.  Scores come from the real kernels.
 Every table is over several seeds (5 by default): the JSON keeps each metric's
 median under the metric's name and every seed's value under ``by_seed``;
-goals are judged on the worst seed.  The full default run writes the
-"Routing quality" section of benchmarks/RESULTS.md (between its markers,
-nothing else) and benchmarks/results/sim.json; other runs print the tables and
-write only where ``--json`` / ``--md`` say.
+goals are judged on the worst seed.  A run writes its JSON into the ignored
+``benchmarks/out/sim.json``; ``--record`` (the full default run only) writes
+the "Routing quality" section of benchmarks/RESULTS.md (between its markers,
+nothing else) and benchmarks/results/sim.json instead.  ``--json`` / ``--md``
+write where they say.
 
 Public API: `main(argv) -> int`, `simulate(...) -> dict`, `SCENARIOS`,
 `POLICIES`; the shipped pick lives in `clients.pick`.
@@ -40,6 +41,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _BENCH = os.path.dirname(_HERE)
 DEFAULT_MD = os.path.join(_BENCH, "RESULTS.md")
 DEFAULT_JSON = os.path.join(_BENCH, "results", "sim.json")
+OUT_JSON = os.path.join(_BENCH, "out", "sim.json")   # ignored by git
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
 QUICK_SEEDS = (1,)
 _SCALARS = ("jobs", "mean_s", "p50_s", "p99_s", "p999_s", "mean_wait_s", "failed", "lost",
@@ -210,9 +212,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--json", help="write the result document here")
     ap.add_argument("--md", help="write the Routing quality section into this markdown file")
+    ap.add_argument("--record", action="store_true",
+                    help="the full default run, recorded: benchmarks/results/sim.json and RESULTS.md")
     args = ap.parse_args(argv)
     if args.seed and args.seeds:
         ap.error("--seed and --seeds are exclusive")
+    if args.record and (args.quick or args.scenario or args.policy or args.seed or args.seeds
+                        or args.score_override or args.retries is not None
+                        or args.schedulers is not None):
+        ap.error("--record is the full default run: without --quick, --scenario, --policy, "
+                 "--seed(s), --score-override, --retries or --schedulers")
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds {args.seeds}: must be >= 1")
     if args.seed:
@@ -229,11 +238,8 @@ def main(argv=None) -> int:
         ap.error(str(e))
     body = render(result)
     print(body)
-    canonical = not (args.quick or args.scenario or args.policy or overrides
-                     or seeds != list(DEFAULT_SEEDS) or args.retries is not None
-                     or args.schedulers is not None)
-    json_path = args.json or (DEFAULT_JSON if canonical else None)
-    md_path = args.md or (DEFAULT_MD if canonical else None)
+    json_path = args.json or (DEFAULT_JSON if args.record else OUT_JSON)
+    md_path = args.md or (DEFAULT_MD if args.record else None)
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path + ".tmp", "w", encoding="utf-8") as f:
