@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from shm_engine.core import config as config_module
-from shm_engine.core.config import Config, check_files, load_config
+from shm_engine.core.config import Config, check_files, load_config, with_overrides
 from shm_engine.core.errors import ConfigError
 from support.engine import cli, free_port, segment_exists, write_config
 from support.users import OTHER_USER, as_other_user
@@ -154,17 +154,6 @@ def _int_keys(cls=Config, path=""):
             yield name
 
 
-def _with(dotted: dict) -> Config:
-    data: dict = {}
-    for key, value in dotted.items():
-        *sections, last = key.split(".")
-        node = data
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[last] = value
-    return Config.from_dict(data)
-
-
 def test_the_bounds_table_lists_every_integer_key():
     assert set(INT_BOUNDS) == set(_int_keys())
 
@@ -173,7 +162,7 @@ def test_the_bounds_table_lists_every_integer_key():
 def test_integer_key_bounds(key):
     low, high, needs = INT_BOUNDS[key]
     for value in (low, high):
-        cfg = _with({key: value, **needs})
+        cfg = with_overrides(Config(), {key: value, **needs})
         section, name = key.rsplit(".", 1)
         obj = cfg
         for part in section.split("."):
@@ -181,7 +170,7 @@ def test_integer_key_bounds(key):
         assert getattr(obj, name) == value
     for value in (low - 1, high + 1, -(2**63), 2**64):
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)} = {value} "):
-            _with({key: value, **needs})
+            with_overrides(Config(), {key: value, **needs})
 
 
 # ------------------------------------------------- files the config names --
