@@ -148,6 +148,8 @@ class ScoreReader:
         self._claims: ClaimTable | None = None   # mapped on first use (read-write)
         self._stopped: str | None = None         # why the engine is gone, once seen
         self._next_dead_check = 0.0
+        self._stopping_mv = memoryview(v.header.stopping)
+        self._beat_mv = memoryview(v.header.supervisor_alive_mono)
 
     @classmethod
     def attach(cls, name: str = DEFAULT_NAME, *, owner: int | str | None = None
@@ -171,6 +173,7 @@ class ScoreReader:
             self._claims.close()   # unmaps once its open claims are released
             self._claims = None
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
+        self._stopping_mv = self._beat_mv = None
         self._ranked_mv = self._nranked_mv = None
         self._bufs = None
         self._seg.close()
@@ -221,15 +224,15 @@ class ScoreReader:
         """Why the engine is gone, or None while it runs (cached once gone)."""
         if self._stopped is not None:
             return self._stopped
-        h = self._hdr
-        if h.stopping[0]:
+        if self._stopping_mv[0]:
             why = "is stopping or stopped"
-        elif now - float(h.supervisor_alive_mono[0]) < SUPERVISOR_SILENT_S:
+        elif now - self._beat_mv[0] < SUPERVISOR_SILENT_S:
             return None
         elif now < self._next_dead_check:
             return None
         else:
             self._next_dead_check = now + DEAD_CHECK_INTERVAL_S
+            h = self._hdr
             pid = int(h.creator_pid[0])
             if process_alive(pid, int(h.creator_start[0])):
                 return None
