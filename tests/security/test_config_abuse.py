@@ -272,3 +272,22 @@ def test_run_refuses_a_non_utf8_config(shm_name, tmp_path):
     run = cli("run", "--name", shm_name, "--config", str(path), timeout=120)
     assert run.returncode == 2 and "not UTF-8 text: byte 0xff at line 2" in run.stderr
     assert not segment_exists(shm_name)
+
+
+def test_a_config_that_fails_after_the_segments_exist_leaves_nothing(shm_name, tmp_path):
+    """A bind that passes validation but fails at start (the port is taken):
+    the ingest exits fatally after the segments were made; ``run`` removes
+    them and exits 1."""
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.PULL)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        config = write_config(tmp_path / "e.toml", port)
+        run = cli("run", "--name", shm_name, "--config", str(config), timeout=300)
+    finally:
+        taken.close(0)
+        ctx.term()
+    assert run.returncode == 1, run.stderr
+    assert "ingest_bind_failed" in run.stderr and "engine_stopped" in run.stderr, run.stderr
+    assert not segment_exists(shm_name)
+    assert not os.path.exists(f"/dev/shm/{shm_name}.claims")

@@ -174,6 +174,23 @@ def test_a_failed_initialisation_leaves_no_segment(shm_name, monkeypatch):
     assert not os.path.exists(_dev_shm(claims_posix_name(shm_name)))
 
 
+def test_run_fails_cleanly_when_the_claims_name_is_held(shm_name):
+    """The scores segment is made, then the claims name turns out held (by a
+    live engine of ours here): ``run`` raises and leaves only what it found."""
+    from shm_engine.core.config import Config
+    from shm_engine.core.errors import EngineAlreadyRunning
+    from shm_engine.ops.supervisor import Supervisor
+
+    held = ClaimsSegment.create(shm_name, 8, 2)
+    try:
+        with pytest.raises(EngineAlreadyRunning, match=rf"engine '{shm_name}' is already running"):
+            Supervisor(shm_name, Config()).run()
+        assert not segment_exists(shm_name)
+        assert os.path.exists(_dev_shm(claims_posix_name(shm_name)))   # not ours to remove
+    finally:
+        held.close()
+
+
 def test_an_endpoint_too_long_for_the_header_creates_nothing(shm_name):
     with pytest.raises(ValueError, match="longer than 255 bytes"):
         Segment.create(shm_name, 8, endpoint="ipc:///" + "x" * 300)
