@@ -19,9 +19,9 @@ Invariants:
   and no one else may write it (the scores segment: neither group nor
   others; the claims segment: others never, the group when ``[claims]
   shm_mode`` says so: `SCORES_FORBIDDEN`, `CLAIMS_FORBIDDEN`).  Attach checks
-  both on the descriptor it maps (``fstat``: no race with a rename), against
-  the expected owner (default: the caller's effective uid; ``owner=`` for an
-  engine that runs as another user).  Creation refuses a name held by a
+  both on the descriptor it maps (``fstat``: what is checked is what is
+  mapped), against the expected owner (default: the caller's effective uid;
+  ``owner=`` for an engine that runs as another user).  Creation refuses a name held by a
   segment that fails the same check instead of taking it for an engine:
   another user can create ``/dev/shm/NAME`` first, but never make the
   engine or its readers use it.
