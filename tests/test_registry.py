@@ -224,12 +224,13 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     slots = np.array([w[0] for w in writes], np.int64)
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
     expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
-                  row_version=np.zeros(8, np.uint64))
+                  row_version=np.zeros(8, np.uint64), slots=np.zeros(8))
     for s, rec in zip(slots.tolist(), recs):
         if 0 <= s < 8:
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
             expect["recv_time"][s] = now
+            expect["slots"][s] = 1.0
             expect["reported"][s] = rec["flags"] & 15
             expect["row_version"][s] += 2
     written = write_rows(column_addresses(table), 8, slots, recs, now)
@@ -310,10 +311,10 @@ def _race(reg, t, inp, gen, hb_seen, state, cache, gathers):
     for _ in range(gathers):
         gave_up += gather_inputs(
             reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem, t.queue,
-            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.reported,
-            gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
-            inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io, inp.p50_ms,
-            inp.p95_ms, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
+            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.slots,
+            t.reported, gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age,
+            inp.cpu, inp.mem, inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
+            inp.p50_ms, inp.p95_ms, inp.slots, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
             cache.gen, cache.version, cache.recv_time)
         new = 0
         for s in range(ROWS):
