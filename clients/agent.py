@@ -38,6 +38,7 @@ from typing import Any
 import zmq
 
 from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
+from shm_engine.wire.format import U32_MAX
 
 __all__ = ["Agent", "Reporter", "report", "check_report", "default_listen", "cmd_agent",
            "REPORT_FIELDS"]
@@ -46,7 +47,6 @@ DEFAULT_LISTEN_TCP = "tcp://127.0.0.1:7711"
 LISTEN_SOCKET_NAME = "shm-engine-agent.sock"
 MAX_REPORT_BYTES = 4096
 LOG_EVERY_S = 10.0           # at most one line per problem kind per this many seconds
-_U32_MAX = 2**32 - 1
 
 #: Fields a service may report, with their meaning (docs/agent.md).
 REPORT_FIELDS = {
@@ -94,8 +94,8 @@ def check_report(obj: Any) -> tuple[dict, list[str]]:
             problems.append(f"unknown field {str(key)[:40]!r}")
             continue
         if key in ("ok", "err"):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32_MAX:
-                problems.append(f"{key}={value!r:.40} is not an integer in [0, {_U32_MAX}]")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U32_MAX:
+                problems.append(f"{key}={value!r:.40} is not an integer in [0, {U32_MAX}]")
             else:
                 good[key] = int(value)
             continue
@@ -310,8 +310,8 @@ class Agent:
             self._problem("report", "service_report_ignored " + "; ".join(problems)[:300])
         if "ok" in good or "err" in good:
             self.okerr_reported = True
-            self.ok = min(self.ok + good.pop("ok", 0), _U32_MAX)
-            self.err = min(self.err + good.pop("err", 0), _U32_MAX)
+            self.ok = min(self.ok + good.pop("ok", 0), U32_MAX)
+            self.err = min(self.err + good.pop("err", 0), U32_MAX)
         self.service.update(good)
 
     def poll_reports(self, timeout_s: float = 0.0) -> int:
@@ -437,8 +437,8 @@ def cmd_agent(args) -> int:
     except ImportError:
         return fail("needs psutil (pip install 'shm-engine[agent]')")
     node_id = args.node_id or socket.gethostname()
-    from shm_engine import wire
-    _rec, _labels, reason, detail = wire.check_heartbeat(
+    from shm_engine.wire.jsondecode import check_heartbeat
+    _rec, _labels, reason, detail = check_heartbeat(
         {"node": node_id, "cpu": 0.0, "mem": 0.0, "queue": 0.0, "avg_job_s": 0.0})
     if reason is not None:
         return fail(f"node id {node_id!r} is not valid ({detail}); give --node-id")

@@ -3,6 +3,8 @@
 Invariant: nothing this client sends is rejected by the engine's validation
 (``shm_engine.wire``), because every heartbeat is checked here first with the
 same code; a bad heartbeat is the caller's bug and raises ``InvalidHeartbeat``.
+The client never loads numba: it validates with the wire package's Python
+checks (the engine's compiled batch check applies the same rule table).
 
 Rules for callers:
 - ``send``/``send_batch`` never block.  When the socket's queue is full (the
@@ -28,8 +30,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from shm_engine import wire
 from shm_engine.core.errors import ShmEngineError
+from shm_engine.wire.binary import decode_binary
+from shm_engine.wire.encode import encode_batch, encode_json, encode_record
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 class InvalidHeartbeat(ShmEngineError, ValueError):
@@ -88,14 +93,14 @@ class HeartbeatClient:
 
     def __init__(self, endpoint: str, *, sndhwm: int = 10000, linger_ms: int = 0,
                  curve: CurveKeys | None = None,
-                 max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if curve is not None and not isinstance(curve, CurveKeys):
             raise ValueError(f"curve must be a CurveKeys or None, got {type(curve).__name__}")
         if curve is not None and not zmq.has("curve"):
             raise ValueError("curve: this libzmq has no CURVE support")
-        if max_frame_bytes < wire.HEADER_SIZE + wire.RECORD_SIZE:
+        if max_frame_bytes < HEADER_SIZE + RECORD_SIZE:
             raise ValueError(f"max_frame_bytes={max_frame_bytes} cannot hold one record "
-                             f"({wire.HEADER_SIZE + wire.RECORD_SIZE} bytes)")
+                             f"({HEADER_SIZE + RECORD_SIZE} bytes)")
         self.endpoint = endpoint
         self.max_frame_bytes = max_frame_bytes
         self.sent = 0
@@ -123,13 +128,13 @@ class HeartbeatClient:
 
         Raises InvalidHeartbeat if the engine would reject it."""
         self._check_usable()
-        record, labels, reason, detail = wire.check_heartbeat({"node": node, **fields})
+        record, labels, reason, detail = check_heartbeat({"node": node, **fields})
         if reason is not None:
             raise InvalidHeartbeat(reason, detail)
         if labels is None:
-            frame = wire.encode_record(record)
+            frame = encode_record(record)
         else:
-            frame = wire.encode_json({"node": node, **fields})
+            frame = encode_json({"node": node, **fields})
         return self._send_frame(frame, 1)
 
     def send_batch(self, records: Iterable[Mapping] | np.ndarray) -> int:
@@ -142,26 +147,26 @@ class HeartbeatClient:
         """
         self._check_usable()
         batch = self._validated(records)
-        per_frame = (self.max_frame_bytes - wire.HEADER_SIZE) // wire.RECORD_SIZE
+        per_frame = (self.max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
         queued = 0
         for start in range(0, len(batch), per_frame):
             chunk = batch[start:start + per_frame]
-            if self._send_frame(wire.encode_batch(chunk), len(chunk)):
+            if self._send_frame(encode_batch(chunk), len(chunk)):
                 queued += len(chunk)
         return queued
 
     def _validated(self, records: Iterable[Mapping] | np.ndarray) -> np.ndarray:
         if isinstance(records, np.ndarray):
-            if records.dtype != wire.RECORD_DTYPE:
+            if records.dtype != RECORD_DTYPE:
                 raise TypeError(f"records array has dtype {records.dtype}, "
                                 "not wire.RECORD_DTYPE")
-            decoded = wire.decode_frame(wire.encode_batch(records), float("inf"))
+            decoded = decode_binary(memoryview(encode_batch(records)), compiled=False)
             if decoded.rejects:
                 raise InvalidHeartbeat(*decoded.sample[0])
             return decoded.records
         rows = []
         for mapping in records:
-            record, labels, reason, detail = wire.check_heartbeat(dict(mapping))
+            record, labels, reason, detail = check_heartbeat(dict(mapping))
             if reason is not None:
                 raise InvalidHeartbeat(reason, detail)
             if labels is not None:
@@ -169,7 +174,7 @@ class HeartbeatClient:
                     "bad_field", f"node {mapping['node']!r}: labels cannot travel in a "
                                  "binary batch; send this heartbeat with send()")
             rows.append(record)
-        out = np.zeros(len(rows), wire.RECORD_DTYPE)
+        out = np.zeros(len(rows), RECORD_DTYPE)
         for i, record in enumerate(rows):
             out[i] = record
         return out

@@ -11,7 +11,10 @@ import zmq
 from clients import agent as agent_mod
 from clients.agent import Agent, Reporter, check_report
 from clients.heartbeat import HeartbeatClient
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import record_to_dict
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
+from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.ops.cli import main
 
 TIMEOUT_S = 5.0
@@ -28,9 +31,9 @@ class FakeSampler:
 
 def recv_heartbeat(sock) -> dict:
     assert sock.poll(int(TIMEOUT_S * 1000)), "no heartbeat within the timeout"
-    d = wire.decode_frame(sock.recv(), wire.DEFAULT_MAX_FRAME_BYTES)
+    d = decode_frame(sock.recv(), DEFAULT_MAX_FRAME_BYTES)
     assert d.rejects == {} and len(d.records) == 1, d.sample
-    return wire.record_to_dict(d.records[0])
+    return record_to_dict(d.records[0])
 
 
 def poll_until(agent, cond):
@@ -109,7 +112,7 @@ def test_bad_service_input_is_ignored(raw, kept, bad):
         assert (agent.ok, agent.err) == (0, 0)
         assert agent.bad_reports == int(bad) and len(logs) == int(bad)
         hb = agent.build()       # whatever came in, the heartbeat stays valid
-        assert wire.check_heartbeat(hb)[2] is None
+        assert check_heartbeat(hb)[2] is None
     finally:
         agent.close()
 
@@ -220,7 +223,7 @@ def test_agent_heartbeats_over_curve_reach_an_authenticating_engine_socket(tmp_p
     from zmq.auth.thread import ThreadAuthenticator
 
     from shm_engine.ops.keys import make_keys
-    from shm_engine.wire import decode_frame
+    from shm_engine.wire.decode import decode_frame
 
     make_keys(str(tmp_path / "server"), "engine")
     make_keys(str(tmp_path / "clients"), "agent")

@@ -38,12 +38,13 @@ def test_kind_counts_add_up(n):
 
 
 def test_fleet_heartbeats_are_valid_and_dying_nodes_go_silent():
-    from shm_engine import wire
+    from shm_engine.wire.decode import decode_frame
+    from shm_engine.wire.encode import encode_batch
 
     fleet = Fleet(40, seed=7, period=30.0, dead_after_s=10.0)
     batch, cpu = fleet.heartbeats(0.0)
     assert len(batch) == 40
-    decoded = wire.decode_frame(wire.encode_batch(batch), float("inf"))
+    decoded = decode_frame(encode_batch(batch), float("inf"))
     assert decoded.rejects == {} and len(decoded.records) == 40
     # dying nodes are silent from 15% of the timeline for dead_after_s + 2
     batch, cpu = fleet.heartbeats(30.0 * 0.15 + 1.5)

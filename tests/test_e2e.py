@@ -17,7 +17,8 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
-from shm_engine import wire
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import HEADER, MAGIC, RECORD_SIZE, REJECT_REASONS
 from shm_engine.core.config import load_config
 from shm_engine.tick.replay import replay
 from shm_engine.core.states import NodeState
@@ -63,9 +64,9 @@ BAD_FRAMES = [
     ("bad JSON", b'{"node": "x", ', "malformed_frame"),
     ("bad UTF-8", b'{"node": "\xff\xfe", "cpu": 0.1}', "malformed_frame"),
     ("wrong magic", b"SHMX" + bytes(12), "malformed_frame"),
-    ("wrong version", wire.HEADER.pack(wire.MAGIC, 2, wire.RECORD_SIZE, 1, 0)
-     + bytes(wire.RECORD_SIZE), "unsupported_version"),
-    ("truncated binary", wire.encode_batch([hb("t")])[:-10], "malformed_frame"),
+    ("wrong version", HEADER.pack(MAGIC, 2, RECORD_SIZE, 1, 0)
+     + bytes(RECORD_SIZE), "unsupported_version"),
+    ("truncated binary", encode_batch([hb("t")])[:-10], "malformed_frame"),
     ("oversized frame", b"[" + b" " * MAX_FRAME + b"]", "frame_too_large"),
     ("array element not an object", b"[1]", "malformed_heartbeat"),
     ("missing field", json.dumps({"node": "m", "cpu": 0.1}).encode(), "missing_field"),
@@ -83,7 +84,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
     eng.wait_ready()
     sock = push(port)
     # Binary batch for two nodes, JSON for the other two: both kinds score.
-    good_frames = [wire.encode_batch(GOOD[:2])] + [wire.encode_json(h) for h in GOOD[2:]]
+    good_frames = [encode_batch(GOOD[:2])] + [encode_json(h) for h in GOOD[2:]]
 
     def send_good():
         for f in good_frames:
@@ -128,7 +129,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
     out = cli("status", "--name", shm_name, "--json")
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
-    expected = {r: 0 for r in wire.REJECT_REASONS}
+    expected = {r: 0 for r in REJECT_REASONS}
     for _what, _frame, reason in BAD_FRAMES:
         expected[reason] += 1
     assert st["ingest"]["rejected"] == expected

@@ -32,7 +32,9 @@ from clients.reader import NothingPublished, ScoreReader
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.fleet import rss_bytes
 from support.wait import wait_until
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import HEADER, HEADER_SIZE, MAGIC, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS, VERSION
 
 SEED = 1234
 FRAMES = 100_000
@@ -50,7 +52,7 @@ FUZZ_IDS = 400              # distinct fuzz node ids, far more than free slots
 GOOD_G = (0.6, 0.7, 0.8, 0.9)
 GOOD = [dict(node=f"good-{k}", cpu=0.98 * (1 - g), mem=0.95 * (1 - g),
              queue=30.0 * (1 - g), avg_job_s=1.0) for k, g in enumerate(GOOD_G)]
-GOOD_FRAMES = [wire.encode_batch(GOOD[:2]), wire.encode_json(GOOD[2]), wire.encode_json(GOOD[3])]
+GOOD_FRAMES = [encode_batch(GOOD[:2]), encode_json(GOOD[2]), encode_json(GOOD[3])]
 
 
 class Fuzzer:
@@ -60,8 +62,8 @@ class Fuzzer:
         self.rng = np.random.default_rng(seed)
         self.ids = [f"fz-{i}" for i in range(FUZZ_IDS)]
         self.pool = [self._make_hb() for _ in range(2000)]
-        self.pool_records = np.frombuffer(wire.encode_batch(self.pool)[wire.HEADER_SIZE:],
-                                          wire.RECORD_DTYPE)
+        self.pool_records = np.frombuffer(encode_batch(self.pool)[HEADER_SIZE:],
+                                          RECORD_DTYPE)
         self.huge = []          # a few large frames, reused (they cost the most to build)
         self.kinds = [
             (self.valid_binary, 10), (self.mutated_binary, 20), (self.truncated_binary, 6),
@@ -99,7 +101,7 @@ class Fuzzer:
 
     def binary(self, n: int) -> bytes:
         rows = self.pool_records[self.rng.integers(len(self.pool), size=n)]
-        return wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.RECORD_SIZE, n, 0) + rows.tobytes()
+        return HEADER.pack(MAGIC, VERSION, RECORD_SIZE, n, 0) + rows.tobytes()
 
     # -- kinds
     def valid_binary(self) -> bytes:
@@ -118,8 +120,8 @@ class Fuzzer:
     def lying_header(self) -> bytes:
         r = self.rng
         n = int(r.integers(1, 4))
-        body = self.binary(n)[wire.HEADER_SIZE:]
-        magic, ver, rsz, count, rsv = wire.MAGIC, wire.VERSION, wire.RECORD_SIZE, n, 0
+        body = self.binary(n)[HEADER_SIZE:]
+        magic, ver, rsz, count, rsv = MAGIC, VERSION, RECORD_SIZE, n, 0
         which = int(r.integers(5))
         if which == 0:
             magic = bytes(r.integers(65, 90, 4, dtype=np.uint8))
@@ -131,7 +133,7 @@ class Fuzzer:
             count = int(r.choice([2**32 - 1, 2**31, n + 1, 10**9]))
         else:
             rsv = int(r.integers(1, 2**32))
-        return wire.HEADER.pack(magic, ver, rsz, count, rsv) + body
+        return HEADER.pack(magic, ver, rsz, count, rsv) + body
 
     def valid_json(self) -> bytes:
         d = self.hb()
@@ -220,7 +222,7 @@ def _expected(frames) -> tuple[Counter, int, int]:
     for f in frames:
         got = memo.get(f) if len(f) > 4096 else None
         if got is None:
-            d = wire.decode_frame(f, MAX_FRAME)
+            d = decode_frame(f, MAX_FRAME)
             got = (tuple(d.rejects.items()), len(d.records), d.seen)
             if len(f) > 4096:
                 memo[f] = got
@@ -331,7 +333,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
     assert ing["accepted"] + sum(rejected.values()) == ing["heartbeats"]
     good_sent = sent - FRAMES     # frames of good heartbeats, 4 heartbeats per 3 frames
     assert ing["heartbeats"] == seen + good_sent // 3 * 4
-    for reason in wire.REJECT_REASONS:
+    for reason in REJECT_REASONS:
         if reason != "registry_full":
             assert rejected[reason] == want_rejects.get(reason, 0), reason
     # A valid heartbeat is either applied or refused for want of a slot.

@@ -1,23 +1,28 @@
 """HeartbeatClient over a real PULL socket: frames arrive and decode; local
 validation raises InvalidHeartbeat; send never blocks without a peer."""
 
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from clients import HeartbeatClient, InvalidHeartbeat
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, node_key, record_to_dict
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
 from support.engine import free_port
 
 HB = dict(cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 TIMEOUT_MS = 5000
 
 
-def recv_decoded(sock, max_frame_bytes=wire.DEFAULT_MAX_FRAME_BYTES):
+def recv_decoded(sock, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES):
     assert sock.poll(TIMEOUT_MS), "no frame within the timeout"
     frame = sock.recv()
-    return frame, wire.decode_frame(frame, max_frame_bytes)
+    return frame, decode_frame(frame, max_frame_bytes)
 
 
 def test_send_binary_and_json_frames_arrive_and_decode(pull):
@@ -29,10 +34,10 @@ def test_send_binary_and_json_frames_arrive_and_decode(pull):
         # receive before close: with linger 0, close discards what is unsent
         frame, d = recv_decoded(sock)
         assert frame[:4] == b"SHMH" and d.rejects == {}
-        assert wire.record_to_dict(d.records[0]) == dict(node="n1", **HB, ok=3, err=0, zone="eu")
+        assert record_to_dict(d.records[0]) == dict(node="n1", **HB, ok=3, err=0, zone="eu")
         frame, d = recv_decoded(sock)
         assert frame[:1] == b"{" and d.labels == [b'{"rack":"r9"}']
-        assert wire.node_key(d.records[0]) == b"n2"
+        assert node_key(d.records[0]) == b"n2"
 
 
 def test_send_batch_splits_frames_under_the_limit(pull):
@@ -46,13 +51,13 @@ def test_send_batch_splits_frames_under_the_limit(pull):
         for expected in (10, 10, 5):
             frame, d = recv_decoded(sock, limit)
             assert len(frame) <= limit and d.seen == expected and d.rejects == {}
-            got += [wire.node_key(r).decode() for r in d.records]
+            got += [node_key(r).decode() for r in d.records]
     assert got == [f"n{i}" for i in range(25)]
 
 
 def test_send_batch_accepts_a_record_array(pull):
     sock, endpoint = pull
-    arr = wire.decode_frame(wire.encode_batch([dict(node="a", **HB), dict(node="b", **HB)]),
+    arr = decode_frame(encode_batch([dict(node="a", **HB), dict(node="b", **HB)]),
                             1 << 20).records
     with HeartbeatClient(endpoint) as client:
         assert client.send_batch(arr) == 2
@@ -83,7 +88,7 @@ def test_send_batch_validates_everything_before_sending(pull):
             client.send_batch([dict(node="ok", **HB), dict(node="", **HB)])
         with pytest.raises(InvalidHeartbeat, match=r"labels cannot travel in a binary batch"):
             client.send_batch([dict(node="a", **HB, labels={"a": "b"})])
-        bad = wire.decode_frame(wire.encode_batch([dict(node="a", **HB)]), 1 << 20).records
+        bad = decode_frame(encode_batch([dict(node="a", **HB)]), 1 << 20).records
         bad["cpu"] = 7.0
         with pytest.raises(InvalidHeartbeat, match=r"cpu=7\.0 out of"):
             client.send_batch(bad)
@@ -142,3 +147,31 @@ def test_array_dtype_is_checked():
     with HeartbeatClient("tcp://127.0.0.1:1") as client:
         with pytest.raises(TypeError, match="RECORD_DTYPE"):
             client.send_batch(np.zeros(3, np.float64))
+
+
+def test_sending_a_record_array_does_not_load_numba():
+    """A sender validates a record array with the wire package's Python
+    checks (the same rule table as the engine's compiled check), so even a
+    large batch never loads numba into the sending process."""
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from clients import HeartbeatClient\n"
+            "from shm_engine.wire.format import RECORD_DTYPE\n"
+            "recs = np.zeros(50, RECORD_DTYPE)\n"
+            "recs['cpu'], recs['mem'] = 0.5, 0.25\n"
+            "recs['node'] = [f'n{i}'.encode() for i in range(50)]\n"
+            "bad = recs.copy()\n"
+            "bad['cpu'][7] = 2.0\n"
+            "client = HeartbeatClient('tcp://127.0.0.1:9', linger_ms=0)\n"
+            "client.send_batch(recs)\n"
+            "try:\n"
+            "    client.send_batch(bad)\n"
+            "except ValueError as err:\n"
+            "    print(err)\n"
+            "client.close()\n"
+            "print(','.join(m for m in ('numba', 'llvmlite') if m in sys.modules) or 'light')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    rejected, loaded = out.stdout.strip().splitlines()
+    assert rejected == "bad_field: node 'n7': cpu=2.0 out of [0, 1]"
+    assert loaded == "light"

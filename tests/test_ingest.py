@@ -21,7 +21,9 @@ import pytest
 import zmq
 
 from shm_engine.ingest import process as ingest_mod
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE, REJECT_REASONS
 from shm_engine.core.config import Config
 from shm_engine.core.runtime import EXIT_FATAL
 from shm_engine.ingest.process import Ingest, ingest_main
@@ -70,7 +72,7 @@ def counters(views) -> dict:
     h = views.header
     out = {"frames": int(h.ingest_frames[0]), "heartbeats": int(h.ingest_heartbeats[0]),
            "accepted": int(h.ingest_accepted[0])}
-    out.update({r: int(h.rejects[i]) for i, r in enumerate(wire.REJECT_REASONS) if h.rejects[i]})
+    out.update({r: int(h.rejects[i]) for i, r in enumerate(REJECT_REASONS) if h.rejects[i]})
     return out
 
 
@@ -85,14 +87,14 @@ def assert_balanced(views) -> None:
 
 def test_first_heartbeats_take_the_lowest_free_slots(ing, seg):
     v = seg.views
-    ing.handle_frame(wire.encode_batch([hb("a"), hb("b"), hb("c")]), 0.0)
+    ing.handle_frame(encode_batch([hb("a"), hb("b"), hb("c")]), 0.0)
     assert [slot_of(v, n) for n in "abc"] == [0, 1, 2]
     # t=200: a and c report again; at t=300 b's age is 300 >= 300: forgotten.
-    ing.handle_frame(wire.encode_batch([hb("a"), hb("c")]), 200.0)
+    ing.handle_frame(encode_batch([hb("a"), hb("c")]), 200.0)
     assert ing.forget(300.0) == [1]
     assert slot_of(v, "b") == -1 and int(v.header.registered[0]) == 2
     # The next new node takes slot 1, the lowest free one (not slot 3).
-    ing.handle_frame(wire.encode_json(hb("d")), 301.0)
+    ing.handle_frame(encode_json(hb("d")), 301.0)
     assert slot_of(v, "d") == 1
     assert int(v.header.slot_hwm[0]) == 3
     assert_balanced(v)
@@ -100,14 +102,14 @@ def test_first_heartbeats_take_the_lowest_free_slots(ing, seg):
 
 def test_a_node_too_old_at_arrival_is_registered_anew_in_the_lowest_free_slot(ing, seg):
     v = seg.views
-    ing.handle_frame(wire.encode_batch([hb("p"), hb("q")]), 0.0)      # p: 0, q: 1
-    ing.handle_frame(wire.encode_json(hb("q")), 250.0)
+    ing.handle_frame(encode_batch([hb("p"), hb("q")]), 0.0)      # p: 0, q: 1
+    ing.handle_frame(encode_json(hb("q")), 250.0)
     assert ing.forget(300.0) == [0]                                     # p: age 300
     gen_q = int(v.registry.slot_gen[1])
     # t=550: q's age is 550 - 250 = 300 >= forget_after_s; the periodic
     # forget has not run yet, so the arrival itself forgets q: slot 1 is
     # freed and q registered anew in slot 0, the lowest free slot.
-    ing.handle_frame(wire.encode_json(hb("q", queue=7.0)), 550.0)
+    ing.handle_frame(encode_json(hb("q", queue=7.0)), 550.0)
     assert slot_of(v, "q") == 0
     assert v.registry.registered[1] == 0
     assert int(v.registry.slot_gen[1]) == gen_q + 2                    # freed once
@@ -117,9 +119,9 @@ def test_a_node_too_old_at_arrival_is_registered_anew_in_the_lowest_free_slot(in
 
 def test_a_node_younger_than_forget_after_keeps_its_slot_and_generation(ing, seg):
     v = seg.views
-    ing.handle_frame(wire.encode_json(hb("a")), 0.0)
+    ing.handle_frame(encode_json(hb("a")), 0.0)
     gen = int(v.registry.slot_gen[0])
-    ing.handle_frame(wire.encode_json(hb("a")), FORGET - 0.001)
+    ing.handle_frame(encode_json(hb("a")), FORGET - 0.001)
     assert int(v.registry.slot_gen[0]) == gen
     assert ing.forget(FORGET) == []
 
@@ -128,7 +130,7 @@ def test_same_node_twice_in_a_new_registration_frame_gets_one_slot(ing, seg):
     v = seg.views
     # New node twice in one frame: the second must not see the fresh slot's
     # never-written row as "too old" and register it again.
-    ing.handle_frame(wire.encode_batch([hb("n", queue=1.0), hb("m"), hb("n", queue=2.0)]), 1e6)
+    ing.handle_frame(encode_batch([hb("n", queue=1.0), hb("m"), hb("n", queue=2.0)]), 1e6)
     assert slot_of(v, "n") == 0 and slot_of(v, "m") == 1
     assert int(v.header.registered[0]) == 2
     assert v.table.queue[0] == 2.0        # the later heartbeat of the frame wins
@@ -142,16 +144,16 @@ def test_registry_full_rejects_new_nodes_and_keeps_known_ones(shm_name):
         v = seg.views
         ing = Ingest(v, make_config())
         # a, b fill both slots; c is rejected; b's second heartbeat is kept.
-        ing.handle_frame(wire.encode_batch([hb("a"), hb("b"), hb("c"), hb("b", cpu=0.75)]), 5.0)
+        ing.handle_frame(encode_batch([hb("a"), hb("b"), hb("c"), hb("b", cpu=0.75)]), 5.0)
         assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 3, "registry_full": 1}
         assert slot_of(v, "c") == -1
         assert v.table.cpu[1] == 0.75
         # Full again through JSON; a freed slot is taken by the next new node.
-        ing.handle_frame(wire.encode_json(hb("d")), 6.0)
+        ing.handle_frame(encode_json(hb("d")), 6.0)
         assert counters(v)["registry_full"] == 2
-        ing.handle_frame(wire.encode_json(hb("b")), 300.0)
+        ing.handle_frame(encode_json(hb("b")), 300.0)
         assert ing.forget(305.0) == [0]                   # a: age 300
-        ing.handle_frame(wire.encode_json(hb("d")), 306.0)
+        ing.handle_frame(encode_json(hb("d")), 306.0)
         assert slot_of(v, "d") == 0
         assert_balanced(v)
     finally:
@@ -160,9 +162,9 @@ def test_registry_full_rejects_new_nodes_and_keeps_known_ones(shm_name):
 
 def test_ingest_adopts_the_registry_of_a_previous_ingest(ing, seg):
     v = seg.views
-    ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0)
+    ing.handle_frame(encode_batch([hb("a"), hb("b")]), 1.0)
     again = Ingest(v, make_config())          # a restarted ingest
-    again.handle_frame(wire.encode_batch([hb("b"), hb("c")]), 2.0)
+    again.handle_frame(encode_batch([hb("b"), hb("c")]), 2.0)
     assert [slot_of(v, n) for n in "abc"] == [0, 1, 2]
     assert int(v.header.registered[0]) == 3
 
@@ -183,9 +185,9 @@ REJECT_CASES = [
     ("unsupported_version", _binary_header(version=2)),
     ("malformed_heartbeat", b"[17]"),
     ("missing_field", b'{"node":"a","cpu":0.5,"mem":0.5,"queue":1}'),
-    ("bad_field", wire.encode_json(hb("a")).replace(b'"cpu":0.5', b'"cpu":1.5')),
-    ("bad_node_id", wire.encode_json(hb("a")).replace(b'"node":"a"', b'"node":""')),
-    ("unknown_field", wire.encode_json(hb("a"))[:-1] + b',"gpu":0.5}'),
+    ("bad_field", encode_json(hb("a")).replace(b'"cpu":0.5', b'"cpu":1.5')),
+    ("bad_node_id", encode_json(hb("a")).replace(b'"node":"a"', b'"node":""')),
+    ("unknown_field", encode_json(hb("a"))[:-1] + b',"gpu":0.5}'),
 ]
 
 
@@ -208,9 +210,9 @@ def test_registry_full_is_counted_in_its_slot(shm_name):
     seg = Segment.create(shm_name, capacity=1)
     try:
         ing = Ingest(seg.views, make_config())
-        ing.handle_frame(wire.encode_json(hb("a")), 1.0)
-        ing.handle_frame(wire.encode_json(hb("b")), 1.0)
-        i = wire.REJECT_REASONS.index("registry_full")
+        ing.handle_frame(encode_json(hb("a")), 1.0)
+        ing.handle_frame(encode_json(hb("b")), 1.0)
+        i = REJECT_REASONS.index("registry_full")
         assert int(seg.views.header.rejects[i]) == 1
         assert int(seg.views.header.rejects.sum()) == 1
     finally:
@@ -219,8 +221,8 @@ def test_registry_full_is_counted_in_its_slot(shm_name):
 
 def _records(*mappings) -> np.ndarray:
     """RECORD_DTYPE rows of valid mappings (to be corrupted by the test)."""
-    frame = wire.encode_batch(list(mappings))
-    return np.frombuffer(frame, wire.RECORD_DTYPE, offset=16).copy()
+    frame = encode_batch(list(mappings))
+    return np.frombuffer(frame, RECORD_DTYPE, offset=16).copy()
 
 
 def test_bad_heartbeats_in_a_binary_batch_keep_the_good_ones(ing, seg):
@@ -228,15 +230,15 @@ def test_bad_heartbeats_in_a_binary_batch_keep_the_good_ones(ing, seg):
     recs = _records(hb("good1"), hb("bad-cpu"), hb("good2"), hb("bad-nan"))
     recs[1]["cpu"] = 1.5
     recs[3]["queue"] = np.nan
-    ing.handle_frame(wire.encode_batch(recs), 3.0)
+    ing.handle_frame(encode_batch(recs), 3.0)
     assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 2, "bad_field": 2}
     assert [slot_of(v, n) for n in ("good1", "good2", "bad-cpu", "bad-nan")] == [0, 1, -1, -1]
 
 
 def test_bad_heartbeats_in_a_json_array_keep_the_good_ones(ing, seg):
     v = seg.views
-    frame = (b"[" + wire.encode_json(hb("x")) + b',{"node":"y"},42,'
-             + wire.encode_json(hb("z", io=0.5)) + b"]")
+    frame = (b"[" + encode_json(hb("x")) + b',{"node":"y"},42,'
+             + encode_json(hb("z", io=0.5)) + b"]")
     ing.handle_frame(frame, 3.0)
     assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 2,
                            "missing_field": 1, "malformed_heartbeat": 1}
@@ -252,8 +254,8 @@ def test_rows_are_written_exactly(ing, seg):
     v = seg.views
     full = hb("full", cpu=0.125, mem=0.75, queue=3.0, avg_job_s=0.25, throughput=12.5,
               ok=7, err=2, io=0.375, p50_ms=10.0, p95_ms=40.0, ts=1700000000.5)
-    ing.handle_frame(wire.encode_json(full), 42.5)
-    ing.handle_frame(wire.encode_batch([hb("bare", queue=9.0)]), 43.5)
+    ing.handle_frame(encode_json(full), 42.5)
+    ing.handle_frame(encode_batch([hb("bare", queue=9.0)]), 43.5)
     t = v.table
     # column: (slot 0 from the JSON frame, slot 1 from the binary one)
     expected = {
@@ -261,13 +263,13 @@ def test_rows_are_written_exactly(ing, seg):
         "queue": (3.0, 9.0), "avg_job_s": (0.25, 0.5), "throughput": (12.5, 0.0),
         "ok": (7.0, 0.0), "err": (2.0, 0.0), "io": (0.375, 0.0), "p50_ms": (10.0, 0.0),
         "p95_ms": (40.0, 0.0), "ts": (1700000000.5, 0.0),
-        "reported": (wire.HAS_THROUGHPUT | wire.HAS_OKERR | wire.HAS_IO | wire.HAS_TAIL, 0),
+        "reported": (HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL, 0),
         "row_version": (2, 2),
     }
     for col, (a, b) in expected.items():
         assert getattr(t, col)[:2].tolist() == [a, b], col
     # A later heartbeat replaces the whole row: unreported metrics read 0.
-    ing.handle_frame(wire.encode_json(hb("full", cpu=0.0)), 44.0)
+    ing.handle_frame(encode_json(hb("full", cpu=0.0)), 44.0)
     assert (t.throughput[0], t.ok[0], t.io[0], t.p95_ms[0], t.reported[0]) == (0, 0, 0, 0, 0)
     assert (t.cpu[0], t.recv_time[0], t.row_version[0]) == (0.0, 44.0, 4)
     assert_balanced(v)
@@ -276,22 +278,22 @@ def test_rows_are_written_exactly(ing, seg):
 def test_zone_and_labels_are_stored_replaced_and_cleared(ing, seg):
     v = seg.views
     reg = v.registry
-    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"gpu": "a100", "b": "x"})), 1.0)
+    ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"gpu": "a100", "b": "x"})), 1.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"eu-1"
     assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"x","gpu":"a100"}'
     meta, epoch = int(reg.meta_version[0]), int(v.header.registry_epoch[0])
     # Unchanged metadata: no version bump.
-    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"b": "x", "gpu": "a100"})), 2.0)
+    ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"b": "x", "gpu": "a100"})), 2.0)
     assert (int(reg.meta_version[0]), int(v.header.registry_epoch[0])) == (meta, epoch)
     # Same length, other bytes: replaced.
-    ing.handle_frame(wire.encode_json(hb("a", zone="eu-1", labels={"b": "y", "gpu": "a100"})), 3.0)
+    ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"b": "y", "gpu": "a100"})), 3.0)
     assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"y","gpu":"a100"}'
     assert int(reg.meta_version[0]) == meta + 2
     # A binary heartbeat carries no labels and here no zone: both cleared.
-    ing.handle_frame(wire.encode_batch([hb("a")]), 4.0)
+    ing.handle_frame(encode_batch([hb("a")]), 4.0)
     assert not reg.zone[0].any() and reg.labels_len[0] == 0
     # A binary zone is stored.
-    ing.handle_frame(wire.encode_batch([hb("a", zone="us-2")]), 5.0)
+    ing.handle_frame(encode_batch([hb("a", zone="us-2")]), 5.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"us-2"
     assert int(v.header.registered[0]) == 1
 
@@ -306,14 +308,14 @@ def test_a_batch_of_one_left_by_rejects_is_applied_as_a_one_record_frame(shm_nam
 
     def padded(h):
         if "labels" in h:   # only JSON carries labels
-            return b"[" + wire.encode_json(h) + b"," + json.dumps(bad).encode() + b"]"
+            return b"[" + encode_json(h) + b"," + json.dumps(bad).encode() + b"]"
         recs = _records(h, hb("x"))
         recs[1]["cpu"] = 2.0
-        return wire.encode_batch(recs)
+        return encode_batch(recs)
 
-    lone = [wire.encode_json(h) if "labels" in h else wire.encode_batch([h]) for h in sent]
+    lone = [encode_json(h) if "labels" in h else encode_batch([h]) for h in sent]
     pairs = [padded(h) for h in sent]
-    assert all(wire.decode_frame(f, 1 << 20).one is None for f in pairs)
+    assert all(decode_frame(f, 1 << 20).one is None for f in pairs)
     results = []
     for frames in (lone, pairs):
         seg = Segment.create(f"{shm_name}{len(results)}", capacity=8)
@@ -330,10 +332,10 @@ def test_a_batch_of_one_left_by_rejects_is_applied_as_a_one_record_frame(shm_nam
 
 def test_the_last_heartbeat_of_a_node_in_a_frame_sets_its_zone(ing, seg):
     reg = seg.views.registry
-    ing.handle_frame(wire.encode_json(hb("a", zone="z1")), 1.0)
-    ing.handle_frame(wire.encode_batch([hb("a", zone="z2"), hb("a", zone="z1")]), 2.0)
+    ing.handle_frame(encode_json(hb("a", zone="z1")), 1.0)
+    ing.handle_frame(encode_batch([hb("a", zone="z2"), hb("a", zone="z1")]), 2.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"z1"
-    ing.handle_frame(wire.encode_batch([hb("a", zone="z1"), hb("a", zone="z3")]), 3.0)
+    ing.handle_frame(encode_batch([hb("a", zone="z1"), hb("a", zone="z3")]), 3.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"z3"
 
 
@@ -348,9 +350,9 @@ def test_a_large_batch_writes_every_row_exactly(shm_name):
         recs["cpu"] = rng.random(n)
         recs["queue"] = rng.random(n) * 50
         recs["throughput"] = rng.random(n) * 10
-        recs["flags"] = np.where(np.arange(n) % 2 == 0, wire.HAS_THROUGHPUT, 0)
+        recs["flags"] = np.where(np.arange(n) % 2 == 0, HAS_THROUGHPUT, 0)
         recs["throughput"][recs["flags"] == 0] = 0.0
-        ing.handle_frame(wire.encode_batch(recs), 9.0)
+        ing.handle_frame(encode_batch(recs), 9.0)
         assert counters(v) == {"frames": 1, "heartbeats": n, "accepted": n}
         t = v.table
         for col in ("cpu", "mem", "queue", "avg_job_s", "throughput"):
@@ -367,19 +369,19 @@ def test_a_repeated_batch_follows_registry_changes(ing, seg):
     change in the registry since must still be seen."""
     v = seg.views
     names = [f"n{i}" for i in range(8)]
-    frame = wire.encode_batch([hb(x) for x in names])
+    frame = encode_batch([hb(x) for x in names])
     ing.handle_frame(frame, 0.0)
     ing.handle_frame(frame, 1.0)
     assert [slot_of(v, x) for x in names] == list(range(8))
     # Same length and first node, another node in the middle: its own slot.
-    other = wire.encode_batch([hb(x) for x in names[:3] + ["zz"] + names[4:]])
+    other = encode_batch([hb(x) for x in names[:3] + ["zz"] + names[4:]])
     ing.handle_frame(other, 2.0)                  # capacity 8: zz does not fit
     assert counters(v)["registry_full"] == 1 and slot_of(v, "zz") == -1
     # n3 goes silent and is forgotten; zz takes its slot; the old frame
     # must then register n3 anew (nowhere: full) instead of writing zz's row.
-    ing.handle_frame(wire.encode_batch([hb(x) for x in names if x != "n3"]), 200.0)
+    ing.handle_frame(encode_batch([hb(x) for x in names if x != "n3"]), 200.0)
     assert ing.forget(301.0) == [3]
-    ing.handle_frame(wire.encode_json(hb("zz", queue=5.0)), 302.0)
+    ing.handle_frame(encode_json(hb("zz", queue=5.0)), 302.0)
     assert slot_of(v, "zz") == 3
     ing.handle_frame(frame, 303.0)
     assert counters(v)["registry_full"] == 2 and slot_of(v, "n3") == -1
@@ -401,12 +403,12 @@ def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_work
 
     with monkeypatch.context() as m:   # the row writer, for batches and batches of one
         m.setattr(ingest_mod, "write_rows", broken)
-        assert ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 1.0) == 0
-        assert ing.handle_frame(wire.encode_batch([hb("a")]), 1.5) == 0
+        assert ing.handle_frame(encode_batch([hb("a"), hb("b")]), 1.0) == 0
+        assert ing.handle_frame(encode_batch([hb("a")]), 1.5) == 0
         assert counters(v) == {"frames": 2, "heartbeats": 3, "accepted": 0,
                                "malformed_frame": 3}
         assert "ingest_internal_error" in capsys.readouterr().err
-    assert ing.handle_frame(wire.encode_batch([hb("a")]), 2.0) == 1
+    assert ing.handle_frame(encode_batch([hb("a")]), 2.0) == 1
     assert_balanced(v)
 
 
@@ -416,7 +418,7 @@ def test_keyboard_interrupt_is_not_swallowed(ing, monkeypatch):
 
     monkeypatch.setattr(ingest_mod, "decode_frame", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ing.handle_frame(wire.encode_json(hb("a")), 1.0)
+        ing.handle_frame(encode_json(hb("a")), 1.0)
 
 
 def test_reject_log_is_one_line_per_interval_with_samples(ing, capsys):
@@ -504,8 +506,8 @@ def test_process_applies_json_and_binary_frames_and_stops_on_stopping(shm_name, 
     try:
         push.connect(endpoint)
         t0 = time.monotonic()
-        push.send(wire.encode_json(hb("j1", zone="z", labels={"k": "v"})))
-        push.send(wire.encode_batch([hb(f"b{i}", queue=float(i)) for i in range(10)]))
+        push.send(encode_json(hb("j1", zone="z", labels={"k": "v"})))
+        push.send(encode_batch([hb(f"b{i}", queue=float(i)) for i in range(10)]))
         push.send(b"[1]")
         wait_for(lambda: v.header.ingest_frames[0] >= 3, 30, "3 frames counted")
         assert counters(v) == {"frames": 3, "heartbeats": 12, "accepted": 11,
@@ -611,12 +613,12 @@ def test_curve_admits_authorized_clients_only(shm_name, reap, tmp_path):
             push.setsockopt(zmq.LINGER, 0)
             push.curve_publickey, push.curve_secretkey, push.curve_serverkey = pub, sec, server_key
             push.connect(endpoint)
-            push.send(wire.encode_json(hb(name)))
+            push.send(encode_json(hb(name)))
             socks.append(push)
         wait_for(lambda: v.header.ingest_frames[0] >= 1, 30, "the authorized frame")
         # A second round trip from the client gives the stranger's frame,
         # sent first, all the time it would need to arrive.
-        socks[1].send(wire.encode_json(hb("client")))
+        socks[1].send(encode_json(hb("client")))
         wait_for(lambda: v.header.ingest_frames[0] >= 2, 30, "the second authorized frame")
         assert slot_of(v, "client") == 0 and slot_of(v, "stranger") == -1
         v.header.stopping[0] = 1
@@ -652,16 +654,16 @@ def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, s
     reached forget_after (300 s) must still take the record-by-record paths."""
     v, reg = seg.views, seg.views.registry
     names = [f"n{i}" for i in range(8)]
-    ing.handle_frame(wire.encode_batch([hb(x) for x in names]), 0.0)
-    ing.handle_frame(wire.encode_batch([hb(x) for x in names]), 1.0)   # remembered
+    ing.handle_frame(encode_batch([hb(x) for x in names]), 0.0)
+    ing.handle_frame(encode_batch([hb(x) for x in names]), 1.0)   # remembered
     gen = [int(g) for g in reg.slot_gen[:8]]
-    ing.handle_frame(wire.encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
+    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
                      2.0)
     assert bytes(reg.zone[5]).rstrip(b"\0") == b"z9" and not reg.zone[4].any()
     # n2 silent from 2 s on; at 302 s its age is 300 >= forget_after: registered
     # anew (new generation) in its own, lowest free, slot; the others keep theirs.
-    ing.handle_frame(wire.encode_batch([hb(x) for x in names if x != "n2"]), 150.0)
-    ing.handle_frame(wire.encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
+    ing.handle_frame(encode_batch([hb(x) for x in names if x != "n2"]), 150.0)
+    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
                      302.0)
     assert [slot_of(v, x) for x in names] == list(range(8))
     assert int(reg.slot_gen[2]) == gen[2] + 4
@@ -675,7 +677,7 @@ def test_check_slots_statuses():
     from shm_engine.ingest._checks import AGED, META, STALE, check_slots
 
     def words(*ids_zones):
-        recs = np.zeros(len(ids_zones), wire.RECORD_DTYPE)
+        recs = np.zeros(len(ids_zones), RECORD_DTYPE)
         recs["node"] = [i for i, _ in ids_zones]
         recs["zone"] = [z for _, z in ids_zones]
         return recs.view(np.uint64).reshape(len(recs), -1)
@@ -708,20 +710,20 @@ def _singles_and_others():
     a JSON frame padded to 208 bytes and a 2-record batch in between."""
     frames = []
     for i in range(40):
-        frames.append(wire.encode_batch([hb(f"n{i % 6}", queue=float(i))]))
-    frames[5] = wire.encode_batch([hb("n7", queue=55.0)])               # new node
-    bad = bytearray(wire.encode_batch([hb("n1", queue=99.0)]))
+        frames.append(encode_batch([hb(f"n{i % 6}", queue=float(i))]))
+    frames[5] = encode_batch([hb("n7", queue=55.0)])               # new node
+    bad = bytearray(encode_batch([hb("n1", queue=99.0)]))
     bad[16] = 0xFF                                                      # cpu: NaN-ish bytes
     frames[9] = bytes(bad)
     bad2 = bytearray(frames[10])
     bad2[16 + 88] = 0                                                   # empty node id
     frames[10] = bytes(bad2)
-    frames[12] = wire.encode_batch([hb("n2", zone="z1", queue=12.0)])   # zone set
-    js = wire.encode_json(hb("n8", queue=8.0))
+    frames[12] = encode_batch([hb("n2", zone="z1", queue=12.0)])   # zone set
+    js = encode_json(hb("n8", queue=8.0))
     js = js[:-1] + b" " * (208 - len(js)) + b"}"                         # 208 bytes, JSON
     assert len(js) == 208
     frames.insert(20, js)
-    frames.insert(30, wire.encode_batch([hb("n9"), hb("n0", queue=3.0)]))
+    frames.insert(30, encode_batch([hb("n9"), hb("n0", queue=3.0)]))
     frames.append(b"SHMH")                                              # truncated
     return frames
 
@@ -731,18 +733,18 @@ def _json_and_others():
     JSON, an array) between runs of 1-record binary frames."""
     frames = []
     for i in range(30):
-        frames.append(wire.encode_json(hb(f"n{i % 5}", queue=float(i))))
-    frames[3] = wire.encode_json(hb("n1", labels={"gpu": "a100"}, zone="z1"))
-    frames[4] = wire.encode_json(hb("n1", labels={"gpu": "h100"}))          # labels change
+        frames.append(encode_json(hb(f"n{i % 5}", queue=float(i))))
+    frames[3] = encode_json(hb("n1", labels={"gpu": "a100"}, zone="z1"))
+    frames[4] = encode_json(hb("n1", labels={"gpu": "h100"}))          # labels change
     frames[6] = b'{"node": "n2", "cpu": 2.0, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
     frames[7] = b'{"node": "n3", "node": "n4", "cpu": 0.1}'
     frames[8] = b'{"node": "n3", '                                            # broken
     frames[9] = b'{"node": "n6", "cpu": 0.1, "mem": 0.1, "queue": 1, "avg_job_s": 1, "x": 1}'
-    frames[11] = wire.encode_json(hb("n7", zone="z2"))                        # new node
-    frames[13] = b"[" + wire.encode_json(hb("n2")) + b"]"                     # an array
+    frames[11] = encode_json(hb("n7", zone="z2"))                        # new node
+    frames[13] = b"[" + encode_json(hb("n2")) + b"]"                     # an array
     frames[14] = b"{" + b"[" * 40 + b"]" * 40 + b"}"                          # too deep
-    frames[20:20] = [wire.encode_batch([hb(f"n{i % 3}", queue=float(i))]) for i in range(9)]
-    frames.append(wire.encode_json(hb("n0", queue=77.0)))
+    frames[20:20] = [encode_batch([hb(f"n{i % 3}", queue=float(i))]) for i in range(9)]
+    frames.append(encode_json(hb("n0", queue=77.0)))
     return frames
 
 
@@ -756,13 +758,13 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
     runs = []
     for name in ("decode_one_record_frames", "decode_json_objects"):
         monkeypatch.setattr(ingest_mod, name,
-                            lambda fs, real=getattr(wire, name): runs.append(real(fs)) or runs[-1])
+                            lambda fs, real=getattr(ingest_mod, name): runs.append(real(fs)) or runs[-1])
     results = []
     for coalesce in (False, True):
         seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)
         try:
             ing = Ingest(seg.views, make_config())
-            ing.handle_frame(wire.encode_batch([hb("old")]), 0.0)
+            ing.handle_frame(encode_batch([hb("old")]), 0.0)
             accepted = 0
             for start in range(0, len(frames), chunk):
                 part = frames[start:start + chunk]
@@ -790,9 +792,9 @@ def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
     """A run with the same silent node twice: forgotten and registered anew
     once (as frame by frame), then its second heartbeat updates the row."""
     v, reg = seg.views, seg.views.registry
-    ing.handle_frame(wire.encode_batch([hb("a"), hb("b")]), 0.0)
+    ing.handle_frame(encode_batch([hb("a"), hb("b")]), 0.0)
     gen = int(reg.slot_gen[0])
-    frames = [wire.encode_batch([hb("a" if i in (2, 5) else "b", queue=float(i))])
+    frames = [encode_batch([hb("a" if i in (2, 5) else "b", queue=float(i))])
               for i in range(10)]
     assert ing.handle_frames(frames, 400.0) == 10
     assert slot_of(v, "a") == 0 and int(reg.slot_gen[0]) == gen + 4

@@ -12,7 +12,7 @@ from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
-from shm_engine.wire import check_heartbeat
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 def _scrape(name, per_node=False) -> str:

@@ -18,7 +18,7 @@ from shm_engine.core.seqlock import write_begin, write_end
 from shm_engine.core.states import NodeState
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
-from shm_engine.wire import check_heartbeat
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 def _hb(node, **kw):

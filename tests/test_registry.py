@@ -20,7 +20,8 @@ from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, 
 from shm_engine.core.rows import (column_addresses, gather, gather_inputs, make_gather_cache,
                                   write_rows)
 from shm_engine.core.segment import Segment
-from shm_engine.wire import RECORD_DTYPE, check_heartbeat
+from shm_engine.wire.format import RECORD_DTYPE
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ import zmq
 from clients.reader import NothingPublished, ScoreReader
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
-from shm_engine import wire
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_json
+from shm_engine.wire.format import RECORD_DTYPE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +61,7 @@ def _running_engine(shm_name, tmp_path, reap, nodes) -> Engine:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    frame = b"[" + b",".join(wire.encode_json(dict(node=n, cpu=0.1, mem=0.1, queue=0.0,
+    frame = b"[" + b",".join(encode_json(dict(node=n, cpu=0.1, mem=0.1, queue=0.0,
                                                    avg_job_s=1.0)) for n in nodes) + b"]"
     reader = ScoreReader.attach(shm_name)
     try:
@@ -194,9 +196,9 @@ def test_json_decoder_builds_only_plain_data():
     # The wire decoder's output for hostile JSON holds only str/float/int/dict/list.
     frame = b'{"node": "__import__(\'os\').system(\'x\')", "cpu": 0.1, "mem": 0.1, ' \
             b'"queue": 0, "avg_job_s": 1, "labels": {"a": "$(id)"}}'
-    d = wire.decode_frame(frame, 1 << 20)
+    d = decode_frame(frame, 1 << 20)
     assert len(d.records) == 1
     assert bytes(d.records[0]["node"]) == b"__import__('os').system('x')"
     assert d.labels == [b'{"a":"$(id)"}']
-    assert d.records.dtype == wire.RECORD_DTYPE and not d.records.dtype.hasobject
+    assert d.records.dtype == RECORD_DTYPE and not d.records.dtype.hasobject
     assert np.all(d.records["cpu"] == 0.1)

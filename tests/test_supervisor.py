@@ -133,7 +133,7 @@ def test_wildcard_port_is_resolved_and_published(shm_name, tmp_path, engine_at):
 
     import zmq
 
-    from shm_engine.wire import encode_json
+    from shm_engine.wire.encode import encode_json
 
     eng = engine_at(shm_name, write_config(tmp_path / "e.toml", "*"))
     eng.wait_ready()

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from clients.reader import ScoreReader
-from shm_engine import wire
+from shm_engine.wire.encode import node_key
+from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
@@ -43,10 +44,10 @@ def seg(shm_name):
 
 def send(views, registry, now, **hb):
     """Apply one heartbeat as the ingest does; returns its slot."""
-    rec, labels, reason, detail = wire.check_heartbeat(hb)
+    rec, labels, reason, detail = check_heartbeat(hb)
     assert rec is None or reason is None
     assert rec is not None, detail
-    key = wire.node_key(rec)
+    key = node_key(rec)
     slot = registry.get(key)
     if slot < 0:
         slot = registry.register(key, b"", labels)

@@ -1,6 +1,7 @@
-"""The small-frame binary path (plain comparisons on a struct unpack) against the
-vectorised one: same records, reject reasons, counts and sample details on
-random and mutated frames of 1..4 records, and `one` mirrors the record."""
+"""The small-frame binary path (the scalar accept and the fault finder on a
+struct unpack) against the compiled batch path: same records, reject
+reasons, counts and sample details on random and mutated frames of 1..4
+records, and `one` mirrors the record."""
 
 import json
 import struct
@@ -10,8 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shm_engine import wire
-from shm_engine.wire import RECORD_DTYPE, decode_frame
+from shm_engine.wire import binary
+from shm_engine.wire.binary import batch_faults, decode_one_record_frames, record_fault
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import RECORD_DTYPE, RECORD_STRUCT
+from shm_engine.wire.jsondecode import check_mapping, decode_json_objects
 
 MAX = 1 << 20
 
@@ -36,10 +41,10 @@ def both(frame: bytes):
     mv = memoryview(frame)
     count = struct.unpack_from("<I", frame, 8)[0]
     for i in range(count):
-        # the one-expression accept must never pass a record a rule rejects
-        v = wire._REC.unpack_from(mv, 16 + 192 * i)
-        assert not wire._plainly_valid(v) or wire._record_fault(v) is None
-    small, large = wire._decode_small(mv, count), wire._decode_large(mv, count)
+        # the one-expression accept passes exactly what the fault finder passes
+        v = RECORD_STRUCT.unpack_from(mv, 16 + 192 * i)
+        assert binary._accept(v) == (record_fault(v) is None)
+    small, large = binary._decode_small(mv, count), binary._decode_large(mv, count)
     if count == 1:   # decode_frame's inlined 1-record path
         whole = decode_frame(frame, MAX)
         assert_same(whole, large)
@@ -68,7 +73,7 @@ def assert_one_mirrors_records(d):
 
 
 def body_of(bases) -> bytearray:
-    return bytearray(wire.encode_batch([dict(b, node=f"{b['node'][:60]}{i}")
+    return bytearray(encode_batch([dict(b, node=f"{b['node'][:60]}{i}")
                                         for i, b in enumerate(bases)]))
 
 
@@ -79,7 +84,7 @@ def body_of(bases) -> bytearray:
        st.lists(st.tuples(st.integers(0, 3), st.sampled_from(F8_NAMES), st.sampled_from(FLOATS)),
                 max_size=3),
        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 255)), max_size=2))
-def test_small_path_agrees_with_the_vectorised_one(bases, pokes, floats, flags):
+def test_small_path_agrees_with_the_compiled_one(bases, pokes, floats, flags):
     frame = body_of(bases)
     n = len(bases)
     for rec, name, value in floats:
@@ -94,6 +99,20 @@ def test_small_path_agrees_with_the_vectorised_one(bases, pokes, floats, flags):
 
 
 @FUZZ
+@given(st.lists(st.sampled_from(BASES), min_size=5, max_size=12),
+       st.lists(st.tuples(st.integers(0, 12 * 192 - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
+                max_size=8))
+def test_the_scalar_path_for_senders_agrees_with_the_compiled_one(bases, pokes):
+    """`decode_binary(compiled=False)` (what `HeartbeatClient` checks with, no
+    numba) on frames above the small-frame size: what the compiled path gives."""
+    frame = body_of(bases)
+    for pos, value in pokes:
+        frame[16 + pos % (len(bases) * 192)] = value
+    mv = memoryview(bytes(frame))
+    assert_same(binary.decode_binary(mv, compiled=False), binary.decode_binary(mv))
+
+
+@FUZZ
 @given(st.integers(1, 4), st.binary(min_size=192 * 4, max_size=192 * 4))
 def test_small_path_agrees_on_random_records(n, body):
     frame = struct.pack("<4sHHII", b"SHMH", 1, 192, n, 0) + body[:n * 192]
@@ -104,8 +123,8 @@ def test_small_path_agrees_on_random_records(n, body):
 
 def test_decode_frame_takes_the_small_path_up_to_4_records(monkeypatch):
     calls = []
-    real = wire._decode_large
-    monkeypatch.setattr(wire, "_decode_large", lambda mv, n: calls.append(n) or real(mv, n))
+    real = binary._decode_large
+    monkeypatch.setattr(binary, "_decode_large", lambda mv, n: calls.append(n) or real(mv, n))
     for n in (1, 4, 5):
         d = decode_frame(bytes(body_of(BASES[:1] * n)), MAX)
         assert d.rejects == {} and len(d.records) == n
@@ -113,13 +132,13 @@ def test_decode_frame_takes_the_small_path_up_to_4_records(monkeypatch):
 
 
 def test_one_is_set_for_a_single_accepted_heartbeat_of_either_kind():
-    b = decode_frame(wire.encode_batch([FULL]), MAX)
-    j = decode_frame(wire.encode_json(FULL), MAX)
+    b = decode_frame(encode_batch([FULL]), MAX)
+    j = decode_frame(encode_json(FULL), MAX)
     assert b.one == j.one == j.records[0].item()
     assert b.one[12:] == (b"n7", b"eu-1")
-    assert decode_frame(wire.encode_batch([FULL, MINIMAL]), MAX).one is None
+    assert decode_frame(encode_batch([FULL, MINIMAL]), MAX).one is None
     assert decode_frame(json.dumps(dict(FULL, cpu=2.0)).encode(), MAX).one is None
-    assert decode_frame(b"[" + wire.encode_json(FULL) + b"]", MAX).one == j.one
+    assert decode_frame(b"[" + encode_json(FULL) + b"]", MAX).one == j.one
 
 
 def test_json_records_are_packed_like_the_structured_assignment():
@@ -127,41 +146,40 @@ def test_json_records_are_packed_like_the_structured_assignment():
     d = decode_frame(json.dumps(objs).encode(), MAX)
     expect = np.zeros(3, RECORD_DTYPE)
     for i, o in enumerate(objs):
-        expect[i] = wire._check(dict(o))[0]
+        expect[i] = check_mapping(dict(o))[0]
     assert d.rejects == {} and d.records.tobytes() == expect.tobytes()
     assert d.records.flags.writeable
 
 
-@pytest.mark.parametrize("value", [0x00, 0x01, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("value", [0x00, 0x01, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0x85, 0xC2,
+                                   0xE2, 0xFF])
 def test_compiled_batch_check_agrees_byte_by_byte(value):
-    """The compiled batch check tests node and zone bytes 8 at a time: poke
-    every byte of both fields (and of the words around them) in turn and
-    compare with the rule-by-rule check, on a record with a zone and one
-    without.  Where the rules would need a UTF-8 decode (a byte >= 0x80) the
-    fast check must say False; elsewhere the two must agree exactly."""
-    frame = wire.encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1,
-                                    node="node-0001", zone="eu-west-1a"),
-                               dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1,
-                                    node="n" * 63)])
-    base = np.frombuffer(frame, np.uint8, 2 * 192, 16).reshape(2, 192)
-    for row in (0, 1):
+    """The compiled batch check tests node and zone bytes 8 at a time (and
+    byte by byte where one is >= 0x80): poke every byte of both fields (and
+    of the words around them) in turn, on a record with a zone, one without,
+    and ones whose text is already multi-byte UTF-8; the compiled check must
+    name the fault finder's first broken rule exactly."""
+    frame = encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1,
+                               node="node-0001", zone="eu-west-1a"),
+                          dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="n" * 63),
+                          dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="nœud-€",
+                               zone="zé")])
+    base = np.frombuffer(frame, np.uint8, 3 * 192, 16).reshape(3, 192)
+    for row in (0, 1, 2):
         for pos in range(72, 192):
             raw = base.copy()
             raw[row, pos] = value
-            recs = raw.view(wire.RECORD_DTYPE).reshape(2)
-            ok, reasons, _ = wire._validate_binary(recs, raw)
-            fast = wire._all_valid(recs, raw)
-            if value >= 0x80 and 88 <= pos < 184:
-                assert not fast, (row, pos)
-            else:
-                assert fast == (not reasons), (row, pos, reasons)
+            faults, _ = batch_faults(raw)
+            expect = [0 if (f := record_fault(RECORD_STRUCT.unpack(r.tobytes()))) is None
+                      else f[0] + 1 for r in raw]
+            assert faults.tolist() == expect, (row, pos)
 
 
 def test_one_record_frames_decode_as_one_batch_like_one_by_one():
     """decode_one_record_frames: the records, reject counts and seen of the
     frames decoded one by one; None when a frame is not a 1-record frame."""
     rng = np.random.default_rng(11)
-    good = wire.encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="a",
+    good = encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="a",
                                    zone="z")])
     frames = []
     for i in range(200):
@@ -170,7 +188,7 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
             f[16 + int(rng.integers(0, 192))] = int(rng.integers(0, 256))
         frames.append(bytes(f))
     one_by_one = [decode_frame(f, 1 << 20) for f in frames]
-    batch = wire.decode_one_record_frames(frames)
+    batch = decode_one_record_frames(frames)
     assert batch.seen == 200
     assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
     expect: dict = {}
@@ -178,25 +196,25 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
         for r, c in d.rejects.items():
             expect[r] = expect.get(r, 0) + c
     assert batch.rejects == expect and expect
-    assert wire.decode_one_record_frames(frames[:3] + [b"{" + b" " * 206 + b"}"]) is None
+    assert decode_one_record_frames(frames[:3] + [b"{" + b" " * 206 + b"}"]) is None
     bad_header = bytearray(good)
     bad_header[4] = 2                                   # version 2
-    assert wire.decode_one_record_frames([good, bytes(bad_header)]) is None
-    assert wire.decode_one_record_frames([good, good[:-1]]) is None
+    assert decode_one_record_frames([good, bytes(bad_header)]) is None
+    assert decode_one_record_frames([good, good[:-1]]) is None
 
 
 def test_json_objects_decode_as_one_batch_like_one_by_one():
     """decode_json_objects: records, labels, reject counts and samples of the
     frames decoded one by one, merged in frame order."""
     base = dict(node="a", cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1)
-    frames = [wire.encode_json(dict(base, node=f"n{i}", labels={"k": str(i)}) if i % 4 == 0
+    frames = [encode_json(dict(base, node=f"n{i}", labels={"k": str(i)}) if i % 4 == 0
                                else dict(base, node=f"n{i}")) for i in range(12)]
     frames[2] = b'{"node": "x", "cpu": -1, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
     frames[5] = b'{"node": '
     frames[7] = b'{"node": "x", "node": "y"}'
     frames[9] = b'{"node": "\\u0001", "cpu": 0.1, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
     one_by_one = [decode_frame(f, MAX) for f in frames]
-    batch = wire.decode_json_objects(frames)
+    batch = decode_json_objects(frames)
     assert batch.seen == len(frames)
     assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
     assert batch.labels == [lab for d in one_by_one for lab in d.labels or []]

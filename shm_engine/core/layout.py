@@ -112,6 +112,8 @@ import numpy as np
 
 from kernels.columns import TickOutputs, TickState
 
+from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
+
 LAYOUT_VERSION = 3      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2)
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
@@ -119,10 +121,12 @@ CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
 PAGE = 4096
 ALIGN = 64
 HEADER_BYTES = 4096
-NODE_ID_BYTES = 64      # 63 bytes of UTF-8 + at least one NUL
-ZONE_BYTES = 32         # 31 bytes of UTF-8 + at least one NUL
-LABELS_BYTES = 256      # canonical compact JSON of the labels object
-N_REJECT_SLOTS = 32     # room for reject reasons (wire.REJECT_REASONS)
+# Registry columns hold the wire's fields as they arrive (a change there
+# changes the layout: bump LAYOUT_VERSION).
+NODE_ID_BYTES = NODE_SIZE           # 63 bytes of UTF-8 + at least one NUL
+ZONE_BYTES = ZONE_SIZE              # 31 bytes of UTF-8 + at least one NUL
+LABELS_BYTES = MAX_LABELS_BYTES     # canonical compact JSON of the labels object
+N_REJECT_SLOTS = 32     # room for reject reasons (wire.format.REJECT_REASONS)
 N_WEIGHT_SLOTS = 8      # 7 weights in effect, one spare
 N_COUNT_SLOTS = 8       # 5 states, one spare each side
 NAME_BYTES = 64

@@ -32,16 +32,16 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.params import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, UNREGISTERED
+from kernels.params import UNREGISTERED
 
 from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
-from shm_engine.wire import HAS_TS
+from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, HAS_TS,
+                                    REPORTED_BITS)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
 _TWO = np.uint64(2)
-_REPORTED = HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL   # the flags a row keeps
 
 # The table columns in the order `write_rows` indexes ``columns``, with the
 # dtype it writes them as (`column_addresses` checks the table against both).
@@ -101,7 +101,7 @@ def write_rows(columns, capacity, slots, records, now):
         carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
         carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
         carray(address_pointer(columns[13]), capacity, np.float64)[s] = 1.0
-        carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & _REPORTED
+        carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & REPORTED_BITS
         store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
         written += 1
     return written

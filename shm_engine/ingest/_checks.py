@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from numba import njit
 
+from shm_engine.wire.format import NODE_WORDS, ZONE_WORDS
+
 STALE = -1     # some slot does not hold that record's node: look the ids up again
 AGED = 1       # some node is already due to be forgotten: re-register it
 META = 2       # some node's zone differs, or it has labels: compare them in full
 
-_NODE_WORD = 11          # wire record words 11..18: node id, 19..22: zone
-_ZONE_WORD = 19
+_NODE_WORD, _NODE_N = NODE_WORDS.start, NODE_WORDS.stop - NODE_WORDS.start
+_ZONE_WORD, _ZONE_N = ZONE_WORDS.start, ZONE_WORDS.stop - ZONE_WORDS.start
 
 
 @njit(cache=True, nogil=True)
@@ -23,7 +25,7 @@ def check_slots(slots, rec_words, reg_node_words, registered, labels_len, reg_zo
                 recv_time, now, forget_after_s):
     """Whether record j's node is registered in ``slots[j]``, for every j.
 
-    ``rec_words``: the records as uint64 (n, 24) words (`wire.RECORD_DTYPE`);
+    ``rec_words``: the records as uint64 (n, 24) words (`wire.format.RECORD_DTYPE`);
     ``reg_node_words`` (capacity, 8) and ``reg_zone_words`` (capacity, 4):
     the registry's padded id and zone columns as uint64 words; ``registered``,
     ``labels_len`` and ``recv_time``: the registry's and table's columns.
@@ -39,14 +41,14 @@ def check_slots(slots, rec_words, reg_node_words, registered, labels_len, reg_zo
         s = slots[j]
         if s < 0 or s >= capacity or registered[s] == 0:
             return STALE
-        for k in range(8):
+        for k in range(_NODE_N):
             if reg_node_words[s, k] != rec_words[j, _NODE_WORD + k]:
                 return STALE
         if now - recv_time[s] >= forget_after_s:
             status |= AGED
         if labels_len[s] != 0:
             status |= META
-        for k in range(4):
+        for k in range(_ZONE_N):
             if reg_zone_words[s, k] != rec_words[j, _ZONE_WORD + k]:
                 status |= META
     return status

@@ -1,7 +1,7 @@
 """The ingest process: heartbeat frames from a ZeroMQ PULL socket into the segment.
 
 Invariant: the ingest is the only writer of the registry and the heartbeat
-table.  Every frame is decoded and validated whole (`wire.decode_frame`)
+table.  Every frame is decoded and validated whole (`wire.decode.decode_frame`)
 before anything of it is applied; a rejected heartbeat leaves no trace but its
 counter, and never costs the good heartbeats of the same frame.  After each
 frame the header counters satisfy::
@@ -74,14 +74,16 @@ import zmq
 from shm_engine.ingest._checks import AGED, META, STALE, check_slots
 from shm_engine.core.config import Config
 from shm_engine.core.errors import LayoutMismatch
-from shm_engine.core.layout import N_REJECT_SLOTS, NODE_ID_BYTES, ZONE_BYTES, SegmentViews, layout_for
+from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
-from shm_engine.wire import (HEADER_SIZE, NODE_OFFSET, NODE_SIZE, RECORD_DTYPE, REJECT_REASONS, ZONE_OFFSET,
-                   ZONE_SIZE, _all_valid, decode_frame, decode_json_objects,
-                   decode_one_record_frames)
+from shm_engine.wire.binary import batch_faults, decode_one_record_frames
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.format import (FIELD_INDEX, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
+                                    REJECT_REASONS, WORDS, ZONE_WORDS)
+from shm_engine.wire.jsondecode import decode_json_objects
 
 __all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up",
            "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
@@ -94,11 +96,6 @@ _REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
 assert len(REJECT_REASONS) <= N_REJECT_SLOTS
 _MALFORMED_FRAME = _REJECT_INDEX["malformed_frame"]
 _REGISTRY_FULL = _REJECT_INDEX["registry_full"]
-# The zone field of a wire record, as a slice of its 8-byte words.
-_ZONE_WORDS = slice(ZONE_OFFSET // 8, (ZONE_OFFSET + ZONE_SIZE) // 8)
-_NODE_WORDS = slice(NODE_OFFSET // 8, (NODE_OFFSET + NODE_SIZE) // 8)
-assert ZONE_OFFSET % 8 == 0 and ZONE_SIZE == ZONE_BYTES and RECORD_DTYPE.itemsize % 8 == 0
-assert NODE_OFFSET % 8 == 0 and NODE_SIZE == NODE_ID_BYTES
 MEMO_MIN_RECORDS = 8      # smaller frames go through the dict directly
 MEMO_MAX_FRAMES = 4096    # remembered frame shapes; cleared when full
 DRAIN_CHUNK = 256         # small frames received before they are handled: bounds the wait
@@ -110,7 +107,10 @@ LARGE_CHUNK = 4           # the same for frames above RECV_COPY_MAX
 # the next chunk (`next_drain`).
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
-_ONE_FRAME = HEADER_SIZE + RECORD_DTYPE.itemsize   # bytes of a 1-record binary frame
+_ONE_FRAME = ONE_FRAME_SIZE   # bytes of a 1-record binary frame
+# `DecodedFrame.one`: the row's values come first, then node and zone as bytes.
+_NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
+assert _ZONE == _NODE + 1 == len(RECORD_DTYPE.names) - 1
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
 
 
@@ -283,8 +283,8 @@ class Ingest:
 
     def _handle_run(self, frames: list, now: float, decode, nbytes: int) -> int:
         """`handle_frames` for a run of frames of one kind: ``decode`` is
-        `wire.decode_one_record_frames` (which may refuse the run: then frame
-        by frame) or `wire.decode_json_objects`."""
+        `wire.binary.decode_one_record_frames` (which may refuse the run: then
+        frame by frame) or `wire.jsondecode.decode_json_objects`."""
         k = len(frames)
         seen, accepted, rejected = k, 0, 0
         self._full_in_frame = 0
@@ -322,7 +322,7 @@ class Ingest:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
         records, labels, one = dec.records, dec.labels, dec.one
         if one is not None:   # the decoder's copy: node and zone as bytes, no padding
-            key, zone = one[12], one[13]
+            key, zone = one[_NODE], one[_ZONE]
         else:
             key, zone = records["node"].tolist()[0], bytes(records["zone"][0])
         s = self._slot_of.get(key, -1)
@@ -431,10 +431,10 @@ class Ingest:
             keep = np.flatnonzero(slots >= 0)
             if not len(keep):
                 return
-            sl, new_zone = slots[keep], words[keep, _ZONE_WORDS]
+            sl, new_zone = slots[keep], words[keep, ZONE_WORDS]
             labs = None if labels is None else [labels[i] for i in keep.tolist()]
         else:
-            sl, new_zone, labs = slots, words[:, _ZONE_WORDS], labels
+            sl, new_zone, labs = slots, words[:, ZONE_WORDS], labels
         # A zone has no inner NUL, so it is empty iff its first word is 0.
         if new_zone[:, 0].any() or self._zone_first[sl].any():
             changed = (self._zone_words[sl] != new_zone).any(axis=1)
@@ -486,7 +486,7 @@ class Ingest:
         writing: every slot is -1."""
         write_rows(self._row_columns, self._capacity, np.full(1, -1, np.int64),
                    np.zeros(1, RECORD_DTYPE), 0.0)
-        self._check(np.zeros(0, np.int64), np.zeros((0, RECORD_DTYPE.itemsize // 8), np.uint64),
+        self._check(np.zeros(0, np.int64), np.zeros((0, WORDS), np.uint64),
                     0.0)
         _warm_up_decode()
 
@@ -505,8 +505,7 @@ def warm_up() -> None:
 
 def _warm_up_decode() -> None:
     """Load the compiled check of `decode_frame`'s batch path (5+ records)."""
-    raw = np.zeros((0, RECORD_DTYPE.itemsize), np.uint8)
-    _all_valid(raw.view(RECORD_DTYPE).reshape(0), raw)
+    batch_faults(np.zeros((0, RECORD_SIZE), np.uint8))
 
 
 class _StopFlag:

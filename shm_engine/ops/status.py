@@ -24,7 +24,7 @@ from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
-from shm_engine.wire import REJECT_REASONS
+from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
 

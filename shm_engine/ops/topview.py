@@ -37,7 +37,7 @@ from shm_engine.core.errors import (
 )
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import STATE_NAMES, NodeState
-from shm_engine.wire import REJECT_REASONS
+from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top",
            "STATE_STYLES"]

@@ -5,7 +5,7 @@ A trace is JSON lines (docs/scoring.md, Replay), each with an integer
 scheduler feedback line ``{"tick": k, "feedback": NODE, "rif": R, "ok": A,
 "err": B, "consec": C}``, or ``{"tick": k}`` alone to extend the run.
 Replay uses the live engine's own code for everything that decides a
-number: heartbeat validation (`wire.check_heartbeat`), the registry (lowest
+number: heartbeat validation (`wire.jsondecode.check_heartbeat`), the registry (lowest
 free slot, forgetting), the row writer and the consistent gather
 (`rows.write_rows`, `rows.gather`), and the kernels (`kernels.tick`).  Only
 the clock and the source of the feedback differ: times are tick numbers,
@@ -35,13 +35,14 @@ import numpy as np
 import kernels
 from kernels.columns import make_inputs
 
-from shm_engine import wire
 from shm_engine.core.config import Config
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
 from shm_engine.core.states import STATE_NAMES
 from shm_engine.core.rows import column_addresses, gather, write_rows
+from shm_engine.wire.encode import node_key
+from shm_engine.wire.jsondecode import check_heartbeat
 
 
 class TraceError(ShmEngineError, ValueError):
@@ -167,11 +168,11 @@ class Replay:
 
     def _apply_pending(self, k: int) -> None:
         for obj in self._pending:
-            rec, labels, reason, _detail = wire.check_heartbeat(obj)
+            rec, labels, reason, _detail = check_heartbeat(obj)
             if rec is None:
                 self.rejects[reason] += 1
                 continue
-            key = wire.node_key(rec)
+            key = node_key(rec)
             zone = bytes(rec["zone"]).rstrip(b"\0")
             slot = self.registry.get(key)
             if slot < 0:

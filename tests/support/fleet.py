@@ -24,7 +24,7 @@ import time
 import numpy as np
 import psutil
 
-from shm_engine import wire
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER, HEADER_SIZE, MAGIC, RECORD_DTYPE, RECORD_SIZE, VERSION
 from shm_engine.core.config import ScoreConfig
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -51,7 +51,7 @@ def node_name(i: int) -> str:
 
 def fleet_records(ids: np.ndarray) -> np.ndarray:
     """RECORD_DTYPE rows of nodes ``ids`` (queue 0; set it per send)."""
-    rec = np.zeros(len(ids), wire.RECORD_DTYPE)
+    rec = np.zeros(len(ids), RECORD_DTYPE)
     cpu, mem, avg = node_params(ids)
     rec["cpu"], rec["mem"], rec["avg_job_s"] = cpu, mem, avg
     rec["node"] = [node_name(int(i)).encode() for i in ids]
@@ -63,13 +63,13 @@ def set_queue(rec: np.ndarray, ids: np.ndarray, k: int) -> None:
     rec["queue"] = (ids + k) % QUEUE_LEVELS
 
 
-def batch_frames(rec: np.ndarray, max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES) -> list:
+def batch_frames(rec: np.ndarray, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list:
     """Binary v1 frames holding ``rec`` (already valid), each within the limit."""
-    per = (max_frame_bytes - wire.HEADER_SIZE) // wire.RECORD_SIZE
+    per = (max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
     out = []
     for a in range(0, len(rec), per):
         chunk = rec[a:a + per]
-        out.append(wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.RECORD_SIZE, len(chunk), 0)
+        out.append(HEADER.pack(MAGIC, VERSION, RECORD_SIZE, len(chunk), 0)
                    + chunk.tobytes())
     return out
 
@@ -159,7 +159,7 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
 
 
 def sender_main(endpoint: str, first: int, count: int, period_s: float, stop, pause,
-                sent_counter=None, max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES) -> None:
+                sent_counter=None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
     """Send nodes ``first .. first+count-1`` every ``period_s`` until ``stop``
     is set; nothing while ``pause`` is set.  Blocking sends: none is dropped
     by this side (ZeroMQ may still drop what was queued to a dead peer)."""

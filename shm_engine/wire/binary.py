@@ -1,0 +1,309 @@
+"""Binary batch frames: the header, then every record against
+`format.RECORD_RULES`.
+
+The rules exist once, as that table; three checks apply them:
+
+- `record_fault`, the per-record fault finder: plain Python over one record
+  unpacked with `format.RECORD_STRUCT`, walking the table in order.  It is
+  the reference: it names the first rule a record breaks and says why.
+- `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
+  one boolean expression rendered from the table at import
+  (`rulecode.accept_source`), True exactly when `record_fault` finds
+  nothing.  A loop of Python calls, or a numpy reduction, costs more than a
+  whole record's comparisons at that size.
+- `_checks.check_records`, the compiled whole-batch check (larger frames and
+  runs of 1-record frames), generated from the table (`rulecode`): each
+  record's first broken rule in one pass, so a batch costs no per-record
+  Python unless it holds rejects, and then only for the sample's details.
+
+test_wire and test_wire_fastpath prove the three agree on hostile records.
+Rules for callers: everything here returns status; nothing raises on bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from operator import itemgetter
+
+import numpy as np
+
+from shm_engine.wire.format import (HEADER, HEADER_SIZE, HEADER_V1_ONE, ITEM, ONE_FRAME_SIZE,
+                                    RECORD_DTYPE, RECORD_RULES, RECORD_SIZE, RECORD_STRUCT,
+                                    RESERVED_ITEMS, RESERVED_SPANS, VERSION, FlagsByte, Number,
+                                    ReservedBytes, Text)
+from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
+                                    tally)
+from shm_engine.wire._scalar import accept, one
+from shm_engine.wire.rulecode import text_pattern
+
+SMALL_MAX = 4           # frames of at most this many records take the scalar path
+
+_FLAGS_ITEM = ITEM["flags"]
+_NODE_ITEM = ITEM["node"]
+_C0_DEL_RE = re.compile(rb"[\x01-\x1f\x7f]")
+_C1_RE = re.compile("[\x80-\x9f]")
+
+
+# ------------------------------------------------------------------ the fault finder
+
+def _text_fault(rule: Text, raw: bytes) -> str | None:
+    """What is wrong with a present text field (None: nothing)."""
+    what = rule.what
+    if rule.nonempty and raw[0] == 0:
+        return f"{what} is empty"
+    if raw[-1]:
+        return f"{what} has no trailing NUL (> {len(raw) - 1} bytes)"
+    text = raw.rstrip(b"\0")
+    if b"\0" in text:
+        return f"{what} contains NUL"
+    if rule.printable and _C0_DEL_RE.search(text):
+        return f"{what} contains a control character"
+    if not text.isascii():
+        try:
+            decoded = text.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = None
+        if decoded is None or (rule.printable and _C1_RE.search(decoded)):
+            return f"{what} is not valid UTF-8" + (" or contains a control character"
+                                                    if rule.printable else "")
+    return None
+
+
+def _range_text(rule: Number) -> str:
+    """How a value out of range is named; for an ordered pair, e.g.
+    ``not 0 < p50_ms <= p95_ms < inf``."""
+    if not rule.ordered:
+        return rule.bound.fault
+    b = rule.bound
+    a, z = rule.names
+    return (f"not {b.lo:g} {'<' if b.lo_open else '<='} {a} <= {z} "
+            f"{'<' if b.hi_open else '<='} {b.hi:g}")
+
+
+def _items(items: list[int]):
+    """``v -> tuple`` of the unpacked record's ``items``."""
+    get = itemgetter(*items)
+    return (lambda v: (get(v),)) if len(items) == 1 else get
+
+
+def _number_detail(rule: Number, xs: tuple, flags: int) -> str:
+    shown = " ".join(f"{n}={x!r}" for n, x in zip(rule.names, xs, strict=True))
+    if rule.bit and not flags & rule.bit:
+        return f"{shown} set without its presence bit 0x{rule.bit:02x}"
+    return f"{shown} {_range_text(rule)}"
+
+
+def _rule_check(rule):
+    """``check(v, flags) -> detail or None`` for one rule of RECORD_RULES,
+    made once: a valid record costs a few operations per rule."""
+    if isinstance(rule, Number):
+        bit, holds, ordered = rule.bit, rule.bound.holds, rule.ordered
+        if len(rule.names) == 1:
+            i = ITEM[rule.names[0]]
+
+            def check(v, flags):
+                x = v[i]                     # absent: exactly 0 (NaN == 0 is False)
+                ok = holds(x) if not bit or flags & bit else x == 0
+                return None if ok else _number_detail(rule, (x,), flags)
+        else:
+            i, k = (ITEM[n] for n in rule.names)
+
+            def check(v, flags):
+                x, y = v[i], v[k]
+                ok = (holds(x) and holds(y) and (not ordered or x <= y)
+                      if not bit or flags & bit else x == 0 and y == 0)
+                return None if ok else _number_detail(rule, (x, y), flags)
+    elif isinstance(rule, Text):
+        item, bit, plain = ITEM[rule.name], rule.bit, re.compile(text_pattern(rule)).fullmatch
+
+        def check(v, flags):
+            raw = v[item]
+            if bit and not flags & bit:
+                return None if not any(raw) else \
+                    f"{rule.what} bytes set without its presence bit 0x{bit:02x}"
+            return None if plain(raw) is not None else _text_fault(rule, raw)
+    elif isinstance(rule, FlagsByte):
+        def check(v, flags):
+            return f"flags=0x{flags:02x} has unknown bits" if flags & ~rule.known else None
+    else:
+        assert isinstance(rule, ReservedBytes)
+        spans = _items([_SPAN_ITEM[span] for span in rule.spans])
+
+        def check(v, flags):
+            return "reserved record bytes are not zero" if any(map(any, spans(v))) else None
+    return check
+
+
+_SPAN_ITEM = dict(zip(RESERVED_SPANS, RESERVED_ITEMS, strict=True))
+_RULE_CHECKS = tuple(_rule_check(rule) for rule in RECORD_RULES)
+
+
+def record_fault(v: tuple) -> tuple[int, str, str] | None:
+    """The first rule of RECORD_RULES that the unpacked record ``v``
+    (`RECORD_STRUCT`) breaks, as (its index, reason, detail without the node
+    label); None for a valid record."""
+    flags = v[_FLAGS_ITEM]
+    for i, check in enumerate(_RULE_CHECKS):
+        detail = check(v, flags)
+        if detail is not None:
+            return i, RECORD_RULES[i].reason, detail
+    return None
+
+
+# ------------------------------------------------------------------ the scalar fast path
+
+def _text_ok(rule_index: int, raw: bytes) -> bool:
+    """The accept's slow path: text that is not plain ASCII."""
+    rule = RECORD_RULES[rule_index]
+    assert isinstance(rule, Text)
+    return _text_fault(rule, raw) is None
+
+
+def _accept(v: tuple) -> bool:
+    """Whether the unpacked record ``v`` breaks no rule (`_scalar.accept`)."""
+    return accept(v, _text_ok)
+
+
+# ------------------------------------------------------------------ frames
+
+def _fault_sample(v: tuple) -> tuple[str, str]:
+    """(reason, detail with the node label) of a record that breaks a rule."""
+    fault = record_fault(v)
+    assert fault is not None, "only a record the accept refused has a fault"
+    _, reason, detail = fault
+    return reason, f"{node_label(v[_NODE_ITEM])}: {detail}"
+
+
+def decode_one(mv: memoryview) -> DecodedFrame:
+    """`decode_frame` for a frame of one record with the v1 header (the common frame)."""
+    v = RECORD_STRUCT.unpack_from(mv, HEADER_SIZE)
+    if accept(v, _text_ok) or record_fault(v) is None:
+        return DecodedFrame(np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE),
+                            None, {}, 1, [], one(v))
+    reason, detail = _fault_sample(v)
+    return DecodedFrame(no_records(), None, {reason: 1}, 1, [(reason, detail)])
+
+
+def _scan(mv: memoryview, first: int, count: int) -> DecodedFrame:
+    """The scalar path over ``count`` records from byte ``first`` of ``mv``."""
+    unpack = RECORD_STRUCT.unpack_from
+    kept: list = []
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    for off in range(first, first + count * RECORD_SIZE, RECORD_SIZE):
+        v = unpack(mv, off)
+        if accept(v, _text_ok) or record_fault(v) is None:
+            kept.append(mv[off:off + RECORD_SIZE])
+        else:
+            tally(rejects, sample, *_fault_sample(v))
+    records = np.frombuffer(bytearray(b"".join(kept)), RECORD_DTYPE)
+    return DecodedFrame(records, None, rejects, count, sample)
+
+
+def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
+    """`decode_binary`'s scalar path, header checked."""
+    return decode_one(mv) if count == 1 else _scan(mv, HEADER_SIZE, count)
+
+
+@functools.cache
+def _compiled_check():
+    """The compiled check, imported on first use: senders never load numba."""
+    from shm_engine.wire._checks import check_records
+    return check_records
+
+
+def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
+    """(each record's first broken rule as 1 + its index in RECORD_RULES, 0
+    for a valid record; how many are invalid) of ``raw``, records as a
+    C-contiguous (n, RECORD_SIZE) uint8 array, by the compiled check."""
+    check_records = _compiled_check()
+    out = np.empty(raw.shape[0], np.uint8)
+    f8, words = raw.view("<f8"), raw.view("<u8")
+    bad = check_records(f8, words, out, False)
+    if bad:   # some may be text with bytes >= 0x80: decode those
+        bad = check_records(f8, words, out, True)
+    return out, int(bad)
+
+
+def _decode_rows(raw: np.ndarray, seen: int) -> DecodedFrame:
+    """The records of ``raw`` (a private C-contiguous (n, RECORD_SIZE) uint8
+    copy) that pass every rule, with the rejects of the others."""
+    faults, bad = batch_faults(raw)
+    records = raw.view(RECORD_DTYPE).reshape(len(raw))
+    if not bad:
+        return DecodedFrame(records, None, {}, seen, [])
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    failing = np.flatnonzero(faults)
+    for j, rule in zip(failing.tolist(), faults[failing].tolist(), strict=True):
+        if len(sample) < SAMPLE_MAX:
+            v = RECORD_STRUCT.unpack(raw[j].tobytes())
+            tally(rejects, sample, *_fault_sample(v))
+        else:
+            reason = RECORD_RULES[rule - 1].reason
+            rejects[reason] = rejects.get(reason, 0) + 1
+    kept = raw[faults == 0]
+    return DecodedFrame(kept.view(RECORD_DTYPE).reshape(len(kept)), None, rejects, seen, sample)
+
+
+def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
+    """`decode_binary`'s compiled path, header checked."""
+    # Copied out of the frame buffer first (as bytes: a structured copy is
+    # slow), so the frame can be released and the check reads aligned memory.
+    raw = np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE).reshape(
+        count, RECORD_SIZE).copy()
+    return _decode_rows(raw, count)
+
+
+def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
+    """`decode_frame` for a frame that starts with the magic (within the size
+    limit).  ``compiled=False`` takes the scalar path whatever the number of
+    records: no numba, for senders that check what they send."""
+    size = mv.nbytes
+    if size < HEADER_SIZE:
+        return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
+    _, version, record_size, count, reserved = HEADER.unpack_from(mv)
+    if version != VERSION or record_size != RECORD_SIZE:
+        return frame_reject("unsupported_version",
+                            f"version {version} record_size {record_size} "
+                            f"(known: {VERSION}, {RECORD_SIZE})")
+    if reserved != 0:
+        return frame_reject("malformed_frame", f"reserved header field is {reserved}")
+    if size != HEADER_SIZE + count * RECORD_SIZE:
+        return frame_reject("malformed_frame",
+                            f"{size} bytes, header promises {HEADER_SIZE} + {count}*{RECORD_SIZE}")
+    if count == 0:
+        return DecodedFrame(no_records(), None, {}, 0, [])
+    if count <= SMALL_MAX or not compiled:
+        return _decode_small(mv, count)
+    return _decode_large(mv, count)
+
+
+# Header of a 1-record v1 frame as its two little-endian 8-byte words.
+_ONE_HEADER_WORDS = np.frombuffer(HEADER_V1_ONE, "<u8")
+
+
+def decode_one_record_frames(frames: list) -> DecodedFrame | None:
+    """Decode k frames of exactly one binary v1 record each as one batch.
+
+    Returns what `decode_frame` returns for a k-record frame holding the
+    same records in the same order (so rejects, details and ``seen = k`` are
+    those of the k frames decoded one by one), or None when some frame is not
+    a 208-byte frame with the 1-record v1 header (decode each one then).
+    Frames are bytes-like; never raises on bad input.  The caller has checked
+    that ``max_frame_bytes`` admits a 208-byte frame.
+    """
+    k = len(frames)
+    try:
+        joined = b"".join(frames)
+    except TypeError:
+        return None
+    if len(joined) != k * ONE_FRAME_SIZE:
+        return None
+    buf = np.frombuffer(joined, np.uint8).reshape(k, ONE_FRAME_SIZE)
+    head = buf[:, :HEADER_SIZE].view("<u8")
+    if not ((head[:, 0] == _ONE_HEADER_WORDS[0]) & (head[:, 1] == _ONE_HEADER_WORDS[1])).all():
+        return None
+    return _decode_rows(np.ascontiguousarray(buf[:, HEADER_SIZE:]), k)   # a copy
+

@@ -1,0 +1,311 @@
+"""The heartbeat wire format: every byte position, bit, limit and rule, once.
+
+docs/wire-format.md is the spec for senders; this module is the same facts as
+data.  The decoders (`jsondecode`, `binary`), the encoders (`encode`), the
+compiled batch check (`_checks`, rendered from this module by `rulecode`),
+the table's row writer, the ingest's slot check and the segment layout all
+read them from here; none restates an offset, a bit or a bound.  Numpy only
+(no numba): senders import it.
+
+A binary v1 frame, little-endian::
+
+      header (16 bytes)                 record (192 bytes), `count` times
+      +------+-----+------+-----+-----+  +-----------------------------+
+      | SHMH | ver | rsz  |count| rsv |  | 0   f8 x 9: cpu mem queue   |
+      | 4    | u2  | u2   | u4  | u4  |  |     avg_job_s throughput io |
+      +------+-----+------+-----+-----+  |     p50_ms p95_ms ts        |
+        ver = 1, rsz = 192, rsv = 0      | 72  u4 ok, 76 u4 err        |
+                                         | 80  u1 flags, 81..87 rsv    |
+                                         | 88  node[64]  NUL-padded    |
+                                         | 152 zone[32]  NUL-padded    |
+                                         | 184..191 rsv                |
+                                         +-----------------------------+
+
+`RECORD_FIELDS` is the record, (name, type, offset) per field; everything
+else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
+the reserved spans) is derived from it.  Bytes no field covers are reserved
+and must be zero.
+
+`FIELDS` is the input table of SCORING.md as data, one row per heartbeat
+field (a pair sent together is one row), in the order the checks run, so a
+bound, a presence bit or a reject reason is written once.  `RECORD_RULES`
+is the binary check order: the node id, the flags byte, the record's fields
+in `FIELDS` order, the reserved bytes.  The first row a heartbeat breaks
+names its reason.
+
+Rules for editors: a new field is a line in `RECORD_FIELDS` and a row in
+`FIELDS` (and a bit, if optional); then run ``python -m shm_engine.wire``
+to render `_checks.py` again (a test fails until it matches).  Numba caches
+compiled code by source file: `core.rows` and the ingest's `_checks` compile
+word positions and bits in, so clear the numba cache after moving a field.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+from kernels.params import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT
+
+# ------------------------------------------------------------------ frames
+
+MAGIC = b"SHMH"
+VERSION = 1
+HEADER = struct.Struct("<4sHHII")     # magic, version, record_size, count, reserved
+HEADER_SIZE = HEADER.size             # 16
+RECORD_SIZE = 192
+ONE_FRAME_SIZE = HEADER_SIZE + RECORD_SIZE
+HEADER_V1_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)   # a 1-record frame's header
+DEFAULT_MAX_FRAME_BYTES = 1 << 20     # what clients split batches to
+JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")   # a frame starting so is JSON
+MAX_JSON_DEPTH = 32
+
+# ------------------------------------------------------------------ presence bits
+
+# Bits of the `flags` byte.  The first four are the kernels' "reported" bits
+# (`kernels.params`, the bottom layer: defined there, re-exported here); the
+# tick never sees the last two.
+HAS_TS = 16
+HAS_ZONE = 32
+REPORTED_BITS = HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL
+KNOWN_FLAGS = REPORTED_BITS | HAS_TS | HAS_ZONE
+
+# ------------------------------------------------------------------ the record
+
+NODE_SIZE = 64                        # padded: 63 bytes of UTF-8 + at least one NUL
+ZONE_SIZE = 32                        # padded: 31 bytes of UTF-8 + at least one NUL
+MAX_NODE_BYTES = NODE_SIZE - 1
+MAX_ZONE_BYTES = ZONE_SIZE - 1
+MAX_LABELS_BYTES = 256                # canonical compact JSON of `labels`
+U32_MAX = 2**32 - 1
+
+# The record's fields: (name, numpy type, byte offset), in offset order.
+RECORD_FIELDS = (
+    ("cpu", "<f8", 0), ("mem", "<f8", 8), ("queue", "<f8", 16), ("avg_job_s", "<f8", 24),
+    ("throughput", "<f8", 32), ("io", "<f8", 40), ("p50_ms", "<f8", 48), ("p95_ms", "<f8", 56),
+    ("ts", "<f8", 64), ("ok", "<u4", 72), ("err", "<u4", 76), ("flags", "u1", 80),
+    ("node", f"S{NODE_SIZE}", 88), ("zone", f"S{ZONE_SIZE}", 152),
+)
+FIELD_NAMES = tuple(name for name, _, _ in RECORD_FIELDS)
+RECORD_DTYPE = np.dtype({"names": list(FIELD_NAMES),
+                         "formats": [fmt for _, fmt, _ in RECORD_FIELDS],
+                         "offsets": [off for _, _, off in RECORD_FIELDS],
+                         "itemsize": RECORD_SIZE})
+
+# A field's position in RECORD_DTYPE order (in a record's values as a tuple,
+# e.g. `DecodedFrame.one`) and its byte offset.
+FIELD_INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
+OFFSET = {name: off for name, _, off in RECORD_FIELDS}
+NODE_OFFSET = OFFSET["node"]
+ZONE_OFFSET = OFFSET["zone"]
+
+# Compiled code reads records as (n, WORDS) float64 and uint64 views: a field
+# lives in word OFFSET // 8, at bit 8 * (OFFSET % 8) of it.
+WORDS = RECORD_SIZE // 8
+WORD = {name: off // 8 for name, off in OFFSET.items()}
+SHIFT = {name: 8 * (off % 8) for name, off in OFFSET.items()}
+FLAGS_WORD = WORD["flags"]
+OKERR_WORD = WORD["ok"]               # ok: the low 32 bits, err: the high 32
+NODE_WORDS = slice(WORD["node"], WORD["node"] + NODE_SIZE // 8)
+ZONE_WORDS = slice(WORD["zone"], WORD["zone"] + ZONE_SIZE // 8)
+
+
+def _reserved_spans() -> tuple[tuple[int, int], ...]:
+    """[start, end) byte spans of the record no field covers, in order."""
+    spans, pos = [], 0
+    for name, _, off in RECORD_FIELDS:
+        assert off >= pos, f"{name} overlaps the field before it"
+        if off > pos:
+            spans.append((pos, off))
+        pos = off + RECORD_DTYPE[name].itemsize
+    if pos < RECORD_SIZE:
+        spans.append((pos, RECORD_SIZE))
+    return tuple(spans)
+
+
+RESERVED_SPANS = _reserved_spans()     # ((81, 88), (184, 192))
+
+_STRUCT_CODES = {"<f8": "d", "<u4": "I", "<u2": "H", "|u1": "B"}
+
+
+def _record_structs() -> tuple[struct.Struct, struct.Struct, dict[str, int], tuple[int, ...]]:
+    """(unpack, pack, item of each field, items of the reserved spans).
+
+    ``unpack`` reads a record as a tuple of its fields and reserved spans (as
+    bytes) in offset order; ``pack`` writes the fields alone, in
+    `RECORD_DTYPE` order, reserved bytes zero."""
+    parts: list[tuple[int, str | int]] = [(off, name) for name, _, off in RECORD_FIELDS]
+    parts += [(lo, hi - lo) for lo, hi in RESERVED_SPANS]
+    unpack, pack, item_of, reserved = ["<"], ["<"], {}, []
+    for i, (_, what) in enumerate(sorted(parts, key=lambda part: part[0])):
+        if isinstance(what, int):           # a reserved span of `what` bytes
+            unpack.append(f"{what}s")
+            pack.append(f"{what}x")
+            reserved.append(i)
+            continue
+        ftype = RECORD_DTYPE[what]
+        code = f"{ftype.itemsize}s" if ftype.kind == "S" else _STRUCT_CODES[ftype.str]
+        unpack.append(code)
+        pack.append(code)
+        item_of[what] = i
+    return (struct.Struct("".join(unpack)), struct.Struct("".join(pack)), item_of,
+            tuple(reserved))
+
+
+# A record as Python objects (the scalar paths): RECORD_STRUCT.unpack gives
+# its fields, field `f` at item ITEM[f], and each reserved span, as bytes, at
+# the items RESERVED_ITEMS.  RECORD_PACK.pack(*values) takes the values in
+# RECORD_DTYPE field order and writes reserved bytes as zero.
+RECORD_STRUCT, RECORD_PACK, ITEM, RESERVED_ITEMS = _record_structs()
+assert RECORD_STRUCT.size == RECORD_PACK.size == RECORD_SIZE == RECORD_DTYPE.itemsize
+
+# ------------------------------------------------------------------ reject reasons
+
+# In the order counters are laid out (the segment's `rejects` array).
+REJECT_REASONS = (
+    "frame_too_large",      # frame longer than max_frame_bytes; not decoded at all
+    "malformed_frame",      # undecodable frame: bad UTF-8/JSON, too deep, wrong top
+                            # level, bad magic, truncated or mis-sized binary,
+                            # non-zero reserved header field
+    "unsupported_version",  # binary version or record_size we do not know
+    "malformed_heartbeat",  # an element of a JSON array that is not an object
+    "missing_field",        # a required field is absent, or half of an ok/err or
+                            # p50_ms/p95_ms pair
+    "bad_field",            # wrong type, non-finite, out of range,
+                            # bad flags/reserved bytes, labels or zone invalid
+    "bad_node_id",          # empty, > 63 bytes, invalid UTF-8, control chars, NUL
+    "unknown_field",        # a JSON key not in SCORING.md's input table
+    "registry_full",        # counted by the ingest, never by a decoder
+)
+
+# ------------------------------------------------------------------ the rules
+
+
+class Bound:
+    """The range of a number field; ``fault`` is how a rejection names it.
+    ``holds(x)``: whether ``x`` is in range (False for NaN)."""
+    __slots__ = ("lo", "hi", "lo_open", "hi_open", "fault", "holds")
+
+    def __init__(self, lo: float, hi: float, lo_open: bool, hi_open: bool, fault: str) -> None:
+        assert (lo_open or math.isfinite(lo)) and (hi_open or math.isfinite(hi)), \
+            "a bound holds finite values only (the checks rely on it)"
+        self.lo, self.hi, self.lo_open, self.hi_open, self.fault = lo, hi, lo_open, hi_open, fault
+        # One closure per kind of interval: the checks call it per value.
+        if lo_open:
+            self.holds = (lambda x: lo < x < hi) if hi_open else (lambda x: lo < x <= hi)
+        else:
+            self.holds = (lambda x: lo <= x < hi) if hi_open else (lambda x: lo <= x <= hi)
+
+    def __repr__(self) -> str:
+        return f"Bound({self.lo!r}, {self.hi!r}, {self.lo_open}, {self.hi_open}, {self.fault!r})"
+
+
+UNIT = Bound(0.0, 1.0, False, False, "out of [0, 1]")
+NON_NEGATIVE = Bound(0.0, math.inf, False, True, "out of [0, inf)")
+POSITIVE = Bound(0.0, math.inf, True, True, "out of (0, inf)")
+FINITE = Bound(-math.inf, math.inf, True, True, "not finite")
+COUNT = Bound(0, U32_MAX, False, False, f"out of [0, {U32_MAX}]")
+
+
+class Number(NamedTuple):
+    """A number field, or a pair sent together (both or neither).
+
+    ``bit``: its presence bit (0: required).  Present, each value is within
+    ``bound`` (and with ``ordered``, the first <= the second); absent, a
+    binary record holds 0 there.  An unsigned integer field in
+    `RECORD_DTYPE` takes JSON integers only, a float field any JSON number."""
+    names: tuple[str, ...]
+    bit: int
+    bound: Bound
+    ordered: bool = False
+    reason: str = "bad_field"
+
+
+class Text(NamedTuple):
+    """A NUL-padded UTF-8 string field (its size in `RECORD_DTYPE` bounds it:
+    at least one NUL).  ``what`` names it in rejections; ``printable``: no
+    control character (C0, DEL, C1); ``nonempty``: at least one byte."""
+    name: str
+    bit: int
+    what: str
+    printable: bool
+    nonempty: bool
+    reason: str
+
+
+class Labels(NamedTuple):
+    """A JSON object of string to string, kept as canonical compact JSON of
+    at most ``max_bytes``; JSON frames only (not in the binary record)."""
+    name: str
+    max_bytes: int
+    reason: str = "bad_field"
+
+
+class FlagsByte(NamedTuple):
+    """Binary only: no bit of the flags byte outside ``known``."""
+    known: int
+    reason: str = "bad_field"
+
+
+class ReservedBytes(NamedTuple):
+    """Binary only: every byte of ``spans`` is zero."""
+    spans: tuple[tuple[int, int], ...]
+    reason: str = "bad_field"
+
+
+# The heartbeat fields of SCORING.md's input table, in check order.
+FIELDS = (
+    Text("node", 0, "node id", printable=True, nonempty=True, reason="bad_node_id"),
+    Number(("cpu",), 0, UNIT),
+    Number(("mem",), 0, UNIT),
+    Number(("queue",), 0, NON_NEGATIVE),
+    Number(("avg_job_s",), 0, NON_NEGATIVE),
+    Number(("throughput",), HAS_THROUGHPUT, NON_NEGATIVE),
+    Number(("ok", "err"), HAS_OKERR, COUNT),
+    Number(("io",), HAS_IO, UNIT),
+    Number(("p50_ms", "p95_ms"), HAS_TAIL, POSITIVE, ordered=True),
+    Number(("ts",), HAS_TS, FINITE),
+    Text("zone", HAS_ZONE, "zone", printable=False, nonempty=False, reason="bad_field"),
+    Labels("labels", MAX_LABELS_BYTES),
+)
+
+# The binary record's checks, in order: the node id, the flags, the rest.
+RECORD_RULES = ((FIELDS[0], FlagsByte(KNOWN_FLAGS))
+                + tuple(f for f in FIELDS[1:] if not isinstance(f, Labels))
+                + (ReservedBytes(RESERVED_SPANS),))
+
+
+def names_of(row) -> tuple[str, ...]:
+    """The heartbeat keys of a `FIELDS` row."""
+    return row.names if isinstance(row, Number) else (row.name,)
+
+
+def _required(row) -> bool:
+    return isinstance(row, (Number, Text)) and row.bit == 0
+
+
+REQUIRED_FIELDS = tuple(n for f in FIELDS if _required(f) for n in names_of(f))
+OPTIONAL_FIELDS = tuple(n for f in FIELDS if not _required(f) for n in names_of(f))
+KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
+# Pairs sent together: a heartbeat with one half misses the other.
+PAIRS = tuple(f.names for f in FIELDS if isinstance(f, Number) and len(f.names) == 2)
+# The presence bit of each record field (0: always present).
+BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in names_of(f)}
+
+
+def _check_the_tables() -> None:
+    in_record = set(FIELD_NAMES) - {"flags"}
+    in_rules = set(BIT_OF)
+    assert in_record == in_rules, in_record ^ in_rules
+    bits = [f.bit for f in FIELDS if not isinstance(f, Labels) and f.bit]
+    assert len(bits) == len(set(bits)) and sum(bits) == KNOWN_FLAGS < 256
+    for f in FIELDS:    # the compiled check reads text fields as whole words
+        if isinstance(f, Text):
+            assert OFFSET[f.name] % 8 == 0 and RECORD_DTYPE[f.name].itemsize % 8 == 0
+    assert all(RECORD_DTYPE[n].kind in "fuS" for n in FIELD_NAMES)
+
+
+_check_the_tables()
