@@ -3,8 +3,10 @@
 A row is one slot of the heartbeat table: 113 bytes in the 15 columns of
 `layout.TABLE_COLUMNS` (``row_version`` u8; ``recv_time`` and the 12 metrics
 cpu .. ts, slots, f8 each; ``reported`` u1).  A heartbeat reaches the writer as a
-validated 192-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
-metrics, the receive time and which optional metrics it carried.
+validated 384-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
+metrics, the receive time, which optional metrics it carried, and ``slots``
+(1 when the heartbeat does not report it).  Resources are checked by the
+wire and not kept.
 
 Invariant: the tick never uses a half-written row or a slot whose
 registration is changing.  The ingest, the only writer of the shared table and
@@ -36,8 +38,8 @@ from kernels.params import UNREGISTERED
 
 from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, HAS_TS,
-                                    REPORTED_BITS)
+from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT,
+                                    HAS_TS, REPORTED_BITS)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
@@ -100,7 +102,8 @@ def write_rows(columns, capacity, slots, records, now):
         carray(address_pointer(columns[10]), capacity, np.float64)[s] = r.p50_ms if f & HAS_TAIL else 0.0
         carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
         carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
-        carray(address_pointer(columns[13]), capacity, np.float64)[s] = 1.0
+        carray(address_pointer(columns[13]), capacity, np.float64)[s] = (
+            r.slots if f & HAS_SLOTS else 1.0)
         carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & REPORTED_BITS
         store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
         written += 1
