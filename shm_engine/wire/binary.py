@@ -38,7 +38,8 @@ from shm_engine.wire.format import (FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZ
                                     ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
                                     RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
                                     V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
-                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text)
+                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text,
+                                    describe_ranges)
 from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
                                     tally)
 from shm_engine.wire._scalar import accept, one
@@ -66,7 +67,7 @@ def _text_fault(rule: Text, raw: bytes) -> str | None:
         return f"{what} contains NUL"
     if rule.ranges is not None:
         if any(not any(lo <= c <= hi for lo, hi in rule.ranges) for c in text):
-            return f"{what} has a byte outside {_ranges_text(rule.ranges)}"
+            return f"{what} has a byte outside {describe_ranges(rule.ranges)}"
         return None
     if rule.printable and _C0_DEL_RE.search(text):
         return f"{what} contains a control character"
@@ -79,11 +80,6 @@ def _text_fault(rule: Text, raw: bytes) -> str | None:
             return f"{what} is not valid UTF-8" + (" or contains a control character"
                                                     if rule.printable else "")
     return None
-
-
-def _ranges_text(ranges) -> str:
-    """``A-Z a-z 0-9 . _ : - /``-like: the byte ranges as characters."""
-    return " ".join(chr(lo) if lo == hi else f"{chr(lo)}-{chr(hi)}" for lo, hi in ranges)
 
 
 def _resources_fault(rule: Resources, v: tuple, flags: int) -> str | None:
@@ -314,16 +310,22 @@ def _from_v1(raw1: np.ndarray) -> tuple[np.ndarray, dict[str, int], list[tuple[s
     """Version 1 records ``raw1`` ((n, V1_RECORD_SIZE) uint8) as v2 records
     (a new C-contiguous (m, RECORD_SIZE) uint8 array, zero-extended), without
     those that set a flag bit version 1 did not know; those are counted as
-    version 1 counted them (reason, sample)."""
+    version 1 counted them (its node id rule first, then its flags rule)."""
     flags = raw1[:, FLAGS_OFFSET]
     newer = (flags & V2_ONLY_FLAGS) != 0
     rejects: dict[str, int] = {}
     sample: list[tuple[str, str]] = []
     if newer.any():
+        pad = bytes(RECORD_SIZE - V1_RECORD_SIZE)
         for j in np.flatnonzero(newer).tolist():
-            v = RECORD_STRUCT.unpack(raw1[j].tobytes() + bytes(RECORD_SIZE - V1_RECORD_SIZE))
-            tally(rejects, sample, "bad_field", f"{node_label(v[_NODE_ITEM])}: flags="
-                  f"0x{int(flags[j]):02x} has bits unknown in version {V1_VERSION}")
+            v = RECORD_STRUCT.unpack(raw1[j].tobytes() + pad)
+            fault = record_fault(v)
+            if fault is not None and fault[0] == 0:      # the node id, checked first
+                reason, detail = fault[1], fault[2]
+            else:
+                reason = "bad_field"
+                detail = f"flags=0x{int(flags[j]):02x} has bits unknown in version {V1_VERSION}"
+            tally(rejects, sample, reason, f"{node_label(v[_NODE_ITEM])}: {detail}")
         raw1 = raw1[~newer]
     raw = np.zeros((len(raw1), RECORD_SIZE), np.uint8)
     raw[:, :V1_RECORD_SIZE] = raw1

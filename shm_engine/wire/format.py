@@ -103,6 +103,25 @@ RESOURCE_NAME_SIZE = 16               # padded: 1..15 bytes of UTF-8 + at least 
 # The node id's characters (ASCII letters, digits and `. _ : - /`), as
 # inclusive byte ranges: the checks test ranges, eight bytes at a time.
 NODE_ID_RANGES = ((0x2D, 0x3A), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))   # -./0-9: A-Z _ a-z
+
+
+def describe_ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    """Byte ranges as a reader would write the characters: runs of letters
+    or digits as ``A-Z``, then the other characters one by one."""
+    chars = sorted({chr(c) for lo, hi in ranges for c in range(lo, hi + 1)})
+    runs, others = [], []
+    for ch in chars:
+        kind = (ch.isupper(), ch.islower(), ch.isdigit())
+        if any(kind) and runs and runs[-1][2] == kind and ord(runs[-1][1]) + 1 == ord(ch):
+            runs[-1][1] = ch
+        elif any(kind):
+            runs.append([ch, ch, kind])
+        else:
+            others.append(ch)
+    words = [a if a == b else f"{a}-{b}" for a, b, _ in runs]
+    return " ".join(words + others)
+
+
 RESOURCE_NAMES = tuple(f"res_name{i}" for i in range(MAX_RESOURCES))
 RESOURCE_VALUES = tuple(f"res_value{i}" for i in range(MAX_RESOURCES))
 _RESOURCES_AT = 192

@@ -33,7 +33,7 @@ import numpy as np
 
 from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
                                     PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
-                                    Number, Resources, Text)
+                                    Number, Resources, Text, describe_ranges)
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 from shm_engine.wire._scalar import json_fields
 
@@ -123,7 +123,7 @@ def _text(rule: Text, value: Any) -> bytes:
     if rule.ranges is not None:
         if _RANGES_RE[rule.name].fullmatch(value) is None:
             raise Reject(rule.reason, f"{what} {short(value)} has a character outside "
-                                      "A-Z a-z 0-9 . _ : - /")
+                                      f"{describe_ranges(rule.ranges)}")
     elif rule.printable:
         if _CONTROL_RE.search(value):
             raise Reject(rule.reason, f"{what} contains a control character")
