@@ -202,25 +202,28 @@ F8 = st.floats(allow_nan=False, width=64)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 63), st.lists(F8, min_size=9,
-                                                                           max_size=9),
-                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 255), st.lists(F8, min_size=9,
+                                                                            max_size=9),
+                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+                          st.integers(0, 65535)),
                 min_size=1, max_size=12),
        F8)
 def test_write_rows_writes_each_row_exactly(writes, now):
     """Against a row computed by hand: every metric copied (ok/err as exact
-    floats, any u4), an absent metric 0, ``reported`` the low 4 flags, two
-    ``row_version`` steps per write, the later write of a slot wins, and slots
-    outside [0, 8) are skipped and not counted."""
+    floats, any u4), an absent metric 0, ``slots`` copied when its bit (0x40)
+    is set and 1 otherwise, ``reported`` the low 4 flags, two ``row_version``
+    steps per write, the later write of a slot wins, and slots outside [0, 8)
+    are skipped and not counted."""
     lay = layout_for(8)
     mm = mmap.mmap(-1, lay.size)
     table = SegmentViews(mm, lay).table
     recs = np.zeros(len(writes), RECORD_DTYPE)
-    for j, (_, flags, floats, ok, err) in enumerate(writes):
+    for j, (_, flags, floats, ok, err, n_slots) in enumerate(writes):
         for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
                                 "p50_ms", "p95_ms", "ts"), floats):
             recs[j][name] = value
         recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
+        recs[j]["slots"] = n_slots
         recs[j]["node"] = b"n%d" % j
     slots = np.array([w[0] for w in writes], np.int64)
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
@@ -231,7 +234,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
             expect["recv_time"][s] = now
-            expect["slots"][s] = 1.0
+            expect["slots"][s] = rec["slots"] if rec["flags"] & 64 else 1.0
             expect["reported"][s] = rec["flags"] & 15
             expect["row_version"][s] += 2
     written = write_rows(column_addresses(table), 8, slots, recs, now)
