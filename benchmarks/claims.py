@@ -149,7 +149,7 @@ def bench_gather(nodes: int, reps: int) -> dict:
         def run():
             return C.gather_feedback(gens, active, fresh, cv.lease_ident, cv.in_flight_flat,
                                      cv.row_words, cv.outcomes, prev, prev, nodes,
-                                     time.monotonic(), *cols, *seen)
+                                     time.monotonic(), 5.0, 5.0, *cols, *seen)
 
         sums = run()
         assert sums[0] == nodes * (1 + 2 + 3 + 4)

@@ -10,9 +10,9 @@ Queue and job statistics only the node's own service knows.  The service
 hands them to the agent through a local API (docs/agent.md): JSON objects on
 a ZeroMQ PUSH socket connected to the agent's PULL socket at ``--listen``, or
 `report` from Python.  Latest value wins for ``queue``, ``avg_job_s``,
-``throughput`` and the ``p50_ms``/``p95_ms`` pair; ``ok``/``err`` add up
-between heartbeats.  Until the service reports, ``queue`` and ``avg_job_s``
-are sent as 0.
+``slots``, ``throughput`` and the ``p50_ms``/``p95_ms`` pair; ``ok``/``err``
+add up between heartbeats.  Until the service reports, ``queue`` and
+``avg_job_s`` are sent as 0 and ``slots`` is left out (the engine takes 1).
 
 Invariants: a service message never crashes the agent (a bad field is logged,
 at a bounded rate, and ignored; the message's good fields are kept); every
@@ -50,7 +50,7 @@ from typing import Any
 import zmq
 
 from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
-from shm_engine.wire.format import U32_MAX
+from shm_engine.wire.format import SLOTS_MAX, U32_MAX
 
 __all__ = ["Agent", "Reporter", "report", "check_report", "default_listen", "private_dir",
            "cmd_agent", "REPORT_FIELDS"]
@@ -67,6 +67,7 @@ LOG_EVERY_S = 10.0           # at most one line per problem kind per this many s
 REPORT_FIELDS = {
     "queue": "jobs waiting on the node (>= 0)",
     "avg_job_s": "mean service time of a job, seconds (>= 0)",
+    "slots": f"jobs the node runs at once (integer 1..{SLOTS_MAX})",
     "throughput": "jobs completed per second (>= 0)",
     "ok": "jobs that succeeded since the previous report (integer >= 0)",
     "err": "jobs that failed since the previous report (integer >= 0)",
@@ -136,9 +137,10 @@ def check_report(obj: Any) -> tuple[dict, list[str]]:
         if key not in REPORT_FIELDS:
             problems.append(f"unknown field {str(key)[:40]!r}")
             continue
-        if key in ("ok", "err"):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U32_MAX:
-                problems.append(f"{key}={value!r:.40} is not an integer in [0, {U32_MAX}]")
+        if key in ("ok", "err", "slots"):
+            low, high = (1, SLOTS_MAX) if key == "slots" else (0, U32_MAX)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                problems.append(f"{key}={value!r:.40} is not an integer in [{low}, {high}]")
             else:
                 good[key] = int(value)
             continue
@@ -397,6 +399,8 @@ class Agent:
         s = self.service
         hb["queue"] = s.get("queue", 0.0)
         hb["avg_job_s"] = s.get("avg_job_s", 0.0)
+        if "slots" in s:
+            hb["slots"] = s["slots"]
         if "throughput" in s:
             hb["throughput"] = s["throughput"]
         if self.okerr_reported:

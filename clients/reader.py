@@ -52,6 +52,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from kernels.params import N_WEIGHTS, WEIGHT_NAMES
+
 from clients.claims import Claim, ClaimTable, NodeFeedback
 from clients.pick import pick as _pick
 from shm_engine.core.errors import EngineStopped, NothingPublished, ReadContention, UnknownNode
@@ -81,7 +83,6 @@ DEAD_CHECK_INTERVAL_S = 1.0
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
 _STATE_KEYS = tuple(STATE_NAMES[s] for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
-_WEIGHT_NAMES = ("cpu", "mem", "io", "wait", "throughput", "success", "tail")
 
 
 class Snapshot(NamedTuple):
@@ -102,8 +103,9 @@ class Snapshot(NamedTuple):
     liveness: np.ndarray
     ranked: np.ndarray
     pressure: float
-    weights: dict
-    counts: dict
+    weights: dict           # the weights in effect at `pressure`, by kernels.WEIGHT_NAMES
+    counts: dict            # nodes per state name
+    ejected: int = 0        # nodes ejected for consecutive errors in this tick
 
     def scores(self) -> dict:
         """{node: published score} for every node in the snapshot."""
@@ -386,7 +388,7 @@ class ScoreReader:
         n_ranked = min(self._nranked_mv[b][0], hwm)
         ranked = self._ranked_views[b][:n_ranked].copy()
         meta = (buf.tick_wall[0], buf.tick_mono[0], buf.pressure[0],
-                buf.weights[:7].tolist(), buf.counts[:5].tolist())
+                buf.weights[:N_WEIGHTS].tolist(), buf.counts[:5].tolist(), buf.ejected[0])
         return cols, ranked, meta
 
     def snapshot(self) -> Snapshot:
@@ -401,11 +403,12 @@ class ScoreReader:
             if self._last is None:
                 raise self._contention("a snapshot")
             return self._last
-        cols, ranked, (wall, mono, pressure, weights, counts) = got
+        cols, ranked, (wall, mono, pressure, weights, counts, ejected) = got
         score, raw, wait, qema, liveness, state, gen = cols
         snap = Snapshot(epoch, float(wall), float(mono), self._nodes_for(gen, state),
                         score, raw, state, wait, qema, liveness, ranked, float(pressure),
-                        dict(zip(_WEIGHT_NAMES, weights)), dict(zip(_STATE_KEYS, counts)))
+                        dict(zip(WEIGHT_NAMES, weights)), dict(zip(_STATE_KEYS, counts)),
+                        int(ejected))
         self._last = snap
         return snap
 

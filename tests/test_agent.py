@@ -51,9 +51,9 @@ def test_service_report_is_merged_into_a_valid_heartbeat(pull):
         rep = Reporter(agent.listen_endpoint)
         try:
             assert rep.report(queue=3, avg_job_s=0.5, throughput=7.0, ok=5, err=1,
-                              p50_ms=10.0, p95_ms=20.0)
-            # latest wins for queue; ok/err add up: 5+2, 1+0
-            assert rep.report(queue=4, ok=2, err=0)
+                              p50_ms=10.0, p95_ms=20.0, slots=8)
+            # latest wins for queue and slots; ok/err add up: 5+2, 1+0
+            assert rep.report(queue=4, ok=2, err=0, slots=6)
             poll_until(agent, lambda: agent.reports == 2)
         finally:
             rep.close()
@@ -62,7 +62,7 @@ def test_service_report_is_merged_into_a_valid_heartbeat(pull):
         ts = hb.pop("ts")
         assert abs(ts - time.time()) < 60
         assert hb == {"node": "node-a", "cpu": 0.5, "mem": 0.25, "io": 0.125, "queue": 4.0,
-                      "avg_job_s": 0.5, "throughput": 7.0, "ok": 7, "err": 1,
+                      "avg_job_s": 0.5, "slots": 6, "throughput": 7.0, "ok": 7, "err": 1,
                       "p50_ms": 10.0, "p95_ms": 20.0}
         # ok/err were delivered: the next heartbeat counts from zero
         assert agent.send_once()
@@ -92,6 +92,10 @@ BAD_INPUTS = [
     (b'{"queue": NaN}', {}, True),
     (b'{"queue": 1e999}', {}, True),
     (json.dumps({"ok": 1.5, "err": -1}).encode(), {}, True),
+    (json.dumps({"slots": 0}).encode(), {}, True),
+    (json.dumps({"slots": 65536, "queue": 1}).encode(), {"queue": 1.0}, True),
+    (json.dumps({"slots": 2.0}).encode(), {}, True),
+    (json.dumps({"slots": 3}).encode(), {"slots": 3}, False),
     (json.dumps({"cpu": 0.5, "queue": 6}).encode(), {"queue": 6.0}, True),   # unknown field
     (json.dumps({"p50_ms": 10}).encode(), {}, True),                         # no partner
     (json.dumps({"p50_ms": 10, "p95_ms": 5}).encode(), {}, True),            # p95 < p50
@@ -196,8 +200,9 @@ def test_curve_options(keys, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bad_node_id_is_a_usage_error(capsys):
-    assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--node-id", "x" * 64,
+@pytest.mark.parametrize("node_id", ["x" * 64, "web 17", "nœud"])
+def test_bad_node_id_is_a_usage_error(capsys, node_id):
+    assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--node-id", node_id,
                  "--count", "1"]) == 2
     assert "give --node-id" in capsys.readouterr().err
 

@@ -31,6 +31,7 @@ from shm_engine.core.layout import (
     private_claims,
 )
 from shm_engine.core.segment import posix_name, process_stat
+from shm_engine.core.states import NodeState
 
 LOW32 = 0xFFFF_FFFF
 
@@ -473,7 +474,8 @@ def test_a_forked_child_takes_its_own_lease(engine, reader):
 
 
 # -------------------------------------------------------- the tick's view --
-def _gather(gen, active, fresh, idents, in_flight, outcomes, prev_ok, prev_err, now):
+def _gather(gen, active, fresh, idents, in_flight, outcomes, prev_ok, prev_err, now,
+            max_consecutive_errors=5.0, ejection_s=5.0):
     n = len(gen)
     cols = [np.full(n, -1.0) for _ in range(10)]
     ok_seen, err_seen = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
@@ -481,7 +483,8 @@ def _gather(gen, active, fresh, idents, in_flight, outcomes, prev_ok, prev_err, 
                              np.asarray(fresh, np.uint8), np.asarray(idents, np.uint64),
                              np.ascontiguousarray(in_flight, np.uint64).ravel(), n,
                              np.asarray(outcomes, np.uint64), np.asarray(prev_ok, np.uint64),
-                             np.asarray(prev_err, np.uint64), n, now, *cols, ok_seen, err_seen)
+                             np.asarray(prev_err, np.uint64), n, now, max_consecutive_errors,
+                             ejection_s, *cols, ok_seen, err_seen)
     names = ("rif", "fb_ok", "fb_err", "consec", "err_age")
     got = {k: cols[i].tolist() for i, k in enumerate(names)}
     assert all(cols[i].tolist() == cols[i + 5].tolist() for i in range(5))   # published too
@@ -513,7 +516,8 @@ def test_gather_table():
     prev_ok = [LOW32, 3, 2, 0]                 # slot 0's counter wrapped: 0xffffffff -> 10
     prev_err = [1, 0, 0, 0]
     got, ok_seen, err_seen, sums = _gather(gen, active, fresh, idents, in_flight, outcomes,
-                                           prev_ok, prev_err, now)
+                                           prev_ok, prev_err, now, max_consecutive_errors=2.0,
+                                           ejection_s=1.0)
     inf = float("inf")
     assert got["rif"] == [4.0, 1.0, 2.0, 0.0]     # 3+1 | 1 (lease 2 has tag 2) | 2 | inactive
     assert got["fb_ok"] == [11.0, 5.0, 0.0, 0.0]  # (10 - 0xffffffff) mod 2**32 | 5 - 0 | 2 - 2
@@ -521,7 +525,26 @@ def test_gather_table():
     assert got["consec"] == [2.0, 0.0, 0.0, 0.0]
     assert got["err_age"] == [pytest.approx(0.5), inf, inf, inf]
     assert ok_seen == [10, 5, 2, 0] and err_seen == [4, 0, 0, 0]
-    assert sums == (7.0, 16, 3)
+    # Ejected: consec >= 2 and err_age < 1.0 s: slot 0 alone (slot 2's run
+    # is another registration's; slot 3 is empty).
+    assert sums == (7.0, 16, 3, 1)
+
+
+@pytest.mark.parametrize("consec, age_s, limit, ejection_s, ejected", [
+    (5, 4.999, 5.0, 5.0, 1),     # the run reached the limit, the error is recent
+    (4, 0.0, 5.0, 5.0, 0),       # one error short
+    (5, 5.0, 5.0, 5.0, 0),       # exactly ejection_s after the error: tried again
+    (9, 0.5, 5.0, 0.25, 0),      # ejection already over
+])
+def test_gather_counts_ejected_nodes_as_the_breaker_does(consec, age_s, limit, ejection_s,
+                                                         ejected):
+    last_err_ns = 1_000_000_000
+    now = last_err_ns * 1e-9 + age_s
+    got, _ok, _err, sums = _gather([2], [1], [0], [1], [[0]],
+                                   [[_w(1, consec), last_err_ns, 0, _w(1, consec)]],
+                                   [0], [0], now, limit, ejection_s)
+    assert got["consec"] == [float(consec)] and got["err_age"][0] == pytest.approx(age_s)
+    assert sums[3] == ejected
 
 
 def test_gather_error_in_the_future_of_the_tick_has_age_zero():
@@ -549,6 +572,8 @@ def test_tick_publishes_feedback_and_resets_it_with_the_registration(engine, rea
     assert 0.0 <= engine.published("err_age", slot) < 60.0
     fb = engine.ticker.feedback
     assert (fb.rif[slot], fb.fb_ok[slot], fb.fb_err[slot]) == (1.0, 1.0, 1.0)
+    # The feedback columns are the tick inputs' own: the kernels read them.
+    assert fb.rif is engine.ticker.inputs.rif and fb.err_age is engine.ticker.inputs.err_age
     engine.tick()      # nothing new since
     assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == \
         [1.0, 0.0, 0.0, 1.0]
@@ -562,6 +587,70 @@ def test_tick_publishes_feedback_and_resets_it_with_the_registration(engine, rea
         [0.0, 0.0, 0.0, 0.0]
     assert engine.published("err_age", slot) == float("inf")
     assert held[0].release(ok=False) is False
+
+
+def _ejected(engine) -> int:
+    """The ejected count of the latest published tick."""
+    epoch = int(engine.views.header.latch_seq[0]) >> 1
+    return int(engine.views.buffers[epoch & 1].ejected[0])
+
+
+def test_feedback_enters_the_score(engine, reader):
+    # Heartbeat: queue 1, avg_job_s 1, slots 1 (not reported).  4 claims in
+    # flight: load = max(qema 1, rif 4 - slots 1, 0) = 3, wait = 3 * 1 / 1.
+    slot = engine.send("a")
+    engine.send("b")
+    engine.tick()
+    assert engine.published("wait", slot) == 1.0
+    held = [reader.claim("a") for _ in range(4)]
+    engine.tick()
+    assert engine.published("wait", slot) == 3.0
+    # Five errors in a row (max_consecutive_errors 5): ejected, tripped.
+    for c in held:
+        c.release(ok=False)
+    reader.claim("a").release(ok=False)
+    engine.tick()
+    assert engine.published("consec", slot) == 5.0 and engine.published("wait", slot) == 1.0
+    assert engine.published("raw", slot) == 0.0 and engine.published("score", slot) == 0.0
+    assert reader.state("a") is NodeState.OVERLOADED
+    assert _ejected(engine) == 1
+    # One ok release ends the run (the window, 5 errors and 1 ok, is below
+    # min_requests 10: no trip from the error rate).
+    reader.claim("a").release(ok=True)
+    engine.tick()
+    assert engine.published("consec", slot) == 0.0 and engine.published("raw", slot) > 0.0
+    assert _ejected(engine) == 0
+
+
+def test_ejected_nodes_show_in_status_metrics_and_top(engine, reader):
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+    from rich.console import Console
+
+    from shm_engine.ops.metrics import EngineCollector
+    from shm_engine.ops.status import read_status, render
+    from shm_engine.ops.topview import Watcher
+    from shm_engine.ops.topview import render as render_top
+
+    engine.send("a")
+    engine.send("b")
+    engine.tick()
+    for _ in range(5):
+        reader.claim("a").release(ok=False)
+    engine.tick()
+    st = read_status(engine.name)
+    assert st["ejected"] == 1 and st["nodes"]["overloaded"] == 1
+    assert "1 ranked, 1 ejected, pressure" in render(st)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(EngineCollector(engine.name))
+    assert f'shm_engine_nodes_ejected{{engine="{engine.name}"}} 1.0' in \
+        generate_latest(reg).decode()
+    with Watcher(engine.name, rows=5) as w:
+        vs = w.poll()
+    assert vs.ejected == 1
+    console = Console(width=160, record=True)
+    console.print(render_top(vs))
+    assert "ejected 1" in console.export_text()
 
 
 # ------------------------------------------------------------- monitoring --

@@ -1,6 +1,6 @@
-"""Tests of shm_engine.core.config: defaults (= SCORING.md), types, every range and
-consistency rule, file loading, the default-file round trip, and the kernels'
-parameter vector."""
+"""Tests of shm_engine.core.config: defaults (= docs/scoring.md, score version
+2), types, every range and consistency rule, file loading, the default-file
+round trip, renamed keys, and the kernels' parameter vector."""
 
 import dataclasses
 import math
@@ -53,33 +53,38 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # --------------------------------------------------------------------------
 # Defaults
 
-# Copied by hand from SCORING.md (step in the comment), not from config.py.
+# Copied by hand from the definition (SCORING.md version 2; docs/scoring.md's
+# configuration table, step letter in the comment), not from config.py or
+# kernels/defaults.py.
 SCORING_DEFAULTS = {
-    "score.alpha_queue": 0.3,          # step 1
-    "score.max_cpu": 0.98,             # step 3
-    "score.max_mem": 0.95,             # step 3
-    "score.max_wait_s": 30.0,          # step 3
-    "score.max_tail_ratio": 3.0,       # step 3
-    "score.suspect_after_s": 2.0,      # step 4
-    "score.dead_after_s": 10.0,        # step 4
-    "score.weights.cpu": 0.20,         # step 6
+    "score.alpha_queue": 0.3,          # step A
+    "score.max_cpu": 0.98,             # step G
+    "score.max_mem": 0.95,             # step G
+    "score.max_wait_s": 30.0,          # step G
+    "score.max_tail_ratio": 3.0,       # step G
+    "score.suspect_after_s": 2.0,      # step D
+    "score.dead_after_s": 10.0,        # step D
+    "score.error_half_life_s": 10.0,   # step C
+    "score.weights.cpu": 0.20,         # step G
     "score.weights.mem": 0.15,
     "score.weights.io": 0.05,
     "score.weights.wait": 0.25,
-    "score.weights.throughput": 0.15,
+    "score.weights.rate": 0.15,
     "score.weights.success": 0.15,
     "score.weights.tail": 0.05,
-    "score.k1": 0.5,                   # step 6
+    "score.k1": 0.5,                   # step G
     "score.k2": 0.3,
-    "score.max_queue": 100.0,          # step 7
+    "score.max_queue": 100.0,          # step I
     "score.limit_critical": 50.0,
-    "score.min_requests": 20,          # step 8
+    "score.min_requests": 10,          # step H
     "score.max_error_rate": 0.5,
-    "score.beta": 0.5,                 # step 10
-    "score.t_degraded": 0.40,          # step 11
+    "score.max_consecutive_errors": 5,  # step H
+    "score.ejection_s": 5.0,
+    "score.beta": 0.5,                 # step J
+    "score.t_degraded": 0.40,          # step K
     "score.t_overloaded": 0.20,
     "score.delta": 0.10,
-    "score.flap_window": 50,           # step 12
+    "score.flap_window": 50,           # steps L-N
     "score.max_flaps": 6.0,
     "score.max_quarantined_fraction": 0.5,
     "score.quarantine_memory": 1000,
@@ -112,7 +117,8 @@ ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
 
 INT_KEYS = {
     "engine.capacity", "engine.tick_interval_ms", "engine.shm_mode",
-    "score.min_requests", "score.flap_window", "score.quarantine_memory",
+    "score.min_requests", "score.max_consecutive_errors", "score.flap_window",
+    "score.quarantine_memory",
     "score.probation_ticks", "score.max_backoff",
     "ingest.max_frame_bytes", "ingest.drain_batch", "ingest.rcvhwm",
     "claims.shm_mode", "claims.max_schedulers",
@@ -124,7 +130,11 @@ def test_defaults_are_exactly_the_documented_ones():
 
 
 def test_every_score_parameter_of_the_kernels_has_a_documented_default():
-    assert {f"score.{n}" for n in kp.PARAM_NAMES} == set(SCORING_DEFAULTS)
+    # Every parameter is a [score] key, except the tick's length, [engine]'s.
+    engine_keys = {"tick_interval_ms"}
+    assert {f"score.{n}" for n in kp.PARAM_NAMES if n not in engine_keys} == set(SCORING_DEFAULTS)
+    assert engine_keys <= set(kp.PARAM_NAMES)
+    assert all(f"engine.{n}" in OPERATIONAL_DEFAULTS for n in engine_keys)
 
 
 @pytest.mark.parametrize("key", sorted(ALL_DEFAULTS))
@@ -165,7 +175,7 @@ def test_frozen():
 
 
 def test_to_params_shape_and_dtype():
-    p = Config().score.to_params()
+    p = Config().to_params()
     assert p.shape == (kp.N_PARAMS,)
     assert p.dtype == np.float64
 
@@ -184,14 +194,14 @@ def test_to_params_shape_and_dtype():
         (kp.W_MEM, 0.15),
         (kp.W_IO, 0.05),
         (kp.W_WAIT, 0.25),
-        (kp.W_THROUGHPUT, 0.15),
+        (kp.W_RATE, 0.15),
         (kp.W_SUCCESS, 0.15),
         (kp.W_TAIL, 0.05),
         (kp.K1, 0.5),
         (kp.K2, 0.3),
         (kp.MAX_QUEUE, 100.0),
         (kp.LIMIT_CRITICAL, 50.0),
-        (kp.MIN_REQUESTS, 20.0),
+        (kp.MIN_REQUESTS, 10.0),
         (kp.MAX_ERROR_RATE, 0.5),
         (kp.BETA, 0.5),
         (kp.T_DEGRADED, 0.40),
@@ -203,30 +213,50 @@ def test_to_params_shape_and_dtype():
         (kp.QUARANTINE_MEMORY, 1000.0),
         (kp.PROBATION_TICKS, 30.0),
         (kp.MAX_BACKOFF, 8.0),
+        (kp.ERROR_HALF_LIFE_S, 10.0),
+        (kp.MAX_CONSECUTIVE_ERRORS, 5.0),
+        (kp.EJECTION_S, 5.0),
+        (kp.TICK_INTERVAL_MS, 50.0),
     ],
 )
 def test_to_params_default_positions(index, expected):
-    assert Config().score.to_params()[index] == expected
+    assert Config().to_params()[index] == expected
 
 
 def test_to_params_follows_overrides_by_name():
     # Give every parameter a distinct valid value so a swapped position shows.
     cfg = with_overrides(Config(), {
         "score.beta": 0.7, "score.weights.tail": 0.07, "score.k2": 0.33,
-        "score.max_backoff": 9, "score.limit_critical": 42,
+        "score.max_backoff": 9, "score.limit_critical": 42, "score.weights.rate": 0.17,
+        "score.error_half_life_s": 2.5, "score.max_consecutive_errors": 3,
+        "score.ejection_s": 1.5, "engine.tick_interval_ms": 20,
     })
-    p = cfg.score.to_params()
+    p = cfg.to_params()
     assert p[kp.BETA] == 0.7
     assert p[kp.W_TAIL] == 0.07
     assert p[kp.K2] == 0.33
     assert p[kp.MAX_BACKOFF] == 9.0
     assert p[kp.LIMIT_CRITICAL] == 42.0
+    assert p[kp.W_RATE] == 0.17
+    assert p[kp.ERROR_HALF_LIFE_S] == 2.5
+    assert p[kp.MAX_CONSECUTIVE_ERRORS] == 3.0
+    assert p[kp.EJECTION_S] == 1.5
+    assert p[kp.TICK_INTERVAL_MS] == 20.0     # [engine]'s key, not a [score] one
     # Every other position unchanged.
-    base = Config().score.to_params()
-    changed = {kp.BETA, kp.W_TAIL, kp.K2, kp.MAX_BACKOFF, kp.LIMIT_CRITICAL}
+    base = Config().to_params()
+    changed = {kp.BETA, kp.W_TAIL, kp.K2, kp.MAX_BACKOFF, kp.LIMIT_CRITICAL, kp.W_RATE,
+               kp.ERROR_HALF_LIFE_S, kp.MAX_CONSECUTIVE_ERRORS, kp.EJECTION_S,
+               kp.TICK_INTERVAL_MS}
     for i in range(kp.N_PARAMS):
         if i not in changed:
             assert p[i] == base[i], kp.PARAM_NAMES[i]
+
+
+def test_score_to_params_takes_the_tick_length_explicitly():
+    # The [score] section alone does not know the tick: no silent default.
+    with pytest.raises(TypeError):
+        Config().score.to_params()  # type: ignore[call-arg]
+    assert Config().score.to_params(20)[kp.TICK_INTERVAL_MS] == 20.0
 
 
 # --------------------------------------------------------------------------
@@ -251,6 +281,9 @@ TYPE_ERRORS = [
     ("score.weights.cpu", [0.2], r"score\.weights\.cpu = \[0\.2\] has type array"),
     ("score.flap_window", 50.0, r"score\.flap_window = 50\.0 has type float, expected an integer"),
     ("score.min_requests", True, r"score\.min_requests = true has type boolean, expected an integer"),
+    ("score.max_consecutive_errors", 5.0,
+     r"score\.max_consecutive_errors = 5\.0 has type float, expected an integer"),
+    ("score.ejection_s", "5s", r'score\.ejection_s = "5s" has type string, expected a float'),
     ("engine.capacity", 16384.5, r"engine\.capacity = 16384\.5 has type float, expected an integer"),
     ("engine.capacity", "16384", r'engine\.capacity = "16384" has type string'),
     ("ingest.drain_batch", 1.0, r"ingest\.drain_batch = 1\.0 has type float"),
@@ -303,6 +336,11 @@ RANGE_ERRORS = [
     ("score.limit_critical", 100, r"score\.limit_critical = 100 must be < score\.max_queue \(100\)"),
     ("score.max_queue", 50, r"score\.limit_critical = 50 must be < score\.max_queue \(50\)"),
     ("score.min_requests", 0, r"score\.min_requests = 0 must be >= 1"),
+    ("score.error_half_life_s", 0, r"score\.error_half_life_s = 0 must be > 0"),
+    ("score.error_half_life_s", -10, r"score\.error_half_life_s = -10 must be > 0"),
+    ("score.max_consecutive_errors", 0, r"score\.max_consecutive_errors = 0 must be >= 1"),
+    ("score.ejection_s", 0, r"score\.ejection_s = 0 must be > 0"),
+    ("score.weights.rate", -0.1, r"score\.weights\.rate = -0\.1 must be >= 0"),
     ("score.max_error_rate", 0, r"score\.max_error_rate = 0 must be in \(0, 1\]"),
     ("score.max_error_rate", 1.5, r"score\.max_error_rate = 1\.5 must be in \(0, 1\]"),
     ("score.t_degraded", 0, r"score\.t_degraded = 0 must be in \(0, 1\]"),
@@ -370,21 +408,32 @@ def test_range_errors(key, value, pattern):
 
 
 def test_core_weights_all_zero():
-    # core = sum(w*g)/sum(w) over reported metrics; cpu, mem, wait are always
-    # reported, so 0 + 0 + 0 would make the denominator 0 for a node without
-    # optional metrics (when P = 0, k1*P adds nothing).
-    bad = {"score.weights.cpu": 0, "score.weights.mem": 0.0, "score.weights.wait": 0}
+    # core = sum(w*g)/sum(w) over the terms a node has; cpu, mem, wait and
+    # success are always there, so 0 + 0 + 0 + 0 would make the denominator
+    # 0 for a node without optional metrics (when P_i = 0, k1*P_i adds nothing).
+    bad = {"score.weights.cpu": 0, "score.weights.mem": 0.0, "score.weights.wait": 0,
+           "score.weights.success": 0}
     with pytest.raises(
         ConfigError,
         match=r"score\.weights\.cpu \(0\) \+ score\.weights\.mem \(0\) \+ "
-        r"score\.weights\.wait \(0\) must be > 0",
+        r"score\.weights\.wait \(0\) \+ score\.weights\.success \(0\) must be > 0",
     ):
         Config.from_dict(nested(bad))
 
 
-def test_core_weights_one_positive_is_enough():
-    cfg = Config.from_dict(nested({"score.weights.cpu": 0, "score.weights.mem": 0}))
-    assert cfg.score.weights.wait == 0.25
+@pytest.mark.parametrize("positive", ["cpu", "mem", "wait", "success"])
+def test_core_weights_one_positive_is_enough(positive):
+    zero = {f"score.weights.{n}": 0 for n in ("cpu", "mem", "wait", "success")}
+    cfg = Config.from_dict(nested({**zero, f"score.weights.{positive}": 0.5}))
+    assert getattr(cfg.score.weights, positive) == 0.5
+
+
+def test_optional_weights_alone_are_not_enough():
+    # io, rate and tail are scored only for nodes that have them.
+    zero = {f"score.weights.{n}": 0 for n in ("cpu", "mem", "wait", "success")}
+    with pytest.raises(ConfigError, match=r"must be > 0: these terms are scored for every node"):
+        Config.from_dict(nested({**zero, "score.weights.io": 1, "score.weights.rate": 1,
+                                 "score.weights.tail": 1}))
 
 
 @pytest.mark.parametrize("dotted", [
@@ -394,8 +443,10 @@ def test_core_weights_one_positive_is_enough():
     {"score.max_quarantined_fraction": 1},
     {"score.suspect_after_s": 0, "score.dead_after_s": 0.001},
     {"score.k1": 0, "score.k2": 0},
-    {"score.weights.io": 0, "score.weights.throughput": 0, "score.weights.success": 0,
+    {"score.weights.io": 0, "score.weights.rate": 0, "score.weights.success": 0,
      "score.weights.tail": 0},
+    {"score.error_half_life_s": 1e-3, "score.ejection_s": 1e-3,
+     "score.max_consecutive_errors": 1, "score.min_requests": 1},
     {"engine.capacity": 1}, {"engine.capacity": 16_777_216},
     {"engine.shm_mode": 0o640}, {"engine.shm_mode": 0o644}, {"engine.shm_mode": "0640"},
     {"claims.shm_mode": 0o660}, {"claims.shm_mode": 0o664},
@@ -463,6 +514,22 @@ UNKNOWN = [
 def test_unknown_sections_and_keys(data, pattern):
     with pytest.raises(ConfigError, match=pattern):
         Config.from_dict(data)
+
+
+RENAMED = (r"score\.weights\.throughput was renamed to score\.weights\.rate: in score "
+           r"version 2 the throughput term became the rate term, .*; write "
+           r"score\.weights\.rate = 0\.2")
+
+
+def test_weights_throughput_is_refused_as_renamed(tmp_path):
+    with pytest.raises(ConfigError, match=RENAMED):
+        Config.from_dict({"score": {"weights": {"throughput": 0.2}}})
+    path = tmp_path / "v1.toml"
+    path.write_text("[score.weights]\ncpu = 0.3\nthroughput = 0.2\n")
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ": " + RENAMED):
+        load_config(path)
+    with pytest.raises(ConfigError, match=RENAMED):
+        with_overrides(Config(), {"score.weights.throughput": 0.2})
 
 
 # --------------------------------------------------------------------------
@@ -602,7 +669,7 @@ finite_weight = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_i
 
 @settings(max_examples=200, deadline=None)
 @given(
-    weights=st.tuples(*[finite_weight] * 7).filter(lambda w: w[0] + w[1] + w[3] > 0),
+    weights=st.tuples(*[finite_weight] * 7).filter(lambda w: w[0] + w[1] + w[3] + w[5] > 0),
     beta=st.floats(min_value=1e-12, max_value=1.0),
     max_queue=st.floats(min_value=1e-6, max_value=1e12),
     frac=st.floats(min_value=0.0, max_value=1.0),
@@ -617,7 +684,7 @@ def test_render_round_trip_property(weights, beta, max_queue, frac):
     })
     back = Config.from_dict(tomllib.loads(render_config(cfg)))
     assert back == cfg
-    assert np.array_equal(back.score.to_params(), cfg.score.to_params())
+    assert np.array_equal(back.to_params(), cfg.to_params())
 
 
 # --------------------------------------------------------------------------
@@ -670,9 +737,15 @@ def test_parse_override_needs_equals():
 
 
 def test_kernel_default_vector_equals_the_configuration_defaults():
-    # kernels.defaults serves tests and warm-up without a config file; the
-    # configuration is the authority.  The two tables must never drift.
-    import numpy as np
-
+    # kernels.defaults is the one table of score defaults: the configuration
+    # reads it, and tests and warm-up use it without a config file.
     from kernels import default_params
-    np.testing.assert_array_equal(default_params(), Config().score.to_params())
+    np.testing.assert_array_equal(default_params(), Config().to_params())
+
+
+def test_configuration_reads_its_score_defaults_from_the_kernels_table():
+    from kernels.defaults import DEFAULTS
+    flat = flatten(Config().to_dict())
+    for name, value in DEFAULTS.items():
+        key = f"engine.{name}" if name == "tick_interval_ms" else f"score.{name}"
+        assert flat[key] == value, key

@@ -3,8 +3,9 @@
 
 1. Every kind of bad frame is rejected under its own reason while good nodes
    keep scoring, unchanged.
-2. A steady heartbeat sequence gives the same states and scores live as
-   through `shm_engine.tick.replay.replay`.
+2. A steady heartbeat sequence, with scheduler claims held and released,
+   gives the same states and scores live as through
+   `shm_engine.tick.replay.replay` with the same feedback as trace lines.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ def push():
 
 
 def hb(node: str, **kw) -> dict:
-    # cpu 0.49 -> g_cpu 0.5; mem 0.475 -> g_mem 0.5; queue 0 -> g_wait 1 and P 0:
-    # score = (0.20*0.5 + 0.15*0.5 + 0.25*1) / 0.60 = 0.425 / 0.6, every tick.
+    # cpu 0.49 -> g_cpu 0.5; mem 0.475 -> g_mem 0.5; queue 0 -> g_wait 1 and
+    # P_i 0; every node's rate 1 / 1.0 = R -> g_rate 1; no outcomes -> g_succ 1:
+    # score = (0.20*0.5 + 0.15*0.5 + 0.25*1 + 0.15*1 + 0.15*1) / 0.90
+    #       = 0.725 / 0.9, every tick.
     d = dict(node=node, cpu=0.49, mem=0.475, queue=0.0, avg_job_s=1.0)
     d.update(kw)
     return d
 
 
-GOOD_SCORE = 0.425 / 0.6
+GOOD_SCORE = 0.725 / 0.9
 GOOD = [hb(f"good-{i}") for i in range(4)]      # fills capacity 4
 MAX_FRAME = 4096
 
@@ -146,31 +149,49 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
 
 # Steady fleet: every node sends the same heartbeat every tick.  Chosen away
 # from every threshold so a different first tick (live nodes may register a
-# tick apart) cannot change a hysteresis path, only decay away.
+# tick apart) cannot change a hysteresis path, only decay away.  Outcomes in
+# heartbeats are all-ok or trip the breaker whatever the window holds, and
+# the window forgets within a few ticks (error_half_life_s 0.05 at 20 ms
+# ticks: d = 0.5 ** 0.4), so the number of heartbeats that landed in each
+# tick does not change the last tick's numbers.
 STEADY = [
     hb("healthy-plain"),
     hb("healthy-full", cpu=0.3, mem=0.4, queue=4.0, avg_job_s=0.5, throughput=20.0,
-       ok=50, err=1, io=0.2, p50_ms=10.0, p95_ms=14.0),
-    hb("degraded", cpu=0.8, mem=0.8, queue=20.0, avg_job_s=1.0, throughput=5.0),
+       ok=50, err=0, io=0.2, p50_ms=10.0, p95_ms=14.0),
+    hb("degraded", cpu=0.9, mem=0.8, queue=20.0, avg_job_s=1.0, throughput=5.0),
     hb("overloaded-tripped", cpu=0.99),
     hb("failing-fast", ok=5, err=30),
+    hb("ejected"),
 ]
 TICKS = 80
+# Scheduler feedback, live through claims and in replay as trace lines:
+# "healthy-plain" has 6 jobs in flight (load = max(qema 0, 6 - 1 slot, 0) = 5,
+# wait 5 s), "ejected" had 5 error releases in a row (ejected for ejection_s).
+IN_FLIGHT = {"healthy-plain": 6}
+ERRORS = {"ejected": 5}
+E2E_SCORE = "[score]\nerror_half_life_s = 0.05\nejection_s = 1000.0\n"
 
 
-def test_live_matches_replay_on_steady_heartbeats(shm_name, tmp_path, reap, push):
+def test_live_matches_replay_with_feedback(shm_name, tmp_path, reap, push):
     port = free_port()
-    config_path = write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16)
+    config_path = write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16,
+                               extra=E2E_SCORE)
     eng = Engine(shm_name, config_path, tmp_path, reap)
     eng.wait_ready()
     sock = push(port)
     frame = json.dumps(STEADY).encode()   # one frame: every node in the same tick
     names = sorted(h["node"] for h in STEADY)
     reader = ScoreReader.attach(shm_name)
+    held = []
     try:
         sock.send(frame)
         wait_until(lambda: sorted(n for n in reader.snapshot().nodes if n) == names,
                    30, "all nodes registered", period=0.005)
+        for node, n in IN_FLIGHT.items():
+            held += [reader.claim(node) for _ in range(n)]
+        for node, n in ERRORS.items():
+            for _ in range(n):
+                reader.claim(node).release(ok=False)
         start = reader.epoch
         last_sent = start
         while reader.epoch < start + TICKS:
@@ -179,12 +200,18 @@ def test_live_matches_replay_on_steady_heartbeats(shm_name, tmp_path, reap, push
                 sock.send(frame)
             time.sleep(0.002)
         live = reader.snapshot()
+        status = eng.status()
     finally:
+        for c in held:
+            c.release(ok=True)
         reader.close()
     assert eng.stop() == 0
     assert not segment_exists(shm_name)
 
     trace = [dict(h, tick=k) for k in range(TICKS) for h in STEADY]
+    trace[len(STEADY):len(STEADY)] = (
+        [{"tick": 0, "feedback": node, "rif": n} for node, n in IN_FLIGHT.items()]
+        + [{"tick": 0, "feedback": node, "err": n, "consec": n} for node, n in ERRORS.items()])
     recs = [r for r in replay(trace, load_config(config_path)) if r["tick"] == TICKS - 1]
     assert sorted(r["node"] for r in recs) == names
     for r in recs:
@@ -196,5 +223,10 @@ def test_live_matches_replay_on_steady_heartbeats(shm_name, tmp_path, reap, push
         assert float(live.wait[s]) == pytest.approx(r["wait"], abs=1e-6), r["node"]
         assert float(live.liveness[s]) == r["liveness"] == 1.0
     assert live.pressure == pytest.approx(recs[0]["pressure"], abs=1e-6)
+    by_node = {r["node"]: r for r in recs}
+    # The feedback counted: the claims are the load, the errors an ejection.
+    assert by_node["healthy-plain"]["wait"] == 5.0
+    assert by_node["ejected"]["raw"] == 0.0 and by_node["ejected"]["state"] == "overloaded"
+    assert live.ejected == status["ejected"] == 1
     # The fleet covers more than one state, so the comparison means something.
     assert {r["state"] for r in recs} >= {"healthy", "degraded", "overloaded"}

@@ -11,8 +11,9 @@ keep sending.  The promises checked:
   heartbeat lands under exactly one counter (accepted + rejects == seen), with
   the per-reason counts the wire decoder gives for the same bytes;
 - frames over ``max_frame_bytes`` are refused undecoded (``frame_too_large``);
-- the good nodes keep their exact scores (their inputs make every goodness
-  term equal, so the score does not depend on the fuzz nodes' pressure);
+- the good nodes keep their exact scores (their inputs give them no rate
+  term, no wait and no outcomes, and the engine runs with k1 = 0, so no
+  weight moves with the fuzz nodes' pressure);
 - memory stays flat: RSS of the ingest and the tick worker after the fuzz
   is within `RSS_SLACK` of what it was after a warm-up round.
 """
@@ -46,12 +47,16 @@ RSS_SLACK = 16 << 20        # bytes an RSS may grow from warm-up to the end
 PACE = 4000                 # most frames the sender runs ahead of the ingest
 FUZZ_IDS = 400              # distinct fuzz node ids, far more than free slots
 
-# Good node g has every goodness term equal to g (cpu = max_cpu (1-g),
-# mem = max_mem (1-g), wait = max_wait_s (1-g), B = 1), so its score is g
-# whatever the weights, hence whatever the pressure of the fuzz nodes.
+# Good node k has g_cpu = g_mem = g (cpu = max_cpu (1-g), mem = max_mem (1-g));
+# avg_job_s 0 gives it no rate term and no wait (g_wait 1), no outcomes give
+# g_succ 1, and B = 1: core = (0.20 g + 0.15 g + 0.25 + 0.15) / 0.75 at the
+# base weights.  With k1 = 0 (SCORE_CONFIG) w_wait does not move with the
+# pressure of the fuzz nodes, so that is its score whatever they send.
 GOOD_G = (0.6, 0.7, 0.8, 0.9)
 GOOD = [dict(node=f"good-{k}", cpu=0.98 * (1 - g), mem=0.95 * (1 - g),
-             queue=30.0 * (1 - g), avg_job_s=1.0) for k, g in enumerate(GOOD_G)]
+             queue=0.0, avg_job_s=0.0) for k, g in enumerate(GOOD_G)]
+GOOD_SCORES = tuple((0.20 * g + 0.15 * g + 0.25 + 0.15) / 0.75 for g in GOOD_G)
+SCORE_CONFIG = "[score]\nk1 = 0.0\n"
 GOOD_FRAMES = [encode_batch(GOOD[:2]), encode_json(GOOD[2]), encode_json(GOOD[3])]
 
 
@@ -93,6 +98,10 @@ class Fuzzer:
             d.update(p50_ms=p50, p95_ms=p50 * (1 + float(r.random())))
         if r.random() < 0.2:
             d["zone"] = f"z{r.integers(4)}"
+        if r.random() < 0.3:
+            d["slots"] = int(r.integers(1, 65536))
+        if r.random() < 0.2:
+            d["resources"] = {f"r{i}": float(r.exponential(4)) for i in range(r.integers(9))}
         return d
 
     def hb(self) -> dict:
@@ -126,7 +135,7 @@ class Fuzzer:
         if which == 0:
             magic = bytes(r.integers(65, 90, 4, dtype=np.uint8))
         elif which == 1:
-            ver = int(r.integers(2, 65536))
+            ver = int(r.integers(3, 65536))
         elif which == 2:
             rsz = int(r.integers(0, 65536))
         elif which == 3:
@@ -146,7 +155,7 @@ class Fuzzer:
         r = self.rng
         d = self.hb()
         key = ["cpu", "mem", "queue", "avg_job_s", "throughput", "ok", "p50_ms", "ts",
-               "labels", "zone"][r.integers(10)]
+               "labels", "zone", "slots", "resources"][r.integers(12)]
         bad = [float("nan"), float("inf"), float("-inf"), -1.0, 2.5, 1e400, "0.5", True, None,
                [], {}, 2**70, -5, {"a": 1}, "z" * 40][r.integers(15)]
         d[key] = bad
@@ -241,7 +250,8 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
 
     port = free_port()
     eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50,
-                                        capacity=CAPACITY, max_frame_bytes=MAX_FRAME),
+                                        capacity=CAPACITY, max_frame_bytes=MAX_FRAME,
+                                        extra=SCORE_CONFIG),
                  tmp_path, reap)
     st0 = eng.wait_ready()
     pids = {"supervisor": eng.proc.pid, "ingest": st0["children"]["ingest"]["pid"],
@@ -287,7 +297,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
     try:
         steady0 = settle()
         for k, h in enumerate(GOOD):
-            assert steady0[h["node"]] == pytest.approx(GOOD_G[k], abs=1e-9)
+            assert steady0[h["node"]] == pytest.approx(GOOD_SCORES[k], abs=1e-9)
 
         def blast(chunk) -> None:
             # Paced: at most PACE frames ahead of the ingest, so what RSS

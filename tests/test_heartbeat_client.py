@@ -12,7 +12,7 @@ import pytest
 from clients import HeartbeatClient, InvalidHeartbeat
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, node_key, record_to_dict
-from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
+from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, RECORD_SIZE
 from support.engine import free_port
 
 HB = dict(cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
@@ -41,7 +41,7 @@ def test_send_binary_and_json_frames_arrive_and_decode(pull):
 
 def test_send_batch_splits_frames_under_the_limit(pull):
     sock, endpoint = pull
-    limit = 16 + 10 * 192            # 10 records per frame
+    limit = 16 + 10 * RECORD_SIZE    # 10 records per frame
     records = [dict(node=f"n{i}", **HB) for i in range(25)]
     with HeartbeatClient(endpoint, max_frame_bytes=limit) as client:
         assert client.send_batch(records) == 25

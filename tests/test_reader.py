@@ -122,7 +122,9 @@ def test_score_state_snapshot_and_top_agree_with_the_buffer(engine, reader):
     np.testing.assert_array_equal(snap.score, buf.out.score[:3])
     assert list(snap.ranked) == [0, 1]
     assert snap.counts["healthy"] + snap.counts["degraded"] + snap.counts["overloaded"] == 3
-    assert set(snap.weights) == {"cpu", "mem", "io", "wait", "throughput", "success", "tail"}
+    assert list(snap.weights) == ["cpu", "mem", "io", "wait", "rate", "success", "tail"]
+    np.testing.assert_array_equal(list(snap.weights.values()), buf.weights[:7])
+    assert snap.ejected == 0
     assert reader.top(10) == [("calm", snap.score[0]), ("busy", snap.score[1])]
     assert reader.top(1) == [("calm", snap.score[0])]
     assert 0.0 <= reader.age_s < 60 and not reader.is_stale(60)

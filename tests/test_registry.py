@@ -202,35 +202,39 @@ F8 = st.floats(allow_nan=False, width=64)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 63), st.lists(F8, min_size=9,
-                                                                           max_size=9),
-                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 255), st.lists(F8, min_size=9,
+                                                                            max_size=9),
+                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+                          st.integers(0, 65535)),
                 min_size=1, max_size=12),
        F8)
 def test_write_rows_writes_each_row_exactly(writes, now):
     """Against a row computed by hand: every metric copied (ok/err as exact
-    floats, any u4), an absent metric 0, ``reported`` the low 4 flags, two
-    ``row_version`` steps per write, the later write of a slot wins, and slots
-    outside [0, 8) are skipped and not counted."""
+    floats, any u4), an absent metric 0, ``slots`` copied when its bit (0x40)
+    is set and 1 otherwise, ``reported`` the low 4 flags, two ``row_version``
+    steps per write, the later write of a slot wins, and slots outside [0, 8)
+    are skipped and not counted."""
     lay = layout_for(8)
     mm = mmap.mmap(-1, lay.size)
     table = SegmentViews(mm, lay).table
     recs = np.zeros(len(writes), RECORD_DTYPE)
-    for j, (_, flags, floats, ok, err) in enumerate(writes):
+    for j, (_, flags, floats, ok, err, n_slots) in enumerate(writes):
         for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
                                 "p50_ms", "p95_ms", "ts"), floats):
             recs[j][name] = value
         recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
+        recs[j]["slots"] = n_slots
         recs[j]["node"] = b"n%d" % j
     slots = np.array([w[0] for w in writes], np.int64)
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
     expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
-                  row_version=np.zeros(8, np.uint64))
+                  row_version=np.zeros(8, np.uint64), slots=np.zeros(8))
     for s, rec in zip(slots.tolist(), recs):
         if 0 <= s < 8:
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
             expect["recv_time"][s] = now
+            expect["slots"][s] = rec["slots"] if rec["flags"] & 64 else 1.0
             expect["reported"][s] = rec["flags"] & 15
             expect["row_version"][s] += 2
     written = write_rows(column_addresses(table), 8, slots, recs, now)
@@ -311,10 +315,10 @@ def _race(reg, t, inp, gen, hb_seen, state, cache, gathers):
     for _ in range(gathers):
         gave_up += gather_inputs(
             reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem, t.queue,
-            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.reported,
-            gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
-            inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io, inp.p50_ms,
-            inp.p95_ms, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
+            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.slots,
+            t.reported, gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age,
+            inp.cpu, inp.mem, inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
+            inp.p50_ms, inp.p95_ms, inp.slots, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
             cache.gen, cache.version, cache.recv_time)
         new = 0
         for s in range(ROWS):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import signal
 import stat
@@ -120,9 +121,13 @@ def test_reader_mapping_is_read_only(shm_name, tmp_path, reap):
     assert not segment_exists(shm_name)
 
 
-HOSTILE_IDS = ["../../etc/passwd", "$(rm -rf /)", "`reboot`", "'; DROP TABLE nodes; --",
-               "{{7*7}}", "${jndi:ldap://x/a}", "%s%n%x", "__import__('os')", "a b\\c",
-               "<script>alert(1)</script>", "ünïcødé-节点", "\u202eevil"]
+# Ids that the id rule (A-Z a-z 0-9 . _ : - /) admits but that mean something
+# to a shell, a path or a parser; and ids it refuses outright.
+HOSTILE_IDS = ["../../etc/passwd", "/", "..", "-rf", "--help", "__import__", "os.system",
+               "jndi:ldap://x/a", "file:///etc/shadow", "NaN", "null", "0x00", "-", "_"]
+REFUSED_IDS = ["$(rm -rf /)", "`reboot`", "'; DROP TABLE nodes; --", "{{7*7}}", "%s%n%x",
+               "a b\\c", "<script>alert(1)</script>", "\u00fcn\u00efc\u00f8d\u00e9-\u8282",
+               "\u202eevil", "n\u043ede", "tab\tid"]
 
 
 def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
@@ -194,11 +199,12 @@ def test_static_check_catches_each_pattern(tmp_path):
 
 def test_json_decoder_builds_only_plain_data():
     # The wire decoder's output for hostile JSON holds only str/float/int/dict/list.
-    frame = b'{"node": "__import__(\'os\').system(\'x\')", "cpu": 0.1, "mem": 0.1, ' \
-            b'"queue": 0, "avg_job_s": 1, "labels": {"a": "$(id)"}}'
+    frame = b'{"node": "__import__.os:system", "cpu": 0.1, "mem": 0.1, "queue": 0, ' \
+            b'"avg_job_s": 1, "labels": {"a": "$(id)"}, "resources": {"$(id)": 1}}'
     d = decode_frame(frame, 1 << 20)
     assert len(d.records) == 1
-    assert bytes(d.records[0]["node"]) == b"__import__('os').system('x')"
+    assert bytes(d.records[0]["node"]) == b"__import__.os:system"
+    assert bytes(d.records[0]["res_name0"]) == b"$(id)" and d.records[0]["res_value0"] == 1.0
     assert d.labels == [b'{"a":"$(id)"}']
     assert d.records.dtype == RECORD_DTYPE and not d.records.dtype.hasobject
     assert np.all(d.records["cpu"] == 0.1)

@@ -63,14 +63,14 @@ def node(name, **kw):
     return hb
 
 
-# Queues vary tick by tick so that the queue EMA and the smoothed score carry
-# real state from one epoch to the next.
+# Queues and outcomes vary tick by tick so that the queue EMA, the error
+# window and the smoothed score carry real state from one epoch to the next.
 SCRIPT = [
-    [node("a", queue=10.0), node("b", cpu=0.2)],
-    [node("a", queue=40.0)],
-    [node("a", queue=5.0), node("b", cpu=0.9, queue=20.0)],
-    [node("a", queue=60.0)],
-    [node("b", cpu=0.1)],
+    [node("a", queue=10.0, ok=4, err=1), node("b", cpu=0.2)],
+    [node("a", queue=40.0, ok=0, err=3)],
+    [node("a", queue=5.0), node("b", cpu=0.9, queue=20.0, ok=7, err=0)],
+    [node("a", queue=60.0, ok=2, err=2)],
+    [node("b", cpu=0.1, ok=1, err=1)],
     [node("a", queue=0.0), node("b", queue=3.0)],
 ]
 
@@ -103,8 +103,11 @@ def published(views):
 
 def test_hand_computed_score_is_published(seg):
     # cpu 0.49 -> g_cpu = 1 - 0.49/0.98 = 0.5; mem 0.475 -> g_mem = 1 - 0.475/0.95 = 0.5;
-    # queue 0 -> wait 0 -> g_wait 1; P = 0 so weights are the base ones:
-    # core = (0.20*0.5 + 0.15*0.5 + 0.25*1) / 0.60 = 0.425/0.6; L = 1, B = 1, first tick s = raw.
+    # queue 0 -> wait 0 -> g_wait 1; avg_job_s 1 -> rate 1/1, the only rate, so
+    # R = 1 and g_rate = 1; no outcomes -> g_succ = (0+1)/(0+0+1) = 1; the only
+    # live node -> P_i = 0, so the weights are the base ones:
+    # core = (0.20*0.5 + 0.15*0.5 + 0.25*1 + 0.15*1 + 0.15*1) / 0.90 = 0.725/0.9;
+    # L = 1, B = 1, first tick s = raw.
     v = seg.views
     reg = NodeRegistry(v)
     send(v, reg, 10.0, **node("n1"))
@@ -112,8 +115,42 @@ def test_hand_computed_score_is_published(seg):
     r = t.tick(10.0)
     assert (r.epoch, r.n_ranked, r.live, r.registered, r.torn) == (1, 1, 1, 1, 0)
     with ScoreReader.attach(seg.name) as reader:
-        assert reader.score("n1") == pytest.approx(0.425 / 0.6, abs=1e-12)
+        assert reader.score("n1") == pytest.approx(0.725 / 0.9, abs=1e-12)
         assert reader.state("n1") == NodeState.HEALTHY
+
+
+def test_error_window_is_carried_in_the_published_buffers(seg):
+    # d = 0.5 ** (50 / 1000 / 10.0).  Tick 0: e = 0*d + 4 ok, 1 err.  Tick 1
+    # (no heartbeat): e*d.  Tick 2 (ok 2, err 3): e*d + (2, 3).
+    d = 0.5 ** (50 / 1000 / 10.0)
+    v = seg.views
+    reg = NodeRegistry(v)
+    t = Ticker(v, CFG)
+    slot = send(v, reg, 0.0, **node("w", ok=4, err=1))
+    t.tick(0.0)
+    t.tick(0.05)
+    send(v, reg, 0.1, **node("w", ok=2, err=3))
+    t.tick(0.1)
+    b = v.buffers[3 & 1]
+    assert float(b.state.e_ok[slot]) == pytest.approx((4 * d) * d + 2, abs=1e-12)
+    assert float(b.state.e_err[slot]) == pytest.approx((1 * d) * d + 3, abs=1e-12)
+    # g_succ = (e_ok + 1) / (e_ok + e_err + 1) < 1 now: the score fell.
+    e_ok, e_err = (4 * d) * d + 2, (1 * d) * d + 3
+    core = (0.20 * 0.5 + 0.15 * 0.5 + 0.25 * 1 + 0.15 * 1
+            + 0.15 * (e_ok + 1) / (e_ok + e_err + 1)) / 0.90
+    assert float(b.out.raw[slot]) == pytest.approx(core, abs=1e-12)
+
+
+def test_uses_the_engine_tick_interval_for_the_window(shm_name):
+    cfg = with_overrides(CFG, {"engine.tick_interval_ms": 1000, "score.error_half_life_s": 1.0})
+    with Segment.create(shm_name, CAP, tick_interval_ms=1000) as s:
+        reg = NodeRegistry(s.views)
+        t = Ticker(s.views, cfg)
+        slot = send(s.views, reg, 0.0, **node("w", ok=8, err=0))
+        t.tick(0.0)
+        t.tick(1.0)                 # d = 0.5 ** (1000 / 1000 / 1.0) = 0.5 exactly
+        assert float(s.views.buffers[0].state.e_ok[slot]) == 4.0
+        t = None
 
 
 def test_epochs_are_published_into_alternating_buffers(seg):

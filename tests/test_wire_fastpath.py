@@ -1,7 +1,8 @@
 """The small-frame binary path (the scalar accept and the fault finder on a
 struct unpack) against the compiled batch path: same records, reject
 reasons, counts and sample details on random and mutated frames of 1..4
-records, and `one` mirrors the record."""
+records, and `one` mirrors the record; runs of 1-record frames (of this
+version or version 1) decode as one batch like one by one."""
 
 import json
 import struct
@@ -15,7 +16,8 @@ from shm_engine.wire import binary
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames, record_fault
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import RECORD_DTYPE, RECORD_STRUCT
+from shm_engine.wire.format import (HEADER, MAGIC, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
+                                    RECORD_STRUCT, V1_RECORD_SIZE, V1_VERSION)
 from shm_engine.wire.jsondecode import check_mapping, decode_json_objects
 
 MAX = 1 << 20
@@ -23,12 +25,16 @@ MAX = 1 << 20
 FULL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2, throughput=10.0,
             ok=5, err=1, io=0.1, p50_ms=3.0, p95_ms=9.0, ts=1.7e9, zone="eu-1")
 MINIMAL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
-BASES = [FULL, MINIMAL, dict(MINIMAL, node="nœud-é", zone="zé"), dict(FULL, node="x" * 63),
-         dict(MINIMAL, ok=2**32 - 1, err=0, zone="z" * 31)]
+BASES = [FULL, MINIMAL, dict(MINIMAL, node="a.b_c:d-e/F", zone="zé"), dict(FULL, node="x" * 63),
+         dict(MINIMAL, ok=2**32 - 1, err=0, zone="z" * 31, slots=65535),
+         dict(MINIMAL, slots=4, resources={"cpu": 16.0, "gpü": 2.0, "m" * 15: 0.0}),
+         dict(FULL, resources={f"r{i}": float(i) for i in range(8)})]
+R = RECORD_SIZE
 
 FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1.0000000000000002, 5e-324, -5e-324, 1e308,
           float("inf"), float("-inf"), float("nan"), 3.0, 9.0]
-F8_NAMES = ["cpu", "mem", "queue", "avg_job_s", "throughput", "io", "p50_ms", "p95_ms", "ts"]
+F8_NAMES = ["cpu", "mem", "queue", "avg_job_s", "throughput", "io", "p50_ms", "p95_ms", "ts",
+            "res_value0", "res_value1", "res_value7"]
 # Bytes that sit on rule boundaries: NUL, controls, DEL, C1 lead bytes, invalid UTF-8.
 BYTES = [0x00, 0x01, 0x09, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0x85, 0x9F, 0xC2, 0xC3,
          0xE2, 0xFF, 0x40, 0x3F]
@@ -42,7 +48,7 @@ def both(frame: bytes):
     count = struct.unpack_from("<I", frame, 8)[0]
     for i in range(count):
         # the one-expression accept passes exactly what the fault finder passes
-        v = RECORD_STRUCT.unpack_from(mv, 16 + 192 * i)
+        v = RECORD_STRUCT.unpack_from(mv, 16 + R * i)
         assert binary._accept(v) == (record_fault(v) is None)
     small, large = binary._decode_small(mv, count), binary._decode_large(mv, count)
     if count == 1:   # decode_frame's inlined 1-record path
@@ -69,7 +75,9 @@ def assert_one_mirrors_records(d):
     assert d.seen == 1 and len(d.records) == 1
     assert d.one == d.records[0].item()    # S fields read back without padding
     assert all(type(x) is float for x in d.one[:9])
-    assert all(type(x) is int for x in d.one[9:12])
+    assert all(type(x) is int for x in d.one[9:13])      # ok, err, flags, slots
+    assert all(type(x) is bytes for x in d.one[13:23])    # node, zone, resource names
+    assert all(type(x) is float for x in d.one[23:])      # resource values
 
 
 def body_of(bases) -> bytearray:
@@ -79,7 +87,7 @@ def body_of(bases) -> bytearray:
 
 @FUZZ
 @given(st.lists(st.sampled_from(BASES), min_size=1, max_size=4),
-       st.lists(st.tuples(st.integers(0, 4 * 192 - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
+       st.lists(st.tuples(st.integers(0, 4 * R - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
                 max_size=6),
        st.lists(st.tuples(st.integers(0, 3), st.sampled_from(F8_NAMES), st.sampled_from(FLOATS)),
                 max_size=3),
@@ -88,11 +96,11 @@ def test_small_path_agrees_with_the_compiled_one(bases, pokes, floats, flags):
     frame = body_of(bases)
     n = len(bases)
     for rec, name, value in floats:
-        struct.pack_into("<d", frame, 16 + (rec % n) * 192 + RECORD_DTYPE.fields[name][1], value)
+        struct.pack_into("<d", frame, 16 + (rec % n) * R + RECORD_DTYPE.fields[name][1], value)
     for rec, value in flags:
-        frame[16 + (rec % n) * 192 + 80] = value
+        frame[16 + (rec % n) * R + 80] = value
     for pos, value in pokes:
-        frame[16 + pos % (n * 192)] = value
+        frame[16 + pos % (n * R)] = value
     small, large = both(bytes(frame))
     assert_same(small, large)
     assert_one_mirrors_records(small)
@@ -100,22 +108,22 @@ def test_small_path_agrees_with_the_compiled_one(bases, pokes, floats, flags):
 
 @FUZZ
 @given(st.lists(st.sampled_from(BASES), min_size=5, max_size=12),
-       st.lists(st.tuples(st.integers(0, 12 * 192 - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
+       st.lists(st.tuples(st.integers(0, 12 * R - 1), st.sampled_from(BYTES) | st.integers(0, 255)),
                 max_size=8))
 def test_the_scalar_path_for_senders_agrees_with_the_compiled_one(bases, pokes):
     """`decode_binary(compiled=False)` (what `HeartbeatClient` checks with, no
     numba) on frames above the small-frame size: what the compiled path gives."""
     frame = body_of(bases)
     for pos, value in pokes:
-        frame[16 + pos % (len(bases) * 192)] = value
+        frame[16 + pos % (len(bases) * R)] = value
     mv = memoryview(bytes(frame))
     assert_same(binary.decode_binary(mv, compiled=False), binary.decode_binary(mv))
 
 
 @FUZZ
-@given(st.integers(1, 4), st.binary(min_size=192 * 4, max_size=192 * 4))
+@given(st.integers(1, 4), st.binary(min_size=R * 4, max_size=R * 4))
 def test_small_path_agrees_on_random_records(n, body):
-    frame = struct.pack("<4sHHII", b"SHMH", 1, 192, n, 0) + body[:n * 192]
+    frame = struct.pack("<4sHHII", b"SHMH", 2, R, n, 0) + body[:n * R]
     small, large = both(frame)
     assert_same(small, large)
     assert_one_mirrors_records(small)
@@ -135,16 +143,17 @@ def test_one_is_set_for_a_single_accepted_heartbeat_of_either_kind():
     b = decode_frame(encode_batch([FULL]), MAX)
     j = decode_frame(encode_json(FULL), MAX)
     assert b.one == j.one == j.records[0].item()
-    assert b.one[12:] == (b"n7", b"eu-1")
+    assert b.one[13:15] == (b"n7", b"eu-1")
     assert decode_frame(encode_batch([FULL, MINIMAL]), MAX).one is None
     assert decode_frame(json.dumps(dict(FULL, cpu=2.0)).encode(), MAX).one is None
     assert decode_frame(b"[" + encode_json(FULL) + b"]", MAX).one == j.one
 
 
 def test_json_records_are_packed_like_the_structured_assignment():
-    objs = [FULL, MINIMAL, dict(MINIMAL, node="nœud", zone="zé", labels={"a": "b"})]
+    objs = [FULL, MINIMAL, dict(MINIMAL, node="n:1", zone="zé", labels={"a": "b"}),
+            dict(MINIMAL, slots=3, resources={"gpu": 2.0, "cpu": 0.5})]
     d = decode_frame(json.dumps(objs).encode(), MAX)
-    expect = np.zeros(3, RECORD_DTYPE)
+    expect = np.zeros(len(objs), RECORD_DTYPE)
     for i, o in enumerate(objs):
         expect[i] = check_mapping(dict(o))[0]
     assert d.rejects == {} and d.records.tobytes() == expect.tobytes()
@@ -154,19 +163,21 @@ def test_json_records_are_packed_like_the_structured_assignment():
 @pytest.mark.parametrize("value", [0x00, 0x01, 0x1F, 0x20, 0x41, 0x7E, 0x7F, 0x80, 0x85, 0xC2,
                                    0xE2, 0xFF])
 def test_compiled_batch_check_agrees_byte_by_byte(value):
-    """The compiled batch check tests node and zone bytes 8 at a time (and
-    byte by byte where one is >= 0x80): poke every byte of both fields (and
-    of the words around them) in turn, on a record with a zone, one without,
-    and ones whose text is already multi-byte UTF-8; the compiled check must
-    name the fault finder's first broken rule exactly."""
-    frame = encode_batch([dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1,
-                               node="node-0001", zone="eu-west-1a"),
-                          dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="n" * 63),
-                          dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1, node="nœud-€",
-                               zone="zé")])
-    base = np.frombuffer(frame, np.uint8, 3 * 192, 16).reshape(3, 192)
-    for row in (0, 1, 2):
-        for pos in range(72, 192):
+    """The compiled batch check tests node, zone and resource name bytes 8 at
+    a time (and byte by byte where one is >= 0x80): poke every byte of those
+    fields, the slots and the resource values (and the words around them) in
+    turn, on a record with a zone, one without, one whose zone is already
+    multi-byte UTF-8 and ones with resources (one full); the compiled check
+    must name the fault finder's first broken rule exactly."""
+    base = dict(cpu=0.5, mem=0.5, queue=1.0, avg_job_s=0.1)
+    frame = encode_batch([dict(base, node="node-0001", zone="eu-west-1a"),
+                          dict(base, node="n" * 63, slots=2),
+                          dict(base, node="n.o_d:e-/", zone="zé"),
+                          dict(base, node="r", resources={"gpu": 1.0, "é€": 2.5}),
+                          dict(base, node="f", resources={f"n{i}": 1.0 for i in range(8)})])
+    base = np.frombuffer(frame, np.uint8, 5 * R, 16).reshape(5, R)
+    for row in range(5):
+        for pos in range(72, R):
             raw = base.copy()
             raw[row, pos] = value
             faults, _ = batch_faults(raw)
@@ -185,7 +196,7 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
     for i in range(200):
         f = bytearray(good)
         if i % 7 == 0:
-            f[16 + int(rng.integers(0, 192))] = int(rng.integers(0, 256))
+            f[16 + int(rng.integers(0, R))] = int(rng.integers(0, 256))
         frames.append(bytes(f))
     one_by_one = [decode_frame(f, 1 << 20) for f in frames]
     batch = decode_one_record_frames(frames)
@@ -196,11 +207,64 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
         for r, c in d.rejects.items():
             expect[r] = expect.get(r, 0) + c
     assert batch.rejects == expect and expect
-    assert decode_one_record_frames(frames[:3] + [b"{" + b" " * 206 + b"}"]) is None
+    assert decode_one_record_frames(frames[:3] + [b"{" + b" " * (ONE_FRAME_SIZE - 2) + b"}"]) \
+        is None
     bad_header = bytearray(good)
-    bad_header[4] = 2                                   # version 2
+    bad_header[4] = 3                                   # version 3
     assert decode_one_record_frames([good, bytes(bad_header)]) is None
     assert decode_one_record_frames([good, good[:-1]]) is None
+
+
+def v1_frame(record_bytes: bytes) -> bytes:
+    """A 1-record version 1 frame of a record's first 192 bytes."""
+    return HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0) + record_bytes[:V1_RECORD_SIZE]
+
+
+def test_version_1_frames_decode_as_their_zero_extended_records():
+    """Version 1 (192-byte records): one by one, as a run, and in batches of
+    any size, the records are the v2 records the bytes extend to with zeros;
+    a v1 record that sets a bit version 1 did not know is rejected."""
+    rng = np.random.default_rng(5)
+    good = encode_batch([dict(FULL, node="old-1")])[16:]
+    assert good[V1_RECORD_SIZE:] == bytes(R - V1_RECORD_SIZE)     # nothing v2-only in it
+    frames = []
+    for i in range(60):
+        f = bytearray(v1_frame(good))
+        if i % 5 == 0:
+            f[16 + int(rng.integers(0, V1_RECORD_SIZE))] = int(rng.integers(0, 256))
+        if i % 10 == 3:
+            f[16 + 80] |= 0x40                            # HAS_SLOTS: unknown in v1
+        frames.append(bytes(f))
+    one_by_one = [decode_frame(f, MAX) for f in frames]
+    for f, d in zip(frames, one_by_one):
+        assert d.seen == 1
+        if len(d.records):
+            assert d.records.tobytes() == f[16:] + bytes(R - V1_RECORD_SIZE)
+        if f[16 + 80] & 0x40:
+            assert d.rejects == {"bad_field": 1}
+            assert "has bits unknown in version 1" in d.sample[0][1]
+    batch = decode_one_record_frames(frames)
+    assert batch.seen == 60
+    assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
+    expect: dict = {}
+    for d in one_by_one:
+        for r, c in d.rejects.items():
+            expect[r] = expect.get(r, 0) + c
+    assert batch.rejects == expect and expect
+    # One v1 frame of many records, through both paths: the same again.
+    body = b"".join(f[16:] for f in frames)
+    many = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 60, 0) + body
+    for compiled in (True, False):
+        d = binary.decode_binary(memoryview(many), compiled=compiled)
+        assert d.seen == 60 and d.records.tobytes() == batch.records.tobytes()
+        assert d.rejects == expect
+    # Version 1 checked the node id before the flags: so does its decode.
+    bad_id = bytearray(v1_frame(good))
+    bad_id[16 + 80] |= 0x80
+    bad_id[16 + 88] = ord(" ")
+    assert decode_frame(bytes(bad_id), MAX).rejects == {"bad_node_id": 1}
+    # A v1 run mixed with a current frame is decoded frame by frame.
+    assert decode_one_record_frames(frames[:3] + [encode_batch([FULL])]) is None
 
 
 def test_json_objects_decode_as_one_batch_like_one_by_one():

@@ -75,7 +75,6 @@ class _Parts:
 
     def __init__(self, n: int):
         import kernels
-        from kernels.ranking import make_rank_scratch
         from shm_engine.core.rows import make_gather_cache
         self.inp = kernels.make_inputs(n)
         self.inp_full = kernels.make_inputs(n)
@@ -85,7 +84,7 @@ class _Parts:
         self.nxt_full = _GatherTarget(n)
         self.state = kernels.make_state(n)
         self.out = kernels.make_outputs(n)
-        self.scratch = make_rank_scratch(n)
+        self.scratch = kernels.make_scratch(n)
         self.rng = np.random.default_rng(7)
 
     def time(self, views, params, hwm: int, now: float) -> dict:
@@ -108,10 +107,10 @@ class _Parts:
             gathers[name]()
             out[name] = (time.perf_counter_ns() - t0) / 1e3
         t0 = time.perf_counter_ns()
-        m, _p, _live = _score(params, self.inp, prev.state, self.state, self.out)
+        m, _p, _live = _score(params, self.inp, prev.state, self.state, self.out, self.scratch)
         out["passes"] = (time.perf_counter_ns() - t0) / 1e3
         t0 = time.perf_counter_ns()
-        radix_ranked(self.out.score, self.out.ranked, m, self.scratch)
+        radix_ranked(self.out.score, self.out.ranked, m, self.scratch.rank)
         out["step14_radix"] = (time.perf_counter_ns() - t0) / 1e3
         if not np.array_equal(self.out.ranked[:m], nxt.out.ranked[:m]):
             raise AssertionError(f"epoch {epoch}: the parts rank otherwise than the tick")

@@ -551,7 +551,7 @@ def reap_dead_leases(views: ClaimsViews, hwm: int, now: float, alive=lease_holde
 
 @njit(cache=True)
 def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, prev_ok_seen,
-                    prev_err_seen, hwm, now,
+                    prev_err_seen, hwm, now, max_consecutive_errors, ejection_s,
                     rif, fb_ok, fb_err, consec, err_age,
                     pub_rif, pub_fb_ok, pub_fb_err, pub_consec, pub_err_age,
                     ok_seen, err_seen):
@@ -574,7 +574,10 @@ def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, 
     whose registration has no scheduler traffic, gets 0, 0, 0, 0, +inf.
     ``ok_seen``/``err_seen`` (u8) receive this tick's counters for the next.
 
-    Returns (sum of rif, sum of fb_ok, sum of fb_err) over the slots."""
+    Returns (sum of rif, sum of fb_ok, sum of fb_err, ejected) over the
+    slots; ``ejected`` counts the slots the breaker ejects this tick
+    (``consec >= max_consecutive_errors`` and ``err_age < ejection_s``, the
+    score parameters of those names)."""
     inf = np.inf
     n_leases = idents.shape[0]
     live = np.empty(n_leases, np.intp)
@@ -594,6 +597,7 @@ def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, 
     sum_rif = 0.0
     sum_ok = 0
     sum_err = 0
+    ejected = 0
     for s in range(hwm):
         if active[s] == 0:
             rif[s] = fb_ok[s] = fb_err[s] = consec[s] = 0.0
@@ -633,12 +637,14 @@ def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, 
                 consec[s] = 0.0
                 err_age[s] = inf
             sum_rif += rif[s]
+            if consec[s] >= max_consecutive_errors and err_age[s] < ejection_s:
+                ejected += 1
         pub_rif[s] = rif[s]
         pub_fb_ok[s] = fb_ok[s]
         pub_fb_err[s] = fb_err[s]
         pub_consec[s] = consec[s]
         pub_err_age[s] = err_age[s]
-    return sum_rif, sum_ok, sum_err
+    return sum_rif, sum_ok, sum_err, ejected
 
 
 def warm_up() -> None:
@@ -648,7 +654,7 @@ def warm_up() -> None:
     u1, u8 = np.zeros(2, np.uint8), np.zeros(2, np.uint64)
     f8 = [np.zeros(2) for _ in range(10)]
     gather_feedback(u8, u1, u1, v.lease_ident, v.in_flight_flat, v.row_words, v.outcomes, u8, u8,
-                    2, 0.0, *f8, u8.copy(), u8.copy())
+                    2, 0.0, 5.0, 5.0, *f8, u8.copy(), u8.copy())
     _return_row(v.in_flight[0], 2)
     _free_lease(v.lease_ident, 0, 1)
 

@@ -5,13 +5,16 @@ Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
 all-defaults configuration.
 
 Where the defaults come from
-    Every ``[score]`` and ``[score.weights]`` key, its meaning and its default
-    are defined by SCORING.md, the reference definition of the score; the
-    values here copy it exactly and ``tests/test_config.py`` checks them key by
-    key.  ``[engine]`` and ``[ingest]`` are operational settings owned by this
-    module.  Each key's meaning, unit and range is written once, as the
-    ``doc`` of its field below; ``render_defaults()`` prints those docs as the
-    comments of a complete default file, which loads back to ``Config()``.
+    Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
+    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`, the one table of score
+    defaults (the kernels, tests and benchmarks read it too), and
+    ``tests/test_config.py`` checks each against the definition by hand.
+    ``[engine] tick_interval_ms`` takes its default from there as well (the
+    error window decays per tick).  ``[engine]``, ``[ingest]`` and
+    ``[claims]`` are operational settings owned by this module.  Each key's
+    meaning, unit and range is written once, as the ``doc`` of its field
+    below; ``render_defaults()`` prints those docs as the comments of a
+    complete default file, which loads back to ``Config()``.
 
 Validation policy
     A configuration is accepted whole or refused: nothing is clamped, ignored
@@ -38,8 +41,8 @@ Validation policy
 Rules for callers
     Instances are immutable; derive new ones with ``with_overrides`` or
     ``dataclasses.replace``.  The kernels receive the score parameters only as
-    ``ScoreConfig.to_params()``, whose positions are those of
-    ``kernels.params``.
+    ``Config.to_params()`` (the ``[score]`` keys plus ``[engine]
+    tick_interval_ms``), whose positions are those of ``kernels.params``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kernels import params as kp
+from kernels.defaults import DEFAULTS
 
 from shm_engine.core.errors import ConfigError
 from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
@@ -103,6 +107,15 @@ _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "boo
 
 def _key(kind: str, default: Any, doc: str) -> Any:
     return field(default=default, metadata={"kind": kind, "doc": doc})
+
+
+def _param(kind: str, name: str, doc: str) -> Any:
+    """A score parameter: its default from `kernels.defaults.DEFAULTS`."""
+    default = DEFAULTS[name]
+    if kind == _INT:
+        assert float(default).is_integer(), name
+        default = int(default)
+    return _key(kind, default, doc)
 
 
 def _section(cls: type, doc: str) -> Any:
@@ -296,10 +309,12 @@ class EngineConfig(_Section):
         "Node slots in the shared-memory segment: the most nodes tracked at "
         "once. A heartbeat from a new node when every slot is taken is rejected "
         f"(registry_full). Integer, 1..{MAX_CAPACITY}.")
-    tick_interval_ms: int = _key(
-        _INT, 50,
+    tick_interval_ms: int = _param(
+        _INT, "tick_interval_ms",
         "Period of the scoring tick, milliseconds. Replay also uses it to turn "
-        f"tick counts into heartbeat ages. Integer, 1..{MAX_TICK_INTERVAL_MS}.")
+        "tick counts into heartbeat ages, and the error window decays by "
+        "0.5 ** (tick_interval_ms / 1000 / score.error_half_life_s) per tick. "
+        f"Integer, 1..{MAX_TICK_INTERVAL_MS}.")
     forget_after_s: float = _key(
         _FLOAT, 300.0,
         "A node whose last heartbeat is at least this old is forgotten at the "
@@ -486,7 +501,7 @@ class ClaimsConfig(_Section):
 
 
 # --------------------------------------------------------------------------
-# [score] and [score.weights]: SCORING.md, step numbers in the docs.
+# [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
 
 @dataclass(frozen=True)
@@ -495,132 +510,160 @@ class Weights(_Section):
 
     PATH: ClassVar[str] = "score.weights"
 
-    cpu: float = _key(_FLOAT, 0.20, "Base weight of g_cpu in core (step 6). >= 0.")
-    mem: float = _key(_FLOAT, 0.15, "Base weight of g_mem. >= 0.")
-    io: float = _key(_FLOAT, 0.05, "Base weight of g_io (nodes that report io). >= 0.")
-    wait: float = _key(
-        _FLOAT, 0.25,
-        "Base weight of g_wait; pressure adds k1*P to it. >= 0. cpu + mem + wait "
-        "must be > 0: they are the whole denominator of core for a node that "
-        "reports no optional metric.")
-    throughput: float = _key(
-        _FLOAT, 0.15,
-        "Base weight of g_tput (nodes that report throughput); pressure adds "
-        "k2*P to it. >= 0.")
-    success: float = _key(_FLOAT, 0.15, "Base weight of g_succ (nodes that report ok/err). >= 0.")
-    tail: float = _key(_FLOAT, 0.05, "Base weight of g_tail (nodes that report p50/p95). >= 0.")
+    cpu: float = _param(_FLOAT, "weights.cpu", "Base weight of g_cpu in core (step G). >= 0.")
+    mem: float = _param(_FLOAT, "weights.mem", "Base weight of g_mem. >= 0.")
+    io: float = _param(_FLOAT, "weights.io", "Base weight of g_io (nodes that report io). >= 0.")
+    wait: float = _param(
+        _FLOAT, "weights.wait",
+        "Base weight of g_wait; the pressure of the other live nodes adds "
+        "k1*P_i to it. >= 0.")
+    rate: float = _param(
+        _FLOAT, "weights.rate",
+        "Base weight of g_rate, what a node can complete (slots / avg_job_s) "
+        "against the 90th percentile of the live nodes' rates (nodes with "
+        "avg_job_s > 0); the pressure of the other live nodes adds k2*P_i to it. "
+        ">= 0. (Called weights.throughput before score version 2.)")
+    success: float = _param(
+        _FLOAT, "weights.success",
+        "Base weight of g_succ, from the decayed window of job outcomes "
+        "(heartbeats and scheduler releases); always scored. >= 0.")
+    tail: float = _param(
+        _FLOAT, "weights.tail", "Base weight of g_tail (nodes that report p50/p95). >= 0.")
+
+    #: Weights of the terms every node has: at least one must be > 0, or core
+    #: would divide by 0 for a node that reports no optional metric.
+    ALWAYS: ClassVar[tuple[str, ...]] = ("cpu", "mem", "wait", "success")
 
     def _validate(self) -> None:
         self._at_least(0, *(f.name for f in fields(self)))
-        if self.cpu + self.mem + self.wait <= 0:
+        if not any(getattr(self, name) > 0 for name in self.ALWAYS):
             raise ConfigError(
-                f"{self._ref('cpu')} + {self._ref('mem')} + {self._ref('wait')} "
-                "must be > 0: they are the denominator of core for a node that "
-                "reports no optional metric"
+                " + ".join(self._ref(name) for name in self.ALWAYS)
+                + " must be > 0: these terms are scored for every node, so they "
+                "are the whole denominator of core for a node that reports no "
+                "optional metric"
             )
 
 
 @dataclass(frozen=True)
 class ScoreConfig(_Section):
-    """``[score]``: every parameter of the score (SCORING.md)."""
+    """``[score]``: every parameter of the score (docs/scoring.md; the
+    letters in the docs name its steps)."""
 
     PATH: ClassVar[str] = "score"
 
-    alpha_queue: float = _key(
-        _FLOAT, 0.3,
-        "EMA weight of the newest queue length (step 1): "
+    alpha_queue: float = _param(
+        _FLOAT, "alpha_queue",
+        "EMA weight of the newest queue length (step A): "
         "qema = alpha_queue*queue + (1-alpha_queue)*qema. In (0, 1].")
-    max_cpu: float = _key(
-        _FLOAT, 0.98,
+    max_cpu: float = _param(
+        _FLOAT, "max_cpu",
         "CPU busy fraction at which g_cpu reaches 0 and the breaker trips "
-        "(steps 3, 8). In (0, 1].")
-    max_mem: float = _key(
-        _FLOAT, 0.95,
+        "(steps G, H). In (0, 1].")
+    max_mem: float = _param(
+        _FLOAT, "max_mem",
         "Memory used fraction at which g_mem reaches 0 and the breaker trips "
-        "(steps 3, 8). In (0, 1].")
-    max_wait_s: float = _key(
-        _FLOAT, 30.0,
-        "Sojourn time (qema * avg_job_s) at which g_wait reaches 0 and the "
-        "breaker trips; it also scales the global pressure P (steps 3, 5, 8). "
+        "(steps G, H). In (0, 1].")
+    max_wait_s: float = _param(
+        _FLOAT, "max_wait_s",
+        "Sojourn time (load * avg_job_s / slots) at which g_wait reaches 0 and "
+        "the breaker trips; it also scales the pressure (steps F, G, H). "
         "Seconds, > 0.")
-    max_tail_ratio: float = _key(
-        _FLOAT, 3.0,
-        "p95/p50 latency ratio at which g_tail reaches 0 (step 3). > 1.")
-    suspect_after_s: float = _key(
-        _FLOAT, 2.0,
-        "Heartbeat age up to which liveness L = 1 (step 4). Seconds, >= 0, "
+    max_tail_ratio: float = _param(
+        _FLOAT, "max_tail_ratio",
+        "p95/p50 latency ratio at which g_tail reaches 0 (step G). > 1.")
+    suspect_after_s: float = _param(
+        _FLOAT, "suspect_after_s",
+        "Heartbeat age up to which liveness L = 1 (step D). Seconds, >= 0, "
         "< dead_after_s.")
-    dead_after_s: float = _key(
-        _FLOAT, 10.0,
+    dead_after_s: float = _param(
+        _FLOAT, "dead_after_s",
         "Heartbeat age from which L = 0 and the node is DEAD; L falls linearly "
-        "in between (step 4). Seconds, > suspect_after_s.")
-    k1: float = _key(
-        _FLOAT, 0.5,
-        "Weight added to wait per unit of global pressure: w_wait += k1*P "
-        "(step 6). >= 0.")
-    k2: float = _key(
-        _FLOAT, 0.3,
-        "Weight added to throughput per unit of global pressure: "
-        "w_throughput += k2*P (step 6). >= 0.")
-    max_queue: float = _key(
-        _FLOAT, 100.0,
-        "Queue EMA at which backpressure B reaches 0 and the breaker trips "
-        "(steps 7, 8). Jobs, > 0.")
-    limit_critical: float = _key(
-        _FLOAT, 50.0,
-        "Queue EMA up to which B = 1; B falls linearly to 0 at max_queue "
-        "(step 7). Jobs, >= 0, < max_queue.")
-    min_requests: int = _key(
-        _INT, 20,
-        "Fewest ok + err in a heartbeat for its error rate to trip the breaker "
-        "(step 8). Integer >= 1.")
-    max_error_rate: float = _key(
-        _FLOAT, 0.5,
-        "Error rate err/(ok+err) at or above which the breaker trips (step 8). "
-        "In (0, 1].")
-    beta: float = _key(
-        _FLOAT, 0.5,
+        "in between (step D). Seconds, > suspect_after_s.")
+    error_half_life_s: float = _param(
+        _FLOAT, "error_half_life_s",
+        "Half-life of the error window: every tick the decayed ok and error "
+        "counts are multiplied by 0.5 ** (tick_interval_ms / 1000 / "
+        "error_half_life_s) before the tick's outcomes (heartbeat ok/err and "
+        "scheduler releases) are added (step C). Seconds, > 0.")
+    k1: float = _param(
+        _FLOAT, "k1",
+        "Weight added to wait per unit of the other live nodes' pressure: "
+        "w_wait = weights.wait + k1*P_i (step G). >= 0.")
+    k2: float = _param(
+        _FLOAT, "k2",
+        "Weight added to rate per unit of the other live nodes' pressure: "
+        "w_rate = weights.rate + k2*P_i (step G). >= 0.")
+    max_queue: float = _param(
+        _FLOAT, "max_queue",
+        "Load (the larger of the queue EMA and the jobs in flight beyond "
+        "slots) at which backpressure B reaches 0 and the breaker trips "
+        "(steps H, I). Jobs, > 0.")
+    limit_critical: float = _param(
+        _FLOAT, "limit_critical",
+        "Load up to which B = 1; B falls linearly to 0 at max_queue "
+        "(step I). Jobs, >= 0, < max_queue.")
+    min_requests: int = _param(
+        _INT, "min_requests",
+        "Fewest outcomes in the error window (e_ok + e_err) for its error "
+        "rate to trip the breaker (step H). Integer >= 1.")
+    max_error_rate: float = _param(
+        _FLOAT, "max_error_rate",
+        "Error rate e_err/(e_ok+e_err) of the window at or above which the "
+        "breaker trips (step H). In (0, 1].")
+    max_consecutive_errors: int = _param(
+        _INT, "max_consecutive_errors",
+        "Error releases in a row (since the node's latest ok release, across "
+        "all schedulers) that eject a node: it is tripped until ejection_s "
+        "after its latest error (step H). Integer >= 1.")
+    ejection_s: float = _param(
+        _FLOAT, "ejection_s",
+        "How long an ejected node stays tripped after its latest error "
+        "release; then it is tried again, and one ok release ends the run of "
+        "errors (step H). Seconds, > 0.")
+    beta: float = _param(
+        _FLOAT, "beta",
         "Smoothing weight of the newest raw score: s = beta*raw + (1-beta)*s_prev "
-        "(step 10). In (0, 1]; 1 means no smoothing.")
-    t_degraded: float = _key(
-        _FLOAT, 0.40,
-        "Smoothed score below which a node is DEGRADED (step 11). In (0, 1].")
-    t_overloaded: float = _key(
-        _FLOAT, 0.20,
-        "Smoothed score below which a node is OVERLOADED (step 11). "
+        "(step J). In (0, 1]; 1 means no smoothing.")
+    t_degraded: float = _param(
+        _FLOAT, "t_degraded",
+        "Smoothed score below which a node is DEGRADED (step K). In (0, 1].")
+    t_overloaded: float = _param(
+        _FLOAT, "t_overloaded",
+        "Smoothed score below which a node is OVERLOADED (step K). "
         ">= 0, < t_degraded.")
-    delta: float = _key(
-        _FLOAT, 0.10,
+    delta: float = _param(
+        _FLOAT, "delta",
         "Hysteresis margin: a node moves to a better state only at threshold + "
         "delta; a quarantined node's good tick needs raw >= t_degraded + delta "
-        "(steps 11, 12). >= 0.")
-    flap_window: int = _key(
-        _INT, 50,
+        "(steps K, L). >= 0.")
+    flap_window: int = _param(
+        _INT, "flap_window",
         "Decay window of the flap counter: flap = flap*(1 - 1/flap_window) + c "
-        "(step 12). Ticks, integer >= 1.")
-    max_flaps: float = _key(
-        _FLOAT, 6.0,
-        "Flap value at which a node is quarantined (step 12). > 0.")
-    max_quarantined_fraction: float = _key(
-        _FLOAT, 0.5,
+        "(step L). Ticks, integer >= 1.")
+    max_flaps: float = _param(
+        _FLOAT, "max_flaps",
+        "Flap value at which a node is quarantined (step M). > 0.")
+    max_quarantined_fraction: float = _param(
+        _FLOAT, "max_quarantined_fraction",
         "Most nodes quarantined at once, as a fraction of live nodes: "
-        "floor(fraction * live) (step 12). In [0, 1]; 0 disables quarantine.")
-    quarantine_memory: int = _key(
-        _INT, 1000,
+        "floor(fraction * live) (step M). In [0, 1]; 0 disables quarantine.")
+    quarantine_memory: int = _param(
+        _INT, "quarantine_memory",
         "Consecutive ticks live and out of quarantine after which a node's "
-        "quarantine count n resets to 0 (step 12). Ticks, integer >= 1.")
-    probation_ticks: int = _key(
-        _INT, 30,
+        "quarantine count n resets to 0 (step N). Ticks, integer >= 1.")
+    probation_ticks: int = _param(
+        _INT, "probation_ticks",
         "Consecutive good ticks a quarantined node needs for release, times "
-        "min(n, max_backoff) (step 12). Ticks, integer >= 1.")
-    max_backoff: int = _key(
-        _INT, 8,
+        "min(n, max_backoff) (step L). Ticks, integer >= 1.")
+    max_backoff: int = _param(
+        _INT, "max_backoff",
         "Cap of the probation multiplier min(n, max_backoff) for repeat "
-        "offenders (step 12). Integer >= 1.")
+        "offenders (step L). Integer >= 1.")
     weights: Weights = _section(
-        Weights, "Base weights of the goodness terms in core (SCORING.md step 6). "
-        "They are relative: core divides by the sum of the weights of the "
-        "metrics a node reports, so they need not sum to 1.")
+        Weights, "Base weights of the goodness terms in core (docs/scoring.md, "
+        "step G). They are relative: core divides by the sum of the weights of "
+        "the terms a node has, so they need not sum to 1.")
 
     def _validate(self) -> None:
         self._unit_interval("alpha_queue", "max_cpu", "max_mem")
@@ -635,7 +678,8 @@ class ScoreConfig(_Section):
         self._at_least(0, "limit_critical")
         if self.limit_critical >= self.max_queue:
             self._fail("limit_critical", f"must be < {self._ref('max_queue')}")
-        self._at_least(1, "min_requests")
+        self._positive("error_half_life_s", "ejection_s")
+        self._at_least(1, "min_requests", "max_consecutive_errors")
         self._unit_interval("max_error_rate", "beta", "t_degraded")
         self._at_least(0, "t_overloaded")
         if self.t_overloaded >= self.t_degraded:
@@ -646,11 +690,14 @@ class ScoreConfig(_Section):
         self._unit_interval("max_quarantined_fraction", low_open=False)
         self._at_least(1, "quarantine_memory", "probation_ticks", "max_backoff")
 
-    def to_params(self) -> np.ndarray:
-        """The kernels' float64 parameter vector, positions from ``kernels.params``."""
+    def to_params(self, tick_interval_ms: float) -> np.ndarray:
+        """The kernels' float64 parameter vector, positions from
+        ``kernels.params``; ``tick_interval_ms`` is ``[engine]``'s (use
+        `Config.to_params`)."""
         out = np.empty(kp.N_PARAMS, dtype=np.float64)
         for index, name in enumerate(kp.PARAM_NAMES):
-            out[index] = _lookup(self, name)
+            out[index] = (tick_interval_ms if name == "tick_interval_ms"
+                          else _lookup(self, name))
         return out
 
 
@@ -678,8 +725,13 @@ class Config(_Section):
         ClaimsConfig, "Scheduler claims: jobs in flight and their outcomes, shared by "
         "every scheduler and read by the tick.")
     score: ScoreConfig = _section(
-        ScoreConfig, "The desirability score. Every key and default is defined "
-        "in SCORING.md; step numbers refer to it.")
+        ScoreConfig, "The desirability score. Every key is a parameter of the "
+        "score defined in docs/scoring.md; step letters refer to it.")
+
+    def to_params(self) -> np.ndarray:
+        """The kernels' parameter vector: ``[score]`` with ``[engine]
+        tick_interval_ms``."""
+        return self.score.to_params(self.engine.tick_interval_ms)
 
     def _validate(self) -> None:
         forget, dead = self.engine.forget_after_s, self.score.dead_after_s
@@ -712,7 +764,21 @@ def _display(dotted: str, is_section: bool) -> str:
     return f"[{dotted}]" if is_section else dotted
 
 
+# Keys of earlier versions: dotted name -> (new name, why it changed).
+_RENAMED = {
+    "score.weights.throughput": (
+        "score.weights.rate",
+        "in score version 2 the throughput term became the rate term, which "
+        "judges what a node can complete (slots / avg_job_s) instead of the "
+        "traffic it was given"),
+}
+
+
 def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
+    renamed = _RENAMED.get(_join(path, str(name)))
+    if renamed is not None:
+        return ConfigError(f"{_join(path, str(name))} was renamed to {renamed[0]}: "
+                           f"{renamed[1]}; write {renamed[0]} = {_show(value)}")
     is_section = isinstance(value, Mapping)
     what = "section" if is_section else ("key" if path else "top-level key")
     bad = _display(_join(path, str(name)), is_section)
@@ -891,7 +957,7 @@ def render_config(config: Config) -> str:
     lines = _comment(
         "shm-engine configuration. Every key is listed with its meaning, unit "
         "and range. A key left out takes its default; an unknown key is an "
-        "error. The [score] keys are defined in SCORING.md."
+        "error. The [score] keys are defined in docs/scoring.md."
     )
 
     def emit(section: _Section, path: str, doc: str) -> None:

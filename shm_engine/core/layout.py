@@ -29,7 +29,8 @@ single-writer fields of different processes never share a cache line::
                   |   row_version u8[cap]   odd while the row is written   |
                   |   recv_time f8[cap]     engine monotonic receive time  |
                   |   cpu mem queue avg_job_s throughput ok err io         |
-                  |   p50_ms p95_ms ts  f8[cap] each; reported u1[cap]     |
+                  |   p50_ms p95_ms ts slots  f8[cap] each;                |
+                  |   reported u1[cap]                                     |
                   +--------------------------------------------------------+
                   | REGISTRY (ingest writes)                               |
                   |   slot_gen u8[cap]      odd while the slot changes     |
@@ -41,14 +42,15 @@ single-writer fields of different processes never share a cache line::
                   +--------------------------------------------------------+
                   | SCORE BUFFER 0 (tick worker writes)                    |
                   |   per tick: epoch, tick_mono, tick_wall, pressure,     |
-                  |     n_ranked, live, registered, slot_hwm,              |
+                  |     n_ranked, live, registered, slot_hwm, ejected,     |
                   |     weights f8[8], counts i8[8]                        |
                   |   published per slot: score raw wait qema liveness f8, |
                   |     state u1, gen u8, ranked i4,                       |
                   |     feedback the tick read: rif fb_ok fb_err consec    |
                   |     err_age f8                                         |
-                  |   carried per slot: s flap f8, n probation memory i4,  |
-                  |     hb_seen u8, ok_seen err_seen u8 (claims counters)  |
+                  |   carried per slot: s flap e_ok e_err f8,              |
+                  |     n probation memory i4, hb_seen u8,                 |
+                  |     ok_seen err_seen u8 (claims counters)              |
                   +--------------------------------------------------------+
                   | SCORE BUFFER 1 (same layout)                           |
                   +--------------------------------------------------------+
@@ -108,11 +110,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from kernels.columns import NodeState, TickOutputs
+from kernels.columns import TickOutputs, TickState
 
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-LAYOUT_VERSION = 2      # 2: feedback columns in the score buffers
+LAYOUT_VERSION = 3      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2)
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
@@ -183,7 +185,7 @@ TABLE_COLUMNS = (
     ("row_version", "<u8"), ("recv_time", "<f8"),
     ("cpu", "<f8"), ("mem", "<f8"), ("queue", "<f8"), ("avg_job_s", "<f8"),
     ("throughput", "<f8"), ("ok", "<f8"), ("err", "<f8"), ("io", "<f8"),
-    ("p50_ms", "<f8"), ("p95_ms", "<f8"), ("ts", "<f8"), ("reported", "u1"),
+    ("p50_ms", "<f8"), ("p95_ms", "<f8"), ("ts", "<f8"), ("slots", "<f8"), ("reported", "u1"),
 )
 REGISTRY_COLUMNS = (
     ("slot_gen", "<u8", ()), ("registered", "u1", ()), ("meta_version", "<u8", ()),
@@ -194,6 +196,7 @@ BUFFER_SCALARS = (
     ("epoch", "<u8"), ("tick_mono", "<f8"), ("tick_wall", "<f8"),
     ("pressure", "<f8"), ("n_ranked", "<u8"), ("live", "<u8"),
     ("registered", "<u8"), ("slot_hwm", "<u8"),
+    ("ejected", "<u8"),     # nodes the tick found ejected (consecutive errors)
 )
 BUFFER_VECTORS = (("weights", "<f8", N_WEIGHT_SLOTS), ("counts", "<i8", N_COUNT_SLOTS))
 # Published columns first: a snapshot copies these.
@@ -203,8 +206,9 @@ BUFFER_COLUMNS = (
     # scheduler feedback as this tick read it (shm_engine.core.claims.gather_feedback)
     ("rif", "<f8"), ("fb_ok", "<f8"), ("fb_err", "<f8"), ("consec", "<f8"), ("err_age", "<f8"),
     # carried state the next tick starts from
-    ("s", "<f8"), ("flap", "<f8"), ("n", "<i4"), ("probation", "<i4"),
-    ("memory", "<i4"), ("hb_seen", "<u8"), ("ok_seen", "<u8"), ("err_seen", "<u8"),
+    ("s", "<f8"), ("flap", "<f8"), ("e_ok", "<f8"), ("e_err", "<f8"), ("n", "<i4"),
+    ("probation", "<i4"), ("memory", "<i4"), ("hb_seen", "<u8"), ("ok_seen", "<u8"),
+    ("err_seen", "<u8"),
 )
 #: The feedback columns of a score buffer, in the order the tick fills them.
 FEEDBACK_COLUMNS = ("rif", "fb_ok", "fb_err", "consec", "err_age")
@@ -342,6 +346,7 @@ class HeartbeatTable(NamedTuple):
     p50_ms: np.ndarray
     p95_ms: np.ndarray
     ts: np.ndarray
+    slots: np.ndarray
     reported: np.ndarray
 
 
@@ -371,8 +376,7 @@ class ScoreBuffer:
         self.ok_seen = v["ok_seen"]
         self.err_seen = v["err_seen"]
         self.feedback = tuple(v[c] for c in FEEDBACK_COLUMNS)
-        self.state = NodeState(qema=v["qema"], s=v["s"], state=v["state"], flap=v["flap"],
-                               n=v["n"], probation=v["probation"], memory=v["memory"])
+        self.state = TickState(**{name: v[name] for name in TickState._fields})
         self.out = TickOutputs(score=v["score"], raw=v["raw"], wait=v["wait"],
                                liveness=v["liveness"], ranked=v["ranked"],
                                weights=v["weights"][:7], counts=v["counts"][:5])

@@ -1,10 +1,12 @@
 """Writing heartbeat rows (ingest, replay) and gathering a consistent tick input (tick worker).
 
-A row is one slot of the heartbeat table: 105 bytes in the 14 columns of
-`layout.TABLE_COLUMNS` (``row_version`` u8; ``recv_time`` and the 11 metrics
-cpu .. ts, f8 each; ``reported`` u1).  A heartbeat reaches the writer as a
-validated 192-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
-metrics, the receive time and which optional metrics it carried.
+A row is one slot of the heartbeat table: 113 bytes in the 15 columns of
+`layout.TABLE_COLUMNS` (``row_version`` u8; ``recv_time`` and the 12 metrics
+cpu .. ts, slots, f8 each; ``reported`` u1).  A heartbeat reaches the writer as a
+validated 384-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
+metrics, the receive time, which optional metrics it carried, and ``slots``
+(1 when the heartbeat does not report it).  Resources are checked by the
+wire and not kept.
 
 Invariant: the tick never uses a half-written row or a slot whose
 registration is changing.  The ingest, the only writer of the shared table and
@@ -36,8 +38,8 @@ from kernels.params import UNREGISTERED
 
 from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
                        store_relaxed_u64, store_release_u64)
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, HAS_TS,
-                                    REPORTED_BITS)
+from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT,
+                                    HAS_TS, REPORTED_BITS)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
@@ -49,7 +51,7 @@ _ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", n
                 ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),
                 ("throughput", np.float64), ("ok", np.float64), ("err", np.float64),
                 ("io", np.float64), ("p50_ms", np.float64), ("p95_ms", np.float64),
-                ("ts", np.float64), ("reported", np.uint8))
+                ("ts", np.float64), ("slots", np.float64), ("reported", np.uint8))
 
 
 @intrinsic
@@ -74,7 +76,7 @@ def write_rows(columns, capacity, slots, records, now):
 
     Why these arguments: a numba call costs about a quarter microsecond per
     array it unboxes; this one unboxes three, whatever the batch size (the
-    table's columns as arrays would be 14), and reads the records where the
+    table's columns as arrays would be 15), and reads the records where the
     decoder left them, so a batch of one costs no more than a scalar call."""
     row_version = carray(address_pointer(columns[0]), capacity, np.uint64)
     written = 0
@@ -100,7 +102,9 @@ def write_rows(columns, capacity, slots, records, now):
         carray(address_pointer(columns[10]), capacity, np.float64)[s] = r.p50_ms if f & HAS_TAIL else 0.0
         carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
         carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
-        carray(address_pointer(columns[13]), capacity, np.uint8)[s] = f & REPORTED_BITS
+        carray(address_pointer(columns[13]), capacity, np.float64)[s] = (
+            r.slots if f & HAS_SLOTS else 1.0)
+        carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & REPORTED_BITS
         store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
         written += 1
     return written
@@ -147,11 +151,11 @@ def slot_change_end(slot_gen, slot):
 
 @njit(cache=True, nogil=True)
 def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue, avg_job_s,
-                  throughput, ok, err, io, p50_ms, p95_ms, reported,
+                  throughput, ok, err, io, p50_ms, p95_ms, slots, reported,
                   prev_gen, prev_hb_seen, prev_state,
                   inp_active, inp_fresh, inp_new_hb, inp_age, inp_cpu, inp_mem, inp_queue,
                   inp_avg_job_s, inp_throughput, inp_ok, inp_err, inp_io, inp_p50_ms,
-                  inp_p95_ms, inp_reported,
+                  inp_p95_ms, inp_slots, inp_reported,
                   nxt_gen, nxt_hb_seen, now, age_mul, age_div, hwm,
                   held_gen, held_version, held_recv):
     """Copy a consistent view of slots ``[0, hwm)`` into the tick inputs.
@@ -206,6 +210,7 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
             r_io = io[s]
             r_p50 = p50_ms[s]
             r_p95 = p95_ms[s]
+            r_slots = slots[s]
             r_rep = reported[s]
             fence_acquire()  # field loads complete before the re-check; pairs with fence_release in write_rows
             if load_relaxed_u64(row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
@@ -245,6 +250,7 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
         inp_io[s] = r_io
         inp_p50_ms[s] = r_p50
         inp_p95_ms[s] = r_p95
+        inp_slots[s] = r_slots
         inp_reported[s] = r_rep
         nxt_gen[s] = g1
         nxt_hb_seen[s] = v1
@@ -288,9 +294,10 @@ def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: flo
         cache = make_gather_cache(inp.active.shape[0])
     return gather_inputs(reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem,
                          t.queue, t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms,
-                         t.p95_ms, t.reported, prev.gen, prev.hb_seen, prev.state.state,
-                         inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu, inp.mem,
-                         inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
-                         inp.p50_ms, inp.p95_ms, inp.reported, nxt.gen, nxt.hb_seen,
+                         t.p95_ms, t.slots, t.reported, prev.gen, prev.hb_seen,
+                         prev.state.state, inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu,
+                         inp.mem, inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err,
+                         inp.io, inp.p50_ms, inp.p95_ms, inp.slots, inp.reported, nxt.gen,
+                         nxt.hb_seen,
                          float(now), float(age_mul), float(age_div), min(hwm, inp.active.shape[0]),
                          cache.gen, cache.version, cache.recv_time)

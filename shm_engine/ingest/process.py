@@ -108,9 +108,8 @@ LARGE_CHUNK = 4           # the same for frames above RECV_COPY_MAX
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = ONE_FRAME_SIZE   # bytes of a 1-record binary frame
-# `DecodedFrame.one`: the row's values come first, then node and zone as bytes.
+# `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
-assert _ZONE == _NODE + 1 == len(RECORD_DTYPE.names) - 1
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
 
 

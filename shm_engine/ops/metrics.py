@@ -87,6 +87,8 @@ class EngineCollector:
         for state, n in s["nodes"].items():
             nodes.add_metric(e + [state], float(n))
         yield nodes
+        yield gauge("shm_engine_nodes_ejected", "nodes ejected for consecutive errors in "
+                    "the latest tick", s.get("ejected", 0))
         if s.get("pressure") is not None:
             yield gauge("shm_engine_pressure", "global pressure P of the latest tick",
                         s["pressure"])

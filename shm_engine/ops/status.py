@@ -3,9 +3,10 @@
 Read-only: the segments are mapped ``PROT_READ``, nothing is written, no socket
 is opened.  The claims part (jobs in flight, outcomes, scheduler leases) comes
 from the claims segment; it is None when that segment is missing or not
-readable by the caller (``[claims] shm_mode``).  Per-tick numbers (epoch, node counts per state) come from the
-latest published buffer through the latch (`seqlock.read_consistent`, the one
-retry loop); counters (ticks, overruns, tick durations, ingest counters,
+readable by the caller (``[claims] shm_mode``).  Per-tick numbers (epoch,
+node counts per state, nodes ejected for consecutive errors) come from the
+latest published buffer through the latch (`seqlock.read_consistent`, the
+one retry loop); counters (ticks, overruns, tick durations, ingest counters,
 children) are single header words, each read once.
 
 A segment whose supervisor is gone (killed with SIGKILL) is reported as not
@@ -38,7 +39,7 @@ def engine_ready(h) -> bool:
 def _copy_meta(buf) -> tuple:
     return (int(buf.epoch[0]), float(buf.tick_mono[0]), float(buf.tick_wall[0]),
             float(buf.pressure[0]), int(buf.n_ranked[0]), int(buf.live[0]),
-            int(buf.registered[0]), buf.counts[:5].copy())
+            int(buf.registered[0]), buf.counts[:5].copy(), int(buf.ejected[0]))
 
 
 def read_status(name: str, owner: int | str | None = None) -> dict:
@@ -59,11 +60,12 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         st, epoch, meta = read_consistent(seq, lambda b: _copy_meta(v.buffers[b]))
         now = time.monotonic()
         if st == READ_OK:
-            _e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts = meta
+            (_e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts,
+             ejected) = meta
             age = max(0.0, now - tick_mono)
         else:
             epoch, tick_wall, pressure, n_ranked, live, registered = 0, None, 0.0, 0, 0, 0
-            counts, age = [0] * 5, None
+            counts, ejected, age = [0] * 5, 0, None
         nodes = {"registered": registered}
         nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
@@ -95,6 +97,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "ranked": n_ranked,
             "live": live,
             "nodes": nodes,
+            "ejected": ejected,
             "ingest": {
                 "frames": int(h.ingest_frames[0]),
                 "heartbeats": int(h.ingest_heartbeats[0]),
@@ -132,7 +135,7 @@ def render(s: dict) -> str:
         f"nodes    {n['registered']} registered: {n['healthy']} healthy, "
         f"{n['degraded']} degraded, {n['overloaded']} overloaded, "
         f"{n['quarantined']} quarantined, {n['dead']} dead; "
-        f"{s['ranked']} ranked, pressure {s['pressure']:.3f}",
+        f"{s['ranked']} ranked, {s['ejected']} ejected, pressure {s['pressure']:.3f}",
         f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
         f"{i['accepted']} accepted; rejected: {rej}",
         _claims_line(s["claims"]),

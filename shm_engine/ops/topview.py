@@ -100,6 +100,7 @@ class ViewState:
     pressure: float = 0.0
     weights: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    ejected: int = 0                # nodes ejected for consecutive errors
     registered: int = 0
     ranked: int = 0
     overruns: int = 0
@@ -224,6 +225,7 @@ class Watcher:
         vs.pressure = snap.pressure
         vs.weights = dict(snap.weights)
         vs.counts = dict(snap.counts)
+        vs.ejected = snap.ejected
         vs.age_s = self._reader.age_s
         self._diff_states(snap, vs)
         in_flight = None
@@ -330,6 +332,8 @@ def render(view_state: ViewState):
     line3 = Text(f"{vs.registered} nodes, {vs.ranked} ranked:  ")
     for name in STATE_STYLES:
         line3.append(f"{name} {vs.counts.get(name, 0)}  ", style=STATE_STYLES[name])
+    if vs.ejected:
+        line3.append(f"ejected {vs.ejected}", style=STATE_STYLES["overloaded"])
     parts = [head, line2, line3]
     if vs.claims is not None:
         cl, le = vs.claims, vs.claims["leases"]

@@ -28,15 +28,15 @@ schedulers stamp their error releases with.
 
 Scheduler feedback (`shm_engine.core.claims`): each tick, right after the
 heartbeat gather, `claims.gather_feedback` reads the claims segment into the
-feedback columns (`Feedback`: ``rif``, ``fb_ok``, ``fb_err``, ``consec``,
-``err_age``) and publishes the same values in the buffer, with the counters
-it saw carried to the next tick.  The columns are `Ticker.feedback`: the
-tick inputs' own columns of those names once `TickInputs` has them (the
-version-2 kernels read them there), private arrays until then.  After the
-publish, every `claims.LEASE_CHECK_INTERVAL_S`, the worker returns the
-claims of schedulers that died (`claims.reap_dead_leases`).  Without a
-claims segment (replay, tests, an engine created without one) the tick reads
-a private zeroed one: every node has no scheduler traffic.
+tick inputs' feedback columns (`Ticker.feedback`: ``rif``, ``fb_ok``,
+``fb_err``, ``consec``, ``err_age`` of `kernels.TickInputs`) and publishes
+the same values in the buffer, with the counters it saw carried to the next
+tick and the number of ejected nodes.  After the publish, every
+`claims.LEASE_CHECK_INTERVAL_S`, the worker returns the claims of schedulers
+that died (`claims.reap_dead_leases`).  Without a claims segment (tests, an
+engine created without one) the tick reads a private zeroed one: every node
+has no scheduler traffic.  (Replay fills the same columns from its trace's
+feedback lines instead.)
 
 Scheduling (`run_schedule`): deadlines are ``t0 + k * interval``, so the
 cadence never drifts; a tick that ends after the next deadline counts one
@@ -59,8 +59,7 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-from kernels.pipeline import tick_radix
-from kernels.ranking import make_rank_scratch
+from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
 
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
@@ -90,7 +89,7 @@ class TickResult(NamedTuple):
 
 
 class Feedback(NamedTuple):
-    """The feedback columns the tick fills (f8 per slot; see
+    """The feedback columns of the tick inputs (f8 per slot; see
     `shm_engine.core.claims.gather_feedback` for their meaning)."""
     rif: np.ndarray
     fb_ok: np.ndarray
@@ -99,15 +98,9 @@ class Feedback(NamedTuple):
     err_age: np.ndarray
 
 
-def feedback_columns(inputs, capacity: int) -> Feedback:
-    """Where the tick's feedback goes: the columns of ``inputs`` with the
-    feedback names when it has them all (the tick inputs of the version-2
-    kernels), else new private arrays ("no traffic": zeros, err_age +inf)."""
-    if all(hasattr(inputs, c) for c in FEEDBACK_COLUMNS):
-        return Feedback(*(getattr(inputs, c) for c in FEEDBACK_COLUMNS))
-    fb = Feedback(*(np.zeros(capacity, np.float64) for _ in FEEDBACK_COLUMNS))
-    fb.err_age[:] = np.inf
-    return fb
+def feedback_columns(inputs) -> Feedback:
+    """The feedback columns of tick inputs ``inputs`` (views, not copies)."""
+    return Feedback(*(getattr(inputs, c) for c in FEEDBACK_COLUMNS))
 
 
 class TickStats:
@@ -147,16 +140,16 @@ class Ticker:
         self.header = views.header
         self._latch = views.header.latch_seq
         check_sequence_word(self._latch)
-        self.params = config.score.to_params()
+        self.params = config.to_params()
         self.inputs = make_inputs(views.layout.capacity)
         # A slot the gather cannot read consistently keeps its previous inputs
         # for one tick.  A just-started worker has none: infinite age makes
         # such a slot DEAD (score 0) for that tick, never a zero-load node.
         self.inputs.age[:] = np.inf
         # Which rows self.inputs holds (the gather skips unchanged rows), and
-        # the ranking sort's work arrays: private, allocated once.
+        # the tick's work arrays: private, allocated once.
         self._gather_cache = make_gather_cache(views.layout.capacity)
-        self._rank_scratch = make_rank_scratch(views.layout.capacity)
+        self._scratch = kernels.make_scratch(views.layout.capacity)
         self.stats = TickStats()
         cap = views.layout.capacity
         self.live_claims = claims is not None
@@ -166,9 +159,7 @@ class Ticker:
             raise LayoutMismatch(f"claims segment has {claims.layout.capacity} slots, "
                                  f"the scores segment {cap}")
         self.claims = claims
-        # The hook for the tick inputs of the contract (rif, fb_ok, fb_err,
-        # consec, err_age): see feedback_columns.
-        self.feedback = feedback_columns(self.inputs, cap)
+        self.feedback = feedback_columns(self.inputs)
         self._next_lease_check = -math.inf
 
     @property
@@ -188,9 +179,10 @@ class Ticker:
         torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
                       cache=self._gather_cache)
         c, inp = self.claims, self.inputs
-        sum_rif, sum_ok, sum_err = claims_mod.gather_feedback(
+        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(
             nxt.gen, inp.active, inp.fresh, c.lease_ident, c.in_flight_flat, c.row_words,
-            c.outcomes, prev.ok_seen, prev.err_seen, hwm, float(now), *self.feedback,
+            c.outcomes, prev.ok_seen, prev.err_seen, hwm, float(now),
+            self.params[MAX_CONSECUTIVE_ERRORS], self.params[EJECTION_S], *self.feedback,
             *nxt.feedback, nxt.ok_seen, nxt.err_seen)
         n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
@@ -202,6 +194,7 @@ class Ticker:
         nxt.live[0] = live
         nxt.registered[0] = registered
         nxt.slot_hwm[0] = hwm
+        nxt.ejected[0] = ejected
         # Every buffer store above stays before this one (x86-64 TSO, see the
         # module docstring). Pairs with read_begin in the readers.
         write_end(self._latch)
@@ -225,14 +218,13 @@ class Ticker:
                           int(torn), us)
 
     def score(self, prev, nxt) -> tuple[int, float, int]:
-        """The kernels of a tick (SCORING.md steps 1-14) over ``self.inputs``:
+        """The kernels of a tick (docs/scoring.md, steps A-P) over ``self.inputs``:
         the carried state of buffer ``prev`` in, the state and outputs of
         buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
         it between gather and publish; alone, it is what the benchmark times
         as the kernels."""
-        return tick_radix(self.params, self.inputs, prev.state, nxt.state, nxt.out,
-                          self._rank_scratch)
-
+        return kernels.tick(self.params, self.inputs, prev.state, nxt.state, nxt.out,
+                            self._scratch)
 
     def check_leases(self, now: float, hwm: int | None = None) -> tuple[int, int, int]:
         """Return the claims of schedulers that died (see

@@ -7,18 +7,20 @@ import math
 import re
 
 _INF = math.inf
-_ASCII_node = re.compile(b'[\\x20-\\x7e]{1,63}\\x00+').fullmatch
-_ZERO_13 = bytes(64)
+_ASCII_node = re.compile(b'[\\x2d-\\x3a\\x41-\\x5a\\x5f-\\x5f\\x61-\\x7a]{1,63}\\x00+').fullmatch
+_ZERO_15 = bytes(64)
+_NO_resources = (bytes(16),) * 8 + (0.0,) * 8
 _ASCII_zone = re.compile(b'[\\x01-\\x7f]{0,31}\\x00+').fullmatch
-_ZERO_14 = bytes(32)
-_ZERO_12 = bytes(7)
-_ZERO_15 = bytes(8)
+_ZERO_16 = bytes(32)
+_ZERO_12 = bytes(1)
+_ZERO_14 = bytes(4)
+_ZERO_17 = bytes(8)
 
 
-def accept(v, text_ok):
+def accept(v, slow_ok):
     f = v[11]
-    return ((_ASCII_node(v[13]) is not None or text_ok(0, v[13]))
-            and not f & 0xc0
+    return ((_ASCII_node(v[15]) is not None)
+            and not f & 0x00
             and 0.0 <= v[0] <= 1.0
             and 0.0 <= v[1] <= 1.0
             and 0.0 <= v[2] < _INF
@@ -27,14 +29,16 @@ def accept(v, text_ok):
             and ((True) if f & 0x02 else v[9] == 0 and v[10] == 0)
             and ((0.0 <= v[5] <= 1.0) if f & 0x04 else v[5] == 0)
             and ((0.0 < v[6] < _INF and 0.0 < v[7] < _INF and v[6] <= v[7]) if f & 0x08 else v[6] == 0 and v[7] == 0)
+            and ((1 <= v[13] <= 65535) if f & 0x40 else v[13] == 0)
+            and (slow_ok(11, v) if f & 0x80 else v[18:34] == _NO_resources)
             and ((-_INF < v[8] < _INF) if f & 0x10 else v[8] == 0)
-            and ((_ASCII_zone(v[14]) is not None or text_ok(11, v[14])) if f & 0x20 else v[14] == _ZERO_14)
-            and v[12] == _ZERO_12 and v[15] == _ZERO_15
+            and ((_ASCII_zone(v[16]) is not None or slow_ok(13, v[16])) if f & 0x20 else v[16] == _ZERO_16)
+            and v[12] == _ZERO_12 and v[14] == _ZERO_14 and v[17] == _ZERO_17
     )
 
 
 def one(v):
-    return v[0:12] + (v[13].rstrip(b'\0'), v[14].rstrip(b'\0'),)
+    return v[0:12] + v[13:14] + (v[15].rstrip(b'\0'), v[16].rstrip(b'\0'), v[18].rstrip(b'\0'), v[19].rstrip(b'\0'), v[20].rstrip(b'\0'), v[21].rstrip(b'\0'), v[22].rstrip(b'\0'), v[23].rstrip(b'\0'), v[24].rstrip(b'\0'), v[25].rstrip(b'\0'),) + v[26:34]
 
 
 def json_fields(obj, values, read):
@@ -66,12 +70,18 @@ def json_fields(obj, values, read):
         x = obj['p95_ms']
         values[7] = x if type(x) is float and 0.0 < x < _INF and x >= values[6] else read['p95_ms'](obj, values)
         flags |= 0x08
+    if 'slots' in obj:
+        values[12] = read['slots'](obj, values)
+        flags |= 0x40
+    if 'resources' in obj:
+        read['resources'](obj, values)
+        flags |= 0x80
     if 'ts' in obj:
         x = obj['ts']
         values[8] = x if type(x) is float and -_INF < x < _INF else read['ts'](obj, values)
         flags |= 0x10
     if 'zone' in obj:
-        values[13] = read['zone'](obj, values)
+        values[14] = read['zone'](obj, values)
         flags |= 0x20
     if 'labels' in obj:
         labels = read['labels'](obj, values)

@@ -1,15 +1,21 @@
 """Binary batch frames: the header, then every record against
 `format.RECORD_RULES`.
 
+Version 2 is the current record (384 bytes).  Version 1 (192 bytes, the
+first 192 of a v2 record) is still accepted: its records are extended with
+zeros to v2 records and checked as those, once a record that sets a flag
+bit version 1 did not know (`format.V2_ONLY_FLAGS`) is rejected as v1 did.
+The extension is one numpy copy per frame.
+
 The rules exist once, as that table; three checks apply them:
 
 - `record_fault`, the per-record fault finder: plain Python over one record
   unpacked with `format.RECORD_STRUCT`, walking the table in order.  It is
   the reference: it names the first rule a record breaks and says why.
 - `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
-  one boolean expression rendered from the table at import
-  (`rulecode.accept_source`), True exactly when `record_fault` finds
-  nothing.  A loop of Python calls, or a numpy reduction, costs more than a
+  one boolean expression rendered from the table (`_scalar.accept`), True
+  exactly when `record_fault` finds nothing (present resources and text
+  that is not plain ASCII are left to the reference walk).  A loop of Python calls, or a numpy reduction, costs more than a
   whole record's comparisons at that size.
 - `_checks.check_records`, the compiled whole-batch check (larger frames and
   runs of 1-record frames), generated from the table (`rulecode`): each
@@ -28,10 +34,12 @@ from operator import itemgetter
 
 import numpy as np
 
-from shm_engine.wire.format import (HEADER, HEADER_SIZE, HEADER_V1_ONE, ITEM, ONE_FRAME_SIZE,
-                                    RECORD_DTYPE, RECORD_RULES, RECORD_SIZE, RECORD_STRUCT,
-                                    RESERVED_ITEMS, RESERVED_SPANS, VERSION, FlagsByte, Number,
-                                    ReservedBytes, Text)
+from shm_engine.wire.format import (FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
+                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
+                                    RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
+                                    V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
+                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text,
+                                    describe_ranges)
 from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
                                     tally)
 from shm_engine.wire._scalar import accept, one
@@ -57,6 +65,10 @@ def _text_fault(rule: Text, raw: bytes) -> str | None:
     text = raw.rstrip(b"\0")
     if b"\0" in text:
         return f"{what} contains NUL"
+    if rule.ranges is not None:
+        if any(not any(lo <= c <= hi for lo, hi in rule.ranges) for c in text):
+            return f"{what} has a byte outside {describe_ranges(rule.ranges)}"
+        return None
     if rule.printable and _C0_DEL_RE.search(text):
         return f"{what} contains a control character"
     if not text.isascii():
@@ -67,6 +79,32 @@ def _text_fault(rule: Text, raw: bytes) -> str | None:
         if decoded is None or (rule.printable and _C1_RE.search(decoded)):
             return f"{what} is not valid UTF-8" + (" or contains a control character"
                                                     if rule.printable else "")
+    return None
+
+
+def _resources_fault(rule: Resources, v: tuple, flags: int) -> str | None:
+    """What is wrong with the resource entries of unpacked record ``v``."""
+    names = [v[ITEM[n]] for n in rule.names]
+    values = [v[ITEM[n]] for n in rule.values]
+    if not flags & rule.bit:
+        if any(map(any, names)) or any(x != 0 for x in values):
+            return f"{rule.name} set without its presence bit 0x{rule.bit:02x}"
+        return None
+    seen: set[bytes] = set()
+    end = next((i for i, raw in enumerate(names) if raw[0] == 0), len(names))
+    for i in range(end):
+        fault = _text_fault(rule.entry, names[i])
+        if fault is not None:
+            return f"{rule.name} entry {i}: {fault}"
+        name = names[i].rstrip(b"\0")
+        if name in seen:
+            return f"{rule.name} name {name!r} given twice"
+        seen.add(name)
+        if not rule.bound.holds(values[i]):
+            return f"{rule.name} {name!r}={values[i]!r} {rule.bound.fault}"
+    for i in range(end, len(names)):
+        if any(names[i]) or values[i] != 0:
+            return f"{rule.name} entry {i} follows an empty name but is not zero"
     return None
 
 
@@ -123,6 +161,9 @@ def _rule_check(rule):
                 return None if not any(raw) else \
                     f"{rule.what} bytes set without its presence bit 0x{bit:02x}"
             return None if plain(raw) is not None else _text_fault(rule, raw)
+    elif isinstance(rule, Resources):
+        def check(v, flags):
+            return _resources_fault(rule, v, flags)
     elif isinstance(rule, FlagsByte):
         def check(v, flags):
             return f"flags=0x{flags:02x} has unknown bits" if flags & ~rule.known else None
@@ -153,16 +194,19 @@ def record_fault(v: tuple) -> tuple[int, str, str] | None:
 
 # ------------------------------------------------------------------ the scalar fast path
 
-def _text_ok(rule_index: int, raw: bytes) -> bool:
-    """The accept's slow path: text that is not plain ASCII."""
+def _slow_ok(rule_index: int, x) -> bool:
+    """The accept's slow path: text that is not plain ASCII (``x`` its raw
+    bytes), or present resources (``x`` the unpacked record)."""
     rule = RECORD_RULES[rule_index]
+    if isinstance(rule, Resources):
+        return _resources_fault(rule, x, x[_FLAGS_ITEM]) is None
     assert isinstance(rule, Text)
-    return _text_fault(rule, raw) is None
+    return _text_fault(rule, x) is None
 
 
 def _accept(v: tuple) -> bool:
     """Whether the unpacked record ``v`` breaks no rule (`_scalar.accept`)."""
-    return accept(v, _text_ok)
+    return accept(v, _slow_ok)
 
 
 # ------------------------------------------------------------------ frames
@@ -176,9 +220,10 @@ def _fault_sample(v: tuple) -> tuple[str, str]:
 
 
 def decode_one(mv: memoryview) -> DecodedFrame:
-    """`decode_frame` for a frame of one record with the v1 header (the common frame)."""
+    """`decode_frame` for a frame of one record with the current header (the
+    common frame)."""
     v = RECORD_STRUCT.unpack_from(mv, HEADER_SIZE)
-    if accept(v, _text_ok) or record_fault(v) is None:
+    if accept(v, _slow_ok) or record_fault(v) is None:
         return DecodedFrame(np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE),
                             None, {}, 1, [], one(v))
     reason, detail = _fault_sample(v)
@@ -193,7 +238,7 @@ def _scan(mv: memoryview, first: int, count: int) -> DecodedFrame:
     sample: list[tuple[str, str]] = []
     for off in range(first, first + count * RECORD_SIZE, RECORD_SIZE):
         v = unpack(mv, off)
-        if accept(v, _text_ok) or record_fault(v) is None:
+        if accept(v, _slow_ok) or record_fault(v) is None:
             kept.append(mv[off:off + RECORD_SIZE])
         else:
             tally(rejects, sample, *_fault_sample(v))
@@ -226,15 +271,20 @@ def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int(bad)
 
 
-def _decode_rows(raw: np.ndarray, seen: int) -> DecodedFrame:
+def _decode_rows(raw: np.ndarray, seen: int, rejects: dict[str, int] | None = None,
+                 sample: list[tuple[str, str]] | None = None) -> DecodedFrame:
     """The records of ``raw`` (a private C-contiguous (n, RECORD_SIZE) uint8
-    copy) that pass every rule, with the rejects of the others."""
+    copy) that pass every rule, with the rejects of the others (added to
+    ``rejects`` and ``sample``: those of the frame's records already
+    rejected, if any)."""
     faults, bad = batch_faults(raw)
     records = raw.view(RECORD_DTYPE).reshape(len(raw))
-    if not bad:
+    if not bad and not rejects:
         return DecodedFrame(records, None, {}, seen, [])
-    rejects: dict[str, int] = {}
-    sample: list[tuple[str, str]] = []
+    rejects = {} if rejects is None else rejects
+    sample = [] if sample is None else sample
+    if not bad:
+        return DecodedFrame(records, None, rejects, seen, sample)
     failing = np.flatnonzero(faults)
     for j, rule in zip(failing.tolist(), faults[failing].tolist(), strict=True):
         if len(sample) < SAMPLE_MAX:
@@ -256,6 +306,46 @@ def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
     return _decode_rows(raw, count)
 
 
+def _from_v1(raw1: np.ndarray) -> tuple[np.ndarray, dict[str, int], list[tuple[str, str]]]:
+    """Version 1 records ``raw1`` ((n, V1_RECORD_SIZE) uint8) as v2 records
+    (a new C-contiguous (m, RECORD_SIZE) uint8 array, zero-extended), without
+    those that set a flag bit version 1 did not know; those are counted as
+    version 1 counted them (its node id rule first, then its flags rule)."""
+    flags = raw1[:, FLAGS_OFFSET]
+    newer = (flags & V2_ONLY_FLAGS) != 0
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    if newer.any():
+        pad = bytes(RECORD_SIZE - V1_RECORD_SIZE)
+        for j in np.flatnonzero(newer).tolist():
+            v = RECORD_STRUCT.unpack(raw1[j].tobytes() + pad)
+            fault = record_fault(v)
+            if fault is not None and fault[0] == 0:      # the node id, checked first
+                reason, detail = fault[1], fault[2]
+            else:
+                reason = "bad_field"
+                detail = f"flags=0x{int(flags[j]):02x} has bits unknown in version {V1_VERSION}"
+            tally(rejects, sample, reason, f"{node_label(v[_NODE_ITEM])}: {detail}")
+        raw1 = raw1[~newer]
+    raw = np.zeros((len(raw1), RECORD_SIZE), np.uint8)
+    raw[:, :V1_RECORD_SIZE] = raw1
+    return raw, rejects, sample
+
+
+def _decode_v1(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
+    """`decode_binary` for a version 1 frame, header checked."""
+    raw1 = np.frombuffer(mv, np.uint8, count * V1_RECORD_SIZE, HEADER_SIZE).reshape(
+        count, V1_RECORD_SIZE)
+    raw, rejects, sample = _from_v1(raw1)
+    if count > SMALL_MAX and compiled:
+        return _decode_rows(raw, count, rejects, sample)
+    dec = _scan(memoryview(raw.reshape(-1)), 0, len(raw))
+    for reason, n in dec.rejects.items():
+        rejects[reason] = rejects.get(reason, 0) + n
+    sample = (sample + dec.sample)[:SAMPLE_MAX]
+    return DecodedFrame(dec.records, None, rejects, count, sample)
+
+
 def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
     """`decode_frame` for a frame that starts with the magic (within the size
     limit).  ``compiled=False`` takes the scalar path whatever the number of
@@ -264,46 +354,58 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
     if size < HEADER_SIZE:
         return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
     _, version, record_size, count, reserved = HEADER.unpack_from(mv)
-    if version != VERSION or record_size != RECORD_SIZE:
+    if (version, record_size) not in ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE)):
         return frame_reject("unsupported_version",
                             f"version {version} record_size {record_size} "
-                            f"(known: {VERSION}, {RECORD_SIZE})")
+                            f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE})")
     if reserved != 0:
         return frame_reject("malformed_frame", f"reserved header field is {reserved}")
-    if size != HEADER_SIZE + count * RECORD_SIZE:
+    if size != HEADER_SIZE + count * record_size:
         return frame_reject("malformed_frame",
-                            f"{size} bytes, header promises {HEADER_SIZE} + {count}*{RECORD_SIZE}")
+                            f"{size} bytes, header promises {HEADER_SIZE} + {count}*{record_size}")
     if count == 0:
         return DecodedFrame(no_records(), None, {}, 0, [])
+    if version == V1_VERSION:
+        return _decode_v1(mv, count, compiled)
     if count <= SMALL_MAX or not compiled:
         return _decode_small(mv, count)
     return _decode_large(mv, count)
 
 
-# Header of a 1-record v1 frame as its two little-endian 8-byte words.
-_ONE_HEADER_WORDS = np.frombuffer(HEADER_V1_ONE, "<u8")
+# Headers of 1-record frames (this version, version 1) as two little-endian
+# 8-byte words each.
+_ONE_HEADER_WORDS = np.frombuffer(HEADER_ONE, "<u8")
+_V1_ONE_HEADER_WORDS = np.frombuffer(V1_HEADER_ONE, "<u8")
 
 
 def decode_one_record_frames(frames: list) -> DecodedFrame | None:
-    """Decode k frames of exactly one binary v1 record each as one batch.
+    """Decode k frames of exactly one binary record each as one batch.
 
     Returns what `decode_frame` returns for a k-record frame holding the
     same records in the same order (so rejects, details and ``seen = k`` are
-    those of the k frames decoded one by one), or None when some frame is not
-    a 208-byte frame with the 1-record v1 header (decode each one then).
-    Frames are bytes-like; never raises on bad input.  The caller has checked
-    that ``max_frame_bytes`` admits a 208-byte frame.
+    those of the k frames decoded one by one), or None when the frames are
+    not all `ONE_FRAME_SIZE`-byte frames with the current 1-record header,
+    or all `V1_ONE_FRAME_SIZE`-byte frames with the version 1 one (decode
+    each one then).  Frames are bytes-like; never raises on bad input.  The
+    caller has checked that ``max_frame_bytes`` admits such a frame.
     """
     k = len(frames)
     try:
         joined = b"".join(frames)
     except TypeError:
         return None
-    if len(joined) != k * ONE_FRAME_SIZE:
+    if len(joined) == k * ONE_FRAME_SIZE:
+        size, words = ONE_FRAME_SIZE, _ONE_HEADER_WORDS
+    elif len(joined) == k * V1_ONE_FRAME_SIZE:
+        size, words = V1_ONE_FRAME_SIZE, _V1_ONE_HEADER_WORDS
+    else:
         return None
-    buf = np.frombuffer(joined, np.uint8).reshape(k, ONE_FRAME_SIZE)
+    buf = np.frombuffer(joined, np.uint8).reshape(k, size)
     head = buf[:, :HEADER_SIZE].view("<u8")
-    if not ((head[:, 0] == _ONE_HEADER_WORDS[0]) & (head[:, 1] == _ONE_HEADER_WORDS[1])).all():
+    if not ((head[:, 0] == words[0]) & (head[:, 1] == words[1])).all():
         return None
+    if size == V1_ONE_FRAME_SIZE:
+        raw, rejects, sample = _from_v1(buf[:, HEADER_SIZE:])
+        return _decode_rows(raw, k, rejects, sample)
     return _decode_rows(np.ascontiguousarray(buf[:, HEADER_SIZE:]), k)   # a copy
 

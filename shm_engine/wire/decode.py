@@ -19,8 +19,7 @@ Rules for callers: a hot path; returns status, never raises on bad input.
 from __future__ import annotations
 
 from shm_engine.wire.binary import decode_binary, decode_one
-from shm_engine.wire.format import (HEADER_SIZE, HEADER_V1_ONE, JSON_FIRST_BYTES, MAGIC,
-                                    ONE_FRAME_SIZE)
+from shm_engine.wire.format import HEADER_ONE, HEADER_SIZE, JSON_FIRST_BYTES, MAGIC, ONE_FRAME_SIZE
 from shm_engine.wire.jsondecode import decode_json
 from shm_engine.wire.result import DecodedFrame, frame_reject
 
@@ -37,7 +36,7 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_frame_bytes: int) ->
     size = mv.nbytes
     if size > max_frame_bytes:
         return frame_reject("frame_too_large", f"{size} bytes > max {max_frame_bytes}")
-    if size == ONE_FRAME_SIZE and mv[:HEADER_SIZE] == HEADER_V1_ONE:
+    if size == ONE_FRAME_SIZE and mv[:HEADER_SIZE] == HEADER_ONE:
         return decode_one(mv)               # the common frame
     if size == 0:
         return frame_reject("malformed_frame", "empty frame")

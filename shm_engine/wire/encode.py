@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (BIT_OF, FIELD_NAMES, HEADER, HEADER_V1_ONE, MAGIC,
+from shm_engine.wire.format import (BIT_OF, FIELD_NAMES, HEADER, HEADER_ONE, MAGIC,
                                     OPTIONAL_FIELDS, RECORD_DTYPE, RECORD_SIZE, REQUIRED_FIELDS,
-                                    VERSION)
+                                    RESOURCES, VERSION)
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
 
@@ -45,13 +45,20 @@ def _plain(name: str, value: Any) -> Any:
     return int(value) if kind == "u" else float(value)
 
 
+_ENTRIES = frozenset(RESOURCES.names + RESOURCES.values)
+
+
 def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
     """The JSON-field mapping of a validated record (only the fields it carries)."""
     flags = int(record["flags"])
     out: dict[str, Any] = {}
     for name, bit in BIT_OF.items():
-        if not bit or flags & bit:
+        if (not bit or flags & bit) and name not in _ENTRIES:
             out[name] = _plain(name, record[name])
+    if flags & RESOURCES.bit:
+        out[RESOURCES.name] = {bytes(record[n]).decode("utf-8"): float(record[v])
+                               for n, v in zip(RESOURCES.names, RESOURCES.values, strict=True)
+                               if bytes(record[n])}
     if labels is not None:
         out["labels"] = json.loads(labels)
     return out
@@ -66,7 +73,7 @@ def _checked(mapping: Mapping) -> tuple[tuple, bytes | None]:
 
 
 def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
-    """A binary v1 frame holding ``records``.
+    """A binary frame (current version) holding ``records``.
 
     Mappings (JSON field names) are validated; an invalid one, or one with
     labels (binary frames cannot carry them), raises ValueError.  A
@@ -96,7 +103,7 @@ def encode_record(record: np.void) -> bytes:
     """A 1-record binary frame of an already validated RECORD_DTYPE scalar."""
     one = np.zeros(1, RECORD_DTYPE)
     one[0] = record
-    return HEADER_V1_ONE + one.tobytes()
+    return HEADER_ONE + one.tobytes()
 
 
 def encode_json(record_mapping: Mapping | np.void) -> bytes:

@@ -7,19 +7,26 @@ the table's row writer, the ingest's slot check and the segment layout all
 read them from here; none restates an offset, a bit or a bound.  Numpy only
 (no numba): senders import it.
 
-A binary v1 frame, little-endian::
+A binary v2 frame, little-endian::
 
-      header (16 bytes)                 record (192 bytes), `count` times
+      header (16 bytes)                 record (384 bytes), `count` times
       +------+-----+------+-----+-----+  +-----------------------------+
       | SHMH | ver | rsz  |count| rsv |  | 0   f8 x 9: cpu mem queue   |
       | 4    | u2  | u2   | u4  | u4  |  |     avg_job_s throughput io |
       +------+-----+------+-----+-----+  |     p50_ms p95_ms ts        |
-        ver = 1, rsz = 192, rsv = 0      | 72  u4 ok, 76 u4 err        |
-                                         | 80  u1 flags, 81..87 rsv    |
+        ver = 2, rsz = 384, rsv = 0      | 72  u4 ok, 76 u4 err        |
+                                         | 80  u1 flags, 81 rsv        |
+                                         | 82  u2 slots, 84..87 rsv    |
                                          | 88  node[64]  NUL-padded    |
                                          | 152 zone[32]  NUL-padded    |
                                          | 184..191 rsv                |
+                                         | 192 res_name0..7 [16] each  |
+                                         | 320 res_value0..7 f8 each   |
                                          +-----------------------------+
+
+Version 1 (record 192 bytes: the first 192 bytes of v2, with slots and the
+two flag bits of v2 unknown) is still accepted: its records are the v2
+records they extend to with zeros (`binary`).
 
 `RECORD_FIELDS` is the record, (name, type, offset) per field; everything
 else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
@@ -53,12 +60,18 @@ from kernels.params import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT
 # ------------------------------------------------------------------ frames
 
 MAGIC = b"SHMH"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<4sHHII")     # magic, version, record_size, count, reserved
 HEADER_SIZE = HEADER.size             # 16
-RECORD_SIZE = 192
+RECORD_SIZE = 384
 ONE_FRAME_SIZE = HEADER_SIZE + RECORD_SIZE
-HEADER_V1_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)   # a 1-record frame's header
+HEADER_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)   # a 1-record frame's header
+# The previous version, still accepted: its record is the first V1_RECORD_SIZE
+# bytes of a v2 record, without the fields of V2_ONLY_FLAGS.
+V1_VERSION = 1
+V1_RECORD_SIZE = 192
+V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
+V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
 DEFAULT_MAX_FRAME_BYTES = 1 << 20     # what clients split batches to
 JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")   # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
@@ -67,27 +80,62 @@ MAX_JSON_DEPTH = 32
 
 # Bits of the `flags` byte.  The first four are the kernels' "reported" bits
 # (`kernels.params`, the bottom layer: defined there, re-exported here); the
-# tick never sees the last two.
+# tick never sees the others (the row keeps `slots` itself, 1 when absent).
 HAS_TS = 16
 HAS_ZONE = 32
+HAS_SLOTS = 64
+HAS_RESOURCES = 128
 REPORTED_BITS = HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL
-KNOWN_FLAGS = REPORTED_BITS | HAS_TS | HAS_ZONE
+KNOWN_FLAGS = REPORTED_BITS | HAS_TS | HAS_ZONE | HAS_SLOTS | HAS_RESOURCES
+V2_ONLY_FLAGS = HAS_SLOTS | HAS_RESOURCES
 
 # ------------------------------------------------------------------ the record
 
-NODE_SIZE = 64                        # padded: 63 bytes of UTF-8 + at least one NUL
+NODE_SIZE = 64                        # padded: 63 bytes of ASCII + at least one NUL
 ZONE_SIZE = 32                        # padded: 31 bytes of UTF-8 + at least one NUL
 MAX_NODE_BYTES = NODE_SIZE - 1
 MAX_ZONE_BYTES = ZONE_SIZE - 1
 MAX_LABELS_BYTES = 256                # canonical compact JSON of `labels`
 U32_MAX = 2**32 - 1
+SLOTS_MAX = 65535
+MAX_RESOURCES = 8                     # resource entries per heartbeat
+RESOURCE_NAME_SIZE = 16               # padded: 1..15 bytes of UTF-8 + at least one NUL
+# The node id's characters (ASCII letters, digits and `. _ : - /`), as
+# inclusive byte ranges: the checks test ranges, eight bytes at a time.
+NODE_ID_RANGES = ((0x2D, 0x3A), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))   # -./0-9: A-Z _ a-z
+
+
+def describe_ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    """Byte ranges as a reader would write the characters: runs of letters
+    or digits as ``A-Z``, then the other characters one by one."""
+    chars = sorted({chr(c) for lo, hi in ranges for c in range(lo, hi + 1)})
+    runs, others = [], []
+    for ch in chars:
+        kind = (ch.isupper(), ch.islower(), ch.isdigit())
+        if any(kind) and runs and runs[-1][2] == kind and ord(runs[-1][1]) + 1 == ord(ch):
+            runs[-1][1] = ch
+        elif any(kind):
+            runs.append([ch, ch, kind])
+        else:
+            others.append(ch)
+    words = [a if a == b else f"{a}-{b}" for a, b, _ in runs]
+    return " ".join(words + others)
+
+
+RESOURCE_NAMES = tuple(f"res_name{i}" for i in range(MAX_RESOURCES))
+RESOURCE_VALUES = tuple(f"res_value{i}" for i in range(MAX_RESOURCES))
+_RESOURCES_AT = 192
 
 # The record's fields: (name, numpy type, byte offset), in offset order.
 RECORD_FIELDS = (
     ("cpu", "<f8", 0), ("mem", "<f8", 8), ("queue", "<f8", 16), ("avg_job_s", "<f8", 24),
     ("throughput", "<f8", 32), ("io", "<f8", 40), ("p50_ms", "<f8", 48), ("p95_ms", "<f8", 56),
     ("ts", "<f8", 64), ("ok", "<u4", 72), ("err", "<u4", 76), ("flags", "u1", 80),
-    ("node", f"S{NODE_SIZE}", 88), ("zone", f"S{ZONE_SIZE}", 152),
+    ("slots", "<u2", 82), ("node", f"S{NODE_SIZE}", 88), ("zone", f"S{ZONE_SIZE}", 152),
+    *((name, f"S{RESOURCE_NAME_SIZE}", _RESOURCES_AT + RESOURCE_NAME_SIZE * i)
+      for i, name in enumerate(RESOURCE_NAMES)),
+    *((name, "<f8", _RESOURCES_AT + RESOURCE_NAME_SIZE * MAX_RESOURCES + 8 * i)
+      for i, name in enumerate(RESOURCE_VALUES)),
 )
 FIELD_NAMES = tuple(name for name, _, _ in RECORD_FIELDS)
 RECORD_DTYPE = np.dtype({"names": list(FIELD_NAMES),
@@ -126,7 +174,8 @@ def _reserved_spans() -> tuple[tuple[int, int], ...]:
     return tuple(spans)
 
 
-RESERVED_SPANS = _reserved_spans()     # ((81, 88), (184, 192))
+RESERVED_SPANS = _reserved_spans()     # ((81, 82), (84, 88), (184, 192))
+FLAGS_OFFSET = OFFSET["flags"]
 
 _STRUCT_CODES = {"<f8": "d", "<u4": "I", "<u2": "H", "|u1": "B"}
 
@@ -176,7 +225,7 @@ REJECT_REASONS = (
                             # p50_ms/p95_ms pair
     "bad_field",            # wrong type, non-finite, out of range,
                             # bad flags/reserved bytes, labels or zone invalid
-    "bad_node_id",          # empty, > 63 bytes, invalid UTF-8, control chars, NUL
+    "bad_node_id",          # not 1..63 of A-Z a-z 0-9 . _ : - / (NUL padded in binary)
     "unknown_field",        # a JSON key not in SCORING.md's input table
     "registry_full",        # counted by the ingest, never by a decoder
 )
@@ -208,6 +257,7 @@ NON_NEGATIVE = Bound(0.0, math.inf, False, True, "out of [0, inf)")
 POSITIVE = Bound(0.0, math.inf, True, True, "out of (0, inf)")
 FINITE = Bound(-math.inf, math.inf, True, True, "not finite")
 COUNT = Bound(0, U32_MAX, False, False, f"out of [0, {U32_MAX}]")
+SLOTS = Bound(1, SLOTS_MAX, False, False, f"out of [1, {SLOTS_MAX}]")
 
 
 class Number(NamedTuple):
@@ -227,13 +277,32 @@ class Number(NamedTuple):
 class Text(NamedTuple):
     """A NUL-padded UTF-8 string field (its size in `RECORD_DTYPE` bounds it:
     at least one NUL).  ``what`` names it in rejections; ``printable``: no
-    control character (C0, DEL, C1); ``nonempty``: at least one byte."""
+    control character (C0, DEL, C1); ``nonempty``: at least one byte;
+    ``ranges``: if given, every byte is in one of these inclusive ASCII
+    ranges (and the text is ASCII)."""
     name: str
     bit: int
     what: str
     printable: bool
     nonempty: bool
     reason: str
+    ranges: tuple[tuple[int, int], ...] | None = None
+
+
+class Resources(NamedTuple):
+    """An object of name -> number (JSON key ``name``): at most
+    ``len(names)`` entries, each name valid as the `Text` ``entry`` (1..15
+    bytes of UTF-8, no NUL; its field is the first name's, whose size every
+    name has), the names distinct, each value within ``bound``.  In the
+    record, entry i is ``names[i]`` / ``values[i]``: the entries come first,
+    then empty names with zero values; absent (bit clear), all zero."""
+    name: str
+    bit: int
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+    entry: Text
+    bound: Bound
+    reason: str = "bad_field"
 
 
 class Labels(NamedTuple):
@@ -256,9 +325,11 @@ class ReservedBytes(NamedTuple):
     reason: str = "bad_field"
 
 
-# The heartbeat fields of SCORING.md's input table, in check order.
+# The heartbeat fields of the score's input table (docs/scoring.md), in
+# check order.
 FIELDS = (
-    Text("node", 0, "node id", printable=True, nonempty=True, reason="bad_node_id"),
+    Text("node", 0, "node id", printable=True, nonempty=True, reason="bad_node_id",
+         ranges=NODE_ID_RANGES),
     Number(("cpu",), 0, UNIT),
     Number(("mem",), 0, UNIT),
     Number(("queue",), 0, NON_NEGATIVE),
@@ -267,6 +338,11 @@ FIELDS = (
     Number(("ok", "err"), HAS_OKERR, COUNT),
     Number(("io",), HAS_IO, UNIT),
     Number(("p50_ms", "p95_ms"), HAS_TAIL, POSITIVE, ordered=True),
+    Number(("slots",), HAS_SLOTS, SLOTS),
+    Resources("resources", HAS_RESOURCES, RESOURCE_NAMES, RESOURCE_VALUES,
+              Text(RESOURCE_NAMES[0], 0, "resource name", printable=False, nonempty=True,
+                   reason="bad_field"),
+              NON_NEGATIVE),
     Number(("ts",), HAS_TS, FINITE),
     Text("zone", HAS_ZONE, "zone", printable=False, nonempty=False, reason="bad_field"),
     Labels("labels", MAX_LABELS_BYTES),
@@ -279,8 +355,15 @@ RECORD_RULES = ((FIELDS[0], FlagsByte(KNOWN_FLAGS))
 
 
 def names_of(row) -> tuple[str, ...]:
-    """The heartbeat keys of a `FIELDS` row."""
+    """The heartbeat (JSON) keys of a `FIELDS` row."""
     return row.names if isinstance(row, Number) else (row.name,)
+
+
+def fields_of(row) -> tuple[str, ...]:
+    """The record fields of a `FIELDS` row (none for labels)."""
+    if isinstance(row, Resources):
+        return row.names + row.values
+    return () if isinstance(row, Labels) else names_of(row)
 
 
 def _required(row) -> bool:
@@ -293,7 +376,8 @@ KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Pairs sent together: a heartbeat with one half misses the other.
 PAIRS = tuple(f.names for f in FIELDS if isinstance(f, Number) and len(f.names) == 2)
 # The presence bit of each record field (0: always present).
-BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in names_of(f)}
+BIT_OF = {n: f.bit for f in FIELDS for n in fields_of(f)}
+RESOURCES = next(f for f in FIELDS if isinstance(f, Resources))
 
 
 def _check_the_tables() -> None:
@@ -302,10 +386,18 @@ def _check_the_tables() -> None:
     assert in_record == in_rules, in_record ^ in_rules
     bits = [f.bit for f in FIELDS if not isinstance(f, Labels) and f.bit]
     assert len(bits) == len(set(bits)) and sum(bits) == KNOWN_FLAGS < 256
-    for f in FIELDS:    # the compiled check reads text fields as whole words
-        if isinstance(f, Text):
-            assert OFFSET[f.name] % 8 == 0 and RECORD_DTYPE[f.name].itemsize % 8 == 0
+    texts = [f.name for f in FIELDS if isinstance(f, Text)] + list(RESOURCES.names)
+    for name in texts:  # the compiled check reads text fields as whole words
+        assert OFFSET[name] % 8 == 0 and RECORD_DTYPE[name].itemsize % 8 == 0
+    for names in (RESOURCES.names, RESOURCES.values):   # entries in order, adjacent
+        offsets = [OFFSET[n] for n in names]
+        size = RECORD_DTYPE[names[0]].itemsize
+        assert offsets == list(range(offsets[0], offsets[0] + size * len(names), size))
     assert all(RECORD_DTYPE[n].kind in "fuS" for n in FIELD_NAMES)
+    # Version 1's record is a prefix of this one, without the v2-only fields.
+    v1_fields = {n for n, _, off in RECORD_FIELDS if off < V1_RECORD_SIZE}
+    assert all(OFFSET[n] + RECORD_DTYPE[n].itemsize <= V1_RECORD_SIZE for n in v1_fields)
+    assert {n for n in v1_fields if BIT_OF.get(n, 0) & V2_ONLY_FLAGS} == {"slots"}
 
 
 _check_the_tables()

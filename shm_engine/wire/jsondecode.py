@@ -7,6 +7,9 @@ by the parser hook, and nothing is evaluated.
 
 `check_heartbeat` validates one mapping against `format.FIELDS` (the replay
 path and the clients use it; the encoders use it through `check_mapping`).
+The node id is 1..63 characters of ``A-Z a-z 0-9 . _ : - /``; ``resources``
+an object of at most 8 names (1..15 bytes of UTF-8, no NUL) to numbers >= 0,
+kept in the record's entries in the object's order.
 The checks run in this order, and the first failure names the reason:
 unknown key; node missing, then malformed; required fields missing; one
 half of a pair without the other (``missing_field``); a repeated key; then
@@ -30,7 +33,7 @@ import numpy as np
 
 from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
                                     PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
-                                    Number, Text)
+                                    Number, Resources, Text, describe_ranges)
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 from shm_engine.wire._scalar import json_fields
 
@@ -94,11 +97,20 @@ def _reader(rule: Number, key: str, first: int | None):
     return read
 
 
+def _ranges_re(rule: Text) -> re.Pattern:
+    chars = "".join(f"\\x{lo:02x}-\\x{hi:02x}" for lo, hi in rule.ranges or ())
+    return re.compile(f"[{chars}]*")
+
+
+_RANGES_RE = {rule.name: _ranges_re(rule) for rule in FIELDS
+              if isinstance(rule, Text) and rule.ranges is not None}
+
+
 def _text(rule: Text, value: Any) -> bytes:
     """The UTF-8 bytes of a `Text` row's value, or Reject."""
     what = rule.what
     if not isinstance(value, str):
-        raise Reject(rule.reason, f"{rule.name}={short(value)} is not a string")
+        raise Reject(rule.reason, f"{what}={short(value)} is not a string")
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError:
@@ -108,7 +120,11 @@ def _text(rule: Text, value: Any) -> bytes:
     limit = _LIMIT[rule.name]
     if len(raw) > limit:
         raise Reject(rule.reason, f"{what} is {len(raw)} bytes > {limit}")
-    if rule.printable:
+    if rule.ranges is not None:
+        if _RANGES_RE[rule.name].fullmatch(value) is None:
+            raise Reject(rule.reason, f"{what} {short(value)} has a character outside "
+                                      f"{describe_ranges(rule.ranges)}")
+    elif rule.printable:
         if _CONTROL_RE.search(value):
             raise Reject(rule.reason, f"{what} contains a control character")
     elif b"\0" in raw:
@@ -138,6 +154,28 @@ def _labels(rule: Labels, labels: Any) -> bytes:
     return raw
 
 
+def _resources(rule: Resources, obj: Mapping, values: list) -> None:
+    """Check ``obj[rule.name]`` and write its entries into ``values`` (the
+    record's names and values, in the object's order), or Reject."""
+    res = obj[rule.name]
+    if not isinstance(res, dict):
+        raise Reject(rule.reason, f"{rule.name}={short(res)} is not an object")
+    dup = getattr(res, "duplicate", None)
+    if dup is not None:
+        raise Reject(rule.reason, f"{rule.name} name {short(dup)} given twice")
+    if len(res) > len(rule.names):
+        raise Reject(rule.reason, f"{rule.name} has {len(res)} names > {len(rule.names)}")
+    for i, (name, amount) in enumerate(res.items()):
+        raw = _text(rule.entry, name)
+        if isinstance(amount, bool) or not isinstance(amount, _NUMBER_TYPES):
+            raise Reject(rule.reason, f"{rule.name} {short(name)}={short(amount)} is not a number")
+        x = _number(res, name)
+        if not rule.bound.holds(x):
+            raise Reject(rule.reason, f"{rule.name} {short(name)}={x!r} {rule.bound.fault}")
+        values[_INDEX[rule.names[i]]] = raw
+        values[_INDEX[rule.values[i]]] = x
+
+
 # ------------------------------------------------------------------ one heartbeat
 
 def _field_readers() -> dict:
@@ -152,6 +190,8 @@ def _field_readers() -> dict:
                 readers[key] = _reader(rule, key, first)
         elif isinstance(rule, Text):
             readers[rule.name] = lambda obj, values, rule=rule: _text(rule, obj[rule.name])
+        elif isinstance(rule, Resources):
+            readers[rule.name] = lambda obj, values, rule=rule: _resources(rule, obj, values)
         else:
             readers[rule.name] = lambda obj, values, rule=rule: _labels(rule, obj[rule.name])
     return readers

@@ -3,8 +3,10 @@ as source for the hot paths that cannot afford to walk the table at run time,
 into two committed modules (a test fails while either is not what the
 current table renders; ``python -m shm_engine.wire`` rewrites both):
 
-- `_scalar` (Python): `accept(v, text_ok)`, one boolean expression over a
-  record unpacked with `format.RECORD_STRUCT` (the scalar path of `binary`);
+- `_scalar` (Python): `accept(v, slow_ok)`, one boolean expression over a
+  record unpacked with `format.RECORD_STRUCT` (the scalar path of `binary`;
+  ``slow_ok(rule index, value)`` decides what the expression leaves to the
+  reference walk: text that is not plain ASCII, resources that are present);
   `one(v)`, that record as `DecodedFrame.one`; `json_fields(obj, values,
   read)`, the fields of a JSON heartbeat in table order, a float in range
   taken as is (`jsondecode`).  A loop of Python calls costs more than a
@@ -32,7 +34,8 @@ import numpy as np
 
 from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
                                     RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, RESERVED_SPANS, SHIFT,
-                                    FlagsByte, Labels, Number, ReservedBytes, Text, names_of)
+                                    FlagsByte, Labels, Number, ReservedBytes, Resources, Text,
+                                    names_of)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")
@@ -82,6 +85,9 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
             valid, zero = target.text(rule)
             terms.append((i, rule.what, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"
                           if rule.bit else valid))
+        elif isinstance(rule, Resources):
+            valid, zero = target.resources(rule)
+            terms.append((i, rule.name, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"))
         elif isinstance(rule, FlagsByte):
             terms.append((i, "unknown flag bits", f"not {target.flags} & {0xFF & ~rule.known:#04x}"))
         else:
@@ -92,9 +98,11 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
 
 class _Python:
     """A record unpacked with RECORD_STRUCT as ``v``, its flags as ``f``;
-    ``text_ok(rule index, raw)`` decides text that is not plain ASCII.
-    Module names: ``_INF``; ``_ASCII_<field>``, a fullmatch of the field's
-    valid ASCII form; ``_ZERO_<item>``, the zero bytes of an item."""
+    ``slow_ok(rule index, raw)`` decides text that is not plain ASCII, and
+    ``slow_ok(rule index, v)`` present resources.  Module names: ``_INF``;
+    ``_ASCII_<field>``, a fullmatch of the field's valid ASCII form;
+    ``_ZERO_<item>``, the zero bytes of an item; ``_NO_<field>``, the items
+    of absent resources."""
     flags = "f"
 
     @staticmethod
@@ -105,25 +113,44 @@ class _Python:
     def text(rule: Text) -> tuple[str, str]:
         i = ITEM[rule.name]
         k = RECORD_RULES.index(rule)
-        return (f"(_ASCII_{rule.name}(v[{i}]) is not None or text_ok({k}, v[{i}]))",
-                f"v[{i}] == _ZERO_{i}")
+        ascii_ok = f"_ASCII_{rule.name}(v[{i}]) is not None"
+        if rule.ranges is not None:     # ASCII only: the pattern decides alone
+            return f"({ascii_ok})", f"v[{i}] == _ZERO_{i}"
+        return f"({ascii_ok} or slow_ok({k}, v[{i}]))", f"v[{i}] == _ZERO_{i}"
+
+    @staticmethod
+    def resources(rule: Resources) -> tuple[str, str]:
+        first, last = _resource_items(rule)
+        return f"slow_ok({RECORD_RULES.index(rule)}, v)", f"v[{first}:{last}] == _NO_{rule.name}"
 
     @staticmethod
     def reserved(rule: ReservedBytes) -> str:
         return " and ".join(f"v[{k}] == _ZERO_{k}" for k in RESERVED_ITEMS)
 
 
+def _resource_items(rule: Resources) -> tuple[int, int]:
+    """[first, last) items of the resource entries in an unpacked record:
+    the names, then the values, adjacent."""
+    items = [ITEM[n] for n in rule.names + rule.values]
+    assert items == list(range(items[0], items[0] + len(items)))
+    return items[0], items[-1] + 1
+
+
 def text_pattern(rule: Text) -> bytes:
     """A padded text field that is valid without a UTF-8 decode: ASCII
-    (printable: 0x20..0x7e; else 0x01..0x7f), then NULs, at least one."""
+    (``ranges`` if given; else printable: 0x20..0x7e, or 0x01..0x7f), then
+    NULs, at least one."""
     size = RECORD_DTYPE[rule.name].itemsize
-    chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
+    if rule.ranges is not None:
+        chars = b"".join(rb"\x%02x-\x%02x" % pair for pair in rule.ranges)
+    else:
+        chars = rb"\x20-\x7e" if rule.printable else rb"\x01-\x7f"
     return rb"[%s]{%d,%d}\x00+" % (chars, int(rule.nonempty), size - 1)
 
 
 def _accept_lines() -> list[str]:
     terms = [term for _, _, term in _rule_terms(_Python)]
-    return (["def accept(v, text_ok):",
+    return (["def accept(v, slow_ok):",
              f"    f = v[{ITEM['flags']}]",
              "    return (" + terms[0]]
             + [f"            and {term}" for term in terms[1:]] + ["    )"])
@@ -168,6 +195,9 @@ def _json_fields_lines() -> list[str]:
             if isinstance(rule, Labels):
                 body.append(f"labels = {slow}")
                 continue
+            if isinstance(rule, Resources):     # its reader fills the entries
+                body.append(slow)
+                continue
             i = FIELD_INDEX[key]
             if isinstance(rule, Number) and RECORD_DTYPE[key].kind == "f":
                 fast = _in_bound("x", rule.bound, False)
@@ -193,6 +223,10 @@ def render_scalar() -> str:
             names.append(f"_ASCII_{rule.name} = re.compile({text_pattern(rule)!r}).fullmatch")
             item = ITEM[rule.name]
             names.append(f"_ZERO_{item} = bytes({RECORD_DTYPE[rule.name].itemsize})")
+        elif isinstance(rule, Resources):
+            size = RECORD_DTYPE[rule.names[0]].itemsize
+            names.append(f"_NO_{rule.name} = (bytes({size}),) * {len(rule.names)} "
+                         f"+ (0.0,) * {len(rule.values)}")
     names += [f"_ZERO_{k} = bytes({hi - lo})"
               for k, (lo, hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True)]
     code = ['"""The scalar hot paths of the wire package: GENERATED from the rule table',
@@ -213,7 +247,8 @@ def _u64(x: int) -> str:
 class _Numba:
     """Record j of (n, WORDS) views ``f8`` and ``words``, its flags as
     ``flags``; text fields with bytes >= 0x80 are decoded only when the
-    variable ``decode`` is true."""
+    variable ``decode`` is true.  Module names: ``_RANGES_<field>``, the byte
+    ranges of a `Text` with ``ranges``."""
     flags = "flags"
 
     @staticmethod
@@ -229,11 +264,29 @@ class _Numba:
         first = OFFSET[rule.name] // 8
         last = first + RECORD_DTYPE[rule.name].itemsize // 8
         args = f"words, j, {first}, {last}, {rule.printable}"
-        valid = f"(ascii_padded_ok({args}) or (decode and utf8_padded_ok({args})))"
+        if rule.ranges is not None:
+            valid = f"ranges_padded_ok(words, j, {first}, {last}, _RANGES_{rule.name})"
+        else:
+            valid = f"(ascii_padded_ok({args}) or (decode and utf8_padded_ok({args})))"
         if rule.nonempty:
             valid = f"(words[j, {first}] & _BYTE != 0 and {valid})"
         zero = " and ".join(f"words[j, {k}] == 0" for k in range(first, last))
         return valid, f"({zero})"
+
+    @staticmethod
+    def resources(rule: Resources) -> tuple[str, str]:
+        """Names by `_padded.resource_names_ok`; each value within the bound
+        where its name is set, else 0."""
+        first = OFFSET[rule.names[0]] // 8
+        per = RECORD_DTYPE[rule.names[0]].itemsize // 8
+        valid = [f"resource_names_ok(words, j, {first}, {per}, {len(rule.names)}, decode)"]
+        zero = [f"words[j, {w}] == 0" for w in range(first, first + per * len(rule.names))]
+        for i, name in enumerate(rule.values):
+            x = _Numba.read(name)
+            valid.append(f"(({_in_bound(x, rule.bound, False)}) if words[j, {first + per * i}] "
+                         f"& _BYTE else {x} == 0)")
+            zero.append(f"{x} == 0")
+        return "(" + " and ".join(valid) + ")", "(" + " and ".join(zero) + ")"
 
     @staticmethod
     def reserved(rule: ReservedBytes) -> str:
@@ -279,11 +332,15 @@ def render_checks() -> str:
         "import numpy as np",
         "from numba import njit",
         "",
-        "from shm_engine.wire._padded import ascii_padded_ok, utf8_padded_ok",
+        "from shm_engine.wire._padded import (ascii_padded_ok, ranges_padded_ok, "
+        "resource_names_ok,",
+        "                                     utf8_padded_ok)",
         "",
         f"NO_FAULT = {len(RECORD_RULES)}",
         "_INF = np.inf",
         "_BYTE = np.uint64(0xFF)",
+        *(f"_RANGES_{rule.name} = {rule.ranges!r}" for rule in RECORD_RULES
+          if isinstance(rule, Text) and rule.ranges is not None),
         "",
         "",
         "@njit(cache=True, nogil=True)",

@@ -38,8 +38,9 @@ def node_params(i):
     """(cpu, mem, avg_job_s) of node ``sd-<i>`` (scalar or array ``i``).
 
     cpu <= 0.20, mem <= 0.17, wait <= 4 * 2.25 = 9 s: g_cpu, g_mem >= 0.8 and
-    g_wait >= 0.7, so core >= 0.75, B = 1 (qema <= 4 << limit_critical) and
-    every node stays HEALTHY however its queue moves."""
+    g_wait >= 0.7; rates 1/avg_job_s in [0.44, 2], so g_rate >= 0.22; no
+    outcomes, so g_succ = 1: core >= 0.7, B = 1 (qema <= 4 << limit_critical)
+    and every node stays HEALTHY however its queue moves."""
     i = np.asarray(i)
     return 0.05 + (i % 16) * 0.01, 0.05 + (i % 13) * 0.01, 0.5 + (i % 8) * 0.25
 
@@ -81,11 +82,11 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     """Problems of one snapshot of a self-describing fleet (empty: consistent).
 
     Recomputes, per node, from the node's id and the snapshot's own columns:
-    ``wait == qema * avg_job_s`` and ``raw == L * B * core`` with the weights
-    of SCORING.md step 6 at the snapshot's pressure; and across the snapshot:
-    the weights in effect match the pressure, a published score is > 0 exactly
-    when the state is HEALTHY or DEGRADED, and the ranking lists those slots
-    by score descending.  Columns mixed from two epochs, or a name read
+    ``wait == qema * avg_job_s`` and ``raw == L * B * core`` with each node's
+    weights at the pressure of the other live nodes (docs/scoring.md, steps
+    E-G); and across the snapshot: the published weights match the pressure,
+    a published score is > 0 exactly when the state is HEALTHY or DEGRADED,
+    and the ranking lists those slots by score descending.  Columns mixed from two epochs, or a name read
     against another node's slot, break at least one of these."""
     problems: list[str] = []
     slots = np.array([s for s, n in enumerate(snap.nodes) if n is not None], np.int64)
@@ -102,20 +103,36 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     qema, wait, L = snap.qema[slots], snap.wait[slots], snap.liveness[slots]
     P = snap.pressure
     w = snap.weights
-    w_wait = _W.wait + _P.k1 * P
-    if abs(w["wait"] - w_wait) > 1e-12 or abs(w["throughput"] - (_W.throughput + _P.k2 * P)) > 1e-12:
+    if (abs(w["wait"] - (_W.wait + _P.k1 * P)) > 1e-12
+            or abs(w["rate"] - (_W.rate + _P.k2 * P)) > 1e-12):
         problems.append(f"epoch {snap.epoch}: weights {w} do not match pressure {P}")
     if not ((qema >= 0) & (qema <= QUEUE_LEVELS - 1)).all():
         problems.append(f"epoch {snap.epoch}: qema out of [0, {QUEUE_LEVELS - 1}]")
+    # No claims, one slot each: load = qema, wait = qema * avg_job_s / 1.
     bad = np.abs(wait - qema * avg) > 1e-9 * np.maximum(1.0, np.abs(wait))
     if bad.any():
         s = int(slots[bad][0])
         problems.append(f"epoch {snap.epoch}: slot {s} ({snap.nodes[s]}) wait {snap.wait[s]!r} "
                         f"!= qema {snap.qema[s]!r} * avg_job_s")
+    # Each node is weighted with the pressure of the other live nodes, and
+    # its rate (1 / avg_job_s) judged against the live nodes' 90th percentile.
+    live = L > 0
+    p = np.minimum(wait / _P.max_wait_s, 1.0)
+    n_live = int(live.sum())
+    total = float(p[live].sum())
+    P_i = np.where(live, (total - p) / (n_live - 1) if n_live > 1 else 0.0, P)
+    rate = 1.0 / avg
+    rates = np.sort(rate[live])
+    R = (rates[-1] if len(rates) < 10 else rates[(9 * len(rates) + 9) // 10 - 1]) \
+        if len(rates) else None
+    g_rate = np.minimum(rate / R, 1.0) if R is not None else np.ones_like(rate)
+    w_wait = _W.wait + _P.k1 * P_i
+    w_rate = _W.rate + _P.k2 * P_i
     g_cpu = 1.0 - np.minimum(cpu / _P.max_cpu, 1.0)
     g_mem = 1.0 - np.minimum(mem / _P.max_mem, 1.0)
     g_wait = 1.0 - np.minimum(wait / _P.max_wait_s, 1.0)
-    core = (_W.cpu * g_cpu + _W.mem * g_mem + w_wait * g_wait) / (_W.cpu + _W.mem + w_wait)
+    core = ((_W.cpu * g_cpu + _W.mem * g_mem + w_wait * g_wait + w_rate * g_rate + _W.success)
+            / (_W.cpu + _W.mem + w_wait + w_rate + _W.success))
     B = np.clip((_P.max_queue - qema) / (_P.max_queue - _P.limit_critical), 0.0, 1.0)
     raw = L * B * core
     bad = np.abs(snap.raw[slots] - raw) > 1e-9
