@@ -50,8 +50,11 @@ def test_record_layout_is_the_documented_one():
     assert offsets == dict(cpu=0, mem=8, queue=16, avg_job_s=24, throughput=32, io=40,
                            p50_ms=48, p95_ms=56, ts=64, ok=72, err=76, flags=80,
                            node=88, zone=152)
-    assert wire.REJECT_REASONS[-1] == "registry_full"
-    assert len(set(wire.REJECT_REASONS)) == 9
+    # The decoder's reasons first, then those only the ingest counts (each
+    # a fixed counter slot in the segment header).
+    assert wire.REJECT_REASONS[8:] == ("registry_full", "too_many_heartbeats", "not_authorized",
+                                       "node_not_allowed", "registration_rate")
+    assert len(set(wire.REJECT_REASONS)) == 13
 
 
 # ------------------------------------------------------------------ JSON accept / reject table
