@@ -13,11 +13,29 @@ k`` also sees the rows and the other counters of those k frames (x86-64 TSO:
 the stores retire in program order, see `shm_engine.core.ordering`).
 
 Registration follows SCORING.md: a node's first accepted heartbeat takes the
-lowest free slot; a full registry rejects it (``registry_full``).  Nodes are
-forgotten every `FORGET_PERIOD_S` (`NodeRegistry.forget_older_than`), and
-also on arrival: a heartbeat for a registered node whose age is already
->= ``forget_after_s`` frees the slot and registers the node anew, as replay
-does when forgetting runs at the start of the tick the heartbeat arrives in.
+lowest free slot.  Nodes are forgotten every `FORGET_PERIOD_S`
+(`NodeRegistry.forget_older_than`), and also on arrival: a heartbeat for a
+registered node whose age is already >= ``forget_after_s`` frees the slot
+and registers the node anew, as replay does when forgetting runs at the
+start of the tick the heartbeat arrives in.  Beyond SCORING.md (replay does
+neither): a registration must pass the registration budget
+(``registration_rate``), and a full registry first gives the slot of its
+longest-silent DEAD node (age >= ``score.dead_after_s``) with no heartbeat
+in the frame to the new node (`Ingest._reclaim_dead`); only when every node
+is live is the new one rejected (``registry_full``).  A live node is never
+evicted.
+
+Admission (`shm_engine.ingest.admission`): every validated heartbeat is
+checked against its sender's bindings (``not_authorized``) and ``allow_nodes``
+(``node_not_allowed``) before it is applied; a frame whose sender is bound to
+no node, or that carries more than ``max_heartbeats_per_frame`` heartbeats,
+is refused whole, undecoded.  The sender of a frame comes from the frame's
+metadata, which only zmq.Frame objects carry (a few times the cost of
+receiving bytes): the loop receives frames with their sender always with
+CURVE (the ZAP User-Id) or with ``peer_nodes_file`` (the peer address), and
+otherwise only for `IDENTIFY_HOLD_S` after a frame of an unknown sender
+tried to register a node: registrations of unknown senders share the
+budget of one sender, ``(unidentified)``.
 
 Cost model (the reason for the shape of `Ingest.handle_frame`): every frame,
 and every run of frames handled as one batch, goes through one apply path
@@ -54,10 +72,17 @@ Socket limits: ``ZMQ_MAXMSGSIZE`` is `HARD_LIMIT_FACTOR` x
 ``ingest.max_frame_bytes``.  A frame above ``max_frame_bytes`` but under the
 hard limit is received and counted ``frame_too_large`` without being decoded;
 one above the hard limit makes ZeroMQ drop the sender's connection (it is
-never counted: ZeroMQ does not deliver it).  The hard limit only bounds the
-memory one frame can take.  Beyond the socket's queue (``rcvhwm`` frames) the
-loop holds one drained chunk: at most `DRAIN_CHUNK` frames, `LARGE_CHUNK`
-once frames are above `RECV_COPY_MAX` bytes (`next_drain`).
+never counted: ZeroMQ does not deliver it).  ``ZMQ_RCVHWM`` is
+``max_queue_bytes`` // the hard limit, so one connection's queue holds at
+most ``max_queue_bytes``.  Beyond the socket's queues the loop holds one
+drained chunk: at most `DRAIN_CHUNK` frames, `LARGE_CHUNK` once frames are
+above `RECV_COPY_MAX` bytes (`next_drain`).
+
+Work per turn of the loop: a round drains at most ``drain_batch`` frames and
+ends after the chunk that passes `ROUND_BUDGET_S`; one frame's work is
+bounded by ``max_frame_bytes`` and ``max_heartbeats_per_frame``.  The loop
+beats after every chunk and after every frame decoded alone, so a busy
+ingest beats at least once per frame and the watchdog kills only a hung one.
 """
 
 from __future__ import annotations
@@ -213,7 +238,12 @@ class Ingest:
         self._rejects = _cells(h.rejects)
         self._internal_errors = 0
         self._no_slot = 0            # heartbeats of this frame refused a slot
-        self._max_heartbeats = config.ingest.max_heartbeats_per_frame
+        cap = self._max_heartbeats = config.ingest.max_heartbeats_per_frame
+        # The shortest frame over the cap (a JSON array of cap + 1 one-byte
+        # items); whether a binary frame can be over it at all.
+        self._cap_bytes = 2 * cap + 3
+        self._binary_over_cap = HEADER_SIZE + (cap + 1) * RECORD_SIZE <= self._max_frame_bytes
+        self._restricts = self.admission.restricts_nodes
         self._dead_after_s = config.score.dead_after_s
         self._no_dead_before = 0.0   # no registered node is DEAD before this time
         self._reclaimed = _cells(h.ingest_reclaimed)
@@ -234,13 +264,14 @@ class Ingest:
         An unexpected exception (a bug, not bad input) is counted under
         ``malformed_frame`` for the heartbeats it cost, logged, and swallowed:
         one frame must not stop the intake."""
-        nbytes = memoryview(frame).nbytes
+        mv = memoryview(frame)
+        nbytes = mv.nbytes
         seen, accepted, rejected = 1, 0, 0
         self._no_slot = 0
         try:
             if sender is not None and sender.refused:
                 rejected = self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
-            elif nbytes <= self._max_frame_bytes and self._over_cap(frame):
+            elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
                 rejected = self._refuse_frame(
                     _REJECT_INDEX["too_many_heartbeats"], sender,
                     f"more than {self._max_heartbeats} heartbeats")
@@ -249,8 +280,8 @@ class Ingest:
                 seen = dec.seen
                 if dec.rejects:
                     rejected = self._count_rejects(dec)
-                if len(dec.records) and self.admission.restricts_nodes:
-                    dec, refused = self._admit(dec, sender)
+                if len(dec.records) and self._restricts:
+                    dec, refused, sender = self._admit(dec, sender)
                     rejected += refused
                 if len(dec.records):
                     accepted = self._apply(dec, now, sender)
@@ -298,33 +329,35 @@ class Ingest:
         self._refuse(index, 1, sender, "frame: " + detail)
         return 1
 
-    def _over_cap(self, frame) -> bool:
-        """Whether ``frame`` (at most max_frame_bytes) carries more than
-        ``max_heartbeats_per_frame`` heartbeats, told without decoding it: a
-        well-formed binary header's count, or the top-level items of a JSON
+    def _over_cap(self, frame, mv: memoryview) -> bool:
+        """Whether ``frame`` (``mv``: its bytes; at least `_cap_bytes`, at
+        most max_frame_bytes) carries more than ``max_heartbeats_per_frame``
+        heartbeats, told without decoding it: the top-level items of a JSON
         array (`wire.json_array_items`, run only on a frame with enough
-        commas).  Malformed frames are left to the decoder."""
-        mv = memoryview(frame)
-        size, cap = mv.nbytes, self._max_heartbeats
-        if size < 2 * cap + 3:       # the shortest JSON array of cap + 1 items
+        commas), or a well-formed binary header's count.  Malformed frames
+        are left to the decoder."""
+        cap = self._max_heartbeats
+        if mv[0] in _JSON_FIRST:
+            buf = frame if type(frame) is bytes else mv.tobytes()
+            return buf.count(b",") >= cap and json_array_items(buf) > cap
+        if not self._binary_over_cap:
             return False
-        if mv[:4] == MAGIC:
-            count = HEADER.unpack_from(mv)[3]
-            return count > cap and size == HEADER_SIZE + count * RECORD_SIZE
-        if mv[0] not in _JSON_FIRST:
-            return False
-        buf = frame if type(frame) is bytes else mv.tobytes()
-        return buf.count(b",") >= cap and json_array_items(buf) > cap
+        magic, _version, _size, count, _reserved = HEADER.unpack_from(mv)
+        return magic == MAGIC and count > cap and mv.nbytes == HEADER_SIZE + count * RECORD_SIZE
 
-    def _admit(self, dec: DecodedFrame, senders) -> tuple[DecodedFrame, int]:
+    def _admit(self, dec: DecodedFrame, senders) -> tuple[DecodedFrame, int, object]:
         """The heartbeats of ``dec`` their senders may speak for and
         ``allow_nodes`` admits; the others are counted (``not_authorized``,
         then ``node_not_allowed``).  ``senders``: one `Sender` (or None) for
         every record, or a list aligned with the records.  Returns the
-        admitted part and how many were refused."""
+        admitted part, how many were refused, and ``senders`` for the
+        admitted part."""
         records = dec.records
         keys = [dec.one[12]] if dec.one is not None else records["node"].tolist()
         listed = type(senders) is list
+        if not listed and (senders is None or senders.may_speak_for_all(keys)) \
+                and self.admission.all_allowed(keys):
+            return dec, 0, senders          # the common case: one pass over cached decisions
         node_allowed = self.admission.node_allowed
         keep = []
         refused = 0
@@ -341,11 +374,11 @@ class Ingest:
             self._refuse(index, 1, sender,
                          f"node {key.decode('utf-8', 'backslashreplace')!r}")
         if not refused:
-            return dec, 0
+            return dec, 0, senders
         labels = None if dec.labels is None else [dec.labels[j] for j in keep]
         kept = DecodedFrame(records[keep], labels, {}, dec.seen, [],
                             dec.one if keep and dec.one is not None else None)
-        return kept, refused
+        return kept, refused, [senders[j] for j in keep] if listed else senders
 
     def _one_by_one(self, frames: list, now: float, senders: list | None) -> int:
         """`handle_frame` for each frame; the loop beats after each one, so
@@ -416,8 +449,8 @@ class Ingest:
                 return self._one_by_one(frames, now, senders)
             if dec.rejects:
                 rejected = self._count_rejects(dec)
-            if len(dec.records) and self.admission.restricts_nodes:
-                dec, refused = self._admit(dec, per)
+            if len(dec.records) and self._restricts:
+                dec, refused, per = self._admit(dec, per)
                 rejected += refused
             if len(dec.records):
                 accepted = self._apply(dec, now, per, remember=False)
