@@ -103,6 +103,32 @@ def _check_pattern(pattern: str, where: str) -> str:
     return pattern
 
 
+class _Membership:
+    """``node in nodes``, each answer remembered (at most `CACHE_MAX`)."""
+
+    __slots__ = ("_nodes", "_cache")
+
+    def __init__(self, nodes: NodeSet):
+        self._nodes = nodes
+        self._cache: dict[bytes, bool] = {}
+
+    def __call__(self, node: bytes) -> bool:
+        ok = self._cache.get(node)
+        if ok is None:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            ok = self._cache[node] = node in self._nodes
+        return ok
+
+    def all(self, nodes: list[bytes]) -> bool:
+        """Every one of ``nodes`` is in: for a batch whose ids were all
+        answered before, one pass in C over the answers."""
+        try:
+            return all(map(self._cache.__getitem__, nodes))
+        except KeyError:            # an id not answered yet: answer each
+            return all(self(n) for n in nodes)
+
+
 class Sender:
     """One sender: a CURVE key or a peer address.
 
@@ -111,36 +137,19 @@ class Sender:
     bound to no node (``nodes`` empty: a revoked key, an unlisted address)
     has its frames refused whole, undecoded."""
 
-    __slots__ = ("name", "nodes", "refused", "_cache")
+    __slots__ = ("name", "nodes", "refused", "_member")
 
     def __init__(self, name: str, nodes: NodeSet | None):
         self.name = name
         self.nodes = None if nodes is not None and nodes.everything else nodes
         self.refused = nodes is not None and not nodes
-        self._cache: dict[bytes, bool] = {}
+        self._member = None if self.nodes is None else _Membership(self.nodes)
 
     def may_speak_for(self, node: bytes) -> bool:
-        nodes = self.nodes
-        if nodes is None:
-            return True
-        ok = self._cache.get(node)
-        if ok is None:
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            ok = self._cache[node] = node in nodes
-        return ok
+        return self._member is None or self._member(node)
 
     def may_speak_for_all(self, nodes: list[bytes]) -> bool:
-        """`may_speak_for` every one of ``nodes``: for a batch whose ids
-        were all decided before, one pass in C over the decisions."""
-        return self.nodes is None or _all_decided(self._cache, nodes, self.may_speak_for)
-
-
-def _all_decided(cache: dict, keys: list, decide) -> bool:
-    try:
-        return all(map(cache.__getitem__, keys))
-    except KeyError:            # an id not decided yet: decide each
-        return all([decide(k) for k in keys])
+        return self._member is None or self._member.all(nodes)
 
 
 def _read_patterns(path: str) -> list[str]:
@@ -299,8 +308,7 @@ class Admission:
         self.keys = keys
         self.peers = peers
         allowed = NodeSet(ic.allow_nodes)
-        self._allowed = allowed if allowed and not allowed.everything else None
-        self._allowed_cache: dict[bytes, bool] = {}
+        self._allowed = _Membership(allowed) if allowed and not allowed.everything else None
         self.budget = RegistrationBudget(ic.registration_rate, ic.registration_burst,
                                          ic.registration_rate_per_sender,
                                          ic.registration_burst_per_sender)
@@ -321,26 +329,16 @@ class Admission:
         """Whether any heartbeat can be refused for its node id."""
         return self._allowed is not None or self.identifies_every_frame
 
-    def all_allowed(self, nodes: list[bytes]) -> bool:
-        """`node_allowed` for every one of ``nodes`` (as `Sender.may_speak_for_all`)."""
-        return self._allowed is None or _all_decided(self._allowed_cache, nodes,
-                                                     self.node_allowed)
-
     def node_allowed(self, node: bytes) -> bool:
-        allowed = self._allowed
-        if allowed is None:
-            return True
-        ok = self._allowed_cache.get(node)
-        if ok is None:
-            if len(self._allowed_cache) >= CACHE_MAX:
-                self._allowed_cache.clear()
-            ok = self._allowed_cache[node] = node in allowed
-        return ok
+        return self._allowed is None or self._allowed(node)
+
+    def all_allowed(self, nodes: list[bytes]) -> bool:
+        return self._allowed is None or self._allowed.all(nodes)
 
     def sender_of_key(self, user_id: str | None) -> Sender:
         """The sender of a frame whose ZAP User-Id is ``user_id`` (a Z85
         public key); a key that is no longer authorized is refused."""
-        sender = self.keys.get(user_id) if user_id else None
+        sender = (self.keys or {}).get(user_id) if user_id else None
         if sender is None:
             sender = self._revoked.get(user_id or "")
             if sender is None:

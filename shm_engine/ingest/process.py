@@ -113,7 +113,8 @@ from shm_engine.wire import (HEADER, HEADER_SIZE, MAGIC, NODE_OFFSET, NODE_SIZE,
                              _all_valid, decode_frame, decode_json_objects,
                              decode_one_record_frames, json_array_items)
 
-__all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up",
+__all__ = ["Ingest", "close_socket", "drain", "next_drain", "ingest_main", "open_socket",
+           "run_standalone", "warm_up",
            "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR", "IDENTIFY_HOLD_S", "ROUND_BUDGET_S"]
 
 FORGET_PERIOD_S = 0.1
@@ -238,6 +239,7 @@ class Ingest:
         self._rejects = _cells(h.rejects)
         self._internal_errors = 0
         self._no_slot = 0            # heartbeats of this frame refused a slot
+        self._refused = 0            # heartbeats of this frame rejected otherwise
         cap = self._max_heartbeats = config.ingest.max_heartbeats_per_frame
         # The shortest frame over the cap (a JSON array of cap + 1 one-byte
         # items); whether a binary frame can be over it at all.
@@ -266,33 +268,36 @@ class Ingest:
         one frame must not stop the intake."""
         mv = memoryview(frame)
         nbytes = mv.nbytes
-        seen, accepted, rejected = 1, 0, 0
-        self._no_slot = 0
+        seen, accepted = 1, 0
+        self._no_slot = self._refused = 0
         try:
             if sender is not None and sender.refused:
-                rejected = self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
+                self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
             elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
-                rejected = self._refuse_frame(
-                    _REJECT_INDEX["too_many_heartbeats"], sender,
-                    f"more than {self._max_heartbeats} heartbeats")
+                self._refuse_frame(_REJECT_INDEX["too_many_heartbeats"], sender,
+                                   f"more than {self._max_heartbeats} heartbeats")
             else:
                 dec = decode_frame(frame, self._max_frame_bytes)
                 seen = dec.seen
-                if dec.rejects:
-                    rejected = self._count_rejects(dec)
-                if len(dec.records) and self._restricts:
-                    dec, refused, sender = self._admit(dec, sender)
-                    rejected += refused
-                if len(dec.records):
-                    accepted = self._apply(dec, now, sender)
+                accepted = self._take(dec, now, sender, True)
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
-            lost = seen - accepted - rejected - self._no_slot
-            self._internal_error(err, max(lost, 0))
+            self._internal_error(err, seen - accepted)
         finally:
             # After the rows: see "New registrations" in the module docstring.
             self.registry.publish_pending()
         self._count_frames(1, seen, accepted, nbytes)
         return accepted
+
+    def _take(self, dec: DecodedFrame, now: float, senders, remember: bool) -> int:
+        """Count the rejects of decoded frame (or run) ``dec``, admit and
+        apply the rest; returns the heartbeats written.  ``senders`` as in
+        `_admit`, ``remember`` as in `_apply`."""
+        if dec.rejects:
+            self._refused += self._count_rejects(dec)
+        if len(dec.records) and self._restricts:
+            dec, refused, senders = self._admit(dec, senders)
+            self._refused += refused
+        return self._apply(dec, now, senders, remember) if len(dec.records) else 0
 
     def _count_rejects(self, dec) -> int:
         """Count a decoded frame's (or run's) rejects by reason, in the
@@ -324,10 +329,10 @@ class Ingest:
         elif index == _REGISTRATION_RATE:
             self._by_sender.add(name, self._registration_rate_column, n)
 
-    def _refuse_frame(self, index: int, sender: Sender | None, detail: str) -> int:
+    def _refuse_frame(self, index: int, sender: Sender | None, detail: str) -> None:
         """Refuse a frame whole, undecoded: it counts as one heartbeat."""
         self._refuse(index, 1, sender, "frame: " + detail)
-        return 1
+        self._refused += 1
 
     def _over_cap(self, frame, mv: memoryview) -> bool:
         """Whether ``frame`` (``mv``: its bytes; at least `_cap_bytes`, at
@@ -434,8 +439,8 @@ class Ingest:
         sender is refused, or when senders differ and a record was rejected
         (the records no longer line up with the frames)."""
         k = len(frames)
-        seen, accepted, rejected = k, 0, 0
-        self._no_slot = 0
+        seen, accepted = k, 0
+        self._no_slot = self._refused = 0
         per: Sender | list | None = None
         if senders is not None:
             first = senders[0]
@@ -447,16 +452,9 @@ class Ingest:
             if dec is None or (per is senders and per is not None and len(dec.records) < k):
                 # Not all 1-record binary frames (a JSON one, say), or unaligned.
                 return self._one_by_one(frames, now, senders)
-            if dec.rejects:
-                rejected = self._count_rejects(dec)
-            if len(dec.records) and self._restricts:
-                dec, refused, per = self._admit(dec, per)
-                rejected += refused
-            if len(dec.records):
-                accepted = self._apply(dec, now, per, remember=False)
+            accepted = self._take(dec, now, per, False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
-            lost = seen - accepted - rejected - self._no_slot
-            self._internal_error(err, max(lost, 0))
+            self._internal_error(err, seen - accepted)
         finally:
             self.registry.publish_pending()
         self._count_frames(k, seen, accepted, nbytes)
@@ -669,7 +667,10 @@ class Ingest:
             if s in targets:
                 registry.set_meta(s, zones[j], labels[j] if labels is not None else None)
 
-    def _internal_error(self, err: Exception, lost: int) -> None:
+    def _internal_error(self, err: Exception, unsettled: int) -> None:
+        """Count under ``malformed_frame`` the ``unsettled`` heartbeats (not
+        written) that the error left neither refused nor without a slot."""
+        lost = max(unsettled - self._refused - self._no_slot, 0)
         self._rejects[_MALFORMED_FRAME] += lost
         detail = f"internal error {type(err).__name__}: {str(err)[:200]}"
         self.log.add("malformed_frame", lost, ("malformed_frame", detail))
@@ -692,10 +693,9 @@ class Ingest:
     def senders_of(self, frames: list, by_key: bool) -> list:
         """The `Sender` of each frame (zmq.Frame objects): by the ZAP
         User-Id (the CURVE key) with ``by_key``, else by peer address."""
-        if by_key:
-            sender_of, prop = self.admission.sender_of_key, "User-Id"
-        else:
-            sender_of, prop = self.admission.sender_of_peer, "Peer-Address"
+        adm = self.admission
+        sender_of = adm.sender_of_key if by_key else adm.sender_of_peer
+        prop = "User-Id" if by_key else "Peer-Address"
         out = []
         for f in frames:
             try:
@@ -773,7 +773,7 @@ def _admission(config: Config) -> Admission:
     return Admission(ic, keys, peers)
 
 
-def _open_socket(ctx: zmq.Context, config: Config, admission: Admission):
+def open_socket(ctx: zmq.Context, config: Config, admission: Admission):
     """(socket, ZAP handler or None, mode, "") bound and ready, or (None,
     None, 0, reason) when the configuration cannot work."""
     ic = config.ingest
@@ -788,9 +788,7 @@ def _open_socket(ctx: zmq.Context, config: Config, admission: Admission):
         sock.bind(ic.bind)
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     except (zmq.ZMQError, OSError, ValueError) as err:
-        sock.close(0)
-        if zap is not None:
-            zap.close()
+        close_socket(sock, zap)
         return None, None, 0, str(err)
     mode = (MODE_CURVE if zap is not None else
             MODE_LOOPBACK if is_loopback_endpoint(endpoint) else MODE_INSECURE)
@@ -801,6 +799,14 @@ def _open_socket(ctx: zmq.Context, config: Config, admission: Admission):
                                "machines can reach, without [ingest.curve]; turn CURVE on "
                                "or set ingest.allow_insecure = true")
     return sock, zap, mode, ""
+
+
+def close_socket(sock: zmq.Socket | None, zap: ZapHandler | None) -> None:
+    """Close what `open_socket` returned (either may be None)."""
+    if sock is not None:
+        sock.close(0)
+    if zap is not None:
+        zap.close()
 
 
 def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config,
@@ -853,7 +859,7 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         except BindingError as err:
             log_event("ERROR", "ingest_bindings_failed", error=repr(str(err)))
             return EXIT_FATAL
-        sock, zap, mode, why = _open_socket(ctx, config, admission)
+        sock, zap, mode, why = open_socket(ctx, config, admission)
         if sock is None:
             log_event("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
             return EXIT_FATAL
@@ -879,10 +885,7 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
                   frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
         return EXIT_OK
     finally:
-        if sock is not None:
-            sock.close(0)
-        if zap is not None:
-            zap.close()
+        close_socket(sock, zap)
         ctx.term()
         ingest = None
         seg.close()
@@ -905,7 +908,7 @@ def next_drain(frames: list) -> tuple[bool, int]:
     """``(copy, limit)`` for the next `drain` after one returned ``frames``:
     small frames as bytes, `DRAIN_CHUNK` at a time; large ones as zmq.Frame,
     `LARGE_CHUNK` at a time, so the frames the loop holds beyond the socket's
-    queue (``rcvhwm``) stay few when frames are large."""
+    queue (ZMQ_RCVHWM) stay few when frames are large."""
     if not frames or len(frames[-1]) <= RECV_COPY_MAX:
         return True, DRAIN_CHUNK
     return False, LARGE_CHUNK

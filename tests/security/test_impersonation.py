@@ -25,7 +25,8 @@ from clients.heartbeat import CurveKeys
 from clients.reader import ScoreReader
 from shm_engine import wire
 from shm_engine.ops.keys import make_keys
-from support.attack import HONEST, fake_frames, forged_frame, honest_frame, honest_problems, push
+from support.attack import (HONEST, Sent, fake_frames, forged_frame, honest_frame,
+                            honest_problems, push)
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 
@@ -77,23 +78,14 @@ def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, rea
     reader = ScoreReader.attach(shm_name)
     invented = fake_frames("stolen", ROUNDS * INVENTED_PER_ROUND, INVENTED_PER_ROUND)
     own = wire.encode_batch([dict(node=OWN_NODE, cpu=0.0, mem=0.0, queue=0.0, avg_job_s=0.0)])
-    sent = 0
-
-    def send(sock, frame: bytes) -> None:
-        nonlocal sent
-        sock.send(frame)
-        sent += 1
-
-    def all_counted() -> dict:
-        ing = eng.status()["ingest"]
-        return ing if ing["frames"] >= sent else {}
-
+    sent = Sent(eng)
+    send = sent.send
     try:
         wait_until(lambda: send(honest, honest_frame()) or not honest_problems(reader),
                    START_TIMEOUT_S, "the honest nodes scored", period=0.05)
         wait_until(lambda: send(intruder, own) or OWN_NODE in reader.snapshot().nodes,
                    START_TIMEOUT_S, "the intruder's own node scored", period=0.05)
-        base = wait_until(all_counted, 60, "the frames so far counted")
+        base = wait_until(sent.counted, 60, "the frames so far counted")["ingest"]
         seen_problems = []
         for k in range(ROUNDS):
             send(intruder, forged_frame())
@@ -101,7 +93,7 @@ def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, rea
             send(intruder, own)
             send(honest, honest_frame())
             seen_problems += honest_problems(reader)
-        wait_until(all_counted, 60, "every frame counted")
+        wait_until(sent.counted, 60, "every frame counted")
         # Two more ticks: whatever got in would be scored by now.
         epoch = reader.epoch
         wait_until(lambda: reader.epoch >= epoch + 2, 30, "two more ticks")
@@ -117,7 +109,7 @@ def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, rea
     assert seen_problems == []
     refused = ROUNDS * (len(HONEST) + INVENTED_PER_ROUND)
     ing = st["ingest"]
-    assert ing["frames"] == sent
+    assert ing["frames"] == sent.frames
     assert ing["rejected"]["not_authorized"] - base["rejected"]["not_authorized"] == refused
     assert ing["accepted"] - base["accepted"] == ROUNDS * (1 + len(HONEST))
     assert st["security"]["refused_by_sender"][intruder_name]["not_authorized"] == refused

@@ -15,7 +15,7 @@ import zmq
 
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.ingest.admission import MODE_CURVE, MODE_INSECURE, MODE_LOOPBACK, Admission
-from shm_engine.ingest.process import _open_socket
+from shm_engine.ingest.process import close_socket, open_socket
 from shm_engine.ops.keys import make_keys
 from support.engine import cli, free_port, segment_exists, write_config
 
@@ -33,17 +33,11 @@ def test_run_refuses_a_public_bind_without_curve(shm_name, tmp_path, host):
 
 def _mode(config: Config) -> int:
     ctx = zmq.Context()
-    sock = zap = None
-    try:
-        sock, zap, mode, why = _open_socket(ctx, config, Admission(config.ingest, keys={}))
-        assert sock is not None, why
-        return mode
-    finally:
-        if sock is not None:
-            sock.close(0)
-        if zap is not None:
-            zap.close()
-        ctx.term()
+    sock, zap, mode, why = open_socket(ctx, config, Admission(config.ingest, keys={}))
+    close_socket(sock, zap)
+    ctx.term()
+    assert sock is not None, why
+    return mode
 
 
 def test_the_mode_follows_the_bound_address(tmp_path):

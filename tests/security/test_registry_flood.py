@@ -29,7 +29,7 @@ from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.registry import decode_id
 from shm_engine.core.segment import Segment
 from shm_engine.ingest.process import Ingest
-from support.attack import HONEST, fake_frames, honest_frame, honest_problems, push
+from support.attack import HONEST, Sent, fake_frames, honest_frame, honest_problems, push
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 
@@ -54,19 +54,8 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
     attacker = push(ctx, port, source="127.0.0.2")
     reader = ScoreReader.attach(shm_name)
     fakes = fake_frames("fake", FAKES, PER_FRAME)
-    problems: list[str] = []
-    sent = 0
-
-    def send(sock, frame: bytes) -> None:
-        nonlocal sent
-        sock.send(frame)
-        sent += 1
-
-    def all_counted() -> dict:
-        problems.extend(honest_problems(reader))
-        st = eng.status()
-        return st if st["ingest"]["frames"] >= sent else {}
-
+    sent = Sent(eng, reader)
+    send, problems = sent.send, sent.problems
     try:
         wait_until(lambda: send(honest, honest_frame()) or not honest_problems(reader),
                    START_TIMEOUT_S, "the honest nodes scored", period=0.05)
@@ -84,7 +73,7 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
             send(honest, honest_frame(HONEST + NEWCOMERS))
             return not honest_problems(reader, HONEST + NEWCOMERS)
         wait_until(newcomers_in, 60, "the new honest nodes scored", period=0.05)
-        st = wait_until(all_counted, 60, "every frame counted")
+        st = wait_until(sent.counted, 60, "every frame counted")
         elapsed = time.monotonic() - t0
         nodes = [n for n in reader.snapshot().nodes if n]
     finally:

@@ -31,7 +31,7 @@ from clients.heartbeat import CurveKeys
 from clients.reader import ScoreReader
 from shm_engine import wire
 from shm_engine.ops.keys import make_keys
-from support.attack import FAILING, GOOD, HONEST, honest_frame, honest_problems, push
+from support.attack import FAILING, GOOD, HONEST, Sent, honest_frame, honest_problems, push
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 
@@ -65,20 +65,15 @@ def test_sighup_revokes_keys_and_rebinds_nodes_without_restart(shm_name, tmp_pat
     fleet = push(ctx, port, curve=CurveKeys.from_files(spub, fleet_sec))
     temp = push(ctx, port, curve=CurveKeys.from_files(spub, temp_sec))
     reader = ScoreReader.attach(shm_name)
-    sent = 0
-    problems: list[str] = []
-
-    def send(sock, frame: bytes) -> None:
-        nonlocal sent
-        sock.send(frame)
-        sent += 1
+    sent = Sent(eng)
+    send, problems = sent.send, sent.problems
 
     def counted() -> dict:
         """The status once every frame sent so far is counted, the good
-        nodes' scores checked on the way."""
+        nodes' scores checked on the way (the failing ones lose their
+        binding in step 3)."""
         problems.extend(honest_problems(reader, GOOD))
-        st = eng.status()
-        return st if st["ingest"]["frames"] >= sent else {}
+        return sent.counted()
 
     def reload(n: int) -> dict:
         os.kill(eng.proc.pid, signal.SIGHUP)

@@ -25,7 +25,7 @@ from clients.reader import NothingPublished
 from shm_engine import wire
 from shm_engine.core.states import NodeState
 
-__all__ = ["GOOD", "FAILING", "HONEST", "expected", "honest_frame", "forged_frame",
+__all__ = ["GOOD", "FAILING", "HONEST", "Sent", "expected", "honest_frame", "forged_frame",
            "fake_frames", "push", "honest_problems"]
 
 GOOD = tuple(f"good-{i}" for i in range(4))
@@ -103,3 +103,27 @@ def honest_problems(reader, nodes=HONEST) -> list[str]:
             out.append(f"{n}: score {score!r} state {state}, expected {want_score} "
                        f"{want_state.name}")
     return out
+
+
+class Sent:
+    """Frames sent to engine ``eng``, counted, so a test can wait until the
+    ingest has counted them all; ``reader`` (optional): each wait also checks
+    the honest nodes' scores and keeps what it finds in ``problems``."""
+
+    def __init__(self, eng, reader=None):
+        self.eng = eng
+        self.reader = reader
+        self.frames = 0
+        self.problems: list[str] = []
+
+    def send(self, sock: zmq.Socket, frame: bytes) -> None:
+        sock.send(frame)
+        self.frames += 1
+
+    def counted(self) -> dict:
+        """The engine's status once it has counted every frame sent, else
+        {} (a predicate for `wait_until`)."""
+        if self.reader is not None:
+            self.problems += honest_problems(self.reader)
+        st = self.eng.status()
+        return st if st["ingest"]["frames"] >= self.frames else {}
