@@ -614,9 +614,10 @@ def test_max_queue_bytes_doc_states_the_ingest_loops_own_bound():
     frame; it must follow the loop's and the socket's constants."""
     from shm_engine.ingest import process as ingest
 
-    doc = " ".join(render_defaults().split())
-    assert (f"at most {ingest.DRAIN_CHUNK} small frames, or {ingest.LARGE_CHUNK} above "
-            f"{ingest.RECV_COPY_MAX // 1024} KiB") in doc
+    doc = " ".join(line.removeprefix("# ") for line in render_defaults().splitlines())
+    kib = ingest.RECV_COPY_MAX // 1024
+    assert (f"at most {ingest.DRAIN_CHUNK} small frames and one above {kib} KiB, or "
+            f"{ingest.LARGE_CHUNK} above {kib} KiB") in doc
     assert f"max_queue_bytes // ({ingest.HARD_LIMIT_FACTOR} x max_frame_bytes)" in doc
 
 

@@ -430,8 +430,8 @@ class IngestConfig(_Section):
         "max_frame_bytes: ZMQ_MAXMSGSIZE; a larger one drops the sender's "
         "connection). Beyond it senders are pushed back (they drop and "
         "count). The loop itself holds one drained chunk more (at most 256 "
-        "small frames, or 4 above 16 KiB). Bytes, integer >= 2 x "
-        "max_frame_bytes.")
+        "small frames and one above 16 KiB, or 4 above 16 KiB). Bytes, "
+        "integer >= 2 x max_frame_bytes.")
     allow_insecure: bool = _key(
         _BOOL, False,
         "Allow a bind that other machines can reach (not 127.0.0.0/8, ::1, "

@@ -75,8 +75,9 @@ one above the hard limit makes ZeroMQ drop the sender's connection (it is
 never counted: ZeroMQ does not deliver it).  ``ZMQ_RCVHWM`` is
 ``max_queue_bytes`` // the hard limit, so one connection's queue holds at
 most ``max_queue_bytes``.  Beyond the socket's queues the loop holds one
-drained chunk: at most `DRAIN_CHUNK` frames, `LARGE_CHUNK` once frames are
-above `RECV_COPY_MAX` bytes (`next_drain`).
+drained chunk: at most `DRAIN_CHUNK` small frames and one above
+`RECV_COPY_MAX` bytes (`drain` ends the chunk there), or `LARGE_CHUNK`
+frames once frames are large (`next_drain`).
 
 Work per turn of the loop: a round drains at most ``drain_batch`` frames and
 ends after the chunk that passes `ROUND_BUDGET_S`; one frame's work is
@@ -385,19 +386,26 @@ class Ingest:
                             dec.one if keep and dec.one is not None else None)
         return kept, refused, [senders[j] for j in keep] if listed else senders
 
-    def _one_by_one(self, frames: list, now: float, senders: list | None) -> int:
+    def _one_by_one(self, frames: list, now: float, senders: list | None, clock=None) -> int:
         """`handle_frame` for each frame; the loop beats after each one, so
-        a chunk of costly frames never looks like a hang."""
+        a chunk of costly frames never looks like a hang.  With ``clock``
+        each frame after the first is received at ``clock()`` when its turn
+        comes, so costly frames do not age the frames behind them."""
         accepted, alive, monotonic = 0, self._alive, time.monotonic
         for i, f in enumerate(frames):
             accepted += self.handle_frame(f, now, None if senders is None else senders[i])
             alive[0] = monotonic()
+            if clock is not None:
+                now = clock()
         return accepted
 
-    def handle_frames(self, frames: list, now: float, senders: list | None = None) -> int:
+    def handle_frames(self, frames: list, now: float, senders: list | None = None,
+                      clock=None) -> int:
         """`handle_frame` for each of ``frames`` in order, all received by
         ``now``, from ``senders`` (aligned with the frames; None: unknown);
-        returns the heartbeats written.
+        returns the heartbeats written.  ``clock`` (the loop passes
+        ``time.monotonic``): frames decoded one at a time are received when
+        their turn comes (see `_one_by_one`).
 
         The same rows, registrations, counters and log lines as frame by
         frame (the counters move once per run of frames, ``ingest_frames``
@@ -408,7 +416,7 @@ class Ingest:
         batch."""
         n = len(frames)
         if n < COALESCE_MIN or not self._coalesce:
-            return self._one_by_one(frames, now, senders)
+            return self._one_by_one(frames, now, senders, clock)
         sizes = list(map(len, frames))
         if sizes.count(_ONE_FRAME) == n:
             return self._handle_run(frames, now, decode_one_record_frames, n * _ONE_FRAME,
@@ -427,8 +435,10 @@ class Ingest:
                 decode = decode_one_record_frames if kind == _BINARY1 else decode_json_objects
                 accepted += self._handle_run(frames[i:j], now, decode, sum(sizes[i:j]), part)
             else:
-                accepted += self._one_by_one(frames[i:j], now, part)
+                accepted += self._one_by_one(frames[i:j], now, part, clock)
             i = j
+            if clock is not None:
+                now = clock()
         return accepted
 
     def _handle_run(self, frames: list, now: float, decode, nbytes: int,
@@ -893,12 +903,21 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
 
 def drain(sock: zmq.Socket, limit: int, copy: bool = True) -> list:
     """Up to ``limit`` frames already queued on ``sock``, without waiting:
-    bytes with ``copy``, else zmq.Frame objects (see `RECV_COPY_MAX`)."""
+    bytes with ``copy``, else zmq.Frame objects (see `RECV_COPY_MAX`).  As
+    bytes, a frame above `RECV_COPY_MAX` ends the chunk: a chunk holds at
+    most ``limit`` small frames and one large one, whatever the mix."""
     frames: list = []
     recv, append, noblock = sock.recv, frames.append, zmq.NOBLOCK
     try:
-        for _ in range(limit):
-            append(recv(noblock, copy=copy))
+        if copy:
+            for _ in range(limit):
+                f = recv(noblock)
+                append(f)
+                if len(f) > RECV_COPY_MAX:
+                    break
+        else:
+            for _ in range(limit):
+                append(recv(noblock, copy=False))
     except zmq.Again:
         pass
     return frames
@@ -963,7 +982,7 @@ def _run(ingest: Ingest, sock: zmq.Socket, zap: ZapHandler | None, config: Confi
                 break
             copy, chunk = next_drain(frames)
             senders = ingest.senders_of(frames, by_key) if identify else None
-            handle(frames, monotonic(), senders)
+            handle(frames, monotonic(), senders, monotonic)
             left -= len(frames)
             t = monotonic()
             ingest.mark_alive(t)

@@ -45,7 +45,7 @@ FRAMES = 40
 BUSY = [json.dumps([dict(node=f"busy-{i}", cpu=0.1, mem=0.1, queue=float(k), avg_job_s=1.0)
                     for i in range(8000)], separators=(",", ":")).encode() for k in range(2)]
 CONNECTIONS = 3                      # honest, big frames, busy
-LOOP_CHUNK = 4                       # frames the ingest loop holds (LARGE_CHUNK)
+LOOP_CHUNK = 4                       # the most the loop holds: 4 frames of the largest size
 SLACK = 16 * MIB                     # allocator and interpreter noise
 BOUND = CONNECTIONS * (QUEUE_BYTES + MAX_MESSAGE) + LOOP_CHUNK * MAX_MESSAGE + SLACK
 
