@@ -228,6 +228,11 @@ REJECT_REASONS = (
     "bad_node_id",          # not 1..63 of A-Z a-z 0-9 . _ : - / (NUL padded in binary)
     "unknown_field",        # a JSON key not in SCORING.md's input table
     "registry_full",        # counted by the ingest, never by a decoder
+    # Counted by the ingest (`shm_engine.ingest.admission`), never by a decoder:
+    "too_many_heartbeats",  # more than [ingest] max_heartbeats_per_frame; not decoded
+    "not_authorized",       # the sender may not speak for this node id
+    "node_not_allowed",     # node id outside [ingest] allow_nodes
+    "registration_rate",    # a new node over the registration budget
 )
 
 # ------------------------------------------------------------------ the rules
