@@ -6,8 +6,9 @@
   ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
 - What `ScoreReader` calls raise, all `ShmEngineError`: `EngineNotRunning`,
-  `LayoutMismatch` (attach), `NothingPublished`, `UnknownNode` (also a
-  ``KeyError``), `ReadContention`.
+  `UntrustedSegment`, `LayoutMismatch` (attach), `EngineStopped` (an
+  `EngineNotRunning`: the engine went away), `NothingPublished`,
+  `UnknownNode` (also a ``KeyError``), `ReadContention`.
 - `Claim`, `NodeFeedback`: a job in flight (``reader.claim(node)``) and what
   the schedulers have recorded about a node (``reader.feedback(node)``).
 - What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
@@ -23,6 +24,7 @@ from clients.heartbeat import CurveKeys, HeartbeatClient, InvalidHeartbeat
 from shm_engine.core.errors import (
     ClaimAlreadyReleased,
     EngineNotRunning,
+    EngineStopped,
     LayoutMismatch,
     LeaseRevoked,
     NothingPublished,
@@ -30,12 +32,13 @@ from shm_engine.core.errors import (
     SchedulerLimitReached,
     ShmEngineError,
     UnknownNode,
+    UntrustedSegment,
 )
 from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "Claim", "NodeFeedback", "HeartbeatClient",
            "InvalidHeartbeat", "CurveKeys", "NodeState", "ShmEngineError", "EngineNotRunning",
-           "LayoutMismatch", "NothingPublished", "UnknownNode", "ReadContention",
+           "EngineStopped", "UntrustedSegment", "LayoutMismatch", "NothingPublished", "UnknownNode", "ReadContention",
            "SchedulerLimitReached", "LeaseRevoked", "ClaimAlreadyReleased"]
 
 _LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",

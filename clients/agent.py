@@ -20,6 +20,16 @@ heartbeat the agent builds is valid for the engine (it is checked by
 `HeartbeatClient` with the engine's own validation); sending never blocks
 (a dropped heartbeat is counted, logged at a bounded rate, and its ok/err
 counts carry over to the next one).
+
+Who may report.  Whoever can connect to the report socket speaks for the
+node's load, so by default it is a Unix socket in a directory only the
+agent's user can enter (`private_dir`: created 0700 by the agent, its owner
+and mode checked; a directory of that name made by another user is refused,
+not used).  An explicit ``--listen`` is the operator's choice: a
+``tcp://127.0.0.1`` port is open to every local user.  However fast reports
+come, the agent handles at most ``max_reports_per_interval`` of them per
+heartbeat interval (the rest wait in the socket's bounded queue), so a flood
+costs bounded CPU and never delays a heartbeat.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import math
 import os
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,12 +52,15 @@ import zmq
 from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
 from shm_engine.wire.format import SLOTS_MAX, U32_MAX
 
-__all__ = ["Agent", "Reporter", "report", "check_report", "default_listen", "cmd_agent",
-           "REPORT_FIELDS"]
+__all__ = ["Agent", "Reporter", "report", "check_report", "default_listen", "private_dir",
+           "cmd_agent", "REPORT_FIELDS"]
 
-DEFAULT_LISTEN_TCP = "tcp://127.0.0.1:7711"
-LISTEN_SOCKET_NAME = "shm-engine-agent.sock"
+PRIVATE_DIR_NAME = "shm-engine-agent"
+LISTEN_SOCKET_NAME = "report.sock"
+MAX_IPC_PATH_BYTES = 107     # Linux sun_path holds 108 bytes with the NUL
 MAX_REPORT_BYTES = 4096
+#: Service reports handled per heartbeat interval at most (a flood waits).
+MAX_REPORTS_PER_INTERVAL = 1000
 LOG_EVERY_S = 10.0           # at most one line per problem kind per this many seconds
 
 #: Fields a service may report, with their meaning (docs/agent.md).
@@ -61,15 +76,43 @@ REPORT_FIELDS = {
 }
 
 
+def private_dir() -> str:
+    """The agent's private directory, created if missing:
+    ``$XDG_RUNTIME_DIR/shm-engine-agent`` when a runtime directory is set,
+    else ``<temp dir>/shm-engine-agent-<uid>``.
+
+    Raises PermissionError if it exists but is not a directory of this user
+    (another user made it first, or it is a symlink); one of ours with a
+    wider mode is narrowed to 0700."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime) and os.path.isdir(runtime):
+        path = os.path.join(runtime, PRIVATE_DIR_NAME)
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"{PRIVATE_DIR_NAME}-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)     # never follow a link planted in a shared directory
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory of this user (owner uid {st.st_uid}, "
+                              f"mode {stat.filemode(st.st_mode)}): another user may have made "
+                              "it; remove it, or give --listen")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
 def default_listen() -> str:
-    """``ipc://$XDG_RUNTIME_DIR/shm-engine-agent.sock`` when a runtime dir
-    exists, else ``tcp://127.0.0.1:7711``."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
-        path = os.path.join(runtime, LISTEN_SOCKET_NAME)
-        if len(path) < 100:      # sun_path limit
-            return "ipc://" + path
-    return DEFAULT_LISTEN_TCP
+    """``ipc://<private_dir()>/report.sock``: only this user can report.
+
+    Raises PermissionError as `private_dir` does, ValueError if the path
+    is too long for a Unix socket (give --listen)."""
+    path = os.path.join(private_dir(), LISTEN_SOCKET_NAME)
+    if len(path.encode()) > MAX_IPC_PATH_BYTES:
+        raise ValueError(f"report socket path {path!r} is longer than {MAX_IPC_PATH_BYTES} "
+                         "bytes; give --listen")
+    return "ipc://" + path
 
 
 # ------------------------------------------------------------- validation --
@@ -257,9 +300,15 @@ class Agent:
     def __init__(self, endpoint: str, node_id: str | None = None, *, listen: str | None = None,
                  interval: float = 1.0, sampler: Any = None,
                  client: HeartbeatClient | None = None, curve: Any = None,
-                 log: Callable[[str], None] = _stderr_log):
+                 log: Callable[[str], None] = _stderr_log,
+                 max_reports_per_interval: int = MAX_REPORTS_PER_INTERVAL):
         if interval <= 0:
             raise ValueError(f"interval={interval!r} must be > 0")
+        if max_reports_per_interval < 1:
+            raise ValueError(f"max_reports_per_interval={max_reports_per_interval!r} must be >= 1")
+        self.max_reports_per_interval = max_reports_per_interval
+        self._report_budget = max_reports_per_interval
+        self.reports_deferred = 0       # polls that left reports queued for the next interval
         self.node_id = node_id or socket.gethostname()
         self.interval = interval
         self.log = log
@@ -317,22 +366,30 @@ class Agent:
         self.service.update(good)
 
     def poll_reports(self, timeout_s: float = 0.0) -> int:
-        """Drain service messages, waiting up to ``timeout_s`` for the first.
-        Returns how many were handled."""
-        if self._pull is None:
+        """Drain service messages, waiting up to ``timeout_s`` for the first,
+        within what is left of this interval's ``max_reports_per_interval``
+        (each heartbeat sent renews it).  Returns how many were handled."""
+        if self._pull is None or self._report_budget <= 0:
             if timeout_s > 0:
                 time.sleep(timeout_s)
             return 0
         n = 0
         if not self._pull.poll(max(0, int(timeout_s * 1000))):
             return 0
-        while True:
+        while n < self._report_budget:
             try:
                 data = self._pull.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return n
+                break
             self.handle_report(data)
             n += 1
+        self._report_budget -= n
+        if self._report_budget <= 0:
+            self.reports_deferred += 1
+            self._problem("flood", f"service_reports_deferred more than "
+                                   f"{self.max_reports_per_interval} reports in one interval; "
+                                   "the rest wait for the next")
+        return n
 
     # -------------------------------------------------------- heartbeat --
     def build(self) -> dict:
@@ -355,6 +412,7 @@ class Agent:
 
     def send_once(self) -> bool:
         """Build and send one heartbeat; True if queued.  Never blocks."""
+        self._report_budget = self.max_reports_per_interval
         hb = self.build()
         node = hb.pop("node")
         self.heartbeats += 1
@@ -446,7 +504,10 @@ def cmd_agent(args) -> int:
         {"node": node_id, "cpu": 0.0, "mem": 0.0, "queue": 0.0, "avg_job_s": 0.0})
     if reason is not None:
         return fail(f"node id {node_id!r} is not valid ({detail}); give --node-id")
-    listen = args.listen or default_listen()
+    try:
+        listen = args.listen or default_listen()
+    except (OSError, ValueError) as err:
+        return fail(f"no private directory for the report socket: {err}")
     try:
         agent = Agent(args.endpoint, node_id, listen=listen, interval=args.interval, curve=curve)
     except zmq.ZMQError as err:

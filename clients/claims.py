@@ -169,9 +169,9 @@ class ClaimTable:
                  lookup: Callable[[str], tuple[int, int]], reindex: Callable[[], None]):
         _load_entry_points()
         self.name = name = scores.name
-        mine = Segment.attach(name, readonly=True)
+        mine = Segment.attach(name, readonly=True, owner=scores.owner_uid)
         try:
-            claims = ClaimsSegment.attach(name, readonly=False)
+            claims = ClaimsSegment.attach(name, readonly=False, owner=scores.owner_uid)
         except BaseException:
             mine.close()
             raise

@@ -10,6 +10,11 @@ Rules for callers:
 - ``send``/``send_batch`` never block.  When the socket's queue is full (the
   engine is slow or away) the heartbeat is dropped and counted in ``dropped``;
   heartbeats are periodic, so the next one replaces it.
+- ``send`` only queues: the connection may not even be up when it returns.
+  ``close()`` (and so the end of a ``with`` block) waits up to ``linger_ms``
+  (`DEFAULT_LINGER_MS` unless given) for what is queued to reach the engine,
+  then drops the rest; so ``with HeartbeatClient(...) as hb: hb.send(...)``
+  delivers, and closing never blocks longer than that.
 - A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
   create one per process (a forked child's ``send`` raises RuntimeError).
 - Labels travel only in JSON frames; everything else goes in binary frames.
@@ -35,6 +40,9 @@ from shm_engine.wire.binary import decode_binary
 from shm_engine.wire.encode import encode_batch, encode_json, encode_record
 from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE
 from shm_engine.wire.jsondecode import check_heartbeat
+
+#: How long ``close()`` waits by default for queued heartbeats to be sent.
+DEFAULT_LINGER_MS = 1000
 
 
 class InvalidHeartbeat(ShmEngineError, ValueError):
@@ -83,17 +91,25 @@ class CurveKeys:
         return cls(server_public, client_public, client_secret)
 
 
+def _check_linger(linger_ms: int) -> None:
+    if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < 0:
+        # ZeroMQ's -1 (wait forever) would let close() block without bound.
+        raise ValueError(f"linger_ms={linger_ms!r} must be an integer >= 0")
+
+
 class HeartbeatClient:
     """PUSH socket connected to the engine's heartbeat endpoint.
 
     ``sent`` and ``dropped`` count heartbeats (not frames).  ``max_frame_bytes``
     bounds each frame ``send_batch`` builds; keep it at or below the engine's
-    limit, or whole batches are refused as ``frame_too_large``.
+    limit, or whole batches are refused as ``frame_too_large``.  ``linger_ms``
+    bounds how long ``close()`` waits to deliver what is queued (0: drop it).
     """
 
-    def __init__(self, endpoint: str, *, sndhwm: int = 10000, linger_ms: int = 0,
-                 curve: CurveKeys | None = None,
+    def __init__(self, endpoint: str, *, sndhwm: int = 10000,
+                 linger_ms: int = DEFAULT_LINGER_MS, curve: CurveKeys | None = None,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        _check_linger(linger_ms)
         if curve is not None and not isinstance(curve, CurveKeys):
             raise ValueError(f"curve must be a CurveKeys or None, got {type(curve).__name__}")
         if curve is not None and not zmq.has("curve"):
@@ -197,15 +213,18 @@ class HeartbeatClient:
 
     # -- lifetime
 
-    def close(self) -> None:
-        """Close the socket and terminate the context (idempotent).  Unsent
-        heartbeats are kept for at most ``linger_ms``."""
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close the socket and terminate the context (idempotent), after
+        waiting up to ``linger_ms`` (default: the client's) for queued
+        heartbeats to be delivered; what is still queued then is dropped."""
+        if linger_ms is not None:
+            _check_linger(linger_ms)
         if self._closed:
             return
         self._closed = True
         if os.getpid() != self._pid:
             return      # the parent owns the sockets; never terminate them here
-        self._sock.close()
+        self._sock.close(linger=linger_ms)
         self._ctx.term()
 
     def __enter__(self) -> HeartbeatClient:

@@ -27,6 +27,22 @@ tick has no score for; `ReadContention` when the writer lapped the reader on
 every retry and no earlier copy is held.  With an earlier copy the call serves
 it instead and counts ``retries_exhausted``; `is_stale` tells a stalled
 engine apart.
+
+A stopped engine.  A segment outlives its engine in the mappings of its
+readers (and in ``/dev/shm`` after a SIGKILL), frozen.  `engine_alive` says
+whether the engine that publishes into it still runs: False once it is
+stopping (the header's ``stopping``) or its supervisor is dead.  It costs no
+syscall while the supervisor beats (``supervisor_alive_mono``, at least once
+a second): the process is looked up (`process_alive`) only when the beat is
+older than `SUPERVISOR_SILENT_S`, at most once per `DEAD_CHECK_INTERVAL_S`.
+Every slow path (``snapshot``, ``pick``, ``top`` and ``score``/``state``
+when they cannot serve from the fast path) asks it and raises
+`EngineStopped`; the fast paths do not ask, but once anything has seen the
+engine gone they fall through to the slow path too.  A reader whose calls
+all take the fast path learns it from ``is_stale`` or ``engine_alive``.
+``attach`` refuses a segment whose engine is gone.  The supervisor must be
+visible to the reader (the same pid namespace), or a reader could take a
+hung supervisor for a dead one.
 """
 
 from __future__ import annotations
@@ -40,10 +56,10 @@ from kernels.params import N_WEIGHTS, WEIGHT_NAMES
 
 from clients.claims import Claim, ClaimTable, NodeFeedback
 from clients.pick import pick as _pick
-from shm_engine.core.errors import NothingPublished, ReadContention, UnknownNode
+from shm_engine.core.errors import EngineStopped, NothingPublished, ReadContention, UnknownNode
 from shm_engine.core.registry import read_node_id
 from shm_engine.core.runtime import DEFAULT_NAME
-from shm_engine.core.segment import Segment
+from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import (
     DEFAULT_MAX_RETRIES,
     READ_NOTHING_PUBLISHED,
@@ -55,7 +71,14 @@ from shm_engine.core.seqlock import (
 from shm_engine.core.states import STATE_NAMES, NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention",
-           "Claim", "NodeFeedback"]
+           "EngineStopped", "Claim", "NodeFeedback", "SUPERVISOR_SILENT_S",
+           "DEAD_CHECK_INTERVAL_S"]
+
+#: A supervisor beat older than this makes `ScoreReader.engine_alive` look
+#: the process up (the supervisor beats at least once a second).
+SUPERVISOR_SILENT_S = 3.0
+#: Looked up at most this often while the beat stays old.
+DEAD_CHECK_INTERVAL_S = 1.0
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
@@ -125,17 +148,34 @@ class ScoreReader:
                                 for b in self._bufs)
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
         self._claims: ClaimTable | None = None   # mapped on first use (read-write)
+        self._stopped: str | None = None         # why the engine is gone, once seen
+        self._next_dead_check = 0.0
+        self._stopping_mv = memoryview(v.header.stopping)
+        self._beat_mv = memoryview(v.header.supervisor_alive_mono)
 
     @classmethod
-    def attach(cls, name: str = DEFAULT_NAME) -> "ScoreReader":
-        """Map engine ``name`` read-only.  Raises EngineNotRunning / LayoutMismatch."""
-        return cls(Segment.attach(name, readonly=True))
+    def attach(cls, name: str = DEFAULT_NAME, *, owner: int | str | None = None
+               ) -> "ScoreReader":
+        """Map engine ``name`` read-only.
+
+        ``owner``: the user the engine runs as (uid or name); default this
+        process's effective uid.  Raises EngineNotRunning if there is no
+        segment, EngineStopped if its engine is gone, UntrustedSegment if it
+        belongs to another user or others may write it, LayoutMismatch."""
+        reader = cls(Segment.attach(name, readonly=True, owner=owner))
+        try:
+            reader._check_engine(time.monotonic())
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def close(self) -> None:
         if self._claims is not None:
             self._claims.close()   # unmaps once its open claims are released
             self._claims = None
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
+        self._stopping_mv = self._beat_mv = None
         self._ranked_mv = self._nranked_mv = None
         self._bufs = None
         self._seg.close()
@@ -165,9 +205,49 @@ class ScoreReader:
         return max(0.0, time.monotonic() - mono)
 
     def is_stale(self, max_age_s: float) -> bool:
-        """True if no tick was published in the last ``max_age_s`` seconds
-        (the engine is stalled or gone); the last snapshot stays readable."""
-        return self.age_s > max_age_s
+        """True if no tick was published in the last ``max_age_s`` seconds:
+        the engine is stalled (the last snapshot stays readable) or gone
+        (`engine_alive` tells which; after this has seen it gone, the data
+        calls raise EngineStopped)."""
+        stale = self.age_s > max_age_s
+        if stale:
+            self._stopped_reason(time.monotonic())
+        return stale
+
+    def engine_alive(self) -> bool:
+        """False once the engine that publishes here is stopping or its
+        supervisor is dead: no tick will come into this segment again, and
+        the data calls raise EngineStopped; attach again to follow a new
+        run.  No syscall while the supervisor beats (module docstring)."""
+        self._next_dead_check = 0.0     # asked explicitly: look it up if in doubt
+        return self._stopped_reason(time.monotonic()) is None
+
+    def _stopped_reason(self, now: float) -> str | None:
+        """Why the engine is gone, or None while it runs (cached once gone)."""
+        if self._stopped is not None:
+            return self._stopped
+        if self._stopping_mv[0]:
+            why = "is stopping or stopped"
+        elif now - self._beat_mv[0] < SUPERVISOR_SILENT_S:
+            return None
+        elif now < self._next_dead_check:
+            return None
+        else:
+            self._next_dead_check = now + DEAD_CHECK_INTERVAL_S
+            h = self._hdr
+            pid = int(h.creator_pid[0])
+            if process_alive(pid, int(h.creator_start[0])):
+                return None
+            why = f"has stopped: its supervisor (pid {pid}) is dead"
+        self._stopped = why
+        self._epoch = 0         # the fast paths now fall through to the slow ones
+        return why
+
+    def _check_engine(self, now: float) -> None:
+        why = self._stopped_reason(now)
+        if why is not None:
+            raise EngineStopped(f"engine {self.name!r} {why}; this segment gets no more "
+                                "ticks: attach again once it runs")
 
     # -------------------------------------------------------------- index --
     def _refresh_index(self) -> None:
@@ -209,7 +289,9 @@ class ScoreReader:
     def _read(self, copy_fn):
         """``read_consistent`` over this engine's latch: ``(epoch, copy)``, or
         ``(epoch, None)`` when the writer lapped every attempt (counted in
-        ``retries_exhausted``).  Raises NothingPublished before the first tick."""
+        ``retries_exhausted``).  Raises NothingPublished before the first
+        tick, EngineStopped once the engine is gone."""
+        self._check_engine(time.monotonic())
         st, epoch, got = read_consistent(self._seq_mv, copy_fn)
         if st == READ_OK:
             self._epoch = epoch
@@ -242,6 +324,7 @@ class ScoreReader:
         return self._read_slot_slow(node, column)
 
     def _read_slot_slow(self, node: str, column):
+        self._check_engine(time.monotonic())    # before UnknownNode: the cause
         for _attempt in range(2):
             slot, gen = self._lookup(node)
             gmv = self._gen_mv

@@ -6,21 +6,21 @@ Public API (everything else is internal and may change):
 - `NodeState`: published node states.
 - `replay`: run the scoring pipeline over a trace on a logical clock.
 - Errors: `ShmEngineError`, `ConfigError`, `EngineNotRunning`,
-  `EngineAlreadyRunning`, `LayoutMismatch`.
+  `EngineAlreadyRunning`, `UntrustedSegment`, `LayoutMismatch`.
 
 Schedulers read scores with `clients.ScoreReader`; nodes send heartbeats with
 `clients.HeartbeatClient` or the ``shm-engine agent`` command.
 """
 
 from shm_engine.core.errors import (ConfigError, EngineAlreadyRunning, EngineNotRunning, LayoutMismatch,
-                     ShmEngineError)
+                     ShmEngineError, UntrustedSegment)
 from shm_engine.core.states import NodeState
 
 __version__ = "0.1.0"
 
 __all__ = ["Config", "load_config", "render_defaults", "NodeState", "replay",
            "ShmEngineError", "ConfigError", "EngineNotRunning", "EngineAlreadyRunning",
-           "LayoutMismatch", "__version__"]
+           "UntrustedSegment", "LayoutMismatch", "__version__"]
 
 _LAZY = {"Config": "core.config", "load_config": "core.config", "render_defaults": "core.config",
          "replay": "tick.replay"}

@@ -362,7 +362,7 @@ RANGE_ERRORS = [
     ("score.weights.tail", -1, r"score\.weights\.tail = -1 must be >= 0"),
     ("engine.capacity", 0, r"engine\.capacity = 0 must be in 1\.\.16777216"),
     ("engine.capacity", 16_777_217, r"engine\.capacity = 16777217 must be in 1\.\.16777216"),
-    ("engine.tick_interval_ms", 0, r"engine\.tick_interval_ms = 0 must be >= 1"),
+    ("engine.tick_interval_ms", 0, r"engine\.tick_interval_ms = 0 must be in 1\.\.60000"),
     ("engine.forget_after_s", 0, r"engine\.forget_after_s = 0 must be > 0"),
     ("engine.parent_check_interval_s", 0, r"engine\.parent_check_interval_s = 0 must be > 0"),
     ("engine.hang_timeout_s", -1, r"engine\.hang_timeout_s = -1 must be >= 0 \(0 turns"),
@@ -448,7 +448,8 @@ def test_optional_weights_alone_are_not_enough():
     {"score.error_half_life_s": 1e-3, "score.ejection_s": 1e-3,
      "score.max_consecutive_errors": 1, "score.min_requests": 1},
     {"engine.capacity": 1}, {"engine.capacity": 16_777_216},
-    {"engine.shm_mode": 0o660}, {"engine.shm_mode": 0o666}, {"engine.shm_mode": "0640"},
+    {"engine.shm_mode": 0o640}, {"engine.shm_mode": 0o644}, {"engine.shm_mode": "0640"},
+    {"claims.shm_mode": 0o660}, {"claims.shm_mode": 0o664},
     {"engine.shm_mode": "0o644"}, {"engine.shm_mode": "600"},
     {"engine.restart_backoff_min_s": 10, "engine.restart_backoff_max_s": 10},
     {"ingest.max_frame_bytes": 1024}, {"ingest.rcvhwm": 0},
@@ -465,7 +466,7 @@ def test_edge_values_accepted(dotted):
 
 def test_shm_mode_string_parsed_as_octal():
     assert Config.from_dict(nested({"engine.shm_mode": "0640"})).engine.shm_mode == 0o640
-    assert Config.from_dict(nested({"engine.shm_mode": "0o660"})).engine.shm_mode == 0o660
+    assert Config.from_dict(nested({"claims.shm_mode": "0o660"})).claims.shm_mode == 0o660
 
 
 def test_curve_enabled():
@@ -651,7 +652,7 @@ def test_render_non_default_round_trip():
     cfg = with_overrides(Config(), {
         "score.beta": 0.1 + 0.2,  # 0.30000000000000004 must survive exactly
         "score.max_queue": 1e6,
-        "engine.shm_mode": 0o660,
+        "engine.shm_mode": 0o640,
         "ingest.bind": 'ipc:///run/a "quoted" \\ path\t',
         "ingest.curve.server_secret_key_file": "k/é.key_secret",
         "ingest.curve.authorized_keys_dir": "k/clients",

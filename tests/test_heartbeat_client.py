@@ -31,7 +31,6 @@ def test_send_binary_and_json_frames_arrive_and_decode(pull):
         assert client.send("n1", **HB, ok=3, err=0, zone="eu")
         assert client.send("n2", **HB, labels={"rack": "r9"})
         assert (client.sent, client.dropped) == (2, 0)
-        # receive before close: with linger 0, close discards what is unsent
         frame, d = recv_decoded(sock)
         assert frame[:4] == b"SHMH" and d.rejects == {}
         assert record_to_dict(d.records[0]) == dict(node="n1", **HB, ok=3, err=0, zone="eu")
@@ -121,7 +120,7 @@ def test_send_never_blocks_without_a_peer():
     assert client.send_batch([dict(node=f"n{i}", **HB) for i in range(3)]) == 0
     assert client.dropped >= 4
     t0 = time.monotonic()
-    client.close()              # linger 0: close does not wait for the peer
+    client.close()              # waits at most linger_ms (1 s) for the absent peer
     assert time.monotonic() - t0 < 5.0
 
 

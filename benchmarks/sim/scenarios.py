@@ -8,14 +8,20 @@ nodes, jobs, service noise, failures, deaths and heartbeat noise (common
 random numbers: policy differences are not sampling noise).
 
 Model (docs/routing.md has the rationale):
-  * node j: ``slots[j]`` workers, FIFO; a job of size x takes
-    ``x / speed[j] * exp(sigma[j]*z - sigma[j]**2/2)`` seconds (z per job).
+  * node j: ``slots[j]`` workers, FIFO; an attempt of a job of size x takes
+    ``x / speed[j] * exp(sigma[j]*z - sigma[j]**2/2)`` seconds (z per job and
+    attempt).  ``node_slots``, ``speed_sd`` and ``noise_sigma`` shape the
+    cluster; (c,), 0 and (0, 0) give identical exponential servers (the
+    M/M/c and supermarket checks in the tests).
   * sizes: Lomax (Pareto II, alpha 2.2, heavy-tailed) with mean
-    ``mean_size``, or bimodal (tiny / huge) for ``job_skew``.
+    ``mean_size``, bimodal (tiny / huge) for ``job_skew``, or exponential.
   * arrivals: Poisson with rate ``load(t) * capacity``, capacity =
-    sum(slots * speed) / mean_size; ``load(t)`` piecewise linear.
+    sum(slots * speed) / mean_size; ``load(t)`` piecewise linear.  Each job
+    belongs to one of ``schedulers`` independent schedulers (uniformly).
   * faults: GC nodes (high CPU, fast), flapping nodes (CPU around max_cpu),
     fail-fast nodes (fail most jobs in milliseconds), churn (down / up times).
+  * retries: a failed or lost attempt is retried on another node, up to
+    ``max_retries`` times; each attempt has its own noise and failure draw.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class Scenario:
     duration_s: float = 400.0     # arrivals stop here; in-flight jobs drain
     warmup_s: float = 40.0        # jobs arriving earlier are not measured
     load: tuple = ((0.0, 0.70), (1.0, 0.70))  # (fraction of duration, load) breakpoints
-    sizes: str = "lomax"          # "lomax" | "bimodal"
+    sizes: str = "lomax"          # "lomax" | "bimodal" | "exp"
     mean_size: float = 1.0        # seconds of work at speed 1
     gc_fraction: float = 0.0      # nodes with GC CPU that serve fast
     flap_fraction: float = 0.0    # nodes whose CPU hovers around max_cpu
@@ -49,6 +55,14 @@ class Scenario:
     hb_delay_s: tuple = (0.002, 0.050)
     tick_s: float = 0.050
     queue_limit_per_slot: float = 2.0   # "over the queue limit": waiting > this * slots
+    schedulers: int = 4           # independent schedulers, each routing its share of the jobs
+    max_retries: int = 2          # retries of a failed or lost job, on another node
+    connect_timeout_s: float = 1.0   # an attempt sent to a dead node fails after this
+    loss_detect_s: float = 1.0    # a scheduler learns that a node died with its attempt after this
+    hb_reports_okerr: bool = True   # heartbeats carry the node's own ok / err counts
+    node_slots: tuple = (2, 4, 4, 8)  # workers per node, drawn uniformly from this tuple
+    speed_sd: float = 0.45        # node speed: lognormal(0, speed_sd) clipped to [0.3, 3]
+    noise_sigma: tuple = (0.1, 0.8)   # per-node service-noise sigma, uniform in this range
 
 
 _SPIKE = ((0.0, 0.70), (0.30, 0.70), (0.40, 1.10), (0.60, 1.10), (0.70, 0.70), (1.0, 0.70))
@@ -97,8 +111,9 @@ class World:
     # jobs
     arr_t: np.ndarray
     size: np.ndarray
-    z: np.ndarray                 # service-noise normal per job
-    u_fail: np.ndarray            # uniform per job, fails if < fail_prob of its node
+    z: np.ndarray                 # [job, attempt]: service-noise normal
+    u_fail: np.ndarray            # [job, attempt]: uniform, the attempt fails if < fail_prob
+    sched: np.ndarray             # the scheduler of each job
 
 
 def _load_at(profile, frac):
@@ -108,13 +123,18 @@ def _load_at(profile, frac):
 
 
 def build_world(sc: Scenario, seed: int) -> World:
+    if sc.schedulers < 1 or sc.max_retries < 0 or sc.n_nodes < 1:
+        raise ValueError(f"scenario {sc.name!r}: schedulers = {sc.schedulers!r}, "
+                         f"max_retries = {sc.max_retries!r}, n_nodes = {sc.n_nodes!r} "
+                         "(need >= 1, >= 0, >= 1)")
     ss = np.random.SeedSequence([seed, sum(map(ord, sc.name))])
     r_nodes, r_jobs, r_hb, r_churn = (np.random.default_rng(s) for s in ss.spawn(4))
     n = sc.n_nodes
 
-    slots = r_nodes.choice([2, 4, 4, 8], size=n)
-    speed = np.clip(r_nodes.lognormal(0.0, 0.45, size=n), 0.3, 3.0)
-    sigma = r_nodes.uniform(0.1, 0.8, size=n)
+    slots = r_nodes.choice(np.asarray(sc.node_slots, np.int64), size=n)
+    speed = (np.clip(r_nodes.lognormal(0.0, sc.speed_sd, size=n), 0.3, 3.0) if sc.speed_sd > 0
+             else np.ones(n))
+    sigma = r_nodes.uniform(*sc.noise_sigma, size=n)
     cpu_base = r_nodes.uniform(0.02, 0.10, size=n)
     cpu_per_busy = r_nodes.uniform(0.75, 0.85, size=n)
     mem_base = r_nodes.uniform(0.20, 0.55, size=n)
@@ -173,11 +193,17 @@ def build_world(sc: Scenario, seed: int) -> World:
         huge_mean = 40.0 * sc.mean_size
         tiny_mean = (1.0 - 0.01 * 40.0) / 0.99 * sc.mean_size
         size = np.where(huge, r_jobs.exponential(huge_mean, nj), r_jobs.exponential(tiny_mean, nj))
-    else:
+    elif sc.sizes == "exp":
+        size = r_jobs.exponential(sc.mean_size, nj)
+    elif sc.sizes == "lomax":
         alpha = 2.2
         size = r_jobs.pareto(alpha, nj) * (alpha - 1) * sc.mean_size
-    z = r_jobs.standard_normal(nj)
-    u_fail = r_jobs.random(nj)
+    else:
+        raise ValueError(f"scenario {sc.name!r}: sizes = {sc.sizes!r} is not lomax, bimodal or exp")
+    attempts = sc.max_retries + 1
+    z = r_jobs.standard_normal((nj, attempts))
+    u_fail = r_jobs.random((nj, attempts))
+    sched = r_jobs.integers(sc.schedulers, size=nj)
     return World(sc, [int(x) for x in slots], speed, [float(x) for x in sigma], cpu_base,
                  cpu_per_busy, gc, flap, [float(x) for x in fail_prob], mem_base, hb_phase,
-                 hb_noise, downtimes, capacity, arr_t, size, z, u_fail)
+                 hb_noise, downtimes, capacity, arr_t, size, z, u_fail, sched)

@@ -116,10 +116,13 @@ from shm_engine.core.ordering import (
 )
 from shm_engine.core.rows import address_pointer
 from shm_engine.core.segment import (
+    CLAIMS_FORBIDDEN,
     claims_posix_name,
     create_exclusive,
+    expected_uid,
     map_existing,
     process_stat,
+    unlink_on_error,
     unlink_shm,
 )
 
@@ -707,10 +710,12 @@ class ClaimsSegment:
     reclaimed) and unlinks it; everyone else attaches and closes.
     Schedulers attach read-write: claiming is writing."""
 
-    def __init__(self, name: str, mm, layout: ClaimsLayout, readonly: bool):
+    def __init__(self, name: str, mm, layout: ClaimsLayout, readonly: bool,
+                 owner_uid: int | None = None):
         self.name = name
         self.readonly = readonly
         self.layout = layout
+        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self._mmap = mm
         self.views = ClaimsViews(mm, layout)
 
@@ -719,31 +724,39 @@ class ClaimsSegment:
                mode: int = 0o600) -> "ClaimsSegment":
         """Create engine ``name``'s claims segment (zeroed: no lease, no claim).
 
-        Raises EngineAlreadyRunning if a live engine owns the name."""
+        Raises EngineAlreadyRunning if a live engine owns the name,
+        UntrustedSegment if a segment that is not this user's holds it,
+        ValueError for a mode others could write through (nothing created)."""
         layout = claims_layout_for(capacity, max_schedulers)
-        mm = create_exclusive(name, claims_posix_name(name), layout.size, mode, CLAIMS_MAGIC)
+        pname = claims_posix_name(name)
+        mm = create_exclusive(name, pname, layout.size, mode, CLAIMS_MAGIC, CLAIMS_FORBIDDEN)
         seg = cls(name, mm, layout, readonly=False)
-        h = seg.views.header
-        h.layout_version[0] = CLAIMS_LAYOUT_VERSION
-        h.capacity[0] = capacity
-        h.max_schedulers[0] = max_schedulers
-        h.creator_pid[0] = os.getpid()
-        h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
-        h.segment_bytes[0] = layout.size
-        h.created_wall[0] = time.time()
-        h.instance[0] = int.from_bytes(os.urandom(8), "little") | 1
-        h.magic[0] = CLAIMS_MAGIC  # last: the segment is now valid
+        with unlink_on_error(seg, pname):
+            h = seg.views.header
+            h.layout_version[0] = CLAIMS_LAYOUT_VERSION
+            h.capacity[0] = capacity
+            h.max_schedulers[0] = max_schedulers
+            h.creator_pid[0] = os.getpid()
+            h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
+            h.segment_bytes[0] = layout.size
+            h.created_wall[0] = time.time()
+            h.instance[0] = int.from_bytes(os.urandom(8), "little") | 1
+            h.magic[0] = CLAIMS_MAGIC  # last: the segment is now valid
         return seg
 
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = False) -> "ClaimsSegment":
+    def attach(cls, name: str, *, readonly: bool = False,
+               owner: int | str | None = None) -> "ClaimsSegment":
         """Map engine ``name``'s claims segment (read-write by default).
 
-        Raises EngineNotRunning if there is none (or no permission: see
-        ``[claims] shm_mode``), LayoutMismatch if it was written by another
+        ``owner`` as for `shm_engine.core.segment.Segment.attach`.  Raises
+        EngineNotRunning if there is none (or no permission: see ``[claims]
+        shm_mode``), UntrustedSegment if it belongs to another user or every
+        user may write it, LayoutMismatch if it was written by another
         layout version."""
         pname = claims_posix_name(name)
-        mm, size = map_existing(name, pname, readonly, "claims.shm_mode")
+        uid = expected_uid(owner)
+        mm, size = map_existing(name, pname, readonly, "claims.shm_mode", uid, CLAIMS_FORBIDDEN)
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != CLAIMS_MAGIC:
@@ -761,7 +774,7 @@ class ClaimsSegment:
         except BaseException:
             mm.close()
             raise
-        return cls(name, mm, layout, readonly)
+        return cls(name, mm, layout, readonly, uid)
 
     @property
     def instance(self) -> int:

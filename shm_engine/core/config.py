@@ -22,11 +22,21 @@ Validation policy
     not leave a default in force), with the closest valid key suggested.
     Integer keys take TOML integers only; float keys take floats or integers
     (converted to float); a boolean is never a number; floats must be finite.
-    Ranges and cross-key rules are checked in ``__post_init__``, so every
+    Every integer has a range: its key's own, within ``-(2**31)..2**31 - 1``
+    for all (each ends up in an int32 counter, a C ``int`` option of ZeroMQ
+    or a 32-bit header field, where a larger value would overflow at run
+    time).  Ranges and cross-key rules (also across sections, e.g.
+    ``engine.forget_after_s > score.dead_after_s``) are checked in
+    ``__post_init__``, so every
     instance is valid however it was made (``from_dict``, ``with_overrides``,
     ``dataclasses.replace`` or a constructor call).  The first problem found
     raises ``ConfigError`` naming the key and the value, e.g.
     ``score.limit_critical = 120 must be < score.max_queue (100)``.
+    A file must be UTF-8 TOML of at most `MAX_FILE_BYTES`.
+
+    What the values name outside the file (key files, directories) is
+    checked by `check_files`, which ``config --check`` and ``run`` call: a
+    `Config` is valid on any machine, a deployment only where its files are.
 
 Rules for callers
     Instances are immutable; derive new ones with ``with_overrides`` or
@@ -54,7 +64,8 @@ from kernels import params as kp
 from kernels.defaults import DEFAULTS
 
 from shm_engine.core.errors import ConfigError
-from shm_engine.core.layout import MAX_SCHEDULERS
+from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
+from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
 
 __all__ = [
     "ClaimsConfig",
@@ -64,6 +75,7 @@ __all__ = [
     "IngestConfig",
     "ScoreConfig",
     "Weights",
+    "check_files",
     "load_config",
     "parse_override",
     "render_config",
@@ -73,9 +85,21 @@ __all__ = [
 
 MAX_CAPACITY = 16_777_216
 MIN_FRAME_BYTES = 1024
-# Integer keys end up in the float64 parameter vector; keep them exact there.
-_MAX_INT = 2**53
-_MAX_ZMQ_INT = 2**31 - 1
+#: Longest tick interval: the header keeps it in 32 bits, and a tick rarer
+#: than once a minute could not tell a live node from a dead one.
+MAX_TICK_INTERVAL_MS = 60_000
+#: Shortest watchdog limit (``hang_timeout_s``) other than 0 (off): a
+#: shorter one kills children that are only busy (a restart storm).
+MIN_HANG_TIMEOUT_S = 1.0
+#: Longest ``ipc://`` path, in bytes: Linux's ``sun_path`` holds 108 with
+#: the terminating NUL (libzmq refuses longer ones at bind).
+MAX_IPC_PATH_BYTES = 107
+#: Largest configuration file read.
+MAX_FILE_BYTES = 1 << 20
+# Every integer key ends up in an int32 counter, a C int option of ZeroMQ or
+# a 32-bit header field (and is exact in the float64 parameter vector).
+_MAX_INT = 2**31 - 1
+_MAX_ZMQ_INT = _MAX_INT
 
 # Field kinds: how a value is type-checked and written to TOML.
 _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
@@ -159,8 +183,9 @@ def _as_float(key: str, value: Any) -> float:
 def _as_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(key, value, "an integer")
-    if abs(value) > _MAX_INT:
-        raise ConfigError(f"{key} = {value} is too large (limit 2**53)")
+    if not -_MAX_INT - 1 <= value <= _MAX_INT:
+        raise ConfigError(f"{key} = {value} is too large: an integer key is at most "
+                          f"2**31 - 1 ({_MAX_INT}) in magnitude")
     return value
 
 
@@ -238,17 +263,22 @@ class _Section:
             if getattr(self, name) < low:
                 self._fail(name, f"must be >= {low}")
 
-    def _shm_mode(self, name: str) -> None:
+    def _shm_mode(self, name: str, forbidden: int) -> None:
+        """The mode of a segment that may never have the ``forbidden`` write
+        bits (`shm_engine.core.segment.mode_problem`, the rule attach checks)."""
         mode = getattr(self, name)
-        if mode & 0o600 != 0o600 or mode & ~0o666:
+        problem = mode_problem(mode, forbidden)
+        if problem is not None:
             hint = ""
-            if re.fullmatch(r"[0-7]{3,4}", str(mode)):
+            if re.fullmatch(r"[0-7]{3,4}", str(mode)) and \
+                    mode_problem(int(str(mode), 8), forbidden) is None:
                 # `shm_mode = 600` in TOML is decimal 600 = 0o1130.
                 hint = f" (a TOML integer without 0o is decimal: did you mean 0o{mode}?)"
-            raise ConfigError(
-                f"{_join(self.PATH, name)} = {mode:#o} must include owner read+write (0o600) "
-                f"and no bits outside 0o666 (no execute, setuid, setgid or sticky){hint}"
-            )
+            raise ConfigError(f"{_join(self.PATH, name)} = {mode:#o} {problem}{hint}")
+
+    def _int_range(self, name: str, low: int, high: int) -> None:
+        if not low <= getattr(self, name) <= high:
+            self._fail(name, f"must be in {low}..{high}")
 
     def _positive(self, *names: str) -> None:
         for name in names:
@@ -284,16 +314,18 @@ class EngineConfig(_Section):
         "Period of the scoring tick, milliseconds. Replay also uses it to turn "
         "tick counts into heartbeat ages, and the error window decays by "
         "0.5 ** (tick_interval_ms / 1000 / score.error_half_life_s) per tick. "
-        "Integer >= 1.")
+        f"Integer, 1..{MAX_TICK_INTERVAL_MS}.")
     forget_after_s: float = _key(
         _FLOAT, 300.0,
         "A node whose last heartbeat is at least this old is forgotten at the "
-        "start of a tick and its slot freed. Seconds, > 0.")
+        "start of a tick and its slot freed. Seconds, > score.dead_after_s "
+        "(a node is DEAD before it is forgotten).")
     shm_mode: int = _key(
         _MODE, 0o600,
         'Permission bits of the shared-memory segment, octal (0o640 or "0640"). '
         "Must include owner read+write (0o600); only read/write bits (within "
-        "0o666) are allowed.")
+        "0o666) are allowed, and no write bit for group or others: only the "
+        "engine writes scores (0o640 lets a group read them, 0o644 everyone).")
     restart_backoff_min_s: float = _key(
         _FLOAT, 0.5,
         "Shortest delay before a failed child process is restarted; repeated "
@@ -310,7 +342,9 @@ class EngineConfig(_Section):
         "A child that has not beaten (ticked, or turned its ingest loop) for "
         "this long is taken as hung: the supervisor kills and restarts it. "
         "Watched only after the child's first beat, so a slow start is not a "
-        "hang. Seconds, >= 0; 0 turns the watchdog off.")
+        "hang. Seconds: 0 turns the watchdog off; otherwise at least "
+        f"{MIN_HANG_TIMEOUT_S:g} and at least two tick intervals (the tick worker "
+        "beats once per tick).")
     warm_spares: bool = _key(
         _BOOL, True,
         "Keep one pre-loaded spare process per child, so a crashed ingest or "
@@ -319,13 +353,18 @@ class EngineConfig(_Section):
         "process per child (about 150 MB resident each). true or false.")
 
     def _validate(self) -> None:
-        if not 1 <= self.capacity <= MAX_CAPACITY:
-            self._fail("capacity", f"must be in 1..{MAX_CAPACITY}")
-        self._at_least(1, "tick_interval_ms")
+        self._int_range("capacity", 1, MAX_CAPACITY)
+        self._int_range("tick_interval_ms", 1, MAX_TICK_INTERVAL_MS)
         self._positive("forget_after_s", "restart_backoff_min_s", "parent_check_interval_s")
         if self.hang_timeout_s < 0:
             self._fail("hang_timeout_s", "must be >= 0 (0 turns the watchdog off)")
-        self._shm_mode("shm_mode")
+        two_ticks = 2 * self.tick_interval_ms / 1000
+        if 0 < self.hang_timeout_s < max(MIN_HANG_TIMEOUT_S, two_ticks):
+            self._fail("hang_timeout_s", f"must be 0 (watchdog off) or >= {MIN_HANG_TIMEOUT_S:g} "
+                                         f"and >= two ticks ({two_ticks:g} s at "
+                                         f"{self._ref('tick_interval_ms')}): a shorter limit "
+                                         "kills children that are only busy")
+        self._shm_mode("shm_mode", SCORES_FORBIDDEN)
         if self.restart_backoff_min_s > self.restart_backoff_max_s:
             self._fail("restart_backoff_min_s", f"must be <= {self._ref('restart_backoff_max_s')}")
 
@@ -383,7 +422,8 @@ class IngestConfig(_Section):
     bind: str = _key(
         _STR, "tcp://127.0.0.1:7710",
         "ZeroMQ endpoint the heartbeat socket binds: tcp://host:port (port may "
-        "be * for any free port), ipc://path or inproc://name.")
+        f"be * for any free port), ipc://path (at most {MAX_IPC_PATH_BYTES} bytes) or "
+        f"inproc://name; at most {ENDPOINT_BYTES - 1} bytes in all.")
     max_frame_bytes: int = _key(
         _INT, 1048576,
         "Largest heartbeat frame accepted; a larger one is rejected unparsed. "
@@ -413,6 +453,14 @@ class IngestConfig(_Section):
         if m is None or (port not in (None, "*") and not 1 <= int(port) <= 65535):
             self._fail("bind", "must look like tcp://host:port (port 1..65535 or *), "
                                "ipc://path or inproc://name")
+        size = len(self.bind.encode("utf-8"))
+        if size > ENDPOINT_BYTES - 1:
+            self._fail("bind", f"is {size} bytes long, more than {ENDPOINT_BYTES - 1}")
+        if self.bind.startswith("ipc://"):
+            path = len(self.bind[len("ipc://"):].encode("utf-8"))
+            if path > MAX_IPC_PATH_BYTES:
+                self._fail("bind", f"has an ipc path of {path} bytes, more than the "
+                                   f"{MAX_IPC_PATH_BYTES} a Unix socket address holds")
         self._at_least(MIN_FRAME_BYTES, "max_frame_bytes")
         self._at_least(1, "drain_batch")
         if not 0 <= self.rcvhwm <= _MAX_ZMQ_INT:
@@ -437,7 +485,8 @@ class ClaimsConfig(_Section):
         "Schedulers map it read-write (claiming is writing), so a scheduler group "
         "needs group read+write here and only read on the scores segment "
         "([engine] shm_mode). Must include owner read+write (0o600); only "
-        "read/write bits (within 0o666) are allowed.")
+        "read/write bits (within 0o666) are allowed, and never write for every "
+        "user (0o666, 0o662): group write (0o660) is the most it may grant.")
     max_schedulers: int = _key(
         _INT, 64,
         "Most scheduler processes that can hold claims at once: each takes one "
@@ -447,9 +496,8 @@ class ClaimsConfig(_Section):
         f"Integer, 1..{MAX_SCHEDULERS}.")
 
     def _validate(self) -> None:
-        self._shm_mode("shm_mode")
-        if not 1 <= self.max_schedulers <= MAX_SCHEDULERS:
-            self._fail("max_schedulers", f"must be in 1..{MAX_SCHEDULERS}")
+        self._shm_mode("shm_mode", CLAIMS_FORBIDDEN)
+        self._int_range("max_schedulers", 1, MAX_SCHEDULERS)
 
 
 # --------------------------------------------------------------------------
@@ -685,6 +733,13 @@ class Config(_Section):
         tick_interval_ms``."""
         return self.score.to_params(self.engine.tick_interval_ms)
 
+    def _validate(self) -> None:
+        forget, dead = self.engine.forget_after_s, self.score.dead_after_s
+        if forget <= dead:
+            raise ConfigError(f"engine.forget_after_s = {_num(forget)} must be > "
+                              f"score.dead_after_s ({_num(dead)}): a node is DEAD before "
+                              "it is forgotten")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build from the nested TOML-shaped dict; missing keys take defaults."""
@@ -774,17 +829,57 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     name = os.fspath(path)
     try:
         with open(name, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError as err:
         raise ConfigError(f"{name}: config file not found") from err
     except OSError as err:
         raise ConfigError(f"{name}: cannot read config file: {err.strerror or err}") from err
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{name}: config file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ConfigError(f"{name}: not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}, "
+                          f"column {column} (a TOML file must be UTF-8)") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{name}: invalid TOML: {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{name}: invalid TOML: arrays or tables nested too deeply") from err
     try:
         return Config.from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def check_files(config: Config) -> None:
+    """Check that every file and directory ``config`` names exists and is
+    readable by this process; raise ConfigError naming the key, the path
+    and the problem otherwise.  ``config --check`` and ``run`` call it (the
+    engine needs them at start, before it creates anything)."""
+    cc = config.ingest.curve
+    named = (("ingest.curve.server_secret_key_file", cc.server_secret_key_file, False),
+             ("ingest.curve.authorized_keys_dir", cc.authorized_keys_dir, True))
+    for key, path, is_dir in named:
+        if not path:
+            continue
+        what = "directory" if is_dir else "file"
+        try:
+            if is_dir:
+                os.listdir(path)
+            else:
+                with open(path, "rb") as fh:
+                    fh.read(1)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{key} = {_show(path)}: no such {what}") from err
+        except NotADirectoryError as err:
+            raise ConfigError(f"{key} = {_show(path)} is not a directory") from err
+        except IsADirectoryError as err:
+            raise ConfigError(f"{key} = {_show(path)} is a directory, not a key file") from err
+        except OSError as err:
+            raise ConfigError(f"{key} = {_show(path)}: cannot read this {what}: "
+                              f"{err.strerror or err}") from err
 
 
 def with_overrides(config: Config, dotted: Mapping[str, Any]) -> Config:

@@ -26,6 +26,30 @@ class EngineNotRunning(ShmEngineError):
     """
 
 
+class EngineStopped(EngineNotRunning):
+    """Raised by `ScoreReader` calls when the engine that published the
+    mapped segment has stopped: it is shutting down (or shut down), or its
+    supervisor died.  No tick will ever be published there again.
+
+    Attach again once the engine runs (a new ``run`` makes a new segment), or
+    fall back.  ``score``, ``state`` and ``top`` serve a node from their fast
+    path without asking; they raise this once ``is_stale``, ``engine_alive``
+    or any slow path has seen the engine gone.
+    """
+
+
+class UntrustedSegment(ShmEngineError):
+    """Raised when a segment with the engine's name is not the engine's: it
+    is owned by another user than expected, or others may write it.
+
+    Raised by attach (readers, status, the engine's children) and by ``run``
+    when the name is taken (squatted).  The message names the owner and the
+    mode.  Remove the segment if it is not an engine of yours, pick another
+    ``--name``, or give the engine's user as ``owner`` when attaching to an
+    engine that runs as another user.
+    """
+
+
 class EngineAlreadyRunning(ShmEngineError):
     """Raised by segment creation when a live engine already owns the name.
 

@@ -12,7 +12,19 @@ Invariants:
 - The creator writes ``magic`` last: a segment without it is still being
   created (or its creator died during creation, which the age check handles).
 - Nothing unlinks a segment implicitly.  `Segment.unlink()` is called by the
-  supervisor on clean shutdown; attached processes only ``close()``.
+  supervisor on clean shutdown; attached processes only ``close()``.  A
+  creation that fails part-way unlinks what it made: no half-made segment
+  (one without ``magic``) is left behind.
+- Trust: a segment is the engine's only if it is owned by the engine's user
+  and no one else may write it (the scores segment: neither group nor
+  others; the claims segment: others never, the group when ``[claims]
+  shm_mode`` says so: `SCORES_FORBIDDEN`, `CLAIMS_FORBIDDEN`).  Attach checks
+  both on the descriptor it maps (``fstat``: what is checked is what is
+  mapped), against the expected owner (default: the caller's effective uid;
+  ``owner=`` for an engine that runs as another user).  Creation refuses a name held by a
+  segment that fails the same check instead of taking it for an engine:
+  another user can create ``/dev/shm/NAME`` first, but never make the
+  engine or its readers use it.
 
 Rules for callers: keep the `Segment` (and so its mmap) alive while any numpy
 view of it is in use; attach with `Segment.attach`, which never resizes.  We do
@@ -24,14 +36,30 @@ from __future__ import annotations
 
 import mmap
 import os
+import pwd
 import re
+import stat
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import posix_ipc
 
-from shm_engine.core.errors import EngineAlreadyRunning, EngineNotRunning, LayoutMismatch
-from shm_engine.core.layout import LAYOUT_VERSION, MAGIC, Layout, SegmentViews, layout_for, read_capacity
+from shm_engine.core.errors import (
+    EngineAlreadyRunning,
+    EngineNotRunning,
+    LayoutMismatch,
+    UntrustedSegment,
+)
+from shm_engine.core.layout import (
+    ENDPOINT_BYTES,
+    LAYOUT_VERSION,
+    MAGIC,
+    Layout,
+    SegmentViews,
+    layout_for,
+    read_capacity,
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 # A segment without magic younger than this is assumed to be mid-creation.
@@ -39,6 +67,52 @@ _CREATION_GRACE_S = 5.0
 
 
 CLAIMS_SUFFIX = ".claims"
+# Where Linux shows POSIX shm objects (to name the owner of one we may not open).
+_SHM_DIR = "/dev/shm"
+
+#: Mode bits the scores segment may never have: only the engine writes it.
+SCORES_FORBIDDEN = 0o022
+#: Mode bits the claims segment may never have: schedulers write it, and may
+#: be a group (group write), never every user.
+CLAIMS_FORBIDDEN = 0o002
+
+
+def mode_problem(mode: int, forbidden: int) -> str | None:
+    """Why ``mode`` may not be the mode of a segment whose ``forbidden``
+    write bits are given (`SCORES_FORBIDDEN`, `CLAIMS_FORBIDDEN`), as the
+    end of a sentence; None if it may."""
+    if mode & 0o600 != 0o600 or mode & ~0o666:
+        return ("must include owner read+write (0o600) and no bits outside 0o666 "
+                "(no execute, setuid, setgid or sticky)")
+    if mode & forbidden & 0o002:
+        return "gives every user write access: anyone could forge what readers see"
+    if mode & forbidden & 0o020:
+        return ("gives the group write access: only the engine writes this segment "
+                "(readers need read access only, e.g. 0o640)")
+    return None
+
+
+def expected_uid(owner: int | str | None) -> int:
+    """The uid an engine's segments must belong to: ``owner`` (a uid or a
+    user name), or this process's effective uid when None."""
+    if owner is None:
+        return os.geteuid()
+    if isinstance(owner, int) and not isinstance(owner, bool) and owner >= 0:
+        return owner
+    if isinstance(owner, str):
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise ValueError(f"owner {owner!r}: no such user") from None
+    raise ValueError(f"owner must be a uid (int >= 0), a user name or None, got {owner!r}")
+
+
+def describe_user(uid: int) -> str:
+    """``uid 65534 (nobody)``, or ``uid N`` for a uid without a name."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def posix_name(name: str) -> str:
@@ -101,10 +175,13 @@ def process_alive(pid: int, start_time: int = 0) -> bool:
 class Segment:
     """A mapped engine segment and its views (``seg.views``)."""
 
-    def __init__(self, name: str, mm: mmap.mmap, layout: Layout, readonly: bool):
+    def __init__(self, name: str, mm: mmap.mmap, layout: Layout, readonly: bool,
+                 owner_uid: int | None = None):
         self.name = name
         self.readonly = readonly
         self.layout = layout
+        #: The user the segment was checked to belong to.
+        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self._mmap = mm
         self.views = SegmentViews(mm, layout)
 
@@ -114,11 +191,17 @@ class Segment:
                tick_interval_ms: int = 50, endpoint: str = "") -> "Segment":
         """Create the segment of engine ``name``, reclaiming a stale one.
 
-        Raises EngineAlreadyRunning if a live engine owns the name."""
+        Raises EngineAlreadyRunning if a live engine owns the name,
+        UntrustedSegment if a segment that is not this user's holds it,
+        ValueError for a bad mode or endpoint (nothing created)."""
         layout = layout_for(capacity)
-        mm = create_exclusive(name, posix_name(name), layout.size, mode, MAGIC)
+        if len(endpoint.encode("utf-8")) >= ENDPOINT_BYTES:
+            raise ValueError(f"endpoint {endpoint!r} is longer than {ENDPOINT_BYTES - 1} bytes")
+        pname = posix_name(name)
+        mm = create_exclusive(name, pname, layout.size, mode, MAGIC, SCORES_FORBIDDEN)
         seg = cls(name, mm, layout, readonly=False)
-        seg._initialise(capacity, tick_interval_ms, endpoint)
+        with unlink_on_error(seg, pname):
+            seg._initialise(capacity, tick_interval_ms, endpoint)
         return seg
 
     def _initialise(self, capacity: int, tick_interval_ms: int, endpoint: str) -> None:
@@ -138,13 +221,17 @@ class Segment:
 
     # ------------------------------------------------------------ attach --
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = True) -> "Segment":
+    def attach(cls, name: str, *, readonly: bool = True,
+               owner: int | str | None = None) -> "Segment":
         """Map an existing engine segment.  Never resizes it.
 
-        Raises EngineNotRunning if there is none, LayoutMismatch if it was
-        written by another layout version."""
+        ``owner``: the engine's user (uid or name; default: this process's
+        effective uid).  Raises EngineNotRunning if there is none,
+        UntrustedSegment if it belongs to another user or others may write
+        it, LayoutMismatch if it was written by another layout version."""
         pname = posix_name(name)
-        mm, size = map_existing(name, pname, readonly, "engine.shm_mode")
+        uid = expected_uid(owner)
+        mm, size = map_existing(name, pname, readonly, "engine.shm_mode", uid, SCORES_FORBIDDEN)
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != MAGIC:
@@ -159,7 +246,7 @@ class Segment:
         except BaseException:
             mm.close()
             raise
-        return cls(name, mm, layout, readonly)
+        return cls(name, mm, layout, readonly, uid)
 
     # ----------------------------------------------------------- release --
     def close(self) -> None:
@@ -199,16 +286,37 @@ def unlink_shm(pname: str) -> bool:
         return False
 
 
-def create_exclusive(name: str, pname: str, size: int, mode: int, magic: int) -> mmap.mmap:
+@contextmanager
+def unlink_on_error(seg, pname: str):
+    """``with unlink_on_error(seg, pname):`` the initialisation of segment
+    ``seg`` just created as ``pname``; if it raises, ``seg`` is closed and
+    ``pname`` unlinked, so no half-made segment stays behind."""
+    try:
+        yield seg
+    except BaseException:
+        seg.close()
+        unlink_shm(pname)
+        raise
+
+
+def create_exclusive(name: str, pname: str, size: int, mode: int, magic: int,
+                     forbidden: int) -> mmap.mmap:
     """Create shm object ``pname`` (O_CREAT|O_EXCL, exactly ``mode``, ``size``
     zero bytes) and map it read-write, reclaiming a stale one whose header
     starts with ``magic`` (see `_reclaim_if_stale`).  ``name`` is the engine's,
-    for messages.  Raises EngineAlreadyRunning if a live engine owns it."""
+    for messages; ``forbidden``: the mode bits this segment may never have.
+
+    Raises ValueError for a bad ``mode``, EngineAlreadyRunning if a live
+    engine owns the name, UntrustedSegment if a segment that fails the trust
+    check (module docstring) holds it."""
+    problem = mode_problem(mode, forbidden)
+    if problem is not None:
+        raise ValueError(f"engine {name!r}: mode {mode:#o} for {pname} {problem}")
     for _attempt in range(3):
         try:
             shm = posix_ipc.SharedMemory(pname, posix_ipc.O_CREX, mode=mode, size=size)
         except posix_ipc.ExistentialError:
-            _reclaim_if_stale(name, pname, magic)
+            _reclaim_if_stale(name, pname, magic, forbidden)
             continue
         try:
             os.fchmod(shm.fd, mode)  # the umask must not narrow (or widen) the mode
@@ -223,8 +331,11 @@ def create_exclusive(name: str, pname: str, size: int, mode: int, magic: int) ->
                                "another engine is starting with the same name")
 
 
-def map_existing(name: str, pname: str, readonly: bool, mode_key: str) -> tuple[mmap.mmap, int]:
-    """Map shm object ``pname`` at its full size; (mapping, size).  Raises
+def map_existing(name: str, pname: str, readonly: bool, mode_key: str, owner_uid: int,
+                 forbidden: int) -> tuple[mmap.mmap, int]:
+    """Map shm object ``pname`` at its full size; (mapping, size), after the
+    trust check (module docstring): owned by ``owner_uid``, none of the
+    ``forbidden`` mode bits.  Raises UntrustedSegment if it fails it,
     EngineNotRunning if it does not exist, is not sized yet, or may not be
     mapped (``mode_key`` names the setting that grants access)."""
     try:
@@ -232,10 +343,14 @@ def map_existing(name: str, pname: str, readonly: bool, mode_key: str) -> tuple[
     except posix_ipc.ExistentialError as err:
         raise EngineNotRunning(f"engine {name!r} is not running (no segment {pname})") from err
     except posix_ipc.PermissionsError as err:
+        st = _stat_by_name(pname)
+        if st is not None:
+            _check_trust(name, pname, st, owner_uid, forbidden, attach=True)
         raise EngineNotRunning(f"engine {name!r}: no permission to map {pname}"
                                f"{'' if readonly else ' read-write'}; "
                                f"ask for the engine's {mode_key} group access") from err
     try:
+        _check_trust(name, pname, os.fstat(shm.fd), owner_uid, forbidden, attach=True)
         size = shm.size
         if size < 4096:
             raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not sized yet)")
@@ -246,13 +361,56 @@ def map_existing(name: str, pname: str, readonly: bool, mode_key: str) -> tuple[
     return mm, size
 
 
-def _reclaim_if_stale(name: str, pname: str, magic: int = MAGIC) -> None:
-    """Unlink ``pname`` if its creator is dead; raise if it is alive."""
+def _stat_by_name(pname: str) -> os.stat_result | None:
+    """``stat`` of shm object ``pname`` by its path (Linux), for one we may
+    not open; None where there is no such path."""
+    try:
+        return os.stat(_SHM_DIR + pname)
+    except OSError:
+        return None
+
+
+def _check_trust(name: str, pname: str, st: os.stat_result, owner_uid: int, forbidden: int,
+                 *, attach: bool) -> None:
+    """Raise UntrustedSegment unless ``st`` (of ``pname``) is owned by
+    ``owner_uid`` and has none of the ``forbidden`` mode bits."""
+    mode = stat.S_IMODE(st.st_mode)
+    who = f"segment {pname} (owner {describe_user(st.st_uid)}, mode {mode:#o})"
+    if st.st_uid != owner_uid:
+        expected = describe_user(owner_uid)
+        if attach:
+            raise UntrustedSegment(
+                f"engine {name!r}: {who} does not belong to {expected}, the engine user "
+                "expected; refusing to read it. If the engine runs as that user, attach with "
+                "owner= that user (status, top, metrics: --owner); otherwise another user "
+                f"created it: remove {_SHM_DIR}{pname}")
+        raise UntrustedSegment(
+            f"engine {name!r}: the name is taken by {who}, not by {expected} (this engine's "
+            f"user): another user created it first. Remove {_SHM_DIR}{pname} if it is not "
+            "an engine of yours, or choose another --name")
+    if mode & forbidden:
+        raise UntrustedSegment(
+            f"engine {name!r}: {who} may be written by "
+            f"{'every user' if mode & forbidden & 0o002 else 'its group'}, so its contents "
+            f"cannot be trusted; stop its engine and remove {_SHM_DIR}{pname}")
+
+
+def _reclaim_if_stale(name: str, pname: str, magic: int, forbidden: int) -> None:
+    """Unlink ``pname`` if it is this user's and its creator is dead; raise
+    if its creator is alive, or if it is not this user's (`_check_trust`)."""
     try:
         shm = posix_ipc.SharedMemory(pname, 0, read_only=True)
     except posix_ipc.ExistentialError:
         return  # vanished meanwhile: just retry creation
+    except posix_ipc.PermissionsError as err:
+        st = _stat_by_name(pname)
+        if st is not None:
+            _check_trust(name, pname, st, os.geteuid(), forbidden, attach=False)
+        raise UntrustedSegment(f"engine {name!r}: the name is taken by segment {pname}, "
+                               "which this user may not even read; another user created "
+                               "it first") from err
     try:
+        _check_trust(name, pname, os.fstat(shm.fd), os.geteuid(), forbidden, attach=False)
         size = shm.size
         age = time.time() - os.fstat(shm.fd).st_ctime
         hdr = None

@@ -38,17 +38,26 @@ def cmd_replay(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from shm_engine.core.config import render_defaults
+    from shm_engine.core.config import check_files, render_defaults
     if args.print_defaults:
         sys.stdout.write(render_defaults())
         return 0
     if args.check:
         cfg = _config(args.check)
+        try:
+            check_files(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{args.check}: {err}") from err
         print(f"{args.check}: OK (capacity {cfg.engine.capacity}, "
               f"tick {cfg.engine.tick_interval_ms} ms, bind {cfg.ingest.bind})")
         return 0
     print("shm-engine config: give --print-defaults or --check FILE", file=sys.stderr)
     return 2
+
+
+def _owner(text: str) -> int | str:
+    """``--owner``: a uid (digits) or a user name."""
+    return int(text) if text.isdigit() else text
 
 
 def _lazy(module: str, func: str):
@@ -73,12 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print or check configuration")
     c.add_argument("--print-defaults", action="store_true",
                    help="print a complete, commented default configuration file")
-    c.add_argument("--check", metavar="FILE", help="validate FILE")
+    c.add_argument("--check", metavar="FILE",
+                   help="validate FILE, and that the files it names exist and are readable")
     c.set_defaults(func=cmd_config)
 
     def name_arg(sp):
         sp.add_argument("--name", default=DEFAULT_NAME,
                         help=f"engine name (shared-memory segment /NAME; default {DEFAULT_NAME})")
+
+    def owner_arg(sp):
+        sp.add_argument("--owner", default=None, type=_owner,
+                        help="user the engine runs as (name or uid); its segments must belong "
+                             "to it (default: this user)")
 
     run = sub.add_parser("run", help="run the engine (supervisor, ingest, tick worker)")
     run.add_argument("--config", help="TOML configuration file")
@@ -87,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show a running engine's status")
     name_arg(st)
+    owner_arg(st)
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=_lazy("shm_engine.ops.status", "cmd_status"))
 
     top = sub.add_parser("top", help="live terminal view of a running engine")
     name_arg(top)
+    owner_arg(top)
     top.add_argument("--interval", type=float, default=0.5, help="refresh seconds")
     top.add_argument("--rows", type=int, default=25, help="nodes shown")
     top.set_defaults(func=_lazy("shm_engine.ops.topview", "cmd_top"))
@@ -119,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     met = sub.add_parser("metrics", help="Prometheus exporter reading the engine's segment")
     name_arg(met)
+    owner_arg(met)
     met.add_argument("--listen", default="127.0.0.1:9710", help="HOST:PORT to serve /metrics on")
     met.add_argument("--per-node", action="store_true",
                      help="also export per-node score and state (cardinality = fleet size)")

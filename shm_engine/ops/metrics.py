@@ -23,6 +23,7 @@ from shm_engine.core.errors import (
     LayoutMismatch,
     NothingPublished,
     ReadContention,
+    UntrustedSegment,
 )
 from shm_engine.core.states import STATE_NAMES, UNREGISTERED
 
@@ -32,9 +33,10 @@ __all__ = ["EngineCollector", "cmd_metrics"]
 class EngineCollector:
     """prometheus_client collector for engine ``name``."""
 
-    def __init__(self, name: str, per_node: bool = False):
+    def __init__(self, name: str, per_node: bool = False, owner: int | str | None = None):
         self.name = name
         self.per_node = per_node
+        self.owner = owner
 
     def describe(self):
         return []  # unchecked collector: the series depend on the engine's state
@@ -46,8 +48,8 @@ class EngineCollector:
         up = GaugeMetricFamily("shm_engine_up", "1 if the engine's segment is attached and live",
                                labels=["engine"])
         try:
-            s = read_status(self.name)
-        except (EngineNotRunning, LayoutMismatch):
+            s = read_status(self.name, owner=self.owner)
+        except (EngineNotRunning, LayoutMismatch, UntrustedSegment):
             up.add_metric([self.name], 0.0)
             yield up
             return
@@ -137,9 +139,10 @@ class EngineCollector:
 
         from clients.reader import ScoreReader
         try:
-            with ScoreReader.attach(self.name) as reader:
+            with ScoreReader.attach(self.name, owner=self.owner) as reader:
                 snap = reader.snapshot()
-        except (EngineNotRunning, LayoutMismatch, NothingPublished, ReadContention):
+        except (EngineNotRunning, LayoutMismatch, UntrustedSegment, NothingPublished,
+                ReadContention):
             return
         score = GaugeMetricFamily("shm_engine_node_score", "published desirability",
                                   labels=["engine", "node"])
@@ -170,7 +173,7 @@ def cmd_metrics(args) -> int:
         print(f"shm-engine metrics: --listen {args.listen!r} must be HOST:PORT", file=sys.stderr)
         return 2
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(args.name, per_node=args.per_node))
+    registry.register(EngineCollector(args.name, per_node=args.per_node, owner=args.owner))
     start_http_server(int(port), addr=host.strip("[]"), registry=registry)
     print(f"metrics for engine {args.name!r} on http://{args.listen}/metrics", file=sys.stderr)
     try:

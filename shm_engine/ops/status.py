@@ -42,11 +42,13 @@ def _copy_meta(buf) -> tuple:
             int(buf.registered[0]), buf.counts[:5].copy(), int(buf.ejected[0]))
 
 
-def read_status(name: str) -> dict:
-    """The status object of engine ``name`` (what ``--json`` prints).
+def read_status(name: str, owner: int | str | None = None) -> dict:
+    """The status object of engine ``name`` (what ``--json`` prints);
+    ``owner``: the engine's user, as for `Segment.attach`.
 
-    Raises EngineNotRunning if there is no segment, or its supervisor is dead."""
-    with Segment.attach(name, readonly=True) as seg:
+    Raises EngineNotRunning if there is no segment, or its supervisor is
+    dead; UntrustedSegment if the segment is not the engine's."""
+    with Segment.attach(name, readonly=True, owner=owner) as seg:
         v = seg.views
         h = v.header
         pid = int(h.supervisor_pid[0])
@@ -69,7 +71,7 @@ def read_status(name: str) -> dict:
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
         claims = None
         try:
-            with ClaimsSegment.attach(name, readonly=True) as cs:
+            with ClaimsSegment.attach(name, readonly=True, owner=owner) as cs:
                 claims = claims_status(cs.views, v.registry.slot_gen, v.registry.registered,
                                        int(h.slot_hwm[0]))
         except (EngineNotRunning, LayoutMismatch):
@@ -154,7 +156,7 @@ def _claims_line(cl: dict | None) -> str:
 
 def cmd_status(args) -> int:
     """``shm-engine status --name NAME [--json]``."""
-    s = read_status(args.name)
+    s = read_status(args.name, owner=args.owner)
     if args.json:
         sys.stdout.write(json.dumps(s, sort_keys=False) + "\n")
     else:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from shm_engine.core.claims import ClaimsSegment
-from shm_engine.core.config import Config, load_config
+from shm_engine.core.config import Config, check_files, load_config
 from shm_engine.core.runtime import EXIT_FATAL, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.ops.status import engine_ready
@@ -353,9 +353,11 @@ class Supervisor:
 
     # ------------------------------------------------------------ lifetime --
     def run(self) -> int:
-        """Create the segment, supervise until a stop signal or a fatal child
+        """Create the segments, supervise until a stop signal or a fatal child
         exit, then shut down.  Returns 0 after a requested stop, 1 after a
-        fatal child exit.  Raises EngineAlreadyRunning (nothing created)."""
+        fatal child exit.  Raises EngineAlreadyRunning or UntrustedSegment
+        (for either segment) with nothing left behind: a segment made
+        before the failure is unlinked."""
         saved = self._install_signals()
         created = False
         try:
@@ -450,6 +452,9 @@ class Supervisor:
 
 
 def cmd_run(args) -> int:
-    """``shm-engine run --config FILE --name NAME``."""
+    """``shm-engine run --config FILE --name NAME``.  Every check that can
+    fail (the configuration, the files it names, the segment names) runs
+    before a child starts, and a failure leaves no segment behind."""
     config = load_config(args.config)
+    check_files(config)
     return Supervisor(args.name, config).run()

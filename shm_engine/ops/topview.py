@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from shm_engine.core.claims import ClaimsSegment, claims_status, in_flight_by_slot
 from shm_engine.core.errors import (
     EngineNotRunning,
+    EngineStopped,
     LayoutMismatch,
     NothingPublished,
     ReadContention,
@@ -124,20 +125,21 @@ class Watcher:
     Raises EngineNotRunning / LayoutMismatch from the constructor if there is
     no engine to attach to."""
 
-    def __init__(self, name: str, rows: int = 25):
+    def __init__(self, name: str, rows: int = 25, owner: int | str | None = None):
         from clients.reader import ScoreReader  # clients imports shm_engine: keep lazy
 
         self.name = name
         self.rows = rows
-        self._reader = ScoreReader.attach(name)
+        self._reader = ScoreReader.attach(name, owner=owner)
         try:
-            self._seg = Segment.attach(name, readonly=True)
+            self._seg = Segment.attach(name, readonly=True, owner=owner)
         except BaseException:
             self._reader.close()
             raise
         self._hdr = self._seg.views.header
         try:
-            self._claims: ClaimsSegment | None = ClaimsSegment.attach(name, readonly=True)
+            self._claims: ClaimsSegment | None = ClaimsSegment.attach(name, readonly=True,
+                                                                      owner=owner)
         except (EngineNotRunning, LayoutMismatch):
             self._claims = None
         self._history: deque[tuple] = deque()   # counter samples of the rate window
@@ -176,8 +178,8 @@ class Watcher:
         building a view; None before the first tick."""
         try:
             self.snapshot = self._reader.snapshot()
-        except (NothingPublished, ReadContention):
-            pass  # keep the previous one
+        except (NothingPublished, ReadContention, EngineStopped):
+            pass  # keep the previous one (engine_gone tells a stopped engine)
         return self.snapshot
 
     def _counters(self) -> tuple:
@@ -214,6 +216,9 @@ class Watcher:
             return vs
         except ReadContention:
             vs.message = "ticks came faster than this view could copy one; retrying"
+            return vs
+        except EngineStopped as err:
+            vs.message = str(err)
             return vs
         self.snapshot = snap
         vs.epoch = snap.epoch
@@ -402,7 +407,7 @@ def cmd_top(args) -> int:
         print("shm-engine top: --interval must be > 0 and --rows >= 1", file=sys.stderr)
         return 2
     try:
-        watcher = Watcher(args.name, args.rows)
+        watcher = Watcher(args.name, args.rows, args.owner)
     except EngineNotRunning as err:
         print(f"shm-engine top: {err}", file=sys.stderr)
         return 2
@@ -425,7 +430,7 @@ def cmd_top(args) -> int:
                 while watcher is None:
                     time.sleep(max(args.interval, 0.5))
                     try:
-                        candidate = Watcher(args.name, args.rows)
+                        candidate = Watcher(args.name, args.rows, args.owner)
                     except (EngineNotRunning, LayoutMismatch):
                         continue
                     if candidate.engine_gone(stale_after) is None:
