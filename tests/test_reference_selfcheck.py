@@ -1047,10 +1047,11 @@ def test_feedback_registry_trace():
     # wait = (50 - 1) * 0.1, ejected (consec 9, error at t0)
     assert at(recs, 0, "f1")["wait"] == approx(4.9)
     assert zero_raw_ticks(recs, "f1") == list(range(6))
-    assert path(recs, "f1") == "0:O@1"
+    # silent after t1: age 4 s = dead_after_s at t5 (X: DEAD)
+    assert path(recs, "f1") == "0:O@1 5:X@1"
     # t6: f1 and f2 forgotten; g takes slot 1, f2 slot 2, both from zero
     assert path(recs, "g") == "6:H@1"
-    assert path(recs, "f2") == "0:O@2 6:H@2"
+    assert path(recs, "f2") == "0:O@2 5:X@2 6:H@2"
     assert at(recs, 6, "g")["raw"] == approx(at(recs, 6, "keep")["raw"])
     # f2's feedback after its re-registration applies: rif 2 -> load 1
     assert at(recs, 6, "f2")["wait"] == approx(0.1)

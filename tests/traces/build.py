@@ -547,7 +547,7 @@ def feedback_load() -> Trace:
 
 
 def feedback_registry() -> Trace:
-    """Feedback belongs to a registration (fast clock, forget after 5 s,
+    """Feedback belongs to a registration (fast clock, dead after 4 s, forget after 5 s,
     capacity 3).
 
     t0: feedback for "f1" written before its first heartbeat still applies
@@ -582,7 +582,9 @@ def feedback_registry() -> Trace:
         if k == 7:
             lines.append(hb(k, "f1"))
             lines.append(fb(k, "f1", rif=40, err=1, consec=9))
-    params = {"engine": {"capacity": 3, "forget_after_s": 5, **FAST_CLOCK}}
+    # dead before forgotten (the configuration requires forget_after_s > dead_after_s)
+    params = {"engine": {"capacity": 3, "forget_after_s": 5, **FAST_CLOCK},
+              "score": {"dead_after_s": 4.0}}
     return Trace("feedback_registry", lines, params)
 
 
