@@ -64,7 +64,7 @@ BAD_FRAMES = [
     ("bad JSON", b'{"node": "x", ', "malformed_frame"),
     ("bad UTF-8", b'{"node": "\xff\xfe", "cpu": 0.1}', "malformed_frame"),
     ("wrong magic", b"SHMX" + bytes(12), "malformed_frame"),
-    ("wrong version", HEADER.pack(MAGIC, 2, RECORD_SIZE, 1, 0)
+    ("wrong version", HEADER.pack(MAGIC, 3, RECORD_SIZE, 1, 0)
      + bytes(RECORD_SIZE), "unsupported_version"),
     ("truncated binary", encode_batch([hb("t")])[:-10], "malformed_frame"),
     ("oversized frame", b"[" + b" " * MAX_FRAME + b"]", "frame_too_large"),
@@ -162,6 +162,9 @@ STEADY = [
     hb("overloaded-tripped", cpu=0.99),
     hb("failing-fast", ok=5, err=30),
     hb("ejected"),
+    # 4 slots: wait = load 8 * avg_job_s 1 / 4 = 2 s, rate 4 / 1 = 4 (R);
+    # resources are checked, not scored.
+    hb("four-slots", queue=8.0, slots=4, resources={"cpu": 32.0, "gpu": 1.0}),
 ]
 TICKS = 80
 # Scheduler feedback, live through claims and in replay as trace lines:
@@ -226,6 +229,7 @@ def test_live_matches_replay_with_feedback(shm_name, tmp_path, reap, push):
     by_node = {r["node"]: r for r in recs}
     # The feedback counted: the claims are the load, the errors an ejection.
     assert by_node["healthy-plain"]["wait"] == 5.0
+    assert by_node["four-slots"]["wait"] == 2.0
     assert by_node["ejected"]["raw"] == 0.0 and by_node["ejected"]["state"] == "overloaded"
     assert live.ejected == status["ejected"] == 1
     # The fleet covers more than one state, so the comparison means something.

@@ -80,6 +80,15 @@ def assert_one_mirrors_records(d):
     assert all(type(x) is float for x in d.one[23:])      # resource values
 
 
+def summed_rejects(decoded) -> dict:
+    """The reject counts of decoded frames, summed by reason."""
+    expect: dict = {}
+    for d in decoded:
+        for r, c in d.rejects.items():
+            expect[r] = expect.get(r, 0) + c
+    return expect
+
+
 def body_of(bases) -> bytearray:
     return bytearray(encode_batch([dict(b, node=f"{b['node'][:60]}{i}")
                                         for i, b in enumerate(bases)]))
@@ -202,10 +211,7 @@ def test_one_record_frames_decode_as_one_batch_like_one_by_one():
     batch = decode_one_record_frames(frames)
     assert batch.seen == 200
     assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
-    expect: dict = {}
-    for d in one_by_one:
-        for r, c in d.rejects.items():
-            expect[r] = expect.get(r, 0) + c
+    expect = summed_rejects(one_by_one)
     assert batch.rejects == expect and expect
     assert decode_one_record_frames(frames[:3] + [b"{" + b" " * (ONE_FRAME_SIZE - 2) + b"}"]) \
         is None
@@ -246,10 +252,7 @@ def test_version_1_frames_decode_as_their_zero_extended_records():
     batch = decode_one_record_frames(frames)
     assert batch.seen == 60
     assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
-    expect: dict = {}
-    for d in one_by_one:
-        for r, c in d.rejects.items():
-            expect[r] = expect.get(r, 0) + c
+    expect = summed_rejects(one_by_one)
     assert batch.rejects == expect and expect
     # One v1 frame of many records, through both paths: the same again.
     body = b"".join(f[16:] for f in frames)
@@ -282,9 +285,6 @@ def test_json_objects_decode_as_one_batch_like_one_by_one():
     assert batch.seen == len(frames)
     assert batch.records.tobytes() == b"".join(d.records.tobytes() for d in one_by_one)
     assert batch.labels == [lab for d in one_by_one for lab in d.labels or []]
-    expect: dict = {}
-    for d in one_by_one:
-        for r, c in d.rejects.items():
-            expect[r] = expect.get(r, 0) + c
+    expect = summed_rejects(one_by_one)
     assert batch.rejects == expect and sum(expect.values()) == 4
     assert batch.sample == [s for d in one_by_one for s in d.sample][:3]

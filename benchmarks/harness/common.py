@@ -19,7 +19,6 @@ __all__ = ["TICK_S", "HB_FRACTION", "stats", "verdict", "unique_name", "rss_kb",
 
 TICK_S = 0.05               # the default tick interval
 HB_FRACTION = 0.05          # 1 Hz heartbeats / 20 Hz ticks: the rows new at each tick
-FRAME_RECORDS = 4000        # records per binary frame, within the default frame limit
 
 
 def stats(values) -> dict:
@@ -113,8 +112,10 @@ def drift(recs, sel, rng) -> None:
 def send_records(ingest, recs, now: float) -> None:
     """Apply ``recs`` through ``ingest`` (an `Ingest`) as binary frames received at ``now``."""
     from shm_engine.wire import encode_batch
+    from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_SIZE
+    per_frame = (DEFAULT_MAX_FRAME_BYTES - HEADER_SIZE) // RECORD_SIZE   # within the limit
     accepted = 0
-    for start in range(0, len(recs), FRAME_RECORDS):
-        accepted += ingest.handle_frame(encode_batch(recs[start:start + FRAME_RECORDS]), now)
+    for start in range(0, len(recs), per_frame):
+        accepted += ingest.handle_frame(encode_batch(recs[start:start + per_frame]), now)
     if accepted != len(recs):
         raise RuntimeError(f"the ingest accepted {accepted} of {len(recs)} heartbeats")

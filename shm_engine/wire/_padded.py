@@ -19,38 +19,21 @@ from numba import njit
 _ONE = np.uint64(1)
 _BYTE = np.uint64(0xFF)
 # Byte-parallel tests on 8-byte words whose bytes are all < 0x80 (checked
-# first): adding 0x7f sets a byte's top bit iff the byte is non-zero, adding
-# 0x60 iff it is >= 0x20, adding 0x01 iff it is 0x7f; no addition carries
-# into the next byte.
+# first): adding 0x7f sets a byte's top bit iff the byte is non-zero; no
+# addition carries into the next byte.
 _HIGH = np.uint64(0x8080808080808080)
 _ADD_NZ = np.uint64(0x7F7F7F7F7F7F7F7F)
-_ADD_SP = np.uint64(0x6060606060606060)
-_ADD_DEL = np.uint64(0x0101010101010101)
 _ONES = np.uint64(0x0101010101010101)
+# The bytes of an ASCII text: printable (no C0 control, no DEL), or any.
+_PRINTABLE = ((0x20, 0x7E),)
+_ANY_ASCII = ((0x01, 0x7F),)
 
 
 @njit(cache=True, nogil=True)
 def ascii_padded_ok(words, j, first, last, printable):
     """Whether words ``words[j, first:last]`` are a valid field with every
     byte below 0x80 (False for any byte >= 0x80: `utf8_padded_ok` decides)."""
-    ended = False
-    for k in range(first, last):
-        w = words[j, k]
-        if ended:
-            if w:
-                return False
-            continue
-        if w & _HIGH:
-            return False
-        nz = (w + _ADD_NZ) & _HIGH
-        if printable and ((~(w + _ADD_SP) & nz) or ((w + _ADD_DEL) & _HIGH)):
-            return False
-        if nz != _HIGH:
-            z = ~nz & _HIGH
-            if nz >= (z & (~z + _ONE)):   # a non-zero byte after the first NUL
-                return False
-            ended = True
-    return ended
+    return ranges_padded_ok(words, j, first, last, _PRINTABLE if printable else _ANY_ASCII)
 
 
 @njit(cache=True, nogil=True)

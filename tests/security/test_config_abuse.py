@@ -139,6 +139,7 @@ INT_BOUNDS = {
     "ingest.rcvhwm": (0, I32, {}),
     "claims.max_schedulers": (1, 4096, {}),
     "score.min_requests": (1, I32, {}),
+    "score.max_consecutive_errors": (1, I32, {}),
     "score.flap_window": (1, I32, {}),
     "score.quarantine_memory": (1, I32, {}),
     "score.probation_ticks": (1, I32, {}),
