@@ -153,6 +153,7 @@ class ScoreReader:
         self._slots = v.table.slots          # pick reads .item(slot)
         self._counter: ClaimCounter | None = None   # claims counted read-only (pick)
         self._counter_tried = False
+        self._since: tuple = (0, (None, None))      # (context address, SinceTick per buffer)
         self._claims: ClaimTable | None = None   # mapped on first use (read-write)
         self._stopped: str | None = None         # why the engine is gone, once seen
         self._next_dead_check = 0.0
@@ -531,11 +532,15 @@ class ScoreReader:
             self._refresh_index()
             ex = [self._index[n][0] for n in exclude if n in self._index]
         at = self._count_at()
+        if at != self._since[0]:
+            self._since = (at, tuple(SinceTick(at, g, r) if at else None
+                                     for g, r in zip(self._gen_mv, self._rif_mv)))
+        per_buffer = self._since[1]
         slots = self._slots
 
         def choose(b):
             buf = self._bufs[b]
-            since = SinceTick(at, self._gen_mv[b], self._rif_mv[b]) if at else None
+            since = per_buffer[b]
             try:
                 slot = _pick(buf.views["score"], buf.views["ranked"], int(buf.n_ranked[0]),
                              rng, ex, d=d, claims=since, slots=slots)

@@ -19,7 +19,7 @@ __all__ = ["TICK_S", "HB_FRACTION", "stats", "verdict", "unique_name", "rss_kb",
 
 TICK_S = 0.05               # the default tick interval
 HB_FRACTION = 0.05          # 1 Hz heartbeats / 20 Hz ticks: the rows new at each tick
-FRAME_RECORDS = 4000        # records per binary frame, within the default frame limit
+FRAME_RECORDS = 2000        # records per binary frame: 2000 x 384-byte v2 records, within the default 1 MiB frame limit
 
 
 def stats(values) -> dict:
