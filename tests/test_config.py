@@ -397,7 +397,7 @@ RANGE_ERRORS = [
     ("claims.shm_mode", 660, r"claims\.shm_mode = 0o1224 .* did you mean 0o660\?"),
     ("claims.max_schedulers", 0, r"claims\.max_schedulers = 0 must be in 1\.\.4096"),
     ("claims.max_schedulers", 4097, r"claims\.max_schedulers = 4097 must be in 1\.\.4096"),
-    ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be >= 1024"),
+    ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be in 1024\.\.268435456"),
     ("ingest.drain_batch", 0, r"ingest\.drain_batch = 0 must be >= 1"),
     ("ingest.max_queue_bytes", 2097151,
      r"ingest\.max_queue_bytes = 2097151 must be >= 2 x ingest\.max_frame_bytes \(1048576\)"),

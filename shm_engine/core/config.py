@@ -87,6 +87,7 @@ __all__ = [
 
 MAX_CAPACITY = 16_777_216
 MIN_FRAME_BYTES = 1024
+MAX_FRAME_BYTES = 256 << 20   # 2 x this is ZMQ_MAXMSGSIZE, and must fit a receive budget
 #: Longest tick interval: the header keeps it in 32 bits, and a tick rarer
 #: than once a minute could not tell a live node from a dead one.
 MAX_TICK_INTERVAL_MS = 60_000
@@ -466,7 +467,7 @@ class IngestConfig(_Section):
     max_frame_bytes: int = _key(
         _INT, 1048576,
         "Largest heartbeat frame accepted; a larger one is rejected unparsed. "
-        f"Bytes, integer >= {MIN_FRAME_BYTES}.")
+        f"Bytes, integer, {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}.")
     drain_batch: int = _key(
         _INT, 1024,
         "Most frames drained from the socket per loop turn before the loop "
@@ -546,7 +547,7 @@ class IngestConfig(_Section):
             if path > MAX_IPC_PATH_BYTES:
                 self._fail("bind", f"has an ipc path of {path} bytes, more than the "
                                    f"{MAX_IPC_PATH_BYTES} a Unix socket address holds")
-        self._at_least(MIN_FRAME_BYTES, "max_frame_bytes")
+        self._int_range("max_frame_bytes", MIN_FRAME_BYTES, MAX_FRAME_BYTES)
         self._at_least(1, "drain_batch", "max_heartbeats_per_frame")
         if self.max_queue_bytes < self.max_message_bytes:
             self._fail("max_queue_bytes", f"must be >= {HARD_LIMIT_FACTOR} x "
