@@ -358,7 +358,7 @@ class Ingest:
         admitted part, how many were refused, and ``senders`` for the
         admitted part."""
         records = dec.records
-        keys = [dec.one[12]] if dec.one is not None else records["node"].tolist()
+        keys = [dec.one[_NODE]] if dec.one is not None else records["node"].tolist()
         listed = type(senders) is list
         if not listed and (senders is None or senders.may_speak_for_all(keys)) \
                 and self.admission.all_allowed(keys):
