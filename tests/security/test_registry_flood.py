@@ -83,7 +83,9 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
         ctx.term()
 
     fake_nodes = [n for n in nodes if n.startswith("fake-")]
-    by_attacker = st["security"]["refused_by_sender"]["127.0.0.2"]["registration_rate"]
+    by_sender = st["security"]["refused_by_sender"]
+    assert "127.0.0.2" in by_sender, by_sender
+    by_attacker = by_sender["127.0.0.2"]["registration_rate"]
     print(f"\nflood: {RESENDS * FAKES} fake heartbeats in {elapsed:.2f} s, {len(fake_nodes)} "
           f"fakes registered, {st['ingest']['rejected']['registration_rate']} refused "
           f"registration_rate ({by_attacker} under 127.0.0.2)")
