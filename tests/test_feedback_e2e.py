@@ -12,6 +12,10 @@ claims).  Five are normal (100 ms a job), two slow (500 ms), one fails fast
 once by fewest outstanding jobs (no engine input).  A job travels over one
 pipe per worker, so a job sent to the killed worker fails at once on the
 broken connection; a failed job is retried on another node at most twice.
+Each run has its own eight workers (both sets spawned at the start); the
+fewest-outstanding set sends no heartbeats, as that policy reads none.
+The claims entry points are loaded before the clock starts (a cold numba
+cache would otherwise stall the first claim for seconds).
 
 Measured and asserted (printed with ``-s``): end-to-end p99 (retries
 included) of the pick run below the fewest-outstanding run's; the failing
@@ -31,12 +35,11 @@ from collections import deque
 from multiprocessing.connection import wait as conn_wait
 
 import numpy as np
-import pytest
+from support.engine import Engine, free_port, write_config
+from support.wait import wait_until
 
 from clients.reader import ScoreReader
 from shm_engine.core.states import NodeState
-from support.engine import Engine, free_port, write_config
-from support.wait import wait_until
 
 SEED = 20261130
 RATE = 60.0             # jobs per second (Poisson)
@@ -152,8 +155,9 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
     latency = {}                                      # job -> (seconds, ok)
     pending: deque = deque()                          # jobs waiting for a node
     dead: set = set()
-    m = dict(sent_to_dead=0, lost_in_flight=0, first_err_failer=None, zero_tick_failer=None,
-             kill_t=None, attempts=0, no_node=0)
+    m = {"sent_to_dead": 0, "lost_in_flight": 0, "first_err_failer": None,
+         "zero_tick_failer": None, "kill_t": None, "attempts": 0, "no_node": 0}
+    seen_epoch = [-1]
 
     def choose(job):
         excl = tried[job]
@@ -212,13 +216,13 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
             return
         finish(node, (job, attempt), ok)
 
-    def watch_failer(snap_epoch=[-1]):
+    def watch_failer():
         if reader is None or m["first_err_failer"] is None or m["zero_tick_failer"] is not None:
             return
-        if reader.epoch == snap_epoch[0]:
+        if reader.epoch == seen_epoch[0]:
             return
         snap = reader.snapshot()
-        snap_epoch[0] = snap.epoch
+        seen_epoch[0] = snap.epoch
         slot = snap.nodes.index(FAILER)
         state = NodeState(int(snap.state[slot]))
         if (snap.tick_mono >= m["first_err_failer"] and float(snap.score[slot]) == 0.0
@@ -259,13 +263,13 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
 
 
 def _stop_workers(workers: dict) -> None:
-    for node, (p, conn) in workers.items():
+    for p, conn in workers.values():
         if p.is_alive():
             try:
                 conn.send(None)
             except OSError:
                 pass
-    for node, (p, conn) in workers.items():
+    for p, conn in workers.values():
         p.join(timeout=10)
         conn.close()
 
