@@ -5,7 +5,10 @@ The attack (issue 12): 4 binary frames (3.1 MB) took all 16,384 slots in
 re-sent, scored 1.0 and filled ``top()`` and ``pick()``.
 
 Against a real engine with the default capacity, one socket from 127.0.0.2
-sends those 4 frames of 4,096 new ids, again and again.  The registration
+sends those 16,384 new ids, again and again, in the largest frames the
+default ``max_frame_bytes`` takes (with the 384-byte version-2 record the
+issue's 4,096 ids a frame are 1.5 MB, refused whole as ``frame_too_large``
+before any registration: no budget would be tested).  The registration
 budget (`Admission`: per sender, and overall) admits at most its bursts and
 its rates of them; the rest are refused ``registration_rate``, counted
 under the attacker's address.  Meanwhile the honest fleet (127.0.0.1) keeps
@@ -34,7 +37,8 @@ from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, w
 from support.wait import wait_until
 
 CAPACITY = 16384
-FAKES, PER_FRAME = 16384, 4096      # the issue's 4 frames of 3.1 MB
+FAKES = 16384                       # the issue's count: every slot
+PER_FRAME = 2048                    # 768 KiB frames: under the default max_frame_bytes
 RESENDS = 5
 BURST, RATE = 256, 50.0             # per sender
 NEWCOMERS = tuple(f"good-new-{i}" for i in range(4)) + ("failing-new-0",)
@@ -54,6 +58,7 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
     attacker = push(ctx, port, source="127.0.0.2")
     reader = ScoreReader.attach(shm_name)
     fakes = fake_frames("fake", FAKES, PER_FRAME)
+    assert max(map(len, fakes)) <= Config().ingest.max_frame_bytes
     sent = Sent(eng, reader)
     send, problems = sent.send, sent.problems
     try:
@@ -96,6 +101,7 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
     assert BURST <= len(fake_nodes) <= 2 * BURST + RATE * elapsed + 1
     assert by_attacker > RESENDS * FAKES // 2
     assert st["ingest"]["rejected"]["registry_full"] == 0
+    assert st["ingest"]["rejected"]["frame_too_large"] == 0
     assert st["nodes"]["registered"] < CAPACITY
     assert st["children"]["ingest"]["restarts"] == 0
     assert eng.stop() == 0
