@@ -77,7 +77,7 @@ class CurveKeys:
                                  f"{type(value).__name__} of length {size}")
 
     @classmethod
-    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveKeys":
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveKeys:
         """Keys from the engine's ``NAME.key`` and this client's
         ``NAME.key_secret``.  Raises ValueError if the secret file holds no
         secret key, OSError if a file cannot be read."""

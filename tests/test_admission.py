@@ -19,9 +19,17 @@ from shm_engine import wire
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.layout import N_SENDER_SLOTS
 from shm_engine.core.segment import Segment
-from shm_engine.ingest.admission import (Admission, BindingError, NodeSet, RegistrationBudget,
-                                         Sender, SenderCounters, load_keys, load_peer_bindings,
-                                         read_senders)
+from shm_engine.ingest.admission import (
+    Admission,
+    BindingError,
+    NodeSet,
+    RegistrationBudget,
+    Sender,
+    SenderCounters,
+    load_keys,
+    load_peer_bindings,
+    read_senders,
+)
 from shm_engine.ingest.process import Ingest
 from shm_engine.ingest.zap import ZapHandler
 

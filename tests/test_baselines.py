@@ -16,8 +16,7 @@ import pytest
 
 from benchmarks.baselines.numpy_tick import numpy_tick
 from benchmarks.baselines.python_tick import Node, python_tick
-from kernels import (default_params, make_inputs, make_outputs, make_scratch, make_state,
-                     tick)
+from kernels import default_params, make_inputs, make_outputs, make_scratch, make_state, tick
 from kernels.params import MIN_REQUESTS
 
 FEEDBACK = ("rif", "fb_ok", "fb_err", "consec", "err_age")

@@ -19,11 +19,19 @@ import psutil
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.fleet import (SPAWN, check_snapshot, node_name, node_params, pid_gone, reader_main,
-                           sender_main, start_procs)
-from support.wait import wait_until
 from shm_engine.core.segment import Segment
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.fleet import (
+    SPAWN,
+    check_snapshot,
+    node_name,
+    node_params,
+    pid_gone,
+    reader_main,
+    sender_main,
+    start_procs,
+)
+from support.wait import wait_until
 
 NODES = 200
 SEND_PERIOD_S = 0.05     # 20 heartbeats per node per second

@@ -20,15 +20,22 @@ import numpy as np
 import pytest
 import zmq
 
+from shm_engine.core.config import Config
+from shm_engine.core.registry import decode_id
+from shm_engine.core.runtime import EXIT_FATAL
+from shm_engine.core.segment import Segment, process_alive
 from shm_engine.ingest import process as ingest_mod
+from shm_engine.ingest.process import Ingest, ingest_main
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE, REJECT_REASONS
-from shm_engine.core.config import Config
-from shm_engine.core.runtime import EXIT_FATAL
-from shm_engine.ingest.process import Ingest, ingest_main
-from shm_engine.core.registry import decode_id
-from shm_engine.core.segment import Segment, process_alive
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    RECORD_DTYPE,
+    REJECT_REASONS,
+)
 
 FORGET = 300.0   # engine.forget_after_s (the default), seconds
 

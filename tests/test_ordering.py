@@ -20,8 +20,6 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -35,6 +33,8 @@ from shm_engine.core.ordering import (
     store_release_u32,
     store_release_u64,
 )
+from support import shm
+from support.wait import wait_until
 
 # --------------------------------------------------------------------------
 # Values

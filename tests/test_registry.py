@@ -12,16 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm as shm_util
-from support.wait import wait_until
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
-from shm_engine.core.rows import (column_addresses, gather, gather_inputs, make_gather_cache,
-                                  write_rows)
+from shm_engine.core.rows import (
+    column_addresses,
+    gather,
+    gather_inputs,
+    make_gather_cache,
+    write_rows,
+)
 from shm_engine.core.segment import Segment
 from shm_engine.wire.format import RECORD_DTYPE
 from shm_engine.wire.jsondecode import check_heartbeat
+from support.wait import wait_until
 
 
 @pytest.fixture

@@ -24,9 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traces import build  # tests/traces/build.py
-
 from reference import RECORD_KEYS, reference_replay
+from traces import build  # tests/traces/build.py
 
 TESTS_DIR = Path(__file__).resolve().parent
 TRACES_DIR = TESTS_DIR / "traces"

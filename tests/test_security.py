@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import signal
 import stat
@@ -25,11 +24,11 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.wait import wait_until
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_json
 from shm_engine.wire.format import RECORD_DTYPE
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

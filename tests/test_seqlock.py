@@ -27,8 +27,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -49,6 +47,8 @@ from shm_engine.core.seqlock import (
     write_begin,
     write_end,
 )
+from support import shm
+from support.wait import wait_until
 
 SEQ_WORD = 0
 STOP_WORD = 8

@@ -20,8 +20,15 @@ import time
 import pytest
 
 from shm_engine.ops.status import read_status
-from support.engine import (LOG_LINE, START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
-                            write_config)
+from support.engine import (
+    LOG_LINE,
+    START_TIMEOUT_S,
+    Engine,
+    cli,
+    free_port,
+    segment_exists,
+    write_config,
+)
 from support.wait import wait_until
 
 

@@ -17,9 +17,22 @@ from shm_engine.wire import binary, jsondecode, rulecode
 from shm_engine.wire import decode as decode_mod
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json, node_key, record_to_dict
-from shm_engine.wire.format import (FIELD_INDEX, FIELDS, KNOWN_FIELDS, OPTIONAL_FIELDS, RECORD_DTYPE,
-                                    RECORD_RULES, RECORD_SIZE, RECORD_STRUCT, REJECT_REASONS,
-                                    REQUIRED_FIELDS, RESERVED_SPANS, Labels, Resources, names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELDS,
+    KNOWN_FIELDS,
+    OPTIONAL_FIELDS,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    REJECT_REASONS,
+    REQUIRED_FIELDS,
+    RESERVED_SPANS,
+    Labels,
+    Resources,
+    names_of,
+)
 from shm_engine.wire.jsondecode import check_heartbeat
 
 MAX = 1 << 20

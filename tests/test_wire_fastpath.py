@@ -16,8 +16,16 @@ from shm_engine.wire import binary
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames, record_fault
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import (HEADER, MAGIC, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
-                                    RECORD_STRUCT, V1_RECORD_SIZE, V1_VERSION)
+from shm_engine.wire.format import (
+    HEADER,
+    MAGIC,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+)
 from shm_engine.wire.jsondecode import check_mapping, decode_json_objects
 
 MAX = 1 << 20

@@ -721,7 +721,7 @@ class ClaimsSegment:
 
     @classmethod
     def create(cls, name: str, capacity: int, max_schedulers: int, *,
-               mode: int = 0o600) -> "ClaimsSegment":
+               mode: int = 0o600) -> ClaimsSegment:
         """Create engine ``name``'s claims segment (zeroed: no lease, no claim).
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -746,7 +746,7 @@ class ClaimsSegment:
 
     @classmethod
     def attach(cls, name: str, *, readonly: bool = False,
-               owner: int | str | None = None) -> "ClaimsSegment":
+               owner: int | str | None = None) -> ClaimsSegment:
         """Map engine ``name``'s claims segment (read-write by default).
 
         ``owner`` as for `shm_engine.core.segment.Segment.attach`.  Raises

@@ -62,7 +62,6 @@ import numpy as np
 
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
-
 from shm_engine.core.errors import ConfigError
 from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem

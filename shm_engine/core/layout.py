@@ -113,7 +113,6 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from kernels.columns import TickOutputs, TickState
-
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
 LAYOUT_VERSION = 4      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields

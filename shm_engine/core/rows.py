@@ -35,11 +35,23 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.params import UNREGISTERED
-
-from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
-                       store_relaxed_u64, store_release_u64)
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT,
-                                    HAS_TS, REPORTED_BITS)
+from shm_engine.core.ordering import (
+    fence_acquire,
+    fence_release,
+    load_acquire_u64,
+    load_relaxed_u64,
+    store_relaxed_u64,
+    store_release_u64,
+)
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_SLOTS,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HAS_TS,
+    REPORTED_BITS,
+)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)

@@ -188,7 +188,7 @@ class Segment:
     # ------------------------------------------------------------ create --
     @classmethod
     def create(cls, name: str, capacity: int, *, mode: int = 0o600,
-               tick_interval_ms: int = 50, endpoint: str = "") -> "Segment":
+               tick_interval_ms: int = 50, endpoint: str = "") -> Segment:
         """Create the segment of engine ``name``, reclaiming a stale one.
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -222,7 +222,7 @@ class Segment:
     # ------------------------------------------------------------ attach --
     @classmethod
     def attach(cls, name: str, *, readonly: bool = True,
-               owner: int | str | None = None) -> "Segment":
+               owner: int | str | None = None) -> Segment:
         """Map an existing engine segment.  Never resizes it.
 
         ``owner``: the engine's user (uid or name; default: this process's

@@ -97,22 +97,42 @@ import traceback
 import numpy as np
 import zmq
 
-from shm_engine.ingest._checks import AGED, META, STALE, check_slots
-from shm_engine.ingest.admission import (MODE_CURVE, MODE_INSECURE, MODE_LOOPBACK, MODE_NAMES,
-                                         UNIDENTIFIED, Admission, BindingError, Sender,
-                                         SenderCounters, load_keys, load_peer_bindings)
-from shm_engine.ingest.zap import ZapHandler
 from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoint
 from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.ingest._checks import AGED, META, STALE, check_slots
+from shm_engine.ingest.admission import (
+    MODE_CURVE,
+    MODE_INSECURE,
+    MODE_LOOPBACK,
+    MODE_NAMES,
+    UNIDENTIFIED,
+    Admission,
+    BindingError,
+    Sender,
+    SenderCounters,
+    load_keys,
+    load_peer_bindings,
+)
+from shm_engine.ingest.zap import ZapHandler
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.format import (FIELD_INDEX, HEADER, HEADER_SIZE, MAGIC, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS,
-                                    WORDS, ZONE_WORDS)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REJECT_REASONS,
+    WORDS,
+    ZONE_WORDS,
+)
 from shm_engine.wire.jsondecode import decode_json_objects, json_array_items
 from shm_engine.wire.result import DecodedFrame
 

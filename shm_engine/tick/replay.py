@@ -34,13 +34,12 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-
 from shm_engine.core.config import Config
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.states import STATE_NAMES
 from shm_engine.core.rows import column_addresses, gather, write_rows
+from shm_engine.core.states import STATE_NAMES
 from shm_engine.wire.encode import node_key
 from shm_engine.wire.jsondecode import check_heartbeat
 

@@ -60,16 +60,21 @@ import numpy as np
 import kernels
 from kernels.columns import make_inputs
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
-
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
-from shm_engine.core.layout import FEEDBACK_COLUMNS, ClaimsViews, SegmentViews, layout_for, private_claims
-from shm_engine.core.segment import Segment
-from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.core.layout import (
+    FEEDBACK_COLUMNS,
+    ClaimsViews,
+    SegmentViews,
+    layout_for,
+    private_claims,
+)
 from shm_engine.core.rows import gather, make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 
 __all__ = ["Ticker", "TickResult", "TickStats", "Feedback", "ticker_main", "warm_up",
            "STATS_WINDOW"]

@@ -34,15 +34,41 @@ from operator import itemgetter
 
 import numpy as np
 
-from shm_engine.wire.format import (FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
-                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
-                                    RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
-                                    V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
-                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text,
-                                    describe_ranges)
-from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
-                                    tally)
 from shm_engine.wire._scalar import accept, one
+from shm_engine.wire.format import (
+    FLAGS_OFFSET,
+    HEADER,
+    HEADER_ONE,
+    HEADER_SIZE,
+    ITEM,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    V1_HEADER_ONE,
+    V1_ONE_FRAME_SIZE,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+    V2_ONLY_FLAGS,
+    VERSION,
+    FlagsByte,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import (
+    SAMPLE_MAX,
+    DecodedFrame,
+    frame_reject,
+    no_records,
+    node_label,
+    tally,
+)
 from shm_engine.wire.rulecode import text_pattern
 
 SMALL_MAX = 4           # frames of at most this many records take the scalar path

@@ -31,11 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
-                                    PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
-                                    Number, Resources, Text, describe_ranges)
-from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 from shm_engine.wire._scalar import json_fields
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    KNOWN_FIELDS,
+    MAX_JSON_DEPTH,
+    PAIRS,
+    RECORD_DTYPE,
+    RECORD_PACK,
+    REQUIRED_FIELDS,
+    Labels,
+    Number,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)   # bool is excluded apart
 _INT_TYPES = (int, np.integer)

@@ -32,10 +32,26 @@ import sys
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
-                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, RESERVED_SPANS, SHIFT,
-                                    FlagsByte, Labels, Number, ReservedBytes, Resources, Text,
-                                    names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    FLAGS_WORD,
+    ITEM,
+    OFFSET,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    SHIFT,
+    FlagsByte,
+    Labels,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    names_of,
+)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")

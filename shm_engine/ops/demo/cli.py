@@ -166,7 +166,6 @@ def _stop(engine: EngineProcess, code: int) -> int:
 def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess) -> int:
     """Drive the fleet until --duration or Ctrl-C; print the summary."""
     from clients.heartbeat import HeartbeatClient
-
     from shm_engine.ops.topview import Watcher
 
     period = args.duration if args.duration is not None else CYCLE_S
