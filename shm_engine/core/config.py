@@ -55,7 +55,7 @@ import re
 import textwrap
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,6 +122,13 @@ def _param(kind: str, name: str, doc: str) -> Any:
 
 def _section(cls: type, doc: str) -> Any:
     return field(default_factory=cls, metadata={"kind": _SECTION, "doc": doc})
+
+
+def _section_type(f: Field) -> type:
+    """The class of a section field: its default factory."""
+    cls = f.default_factory
+    assert isinstance(cls, type), f"section {f.name} has no class as its default factory"
+    return cls
 
 
 def _join(path: str, name: str) -> str:
@@ -247,9 +254,10 @@ class _Section:
             key = _join(self.PATH, f.name)
             value = getattr(self, f.name)
             if kind == _SECTION:
-                if not isinstance(value, f.default_factory):
+                section = _section_type(f)
+                if not isinstance(value, section):
                     raise ConfigError(
-                        f"{key} must be a {f.default_factory.__name__}, got {_type_name(value)}"
+                        f"{key} must be a {section.__name__}, got {_type_name(value)}"
                     )
                 continue
             object.__setattr__(self, f.name, _CHECK[kind](key, value))
@@ -870,7 +878,7 @@ def _all_keys(cls: type, path: str = "") -> dict[str, str]:
         name = _join(path, f.name)
         out[name] = f.metadata["kind"]
         if f.metadata["kind"] == _SECTION:
-            out.update(_all_keys(f.default_factory, name))
+            out.update(_all_keys(_section_type(f), name))
     return out
 
 
@@ -930,7 +938,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if f is None:
             raise _unknown(cls, path, name, value)
         if f.metadata["kind"] == _SECTION:
-            value = _build(f.default_factory, value, _join(path, name))
+            value = _build(_section_type(f), value, _join(path, name))
         kwargs[name] = value
     return cls(**kwargs)
 

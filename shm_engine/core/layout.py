@@ -384,6 +384,17 @@ class ScoreBuffer:
     """Views of one score buffer.  ``state``/``out`` are the kernel column
     groups over this buffer; ``meta`` holds the per-tick scalars."""
 
+    # The per-tick scalars (BUFFER_SCALARS), 1-element arrays: index with [0].
+    epoch: np.ndarray
+    tick_mono: np.ndarray
+    tick_wall: np.ndarray
+    pressure: np.ndarray
+    n_ranked: np.ndarray
+    live: np.ndarray
+    registered: np.ndarray
+    slot_hwm: np.ndarray
+    ejected: np.ndarray
+
     def __init__(self, buf, fields: dict[str, Field]):
         v = {name: _view(buf, f) for name, f in fields.items()}
         self.views = v

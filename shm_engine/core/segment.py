@@ -182,7 +182,7 @@ class Segment:
         self.layout = layout
         #: The user the segment was checked to belong to.
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.views = SegmentViews(mm, layout)
 
     # ------------------------------------------------------------ create --
@@ -251,7 +251,9 @@ class Segment:
     # ----------------------------------------------------------- release --
     def close(self) -> None:
         """Unmap.  Views handed out earlier must no longer be used."""
-        self.views = None
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None  # type: ignore[assignment]
         if self._mmap is not None:
             try:
                 self._mmap.close()

@@ -169,6 +169,7 @@ class Replay:
         for obj in self._pending:
             rec, labels, reason, _detail = check_heartbeat(obj)
             if rec is None:
+                assert reason is not None   # a rejected heartbeat has its reason
                 self.rejects[reason] += 1
                 continue
             key = node_key(rec)
@@ -214,8 +215,8 @@ class Replay:
         st, out = buf.state, buf.out
         node_id = self.views.registry.node_id
         recs = []
-        for s in np.flatnonzero(self.inputs.active[:hwm]):
-            s = int(s)
+        for active in np.flatnonzero(self.inputs.active[:hwm]):
+            s = int(active)
             recs.append({
                 "tick": k,
                 "node": decode_id(node_id[s]).decode("utf-8"),
