@@ -93,6 +93,7 @@ import os
 import signal
 import time
 import traceback
+from typing import Any
 
 import numpy as np
 import zmq
@@ -170,10 +171,10 @@ _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
 
 
-def _cells(view: np.ndarray) -> memoryview:
+def _cells(view: np.ndarray) -> memoryview[Any]:
     """A header field as a native-format memoryview: ``c[0] += n`` on it is a
     plain Python number update, several times cheaper than on a numpy view."""
-    return memoryview(view).cast("B").cast("Q" if view.dtype.kind == "u" else "d")
+    return view.data.cast("B").cast("Q" if view.dtype.kind == "u" else "d")
 
 
 class RejectLog:
@@ -232,9 +233,9 @@ class Ingest:
         self._recv_time = views.table.recv_time
         # Scalar reads for a batch of one: a memoryview item is a Python
         # float/int, several times cheaper to get than a numpy scalar.
-        self._recv_cells = memoryview(views.table.recv_time)
-        self._zone_first_cells = memoryview(views.registry.zone[:, 0])
-        self._labels_len_cells = memoryview(views.registry.labels_len)
+        self._recv_cells = views.table.recv_time.data
+        self._zone_first_cells = views.registry.zone[:, 0].data
+        self._labels_len_cells = views.registry.labels_len.data
         self._row_columns = column_addresses(views.table)   # self._table keeps them mapped
         self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
@@ -245,7 +246,7 @@ class Ingest:
         self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
         self._one_slot = np.zeros(1, np.int64)   # reused: write_rows does not keep it
-        self._one_slot_cell = memoryview(self._one_slot)
+        self._one_slot_cell = self._one_slot.data
         self._max_frame_bytes = config.ingest.max_frame_bytes
         self._coalesce = _ONE_FRAME <= self._max_frame_bytes
         self._forget_after_s = config.engine.forget_after_s
@@ -535,7 +536,7 @@ class Ingest:
         # A run of coalesced 1-record frames is not a sender's batch: never
         # remembered (the memo would fill with one-off node lists).
         memo_key = (n, bytes(records["node"][0])) if remember else None
-        slots = self._memo.get(memo_key) if remember else None
+        slots = self._memo.get(memo_key) if memo_key is not None else None
         status = STALE if slots is None else self._check(slots, words, now)
         keys = None
         if status == STALE:
@@ -768,7 +769,7 @@ def warm_up() -> None:
     mm = mmap.mmap(-1, layout.size)
     ingest = Ingest(SegmentViews(mm, layout), Config())
     ingest.warm_up()
-    ingest = None   # releases the views: the mapping can close
+    del ingest      # releases the views: the mapping can close
     mm.close()
 
 
@@ -881,6 +882,7 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         return EXIT_FAILED
     ctx = zmq.Context()
     sock = zap = None
+    ingest: Ingest | None = None
     try:
         try:
             admission = _admission(config)

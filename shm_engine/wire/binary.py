@@ -365,7 +365,7 @@ def _decode_v1(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
     raw, rejects, sample = _from_v1(raw1)
     if count > SMALL_MAX and compiled:
         return _decode_rows(raw, count, rejects, sample)
-    dec = _scan(memoryview(raw.reshape(-1)), 0, len(raw))
+    dec = _scan(raw.reshape(-1).data, 0, len(raw))
     for reason, n in dec.rejects.items():
         rejects[reason] = rejects.get(reason, 0) + n
     sample = (sample + dec.sample)[:SAMPLE_MAX]

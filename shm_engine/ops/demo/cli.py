@@ -51,7 +51,7 @@ def _write_config(args, directory: str, n: int):
     if cfg.ingest.curve.enabled:
         raise ConfigError("ingest.curve: the demo's simulated fleet cannot use CURVE; "
                           "give a config without [ingest.curve]")
-    over = {"ingest.bind": BIND}
+    over: dict[str, str | int] = {"ingest.bind": BIND}
     if args.config is None:
         over["engine.tick_interval_ms"] = DEMO_TICK_MS
         over["engine.capacity"] = max(1024, 2 * n)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shm_engine import wire
+from shm_engine.wire.format import NODE_SIZE
 
 __all__ = ["Kind", "KINDS", "Fleet", "kind_counts", "HEARTBEAT_INTERVAL_S"]
 
@@ -81,7 +82,7 @@ class Fleet:
         self.n = n
         self.kind = np.array(kinds, np.int64)
         self.names = names
-        self.node_bytes = np.array([s.encode() for s in names], f"S{wire.NODE_SIZE}")
+        self.node_bytes = np.array([s.encode() for s in names], f"S{NODE_SIZE}")
         u = lambda lo, hi: rng.uniform(lo, hi, n)   # noqa: E731
         is_ = self.of_kind
         # Baselines; the kinds override their own columns below.
