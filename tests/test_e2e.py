@@ -106,7 +106,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
             want = eng.status()["ingest"]["rejected"][reason] + 1
             sock.send(frame)
 
-            def counted():
+            def counted(reason=reason, want=want):
                 send_good()  # keep the good nodes live meanwhile
                 return eng.status()["ingest"]["rejected"][reason] >= want
             wait_until(counted, 10, f"{what} counted as {reason}", period=0.02)

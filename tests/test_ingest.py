@@ -766,8 +766,9 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
     frames = build()
     runs = []
     for name in ("decode_one_record_frames", "decode_json_objects"):
+        real = getattr(ingest_mod, name)
         monkeypatch.setattr(ingest_mod, name,
-                            lambda fs, real=getattr(ingest_mod, name): runs.append(real(fs)) or runs[-1])
+                            lambda fs, real=real: runs.append(real(fs)) or runs[-1])
     results = []
     for coalesce in (False, True):
         seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)
@@ -850,7 +851,7 @@ def test_drain_as_bytes_ends_a_chunk_after_a_large_frame(pull):
 def test_frames_decoded_one_at_a_time_are_stamped_when_their_turn_comes(ing, seg):
     """With a clock (the loop's), each frame a chunk decodes alone is
     received at the clock's time when its turn comes; without, at ``now``."""
-    frames = [wire.encode_batch([hb(f"n{i}")]) for i in range(3)]
+    frames = [encode_batch([hb(f"n{i}")]) for i in range(3)]
     ticks = iter([11.0, 12.0, 13.0, 14.0])
     ing.handle_frames(frames, 10.0, clock=lambda: next(ticks))
     v = seg.views

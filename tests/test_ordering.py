@@ -298,7 +298,7 @@ def test_jitted_spin_loop_sees_every_step_of_another_process(shm_name, reap):
         child.start()
         for k in range(1, ROUND_TRIPS + 1):
             words[PING_WORD] = k  # x86-64: a plain store, seen in order by the child
-            wait_until(lambda: words.item(ECHO_WORD) >= k, timeout=30, what=f"echo of step {k}",
+            wait_until(lambda w=words, k=k: w.item(ECHO_WORD) >= k, timeout=30, what=f"echo of step {k}",
                        period=0)
             assert words.item(ECHO_WORD) == k, f"child failed at step {k}"
         echoed, status, most_spins = results.get(timeout=30)

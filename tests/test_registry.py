@@ -359,7 +359,7 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         reap(child)
         child.start()
         version = views.table.row_version
-        wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
+        wait_until(lambda v=version: v[ROWS - 1] > 2, timeout=120, what="the child's rows")
         gathers = torn = gave_up = changed = unprotected = 0
         deadline = time.monotonic() + 60
         while gathers < 50_000 or changed < 5_000 or unprotected < 100:

@@ -521,7 +521,8 @@ def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap)
         writer = ctx.Process(target=writer_child, args=(shm_name, 64, 120.0, results))
         reap(writer)
         writer.start()
-        wait_until(lambda: words.item(SEQ_WORD) >= 2, timeout=60, what="first epoch", period=0)
+        wait_until(lambda w=words: w.item(SEQ_WORD) >= 2, timeout=60, what="first epoch",
+                   period=0)
         readers_start = time.monotonic()
         readers = [ctx.Process(target=reader_child, args=(shm_name, kind, n, results))
                    for kind, n in STRESS_READERS]
@@ -591,7 +592,8 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         child = ctx.Process(target=crashing_writer_child, args=(shm_name,))
         reap(child)
         child.start()
-        wait_until(lambda: words.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write", period=0)
+        wait_until(lambda w=words: w.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write",
+                   period=0)
         child.kill()
         child.join(timeout=30)
         assert words.item(SEQ_WORD) == 7  # odd: died writing epoch 4 into buffer 0
@@ -600,7 +602,8 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         for _ in range(1000):  # readers go on, with no retries, at epoch 3
             assert jit_read_consistent(seq, buffers, out, 0, SEQ_WORD) == (READ_OK, 3, 1)
             assert record_errors(out, 3) == 0
-            status, epoch, snap = read_consistent(memoryview(seq), lambda b: buffers[b].copy(),
+            status, epoch, snap = read_consistent(memoryview(seq),
+                                                  lambda b, bufs=buffers: bufs[b].copy(),
                                                   0, SEQ_WORD)
             assert (status, epoch, record_errors(snap, 3)) == (READ_OK, 3, 0)
 
@@ -648,7 +651,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue = ctx.Process(target=rogue_writer_child, args=(shm_name, 60.0))
         reap(rogue)
         rogue.start()
-        wait_until(lambda: buffers[0, 0] != 2, timeout=60, what="rogue writer", period=0)
+        wait_until(lambda bufs=buffers: bufs[0, 0] != 2, timeout=60, what="rogue writer", period=0)
         stats = np.zeros(len(STAT_NAMES), np.int64)
         deadline = time.monotonic() + 30
         while stats[TORN] == 0 and time.monotonic() < deadline:

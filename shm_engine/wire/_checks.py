@@ -8,12 +8,8 @@ after changing the table."""
 import numpy as np
 from numba import njit
 
-from shm_engine.wire._padded import (
-    ascii_padded_ok,
-    ranges_padded_ok,
-    resource_names_ok,
-    utf8_padded_ok,
-)
+from shm_engine.wire._padded import (ascii_padded_ok, ranges_padded_ok, resource_names_ok,
+                                     utf8_padded_ok)
 
 NO_FAULT = 15
 _INF = np.inf
