@@ -266,7 +266,7 @@ def test_runs_with_senders_equal_frame_by_frame(shm_name, monkeypatch, invalid, 
                 # several senders, sends the run frame by frame.
                 assert bool(one_by_one) == ("R" in who)
             else:
-                for f, s in zip(frames, sent_by):
+                for f, s in zip(frames, sent_by, strict=True):
                     ing.handle_frame(f, 5.0, s)
             h = seg.views.header
             assert int(h.ingest_accepted[0]) + int(h.rejects.sum()) == int(h.ingest_heartbeats[0])

@@ -725,7 +725,7 @@ finite_weight = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_i
 )
 def test_render_round_trip_property(weights, beta, max_queue, frac):
     cfg = with_overrides(Config(), {
-        **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights)},
+        **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights, strict=True)},
         "score.beta": beta,
         "score.max_queue": max_queue,
         "score.limit_critical": max_queue / 2,

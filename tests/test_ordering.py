@@ -162,7 +162,7 @@ def _function_asm(fn) -> list[str]:
 
 def _ir_blocks(ir_text: str) -> dict[str, str]:
     parts = re.split(r"^([\w.]+):.*$", ir_text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def _ir_blocks_on_cycles(blocks: dict[str, str]) -> set[str]:

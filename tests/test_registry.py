@@ -224,7 +224,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     recs = np.zeros(len(writes), RECORD_DTYPE)
     for j, (_, flags, floats, ok, err, n_slots) in enumerate(writes):
         for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
-                                "p50_ms", "p95_ms", "ts"), floats):
+                                "p50_ms", "p95_ms", "ts"), floats, strict=True):
             recs[j][name] = value
         recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
         recs[j]["slots"] = n_slots
@@ -233,7 +233,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
     expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
                   row_version=np.zeros(8, np.uint64), slots=np.zeros(8))
-    for s, rec in zip(slots.tolist(), recs):
+    for s, rec in zip(slots.tolist(), recs, strict=True):
         if 0 <= s < 8:
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
@@ -367,7 +367,7 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
             got = _race(*args, GATHERS_PER_CALL)
             gathers += GATHERS_PER_CALL
             torn, gave_up, changed, unprotected = (a + b for a, b in zip(
-                (torn, gave_up, changed, unprotected), got))
+                (torn, gave_up, changed, unprotected), got, strict=True))
             assert torn == 0, (gathers, torn)
         stop.set()
         child.join(timeout=30)

@@ -58,7 +58,7 @@ def _describe(rec: dict) -> str:
 
 def assert_same_records(got: list[dict], want: list[dict]) -> None:
     """Engine records ``got`` equal reference records ``want``."""
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
         where = f"record {i} (reference: {_describe(w)}; engine: {_describe(g)})"
         assert set(g) == set(w) == set(RECORD_KEYS), \
             f"{where}: keys {sorted(g)} != {sorted(w)}"

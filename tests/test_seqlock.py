@@ -497,7 +497,7 @@ def reader_child(name: str, kind: str, n_reads: int, results) -> None:
     stats = np.zeros(len(STAT_NAMES), np.int64)
     reader = jit_reader if kind == "jit" else python_reader
     reader(seq, buffers, stats, n_reads, 4 * n_reads)
-    results.put((kind, dict(zip(STAT_NAMES, stats.tolist()))))
+    results.put((kind, dict(zip(STAT_NAMES, stats.tolist(), strict=True))))
 
 
 def _collect(results, count, timeout):
@@ -660,7 +660,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue.join(timeout=30)
         del words, seq, buffers
         assert stats[RETRIES] == 0  # seq never moved, so the latch saw nothing
-        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist()))
+        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist(), strict=True))
         assert stats[INCONSISTENT] > 0
     finally:
         shm.close_quietly(mm)

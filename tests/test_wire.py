@@ -605,7 +605,7 @@ def assert_checks_agree(raw: np.ndarray) -> None:
     expect = finder_faults(raw)
     assert faults.tolist() == expect
     assert bad == sum(1 for f in expect if f)
-    for row, fault in zip(raw, expect):
+    for row, fault in zip(raw, expect, strict=True):
         assert binary._accept(RECORD_STRUCT.unpack(row.tobytes())) == (not fault)
 
 

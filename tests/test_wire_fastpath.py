@@ -244,7 +244,7 @@ def test_version_1_frames_decode_as_their_zero_extended_records():
             f[16 + 80] |= 0x40                            # HAS_SLOTS: unknown in v1
         frames.append(bytes(f))
     one_by_one = [decode_frame(f, MAX) for f in frames]
-    for f, d in zip(frames, one_by_one):
+    for f, d in zip(frames, one_by_one, strict=True):
         assert d.seen == 1
         if len(d.records):
             assert d.records.tobytes() == f[16:] + bytes(R - V1_RECORD_SIZE)

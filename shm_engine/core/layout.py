@@ -106,6 +106,7 @@ keeps these words exact without locks is in `shm_engine.core.claims`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -314,7 +315,7 @@ def layout_for(capacity: int) -> Layout:
 def _check_header() -> None:
     spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
                    for n, dt, count, off in _HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"header fields {an} and {bn} overlap"
     assert spans[-1][1] <= HEADER_BYTES
     for n, dt, _count, off in _HEADER_FIELDS:
@@ -522,7 +523,7 @@ def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
 def _check_claims_header() -> None:
     spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
                    for n, dt, count, off in _CLAIMS_HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"claims header fields {an} and {bn} overlap"
     assert spans[-1][1] <= CLAIMS_HEADER_BYTES
     scores = {n: off for n, _dt, _c, off in _HEADER_FIELDS}

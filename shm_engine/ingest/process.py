@@ -444,7 +444,7 @@ class Ingest:
         most = self._max_frame_bytes
         kinds = [_BINARY1 if size == _ONE_FRAME else
                  _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
-                 for f, size in zip(frames, sizes)]
+                 for f, size in zip(frames, sizes, strict=True)]
         accepted, i = 0, 0
         while i < n:
             kind, j = kinds[i], i + 1
