@@ -6,8 +6,8 @@ all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
-    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`, the one table of score
-    defaults (the kernels, tests and benchmarks read it too), and
+    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`,
+    the one table of score defaults (the kernels, tests and benchmarks read it too), and
     ``tests/test_config.py`` checks each against the definition by hand.
     ``[engine] tick_interval_ms`` takes its default from there as well (the
     error window decays per tick).  ``[engine]``, ``[ingest]`` and
@@ -921,14 +921,16 @@ def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
     if guess:
         hint = f" (did you mean {_display(guess, _ALL_KEYS[guess] == _SECTION)}?)"
     else:
-        hint = f"; valid names in {_display(path, True) if path else 'the file'}: " + ", ".join(local)
+        where = _display(path, True) if path else "the file"
+        hint = f"; valid names in {where}: " + ", ".join(local)
     return ConfigError(f"unknown {what} {bad}{hint}")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{path} = {_show(data)} has type {_type_name(data)}, expected a table (section [{path}])"
+            f"{path} = {_show(data)} has type {_type_name(data)}, "
+            f"expected a table (section [{path}])"
             if path else f"configuration must be a table, got {_type_name(data)}"
         )
     by_name = {f.name: f for f in fields(cls)}

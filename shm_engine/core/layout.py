@@ -116,7 +116,8 @@ import numpy as np
 from kernels.columns import TickOutputs, TickState
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-LAYOUT_VERSION = 4      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+LAYOUT_VERSION = 4
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")

@@ -235,7 +235,8 @@ class Segment:
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != MAGIC:
-                raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not initialised)")
+                raise EngineNotRunning(
+                    f"engine {name!r} is starting (segment {pname} not initialised)")
             if version != LAYOUT_VERSION:
                 raise LayoutMismatch(f"engine {name!r}: segment layout version {version}, "
                                      f"this client reads version {LAYOUT_VERSION}")

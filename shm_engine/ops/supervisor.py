@@ -34,8 +34,9 @@ restart delay plus about one tick) and starts a new spare in the background.
 
 SIGHUP reloads the ingest's key and peer bindings: the supervisor forwards it
 to the running ingest once that ingest has beaten (a starting one reads the
-files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).  A spare exits when its parent dies or its pipe closes; a dead
-spare just means a cold start.  The single-writer invariant is unchanged: the
+files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).
+A spare exits when its parent dies or its pipe closes; a dead spare just
+means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
 Output: one line per event on stderr (`shm_engine.core.runtime.log_event`); on

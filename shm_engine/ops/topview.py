@@ -6,9 +6,9 @@ Three parts, so the view can be tested without a terminal and reused by
 - `Watcher` reads the engine: scores through `clients.reader.ScoreReader`
   (the latch), counters from the segment header (mapped read-only, each word
   read once), jobs in flight and outcomes from the claims segment (mapped
-  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`: plain data, rates computed
-  from the counter deltas between two polls, and the nodes whose state changed
-  since the previous poll.
+  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`:
+  plain data, rates computed from the counter deltas between two polls, and the
+  nodes whose state changed since the previous poll.
 - `render(view_state)` is a pure function from that data to a rich renderable.
 - `cmd_top` drives both under ``rich.live.Live``.
 

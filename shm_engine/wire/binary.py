@@ -15,8 +15,9 @@ The rules exist once, as that table; three checks apply them:
 - `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
   one boolean expression rendered from the table (`_scalar.accept`), True
   exactly when `record_fault` finds nothing (present resources and text
-  that is not plain ASCII are left to the reference walk).  A loop of Python calls, or a numpy reduction, costs more than a
-  whole record's comparisons at that size.
+  that is not plain ASCII are left to the reference walk).  A loop of Python
+  calls, or a numpy reduction, costs more than a whole record's comparisons at
+  that size.
 - `_checks.check_records`, the compiled whole-batch check (larger frames and
   runs of 1-record frames), generated from the table (`rulecode`): each
   record's first broken rule in one pass, so a batch costs no per-record

@@ -247,7 +247,8 @@ def check_heartbeat(obj: dict) -> tuple[np.void | None, bytes | None, str | None
     ``(None, None, reason, detail)`` otherwise.  Never raises on bad input.
     """
     if not isinstance(obj, dict):
-        return None, None, "malformed_heartbeat", f"heartbeat is {type(obj).__name__}, not an object"
+        return (None, None, "malformed_heartbeat",
+                f"heartbeat is {type(obj).__name__}, not an object")
     try:
         values, labels = check_mapping(obj)
     except Reject as rej:
