@@ -251,7 +251,8 @@ def test_runs_with_senders_equal_frame_by_frame(shm_name, monkeypatch, invalid, 
     one_by_one = []
     real = Ingest._one_by_one
     monkeypatch.setattr(Ingest, "_one_by_one",
-                        lambda self, fs, now, ss: one_by_one.append(len(fs)) or real(self, fs, now, ss))
+                        lambda self, fs, now, ss:
+                        one_by_one.append(len(fs)) or real(self, fs, now, ss))
     results = []
     for together in (False, True):
         seg = Segment.create(f"{shm_name}{int(together)}", capacity=8)

@@ -135,8 +135,8 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
             wait_until(lambda pid=pid: pid_gone(pid), 10, f"{role} {pid} dead", period=0.001)
             if role == "ticker":
                 e0 = reader.epoch               # nothing publishes until the restart
-                wait_until(lambda e0=e0: reader.epoch > e0, START_TIMEOUT_S, "an epoch after the kill",
-                           period=0.001)
+                wait_until(lambda e0=e0: reader.epoch > e0, START_TIMEOUT_S,
+                           "an epoch after the kill", period=0.001)
             else:
                 # The tick worker scores on from the table meanwhile; the new
                 # ingest must take the next frame.

@@ -372,8 +372,9 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         stop.set()
         child.join(timeout=30)
         assert child.exitcode == 0
-        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over {rounds_done.value} rounds of {ROWS} rows: {changed} "
-              f"saw a new row, {gave_up} rows kept (writer preempted mid-row); the "
+        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over "
+              f"{rounds_done.value} rounds of {ROWS} rows: {changed} saw a new row, "
+              f"{gave_up} rows kept (writer preempted mid-row); the "
               f"unprotected copies tore {unprotected} rows")
         del views, version, args
     finally:

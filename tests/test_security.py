@@ -161,13 +161,15 @@ def _findings(path: Path) -> list[tuple[str, str, int]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""])
             for n in names:
                 if n.split(".")[0] in _DANGEROUS_MODULES:
                     out.append((path.name, f"import {n}", node.lineno))
         elif isinstance(node, ast.Call):
             f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            name = (f.id if isinstance(f, ast.Name)
+                    else f.attr if isinstance(f, ast.Attribute) else "")
             if isinstance(f, ast.Name) and name in _DANGEROUS_CALLS:
                 out.append((path.name, f"{name}(", node.lineno))
             if name in ("loads", "load") and isinstance(f, ast.Attribute) and \

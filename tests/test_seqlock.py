@@ -474,7 +474,8 @@ def python_reader(seq, buffers, stats, n_reads, max_calls):
             break
         copies.clear()
         status, epoch, snap = read_consistent(seq_mv, copy, MAX_RETRIES, SEQ_WORD)
-        _account(stats, status, epoch, max(len(copies), 1), snap if snap is not None else buffers[0])
+        _account(stats, status, epoch, max(len(copies), 1),
+                 snap if snap is not None else buffers[0])
         rejected = copies[:-1] if status == READ_OK else copies
         stats[TORN_REJECTED] += sum(record_errors(c, c[0]) != 0 for c in rejected)
 
@@ -607,7 +608,8 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
                                                   0, SEQ_WORD)
             assert (status, epoch, record_errors(snap, 3)) == (READ_OK, 3, 0)
 
-        begin, end = (write_begin, write_end) if impl == "python" else (jit_write_begin, jit_write_end)
+        begin, end = ((write_begin, write_end) if impl == "python"
+                      else (jit_write_begin, jit_write_end))
         assert begin(seq, SEQ_WORD) == 4  # the new writer redoes epoch 4 ...
         assert words.item(SEQ_WORD) == 7  # ... without moving seq
         fill_record(buffers[0], 4)

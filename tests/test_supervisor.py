@@ -247,8 +247,9 @@ def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_
     eng = engine_at(shm_name, write_config(tmp_path / "e.toml", free_port()))
     eng.wait_ready()
     for role in ("ingest", "ticker"):
-        wait_until(lambda role=role: re.search(rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$",
-                                               eng.stderr, re.M), START_TIMEOUT_S, f"{role} spare warm")
+        wait_until(lambda role=role: re.search(
+                       rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$", eng.stderr, re.M),
+                   START_TIMEOUT_S, f"{role} spare warm")
     spare = int(re.search(r"spare_started role=ticker pid=(\d+)", eng.stderr).group(1))
     os.kill(spare, signal.SIGKILL)
     wait_until(lambda: f"spare_lost role=ticker pid={spare}" in eng.stderr, 30, "spare lost")

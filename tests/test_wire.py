@@ -121,7 +121,8 @@ ACCEPT = [
     ("resources", hb(resources={"cpu": 64.0, "gpu": 0.0, "mem_gib": 251.5})),
     ("8 resources", hb(resources={f"r{i}": float(i) for i in range(8)})),
     ("15-byte resource name", hb(resources={"r" * 15: 1.0})),
-    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),  # 14 bytes; a control is allowed
+    # 14 bytes; a control is allowed
+    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),
     ("empty resources", hb(resources={})),
     ("everything", dict(FULL, slots=8, resources={"gpu": 2.0}, labels={"a": "b"})),
 ]
@@ -181,7 +182,8 @@ REJECT = [
     ("slots float", hb(slots=2.0), "bad_field", r"slots=2\.0 is not an integer"),
     ("slots bool", hb(slots=True), "bad_field", r"slots=True is not an integer"),
     ("slots null", hb(slots=None), "bad_field", r"slots=None is not an integer"),
-    ("resources not an object", hb(resources=[1]), "bad_field", r"resources=\[1\] is not an object"),
+    ("resources not an object", hb(resources=[1]), "bad_field",
+     r"resources=\[1\] is not an object"),
     ("9 resources", hb(resources={f"r{i}": 1.0 for i in range(9)}), "bad_field",
      r"resources has 9 names > 8"),
     ("resource name empty", hb(resources={"": 1.0}), "bad_field", r"resource name is empty"),
@@ -395,7 +397,8 @@ def binframe(a, *, version=2, record_size=RECORD_SIZE, count=None, reserved=0, p
 R = RECORD_SIZE
 NAME1 = R + 192 + 16     # record 1's second resource name
 BIN_REJECT = [
-    ("slots without bit", dict(slots=3), (), "bad_field", r"slots=3 set without its presence bit 0x40"),
+    ("slots without bit", dict(slots=3), (), "bad_field",
+     r"slots=3 set without its presence bit 0x40"),
     ("slots 0 with bit", dict(flags=64), (), "bad_field", r"slots=0 out of \[1, 65535\]"),
     ("resources without bit", dict(res_value3=1.0), (), "bad_field",
      r"resources set without its presence bit 0x80"),
@@ -413,8 +416,9 @@ BIN_REJECT = [
      r"resources name b'gpu' given twice"),
     ("resource name 16 bytes", dict(flags=128, res_name0=b"a", res_name1=b"r" * 16), (),
      "bad_field", r"resources entry 1: resource name has no trailing NUL"),
-    ("resource name NUL inside", dict(flags=128, res_name0=b"a"), ((NAME1, 0x41), (NAME1 + 2, 0x42)),
-     "bad_field", r"resources entry 1: resource name contains NUL"),
+    ("resource name NUL inside", dict(flags=128, res_name0=b"a"),
+     ((NAME1, 0x41), (NAME1 + 2, 0x42)), "bad_field",
+     r"resources entry 1: resource name contains NUL"),
     ("resource name bad UTF-8", dict(flags=128, res_name0=b"\xff"), (), "bad_field",
      r"resources entry 0: resource name is not valid UTF-8"),
     ("cpu > 1", dict(cpu=1.5), (), "bad_field", r"node 'n1': cpu=1\.5 out of \[0, 1\]"),
