@@ -38,7 +38,8 @@ from shm_engine.core.states import NodeState
 
 __all__ = ["ScoreReader", "Snapshot", "Claim", "NodeFeedback", "HeartbeatClient",
            "InvalidHeartbeat", "CurveKeys", "NodeState", "ShmEngineError", "EngineNotRunning",
-           "EngineStopped", "UntrustedSegment", "LayoutMismatch", "NothingPublished", "UnknownNode", "ReadContention",
+           "EngineStopped", "UntrustedSegment", "LayoutMismatch", "NothingPublished", "UnknownNode",
+           "ReadContention",
            "SchedulerLimitReached", "LeaseRevoked", "ClaimAlreadyReleased"]
 
 _LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",

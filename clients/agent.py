@@ -178,7 +178,7 @@ class Reporter:
         self.endpoint = endpoint
         self._pid = os.getpid()
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock: zmq.Socket | None = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, 100)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.connect(endpoint)
@@ -187,6 +187,7 @@ class Reporter:
         good, problems = check_report(stats)
         if problems:
             raise ValueError(f"report to {self.endpoint}: " + "; ".join(problems))
+        assert self._sock is not None, "report() after close()"
         try:
             self._sock.send(json.dumps(good).encode(), zmq.NOBLOCK)
         except zmq.Again:
@@ -314,7 +315,8 @@ class Agent:
         self.log = log
         self._throttle = _Throttle(LOG_EVERY_S)
         self.sampler = sampler if sampler is not None else MachineSampler()
-        self.client = client if client is not None else HeartbeatClient(endpoint, curve=curve)
+        self.client: HeartbeatClient | None = (
+            client if client is not None else HeartbeatClient(endpoint, curve=curve))
         self._own_client = client is None
         # Service stats: latest values, and ok/err accumulated since the last
         # heartbeat that was queued.
@@ -349,6 +351,7 @@ class Agent:
 
     def handle_report(self, data: bytes) -> None:
         """Merge one raw service message (bad fields logged and ignored)."""
+        good: dict
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError):
@@ -394,7 +397,7 @@ class Agent:
     # -------------------------------------------------------- heartbeat --
     def build(self) -> dict:
         """The next heartbeat's fields (``node`` included)."""
-        hb = {"node": self.node_id}
+        hb: dict[str, Any] = {"node": self.node_id}
         hb.update(self.sampler.sample())
         s = self.service
         hb["queue"] = s.get("queue", 0.0)
@@ -416,8 +419,10 @@ class Agent:
         hb = self.build()
         node = hb.pop("node")
         self.heartbeats += 1
+        client = self.client
+        assert client is not None, "send_once() after close()"
         try:
-            queued = self.client.send(node, **hb)
+            queued = client.send(node, **hb)
         except InvalidHeartbeat as err:
             # Only a sampler bug can get here (service input is checked).
             self._problem("invalid", f"heartbeat_invalid {err}")
@@ -425,7 +430,7 @@ class Agent:
         if queued:
             self.ok = self.err = 0
         else:
-            self._problem("drop", f"heartbeats_dropped total={self.client.dropped} "
+            self._problem("drop", f"heartbeats_dropped total={client.dropped} "
                                   "(the engine is unreachable or slow)")
         return queued
 
@@ -526,8 +531,10 @@ def cmd_agent(args) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, old)
-        agent.log(f"INFO agent_stopped heartbeats={agent.heartbeats} sent={agent.client.sent} "
-                  f"dropped={agent.client.dropped} reports={agent.reports} "
+        client = agent.client
+        assert client is not None       # the agent is closed only below
+        agent.log(f"INFO agent_stopped heartbeats={agent.heartbeats} sent={client.sent} "
+                  f"dropped={client.dropped} reports={agent.reports} "
                   f"bad_reports={agent.bad_reports}")
         agent.close()
     return 0

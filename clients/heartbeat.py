@@ -77,7 +77,7 @@ class CurveKeys:
                                  f"{type(value).__name__} of length {size}")
 
     @classmethod
-    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveKeys":
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveKeys:
         """Keys from the engine's ``NAME.key`` and this client's
         ``NAME.key_secret``.  Raises ValueError if the secret file holds no
         secret key, OSError if a file cannot be read."""
@@ -146,7 +146,9 @@ class HeartbeatClient:
         self._check_usable()
         record, labels, reason, detail = check_heartbeat({"node": node, **fields})
         if reason is not None:
+            assert detail is not None   # a reject reason comes with its detail
             raise InvalidHeartbeat(reason, detail)
+        assert record is not None       # no reject reason: the record is valid
         if labels is None:
             frame = encode_record(record)
         else:
@@ -184,6 +186,7 @@ class HeartbeatClient:
         for mapping in records:
             record, labels, reason, detail = check_heartbeat(dict(mapping))
             if reason is not None:
+                assert detail is not None   # a reject reason comes with its detail
                 raise InvalidHeartbeat(reason, detail)
             if labels is not None:
                 raise InvalidHeartbeat(

@@ -12,8 +12,14 @@ Schedulers read scores with `clients.ScoreReader`; nodes send heartbeats with
 `clients.HeartbeatClient` or the ``shm-engine agent`` command.
 """
 
-from shm_engine.core.errors import (ConfigError, EngineAlreadyRunning, EngineNotRunning, LayoutMismatch,
-                     ShmEngineError, UntrustedSegment)
+from shm_engine.core.errors import (
+    ConfigError,
+    EngineAlreadyRunning,
+    EngineNotRunning,
+    LayoutMismatch,
+    ShmEngineError,
+    UntrustedSegment,
+)
 from shm_engine.core.states import NodeState
 
 __version__ = "0.1.0"

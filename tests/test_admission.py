@@ -19,9 +19,17 @@ from shm_engine import wire
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.layout import N_SENDER_SLOTS
 from shm_engine.core.segment import Segment
-from shm_engine.ingest.admission import (Admission, BindingError, NodeSet, RegistrationBudget,
-                                         Sender, SenderCounters, load_keys, load_peer_bindings,
-                                         read_senders)
+from shm_engine.ingest.admission import (
+    Admission,
+    BindingError,
+    NodeSet,
+    RegistrationBudget,
+    Sender,
+    SenderCounters,
+    load_keys,
+    load_peer_bindings,
+    read_senders,
+)
 from shm_engine.ingest.process import Ingest
 from shm_engine.ingest.zap import ZapHandler
 
@@ -243,7 +251,8 @@ def test_runs_with_senders_equal_frame_by_frame(shm_name, monkeypatch, invalid, 
     one_by_one = []
     real = Ingest._one_by_one
     monkeypatch.setattr(Ingest, "_one_by_one",
-                        lambda self, fs, now, ss: one_by_one.append(len(fs)) or real(self, fs, now, ss))
+                        lambda self, fs, now, ss:
+                        one_by_one.append(len(fs)) or real(self, fs, now, ss))
     results = []
     for together in (False, True):
         seg = Segment.create(f"{shm_name}{int(together)}", capacity=8)
@@ -258,7 +267,7 @@ def test_runs_with_senders_equal_frame_by_frame(shm_name, monkeypatch, invalid, 
                 # several senders, sends the run frame by frame.
                 assert bool(one_by_one) == ("R" in who)
             else:
-                for f, s in zip(frames, sent_by):
+                for f, s in zip(frames, sent_by, strict=True):
                     ing.handle_frame(f, 5.0, s)
             h = seg.views.header
             assert int(h.ingest_accepted[0]) + int(h.rejects.sum()) == int(h.ingest_heartbeats[0])

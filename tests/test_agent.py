@@ -11,11 +11,11 @@ import zmq
 from clients import agent as agent_mod
 from clients.agent import Agent, Reporter, check_report
 from clients.heartbeat import HeartbeatClient
+from shm_engine.ops.cli import main
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import record_to_dict
 from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
 from shm_engine.wire.jsondecode import check_heartbeat
-from shm_engine.ops.cli import main
 
 TIMEOUT_S = 5.0
 MACHINE = {"cpu": 0.5, "mem": 0.25, "io": 0.125}

@@ -18,8 +18,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from support import shm as shm_util
-from support.wait import wait_until
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -37,6 +35,8 @@ from shm_engine.core.ordering import (
     store_relaxed_u64,
     store_release_u64,
 )
+from support import shm as shm_util
+from support.wait import wait_until
 
 U64_MAX = 2**64 - 1
 

@@ -16,8 +16,7 @@ import pytest
 
 from benchmarks.baselines.numpy_tick import numpy_tick
 from benchmarks.baselines.python_tick import Node, python_tick
-from kernels import (default_params, make_inputs, make_outputs, make_scratch, make_state,
-                     tick)
+from kernels import default_params, make_inputs, make_outputs, make_scratch, make_state, tick
 from kernels.params import MIN_REQUESTS
 
 FEEDBACK = ("rif", "fb_ok", "fb_err", "consec", "err_age")
@@ -90,7 +89,7 @@ def test_baselines_match_kernels(seed):
     by_window = by_ejection = 0
     for k in range(40):
         _random_world(rng, n, k, ref_inp, last, active, err_tick)
-        for dst, src in zip(groups["np"][0], ref_inp):
+        for dst, src in zip(groups["np"][0], ref_inp, strict=True):
             dst[:] = src
         inp, prev, nxt, out = groups["k"]
         res_k = tick(params, inp, prev, nxt, out, scratch)

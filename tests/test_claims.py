@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from support.claims import ClaimsEngine
 from clients import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
 from clients.reader import ScoreReader
 from shm_engine.core import claims as C
@@ -32,6 +31,7 @@ from shm_engine.core.layout import (
 )
 from shm_engine.core.segment import posix_name, process_stat
 from shm_engine.core.states import NodeState
+from support.claims import ClaimsEngine
 
 LOW32 = 0xFFFF_FFFF
 

@@ -25,10 +25,10 @@ import time
 import numpy as np
 import pytest
 
-from support.claims import MAX_OPEN, ClaimsEngine, scheduler_main
 from clients.reader import ScoreReader
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.tick.ticker import ticker_main
+from support.claims import MAX_OPEN, ClaimsEngine, scheduler_main
 
 N_NODES = 100
 N_SCHEDULERS = 4

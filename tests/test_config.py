@@ -291,11 +291,13 @@ TYPE_ERRORS = [
     ("score.beta", "0.5", r'score\.beta = "0\.5" has type string, expected a float'),
     ("score.weights.cpu", [0.2], r"score\.weights\.cpu = \[0\.2\] has type array"),
     ("score.flap_window", 50.0, r"score\.flap_window = 50\.0 has type float, expected an integer"),
-    ("score.min_requests", True, r"score\.min_requests = true has type boolean, expected an integer"),
+    ("score.min_requests", True,
+     r"score\.min_requests = true has type boolean, expected an integer"),
     ("score.max_consecutive_errors", 5.0,
      r"score\.max_consecutive_errors = 5\.0 has type float, expected an integer"),
     ("score.ejection_s", "5s", r'score\.ejection_s = "5s" has type string, expected a float'),
-    ("engine.capacity", 16384.5, r"engine\.capacity = 16384\.5 has type float, expected an integer"),
+    ("engine.capacity", 16384.5,
+     r"engine\.capacity = 16384\.5 has type float, expected an integer"),
     ("engine.capacity", "16384", r'engine\.capacity = "16384" has type string'),
     ("ingest.drain_batch", 1.0, r"ingest\.drain_batch = 1\.0 has type float"),
     ("ingest.max_queue_bytes", 1e9, r"ingest\.max_queue_bytes = 1000000000\.0 has type float"),
@@ -317,7 +319,8 @@ TYPE_ERRORS = [
     ("score.max_wait_s", math.inf, r"score\.max_wait_s = inf must be finite"),
     ("score.weights.io", math.nan, r"score\.weights\.io = nan must be finite"),
     ("score.beta", {"x": 1}, r"score\.beta = \{\.\.\.\} has type table"),
-    ("score.quarantine_memory", 2**60, r"score\.quarantine_memory = 1152921504606846976 is too large"),
+    ("score.quarantine_memory", 2**60,
+     r"score\.quarantine_memory = 1152921504606846976 is too large"),
 ]
 
 
@@ -343,14 +346,18 @@ RANGE_ERRORS = [
     ("score.max_tail_ratio", 1, r"score\.max_tail_ratio = 1 must be > 1"),
     ("score.max_tail_ratio", 0.5, r"score\.max_tail_ratio = 0\.5 must be > 1"),
     ("score.suspect_after_s", -1, r"score\.suspect_after_s = -1 must be >= 0"),
-    ("score.suspect_after_s", 10, r"score\.suspect_after_s = 10 must be < score\.dead_after_s \(10\)"),
-    ("score.dead_after_s", 1.5, r"score\.suspect_after_s = 2 must be < score\.dead_after_s \(1\.5\)"),
+    ("score.suspect_after_s", 10,
+     r"score\.suspect_after_s = 10 must be < score\.dead_after_s \(10\)"),
+    ("score.dead_after_s", 1.5,
+     r"score\.suspect_after_s = 2 must be < score\.dead_after_s \(1\.5\)"),
     ("score.k1", -0.1, r"score\.k1 = -0\.1 must be >= 0"),
     ("score.k2", -1, r"score\.k2 = -1 must be >= 0"),
     ("score.max_queue", 0, r"score\.max_queue = 0 must be > 0"),
     ("score.limit_critical", -1, r"score\.limit_critical = -1 must be >= 0"),
-    ("score.limit_critical", 120, r"score\.limit_critical = 120 must be < score\.max_queue \(100\)"),
-    ("score.limit_critical", 100, r"score\.limit_critical = 100 must be < score\.max_queue \(100\)"),
+    ("score.limit_critical", 120,
+     r"score\.limit_critical = 120 must be < score\.max_queue \(100\)"),
+    ("score.limit_critical", 100,
+     r"score\.limit_critical = 100 must be < score\.max_queue \(100\)"),
     ("score.max_queue", 50, r"score\.limit_critical = 50 must be < score\.max_queue \(50\)"),
     ("score.min_requests", 0, r"score\.min_requests = 0 must be >= 1"),
     ("score.error_half_life_s", 0, r"score\.error_half_life_s = 0 must be > 0"),
@@ -389,7 +396,8 @@ RANGE_ERRORS = [
     ("engine.restart_backoff_max_s", 0.25,
      r"engine\.restart_backoff_min_s = 0\.5 must be <= engine\.restart_backoff_max_s \(0\.25\)"),
     ("engine.shm_mode", 0o400, r"engine\.shm_mode = 0o400 must include owner read\+write"),
-    ("engine.shm_mode", 0o700, r"engine\.shm_mode = 0o700 must include owner read\+write .* no bits outside 0o666"),
+    ("engine.shm_mode", 0o700,
+     r"engine\.shm_mode = 0o700 must include owner read\+write .* no bits outside 0o666"),
     ("engine.shm_mode", 0o4600, r"engine\.shm_mode = 0o4600 must include"),
     ("engine.shm_mode", "0755", r"engine\.shm_mode = 0o755 must include"),
     ("engine.shm_mode", 600, r"engine\.shm_mode = 0o1130 .* did you mean 0o600\?"),
@@ -528,20 +536,24 @@ def test_constructors_validate_too():
 
 UNKNOWN = [
     ({"score": {"bta": 0.5}}, r"unknown key score\.bta \(did you mean score\.beta\?\)"),
-    ({"score": {"max_wait": 5}}, r"unknown key score\.max_wait \(did you mean score\.max_wait_s\?\)"),
+    ({"score": {"max_wait": 5}},
+     r"unknown key score\.max_wait \(did you mean score\.max_wait_s\?\)"),
     ({"score": {"weights": {"cpux": 1}}},
      r"unknown key score\.weights\.cpux \(did you mean score\.weights\.cpu\?\)"),
     ({"scor": {"beta": 0.5}}, r"unknown section \[scor\] \(did you mean \[score\]\?\)"),
     ({"score": {"weight": {"cpu": 1}}},
      r"unknown section \[score\.weight\] \(did you mean \[score\.weights\]\?\)"),
-    ({"ingest": {"curv": {}}}, r"unknown section \[ingest\.curv\] \(did you mean \[ingest\.curve\]\?\)"),
+    ({"ingest": {"curv": {}}},
+     r"unknown section \[ingest\.curv\] \(did you mean \[ingest\.curve\]\?\)"),
     # The right key in the wrong section.
     ({"engine": {"beta": 0.5}}, r"unknown key engine\.beta \(did you mean score\.beta\?\)"),
-    ({"score": {"capacity": 10}}, r"unknown key score\.capacity \(did you mean engine\.capacity\?\)"),
+    ({"score": {"capacity": 10}},
+     r"unknown key score\.capacity \(did you mean engine\.capacity\?\)"),
     ({"beta": 0.5}, r"unknown top-level key beta \(did you mean score\.beta\?\)"),
     # Nothing close: the valid names are listed.
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
-    ({"xyzzy": {}}, r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score"),
+    ({"xyzzy": {}},
+     r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score"),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
     ({"score": {"weights": 0.2}}, r"score\.weights = 0\.2 has type float, expected a table"),
@@ -725,7 +737,7 @@ finite_weight = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_i
 )
 def test_render_round_trip_property(weights, beta, max_queue, frac):
     cfg = with_overrides(Config(), {
-        **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights)},
+        **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights, strict=True)},
         "score.beta": beta,
         "score.max_queue": max_queue,
         "score.limit_critical": max_queue / 2,
@@ -781,7 +793,8 @@ def test_parse_override_then_apply():
 
 
 def test_parse_override_needs_equals():
-    with pytest.raises(ConfigError, match=r"override 'score\.beta' must look like section\.key=value"):
+    with pytest.raises(ConfigError,
+                       match=r"override 'score\.beta' must look like section\.key=value"):
         parse_override("score.beta")
 
 

@@ -22,10 +22,10 @@ import zmq.auth
 
 from clients.heartbeat import CurveKeys, HeartbeatClient
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.ops.keys import make_keys
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, segment_exists, write_config
 from support.fleet import fleet_records
 from support.wait import wait_until
-from shm_engine.ops.keys import make_keys
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 

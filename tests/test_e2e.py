@@ -17,11 +17,11 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.core.config import load_config
+from shm_engine.core.states import NodeState
+from shm_engine.tick.replay import replay
 from shm_engine.wire.encode import encode_batch, encode_json
 from shm_engine.wire.format import HEADER, MAGIC, RECORD_SIZE, REJECT_REASONS
-from shm_engine.core.config import load_config
-from shm_engine.tick.replay import replay
-from shm_engine.core.states import NodeState
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, segment_exists, write_config
 from support.wait import wait_until
 
@@ -106,7 +106,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
             want = eng.status()["ingest"]["rejected"][reason] + 1
             sock.send(frame)
 
-            def counted():
+            def counted(reason=reason, want=want):
                 send_good()  # keep the good nodes live meanwhile
                 return eng.status()["ingest"]["rejected"][reason] >= want
             wait_until(counted, 10, f"{what} counted as {reason}", period=0.02)

@@ -19,11 +19,19 @@ import psutil
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.fleet import (SPAWN, check_snapshot, node_name, node_params, pid_gone, reader_main,
-                           sender_main, start_procs)
-from support.wait import wait_until
 from shm_engine.core.segment import Segment
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.fleet import (
+    SPAWN,
+    check_snapshot,
+    node_name,
+    node_params,
+    pid_gone,
+    reader_main,
+    sender_main,
+    start_procs,
+)
+from support.wait import wait_until
 
 NODES = 200
 SEND_PERIOD_S = 0.05     # 20 heartbeats per node per second
@@ -116,7 +124,7 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
         assert _rows_describe_their_nodes(ids0, rows0)
 
         for role in ("ticker", "ingest", "ticker", "ingest"):
-            wait_until(lambda: _spare_warm(eng.stderr, role), START_TIMEOUT_S,
+            wait_until(lambda role=role: _spare_warm(eng.stderr, role), START_TIMEOUT_S,
                        f"the {role} spare warm", period=0.02)
             time.sleep(rng.uniform(*KILL_JITTER_S))     # a random moment, under load
             st = eng.status()
@@ -124,15 +132,15 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
             frames0 = st["ingest"]["frames"]
             t_kill = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: pid_gone(pid), 10, f"{role} {pid} dead", period=0.001)
+            wait_until(lambda pid=pid: pid_gone(pid), 10, f"{role} {pid} dead", period=0.001)
             if role == "ticker":
                 e0 = reader.epoch               # nothing publishes until the restart
-                wait_until(lambda: reader.epoch > e0, START_TIMEOUT_S, "an epoch after the kill",
-                           period=0.001)
+                wait_until(lambda e0=e0: reader.epoch > e0, START_TIMEOUT_S,
+                           "an epoch after the kill", period=0.001)
             else:
                 # The tick worker scores on from the table meanwhile; the new
                 # ingest must take the next frame.
-                wait_until(lambda: eng.status()["ingest"]["frames"] > frames0,
+                wait_until(lambda frames0=frames0: eng.status()["ingest"]["frames"] > frames0,
                            START_TIMEOUT_S, "a frame after the kill", period=0.001)
             resume = time.monotonic() - t_kill
             delay = _restart_delay(eng.stderr, role, pid)

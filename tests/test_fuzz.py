@@ -30,12 +30,20 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REJECT_REASONS,
+    VERSION,
+)
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.fleet import rss_bytes
 from support.wait import wait_until
-from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import HEADER, HEADER_SIZE, MAGIC, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS, VERSION
 
 SEED = 1234
 FRAMES = 100_000
@@ -361,7 +369,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
           f"whole test {time.monotonic() - t_start:.1f}s")
     print(f"rejects: { {k: v for k, v in rejected.items() if v} }  accepted {ing['accepted']}  "
           f"heartbeats {ing['heartbeats']}")
-    print(f"RSS MiB warm-up -> end: " + ", ".join(
+    print("RSS MiB warm-up -> end: " + ", ".join(
         f"{r} {rss0[r] / 2**20:.1f} -> {rss1[r] / 2**20:.1f}" for r in rss0))
     for r, g in growth.items():
         assert g < RSS_SLACK, (r, growth)

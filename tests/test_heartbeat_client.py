@@ -1,7 +1,6 @@
 """HeartbeatClient over a real PULL socket: frames arrive and decode; local
 validation raises InvalidHeartbeat; send never blocks without a peer."""
 
-import socket
 import subprocess
 import sys
 import time

@@ -20,15 +20,22 @@ import numpy as np
 import pytest
 import zmq
 
+from shm_engine.core.config import Config
+from shm_engine.core.registry import decode_id
+from shm_engine.core.runtime import EXIT_FATAL
+from shm_engine.core.segment import Segment, process_alive
 from shm_engine.ingest import process as ingest_mod
+from shm_engine.ingest.process import Ingest, ingest_main
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE, REJECT_REASONS
-from shm_engine.core.config import Config
-from shm_engine.core.runtime import EXIT_FATAL
-from shm_engine.ingest.process import Ingest, ingest_main
-from shm_engine.core.registry import decode_id
-from shm_engine.core.segment import Segment, process_alive
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    RECORD_DTYPE,
+    REJECT_REASONS,
+)
 
 FORGET = 300.0   # engine.forget_after_s (the default), seconds
 
@@ -759,8 +766,9 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
     frames = build()
     runs = []
     for name in ("decode_one_record_frames", "decode_json_objects"):
+        real = getattr(ingest_mod, name)
         monkeypatch.setattr(ingest_mod, name,
-                            lambda fs, real=getattr(ingest_mod, name): runs.append(real(fs)) or runs[-1])
+                            lambda fs, real=real: runs.append(real(fs)) or runs[-1])
     results = []
     for coalesce in (False, True):
         seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)

@@ -627,7 +627,8 @@ def test_forgotten_slot_is_cleared_and_counts_nowhere():
     n_ranked, P, live = sim.step()
     st, out = sim.state, sim.out
     assert st.state[1] == UNREGISTERED
-    assert (st.qema[1], st.s[1], st.flap[1], st.n[1], st.probation[1], st.memory[1]) == (0, 0, 0, 0, 0, 0)
+    assert (st.qema[1], st.s[1], st.flap[1], st.n[1], st.probation[1], st.memory[1]) == (
+        0, 0, 0, 0, 0, 0)
     assert (st.e_ok[1], st.e_err[1]) == (0.0, 0.0)
     assert (out.score[1], out.raw[1], out.wait[1], out.liveness[1]) == (0, 0, 0, 0)
     assert (n_ranked, live) == (2, 2)

@@ -25,8 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import (DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED,
-                     default_params)
+from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
 from support.kernel_sim import Sim
 
 SETTINGS = settings(max_examples=60, deadline=None,

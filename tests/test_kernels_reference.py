@@ -91,7 +91,7 @@ def kernel_replay(lines, ticks):
 
 def assert_same(expected, got):
     assert len(expected) == len(got)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         where = f"tick {e['tick']} node {e['node']}"
         for key in ("tick", "node", "slot", "state", "rank"):
             assert e[key] == g[key], f"{where}: {key} {e[key]!r} != {g[key]!r}"

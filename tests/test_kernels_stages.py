@@ -8,18 +8,34 @@ import math
 import numpy as np
 import pytest
 
-from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
-from kernels import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, default_params
+from kernels import (
+    DEAD,
+    DEGRADED,
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HEALTHY,
+    OVERLOADED,
+    QUARANTINED,
+    UNREGISTERED,
+    default_params,
+)
 from kernels.backpressure import backpressure
 from kernels.breaker import ejected, error_rate_tripped, tripped
 from kernels.goodness import g_cpu, g_io, g_mem, g_rate, g_succ, g_tail, g_wait, rate
 from kernels.hysteresis import changed, classify_fresh, next_state
 from kernels.liveness import liveness
-from kernels.percentile import (SAMPLE_FROM, nearest_rank, rate_reference, sample_select,
-                                select)
+from kernels.percentile import SAMPLE_FROM, nearest_rank, rate_reference, sample_select, select
 from kernels.pressure import node_pressure, pressure, pressure_term
-from kernels.quarantine import (flap_update, is_candidate, memory_step,
-                                probation_step, quarantine_cap, release_due)
+from kernels.quarantine import (
+    flap_update,
+    is_candidate,
+    memory_step,
+    probation_step,
+    quarantine_cap,
+    release_due,
+)
 from kernels.queue import load, queue_ema, sojourn
 from kernels.ranking import published
 from kernels.smoothing import raw_score, smooth

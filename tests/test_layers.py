@@ -77,7 +77,8 @@ def imported_modules(path: pathlib.Path, module: str, root: pathlib.Path = ROOT)
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 # `from pkg import submodule` depends on the submodule.
-                is_module = is_package(sub, root) or (root / (sub.replace(".", "/") + ".py")).exists()
+                is_module = (is_package(sub, root)
+                             or (root / (sub.replace(".", "/") + ".py")).exists())
                 yield node.lineno, sub if is_package(target, root) and is_module else target
 
 

@@ -1,7 +1,8 @@
 """Load: 10,000 nodes heartbeating at 10 Hz and 8 reader processes, 60 s.
 
 Marked ``slow``: excluded by default (pytest's addopts carry ``-m 'not slow'``);
-run with ``-m slow`` (``SHM_ENGINE_LOAD_S`` shortens the 60 s window).  Two sender processes send the self-describing fleet
+run with ``-m slow`` (``SHM_ENGINE_LOAD_S`` shortens the 60 s window).  Two
+sender processes send the self-describing fleet
 (`support.fleet.sender_main`) in binary batch frames; eight readers call
 ``snapshot()`` and ``score()`` in a loop and check every snapshot
 (`support.fleet.check_snapshot`).  Promised: no torn read, no rejected
@@ -89,12 +90,14 @@ def test_10k_nodes_at_10hz_with_8_readers(shm_name, tmp_path, reap):
     report = {
         "heartbeats_per_s": round(hb_rate),
         "ticks": st1["ticks"] - st0["ticks"],
-        "tick_us_p50": round(st1["tick_us"]["p50"]), "tick_us_p99_samples": [round(t) for t in ticks],
+        "tick_us_p50": round(st1["tick_us"]["p50"]),
+        "tick_us_p99_samples": [round(t) for t in ticks],
         "tick_us_max": round(st1["tick_us"]["max"]),
         "overruns": st1["overruns"] - st0["overruns"],
         "rejected": {k: v for k, v in st1["ingest"]["rejected"].items() if v},
         "snapshots": sum(r["snapshots"] for r in got), "scores": sum(r["scores"] for r in got),
-        "torn": sum(r["torn"] for r in got), "retries_exhausted": sum(r["retries_exhausted"] for r in got),
+        "torn": sum(r["torn"] for r in got),
+        "retries_exhausted": sum(r["retries_exhausted"] for r in got),
         "rss_mib (t, ingest, ticker)": rss,
         "restarts": {r: st1["children"][r]["restarts"] for r in pids},
     }

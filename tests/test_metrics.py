@@ -7,10 +7,10 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
 from shm_engine.core.config import Config
-from shm_engine.ops.metrics import EngineCollector
 from shm_engine.core.registry import NodeRegistry
-from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
+from shm_engine.core.segment import Segment
+from shm_engine.ops.metrics import EngineCollector
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
 

@@ -20,8 +20,6 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -35,6 +33,8 @@ from shm_engine.core.ordering import (
     store_release_u32,
     store_release_u64,
 )
+from support import shm
+from support.wait import wait_until
 
 # --------------------------------------------------------------------------
 # Values
@@ -76,7 +76,8 @@ def test_u64_store_then_load_round_trips(value, expected):
     assert words.tolist() == [0, 0, expected, 0]  # only words[2] written
 
 
-@pytest.mark.parametrize("value, expected", [(0, 0), (9, 9), (2**32 - 1, 2**32 - 1), (-1, 2**32 - 1)])
+@pytest.mark.parametrize("value, expected",
+                         [(0, 0), (9, 9), (2**32 - 1, 2**32 - 1), (-1, 2**32 - 1)])
 def test_u32_store_then_load_round_trips(value, expected):
     words = np.zeros(4, np.uint32)
     assert _store_then_load_u32(words, 1, value) == (expected, expected)
@@ -162,7 +163,7 @@ def _function_asm(fn) -> list[str]:
 
 def _ir_blocks(ir_text: str) -> dict[str, str]:
     parts = re.split(r"^([\w.]+):.*$", ir_text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def _ir_blocks_on_cycles(blocks: dict[str, str]) -> set[str]:
@@ -207,7 +208,8 @@ def _reads_memory(line: str) -> bool:
 def test_acquire_spin_loop_reloads_the_word_every_turn():
     ir_text = _function_ir(spin_acquire)
     blocks = _ir_blocks(ir_text)
-    atomic = {b for b, body in blocks.items() if re.search(r"load atomic i64, ptr %\S+ acquire", body)}
+    atomic = {b for b, body in blocks.items()
+              if re.search(r"load atomic i64, ptr %\S+ acquire", body)}
     assert atomic, ir_text
     assert atomic & _ir_blocks_on_cycles(blocks), f"atomic load is outside the loop:\n{ir_text}"
     loops = _asm_loops_that_load(_function_asm(spin_acquire))
@@ -298,8 +300,8 @@ def test_jitted_spin_loop_sees_every_step_of_another_process(shm_name, reap):
         child.start()
         for k in range(1, ROUND_TRIPS + 1):
             words[PING_WORD] = k  # x86-64: a plain store, seen in order by the child
-            wait_until(lambda: words.item(ECHO_WORD) >= k, timeout=30, what=f"echo of step {k}",
-                       period=0)
+            wait_until(lambda w=words, k=k: w.item(ECHO_WORD) >= k, timeout=30,
+                       what=f"echo of step {k}", period=0)
             assert words.item(ECHO_WORD) == k, f"child failed at step {k}"
         echoed, status, most_spins = results.get(timeout=30)
         child.join(timeout=30)

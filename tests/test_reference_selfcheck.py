@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from traces import build  # tests/traces/build.py
-
 from reference import (
     DEFAULT_PARAMS,
     ReferenceEngine,
@@ -27,6 +25,7 @@ from reference import (
     validate_feedback,
     validate_heartbeat,
 )
+from traces import build  # tests/traces/build.py
 
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
 

@@ -12,16 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm as shm_util
-from support.wait import wait_until
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
-from shm_engine.core.rows import (column_addresses, gather, gather_inputs, make_gather_cache,
-                                  write_rows)
+from shm_engine.core.rows import (
+    column_addresses,
+    gather,
+    gather_inputs,
+    make_gather_cache,
+    write_rows,
+)
 from shm_engine.core.segment import Segment
 from shm_engine.wire.format import RECORD_DTYPE
 from shm_engine.wire.jsondecode import check_heartbeat
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -220,7 +224,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     recs = np.zeros(len(writes), RECORD_DTYPE)
     for j, (_, flags, floats, ok, err, n_slots) in enumerate(writes):
         for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
-                                "p50_ms", "p95_ms", "ts"), floats):
+                                "p50_ms", "p95_ms", "ts"), floats, strict=True):
             recs[j][name] = value
         recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
         recs[j]["slots"] = n_slots
@@ -229,7 +233,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
     expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
                   row_version=np.zeros(8, np.uint64), slots=np.zeros(8))
-    for s, rec in zip(slots.tolist(), recs):
+    for s, rec in zip(slots.tolist(), recs, strict=True):
         if 0 <= s < 8:
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
@@ -355,7 +359,7 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         reap(child)
         child.start()
         version = views.table.row_version
-        wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
+        wait_until(lambda v=version: v[ROWS - 1] > 2, timeout=120, what="the child's rows")
         gathers = torn = gave_up = changed = unprotected = 0
         deadline = time.monotonic() + 60
         while gathers < 50_000 or changed < 5_000 or unprotected < 100:
@@ -363,13 +367,14 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
             got = _race(*args, GATHERS_PER_CALL)
             gathers += GATHERS_PER_CALL
             torn, gave_up, changed, unprotected = (a + b for a, b in zip(
-                (torn, gave_up, changed, unprotected), got))
+                (torn, gave_up, changed, unprotected), got, strict=True))
             assert torn == 0, (gathers, torn)
         stop.set()
         child.join(timeout=30)
         assert child.exitcode == 0
-        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over {rounds_done.value} rounds of {ROWS} rows: {changed} "
-              f"saw a new row, {gave_up} rows kept (writer preempted mid-row); the "
+        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over "
+              f"{rounds_done.value} rounds of {ROWS} rows: {changed} saw a new row, "
+              f"{gave_up} rows kept (writer preempted mid-row); the "
               f"unprotected copies tore {unprotected} rows")
         del views, version, args
     finally:

@@ -24,9 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traces import build  # tests/traces/build.py
-
 from reference import RECORD_KEYS, reference_replay
+from traces import build  # tests/traces/build.py
 
 TESTS_DIR = Path(__file__).resolve().parent
 TRACES_DIR = TESTS_DIR / "traces"
@@ -59,7 +58,7 @@ def _describe(rec: dict) -> str:
 
 def assert_same_records(got: list[dict], want: list[dict]) -> None:
     """Engine records ``got`` equal reference records ``want``."""
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
         where = f"record {i} (reference: {_describe(w)}; engine: {_describe(g)})"
         assert set(g) == set(w) == set(RECORD_KEYS), \
             f"{where}: keys {sorted(g)} != {sorted(w)}"

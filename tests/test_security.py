@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import signal
 import stat
@@ -25,11 +24,11 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.wait import wait_until
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_json
 from shm_engine.wire.format import RECORD_DTYPE
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,13 +161,15 @@ def _findings(path: Path) -> list[tuple[str, str, int]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""])
             for n in names:
                 if n.split(".")[0] in _DANGEROUS_MODULES:
                     out.append((path.name, f"import {n}", node.lineno))
         elif isinstance(node, ast.Call):
             f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            name = (f.id if isinstance(f, ast.Name)
+                    else f.attr if isinstance(f, ast.Attribute) else "")
             if isinstance(f, ast.Name) and name in _DANGEROUS_CALLS:
                 out.append((path.name, f"{name}(", node.lineno))
             if name in ("loads", "load") and isinstance(f, ast.Attribute) and \

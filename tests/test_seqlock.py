@@ -27,8 +27,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -49,6 +47,8 @@ from shm_engine.core.seqlock import (
     write_begin,
     write_end,
 )
+from support import shm
+from support.wait import wait_until
 
 SEQ_WORD = 0
 STOP_WORD = 8
@@ -474,7 +474,8 @@ def python_reader(seq, buffers, stats, n_reads, max_calls):
             break
         copies.clear()
         status, epoch, snap = read_consistent(seq_mv, copy, MAX_RETRIES, SEQ_WORD)
-        _account(stats, status, epoch, max(len(copies), 1), snap if snap is not None else buffers[0])
+        _account(stats, status, epoch, max(len(copies), 1),
+                 snap if snap is not None else buffers[0])
         rejected = copies[:-1] if status == READ_OK else copies
         stats[TORN_REJECTED] += sum(record_errors(c, c[0]) != 0 for c in rejected)
 
@@ -497,7 +498,7 @@ def reader_child(name: str, kind: str, n_reads: int, results) -> None:
     stats = np.zeros(len(STAT_NAMES), np.int64)
     reader = jit_reader if kind == "jit" else python_reader
     reader(seq, buffers, stats, n_reads, 4 * n_reads)
-    results.put((kind, dict(zip(STAT_NAMES, stats.tolist()))))
+    results.put((kind, dict(zip(STAT_NAMES, stats.tolist(), strict=True))))
 
 
 def _collect(results, count, timeout):
@@ -521,7 +522,8 @@ def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap)
         writer = ctx.Process(target=writer_child, args=(shm_name, 64, 120.0, results))
         reap(writer)
         writer.start()
-        wait_until(lambda: words.item(SEQ_WORD) >= 2, timeout=60, what="first epoch", period=0)
+        wait_until(lambda w=words: w.item(SEQ_WORD) >= 2, timeout=60, what="first epoch",
+                   period=0)
         readers_start = time.monotonic()
         readers = [ctx.Process(target=reader_child, args=(shm_name, kind, n, results))
                    for kind, n in STRESS_READERS]
@@ -591,7 +593,8 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         child = ctx.Process(target=crashing_writer_child, args=(shm_name,))
         reap(child)
         child.start()
-        wait_until(lambda: words.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write", period=0)
+        wait_until(lambda w=words: w.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write",
+                   period=0)
         child.kill()
         child.join(timeout=30)
         assert words.item(SEQ_WORD) == 7  # odd: died writing epoch 4 into buffer 0
@@ -600,11 +603,13 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         for _ in range(1000):  # readers go on, with no retries, at epoch 3
             assert jit_read_consistent(seq, buffers, out, 0, SEQ_WORD) == (READ_OK, 3, 1)
             assert record_errors(out, 3) == 0
-            status, epoch, snap = read_consistent(memoryview(seq), lambda b: buffers[b].copy(),
+            status, epoch, snap = read_consistent(memoryview(seq),
+                                                  lambda b, bufs=buffers: bufs[b].copy(),
                                                   0, SEQ_WORD)
             assert (status, epoch, record_errors(snap, 3)) == (READ_OK, 3, 0)
 
-        begin, end = (write_begin, write_end) if impl == "python" else (jit_write_begin, jit_write_end)
+        begin, end = ((write_begin, write_end) if impl == "python"
+                      else (jit_write_begin, jit_write_end))
         assert begin(seq, SEQ_WORD) == 4  # the new writer redoes epoch 4 ...
         assert words.item(SEQ_WORD) == 7  # ... without moving seq
         fill_record(buffers[0], 4)
@@ -648,7 +653,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue = ctx.Process(target=rogue_writer_child, args=(shm_name, 60.0))
         reap(rogue)
         rogue.start()
-        wait_until(lambda: buffers[0, 0] != 2, timeout=60, what="rogue writer", period=0)
+        wait_until(lambda bufs=buffers: bufs[0, 0] != 2, timeout=60, what="rogue writer", period=0)
         stats = np.zeros(len(STAT_NAMES), np.int64)
         deadline = time.monotonic() + 30
         while stats[TORN] == 0 and time.monotonic() < deadline:
@@ -657,7 +662,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue.join(timeout=30)
         del words, seq, buffers
         assert stats[RETRIES] == 0  # seq never moved, so the latch saw nothing
-        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist()))
+        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist(), strict=True))
         assert stats[INCONSISTENT] > 0
     finally:
         shm.close_quietly(mm)

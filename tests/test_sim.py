@@ -50,11 +50,12 @@ def test_every_scenario_and_policy_has_metrics(quick_run):
             assert shares == pytest.approx(1.0), where
             assert m["by_seed"]["p99_s"] == [m["p99_s"]], where
     assert set(doc["goal"]) == set(SCENARIOS)
-    for name, g in doc["goal"].items():
+    for g in doc["goal"].values():
         assert g["policy"] == SHIPPED
         assert {f"p99_vs_{p}" for p in PEER_NAMES} | {"p99_vs_p2c_queue"} <= set(g["checks"])
         assert g["met"] == all(c["met"] for c in g["checks"].values())
-    assert {"failed_vs_least_cpu", "failed_minus_fewest_peer"} <= set(doc["goal"]["fail_fast"]["checks"])
+    assert ({"failed_vs_least_cpu", "failed_minus_fewest_peer"}
+            <= set(doc["goal"]["fail_fast"]["checks"]))
     assert "sent_to_dead_vs_least_cpu" in doc["goal"]["churn"]["checks"]
 
 
@@ -74,7 +75,8 @@ def test_goal_is_judged_on_the_worst_seed():
         pol = {}
         for name, v in [(SHIPPED, p99_shipped), ("least_request", p99_peer),
                         ("p2c_queue", [x * 3 for x in p99_peer])]:
-            pol[name] = {"by_seed": {"p99_s": v, "failed": [0] * len(v), "sent_to_dead": [0] * len(v)}}
+            pol[name] = {"by_seed": {"p99_s": v, "failed": [0] * len(v),
+                                     "sent_to_dead": [0] * len(v)}}
         return {"policies": pol}
     # seed 2 has the shipped pick slower than the peer: missed, whatever the median
     g = goal({"baseline": res([1.0, 2.2, 1.0], [2.0, 2.0, 2.0])})["baseline"]
@@ -84,7 +86,8 @@ def test_goal_is_judged_on_the_worst_seed():
     g = goal({"baseline": res([2.0], [2.0])})["baseline"]
     assert not g["checks"]["p99_vs_least_request"]["met"]
     g = goal({"baseline": res([3.0], [2.0])})["baseline"]
-    assert g["checks"]["p99_vs_p2c_queue"]["by_seed"] == [0.5] and g["checks"]["p99_vs_p2c_queue"]["met"]
+    check = g["checks"]["p99_vs_p2c_queue"]
+    assert check["by_seed"] == [0.5] and check["met"]
 
 
 def test_markdown_section_between_markers(quick_run, tmp_path):

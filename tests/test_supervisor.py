@@ -20,8 +20,15 @@ import time
 import pytest
 
 from shm_engine.ops.status import read_status
-from support.engine import (LOG_LINE, START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
-                            write_config)
+from support.engine import (
+    LOG_LINE,
+    START_TIMEOUT_S,
+    Engine,
+    cli,
+    free_port,
+    segment_exists,
+    write_config,
+)
 from support.wait import wait_until
 
 
@@ -55,12 +62,12 @@ def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
         assert old_pid > 0
         os.kill(old_pid, signal.SIGKILL)
 
-        def restarted():
+        def restarted(role=role, old_pid=old_pid):
             c = eng.status()["children"][role]
             return c["restarts"] == 1 and c["pid"] not in (0, old_pid)
         wait_until(restarted, START_TIMEOUT_S, f"{role} restarted")
         # The tick worker resumes from the published epoch, it does not start over.
-        wait_until(lambda: eng.status()["epoch"] > old["epoch"] + 3, START_TIMEOUT_S,
+        wait_until(lambda old=old: eng.status()["epoch"] > old["epoch"] + 3, START_TIMEOUT_S,
                    "epochs after the restart")
         assert f"child_exited role={role} pid={old_pid} code=signal_9" in eng.stderr
         assert f"child_restarted role={role}" in eng.stderr
@@ -240,8 +247,9 @@ def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_
     eng = engine_at(shm_name, write_config(tmp_path / "e.toml", free_port()))
     eng.wait_ready()
     for role in ("ingest", "ticker"):
-        wait_until(lambda: re.search(rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$",
-                                     eng.stderr, re.M), START_TIMEOUT_S, f"{role} spare warm")
+        wait_until(lambda role=role: re.search(
+                       rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$", eng.stderr, re.M),
+                   START_TIMEOUT_S, f"{role} spare warm")
     spare = int(re.search(r"spare_started role=ticker pid=(\d+)", eng.stderr).group(1))
     os.kill(spare, signal.SIGKILL)
     wait_until(lambda: f"spare_lost role=ticker pid={spare}" in eng.stderr, 30, "spare lost")

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from clients.reader import ScoreReader
-from shm_engine.wire.encode import node_key
-from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin
 from shm_engine.core.states import NodeState
-from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
+from shm_engine.wire.encode import node_key
+from shm_engine.wire.jsondecode import check_heartbeat
 
 CAP = 6  # not 8, the length of the weights and counts vectors
 CFG = Config()

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from clients.reader import Snapshot
-from shm_engine.ops.cli import main
 from shm_engine.core.states import NodeState
+from shm_engine.ops.cli import main
 from shm_engine.ops.topview import NodeRow, StateChange, ViewState, Watcher, render
 
 

@@ -17,9 +17,22 @@ from shm_engine.wire import binary, jsondecode, rulecode
 from shm_engine.wire import decode as decode_mod
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json, node_key, record_to_dict
-from shm_engine.wire.format import (FIELD_INDEX, FIELDS, KNOWN_FIELDS, OPTIONAL_FIELDS, RECORD_DTYPE,
-                                    RECORD_RULES, RECORD_SIZE, RECORD_STRUCT, REJECT_REASONS,
-                                    REQUIRED_FIELDS, RESERVED_SPANS, Labels, Resources, names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELDS,
+    KNOWN_FIELDS,
+    OPTIONAL_FIELDS,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    REJECT_REASONS,
+    REQUIRED_FIELDS,
+    RESERVED_SPANS,
+    Labels,
+    Resources,
+    names_of,
+)
 from shm_engine.wire.jsondecode import check_heartbeat
 
 MAX = 1 << 20
@@ -108,7 +121,8 @@ ACCEPT = [
     ("resources", hb(resources={"cpu": 64.0, "gpu": 0.0, "mem_gib": 251.5})),
     ("8 resources", hb(resources={f"r{i}": float(i) for i in range(8)})),
     ("15-byte resource name", hb(resources={"r" * 15: 1.0})),
-    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),  # 14 bytes; a control is allowed
+    # 14 bytes; a control is allowed
+    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),
     ("empty resources", hb(resources={})),
     ("everything", dict(FULL, slots=8, resources={"gpu": 2.0}, labels={"a": "b"})),
 ]
@@ -168,7 +182,8 @@ REJECT = [
     ("slots float", hb(slots=2.0), "bad_field", r"slots=2\.0 is not an integer"),
     ("slots bool", hb(slots=True), "bad_field", r"slots=True is not an integer"),
     ("slots null", hb(slots=None), "bad_field", r"slots=None is not an integer"),
-    ("resources not an object", hb(resources=[1]), "bad_field", r"resources=\[1\] is not an object"),
+    ("resources not an object", hb(resources=[1]), "bad_field",
+     r"resources=\[1\] is not an object"),
     ("9 resources", hb(resources={f"r{i}": 1.0 for i in range(9)}), "bad_field",
      r"resources has 9 names > 8"),
     ("resource name empty", hb(resources={"": 1.0}), "bad_field", r"resource name is empty"),
@@ -382,7 +397,8 @@ def binframe(a, *, version=2, record_size=RECORD_SIZE, count=None, reserved=0, p
 R = RECORD_SIZE
 NAME1 = R + 192 + 16     # record 1's second resource name
 BIN_REJECT = [
-    ("slots without bit", dict(slots=3), (), "bad_field", r"slots=3 set without its presence bit 0x40"),
+    ("slots without bit", dict(slots=3), (), "bad_field",
+     r"slots=3 set without its presence bit 0x40"),
     ("slots 0 with bit", dict(flags=64), (), "bad_field", r"slots=0 out of \[1, 65535\]"),
     ("resources without bit", dict(res_value3=1.0), (), "bad_field",
      r"resources set without its presence bit 0x80"),
@@ -400,8 +416,9 @@ BIN_REJECT = [
      r"resources name b'gpu' given twice"),
     ("resource name 16 bytes", dict(flags=128, res_name0=b"a", res_name1=b"r" * 16), (),
      "bad_field", r"resources entry 1: resource name has no trailing NUL"),
-    ("resource name NUL inside", dict(flags=128, res_name0=b"a"), ((NAME1, 0x41), (NAME1 + 2, 0x42)),
-     "bad_field", r"resources entry 1: resource name contains NUL"),
+    ("resource name NUL inside", dict(flags=128, res_name0=b"a"),
+     ((NAME1, 0x41), (NAME1 + 2, 0x42)), "bad_field",
+     r"resources entry 1: resource name contains NUL"),
     ("resource name bad UTF-8", dict(flags=128, res_name0=b"\xff"), (), "bad_field",
      r"resources entry 0: resource name is not valid UTF-8"),
     ("cpu > 1", dict(cpu=1.5), (), "bad_field", r"node 'n1': cpu=1\.5 out of \[0, 1\]"),
@@ -592,7 +609,7 @@ def assert_checks_agree(raw: np.ndarray) -> None:
     expect = finder_faults(raw)
     assert faults.tolist() == expect
     assert bad == sum(1 for f in expect if f)
-    for row, fault in zip(raw, expect):
+    for row, fault in zip(raw, expect, strict=True):
         assert binary._accept(RECORD_STRUCT.unpack(row.tobytes())) == (not fault)
 
 

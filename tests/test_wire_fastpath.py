@@ -16,8 +16,16 @@ from shm_engine.wire import binary
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames, record_fault
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import (HEADER, MAGIC, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
-                                    RECORD_STRUCT, V1_RECORD_SIZE, V1_VERSION)
+from shm_engine.wire.format import (
+    HEADER,
+    MAGIC,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+)
 from shm_engine.wire.jsondecode import check_mapping, decode_json_objects
 
 MAX = 1 << 20
@@ -242,7 +250,7 @@ def test_version_1_frames_decode_as_their_zero_extended_records():
             f[16 + 80] |= 0x40                            # HAS_SLOTS: unknown in v1
         frames.append(bytes(f))
     one_by_one = [decode_frame(f, MAX) for f in frames]
-    for f, d in zip(frames, one_by_one):
+    for f, d in zip(frames, one_by_one, strict=True):
         assert d.seen == 1
         if len(d.records):
             assert d.records.tobytes() == f[16:] + bytes(R - V1_RECORD_SIZE)

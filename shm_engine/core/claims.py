@@ -85,6 +85,7 @@ Rules for callers
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 
@@ -653,8 +654,10 @@ def warm_up() -> None:
     v = private_claims(2, 2)
     u1, u8 = np.zeros(2, np.uint8), np.zeros(2, np.uint64)
     f8 = [np.zeros(2) for _ in range(10)]
-    gather_feedback(u8, u1, u1, v.lease_ident, v.in_flight_flat, v.row_words, v.outcomes, u8, u8,
-                    2, 0.0, 5.0, 5.0, *f8, u8.copy(), u8.copy())
+    # numba types a dispatcher call through a ParamSpec, which mypy cannot match
+    # against star-arguments followed by more positional ones.
+    gather_feedback(u8, u1, u1, v.lease_ident, v.in_flight_flat, v.row_words,  # type: ignore[call-arg]
+                    v.outcomes, u8, u8, 2, 0.0, 5.0, 5.0, *f8, u8.copy(), u8.copy())
     _return_row(v.in_flight[0], 2)
     _free_lease(v.lease_ident, 0, 1)
 
@@ -716,12 +719,12 @@ class ClaimsSegment:
         self.readonly = readonly
         self.layout = layout
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.views = ClaimsViews(mm, layout)
 
     @classmethod
     def create(cls, name: str, capacity: int, max_schedulers: int, *,
-               mode: int = 0o600) -> "ClaimsSegment":
+               mode: int = 0o600) -> ClaimsSegment:
         """Create engine ``name``'s claims segment (zeroed: no lease, no claim).
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -746,7 +749,7 @@ class ClaimsSegment:
 
     @classmethod
     def attach(cls, name: str, *, readonly: bool = False,
-               owner: int | str | None = None) -> "ClaimsSegment":
+               owner: int | str | None = None) -> ClaimsSegment:
         """Map engine ``name``'s claims segment (read-write by default).
 
         ``owner`` as for `shm_engine.core.segment.Segment.attach`.  Raises
@@ -783,7 +786,9 @@ class ClaimsSegment:
 
     def close(self) -> None:
         """Unmap.  Views handed out earlier must no longer be used."""
-        self.views = None
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None  # type: ignore[assignment]
         if self._mmap is not None:
             try:
                 self._mmap.close()

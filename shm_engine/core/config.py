@@ -6,8 +6,8 @@ all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
-    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`, the one table of score
-    defaults (the kernels, tests and benchmarks read it too), and
+    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`,
+    the one table of score defaults (the kernels, tests and benchmarks read it too), and
     ``tests/test_config.py`` checks each against the definition by hand.
     ``[engine] tick_interval_ms`` takes its default from there as well (the
     error window decays per tick).  ``[engine]``, ``[ingest]`` and
@@ -55,14 +55,13 @@ import re
 import textwrap
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
-
 from shm_engine.core.errors import ConfigError
 from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
@@ -124,6 +123,13 @@ def _param(kind: str, name: str, doc: str) -> Any:
 
 def _section(cls: type, doc: str) -> Any:
     return field(default_factory=cls, metadata={"kind": _SECTION, "doc": doc})
+
+
+def _section_type(f: Field) -> type:
+    """The class of a section field: its default factory."""
+    cls = f.default_factory
+    assert isinstance(cls, type), f"section {f.name} has no class as its default factory"
+    return cls
 
 
 def _join(path: str, name: str) -> str:
@@ -249,9 +255,10 @@ class _Section:
             key = _join(self.PATH, f.name)
             value = getattr(self, f.name)
             if kind == _SECTION:
-                if not isinstance(value, f.default_factory):
+                section = _section_type(f)
+                if not isinstance(value, section):
                     raise ConfigError(
-                        f"{key} must be a {f.default_factory.__name__}, got {_type_name(value)}"
+                        f"{key} must be a {section.__name__}, got {_type_name(value)}"
                     )
                 continue
             object.__setattr__(self, f.name, _CHECK[kind](key, value))
@@ -872,7 +879,7 @@ def _all_keys(cls: type, path: str = "") -> dict[str, str]:
         name = _join(path, f.name)
         out[name] = f.metadata["kind"]
         if f.metadata["kind"] == _SECTION:
-            out.update(_all_keys(f.default_factory, name))
+            out.update(_all_keys(_section_type(f), name))
     return out
 
 
@@ -915,14 +922,16 @@ def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
     if guess:
         hint = f" (did you mean {_display(guess, _ALL_KEYS[guess] == _SECTION)}?)"
     else:
-        hint = f"; valid names in {_display(path, True) if path else 'the file'}: " + ", ".join(local)
+        where = _display(path, True) if path else "the file"
+        hint = f"; valid names in {where}: " + ", ".join(local)
     return ConfigError(f"unknown {what} {bad}{hint}")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{path} = {_show(data)} has type {_type_name(data)}, expected a table (section [{path}])"
+            f"{path} = {_show(data)} has type {_type_name(data)}, "
+            f"expected a table (section [{path}])"
             if path else f"configuration must be a table, got {_type_name(data)}"
         )
     by_name = {f.name: f for f in fields(cls)}
@@ -932,7 +941,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if f is None:
             raise _unknown(cls, path, name, value)
         if f.metadata["kind"] == _SECTION:
-            value = _build(f.default_factory, value, _join(path, name))
+            value = _build(_section_type(f), value, _join(path, name))
         kwargs[name] = value
     return cls(**kwargs)
 

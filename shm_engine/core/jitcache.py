@@ -101,5 +101,6 @@ def ensure() -> str | None:
     os.environ["NUMBA_CACHE_DIR"] = path
     config = sys.modules.get("numba.core.config")
     if config is not None:
-        config.CACHE_DIR = path
+        # numba's config module sets its attributes at import; its stubs do not list them
+        config.CACHE_DIR = path  # type: ignore[attr-defined]
     return path

@@ -106,6 +106,7 @@ keeps these words exact without locks is in `shm_engine.core.claims`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -113,10 +114,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from kernels.columns import TickOutputs, TickState
-
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-LAYOUT_VERSION = 4      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+LAYOUT_VERSION = 4
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
@@ -315,7 +316,7 @@ def layout_for(capacity: int) -> Layout:
 def _check_header() -> None:
     spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
                    for n, dt, count, off in _HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"header fields {an} and {bn} overlap"
     assert spans[-1][1] <= HEADER_BYTES
     for n, dt, _count, off in _HEADER_FIELDS:
@@ -384,6 +385,17 @@ class Registry(NamedTuple):
 class ScoreBuffer:
     """Views of one score buffer.  ``state``/``out`` are the kernel column
     groups over this buffer; ``meta`` holds the per-tick scalars."""
+
+    # The per-tick scalars (BUFFER_SCALARS), 1-element arrays: index with [0].
+    epoch: np.ndarray
+    tick_mono: np.ndarray
+    tick_wall: np.ndarray
+    pressure: np.ndarray
+    n_ranked: np.ndarray
+    live: np.ndarray
+    registered: np.ndarray
+    slot_hwm: np.ndarray
+    ejected: np.ndarray
 
     def __init__(self, buf, fields: dict[str, Field]):
         v = {name: _view(buf, f) for name, f in fields.items()}
@@ -512,7 +524,7 @@ def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
 def _check_claims_header() -> None:
     spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
                    for n, dt, count, off in _CLAIMS_HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"claims header fields {an} and {bn} overlap"
     assert spans[-1][1] <= CLAIMS_HEADER_BYTES
     scores = {n: off for n, _dt, _c, off in _HEADER_FIELDS}

@@ -90,11 +90,11 @@ class NodeRegistry:
             # A writer died mid-row: the row holds fields of this node's two
             # latest heartbeats, each valid; publish it as is.
             table.row_version[s] += 1
-        for s in range(self._hwm):
-            if reg.registered[s]:
-                self._slots[decode_id(reg.node_id[s])] = s
+        for slot in range(self._hwm):
+            if reg.registered[slot]:
+                self._slots[decode_id(reg.node_id[slot])] = slot
             else:
-                self._free.append(s)
+                self._free.append(slot)
         heapq.heapify(self._free)
         self._hdr.registered[0] = len(self._slots)
 
@@ -186,7 +186,7 @@ class NodeRegistry:
             reg.zone[slot, : min(len(zone), ZONE_BYTES - 1)] = np.frombuffer(zone, np.uint8)
         n = len(labels) if labels else 0
         reg.labels_len[slot] = n
-        if n:
+        if labels:
             reg.labels[slot, :n] = np.frombuffer(labels, np.uint8)
 
     def free(self, slot: int) -> None:

@@ -35,11 +35,23 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.params import UNREGISTERED
-
-from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
-                       store_relaxed_u64, store_release_u64)
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT,
-                                    HAS_TS, REPORTED_BITS)
+from shm_engine.core.ordering import (
+    fence_acquire,
+    fence_release,
+    load_acquire_u64,
+    load_relaxed_u64,
+    store_relaxed_u64,
+    store_release_u64,
+)
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_SLOTS,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HAS_TS,
+    REPORTED_BITS,
+)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
@@ -88,7 +100,8 @@ def write_rows(columns, capacity, slots, records, now):
         f = r.flags
         v = load_relaxed_u64(row_version, s)
         store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
-        fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
+        # The odd version is visible before any field; pairs with fence_acquire in gather_inputs.
+        fence_release()
         carray(address_pointer(columns[1]), capacity, np.float64)[s] = now
         carray(address_pointer(columns[2]), capacity, np.float64)[s] = r.cpu
         carray(address_pointer(columns[3]), capacity, np.float64)[s] = r.mem
@@ -96,16 +109,21 @@ def write_rows(columns, capacity, slots, records, now):
         carray(address_pointer(columns[5]), capacity, np.float64)[s] = r.avg_job_s
         carray(address_pointer(columns[6]), capacity, np.float64)[s] = (
             r.throughput if f & HAS_THROUGHPUT else 0.0)
-        carray(address_pointer(columns[7]), capacity, np.float64)[s] = r.ok if f & HAS_OKERR else 0.0
-        carray(address_pointer(columns[8]), capacity, np.float64)[s] = r.err if f & HAS_OKERR else 0.0
+        carray(address_pointer(columns[7]), capacity, np.float64)[s] = (
+            r.ok if f & HAS_OKERR else 0.0)
+        carray(address_pointer(columns[8]), capacity, np.float64)[s] = (
+            r.err if f & HAS_OKERR else 0.0)
         carray(address_pointer(columns[9]), capacity, np.float64)[s] = r.io if f & HAS_IO else 0.0
-        carray(address_pointer(columns[10]), capacity, np.float64)[s] = r.p50_ms if f & HAS_TAIL else 0.0
-        carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
+        carray(address_pointer(columns[10]), capacity, np.float64)[s] = (
+            r.p50_ms if f & HAS_TAIL else 0.0)
+        carray(address_pointer(columns[11]), capacity, np.float64)[s] = (
+            r.p95_ms if f & HAS_TAIL else 0.0)
         carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
         carray(address_pointer(columns[13]), capacity, np.float64)[s] = (
             r.slots if f & HAS_SLOTS else 1.0)
         carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & REPORTED_BITS
-        store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
+        # Even: done; pairs with load_acquire in gather_inputs.
+        store_release_u64(row_version, s, v + _TWO)
         written += 1
     return written
 
@@ -212,7 +230,8 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
             r_p95 = p95_ms[s]
             r_slots = slots[s]
             r_rep = reported[s]
-            fence_acquire()  # field loads complete before the re-check; pairs with fence_release in write_rows
+            # Field loads complete before the re-check; pairs with fence_release in write_rows.
+            fence_acquire()
             if load_relaxed_u64(row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
                 continue
             done = True

@@ -182,13 +182,13 @@ class Segment:
         self.layout = layout
         #: The user the segment was checked to belong to.
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.views = SegmentViews(mm, layout)
 
     # ------------------------------------------------------------ create --
     @classmethod
     def create(cls, name: str, capacity: int, *, mode: int = 0o600,
-               tick_interval_ms: int = 50, endpoint: str = "") -> "Segment":
+               tick_interval_ms: int = 50, endpoint: str = "") -> Segment:
         """Create the segment of engine ``name``, reclaiming a stale one.
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -222,7 +222,7 @@ class Segment:
     # ------------------------------------------------------------ attach --
     @classmethod
     def attach(cls, name: str, *, readonly: bool = True,
-               owner: int | str | None = None) -> "Segment":
+               owner: int | str | None = None) -> Segment:
         """Map an existing engine segment.  Never resizes it.
 
         ``owner``: the engine's user (uid or name; default: this process's
@@ -235,7 +235,8 @@ class Segment:
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != MAGIC:
-                raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not initialised)")
+                raise EngineNotRunning(
+                    f"engine {name!r} is starting (segment {pname} not initialised)")
             if version != LAYOUT_VERSION:
                 raise LayoutMismatch(f"engine {name!r}: segment layout version {version}, "
                                      f"this client reads version {LAYOUT_VERSION}")
@@ -251,7 +252,9 @@ class Segment:
     # ----------------------------------------------------------- release --
     def close(self) -> None:
         """Unmap.  Views handed out earlier must no longer be used."""
-        self.views = None
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None  # type: ignore[assignment]
         if self._mmap is not None:
             try:
                 self._mmap.close()

@@ -93,26 +93,47 @@ import os
 import signal
 import time
 import traceback
+from typing import Any
 
 import numpy as np
 import zmq
 
-from shm_engine.ingest._checks import AGED, META, STALE, check_slots
-from shm_engine.ingest.admission import (MODE_CURVE, MODE_INSECURE, MODE_LOOPBACK, MODE_NAMES,
-                                         UNIDENTIFIED, Admission, BindingError, Sender,
-                                         SenderCounters, load_keys, load_peer_bindings)
-from shm_engine.ingest.zap import ZapHandler
 from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoint
 from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.ingest._checks import AGED, META, STALE, check_slots
+from shm_engine.ingest.admission import (
+    MODE_CURVE,
+    MODE_INSECURE,
+    MODE_LOOPBACK,
+    MODE_NAMES,
+    UNIDENTIFIED,
+    Admission,
+    BindingError,
+    Sender,
+    SenderCounters,
+    load_keys,
+    load_peer_bindings,
+)
+from shm_engine.ingest.zap import ZapHandler
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.format import (FIELD_INDEX, HEADER, HEADER_SIZE, MAGIC, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS,
-                                    WORDS, ZONE_WORDS)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REJECT_REASONS,
+    WORDS,
+    ZONE_WORDS,
+)
 from shm_engine.wire.jsondecode import decode_json_objects, json_array_items
 from shm_engine.wire.result import DecodedFrame
 
@@ -150,10 +171,10 @@ _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
 
 
-def _cells(view: np.ndarray) -> memoryview:
+def _cells(view: np.ndarray) -> memoryview[Any]:
     """A header field as a native-format memoryview: ``c[0] += n`` on it is a
     plain Python number update, several times cheaper than on a numpy view."""
-    return memoryview(view).cast("B").cast("Q" if view.dtype.kind == "u" else "d")
+    return view.data.cast("B").cast("Q" if view.dtype.kind == "u" else "d")
 
 
 class RejectLog:
@@ -212,9 +233,9 @@ class Ingest:
         self._recv_time = views.table.recv_time
         # Scalar reads for a batch of one: a memoryview item is a Python
         # float/int, several times cheaper to get than a numpy scalar.
-        self._recv_cells = memoryview(views.table.recv_time)
-        self._zone_first_cells = memoryview(views.registry.zone[:, 0])
-        self._labels_len_cells = memoryview(views.registry.labels_len)
+        self._recv_cells = views.table.recv_time.data
+        self._zone_first_cells = views.registry.zone[:, 0].data
+        self._labels_len_cells = views.registry.labels_len.data
         self._row_columns = column_addresses(views.table)   # self._table keeps them mapped
         self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
@@ -225,7 +246,7 @@ class Ingest:
         self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
         self._one_slot = np.zeros(1, np.int64)   # reused: write_rows does not keep it
-        self._one_slot_cell = memoryview(self._one_slot)
+        self._one_slot_cell = self._one_slot.data
         self._max_frame_bytes = config.ingest.max_frame_bytes
         self._coalesce = _ONE_FRAME <= self._max_frame_bytes
         self._forget_after_s = config.engine.forget_after_s
@@ -423,7 +444,7 @@ class Ingest:
         most = self._max_frame_bytes
         kinds = [_BINARY1 if size == _ONE_FRAME else
                  _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
-                 for f, size in zip(frames, sizes)]
+                 for f, size in zip(frames, sizes, strict=True)]
         accepted, i = 0, 0
         while i < n:
             kind, j = kinds[i], i + 1
@@ -515,7 +536,7 @@ class Ingest:
         # A run of coalesced 1-record frames is not a sender's batch: never
         # remembered (the memo would fill with one-off node lists).
         memo_key = (n, bytes(records["node"][0])) if remember else None
-        slots = self._memo.get(memo_key) if remember else None
+        slots = self._memo.get(memo_key) if memo_key is not None else None
         status = STALE if slots is None else self._check(slots, words, now)
         keys = None
         if status == STALE:
@@ -748,7 +769,7 @@ def warm_up() -> None:
     mm = mmap.mmap(-1, layout.size)
     ingest = Ingest(SegmentViews(mm, layout), Config())
     ingest.warm_up()
-    ingest = None   # releases the views: the mapping can close
+    del ingest      # releases the views: the mapping can close
     mm.close()
 
 
@@ -861,6 +882,7 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         return EXIT_FAILED
     ctx = zmq.Context()
     sock = zap = None
+    ingest: Ingest | None = None
     try:
         try:
             admission = _admission(config)

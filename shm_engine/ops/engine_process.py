@@ -100,7 +100,7 @@ class EngineProcess:
         self.err_path = self.workdir / f"{name}.err"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "EngineProcess":
+    def start(self) -> EngineProcess:
         """Start the child (output files truncated); returns self."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "shm_engine", "run", "--name", self.name,

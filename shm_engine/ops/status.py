@@ -61,6 +61,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         st, epoch, meta = read_consistent(seq, lambda b: _copy_meta(v.buffers[b]))
         now = time.monotonic()
         if st == READ_OK:
+            assert meta is not None     # READ_OK comes with the copy
             (_e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts,
              ejected) = meta
             age = max(0.0, now - tick_mono)

@@ -34,8 +34,9 @@ restart delay plus about one tick) and starts a new spare in the background.
 
 SIGHUP reloads the ingest's key and peer bindings: the supervisor forwards it
 to the running ingest once that ingest has beaten (a starting one reads the
-files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).  A spare exits when its parent dies or its pipe closes; a dead
-spare just means a cold start.  The single-writer invariant is unchanged: the
+files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).
+A spare exits when its parent dies or its pipe closes; a dead spare just
+means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
 Output: one line per event on stderr (`shm_engine.core.runtime.log_event`); on
@@ -196,6 +197,7 @@ class Supervisor:
 
     # ------------------------------------------------------------- children --
     def _set_pid(self, role: str, pid: int) -> None:
+        assert self.seg is not None     # children run only while the segment exists
         getattr(self.seg.views.header, f"{role}_pid")[0] = pid
 
     def _start_spare(self, child: _Child) -> None:
@@ -215,13 +217,15 @@ class Supervisor:
         """Read what a spare said on its pipe: ``warm`` once it is ready to
         take over, logged with how long it took.  Its end closing means it
         died; `_spare_lost` reports that when its sentinel fires."""
+        gate, proc = child.spare_gate, child.spare
+        assert gate is not None and proc is not None    # set and cleared together
         try:
-            msg = child.spare_gate.recv()
+            msg = gate.recv()
         except (EOFError, OSError):
             msg = None
         child.spare_warm = True         # either way, nothing more to read
         if msg == "warm":
-            self.log("INFO", "spare_ready", role=child.role, pid=child.spare.pid,
+            self.log("INFO", "spare_ready", role=child.role, pid=proc.pid,
                      warm_s=f"{now - child.spare_started:.3f}")
 
     def _spare_lost(self, child: _Child) -> None:
@@ -230,6 +234,7 @@ class Supervisor:
         proc, gate = child.spare, child.spare_gate
         child.spare = child.spare_gate = None
         child.spare_warm = False
+        assert proc is not None and gate is not None    # its sentinel fired
         gate.close()
         proc.join(1.0)
         self.log("WARN", "spare_lost", role=child.role, pid=proc.pid,
@@ -242,6 +247,7 @@ class Supervisor:
         child.spare_warm = False
         if proc is None:
             return None
+        assert gate is not None         # set and cleared with the spare
         try:
             if proc.is_alive():
                 gate.send("go")
@@ -261,6 +267,7 @@ class Supervisor:
             proc, gate = child.spare, child.spare_gate
             child.spare = child.spare_gate = None
             if proc is not None:
+                assert gate is not None
                 gate.close()
                 proc.terminate()
                 spares.append(proc)
@@ -283,6 +290,7 @@ class Supervisor:
         child.restart_at = None
         self._set_pid(child.role, proc.pid)
         if child.starts:
+            assert self.seg is not None
             h = self.seg.views.header
             counter = getattr(h, f"{child.role}_restarts")
             counter[0] += 1
@@ -296,6 +304,7 @@ class Supervisor:
     def _reap(self, child: _Child, now: float) -> bool:
         """Handle an exited child; False if its exit is fatal for the engine."""
         proc = child.proc
+        assert proc is not None         # called only for a child that exited
         proc.join()
         code = proc.exitcode
         ran = now - child.started
@@ -344,6 +353,7 @@ class Supervisor:
             return
         if float(h.ingest_alive_mono[0]) < child.started:
             return
+        assert proc.pid is not None     # a started process has a pid
         self._reload_pending = False
         try:
             os.kill(proc.pid, signal.SIGHUP)
@@ -353,26 +363,26 @@ class Supervisor:
 
     def _terminate_children(self) -> None:
         self._stop_spares()
-        live = [c for c in self.children.values() if c.proc is not None]
+        live = [(c, c.proc) for c in self.children.values() if c.proc is not None]
         # Both children exit by themselves once `stopping` is set; a short
         # grace lets them finish cleanly before SIGTERM.
         grace_end = time.monotonic() + STOP_GRACE_S
-        pending = [c.proc.sentinel for c in live]
+        pending = [proc.sentinel for _, proc in live]
         while pending and time.monotonic() < grace_end:
             done = multiprocessing.connection.wait(pending, grace_end - time.monotonic())
             pending = [p for p in pending if p not in done]
-        for c in live:
-            if c.proc.is_alive():
-                c.proc.terminate()
+        for _, proc in live:
+            if proc.is_alive():
+                proc.terminate()
         deadline = time.monotonic() + STOP_JOIN_TIMEOUT_S
-        for c in live:
-            c.proc.join(max(0.0, deadline - time.monotonic()))
-            if c.proc.is_alive():
-                self.log("WARN", "child_killed", role=c.role, pid=c.proc.pid,
+        for c, proc in live:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                self.log("WARN", "child_killed", role=c.role, pid=proc.pid,
                          after_s=STOP_JOIN_TIMEOUT_S)
-                c.proc.kill()
-                c.proc.join(5.0)
-            self.log("INFO", "child_stopped", role=c.role, pid=c.proc.pid, code=c.proc.exitcode)
+                proc.kill()
+                proc.join(5.0)
+            self.log("INFO", "child_stopped", role=c.role, pid=proc.pid, code=proc.exitcode)
             c.proc = None
             if self.seg is not None:
                 self._set_pid(c.role, 0)
@@ -413,6 +423,7 @@ class Supervisor:
                 self._restore_signals(saved)
 
     def _loop(self) -> int:
+        assert self.seg is not None     # run() created it
         h = self.seg.views.header
         while self._stop_signal is None:
             now = time.monotonic()
@@ -451,6 +462,8 @@ class Supervisor:
                 if r in spares:
                     self._spare_lost(spares[r])
             for r in ready:
+                if not isinstance(r, multiprocessing.connection.Connection):
+                    continue            # a sentinel or the wake pipe
                 c = gates.get(r)
                 if c is not None and c.spare_gate is r:
                     self._spare_said(c, time.monotonic())

@@ -6,9 +6,9 @@ Three parts, so the view can be tested without a terminal and reused by
 - `Watcher` reads the engine: scores through `clients.reader.ScoreReader`
   (the latch), counters from the segment header (mapped read-only, each word
   read once), jobs in flight and outcomes from the claims segment (mapped
-  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`: plain data, rates computed
-  from the counter deltas between two polls, and the nodes whose state changed
-  since the previous poll.
+  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`:
+  plain data, rates computed from the counter deltas between two polls, and the
+  nodes whose state changed since the previous poll.
 - `render(view_state)` is a pure function from that data to a rich renderable.
 - `cmd_top` drives both under ``rich.live.Live``.
 
@@ -27,6 +27,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shm_engine.core.claims import ClaimsSegment, claims_status, in_flight_by_slot
 from shm_engine.core.errors import (
@@ -39,6 +40,12 @@ from shm_engine.core.errors import (
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.wire.format import REJECT_REASONS
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from clients.reader import Snapshot
 
 __all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top",
            "STATE_STYLES"]
@@ -145,7 +152,7 @@ class Watcher:
         self._history: deque[tuple] = deque()   # counter samples of the rate window
         self._prev_states: dict[str, str] = {}
         self._recent: deque[StateChange] = deque(maxlen=_RECENT_CHANGES)
-        self.snapshot = None          # latest clients.reader.Snapshot, for callers
+        self.snapshot: Snapshot | None = None   # the latest, for callers
 
     def close(self) -> None:
         self._reader.close()
@@ -334,7 +341,7 @@ def render(view_state: ViewState):
         line3.append(f"{name} {vs.counts.get(name, 0)}  ", style=STATE_STYLES[name])
     if vs.ejected:
         line3.append(f"ejected {vs.ejected}", style=STATE_STYLES["overloaded"])
-    parts = [head, line2, line3]
+    parts: list[Text | Table] = [head, line2, line3]
     if vs.claims is not None:
         cl, le = vs.claims, vs.claims["leases"]
         parts.append(Text(f"jobs in flight {cl['in_flight']:,}  released {cl['released_ok']:,} ok"
@@ -407,7 +414,7 @@ def cmd_top(args) -> int:
         print("shm-engine top: --interval must be > 0 and --rows >= 1", file=sys.stderr)
         return 2
     try:
-        watcher = Watcher(args.name, args.rows, args.owner)
+        watcher: Watcher | None = Watcher(args.name, args.rows, args.owner)
     except EngineNotRunning as err:
         print(f"shm-engine top: {err}", file=sys.stderr)
         return 2
@@ -416,6 +423,7 @@ def cmd_top(args) -> int:
         with Live(console=console, auto_refresh=False, screen=False,
                   redirect_stderr=False) as live:
             while True:
+                assert watcher is not None  # a lost engine's watcher is replaced below
                 stale_after = max(2.0, 20 * int(watcher._hdr.tick_interval_ms[0]) / 1000)
                 vs = watcher.poll()
                 gone = watcher.engine_gone(stale_after)

@@ -34,13 +34,12 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-
 from shm_engine.core.config import Config
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.states import STATE_NAMES
 from shm_engine.core.rows import column_addresses, gather, write_rows
+from shm_engine.core.states import STATE_NAMES
 from shm_engine.wire.encode import node_key
 from shm_engine.wire.jsondecode import check_heartbeat
 
@@ -170,6 +169,7 @@ class Replay:
         for obj in self._pending:
             rec, labels, reason, _detail = check_heartbeat(obj)
             if rec is None:
+                assert reason is not None   # a rejected heartbeat has its reason
                 self.rejects[reason] += 1
                 continue
             key = node_key(rec)
@@ -215,8 +215,8 @@ class Replay:
         st, out = buf.state, buf.out
         node_id = self.views.registry.node_id
         recs = []
-        for s in np.flatnonzero(self.inputs.active[:hwm]):
-            s = int(s)
+        for active in np.flatnonzero(self.inputs.active[:hwm]):
+            s = int(active)
             recs.append({
                 "tick": k,
                 "node": decode_id(node_id[s]).decode("utf-8"),

@@ -60,16 +60,21 @@ import numpy as np
 import kernels
 from kernels.columns import make_inputs
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
-
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
-from shm_engine.core.layout import FEEDBACK_COLUMNS, ClaimsViews, SegmentViews, layout_for, private_claims
-from shm_engine.core.segment import Segment
-from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.core.layout import (
+    FEEDBACK_COLUMNS,
+    ClaimsViews,
+    SegmentViews,
+    layout_for,
+    private_claims,
+)
 from shm_engine.core.rows import gather, make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 
 __all__ = ["Ticker", "TickResult", "TickStats", "Feedback", "ticker_main", "warm_up",
            "STATS_WINDOW"]
@@ -179,7 +184,9 @@ class Ticker:
         torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
                       cache=self._gather_cache)
         c, inp = self.claims, self.inputs
-        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(
+        # numba types a dispatcher call through a ParamSpec, which mypy cannot match
+        # against star-arguments followed by more positional ones.
+        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(  # type: ignore[call-arg]
             nxt.gen, inp.active, inp.fresh, c.lease_ident, c.in_flight_flat, c.row_words,
             c.outcomes, prev.ok_seen, prev.err_seen, hwm, float(now),
             self.params[MAX_CONSECUTIVE_ERRORS], self.params[EJECTION_S], *self.feedback,
@@ -316,6 +323,7 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
         seg.close()
         return EXIT_FAILED
+    ticker: Ticker | None = None
     try:
         warm_up()
         ticker = Ticker(seg.views, config,

@@ -15,8 +15,9 @@ The rules exist once, as that table; three checks apply them:
 - `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
   one boolean expression rendered from the table (`_scalar.accept`), True
   exactly when `record_fault` finds nothing (present resources and text
-  that is not plain ASCII are left to the reference walk).  A loop of Python calls, or a numpy reduction, costs more than a
-  whole record's comparisons at that size.
+  that is not plain ASCII are left to the reference walk).  A loop of Python
+  calls, or a numpy reduction, costs more than a whole record's comparisons at
+  that size.
 - `_checks.check_records`, the compiled whole-batch check (larger frames and
   runs of 1-record frames), generated from the table (`rulecode`): each
   record's first broken rule in one pass, so a batch costs no per-record
@@ -34,15 +35,41 @@ from operator import itemgetter
 
 import numpy as np
 
-from shm_engine.wire.format import (FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
-                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
-                                    RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
-                                    V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
-                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text,
-                                    describe_ranges)
-from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
-                                    tally)
 from shm_engine.wire._scalar import accept, one
+from shm_engine.wire.format import (
+    FLAGS_OFFSET,
+    HEADER,
+    HEADER_ONE,
+    HEADER_SIZE,
+    ITEM,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    V1_HEADER_ONE,
+    V1_ONE_FRAME_SIZE,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+    V2_ONLY_FLAGS,
+    VERSION,
+    FlagsByte,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import (
+    SAMPLE_MAX,
+    DecodedFrame,
+    frame_reject,
+    no_records,
+    node_label,
+    tally,
+)
 from shm_engine.wire.rulecode import text_pattern
 
 SMALL_MAX = 4           # frames of at most this many records take the scalar path
@@ -339,7 +366,7 @@ def _decode_v1(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
     raw, rejects, sample = _from_v1(raw1)
     if count > SMALL_MAX and compiled:
         return _decode_rows(raw, count, rejects, sample)
-    dec = _scan(memoryview(raw.reshape(-1)), 0, len(raw))
+    dec = _scan(raw.reshape(-1).data, 0, len(raw))
     for reason, n in dec.rejects.items():
         rejects[reason] = rejects.get(reason, 0) + n
     sample = (sample + dec.sample)[:SAMPLE_MAX]

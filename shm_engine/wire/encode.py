@@ -18,9 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (BIT_OF, FIELD_NAMES, HEADER, HEADER_ONE, MAGIC,
-                                    OPTIONAL_FIELDS, RECORD_DTYPE, RECORD_SIZE, REQUIRED_FIELDS,
-                                    RESOURCES, VERSION)
+from shm_engine.wire.format import (
+    BIT_OF,
+    FIELD_NAMES,
+    HEADER,
+    HEADER_ONE,
+    MAGIC,
+    OPTIONAL_FIELDS,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REQUIRED_FIELDS,
+    RESOURCES,
+    VERSION,
+)
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
 

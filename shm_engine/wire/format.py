@@ -109,13 +109,14 @@ def describe_ranges(ranges: tuple[tuple[int, int], ...]) -> str:
     """Byte ranges as a reader would write the characters: runs of letters
     or digits as ``A-Z``, then the other characters one by one."""
     chars = sorted({chr(c) for lo, hi in ranges for c in range(lo, hi + 1)})
-    runs, others = [], []
+    runs: list[tuple[str, str, tuple[bool, bool, bool]]] = []
+    others: list[str] = []
     for ch in chars:
         kind = (ch.isupper(), ch.islower(), ch.isdigit())
         if any(kind) and runs and runs[-1][2] == kind and ord(runs[-1][1]) + 1 == ord(ch):
-            runs[-1][1] = ch
+            runs[-1] = (runs[-1][0], ch, kind)
         elif any(kind):
-            runs.append([ch, ch, kind])
+            runs.append((ch, ch, kind))
         else:
             others.append(ch)
     words = [a if a == b else f"{a}-{b}" for a, b, _ in runs]
@@ -381,7 +382,7 @@ KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Pairs sent together: a heartbeat with one half misses the other.
 PAIRS = tuple(f.names for f in FIELDS if isinstance(f, Number) and len(f.names) == 2)
 # The presence bit of each record field (0: always present).
-BIT_OF = {n: f.bit for f in FIELDS for n in fields_of(f)}
+BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in fields_of(f)}
 RESOURCES = next(f for f in FIELDS if isinstance(f, Resources))
 
 

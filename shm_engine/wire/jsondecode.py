@@ -31,11 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
-                                    PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
-                                    Number, Resources, Text, describe_ranges)
-from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 from shm_engine.wire._scalar import json_fields
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    KNOWN_FIELDS,
+    MAX_JSON_DEPTH,
+    PAIRS,
+    RECORD_DTYPE,
+    RECORD_PACK,
+    REQUIRED_FIELDS,
+    Labels,
+    Number,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)   # bool is excluded apart
 _INT_TYPES = (int, np.integer)
@@ -234,7 +247,8 @@ def check_heartbeat(obj: dict) -> tuple[np.void | None, bytes | None, str | None
     ``(None, None, reason, detail)`` otherwise.  Never raises on bad input.
     """
     if not isinstance(obj, dict):
-        return None, None, "malformed_heartbeat", f"heartbeat is {type(obj).__name__}, not an object"
+        return (None, None, "malformed_heartbeat",
+                f"heartbeat is {type(obj).__name__}, not an object")
     try:
         values, labels = check_mapping(obj)
     except Reject as rej:

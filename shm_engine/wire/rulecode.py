@@ -32,10 +32,26 @@ import sys
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
-                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, RESERVED_SPANS, SHIFT,
-                                    FlagsByte, Labels, Number, ReservedBytes, Resources, Text,
-                                    names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    FLAGS_WORD,
+    ITEM,
+    OFFSET,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    SHIFT,
+    FlagsByte,
+    Labels,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    names_of,
+)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")
@@ -87,9 +103,11 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
                           if rule.bit else valid))
         elif isinstance(rule, Resources):
             valid, zero = target.resources(rule)
-            terms.append((i, rule.name, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"))
+            terms.append((i, rule.name,
+                          f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"))
         elif isinstance(rule, FlagsByte):
-            terms.append((i, "unknown flag bits", f"not {target.flags} & {0xFF & ~rule.known:#04x}"))
+            terms.append((i, "unknown flag bits",
+                          f"not {target.flags} & {0xFF & ~rule.known:#04x}"))
         else:
             assert isinstance(rule, ReservedBytes)
             terms.append((i, "reserved bytes", target.reserved(rule)))
@@ -203,7 +221,8 @@ def _json_fields_lines() -> list[str]:
                 fast = _in_bound("x", rule.bound, False)
                 if rule.ordered and j:
                     fast += f" and x >= values[{FIELD_INDEX[keys[0]]}]"
-                body += [f"x = obj[{key!r}]", f"values[{i}] = x if type(x) is float and {fast} else {slow}"]
+                body += [f"x = obj[{key!r}]",
+                         f"values[{i}] = x if type(x) is float and {fast} else {slow}"]
             else:
                 body.append(f"values[{i}] = {slow}")
         optional = isinstance(rule, Labels) or rule.bit != 0

@@ -182,7 +182,8 @@ def test_the_drain_is_bounded_per_interval(pull):
             push.send(b'{"ok": 1}')
         try:
             for interval in range(1, 4):
-                wait_until(lambda: (agent.poll_reports(0.05), agent.reports)[1] >= 50 * interval,
+                wait_until(lambda interval=interval:
+                           (agent.poll_reports(0.05), agent.reports)[1] >= 50 * interval,
                            10, f"interval {interval}'s reports")
                 assert agent.reports == 50 * interval
                 assert agent.poll_reports(0.05) == 0        # budget spent: the rest wait

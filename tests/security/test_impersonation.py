@@ -25,8 +25,15 @@ from clients.heartbeat import CurveKeys
 from clients.reader import ScoreReader
 from shm_engine import wire
 from shm_engine.ops.keys import make_keys
-from support.attack import (HONEST, Sent, fake_frames, forged_frame, honest_frame,
-                            honest_problems, push)
+from support.attack import (
+    HONEST,
+    Sent,
+    fake_frames,
+    forged_frame,
+    honest_frame,
+    honest_problems,
+    push,
+)
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 

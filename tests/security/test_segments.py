@@ -279,7 +279,8 @@ def test_readers_of_a_real_engine_see_it_stop_both_ways(shm_name, tmp_path, reap
             hb.send("n1", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
         reader = ScoreReader.attach(shm_name)
         try:
-            wait_until(lambda: "n1" in reader.snapshot().nodes, START_TIMEOUT_S, "n1 scored")
+            wait_until(lambda reader=reader: "n1" in reader.snapshot().nodes, START_TIMEOUT_S,
+                       "n1 scored")
             assert reader.engine_alive()
             if how == "sigterm":
                 assert eng.stop() == 0
@@ -288,7 +289,7 @@ def test_readers_of_a_real_engine_see_it_stop_both_ways(shm_name, tmp_path, reap
                 eng.proc.send_signal(signal.SIGKILL)
                 eng.proc.wait(30)
 
-            def learnt() -> bool:
+            def learnt(reader: ScoreReader = reader) -> bool:
                 try:
                     reader.score("n1")
                     reader.is_stale(1.0)

@@ -51,7 +51,7 @@ def _write_config(args, directory: str, n: int):
     if cfg.ingest.curve.enabled:
         raise ConfigError("ingest.curve: the demo's simulated fleet cannot use CURVE; "
                           "give a config without [ingest.curve]")
-    over = {"ingest.bind": BIND}
+    over: dict[str, str | int] = {"ingest.bind": BIND}
     if args.config is None:
         over["engine.tick_interval_ms"] = DEMO_TICK_MS
         over["engine.capacity"] = max(1024, 2 * n)
@@ -166,7 +166,6 @@ def _stop(engine: EngineProcess, code: int) -> int:
 def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess) -> int:
     """Drive the fleet until --duration or Ctrl-C; print the summary."""
     from clients.heartbeat import HeartbeatClient
-
     from shm_engine.ops.topview import Watcher
 
     period = args.duration if args.duration is not None else CYCLE_S
