@@ -35,32 +35,37 @@ from collections import deque
 from multiprocessing.connection import wait as conn_wait
 
 import numpy as np
-from support.engine import Engine, free_port, write_config
-from support.wait import wait_until
 
 from clients.reader import ScoreReader
 from shm_engine.core.states import NodeState
+from support.engine import Engine, free_port, write_config
+from support.wait import wait_until
 
 SEED = 20261130
-RATE = 60.0             # jobs per second (Poisson)
-DURATION_S = 8.0        # arrivals per run
+RATE = 60.0  # jobs per second (Poisson)
+DURATION_S = 8.0  # arrivals per run
 KILL_AT_S = DURATION_S / 2
 SLOTS = 2
 HB_PERIOD_S = 0.15
-MAX_ATTEMPTS = 3        # the first try and at most two retries
+MAX_ATTEMPTS = 3  # the first try and at most two retries
 NORMAL, SLOW, FAILING = 0.1, 0.5, 0.001
 FAIL_P = 0.8
 
 # name -> (service time, error probability); "n4" is the one killed.
-WORKERS = {**{f"n{i}": (NORMAL, 0.0) for i in range(5)},
-           "s0": (SLOW, 0.0), "s1": (SLOW, 0.0), "f0": (FAILING, FAIL_P)}
+WORKERS = {
+    **{f"n{i}": (NORMAL, 0.0) for i in range(5)},
+    "s0": (SLOW, 0.0),
+    "s1": (SLOW, 0.0),
+    "f0": (FAILING, FAIL_P),
+}
 VICTIM = "n4"
 FAILER = "f0"
 
 
 # ----------------------------------------------------------------- worker --
-def _worker(node: str, conn, service_s: float, fail_p: float, endpoint: str | None,
-            seed: int) -> None:
+def _worker(
+    node: str, conn, service_s: float, fail_p: float, endpoint: str | None, seed: int
+) -> None:
     """Serve jobs ``(job_id, attempt)`` from ``conn`` with ``SLOTS`` threads;
     answer ``(job_id, attempt, ok)``; heartbeat every HB_PERIOD_S."""
     from clients import HeartbeatClient
@@ -80,7 +85,7 @@ def _worker(node: str, conn, service_s: float, fail_p: float, endpoint: str | No
                     return
                 job = waiting.popleft()
                 ok = bool(rng.random() >= fail_p)
-            time.sleep(service_s)          # the simulated service time
+            time.sleep(service_s)  # the simulated service time
             with send_lock:
                 try:
                     conn.send((*job, ok))
@@ -92,8 +97,7 @@ def _worker(node: str, conn, service_s: float, fail_p: float, endpoint: str | No
             while not stop.is_set():
                 with cond:
                     q = len(waiting)
-                hb.send(node, cpu=0.3, mem=0.4, queue=float(q), avg_job_s=service_s,
-                        slots=SLOTS)
+                hb.send(node, cpu=0.3, mem=0.4, queue=float(q), avg_job_s=service_s, slots=SLOTS)
                 stop.wait(HB_PERIOD_S)
 
     threads = [threading.Thread(target=serve, daemon=True) for _ in range(SLOTS)]
@@ -125,8 +129,12 @@ def _spawn_workers(reap, endpoint: str | None, tag: str) -> dict:
     workers = {}
     for i, (node, (service_s, fail_p)) in enumerate(WORKERS.items()):
         mine, theirs = ctx.Pipe(duplex=True)
-        p = ctx.Process(target=_worker, name=f"worker-{tag}-{node}", daemon=True,
-                        args=(node, theirs, service_s, fail_p, endpoint, SEED + i))
+        p = ctx.Process(
+            target=_worker,
+            name=f"worker-{tag}-{node}",
+            daemon=True,
+            args=(node, theirs, service_s, fail_p, endpoint, SEED + i),
+        )
         p.start()
         reap(p)
         theirs.close()
@@ -148,15 +156,22 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
     rng = np.random.default_rng(SEED + 1)
     conns = {node: c for node, (_p, c) in workers.items()}
     node_of = {c: node for node, c in conns.items()}
-    outstanding = {node: {} for node in workers}     # node -> {(job, attempt): claim}
+    outstanding = {node: {} for node in workers}  # node -> {(job, attempt): claim}
     arrivals = _arrivals()
-    start_t = {}                                      # job -> monotonic send time
-    tried = {}                                        # job -> [nodes]
-    latency = {}                                      # job -> (seconds, ok)
-    pending: deque = deque()                          # jobs waiting for a node
+    start_t = {}  # job -> monotonic send time
+    tried = {}  # job -> [nodes]
+    latency = {}  # job -> (seconds, ok)
+    pending: deque = deque()  # jobs waiting for a node
     dead: set = set()
-    m = {"sent_to_dead": 0, "lost_in_flight": 0, "first_err_failer": None,
-         "zero_tick_failer": None, "kill_t": None, "attempts": 0, "no_node": 0}
+    m = {
+        "sent_to_dead": 0,
+        "lost_in_flight": 0,
+        "first_err_failer": None,
+        "zero_tick_failer": None,
+        "kill_t": None,
+        "attempts": 0,
+        "no_node": 0,
+    }
     seen_epoch = [-1]
 
     def choose(job):
@@ -189,7 +204,7 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
             if len(tried[job]) >= len(workers) or policy != "pick":
                 latency[job] = (time.monotonic() - start_t[job], False)
             else:
-                pending.append(job)       # no node ranked: try again after the next tick
+                pending.append(job)  # no node ranked: try again after the next tick
             return
         tried[job].append(node)
         key = (job, len(tried[job]))
@@ -201,14 +216,14 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
 
         try:
             conns[node].send(key)
-        except OSError:                   # broken connection: the worker is gone
+        except OSError:  # broken connection: the worker is gone
             finish(node, key, False)
 
     def on_readable(conn):
         node = node_of[conn]
         try:
             job, attempt, ok = conn.recv()
-        except (EOFError, OSError):       # the worker died: its jobs in flight fail
+        except (EOFError, OSError):  # the worker died: its jobs in flight fail
             conn_list.remove(conn)
             m["lost_in_flight"] += len(outstanding[node])
             for key in list(outstanding[node]):
@@ -225,8 +240,11 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
         seen_epoch[0] = snap.epoch
         slot = snap.nodes.index(FAILER)
         state = NodeState(int(snap.state[slot]))
-        if (snap.tick_mono >= m["first_err_failer"] and float(snap.score[slot]) == 0.0
-                and state not in (NodeState.HEALTHY, NodeState.DEGRADED)):
+        if (
+            snap.tick_mono >= m["first_err_failer"]
+            and float(snap.score[slot]) == 0.0
+            and state not in (NodeState.HEALTHY, NodeState.DEGRADED)
+        ):
             m["zero_tick_failer"] = (snap.tick_mono, state.name)
 
     conn_list = list(conns.values())
@@ -252,13 +270,19 @@ def _dispatch(workers: dict, policy: str, reader: ScoreReader | None) -> dict:
         for conn in conn_wait(conn_list, timeout=max(0.0, min(nxt, 0.005))):
             on_readable(conn)
         if time.monotonic() - t0 > DURATION_S + 20:
-            raise TimeoutError(f"{policy}: jobs still outstanding 20 s after the last arrival: "
-                               f"{ {n: len(o) for n, o in outstanding.items()} }")
+            raise TimeoutError(
+                f"{policy}: jobs still outstanding 20 s after the last arrival: "
+                f"{ {n: len(o) for n, o in outstanding.items()} }"
+            )
     lat = np.array([v[0] for v in latency.values()])
     first = [tried[j][0] for j in latency]
     m["first_to_slow"] = sum(1 for n in first if WORKERS[n][0] == SLOW)
-    m.update(jobs=len(latency), failed=sum(1 for v in latency.values() if not v[1]),
-             p50=float(np.percentile(lat, 50)), p99=float(np.percentile(lat, 99)))
+    m.update(
+        jobs=len(latency),
+        failed=sum(1 for v in latency.values() if not v[1]),
+        p50=float(np.percentile(lat, 50)),
+        p99=float(np.percentile(lat, 99)),
+    )
     return m
 
 
@@ -277,18 +301,27 @@ def _stop_workers(workers: dict) -> None:
 # ------------------------------------------------------------------- test --
 def test_pick_with_claims_against_fewest_outstanding(shm_name, tmp_path, reap):
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16),
-                 tmp_path, reap)
+    eng = Engine(
+        shm_name, write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16), tmp_path, reap
+    )
     endpoint = f"tcp://127.0.0.1:{port}"
     picked_workers = _spawn_workers(reap, endpoint, "pick")
     fewest_workers = _spawn_workers(reap, None, "fewest")
     eng.wait_ready()
     reader = ScoreReader.attach(shm_name)
     try:
-        wait_until(lambda: sorted(n for n in reader.snapshot().nodes if n) == sorted(WORKERS),
-                   60, "every worker's heartbeat scored", period=0.01)
-        wait_until(lambda: all(reader.state(n) == NodeState.HEALTHY for n in WORKERS)
-                   or None, 10, "every worker healthy", period=0.01)
+        wait_until(
+            lambda: sorted(n for n in reader.snapshot().nodes if n) == sorted(WORKERS),
+            60,
+            "every worker's heartbeat scored",
+            period=0.01,
+        )
+        wait_until(
+            lambda: all(reader.state(n) == NodeState.HEALTHY for n in WORKERS) or None,
+            10,
+            "every worker healthy",
+            period=0.01,
+        )
         # Map the claims segment and load its compiled entry points (numba's
         # cache) before the clock starts: not part of any job's latency.
         assert all(reader.in_flight(n) == 0 for n in WORKERS)
@@ -297,24 +330,34 @@ def test_pick_with_claims_against_fewest_outstanding(shm_name, tmp_path, reap):
         _stop_workers(picked_workers)
         reader.close()
     # Spawned at the start alongside the others; they sent no heartbeats.
-    wait_until(lambda: all(p.is_alive() for p, _c in fewest_workers.values()), 60,
-               "the second set of workers running")
+    wait_until(
+        lambda: all(p.is_alive() for p, _c in fewest_workers.values()),
+        60,
+        "the second set of workers running",
+    )
     try:
         fewest = _dispatch(fewest_workers, "fewest", None)
     finally:
         _stop_workers(fewest_workers)
 
-    eject_s = (pick["zero_tick_failer"][0] - pick["first_err_failer"]
-               if pick["zero_tick_failer"] and pick["first_err_failer"] else None)
+    eject_s = (
+        pick["zero_tick_failer"][0] - pick["first_err_failer"]
+        if pick["zero_tick_failer"] and pick["first_err_failer"]
+        else None
+    )
     for name, m in (("pick+claims", pick), ("fewest outstanding", fewest)):
-        print(f"\n{name}: jobs {m['jobs']} attempts {m['attempts']} failed {m['failed']} "
-              f"p50 {m['p50'] * 1e3:.1f} ms p99 {m['p99'] * 1e3:.1f} ms; killed at "
-              f"{m['kill_t']:.2f} s, lost in flight {m['lost_in_flight']}, sent to it after "
-              f"its death {m['sent_to_dead']}; first tries on a slow worker {m['first_to_slow']}; "
-              f"no node {m['no_node']}")
-    print(f"failing worker: first error release -> first tick scoring it 0: "
-          f"{'never' if eject_s is None else f'{eject_s * 1e3:.0f} ms'} "
-          f"({pick['zero_tick_failer'] and pick['zero_tick_failer'][1]})")
+        print(
+            f"\n{name}: jobs {m['jobs']} attempts {m['attempts']} failed {m['failed']} "
+            f"p50 {m['p50'] * 1e3:.1f} ms p99 {m['p99'] * 1e3:.1f} ms; killed at "
+            f"{m['kill_t']:.2f} s, lost in flight {m['lost_in_flight']}, sent to it after "
+            f"its death {m['sent_to_dead']}; first tries on a slow worker {m['first_to_slow']}; "
+            f"no node {m['no_node']}"
+        )
+    print(
+        f"failing worker: first error release -> first tick scoring it 0: "
+        f"{'never' if eject_s is None else f'{eject_s * 1e3:.0f} ms'} "
+        f"({pick['zero_tick_failer'] and pick['zero_tick_failer'][1]})"
+    )
 
     assert eject_s is not None and eject_s <= 1.0, eject_s
     assert pick["sent_to_dead"] <= 2, pick["sent_to_dead"]

@@ -37,21 +37,28 @@ from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, w
 from support.wait import wait_until
 
 CAPACITY = 16384
-FAKES = 16384                       # the count: every slot
-PER_FRAME = 2048                    # 768 KiB frames: under the default max_frame_bytes
+FAKES = 16384  # the count: every slot
+PER_FRAME = 2048  # 768 KiB frames: under the default max_frame_bytes
 RESENDS = 5
-BURST, RATE = 256, 50.0             # per sender
+BURST, RATE = 256, 50.0  # per sender
 NEWCOMERS = tuple(f"good-new-{i}" for i in range(4)) + ("failing-new-0",)
-BUDGET = (f"registration_burst_per_sender = {BURST}\n"
-          f"registration_rate_per_sender = {RATE}\n"
-          "registration_burst = 4096\nregistration_rate = 500.0\n")
+BUDGET = (
+    f"registration_burst_per_sender = {BURST}\n"
+    f"registration_rate_per_sender = {RATE}\n"
+    "registration_burst = 4096\nregistration_rate = 500.0\n"
+)
 
 
 def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_register(
-        shm_name, tmp_path, reap):
+    shm_name, tmp_path, reap
+):
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, capacity=CAPACITY,
-                                        extra=BUDGET), tmp_path, reap)
+    eng = Engine(
+        shm_name,
+        write_config(tmp_path / "e.toml", port, capacity=CAPACITY, extra=BUDGET),
+        tmp_path,
+        reap,
+    )
     eng.wait_ready()
     ctx = zmq.Context()
     honest = push(ctx, port, source="127.0.0.1")
@@ -62,14 +69,19 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
     sent = Sent(eng, reader)
     send, problems = sent.send, sent.problems
     try:
-        wait_until(lambda: send(honest, honest_frame()) or not honest_problems(reader),
-                   START_TIMEOUT_S, "the honest nodes scored", period=0.05)
+        wait_until(
+            lambda: send(honest, honest_frame()) or not honest_problems(reader),
+            START_TIMEOUT_S,
+            "the honest nodes scored",
+            period=0.05,
+        )
         t0 = time.monotonic()
         for _ in range(RESENDS):
             for f in fakes:
                 send(attacker, f)
             send(honest, honest_frame())
             problems.extend(honest_problems(reader))
+
         # New honest nodes start while the flood goes on: each beats until
         # it is scored (a heartbeat refused for the budget is retried by the
         # next one, as a real node's would be).
@@ -77,6 +89,7 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
             send(attacker, fakes[0])
             send(honest, honest_frame(HONEST + NEWCOMERS))
             return not honest_problems(reader, HONEST + NEWCOMERS)
+
         wait_until(newcomers_in, 60, "the new honest nodes scored", period=0.05)
         st = wait_until(sent.counted, 60, "every frame counted")
         elapsed = time.monotonic() - t0
@@ -91,9 +104,11 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
     by_sender = st["security"]["refused_by_sender"]
     assert "127.0.0.2" in by_sender, by_sender
     by_attacker = by_sender["127.0.0.2"]["registration_rate"]
-    print(f"\nflood: {RESENDS * FAKES} fake heartbeats in {elapsed:.2f} s, {len(fake_nodes)} "
-          f"fakes registered, {st['ingest']['rejected']['registration_rate']} refused "
-          f"registration_rate ({by_attacker} under 127.0.0.2)")
+    print(
+        f"\nflood: {RESENDS * FAKES} fake heartbeats in {elapsed:.2f} s, {len(fake_nodes)} "
+        f"fakes registered, {st['ingest']['rejected']['registration_rate']} refused "
+        f"registration_rate ({by_attacker} under 127.0.0.2)"
+    )
     assert problems == []
     assert set(HONEST + NEWCOMERS) <= set(nodes)
     # The attacker's own bucket, plus at most the bucket of unidentified
@@ -109,14 +124,18 @@ def test_a_flood_of_new_ids_is_held_to_the_budget_and_honest_nodes_still_registe
 
 
 def _batch(names) -> bytes:
-    return wire.encode_batch([dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
-                              for n in names])
+    return wire.encode_batch(
+        [dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0) for n in names]
+    )
 
 
 def _slots(seg) -> dict[str, int]:
     reg = seg.views.registry
-    return {decode_id(reg.node_id[s]).decode(): s
-            for s in range(int(seg.views.header.slot_hwm[0])) if reg.registered[s]}
+    return {
+        decode_id(reg.node_id[s]).decode(): s
+        for s in range(int(seg.views.header.slot_hwm[0]))
+        if reg.registered[s]
+    }
 
 
 def test_a_full_registry_reclaims_dead_slots_and_never_evicts_a_live_node(shm_name):
@@ -127,7 +146,7 @@ def test_a_full_registry_reclaims_dead_slots_and_never_evicts_a_live_node(shm_na
         h = seg.views.header
         old = [f"old-{i}" for i in range(8)]
         assert ing.handle_frame(_batch(old), 0.0) == 8
-        assert ing.handle_frame(_batch(old[:4]), 9.0) == 4       # old-0..3 beat again
+        assert ing.handle_frame(_batch(old[:4]), 9.0) == 4  # old-0..3 beat again
         first = _slots(seg)
 
         # t = 9.5: every node is live (the oldest is 9.5 s old): refused,
@@ -144,8 +163,9 @@ def test_a_full_registry_reclaims_dead_slots_and_never_evicts_a_live_node(shm_na
         assert ing.handle_frame(frame, 10.5) == 4
         now = _slots(seg)
         assert {n: now[n] for n in old[:5]} == {n: first[n] for n in old[:5]}
-        assert [now[n] for n in ("new-0", "new-1", "new-2")] == [first[f"old-{i}"]
-                                                                  for i in (5, 6, 7)]
+        assert [now[n] for n in ("new-0", "new-1", "new-2")] == [
+            first[f"old-{i}"] for i in (5, 6, 7)
+        ]
         assert "new-3" not in now and not set(old[5:]) & set(now)
         assert int(h.ingest_reclaimed[0]) == 3
         assert int(h.rejects[wire.REJECT_REASONS.index("registry_full")]) == 2
