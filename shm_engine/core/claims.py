@@ -85,7 +85,6 @@ Rules for callers
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 
@@ -118,6 +117,7 @@ from shm_engine.core.ordering import (
 from shm_engine.core.rows import address_pointer
 from shm_engine.core.segment import (
     CLAIMS_FORBIDDEN,
+    MappedSegment,
     claims_posix_name,
     create_exclusive,
     expected_uid,
@@ -768,7 +768,7 @@ def claims_status(
 # The segment
 
 
-class ClaimsSegment:
+class ClaimsSegment(MappedSegment):
     """A mapped claims segment ``/NAME.claims`` and its views (``.views``).
 
     Lifetime as for the scores segment (`shm_engine.core.segment`): the
@@ -776,14 +776,13 @@ class ClaimsSegment:
     reclaimed) and unlinks it; everyone else attaches and closes.
     Schedulers attach read-write: claiming is writing."""
 
+    views: ClaimsViews
+
     def __init__(
         self, name: str, mm, layout: ClaimsLayout, readonly: bool, owner_uid: int | None = None
     ):
-        self.name = name
-        self.readonly = readonly
+        super().__init__(name, claims_posix_name(name), mm, readonly, owner_uid)
         self.layout = layout
-        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap: mmap.mmap | None = mm
         self.views = ClaimsViews(mm, layout)
 
     @classmethod
@@ -854,28 +853,6 @@ class ClaimsSegment:
     def instance(self) -> int:
         """Random id of this segment's creation (a re-created one differs)."""
         return int(self.views.header.instance[0])
-
-    def close(self) -> None:
-        """Unmap.  Views handed out earlier must no longer be used."""
-        # Typed as open: a closed segment is never read again, so its users
-        # need no None check; dropping the views releases the mapping.
-        self.views = None  # type: ignore[assignment]
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # views still exported; unmapped when the last one goes
-            self._mmap = None
-
-    def unlink(self) -> None:
-        """Remove the segment name (the creator does this on clean shutdown)."""
-        unlink_claims(self.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def unlink_claims(name: str) -> bool:

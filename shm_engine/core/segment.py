@@ -41,6 +41,7 @@ import re
 import stat
 import time
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import posix_ipc
@@ -178,18 +179,60 @@ def process_alive(pid: int, start_time: int = 0) -> bool:
     return True
 
 
-class Segment:
+class MappedSegment:
+    """What both segments of an engine share: the mapping and its lifetime.
+
+    Subclasses set ``views`` (numpy views into the mapping) and name their
+    POSIX name in ``pname``; ``close`` drops the views and unmaps, ``unlink``
+    removes the name."""
+
+    views: Any  # each subclass's own views type
+
+    def __init__(
+        self, name: str, pname: str, mm: mmap.mmap, readonly: bool, owner_uid: int | None
+    ) -> None:
+        self.name = name
+        self.pname = pname
+        self.readonly = readonly
+        #: The user the segment was checked to belong to.
+        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
+        self._mmap: mmap.mmap | None = mm
+
+    def close(self) -> None:
+        """Unmap.  Views handed out earlier must no longer be used."""
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                # numpy views still exported (held by a caller); the mapping
+                # goes away when the last one is collected.
+                pass
+            self._mmap = None
+
+    def unlink(self) -> None:
+        """Remove the segment name (the creator does this on clean shutdown)."""
+        unlink_shm(self.pname)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Segment(MappedSegment):
     """A mapped engine segment and its views (``seg.views``)."""
+
+    views: SegmentViews
 
     def __init__(
         self, name: str, mm: mmap.mmap, layout: Layout, readonly: bool, owner_uid: int | None = None
     ):
-        self.name = name
-        self.readonly = readonly
+        super().__init__(name, posix_name(name), mm, readonly, owner_uid)
         self.layout = layout
-        #: The user the segment was checked to belong to.
-        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap: mmap.mmap | None = mm
         self.views = SegmentViews(mm, layout)
 
     # ------------------------------------------------------------ create --
@@ -266,31 +309,6 @@ class Segment:
             mm.close()
             raise
         return cls(name, mm, layout, readonly, uid)
-
-    # ----------------------------------------------------------- release --
-    def close(self) -> None:
-        """Unmap.  Views handed out earlier must no longer be used."""
-        # Typed as open: a closed segment is never read again, so its users
-        # need no None check; dropping the views releases the mapping.
-        self.views = None  # type: ignore[assignment]
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                # numpy views still exported (held by a caller); the mapping
-                # goes away when the last one is collected.
-                pass
-            self._mmap = None
-
-    def unlink(self) -> None:
-        """Remove the segment name (the creator does this on clean shutdown)."""
-        unlink(self.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def unlink(name: str) -> bool:
