@@ -104,7 +104,6 @@ from shm_engine.core.layout import (
     ClaimsViews,
     claims_layout_for,
     private_claims,
-    read_capacity,
 )
 from shm_engine.core.ordering import (
     cas_pair_u64,
@@ -118,6 +117,7 @@ from shm_engine.core.rows import address_pointer
 from shm_engine.core.segment import (
     CLAIMS_FORBIDDEN,
     MappedSegment,
+    check_identity,
     claims_posix_name,
     create_exclusive,
     expected_uid,
@@ -825,17 +825,10 @@ class ClaimsSegment(MappedSegment):
         pname = claims_posix_name(name)
         uid = expected_uid(owner)
         mm, size = map_existing(name, pname, readonly, "claims.shm_mode", uid, CLAIMS_FORBIDDEN)
-        magic, version, capacity = read_capacity(mm)
         try:
-            if magic != CLAIMS_MAGIC:
-                raise EngineNotRunning(
-                    f"engine {name!r} is starting (segment {pname} not initialised)"
-                )
-            if version != CLAIMS_LAYOUT_VERSION:
-                raise LayoutMismatch(
-                    f"engine {name!r}: claims layout version {version}, "
-                    f"this client reads version {CLAIMS_LAYOUT_VERSION}"
-                )
+            capacity = check_identity(
+                name, pname, mm, CLAIMS_MAGIC, CLAIMS_LAYOUT_VERSION, "claims"
+            )
             leases = int(np.frombuffer(mm, "<u4", 1, 48)[0])
             layout = claims_layout_for(capacity, leases)
             if layout.size != size:

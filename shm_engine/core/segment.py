@@ -288,17 +288,8 @@ class Segment(MappedSegment):
         pname = posix_name(name)
         uid = expected_uid(owner)
         mm, size = map_existing(name, pname, readonly, "engine.shm_mode", uid, SCORES_FORBIDDEN)
-        magic, version, capacity = read_capacity(mm)
         try:
-            if magic != MAGIC:
-                raise EngineNotRunning(
-                    f"engine {name!r} is starting (segment {pname} not initialised)"
-                )
-            if version != LAYOUT_VERSION:
-                raise LayoutMismatch(
-                    f"engine {name!r}: segment layout version {version}, "
-                    f"this client reads version {LAYOUT_VERSION}"
-                )
+            capacity = check_identity(name, pname, mm, MAGIC, LAYOUT_VERSION, "segment")
             layout = layout_for(capacity)
             if layout.size != size:
                 raise LayoutMismatch(
@@ -309,6 +300,24 @@ class Segment(MappedSegment):
             mm.close()
             raise
         return cls(name, mm, layout, readonly, uid)
+
+
+def check_identity(
+    name: str, pname: str, mm: mmap.mmap, want_magic: int, want_version: int, what: str
+) -> int:
+    """The capacity in the header of mapping ``mm`` (engine ``name``'s
+    ``pname``) once its magic and layout version are those expected.
+    Raises EngineNotRunning before the creator has finished it (no magic
+    yet), LayoutMismatch for another layout version."""
+    magic, version, capacity = read_capacity(mm)
+    if magic != want_magic:
+        raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not initialised)")
+    if version != want_version:
+        raise LayoutMismatch(
+            f"engine {name!r}: {what} layout version {version}, "
+            f"this client reads version {want_version}"
+        )
+    return capacity
 
 
 def unlink(name: str) -> bool:
