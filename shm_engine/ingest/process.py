@@ -82,7 +82,7 @@ from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.format import (FIELD_INDEX, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
-                                    REJECT_REASONS, WORDS, ZONE_WORDS)
+                                    REJECT_REASONS, V1_ONE_FRAME_SIZE, WORDS, ZONE_WORDS)
 from shm_engine.wire.jsondecode import decode_json_objects
 
 __all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up",
@@ -108,6 +108,7 @@ LARGE_CHUNK = 4           # the same for frames above RECV_COPY_MAX
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = ONE_FRAME_SIZE   # bytes of a 1-record binary frame
+_V1_ONE_FRAME = V1_ONE_FRAME_SIZE   # the same in wire version 1 (still accepted)
 # `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
@@ -260,10 +261,11 @@ class Ingest:
         if n < COALESCE_MIN or not self._coalesce:
             return sum([self.handle_frame(f, now) for f in frames])
         sizes = list(map(len, frames))
-        if sizes.count(_ONE_FRAME) == n:
-            return self._handle_run(frames, now, decode_one_record_frames, n * _ONE_FRAME)
+        for one in (_ONE_FRAME, _V1_ONE_FRAME):
+            if sizes.count(one) == n:
+                return self._handle_run(frames, now, decode_one_record_frames, n * one)
         most = self._max_frame_bytes
-        kinds = [_BINARY1 if size == _ONE_FRAME else
+        kinds = [_BINARY1 if size == _ONE_FRAME or size == _V1_ONE_FRAME else
                  _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
                  for f, size in zip(frames, sizes)]
         accepted, i = 0, 0
