@@ -7,7 +7,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m benchmarks {run,sim} [options]\n"
-              "  run   performance harness (tick, read path, ingest, freshness, memory)\n"
+              "  run   performance harness (tick, read path and pick, claims, ingest, freshness, memory)\n"
               "  sim   routing-quality simulator (policies x scenarios)")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]

@@ -57,7 +57,7 @@ from shm_engine.core.errors import (
 )
 from shm_engine.core.segment import Segment
 
-__all__ = ["Claim", "ClaimTable", "NodeFeedback"]
+__all__ = ["Claim", "ClaimTable", "ClaimCounter", "NodeFeedback", "SinceTick"]
 
 _INT = types.int64
 _ADDR = types.uint64
@@ -292,6 +292,53 @@ class ClaimTable:
         """Stop using this table.  The mapping goes when the last reference
         does: open claims hold one, so they can still be released."""
         _TABLES.discard(self)
+
+
+class ClaimCounter:
+    """Counts claims without claiming: what `ScoreReader.pick` needs from a
+    reader that never claimed.  Maps the claims segment read-only (so it
+    takes no lease and cannot write) and checks that it belongs to the same
+    engine run as ``scores``.  ``at`` is the context address `in_flight_at`
+    reads through.  Raises EngineNotRunning if the engine has no claims
+    segment or it belongs to another run."""
+
+    def __init__(self, scores: Segment):
+        _load_entry_points()
+        name = scores.name
+        claims = ClaimsSegment.attach(name, readonly=True, owner=scores.owner_uid)
+        hs, hc = scores.views.header, claims.views.header
+        if (int(hs.creator_pid[0]), int(hs.creator_start[0])) != \
+                (int(hc.creator_pid[0]), int(hc.creator_start[0])):
+            claims.close()
+            raise EngineNotRunning(f"engine {name!r}: its claims segment belongs to another run")
+        self._seg = claims
+        self._ctx = _c.make_context(claims.views, scores.views.registry.slot_gen)
+        self.at = int(self._ctx.ctypes.data)
+
+    def close(self) -> None:
+        self.at = 0
+        self._seg.close()
+
+
+class SinceTick:
+    """Per slot, the claims made since the tick of one score buffer and still
+    open: live in-flight count of the buffer's registration (``gen``) minus
+    the ``rif`` that tick published, floored at 0.  Duck-types the
+    ``claims`` argument of `clients.pick.pick` (``item(slot)``), so only the
+    drawn candidates are counted: each ``item`` is one compiled call over
+    the leases in use."""
+
+    __slots__ = ("at", "gen", "rif")
+
+    def __init__(self, at: int, gen, rif):
+        self.at, self.gen, self.rif = at, gen, rif
+
+    def item(self, slot: int) -> float:
+        n = _in_flight(self.at, slot, self.gen[slot])
+        if n <= 0:                # none open, or the slot changed hands
+            return 0.0
+        c = n - self.rif[slot]
+        return c if c > 0.0 else 0.0
 
 
 def _after_fork_in_child() -> None:

@@ -82,7 +82,9 @@ def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
     d         candidates drawn per pick (>= 1).  1 is uniform random over the
               ranked nodes; large d approaches argmax and herds.
     claims    optional per-slot count of jobs claimed since the tick that
-              produced ``scores`` and still open (>= 0).  None: no discount.
+              produced ``scores`` and still open (>= 0): an array, or any
+              object whose ``item(slot)`` gives it (read for the candidates
+              only; `clients.claims.SinceTick`).  None: no discount.
     slots     optional per-slot worker count (values < 1 count as 1); None:
               every node has 1.  Read only with ``claims``.
 

@@ -54,9 +54,11 @@ import numpy as np
 
 from kernels.params import N_WEIGHTS, WEIGHT_NAMES
 
-from clients.claims import Claim, ClaimTable, NodeFeedback
+from clients.claims import Claim, ClaimCounter, ClaimTable, NodeFeedback, SinceTick
+from clients.pick import DEFAULT_D
 from clients.pick import pick as _pick
-from shm_engine.core.errors import EngineStopped, NothingPublished, ReadContention, UnknownNode
+from shm_engine.core.errors import (EngineNotRunning, EngineStopped, NothingPublished,
+                                    ReadContention, UnknownNode)
 from shm_engine.core.registry import read_node_id
 from shm_engine.core.runtime import DEFAULT_NAME
 from shm_engine.core.segment import Segment, process_alive
@@ -147,6 +149,11 @@ class ScoreReader:
         self._published = tuple(tuple(b.views[c] for c in _PUBLISHED + ("gen",))
                                 for b in self._bufs)
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
+        self._rif_mv = mvs("rif")
+        self._slots = v.table.slots          # pick reads .item(slot)
+        self._counter: ClaimCounter | None = None   # claims counted read-only (pick)
+        self._counter_tried = False
+        self._since: tuple = (0, (None, None))      # (context address, SinceTick per buffer)
         self._claims: ClaimTable | None = None   # mapped on first use (read-write)
         self._stopped: str | None = None         # why the engine is gone, once seen
         self._next_dead_check = 0.0
@@ -174,6 +181,10 @@ class ScoreReader:
         if self._claims is not None:
             self._claims.close()   # unmaps once its open claims are released
             self._claims = None
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
+        self._rif_mv = self._slots = None
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
         self._stopping_mv = self._beat_mv = None
         self._ranked_mv = self._nranked_mv = None
@@ -476,16 +487,40 @@ class ScoreReader:
         return slots, [sc[s] for s in slots], [gm[s] for s in slots]
 
     # ---------------------------------------------------------------- pick --
+    def _count_at(self) -> int:
+        """Address of a context `SinceTick` counts through: the claim
+        table's if this reader claims, else a read-only mapping of the
+        claims segment made on first use; 0 if the engine has none."""
+        if self._claims is not None:
+            return self._claims._at
+        if self._counter is None and not self._counter_tried:
+            self._counter_tried = True
+            try:
+                self._counter = ClaimCounter(self._seg)
+            except EngineNotRunning:
+                pass        # no claims segment: pick without the discount
+        return self._counter.at if self._counter is not None else 0
+
     def pick(self, exclude=None, rng: np.random.Generator | None = None, *,
-             d: int = 3) -> str | None:
+             d: int = DEFAULT_D) -> str | None:
         """Choose one node for a job without herding (see `clients.pick`).
 
         Power of ``d`` choices on the published desirability: ``d`` distinct
-        ranked nodes drawn uniformly, the best of them returned.  ``exclude``:
-        node names never to return (e.g. already tried for this job); ``rng``:
-        a seeded ``numpy.random.Generator`` for reproducible picks (default:
-        the reader's own).  None when no node qualifies (nothing ranked, or
-        all excluded): wait for the next tick or fall back."""
+        ranked nodes drawn uniformly, and the best of them returned, each
+        weighed by the claims made on it since the tick that produced its
+        score: ``score / (1 + claims / slots)``, claims being the live
+        in-flight count (every scheduler's) minus the ``rif`` the tick
+        published (floored at 0), ``slots`` the node's reported worker
+        count (1 when not reported).  Only the ``d`` candidates are read, so
+        a pick costs O(d) whatever the number of nodes.  A reader that never
+        claimed maps the claims segment read-only to count; an engine
+        without a claims segment gets picks without the discount.
+
+        ``exclude``: node names never to return (e.g. already tried for this
+        job); ``rng``: a seeded ``numpy.random.Generator`` for reproducible
+        picks (default: the reader's own).  Returns None when no node
+        qualifies (nothing ranked, or all excluded): wait for the next tick
+        or fall back."""
         if d < 1:
             raise ValueError(f"pick: d = {d!r} must be >= 1")
         if rng is None:
@@ -496,12 +531,19 @@ class ScoreReader:
         if exclude:
             self._refresh_index()
             ex = [self._index[n][0] for n in exclude if n in self._index]
+        at = self._count_at()
+        if at != self._since[0]:
+            self._since = (at, tuple(SinceTick(at, g, r) if at else None
+                                     for g, r in zip(self._gen_mv, self._rif_mv)))
+        per_buffer = self._since[1]
+        slots = self._slots
 
         def choose(b):
             buf = self._bufs[b]
+            since = per_buffer[b]
             try:
                 slot = _pick(buf.views["score"], buf.views["ranked"], int(buf.n_ranked[0]),
-                             rng, ex, d=d)
+                             rng, ex, d=d, claims=since, slots=slots)
                 return slot, (self._gen_mv[b][slot] if slot >= 0 else 0)
             except (IndexError, ValueError):
                 return -2, 0  # a torn copy: the latch check makes us retry

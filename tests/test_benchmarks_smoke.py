@@ -31,7 +31,7 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     proc = _run("--quick", "--out", str(tmp_path), timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "latest.json").read_text())
-    for key in ("machine", "tick", "read", "ingest", "freshness", "memory", "scaling"):
+    for key in ("machine", "tick", "read", "claims", "ingest", "freshness", "memory", "scaling"):
         assert res.get(key), key
     assert [r["nodes"] for r in res["tick"]] == [1000, 10000]
     for row in res["tick"]:
@@ -41,7 +41,10 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
             assert row["parts"][part]["median"] > 0
     ours = res["read"]["ours"]
     assert ours["score_ns"]["median"] > 0 and ours["snapshot_us"]["median"] > 0
-    assert ours["top10_us"]["median"] > 0
+    assert ours["top10_us"]["median"] > 0 and ours["pick_us"]["median"] > 0
+    assert not ours["picked_none"]
+    for k in ("ok", "error", "with", "in_flight"):
+        assert res["claims"][k]["median_ns"] > 0
     assert res["read"]["manager"]["get_ns"]["median"] > 0
     assert "skipped" in res["read"]["redis"] or res["read"]["redis"]["hget_ns"]["median"] > 0
     for k in ("ceiling_single_frames", "single_binary", "single_json",

@@ -105,7 +105,15 @@ OPERATIONAL_DEFAULTS = {
     "ingest.bind": "tcp://127.0.0.1:7710",
     "ingest.max_frame_bytes": 1048576,
     "ingest.drain_batch": 1024,
-    "ingest.rcvhwm": 10000,
+    "ingest.max_heartbeats_per_frame": 8192,
+    "ingest.max_queue_bytes": 128 << 20,
+    "ingest.allow_insecure": False,
+    "ingest.allow_nodes": [],
+    "ingest.peer_nodes_file": "",
+    "ingest.registration_rate": 1000.0,
+    "ingest.registration_burst": 16384,
+    "ingest.registration_rate_per_sender": 100.0,
+    "ingest.registration_burst_per_sender": 1024,
     "ingest.reject_log_interval_s": 1.0,
     "ingest.curve.server_secret_key_file": "",
     "ingest.curve.authorized_keys_dir": "",
@@ -120,7 +128,8 @@ INT_KEYS = {
     "score.min_requests", "score.max_consecutive_errors", "score.flap_window",
     "score.quarantine_memory",
     "score.probation_ticks", "score.max_backoff",
-    "ingest.max_frame_bytes", "ingest.drain_batch", "ingest.rcvhwm",
+    "ingest.max_frame_bytes", "ingest.drain_batch", "ingest.max_heartbeats_per_frame",
+    "ingest.max_queue_bytes", "ingest.registration_burst", "ingest.registration_burst_per_sender",
     "claims.shm_mode", "claims.max_schedulers",
 }
 
@@ -146,6 +155,8 @@ def test_default_types(key):
         assert type(value) is str
     elif isinstance(ALL_DEFAULTS[key], bool):
         assert type(value) is bool
+    elif isinstance(ALL_DEFAULTS[key], list):
+        assert type(value) is list and all(type(v) is str for v in value)
     else:
         assert type(value) is float
 
@@ -287,7 +298,13 @@ TYPE_ERRORS = [
     ("engine.capacity", 16384.5, r"engine\.capacity = 16384\.5 has type float, expected an integer"),
     ("engine.capacity", "16384", r'engine\.capacity = "16384" has type string'),
     ("ingest.drain_batch", 1.0, r"ingest\.drain_batch = 1\.0 has type float"),
-    ("ingest.rcvhwm", 1e5, r"ingest\.rcvhwm = 100000\.0 has type float"),
+    ("ingest.max_queue_bytes", 1e9, r"ingest\.max_queue_bytes = 1000000000\.0 has type float"),
+    ("ingest.allow_nodes", "web-*", r'ingest\.allow_nodes = "web-\*" has type string, '
+                                    r"expected an array of strings"),
+    ("ingest.allow_nodes", ["a", 1], r'ingest\.allow_nodes = \["a", 1\]: element 1 has type '
+                                     r"integer, expected a string"),
+    ("ingest.allow_insecure", 1, r"ingest\.allow_insecure = 1 has type integer, expected a "
+                                 r"boolean"),
     ("engine.warm_spares", 1, r"engine\.warm_spares = 1 has type integer, expected a boolean"),
     ("engine.warm_spares", "yes", r'engine\.warm_spares = "yes" has type string'),
     ("ingest.bind", 7710, r"ingest\.bind = 7710 has type integer, expected a string"),
@@ -380,9 +397,21 @@ RANGE_ERRORS = [
     ("claims.shm_mode", 660, r"claims\.shm_mode = 0o1224 .* did you mean 0o660\?"),
     ("claims.max_schedulers", 0, r"claims\.max_schedulers = 0 must be in 1\.\.4096"),
     ("claims.max_schedulers", 4097, r"claims\.max_schedulers = 4097 must be in 1\.\.4096"),
-    ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be >= 1024"),
+    ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be in 1024\.\.268435456"),
     ("ingest.drain_batch", 0, r"ingest\.drain_batch = 0 must be >= 1"),
-    ("ingest.rcvhwm", -1, r"ingest\.rcvhwm = -1 must be in 0\.\.2147483647"),
+    ("ingest.max_queue_bytes", 2097151,
+     r"ingest\.max_queue_bytes = 2097151 must be >= 2 x ingest\.max_frame_bytes \(1048576\)"),
+    ("ingest.max_heartbeats_per_frame", 0, r"ingest\.max_heartbeats_per_frame = 0 must be >= 1"),
+    ("ingest.registration_rate", 0, r"ingest\.registration_rate = 0 must be > 0"),
+    ("ingest.registration_rate_per_sender", -1.0,
+     r"ingest\.registration_rate_per_sender = -1 must be > 0"),
+    ("ingest.registration_burst", -1, r"ingest\.registration_burst = -1 must be >= 0"),
+    ("ingest.allow_nodes", ["ok", ""], r'ingest\.allow_nodes: pattern "" must be 1\.\.255 bytes'),
+    ("ingest.bind", "tcp://0.0.0.0:7710",
+     r'ingest\.bind = "tcp://0\.0\.0\.0:7710" can be reached from other machines and '
+     r"\[ingest\.curve\] is off.*ingest\.allow_insecure = true"),
+    ("ingest.bind", "tcp://*:7710", r'ingest\.bind = "tcp://\*:7710" can be reached'),
+    ("ingest.bind", "tcp://eth0:7710", r'ingest\.bind = "tcp://eth0:7710" can be reached'),
     ("ingest.reject_log_interval_s", 0, r"ingest\.reject_log_interval_s = 0 must be > 0"),
     ("ingest.bind", "127.0.0.1:7710", r'ingest\.bind = "127\.0\.0\.1:7710" must look like tcp://host:port'),
     ("ingest.bind", "tcp://127.0.0.1", r'ingest\.bind = "tcp://127\.0\.0\.1" must look like'),
@@ -452,12 +481,21 @@ def test_optional_weights_alone_are_not_enough():
     {"claims.shm_mode": 0o660}, {"claims.shm_mode": 0o664},
     {"engine.shm_mode": "0o644"}, {"engine.shm_mode": "600"},
     {"engine.restart_backoff_min_s": 10, "engine.restart_backoff_max_s": 10},
-    {"ingest.max_frame_bytes": 1024}, {"ingest.rcvhwm": 0},
-    {"ingest.bind": "tcp://*:7710"}, {"ingest.bind": "tcp://0.0.0.0:1"},
+    {"ingest.max_frame_bytes": 1024, "ingest.max_queue_bytes": 2048},
+    {"ingest.max_queue_bytes": 2 << 20}, {"ingest.max_heartbeats_per_frame": 1},
+    {"ingest.registration_burst": 0, "ingest.registration_burst_per_sender": 0},
+    {"ingest.allow_nodes": ["web-*", "db-[0-9]", "exact.id"]},
+    {"ingest.bind": "tcp://*:7710", "ingest.allow_insecure": True},
+    {"ingest.bind": "tcp://0.0.0.0:1", "ingest.allow_insecure": True},
     {"ingest.bind": "tcp://127.0.0.1:*"}, {"ingest.bind": "tcp://[::1]:65535"},
-    {"ingest.bind": "tcp://eth0:7710"}, {"ingest.bind": "ipc:///run/shm-engine/hb.sock"},
-    {"ingest.bind": "inproc://heartbeats"},
+    {"ingest.bind": "tcp://127.3.2.1:7710"}, {"ingest.bind": "tcp://localhost:7710"},
+    {"ingest.bind": "tcp://eth0:7710", "ingest.allow_insecure": True},
+    {"ingest.bind": "ipc:///run/shm-engine/hb.sock"},
+    {"ingest.bind": "inproc://heartbeats"}, {"ingest.peer_nodes_file": "/etc/peers"},
     {"ingest.curve.server_secret_key_file": "/k/server.key_secret",
+     "ingest.curve.authorized_keys_dir": "/k/clients"},
+    {"ingest.bind": "tcp://0.0.0.0:7710",
+     "ingest.curve.server_secret_key_file": "/k/server.key_secret",
      "ingest.curve.authorized_keys_dir": "/k/clients"},
 ])
 def test_edge_values_accepted(dotted):
@@ -638,14 +676,25 @@ def test_render_defaults_comments_every_key():
     assert all(len(line) <= 78 for line in lines)
 
 
-def test_rcvhwm_doc_states_the_ingest_loops_own_bound():
-    """The rcvhwm comment promises how many drained frames the ingest loop
-    holds beyond the socket's queue; it must follow the loop's constants."""
+def test_max_queue_bytes_doc_states_the_ingest_loops_own_bound():
+    """The max_queue_bytes comment promises how many drained frames the
+    ingest loop holds beyond the socket's queue, and the hard limit of a
+    frame; it must follow the loop's and the socket's constants."""
     from shm_engine.ingest import process as ingest
 
-    doc = " ".join(render_defaults().split())
-    assert (f"at most {ingest.DRAIN_CHUNK} small frames, or {ingest.LARGE_CHUNK} above "
-            f"{ingest.RECV_COPY_MAX // 1024} KiB") in doc
+    doc = " ".join(line.removeprefix("# ") for line in render_defaults().splitlines())
+    kib = ingest.RECV_COPY_MAX // 1024
+    assert (f"at most {ingest.DRAIN_CHUNK} small frames and one above {kib} KiB, or "
+            f"{ingest.LARGE_CHUNK} above {kib} KiB") in doc
+    assert f"max_queue_bytes // ({ingest.HARD_LIMIT_FACTOR} x max_frame_bytes)" in doc
+
+
+def test_socket_limits_derive_from_the_byte_budget():
+    ic = with_overrides(Config(), {"ingest.max_frame_bytes": 65536,
+                                   "ingest.max_queue_bytes": 10 << 20}).ingest
+    assert ic.max_message_bytes == 131072          # 2 x max_frame_bytes
+    assert ic.queue_frames == 80                   # 10 MiB // 128 KiB
+    assert ic.queue_frames * ic.max_message_bytes <= ic.max_queue_bytes
 
 
 def test_render_non_default_round_trip():

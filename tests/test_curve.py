@@ -68,6 +68,8 @@ def _curve_setup(tmp_path):
     apub, asec = make_keys(str(keys), "allowed")
     _upub, usec = make_keys(str(keys), "unknown")
     shutil.copy(apub, allowed_dir / "allowed.key")
+    # The key speaks for its own node and the throughput test's fleet.
+    (allowed_dir / "allowed.nodes").write_text("allowed\nsd-*\n")
     extra = (f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
              f'authorized_keys_dir = "{allowed_dir}"\n')
     return extra, CurveKeys.from_files(spub, asec), CurveKeys.from_files(spub, usec)

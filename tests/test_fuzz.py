@@ -217,7 +217,9 @@ class Fuzzer:
         return self.huge[-1]
 
     def oversized(self) -> bytes:
-        top = 3 * MAX_FRAME if self.rng.random() < 0.1 else MAX_FRAME + 4096
+        # At most 2 x MAX_FRAME (the socket's hard limit): a larger frame
+        # drops the sender's connection instead of being counted.
+        top = 2 * MAX_FRAME - 1 if self.rng.random() < 0.1 else MAX_FRAME + 4096
         return b"[" + b" " * int(self.rng.integers(MAX_FRAME - 1, top)) + b"]"
 
     def empty(self) -> bytes:

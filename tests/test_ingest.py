@@ -579,8 +579,10 @@ def test_bind_failure_exits_78(shm_name, reap, how):
             endpoint = "tcp://no-such-interface-xyz:7710"
         seg = Segment.create(shm_name, capacity=8)
         try:
+            # An interface name is not provably loopback: allowed explicitly.
+            config = make_config(bind=endpoint, allow_insecure=how == "bad_interface")
             proc = mp.get_context("spawn").Process(
-                target=run_ingest, args=(shm_name, make_config(bind=endpoint), os.getpid()))
+                target=run_ingest, args=(shm_name, config, os.getpid()))
             reap(proc)
             proc.start()
             proc.join(timeout=60)
@@ -832,6 +834,43 @@ def test_next_drain_picks_copy_and_chunk_by_the_last_frame(sizes, expect):
     assert ingest_mod.next_drain([bytes(n) for n in sizes]) == expect
 
 
+def test_drain_as_bytes_ends_a_chunk_after_a_large_frame(pull):
+    """Whatever the mix, a chunk of bytes holds small frames and at most one
+    large one, at its end: what the loop holds stays bounded."""
+    sock, endpoint = pull
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoint)
+    large = bytes(ingest_mod.RECV_COPY_MAX + 1)
+    sent = [b"a", b"b", large, b"c", large, large, b"d"]
+    try:
+        for f in sent:
+            push.send(f)
+        chunks: list = []
+        wait_for(lambda: chunks.append(ingest_mod.drain(sock, 256, copy=True))
+                 or sum(map(len, chunks)) == len(sent), 30, "every frame drained")
+    finally:
+        push.close(0)
+        ctx.term()
+    chunks = [c for c in chunks if c]
+    assert [f for c in chunks for f in c] == sent
+    for c in chunks:
+        assert all(len(f) <= ingest_mod.RECV_COPY_MAX for f in c[:-1]), [len(f) for f in c]
+
+
+def test_frames_decoded_one_at_a_time_are_stamped_when_their_turn_comes(ing, seg):
+    """With a clock (the loop's), each frame a chunk decodes alone is
+    received at the clock's time when its turn comes; without, at ``now``."""
+    frames = [encode_batch([hb(f"n{i}")]) for i in range(3)]
+    ticks = iter([11.0, 12.0, 13.0, 14.0])
+    ing.handle_frames(frames, 10.0, clock=lambda: next(ticks))
+    v = seg.views
+    assert [float(v.table.recv_time[slot_of(v, f"n{i}")]) for i in range(3)] == [10.0, 11.0, 12.0]
+    ing.handle_frames(frames, 20.0)
+    assert [float(v.table.recv_time[slot_of(v, f"n{i}")]) for i in range(3)] == [20.0] * 3
+
+
 # In a fresh interpreter (an earlier test's frames would have loaded what the
 # warm-up must load): the signatures of the row writer and the batch check
 # after the warm-up a spare runs before it has a segment, then after frames
@@ -858,7 +897,7 @@ mm = mmap.mmap(-1, layout_for(64).size)
 ing = Ingest(SegmentViews(mm, layout_for(64)), Config())
 batch = [hb(f"b{i}", throughput=1.0, zone="z") for i in range(12)]
 bad = bytearray(wire.encode_batch([hb("c")] * 5))
-struct.pack_into("<d", bad, 16 + 4 * 192, 2.0)   # the last record's cpu: rejected
+struct.pack_into("<d", bad, 16 + 4 * wire.RECORD_DTYPE.itemsize, 2.0)   # the last record's cpu
 frames = [wire.encode_batch([hb("a")]), wire.encode_batch([hb("a", io=0.5)]),
           wire.encode_batch(batch), wire.encode_batch(batch),
           wire.encode_json(hb("j", zone="z", labels={"k": "v"})),

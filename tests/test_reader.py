@@ -19,6 +19,7 @@ from shm_engine.core.states import NodeState
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
+from support.claims import ClaimsEngine
 
 
 def _hb(node, **kw):
@@ -407,14 +408,55 @@ def test_pick_spreads_over_ranked_nodes_and_honours_exclude(engine, reader):
     rng = np.random.default_rng(7)
     picks = [reader.pick(rng=rng) for _ in range(2000)]
     assert "n8" not in picks  # score 0 is never a candidate
-    # Best of 3 drawn from 8 ranked: the two worst can never win a draw.
-    assert set(picks) == {f"n{i}" for i in range(6)}
-    # P(n0) = P(n0 is drawn) = 3/8: favoured, yet not herded on.
-    assert 0.30 < picks.count("n0") / len(picks) < 0.45
-    assert picks.count("n0") > picks.count("n1") > picks.count("n5")
+    # Best of DEFAULT_D = 4 drawn from 8 ranked (no claims segment here, so
+    # no discount): the three worst can never win a draw.
+    assert set(picks) == {f"n{i}" for i in range(5)}
+    # P(n0) = P(n0 is drawn) = 4/8 (sd 0.011 over 2000 picks): favoured, yet
+    # half the jobs still go elsewhere.
+    assert 0.44 < picks.count("n0") / len(picks) < 0.56
+    assert picks.count("n0") > picks.count("n1") > picks.count("n4")
     assert reader.pick(exclude=[f"n{i}" for i in range(6)], rng=rng) in ("n6", "n7")
     assert reader.pick(exclude=[f"n{i}" for i in range(8)], rng=rng) is None
     again = [reader.pick(rng=np.random.default_rng(7)) for _ in range(3)]
     assert again == [picks[0]] * 3  # seedable
     with pytest.raises(ValueError, match="d = 0"):
         reader.pick(d=0)
+
+
+def test_pick_weighs_claims_made_since_the_tick(shm_name):
+    """A node that got many claims since the tick is passed over before the
+    next tick, by the claiming reader and by one that never claimed; the
+    next tick counts them in ``rif`` and the discount starts again from 0."""
+    eng = ClaimsEngine(shm_name, capacity=16)
+    try:
+        t = time.monotonic()
+        for i, cpu in enumerate((0.1, 0.3, 0.35, 0.4)):
+            eng.send(f"n{i}", t, cpu=cpu, slots=2)
+        eng.tick(t)
+        with ScoreReader.attach(shm_name) as mine, ScoreReader.attach(shm_name) as other:
+            s0, s1 = mine.score("n0"), mine.score("n1")
+            assert s0 > s1 > 0
+            # 4 nodes, d = 4: every pick sees them all, whatever the rng draws.
+            rng = np.random.default_rng(3)
+            assert {mine.pick(rng=rng) for _ in range(50)} == {"n0"}
+            # claims needed to bring n0 under n1: s0 / (1 + k / 2) < s1
+            k = int(2 * (s0 / s1 - 1)) + 1
+            held = [mine.claim("n0") for _ in range(k)]
+            for r in (mine, other):
+                picks = [r.pick(rng=rng) for _ in range(50)]
+                assert "n0" not in picks and set(picks) == {"n1"}
+            # The next tick sees the claims as rif: none are new any more.
+            eng.tick(t + 0.05)
+            assert eng.published("rif", eng.registry.get(b"n0")) == k
+            assert mine.epoch == 2
+            since = [mine.pick(rng=rng) for _ in range(50)]
+            # n0's score now reflects its load itself; whichever wins, it is
+            # the published ranking's best, undiscounted.
+            best = max(("n0", "n1", "n2", "n3"), key=mine.score)
+            assert set(since) == {best}
+            for c in held:
+                c.release(ok=True)
+            # Released since the tick: in flight (0) is below rif, floored at 0.
+            assert {other.pick(rng=rng) for _ in range(20)} == {best}
+    finally:
+        eng.close()

@@ -61,8 +61,11 @@ def test_record_layout_is_the_documented_one():
                            **{f"res_name{i}": 192 + 16 * i for i in range(8)},
                            **{f"res_value{i}": 320 + 8 * i for i in range(8)})
     assert RECORD_DTYPE["slots"] == np.dtype("<u2")
-    assert REJECT_REASONS[-1] == "registry_full"
-    assert len(set(REJECT_REASONS)) == 9
+    # The decoder's reasons first, then those only the ingest counts (each
+    # a fixed counter slot in the segment header).
+    assert REJECT_REASONS[8:] == ("registry_full", "too_many_heartbeats", "not_authorized",
+                                  "node_not_allowed", "registration_rate")
+    assert len(set(REJECT_REASONS)) == 13
     assert RESERVED_SPANS == ((81, 82), (84, 88), (184, 192))
     assert REQUIRED_FIELDS == ("node", "cpu", "mem", "queue", "avg_job_s")
     assert OPTIONAL_FIELDS == ("throughput", "ok", "err", "io", "p50_ms", "p95_ms", "slots",

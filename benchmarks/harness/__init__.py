@@ -8,7 +8,8 @@ of ``latest.json``), in the order they run:
 - `tick`: `Ticker.tick` as the tick worker runs it, the kernels alone, the
   parts of a tick, and the NumPy and Python baselines, at each node count;
 - `read`: `ScoreReader` from another process, against Redis and a
-  ``multiprocessing.Manager`` dict;
+  ``multiprocessing.Manager`` dict, and ``pick()`` with the claims discount;
+- `claims`: a claim + release pair from Python (`benchmarks.claims`);
 - `ingest`: heartbeats/s into the segment over a real PULL socket, and the
   ceilings of the same sender;
 - `freshness`: heartbeat sent -> effect visible, real ingest and tick

@@ -72,9 +72,11 @@ def machine() -> dict:
 
 
 def bench_config(capacity: int, port: int | None = None):
-    """The default config with room for ``capacity`` nodes (and the ingest on ``port``)."""
+    """The default config with room for ``capacity`` nodes (and the ingest on
+    ``port``); no registration budget: one sender registers the whole fleet."""
     from shm_engine.core.config import Config, with_overrides
-    over = {"engine.capacity": capacity}
+    over = {"engine.capacity": capacity, "ingest.registration_burst": 0,
+            "ingest.registration_burst_per_sender": 0}
     if port is not None:
         over["ingest.bind"] = f"tcp://127.0.0.1:{port}"
     return with_overrides(Config(), over)

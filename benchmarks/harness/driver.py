@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import freshness, ingest, memory, read, report, scaling, tick
+from benchmarks.harness import claims, freshness, ingest, memory, read, report, scaling, tick
 from benchmarks.harness.common import machine
 
 __all__ = ["main", "OUT_DIR", "RECORD_DIR", "RESULTS_MD"]
@@ -27,7 +27,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "ingest", "freshness")
+SKIPPABLE = ("read", "claims", "ingest", "freshness")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +88,8 @@ def main(argv=None) -> int:
         print("\n".join(tick.tables(rows)))
         return _write_json(res, out_dir / "tick_only.json", log)
     res["read"] = None if "read" in skip else read.run(10_000, 30 if args.quick else 300, log)
+    res["claims"] = None if "claims" in skip else \
+        claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
     res["freshness"] = None if "freshness" in skip else \
         freshness.run(10_000, 4.0 if args.quick else 30.0, log)

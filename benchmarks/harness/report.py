@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.harness import freshness, ingest, memory, read, scaling, tick
+from benchmarks.harness import claims, freshness, ingest, memory, read, scaling, tick
 
 __all__ = ["summarise", "record_results_md", "BEGIN", "END"]
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-SECTIONS = (("tick", tick.summary), ("read", read.summary), ("ingest", ingest.summary),
+SECTIONS = (("tick", tick.summary), ("read", read.summary), ("claims", claims.summary),
+            ("ingest", ingest.summary),
             ("freshness", freshness.summary), ("memory", memory.summary),
             ("scaling", scaling.summary))
 

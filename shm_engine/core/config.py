@@ -72,10 +72,12 @@ __all__ = [
     "Config",
     "CurveConfig",
     "EngineConfig",
+    "HARD_LIMIT_FACTOR",
     "IngestConfig",
     "ScoreConfig",
     "Weights",
     "check_files",
+    "is_loopback_endpoint",
     "load_config",
     "parse_override",
     "render_config",
@@ -85,6 +87,7 @@ __all__ = [
 
 MAX_CAPACITY = 16_777_216
 MIN_FRAME_BYTES = 1024
+MAX_FRAME_BYTES = 256 << 20   # 2 x this is ZMQ_MAXMSGSIZE, and must fit a receive budget
 #: Longest tick interval: the header keeps it in 32 bits, and a tick rarer
 #: than once a minute could not tell a live node from a dead one.
 MAX_TICK_INTERVAL_MS = 60_000
@@ -103,6 +106,7 @@ _MAX_ZMQ_INT = _MAX_INT
 
 # Field kinds: how a value is type-checked and written to TOML.
 _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
+_STRS = "strs"   # an array of strings, stored as a tuple
 
 
 def _key(kind: str, default: Any, doc: str) -> Any:
@@ -138,6 +142,8 @@ def _show(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Mapping):
         return "{...}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_show, value)) + "]"
     return repr(value)
 
 
@@ -201,6 +207,16 @@ def _as_str(key: str, value: Any) -> str:
     return value
 
 
+def _as_strs(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _type_error(key, value, "an array of strings")
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{key} = {_show(list(value))}: element {_show(item)} has type "
+                              f"{_type_name(item)}, expected a string")
+    return tuple(value)
+
+
 _OCTAL = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
@@ -217,7 +233,8 @@ def _as_mode(key: str, value: Any) -> int:
     return value
 
 
-_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode, _BOOL: _as_bool}
+_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode, _BOOL: _as_bool,
+          _STRS: _as_strs}
 
 
 class _Section:
@@ -290,7 +307,9 @@ class _Section:
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if f.metadata["kind"] == _SECTION else value
+            kind = f.metadata["kind"]
+            out[f.name] = (value.to_dict() if kind == _SECTION else
+                           list(value) if kind == _STRS else value)
         return out
 
 
@@ -373,10 +392,31 @@ class EngineConfig(_Section):
 # [ingest] and [ingest.curve]
 
 _BIND = re.compile(
-    r"tcp://(?:\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|[0-9]{1,5})"
+    r"tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\*|[0-9]{1,5})"
     r"|ipc://.+"
     r"|inproc://.+"
 )
+#: ZMQ_MAXMSGSIZE of the heartbeat socket, in units of ``max_frame_bytes``: a
+#: frame up to this size is received and counted ``frame_too_large``; a
+#: larger one makes ZeroMQ drop the sender's connection before it is stored.
+HARD_LIMIT_FACTOR = 2
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint can be reached from this machine only:
+    ``ipc://``, ``inproc://``, or ``tcp://`` on 127.0.0.0/8, ``[::1]`` or
+    ``localhost`` (by name: the ingest checks the address it bound too)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    m = _BIND.fullmatch(endpoint)
+    if m is None or m.group("host") is None:
+        return False
+    host = m.group("host")
+    if host == "localhost" or host == "[::1]":
+        return True
+    parts = host.split(".")
+    return (len(parts) == 4 and parts[0] == "127"
+            and all(p.isdigit() and int(p) <= 255 for p in parts))
 
 
 @dataclass(frozen=True)
@@ -427,19 +467,65 @@ class IngestConfig(_Section):
     max_frame_bytes: int = _key(
         _INT, 1048576,
         "Largest heartbeat frame accepted; a larger one is rejected unparsed. "
-        f"Bytes, integer >= {MIN_FRAME_BYTES}.")
+        f"Bytes, integer, {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}.")
     drain_batch: int = _key(
         _INT, 1024,
         "Most frames drained from the socket per loop turn before the loop "
         "does its other work. Integer >= 1.")
-    rcvhwm: int = _key(
-        _INT, 10000,
-        "Receive high-water mark of the socket (ZMQ_RCVHWM): frames queued "
-        "before senders are pushed back (they drop and count). It bounds the "
-        "memory a flood can pin in the ingest: about rcvhwm x the frame size, "
-        "plus the one chunk the loop has drained (at most 256 small frames, "
-        "or 4 above 16 KiB). "
-        f"Integer, 0..{_MAX_ZMQ_INT}; 0 means no limit.")
+    max_heartbeats_per_frame: int = _key(
+        _INT, 8192,
+        "Most heartbeats one frame may carry; a frame with more is rejected "
+        "whole (too_many_heartbeats) before it is decoded (a JSON array is "
+        "counted by a scan of its top level). It bounds the work of one "
+        "frame. Integer >= 1.")
+    max_queue_bytes: int = _key(
+        _INT, 128 << 20,
+        "Memory budget of the socket's receive queue, per connected sender: "
+        "ZMQ_RCVHWM is set to max_queue_bytes // (2 x max_frame_bytes) "
+        "frames (ZeroMQ counts frames, and admits frames of up to 2 x "
+        "max_frame_bytes: ZMQ_MAXMSGSIZE; a larger one drops the sender's "
+        "connection). Beyond it senders are pushed back (they drop and "
+        "count). The loop itself holds one drained chunk more (at most 256 "
+        "small frames and one above 16 KiB, or 4 above 16 KiB). Bytes, "
+        "integer >= 2 x max_frame_bytes.")
+    allow_insecure: bool = _key(
+        _BOOL, False,
+        "Allow a bind that other machines can reach (not 127.0.0.0/8, ::1, "
+        "localhost, ipc:// or inproc://) without [ingest.curve]: anyone "
+        "who reaches the port can then send heartbeats for any node. false "
+        "refuses such a configuration. true or false.")
+    allow_nodes: tuple[str, ...] = _key(
+        _STRS, (),
+        "Node ids admitted at all: an array of exact ids or shell globs "
+        '(e.g. ["web-*", "db-[0-9]*"]); a heartbeat for any other id is '
+        "rejected (node_not_allowed). Empty: every id.")
+    peer_nodes_file: str = _key(
+        _STR, "",
+        "Without CURVE: a file binding peer IP addresses to the node ids "
+        "they may speak for, one line each: ADDRESS PATTERN... (# starts a "
+        "comment); a heartbeat for another id, or from an unlisted address, "
+        "is rejected (not_authorized). Reloaded on SIGHUP. Empty: any peer "
+        "may speak for any node. With CURVE, keys are bound instead "
+        "(NAME.nodes beside NAME.key).")
+    registration_rate: float = _key(
+        _FLOAT, 1000.0,
+        "New nodes registered per second, all senders together (a token "
+        "bucket); a heartbeat that would register one more is rejected "
+        "(registration_rate) and its node registers on a later heartbeat. "
+        "Per second, > 0.")
+    registration_burst: int = _key(
+        _INT, 16384,
+        "Size of that bucket: new nodes registered at once after a quiet "
+        "time. Integer >= 0; 0 turns the overall budget off.")
+    registration_rate_per_sender: float = _key(
+        _FLOAT, 100.0,
+        "New nodes registered per second by one sender: a CURVE key, or "
+        "without CURVE a peer address. Per second, > 0.")
+    registration_burst_per_sender: int = _key(
+        _INT, 1024,
+        "Size of each sender's bucket. A sender that registers a larger "
+        "fleet at once needs a larger one. Integer >= 0; 0 turns the "
+        "per-sender budget off.")
     reject_log_interval_s: float = _key(
         _FLOAT, 1.0,
         "Rejected heartbeats are logged as a summary at most once per this "
@@ -461,11 +547,44 @@ class IngestConfig(_Section):
             if path > MAX_IPC_PATH_BYTES:
                 self._fail("bind", f"has an ipc path of {path} bytes, more than the "
                                    f"{MAX_IPC_PATH_BYTES} a Unix socket address holds")
-        self._at_least(MIN_FRAME_BYTES, "max_frame_bytes")
-        self._at_least(1, "drain_batch")
-        if not 0 <= self.rcvhwm <= _MAX_ZMQ_INT:
-            self._fail("rcvhwm", f"must be in 0..{_MAX_ZMQ_INT}")
-        self._positive("reject_log_interval_s")
+        self._int_range("max_frame_bytes", MIN_FRAME_BYTES, MAX_FRAME_BYTES)
+        self._at_least(1, "drain_batch", "max_heartbeats_per_frame")
+        if self.max_queue_bytes < self.max_message_bytes:
+            self._fail("max_queue_bytes", f"must be >= {HARD_LIMIT_FACTOR} x "
+                                          f"{self._ref('max_frame_bytes')}")
+        if self.queue_frames > _MAX_ZMQ_INT:
+            self._fail("max_queue_bytes", f"must be <= {_MAX_ZMQ_INT} x {HARD_LIMIT_FACTOR} x "
+                                          f"{self._ref('max_frame_bytes')}")
+        self._positive("reject_log_interval_s", "registration_rate",
+                       "registration_rate_per_sender")
+        self._at_least(0, "registration_burst", "registration_burst_per_sender")
+        if not (self.curve.enabled or self.allow_insecure or is_loopback_endpoint(self.bind)):
+            raise ConfigError(
+                f"ingest.bind = {_show(self.bind)} can be reached from other machines and "
+                "[ingest.curve] is off: anyone who reaches it could send heartbeats for any "
+                "node. Bind a loopback address (127.0.0.1), turn CURVE on, or set "
+                "ingest.allow_insecure = true")
+        for pattern in self.allow_nodes:
+            if not pattern or len(pattern.encode("utf-8")) > 255 or re.search(
+                    "[\x00-\x1f\x7f]", pattern):
+                raise ConfigError(
+                    f"ingest.allow_nodes: pattern {_show(pattern)} must be 1..255 bytes "
+                    "without control characters")
+        if self.curve.enabled and self.peer_nodes_file:
+            raise ConfigError(
+                f"ingest.peer_nodes_file = {_show(self.peer_nodes_file)} is set with "
+                "[ingest.curve]: with CURVE, bind keys to nodes with NAME.nodes files "
+                "beside the keys in authorized_keys_dir")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """ZMQ_MAXMSGSIZE of the heartbeat socket (`HARD_LIMIT_FACTOR`)."""
+        return HARD_LIMIT_FACTOR * self.max_frame_bytes
+
+    @property
+    def queue_frames(self) -> int:
+        """ZMQ_RCVHWM: the frames of the largest size ``max_queue_bytes`` holds."""
+        return self.max_queue_bytes // self.max_message_bytes
 
 
 # --------------------------------------------------------------------------
@@ -944,6 +1063,8 @@ def _toml_value(kind: str, value: Any) -> str:
         return _toml_string(value)
     if kind == _BOOL:
         return "true" if value else "false"
+    if kind == _STRS:
+        return "[" + ", ".join(_toml_string(v) for v in value) + "]"
     return str(value)
 
 

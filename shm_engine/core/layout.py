@@ -24,6 +24,8 @@ single-writer fields of different processes never share a cache line::
                   |                  alive time                            |
                   |   supervisor ... pids and restarts of the children     |
                   |   strings ...... engine name, ingest endpoint          |
+                  |   admission .... ingest mode, keys, reloads, queue     |
+                  |                  limits; per-sender refusals (16 rows) |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -114,7 +116,7 @@ from kernels.columns import TickOutputs, TickState
 
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-LAYOUT_VERSION = 3      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2)
+LAYOUT_VERSION = 4      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
@@ -131,6 +133,8 @@ N_WEIGHT_SLOTS = 8      # 7 weights in effect, one spare
 N_COUNT_SLOTS = 8       # 5 states, one spare each side
 NAME_BYTES = 64
 ENDPOINT_BYTES = 256
+N_SENDER_SLOTS = 16     # senders with refusals shown by status; the last is "others"
+SENDER_NAME_BYTES = 48
 
 # ---------------------------------------------------------------- header --
 # (name, dtype, count, offset).  Offsets are fixed by hand so that they read
@@ -178,6 +182,23 @@ _HEADER_FIELDS = (
     # the ingest: as bound, with a `*` port resolved).
     ("name", "u1", NAME_BYTES, 1024),
     ("endpoint", "u1", ENDPOINT_BYTES, 1088),
+    # admission (ingest writes; shm_engine.ingest.admission): the mode
+    # (MODE_NAMES), CURVE keys loaded, reloads done and those that dropped
+    # an entry, handshakes refused, the socket's limits, DEAD slots reclaimed.
+    ("ingest_mode", "<u8", 1, 1344),
+    ("ingest_keys", "<u8", 1, 1352),
+    ("ingest_reloads", "<u8", 1, 1360),
+    ("ingest_reload_problems", "<u8", 1, 1368),
+    ("ingest_handshakes_refused", "<u8", 1, 1376),
+    ("ingest_rcvhwm", "<u8", 1, 1384),
+    ("ingest_maxmsgsize", "<u8", 1, 1392),
+    ("ingest_reclaimed", "<u8", 1, 1400),      # DEAD slots given to new nodes
+    # Per-sender refusals: row i is named by sender_names[i] (NUL padded)
+    # once i < senders_used; a name is written before senders_used counts it.
+    ("senders_used", "<u8", 1, 1408),
+    ("sender_not_authorized", "<u8", N_SENDER_SLOTS, 1472),
+    ("sender_registration_rate", "<u8", N_SENDER_SLOTS, 1600),
+    ("sender_names", "u1", N_SENDER_SLOTS * SENDER_NAME_BYTES, 1728),
 )
 
 # ------------------------------------------------------- per-slot columns --

@@ -116,6 +116,11 @@ class NodeRegistry:
         """1 + the highest slot ever used."""
         return self._hwm
 
+    @property
+    def pending(self) -> list[int]:
+        """Slots registered with ``publish=False`` and not published yet."""
+        return self._pending
+
     # ------------------------------------------------------------ changes --
     def register(self, key: bytes, zone: bytes = b"", labels: bytes | None = None,
                  *, publish: bool = True) -> int:

@@ -13,11 +13,29 @@ k`` also sees the rows and the other counters of those k frames (x86-64 TSO:
 the stores retire in program order, see `shm_engine.core.ordering`).
 
 Registration follows SCORING.md: a node's first accepted heartbeat takes the
-lowest free slot; a full registry rejects it (``registry_full``).  Nodes are
-forgotten every `FORGET_PERIOD_S` (`NodeRegistry.forget_older_than`), and
-also on arrival: a heartbeat for a registered node whose age is already
->= ``forget_after_s`` frees the slot and registers the node anew, as replay
-does when forgetting runs at the start of the tick the heartbeat arrives in.
+lowest free slot.  Nodes are forgotten every `FORGET_PERIOD_S`
+(`NodeRegistry.forget_older_than`), and also on arrival: a heartbeat for a
+registered node whose age is already >= ``forget_after_s`` frees the slot
+and registers the node anew, as replay does when forgetting runs at the
+start of the tick the heartbeat arrives in.  Beyond SCORING.md (replay does
+neither): a registration must pass the registration budget
+(``registration_rate``), and a full registry first gives the slot of its
+longest-silent DEAD node (age >= ``score.dead_after_s``) with no heartbeat
+in the frame to the new node (`Ingest._reclaim_dead`); only when every node
+is live is the new one rejected (``registry_full``).  A live node is never
+evicted.
+
+Admission (`shm_engine.ingest.admission`): every validated heartbeat is
+checked against its sender's bindings (``not_authorized``) and ``allow_nodes``
+(``node_not_allowed``) before it is applied; a frame whose sender is bound to
+no node, or that carries more than ``max_heartbeats_per_frame`` heartbeats,
+is refused whole, undecoded.  The sender of a frame comes from the frame's
+metadata, which only zmq.Frame objects carry (a few times the cost of
+receiving bytes): the loop receives frames with their sender always with
+CURVE (the ZAP User-Id) or with ``peer_nodes_file`` (the peer address), and
+otherwise only for `IDENTIFY_HOLD_S` after a frame of an unknown sender
+tried to register a node: registrations of unknown senders share the
+budget of one sender, ``(unidentified)``.
 
 Cost model (the reason for the shape of `Ingest.handle_frame`): every frame,
 and every run of frames handled as one batch, goes through one apply path
@@ -54,10 +72,18 @@ Socket limits: ``ZMQ_MAXMSGSIZE`` is `HARD_LIMIT_FACTOR` x
 ``ingest.max_frame_bytes``.  A frame above ``max_frame_bytes`` but under the
 hard limit is received and counted ``frame_too_large`` without being decoded;
 one above the hard limit makes ZeroMQ drop the sender's connection (it is
-never counted: ZeroMQ does not deliver it).  The hard limit only bounds the
-memory one frame can take.  Beyond the socket's queue (``rcvhwm`` frames) the
-loop holds one drained chunk: at most `DRAIN_CHUNK` frames, `LARGE_CHUNK`
-once frames are above `RECV_COPY_MAX` bytes (`next_drain`).
+never counted: ZeroMQ does not deliver it).  ``ZMQ_RCVHWM`` is
+``max_queue_bytes`` // the hard limit, so one connection's queue holds at
+most ``max_queue_bytes``.  Beyond the socket's queues the loop holds one
+drained chunk: at most `DRAIN_CHUNK` small frames and one above
+`RECV_COPY_MAX` bytes (`drain` ends the chunk there), or `LARGE_CHUNK`
+frames once frames are large (`next_drain`).
+
+Work per turn of the loop: a round drains at most ``drain_batch`` frames and
+ends after the chunk that passes `ROUND_BUDGET_S`; one frame's work is
+bounded by ``max_frame_bytes`` and ``max_heartbeats_per_frame``.  The loop
+beats after every chunk and after every frame decoded alone, so a busy
+ingest beats at least once per frame and the watchdog kills only a hung one.
 """
 
 from __future__ import annotations
@@ -72,30 +98,42 @@ import numpy as np
 import zmq
 
 from shm_engine.ingest._checks import AGED, META, STALE, check_slots
-from shm_engine.core.config import Config
+from shm_engine.ingest.admission import (MODE_CURVE, MODE_INSECURE, MODE_LOOPBACK, MODE_NAMES,
+                                         UNIDENTIFIED, Admission, BindingError, Sender,
+                                         SenderCounters, load_keys, load_peer_bindings)
+from shm_engine.ingest.zap import ZapHandler
+from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoint
 from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
-from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.registry import NodeRegistry, decode_id
 from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.format import (FIELD_INDEX, ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE,
-                                    REJECT_REASONS, V1_ONE_FRAME_SIZE, WORDS, ZONE_WORDS)
-from shm_engine.wire.jsondecode import decode_json_objects
+from shm_engine.wire.format import (BINARY_VERSIONS, FIELD_INDEX, HEADER, HEADER_SIZE, MAGIC,
+                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS,
+                                    V1_ONE_FRAME_SIZE, WORDS, ZONE_WORDS)
+from shm_engine.wire.jsondecode import decode_json_objects, json_array_items
+from shm_engine.wire.result import DecodedFrame
 
-__all__ = ["Ingest", "drain", "next_drain", "ingest_main", "run_standalone", "warm_up",
-           "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR"]
+__all__ = ["Ingest", "close_socket", "drain", "next_drain", "ingest_main", "open_socket",
+           "run_standalone", "warm_up",
+           "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR", "IDENTIFY_HOLD_S", "ROUND_BUDGET_S"]
 
 FORGET_PERIOD_S = 0.1
-HARD_LIMIT_FACTOR = 64
 SAMPLE_MAX = 3           # sample details per reject log line
+ROUND_BUDGET_S = 0.05    # a drain round ends after the chunk that passes this
+IDENTIFY_HOLD_S = 2.0    # frames carry their sender this long after a registration
 
 _REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
 assert len(REJECT_REASONS) <= N_REJECT_SLOTS
 _MALFORMED_FRAME = _REJECT_INDEX["malformed_frame"]
 _REGISTRY_FULL = _REJECT_INDEX["registry_full"]
+_NOT_AUTHORIZED = _REJECT_INDEX["not_authorized"]
+_NODE_NOT_ALLOWED = _REJECT_INDEX["node_not_allowed"]
+_REGISTRATION_RATE = _REJECT_INDEX["registration_rate"]
+_JSON_FIRST = frozenset(b"[ \t\n\r")    # a frame that may be a JSON array
 MEMO_MIN_RECORDS = 8      # smaller frames go through the dict directly
 MEMO_MAX_FRAMES = 4096    # remembered frame shapes; cleared when full
 DRAIN_CHUNK = 256         # small frames received before they are handled: bounds the wait
@@ -161,11 +199,14 @@ class Ingest:
     """The intake state over `SegmentViews` ``views``; no sockets.
 
     `handle_frame` applies one frame; `forget` frees nodes that went silent.
-    Both return status and never raise on bad input."""
+    Both return status and never raise on bad input.  ``admission`` holds
+    the sender bindings, ``allow_nodes`` and the registration budget
+    (default: those of ``config`` without CURVE keys or peer bindings)."""
 
-    def __init__(self, views: SegmentViews, config: Config):
+    def __init__(self, views: SegmentViews, config: Config, admission: Admission | None = None):
         self.views = views
         self.config = config
+        self.admission = admission if admission is not None else Admission(config.ingest)
         self.registry = NodeRegistry(views)
         self._slot_of: dict[bytes, int] = dict(self.registry.items())
         self._table = views.table
@@ -199,34 +240,67 @@ class Ingest:
         self._alive = _cells(h.ingest_alive_mono)
         self._rejects = _cells(h.rejects)
         self._internal_errors = 0
-        self._full_in_frame = 0
+        self._no_slot = 0            # heartbeats of this frame refused a slot
+        self._refused = 0            # heartbeats of this frame rejected otherwise
+        cap = self._max_heartbeats = config.ingest.max_heartbeats_per_frame
+        # The shortest frame over the cap (a JSON array of cap + 1 one-byte
+        # items); whether a binary frame can be over it at all.
+        self._cap_bytes = 2 * cap + 3
+        self._binary_over_cap = (HEADER_SIZE + (cap + 1) * min(size for _, size in BINARY_VERSIONS)
+                                 <= self._max_frame_bytes)
+        self._restricts = self.admission.restricts_nodes
+        self._dead_after_s = config.score.dead_after_s
+        self._no_dead_before = 0.0   # no registered node is DEAD before this time
+        self._reclaimed = _cells(h.ingest_reclaimed)
+        self._by_sender = SenderCounters(h)
+        self._not_authorized_column = h.sender_not_authorized
+        self._registration_rate_column = h.sender_registration_rate
+        #: Until this monotonic time the loop receives frames with their
+        #: sender (peer address), set when a frame of an unknown sender
+        #: tried to register a node: see `Ingest._register`.
+        self.identify_until = 0.0
 
     # ----------------------------------------------------------- frames --
-    def handle_frame(self, frame, now: float) -> int:
-        """Decode ``frame`` (bytes-like) received at monotonic ``now`` and apply
-        its valid heartbeats.  Returns the number of heartbeats written.
+    def handle_frame(self, frame, now: float, sender: Sender | None = None) -> int:
+        """Decode ``frame`` (bytes-like) received at monotonic ``now`` from
+        ``sender`` (None: unknown) and apply its valid, admitted heartbeats.
+        Returns the number of heartbeats written.
 
         An unexpected exception (a bug, not bad input) is counted under
         ``malformed_frame`` for the heartbeats it cost, logged, and swallowed:
         one frame must not stop the intake."""
-        nbytes = memoryview(frame).nbytes
-        seen, accepted, rejected = 1, 0, 0
-        self._full_in_frame = 0
+        mv = memoryview(frame)
+        nbytes = mv.nbytes
+        seen, accepted = 1, 0
+        self._no_slot = self._refused = 0
         try:
-            dec = decode_frame(frame, self._max_frame_bytes)
-            seen = dec.seen
-            if dec.rejects:
-                rejected = self._count_rejects(dec)
-            if len(dec.records):
-                accepted = self._apply(dec, now)
+            if sender is not None and sender.refused:
+                self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
+            elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
+                self._refuse_frame(_REJECT_INDEX["too_many_heartbeats"], sender,
+                                   f"more than {self._max_heartbeats} heartbeats")
+            else:
+                dec = decode_frame(frame, self._max_frame_bytes)
+                seen = dec.seen
+                accepted = self._take(dec, now, sender, True)
         except Exception as err:  # noqa: BLE001 - see the docstring; Ctrl-C etc. pass
-            lost = seen - accepted - rejected - self._full_in_frame
-            self._internal_error(err, max(lost, 0))
+            self._internal_error(err, seen - accepted)
         finally:
             # After the rows: see "New registrations" in the module docstring.
             self.registry.publish_pending()
         self._count_frames(1, seen, accepted, nbytes)
         return accepted
+
+    def _take(self, dec: DecodedFrame, now: float, senders, remember: bool) -> int:
+        """Count the rejects of decoded frame (or run) ``dec``, admit and
+        apply the rest; returns the heartbeats written.  ``senders`` as in
+        `_admit`, ``remember`` as in `_apply`."""
+        if dec.rejects:
+            self._refused += self._count_rejects(dec)
+        if len(dec.records) and self._restricts:
+            dec, refused, senders = self._admit(dec, senders)
+            self._refused += refused
+        return self._apply(dec, now, senders, remember) if len(dec.records) else 0
 
     def _count_rejects(self, dec) -> int:
         """Count a decoded frame's (or run's) rejects by reason, in the
@@ -246,9 +320,95 @@ class Ingest:
         self._bytes[0] += nbytes
         self._frames[0] += frames  # last: see the module docstring
 
-    def handle_frames(self, frames: list, now: float) -> int:
+    def _refuse(self, index: int, n: int, sender: Sender | None, detail: str) -> None:
+        """Count ``n`` heartbeats refused under reason ``index`` (and per
+        sender for the reasons `SenderCounters` keeps)."""
+        self._rejects[index] += n
+        reason = REJECT_REASONS[index]
+        name = sender.name if sender is not None else UNIDENTIFIED
+        self.log.add(reason, n, (reason, f"{detail} (sender {name!r})"))
+        if index == _NOT_AUTHORIZED:
+            self._by_sender.add(name, self._not_authorized_column, n)
+        elif index == _REGISTRATION_RATE:
+            self._by_sender.add(name, self._registration_rate_column, n)
+
+    def _refuse_frame(self, index: int, sender: Sender | None, detail: str) -> None:
+        """Refuse a frame whole, undecoded: it counts as one heartbeat."""
+        self._refuse(index, 1, sender, "frame: " + detail)
+        self._refused += 1
+
+    def _over_cap(self, frame, mv: memoryview) -> bool:
+        """Whether ``frame`` (``mv``: its bytes; at least `_cap_bytes`, at
+        most max_frame_bytes) carries more than ``max_heartbeats_per_frame``
+        heartbeats, told without decoding it: the top-level items of a JSON
+        array (`wire.json_array_items`, run only on a frame with enough
+        commas), or a well-formed binary header's count.  Malformed frames
+        are left to the decoder."""
+        cap = self._max_heartbeats
+        if mv[0] in _JSON_FIRST:
+            buf = frame if type(frame) is bytes else mv.tobytes()
+            return buf.count(b",") >= cap and json_array_items(buf) > cap
+        if not self._binary_over_cap:
+            return False
+        magic, version, size, count, _reserved = HEADER.unpack_from(mv)
+        return (magic == MAGIC and count > cap and (version, size) in BINARY_VERSIONS
+                and mv.nbytes == HEADER_SIZE + count * size)
+
+    def _admit(self, dec: DecodedFrame, senders) -> tuple[DecodedFrame, int, object]:
+        """The heartbeats of ``dec`` their senders may speak for and
+        ``allow_nodes`` admits; the others are counted (``not_authorized``,
+        then ``node_not_allowed``).  ``senders``: one `Sender` (or None) for
+        every record, or a list aligned with the records.  Returns the
+        admitted part, how many were refused, and ``senders`` for the
+        admitted part."""
+        records = dec.records
+        keys = [dec.one[_NODE]] if dec.one is not None else records["node"].tolist()
+        listed = type(senders) is list
+        if not listed and (senders is None or senders.may_speak_for_all(keys)) \
+                and self.admission.all_allowed(keys):
+            return dec, 0, senders          # the common case: one pass over cached decisions
+        node_allowed = self.admission.node_allowed
+        keep = []
+        refused = 0
+        for j, key in enumerate(keys):
+            sender = senders[j] if listed else senders
+            if sender is not None and not sender.may_speak_for(key):
+                index = _NOT_AUTHORIZED
+            elif not node_allowed(key):
+                index = _NODE_NOT_ALLOWED
+            else:
+                keep.append(j)
+                continue
+            refused += 1
+            self._refuse(index, 1, sender,
+                         f"node {key.decode('utf-8', 'backslashreplace')!r}")
+        if not refused:
+            return dec, 0, senders
+        labels = None if dec.labels is None else [dec.labels[j] for j in keep]
+        kept = DecodedFrame(records[keep], labels, {}, dec.seen, [],
+                            dec.one if keep and dec.one is not None else None)
+        return kept, refused, [senders[j] for j in keep] if listed else senders
+
+    def _one_by_one(self, frames: list, now: float, senders: list | None, clock=None) -> int:
+        """`handle_frame` for each frame; the loop beats after each one, so
+        a chunk of costly frames never looks like a hang.  With ``clock``
+        each frame after the first is received at ``clock()`` when its turn
+        comes, so costly frames do not age the frames behind them."""
+        accepted, alive, monotonic = 0, self._alive, time.monotonic
+        for i, f in enumerate(frames):
+            accepted += self.handle_frame(f, now, None if senders is None else senders[i])
+            alive[0] = monotonic()
+            if clock is not None:
+                now = clock()
+        return accepted
+
+    def handle_frames(self, frames: list, now: float, senders: list | None = None,
+                      clock=None) -> int:
         """`handle_frame` for each of ``frames`` in order, all received by
-        ``now``; returns the heartbeats written.
+        ``now``, from ``senders`` (aligned with the frames; None: unknown);
+        returns the heartbeats written.  ``clock`` (the loop passes
+        ``time.monotonic``): frames decoded one at a time are received when
+        their turn comes (see `_one_by_one`).
 
         The same rows, registrations, counters and log lines as frame by
         frame (the counters move once per run of frames, ``ingest_frames``
@@ -259,11 +419,11 @@ class Ingest:
         batch."""
         n = len(frames)
         if n < COALESCE_MIN or not self._coalesce:
-            return sum([self.handle_frame(f, now) for f in frames])
+            return self._one_by_one(frames, now, senders, clock)
         sizes = list(map(len, frames))
         for one in (_ONE_FRAME, _V1_ONE_FRAME):
             if sizes.count(one) == n:
-                return self._handle_run(frames, now, decode_one_record_frames, n * one)
+                return self._handle_run(frames, now, decode_one_record_frames, n * one, senders)
         most = self._max_frame_bytes
         kinds = [_BINARY1 if size == _ONE_FRAME or size == _V1_ONE_FRAME else
                  _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
@@ -273,53 +433,61 @@ class Ingest:
             kind, j = kinds[i], i + 1
             while j < n and kinds[j] == kind:
                 j += 1
+            part = None if senders is None else senders[i:j]
             if kind != _OTHER and j - i >= COALESCE_MIN:
                 decode = decode_one_record_frames if kind == _BINARY1 else decode_json_objects
-                accepted += self._handle_run(frames[i:j], now, decode, sum(sizes[i:j]))
+                accepted += self._handle_run(frames[i:j], now, decode, sum(sizes[i:j]), part)
             else:
-                for f in frames[i:j]:
-                    accepted += self.handle_frame(f, now)
+                accepted += self._one_by_one(frames[i:j], now, part, clock)
             i = j
+            if clock is not None:
+                now = clock()
         return accepted
 
-    def _handle_run(self, frames: list, now: float, decode, nbytes: int) -> int:
+    def _handle_run(self, frames: list, now: float, decode, nbytes: int,
+                    senders: list | None) -> int:
         """`handle_frames` for a run of frames of one kind: ``decode`` is
-        `wire.binary.decode_one_record_frames` (which may refuse the run: then
-        frame by frame) or `wire.jsondecode.decode_json_objects`."""
+        `wire.binary.decode_one_record_frames` (which may refuse the run: then frame
+        by frame) or `wire.jsondecode.decode_json_objects`.  Frame by frame too when a
+        sender is refused, or when senders differ and a record was rejected
+        (the records no longer line up with the frames)."""
         k = len(frames)
-        seen, accepted, rejected = k, 0, 0
-        self._full_in_frame = 0
+        seen, accepted = k, 0
+        self._no_slot = self._refused = 0
+        per: Sender | list | None = None
+        if senders is not None:
+            first = senders[0]
+            per = first if all([s is first for s in senders]) else senders
+            if any([s.refused for s in senders]):
+                return self._one_by_one(frames, now, senders)
         try:
             dec = decode(frames)
-            if dec is None:    # not all 1-record binary frames (a JSON one, say)
-                return sum([self.handle_frame(f, now) for f in frames])
-            if dec.rejects:
-                rejected = self._count_rejects(dec)
-            if len(dec.records):
-                accepted = self._apply(dec, now, remember=False)
+            if dec is None or (per is senders and per is not None and len(dec.records) < k):
+                # Not all 1-record binary frames (a JSON one, say), or unaligned.
+                return self._one_by_one(frames, now, senders)
+            accepted = self._take(dec, now, per, False)
         except Exception as err:  # noqa: BLE001 - as in handle_frame
-            lost = seen - accepted - rejected - self._full_in_frame
-            self._internal_error(err, max(lost, 0))
+            self._internal_error(err, seen - accepted)
         finally:
             self.registry.publish_pending()
         self._count_frames(k, seen, accepted, nbytes)
         return accepted
 
-    def _apply(self, dec, now: float, remember: bool = True) -> int:
-        """Apply the valid heartbeats of decoded frame (or run) ``dec``:
-        register new nodes, update zones and labels, write every row.
-        Returns rows written.
+    def _apply(self, dec, now: float, senders, remember: bool = True) -> int:
+        """Apply the valid heartbeats of decoded frame (or run) ``dec`` from
+        ``senders`` (as in `_admit`): register new nodes, update zones and
+        labels, write every row.  Returns rows written.
 
         ``remember``: the batch may be a sender's repeated node list (not a
         coalesced run of frames)."""
         records = dec.records
         if len(records) == 1:
-            slots = self._slot_of_one(dec, now)
+            slots = self._slot_of_one(dec, now, senders)
         else:
-            slots = self._slots_of(records, dec.labels, now, remember)
+            slots = self._slots_of(records, dec.labels, now, remember, senders)
         return int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
 
-    def _slot_of_one(self, dec, now: float) -> np.ndarray:
+    def _slot_of_one(self, dec, now: float, senders) -> np.ndarray:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
         records, labels, one = dec.records, dec.labels, dec.one
         if one is not None:   # the decoder's copy: node and zone as bytes, no padding
@@ -329,7 +497,7 @@ class Ingest:
         s = self._slot_of.get(key, -1)
         if s < 0 or now - self._recv_cells[s] >= self._forget_after_s:
             slots = np.full(1, -1, np.int64)
-            self._resolve_slow(records, labels, [key], slots, now)
+            self._resolve_slow(records, labels, [key], slots, now, senders)
             return slots
         lab = labels[0] if labels is not None else None
         if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
@@ -337,8 +505,9 @@ class Ingest:
         self._one_slot_cell[0] = s
         return self._one_slot
 
-    def _slots_of(self, records: np.ndarray, labels, now: float, remember: bool) -> np.ndarray:
-        """The slot of each record (-1: not written, the registry is full),
+    def _slots_of(self, records: np.ndarray, labels, now: float, remember: bool,
+                  senders) -> np.ndarray:
+        """The slot of each record (-1: not written, no slot was given),
         after registering new nodes and updating changed zones and labels."""
         n = len(records)
         # Senders that batch usually list the same nodes in the same order
@@ -370,8 +539,8 @@ class Ingest:
             if keys is None:
                 keys = records["node"].tolist()
             slots = np.full(n, -1, np.int64) if slots is None else slots.copy()
-            self._resolve_slow(records, labels, keys, slots, now)
-            if remember and not self._full_in_frame:
+            self._resolve_slow(records, labels, keys, slots, now, senders)
+            if remember and not self._no_slot:
                 self._remember(memo_key, slots)
             self._update_meta(records, labels, slots, words)
         elif status & META or labels is not None:
@@ -391,11 +560,12 @@ class Ingest:
             self._memo.clear()
         self._memo[memo_key] = slots
 
-    def _resolve_slow(self, records, labels, keys, slots, now) -> None:
+    def _resolve_slow(self, records, labels, keys, slots, now, senders) -> None:
         """Registrations and re-registrations, record by record in frame order
         (the order decides who gets the lowest free slot)."""
         registry, slot_of, recv = self.registry, self._slot_of, self._recv_time
         forget_after = self._forget_after_s
+        listed = type(senders) is list
         zones = records["zone"].tolist()
         done: dict[bytes, int] = {}   # nodes settled earlier in this frame
         for j, key in enumerate(keys):
@@ -409,26 +579,75 @@ class Ingest:
                 del slot_of[key]
                 s = -1
             if s < 0:
-                s = registry.register(key, zones[j], labels[j] if labels is not None else None,
-                                      publish=False)
+                s = self._register(key, zones[j], labels[j] if labels is not None else None,
+                                   senders[j] if listed else senders, now, keys)
                 if s < 0:
-                    self._full_in_frame += 1
-                    self._rejects[_REGISTRY_FULL] += 1
-                    self.log.add("registry_full", 1, (
-                        "registry_full", f"node {key.decode('utf-8', 'backslashreplace')!r}: "
-                        f"all {registry.capacity} slots taken"))
+                    self._no_slot += 1
                     slots[j] = -1
                     continue          # not settled: a slot freed later in the frame may take it
                 slot_of[key] = s
             done[key] = s
             slots[j] = s
 
+    def _register(self, key: bytes, zone: bytes, labels: bytes | None, sender: Sender | None,
+                  now: float, frame_keys: list) -> int:
+        """Register ``key`` if the budget admits it and a slot is free or a
+        DEAD node's slot can be reclaimed; else count the refusal and return
+        -1.  A registration by an unknown sender asks the loop to receive
+        frames with their sender for `IDENTIFY_HOLD_S` (see the module
+        docstring)."""
+        name = sender.name if sender is not None else UNIDENTIFIED
+        if sender is None:
+            self.identify_until = now + IDENTIFY_HOLD_S
+        label = f"node {key.decode('utf-8', 'backslashreplace')!r}"
+        budget = self.admission.budget
+        if not budget.admits(name, now):
+            self._refuse(_REGISTRATION_RATE, 1, sender, f"{label}: over the registration budget")
+            return -1
+        registry = self.registry
+        s = registry.register(key, zone, labels, publish=False)
+        if s < 0 and self._reclaim_dead(now, frame_keys):
+            s = registry.register(key, zone, labels, publish=False)
+        if s < 0:
+            self._rejects[_REGISTRY_FULL] += 1
+            self.log.add("registry_full", 1, (
+                "registry_full", f"{label}: all {registry.capacity} slots taken by live nodes"))
+            return -1
+        budget.charge(name)
+        return s
+
+    def _reclaim_dead(self, now: float, frame_keys: list) -> bool:
+        """Free the slot of the registered node silent the longest, if it is
+        DEAD (age >= ``score.dead_after_s``, liveness 0) and has no
+        heartbeat in this frame; True if one was freed.  Never a live node.
+        Bounded work: one scan of the registry per call, none while no node
+        can be DEAD yet (the oldest heartbeat only gets younger)."""
+        if now < self._no_dead_before:
+            return False
+        hwm = self.registry.hwm
+        if not hwm:
+            return False
+        recv = np.where(self._registered[:hwm] != 0, self._recv_time[:hwm], np.inf)
+        # Slots this frame writes are no candidates (their time becomes now):
+        # new registrations, and the nodes that have a heartbeat in it.
+        slot_of = self._slot_of
+        recv[self.registry.pending] = np.inf
+        recv[[slot_of[k] for k in frame_keys if k in slot_of]] = np.inf
+        s = int(np.argmin(recv))
+        if now - recv[s] < self._dead_after_s:
+            self._no_dead_before = min(float(recv[s]), now) + self._dead_after_s
+            return False
+        del slot_of[decode_id(self._reg.node_id[s])]
+        self.registry.free(s)
+        self._reclaimed[0] += 1
+        return True
+
     def _update_meta(self, records, labels, slots, words) -> None:
         """Apply changed zones/labels.  The common case (no zone on either
         side, no labels) costs two small gathers; a zone comparison works on
         8-byte words of the padded fields."""
         reg = self._reg
-        if self._full_in_frame:
+        if self._no_slot:
             keep = np.flatnonzero(slots >= 0)
             if not len(keep):
                 return
@@ -461,7 +680,10 @@ class Ingest:
             if s in targets:
                 registry.set_meta(s, zones[j], labels[j] if labels is not None else None)
 
-    def _internal_error(self, err: Exception, lost: int) -> None:
+    def _internal_error(self, err: Exception, unsettled: int) -> None:
+        """Count under ``malformed_frame`` the ``unsettled`` heartbeats (not
+        written) that the error left neither refused nor without a slot."""
+        lost = max(unsettled - self._refused - self._no_slot, 0)
         self._rejects[_MALFORMED_FRAME] += lost
         detail = f"internal error {type(err).__name__}: {str(err)[:200]}"
         self.log.add("malformed_frame", lost, ("malformed_frame", detail))
@@ -480,6 +702,36 @@ class Ingest:
 
     def mark_alive(self, now: float) -> None:
         self._alive[0] = now
+
+    def senders_of(self, frames: list, by_key: bool) -> list:
+        """The `Sender` of each frame (zmq.Frame objects): by the ZAP
+        User-Id (the CURVE key) with ``by_key``, else by peer address."""
+        adm = self.admission
+        sender_of = adm.sender_of_key if by_key else adm.sender_of_peer
+        prop = "User-Id" if by_key else "Peer-Address"
+        out = []
+        for f in frames:
+            try:
+                value = f.get(prop)
+            except zmq.ZMQError:      # not set on this connection (e.g. ipc://)
+                value = None
+            out.append(sender_of(value))
+        return out
+
+    def reload(self, keys_dir: str | None, peers_file: str | None) -> None:
+        """Load the key and peer bindings again (SIGHUP); a file with a
+        problem leaves its entry out (fail closed) and is logged."""
+        problems = self.admission.reload(keys_dir, peers_file)
+        h = self.views.header
+        h.ingest_reloads[0] += 1
+        if self.admission.keys is not None:
+            h.ingest_keys[0] = len(self.admission.keys)
+        for text in problems:
+            log_event("ERROR", "ingest_reload_problem", problem=repr(text))
+        if problems:
+            h.ingest_reload_problems[0] += 1
+        log_event("INFO", "ingest_reloaded", keys=int(h.ingest_keys[0]),
+                  peers=len(self.admission.peers or ()), problems=len(problems))
 
     def warm_up(self) -> None:
         """Load (or compile) the row writer, the batch check and the decoder's
@@ -509,71 +761,100 @@ def _warm_up_decode() -> None:
     batch_faults(np.zeros((0, RECORD_SIZE), np.uint8))
 
 
-class _StopFlag:
+class _Signals:
+    """What the signal handlers asked for: ``stop`` (the signal number of
+    SIGTERM/SIGINT), ``reload`` (SIGHUP, reset by the loop)."""
+
     def __init__(self):
-        self.signal = 0
+        self.stop = 0
+        self.reload = False
 
     def __call__(self, signum, _frame):
-        self.signal = signum
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = signum
 
 
-def _open_socket(ctx: zmq.Context, config: Config):
-    """(socket, authenticator or None, "") bound and ready, or (None, None,
-    reason) when the configuration cannot work."""
+def _admission(config: Config) -> Admission:
+    """The admission of ``config``, its key and peer bindings loaded
+    (`BindingError` for the first problem: the ingest does not start)."""
+    ic = config.ingest
+    keys = load_keys(ic.curve.authorized_keys_dir)[0] if ic.curve.enabled else None
+    peers = load_peer_bindings(ic.peer_nodes_file)[0] if ic.peer_nodes_file else None
+    return Admission(ic, keys, peers)
+
+
+def open_socket(ctx: zmq.Context, config: Config, admission: Admission):
+    """(socket, ZAP handler or None, mode, "") bound and ready, or (None,
+    None, 0, reason) when the configuration cannot work."""
     ic = config.ingest
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, ic.rcvhwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, min(ic.max_frame_bytes * HARD_LIMIT_FACTOR, 2**62))
-    auth = None
+    sock.setsockopt(zmq.RCVHWM, ic.queue_frames)
+    sock.setsockopt(zmq.MAXMSGSIZE, ic.max_message_bytes)
+    zap = None
     try:
         if ic.curve.enabled:
-            auth = _enable_curve(ctx, sock, config)
+            zap = _enable_curve(ctx, sock, config, admission)
         sock.bind(ic.bind)
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     except (zmq.ZMQError, OSError, ValueError) as err:
+        close_socket(sock, zap)
+        return None, None, 0, str(err)
+    mode = (MODE_CURVE if zap is not None else
+            MODE_LOOPBACK if is_loopback_endpoint(endpoint) else MODE_INSECURE)
+    if mode == MODE_INSECURE and not ic.allow_insecure:
+        # The configured name resolved to an address other machines reach.
         sock.close(0)
-        if auth is not None:
-            auth.stop()
-        return None, None, str(err)
-    return sock, auth, ""
+        return None, None, 0, (f"ingest.bind = {ic.bind!r} bound {endpoint}, which other "
+                               "machines can reach, without [ingest.curve]; turn CURVE on "
+                               "or set ingest.allow_insecure = true")
+    return sock, zap, mode, ""
 
 
-def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config):
-    """Make ``sock`` a CURVE server admitting the keys in authorized_keys_dir;
-    returns the running authenticator (stop it before terminating ``ctx``)."""
+def close_socket(sock: zmq.Socket | None, zap: ZapHandler | None) -> None:
+    """Close what `open_socket` returned (either may be None)."""
+    if sock is not None:
+        sock.close(0)
+    if zap is not None:
+        zap.close()
+
+
+def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config,
+                  admission: Admission) -> ZapHandler:
+    """Make ``sock`` a CURVE server whose handshakes ``admission``'s keys
+    decide (`ZapHandler`); returns the handler (close it before terminating
+    ``ctx``)."""
     import zmq.auth
-    from zmq.auth.thread import ThreadAuthenticator
 
     cc = config.ingest.curve
     if not zmq.has("curve"):
         raise ValueError("ingest.curve is set but this libzmq has no CURVE support")
-    if not os.path.isdir(cc.authorized_keys_dir):
-        raise ValueError(f"ingest.curve.authorized_keys_dir = {cc.authorized_keys_dir!r} "
-                         "is not a directory")
     public, secret = zmq.auth.load_certificate(cc.server_secret_key_file)
     if not secret:
         raise ValueError(f"ingest.curve.server_secret_key_file = {cc.server_secret_key_file!r} "
                          "holds no secret key")
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
-    auth.configure_curve(domain="*", location=cc.authorized_keys_dir)
+    zap = ZapHandler(ctx, lambda: admission.keys)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
-    return auth
+    return zap
 
 
 def ingest_main(name: str, config: Config, parent_pid: int) -> int:
     """The ingest process: attach segment ``name``, bind ``ingest.bind``, apply
     frames until the parent (``parent_pid``) dies, the header's ``stopping``
     is set, or SIGTERM (SIGINT too, unless it is ignored, as the supervisor
-    arranges).  Returns the exit code (`shm_engine.core.runtime`): `EXIT_OK`
-    stopped, `EXIT_FAILED` attach failed (restartable), `EXIT_FATAL` a segment
-    of another layout, or bind or CURVE setup failed."""
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
+    arranges); SIGHUP reloads the key and peer bindings.  Returns the exit
+    code (`shm_engine.core.runtime`): `EXIT_OK` stopped, `EXIT_FAILED` attach
+    failed (restartable), `EXIT_FATAL` a segment of another layout, or bind,
+    CURVE or binding setup failed."""
+    signals = _Signals()
+    signal.signal(signal.SIGTERM, signals)
+    signal.signal(signal.SIGHUP, signals)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGINT, signals)
     try:
         seg = Segment.attach(name, readonly=False)
     except LayoutMismatch as err:
@@ -583,33 +864,40 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         log_event("ERROR", "ingest_attach_failed", name=name, error=repr(str(err)))
         return EXIT_FAILED
     ctx = zmq.Context()
-    sock = auth = None
+    sock = zap = None
     try:
-        sock, auth, why = _open_socket(ctx, config)
+        try:
+            admission = _admission(config)
+        except BindingError as err:
+            log_event("ERROR", "ingest_bindings_failed", error=repr(str(err)))
+            return EXIT_FATAL
+        sock, zap, mode, why = open_socket(ctx, config, admission)
         if sock is None:
             log_event("ERROR", "ingest_bind_failed", endpoint=config.ingest.bind, error=repr(why))
             return EXIT_FATAL
-        ingest = Ingest(seg.views, config)
+        ingest = Ingest(seg.views, config, admission)
         ingest.warm_up()
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        h = seg.views.header
         # The bound endpoint (a `*` port resolved) replaces the configured
         # one in the header, so `status` and clients see where to connect.
-        seg.views.header.write_str("endpoint", endpoint)
+        h.write_str("endpoint", endpoint)
+        h.ingest_mode[0] = mode
+        h.ingest_keys[0] = len(admission.keys or ())
+        h.ingest_rcvhwm[0] = config.ingest.queue_frames
+        h.ingest_maxmsgsize[0] = config.ingest.max_message_bytes
         log_event("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
-             registered=len(ingest.registry))
-        _run(ingest, sock, config, parent_pid, stop)
+                  mode=MODE_NAMES[mode], keys=len(admission.keys or ()),
+                  registered=len(ingest.registry))
+        _run(ingest, sock, zap, config, parent_pid, signals)
         ingest.log.maybe_flush(time.monotonic(), force=True)
-        h = seg.views.header
-        why = (f"signal_{stop.signal}" if stop.signal else
+        why = (f"signal_{signals.stop}" if signals.stop else
                "stopping" if h.stopping[0] else "parent_exited")
         log_event("INFO", "ingest_stopped", pid=os.getpid(), reason=why,
-             frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
+                  frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
         return EXIT_OK
     finally:
-        if sock is not None:
-            sock.close(0)
-        if auth is not None:
-            auth.stop()
+        close_socket(sock, zap)
         ctx.term()
         ingest = None
         seg.close()
@@ -617,12 +905,21 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
 
 def drain(sock: zmq.Socket, limit: int, copy: bool = True) -> list:
     """Up to ``limit`` frames already queued on ``sock``, without waiting:
-    bytes with ``copy``, else zmq.Frame objects (see `RECV_COPY_MAX`)."""
+    bytes with ``copy``, else zmq.Frame objects (see `RECV_COPY_MAX`).  As
+    bytes, a frame above `RECV_COPY_MAX` ends the chunk: a chunk holds at
+    most ``limit`` small frames and one large one, whatever the mix."""
     frames: list = []
     recv, append, noblock = sock.recv, frames.append, zmq.NOBLOCK
     try:
-        for _ in range(limit):
-            append(recv(noblock, copy=copy))
+        if copy:
+            for _ in range(limit):
+                f = recv(noblock)
+                append(f)
+                if len(f) > RECV_COPY_MAX:
+                    break
+        else:
+            for _ in range(limit):
+                append(recv(noblock, copy=False))
     except zmq.Again:
         pass
     return frames
@@ -632,40 +929,67 @@ def next_drain(frames: list) -> tuple[bool, int]:
     """``(copy, limit)`` for the next `drain` after one returned ``frames``:
     small frames as bytes, `DRAIN_CHUNK` at a time; large ones as zmq.Frame,
     `LARGE_CHUNK` at a time, so the frames the loop holds beyond the socket's
-    queue (``rcvhwm``) stay few when frames are large."""
+    queue (ZMQ_RCVHWM) stay few when frames are large."""
     if not frames or len(frames[-1]) <= RECV_COPY_MAX:
         return True, DRAIN_CHUNK
     return False, LARGE_CHUNK
 
 
-def _run(ingest: Ingest, sock: zmq.Socket, config: Config, parent_pid: int,
-         stop: _StopFlag) -> None:
-    """The loop: wait (bounded), drain a batch, upkeep; until told to stop."""
+def _run(ingest: Ingest, sock: zmq.Socket, zap: ZapHandler | None, config: Config,
+         parent_pid: int, signals: _Signals) -> None:
+    """The loop: wait (bounded), drain a round, upkeep; until told to stop.
+
+    A round ends after ``drain_batch`` frames or the chunk that passes
+    `ROUND_BUDGET_S`; the loop beats after every chunk (and `Ingest`
+    after every frame it decodes alone), so the watchdog sees a busy
+    ingest beat and only a hung one fall silent."""
     h = ingest.views.header
+    ic = config.ingest
     poll_ms = max(1, int(1000 * min(config.engine.parent_check_interval_s, FORGET_PERIOD_S)))
-    drain_batch = config.ingest.drain_batch
+    drain_batch = ic.drain_batch
     handle, monotonic = ingest.handle_frames, time.monotonic
+    by_key = zap is not None
+    always_identify = ingest.admission.identifies_every_frame
+    keys_dir = ic.curve.authorized_keys_dir if by_key else None
+    peers_file = ic.peer_nodes_file or None
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if zap is not None:
+        poller.register(zap.socket, zmq.POLLIN)
     copy, chunk = True, DRAIN_CHUNK
     next_forget = 0.0
     while True:
         now = monotonic()
         ingest.mark_alive(now)
-        if stop.signal or h.stopping[0] or os.getppid() != parent_pid:
+        if signals.stop or h.stopping[0] or os.getppid() != parent_pid:
             return
+        if signals.reload:
+            signals.reload = False
+            ingest.reload(keys_dir, peers_file)
+        if zap is not None:
+            refused = zap.refused
+            zap.serve()
+            h.ingest_handshakes_refused[0] += zap.refused - refused
         if now >= next_forget:
             ingest.forget(now)
             next_forget = now + FORGET_PERIOD_S
         ingest.log.maybe_flush(now)
-        if not sock.poll(poll_ms, zmq.POLLIN):
+        if sock not in dict(poller.poll(poll_ms)):
             continue
-        left = drain_batch
+        left, start = drain_batch, monotonic()
         while left > 0:
-            frames = drain(sock, min(chunk, left), copy)
+            identify = always_identify or monotonic() < ingest.identify_until
+            frames = drain(sock, min(chunk, left), copy and not identify)
             if not frames:
                 break
             copy, chunk = next_drain(frames)
-            handle(frames, monotonic())
+            senders = ingest.senders_of(frames, by_key) if identify else None
+            handle(frames, monotonic(), senders, monotonic)
             left -= len(frames)
+            t = monotonic()
+            ingest.mark_alive(t)
+            if t - start >= ROUND_BUDGET_S:
+                break
 
 
 def run_standalone(name: str, config: Config) -> int:

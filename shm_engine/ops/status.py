@@ -24,6 +24,7 @@ from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
+from shm_engine.ingest.admission import MODE_NAMES, read_senders
 from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
@@ -106,6 +107,17 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
                 "rejected": rejects,
                 "registered_now": int(h.registered[0]),
                 "alive_age_s": max(0.0, now - ingest_alive) if ingest_alive else None,
+                "reclaimed_dead": int(h.ingest_reclaimed[0]),
+            },
+            "security": {
+                "mode": MODE_NAMES[min(int(h.ingest_mode[0]), len(MODE_NAMES) - 1)] or None,
+                "keys": int(h.ingest_keys[0]),
+                "reloads": int(h.ingest_reloads[0]),
+                "reloads_with_problems": int(h.ingest_reload_problems[0]),
+                "handshakes_refused": int(h.ingest_handshakes_refused[0]),
+                "queue_frames": int(h.ingest_rcvhwm[0]),
+                "max_message_bytes": int(h.ingest_maxmsgsize[0]),
+                "refused_by_sender": read_senders(h),
             },
             "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
             "claims": claims,
@@ -138,10 +150,25 @@ def render(s: dict) -> str:
         f"{s['ranked']} ranked, {s['ejected']} ejected, pressure {s['pressure']:.3f}",
         f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
         f"{i['accepted']} accepted; rejected: {rej}",
+        _security_line(s["security"]),
         _claims_line(s["claims"]),
         f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
         f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
     ])
+
+
+def _security_line(sec: dict) -> str:
+    mode = sec["mode"] or "(not bound yet)"
+    keys = f", {sec['keys']} keys" if sec["mode"] == "curve" else ""
+    refused = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+                        for name, counts in sec["refused_by_sender"].items())
+    return (f"security {mode}{keys}, {sec['reloads']} reloads"
+            + (f" ({sec['reloads_with_problems']} with problems)"
+               if sec["reloads_with_problems"] else "")
+            + (f", {sec['handshakes_refused']} handshakes refused"
+               if sec["handshakes_refused"] else "")
+            + f"; queue {sec['queue_frames']} frames of <= {sec['max_message_bytes']} bytes"
+            + (f"; refused by sender: {refused}" if refused else ""))
 
 
 def _claims_line(cl: dict | None) -> str:

@@ -30,7 +30,11 @@ done all of that and waits, without touching the segment or the socket, for
 a ``go`` on its pipe (it says ``warm`` on the pipe when ready; the supervisor
 logs ``spare_ready`` with the time it took).  A restart hands the role to
 the spare, warm or still warming (once warm, scoring resumes within the
-restart delay plus about one tick) and starts a new spare in the background.  A spare exits when its parent dies or its pipe closes; a dead
+restart delay plus about one tick) and starts a new spare in the background.
+
+SIGHUP reloads the ingest's key and peer bindings: the supervisor forwards it
+to the running ingest once that ingest has beaten (a starting one reads the
+files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).  A spare exits when its parent dies or its pipe closes; a dead
 spare just means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
@@ -141,6 +145,7 @@ class Supervisor:
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None
         self._stop_signal: int | None = None
+        self._reload_pending = False
         self._wake_r = self._wake_w = -1
         self._ready = False
 
@@ -157,14 +162,18 @@ class Supervisor:
 
     # -------------------------------------------------------------- signals --
     def _on_signal(self, signum, _frame) -> None:
-        self._stop_signal = signum
+        if signum == signal.SIGHUP:
+            self._reload_pending = True
+        else:
+            self._stop_signal = signum
 
     def _install_signals(self):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, self._on_signal)
+               for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         return old_fd, old
 
     def _restore_signals(self, saved) -> None:
@@ -325,6 +334,23 @@ class Supervisor:
                      silent_s=f"{now - beat:.3f}", limit_s=limit)
             proc.kill()
 
+    def _forward_reload(self, h) -> None:
+        """Send the pending SIGHUP to the ingest once it has beaten since it
+        started; until then it stays pending (the loop wakes at least once
+        a second)."""
+        child = self.children["ingest"]
+        proc = child.proc
+        if proc is None or proc.exitcode is not None:
+            return
+        if float(h.ingest_alive_mono[0]) < child.started:
+            return
+        self._reload_pending = False
+        try:
+            os.kill(proc.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            return      # it just died: its successor reads the files
+        self.log("INFO", "reload_forwarded", role="ingest", pid=proc.pid)
+
     def _terminate_children(self) -> None:
         self._stop_spares()
         live = [c for c in self.children.values() if c.proc is not None]
@@ -401,6 +427,8 @@ class Supervisor:
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
             self._watchdog(h, now)
+            if self._reload_pending:
+                self._forward_reload(h)
             if not self._ready and engine_ready(h):
                 self._ready = True
                 bound = h.read_str("endpoint")
@@ -409,7 +437,7 @@ class Supervisor:
                 if bound != self.config.ingest.bind:  # a `*` port, now resolved
                     self._say(f"ingest endpoint {bound}")
                 self._say("ready")
-            timeout = 0.05 if not self._ready else 1.0
+            timeout = 0.05 if not self._ready or self._reload_pending else 1.0
             for child in self.children.values():
                 if child.restart_at is not None:
                     timeout = min(timeout, max(0.0, child.restart_at - now))

@@ -34,7 +34,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from shm_engine.wire.format import (FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
+from shm_engine.wire.format import (BINARY_VERSIONS, FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
                                     ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
                                     RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
                                     V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
@@ -354,7 +354,7 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
     if size < HEADER_SIZE:
         return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
     _, version, record_size, count, reserved = HEADER.unpack_from(mv)
-    if (version, record_size) not in ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE)):
+    if (version, record_size) not in BINARY_VERSIONS:
         return frame_reject("unsupported_version",
                             f"version {version} record_size {record_size} "
                             f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE})")

@@ -72,6 +72,8 @@ V1_VERSION = 1
 V1_RECORD_SIZE = 192
 V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
 V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
+# The (version, record_size) pairs a binary header may name.
+BINARY_VERSIONS = ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE))
 DEFAULT_MAX_FRAME_BYTES = 1 << 20     # what clients split batches to
 JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")   # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
@@ -228,6 +230,11 @@ REJECT_REASONS = (
     "bad_node_id",          # not 1..63 of A-Z a-z 0-9 . _ : - / (NUL padded in binary)
     "unknown_field",        # a JSON key not in SCORING.md's input table
     "registry_full",        # counted by the ingest, never by a decoder
+    # Counted by the ingest (`shm_engine.ingest.admission`), never by a decoder:
+    "too_many_heartbeats",  # more than [ingest] max_heartbeats_per_frame; not decoded
+    "not_authorized",       # the sender may not speak for this node id
+    "node_not_allowed",     # node id outside [ingest] allow_nodes
+    "registration_rate",    # a new node over the registration budget
 )
 
 # ------------------------------------------------------------------ the rules

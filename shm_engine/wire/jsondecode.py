@@ -279,14 +279,32 @@ JSON_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
 _JSON_STRING_RE = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 
 
+def _depths(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, bracket depth after each byte) of ``buf`` with its strings
+    removed: a linear scan, before parsing."""
+    a = np.frombuffer(_JSON_STRING_RE.sub(b"", buf), np.uint8)
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32)
+    step -= (a == 0x5D) | (a == 0x7D)
+    return a, step.cumsum()
+
+
 def _too_deep(buf: bytes) -> bool:
     """Nesting depth > MAX_JSON_DEPTH, decided before parsing (linear time)."""
     if buf.count(b"[") + buf.count(b"{") <= MAX_JSON_DEPTH:
         return False
-    a = np.frombuffer(_JSON_STRING_RE.sub(b"", buf), np.uint8)
-    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32)
-    step -= (a == 0x5D) | (a == 0x7D)
-    return bool(step.size) and int(step.cumsum().max()) > MAX_JSON_DEPTH
+    depth = _depths(buf)[1]
+    return bool(depth.size) and int(depth.max()) > MAX_JSON_DEPTH
+
+
+def json_array_items(buf: bytes) -> int:
+    """At least the number of heartbeats JSON text ``buf`` can hold: 1 +
+    the commas of its top-level array (1 when the top level is not an
+    array), counted by a linear scan before parsing, so a frame with too
+    many costs no parse.  Exact for a well-formed array of n >= 1 items."""
+    if not buf.lstrip(b" \t\n\r").startswith(b"["):
+        return 1
+    a, depth = _depths(buf)
+    return 1 + int(np.count_nonzero((a == 0x2C) & (depth == 1)))
 
 
 def parse_json(buf: bytes) -> Any:

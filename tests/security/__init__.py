@@ -1,1 +1,3 @@
-"""Abuse tests: each attack of the Security issue fails, and honest nodes keep exact scores."""
+"""Abuse tests: one test per attack on the engine, each showing that the
+attack fails and that honest nodes keep their exact scores
+(docs/security.md lists them with the defence each one checks)."""

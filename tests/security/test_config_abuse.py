@@ -134,9 +134,13 @@ def test_an_endless_file_is_not_read_whole(tmp_path):
 INT_BOUNDS = {
     "engine.capacity": (1, 16_777_216, {}),
     "engine.tick_interval_ms": (1, 60_000, {"engine.hang_timeout_s": 0}),
-    "ingest.max_frame_bytes": (1024, I32, {}),
+    "ingest.max_frame_bytes": (1024, 256 << 20, {"ingest.max_queue_bytes": I32}),
     "ingest.drain_batch": (1, I32, {}),
-    "ingest.rcvhwm": (0, I32, {}),
+    "ingest.max_heartbeats_per_frame": (1, I32, {}),
+    # at least 2 x max_frame_bytes (1 MiB by default)
+    "ingest.max_queue_bytes": (2 << 20, I32, {}),
+    "ingest.registration_burst": (0, I32, {}),
+    "ingest.registration_burst_per_sender": (0, I32, {}),
     "claims.max_schedulers": (1, 4096, {}),
     "score.min_requests": (1, I32, {}),
     "score.max_consecutive_errors": (1, I32, {}),

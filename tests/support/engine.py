@@ -46,9 +46,11 @@ class Engine(EngineProcess):
 
 
 def write_config(path: Path, port: int | str, *, tick_ms: int = 20, capacity: int = 64,
-                 max_frame_bytes: int = 1048576, extra: str = "") -> Path:
+                 max_frame_bytes: int = 1048576, extra: str = "", engine_extra: str = "") -> Path:
     """A config for a small engine that restarts children fast; ``port`` may
-    be ``"*"`` (the ingest picks one and publishes it)."""
+    be ``"*"`` (the ingest picks one and publishes it).  ``extra`` goes into
+    ``[ingest]`` (later sections may follow it), ``engine_extra`` into
+    ``[engine]``."""
     path.write_text(f"""
 [engine]
 tick_interval_ms = {tick_ms}
@@ -56,6 +58,7 @@ capacity = {capacity}
 restart_backoff_min_s = 0.1
 restart_backoff_max_s = 0.4
 parent_check_interval_s = 0.1
+{engine_extra}
 
 [ingest]
 bind = "tcp://127.0.0.1:{port}"

@@ -55,6 +55,9 @@ def _write_config(args, directory: str, n: int):
     if args.config is None:
         over["engine.tick_interval_ms"] = DEMO_TICK_MS
         over["engine.capacity"] = max(1024, 2 * n)
+        # One process sends the whole simulated fleet: it registers at once.
+        over["ingest.registration_burst_per_sender"] = max(1024, n)
+        over["ingest.registration_burst"] = max(16384, n)
     elif cfg.engine.capacity < n:
         raise ConfigError(f"engine.capacity = {cfg.engine.capacity} is smaller than "
                           f"--nodes {n}")
