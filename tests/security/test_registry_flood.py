@@ -5,7 +5,8 @@ The attack (issue 12): 4 binary frames (3.1 MB) took all 16,384 slots in
 re-sent, scored 1.0 and filled ``top()`` and ``pick()``.
 
 Against a real engine with the default capacity, one socket from 127.0.0.2
-sends those 4 frames of 4,096 new ids, again and again.  The registration
+sends those 16,384 new ids (8 frames of 2,048 in wire version 2), again and
+again.  The registration
 budget (`Admission`: per sender, and overall) admits at most its bursts and
 its rates of them; the rest are refused ``registration_rate``, counted
 under the attacker's address.  Meanwhile the honest fleet (127.0.0.1) keeps
@@ -34,7 +35,9 @@ from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, w
 from support.wait import wait_until
 
 CAPACITY = 16384
-FAKES, PER_FRAME = 16384, 4096      # the issue's 4 frames of 3.1 MB
+# The issue's 16,384 ids (4 frames of 4,096 v1 records, 3.1 MB): in wire
+# version 2 (384-byte records) 8 frames of 2,048, within the 1 MiB frame limit.
+FAKES, PER_FRAME = 16384, 2048
 RESENDS = 5
 BURST, RATE = 256, 50.0             # per sender
 NEWCOMERS = tuple(f"good-new-{i}" for i in range(4)) + ("failing-new-0",)
