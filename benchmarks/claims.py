@@ -55,13 +55,19 @@ class _Engine:
         self.nodes = [f"node-{i:05d}" for i in range(n)]
         recs = []
         for node in self.nodes:
-            rec, labels, _r, _d = check_heartbeat(dict(node=node, cpu=0.2, mem=0.3, queue=1.0,
-                                                       avg_job_s=1.0))
+            rec, labels, _r, _d = check_heartbeat(
+                dict(node=node, cpu=0.2, mem=0.3, queue=1.0, avg_job_s=1.0)
+            )
             reg.register(node.encode(), b"", labels)
             recs.append(rec)
         table = self.seg.views.table
-        write_rows(column_addresses(table), table.row_version.shape[0],
-                   np.arange(n, dtype=np.int64), np.array(recs), time.monotonic())
+        write_rows(
+            column_addresses(table),
+            table.row_version.shape[0],
+            np.arange(n, dtype=np.int64),
+            np.array(recs),
+            time.monotonic(),
+        )
 
     def close(self) -> None:
         for s in (self.claims, self.seg):
@@ -83,8 +89,12 @@ def _batches(fn, samples: int, batch: int) -> np.ndarray:
 
 def _stats(ns: np.ndarray) -> dict:
     p10, p50, p90 = np.percentile(ns, (10, 50, 90))
-    return {"median_ns": float(p50), "p10_ns": float(p10), "p90_ns": float(p90),
-            "samples": int(ns.size)}
+    return {
+        "median_ns": float(p50),
+        "p10_ns": float(p10),
+        "p90_ns": float(p90),
+        "samples": int(ns.size),
+    }
 
 
 def bench_pairs(nodes: int, samples: int, batch: int, seed: int = 1) -> dict:
@@ -94,7 +104,7 @@ def bench_pairs(nodes: int, samples: int, batch: int, seed: int = 1) -> dict:
             rng = np.random.default_rng(seed)
             order = [eng.nodes[i] for i in rng.integers(0, nodes, batch)]
             claim = reader.claim
-            for node in order:        # take the lease, load the compiled code
+            for node in order:  # take the lease, load the compiled code
                 claim(node).release()
                 claim(node).release(ok=False)
                 reader.in_flight(node)
@@ -115,14 +125,16 @@ def bench_pairs(nodes: int, samples: int, batch: int, seed: int = 1) -> dict:
             def noop(a, b, c):
                 return a
 
-            def reference(i):     # the machine's speed: one empty Python call
+            def reference(i):  # the machine's speed: one empty Python call
                 noop(order[i], i, i)
 
-            res = {"ok": _stats(_batches(pair, samples, batch)),
-                   "error": _stats(_batches(pair_err, samples, batch)),
-                   "with": _stats(_batches(pair_with, samples, batch)),
-                   "in_flight": _stats(_batches(in_flight, samples, batch)),
-                   "python_call": _stats(_batches(reference, samples, batch))}
+            res = {
+                "ok": _stats(_batches(pair, samples, batch)),
+                "error": _stats(_batches(pair_err, samples, batch)),
+                "with": _stats(_batches(pair_with, samples, batch)),
+                "in_flight": _stats(_batches(in_flight, samples, batch)),
+                "python_call": _stats(_batches(reference, samples, batch)),
+            }
             assert all(reader.in_flight(n) == 0 for n in eng.nodes[:50])
         return res
     finally:
@@ -136,7 +148,7 @@ def bench_gather(nodes: int, reps: int) -> dict:
         gens = v.registry.slot_gen[:nodes].copy()
         tags = (gens >> np.uint64(1)) & np.uint64(0xFFFF_FFFF)
         me = C.own_ident()
-        for k in range(4):      # four live leases (this process's ident, four times)
+        for k in range(4):  # four live leases (this process's ident, four times)
             cv.lease_ident[k] = me
             cv.in_flight[k, :nodes] = (tags << np.uint64(32)) | np.uint64(k + 1)
         cv.outcomes[:nodes, 2] = (tags << np.uint64(32)) | np.uint64(5)
@@ -147,9 +159,23 @@ def bench_gather(nodes: int, reps: int) -> dict:
         seen = [np.zeros(nodes, np.uint64) for _ in range(2)]
 
         def run():
-            return C.gather_feedback(gens, active, fresh, cv.lease_ident, cv.in_flight_flat,
-                                     cv.row_words, cv.outcomes, prev, prev, nodes,
-                                     time.monotonic(), 5.0, 5.0, *cols, *seen)
+            return C.gather_feedback(
+                gens,
+                active,
+                fresh,
+                cv.lease_ident,
+                cv.in_flight_flat,
+                cv.row_words,
+                cv.outcomes,
+                prev,
+                prev,
+                nodes,
+                time.monotonic(),
+                5.0,
+                5.0,
+                *cols,
+                *seen,
+            )
 
         sums = run()
         assert sums[0] == nodes * (1 + 2 + 3 + 4)
@@ -162,15 +188,21 @@ def bench_gather(nodes: int, reps: int) -> dict:
         C.reap_dead_leases(cv, nodes, time.monotonic())
         check_us = (time.perf_counter_ns() - t0) / 1000.0
         cv.lease_ident[:4] = 0
-        return {"nodes": nodes, "leases": 4, "gather_us_median": float(np.median(ts)),
-                "gather_us_p90": float(np.percentile(ts, 90)), "lease_check_us": check_us}
+        return {
+            "nodes": nodes,
+            "leases": 4,
+            "gather_us_median": float(np.median(ts)),
+            "gather_us_p90": float(np.percentile(ts, 90)),
+            "lease_check_us": check_us,
+        }
     finally:
         eng.close()
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.claims",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.claims", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--nodes", type=int, default=10_000, help="registered nodes (default 10000)")
     ap.add_argument("--samples", type=int, default=2000, help="batches per figure (default 2000)")
     ap.add_argument("--batch", type=int, default=100, help="pairs per batch (default 100)")
@@ -179,20 +211,35 @@ def main(argv=None) -> int:
     pairs = bench_pairs(args.nodes, args.samples, args.batch)
     gather = bench_gather(args.nodes, 200)
     load = os.getloadavg()
-    res = {"pairs": pairs, "gather": gather, "cpus": os.cpu_count(),
-           "loadavg_1m": load[0], "goal_pair_ns": GOAL_PAIR_NS}
+    res = {
+        "pairs": pairs,
+        "gather": gather,
+        "cpus": os.cpu_count(),
+        "loadavg_1m": load[0],
+        "goal_pair_ns": GOAL_PAIR_NS,
+    }
     p = pairs["ok"]
-    print(f"claim + release(ok)   median {p['median_ns']:7.0f} ns  (p10 {p['p10_ns']:.0f}, "
-          f"p90 {p['p90_ns']:.0f})  goal <= {GOAL_PAIR_NS:.0f} ns: "
-          f"{'met' if p['median_ns'] <= GOAL_PAIR_NS else 'NOT met'}")
-    for key, label in (("error", "claim + release(err)"), ("with", "with reader.claim()"),
-                       ("in_flight", "reader.in_flight()"), ("python_call", "(a Python call)")):
+    print(
+        f"claim + release(ok)   median {p['median_ns']:7.0f} ns  (p10 {p['p10_ns']:.0f}, "
+        f"p90 {p['p90_ns']:.0f})  goal <= {GOAL_PAIR_NS:.0f} ns: "
+        f"{'met' if p['median_ns'] <= GOAL_PAIR_NS else 'NOT met'}"
+    )
+    for key, label in (
+        ("error", "claim + release(err)"),
+        ("with", "with reader.claim()"),
+        ("in_flight", "reader.in_flight()"),
+        ("python_call", "(a Python call)"),
+    ):
         q = pairs[key]
-        print(f"{label:<21} median {q['median_ns']:7.0f} ns  (p10 {q['p10_ns']:.0f}, "
-              f"p90 {q['p90_ns']:.0f})")
-    print(f"tick feedback gather  {gather['nodes']} nodes, {gather['leases']} leases: "
-          f"median {gather['gather_us_median']:.0f} us (p90 {gather['gather_us_p90']:.0f}); "
-          f"lease check {gather['lease_check_us']:.0f} us")
+        print(
+            f"{label:<21} median {q['median_ns']:7.0f} ns  (p10 {q['p10_ns']:.0f}, "
+            f"p90 {q['p90_ns']:.0f})"
+        )
+    print(
+        f"tick feedback gather  {gather['nodes']} nodes, {gather['leases']} leases: "
+        f"median {gather['gather_us_median']:.0f} us (p90 {gather['gather_us_p90']:.0f}); "
+        f"lease check {gather['lease_check_us']:.0f} us"
+    )
     print(f"(load average {load[0]:.2f} on {os.cpu_count()} CPUs)")
     if args.out:
         out = Path(args.out)

@@ -36,13 +36,34 @@ from shm_engine.core.errors import (
 )
 from shm_engine.core.states import NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "Claim", "NodeFeedback", "HeartbeatClient",
-           "InvalidHeartbeat", "CurveKeys", "NodeState", "ShmEngineError", "EngineNotRunning",
-           "EngineStopped", "UntrustedSegment", "LayoutMismatch", "NothingPublished", "UnknownNode", "ReadContention",
-           "SchedulerLimitReached", "LeaseRevoked", "ClaimAlreadyReleased"]
+__all__ = [
+    "ScoreReader",
+    "Snapshot",
+    "Claim",
+    "NodeFeedback",
+    "HeartbeatClient",
+    "InvalidHeartbeat",
+    "CurveKeys",
+    "NodeState",
+    "ShmEngineError",
+    "EngineNotRunning",
+    "EngineStopped",
+    "UntrustedSegment",
+    "LayoutMismatch",
+    "NothingPublished",
+    "UnknownNode",
+    "ReadContention",
+    "SchedulerLimitReached",
+    "LeaseRevoked",
+    "ClaimAlreadyReleased",
+]
 
-_LAZY = {"ScoreReader": "clients.reader", "Snapshot": "clients.reader",
-         "Claim": "clients.claims", "NodeFeedback": "clients.claims"}
+_LAZY = {
+    "ScoreReader": "clients.reader",
+    "Snapshot": "clients.reader",
+    "Claim": "clients.claims",
+    "NodeFeedback": "clients.claims",
+}
 
 
 def __getattr__(name):

@@ -52,16 +52,24 @@ import zmq
 from clients.heartbeat import HeartbeatClient, InvalidHeartbeat
 from shm_engine.wire.format import SLOTS_MAX, U32_MAX
 
-__all__ = ["Agent", "Reporter", "report", "check_report", "default_listen", "private_dir",
-           "cmd_agent", "REPORT_FIELDS"]
+__all__ = [
+    "Agent",
+    "Reporter",
+    "report",
+    "check_report",
+    "default_listen",
+    "private_dir",
+    "cmd_agent",
+    "REPORT_FIELDS",
+]
 
 PRIVATE_DIR_NAME = "shm-engine-agent"
 LISTEN_SOCKET_NAME = "report.sock"
-MAX_IPC_PATH_BYTES = 107     # Linux sun_path holds 108 bytes with the NUL
+MAX_IPC_PATH_BYTES = 107  # Linux sun_path holds 108 bytes with the NUL
 MAX_REPORT_BYTES = 4096
 #: Service reports handled per heartbeat interval at most (a flood waits).
 MAX_REPORTS_PER_INTERVAL = 1000
-LOG_EVERY_S = 10.0           # at most one line per problem kind per this many seconds
+LOG_EVERY_S = 10.0  # at most one line per problem kind per this many seconds
 
 #: Fields a service may report, with their meaning (docs/agent.md).
 REPORT_FIELDS = {
@@ -93,11 +101,13 @@ def private_dir() -> str:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
-    st = os.lstat(path)     # never follow a link planted in a shared directory
+    st = os.lstat(path)  # never follow a link planted in a shared directory
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise PermissionError(f"{path} is not a directory of this user (owner uid {st.st_uid}, "
-                              f"mode {stat.filemode(st.st_mode)}): another user may have made "
-                              "it; remove it, or give --listen")
+        raise PermissionError(
+            f"{path} is not a directory of this user (owner uid {st.st_uid}, "
+            f"mode {stat.filemode(st.st_mode)}): another user may have made "
+            "it; remove it, or give --listen"
+        )
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
@@ -110,8 +120,9 @@ def default_listen() -> str:
     is too long for a Unix socket (give --listen)."""
     path = os.path.join(private_dir(), LISTEN_SOCKET_NAME)
     if len(path.encode()) > MAX_IPC_PATH_BYTES:
-        raise ValueError(f"report socket path {path!r} is longer than {MAX_IPC_PATH_BYTES} "
-                         "bytes; give --listen")
+        raise ValueError(
+            f"report socket path {path!r} is longer than {MAX_IPC_PATH_BYTES} bytes; give --listen"
+        )
     return "ipc://" + path
 
 
@@ -178,7 +189,7 @@ class Reporter:
         self.endpoint = endpoint
         self._pid = os.getpid()
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock: zmq.Socket | None = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, 100)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.connect(endpoint)
@@ -187,6 +198,7 @@ class Reporter:
         good, problems = check_report(stats)
         if problems:
             raise ValueError(f"report to {self.endpoint}: " + "; ".join(problems))
+        assert self._sock is not None, "report() after close()"
         try:
             self._sock.send(json.dumps(good).encode(), zmq.NOBLOCK)
         except zmq.Again:
@@ -232,7 +244,7 @@ class MachineSampler:
         import psutil
 
         self._psutil = psutil
-        psutil.cpu_percent(None)        # the first call only starts the interval
+        psutil.cpu_percent(None)  # the first call only starts the interval
         self._io_prev = self._io_busy()
 
     def _io_busy(self) -> tuple[float, dict] | None:
@@ -247,8 +259,10 @@ class MachineSampler:
 
     def sample(self) -> dict:
         ps = self._psutil
-        out = {"cpu": min(max(ps.cpu_percent(None) / 100.0, 0.0), 1.0),
-               "mem": min(max(ps.virtual_memory().percent / 100.0, 0.0), 1.0)}
+        out = {
+            "cpu": min(max(ps.cpu_percent(None) / 100.0, 0.0), 1.0),
+            "mem": min(max(ps.virtual_memory().percent / 100.0, 0.0), 1.0),
+        }
         cur = self._io_busy()
         prev, self._io_prev = self._io_prev, cur
         if cur is not None and prev is not None:
@@ -297,24 +311,34 @@ class Agent:
     `HeartbeatClient` to send with (default: one on ``endpoint``).
     """
 
-    def __init__(self, endpoint: str, node_id: str | None = None, *, listen: str | None = None,
-                 interval: float = 1.0, sampler: Any = None,
-                 client: HeartbeatClient | None = None, curve: Any = None,
-                 log: Callable[[str], None] = _stderr_log,
-                 max_reports_per_interval: int = MAX_REPORTS_PER_INTERVAL):
+    def __init__(
+        self,
+        endpoint: str,
+        node_id: str | None = None,
+        *,
+        listen: str | None = None,
+        interval: float = 1.0,
+        sampler: Any = None,
+        client: HeartbeatClient | None = None,
+        curve: Any = None,
+        log: Callable[[str], None] = _stderr_log,
+        max_reports_per_interval: int = MAX_REPORTS_PER_INTERVAL,
+    ):
         if interval <= 0:
             raise ValueError(f"interval={interval!r} must be > 0")
         if max_reports_per_interval < 1:
             raise ValueError(f"max_reports_per_interval={max_reports_per_interval!r} must be >= 1")
         self.max_reports_per_interval = max_reports_per_interval
         self._report_budget = max_reports_per_interval
-        self.reports_deferred = 0       # polls that left reports queued for the next interval
+        self.reports_deferred = 0  # polls that left reports queued for the next interval
         self.node_id = node_id or socket.gethostname()
         self.interval = interval
         self.log = log
         self._throttle = _Throttle(LOG_EVERY_S)
         self.sampler = sampler if sampler is not None else MachineSampler()
-        self.client = client if client is not None else HeartbeatClient(endpoint, curve=curve)
+        self.client: HeartbeatClient | None = (
+            client if client is not None else HeartbeatClient(endpoint, curve=curve)
+        )
         self._own_client = client is None
         # Service stats: latest values, and ok/err accumulated since the last
         # heartbeat that was queued.
@@ -349,6 +373,7 @@ class Agent:
 
     def handle_report(self, data: bytes) -> None:
         """Merge one raw service message (bad fields logged and ignored)."""
+        good: dict
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError):
@@ -386,15 +411,18 @@ class Agent:
         self._report_budget -= n
         if self._report_budget <= 0:
             self.reports_deferred += 1
-            self._problem("flood", f"service_reports_deferred more than "
-                                   f"{self.max_reports_per_interval} reports in one interval; "
-                                   "the rest wait for the next")
+            self._problem(
+                "flood",
+                f"service_reports_deferred more than "
+                f"{self.max_reports_per_interval} reports in one interval; "
+                "the rest wait for the next",
+            )
         return n
 
     # -------------------------------------------------------- heartbeat --
     def build(self) -> dict:
         """The next heartbeat's fields (``node`` included)."""
-        hb = {"node": self.node_id}
+        hb: dict[str, Any] = {"node": self.node_id}
         hb.update(self.sampler.sample())
         s = self.service
         hb["queue"] = s.get("queue", 0.0)
@@ -416,8 +444,10 @@ class Agent:
         hb = self.build()
         node = hb.pop("node")
         self.heartbeats += 1
+        client = self.client
+        assert client is not None, "send_once() after close()"
         try:
-            queued = self.client.send(node, **hb)
+            queued = client.send(node, **hb)
         except InvalidHeartbeat as err:
             # Only a sampler bug can get here (service input is checked).
             self._problem("invalid", f"heartbeat_invalid {err}")
@@ -425,8 +455,10 @@ class Agent:
         if queued:
             self.ok = self.err = 0
         else:
-            self._problem("drop", f"heartbeats_dropped total={self.client.dropped} "
-                                  "(the engine is unreachable or slow)")
+            self._problem(
+                "drop",
+                f"heartbeats_dropped total={client.dropped} (the engine is unreachable or slow)",
+            )
         return queued
 
     def run(self, count: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
@@ -445,7 +477,7 @@ class Agent:
             self.send_once()
             done += 1
             next_at += self.interval
-            if next_at < time.monotonic():       # fell behind: no burst to catch up
+            if next_at < time.monotonic():  # fell behind: no burst to catch up
                 next_at = time.monotonic() + self.interval
         return done
 
@@ -456,7 +488,7 @@ class Agent:
             # libzmq leaves the socket file of an ipc:// bind behind.
             if self.listen_endpoint and self.listen_endpoint.startswith("ipc://"):
                 try:
-                    os.unlink(self.listen_endpoint[len("ipc://"):])
+                    os.unlink(self.listen_endpoint[len("ipc://") :])
                 except OSError:
                     pass
         if self._ctx is not None:
@@ -477,6 +509,7 @@ class Agent:
 def cmd_agent(args) -> int:
     """``shm-engine agent --endpoint E [--node-id ID] [--interval S]
     [--listen L] [--count N]``."""
+
     def fail(msg: str) -> int:
         print(f"shm-engine agent: {msg}", file=sys.stderr)
         return 2
@@ -486,6 +519,7 @@ def cmd_agent(args) -> int:
     curve = None
     if args.curve_server_key:
         from clients.heartbeat import CurveKeys
+
         try:
             curve = CurveKeys.from_files(args.curve_server_key, args.curve_client_key)
         except (OSError, ValueError) as err:
@@ -500,8 +534,10 @@ def cmd_agent(args) -> int:
         return fail("needs psutil (pip install 'shm-engine[agent]')")
     node_id = args.node_id or socket.gethostname()
     from shm_engine.wire.jsondecode import check_heartbeat
+
     _rec, _labels, reason, detail = check_heartbeat(
-        {"node": node_id, "cpu": 0.0, "mem": 0.0, "queue": 0.0, "avg_job_s": 0.0})
+        {"node": node_id, "cpu": 0.0, "mem": 0.0, "queue": 0.0, "avg_job_s": 0.0}
+    )
     if reason is not None:
         return fail(f"node id {node_id!r} is not valid ({detail}); give --node-id")
     try:
@@ -517,17 +553,24 @@ def cmd_agent(args) -> int:
 
     def on_term(signum, frame):
         stop.append(signum)
+
     old = signal.signal(signal.SIGTERM, on_term)
-    agent.log(f"INFO agent_started node={node_id} endpoint={args.endpoint} "
-              f"listen={agent.listen_endpoint} interval_s={args.interval}")
+    agent.log(
+        f"INFO agent_started node={node_id} endpoint={args.endpoint} "
+        f"listen={agent.listen_endpoint} interval_s={args.interval}"
+    )
     try:
         agent.run(args.count, should_stop=lambda: bool(stop))
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, old)
-        agent.log(f"INFO agent_stopped heartbeats={agent.heartbeats} sent={agent.client.sent} "
-                  f"dropped={agent.client.dropped} reports={agent.reports} "
-                  f"bad_reports={agent.bad_reports}")
+        client = agent.client
+        assert client is not None  # the agent is closed only below
+        agent.log(
+            f"INFO agent_stopped heartbeats={agent.heartbeats} sent={client.sent} "
+            f"dropped={client.dropped} reports={agent.reports} "
+            f"bad_reports={agent.bad_reports}"
+        )
         agent.close()
     return 0

@@ -41,7 +41,8 @@ import os
 import time
 import warnings
 import weakref
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import types
@@ -87,6 +88,7 @@ def _load_entry_points() -> None:
     _in_flight = _c.in_flight_at.compile((_ADDR, _INT, _INT))
     _outcome = _c.outcome_at.compile((_ADDR, _INT, _INT))
 
+
 # Every table of this process, so a forked child can retire the leases it
 # inherited (they are its parent's).
 _TABLES: weakref.WeakSet = weakref.WeakSet()
@@ -98,6 +100,7 @@ class NodeFeedback(NamedTuple):
     since it registered (modulo 2**32); ``consec`` error releases since its
     latest ok release; ``last_error_ns`` the time of its latest error release
     (``time.monotonic_ns()``), None if there was none."""
+
     in_flight: int
     ok: int
     err: int
@@ -114,7 +117,7 @@ class Claim:
 
     def __init__(self, table: ClaimTable, node: str, at: int, slot: int, gen: int):
         self.node = node
-        self._table = table     # keeps the mapping ``_at`` points into alive
+        self._table = table  # keeps the mapping ``_at`` points into alive
         self._at = at
         self._slot = slot
         self._gen = gen
@@ -146,8 +149,12 @@ class Claim:
         if not self._done:
             self._done = True
             _drop(self._at, self._slot, self._gen)
-            warnings.warn(f"a claim on node {self.node!r} was never released; returned it "
-                          "(counted in claims_dropped)", ResourceWarning, stacklevel=2)
+            warnings.warn(
+                f"a claim on node {self.node!r} was never released; returned it "
+                "(counted in claims_dropped)",
+                ResourceWarning,
+                stacklevel=2,
+            )
 
     def __repr__(self) -> str:
         return f"<Claim on {self.node!r} {'released' if self._done else 'open'}>"
@@ -165,8 +172,13 @@ class ClaimTable:
     releasable after the reader is closed (the mappings live as long as the
     table, which every open claim references)."""
 
-    def __init__(self, scores: Segment, index: dict[str, tuple[int, int]],
-                 lookup: Callable[[str], tuple[int, int]], reindex: Callable[[], None]):
+    def __init__(
+        self,
+        scores: Segment,
+        index: dict[str, tuple[int, int]],
+        lookup: Callable[[str], tuple[int, int]],
+        reindex: Callable[[], None],
+    ):
         _load_entry_points()
         self.name = name = scores.name
         mine = Segment.attach(name, readonly=True, owner=scores.owner_uid)
@@ -176,22 +188,26 @@ class ClaimTable:
             mine.close()
             raise
         hs, hm, hc = scores.views.header, mine.views.header, claims.views.header
-        same = ((int(hs.creator_pid[0]), float(hs.created_wall[0]))
-                == (int(hm.creator_pid[0]), float(hm.created_wall[0]))
-                and (int(hc.creator_pid[0]), int(hc.creator_start[0]))
-                == (int(hm.creator_pid[0]), int(hm.creator_start[0])))
+        same = (int(hs.creator_pid[0]), float(hs.created_wall[0])) == (
+            int(hm.creator_pid[0]),
+            float(hm.created_wall[0]),
+        ) and (int(hc.creator_pid[0]), int(hc.creator_start[0])) == (
+            int(hm.creator_pid[0]),
+            int(hm.creator_start[0]),
+        )
         if not same:
             claims.close()
             mine.close()
-            raise EngineNotRunning(f"engine {name!r} was restarted since this reader attached; "
-                                   "attach again")
+            raise EngineNotRunning(
+                f"engine {name!r} was restarted since this reader attached; attach again"
+            )
         self._scores = mine
         self._seg = claims
         self._slot_gen = mine.views.registry.slot_gen
         self._index_get = index.get
         self._lookup = lookup
         self._reindex = reindex
-        self._contexts: list[np.ndarray] = []   # every context made (claims point at them)
+        self._contexts: list[np.ndarray] = []  # every context made (claims point at them)
         self._at = self._new_context()
         _TABLES.add(self)
 
@@ -224,20 +240,23 @@ class ClaimTable:
             if st == _c.CLAIMED:
                 return Claim(self, node, self._at, slot, gen)
             if st == _c.NOT_CURRENT:
-                self._reindex()   # the node moved or went: look it up afresh
+                self._reindex()  # the node moved or went: look it up afresh
             elif st == _c.NO_LEASE:
                 if self._ctx[_c.CTX_LIVE]:
                     self._retire()
                     raise LeaseRevoked(
                         f"engine {self.name!r} revoked this process's scheduler lease "
                         f"(pid {os.getpid()}): its open claims were returned; the next "
-                        "claim takes a new lease")
+                        "claim takes a new lease"
+                    )
                 self._take_lease()
             else:
-                raise OverflowError(f"node {node!r}: 2**32 - 1 claims are open on it "
-                                    "in this process")
-        raise ReadContention(f"node {node!r} of engine {self.name!r} is changing registration; "
-                       "try again")
+                raise OverflowError(
+                    f"node {node!r}: 2**32 - 1 claims are open on it in this process"
+                )
+        raise ReadContention(
+            f"node {node!r} of engine {self.name!r} is changing registration; try again"
+        )
 
     def _take_lease(self) -> None:
         views = self._seg.views
@@ -249,7 +268,8 @@ class ClaimTable:
             raise SchedulerLimitReached(
                 f"engine {self.name!r}: all {views.layout.max_schedulers} scheduler leases "
                 f"([claims] max_schedulers) are held by live processes (pids {holders[:8]}"
-                f"{' ...' if len(holders) > 8 else ''}); stop one of them or raise the limit")
+                f"{' ...' if len(holders) > 8 else ''}); stop one of them or raise the limit"
+            )
         if taken:
             views.lease_pid[lease] = os.getpid()
             views.lease_start[lease] = ident >> 32
@@ -272,8 +292,9 @@ class ClaimTable:
             if n >= 0:
                 return n
             self._reindex()
-        raise ReadContention(f"node {node!r} of engine {self.name!r} is changing registration; "
-                       "try again")
+        raise ReadContention(
+            f"node {node!r} of engine {self.name!r} is changing registration; try again"
+        )
 
     def feedback(self, node: str) -> NodeFeedback:
         """`NodeFeedback` of ``node``'s current registration."""
@@ -284,8 +305,9 @@ class ClaimTable:
             if valid and n >= 0:
                 return NodeFeedback(n, ok, err, consec, last or None)
             self._reindex()
-        raise ReadContention(f"node {node!r} of engine {self.name!r} is changing registration; "
-                       "try again")
+        raise ReadContention(
+            f"node {node!r} of engine {self.name!r} is changing registration; try again"
+        )
 
     # ---------------------------------------------------------------- close --
     def close(self) -> None:
@@ -307,8 +329,10 @@ class ClaimCounter:
         name = scores.name
         claims = ClaimsSegment.attach(name, readonly=True, owner=scores.owner_uid)
         hs, hc = scores.views.header, claims.views.header
-        if (int(hs.creator_pid[0]), int(hs.creator_start[0])) != \
-                (int(hc.creator_pid[0]), int(hc.creator_start[0])):
+        if (int(hs.creator_pid[0]), int(hs.creator_start[0])) != (
+            int(hc.creator_pid[0]),
+            int(hc.creator_start[0]),
+        ):
             claims.close()
             raise EngineNotRunning(f"engine {name!r}: its claims segment belongs to another run")
         self._seg = claims
@@ -335,7 +359,7 @@ class SinceTick:
 
     def item(self, slot: int) -> float:
         n = _in_flight(self.at, slot, self.gen[slot])
-        if n <= 0:                # none open, or the slot changed hands
+        if n <= 0:  # none open, or the slot changed hands
             return 0.0
         c = n - self.rif[slot]
         return c if c > 0.0 else 0.0

@@ -63,6 +63,7 @@ class CurveKeys:
     pair (each 40-character Z85 bytes, as ``zmq.curve_keypair`` makes them).
 
     Build from the files ``shm-engine keys`` writes with `from_files`."""
+
     server_public: bytes
     client_public: bytes
     client_secret: bytes
@@ -73,11 +74,13 @@ class CurveKeys:
             if not isinstance(value, bytes) or len(value) != 40:
                 # Never echo the value: it may be a secret key.
                 size = len(value) if isinstance(value, (bytes, str)) else "?"
-                raise ValueError(f"CurveKeys.{name} must be 40 bytes of Z85, got "
-                                 f"{type(value).__name__} of length {size}")
+                raise ValueError(
+                    f"CurveKeys.{name} must be 40 bytes of Z85, got "
+                    f"{type(value).__name__} of length {size}"
+                )
 
     @classmethod
-    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveKeys":
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveKeys:
         """Keys from the engine's ``NAME.key`` and this client's
         ``NAME.key_secret``.  Raises ValueError if the secret file holds no
         secret key, OSError if a file cannot be read."""
@@ -86,8 +89,9 @@ class CurveKeys:
         server_public, _ = zmq.auth.load_certificate(server_public_file)
         client_public, client_secret = zmq.auth.load_certificate(client_secret_file)
         if not client_secret:
-            raise ValueError(f"{client_secret_file} holds no secret key "
-                             "(give the client's .key_secret file)")
+            raise ValueError(
+                f"{client_secret_file} holds no secret key (give the client's .key_secret file)"
+            )
         return cls(server_public, client_public, client_secret)
 
 
@@ -106,17 +110,25 @@ class HeartbeatClient:
     bounds how long ``close()`` waits to deliver what is queued (0: drop it).
     """
 
-    def __init__(self, endpoint: str, *, sndhwm: int = 10000,
-                 linger_ms: int = DEFAULT_LINGER_MS, curve: CurveKeys | None = None,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 10000,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        curve: CurveKeys | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         _check_linger(linger_ms)
         if curve is not None and not isinstance(curve, CurveKeys):
             raise ValueError(f"curve must be a CurveKeys or None, got {type(curve).__name__}")
         if curve is not None and not zmq.has("curve"):
             raise ValueError("curve: this libzmq has no CURVE support")
         if max_frame_bytes < HEADER_SIZE + RECORD_SIZE:
-            raise ValueError(f"max_frame_bytes={max_frame_bytes} cannot hold one record "
-                             f"({HEADER_SIZE + RECORD_SIZE} bytes)")
+            raise ValueError(
+                f"max_frame_bytes={max_frame_bytes} cannot hold one record "
+                f"({HEADER_SIZE + RECORD_SIZE} bytes)"
+            )
         self.endpoint = endpoint
         self.max_frame_bytes = max_frame_bytes
         self.sent = 0
@@ -127,7 +139,7 @@ class HeartbeatClient:
             self._sock = self._ctx.socket(zmq.PUSH)
             self._sock.setsockopt(zmq.SNDHWM, sndhwm)
             self._sock.setsockopt(zmq.LINGER, linger_ms)
-            if curve is not None:   # before connect: the handshake uses them
+            if curve is not None:  # before connect: the handshake uses them
                 self._sock.curve_serverkey = curve.server_public
                 self._sock.curve_publickey = curve.client_public
                 self._sock.curve_secretkey = curve.client_secret
@@ -146,7 +158,9 @@ class HeartbeatClient:
         self._check_usable()
         record, labels, reason, detail = check_heartbeat({"node": node, **fields})
         if reason is not None:
+            assert detail is not None  # a reject reason comes with its detail
             raise InvalidHeartbeat(reason, detail)
+        assert record is not None  # no reject reason: the record is valid
         if labels is None:
             frame = encode_record(record)
         else:
@@ -166,7 +180,7 @@ class HeartbeatClient:
         per_frame = (self.max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
         queued = 0
         for start in range(0, len(batch), per_frame):
-            chunk = batch[start:start + per_frame]
+            chunk = batch[start : start + per_frame]
             if self._send_frame(encode_batch(chunk), len(chunk)):
                 queued += len(chunk)
         return queued
@@ -174,8 +188,7 @@ class HeartbeatClient:
     def _validated(self, records: Iterable[Mapping] | np.ndarray) -> np.ndarray:
         if isinstance(records, np.ndarray):
             if records.dtype != RECORD_DTYPE:
-                raise TypeError(f"records array has dtype {records.dtype}, "
-                                "not wire.RECORD_DTYPE")
+                raise TypeError(f"records array has dtype {records.dtype}, not wire.RECORD_DTYPE")
             decoded = decode_binary(memoryview(encode_batch(records)), compiled=False)
             if decoded.rejects:
                 raise InvalidHeartbeat(*decoded.sample[0])
@@ -184,11 +197,14 @@ class HeartbeatClient:
         for mapping in records:
             record, labels, reason, detail = check_heartbeat(dict(mapping))
             if reason is not None:
+                assert detail is not None  # a reject reason comes with its detail
                 raise InvalidHeartbeat(reason, detail)
             if labels is not None:
                 raise InvalidHeartbeat(
-                    "bad_field", f"node {mapping['node']!r}: labels cannot travel in a "
-                                 "binary batch; send this heartbeat with send()")
+                    "bad_field",
+                    f"node {mapping['node']!r}: labels cannot travel in a "
+                    "binary batch; send this heartbeat with send()",
+                )
             rows.append(record)
         out = np.zeros(len(rows), RECORD_DTYPE)
         for i, record in enumerate(rows):
@@ -208,8 +224,9 @@ class HeartbeatClient:
         if self._closed:
             raise RuntimeError("HeartbeatClient is closed")
         if os.getpid() != self._pid:
-            raise RuntimeError("HeartbeatClient was created in another process; "
-                               "create a new client after fork()")
+            raise RuntimeError(
+                "HeartbeatClient was created in another process; create a new client after fork()"
+            )
 
     # -- lifetime
 
@@ -223,7 +240,7 @@ class HeartbeatClient:
             return
         self._closed = True
         if os.getpid() != self._pid:
-            return      # the parent owns the sockets; never terminate them here
+            return  # the parent owns the sockets; never terminate them here
         self._sock.close(linger=linger_ms)
         self._ctx.term()
 

@@ -63,12 +63,20 @@ import numpy as np
 
 __all__ = ["pick", "DEFAULT_D"]
 
-DEFAULT_D = 4   # candidates per pick; ScoreReader.pick should use the same default
+DEFAULT_D = 4  # candidates per pick; ScoreReader.pick should use the same default
 
 
-def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
-         rng: np.random.Generator, exclude=None, *, d: int = DEFAULT_D,
-         claims: np.ndarray | None = None, slots: np.ndarray | None = None) -> int:
+def pick(
+    scores: np.ndarray,
+    ranked: np.ndarray | None,
+    n_ranked: int,
+    rng: np.random.Generator,
+    exclude=None,
+    *,
+    d: int = DEFAULT_D,
+    claims: np.ndarray | None = None,
+    slots: np.ndarray | None = None,
+) -> int:
     """Power-of-``d``-choices pick among the ranked nodes; a slot or -1.
 
     scores    per-slot published desirability (float, >= 0; 0 = not eligible).
@@ -108,7 +116,7 @@ def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
     if exclude is not None:
         ex = exclude if isinstance(exclude, (tuple, list, set, frozenset)) else tuple(exclude)
         if len(ex) > 8 and not isinstance(ex, (set, frozenset)):
-            ex = set(ex)          # membership tests stay O(1) for long lists
+            ex = set(ex)  # membership tests stay O(1) for long lists
         if not ex:
             ex = None
     if ex is None and n > d:
@@ -128,6 +136,7 @@ def pick(scores: np.ndarray, ranked: np.ndarray | None, n_ranked: int,
     else:
         # d distinct eligible positions by rejection: fewer than n - d
         # positions are excluded, so O(d) draws are expected.
+        assert ex is not None  # without exclusions n > d took the first branch
         pos = []
         seen = set()
         while len(pos) < d:

@@ -52,13 +52,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kernels.params import N_WEIGHTS, WEIGHT_NAMES
-
 from clients.claims import Claim, ClaimCounter, ClaimTable, NodeFeedback, SinceTick
 from clients.pick import DEFAULT_D
 from clients.pick import pick as _pick
-from shm_engine.core.errors import (EngineNotRunning, EngineStopped, NothingPublished,
-                                    ReadContention, UnknownNode)
+from kernels.params import N_WEIGHTS, WEIGHT_NAMES
+from shm_engine.core.errors import (
+    EngineNotRunning,
+    EngineStopped,
+    NothingPublished,
+    ReadContention,
+    UnknownNode,
+)
 from shm_engine.core.registry import read_node_id
 from shm_engine.core.runtime import DEFAULT_NAME
 from shm_engine.core.segment import Segment, process_alive
@@ -72,9 +76,18 @@ from shm_engine.core.seqlock import (
 )
 from shm_engine.core.states import STATE_NAMES, NodeState
 
-__all__ = ["ScoreReader", "Snapshot", "NothingPublished", "UnknownNode", "ReadContention",
-           "EngineStopped", "Claim", "NodeFeedback", "SUPERVISOR_SILENT_S",
-           "DEAD_CHECK_INTERVAL_S"]
+__all__ = [
+    "ScoreReader",
+    "Snapshot",
+    "NothingPublished",
+    "UnknownNode",
+    "ReadContention",
+    "EngineStopped",
+    "Claim",
+    "NodeFeedback",
+    "SUPERVISOR_SILENT_S",
+    "DEAD_CHECK_INTERVAL_S",
+]
 
 #: A supervisor beat older than this makes `ScoreReader.engine_alive` look
 #: the process up (the supervisor beats at least once a second).
@@ -84,7 +97,9 @@ DEAD_CHECK_INTERVAL_S = 1.0
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
-_STATE_KEYS = tuple(STATE_NAMES[s] for s in NodeState)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
+_STATE_KEYS = tuple(
+    STATE_NAMES[s] for s in NodeState
+)  # NodeState(v) costs ~1 us; a dict hit ~30 ns
 
 
 class Snapshot(NamedTuple):
@@ -93,10 +108,11 @@ class Snapshot(NamedTuple):
 
     Arrays are indexed by slot (``nodes[i]`` is the node in slot i, None for
     an empty slot); ``ranked`` holds slots, best first."""
+
     epoch: int
-    tick_time: float        # wall-clock time of the tick (time.time())
-    tick_mono: float        # monotonic time of the tick (time.monotonic())
-    nodes: tuple            # node id per slot, None where no node
+    tick_time: float  # wall-clock time of the tick (time.time())
+    tick_mono: float  # monotonic time of the tick (time.monotonic())
+    nodes: tuple  # node id per slot, None where no node
     score: np.ndarray
     raw: np.ndarray
     state: np.ndarray
@@ -105,9 +121,9 @@ class Snapshot(NamedTuple):
     liveness: np.ndarray
     ranked: np.ndarray
     pressure: float
-    weights: dict           # the weights in effect at `pressure`, by kernels.WEIGHT_NAMES
-    counts: dict            # nodes per state name
-    ejected: int = 0        # nodes ejected for consecutive errors in this tick
+    weights: dict  # the weights in effect at `pressure`, by kernels.WEIGHT_NAMES
+    counts: dict  # nodes per state name
+    ejected: int = 0  # nodes ejected for consecutive errors in this tick
 
     def scores(self) -> dict:
         """{node: published score} for every node in the snapshot."""
@@ -140,29 +156,29 @@ class ScoreReader:
         self.retries_exhausted = 0
         # Hot paths read through typed memoryviews: an item load is ~30 ns,
         # a numpy scalar index ~100 ns.
-        self._seq_mv = memoryview(v.header.latch_seq)
-        mvs = lambda col: tuple(memoryview(b.views[col]) for b in self._bufs)  # noqa: E731
+        self._seq_mv = v.header.latch_seq.data
+        mvs = lambda col: tuple(b.views[col].data for b in self._bufs)  # noqa: E731
         self._score_mv, self._state_mv = mvs("score"), mvs("state")
         self._gen_mv, self._ranked_mv = mvs("gen"), mvs("ranked")
-        self._nranked_mv = tuple(memoryview(b.n_ranked) for b in self._bufs)
+        self._nranked_mv = tuple(b.n_ranked.data for b in self._bufs)
         self._gen_list = [0] * cap  # self._gens as Python ints, for per-slot checks
-        self._published = tuple(tuple(b.views[c] for c in _PUBLISHED + ("gen",))
-                                for b in self._bufs)
+        self._published = tuple(
+            tuple(b.views[c] for c in _PUBLISHED + ("gen",)) for b in self._bufs
+        )
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
         self._rif_mv = mvs("rif")
-        self._slots = v.table.slots          # pick reads .item(slot)
-        self._counter: ClaimCounter | None = None   # claims counted read-only (pick)
+        self._slots = v.table.slots  # pick reads .item(slot)
+        self._counter: ClaimCounter | None = None  # claims counted read-only (pick)
         self._counter_tried = False
-        self._since: tuple = (0, (None, None))      # (context address, SinceTick per buffer)
-        self._claims: ClaimTable | None = None   # mapped on first use (read-write)
-        self._stopped: str | None = None         # why the engine is gone, once seen
+        self._since: tuple = (0, (None, None))  # (context address, SinceTick per buffer)
+        self._claims: ClaimTable | None = None  # mapped on first use (read-write)
+        self._stopped: str | None = None  # why the engine is gone, once seen
         self._next_dead_check = 0.0
-        self._stopping_mv = memoryview(v.header.stopping)
-        self._beat_mv = memoryview(v.header.supervisor_alive_mono)
+        self._stopping_mv = v.header.stopping.data
+        self._beat_mv = v.header.supervisor_alive_mono.data
 
     @classmethod
-    def attach(cls, name: str = DEFAULT_NAME, *, owner: int | str | None = None
-               ) -> "ScoreReader":
+    def attach(cls, name: str = DEFAULT_NAME, *, owner: int | str | None = None) -> ScoreReader:
         """Map engine ``name`` read-only.
 
         ``owner``: the user the engine runs as (uid or name); default this
@@ -179,16 +195,18 @@ class ScoreReader:
 
     def close(self) -> None:
         if self._claims is not None:
-            self._claims.close()   # unmaps once its open claims are released
+            self._claims.close()  # unmaps once its open claims are released
             self._claims = None
         if self._counter is not None:
             self._counter.close()
             self._counter = None
-        self._rif_mv = self._slots = None
-        self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None
-        self._stopping_mv = self._beat_mv = None
-        self._ranked_mv = self._nranked_mv = None
-        self._bufs = None
+        # A closed reader drops its views (the mapping can go); using it after
+        # close is the caller's error, so the attributes stay typed as open.
+        self._rif_mv = self._slots = None  # type: ignore[assignment]
+        self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None  # type: ignore[assignment]
+        self._stopping_mv = self._beat_mv = None  # type: ignore[assignment]
+        self._ranked_mv = self._nranked_mv = None  # type: ignore[assignment]
+        self._bufs = None  # type: ignore[assignment]
         self._seg.close()
 
     def __enter__(self):
@@ -211,7 +229,7 @@ class ScoreReader:
     def age_s(self) -> float:
         """Seconds since the latest published tick (inf if none)."""
         st, _e, mono = read_consistent(self._seq_mv, lambda b: float(self._bufs[b].tick_mono[0]))
-        if st != READ_OK:
+        if st != READ_OK or mono is None:
             return float("inf")
         return max(0.0, time.monotonic() - mono)
 
@@ -230,7 +248,7 @@ class ScoreReader:
         supervisor is dead: no tick will come into this segment again, and
         the data calls raise EngineStopped; attach again to follow a new
         run.  No syscall while the supervisor beats (module docstring)."""
-        self._next_dead_check = 0.0     # asked explicitly: look it up if in doubt
+        self._next_dead_check = 0.0  # asked explicitly: look it up if in doubt
         return self._stopped_reason(time.monotonic()) is None
 
     def _stopped_reason(self, now: float) -> str | None:
@@ -251,14 +269,16 @@ class ScoreReader:
                 return None
             why = f"has stopped: its supervisor (pid {pid}) is dead"
         self._stopped = why
-        self._epoch = 0         # the fast paths now fall through to the slow ones
+        self._epoch = 0  # the fast paths now fall through to the slow ones
         return why
 
     def _check_engine(self, now: float) -> None:
         why = self._stopped_reason(now)
         if why is not None:
-            raise EngineStopped(f"engine {self.name!r} {why}; this segment gets no more "
-                                "ticks: attach again once it runs")
+            raise EngineStopped(
+                f"engine {self.name!r} {why}; this segment gets no more "
+                "ticks: attach again once it runs"
+            )
 
     # -------------------------------------------------------------- index --
     def _refresh_index(self) -> None:
@@ -293,8 +313,9 @@ class ScoreReader:
             self._refresh_index()
             ent = self._index.get(node)
             if ent is None:
-                raise UnknownNode(node, f"node {node!r} is not registered with engine "
-                                        f"{self.name!r}")
+                raise UnknownNode(
+                    node, f"node {node!r} is not registered with engine {self.name!r}"
+                )
         return ent
 
     def _read(self, copy_fn):
@@ -313,9 +334,11 @@ class ScoreReader:
         return epoch, got
 
     def _contention(self, what: str) -> ReadContention:
-        return ReadContention(f"engine {self.name!r} published faster than this reader could "
-                              f"copy {what} ({DEFAULT_MAX_RETRIES + 1} attempts), and no "
-                              "earlier copy is held; try again")
+        return ReadContention(
+            f"engine {self.name!r} published faster than this reader could "
+            f"copy {what} ({DEFAULT_MAX_RETRIES + 1} attempts), and no "
+            "earlier copy is held; try again"
+        )
 
     # ------------------------------------------------------- single values --
     def _read_slot(self, node: str, column):
@@ -335,11 +358,11 @@ class ScoreReader:
         return self._read_slot_slow(node, column)
 
     def _read_slot_slow(self, node: str, column):
-        self._check_engine(time.monotonic())    # before UnknownNode: the cause
+        self._check_engine(time.monotonic())  # before UnknownNode: the cause
         for _attempt in range(2):
             slot, gen = self._lookup(node)
             gmv = self._gen_mv
-            _epoch, got = self._read(lambda b: (gmv[b][slot], column[b][slot]))
+            _epoch, got = self._read(lambda b, gmv=gmv, slot=slot: (gmv[b][slot], column[b][slot]))
             if got is not None:
                 if got[0] == gen:
                     return got[1]
@@ -350,8 +373,11 @@ class ScoreReader:
                 col = last.score if column is self._score_mv else last.state
                 return col[slot]
             raise self._contention(f"node {node!r}")
-        raise UnknownNode(node, f"node {node!r} is registered but not scored yet by engine "
-                                f"{self.name!r}; it is from the next tick")
+        raise UnknownNode(
+            node,
+            f"node {node!r} is registered but not scored yet by engine "
+            f"{self.name!r}; it is from the next tick",
+        )
 
     def score(self, node: str) -> float:
         """Published desirability of ``node`` in [0, 1] (0 unless HEALTHY or DEGRADED).
@@ -368,9 +394,11 @@ class ScoreReader:
     # -------------------------------------------------------------- claims --
     def _claim_table(self) -> ClaimTable:
         if self._claims is None:
+
             def reindex():
                 self._index_epoch = -1
                 self._refresh_index()
+
             self._claims = ClaimTable(self._seg, self._index, self._lookup, reindex)
         return self._claims
 
@@ -398,8 +426,14 @@ class ScoreReader:
         cols = [a[:hwm].copy() for a in self._published[b]]  # _PUBLISHED order, then gen
         n_ranked = min(self._nranked_mv[b][0], hwm)
         ranked = self._ranked_views[b][:n_ranked].copy()
-        meta = (buf.tick_wall[0], buf.tick_mono[0], buf.pressure[0],
-                buf.weights[:N_WEIGHTS].tolist(), buf.counts[:5].tolist(), buf.ejected[0])
+        meta = (
+            buf.tick_wall[0],
+            buf.tick_mono[0],
+            buf.pressure[0],
+            buf.weights[:N_WEIGHTS].tolist(),
+            buf.counts[:5].tolist(),
+            buf.ejected[0],
+        )
         return cols, ranked, meta
 
     def snapshot(self) -> Snapshot:
@@ -416,10 +450,23 @@ class ScoreReader:
             return self._last
         cols, ranked, (wall, mono, pressure, weights, counts, ejected) = got
         score, raw, wait, qema, liveness, state, gen = cols
-        snap = Snapshot(epoch, float(wall), float(mono), self._nodes_for(gen, state),
-                        score, raw, state, wait, qema, liveness, ranked, float(pressure),
-                        dict(zip(WEIGHT_NAMES, weights)), dict(zip(_STATE_KEYS, counts)),
-                        int(ejected))
+        snap = Snapshot(
+            epoch,
+            float(wall),
+            float(mono),
+            self._nodes_for(gen, state),
+            score,
+            raw,
+            state,
+            wait,
+            qema,
+            liveness,
+            ranked,
+            float(pressure),
+            dict(zip(WEIGHT_NAMES, weights, strict=True)),
+            dict(zip(_STATE_KEYS, counts, strict=True)),
+            int(ejected),
+        )
         self._last = snap
         return snap
 
@@ -455,12 +502,15 @@ class ScoreReader:
         b = epoch & 1
         sc, gm, known, names = self._score_mv[b], self._gen_mv[b], self._gen_list, self._names
         try:
-            slots = self._ranked_mv[b][:min(self._nranked_mv[b][0], k)].tolist()
-            out = [(nm, sc[s]) for s in slots
-                   if s >= 0 and known[s] == gm[s] and (nm := names[s]) is not None]
+            slots = self._ranked_mv[b][: min(self._nranked_mv[b][0], k)].tolist()
+            out: list[tuple[str, float]] = [
+                (nm, sc[s])
+                for s in slots
+                if s >= 0 and known[s] == gm[s] and (nm := names[s]) is not None
+            ]
         except IndexError:
-            out = slots = None
-        if slots is not None and len(out) == len(slots) and still_newest(self._seq_mv, epoch):
+            return self._top_slow(k)
+        if len(out) == len(slots) and still_newest(self._seq_mv, epoch):
             return out
         return self._top_slow(k)
 
@@ -476,8 +526,11 @@ class ScoreReader:
             self._index_epoch = -1  # a node we have not seen yet
             self._refresh_index()
         names = self._names
-        return [(names[s], sc) for s, sc, g in zip(slots, scores, gens)
-                if known[s] == g and names[s] is not None]
+        return [
+            (names[s], sc)
+            for s, sc, g in zip(slots, scores, gens, strict=True)
+            if known[s] == g and names[s] is not None
+        ]
 
     def _top_copy(self, b: int, k: int):
         n = min(self._nranked_mv[b][0], k)
@@ -498,11 +551,12 @@ class ScoreReader:
             try:
                 self._counter = ClaimCounter(self._seg)
             except EngineNotRunning:
-                pass        # no claims segment: pick without the discount
+                pass  # no claims segment: pick without the discount
         return self._counter.at if self._counter is not None else 0
 
-    def pick(self, exclude=None, rng: np.random.Generator | None = None, *,
-             d: int = DEFAULT_D) -> str | None:
+    def pick(
+        self, exclude=None, rng: np.random.Generator | None = None, *, d: int = DEFAULT_D
+    ) -> str | None:
         """Choose one node for a job without herding (see `clients.pick`).
 
         Power of ``d`` choices on the published desirability: ``d`` distinct
@@ -533,8 +587,13 @@ class ScoreReader:
             ex = [self._index[n][0] for n in exclude if n in self._index]
         at = self._count_at()
         if at != self._since[0]:
-            self._since = (at, tuple(SinceTick(at, g, r) if at else None
-                                     for g, r in zip(self._gen_mv, self._rif_mv)))
+            self._since = (
+                at,
+                tuple(
+                    SinceTick(at, g, r) if at else None
+                    for g, r in zip(self._gen_mv, self._rif_mv, strict=True)
+                ),
+            )
         per_buffer = self._since[1]
         slots = self._slots
 
@@ -542,8 +601,16 @@ class ScoreReader:
             buf = self._bufs[b]
             since = per_buffer[b]
             try:
-                slot = _pick(buf.views["score"], buf.views["ranked"], int(buf.n_ranked[0]),
-                             rng, ex, d=d, claims=since, slots=slots)
+                slot = _pick(
+                    buf.views["score"],
+                    buf.views["ranked"],
+                    int(buf.n_ranked[0]),
+                    rng,
+                    ex,
+                    d=d,
+                    claims=since,
+                    slots=slots,
+                )
                 return slot, (self._gen_mv[b][slot] if slot >= 0 else 0)
             except (IndexError, ValueError):
                 return -2, 0  # a torn copy: the latch check makes us retry

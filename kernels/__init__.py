@@ -23,16 +23,46 @@ so the configuration can read the parameter layout and defaults cheaply.
 
 import importlib
 
-from kernels.params import (DEAD, DEGRADED, HAS_IO, HAS_OKERR, HAS_TAIL,
-                            HAS_THROUGHPUT, HEALTHY, N_STATES, OVERLOADED,
-                            QUARANTINED, UNREGISTERED, WEIGHT_NAMES)
+from kernels.params import (
+    DEAD,
+    DEGRADED,
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HEALTHY,
+    N_STATES,
+    OVERLOADED,
+    QUARANTINED,
+    UNREGISTERED,
+    WEIGHT_NAMES,
+)
 
 __all__ = [
-    "tick", "make_scratch", "TickScratch", "warm_up", "default_params", "DEFAULTS",
-    "TickInputs", "TickState", "TickOutputs",
-    "make_inputs", "make_state", "make_outputs",
-    "HEALTHY", "DEGRADED", "OVERLOADED", "QUARANTINED", "DEAD", "UNREGISTERED",
-    "N_STATES", "HAS_THROUGHPUT", "HAS_OKERR", "HAS_IO", "HAS_TAIL", "WEIGHT_NAMES",
+    "tick",
+    "make_scratch",
+    "TickScratch",
+    "warm_up",
+    "default_params",
+    "DEFAULTS",
+    "TickInputs",
+    "TickState",
+    "TickOutputs",
+    "make_inputs",
+    "make_state",
+    "make_outputs",
+    "HEALTHY",
+    "DEGRADED",
+    "OVERLOADED",
+    "QUARANTINED",
+    "DEAD",
+    "UNREGISTERED",
+    "N_STATES",
+    "HAS_THROUGHPUT",
+    "HAS_OKERR",
+    "HAS_IO",
+    "HAS_TAIL",
+    "WEIGHT_NAMES",
     "STATE_NAMES",
 ]
 
@@ -40,12 +70,17 @@ STATE_NAMES = ("healthy", "degraded", "overloaded", "quarantined", "dead")
 
 # name -> module that defines it, imported on first access (PEP 562).
 _LAZY = {
-    "tick": "kernels.pipeline", "make_scratch": "kernels.pipeline",
+    "tick": "kernels.pipeline",
+    "make_scratch": "kernels.pipeline",
     "TickScratch": "kernels.pipeline",
-    "TickInputs": "kernels.columns", "TickState": "kernels.columns",
-    "TickOutputs": "kernels.columns", "make_inputs": "kernels.columns",
-    "make_state": "kernels.columns", "make_outputs": "kernels.columns",
-    "default_params": "kernels.defaults", "DEFAULTS": "kernels.defaults",
+    "TickInputs": "kernels.columns",
+    "TickState": "kernels.columns",
+    "TickOutputs": "kernels.columns",
+    "make_inputs": "kernels.columns",
+    "make_state": "kernels.columns",
+    "make_outputs": "kernels.columns",
+    "default_params": "kernels.defaults",
+    "DEFAULTS": "kernels.defaults",
 }
 
 

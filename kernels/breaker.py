@@ -30,9 +30,24 @@ def ejected(consec, err_age, max_consecutive_errors, ejection_s):
 
 
 @njit(cache=True, error_model="numpy")
-def tripped(load, wait, cpu, mem, e_ok, e_err, consec, err_age,
-            max_queue, max_wait_s, max_cpu, max_mem, min_requests, max_error_rate,
-            max_consecutive_errors, ejection_s):
+def tripped(
+    load,
+    wait,
+    cpu,
+    mem,
+    e_ok,
+    e_err,
+    consec,
+    err_age,
+    max_queue,
+    max_wait_s,
+    max_cpu,
+    max_mem,
+    min_requests,
+    max_error_rate,
+    max_consecutive_errors,
+    ejection_s,
+):
     """True when the breaker is open for this node this tick."""
     if load >= max_queue or wait >= max_wait_s or cpu >= max_cpu or mem >= max_mem:
         return True

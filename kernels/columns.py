@@ -27,65 +27,93 @@ from kernels.params import UNREGISTERED
 
 class TickInputs(NamedTuple):
     """What the driver hands the tick for each slot."""
-    active: np.ndarray      # u1: 1 if a node is registered in the slot
-    fresh: np.ndarray       # u1: 1 on the node's first tick since (re)registration
-    new_hb: np.ndarray      # u1: 1 if >= 1 heartbeat arrived since the previous tick
-    age: np.ndarray         # f8: seconds since the latest heartbeat was received
-    cpu: np.ndarray         # f8 in [0, 1]
-    mem: np.ndarray         # f8 in [0, 1]
-    queue: np.ndarray       # f8 >= 0
-    avg_job_s: np.ndarray   # f8 >= 0
+
+    active: np.ndarray  # u1: 1 if a node is registered in the slot
+    fresh: np.ndarray  # u1: 1 on the node's first tick since (re)registration
+    new_hb: np.ndarray  # u1: 1 if >= 1 heartbeat arrived since the previous tick
+    age: np.ndarray  # f8: seconds since the latest heartbeat was received
+    cpu: np.ndarray  # f8 in [0, 1]
+    mem: np.ndarray  # f8 in [0, 1]
+    queue: np.ndarray  # f8 >= 0
+    avg_job_s: np.ndarray  # f8 >= 0
     throughput: np.ndarray  # f8 >= 0 (shown, not scored)
-    ok: np.ndarray          # f8 integer-valued >= 0 (if reported & HAS_OKERR)
-    err: np.ndarray         # f8 integer-valued >= 0 (if reported & HAS_OKERR)
-    io: np.ndarray          # f8 in [0, 1] (if reported & HAS_IO)
-    p50_ms: np.ndarray      # f8 > 0 (if reported & HAS_TAIL)
-    p95_ms: np.ndarray      # f8 >= p50_ms (if reported & HAS_TAIL)
-    reported: np.ndarray    # u1: bitmask of kernels.params.HAS_*
-    slots: np.ndarray       # f8 >= 1: jobs the node runs at once (1 if not reported)
-    rif: np.ndarray         # f8 >= 0: jobs claimed and not released (in flight)
-    fb_ok: np.ndarray       # f8 >= 0: ok releases since the previous tick
-    fb_err: np.ndarray      # f8 >= 0: error releases since the previous tick
-    consec: np.ndarray      # f8 >= 0: error releases since the latest ok release
-    err_age: np.ndarray     # f8: seconds since the latest error release, +inf if none
+    ok: np.ndarray  # f8 integer-valued >= 0 (if reported & HAS_OKERR)
+    err: np.ndarray  # f8 integer-valued >= 0 (if reported & HAS_OKERR)
+    io: np.ndarray  # f8 in [0, 1] (if reported & HAS_IO)
+    p50_ms: np.ndarray  # f8 > 0 (if reported & HAS_TAIL)
+    p95_ms: np.ndarray  # f8 >= p50_ms (if reported & HAS_TAIL)
+    reported: np.ndarray  # u1: bitmask of kernels.params.HAS_*
+    slots: np.ndarray  # f8 >= 1: jobs the node runs at once (1 if not reported)
+    rif: np.ndarray  # f8 >= 0: jobs claimed and not released (in flight)
+    fb_ok: np.ndarray  # f8 >= 0: ok releases since the previous tick
+    fb_err: np.ndarray  # f8 >= 0: error releases since the previous tick
+    consec: np.ndarray  # f8 >= 0: error releases since the latest ok release
+    err_age: np.ndarray  # f8: seconds since the latest error release, +inf if none
 
 
 class TickState(NamedTuple):
     """Per-node state carried from one tick to the next."""
-    qema: np.ndarray        # f8: queue EMA (step 1)
-    s: np.ndarray           # f8: smoothed score (step 10)
-    state: np.ndarray       # u1: HEALTHY..DEAD, UNREGISTERED for an empty slot
-    flap: np.ndarray        # f8: decayed count of state changes (step 12)
-    n: np.ndarray           # i4: quarantines entered (step 12)
-    probation: np.ndarray   # i4: consecutive good ticks while quarantined
-    memory: np.ndarray      # i4: consecutive ticks neither QUARANTINED nor DEAD
-    e_ok: np.ndarray        # f8 >= 0: decayed ok outcomes (step 2's error window)
-    e_err: np.ndarray       # f8 >= 0: decayed error outcomes
+
+    qema: np.ndarray  # f8: queue EMA (step 1)
+    s: np.ndarray  # f8: smoothed score (step 10)
+    state: np.ndarray  # u1: HEALTHY..DEAD, UNREGISTERED for an empty slot
+    flap: np.ndarray  # f8: decayed count of state changes (step 12)
+    n: np.ndarray  # i4: quarantines entered (step 12)
+    probation: np.ndarray  # i4: consecutive good ticks while quarantined
+    memory: np.ndarray  # i4: consecutive ticks neither QUARANTINED nor DEAD
+    e_ok: np.ndarray  # f8 >= 0: decayed ok outcomes (step 2's error window)
+    e_err: np.ndarray  # f8 >= 0: decayed error outcomes
 
 
 class TickOutputs(NamedTuple):
     """Everything else a tick publishes."""
-    score: np.ndarray       # f8 per slot: published desirability (step 13)
-    raw: np.ndarray         # f8 per slot (step 9)
-    wait: np.ndarray        # f8 per slot: sojourn seconds (step 2)
-    liveness: np.ndarray    # f8 per slot: L (step 4)
-    ranked: np.ndarray      # i4 per slot: slots by rank; the first n_ranked are valid
-    weights: np.ndarray     # f8[7]: weights at the published P, order params.WEIGHT_NAMES
-    counts: np.ndarray      # i8[5]: nodes per state HEALTHY..DEAD after the tick
+
+    score: np.ndarray  # f8 per slot: published desirability (step 13)
+    raw: np.ndarray  # f8 per slot (step 9)
+    wait: np.ndarray  # f8 per slot: sojourn seconds (step 2)
+    liveness: np.ndarray  # f8 per slot: L (step 4)
+    ranked: np.ndarray  # i4 per slot: slots by rank; the first n_ranked are valid
+    weights: np.ndarray  # f8[7]: weights at the published P, order params.WEIGHT_NAMES
+    counts: np.ndarray  # i8[5]: nodes per state HEALTHY..DEAD after the tick
 
 
-INPUT_DTYPES = dict(active=np.uint8, fresh=np.uint8, new_hb=np.uint8, age=np.float64,
-                    cpu=np.float64, mem=np.float64, queue=np.float64,
-                    avg_job_s=np.float64, throughput=np.float64, ok=np.float64,
-                    err=np.float64, io=np.float64, p50_ms=np.float64,
-                    p95_ms=np.float64, reported=np.uint8, slots=np.float64,
-                    rif=np.float64, fb_ok=np.float64, fb_err=np.float64,
-                    consec=np.float64, err_age=np.float64)
-STATE_DTYPES = dict(qema=np.float64, s=np.float64, state=np.uint8, flap=np.float64,
-                    n=np.int32, probation=np.int32, memory=np.int32,
-                    e_ok=np.float64, e_err=np.float64)
-OUTPUT_DTYPES = dict(score=np.float64, raw=np.float64, wait=np.float64,
-                     liveness=np.float64, ranked=np.int32)
+INPUT_DTYPES = dict(
+    active=np.uint8,
+    fresh=np.uint8,
+    new_hb=np.uint8,
+    age=np.float64,
+    cpu=np.float64,
+    mem=np.float64,
+    queue=np.float64,
+    avg_job_s=np.float64,
+    throughput=np.float64,
+    ok=np.float64,
+    err=np.float64,
+    io=np.float64,
+    p50_ms=np.float64,
+    p95_ms=np.float64,
+    reported=np.uint8,
+    slots=np.float64,
+    rif=np.float64,
+    fb_ok=np.float64,
+    fb_err=np.float64,
+    consec=np.float64,
+    err_age=np.float64,
+)
+STATE_DTYPES = dict(
+    qema=np.float64,
+    s=np.float64,
+    state=np.uint8,
+    flap=np.float64,
+    n=np.int32,
+    probation=np.int32,
+    memory=np.int32,
+    e_ok=np.float64,
+    e_err=np.float64,
+)
+OUTPUT_DTYPES = dict(
+    score=np.float64, raw=np.float64, wait=np.float64, liveness=np.float64, ranked=np.int32
+)
 assert tuple(INPUT_DTYPES) == TickInputs._fields
 assert tuple(STATE_DTYPES) == TickState._fields
 

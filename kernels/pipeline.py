@@ -48,20 +48,56 @@ from kernels.breaker import tripped
 from kernels.goodness import g_cpu, g_io, g_mem, g_rate, g_succ, g_tail, g_wait, rate
 from kernels.hysteresis import changed, next_state
 from kernels.liveness import liveness
-from kernels.params import (ALPHA_QUEUE, BETA, DEAD_AFTER_S, DELTA, EJECTION_S,
-                            ERROR_HALF_LIFE_S, FLAP_WINDOW, HEALTHY, K1, K2,
-                            LIMIT_CRITICAL, MAX_BACKOFF, MAX_CONSECUTIVE_ERRORS,
-                            MAX_CPU, MAX_ERROR_RATE, MAX_FLAPS, MAX_MEM,
-                            MAX_QUARANTINED_FRACTION, MAX_QUEUE, MAX_TAIL_RATIO,
-                            MAX_WAIT_S, MIN_REQUESTS, N_STATES, PROBATION_TICKS,
-                            QUARANTINE_MEMORY, QUARANTINED, SUSPECT_AFTER_S,
-                            T_DEGRADED, T_OVERLOADED, TICK_INTERVAL_MS,
-                            UNREGISTERED, W_CPU, W_IO, W_MEM, W_RATE, W_SUCCESS,
-                            W_TAIL, W_WAIT)
+from kernels.params import (
+    ALPHA_QUEUE,
+    BETA,
+    DEAD_AFTER_S,
+    DELTA,
+    EJECTION_S,
+    ERROR_HALF_LIFE_S,
+    FLAP_WINDOW,
+    HEALTHY,
+    K1,
+    K2,
+    LIMIT_CRITICAL,
+    MAX_BACKOFF,
+    MAX_CONSECUTIVE_ERRORS,
+    MAX_CPU,
+    MAX_ERROR_RATE,
+    MAX_FLAPS,
+    MAX_MEM,
+    MAX_QUARANTINED_FRACTION,
+    MAX_QUEUE,
+    MAX_TAIL_RATIO,
+    MAX_WAIT_S,
+    MIN_REQUESTS,
+    N_STATES,
+    PROBATION_TICKS,
+    QUARANTINE_MEMORY,
+    QUARANTINED,
+    SUSPECT_AFTER_S,
+    T_DEGRADED,
+    T_OVERLOADED,
+    TICK_INTERVAL_MS,
+    UNREGISTERED,
+    W_CPU,
+    W_IO,
+    W_MEM,
+    W_RATE,
+    W_SUCCESS,
+    W_TAIL,
+    W_WAIT,
+)
 from kernels.percentile import rate_reference
 from kernels.pressure import node_pressure, pressure, pressure_term
-from kernels.quarantine import (flap_update, is_candidate, memory_step,
-                                probation_step, quarantine_cap, release_due)
+from kernels.quarantine import (
+    flap_update,
+    is_candidate,
+    memory_step,
+    probation_step,
+    quarantine_cap,
+    release_due,
+)
 from kernels.queue import load, queue_ema, sojourn
 from kernels.ranking import RankScratch, make_rank_scratch, published, radix_ranked
 from kernels.smoothing import raw_score, smooth
@@ -71,15 +107,17 @@ from kernels.window import outcomes, window_decay, window_step
 
 class TickScratch(NamedTuple):
     """Work arrays of one tick, allocated once per capacity."""
-    rank: RankScratch       # step 14's radix sort
-    rates: np.ndarray       # f8[capacity]: the rates R is selected from
-    window: np.ndarray      # f8[capacity]: the rates near R (`percentile.sample_select`)
+
+    rank: RankScratch  # step 14's radix sort
+    rates: np.ndarray  # f8[capacity]: the rates R is selected from
+    window: np.ndarray  # f8[capacity]: the rates near R (`percentile.sample_select`)
 
 
 def make_scratch(capacity: int) -> TickScratch:
     """Scratch for `tick` over `capacity` slots."""
-    return TickScratch(make_rank_scratch(capacity), np.zeros(capacity, np.float64),
-                       np.zeros(capacity, np.float64))
+    return TickScratch(
+        make_rank_scratch(capacity), np.zeros(capacity, np.float64), np.zeros(capacity, np.float64)
+    )
 
 
 @njit(cache=True, error_model="numpy")
@@ -187,10 +225,10 @@ def _score(params, inp, prev, nxt, out, scratch):
         slots = in_slots[i]
         qema = queue_ema(first, hb, in_queue[i], prev_qema[i], alpha_queue)
         wait = sojourn(load(qema, in_rif[i], slots), in_avg[i], slots)
-        nxt_e_ok[i] = window_step(first, prev_e_ok[i], d,
-                                  outcomes(in_fb_ok[i], hb, rep, in_ok[i]))
-        nxt_e_err[i] = window_step(first, prev_e_err[i], d,
-                                   outcomes(in_fb_err[i], hb, rep, in_err[i]))
+        nxt_e_ok[i] = window_step(first, prev_e_ok[i], d, outcomes(in_fb_ok[i], hb, rep, in_ok[i]))
+        nxt_e_err[i] = window_step(
+            first, prev_e_err[i], d, outcomes(in_fb_err[i], hb, rep, in_err[i])
+        )
         L = liveness(age[i], suspect_after_s, dead_after_s)
         nxt_qema[i] = qema
         out_wait[i] = wait
@@ -233,15 +271,43 @@ def _score(params, inp, prev, nxt, out, scratch):
         P_i = node_pressure(p_sum, live, L > 0.0, pressure_term(wait, max_wait_s), P)
         has_rate = avg > 0.0
         grate = g_rate(rate(slots, avg), R) if has_rate else 0.0
-        c = core_w(w_cpu, w_mem, w_io, shifted(w_wait_base, k1, P_i),
-                   shifted(w_rate_base, k2, P_i), w_succ, w_tail, rep, has_rate,
-                   g_cpu(cpu, max_cpu), g_mem(mem, max_mem), g_io(in_io[i]),
-                   g_wait(wait, max_wait_s), grate, g_succ(e_ok, e_err),
-                   g_tail(in_p50[i], in_p95[i], max_tail_ratio))
+        c = core_w(
+            w_cpu,
+            w_mem,
+            w_io,
+            shifted(w_wait_base, k1, P_i),
+            shifted(w_rate_base, k2, P_i),
+            w_succ,
+            w_tail,
+            rep,
+            has_rate,
+            g_cpu(cpu, max_cpu),
+            g_mem(mem, max_mem),
+            g_io(in_io[i]),
+            g_wait(wait, max_wait_s),
+            grate,
+            g_succ(e_ok, e_err),
+            g_tail(in_p50[i], in_p95[i], max_tail_ratio),
+        )
         B = backpressure(ld, max_queue, limit_critical)
-        trip = tripped(ld, wait, cpu, mem, e_ok, e_err, in_consec[i], in_err_age[i],
-                       max_queue, max_wait_s, max_cpu, max_mem, min_requests,
-                       max_error_rate, max_consecutive_errors, ejection_s)
+        trip = tripped(
+            ld,
+            wait,
+            cpu,
+            mem,
+            e_ok,
+            e_err,
+            in_consec[i],
+            in_err_age[i],
+            max_queue,
+            max_wait_s,
+            max_cpu,
+            max_mem,
+            min_requests,
+            max_error_rate,
+            max_consecutive_errors,
+            ejection_s,
+        )
         raw = raw_score(trip, L, B, c)
         s = smooth(trip, L, raw, prev_s[i], first, beta)
         pstate = prev_state[i]

@@ -83,10 +83,11 @@ RADIX_WIDE_FROM = 1 << RADIX_MIN_BITS
 
 class RankScratch(NamedTuple):
     """Work arrays of `radix_ranked`, allocated once per capacity."""
-    keys: np.ndarray      # u8[capacity]
+
+    keys: np.ndarray  # u8[capacity]
     keys_tmp: np.ndarray  # u8[capacity]
-    idx_tmp: np.ndarray   # i4[capacity]
-    hist: np.ndarray      # i4[2**b]: the first digit's buckets
+    idx_tmp: np.ndarray  # i4[capacity]
+    hist: np.ndarray  # i4[2**b]: the first digit's buckets
     sub_hist: np.ndarray  # i4[2**RADIX_SUB_BITS]: one pass of a large bucket's sort
 
 
@@ -95,10 +96,13 @@ def _first_digit_bits(m: int) -> int:
 
 
 def make_rank_scratch(capacity: int) -> RankScratch:
-    return RankScratch(np.zeros(capacity, np.uint64), np.zeros(capacity, np.uint64),
-                       np.zeros(capacity, np.int32),
-                       np.zeros(1 << _first_digit_bits(capacity), np.int32),
-                       np.zeros(1 << RADIX_SUB_BITS, np.int32))
+    return RankScratch(
+        np.zeros(capacity, np.uint64),
+        np.zeros(capacity, np.uint64),
+        np.zeros(capacity, np.int32),
+        np.zeros(1 << _first_digit_bits(capacity), np.int32),
+        np.zeros(1 << RADIX_SUB_BITS, np.int32),
+    )
 
 
 @njit(cache=True, error_model="numpy")
@@ -163,7 +167,8 @@ def radix_ranked(score, ranked, m, scratch):
     """Sort ranked[:m] (distinct slots in ascending slot order, every
     score[slot] > 0 and finite) by score descending, then slot ascending.
 
-    The candidates of a tick satisfy those preconditions.  ``score`` must be C-contiguous (its bits are
+    The candidates of a tick satisfy those preconditions.  ``score`` must be C-contiguous (its bits
+    are
     read through a uint64 view).  Returns the number of scatter passes over
     all the candidates (0 when every score is the same, else 1)."""
     if m <= _SHORT:

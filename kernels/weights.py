@@ -13,8 +13,19 @@ core is in [0, 1].
 
 from numba import njit
 
-from kernels.params import (HAS_IO, HAS_TAIL, K1, K2, W_CPU, W_IO, W_MEM, W_RATE,
-                            W_SUCCESS, W_TAIL, W_WAIT)
+from kernels.params import (
+    HAS_IO,
+    HAS_TAIL,
+    K1,
+    K2,
+    W_CPU,
+    W_IO,
+    W_MEM,
+    W_RATE,
+    W_SUCCESS,
+    W_TAIL,
+    W_WAIT,
+)
 
 
 @njit(cache=True, error_model="numpy")
@@ -40,13 +51,45 @@ def core(w, reported, has_rate, gcpu, gmem, gio, gwait, grate, gsucc, gtail):
     """Weighted mean of the goodness values node i has; `w` as written by
     `weights_in_effect`, `reported` the HAS_* bitmask, `has_rate` whether
     avg_job_s > 0.  The goodness of a metric the node lacks is ignored."""
-    return core_w(w[0], w[1], w[2], w[3], w[4], w[5], w[6], reported, has_rate,
-                  gcpu, gmem, gio, gwait, grate, gsucc, gtail)
+    return core_w(
+        w[0],
+        w[1],
+        w[2],
+        w[3],
+        w[4],
+        w[5],
+        w[6],
+        reported,
+        has_rate,
+        gcpu,
+        gmem,
+        gio,
+        gwait,
+        grate,
+        gsucc,
+        gtail,
+    )
 
 
 @njit(cache=True, error_model="numpy")
-def core_w(w_cpu, w_mem, w_io, w_wait, w_rate, w_succ, w_tail, reported, has_rate,
-           gcpu, gmem, gio, gwait, grate, gsucc, gtail):
+def core_w(
+    w_cpu,
+    w_mem,
+    w_io,
+    w_wait,
+    w_rate,
+    w_succ,
+    w_tail,
+    reported,
+    has_rate,
+    gcpu,
+    gmem,
+    gio,
+    gwait,
+    grate,
+    gsucc,
+    gtail,
+):
     """`core` with the weights as scalars: what the per-node loop calls (each
     node has its own w_wait and w_rate), so that no array crosses a call
     inside the loop (numba would incref and decref it on every node)."""

@@ -40,6 +40,7 @@ def pull():
     """A plain PULL socket on a free loopback port, standing in for the
     engine's ingest: yields ``(socket, endpoint)``."""
     import zmq
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     port = sock.bind_to_random_port("tcp://127.0.0.1")

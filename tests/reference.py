@@ -30,8 +30,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 HEALTHY, DEGRADED, OVERLOADED, QUARANTINED, DEAD = 0, 1, 2, 3, 4
 STATE_NAMES = {
@@ -43,8 +44,19 @@ STATE_NAMES = {
 }
 _SCORED_STATES = (HEALTHY, DEGRADED, OVERLOADED)
 
-RECORD_KEYS = ("tick", "node", "slot", "score", "raw", "state", "wait", "qema",
-               "liveness", "pressure", "rank")
+RECORD_KEYS = (
+    "tick",
+    "node",
+    "slot",
+    "score",
+    "raw",
+    "state",
+    "wait",
+    "qema",
+    "liveness",
+    "pressure",
+    "rank",
+)
 
 # SCORING.md defaults, in its own key names and sections.
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -96,8 +108,19 @@ DEFAULT_PARAMS: dict[str, Any] = {
 METRIC_ORDER = ("cpu", "mem", "io", "wait", "rate", "success", "tail")
 
 REQUIRED_FIELDS = ("node", "cpu", "mem", "queue", "avg_job_s")
-OPTIONAL_FIELDS = ("throughput", "ok", "err", "io", "p50_ms", "p95_ms", "slots",
-                   "resources", "ts", "zone", "labels")
+OPTIONAL_FIELDS = (
+    "throughput",
+    "ok",
+    "err",
+    "io",
+    "p50_ms",
+    "p95_ms",
+    "slots",
+    "resources",
+    "ts",
+    "zone",
+    "labels",
+)
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 U32_MAX = 2**32 - 1
 SLOTS_MAX = 65535
@@ -134,6 +157,7 @@ def merge_params(params: dict | None) -> dict:
 
 # ---------------------------------------------------------------- validation
 
+
 class Rejected(Exception):
     """A heartbeat is invalid; ``reason`` is the counter it is filed under."""
 
@@ -152,8 +176,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _to_float(key: str, value: Any, lo: float | None = None,
-              hi: float | None = None, lo_open: bool = False) -> float:
+def _to_float(
+    key: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> float:
     if not _is_number(value):
         raise Rejected("bad_field", f"{key}={value!r} is not a number")
     try:
@@ -191,8 +216,7 @@ def _resources(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         raise Rejected("bad_field", f"resources={value!r} is not an object")
     if len(value) > MAX_RESOURCES:
-        raise Rejected("bad_field", f"resources has {len(value)} names, "
-                                    f"at most {MAX_RESOURCES}")
+        raise Rejected("bad_field", f"resources has {len(value)} names, at most {MAX_RESOURCES}")
     out = {}
     lo, hi = RESOURCE_NAME_BYTES
     for name, amount in value.items():
@@ -261,9 +285,10 @@ def validate_heartbeat(hb: dict) -> dict:
             raise Rejected("bad_field", f"zone={zone!r}")
     if "labels" in hb:
         labels = hb["labels"]
-        if not (isinstance(labels, dict)
-                and all(isinstance(k, str) and isinstance(v, str)
-                        for k, v in labels.items())):
+        if not (
+            isinstance(labels, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        ):
             raise Rejected("bad_field", f"labels={labels!r}")
     return row
 
@@ -297,29 +322,30 @@ def validate_feedback(line: dict) -> dict:
 
 # ---------------------------------------------------------------- the engine
 
+
 @dataclass
 class Node:
     """Everything the engine remembers about one registration of a node."""
 
     node_id: str
     slot: int
-    row: dict               # the latest accepted heartbeat, validated
-    last_receive: int       # tick of the latest accepted heartbeat
-    new: bool = True        # a heartbeat arrived since the previous tick
+    row: dict  # the latest accepted heartbeat, validated
+    last_receive: int  # tick of the latest accepted heartbeat
+    new: bool = True  # a heartbeat arrived since the previous tick
     first_tick: bool = True
     qema: float = 0.0
-    e_ok: float = 0.0       # decayed error window
+    e_ok: float = 0.0  # decayed error window
     e_err: float = 0.0
     s: float = 0.0
     state: int | None = None  # None until the first tick is computed
     flap: float = 0.0
-    n: int = 0              # quarantines entered
-    probation: int = 0      # consecutive good ticks while quarantined
-    memory: int = 0         # consecutive ticks neither QUARANTINED nor DEAD
+    n: int = 0  # quarantines entered
+    probation: int = 0  # consecutive good ticks while quarantined
+    memory: int = 0  # consecutive ticks neither QUARANTINED nor DEAD
     # scheduler feedback
     rif: int = 0
     consec: int = 0
-    fb_ok: int = 0          # since the previous tick
+    fb_ok: int = 0  # since the previous tick
     fb_err: int = 0
     err_tick: int | None = None  # tick of the latest error release
     # per-tick scratch
@@ -367,7 +393,7 @@ class ReferenceEngine:
     def forget(self, tick: int) -> None:
         for node in sorted(self.by_id.values(), key=lambda n: n.slot):
             if self._seconds(tick - node.last_receive) >= self.eng["forget_after_s"]:
-                del self.by_id[node.node_id]   # its feedback and window go too
+                del self.by_id[node.node_id]  # its feedback and window go too
                 heapq.heappush(self.free_slots, node.slot)
 
     def receive(self, hb: dict, tick: int) -> str | None:
@@ -430,12 +456,10 @@ class ReferenceEngine:
             self._load_and_wait(node)
             self._error_window(node, d)
             node.liveness = self._liveness(self._seconds(tick - node.last_receive))
-            node.err_age = (None if node.err_tick is None
-                            else self._seconds(tick - node.err_tick))
+            node.err_age = None if node.err_tick is None else self._seconds(tick - node.err_tick)
             node.tripped = self._tripped(node)
         live = [node for node in nodes if node.liveness > 0]
-        big_r = rate_normaliser([self._rate(node) for node in live
-                                 if node.row["avg_job_s"] > 0])
+        big_r = rate_normaliser([self._rate(node) for node in live if node.row["avg_job_s"] > 0])
 
         # Step 5, once, before step 6.
         p_of = {node.slot: min(node.wait / sc["max_wait_s"], 1.0) for node in nodes}
@@ -484,19 +508,21 @@ class ReferenceEngine:
 
         records = []
         for node in nodes:
-            records.append({
-                "tick": tick,
-                "node": node.node_id,
-                "slot": node.slot,
-                "score": node.score,
-                "raw": node.raw,
-                "state": STATE_NAMES[node.state],
-                "wait": node.wait,
-                "qema": node.qema,
-                "liveness": node.liveness,
-                "pressure": pressure,
-                "rank": node.rank,
-            })
+            records.append(
+                {
+                    "tick": tick,
+                    "node": node.node_id,
+                    "slot": node.slot,
+                    "score": node.score,
+                    "raw": node.raw,
+                    "state": STATE_NAMES[node.state],
+                    "wait": node.wait,
+                    "qema": node.qema,
+                    "liveness": node.liveness,
+                    "pressure": pressure,
+                    "rank": node.rank,
+                }
+            )
             node.new = False
             node.first_tick = False
             node.fb_ok = 0
@@ -546,11 +572,13 @@ class ReferenceEngine:
             return True
         total = node.e_ok + node.e_err
         # READING: total > 0 guards 0/0 should min_requests be set to 0.
-        if total >= sc["min_requests"] and total > 0 \
-                and node.e_err / total >= sc["max_error_rate"]:
+        if total >= sc["min_requests"] and total > 0 and node.e_err / total >= sc["max_error_rate"]:
             return True
-        if node.consec >= sc["max_consecutive_errors"] and node.err_age is not None \
-                and node.err_age < sc["ejection_s"]:
+        if (
+            node.consec >= sc["max_consecutive_errors"]
+            and node.err_age is not None
+            and node.err_age < sc["ejection_s"]
+        ):
             return True
         return False
 
@@ -633,8 +661,7 @@ class ReferenceEngine:
         node.state = after
 
         # Step 12: flap, then probation and release.
-        c = 1 if (before in _SCORED_STATES and after in _SCORED_STATES
-                  and before != after) else 0
+        c = 1 if (before in _SCORED_STATES and after in _SCORED_STATES and before != after) else 0
         node.flap = node.flap * (1 - 1 / sc["flap_window"]) + c
         if before == QUARANTINED:
             if not live:
@@ -675,6 +702,7 @@ def rate_normaliser(rates: list[float]) -> float | None:
 
 # ---------------------------------------------------------------- replay
 
+
 def _parse_lines(lines: Iterable[str | dict]) -> list[dict]:
     parsed = []
     for line in lines:
@@ -693,8 +721,9 @@ def _parse_lines(lines: Iterable[str | dict]) -> list[dict]:
     return parsed
 
 
-def run_reference(lines: Iterable[str | dict], params: dict | None = None,
-                  ticks: int | None = None) -> ReplayResult:
+def run_reference(
+    lines: Iterable[str | dict], params: dict | None = None, ticks: int | None = None
+) -> ReplayResult:
     """Replay a trace; the records, the rejections counted by reason, and the
     number of feedback lines ignored (node not registered).
 
@@ -726,11 +755,13 @@ def run_reference(lines: Iterable[str | dict], params: dict | None = None,
         for fb in feedback:
             engine.feedback(fb, k)
         records.extend(engine.tick(k))
-    return ReplayResult(records=records, rejections=engine.rejections,
-                        ignored_feedback=engine.ignored_feedback)
+    return ReplayResult(
+        records=records, rejections=engine.rejections, ignored_feedback=engine.ignored_feedback
+    )
 
 
-def reference_replay(lines: Iterable[str | dict], params: dict | None = None,
-                     ticks: int | None = None) -> list[dict]:
+def reference_replay(
+    lines: Iterable[str | dict], params: dict | None = None, ticks: int | None = None
+) -> list[dict]:
     """The replay lines (as dicts) SCORING.md prescribes for this trace."""
     return run_reference(lines, params, ticks).records

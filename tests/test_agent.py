@@ -11,11 +11,11 @@ import zmq
 from clients import agent as agent_mod
 from clients.agent import Agent, Reporter, check_report
 from clients.heartbeat import HeartbeatClient
+from shm_engine.ops.cli import main
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import record_to_dict
 from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES
 from shm_engine.wire.jsondecode import check_heartbeat
-from shm_engine.ops.cli import main
 
 TIMEOUT_S = 5.0
 MACHINE = {"cpu": 0.5, "mem": 0.25, "io": 0.125}
@@ -46,12 +46,21 @@ def poll_until(agent, cond):
 def test_service_report_is_merged_into_a_valid_heartbeat(pull):
     sock, endpoint = pull
     logs = []
-    with Agent(endpoint, "node-a", listen="tcp://127.0.0.1:*", sampler=FakeSampler(),
-               log=logs.append) as agent:
+    with Agent(
+        endpoint, "node-a", listen="tcp://127.0.0.1:*", sampler=FakeSampler(), log=logs.append
+    ) as agent:
         rep = Reporter(agent.listen_endpoint)
         try:
-            assert rep.report(queue=3, avg_job_s=0.5, throughput=7.0, ok=5, err=1,
-                              p50_ms=10.0, p95_ms=20.0, slots=8)
+            assert rep.report(
+                queue=3,
+                avg_job_s=0.5,
+                throughput=7.0,
+                ok=5,
+                err=1,
+                p50_ms=10.0,
+                p95_ms=20.0,
+                slots=8,
+            )
             # latest wins for queue and slots; ok/err add up: 5+2, 1+0
             assert rep.report(queue=4, ok=2, err=0, slots=6)
             poll_until(agent, lambda: agent.reports == 2)
@@ -61,9 +70,20 @@ def test_service_report_is_merged_into_a_valid_heartbeat(pull):
         hb = recv_heartbeat(sock)
         ts = hb.pop("ts")
         assert abs(ts - time.time()) < 60
-        assert hb == {"node": "node-a", "cpu": 0.5, "mem": 0.25, "io": 0.125, "queue": 4.0,
-                      "avg_job_s": 0.5, "slots": 6, "throughput": 7.0, "ok": 7, "err": 1,
-                      "p50_ms": 10.0, "p95_ms": 20.0}
+        assert hb == {
+            "node": "node-a",
+            "cpu": 0.5,
+            "mem": 0.25,
+            "io": 0.125,
+            "queue": 4.0,
+            "avg_job_s": 0.5,
+            "slots": 6,
+            "throughput": 7.0,
+            "ok": 7,
+            "err": 1,
+            "p50_ms": 10.0,
+            "p95_ms": 20.0,
+        }
         # ok/err were delivered: the next heartbeat counts from zero
         assert agent.send_once()
         hb = recv_heartbeat(sock)
@@ -96,13 +116,16 @@ BAD_INPUTS = [
     (json.dumps({"slots": 65536, "queue": 1}).encode(), {"queue": 1.0}, True),
     (json.dumps({"slots": 2.0}).encode(), {}, True),
     (json.dumps({"slots": 3}).encode(), {"slots": 3}, False),
-    (json.dumps({"cpu": 0.5, "queue": 6}).encode(), {"queue": 6.0}, True),   # unknown field
-    (json.dumps({"p50_ms": 10}).encode(), {}, True),                         # no partner
-    (json.dumps({"p50_ms": 10, "p95_ms": 5}).encode(), {}, True),            # p95 < p50
-    (json.dumps({"p50_ms": 0, "p95_ms": 5}).encode(), {}, True),             # p50 not > 0
-    (b"[" * 5000 + b"]" * 5000, {}, True),                                   # deep nesting
-    (json.dumps({"queue": 2, "p50_ms": 1, "p95_ms": 1}).encode(),
-     {"queue": 2.0, "p50_ms": 1.0, "p95_ms": 1.0}, False),
+    (json.dumps({"cpu": 0.5, "queue": 6}).encode(), {"queue": 6.0}, True),  # unknown field
+    (json.dumps({"p50_ms": 10}).encode(), {}, True),  # no partner
+    (json.dumps({"p50_ms": 10, "p95_ms": 5}).encode(), {}, True),  # p95 < p50
+    (json.dumps({"p50_ms": 0, "p95_ms": 5}).encode(), {}, True),  # p50 not > 0
+    (b"[" * 5000 + b"]" * 5000, {}, True),  # deep nesting
+    (
+        json.dumps({"queue": 2, "p50_ms": 1, "p95_ms": 1}).encode(),
+        {"queue": 2.0, "p50_ms": 1.0, "p95_ms": 1.0},
+        False,
+    ),
 ]
 
 
@@ -115,7 +138,7 @@ def test_bad_service_input_is_ignored(raw, kept, bad):
         assert agent.service == kept
         assert (agent.ok, agent.err) == (0, 0)
         assert agent.bad_reports == int(bad) and len(logs) == int(bad)
-        hb = agent.build()       # whatever came in, the heartbeat stays valid
+        hb = agent.build()  # whatever came in, the heartbeat stays valid
         assert check_heartbeat(hb)[2] is None
     finally:
         agent.close()
@@ -124,8 +147,9 @@ def test_bad_service_input_is_ignored(raw, kept, bad):
 def test_bad_input_over_the_socket_is_logged_at_a_bounded_rate(pull):
     _sock, endpoint = pull
     logs = []
-    with Agent(endpoint, "node-y", listen="tcp://127.0.0.1:*", sampler=FakeSampler(),
-               log=logs.append) as agent:
+    with Agent(
+        endpoint, "node-y", listen="tcp://127.0.0.1:*", sampler=FakeSampler(), log=logs.append
+    ) as agent:
         ctx = zmq.Context()
         push = ctx.socket(zmq.PUSH)
         push.connect(agent.listen_endpoint)
@@ -179,8 +203,21 @@ def test_dropped_heartbeat_keeps_its_ok_err_for_the_next():
 
 def test_count_bounded_run_sends_n_heartbeats(pull):
     sock, endpoint = pull
-    rc = main(["agent", "--endpoint", endpoint, "--node-id", "node-c", "--interval", "0.05",
-               "--count", "3", "--listen", "tcp://127.0.0.1:*"])
+    rc = main(
+        [
+            "agent",
+            "--endpoint",
+            endpoint,
+            "--node-id",
+            "node-c",
+            "--interval",
+            "0.05",
+            "--count",
+            "3",
+            "--listen",
+            "tcp://127.0.0.1:*",
+        ]
+    )
     assert rc == 0
     for _ in range(3):
         hb = recv_heartbeat(sock)
@@ -190,11 +227,16 @@ def test_count_bounded_run_sends_n_heartbeats(pull):
     assert not sock.poll(200), "more heartbeats than --count"
 
 
-@pytest.mark.parametrize("keys, message", [
-    (["--curve-server-key", "s.key"], "give both"),
-    (["--curve-server-key", "missing.key", "--curve-client-key", "missing.key_secret"],
-     "cannot load CURVE keys"),
-])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (["--curve-server-key", "s.key"], "give both"),
+        (
+            ["--curve-server-key", "missing.key", "--curve-client-key", "missing.key_secret"],
+            "cannot load CURVE keys",
+        ),
+    ],
+)
 def test_curve_options(keys, message, capsys):
     assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--count", "1", *keys]) == 2
     assert message in capsys.readouterr().err
@@ -202,8 +244,10 @@ def test_curve_options(keys, message, capsys):
 
 @pytest.mark.parametrize("node_id", ["x" * 64, "web 17", "nœud"])
 def test_bad_node_id_is_a_usage_error(capsys, node_id):
-    assert main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--node-id", node_id,
-                 "--count", "1"]) == 2
+    assert (
+        main(["agent", "--endpoint", "tcp://127.0.0.1:9", "--node-id", node_id, "--count", "1"])
+        == 2
+    )
     assert "give --node-id" in capsys.readouterr().err
 
 
@@ -233,7 +277,8 @@ def test_agent_heartbeats_over_curve_reach_an_authenticating_engine_socket(tmp_p
     make_keys(str(tmp_path / "server"), "engine")
     make_keys(str(tmp_path / "clients"), "agent")
     server_pub, server_sec = zmq.auth.load_certificate(
-        str(tmp_path / "server" / "engine.key_secret"))
+        str(tmp_path / "server" / "engine.key_secret")
+    )
     ctx = zmq.Context()
     auth = ThreadAuthenticator(ctx)
     auth.start()
@@ -243,11 +288,25 @@ def test_agent_heartbeats_over_curve_reach_an_authenticating_engine_socket(tmp_p
         sock.curve_server = True
         sock.curve_publickey, sock.curve_secretkey = server_pub, server_sec
         port = sock.bind_to_random_port("tcp://127.0.0.1")
-        rc = main(["agent", "--endpoint", f"tcp://127.0.0.1:{port}", "--node-id", "sealed",
-                   "--count", "1", "--interval", "0.05",
-                   "--listen", f"ipc://{tmp_path}/agent.sock",
-                   "--curve-server-key", str(tmp_path / "server" / "engine.key"),
-                   "--curve-client-key", str(tmp_path / "clients" / "agent.key_secret")])
+        rc = main(
+            [
+                "agent",
+                "--endpoint",
+                f"tcp://127.0.0.1:{port}",
+                "--node-id",
+                "sealed",
+                "--count",
+                "1",
+                "--interval",
+                "0.05",
+                "--listen",
+                f"ipc://{tmp_path}/agent.sock",
+                "--curve-server-key",
+                str(tmp_path / "server" / "engine.key"),
+                "--curve-client-key",
+                str(tmp_path / "clients" / "agent.key_secret"),
+            ]
+        )
         assert rc == 0
         assert sock.poll(10_000), "no heartbeat arrived over CURVE"
         dec = decode_frame(sock.recv(), 1 << 20)

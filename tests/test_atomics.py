@@ -18,8 +18,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from support import shm as shm_util
-from support.wait import wait_until
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -37,6 +35,8 @@ from shm_engine.core.ordering import (
     store_relaxed_u64,
     store_release_u64,
 )
+from support import shm as shm_util
+from support.wait import wait_until
 
 U64_MAX = 2**64 - 1
 
@@ -79,13 +79,16 @@ def _cas_pair(words, i, e0, e1, n0, n1):
     return cas_pair_u64(words, i, e0, e1, n0, n1)
 
 
-@pytest.mark.parametrize("before, expected, new, returned, after", [
-    # cas_u64: stores only when the word holds `expected`; returns the old value
-    (5, 5, 9, 5, 9),                      # success: returned == expected
-    (5, 4, 9, 5, 5),                      # failure: the word is unchanged
-    (U64_MAX, np.uint64(U64_MAX), 0, U64_MAX, 0),
-    (0, 0, -1, 0, U64_MAX),               # an int64 argument keeps its bits
-])
+@pytest.mark.parametrize(
+    "before, expected, new, returned, after",
+    [
+        # cas_u64: stores only when the word holds `expected`; returns the old value
+        (5, 5, 9, 5, 9),  # success: returned == expected
+        (5, 4, 9, 5, 5),  # failure: the word is unchanged
+        (U64_MAX, np.uint64(U64_MAX), 0, U64_MAX, 0),
+        (0, 0, -1, 0, U64_MAX),  # an int64 argument keeps its bits
+    ],
+)
 def test_cas_u64(before, expected, new, returned, after):
     words = np.array([7, before, 7], np.uint64)
     assert _cas(words, 1, expected, new) == returned
@@ -98,12 +101,15 @@ def test_cas_i64_is_signed():
     assert _cas_signed(words, 0, -3, 1) == -8 and words[0] == -8
 
 
-@pytest.mark.parametrize("before, v, returned, after", [
-    (0, 1, 0, 1),
-    (41, 1, 41, 42),
-    (U64_MAX, 1, U64_MAX, 0),             # wraps
-    (10, -1, 10, 9),                      # -1 is 2**64 - 1: adding it subtracts
-])
+@pytest.mark.parametrize(
+    "before, v, returned, after",
+    [
+        (0, 1, 0, 1),
+        (41, 1, 41, 42),
+        (U64_MAX, 1, U64_MAX, 0),  # wraps
+        (10, -1, 10, 9),  # -1 is 2**64 - 1: adding it subtracts
+    ],
+)
 def test_fetch_add_u64(before, v, returned, after):
     words = np.array([before], np.uint64)
     assert _add(words, 0, v) == returned and words[0] == after
@@ -126,16 +132,19 @@ def _aligned_pair_words(n=6):
     """A uint64 array whose element 0 is 16-byte aligned."""
     raw = np.zeros(n + 2, np.uint64)
     off = (-raw.ctypes.data % 16) // 8
-    return raw[off:off + n]
+    return raw[off : off + n]
 
 
-@pytest.mark.parametrize("before, expected, new, stored", [
-    # (arr[2], arr[3]) before; (e0, e1); (n0, n1); stored?
-    ((1, 2), (1, 2), (3, 4), True),
-    ((1, 2), (1, 9), (3, 4), False),      # one half differs: nothing stored
-    ((1, 2), (9, 2), (3, 4), False),
-    ((U64_MAX, 0), (np.uint64(U64_MAX), 0), (0, np.uint64(U64_MAX)), True),
-])
+@pytest.mark.parametrize(
+    "before, expected, new, stored",
+    [
+        # (arr[2], arr[3]) before; (e0, e1); (n0, n1); stored?
+        ((1, 2), (1, 2), (3, 4), True),
+        ((1, 2), (1, 9), (3, 4), False),  # one half differs: nothing stored
+        ((1, 2), (9, 2), (3, 4), False),
+        ((U64_MAX, 0), (np.uint64(U64_MAX), 0), (0, np.uint64(U64_MAX)), True),
+    ],
+)
 def test_cas_pair_u64_compares_and_swaps_both_halves_as_one(before, expected, new, stored):
     words = _aligned_pair_words()
     words[2:4] = before
@@ -197,17 +206,22 @@ def test_each_read_modify_write_is_one_locked_instruction():
     assert re.search(r"\block\s+xaddq?\b", asm), asm
     assert re.search(r"\bxchgq?\b", asm), asm
     assert re.search(r"\block\s+cmpxchg16b\b", asm), asm
-    assert "__atomic_compare_exchange" not in asm   # no library fallback
+    assert "__atomic_compare_exchange" not in asm  # no library fallback
 
 
 # --------------------------------------------------------------------------
 # Many processes, one word
 
-COUNTER, READY, GO, PAIR, SIGNED, LOCK = 0, 8, 16, 24, 32, 40   # one cache line each
+COUNTER, READY, GO, PAIR, SIGNED, LOCK = 0, 8, 16, 24, 32, 40  # one cache line each
 SPIN_BUDGET = 2**32
 MODES = ("fetch_add", "cas_loop", "xchg_lock", "cas_pair", "load_store")
-M_PER_PROCESS = {"fetch_add": 400_000, "cas_loop": 200_000, "xchg_lock": 100_000,
-                 "cas_pair": 100_000, "load_store": 2_000_000}
+M_PER_PROCESS = {
+    "fetch_add": 400_000,
+    "cas_loop": 200_000,
+    "xchg_lock": 100_000,
+    "cas_pair": 100_000,
+    "load_store": 2_000_000,
+}
 N_PROCESSES = 4
 
 
@@ -244,15 +258,15 @@ def hammer(words, signed, mode, m, n_procs):
                     break
                 x = old_signed
         elif mode == 2:
-            if k & 1:                               # a spinlock made of xchg
+            if k & 1:  # a spinlock made of xchg
                 while exchange_i64(signed, LOCK, 1) != 0:
                     pass
             else:
                 while exchange_u64(words, LOCK, 1) != 0:
                     pass
-            v = load_relaxed_u64(words, COUNTER)    # the critical section: the
-            fence_seq_cst()                         # load_store race below,
-            store_relaxed_u64(words, COUNTER, v + np.uint64(1))   # safe only inside
+            v = load_relaxed_u64(words, COUNTER)  # the critical section: the
+            fence_seq_cst()  # load_store race below,
+            store_relaxed_u64(words, COUNTER, v + np.uint64(1))  # safe only inside
             if k & 1:
                 exchange_i64(signed, LOCK, 0)
             else:
@@ -263,7 +277,7 @@ def hammer(words, signed, mode, m, n_procs):
                 hi = load_relaxed_u64(words, PAIR + 1)
                 if cas_pair_u64(words, PAIR, lo, hi, lo + np.uint64(1), hi + np.uint64(2)):
                     if hi != lo * np.uint64(2):
-                        torn += 1       # a successful CAS saw the pair mid-update
+                        torn += 1  # a successful CAS saw the pair mid-update
                     break
         else:
             # The race the others prevent.  The fence keeps LLVM from fusing
@@ -292,13 +306,15 @@ def _run(shm_name, reap, mode: str) -> tuple[int, int, int]:
         assert words.ctypes.data % 16 == 0
         results = ctx.Queue()
         m = M_PER_PROCESS[mode]
-        procs = [ctx.Process(target=_child, args=(shm_name, MODES.index(mode), m, N_PROCESSES,
-                                                  results)) for _ in range(N_PROCESSES)]
+        procs = [
+            ctx.Process(target=_child, args=(shm_name, MODES.index(mode), m, N_PROCESSES, results))
+            for _ in range(N_PROCESSES)
+        ]
         for p in procs:
             reap(p)
             p.start()
         wait_until(lambda: words.item(READY) == N_PROCESSES, 120, "every child ready")
-        words[GO] = 1   # x86-64: a plain store, seen in order (pairs with the load_acquire spin)
+        words[GO] = 1  # x86-64: a plain store, seen in order (pairs with the load_acquire spin)
         got = [results.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(30)
@@ -319,7 +335,7 @@ def test_atomic_increments_from_many_processes_sum_exactly(shm_name, reap, mode)
     value, signed, torn = _run(shm_name, reap, mode)
     assert value == N_PROCESSES * M_PER_PROCESS[mode]
     if mode in ("fetch_add", "cas_loop"):
-        assert signed == -N_PROCESSES * M_PER_PROCESS[mode]     # the int64 twins
+        assert signed == -N_PROCESSES * M_PER_PROCESS[mode]  # the int64 twins
     assert torn == 0
 
 

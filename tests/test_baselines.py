@@ -16,8 +16,7 @@ import pytest
 
 from benchmarks.baselines.numpy_tick import numpy_tick
 from benchmarks.baselines.python_tick import Node, python_tick
-from kernels import (default_params, make_inputs, make_outputs, make_scratch, make_state,
-                     tick)
+from kernels import default_params, make_inputs, make_outputs, make_scratch, make_state, tick
 from kernels.params import MIN_REQUESTS
 
 FEEDBACK = ("rif", "fb_ok", "fb_err", "consec", "err_age")
@@ -67,8 +66,9 @@ def _random_world(rng, n, k, inp, last, active, err_tick):
             inp.fb_err[i] = float(rng.integers(0, 6))
             if inp.fb_err[i] > 0:
                 err_tick[i] = k
-            inp.consec[i] = 0.0 if inp.fb_ok[i] > 0 and rng.random() < 0.5 else \
-                inp.consec[i] + inp.fb_err[i]
+            inp.consec[i] = (
+                0.0 if inp.fb_ok[i] > 0 and rng.random() < 0.5 else inp.consec[i] + inp.fb_err[i]
+            )
         inp.err_age[i] = math.inf if err_tick[i] < 0 else ((k - err_tick[i]) * 50) / 1000
         inp.age[i] = ((k - last[i]) * 50) / 1000
 
@@ -77,10 +77,16 @@ def _random_world(rng, n, k, inp, last, active, err_tick):
 def test_baselines_match_kernels(seed):
     rng = np.random.default_rng(seed)
     n = 60
-    params = default_params(max_flaps=1.5 if seed % 2 else 6.0, flap_window=5.0,
-                            probation_ticks=2.0, min_requests=10.0 if seed < 3 else 40.0)
-    groups = {name: (make_inputs(n), make_state(n), make_state(n), make_outputs(n))
-              for name in ("k", "np")}
+    params = default_params(
+        max_flaps=1.5 if seed % 2 else 6.0,
+        flap_window=5.0,
+        probation_ticks=2.0,
+        min_requests=10.0 if seed < 3 else 40.0,
+    )
+    groups = {
+        name: (make_inputs(n), make_state(n), make_state(n), make_outputs(n))
+        for name in ("k", "np")
+    }
     scratch = make_scratch(n)
     ref_inp = groups["k"][0]
     nodes: dict[int, Node] = {}
@@ -90,7 +96,7 @@ def test_baselines_match_kernels(seed):
     by_window = by_ejection = 0
     for k in range(40):
         _random_world(rng, n, k, ref_inp, last, active, err_tick)
-        for dst, src in zip(groups["np"][0], ref_inp):
+        for dst, src in zip(groups["np"][0], ref_inp, strict=True):
             dst[:] = src
         inp, prev, nxt, out = groups["k"]
         res_k = tick(params, inp, prev, nxt, out, scratch)
@@ -104,8 +110,20 @@ def test_baselines_match_kernels(seed):
             if i not in nodes or ref_inp.fresh[i]:
                 nodes.pop(i, None)
             nd = nodes.get(i) or Node()
-            for f in ("cpu", "mem", "queue", "avg_job_s", "throughput", "ok", "err", "io",
-                      "p50_ms", "p95_ms", "age", "slots") + FEEDBACK:
+            for f in (
+                "cpu",
+                "mem",
+                "queue",
+                "avg_job_s",
+                "throughput",
+                "ok",
+                "err",
+                "io",
+                "p50_ms",
+                "p95_ms",
+                "age",
+                "slots",
+            ) + FEEDBACK:
                 setattr(nd, f, float(getattr(ref_inp, f)[i]))
             nd.reported = int(ref_inp.reported[i])
             nd.new_hb = bool(ref_inp.new_hb[i])
@@ -118,15 +136,26 @@ def test_baselines_match_kernels(seed):
         m = res_k[0]
         assert res_np[0] == m and res_np[2] == res_k[2]
         assert res_np[1] == res_k[1]
-        for a, b in ((np_out.score, k_out.score), (np_out.raw, k_out.raw),
-                     (np_out.wait, k_out.wait), (np_out.liveness, k_out.liveness),
-                     (np_nxt.qema, k_nxt.qema), (np_nxt.s, k_nxt.s),
-                     (np_nxt.flap, k_nxt.flap), (np_nxt.e_ok, k_nxt.e_ok),
-                     (np_nxt.e_err, k_nxt.e_err), (np_out.weights, k_out.weights)):
+        for a, b in (
+            (np_out.score, k_out.score),
+            (np_out.raw, k_out.raw),
+            (np_out.wait, k_out.wait),
+            (np_out.liveness, k_out.liveness),
+            (np_nxt.qema, k_nxt.qema),
+            (np_nxt.s, k_nxt.s),
+            (np_nxt.flap, k_nxt.flap),
+            (np_nxt.e_ok, k_nxt.e_ok),
+            (np_nxt.e_err, k_nxt.e_err),
+            (np_out.weights, k_out.weights),
+        ):
             np.testing.assert_array_equal(a, b)
-        for a, b in ((np_nxt.state, k_nxt.state), (np_nxt.n, k_nxt.n),
-                     (np_nxt.probation, k_nxt.probation), (np_nxt.memory, k_nxt.memory),
-                     (np_out.counts, k_out.counts)):
+        for a, b in (
+            (np_nxt.state, k_nxt.state),
+            (np_nxt.n, k_nxt.n),
+            (np_nxt.probation, k_nxt.probation),
+            (np_nxt.memory, k_nxt.memory),
+            (np_out.counts, k_out.counts),
+        ):
             np.testing.assert_array_equal(a, b)
         assert np_out.ranked[:m].tolist() == k_out.ranked[:m].tolist()
         assert py_live == res_k[2] and py_P == pytest.approx(res_k[1], rel=0, abs=1e-12)

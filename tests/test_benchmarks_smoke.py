@@ -16,14 +16,20 @@ import pytest
 from benchmarks.harness import driver, report
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_TIMEOUT_S = 150       # about a minute on a busy 2-core machine
+QUICK_TIMEOUT_S = 150  # about a minute on a busy 2-core machine
 
 
 def _run(*args, timeout):
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
-    return subprocess.run([sys.executable, "-m", "benchmarks", "run", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
@@ -47,8 +53,13 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
         assert res["claims"][k]["median_ns"] > 0
     assert res["read"]["manager"]["get_ns"]["median"] > 0
     assert "skipped" in res["read"]["redis"] or res["read"]["redis"]["hget_ns"]["median"] > 0
-    for k in ("ceiling_single_frames", "single_binary", "single_json",
-              "ceiling_batched_frames", "batched_binary_1000"):
+    for k in (
+        "ceiling_single_frames",
+        "single_binary",
+        "single_json",
+        "ceiling_batched_frames",
+        "batched_binary_1000",
+    ):
         assert res["ingest"][k]["hb_per_s"] > 0
     assert res["freshness"]["latency_ms"]["n"] > 0
     assert res["freshness"]["latency_ms"]["median"] > 0
@@ -57,8 +68,10 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in committed} == committed
 
 
-@pytest.mark.parametrize("extra", [["--quick"], ["--only", "tick"], ["--out", "x"],
-                                   ["--nodes", "1000"], ["--skip", "read"]])
+@pytest.mark.parametrize(
+    "extra",
+    [["--quick"], ["--only", "tick"], ["--out", "x"], ["--nodes", "1000"], ["--skip", "read"]],
+)
 def test_record_is_a_full_run_only(extra):
     proc = _run("--record", *extra, timeout=60)
     assert proc.returncode == 2
@@ -69,9 +82,18 @@ def test_record_replaces_the_bench_span_and_nothing_else(tmp_path):
     md = tmp_path / "RESULTS.md"
     sim = "<!-- sim:begin -->\nrouting tables\n<!-- sim:end -->\n"
     md.write_text(f"# Benchmark results\n\n{sim}\n{report.BEGIN}\nold\n{report.END}\n\ntail\n")
-    res = {"command": "python -m benchmarks run", "date": "today",
-           "machine": {"cpu": "x", "cores": 2, "python": "3.11", "numpy": "2", "numba": "0.6",
-                       "load_avg_1m_at_start": 0.5}}
+    res = {
+        "command": "python -m benchmarks run",
+        "date": "today",
+        "machine": {
+            "cpu": "x",
+            "cores": 2,
+            "python": "3.11",
+            "numpy": "2",
+            "numba": "0.6",
+            "load_avg_1m_at_start": 0.5,
+        },
+    }
     report.record_results_md(res, ["| new table |"], md, "tick_scaling.png")
     text = md.read_text()
     assert sim in text and text.endswith("\n\ntail\n") and "old" not in text

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from support.claims import ClaimsEngine
 from clients import ClaimAlreadyReleased, LeaseRevoked, SchedulerLimitReached
 from clients.reader import ScoreReader
 from shm_engine.core import claims as C
@@ -32,6 +31,7 @@ from shm_engine.core.layout import (
 )
 from shm_engine.core.segment import posix_name, process_stat
 from shm_engine.core.states import NodeState
+from support.claims import ClaimsEngine
 
 LOW32 = 0xFFFF_FFFF
 
@@ -60,11 +60,14 @@ def test_claims_layout_size_for_the_defaults_is_reported():
     assert claims_layout_for(16_384, 64).size == 8_921_088
 
 
-@pytest.mark.parametrize("capacity, leases, message", [
-    (0, 1, "capacity 0 out of range"),
-    (4, 0, "max_schedulers 0 out of range 1..4096"),
-    (4, 4097, "max_schedulers 4097 out of range"),
-])
+@pytest.mark.parametrize(
+    "capacity, leases, message",
+    [
+        (0, 1, "capacity 0 out of range"),
+        (4, 0, "max_schedulers 0 out of range 1..4096"),
+        (4, 4097, "max_schedulers 4097 out of range"),
+    ],
+)
 def test_claims_layout_rejects_bad_sizes(capacity, leases, message):
     with pytest.raises(ValueError, match=message):
         claims_layout_for(capacity, leases)
@@ -75,7 +78,7 @@ def test_views_of_a_private_claims_segment():
     assert v.in_flight.shape == (3, 10) and v.in_flight.strides == (4096, 8)
     v.in_flight[2, 9] = 7
     assert v.in_flight_flat[2 * v.row_words + 9] == 7
-    assert v.outcomes.ctypes.data % 16 == 0      # cas_pair_u64 needs it
+    assert v.outcomes.ctypes.data % 16 == 0  # cas_pair_u64 needs it
 
 
 # ---------------------------------------------------------------- segment --
@@ -112,8 +115,11 @@ def test_claims_segment_mode(shm_name, mode):
 
 
 def test_attach_missing_claims_segment_names_the_engine(shm_name):
-    with pytest.raises(EngineNotRunning, match=rf"engine '{shm_name}' is not running \(no "
-                                               rf"segment /{shm_name}\.claims\)"):
+    with pytest.raises(
+        EngineNotRunning,
+        match=rf"engine '{shm_name}' is not running \(no "
+        rf"segment /{shm_name}\.claims\)",
+    ):
         ClaimsSegment.attach(shm_name)
 
 
@@ -128,11 +134,11 @@ def test_second_create_while_creator_alive_fails(shm_name):
 
 def _create_and_die(name, q):
     seg = ClaimsSegment.create(name, 4, 2)
-    seg.views.in_flight[1, 3] = 99       # leave a mark
+    seg.views.in_flight[1, 3] = 99  # leave a mark
     q.put(os.getpid())
     q.close()
     q.join_thread()
-    os._exit(0)                          # dies without unlinking: stale
+    os._exit(0)  # dies without unlinking: stale
 
 
 def test_stale_claims_segment_of_dead_creator_is_reclaimed(shm_name, reap):
@@ -155,8 +161,9 @@ def test_layout_version_mismatch_is_refused(shm_name):
     seg = ClaimsSegment.create(shm_name, 4, 1)
     try:
         seg.views.header.layout_version[0] = CLAIMS_LAYOUT_VERSION + 1
-        with pytest.raises(LayoutMismatch,
-                           match=f"claims layout version {CLAIMS_LAYOUT_VERSION + 1}"):
+        with pytest.raises(
+            LayoutMismatch, match=f"claims layout version {CLAIMS_LAYOUT_VERSION + 1}"
+        ):
             ClaimsSegment.attach(shm_name)
     finally:
         seg.close()
@@ -225,7 +232,7 @@ def test_with_block_releases_ok_or_as_an_error(engine, reader):
         with reader.claim("a"):
             raise RuntimeError("job failed")
     with reader.claim("a") as c:
-        c.release(ok=False)          # released inside: the exit adds nothing
+        c.release(ok=False)  # released inside: the exit adds nothing
     fb = reader.feedback("a")
     assert (fb.in_flight, fb.ok, fb.err, fb.consec) == (0, 1, 2, 2)
 
@@ -281,10 +288,10 @@ def test_release_after_the_node_was_forgotten_never_touches_the_new_node(engine,
     slot = engine.send("old")
     c = reader.claim("old")
     engine.forget("old")
-    assert engine.send("new") == slot            # the slot is reused
+    assert engine.send("new") == slot  # the slot is reused
     fresh = reader.claim("new")
-    assert reader.in_flight("new") == 1          # the old claim is not counted
-    assert c.release(ok=False) is False          # stale: nothing counted
+    assert reader.in_flight("new") == 1  # the old claim is not counted
+    assert c.release(ok=False) is False  # stale: nothing counted
     fb = reader.feedback("new")
     assert (fb.in_flight, fb.ok, fb.err, fb.consec, fb.last_error_ns) == (1, 0, 0, 0, None)
     assert int(engine.claims.views.header.stale_releases[0]) == 1
@@ -344,16 +351,18 @@ def test_exhausted_leases_raise_a_clear_error(shm_name):
     try:
         eng.send("a")
         v = eng.claims.views
-        v.lease_ident[0] = _ident_of(os.getppid())      # live processes hold both
+        v.lease_ident[0] = _ident_of(os.getppid())  # live processes hold both
         v.lease_ident[1] = _ident_of(1)
         v.lease_pid[:] = [os.getppid(), 1]
         with ScoreReader.attach(shm_name) as r:
-            with pytest.raises(SchedulerLimitReached,
-                               match=r"all 2 scheduler leases \(\[claims\] max_schedulers\) "
-                                     r"are held by live processes"):
+            with pytest.raises(
+                SchedulerLimitReached,
+                match=r"all 2 scheduler leases \(\[claims\] max_schedulers\) "
+                r"are held by live processes",
+            ):
                 r.claim("a")
             assert int(v.header.leases_refused[0]) == 1
-            v.lease_ident[1] = 0                        # one frees up
+            v.lease_ident[1] = 0  # one frees up
             r.claim("a").release()
             assert int(v.lease_ident[1]) == _ident_of(os.getpid())
     finally:
@@ -387,18 +396,18 @@ def test_reaper_returns_a_dead_leases_claims_as_abandoned(engine, reader, reap):
     gen = int(engine.views.registry.slot_gen[slot])
     dead = _dead_ident(reap)
     v.lease_ident[3] = dead
-    v.in_flight[3, slot] = (C.tag_of(gen) << 32) | 5     # five claims left open
-    v.in_flight[3, slot + 1] = (7 << 32) | 2             # two on an old registration
+    v.in_flight[3, slot] = (C.tag_of(gen) << 32) | 5  # five claims left open
+    v.in_flight[3, slot + 1] = (7 << 32) | 2  # two on an old registration
     assert reader.in_flight("a") == 5
     mine = reader.claim("a")
     assert reader.in_flight("a") == 6
     reaped, returned, in_use = engine.ticker.check_leases(time.monotonic())
-    assert (reaped, returned, in_use) == (1, 7, 1)       # ours is still in use
+    assert (reaped, returned, in_use) == (1, 7, 1)  # ours is still in use
     assert reader.in_flight("a") == 1
     assert int(v.lease_ident[3]) == 0 and not v.in_flight[3].any()
     h = v.header
     assert (int(h.abandoned_claims[0]), int(h.leases_reaped[0])) == (7, 1)
-    assert reader.feedback("a")[1:3] == (0, 0)           # neither ok nor error
+    assert reader.feedback("a")[1:3] == (0, 0)  # neither ok nor error
     mine.release()
 
 
@@ -420,8 +429,8 @@ def test_a_zombie_holds_no_lease(reap):
     deadline = time.monotonic() + 30
     while process_stat(p.pid) is not None and process_stat(p.pid)[1] != "Z":
         assert time.monotonic() < deadline
-    assert not C.lease_holder_alive(ident)     # not reaped by its parent yet: a zombie
-    assert not C.lease_holder_alive(_ident_of(os.getpid()) ^ (1 << 32))   # other start time
+    assert not C.lease_holder_alive(ident)  # not reaped by its parent yet: a zombie
+    assert not C.lease_holder_alive(_ident_of(os.getpid()) ^ (1 << 32))  # other start time
     assert C.lease_holder_alive(_ident_of(os.getpid()))
 
 
@@ -437,7 +446,7 @@ def test_a_revoked_lease_raises_once_then_a_new_one_is_taken(engine, reader):
         reader.claim("a")
     new = reader.claim("a")
     assert reader.in_flight("a") == 1
-    assert old.release(ok=False) is False      # made under the revoked lease
+    assert old.release(ok=False) is False  # made under the revoked lease
     assert new.release(ok=True) is True
     assert reader.feedback("a")[:4] == (0, 1, 0, 0)
 
@@ -447,10 +456,10 @@ def test_a_forked_child_takes_its_own_lease(engine, reader):
     inherited = reader.claim("a")
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:   # child: must never return into pytest
+    if pid == 0:  # child: must never return into pytest
         code = 1
         try:
-            stale = inherited.release(ok=False)         # the parent's claim
+            stale = inherited.release(ok=False)  # the parent's claim
             c = reader.claim("a")
             n = reader.in_flight("a")
             c.release(ok=True)
@@ -462,32 +471,55 @@ def test_a_forked_child_takes_its_own_lease(engine, reader):
     _, status = os.waitpid(pid, 0)
     out = os.read(r, 100).decode()
     os.close(r)
-    assert status == 0 and out == "False 2"   # the parent's claim and the child's
+    assert status == 0 and out == "False 2"  # the parent's claim and the child's
     v = engine.claims.views
     assert np.count_nonzero(v.lease_ident) == 2
     assert reader.in_flight("a") == 1
     inherited.release(ok=True)
     fb = reader.feedback("a")
     assert (fb.in_flight, fb.ok, fb.err) == (0, 2, 0)
-    engine.ticker.check_leases(time.monotonic())     # the child is gone: its lease too
+    engine.ticker.check_leases(time.monotonic())  # the child is gone: its lease too
     assert np.count_nonzero(v.lease_ident) == 1
 
 
 # -------------------------------------------------------- the tick's view --
-def _gather(gen, active, fresh, idents, in_flight, outcomes, prev_ok, prev_err, now,
-            max_consecutive_errors=5.0, ejection_s=5.0):
+def _gather(
+    gen,
+    active,
+    fresh,
+    idents,
+    in_flight,
+    outcomes,
+    prev_ok,
+    prev_err,
+    now,
+    max_consecutive_errors=5.0,
+    ejection_s=5.0,
+):
     n = len(gen)
     cols = [np.full(n, -1.0) for _ in range(10)]
     ok_seen, err_seen = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
-    sums = C.gather_feedback(np.asarray(gen, np.uint64), np.asarray(active, np.uint8),
-                             np.asarray(fresh, np.uint8), np.asarray(idents, np.uint64),
-                             np.ascontiguousarray(in_flight, np.uint64).ravel(), n,
-                             np.asarray(outcomes, np.uint64), np.asarray(prev_ok, np.uint64),
-                             np.asarray(prev_err, np.uint64), n, now, max_consecutive_errors,
-                             ejection_s, *cols, ok_seen, err_seen)
+    sums = C.gather_feedback(
+        np.asarray(gen, np.uint64),
+        np.asarray(active, np.uint8),
+        np.asarray(fresh, np.uint8),
+        np.asarray(idents, np.uint64),
+        np.ascontiguousarray(in_flight, np.uint64).ravel(),
+        n,
+        np.asarray(outcomes, np.uint64),
+        np.asarray(prev_ok, np.uint64),
+        np.asarray(prev_err, np.uint64),
+        n,
+        now,
+        max_consecutive_errors,
+        ejection_s,
+        *cols,
+        ok_seen,
+        err_seen,
+    )
     names = ("rif", "fb_ok", "fb_err", "consec", "err_age")
     got = {k: cols[i].tolist() for i, k in enumerate(names)}
-    assert all(cols[i].tolist() == cols[i + 5].tolist() for i in range(5))   # published too
+    assert all(cols[i].tolist() == cols[i + 5].tolist() for i in range(5))  # published too
     return got, ok_seen.tolist(), err_seen.tolist(), sums
 
 
@@ -501,25 +533,37 @@ def test_gather_table():
     gen = [4, 6, 2, 0]
     active = [1, 1, 1, 0]
     fresh = [0, 1, 0, 0]
-    idents = [11, 0, 12]                       # leases 0 and 2 in use
-    in_flight = [[_w(2, 3), _w(3, 1), _w(9, 4), _w(1, 8)],   # lease 0
-                 [_w(2, 50), 0, 0, 0],                      # lease 1: free, ignored
-                 [_w(2, 1), _w(2, 6), _w(1, 2), 0]]         # lease 2
+    idents = [11, 0, 12]  # leases 0 and 2 in use
+    in_flight = [
+        [_w(2, 3), _w(3, 1), _w(9, 4), _w(1, 8)],  # lease 0
+        [_w(2, 50), 0, 0, 0],  # lease 1: free, ignored
+        [_w(2, 1), _w(2, 6), _w(1, 2), 0],
+    ]  # lease 2
     now = 100.0
     outcomes = [
         # [tag|consec, last_err_ns, tag|ok, tag|err]
-        [_w(2, 2), 99_500_000_000, _w(2, 10), _w(2, 4)],     # 2 errors in a row, 0.5 s ago
-        [_w(3, 0), 0, _w(3, 5), _w(1, 9)],                   # fresh: all 5 ok are new
-        [_w(7, 3), 1, _w(1, 2), _w(1, 0)],                   # consec pair of another tag
-        [_w(5, 5), 5, _w(5, 5), _w(5, 5)],                   # inactive slot
+        [_w(2, 2), 99_500_000_000, _w(2, 10), _w(2, 4)],  # 2 errors in a row, 0.5 s ago
+        [_w(3, 0), 0, _w(3, 5), _w(1, 9)],  # fresh: all 5 ok are new
+        [_w(7, 3), 1, _w(1, 2), _w(1, 0)],  # consec pair of another tag
+        [_w(5, 5), 5, _w(5, 5), _w(5, 5)],  # inactive slot
     ]
-    prev_ok = [LOW32, 3, 2, 0]                 # slot 0's counter wrapped: 0xffffffff -> 10
+    prev_ok = [LOW32, 3, 2, 0]  # slot 0's counter wrapped: 0xffffffff -> 10
     prev_err = [1, 0, 0, 0]
-    got, ok_seen, err_seen, sums = _gather(gen, active, fresh, idents, in_flight, outcomes,
-                                           prev_ok, prev_err, now, max_consecutive_errors=2.0,
-                                           ejection_s=1.0)
+    got, ok_seen, err_seen, sums = _gather(
+        gen,
+        active,
+        fresh,
+        idents,
+        in_flight,
+        outcomes,
+        prev_ok,
+        prev_err,
+        now,
+        max_consecutive_errors=2.0,
+        ejection_s=1.0,
+    )
     inf = float("inf")
-    assert got["rif"] == [4.0, 1.0, 2.0, 0.0]     # 3+1 | 1 (lease 2 has tag 2) | 2 | inactive
+    assert got["rif"] == [4.0, 1.0, 2.0, 0.0]  # 3+1 | 1 (lease 2 has tag 2) | 2 | inactive
     assert got["fb_ok"] == [11.0, 5.0, 0.0, 0.0]  # (10 - 0xffffffff) mod 2**32 | 5 - 0 | 2 - 2
     assert got["fb_err"] == [3.0, 0.0, 0.0, 0.0]  # 4 - 1 | err word of another tag | 0 - 0
     assert got["consec"] == [2.0, 0.0, 0.0, 0.0]
@@ -530,26 +574,39 @@ def test_gather_table():
     assert sums == (7.0, 16, 3, 1)
 
 
-@pytest.mark.parametrize("consec, age_s, limit, ejection_s, ejected", [
-    (5, 4.999, 5.0, 5.0, 1),     # the run reached the limit, the error is recent
-    (4, 0.0, 5.0, 5.0, 0),       # one error short
-    (5, 5.0, 5.0, 5.0, 0),       # exactly ejection_s after the error: tried again
-    (9, 0.5, 5.0, 0.25, 0),      # ejection already over
-])
-def test_gather_counts_ejected_nodes_as_the_breaker_does(consec, age_s, limit, ejection_s,
-                                                         ejected):
+@pytest.mark.parametrize(
+    "consec, age_s, limit, ejection_s, ejected",
+    [
+        (5, 4.999, 5.0, 5.0, 1),  # the run reached the limit, the error is recent
+        (4, 0.0, 5.0, 5.0, 0),  # one error short
+        (5, 5.0, 5.0, 5.0, 0),  # exactly ejection_s after the error: tried again
+        (9, 0.5, 5.0, 0.25, 0),  # ejection already over
+    ],
+)
+def test_gather_counts_ejected_nodes_as_the_breaker_does(consec, age_s, limit, ejection_s, ejected):
     last_err_ns = 1_000_000_000
     now = last_err_ns * 1e-9 + age_s
-    got, _ok, _err, sums = _gather([2], [1], [0], [1], [[0]],
-                                   [[_w(1, consec), last_err_ns, 0, _w(1, consec)]],
-                                   [0], [0], now, limit, ejection_s)
+    got, _ok, _err, sums = _gather(
+        [2],
+        [1],
+        [0],
+        [1],
+        [[0]],
+        [[_w(1, consec), last_err_ns, 0, _w(1, consec)]],
+        [0],
+        [0],
+        now,
+        limit,
+        ejection_s,
+    )
     assert got["consec"] == [float(consec)] and got["err_age"][0] == pytest.approx(age_s)
     assert sums[3] == ejected
 
 
 def test_gather_error_in_the_future_of_the_tick_has_age_zero():
-    got, *_ = _gather([2], [1], [1], [1], [[0]], [[_w(1, 1), 5_000_000_000, 0, _w(1, 1)]],
-                      [0], [0], 4.0)
+    got, *_ = _gather(
+        [2], [1], [1], [1], [[0]], [[_w(1, 1), 5_000_000_000, 0, _w(1, 1)]], [0], [0], 4.0
+    )
     assert got["err_age"] == [0.0] and got["fb_err"] == [1.0]
 
 
@@ -567,24 +624,36 @@ def test_tick_publishes_feedback_and_resets_it_with_the_registration(engine, rea
     held.pop().release(ok=True)
     held.pop().release(ok=False)
     engine.tick()
-    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == \
-        [1.0, 1.0, 1.0, 1.0]
+    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == [
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ]
     assert 0.0 <= engine.published("err_age", slot) < 60.0
     fb = engine.ticker.feedback
     assert (fb.rif[slot], fb.fb_ok[slot], fb.fb_err[slot]) == (1.0, 1.0, 1.0)
     # The feedback columns are the tick inputs' own: the kernels read them.
     assert fb.rif is engine.ticker.inputs.rif and fb.err_age is engine.ticker.inputs.err_age
-    engine.tick()      # nothing new since
-    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == \
-        [1.0, 0.0, 0.0, 1.0]
+    engine.tick()  # nothing new since
+    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == [
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+    ]
     h = engine.claims.views.header
     assert (int(h.released_ok[0]), int(h.released_err[0]), int(h.in_flight[0])) == (1, 1, 1)
     engine.forget("a")
     engine.tick()
-    engine.send("b")   # same slot, new registration
+    engine.send("b")  # same slot, new registration
     engine.tick()
-    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == \
-        [0.0, 0.0, 0.0, 0.0]
+    assert [engine.published(c, slot) for c in ("rif", "fb_ok", "fb_err", "consec")] == [
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
     assert engine.published("err_age", slot) == float("inf")
     assert held[0].release(ok=False) is False
 
@@ -643,8 +712,9 @@ def test_ejected_nodes_show_in_status_metrics_and_top(engine, reader):
     assert "1 ranked, 1 ejected, pressure" in render(st)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(EngineCollector(engine.name))
-    assert f'shm_engine_nodes_ejected{{engine="{engine.name}"}} 1.0' in \
-        generate_latest(reg).decode()
+    assert (
+        f'shm_engine_nodes_ejected{{engine="{engine.name}"}} 1.0' in generate_latest(reg).decode()
+    )
     with Watcher(engine.name, rows=5) as w:
         vs = w.poll()
     assert vs.ejected == 1
@@ -670,16 +740,18 @@ def test_status_metrics_and_top_show_the_claims(engine, reader, reap):
     reader.claim("b").release(ok=True)
     reader.claim("b").release(ok=False)
     engine.claims.views.lease_ident[2] = _dead_ident(reap)
-    engine.claims.views.in_flight[2, 0] = (C.tag_of(2) << 32) | 4   # a dead scheduler's claims
-    engine.tick()                  # counts the releases
-    engine.ticker.check_leases(time.monotonic())   # returns the dead lease's claims
+    engine.claims.views.in_flight[2, 0] = (C.tag_of(2) << 32) | 4  # a dead scheduler's claims
+    engine.tick()  # counts the releases
+    engine.ticker.check_leases(time.monotonic())  # returns the dead lease's claims
     st = read_status(engine.name)["claims"]
     assert st["in_flight"] == 3
     assert (st["released_ok"], st["released_err"], st["abandoned"]) == (1, 1, 4)
     assert st["leases"]["in_use"] == 1 and st["leases"]["max"] == 4
     assert st["leases"]["pids"] == [os.getpid()] and st["leases"]["reaped"] == 1
-    assert "claims   3 in flight; released 1 ok, 1 error; 4 abandoned, 0 stale; " \
-           "schedulers 1/4" in render(read_status(engine.name))
+    assert (
+        "claims   3 in flight; released 1 ok, 1 error; 4 abandoned, 0 stale; "
+        "schedulers 1/4" in render(read_status(engine.name))
+    )
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(EngineCollector(engine.name))
@@ -695,6 +767,7 @@ def test_status_metrics_and_top_show_the_claims(engine, reader, reap):
     assert {r.node: r.in_flight for r in vs.rows} == {"a": 2, "b": 1}
     assert vs.claims["in_flight"] == 3
     from rich.console import Console
+
     console = Console(width=160, record=True)
     console.print(render_top(vs))
     out = console.export_text()
@@ -713,18 +786,26 @@ def test_the_engine_creates_reclaims_and_unlinks_its_claims_segment(shm_name, tm
     from support.wait import wait_until
 
     port = free_port()
-    cfg = write_config(tmp_path / "c.toml", port,
-                       extra='\n[claims]\nshm_mode = "0660"\nmax_schedulers = 3\n')
+    cfg = write_config(
+        tmp_path / "c.toml", port, extra='\n[claims]\nshm_mode = "0660"\nmax_schedulers = 3\n'
+    )
     claims_path = _dev_shm(shm_name + ".claims")
     eng = Engine(shm_name, cfg, tmp_path, reap)
     st = eng.wait_ready()
-    assert st["claims"]["leases"] == {"in_use": 0, "max": 3, "pids": [], "taken": 0,
-                                      "refused": 0, "reaped": 0}
+    assert st["claims"]["leases"] == {
+        "in_use": 0,
+        "max": 3,
+        "pids": [],
+        "taken": 0,
+        "refused": 0,
+        "reaped": 0,
+    }
     assert stat.S_IMODE(os.stat(claims_path).st_mode) == 0o660
     with HeartbeatClient(f"tcp://127.0.0.1:{port}") as hb:
         hb.send("x", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
-        wait_until(lambda: eng.status()["nodes"]["registered"] == 1, START_TIMEOUT_S,
-                   "node x registered")
+        wait_until(
+            lambda: eng.status()["nodes"]["registered"] == 1, START_TIMEOUT_S, "node x registered"
+        )
     reader = ScoreReader.attach(shm_name)
     c = reader.claim("x")
     out = cli("status", "--name", shm_name, "--json")
@@ -740,7 +821,7 @@ def test_the_engine_creates_reclaims_and_unlinks_its_claims_segment(shm_name, tm
     st = again.wait_ready()
     assert st["pid"] == again.proc.pid and st["claims"]["in_flight"] == 0
     assert st["claims"]["leases"]["in_use"] == 0
-    c.release()                  # into the old engine's (unlinked) segment: harmless
+    c.release()  # into the old engine's (unlinked) segment: harmless
     reader.close()
     assert again.stop() == 0
     assert not os.path.exists(_dev_shm(shm_name)) and not os.path.exists(claims_path)

@@ -25,10 +25,10 @@ import time
 import numpy as np
 import pytest
 
-from support.claims import MAX_OPEN, ClaimsEngine, scheduler_main
 from clients.reader import ScoreReader
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.tick.ticker import ticker_main
+from support.claims import MAX_OPEN, ClaimsEngine, scheduler_main
 
 N_NODES = 100
 N_SCHEDULERS = 4
@@ -77,8 +77,9 @@ def _start(name, reap, seeds, logs=None):
     for i, seed in enumerate(seeds):
         log = logs[i] if logs else None
         hold = "hold"
-        p = SPAWN.Process(target=scheduler_main,
-                          args=(name, NODES, PAIRS, seed, go, results, log, hold))
+        p = SPAWN.Process(
+            target=scheduler_main, args=(name, NODES, PAIRS, seed, go, results, log, hold)
+        )
         reap(p)
         p.start()
         procs.append(p)
@@ -92,21 +93,23 @@ def _wait_leases(eng, n, timeout=120):
 
 def _engine_counts(reader):
     fb = [reader.feedback(node) for node in NODES]
-    return (np.array([f.ok for f in fb]), np.array([f.err for f in fb]),
-            [f.in_flight for f in fb])
+    return (np.array([f.ok for f in fb]), np.array([f.err for f in fb]), [f.in_flight for f in fb])
 
 
 def _tick_totals_reach(eng, ok, err, timeout=30):
     h = eng.claims.views.header
-    wait_until(lambda: (int(h.released_ok[0]), int(h.released_err[0])) == (ok, err), timeout,
-               f"the tick to count {ok} ok and {err} error releases "
-               f"(has {int(h.released_ok[0])}, {int(h.released_err[0])})")
+    wait_until(
+        lambda: (int(h.released_ok[0]), int(h.released_err[0])) == (ok, err),
+        timeout,
+        f"the tick to count {ok} ok and {err} error releases "
+        f"(has {int(h.released_ok[0])}, {int(h.released_err[0])})",
+    )
 
 
 def test_four_schedulers_250k_pairs_each_leave_exact_counts(engine, reap):
     t0 = time.monotonic()
     procs, go, results = _start(engine.name, reap, seeds=range(1, N_SCHEDULERS + 1))
-    _wait_leases(engine, N_SCHEDULERS)     # all attached and claiming-ready
+    _wait_leases(engine, N_SCHEDULERS)  # all attached and claiming-ready
     go.set()
     got = [results.get(timeout=300) for _ in procs]
     for p in procs:
@@ -125,14 +128,18 @@ def test_four_schedulers_250k_pairs_each_leave_exact_counts(engine, reap):
     np.testing.assert_array_equal(e_err, err)
     _tick_totals_reach(engine, int(ok.sum()) + N_SCHEDULERS, int(err.sum()))  # + the holds
     h = engine.claims.views.header
-    assert (int(h.abandoned_claims[0]), int(h.stale_releases[0]), int(h.claims_dropped[0])) \
-        == (0, 0, 0)
-    _wait_leases(engine, 0, timeout=10)    # the exited schedulers' leases are freed
+    assert (int(h.abandoned_claims[0]), int(h.stale_releases[0]), int(h.claims_dropped[0])) == (
+        0,
+        0,
+        0,
+    )
+    _wait_leases(engine, 0, timeout=10)  # the exited schedulers' leases are freed
     print(f"\n4 x {PAIRS} pairs: {elapsed:.1f} s from start to all reports")
 
 
-def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, reap,
-                                                                    record_property):
+def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(
+    engine, reap, record_property
+):
     n = N_NODES
     logs = [None, None, None, SPAWN.RawArray("q", 2 * n + 2)]
     procs, go, results = _start(engine.name, reap, seeds=(11, 12, 13, 14), logs=logs)
@@ -155,7 +162,7 @@ def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, re
         assert p.exitcode == 0
     victim.join(10)
     assert victim.exitcode == -signal.SIGKILL
-    done_ok, done_err = log[:n].copy(), log[n:2 * n].copy()
+    done_ok, done_err = log[:n].copy(), log[n : 2 * n].copy()
     open_at_death = int(log[2 * n + 1])
     assert 1 <= open_at_death <= MAX_OPEN + 1
     ok = sum(g[1] for g in got)
@@ -164,7 +171,7 @@ def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, re
     with ScoreReader.attach(engine.name) as reader:
         e_ok, e_err, in_flight = _engine_counts(reader)
         assert reader.in_flight("hold") == 0
-    assert in_flight == [0] * n                          # nothing left behind
+    assert in_flight == [0] * n  # nothing left behind
     # The survivors' counts are exact: what the engine counted beyond them and
     # the victim's log is at most the one release the victim died in.
     extra_ok, extra_err = e_ok - ok - done_ok, e_err - err - done_err
@@ -172,6 +179,6 @@ def test_a_scheduler_killed_midway_returns_its_claims_within_a_second(engine, re
     assert extra_ok.sum() + extra_err.sum() <= 1
     abandoned = int(h.abandoned_claims[0])
     assert open_at_death - 1 <= abandoned <= open_at_death + 1
-    _tick_totals_reach(engine, int(e_ok.sum()) + 3, int(e_err.sum()))   # + 3 holds released
+    _tick_totals_reach(engine, int(e_ok.sum()) + 3, int(e_err.sum()))  # + 3 holds released
     assert int(h.stale_releases[0]) == 0
     assert int(h.leases_reaped[0]) >= 1

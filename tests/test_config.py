@@ -57,34 +57,34 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # configuration table, step letter in the comment), not from config.py or
 # kernels/defaults.py.
 SCORING_DEFAULTS = {
-    "score.alpha_queue": 0.3,          # step A
-    "score.max_cpu": 0.98,             # step G
-    "score.max_mem": 0.95,             # step G
-    "score.max_wait_s": 30.0,          # step G
-    "score.max_tail_ratio": 3.0,       # step G
-    "score.suspect_after_s": 2.0,      # step D
-    "score.dead_after_s": 10.0,        # step D
-    "score.error_half_life_s": 10.0,   # step C
-    "score.weights.cpu": 0.20,         # step G
+    "score.alpha_queue": 0.3,  # step A
+    "score.max_cpu": 0.98,  # step G
+    "score.max_mem": 0.95,  # step G
+    "score.max_wait_s": 30.0,  # step G
+    "score.max_tail_ratio": 3.0,  # step G
+    "score.suspect_after_s": 2.0,  # step D
+    "score.dead_after_s": 10.0,  # step D
+    "score.error_half_life_s": 10.0,  # step C
+    "score.weights.cpu": 0.20,  # step G
     "score.weights.mem": 0.15,
     "score.weights.io": 0.05,
     "score.weights.wait": 0.25,
     "score.weights.rate": 0.15,
     "score.weights.success": 0.15,
     "score.weights.tail": 0.05,
-    "score.k1": 0.5,                   # step G
+    "score.k1": 0.5,  # step G
     "score.k2": 0.3,
-    "score.max_queue": 100.0,          # step I
+    "score.max_queue": 100.0,  # step I
     "score.limit_critical": 50.0,
-    "score.min_requests": 10,          # step H
+    "score.min_requests": 10,  # step H
     "score.max_error_rate": 0.5,
     "score.max_consecutive_errors": 5,  # step H
     "score.ejection_s": 5.0,
-    "score.beta": 0.5,                 # step J
-    "score.t_degraded": 0.40,          # step K
+    "score.beta": 0.5,  # step J
+    "score.t_degraded": 0.40,  # step K
     "score.t_overloaded": 0.20,
     "score.delta": 0.10,
-    "score.flap_window": 50,           # steps L-N
+    "score.flap_window": 50,  # steps L-N
     "score.max_flaps": 6.0,
     "score.max_quarantined_fraction": 0.5,
     "score.quarantine_memory": 1000,
@@ -93,9 +93,9 @@ SCORING_DEFAULTS = {
 }
 
 OPERATIONAL_DEFAULTS = {
-    "engine.capacity": 16384,          # SCORING.md "Inputs"
-    "engine.tick_interval_ms": 50,     # SCORING.md "Replay"
-    "engine.forget_after_s": 300.0,    # SCORING.md "Inputs"
+    "engine.capacity": 16384,  # SCORING.md "Inputs"
+    "engine.tick_interval_ms": 50,  # SCORING.md "Replay"
+    "engine.forget_after_s": 300.0,  # SCORING.md "Inputs"
     "engine.shm_mode": 0o600,
     "engine.restart_backoff_min_s": 0.5,
     "engine.restart_backoff_max_s": 10.0,
@@ -124,13 +124,23 @@ OPERATIONAL_DEFAULTS = {
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
 
 INT_KEYS = {
-    "engine.capacity", "engine.tick_interval_ms", "engine.shm_mode",
-    "score.min_requests", "score.max_consecutive_errors", "score.flap_window",
+    "engine.capacity",
+    "engine.tick_interval_ms",
+    "engine.shm_mode",
+    "score.min_requests",
+    "score.max_consecutive_errors",
+    "score.flap_window",
     "score.quarantine_memory",
-    "score.probation_ticks", "score.max_backoff",
-    "ingest.max_frame_bytes", "ingest.drain_batch", "ingest.max_heartbeats_per_frame",
-    "ingest.max_queue_bytes", "ingest.registration_burst", "ingest.registration_burst_per_sender",
-    "claims.shm_mode", "claims.max_schedulers",
+    "score.probation_ticks",
+    "score.max_backoff",
+    "ingest.max_frame_bytes",
+    "ingest.drain_batch",
+    "ingest.max_heartbeats_per_frame",
+    "ingest.max_queue_bytes",
+    "ingest.registration_burst",
+    "ingest.registration_burst_per_sender",
+    "claims.shm_mode",
+    "claims.max_schedulers",
 }
 
 
@@ -236,12 +246,21 @@ def test_to_params_default_positions(index, expected):
 
 def test_to_params_follows_overrides_by_name():
     # Give every parameter a distinct valid value so a swapped position shows.
-    cfg = with_overrides(Config(), {
-        "score.beta": 0.7, "score.weights.tail": 0.07, "score.k2": 0.33,
-        "score.max_backoff": 9, "score.limit_critical": 42, "score.weights.rate": 0.17,
-        "score.error_half_life_s": 2.5, "score.max_consecutive_errors": 3,
-        "score.ejection_s": 1.5, "engine.tick_interval_ms": 20,
-    })
+    cfg = with_overrides(
+        Config(),
+        {
+            "score.beta": 0.7,
+            "score.weights.tail": 0.07,
+            "score.k2": 0.33,
+            "score.max_backoff": 9,
+            "score.limit_critical": 42,
+            "score.weights.rate": 0.17,
+            "score.error_half_life_s": 2.5,
+            "score.max_consecutive_errors": 3,
+            "score.ejection_s": 1.5,
+            "engine.tick_interval_ms": 20,
+        },
+    )
     p = cfg.to_params()
     assert p[kp.BETA] == 0.7
     assert p[kp.W_TAIL] == 0.07
@@ -252,12 +271,21 @@ def test_to_params_follows_overrides_by_name():
     assert p[kp.ERROR_HALF_LIFE_S] == 2.5
     assert p[kp.MAX_CONSECUTIVE_ERRORS] == 3.0
     assert p[kp.EJECTION_S] == 1.5
-    assert p[kp.TICK_INTERVAL_MS] == 20.0     # [engine]'s key, not a [score] one
+    assert p[kp.TICK_INTERVAL_MS] == 20.0  # [engine]'s key, not a [score] one
     # Every other position unchanged.
     base = Config().to_params()
-    changed = {kp.BETA, kp.W_TAIL, kp.K2, kp.MAX_BACKOFF, kp.LIMIT_CRITICAL, kp.W_RATE,
-               kp.ERROR_HALF_LIFE_S, kp.MAX_CONSECUTIVE_ERRORS, kp.EJECTION_S,
-               kp.TICK_INTERVAL_MS}
+    changed = {
+        kp.BETA,
+        kp.W_TAIL,
+        kp.K2,
+        kp.MAX_BACKOFF,
+        kp.LIMIT_CRITICAL,
+        kp.W_RATE,
+        kp.ERROR_HALF_LIFE_S,
+        kp.MAX_CONSECUTIVE_ERRORS,
+        kp.EJECTION_S,
+        kp.TICK_INTERVAL_MS,
+    }
     for i in range(kp.N_PARAMS):
         if i not in changed:
             assert p[i] == base[i], kp.PARAM_NAMES[i]
@@ -291,25 +319,51 @@ TYPE_ERRORS = [
     ("score.beta", "0.5", r'score\.beta = "0\.5" has type string, expected a float'),
     ("score.weights.cpu", [0.2], r"score\.weights\.cpu = \[0\.2\] has type array"),
     ("score.flap_window", 50.0, r"score\.flap_window = 50\.0 has type float, expected an integer"),
-    ("score.min_requests", True, r"score\.min_requests = true has type boolean, expected an integer"),
-    ("score.max_consecutive_errors", 5.0,
-     r"score\.max_consecutive_errors = 5\.0 has type float, expected an integer"),
+    (
+        "score.min_requests",
+        True,
+        r"score\.min_requests = true has type boolean, expected an integer",
+    ),
+    (
+        "score.max_consecutive_errors",
+        5.0,
+        r"score\.max_consecutive_errors = 5\.0 has type float, expected an integer",
+    ),
     ("score.ejection_s", "5s", r'score\.ejection_s = "5s" has type string, expected a float'),
-    ("engine.capacity", 16384.5, r"engine\.capacity = 16384\.5 has type float, expected an integer"),
+    (
+        "engine.capacity",
+        16384.5,
+        r"engine\.capacity = 16384\.5 has type float, expected an integer",
+    ),
     ("engine.capacity", "16384", r'engine\.capacity = "16384" has type string'),
     ("ingest.drain_batch", 1.0, r"ingest\.drain_batch = 1\.0 has type float"),
     ("ingest.max_queue_bytes", 1e9, r"ingest\.max_queue_bytes = 1000000000\.0 has type float"),
-    ("ingest.allow_nodes", "web-*", r'ingest\.allow_nodes = "web-\*" has type string, '
-                                    r"expected an array of strings"),
-    ("ingest.allow_nodes", ["a", 1], r'ingest\.allow_nodes = \["a", 1\]: element 1 has type '
-                                     r"integer, expected a string"),
-    ("ingest.allow_insecure", 1, r"ingest\.allow_insecure = 1 has type integer, expected a "
-                                 r"boolean"),
+    (
+        "ingest.allow_nodes",
+        "web-*",
+        r'ingest\.allow_nodes = "web-\*" has type string, '
+        r"expected an array of strings",
+    ),
+    (
+        "ingest.allow_nodes",
+        ["a", 1],
+        r'ingest\.allow_nodes = \["a", 1\]: element 1 has type '
+        r"integer, expected a string",
+    ),
+    (
+        "ingest.allow_insecure",
+        1,
+        r"ingest\.allow_insecure = 1 has type integer, expected a "
+        r"boolean",
+    ),
     ("engine.warm_spares", 1, r"engine\.warm_spares = 1 has type integer, expected a boolean"),
     ("engine.warm_spares", "yes", r'engine\.warm_spares = "yes" has type string'),
     ("ingest.bind", 7710, r"ingest\.bind = 7710 has type integer, expected a string"),
-    ("ingest.curve.authorized_keys_dir", False,
-     r"ingest\.curve\.authorized_keys_dir = false has type boolean, expected a string"),
+    (
+        "ingest.curve.authorized_keys_dir",
+        False,
+        r"ingest\.curve\.authorized_keys_dir = false has type boolean, expected a string",
+    ),
     ("engine.shm_mode", 384.0, r"engine\.shm_mode = 384\.0 has type float"),
     ("engine.shm_mode", True, r"engine\.shm_mode = true has type boolean"),
     ("engine.shm_mode", "rw-------", r'engine\.shm_mode = "rw-------" is not an octal mode'),
@@ -317,7 +371,11 @@ TYPE_ERRORS = [
     ("score.max_wait_s", math.inf, r"score\.max_wait_s = inf must be finite"),
     ("score.weights.io", math.nan, r"score\.weights\.io = nan must be finite"),
     ("score.beta", {"x": 1}, r"score\.beta = \{\.\.\.\} has type table"),
-    ("score.quarantine_memory", 2**60, r"score\.quarantine_memory = 1152921504606846976 is too large"),
+    (
+        "score.quarantine_memory",
+        2**60,
+        r"score\.quarantine_memory = 1152921504606846976 is too large",
+    ),
 ]
 
 
@@ -343,14 +401,30 @@ RANGE_ERRORS = [
     ("score.max_tail_ratio", 1, r"score\.max_tail_ratio = 1 must be > 1"),
     ("score.max_tail_ratio", 0.5, r"score\.max_tail_ratio = 0\.5 must be > 1"),
     ("score.suspect_after_s", -1, r"score\.suspect_after_s = -1 must be >= 0"),
-    ("score.suspect_after_s", 10, r"score\.suspect_after_s = 10 must be < score\.dead_after_s \(10\)"),
-    ("score.dead_after_s", 1.5, r"score\.suspect_after_s = 2 must be < score\.dead_after_s \(1\.5\)"),
+    (
+        "score.suspect_after_s",
+        10,
+        r"score\.suspect_after_s = 10 must be < score\.dead_after_s \(10\)",
+    ),
+    (
+        "score.dead_after_s",
+        1.5,
+        r"score\.suspect_after_s = 2 must be < score\.dead_after_s \(1\.5\)",
+    ),
     ("score.k1", -0.1, r"score\.k1 = -0\.1 must be >= 0"),
     ("score.k2", -1, r"score\.k2 = -1 must be >= 0"),
     ("score.max_queue", 0, r"score\.max_queue = 0 must be > 0"),
     ("score.limit_critical", -1, r"score\.limit_critical = -1 must be >= 0"),
-    ("score.limit_critical", 120, r"score\.limit_critical = 120 must be < score\.max_queue \(100\)"),
-    ("score.limit_critical", 100, r"score\.limit_critical = 100 must be < score\.max_queue \(100\)"),
+    (
+        "score.limit_critical",
+        120,
+        r"score\.limit_critical = 120 must be < score\.max_queue \(100\)",
+    ),
+    (
+        "score.limit_critical",
+        100,
+        r"score\.limit_critical = 100 must be < score\.max_queue \(100\)",
+    ),
     ("score.max_queue", 50, r"score\.limit_critical = 50 must be < score\.max_queue \(50\)"),
     ("score.min_requests", 0, r"score\.min_requests = 0 must be >= 1"),
     ("score.error_half_life_s", 0, r"score\.error_half_life_s = 0 must be > 0"),
@@ -368,10 +442,16 @@ RANGE_ERRORS = [
     ("score.flap_window", 0, r"score\.flap_window = 0 must be >= 1"),
     ("score.max_flaps", 0, r"score\.max_flaps = 0 must be > 0"),
     ("score.max_flaps", -2.5, r"score\.max_flaps = -2\.5 must be > 0"),
-    ("score.max_quarantined_fraction", -0.1,
-     r"score\.max_quarantined_fraction = -0\.1 must be in \[0, 1\]"),
-    ("score.max_quarantined_fraction", 1.1,
-     r"score\.max_quarantined_fraction = 1\.1 must be in \[0, 1\]"),
+    (
+        "score.max_quarantined_fraction",
+        -0.1,
+        r"score\.max_quarantined_fraction = -0\.1 must be in \[0, 1\]",
+    ),
+    (
+        "score.max_quarantined_fraction",
+        1.1,
+        r"score\.max_quarantined_fraction = 1\.1 must be in \[0, 1\]",
+    ),
     ("score.quarantine_memory", 0, r"score\.quarantine_memory = 0 must be >= 1"),
     ("score.probation_ticks", 0, r"score\.probation_ticks = 0 must be >= 1"),
     ("score.max_backoff", -3, r"score\.max_backoff = -3 must be >= 1"),
@@ -384,12 +464,22 @@ RANGE_ERRORS = [
     ("engine.parent_check_interval_s", 0, r"engine\.parent_check_interval_s = 0 must be > 0"),
     ("engine.hang_timeout_s", -1, r"engine\.hang_timeout_s = -1 must be >= 0 \(0 turns"),
     ("engine.restart_backoff_min_s", 0, r"engine\.restart_backoff_min_s = 0 must be > 0"),
-    ("engine.restart_backoff_min_s", 20,
-     r"engine\.restart_backoff_min_s = 20 must be <= engine\.restart_backoff_max_s \(10\)"),
-    ("engine.restart_backoff_max_s", 0.25,
-     r"engine\.restart_backoff_min_s = 0\.5 must be <= engine\.restart_backoff_max_s \(0\.25\)"),
+    (
+        "engine.restart_backoff_min_s",
+        20,
+        r"engine\.restart_backoff_min_s = 20 must be <= engine\.restart_backoff_max_s \(10\)",
+    ),
+    (
+        "engine.restart_backoff_max_s",
+        0.25,
+        r"engine\.restart_backoff_min_s = 0\.5 must be <= engine\.restart_backoff_max_s \(0\.25\)",
+    ),
     ("engine.shm_mode", 0o400, r"engine\.shm_mode = 0o400 must include owner read\+write"),
-    ("engine.shm_mode", 0o700, r"engine\.shm_mode = 0o700 must include owner read\+write .* no bits outside 0o666"),
+    (
+        "engine.shm_mode",
+        0o700,
+        r"engine\.shm_mode = 0o700 must include owner read\+write .* no bits outside 0o666",
+    ),
     ("engine.shm_mode", 0o4600, r"engine\.shm_mode = 0o4600 must include"),
     ("engine.shm_mode", "0755", r"engine\.shm_mode = 0o755 must include"),
     ("engine.shm_mode", 600, r"engine\.shm_mode = 0o1130 .* did you mean 0o600\?"),
@@ -397,23 +487,40 @@ RANGE_ERRORS = [
     ("claims.shm_mode", 660, r"claims\.shm_mode = 0o1224 .* did you mean 0o660\?"),
     ("claims.max_schedulers", 0, r"claims\.max_schedulers = 0 must be in 1\.\.4096"),
     ("claims.max_schedulers", 4097, r"claims\.max_schedulers = 4097 must be in 1\.\.4096"),
-    ("ingest.max_frame_bytes", 1023, r"ingest\.max_frame_bytes = 1023 must be in 1024\.\.268435456"),
+    (
+        "ingest.max_frame_bytes",
+        1023,
+        r"ingest\.max_frame_bytes = 1023 must be in 1024\.\.268435456",
+    ),
     ("ingest.drain_batch", 0, r"ingest\.drain_batch = 0 must be >= 1"),
-    ("ingest.max_queue_bytes", 2097151,
-     r"ingest\.max_queue_bytes = 2097151 must be >= 2 x ingest\.max_frame_bytes \(1048576\)"),
+    (
+        "ingest.max_queue_bytes",
+        2097151,
+        r"ingest\.max_queue_bytes = 2097151 must be >= 2 x ingest\.max_frame_bytes \(1048576\)",
+    ),
     ("ingest.max_heartbeats_per_frame", 0, r"ingest\.max_heartbeats_per_frame = 0 must be >= 1"),
     ("ingest.registration_rate", 0, r"ingest\.registration_rate = 0 must be > 0"),
-    ("ingest.registration_rate_per_sender", -1.0,
-     r"ingest\.registration_rate_per_sender = -1 must be > 0"),
+    (
+        "ingest.registration_rate_per_sender",
+        -1.0,
+        r"ingest\.registration_rate_per_sender = -1 must be > 0",
+    ),
     ("ingest.registration_burst", -1, r"ingest\.registration_burst = -1 must be >= 0"),
     ("ingest.allow_nodes", ["ok", ""], r'ingest\.allow_nodes: pattern "" must be 1\.\.255 bytes'),
-    ("ingest.bind", "tcp://0.0.0.0:7710",
-     r'ingest\.bind = "tcp://0\.0\.0\.0:7710" can be reached from other machines and '
-     r"\[ingest\.curve\] is off.*ingest\.allow_insecure = true"),
+    (
+        "ingest.bind",
+        "tcp://0.0.0.0:7710",
+        r'ingest\.bind = "tcp://0\.0\.0\.0:7710" can be reached from other machines and '
+        r"\[ingest\.curve\] is off.*ingest\.allow_insecure = true",
+    ),
     ("ingest.bind", "tcp://*:7710", r'ingest\.bind = "tcp://\*:7710" can be reached'),
     ("ingest.bind", "tcp://eth0:7710", r'ingest\.bind = "tcp://eth0:7710" can be reached'),
     ("ingest.reject_log_interval_s", 0, r"ingest\.reject_log_interval_s = 0 must be > 0"),
-    ("ingest.bind", "127.0.0.1:7710", r'ingest\.bind = "127\.0\.0\.1:7710" must look like tcp://host:port'),
+    (
+        "ingest.bind",
+        "127.0.0.1:7710",
+        r'ingest\.bind = "127\.0\.0\.1:7710" must look like tcp://host:port',
+    ),
     ("ingest.bind", "tcp://127.0.0.1", r'ingest\.bind = "tcp://127\.0\.0\.1" must look like'),
     ("ingest.bind", "tcp://127.0.0.1:0", r'ingest\.bind = "tcp://127\.0\.0\.1:0" must look like'),
     ("ingest.bind", "tcp://host:65536", r'ingest\.bind = "tcp://host:65536" must look like'),
@@ -421,12 +528,18 @@ RANGE_ERRORS = [
     ("ingest.bind", "ipc://", r'ingest\.bind = "ipc://" must look like'),
     ("ingest.bind", "inproc://", r'ingest\.bind = "inproc://" must look like'),
     ("ingest.bind", "", r'ingest\.bind = "" must look like'),
-    ("ingest.curve.server_secret_key_file", "/etc/shm/server.key_secret",
-     r'ingest\.curve\.server_secret_key_file = "/etc/shm/server\.key_secret" is set but '
-     r"ingest\.curve\.authorized_keys_dir is empty"),
-    ("ingest.curve.authorized_keys_dir", "/etc/shm/clients",
-     r'ingest\.curve\.authorized_keys_dir = "/etc/shm/clients" is set but '
-     r"ingest\.curve\.server_secret_key_file is empty"),
+    (
+        "ingest.curve.server_secret_key_file",
+        "/etc/shm/server.key_secret",
+        r'ingest\.curve\.server_secret_key_file = "/etc/shm/server\.key_secret" is set but '
+        r"ingest\.curve\.authorized_keys_dir is empty",
+    ),
+    (
+        "ingest.curve.authorized_keys_dir",
+        "/etc/shm/clients",
+        r'ingest\.curve\.authorized_keys_dir = "/etc/shm/clients" is set but '
+        r"ingest\.curve\.server_secret_key_file is empty",
+    ),
 ]
 
 
@@ -440,8 +553,12 @@ def test_core_weights_all_zero():
     # core = sum(w*g)/sum(w) over the terms a node has; cpu, mem, wait and
     # success are always there, so 0 + 0 + 0 + 0 would make the denominator
     # 0 for a node without optional metrics (when P_i = 0, k1*P_i adds nothing).
-    bad = {"score.weights.cpu": 0, "score.weights.mem": 0.0, "score.weights.wait": 0,
-           "score.weights.success": 0}
+    bad = {
+        "score.weights.cpu": 0,
+        "score.weights.mem": 0.0,
+        "score.weights.wait": 0,
+        "score.weights.success": 0,
+    }
     with pytest.raises(
         ConfigError,
         match=r"score\.weights\.cpu \(0\) \+ score\.weights\.mem \(0\) \+ "
@@ -461,43 +578,70 @@ def test_optional_weights_alone_are_not_enough():
     # io, rate and tail are scored only for nodes that have them.
     zero = {f"score.weights.{n}": 0 for n in ("cpu", "mem", "wait", "success")}
     with pytest.raises(ConfigError, match=r"must be > 0: these terms are scored for every node"):
-        Config.from_dict(nested({**zero, "score.weights.io": 1, "score.weights.rate": 1,
-                                 "score.weights.tail": 1}))
+        Config.from_dict(
+            nested(
+                {**zero, "score.weights.io": 1, "score.weights.rate": 1, "score.weights.tail": 1}
+            )
+        )
 
 
-@pytest.mark.parametrize("dotted", [
-    {"score.max_cpu": 1, "score.max_mem": 1, "score.alpha_queue": 1, "score.beta": 1},
-    {"score.limit_critical": 0, "score.t_overloaded": 0, "score.delta": 0},
-    {"score.max_quarantined_fraction": 0},
-    {"score.max_quarantined_fraction": 1},
-    {"score.suspect_after_s": 0, "score.dead_after_s": 0.001},
-    {"score.k1": 0, "score.k2": 0},
-    {"score.weights.io": 0, "score.weights.rate": 0, "score.weights.success": 0,
-     "score.weights.tail": 0},
-    {"score.error_half_life_s": 1e-3, "score.ejection_s": 1e-3,
-     "score.max_consecutive_errors": 1, "score.min_requests": 1},
-    {"engine.capacity": 1}, {"engine.capacity": 16_777_216},
-    {"engine.shm_mode": 0o640}, {"engine.shm_mode": 0o644}, {"engine.shm_mode": "0640"},
-    {"claims.shm_mode": 0o660}, {"claims.shm_mode": 0o664},
-    {"engine.shm_mode": "0o644"}, {"engine.shm_mode": "600"},
-    {"engine.restart_backoff_min_s": 10, "engine.restart_backoff_max_s": 10},
-    {"ingest.max_frame_bytes": 1024, "ingest.max_queue_bytes": 2048},
-    {"ingest.max_queue_bytes": 2 << 20}, {"ingest.max_heartbeats_per_frame": 1},
-    {"ingest.registration_burst": 0, "ingest.registration_burst_per_sender": 0},
-    {"ingest.allow_nodes": ["web-*", "db-[0-9]", "exact.id"]},
-    {"ingest.bind": "tcp://*:7710", "ingest.allow_insecure": True},
-    {"ingest.bind": "tcp://0.0.0.0:1", "ingest.allow_insecure": True},
-    {"ingest.bind": "tcp://127.0.0.1:*"}, {"ingest.bind": "tcp://[::1]:65535"},
-    {"ingest.bind": "tcp://127.3.2.1:7710"}, {"ingest.bind": "tcp://localhost:7710"},
-    {"ingest.bind": "tcp://eth0:7710", "ingest.allow_insecure": True},
-    {"ingest.bind": "ipc:///run/shm-engine/hb.sock"},
-    {"ingest.bind": "inproc://heartbeats"}, {"ingest.peer_nodes_file": "/etc/peers"},
-    {"ingest.curve.server_secret_key_file": "/k/server.key_secret",
-     "ingest.curve.authorized_keys_dir": "/k/clients"},
-    {"ingest.bind": "tcp://0.0.0.0:7710",
-     "ingest.curve.server_secret_key_file": "/k/server.key_secret",
-     "ingest.curve.authorized_keys_dir": "/k/clients"},
-])
+@pytest.mark.parametrize(
+    "dotted",
+    [
+        {"score.max_cpu": 1, "score.max_mem": 1, "score.alpha_queue": 1, "score.beta": 1},
+        {"score.limit_critical": 0, "score.t_overloaded": 0, "score.delta": 0},
+        {"score.max_quarantined_fraction": 0},
+        {"score.max_quarantined_fraction": 1},
+        {"score.suspect_after_s": 0, "score.dead_after_s": 0.001},
+        {"score.k1": 0, "score.k2": 0},
+        {
+            "score.weights.io": 0,
+            "score.weights.rate": 0,
+            "score.weights.success": 0,
+            "score.weights.tail": 0,
+        },
+        {
+            "score.error_half_life_s": 1e-3,
+            "score.ejection_s": 1e-3,
+            "score.max_consecutive_errors": 1,
+            "score.min_requests": 1,
+        },
+        {"engine.capacity": 1},
+        {"engine.capacity": 16_777_216},
+        {"engine.shm_mode": 0o640},
+        {"engine.shm_mode": 0o644},
+        {"engine.shm_mode": "0640"},
+        {"claims.shm_mode": 0o660},
+        {"claims.shm_mode": 0o664},
+        {"engine.shm_mode": "0o644"},
+        {"engine.shm_mode": "600"},
+        {"engine.restart_backoff_min_s": 10, "engine.restart_backoff_max_s": 10},
+        {"ingest.max_frame_bytes": 1024, "ingest.max_queue_bytes": 2048},
+        {"ingest.max_queue_bytes": 2 << 20},
+        {"ingest.max_heartbeats_per_frame": 1},
+        {"ingest.registration_burst": 0, "ingest.registration_burst_per_sender": 0},
+        {"ingest.allow_nodes": ["web-*", "db-[0-9]", "exact.id"]},
+        {"ingest.bind": "tcp://*:7710", "ingest.allow_insecure": True},
+        {"ingest.bind": "tcp://0.0.0.0:1", "ingest.allow_insecure": True},
+        {"ingest.bind": "tcp://127.0.0.1:*"},
+        {"ingest.bind": "tcp://[::1]:65535"},
+        {"ingest.bind": "tcp://127.3.2.1:7710"},
+        {"ingest.bind": "tcp://localhost:7710"},
+        {"ingest.bind": "tcp://eth0:7710", "ingest.allow_insecure": True},
+        {"ingest.bind": "ipc:///run/shm-engine/hb.sock"},
+        {"ingest.bind": "inproc://heartbeats"},
+        {"ingest.peer_nodes_file": "/etc/peers"},
+        {
+            "ingest.curve.server_secret_key_file": "/k/server.key_secret",
+            "ingest.curve.authorized_keys_dir": "/k/clients",
+        },
+        {
+            "ingest.bind": "tcp://0.0.0.0:7710",
+            "ingest.curve.server_secret_key_file": "/k/server.key_secret",
+            "ingest.curve.authorized_keys_dir": "/k/clients",
+        },
+    ],
+)
 def test_edge_values_accepted(dotted):
     Config.from_dict(nested(dotted))
 
@@ -528,20 +672,36 @@ def test_constructors_validate_too():
 
 UNKNOWN = [
     ({"score": {"bta": 0.5}}, r"unknown key score\.bta \(did you mean score\.beta\?\)"),
-    ({"score": {"max_wait": 5}}, r"unknown key score\.max_wait \(did you mean score\.max_wait_s\?\)"),
-    ({"score": {"weights": {"cpux": 1}}},
-     r"unknown key score\.weights\.cpux \(did you mean score\.weights\.cpu\?\)"),
+    (
+        {"score": {"max_wait": 5}},
+        r"unknown key score\.max_wait \(did you mean score\.max_wait_s\?\)",
+    ),
+    (
+        {"score": {"weights": {"cpux": 1}}},
+        r"unknown key score\.weights\.cpux \(did you mean score\.weights\.cpu\?\)",
+    ),
     ({"scor": {"beta": 0.5}}, r"unknown section \[scor\] \(did you mean \[score\]\?\)"),
-    ({"score": {"weight": {"cpu": 1}}},
-     r"unknown section \[score\.weight\] \(did you mean \[score\.weights\]\?\)"),
-    ({"ingest": {"curv": {}}}, r"unknown section \[ingest\.curv\] \(did you mean \[ingest\.curve\]\?\)"),
+    (
+        {"score": {"weight": {"cpu": 1}}},
+        r"unknown section \[score\.weight\] \(did you mean \[score\.weights\]\?\)",
+    ),
+    (
+        {"ingest": {"curv": {}}},
+        r"unknown section \[ingest\.curv\] \(did you mean \[ingest\.curve\]\?\)",
+    ),
     # The right key in the wrong section.
     ({"engine": {"beta": 0.5}}, r"unknown key engine\.beta \(did you mean score\.beta\?\)"),
-    ({"score": {"capacity": 10}}, r"unknown key score\.capacity \(did you mean engine\.capacity\?\)"),
+    (
+        {"score": {"capacity": 10}},
+        r"unknown key score\.capacity \(did you mean engine\.capacity\?\)",
+    ),
     ({"beta": 0.5}, r"unknown top-level key beta \(did you mean score\.beta\?\)"),
     # Nothing close: the valid names are listed.
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
-    ({"xyzzy": {}}, r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score"),
+    (
+        {"xyzzy": {}},
+        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score",
+    ),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
     ({"score": {"weights": 0.2}}, r"score\.weights = 0\.2 has type float, expected a table"),
@@ -554,9 +714,11 @@ def test_unknown_sections_and_keys(data, pattern):
         Config.from_dict(data)
 
 
-RENAMED = (r"score\.weights\.throughput was renamed to score\.weights\.rate: in score "
-           r"version 2 the throughput term became the rate term, .*; write "
-           r"score\.weights\.rate = 0\.2")
+RENAMED = (
+    r"score\.weights\.throughput was renamed to score\.weights\.rate: in score "
+    r"version 2 the throughput term became the rate term, .*; write "
+    r"score\.weights\.rate = 0\.2"
+)
 
 
 def test_weights_throughput_is_refused_as_renamed(tmp_path):
@@ -669,8 +831,14 @@ def test_render_defaults_comments_every_key():
     assert len(assigned) == len(ALL_DEFAULTS)
     for i in assigned:
         assert lines[i - 1].startswith("# "), lines[i]
-    for section in ("[engine]", "[ingest]", "[ingest.curve]", "[claims]", "[score]",
-                    "[score.weights]"):
+    for section in (
+        "[engine]",
+        "[ingest]",
+        "[ingest.curve]",
+        "[claims]",
+        "[score]",
+        "[score.weights]",
+    ):
         assert section in lines
     assert "shm_mode = 0o600" in lines
     assert all(len(line) <= 78 for line in lines)
@@ -684,28 +852,34 @@ def test_max_queue_bytes_doc_states_the_ingest_loops_own_bound():
 
     doc = " ".join(line.removeprefix("# ") for line in render_defaults().splitlines())
     kib = ingest.RECV_COPY_MAX // 1024
-    assert (f"at most {ingest.DRAIN_CHUNK} small frames and one above {kib} KiB, or "
-            f"{ingest.LARGE_CHUNK} above {kib} KiB") in doc
+    assert (
+        f"at most {ingest.DRAIN_CHUNK} small frames and one above {kib} KiB, or "
+        f"{ingest.LARGE_CHUNK} above {kib} KiB"
+    ) in doc
     assert f"max_queue_bytes // ({ingest.HARD_LIMIT_FACTOR} x max_frame_bytes)" in doc
 
 
 def test_socket_limits_derive_from_the_byte_budget():
-    ic = with_overrides(Config(), {"ingest.max_frame_bytes": 65536,
-                                   "ingest.max_queue_bytes": 10 << 20}).ingest
-    assert ic.max_message_bytes == 131072          # 2 x max_frame_bytes
-    assert ic.queue_frames == 80                   # 10 MiB // 128 KiB
+    ic = with_overrides(
+        Config(), {"ingest.max_frame_bytes": 65536, "ingest.max_queue_bytes": 10 << 20}
+    ).ingest
+    assert ic.max_message_bytes == 131072  # 2 x max_frame_bytes
+    assert ic.queue_frames == 80  # 10 MiB // 128 KiB
     assert ic.queue_frames * ic.max_message_bytes <= ic.max_queue_bytes
 
 
 def test_render_non_default_round_trip():
-    cfg = with_overrides(Config(), {
-        "score.beta": 0.1 + 0.2,  # 0.30000000000000004 must survive exactly
-        "score.max_queue": 1e6,
-        "engine.shm_mode": 0o640,
-        "ingest.bind": 'ipc:///run/a "quoted" \\ path\t',
-        "ingest.curve.server_secret_key_file": "k/é.key_secret",
-        "ingest.curve.authorized_keys_dir": "k/clients",
-    })
+    cfg = with_overrides(
+        Config(),
+        {
+            "score.beta": 0.1 + 0.2,  # 0.30000000000000004 must survive exactly
+            "score.max_queue": 1e6,
+            "engine.shm_mode": 0o640,
+            "ingest.bind": 'ipc:///run/a "quoted" \\ path\t',
+            "ingest.curve.server_secret_key_file": "k/é.key_secret",
+            "ingest.curve.authorized_keys_dir": "k/clients",
+        },
+    )
     assert Config.from_dict(tomllib.loads(render_config(cfg))) == cfg
 
 
@@ -724,13 +898,16 @@ finite_weight = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_i
     frac=st.floats(min_value=0.0, max_value=1.0),
 )
 def test_render_round_trip_property(weights, beta, max_queue, frac):
-    cfg = with_overrides(Config(), {
-        **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights)},
-        "score.beta": beta,
-        "score.max_queue": max_queue,
-        "score.limit_critical": max_queue / 2,
-        "score.max_quarantined_fraction": frac,
-    })
+    cfg = with_overrides(
+        Config(),
+        {
+            **{f"score.weights.{n}": w for n, w in zip(kp.WEIGHT_NAMES, weights, strict=True)},
+            "score.beta": beta,
+            "score.max_queue": max_queue,
+            "score.limit_critical": max_queue / 2,
+            "score.max_quarantined_fraction": frac,
+        },
+    )
     back = Config.from_dict(tomllib.loads(render_config(cfg)))
     assert back == cfg
     assert np.array_equal(back.to_params(), cfg.to_params())
@@ -741,47 +918,57 @@ def test_render_round_trip_property(weights, beta, max_queue, frac):
 
 
 def test_with_overrides():
-    cfg = with_overrides(Config(), {"score.beta": 0.7, "score.weights.cpu": 0.3,
-                                    "engine.capacity": 64})
+    cfg = with_overrides(
+        Config(), {"score.beta": 0.7, "score.weights.cpu": 0.3, "engine.capacity": 64}
+    )
     assert (cfg.score.beta, cfg.score.weights.cpu, cfg.engine.capacity) == (0.7, 0.3, 64)
     assert cfg.score.alpha_queue == 0.3
     assert Config().score.beta == 0.5  # the original is untouched
 
 
-@pytest.mark.parametrize("dotted, pattern", [
-    ({"score.bta": 0.7}, r"unknown key score\.bta \(did you mean score\.beta\?\)"),
-    ({"scor.beta": 0.7}, r"unknown section \[scor\] \(did you mean \[score\]\?\)"),
-    ({"score.beta.x": 1}, r"override score\.beta\.x: score\.beta is a key, not a section"),
-    ({"score..beta": 1}, r"override key 'score\.\.beta' is malformed"),
-    ({"score.beta": 2}, r"score\.beta = 2 must be in \(0, 1\]"),
-    ({"score.max_queue": 40}, r"score\.limit_critical = 50 must be < score\.max_queue \(40\)"),
-])
+@pytest.mark.parametrize(
+    "dotted, pattern",
+    [
+        ({"score.bta": 0.7}, r"unknown key score\.bta \(did you mean score\.beta\?\)"),
+        ({"scor.beta": 0.7}, r"unknown section \[scor\] \(did you mean \[score\]\?\)"),
+        ({"score.beta.x": 1}, r"override score\.beta\.x: score\.beta is a key, not a section"),
+        ({"score..beta": 1}, r"override key 'score\.\.beta' is malformed"),
+        ({"score.beta": 2}, r"score\.beta = 2 must be in \(0, 1\]"),
+        ({"score.max_queue": 40}, r"score\.limit_critical = 50 must be < score\.max_queue \(40\)"),
+    ],
+)
 def test_with_overrides_errors(dotted, pattern):
     with pytest.raises(ConfigError, match=pattern):
         with_overrides(Config(), dotted)
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("score.beta=0.7", ("score.beta", 0.7)),
-    ("score.beta = 1", ("score.beta", 1)),
-    ("score.beta=true", ("score.beta", True)),
-    ('ingest.bind="tcp://*:1"', ("ingest.bind", "tcp://*:1")),
-    ("ingest.bind=tcp://*:1", ("ingest.bind", "tcp://*:1")),
-    ("engine.shm_mode=0640", ("engine.shm_mode", "0640")),
-    ("engine.shm_mode=0o640", ("engine.shm_mode", 0o640)),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("score.beta=0.7", ("score.beta", 0.7)),
+        ("score.beta = 1", ("score.beta", 1)),
+        ("score.beta=true", ("score.beta", True)),
+        ('ingest.bind="tcp://*:1"', ("ingest.bind", "tcp://*:1")),
+        ("ingest.bind=tcp://*:1", ("ingest.bind", "tcp://*:1")),
+        ("engine.shm_mode=0640", ("engine.shm_mode", "0640")),
+        ("engine.shm_mode=0o640", ("engine.shm_mode", 0o640)),
+    ],
+)
 def test_parse_override(item, expected):
     assert parse_override(item) == expected
 
 
 def test_parse_override_then_apply():
-    cfg = with_overrides(Config(), dict(map(parse_override, ["engine.shm_mode=0640",
-                                                             "score.max_queue=200"])))
+    cfg = with_overrides(
+        Config(), dict(map(parse_override, ["engine.shm_mode=0640", "score.max_queue=200"]))
+    )
     assert cfg.engine.shm_mode == 0o640 and cfg.score.max_queue == 200.0
 
 
 def test_parse_override_needs_equals():
-    with pytest.raises(ConfigError, match=r"override 'score\.beta' must look like section\.key=value"):
+    with pytest.raises(
+        ConfigError, match=r"override 'score\.beta' must look like section\.key=value"
+    ):
         parse_override("score.beta")
 
 
@@ -789,11 +976,13 @@ def test_kernel_default_vector_equals_the_configuration_defaults():
     # kernels.defaults is the one table of score defaults: the configuration
     # reads it, and tests and warm-up use it without a config file.
     from kernels import default_params
+
     np.testing.assert_array_equal(default_params(), Config().to_params())
 
 
 def test_configuration_reads_its_score_defaults_from_the_kernels_table():
     from kernels.defaults import DEFAULTS
+
     flat = flatten(Config().to_dict())
     for name, value in DEFAULTS.items():
         key = f"engine.{name}" if name == "tick_interval_ms" else f"score.{name}"

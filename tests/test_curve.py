@@ -22,10 +22,10 @@ import zmq.auth
 
 from clients.heartbeat import CurveKeys, HeartbeatClient
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.ops.keys import make_keys
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, segment_exists, write_config
 from support.fleet import fleet_records
 from support.wait import wait_until
-from shm_engine.ops.keys import make_keys
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -42,7 +42,7 @@ def test_keys_command_writes_a_pair_with_a_private_secret(tmp_path):
     assert len(public) == len(secret) == 40 and secret.decode() not in pub.read_text()
     again = cli("keys", str(tmp_path / "k"), "--key-name", "node-7")
     assert again.returncode == 2 and "exists" in again.stderr
-    assert zmq.auth.load_certificate(str(sec)) == (public, secret)   # not overwritten
+    assert zmq.auth.load_certificate(str(sec)) == (public, secret)  # not overwritten
 
 
 def test_curve_keys_from_files_and_bad_keys(tmp_path):
@@ -70,8 +70,10 @@ def _curve_setup(tmp_path):
     shutil.copy(apub, allowed_dir / "allowed.key")
     # The key speaks for its own node and the throughput test's fleet.
     (allowed_dir / "allowed.nodes").write_text("allowed\nsd-*\n")
-    extra = (f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
-             f'authorized_keys_dir = "{allowed_dir}"\n')
+    extra = (
+        f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
+        f'authorized_keys_dir = "{allowed_dir}"\n'
+    )
     return extra, CurveKeys.from_files(spub, asec), CurveKeys.from_files(spub, usec)
 
 
@@ -82,9 +84,13 @@ def test_only_authorized_clients_reach_shared_memory(shm_name, tmp_path, reap):
     eng.wait_ready()
     ep = f"tcp://127.0.0.1:{port}"
     reader = ScoreReader.attach(shm_name)
-    with HeartbeatClient(ep, curve=allowed) as ok, HeartbeatClient(ep, curve=unknown) as bad, \
-            HeartbeatClient(ep) as plain:
+    with (
+        HeartbeatClient(ep, curve=allowed) as ok,
+        HeartbeatClient(ep, curve=unknown) as bad,
+        HeartbeatClient(ep) as plain,
+    ):
         try:
+
             def nodes():
                 try:
                     return {n for n in reader.snapshot().nodes if n}
@@ -96,6 +102,7 @@ def test_only_authorized_clients_reach_shared_memory(shm_name, tmp_path, reap):
                 plain.send("plaintext", **HB)
                 ok.send("allowed", **HB)
                 return "allowed" in nodes()
+
             wait_until(allowed_in, START_TIMEOUT_S, "the allowed client scored", period=0.05)
             # Keep the others trying for a while; then one more allowed
             # heartbeat, and every frame that arrived is the allowed one's.
@@ -118,7 +125,7 @@ def test_only_authorized_clients_reach_shared_memory(shm_name, tmp_path, reap):
     assert not segment_exists(shm_name)
 
 
-BATCH = 1000          # heartbeats per frame (192 KB)
+BATCH = 1000  # heartbeats per frame (192 KB)
 FRAMES = 200
 
 
@@ -127,8 +134,12 @@ def _throughput(name: str, tmp_path, reap, extra: str, curve) -> float:
     FRAMES binary frames of BATCH heartbeats as fast as it can."""
     port = free_port()
     (tmp_path / name).mkdir()
-    eng = Engine(name, write_config(tmp_path / name / "e.toml", port, capacity=BATCH,
-                                    extra=extra), tmp_path / name, reap)
+    eng = Engine(
+        name,
+        write_config(tmp_path / name / "e.toml", port, capacity=BATCH, extra=extra),
+        tmp_path / name,
+        reap,
+    )
     eng.wait_ready()
     rec = fleet_records(np.arange(BATCH))
     with HeartbeatClient(f"tcp://127.0.0.1:{port}", curve=curve, sndhwm=FRAMES * 2) as c:
@@ -137,8 +148,12 @@ def _throughput(name: str, tmp_path, reap, extra: str, curve) -> float:
         t0 = time.monotonic()
         for _ in range(FRAMES):
             c.send_batch(rec)
-        wait_until(lambda: eng.status()["ingest"]["accepted"] >= BATCH * (FRAMES + 1), 120,
-                   "all batches", period=0.002)
+        wait_until(
+            lambda: eng.status()["ingest"]["accepted"] >= BATCH * (FRAMES + 1),
+            120,
+            "all batches",
+            period=0.002,
+        )
         rate = BATCH * FRAMES / (time.monotonic() - t0)
         assert c.dropped == 0
     assert eng.stop() == 0
@@ -149,6 +164,8 @@ def test_curve_throughput_cost(shm_names, tmp_path, reap):
     extra, allowed, _ = _curve_setup(tmp_path)
     plain = _throughput(shm_names(), tmp_path, reap, "", None)
     curve = _throughput(shm_names(), tmp_path, reap, extra, allowed)
-    print(f"\ningest throughput, {FRAMES} frames x {BATCH} heartbeats: plain {plain:,.0f}/s, "
-          f"CURVE {curve:,.0f}/s ({100 * (1 - curve / plain):+.0f}% cost)")
-    assert curve > 0.2 * plain      # encryption must not make the intake collapse
+    print(
+        f"\ningest throughput, {FRAMES} frames x {BATCH} heartbeats: plain {plain:,.0f}/s, "
+        f"CURVE {curve:,.0f}/s ({100 * (1 - curve / plain):+.0f}% cost)"
+    )
+    assert curve > 0.2 * plain  # encryption must not make the intake collapse

@@ -13,8 +13,19 @@ DEMO_TIMEOUT_S = 150
 
 
 def test_demo_runs_prints_a_summary_and_cleans_up(shm_name, reap):
-    cmd = [sys.executable, "-m", "shm_engine", "demo", "--nodes", "40", "--duration", "8",
-           "--no-view", "--name", shm_name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shm_engine",
+        "demo",
+        "--nodes",
+        "40",
+        "--duration",
+        "8",
+        "--no-view",
+        "--name",
+        shm_name,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reap(proc)
     out, err = proc.communicate(timeout=DEMO_TIMEOUT_S)

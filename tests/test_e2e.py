@@ -17,11 +17,11 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.core.config import load_config
+from shm_engine.core.states import NodeState
+from shm_engine.tick.replay import replay
 from shm_engine.wire.encode import encode_batch, encode_json
 from shm_engine.wire.format import HEADER, MAGIC, RECORD_SIZE, REJECT_REASONS
-from shm_engine.core.config import load_config
-from shm_engine.tick.replay import replay
-from shm_engine.core.states import NodeState
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, segment_exists, write_config
 from support.wait import wait_until
 
@@ -56,7 +56,7 @@ def hb(node: str, **kw) -> dict:
 
 
 GOOD_SCORE = 0.725 / 0.9
-GOOD = [hb(f"good-{i}") for i in range(4)]      # fills capacity 4
+GOOD = [hb(f"good-{i}") for i in range(4)]  # fills capacity 4
 MAX_FRAME = 4096
 
 # (what, frame, reason) -- one frame of each kind of bad input.
@@ -64,8 +64,11 @@ BAD_FRAMES = [
     ("bad JSON", b'{"node": "x", ', "malformed_frame"),
     ("bad UTF-8", b'{"node": "\xff\xfe", "cpu": 0.1}', "malformed_frame"),
     ("wrong magic", b"SHMX" + bytes(12), "malformed_frame"),
-    ("wrong version", HEADER.pack(MAGIC, 3, RECORD_SIZE, 1, 0)
-     + bytes(RECORD_SIZE), "unsupported_version"),
+    (
+        "wrong version",
+        HEADER.pack(MAGIC, 3, RECORD_SIZE, 1, 0) + bytes(RECORD_SIZE),
+        "unsupported_version",
+    ),
     ("truncated binary", encode_batch([hb("t")])[:-10], "malformed_frame"),
     ("oversized frame", b"[" + b" " * MAX_FRAME + b"]", "frame_too_large"),
     ("array element not an object", b"[1]", "malformed_heartbeat"),
@@ -79,8 +82,12 @@ BAD_FRAMES = [
 
 def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path, reap, push):
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, capacity=4,
-                                        max_frame_bytes=MAX_FRAME), tmp_path, reap)
+    eng = Engine(
+        shm_name,
+        write_config(tmp_path / "e.toml", port, capacity=4, max_frame_bytes=MAX_FRAME),
+        tmp_path,
+        reap,
+    )
     eng.wait_ready()
     sock = push(port)
     # Binary batch for two nodes, JSON for the other two: both kinds score.
@@ -92,6 +99,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
 
     reader = ScoreReader.attach(shm_name)
     try:
+
         def all_scored():
             send_good()
             try:
@@ -99,6 +107,7 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
             except NothingPublished:
                 return False
             return sorted(n for n in snap.nodes if n) == sorted(h["node"] for h in GOOD)
+
         wait_until(all_scored, START_TIMEOUT_S, "the good nodes scored", period=0.05)
 
         before = eng.status()
@@ -106,9 +115,10 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
             want = eng.status()["ingest"]["rejected"][reason] + 1
             sock.send(frame)
 
-            def counted():
+            def counted(reason=reason, want=want):
                 send_good()  # keep the good nodes live meanwhile
                 return eng.status()["ingest"]["rejected"][reason] >= want
+
             wait_until(counted, 10, f"{what} counted as {reason}", period=0.02)
             snap = reader.snapshot()
             for h in GOOD:
@@ -121,7 +131,8 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
         epoch = reader.epoch
         wait_until(lambda: reader.epoch > epoch + 2, 10, "more epochs")
         assert reader.snapshot().scores() == pytest.approx(
-            {h["node"]: GOOD_SCORE for h in GOOD}, abs=1e-12)
+            {h["node"]: GOOD_SCORE for h in GOOD}, abs=1e-12
+        )
     finally:
         reader.close()
 
@@ -156,8 +167,19 @@ def test_bad_frames_are_counted_while_good_nodes_keep_scoring(shm_name, tmp_path
 # tick does not change the last tick's numbers.
 STEADY = [
     hb("healthy-plain"),
-    hb("healthy-full", cpu=0.3, mem=0.4, queue=4.0, avg_job_s=0.5, throughput=20.0,
-       ok=50, err=0, io=0.2, p50_ms=10.0, p95_ms=14.0),
+    hb(
+        "healthy-full",
+        cpu=0.3,
+        mem=0.4,
+        queue=4.0,
+        avg_job_s=0.5,
+        throughput=20.0,
+        ok=50,
+        err=0,
+        io=0.2,
+        p50_ms=10.0,
+        p95_ms=14.0,
+    ),
     hb("degraded", cpu=0.9, mem=0.8, queue=20.0, avg_job_s=1.0, throughput=5.0),
     hb("overloaded-tripped", cpu=0.99),
     hb("failing-fast", ok=5, err=30),
@@ -177,19 +199,22 @@ E2E_SCORE = "[score]\nerror_half_life_s = 0.05\nejection_s = 1000.0\n"
 
 def test_live_matches_replay_with_feedback(shm_name, tmp_path, reap, push):
     port = free_port()
-    config_path = write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16,
-                               extra=E2E_SCORE)
+    config_path = write_config(tmp_path / "e.toml", port, tick_ms=20, capacity=16, extra=E2E_SCORE)
     eng = Engine(shm_name, config_path, tmp_path, reap)
     eng.wait_ready()
     sock = push(port)
-    frame = json.dumps(STEADY).encode()   # one frame: every node in the same tick
+    frame = json.dumps(STEADY).encode()  # one frame: every node in the same tick
     names = sorted(h["node"] for h in STEADY)
     reader = ScoreReader.attach(shm_name)
     held = []
     try:
         sock.send(frame)
-        wait_until(lambda: sorted(n for n in reader.snapshot().nodes if n) == names,
-                   30, "all nodes registered", period=0.005)
+        wait_until(
+            lambda: sorted(n for n in reader.snapshot().nodes if n) == names,
+            30,
+            "all nodes registered",
+            period=0.005,
+        )
         for node, n in IN_FLIGHT.items():
             held += [reader.claim(node) for _ in range(n)]
         for node, n in ERRORS.items():
@@ -198,7 +223,7 @@ def test_live_matches_replay_with_feedback(shm_name, tmp_path, reap, push):
         start = reader.epoch
         last_sent = start
         while reader.epoch < start + TICKS:
-            if reader.epoch != last_sent:   # about one heartbeat per node per tick
+            if reader.epoch != last_sent:  # about one heartbeat per node per tick
                 last_sent = reader.epoch
                 sock.send(frame)
             time.sleep(0.002)
@@ -212,9 +237,9 @@ def test_live_matches_replay_with_feedback(shm_name, tmp_path, reap, push):
     assert not segment_exists(shm_name)
 
     trace = [dict(h, tick=k) for k in range(TICKS) for h in STEADY]
-    trace[len(STEADY):len(STEADY)] = (
-        [{"tick": 0, "feedback": node, "rif": n} for node, n in IN_FLIGHT.items()]
-        + [{"tick": 0, "feedback": node, "err": n, "consec": n} for node, n in ERRORS.items()])
+    trace[len(STEADY) : len(STEADY)] = [
+        {"tick": 0, "feedback": node, "rif": n} for node, n in IN_FLIGHT.items()
+    ] + [{"tick": 0, "feedback": node, "err": n, "consec": n} for node, n in ERRORS.items()]
     recs = [r for r in replay(trace, load_config(config_path)) if r["tick"] == TICKS - 1]
     assert sorted(r["node"] for r in recs) == names
     for r in recs:

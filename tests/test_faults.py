@@ -19,14 +19,22 @@ import psutil
 import pytest
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.fleet import (SPAWN, check_snapshot, node_name, node_params, pid_gone, reader_main,
-                           sender_main, start_procs)
-from support.wait import wait_until
 from shm_engine.core.segment import Segment
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.fleet import (
+    SPAWN,
+    check_snapshot,
+    node_name,
+    node_params,
+    pid_gone,
+    reader_main,
+    sender_main,
+    start_procs,
+)
+from support.wait import wait_until
 
 NODES = 200
-SEND_PERIOD_S = 0.05     # 20 heartbeats per node per second
+SEND_PERIOD_S = 0.05  # 20 heartbeats per node per second
 READERS = 2
 # The promise: scoring resumes within 1 s of the restart delay.  It rests on
 # the supervisor's warm spares (a cold start, importing numba and loading the
@@ -59,8 +67,9 @@ def _rows_describe_their_nodes(ids: dict, rows: np.ndarray) -> bool:
 
 
 def _restart_delay(stderr: str, role: str, pid: int) -> float:
-    m = re.search(rf"child_exited role={role} pid={pid} code=signal_9 \S+ restart_in_s=(\S+)",
-                  stderr)
+    m = re.search(
+        rf"child_exited role={role} pid={pid} code=signal_9 \S+ restart_in_s=(\S+)", stderr
+    )
     return float(m.group(1)) if m else 0.0
 
 
@@ -74,8 +83,9 @@ def fleet(reap):
         stop, pause = SPAWN.Event(), SPAWN.Event()
         results = SPAWN.Queue()
         senders = start_procs(sender_main, [(endpoint, 0, NODES, SEND_PERIOD_S, stop, pause)])
-        readers = start_procs(reader_main, [(name, stop, results, NODES, seed)
-                                            for seed in range(READERS)])
+        readers = start_procs(
+            reader_main, [(name, stop, results, NODES, seed) for seed in range(READERS)]
+        )
         for p in senders + readers:
             reap(p)
         made.append(stop)
@@ -95,45 +105,61 @@ def _collect(stop, results, readers) -> list[dict]:
 
 
 def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_memory(
-        shm_name, tmp_path, reap, fleet):
+    shm_name, tmp_path, reap, fleet
+):
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50, capacity=256),
-                 tmp_path, reap)
+    eng = Engine(
+        shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50, capacity=256), tmp_path, reap
+    )
     eng.wait_ready()
     stop, pause, results, readers = fleet(f"tcp://127.0.0.1:{port}", shm_name)
     reader = ScoreReader.attach(shm_name)
     rng = np.random.default_rng(20240611)
     resumes = []
     try:
+
         def all_registered():
             try:
                 return sum(n is not None for n in reader.snapshot().nodes) == NODES
             except NothingPublished:
                 return False
+
         wait_until(all_registered, START_TIMEOUT_S, "the fleet registered", period=0.02)
         ids0, rows0 = _registry_rows(shm_name)
         assert sorted(ids0.values()) == [node_name(i) for i in range(NODES)]
         assert _rows_describe_their_nodes(ids0, rows0)
 
         for role in ("ticker", "ingest", "ticker", "ingest"):
-            wait_until(lambda: _spare_warm(eng.stderr, role), START_TIMEOUT_S,
-                       f"the {role} spare warm", period=0.02)
-            time.sleep(rng.uniform(*KILL_JITTER_S))     # a random moment, under load
+            wait_until(
+                lambda role=role: _spare_warm(eng.stderr, role),
+                START_TIMEOUT_S,
+                f"the {role} spare warm",
+                period=0.02,
+            )
+            time.sleep(rng.uniform(*KILL_JITTER_S))  # a random moment, under load
             st = eng.status()
             pid = st["children"][role]["pid"]
             frames0 = st["ingest"]["frames"]
             t_kill = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: pid_gone(pid), 10, f"{role} {pid} dead", period=0.001)
+            wait_until(lambda pid=pid: pid_gone(pid), 10, f"{role} {pid} dead", period=0.001)
             if role == "ticker":
-                e0 = reader.epoch               # nothing publishes until the restart
-                wait_until(lambda: reader.epoch > e0, START_TIMEOUT_S, "an epoch after the kill",
-                           period=0.001)
+                e0 = reader.epoch  # nothing publishes until the restart
+                wait_until(
+                    lambda e0=e0: reader.epoch > e0,
+                    START_TIMEOUT_S,
+                    "an epoch after the kill",
+                    period=0.001,
+                )
             else:
                 # The tick worker scores on from the table meanwhile; the new
                 # ingest must take the next frame.
-                wait_until(lambda: eng.status()["ingest"]["frames"] > frames0,
-                           START_TIMEOUT_S, "a frame after the kill", period=0.001)
+                wait_until(
+                    lambda frames0=frames0: eng.status()["ingest"]["frames"] > frames0,
+                    START_TIMEOUT_S,
+                    "a frame after the kill",
+                    period=0.001,
+                )
             resume = time.monotonic() - t_kill
             delay = _restart_delay(eng.stderr, role, pid)
             resumes.append((role, round(resume, 3), delay))
@@ -151,8 +177,9 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
         assert eng.stderr.count("ingest_started") == 3
         assert len(re.findall(rf"ingest_started .* registered={NODES}\b", eng.stderr)) == 2
         # Scoring goes on: every node live and HEALTHY again.
-        wait_until(lambda: reader.snapshot().counts["healthy"] == NODES, 30, "all healthy",
-                   period=0.05)
+        wait_until(
+            lambda: reader.snapshot().counts["healthy"] == NODES, 30, "all healthy", period=0.05
+        )
         assert check_snapshot(reader.snapshot(), NODES) == []
     finally:
         reader.close()
@@ -167,17 +194,23 @@ def test_kill9_of_either_child_under_load_keeps_snapshots_whole_and_state_in_mem
 
 
 def test_stalled_tick_worker_is_stale_to_readers_who_keep_the_last_snapshot(
-        shm_name, tmp_path, reap, fleet):
+    shm_name, tmp_path, reap, fleet
+):
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50, capacity=256),
-                 tmp_path, reap)
+    eng = Engine(
+        shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50, capacity=256), tmp_path, reap
+    )
     eng.wait_ready()
     stop, pause, results, readers = fleet(f"tcp://127.0.0.1:{port}", shm_name)
     reader = ScoreReader.attach(shm_name)
     pid = eng.status()["children"]["ticker"]["pid"]
     try:
-        wait_until(lambda: sum(n is not None for n in reader.snapshot().nodes) == NODES,
-                   START_TIMEOUT_S, "the fleet registered", period=0.02)
+        wait_until(
+            lambda: sum(n is not None for n in reader.snapshot().nodes) == NODES,
+            START_TIMEOUT_S,
+            "the fleet registered",
+            period=0.02,
+        )
         assert not reader.is_stale(1.0)
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -221,7 +254,7 @@ def test_kill9_of_the_supervisor_children_exit_and_next_run_reclaims(shm_name, t
     # parent_check_interval_s = 0.1 in the test config: each child notices
     # within a poll period; the deadline allows for a loaded machine.
     wait_until(lambda: all(pid_gone(p) for p in children), 10, "every child exited")
-    assert segment_exists(shm_name)         # SIGKILL leaves it; the next run reclaims it
+    assert segment_exists(shm_name)  # SIGKILL leaves it; the next run reclaims it
 
     (tmp_path / "second").mkdir()
     again = Engine(shm_name, config, tmp_path / "second", reap)

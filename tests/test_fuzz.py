@@ -30,22 +30,30 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
+from shm_engine.wire.decode import decode_frame
+from shm_engine.wire.encode import encode_batch, encode_json
+from shm_engine.wire.format import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REJECT_REASONS,
+    VERSION,
+)
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.fleet import rss_bytes
 from support.wait import wait_until
-from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import HEADER, HEADER_SIZE, MAGIC, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS, VERSION
 
 SEED = 1234
 FRAMES = 100_000
-WARM_FRAMES = 10_000        # sent first; RSS is measured after them
+WARM_FRAMES = 10_000  # sent first; RSS is measured after them
 CAPACITY = 64
 MAX_FRAME = 65536
-GOOD_EVERY = 400            # a good frame between this many fuzz frames
-RSS_SLACK = 16 << 20        # bytes an RSS may grow from warm-up to the end
-PACE = 4000                 # most frames the sender runs ahead of the ingest
-FUZZ_IDS = 400              # distinct fuzz node ids, far more than free slots
+GOOD_EVERY = 400  # a good frame between this many fuzz frames
+RSS_SLACK = 16 << 20  # bytes an RSS may grow from warm-up to the end
+PACE = 4000  # most frames the sender runs ahead of the ingest
+FUZZ_IDS = 400  # distinct fuzz node ids, far more than free slots
 
 # Good node k has g_cpu = g_mem = g (cpu = max_cpu (1-g), mem = max_mem (1-g));
 # avg_job_s 0 gives it no rate term and no wait (g_wait 1), no outcomes give
@@ -53,8 +61,10 @@ FUZZ_IDS = 400              # distinct fuzz node ids, far more than free slots
 # base weights.  With k1 = 0 (SCORE_CONFIG) w_wait does not move with the
 # pressure of the fuzz nodes, so that is its score whatever they send.
 GOOD_G = (0.6, 0.7, 0.8, 0.9)
-GOOD = [dict(node=f"good-{k}", cpu=0.98 * (1 - g), mem=0.95 * (1 - g),
-             queue=0.0, avg_job_s=0.0) for k, g in enumerate(GOOD_G)]
+GOOD = [
+    dict(node=f"good-{k}", cpu=0.98 * (1 - g), mem=0.95 * (1 - g), queue=0.0, avg_job_s=0.0)
+    for k, g in enumerate(GOOD_G)
+]
 GOOD_SCORES = tuple((0.20 * g + 0.15 * g + 0.25 + 0.15) / 0.75 for g in GOOD_G)
 SCORE_CONFIG = "[score]\nk1 = 0.0\n"
 GOOD_FRAMES = [encode_batch(GOOD[:2]), encode_json(GOOD[2]), encode_json(GOOD[3])]
@@ -67,15 +77,23 @@ class Fuzzer:
         self.rng = np.random.default_rng(seed)
         self.ids = [f"fz-{i}" for i in range(FUZZ_IDS)]
         self.pool = [self._make_hb() for _ in range(2000)]
-        self.pool_records = np.frombuffer(encode_batch(self.pool)[HEADER_SIZE:],
-                                          RECORD_DTYPE)
-        self.huge = []          # a few large frames, reused (they cost the most to build)
+        self.pool_records = np.frombuffer(encode_batch(self.pool)[HEADER_SIZE:], RECORD_DTYPE)
+        self.huge = []  # a few large frames, reused (they cost the most to build)
         self.kinds = [
-            (self.valid_binary, 10), (self.mutated_binary, 20), (self.truncated_binary, 6),
-            (self.lying_header, 6), (self.valid_json, 8), (self.bad_value_json, 14),
-            (self.bad_id_json, 10), (self.mutated_json, 12), (self.invalid_utf8, 3),
-            (self.deep_json, 2), (self.random_bytes, 6), (self.huge_json, 0.3),
-            (self.oversized, 0.5), (self.empty, 0.5),
+            (self.valid_binary, 10),
+            (self.mutated_binary, 20),
+            (self.truncated_binary, 6),
+            (self.lying_header, 6),
+            (self.valid_json, 8),
+            (self.bad_value_json, 14),
+            (self.bad_id_json, 10),
+            (self.mutated_json, 12),
+            (self.invalid_utf8, 3),
+            (self.deep_json, 2),
+            (self.random_bytes, 6),
+            (self.huge_json, 0.3),
+            (self.oversized, 0.5),
+            (self.empty, 0.5),
         ]
         w = np.array([k[1] for k in self.kinds], float)
         self.p = w / w.sum()
@@ -86,9 +104,13 @@ class Fuzzer:
     # -- building blocks
     def _make_hb(self) -> dict:
         r = self.rng
-        d = dict(node=self.ids[r.integers(FUZZ_IDS)], cpu=float(r.random()),
-                 mem=float(r.random()), queue=float(r.exponential(5)),
-                 avg_job_s=float(r.exponential(1)))
+        d = dict(
+            node=self.ids[r.integers(FUZZ_IDS)],
+            cpu=float(r.random()),
+            mem=float(r.random()),
+            queue=float(r.exponential(5)),
+            avg_job_s=float(r.exponential(1)),
+        )
         if r.random() < 0.5:
             d["throughput"] = float(r.exponential(10))
         if r.random() < 0.3:
@@ -124,7 +146,7 @@ class Fuzzer:
 
     def truncated_binary(self) -> bytes:
         b = self.binary(int(self.rng.integers(1, 8)))
-        return b[:int(self.rng.integers(0, len(b)))]
+        return b[: int(self.rng.integers(0, len(b)))]
 
     def lying_header(self) -> bytes:
         r = self.rng
@@ -154,10 +176,37 @@ class Fuzzer:
     def bad_value_json(self) -> bytes:
         r = self.rng
         d = self.hb()
-        key = ["cpu", "mem", "queue", "avg_job_s", "throughput", "ok", "p50_ms", "ts",
-               "labels", "zone", "slots", "resources"][r.integers(12)]
-        bad = [float("nan"), float("inf"), float("-inf"), -1.0, 2.5, 1e400, "0.5", True, None,
-               [], {}, 2**70, -5, {"a": 1}, "z" * 40][r.integers(15)]
+        key = [
+            "cpu",
+            "mem",
+            "queue",
+            "avg_job_s",
+            "throughput",
+            "ok",
+            "p50_ms",
+            "ts",
+            "labels",
+            "zone",
+            "slots",
+            "resources",
+        ][r.integers(12)]
+        bad = [
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            -1.0,
+            2.5,
+            1e400,
+            "0.5",
+            True,
+            None,
+            [],
+            {},
+            2**70,
+            -5,
+            {"a": 1},
+            "z" * 40,
+        ][r.integers(15)]
         d[key] = bad
         if key == "ok":
             d["err"] = 0
@@ -165,21 +214,36 @@ class Fuzzer:
             d["p95_ms"] = 10.0
         choice = r.integers(4)
         if choice == 0:
-            d.pop("mem")                                  # missing field
+            d.pop("mem")  # missing field
         elif choice == 1:
-            d["color"] = "red"                            # unknown field
+            d["color"] = "red"  # unknown field
         # json.dumps writes NaN/Infinity literals, which Python's parser takes back.
         text = json.dumps(d, default=str)
         if choice == 2:
-            text = text[:-1] + ', "cpu": 0.5}'            # duplicate key
+            text = text[:-1] + ', "cpu": 0.5}'  # duplicate key
         return text.encode()
 
     def bad_id_json(self) -> bytes:
         r = self.rng
         node = [
-            "", "a" * 64, "é" * 32, "bad\x00id", "tab\tid", "nl\nid", "del\x7f", "c1\x85",
-            "../../etc/passwd", "$(rm -rf /)", "'; DROP TABLE nodes; --", "{{7*7}}",
-            "%s%n%x", "x" * 63, 12345, None, ["a"], "\u202eevil",
+            "",
+            "a" * 64,
+            "é" * 32,
+            "bad\x00id",
+            "tab\tid",
+            "nl\nid",
+            "del\x7f",
+            "c1\x85",
+            "../../etc/passwd",
+            "$(rm -rf /)",
+            "'; DROP TABLE nodes; --",
+            "{{7*7}}",
+            "%s%n%x",
+            "x" * 63,
+            12345,
+            None,
+            ["a"],
+            "\u202eevil",
         ][r.integers(18)]
         d = self.hb()
         d["node"] = node
@@ -247,17 +311,29 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
     t_start = time.monotonic()
     fz = Fuzzer(SEED)
     frames = [fz.frame() for _ in range(FRAMES)]
-    assert sum(len(f) > MAX_FRAME for f in frames) > 100      # the mix covers every kind
+    assert sum(len(f) > MAX_FRAME for f in frames) > 100  # the mix covers every kind
     assert sum(len(f) == 0 for f in frames) > 100
 
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, tick_ms=50,
-                                        capacity=CAPACITY, max_frame_bytes=MAX_FRAME,
-                                        extra=SCORE_CONFIG),
-                 tmp_path, reap)
+    eng = Engine(
+        shm_name,
+        write_config(
+            tmp_path / "e.toml",
+            port,
+            tick_ms=50,
+            capacity=CAPACITY,
+            max_frame_bytes=MAX_FRAME,
+            extra=SCORE_CONFIG,
+        ),
+        tmp_path,
+        reap,
+    )
     st0 = eng.wait_ready()
-    pids = {"supervisor": eng.proc.pid, "ingest": st0["children"]["ingest"]["pid"],
-            "ticker": st0["children"]["ticker"]["pid"]}
+    pids = {
+        "supervisor": eng.proc.pid,
+        "ingest": st0["children"]["ingest"]["pid"],
+        "ticker": st0["children"]["ticker"]["pid"],
+    }
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
@@ -267,7 +343,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
 
     def send(f: bytes) -> None:
         nonlocal sent
-        sock.send(f)            # blocking: nothing is dropped on this side
+        sock.send(f)  # blocking: nothing is dropped on this side
         sent += 1
 
     def send_good() -> None:
@@ -293,6 +369,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
             if now != last:
                 last, since = now, e
             return None not in now.values() and e >= since + 10
+
         wait_until(steady, START_TIMEOUT_S, "good nodes steady", period=0.02)
         return last
 
@@ -308,24 +385,29 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
                 if i % GOOD_EVERY == 0:
                     send_good()
                     if sent - eng.status()["ingest"]["frames"] > PACE:
-                        wait_until(lambda: sent - eng.status()["ingest"]["frames"] <= PACE // 2,
-                                   120, "the ingest to catch up", period=0.005)
+                        wait_until(
+                            lambda: sent - eng.status()["ingest"]["frames"] <= PACE // 2,
+                            120,
+                            "the ingest to catch up",
+                            period=0.005,
+                        )
                 send(f)
 
         blast(frames[:WARM_FRAMES])
-        wait_until(lambda: eng.status()["ingest"]["frames"] >= sent, 120, "warm-up drained",
-                   period=0.05)
+        wait_until(
+            lambda: eng.status()["ingest"]["frames"] >= sent, 120, "warm-up drained", period=0.05
+        )
         rss0 = {r: rss_bytes(pids[r]) for r in ("ingest", "ticker")}
         t_fuzz = time.monotonic()
         blast(frames[WARM_FRAMES:])
-        want_rejects, valid, seen = _expected(frames)      # while the ingest drains
-        wait_until(lambda: eng.status()["ingest"]["frames"] >= sent, 120, "fuzz drained",
-                   period=0.05)
+        want_rejects, valid, seen = _expected(frames)  # while the ingest drains
+        wait_until(
+            lambda: eng.status()["ingest"]["frames"] >= sent, 120, "fuzz drained", period=0.05
+        )
         fuzz_s = time.monotonic() - t_fuzz
         rss1 = {r: rss_bytes(pids[r]) for r in ("ingest", "ticker")}
         steady1 = settle()
-        wait_until(lambda: eng.status()["ingest"]["frames"] >= sent, 60, "all drained",
-                   period=0.05)
+        wait_until(lambda: eng.status()["ingest"]["frames"] >= sent, 60, "all drained", period=0.05)
         st = eng.status()
     finally:
         reader.close()
@@ -343,7 +425,7 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
     assert ing["frames"] == sent
     rejected = ing["rejected"]
     assert ing["accepted"] + sum(rejected.values()) == ing["heartbeats"]
-    good_sent = sent - FRAMES     # frames of good heartbeats, 4 heartbeats per 3 frames
+    good_sent = sent - FRAMES  # frames of good heartbeats, 4 heartbeats per 3 frames
     assert ing["heartbeats"] == seen + good_sent // 3 * 4
     for reason in REJECT_REASONS:
         if reason != "registry_full":
@@ -357,12 +439,18 @@ def test_fuzz_frames_are_counted_and_harm_nothing(shm_name, tmp_path, reap):
     assert steady1 == pytest.approx(steady0, abs=1e-12)
 
     growth = {r: rss1[r] - rss0[r] for r in rss0}
-    print(f"\nfuzz: {FRAMES} frames (+{good_sent} good) in {fuzz_s:.1f}s after warm-up; "
-          f"whole test {time.monotonic() - t_start:.1f}s")
-    print(f"rejects: { {k: v for k, v in rejected.items() if v} }  accepted {ing['accepted']}  "
-          f"heartbeats {ing['heartbeats']}")
-    print(f"RSS MiB warm-up -> end: " + ", ".join(
-        f"{r} {rss0[r] / 2**20:.1f} -> {rss1[r] / 2**20:.1f}" for r in rss0))
+    print(
+        f"\nfuzz: {FRAMES} frames (+{good_sent} good) in {fuzz_s:.1f}s after warm-up; "
+        f"whole test {time.monotonic() - t_start:.1f}s"
+    )
+    print(
+        f"rejects: { {k: v for k, v in rejected.items() if v} }  accepted {ing['accepted']}  "
+        f"heartbeats {ing['heartbeats']}"
+    )
+    print(
+        "RSS MiB warm-up -> end: "
+        + ", ".join(f"{r} {rss0[r] / 2**20:.1f} -> {rss1[r] / 2**20:.1f}" for r in rss0)
+    )
     for r, g in growth.items():
         assert g < RSS_SLACK, (r, growth)
 

@@ -1,7 +1,6 @@
 """HeartbeatClient over a real PULL socket: frames arrive and decode; local
 validation raises InvalidHeartbeat; send never blocks without a peer."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ def test_send_binary_and_json_frames_arrive_and_decode(pull):
 
 def test_send_batch_splits_frames_under_the_limit(pull):
     sock, endpoint = pull
-    limit = 16 + 10 * RECORD_SIZE    # 10 records per frame
+    limit = 16 + 10 * RECORD_SIZE  # 10 records per frame
     records = [dict(node=f"n{i}", **HB) for i in range(25)]
     with HeartbeatClient(endpoint, max_frame_bytes=limit) as client:
         assert client.send_batch(records) == 25
@@ -56,21 +55,23 @@ def test_send_batch_splits_frames_under_the_limit(pull):
 
 def test_send_batch_accepts_a_record_array(pull):
     sock, endpoint = pull
-    arr = decode_frame(encode_batch([dict(node="a", **HB), dict(node="b", **HB)]),
-                            1 << 20).records
+    arr = decode_frame(encode_batch([dict(node="a", **HB), dict(node="b", **HB)]), 1 << 20).records
     with HeartbeatClient(endpoint) as client:
         assert client.send_batch(arr) == 2
         _, d = recv_decoded(sock)
     assert d.records.tobytes() == arr.tobytes()
 
 
-@pytest.mark.parametrize("fields,match", [
-    (dict(HB, cpu=1.5), r"^bad_field: node 'n1': cpu=1\.5 out of \[0, 1\]$"),
-    (dict(HB, ok=1), r"missing_field: node 'n1': ok without its pair"),
-    ({k: v for k, v in HB.items() if k != "queue"}, r"missing_field: node 'n1': missing queue"),
-    (dict(HB, colour="red"), r"unknown_field: node 'n1': unknown field 'colour'"),
-    (dict(HB, mem=True), r"mem=True is not a number"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(HB, cpu=1.5), r"^bad_field: node 'n1': cpu=1\.5 out of \[0, 1\]$"),
+        (dict(HB, ok=1), r"missing_field: node 'n1': ok without its pair"),
+        ({k: v for k, v in HB.items() if k != "queue"}, r"missing_field: node 'n1': missing queue"),
+        (dict(HB, colour="red"), r"unknown_field: node 'n1': unknown field 'colour'"),
+        (dict(HB, mem=True), r"mem=True is not a number"),
+    ],
+)
 def test_send_raises_on_invalid_heartbeats(pull, fields, match):
     _, endpoint = pull
     with HeartbeatClient(endpoint) as client:
@@ -120,7 +121,7 @@ def test_send_never_blocks_without_a_peer():
     assert client.send_batch([dict(node=f"n{i}", **HB) for i in range(3)]) == 0
     assert client.dropped >= 4
     t0 = time.monotonic()
-    client.close()              # waits at most linger_ms (1 s) for the absent peer
+    client.close()  # waits at most linger_ms (1 s) for the absent peer
     assert time.monotonic() - t0 < 5.0
 
 
@@ -152,25 +153,28 @@ def test_sending_a_record_array_does_not_load_numba():
     """A sender validates a record array with the wire package's Python
     checks (the same rule table as the engine's compiled check), so even a
     large batch never loads numba into the sending process."""
-    code = ("import sys\n"
-            "import numpy as np\n"
-            "from clients import HeartbeatClient\n"
-            "from shm_engine.wire.format import RECORD_DTYPE\n"
-            "recs = np.zeros(50, RECORD_DTYPE)\n"
-            "recs['cpu'], recs['mem'] = 0.5, 0.25\n"
-            "recs['node'] = [f'n{i}'.encode() for i in range(50)]\n"
-            "bad = recs.copy()\n"
-            "bad['cpu'][7] = 2.0\n"
-            "client = HeartbeatClient('tcp://127.0.0.1:9', linger_ms=0)\n"
-            "client.send_batch(recs)\n"
-            "try:\n"
-            "    client.send_batch(bad)\n"
-            "except ValueError as err:\n"
-            "    print(err)\n"
-            "client.close()\n"
-            "print(','.join(m for m in ('numba', 'llvmlite') if m in sys.modules) or 'light')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True)
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from clients import HeartbeatClient\n"
+        "from shm_engine.wire.format import RECORD_DTYPE\n"
+        "recs = np.zeros(50, RECORD_DTYPE)\n"
+        "recs['cpu'], recs['mem'] = 0.5, 0.25\n"
+        "recs['node'] = [f'n{i}'.encode() for i in range(50)]\n"
+        "bad = recs.copy()\n"
+        "bad['cpu'][7] = 2.0\n"
+        "client = HeartbeatClient('tcp://127.0.0.1:9', linger_ms=0)\n"
+        "client.send_batch(recs)\n"
+        "try:\n"
+        "    client.send_batch(bad)\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+        "client.close()\n"
+        "print(','.join(m for m in ('numba', 'llvmlite') if m in sys.modules) or 'light')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     rejected, loaded = out.stdout.strip().splitlines()
     assert rejected == "bad_field: node 'n7': cpu=2.0 out of [0, 1]"
     assert loaded == "light"

@@ -20,27 +20,38 @@ import numpy as np
 import pytest
 import zmq
 
+from shm_engine.core.config import Config
+from shm_engine.core.registry import decode_id
+from shm_engine.core.runtime import EXIT_FATAL
+from shm_engine.core.segment import Segment, process_alive
 from shm_engine.ingest import process as ingest_mod
+from shm_engine.ingest.process import Ingest, ingest_main
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, HEADER, MAGIC,
-                                    RECORD_DTYPE, REJECT_REASONS,
-                                    V1_RECORD_SIZE, V1_VERSION)
-from shm_engine.core.config import Config
-from shm_engine.core.runtime import EXIT_FATAL
-from shm_engine.ingest.process import Ingest, ingest_main
-from shm_engine.core.registry import decode_id
-from shm_engine.core.segment import Segment, process_alive
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HEADER,
+    MAGIC,
+    RECORD_DTYPE,
+    REJECT_REASONS,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+)
 
-FORGET = 300.0   # engine.forget_after_s (the default), seconds
+FORGET = 300.0  # engine.forget_after_s (the default), seconds
 
 
 def make_config(**ingest) -> Config:
     cfg = Config()
-    return Config.from_dict({
-        "engine": {"forget_after_s": FORGET, "parent_check_interval_s": 0.05},
-        "ingest": {"max_frame_bytes": cfg.ingest.max_frame_bytes, **ingest},
-    })
+    return Config.from_dict(
+        {
+            "engine": {"forget_after_s": FORGET, "parent_check_interval_s": 0.05},
+            "ingest": {"max_frame_bytes": cfg.ingest.max_frame_bytes, **ingest},
+        }
+    )
 
 
 @pytest.fixture
@@ -72,8 +83,11 @@ def slot_of(views, node: str) -> int:
 
 def counters(views) -> dict:
     h = views.header
-    out = {"frames": int(h.ingest_frames[0]), "heartbeats": int(h.ingest_heartbeats[0]),
-           "accepted": int(h.ingest_accepted[0])}
+    out = {
+        "frames": int(h.ingest_frames[0]),
+        "heartbeats": int(h.ingest_heartbeats[0]),
+        "accepted": int(h.ingest_accepted[0]),
+    }
     out.update({r: int(h.rejects[i]) for i, r in enumerate(REJECT_REASONS) if h.rejects[i]})
     return out
 
@@ -104,9 +118,9 @@ def test_first_heartbeats_take_the_lowest_free_slots(ing, seg):
 
 def test_a_node_too_old_at_arrival_is_registered_anew_in_the_lowest_free_slot(ing, seg):
     v = seg.views
-    ing.handle_frame(encode_batch([hb("p"), hb("q")]), 0.0)      # p: 0, q: 1
+    ing.handle_frame(encode_batch([hb("p"), hb("q")]), 0.0)  # p: 0, q: 1
     ing.handle_frame(encode_json(hb("q")), 250.0)
-    assert ing.forget(300.0) == [0]                                     # p: age 300
+    assert ing.forget(300.0) == [0]  # p: age 300
     gen_q = int(v.registry.slot_gen[1])
     # t=550: q's age is 550 - 250 = 300 >= forget_after_s; the periodic
     # forget has not run yet, so the arrival itself forgets q: slot 1 is
@@ -114,7 +128,7 @@ def test_a_node_too_old_at_arrival_is_registered_anew_in_the_lowest_free_slot(in
     ing.handle_frame(encode_json(hb("q", queue=7.0)), 550.0)
     assert slot_of(v, "q") == 0
     assert v.registry.registered[1] == 0
-    assert int(v.registry.slot_gen[1]) == gen_q + 2                    # freed once
+    assert int(v.registry.slot_gen[1]) == gen_q + 2  # freed once
     assert v.table.recv_time[0] == 550.0 and v.table.queue[0] == 7.0
     assert int(v.header.registered[0]) == 1
 
@@ -135,7 +149,7 @@ def test_same_node_twice_in_a_new_registration_frame_gets_one_slot(ing, seg):
     ing.handle_frame(encode_batch([hb("n", queue=1.0), hb("m"), hb("n", queue=2.0)]), 1e6)
     assert slot_of(v, "n") == 0 and slot_of(v, "m") == 1
     assert int(v.header.registered[0]) == 2
-    assert v.table.queue[0] == 2.0        # the later heartbeat of the frame wins
+    assert v.table.queue[0] == 2.0  # the later heartbeat of the frame wins
     assert int(v.table.row_version[0]) == 4
     assert_balanced(v)
 
@@ -154,7 +168,7 @@ def test_registry_full_rejects_new_nodes_and_keeps_known_ones(shm_name):
         ing.handle_frame(encode_json(hb("d")), 6.0)
         assert counters(v)["registry_full"] == 2
         ing.handle_frame(encode_json(hb("b")), 300.0)
-        assert ing.forget(305.0) == [0]                   # a: age 300
+        assert ing.forget(305.0) == [0]  # a: age 300
         ing.handle_frame(encode_json(hb("d")), 306.0)
         assert slot_of(v, "d") == 0
         assert_balanced(v)
@@ -165,7 +179,7 @@ def test_registry_full_rejects_new_nodes_and_keeps_known_ones(shm_name):
 def test_ingest_adopts_the_registry_of_a_previous_ingest(ing, seg):
     v = seg.views
     ing.handle_frame(encode_batch([hb("a"), hb("b")]), 1.0)
-    again = Ingest(v, make_config())          # a restarted ingest
+    again = Ingest(v, make_config())  # a restarted ingest
     again.handle_frame(encode_batch([hb("b"), hb("c")]), 2.0)
     assert [slot_of(v, n) for n in "abc"] == [0, 1, 2]
     assert int(v.header.registered[0]) == 3
@@ -181,7 +195,7 @@ def _binary_header(version=1, record_size=192, count=0, reserved=0) -> bytes:
 
 REJECT_CASES = [
     # (reason, frame); each frame holds exactly one rejected heartbeat
-    ("frame_too_large", b"{" + b" " * 1100 + b"}"),     # max_frame_bytes = 1024 here
+    ("frame_too_large", b"{" + b" " * 1100 + b"}"),  # max_frame_bytes = 1024 here
     ("malformed_frame", b"\xff\xfe"),
     ("malformed_frame", b'{"node": '),
     ("unsupported_version", _binary_header(version=2)),
@@ -193,8 +207,9 @@ REJECT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("reason,frame", REJECT_CASES, ids=[f"{r}-{i}" for i, (r, _f)
-                                                            in enumerate(REJECT_CASES)])
+@pytest.mark.parametrize(
+    "reason,frame", REJECT_CASES, ids=[f"{r}-{i}" for i, (r, _f) in enumerate(REJECT_CASES)]
+)
 def test_every_reject_reason_is_counted_and_nothing_is_applied(shm_name, reason, frame):
     seg = Segment.create(shm_name, capacity=4)
     try:
@@ -239,11 +254,15 @@ def test_bad_heartbeats_in_a_binary_batch_keep_the_good_ones(ing, seg):
 
 def test_bad_heartbeats_in_a_json_array_keep_the_good_ones(ing, seg):
     v = seg.views
-    frame = (b"[" + encode_json(hb("x")) + b',{"node":"y"},42,'
-             + encode_json(hb("z", io=0.5)) + b"]")
+    frame = b"[" + encode_json(hb("x")) + b',{"node":"y"},42,' + encode_json(hb("z", io=0.5)) + b"]"
     ing.handle_frame(frame, 3.0)
-    assert counters(v) == {"frames": 1, "heartbeats": 4, "accepted": 2,
-                           "missing_field": 1, "malformed_heartbeat": 1}
+    assert counters(v) == {
+        "frames": 1,
+        "heartbeats": 4,
+        "accepted": 2,
+        "missing_field": 1,
+        "malformed_heartbeat": 1,
+    }
     assert [slot_of(v, n) for n in "xyz"] == [0, -1, 1]
     assert v.table.io[1] == 0.5
 
@@ -254,17 +273,37 @@ def test_bad_heartbeats_in_a_json_array_keep_the_good_ones(ing, seg):
 
 def test_rows_are_written_exactly(ing, seg):
     v = seg.views
-    full = hb("full", cpu=0.125, mem=0.75, queue=3.0, avg_job_s=0.25, throughput=12.5,
-              ok=7, err=2, io=0.375, p50_ms=10.0, p95_ms=40.0, ts=1700000000.5)
+    full = hb(
+        "full",
+        cpu=0.125,
+        mem=0.75,
+        queue=3.0,
+        avg_job_s=0.25,
+        throughput=12.5,
+        ok=7,
+        err=2,
+        io=0.375,
+        p50_ms=10.0,
+        p95_ms=40.0,
+        ts=1700000000.5,
+    )
     ing.handle_frame(encode_json(full), 42.5)
     ing.handle_frame(encode_batch([hb("bare", queue=9.0)]), 43.5)
     t = v.table
     # column: (slot 0 from the JSON frame, slot 1 from the binary one)
     expected = {
-        "recv_time": (42.5, 43.5), "cpu": (0.125, 0.5), "mem": (0.75, 0.25),
-        "queue": (3.0, 9.0), "avg_job_s": (0.25, 0.5), "throughput": (12.5, 0.0),
-        "ok": (7.0, 0.0), "err": (2.0, 0.0), "io": (0.375, 0.0), "p50_ms": (10.0, 0.0),
-        "p95_ms": (40.0, 0.0), "ts": (1700000000.5, 0.0),
+        "recv_time": (42.5, 43.5),
+        "cpu": (0.125, 0.5),
+        "mem": (0.75, 0.25),
+        "queue": (3.0, 9.0),
+        "avg_job_s": (0.25, 0.5),
+        "throughput": (12.5, 0.0),
+        "ok": (7.0, 0.0),
+        "err": (2.0, 0.0),
+        "io": (0.375, 0.0),
+        "p50_ms": (10.0, 0.0),
+        "p95_ms": (40.0, 0.0),
+        "ts": (1700000000.5, 0.0),
         "reported": (HAS_THROUGHPUT | HAS_OKERR | HAS_IO | HAS_TAIL, 0),
         "row_version": (2, 2),
     }
@@ -282,14 +321,14 @@ def test_zone_and_labels_are_stored_replaced_and_cleared(ing, seg):
     reg = v.registry
     ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"gpu": "a100", "b": "x"})), 1.0)
     assert bytes(reg.zone[0]).rstrip(b"\0") == b"eu-1"
-    assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"x","gpu":"a100"}'
+    assert bytes(reg.labels[0, : reg.labels_len[0]]) == b'{"b":"x","gpu":"a100"}'
     meta, epoch = int(reg.meta_version[0]), int(v.header.registry_epoch[0])
     # Unchanged metadata: no version bump.
     ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"b": "x", "gpu": "a100"})), 2.0)
     assert (int(reg.meta_version[0]), int(v.header.registry_epoch[0])) == (meta, epoch)
     # Same length, other bytes: replaced.
     ing.handle_frame(encode_json(hb("a", zone="eu-1", labels={"b": "y", "gpu": "a100"})), 3.0)
-    assert bytes(reg.labels[0, :reg.labels_len[0]]) == b'{"b":"y","gpu":"a100"}'
+    assert bytes(reg.labels[0, : reg.labels_len[0]]) == b'{"b":"y","gpu":"a100"}'
     assert int(reg.meta_version[0]) == meta + 2
     # A binary heartbeat carries no labels and here no zone: both cleared.
     ing.handle_frame(encode_batch([hb("a")]), 4.0)
@@ -304,12 +343,18 @@ def test_a_batch_of_one_left_by_rejects_is_applied_as_a_one_record_frame(shm_nam
     """A frame whose other heartbeat is rejected leaves a batch of one that
     the decoder keeps no `DecodedFrame.one` for: the same rows, registrations,
     zones and labels as the same heartbeats sent one per frame."""
-    sent = [hb("a", zone="z1"), hb("a", zone="z2", queue=5.0), hb("b", labels={"k": "v"}),
-            hb("b", labels={"k": "w"}, io=0.5), hb("a"), hb("c", zone="z3")]
+    sent = [
+        hb("a", zone="z1"),
+        hb("a", zone="z2", queue=5.0),
+        hb("b", labels={"k": "v"}),
+        hb("b", labels={"k": "w"}, io=0.5),
+        hb("a"),
+        hb("c", zone="z3"),
+    ]
     bad = dict(hb("x"), cpu=2.0)
 
     def padded(h):
-        if "labels" in h:   # only JSON carries labels
+        if "labels" in h:  # only JSON carries labels
             return b"[" + encode_json(h) + b"," + json.dumps(bad).encode() + b"]"
         recs = _records(h, hb("x"))
         recs[1]["cpu"] = 2.0
@@ -377,7 +422,7 @@ def test_a_repeated_batch_follows_registry_changes(ing, seg):
     assert [slot_of(v, x) for x in names] == list(range(8))
     # Same length and first node, another node in the middle: its own slot.
     other = encode_batch([hb(x) for x in names[:3] + ["zz"] + names[4:]])
-    ing.handle_frame(other, 2.0)                  # capacity 8: zz does not fit
+    ing.handle_frame(other, 2.0)  # capacity 8: zz does not fit
     assert counters(v)["registry_full"] == 1 and slot_of(v, "zz") == -1
     # n3 goes silent and is forgotten; zz takes its slot; the old frame
     # must then register n3 anew (nowhere: full) instead of writing zz's row.
@@ -397,18 +442,18 @@ def test_a_repeated_batch_follows_registry_changes(ing, seg):
 
 
 def test_an_internal_error_is_counted_as_malformed_frame_and_the_next_frame_works(
-        ing, seg, monkeypatch, capsys):
+    ing, seg, monkeypatch, capsys
+):
     v = seg.views
 
     def broken(*args):
         raise RuntimeError("injected")
 
-    with monkeypatch.context() as m:   # the row writer, for batches and batches of one
+    with monkeypatch.context() as m:  # the row writer, for batches and batches of one
         m.setattr(ingest_mod, "write_rows", broken)
         assert ing.handle_frame(encode_batch([hb("a"), hb("b")]), 1.0) == 0
         assert ing.handle_frame(encode_batch([hb("a")]), 1.5) == 0
-        assert counters(v) == {"frames": 2, "heartbeats": 3, "accepted": 0,
-                               "malformed_frame": 3}
+        assert counters(v) == {"frames": 2, "heartbeats": 3, "accepted": 0, "malformed_frame": 3}
         assert "ingest_internal_error" in capsys.readouterr().err
     assert ing.handle_frame(encode_batch([hb("a")]), 2.0) == 1
     assert_balanced(v)
@@ -427,7 +472,7 @@ def test_reject_log_is_one_line_per_interval_with_samples(ing, capsys):
     ing.log.interval_s = 3600.0
     for i in range(5):
         ing.handle_frame(b"\x01not a frame %d" % i, 1.0)
-    assert ing.log.maybe_flush(time.monotonic()) is False      # interval not over
+    assert ing.log.maybe_flush(time.monotonic()) is False  # interval not over
     assert capsys.readouterr().err == ""
     assert ing.log.maybe_flush(time.monotonic(), force=True) is True
     lines = capsys.readouterr().err.splitlines()
@@ -482,15 +527,14 @@ def _exited(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return True
-    return stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
+    return stat[stat.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
 def _start(shm_name, reap, **ingest):
     endpoint = _free_tcp_endpoint()
     config = make_config(bind=endpoint, **ingest)
     seg = Segment.create(shm_name, capacity=64)
-    proc = mp.get_context("spawn").Process(target=run_ingest,
-                                           args=(shm_name, config, os.getpid()))
+    proc = mp.get_context("spawn").Process(target=run_ingest, args=(shm_name, config, os.getpid()))
     reap(proc)
     proc.start()
     h = seg.views.header
@@ -512,8 +556,12 @@ def test_process_applies_json_and_binary_frames_and_stops_on_stopping(shm_name, 
         push.send(encode_batch([hb(f"b{i}", queue=float(i)) for i in range(10)]))
         push.send(b"[1]")
         wait_for(lambda: v.header.ingest_frames[0] >= 3, 30, "3 frames counted")
-        assert counters(v) == {"frames": 3, "heartbeats": 12, "accepted": 11,
-                               "malformed_heartbeat": 1}
+        assert counters(v) == {
+            "frames": 3,
+            "heartbeats": 12,
+            "accepted": 11,
+            "malformed_heartbeat": 1,
+        }
         assert slot_of(v, "j1") == 0
         assert [slot_of(v, f"b{i}") for i in range(10)] == list(range(1, 11))
         assert v.table.queue[1:11].tolist() == [float(i) for i in range(10)]
@@ -582,7 +630,8 @@ def test_bind_failure_exits_78(shm_name, reap, how):
             # An interface name is not provably loopback: allowed explicitly.
             config = make_config(bind=endpoint, allow_insecure=how == "bad_interface")
             proc = mp.get_context("spawn").Process(
-                target=run_ingest, args=(shm_name, config, os.getpid()))
+                target=run_ingest, args=(shm_name, config, os.getpid())
+            )
             reap(proc)
             proc.start()
             proc.join(timeout=60)
@@ -604,8 +653,11 @@ def test_curve_admits_authorized_clients_only(shm_name, reap, tmp_path):
     client_pub, client_secret = zmq.auth.create_certificates(str(tmp_path), "client")
     os.replace(client_pub, keys / "client.key")
     stranger_pub, stranger_secret = zmq.auth.create_certificates(str(tmp_path), "stranger")
-    seg, proc, endpoint = _start(shm_name, reap, curve={
-        "server_secret_key_file": server_secret, "authorized_keys_dir": str(keys)})
+    seg, proc, endpoint = _start(
+        shm_name,
+        reap,
+        curve={"server_secret_key_file": server_secret, "authorized_keys_dir": str(keys)},
+    )
     v = seg.views
     ctx = zmq.Context()
     server_key, _ = zmq.auth.load_certificate(server_secret)
@@ -639,11 +691,16 @@ def test_curve_admits_authorized_clients_only(shm_name, reap, tmp_path):
 def test_missing_curve_key_file_exits_78(shm_name, reap, tmp_path):
     seg = Segment.create(shm_name, capacity=8)
     try:
-        config = make_config(bind=_free_tcp_endpoint(), curve={
-            "server_secret_key_file": str(tmp_path / "absent.key_secret"),
-            "authorized_keys_dir": str(tmp_path)})
-        proc = mp.get_context("spawn").Process(target=run_ingest,
-                                               args=(shm_name, config, os.getpid()))
+        config = make_config(
+            bind=_free_tcp_endpoint(),
+            curve={
+                "server_secret_key_file": str(tmp_path / "absent.key_secret"),
+                "authorized_keys_dir": str(tmp_path),
+            },
+        )
+        proc = mp.get_context("spawn").Process(
+            target=run_ingest, args=(shm_name, config, os.getpid())
+        )
         reap(proc)
         proc.start()
         proc.join(timeout=60)
@@ -659,16 +716,14 @@ def test_a_repeated_batch_sees_zone_changes_and_nodes_due_to_be_forgotten(ing, s
     v, reg = seg.views, seg.views.registry
     names = [f"n{i}" for i in range(8)]
     ing.handle_frame(encode_batch([hb(x) for x in names]), 0.0)
-    ing.handle_frame(encode_batch([hb(x) for x in names]), 1.0)   # remembered
+    ing.handle_frame(encode_batch([hb(x) for x in names]), 1.0)  # remembered
     gen = [int(g) for g in reg.slot_gen[:8]]
-    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
-                     2.0)
+    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]), 2.0)
     assert bytes(reg.zone[5]).rstrip(b"\0") == b"z9" and not reg.zone[4].any()
     # n2 silent from 2 s on; at 302 s its age is 300 >= forget_after: registered
     # anew (new generation) in its own, lowest free, slot; the others keep theirs.
     ing.handle_frame(encode_batch([hb(x) for x in names if x != "n2"]), 150.0)
-    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]),
-                     302.0)
+    ing.handle_frame(encode_batch([hb(x, zone="z9" if x == "n5" else "") for x in names]), 302.0)
     assert [slot_of(v, x) for x in names] == list(range(8))
     assert int(reg.slot_gen[2]) == gen[2] + 4
     assert [int(g) for g in reg.slot_gen[:8]][3:] == gen[3:]
@@ -695,22 +750,31 @@ def test_check_slots_statuses():
     ab = words((b"a", b""), (b"b", b""))
 
     def check(slots, w=ab, now=10.0, lab=labels_len):
-        return check_slots(np.array(slots, np.int64), w, node.view(np.uint64), registered,
-                           lab, zone.view(np.uint64), recv, now, 10.0)
+        return check_slots(
+            np.array(slots, np.int64),
+            w,
+            node.view(np.uint64),
+            registered,
+            lab,
+            zone.view(np.uint64),
+            recv,
+            now,
+            10.0,
+        )
 
-    assert check([0, 1]) == 0                        # ages 5 and 9 < 10
-    assert check([0, 1], now=11.0) == AGED           # b: 11 - 1 = 10 >= 10
-    assert check([1, 0]) == STALE                    # ids swapped
-    assert check([0, 2]) == STALE                    # slot 2 not registered
-    assert check([0, -1]) == STALE and check([0, 3]) == STALE   # out of range
-    assert check([0, 1], w=words((b"a", b"z"), (b"b", b""))) == META   # zone differs
-    assert check([0, 1], lab=np.array([0, 4, 0], np.uint16)) == META   # b has labels
+    assert check([0, 1]) == 0  # ages 5 and 9 < 10
+    assert check([0, 1], now=11.0) == AGED  # b: 11 - 1 = 10 >= 10
+    assert check([1, 0]) == STALE  # ids swapped
+    assert check([0, 2]) == STALE  # slot 2 not registered
+    assert check([0, -1]) == STALE and check([0, 3]) == STALE  # out of range
+    assert check([0, 1], w=words((b"a", b"z"), (b"b", b""))) == META  # zone differs
+    assert check([0, 1], lab=np.array([0, 4, 0], np.uint16)) == META  # b has labels
     assert check([0, 1], now=11.0, lab=np.array([3, 0, 0], np.uint16)) == AGED | META
 
 
 def _v1(frame: bytes) -> bytes:
     """A 1-record frame in wire version 1: its record's first 192 bytes."""
-    return HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0) + frame[16:16 + V1_RECORD_SIZE]
+    return HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0) + frame[16 : 16 + V1_RECORD_SIZE]
 
 
 def _singles_and_others(version: int = 2):
@@ -723,24 +787,24 @@ def _singles_and_others(version: int = 2):
     for i in range(40):
         extra = {"slots": 1 + i % 3} if version == 2 and i % 4 == 0 else {}
         frames.append(encode_batch([hb(f"n{i % 6}", queue=float(i), **extra)]))
-    frames[5] = encode_batch([hb("n7", queue=55.0)])               # new node
+    frames[5] = encode_batch([hb("n7", queue=55.0)])  # new node
     bad = bytearray(encode_batch([hb("n1", queue=99.0)]))
-    bad[16] = 0xFF                                                      # cpu: NaN-ish bytes
+    bad[16] = 0xFF  # cpu: NaN-ish bytes
     frames[9] = bytes(bad)
     bad2 = bytearray(frames[10])
-    bad2[16 + 88] = 0                                                   # empty node id
+    bad2[16 + 88] = 0  # empty node id
     frames[10] = bytes(bad2)
-    frames[12] = encode_batch([hb("n2", zone="z1", queue=12.0)])   # zone set
+    frames[12] = encode_batch([hb("n2", zone="z1", queue=12.0)])  # zone set
     if version == 1:
         frames = [_v1(f) for f in frames]
-        frames[25] = encode_batch([hb("n3", queue=25.0, slots=2)])   # a current frame
+        frames[25] = encode_batch([hb("n3", queue=25.0, slots=2)])  # a current frame
     size = len(frames[0])
     js = encode_json(hb("n8", queue=8.0))
-    js = js[:-1] + b" " * (size - len(js)) + b"}"                     # a 1-record frame's size
+    js = js[:-1] + b" " * (size - len(js)) + b"}"  # a 1-record frame's size
     assert len(js) == size
     frames.insert(20, js)
     frames.insert(30, encode_batch([hb("n9"), hb("n0", queue=3.0)]))
-    frames.append(b"SHMH")                                              # truncated
+    frames.append(b"SHMH")  # truncated
     return frames
 
 
@@ -755,14 +819,14 @@ def _json_and_others():
     for i in range(30):
         frames.append(encode_json(hb(f"n{i % 5}", queue=float(i))))
     frames[3] = encode_json(hb("n1", labels={"gpu": "a100"}, zone="z1"))
-    frames[4] = encode_json(hb("n1", labels={"gpu": "h100"}))          # labels change
+    frames[4] = encode_json(hb("n1", labels={"gpu": "h100"}))  # labels change
     frames[6] = b'{"node": "n2", "cpu": 2.0, "mem": 0.1, "queue": 1, "avg_job_s": 1}'
     frames[7] = b'{"node": "n3", "node": "n4", "cpu": 0.1}'
-    frames[8] = b'{"node": "n3", '                                            # broken
+    frames[8] = b'{"node": "n3", '  # broken
     frames[9] = b'{"node": "n6", "cpu": 0.1, "mem": 0.1, "queue": 1, "avg_job_s": 1, "x": 1}'
-    frames[11] = encode_json(hb("n7", zone="z2"))                        # new node
-    frames[13] = b"[" + encode_json(hb("n2")) + b"]"                     # an array
-    frames[14] = b"{" + b"[" * 40 + b"]" * 40 + b"}"                          # too deep
+    frames[11] = encode_json(hb("n7", zone="z2"))  # new node
+    frames[13] = b"[" + encode_json(hb("n2")) + b"]"  # an array
+    frames[14] = b"{" + b"[" * 40 + b"]" * 40 + b"}"  # too deep
     frames[20:20] = [encode_batch([hb(f"n{i % 3}", queue=float(i))]) for i in range(9)]
     frames.append(encode_json(hb("n0", queue=77.0)))
     return frames
@@ -777,8 +841,10 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
     frames = build()
     runs = []
     for name in ("decode_one_record_frames", "decode_json_objects"):
-        monkeypatch.setattr(ingest_mod, name,
-                            lambda fs, real=getattr(ingest_mod, name): runs.append(real(fs)) or runs[-1])
+        real = getattr(ingest_mod, name)
+        monkeypatch.setattr(
+            ingest_mod, name, lambda fs, real=real: runs.append(real(fs)) or runs[-1]
+        )
     results = []
     for coalesce in (False, True):
         seg = Segment.create(f"{shm_name}{int(coalesce)}", capacity=8)
@@ -787,20 +853,30 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
             ing.handle_frame(encode_batch([hb("old")]), 0.0)
             accepted = 0
             for start in range(0, len(frames), chunk):
-                part = frames[start:start + chunk]
+                part = frames[start : start + chunk]
                 if coalesce:
                     accepted += ing.handle_frames(part, 5.0)
                 else:
                     accepted += sum(ing.handle_frame(f, 5.0) for f in part)
             v = seg.views
             assert_balanced(v)
-            results.append((accepted, counters(v), bytes(v.table.recv_time),
-                            bytes(v.table.queue), bytes(v.table.slots),
-                            bytes(v.table.row_version),
-                            bytes(v.registry.node_id), bytes(v.registry.zone),
-                            bytes(v.registry.labels_len), bytes(v.registry.labels),
-                            bytes(v.registry.slot_gen), bytes(v.registry.meta_version),
-                            int(v.header.registry_epoch[0]) > 0))
+            results.append(
+                (
+                    accepted,
+                    counters(v),
+                    bytes(v.table.recv_time),
+                    bytes(v.table.queue),
+                    bytes(v.table.slots),
+                    bytes(v.table.row_version),
+                    bytes(v.registry.node_id),
+                    bytes(v.registry.zone),
+                    bytes(v.registry.labels_len),
+                    bytes(v.registry.labels),
+                    bytes(v.registry.slot_gen),
+                    bytes(v.registry.meta_version),
+                    int(v.header.registry_epoch[0]) > 0,
+                )
+            )
         finally:
             seg.close()
             seg.unlink()
@@ -815,21 +891,23 @@ def test_handle_frames_re_registers_a_node_due_to_be_forgotten_once(ing, seg):
     v, reg = seg.views, seg.views.registry
     ing.handle_frame(encode_batch([hb("a"), hb("b")]), 0.0)
     gen = int(reg.slot_gen[0])
-    frames = [encode_batch([hb("a" if i in (2, 5) else "b", queue=float(i))])
-              for i in range(10)]
+    frames = [encode_batch([hb("a" if i in (2, 5) else "b", queue=float(i))]) for i in range(10)]
     assert ing.handle_frames(frames, 400.0) == 10
     assert slot_of(v, "a") == 0 and int(reg.slot_gen[0]) == gen + 4
     assert v.table.queue[0] == 5.0 and v.table.queue[1] == 9.0
     assert counters(v) == {"frames": 11, "heartbeats": 12, "accepted": 12}
 
 
-@pytest.mark.parametrize("sizes, expect", [
-    ([], (True, ingest_mod.DRAIN_CHUNK)),                          # nothing yet
-    ([208], (True, ingest_mod.DRAIN_CHUNK)),                       # small: bytes
-    ([208, ingest_mod.RECV_COPY_MAX], (True, ingest_mod.DRAIN_CHUNK)),
-    ([208, ingest_mod.RECV_COPY_MAX + 1], (False, ingest_mod.LARGE_CHUNK)),   # the last decides
-    ([ingest_mod.RECV_COPY_MAX + 1, 208], (True, ingest_mod.DRAIN_CHUNK)),
-])
+@pytest.mark.parametrize(
+    "sizes, expect",
+    [
+        ([], (True, ingest_mod.DRAIN_CHUNK)),  # nothing yet
+        ([208], (True, ingest_mod.DRAIN_CHUNK)),  # small: bytes
+        ([208, ingest_mod.RECV_COPY_MAX], (True, ingest_mod.DRAIN_CHUNK)),
+        ([208, ingest_mod.RECV_COPY_MAX + 1], (False, ingest_mod.LARGE_CHUNK)),  # the last decides
+        ([ingest_mod.RECV_COPY_MAX + 1, 208], (True, ingest_mod.DRAIN_CHUNK)),
+    ],
+)
 def test_next_drain_picks_copy_and_chunk_by_the_last_frame(sizes, expect):
     assert ingest_mod.next_drain([bytes(n) for n in sizes]) == expect
 
@@ -848,8 +926,14 @@ def test_drain_as_bytes_ends_a_chunk_after_a_large_frame(pull):
         for f in sent:
             push.send(f)
         chunks: list = []
-        wait_for(lambda: chunks.append(ingest_mod.drain(sock, 256, copy=True))
-                 or sum(map(len, chunks)) == len(sent), 30, "every frame drained")
+        wait_for(
+            lambda: (
+                chunks.append(ingest_mod.drain(sock, 256, copy=True))
+                or sum(map(len, chunks)) == len(sent)
+            ),
+            30,
+            "every frame drained",
+        )
     finally:
         push.close(0)
         ctx.term()
@@ -913,8 +997,13 @@ print(warm, signatures())
 
 
 def test_warm_up_leaves_nothing_to_compile_for_any_frame():
-    out = subprocess.run([sys.executable, "-c", _WARM_UP_CHECK], capture_output=True,
-                         text=True, timeout=600, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _WARM_UP_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     warm, after = out.stdout.strip().split("] [")
     assert warm + "]" == "[" + after, out.stdout

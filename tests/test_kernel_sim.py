@@ -17,10 +17,12 @@ def test_warm_up_compiles_and_leaves_nothing_behind():
 
 
 def test_import_of_params_and_defaults_does_not_import_numba():
-    code = ("import sys, kernels.params, kernels.defaults, kernels; "
-            "kernels.default_params(); kernels.HEALTHY; "
-            "assert 'numba' not in sys.modules, 'numba imported'; "
-            "kernels.tick; assert 'numba' in sys.modules")
+    code = (
+        "import sys, kernels.params, kernels.defaults, kernels; "
+        "kernels.default_params(); kernels.HEALTHY; "
+        "assert 'numba' not in sys.modules, 'numba imported'; "
+        "kernels.tick; assert 'numba' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 

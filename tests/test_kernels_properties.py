@@ -25,12 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import (DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED,
-                     default_params)
+from kernels import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
 from support.kernel_sim import Sim
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = 1e-12
 
 unit = st.floats(0.0, 1.0)
@@ -63,9 +61,12 @@ def heartbeats(draw):
 @st.composite
 def feedbacks(draw):
     """Scheduler feedback for one node and tick (Sim.fb keyword arguments)."""
-    return dict(rif=draw(st.one_of(st.just(0.0), st.floats(0.0, 200.0))),
-                ok=draw(st.integers(0, 8)), err=draw(st.integers(0, 8)),
-                consec=draw(st.sampled_from([0.0, 2.0, 5.0, 9.0])))
+    return dict(
+        rif=draw(st.one_of(st.just(0.0), st.floats(0.0, 200.0))),
+        ok=draw(st.integers(0, 8)),
+        err=draw(st.integers(0, 8)),
+        consec=draw(st.sampled_from([0.0, 2.0, 5.0, 9.0])),
+    )
 
 
 # A history: per tick, per slot, None (silence) or a heartbeat, maybe
@@ -75,10 +76,17 @@ def feedbacks(draw):
 def histories(draw, max_nodes=6, max_ticks=12):
     nodes = draw(st.integers(1, max_nodes))
     ticks = draw(st.integers(1, max_ticks))
-    return [[(draw(st.one_of(st.none(), heartbeats(), heartbeats())),
-              draw(st.one_of(st.none(), feedbacks())),
-              draw(st.sampled_from([0, 0, 0, 0, 50, 150, 199, 200, 400])))
-             for _ in range(nodes)] for _ in range(ticks)]
+    return [
+        [
+            (
+                draw(st.one_of(st.none(), heartbeats(), heartbeats())),
+                draw(st.one_of(st.none(), feedbacks())),
+                draw(st.sampled_from([0, 0, 0, 0, 50, 150, 199, 200, 400])),
+            )
+            for _ in range(nodes)
+        ]
+        for _ in range(ticks)
+    ]
 
 
 def play(sim, tick_events):
@@ -122,8 +130,7 @@ def test_outputs_in_range_and_breaker_publishes_zero(history):
         for arr in (out.score, out.raw, out.liveness, st_.s):
             assert ((arr >= 0.0) & (arr <= 1.0)).all()
         assert (st_.e_ok >= 0).all() and (st_.e_err >= 0).all()
-        assert set(st_.state[active].tolist()) <= {HEALTHY, DEGRADED, OVERLOADED,
-                                                   QUARANTINED, DEAD}
+        assert set(st_.state[active].tolist()) <= {HEALTHY, DEGRADED, OVERLOADED, QUARANTINED, DEAD}
         assert (st_.state[~active] == UNREGISTERED).all()
         assert out.counts.tolist() == [int((st_.state[active] == k).sum()) for k in range(5)]
         assert (st_.flap >= 0).all() and (st_.n >= 0).all()
@@ -182,16 +189,23 @@ def full_heartbeats(draw):
         avg_job_s=draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0), st.floats(0.0, 5.0))),
         slots=draw(st.sampled_from([1, 1, 2, 8])),
         throughput=draw(st.floats(0.0, 1000.0)),
-        ok=draw(st.integers(0, 20)), err=draw(st.integers(0, 20)),
-        io=draw(unit), p50_ms=p50, p95_ms=p50 * draw(st.floats(1.0, 5.0)))
+        ok=draw(st.integers(0, 20)),
+        err=draw(st.integers(0, 20)),
+        io=draw(unit),
+        p50_ms=p50,
+        p95_ms=p50 * draw(st.floats(1.0, 5.0)),
+    )
 
 
 @st.composite
 def calm_feedbacks(draw):
     """Feedback, mostly with few requests in flight and no error run."""
-    return dict(rif=draw(mostly(st.floats(0.0, 10.0), st.floats(0.0, 150.0))),
-                ok=draw(st.integers(0, 8)), err=draw(st.integers(0, 8)),
-                consec=draw(mostly(st.just(0.0), st.sampled_from([2.0, 5.0, 9.0]))))
+    return dict(
+        rif=draw(mostly(st.floats(0.0, 10.0), st.floats(0.0, 150.0))),
+        ok=draw(st.integers(0, 8)),
+        err=draw(st.integers(0, 8)),
+        consec=draw(mostly(st.just(0.0), st.sampled_from([2.0, 5.0, 9.0]))),
+    )
 
 
 def raw_after(ticks, ages):
@@ -212,16 +226,19 @@ def raw_after(ticks, ages):
 @st.composite
 def clusters(draw, size):
     n = draw(st.integers(3, 6)) if size is None else size
-    nodes = draw(st.lists(st.tuples(full_heartbeats(), calm_feedbacks()),
-                          min_size=n, max_size=n))
+    nodes = draw(st.lists(st.tuples(full_heartbeats(), calm_feedbacks()), min_size=n, max_size=n))
     ages = draw(st.lists(st.sampled_from([0, 0, 0, 60, 150, 200]), min_size=n, max_size=n))
     return nodes, ages
 
 
 @pytest.mark.parametrize("size", [1, 2, None], ids=["1 node", "2 nodes", "3-6 nodes"])
 @SETTINGS
-@given(data=st.data(), metric=st.sampled_from(METRICS),
-       amount=st.one_of(st.floats(0.0, 0.05), st.floats(0.0, 1.0)), history=st.integers(0, 3))
+@given(
+    data=st.data(),
+    metric=st.sampled_from(METRICS),
+    amount=st.one_of(st.floats(0.0, 0.05), st.floats(0.0, 1.0)),
+    history=st.integers(0, 3),
+)
 def test_raw_never_rises_when_a_nodes_own_metric_worsens(size, data, metric, amount, history):
     nodes, ages = data.draw(clusters(size))
     target = data.draw(st.integers(0, len(nodes) - 1))
@@ -284,6 +301,7 @@ def test_rate_term_appearing_can_raise_raw():
 
 # ---- slot reuse
 
+
 @SETTINGS
 @given(st.integers(2, 5), st.data())
 def test_reused_slot_starts_from_zero(nodes, data):
@@ -336,20 +354,24 @@ def test_reused_slot_starts_from_zero(nodes, data):
 
 # ---- hysteresis: oscillation inside delta
 
-CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, weights_success=0.0,
-               k1=0.0, k2=0.0)
+CONTROL = dict(max_cpu=1.0, weights_mem=0.0, weights_wait=0.0, weights_success=0.0, k1=0.0, k2=0.0)
 
 
 @SETTINGS
-@given(st.sampled_from([0.4, 0.2]), st.floats(0.001, 0.099), st.floats(0.001, 0.099),
-       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40), st.sampled_from([0.5, 1.0, 0.2]))
+@given(
+    st.sampled_from([0.4, 0.2]),
+    st.floats(0.001, 0.099),
+    st.floats(0.001, 0.099),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40),
+    st.sampled_from([0.5, 1.0, 0.2]),
+)
 def test_score_oscillating_inside_delta_never_changes_state(t, below, width, points, beta):
     # band [lo, lo + width) starts below threshold t and is narrower than
     # delta = 0.1, so it never reaches t + delta: the lower state holds
     lo = t - below
     hi = lo + width
     sim = Sim(capacity=1, beta=beta, **CONTROL)
-    sim.hb(0, cpu=1.0 - lo)                  # start at the bottom: the lower state
+    sim.hb(0, cpu=1.0 - lo)  # start at the bottom: the lower state
     sim.step()
     start = sim.state.state[0]
     assert start == (DEGRADED if t == 0.4 else OVERLOADED)
@@ -363,12 +385,23 @@ def test_score_oscillating_inside_delta_never_changes_state(t, below, width, poi
 
 # ---- the quarantine cap
 
+
 @SETTINGS
 @given(st.integers(2, 8), st.integers(5, 40), st.floats(0.0, 1.0), st.data())
 def test_quarantine_admissions_respect_the_cap(nodes, ticks, fraction, data):
-    sim = Sim(capacity=nodes, max_cpu=1.0, weights_mem=0.0, weights_wait=0.0,
-              weights_success=0.0, k1=0.0, k2=0.0, beta=1.0, max_flaps=2.0,
-              probation_ticks=3.0, max_quarantined_fraction=fraction)
+    sim = Sim(
+        capacity=nodes,
+        max_cpu=1.0,
+        weights_mem=0.0,
+        weights_wait=0.0,
+        weights_success=0.0,
+        k1=0.0,
+        k2=0.0,
+        beta=1.0,
+        max_flaps=2.0,
+        probation_ticks=3.0,
+        max_quarantined_fraction=fraction,
+    )
     for _ in range(ticks):
         for slot in range(nodes):
             choice = data.draw(st.sampled_from(["good", "bad", "bad", "silent", "die"]))
@@ -386,7 +419,6 @@ def test_quarantine_admissions_respect_the_cap(nodes, ticks, fraction, data):
         admitted = int(((state == QUARANTINED) & (prev_state != QUARANTINED)).sum())
         if admitted:
             assert n_q <= cap
-        left_out = [i for i in range(nodes) if state[i] <= OVERLOADED
-                    and sim.state.flap[i] >= 2.0]
+        left_out = [i for i in range(nodes) if state[i] <= OVERLOADED and sim.state.flap[i] >= 2.0]
         if left_out:
             assert n_q >= cap

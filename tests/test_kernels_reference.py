@@ -18,8 +18,15 @@ from kernels import default_params
 from reference import STATE_NAMES, run_reference
 from support.kernel_sim import Sim
 
-SCORE = dict(suspect_after_s=0.1, dead_after_s=0.5, max_flaps=2, flap_window=5,
-             probation_ticks=3, quarantine_memory=10, max_backoff=3)
+SCORE = dict(
+    suspect_after_s=0.1,
+    dead_after_s=0.5,
+    max_flaps=2,
+    flap_window=5,
+    probation_ticks=3,
+    quarantine_memory=10,
+    max_backoff=3,
+)
 FORGET_AFTER_S = 1.0
 CAPACITY = 6
 
@@ -31,11 +38,14 @@ def random_trace(rng, n_nodes, ticks):
         for node, p in hb_prob.items():
             if rng.random() >= p:
                 continue
-            hb = {"tick": k, "node": node,
-                  "cpu": rng.choice([0.0, 0.2, 0.5, 0.85, rng.random(), 0.99]),
-                  "mem": rng.choice([0.1, rng.random(), 0.96]),
-                  "queue": rng.choice([0.0, 3.0, rng.uniform(0, 120)]),
-                  "avg_job_s": rng.choice([0.0, 0.5, rng.uniform(0, 4)])}
+            hb = {
+                "tick": k,
+                "node": node,
+                "cpu": rng.choice([0.0, 0.2, 0.5, 0.85, rng.random(), 0.99]),
+                "mem": rng.choice([0.1, rng.random(), 0.96]),
+                "queue": rng.choice([0.0, 3.0, rng.uniform(0, 120)]),
+                "avg_job_s": rng.choice([0.0, 0.5, rng.uniform(0, 4)]),
+            }
             if rng.random() < 0.5:
                 hb["throughput"] = rng.choice([0.0, rng.uniform(0, 500)])
             if rng.random() < 0.5:
@@ -78,20 +88,27 @@ def kernel_replay(lines, ticks):
         _, pressure, _ = sim.step()
         rank = {slot: i + 1 for i, slot in enumerate(sim.ranked)}
         for node, slot in sorted(slot_of.items(), key=lambda kv: kv[1]):
-            records.append({
-                "tick": k, "node": node, "slot": slot,
-                "score": sim.out.score[slot], "raw": sim.out.raw[slot],
-                "state": STATE_NAMES[int(sim.state.state[slot])],
-                "wait": sim.out.wait[slot], "qema": sim.state.qema[slot],
-                "liveness": sim.out.liveness[slot], "pressure": pressure,
-                "rank": rank.get(slot),
-            })
+            records.append(
+                {
+                    "tick": k,
+                    "node": node,
+                    "slot": slot,
+                    "score": sim.out.score[slot],
+                    "raw": sim.out.raw[slot],
+                    "state": STATE_NAMES[int(sim.state.state[slot])],
+                    "wait": sim.out.wait[slot],
+                    "qema": sim.state.qema[slot],
+                    "liveness": sim.out.liveness[slot],
+                    "pressure": pressure,
+                    "rank": rank.get(slot),
+                }
+            )
     return records
 
 
 def assert_same(expected, got):
     assert len(expected) == len(got)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         where = f"tick {e['tick']} node {e['node']}"
         for key in ("tick", "node", "slot", "state", "rank"):
             assert e[key] == g[key], f"{where}: {key} {e[key]!r} != {g[key]!r}"
@@ -103,8 +120,7 @@ def assert_same(expected, got):
 @given(st.integers(0, 2**32 - 1), st.integers(1, CAPACITY), st.integers(1, 120))
 def test_kernels_match_reference_on_random_traces(seed, n_nodes, ticks):
     lines = random_trace(random.Random(seed), n_nodes, ticks)
-    params = {"engine": {"capacity": CAPACITY, "forget_after_s": FORGET_AFTER_S},
-              "score": SCORE}
+    params = {"engine": {"capacity": CAPACITY, "forget_after_s": FORGET_AFTER_S}, "score": SCORE}
     expected = run_reference(lines, params, ticks=ticks).records
     assert_same(expected, kernel_replay(lines, ticks))
 
@@ -112,8 +128,7 @@ def test_kernels_match_reference_on_random_traces(seed, n_nodes, ticks):
 def test_long_trace_exercises_every_state():
     rng = random.Random(7)
     lines = random_trace(rng, CAPACITY, 600)
-    params = {"engine": {"capacity": CAPACITY, "forget_after_s": FORGET_AFTER_S},
-              "score": SCORE}
+    params = {"engine": {"capacity": CAPACITY, "forget_after_s": FORGET_AFTER_S}, "score": SCORE}
     expected = run_reference(lines, params, ticks=600).records
     got = kernel_replay(lines, 600)
     assert_same(expected, got)

@@ -70,14 +70,16 @@ def imported_modules(path: pathlib.Path, module: str, root: pathlib.Path = ROOT)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 # `from pkg import submodule` depends on the submodule.
-                is_module = is_package(sub, root) or (root / (sub.replace(".", "/") + ".py")).exists()
+                is_module = (
+                    is_package(sub, root) or (root / (sub.replace(".", "/") + ".py")).exists()
+                )
                 yield node.lineno, sub if is_package(target, root) and is_module else target
 
 
@@ -95,8 +97,10 @@ def violations(root: pathlib.Path = ROOT):
                 upward = l_there > l_here
                 sibling = l_there == l_here == 2 and g_here != g_there
                 if upward or sibling:
-                    found.append(f"{path.relative_to(root)}:{line}: {module} ({g_here}, "
-                                 f"layer {l_here}) imports {target} ({g_there}, layer {l_there})")
+                    found.append(
+                        f"{path.relative_to(root)}:{line}: {module} ({g_here}, "
+                        f"layer {l_here}) imports {target} ({g_there}, layer {l_there})"
+                    )
     return found
 
 
@@ -118,27 +122,45 @@ def test_the_checker_catches_upward_and_sibling_imports(tmp_path):
     (tmp_path / "clients/good.py").write_text("from shm_engine.core.layout import X\n")
     found = violations(tmp_path)
     assert len(found) == 2, found
-    assert found[0].startswith("kernels/bad.py:1: kernels.bad (kernels, layer 0) imports "
-                               "shm_engine.core.layout (core, layer 1)")
-    assert found[1].startswith("clients/bad.py:2: clients.bad (clients, layer 2) imports "
-                               "shm_engine.ingest.process")
+    assert found[0].startswith(
+        "kernels/bad.py:1: kernels.bad (kernels, layer 0) imports "
+        "shm_engine.core.layout (core, layer 1)"
+    )
+    assert found[1].startswith(
+        "clients/bad.py:2: clients.bad (clients, layer 2) imports shm_engine.ingest.process"
+    )
 
 
-@pytest.mark.parametrize("module, kind", [
-    ("kernels.params", 0), ("shm_engine.core.layout", 1), ("clients.reader", 2),
-    ("shm_engine.tick.ticker", 2), ("shm_engine.ops.cli", 3), ("shm_engine", 3),
-])
+@pytest.mark.parametrize(
+    "module, kind",
+    [
+        ("kernels.params", 0),
+        ("shm_engine.core.layout", 1),
+        ("clients.reader", 2),
+        ("shm_engine.tick.ticker", 2),
+        ("shm_engine.ops.cli", 3),
+        ("shm_engine", 3),
+    ],
+)
 def test_layer_table(module, kind):
     assert classify(module)[0] == kind
 
 
 def test_heartbeat_sender_does_not_load_numba():
-    code = ("import sys\n"
-            "from clients import HeartbeatClient, CurveKeys, InvalidHeartbeat, NodeState\n"
-            "heavy = sorted(m for m in ('numba', 'llvmlite', 'posix_ipc') if m in sys.modules)\n"
-            "print(','.join(heavy))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT, check=True)
+    code = (
+        "import sys\n"
+        "from clients import HeartbeatClient, CurveKeys, InvalidHeartbeat, NodeState\n"
+        "heavy = sorted(m for m in ('numba', 'llvmlite', 'posix_ipc') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
     assert out.stdout.strip() == "", f"`from clients import HeartbeatClient` loaded {out.stdout}"
 
 

@@ -7,10 +7,10 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 
 from shm_engine.core.config import Config
-from shm_engine.ops.metrics import EngineCollector
 from shm_engine.core.registry import NodeRegistry
-from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
+from shm_engine.core.segment import Segment
+from shm_engine.ops.metrics import EngineCollector
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
 
@@ -34,11 +34,17 @@ def test_live_segment_is_exported(shm_name):
         reg = NodeRegistry(v)
         now = time.monotonic()
         for i, cpu in enumerate((0.1, 0.99)):
-            rec, _l, _r, _d = check_heartbeat(dict(node=f"n{i}", cpu=cpu, mem=0.2, queue=1,
-                                                   avg_job_s=1))
+            rec, _l, _r, _d = check_heartbeat(
+                dict(node=f"n{i}", cpu=cpu, mem=0.2, queue=1, avg_job_s=1)
+            )
             slot = reg.register(f"n{i}".encode())
-            write_rows(column_addresses(v.table), len(v.table.row_version),
-                       np.array([slot], np.int64), np.atleast_1d(rec), now)
+            write_rows(
+                column_addresses(v.table),
+                len(v.table.row_version),
+                np.array([slot], np.int64),
+                np.atleast_1d(rec),
+                now,
+            )
         v.header.rejects[0] = 3  # frame_too_large
         Ticker(v, Config()).tick(now)
         text = _scrape(shm_name, per_node=True)

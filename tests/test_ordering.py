@@ -20,8 +20,6 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -35,6 +33,8 @@ from shm_engine.core.ordering import (
     store_release_u32,
     store_release_u64,
 )
+from support import shm
+from support.wait import wait_until
 
 # --------------------------------------------------------------------------
 # Values
@@ -76,7 +76,9 @@ def test_u64_store_then_load_round_trips(value, expected):
     assert words.tolist() == [0, 0, expected, 0]  # only words[2] written
 
 
-@pytest.mark.parametrize("value, expected", [(0, 0), (9, 9), (2**32 - 1, 2**32 - 1), (-1, 2**32 - 1)])
+@pytest.mark.parametrize(
+    "value, expected", [(0, 0), (9, 9), (2**32 - 1, 2**32 - 1), (-1, 2**32 - 1)]
+)
 def test_u32_store_then_load_round_trips(value, expected):
     words = np.zeros(4, np.uint32)
     assert _store_then_load_u32(words, 1, value) == (expected, expected)
@@ -146,7 +148,7 @@ def _function_ir(fn) -> str:
     for m in re.finditer(r"^define [^\n]*@(\S+)\(", module, re.M):
         if name in m.group(1) and "cpython" not in m.group(1):
             end = module.index("\n}\n", m.start())
-            return module[m.start():end]
+            return module[m.start() : end]
     raise AssertionError(f"no IR function for {name}")
 
 
@@ -156,13 +158,13 @@ def _function_asm(fn) -> list[str]:
     for m in re.finditer(r"^(_ZN\S+):$", asm, re.M):
         if name in m.group(1) and "cpython" not in m.group(1):
             end = asm.index(".Lfunc_end", m.end())
-            return asm[m.end():end].splitlines()
+            return asm[m.end() : end].splitlines()
     raise AssertionError(f"no asm function for {name}")
 
 
 def _ir_blocks(ir_text: str) -> dict[str, str]:
     parts = re.split(r"^([\w.]+):.*$", ir_text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def _ir_blocks_on_cycles(blocks: dict[str, str]) -> set[str]:
@@ -191,7 +193,7 @@ def _asm_loops_that_load(lines: list[str]) -> list[list[str]]:
         if m := re.match(r"^(\.LBB\w+):", line):
             labels[m.group(1)] = n
         elif (m := re.match(r"^\s+j\w+\s+(\.LBB\w+)", line)) and m.group(1) in labels:
-            body = lines[labels[m.group(1)]:n + 1]
+            body = lines[labels[m.group(1)] : n + 1]
             if any(_reads_memory(b) for b in body):
                 loops.append(body)
     return loops
@@ -207,7 +209,9 @@ def _reads_memory(line: str) -> bool:
 def test_acquire_spin_loop_reloads_the_word_every_turn():
     ir_text = _function_ir(spin_acquire)
     blocks = _ir_blocks(ir_text)
-    atomic = {b for b, body in blocks.items() if re.search(r"load atomic i64, ptr %\S+ acquire", body)}
+    atomic = {
+        b for b, body in blocks.items() if re.search(r"load atomic i64, ptr %\S+ acquire", body)
+    }
     assert atomic, ir_text
     assert atomic & _ir_blocks_on_cycles(blocks), f"atomic load is outside the loop:\n{ir_text}"
     loops = _asm_loops_that_load(_function_asm(spin_acquire))
@@ -238,8 +242,14 @@ def test_intrinsics_work_in_cached_functions_across_processes(tmp_path):
     """)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     runs = [
-        subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                       text=True, timeout=120, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.strip()
         for _ in range(2)
     ]
     assert runs == ["0", "1"]  # first run compiles, second hits the cache
@@ -298,8 +308,12 @@ def test_jitted_spin_loop_sees_every_step_of_another_process(shm_name, reap):
         child.start()
         for k in range(1, ROUND_TRIPS + 1):
             words[PING_WORD] = k  # x86-64: a plain store, seen in order by the child
-            wait_until(lambda: words.item(ECHO_WORD) >= k, timeout=30, what=f"echo of step {k}",
-                       period=0)
+            wait_until(
+                lambda w=words, k=k: w.item(ECHO_WORD) >= k,
+                timeout=30,
+                what=f"echo of step {k}",
+                period=0,
+            )
             assert words.item(ECHO_WORD) == k, f"child failed at step {k}"
         echoed, status, most_spins = results.get(timeout=30)
         child.join(timeout=30)

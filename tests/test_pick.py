@@ -22,6 +22,7 @@ from clients.pick import DEFAULT_D, pick
 
 class _Counting(np.ndarray):
     """An array that counts element reads through ``item`` (pick's only access)."""
+
     reads = 0
 
     def item(self, *args):
@@ -34,27 +35,30 @@ def _ranking(scores):
     cand = [i for i, s in enumerate(scores) if s > 0]
     ranked = np.array(sorted(cand, key=lambda i: (-scores[i], i)), np.int32)
     out = np.zeros(len(scores), np.int32)
-    out[:len(ranked)] = ranked
+    out[: len(ranked)] = ranked
     return np.asarray(scores, float), out, len(ranked)
 
 
-@pytest.mark.parametrize("scores, exclude, d, expected", [
-    # nothing ranked -> -1 (status, not an exception)
-    ([0.0, 0.0, 0.0], None, 2, -1),
-    # one candidate: it, whatever d
-    ([0.0, 0.7, 0.0], None, 2, 1),
-    ([0.0, 0.7, 0.0], None, 1, 1),
-    # every ranked node excluded -> -1
-    ([0.5, 0.7, 0.0], [0, 1], 2, -1),
-    # two candidates, d = 2: both drawn, the better (slot 2, 0.9) wins
-    ([0.3, 0.0, 0.9], None, 2, 2),
-    # excluding the best leaves the other
-    ([0.3, 0.0, 0.9], [2], 2, 0),
-    # d >= number of candidates: argmax
-    ([0.1, 0.4, 0.8, 0.2], None, 4, 2),
-    # tie between two candidates: the earlier in the ranking (lower slot)
-    ([0.0, 0.6, 0.6], None, 2, 1),
-])
+@pytest.mark.parametrize(
+    "scores, exclude, d, expected",
+    [
+        # nothing ranked -> -1 (status, not an exception)
+        ([0.0, 0.0, 0.0], None, 2, -1),
+        # one candidate: it, whatever d
+        ([0.0, 0.7, 0.0], None, 2, 1),
+        ([0.0, 0.7, 0.0], None, 1, 1),
+        # every ranked node excluded -> -1
+        ([0.5, 0.7, 0.0], [0, 1], 2, -1),
+        # two candidates, d = 2: both drawn, the better (slot 2, 0.9) wins
+        ([0.3, 0.0, 0.9], None, 2, 2),
+        # excluding the best leaves the other
+        ([0.3, 0.0, 0.9], [2], 2, 0),
+        # d >= number of candidates: argmax
+        ([0.1, 0.4, 0.8, 0.2], None, 4, 2),
+        # tie between two candidates: the earlier in the ranking (lower slot)
+        ([0.0, 0.6, 0.6], None, 2, 1),
+    ],
+)
 def test_table(scores, exclude, d, expected):
     s, ranked, m = _ranking(scores)
     rng = np.random.default_rng(0)
@@ -64,18 +68,18 @@ def test_table(scores, exclude, d, expected):
 
 
 def test_two_choices_distribution():
-    s, ranked, m = _ranking([0.9, 0.5, 0.2])       # A=slot 0, B=1, C=2
+    s, ranked, m = _ranking([0.9, 0.5, 0.2])  # A=slot 0, B=1, C=2
     rng = np.random.default_rng(42)
     counts = np.bincount([pick(s, ranked, m, rng, d=2) for _ in range(30000)], minlength=3)
     freq = counts / counts.sum()
-    assert freq[2] == 0.0                            # the worst never wins a pair
+    assert freq[2] == 0.0  # the worst never wins a pair
     assert abs(freq[0] - 2 / 3) < 0.015
     assert abs(freq[1] - 1 / 3) < 0.015
 
 
 def test_default_four_choices_distribution():
     assert DEFAULT_D == 4
-    s, ranked, m = _ranking([0.2, 0.9, 0.5, 0.7, 0.1])    # A=slot 1, B=3, C=2, D=0, E=4
+    s, ranked, m = _ranking([0.2, 0.9, 0.5, 0.7, 0.1])  # A=slot 1, B=3, C=2, D=0, E=4
     rng = np.random.default_rng(46)
     counts = np.bincount([pick(s, ranked, m, rng) for _ in range(30000)], minlength=5)
     freq = counts / counts.sum()
@@ -85,11 +89,11 @@ def test_default_four_choices_distribution():
 
 
 def test_three_choices_distribution():
-    s, ranked, m = _ranking([0.2, 0.9, 0.5, 0.7])    # A=slot 1, B=3, C=2, D=0
+    s, ranked, m = _ranking([0.2, 0.9, 0.5, 0.7])  # A=slot 1, B=3, C=2, D=0
     rng = np.random.default_rng(43)
     counts = np.bincount([pick(s, ranked, m, rng, d=3) for _ in range(30000)], minlength=4)
     freq = counts / counts.sum()
-    assert freq[0] == 0.0 and freq[2] == 0.0         # the two worst never win a triple
+    assert freq[0] == 0.0 and freq[2] == 0.0  # the two worst never win a triple
     assert abs(freq[1] - 3 / 4) < 0.015
     assert abs(freq[3] - 1 / 4) < 0.015
 
@@ -98,7 +102,7 @@ def test_d1_is_uniform_over_ranked_only():
     s, ranked, m = _ranking([0.9, 0.0, 0.2, 0.5])
     rng = np.random.default_rng(1)
     counts = np.bincount([pick(s, ranked, m, rng, d=1) for _ in range(30000)], minlength=4)
-    assert counts[1] == 0                            # score 0 is never a candidate
+    assert counts[1] == 0  # score 0 is never a candidate
     assert np.all(np.abs(counts[[0, 2, 3]] / 30000 - 1 / 3) < 0.015)
 
 
@@ -106,13 +110,15 @@ def test_seeded_rng_is_reproducible():
     s, ranked, m = _ranking(list(np.linspace(0.1, 1.0, 20)))
     a = [pick(s, ranked, m, np.random.default_rng(7)) for _ in range(3)]
     r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
-    assert [pick(s, ranked, m, r1) for _ in range(100)] == [pick(s, ranked, m, r2) for _ in range(100)]
+    assert [pick(s, ranked, m, r1) for _ in range(100)] == [
+        pick(s, ranked, m, r2) for _ in range(100)
+    ]
     assert len(set(a)) == 1
 
 
 def test_only_reads_n_ranked_entries():
     s = np.array([0.9, 0.8, 0.7])
-    ranked = np.array([1, 2, 0], np.int32)          # stale entry past n_ranked
+    ranked = np.array([1, 2, 0], np.int32)  # stale entry past n_ranked
     for seed in range(20):
         assert pick(s, ranked, 2, np.random.default_rng(seed)) == 1
 
@@ -124,14 +130,18 @@ def test_bad_d_raises():
 
 
 @settings(max_examples=200, deadline=None)
-@given(scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), min_size=1, max_size=12),
-       excl=st.lists(st.integers(0, 11), max_size=4), d=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), min_size=1, max_size=12),
+    excl=st.lists(st.integers(0, 11), max_size=4),
+    d=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_properties(scores, excl, d, seed):
     s, ranked, m = _ranking(scores)
     before = (s.copy(), ranked.copy())
     got = pick(s, ranked, m, np.random.default_rng(seed), exclude=excl, d=d)
     eligible = [i for i in ranked[:m] if i not in excl]
-    assert np.array_equal(s, before[0]) and np.array_equal(ranked, before[1])   # pure
+    assert np.array_equal(s, before[0]) and np.array_equal(ranked, before[1])  # pure
     if not eligible:
         assert got == -1
         return
@@ -143,26 +153,29 @@ def test_properties(scores, excl, d, seed):
             assert s[got] > worst
 
 
-@pytest.mark.parametrize("scores, claims, slots, expected", [
-    # A = slot 0 (0.8, 2 claims on 2 slots -> 0.4) loses to B = slot 1 (0.5, no claims)
-    ([0.8, 0.5], [2, 0], [2, 2], 1),
-    # the same claims on 8 slots: 0.8 / 1.25 = 0.64 > 0.5, A keeps winning
-    ([0.8, 0.5], [2, 0], [8, 2], 0),
-    # 0.9 with 2 claims on 1 slot -> 0.3 < 0.7
-    ([0.9, 0.7], [2, 0], [1, 1], 1),
-    # 0.9 with 2 claims on 8 slots -> 0.72 > 0.7
-    ([0.9, 0.7], [2, 0], [8, 1], 0),
-    # slots None counts 1 worker: 0.9 / 3 = 0.3 < 0.7
-    ([0.9, 0.7], [2, 0], None, 1),
-    # slots below 1 count as 1
-    ([0.9, 0.7], [2, 0], [0, 0], 1),
-    # claims on both: 0.9 / 2 = 0.45 vs 0.7 / 2 = 0.35 (1 claim each, 1 slot)
-    ([0.9, 0.7], [1, 1], [1, 1], 0),
-    # equal effective values: the earlier in the ranking (0.8 / 2 = 0.4 = 0.4)
-    ([0.8, 0.4], [1, 0], [1, 1], 0),
-    # a popular node is discounted, never excluded: the only candidate wins
-    ([0.0, 0.6], [0, 1000], [1, 1], 1),
-])
+@pytest.mark.parametrize(
+    "scores, claims, slots, expected",
+    [
+        # A = slot 0 (0.8, 2 claims on 2 slots -> 0.4) loses to B = slot 1 (0.5, no claims)
+        ([0.8, 0.5], [2, 0], [2, 2], 1),
+        # the same claims on 8 slots: 0.8 / 1.25 = 0.64 > 0.5, A keeps winning
+        ([0.8, 0.5], [2, 0], [8, 2], 0),
+        # 0.9 with 2 claims on 1 slot -> 0.3 < 0.7
+        ([0.9, 0.7], [2, 0], [1, 1], 1),
+        # 0.9 with 2 claims on 8 slots -> 0.72 > 0.7
+        ([0.9, 0.7], [2, 0], [8, 1], 0),
+        # slots None counts 1 worker: 0.9 / 3 = 0.3 < 0.7
+        ([0.9, 0.7], [2, 0], None, 1),
+        # slots below 1 count as 1
+        ([0.9, 0.7], [2, 0], [0, 0], 1),
+        # claims on both: 0.9 / 2 = 0.45 vs 0.7 / 2 = 0.35 (1 claim each, 1 slot)
+        ([0.9, 0.7], [1, 1], [1, 1], 0),
+        # equal effective values: the earlier in the ranking (0.8 / 2 = 0.4 = 0.4)
+        ([0.8, 0.4], [1, 0], [1, 1], 0),
+        # a popular node is discounted, never excluded: the only candidate wins
+        ([0.0, 0.6], [0, 1000], [1, 1], 1),
+    ],
+)
 def test_claims_table(scores, claims, slots, expected):
     s, ranked, m = _ranking(scores)
     c = np.asarray(claims, float)
@@ -173,8 +186,10 @@ def test_claims_table(scores, claims, slots, expected):
 def test_no_claims_is_the_plain_pick():
     s, ranked, m = _ranking(list(np.linspace(0.05, 1.0, 40)))
     zeros = np.zeros(40)
-    a = [pick(s, ranked, m, np.random.default_rng(9), claims=zeros, slots=np.ones(40))
-         for _ in range(50)]
+    a = [
+        pick(s, ranked, m, np.random.default_rng(9), claims=zeros, slots=np.ones(40))
+        for _ in range(50)
+    ]
     b = [pick(s, ranked, m, np.random.default_rng(9)) for _ in range(50)]
     assert a == b
 
@@ -186,8 +201,10 @@ def test_claims_shift_the_distribution():
     s, ranked, m = _ranking([0.9, 0.5, 0.2])
     claims = np.array([1.0, 0.0, 0.0])
     rng = np.random.default_rng(44)
-    counts = np.bincount([pick(s, ranked, m, rng, d=2, claims=claims, slots=np.ones(3))
-                          for _ in range(30000)], minlength=3)
+    counts = np.bincount(
+        [pick(s, ranked, m, rng, d=2, claims=claims, slots=np.ones(3)) for _ in range(30000)],
+        minlength=3,
+    )
     freq = counts / counts.sum()
     assert freq[2] == 0.0
     assert abs(freq[0] - 1 / 3) < 0.015
@@ -215,8 +232,9 @@ def test_exclusion_by_rejection_is_uniform():
     # 6 ranked, d = 1, slot 0 excluded: the 5 others equally likely.
     s, ranked, m = _ranking([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     rng = np.random.default_rng(12)
-    counts = np.bincount([pick(s, ranked, m, rng, exclude=[0], d=1) for _ in range(25000)],
-                         minlength=6)
+    counts = np.bincount(
+        [pick(s, ranked, m, rng, exclude=[0], d=1) for _ in range(25000)], minlength=6
+    )
     assert counts[0] == 0
     assert np.all(np.abs(counts[1:] / 25000 - 1 / 5) < 0.015)
 
@@ -228,11 +246,14 @@ def test_n_ranked_beyond_the_array_is_clamped():
 
 
 @settings(max_examples=200, deadline=None)
-@given(scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), min_size=1, max_size=12),
-       claims=st.lists(st.integers(0, 4), min_size=12, max_size=12),
-       slots=st.lists(st.integers(0, 8), min_size=12, max_size=12),
-       excl=st.lists(st.integers(0, 11), max_size=4), d=st.integers(1, 5),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]), min_size=1, max_size=12),
+    claims=st.lists(st.integers(0, 4), min_size=12, max_size=12),
+    slots=st.lists(st.integers(0, 8), min_size=12, max_size=12),
+    excl=st.lists(st.integers(0, 11), max_size=4),
+    d=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_claims_properties(scores, claims, slots, excl, d, seed):
     s, ranked, m = _ranking(scores)
     n = len(scores)
@@ -240,7 +261,7 @@ def test_claims_properties(scores, claims, slots, excl, d, seed):
     k = np.asarray(slots[:n], float)
     before = (s.copy(), ranked.copy(), c.copy(), k.copy())
     got = pick(s, ranked, m, np.random.default_rng(seed), exclude=excl, d=d, claims=c, slots=k)
-    assert all(np.array_equal(x, y) for x, y in zip((s, ranked, c, k), before))   # pure
+    assert all(np.array_equal(x, y) for x, y in zip((s, ranked, c, k), before, strict=True))  # pure
     eligible = [int(i) for i in ranked[:m] if i not in excl]
     if not eligible:
         assert got == -1

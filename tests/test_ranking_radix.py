@@ -24,28 +24,31 @@ def _expected(score, cand):
 def _scores(rng, n, kind):
     if kind == "uniform":
         return rng.random(n)
-    if kind == "levels":          # 7 distinct values: ties everywhere
+    if kind == "levels":  # 7 distinct values: ties everywhere
         return rng.integers(0, 8, n) / 7.0
-    if kind == "binades":         # 2**-60 .. 1: exponent bits vary
+    if kind == "binades":  # 2**-60 .. 1: exponent bits vary
         return 2.0 ** -rng.uniform(0, 60, n)
     if kind == "extremes":
-        return rng.choice([5e-324, 2.2250738585072014e-308, 1e-300, 0.5,
-                           np.nextafter(1.0, 0.0), 1.0, 0.0], n)
+        return rng.choice(
+            [5e-324, 2.2250738585072014e-308, 1e-300, 0.5, np.nextafter(1.0, 0.0), 1.0, 0.0], n
+        )
     if kind == "one_value":
         return np.where(rng.random(n) < 0.2, 0.0, 0.37)
-    if kind == "near":            # differ only in the last bits of the mantissa
+    if kind == "near":  # differ only in the last bits of the mantissa
         return 0.6 + rng.integers(0, 5, n) * np.finfo(float).eps
-    if kind == "outlier":         # one tiny score: the rest crowd into a few buckets
+    if kind == "outlier":  # one tiny score: the rest crowd into a few buckets
         s = 0.6 + rng.integers(0, 1 << 20, n) * np.finfo(float).eps
         s[: min(n, 1)] = 1e-300
         return s
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "levels", "binades", "extremes", "one_value",
-                                  "near", "outlier"])
-@pytest.mark.parametrize("n", [0, 1, 2, 16, 17, 100, RADIX_WIDE_FROM - 1, RADIX_WIDE_FROM,
-                               RADIX_WIDE_FROM + 1, 30_000])
+@pytest.mark.parametrize(
+    "kind", ["uniform", "levels", "binades", "extremes", "one_value", "near", "outlier"]
+)
+@pytest.mark.parametrize(
+    "n", [0, 1, 2, 16, 17, 100, RADIX_WIDE_FROM - 1, RADIX_WIDE_FROM, RADIX_WIDE_FROM + 1, 30_000]
+)
 def test_radix_equals_lexsort(kind, n):
     rng = np.random.default_rng(n * 7 + len(kind))
     score = np.zeros(n + 5)

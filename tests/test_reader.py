@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 
 import clients
-from clients import (EngineNotRunning, NothingPublished, ReadContention, ScoreReader,
-                     ShmEngineError, UnknownNode)
+from clients import (
+    EngineNotRunning,
+    NothingPublished,
+    ReadContention,
+    ScoreReader,
+    ShmEngineError,
+    UnknownNode,
+)
 from shm_engine.core.config import Config
 from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin, write_end
 from shm_engine.core.states import NodeState
-from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
 from support.claims import ClaimsEngine
@@ -46,8 +52,13 @@ class Engine:
         if slot < 0:
             slot = self.registry.register(key, b"", labels)
         t = self.views.table
-        write_rows(column_addresses(t), len(t.row_version), np.array([slot], np.int64),
-                   np.atleast_1d(rec), now)
+        write_rows(
+            column_addresses(t),
+            len(t.row_version),
+            np.array([slot], np.int64),
+            np.atleast_1d(rec),
+            now,
+        )
         return slot
 
     def tick(self, now):
@@ -74,8 +85,13 @@ def reader(engine):
 def test_nothing_published_before_the_first_tick(engine, reader):
     engine.send("a", 0.0)
     assert reader.epoch == 0 and reader.age_s == float("inf")
-    calls = [lambda: reader.score("a"), lambda: reader.state("a"), reader.snapshot,
-             reader.top, reader.pick]
+    calls = [
+        lambda: reader.score("a"),
+        lambda: reader.state("a"),
+        reader.snapshot,
+        reader.top,
+        reader.pick,
+    ]
     for call in calls:
         with pytest.raises(NothingPublished, match=r"^engine '.+' has not published a tick yet$"):
             call()
@@ -91,12 +107,17 @@ def test_attaching_to_no_engine_names_it(shm_name):
 def test_every_reader_exception_is_exported_from_clients():
     """What a scheduler catches is importable from `clients` (no numba needed)
     and is one family."""
-    for exc in (EngineNotRunning, NothingPublished, UnknownNode, ReadContention,
-                clients.LayoutMismatch):
+    for exc in (
+        EngineNotRunning,
+        NothingPublished,
+        UnknownNode,
+        ReadContention,
+        clients.LayoutMismatch,
+    ):
         assert exc.__name__ in clients.__all__ and getattr(clients, exc.__name__) is exc
         assert issubclass(exc, ShmEngineError)
     assert issubclass(UnknownNode, KeyError)
-    assert not issubclass(ReadContention, KeyError)     # not "no such node"
+    assert not issubclass(ReadContention, KeyError)  # not "no such node"
     assert not issubclass(NothingPublished, KeyError)
 
 
@@ -134,8 +155,9 @@ def test_score_state_snapshot_and_top_agree_with_the_buffer(engine, reader):
 def test_unknown_node_is_a_key_error_naming_it(engine, reader):
     engine.send("a", 0.0)
     engine.tick(0.0)
-    with pytest.raises(UnknownNode, match=r"^node 'nope' is not registered with engine '.+'$") \
-            as err:
+    with pytest.raises(
+        UnknownNode, match=r"^node 'nope' is not registered with engine '.+'$"
+    ) as err:
         reader.score("nope")
     assert isinstance(err.value, KeyError) and err.value.node == "nope"
     with pytest.raises(UnknownNode, match=r"^node 'nope' is not registered"):
@@ -150,25 +172,28 @@ def test_every_call_sees_the_tick_published_before_it(engine, reader):
     engine.tick(0.0)
     assert reader.score("a") > reader.score("b") > 0 and reader.top(1)[0][0] == "a"
     states = set()
-    for epoch in range(2, 8):           # a alternates between idle and overloaded
+    for epoch in range(2, 8):  # a alternates between idle and overloaded
         engine.send("a", float(epoch), cpu=0.99 if epoch % 2 else 0.1)
         engine.send("b", float(epoch), cpu=0.5)
         engine.tick(float(epoch))
         buf = engine.views.buffers[epoch & 1]
         out, names = buf.out, ("a", "b")
-        ranked = out.ranked[:int(buf.n_ranked[0])]
+        ranked = out.ranked[: int(buf.n_ranked[0])]
         assert reader.score("a") == out.score[0] and reader.score("b") == out.score[1]
         assert reader.top(2) == [(names[s], out.score[s]) for s in ranked]
         states.add(reader.state("a"))
-    assert reader.epoch == 7 and NodeState.OVERLOADED in states   # the ticks really differed
+    assert reader.epoch == 7 and NodeState.OVERLOADED in states  # the ticks really differed
 
 
 def test_registered_but_not_yet_scored(engine, reader):
     engine.send("a", 0.0)
     engine.tick(0.0)
     engine.send("late", 0.0)
-    with pytest.raises(UnknownNode, match=r"^node 'late' is registered but not scored yet by "
-                                          r"engine '.+'; it is from the next tick$"):
+    with pytest.raises(
+        UnknownNode,
+        match=r"^node 'late' is registered but not scored yet by "
+        r"engine '.+'; it is from the next tick$",
+    ):
         reader.score("late")
     engine.tick(0.05)
     assert reader.score("late") > 0
@@ -192,11 +217,11 @@ def test_top_names_nodes_registered_after_the_first_call_and_reused_slots(engine
     engine.send("a", 0.0, cpu=0.5)
     engine.tick(0.0)
     assert [n for n, _ in reader.top(5)] == ["a"]
-    engine.send("b", 0.5, cpu=0.1)             # unseen by the reader's index so far
+    engine.send("b", 0.5, cpu=0.1)  # unseen by the reader's index so far
     engine.tick(0.5)
     assert [n for n, _ in reader.top(5)] == ["b", "a"]
     engine.registry.free(1)
-    assert engine.send("c", 1.0, cpu=0.05) == 1     # b's slot, a new generation
+    assert engine.send("c", 1.0, cpu=0.05) == 1  # b's slot, a new generation
     engine.tick(1.0)
     top = reader.top(5)
     assert [n for n, _ in top] == ["c", "a"]
@@ -212,13 +237,13 @@ def test_top_skips_out_of_range_and_unknown_slots_without_faulting(engine, reade
     for i, cpu in enumerate((0.1, 0.2, 0.3)):
         engine.send(f"n{i}", t, cpu=cpu)
     engine.tick(t)
-    engine.tick(t)          # both buffers hold the three nodes
+    engine.tick(t)  # both buffers hold the three nodes
     assert [n for n, _ in reader.top(3)] == ["n0", "n1", "n2"]
     seq = engine.views.header.latch_seq
     buf = engine.views.buffers[write_begin(seq) & 1]
-    buf.out.ranked[:4] = [10_000_000, -5, 7, 2]     # 7: an empty slot
+    buf.out.ranked[:4] = [10_000_000, -5, 7, 2]  # 7: an empty slot
     buf.n_ranked[0] = 4
-    write_end(seq)          # publish it, garbage included
+    write_end(seq)  # publish it, garbage included
     assert reader.top(4) == [("n2", buf.out.score[2])]
     # A writer mid-publish never disturbs the published ranking.
     write_begin(seq)
@@ -248,10 +273,13 @@ def test_lapped_on_every_retry_without_an_earlier_copy_is_read_contention(engine
     engine.tick(0.0)
     reader._seq_mv = _LappingSeq(4)  # a writer faster than any copy
     for call in (lambda: reader.score("a"), lambda: reader.state("a"), reader.snapshot):
-        with pytest.raises(ReadContention, match=r"^engine '.+' published faster than this reader "
-                                                 r"could copy .+ \(17 attempts\)"):
+        with pytest.raises(
+            ReadContention,
+            match=r"^engine '.+' published faster than this reader "
+            r"could copy .+ \(17 attempts\)",
+        ):
             call()
-    assert reader.top(5) == [] and reader.pick() is None     # documented statuses
+    assert reader.top(5) == [] and reader.pick() is None  # documented statuses
     assert reader.retries_exhausted == 5
 
 
@@ -377,8 +405,10 @@ def test_stress_readers_never_see_a_mixed_or_backward_snapshot(shm_name, reap):
         reap(w)
         w.start()
         assert ready.wait(60)
-        readers = [ctx.Process(target=_stress_reader, args=(shm_name, reads_each, result))
-                   for _ in range(n_readers)]
+        readers = [
+            ctx.Process(target=_stress_reader, args=(shm_name, reads_each, result))
+            for _ in range(n_readers)
+        ]
         for p in readers:
             reap(p)
             p.start()

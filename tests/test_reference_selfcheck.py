@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from traces import build  # tests/traces/build.py
-
 from reference import (
     DEFAULT_PARAMS,
     ReferenceEngine,
@@ -27,6 +25,7 @@ from reference import (
     validate_feedback,
     validate_heartbeat,
 )
+from traces import build  # tests/traces/build.py
 
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
 
@@ -41,8 +40,15 @@ GM = 1 - 0.1 / 0.95
 
 
 def hb(tick, node="n", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=0.1, **opt):
-    return {"tick": tick, "node": node, "cpu": cpu, "mem": mem, "queue": queue,
-            "avg_job_s": avg_job_s, **opt}
+    return {
+        "tick": tick,
+        "node": node,
+        "cpu": cpu,
+        "mem": mem,
+        "queue": queue,
+        "avg_job_s": avg_job_s,
+        **opt,
+    }
 
 
 def fb(tick, node="n", **values):
@@ -70,6 +76,7 @@ def plain_core(g_succ=1.0):
 
 
 # ------------------------------------------------------------ one tick, by hand
+
 
 def test_core_single_node_uses_no_pressure_of_its_own():
     # cpu 0.49 / 0.98 = 0.5 -> g_cpu 0.5; mem 0.19 / 0.95 = 0.2 -> g_mem 0.8
@@ -106,18 +113,21 @@ def test_core_with_every_optional_metric():
     assert unscored["raw"] == rec["raw"]
 
 
-@pytest.mark.parametrize("opt, core", [
-    # cpu 0.49 -> 0.5, mem 0 -> 1, wait 0 -> 1, avg_job_s 0: no rate term,
-    # success always scored (1 with no outcomes):
-    # (0.2*0.5 + 0.15*1 + 0.25*1 + 0.15*1) / (0.2 + 0.15 + 0.25 + 0.15)
-    ({}, 0.65 / 0.75),
-    # ok 0, err 0 reported: still e = 0 -> g_succ 1, the same core (version 1
-    # gave (0 + 1) / (0 + 0 + 2) = 0.5 here)
-    ({"ok": 0, "err": 0}, 0.65 / 0.75),
-    # ok 3, err 4: g_succ = (3 + 1) / (3 + 4 + 1) = 0.5
-    # (0.1 + 0.15 + 0.25 + 0.15*0.5) / 0.75 = 0.575 / 0.75
-    ({"ok": 3, "err": 4}, 0.575 / 0.75),
-])
+@pytest.mark.parametrize(
+    "opt, core",
+    [
+        # cpu 0.49 -> 0.5, mem 0 -> 1, wait 0 -> 1, avg_job_s 0: no rate term,
+        # success always scored (1 with no outcomes):
+        # (0.2*0.5 + 0.15*1 + 0.25*1 + 0.15*1) / (0.2 + 0.15 + 0.25 + 0.15)
+        ({}, 0.65 / 0.75),
+        # ok 0, err 0 reported: still e = 0 -> g_succ 1, the same core (version 1
+        # gave (0 + 1) / (0 + 0 + 2) = 0.5 here)
+        ({"ok": 0, "err": 0}, 0.65 / 0.75),
+        # ok 3, err 4: g_succ = (3 + 1) / (3 + 4 + 1) = 0.5
+        # (0.1 + 0.15 + 0.25 + 0.15*0.5) / 0.75 = 0.575 / 0.75
+        ({"ok": 3, "err": 4}, 0.575 / 0.75),
+    ],
+)
 def test_success_is_always_scored(opt, core):
     (rec,) = reference_replay([hb(0, cpu=0.49, mem=0.0, avg_job_s=0.0, **opt)])
     assert rec["raw"] == approx(core)
@@ -125,35 +135,46 @@ def test_success_is_always_scored(opt, core):
 
 # ------------------------------------------------------------ load, wait, slots
 
-@pytest.mark.parametrize("queue, rif, slots, avg_job_s, load, wait", [
-    # load = max(qema, rif - slots, 0); wait = load * avg_job_s / slots
-    (2.0, 0, 1, 0.5, 2.0, 1.0),      # max(2, -1, 0) = 2;  2 * 0.5 / 1
-    (2.0, 5, 1, 0.5, 4.0, 2.0),      # max(2, 4, 0) = 4;   4 * 0.5 / 1
-    (2.0, 3, 1, 0.5, 2.0, 1.0),      # rif - slots = 2 = qema
-    (0.0, 0, 4, 1.0, 0.0, 0.0),      # max(0, -4, 0) = 0
-    (0.0, 3, 4, 1.0, 0.0, 0.0),      # rif below slots: nothing waits
-    (1.0, 10, 4, 2.0, 6.0, 3.0),     # max(1, 6, 0) = 6;   6 * 2 / 4
-    (8.0, 0, 4, 1.0, 8.0, 2.0),      # the queue is shared by 4 slots: 8 / 4
-    (8.0, 0, 65535, 2.0, 8.0, 16.0 / 65535),
-])
+
+@pytest.mark.parametrize(
+    "queue, rif, slots, avg_job_s, load, wait",
+    [
+        # load = max(qema, rif - slots, 0); wait = load * avg_job_s / slots
+        (2.0, 0, 1, 0.5, 2.0, 1.0),  # max(2, -1, 0) = 2;  2 * 0.5 / 1
+        (2.0, 5, 1, 0.5, 4.0, 2.0),  # max(2, 4, 0) = 4;   4 * 0.5 / 1
+        (2.0, 3, 1, 0.5, 2.0, 1.0),  # rif - slots = 2 = qema
+        (0.0, 0, 4, 1.0, 0.0, 0.0),  # max(0, -4, 0) = 0
+        (0.0, 3, 4, 1.0, 0.0, 0.0),  # rif below slots: nothing waits
+        (1.0, 10, 4, 2.0, 6.0, 3.0),  # max(1, 6, 0) = 6;   6 * 2 / 4
+        (8.0, 0, 4, 1.0, 8.0, 2.0),  # the queue is shared by 4 slots: 8 / 4
+        (8.0, 0, 65535, 2.0, 8.0, 16.0 / 65535),
+    ],
+)
 def test_load_and_wait(queue, rif, slots, avg_job_s, load, wait):
     lines = [hb(0, queue=queue, avg_job_s=avg_job_s, slots=slots), fb(0, rif=rif)]
     (rec,) = reference_replay(lines)
-    assert rec["qema"] == queue          # replay shows qema, not load
+    assert rec["qema"] == queue  # replay shows qema, not load
     assert rec["wait"] == approx(wait)
     # B and the queue breaker read load: B = clamp((100 - load) / 50, 0, 1)
     b = min(max((100 - load) / 50, 0.0), 1.0)
-    assert rec["raw"] == approx(b * weighted(
-        [(0.2, GC), (0.15, GM), (0.25, 1 - min(wait / 30, 1.0)), (0.15, 1.0), (0.15, 1.0)]))
+    assert rec["raw"] == approx(
+        b
+        * weighted(
+            [(0.2, GC), (0.15, GM), (0.25, 1 - min(wait / 30, 1.0)), (0.15, 1.0), (0.15, 1.0)]
+        )
+    )
 
 
-@pytest.mark.parametrize("rif, b, tripped", [
-    # 1 slot: load = rif - 1; B = clamp((100 - load) / (100 - 50), 0, 1)
-    (51, 1.0, False),    # load 50 = limit_critical: B = 50 / 50 = 1
-    (76, 0.5, False),    # load 75: B = 25 / 50
-    (100, 0.02, False),  # load 99: B = 1 / 50
-    (101, 0.0, True),    # load 100 >= max_queue: the queue breaker
-])
+@pytest.mark.parametrize(
+    "rif, b, tripped",
+    [
+        # 1 slot: load = rif - 1; B = clamp((100 - load) / (100 - 50), 0, 1)
+        (51, 1.0, False),  # load 50 = limit_critical: B = 50 / 50 = 1
+        (76, 0.5, False),  # load 75: B = 25 / 50
+        (100, 0.02, False),  # load 99: B = 1 / 50
+        (101, 0.0, True),  # load 100 >= max_queue: the queue breaker
+    ],
+)
 def test_rif_drives_backpressure_and_the_queue_breaker(rif, b, tripped):
     # avg_job_s 0: wait 0, no rate term; cpu 0.1, mem 0.1, success 1:
     # core = (0.2*GC + 0.15*GM + 0.25 + 0.15) / 0.75; raw = B * core
@@ -163,11 +184,14 @@ def test_rif_drives_backpressure_and_the_queue_breaker(rif, b, tripped):
     assert rec["qema"] == 0.0
 
 
-@pytest.mark.parametrize("slots, wait, tripped", [
-    # rif 62 with 1 s jobs: load = 62 - slots
-    (2, 30.0, True),     # 60 * 1 / 2 = 30 >= max_wait_s
-    (3, 59 / 3, False),  # 59 * 1 / 3
-])
+@pytest.mark.parametrize(
+    "slots, wait, tripped",
+    [
+        # rif 62 with 1 s jobs: load = 62 - slots
+        (2, 30.0, True),  # 60 * 1 / 2 = 30 >= max_wait_s
+        (3, 59 / 3, False),  # 59 * 1 / 3
+    ],
+)
 def test_rif_with_slots_and_the_wait_breaker(slots, wait, tripped):
     (rec,) = reference_replay([hb(0, avg_job_s=1.0, slots=slots), fb(0, rif=62)])
     assert rec["wait"] == approx(wait)
@@ -178,27 +202,32 @@ def test_slots_missing_from_a_later_row_means_one():
     # t0: 8 slots, queue 4, 0.5 s jobs: wait = 4 * 0.5 / 8 = 0.25
     # t1: no slots: the whole row is replaced, slots = 1: wait = 4 * 0.5 / 1
     #     (qema = 0.3*4 + 0.7*4 = 4)
-    recs = reference_replay([hb(0, queue=4.0, avg_job_s=0.5, slots=8),
-                             hb(1, queue=4.0, avg_job_s=0.5)])
+    recs = reference_replay(
+        [hb(0, queue=4.0, avg_job_s=0.5, slots=8), hb(1, queue=4.0, avg_job_s=0.5)]
+    )
     assert [r["wait"] for r in recs] == [approx(0.25), approx(2.0)]
 
 
 # ------------------------------------------------------------ rate normaliser
 
-@pytest.mark.parametrize("m, expected", [
-    # rates 1..m, nearest rank: R = r_(ceil(0.9*m) - 1); the maximum below 10
-    (1, 1.0),
-    (5, 5.0),
-    (9, 9.0),     # m < 10: the maximum
-    (10, 9.0),    # ceil(9.0) - 1 = 8 -> r_8 = 9
-    (11, 10.0),   # ceil(9.9) - 1 = 9 -> r_9 = 10
-    (19, 18.0),   # ceil(17.1) - 1 = 17 -> 18
-    (20, 18.0),   # ceil(18.0) - 1 = 17 -> 18
-    (21, 19.0),   # ceil(18.9) - 1 = 18 -> 19
-    (100, 90.0),  # ceil(90.0) - 1 = 89 -> 90
-])
+
+@pytest.mark.parametrize(
+    "m, expected",
+    [
+        # rates 1..m, nearest rank: R = r_(ceil(0.9*m) - 1); the maximum below 10
+        (1, 1.0),
+        (5, 5.0),
+        (9, 9.0),  # m < 10: the maximum
+        (10, 9.0),  # ceil(9.0) - 1 = 8 -> r_8 = 9
+        (11, 10.0),  # ceil(9.9) - 1 = 9 -> r_9 = 10
+        (19, 18.0),  # ceil(17.1) - 1 = 17 -> 18
+        (20, 18.0),  # ceil(18.0) - 1 = 17 -> 18
+        (21, 19.0),  # ceil(18.9) - 1 = 18 -> 19
+        (100, 90.0),  # ceil(90.0) - 1 = 89 -> 90
+    ],
+)
 def test_rate_normaliser_nearest_rank(m, expected):
-    rates = [float(r) for r in range(m, 0, -1)]   # unsorted on purpose
+    rates = [float(r) for r in range(m, 0, -1)]  # unsorted on purpose
     assert rate_normaliser(rates) == expected
 
 
@@ -213,48 +242,57 @@ def test_rate_normaliser_none_and_absurd():
 def rate_cluster(n_sane, wild=True):
     """n_sane nodes with i slots of 1 s jobs (rates 1..n_sane) and one with
     avg_job_s 1e-6; cpu = mem = queue = 0, so every other term is 1."""
-    lines = [hb(0, f"r{i:02d}", cpu=0.0, mem=0.0, avg_job_s=1.0, slots=i)
-             for i in range(1, n_sane + 1)]
+    lines = [
+        hb(0, f"r{i:02d}", cpu=0.0, mem=0.0, avg_job_s=1.0, slots=i) for i in range(1, n_sane + 1)
+    ]
     if wild:
         lines.append(hb(0, "wild", cpu=0.0, mem=0.0, avg_job_s=1e-6))
     return reference_replay(lines)
 
 
-@pytest.mark.parametrize("n_sane, big_r", [
-    (10, 10.0),            # m = 11: r_9 = 10 (the absurd one is r_10)
-    (9, 9.0),              # m = 10: r_8 = 9
-    (8, 1 / 1e-6),         # m = 9: the maximum, the absurd rate
-])
+@pytest.mark.parametrize(
+    "n_sane, big_r",
+    [
+        (10, 10.0),  # m = 11: r_9 = 10 (the absurd one is r_10)
+        (9, 9.0),  # m = 10: r_8 = 9
+        (8, 1 / 1e-6),  # m = 9: the maximum, the absurd rate
+    ],
+)
 def test_rate_percentile_in_a_tick(n_sane, big_r):
     # core = (0.2 + 0.15 + 0.25 + 0.15*g_rate + 0.15) / 0.9, g_rate = min(rate / R, 1)
     recs = rate_cluster(n_sane)
     for i in range(1, n_sane + 1):
         g = min(i / big_r, 1.0)
         assert at(recs, 0, f"r{i:02d}")["raw"] == approx((0.75 + 0.15 * g) / 0.9)
-    assert at(recs, 0, "wild")["raw"] == approx(1.0)   # its own rate / R >= 1
+    assert at(recs, 0, "wild")["raw"] == approx(1.0)  # its own rate / R >= 1
 
 
 def test_rate_term_one_when_no_live_node_has_a_rate():
     # "a" dead (fast clock, t10) with avg_job_s 0.5; "b" live, avg_job_s 0:
     # m = 0 -> g_rate = 1 for "a" (only reported when avg_job_s > 0), and a's
     # raw is 0 anyway (L = 0); "b" has no rate term
-    recs = reference_replay([hb(0, "a", avg_job_s=0.5), hb(0, "b", avg_job_s=0.0),
-                             hb(10, "b", avg_job_s=0.0)], FAST)
+    recs = reference_replay(
+        [hb(0, "a", avg_job_s=0.5), hb(0, "b", avg_job_s=0.0), hb(10, "b", avg_job_s=0.0)], FAST
+    )
     assert at(recs, 10, "a")["raw"] == 0.0
     assert at(recs, 10, "b")["raw"] == approx(
-        weighted([(0.2, GC), (0.15, GM), (0.25, 1.0), (0.15, 1.0)]))
+        weighted([(0.2, GC), (0.15, GM), (0.25, 1.0), (0.15, 1.0)])
+    )
 
 
 def test_dead_node_rate_ratio_overflow_is_capped():
     # "a" dead at t10 with rate 1 / 1e-300 = 1e300; R = 1 / 1e10 = 1e-10 from
     # live "b": 1e300 / 1e-10 = inf, min(inf, 1) = 1; raw = 0 * B * core = 0
-    recs = reference_replay([hb(0, "a", avg_job_s=1e-300), hb(0, "b", avg_job_s=1e10),
-                             hb(10, "b", avg_job_s=1e10)], FAST)
+    recs = reference_replay(
+        [hb(0, "a", avg_job_s=1e-300), hb(0, "b", avg_job_s=1e10), hb(10, "b", avg_job_s=1e10)],
+        FAST,
+    )
     assert at(recs, 10, "a")["raw"] == 0.0
     assert at(recs, 10, "a")["state"] == "dead"
 
 
 # ------------------------------------------------------------ leave-one-out pressure
+
 
 def test_pressure_leave_one_out_two_live_nodes():
     # a: queue 9, 1 s jobs -> wait 9, p_a = 0.3; b: queue 0 -> p_b = 0
@@ -265,8 +303,12 @@ def test_pressure_leave_one_out_two_live_nodes():
     # b: w_wait = 0.25 + 0.5*0.3 = 0.40, w_rate = 0.15 + 0.3*0.3 = 0.24
     #    (0.1 + 0.12 + 0.40*1 + 0.24*1 + 0.15) / (0.2 + 0.15 + 0.40 + 0.24 + 0.15)
     #    = 1.01 / 1.14
-    recs = reference_replay([hb(0, "a", cpu=0.49, mem=0.19, queue=9.0, avg_job_s=1.0),
-                             hb(0, "b", cpu=0.49, mem=0.19, queue=0.0, avg_job_s=1.0)])
+    recs = reference_replay(
+        [
+            hb(0, "a", cpu=0.49, mem=0.19, queue=9.0, avg_job_s=1.0),
+            hb(0, "b", cpu=0.49, mem=0.19, queue=0.0, avg_job_s=1.0),
+        ]
+    )
     assert [r["pressure"] for r in recs] == [approx(0.15), approx(0.15)]
     assert at(recs, 0, "a")["raw"] == approx(0.695 / 0.9)
     assert at(recs, 0, "b")["raw"] == approx(1.01 / 1.14)
@@ -284,9 +326,15 @@ def test_pressure_leave_one_out_three_live_nodes_and_a_dead_one():
     # P_c = (0.9 - 0.1) / 2 = 0.4: w_wait 0.45, w_rate 0.27, g_wait 0.9
     #   (0.1 + 0.12 + 0.45*0.9 + 0.27 + 0.15) / 1.22 = 1.045 / 1.22
     g = {"cpu": 0.49, "mem": 0.19, "avg_job_s": 1.0}
-    recs = reference_replay([hb(0, "d", queue=60.0, **g), hb(10, "a", queue=9.0, **g),
-                             hb(10, "b", queue=15.0, **g), hb(10, "c", queue=3.0, **g)],
-                            FAST)
+    recs = reference_replay(
+        [
+            hb(0, "d", queue=60.0, **g),
+            hb(10, "a", queue=9.0, **g),
+            hb(10, "b", queue=15.0, **g),
+            hb(10, "c", queue=3.0, **g),
+        ],
+        FAST,
+    )
     assert [r["pressure"] for r in recs if r["tick"] == 10] == [approx(0.3)] * 4
     assert at(recs, 10, "d")["state"] == "dead"
     assert at(recs, 10, "a")["raw"] == approx(0.89 / 1.14)
@@ -302,24 +350,29 @@ def test_own_wait_never_raises_own_raw(others):
         lines = [hb(0, "i", queue=queue, avg_job_s=0.5)]
         lines += [hb(0, f"o{j}", queue=20.0, avg_job_s=0.5) for j in range(others)]
         return at(reference_replay(lines), 0, "i")["raw"]
+
     raws = [raw_of(q) for q in (0.0, 5.0, 20.0, 40.0, 59.0)]
     assert raws == sorted(raws, reverse=True) and raws[0] > raws[-1]
 
 
 # ------------------------------------------------------------ error window
 
+
 def test_default_decay_per_tick():
     # d = 0.5 ** (tick_interval_ms / 1000 / error_half_life_s) = 0.5 ** (0.05 / 10)
-    assert ReferenceEngine().decay() == 0.5 ** 0.005
+    assert ReferenceEngine().decay() == 0.5**0.005
     assert ReferenceEngine(HALVING).decay() == 0.5
 
 
-@pytest.mark.parametrize("ok, err, tripped", [
-    (5, 5, True),     # 10 >= min_requests 10 and 5/10 >= 0.5
-    (5, 4, False),    # 9 < 10
-    (6, 5, False),    # 11, but 5/11 < 0.5
-    (0, 10, True),
-])
+@pytest.mark.parametrize(
+    "ok, err, tripped",
+    [
+        (5, 5, True),  # 10 >= min_requests 10 and 5/10 >= 0.5
+        (5, 4, False),  # 9 < 10
+        (6, 5, False),  # 11, but 5/11 < 0.5
+        (0, 10, True),
+    ],
+)
 def test_window_breaker_boundaries_at_defaults(ok, err, tripped):
     (rec,) = reference_replay([hb(0, ok=ok, err=err)])
     assert (rec["raw"] == 0.0) == tripped
@@ -329,7 +382,7 @@ def test_window_decays_below_min_requests():
     # t0: e_err = 10 -> tripped; t1 (same row, no new heartbeat, nothing added):
     # e_err = 10 * 0.5 ** 0.005 = 9.965... < 10 -> released, s = 0.5 * raw
     # g_succ at t1 = 1 / (1 + 10 * d)
-    d = 0.5 ** 0.005
+    d = 0.5**0.005
     recs = reference_replay([hb(0, ok=0, err=10), {"tick": 1}])
     assert recs[0]["raw"] == 0.0
     assert recs[1]["raw"] == approx(plain_core(1 / (1 + 10 * d)))
@@ -340,8 +393,7 @@ def test_heartbeat_outcomes_count_once_and_feedback_resets_per_tick():
     # t1: no heartbeat (the row still says err 4, but it is not new) and no
     #     feedback: e_err = 6 * 0.5 = 3 -> g_succ = 1 / (1 + 3) = 0.25
     # t2: feedback 1 ok: e_ok = 1, e_err = 1.5 -> g_succ = 2 / 3.5
-    recs = reference_replay([hb(0, ok=0, err=4), fb(0, err=2), {"tick": 1},
-                             fb(2, ok=1)], HALVING)
+    recs = reference_replay([hb(0, ok=0, err=4), fb(0, err=2), {"tick": 1}, fb(2, ok=1)], HALVING)
     assert recs[0]["raw"] == approx(plain_core(1 / 7))
     assert recs[1]["raw"] == approx(plain_core(0.25))
     assert recs[2]["raw"] == approx(plain_core(2 / 3.5))
@@ -351,8 +403,9 @@ def test_only_the_latest_heartbeat_of_a_tick_counts_outcomes():
     # d = 0.5. t0: ok 50 then ok 1 / err 2 in the same tick: only the latest:
     # e = (1, 2) -> g_succ = 2 / 4. t1: err 2 then a row without outcomes:
     # nothing added: e = (0.5, 1) -> g_succ = 1.5 / 2.5
-    recs = reference_replay([hb(0, ok=50, err=0), hb(0, ok=1, err=2),
-                             hb(1, ok=0, err=2), hb(1)], HALVING)
+    recs = reference_replay(
+        [hb(0, ok=50, err=0), hb(0, ok=1, err=2), hb(1, ok=0, err=2), hb(1)], HALVING
+    )
     assert recs[0]["raw"] == approx(plain_core(0.5))
     assert recs[1]["raw"] == approx(plain_core(1.5 / 2.5))
 
@@ -383,18 +436,26 @@ def test_feedback_to_a_dead_node_counts():
 
 # ------------------------------------------------------------ ejection
 
-@pytest.mark.parametrize("tick, err_age, tripped", [
-    # fast clock, ejection_s 5: one error release at t0 with consec 5
-    (0, 0.0, True),
-    (4, 4.0, True),
-    (5, 5.0, False),   # err_age == ejection_s: no longer ejected
-    (6, 6.0, False),
-])
+
+@pytest.mark.parametrize(
+    "tick, err_age, tripped",
+    [
+        # fast clock, ejection_s 5: one error release at t0 with consec 5
+        (0, 0.0, True),
+        (4, 4.0, True),
+        (5, 5.0, False),  # err_age == ejection_s: no longer ejected
+        (6, 6.0, False),
+    ],
+)
 def test_ejection_boundary(tick, err_age, tripped):
     # err_age = ((tick - 0) * 1000) / 1000 = tick seconds; liveness kept at 1
-    recs = reference_replay([hb(0), fb(0, err=1, consec=5), {"tick": 6}],
-                            {"engine": {"tick_interval_ms": 1000, "forget_after_s": 300},
-                             "score": {"dead_after_s": 60.0, "suspect_after_s": 60.0}})
+    recs = reference_replay(
+        [hb(0), fb(0, err=1, consec=5), {"tick": 6}],
+        {
+            "engine": {"tick_interval_ms": 1000, "forget_after_s": 300},
+            "score": {"dead_after_s": 60.0, "suspect_after_s": 60.0},
+        },
+    )
     assert (at(recs, tick, "n")["raw"] == 0.0) == tripped
 
 
@@ -406,14 +467,17 @@ def test_ejection_boundary_at_default_clock():
     assert at(recs, 100, "n")["raw"] > 0.0
 
 
-@pytest.mark.parametrize("lines, tripped", [
-    ([fb(0, err=1, consec=4)], False),            # consec 4 < 5
-    ([fb(0, err=1, consec=5)], True),
-    ([fb(0, consec=9)], False),                   # no error release: no err_age
-    ([fb(0, err=1, consec=5), fb(0, ok=1, consec=0)], False),  # one ok ends the run
-    ([fb(0, err=1, consec=5), fb(0, ok=1)], True),  # consec as reported: still 5
-    ([fb(0, consec=5), fb(0, err=1)], True),      # lines of a tick in file order
-])
+@pytest.mark.parametrize(
+    "lines, tripped",
+    [
+        ([fb(0, err=1, consec=4)], False),  # consec 4 < 5
+        ([fb(0, err=1, consec=5)], True),
+        ([fb(0, consec=9)], False),  # no error release: no err_age
+        ([fb(0, err=1, consec=5), fb(0, ok=1, consec=0)], False),  # one ok ends the run
+        ([fb(0, err=1, consec=5), fb(0, ok=1)], True),  # consec as reported: still 5
+        ([fb(0, consec=5), fb(0, err=1)], True),  # lines of a tick in file order
+    ],
+)
 def test_ejection_rules(lines, tripped):
     (rec,) = reference_replay([hb(0), *lines])
     assert (rec["raw"] == 0.0) == tripped
@@ -422,18 +486,21 @@ def test_ejection_rules(lines, tripped):
 def test_err_age_counts_from_the_latest_error_release():
     # fast clock. err at t0 (consec 3), consec 5 at t3 without an error: err_age
     # = 3 -> ejected until t5; a new error at t4 renews it to t9.
-    params = {"engine": {"tick_interval_ms": 1000},
-              "score": {"dead_after_s": 60.0, "suspect_after_s": 60.0}}
-    recs = reference_replay([hb(0), fb(0, err=1, consec=3), fb(3, consec=5), {"tick": 7}],
-                            params)
-    assert [r["raw"] == 0.0 for r in recs] == [False, False, False, True, True,
-                                               False, False, False]
-    recs = reference_replay([hb(0), fb(0, err=1, consec=3), fb(3, consec=5),
-                             fb(4, err=1, consec=6), {"tick": 10}], params)
+    params = {
+        "engine": {"tick_interval_ms": 1000},
+        "score": {"dead_after_s": 60.0, "suspect_after_s": 60.0},
+    }
+    recs = reference_replay([hb(0), fb(0, err=1, consec=3), fb(3, consec=5), {"tick": 7}], params)
+    assert [r["raw"] == 0.0 for r in recs] == [False, False, False, True, True, False, False, False]
+    recs = reference_replay(
+        [hb(0), fb(0, err=1, consec=3), fb(3, consec=5), fb(4, err=1, consec=6), {"tick": 10}],
+        params,
+    )
     assert [r["raw"] == 0.0 for r in recs] == [False] * 3 + [True] * 6 + [False] * 2
 
 
 # ------------------------------------------------------------ feedback plumbing
+
 
 def test_feedback_after_heartbeats_in_file_order():
     # a feedback line written before the node's first heartbeat of the tick
@@ -445,8 +512,7 @@ def test_feedback_after_heartbeats_in_file_order():
     (rec,) = recs.records
     assert recs.ignored_feedback == 0
     assert rec["wait"] == approx(0.2)
-    core = weighted([(0.2, GC), (0.15, GM), (0.25, 1 - 0.2 / 30), (0.15, 1.0),
-                     (0.15, 1 / 8)])
+    core = weighted([(0.2, GC), (0.15, GM), (0.25, 1 - 0.2 / 30), (0.15, 1.0), (0.15, 1 / 8)])
     assert rec["raw"] == approx(core)
 
 
@@ -459,9 +525,13 @@ def test_rif_and_consec_persist_until_changed():
 def test_feedback_for_unregistered_nodes_is_ignored():
     # "ghost" never sent a heartbeat; "bad" sent only a rejected one; "x y" is
     # no valid id at all: three lines ignored, nothing else changes
-    lines = [hb(0), fb(0, "ghost", rif=90, err=50, consec=9),
-             {**hb(0, "bad"), "cpu": 2.0}, fb(0, "bad", rif=90),
-             fb(0, "x y", err=1)]
+    lines = [
+        hb(0),
+        fb(0, "ghost", rif=90, err=50, consec=9),
+        {**hb(0, "bad"), "cpu": 2.0},
+        fb(0, "bad", rif=90),
+        fb(0, "x y", err=1),
+    ]
     result = run_reference(lines)
     assert result.ignored_feedback == 3
     assert result.rejections == {"bad_field": 1}
@@ -474,16 +544,26 @@ def test_forgetting_and_slot_reuse_reset_feedback():
     # slot 0 at t3 and "a" comes back at t5 after "b" is forgotten: both start
     # from zero, exactly like a node that never had feedback.
     params = {"engine": {"tick_interval_ms": 1000, "forget_after_s": 3, "capacity": 1}}
-    recs = reference_replay([hb(0, "a"), fb(0, "a", rif=30, consec=9, err=20),
-                             hb(3, "b"), fb(4, "a", rif=30, err=20, consec=9),
-                             hb(6, "a")], params)
+    recs = reference_replay(
+        [
+            hb(0, "a"),
+            fb(0, "a", rif=30, consec=9, err=20),
+            hb(3, "b"),
+            fb(4, "a", rif=30, err=20, consec=9),
+            hb(6, "a"),
+        ],
+        params,
+    )
     clean = reference_replay([hb(0, "c")], params)[0]
     assert at(recs, 0, "a")["raw"] == 0.0
     for tick, node in ((3, "b"), (6, "a")):
         rec = at(recs, tick, node)
         assert rec["slot"] == 0
-        assert (rec["raw"], rec["wait"], rec["state"]) == (clean["raw"], clean["wait"],
-                                                           clean["state"])
+        assert (rec["raw"], rec["wait"], rec["state"]) == (
+            clean["raw"],
+            clean["wait"],
+            clean["state"],
+        )
 
 
 def test_feedback_reset_when_forgotten_and_back_in_one_tick():
@@ -497,13 +577,17 @@ def test_feedback_reset_when_forgotten_and_back_in_one_tick():
 
 # ------------------------------------------------------------ liveness, smoothing, registry
 
-@pytest.mark.parametrize("age, liveness", [
-    (2, 1.0),    # age == suspect_after_s: L = 1
-    (3, 0.875),  # (10 - 3) / (10 - 2)
-    (6, 0.5),    # (10 - 6) / 8
-    (9, 0.125),  # (10 - 9) / 8
-    (10, 0.0),   # age == dead_after_s: L = 0, DEAD
-])
+
+@pytest.mark.parametrize(
+    "age, liveness",
+    [
+        (2, 1.0),  # age == suspect_after_s: L = 1
+        (3, 0.875),  # (10 - 3) / (10 - 2)
+        (6, 0.5),  # (10 - 6) / 8
+        (9, 0.125),  # (10 - 9) / 8
+        (10, 0.0),  # age == dead_after_s: L = 0, DEAD
+    ],
+)
 def test_liveness_on_the_fast_clock(age, liveness):
     # tick_interval_ms 1000: age at tick k = ((k - 0) * 1000) / 1000 = k seconds
     recs = reference_replay([hb(0), {"tick": age}], FAST)
@@ -524,10 +608,10 @@ def test_queue_ema_one_step_per_tick_latest_heartbeat():
     # t2: no heartbeat, qema stays 13
     # t3: two heartbeats (queue 0 then 30): only the latest, one step:
     #     qema = 0.3*30 + 0.7*13 = 9 + 9.1 = 18.1
-    recs = reference_replay([hb(0, queue=10.0), hb(1, queue=20.0), {"tick": 2},
-                             hb(3, queue=0.0), hb(3, queue=30.0)])
-    assert [r["qema"] for r in recs] == [approx(10.0), approx(13.0), approx(13.0),
-                                         approx(18.1)]
+    recs = reference_replay(
+        [hb(0, queue=10.0), hb(1, queue=20.0), {"tick": 2}, hb(3, queue=0.0), hb(3, queue=30.0)]
+    )
+    assert [r["qema"] for r in recs] == [approx(10.0), approx(13.0), approx(13.0), approx(18.1)]
 
 
 def test_first_tick_uses_latest_of_several_heartbeats():
@@ -541,8 +625,12 @@ def test_smoothing_and_backpressure():
     # t0: qema 60, B = (100 - 60) / 50 = 0.8, raw 0.8, s = 0.8
     # t1: qema = 0.3*0 + 0.7*60 = 42 -> B = clamp(58/50) = 1, raw 1
     #     s = 0.5*1 + 0.5*0.8 = 0.9
-    recs = reference_replay([hb(0, cpu=0.0, mem=0.0, queue=60.0, avg_job_s=0.0),
-                             hb(1, cpu=0.0, mem=0.0, queue=0.0, avg_job_s=0.0)])
+    recs = reference_replay(
+        [
+            hb(0, cpu=0.0, mem=0.0, queue=60.0, avg_job_s=0.0),
+            hb(1, cpu=0.0, mem=0.0, queue=0.0, avg_job_s=0.0),
+        ]
+    )
     assert [r["raw"] for r in recs] == [approx(0.8), approx(1.0)]
     assert [r["score"] for r in recs] == [approx(0.8), approx(0.9)]
 
@@ -573,8 +661,7 @@ def test_forgetting_before_heartbeats_and_lowest_free_slot():
     # forget_after_s 5 on the fast clock: "a" (slot 0, last t0) is forgotten
     # at t5 before t5's heartbeats; "c" arriving at t5 takes slot 0.
     params = {"engine": {"tick_interval_ms": 1000, "forget_after_s": 5}}
-    recs = reference_replay([hb(0, "a"), hb(0, "b"), hb(1, "b"), hb(5, "c"),
-                             hb(5, "b")], params)
+    recs = reference_replay([hb(0, "a"), hb(0, "b"), hb(1, "b"), hb(5, "c"), hb(5, "b")], params)
     assert [(r["node"], r["slot"]) for r in recs if r["tick"] == 4] == [("a", 0), ("b", 1)]
     assert [(r["node"], r["slot"]) for r in recs if r["tick"] == 5] == [("c", 0), ("b", 1)]
 
@@ -598,19 +685,34 @@ def test_ticks_argument_cuts_and_extends():
 
 # ------------------------------------------------------------ configuration
 
+
 def test_version_2_keys_and_defaults():
     sc = DEFAULT_PARAMS["score"]
-    assert (sc["min_requests"], sc["error_half_life_s"], sc["max_consecutive_errors"],
-            sc["ejection_s"]) == (10, 10.0, 5, 5.0)
-    assert sc["weights"] == {"cpu": 0.20, "mem": 0.15, "io": 0.05, "wait": 0.25,
-                             "rate": 0.15, "success": 0.15, "tail": 0.05}
+    assert (
+        sc["min_requests"],
+        sc["error_half_life_s"],
+        sc["max_consecutive_errors"],
+        sc["ejection_s"],
+    ) == (10, 10.0, 5, 5.0)
+    assert sc["weights"] == {
+        "cpu": 0.20,
+        "mem": 0.15,
+        "io": 0.05,
+        "wait": 0.25,
+        "rate": 0.15,
+        "success": 0.15,
+        "tail": 0.05,
+    }
     assert merge_params({"score": {"weights": {"rate": 0.3}}})["score"]["weights"]["rate"] == 0.3
 
 
-@pytest.mark.parametrize("params, key", [
-    ({"score": {"weights": {"throughput": 0.15}}}, "score.weights.throughput"),
-    ({"score": {"max_throughput": 1.0}}, "score.max_throughput"),
-])
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"score": {"weights": {"throughput": 0.15}}}, "score.weights.throughput"),
+        ({"score": {"max_throughput": 1.0}}, "score.max_throughput"),
+    ],
+)
 def test_unknown_keys_are_refused(params, key):
     with pytest.raises(KeyError, match=key.replace(".", r"\.")):
         merge_params(params)
@@ -621,64 +723,67 @@ def test_unknown_keys_are_refused(params, key):
 GOOD = {"node": "n", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1}
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"cpu": None}, "missing_field"),
-    ({"node": None}, "missing_field"),
-    ({"avg_job_s": None}, "missing_field"),
-    ({"ok": 3}, "missing_field"),
-    ({"p95_ms": 3.0}, "missing_field"),
-    ({"colour": "red"}, "unknown_field"),
-    ({"cpu": 1.0000001}, "bad_field"),
-    ({"cpu": -0.0001}, "bad_field"),
-    ({"mem": float("nan")}, "bad_field"),
-    ({"queue": float("inf")}, "bad_field"),
-    ({"queue": -1}, "bad_field"),
-    ({"cpu": "0.5"}, "bad_field"),
-    ({"cpu": True}, "bad_field"),
-    ({"ok": 1, "err": True}, "bad_field"),
-    ({"ok": -1, "err": 0}, "bad_field"),
-    ({"ok": 2**32, "err": 0}, "bad_field"),
-    ({"ok": 1.0, "err": 0}, "bad_field"),
-    ({"p50_ms": 0.0, "p95_ms": 1.0}, "bad_field"),
-    ({"p50_ms": 2.0, "p95_ms": 1.0}, "bad_field"),
-    ({"io": 1.5}, "bad_field"),
-    ({"throughput": -0.1}, "bad_field"),
-    ({"ts": float("nan")}, "bad_field"),
-    ({"zone": "z" * 32}, "bad_field"),
-    ({"labels": {"a": 1}}, "bad_field"),
-    ({"slots": 0}, "bad_field"),
-    ({"slots": 65536}, "bad_field"),
-    ({"slots": -1}, "bad_field"),
-    ({"slots": 2.0}, "bad_field"),
-    ({"slots": True}, "bad_field"),
-    ({"slots": "4"}, "bad_field"),
-    ({"resources": ["gpu"]}, "bad_field"),
-    ({"resources": {f"r{i}": 1.0 for i in range(9)}}, "bad_field"),   # 9 names
-    ({"resources": {"": 1.0}}, "bad_field"),
-    ({"resources": {"g" * 16: 1.0}}, "bad_field"),
-    ({"resources": {"é" * 8: 1.0}}, "bad_field"),                     # 16 bytes
-    ({"resources": {"gpu": -1.0}}, "bad_field"),
-    ({"resources": {"gpu": float("nan")}}, "bad_field"),
-    ({"resources": {"gpu": float("inf")}}, "bad_field"),
-    ({"resources": {"gpu": "1"}}, "bad_field"),
-    ({"resources": {"gpu": True}}, "bad_field"),
-    ({"node": ""}, "bad_node_id"),
-    ({"node": "x" * 64}, "bad_node_id"),
-    ({"node": "é"}, "bad_node_id"),
-    ({"node": "a b"}, "bad_node_id"),
-    ({"node": "a\x00b"}, "bad_node_id"),
-    ({"node": "a\x7fb"}, "bad_node_id"),
-    ({"node": "a\tb"}, "bad_node_id"),
-    ({"node": "a\n"}, "bad_node_id"),
-    ({"node": "a\u200bb"}, "bad_node_id"),        # zero-width space (format)
-    ({"node": "a\u00a0b"}, "bad_node_id"),        # no-break space
-    ({"node": "nod\u0435"}, "bad_node_id"),       # Cyrillic e, looks like "node"
-    ({"node": "\uff4e"}, "bad_node_id"),          # fullwidth n
-    ({"node": "a+b"}, "bad_node_id"),
-    ({"node": "a,b"}, "bad_node_id"),
-    ({"node": "a\\b"}, "bad_node_id"),
-    ({"node": 5}, "bad_node_id"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"cpu": None}, "missing_field"),
+        ({"node": None}, "missing_field"),
+        ({"avg_job_s": None}, "missing_field"),
+        ({"ok": 3}, "missing_field"),
+        ({"p95_ms": 3.0}, "missing_field"),
+        ({"colour": "red"}, "unknown_field"),
+        ({"cpu": 1.0000001}, "bad_field"),
+        ({"cpu": -0.0001}, "bad_field"),
+        ({"mem": float("nan")}, "bad_field"),
+        ({"queue": float("inf")}, "bad_field"),
+        ({"queue": -1}, "bad_field"),
+        ({"cpu": "0.5"}, "bad_field"),
+        ({"cpu": True}, "bad_field"),
+        ({"ok": 1, "err": True}, "bad_field"),
+        ({"ok": -1, "err": 0}, "bad_field"),
+        ({"ok": 2**32, "err": 0}, "bad_field"),
+        ({"ok": 1.0, "err": 0}, "bad_field"),
+        ({"p50_ms": 0.0, "p95_ms": 1.0}, "bad_field"),
+        ({"p50_ms": 2.0, "p95_ms": 1.0}, "bad_field"),
+        ({"io": 1.5}, "bad_field"),
+        ({"throughput": -0.1}, "bad_field"),
+        ({"ts": float("nan")}, "bad_field"),
+        ({"zone": "z" * 32}, "bad_field"),
+        ({"labels": {"a": 1}}, "bad_field"),
+        ({"slots": 0}, "bad_field"),
+        ({"slots": 65536}, "bad_field"),
+        ({"slots": -1}, "bad_field"),
+        ({"slots": 2.0}, "bad_field"),
+        ({"slots": True}, "bad_field"),
+        ({"slots": "4"}, "bad_field"),
+        ({"resources": ["gpu"]}, "bad_field"),
+        ({"resources": {f"r{i}": 1.0 for i in range(9)}}, "bad_field"),  # 9 names
+        ({"resources": {"": 1.0}}, "bad_field"),
+        ({"resources": {"g" * 16: 1.0}}, "bad_field"),
+        ({"resources": {"é" * 8: 1.0}}, "bad_field"),  # 16 bytes
+        ({"resources": {"gpu": -1.0}}, "bad_field"),
+        ({"resources": {"gpu": float("nan")}}, "bad_field"),
+        ({"resources": {"gpu": float("inf")}}, "bad_field"),
+        ({"resources": {"gpu": "1"}}, "bad_field"),
+        ({"resources": {"gpu": True}}, "bad_field"),
+        ({"node": ""}, "bad_node_id"),
+        ({"node": "x" * 64}, "bad_node_id"),
+        ({"node": "é"}, "bad_node_id"),
+        ({"node": "a b"}, "bad_node_id"),
+        ({"node": "a\x00b"}, "bad_node_id"),
+        ({"node": "a\x7fb"}, "bad_node_id"),
+        ({"node": "a\tb"}, "bad_node_id"),
+        ({"node": "a\n"}, "bad_node_id"),
+        ({"node": "a\u200bb"}, "bad_node_id"),  # zero-width space (format)
+        ({"node": "a\u00a0b"}, "bad_node_id"),  # no-break space
+        ({"node": "nod\u0435"}, "bad_node_id"),  # Cyrillic e, looks like "node"
+        ({"node": "\uff4e"}, "bad_node_id"),  # fullwidth n
+        ({"node": "a+b"}, "bad_node_id"),
+        ({"node": "a,b"}, "bad_node_id"),
+        ({"node": "a\\b"}, "bad_node_id"),
+        ({"node": 5}, "bad_node_id"),
+    ],
+)
 def test_rejection_reasons(change, reason):
     msg = dict(GOOD)
     for key, value in change.items():
@@ -690,20 +795,23 @@ def test_rejection_reasons(change, reason):
         validate_heartbeat(msg)
 
 
-@pytest.mark.parametrize("change", [
-    {"cpu": 0, "mem": 1, "queue": 3, "avg_job_s": 0},   # ints are numbers
-    {"node": "x" * 63},
-    {"node": "A-Z.a_z:0/9"},
-    {"node": "rack-7/node_03.example:9100"},
-    {"ok": 0, "err": 2**32 - 1},
-    {"p50_ms": 5.0, "p95_ms": 5.0},
-    {"io": 0.0, "throughput": 0.0, "ts": -3.5, "zone": "", "labels": {}},
-    {"zone": "z" * 31, "labels": {"k": "v", "é": "ü"}},
-    {"slots": 1},
-    {"slots": 65535},
-    {"resources": {}},
-    {"resources": {"g" * 15: 0.0, "é" * 7: 3, **{f"r{i}": 1e300 for i in range(6)}}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"cpu": 0, "mem": 1, "queue": 3, "avg_job_s": 0},  # ints are numbers
+        {"node": "x" * 63},
+        {"node": "A-Z.a_z:0/9"},
+        {"node": "rack-7/node_03.example:9100"},
+        {"ok": 0, "err": 2**32 - 1},
+        {"p50_ms": 5.0, "p95_ms": 5.0},
+        {"io": 0.0, "throughput": 0.0, "ts": -3.5, "zone": "", "labels": {}},
+        {"zone": "z" * 31, "labels": {"k": "v", "é": "ü"}},
+        {"slots": 1},
+        {"slots": 65535},
+        {"resources": {}},
+        {"resources": {"g" * 15: 0.0, "é" * 7: 3, **{f"r{i}": 1e300 for i in range(6)}}},
+    ],
+)
 def test_accepted_edge_cases(change):
     row = validate_heartbeat({**GOOD, **change})
     assert isinstance(row["cpu"], float)
@@ -727,15 +835,18 @@ def test_rejected_heartbeat_changes_nothing():
     assert with_bad.rejections == {"bad_field": 11}
 
 
-@pytest.mark.parametrize("line, match", [
-    ({"tick": 0, "feedback": "n", "cpu": 0.5}, "unknown keys"),
-    ({"tick": 0, "feedback": 5}, "node id"),
-    ({"tick": 0, "feedback": None}, "node id"),
-    ({"tick": 0, "feedback": "n", "rif": -1}, "rif"),
-    ({"tick": 0, "feedback": "n", "ok": 1.5}, "ok"),
-    ({"tick": 0, "feedback": "n", "err": True}, "err"),
-    ({"tick": 0, "feedback": "n", "consec": "3"}, "consec"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ({"tick": 0, "feedback": "n", "cpu": 0.5}, "unknown keys"),
+        ({"tick": 0, "feedback": 5}, "node id"),
+        ({"tick": 0, "feedback": None}, "node id"),
+        ({"tick": 0, "feedback": "n", "rif": -1}, "rif"),
+        ({"tick": 0, "feedback": "n", "ok": 1.5}, "ok"),
+        ({"tick": 0, "feedback": "n", "err": True}, "err"),
+        ({"tick": 0, "feedback": "n", "consec": "3"}, "consec"),
+    ],
+)
 def test_malformed_feedback_lines_make_the_trace_invalid(line, match):
     with pytest.raises(ValueError, match=match):
         validate_feedback(line)
@@ -745,13 +856,19 @@ def test_malformed_feedback_lines_make_the_trace_invalid(line, match):
 
 def test_feedback_line_defaults():
     assert validate_feedback({"tick": 3, "feedback": "n"}) == {
-        "node": "n", "rif": None, "ok": 0, "err": 0, "consec": None}
-    assert validate_feedback({"tick": 3, "feedback": "n", "rif": 0, "ok": 2, "err": 1,
-                              "consec": 0}) == {
-        "node": "n", "rif": 0, "ok": 2, "err": 1, "consec": 0}
+        "node": "n",
+        "rif": None,
+        "ok": 0,
+        "err": 0,
+        "consec": None,
+    }
+    assert validate_feedback(
+        {"tick": 3, "feedback": "n", "rif": 0, "ok": 2, "err": 1, "consec": 0}
+    ) == {"node": "n", "rif": 0, "ok": 2, "err": 1, "consec": 0}
 
 
 # ------------------------------------------------------------ trace paths
+
 
 def run(name):
     (trace,) = [t for t in build.all_traces() if t.name == name]
@@ -760,8 +877,7 @@ def run(name):
 
 def path(records, node):
     """Compressed state path 'tick:S@slot ...' (X = dead), one entry per change."""
-    letter = {"healthy": "H", "degraded": "D", "overloaded": "O",
-              "quarantined": "Q", "dead": "X"}
+    letter = {"healthy": "H", "degraded": "D", "overloaded": "O", "quarantined": "Q", "dead": "X"}
     out, prev = [], None
     for r in records:
         if r["node"] == node:
@@ -778,14 +894,17 @@ def zero_raw_ticks(records, node):
 
 def test_committed_traces_match_builders():
     expected = build.expected_files()
-    on_disk = {p.name: p.read_text(encoding="utf-8")
-               for p in TRACES_DIR.iterdir() if p.suffix in (".jsonl", ".toml")}
+    on_disk = {
+        p.name: p.read_text(encoding="utf-8")
+        for p in TRACES_DIR.iterdir()
+        if p.suffix in (".jsonl", ".toml")
+    }
     assert on_disk == expected, "run: python tests/traces/build.py"
 
 
 def test_no_trace_sets_a_version_1_key():
     for trace in build.all_traces():
-        merge_params(trace.params)   # raises on weights.throughput and the like
+        merge_params(trace.params)  # raises on weights.throughput and the like
 
 
 def test_every_trace_node_id_is_valid_or_meant_to_be_rejected():
@@ -819,12 +938,12 @@ def test_breakers_each_condition():
     # errs, d = 0.5 ** 0.005: t4 e = (5, 5): 10 at rate 0.5; t5..t7 one more
     # error each (rate > 0.5, total > 10); t8: 10 oks bring the rate to
     # (5d^4 + d^3 + d^2 + d) / (that + 5d^4 + 10) ~ 0.36
-    d = 0.5 ** 0.005
-    e_err = 5 * d ** 4 + d ** 3 + d ** 2 + d
-    assert e_err / (e_err + 5 * d ** 4 + 10) < 0.5
-    assert zero_raw_ticks(recs, "errs_near") == []      # 5 / 11 < 0.5
-    assert zero_raw_ticks(recs, "decay") == [0]         # 10, then 10 * d < 10
-    assert zero_raw_ticks(recs, "few") == []            # 9 < min_requests
+    d = 0.5**0.005
+    e_err = 5 * d**4 + d**3 + d**2 + d
+    assert e_err / (e_err + 5 * d**4 + 10) < 0.5
+    assert zero_raw_ticks(recs, "errs_near") == []  # 5 / 11 < 0.5
+    assert zero_raw_ticks(recs, "decay") == [0]  # 10, then 10 * d < 10
+    assert zero_raw_ticks(recs, "few") == []  # 9 < min_requests
     assert zero_raw_ticks(recs, "many") == list(range(12))
     assert zero_raw_ticks(recs, "queue99") == []
     # qema = 100 exactly on the first tick: tripped, classified OVERLOADED
@@ -839,11 +958,10 @@ def test_breakers_each_condition():
 def test_liveness_registry_paths():
     result = run("liveness_registry")
     recs = result.records
-    assert path(recs, "b") == ("0:H@1 10:D@1 12:X@1 14:H@1 23:D@1 25:X@1 35:H@1 "
-                               "43:D@1 45:X@1")
+    assert path(recs, "b") == ("0:H@1 10:D@1 12:X@1 14:H@1 23:D@1 25:X@1 35:H@1 43:D@1 45:X@1")
     assert path(recs, "c") == "0:H@2 9:D@2 11:X@2"
-    assert path(recs, "d") == "22:H@2"              # the slot "c" left at t21
-    assert path(recs, "g") == "55:H@1"              # the slot "b" left at t55
+    assert path(recs, "d") == "22:H@2"  # the slot "c" left at t21
+    assert path(recs, "g") == "55:H@1"  # the slot "b" left at t55
     assert "f" not in {r["node"] for r in recs}
     assert result.rejections == {"registry_full": 1}
     assert max(r["tick"] for r in recs) == 75
@@ -869,12 +987,22 @@ def test_optional_metrics_and_rate_normaliser():
 
     def opt_core(tick, full, g_rate):
         e_ok, e_err = opt_window(tick, d)
-        g = {"cpu": GC, "mem": GM, "wait": 1.0, "rate": g_rate,
-             "success": (e_ok + 1) / (e_ok + e_err + 1)}
+        g = {
+            "cpu": GC,
+            "mem": GM,
+            "wait": 1.0,
+            "rate": g_rate,
+            "success": (e_ok + 1) / (e_ok + e_err + 1),
+        }
         if full:
-            g.update(io=1 - 0.3, tail=0.0)   # 45/10 = 4.5 -> 3.5 / 2 capped at 1
-        return weighted([(w[m], g[m]) for m in
-                         ("cpu", "mem", "io", "wait", "rate", "success", "tail") if m in g])
+            g.update(io=1 - 0.3, tail=0.0)  # 45/10 = 4.5 -> 3.5 / 2 capped at 1
+        return weighted(
+            [
+                (w[m], g[m])
+                for m in ("cpu", "mem", "io", "wait", "rate", "success", "tail")
+                if m in g
+            ]
+        )
 
     # t0: every queue is 0 (P = 0); R = 40 from "fast" (1 slot / 0.025 s):
     # opt's rate 1 / 0.1 = 10 -> g_rate = 10 / 40 = 0.25; window (50, 5)
@@ -893,7 +1021,8 @@ def test_optional_metrics_and_rate_normaliser():
     assert at(recs, 21, "zero")["raw"] == at(recs, 22, "zero")["raw"]
     # "idle": avg_job_s 0, no rate term: (0.2 GC + 0.15 GM + 0.25 + 0.15) / 0.75
     assert at(recs, 22, "idle")["raw"] == approx(
-        weighted([(0.2, GC), (0.15, GM), (0.25, 1.0), (0.15, 1.0)]))
+        weighted([(0.2, GC), (0.15, GM), (0.25, 1.0), (0.15, 1.0)])
+    )
 
 
 def test_pressure_trace_published_and_leave_one_out():
@@ -908,8 +1037,7 @@ def test_pressure_trace_published_and_leave_one_out():
     # weights cpu 0.3, rate 0.2; R = 1 (p1, p4: 1 / 1.0; p2 slower) -> g_rate 1
     p_1 = (s - 20 / 30) / 2
     w_wait, w_rate = 0.25 + 0.8 * p_1, 0.2 + 0.6 * p_1
-    core = weighted([(0.3, GC), (0.15, GM), (w_wait, 1 - 20 / 30), (w_rate, 1.0),
-                     (0.15, 1.0)])
+    core = weighted([(0.3, GC), (0.15, GM), (w_wait, 1 - 20 / 30), (w_rate, 1.0), (0.15, 1.0)])
     assert at(recs, 12, "p1")["raw"] == approx(core)
 
 
@@ -918,16 +1046,18 @@ def test_quarantine_backoff_path():
     # probation_ticks 5: first quarantine (n=1) t4..t17: a bad tick (t9) and a
     # tripped tick (t12) restart the count, 13..17 complete it.
     # second (n=2) entered t26, needs 10: t28..t37.
-    assert path(recs, "q") == ("0:H@1 1:O@1 2:H@1 3:O@1 4:Q@1 17:H@1 23:O@1 24:H@1 "
-                               "25:O@1 26:Q@1 37:H@1")
+    assert path(recs, "q") == (
+        "0:H@1 1:O@1 2:H@1 3:O@1 4:Q@1 17:H@1 23:O@1 24:H@1 25:O@1 26:Q@1 37:H@1"
+    )
 
 
 def test_quarantine_backoff_cap_path():
     recs = run("quarantine_backoff_cap").records
     # probation 3, max_backoff 2: n1 at t3 -> t6 (3 ticks: 4, 5, 6);
     # n2 at t15 -> t21 (6 = 3*2); n3 at t29 -> t35 (6 = 3*min(3, 2), not 9)
-    assert path(recs, "q") == ("0:H@1 1:O@1 2:H@1 3:Q@1 6:H@1 13:O@1 14:H@1 15:Q@1 "
-                               "21:H@1 27:O@1 28:H@1 29:Q@1 35:H@1")
+    assert path(recs, "q") == (
+        "0:H@1 1:O@1 2:H@1 3:Q@1 6:H@1 13:O@1 14:H@1 15:Q@1 21:H@1 27:O@1 28:H@1 29:Q@1 35:H@1"
+    )
 
 
 def test_quarantine_memory_path():
@@ -935,10 +1065,12 @@ def test_quarantine_memory_path():
     # probation 3, memory 6: Q t4 (n1) -> t8; 7 clean ticks reset n; Q t18 (n1)
     # -> t22 needs 3; Q t26 (n2, only 4 clean ticks) -> t33 needs 6; Q t48
     # (n reset -> n1) dies at t59 keeping n1; revived t62, Q t65 (n2) -> t75.
-    assert path(recs, "q") == ("0:H@1 1:O@1 2:H@1 3:O@1 4:Q@1 8:H@1 15:O@1 16:H@1 "
-                               "17:O@1 18:Q@1 22:H@1 23:O@1 24:H@1 25:O@1 26:Q@1 "
-                               "33:H@1 45:O@1 46:H@1 47:O@1 48:Q@1 59:X@1 62:H@1 "
-                               "63:O@1 64:H@1 65:Q@1 75:H@1")
+    assert path(recs, "q") == (
+        "0:H@1 1:O@1 2:H@1 3:O@1 4:Q@1 8:H@1 15:O@1 16:H@1 "
+        "17:O@1 18:Q@1 22:H@1 23:O@1 24:H@1 25:O@1 26:Q@1 "
+        "33:H@1 45:O@1 46:H@1 47:O@1 48:Q@1 59:X@1 62:H@1 "
+        "63:O@1 64:H@1 65:Q@1 75:H@1"
+    )
 
 
 def test_quarantine_cap_path():
@@ -946,8 +1078,9 @@ def test_quarantine_cap_path():
     # 6 live -> cap 3: f0, f1, f2 admitted at t4; f3, f4 keep flapping H/O
     # until f0, f1 are released at t11 and they are admitted in their place.
     assert path(recs, "f2").startswith("0:H@3 1:O@3 2:H@3 3:O@3 4:Q@3 ")
-    assert path(recs, "f3").startswith("0:H@4 1:O@4 2:H@4 3:O@4 4:H@4 5:O@4 6:H@4 "
-                                       "7:O@4 8:H@4 9:O@4 10:H@4 11:Q@4 ")
+    assert path(recs, "f3").startswith(
+        "0:H@4 1:O@4 2:H@4 3:O@4 4:H@4 5:O@4 6:H@4 7:O@4 8:H@4 9:O@4 10:H@4 11:Q@4 "
+    )
     for k in range(60):
         live = sum(1 for r in recs if r["tick"] == k and r["liveness"] > 0)
         q = sum(1 for r in recs if r["tick"] == k and r["state"] == "quarantined")
@@ -965,10 +1098,20 @@ def test_rejections_trace_counts():
     # every bad heartbeat appears on 5 of the 20 ticks ((j + k) % 4 == 0):
     # missing 4 x 5; bad_field 32 x 5 (19 of version 1, 5 slots, 8 resources);
     # unknown 1 x 5; bad_node_id 13 x 5 (6 of version 1, 7 outside the rule)
-    assert result.rejections == {"missing_field": 20, "bad_field": 160,
-                                 "unknown_field": 5, "bad_node_id": 65}
+    assert result.rejections == {
+        "missing_field": 20,
+        "bad_field": 160,
+        "unknown_field": 5,
+        "bad_node_id": 65,
+    }
     assert {r["node"] for r in result.records} == {
-        "r", "keep", "e" * 63, "AZaz09._:-/" + "x" * 52, "edge", "edge2"}
+        "r",
+        "keep",
+        "e" * 63,
+        "AZaz09._:-/" + "x" * 52,
+        "edge",
+        "edge2",
+    }
     assert path(result.records, "r") == "0:H@0 9:D@0 11:X@0"
 
 
@@ -991,12 +1134,12 @@ def test_feedback_ejection_trace():
 
 def test_feedback_window_trace():
     recs = run("feedback_window").records
-    assert zero_raw_ticks(recs, "fbw") == [2]      # (4, 6) by feedback alone
+    assert zero_raw_ticks(recs, "fbw") == [2]  # (4, 6) by feedback alone
     # t3: (2, 3) -> g_succ = 3 / 6; raw with L = 1 and every other term as plain
     assert at(recs, 3, "fbw")["raw"] == approx(plain_core(0.5))
-    assert zero_raw_ticks(recs, "sum") == [2]      # (3 + 2, 3 + 2) = 10 at 0.5
-    assert zero_raw_ticks(recs, "near") == []      # 9 < 10
-    assert zero_raw_ticks(recs, "rate") == []      # 5 / 11 < 0.5
+    assert zero_raw_ticks(recs, "sum") == [2]  # (3 + 2, 3 + 2) = 10 at 0.5
+    assert zero_raw_ticks(recs, "near") == []  # 9 < 10
+    assert zero_raw_ticks(recs, "rate") == []  # 5 / 11 < 0.5
     # mix: per heartbeat (2, 3); totals 5, 7.5, 8.75, 9.375 at t0..t3;
     # t4 + 2 feedback errors: e = (3.875, 5.625/2 + 5 = 7.8125) -> 11.6875
     # t5 (3.9375, 6.90625), t6 (the latest of two heartbeats counts:
@@ -1007,31 +1150,38 @@ def test_feedback_window_trace():
     # dead: 12 errors at t0 (tripped); dead t10..t13 (raw 0); 3 feedback
     # errors at t12 while dead; revived at t14: e_err = 12 * 0.5**14 + 3 * 0.25
     assert zero_raw_ticks(recs, "dead") == [0, 10, 11, 12, 13]
-    assert at(recs, 14, "dead")["raw"] == approx(plain_core(1 / (1 + 12 * 0.5 ** 14 + 0.75)))
+    assert at(recs, 14, "dead")["raw"] == approx(plain_core(1 / (1 + 12 * 0.5**14 + 0.75)))
 
 
 def test_feedback_load_trace():
     recs = run("feedback_load").records
     # rif (1 slot, queue 2, 0.5 s jobs): wait = load * 0.5
     waits = [at(recs, k, "rif")["wait"] for k in range(12)]
-    assert waits == [approx(w) for w in
-                     [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 1.5, 1.5, 1.0, 1.0, 1.0]]
+    assert waits == [
+        approx(w) for w in [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 1.0, 1.5, 1.5, 1.0, 1.0, 1.0]
+    ]
     assert [at(recs, k, "rif")["qema"] for k in range(12)] == [approx(2.0)] * 12
     # rifs (4 slots, queue 1, 2 s jobs): load 1 -> 0.5; rif 10 -> 6 * 2 / 4 = 3
     assert [at(recs, k, "rifs")["wait"] for k in (2, 3, 4, 5)] == [
-        approx(0.5), approx(0.5), approx(0.5), approx(3.0)]
+        approx(0.5),
+        approx(0.5),
+        approx(0.5),
+        approx(3.0),
+    ]
     # rifq: load 75 at t2: B = 0.5; wait 7.5 -> g_wait 0.75; rate 10 = R
     # (rif 1/0.5 = 2, rifs 4/2 = 2, rifw 2/1 = 2): g_rate 1
     recs_t2 = [r for r in recs if r["tick"] == 2]
     p = {r["node"]: min(r["wait"] / 30, 1.0) for r in recs_t2}
     s = sum(p[n] for n in ("rif", "rifs", "rifq", "rifw"))
-    assert at(recs, 2, "rifq")["pressure"] == approx((1.0 / 30 + 0.5 / 30 + 7.5 / 30
-                                                      + 29.5 / 30) / 4)
+    assert at(recs, 2, "rifq")["pressure"] == approx(
+        (1.0 / 30 + 0.5 / 30 + 7.5 / 30 + 29.5 / 30) / 4
+    )
     p_q = (s - p["rifq"]) / 3
-    core = weighted([(0.2, GC), (0.15, GM), (0.25 + 0.5 * p_q, 0.75),
-                     (0.15 + 0.3 * p_q, 1.0), (0.15, 1.0)])
+    core = weighted(
+        [(0.2, GC), (0.15, GM), (0.25 + 0.5 * p_q, 0.75), (0.15 + 0.3 * p_q, 1.0), (0.15, 1.0)]
+    )
     assert at(recs, 2, "rifq")["raw"] == approx(0.5 * core)
-    assert zero_raw_ticks(recs, "rifq") == [5, 6, 7]         # load 100
+    assert zero_raw_ticks(recs, "rifq") == [5, 6, 7]  # load 100
     # rifw (2 slots, 1 s jobs): rif 61 -> 59 / 2 = 29.5; rif 62 -> 30: tripped
     assert at(recs, 2, "rifw")["wait"] == approx(29.5)
     assert zero_raw_ticks(recs, "rifw") == list(range(4, 12))
@@ -1062,7 +1212,11 @@ def test_slots_trace():
     recs = run("slots").records
     # waits: s1 8 * 1 / 1; s4 8 * 1 / 4; smax 99 * 2 / 65535; sdrop 4 * 0.5 / 8
     assert [at(recs, 0, n)["wait"] for n in ("s1", "s4", "smax", "sdrop")] == [
-        approx(8.0), approx(2.0), approx(198 / 65535), approx(0.25)]
+        approx(8.0),
+        approx(2.0),
+        approx(198 / 65535),
+        approx(0.25),
+    ]
     # sdrop without slots from t5: 4 * 0.5 / 1
     assert at(recs, 5, "sdrop")["wait"] == approx(2.0)
     # rates 1, 4, 65535 / 2 = 32767.5, 16: R = 32767.5 (m = 4, the maximum)
@@ -1070,13 +1224,27 @@ def test_slots_trace():
     big_r = 65535 / 2
     p = [8 / 30, 2 / 30, 198 / 65535 / 30, 0.25 / 30]
     p_s4 = (sum(p) - p[1]) / 3
-    core = weighted([(0.2, GC), (0.15, GM), (0.25 + 0.5 * p_s4, 1 - 2 / 30),
-                     (0.15 + 0.3 * p_s4, 4 / big_r), (0.15, 1.0)])
+    core = weighted(
+        [
+            (0.2, GC),
+            (0.15, GM),
+            (0.25 + 0.5 * p_s4, 1 - 2 / 30),
+            (0.15 + 0.3 * p_s4, 4 / big_r),
+            (0.15, 1.0),
+        ]
+    )
     assert at(recs, 0, "s4")["raw"] == approx(core)
     # smax: load 99 (not divided by slots): B = (100 - 99) / 50 = 0.02
     p_smax = (sum(p) - p[2]) / 3
-    core = weighted([(0.2, GC), (0.15, GM), (0.25 + 0.5 * p_smax, 1 - 198 / 65535 / 30),
-                     (0.15 + 0.3 * p_smax, 1.0), (0.15, 1.0)])
+    core = weighted(
+        [
+            (0.2, GC),
+            (0.15, GM),
+            (0.25 + 0.5 * p_smax, 1 - 198 / 65535 / 30),
+            (0.15 + 0.3 * p_smax, 1.0),
+            (0.15, 1.0),
+        ]
+    )
     assert at(recs, 0, "smax")["raw"] == approx(0.02 * core)
 
 
@@ -1087,15 +1255,14 @@ def test_rate_percentile_trace():
         # cpu = mem = queue = 0: core = (0.2 + 0.15 + 0.25 + 0.15*g + 0.15) / 0.9
         assert at(recs, tick, node)["raw"] == approx((0.75 + 0.15 * g_rate) / 0.9)
 
-    live = {k: sum(1 for r in recs if r["tick"] == k and r["liveness"] > 0)
-            for k in range(24)}
+    live = {k: sum(1 for r in recs if r["tick"] == k and r["liveness"] > 0) for k in range(24)}
     assert live[0] == 11 and live[21] == 10
-    raw(0, "r05", 5 / 10)          # m = 11: R = r_9 = 10
+    raw(0, "r05", 5 / 10)  # m = 11: R = r_9 = 10
     raw(0, "r10", 1.0)
     raw(0, "wild", 1.0)
-    raw(4, "r05", 5 / 9)           # m = 10 (r10 has no rate): R = r_8 = 9
-    assert at(recs, 4, "r10")["raw"] == approx(1.0)   # no rate term: 0.75 / 0.75
+    raw(4, "r05", 5 / 9)  # m = 10 (r10 has no rate): R = r_8 = 9
+    assert at(recs, 4, "r10")["raw"] == approx(1.0)  # no rate term: 0.75 / 0.75
     raw(8, "r05", 5 / (1 / 1e-6))  # m = 9: R = the maximum, the absurd rate
     raw(20, "r05", 5 / (1 / 1e-6))  # "wild" suspect (L = 0.125) still counts
     assert at(recs, 20, "wild")["liveness"] == approx(0.125)
-    raw(21, "r05", 5 / 8)          # "wild" dead: m = 8, R = 8
+    raw(21, "r05", 5 / 8)  # "wild" dead: m = 8, R = 8

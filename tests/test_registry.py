@@ -12,16 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm as shm_util
-from support.wait import wait_until
 from kernels.columns import make_inputs
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import ID_READ_ATTEMPTS, NodeRegistry, decode_id, read_node_id
-from shm_engine.core.rows import (column_addresses, gather, gather_inputs, make_gather_cache,
-                                  write_rows)
+from shm_engine.core.rows import (
+    column_addresses,
+    gather,
+    gather_inputs,
+    make_gather_cache,
+    write_rows,
+)
 from shm_engine.core.segment import Segment
 from shm_engine.wire.format import RECORD_DTYPE
 from shm_engine.wire.jsondecode import check_heartbeat
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -44,8 +48,13 @@ def _row(node, **kw):
 
 
 def _write(v, slot, node, now, **kw):
-    write_rows(column_addresses(v.table), len(v.table.row_version), np.array([slot], np.int64),
-               _row(node, **kw), now)
+    write_rows(
+        column_addresses(v.table),
+        len(v.table.row_version),
+        np.array([slot], np.int64),
+        _row(node, **kw),
+        now,
+    )
 
 
 def test_lowest_free_slot_and_full(views):
@@ -78,18 +87,21 @@ def test_read_node_id_of_registered_and_free_slots(views):
     reg = NodeRegistry(views)
     assert reg.register(b"alpha") == 0 and reg.register(b"beta") == 1
     reg.free(1)
-    assert read_node_id(views.registry, 0) == (2, b"alpha")   # registered: gen 0 -> 1 -> 2
-    assert read_node_id(views.registry, 1) == (4, b"")        # freed: two changes
-    assert read_node_id(views.registry, 5) == (0, b"")        # never used
+    assert read_node_id(views.registry, 0) == (2, b"alpha")  # registered: gen 0 -> 1 -> 2
+    assert read_node_id(views.registry, 1) == (4, b"")  # freed: two changes
+    assert read_node_id(views.registry, 5) == (0, b"")  # never used
 
 
-@pytest.mark.parametrize("gens, expect, loads", [
-    # slot_gen loads in order (2 per attempt: before and after the id), result
-    ([2, 2], (2, b"alpha"), 2),            # quiet slot: one attempt
-    ([2, 4, 4, 4], (4, b"alpha"), 4),      # changed during the copy: copied again
-    ([3, 2, 2], (2, b"alpha"), 3),         # mid-change (odd) at first: skipped, one retry
-    ([5], None, ID_READ_ATTEMPTS),         # odd on every attempt: a status, not a wait
-])
+@pytest.mark.parametrize(
+    "gens, expect, loads",
+    [
+        # slot_gen loads in order (2 per attempt: before and after the id), result
+        ([2, 2], (2, b"alpha"), 2),  # quiet slot: one attempt
+        ([2, 4, 4, 4], (4, b"alpha"), 4),  # changed during the copy: copied again
+        ([3, 2, 2], (2, b"alpha"), 3),  # mid-change (odd) at first: skipped, one retry
+        ([5], None, ID_READ_ATTEMPTS),  # odd on every attempt: a status, not a wait
+    ],
+)
 def test_read_node_id_never_pairs_an_id_with_another_generation(views, gens, expect, loads):
     reg = NodeRegistry(views)
     reg.register(b"alpha")
@@ -183,9 +195,9 @@ def test_adopting_a_crashed_writers_registry_repairs_half_written_slots(views):
     a = reg.register(b"a")
     b = reg.register(b"b")
     _write(views, a, "a", 0.0)
-    views.registry.slot_gen[b] += 1     # died during a registration change
-    views.table.row_version[a] += 1     # died mid-row
-    again = NodeRegistry(views)         # the restarted ingest
+    views.registry.slot_gen[b] += 1  # died during a registration change
+    views.table.row_version[a] += 1  # died mid-row
+    again = NodeRegistry(views)  # the restarted ingest
     assert b"a" in again and b"b" not in again
     assert int(views.registry.slot_gen[b]) % 2 == 0 and views.registry.registered[b] == 0
     assert int(views.table.row_version[a]) % 2 == 0
@@ -196,18 +208,38 @@ def test_adopting_a_crashed_writers_registry_repairs_half_written_slots(views):
 # The row writer
 
 # Metrics the table keeps, with the presence bit that carries each (0: always).
-ROW_METRICS = (("cpu", 0), ("mem", 0), ("queue", 0), ("avg_job_s", 0), ("throughput", 1),
-               ("ok", 2), ("err", 2), ("io", 4), ("p50_ms", 8), ("p95_ms", 8), ("ts", 16))
+ROW_METRICS = (
+    ("cpu", 0),
+    ("mem", 0),
+    ("queue", 0),
+    ("avg_job_s", 0),
+    ("throughput", 1),
+    ("ok", 2),
+    ("err", 2),
+    ("io", 4),
+    ("p50_ms", 8),
+    ("p95_ms", 8),
+    ("ts", 16),
+)
 F8 = st.floats(allow_nan=False, width=64)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(-2, 9), st.integers(0, 255), st.lists(F8, min_size=9,
-                                                                            max_size=9),
-                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
-                          st.integers(0, 65535)),
-                min_size=1, max_size=12),
-       F8)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-2, 9),
+            st.integers(0, 255),
+            st.lists(F8, min_size=9, max_size=9),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 65535),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    F8,
+)
 def test_write_rows_writes_each_row_exactly(writes, now):
     """Against a row computed by hand: every metric copied (ok/err as exact
     floats, any u4), an absent metric 0, ``slots`` copied when its bit (0x40)
@@ -219,17 +251,24 @@ def test_write_rows_writes_each_row_exactly(writes, now):
     table = SegmentViews(mm, lay).table
     recs = np.zeros(len(writes), RECORD_DTYPE)
     for j, (_, flags, floats, ok, err, n_slots) in enumerate(writes):
-        for name, value in zip(("cpu", "mem", "queue", "avg_job_s", "throughput", "io",
-                                "p50_ms", "p95_ms", "ts"), floats):
+        for name, value in zip(
+            ("cpu", "mem", "queue", "avg_job_s", "throughput", "io", "p50_ms", "p95_ms", "ts"),
+            floats,
+            strict=True,
+        ):
             recs[j][name] = value
         recs[j]["ok"], recs[j]["err"], recs[j]["flags"] = ok, err, flags
         recs[j]["slots"] = n_slots
         recs[j]["node"] = b"n%d" % j
     slots = np.array([w[0] for w in writes], np.int64)
     expect = {name: np.zeros(8) for name, _ in ROW_METRICS}
-    expect.update(recv_time=np.zeros(8), reported=np.zeros(8, np.uint8),
-                  row_version=np.zeros(8, np.uint64), slots=np.zeros(8))
-    for s, rec in zip(slots.tolist(), recs):
+    expect.update(
+        recv_time=np.zeros(8),
+        reported=np.zeros(8, np.uint8),
+        row_version=np.zeros(8, np.uint64),
+        slots=np.zeros(8),
+    )
+    for s, rec in zip(slots.tolist(), recs, strict=True):
         if 0 <= s < 8:
             for name, bit in ROW_METRICS:
                 expect[name][s] = rec[name] if bit == 0 or rec["flags"] & bit else 0.0
@@ -247,8 +286,11 @@ def test_write_rows_writes_each_row_exactly(writes, now):
 
 def test_column_addresses_refuses_a_table_of_other_columns(views):
     t = views.table
-    with pytest.raises(ValueError, match=r"table column 'cpu' is float32\(8,\), not an aligned "
-                                         r"contiguous float64\[8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"table column 'cpu' is float32\(8,\), not an aligned "
+        r"contiguous float64\[8\]",
+    ):
         column_addresses(t._replace(cpu=t.cpu.astype(np.float32)))
     with pytest.raises(ValueError, match=r"table column 'mem' .* contiguous"):
         column_addresses(t._replace(mem=np.zeros(16)[::2]))
@@ -299,9 +341,19 @@ def _rewrite_rows(name, stop, rounds_done):
 def _torn(s, recv, cpu, mem, queue, avg, tp, ok, err, io, p50, p95, reported):
     """Whether slot ``s``'s copied fields mix two writes (see above)."""
     x = recv * ROWS + s
-    return not (cpu == x and mem == x + 1.0 and queue == x + 2.0 and avg == x + 3.0
-                and tp == x + 4.0 and io == x + 5.0 and p50 == x + 6.0 and p95 == x + 7.0
-                and ok == x and err == x + 1.0 and reported == 15)
+    return not (
+        cpu == x
+        and mem == x + 1.0
+        and queue == x + 2.0
+        and avg == x + 3.0
+        and tp == x + 4.0
+        and io == x + 5.0
+        and p50 == x + 6.0
+        and p95 == x + 7.0
+        and ok == x
+        and err == x + 1.0
+        and reported == 15
+    )
 
 
 @njit(cache=True)
@@ -314,21 +366,84 @@ def _race(reg, t, inp, gen, hb_seen, state, cache, gathers):
     torn = gave_up = changed = unprotected = 0
     for _ in range(gathers):
         gave_up += gather_inputs(
-            reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem, t.queue,
-            t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms, t.p95_ms, t.slots,
-            t.reported, gen, hb_seen, state, inp.active, inp.fresh, inp.new_hb, inp.age,
-            inp.cpu, inp.mem, inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err, inp.io,
-            inp.p50_ms, inp.p95_ms, inp.slots, inp.reported, gen, hb_seen, 0.0, -1.0, 1.0, ROWS,
-            cache.gen, cache.version, cache.recv_time)
+            reg.slot_gen,
+            reg.registered,
+            t.row_version,
+            t.recv_time,
+            t.cpu,
+            t.mem,
+            t.queue,
+            t.avg_job_s,
+            t.throughput,
+            t.ok,
+            t.err,
+            t.io,
+            t.p50_ms,
+            t.p95_ms,
+            t.slots,
+            t.reported,
+            gen,
+            hb_seen,
+            state,
+            inp.active,
+            inp.fresh,
+            inp.new_hb,
+            inp.age,
+            inp.cpu,
+            inp.mem,
+            inp.queue,
+            inp.avg_job_s,
+            inp.throughput,
+            inp.ok,
+            inp.err,
+            inp.io,
+            inp.p50_ms,
+            inp.p95_ms,
+            inp.slots,
+            inp.reported,
+            gen,
+            hb_seen,
+            0.0,
+            -1.0,
+            1.0,
+            ROWS,
+            cache.gen,
+            cache.version,
+            cache.recv_time,
+        )
         new = 0
         for s in range(ROWS):
-            torn += _torn(s, inp.age[s], inp.cpu[s], inp.mem[s], inp.queue[s],
-                          inp.avg_job_s[s], inp.throughput[s], inp.ok[s], inp.err[s], inp.io[s],
-                          inp.p50_ms[s], inp.p95_ms[s], inp.reported[s])
+            torn += _torn(
+                s,
+                inp.age[s],
+                inp.cpu[s],
+                inp.mem[s],
+                inp.queue[s],
+                inp.avg_job_s[s],
+                inp.throughput[s],
+                inp.ok[s],
+                inp.err[s],
+                inp.io[s],
+                inp.p50_ms[s],
+                inp.p95_ms[s],
+                inp.reported[s],
+            )
             new |= inp.new_hb[s]
-            unprotected += _torn(s, t.recv_time[s], t.cpu[s], t.mem[s], t.queue[s],
-                                 t.avg_job_s[s], t.throughput[s], t.ok[s], t.err[s], t.io[s],
-                                 t.p50_ms[s], t.p95_ms[s], t.reported[s])
+            unprotected += _torn(
+                s,
+                t.recv_time[s],
+                t.cpu[s],
+                t.mem[s],
+                t.queue[s],
+                t.avg_job_s[s],
+                t.throughput[s],
+                t.ok[s],
+                t.err[s],
+                t.io[s],
+                t.p50_ms[s],
+                t.p95_ms[s],
+                t.reported[s],
+            )
         changed += new
     return torn, gave_up, changed, unprotected
 
@@ -346,7 +461,7 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         _write_rounds(column_addresses(views.table), slots, recs, 0, 1)
         inp, cache = make_inputs(ROWS), make_gather_cache(ROWS)
         gen, hb_seen = np.zeros(ROWS, np.uint64), np.zeros(ROWS, np.uint64)
-        state = np.zeros(ROWS, np.uint8)   # every node scored before: new_hb = a new row
+        state = np.zeros(ROWS, np.uint8)  # every node scored before: new_hb = a new row
         args = (views.registry, views.table, inp, gen, hb_seen, state, cache)
         assert _race(*args, 1) == (0, 0, 1, 0)
         ctx = mp.get_context("spawn")
@@ -355,22 +470,26 @@ def test_gather_never_takes_a_row_the_other_process_is_writing(shm_name, reap):
         reap(child)
         child.start()
         version = views.table.row_version
-        wait_until(lambda: version[ROWS - 1] > 2, timeout=120, what="the child's rows")
+        wait_until(lambda v=version: v[ROWS - 1] > 2, timeout=120, what="the child's rows")
         gathers = torn = gave_up = changed = unprotected = 0
         deadline = time.monotonic() + 60
         while gathers < 50_000 or changed < 5_000 or unprotected < 100:
             assert time.monotonic() < deadline, (gathers, changed, unprotected)
             got = _race(*args, GATHERS_PER_CALL)
             gathers += GATHERS_PER_CALL
-            torn, gave_up, changed, unprotected = (a + b for a, b in zip(
-                (torn, gave_up, changed, unprotected), got))
+            torn, gave_up, changed, unprotected = (
+                a + b for a, b in zip((torn, gave_up, changed, unprotected), got, strict=True)
+            )
             assert torn == 0, (gathers, torn)
         stop.set()
         child.join(timeout=30)
         assert child.exitcode == 0
-        print(f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over {rounds_done.value} rounds of {ROWS} rows: {changed} "
-              f"saw a new row, {gave_up} rows kept (writer preempted mid-row); the "
-              f"unprotected copies tore {unprotected} rows")
+        print(
+            f"\n{time.monotonic() - deadline + 60:.1f} s: {gathers} gathers over "
+            f"{rounds_done.value} rounds of {ROWS} rows: {changed} saw a new row, "
+            f"{gave_up} rows kept (writer preempted mid-row); the "
+            f"unprotected copies tore {unprotected} rows"
+        )
         del views, version, args
     finally:
         seg.close()

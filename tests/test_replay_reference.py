@@ -24,9 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traces import build  # tests/traces/build.py
-
 from reference import RECORD_KEYS, reference_replay
+from traces import build  # tests/traces/build.py
 
 TESTS_DIR = Path(__file__).resolve().parent
 TRACES_DIR = TESTS_DIR / "traces"
@@ -42,7 +41,8 @@ TRACES = {t.name: t for t in build.all_traces()}
 needs_engine = pytest.mark.skipif(
     importlib.util.find_spec("shm_engine.tick.replay") is None
     or importlib.util.find_spec("shm_engine.core.config") is None,
-    reason="shm_engine.tick.replay / shm_engine.core.config not written yet")
+    reason="shm_engine.tick.replay / shm_engine.core.config not written yet",
+)
 
 
 def engine_replay(lines, params, ticks=None) -> list[dict]:
@@ -59,25 +59,31 @@ def _describe(rec: dict) -> str:
 
 def assert_same_records(got: list[dict], want: list[dict]) -> None:
     """Engine records ``got`` equal reference records ``want``."""
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
         where = f"record {i} (reference: {_describe(w)}; engine: {_describe(g)})"
-        assert set(g) == set(w) == set(RECORD_KEYS), \
-            f"{where}: keys {sorted(g)} != {sorted(w)}"
+        assert set(g) == set(w) == set(RECORD_KEYS), f"{where}: keys {sorted(g)} != {sorted(w)}"
         for key in RECORD_KEYS:
             gv, wv = g[key], w[key]
             if key in FLOAT_KEYS:
-                ok = (isinstance(gv, (int, float)) and not isinstance(gv, bool)
-                      and math.isfinite(gv) and abs(gv - wv) <= TOLERANCE)
+                ok = (
+                    isinstance(gv, (int, float))
+                    and not isinstance(gv, bool)
+                    and math.isfinite(gv)
+                    and abs(gv - wv) <= TOLERANCE
+                )
             else:
                 ok = gv == wv and type(gv) is type(wv)
-            assert ok, (f"{where}: {key} engine={gv!r} reference={wv!r}\n"
-                        f"  engine:    {g}\n  reference: {w}")
+            assert ok, (
+                f"{where}: {key} engine={gv!r} reference={wv!r}\n  engine:    {g}\n  reference: {w}"
+            )
     assert len(got) == len(want), (
         f"engine gave {len(got)} records, reference {len(want)}; first extra: "
-        f"{(got[len(want)] if len(got) > len(want) else want[len(got)])}")
+        f"{(got[len(want)] if len(got) > len(want) else want[len(got)])}"
+    )
 
 
 # ------------------------------------------------------------ committed traces
+
 
 @needs_engine
 @pytest.mark.parametrize("name", sorted(TRACES))
@@ -100,18 +106,21 @@ def test_trace_file_lines_match_reference(name):
 
 
 @needs_engine
-@pytest.mark.parametrize("name, ticks", [
-    ("tick_lines", 0),
-    ("tick_lines", 1),
-    ("tick_lines", 5),      # stops before the heartbeat at tick 6
-    ("tick_lines", 7),
-    ("tick_lines", 60),     # runs past the last named tick
-    ("liveness_registry", 30),
-    ("quarantine_memory", 52),
-    ("feedback_ejection", 105),   # stops inside an ejection
-    ("feedback_registry", 7),     # stops on the registry_full tick
-    ("feedback_window", 30),      # runs past the last named tick
-])
+@pytest.mark.parametrize(
+    "name, ticks",
+    [
+        ("tick_lines", 0),
+        ("tick_lines", 1),
+        ("tick_lines", 5),  # stops before the heartbeat at tick 6
+        ("tick_lines", 7),
+        ("tick_lines", 60),  # runs past the last named tick
+        ("liveness_registry", 30),
+        ("quarantine_memory", 52),
+        ("feedback_ejection", 105),  # stops inside an ejection
+        ("feedback_registry", 7),  # stops on the registry_full tick
+        ("feedback_window", 30),  # runs past the last named tick
+    ],
+)
 def test_ticks_argument_matches_reference(name, ticks):
     trace = TRACES[name]
     want = reference_replay(trace.lines, trace.params, ticks)
@@ -129,10 +138,12 @@ def test_dead_node_raw_stays_finite_when_rate_ratio_overflows():
     caps at 1; raw = L * B * core = 0 * 1 * core = 0.
     """
     g = {"cpu": 0.1, "mem": 0.1, "queue": 0.0}
-    lines = [{"tick": 0, "node": "a", **g, "avg_job_s": 1e-300},
-             {"tick": 0, "node": "b", **g, "avg_job_s": 1e10},
-             {"tick": 10, "node": "b", **g, "avg_job_s": 1e10}]
-    params = {"engine": {"tick_interval_ms": 1000}}   # "a" is dead at tick 10
+    lines = [
+        {"tick": 0, "node": "a", **g, "avg_job_s": 1e-300},
+        {"tick": 0, "node": "b", **g, "avg_job_s": 1e10},
+        {"tick": 10, "node": "b", **g, "avg_job_s": 1e10},
+    ]
+    params = {"engine": {"tick_interval_ms": 1000}}  # "a" is dead at tick 10
     want = reference_replay(lines, params)
     assert want[-2]["node"] == "a" and want[-2]["state"] == "dead"
     assert want[-2]["raw"] == 0.0
@@ -141,6 +152,7 @@ def test_dead_node_raw_stays_finite_when_rate_ratio_overflows():
 
 # ------------------------------------------------------------ the CLI
 
+
 def _cli_command() -> list[str]:
     exe = Path(sys.executable).parent / "shm-engine"
     if exe.exists():
@@ -148,15 +160,20 @@ def _cli_command() -> list[str]:
     return [sys.executable, "-m", "shm_engine"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("shm_engine.ops.cli") is None,
-                    reason="shm_engine.ops.cli not written yet")
-@pytest.mark.parametrize("name, ticks", [
-    ("quarantine_memory", None),   # with --config
-    ("tick_lines", 12),            # with --config and --ticks
-    ("breakers", None),            # defaults, no --config
-    ("feedback_window", None),     # feedback lines, with --config
-    ("feedback_ejection", 120),    # feedback lines at defaults, with --ticks
-])
+@pytest.mark.skipif(
+    importlib.util.find_spec("shm_engine.ops.cli") is None,
+    reason="shm_engine.ops.cli not written yet",
+)
+@pytest.mark.parametrize(
+    "name, ticks",
+    [
+        ("quarantine_memory", None),  # with --config
+        ("tick_lines", 12),  # with --config and --ticks
+        ("breakers", None),  # defaults, no --config
+        ("feedback_window", None),  # feedback lines, with --config
+        ("feedback_ejection", 120),  # feedback lines at defaults, with --ticks
+    ],
+)
 def test_cli_replay_matches_reference(name, ticks):
     trace = TRACES[name]
     args = [*_cli_command(), "replay", str(TRACES_DIR / f"{name}.jsonl")]
@@ -166,8 +183,7 @@ def test_cli_replay_matches_reference(name, ticks):
         args += ["--ticks", str(ticks)]
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=300)
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     want = reference_replay(trace.lines, trace.params, ticks)
@@ -182,27 +198,40 @@ def test_cli_replay_matches_reference(name, ticks):
 # and min_requests that feedback reaches often.
 RANDOM_PARAMS = {
     "engine": {"capacity": 3, "tick_interval_ms": 1000, "forget_after_s": 12},
-    "score": {"dead_after_s": 6.0, "max_flaps": 2, "probation_ticks": 2,
-              "flap_window": 8, "quarantine_memory": 5, "beta": 0.7,
-              "error_half_life_s": 2.0, "max_consecutive_errors": 3,
-              "ejection_s": 3.0, "min_requests": 6},
+    "score": {
+        "dead_after_s": 6.0,
+        "max_flaps": 2,
+        "probation_ticks": 2,
+        "flap_window": 8,
+        "quarantine_memory": 5,
+        "beta": 0.7,
+        "error_half_life_s": 2.0,
+        "max_consecutive_errors": 3,
+        "ejection_s": 3.0,
+        "min_requests": 6,
+    },
 }
 # n0..n3 compete for 3 slots; "ghost" only ever gets feedback.
 NODES = ["n0", "n1", "n2", "n3"]
 FEEDBACK_NODES = NODES + ["ghost"]
 
-unit = st.one_of(st.sampled_from([0.0, 0.5, 0.95, 0.98, 1.0]),
-                 st.floats(0.0, 1.0, allow_nan=False))
-nonneg = st.one_of(st.sampled_from([0.0, 10.0, 50.0, 100.0]),
-                   st.floats(0.0, 150.0, allow_nan=False))
+unit = st.one_of(st.sampled_from([0.0, 0.5, 0.95, 0.98, 1.0]), st.floats(0.0, 1.0, allow_nan=False))
+nonneg = st.one_of(
+    st.sampled_from([0.0, 10.0, 50.0, 100.0]), st.floats(0.0, 150.0, allow_nan=False)
+)
 # No tiny job times: slots / avg_job_s must stay finite (its own test above).
 job_s = st.one_of(st.just(0.0), st.floats(1e-3, 4.0, allow_nan=False))
 
 
 @st.composite
 def heartbeats(draw) -> dict:
-    msg = {"node": draw(st.sampled_from(NODES)), "cpu": draw(unit), "mem": draw(unit),
-           "queue": draw(nonneg), "avg_job_s": draw(job_s)}
+    msg = {
+        "node": draw(st.sampled_from(NODES)),
+        "cpu": draw(unit),
+        "mem": draw(unit),
+        "queue": draw(nonneg),
+        "avg_job_s": draw(job_s),
+    }
     if draw(st.booleans()):
         msg["throughput"] = draw(st.floats(0.0, 50.0, allow_nan=False))
     if draw(st.booleans()):
@@ -217,8 +246,10 @@ def heartbeats(draw) -> dict:
     if draw(st.booleans()):
         msg["slots"] = draw(st.sampled_from([1, 2, 4, 16, 65535]))
     if draw(st.integers(0, 3)) == 0:
-        msg["resources"] = {"cpu": draw(st.floats(0.0, 64.0, allow_nan=False)),
-                            "gpu": float(draw(st.integers(0, 8)))}
+        msg["resources"] = {
+            "cpu": draw(st.floats(0.0, 64.0, allow_nan=False)),
+            "gpu": float(draw(st.integers(0, 8))),
+        }
     return msg
 
 
@@ -266,8 +297,16 @@ def random_traces(draw) -> list[dict]:
             node = draw(st.sampled_from(NODES))
             for _ in range(draw(st.integers(2, 12))):
                 cpu = 0.99 if tick % 2 else 0.0
-                lines.append({"tick": tick, "node": node, "cpu": cpu, "mem": 0.0,
-                              "queue": 0.0, "avg_job_s": 0.0})
+                lines.append(
+                    {
+                        "tick": tick,
+                        "node": node,
+                        "cpu": cpu,
+                        "mem": 0.0,
+                        "queue": 0.0,
+                        "avg_job_s": 0.0,
+                    }
+                )
                 tick += 1
             continue
         if kind <= 3:

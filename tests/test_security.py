@@ -25,11 +25,11 @@ import pytest
 import zmq
 
 from clients.reader import NothingPublished, ScoreReader
-from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
-from support.wait import wait_until
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_json
 from shm_engine.wire.format import RECORD_DTYPE
+from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
+from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +41,9 @@ def _mode(name: str) -> int:
 @pytest.mark.parametrize("extra, mode", [("", 0o600), ('shm_mode = "0640"', 0o640)])
 def test_segment_mode_through_run(shm_name, tmp_path, reap, extra, mode):
     config = write_config(tmp_path / "e.toml", free_port())
-    if extra:   # into [engine]
+    if extra:  # into [engine]
         config.write_text(config.read_text().replace("[engine]\n", f"[engine]\n{extra}\n", 1))
-    old = os.umask(0o022)     # the mode must not depend on the umask
+    old = os.umask(0o022)  # the mode must not depend on the umask
     try:
         eng = Engine(shm_name, config, tmp_path, reap)
     finally:
@@ -62,16 +62,23 @@ def _running_engine(shm_name, tmp_path, reap, nodes) -> Engine:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    frame = b"[" + b",".join(encode_json(dict(node=n, cpu=0.1, mem=0.1, queue=0.0,
-                                                   avg_job_s=1.0)) for n in nodes) + b"]"
+    frame = (
+        b"["
+        + b",".join(
+            encode_json(dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)) for n in nodes
+        )
+        + b"]"
+    )
     reader = ScoreReader.attach(shm_name)
     try:
+
         def scored():
             sock.send(frame)
             try:
                 return set(nodes) <= set(reader.snapshot().nodes)
             except NothingPublished:
                 return False
+
         wait_until(scored, START_TIMEOUT_S, "nodes scored", period=0.05)
     finally:
         reader.close()
@@ -109,8 +116,13 @@ def test_reader_mapping_is_read_only(shm_name, tmp_path, reap):
             score.setflags(write=True)
     finally:
         reader.close()
-    child = subprocess.run([sys.executable, "-c", _RAW_WRITE, shm_name], capture_output=True,
-                           text=True, timeout=120, cwd=ROOT)
+    child = subprocess.run(
+        [sys.executable, "-c", _RAW_WRITE, shm_name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert "numpy refused" in child.stdout and "raw store" in child.stdout, child.stderr
     assert "store went through" not in child.stdout
     assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stderr)
@@ -123,11 +135,35 @@ def test_reader_mapping_is_read_only(shm_name, tmp_path, reap):
 
 # Ids that the id rule (A-Z a-z 0-9 . _ : - /) admits but that mean something
 # to a shell, a path or a parser; and ids it refuses outright.
-HOSTILE_IDS = ["../../etc/passwd", "/", "..", "-rf", "--help", "__import__", "os.system",
-               "jndi:ldap://x/a", "file:///etc/shadow", "NaN", "null", "0x00", "-", "_"]
-REFUSED_IDS = ["$(rm -rf /)", "`reboot`", "'; DROP TABLE nodes; --", "{{7*7}}", "%s%n%x",
-               "a b\\c", "<script>alert(1)</script>", "\u00fcn\u00efc\u00f8d\u00e9-\u8282",
-               "\u202eevil", "n\u043ede", "tab\tid"]
+HOSTILE_IDS = [
+    "../../etc/passwd",
+    "/",
+    "..",
+    "-rf",
+    "--help",
+    "__import__",
+    "os.system",
+    "jndi:ldap://x/a",
+    "file:///etc/shadow",
+    "NaN",
+    "null",
+    "0x00",
+    "-",
+    "_",
+]
+REFUSED_IDS = [
+    "$(rm -rf /)",
+    "`reboot`",
+    "'; DROP TABLE nodes; --",
+    "{{7*7}}",
+    "%s%n%x",
+    "a b\\c",
+    "<script>alert(1)</script>",
+    "\u00fcn\u00efc\u00f8d\u00e9-\u8282",
+    "\u202eevil",
+    "n\u043ede",
+    "tab\tid",
+]
 
 
 def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
@@ -138,7 +174,7 @@ def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
         snap = reader.snapshot()
         assert sorted(n for n in snap.nodes if n) == sorted(HOSTILE_IDS)
         for n in HOSTILE_IDS:
-            assert reader.score(n) > 0      # looked up by the exact string
+            assert reader.score(n) > 0  # looked up by the exact string
     finally:
         reader.close()
     # Ids outside the rule are refused whole, each counted once, and the
@@ -148,10 +184,17 @@ def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(eng.status()["ingest_endpoint"])
     try:
-        sock.send(json.dumps([dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
-                              for n in REFUSED_IDS]).encode())
-        wait_until(lambda: eng.status()["ingest"]["rejected"]["bad_node_id"] >= len(REFUSED_IDS),
-                   30, "the refused ids counted", period=0.02)
+        sock.send(
+            json.dumps(
+                [dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0) for n in REFUSED_IDS]
+            ).encode()
+        )
+        wait_until(
+            lambda: eng.status()["ingest"]["rejected"]["bad_node_id"] >= len(REFUSED_IDS),
+            30,
+            "the refused ids counted",
+            period=0.02,
+        )
     finally:
         sock.close(0)
         ctx.term()
@@ -160,8 +203,9 @@ def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
     assert st["nodes"]["registered"] == len(HOSTILE_IDS)
     assert eng.stop() == 0
     # Nothing was created from an id: only the engine's own log files appeared.
-    assert sorted(os.listdir(tmp_path)) == sorted(cwd_before + ["e.toml", f"{shm_name}.out",
-                                                                f"{shm_name}.err"])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        cwd_before + ["e.toml", f"{shm_name}.out", f"{shm_name}.err"]
+    )
     assert not segment_exists(shm_name)
 
 
@@ -170,8 +214,16 @@ def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
 # table, never from the network; multiprocessing pickles only between the
 # supervisor and its own children, over pipes it created.)
 _DANGEROUS_CALLS = {"eval", "exec", "compile", "__import__"}
-_DANGEROUS_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill",
-                      "cloudpickle", "yaml"}
+_DANGEROUS_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+    "yaml",
+}
 
 
 def _findings(path: Path) -> list[tuple[str, str, int]]:
@@ -179,21 +231,35 @@ def _findings(path: Path) -> list[tuple[str, str, int]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
             for n in names:
                 if n.split(".")[0] in _DANGEROUS_MODULES:
                     out.append((path.name, f"import {n}", node.lineno))
         elif isinstance(node, ast.Call):
             f = node.func
-            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            name = (
+                f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            )
             if isinstance(f, ast.Name) and name in _DANGEROUS_CALLS:
                 out.append((path.name, f"{name}(", node.lineno))
-            if name in ("loads", "load") and isinstance(f, ast.Attribute) and \
-                    isinstance(f.value, ast.Name) and f.value.id in _DANGEROUS_MODULES:
+            if (
+                name in ("loads", "load")
+                and isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and f.value.id in _DANGEROUS_MODULES
+            ):
                 out.append((path.name, f"{f.value.id}.{name}(", node.lineno))
-            if name == "frombuffer" and any(isinstance(k, ast.keyword) and k.arg == "dtype"
-                                            and isinstance(k.value, ast.Constant)
-                                            and k.value.value == "O" for k in node.keywords):
+            if name == "frombuffer" and any(
+                isinstance(k, ast.keyword)
+                and k.arg == "dtype"
+                and isinstance(k.value, ast.Constant)
+                and k.value.value == "O"
+                for k in node.keywords
+            ):
                 out.append((path.name, "object dtype from bytes", node.lineno))
     return out
 
@@ -207,17 +273,28 @@ def test_no_code_or_object_deserialisation_in_the_packages():
 
 def test_static_check_catches_each_pattern(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import pickle\nimport marshal\nimport yaml\nx = pickle.loads(b'')\n"
-                   "y = yaml.load('a')\neval('1')\nexec('x=1')\n")
+    bad.write_text(
+        "import pickle\nimport marshal\nimport yaml\nx = pickle.loads(b'')\n"
+        "y = yaml.load('a')\neval('1')\nexec('x=1')\n"
+    )
     got = {what for _f, what, _l in _findings(bad)}
-    assert got == {"import pickle", "import marshal", "import yaml", "pickle.loads(",
-                   "yaml.load(", "eval(", "exec("}
+    assert got == {
+        "import pickle",
+        "import marshal",
+        "import yaml",
+        "pickle.loads(",
+        "yaml.load(",
+        "eval(",
+        "exec(",
+    }
 
 
 def test_json_decoder_builds_only_plain_data():
     # The wire decoder's output for hostile JSON holds only str/float/int/dict/list.
-    frame = b'{"node": "__import__.os:system", "cpu": 0.1, "mem": 0.1, "queue": 0, ' \
-            b'"avg_job_s": 1, "labels": {"a": "$(id)"}, "resources": {"$(id)": 1}}'
+    frame = (
+        b'{"node": "__import__.os:system", "cpu": 0.1, "mem": 0.1, "queue": 0, '
+        b'"avg_job_s": 1, "labels": {"a": "$(id)"}, "resources": {"$(id)": 1}}'
+    )
     d = decode_frame(frame, 1 << 20)
     assert len(d.records) == 1
     assert bytes(d.records[0]["node"]) == b"__import__.os:system"

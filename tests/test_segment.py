@@ -1,5 +1,6 @@
 """Segment lifecycle and layout: creation, attach, stale reclaim, modes, read-only maps."""
 
+import itertools
 import multiprocessing as mp
 import os
 import stat
@@ -26,7 +27,7 @@ def test_layout_fields_do_not_overlap_and_are_aligned(capacity):
             assert f.offset % f.dtype.itemsize == 0, f.name
             spans.append((f.offset, f.offset + f.nbytes, f.name))
     spans.sort()
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"{an} overlaps {bn}"
     assert spans[-1][1] <= lay.size and lay.size % 4096 == 0
 
@@ -40,7 +41,7 @@ def test_layout_columns_start_on_cache_lines():
 
 def test_layout_size_for_16384_slots_is_reported():
     # Recorded in docs/design.md; changes to the layout must update it there.
-    assert layout_for(16_384).size == 13_213_696    # 806 bytes per slot + 4 KiB
+    assert layout_for(16_384).size == 13_213_696  # 806 bytes per slot + 4 KiB
 
 
 def test_bad_capacity_rejected():

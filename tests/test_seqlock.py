@@ -27,8 +27,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from support import shm
-from support.wait import wait_until
 from shm_engine.core.ordering import (
     fence_acquire,
     fence_release,
@@ -49,6 +47,8 @@ from shm_engine.core.seqlock import (
     write_begin,
     write_end,
 )
+from support import shm
+from support.wait import wait_until
 
 SEQ_WORD = 0
 STOP_WORD = 8
@@ -63,7 +63,7 @@ MAX_RETRIES = 16
 
 def _views(words):
     """(seq words, buffers[2, RECORD_WORDS] as int64) of a test segment."""
-    records = words[BUFFERS_WORD:BUFFERS_WORD + 2 * RECORD_WORDS]
+    records = words[BUFFERS_WORD : BUFFERS_WORD + 2 * RECORD_WORDS]
     return words, records.view(np.int64).reshape(2, RECORD_WORDS)
 
 
@@ -168,18 +168,18 @@ def record_errors(snap, epoch):
 # begun the epoch after the next one, which reuses the buffer of E.
 RETRY_CASES = [
     # s1, s2, retry      why
-    (0, 0, True),     # epoch 0: nothing published, the copy is never used
-    (1, 1, True),     # epoch 1 being written, still nothing published
-    (4, 4, False),    # epoch 2 (buffer 0), nothing moved
-    (4, 5, False),    # writer filling epoch 3 = buffer 1, not ours
-    (4, 6, False),    # epoch 3 published; buffer 0 untouched
-    (4, 7, True),     # 7 >= 4 + 3: writer filling epoch 4 = buffer 0
-    (4, 100, True),   # lapped many times
-    (5, 5, False),    # s1 odd: reading epoch 2 (buffer 0) while 3 is written
-    (5, 6, False),    # epoch 3 published
-    (5, 7, True),     # 7 >= (5 >> 1 << 1) + 3 = 7: epoch 4 reuses buffer 0
-    (2, 4, False),    # epoch 1 (buffer 1); epoch 2 went to buffer 0
-    (2, 5, True),     # 5 >= 2 + 3: epoch 3 reuses buffer 1
+    (0, 0, True),  # epoch 0: nothing published, the copy is never used
+    (1, 1, True),  # epoch 1 being written, still nothing published
+    (4, 4, False),  # epoch 2 (buffer 0), nothing moved
+    (4, 5, False),  # writer filling epoch 3 = buffer 1, not ours
+    (4, 6, False),  # epoch 3 published; buffer 0 untouched
+    (4, 7, True),  # 7 >= 4 + 3: writer filling epoch 4 = buffer 0
+    (4, 100, True),  # lapped many times
+    (5, 5, False),  # s1 odd: reading epoch 2 (buffer 0) while 3 is written
+    (5, 6, False),  # epoch 3 published
+    (5, 7, True),  # 7 >= (5 >> 1 << 1) + 3 = 7: epoch 4 reuses buffer 0
+    (2, 4, False),  # epoch 1 (buffer 1); epoch 2 went to buffer 0
+    (2, 5, True),  # 5 >= 2 + 3: epoch 3 reuses buffer 1
 ]
 
 
@@ -205,12 +205,12 @@ def test_read_begin_gives_a_python_int():
 # is published, so the writer has touched only the other buffer since.
 NEWEST_CASES = [
     # epoch, seq, newest   why
-    (0, 0, False),    # nothing published: never use a copy
-    (0, 1, False),    # epoch 1 being written, still nothing published
-    (2, 4, True),     # epoch 2 (buffer 0), nothing moved
-    (2, 5, True),     # writer filling epoch 3 = buffer 1, not ours
-    (2, 6, False),    # epoch 3 published: ours is consistent but old
-    (2, 7, False),    # writer filling epoch 4 = buffer 0: ours may be torn
+    (0, 0, False),  # nothing published: never use a copy
+    (0, 1, False),  # epoch 1 being written, still nothing published
+    (2, 4, True),  # epoch 2 (buffer 0), nothing moved
+    (2, 5, True),  # writer filling epoch 3 = buffer 1, not ours
+    (2, 6, False),  # epoch 3 published: ours is consistent but old
+    (2, 7, False),  # writer filling epoch 4 = buffer 0: ours may be torn
 ]
 
 
@@ -261,8 +261,11 @@ def test_nothing_published_is_a_status_not_an_error():
     seq = np.zeros(1, np.uint64)
     buffers = np.zeros((2, 4), np.int64)
     out = np.zeros(4, np.int64)
-    assert read_consistent(memoryview(seq), lambda b: buffers[b].copy()) == \
-        (READ_NOTHING_PUBLISHED, 0, None)
+    assert read_consistent(memoryview(seq), lambda b: buffers[b].copy()) == (
+        READ_NOTHING_PUBLISHED,
+        0,
+        None,
+    )
     assert jit_read_consistent(seq, buffers, out, MAX_RETRIES) == (READ_NOTHING_PUBLISHED, 0, 1)
 
 
@@ -275,8 +278,11 @@ def test_a_writer_that_always_laps_exhausts_the_retries():
         return buffers[b].copy()
 
     # Attempts start at seq 4, 8, 12 (epochs 2, 4, 6); each sees seq + 4 >= seq + 3.
-    assert read_consistent(memoryview(seq), copy_while_lapped, max_retries=2) == \
-        (READ_RETRIES_EXHAUSTED, 6, None)
+    assert read_consistent(memoryview(seq), copy_while_lapped, max_retries=2) == (
+        READ_RETRIES_EXHAUSTED,
+        6,
+        None,
+    )
     assert seq.item(0) == 4 + 3 * 4  # three attempts: the first plus two retries
 
 
@@ -301,7 +307,7 @@ def test_check_sequence_word(arr, index, error, match):
 def test_check_sequence_word_rejects_unaligned_words():
     raw = np.zeros(4 * 8, np.uint8)
     base = (-raw.ctypes.data) % 8  # first aligned byte
-    unaligned = raw[base + 4:base + 20].view(np.uint64)  # numpy allows this view
+    unaligned = raw[base + 4 : base + 20].view(np.uint64)  # numpy allows this view
     with pytest.raises(ValueError, match="not 8-byte aligned"):
         check_sequence_word(unaligned, 0)
 
@@ -408,10 +414,32 @@ def test_any_interleaving_yields_only_whole_epochs_in_order(schedule, crashes, r
 # inconsistent: an accepted snapshot differs from the record of its epoch;
 # torn: an accepted snapshot mixes writes; torn_rejected (Python reader only,
 # the jitted loop does not expose its attempts): torn copies the latch threw away.
-STAT_NAMES = ("ok", "retries", "nothing", "exhausted", "inconsistent", "torn",
-              "backwards", "epoch_changes", "first_epoch", "last_epoch", "torn_rejected")
-(OK, RETRIES, NOTHING, EXHAUSTED, INCONSISTENT, TORN, BACKWARDS, CHANGES, FIRST, LAST,
- TORN_REJECTED) = range(11)
+STAT_NAMES = (
+    "ok",
+    "retries",
+    "nothing",
+    "exhausted",
+    "inconsistent",
+    "torn",
+    "backwards",
+    "epoch_changes",
+    "first_epoch",
+    "last_epoch",
+    "torn_rejected",
+)
+(
+    OK,
+    RETRIES,
+    NOTHING,
+    EXHAUSTED,
+    INCONSISTENT,
+    TORN,
+    BACKWARDS,
+    CHANGES,
+    FIRST,
+    LAST,
+    TORN_REJECTED,
+) = range(11)
 
 
 @njit(cache=True)
@@ -474,7 +502,9 @@ def python_reader(seq, buffers, stats, n_reads, max_calls):
             break
         copies.clear()
         status, epoch, snap = read_consistent(seq_mv, copy, MAX_RETRIES, SEQ_WORD)
-        _account(stats, status, epoch, max(len(copies), 1), snap if snap is not None else buffers[0])
+        _account(
+            stats, status, epoch, max(len(copies), 1), snap if snap is not None else buffers[0]
+        )
         rejected = copies[:-1] if status == READ_OK else copies
         stats[TORN_REJECTED] += sum(record_errors(c, c[0]) != 0 for c in rejected)
 
@@ -497,7 +527,7 @@ def reader_child(name: str, kind: str, n_reads: int, results) -> None:
     stats = np.zeros(len(STAT_NAMES), np.int64)
     reader = jit_reader if kind == "jit" else python_reader
     reader(seq, buffers, stats, n_reads, 4 * n_reads)
-    results.put((kind, dict(zip(STAT_NAMES, stats.tolist()))))
+    results.put((kind, dict(zip(STAT_NAMES, stats.tolist(), strict=True))))
 
 
 def _collect(results, count, timeout):
@@ -521,10 +551,12 @@ def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap)
         writer = ctx.Process(target=writer_child, args=(shm_name, 64, 120.0, results))
         reap(writer)
         writer.start()
-        wait_until(lambda: words.item(SEQ_WORD) >= 2, timeout=60, what="first epoch", period=0)
+        wait_until(lambda w=words: w.item(SEQ_WORD) >= 2, timeout=60, what="first epoch", period=0)
         readers_start = time.monotonic()
-        readers = [ctx.Process(target=reader_child, args=(shm_name, kind, n, results))
-                   for kind, n in STRESS_READERS]
+        readers = [
+            ctx.Process(target=reader_child, args=(shm_name, kind, n, results))
+            for kind, n in STRESS_READERS
+        ]
         for r in readers:
             reap(r)
             r.start()
@@ -532,15 +564,17 @@ def test_latch_stress_readers_never_see_a_torn_or_older_snapshot(shm_name, reap)
         words[STOP_WORD] = 1
         readers_done = time.monotonic()
         reports = first + _collect(results, 1, timeout=30)
-        (_, last_epoch), = [r for r in reports if r[0] == "writer"]
+        ((_, last_epoch),) = [r for r in reports if r[0] == "writer"]
         reports = [r for r in reports if r[0] != "writer"]
         for p in (writer, *readers):
             p.join(timeout=30)
             assert p.exitcode == 0
         del words
 
-        print(f"\nwriter published {last_epoch} epochs; readers took "
-              f"{readers_done - readers_start:.1f}s including spawn")
+        print(
+            f"\nwriter published {last_epoch} epochs; readers took "
+            f"{readers_done - readers_start:.1f}s including spawn"
+        )
         for kind, stats in reports:
             print(kind, stats)
         for kind, stats in reports:
@@ -591,7 +625,9 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         child = ctx.Process(target=crashing_writer_child, args=(shm_name,))
         reap(child)
         child.start()
-        wait_until(lambda: words.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write", period=0)
+        wait_until(
+            lambda w=words: w.item(MID_WRITE_WORD) != 0, timeout=60, what="mid-write", period=0
+        )
         child.kill()
         child.join(timeout=30)
         assert words.item(SEQ_WORD) == 7  # odd: died writing epoch 4 into buffer 0
@@ -600,11 +636,14 @@ def test_writer_dying_mid_write_leaves_the_last_epoch_readable(impl, shm_name, r
         for _ in range(1000):  # readers go on, with no retries, at epoch 3
             assert jit_read_consistent(seq, buffers, out, 0, SEQ_WORD) == (READ_OK, 3, 1)
             assert record_errors(out, 3) == 0
-            status, epoch, snap = read_consistent(memoryview(seq), lambda b: buffers[b].copy(),
-                                                  0, SEQ_WORD)
+            status, epoch, snap = read_consistent(
+                memoryview(seq), lambda b, bufs=buffers: bufs[b].copy(), 0, SEQ_WORD
+            )
             assert (status, epoch, record_errors(snap, 3)) == (READ_OK, 3, 0)
 
-        begin, end = (write_begin, write_end) if impl == "python" else (jit_write_begin, jit_write_end)
+        begin, end = (
+            (write_begin, write_end) if impl == "python" else (jit_write_begin, jit_write_end)
+        )
         assert begin(seq, SEQ_WORD) == 4  # the new writer redoes epoch 4 ...
         assert words.item(SEQ_WORD) == 7  # ... without moving seq
         fill_record(buffers[0], 4)
@@ -648,7 +687,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue = ctx.Process(target=rogue_writer_child, args=(shm_name, 60.0))
         reap(rogue)
         rogue.start()
-        wait_until(lambda: buffers[0, 0] != 2, timeout=60, what="rogue writer", period=0)
+        wait_until(lambda bufs=buffers: bufs[0, 0] != 2, timeout=60, what="rogue writer", period=0)
         stats = np.zeros(len(STAT_NAMES), np.int64)
         deadline = time.monotonic() + 30
         while stats[TORN] == 0 and time.monotonic() < deadline:
@@ -657,7 +696,7 @@ def test_checker_catches_torn_reads_when_the_latch_is_bypassed(shm_name, reap):
         rogue.join(timeout=30)
         del words, seq, buffers
         assert stats[RETRIES] == 0  # seq never moved, so the latch saw nothing
-        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist()))
+        assert stats[TORN] > 0, dict(zip(STAT_NAMES, stats.tolist(), strict=True))
         assert stats[INCONSISTENT] > 0
     finally:
         shm.close_quietly(mm)

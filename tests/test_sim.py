@@ -50,11 +50,13 @@ def test_every_scenario_and_policy_has_metrics(quick_run):
             assert shares == pytest.approx(1.0), where
             assert m["by_seed"]["p99_s"] == [m["p99_s"]], where
     assert set(doc["goal"]) == set(SCENARIOS)
-    for name, g in doc["goal"].items():
+    for g in doc["goal"].values():
         assert g["policy"] == SHIPPED
         assert {f"p99_vs_{p}" for p in PEER_NAMES} | {"p99_vs_p2c_queue"} <= set(g["checks"])
         assert g["met"] == all(c["met"] for c in g["checks"].values())
-    assert {"failed_vs_least_cpu", "failed_minus_fewest_peer"} <= set(doc["goal"]["fail_fast"]["checks"])
+    assert {"failed_vs_least_cpu", "failed_minus_fewest_peer"} <= set(
+        doc["goal"]["fail_fast"]["checks"]
+    )
     assert "sent_to_dead_vs_least_cpu" in doc["goal"]["churn"]["checks"]
 
 
@@ -64,18 +66,27 @@ def test_faults_show_up_where_configured(quick_run):
     for m in s["baseline"]["policies"].values():
         assert m["lost"] == m["failed"] == m["attempt_errors"] == m["retries"] == 0
     assert any(m["sent_to_dead"] > 0 for m in s["churn"]["policies"].values())
-    assert all(m["attempt_errors"] > 0 for m in s["fail_fast"]["policies"].values()
-               if m is not s["fail_fast"]["policies"]["oracle"])
-    assert s["fail_fast"]["policies"]["oracle"]["attempt_errors"] == 0   # it knows
+    assert all(
+        m["attempt_errors"] > 0
+        for m in s["fail_fast"]["policies"].values()
+        if m is not s["fail_fast"]["policies"]["oracle"]
+    )
+    assert s["fail_fast"]["policies"]["oracle"]["attempt_errors"] == 0  # it knows
 
 
 def test_goal_is_judged_on_the_worst_seed():
     def res(p99_shipped, p99_peer):
         pol = {}
-        for name, v in [(SHIPPED, p99_shipped), ("least_request", p99_peer),
-                        ("p2c_queue", [x * 3 for x in p99_peer])]:
-            pol[name] = {"by_seed": {"p99_s": v, "failed": [0] * len(v), "sent_to_dead": [0] * len(v)}}
+        for name, v in [
+            (SHIPPED, p99_shipped),
+            ("least_request", p99_peer),
+            ("p2c_queue", [x * 3 for x in p99_peer]),
+        ]:
+            pol[name] = {
+                "by_seed": {"p99_s": v, "failed": [0] * len(v), "sent_to_dead": [0] * len(v)}
+            }
         return {"policies": pol}
+
     # seed 2 has the shipped pick slower than the peer: missed, whatever the median
     g = goal({"baseline": res([1.0, 2.2, 1.0], [2.0, 2.0, 2.0])})["baseline"]
     c = g["checks"]["p99_vs_least_request"]
@@ -84,7 +95,8 @@ def test_goal_is_judged_on_the_worst_seed():
     g = goal({"baseline": res([2.0], [2.0])})["baseline"]
     assert not g["checks"]["p99_vs_least_request"]["met"]
     g = goal({"baseline": res([3.0], [2.0])})["baseline"]
-    assert g["checks"]["p99_vs_p2c_queue"]["by_seed"] == [0.5] and g["checks"]["p99_vs_p2c_queue"]["met"]
+    check = g["checks"]["p99_vs_p2c_queue"]
+    assert check["by_seed"] == [0.5] and check["met"]
 
 
 def test_markdown_section_between_markers(quick_run, tmp_path):
@@ -103,8 +115,13 @@ def test_markdown_section_between_markers(quick_run, tmp_path):
 
 
 def test_same_seed_same_results_and_retries_configurable():
-    kw = dict(scenarios=["mixed"], policies=["p2c_queue", "prequal", SHIPPED], seeds=[3, 4],
-              is_quick=True, workers=1)
+    kw = dict(
+        scenarios=["mixed"],
+        policies=["p2c_queue", "prequal", SHIPPED],
+        seeds=[3, 4],
+        is_quick=True,
+        workers=1,
+    )
     a = simulate(**kw)
     b = simulate(**kw)
     assert a["scenarios"] == b["scenarios"]
@@ -119,12 +136,15 @@ def test_same_seed_same_results_and_retries_configurable():
         assert m["failed"] == m["attempt_errors"] + m["lost"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--seeds", "0"], "--seeds 0: must be >= 1"),
-    (["--retries", "-1", "--scenario", "baseline"], "retries = -1 must be >= 0"),
-    (["--score-override", "no_such_key=1"], "no_such_key: not a [score] key"),
-    (["--score-override", "beta=fast"], "not a finite number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["--retries", "-1", "--scenario", "baseline"], "retries = -1 must be >= 0"),
+        (["--score-override", "no_such_key=1"], "no_such_key: not a [score] key"),
+        (["--score-override", "beta=fast"], "not a finite number"),
+    ],
+)
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)

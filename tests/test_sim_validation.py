@@ -35,16 +35,28 @@ from kernels.defaults import default_params
 
 def erlang_c_wait(c: int, lam: float, mu: float) -> float:
     a = lam / mu
-    top = a ** c / math.factorial(c) * c / (c - a)
-    return top / (sum(a ** k / math.factorial(k) for k in range(c)) + top) / (c * mu - lam)
+    top = a**c / math.factorial(c) * c / (c - a)
+    return top / (sum(a**k / math.factorial(k) for k in range(c)) + top) / (c * mu - lam)
 
 
 def _identical_servers(name, n, c, load, duration, warmup):
     # Heartbeats and ticks are irrelevant to these policies: make them rare.
-    return Scenario(name, name, n_nodes=n, duration_s=duration, warmup_s=warmup,
-                    load=((0.0, load), (1.0, load)), sizes="exp", node_slots=(c,),
-                    speed_sd=0.0, noise_sigma=(0.0, 0.0), schedulers=1, max_retries=0,
-                    hb_interval_s=duration / 10, tick_s=duration / 10)
+    return Scenario(
+        name,
+        name,
+        n_nodes=n,
+        duration_s=duration,
+        warmup_s=warmup,
+        load=((0.0, load), (1.0, load)),
+        sizes="exp",
+        node_slots=(c,),
+        speed_sd=0.0,
+        noise_sigma=(0.0, 0.0),
+        schedulers=1,
+        max_retries=0,
+        hb_interval_s=duration / 10,
+        tick_s=duration / 10,
+    )
 
 
 def _realized(world):
@@ -68,7 +80,7 @@ def test_mmc_mean_wait_matches_erlang_c():
     assert m["jobs"] > 590_000 and m["failed"] == 0
     lam, mean_size = _realized(w)
     expected = erlang_c_wait(c, lam, 1.0 / mean_size)
-    assert abs(expected / (1 / 3) - 1) < 0.02           # the realized input is close to nominal
+    assert abs(expected / (1 / 3) - 1) < 0.02  # the realized input is close to nominal
     assert m["mean_wait_s"] == pytest.approx(expected, rel=0.02)
     # response = wait + service: the node model adds no time of its own
     assert m["mean_s"] == pytest.approx(expected + mean_size, rel=0.01)
@@ -78,13 +90,17 @@ def test_supermarket_model_matches_fixed_point():
     n, lam_nominal = 300, 0.9
     sc = _identical_servers("supermarket", n, 1, lam_nominal, duration=600.0, warmup=60.0)
     w = build_world(sc, 5)
-    m = run(w, TrueTwoChoices, default_params(tick_interval_ms=sc.tick_s * 1000),
-            np.random.default_rng(5))
+    m = run(
+        w,
+        TrueTwoChoices,
+        default_params(tick_interval_ms=sc.tick_s * 1000),
+        np.random.default_rng(5),
+    )
     lam_arr, mean_size = _realized(w)
-    lam = lam_arr * mean_size / n            # offered load per server, realized
+    lam = lam_arr * mean_size / n  # offered load per server, realized
     s = m["at_least_k"]
     assert s[0] == pytest.approx(1.0)
     for k in (1, 2, 3):
-        assert s[k] == pytest.approx(lam ** (2 ** k - 1), rel=0.02), k
+        assert s[k] == pytest.approx(lam ** (2**k - 1), rel=0.02), k
     # far from random routing's geometric tail (M/M/1: lambda^k)
-    assert s[3] < 0.75 * lam ** 3
+    assert s[3] < 0.75 * lam**3

@@ -20,29 +20,40 @@ import time
 import pytest
 
 from shm_engine.ops.status import read_status
-from support.engine import (LOG_LINE, START_TIMEOUT_S, Engine, cli, free_port, segment_exists,
-                            write_config)
+from support.engine import (
+    LOG_LINE,
+    START_TIMEOUT_S,
+    Engine,
+    cli,
+    free_port,
+    segment_exists,
+    write_config,
+)
 from support.wait import wait_until
 
 
 @pytest.fixture
 def engine_at(tmp_path, reap):
     """``engine_at(name, config_path)`` starts an engine; reaped after the test."""
+
     def start(name: str, config) -> Engine:
         return Engine(name, config, tmp_path, reap)
+
     return start
 
 
 def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
-        shm_name, tmp_path, engine_at):
+    shm_name, tmp_path, engine_at
+):
     eng = engine_at(shm_name, write_config(tmp_path / "a.toml", free_port()))
     st = eng.wait_ready()
     assert st["pid"] == eng.proc.pid
     assert st["children"]["ticker"]["restarts"] == st["children"]["ingest"]["restarts"] == 0
 
     # A second run with the same name: one line, exit 2, the live engine untouched.
-    second = cli("run", "--name", shm_name, "--config",
-                 str(write_config(tmp_path / "b.toml", free_port())))
+    second = cli(
+        "run", "--name", shm_name, "--config", str(write_config(tmp_path / "b.toml", free_port()))
+    )
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1, second.stderr
@@ -55,13 +66,17 @@ def test_live_engine_refuses_a_second_run_and_restarts_killed_children(
         assert old_pid > 0
         os.kill(old_pid, signal.SIGKILL)
 
-        def restarted():
+        def restarted(role=role, old_pid=old_pid):
             c = eng.status()["children"][role]
             return c["restarts"] == 1 and c["pid"] not in (0, old_pid)
+
         wait_until(restarted, START_TIMEOUT_S, f"{role} restarted")
         # The tick worker resumes from the published epoch, it does not start over.
-        wait_until(lambda: eng.status()["epoch"] > old["epoch"] + 3, START_TIMEOUT_S,
-                   "epochs after the restart")
+        wait_until(
+            lambda old=old: eng.status()["epoch"] > old["epoch"] + 3,
+            START_TIMEOUT_S,
+            "epochs after the restart",
+        )
         assert f"child_exited role={role} pid={old_pid} code=signal_9" in eng.stderr
         assert f"child_restarted role={role}" in eng.stderr
 
@@ -85,8 +100,9 @@ time.sleep(120)
 
 
 def test_stale_segment_is_reclaimed_and_sigterm_leaves_none(shm_name, tmp_path, engine_at, reap):
-    creator = subprocess.Popen([sys.executable, "-c", _CREATE_AND_HANG, shm_name],
-                               stdout=subprocess.PIPE, text=True)
+    creator = subprocess.Popen(
+        [sys.executable, "-c", _CREATE_AND_HANG, shm_name], stdout=subprocess.PIPE, text=True
+    )
     reap(creator)
     assert creator.stdout.readline() == "created\n"
     creator.kill()
@@ -153,7 +169,8 @@ def test_wildcard_port_is_resolved_and_published(shm_name, tmp_path, engine_at):
 
 
 def test_without_warm_spares_only_the_children_run_and_restarts_are_cold(
-        shm_name, tmp_path, engine_at):
+    shm_name, tmp_path, engine_at
+):
     import psutil
 
     cfg = write_config(tmp_path / "c.toml", free_port())
@@ -161,15 +178,23 @@ def test_without_warm_spares_only_the_children_run_and_restarts_are_cold(
     eng = engine_at(shm_name, cfg)
     st = eng.wait_ready()
     # Spawned children run multiprocessing's spawn_main; spares would be more of them.
-    kids = {p.pid for p in psutil.Process(eng.proc.pid).children()
-            if "spawn_main" in " ".join(p.cmdline())}
+    kids = {
+        p.pid
+        for p in psutil.Process(eng.proc.pid).children()
+        if "spawn_main" in " ".join(p.cmdline())
+    }
     assert kids == {st["children"]["ticker"]["pid"], st["children"]["ingest"]["pid"]}
     assert "spare_started" not in eng.stderr
     old_pid = st["children"]["ticker"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
-    wait_until(lambda: eng.status()["children"]["ticker"]["restarts"] == 1
-               and eng.status()["children"]["ticker"]["pid"] not in (0, old_pid),
-               START_TIMEOUT_S, "cold restart")
+    wait_until(
+        lambda: (
+            eng.status()["children"]["ticker"]["restarts"] == 1
+            and eng.status()["children"]["ticker"]["pid"] not in (0, old_pid)
+        ),
+        START_TIMEOUT_S,
+        "cold restart",
+    )
     wait_until(lambda: eng.status()["epoch"] > st["epoch"] + 3, START_TIMEOUT_S, "ticking again")
     assert eng.stop() == 0
 
@@ -182,9 +207,14 @@ def test_a_hung_child_is_killed_and_restarted_by_the_watchdog(shm_name, tmp_path
     hung = st["children"]["ticker"]["pid"]
     os.kill(hung, signal.SIGSTOP)  # alive, but no longer ticking
     try:
-        wait_until(lambda: eng.status()["children"]["ticker"]["restarts"] == 1
-                   and eng.status()["children"]["ticker"]["pid"] not in (0, hung),
-                   START_TIMEOUT_S, "the hung ticker replaced")
+        wait_until(
+            lambda: (
+                eng.status()["children"]["ticker"]["restarts"] == 1
+                and eng.status()["children"]["ticker"]["pid"] not in (0, hung)
+            ),
+            START_TIMEOUT_S,
+            "the hung ticker replaced",
+        )
     finally:
         try:
             os.kill(hung, signal.SIGCONT)
@@ -206,8 +236,11 @@ def test_watchdog_off_leaves_a_stopped_child_alone(shm_name, tmp_path, engine_at
     os.kill(pid, signal.SIGSTOP)
     try:
         t_end = time.monotonic() + 3.0
-        wait_until(lambda: time.monotonic() > t_end or "child_hung" in eng.stderr, 10,
-                   "3 s with the ticker stopped")
+        wait_until(
+            lambda: time.monotonic() > t_end or "child_hung" in eng.stderr,
+            10,
+            "3 s with the ticker stopped",
+        )
         assert "child_hung" not in eng.stderr
         assert eng.status()["children"]["ticker"] == {"pid": pid, "restarts": 0}
     finally:
@@ -225,7 +258,7 @@ def test_ready_needs_a_published_epoch_and_a_bound_ingest(shm_name):
     with Segment.create(shm_name, 4, endpoint="tcp://127.0.0.1:*") as seg:
         h = seg.views.header
         assert not engine_ready(h)
-        h.latch_seq[0] = 2                      # epoch 1 published, ingest silent
+        h.latch_seq[0] = 2  # epoch 1 published, ingest silent
         assert not engine_ready(h)
         assert not read_status(shm_name)["ready"]
         h.ingest_alive_mono[0] = time.monotonic()
@@ -233,15 +266,19 @@ def test_ready_needs_a_published_epoch_and_a_bound_ingest(shm_name):
         assert read_status(shm_name)["ready"]
 
 
-def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_path,
-                                                                   engine_at):
+def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_path, engine_at):
     import re
 
     eng = engine_at(shm_name, write_config(tmp_path / "e.toml", free_port()))
     eng.wait_ready()
     for role in ("ingest", "ticker"):
-        wait_until(lambda: re.search(rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$",
-                                     eng.stderr, re.M), START_TIMEOUT_S, f"{role} spare warm")
+        wait_until(
+            lambda role=role: re.search(
+                rf"spare_ready role={role} pid=\d+ warm_s=[\d.]+$", eng.stderr, re.M
+            ),
+            START_TIMEOUT_S,
+            f"{role} spare warm",
+        )
     spare = int(re.search(r"spare_started role=ticker pid=(\d+)", eng.stderr).group(1))
     os.kill(spare, signal.SIGKILL)
     wait_until(lambda: f"spare_lost role=ticker pid={spare}" in eng.stderr, 30, "spare lost")
@@ -251,6 +288,7 @@ def test_spares_report_warm_and_a_dead_spare_means_a_cold_restart(shm_name, tmp_
     def restarted():
         c = eng.status()["children"]["ticker"]
         return c["restarts"] == 1 and c["pid"] not in (0, ticker, spare)
+
     wait_until(restarted, START_TIMEOUT_S, "ticker restarted cold")
     epoch = eng.status()["epoch"]
     wait_until(lambda: eng.status()["epoch"] > epoch + 3, START_TIMEOUT_S, "ticks again")

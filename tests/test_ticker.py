@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from clients.reader import ScoreReader
-from shm_engine.wire.encode import node_key
-from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.registry import NodeRegistry
+from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin
 from shm_engine.core.states import NodeState
-from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.tick.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
+from shm_engine.wire.encode import node_key
+from shm_engine.wire.jsondecode import check_heartbeat
 
 CAP = 6  # not 8, the length of the weights and counts vectors
 CFG = Config()
@@ -52,8 +52,9 @@ def send(views, registry, now, **hb):
     if slot < 0:
         slot = registry.register(key, b"", labels)
     t = views.table
-    write_rows(column_addresses(t), len(t.row_version), np.array([slot], np.int64),
-               np.atleast_1d(rec), now)
+    write_rows(
+        column_addresses(t), len(t.row_version), np.array([slot], np.int64), np.atleast_1d(rec), now
+    )
     return slot
 
 
@@ -94,10 +95,25 @@ def published(views):
     b = views.buffers[e & 1]
     hwm, n_ranked = int(b.slot_hwm[0]), int(b.n_ranked[0])
     out = {name: arr[:hwm].copy() for name, arr in b.views.items() if arr.shape == (CAP,)}
-    out.update({name: getattr(b, name).copy() for name in
-                ("epoch", "tick_mono", "pressure", "n_ranked", "live", "registered", "slot_hwm")})
-    out.update(weights=b.weights[:7].copy(), counts=b.counts[:5].copy(),
-               ranked=b.views["ranked"][:n_ranked].copy())
+    out.update(
+        {
+            name: getattr(b, name).copy()
+            for name in (
+                "epoch",
+                "tick_mono",
+                "pressure",
+                "n_ranked",
+                "live",
+                "registered",
+                "slot_hwm",
+            )
+        }
+    )
+    out.update(
+        weights=b.weights[:7].copy(),
+        counts=b.counts[:5].copy(),
+        ranked=b.views["ranked"][:n_ranked].copy(),
+    )
     return out
 
 
@@ -136,8 +152,9 @@ def test_error_window_is_carried_in_the_published_buffers(seg):
     assert float(b.state.e_err[slot]) == pytest.approx((1 * d) * d + 3, abs=1e-12)
     # g_succ = (e_ok + 1) / (e_ok + e_err + 1) < 1 now: the score fell.
     e_ok, e_err = (4 * d) * d + 2, (1 * d) * d + 3
-    core = (0.20 * 0.5 + 0.15 * 0.5 + 0.25 * 1 + 0.15 * 1
-            + 0.15 * (e_ok + 1) / (e_ok + e_err + 1)) / 0.90
+    core = (
+        0.20 * 0.5 + 0.15 * 0.5 + 0.25 * 1 + 0.15 * 1 + 0.15 * (e_ok + 1) / (e_ok + e_err + 1)
+    ) / 0.90
     assert float(b.out.raw[slot]) == pytest.approx(core, abs=1e-12)
 
 
@@ -148,7 +165,7 @@ def test_uses_the_engine_tick_interval_for_the_window(shm_name):
         t = Ticker(s.views, cfg)
         slot = send(s.views, reg, 0.0, **node("w", ok=8, err=0))
         t.tick(0.0)
-        t.tick(1.0)                 # d = 0.5 ** (1000 / 1000 / 1.0) = 0.5 exactly
+        t.tick(1.0)  # d = 0.5 ** (1000 / 1000 / 1.0) = 0.5 exactly
         assert float(s.views.buffers[0].state.e_ok[slot]) == 4.0
         t = None
 
@@ -159,7 +176,7 @@ def test_epochs_are_published_into_alternating_buffers(seg):
     t = Ticker(v, CFG)
     results = run_script(v, reg, lambda k: t, 4)
     assert [r.epoch for r in results] == [1, 2, 3, 4]
-    assert int(v.header.latch_seq[0]) == 2 * 4          # even: nothing in progress
+    assert int(v.header.latch_seq[0]) == 2 * 4  # even: nothing in progress
     for e in (3, 4):
         b = v.buffers[e & 1]
         assert int(b.epoch[0]) == e
@@ -221,7 +238,7 @@ def test_odd_latch_rewrites_the_unfinished_epoch(shm_names):
         for arr in garbage.views.values():
             arr[...] = 77
         with ScoreReader.attach(names[1]) as reader:
-            assert reader.snapshot().epoch == 3         # readers still see epoch 3
+            assert reader.snapshot().epoch == 3  # readers still see epoch 3
         for hb in SCRIPT[3]:
             send(v, reg, 3 * 0.05, **hb)
         r = Ticker(v, CFG).tick(3 * 0.05)
@@ -243,20 +260,27 @@ def test_tick_stats_in_header(seg):
         t.tick(k * 0.05)
     h = v.header
     assert int(h.ticks[0]) == 20
-    last, p50, p99, mx = (float(h.tick_us_last[0]), float(h.tick_us_p50[0]),
-                          float(h.tick_us_p99[0]), float(h.tick_us_max[0]))
+    last, p50, p99, mx = (
+        float(h.tick_us_last[0]),
+        float(h.tick_us_p50[0]),
+        float(h.tick_us_p99[0]),
+        float(h.tick_us_max[0]),
+    )
     assert 0 < last <= mx
     assert 0 < p50 <= p99 <= mx
     assert float(h.ticker_alive_mono[0]) >= before
 
 
-@pytest.mark.parametrize("samples, expect", [
-    # (values added in order, (last, p50, p99, max)) over a window of 4
-    ([], (0.0, 0.0, 0.0, 0.0)),
-    ([5.0], (5.0, 5.0, 5.0, 5.0)),
-    ([1.0, 2.0, 3.0], (3.0, 2.0, 2.98, 3.0)),                 # p99 = 2 + 0.98*(3-2)
-    ([100.0, 1.0, 2.0, 3.0, 4.0], (4.0, 2.5, 3.97, 4.0)),     # 100 fell out of the window
-])
+@pytest.mark.parametrize(
+    "samples, expect",
+    [
+        # (values added in order, (last, p50, p99, max)) over a window of 4
+        ([], (0.0, 0.0, 0.0, 0.0)),
+        ([5.0], (5.0, 5.0, 5.0, 5.0)),
+        ([1.0, 2.0, 3.0], (3.0, 2.0, 2.98, 3.0)),  # p99 = 2 + 0.98*(3-2)
+        ([100.0, 1.0, 2.0, 3.0, 4.0], (4.0, 2.5, 3.97, 4.0)),  # 100 fell out of the window
+    ],
+)
 def test_tick_stats_window(samples, expect):
     s = TickStats(window=4)
     for x in samples:
@@ -264,13 +288,16 @@ def test_tick_stats_window(samples, expect):
     assert s.summary() == pytest.approx(expect)
 
 
-@pytest.mark.parametrize("ends, ks, overruns", [
-    # interval 1.0 from t0 = 0: deadlines 0, 1, 2, ...
-    ([0.3, 1.2, 2.9], [1, 2, 3], 0),          # every tick ends before the next deadline
-    ([0.3, 3.5], [1, 4], 1),                  # tick 1 ends at 3.5: skip 2 and 3, next is 4
-    ([1.0], [1], 0),                          # ending exactly on the deadline is on time
-    ([1.0001], [2], 1),
-])
+@pytest.mark.parametrize(
+    "ends, ks, overruns",
+    [
+        # interval 1.0 from t0 = 0: deadlines 0, 1, 2, ...
+        ([0.3, 1.2, 2.9], [1, 2, 3], 0),  # every tick ends before the next deadline
+        ([0.3, 3.5], [1, 4], 1),  # tick 1 ends at 3.5: skip 2 and 3, next is 4
+        ([1.0], [1], 0),  # ending exactly on the deadline is on time
+        ([1.0001], [2], 1),
+    ],
+)
 def test_schedule_skips_missed_deadlines(ends, ks, overruns):
     sch = Schedule(1.0, 0.0)
     got_k, got_over = [], 0

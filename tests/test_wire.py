@@ -17,15 +17,41 @@ from shm_engine.wire import binary, jsondecode, rulecode
 from shm_engine.wire import decode as decode_mod
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.encode import encode_batch, encode_json, node_key, record_to_dict
-from shm_engine.wire.format import (FIELD_INDEX, FIELDS, KNOWN_FIELDS, OPTIONAL_FIELDS, RECORD_DTYPE,
-                                    RECORD_RULES, RECORD_SIZE, RECORD_STRUCT, REJECT_REASONS,
-                                    REQUIRED_FIELDS, RESERVED_SPANS, Labels, Resources, names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELDS,
+    KNOWN_FIELDS,
+    OPTIONAL_FIELDS,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    REJECT_REASONS,
+    REQUIRED_FIELDS,
+    RESERVED_SPANS,
+    Labels,
+    Resources,
+    names_of,
+)
 from shm_engine.wire.jsondecode import check_heartbeat
 
 MAX = 1 << 20
 
-FULL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2, throughput=10.0,
-            ok=5, err=1, io=0.1, p50_ms=3.0, p95_ms=9.0, ts=1.7e9, zone="eu-1")
+FULL = dict(
+    node="n7",
+    cpu=0.5,
+    mem=0.25,
+    queue=3.0,
+    avg_job_s=0.2,
+    throughput=10.0,
+    ok=5,
+    err=1,
+    io=0.1,
+    p50_ms=3.0,
+    p95_ms=9.0,
+    ts=1.7e9,
+    zone="eu-1",
+)
 MINIMAL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 
 
@@ -52,26 +78,58 @@ def jframe(obj) -> bytes:
 
 # ------------------------------------------------------------------ layout
 
+
 def test_record_layout_is_the_documented_one():
     assert RECORD_DTYPE.itemsize == RECORD_SIZE == 384
     offsets = {name: RECORD_DTYPE.fields[name][1] for name in RECORD_DTYPE.names}
-    assert offsets == dict(cpu=0, mem=8, queue=16, avg_job_s=24, throughput=32, io=40,
-                           p50_ms=48, p95_ms=56, ts=64, ok=72, err=76, flags=80, slots=82,
-                           node=88, zone=152,
-                           **{f"res_name{i}": 192 + 16 * i for i in range(8)},
-                           **{f"res_value{i}": 320 + 8 * i for i in range(8)})
+    assert offsets == dict(
+        cpu=0,
+        mem=8,
+        queue=16,
+        avg_job_s=24,
+        throughput=32,
+        io=40,
+        p50_ms=48,
+        p95_ms=56,
+        ts=64,
+        ok=72,
+        err=76,
+        flags=80,
+        slots=82,
+        node=88,
+        zone=152,
+        **{f"res_name{i}": 192 + 16 * i for i in range(8)},
+        **{f"res_value{i}": 320 + 8 * i for i in range(8)},
+    )
     assert RECORD_DTYPE["slots"] == np.dtype("<u2")
     # The decoder's reasons first, then those only the ingest counts (each
     # a fixed counter slot in the segment header).
-    assert REJECT_REASONS[8:] == ("registry_full", "too_many_heartbeats", "not_authorized",
-                                  "node_not_allowed", "registration_rate")
+    assert REJECT_REASONS[8:] == (
+        "registry_full",
+        "too_many_heartbeats",
+        "not_authorized",
+        "node_not_allowed",
+        "registration_rate",
+    )
     assert len(set(REJECT_REASONS)) == 13
     assert RESERVED_SPANS == ((81, 82), (84, 88), (184, 192))
     assert REQUIRED_FIELDS == ("node", "cpu", "mem", "queue", "avg_job_s")
-    assert OPTIONAL_FIELDS == ("throughput", "ok", "err", "io", "p50_ms", "p95_ms", "slots",
-                               "resources", "ts", "zone", "labels")
+    assert OPTIONAL_FIELDS == (
+        "throughput",
+        "ok",
+        "err",
+        "io",
+        "p50_ms",
+        "p95_ms",
+        "slots",
+        "resources",
+        "ts",
+        "zone",
+        "labels",
+    )
     assert [type(r).__name__ for r in RECORD_RULES] == (
-        ["Text", "FlagsByte"] + ["Number"] * 9 + ["Resources", "Number", "Text", "ReservedBytes"])
+        ["Text", "FlagsByte"] + ["Number"] * 9 + ["Resources", "Number", "Text", "ReservedBytes"]
+    )
 
 
 def test_the_package_exports_its_public_surface():
@@ -108,7 +166,8 @@ ACCEPT = [
     ("resources", hb(resources={"cpu": 64.0, "gpu": 0.0, "mem_gib": 251.5})),
     ("8 resources", hb(resources={f"r{i}": float(i) for i in range(8)})),
     ("15-byte resource name", hb(resources={"r" * 15: 1.0})),
-    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),  # 14 bytes; a control is allowed
+    # 14 bytes; a control is allowed
+    ("utf-8 resource name", hb(resources={"é" * 7: 1.0, "\t": 2.0})),
     ("empty resources", hb(resources={})),
     ("everything", dict(FULL, slots=8, resources={"gpu": 2.0}, labels={"a": "b"})),
 ]
@@ -168,17 +227,38 @@ REJECT = [
     ("slots float", hb(slots=2.0), "bad_field", r"slots=2\.0 is not an integer"),
     ("slots bool", hb(slots=True), "bad_field", r"slots=True is not an integer"),
     ("slots null", hb(slots=None), "bad_field", r"slots=None is not an integer"),
-    ("resources not an object", hb(resources=[1]), "bad_field", r"resources=\[1\] is not an object"),
-    ("9 resources", hb(resources={f"r{i}": 1.0 for i in range(9)}), "bad_field",
-     r"resources has 9 names > 8"),
+    (
+        "resources not an object",
+        hb(resources=[1]),
+        "bad_field",
+        r"resources=\[1\] is not an object",
+    ),
+    (
+        "9 resources",
+        hb(resources={f"r{i}": 1.0 for i in range(9)}),
+        "bad_field",
+        r"resources has 9 names > 8",
+    ),
     ("resource name empty", hb(resources={"": 1.0}), "bad_field", r"resource name is empty"),
-    ("resource name 16 bytes", hb(resources={"r" * 16: 1.0}), "bad_field",
-     r"resource name is 16 bytes > 15"),
-    ("resource name 8 x 2-byte chars", hb(resources={"é" * 8: 1.0}), "bad_field",
-     r"resource name is 16 bytes > 15"),
+    (
+        "resource name 16 bytes",
+        hb(resources={"r" * 16: 1.0}),
+        "bad_field",
+        r"resource name is 16 bytes > 15",
+    ),
+    (
+        "resource name 8 x 2-byte chars",
+        hb(resources={"é" * 8: 1.0}),
+        "bad_field",
+        r"resource name is 16 bytes > 15",
+    ),
     ("resource name NUL", hb(resources={"a\x00": 1.0}), "bad_field", r"resource name contains NUL"),
-    ("resource negative", hb(resources={"gpu": -1.0}), "bad_field",
-     r"resources 'gpu'=-1\.0 out of \[0, inf\)"),
+    (
+        "resource negative",
+        hb(resources={"gpu": -1.0}),
+        "bad_field",
+        r"resources 'gpu'=-1\.0 out of \[0, inf\)",
+    ),
     ("resource NaN", hb(resources={"gpu": math.nan}), "bad_field", r"gpu.*not finite"),
     ("resource bool", hb(resources={"gpu": True}), "bad_field", r"'gpu'=True is not a number"),
     ("resource string", hb(resources={"gpu": "2"}), "bad_field", r"is not a number"),
@@ -195,10 +275,12 @@ REJECT = [
 
 @pytest.mark.parametrize("name,obj,reason,detail", REJECT, ids=[r[0] for r in REJECT])
 def test_json_rejects(name, obj, reason, detail):
-    d = decode_frame(jframe(obj) if name != "id lone surrogate" else
-                     json.dumps(obj, ensure_ascii=True).encode(), MAX)
+    d = decode_frame(
+        jframe(obj) if name != "id lone surrogate" else json.dumps(obj, ensure_ascii=True).encode(),
+        MAX,
+    )
     assert d.rejects == {reason: 1} and d.seen == 1 and len(d.records) == 0
-    (got_reason, got_detail), = d.sample
+    ((got_reason, got_detail),) = d.sample
     assert got_reason == reason
     assert re.search(detail, got_detail), got_detail
     # check_heartbeat (the replay path) agrees on reason and detail
@@ -213,8 +295,10 @@ def test_labels_at_the_limit():
 
 
 def test_labels_are_canonical():
-    d = decode_frame(b'{"node":"a","cpu":0,"mem":0,"queue":0,"avg_job_s":0,'
-                     b'"labels":{"z": "1", "a": "\\u00e9"}}', MAX)
+    d = decode_frame(
+        b'{"node":"a","cpu":0,"mem":0,"queue":0,"avg_job_s":0,"labels":{"z": "1", "a": "\\u00e9"}}',
+        MAX,
+    )
     assert d.labels == ['{"a":"é","z":"1"}'.encode()]
 
 
@@ -222,8 +306,9 @@ def test_duplicate_keys_are_rejected():
     d = decode_frame(b'{"node":"a","cpu":0,"cpu":2,"mem":0,"queue":0,"avg_job_s":0}', MAX)
     assert d.rejects == {"bad_field": 1}
     assert "field 'cpu' given twice" in d.sample[0][1]
-    d = decode_frame(b'{"node":"a","cpu":0,"mem":0,"queue":0,"avg_job_s":0,'
-                     b'"resources":{"gpu":1,"gpu":2}}', MAX)
+    d = decode_frame(
+        b'{"node":"a","cpu":0,"mem":0,"queue":0,"avg_job_s":0,"resources":{"gpu":1,"gpu":2}}', MAX
+    )
     assert d.rejects == {"bad_field": 1}
     assert "resources name 'gpu' given twice" in d.sample[0][1]
 
@@ -235,7 +320,7 @@ def test_slots_and_resources_in_the_record():
     assert [bytes(rec[f"res_name{i}"]) for i in range(3)] == [b"gpu", b"cpu", b""]
     assert [float(rec[f"res_value{i}"]) for i in range(3)] == [2.0, 64.0, 0.0]
     rec, _, _, _ = check_heartbeat(hb())
-    assert int(rec["slots"]) == 0 and int(rec["flags"]) == 0    # absent: the row writes 1
+    assert int(rec["slots"]) == 0 and int(rec["flags"]) == 0  # absent: the row writes 1
 
 
 def test_check_order_unknown_then_node_then_missing():
@@ -255,22 +340,26 @@ def test_check_heartbeat_returns_a_record():
 
 # ------------------------------------------------------------------ JSON frames
 
-@pytest.mark.parametrize("frame,detail", [
-    (b"{", r"invalid JSON"),
-    (b"[1,", r"invalid JSON"),
-    (b"{}x", r"invalid JSON"),
-    (b'{"node": "\xff"}', r"invalid UTF-8 at byte 10"),
-    (b" 3", r"top level is int"),
-    (b'\n"x"', r"top level is str"),
-    (b"[" * 33 + b"]" * 33, r"nesting deeper than 32"),
-    (b"[" * 100000, r"nesting deeper than 32"),
-    (b'{"a":' * 40 + b"1" + b"}" * 40, r"nesting deeper than 32"),
-    (b'[{"q":"' + b"\\\"" * 5000 + b"[" * 40, r"nesting deeper than 32|invalid JSON"),
-    (b"[" + b"1" * 5000 + b"]", r"invalid JSON"),   # past int digit limit
-    (b"\xef\xbb\xbf{}", r"unknown frame kind"),      # BOM
-    (b"xyz", r"unknown frame kind \(first byte 0x78\)"),
-    (b"", r"empty frame"),
-])
+
+@pytest.mark.parametrize(
+    "frame,detail",
+    [
+        (b"{", r"invalid JSON"),
+        (b"[1,", r"invalid JSON"),
+        (b"{}x", r"invalid JSON"),
+        (b'{"node": "\xff"}', r"invalid UTF-8 at byte 10"),
+        (b" 3", r"top level is int"),
+        (b'\n"x"', r"top level is str"),
+        (b"[" * 33 + b"]" * 33, r"nesting deeper than 32"),
+        (b"[" * 100000, r"nesting deeper than 32"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, r"nesting deeper than 32"),
+        (b'[{"q":"' + b'\\"' * 5000 + b"[" * 40, r"nesting deeper than 32|invalid JSON"),
+        (b"[" + b"1" * 5000 + b"]", r"invalid JSON"),  # past int digit limit
+        (b"\xef\xbb\xbf{}", r"unknown frame kind"),  # BOM
+        (b"xyz", r"unknown frame kind \(first byte 0x78\)"),
+        (b"", r"empty frame"),
+    ],
+)
 def test_malformed_frames(frame, detail):
     d = decode_frame(frame, MAX)
     assert d.rejects == {"malformed_frame": 1} and d.seen == 1 and len(d.records) == 0
@@ -287,13 +376,21 @@ def test_depth_32_is_allowed_and_brackets_in_strings_do_not_count():
 def test_recursion_error_is_malformed(monkeypatch):
     def deep(_text):
         raise RecursionError
+
     monkeypatch.setattr(jsondecode.JSON_DECODER, "decode", deep)
     assert decode_frame(jframe(hb()), MAX).rejects == {"malformed_frame": 1}
 
 
 def test_bad_heartbeat_in_json_array_keeps_the_good_ones():
-    frame = jframe([hb(node="a"), hb(node="b", cpu=7), 5, hb(node="c", labels={"x": "y"}),
-                    hb(node="d", extra=1)])
+    frame = jframe(
+        [
+            hb(node="a"),
+            hb(node="b", cpu=7),
+            5,
+            hb(node="c", labels={"x": "y"}),
+            hb(node="d", extra=1),
+        ]
+    )
     d = decode_frame(frame, MAX)
     assert d.seen == 5 and [node_key(r) for r in d.records] == [b"a", b"c"]
     assert d.labels == [None, b'{"x":"y"}']
@@ -309,9 +406,11 @@ def test_empty_array_and_sample_is_capped():
 
 # ------------------------------------------------------------------ frame_too_large
 
+
 def test_frame_too_large_is_not_decoded(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded a frame that is too large")
+
     monkeypatch.setattr(json, "loads", boom)
     monkeypatch.setattr(jsondecode, "parse_json", boom)
     monkeypatch.setattr(decode_mod, "decode_json", boom)
@@ -319,8 +418,9 @@ def test_frame_too_large_is_not_decoded(monkeypatch):
     for frame in (jframe([hb()] * 20), encode_batch([hb()] * 20)):
         d = decode_frame(frame, len(frame) - 1)
         assert d.rejects == {"frame_too_large": 1} and d.seen == 1
-        assert d.sample == [("frame_too_large",
-                             f"frame: {len(frame)} bytes > max {len(frame) - 1}")]
+        assert d.sample == [
+            ("frame_too_large", f"frame: {len(frame)} bytes > max {len(frame) - 1}")
+        ]
     # exactly max is fine
     monkeypatch.undo()
     frame = encode_batch([hb()])
@@ -329,9 +429,13 @@ def test_frame_too_large_is_not_decoded(monkeypatch):
 
 # ------------------------------------------------------------------ binary frames
 
+
 def test_round_trip_binary():
-    records = ([dict(FULL, node=f"n{i}") for i in range(50)] + [hb(node="x" * 63)]
-               + [hb(node="r", slots=3, resources={"gpu": 4.0, "ü": 0.5})])
+    records = (
+        [dict(FULL, node=f"n{i}") for i in range(50)]
+        + [hb(node="x" * 63)]
+        + [hb(node="r", slots=3, resources={"gpu": 4.0, "ü": 0.5})]
+    )
     d = decode_frame(encode_batch(records), MAX)
     assert d.rejects == {} and d.seen == 52 and d.labels is None
     assert [record_to_dict(r) for r in d.records] == records
@@ -348,16 +452,32 @@ def test_round_trip_json_and_binary_give_the_same_record():
 
 
 def test_worked_example_in_the_docs():
-    frame = encode_batch([dict(node="n7", cpu=0.5, mem=0.25, queue=2.0, avg_job_s=0.1,
-                               ok=9, err=1, slots=4, zone="eu", resources={"gpu": 2.0})])
+    frame = encode_batch(
+        [
+            dict(
+                node="n7",
+                cpu=0.5,
+                mem=0.25,
+                queue=2.0,
+                avg_job_s=0.1,
+                ok=9,
+                err=1,
+                slots=4,
+                zone="eu",
+                resources={"gpu": 2.0},
+            )
+        ]
+    )
     assert len(frame) == 400
     assert frame[:16].hex() == "53484d48020080010100000000000000"
     # ok=9, err=1, flags=0xe2, reserved, slots=4
-    assert frame[16 + 72:16 + 84].hex() == "0900000001000000e2000400"
-    assert frame[16 + 88:16 + 91] == b"n7\0" and frame[16 + 152:16 + 155] == b"eu\0"
-    assert frame[16 + 192:16 + 196] == b"gpu\0" and frame[16 + 320:16 + 328].hex() == \
-        "0000000000000040"
-    assert frame[16 + 196:16 + 320] == bytes(124) and frame[16 + 328:] == bytes(56)
+    assert frame[16 + 72 : 16 + 84].hex() == "0900000001000000e2000400"
+    assert frame[16 + 88 : 16 + 91] == b"n7\0" and frame[16 + 152 : 16 + 155] == b"eu\0"
+    assert (
+        frame[16 + 192 : 16 + 196] == b"gpu\0"
+        and frame[16 + 320 : 16 + 328].hex() == "0000000000000040"
+    )
+    assert frame[16 + 196 : 16 + 320] == bytes(124) and frame[16 + 328 :] == bytes(56)
 
 
 def raw_records(n, **fields):
@@ -380,51 +500,120 @@ def binframe(a, *, version=2, record_size=RECORD_SIZE, count=None, reserved=0, p
 
 # (case, mutation of record 1 of 3 as (field values) or byte pokes, reason, detail regex)
 R = RECORD_SIZE
-NAME1 = R + 192 + 16     # record 1's second resource name
+NAME1 = R + 192 + 16  # record 1's second resource name
 BIN_REJECT = [
-    ("slots without bit", dict(slots=3), (), "bad_field", r"slots=3 set without its presence bit 0x40"),
+    (
+        "slots without bit",
+        dict(slots=3),
+        (),
+        "bad_field",
+        r"slots=3 set without its presence bit 0x40",
+    ),
     ("slots 0 with bit", dict(flags=64), (), "bad_field", r"slots=0 out of \[1, 65535\]"),
-    ("resources without bit", dict(res_value3=1.0), (), "bad_field",
-     r"resources set without its presence bit 0x80"),
-    ("resource name without bit", dict(res_name0=b"gpu"), (), "bad_field",
-     r"resources set without its presence bit"),
-    ("resource value < 0", dict(flags=128, res_name0=b"gpu", res_value0=-1.0), (), "bad_field",
-     r"resources b'gpu'=-1\.0 out of \[0, inf\)"),
-    ("resource value NaN", dict(flags=128, res_name0=b"gpu", res_value0=np.nan), (),
-     "bad_field", r"resources b'gpu'=nan out of"),
-    ("resource entry after an empty one", dict(flags=128, res_name1=b"gpu"), (), "bad_field",
-     r"resources entry 1 follows an empty name"),
-    ("resource value after an empty name", dict(flags=128, res_name0=b"a", res_value1=2.0), (),
-     "bad_field", r"resources entry 1 follows an empty name"),
-    ("resource name twice", dict(flags=128, res_name0=b"gpu", res_name1=b"gpu"), (), "bad_field",
-     r"resources name b'gpu' given twice"),
-    ("resource name 16 bytes", dict(flags=128, res_name0=b"a", res_name1=b"r" * 16), (),
-     "bad_field", r"resources entry 1: resource name has no trailing NUL"),
-    ("resource name NUL inside", dict(flags=128, res_name0=b"a"), ((NAME1, 0x41), (NAME1 + 2, 0x42)),
-     "bad_field", r"resources entry 1: resource name contains NUL"),
-    ("resource name bad UTF-8", dict(flags=128, res_name0=b"\xff"), (), "bad_field",
-     r"resources entry 0: resource name is not valid UTF-8"),
+    (
+        "resources without bit",
+        dict(res_value3=1.0),
+        (),
+        "bad_field",
+        r"resources set without its presence bit 0x80",
+    ),
+    (
+        "resource name without bit",
+        dict(res_name0=b"gpu"),
+        (),
+        "bad_field",
+        r"resources set without its presence bit",
+    ),
+    (
+        "resource value < 0",
+        dict(flags=128, res_name0=b"gpu", res_value0=-1.0),
+        (),
+        "bad_field",
+        r"resources b'gpu'=-1\.0 out of \[0, inf\)",
+    ),
+    (
+        "resource value NaN",
+        dict(flags=128, res_name0=b"gpu", res_value0=np.nan),
+        (),
+        "bad_field",
+        r"resources b'gpu'=nan out of",
+    ),
+    (
+        "resource entry after an empty one",
+        dict(flags=128, res_name1=b"gpu"),
+        (),
+        "bad_field",
+        r"resources entry 1 follows an empty name",
+    ),
+    (
+        "resource value after an empty name",
+        dict(flags=128, res_name0=b"a", res_value1=2.0),
+        (),
+        "bad_field",
+        r"resources entry 1 follows an empty name",
+    ),
+    (
+        "resource name twice",
+        dict(flags=128, res_name0=b"gpu", res_name1=b"gpu"),
+        (),
+        "bad_field",
+        r"resources name b'gpu' given twice",
+    ),
+    (
+        "resource name 16 bytes",
+        dict(flags=128, res_name0=b"a", res_name1=b"r" * 16),
+        (),
+        "bad_field",
+        r"resources entry 1: resource name has no trailing NUL",
+    ),
+    (
+        "resource name NUL inside",
+        dict(flags=128, res_name0=b"a"),
+        ((NAME1, 0x41), (NAME1 + 2, 0x42)),
+        "bad_field",
+        r"resources entry 1: resource name contains NUL",
+    ),
+    (
+        "resource name bad UTF-8",
+        dict(flags=128, res_name0=b"\xff"),
+        (),
+        "bad_field",
+        r"resources entry 0: resource name is not valid UTF-8",
+    ),
     ("cpu > 1", dict(cpu=1.5), (), "bad_field", r"node 'n1': cpu=1\.5 out of \[0, 1\]"),
     ("mem NaN", dict(mem=np.nan), (), "bad_field", r"mem=nan out of"),
     ("queue inf", dict(queue=np.inf), (), "bad_field", r"queue=inf out of \[0, inf\)"),
     ("avg_job_s < 0", dict(avg_job_s=-1.0), (), "bad_field", r"avg_job_s=-1\.0"),
-    ("throughput without bit", dict(throughput=2.0), (), "bad_field",
-     r"throughput=2\.0 set without its presence bit 0x01"),
-    ("throughput < 0", dict(throughput=-2.0, flags=1), (), "bad_field",
-     r"throughput=-2\.0 out of"),
+    (
+        "throughput without bit",
+        dict(throughput=2.0),
+        (),
+        "bad_field",
+        r"throughput=2\.0 set without its presence bit 0x01",
+    ),
+    ("throughput < 0", dict(throughput=-2.0, flags=1), (), "bad_field", r"throughput=-2\.0 out of"),
     ("ok without bit", dict(ok=3), (), "bad_field", r"ok=3 err=0 set without"),
     ("io > 1", dict(io=2.0, flags=4), (), "bad_field", r"io=2\.0 out of \[0, 1\]"),
     ("io without bit", dict(io=0.5), (), "bad_field", r"io=0\.5 set without"),
-    ("p95 < p50", dict(p50_ms=5.0, p95_ms=3.0, flags=8), (), "bad_field",
-     r"p50_ms=5\.0 p95_ms=3\.0 not 0 < p50_ms <= p95_ms"),
+    (
+        "p95 < p50",
+        dict(p50_ms=5.0, p95_ms=3.0, flags=8),
+        (),
+        "bad_field",
+        r"p50_ms=5\.0 p95_ms=3\.0 not 0 < p50_ms <= p95_ms",
+    ),
     ("p50 zero", dict(p50_ms=0.0, p95_ms=3.0, flags=8), (), "bad_field", r"p50_ms=0\.0"),
     ("ts inf", dict(ts=np.inf, flags=16), (), "bad_field", r"ts=inf not finite"),
     ("ts without bit", dict(ts=1.0), (), "bad_field", r"ts=1\.0 set without"),
     ("zone without bit", dict(zone=b"eu"), (), "bad_field", r"zone bytes set without"),
-    ("zone 32 bytes", dict(zone=b"z" * 32, flags=32), (), "bad_field",
-     r"zone has no trailing NUL"),
-    ("zone NUL inside", dict(flags=32), ((R + 152, 0x41), (R + 154, 0x42)), "bad_field",
-     r"zone contains NUL"),
+    ("zone 32 bytes", dict(zone=b"z" * 32, flags=32), (), "bad_field", r"zone has no trailing NUL"),
+    (
+        "zone NUL inside",
+        dict(flags=32),
+        ((R + 152, 0x41), (R + 154, 0x42)),
+        "bad_field",
+        r"zone contains NUL",
+    ),
     ("zone bad UTF-8", dict(zone=b"\xff", flags=32), (), "bad_field", r"zone is not valid UTF-8"),
     ("reserved byte 81", {}, ((R + 81, 1),), "bad_field", r"reserved record bytes"),
     ("reserved byte 84", {}, ((R + 84, 1),), "bad_field", r"reserved record bytes"),
@@ -433,8 +622,13 @@ BIN_REJECT = [
     ("id empty", dict(node=b""), (), "bad_node_id", r"empty"),
     ("id 64 bytes", dict(node=b"n" * 64), (), "bad_node_id", r"no trailing NUL"),
     ("id NUL inside", {}, ((R + 88 + 4, 0x41),), "bad_node_id", r"contains NUL"),
-    ("id control", dict(node=b"a\tb"), (), "bad_node_id",
-     r"node id has a byte outside 0-9 A-Z a-z - \. / : _$"),
+    (
+        "id control",
+        dict(node=b"a\tb"),
+        (),
+        "bad_node_id",
+        r"node id has a byte outside 0-9 A-Z a-z - \. / : _$",
+    ),
     ("id DEL", dict(node=b"a\x7f"), (), "bad_node_id", r"byte outside"),
     ("id space", dict(node=b"a b"), (), "bad_node_id", r"byte outside"),
     ("id C1", dict(node="a\x85".encode()), (), "bad_node_id", r"byte outside"),
@@ -443,8 +637,9 @@ BIN_REJECT = [
 ]
 
 
-@pytest.mark.parametrize("name,fields,pokes,reason,detail", BIN_REJECT,
-                         ids=[r[0] for r in BIN_REJECT])
+@pytest.mark.parametrize(
+    "name,fields,pokes,reason,detail", BIN_REJECT, ids=[r[0] for r in BIN_REJECT]
+)
 def test_binary_rejects_keep_the_good_records(name, fields, pokes, reason, detail):
     a = raw_records(3)
     for k, v in fields.items():
@@ -452,38 +647,55 @@ def test_binary_rejects_keep_the_good_records(name, fields, pokes, reason, detai
     d = decode_frame(binframe(a, pokes=pokes), MAX)
     assert d.seen == 3 and d.rejects == {reason: 1}
     assert [node_key(r) for r in d.records] == [b"n0", b"n2"]
-    (r, det), = d.sample
+    ((r, det),) = d.sample
     assert r == reason and re.search(detail, det), det
 
 
-@pytest.mark.parametrize("name,frame,reason,detail", [
-    ("truncated header", b"SHMH\x01\x00", "malformed_frame", r"header truncated"),
-    ("version 3", None, "unsupported_version",
-     r"version 3 record_size 384 \(known: 2, 384; 1, 192\)"),
-    ("record size 200", None, "unsupported_version", r"record_size 200"),
-    ("version 1 with the v2 record size", None, "unsupported_version",
-     r"version 1 record_size 384"),
-    ("version 2 with the v1 record size", None, "unsupported_version",
-     r"version 2 record_size 192"),
-    ("reserved header", None, "malformed_frame", r"reserved header field is 7"),
-    ("one byte short", None, "malformed_frame", r"783 bytes, header promises 16 \+ 2\*384"),
-    ("v1 one byte short", None, "malformed_frame", r"399 bytes, header promises 16 \+ 2\*192"),
-    ("count too large", None, "malformed_frame", r"header promises 16 \+ 4294967295"),
-])
+@pytest.mark.parametrize(
+    "name,frame,reason,detail",
+    [
+        ("truncated header", b"SHMH\x01\x00", "malformed_frame", r"header truncated"),
+        (
+            "version 3",
+            None,
+            "unsupported_version",
+            r"version 3 record_size 384 \(known: 2, 384; 1, 192\)",
+        ),
+        ("record size 200", None, "unsupported_version", r"record_size 200"),
+        (
+            "version 1 with the v2 record size",
+            None,
+            "unsupported_version",
+            r"version 1 record_size 384",
+        ),
+        (
+            "version 2 with the v1 record size",
+            None,
+            "unsupported_version",
+            r"version 2 record_size 192",
+        ),
+        ("reserved header", None, "malformed_frame", r"reserved header field is 7"),
+        ("one byte short", None, "malformed_frame", r"783 bytes, header promises 16 \+ 2\*384"),
+        ("v1 one byte short", None, "malformed_frame", r"399 bytes, header promises 16 \+ 2\*192"),
+        ("count too large", None, "malformed_frame", r"header promises 16 \+ 4294967295"),
+    ],
+)
 def test_binary_frame_errors(name, frame, reason, detail):
     a = raw_records(2)
-    v1 = struct.pack("<4sHHII", b"SHMH", 1, 192, 2, 0) + b"".join(
-        r.tobytes()[:192] for r in a)
-    frame = frame or {
-        "version 3": lambda: binframe(a, version=3),
-        "record size 200": lambda: binframe(a, record_size=200),
-        "version 1 with the v2 record size": lambda: binframe(a, version=1),
-        "version 2 with the v1 record size": lambda: binframe(a, record_size=192),
-        "reserved header": lambda: binframe(a, reserved=7),
-        "one byte short": lambda: binframe(a)[:-1],
-        "v1 one byte short": lambda: v1[:-1],
-        "count too large": lambda: binframe(a, count=2**32 - 1),
-    }[name]()
+    v1 = struct.pack("<4sHHII", b"SHMH", 1, 192, 2, 0) + b"".join(r.tobytes()[:192] for r in a)
+    frame = (
+        frame
+        or {
+            "version 3": lambda: binframe(a, version=3),
+            "record size 200": lambda: binframe(a, record_size=200),
+            "version 1 with the v2 record size": lambda: binframe(a, version=1),
+            "version 2 with the v1 record size": lambda: binframe(a, record_size=192),
+            "reserved header": lambda: binframe(a, reserved=7),
+            "one byte short": lambda: binframe(a)[:-1],
+            "v1 one byte short": lambda: v1[:-1],
+            "count too large": lambda: binframe(a, count=2**32 - 1),
+        }[name]()
+    )
     d = decode_frame(frame, MAX)
     assert d.rejects == {reason: 1} and d.seen == 1 and len(d.records) == 0
     assert re.search(detail, d.sample[0][1]), d.sample
@@ -504,8 +716,7 @@ def test_version_1_frames_are_still_accepted(n):
     slots now, but without the presence bit they must still be zero."""
     a = raw_records(n, flags=0x22, ok=4, err=1)
     a["zone"] = b"eu"
-    v1 = struct.pack("<4sHHII", b"SHMH", 1, 192, n, 0) + b"".join(
-        r.tobytes()[:192] for r in a)
+    v1 = struct.pack("<4sHHII", b"SHMH", 1, 192, n, 0) + b"".join(r.tobytes()[:192] for r in a)
     d = decode_frame(v1, MAX)
     assert d.rejects == {} and d.seen == n
     assert d.records.tobytes() == a.tobytes()
@@ -518,7 +729,7 @@ def test_version_1_frames_are_still_accepted(n):
 def test_memoryview_frames_and_records_outlive_the_buffer():
     buf = bytearray(encode_batch([hb(node="a"), hb(node="b")]))
     d = decode_frame(memoryview(buf), MAX)
-    buf[16 + 88] = ord("z")    # records must be a copy, not a view of the frame
+    buf[16 + 88] = ord("z")  # records must be a copy, not a view of the frame
     assert [node_key(r) for r in d.records] == [b"a", b"b"]
 
 
@@ -543,8 +754,7 @@ VALID_FRAMES = [
     jframe(hb(slots=5, resources={"gpu": 2.5})),
 ]
 
-FUZZ = settings(max_examples=400, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -555,15 +765,18 @@ def test_random_bytes_never_raise(frame):
 
 
 @FUZZ
-@given(st.sampled_from(VALID_FRAMES),
-       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
-       st.integers(0, 10**6), st.booleans())
+@given(
+    st.sampled_from(VALID_FRAMES),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+    st.integers(0, 10**6),
+    st.booleans(),
+)
 def test_mutated_frames_never_raise_and_account_for_everything(frame, pokes, cut, do_cut):
     buf = bytearray(frame)
     for pos, val in pokes:
         buf[pos % len(buf)] = val
     if do_cut:
-        buf = buf[:cut % (len(buf) + 1)]
+        buf = buf[: cut % (len(buf) + 1)]
     d = decode_frame(bytes(buf), MAX)
     assert accounted(d)
     assert d.records.dtype == RECORD_DTYPE
@@ -574,6 +787,7 @@ def test_mutated_frames_never_raise_and_account_for_everything(frame, pokes, cut
 
 
 # ------------------------------------------------------------------ one rule table, three checks
+
 
 def finder_faults(raw: np.ndarray) -> list[int]:
     """Each record's first broken rule by the fault finder (1 + its index in
@@ -592,16 +806,22 @@ def assert_checks_agree(raw: np.ndarray) -> None:
     expect = finder_faults(raw)
     assert faults.tolist() == expect
     assert bad == sum(1 for f in expect if f)
-    for row, fault in zip(raw, expect):
+    for row, fault in zip(raw, expect, strict=True):
         assert binary._accept(RECORD_STRUCT.unpack(row.tobytes())) == (not fault)
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, R * 3 - 1), st.integers(0, 255)),
-                min_size=1, max_size=6))
+@given(st.lists(st.tuples(st.integers(0, R * 3 - 1), st.integers(0, 255)), min_size=1, max_size=6))
 def test_the_compiled_check_agrees_with_the_fault_finder_on_poked_records(pokes):
-    body = bytearray(encode_batch([dict(FULL, node="a", slots=3), hb(node="b"),
-                                   hb(node="c", resources={"gpu": 1.0, "x": 2.0})])[16:])
+    body = bytearray(
+        encode_batch(
+            [
+                dict(FULL, node="a", slots=3),
+                hb(node="b"),
+                hb(node="c", resources={"gpu": 1.0, "x": 2.0}),
+            ]
+        )[16:]
+    )
     for pos, val in pokes:
         body[pos] = val
     assert_checks_agree(np.frombuffer(bytes(body), np.uint8).reshape(3, R))
@@ -610,18 +830,48 @@ def test_the_compiled_check_agrees_with_the_fault_finder_on_poked_records(pokes)
 # Values on the rules' boundaries, and text pieces: ASCII, controls, NUL, C1
 # (U+0085), 2-4 byte UTF-8, and bytes no valid UTF-8 holds there (overlong
 # lead, lone continuation, surrogate, > U+10FFFF, a truncated sequence).
-EDGE_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1.0000000000000002, 5e-324, -5e-324, 1e308, 3.0, 9.0,
-               float("inf"), float("-inf"), float("nan")]
+EDGE_FLOATS = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1.0000000000000002,
+    5e-324,
+    -5e-324,
+    1e308,
+    3.0,
+    9.0,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+]
 GOOD_ID = [b"a", b"node-7", b"Z.9_:/", b"-"]
 GOOD_TEXT = GOOD_ID + [b" ", "é".encode(), "€".encode(), "😀".encode()]
-BAD_TEXT = [b"\t", b"\x7f", b"\x00", "\x85".encode(), b"\xc0\x80", b"\x80", b"\xed\xa0\x80",
-            b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xff", b"@", b"`", b"[", b"{", b",", b"~"]
+BAD_TEXT = [
+    b"\t",
+    b"\x7f",
+    b"\x00",
+    "\x85".encode(),
+    b"\xc0\x80",
+    b"\x80",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xe2\x82",
+    b"\xff",
+    b"@",
+    b"`",
+    b"[",
+    b"{",
+    b",",
+    b"~",
+]
 FLOAT_FIELDS = ("cpu", "mem", "queue", "avg_job_s", "throughput", "io", "p50_ms", "p95_ms", "ts")
 
 
 def padded(pieces: list[bytes], size: int, nul_tail: bool) -> bytes:
     text = b"".join(pieces)[:size]
-    return (text[:size - 1] if nul_tail else text).ljust(size, b"\0")
+    return (text[: size - 1] if nul_tail else text).ljust(size, b"\0")
 
 
 @st.composite
@@ -634,8 +884,12 @@ def hostile_records(draw):
     rec = np.zeros(1, RECORD_DTYPE)
     rec["cpu"], rec["mem"] = draw(st.sampled_from([0.0, 0.5, 1.0])), 0.25
     rec["queue"], rec["avg_job_s"] = draw(st.sampled_from([0.0, 3.0])), 0.2
-    for bit, names, value in ((1, ("throughput",), 2.0), (4, ("io",), 0.5),
-                              (8, ("p50_ms", "p95_ms"), 3.0), (16, ("ts",), -1.0)):
+    for bit, names, value in (
+        (1, ("throughput",), 2.0),
+        (4, ("io",), 0.5),
+        (8, ("p50_ms", "p95_ms"), 3.0),
+        (16, ("ts",), -1.0),
+    ):
         for name in names:
             rec[name] = value if flags & bit else 0.0
     if flags & 2:
@@ -651,17 +905,30 @@ def hostile_records(draw):
 
     def text(name, size, pieces, nul_tail=True):
         off = RECORD_DTYPE.fields[name][1]
-        raw[off:off + size] = padded(pieces, size, nul_tail)
+        raw[off : off + size] = padded(pieces, size, nul_tail)
 
     text("node", 64, draw(st.lists(st.sampled_from(GOOD_ID), min_size=1, max_size=8)))
     if flags & 32:
         text("zone", 32, draw(st.lists(st.sampled_from(GOOD_TEXT), max_size=5)))
     for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["float", "flag", "count", "slots", "node", "zone",
-                                     "resource name", "resource value", "reserved"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "float",
+                    "flag",
+                    "count",
+                    "slots",
+                    "node",
+                    "zone",
+                    "resource name",
+                    "resource value",
+                    "reserved",
+                ]
+            )
+        )
         if kind == "float":
             off = RECORD_DTYPE.fields[draw(st.sampled_from(FLOAT_FIELDS))][1]
-            raw[off:off + 8] = struct.pack("<d", draw(st.sampled_from(EDGE_FLOATS)))
+            raw[off : off + 8] = struct.pack("<d", draw(st.sampled_from(EDGE_FLOATS)))
         elif kind == "flag":
             raw[80] ^= 1 << draw(st.integers(0, 7))
         elif kind == "count":
@@ -676,7 +943,7 @@ def hostile_records(draw):
             text(f"res_name{draw(st.integers(0, 7))}", 16, pieces, draw(st.booleans()))
         elif kind == "resource value":
             off = RECORD_DTYPE.fields[f"res_value{draw(st.integers(0, 7))}"][1]
-            raw[off:off + 8] = struct.pack("<d", draw(st.sampled_from(EDGE_FLOATS)))
+            raw[off : off + 8] = struct.pack("<d", draw(st.sampled_from(EDGE_FLOATS)))
         else:
             raw[draw(st.sampled_from([81, 84, 87, 184, 191]))] = draw(st.integers(1, 255))
     return bytes(raw)
@@ -693,21 +960,28 @@ def test_the_compiled_check_agrees_with_the_fault_finder_on_hostile_records(reco
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(sorted(KNOWN_FIELDS) + ["x"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(-3, 2**33),
-                                 st.floats(allow_nan=True), st.text(max_size=70),
-                                 st.dictionaries(st.text(max_size=5), st.text(max_size=5),
-                                                 max_size=3),
-                                 st.dictionaries(st.text(max_size=16),
-                                                 st.floats(-1.0, 1e300) | st.integers(-1, 9),
-                                                 max_size=9))))
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(KNOWN_FIELDS) + ["x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-3, 2**33),
+            st.floats(allow_nan=True),
+            st.text(max_size=70),
+            st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+            st.dictionaries(
+                st.text(max_size=16), st.floats(-1.0, 1e300) | st.integers(-1, 9), max_size=9
+            ),
+        ),
+    )
+)
 def test_random_objects_never_raise(obj):
     rec, labels, reason, detail = check_heartbeat(obj)
     assert (rec is None) == (reason is not None)
     if rec is not None:
         # an accepted heartbeat re-encodes to an identical record, both ways
-        assert decode_frame(encode_json(obj), MAX).records.tobytes() == \
-            np.array([rec]).tobytes()
+        assert decode_frame(encode_json(obj), MAX).records.tobytes() == np.array([rec]).tobytes()
 
 
 def fields_by_readers(obj: dict, values: list, read: dict):
@@ -722,25 +996,36 @@ def fields_by_readers(obj: dict, values: list, read: dict):
             value = read[key](obj, values)
             if isinstance(rule, Labels):
                 labels = value
-            elif not isinstance(rule, Resources):    # its reader fills the entries
+            elif not isinstance(rule, Resources):  # its reader fills the entries
                 values[FIELD_INDEX[key]] = value
         flags |= getattr(rule, "bit", 0)
     values[FIELD_INDEX["flags"]] = flags
     return labels
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**33), st.floats(allow_nan=True),
-                   st.sampled_from([0.0, 0.5, 1.0, 3.0, 2**32 - 1, 2**32, 65535, 65536]),
-                   st.text(max_size=40),
-                   st.dictionaries(st.text(max_size=16), st.floats() | st.integers(-1, 9),
-                                   max_size=9))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 2**33),
+    st.floats(allow_nan=True),
+    st.sampled_from([0.0, 0.5, 1.0, 3.0, 2**32 - 1, 2**32, 65535, 65536]),
+    st.text(max_size=40),
+    st.dictionaries(st.text(max_size=16), st.floats() | st.integers(-1, 9), max_size=9),
+)
 
 
 @FUZZ
-@given(st.sampled_from([FULL, MINIMAL, dict(FULL, labels={"a": "b"}),
-                        dict(MINIMAL, slots=2, resources={"gpu": 1.0})]),
-       st.dictionaries(st.sampled_from(sorted(KNOWN_FIELDS - {"node", "labels"})), VALUES,
-                       max_size=4))
+@given(
+    st.sampled_from(
+        [
+            FULL,
+            MINIMAL,
+            dict(FULL, labels={"a": "b"}),
+            dict(MINIMAL, slots=2, resources={"gpu": 1.0}),
+        ]
+    ),
+    st.dictionaries(st.sampled_from(sorted(KNOWN_FIELDS - {"node", "labels"})), VALUES, max_size=4),
+)
 def test_the_rendered_json_fields_agree_with_the_readers(base, changes):
     """`check_mapping` reads fields with code rendered from the table (a
     float in range is taken as is); with the readers alone it must give the
@@ -752,6 +1037,7 @@ def test_the_rendered_json_fields_agree_with_the_readers(base, changes):
             return jsondecode.check_mapping(dict(obj))
         except jsondecode.Reject as rej:
             return rej.reason, rej.detail
+
     rendered = outcome()
     original = jsondecode.json_fields
     try:
@@ -763,10 +1049,12 @@ def test_the_rendered_json_fields_agree_with_the_readers(base, changes):
 
 # ------------------------------------------------------------------ speed (smoke check)
 
+
 def test_binary_batch_of_1000_validates_quickly():
     """Smoke check only (shared CI machines are noisy): tens of microseconds
     on an idle core; fails if the batch path stops being compiled."""
     import timeit
+
     frame = encode_batch([dict(FULL, node=f"node-{i}") for i in range(1000)])
     best = min(timeit.repeat(lambda: decode_frame(frame, MAX), number=20, repeat=5)) / 20
     assert best < 5e-3, f"{best * 1e6:.0f} us"

@@ -31,8 +31,11 @@ def numpy_tick(params, inp, prev, nxt, out):
     act = inp.active != 0
     first = (inp.fresh != 0) | (prev.state == p.UNREGISTERED)
     a = pr[p.ALPHA_QUEUE]
-    qema = np.where(first, inp.queue,
-                    np.where(inp.new_hb != 0, a * inp.queue + (1.0 - a) * prev.qema, prev.qema))
+    qema = np.where(
+        first,
+        inp.queue,
+        np.where(inp.new_hb != 0, a * inp.queue + (1.0 - a) * prev.qema, prev.qema),
+    )
     slots = inp.slots
     load = np.maximum(np.maximum(qema, inp.rif - slots), 0.0)
     wait = load * inp.avg_job_s / slots
@@ -45,8 +48,9 @@ def numpy_tick(params, inp, prev, nxt, out):
     e_err = np.where(first, 0.0, prev.e_err) * d + new_err
     sus, dead = pr[p.SUSPECT_AFTER_S], pr[p.DEAD_AFTER_S]
     with np.errstate(divide="ignore", invalid="ignore"):
-        L = np.where(inp.age <= sus, 1.0,
-                     np.where(inp.age >= dead, 0.0, (dead - inp.age) / (dead - sus)))
+        L = np.where(
+            inp.age <= sus, 1.0, np.where(inp.age >= dead, 0.0, (dead - inp.age) / (dead - sus))
+        )
     live_m = act & (L > 0.0)
     live = int(np.count_nonzero(live_m))
     max_wait = pr[p.MAX_WAIT_S]
@@ -63,7 +67,7 @@ def numpy_tick(params, inp, prev, nxt, out):
     live_rates = rate[live_m & has_rate]
     m_r = live_rates.shape[0]
     if m_r:
-        k = (9 * m_r + 9) // 10 - 1   # ceil(0.9*m) - 1, exactly
+        k = (9 * m_r + 9) // 10 - 1  # ceil(0.9*m) - 1, exactly
         R = float(np.partition(live_rates, k)[k])
     else:
         R = 0.0
@@ -108,11 +112,18 @@ def numpy_tick(params, inp, prev, nxt, out):
         mq, lc = pr[p.MAX_QUEUE], pr[p.LIMIT_CRITICAL]
         B = np.minimum(np.maximum((mq - load) / (mq - lc), 0.0), 1.0)
         total = e_ok + e_err
-        err_trip = (total > 0.0) & (total >= pr[p.MIN_REQUESTS]) & \
-            (e_err / total >= pr[p.MAX_ERROR_RATE])
+        err_trip = (
+            (total > 0.0) & (total >= pr[p.MIN_REQUESTS]) & (e_err / total >= pr[p.MAX_ERROR_RATE])
+        )
     ejected = (inp.consec >= pr[p.MAX_CONSECUTIVE_ERRORS]) & (inp.err_age < pr[p.EJECTION_S])
-    trip = (load >= mq) | (wait >= max_wait) | (inp.cpu >= pr[p.MAX_CPU]) | \
-        (inp.mem >= pr[p.MAX_MEM]) | err_trip | ejected
+    trip = (
+        (load >= mq)
+        | (wait >= max_wait)
+        | (inp.cpu >= pr[p.MAX_CPU])
+        | (inp.mem >= pr[p.MAX_MEM])
+        | err_trip
+        | ejected
+    )
     raw = np.where(trip | (L == 0.0), 0.0, L * B * core)
     beta = pr[p.BETA]
     s_prev = np.where(first, raw, prev.s)
@@ -125,8 +136,11 @@ def numpy_tick(params, inp, prev, nxt, out):
     from_d = np.where(s < t_over, _O, np.where(s >= up, _H, _D))
     from_o = np.where(s >= up, _H, np.where(s >= t_over + delta, _D, _O))
     pst = prev.state
-    state = np.select([L == 0.0, first | (pst == _X), pst == _Q, trip, pst == _H, pst == _D],
-                      [_X, fresh_cls, _Q, _O, from_h, from_d], default=from_o).astype(np.int64)
+    state = np.select(
+        [L == 0.0, first | (pst == _X), pst == _Q, trip, pst == _H, pst == _D],
+        [_X, fresh_cls, _Q, _O, from_h, from_d],
+        default=from_o,
+    ).astype(np.int64)
     c = (~first & (pst <= _O) & (state <= _O) & (pst != state)).astype(np.float64)
     flap = np.where(first, 0.0, prev.flap) * (1.0 - 1.0 / pr[p.FLAP_WINDOW]) + c
     n = np.where(first, 0, prev.n).astype(np.int64)
@@ -134,8 +148,9 @@ def numpy_tick(params, inp, prev, nxt, out):
     good = ~trip & (raw >= up)
     pc = prev.probation.astype(np.int64)
     prob_new = np.where(good, np.where(pc < _I32_MAX, pc + 1, pc), 0)
-    release = qm & (prob_new >= pr[p.PROBATION_TICKS] *
-                    np.minimum(n.astype(np.float64), pr[p.MAX_BACKOFF]))
+    release = qm & (
+        prob_new >= pr[p.PROBATION_TICKS] * np.minimum(n.astype(np.float64), pr[p.MAX_BACKOFF])
+    )
     probation = np.where(qm & ~release, prob_new, 0)
     state = np.where(release, _H, state)
     flap = np.where(release, 0.0, flap)
@@ -143,7 +158,7 @@ def numpy_tick(params, inp, prev, nxt, out):
     n_q = int(np.count_nonzero(act & (state == _Q)))
     cap = int(np.floor(pr[p.MAX_QUARANTINED_FRACTION] * live))
     cand = np.flatnonzero(act & (state <= _O) & (flap >= pr[p.MAX_FLAPS]))
-    admit = cand[:max(cap - n_q, 0)]
+    admit = cand[: max(cap - n_q, 0)]
     state[admit] = _Q
     n[admit] += 1
     probation[admit] = 0
@@ -167,7 +182,7 @@ def numpy_tick(params, inp, prev, nxt, out):
     out.raw[:] = np.where(inact, 0.0, raw)
     out.wait[:] = np.where(inact, 0.0, wait)
     out.liveness[:] = np.where(inact, 0.0, L)
-    out.counts[:] = np.bincount(state[act], minlength=p.N_STATES)[:p.N_STATES]
+    out.counts[:] = np.bincount(state[act], minlength=p.N_STATES)[: p.N_STATES]
     cand_slots = np.flatnonzero(act & (score > 0.0))
     order = cand_slots[np.lexsort((cand_slots, -score[cand_slots]))]
     m = order.shape[0]

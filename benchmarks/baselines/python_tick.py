@@ -20,11 +20,44 @@ _H, _D, _O, _Q, _X = p.HEALTHY, p.DEGRADED, p.OVERLOADED, p.QUARANTINED, p.DEAD
 
 class Node:
     """Latest heartbeat (set by the caller) and the state carried across ticks."""
-    __slots__ = ("cpu", "mem", "queue", "avg_job_s", "throughput", "ok", "err", "io",
-                 "p50_ms", "p95_ms", "reported", "slots", "rif", "fb_ok", "fb_err",
-                 "consec", "err_age", "age", "new_hb", "first",
-                 "qema", "s", "state", "flap", "n", "probation", "memory", "e_ok", "e_err",
-                 "wait", "load", "L", "raw", "score", "_trip")
+
+    __slots__ = (
+        "cpu",
+        "mem",
+        "queue",
+        "avg_job_s",
+        "throughput",
+        "ok",
+        "err",
+        "io",
+        "p50_ms",
+        "p95_ms",
+        "reported",
+        "slots",
+        "rif",
+        "fb_ok",
+        "fb_err",
+        "consec",
+        "err_age",
+        "age",
+        "new_hb",
+        "first",
+        "qema",
+        "s",
+        "state",
+        "flap",
+        "n",
+        "probation",
+        "memory",
+        "e_ok",
+        "e_err",
+        "wait",
+        "load",
+        "L",
+        "raw",
+        "score",
+        "_trip",
+    )
 
     def __init__(self):
         self.cpu = self.mem = self.queue = self.avg_job_s = 0.0
@@ -79,8 +112,15 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
                 rates.append(nd.slots / nd.avg_job_s)
     P = p_sum / live if live else 0.0
     R = sorted(rates)[math.ceil(0.9 * len(rates)) - 1] if rates else 0.0
-    base = (pr[p.W_CPU], pr[p.W_MEM], pr[p.W_IO], pr[p.W_WAIT], pr[p.W_RATE],
-            pr[p.W_SUCCESS], pr[p.W_TAIL])
+    base = (
+        pr[p.W_CPU],
+        pr[p.W_MEM],
+        pr[p.W_IO],
+        pr[p.W_WAIT],
+        pr[p.W_RATE],
+        pr[p.W_SUCCESS],
+        pr[p.W_TAIL],
+    )
     k1, k2 = pr[p.K1], pr[p.K2]
     w = (base[0], base[1], base[2], base[3] + k1 * P, base[4] + k2 * P, base[5], base[6])
     mq, lc = pr[p.MAX_QUEUE], pr[p.LIMIT_CRITICAL]
@@ -122,8 +162,11 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
         trip = load >= mq or nd.wait >= max_wait or nd.cpu >= max_cpu or nd.mem >= max_mem
         total = nd.e_ok + nd.e_err
         if not trip:
-            trip = total > 0.0 and total >= pr[p.MIN_REQUESTS] and \
-                nd.e_err / total >= pr[p.MAX_ERROR_RATE]
+            trip = (
+                total > 0.0
+                and total >= pr[p.MIN_REQUESTS]
+                and nd.e_err / total >= pr[p.MAX_ERROR_RATE]
+            )
         if not trip:
             trip = nd.consec >= pr[p.MAX_CONSECUTIVE_ERRORS] and nd.err_age < pr[p.EJECTION_S]
         L = nd.L
@@ -182,5 +225,5 @@ def python_tick(nodes: dict, params) -> tuple[list, float, int]:
         nd.new_hb = False
         if nd.score > 0.0:
             ranked.append((-nd.score, len(ranked), key))
-    ranked.sort()   # index as tiebreak keeps registration (slot) order
+    ranked.sort()  # index as tiebreak keeps registration (slot) order
     return [k for _s, _i, k in ranked], P, live

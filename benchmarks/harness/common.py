@@ -14,18 +14,33 @@ import time
 
 import numpy as np
 
-__all__ = ["TICK_S", "HB_FRACTION", "stats", "verdict", "unique_name", "rss_kb", "machine",
-           "bench_config", "records", "drift", "send_records"]
+__all__ = [
+    "TICK_S",
+    "HB_FRACTION",
+    "stats",
+    "verdict",
+    "unique_name",
+    "rss_kb",
+    "machine",
+    "bench_config",
+    "records",
+    "drift",
+    "send_records",
+]
 
-TICK_S = 0.05               # the default tick interval
-HB_FRACTION = 0.05          # 1 Hz heartbeats / 20 Hz ticks: the rows new at each tick
+TICK_S = 0.05  # the default tick interval
+HB_FRACTION = 0.05  # 1 Hz heartbeats / 20 Hz ticks: the rows new at each tick
 
 
 def stats(values) -> dict:
     """Median, p99, min and count of ``values``."""
     a = np.asarray(values, np.float64)
-    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)),
-            "min": float(a.min()), "n": int(a.size)}
+    return {
+        "median": float(np.median(a)),
+        "p99": float(np.percentile(a, 99)),
+        "min": float(a.min()),
+        "n": int(a.size),
+    }
 
 
 def verdict(met: bool) -> str:
@@ -62,21 +77,32 @@ def machine() -> dict:
     except OSError:
         pass
     import numba
+
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "platform": platform.platform(),
-            "load_avg_1m_at_start": load}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "platform": platform.platform(),
+        "load_avg_1m_at_start": load,
+    }
 
 
 def bench_config(capacity: int, port: int | None = None):
     """The default config with room for ``capacity`` nodes (and the ingest on
     ``port``); no registration budget: one sender registers the whole fleet."""
     from shm_engine.core.config import Config, with_overrides
-    over = {"engine.capacity": capacity, "ingest.registration_burst": 0,
-            "ingest.registration_burst_per_sender": 0}
+
+    over = {
+        "engine.capacity": capacity,
+        "ingest.registration_burst": 0,
+        "ingest.registration_burst_per_sender": 0,
+    }
     if port is not None:
         over["ingest.bind"] = f"tcp://127.0.0.1:{port}"
     return with_overrides(Config(), over)
@@ -85,6 +111,7 @@ def bench_config(capacity: int, port: int | None = None):
 def records(n: int, rng, start: int = 0):
     """``n`` valid heartbeats of nodes ``node-<start>`` .. with every optional metric."""
     from shm_engine.wire import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, RECORD_DTYPE
+
     r = np.zeros(n, RECORD_DTYPE)
     r["cpu"] = rng.uniform(0.0, 0.9, n)
     r["mem"] = rng.uniform(0.0, 0.9, n)
@@ -113,9 +140,10 @@ def send_records(ingest, recs, now: float) -> None:
     """Apply ``recs`` through ``ingest`` (an `Ingest`) as binary frames received at ``now``."""
     from shm_engine.wire import encode_batch
     from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_SIZE
-    per_frame = (DEFAULT_MAX_FRAME_BYTES - HEADER_SIZE) // RECORD_SIZE   # within the limit
+
+    per_frame = (DEFAULT_MAX_FRAME_BYTES - HEADER_SIZE) // RECORD_SIZE  # within the limit
     accepted = 0
     for start in range(0, len(recs), per_frame):
-        accepted += ingest.handle_frame(encode_batch(recs[start:start + per_frame]), now)
+        accepted += ingest.handle_frame(encode_batch(recs[start : start + per_frame]), now)
     if accepted != len(recs):
         raise RuntimeError(f"the ingest accepted {accepted} of {len(recs)} heartbeats")

@@ -31,17 +31,27 @@ SKIPPABLE = ("read", "claims", "ingest", "freshness")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks run", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, few reps (< 2 min)")
     ap.add_argument("--nodes", default=None, help="comma-separated node counts for the tick")
     ap.add_argument("--out", default=None, help=f"output folder (default {OUT_DIR})")
-    ap.add_argument("--skip", default="", help=f"comma-separated sections to skip "
-                                                f"({','.join(SKIPPABLE)})")
-    ap.add_argument("--only", choices=("tick", "ingest"), default=None,
-                    help="run only this section (tick: no Python baseline); prints the "
-                         "tables and writes <out>/<section>_only.json")
-    ap.add_argument("--record", action="store_true",
-                    help="a full run, recorded: benchmarks/results/ and RESULTS.md")
+    ap.add_argument(
+        "--skip", default="", help=f"comma-separated sections to skip ({','.join(SKIPPABLE)})"
+    )
+    ap.add_argument(
+        "--only",
+        choices=("tick", "ingest"),
+        default=None,
+        help="run only this section (tick: no Python baseline); prints the "
+        "tables and writes <out>/<section>_only.json",
+    )
+    ap.add_argument(
+        "--record",
+        action="store_true",
+        help="a full run, recorded: benchmarks/results/ and RESULTS.md",
+    )
     return ap
 
 
@@ -58,11 +68,16 @@ def main(argv=None) -> int:
         ap.error("--record is a full run: without --quick, --nodes, --skip, --only or --out")
     skip = set(filter(None, args.skip.split(",")))
     if skip - set(SKIPPABLE):
-        ap.error(f"--skip: unknown section(s) {sorted(skip - set(SKIPPABLE))}; "
-                 f"choose from {','.join(SKIPPABLE)}")
+        ap.error(
+            f"--skip: unknown section(s) {sorted(skip - set(SKIPPABLE))}; "
+            f"choose from {','.join(SKIPPABLE)}"
+        )
     try:
-        nodes = [int(x) for x in args.nodes.split(",")] if args.nodes else \
-            list(QUICK_NODES if args.quick else FULL_NODES)
+        nodes = (
+            [int(x) for x in args.nodes.split(",")]
+            if args.nodes
+            else list(QUICK_NODES if args.quick else FULL_NODES)
+        )
     except ValueError:
         ap.error(f"--nodes {args.nodes!r}: give comma-separated whole numbers")
     out_dir = RECORD_DIR if args.record else Path(args.out) if args.out else OUT_DIR
@@ -72,27 +87,38 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     from shm_engine.tick.ticker import warm_up
+
     warm_up()
     given = sys.argv[2:] if argv is None else list(argv)
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "quick": args.quick, "command": " ".join(["python -m benchmarks run", *given])}
+    res = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": args.quick,
+        "command": " ".join(["python -m benchmarks run", *given]),
+    }
     log(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
     if args.only == "ingest":
         res["ingest"] = ig = ingest.run(args.quick, log)
         print("\n".join(ingest.summary(ig)[0]))
         return _write_json(res, out_dir / "ingest_only.json", log)
     python_max = 1_000 if args.quick else 100_000
-    res["tick"] = rows = [tick.run(n, _tick_reps(n, args.quick), python_max, log,
-                                   only_tick=args.only == "tick") for n in nodes]
+    res["tick"] = rows = [
+        tick.run(n, _tick_reps(n, args.quick), python_max, log, only_tick=args.only == "tick")
+        for n in nodes
+    ]
     if args.only == "tick":
         print("\n".join(tick.tables(rows)))
         return _write_json(res, out_dir / "tick_only.json", log)
     res["read"] = None if "read" in skip else read.run(10_000, 30 if args.quick else 300, log)
-    res["claims"] = None if "claims" in skip else \
-        claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
+    res["claims"] = (
+        None
+        if "claims" in skip
+        else claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
+    )
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
-    res["freshness"] = None if "freshness" in skip else \
-        freshness.run(10_000, 4.0 if args.quick else 30.0, log)
+    res["freshness"] = (
+        None if "freshness" in skip else freshness.run(10_000, 4.0 if args.quick else 30.0, log)
+    )
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)
     res["plot"] = scaling.plot(rows, out_dir / "tick_scaling.png")

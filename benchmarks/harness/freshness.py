@@ -21,9 +21,9 @@ from benchmarks.harness.common import bench_config, records, rss_kb, stats, uniq
 
 __all__ = ["run", "summary", "GOALS"]
 
-GOALS = {"freshness_extra_ms": 2.0}     # over one tick interval, at p99
+GOALS = {"freshness_extra_ms": 2.0}  # over one tick interval, at p99
 PROBES = 50
-READY_TIMEOUT_S = 120.0                 # both children compile or load the kernels
+READY_TIMEOUT_S = 120.0  # both children compile or load the kernels
 POLL_S = 0.0005
 
 
@@ -31,13 +31,14 @@ def _sender(port: int, n: int, probes: int, duration: float, q) -> None:
     import zmq
 
     from shm_engine.wire import encode_batch
+
     recs = records(n, np.random.default_rng(11))
     recs["queue"][:probes] = 0.0
     recs["mem"][:probes] = 0.1
-    recs["flags"][:probes] = 0       # probes report only the required metrics
+    recs["flags"][:probes] = 0  # probes report only the required metrics
     for f in ("throughput", "io", "p50_ms", "p95_ms", "ok", "err"):
         recs[f][:probes] = 0
-    frames = [encode_batch(recs[i:i + 1]) for i in range(n)]
+    frames = [encode_batch(recs[i : i + 1]) for i in range(n)]
     probe = recs[:1].copy()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
@@ -73,11 +74,14 @@ def _sender(port: int, n: int, probes: int, duration: float, q) -> None:
 def _wait_ready(header, procs, timeout: float) -> None:
     """Until the tick worker has published and the ingest is bound."""
     from shm_engine.ops.status import engine_ready
+
     deadline = time.monotonic() + timeout
     while not engine_ready(header):
         if any(p.exitcode is not None for p in procs):
-            raise RuntimeError(f"a child exited before the engine was ready: "
-                               f"{[(p.name, p.exitcode) for p in procs]}")
+            raise RuntimeError(
+                f"a child exited before the engine was ready: "
+                f"{[(p.name, p.exitcode) for p in procs]}"
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(f"ingest and tick worker not ready within {timeout:g} s")
         time.sleep(0.05)
@@ -89,11 +93,13 @@ def run(n: int, duration: float, log) -> dict:
     from shm_engine.ingest.process import ingest_main
     from shm_engine.ops.engine_process import free_port
     from shm_engine.tick.ticker import ticker_main
+
     port = free_port()
     config = bench_config(n, port)
     name = unique_name("fresh")
-    seg = Segment.create(name, n, tick_interval_ms=config.engine.tick_interval_ms,
-                         endpoint=config.ingest.bind)
+    seg = Segment.create(
+        name, n, tick_interval_ms=config.engine.tick_interval_ms, endpoint=config.ingest.bind
+    )
     ctx = mp.get_context("spawn")
     procs = []
     try:
@@ -109,7 +115,7 @@ def run(n: int, duration: float, log) -> dict:
         probe_names = [f"node-{i:07d}" for i in range(PROBES)]
         slot = {}
         last = {}
-        detections = []     # (probe, level, t)
+        detections = []  # (probe, level, t)
         poll_us = []
         end = time.monotonic() + duration + 1.0
         while time.monotonic() < end:
@@ -134,8 +140,12 @@ def run(n: int, duration: float, log) -> dict:
         rss_reader = rss_kb(os.getpid())
         sent, rss_sender = q.get(timeout=30)
         sender.join(10)
-        rss = {"ingest": rss_kb(procs[0].pid), "ticker": rss_kb(procs[1].pid),
-               "reader_harness": rss_reader, "sender": rss_sender}
+        rss = {
+            "ingest": rss_kb(procs[0].pid),
+            "ticker": rss_kb(procs[1].pid),
+            "reader_harness": rss_reader,
+            "sender": rss_sender,
+        }
         h = seg.views.header
         tick_p50, tick_p99 = float(h.tick_us_p50[0]), float(h.tick_us_p99[0])
         overruns = int(h.overruns[0])
@@ -150,13 +160,22 @@ def run(n: int, duration: float, log) -> dict:
         seg.unlink()
     lat = _latencies(sent, detections)
     st = stats(lat) if lat else {"median": float("nan"), "p99": float("nan"), "n": 0}
-    out = {"nodes": n, "rate_hz_per_node": 1.0,
-           "tick_interval_ms": config.engine.tick_interval_ms, "latency_ms": st,
-           "probe_sends": len(sent), "matched": len(lat), "reader_poll_us": stats(poll_us),
-           "ticker_tick_us_p50": tick_p50, "ticker_tick_us_p99": tick_p99,
-           "overruns": overruns, "rss_kb": rss}
-    log(f"  freshness n={n}: p50 {st['median']:.1f} ms, p99 {st['p99']:.1f} ms "
-        f"({len(lat)} samples)")
+    out = {
+        "nodes": n,
+        "rate_hz_per_node": 1.0,
+        "tick_interval_ms": config.engine.tick_interval_ms,
+        "latency_ms": st,
+        "probe_sends": len(sent),
+        "matched": len(lat),
+        "reader_poll_us": stats(poll_us),
+        "ticker_tick_us_p50": tick_p50,
+        "ticker_tick_us_p99": tick_p99,
+        "overruns": overruns,
+        "rss_kb": rss,
+    }
+    log(
+        f"  freshness n={n}: p50 {st['median']:.1f} ms, p99 {st['p99']:.1f} ms ({len(lat)} samples)"
+    )
     return out
 
 
@@ -170,7 +189,7 @@ def _latencies(sent: list, detections: list) -> list[float]:
     t_first = sent[0][2] + 1.0 if sent else 0.0
     for j, lvl, ts in sent:
         if ts < t_first:
-            continue   # the first second registers nodes
+            continue  # the first second registers nodes
         seen = [t for t in by.get((j, lvl), []) if t >= ts]
         if seen:
             lat.append((min(seen) - ts) * 1e3)
@@ -181,10 +200,13 @@ def summary(fr: dict) -> tuple[list[str], list[str]]:
     """(lines, goal lines) of the freshness section."""
     lat = fr["latency_ms"]
     limit = fr["tick_interval_ms"] + GOALS["freshness_extra_ms"]
-    lines = [f"freshness ({fr['nodes']:,} nodes at 1 Hz, tick {fr['tick_interval_ms']} ms): "
-             f"p50 {lat['median']:.1f} ms, p99 {lat['p99']:.1f} ms over {lat['n']} probe "
-             f"heartbeats; ticker p50 {fr['ticker_tick_us_p50']:.0f} µs, overruns "
-             f"{fr['overruns']}"]
-    goals = [f"freshness p99 <= {limit:.0f} ms: {lat['p99']:.1f} ms, "
-             f"{verdict(lat['p99'] <= limit)}"]
+    lines = [
+        f"freshness ({fr['nodes']:,} nodes at 1 Hz, tick {fr['tick_interval_ms']} ms): "
+        f"p50 {lat['median']:.1f} ms, p99 {lat['p99']:.1f} ms over {lat['n']} probe "
+        f"heartbeats; ticker p50 {fr['ticker_tick_us_p50']:.0f} µs, overruns "
+        f"{fr['overruns']}"
+    ]
+    goals = [
+        f"freshness p99 <= {limit:.0f} ms: {lat['p99']:.1f} ms, {verdict(lat['p99'] <= limit)}"
+    ]
     return lines, goals

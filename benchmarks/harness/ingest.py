@@ -24,29 +24,38 @@ __all__ = ["run", "summary", "GOALS"]
 
 GOALS = {"single_binary_of_ceiling": 0.60, "batched_hb_s": 5e6}
 N_NODES = 10_000
-DISTINCT_FRAMES = 5000          # single frames prepared per sender, sent round robin
+DISTINCT_FRAMES = 5000  # single frames prepared per sender, sent round robin
 # (name, frame kind, single-or-batch count key, apply, heartbeats per frame, drained)
-CASES = (("ceiling_single_frames", "binary", "single", False, 1, False),
-         ("ceiling_single_frames_drained", "binary", "single", False, 1, True),
-         ("single_binary", "binary", "single", True, 1, True),
-         ("single_json", "json", "json", True, 1, True),
-         ("ceiling_batched_frames", "batch", "batches", False, 1000, False),
-         ("batched_binary_1000", "batch", "batches", True, 1000, True))
-TABLE_ORDER = ("ceiling_single_frames", "ceiling_single_frames_drained", "single_binary",
-               "single_json", "ceiling_batched_frames", "batched_binary_1000")
+CASES = (
+    ("ceiling_single_frames", "binary", "single", False, 1, False),
+    ("ceiling_single_frames_drained", "binary", "single", False, 1, True),
+    ("single_binary", "binary", "single", True, 1, True),
+    ("single_json", "json", "json", True, 1, True),
+    ("ceiling_batched_frames", "batch", "batches", False, 1000, False),
+    ("batched_binary_1000", "batch", "batches", True, 1000, True),
+)
+TABLE_ORDER = (
+    "ceiling_single_frames",
+    "ceiling_single_frames_drained",
+    "single_binary",
+    "single_json",
+    "ceiling_batched_frames",
+    "batched_binary_1000",
+)
 
 
 def _sender(port: int, kind: str, count: int, n_nodes: int, ready) -> None:
     import zmq
 
     from shm_engine.wire import encode_batch, encode_json
+
     recs = records(n_nodes, np.random.default_rng(3))
     if kind == "json":
         frames = [encode_json(recs[i]) for i in range(min(n_nodes, DISTINCT_FRAMES))]
     elif kind == "binary":
-        frames = [encode_batch(recs[i:i + 1]) for i in range(min(n_nodes, DISTINCT_FRAMES))]
+        frames = [encode_batch(recs[i : i + 1]) for i in range(min(n_nodes, DISTINCT_FRAMES))]
     else:
-        frames = [encode_batch(recs[s:s + 1000]) for s in range(0, n_nodes, 1000)]
+        frames = [encode_batch(recs[s : s + 1000]) for s in range(0, n_nodes, 1000)]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -72,6 +81,7 @@ def _receive(kind: str, count: int, n_nodes: int, apply: bool, drained: bool) ->
 
     from shm_engine.core.segment import Segment
     from shm_engine.ingest.process import DRAIN_CHUNK, Ingest, drain, next_drain
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -125,8 +135,11 @@ def _receive(kind: str, count: int, n_nodes: int, apply: bool, drained: bool) ->
 
 
 def run(quick: bool, log) -> dict:
-    counts = {"single": 20_000 if quick else 200_000, "json": 10_000 if quick else 100_000,
-              "batches": 300 if quick else 3_000}
+    counts = {
+        "single": 20_000 if quick else 200_000,
+        "json": 10_000 if quick else 100_000,
+        "batches": 300 if quick else 3_000,
+    }
     reps = 2 if quick else 3
     runs: dict[str, list] = {name: [] for name, *_ in CASES}
     for _ in range(reps):
@@ -135,17 +148,23 @@ def run(quick: bool, log) -> dict:
     out = {}
     for name, _kind, _count, _apply, per, _drained in CASES:
         v = runs[name]
-        out[name] = {"hb_per_s": float(np.median(v)), "runs": [float(x) for x in v],
-                     "heartbeats_per_frame": per}
+        out[name] = {
+            "hb_per_s": float(np.median(v)),
+            "runs": [float(x) for x in v],
+            "heartbeats_per_frame": per,
+        }
     ceil = out["ceiling_single_frames"]["hb_per_s"]
     for name in ("single_binary", "single_json", "ceiling_single_frames_drained"):
         out[name]["fraction_of_ceiling"] = out[name]["hb_per_s"] / ceil
     out["batched_binary_1000"]["fraction_of_ceiling"] = (
-        out["batched_binary_1000"]["hb_per_s"] / out["ceiling_batched_frames"]["hb_per_s"])
-    log(f"  ingest: single binary {out['single_binary']['hb_per_s']:.0f}/s "
+        out["batched_binary_1000"]["hb_per_s"] / out["ceiling_batched_frames"]["hb_per_s"]
+    )
+    log(
+        f"  ingest: single binary {out['single_binary']['hb_per_s']:.0f}/s "
         f"({out['single_binary']['fraction_of_ceiling']:.0%} of {ceil:.0f}), json "
         f"{out['single_json']['hb_per_s']:.0f}/s, batched "
-        f"{out['batched_binary_1000']['hb_per_s']:.0f}/s")
+        f"{out['batched_binary_1000']['hb_per_s']:.0f}/s"
+    )
     return out
 
 
@@ -163,10 +182,14 @@ def summary(ig: dict) -> tuple[list[str], list[str]]:
     note = f" ({dr:.0%} of the drained-loop ceiling)"
     judged = min(fr, dr)
     if judged > 1.0:
-        note += ("; above 100% means the ingest keeps up with the one sending process, "
-                 "which bounds the ceilings too on this machine: a ratio of about 1")
+        note += (
+            "; above 100% means the ingest keeps up with the one sending process, "
+            "which bounds the ceilings too on this machine: a ratio of about 1"
+        )
     b = ig["batched_binary_1000"]["hb_per_s"]
-    goals = [f"single binary >= 60% of ceiling: {fr:.0%}{note}, "
-             f"{verdict(judged >= GOALS['single_binary_of_ceiling'])}",
-             f"batched >= 5M/s: {b / 1e6:.2f}M/s, {verdict(b >= GOALS['batched_hb_s'])}"]
+    goals = [
+        f"single binary >= 60% of ceiling: {fr:.0%}{note}, "
+        f"{verdict(judged >= GOALS['single_binary_of_ceiling'])}",
+        f"batched >= 5M/s: {b / 1e6:.2f}M/s, {verdict(b >= GOALS['batched_hb_s'])}",
+    ]
     return lines, goals

@@ -26,8 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness.common import (TICK_S, bench_config, records, rss_kb, send_records,
-                                       stats, unique_name, verdict)
+from benchmarks.harness.common import (
+    TICK_S,
+    bench_config,
+    records,
+    rss_kb,
+    send_records,
+    stats,
+    unique_name,
+    verdict,
+)
 
 __all__ = ["run", "summary", "reader_child", "GOALS"]
 
@@ -39,6 +47,7 @@ REDIS_READY_S = 4.0
 def reader_child(name: str, n: int, reps: int) -> None:
     """Runs in a separate process: time `ScoreReader` calls, print one JSON line."""
     from clients.reader import ScoreReader
+
     r = ScoreReader.attach(name)
     rng = np.random.default_rng(0)
     names = [f"node-{i:07d}" for i in rng.integers(0, n, 1000).tolist()]
@@ -60,7 +69,7 @@ def reader_child(name: str, n: int, reps: int) -> None:
         t2 = time.perf_counter_ns()
         snap.append((t1 - t0) / 1e3)
         top.append((t2 - t1) / 1e3)
-    copy_us = []        # where snapshot time goes: the copies alone
+    copy_us = []  # where snapshot time goes: the copies alone
     for _ in range(reps):
         t0 = time.perf_counter_ns()
         r._copy(0, n)
@@ -76,15 +85,25 @@ def reader_child(name: str, n: int, reps: int) -> None:
         pick_us.append((time.perf_counter_ns() - t0) / 1e5)
     for c in held:
         c.release(ok=True)
-    print(json.dumps({"score_ns": stats(score_ns), "snapshot_us": stats(snap),
-                      "top10_us": stats(top), "snapshot_copy_only_us": stats(copy_us),
-                      "pick_us": stats(pick_us), "picked_none": None in picked,
-                      "retries_exhausted": r.retries_exhausted}))
+    print(
+        json.dumps(
+            {
+                "score_ns": stats(score_ns),
+                "snapshot_us": stats(snap),
+                "top10_us": stats(top),
+                "snapshot_copy_only_us": stats(copy_us),
+                "pick_us": stats(pick_us),
+                "picked_none": None in picked,
+                "retries_exhausted": r.retries_exhausted,
+            }
+        )
+    )
     r.close()
 
 
 def _redis(scores: dict, reps: int) -> dict:
     from shm_engine.ops.engine_process import free_port
+
     exe = shutil.which("redis-server")
     if exe is None:
         return {"skipped": "redis-server is not installed (apt-get install redis-server)"}
@@ -93,9 +112,11 @@ def _redis(scores: dict, reps: int) -> dict:
     except ImportError:
         return {"skipped": "the redis Python client is not installed (pip install redis)"}
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         cli = redis.Redis(host="127.0.0.1", port=port)
         deadline = time.monotonic() + REDIS_READY_S
@@ -124,9 +145,13 @@ def _redis(scores: dict, reps: int) -> dict:
             t2 = time.perf_counter_ns()
             hgetall.append((t1 - t0) / 1e3)
             ztop.append((t2 - t1) / 1e3)
-        return {"server": os.path.basename(exe), "hget_ns": stats(hget),
-                "hgetall_us": stats(hgetall), "zrevrange10_us": stats(ztop),
-                "server_rss_kb": rss_kb(proc.pid)}
+        return {
+            "server": os.path.basename(exe),
+            "hget_ns": stats(hget),
+            "hgetall_us": stats(hgetall),
+            "zrevrange10_us": stats(ztop),
+            "server_rss_kb": rss_kb(proc.pid),
+        }
     finally:
         proc.terminate()
         proc.wait(5)
@@ -161,6 +186,7 @@ def run(n: int, reps: int, log) -> dict:
     from shm_engine.core.segment import Segment
     from shm_engine.ingest.process import Ingest
     from shm_engine.tick.ticker import Ticker
+
     rng = np.random.default_rng(5)
     config = bench_config(n)
     name = unique_name("read")
@@ -180,11 +206,14 @@ def run(n: int, reps: int, log) -> dict:
 
         th = threading.Thread(target=publish, daemon=True)
         th.start()
-        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                f"from benchmarks.harness.read import reader_child; "
-                f"reader_child({name!r}, {n}, {reps})")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=300)
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            f"from benchmarks.harness.read import reader_child; "
+            f"reader_child({name!r}, {n}, {reps})"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"reader process failed: {proc.stderr[-2000:]}")
         ours = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -200,11 +229,17 @@ def run(n: int, reps: int, log) -> dict:
             if s is not None:
                 s.close()
                 s.unlink()
-    out = {"nodes": n, "ours": ours, "redis": _redis(scores, reps),
-           "manager": _manager(scores, reps)}
-    log(f"  read n={n}: score {ours['score_ns']['median']:.0f} ns, snapshot "
+    out = {
+        "nodes": n,
+        "ours": ours,
+        "redis": _redis(scores, reps),
+        "manager": _manager(scores, reps),
+    }
+    log(
+        f"  read n={n}: score {ours['score_ns']['median']:.0f} ns, snapshot "
         f"{ours['snapshot_us']['median']:.1f} us, top10 {ours['top10_us']['median']:.1f} us, "
-        f"pick {ours['pick_us']['median']:.2f} us")
+        f"pick {ours['pick_us']['median']:.2f} us"
+    )
     return out
 
 
@@ -214,27 +249,35 @@ def summary(rd: dict) -> tuple[list[str], list[str]]:
 
     def red(key: str, fmt: str) -> str:
         return "skipped" if "skipped" in rds else fmt.format(rds[key]["median"])
-    lines = [f"| read ({rd['nodes']:,} nodes) | ScoreReader | Redis | Manager dict |",
-             "|---|---|---|---|",
-             f"| one score | {o['score_ns']['median']:.0f} ns | "
-             f"{red('hget_ns', '{:.0f} ns (HGET)')} | {mg['get_ns']['median']:.0f} ns |",
-             f"| snapshot | {o['snapshot_us']['median']:.1f} µs | "
-             f"{red('hgetall_us', '{:.0f} µs (HGETALL)')} | "
-             f"{mg['copy_us']['median']:.0f} µs (copy) |",
-             f"| top 10 | {o['top10_us']['median']:.1f} µs | "
-             f"{red('zrevrange10_us', '{:.0f} µs (ZREVRANGE)')} | "
-             f"{mg['top10_us']['median']:.0f} µs |",
-             f"| pick() | {o['pick_us']['median']:.2f} µs | | |"]
+
+    lines = [
+        f"| read ({rd['nodes']:,} nodes) | ScoreReader | Redis | Manager dict |",
+        "|---|---|---|---|",
+        f"| one score | {o['score_ns']['median']:.0f} ns | "
+        f"{red('hget_ns', '{:.0f} ns (HGET)')} | {mg['get_ns']['median']:.0f} ns |",
+        f"| snapshot | {o['snapshot_us']['median']:.1f} µs | "
+        f"{red('hgetall_us', '{:.0f} µs (HGETALL)')} | "
+        f"{mg['copy_us']['median']:.0f} µs (copy) |",
+        f"| top 10 | {o['top10_us']['median']:.1f} µs | "
+        f"{red('zrevrange10_us', '{:.0f} µs (ZREVRANGE)')} | "
+        f"{mg['top10_us']['median']:.0f} µs |",
+        f"| pick() | {o['pick_us']['median']:.2f} µs | | |",
+    ]
     if "skipped" in rds:
         lines.append(f"\nRedis: {rds['skipped']}")
-    score, snap, top = (o["score_ns"]["median"], o["snapshot_us"]["median"],
-                        o["top10_us"]["median"])
-    goals = [f"score() <= 1 µs: {score:.0f} ns, {verdict(score <= GOALS['score_ns'])}",
-             f"snapshot() <= 20 µs at 10K: {snap:.1f} µs, "
-             f"{verdict(snap <= GOALS['snapshot_10k_us'])} "
-             f"(array copies alone {o['snapshot_copy_only_us']['median']:.1f} µs)",
-             f"top(10) <= 5 µs: {top:.1f} µs, {verdict(top <= GOALS['top10_us'])}",
-             f"pick() <= 5 µs at {rd['nodes']:,} nodes, from another process, claims "
-             f"discount on: {o['pick_us']['median']:.2f} µs, "
-             f"{verdict(o['pick_us']['median'] <= GOALS['pick_us'])}"]
+    score, snap, top = (
+        o["score_ns"]["median"],
+        o["snapshot_us"]["median"],
+        o["top10_us"]["median"],
+    )
+    goals = [
+        f"score() <= 1 µs: {score:.0f} ns, {verdict(score <= GOALS['score_ns'])}",
+        f"snapshot() <= 20 µs at 10K: {snap:.1f} µs, "
+        f"{verdict(snap <= GOALS['snapshot_10k_us'])} "
+        f"(array copies alone {o['snapshot_copy_only_us']['median']:.1f} µs)",
+        f"top(10) <= 5 µs: {top:.1f} µs, {verdict(top <= GOALS['top10_us'])}",
+        f"pick() <= 5 µs at {rd['nodes']:,} nodes, from another process, claims "
+        f"discount on: {o['pick_us']['median']:.2f} µs, "
+        f"{verdict(o['pick_us']['median'] <= GOALS['pick_us'])}",
+    ]
     return lines, goals

@@ -17,10 +17,15 @@ from benchmarks.harness import claims, freshness, ingest, memory, read, scaling,
 __all__ = ["summarise", "record_results_md", "BEGIN", "END"]
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-SECTIONS = (("tick", tick.summary), ("read", read.summary), ("claims", claims.summary),
-            ("ingest", ingest.summary),
-            ("freshness", freshness.summary), ("memory", memory.summary),
-            ("scaling", scaling.summary))
+SECTIONS = (
+    ("tick", tick.summary),
+    ("read", read.summary),
+    ("claims", claims.summary),
+    ("ingest", ingest.summary),
+    ("freshness", freshness.summary),
+    ("memory", memory.summary),
+    ("scaling", scaling.summary),
+)
 
 
 def summarise(res: dict) -> list[str]:
@@ -41,14 +46,23 @@ def record_results_md(res: dict, lines: list[str], path: Path, plot_name: str) -
     """Write the bench span of ``path`` (created or appended if missing), atomically."""
     m = res["machine"]
     span = "\n".join(
-        [BEGIN, "## Performance harness (latest full run)", "",
-         f"Command: `{res['command']}`", "",
-         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, numpy "
-         f"{m['numpy']}, numba {m['numba']}; load average at start "
-         f"{m['load_avg_1m_at_start']:.1f}.  Date: {res['date']}.", "",
-         "All comparisons in a table were measured in the same run; medians of "
-         "many repetitions.", ""]
-        + lines + ["", f"![tick scaling](results/{plot_name})", END])
+        [
+            BEGIN,
+            "## Performance harness (latest full run)",
+            "",
+            f"Command: `{res['command']}`",
+            "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, numpy "
+            f"{m['numpy']}, numba {m['numba']}; load average at start "
+            f"{m['load_avg_1m_at_start']:.1f}.  Date: {res['date']}.",
+            "",
+            "All comparisons in a table were measured in the same run; medians of "
+            "many repetitions.",
+            "",
+        ]
+        + lines
+        + ["", f"![tick scaling](results/{plot_name})", END]
+    )
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     before, has_begin, rest = text.partition(BEGIN)
     _old, has_end, after = rest.partition(END)

@@ -12,10 +12,12 @@ import numpy as np
 
 __all__ = ["run", "plot", "summary", "CURVES"]
 
-CURVES = (("ticker", "Ticker.tick (the tick worker)", "o-"),
-          ("kernels", "kernels alone (Ticker.score)", "^-"),
-          ("numpy", "NumPy baseline", "v--"),
-          ("python", "Python baseline", "x:"))
+CURVES = (
+    ("ticker", "Ticker.tick (the tick worker)", "o-"),
+    ("kernels", "kernels alone (Ticker.score)", "^-"),
+    ("numpy", "NumPy baseline", "v--"),
+    ("python", "Python baseline", "x:"),
+)
 
 
 def run(tick_rows: list) -> dict:
@@ -23,13 +25,15 @@ def run(tick_rows: list) -> dict:
         return {"sentence": "scaling: one node count only"}
     keys = [k for k, _label, _style in CURVES if all(k in r for r in tick_rows)]
     ns = np.log([r["nodes"] for r in tick_rows])
-    out = {k: float(np.polyfit(ns, np.log([r[k]["median"] for r in tick_rows]), 1)[0])
-           for k in keys}
+    out = {
+        k: float(np.polyfit(ns, np.log([r[k]["median"] for r in tick_rows]), 1)[0]) for k in keys
+    }
     out["sentence"] = (
-        "scaling (log-log slope of median tick time vs nodes; 1 = linear): " +
-        ", ".join(f"{k} {v:.2f}" for k, v in out.items()) +
-        ". Per-node passes are linear; the fixed cost of a call (~10 µs of dispatch) "
-        "flattens the small end, and the ranking sort and cache misses steepen the large end.")
+        "scaling (log-log slope of median tick time vs nodes; 1 = linear): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
+        + ". Per-node passes are linear; the fixed cost of a call (~10 µs of dispatch) "
+        "flattens the small end, and the ranking sort and cache misses steepen the large end."
+    )
     return out
 
 
@@ -37,6 +41,7 @@ def plot(tick_rows: list, path: Path) -> str:
     """Draw the curves into ``path``; returns its file name, or why not."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

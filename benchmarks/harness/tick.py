@@ -26,13 +26,22 @@ import time
 
 import numpy as np
 
-from benchmarks.harness.common import (HB_FRACTION, TICK_S, bench_config, drift, records,
-                                       send_records, stats, unique_name, verdict)
+from benchmarks.harness.common import (
+    HB_FRACTION,
+    TICK_S,
+    bench_config,
+    drift,
+    records,
+    send_records,
+    stats,
+    unique_name,
+    verdict,
+)
 
 __all__ = ["run", "line", "tables", "summary", "GOALS"]
 
 GOALS = {"tick_10k_us": 50.0, "tick_1m_us": 10_000.0}
-WARM = 3                        # ticks before the first one measured
+WARM = 3  # ticks before the first one measured
 PART_KEYS = ("gather_full", "gather_cached", "passes", "step14_radix")
 
 
@@ -44,18 +53,19 @@ class _Alone:
         from shm_engine.core.layout import SegmentViews, layout_for
         from shm_engine.core.states import UNREGISTERED
         from shm_engine.tick.ticker import Ticker
+
         layout = layout_for(capacity)
         self._mm = mmap.mmap(-1, layout.size)
         views = SegmentViews(self._mm, layout)
         for b in views.buffers:
-            b.state.state[:] = UNREGISTERED      # no node yet, as in a new segment
+            b.state.state[:] = UNREGISTERED  # no node yet, as in a new segment
         self.buffers = views.buffers
         self.ticker = Ticker(views, config)
         self.k = 0
 
     def time_score(self, inputs) -> float:
         """Copy ``inputs`` in, run the kernels once; µs."""
-        for dst, src in zip(self.ticker.inputs, inputs):
+        for dst, src in zip(self.ticker.inputs, inputs, strict=True):
             dst[:] = src
         prev, nxt = self.buffers[self.k & 1], self.buffers[(self.k + 1) & 1]
         self.k += 1
@@ -76,6 +86,7 @@ class _Parts:
     def __init__(self, n: int):
         import kernels
         from shm_engine.core.rows import make_gather_cache
+
         self.inp = kernels.make_inputs(n)
         self.inp_full = kernels.make_inputs(n)
         self.cache = make_gather_cache(n)
@@ -91,15 +102,18 @@ class _Parts:
         from kernels.pipeline import _score
         from kernels.ranking import radix_ranked
         from shm_engine.core.rows import gather
+
         epoch = int(views.header.latch_seq[0]) >> 1
         prev = views.buffers[(epoch - 1) & 1]
         nxt = views.buffers[epoch & 1]
-        self.cache_full.version[:] = 1      # nothing held: every row copied
+        self.cache_full.version[:] = 1  # nothing held: every row copied
         gathers = {
-            "gather_full": lambda: gather(views, prev, self.nxt_full, self.inp_full, now, hwm=hwm,
-                                          cache=self.cache_full),
-            "gather_cached": lambda: gather(views, prev, self.nxt_cached, self.inp, now, hwm=hwm,
-                                            cache=self.cache),
+            "gather_full": lambda: gather(
+                views, prev, self.nxt_full, self.inp_full, now, hwm=hwm, cache=self.cache_full
+            ),
+            "gather_cached": lambda: gather(
+                views, prev, self.nxt_cached, self.inp, now, hwm=hwm, cache=self.cache
+            ),
         }
         out = {}
         for name in sorted(gathers, key=lambda _: self.rng.random()):
@@ -195,6 +209,7 @@ def run(n: int, reps: int, python_max: int, log, only_tick: bool = False) -> dic
 def _python_baseline(n: int, recs, params, reps: int, python_max: int) -> dict:
     """The per-node Python tick on a dict of nodes, sampled on <= ``python_max``."""
     from benchmarks.baselines.python_tick import Node, python_tick
+
     pn = min(n, python_max)
     nodes = {}
     for i in range(pn):
@@ -231,41 +246,55 @@ def _python_baseline(n: int, recs, params, reps: int, python_max: int) -> dict:
 def line(out: dict) -> str:
     """One progress line of a node count."""
     p = out["parts"]
-    text = (f"  tick n={out['nodes']}: ticker {out['ticker']['median']:.1f} us, kernels "
-            f"{out['kernels']['median']:.1f} us; gather full/cached "
-            f"{p['gather_full']['median']:.1f}/{p['gather_cached']['median']:.1f}, passes "
-            f"{p['passes']['median']:.1f}, step 14 {p['step14_radix']['median']:.1f} us; numpy "
-            f"{out['numpy']['median']:.1f} us")
+    text = (
+        f"  tick n={out['nodes']}: ticker {out['ticker']['median']:.1f} us, kernels "
+        f"{out['kernels']['median']:.1f} us; gather full/cached "
+        f"{p['gather_full']['median']:.1f}/{p['gather_cached']['median']:.1f}, passes "
+        f"{p['passes']['median']:.1f}, step 14 {p['step14_radix']['median']:.1f} us; numpy "
+        f"{out['numpy']['median']:.1f} us"
+    )
     py = out.get("python")
     if py is not None:
-        text += f", python {py['median']:.0f} us" + (" (extrapolated)" if py["extrapolated"]
-                                                     else "")
+        text += f", python {py['median']:.0f} us" + (
+            " (extrapolated)" if py["extrapolated"] else ""
+        )
     return text
 
 
 def tables(rows: list) -> list[str]:
     """Whole ticks side by side, then where a tick's time goes."""
-    lines = ["| tick | nodes | Ticker.tick median / p99 µs | ns/node | kernels only µs | "
-             "NumPy µs (x) | Python µs (x) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tick | nodes | Ticker.tick median / p99 µs | ns/node | kernels only µs | "
+        "NumPy µs (x) | Python µs (x) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["nodes"]):
         t = r["ticker"]["median"]
         py = r.get("python")
-        py_cell = "not run" if py is None else \
-            f"{py['median']:.0f} ({py['median'] / t:.0f}x){' extrap.' if py['extrapolated'] else ''}"
+        py_cell = (
+            "not run"
+            if py is None
+            else f"{py['median']:.0f} ({py['median'] / t:.0f}x)"
+            + (" extrap." if py["extrapolated"] else "")
+        )
         lines.append(
             f"| | {r['nodes']:,} | {t:.1f} / {r['ticker']['p99']:.1f} | "
             f"{r['ticker']['ns_per_node']:.1f} | {r['kernels']['median']:.1f} | "
-            f"{r['numpy']['median']:.1f} ({r['numpy']['median'] / t:.1f}x) | {py_cell} |")
-    lines += ["", "| tick parts (median µs) | nodes | gather: full / row cache | score passes | "
-              "step 14 (radix) |",
-              "|---|---|---|---|---|"]
+            f"{r['numpy']['median']:.1f} ({r['numpy']['median'] / t:.1f}x) | {py_cell} |"
+        )
+    lines += [
+        "",
+        "| tick parts (median µs) | nodes | gather: full / row cache | score passes | "
+        "step 14 (radix) |",
+        "|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["nodes"]):
         p = r["parts"]
         lines.append(
             f"| | {r['nodes']:,} | {p['gather_full']['median']:.1f} / "
             f"{p['gather_cached']['median']:.1f} | {p['passes']['median']:.1f} | "
-            f"{p['step14_radix']['median']:.1f} |")
+            f"{p['step14_radix']['median']:.1f} |"
+        )
     return lines
 
 

@@ -41,12 +41,28 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _BENCH = os.path.dirname(_HERE)
 DEFAULT_MD = os.path.join(_BENCH, "RESULTS.md")
 DEFAULT_JSON = os.path.join(_BENCH, "results", "sim.json")
-OUT_JSON = os.path.join(_BENCH, "out", "sim.json")   # ignored by git
+OUT_JSON = os.path.join(_BENCH, "out", "sim.json")  # ignored by git
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
 QUICK_SEEDS = (1,)
-_SCALARS = ("jobs", "mean_s", "p50_s", "p99_s", "p999_s", "mean_wait_s", "failed", "lost",
-            "sent_to_dead", "attempt_errors", "retries", "over_limit_pct", "jobs_per_s",
-            "fallbacks", "tail_service_share", "tail_wait_share", "tail_retry_share")
+_SCALARS = (
+    "jobs",
+    "mean_s",
+    "p50_s",
+    "p99_s",
+    "p999_s",
+    "mean_wait_s",
+    "failed",
+    "lost",
+    "sent_to_dead",
+    "attempt_errors",
+    "retries",
+    "over_limit_pct",
+    "jobs_per_s",
+    "fallbacks",
+    "tail_service_share",
+    "tail_wait_share",
+    "tail_retry_share",
+)
 
 
 def _params(overrides: tuple, tick_s: float = 0.05) -> np.ndarray:
@@ -55,12 +71,15 @@ def _params(overrides: tuple, tick_s: float = 0.05) -> np.ndarray:
     without the ``score.`` prefix) and the scenario's tick interval."""
     from kernels.defaults import DEFAULTS, default_params
     from kernels.params import PARAM_NAMES, TICK_INTERVAL_MS
+
     vec = default_params()
     for key, value in overrides:
-        name = key[len("score."):] if key.startswith("score.") else key
+        name = key[len("score.") :] if key.startswith("score.") else key
         if name not in DEFAULTS or name == "tick_interval_ms":
-            raise ValueError(f"--score-override {key}: not a [score] key "
-                             f"(one of {', '.join(n for n in PARAM_NAMES if n != 'tick_interval_ms')})")
+            raise ValueError(
+                f"--score-override {key}: not a [score] key "
+                f"(one of {', '.join(n for n in PARAM_NAMES if n != 'tick_interval_ms')})"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
             raise ValueError(f"--score-override {key}={value!r}: not a finite number")
         vec[PARAM_NAMES.index(name)] = float(value)
@@ -81,15 +100,17 @@ def _world(name: str, is_quick: bool, seed: int, shape: tuple):
 
 def _run_one(task):
     from .cluster import run
+
     name, is_quick, seed, policy, overrides, shape = task
     w = _world(name, is_quick, seed, shape)
-    rng = np.random.default_rng([seed, sum(map(ord, name)), 7])   # same for every policy
+    rng = np.random.default_rng([seed, sum(map(ord, name)), 7])  # same for every policy
     params = _params(overrides, w.scenario.tick_s)
     return name, seed, policy, w.capacity, run(w, POLICIES[policy], params, rng)
 
 
 def _init_worker():
     import kernels
+
     kernels.warm_up()
 
 
@@ -97,9 +118,16 @@ def _median(xs):
     return float(np.median(np.asarray(xs, float))) if xs else float("nan")
 
 
-def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool = False,
-             overrides: tuple = (), workers: int = 1, retries: int | None = None,
-             schedulers: int | None = None) -> dict:
+def simulate(
+    scenarios=None,
+    policies=None,
+    seeds=DEFAULT_SEEDS,
+    is_quick: bool = False,
+    overrides: tuple = (),
+    workers: int = 1,
+    retries: int | None = None,
+    schedulers: int | None = None,
+) -> dict:
     """Run every (scenario, seed, policy); return the result document (the JSON)."""
     scenarios = list(scenarios or SCENARIOS)
     policies = list(policies or POLICIES)
@@ -116,13 +144,18 @@ def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool 
             raise ValueError(f"sim: schedulers = {schedulers!r} must be >= 1")
         shape.append(("schedulers", int(schedulers)))
     shape = tuple(shape)
-    _params(overrides)   # validate before forking
+    _params(overrides)  # validate before forking
     # Grouped by world: consecutive tasks reuse a worker's cached world.
-    tasks = [(s, is_quick, seed, p, tuple(overrides), shape)
-             for s in scenarios for seed in seeds for p in policies]
+    tasks = [
+        (s, is_quick, seed, p, tuple(overrides), shape)
+        for s in scenarios
+        for seed in seeds
+        for p in policies
+    ]
     t0 = time.perf_counter()
     if workers > 1:
         import multiprocessing as mp
+
         with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
             done = list(pool.imap_unordered(_run_one, tasks, chunksize=1))
     else:
@@ -134,16 +167,30 @@ def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool 
     for name in scenarios:
         sc = _scenario(name, is_quick, shape)
         caps = [runs[(name, s, policies[0])][0] for s in seeds]
-        entry = {"description": sc.description, "nodes": sc.n_nodes,
-                 "duration_s": sc.duration_s, "warmup_s": sc.warmup_s,
-                 "schedulers": sc.schedulers, "max_retries": sc.max_retries,
-                 "capacity_jobs_s": _median(caps), "capacity_by_seed": caps,
-                 "jobs": 0, "policies": {}}
+        entry = {
+            "description": sc.description,
+            "nodes": sc.n_nodes,
+            "duration_s": sc.duration_s,
+            "warmup_s": sc.warmup_s,
+            "schedulers": sc.schedulers,
+            "max_retries": sc.max_retries,
+            "capacity_jobs_s": _median(caps),
+            "capacity_by_seed": caps,
+            "jobs": 0,
+            "policies": {},
+        }
         for pol in policies:
             ms = [runs[(name, s, pol)][1] for s in seeds]
             agg = {k: _median([m[k] for m in ms]) for k in _SCALARS}
-            for k in ("jobs", "failed", "lost", "sent_to_dead", "attempt_errors", "retries",
-                      "fallbacks"):
+            for k in (
+                "jobs",
+                "failed",
+                "lost",
+                "sent_to_dead",
+                "attempt_errors",
+                "retries",
+                "fallbacks",
+            ):
                 agg[k] = int(round(agg[k]))
             agg["by_seed"] = {k: [m[k] for m in ms] for k in _SCALARS}
             entry["policies"][pol] = agg
@@ -159,9 +206,15 @@ def simulate(scenarios=None, policies=None, seeds=DEFAULT_SEEDS, is_quick: bool 
         cmd += f" --schedulers {schedulers}"
     cmd += "".join(f" --score-override {k}={v}" for k, v in overrides)
     return {
-        "meta": {"command": cmd, "seeds": seeds, "quick": is_quick,
-                 "score_overrides": dict(overrides), "workers": workers,
-                 "elapsed_s": round(elapsed, 1), "runs": len(tasks)},
+        "meta": {
+            "command": cmd,
+            "seeds": seeds,
+            "quick": is_quick,
+            "score_overrides": dict(overrides),
+            "workers": workers,
+            "elapsed_s": round(elapsed, 1),
+            "runs": len(tasks),
+        },
         "scenarios": res,
         "goal": goal(res),
     }
@@ -181,13 +234,23 @@ def dumps(result: dict) -> str:
     """The result document as JSON text: floats to 6 significant digits,
     indented, each list of numbers on one line."""
     text = json.dumps(_rounded(result), indent=1, sort_keys=False)
-    return re.sub(r"\[([^\[\]{}\"]*)\]",
-                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
-                  if m.group(1).strip() else "[]", text) + "\n"
+    return (
+        re.sub(
+            r"\[([^\[\]{}\"]*)\]",
+            lambda m: (
+                "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
+                if m.group(1).strip()
+                else "[]"
+            ),
+            text,
+        )
+        + "\n"
+    )
 
 
 def _parse_override(item: str):
     from shm_engine.core.config import ConfigError, parse_override
+
     try:
         return parse_override(item)
     except ConfigError as e:
@@ -195,33 +258,65 @@ def _parse_override(item: str):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks sim", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="16 nodes, 90 s per run, seed 1 (smoke test)")
-    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
-                    help="run only this scenario (repeatable)")
-    ap.add_argument("--policy", action="append", choices=list(POLICIES),
-                    help="run only this policy (repeatable)")
-    ap.add_argument("--seed", type=int, action="append",
-                    help="run this seed (repeatable; default 1-5, or 1 with --quick)")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks sim", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="16 nodes, 90 s per run, seed 1 (smoke test)"
+    )
+    ap.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable)",
+    )
+    ap.add_argument(
+        "--policy",
+        action="append",
+        choices=list(POLICIES),
+        help="run only this policy (repeatable)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        help="run this seed (repeatable; default 1-5, or 1 with --quick)",
+    )
     ap.add_argument("--seeds", type=int, help="run seeds 1..N")
     ap.add_argument("--retries", type=int, help="retries of a failed or lost job (default 2)")
     ap.add_argument("--schedulers", type=int, help="independent schedulers (default 4)")
-    ap.add_argument("--score-override", action="append", default=[], metavar="KEY=VALUE",
-                    help="a [score] key for the kernels, e.g. min_requests=5 or weights.cpu=0.1")
+    ap.add_argument(
+        "--score-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [score] key for the kernels, e.g. min_requests=5 or weights.cpu=0.1",
+    )
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--json", help="write the result document here")
     ap.add_argument("--md", help="write the Routing quality section into this markdown file")
-    ap.add_argument("--record", action="store_true",
-                    help="the full default run, recorded: benchmarks/results/sim.json and RESULTS.md")
+    ap.add_argument(
+        "--record",
+        action="store_true",
+        help="the full default run, recorded: benchmarks/results/sim.json and RESULTS.md",
+    )
     args = ap.parse_args(argv)
     if args.seed and args.seeds:
         ap.error("--seed and --seeds are exclusive")
-    if args.record and (args.quick or args.scenario or args.policy or args.seed or args.seeds
-                        or args.score_override or args.retries is not None
-                        or args.schedulers is not None):
-        ap.error("--record is the full default run: without --quick, --scenario, --policy, "
-                 "--seed(s), --score-override, --retries or --schedulers")
+    if args.record and (
+        args.quick
+        or args.scenario
+        or args.policy
+        or args.seed
+        or args.seeds
+        or args.score_override
+        or args.retries is not None
+        or args.schedulers is not None
+    ):
+        ap.error(
+            "--record is the full default run: without --quick, --scenario, --policy, "
+            "--seed(s), --score-override, --retries or --schedulers"
+        )
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds {args.seeds}: must be >= 1")
     if args.seed:
@@ -232,8 +327,16 @@ def main(argv=None) -> int:
         seeds = list(QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     try:
         overrides = tuple(_parse_override(x) for x in args.score_override)
-        result = simulate(args.scenario, args.policy, seeds, args.quick, overrides,
-                          max(1, args.workers), args.retries, args.schedulers)
+        result = simulate(
+            args.scenario,
+            args.policy,
+            seeds,
+            args.quick,
+            overrides,
+            max(1, args.workers),
+            args.retries,
+            args.schedulers,
+        )
     except ValueError as e:
         ap.error(str(e))
     body = render(result)
@@ -247,8 +350,12 @@ def main(argv=None) -> int:
         os.replace(json_path + ".tmp", json_path)
     if md_path:
         write_section(md_path, body)
-    print(f"sim: {len(result['scenarios'])} scenarios x {len(seeds)} seeds x "
-          f"{len(next(iter(result['scenarios'].values()))['policies'])} policies in "
-          f"{result['meta']['elapsed_s']} s" + (f"; wrote {json_path}" if json_path else "")
-          + (f", {md_path}" if md_path else ""), file=sys.stderr)
+    print(
+        f"sim: {len(result['scenarios'])} scenarios x {len(seeds)} seeds x "
+        f"{len(next(iter(result['scenarios'].values()))['policies'])} policies in "
+        f"{result['meta']['elapsed_s']} s"
+        + (f"; wrote {json_path}" if json_path else "")
+        + (f", {md_path}" if md_path else ""),
+        file=sys.stderr,
+    )
     return 0

@@ -65,10 +65,12 @@ from .scenarios import World
 __all__ = ["View", "run", "LEVELS"]
 
 _COMPLETE, _HB_SEND, _HB_RECV, _DIE, _REVIVE, _FAIL = 0, 1, 2, 3, 4, 5
-OK, FAILED = 0, 1            # a job's final status
-BASELINE_TIMEOUT_S = 10.0    # heartbeat-fed policies drop a node after this silence (= default dead_after_s)
-AVG_JOB_EMA = 0.05           # a node's avg_job_s: EMA over its finished attempts (~ the last 20)
-LEVELS = 16                  # time at 0 .. LEVELS-1 jobs on a node is tracked (the last level is ">=")
+OK, FAILED = 0, 1  # a job's final status
+BASELINE_TIMEOUT_S = (
+    10.0  # heartbeat-fed policies drop a node after this silence (= default dead_after_s)
+)
+AVG_JOB_EMA = 0.05  # a node's avg_job_s: EMA over its finished attempts (~ the last 20)
+LEVELS = 16  # time at 0 .. LEVELS-1 jobs on a node is tracked (the last level is ">=")
 _INF = math.inf
 
 
@@ -77,34 +79,41 @@ class View:
 
     def __init__(self, n: int, inp, out, speed: np.ndarray, fail_prob):
         self.n = n
-        self.cpu = inp.cpu                  # latest received heartbeat fields
+        self.cpu = inp.cpu  # latest received heartbeat fields
         self.mem = inp.mem
         self.avg_job_s = inp.avg_job_s
-        self.jobs = np.zeros(n)             # heartbeat: jobs on the node (running + waiting)
-        self.slots = np.ones(n)             # heartbeat: workers (1 until the first heartbeat)
-        self.alive = np.zeros(n, bool)      # heartbeat younger than 10 s (per tick)
+        self.jobs = np.zeros(n)  # heartbeat: jobs on the node (running + waiting)
+        self.slots = np.ones(n)  # heartbeat: workers (1 until the first heartbeat)
+        self.alive = np.zeros(n, bool)  # heartbeat younger than 10 s (per tick)
         self.alive_idx = np.zeros(0, np.int64)
-        self.score = out.score              # latest tick's published desirability
+        self.score = out.score  # latest tick's published desirability
         self.ranked = out.ranked
         self.n_ranked = 0
-        self.claims = np.zeros(n)           # claims made since the latest tick, still open
+        self.claims = np.zeros(n)  # claims made since the latest tick, still open
         # Truth: the oracle, prequal's probes (a server's own RIF), validation policies.
-        self.n_out = [0] * n                # jobs on the node now (running + waiting)
-        self.free_min = np.zeros(n)         # earliest time a worker is free (inf when down)
+        self.n_out = [0] * n  # jobs on the node now (running + waiting)
+        self.free_min = np.zeros(n)  # earliest time a worker is free (inf when down)
         self.speed = speed
         self.fail_prob = np.asarray(fail_prob)
-        self.fallbacks = 0                  # score policies that found nothing ranked
+        self.fallbacks = 0  # score policies that found nothing ranked
 
 
-def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Generator,
-        forget_after_s: float = 300.0) -> dict:
+def run(
+    world: World,
+    policy_cls,
+    params: np.ndarray,
+    policy_rng: np.random.Generator,
+    forget_after_s: float = 300.0,
+) -> dict:
     """Simulate ``world`` routed by ``policy_cls``; return its metrics.  The
     tick runs every ``scenario.tick_s``, which must equal ``params``'s
     ``tick_interval_ms`` (the error window's decay assumes it)."""
     sc = world.scenario
     if abs(params[TICK_INTERVAL_MS] - sc.tick_s * 1000.0) > 1e-9:
-        raise ValueError(f"run: params tick_interval_ms = {params[TICK_INTERVAL_MS]!r} but "
-                         f"scenario {sc.name!r} ticks every {sc.tick_s * 1000.0!r} ms")
+        raise ValueError(
+            f"run: params tick_interval_ms = {params[TICK_INTERVAL_MS]!r} but "
+            f"scenario {sc.name!r} ticks every {sc.tick_s * 1000.0!r} ms"
+        )
     n = sc.n_nodes
     slots = world.slots
     speed_l = [float(x) for x in world.speed]
@@ -123,7 +132,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     max_att = sc.max_retries + 1
     connect_timeout, loss_detect = sc.connect_timeout_s, sc.loss_detect_s
     hb_okerr = sc.hb_reports_okerr
-    dead_after = BASELINE_TIMEOUT_S   # not params: score overrides must not move the baselines
+    dead_after = BASELINE_TIMEOUT_S  # not params: score overrides must not move the baselines
 
     inp = make_inputs(n)
     st_a, st_b = make_state(n), make_state(n)
@@ -141,17 +150,17 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     free_at = [[0.0] * s for s in slots]
     free_min = view.free_min
     n_out = view.n_out
-    inflight = [dict() for _ in range(n)]   # job -> (token, claim tick) of its attempt on the node
+    inflight = [dict() for _ in range(n)]  # job -> (token, claim tick) of its attempt on the node
     last_change = [0.0] * n
-    busy_area = [0.0] * n       # worker-seconds busy since the last heartbeat
-    over_time = [0.0] * n       # seconds over the queue limit (whole run)
+    busy_area = [0.0] * n  # worker-seconds busy since the last heartbeat
+    over_time = [0.0] * n  # seconds over the queue limit (whole run)
     level_time = [0.0] * LEVELS  # node-seconds at each number of jobs, after warm-up
     up_time_start = [0.0] * n
     up_time = [0.0] * n
-    fin_n = [0] * n             # finished attempts since the last heartbeat
+    fin_n = [0] * n  # finished attempts since the last heartbeat
     fin_err = [0] * n
     last_send = [0.0] * n
-    avg_job = [sc.mean_size / s for s in speed_l]   # a node's own long-run estimate
+    avg_job = [sc.mean_size / s for s in speed_l]  # a node's own long-run estimate
     hb_k = [0] * n
 
     # Engine-side heartbeat table and claims segment.
@@ -170,13 +179,13 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     # Per job.
     status = [-1] * n_jobs
     resp = [math.nan] * n_jobs
-    qwait = [math.nan] * n_jobs   # queueing delay of the successful attempt
-    svc = [math.nan] * n_jobs     # service time of the successful attempt
+    qwait = [math.nan] * n_jobs  # queueing delay of the successful attempt
+    svc = [math.nan] * n_jobs  # service time of the successful attempt
     n_att = [0] * n_jobs
     tried: list = [()] * n_jobs
-    c_err = [0] * n_jobs          # attempts failed by a node
-    c_lost = [0] * n_jobs         # attempts on a node when it died
-    c_dead = [0] * n_jobs         # attempts sent to a dead node
+    c_err = [0] * n_jobs  # attempts failed by a node
+    c_lost = [0] * n_jobs  # attempts on a node when it died
+    c_dead = [0] * n_jobs  # attempts sent to a dead node
 
     heap: list = []
     seq = 0
@@ -192,7 +201,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
 
     def advance(j, t):
         if t > duration:
-            t = duration      # metrics cover [0, duration]; the drain is not node time
+            t = duration  # metrics cover [0, duration]; the drain is not node time
         lc = last_change[j]
         dt = t - lc
         k = n_out[j]
@@ -283,7 +292,9 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
             if t >= forget_after_s:
                 keep = inp.age < forget_after_s
                 for j in np.flatnonzero(registered & ~keep).tolist():
-                    rif[j] = fb_ok[j] = fb_err[j] = consec[j] = 0   # feedback belongs to the registration
+                    rif[j] = fb_ok[j] = fb_err[j] = consec[j] = (
+                        0  # feedback belongs to the registration
+                    )
                     last_err[j] = -_INF
                 registered &= keep
             alive = registered & (inp.age < dead_after)
@@ -305,7 +316,7 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
             t, _s, kind, j, ep, x = pop(heap)
             if kind == _COMPLETE:
                 if ep != epoch[j]:
-                    continue          # the node died with it; its _FAIL is scheduled
+                    continue  # the node died with it; its _FAIL is scheduled
                 ji, ok, dur, wait = x
                 advance(j, t)
                 n_out[j] -= 1
@@ -343,9 +354,16 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 mem = mem_base[j] + 0.01 * n_out[j] + noise[1]
                 jobs = n_out[j]
                 waiting = jobs - slots[j] if jobs > slots[j] else 0
-                hb = (min(max(cpu, 0.0), 1.0), min(max(mem, 0.0), 1.0), float(waiting),
-                      avg_job[j], fin_n[j] / el if el > 0 else 0.0,
-                      float(fin_n[j] - fin_err[j]), float(fin_err[j]), float(jobs))
+                hb = (
+                    min(max(cpu, 0.0), 1.0),
+                    min(max(mem, 0.0), 1.0),
+                    float(waiting),
+                    avg_job[j],
+                    fin_n[j] / el if el > 0 else 0.0,
+                    float(fin_n[j] - fin_err[j]),
+                    float(fin_err[j]),
+                    float(jobs),
+                )
                 fin_n[j] = fin_err[j] = 0
                 push(heap, (t + noise[2], seq, _HB_RECV, j, 0, hb))
                 seq += 1
@@ -353,8 +371,16 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
                 if not registered[j]:
                     registered[j] = True
                     fresh_pending[j] = 1
-                (inp.cpu[j], inp.mem[j], inp.queue[j], inp.avg_job_s[j], inp.throughput[j],
-                 inp.ok[j], inp.err[j], view.jobs[j]) = x
+                (
+                    inp.cpu[j],
+                    inp.mem[j],
+                    inp.queue[j],
+                    inp.avg_job_s[j],
+                    inp.throughput[j],
+                    inp.ok[j],
+                    inp.err[j],
+                    view.jobs[j],
+                ) = x
                 view.slots[j] = slots[j]
                 engine.heartbeat(j, slots[j], hb_okerr)
                 last_recv[j] = t
@@ -385,8 +411,21 @@ def run(world: World, policy_cls, params: np.ndarray, policy_rng: np.random.Gene
     for j in range(n):
         if up[j]:
             up_time[j] += max(duration - up_time_start[j], 0.0)
-    return _metrics(world, status, resp, qwait, svc, c_err, c_lost, c_dead, n_att, over_time,
-                    up_time, level_time, view.fallbacks)
+    return _metrics(
+        world,
+        status,
+        resp,
+        qwait,
+        svc,
+        c_err,
+        c_lost,
+        c_dead,
+        n_att,
+        over_time,
+        up_time,
+        level_time,
+        view.fallbacks,
+    )
 
 
 class _Engine:
@@ -406,15 +445,29 @@ class _Engine:
         inp.fb_ok[:] = fb_ok
         inp.fb_err[:] = fb_err
         inp.consec[:] = consec
-        np.subtract(t, last_err, out=inp.err_age)     # +inf when no error release
-        n_ranked, _p, _live = kernels.tick(self.params, inp, self.prev, self.nxt, self.out,
-                                           self.scratch)
+        np.subtract(t, last_err, out=inp.err_age)  # +inf when no error release
+        n_ranked, _p, _live = kernels.tick(
+            self.params, inp, self.prev, self.nxt, self.out, self.scratch
+        )
         self.prev, self.nxt = self.nxt, self.prev
         return int(n_ranked)
 
 
-def _metrics(world: World, status, resp, qwait, svc, c_err, c_lost, c_dead, n_att, over_time,
-             up_time, level_time, fallbacks) -> dict:
+def _metrics(
+    world: World,
+    status,
+    resp,
+    qwait,
+    svc,
+    c_err,
+    c_lost,
+    c_dead,
+    n_att,
+    over_time,
+    up_time,
+    level_time,
+    fallbacks,
+) -> dict:
     sc = world.scenario
     m = (world.arr_t >= sc.warmup_s) & (world.arr_t < sc.duration_s)
     st = np.asarray(status, np.int8)[m]
@@ -449,7 +502,9 @@ def _metrics(world: World, status, resp, qwait, svc, c_err, c_lost, c_dead, n_at
         # attempt's service and queueing, and the failed attempts before it
         "tail_service_share": float(sv[tail].sum() / tr) if tr > 0 else math.nan,
         "tail_wait_share": float(w[tail].sum() / tr) if tr > 0 else math.nan,
-        "tail_retry_share": float(1.0 - (sv[tail].sum() + w[tail].sum()) / tr) if tr > 0 else math.nan,
+        "tail_retry_share": float(1.0 - (sv[tail].sum() + w[tail].sum()) / tr)
+        if tr > 0
+        else math.nan,
         # fraction of node-time with >= k jobs on the node, k = 0 .. LEVELS-1
         "at_least_k": (np.cumsum(lt[::-1])[::-1] / tot).round(6).tolist() if tot > 0 else [],
     }

@@ -87,8 +87,9 @@ class _Base:
     def _weighted(self, weights, tried):
         idx = self._eligible(tried)
         c = np.cumsum(weights[idx] + 1e-6)
-        return int(idx[min(np.searchsorted(c, self.rng.random() * c[-1], side="right"),
-                           idx.shape[0] - 1)])
+        return int(
+            idx[min(np.searchsorted(c, self.rng.random() * c[-1], side="right"), idx.shape[0] - 1)]
+        )
 
     def _two(self, tried):
         """Two distinct uniformly random eligible nodes (a, b); (a, -1) when only one."""
@@ -151,7 +152,7 @@ class TwoChoicesQueue(_Base):
         if b < 0:
             return a
         q = self.v.jobs
-        return a if q[a] <= q[b] else b   # a is the uniformly random one: ties stay fair
+        return a if q[a] <= q[b] else b  # a is the uniformly random one: ties stay fair
 
 
 class TwoChoicesWait(_Base):
@@ -185,6 +186,7 @@ class LeastRequest(_Base):
     first drawn on a tie).  Hosts: the alive set (the heartbeat timeout
     standing in for service discovery and health checks); no outlier
     detection (not configured by default)."""
+
     tracks_requests = True
 
     def __init__(self, view, rng):
@@ -216,9 +218,10 @@ class PeakEwma(_Base):
     with requests pending but no history costs ``PENALTY + pending``.  An
     attempt that fails (fast failure, connect timeout, loss) is a response
     like any other: its round-trip time is observed."""
+
     tracks_requests = True
     TAU_S = 10.0
-    PENALTY = float((2 ** 63 - 1) >> 16) * 1e-9   # Finagle's Long.MaxValue >> 16 ns, in seconds
+    PENALTY = float((2**63 - 1) >> 16) * 1e-9  # Finagle's Long.MaxValue >> 16 ns, in seconds
 
     def __init__(self, view, rng):
         super().__init__(view, rng)
@@ -263,6 +266,7 @@ class _PrequalServers:
     current RIF (the last ``PER_RIF`` of each RIF value; 0 when there is
     none).  Estimates are cached per (node, RIF) until a sample lands in a
     bucket they read."""
+
     PER_RIF = 16
     MAX_RIF = 63
 
@@ -323,6 +327,7 @@ class Prequal(_Base):
     random member.  Probes of nodes the job already tried are not usable for
     it.  No error handling beyond that: the rule has none (a node that fails
     fast looks fast)."""
+
     tracks_requests = True
     R_PROBE = 3
     POOL = 16
@@ -342,10 +347,10 @@ class Prequal(_Base):
     def __init__(self, view, rng, servers):
         super().__init__(view, rng)
         self.servers = servers
-        self.pending = []          # probes in flight: (ready_t, node, rif, latency)
-        self.pool = {}             # node -> [recv_t, rif, latency, uses_left]
-        self.hist = []             # recent probe RIFs, oldest first
-        self.hist_sorted = []      # the same, sorted
+        self.pending = []  # probes in flight: (ready_t, node, rif, latency)
+        self.pool = {}  # node -> [recv_t, rif, latency, uses_left]
+        self.hist = []  # recent probe RIFs, oldest first
+        self.hist_sorted = []  # the same, sorted
         self.remove_oldest = True
         den = (1.0 - self.POOL / view.n) * self.R_PROBE - self.R_REMOVE
         b = 1.0 + self.DELTA / den if den > 0 else float(self.MAX_REUSE)
@@ -376,7 +381,7 @@ class Prequal(_Base):
                     pool.pop(j, None)
                     pool[j] = [t_recv, rif, lat, self._uses()]
                     if len(pool) > self.POOL:
-                        del pool[next(iter(pool))]     # insertion order = age
+                        del pool[next(iter(pool))]  # insertion order = age
                 else:
                     keep.append(p)
             self.pending = keep
@@ -438,10 +443,10 @@ class Prequal(_Base):
         return j
 
     def dispatched(self, node, now):
-        return now, self.v.n_out[node] + 1     # the server counts the query itself
+        return now, self.v.n_out[node] + 1  # the server counts the query itself
 
     def released(self, node, now, ok, token, served):
-        if served:                             # the server saw it finish (not lost, not dead)
+        if served:  # the server saw it finish (not lost, not dead)
             t0, rif0 = token
             self.servers.record(node, rif0, now - t0)
 
@@ -458,7 +463,7 @@ class _Score(_Base):
 class ScoreArgmax(_Score):
     def choose(self, now, size, tried):
         v = self.v
-        for j in v.ranked[:v.n_ranked].tolist():
+        for j in v.ranked[: v.n_ranked].tolist():
             if j not in tried:
                 return j
         return self._fallback(tried)
@@ -466,6 +471,7 @@ class ScoreArgmax(_Score):
 
 class ScoreWeighted(_Score):
     """Weighted random, probability proportional to score ** power."""
+
     power = 1.0
 
     def choose(self, now, size, tried):
@@ -479,7 +485,7 @@ class ScoreWeighted(_Score):
             return self._fallback(tried)
         w = v.score[r]
         if self.power != 1.0:
-            w = w ** self.power
+            w = w**self.power
         c = np.cumsum(w)
         return int(r[min(np.searchsorted(c, self.rng.random() * c[-1], side="right"), m - 1)])
 
@@ -509,11 +515,20 @@ def _pick_policy(name, use_claims=True, **kw):
         def choose(self, now, size, tried):
             v = self.v
             if use_claims:
-                s = pick(v.score, v.ranked, v.n_ranked, self.rng, tried, claims=v.claims,
-                         slots=v.slots, **kw)
+                s = pick(
+                    v.score,
+                    v.ranked,
+                    v.n_ranked,
+                    self.rng,
+                    tried,
+                    claims=v.claims,
+                    slots=v.slots,
+                    **kw,
+                )
             else:
                 s = pick(v.score, v.ranked, v.n_ranked, self.rng, tried, **kw)
             return s if s >= 0 else self._fallback(tried)
+
     ScorePick.__name__ = ScorePick.__qualname__ = name
     return ScorePick
 
@@ -577,7 +592,7 @@ SCORE_POLICIES = {
     "des_p3c": _pick_policy("des_p3c", d=3),
     "des_p6c": _pick_policy("des_p6c", d=6),
     "des_noclaims": _pick_policy("des_noclaims", use_claims=False),
-    "desirability": _pick_policy("desirability"),   # clients.pick.pick with its defaults (d = 4)
+    "desirability": _pick_policy("desirability"),  # clients.pick.pick with its defaults (d = 4)
 }
 POLICIES = {**BASELINES, **PEERS, **SCORE_POLICIES, "oracle": Oracle}
 VALIDATION = {"true_p2c": TrueTwoChoices}

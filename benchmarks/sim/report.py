@@ -17,7 +17,7 @@ __all__ = ["goal", "render", "write_section", "BEGIN", "END", "SHIPPED", "PEER_N
 
 BEGIN = "<!-- sim:begin -->"
 END = "<!-- sim:end -->"
-SHIPPED = "desirability"          # clients.pick.pick with its defaults, fed the claims
+SHIPPED = "desirability"  # clients.pick.pick with its defaults, fed the claims
 PEER_NAMES = ("least_request", "peak_ewma", "prequal")
 ORACLE_TARGET = 1.3
 
@@ -35,8 +35,14 @@ def _seeds(res: dict, pol: str, key: str) -> list:
 def _check(values: list, limit: float, strict: bool = False) -> dict:
     worst = max(values)
     met = worst < limit if strict else worst <= limit
-    return {"by_seed": values, "min": min(values), "max": worst, "limit": limit,
-            "strict": strict, "met": bool(met)}
+    return {
+        "by_seed": values,
+        "min": min(values),
+        "max": worst,
+        "limit": limit,
+        "strict": strict,
+        "met": bool(met),
+    }
 
 
 def goal(scenarios: dict) -> dict:
@@ -55,30 +61,56 @@ def goal(scenarios: dict) -> dict:
         for ref in PEER_NAMES:
             if ref in pols:
                 checks[f"p99_vs_{ref}"] = _check(
-                    [_ratio(a, b) for a, b in zip(p99, _seeds(res, ref, "p99_s"))], 1.0, strict=True)
+                    [_ratio(a, b) for a, b in zip(p99, _seeds(res, ref, "p99_s"), strict=True)],
+                    1.0,
+                    strict=True,
+                )
         if "p2c_queue" in pols:
             checks["p99_vs_p2c_queue"] = _check(
-                [_ratio(a, b) for a, b in zip(p99, _seeds(res, "p2c_queue", "p99_s"))], 0.5)
+                [_ratio(a, b) for a, b in zip(p99, _seeds(res, "p2c_queue", "p99_s"), strict=True)],
+                0.5,
+            )
         failed = _seeds(res, SHIPPED, "failed")
         if name == "fail_fast" and "least_cpu" in pols:
             checks["failed_vs_least_cpu"] = _check(
-                [_ratio(a, b) for a, b in zip(failed, _seeds(res, "least_cpu", "failed"))], 0.1)
+                [
+                    _ratio(a, b)
+                    for a, b in zip(failed, _seeds(res, "least_cpu", "failed"), strict=True)
+                ],
+                0.1,
+            )
         peers_here = [p for p in PEER_NAMES if p in pols]
         if name == "fail_fast" and peers_here:
-            best_peer = [min(v) for v in zip(*(_seeds(res, p, "failed") for p in peers_here))]
-            c = _check([a - b for a, b in zip(failed, best_peer)], 0.0)
+            best_peer = [
+                min(v) for v in zip(*(_seeds(res, p, "failed") for p in peers_here), strict=True)
+            ]
+            c = _check([a - b for a, b in zip(failed, best_peer, strict=True)], 0.0)
             c["shipped"] = failed
             c["fewest_of_peers"] = best_peer
             checks["failed_minus_fewest_peer"] = c
         if name == "churn" and "least_cpu" in pols:
             checks["sent_to_dead_vs_least_cpu"] = _check(
-                [_ratio(a, b) for a, b in zip(_seeds(res, SHIPPED, "sent_to_dead"),
-                                              _seeds(res, "least_cpu", "sent_to_dead"))], 0.1)
-        entry = {"policy": SHIPPED, "p99_s": {"by_seed": p99, "min": min(p99), "max": max(p99)},
-                 "checks": checks, "met": all(c["met"] for c in checks.values())}
+                [
+                    _ratio(a, b)
+                    for a, b in zip(
+                        _seeds(res, SHIPPED, "sent_to_dead"),
+                        _seeds(res, "least_cpu", "sent_to_dead"),
+                        strict=True,
+                    )
+                ],
+                0.1,
+            )
+        entry = {
+            "policy": SHIPPED,
+            "p99_s": {"by_seed": p99, "min": min(p99), "max": max(p99)},
+            "checks": checks,
+            "met": all(c["met"] for c in checks.values()),
+        }
         if "oracle" in pols:
             entry["vs_oracle"] = _check(
-                [_ratio(a, b) for a, b in zip(p99, _seeds(res, "oracle", "p99_s"))], ORACLE_TARGET)
+                [_ratio(a, b) for a, b in zip(p99, _seeds(res, "oracle", "p99_s"), strict=True)],
+                ORACLE_TARGET,
+            )
         g[name] = entry
     return g
 
@@ -119,8 +151,11 @@ def render(result: dict) -> str:
         "",
         f"Produced by `{m['command']}` (seeds {', '.join(map(str, seeds))}"
         + (", quick" if m["quick"] else "")
-        + (", score overrides " + ", ".join(f"`{k}={v}`" for k, v in m["score_overrides"].items())
-           if m["score_overrides"] else ", SCORING.md defaults")
+        + (
+            ", score overrides " + ", ".join(f"`{k}={v}`" for k, v in m["score_overrides"].items())
+            if m["score_overrides"]
+            else ", SCORING.md defaults"
+        )
         + f"; {m['runs']} runs in {m['elapsed_s']:.0f} s on {m['workers']} worker(s)). "
         f"{k_sched} schedulers each route their share of the jobs; a failed or lost attempt "
         f"is retried on another node (up to {k_retry} retries) and response time counts "
@@ -164,8 +199,10 @@ def render(result: dict) -> str:
             fp = c.get("failed_minus_fewest_peer")
             fail = f"failed {_rng(fl, False)}x least_cpu" + ("" if fl["met"] else " **x**")
             if fp:
-                fail += (f"; {_span(fp['shipped'])} vs the fewest of the peers' "
-                         f"{_span(fp['fewest_of_peers'])}" + ("" if fp["met"] else " **x**"))
+                fail += (
+                    f"; {_span(fp['shipped'])} vs the fewest of the peers' "
+                    f"{_span(fp['fewest_of_peers'])}" + ("" if fp["met"] else " **x**")
+                )
         elif "sent_to_dead_vs_least_cpu" in c:
             sd = c["sent_to_dead_vs_least_cpu"]
             fail = f"sent to dead {_rng(sd, False)}x least_cpu" + ("" if sd["met"] else " **x**")
@@ -173,7 +210,8 @@ def render(result: dict) -> str:
             f"| {name} | {_span(g['p99_s']['by_seed'])} | {_rng(c.get('p99_vs_least_request'))} | "
             f"{_rng(c.get('p99_vs_peak_ewma'))} | {_rng(c.get('p99_vs_prequal'))} | "
             f"{_rng(c.get('p99_vs_p2c_queue'))} | {_rng(g.get('vs_oracle'))} | {fail} | "
-            f"{'yes' if g['met'] else 'no'} |")
+            f"{'yes' if g['met'] else 'no'} |"
+        )
     for name, res in result["scenarios"].items():
         r = res["policies"]
         lines += [
@@ -193,7 +231,8 @@ def render(result: dict) -> str:
                 f"| {pol} | {_f(x['mean_s'])} | {_f(x['p50_s'])} | {_f(x['p99_s'])} "
                 f"({_span(p99s)}) | {_f(x['p999_s'])} | {_f(x['mean_wait_s'])} | {x['failed']} | "
                 f"{x['lost']} ({x['sent_to_dead']}) | {x['retries']} | "
-                f"{x['over_limit_pct']:.1f} | {x['jobs_per_s']:.1f} |")
+                f"{x['over_limit_pct']:.1f} | {x['jobs_per_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +247,7 @@ def write_section(path: str, body: str) -> None:
     b, e = text.find(BEGIN), text.find(END)
     if b >= 0 and e > b:
         e += len(END)
-        if text[e:e + 1] == "\n":
+        if text[e : e + 1] == "\n":
             e += 1
         text = text[:b] + block + text[e:]
     else:

@@ -85,6 +85,7 @@ Rules for callers
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 
@@ -127,11 +128,31 @@ from shm_engine.core.segment import (
 )
 
 __all__ = [
-    "ClaimsSegment", "CLAIMED", "NOT_CURRENT", "NO_LEASE", "COUNT_FULL", "RELEASED", "STALE",
-    "LEASE_CHECK_INTERVAL_S", "tag_of", "claim_at", "release_ok_at",
-    "release_err_at", "in_flight_at", "outcome_at", "acquire_lease", "own_ident", "bump",
-    "make_context", "set_lease", "drop_at",
-    "lease_holder_alive", "reap_dead_leases", "gather_feedback", "claims_status", "warm_up",
+    "ClaimsSegment",
+    "CLAIMED",
+    "NOT_CURRENT",
+    "NO_LEASE",
+    "COUNT_FULL",
+    "RELEASED",
+    "STALE",
+    "LEASE_CHECK_INTERVAL_S",
+    "tag_of",
+    "claim_at",
+    "release_ok_at",
+    "release_err_at",
+    "in_flight_at",
+    "outcome_at",
+    "acquire_lease",
+    "own_ident",
+    "bump",
+    "make_context",
+    "set_lease",
+    "drop_at",
+    "lease_holder_alive",
+    "reap_dead_leases",
+    "gather_feedback",
+    "claims_status",
+    "warm_up",
     "in_flight_by_slot",
 ]
 
@@ -140,13 +161,13 @@ __all__ = [
 LEASE_CHECK_INTERVAL_S = 0.2
 
 # claim_at results
-CLAIMED = 0        # the claim is open
-NOT_CURRENT = 1    # the slot no longer holds that registration: look the node up again
-NO_LEASE = 2       # the context holds no lease (or the engine revoked it)
-COUNT_FULL = 3     # 2**32 - 1 claims open on one node by one lease
+CLAIMED = 0  # the claim is open
+NOT_CURRENT = 1  # the slot no longer holds that registration: look the node up again
+NO_LEASE = 2  # the context holds no lease (or the engine revoked it)
+COUNT_FULL = 3  # 2**32 - 1 claims open on one node by one lease
 # release_*_at results
-RELEASED = 0       # counted
-STALE = 1          # the claim's registration is gone (or its lease): nothing counted
+RELEASED = 0  # counted
+STALE = 1  # the claim's registration is gone (or its lease): nothing counted
 
 _LOW32 = np.uint64(0xFFFF_FFFF)
 _HIGH32 = np.uint64(0xFFFF_FFFF_0000_0000)
@@ -155,19 +176,19 @@ _32 = np.uint64(32)
 _ZERO = np.uint64(0)
 
 # Context words (one uint64 array per lease and mapping; see make_context).
-CTX_LIVE = 0        # 1 while the context's lease is held by this process
-CTX_ROW = 1         # address of the lease's in-flight row
-CTX_IDENT_AT = 2    # address of lease_ident[lease]
-CTX_IDENT = 3       # the ident the lease was taken with
-CTX_GENS = 4        # address of the registry's slot_gen (scores segment)
+CTX_LIVE = 0  # 1 while the context's lease is held by this process
+CTX_ROW = 1  # address of the lease's in-flight row
+CTX_IDENT_AT = 2  # address of lease_ident[lease]
+CTX_IDENT = 3  # the ident the lease was taken with
+CTX_GENS = 4  # address of the registry's slot_gen (scores segment)
 CTX_CAPACITY = 5
-CTX_OUTCOMES = 6    # address of outcomes[0, 0]
-CTX_IDENTS = 7      # address of lease_ident[0]
-CTX_LEASES = 8      # max_schedulers
-CTX_IN_FLIGHT = 9   # address of in_flight[0, 0]
+CTX_OUTCOMES = 6  # address of outcomes[0, 0]
+CTX_IDENTS = 7  # address of lease_ident[0]
+CTX_LEASES = 8  # max_schedulers
+CTX_IN_FLIGHT = 9  # address of in_flight[0, 0]
 CTX_ROW_WORDS = 10  # words between two leases' rows
-CTX_STALE = 11      # address of the header's stale_releases
-CTX_DROPPED = 12    # address of the header's claims_dropped
+CTX_STALE = 11  # address of the header's stale_releases
+CTX_DROPPED = 12  # address of the header's claims_dropped
 CTX_WORDS = 13
 
 
@@ -200,11 +221,11 @@ def _tagged_increment(words, i, tag, gens, slot, gen):
     while True:
         if (w >> _32) == tag:
             new = (w & _HIGH32) | ((w + _ONE) & _LOW32)
-        elif _current(gens, slot, gen):   # loaded after w: w is older than us
+        elif _current(gens, slot, gen):  # loaded after w: w is older than us
             new = (tag << _32) | _ONE
         else:
             return False
-        old = cas_u64(words, i, w, new)   # pairs with every other CAS of the word
+        old = cas_u64(words, i, w, new)  # pairs with every other CAS of the word
         if old == w:
             return True
         w = old
@@ -234,7 +255,7 @@ def _record_outcome(out, base, tag, gens, slot, gen, ok, now_ns):
                 last = np.uint64(now_ns)
         n0 = (tag << _32) | consec
         if n0 == w0 and last == t:
-            return True       # an ok release with no errors to forget: no write
+            return True  # an ok release with no errors to forget: no write
         # One 16-byte CAS: the run and its time change together.  A torn
         # (w0, t) read just fails and reloads.  Pairs with the gather's loads.
         if cas_pair_u64(out, base + OUT_CONSEC, w0, t, n0, last):
@@ -257,8 +278,10 @@ def make_context(views: ClaimsViews, slot_gen: np.ndarray) -> np.ndarray:
     words with `set_lease`, and clears ``ctx[CTX_LIVE]`` to retire it."""
     lay = views.layout
     if slot_gen.shape != (lay.capacity,) or slot_gen.dtype != np.uint64:
-        raise LayoutMismatch(f"registry slot_gen {slot_gen.dtype}{slot_gen.shape} does not match "
-                             f"a claims segment of capacity {lay.capacity}")
+        raise LayoutMismatch(
+            f"registry slot_gen {slot_gen.dtype}{slot_gen.shape} does not match "
+            f"a claims segment of capacity {lay.capacity}"
+        )
     ctx = np.zeros(CTX_WORDS, np.uint64)
     ctx[CTX_GENS] = slot_gen.ctypes.data
     ctx[CTX_CAPACITY] = lay.capacity
@@ -278,8 +301,6 @@ def set_lease(ctx: np.ndarray, views: ClaimsViews, lease: int, ident: int) -> No
     ctx[CTX_IDENT_AT] = views.lease_ident.ctypes.data + 8 * lease
     ctx[CTX_IDENT] = ident
     ctx[CTX_LIVE] = 1
-
-
 
 
 @njit(cache=True)
@@ -342,7 +363,8 @@ def _release(ctx_at, slot, gen, ok, now_ns):
     gens = _u64s(ctx[CTX_GENS], cap)
     out = _u64s(ctx[CTX_OUTCOMES], cap * OUTCOME_WORDS)
     if not _current(gens, slot, gen) or not _record_outcome(
-            out, slot * OUTCOME_WORDS, tag, gens, slot, gen, ok, now_ns):
+        out, slot * OUTCOME_WORDS, tag, gens, slot, gen, ok, now_ns
+    ):
         fetch_add_u64(stale, 0, 1)
         return STALE
     return RELEASED
@@ -467,8 +489,9 @@ def own_ident() -> int:
     pid = os.getpid()
     st = process_stat(pid)
     if st is None:
-        raise EngineNotRunning(f"cannot read /proc/{pid}/stat: a scheduler lease needs this "
-                               "process's start time")
+        raise EngineNotRunning(
+            f"cannot read /proc/{pid}/stat: a scheduler lease needs this process's start time"
+        )
     return ((st[0] & 0xFFFF_FFFF) << 32) | pid
 
 
@@ -502,7 +525,7 @@ def _return_row(row, hwm):
     total = 0
     for s in range(hwm):
         if load_relaxed_u64(row, s) != _ZERO:
-            old = exchange_u64(row, s, _ZERO)   # pairs with the holder's CASes
+            old = exchange_u64(row, s, _ZERO)  # pairs with the holder's CASes
             total += np.int64(old & _LOW32)
     return total
 
@@ -514,8 +537,9 @@ def _free_lease(idents, k, ident):
     return cas_u64(idents, k, np.uint64(ident), _ZERO) == np.uint64(ident)
 
 
-def reap_dead_leases(views: ClaimsViews, hwm: int, now: float, alive=lease_holder_alive
-                     ) -> tuple[int, int, int]:
+def reap_dead_leases(
+    views: ClaimsViews, hwm: int, now: float, alive=lease_holder_alive
+) -> tuple[int, int, int]:
     """Return the claims of every lease whose holder is dead and free it.
 
     Tick worker only (one reaper at a time).  ``hwm``: 1 + the highest slot
@@ -533,7 +557,7 @@ def reap_dead_leases(views: ClaimsViews, hwm: int, now: float, alive=lease_holde
             in_use += ident != 0
             continue
         n = int(_return_row(views.in_flight[k], hwm))
-        h.abandoned_claims[0] += n          # before the free: a crash here recounts nothing
+        h.abandoned_claims[0] += n  # before the free: a crash here recounts nothing
         views.lease_pid[k] = 0
         views.lease_start[k] = 0
         views.lease_since[k] = 0.0
@@ -550,11 +574,33 @@ def reap_dead_leases(views: ClaimsViews, hwm: int, now: float, alive=lease_holde
 
 
 @njit(cache=True)
-def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, prev_ok_seen,
-                    prev_err_seen, hwm, now, max_consecutive_errors, ejection_s,
-                    rif, fb_ok, fb_err, consec, err_age,
-                    pub_rif, pub_fb_ok, pub_fb_err, pub_consec, pub_err_age,
-                    ok_seen, err_seen):
+def gather_feedback(
+    gen,
+    active,
+    fresh,
+    idents,
+    in_flight,
+    row_words,
+    outcomes,
+    prev_ok_seen,
+    prev_err_seen,
+    hwm,
+    now,
+    max_consecutive_errors,
+    ejection_s,
+    rif,
+    fb_ok,
+    fb_err,
+    consec,
+    err_age,
+    pub_rif,
+    pub_fb_ok,
+    pub_fb_err,
+    pub_consec,
+    pub_err_age,
+    ok_seen,
+    err_seen,
+):
     """Fill the feedback columns of slots ``[0, hwm)`` for this tick.
 
     Inputs: ``gen`` (u8), ``active`` and ``fresh`` (u1) per slot, as the
@@ -612,7 +658,7 @@ def gather_feedback(gen, active, fresh, idents, in_flight, row_words, outcomes, 
             if (w >> _32) == tag:
                 d_ok = ((w & _LOW32) - base_ok) & _LOW32
                 ok_seen[s] = w & _LOW32
-            else:   # no release yet, or the slot already moved on: nothing new
+            else:  # no release yet, or the slot already moved on: nothing new
                 d_ok = _ZERO
                 ok_seen[s] = base_ok
             w = load_relaxed_u64(row, OUT_ERR)
@@ -653,14 +699,33 @@ def warm_up() -> None:
     v = private_claims(2, 2)
     u1, u8 = np.zeros(2, np.uint8), np.zeros(2, np.uint64)
     f8 = [np.zeros(2) for _ in range(10)]
-    gather_feedback(u8, u1, u1, v.lease_ident, v.in_flight_flat, v.row_words, v.outcomes, u8, u8,
-                    2, 0.0, 5.0, 5.0, *f8, u8.copy(), u8.copy())
+    # numba types a dispatcher call through a ParamSpec, which mypy cannot match
+    # against star-arguments followed by more positional ones.
+    gather_feedback(
+        u8,
+        u1,
+        u1,
+        v.lease_ident,
+        v.in_flight_flat,
+        v.row_words,  # type: ignore[call-arg]
+        v.outcomes,
+        u8,
+        u8,
+        2,
+        0.0,
+        5.0,
+        5.0,
+        *f8,
+        u8.copy(),
+        u8.copy(),
+    )
     _return_row(v.in_flight[0], 2)
     _free_lease(v.lease_ident, 0, 1)
 
 
-def in_flight_by_slot(views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray,
-                      hwm: int) -> np.ndarray:
+def in_flight_by_slot(
+    views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray, hwm: int
+) -> np.ndarray:
     """Claims open now per slot ``[0, hwm)`` (int64), summed with numpy over
     the leases in use, for monitoring (a read-only mapping is fine)."""
     hwm = min(int(hwm), views.layout.capacity)
@@ -674,8 +739,9 @@ def in_flight_by_slot(views: ClaimsViews, slot_gen: np.ndarray, registered: np.n
     return out
 
 
-def claims_status(views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray,
-                  hwm: int) -> dict:
+def claims_status(
+    views: ClaimsViews, slot_gen: np.ndarray, registered: np.ndarray, hwm: int
+) -> dict:
     """The claims part of ``status``: leases, claims in flight now, and the
     counters (a read-only mapping is fine)."""
     h = views.header
@@ -710,18 +776,20 @@ class ClaimsSegment:
     reclaimed) and unlinks it; everyone else attaches and closes.
     Schedulers attach read-write: claiming is writing."""
 
-    def __init__(self, name: str, mm, layout: ClaimsLayout, readonly: bool,
-                 owner_uid: int | None = None):
+    def __init__(
+        self, name: str, mm, layout: ClaimsLayout, readonly: bool, owner_uid: int | None = None
+    ):
         self.name = name
         self.readonly = readonly
         self.layout = layout
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.views = ClaimsViews(mm, layout)
 
     @classmethod
-    def create(cls, name: str, capacity: int, max_schedulers: int, *,
-               mode: int = 0o600) -> "ClaimsSegment":
+    def create(
+        cls, name: str, capacity: int, max_schedulers: int, *, mode: int = 0o600
+    ) -> ClaimsSegment:
         """Create engine ``name``'s claims segment (zeroed: no lease, no claim).
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -745,8 +813,9 @@ class ClaimsSegment:
         return seg
 
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = False,
-               owner: int | str | None = None) -> "ClaimsSegment":
+    def attach(
+        cls, name: str, *, readonly: bool = False, owner: int | str | None = None
+    ) -> ClaimsSegment:
         """Map engine ``name``'s claims segment (read-write by default).
 
         ``owner`` as for `shm_engine.core.segment.Segment.attach`.  Raises
@@ -760,17 +829,22 @@ class ClaimsSegment:
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != CLAIMS_MAGIC:
-                raise EngineNotRunning(f"engine {name!r} is starting "
-                                       f"(segment {pname} not initialised)")
+                raise EngineNotRunning(
+                    f"engine {name!r} is starting (segment {pname} not initialised)"
+                )
             if version != CLAIMS_LAYOUT_VERSION:
-                raise LayoutMismatch(f"engine {name!r}: claims layout version {version}, "
-                                     f"this client reads version {CLAIMS_LAYOUT_VERSION}")
+                raise LayoutMismatch(
+                    f"engine {name!r}: claims layout version {version}, "
+                    f"this client reads version {CLAIMS_LAYOUT_VERSION}"
+                )
             leases = int(np.frombuffer(mm, "<u4", 1, 48)[0])
             layout = claims_layout_for(capacity, leases)
             if layout.size != size:
-                raise LayoutMismatch(f"engine {name!r}: claims segment is {size} bytes, layout "
-                                     f"for capacity {capacity} and {leases} leases needs "
-                                     f"{layout.size}")
+                raise LayoutMismatch(
+                    f"engine {name!r}: claims segment is {size} bytes, layout "
+                    f"for capacity {capacity} and {leases} leases needs "
+                    f"{layout.size}"
+                )
         except BaseException:
             mm.close()
             raise
@@ -783,7 +857,9 @@ class ClaimsSegment:
 
     def close(self) -> None:
         """Unmap.  Views handed out earlier must no longer be used."""
-        self.views = None
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None  # type: ignore[assignment]
         if self._mmap is not None:
             try:
                 self._mmap.close()

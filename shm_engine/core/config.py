@@ -6,8 +6,8 @@ all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
-    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`, the one table of score
-    defaults (the kernels, tests and benchmarks read it too), and
+    defined in docs/scoring.md; its default is read from `kernels.defaults.DEFAULTS`,
+    the one table of score defaults (the kernels, tests and benchmarks read it too), and
     ``tests/test_config.py`` checks each against the definition by hand.
     ``[engine] tick_interval_ms`` takes its default from there as well (the
     error window decays per tick).  ``[engine]``, ``[ingest]`` and
@@ -55,14 +55,13 @@ import re
 import textwrap
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
-
 from shm_engine.core.errors import ConfigError
 from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
@@ -87,7 +86,7 @@ __all__ = [
 
 MAX_CAPACITY = 16_777_216
 MIN_FRAME_BYTES = 1024
-MAX_FRAME_BYTES = 256 << 20   # 2 x this is ZMQ_MAXMSGSIZE, and must fit a receive budget
+MAX_FRAME_BYTES = 256 << 20  # 2 x this is ZMQ_MAXMSGSIZE, and must fit a receive budget
 #: Longest tick interval: the header keeps it in 32 bits, and a tick rarer
 #: than once a minute could not tell a live node from a dead one.
 MAX_TICK_INTERVAL_MS = 60_000
@@ -106,7 +105,7 @@ _MAX_ZMQ_INT = _MAX_INT
 
 # Field kinds: how a value is type-checked and written to TOML.
 _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
-_STRS = "strs"   # an array of strings, stored as a tuple
+_STRS = "strs"  # an array of strings, stored as a tuple
 
 
 def _key(kind: str, default: Any, doc: str) -> Any:
@@ -124,6 +123,13 @@ def _param(kind: str, name: str, doc: str) -> Any:
 
 def _section(cls: type, doc: str) -> Any:
     return field(default_factory=cls, metadata={"kind": _SECTION, "doc": doc})
+
+
+def _section_type(f: Field) -> type:
+    """The class of a section field: its default factory."""
+    cls = f.default_factory
+    assert isinstance(cls, type), f"section {f.name} has no class as its default factory"
+    return cls
 
 
 def _join(path: str, name: str) -> str:
@@ -190,8 +196,10 @@ def _as_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(key, value, "an integer")
     if not -_MAX_INT - 1 <= value <= _MAX_INT:
-        raise ConfigError(f"{key} = {value} is too large: an integer key is at most "
-                          f"2**31 - 1 ({_MAX_INT}) in magnitude")
+        raise ConfigError(
+            f"{key} = {value} is too large: an integer key is at most "
+            f"2**31 - 1 ({_MAX_INT}) in magnitude"
+        )
     return value
 
 
@@ -212,8 +220,10 @@ def _as_strs(key: str, value: Any) -> tuple[str, ...]:
         raise _type_error(key, value, "an array of strings")
     for item in value:
         if not isinstance(item, str):
-            raise ConfigError(f"{key} = {_show(list(value))}: element {_show(item)} has type "
-                              f"{_type_name(item)}, expected a string")
+            raise ConfigError(
+                f"{key} = {_show(list(value))}: element {_show(item)} has type "
+                f"{_type_name(item)}, expected a string"
+            )
     return tuple(value)
 
 
@@ -233,8 +243,14 @@ def _as_mode(key: str, value: Any) -> int:
     return value
 
 
-_CHECK = {_INT: _as_int, _FLOAT: _as_float, _STR: _as_str, _MODE: _as_mode, _BOOL: _as_bool,
-          _STRS: _as_strs}
+_CHECK = {
+    _INT: _as_int,
+    _FLOAT: _as_float,
+    _STR: _as_str,
+    _MODE: _as_mode,
+    _BOOL: _as_bool,
+    _STRS: _as_strs,
+}
 
 
 class _Section:
@@ -249,9 +265,10 @@ class _Section:
             key = _join(self.PATH, f.name)
             value = getattr(self, f.name)
             if kind == _SECTION:
-                if not isinstance(value, f.default_factory):
+                section = _section_type(f)
+                if not isinstance(value, section):
                     raise ConfigError(
-                        f"{key} must be a {f.default_factory.__name__}, got {_type_name(value)}"
+                        f"{key} must be a {section.__name__}, got {_type_name(value)}"
                     )
                 continue
             object.__setattr__(self, f.name, _CHECK[kind](key, value))
@@ -287,8 +304,10 @@ class _Section:
         problem = mode_problem(mode, forbidden)
         if problem is not None:
             hint = ""
-            if re.fullmatch(r"[0-7]{3,4}", str(mode)) and \
-                    mode_problem(int(str(mode), 8), forbidden) is None:
+            if (
+                re.fullmatch(r"[0-7]{3,4}", str(mode))
+                and mode_problem(int(str(mode), 8), forbidden) is None
+            ):
                 # `shm_mode = 600` in TOML is decimal 600 = 0o1130.
                 hint = f" (a TOML integer without 0o is decimal: did you mean 0o{mode}?)"
             raise ConfigError(f"{_join(self.PATH, name)} = {mode:#o} {problem}{hint}")
@@ -308,8 +327,9 @@ class _Section:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             kind = f.metadata["kind"]
-            out[f.name] = (value.to_dict() if kind == _SECTION else
-                           list(value) if kind == _STRS else value)
+            out[f.name] = (
+                value.to_dict() if kind == _SECTION else list(value) if kind == _STRS else value
+            )
         return out
 
 
@@ -324,52 +344,68 @@ class EngineConfig(_Section):
     PATH: ClassVar[str] = "engine"
 
     capacity: int = _key(
-        _INT, 16384,
+        _INT,
+        16384,
         "Node slots in the shared-memory segment: the most nodes tracked at "
         "once. A heartbeat from a new node when every slot is taken is rejected "
-        f"(registry_full). Integer, 1..{MAX_CAPACITY}.")
+        f"(registry_full). Integer, 1..{MAX_CAPACITY}.",
+    )
     tick_interval_ms: int = _param(
-        _INT, "tick_interval_ms",
+        _INT,
+        "tick_interval_ms",
         "Period of the scoring tick, milliseconds. Replay also uses it to turn "
         "tick counts into heartbeat ages, and the error window decays by "
         "0.5 ** (tick_interval_ms / 1000 / score.error_half_life_s) per tick. "
-        f"Integer, 1..{MAX_TICK_INTERVAL_MS}.")
+        f"Integer, 1..{MAX_TICK_INTERVAL_MS}.",
+    )
     forget_after_s: float = _key(
-        _FLOAT, 300.0,
+        _FLOAT,
+        300.0,
         "A node whose last heartbeat is at least this old is forgotten at the "
         "start of a tick and its slot freed. Seconds, > score.dead_after_s "
-        "(a node is DEAD before it is forgotten).")
+        "(a node is DEAD before it is forgotten).",
+    )
     shm_mode: int = _key(
-        _MODE, 0o600,
+        _MODE,
+        0o600,
         'Permission bits of the shared-memory segment, octal (0o640 or "0640"). '
         "Must include owner read+write (0o600); only read/write bits (within "
         "0o666) are allowed, and no write bit for group or others: only the "
-        "engine writes scores (0o640 lets a group read them, 0o644 everyone).")
+        "engine writes scores (0o640 lets a group read them, 0o644 everyone).",
+    )
     restart_backoff_min_s: float = _key(
-        _FLOAT, 0.5,
+        _FLOAT,
+        0.5,
         "Shortest delay before a failed child process is restarted; repeated "
-        "failures lengthen it up to restart_backoff_max_s. Seconds, > 0.")
+        "failures lengthen it up to restart_backoff_max_s. Seconds, > 0.",
+    )
     restart_backoff_max_s: float = _key(
-        _FLOAT, 10.0,
-        "Longest restart delay. Seconds, >= restart_backoff_min_s.")
+        _FLOAT, 10.0, "Longest restart delay. Seconds, >= restart_backoff_min_s."
+    )
     parent_check_interval_s: float = _key(
-        _FLOAT, 0.5,
+        _FLOAT,
+        0.5,
         "How often a child process checks that its parent is still alive "
-        "(and exits if not). Seconds, > 0.")
+        "(and exits if not). Seconds, > 0.",
+    )
     hang_timeout_s: float = _key(
-        _FLOAT, 10.0,
+        _FLOAT,
+        10.0,
         "A child that has not beaten (ticked, or turned its ingest loop) for "
         "this long is taken as hung: the supervisor kills and restarts it. "
         "Watched only after the child's first beat, so a slow start is not a "
         "hang. Seconds: 0 turns the watchdog off; otherwise at least "
         f"{MIN_HANG_TIMEOUT_S:g} and at least two tick intervals (the tick worker "
-        "beats once per tick).")
+        "beats once per tick).",
+    )
     warm_spares: bool = _key(
-        _BOOL, True,
+        _BOOL,
+        True,
         "Keep one pre-loaded spare process per child, so a crashed ingest or "
         "tick worker is replaced in well under a second instead of after a "
         "cold start (1-5 s of imports and kernel loading). Costs one more "
-        "process per child (about 150 MB resident each). true or false.")
+        "process per child (about 150 MB resident each). true or false.",
+    )
 
     def _validate(self) -> None:
         self._int_range("capacity", 1, MAX_CAPACITY)
@@ -379,10 +415,13 @@ class EngineConfig(_Section):
             self._fail("hang_timeout_s", "must be >= 0 (0 turns the watchdog off)")
         two_ticks = 2 * self.tick_interval_ms / 1000
         if 0 < self.hang_timeout_s < max(MIN_HANG_TIMEOUT_S, two_ticks):
-            self._fail("hang_timeout_s", f"must be 0 (watchdog off) or >= {MIN_HANG_TIMEOUT_S:g} "
-                                         f"and >= two ticks ({two_ticks:g} s at "
-                                         f"{self._ref('tick_interval_ms')}): a shorter limit "
-                                         "kills children that are only busy")
+            self._fail(
+                "hang_timeout_s",
+                f"must be 0 (watchdog off) or >= {MIN_HANG_TIMEOUT_S:g} "
+                f"and >= two ticks ({two_ticks:g} s at "
+                f"{self._ref('tick_interval_ms')}): a shorter limit "
+                "kills children that are only busy",
+            )
         self._shm_mode("shm_mode", SCORES_FORBIDDEN)
         if self.restart_backoff_min_s > self.restart_backoff_max_s:
             self._fail("restart_backoff_min_s", f"must be <= {self._ref('restart_backoff_max_s')}")
@@ -415,8 +454,9 @@ def is_loopback_endpoint(endpoint: str) -> bool:
     if host == "localhost" or host == "[::1]":
         return True
     parts = host.split(".")
-    return (len(parts) == 4 and parts[0] == "127"
-            and all(p.isdigit() and int(p) <= 255 for p in parts))
+    return (
+        len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) <= 255 for p in parts)
+    )
 
 
 @dataclass(frozen=True)
@@ -427,14 +467,18 @@ class CurveConfig(_Section):
     PATH: ClassVar[str] = "ingest.curve"
 
     server_secret_key_file: str = _key(
-        _STR, "",
+        _STR,
+        "",
         "File holding the server's CURVE secret key (zmq.auth key-file format). "
         "Empty, with authorized_keys_dir empty too: CURVE off. Set both to turn "
-        "CURVE on.")
+        "CURVE on.",
+    )
     authorized_keys_dir: str = _key(
-        _STR, "",
+        _STR,
+        "",
         "Directory of the public key files of the clients allowed to send "
-        "heartbeats. Set together with server_secret_key_file.")
+        "heartbeats. Set together with server_secret_key_file.",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -444,7 +488,8 @@ class CurveConfig(_Section):
         secret, keys = self.server_secret_key_file, self.authorized_keys_dir
         if bool(secret) != bool(keys):
             set_name, empty_name = (
-                ("server_secret_key_file", "authorized_keys_dir") if secret
+                ("server_secret_key_file", "authorized_keys_dir")
+                if secret
                 else ("authorized_keys_dir", "server_secret_key_file")
             )
             raise ConfigError(
@@ -460,26 +505,35 @@ class IngestConfig(_Section):
     PATH: ClassVar[str] = "ingest"
 
     bind: str = _key(
-        _STR, "tcp://127.0.0.1:7710",
+        _STR,
+        "tcp://127.0.0.1:7710",
         "ZeroMQ endpoint the heartbeat socket binds: tcp://host:port (port may "
         f"be * for any free port), ipc://path (at most {MAX_IPC_PATH_BYTES} bytes) or "
-        f"inproc://name; at most {ENDPOINT_BYTES - 1} bytes in all.")
+        f"inproc://name; at most {ENDPOINT_BYTES - 1} bytes in all.",
+    )
     max_frame_bytes: int = _key(
-        _INT, 1048576,
+        _INT,
+        1048576,
         "Largest heartbeat frame accepted; a larger one is rejected unparsed. "
-        f"Bytes, integer, {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}.")
+        f"Bytes, integer, {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}.",
+    )
     drain_batch: int = _key(
-        _INT, 1024,
+        _INT,
+        1024,
         "Most frames drained from the socket per loop turn before the loop "
-        "does its other work. Integer >= 1.")
+        "does its other work. Integer >= 1.",
+    )
     max_heartbeats_per_frame: int = _key(
-        _INT, 8192,
+        _INT,
+        8192,
         "Most heartbeats one frame may carry; a frame with more is rejected "
         "whole (too_many_heartbeats) before it is decoded (a JSON array is "
         "counted by a scan of its top level). It bounds the work of one "
-        "frame. Integer >= 1.")
+        "frame. Integer >= 1.",
+    )
     max_queue_bytes: int = _key(
-        _INT, 128 << 20,
+        _INT,
+        128 << 20,
         "Memory budget of the socket's receive queue, per connected sender: "
         "ZMQ_RCVHWM is set to max_queue_bytes // (2 x max_frame_bytes) "
         "frames (ZeroMQ counts frames, and admits frames of up to 2 x "
@@ -487,94 +541,127 @@ class IngestConfig(_Section):
         "connection). Beyond it senders are pushed back (they drop and "
         "count). The loop itself holds one drained chunk more (at most 256 "
         "small frames and one above 16 KiB, or 4 above 16 KiB). Bytes, "
-        "integer >= 2 x max_frame_bytes.")
+        "integer >= 2 x max_frame_bytes.",
+    )
     allow_insecure: bool = _key(
-        _BOOL, False,
+        _BOOL,
+        False,
         "Allow a bind that other machines can reach (not 127.0.0.0/8, ::1, "
         "localhost, ipc:// or inproc://) without [ingest.curve]: anyone "
         "who reaches the port can then send heartbeats for any node. false "
-        "refuses such a configuration. true or false.")
+        "refuses such a configuration. true or false.",
+    )
     allow_nodes: tuple[str, ...] = _key(
-        _STRS, (),
+        _STRS,
+        (),
         "Node ids admitted at all: an array of exact ids or shell globs "
         '(e.g. ["web-*", "db-[0-9]*"]); a heartbeat for any other id is '
-        "rejected (node_not_allowed). Empty: every id.")
+        "rejected (node_not_allowed). Empty: every id.",
+    )
     peer_nodes_file: str = _key(
-        _STR, "",
+        _STR,
+        "",
         "Without CURVE: a file binding peer IP addresses to the node ids "
         "they may speak for, one line each: ADDRESS PATTERN... (# starts a "
         "comment); a heartbeat for another id, or from an unlisted address, "
         "is rejected (not_authorized). Reloaded on SIGHUP. Empty: any peer "
         "may speak for any node. With CURVE, keys are bound instead "
-        "(NAME.nodes beside NAME.key).")
+        "(NAME.nodes beside NAME.key).",
+    )
     registration_rate: float = _key(
-        _FLOAT, 1000.0,
+        _FLOAT,
+        1000.0,
         "New nodes registered per second, all senders together (a token "
         "bucket); a heartbeat that would register one more is rejected "
         "(registration_rate) and its node registers on a later heartbeat. "
-        "Per second, > 0.")
+        "Per second, > 0.",
+    )
     registration_burst: int = _key(
-        _INT, 16384,
+        _INT,
+        16384,
         "Size of that bucket: new nodes registered at once after a quiet "
-        "time. Integer >= 0; 0 turns the overall budget off.")
+        "time. Integer >= 0; 0 turns the overall budget off.",
+    )
     registration_rate_per_sender: float = _key(
-        _FLOAT, 100.0,
+        _FLOAT,
+        100.0,
         "New nodes registered per second by one sender: a CURVE key, or "
-        "without CURVE a peer address. Per second, > 0.")
+        "without CURVE a peer address. Per second, > 0.",
+    )
     registration_burst_per_sender: int = _key(
-        _INT, 1024,
+        _INT,
+        1024,
         "Size of each sender's bucket. A sender that registers a larger "
         "fleet at once needs a larger one. Integer >= 0; 0 turns the "
-        "per-sender budget off.")
+        "per-sender budget off.",
+    )
     reject_log_interval_s: float = _key(
-        _FLOAT, 1.0,
+        _FLOAT,
+        1.0,
         "Rejected heartbeats are logged as a summary at most once per this "
-        "interval (the counters are always exact). Seconds, > 0.")
-    curve: CurveConfig = _section(CurveConfig, "CURVE authentication and encryption "
-                                  "of the heartbeat socket. Both keys empty: CURVE off.")
+        "interval (the counters are always exact). Seconds, > 0.",
+    )
+    curve: CurveConfig = _section(
+        CurveConfig,
+        "CURVE authentication and encryption of the heartbeat socket. Both keys empty: CURVE off.",
+    )
 
     def _validate(self) -> None:
         m = _BIND.fullmatch(self.bind)
         port = m.group("port") if m else None
         if m is None or (port not in (None, "*") and not 1 <= int(port) <= 65535):
-            self._fail("bind", "must look like tcp://host:port (port 1..65535 or *), "
-                               "ipc://path or inproc://name")
+            self._fail(
+                "bind",
+                "must look like tcp://host:port (port 1..65535 or *), ipc://path or inproc://name",
+            )
         size = len(self.bind.encode("utf-8"))
         if size > ENDPOINT_BYTES - 1:
             self._fail("bind", f"is {size} bytes long, more than {ENDPOINT_BYTES - 1}")
         if self.bind.startswith("ipc://"):
-            path = len(self.bind[len("ipc://"):].encode("utf-8"))
+            path = len(self.bind[len("ipc://") :].encode("utf-8"))
             if path > MAX_IPC_PATH_BYTES:
-                self._fail("bind", f"has an ipc path of {path} bytes, more than the "
-                                   f"{MAX_IPC_PATH_BYTES} a Unix socket address holds")
+                self._fail(
+                    "bind",
+                    f"has an ipc path of {path} bytes, more than the "
+                    f"{MAX_IPC_PATH_BYTES} a Unix socket address holds",
+                )
         self._int_range("max_frame_bytes", MIN_FRAME_BYTES, MAX_FRAME_BYTES)
         self._at_least(1, "drain_batch", "max_heartbeats_per_frame")
         if self.max_queue_bytes < self.max_message_bytes:
-            self._fail("max_queue_bytes", f"must be >= {HARD_LIMIT_FACTOR} x "
-                                          f"{self._ref('max_frame_bytes')}")
+            self._fail(
+                "max_queue_bytes",
+                f"must be >= {HARD_LIMIT_FACTOR} x {self._ref('max_frame_bytes')}",
+            )
         if self.queue_frames > _MAX_ZMQ_INT:
-            self._fail("max_queue_bytes", f"must be <= {_MAX_ZMQ_INT} x {HARD_LIMIT_FACTOR} x "
-                                          f"{self._ref('max_frame_bytes')}")
-        self._positive("reject_log_interval_s", "registration_rate",
-                       "registration_rate_per_sender")
+            self._fail(
+                "max_queue_bytes",
+                f"must be <= {_MAX_ZMQ_INT} x {HARD_LIMIT_FACTOR} x {self._ref('max_frame_bytes')}",
+            )
+        self._positive("reject_log_interval_s", "registration_rate", "registration_rate_per_sender")
         self._at_least(0, "registration_burst", "registration_burst_per_sender")
         if not (self.curve.enabled or self.allow_insecure or is_loopback_endpoint(self.bind)):
             raise ConfigError(
                 f"ingest.bind = {_show(self.bind)} can be reached from other machines and "
                 "[ingest.curve] is off: anyone who reaches it could send heartbeats for any "
                 "node. Bind a loopback address (127.0.0.1), turn CURVE on, or set "
-                "ingest.allow_insecure = true")
+                "ingest.allow_insecure = true"
+            )
         for pattern in self.allow_nodes:
-            if not pattern or len(pattern.encode("utf-8")) > 255 or re.search(
-                    "[\x00-\x1f\x7f]", pattern):
+            if (
+                not pattern
+                or len(pattern.encode("utf-8")) > 255
+                or re.search("[\x00-\x1f\x7f]", pattern)
+            ):
                 raise ConfigError(
                     f"ingest.allow_nodes: pattern {_show(pattern)} must be 1..255 bytes "
-                    "without control characters")
+                    "without control characters"
+                )
         if self.curve.enabled and self.peer_nodes_file:
             raise ConfigError(
                 f"ingest.peer_nodes_file = {_show(self.peer_nodes_file)} is set with "
                 "[ingest.curve]: with CURVE, bind keys to nodes with NAME.nodes files "
-                "beside the keys in authorized_keys_dir")
+                "beside the keys in authorized_keys_dir"
+            )
 
     @property
     def max_message_bytes(self) -> int:
@@ -599,20 +686,24 @@ class ClaimsConfig(_Section):
     PATH: ClassVar[str] = "claims"
 
     shm_mode: int = _key(
-        _MODE, 0o600,
+        _MODE,
+        0o600,
         'Permission bits of the claims segment /NAME.claims, octal (0o660 or "0660"). '
         "Schedulers map it read-write (claiming is writing), so a scheduler group "
         "needs group read+write here and only read on the scores segment "
         "([engine] shm_mode). Must include owner read+write (0o600); only "
         "read/write bits (within 0o666) are allowed, and never write for every "
-        "user (0o666, 0o662): group write (0o660) is the most it may grant.")
+        "user (0o666, 0o662): group write (0o660) is the most it may grant.",
+    )
     max_schedulers: int = _key(
-        _INT, 64,
+        _INT,
+        64,
         "Most scheduler processes that can hold claims at once: each takes one "
         "lease on its first claim and keeps it until it exits. When all are "
         "taken by live processes, claim() raises SchedulerLimitReached. Each "
         "lease reserves 8 bytes per node slot (touched only once used). "
-        f"Integer, 1..{MAX_SCHEDULERS}.")
+        f"Integer, 1..{MAX_SCHEDULERS}.",
+    )
 
     def _validate(self) -> None:
         self._shm_mode("shm_mode", CLAIMS_FORBIDDEN)
@@ -633,21 +724,27 @@ class Weights(_Section):
     mem: float = _param(_FLOAT, "weights.mem", "Base weight of g_mem. >= 0.")
     io: float = _param(_FLOAT, "weights.io", "Base weight of g_io (nodes that report io). >= 0.")
     wait: float = _param(
-        _FLOAT, "weights.wait",
-        "Base weight of g_wait; the pressure of the other live nodes adds "
-        "k1*P_i to it. >= 0.")
+        _FLOAT,
+        "weights.wait",
+        "Base weight of g_wait; the pressure of the other live nodes adds k1*P_i to it. >= 0.",
+    )
     rate: float = _param(
-        _FLOAT, "weights.rate",
+        _FLOAT,
+        "weights.rate",
         "Base weight of g_rate, what a node can complete (slots / avg_job_s) "
         "against the 90th percentile of the live nodes' rates (nodes with "
         "avg_job_s > 0); the pressure of the other live nodes adds k2*P_i to it. "
-        ">= 0. (Called weights.throughput before score version 2.)")
+        ">= 0. (Called weights.throughput before score version 2.)",
+    )
     success: float = _param(
-        _FLOAT, "weights.success",
+        _FLOAT,
+        "weights.success",
         "Base weight of g_succ, from the decayed window of job outcomes "
-        "(heartbeats and scheduler releases); always scored. >= 0.")
+        "(heartbeats and scheduler releases); always scored. >= 0.",
+    )
     tail: float = _param(
-        _FLOAT, "weights.tail", "Base weight of g_tail (nodes that report p50/p95). >= 0.")
+        _FLOAT, "weights.tail", "Base weight of g_tail (nodes that report p50/p95). >= 0."
+    )
 
     #: Weights of the terms every node has: at least one must be > 0, or core
     #: would divide by 0 for a node that reports no optional metric.
@@ -672,117 +769,162 @@ class ScoreConfig(_Section):
     PATH: ClassVar[str] = "score"
 
     alpha_queue: float = _param(
-        _FLOAT, "alpha_queue",
+        _FLOAT,
+        "alpha_queue",
         "EMA weight of the newest queue length (step A): "
-        "qema = alpha_queue*queue + (1-alpha_queue)*qema. In (0, 1].")
+        "qema = alpha_queue*queue + (1-alpha_queue)*qema. In (0, 1].",
+    )
     max_cpu: float = _param(
-        _FLOAT, "max_cpu",
-        "CPU busy fraction at which g_cpu reaches 0 and the breaker trips "
-        "(steps G, H). In (0, 1].")
+        _FLOAT,
+        "max_cpu",
+        "CPU busy fraction at which g_cpu reaches 0 and the breaker trips (steps G, H). In (0, 1].",
+    )
     max_mem: float = _param(
-        _FLOAT, "max_mem",
+        _FLOAT,
+        "max_mem",
         "Memory used fraction at which g_mem reaches 0 and the breaker trips "
-        "(steps G, H). In (0, 1].")
+        "(steps G, H). In (0, 1].",
+    )
     max_wait_s: float = _param(
-        _FLOAT, "max_wait_s",
+        _FLOAT,
+        "max_wait_s",
         "Sojourn time (load * avg_job_s / slots) at which g_wait reaches 0 and "
         "the breaker trips; it also scales the pressure (steps F, G, H). "
-        "Seconds, > 0.")
+        "Seconds, > 0.",
+    )
     max_tail_ratio: float = _param(
-        _FLOAT, "max_tail_ratio",
-        "p95/p50 latency ratio at which g_tail reaches 0 (step G). > 1.")
+        _FLOAT, "max_tail_ratio", "p95/p50 latency ratio at which g_tail reaches 0 (step G). > 1."
+    )
     suspect_after_s: float = _param(
-        _FLOAT, "suspect_after_s",
-        "Heartbeat age up to which liveness L = 1 (step D). Seconds, >= 0, "
-        "< dead_after_s.")
+        _FLOAT,
+        "suspect_after_s",
+        "Heartbeat age up to which liveness L = 1 (step D). Seconds, >= 0, < dead_after_s.",
+    )
     dead_after_s: float = _param(
-        _FLOAT, "dead_after_s",
+        _FLOAT,
+        "dead_after_s",
         "Heartbeat age from which L = 0 and the node is DEAD; L falls linearly "
-        "in between (step D). Seconds, > suspect_after_s.")
+        "in between (step D). Seconds, > suspect_after_s.",
+    )
     error_half_life_s: float = _param(
-        _FLOAT, "error_half_life_s",
+        _FLOAT,
+        "error_half_life_s",
         "Half-life of the error window: every tick the decayed ok and error "
         "counts are multiplied by 0.5 ** (tick_interval_ms / 1000 / "
         "error_half_life_s) before the tick's outcomes (heartbeat ok/err and "
-        "scheduler releases) are added (step C). Seconds, > 0.")
+        "scheduler releases) are added (step C). Seconds, > 0.",
+    )
     k1: float = _param(
-        _FLOAT, "k1",
+        _FLOAT,
+        "k1",
         "Weight added to wait per unit of the other live nodes' pressure: "
-        "w_wait = weights.wait + k1*P_i (step G). >= 0.")
+        "w_wait = weights.wait + k1*P_i (step G). >= 0.",
+    )
     k2: float = _param(
-        _FLOAT, "k2",
+        _FLOAT,
+        "k2",
         "Weight added to rate per unit of the other live nodes' pressure: "
-        "w_rate = weights.rate + k2*P_i (step G). >= 0.")
+        "w_rate = weights.rate + k2*P_i (step G). >= 0.",
+    )
     max_queue: float = _param(
-        _FLOAT, "max_queue",
+        _FLOAT,
+        "max_queue",
         "Load (the larger of the queue EMA and the jobs in flight beyond "
         "slots) at which backpressure B reaches 0 and the breaker trips "
-        "(steps H, I). Jobs, > 0.")
+        "(steps H, I). Jobs, > 0.",
+    )
     limit_critical: float = _param(
-        _FLOAT, "limit_critical",
+        _FLOAT,
+        "limit_critical",
         "Load up to which B = 1; B falls linearly to 0 at max_queue "
-        "(step I). Jobs, >= 0, < max_queue.")
+        "(step I). Jobs, >= 0, < max_queue.",
+    )
     min_requests: int = _param(
-        _INT, "min_requests",
+        _INT,
+        "min_requests",
         "Fewest outcomes in the error window (e_ok + e_err) for its error "
-        "rate to trip the breaker (step H). Integer >= 1.")
+        "rate to trip the breaker (step H). Integer >= 1.",
+    )
     max_error_rate: float = _param(
-        _FLOAT, "max_error_rate",
+        _FLOAT,
+        "max_error_rate",
         "Error rate e_err/(e_ok+e_err) of the window at or above which the "
-        "breaker trips (step H). In (0, 1].")
+        "breaker trips (step H). In (0, 1].",
+    )
     max_consecutive_errors: int = _param(
-        _INT, "max_consecutive_errors",
+        _INT,
+        "max_consecutive_errors",
         "Error releases in a row (since the node's latest ok release, across "
         "all schedulers) that eject a node: it is tripped until ejection_s "
-        "after its latest error (step H). Integer >= 1.")
+        "after its latest error (step H). Integer >= 1.",
+    )
     ejection_s: float = _param(
-        _FLOAT, "ejection_s",
+        _FLOAT,
+        "ejection_s",
         "How long an ejected node stays tripped after its latest error "
         "release; then it is tried again, and one ok release ends the run of "
-        "errors (step H). Seconds, > 0.")
+        "errors (step H). Seconds, > 0.",
+    )
     beta: float = _param(
-        _FLOAT, "beta",
+        _FLOAT,
+        "beta",
         "Smoothing weight of the newest raw score: s = beta*raw + (1-beta)*s_prev "
-        "(step J). In (0, 1]; 1 means no smoothing.")
+        "(step J). In (0, 1]; 1 means no smoothing.",
+    )
     t_degraded: float = _param(
-        _FLOAT, "t_degraded",
-        "Smoothed score below which a node is DEGRADED (step K). In (0, 1].")
+        _FLOAT, "t_degraded", "Smoothed score below which a node is DEGRADED (step K). In (0, 1]."
+    )
     t_overloaded: float = _param(
-        _FLOAT, "t_overloaded",
-        "Smoothed score below which a node is OVERLOADED (step K). "
-        ">= 0, < t_degraded.")
+        _FLOAT,
+        "t_overloaded",
+        "Smoothed score below which a node is OVERLOADED (step K). >= 0, < t_degraded.",
+    )
     delta: float = _param(
-        _FLOAT, "delta",
+        _FLOAT,
+        "delta",
         "Hysteresis margin: a node moves to a better state only at threshold + "
         "delta; a quarantined node's good tick needs raw >= t_degraded + delta "
-        "(steps K, L). >= 0.")
+        "(steps K, L). >= 0.",
+    )
     flap_window: int = _param(
-        _INT, "flap_window",
+        _INT,
+        "flap_window",
         "Decay window of the flap counter: flap = flap*(1 - 1/flap_window) + c "
-        "(step L). Ticks, integer >= 1.")
+        "(step L). Ticks, integer >= 1.",
+    )
     max_flaps: float = _param(
-        _FLOAT, "max_flaps",
-        "Flap value at which a node is quarantined (step M). > 0.")
+        _FLOAT, "max_flaps", "Flap value at which a node is quarantined (step M). > 0."
+    )
     max_quarantined_fraction: float = _param(
-        _FLOAT, "max_quarantined_fraction",
+        _FLOAT,
+        "max_quarantined_fraction",
         "Most nodes quarantined at once, as a fraction of live nodes: "
-        "floor(fraction * live) (step M). In [0, 1]; 0 disables quarantine.")
+        "floor(fraction * live) (step M). In [0, 1]; 0 disables quarantine.",
+    )
     quarantine_memory: int = _param(
-        _INT, "quarantine_memory",
+        _INT,
+        "quarantine_memory",
         "Consecutive ticks live and out of quarantine after which a node's "
-        "quarantine count n resets to 0 (step N). Ticks, integer >= 1.")
+        "quarantine count n resets to 0 (step N). Ticks, integer >= 1.",
+    )
     probation_ticks: int = _param(
-        _INT, "probation_ticks",
+        _INT,
+        "probation_ticks",
         "Consecutive good ticks a quarantined node needs for release, times "
-        "min(n, max_backoff) (step L). Ticks, integer >= 1.")
+        "min(n, max_backoff) (step L). Ticks, integer >= 1.",
+    )
     max_backoff: int = _param(
-        _INT, "max_backoff",
+        _INT,
+        "max_backoff",
         "Cap of the probation multiplier min(n, max_backoff) for repeat "
-        "offenders (step L). Integer >= 1.")
+        "offenders (step L). Integer >= 1.",
+    )
     weights: Weights = _section(
-        Weights, "Base weights of the goodness terms in core (docs/scoring.md, "
+        Weights,
+        "Base weights of the goodness terms in core (docs/scoring.md, "
         "step G). They are relative: core divides by the sum of the weights of "
-        "the terms a node has, so they need not sum to 1.")
+        "the terms a node has, so they need not sum to 1.",
+    )
 
     def _validate(self) -> None:
         self._unit_interval("alpha_queue", "max_cpu", "max_mem")
@@ -815,8 +957,7 @@ class ScoreConfig(_Section):
         `Config.to_params`)."""
         out = np.empty(kp.N_PARAMS, dtype=np.float64)
         for index, name in enumerate(kp.PARAM_NAMES):
-            out[index] = (tick_interval_ms if name == "tick_interval_ms"
-                          else _lookup(self, name))
+            out[index] = tick_interval_ms if name == "tick_interval_ms" else _lookup(self, name)
         return out
 
 
@@ -838,14 +979,19 @@ class Config(_Section):
     PATH: ClassVar[str] = ""
 
     engine: EngineConfig = _section(
-        EngineConfig, "The engine process: shared-memory segment, tick, supervision.")
+        EngineConfig, "The engine process: shared-memory segment, tick, supervision."
+    )
     ingest: IngestConfig = _section(IngestConfig, "Heartbeat intake over ZeroMQ.")
     claims: ClaimsConfig = _section(
-        ClaimsConfig, "Scheduler claims: jobs in flight and their outcomes, shared by "
-        "every scheduler and read by the tick.")
+        ClaimsConfig,
+        "Scheduler claims: jobs in flight and their outcomes, shared by "
+        "every scheduler and read by the tick.",
+    )
     score: ScoreConfig = _section(
-        ScoreConfig, "The desirability score. Every key is a parameter of the "
-        "score defined in docs/scoring.md; step letters refer to it.")
+        ScoreConfig,
+        "The desirability score. Every key is a parameter of the "
+        "score defined in docs/scoring.md; step letters refer to it.",
+    )
 
     def to_params(self) -> np.ndarray:
         """The kernels' parameter vector: ``[score]`` with ``[engine]
@@ -855,9 +1001,11 @@ class Config(_Section):
     def _validate(self) -> None:
         forget, dead = self.engine.forget_after_s, self.score.dead_after_s
         if forget <= dead:
-            raise ConfigError(f"engine.forget_after_s = {_num(forget)} must be > "
-                              f"score.dead_after_s ({_num(dead)}): a node is DEAD before "
-                              "it is forgotten")
+            raise ConfigError(
+                f"engine.forget_after_s = {_num(forget)} must be > "
+                f"score.dead_after_s ({_num(dead)}): a node is DEAD before "
+                "it is forgotten"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -872,7 +1020,7 @@ def _all_keys(cls: type, path: str = "") -> dict[str, str]:
         name = _join(path, f.name)
         out[name] = f.metadata["kind"]
         if f.metadata["kind"] == _SECTION:
-            out.update(_all_keys(f.default_factory, name))
+            out.update(_all_keys(_section_type(f), name))
     return out
 
 
@@ -889,15 +1037,18 @@ _RENAMED = {
         "score.weights.rate",
         "in score version 2 the throughput term became the rate term, which "
         "judges what a node can complete (slots / avg_job_s) instead of the "
-        "traffic it was given"),
+        "traffic it was given",
+    ),
 }
 
 
 def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
     renamed = _RENAMED.get(_join(path, str(name)))
     if renamed is not None:
-        return ConfigError(f"{_join(path, str(name))} was renamed to {renamed[0]}: "
-                           f"{renamed[1]}; write {renamed[0]} = {_show(value)}")
+        return ConfigError(
+            f"{_join(path, str(name))} was renamed to {renamed[0]}: "
+            f"{renamed[1]}; write {renamed[0]} = {_show(value)}"
+        )
     is_section = isinstance(value, Mapping)
     what = "section" if is_section else ("key" if path else "top-level key")
     bad = _display(_join(path, str(name)), is_section)
@@ -915,15 +1066,18 @@ def _unknown(cls: type, path: str, name: str, value: Any) -> ConfigError:
     if guess:
         hint = f" (did you mean {_display(guess, _ALL_KEYS[guess] == _SECTION)}?)"
     else:
-        hint = f"; valid names in {_display(path, True) if path else 'the file'}: " + ", ".join(local)
+        where = _display(path, True) if path else "the file"
+        hint = f"; valid names in {where}: " + ", ".join(local)
     return ConfigError(f"unknown {what} {bad}{hint}")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{path} = {_show(data)} has type {_type_name(data)}, expected a table (section [{path}])"
-            if path else f"configuration must be a table, got {_type_name(data)}"
+            f"{path} = {_show(data)} has type {_type_name(data)}, "
+            f"expected a table (section [{path}])"
+            if path
+            else f"configuration must be a table, got {_type_name(data)}"
         )
     by_name = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -932,7 +1086,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if f is None:
             raise _unknown(cls, path, name, value)
         if f.metadata["kind"] == _SECTION:
-            value = _build(f.default_factory, value, _join(path, name))
+            value = _build(_section_type(f), value, _join(path, name))
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -960,8 +1114,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise ConfigError(f"{name}: not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}, "
-                          f"column {column} (a TOML file must be UTF-8)") from err
+        raise ConfigError(
+            f"{name}: not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}, "
+            f"column {column} (a TOML file must be UTF-8)"
+        ) from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{name}: invalid TOML: {err}") from err
     except RecursionError as err:
@@ -978,8 +1134,10 @@ def check_files(config: Config) -> None:
     and the problem otherwise.  ``config --check`` and ``run`` call it (the
     engine needs them at start, before it creates anything)."""
     cc = config.ingest.curve
-    named = (("ingest.curve.server_secret_key_file", cc.server_secret_key_file, False),
-             ("ingest.curve.authorized_keys_dir", cc.authorized_keys_dir, True))
+    named = (
+        ("ingest.curve.server_secret_key_file", cc.server_secret_key_file, False),
+        ("ingest.curve.authorized_keys_dir", cc.authorized_keys_dir, True),
+    )
     for key, path, is_dir in named:
         if not path:
             continue
@@ -997,8 +1155,9 @@ def check_files(config: Config) -> None:
         except IsADirectoryError as err:
             raise ConfigError(f"{key} = {_show(path)} is a directory, not a key file") from err
         except OSError as err:
-            raise ConfigError(f"{key} = {_show(path)}: cannot read this {what}: "
-                              f"{err.strerror or err}") from err
+            raise ConfigError(
+                f"{key} = {_show(path)}: cannot read this {what}: {err.strerror or err}"
+            ) from err
 
 
 def with_overrides(config: Config, dotted: Mapping[str, Any]) -> Config:
@@ -1014,7 +1173,7 @@ def with_overrides(config: Config, dotted: Mapping[str, Any]) -> Config:
             child = node.setdefault(part, {})  # an unknown section is reported by from_dict
             if not isinstance(child, dict):
                 raise ConfigError(
-                    f"override {key}: {'.'.join(parts[:depth + 1])} is a key, not a section"
+                    f"override {key}: {'.'.join(parts[: depth + 1])} is a key, not a section"
                 )
             node = child
         node[parts[-1]] = value

@@ -33,8 +33,14 @@ __all__ = ["ensure", "PRIVATE_PREFIX"]
 PRIVATE_PREFIX = "shm-engine-numba-"
 # The packages whose modules declare cached functions (relative to the root
 # that holds shm_engine).
-_PACKAGES = ("kernels", "shm_engine/core", "shm_engine/wire", "shm_engine/ingest",
-             "shm_engine/tick", "clients")
+_PACKAGES = (
+    "kernels",
+    "shm_engine/core",
+    "shm_engine/wire",
+    "shm_engine/ingest",
+    "shm_engine/tick",
+    "clients",
+)
 _done = False
 
 
@@ -67,8 +73,12 @@ def _private_dir() -> str | None:
         return None
     try:
         st = os.lstat(path)
-        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-                and not st.st_mode & 0o022 and _writable(path)):
+        if (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o022
+            and _writable(path)
+        ):
             return path
         return tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
     except OSError:
@@ -88,18 +98,24 @@ def ensure() -> str | None:
     configured = os.environ.get("NUMBA_CACHE_DIR", "")
     if configured and _writable(configured):
         return None
-    in_tree = all(_writable(os.path.join(root, pkg, "__pycache__")) for pkg in _PACKAGES
-                  if os.path.isdir(os.path.join(root, pkg)))
+    in_tree = all(
+        _writable(os.path.join(root, pkg, "__pycache__"))
+        for pkg in _PACKAGES
+        if os.path.isdir(os.path.join(root, pkg))
+    )
     if in_tree or _writable(_user_cache_dir()):
         return None
     path = _private_dir()
     if path is None:
-        raise ImportError("no writable directory for numba's compiled-code cache "
-                          f"(NUMBA_CACHE_DIR={configured!r}, the package's __pycache__, "
-                          f"{_user_cache_dir()}, {tempfile.gettempdir()}): set NUMBA_CACHE_DIR "
-                          "to a directory this user can write")
+        raise ImportError(
+            "no writable directory for numba's compiled-code cache "
+            f"(NUMBA_CACHE_DIR={configured!r}, the package's __pycache__, "
+            f"{_user_cache_dir()}, {tempfile.gettempdir()}): set NUMBA_CACHE_DIR "
+            "to a directory this user can write"
+        )
     os.environ["NUMBA_CACHE_DIR"] = path
     config = sys.modules.get("numba.core.config")
     if config is not None:
-        config.CACHE_DIR = path
+        # numba's config module sets its attributes at import; its stubs do not list them
+        config.CACHE_DIR = path  # type: ignore[attr-defined]
     return path

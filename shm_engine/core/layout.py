@@ -106,6 +106,7 @@ keeps these words exact without locks is in `shm_engine.core.claims`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -113,10 +114,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from kernels.columns import TickOutputs, TickState
-
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-LAYOUT_VERSION = 4      # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
+LAYOUT_VERSION = 4
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
@@ -125,15 +126,15 @@ ALIGN = 64
 HEADER_BYTES = 4096
 # Registry columns hold the wire's fields as they arrive (a change there
 # changes the layout: bump LAYOUT_VERSION).
-NODE_ID_BYTES = NODE_SIZE           # 63 bytes of UTF-8 + at least one NUL
-ZONE_BYTES = ZONE_SIZE              # 31 bytes of UTF-8 + at least one NUL
-LABELS_BYTES = MAX_LABELS_BYTES     # canonical compact JSON of the labels object
-N_REJECT_SLOTS = 32     # room for reject reasons (wire.format.REJECT_REASONS)
-N_WEIGHT_SLOTS = 8      # 7 weights in effect, one spare
-N_COUNT_SLOTS = 8       # 5 states, one spare each side
+NODE_ID_BYTES = NODE_SIZE  # 63 bytes of UTF-8 + at least one NUL
+ZONE_BYTES = ZONE_SIZE  # 31 bytes of UTF-8 + at least one NUL
+LABELS_BYTES = MAX_LABELS_BYTES  # canonical compact JSON of the labels object
+N_REJECT_SLOTS = 32  # room for reject reasons (wire.format.REJECT_REASONS)
+N_WEIGHT_SLOTS = 8  # 7 weights in effect, one spare
+N_COUNT_SLOTS = 8  # 5 states, one spare each side
 NAME_BYTES = 64
 ENDPOINT_BYTES = 256
-N_SENDER_SLOTS = 16     # senders with refusals shown by status; the last is "others"
+N_SENDER_SLOTS = 16  # senders with refusals shown by status; the last is "others"
 SENDER_NAME_BYTES = 48
 
 # ---------------------------------------------------------------- header --
@@ -145,16 +146,16 @@ _HEADER_FIELDS = (
     ("layout_version", "<u4", 1, 8),
     ("capacity", "<u4", 1, 12),
     ("creator_pid", "<i8", 1, 16),
-    ("creator_start", "<u8", 1, 24),   # creator's start time (clock ticks since boot)
+    ("creator_start", "<u8", 1, 24),  # creator's start time (clock ticks since boot)
     ("segment_bytes", "<u8", 1, 32),
     ("created_wall", "<f8", 1, 40),
     ("tick_interval_ms", "<u4", 1, 48),
     # the seqcount latch, alone on its cache line (tick worker writes).
     ("latch_seq", "<u8", 1, 64),
     # registry summary (ingest writes).
-    ("registry_epoch", "<u8", 1, 128),   # +1 on every registration and free
+    ("registry_epoch", "<u8", 1, 128),  # +1 on every registration and free
     ("registered", "<u8", 1, 136),
-    ("slot_hwm", "<u8", 1, 144),         # 1 + highest slot ever used
+    ("slot_hwm", "<u8", 1, 144),  # 1 + highest slot ever used
     # ingest counters (ingest writes).
     ("ingest_frames", "<u8", 1, 192),
     ("ingest_heartbeats", "<u8", 1, 200),
@@ -192,7 +193,7 @@ _HEADER_FIELDS = (
     ("ingest_handshakes_refused", "<u8", 1, 1376),
     ("ingest_rcvhwm", "<u8", 1, 1384),
     ("ingest_maxmsgsize", "<u8", 1, 1392),
-    ("ingest_reclaimed", "<u8", 1, 1400),      # DEAD slots given to new nodes
+    ("ingest_reclaimed", "<u8", 1, 1400),  # DEAD slots given to new nodes
     # Per-sender refusals: row i is named by sender_names[i] (NUL padded)
     # once i < senders_used; a name is written before senders_used counts it.
     ("senders_used", "<u8", 1, 1408),
@@ -203,32 +204,69 @@ _HEADER_FIELDS = (
 
 # ------------------------------------------------------- per-slot columns --
 TABLE_COLUMNS = (
-    ("row_version", "<u8"), ("recv_time", "<f8"),
-    ("cpu", "<f8"), ("mem", "<f8"), ("queue", "<f8"), ("avg_job_s", "<f8"),
-    ("throughput", "<f8"), ("ok", "<f8"), ("err", "<f8"), ("io", "<f8"),
-    ("p50_ms", "<f8"), ("p95_ms", "<f8"), ("ts", "<f8"), ("slots", "<f8"), ("reported", "u1"),
+    ("row_version", "<u8"),
+    ("recv_time", "<f8"),
+    ("cpu", "<f8"),
+    ("mem", "<f8"),
+    ("queue", "<f8"),
+    ("avg_job_s", "<f8"),
+    ("throughput", "<f8"),
+    ("ok", "<f8"),
+    ("err", "<f8"),
+    ("io", "<f8"),
+    ("p50_ms", "<f8"),
+    ("p95_ms", "<f8"),
+    ("ts", "<f8"),
+    ("slots", "<f8"),
+    ("reported", "u1"),
 )
 REGISTRY_COLUMNS = (
-    ("slot_gen", "<u8", ()), ("registered", "u1", ()), ("meta_version", "<u8", ()),
-    ("node_id", "u1", (NODE_ID_BYTES,)), ("zone", "u1", (ZONE_BYTES,)),
-    ("labels_len", "<u2", ()), ("labels", "u1", (LABELS_BYTES,)),
+    ("slot_gen", "<u8", ()),
+    ("registered", "u1", ()),
+    ("meta_version", "<u8", ()),
+    ("node_id", "u1", (NODE_ID_BYTES,)),
+    ("zone", "u1", (ZONE_BYTES,)),
+    ("labels_len", "<u2", ()),
+    ("labels", "u1", (LABELS_BYTES,)),
 )
 BUFFER_SCALARS = (
-    ("epoch", "<u8"), ("tick_mono", "<f8"), ("tick_wall", "<f8"),
-    ("pressure", "<f8"), ("n_ranked", "<u8"), ("live", "<u8"),
-    ("registered", "<u8"), ("slot_hwm", "<u8"),
-    ("ejected", "<u8"),     # nodes the tick found ejected (consecutive errors)
+    ("epoch", "<u8"),
+    ("tick_mono", "<f8"),
+    ("tick_wall", "<f8"),
+    ("pressure", "<f8"),
+    ("n_ranked", "<u8"),
+    ("live", "<u8"),
+    ("registered", "<u8"),
+    ("slot_hwm", "<u8"),
+    ("ejected", "<u8"),  # nodes the tick found ejected (consecutive errors)
 )
 BUFFER_VECTORS = (("weights", "<f8", N_WEIGHT_SLOTS), ("counts", "<i8", N_COUNT_SLOTS))
 # Published columns first: a snapshot copies these.
 BUFFER_COLUMNS = (
-    ("score", "<f8"), ("raw", "<f8"), ("wait", "<f8"), ("qema", "<f8"),
-    ("liveness", "<f8"), ("state", "u1"), ("gen", "<u8"), ("ranked", "<i4"),
+    ("score", "<f8"),
+    ("raw", "<f8"),
+    ("wait", "<f8"),
+    ("qema", "<f8"),
+    ("liveness", "<f8"),
+    ("state", "u1"),
+    ("gen", "<u8"),
+    ("ranked", "<i4"),
     # scheduler feedback as this tick read it (shm_engine.core.claims.gather_feedback)
-    ("rif", "<f8"), ("fb_ok", "<f8"), ("fb_err", "<f8"), ("consec", "<f8"), ("err_age", "<f8"),
+    ("rif", "<f8"),
+    ("fb_ok", "<f8"),
+    ("fb_err", "<f8"),
+    ("consec", "<f8"),
+    ("err_age", "<f8"),
     # carried state the next tick starts from
-    ("s", "<f8"), ("flap", "<f8"), ("e_ok", "<f8"), ("e_err", "<f8"), ("n", "<i4"),
-    ("probation", "<i4"), ("memory", "<i4"), ("hb_seen", "<u8"), ("ok_seen", "<u8"),
+    ("s", "<f8"),
+    ("flap", "<f8"),
+    ("e_ok", "<f8"),
+    ("e_err", "<f8"),
+    ("n", "<i4"),
+    ("probation", "<i4"),
+    ("memory", "<i4"),
+    ("hb_seen", "<u8"),
+    ("ok_seen", "<u8"),
     ("err_seen", "<u8"),
 )
 #: The feedback columns of a score buffer, in the order the tick fills them.
@@ -242,6 +280,7 @@ def _align(n: int) -> int:
 @dataclass(frozen=True)
 class Field:
     """One array in the segment: ``shape`` already resolved for a capacity."""
+
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
@@ -255,6 +294,7 @@ class Field:
 @dataclass(frozen=True)
 class Layout:
     """Offsets of every field for one capacity.  Build with `layout_for()`."""
+
     capacity: int
     header: dict[str, Field]
     table: dict[str, Field]
@@ -265,8 +305,12 @@ class Layout:
     def regions(self) -> list[tuple[str, int, int]]:
         """(region, offset, bytes) for reports and docs."""
         out = [("header", 0, HEADER_BYTES)]
-        for region, fields in (("table", self.table), ("registry", self.registry),
-                               ("buffer0", self.buffers[0]), ("buffer1", self.buffers[1])):
+        for region, fields in (
+            ("table", self.table),
+            ("registry", self.registry),
+            ("buffer0", self.buffers[0]),
+            ("buffer1", self.buffers[1]),
+        ):
             start = min(f.offset for f in fields.values())
             end = max(f.offset + f.nbytes for f in fields.values())
             out.append((region, start, _align(end) - start))
@@ -313,9 +357,10 @@ def layout_for(capacity: int) -> Layout:
 
 
 def _check_header() -> None:
-    spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
-                   for n, dt, count, off in _HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    spans = sorted(
+        (off, off + np.dtype(dt).itemsize * count, n) for n, dt, count, off in _HEADER_FIELDS
+    )
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"header fields {an} and {bn} overlap"
     assert spans[-1][1] <= HEADER_BYTES
     for n, dt, _count, off in _HEADER_FIELDS:
@@ -338,7 +383,8 @@ class Header:
             setattr(self, name, _view(buf, f))
 
     if TYPE_CHECKING:
-        def __getattr__(self, name: str) -> np.ndarray: ...   # the fields, set above
+
+        def __getattr__(self, name: str) -> np.ndarray: ...  # the fields, set above
 
     def read_str(self, name: str) -> str:
         raw = bytes(getattr(self, name))
@@ -350,7 +396,7 @@ class Header:
         if len(data) >= arr.size:
             raise ValueError(f"{name} {value!r} longer than {arr.size - 1} bytes")
         arr[:] = 0
-        arr[:len(data)] = np.frombuffer(data, np.uint8)
+        arr[: len(data)] = np.frombuffer(data, np.uint8)
 
 
 class HeartbeatTable(NamedTuple):
@@ -385,6 +431,17 @@ class ScoreBuffer:
     """Views of one score buffer.  ``state``/``out`` are the kernel column
     groups over this buffer; ``meta`` holds the per-tick scalars."""
 
+    # The per-tick scalars (BUFFER_SCALARS), 1-element arrays: index with [0].
+    epoch: np.ndarray
+    tick_mono: np.ndarray
+    tick_wall: np.ndarray
+    pressure: np.ndarray
+    n_ranked: np.ndarray
+    live: np.ndarray
+    registered: np.ndarray
+    slot_hwm: np.ndarray
+    ejected: np.ndarray
+
     def __init__(self, buf, fields: dict[str, Field]):
         v = {name: _view(buf, f) for name, f in fields.items()}
         self.views = v
@@ -398,9 +455,15 @@ class ScoreBuffer:
         self.err_seen = v["err_seen"]
         self.feedback = tuple(v[c] for c in FEEDBACK_COLUMNS)
         self.state = TickState(**{name: v[name] for name in TickState._fields})
-        self.out = TickOutputs(score=v["score"], raw=v["raw"], wait=v["wait"],
-                               liveness=v["liveness"], ranked=v["ranked"],
-                               weights=v["weights"][:7], counts=v["counts"][:5])
+        self.out = TickOutputs(
+            score=v["score"],
+            raw=v["raw"],
+            wait=v["wait"],
+            liveness=v["liveness"],
+            ranked=v["ranked"],
+            weights=v["weights"][:7],
+            counts=v["counts"][:5],
+        )
 
 
 class SegmentViews:
@@ -438,22 +501,26 @@ _CLAIMS_HEADER_FIELDS = (
     ("segment_bytes", "<u8", 1, 32),
     ("created_wall", "<f8", 1, 40),
     ("max_schedulers", "<u4", 1, 48),
-    ("instance", "<u8", 1, 56),          # random: tells this segment from a re-created one
+    ("instance", "<u8", 1, 56),  # random: tells this segment from a re-created one
     # counters any scheduler bumps (fetch_add_u64 only).
     ("stale_releases", "<u8", 1, 128),
     ("leases_taken", "<u8", 1, 136),
     ("leases_refused", "<u8", 1, 144),
-    ("claims_dropped", "<u8", 1, 152),   # garbage collected unreleased
+    ("claims_dropped", "<u8", 1, 152),  # garbage collected unreleased
     # tick worker (single writer).
     ("abandoned_claims", "<u8", 1, 192),
     ("leases_reaped", "<u8", 1, 200),
     ("lease_check_mono", "<f8", 1, 216),
     ("released_ok", "<u8", 1, 224),
     ("released_err", "<u8", 1, 232),
-    ("in_flight", "<u8", 1, 240),        # sum of rif at the latest tick
+    ("in_flight", "<u8", 1, 240),  # sum of rif at the latest tick
 )
-LEASE_COLUMNS = (("lease_ident", "<u8"), ("lease_pid", "<i8"), ("lease_start", "<u8"),
-                 ("lease_since", "<f8"))
+LEASE_COLUMNS = (
+    ("lease_ident", "<u8"),
+    ("lease_pid", "<i8"),
+    ("lease_start", "<u8"),
+    ("lease_since", "<f8"),
+)
 
 
 def _page(n: int) -> int:
@@ -464,22 +531,25 @@ def _page(n: int) -> int:
 class ClaimsLayout:
     """Offsets of the claims segment for one capacity and lease count.
     Build with `claims_layout_for()`."""
+
     capacity: int
     max_schedulers: int
     header: dict[str, Field]
     leases: dict[str, Field]
-    outcomes: Field          # u8[capacity, OUTCOME_WORDS]
-    in_flight: Field         # u8[max_schedulers, capacity], rows `row_bytes` apart
+    outcomes: Field  # u8[capacity, OUTCOME_WORDS]
+    in_flight: Field  # u8[max_schedulers, capacity], rows `row_bytes` apart
     row_bytes: int
     size: int
 
     def regions(self) -> list[tuple[str, int, int]]:
         """(region, offset, bytes) for reports and docs."""
         lease0 = min(f.offset for f in self.leases.values())
-        return [("header", 0, CLAIMS_HEADER_BYTES),
-                ("leases", lease0, self.outcomes.offset - lease0),
-                ("outcomes", self.outcomes.offset, self.in_flight.offset - self.outcomes.offset),
-                ("in_flight", self.in_flight.offset, self.size - self.in_flight.offset)]
+        return [
+            ("header", 0, CLAIMS_HEADER_BYTES),
+            ("leases", lease0, self.outcomes.offset - lease0),
+            ("outcomes", self.outcomes.offset, self.in_flight.offset - self.outcomes.offset),
+            ("in_flight", self.in_flight.offset, self.size - self.in_flight.offset),
+        ]
 
 
 #: Most leases a claims segment can hold (a config limit, not a layout one).
@@ -493,8 +563,9 @@ def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
         raise ValueError(f"capacity {capacity} out of range 1..{1 << 24}")
     if not 1 <= max_schedulers <= MAX_SCHEDULERS:
         raise ValueError(f"max_schedulers {max_schedulers} out of range 1..{MAX_SCHEDULERS}")
-    header = {n: Field(n, np.dtype(dt), (count,), off)
-              for n, dt, count, off in _CLAIMS_HEADER_FIELDS}
+    header = {
+        n: Field(n, np.dtype(dt), (count,), off) for n, dt, count, off in _CLAIMS_HEADER_FIELDS
+    }
     leases, off = {}, CLAIMS_HEADER_BYTES
     for name, dt in LEASE_COLUMNS:
         leases[name] = Field(name, np.dtype(dt), (max_schedulers,), off)
@@ -505,14 +576,16 @@ def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
     row_bytes = _page(capacity * 8)
     in_flight = Field("in_flight", np.dtype("<u8"), (max_schedulers, capacity), off)
     size = off + max_schedulers * row_bytes
-    return ClaimsLayout(capacity, max_schedulers, header, leases, outcomes, in_flight,
-                        row_bytes, size)
+    return ClaimsLayout(
+        capacity, max_schedulers, header, leases, outcomes, in_flight, row_bytes, size
+    )
 
 
 def _check_claims_header() -> None:
-    spans = sorted((off, off + np.dtype(dt).itemsize * count, n)
-                   for n, dt, count, off in _CLAIMS_HEADER_FIELDS)
-    for (a0, a1, an), (b0, _b1, bn) in zip(spans, spans[1:]):
+    spans = sorted(
+        (off, off + np.dtype(dt).itemsize * count, n) for n, dt, count, off in _CLAIMS_HEADER_FIELDS
+    )
+    for (_a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         assert a1 <= b0, f"claims header fields {an} and {bn} overlap"
     assert spans[-1][1] <= CLAIMS_HEADER_BYTES
     scores = {n: off for n, _dt, _c, off in _HEADER_FIELDS}
@@ -545,8 +618,9 @@ class ClaimsViews:
             setattr(self, name, _view(buf, f))
         self.outcomes = _view(buf, layout.outcomes)
         f = layout.in_flight
-        self.in_flight = np.ndarray(f.shape, dtype=f.dtype, buffer=buf, offset=f.offset,
-                                    strides=(layout.row_bytes, 8))
+        self.in_flight = np.ndarray(
+            f.shape, dtype=f.dtype, buffer=buf, offset=f.offset, strides=(layout.row_bytes, 8)
+        )
         self.row_words = layout.row_bytes // 8
         flat = (layout.max_schedulers - 1) * self.row_words + layout.capacity
         self.in_flight_flat = np.ndarray((flat,), dtype=f.dtype, buffer=buf, offset=f.offset)

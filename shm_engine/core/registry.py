@@ -90,11 +90,11 @@ class NodeRegistry:
             # A writer died mid-row: the row holds fields of this node's two
             # latest heartbeats, each valid; publish it as is.
             table.row_version[s] += 1
-        for s in range(self._hwm):
-            if reg.registered[s]:
-                self._slots[decode_id(reg.node_id[s])] = s
+        for slot in range(self._hwm):
+            if reg.registered[slot]:
+                self._slots[decode_id(reg.node_id[slot])] = slot
             else:
-                self._free.append(s)
+                self._free.append(slot)
         heapq.heapify(self._free)
         self._hdr.registered[0] = len(self._slots)
 
@@ -122,8 +122,9 @@ class NodeRegistry:
         return self._pending
 
     # ------------------------------------------------------------ changes --
-    def register(self, key: bytes, zone: bytes = b"", labels: bytes | None = None,
-                 *, publish: bool = True) -> int:
+    def register(
+        self, key: bytes, zone: bytes = b"", labels: bytes | None = None, *, publish: bool = True
+    ) -> int:
         """Register ``key`` in the lowest free slot; -1 when full.
 
         The caller has validated ``key`` (1..63 bytes of UTF-8).  With
@@ -168,9 +169,12 @@ class NodeRegistry:
         reg = self._reg
         zlen = len(zone)
         llen = len(labels) if labels else 0
-        if (reg.labels_len[slot] == llen and not reg.zone[slot, zlen:].any()
-                and bytes(reg.zone[slot, :zlen]) == zone
-                and (llen == 0 or bytes(reg.labels[slot, :llen]) == labels)):
+        if (
+            reg.labels_len[slot] == llen
+            and not reg.zone[slot, zlen:].any()
+            and bytes(reg.zone[slot, :zlen]) == zone
+            and (llen == 0 or bytes(reg.labels[slot, :llen]) == labels)
+        ):
             return  # unchanged: the common case, no generation bump
         # Not a new registration, so not slot_gen: the tick would start the
         # node fresh.  Readers of zone/labels check meta_version instead.
@@ -186,7 +190,7 @@ class NodeRegistry:
             reg.zone[slot, : min(len(zone), ZONE_BYTES - 1)] = np.frombuffer(zone, np.uint8)
         n = len(labels) if labels else 0
         reg.labels_len[slot] = n
-        if n:
+        if labels:
             reg.labels[slot, :n] = np.frombuffer(labels, np.uint8)
 
     def free(self, slot: int) -> None:
@@ -208,8 +212,9 @@ class NodeRegistry:
         self._hdr.registered[0] = len(self._slots)
         self._hdr.registry_epoch[0] += 1
 
-    def forget_older_than(self, now: float, forget_after_s: float,
-                          age_mul: float = 1.0, age_div: float = 1.0) -> list[int]:
+    def forget_older_than(
+        self, now: float, forget_after_s: float, age_mul: float = 1.0, age_div: float = 1.0
+    ) -> list[int]:
         """Free every node whose age is >= ``forget_after_s``; returns the slots.
 
         Ages are computed as in `rows.gather_inputs`."""
@@ -222,4 +227,3 @@ class NodeRegistry:
         for s in slots:
             self.free(int(s))
         return [int(s) for s in slots]
-

@@ -35,11 +35,23 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.params import UNREGISTERED
-
-from shm_engine.core.ordering import (fence_acquire, fence_release, load_acquire_u64, load_relaxed_u64,
-                       store_relaxed_u64, store_release_u64)
-from shm_engine.wire.format import (HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT,
-                                    HAS_TS, REPORTED_BITS)
+from shm_engine.core.ordering import (
+    fence_acquire,
+    fence_release,
+    load_acquire_u64,
+    load_relaxed_u64,
+    store_relaxed_u64,
+    store_release_u64,
+)
+from shm_engine.wire.format import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_SLOTS,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HAS_TS,
+    REPORTED_BITS,
+)
 
 MAX_SPINS = 10_000
 _ONE = np.uint64(1)
@@ -47,18 +59,32 @@ _TWO = np.uint64(2)
 
 # The table columns in the order `write_rows` indexes ``columns``, with the
 # dtype it writes them as (`column_addresses` checks the table against both).
-_ROW_COLUMNS = (("row_version", np.uint64), ("recv_time", np.float64), ("cpu", np.float64),
-                ("mem", np.float64), ("queue", np.float64), ("avg_job_s", np.float64),
-                ("throughput", np.float64), ("ok", np.float64), ("err", np.float64),
-                ("io", np.float64), ("p50_ms", np.float64), ("p95_ms", np.float64),
-                ("ts", np.float64), ("slots", np.float64), ("reported", np.uint8))
+_ROW_COLUMNS = (
+    ("row_version", np.uint64),
+    ("recv_time", np.float64),
+    ("cpu", np.float64),
+    ("mem", np.float64),
+    ("queue", np.float64),
+    ("avg_job_s", np.float64),
+    ("throughput", np.float64),
+    ("ok", np.float64),
+    ("err", np.float64),
+    ("io", np.float64),
+    ("p50_ms", np.float64),
+    ("p95_ms", np.float64),
+    ("ts", np.float64),
+    ("slots", np.float64),
+    ("reported", np.uint8),
+)
 
 
 @intrinsic
 def address_pointer(typingctx, address):
     """A ``voidptr`` from an integer address (numba has no cast for it)."""
+
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
+
     return types.voidptr(types.intp), codegen
 
 
@@ -88,24 +114,36 @@ def write_rows(columns, capacity, slots, records, now):
         f = r.flags
         v = load_relaxed_u64(row_version, s)
         store_relaxed_u64(row_version, s, v + _ONE)  # odd: row being written
-        fence_release()  # the odd version is visible before any field; pairs with fence_acquire in gather_inputs
+        # The odd version is visible before any field; pairs with fence_acquire in gather_inputs.
+        fence_release()
         carray(address_pointer(columns[1]), capacity, np.float64)[s] = now
         carray(address_pointer(columns[2]), capacity, np.float64)[s] = r.cpu
         carray(address_pointer(columns[3]), capacity, np.float64)[s] = r.mem
         carray(address_pointer(columns[4]), capacity, np.float64)[s] = r.queue
         carray(address_pointer(columns[5]), capacity, np.float64)[s] = r.avg_job_s
         carray(address_pointer(columns[6]), capacity, np.float64)[s] = (
-            r.throughput if f & HAS_THROUGHPUT else 0.0)
-        carray(address_pointer(columns[7]), capacity, np.float64)[s] = r.ok if f & HAS_OKERR else 0.0
-        carray(address_pointer(columns[8]), capacity, np.float64)[s] = r.err if f & HAS_OKERR else 0.0
+            r.throughput if f & HAS_THROUGHPUT else 0.0
+        )
+        carray(address_pointer(columns[7]), capacity, np.float64)[s] = (
+            r.ok if f & HAS_OKERR else 0.0
+        )
+        carray(address_pointer(columns[8]), capacity, np.float64)[s] = (
+            r.err if f & HAS_OKERR else 0.0
+        )
         carray(address_pointer(columns[9]), capacity, np.float64)[s] = r.io if f & HAS_IO else 0.0
-        carray(address_pointer(columns[10]), capacity, np.float64)[s] = r.p50_ms if f & HAS_TAIL else 0.0
-        carray(address_pointer(columns[11]), capacity, np.float64)[s] = r.p95_ms if f & HAS_TAIL else 0.0
+        carray(address_pointer(columns[10]), capacity, np.float64)[s] = (
+            r.p50_ms if f & HAS_TAIL else 0.0
+        )
+        carray(address_pointer(columns[11]), capacity, np.float64)[s] = (
+            r.p95_ms if f & HAS_TAIL else 0.0
+        )
         carray(address_pointer(columns[12]), capacity, np.float64)[s] = r.ts if f & HAS_TS else 0.0
         carray(address_pointer(columns[13]), capacity, np.float64)[s] = (
-            r.slots if f & HAS_SLOTS else 1.0)
+            r.slots if f & HAS_SLOTS else 1.0
+        )
         carray(address_pointer(columns[14]), capacity, np.uint8)[s] = f & REPORTED_BITS
-        store_release_u64(row_version, s, v + _TWO)  # even: done; pairs with load_acquire in gather_inputs
+        # Even: done; pairs with load_acquire in gather_inputs.
+        store_release_u64(row_version, s, v + _TWO)
         written += 1
     return written
 
@@ -121,10 +159,16 @@ def column_addresses(table) -> np.ndarray:
     out = []
     for name, dtype in _ROW_COLUMNS:
         col = getattr(table, name)
-        if (col.dtype != dtype or col.shape != (capacity,) or not col.flags.c_contiguous
-                or col.ctypes.data % col.dtype.itemsize):
-            raise ValueError(f"table column {name!r} is {col.dtype}{col.shape}, not an aligned "
-                             f"contiguous {np.dtype(dtype)}[{capacity}]")
+        if (
+            col.dtype != dtype
+            or col.shape != (capacity,)
+            or not col.flags.c_contiguous
+            or col.ctypes.data % col.dtype.itemsize
+        ):
+            raise ValueError(
+                f"table column {name!r} is {col.dtype}{col.shape}, not an aligned "
+                f"contiguous {np.dtype(dtype)}[{capacity}]"
+            )
         out.append(col.ctypes.data)
     return np.array(out, np.intp)
 
@@ -150,14 +194,52 @@ def slot_change_end(slot_gen, slot):
 
 
 @njit(cache=True, nogil=True)
-def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue, avg_job_s,
-                  throughput, ok, err, io, p50_ms, p95_ms, slots, reported,
-                  prev_gen, prev_hb_seen, prev_state,
-                  inp_active, inp_fresh, inp_new_hb, inp_age, inp_cpu, inp_mem, inp_queue,
-                  inp_avg_job_s, inp_throughput, inp_ok, inp_err, inp_io, inp_p50_ms,
-                  inp_p95_ms, inp_slots, inp_reported,
-                  nxt_gen, nxt_hb_seen, now, age_mul, age_div, hwm,
-                  held_gen, held_version, held_recv):
+def gather_inputs(
+    slot_gen,
+    registered,
+    row_version,
+    recv_time,
+    cpu,
+    mem,
+    queue,
+    avg_job_s,
+    throughput,
+    ok,
+    err,
+    io,
+    p50_ms,
+    p95_ms,
+    slots,
+    reported,
+    prev_gen,
+    prev_hb_seen,
+    prev_state,
+    inp_active,
+    inp_fresh,
+    inp_new_hb,
+    inp_age,
+    inp_cpu,
+    inp_mem,
+    inp_queue,
+    inp_avg_job_s,
+    inp_throughput,
+    inp_ok,
+    inp_err,
+    inp_io,
+    inp_p50_ms,
+    inp_p95_ms,
+    inp_slots,
+    inp_reported,
+    nxt_gen,
+    nxt_hb_seen,
+    now,
+    age_mul,
+    age_div,
+    hwm,
+    held_gen,
+    held_version,
+    held_recv,
+):
     """Copy a consistent view of slots ``[0, hwm)`` into the tick inputs.
 
     ``fresh`` marks a node whose generation differs from the one the
@@ -212,7 +294,8 @@ def gather_inputs(slot_gen, registered, row_version, recv_time, cpu, mem, queue,
             r_p95 = p95_ms[s]
             r_slots = slots[s]
             r_rep = reported[s]
-            fence_acquire()  # field loads complete before the re-check; pairs with fence_release in write_rows
+            # Field loads complete before the re-check; pairs with fence_release in write_rows.
+            fence_acquire()
             if load_relaxed_u64(row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
                 continue
             done = True
@@ -269,18 +352,29 @@ class GatherCache(NamedTuple):
 
     Belongs with one `TickInputs` and must change only through `gather`
     into those inputs; `make_gather_cache` starts with nothing held."""
-    gen: np.ndarray       # u8
-    version: np.ndarray   # u8, odd = nothing held
+
+    gen: np.ndarray  # u8
+    version: np.ndarray  # u8, odd = nothing held
     recv_time: np.ndarray  # f8
 
 
 def make_gather_cache(capacity: int) -> GatherCache:
-    return GatherCache(np.zeros(capacity, np.uint64), np.ones(capacity, np.uint64),
-                       np.zeros(capacity, np.float64))
+    return GatherCache(
+        np.zeros(capacity, np.uint64), np.ones(capacity, np.uint64), np.zeros(capacity, np.float64)
+    )
 
 
-def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: float = 1.0,
-           hwm: int | None = None, cache: GatherCache | None = None) -> int:
+def gather(
+    views,
+    prev,
+    nxt,
+    inp,
+    now: float,
+    age_mul: float = 1.0,
+    age_div: float = 1.0,
+    hwm: int | None = None,
+    cache: GatherCache | None = None,
+) -> int:
     """`gather_inputs` over `SegmentViews` ``views`` from buffer ``prev`` into
     tick inputs ``inp`` and buffer ``nxt``'s gen/hb_seen columns.
 
@@ -292,12 +386,49 @@ def gather(views, prev, nxt, inp, now: float, age_mul: float = 1.0, age_div: flo
         hwm = int(views.header.slot_hwm[0])
     if cache is None:
         cache = make_gather_cache(inp.active.shape[0])
-    return gather_inputs(reg.slot_gen, reg.registered, t.row_version, t.recv_time, t.cpu, t.mem,
-                         t.queue, t.avg_job_s, t.throughput, t.ok, t.err, t.io, t.p50_ms,
-                         t.p95_ms, t.slots, t.reported, prev.gen, prev.hb_seen,
-                         prev.state.state, inp.active, inp.fresh, inp.new_hb, inp.age, inp.cpu,
-                         inp.mem, inp.queue, inp.avg_job_s, inp.throughput, inp.ok, inp.err,
-                         inp.io, inp.p50_ms, inp.p95_ms, inp.slots, inp.reported, nxt.gen,
-                         nxt.hb_seen,
-                         float(now), float(age_mul), float(age_div), min(hwm, inp.active.shape[0]),
-                         cache.gen, cache.version, cache.recv_time)
+    return gather_inputs(
+        reg.slot_gen,
+        reg.registered,
+        t.row_version,
+        t.recv_time,
+        t.cpu,
+        t.mem,
+        t.queue,
+        t.avg_job_s,
+        t.throughput,
+        t.ok,
+        t.err,
+        t.io,
+        t.p50_ms,
+        t.p95_ms,
+        t.slots,
+        t.reported,
+        prev.gen,
+        prev.hb_seen,
+        prev.state.state,
+        inp.active,
+        inp.fresh,
+        inp.new_hb,
+        inp.age,
+        inp.cpu,
+        inp.mem,
+        inp.queue,
+        inp.avg_job_s,
+        inp.throughput,
+        inp.ok,
+        inp.err,
+        inp.io,
+        inp.p50_ms,
+        inp.p95_ms,
+        inp.slots,
+        inp.reported,
+        nxt.gen,
+        nxt.hb_seen,
+        float(now),
+        float(age_mul),
+        float(age_div),
+        min(hwm, inp.active.shape[0]),
+        cache.gen,
+        cache.version,
+        cache.recv_time,
+    )

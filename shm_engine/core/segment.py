@@ -82,13 +82,17 @@ def mode_problem(mode: int, forbidden: int) -> str | None:
     write bits are given (`SCORES_FORBIDDEN`, `CLAIMS_FORBIDDEN`), as the
     end of a sentence; None if it may."""
     if mode & 0o600 != 0o600 or mode & ~0o666:
-        return ("must include owner read+write (0o600) and no bits outside 0o666 "
-                "(no execute, setuid, setgid or sticky)")
+        return (
+            "must include owner read+write (0o600) and no bits outside 0o666 "
+            "(no execute, setuid, setgid or sticky)"
+        )
     if mode & forbidden & 0o002:
         return "gives every user write access: anyone could forge what readers see"
     if mode & forbidden & 0o020:
-        return ("gives the group write access: only the engine writes this segment "
-                "(readers need read access only, e.g. 0o640)")
+        return (
+            "gives the group write access: only the engine writes this segment "
+            "(readers need read access only, e.g. 0o640)"
+        )
     return None
 
 
@@ -118,8 +122,10 @@ def describe_user(uid: int) -> str:
 def posix_name(name: str) -> str:
     """The POSIX shm name of engine ``name`` (``/dev/shm/<name>`` on Linux)."""
     if not _NAME_RE.match(name) or name.endswith(CLAIMS_SUFFIX):
-        raise ValueError(f"engine name {name!r} must be 1-200 characters of A-Z a-z 0-9 _ . - "
-                         f"not ending in {CLAIMS_SUFFIX!r}")
+        raise ValueError(
+            f"engine name {name!r} must be 1-200 characters of A-Z a-z 0-9 _ . - "
+            f"not ending in {CLAIMS_SUFFIX!r}"
+        )
     return "/" + name
 
 
@@ -141,7 +147,7 @@ def process_stat(pid: int) -> tuple[int, str] | None:
         return None
     # The command name (field 2) may contain spaces and ')', so split after
     # the last ')': field 3 is the state, field 22 the start time.
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19]), fields[0].decode("ascii", "replace")
 
 
@@ -175,20 +181,28 @@ def process_alive(pid: int, start_time: int = 0) -> bool:
 class Segment:
     """A mapped engine segment and its views (``seg.views``)."""
 
-    def __init__(self, name: str, mm: mmap.mmap, layout: Layout, readonly: bool,
-                 owner_uid: int | None = None):
+    def __init__(
+        self, name: str, mm: mmap.mmap, layout: Layout, readonly: bool, owner_uid: int | None = None
+    ):
         self.name = name
         self.readonly = readonly
         self.layout = layout
         #: The user the segment was checked to belong to.
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.views = SegmentViews(mm, layout)
 
     # ------------------------------------------------------------ create --
     @classmethod
-    def create(cls, name: str, capacity: int, *, mode: int = 0o600,
-               tick_interval_ms: int = 50, endpoint: str = "") -> "Segment":
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        mode: int = 0o600,
+        tick_interval_ms: int = 50,
+        endpoint: str = "",
+    ) -> Segment:
         """Create the segment of engine ``name``, reclaiming a stale one.
 
         Raises EngineAlreadyRunning if a live engine owns the name,
@@ -221,8 +235,7 @@ class Segment:
 
     # ------------------------------------------------------------ attach --
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = True,
-               owner: int | str | None = None) -> "Segment":
+    def attach(cls, name: str, *, readonly: bool = True, owner: int | str | None = None) -> Segment:
         """Map an existing engine segment.  Never resizes it.
 
         ``owner``: the engine's user (uid or name; default: this process's
@@ -235,14 +248,20 @@ class Segment:
         magic, version, capacity = read_capacity(mm)
         try:
             if magic != MAGIC:
-                raise EngineNotRunning(f"engine {name!r} is starting (segment {pname} not initialised)")
+                raise EngineNotRunning(
+                    f"engine {name!r} is starting (segment {pname} not initialised)"
+                )
             if version != LAYOUT_VERSION:
-                raise LayoutMismatch(f"engine {name!r}: segment layout version {version}, "
-                                     f"this client reads version {LAYOUT_VERSION}")
+                raise LayoutMismatch(
+                    f"engine {name!r}: segment layout version {version}, "
+                    f"this client reads version {LAYOUT_VERSION}"
+                )
             layout = layout_for(capacity)
             if layout.size != size:
-                raise LayoutMismatch(f"engine {name!r}: segment is {size} bytes, layout for "
-                                     f"capacity {capacity} needs {layout.size}")
+                raise LayoutMismatch(
+                    f"engine {name!r}: segment is {size} bytes, layout for "
+                    f"capacity {capacity} needs {layout.size}"
+                )
         except BaseException:
             mm.close()
             raise
@@ -251,7 +270,9 @@ class Segment:
     # ----------------------------------------------------------- release --
     def close(self) -> None:
         """Unmap.  Views handed out earlier must no longer be used."""
-        self.views = None
+        # Typed as open: a closed segment is never read again, so its users
+        # need no None check; dropping the views releases the mapping.
+        self.views = None  # type: ignore[assignment]
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -299,8 +320,9 @@ def unlink_on_error(seg, pname: str):
         raise
 
 
-def create_exclusive(name: str, pname: str, size: int, mode: int, magic: int,
-                     forbidden: int) -> mmap.mmap:
+def create_exclusive(
+    name: str, pname: str, size: int, mode: int, magic: int, forbidden: int
+) -> mmap.mmap:
     """Create shm object ``pname`` (O_CREAT|O_EXCL, exactly ``mode``, ``size``
     zero bytes) and map it read-write, reclaiming a stale one whose header
     starts with ``magic`` (see `_reclaim_if_stale`).  ``name`` is the engine's,
@@ -327,12 +349,15 @@ def create_exclusive(name: str, pname: str, size: int, mode: int, magic: int,
             raise
         shm.close_fd()
         return mm
-    raise EngineAlreadyRunning(f"engine {name!r}: segment {pname} keeps reappearing; "
-                               "another engine is starting with the same name")
+    raise EngineAlreadyRunning(
+        f"engine {name!r}: segment {pname} keeps reappearing; "
+        "another engine is starting with the same name"
+    )
 
 
-def map_existing(name: str, pname: str, readonly: bool, mode_key: str, owner_uid: int,
-                 forbidden: int) -> tuple[mmap.mmap, int]:
+def map_existing(
+    name: str, pname: str, readonly: bool, mode_key: str, owner_uid: int, forbidden: int
+) -> tuple[mmap.mmap, int]:
     """Map shm object ``pname`` at its full size; (mapping, size), after the
     trust check (module docstring): owned by ``owner_uid``, none of the
     ``forbidden`` mode bits.  Raises UntrustedSegment if it fails it,
@@ -346,9 +371,11 @@ def map_existing(name: str, pname: str, readonly: bool, mode_key: str, owner_uid
         st = _stat_by_name(pname)
         if st is not None:
             _check_trust(name, pname, st, owner_uid, forbidden, attach=True)
-        raise EngineNotRunning(f"engine {name!r}: no permission to map {pname}"
-                               f"{'' if readonly else ' read-write'}; "
-                               f"ask for the engine's {mode_key} group access") from err
+        raise EngineNotRunning(
+            f"engine {name!r}: no permission to map {pname}"
+            f"{'' if readonly else ' read-write'}; "
+            f"ask for the engine's {mode_key} group access"
+        ) from err
     try:
         _check_trust(name, pname, os.fstat(shm.fd), owner_uid, forbidden, attach=True)
         size = shm.size
@@ -370,8 +397,9 @@ def _stat_by_name(pname: str) -> os.stat_result | None:
         return None
 
 
-def _check_trust(name: str, pname: str, st: os.stat_result, owner_uid: int, forbidden: int,
-                 *, attach: bool) -> None:
+def _check_trust(
+    name: str, pname: str, st: os.stat_result, owner_uid: int, forbidden: int, *, attach: bool
+) -> None:
     """Raise UntrustedSegment unless ``st`` (of ``pname``) is owned by
     ``owner_uid`` and has none of the ``forbidden`` mode bits."""
     mode = stat.S_IMODE(st.st_mode)
@@ -383,16 +411,19 @@ def _check_trust(name: str, pname: str, st: os.stat_result, owner_uid: int, forb
                 f"engine {name!r}: {who} does not belong to {expected}, the engine user "
                 "expected; refusing to read it. If the engine runs as that user, attach with "
                 "owner= that user (status, top, metrics: --owner); otherwise another user "
-                f"created it: remove {_SHM_DIR}{pname}")
+                f"created it: remove {_SHM_DIR}{pname}"
+            )
         raise UntrustedSegment(
             f"engine {name!r}: the name is taken by {who}, not by {expected} (this engine's "
             f"user): another user created it first. Remove {_SHM_DIR}{pname} if it is not "
-            "an engine of yours, or choose another --name")
+            "an engine of yours, or choose another --name"
+        )
     if mode & forbidden:
         raise UntrustedSegment(
             f"engine {name!r}: {who} may be written by "
             f"{'every user' if mode & forbidden & 0o002 else 'its group'}, so its contents "
-            f"cannot be trusted; stop its engine and remove {_SHM_DIR}{pname}")
+            f"cannot be trusted; stop its engine and remove {_SHM_DIR}{pname}"
+        )
 
 
 def _reclaim_if_stale(name: str, pname: str, magic: int, forbidden: int) -> None:
@@ -406,9 +437,11 @@ def _reclaim_if_stale(name: str, pname: str, magic: int, forbidden: int) -> None
         st = _stat_by_name(pname)
         if st is not None:
             _check_trust(name, pname, st, os.geteuid(), forbidden, attach=False)
-        raise UntrustedSegment(f"engine {name!r}: the name is taken by segment {pname}, "
-                               "which this user may not even read; another user created "
-                               "it first") from err
+        raise UntrustedSegment(
+            f"engine {name!r}: the name is taken by segment {pname}, "
+            "which this user may not even read; another user created "
+            "it first"
+        ) from err
     try:
         _check_trust(name, pname, os.fstat(shm.fd), os.geteuid(), forbidden, attach=False)
         size = shm.size

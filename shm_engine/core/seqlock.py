@@ -99,14 +99,19 @@ def check_sequence_word(seq_arr: np.ndarray, seq_index: int = 0) -> None:
     unaligned word may be torn by a plain load).
     """
     if not isinstance(seq_arr, np.ndarray) or seq_arr.dtype != np.uint64 or seq_arr.ndim != 1:
-        raise TypeError(f"sequence word must be a 1-D uint64 array, got {type(seq_arr).__name__} "
-                        f"dtype={getattr(seq_arr, 'dtype', None)} ndim={getattr(seq_arr, 'ndim', None)}")
+        raise TypeError(
+            f"sequence word must be a 1-D uint64 array, got {type(seq_arr).__name__} "
+            f"dtype={getattr(seq_arr, 'dtype', None)} "
+            f"ndim={getattr(seq_arr, 'ndim', None)}"
+        )
     if not 0 <= seq_index < seq_arr.shape[0]:
         raise ValueError(f"seq_index={seq_index} out of range for {seq_arr.shape[0]} words")
     address = seq_arr.ctypes.data + seq_index * seq_arr.strides[0]
     if address % 8:
-        raise ValueError(f"sequence word at seq_index={seq_index} is not 8-byte aligned "
-                         f"(address % 8 == {address % 8})")
+        raise ValueError(
+            f"sequence word at seq_index={seq_index} is not 8-byte aligned "
+            f"(address % 8 == {address % 8})"
+        )
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from kernels import params as _p
 
 class NodeState(IntEnum):
     """A node's published state; the values are those of SCORING.md."""
+
     HEALTHY = _p.HEALTHY
     DEGRADED = _p.DEGRADED
     OVERLOADED = _p.OVERLOADED

@@ -12,17 +12,26 @@ from numba import njit
 
 from shm_engine.wire.format import NODE_WORDS, ZONE_WORDS
 
-STALE = -1     # some slot does not hold that record's node: look the ids up again
-AGED = 1       # some node is already due to be forgotten: re-register it
-META = 2       # some node's zone differs, or it has labels: compare them in full
+STALE = -1  # some slot does not hold that record's node: look the ids up again
+AGED = 1  # some node is already due to be forgotten: re-register it
+META = 2  # some node's zone differs, or it has labels: compare them in full
 
 _NODE_WORD, _NODE_N = NODE_WORDS.start, NODE_WORDS.stop - NODE_WORDS.start
 _ZONE_WORD, _ZONE_N = ZONE_WORDS.start, ZONE_WORDS.stop - ZONE_WORDS.start
 
 
 @njit(cache=True, nogil=True)
-def check_slots(slots, rec_words, reg_node_words, registered, labels_len, reg_zone_words,
-                recv_time, now, forget_after_s):
+def check_slots(
+    slots,
+    rec_words,
+    reg_node_words,
+    registered,
+    labels_len,
+    reg_zone_words,
+    recv_time,
+    now,
+    forget_after_s,
+):
     """Whether record j's node is registered in ``slots[j]``, for every j.
 
     ``rec_words``: the records as uint64 (n, 24) words (`wire.format.RECORD_DTYPE`);

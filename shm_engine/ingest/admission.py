@@ -49,14 +49,29 @@ from collections.abc import Iterable
 
 from shm_engine.core.layout import N_SENDER_SLOTS, SENDER_NAME_BYTES
 
-__all__ = ["Admission", "BindingError", "CACHE_MAX", "MAX_PEERS", "MODE_CURVE", "MODE_INSECURE",
-           "MODE_LOOPBACK", "MODE_NAMES", "NodeSet", "RegistrationBudget", "Sender",
-           "SenderCounters", "UNIDENTIFIED", "load_keys", "load_peer_bindings", "read_senders"]
+__all__ = [
+    "Admission",
+    "BindingError",
+    "CACHE_MAX",
+    "MAX_PEERS",
+    "MODE_CURVE",
+    "MODE_INSECURE",
+    "MODE_LOOPBACK",
+    "MODE_NAMES",
+    "NodeSet",
+    "RegistrationBudget",
+    "Sender",
+    "SenderCounters",
+    "UNIDENTIFIED",
+    "load_keys",
+    "load_peer_bindings",
+    "read_senders",
+]
 
-CACHE_MAX = 65536        # decisions remembered per sender (and for allow_nodes)
-MAX_PEERS = 4096         # peer senders remembered; the table is rebuilt when full
+CACHE_MAX = 65536  # decisions remembered per sender (and for allow_nodes)
+MAX_PEERS = 4096  # peer senders remembered; the table is rebuilt when full
 MAX_PATTERN_BYTES = 255
-UNIDENTIFIED = "(unidentified)"   # the sender name of frames received without metadata
+UNIDENTIFIED = "(unidentified)"  # the sender name of frames received without metadata
 
 # ``[ingest]`` modes, as the header's ``ingest_mode`` holds them (0: not bound yet).
 MODE_LOOPBACK, MODE_INSECURE, MODE_CURVE = 1, 2, 3
@@ -78,12 +93,16 @@ class NodeSet:
 
     def __init__(self, patterns: Iterable[str]):
         self.patterns = tuple(patterns)
-        self._exact = frozenset(p.encode("utf-8") for p in self.patterns
-                                if not _GLOB_CHARS.intersection(p))
+        self._exact = frozenset(
+            p.encode("utf-8") for p in self.patterns if not _GLOB_CHARS.intersection(p)
+        )
         globs = [p for p in self.patterns if _GLOB_CHARS.intersection(p)]
         self.everything = "*" in globs
-        self._glob = (re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
-                      if globs else None)
+        self._glob = (
+            re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)).match
+            if globs
+            else None
+        )
 
     def __contains__(self, node: bytes) -> bool:
         if self.everything or node in self._exact:
@@ -96,8 +115,9 @@ class NodeSet:
 
 def _check_pattern(pattern: str, where: str) -> str:
     if len(pattern.encode("utf-8")) > MAX_PATTERN_BYTES:
-        raise BindingError(f"{where}: pattern {pattern[:40]!r}... is longer than "
-                           f"{MAX_PATTERN_BYTES} bytes")
+        raise BindingError(
+            f"{where}: pattern {pattern[:40]!r}... is longer than {MAX_PATTERN_BYTES} bytes"
+        )
     if _CONTROL.search(pattern):
         raise BindingError(f"{where}: pattern {pattern!r} contains a control character")
     return pattern
@@ -125,7 +145,7 @@ class _Membership:
         answered before, one pass in C over the answers."""
         try:
             return all(map(self._cache.__getitem__, nodes))
-        except KeyError:            # an id not answered yet: answer each
+        except KeyError:  # an id not answered yet: answer each
             return all(self(n) for n in nodes)
 
 
@@ -209,8 +229,11 @@ def load_keys(directory: str, strict: bool = True) -> tuple[dict[str, Sender], l
             continue
         nodes_path = os.path.join(directory, name + ".nodes")
         try:
-            patterns = (_read_patterns(nodes_path) if os.path.exists(nodes_path)
-                        else [_check_pattern(name, path)])
+            patterns = (
+                _read_patterns(nodes_path)
+                if os.path.exists(nodes_path)
+                else [_check_pattern(name, path)]
+            )
         except BindingError as err:
             problem(str(err))
             continue
@@ -303,15 +326,19 @@ class Admission:
     ``keys``: Z85 -> `Sender` when CURVE is on (`load_keys`), else None;
     ``peers``: `load_peer_bindings` of ``peer_nodes_file``, or None."""
 
-    def __init__(self, ic, keys: dict[str, Sender] | None = None,
-                 peers: dict[str, NodeSet] | None = None):
+    def __init__(
+        self, ic, keys: dict[str, Sender] | None = None, peers: dict[str, NodeSet] | None = None
+    ):
         self.keys = keys
         self.peers = peers
         allowed = NodeSet(ic.allow_nodes)
         self._allowed = _Membership(allowed) if allowed and not allowed.everything else None
-        self.budget = RegistrationBudget(ic.registration_rate, ic.registration_burst,
-                                         ic.registration_rate_per_sender,
-                                         ic.registration_burst_per_sender)
+        self.budget = RegistrationBudget(
+            ic.registration_rate,
+            ic.registration_burst,
+            ic.registration_rate_per_sender,
+            ic.registration_burst_per_sender,
+        )
         self._peer_senders: dict[str, Sender] = {}
         self._revoked: dict[str, Sender] = {}
         # Names of the keys loaded since start, so a revoked key's refusals
@@ -345,8 +372,13 @@ class Admission:
                 if len(self._revoked) >= MAX_PEERS:
                     self._revoked.clear()
                 known = self._key_names.get(user_id or "")
-                name = (f"{known} (revoked)" if known else
-                        f"unknown key {user_id[:8]}" if user_id else "(no User-Id)")
+                name = (
+                    f"{known} (revoked)"
+                    if known
+                    else f"unknown key {user_id[:8]}"
+                    if user_id
+                    else "(no User-Id)"
+                )
                 sender = self._revoked[user_id or ""] = Sender(name, NodeSet(()))
         return sender
 
@@ -415,7 +447,7 @@ class SenderCounters:
         data = name.encode("utf-8")[: SENDER_NAME_BYTES - 1]
         self._names[used] = 0
         self._names[used, : len(data)] = list(data)
-        self._h.senders_used[0] = used + 1      # after the name: see the class docstring
+        self._h.senders_used[0] = used + 1  # after the name: see the class docstring
         self._rows[name] = used
         return used
 
@@ -429,6 +461,10 @@ def read_sender_names(header) -> list[str]:
 
 def read_senders(header) -> dict[str, dict[str, int]]:
     """Sender name -> its refusal counts, as ``status`` shows them."""
-    return {name: {"not_authorized": int(header.sender_not_authorized[i]),
-                   "registration_rate": int(header.sender_registration_rate[i])}
-            for i, name in enumerate(read_sender_names(header))}
+    return {
+        name: {
+            "not_authorized": int(header.sender_not_authorized[i]),
+            "registration_rate": int(header.sender_registration_rate[i]),
+        }
+        for i, name in enumerate(read_sender_names(header))
+    }

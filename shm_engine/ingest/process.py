@@ -93,38 +93,71 @@ import os
 import signal
 import time
 import traceback
+from typing import Any
 
 import numpy as np
 import zmq
 
-from shm_engine.ingest._checks import AGED, META, STALE, check_slots
-from shm_engine.ingest.admission import (MODE_CURVE, MODE_INSECURE, MODE_LOOPBACK, MODE_NAMES,
-                                         UNIDENTIFIED, Admission, BindingError, Sender,
-                                         SenderCounters, load_keys, load_peer_bindings)
-from shm_engine.ingest.zap import ZapHandler
 from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoint
 from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.segment import Segment
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.ingest._checks import AGED, META, STALE, check_slots
+from shm_engine.ingest.admission import (
+    MODE_CURVE,
+    MODE_INSECURE,
+    MODE_LOOPBACK,
+    MODE_NAMES,
+    UNIDENTIFIED,
+    Admission,
+    BindingError,
+    Sender,
+    SenderCounters,
+    load_keys,
+    load_peer_bindings,
+)
+from shm_engine.ingest.zap import ZapHandler
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.format import (BINARY_VERSIONS, FIELD_INDEX, HEADER, HEADER_SIZE, MAGIC,
-                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_SIZE, REJECT_REASONS,
-                                    V1_ONE_FRAME_SIZE, WORDS, ZONE_WORDS)
+from shm_engine.wire.format import (
+    BINARY_VERSIONS,
+    FIELD_INDEX,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REJECT_REASONS,
+    V1_ONE_FRAME_SIZE,
+    WORDS,
+    ZONE_WORDS,
+)
 from shm_engine.wire.jsondecode import decode_json_objects, json_array_items
 from shm_engine.wire.result import DecodedFrame
 
-__all__ = ["Ingest", "close_socket", "drain", "next_drain", "ingest_main", "open_socket",
-           "run_standalone", "warm_up",
-           "FORGET_PERIOD_S", "HARD_LIMIT_FACTOR", "IDENTIFY_HOLD_S", "ROUND_BUDGET_S"]
+__all__ = [
+    "Ingest",
+    "close_socket",
+    "drain",
+    "next_drain",
+    "ingest_main",
+    "open_socket",
+    "run_standalone",
+    "warm_up",
+    "FORGET_PERIOD_S",
+    "HARD_LIMIT_FACTOR",
+    "IDENTIFY_HOLD_S",
+    "ROUND_BUDGET_S",
+]
 
 FORGET_PERIOD_S = 0.1
-SAMPLE_MAX = 3           # sample details per reject log line
-ROUND_BUDGET_S = 0.05    # a drain round ends after the chunk that passes this
-IDENTIFY_HOLD_S = 2.0    # frames carry their sender this long after a registration
+SAMPLE_MAX = 3  # sample details per reject log line
+ROUND_BUDGET_S = 0.05  # a drain round ends after the chunk that passes this
+IDENTIFY_HOLD_S = 2.0  # frames carry their sender this long after a registration
 
 _REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
 assert len(REJECT_REASONS) <= N_REJECT_SLOTS
@@ -133,29 +166,29 @@ _REGISTRY_FULL = _REJECT_INDEX["registry_full"]
 _NOT_AUTHORIZED = _REJECT_INDEX["not_authorized"]
 _NODE_NOT_ALLOWED = _REJECT_INDEX["node_not_allowed"]
 _REGISTRATION_RATE = _REJECT_INDEX["registration_rate"]
-_JSON_FIRST = frozenset(b"[ \t\n\r")    # a frame that may be a JSON array
-MEMO_MIN_RECORDS = 8      # smaller frames go through the dict directly
-MEMO_MAX_FRAMES = 4096    # remembered frame shapes; cleared when full
-DRAIN_CHUNK = 256         # small frames received before they are handled: bounds the wait
-LARGE_CHUNK = 4           # the same for frames above RECV_COPY_MAX
+_JSON_FIRST = frozenset(b"[ \t\n\r")  # a frame that may be a JSON array
+MEMO_MIN_RECORDS = 8  # smaller frames go through the dict directly
+MEMO_MAX_FRAMES = 4096  # remembered frame shapes; cleared when full
+DRAIN_CHUNK = 256  # small frames received before they are handled: bounds the wait
+LARGE_CHUNK = 4  # the same for frames above RECV_COPY_MAX
 # `drain` receives a frame as bytes (recv(copy=True)) while the frames come
 # small: measured 2-3x the frames/s of zmq.Frame objects at 208 bytes.  A large
 # frame is cheaper as a zmq.Frame (no copy into a new bytes object): 1000-record
 # frames went at about twice the rate.  The last frame's size picks the mode for
 # the next chunk (`next_drain`).
 RECV_COPY_MAX = 16 * 1024
-COALESCE_MIN = 8          # fewer 1-record frames in a row are handled one by one
-_ONE_FRAME = ONE_FRAME_SIZE   # bytes of a 1-record binary frame
-_V1_ONE_FRAME = V1_ONE_FRAME_SIZE   # the same in wire version 1 (still accepted)
+COALESCE_MIN = 8  # fewer 1-record frames in a row are handled one by one
+_ONE_FRAME = ONE_FRAME_SIZE  # bytes of a 1-record binary frame
+_V1_ONE_FRAME = V1_ONE_FRAME_SIZE  # the same in wire version 1 (still accepted)
 # `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
-_OTHER, _BINARY1, _JSON1 = 0, 1, 2   # frame kinds for `Ingest.handle_frames`
+_OTHER, _BINARY1, _JSON1 = 0, 1, 2  # frame kinds for `Ingest.handle_frames`
 
 
-def _cells(view: np.ndarray) -> memoryview:
+def _cells(view: np.ndarray) -> memoryview[Any]:
     """A header field as a native-format memoryview: ``c[0] += n`` on it is a
     plain Python number update, several times cheaper than on a numpy view."""
-    return memoryview(view).cast("B").cast("Q" if view.dtype.kind == "u" else "d")
+    return view.data.cast("B").cast("Q" if view.dtype.kind == "u" else "d")
 
 
 class RejectLog:
@@ -183,12 +216,19 @@ class RejectLog:
             return False
         window = now - self._last
         total = sum(self.counts.values())
-        parts = " ".join(f"{r}={c}" for r, c in sorted(self.counts.items(),
-                                                        key=lambda rc: _REJECT_INDEX[rc[0]]))
+        parts = " ".join(
+            f"{r}={c}" for r, c in sorted(self.counts.items(), key=lambda rc: _REJECT_INDEX[rc[0]])
+        )
         # Details hold untrusted bytes; repr() keeps the line one line.
         samples = " | ".join(f"{r}: {d}" for r, d in self.samples)
-        log_event("WARN", "ingest_rejects", window_s=f"{window:.3f}", total=total,
-             reasons=repr(parts), samples=repr(samples))
+        log_event(
+            "WARN",
+            "ingest_rejects",
+            window_s=f"{window:.3f}",
+            total=total,
+            reasons=repr(parts),
+            samples=repr(samples),
+        )
         self.counts = {}
         self.samples = []
         self._last = now
@@ -214,10 +254,10 @@ class Ingest:
         self._recv_time = views.table.recv_time
         # Scalar reads for a batch of one: a memoryview item is a Python
         # float/int, several times cheaper to get than a numpy scalar.
-        self._recv_cells = memoryview(views.table.recv_time)
-        self._zone_first_cells = memoryview(views.registry.zone[:, 0])
-        self._labels_len_cells = memoryview(views.registry.labels_len)
-        self._row_columns = column_addresses(views.table)   # self._table keeps them mapped
+        self._recv_cells = views.table.recv_time.data
+        self._zone_first_cells = views.registry.zone[:, 0].data
+        self._labels_len_cells = views.registry.labels_len.data
+        self._row_columns = column_addresses(views.table)  # self._table keeps them mapped
         self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
         self._zone_words = views.registry.zone.view(np.uint64)
@@ -226,8 +266,8 @@ class Ingest:
         self._registered = views.registry.registered
         self._labels_len = views.registry.labels_len
         self._memo: dict[tuple[int, bytes], np.ndarray] = {}
-        self._one_slot = np.zeros(1, np.int64)   # reused: write_rows does not keep it
-        self._one_slot_cell = memoryview(self._one_slot)
+        self._one_slot = np.zeros(1, np.int64)  # reused: write_rows does not keep it
+        self._one_slot_cell = self._one_slot.data
         self._max_frame_bytes = config.ingest.max_frame_bytes
         self._coalesce = _ONE_FRAME <= self._max_frame_bytes
         self._forget_after_s = config.engine.forget_after_s
@@ -240,17 +280,17 @@ class Ingest:
         self._alive = _cells(h.ingest_alive_mono)
         self._rejects = _cells(h.rejects)
         self._internal_errors = 0
-        self._no_slot = 0            # heartbeats of this frame refused a slot
-        self._refused = 0            # heartbeats of this frame rejected otherwise
+        self._no_slot = 0  # heartbeats of this frame refused a slot
+        self._refused = 0  # heartbeats of this frame rejected otherwise
         cap = self._max_heartbeats = config.ingest.max_heartbeats_per_frame
         # The shortest frame over the cap (a JSON array of cap + 1 one-byte
         # items); whether a binary frame can be over it at all.
         self._cap_bytes = 2 * cap + 3
-        self._binary_over_cap = (HEADER_SIZE + (cap + 1) * min(size for _, size in BINARY_VERSIONS)
-                                 <= self._max_frame_bytes)
+        smallest = min(size for _, size in BINARY_VERSIONS)
+        self._binary_over_cap = HEADER_SIZE + (cap + 1) * smallest <= self._max_frame_bytes
         self._restricts = self.admission.restricts_nodes
         self._dead_after_s = config.score.dead_after_s
-        self._no_dead_before = 0.0   # no registered node is DEAD before this time
+        self._no_dead_before = 0.0  # no registered node is DEAD before this time
         self._reclaimed = _cells(h.ingest_reclaimed)
         self._by_sender = SenderCounters(h)
         self._not_authorized_column = h.sender_not_authorized
@@ -277,8 +317,11 @@ class Ingest:
             if sender is not None and sender.refused:
                 self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
             elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
-                self._refuse_frame(_REJECT_INDEX["too_many_heartbeats"], sender,
-                                   f"more than {self._max_heartbeats} heartbeats")
+                self._refuse_frame(
+                    _REJECT_INDEX["too_many_heartbeats"],
+                    sender,
+                    f"more than {self._max_heartbeats} heartbeats",
+                )
             else:
                 dec = decode_frame(frame, self._max_frame_bytes)
                 seen = dec.seen
@@ -351,8 +394,12 @@ class Ingest:
         if not self._binary_over_cap:
             return False
         magic, version, size, count, _reserved = HEADER.unpack_from(mv)
-        return (magic == MAGIC and count > cap and (version, size) in BINARY_VERSIONS
-                and mv.nbytes == HEADER_SIZE + count * size)
+        return (
+            magic == MAGIC
+            and count > cap
+            and (version, size) in BINARY_VERSIONS
+            and mv.nbytes == HEADER_SIZE + count * size
+        )
 
     def _admit(self, dec: DecodedFrame, senders) -> tuple[DecodedFrame, int, object]:
         """The heartbeats of ``dec`` their senders may speak for and
@@ -364,9 +411,12 @@ class Ingest:
         records = dec.records
         keys = [dec.one[_NODE]] if dec.one is not None else records["node"].tolist()
         listed = type(senders) is list
-        if not listed and (senders is None or senders.may_speak_for_all(keys)) \
-                and self.admission.all_allowed(keys):
-            return dec, 0, senders          # the common case: one pass over cached decisions
+        if (
+            not listed
+            and (senders is None or senders.may_speak_for_all(keys))
+            and self.admission.all_allowed(keys)
+        ):
+            return dec, 0, senders  # the common case: one pass over cached decisions
         node_allowed = self.admission.node_allowed
         keep = []
         refused = 0
@@ -380,13 +430,18 @@ class Ingest:
                 keep.append(j)
                 continue
             refused += 1
-            self._refuse(index, 1, sender,
-                         f"node {key.decode('utf-8', 'backslashreplace')!r}")
+            self._refuse(index, 1, sender, f"node {key.decode('utf-8', 'backslashreplace')!r}")
         if not refused:
             return dec, 0, senders
         labels = None if dec.labels is None else [dec.labels[j] for j in keep]
-        kept = DecodedFrame(records[keep], labels, {}, dec.seen, [],
-                            dec.one if keep and dec.one is not None else None)
+        kept = DecodedFrame(
+            records[keep],
+            labels,
+            {},
+            dec.seen,
+            [],
+            dec.one if keep and dec.one is not None else None,
+        )
         return kept, refused, [senders[j] for j in keep] if listed else senders
 
     def _one_by_one(self, frames: list, now: float, senders: list | None, clock=None) -> int:
@@ -402,8 +457,9 @@ class Ingest:
                 now = clock()
         return accepted
 
-    def handle_frames(self, frames: list, now: float, senders: list | None = None,
-                      clock=None) -> int:
+    def handle_frames(
+        self, frames: list, now: float, senders: list | None = None, clock=None
+    ) -> int:
         """`handle_frame` for each of ``frames`` in order, all received by
         ``now``, from ``senders`` (aligned with the frames; None: unknown);
         returns the heartbeats written.  ``clock`` (the loop passes
@@ -425,9 +481,14 @@ class Ingest:
             if sizes.count(one) == n:
                 return self._handle_run(frames, now, decode_one_record_frames, n * one, senders)
         most = self._max_frame_bytes
-        kinds = [_BINARY1 if size == _ONE_FRAME or size == _V1_ONE_FRAME else
-                 _JSON1 if size <= most and type(f) is bytes and f[:1] == b"{" else _OTHER
-                 for f, size in zip(frames, sizes)]
+        kinds = [
+            _BINARY1
+            if size in (_ONE_FRAME, _V1_ONE_FRAME)
+            else _JSON1
+            if size <= most and type(f) is bytes and f[:1] == b"{"
+            else _OTHER
+            for f, size in zip(frames, sizes, strict=True)
+        ]
         accepted, i = 0, 0
         while i < n:
             kind, j = kinds[i], i + 1
@@ -444,8 +505,9 @@ class Ingest:
                 now = clock()
         return accepted
 
-    def _handle_run(self, frames: list, now: float, decode, nbytes: int,
-                    senders: list | None) -> int:
+    def _handle_run(
+        self, frames: list, now: float, decode, nbytes: int, senders: list | None
+    ) -> int:
         """`handle_frames` for a run of frames of one kind: ``decode`` is
         `wire.binary.decode_one_record_frames` (which may refuse the run: then frame
         by frame) or `wire.jsondecode.decode_json_objects`.  Frame by frame too when a
@@ -490,7 +552,7 @@ class Ingest:
     def _slot_of_one(self, dec, now: float, senders) -> np.ndarray:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
         records, labels, one = dec.records, dec.labels, dec.one
-        if one is not None:   # the decoder's copy: node and zone as bytes, no padding
+        if one is not None:  # the decoder's copy: node and zone as bytes, no padding
             key, zone = one[_NODE], one[_ZONE]
         else:
             key, zone = records["node"].tolist()[0], bytes(records["zone"][0])
@@ -501,12 +563,13 @@ class Ingest:
             return slots
         lab = labels[0] if labels is not None else None
         if zone or lab or self._zone_first_cells[s] or self._labels_len_cells[s]:
-            self.registry.set_meta(s, zone, lab)   # compares before writing
+            self.registry.set_meta(s, zone, lab)  # compares before writing
         self._one_slot_cell[0] = s
         return self._one_slot
 
-    def _slots_of(self, records: np.ndarray, labels, now: float, remember: bool,
-                  senders) -> np.ndarray:
+    def _slots_of(
+        self, records: np.ndarray, labels, now: float, remember: bool, senders
+    ) -> np.ndarray:
         """The slot of each record (-1: not written, no slot was given),
         after registering new nodes and updating changed zones and labels."""
         n = len(records)
@@ -519,11 +582,11 @@ class Ingest:
         # A run of coalesced 1-record frames is not a sender's batch: never
         # remembered (the memo would fill with one-off node lists).
         memo_key = (n, bytes(records["node"][0])) if remember else None
-        slots = self._memo.get(memo_key) if remember else None
+        slots = self._memo.get(memo_key) if memo_key is not None else None
         status = STALE if slots is None else self._check(slots, words, now)
         keys = None
         if status == STALE:
-            keys = records["node"].tolist()   # S64 -> bytes without padding = node_key()
+            keys = records["node"].tolist()  # S64 -> bytes without padding = node_key()
             try:
                 # The one per-record Python step: dict lookups, in C.  An
                 # unknown node maps to None, which np.fromiter refuses.
@@ -549,9 +612,17 @@ class Ingest:
 
     def _check(self, slots: np.ndarray, words: np.ndarray, now: float) -> int:
         """`check_slots` over this segment: STALE, or AGED/META bits."""
-        return check_slots(slots, words, self._node_words, self._registered,
-                           self._labels_len, self._zone_words, self._recv_time, float(now),
-                           float(self._forget_after_s))
+        return check_slots(
+            slots,
+            words,
+            self._node_words,
+            self._registered,
+            self._labels_len,
+            self._zone_words,
+            self._recv_time,
+            float(now),
+            float(self._forget_after_s),
+        )
 
     def _remember(self, memo_key, slots: np.ndarray) -> None:
         if len(slots) < MEMO_MIN_RECORDS:
@@ -567,7 +638,7 @@ class Ingest:
         forget_after = self._forget_after_s
         listed = type(senders) is list
         zones = records["zone"].tolist()
-        done: dict[bytes, int] = {}   # nodes settled earlier in this frame
+        done: dict[bytes, int] = {}  # nodes settled earlier in this frame
         for j, key in enumerate(keys):
             s = done.get(key)
             if s is not None:
@@ -575,22 +646,35 @@ class Ingest:
                 continue
             s = slot_of.get(key, -1)
             if s >= 0 and now - recv[s] >= forget_after:
-                registry.free(s)      # forgotten: registered anew just below
+                registry.free(s)  # forgotten: registered anew just below
                 del slot_of[key]
                 s = -1
             if s < 0:
-                s = self._register(key, zones[j], labels[j] if labels is not None else None,
-                                   senders[j] if listed else senders, now, keys)
+                s = self._register(
+                    key,
+                    zones[j],
+                    labels[j] if labels is not None else None,
+                    senders[j] if listed else senders,
+                    now,
+                    keys,
+                )
                 if s < 0:
                     self._no_slot += 1
                     slots[j] = -1
-                    continue          # not settled: a slot freed later in the frame may take it
+                    continue  # not settled: a slot freed later in the frame may take it
                 slot_of[key] = s
             done[key] = s
             slots[j] = s
 
-    def _register(self, key: bytes, zone: bytes, labels: bytes | None, sender: Sender | None,
-                  now: float, frame_keys: list) -> int:
+    def _register(
+        self,
+        key: bytes,
+        zone: bytes,
+        labels: bytes | None,
+        sender: Sender | None,
+        now: float,
+        frame_keys: list,
+    ) -> int:
         """Register ``key`` if the budget admits it and a slot is free or a
         DEAD node's slot can be reclaimed; else count the refusal and return
         -1.  A registration by an unknown sender asks the loop to receive
@@ -610,8 +694,11 @@ class Ingest:
             s = registry.register(key, zone, labels, publish=False)
         if s < 0:
             self._rejects[_REGISTRY_FULL] += 1
-            self.log.add("registry_full", 1, (
-                "registry_full", f"{label}: all {registry.capacity} slots taken by live nodes"))
+            self.log.add(
+                "registry_full",
+                1,
+                ("registry_full", f"{label}: all {registry.capacity} slots taken by live nodes"),
+            )
             return -1
         budget.charge(name)
         return s
@@ -667,7 +754,7 @@ class Ingest:
             new_len = np.fromiter((len(b) if b else 0 for b in labs), np.int64, len(labs))
             changed |= cur_len != new_len
             for i in np.flatnonzero(~changed & (new_len > 0)).tolist():
-                if bytes(reg.labels[sl[i], :new_len[i]]) != labs[i]:
+                if bytes(reg.labels[sl[i], : new_len[i]]) != labs[i]:
                     changed[i] = True
         if not changed.any():
             return
@@ -689,8 +776,12 @@ class Ingest:
         self.log.add("malformed_frame", lost, ("malformed_frame", detail))
         self._internal_errors += 1
         if self._internal_errors == 1:  # the first one in full; later ones in the summary
-            log_event("ERROR", "ingest_internal_error", error=repr(detail),
-                 traceback=repr(traceback.format_exc()))
+            log_event(
+                "ERROR",
+                "ingest_internal_error",
+                error=repr(detail),
+                traceback=repr(traceback.format_exc()),
+            )
 
     # --------------------------------------------------------- upkeep --
     def forget(self, now: float) -> list[int]:
@@ -713,7 +804,7 @@ class Ingest:
         for f in frames:
             try:
                 value = f.get(prop)
-            except zmq.ZMQError:      # not set on this connection (e.g. ipc://)
+            except zmq.ZMQError:  # not set on this connection (e.g. ipc://)
                 value = None
             out.append(sender_of(value))
         return out
@@ -730,17 +821,26 @@ class Ingest:
             log_event("ERROR", "ingest_reload_problem", problem=repr(text))
         if problems:
             h.ingest_reload_problems[0] += 1
-        log_event("INFO", "ingest_reloaded", keys=int(h.ingest_keys[0]),
-                  peers=len(self.admission.peers or ()), problems=len(problems))
+        log_event(
+            "INFO",
+            "ingest_reloaded",
+            keys=int(h.ingest_keys[0]),
+            peers=len(self.admission.peers or ()),
+            problems=len(problems),
+        )
 
     def warm_up(self) -> None:
         """Load (or compile) the row writer, the batch check and the decoder's
         compiled check, for the argument types the frames bring, without
         writing: every slot is -1."""
-        write_rows(self._row_columns, self._capacity, np.full(1, -1, np.int64),
-                   np.zeros(1, RECORD_DTYPE), 0.0)
-        self._check(np.zeros(0, np.int64), np.zeros((0, WORDS), np.uint64),
-                    0.0)
+        write_rows(
+            self._row_columns,
+            self._capacity,
+            np.full(1, -1, np.int64),
+            np.zeros(1, RECORD_DTYPE),
+            0.0,
+        )
+        self._check(np.zeros(0, np.int64), np.zeros((0, WORDS), np.uint64), 0.0)
         _warm_up_decode()
 
 
@@ -752,7 +852,7 @@ def warm_up() -> None:
     mm = mmap.mmap(-1, layout.size)
     ingest = Ingest(SegmentViews(mm, layout), Config())
     ingest.warm_up()
-    ingest = None   # releases the views: the mapping can close
+    del ingest  # releases the views: the mapping can close
     mm.close()
 
 
@@ -802,14 +902,26 @@ def open_socket(ctx: zmq.Context, config: Config, admission: Admission):
     except (zmq.ZMQError, OSError, ValueError) as err:
         close_socket(sock, zap)
         return None, None, 0, str(err)
-    mode = (MODE_CURVE if zap is not None else
-            MODE_LOOPBACK if is_loopback_endpoint(endpoint) else MODE_INSECURE)
+    mode = (
+        MODE_CURVE
+        if zap is not None
+        else MODE_LOOPBACK
+        if is_loopback_endpoint(endpoint)
+        else MODE_INSECURE
+    )
     if mode == MODE_INSECURE and not ic.allow_insecure:
         # The configured name resolved to an address other machines reach.
         sock.close(0)
-        return None, None, 0, (f"ingest.bind = {ic.bind!r} bound {endpoint}, which other "
-                               "machines can reach, without [ingest.curve]; turn CURVE on "
-                               "or set ingest.allow_insecure = true")
+        return (
+            None,
+            None,
+            0,
+            (
+                f"ingest.bind = {ic.bind!r} bound {endpoint}, which other "
+                "machines can reach, without [ingest.curve]; turn CURVE on "
+                "or set ingest.allow_insecure = true"
+            ),
+        )
     return sock, zap, mode, ""
 
 
@@ -821,8 +933,9 @@ def close_socket(sock: zmq.Socket | None, zap: ZapHandler | None) -> None:
         zap.close()
 
 
-def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config,
-                  admission: Admission) -> ZapHandler:
+def _enable_curve(
+    ctx: zmq.Context, sock: zmq.Socket, config: Config, admission: Admission
+) -> ZapHandler:
     """Make ``sock`` a CURVE server whose handshakes ``admission``'s keys
     decide (`ZapHandler`); returns the handler (close it before terminating
     ``ctx``)."""
@@ -833,8 +946,10 @@ def _enable_curve(ctx: zmq.Context, sock: zmq.Socket, config: Config,
         raise ValueError("ingest.curve is set but this libzmq has no CURVE support")
     public, secret = zmq.auth.load_certificate(cc.server_secret_key_file)
     if not secret:
-        raise ValueError(f"ingest.curve.server_secret_key_file = {cc.server_secret_key_file!r} "
-                         "holds no secret key")
+        raise ValueError(
+            f"ingest.curve.server_secret_key_file = {cc.server_secret_key_file!r} "
+            "holds no secret key"
+        )
     zap = ZapHandler(ctx, lambda: admission.keys)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
@@ -865,6 +980,7 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         return EXIT_FAILED
     ctx = zmq.Context()
     sock = zap = None
+    ingest: Ingest | None = None
     try:
         try:
             admission = _admission(config)
@@ -886,15 +1002,32 @@ def ingest_main(name: str, config: Config, parent_pid: int) -> int:
         h.ingest_keys[0] = len(admission.keys or ())
         h.ingest_rcvhwm[0] = config.ingest.queue_frames
         h.ingest_maxmsgsize[0] = config.ingest.max_message_bytes
-        log_event("INFO", "ingest_started", pid=os.getpid(), endpoint=endpoint,
-                  mode=MODE_NAMES[mode], keys=len(admission.keys or ()),
-                  registered=len(ingest.registry))
+        log_event(
+            "INFO",
+            "ingest_started",
+            pid=os.getpid(),
+            endpoint=endpoint,
+            mode=MODE_NAMES[mode],
+            keys=len(admission.keys or ()),
+            registered=len(ingest.registry),
+        )
         _run(ingest, sock, zap, config, parent_pid, signals)
         ingest.log.maybe_flush(time.monotonic(), force=True)
-        why = (f"signal_{signals.stop}" if signals.stop else
-               "stopping" if h.stopping[0] else "parent_exited")
-        log_event("INFO", "ingest_stopped", pid=os.getpid(), reason=why,
-                  frames=int(h.ingest_frames[0]), accepted=int(h.ingest_accepted[0]))
+        why = (
+            f"signal_{signals.stop}"
+            if signals.stop
+            else "stopping"
+            if h.stopping[0]
+            else "parent_exited"
+        )
+        log_event(
+            "INFO",
+            "ingest_stopped",
+            pid=os.getpid(),
+            reason=why,
+            frames=int(h.ingest_frames[0]),
+            accepted=int(h.ingest_accepted[0]),
+        )
         return EXIT_OK
     finally:
         close_socket(sock, zap)
@@ -935,8 +1068,14 @@ def next_drain(frames: list) -> tuple[bool, int]:
     return False, LARGE_CHUNK
 
 
-def _run(ingest: Ingest, sock: zmq.Socket, zap: ZapHandler | None, config: Config,
-         parent_pid: int, signals: _Signals) -> None:
+def _run(
+    ingest: Ingest,
+    sock: zmq.Socket,
+    zap: ZapHandler | None,
+    config: Config,
+    parent_pid: int,
+    signals: _Signals,
+) -> None:
     """The loop: wait (bounded), drain a round, upkeep; until told to stop.
 
     A round ends after ``drain_batch`` frames or the chunk that passes
@@ -995,9 +1134,13 @@ def _run(ingest: Ingest, sock: zmq.Socket, zap: ZapHandler | None, config: Confi
 def run_standalone(name: str, config: Config) -> int:
     """Create segment ``name`` and run an ingest on it in this process, with no
     tick worker (for benchmarks); unlinks the segment on the way out."""
-    seg = Segment.create(name, config.engine.capacity, mode=config.engine.shm_mode,
-                         tick_interval_ms=config.engine.tick_interval_ms,
-                         endpoint=config.ingest.bind)
+    seg = Segment.create(
+        name,
+        config.engine.capacity,
+        mode=config.engine.shm_mode,
+        tick_interval_ms=config.engine.tick_interval_ms,
+        endpoint=config.ingest.bind,
+    )
     try:
         return ingest_main(name, config, os.getppid())
     finally:

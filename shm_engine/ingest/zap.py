@@ -34,7 +34,7 @@ __all__ = ["ZapHandler", "ZAP_ENDPOINT"]
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _VERSION = b"1.0"
-LOG_INTERVAL_S = 1.0     # refused handshakes are logged as a summary at most this often
+LOG_INTERVAL_S = 1.0  # refused handshakes are logged as a summary at most this often
 
 
 class ZapHandler:
@@ -63,8 +63,12 @@ class ZapHandler:
             sock.send_multipart(self._answer(request))
             n += 1
         if self._unlogged and time.monotonic() - self._last_log >= LOG_INTERVAL_S:
-            log_event("WARN", "ingest_handshakes_refused", count=self._unlogged,
-                      last=repr(self._last_refused))
+            log_event(
+                "WARN",
+                "ingest_handshakes_refused",
+                count=self._unlogged,
+                last=repr(self._last_refused),
+            )
             self._unlogged = 0
             self._last_log = time.monotonic()
         return n
@@ -73,12 +77,17 @@ class ZapHandler:
         if len(request) < 6 or request[0] != _VERSION:
             request_id = request[1] if len(request) > 1 else b""
             return self._refuse(request_id, b"500", "malformed ZAP request")
-        request_id, address, mechanism, credentials = (request[1], request[3], request[5],
-                                                       request[6:])
+        request_id, address, mechanism, credentials = (
+            request[1],
+            request[3],
+            request[5],
+            request[6:],
+        )
         peer = address.decode("utf-8", "replace")
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
-            return self._refuse(request_id, b"400",
-                                f"{peer}: mechanism {mechanism.decode('ascii', 'replace')}")
+            return self._refuse(
+                request_id, b"400", f"{peer}: mechanism {mechanism.decode('ascii', 'replace')}"
+            )
         public = z85.encode(credentials[0]).decode("ascii")
         if public not in self._keys():
             return self._refuse(request_id, b"400", f"{peer}: key {public[:8]} not authorized")

@@ -17,12 +17,14 @@ from shm_engine.core.runtime import DEFAULT_NAME
 
 def _config(path):
     from shm_engine.core.config import load_config
+
     return load_config(path)
 
 
 # ------------------------------------------------------------ subcommands --
 def cmd_replay(args) -> int:
     from shm_engine.tick.replay import replay
+
     cfg = _config(args.config)
     stream = open(args.trace, encoding="utf-8") if args.trace != "-" else sys.stdin
     out = sys.stdout
@@ -39,6 +41,7 @@ def cmd_replay(args) -> int:
 
 def cmd_config(args) -> int:
     from shm_engine.core.config import check_files, render_defaults
+
     if args.print_defaults:
         sys.stdout.write(render_defaults())
         return 0
@@ -48,8 +51,10 @@ def cmd_config(args) -> int:
             check_files(cfg)
         except ConfigError as err:
             raise ConfigError(f"{args.check}: {err}") from err
-        print(f"{args.check}: OK (capacity {cfg.engine.capacity}, "
-              f"tick {cfg.engine.tick_interval_ms} ms, bind {cfg.ingest.bind})")
+        print(
+            f"{args.check}: OK (capacity {cfg.engine.capacity}, "
+            f"tick {cfg.engine.tick_interval_ms} ms, bind {cfg.ingest.bind})"
+        )
         return 0
     print("shm-engine config: give --print-defaults or --check FILE", file=sys.stderr)
     return 2
@@ -63,14 +68,17 @@ def _owner(text: str) -> int | str:
 def _lazy(module: str, func: str):
     def run(args):
         import importlib
+
         return getattr(importlib.import_module(module), func)(args)
+
     return run
 
 
 # ----------------------------------------------------------------- parser --
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shm-engine",
-                                description="Node desirability scoring through shared memory.")
+    p = argparse.ArgumentParser(
+        prog="shm-engine", description="Node desirability scoring through shared memory."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("replay", help="run the scoring kernels over a JSONL trace")
@@ -80,20 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_replay)
 
     c = sub.add_parser("config", help="print or check configuration")
-    c.add_argument("--print-defaults", action="store_true",
-                   help="print a complete, commented default configuration file")
-    c.add_argument("--check", metavar="FILE",
-                   help="validate FILE, and that the files it names exist and are readable")
+    c.add_argument(
+        "--print-defaults",
+        action="store_true",
+        help="print a complete, commented default configuration file",
+    )
+    c.add_argument(
+        "--check",
+        metavar="FILE",
+        help="validate FILE, and that the files it names exist and are readable",
+    )
     c.set_defaults(func=cmd_config)
 
     def name_arg(sp):
-        sp.add_argument("--name", default=DEFAULT_NAME,
-                        help=f"engine name (shared-memory segment /NAME; default {DEFAULT_NAME})")
+        sp.add_argument(
+            "--name",
+            default=DEFAULT_NAME,
+            help=f"engine name (shared-memory segment /NAME; default {DEFAULT_NAME})",
+        )
 
     def owner_arg(sp):
-        sp.add_argument("--owner", default=None, type=_owner,
-                        help="user the engine runs as (name or uid); its segments must belong "
-                             "to it (default: this user)")
+        sp.add_argument(
+            "--owner",
+            default=None,
+            type=_owner,
+            help="user the engine runs as (name or uid); its segments must belong "
+            "to it (default: this user)",
+        )
 
     run = sub.add_parser("run", help="run the engine (supervisor, ingest, tick worker)")
     run.add_argument("--config", help="TOML configuration file")
@@ -115,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run an engine with a simulated fleet and watch it")
     demo.add_argument("--nodes", type=int, default=200)
-    demo.add_argument("--duration", type=float, default=None,
-                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
     demo.add_argument("--config", help="TOML configuration file")
@@ -124,11 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_lazy("shm_engine.ops.demo.cli", "cmd_demo"))
 
     ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
-    ag.add_argument("--endpoint", required=True, help="engine ingest endpoint, e.g. tcp://host:7710")
+    ag.add_argument(
+        "--endpoint", required=True, help="engine ingest endpoint, e.g. tcp://host:7710"
+    )
     ag.add_argument("--node-id", default=None, help="node id (default: host name)")
     ag.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
-    ag.add_argument("--listen", default=None,
-                    help="local endpoint where the node's service reports queue/job stats")
+    ag.add_argument(
+        "--listen",
+        default=None,
+        help="local endpoint where the node's service reports queue/job stats",
+    )
     ag.add_argument("--count", type=int, default=None, help="stop after N heartbeats")
     ag.add_argument("--curve-server-key", default=None, help="engine's public CURVE key file")
     ag.add_argument("--curve-client-key", default=None, help="this agent's CURVE secret key file")
@@ -138,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     name_arg(met)
     owner_arg(met)
     met.add_argument("--listen", default="127.0.0.1:9710", help="HOST:PORT to serve /metrics on")
-    met.add_argument("--per-node", action="store_true",
-                     help="also export per-node score and state (cardinality = fleet size)")
+    met.add_argument(
+        "--per-node",
+        action="store_true",
+        help="also export per-node score and state (cardinality = fleet size)",
+    )
     met.set_defaults(func=_lazy("shm_engine.ops.metrics", "cmd_metrics"))
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair")

@@ -42,8 +42,14 @@ from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, posix_name, process_alive
 from shm_engine.ops.status import read_status
 
-__all__ = ["EngineProcess", "EngineExited", "free_port", "segment_exists", "engine_running",
-           "READY_POLL_S"]
+__all__ = [
+    "EngineProcess",
+    "EngineExited",
+    "free_port",
+    "segment_exists",
+    "engine_running",
+    "READY_POLL_S",
+]
 
 READY_POLL_S = 0.02
 
@@ -83,6 +89,7 @@ def _die_with_parent() -> None:
     """preexec_fn: SIGTERM the child when its parent dies (Linux only)."""
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -100,14 +107,28 @@ class EngineProcess:
         self.err_path = self.workdir / f"{name}.err"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "EngineProcess":
+    def start(self) -> EngineProcess:
         """Start the child (output files truncated); returns self."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "shm_engine", "run", "--name", self.name,
-               "--config", str(self.config)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shm_engine",
+            "run",
+            "--name",
+            self.name,
+            "--config",
+            str(self.config),
+        ]
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     # ------------------------------------------------------------ output --
@@ -151,11 +172,14 @@ class EngineProcess:
                 return read_status(self.name)
             code = self.proc.poll()
             if code is not None:
-                raise EngineExited(f"engine {self.name!r} exited with code {code} before it "
-                                   f"was ready:\n{self.log_tail()}")
+                raise EngineExited(
+                    f"engine {self.name!r} exited with code {code} before it "
+                    f"was ready:\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"engine {self.name!r} not ready within {timeout:g} s:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(
+                    f"engine {self.name!r} not ready within {timeout:g} s:\n{self.log_tail()}"
+                )
             time.sleep(READY_POLL_S)
 
     def status(self) -> dict:

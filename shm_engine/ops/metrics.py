@@ -45,8 +45,10 @@ class EngineCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         from shm_engine.ops.status import read_status
-        up = GaugeMetricFamily("shm_engine_up", "1 if the engine's segment is attached and live",
-                               labels=["engine"])
+
+        up = GaugeMetricFamily(
+            "shm_engine_up", "1 if the engine's segment is attached and live", labels=["engine"]
+        )
         try:
             s = read_status(self.name, owner=self.owner)
         except (EngineNotRunning, LayoutMismatch, UntrustedSegment):
@@ -69,65 +71,101 @@ class EngineCollector:
 
         yield counter("shm_engine_ticks", "ticks published", s.get("ticks", s["epoch"]))
         yield gauge("shm_engine_epoch", "latest published epoch", s["epoch"])
-        yield counter("shm_engine_tick_overruns", "ticks longer than the tick interval",
-                      s["overruns"])
+        yield counter(
+            "shm_engine_tick_overruns", "ticks longer than the tick interval", s["overruns"]
+        )
         age = s["last_tick_age_s"]
-        yield gauge("shm_engine_last_tick_age_seconds", "seconds since the latest tick",
-                    age if age is not None else float("inf"))
-        yield gauge("shm_engine_tick_interval_seconds", "configured tick interval",
-                    s["tick_interval_ms"] / 1000.0)
-        tick = GaugeMetricFamily("shm_engine_tick_duration_microseconds",
-                                 "tick duration over a rolling window",
-                                 labels=["engine", "stat"])
+        yield gauge(
+            "shm_engine_last_tick_age_seconds",
+            "seconds since the latest tick",
+            age if age is not None else float("inf"),
+        )
+        yield gauge(
+            "shm_engine_tick_interval_seconds",
+            "configured tick interval",
+            s["tick_interval_ms"] / 1000.0,
+        )
+        tick = GaugeMetricFamily(
+            "shm_engine_tick_duration_microseconds",
+            "tick duration over a rolling window",
+            labels=["engine", "stat"],
+        )
         for stat in ("last", "p50", "p99", "max"):
             tick.add_metric(e + [stat], float(s["tick_us"][stat]))
         yield tick
-        nodes = GaugeMetricFamily("shm_engine_nodes", "nodes by state in the latest tick",
-                                  labels=["engine", "state"])
+        nodes = GaugeMetricFamily(
+            "shm_engine_nodes", "nodes by state in the latest tick", labels=["engine", "state"]
+        )
         for state, n in s["nodes"].items():
             nodes.add_metric(e + [state], float(n))
         yield nodes
-        yield gauge("shm_engine_nodes_ejected", "nodes ejected for consecutive errors in "
-                    "the latest tick", s.get("ejected", 0))
+        yield gauge(
+            "shm_engine_nodes_ejected",
+            "nodes ejected for consecutive errors in the latest tick",
+            s.get("ejected", 0),
+        )
         if s.get("pressure") is not None:
-            yield gauge("shm_engine_pressure", "global pressure P of the latest tick",
-                        s["pressure"])
+            yield gauge(
+                "shm_engine_pressure", "global pressure P of the latest tick", s["pressure"]
+            )
         ing = s["ingest"]
         yield counter("shm_engine_frames", "frames received by the ingest", ing["frames"])
-        yield counter("shm_engine_heartbeats", "heartbeats seen by the ingest",
-                      ing["heartbeats"])
+        yield counter("shm_engine_heartbeats", "heartbeats seen by the ingest", ing["heartbeats"])
         yield counter("shm_engine_heartbeats_accepted", "heartbeats applied", ing["accepted"])
-        rej = CounterMetricFamily("shm_engine_heartbeats_rejected",
-                                  "heartbeats rejected, by reason", labels=["engine", "reason"])
+        rej = CounterMetricFamily(
+            "shm_engine_heartbeats_rejected",
+            "heartbeats rejected, by reason",
+            labels=["engine", "reason"],
+        )
         for reason, n in ing["rejected"].items():
             rej.add_metric(e + [reason], float(n))
         yield rej
         cl = s.get("claims")
         if cl is not None:
-            yield gauge("shm_engine_claims_in_flight", "jobs claimed by schedulers and not "
-                        "yet released", cl["in_flight"])
-            rel = CounterMetricFamily("shm_engine_claims_released", "claims released, by "
-                                      "outcome (as counted by the tick)",
-                                      labels=["engine", "outcome"])
+            yield gauge(
+                "shm_engine_claims_in_flight",
+                "jobs claimed by schedulers and not yet released",
+                cl["in_flight"],
+            )
+            rel = CounterMetricFamily(
+                "shm_engine_claims_released",
+                "claims released, by outcome (as counted by the tick)",
+                labels=["engine", "outcome"],
+            )
             rel.add_metric(e + ["ok"], float(cl["released_ok"]))
             rel.add_metric(e + ["error"], float(cl["released_err"]))
             yield rel
-            yield counter("shm_engine_claims_abandoned", "claims of dead schedulers returned "
-                          "by the engine", cl["abandoned"])
-            yield counter("shm_engine_claims_stale_releases", "releases of claims whose node "
-                          "was forgotten meanwhile (not counted)", cl["stale_releases"])
-            yield counter("shm_engine_claims_dropped", "claims garbage collected unreleased",
-                          cl["dropped"])
+            yield counter(
+                "shm_engine_claims_abandoned",
+                "claims of dead schedulers returned by the engine",
+                cl["abandoned"],
+            )
+            yield counter(
+                "shm_engine_claims_stale_releases",
+                "releases of claims whose node was forgotten meanwhile (not counted)",
+                cl["stale_releases"],
+            )
+            yield counter(
+                "shm_engine_claims_dropped", "claims garbage collected unreleased", cl["dropped"]
+            )
             le = cl["leases"]
             yield gauge("shm_engine_scheduler_leases", "scheduler leases in use", le["in_use"])
             yield gauge("shm_engine_scheduler_leases_max", "[claims] max_schedulers", le["max"])
-            yield counter("shm_engine_scheduler_leases_refused", "claims refused because "
-                          "every scheduler lease was held", le["refused"])
-            yield counter("shm_engine_scheduler_leases_reaped", "leases of dead schedulers "
-                          "freed", le["reaped"])
-        restarts = CounterMetricFamily("shm_engine_child_restarts",
-                                       "restarts of the engine's child processes",
-                                       labels=["engine", "child"])
+            yield counter(
+                "shm_engine_scheduler_leases_refused",
+                "claims refused because every scheduler lease was held",
+                le["refused"],
+            )
+            yield counter(
+                "shm_engine_scheduler_leases_reaped",
+                "leases of dead schedulers freed",
+                le["reaped"],
+            )
+        restarts = CounterMetricFamily(
+            "shm_engine_child_restarts",
+            "restarts of the engine's child processes",
+            labels=["engine", "child"],
+        )
         for child, info in s["children"].items():
             restarts.add_metric(e + [child], float(info["restarts"]))
         yield restarts
@@ -138,16 +176,26 @@ class EngineCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         from clients.reader import ScoreReader
+
         try:
             with ScoreReader.attach(self.name, owner=self.owner) as reader:
                 snap = reader.snapshot()
-        except (EngineNotRunning, LayoutMismatch, UntrustedSegment, NothingPublished,
-                ReadContention):
+        except (
+            EngineNotRunning,
+            LayoutMismatch,
+            UntrustedSegment,
+            NothingPublished,
+            ReadContention,
+        ):
             return
-        score = GaugeMetricFamily("shm_engine_node_score", "published desirability",
-                                  labels=["engine", "node"])
-        state = GaugeMetricFamily("shm_engine_node_state", "node state (1 for the current one)",
-                                  labels=["engine", "node", "state"])
+        score = GaugeMetricFamily(
+            "shm_engine_node_score", "published desirability", labels=["engine", "node"]
+        )
+        state = GaugeMetricFamily(
+            "shm_engine_node_state",
+            "node state (1 for the current one)",
+            labels=["engine", "node", "state"],
+        )
         for slot, node in enumerate(snap.nodes):
             if node is None:
                 continue
@@ -165,8 +213,10 @@ def cmd_metrics(args) -> int:
         from prometheus_client import start_http_server
         from prometheus_client.core import CollectorRegistry
     except ImportError:
-        print("shm-engine metrics needs prometheus_client: pip install 'shm-engine[metrics]'",
-              file=sys.stderr)
+        print(
+            "shm-engine metrics needs prometheus_client: pip install 'shm-engine[metrics]'",
+            file=sys.stderr,
+        )
         return 2
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit() or not host:

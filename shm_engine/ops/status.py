@@ -38,9 +38,17 @@ def engine_ready(h) -> bool:
 
 
 def _copy_meta(buf) -> tuple:
-    return (int(buf.epoch[0]), float(buf.tick_mono[0]), float(buf.tick_wall[0]),
-            float(buf.pressure[0]), int(buf.n_ranked[0]), int(buf.live[0]),
-            int(buf.registered[0]), buf.counts[:5].copy(), int(buf.ejected[0]))
+    return (
+        int(buf.epoch[0]),
+        float(buf.tick_mono[0]),
+        float(buf.tick_wall[0]),
+        float(buf.pressure[0]),
+        int(buf.n_ranked[0]),
+        int(buf.live[0]),
+        int(buf.registered[0]),
+        buf.counts[:5].copy(),
+        int(buf.ejected[0]),
+    )
 
 
 def read_status(name: str, owner: int | str | None = None) -> dict:
@@ -55,14 +63,16 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         pid = int(h.supervisor_pid[0])
         creator = int(h.creator_pid[0])
         if not process_alive(creator, int(h.creator_start[0])):
-            raise EngineNotRunning(f"engine {name!r} is not running (stale segment of dead "
-                                   f"pid {creator}; the next run reclaims it)")
+            raise EngineNotRunning(
+                f"engine {name!r} is not running (stale segment of dead "
+                f"pid {creator}; the next run reclaims it)"
+            )
         seq = memoryview(h.latch_seq)
         st, epoch, meta = read_consistent(seq, lambda b: _copy_meta(v.buffers[b]))
         now = time.monotonic()
         if st == READ_OK:
-            (_e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts,
-             ejected) = meta
+            assert meta is not None  # READ_OK comes with the copy
+            (_e, tick_mono, tick_wall, pressure, n_ranked, live, registered, counts, ejected) = meta
             age = max(0.0, now - tick_mono)
         else:
             epoch, tick_wall, pressure, n_ranked, live, registered = 0, None, 0.0, 0, 0, 0
@@ -73,8 +83,9 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         claims = None
         try:
             with ClaimsSegment.attach(name, readonly=True, owner=owner) as cs:
-                claims = claims_status(cs.views, v.registry.slot_gen, v.registry.registered,
-                                       int(h.slot_hwm[0]))
+                claims = claims_status(
+                    cs.views, v.registry.slot_gen, v.registry.registered, int(h.slot_hwm[0])
+                )
         except (EngineNotRunning, LayoutMismatch):
             pass
         ingest_alive = float(h.ingest_alive_mono[0])
@@ -91,8 +102,12 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "last_tick_age_s": age,
             "last_tick_wall": tick_wall,
             "ticks": int(h.ticks[0]),
-            "tick_us": {"last": float(h.tick_us_last[0]), "p50": float(h.tick_us_p50[0]),
-                        "p99": float(h.tick_us_p99[0]), "max": float(h.tick_us_max[0])},
+            "tick_us": {
+                "last": float(h.tick_us_last[0]),
+                "p50": float(h.tick_us_p50[0]),
+                "p99": float(h.tick_us_p99[0]),
+                "max": float(h.tick_us_max[0]),
+            },
             "overruns": int(h.overruns[0]),
             "pressure": pressure,
             "ranked": n_ranked,
@@ -137,48 +152,58 @@ def render(s: dict) -> str:
     t, n, i, c = s["tick_us"], s["nodes"], s["ingest"], s["children"]
     rejected = {k: v for k, v in i["rejected"].items() if v}
     rej = " ".join(f"{k}={v}" for k, v in rejected.items()) or "none"
-    return "\n".join([
-        f"engine   {s['name']}  pid {s['pid']}  ingest {s['ingest_endpoint']}"
-        + ("  (stopping)" if s["stopping"] else "" if s["ready"] else "  (starting)"),
-        f"tick     epoch {s['epoch']}  every {s['tick_interval_ms']} ms  "
-        f"last {_fmt_age(s['last_tick_age_s'])}  overruns {s['overruns']}",
-        f"tick us  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "
-        f"max {t['max']:.0f}",
-        f"nodes    {n['registered']} registered: {n['healthy']} healthy, "
-        f"{n['degraded']} degraded, {n['overloaded']} overloaded, "
-        f"{n['quarantined']} quarantined, {n['dead']} dead; "
-        f"{s['ranked']} ranked, {s['ejected']} ejected, pressure {s['pressure']:.3f}",
-        f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
-        f"{i['accepted']} accepted; rejected: {rej}",
-        _security_line(s["security"]),
-        _claims_line(s["claims"]),
-        f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
-        f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
-    ])
+    return "\n".join(
+        [
+            f"engine   {s['name']}  pid {s['pid']}  ingest {s['ingest_endpoint']}"
+            + ("  (stopping)" if s["stopping"] else "" if s["ready"] else "  (starting)"),
+            f"tick     epoch {s['epoch']}  every {s['tick_interval_ms']} ms  "
+            f"last {_fmt_age(s['last_tick_age_s'])}  overruns {s['overruns']}",
+            f"tick us  last {t['last']:.0f}  p50 {t['p50']:.0f}  p99 {t['p99']:.0f}  "
+            f"max {t['max']:.0f}",
+            f"nodes    {n['registered']} registered: {n['healthy']} healthy, "
+            f"{n['degraded']} degraded, {n['overloaded']} overloaded, "
+            f"{n['quarantined']} quarantined, {n['dead']} dead; "
+            f"{s['ranked']} ranked, {s['ejected']} ejected, pressure {s['pressure']:.3f}",
+            f"ingest   {i['frames']} frames, {i['heartbeats']} heartbeats, "
+            f"{i['accepted']} accepted; rejected: {rej}",
+            _security_line(s["security"]),
+            _claims_line(s["claims"]),
+            f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
+            f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
+        ]
+    )
 
 
 def _security_line(sec: dict) -> str:
     mode = sec["mode"] or "(not bound yet)"
     keys = f", {sec['keys']} keys" if sec["mode"] == "curve" else ""
-    refused = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                        for name, counts in sec["refused_by_sender"].items())
-    return (f"security {mode}{keys}, {sec['reloads']} reloads"
-            + (f" ({sec['reloads_with_problems']} with problems)"
-               if sec["reloads_with_problems"] else "")
-            + (f", {sec['handshakes_refused']} handshakes refused"
-               if sec["handshakes_refused"] else "")
-            + f"; queue {sec['queue_frames']} frames of <= {sec['max_message_bytes']} bytes"
-            + (f"; refused by sender: {refused}" if refused else ""))
+    refused = "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        for name, counts in sec["refused_by_sender"].items()
+    )
+    return (
+        f"security {mode}{keys}, {sec['reloads']} reloads"
+        + (
+            f" ({sec['reloads_with_problems']} with problems)"
+            if sec["reloads_with_problems"]
+            else ""
+        )
+        + (f", {sec['handshakes_refused']} handshakes refused" if sec["handshakes_refused"] else "")
+        + f"; queue {sec['queue_frames']} frames of <= {sec['max_message_bytes']} bytes"
+        + (f"; refused by sender: {refused}" if refused else "")
+    )
 
 
 def _claims_line(cl: dict | None) -> str:
     if cl is None:
         return "claims   (claims segment not readable)"
     le = cl["leases"]
-    return (f"claims   {cl['in_flight']} in flight; released {cl['released_ok']} ok, "
-            f"{cl['released_err']} error; {cl['abandoned']} abandoned, "
-            f"{cl['stale_releases']} stale; schedulers {le['in_use']}/{le['max']}"
-            + (f" ({le['refused']} refused)" if le["refused"] else ""))
+    return (
+        f"claims   {cl['in_flight']} in flight; released {cl['released_ok']} ok, "
+        f"{cl['released_err']} error; {cl['abandoned']} abandoned, "
+        f"{cl['stale_releases']} stale; schedulers {le['in_use']}/{le['max']}"
+        + (f" ({le['refused']} refused)" if le["refused"] else "")
+    )
 
 
 def cmd_status(args) -> int:

@@ -34,8 +34,9 @@ restart delay plus about one tick) and starts a new spare in the background.
 
 SIGHUP reloads the ingest's key and peer bindings: the supervisor forwards it
 to the running ingest once that ingest has beaten (a starting one reads the
-files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).  A spare exits when its parent dies or its pipe closes; a dead
-spare just means a cold start.  The single-writer invariant is unchanged: the
+files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).
+A spare exits when its parent dies or its pipe closes; a dead spare just
+means a cold start.  The single-writer invariant is unchanged: the
 spare gets ``go`` only after the previous child has exited.
 
 Output: one line per event on stderr (`shm_engine.core.runtime.log_event`); on
@@ -64,10 +65,10 @@ from shm_engine.ops.status import engine_ready
 
 __all__ = ["Supervisor", "cmd_run", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
 
-STABLE_AFTER_S = 30.0           # a child that ran this long resets its backoff
-STOP_GRACE_S = 3.0              # after setting `stopping`, before SIGTERM
-STOP_JOIN_TIMEOUT_S = 5.0       # after SIGTERM, before SIGKILL
-SPARE_POLL_S = 0.1              # a waiting spare checks its parent this often
+STABLE_AFTER_S = 30.0  # a child that ran this long resets its backoff
+STOP_GRACE_S = 3.0  # after setting `stopping`, before SIGTERM
+STOP_JOIN_TIMEOUT_S = 5.0  # after SIGTERM, before SIGKILL
+SPARE_POLL_S = 0.1  # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
@@ -93,7 +94,7 @@ def _child_main(target: str, name: str, config: Config, parent_pid: int, gate=No
         try:
             gate.send("warm")
         except OSError:
-            pass    # its end is closed: a ``go`` may be waiting all the same
+            pass  # its end is closed: a ``go`` may be waiting all the same
         while not gate.poll(SPARE_POLL_S):
             if os.getppid() != parent_pid:
                 sys.exit(0)
@@ -124,7 +125,7 @@ class _Child:
     spare: multiprocessing.process.BaseProcess | None = None
     spare_gate: multiprocessing.connection.Connection | None = None  # our end
     spare_started: float = 0.0
-    spare_warm: bool = False        # it said ``warm`` (or died: nothing to wait for)
+    spare_warm: bool = False  # it said ``warm`` (or died: nothing to wait for)
 
 
 class Supervisor:
@@ -132,16 +133,25 @@ class Supervisor:
     maps a role (``ingest``, ``ticker``) to ``"module:function"`` (tests
     substitute their own)."""
 
-    def __init__(self, name: str, config: Config, *, targets: dict[str, str] | None = None,
-                 log: TextIO | None = None, out: TextIO | None = None):
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        *,
+        targets: dict[str, str] | None = None,
+        log: TextIO | None = None,
+        out: TextIO | None = None,
+    ):
         self.name = name
         self.config = config
         self._log_stream = log if log is not None else sys.stderr
         self._out = out if out is not None else sys.stdout
         self._ctx = multiprocessing.get_context("spawn")
         tg = dict(DEFAULT_TARGETS, **(targets or {}))
-        self.children = {role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
-                         for role in ("ingest", "ticker")}
+        self.children = {
+            role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
+            for role in ("ingest", "ticker")
+        }
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None
         self._stop_signal: int | None = None
@@ -172,8 +182,10 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        old = {s: signal.signal(s, self._on_signal)
-               for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        old = {
+            s: signal.signal(s, self._on_signal)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
         return old_fd, old
 
     def _restore_signals(self, saved) -> None:
@@ -196,15 +208,19 @@ class Supervisor:
 
     # ------------------------------------------------------------- children --
     def _set_pid(self, role: str, pid: int) -> None:
+        assert self.seg is not None  # children run only while the segment exists
         getattr(self.seg.views.header, f"{role}_pid")[0] = pid
 
     def _start_spare(self, child: _Child) -> None:
         if not self.config.engine.warm_spares:
             return  # [engine] warm_spares = false: restarts are cold starts
         theirs, ours = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
-                                 args=(child.target, self.name, self.config, os.getpid(), theirs),
-                                 daemon=False)
+        proc = self._ctx.Process(
+            target=_child_main,
+            name=f"shm-engine-{child.role}",
+            args=(child.target, self.name, self.config, os.getpid(), theirs),
+            daemon=False,
+        )
         proc.start()
         theirs.close()
         child.spare, child.spare_gate = proc, ours
@@ -215,14 +231,21 @@ class Supervisor:
         """Read what a spare said on its pipe: ``warm`` once it is ready to
         take over, logged with how long it took.  Its end closing means it
         died; `_spare_lost` reports that when its sentinel fires."""
+        gate, proc = child.spare_gate, child.spare
+        assert gate is not None and proc is not None  # set and cleared together
         try:
-            msg = child.spare_gate.recv()
+            msg = gate.recv()
         except (EOFError, OSError):
             msg = None
-        child.spare_warm = True         # either way, nothing more to read
+        child.spare_warm = True  # either way, nothing more to read
         if msg == "warm":
-            self.log("INFO", "spare_ready", role=child.role, pid=child.spare.pid,
-                     warm_s=f"{now - child.spare_started:.3f}")
+            self.log(
+                "INFO",
+                "spare_ready",
+                role=child.role,
+                pid=proc.pid,
+                warm_s=f"{now - child.spare_started:.3f}",
+            )
 
     def _spare_lost(self, child: _Child) -> None:
         """A spare died before it was needed: the role's next restart is a
@@ -230,10 +253,12 @@ class Supervisor:
         proc, gate = child.spare, child.spare_gate
         child.spare = child.spare_gate = None
         child.spare_warm = False
+        assert proc is not None and gate is not None  # its sentinel fired
         gate.close()
         proc.join(1.0)
-        self.log("WARN", "spare_lost", role=child.role, pid=proc.pid,
-                 code=_exit_text(proc.exitcode))
+        self.log(
+            "WARN", "spare_lost", role=child.role, pid=proc.pid, code=_exit_text(proc.exitcode)
+        )
 
     def _take_spare(self, child: _Child):
         """The role's spare, told to go; None if there is none alive."""
@@ -242,12 +267,13 @@ class Supervisor:
         child.spare_warm = False
         if proc is None:
             return None
+        assert gate is not None  # set and cleared with the spare
         try:
             if proc.is_alive():
                 gate.send("go")
                 return proc
         except OSError:
-            pass                      # it died just now: cold start
+            pass  # it died just now: cold start
         finally:
             gate.close()
         proc.join(1.0)
@@ -261,6 +287,7 @@ class Supervisor:
             proc, gate = child.spare, child.spare_gate
             child.spare = child.spare_gate = None
             if proc is not None:
+                assert gate is not None
                 gate.close()
                 proc.terminate()
                 spares.append(proc)
@@ -274,20 +301,25 @@ class Supervisor:
     def _start(self, child: _Child) -> None:
         proc = self._take_spare(child)
         if proc is None:
-            proc = self._ctx.Process(target=_child_main, name=f"shm-engine-{child.role}",
-                                     args=(child.target, self.name, self.config, os.getpid()),
-                                     daemon=False)
+            proc = self._ctx.Process(
+                target=_child_main,
+                name=f"shm-engine-{child.role}",
+                args=(child.target, self.name, self.config, os.getpid()),
+                daemon=False,
+            )
             proc.start()
         child.proc = proc
         child.started = time.monotonic()
         child.restart_at = None
         self._set_pid(child.role, proc.pid)
         if child.starts:
+            assert self.seg is not None
             h = self.seg.views.header
             counter = getattr(h, f"{child.role}_restarts")
             counter[0] += 1
-            self.log("INFO", "child_restarted", role=child.role, pid=proc.pid,
-                     restarts=int(counter[0]))
+            self.log(
+                "INFO", "child_restarted", role=child.role, pid=proc.pid, restarts=int(counter[0])
+            )
         else:
             self.log("INFO", "child_started", role=child.role, pid=proc.pid)
         child.starts += 1
@@ -296,14 +328,16 @@ class Supervisor:
     def _reap(self, child: _Child, now: float) -> bool:
         """Handle an exited child; False if its exit is fatal for the engine."""
         proc = child.proc
+        assert proc is not None  # called only for a child that exited
         proc.join()
         code = proc.exitcode
         ran = now - child.started
         child.proc = None
         self._set_pid(child.role, 0)
         if code == EXIT_FATAL:
-            self.log("ERROR", "child_fatal", role=child.role, pid=proc.pid, code=code,
-                     ran_s=f"{ran:.3f}")
+            self.log(
+                "ERROR", "child_fatal", role=child.role, pid=proc.pid, code=code, ran_s=f"{ran:.3f}"
+            )
             return False
         if ran >= STABLE_AFTER_S:
             child.backoff = self.config.engine.restart_backoff_min_s
@@ -311,8 +345,15 @@ class Supervisor:
         child.backoff = min(child.backoff * 2, self.config.engine.restart_backoff_max_s)
         child.restart_at = now + delay
         how = _exit_text(code)
-        self.log("WARN", "child_exited", role=child.role, pid=proc.pid, code=how,
-                 ran_s=f"{ran:.3f}", restart_in_s=f"{delay:.3f}")
+        self.log(
+            "WARN",
+            "child_exited",
+            role=child.role,
+            pid=proc.pid,
+            code=how,
+            ran_s=f"{ran:.3f}",
+            restart_in_s=f"{delay:.3f}",
+        )
         return True
 
     def _watchdog(self, h, now: float) -> None:
@@ -330,8 +371,14 @@ class Supervisor:
             beat = float(getattr(h, f"{child.role}_alive_mono")[0])
             if beat < child.started or now - beat < limit:
                 continue
-            self.log("WARN", "child_hung", role=child.role, pid=proc.pid,
-                     silent_s=f"{now - beat:.3f}", limit_s=limit)
+            self.log(
+                "WARN",
+                "child_hung",
+                role=child.role,
+                pid=proc.pid,
+                silent_s=f"{now - beat:.3f}",
+                limit_s=limit,
+            )
             proc.kill()
 
     def _forward_reload(self, h) -> None:
@@ -344,35 +391,37 @@ class Supervisor:
             return
         if float(h.ingest_alive_mono[0]) < child.started:
             return
+        assert proc.pid is not None  # a started process has a pid
         self._reload_pending = False
         try:
             os.kill(proc.pid, signal.SIGHUP)
         except ProcessLookupError:
-            return      # it just died: its successor reads the files
+            return  # it just died: its successor reads the files
         self.log("INFO", "reload_forwarded", role="ingest", pid=proc.pid)
 
     def _terminate_children(self) -> None:
         self._stop_spares()
-        live = [c for c in self.children.values() if c.proc is not None]
+        live = [(c, c.proc) for c in self.children.values() if c.proc is not None]
         # Both children exit by themselves once `stopping` is set; a short
         # grace lets them finish cleanly before SIGTERM.
         grace_end = time.monotonic() + STOP_GRACE_S
-        pending = [c.proc.sentinel for c in live]
+        pending = [proc.sentinel for _, proc in live]
         while pending and time.monotonic() < grace_end:
             done = multiprocessing.connection.wait(pending, grace_end - time.monotonic())
             pending = [p for p in pending if p not in done]
-        for c in live:
-            if c.proc.is_alive():
-                c.proc.terminate()
+        for _, proc in live:
+            if proc.is_alive():
+                proc.terminate()
         deadline = time.monotonic() + STOP_JOIN_TIMEOUT_S
-        for c in live:
-            c.proc.join(max(0.0, deadline - time.monotonic()))
-            if c.proc.is_alive():
-                self.log("WARN", "child_killed", role=c.role, pid=c.proc.pid,
-                         after_s=STOP_JOIN_TIMEOUT_S)
-                c.proc.kill()
-                c.proc.join(5.0)
-            self.log("INFO", "child_stopped", role=c.role, pid=c.proc.pid, code=c.proc.exitcode)
+        for c, proc in live:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                self.log(
+                    "WARN", "child_killed", role=c.role, pid=proc.pid, after_s=STOP_JOIN_TIMEOUT_S
+                )
+                proc.kill()
+                proc.join(5.0)
+            self.log("INFO", "child_stopped", role=c.role, pid=proc.pid, code=proc.exitcode)
             c.proc = None
             if self.seg is not None:
                 self._set_pid(c.role, 0)
@@ -388,18 +437,29 @@ class Supervisor:
         created = False
         try:
             cfg = self.config
-            self.seg = Segment.create(self.name, cfg.engine.capacity, mode=cfg.engine.shm_mode,
-                                      tick_interval_ms=cfg.engine.tick_interval_ms,
-                                      endpoint=cfg.ingest.bind)
+            self.seg = Segment.create(
+                self.name,
+                cfg.engine.capacity,
+                mode=cfg.engine.shm_mode,
+                tick_interval_ms=cfg.engine.tick_interval_ms,
+                endpoint=cfg.ingest.bind,
+            )
             created = True
-            self.claims = ClaimsSegment.create(self.name, cfg.engine.capacity,
-                                               cfg.claims.max_schedulers, mode=cfg.claims.shm_mode)
+            self.claims = ClaimsSegment.create(
+                self.name, cfg.engine.capacity, cfg.claims.max_schedulers, mode=cfg.claims.shm_mode
+            )
             h = self.seg.views.header
             h.supervisor_pid[0] = os.getpid()
             h.supervisor_alive_mono[0] = time.monotonic()
-            self.log("INFO", "engine_starting", name=self.name, pid=os.getpid(),
-                     capacity=cfg.engine.capacity, tick_ms=cfg.engine.tick_interval_ms,
-                     endpoint=cfg.ingest.bind)
+            self.log(
+                "INFO",
+                "engine_starting",
+                name=self.name,
+                pid=os.getpid(),
+                capacity=cfg.engine.capacity,
+                tick_ms=cfg.engine.tick_interval_ms,
+                endpoint=cfg.ingest.bind,
+            )
             self._say(f"ingest endpoint {cfg.ingest.bind}")
             for child in self.children.values():
                 self._start(child)
@@ -413,6 +473,7 @@ class Supervisor:
                 self._restore_signals(saved)
 
     def _loop(self) -> int:
+        assert self.seg is not None  # run() created it
         h = self.seg.views.header
         while self._stop_signal is None:
             now = time.monotonic()
@@ -420,8 +481,12 @@ class Supervisor:
             for child in self.children.values():
                 if child.proc is not None and child.proc.exitcode is not None:
                     if not self._reap(child, now):
-                        self.log("ERROR", "engine_fatal", name=self.name,
-                                 reason=f"{child.role}_fatal_exit")
+                        self.log(
+                            "ERROR",
+                            "engine_fatal",
+                            name=self.name,
+                            reason=f"{child.role}_fatal_exit",
+                        )
                         return 1
             for child in self.children.values():
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
@@ -432,8 +497,9 @@ class Supervisor:
             if not self._ready and engine_ready(h):
                 self._ready = True
                 bound = h.read_str("endpoint")
-                self.log("INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1,
-                         endpoint=bound)
+                self.log(
+                    "INFO", "ready", name=self.name, epoch=int(h.latch_seq[0]) >> 1, endpoint=bound
+                )
                 if bound != self.config.ingest.bind:  # a `*` port, now resolved
                     self._say(f"ingest endpoint {bound}")
                 self._say("ready")
@@ -443,14 +509,20 @@ class Supervisor:
                     timeout = min(timeout, max(0.0, child.restart_at - now))
             waitables = [c.proc.sentinel for c in self.children.values() if c.proc is not None]
             spares = {c.spare.sentinel: c for c in self.children.values() if c.spare is not None}
-            gates = {c.spare_gate: c for c in self.children.values()
-                     if c.spare_gate is not None and not c.spare_warm}
+            gates = {
+                c.spare_gate: c
+                for c in self.children.values()
+                if c.spare_gate is not None and not c.spare_warm
+            }
             ready = multiprocessing.connection.wait(
-                waitables + list(spares) + list(gates) + [self._wake_r], timeout)
+                waitables + list(spares) + list(gates) + [self._wake_r], timeout
+            )
             for r in ready:
                 if r in spares:
                     self._spare_lost(spares[r])
             for r in ready:
+                if not isinstance(r, multiprocessing.connection.Connection):
+                    continue  # a sentinel or the wake pipe
                 c = gates.get(r)
                 if c is not None and c.spare_gate is r:
                     self._spare_said(c, time.monotonic())

@@ -6,9 +6,9 @@ Three parts, so the view can be tested without a terminal and reused by
 - `Watcher` reads the engine: scores through `clients.reader.ScoreReader`
   (the latch), counters from the segment header (mapped read-only, each word
   read once), jobs in flight and outcomes from the claims segment (mapped
-  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`: plain data, rates computed
-  from the counter deltas between two polls, and the nodes whose state changed
-  since the previous poll.
+  read-only, when the caller may read it).  ``poll()`` returns a `ViewState`:
+  plain data, rates computed from the counter deltas between two polls, and the
+  nodes whose state changed since the previous poll.
 - `render(view_state)` is a pure function from that data to a rich renderable.
 - `cmd_top` drives both under ``rich.live.Live``.
 
@@ -27,6 +27,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shm_engine.core.claims import ClaimsSegment, claims_status, in_flight_by_slot
 from shm_engine.core.errors import (
@@ -40,8 +41,13 @@ from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.wire.format import REJECT_REASONS
 
-__all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top",
-           "STATE_STYLES"]
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from clients.reader import Snapshot
+
+__all__ = ["Watcher", "ViewState", "NodeRow", "StateChange", "render", "cmd_top", "STATE_STYLES"]
 
 #: rich style per state name (also used by the demo's status lines).
 STATE_STYLES = {
@@ -51,9 +57,9 @@ STATE_STYLES = {
     "quarantined": "magenta",
     "dead": "grey50",
 }
-RATE_WINDOW_S = 1.0          # rates are averaged over at least this long
-_UNRANKED_NAMES = 5          # node names listed per unranked state
-_RECENT_CHANGES = 8          # the "recent state changes" panel keeps this many
+RATE_WINDOW_S = 1.0  # rates are averaged over at least this long
+_UNRANKED_NAMES = 5  # node names listed per unranked state
+_RECENT_CHANGES = 8  # the "recent state changes" panel keeps this many
 _BAR_WIDTH = 10
 _BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
 
@@ -66,6 +72,7 @@ def state_name(value: int) -> str:
 class NodeRow:
     """One line of the node table.  ``rank`` is None for an unranked node;
     ``old_state`` is set when the state changed since the previous refresh."""
+
     rank: int | None
     node: str
     score: float
@@ -74,7 +81,7 @@ class NodeRow:
     qema: float
     liveness: float
     old_state: str | None = None
-    in_flight: int = 0              # jobs claimed on it and not released
+    in_flight: int = 0  # jobs claimed on it and not released
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,13 @@ class StateChange:
     old: str
     new: str
     epoch: int
-    at: float               # monotonic time the change was seen
+    at: float  # monotonic time the change was seen
 
 
 @dataclass
 class ViewState:
     """Everything `render` draws: plain data, no handles."""
+
     name: str
     epoch: int = 0
     tick_interval_ms: int = 0
@@ -100,21 +108,21 @@ class ViewState:
     pressure: float = 0.0
     weights: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
-    ejected: int = 0                # nodes ejected for consecutive errors
+    ejected: int = 0  # nodes ejected for consecutive errors
     registered: int = 0
     ranked: int = 0
     overruns: int = 0
     rows: list[NodeRow] = field(default_factory=list)
-    changes: list[StateChange] = field(default_factory=list)   # since the previous refresh
-    recent: list[StateChange] = field(default_factory=list)    # last few, newest first
-    unranked: dict = field(default_factory=dict)    # state -> a few node names, worst first
-    rejects: dict = field(default_factory=dict)                 # reason -> total, non-zero only
+    changes: list[StateChange] = field(default_factory=list)  # since the previous refresh
+    recent: list[StateChange] = field(default_factory=list)  # last few, newest first
+    unranked: dict = field(default_factory=dict)  # state -> a few node names, worst first
+    rejects: dict = field(default_factory=dict)  # reason -> total, non-zero only
     heartbeats: int = 0
     accepted: int = 0
     age_s: float | None = None
-    claims: dict | None = None      # status's "claims" object; None: not readable
-    message: str | None = None      # e.g. "engine went away"
-    now: float = 0.0                # monotonic time of the poll
+    claims: dict | None = None  # status's "claims" object; None: not readable
+    message: str | None = None  # e.g. "engine went away"
+    now: float = 0.0  # monotonic time of the poll
 
 
 class Watcher:
@@ -138,14 +146,15 @@ class Watcher:
             raise
         self._hdr = self._seg.views.header
         try:
-            self._claims: ClaimsSegment | None = ClaimsSegment.attach(name, readonly=True,
-                                                                      owner=owner)
+            self._claims: ClaimsSegment | None = ClaimsSegment.attach(
+                name, readonly=True, owner=owner
+            )
         except (EngineNotRunning, LayoutMismatch):
             self._claims = None
-        self._history: deque[tuple] = deque()   # counter samples of the rate window
+        self._history: deque[tuple] = deque()  # counter samples of the rate window
         self._prev_states: dict[str, str] = {}
         self._recent: deque[StateChange] = deque(maxlen=_RECENT_CHANGES)
-        self.snapshot = None          # latest clients.reader.Snapshot, for callers
+        self.snapshot: Snapshot | None = None  # the latest, for callers
 
     def close(self) -> None:
         self._reader.close()
@@ -184,16 +193,26 @@ class Watcher:
 
     def _counters(self) -> tuple:
         h = self._hdr
-        return (time.monotonic(), int(h.ticks[0]), int(h.ingest_heartbeats[0]),
-                int(h.ingest_accepted[0]))
+        return (
+            time.monotonic(),
+            int(h.ticks[0]),
+            int(h.ingest_heartbeats[0]),
+            int(h.ingest_accepted[0]),
+        )
 
     def poll(self) -> ViewState:
         h = self._hdr
         now_c = self._counters()
-        vs = ViewState(name=self.name, tick_interval_ms=int(h.tick_interval_ms[0]),
-                       tick_us_p50=float(h.tick_us_p50[0]), tick_us_p99=float(h.tick_us_p99[0]),
-                       overruns=int(h.overruns[0]), heartbeats=now_c[2], accepted=now_c[3],
-                       now=now_c[0])
+        vs = ViewState(
+            name=self.name,
+            tick_interval_ms=int(h.tick_interval_ms[0]),
+            tick_us_p50=float(h.tick_us_p50[0]),
+            tick_us_p99=float(h.tick_us_p99[0]),
+            overruns=int(h.overruns[0]),
+            heartbeats=now_c[2],
+            accepted=now_c[3],
+            now=now_c[0],
+        )
         # Rates over the last RATE_WINDOW_S at least: heartbeats come in
         # batches, and a window of one fast refresh would make them jump.
         hist = self._history
@@ -207,8 +226,9 @@ class Watcher:
                 vs.heartbeats_per_s = (now_c[2] - old[2]) / dt
                 vs.accepted_per_s = (now_c[3] - old[3]) / dt
         hist.append(now_c)
-        vs.rejects = {r: int(h.rejects[i]) for i, r in enumerate(REJECT_REASONS)
-                      if int(h.rejects[i])}
+        vs.rejects = {
+            r: int(h.rejects[i]) for i, r in enumerate(REJECT_REASONS) if int(h.rejects[i])
+        }
         try:
             snap = self._reader.snapshot()
         except NothingPublished:
@@ -245,8 +265,11 @@ class Watcher:
     def _unranked(snap, per_state: int = _UNRANKED_NAMES) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for state in (NodeState.DEAD, NodeState.QUARANTINED, NodeState.OVERLOADED):
-            slots = [s for s in range(len(snap.nodes))
-                     if snap.nodes[s] is not None and int(snap.state[s]) == int(state)]
+            slots = [
+                s
+                for s in range(len(snap.nodes))
+                if snap.nodes[s] is not None and int(snap.state[s]) == int(state)
+            ]
             if slots:
                 out[STATE_NAMES[state]] = sorted(snap.nodes[s] for s in slots)[:per_state]
         return out
@@ -270,13 +293,20 @@ class Watcher:
         def row(slot: int, rank: int | None) -> NodeRow:
             node = snap.nodes[slot]
             jobs = int(in_flight[slot]) if in_flight is not None and slot < len(in_flight) else 0
-            return NodeRow(rank=rank, node=node, score=float(snap.score[slot]),
-                           state=state_name(snap.state[slot]), wait=float(snap.wait[slot]),
-                           qema=float(snap.qema[slot]), liveness=float(snap.liveness[slot]),
-                           old_state=old.get(node), in_flight=jobs)
+            return NodeRow(
+                rank=rank,
+                node=node,
+                score=float(snap.score[slot]),
+                state=state_name(snap.state[slot]),
+                wait=float(snap.wait[slot]),
+                qema=float(snap.qema[slot]),
+                liveness=float(snap.liveness[slot]),
+                old_state=old.get(node),
+                in_flight=jobs,
+            )
 
         rows = []
-        for rank, slot in enumerate(snap.ranked[:self.rows].tolist(), 1):
+        for rank, slot in enumerate(snap.ranked[: self.rows].tolist(), 1):
             if snap.nodes[slot] is not None:
                 rows.append(row(slot, rank))
         if len(rows) < self.rows:
@@ -284,7 +314,7 @@ class Watcher:
             rest = [s for s, n in enumerate(snap.nodes) if n is not None and s not in ranked]
             # Worst state first (dead, quarantined, overloaded), then by name.
             rest.sort(key=lambda s: (-int(snap.state[s]), snap.nodes[s]))
-            rows.extend(row(s, None) for s in rest[:self.rows - len(rows)])
+            rows.extend(row(s, None) for s in rest[: self.rows - len(rows)])
         return rows
 
 
@@ -321,10 +351,12 @@ def render(view_state: ViewState):
     vs = view_state
     head = Text()
     head.append(f"shm-engine {vs.name}", style="bold")
-    head.append(f"  epoch {vs.epoch}  tick every {vs.tick_interval_ms} ms, takes"
-                f" p50 {vs.tick_us_p50:,.0f} µs p99 {vs.tick_us_p99:,.0f} µs"
-                f"  {_rate(vs.ticks_per_s)} ticks/s  {_rate(vs.heartbeats_per_s)} hb/s"
-                + (f"  overruns {vs.overruns}" if vs.overruns else ""))
+    head.append(
+        f"  epoch {vs.epoch}  tick every {vs.tick_interval_ms} ms, takes"
+        f" p50 {vs.tick_us_p50:,.0f} µs p99 {vs.tick_us_p99:,.0f} µs"
+        f"  {_rate(vs.ticks_per_s)} ticks/s  {_rate(vs.heartbeats_per_s)} hb/s"
+        + (f"  overruns {vs.overruns}" if vs.overruns else "")
+    )
     line2 = Text()
     line2.append(f"pressure {vs.pressure:.3f}  ")
     if vs.weights:
@@ -334,12 +366,16 @@ def render(view_state: ViewState):
         line3.append(f"{name} {vs.counts.get(name, 0)}  ", style=STATE_STYLES[name])
     if vs.ejected:
         line3.append(f"ejected {vs.ejected}", style=STATE_STYLES["overloaded"])
-    parts = [head, line2, line3]
+    parts: list[Text | Table] = [head, line2, line3]
     if vs.claims is not None:
         cl, le = vs.claims, vs.claims["leases"]
-        parts.append(Text(f"jobs in flight {cl['in_flight']:,}  released {cl['released_ok']:,} ok"
-                          f" {cl['released_err']:,} error  abandoned {cl['abandoned']:,}  stale "
-                          f"{cl['stale_releases']:,}  schedulers {le['in_use']}/{le['max']}"))
+        parts.append(
+            Text(
+                f"jobs in flight {cl['in_flight']:,}  released {cl['released_ok']:,} ok"
+                f" {cl['released_err']:,} error  abandoned {cl['abandoned']:,}  stale "
+                f"{cl['stale_releases']:,}  schedulers {le['in_use']}/{le['max']}"
+            )
+        )
     if vs.message:
         parts.append(Text(vs.message, style="bold red"))
 
@@ -361,7 +397,10 @@ def render(view_state: ViewState):
             f"{r.score:.3f}",
             Text(_bar(r.score), style=STATE_STYLES.get(r.state, "")),
             _state_text(r.state, r.old_state),
-            f"{r.wait:.1f}", f"{r.qema:.1f}", f"{r.liveness:.2f}", f"{r.in_flight}",
+            f"{r.wait:.1f}",
+            f"{r.qema:.1f}",
+            f"{r.liveness:.2f}",
+            f"{r.in_flight}",
             style="on grey15" if changed else None,
         )
     parts.append(table)
@@ -375,8 +414,7 @@ def render(view_state: ViewState):
         parts.append(out)
 
     changes = Text()
-    changes.append(f"state changes since last refresh: {len(vs.changes)}; recent:",
-                   style="bold")
+    changes.append(f"state changes since last refresh: {len(vs.changes)}; recent:", style="bold")
     for c in vs.recent:
         changes.append(f"\n  ▶ {c.node}  ")
         changes.append_text(_state_text(c.new, c.old))
@@ -407,15 +445,15 @@ def cmd_top(args) -> int:
         print("shm-engine top: --interval must be > 0 and --rows >= 1", file=sys.stderr)
         return 2
     try:
-        watcher = Watcher(args.name, args.rows, args.owner)
+        watcher: Watcher | None = Watcher(args.name, args.rows, args.owner)
     except EngineNotRunning as err:
         print(f"shm-engine top: {err}", file=sys.stderr)
         return 2
     console = Console()
     try:
-        with Live(console=console, auto_refresh=False, screen=False,
-                  redirect_stderr=False) as live:
+        with Live(console=console, auto_refresh=False, screen=False, redirect_stderr=False) as live:
             while True:
+                assert watcher is not None  # a lost engine's watcher is replaced below
                 stale_after = max(2.0, 20 * int(watcher._hdr.tick_interval_ms[0]) / 1000)
                 vs = watcher.poll()
                 gone = watcher.engine_gone(stale_after)

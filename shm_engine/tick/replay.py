@@ -34,13 +34,12 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-
 from shm_engine.core.config import Config
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.states import STATE_NAMES
 from shm_engine.core.rows import column_addresses, gather, write_rows
+from shm_engine.core.states import STATE_NAMES
 from shm_engine.wire.encode import node_key
 from shm_engine.wire.jsondecode import check_heartbeat
 
@@ -63,6 +62,7 @@ MAX_FEEDBACK_VALUE = 2**53
 class FeedbackLine(NamedTuple):
     """A validated feedback line; None for an absent ``rif`` or ``consec``
     (the node keeps its value), 0 for an absent ``ok`` or ``err``."""
+
     node: str
     rif: int | None
     ok: int
@@ -79,18 +79,20 @@ def parse_feedback(obj: dict, lineno: int) -> FeedbackLine:
         raise TraceError(f"trace line {lineno}: feedback line with unknown keys {unknown}")
     node = obj[FEEDBACK_KEY]
     if not isinstance(node, str):
-        raise TraceError(f"trace line {lineno}: 'feedback' must be a node id string, "
-                         f"got {node!r}")
+        raise TraceError(f"trace line {lineno}: 'feedback' must be a node id string, got {node!r}")
     values: dict[str, int | None] = {}
     for key in FEEDBACK_VALUES:
         v = obj.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
-                              or not 0 <= v <= MAX_FEEDBACK_VALUE):
-            raise TraceError(f"trace line {lineno}: feedback {key!r} must be an integer "
-                             f"in 0..2**53, got {v!r}")
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_FEEDBACK_VALUE
+        ):
+            raise TraceError(
+                f"trace line {lineno}: feedback {key!r} must be an integer in 0..2**53, got {v!r}"
+            )
         values[key] = v
-    return FeedbackLine(node, values["rif"], values["ok"] or 0, values["err"] or 0,
-                        values["consec"])
+    return FeedbackLine(
+        node, values["rif"], values["ok"] or 0, values["err"] or 0, values["consec"]
+    )
 
 
 class Replay:
@@ -104,7 +106,7 @@ class Replay:
         for b in self.views.buffers:
             b.state.state[:] = 255
         self.registry = NodeRegistry(self.views)
-        self._columns = column_addresses(self.views.table)   # self.views keeps them mapped
+        self._columns = column_addresses(self.views.table)  # self.views keeps them mapped
         self.params = config.to_params()
         self.inputs = make_inputs(cap)
         self._scratch = kernels.make_scratch(cap)
@@ -170,6 +172,7 @@ class Replay:
         for obj in self._pending:
             rec, labels, reason, _detail = check_heartbeat(obj)
             if rec is None:
+                assert reason is not None  # a rejected heartbeat has its reason
                 self.rejects[reason] += 1
                 continue
             key = node_key(rec)
@@ -182,8 +185,13 @@ class Replay:
                     continue
             else:
                 self.registry.set_meta(slot, zone, labels)
-            write_rows(self._columns, self.config.engine.capacity, np.array([slot], np.int64),
-                       np.atleast_1d(rec), float(k))
+            write_rows(
+                self._columns,
+                self.config.engine.capacity,
+                np.array([slot], np.int64),
+                np.atleast_1d(rec),
+                float(k),
+            )
             self.accepted += 1
         self._pending.clear()
 
@@ -192,8 +200,9 @@ class Replay:
         k = self.tick_no
         cfg = self.config.engine
         # Order within a tick: forgetting, the heartbeats, the feedback.
-        forgotten = self.registry.forget_older_than(float(k), cfg.forget_after_s,
-                                                    self._interval, 1000.0)
+        forgotten = self.registry.forget_older_than(
+            float(k), cfg.forget_after_s, self._interval, 1000.0
+        )
         self._reset_feedback(forgotten)
         self._apply_pending(k)
         self._apply_feedback(k)
@@ -203,8 +212,9 @@ class Replay:
         gather(self.views, prev, nxt, self.inputs, float(k), self._interval, 1000.0, hwm)
         self._feedback_inputs(k, hwm)
         # The tick worker's own kernel (`Ticker.score`), ranking included.
-        n_ranked, pressure, _live = kernels.tick(self.params, self.inputs, prev.state,
-                                                 nxt.state, nxt.out, self._scratch)
+        n_ranked, pressure, _live = kernels.tick(
+            self.params, self.inputs, prev.state, nxt.state, nxt.out, self._scratch
+        )
         self._fb_ok[:hwm] = 0.0
         self._fb_err[:hwm] = 0.0
         self.tick_no += 1
@@ -215,21 +225,23 @@ class Replay:
         st, out = buf.state, buf.out
         node_id = self.views.registry.node_id
         recs = []
-        for s in np.flatnonzero(self.inputs.active[:hwm]):
-            s = int(s)
-            recs.append({
-                "tick": k,
-                "node": decode_id(node_id[s]).decode("utf-8"),
-                "slot": s,
-                "score": float(out.score[s]),
-                "raw": float(out.raw[s]),
-                "state": STATE_NAMES[int(st.state[s])],
-                "wait": float(out.wait[s]),
-                "qema": float(st.qema[s]),
-                "liveness": float(out.liveness[s]),
-                "pressure": pressure,
-                "rank": rank.get(s),
-            })
+        for active in np.flatnonzero(self.inputs.active[:hwm]):
+            s = int(active)
+            recs.append(
+                {
+                    "tick": k,
+                    "node": decode_id(node_id[s]).decode("utf-8"),
+                    "slot": s,
+                    "score": float(out.score[s]),
+                    "raw": float(out.raw[s]),
+                    "state": STATE_NAMES[int(st.state[s])],
+                    "wait": float(out.wait[s]),
+                    "qema": float(st.qema[s]),
+                    "liveness": float(out.liveness[s]),
+                    "pressure": pressure,
+                    "rank": rank.get(s),
+                }
+            )
         return recs
 
 
@@ -251,14 +263,17 @@ def _parse(lines: Iterable[str | dict]) -> Iterator[tuple[int, dict | FeedbackLi
         if isinstance(tick, bool) or not isinstance(tick, int) or tick < 0:
             raise TraceError(f"trace line {lineno}: 'tick' must be an integer >= 0, got {tick!r}")
         if tick < last:
-            raise TraceError(f"trace line {lineno}: tick {tick} after tick {last}; "
-                             "trace lines must be in non-decreasing tick order")
+            raise TraceError(
+                f"trace line {lineno}: tick {tick} after tick {last}; "
+                "trace lines must be in non-decreasing tick order"
+            )
         last = tick
         yield tick, parse_feedback(obj, lineno) if FEEDBACK_KEY in obj else obj
 
 
-def replay(lines: Iterable[str | dict], config: Config | None = None,
-           ticks: int | None = None) -> Iterator[dict]:
+def replay(
+    lines: Iterable[str | dict], config: Config | None = None, ticks: int | None = None
+) -> Iterator[dict]:
     """Replay a trace; yield one record per registered node per tick.
 
     Runs ticks 0 .. the last tick named, or 0 .. ``ticks - 1`` when given

@@ -60,37 +60,51 @@ import numpy as np
 import kernels
 from kernels.columns import make_inputs
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
-
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
-from shm_engine.core.layout import FEEDBACK_COLUMNS, ClaimsViews, SegmentViews, layout_for, private_claims
-from shm_engine.core.segment import Segment
-from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.core.layout import (
+    FEEDBACK_COLUMNS,
+    ClaimsViews,
+    SegmentViews,
+    layout_for,
+    private_claims,
+)
 from shm_engine.core.rows import gather, make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
+from shm_engine.core.segment import Segment
+from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
 
-__all__ = ["Ticker", "TickResult", "TickStats", "Feedback", "ticker_main", "warm_up",
-           "STATS_WINDOW"]
+__all__ = [
+    "Ticker",
+    "TickResult",
+    "TickStats",
+    "Feedback",
+    "ticker_main",
+    "warm_up",
+    "STATS_WINDOW",
+]
 
 STATS_WINDOW = 2048
 
 
 class TickResult(NamedTuple):
     """What one tick published."""
+
     epoch: int
     n_ranked: int
     pressure: float
     live: int
     registered: int
-    torn: int           # slots whose row stayed inconsistent (kept last tick's view)
+    torn: int  # slots whose row stayed inconsistent (kept last tick's view)
     duration_us: float  # write_begin .. write_end, wall of this process
 
 
 class Feedback(NamedTuple):
     """The feedback columns of the tick inputs (f8 per slot; see
     `shm_engine.core.claims.gather_feedback` for their meaning)."""
+
     rif: np.ndarray
     fb_ok: np.ndarray
     fb_err: np.ndarray
@@ -156,8 +170,9 @@ class Ticker:
         if claims is None:
             claims = private_claims(cap)
         elif claims.layout.capacity != cap:
-            raise LayoutMismatch(f"claims segment has {claims.layout.capacity} slots, "
-                                 f"the scores segment {cap}")
+            raise LayoutMismatch(
+                f"claims segment has {claims.layout.capacity} slots, the scores segment {cap}"
+            )
         self.claims = claims
         self.feedback = feedback_columns(self.inputs)
         self._next_lease_check = -math.inf
@@ -176,14 +191,29 @@ class Ticker:
         prev = self.views.buffers[(epoch - 1) & 1]
         nxt = self.views.buffers[epoch & 1]
         hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
-        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm,
-                      cache=self._gather_cache)
+        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm, cache=self._gather_cache)
         c, inp = self.claims, self.inputs
-        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(
-            nxt.gen, inp.active, inp.fresh, c.lease_ident, c.in_flight_flat, c.row_words,
-            c.outcomes, prev.ok_seen, prev.err_seen, hwm, float(now),
-            self.params[MAX_CONSECUTIVE_ERRORS], self.params[EJECTION_S], *self.feedback,
-            *nxt.feedback, nxt.ok_seen, nxt.err_seen)
+        # numba types a dispatcher call through a ParamSpec, which mypy cannot match
+        # against star-arguments followed by more positional ones.
+        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(  # type: ignore[call-arg]
+            nxt.gen,
+            inp.active,
+            inp.fresh,
+            c.lease_ident,
+            c.in_flight_flat,
+            c.row_words,
+            c.outcomes,
+            prev.ok_seen,
+            prev.err_seen,
+            hwm,
+            float(now),
+            self.params[MAX_CONSECUTIVE_ERRORS],
+            self.params[EJECTION_S],
+            *self.feedback,
+            *nxt.feedback,
+            nxt.ok_seen,
+            nxt.err_seen,
+        )
         n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
@@ -214,8 +244,9 @@ class Ticker:
             ch.in_flight[0] = int(sum_rif)
             if now >= self._next_lease_check:
                 self.check_leases(now, hwm)
-        return TickResult(epoch, int(n_ranked), float(pressure), int(live), registered,
-                          int(torn), us)
+        return TickResult(
+            epoch, int(n_ranked), float(pressure), int(live), registered, int(torn), us
+        )
 
     def score(self, prev, nxt) -> tuple[int, float, int]:
         """The kernels of a tick (docs/scoring.md, steps A-P) over ``self.inputs``:
@@ -223,8 +254,7 @@ class Ticker:
         buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
         it between gather and publish; alone, it is what the benchmark times
         as the kernels."""
-        return kernels.tick(self.params, self.inputs, prev.state, nxt.state, nxt.out,
-                            self._scratch)
+        return kernels.tick(self.params, self.inputs, prev.state, nxt.state, nxt.out, self._scratch)
 
     def check_leases(self, now: float, hwm: int | None = None) -> tuple[int, int, int]:
         """Return the claims of schedulers that died (see
@@ -316,10 +346,10 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
         seg.close()
         return EXIT_FAILED
+    ticker: Ticker | None = None
     try:
         warm_up()
-        ticker = Ticker(seg.views, config,
-                        claims_seg.views if claims_seg is not None else None)
+        ticker = Ticker(seg.views, config, claims_seg.views if claims_seg is not None else None)
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
         log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
@@ -327,8 +357,12 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         def should_stop() -> bool:
             return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
 
-        run_schedule(ticker, config.engine.tick_interval_ms / 1000.0, should_stop,
-                     min(config.engine.parent_check_interval_s, 0.1))
+        run_schedule(
+            ticker,
+            config.engine.tick_interval_ms / 1000.0,
+            should_stop,
+            min(config.engine.parent_check_interval_s, 0.1),
+        )
         log_event("INFO", "ticker_stopped", pid=os.getpid(), epoch=ticker.epoch)
         return EXIT_OK
     finally:

@@ -27,14 +27,43 @@ Modules, none of which imports numba but the last two:
 """
 
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.encode import (encode_batch, encode_json, encode_record, node_key,
-                                    record_to_dict)
-from shm_engine.wire.format import (DEFAULT_MAX_FRAME_BYTES, HAS_IO, HAS_OKERR, HAS_TAIL,
-                                    HAS_THROUGHPUT, HAS_TS, HAS_ZONE, RECORD_DTYPE, REJECT_REASONS)
+from shm_engine.wire.encode import (
+    encode_batch,
+    encode_json,
+    encode_record,
+    node_key,
+    record_to_dict,
+)
+from shm_engine.wire.format import (
+    DEFAULT_MAX_FRAME_BYTES,
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    HAS_TS,
+    HAS_ZONE,
+    RECORD_DTYPE,
+    REJECT_REASONS,
+)
 from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.wire.result import DecodedFrame
 
-__all__ = ["decode_frame", "DecodedFrame", "check_heartbeat", "encode_batch", "encode_json",
-           "encode_record", "node_key", "record_to_dict", "RECORD_DTYPE", "REJECT_REASONS",
-           "DEFAULT_MAX_FRAME_BYTES", "HAS_THROUGHPUT", "HAS_OKERR", "HAS_IO", "HAS_TAIL",
-           "HAS_TS", "HAS_ZONE"]
+__all__ = [
+    "decode_frame",
+    "DecodedFrame",
+    "check_heartbeat",
+    "encode_batch",
+    "encode_json",
+    "encode_record",
+    "node_key",
+    "record_to_dict",
+    "RECORD_DTYPE",
+    "REJECT_REASONS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "HAS_THROUGHPUT",
+    "HAS_OKERR",
+    "HAS_IO",
+    "HAS_TAIL",
+    "HAS_TS",
+    "HAS_ZONE",
+]

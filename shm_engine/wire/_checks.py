@@ -3,7 +3,7 @@
 what `check_records` returns.  Do not edit: run ``python -m shm_engine.wire``
 after changing the table."""
 # ruff: noqa: E501, UP034 (one condition per rule, as rendered)
-# _padded.py sha256 66229b192d235d3c
+# _padded.py sha256 82a7331a27a5012e
 
 import numpy as np
 from numba import njit

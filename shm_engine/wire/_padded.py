@@ -49,10 +49,10 @@ def utf8_padded_ok(words, j, first, last, printable):
     while n < size and _byte_at(words, j, first, n) != 0:
         n += 1
     if n == size:
-        return False                          # no trailing NUL
+        return False  # no trailing NUL
     for k in range(n + 1, size):
         if _byte_at(words, j, first, k) != 0:
-            return False                      # a byte after the padding began
+            return False  # a byte after the padding began
     k = 0
     while k < n:
         c = _byte_at(words, j, first, k)
@@ -66,7 +66,7 @@ def utf8_padded_ok(words, j, first, last, printable):
         need = 1 if c < 0xE0 else 2 if c < 0xF0 else 3
         if k + need >= n:
             return False
-        lo, hi = 0x80, 0xBF                   # the second byte's range
+        lo, hi = 0x80, 0xBF  # the second byte's range
         if c == 0xE0:
             lo = 0xA0
         elif c == 0xED:
@@ -82,7 +82,7 @@ def utf8_padded_ok(words, j, first, last, printable):
             if _byte_at(words, j, first, k + t) & 0xC0 != 0x80:
                 return False
         if printable and c == 0xC2 and b1 < 0xA0:
-            return False                      # U+0080..U+009F: C1 controls
+            return False  # U+0080..U+009F: C1 controls
         k += need + 1
     return True
 
@@ -113,7 +113,7 @@ def ranges_padded_ok(words, j, first, last, ranges):
             return False
         if nz != _HIGH:
             z = ~nz & _HIGH
-            if nz >= (z & (~z + _ONE)):   # a non-zero byte after the first NUL
+            if nz >= (z & (~z + _ONE)):  # a non-zero byte after the first NUL
                 return False
             ended = True
     return ended
@@ -139,8 +139,10 @@ def resource_names_ok(words, j, first, per, n, decode):
         at = first + e * per
         if words[j, at] & _BYTE == 0:
             break
-        if not (ascii_padded_ok(words, j, at, at + per, False)
-                or (decode and utf8_padded_ok(words, j, at, at + per, False))):
+        if not (
+            ascii_padded_ok(words, j, at, at + per, False)
+            or (decode and utf8_padded_ok(words, j, at, at + per, False))
+        ):
             return False
         for d in range(e):
             if _same_words(words, j, first + d * per, at, per):

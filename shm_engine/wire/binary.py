@@ -15,8 +15,9 @@ The rules exist once, as that table; three checks apply them:
 - `_accept`, the scalar fast path (frames of at most `SMALL_MAX` records):
   one boolean expression rendered from the table (`_scalar.accept`), True
   exactly when `record_fault` finds nothing (present resources and text
-  that is not plain ASCII are left to the reference walk).  A loop of Python calls, or a numpy reduction, costs more than a
-  whole record's comparisons at that size.
+  that is not plain ASCII are left to the reference walk).  A loop of Python
+  calls, or a numpy reduction, costs more than a whole record's comparisons at
+  that size.
 - `_checks.check_records`, the compiled whole-batch check (larger frames and
   runs of 1-record frames), generated from the table (`rulecode`): each
   record's first broken rule in one pass, so a batch costs no per-record
@@ -34,18 +35,45 @@ from operator import itemgetter
 
 import numpy as np
 
-from shm_engine.wire.format import (BINARY_VERSIONS, FLAGS_OFFSET, HEADER, HEADER_ONE, HEADER_SIZE, ITEM,
-                                    ONE_FRAME_SIZE, RECORD_DTYPE, RECORD_RULES, RECORD_SIZE,
-                                    RECORD_STRUCT, RESERVED_ITEMS, RESERVED_SPANS, V1_HEADER_ONE,
-                                    V1_ONE_FRAME_SIZE, V1_RECORD_SIZE, V1_VERSION, V2_ONLY_FLAGS,
-                                    VERSION, FlagsByte, Number, ReservedBytes, Resources, Text,
-                                    describe_ranges)
-from shm_engine.wire.result import (SAMPLE_MAX, DecodedFrame, frame_reject, no_records, node_label,
-                                    tally)
 from shm_engine.wire._scalar import accept, one
+from shm_engine.wire.format import (
+    BINARY_VERSIONS,
+    FLAGS_OFFSET,
+    HEADER,
+    HEADER_ONE,
+    HEADER_SIZE,
+    ITEM,
+    ONE_FRAME_SIZE,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RECORD_SIZE,
+    RECORD_STRUCT,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    V1_HEADER_ONE,
+    V1_ONE_FRAME_SIZE,
+    V1_RECORD_SIZE,
+    V1_VERSION,
+    V2_ONLY_FLAGS,
+    VERSION,
+    FlagsByte,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import (
+    SAMPLE_MAX,
+    DecodedFrame,
+    frame_reject,
+    no_records,
+    node_label,
+    tally,
+)
 from shm_engine.wire.rulecode import text_pattern
 
-SMALL_MAX = 4           # frames of at most this many records take the scalar path
+SMALL_MAX = 4  # frames of at most this many records take the scalar path
 
 _FLAGS_ITEM = ITEM["flags"]
 _NODE_ITEM = ITEM["node"]
@@ -54,6 +82,7 @@ _C1_RE = re.compile("[\x80-\x9f]")
 
 
 # ------------------------------------------------------------------ the fault finder
+
 
 def _text_fault(rule: Text, raw: bytes) -> str | None:
     """What is wrong with a present text field (None: nothing)."""
@@ -77,8 +106,9 @@ def _text_fault(rule: Text, raw: bytes) -> str | None:
         except UnicodeDecodeError:
             decoded = None
         if decoded is None or (rule.printable and _C1_RE.search(decoded)):
-            return f"{what} is not valid UTF-8" + (" or contains a control character"
-                                                    if rule.printable else "")
+            return f"{what} is not valid UTF-8" + (
+                " or contains a control character" if rule.printable else ""
+            )
     return None
 
 
@@ -115,8 +145,10 @@ def _range_text(rule: Number) -> str:
         return rule.bound.fault
     b = rule.bound
     a, z = rule.names
-    return (f"not {b.lo:g} {'<' if b.lo_open else '<='} {a} <= {z} "
-            f"{'<' if b.hi_open else '<='} {b.hi:g}")
+    return (
+        f"not {b.lo:g} {'<' if b.lo_open else '<='} {a} <= {z} "
+        f"{'<' if b.hi_open else '<='} {b.hi:g}"
+    )
 
 
 def _items(items: list[int]):
@@ -141,7 +173,7 @@ def _rule_check(rule):
             i = ITEM[rule.names[0]]
 
             def check(v, flags):
-                x = v[i]                     # absent: exactly 0 (NaN == 0 is False)
+                x = v[i]  # absent: exactly 0 (NaN == 0 is False)
                 ok = holds(x) if not bit or flags & bit else x == 0
                 return None if ok else _number_detail(rule, (x,), flags)
         else:
@@ -149,8 +181,11 @@ def _rule_check(rule):
 
             def check(v, flags):
                 x, y = v[i], v[k]
-                ok = (holds(x) and holds(y) and (not ordered or x <= y)
-                      if not bit or flags & bit else x == 0 and y == 0)
+                ok = (
+                    holds(x) and holds(y) and (not ordered or x <= y)
+                    if not bit or flags & bit
+                    else x == 0 and y == 0
+                )
                 return None if ok else _number_detail(rule, (x, y), flags)
     elif isinstance(rule, Text):
         item, bit, plain = ITEM[rule.name], rule.bit, re.compile(text_pattern(rule)).fullmatch
@@ -158,13 +193,18 @@ def _rule_check(rule):
         def check(v, flags):
             raw = v[item]
             if bit and not flags & bit:
-                return None if not any(raw) else \
-                    f"{rule.what} bytes set without its presence bit 0x{bit:02x}"
+                return (
+                    None
+                    if not any(raw)
+                    else f"{rule.what} bytes set without its presence bit 0x{bit:02x}"
+                )
             return None if plain(raw) is not None else _text_fault(rule, raw)
     elif isinstance(rule, Resources):
+
         def check(v, flags):
             return _resources_fault(rule, v, flags)
     elif isinstance(rule, FlagsByte):
+
         def check(v, flags):
             return f"flags=0x{flags:02x} has unknown bits" if flags & ~rule.known else None
     else:
@@ -173,6 +213,7 @@ def _rule_check(rule):
 
         def check(v, flags):
             return "reserved record bytes are not zero" if any(map(any, spans(v))) else None
+
     return check
 
 
@@ -194,6 +235,7 @@ def record_fault(v: tuple) -> tuple[int, str, str] | None:
 
 # ------------------------------------------------------------------ the scalar fast path
 
+
 def _slow_ok(rule_index: int, x) -> bool:
     """The accept's slow path: text that is not plain ASCII (``x`` its raw
     bytes), or present resources (``x`` the unpacked record)."""
@@ -211,6 +253,7 @@ def _accept(v: tuple) -> bool:
 
 # ------------------------------------------------------------------ frames
 
+
 def _fault_sample(v: tuple) -> tuple[str, str]:
     """(reason, detail with the node label) of a record that breaks a rule."""
     fault = record_fault(v)
@@ -224,8 +267,9 @@ def decode_one(mv: memoryview) -> DecodedFrame:
     common frame)."""
     v = RECORD_STRUCT.unpack_from(mv, HEADER_SIZE)
     if accept(v, _slow_ok) or record_fault(v) is None:
-        return DecodedFrame(np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE),
-                            None, {}, 1, [], one(v))
+        return DecodedFrame(
+            np.frombuffer(bytearray(mv[HEADER_SIZE:]), RECORD_DTYPE), None, {}, 1, [], one(v)
+        )
     reason, detail = _fault_sample(v)
     return DecodedFrame(no_records(), None, {reason: 1}, 1, [(reason, detail)])
 
@@ -239,7 +283,7 @@ def _scan(mv: memoryview, first: int, count: int) -> DecodedFrame:
     for off in range(first, first + count * RECORD_SIZE, RECORD_SIZE):
         v = unpack(mv, off)
         if accept(v, _slow_ok) or record_fault(v) is None:
-            kept.append(mv[off:off + RECORD_SIZE])
+            kept.append(mv[off : off + RECORD_SIZE])
         else:
             tally(rejects, sample, *_fault_sample(v))
     records = np.frombuffer(bytearray(b"".join(kept)), RECORD_DTYPE)
@@ -255,6 +299,7 @@ def _decode_small(mv: memoryview, count: int) -> DecodedFrame:
 def _compiled_check():
     """The compiled check, imported on first use: senders never load numba."""
     from shm_engine.wire._checks import check_records
+
     return check_records
 
 
@@ -266,13 +311,17 @@ def batch_faults(raw: np.ndarray) -> tuple[np.ndarray, int]:
     out = np.empty(raw.shape[0], np.uint8)
     f8, words = raw.view("<f8"), raw.view("<u8")
     bad = check_records(f8, words, out, False)
-    if bad:   # some may be text with bytes >= 0x80: decode those
+    if bad:  # some may be text with bytes >= 0x80: decode those
         bad = check_records(f8, words, out, True)
     return out, int(bad)
 
 
-def _decode_rows(raw: np.ndarray, seen: int, rejects: dict[str, int] | None = None,
-                 sample: list[tuple[str, str]] | None = None) -> DecodedFrame:
+def _decode_rows(
+    raw: np.ndarray,
+    seen: int,
+    rejects: dict[str, int] | None = None,
+    sample: list[tuple[str, str]] | None = None,
+) -> DecodedFrame:
     """The records of ``raw`` (a private C-contiguous (n, RECORD_SIZE) uint8
     copy) that pass every rule, with the rejects of the others (added to
     ``rejects`` and ``sample``: those of the frame's records already
@@ -301,8 +350,11 @@ def _decode_large(mv: memoryview, count: int) -> DecodedFrame:
     """`decode_binary`'s compiled path, header checked."""
     # Copied out of the frame buffer first (as bytes: a structured copy is
     # slow), so the frame can be released and the check reads aligned memory.
-    raw = np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE).reshape(
-        count, RECORD_SIZE).copy()
+    raw = (
+        np.frombuffer(mv, np.uint8, count * RECORD_SIZE, HEADER_SIZE)
+        .reshape(count, RECORD_SIZE)
+        .copy()
+    )
     return _decode_rows(raw, count)
 
 
@@ -320,7 +372,7 @@ def _from_v1(raw1: np.ndarray) -> tuple[np.ndarray, dict[str, int], list[tuple[s
         for j in np.flatnonzero(newer).tolist():
             v = RECORD_STRUCT.unpack(raw1[j].tobytes() + pad)
             fault = record_fault(v)
-            if fault is not None and fault[0] == 0:      # the node id, checked first
+            if fault is not None and fault[0] == 0:  # the node id, checked first
                 reason, detail = fault[1], fault[2]
             else:
                 reason = "bad_field"
@@ -335,11 +387,12 @@ def _from_v1(raw1: np.ndarray) -> tuple[np.ndarray, dict[str, int], list[tuple[s
 def _decode_v1(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
     """`decode_binary` for a version 1 frame, header checked."""
     raw1 = np.frombuffer(mv, np.uint8, count * V1_RECORD_SIZE, HEADER_SIZE).reshape(
-        count, V1_RECORD_SIZE)
+        count, V1_RECORD_SIZE
+    )
     raw, rejects, sample = _from_v1(raw1)
     if count > SMALL_MAX and compiled:
         return _decode_rows(raw, count, rejects, sample)
-    dec = _scan(memoryview(raw.reshape(-1)), 0, len(raw))
+    dec = _scan(raw.reshape(-1).data, 0, len(raw))
     for reason, n in dec.rejects.items():
         rejects[reason] = rejects.get(reason, 0) + n
     sample = (sample + dec.sample)[:SAMPLE_MAX]
@@ -355,14 +408,18 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
         return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
     _, version, record_size, count, reserved = HEADER.unpack_from(mv)
     if (version, record_size) not in BINARY_VERSIONS:
-        return frame_reject("unsupported_version",
-                            f"version {version} record_size {record_size} "
-                            f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE})")
+        return frame_reject(
+            "unsupported_version",
+            f"version {version} record_size {record_size} "
+            f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE})",
+        )
     if reserved != 0:
         return frame_reject("malformed_frame", f"reserved header field is {reserved}")
     if size != HEADER_SIZE + count * record_size:
-        return frame_reject("malformed_frame",
-                            f"{size} bytes, header promises {HEADER_SIZE} + {count}*{record_size}")
+        return frame_reject(
+            "malformed_frame",
+            f"{size} bytes, header promises {HEADER_SIZE} + {count}*{record_size}",
+        )
     if count == 0:
         return DecodedFrame(no_records(), None, {}, 0, [])
     if version == V1_VERSION:
@@ -407,5 +464,4 @@ def decode_one_record_frames(frames: list) -> DecodedFrame | None:
     if size == V1_ONE_FRAME_SIZE:
         raw, rejects, sample = _from_v1(buf[:, HEADER_SIZE:])
         return _decode_rows(raw, k, rejects, sample)
-    return _decode_rows(np.ascontiguousarray(buf[:, HEADER_SIZE:]), k)   # a copy
-
+    return _decode_rows(np.ascontiguousarray(buf[:, HEADER_SIZE:]), k)  # a copy

@@ -37,7 +37,7 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_frame_bytes: int) ->
     if size > max_frame_bytes:
         return frame_reject("frame_too_large", f"{size} bytes > max {max_frame_bytes}")
     if size == ONE_FRAME_SIZE and mv[:HEADER_SIZE] == HEADER_ONE:
-        return decode_one(mv)               # the common frame
+        return decode_one(mv)  # the common frame
     if size == 0:
         return frame_reject("malformed_frame", "empty frame")
     first = mv[0]

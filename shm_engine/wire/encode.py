@@ -18,9 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (BIT_OF, FIELD_NAMES, HEADER, HEADER_ONE, MAGIC,
-                                    OPTIONAL_FIELDS, RECORD_DTYPE, RECORD_SIZE, REQUIRED_FIELDS,
-                                    RESOURCES, VERSION)
+from shm_engine.wire.format import (
+    BIT_OF,
+    FIELD_NAMES,
+    HEADER,
+    HEADER_ONE,
+    MAGIC,
+    OPTIONAL_FIELDS,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    REQUIRED_FIELDS,
+    RESOURCES,
+    VERSION,
+)
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
 
@@ -56,9 +66,11 @@ def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
         if (not bit or flags & bit) and name not in _ENTRIES:
             out[name] = _plain(name, record[name])
     if flags & RESOURCES.bit:
-        out[RESOURCES.name] = {bytes(record[n]).decode("utf-8"): float(record[v])
-                               for n, v in zip(RESOURCES.names, RESOURCES.values, strict=True)
-                               if bytes(record[n])}
+        out[RESOURCES.name] = {
+            bytes(record[n]).decode("utf-8"): float(record[v])
+            for n, v in zip(RESOURCES.names, RESOURCES.values, strict=True)
+            if bytes(record[n])
+        }
     if labels is not None:
         out["labels"] = json.loads(labels)
     return out
@@ -82,7 +94,7 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
     if isinstance(records, np.ndarray):
         if records.dtype != RECORD_DTYPE:
             raise TypeError(f"records array has dtype {records.dtype}, not RECORD_DTYPE")
-        out = np.zeros(len(records), RECORD_DTYPE)   # zeros: reserved bytes are 0
+        out = np.zeros(len(records), RECORD_DTYPE)  # zeros: reserved bytes are 0
         for name in FIELD_NAMES:
             out[name] = records[name]
     else:
@@ -90,8 +102,10 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
         for mapping in records:
             values, labels = _checked(mapping)
             if labels is not None:
-                raise ValueError(f"{node_label(mapping.get('node'))}: labels cannot "
-                                 "travel in a binary frame; use encode_json")
+                raise ValueError(
+                    f"{node_label(mapping.get('node'))}: labels cannot "
+                    "travel in a binary frame; use encode_json"
+                )
             rows.append(values)
         out = np.zeros(len(rows), RECORD_DTYPE)
         for i, values in enumerate(rows):
@@ -116,5 +130,6 @@ def encode_json(record_mapping: Mapping | np.void) -> bytes:
     for k, value in ordered.items():
         if k in _KINDS and _KINDS[k] != "S":
             ordered[k] = _plain(k, value)
-    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )

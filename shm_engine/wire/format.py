@@ -61,11 +61,11 @@ from kernels.params import HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT
 
 MAGIC = b"SHMH"
 VERSION = 2
-HEADER = struct.Struct("<4sHHII")     # magic, version, record_size, count, reserved
-HEADER_SIZE = HEADER.size             # 16
+HEADER = struct.Struct("<4sHHII")  # magic, version, record_size, count, reserved
+HEADER_SIZE = HEADER.size  # 16
 RECORD_SIZE = 384
 ONE_FRAME_SIZE = HEADER_SIZE + RECORD_SIZE
-HEADER_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)   # a 1-record frame's header
+HEADER_ONE = HEADER.pack(MAGIC, VERSION, RECORD_SIZE, 1, 0)  # a 1-record frame's header
 # The previous version, still accepted: its record is the first V1_RECORD_SIZE
 # bytes of a v2 record, without the fields of V2_ONLY_FLAGS.
 V1_VERSION = 1
@@ -74,8 +74,8 @@ V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
 V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
 # The (version, record_size) pairs a binary header may name.
 BINARY_VERSIONS = ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE))
-DEFAULT_MAX_FRAME_BYTES = 1 << 20     # what clients split batches to
-JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")   # a frame starting so is JSON
+DEFAULT_MAX_FRAME_BYTES = 1 << 20  # what clients split batches to
+JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")  # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
 
 # ------------------------------------------------------------------ presence bits
@@ -93,31 +93,32 @@ V2_ONLY_FLAGS = HAS_SLOTS | HAS_RESOURCES
 
 # ------------------------------------------------------------------ the record
 
-NODE_SIZE = 64                        # padded: 63 bytes of ASCII + at least one NUL
-ZONE_SIZE = 32                        # padded: 31 bytes of UTF-8 + at least one NUL
+NODE_SIZE = 64  # padded: 63 bytes of ASCII + at least one NUL
+ZONE_SIZE = 32  # padded: 31 bytes of UTF-8 + at least one NUL
 MAX_NODE_BYTES = NODE_SIZE - 1
 MAX_ZONE_BYTES = ZONE_SIZE - 1
-MAX_LABELS_BYTES = 256                # canonical compact JSON of `labels`
+MAX_LABELS_BYTES = 256  # canonical compact JSON of `labels`
 U32_MAX = 2**32 - 1
 SLOTS_MAX = 65535
-MAX_RESOURCES = 8                     # resource entries per heartbeat
-RESOURCE_NAME_SIZE = 16               # padded: 1..15 bytes of UTF-8 + at least one NUL
+MAX_RESOURCES = 8  # resource entries per heartbeat
+RESOURCE_NAME_SIZE = 16  # padded: 1..15 bytes of UTF-8 + at least one NUL
 # The node id's characters (ASCII letters, digits and `. _ : - /`), as
 # inclusive byte ranges: the checks test ranges, eight bytes at a time.
-NODE_ID_RANGES = ((0x2D, 0x3A), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))   # -./0-9: A-Z _ a-z
+NODE_ID_RANGES = ((0x2D, 0x3A), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))  # -./0-9: A-Z _ a-z
 
 
 def describe_ranges(ranges: tuple[tuple[int, int], ...]) -> str:
     """Byte ranges as a reader would write the characters: runs of letters
     or digits as ``A-Z``, then the other characters one by one."""
     chars = sorted({chr(c) for lo, hi in ranges for c in range(lo, hi + 1)})
-    runs, others = [], []
+    runs: list[tuple[str, str, tuple[bool, bool, bool]]] = []
+    others: list[str] = []
     for ch in chars:
         kind = (ch.isupper(), ch.islower(), ch.isdigit())
         if any(kind) and runs and runs[-1][2] == kind and ord(runs[-1][1]) + 1 == ord(ch):
-            runs[-1][1] = ch
+            runs[-1] = (runs[-1][0], ch, kind)
         elif any(kind):
-            runs.append([ch, ch, kind])
+            runs.append((ch, ch, kind))
         else:
             others.append(ch)
     words = [a if a == b else f"{a}-{b}" for a, b, _ in runs]
@@ -130,20 +131,39 @@ _RESOURCES_AT = 192
 
 # The record's fields: (name, numpy type, byte offset), in offset order.
 RECORD_FIELDS = (
-    ("cpu", "<f8", 0), ("mem", "<f8", 8), ("queue", "<f8", 16), ("avg_job_s", "<f8", 24),
-    ("throughput", "<f8", 32), ("io", "<f8", 40), ("p50_ms", "<f8", 48), ("p95_ms", "<f8", 56),
-    ("ts", "<f8", 64), ("ok", "<u4", 72), ("err", "<u4", 76), ("flags", "u1", 80),
-    ("slots", "<u2", 82), ("node", f"S{NODE_SIZE}", 88), ("zone", f"S{ZONE_SIZE}", 152),
-    *((name, f"S{RESOURCE_NAME_SIZE}", _RESOURCES_AT + RESOURCE_NAME_SIZE * i)
-      for i, name in enumerate(RESOURCE_NAMES)),
-    *((name, "<f8", _RESOURCES_AT + RESOURCE_NAME_SIZE * MAX_RESOURCES + 8 * i)
-      for i, name in enumerate(RESOURCE_VALUES)),
+    ("cpu", "<f8", 0),
+    ("mem", "<f8", 8),
+    ("queue", "<f8", 16),
+    ("avg_job_s", "<f8", 24),
+    ("throughput", "<f8", 32),
+    ("io", "<f8", 40),
+    ("p50_ms", "<f8", 48),
+    ("p95_ms", "<f8", 56),
+    ("ts", "<f8", 64),
+    ("ok", "<u4", 72),
+    ("err", "<u4", 76),
+    ("flags", "u1", 80),
+    ("slots", "<u2", 82),
+    ("node", f"S{NODE_SIZE}", 88),
+    ("zone", f"S{ZONE_SIZE}", 152),
+    *(
+        (name, f"S{RESOURCE_NAME_SIZE}", _RESOURCES_AT + RESOURCE_NAME_SIZE * i)
+        for i, name in enumerate(RESOURCE_NAMES)
+    ),
+    *(
+        (name, "<f8", _RESOURCES_AT + RESOURCE_NAME_SIZE * MAX_RESOURCES + 8 * i)
+        for i, name in enumerate(RESOURCE_VALUES)
+    ),
 )
 FIELD_NAMES = tuple(name for name, _, _ in RECORD_FIELDS)
-RECORD_DTYPE = np.dtype({"names": list(FIELD_NAMES),
-                         "formats": [fmt for _, fmt, _ in RECORD_FIELDS],
-                         "offsets": [off for _, _, off in RECORD_FIELDS],
-                         "itemsize": RECORD_SIZE})
+RECORD_DTYPE = np.dtype(
+    {
+        "names": list(FIELD_NAMES),
+        "formats": [fmt for _, fmt, _ in RECORD_FIELDS],
+        "offsets": [off for _, _, off in RECORD_FIELDS],
+        "itemsize": RECORD_SIZE,
+    }
+)
 
 # A field's position in RECORD_DTYPE order (in a record's values as a tuple,
 # e.g. `DecodedFrame.one`) and its byte offset.
@@ -158,7 +178,7 @@ WORDS = RECORD_SIZE // 8
 WORD = {name: off // 8 for name, off in OFFSET.items()}
 SHIFT = {name: 8 * (off % 8) for name, off in OFFSET.items()}
 FLAGS_WORD = WORD["flags"]
-OKERR_WORD = WORD["ok"]               # ok: the low 32 bits, err: the high 32
+OKERR_WORD = WORD["ok"]  # ok: the low 32 bits, err: the high 32
 NODE_WORDS = slice(WORD["node"], WORD["node"] + NODE_SIZE // 8)
 ZONE_WORDS = slice(WORD["zone"], WORD["zone"] + ZONE_SIZE // 8)
 
@@ -176,7 +196,7 @@ def _reserved_spans() -> tuple[tuple[int, int], ...]:
     return tuple(spans)
 
 
-RESERVED_SPANS = _reserved_spans()     # ((81, 82), (84, 88), (184, 192))
+RESERVED_SPANS = _reserved_spans()  # ((81, 82), (84, 88), (184, 192))
 FLAGS_OFFSET = OFFSET["flags"]
 
 _STRUCT_CODES = {"<f8": "d", "<u4": "I", "<u2": "H", "|u1": "B"}
@@ -192,7 +212,7 @@ def _record_structs() -> tuple[struct.Struct, struct.Struct, dict[str, int], tup
     parts += [(lo, hi - lo) for lo, hi in RESERVED_SPANS]
     unpack, pack, item_of, reserved = ["<"], ["<"], {}, []
     for i, (_, what) in enumerate(sorted(parts, key=lambda part: part[0])):
-        if isinstance(what, int):           # a reserved span of `what` bytes
+        if isinstance(what, int):  # a reserved span of `what` bytes
             unpack.append(f"{what}s")
             pack.append(f"{what}x")
             reserved.append(i)
@@ -202,8 +222,7 @@ def _record_structs() -> tuple[struct.Struct, struct.Struct, dict[str, int], tup
         unpack.append(code)
         pack.append(code)
         item_of[what] = i
-    return (struct.Struct("".join(unpack)), struct.Struct("".join(pack)), item_of,
-            tuple(reserved))
+    return (struct.Struct("".join(unpack)), struct.Struct("".join(pack)), item_of, tuple(reserved))
 
 
 # A record as Python objects (the scalar paths): RECORD_STRUCT.unpack gives
@@ -217,24 +236,24 @@ assert RECORD_STRUCT.size == RECORD_PACK.size == RECORD_SIZE == RECORD_DTYPE.ite
 
 # In the order counters are laid out (the segment's `rejects` array).
 REJECT_REASONS = (
-    "frame_too_large",      # frame longer than max_frame_bytes; not decoded at all
-    "malformed_frame",      # undecodable frame: bad UTF-8/JSON, too deep, wrong top
-                            # level, bad magic, truncated or mis-sized binary,
-                            # non-zero reserved header field
+    "frame_too_large",  # frame longer than max_frame_bytes; not decoded at all
+    "malformed_frame",  # undecodable frame: bad UTF-8/JSON, too deep, wrong top
+    # level, bad magic, truncated or mis-sized binary,
+    # non-zero reserved header field
     "unsupported_version",  # binary version or record_size we do not know
     "malformed_heartbeat",  # an element of a JSON array that is not an object
-    "missing_field",        # a required field is absent, or half of an ok/err or
-                            # p50_ms/p95_ms pair
-    "bad_field",            # wrong type, non-finite, out of range,
-                            # bad flags/reserved bytes, labels or zone invalid
-    "bad_node_id",          # not 1..63 of A-Z a-z 0-9 . _ : - / (NUL padded in binary)
-    "unknown_field",        # a JSON key not in SCORING.md's input table
-    "registry_full",        # counted by the ingest, never by a decoder
+    "missing_field",  # a required field is absent, or half of an ok/err or
+    # p50_ms/p95_ms pair
+    "bad_field",  # wrong type, non-finite, out of range,
+    # bad flags/reserved bytes, labels or zone invalid
+    "bad_node_id",  # not 1..63 of A-Z a-z 0-9 . _ : - / (NUL padded in binary)
+    "unknown_field",  # a JSON key not in SCORING.md's input table
+    "registry_full",  # counted by the ingest, never by a decoder
     # Counted by the ingest (`shm_engine.ingest.admission`), never by a decoder:
     "too_many_heartbeats",  # more than [ingest] max_heartbeats_per_frame; not decoded
-    "not_authorized",       # the sender may not speak for this node id
-    "node_not_allowed",     # node id outside [ingest] allow_nodes
-    "registration_rate",    # a new node over the registration budget
+    "not_authorized",  # the sender may not speak for this node id
+    "node_not_allowed",  # node id outside [ingest] allow_nodes
+    "registration_rate",  # a new node over the registration budget
 )
 
 # ------------------------------------------------------------------ the rules
@@ -243,11 +262,13 @@ REJECT_REASONS = (
 class Bound:
     """The range of a number field; ``fault`` is how a rejection names it.
     ``holds(x)``: whether ``x`` is in range (False for NaN)."""
+
     __slots__ = ("lo", "hi", "lo_open", "hi_open", "fault", "holds")
 
     def __init__(self, lo: float, hi: float, lo_open: bool, hi_open: bool, fault: str) -> None:
-        assert (lo_open or math.isfinite(lo)) and (hi_open or math.isfinite(hi)), \
+        assert (lo_open or math.isfinite(lo)) and (hi_open or math.isfinite(hi)), (
             "a bound holds finite values only (the checks rely on it)"
+        )
         self.lo, self.hi, self.lo_open, self.hi_open, self.fault = lo, hi, lo_open, hi_open, fault
         # One closure per kind of interval: the checks call it per value.
         if lo_open:
@@ -274,6 +295,7 @@ class Number(NamedTuple):
     ``bound`` (and with ``ordered``, the first <= the second); absent, a
     binary record holds 0 there.  An unsigned integer field in
     `RECORD_DTYPE` takes JSON integers only, a float field any JSON number."""
+
     names: tuple[str, ...]
     bit: int
     bound: Bound
@@ -287,6 +309,7 @@ class Text(NamedTuple):
     control character (C0, DEL, C1); ``nonempty``: at least one byte;
     ``ranges``: if given, every byte is in one of these inclusive ASCII
     ranges (and the text is ASCII)."""
+
     name: str
     bit: int
     what: str
@@ -303,6 +326,7 @@ class Resources(NamedTuple):
     name has), the names distinct, each value within ``bound``.  In the
     record, entry i is ``names[i]`` / ``values[i]``: the entries come first,
     then empty names with zero values; absent (bit clear), all zero."""
+
     name: str
     bit: int
     names: tuple[str, ...]
@@ -315,6 +339,7 @@ class Resources(NamedTuple):
 class Labels(NamedTuple):
     """A JSON object of string to string, kept as canonical compact JSON of
     at most ``max_bytes``; JSON frames only (not in the binary record)."""
+
     name: str
     max_bytes: int
     reason: str = "bad_field"
@@ -322,12 +347,14 @@ class Labels(NamedTuple):
 
 class FlagsByte(NamedTuple):
     """Binary only: no bit of the flags byte outside ``known``."""
+
     known: int
     reason: str = "bad_field"
 
 
 class ReservedBytes(NamedTuple):
     """Binary only: every byte of ``spans`` is zero."""
+
     spans: tuple[tuple[int, int], ...]
     reason: str = "bad_field"
 
@@ -335,8 +362,15 @@ class ReservedBytes(NamedTuple):
 # The heartbeat fields of the score's input table (docs/scoring.md), in
 # check order.
 FIELDS = (
-    Text("node", 0, "node id", printable=True, nonempty=True, reason="bad_node_id",
-         ranges=NODE_ID_RANGES),
+    Text(
+        "node",
+        0,
+        "node id",
+        printable=True,
+        nonempty=True,
+        reason="bad_node_id",
+        ranges=NODE_ID_RANGES,
+    ),
     Number(("cpu",), 0, UNIT),
     Number(("mem",), 0, UNIT),
     Number(("queue",), 0, NON_NEGATIVE),
@@ -346,19 +380,32 @@ FIELDS = (
     Number(("io",), HAS_IO, UNIT),
     Number(("p50_ms", "p95_ms"), HAS_TAIL, POSITIVE, ordered=True),
     Number(("slots",), HAS_SLOTS, SLOTS),
-    Resources("resources", HAS_RESOURCES, RESOURCE_NAMES, RESOURCE_VALUES,
-              Text(RESOURCE_NAMES[0], 0, "resource name", printable=False, nonempty=True,
-                   reason="bad_field"),
-              NON_NEGATIVE),
+    Resources(
+        "resources",
+        HAS_RESOURCES,
+        RESOURCE_NAMES,
+        RESOURCE_VALUES,
+        Text(
+            RESOURCE_NAMES[0],
+            0,
+            "resource name",
+            printable=False,
+            nonempty=True,
+            reason="bad_field",
+        ),
+        NON_NEGATIVE,
+    ),
     Number(("ts",), HAS_TS, FINITE),
     Text("zone", HAS_ZONE, "zone", printable=False, nonempty=False, reason="bad_field"),
     Labels("labels", MAX_LABELS_BYTES),
 )
 
 # The binary record's checks, in order: the node id, the flags, the rest.
-RECORD_RULES = ((FIELDS[0], FlagsByte(KNOWN_FLAGS))
-                + tuple(f for f in FIELDS[1:] if not isinstance(f, Labels))
-                + (ReservedBytes(RESERVED_SPANS),))
+RECORD_RULES = (
+    (FIELDS[0], FlagsByte(KNOWN_FLAGS))
+    + tuple(f for f in FIELDS[1:] if not isinstance(f, Labels))
+    + (ReservedBytes(RESERVED_SPANS),)
+)
 
 
 def names_of(row) -> tuple[str, ...]:
@@ -383,7 +430,7 @@ KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Pairs sent together: a heartbeat with one half misses the other.
 PAIRS = tuple(f.names for f in FIELDS if isinstance(f, Number) and len(f.names) == 2)
 # The presence bit of each record field (0: always present).
-BIT_OF = {n: f.bit for f in FIELDS for n in fields_of(f)}
+BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in fields_of(f)}
 RESOURCES = next(f for f in FIELDS if isinstance(f, Resources))
 
 
@@ -396,7 +443,7 @@ def _check_the_tables() -> None:
     texts = [f.name for f in FIELDS if isinstance(f, Text)] + list(RESOURCES.names)
     for name in texts:  # the compiled check reads text fields as whole words
         assert OFFSET[name] % 8 == 0 and RECORD_DTYPE[name].itemsize % 8 == 0
-    for names in (RESOURCES.names, RESOURCES.values):   # entries in order, adjacent
+    for names in (RESOURCES.names, RESOURCES.values):  # entries in order, adjacent
         offsets = [OFFSET[n] for n in names]
         size = RECORD_DTYPE[names[0]].itemsize
         assert offsets == list(range(offsets[0], offsets[0] + size * len(names), size))

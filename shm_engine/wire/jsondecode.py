@@ -31,28 +31,44 @@ from typing import Any
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, KNOWN_FIELDS, MAX_JSON_DEPTH,
-                                    PAIRS, RECORD_DTYPE, RECORD_PACK, REQUIRED_FIELDS, Labels,
-                                    Number, Resources, Text, describe_ranges)
-from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 from shm_engine.wire._scalar import json_fields
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    KNOWN_FIELDS,
+    MAX_JSON_DEPTH,
+    PAIRS,
+    RECORD_DTYPE,
+    RECORD_PACK,
+    REQUIRED_FIELDS,
+    Labels,
+    Number,
+    Resources,
+    Text,
+    describe_ranges,
+)
+from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 
-_NUMBER_TYPES = (int, float, np.integer, np.floating)   # bool is excluded apart
+_NUMBER_TYPES = (int, float, np.integer, np.floating)  # bool is excluded apart
 _INT_TYPES = (int, np.integer)
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")        # C0, DEL, C1
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
 _REQUIRED_SET = frozenset(REQUIRED_FIELDS)
-_KEY = FIELDS[0]                                         # the node id: checked first
+_KEY = FIELDS[0]  # the node id: checked first
 assert isinstance(_KEY, Text) and _KEY.bit == 0
 _KEY_INDEX = FIELD_INDEX[_KEY.name]
 
 # A record's values in RECORD_DTYPE field order before any field is set.
-_BLANK = tuple(b"" if RECORD_DTYPE[n].kind == "S" else
-               0 if RECORD_DTYPE[n].kind == "u" else 0.0 for n in FIELD_NAMES)
+_BLANK = tuple(
+    b"" if RECORD_DTYPE[n].kind == "S" else 0 if RECORD_DTYPE[n].kind == "u" else 0.0
+    for n in FIELD_NAMES
+)
 _INDEX = FIELD_INDEX
 _LIMIT = {n: RECORD_DTYPE[n].itemsize - 1 for n in FIELD_NAMES if RECORD_DTYPE[n].kind == "S"}
 
 
 # ------------------------------------------------------------------ one value
+
 
 def _number(obj: Mapping, key: str) -> float:
     """A finite float from any JSON number, or Reject."""
@@ -86,7 +102,7 @@ def _reader(rule: Number, key: str, first: int | None):
             if not holds(x):
                 raise Reject(reason, f"{key}={short(x)} {fault}")
             x = int(x)
-        elif not (type(x) is float and holds(x)):     # a bound holds finite values only
+        elif not (type(x) is float and holds(x)):  # a bound holds finite values only
             x = _number(obj, key)
             if not holds(x):
                 raise Reject(reason, f"{key}={x!r} {fault}")
@@ -94,6 +110,7 @@ def _reader(rule: Number, key: str, first: int | None):
             a = FIELD_NAMES[first]
             raise Reject(reason, f"{key}={x!r} < {a}={values[first]!r}")
         return x
+
     return read
 
 
@@ -102,8 +119,11 @@ def _ranges_re(rule: Text) -> re.Pattern:
     return re.compile(f"[{chars}]*")
 
 
-_RANGES_RE = {rule.name: _ranges_re(rule) for rule in FIELDS
-              if isinstance(rule, Text) and rule.ranges is not None}
+_RANGES_RE = {
+    rule.name: _ranges_re(rule)
+    for rule in FIELDS
+    if isinstance(rule, Text) and rule.ranges is not None
+}
 
 
 def _text(rule: Text, value: Any) -> bytes:
@@ -122,8 +142,10 @@ def _text(rule: Text, value: Any) -> bytes:
         raise Reject(rule.reason, f"{what} is {len(raw)} bytes > {limit}")
     if rule.ranges is not None:
         if _RANGES_RE[rule.name].fullmatch(value) is None:
-            raise Reject(rule.reason, f"{what} {short(value)} has a character outside "
-                                      f"{describe_ranges(rule.ranges)}")
+            raise Reject(
+                rule.reason,
+                f"{what} {short(value)} has a character outside {describe_ranges(rule.ranges)}",
+            )
     elif rule.printable:
         if _CONTROL_RE.search(value):
             raise Reject(rule.reason, f"{what} contains a control character")
@@ -178,6 +200,7 @@ def _resources(rule: Resources, obj: Mapping, values: list) -> None:
 
 # ------------------------------------------------------------------ one heartbeat
 
+
 def _field_readers() -> dict:
     """key -> ``read(obj, values)``: the checked value of that field (the
     reference; the rendered `_fields` calls it for anything but a float in
@@ -216,8 +239,10 @@ def check_mapping(obj: dict) -> tuple[tuple, bytes | None]:
         raise Reject("missing_field", f"missing {missing}")
     for a, b in PAIRS:
         if (a in obj) != (b in obj):
-            raise Reject("missing_field", f"{a if a in obj else b} without its pair "
-                                          f"({a} and {b} come together)")
+            raise Reject(
+                "missing_field",
+                f"{a if a in obj else b} without its pair ({a} and {b} come together)",
+            )
     dup = getattr(obj, "duplicate", None)
     if dup is not None:
         raise Reject("bad_field", f"field {short(dup)} given twice")
@@ -234,7 +259,12 @@ def check_heartbeat(obj: dict) -> tuple[np.void | None, bytes | None, str | None
     ``(None, None, reason, detail)`` otherwise.  Never raises on bad input.
     """
     if not isinstance(obj, dict):
-        return None, None, "malformed_heartbeat", f"heartbeat is {type(obj).__name__}, not an object"
+        return (
+            None,
+            None,
+            "malformed_heartbeat",
+            f"heartbeat is {type(obj).__name__}, not an object",
+        )
     try:
         values, labels = check_mapping(obj)
     except Reject as rej:
@@ -254,8 +284,10 @@ def pack_records(good: list) -> np.ndarray:
 
 # ------------------------------------------------------------------ JSON frames
 
+
 class _DupDict(dict):
     """A decoded object in which a key appeared more than once."""
+
     duplicate: str
 
 
@@ -319,7 +351,7 @@ def parse_json(buf: bytes) -> Any:
         return JSON_DECODER.decode(text)
     except RecursionError:
         raise Reject("malformed_frame", "JSON nesting too deep") from None
-    except ValueError as err:   # JSONDecodeError, and int digit-limit errors
+    except ValueError as err:  # JSONDecodeError, and int digit-limit errors
         raise Reject("malformed_frame", f"invalid JSON: {short(str(err), 80)}") from None
 
 
@@ -336,8 +368,12 @@ class _Heartbeats:
         try:
             values, lab = check_mapping(obj)
         except Reject as rej:
-            tally(self.rejects, self.sample, rej.reason,
-                  f"{node_label(obj.get('node'))}: {rej.detail}")
+            tally(
+                self.rejects,
+                self.sample,
+                rej.reason,
+                f"{node_label(obj.get('node'))}: {rej.detail}",
+            )
             return
         self.good.append(values)
         self.labels.append(lab)
@@ -346,8 +382,9 @@ class _Heartbeats:
         tally(self.rejects, self.sample, reason, detail)
 
     def frame(self, seen: int, one: tuple | None = None) -> DecodedFrame:
-        return DecodedFrame(pack_records(self.good), self.labels, self.rejects, seen,
-                            self.sample, one)
+        return DecodedFrame(
+            pack_records(self.good), self.labels, self.rejects, seen, self.sample, one
+        )
 
 
 def decode_json(buf: bytes) -> DecodedFrame:
@@ -361,15 +398,17 @@ def decode_json(buf: bytes) -> DecodedFrame:
     elif isinstance(value, list):
         items = value
     else:
-        return frame_reject("malformed_frame",
-                            f"top level is {type(value).__name__}, not object or array")
+        return frame_reject(
+            "malformed_frame", f"top level is {type(value).__name__}, not object or array"
+        )
     out = _Heartbeats()
     for item in items:
         if isinstance(item, dict):
             out.check(item)
         else:
-            out.reject("malformed_heartbeat",
-                       f"array element is {type(item).__name__}, not an object")
+            out.reject(
+                "malformed_heartbeat", f"array element is {type(item).__name__}, not an object"
+            )
     one = out.good[0] if len(items) == 1 and out.good else None
     return out.frame(len(items), one)
 

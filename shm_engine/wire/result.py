@@ -14,7 +14,7 @@ import numpy as np
 
 from shm_engine.wire.format import RECORD_DTYPE
 
-SAMPLE_MAX = 3      # (reason, detail) pairs kept per decode, for rate-limited logs
+SAMPLE_MAX = 3  # (reason, detail) pairs kept per decode, for rate-limited logs
 
 
 class DecodedFrame(NamedTuple):
@@ -33,6 +33,7 @@ class DecodedFrame(NamedTuple):
     without padding (what ``records[0].item()`` holds); None otherwise.  The
     ingest's 1-record path reads it instead of the numpy record.
     """
+
     records: np.ndarray
     labels: list[bytes | None] | None
     rejects: dict[str, int]
@@ -54,7 +55,7 @@ class Reject(Exception):
 def short(value: Any, limit: int = 40) -> str:
     """repr() for log details: escaped (ids are untrusted) and bounded."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def node_label(node: Any) -> str:
@@ -75,8 +76,7 @@ def frame_reject(reason: str, detail: str) -> DecodedFrame:
     return DecodedFrame(no_records(), None, {reason: 1}, 1, [(reason, "frame: " + detail)])
 
 
-def tally(rejects: dict[str, int], sample: list[tuple[str, str]], reason: str,
-          detail: str) -> None:
+def tally(rejects: dict[str, int], sample: list[tuple[str, str]], reason: str, detail: str) -> None:
     """Count one rejected heartbeat and keep its detail while the sample has room."""
     rejects[reason] = rejects.get(reason, 0) + 1
     if len(sample) < SAMPLE_MAX:

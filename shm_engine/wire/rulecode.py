@@ -32,10 +32,26 @@ import sys
 
 import numpy as np
 
-from shm_engine.wire.format import (FIELDS, FIELD_INDEX, FIELD_NAMES, FLAGS_WORD, ITEM, OFFSET,
-                                    RECORD_DTYPE, RECORD_RULES, RESERVED_ITEMS, RESERVED_SPANS, SHIFT,
-                                    FlagsByte, Labels, Number, ReservedBytes, Resources, Text,
-                                    names_of)
+from shm_engine.wire.format import (
+    FIELD_INDEX,
+    FIELD_NAMES,
+    FIELDS,
+    FLAGS_WORD,
+    ITEM,
+    OFFSET,
+    RECORD_DTYPE,
+    RECORD_RULES,
+    RESERVED_ITEMS,
+    RESERVED_SPANS,
+    SHIFT,
+    FlagsByte,
+    Labels,
+    Number,
+    ReservedBytes,
+    Resources,
+    Text,
+    names_of,
+)
 
 CHECKS_PATH = pathlib.Path(__file__).with_name("_checks.py")
 SCALAR_PATH = pathlib.Path(__file__).with_name("_scalar.py")
@@ -50,8 +66,10 @@ def _literal(x: float, integer: bool) -> str:
 
 def _in_bound(x: str, bound, integer: bool) -> str:
     """``lo <= x < hi`` (the bound's kind of interval) as source."""
-    return (f"{_literal(bound.lo, integer)} {'<' if bound.lo_open else '<='} {x} "
-            f"{'<' if bound.hi_open else '<='} {_literal(bound.hi, integer)}")
+    return (
+        f"{_literal(bound.lo, integer)} {'<' if bound.lo_open else '<='} {x} "
+        f"{'<' if bound.hi_open else '<='} {_literal(bound.hi, integer)}"
+    )
 
 
 def _number_term(rule: Number, read, flags: str) -> str:
@@ -63,7 +81,7 @@ def _number_term(rule: Number, read, flags: str) -> str:
         ftype = RECORD_DTYPE[name]
         integer = ftype.kind == "u"
         if integer and rule.bound.holds(0) and rule.bound.holds(int(np.iinfo(ftype).max)):
-            continue                           # the type holds only valid values
+            continue  # the type holds only valid values
         ok.append(_in_bound(read(name), rule.bound, integer))
     if rule.ordered:
         ok.append(f"{read(rule.names[0])} <= {read(rule.names[1])}")
@@ -83,13 +101,24 @@ def _rule_terms(target) -> list[tuple[int, str, str]]:
             terms.append((i, " ".join(rule.names), _number_term(rule, target.read, target.flags)))
         elif isinstance(rule, Text):
             valid, zero = target.text(rule)
-            terms.append((i, rule.what, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"
-                          if rule.bit else valid))
+            terms.append(
+                (
+                    i,
+                    rule.what,
+                    f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"
+                    if rule.bit
+                    else valid,
+                )
+            )
         elif isinstance(rule, Resources):
             valid, zero = target.resources(rule)
-            terms.append((i, rule.name, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})"))
+            terms.append(
+                (i, rule.name, f"({valid} if {target.flags} & {rule.bit:#04x} else {zero})")
+            )
         elif isinstance(rule, FlagsByte):
-            terms.append((i, "unknown flag bits", f"not {target.flags} & {0xFF & ~rule.known:#04x}"))
+            terms.append(
+                (i, "unknown flag bits", f"not {target.flags} & {0xFF & ~rule.known:#04x}")
+            )
         else:
             assert isinstance(rule, ReservedBytes)
             terms.append((i, "reserved bytes", target.reserved(rule)))
@@ -103,6 +132,7 @@ class _Python:
     ``_ASCII_<field>``, a fullmatch of the field's valid ASCII form;
     ``_ZERO_<item>``, the zero bytes of an item; ``_NO_<field>``, the items
     of absent resources."""
+
     flags = "f"
 
     @staticmethod
@@ -114,7 +144,7 @@ class _Python:
         i = ITEM[rule.name]
         k = RECORD_RULES.index(rule)
         ascii_ok = f"_ASCII_{rule.name}(v[{i}]) is not None"
-        if rule.ranges is not None:     # ASCII only: the pattern decides alone
+        if rule.ranges is not None:  # ASCII only: the pattern decides alone
             return f"({ascii_ok})", f"v[{i}] == _ZERO_{i}"
         return f"({ascii_ok} or slow_ok({k}, v[{i}]))", f"v[{i}] == _ZERO_{i}"
 
@@ -150,17 +180,18 @@ def text_pattern(rule: Text) -> bytes:
 
 def _accept_lines() -> list[str]:
     terms = [term for _, _, term in _rule_terms(_Python)]
-    return (["def accept(v, slow_ok):",
-             f"    f = v[{ITEM['flags']}]",
-             "    return (" + terms[0]]
-            + [f"            and {term}" for term in terms[1:]] + ["    )"])
+    return (
+        ["def accept(v, slow_ok):", f"    f = v[{ITEM['flags']}]", "    return (" + terms[0]]
+        + [f"            and {term}" for term in terms[1:]]
+        + ["    )"]
+    )
 
 
 def _one_lines() -> list[str]:
     """`one`: slices for runs of adjacent items, one tuple for the text."""
     out: list[str] = []
-    run: list[int] = []                  # adjacent items, taken as one slice
-    texts: list[str] = []                # unpadded text items, one tuple
+    run: list[int] = []  # adjacent items, taken as one slice
+    texts: list[str] = []  # unpadded text items, one tuple
 
     def close() -> None:
         if run:
@@ -169,6 +200,7 @@ def _one_lines() -> list[str]:
         if texts:
             out.append(f"({', '.join(texts)},)")
             texts.clear()
+
     for name in FIELD_NAMES:
         item = ITEM[name]
         if RECORD_DTYPE[name].kind == "S":
@@ -195,7 +227,7 @@ def _json_fields_lines() -> list[str]:
             if isinstance(rule, Labels):
                 body.append(f"labels = {slow}")
                 continue
-            if isinstance(rule, Resources):     # its reader fills the entries
+            if isinstance(rule, Resources):  # its reader fills the entries
                 body.append(slow)
                 continue
             i = FIELD_INDEX[key]
@@ -203,7 +235,10 @@ def _json_fields_lines() -> list[str]:
                 fast = _in_bound("x", rule.bound, False)
                 if rule.ordered and j:
                     fast += f" and x >= values[{FIELD_INDEX[keys[0]]}]"
-                body += [f"x = obj[{key!r}]", f"values[{i}] = x if type(x) is float and {fast} else {slow}"]
+                body += [
+                    f"x = obj[{key!r}]",
+                    f"values[{i}] = x if type(x) is float and {fast} else {slow}",
+                ]
             else:
                 body.append(f"values[{i}] = {slow}")
         optional = isinstance(rule, Labels) or rule.bit != 0
@@ -225,20 +260,39 @@ def render_scalar() -> str:
             names.append(f"_ZERO_{item} = bytes({RECORD_DTYPE[rule.name].itemsize})")
         elif isinstance(rule, Resources):
             size = RECORD_DTYPE[rule.names[0]].itemsize
-            names.append(f"_NO_{rule.name} = (bytes({size}),) * {len(rule.names)} "
-                         f"+ (0.0,) * {len(rule.values)}")
-    names += [f"_ZERO_{k} = bytes({hi - lo})"
-              for k, (lo, hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True)]
-    code = ['"""The scalar hot paths of the wire package: GENERATED from the rule table',
-            "by `shm_engine.wire.rulecode`, which says what each function does.  Do not",
-            'edit: run ``python -m shm_engine.wire`` after changing the table."""',
-            "# ruff: noqa: E501",
-            "", "import math", "import re", "", *names, "", "",
-            *_accept_lines(), "", "", *_one_lines(), "", "", *_json_fields_lines()]
+            names.append(
+                f"_NO_{rule.name} = (bytes({size}),) * {len(rule.names)} "
+                f"+ (0.0,) * {len(rule.values)}"
+            )
+    names += [
+        f"_ZERO_{k} = bytes({hi - lo})"
+        for k, (lo, hi) in zip(RESERVED_ITEMS, RESERVED_SPANS, strict=True)
+    ]
+    code = [
+        '"""The scalar hot paths of the wire package: GENERATED from the rule table',
+        "by `shm_engine.wire.rulecode`, which says what each function does.  Do not",
+        'edit: run ``python -m shm_engine.wire`` after changing the table."""',
+        "# ruff: noqa: E501",
+        "",
+        "import math",
+        "import re",
+        "",
+        *names,
+        "",
+        "",
+        *_accept_lines(),
+        "",
+        "",
+        *_one_lines(),
+        "",
+        "",
+        *_json_fields_lines(),
+    ]
     return "\n".join(code) + "\n"
 
 
 # ------------------------------------------------------------------ the compiled check
+
 
 def _u64(x: int) -> str:
     return f"np.uint64({x:#x})"
@@ -249,6 +303,7 @@ class _Numba:
     ``flags``; text fields with bytes >= 0x80 are decoded only when the
     variable ``decode`` is true.  Module names: ``_RANGES_<field>``, the byte
     ranges of a `Text` with ``ranges``."""
+
     flags = "flags"
 
     @staticmethod
@@ -283,8 +338,10 @@ class _Numba:
         zero = [f"words[j, {w}] == 0" for w in range(first, first + per * len(rule.names))]
         for i, name in enumerate(rule.values):
             x = _Numba.read(name)
-            valid.append(f"(({_in_bound(x, rule.bound, False)}) if words[j, {first + per * i}] "
-                         f"& _BYTE else {x} == 0)")
+            valid.append(
+                f"(({_in_bound(x, rule.bound, False)}) if words[j, {first + per * i}] "
+                f"& _BYTE else {x} == 0)"
+            )
             zero.append(f"{x} == 0")
         return "(" + " and ".join(valid) + ")", "(" + " and ".join(zero) + ")"
 
@@ -294,8 +351,10 @@ class _Numba:
         for lo, hi in rule.spans:
             for byte in range(lo, hi):
                 masks[byte // 8] = masks.get(byte // 8, 0) | 0xFF << 8 * (byte % 8)
-        return " and ".join(f"words[j, {w}] == 0" if m == 2**64 - 1 else
-                            f"words[j, {w}] & {_u64(m)} == 0" for w, m in sorted(masks.items()))
+        return " and ".join(
+            f"words[j, {w}] == 0" if m == 2**64 - 1 else f"words[j, {w}] & {_u64(m)} == 0"
+            for w, m in sorted(masks.items())
+        )
 
 
 def _fault_chain() -> list[str]:
@@ -339,8 +398,11 @@ def render_checks() -> str:
         f"NO_FAULT = {len(RECORD_RULES)}",
         "_INF = np.inf",
         "_BYTE = np.uint64(0xFF)",
-        *(f"_RANGES_{rule.name} = {rule.ranges!r}" for rule in RECORD_RULES
-          if isinstance(rule, Text) and rule.ranges is not None),
+        *(
+            f"_RANGES_{rule.name} = {rule.ranges!r}"
+            for rule in RECORD_RULES
+            if isinstance(rule, Text) and rule.ranges is not None
+        ),
         "",
         "",
         "@njit(cache=True, nogil=True)",
@@ -363,4 +425,3 @@ def main() -> int:
         path.write_text(source)
         print(f"wrote {path}", file=sys.stderr)
     return 0
-

@@ -32,8 +32,9 @@ from support.users import OTHER_USER, as_other_user
 from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-HB = dict(cpu=0.42, mem=0.61, queue=3, avg_job_s=1.8, throughput=12.5, ok=120, err=1,
-          p50_ms=35, p95_ms=80)
+HB = dict(
+    cpu=0.42, mem=0.61, queue=3, avg_job_s=1.8, throughput=12.5, ok=120, err=1, p50_ms=35, p95_ms=80
+)
 
 
 # ------------------------------------------------------ the README example --
@@ -41,7 +42,7 @@ def test_the_readme_example_delivers_every_time(pull):
     sock, endpoint = pull
     for run in range(5):
         node = f"node-{run}"
-        with HeartbeatClient(endpoint) as hb:          # the README, word for word
+        with HeartbeatClient(endpoint) as hb:  # the README, word for word
             hb.send(node, **HB)
         # The with block has ended: the client is closed, the frame is out.
         assert sock.poll(5000), f"run {run}: the heartbeat never arrived"
@@ -54,15 +55,17 @@ def test_the_readme_example_reaches_a_real_engine(shm_name, tmp_path, reap):
     eng = Engine(shm_name, write_config(tmp_path / "e.toml", free_port()), tmp_path, reap)
     endpoint = eng.wait_ready()["ingest_endpoint"]
     nodes = [f"readme-{i}" for i in range(3)]
-    for node in nodes:          # three separate clients, each closed at once
+    for node in nodes:  # three separate clients, each closed at once
         with HeartbeatClient(endpoint) as hb:
             hb.send(node, **HB)
     with ScoreReader.attach(shm_name) as reader:
+
         def all_scored():
             try:
                 return set(nodes) <= set(reader.snapshot().nodes)
             except NothingPublished:
                 return False
+
         wait_until(all_scored, START_TIMEOUT_S, "the three README heartbeats to be scored")
     assert eng.status()["ingest"]["accepted"] == 3
     assert eng.stop() == 0
@@ -74,11 +77,11 @@ def test_close_waits_at_most_the_linger_for_an_absent_engine():
     t0 = time.monotonic()
     client.close()
     took = time.monotonic() - t0
-    assert 0.2 < took < 3.0, took       # it waited for delivery, and gave up
+    assert 0.2 < took < 3.0, took  # it waited for delivery, and gave up
     client = HeartbeatClient(f"tcp://127.0.0.1:{free_port()}")
     client.send("n1", **HB)
     t0 = time.monotonic()
-    client.close(linger_ms=0)           # the caller may choose to drop
+    client.close(linger_ms=0)  # the caller may choose to drop
     assert time.monotonic() - t0 < 0.5
 
 
@@ -98,7 +101,7 @@ def test_the_report_socket_lives_in_a_private_directory(tmp_path, monkeypatch, p
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o755)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    old = os.umask(0)           # the directory's mode must not depend on the umask
+    old = os.umask(0)  # the directory's mode must not depend on the umask
     try:
         listen = default_listen()
     finally:
@@ -120,7 +123,7 @@ def test_the_report_socket_lives_in_a_private_directory(tmp_path, monkeypatch, p
 def test_without_a_runtime_dir_the_private_directory_is_per_user_in_tmp(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr("tempfile.tempdir", None)       # re-read TMPDIR
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
     d = private_dir()
     assert d == str(tmp_path / f"shm-engine-agent-{os.geteuid()}")
     assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
@@ -137,23 +140,26 @@ def test_a_planted_symlink_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "shm-engine-agent").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(PermissionError, match=r"shm-engine-agent is not a directory of this "
-                                              r"user .*: another user may have made it"):
+    with pytest.raises(
+        PermissionError,
+        match=r"shm-engine-agent is not a directory of this "
+        r"user .*: another user may have made it",
+    ):
         default_listen()
 
 
 def test_a_directory_made_first_by_another_user_is_refused(monkeypatch):
     if os.geteuid() != 0 or OTHER_USER is None:
         pytest.skip("making a directory as another user (nobody) needs root")
-    base = tempfile.mkdtemp()       # in the system temp dir: every user can reach it
+    base = tempfile.mkdtemp()  # in the system temp dir: every user can reach it
     try:
-        os.chmod(base, 0o1777)      # like /tmp itself
+        os.chmod(base, 0o1777)  # like /tmp itself
         squat = os.path.join(base, "shm-engine-agent")
         assert as_other_user(lambda: os.mkdir(squat, 0o777)) == 0
         monkeypatch.setenv("XDG_RUNTIME_DIR", base)
         with pytest.raises(PermissionError, match=rf"owner uid {OTHER_USER.pw_uid}"):
             default_listen()
-        assert os.stat(squat).st_uid == OTHER_USER.pw_uid      # left to its owner
+        assert os.stat(squat).st_uid == OTHER_USER.pw_uid  # left to its owner
     finally:
         shutil.rmtree(base)
 
@@ -161,9 +167,22 @@ def test_a_directory_made_first_by_another_user_is_refused(monkeypatch):
 def test_the_agent_command_refuses_to_start_without_a_private_directory(tmp_path):
     (tmp_path / "shm-engine-agent").symlink_to("/")
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "shm_engine", "agent", "--endpoint",
-                          "tcp://127.0.0.1:1", "--count", "0"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shm_engine",
+            "agent",
+            "--endpoint",
+            "tcp://127.0.0.1:1",
+            "--count",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert "no private directory for the report socket" in out.stderr
     assert "Traceback" not in out.stderr
@@ -173,8 +192,14 @@ def test_the_drain_is_bounded_per_interval(pull):
     """500 reports at once: each interval handles 50, the rest wait; the
     counts are exact and no report is lost."""
     _sock, endpoint = pull
-    with Agent(endpoint, "node-f", listen="tcp://127.0.0.1:*", sampler=_Sampler(),
-               max_reports_per_interval=50, log=lambda line: None) as agent:
+    with Agent(
+        endpoint,
+        "node-f",
+        listen="tcp://127.0.0.1:*",
+        sampler=_Sampler(),
+        max_reports_per_interval=50,
+        log=lambda line: None,
+    ) as agent:
         ctx = zmq.Context()
         push = ctx.socket(zmq.PUSH)
         push.connect(agent.listen_endpoint)
@@ -182,13 +207,18 @@ def test_the_drain_is_bounded_per_interval(pull):
             push.send(b'{"ok": 1}')
         try:
             for interval in range(1, 4):
-                wait_until(lambda: (agent.poll_reports(0.05), agent.reports)[1] >= 50 * interval,
-                           10, f"interval {interval}'s reports")
+                wait_until(
+                    lambda interval=interval: (
+                        (agent.poll_reports(0.05), agent.reports)[1] >= 50 * interval
+                    ),
+                    10,
+                    f"interval {interval}'s reports",
+                )
                 assert agent.reports == 50 * interval
-                assert agent.poll_reports(0.05) == 0        # budget spent: the rest wait
+                assert agent.poll_reports(0.05) == 0  # budget spent: the rest wait
                 assert agent.reports == 50 * interval
-                assert agent.ok == 50                       # since the last heartbeat
-                agent.send_once()                           # a heartbeat renews the budget
+                assert agent.ok == 50  # since the last heartbeat
+                agent.send_once()  # a heartbeat renews the budget
         finally:
             push.close(0)
             ctx.term()
@@ -231,17 +261,23 @@ def _read_only_run(tmp_path: Path, name: str, mode: str) -> subprocess.Completed
     for d in (cache, home, probe_dir, tmp):
         d.mkdir(exist_ok=True)
     (probe_dir / "probe.py").write_text(_PROBE)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
-           "NUMBA_CACHE_DIR": str(cache), "HOME": str(home), "TMPDIR": str(tmp),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "NUMBA_CACHE_DIR": str(cache),
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     cmd = [sys.executable, "-c", _CHILD, name, str(probe_dir), mode]
     read_only = [cache, home, probe_dir, ROOT]
     if os.geteuid() == 0:
         unshare = shutil.which("unshare")
         if unshare is None:
             pytest.skip("needs unshare(1) to make directories read-only for root")
-        mounts = " && ".join(f"mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' '{d}'"
-                             for d in read_only)
+        mounts = " && ".join(
+            f"mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' '{d}'" for d in read_only
+        )
         script = f'{mounts} && exec "$@"'
         cmd = [unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
     else:
@@ -279,9 +315,8 @@ def test_a_planted_cache_directory_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", None)
     planted = tmp_path / f"{jitcache.PRIVATE_PREFIX}{os.geteuid()}"
     planted.mkdir()
-    planted.chmod(0o777)            # writable by everyone: code planted there would run
+    planted.chmod(0o777)  # writable by everyone: code planted there would run
     got = jitcache._private_dir()
     assert got is not None and got != str(planted)
     assert stat.S_IMODE(os.lstat(got).st_mode) == 0o700
     shutil.rmtree(got)
-

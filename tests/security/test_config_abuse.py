@@ -25,42 +25,65 @@ from support.engine import cli, free_port, segment_exists, write_config
 from support.users import OTHER_USER, as_other_user
 
 I32 = 2**31 - 1
-LONG_IPC = "ipc:///" + "d" * 110            # path of 111 bytes: over sun_path
-LONG_TCP = "tcp://" + "h" * 250 + ":7710"   # 261 bytes: over the header's 255
+LONG_IPC = "ipc:///" + "d" * 110  # path of 111 bytes: over sun_path
+LONG_TCP = "tcp://" + "h" * 250 + ":7710"  # 261 bytes: over the header's 255
 
 
 # (TOML body, message pattern): the configurations the issue found accepted.
 BAD_CONFIGS = [
-    ("[engine]\ntick_interval_ms = 4294967296\n",
-     r"engine\.tick_interval_ms = 4294967296 is too large: an integer key is at most 2\*\*31 - 1"),
-    ("[engine]\ntick_interval_ms = 60001\n",
-     r"engine\.tick_interval_ms = 60001 must be in 1\.\.60000"),
-    (f'[ingest]\nbind = "{LONG_IPC}"\n',
-     r'ingest\.bind = "ipc:///d+" has an ipc path of 111 bytes, more than the 107'),
-    (f'[ingest]\nbind = "ipc:///{"é" * 60}"\n',     # 60 characters, 121 bytes
-     r"has an ipc path of 121 bytes, more than the 107"),
+    (
+        "[engine]\ntick_interval_ms = 4294967296\n",
+        r"engine\.tick_interval_ms = 4294967296 is too large: "
+        r"an integer key is at most 2\*\*31 - 1",
+    ),
+    (
+        "[engine]\ntick_interval_ms = 60001\n",
+        r"engine\.tick_interval_ms = 60001 must be in 1\.\.60000",
+    ),
+    (
+        f'[ingest]\nbind = "{LONG_IPC}"\n',
+        r'ingest\.bind = "ipc:///d+" has an ipc path of 111 bytes, more than the 107',
+    ),
+    (
+        f'[ingest]\nbind = "ipc:///{"é" * 60}"\n',  # 60 characters, 121 bytes
+        r"has an ipc path of 121 bytes, more than the 107",
+    ),
     (f'[ingest]\nbind = "{LONG_TCP}"\n', r"ingest\.bind = \"tcp://h+:7710\" is 261 bytes long"),
-    ("[engine]\nhang_timeout_s = 1e-9\n",
-     r"engine\.hang_timeout_s = 1e-09 must be 0 \(watchdog off\) or >= 1 and >= two ticks"),
+    (
+        "[engine]\nhang_timeout_s = 1e-9\n",
+        r"engine\.hang_timeout_s = 1e-09 must be 0 \(watchdog off\) or >= 1 and >= two ticks",
+    ),
     ("[engine]\nhang_timeout_s = 0.5\n", r"engine\.hang_timeout_s = 0\.5 must be 0"),
-    ("[engine]\ntick_interval_ms = 2000\nhang_timeout_s = 3\n",
-     r"engine\.hang_timeout_s = 3 must be 0 \(watchdog off\) or >= 1 and >= two ticks \(4 s at "
-     r"engine\.tick_interval_ms \(2000\)\)"),
-    ("[engine]\nforget_after_s = 5\n",
-     r"engine\.forget_after_s = 5 must be > score\.dead_after_s \(10\): a node is DEAD before"),
-    ("[engine]\nforget_after_s = 10\n",
-     r"engine\.forget_after_s = 10 must be > score\.dead_after_s"),
-    ("[engine]\nforget_after_s = 60\n[score]\ndead_after_s = 90\n",
-     r"engine\.forget_after_s = 60 must be > score\.dead_after_s \(90\)"),
-    ("[score]\nsuspect_after_s = 12\n",
-     r"score\.suspect_after_s = 12 must be < score\.dead_after_s \(10\)"),
+    (
+        "[engine]\ntick_interval_ms = 2000\nhang_timeout_s = 3\n",
+        r"engine\.hang_timeout_s = 3 must be 0 \(watchdog off\) or >= 1 and >= two ticks \(4 s at "
+        r"engine\.tick_interval_ms \(2000\)\)",
+    ),
+    (
+        "[engine]\nforget_after_s = 5\n",
+        r"engine\.forget_after_s = 5 must be > score\.dead_after_s \(10\): a node is DEAD before",
+    ),
+    (
+        "[engine]\nforget_after_s = 10\n",
+        r"engine\.forget_after_s = 10 must be > score\.dead_after_s",
+    ),
+    (
+        "[engine]\nforget_after_s = 60\n[score]\ndead_after_s = 90\n",
+        r"engine\.forget_after_s = 60 must be > score\.dead_after_s \(90\)",
+    ),
+    (
+        "[score]\nsuspect_after_s = 12\n",
+        r"score\.suspect_after_s = 12 must be < score\.dead_after_s \(10\)",
+    ),
     ('[engine]\nshm_mode = "0666"\n', r"engine\.shm_mode = 0o666 gives every user write access"),
     ('[engine]\nshm_mode = "0660"\n', r"engine\.shm_mode = 0o660 gives the group write access"),
     ('[engine]\nshm_mode = "0662"\n', r"engine\.shm_mode = 0o662 gives every user write access"),
     ('[claims]\nshm_mode = "0666"\n', r"claims\.shm_mode = 0o666 gives every user write access"),
     ('[claims]\nshm_mode = "0662"\n', r"claims\.shm_mode = 0o662 gives every user write access"),
-    ("[engine]\nshm_mode = 666\n",      # decimal 666 = 0o1232
-     r"engine\.shm_mode = 0o1232 must include owner read\+write"),
+    (
+        "[engine]\nshm_mode = 666\n",  # decimal 666 = 0o1232
+        r"engine\.shm_mode = 0o1232 must include owner read\+write",
+    ),
     ("a = " + "[" * 5000 + "\n", r"invalid TOML: arrays or tables nested too deeply"),
 ]
 
@@ -79,8 +102,11 @@ def test_group_write_is_allowed_for_the_claims_segment_only():
 
 
 def test_hang_timeout_edges_are_accepted():
-    for engine in ({"hang_timeout_s": 0}, {"hang_timeout_s": 1},
-                   {"tick_interval_ms": 2000, "hang_timeout_s": 4}):
+    for engine in (
+        {"hang_timeout_s": 0},
+        {"hang_timeout_s": 1},
+        {"tick_interval_ms": 2000, "hang_timeout_s": 4},
+    ):
         Config.from_dict({"engine": engine})
 
 
@@ -106,15 +132,21 @@ def test_the_ipc_limit_is_the_one_libzmq_enforces(tmp_path):
             os.unlink(ok)
 
 
-@pytest.mark.parametrize("raw, where", [
-    (b"[engine]\ncapacity = 64 # caf\xe9\n", r"byte 0xe9 at line 2, column 20"),
-    (b"\xff\xfe[\x00e\x00", r"byte 0xff at line 1, column 1"),
-])
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        (b"[engine]\ncapacity = 64 # caf\xe9\n", r"byte 0xe9 at line 2, column 20"),
+        (b"\xff\xfe[\x00e\x00", r"byte 0xff at line 1, column 1"),
+    ],
+)
 def test_a_file_that_is_not_utf8_is_a_clear_error(tmp_path, raw, where):
     path = tmp_path / "latin1.toml"
     path.write_bytes(raw)
-    with pytest.raises(ConfigError, match=rf"latin1\.toml: not UTF-8 text: {where} \(a TOML "
-                                          r"file must be UTF-8\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"latin1\.toml: not UTF-8 text: {where} \(a TOML "
+        r"file must be UTF-8\)",
+    ):
         load_config(path)
 
 
@@ -181,8 +213,13 @@ def test_integer_key_bounds(key):
 
 # ------------------------------------------------- files the config names --
 def _curve(tmp_path, secret: str, keys: str):
-    return write_config(tmp_path / "c.toml", free_port(), extra=(
-        f'[ingest.curve]\nserver_secret_key_file = "{secret}"\nauthorized_keys_dir = "{keys}"\n'))
+    return write_config(
+        tmp_path / "c.toml",
+        free_port(),
+        extra=(
+            f'[ingest.curve]\nserver_secret_key_file = "{secret}"\nauthorized_keys_dir = "{keys}"\n'
+        ),
+    )
 
 
 def test_check_files_names_the_key_and_the_problem(tmp_path):
@@ -191,8 +228,11 @@ def test_check_files_names_the_key_and_the_problem(tmp_path):
     secret = tmp_path / "server.key_secret"
     secret.write_text("secret")
     cases = [
-        (tmp_path / "none.key_secret", keys,
-         r'ingest\.curve\.server_secret_key_file = ".*none\.key_secret": no such file'),
+        (
+            tmp_path / "none.key_secret",
+            keys,
+            r'ingest\.curve\.server_secret_key_file = ".*none\.key_secret": no such file',
+        ),
         (keys, keys, r"server_secret_key_file = \".*clients\" is a directory, not a key file"),
         (secret, tmp_path / "nodir", r'authorized_keys_dir = ".*nodir": no such directory'),
         (secret, secret, r'authorized_keys_dir = ".*server\.key_secret" is not a directory'),
@@ -216,14 +256,18 @@ def test_check_files_reports_an_unreadable_key_file():
         with open(secret, "w") as fh:
             fh.write("secret")
         os.chmod(secret, 0o600 if os.geteuid() == 0 else 0)
-        cfg = Config.from_dict({"ingest": {"curve": {"server_secret_key_file": secret,
-                                                     "authorized_keys_dir": keys}}})
+        cfg = Config.from_dict(
+            {"ingest": {"curve": {"server_secret_key_file": secret, "authorized_keys_dir": keys}}}
+        )
 
         def check():
-            with pytest.raises(ConfigError, match=r"server_secret_key_file = .*: cannot read "
-                                                  r"this file: Permission denied"):
+            with pytest.raises(
+                ConfigError,
+                match=r"server_secret_key_file = .*: cannot read "
+                r"this file: Permission denied",
+            ):
                 check_files(cfg)
-            os.listdir(keys)    # the directory was readable: only the file was not
+            os.listdir(keys)  # the directory was readable: only the file was not
 
         if os.geteuid() != 0:
             check()
@@ -241,9 +285,11 @@ def test_config_check_command_checks_the_files_it_names(tmp_path):
     missing = _curve(tmp_path, str(tmp_path / "gone.key_secret"), str(keys))
     out = cli("config", "--check", str(missing))
     assert out.returncode == 2
-    assert re.search(rf"configuration error: {re.escape(str(missing))}: "
-                     r"ingest\.curve\.server_secret_key_file = .*gone\.key_secret\": no such file",
-                     out.stderr), out.stderr
+    assert re.search(
+        rf"configuration error: {re.escape(str(missing))}: "
+        r"ingest\.curve\.server_secret_key_file = .*gone\.key_secret\": no such file",
+        out.stderr,
+    ), out.stderr
     (tmp_path / "server.key_secret").write_text("secret")
     good = _curve(tmp_path, str(tmp_path / "server.key_secret"), str(keys))
     out = cli("config", "--check", str(good))
@@ -251,15 +297,18 @@ def test_config_check_command_checks_the_files_it_names(tmp_path):
 
 
 # ------------------------------------------------ run creates nothing first --
-@pytest.mark.parametrize("body", [
-    "[engine]\ntick_interval_ms = 4294967296\n",
-    f'[ingest]\nbind = "{LONG_IPC}"\n',
-    "[engine]\nhang_timeout_s = 1e-9\n",
-    "[engine]\nforget_after_s = 5\n",
-    '[engine]\nshm_mode = "0666"\n',
-    "[ingest.curve]\nserver_secret_key_file = \"/nonexistent/s.key_secret\"\n"
-    "authorized_keys_dir = \"/nonexistent/clients\"\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[engine]\ntick_interval_ms = 4294967296\n",
+        f'[ingest]\nbind = "{LONG_IPC}"\n',
+        "[engine]\nhang_timeout_s = 1e-9\n",
+        "[engine]\nforget_after_s = 5\n",
+        '[engine]\nshm_mode = "0666"\n',
+        '[ingest.curve]\nserver_secret_key_file = "/nonexistent/s.key_secret"\n'
+        'authorized_keys_dir = "/nonexistent/clients"\n',
+    ],
+)
 def test_run_refuses_a_bad_config_before_creating_anything(shm_name, tmp_path, body):
     path = tmp_path / "bad.toml"
     path.write_text(body)

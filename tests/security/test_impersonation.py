@@ -25,21 +25,29 @@ from clients.heartbeat import CurveKeys
 from clients.reader import ScoreReader
 from shm_engine import wire
 from shm_engine.ops.keys import make_keys
-from support.attack import (HONEST, Sent, fake_frames, forged_frame, honest_frame,
-                            honest_problems, push)
+from support.attack import (
+    HONEST,
+    Sent,
+    fake_frames,
+    forged_frame,
+    honest_frame,
+    honest_problems,
+    push,
+)
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 
 ROUNDS = 50
-INVENTED_PER_ROUND = 10          # 500 invented ids in all
+INVENTED_PER_ROUND = 10  # 500 invented ids in all
 OWN_NODE = "rogue-0"
 
 
 def _peer_setup(tmp_path):
     """Config text, and the (honest, intruder) socket options: peers."""
     peers = tmp_path / "peers"
-    peers.write_text("# address  node patterns\n127.0.0.1 good-* failing-*\n"
-                     f"127.0.0.2 {OWN_NODE}\n")
+    peers.write_text(
+        f"# address  node patterns\n127.0.0.1 good-* failing-*\n127.0.0.2 {OWN_NODE}\n"
+    )
     return f'peer_nodes_file = "{peers}"\n', {"source": "127.0.0.1"}, {"source": "127.0.0.2"}
 
 
@@ -55,18 +63,28 @@ def _curve_setup(tmp_path):
         shutil.copy(cpub, authorized / f"{name}.key")
         clients[name] = CurveKeys.from_files(spub, csec)
     (authorized / "fleet.nodes").write_text("good-*\nfailing-*\n")
-    extra = (f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
-             f'authorized_keys_dir = "{authorized}"\n')
+    extra = (
+        f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
+        f'authorized_keys_dir = "{authorized}"\n'
+    )
     return extra, {"curve": clients["fleet"]}, {"curve": clients[OWN_NODE]}
 
 
-@pytest.mark.parametrize("mode, setup, intruder_name", [
-    ("loopback", _peer_setup, "127.0.0.2"),
-    pytest.param("curve", _curve_setup, OWN_NODE,
-                 marks=pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")),
-])
-def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, reap, mode, setup,
-                                                         intruder_name):
+@pytest.mark.parametrize(
+    "mode, setup, intruder_name",
+    [
+        ("loopback", _peer_setup, "127.0.0.2"),
+        pytest.param(
+            "curve",
+            _curve_setup,
+            OWN_NODE,
+            marks=pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE"),
+        ),
+    ],
+)
+def test_impersonation_is_refused_and_counted_per_sender(
+    shm_name, tmp_path, reap, mode, setup, intruder_name
+):
     extra, honest_opts, intruder_opts = setup(tmp_path)
     port = free_port()
     eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, extra=extra), tmp_path, reap)
@@ -81,10 +99,18 @@ def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, rea
     sent = Sent(eng)
     send = sent.send
     try:
-        wait_until(lambda: send(honest, honest_frame()) or not honest_problems(reader),
-                   START_TIMEOUT_S, "the honest nodes scored", period=0.05)
-        wait_until(lambda: send(intruder, own) or OWN_NODE in reader.snapshot().nodes,
-                   START_TIMEOUT_S, "the intruder's own node scored", period=0.05)
+        wait_until(
+            lambda: send(honest, honest_frame()) or not honest_problems(reader),
+            START_TIMEOUT_S,
+            "the honest nodes scored",
+            period=0.05,
+        )
+        wait_until(
+            lambda: send(intruder, own) or OWN_NODE in reader.snapshot().nodes,
+            START_TIMEOUT_S,
+            "the intruder's own node scored",
+            period=0.05,
+        )
         base = wait_until(sent.counted, 60, "the frames so far counted")["ingest"]
         seen_problems = []
         for k in range(ROUNDS):
@@ -113,7 +139,7 @@ def test_impersonation_is_refused_and_counted_per_sender(shm_name, tmp_path, rea
     assert ing["rejected"]["not_authorized"] - base["rejected"]["not_authorized"] == refused
     assert ing["accepted"] - base["accepted"] == ROUNDS * (1 + len(HONEST))
     assert st["security"]["refused_by_sender"][intruder_name]["not_authorized"] == refused
-    assert nodes == set(HONEST) | {OWN_NODE}          # nothing invented got a slot
+    assert nodes == set(HONEST) | {OWN_NODE}  # nothing invented got a slot
     assert st["children"]["ingest"]["restarts"] == 0
     assert eng.stop() == 0
     assert not segment_exists(shm_name)

@@ -33,8 +33,8 @@ from support.attack import HONEST, honest_frame, honest_problems, push
 from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, write_config
 from support.wait import wait_until
 
-FRAME = b"[" + b"{}," * 349524 + b"{}]"     # 1 MiB, 349,525 heartbeats
-RATE = 4.0                                 # attack frames per second
+FRAME = b"[" + b"{}," * 349524 + b"{}]"  # 1 MiB, 349,525 heartbeats
+RATE = 4.0  # attack frames per second
 HONEST_PERIOD_S = 0.1
 HANG_TIMEOUT_S = 5.0
 SHORT_S = 8.0
@@ -45,9 +45,14 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
     assert len(FRAME) == 1 << 20
     cap = "" if capped else "max_heartbeats_per_frame = 1000000\n"
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, extra=cap,
-                                        engine_extra=f"hang_timeout_s = {HANG_TIMEOUT_S}"),
-                 tmp_path, reap)
+    eng = Engine(
+        shm_name,
+        write_config(
+            tmp_path / "e.toml", port, extra=cap, engine_extra=f"hang_timeout_s = {HANG_TIMEOUT_S}"
+        ),
+        tmp_path,
+        reap,
+    )
     st0 = eng.wait_ready()
     pids = {r: st0["children"][r]["pid"] for r in ("ingest", "ticker")}
     ctx = zmq.Context()
@@ -59,8 +64,12 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
     sent = dropped = reads = 0
     max_beat_age = 0.0
     try:
-        wait_until(lambda: honest.send(honest_frame()) or not honest_problems(reader),
-                   START_TIMEOUT_S, "the honest nodes scored", period=0.05)
+        wait_until(
+            lambda: honest.send(honest_frame()) or not honest_problems(reader),
+            START_TIMEOUT_S,
+            "the honest nodes scored",
+            period=0.05,
+        )
         cpu0 = psutil.Process(pids["ingest"]).cpu_times()
         t0 = time.monotonic()
         next_attack = next_honest = t0
@@ -69,7 +78,7 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
                 try:
                     attacker.send(FRAME, zmq.NOBLOCK, copy=False)
                     sent += 1
-                except zmq.Again:       # its queue is full: the ingest is behind
+                except zmq.Again:  # its queue is full: the ingest is behind
                     dropped += 1
                 next_attack += 1.0 / RATE
             if now >= next_honest:
@@ -77,15 +86,21 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
                 next_honest += HONEST_PERIOD_S
                 snap = reader.snapshot()
                 reads += 1
-                dead += [n for s, n in enumerate(snap.nodes)
-                         if n in HONEST and snap.state[s] == NodeState.DEAD]
+                dead += [
+                    n
+                    for s, n in enumerate(snap.nodes)
+                    if n in HONEST and snap.state[s] == NodeState.DEAD
+                ]
                 problems += honest_problems(reader)
                 max_beat_age = max(max_beat_age, eng.status()["ingest"]["alive_age_s"])
             time.sleep(max(0.0, min(next_attack, next_honest) - time.monotonic()))
         cpu1 = psutil.Process(pids["ingest"]).cpu_times()
-        if capped:     # each refusal costs milliseconds: all are counted soon
-            wait_until(lambda: eng.status()["ingest"]["rejected"]["too_many_heartbeats"] >= sent,
-                       30, "every attack frame counted")
+        if capped:  # each refusal costs milliseconds: all are counted soon
+            wait_until(
+                lambda: eng.status()["ingest"]["rejected"]["too_many_heartbeats"] >= sent,
+                30,
+                "every attack frame counted",
+            )
         st = eng.status()
     finally:
         reader.close()
@@ -95,11 +110,13 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
 
     ing = st["ingest"]
     busy = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration
-    print(f"\njson flood ({'capped' if capped else 'uncapped'}, {duration:.0f} s): {sent} frames "
-          f"sent, {dropped} dropped at the sender; too_many_heartbeats "
-          f"{ing['rejected']['too_many_heartbeats']}, missing_field "
-          f"{ing['rejected']['missing_field']}; ingest CPU {busy:.0%}; longest beat gap seen "
-          f"{max_beat_age:.3f} s; {reads} reads, honest DEAD {len(dead)}")
+    print(
+        f"\njson flood ({'capped' if capped else 'uncapped'}, {duration:.0f} s): {sent} frames "
+        f"sent, {dropped} dropped at the sender; too_many_heartbeats "
+        f"{ing['rejected']['too_many_heartbeats']}, missing_field "
+        f"{ing['rejected']['missing_field']}; ingest CPU {busy:.0%}; longest beat gap seen "
+        f"{max_beat_age:.3f} s; {reads} reads, honest DEAD {len(dead)}"
+    )
     assert dead == [] and problems == []
     assert reads >= duration / HONEST_PERIOD_S / 2
     assert max_beat_age < HANG_TIMEOUT_S
@@ -109,7 +126,7 @@ def _flood(shm_name, tmp_path, reap, duration: float, capped: bool) -> None:
         assert ing["rejected"]["too_many_heartbeats"] == sent
         assert ing["rejected"]["missing_field"] == 0
     else:
-        assert ing["rejected"]["missing_field"] >= 349525     # at least one decoded in full
+        assert ing["rejected"]["missing_field"] >= 349525  # at least one decoded in full
     assert eng.stop() == 0
     assert not segment_exists(shm_name)
 

@@ -37,16 +37,24 @@ from support.engine import START_TIMEOUT_S, Engine, free_port, segment_exists, w
 from support.wait import wait_until
 
 MIB = 1 << 20
-MAX_FRAME = MIB                      # [ingest] max_frame_bytes (the default)
-MAX_MESSAGE = 2 * MAX_FRAME          # ZMQ_MAXMSGSIZE
-QUEUE_BYTES = 16 * MIB               # [ingest] max_queue_bytes
+MAX_FRAME = MIB  # [ingest] max_frame_bytes (the default)
+MAX_MESSAGE = 2 * MAX_FRAME  # ZMQ_MAXMSGSIZE
+QUEUE_BYTES = 16 * MIB  # [ingest] max_queue_bytes
 HUGE = 63 * MIB
 FRAMES = 40
-BUSY = [json.dumps([dict(node=f"busy-{i}", cpu=0.1, mem=0.1, queue=float(k), avg_job_s=1.0)
-                    for i in range(8000)], separators=(",", ":")).encode() for k in range(2)]
-CONNECTIONS = 3                      # honest, big frames, busy
-LOOP_CHUNK = 4                       # the most the loop holds: 4 frames of the largest size
-SLACK = 16 * MIB                     # allocator and interpreter noise
+BUSY = [
+    json.dumps(
+        [
+            dict(node=f"busy-{i}", cpu=0.1, mem=0.1, queue=float(k), avg_job_s=1.0)
+            for i in range(8000)
+        ],
+        separators=(",", ":"),
+    ).encode()
+    for k in range(2)
+]
+CONNECTIONS = 3  # honest, big frames, busy
+LOOP_CHUNK = 4  # the most the loop holds: 4 frames of the largest size
+SLACK = 16 * MIB  # allocator and interpreter noise
 BOUND = CONNECTIONS * (QUEUE_BYTES + MAX_MESSAGE) + LOOP_CHUNK * MAX_MESSAGE + SLACK
 
 
@@ -73,10 +81,16 @@ class PeakRss:
 
 
 def test_huge_frames_keep_ingest_memory_within_the_budget(shm_name, tmp_path, reap):
-    extra = (f"max_queue_bytes = {QUEUE_BYTES}\nregistration_burst_per_sender = 0\n")
+    extra = f"max_queue_bytes = {QUEUE_BYTES}\nregistration_burst_per_sender = 0\n"
     port = free_port()
-    eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, capacity=16384,
-                                        max_frame_bytes=MAX_FRAME, extra=extra), tmp_path, reap)
+    eng = Engine(
+        shm_name,
+        write_config(
+            tmp_path / "e.toml", port, capacity=16384, max_frame_bytes=MAX_FRAME, extra=extra
+        ),
+        tmp_path,
+        reap,
+    )
     st0 = eng.wait_ready()
     assert st0["security"]["queue_frames"] == QUEUE_BYTES // MAX_MESSAGE
     assert st0["security"]["max_message_bytes"] == MAX_MESSAGE
@@ -101,15 +115,21 @@ def test_huge_frames_keep_ingest_memory_within_the_budget(shm_name, tmp_path, re
             beat()
             st = eng.status()
             return st if pred(st["ingest"]) else None
+
         return check
 
     try:
-        wait_until(lambda: honest.send(honest_frame()) or not honest_problems(reader),
-                   START_TIMEOUT_S, "the honest nodes scored", period=0.05)
-        for k in range(6):     # warm-up: the busy frames' decoding at its full size
+        wait_until(
+            lambda: honest.send(honest_frame()) or not honest_problems(reader),
+            START_TIMEOUT_S,
+            "the honest nodes scored",
+            period=0.05,
+        )
+        for k in range(6):  # warm-up: the busy frames' decoding at its full size
             busy.send(BUSY[k % 2])
-        warm = wait_until(status_when(lambda i: i["accepted"] >= 6 * 8000), 60,
-                          "the warm-up decoded", period=0.05)
+        warm = wait_until(
+            status_when(lambda i: i["accepted"] >= 6 * 8000), 60, "the warm-up decoded", period=0.05
+        )
         rss0 = psutil.Process(ingest_pid).memory_info().rss
         sampler = PeakRss(ingest_pid)
 
@@ -126,19 +146,28 @@ def test_huge_frames_keep_ingest_memory_within_the_budget(shm_name, tmp_path, re
                 monitor.recv_multipart()
                 drops += 1
             return drops >= FRAMES
+
         wait_until(dropped_all, 120, "every huge frame's connection dropped", period=0.02)
         after_huge = eng.status()["ingest"]
 
         # 2. The largest frames the socket admits, while the ingest is busy.
         largest = b"[" + b" " * (MAX_MESSAGE - 2) + b"]"
         for k in range(FRAMES):
-            big.send(largest, copy=False)       # waits while the queue is full
+            big.send(largest, copy=False)  # waits while the queue is full
             busy.send(BUSY[k % 2])
             if k % 4 == 0:
                 beat()
-        final = wait_until(status_when(lambda i: i["rejected"]["frame_too_large"] >= FRAMES
-                                       and i["accepted"] >= warm["ingest"]["accepted"]
-                                       + FRAMES * 8000), 120, "every frame counted", period=0.05)
+        final = wait_until(
+            status_when(
+                lambda i: (
+                    i["rejected"]["frame_too_large"] >= FRAMES
+                    and i["accepted"] >= warm["ingest"]["accepted"] + FRAMES * 8000
+                )
+            ),
+            120,
+            "every frame counted",
+            period=0.05,
+        )
         peak = sampler.stop()
         sampler = None
         problems.extend(honest_problems(reader))
@@ -152,9 +181,11 @@ def test_huge_frames_keep_ingest_memory_within_the_budget(shm_name, tmp_path, re
         ctx.term()
 
     growth = peak - rss0
-    print(f"\nmemory flood: ingest RSS {rss0 / MIB:.1f} MiB after warm-up, peak "
-          f"{peak / MIB:.1f} MiB (+{growth / MIB:.1f} MiB, bound {BOUND / MIB:.0f} MiB); "
-          f"{drops} connections dropped for 63 MiB frames")
+    print(
+        f"\nmemory flood: ingest RSS {rss0 / MIB:.1f} MiB after warm-up, peak "
+        f"{peak / MIB:.1f} MiB (+{growth / MIB:.1f} MiB, bound {BOUND / MIB:.0f} MiB); "
+        f"{drops} connections dropped for 63 MiB frames"
+    )
     assert problems == []
     # Not one huge frame got in (the honest frames meanwhile are small).
     assert after_huge["rejected"]["frame_too_large"] == 0

@@ -45,11 +45,20 @@ def test_the_mode_follows_the_bound_address(tmp_path):
     assert _mode(with_overrides(base, {"ingest.bind": "tcp://127.0.0.1:*"})) == MODE_LOOPBACK
     assert _mode(with_overrides(base, {"ingest.bind": "tcp://localhost:*"})) == MODE_LOOPBACK
     assert _mode(with_overrides(base, {"ingest.bind": f"ipc://{tmp_path}/hb"})) == MODE_LOOPBACK
-    assert _mode(with_overrides(base, {"ingest.bind": "tcp://0.0.0.0:*",
-                                       "ingest.allow_insecure": True})) == MODE_INSECURE
+    assert (
+        _mode(
+            with_overrides(base, {"ingest.bind": "tcp://0.0.0.0:*", "ingest.allow_insecure": True})
+        )
+        == MODE_INSECURE
+    )
     if zmq.has("curve"):
         _pub, secret = make_keys(str(tmp_path / "k"), "engine")
-        curve = with_overrides(base, {"ingest.bind": "tcp://127.0.0.1:*",
-                                      "ingest.curve.server_secret_key_file": secret,
-                                      "ingest.curve.authorized_keys_dir": str(tmp_path)})
+        curve = with_overrides(
+            base,
+            {
+                "ingest.bind": "tcp://127.0.0.1:*",
+                "ingest.curve.server_secret_key_file": secret,
+                "ingest.curve.authorized_keys_dir": str(tmp_path),
+            },
+        )
         assert _mode(curve) == MODE_CURVE

@@ -37,7 +37,7 @@ from support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
-FRAMES = 20     # frames each refused client sends after a reload
+FRAMES = 20  # frames each refused client sends after a reload
 
 
 def _temp_frame() -> bytes:
@@ -55,8 +55,10 @@ def test_sighup_revokes_keys_and_rebinds_nodes_without_restart(shm_name, tmp_pat
     shutil.copy(temp_pub, authorized / "temp.key")
     (authorized / "fleet.nodes").write_text("good-*\nfailing-*\n")
     (authorized / "temp.nodes").write_text("temp-*\n")
-    extra = (f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
-             f'authorized_keys_dir = "{authorized}"\n')
+    extra = (
+        f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\n'
+        f'authorized_keys_dir = "{authorized}"\n'
+    )
     port = free_port()
     eng = Engine(shm_name, write_config(tmp_path / "e.toml", port, extra=extra), tmp_path, reap)
     st0 = eng.wait_ready()
@@ -77,14 +79,23 @@ def test_sighup_revokes_keys_and_rebinds_nodes_without_restart(shm_name, tmp_pat
 
     def reload(n: int) -> dict:
         os.kill(eng.proc.pid, signal.SIGHUP)
-        return wait_until(lambda: eng.status()["security"]["reloads"] >= n and eng.status(),
-                          30, f"reload {n}")
+        return wait_until(
+            lambda: eng.status()["security"]["reloads"] >= n and eng.status(), 30, f"reload {n}"
+        )
 
     try:
-        wait_until(lambda: send(fleet, honest_frame()) or not honest_problems(reader),
-                   START_TIMEOUT_S, "the honest nodes scored", period=0.05)
-        wait_until(lambda: send(temp, _temp_frame()) or "temp-0" in reader.snapshot().nodes,
-                   START_TIMEOUT_S, "temp-0 scored", period=0.05)
+        wait_until(
+            lambda: send(fleet, honest_frame()) or not honest_problems(reader),
+            START_TIMEOUT_S,
+            "the honest nodes scored",
+            period=0.05,
+        )
+        wait_until(
+            lambda: send(temp, _temp_frame()) or "temp-0" in reader.snapshot().nodes,
+            START_TIMEOUT_S,
+            "temp-0 scored",
+            period=0.05,
+        )
         st = wait_until(counted, 30, "frames counted")
         assert st["security"]["keys"] == 2
 
@@ -96,10 +107,13 @@ def test_sighup_revokes_keys_and_rebinds_nodes_without_restart(shm_name, tmp_pat
         late = push(ctx, port, curve=CurveKeys.from_files(spub, temp_sec))
         for _ in range(FRAMES):
             send(temp, _temp_frame())
-            late.send(_temp_frame())           # never arrives: not counted in `sent`
+            late.send(_temp_frame())  # never arrives: not counted in `sent`
             send(fleet, honest_frame())
-        wait_until(lambda: eng.status()["security"]["handshakes_refused"] >= 1, 30,
-                   "the new connection refused in its handshake")
+        wait_until(
+            lambda: eng.status()["security"]["handshakes_refused"] >= 1,
+            30,
+            "the new connection refused in its handshake",
+        )
         st = wait_until(counted, 30, "frames counted")
         ing = st["ingest"]
         assert ing["rejected"]["not_authorized"] - before["rejected"]["not_authorized"] == FRAMES
@@ -129,10 +143,12 @@ def test_sighup_revokes_keys_and_rebinds_nodes_without_restart(shm_name, tmp_pat
         st = wait_until(counted, 30, "frames counted")
         ing = st["ingest"]
         assert ing["rejected"]["not_authorized"] - before["rejected"]["not_authorized"] == (
-            FRAMES * len(FAILING))
+            FRAMES * len(FAILING)
+        )
         assert ing["accepted"] - before["accepted"] == FRAMES * len(GOOD)
         assert st["security"]["refused_by_sender"]["fleet"]["not_authorized"] == (
-            FRAMES * len(FAILING))
+            FRAMES * len(FAILING)
+        )
     finally:
         reader.close()
         fleet.close(0)

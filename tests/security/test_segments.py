@@ -52,8 +52,7 @@ def _dev_shm(pname: str) -> str:
 # ---------------------------------------------------------------- squatting --
 @skip_unless_root
 @pytest.mark.parametrize("mode", [0o644, 0o600])
-def test_run_refuses_a_name_squatted_by_another_user_and_names_the_owner(shm_name, tmp_path,
-                                                                          mode):
+def test_run_refuses_a_name_squatted_by_another_user_and_names_the_owner(shm_name, tmp_path, mode):
     assert as_other_user(lambda: _squat(posix_name(shm_name), mode)) == 0
     config = write_config(tmp_path / "e.toml", free_port())
     run = cli("run", "--name", shm_name, "--config", str(config), timeout=120)
@@ -84,11 +83,14 @@ def test_run_refuses_a_squatted_claims_name_and_leaves_nothing_behind(shm_name, 
 def test_readers_refuse_a_segment_of_another_user(shm_name):
     assert as_other_user(lambda: _squat(posix_name(shm_name))) == 0
     assert as_other_user(lambda: _squat(claims_posix_name(shm_name))) == 0
-    with pytest.raises(UntrustedSegment, match=re.escape(f"owner {OTHER}, mode 0o644) does not "
-                                                         "belong to uid 0 (root)")):
+    with pytest.raises(
+        UntrustedSegment,
+        match=re.escape(f"owner {OTHER}, mode 0o644) does not belong to uid 0 (root)"),
+    ):
         ScoreReader.attach(shm_name)
-    with pytest.raises(UntrustedSegment,
-                       match=re.escape(f"{claims_posix_name(shm_name)} (owner {OTHER}")):
+    with pytest.raises(
+        UntrustedSegment, match=re.escape(f"{claims_posix_name(shm_name)} (owner {OTHER}")
+    ):
         ClaimsSegment.attach(shm_name)
     status = cli("status", "--name", shm_name)
     assert status.returncode == 2 and f"owner {OTHER}" in status.stderr, status.stderr
@@ -112,8 +114,10 @@ def test_owner_names_the_user_an_engine_runs_as(shm_name):
 
 
 # ---------------------------------------------------------- writable modes --
-@pytest.mark.parametrize("mode, who", [(0o666, "every user"), (0o622, "every user"),
-                                       (0o660, "its group"), (0o620, "its group")])
+@pytest.mark.parametrize(
+    "mode, who",
+    [(0o666, "every user"), (0o622, "every user"), (0o660, "its group"), (0o620, "its group")],
+)
 def test_attach_refuses_a_scores_segment_others_may_write(shm_name, mode, who):
     seg = Segment.create(shm_name, 8)
     try:
@@ -139,11 +143,14 @@ def test_claims_segment_may_be_group_writable_never_world_writable(shm_name):
         eng.close()
 
 
-@pytest.mark.parametrize("create, mode", [
-    (lambda name, mode: Segment.create(name, 8, mode=mode), 0o660),
-    (lambda name, mode: Segment.create(name, 8, mode=mode), 0o666),
-    (lambda name, mode: ClaimsSegment.create(name, 8, 2, mode=mode), 0o666),
-])
+@pytest.mark.parametrize(
+    "create, mode",
+    [
+        (lambda name, mode: Segment.create(name, 8, mode=mode), 0o660),
+        (lambda name, mode: Segment.create(name, 8, mode=mode), 0o666),
+        (lambda name, mode: ClaimsSegment.create(name, 8, 2, mode=mode), 0o666),
+    ],
+)
 def test_create_refuses_a_mode_others_could_write_through(shm_name, create, mode):
     with pytest.raises(ValueError, match=rf"mode {mode:#o} for /{shm_name}.* gives"):
         create(shm_name, mode)
@@ -186,7 +193,7 @@ def test_run_fails_cleanly_when_the_claims_name_is_held(shm_name):
         with pytest.raises(EngineAlreadyRunning, match=rf"engine '{shm_name}' is already running"):
             Supervisor(shm_name, Config()).run()
         assert not segment_exists(shm_name)
-        assert os.path.exists(_dev_shm(claims_posix_name(shm_name)))   # not ours to remove
+        assert os.path.exists(_dev_shm(claims_posix_name(shm_name)))  # not ours to remove
     finally:
         held.close()
 
@@ -217,7 +224,7 @@ def test_no_process_lookup_while_the_supervisor_beats(scored, monkeypatch):
     calls = []
     monkeypatch.setattr(reader_module, "process_alive", lambda *a: calls.append(a) or True)
     for _ in range(100):
-        eng.views.header.supervisor_alive_mono[0] = time.monotonic()   # as the supervisor does
+        eng.views.header.supervisor_alive_mono[0] = time.monotonic()  # as the supervisor does
         assert reader.score("n1") > 0
         reader.snapshot()
         reader.pick()
@@ -229,30 +236,39 @@ def test_a_silent_supervisor_is_looked_up_at_most_once_a_second(scored, monkeypa
     eng, reader = scored
     calls = []
     monkeypatch.setattr(reader_module, "process_alive", lambda *a: calls.append(a) or True)
-    eng.views.header.supervisor_alive_mono[0] = 0.0   # no beat for a long time
+    eng.views.header.supervisor_alive_mono[0] = 0.0  # no beat for a long time
     t0 = time.monotonic()
     n = 0
     while time.monotonic() - t0 < 0.5:
         reader.snapshot()
         n += 1
-    assert n > 10 and len(calls) == 1      # the first slow path looked, the rest waited
-    assert reader.engine_alive() and len(calls) == 2    # asked explicitly: it looks
+    assert n > 10 and len(calls) == 1  # the first slow path looked, the rest waited
+    assert reader.engine_alive() and len(calls) == 2  # asked explicitly: it looks
 
 
 def test_a_dead_supervisor_makes_every_call_raise_engine_stopped(scored):
     eng, reader = scored
-    assert reader.score("n1") > 0       # the fast path is primed
+    assert reader.score("n1") > 0  # the fast path is primed
     h = eng.views.header
     h.supervisor_alive_mono[0] = 0.0
-    h.creator_start[0] = 1              # the creator is now "another process": dead
+    h.creator_start[0] = 1  # the creator is now "another process": dead
     assert not reader.engine_alive()
-    for call in (lambda: reader.score("n1"), lambda: reader.state("n1"), reader.snapshot,
-                 reader.pick, reader.top, lambda: reader.score("never-seen")):
-        with pytest.raises(EngineStopped, match=rf"engine '{eng.name}' has stopped: its "
-                                                r"supervisor \(pid \d+\) is dead"):
+    for call in (
+        lambda: reader.score("n1"),
+        lambda: reader.state("n1"),
+        reader.snapshot,
+        reader.pick,
+        reader.top,
+        lambda: reader.score("never-seen"),
+    ):
+        with pytest.raises(
+            EngineStopped,
+            match=rf"engine '{eng.name}' has stopped: its "
+            r"supervisor \(pid \d+\) is dead",
+        ):
             call()
     assert isinstance(EngineStopped("x"), EngineNotRunning)
-    assert reader.is_stale(0.0)         # a predicate: never raises
+    assert reader.is_stale(0.0)  # a predicate: never raises
     with pytest.raises(EngineStopped):
         ScoreReader.attach(eng.name)
 
@@ -261,8 +277,8 @@ def test_is_stale_is_enough_for_a_fast_path_reader_to_learn(scored):
     eng, reader = scored
     assert reader.score("n1") > 0
     eng.views.header.stopping[0] = 1
-    assert reader.score("n1") > 0       # the fast path does not ask...
-    assert reader.is_stale(0.0)         # ...until something slow does
+    assert reader.score("n1") > 0  # the fast path does not ask...
+    assert reader.is_stale(0.0)  # ...until something slow does
     with pytest.raises(EngineStopped, match="is stopping or stopped"):
         reader.score("n1")
 
@@ -271,15 +287,17 @@ def test_readers_of_a_real_engine_see_it_stop_both_ways(shm_name, tmp_path, reap
     """Clean stop (SIGTERM) and SIGKILL of the supervisor, each seen by a
     reader that keeps calling the fast path and checks is_stale."""
     for how in ("sigterm", "sigkill"):
-        eng = Engine(shm_name, write_config(tmp_path / f"{how}.toml", free_port()), tmp_path,
-                     reap)
+        eng = Engine(shm_name, write_config(tmp_path / f"{how}.toml", free_port()), tmp_path, reap)
         status = eng.wait_ready()
         from clients import HeartbeatClient
+
         with HeartbeatClient(status["ingest_endpoint"]) as hb:
             hb.send("n1", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
         reader = ScoreReader.attach(shm_name)
         try:
-            wait_until(lambda: "n1" in reader.snapshot().nodes, START_TIMEOUT_S, "n1 scored")
+            wait_until(
+                lambda reader=reader: "n1" in reader.snapshot().nodes, START_TIMEOUT_S, "n1 scored"
+            )
             assert reader.engine_alive()
             if how == "sigterm":
                 assert eng.stop() == 0
@@ -288,18 +306,19 @@ def test_readers_of_a_real_engine_see_it_stop_both_ways(shm_name, tmp_path, reap
                 eng.proc.send_signal(signal.SIGKILL)
                 eng.proc.wait(30)
 
-            def learnt() -> bool:
+            def learnt(reader: ScoreReader = reader) -> bool:
                 try:
                     reader.score("n1")
                     reader.is_stale(1.0)
                 except EngineStopped:
                     return True
                 return False
+
             wait_until(learnt, 30, f"the reader to see the engine gone ({how})", period=0.05)
             assert not reader.engine_alive()
         finally:
             reader.close()
-        if how == "sigkill":    # the stale segment stays until the next run reclaims it
+        if how == "sigkill":  # the stale segment stays until the next run reclaims it
             with pytest.raises(EngineStopped, match="supervisor .* is dead"):
                 ScoreReader.attach(shm_name)
             mode = stat.S_IMODE(os.stat(_dev_shm(posix_name(shm_name))).st_mode)

@@ -8,7 +8,8 @@ weights and any pressure: a good node (id ``good-...``) reports only perfect
 values (cpu, mem, queue and avg_job_s all 0): every goodness term it has is
 1, so core is 1, B = 1, and fresh heartbeats keep L = 1: score 1.0, HEALTHY.
 A failing node (any other id, e.g. ``failing-...``) reports cpu = 0.99 >=
-max_cpu: its breaker trips: score 0.0, OVERLOADED.  A forged heartbeat (`forged_frame`) flips either, so an
+max_cpu: its breaker trips: score 0.0, OVERLOADED.  A forged heartbeat (`forged_frame`) flips
+either, so an
 impersonation that gets through shows in the score.
 
 Attackers on loopback can have their own peer address: `push` connects
@@ -25,8 +26,18 @@ from clients.reader import NothingPublished
 from shm_engine import wire
 from shm_engine.core.states import NodeState
 
-__all__ = ["GOOD", "FAILING", "HONEST", "Sent", "expected", "honest_frame", "forged_frame",
-           "fake_frames", "push", "honest_problems"]
+__all__ = [
+    "GOOD",
+    "FAILING",
+    "HONEST",
+    "Sent",
+    "expected",
+    "honest_frame",
+    "forged_frame",
+    "fake_frames",
+    "push",
+    "honest_problems",
+]
 
 GOOD = tuple(f"good-{i}" for i in range(4))
 FAILING = tuple(f"failing-{i}" for i in range(2))
@@ -47,15 +58,13 @@ def expected(node: str) -> tuple[float, NodeState]:
 
 def honest_frame(nodes=HONEST) -> bytes:
     """One binary frame of the true heartbeats of ``nodes``."""
-    return wire.encode_batch([dict(node=n, **(_PERFECT if _good(n) else _TRIPPED))
-                              for n in nodes])
+    return wire.encode_batch([dict(node=n, **(_PERFECT if _good(n) else _TRIPPED)) for n in nodes])
 
 
 def forged_frame(nodes=HONEST) -> bytes:
     """The same nodes with their values swapped: a good node tripped, a
     failing one perfect."""
-    return wire.encode_batch([dict(node=n, **(_TRIPPED if _good(n) else _PERFECT))
-                              for n in nodes])
+    return wire.encode_batch([dict(node=n, **(_TRIPPED if _good(n) else _PERFECT)) for n in nodes])
 
 
 def fake_frames(prefix: str, count: int, per_frame: int) -> list[bytes]:
@@ -63,11 +72,17 @@ def fake_frames(prefix: str, count: int, per_frame: int) -> list[bytes]:
     score 1.0 and fill top() and pick()), in binary frames of ``per_frame``."""
     rec = np.zeros(count, wire.RECORD_DTYPE)
     rec["node"] = [f"{prefix}-{i}".encode() for i in range(count)]
-    return [wire.encode_batch(rec[a:a + per_frame]) for a in range(0, count, per_frame)]
+    return [wire.encode_batch(rec[a : a + per_frame]) for a in range(0, count, per_frame)]
 
 
-def push(ctx: zmq.Context, port: int, *, source: str | None = None,
-         curve: CurveKeys | None = None, sndhwm: int = 1000) -> zmq.Socket:
+def push(
+    ctx: zmq.Context,
+    port: int,
+    *,
+    source: str | None = None,
+    curve: CurveKeys | None = None,
+    sndhwm: int = 1000,
+) -> zmq.Socket:
     """A PUSH socket to the engine on 127.0.0.1:``port``, connecting from
     loopback address ``source`` (so the engine sees that peer address) and
     with client keys ``curve``.  The caller closes it."""
@@ -100,8 +115,9 @@ def honest_problems(reader, nodes=HONEST) -> list[str]:
             continue
         score, state = float(snap.score[s]), int(snap.state[s])
         if abs(score - want_score) > 1e-12 or state != want_state:
-            out.append(f"{n}: score {score!r} state {state}, expected {want_score} "
-                       f"{want_state.name}")
+            out.append(
+                f"{n}: score {score!r} state {state}, expected {want_score} {want_state.name}"
+            )
     return out
 
 

@@ -45,8 +45,9 @@ def heartbeat(node: str, **kw):
 class ClaimsEngine:
     """Both segments of engine ``name``, the registry, and a `Ticker`."""
 
-    def __init__(self, name: str, capacity: int = 16, max_schedulers: int = 4,
-                 config: Config | None = None):
+    def __init__(
+        self, name: str, capacity: int = 16, max_schedulers: int = 4, config: Config | None = None
+    ):
         self.name = name
         self.seg = Segment.create(name, capacity)
         try:
@@ -73,9 +74,13 @@ class ClaimsEngine:
         if slot < 0:
             slot = self.registry.register(key, b"", labels)
         table = self.views.table
-        write_rows(column_addresses(table), table.row_version.shape[0],
-                   np.array([slot], np.int64), np.atleast_1d(rec),
-                   time.monotonic() if now is None else now)
+        write_rows(
+            column_addresses(table),
+            table.row_version.shape[0],
+            np.array([slot], np.int64),
+            np.atleast_1d(rec),
+            time.monotonic() if now is None else now,
+        )
         return slot
 
     def forget(self, node: str) -> int:
@@ -98,8 +103,16 @@ class ClaimsEngine:
             seg.unlink()
 
 
-def scheduler_main(name: str, nodes: list[str], pairs: int, seed: int, go, results,
-                   log=None, hold: str | None = None) -> None:
+def scheduler_main(
+    name: str,
+    nodes: list[str],
+    pairs: int,
+    seed: int,
+    go,
+    results,
+    log=None,
+    hold: str | None = None,
+) -> None:
     """Make ``pairs`` claims on random ``nodes`` (up to `MAX_OPEN` open at a
     time), release each with a random outcome, and put
     ``(pid, ok[n], err[n], still_open, stale releases)`` on ``results``.
@@ -125,8 +138,9 @@ def scheduler_main(name: str, nodes: list[str], pairs: int, seed: int, go, resul
         made = released = 0
         k = 0
         while released < pairs:
-            if made < pairs and (not open_claims or (len(open_claims) < MAX_OPEN
-                                                     and action[k % len(action)] < 0.5)):
+            if made < pairs and (
+                not open_claims or (len(open_claims) < MAX_OPEN and action[k % len(action)] < 0.5)
+            ):
                 open_claims.append(reader.claim(nodes[pick[made]]))
                 made += 1
                 if log is not None:

@@ -19,14 +19,24 @@ from pathlib import Path
 
 from shm_engine.ops.engine_process import EngineProcess, free_port, segment_exists
 
-__all__ = ["Engine", "START_TIMEOUT_S", "STOP_TIMEOUT_S", "LOG_LINE", "cli", "free_port",
-           "segment_exists", "write_config"]
+__all__ = [
+    "Engine",
+    "START_TIMEOUT_S",
+    "STOP_TIMEOUT_S",
+    "LOG_LINE",
+    "cli",
+    "free_port",
+    "segment_exists",
+    "write_config",
+]
 
-START_TIMEOUT_S = 60.0      # two spawned children import numba on a busy machine
+START_TIMEOUT_S = 60.0  # two spawned children import numba on a busy machine
 STOP_TIMEOUT_S = 30.0
 #: One log line of the supervisor or a child (`shm_engine.core.runtime.log_event`).
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARN|ERROR) [a-z_]+"
-                      r"( \w+=\S+)*$")
+LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARN|ERROR) [a-z_]+"
+    r"( \w+=\S+)*$"
+)
 
 
 class Engine(EngineProcess):
@@ -45,8 +55,16 @@ class Engine(EngineProcess):
         return super().stop(timeout)
 
 
-def write_config(path: Path, port: int | str, *, tick_ms: int = 20, capacity: int = 64,
-                 max_frame_bytes: int = 1048576, extra: str = "", engine_extra: str = "") -> Path:
+def write_config(
+    path: Path,
+    port: int | str,
+    *,
+    tick_ms: int = 20,
+    capacity: int = 64,
+    max_frame_bytes: int = 1048576,
+    extra: str = "",
+    engine_extra: str = "",
+) -> Path:
     """A config for a small engine that restarts children fast; ``port`` may
     be ``"*"`` (the ingest picks one and publishes it).  ``extra`` goes into
     ``[ingest]`` (later sections may follow it), ``engine_extra`` into
@@ -70,5 +88,6 @@ max_frame_bytes = {max_frame_bytes}
 
 def cli(*args, timeout=60) -> subprocess.CompletedProcess:
     """``shm-engine ARGS...`` in a subprocess, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "shm_engine", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "shm_engine", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -24,12 +24,20 @@ import time
 import numpy as np
 import psutil
 
-from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER, HEADER_SIZE, MAGIC, RECORD_DTYPE, RECORD_SIZE, VERSION
 from shm_engine.core.config import ScoreConfig
+from shm_engine.wire.format import (
+    DEFAULT_MAX_FRAME_BYTES,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    VERSION,
+)
 
 SPAWN = multiprocessing.get_context("spawn")
 PREFIX = "sd-"
-QUEUE_LEVELS = 5        # queue cycles through 0 .. 4
+QUEUE_LEVELS = 5  # queue cycles through 0 .. 4
 
 # ------------------------------------------------------------------ fleet --
 
@@ -68,9 +76,8 @@ def batch_frames(rec: np.ndarray, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     per = (max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
     out = []
     for a in range(0, len(rec), per):
-        chunk = rec[a:a + per]
-        out.append(HEADER.pack(MAGIC, VERSION, RECORD_SIZE, len(chunk), 0)
-                   + chunk.tobytes())
+        chunk = rec[a : a + per]
+        out.append(HEADER.pack(MAGIC, VERSION, RECORD_SIZE, len(chunk), 0) + chunk.tobytes())
     return out
 
 
@@ -86,7 +93,8 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     weights at the pressure of the other live nodes (docs/scoring.md, steps
     E-G); and across the snapshot: the published weights match the pressure,
     a published score is > 0 exactly when the state is HEALTHY or DEGRADED,
-    and the ranking lists those slots by score descending.  Columns mixed from two epochs, or a name read
+    and the ranking lists those slots by score descending.  Columns mixed from two epochs, or a
+    name read
     against another node's slot, break at least one of these."""
     problems: list[str] = []
     slots = np.array([s for s, n in enumerate(snap.nodes) if n is not None], np.int64)
@@ -98,13 +106,15 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     if not all(n.startswith(PREFIX) for n in names):
         problems.append(f"epoch {snap.epoch}: foreign node names")
         return problems
-    ids = np.array([int(n[len(PREFIX):]) for n in names])
+    ids = np.array([int(n[len(PREFIX) :]) for n in names])
     cpu, mem, avg = node_params(ids)
     qema, wait, L = snap.qema[slots], snap.wait[slots], snap.liveness[slots]
     P = snap.pressure
     w = snap.weights
-    if (abs(w["wait"] - (_W.wait + _P.k1 * P)) > 1e-12
-            or abs(w["rate"] - (_W.rate + _P.k2 * P)) > 1e-12):
+    if (
+        abs(w["wait"] - (_W.wait + _P.k1 * P)) > 1e-12
+        or abs(w["rate"] - (_W.rate + _P.k2 * P)) > 1e-12
+    ):
         problems.append(f"epoch {snap.epoch}: weights {w} do not match pressure {P}")
     if not ((qema >= 0) & (qema <= QUEUE_LEVELS - 1)).all():
         problems.append(f"epoch {snap.epoch}: qema out of [0, {QUEUE_LEVELS - 1}]")
@@ -112,8 +122,10 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     bad = np.abs(wait - qema * avg) > 1e-9 * np.maximum(1.0, np.abs(wait))
     if bad.any():
         s = int(slots[bad][0])
-        problems.append(f"epoch {snap.epoch}: slot {s} ({snap.nodes[s]}) wait {snap.wait[s]!r} "
-                        f"!= qema {snap.qema[s]!r} * avg_job_s")
+        problems.append(
+            f"epoch {snap.epoch}: slot {s} ({snap.nodes[s]}) wait {snap.wait[s]!r} "
+            f"!= qema {snap.qema[s]!r} * avg_job_s"
+        )
     # Each node is weighted with the pressure of the other live nodes, and
     # its rate (1 / avg_job_s) judged against the live nodes' 90th percentile.
     live = L > 0
@@ -123,23 +135,29 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
     P_i = np.where(live, (total - p) / (n_live - 1) if n_live > 1 else 0.0, P)
     rate = 1.0 / avg
     rates = np.sort(rate[live])
-    R = (rates[-1] if len(rates) < 10 else rates[(9 * len(rates) + 9) // 10 - 1]) \
-        if len(rates) else None
+    R = (
+        (rates[-1] if len(rates) < 10 else rates[(9 * len(rates) + 9) // 10 - 1])
+        if len(rates)
+        else None
+    )
     g_rate = np.minimum(rate / R, 1.0) if R is not None else np.ones_like(rate)
     w_wait = _W.wait + _P.k1 * P_i
     w_rate = _W.rate + _P.k2 * P_i
     g_cpu = 1.0 - np.minimum(cpu / _P.max_cpu, 1.0)
     g_mem = 1.0 - np.minimum(mem / _P.max_mem, 1.0)
     g_wait = 1.0 - np.minimum(wait / _P.max_wait_s, 1.0)
-    core = ((_W.cpu * g_cpu + _W.mem * g_mem + w_wait * g_wait + w_rate * g_rate + _W.success)
-            / (_W.cpu + _W.mem + w_wait + w_rate + _W.success))
+    core = (_W.cpu * g_cpu + _W.mem * g_mem + w_wait * g_wait + w_rate * g_rate + _W.success) / (
+        _W.cpu + _W.mem + w_wait + w_rate + _W.success
+    )
     B = np.clip((_P.max_queue - qema) / (_P.max_queue - _P.limit_critical), 0.0, 1.0)
     raw = L * B * core
     bad = np.abs(snap.raw[slots] - raw) > 1e-9
     if bad.any():
         s = int(slots[bad][0])
-        problems.append(f"epoch {snap.epoch}: slot {s} ({snap.nodes[s]}) raw {snap.raw[s]!r}, "
-                        f"recomputed {float(raw[bad][0])!r}")
+        problems.append(
+            f"epoch {snap.epoch}: slot {s} ({snap.nodes[s]}) raw {snap.raw[s]!r}, "
+            f"recomputed {float(raw[bad][0])!r}"
+        )
     score, state = snap.score[slots], snap.state[slots]
     if not ((score >= 0) & (score <= 1)).all():
         problems.append(f"epoch {snap.epoch}: score out of [0, 1]")
@@ -148,8 +166,9 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
         problems.append(f"epoch {snap.epoch}: score > 0 does not match HEALTHY/DEGRADED")
     r = snap.ranked
     if len(r) != int(ranked_ok.sum()) or set(r.tolist()) != set(slots[ranked_ok].tolist()):
-        problems.append(f"epoch {snap.epoch}: ranking holds {len(r)} slots, "
-                        f"{int(ranked_ok.sum())} have a score")
+        problems.append(
+            f"epoch {snap.epoch}: ranking holds {len(r)} slots, {int(ranked_ok.sum())} have a score"
+        )
     elif len(r) > 1 and (np.diff(snap.score[r]) > 0).any():
         problems.append(f"epoch {snap.epoch}: ranking not by score descending")
     return problems
@@ -158,12 +177,21 @@ def check_snapshot(snap, expect_nodes: int | None = None) -> list[str]:
 # -------------------------------------------------------------- processes --
 
 
-def sender_main(endpoint: str, first: int, count: int, period_s: float, stop, pause,
-                sent_counter=None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+def sender_main(
+    endpoint: str,
+    first: int,
+    count: int,
+    period_s: float,
+    stop,
+    pause,
+    sent_counter=None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> None:
     """Send nodes ``first .. first+count-1`` every ``period_s`` until ``stop``
     is set; nothing while ``pause`` is set.  Blocking sends: none is dropped
     by this side (ZeroMQ may still drop what was queued to a dead peer)."""
     import zmq
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
@@ -180,7 +208,7 @@ def sender_main(endpoint: str, first: int, count: int, period_s: float, stop, pa
             if now < deadline:
                 time.sleep(min(deadline - now, 0.05))
                 continue
-            if deadline < now - 1.0:            # fell far behind: skip, do not burst
+            if deadline < now - 1.0:  # fell far behind: skip, do not burst
                 t0 = now - k * period_s
             k += 1
             if pause.is_set():
@@ -201,8 +229,7 @@ def sender_main(endpoint: str, first: int, count: int, period_s: float, stop, pa
         ctx.term()
 
 
-def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
-                warm=None) -> None:
+def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int, warm=None) -> None:
     """Read snapshots and single scores until ``stop``; put one result dict
     on ``results``: snapshots, scores, torn (snapshots failing
     `check_snapshot`, or a node count other than ``expect_nodes`` once the
@@ -210,12 +237,22 @@ def reader_main(name: str, stop, results, expect_nodes: int | None, seed: int,
     ``warm`` (a queue, optional) gets this pid once the first full snapshot
     was read."""
     from clients import NothingPublished, ReadContention, ScoreReader, UnknownNode
+
     rng = np.random.default_rng(seed)
-    out = {"snapshots": 0, "scores": 0, "torn": 0, "backwards": 0, "problems": [],
-           "errors": 0, "max_epoch": 0, "retries_exhausted": 0, "pid": os.getpid()}
+    out = {
+        "snapshots": 0,
+        "scores": 0,
+        "torn": 0,
+        "backwards": 0,
+        "problems": [],
+        "errors": 0,
+        "max_epoch": 0,
+        "retries_exhausted": 0,
+        "pid": os.getpid(),
+    }
     reader = ScoreReader.attach(name)
     last_epoch = 0
-    full = False        # the node count is checked once the whole fleet was seen
+    full = False  # the node count is checked once the whole fleet was seen
     try:
         while not stop.is_set():
             try:

@@ -15,8 +15,18 @@ import math
 
 import numpy as np
 
-from kernels import (HAS_IO, HAS_OKERR, HAS_TAIL, HAS_THROUGHPUT, default_params, make_inputs, make_outputs, make_scratch, make_state,
-                     tick)
+from kernels import (
+    HAS_IO,
+    HAS_OKERR,
+    HAS_TAIL,
+    HAS_THROUGHPUT,
+    default_params,
+    make_inputs,
+    make_outputs,
+    make_scratch,
+    make_state,
+    tick,
+)
 
 TICK_MS = 50
 
@@ -47,8 +57,21 @@ class Sim:
         self.rng = np.random.default_rng(seed)
         self.result = None
 
-    def hb(self, slot, cpu=0.0, mem=0.0, queue=0.0, avg_job_s=0.0, throughput=None,
-           ok=None, err=None, io=None, p50_ms=None, p95_ms=None, slots=None):
+    def hb(
+        self,
+        slot,
+        cpu=0.0,
+        mem=0.0,
+        queue=0.0,
+        avg_job_s=0.0,
+        throughput=None,
+        ok=None,
+        err=None,
+        io=None,
+        p50_ms=None,
+        p95_ms=None,
+        slots=None,
+    ):
         """A heartbeat arriving just before the next tick (registers the slot)."""
         inp = self.inp
         if not inp.active[slot]:

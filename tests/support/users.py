@@ -33,7 +33,8 @@ except KeyError:
 skip_unless_root = pytest.mark.skipif(
     os.geteuid() != 0 or OTHER_USER is None,
     reason="acting as another user (nobody) needs root and a 'nobody' user; "
-           "run the suite as root to check what another local user can do")
+    "run the suite as root to check what another local user can do",
+)
 
 
 def _become_other_user() -> None:
@@ -90,7 +91,7 @@ class Held:
                 _become_other_user()
                 fn()
                 os.write(w_ready, b"1")
-                os.read(r_go, 1)        # until the parent releases (or dies)
+                os.read(r_go, 1)  # until the parent releases (or dies)
                 code = 0
             except BaseException:  # noqa: BLE001 - reported through the exit code
                 traceback.print_exc()

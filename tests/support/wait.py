@@ -32,4 +32,4 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, period: fl
         if period > 0:
             time.sleep(period)
         else:
-            os.sched_yield()    # let a process sharing this core run
+            os.sched_yield()  # let a process sharing this core run

@@ -2,7 +2,8 @@
 
 Each builder returns a ``Trace``: trace lines (dicts with ``"tick"``: heartbeats,
 scheduler feedback lines ``{"tick", "feedback", "rif", "ok", "err", "consec"}``
-and bare ``{"tick": k}`` lines), the parameter overrides (SCORING.md key names, nested by section) and an optional
+and bare ``{"tick": k}`` lines), the parameter overrides (SCORING.md key names, nested by section)
+and an optional
 ``--ticks`` value. ``python tests/traces/build.py`` writes every trace next to
 this file as ``NAME.jsonl`` plus ``NAME.toml`` (the overrides, for
 ``--config``) when it has overrides; the committed files must equal what the
@@ -35,11 +36,25 @@ class Trace:
     ticks: int | None = None
 
 
-def hb(tick: int, node: str, cpu: float = 0.1, mem: float = 0.1, queue: float = 0.0,
-       avg_job_s: float = 0.1, **optional) -> dict:
+def hb(
+    tick: int,
+    node: str,
+    cpu: float = 0.1,
+    mem: float = 0.1,
+    queue: float = 0.0,
+    avg_job_s: float = 0.1,
+    **optional,
+) -> dict:
     """A heartbeat line; optional metrics by keyword."""
-    return {"tick": tick, "node": node, "cpu": cpu, "mem": mem, "queue": queue,
-            "avg_job_s": avg_job_s, **optional}
+    return {
+        "tick": tick,
+        "node": node,
+        "cpu": cpu,
+        "mem": mem,
+        "queue": queue,
+        "avg_job_s": avg_job_s,
+        **optional,
+    }
 
 
 def level(tick: int, node: str, queue: float) -> dict:
@@ -55,6 +70,7 @@ FAST_CLOCK = {"tick_interval_ms": 1000}  # suspect at 2 ticks, dead at 10
 
 # ---------------------------------------------------------------- traces
 
+
 def defaults_long() -> Trace:
     """All defaults (50 ms ticks: suspect after 40 ticks, dead after 200).
 
@@ -64,19 +80,41 @@ def defaults_long() -> Trace:
     """
     lines = []
     for k in range(260):
-        lines.append(hb(k, "a", cpu=0.3 + 0.2 * math.sin(k / 7), mem=0.4,
-                        queue=float(k % 13), avg_job_s=0.8, throughput=12.0 + k % 5,
-                        ok=30 + k % 4, err=k % 3, io=0.2,
-                        p50_ms=20.0, p95_ms=35.0 + k % 11))
-        lines.append(hb(k, "b", cpu=0.5, mem=0.5, queue=4.0, avg_job_s=1.5,
-                        throughput=9.0, zone="z1", labels={"gpu": "no"}))
+        lines.append(
+            hb(
+                k,
+                "a",
+                cpu=0.3 + 0.2 * math.sin(k / 7),
+                mem=0.4,
+                queue=float(k % 13),
+                avg_job_s=0.8,
+                throughput=12.0 + k % 5,
+                ok=30 + k % 4,
+                err=k % 3,
+                io=0.2,
+                p50_ms=20.0,
+                p95_ms=35.0 + k % 11,
+            )
+        )
+        lines.append(
+            hb(
+                k,
+                "b",
+                cpu=0.5,
+                mem=0.5,
+                queue=4.0,
+                avg_job_s=1.5,
+                throughput=9.0,
+                zone="z1",
+                labels={"gpu": "no"},
+            )
+        )
         if k == 3:  # only the latest of a tick's heartbeats is used
             lines.append(hb(k, "b", cpu=0.6, mem=0.5, queue=40.0, avg_job_s=1.5))
         if k < 5 or k >= 240:
             lines.append(hb(k, "c", cpu=0.2, mem=0.3, queue=2.0, avg_job_s=0.5, ts=1.7e9 + k))
         if 100 <= k < 104:  # a twin of "b": equal scores, ranked by slot
-            lines.append(hb(k, "twin", cpu=0.5, mem=0.5, queue=4.0, avg_job_s=1.5,
-                            throughput=9.0))
+            lines.append(hb(k, "twin", cpu=0.5, mem=0.5, queue=4.0, avg_job_s=1.5, throughput=9.0))
     return Trace("defaults_long", lines)
 
 
@@ -88,25 +126,25 @@ def hysteresis_exact() -> Trace:
     t_degraded + delta = 0.5, t_overloaded + delta = 0.30000000000000004.
     """
     plan = [
-        (0, "healthy"),       # s 1.0, first tick: fresh
-        (80, "healthy"),      # s 0.4 == t_degraded: stays
-        (85, "degraded"),     # s 0.3: H -> D
-        (76, "degraded"),     # s 0.48: inside delta, stays
-        (75, "healthy"),      # s 0.5 == t_degraded + delta: D -> H
-        (90, "degraded"),     # s 0.2 == t_overloaded: H -> D, not O
-        (91, "overloaded"),   # s 0.18: D -> O
-        (85, "overloaded"),   # s 0.3 < 0.30000000000000004: stays
-        (84, "degraded"),     # s 0.32: O -> D
-        (95, "overloaded"),   # s 0.1
-        (0, "healthy"),       # s 1.0: O -> H directly
-        (95, "overloaded"),   # H -> O directly
-        (75, "healthy"),      # s 0.5: O -> H at the boundary
+        (0, "healthy"),  # s 1.0, first tick: fresh
+        (80, "healthy"),  # s 0.4 == t_degraded: stays
+        (85, "degraded"),  # s 0.3: H -> D
+        (76, "degraded"),  # s 0.48: inside delta, stays
+        (75, "healthy"),  # s 0.5 == t_degraded + delta: D -> H
+        (90, "degraded"),  # s 0.2 == t_overloaded: H -> D, not O
+        (91, "overloaded"),  # s 0.18: D -> O
+        (85, "overloaded"),  # s 0.3 < 0.30000000000000004: stays
+        (84, "degraded"),  # s 0.32: O -> D
+        (95, "overloaded"),  # s 0.1
+        (0, "healthy"),  # s 1.0: O -> H directly
+        (95, "overloaded"),  # H -> O directly
+        (75, "healthy"),  # s 0.5: O -> H at the boundary
         (100, "overloaded"),  # qema >= max_queue: tripped
         (0, "healthy"),
-        (60, "healthy"),      # s 0.8
-        (99, "overloaded"),   # s 0.02: H -> O
-        (83, "degraded"),     # s 0.34: O -> D
-        (72, "healthy"),      # s 0.56: D -> H
+        (60, "healthy"),  # s 0.8
+        (99, "overloaded"),  # s 0.02: H -> O
+        (83, "degraded"),  # s 0.34: O -> D
+        (72, "healthy"),  # s 0.56: D -> H
     ]
     lines = [level(k, "h", q) for k, (q, _) in enumerate(plan)]
     return Trace("hysteresis_exact", lines, {"score": dict(EXACT)})
@@ -117,8 +155,9 @@ def hysteresis_smooth() -> Trace:
     so states move H -> D -> O and back gradually; also a plateau inside the
     hysteresis band."""
     queues = [0] * 5 + [75] * 12 + [88] * 12 + [95] * 12 + [82] * 12 + [76] * 12 + [0] * 12
-    lines = [hb(k, "g", cpu=0.0, mem=0.0, queue=float(q), avg_job_s=0.0)
-             for k, q in enumerate(queues)]
+    lines = [
+        hb(k, "g", cpu=0.0, mem=0.0, queue=float(q), avg_job_s=0.0) for k, q in enumerate(queues)
+    ]
     return Trace("hysteresis_smooth", lines)
 
 
@@ -158,19 +197,19 @@ def liveness_registry() -> Trace:
     lines = []
     for k in range(70):
         lines.append(hb(k, "a", cpu=0.2, queue=1.0, avg_job_s=0.5))
-        if k <= 2 or 14 <= k <= 15:          # dead at 12, revived at 14
+        if k <= 2 or 14 <= k <= 15:  # dead at 12, revived at 14
             lines.append(hb(k, "b", cpu=0.3, queue=3.0, avg_job_s=0.5))
-        if k <= 1:                            # forgotten at tick 21
+        if k <= 1:  # forgotten at tick 21
             lines.append(hb(k, "c", cpu=0.4, queue=5.0, avg_job_s=0.5))
-        if k >= 22:                           # takes the slot "c" left
+        if k >= 22:  # takes the slot "c" left
             lines.append(hb(k, "d", cpu=0.1, queue=0.0, avg_job_s=0.5))
-        if 23 <= k <= 24 or k >= 40:          # registry_full until "b" goes
+        if 23 <= k <= 24 or k >= 40:  # registry_full until "b" goes
             lines.append(hb(k, "e", cpu=0.1, queue=0.0, avg_job_s=0.5))
         if k == 23:
             lines.append(hb(k, "f", cpu=0.1, queue=0.0, avg_job_s=0.5))
-        if k == 35:                           # "b" forgotten and back in one tick
+        if k == 35:  # "b" forgotten and back in one tick
             lines.append(hb(k, "b", cpu=0.3, queue=7.0, avg_job_s=0.5))
-        if k >= 55:                           # registers as "b" is forgotten
+        if k >= 55:  # registers as "b" is forgotten
             lines.append(hb(k, "g", cpu=0.3, queue=1.0, avg_job_s=0.5))
     lines.append({"tick": 75})
     params = {"engine": {"capacity": 4, "forget_after_s": 20, **FAST_CLOCK}}
@@ -185,8 +224,7 @@ def optional_metrics() -> Trace:
     "idle" has ``avg_job_s`` 0, so no rate term at all."""
     lines = []
     for k in range(30):
-        full = {"throughput": 10.0, "ok": 50, "err": 5, "io": 0.3,
-                "p50_ms": 10.0, "p95_ms": 45.0}
+        full = {"throughput": 10.0, "ok": 50, "err": 5, "io": 0.3, "p50_ms": 10.0, "p95_ms": 45.0}
         lines.append(hb(k, "opt", **(full if k % 6 < 3 else {})))
         if k in (10, 11):
             lines.append(hb(k, "opt2", io=0.9, p50_ms=10.0, p95_ms=10.0))
@@ -212,9 +250,10 @@ def pressure() -> Trace:
         if k < 3:
             lines.append(hb(k, "p3", queue=45.0, avg_job_s=1.0, throughput=8.0))
         lines.append(hb(k, "p4", queue=0.0, avg_job_s=1.0, throughput=3.0, ok=7, err=1))
-    params = {"engine": dict(FAST_CLOCK),
-              "score": {"k1": 0.8, "k2": 0.6,
-                        "weights": {"cpu": 0.3, "io": 0.1, "rate": 0.2}}}
+    params = {
+        "engine": dict(FAST_CLOCK),
+        "score": {"k1": 0.8, "k2": 0.6, "weights": {"cpu": 0.3, "io": 0.1, "rate": 0.2}},
+    }
     return Trace("pressure", lines, params)
 
 
@@ -230,13 +269,13 @@ def quarantine_backoff() -> Trace:
     for k in range(70):
         lines.append(level(k, "s", 10.0))
         if k < 6 or 22 <= k < 28:
-            lines.append(_flapper(k, "q"))       # flaps until quarantined
+            lines.append(_flapper(k, "q"))  # flaps until quarantined
         elif k == 9:
-            lines.append(level(k, "q", 80.0))     # raw 0.4 < 0.5: count restarts
+            lines.append(level(k, "q", 80.0))  # raw 0.4 < 0.5: count restarts
         elif k == 12:
-            lines.append(level(k, "q", 100.0))    # tripped: count restarts
+            lines.append(level(k, "q", 100.0))  # tripped: count restarts
         else:
-            lines.append(level(k, "q", 0.0))      # raw 1.0: probation ticks
+            lines.append(level(k, "q", 0.0))  # raw 1.0: probation ticks
     params = {"score": {**EXACT, "max_flaps": 3, "probation_ticks": 5}}
     return Trace("quarantine_backoff", lines, params)
 
@@ -253,12 +292,19 @@ def quarantine_memory() -> Trace:
         if any(k in r for r in flapping):
             lines.append(_flapper(k, "q"))
         elif 50 <= k < 62:
-            pass                                  # silent while quarantined
+            pass  # silent while quarantined
         else:
             lines.append(level(k, "q", 0.0))
-    params = {"engine": dict(FAST_CLOCK),
-              "score": {**EXACT, "max_flaps": 3, "probation_ticks": 3,
-                        "quarantine_memory": 6, "flap_window": 10}}
+    params = {
+        "engine": dict(FAST_CLOCK),
+        "score": {
+            **EXACT,
+            "max_flaps": 3,
+            "probation_ticks": 3,
+            "quarantine_memory": 6,
+            "flap_window": 10,
+        },
+    }
     return Trace("quarantine_memory", lines, params)
 
 
@@ -287,13 +333,12 @@ def quarantine_cap() -> Trace:
         lines.append(level(k, "steady", 0.0))
         for i, name in enumerate(names):
             if name == "f4" and 30 <= k < 42:
-                continue                          # f4 dies (fast clock)
+                continue  # f4 dies (fast clock)
             if k < 8 + i or (k >= 20 and i >= 2):
                 lines.append(_flapper(k, name))
             else:
                 lines.append(level(k, name, 0.0))
-    params = {"engine": dict(FAST_CLOCK),
-              "score": {**EXACT, "max_flaps": 3, "probation_ticks": 4}}
+    params = {"engine": dict(FAST_CLOCK), "score": {**EXACT, "max_flaps": 3, "probation_ticks": 4}}
     return Trace("quarantine_cap", lines, params)
 
 
@@ -318,7 +363,7 @@ def rejections() -> Trace:
     look-alike letters and invisible characters included, is refused."""
     nan, inf = float("nan"), float("inf")
     bad = [
-        {"node": "r", "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},            # missing cpu
+        {"node": "r", "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # missing cpu
         {"node": "r", "cpu": 1.5, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "r", "cpu": nan, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "r", "cpu": 0.1, "mem": inf, "queue": 0.0, "avg_job_s": 0.1},
@@ -329,21 +374,50 @@ def rejections() -> Trace:
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "colour": 1},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "ok": 3},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "ok": -1, "err": 0},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "ok": 2**32, "err": 0},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "ok": 1, "err": False},
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "ok": 2**32,
+            "err": 0,
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "ok": 1,
+            "err": False,
+        },
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "p50_ms": 10.0},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "p50_ms": 10.0, "p95_ms": 9.0},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "p50_ms": 0.0, "p95_ms": 9.0},
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "p50_ms": 10.0,
+            "p95_ms": 9.0,
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "p50_ms": 0.0,
+            "p95_ms": 9.0,
+        },
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "io": 1.01},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "throughput": -1.0},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "zone": "z" * 32},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "zone": 7},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "labels": {"a": 1}},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "labels": ["a"]},
-        {"cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},              # no node
+        {"cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # no node
         {"node": "", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "n" * 64, "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "é" * 32, "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # 64 bytes
@@ -355,9 +429,14 @@ def rejections() -> Trace:
         {"node": "nœud-é" + "x" * 55, "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "a b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "nod\u0435", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # Cyrillic e
-        {"node": "a\u200bb", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},   # format char
-        {"node": "\uff4e\uff4f\uff44\uff45", "cpu": 0.1, "mem": 0.1, "queue": 0.0,
-         "avg_job_s": 0.1},                                                    # fullwidth
+        {"node": "a\u200bb", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},  # format char
+        {
+            "node": "\uff4e\uff4f\uff44\uff45",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+        },  # fullwidth
         {"node": "a+b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         {"node": "a\\b", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
         # slots: an integer in [1, 65535]
@@ -367,34 +446,106 @@ def rejections() -> Trace:
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": True},
         {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "slots": "4"},
         # resources: at most 8 names of 1..15 bytes, each a float >= 0
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": ["gpu"]},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {f"r{i}": 1.0 for i in range(9)}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"": 1.0}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"g" * 16: 1.0}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"gpu": -1.0}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"gpu": nan}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"gpu": "1"}},
-        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1,
-         "resources": {"gpu": True}},
+        {"node": "r", "cpu": 0.1, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1, "resources": ["gpu"]},
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {f"r{i}": 1.0 for i in range(9)},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"": 1.0},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"g" * 16: 1.0},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"gpu": -1.0},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"gpu": nan},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"gpu": "1"},
+        },
+        {
+            "node": "r",
+            "cpu": 0.1,
+            "mem": 0.1,
+            "queue": 0.0,
+            "avg_job_s": 0.1,
+            "resources": {"gpu": True},
+        },
     ]
     good = [
-        {"node": "e" * 63, "cpu": 0, "mem": 1, "queue": 3, "avg_job_s": 0},     # ints, bounds
-        {"node": "AZaz09._:-/" + "x" * 52, "cpu": 1.0, "mem": 0.0, "queue": 0.0,
-         "avg_job_s": 0.0, "slots": 65535,
-         "resources": {"g" * 15: 0.0, **{f"r{i}": 1e300 for i in range(7)}}},
-        {"node": "edge", "cpu": 0.5, "mem": 0.5, "queue": 0.0, "avg_job_s": 0.0,
-         "ok": 4294967295, "err": 0, "p50_ms": 5.0, "p95_ms": 5.0, "io": 1.0,
-         "throughput": 0.0, "zone": "z" * 31, "labels": {}, "ts": -1.5},
-        {"node": "edge2", "cpu": 0.5, "mem": 0.5, "queue": 0.0, "avg_job_s": 0.0,
-         "ok": 0, "err": 0, "p50_ms": 1e-300, "p95_ms": 1e300, "zone": "",
-         "labels": {"k": "v", "é": "ü"}, "slots": 1, "resources": {}},
+        {"node": "e" * 63, "cpu": 0, "mem": 1, "queue": 3, "avg_job_s": 0},  # ints, bounds
+        {
+            "node": "AZaz09._:-/" + "x" * 52,
+            "cpu": 1.0,
+            "mem": 0.0,
+            "queue": 0.0,
+            "avg_job_s": 0.0,
+            "slots": 65535,
+            "resources": {"g" * 15: 0.0, **{f"r{i}": 1e300 for i in range(7)}},
+        },
+        {
+            "node": "edge",
+            "cpu": 0.5,
+            "mem": 0.5,
+            "queue": 0.0,
+            "avg_job_s": 0.0,
+            "ok": 4294967295,
+            "err": 0,
+            "p50_ms": 5.0,
+            "p95_ms": 5.0,
+            "io": 1.0,
+            "throughput": 0.0,
+            "zone": "z" * 31,
+            "labels": {},
+            "ts": -1.5,
+        },
+        {
+            "node": "edge2",
+            "cpu": 0.5,
+            "mem": 0.5,
+            "queue": 0.0,
+            "avg_job_s": 0.0,
+            "ok": 0,
+            "err": 0,
+            "p50_ms": 1e-300,
+            "p95_ms": 1e300,
+            "zone": "",
+            "labels": {"k": "v", "é": "ü"},
+            "slots": 1,
+            "resources": {},
+        },
     ]
     lines = []
     for k in range(20):
@@ -414,8 +565,15 @@ def tick_lines() -> Trace:
     """``{"tick": k}`` lines extend the run past the last heartbeat; gaps in
     tick numbers are computed too; the replay is also run with ``--ticks``
     shorter and longer than the trace (see the tests)."""
-    lines = [hb(0, "t1"), {"tick": 1}, {"tick": 1}, hb(4, "t2", queue=7.0),
-             {"tick": 6}, hb(6, "t1", cpu=0.9), {"tick": 40}]
+    lines = [
+        hb(0, "t1"),
+        {"tick": 1},
+        {"tick": 1},
+        hb(4, "t2", queue=7.0),
+        {"tick": 6},
+        hb(6, "t1", cpu=0.9),
+        {"tick": 40},
+    ]
     return Trace("tick_lines", lines, {"engine": dict(FAST_CLOCK)})
 
 
@@ -442,9 +600,13 @@ def feedback_ejection() -> Trace:
     lines = []
     nodes = ("ej", "ok_ends", "near", "renew", "noerr")
     events = {
-        10: [fb(10, "ej", err=5, consec=5), fb(10, "ok_ends", err=5, consec=5),
-             fb(10, "near", err=4, consec=4), fb(10, "renew", err=5, consec=5),
-             fb(10, "noerr", consec=7)],
+        10: [
+            fb(10, "ej", err=5, consec=5),
+            fb(10, "ok_ends", err=5, consec=5),
+            fb(10, "near", err=4, consec=4),
+            fb(10, "renew", err=5, consec=5),
+            fb(10, "noerr", consec=7),
+        ],
         30: [fb(30, "ok_ends", ok=1, consec=0)],
         40: [fb(40, "near", consec=5)],
         50: [fb(50, "ok_ends", err=1, consec=6)],
@@ -459,8 +621,10 @@ def feedback_ejection() -> Trace:
     return Trace("feedback_ejection", lines)
 
 
-WINDOW_CLOCK = {"engine": {"tick_interval_ms": 1000},
-                "score": {"error_half_life_s": 1.0}}   # d = 0.5 exactly
+WINDOW_CLOCK = {
+    "engine": {"tick_interval_ms": 1000},
+    "score": {"error_half_life_s": 1.0},
+}  # d = 0.5 exactly
 
 
 def feedback_window() -> Trace:
@@ -561,14 +725,19 @@ def feedback_registry() -> Trace:
     t7 "f1" meets a full registry: its heartbeat is refused and its
     feedback ignored.
     """
-    lines = [fb(0, "f1", rif=50, consec=9, err=20),
-             hb(0, "keep"), hb(0, "f1"), hb(0, "f2"),
-             fb(0, "f2", rif=50, consec=9, err=20),
-             fb(0, "ghost", rif=3, err=30, consec=9),
-             {"tick": 0, "node": "bad", "cpu": 2.0, "mem": 0.1, "queue": 0.0,
-              "avg_job_s": 0.1},
-             fb(0, "bad", rif=3),
-             hb(1, "keep"), hb(1, "f1"), hb(1, "f2")]
+    lines = [
+        fb(0, "f1", rif=50, consec=9, err=20),
+        hb(0, "keep"),
+        hb(0, "f1"),
+        hb(0, "f2"),
+        fb(0, "f2", rif=50, consec=9, err=20),
+        fb(0, "ghost", rif=3, err=30, consec=9),
+        {"tick": 0, "node": "bad", "cpu": 2.0, "mem": 0.1, "queue": 0.0, "avg_job_s": 0.1},
+        fb(0, "bad", rif=3),
+        hb(1, "keep"),
+        hb(1, "f1"),
+        hb(1, "f2"),
+    ]
     for k in range(2, 12):
         lines.append(hb(k, "keep"))
         if k == 6:
@@ -583,8 +752,10 @@ def feedback_registry() -> Trace:
             lines.append(hb(k, "f1"))
             lines.append(fb(k, "f1", rif=40, err=1, consec=9))
     # dead before forgotten (the configuration requires forget_after_s > dead_after_s)
-    params = {"engine": {"capacity": 3, "forget_after_s": 5, **FAST_CLOCK},
-              "score": {"dead_after_s": 4.0}}
+    params = {
+        "engine": {"capacity": 3, "forget_after_s": 5, **FAST_CLOCK},
+        "score": {"dead_after_s": 4.0},
+    }
     return Trace("feedback_registry", lines, params)
 
 
@@ -625,18 +796,44 @@ def rate_percentile() -> Trace:
     for k in range(24):
         for i in range(1, 11):
             gone = (i == 10 and k >= 4) or (i == 9 and k >= 8)
-            lines.append(hb(k, f"r{i:02d}", cpu=0.0, mem=0.0, queue=0.0,
-                            avg_job_s=0.0 if gone else 1.0, slots=i))
+            lines.append(
+                hb(
+                    k,
+                    f"r{i:02d}",
+                    cpu=0.0,
+                    mem=0.0,
+                    queue=0.0,
+                    avg_job_s=0.0 if gone else 1.0,
+                    slots=i,
+                )
+            )
         if k <= 11:
             lines.append(hb(k, "wild", cpu=0.0, mem=0.0, queue=0.0, avg_job_s=1e-6))
     return Trace("rate_percentile", lines, {"engine": dict(FAST_CLOCK)})
 
 
-BUILDERS = [defaults_long, hysteresis_exact, hysteresis_smooth, breakers,
-            liveness_registry, optional_metrics, pressure, quarantine_backoff,
-            quarantine_backoff_cap, quarantine_memory, quarantine_cap,
-            quarantine_defaults, rejections, tick_lines, feedback_ejection,
-            feedback_window, feedback_load, feedback_registry, slots_field, rate_percentile]
+BUILDERS = [
+    defaults_long,
+    hysteresis_exact,
+    hysteresis_smooth,
+    breakers,
+    liveness_registry,
+    optional_metrics,
+    pressure,
+    quarantine_backoff,
+    quarantine_backoff_cap,
+    quarantine_memory,
+    quarantine_cap,
+    quarantine_defaults,
+    rejections,
+    tick_lines,
+    feedback_ejection,
+    feedback_window,
+    feedback_load,
+    feedback_registry,
+    slots_field,
+    rate_percentile,
+]
 
 
 def all_traces() -> list[Trace]:
@@ -644,6 +841,7 @@ def all_traces() -> list[Trace]:
 
 
 # ---------------------------------------------------------------- files
+
 
 def to_jsonl(trace: Trace) -> str:
     return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in trace.lines)

@@ -37,11 +37,11 @@ from shm_engine.ops.engine_process import EngineExited, EngineProcess, engine_ru
 __all__ = ["cmd_demo", "CYCLE_S", "DEMO_TICK_MS"]
 
 VIEW_INTERVAL_S = 0.5
-STATUS_INTERVAL_S = 3.0         # status lines when there is no live view
-CYCLE_S = 60.0                  # timeline period of an unbounded demo
-READY_TIMEOUT_S = 90.0          # first start compiles the kernels
+STATUS_INTERVAL_S = 3.0  # status lines when there is no live view
+CYCLE_S = 60.0  # timeline period of an unbounded demo
+READY_TIMEOUT_S = 90.0  # first start compiles the kernels
 STOP_TIMEOUT_S = 20.0
-SETTLE_S = 2.0                  # at the end, for the ingest to drain what was sent
+SETTLE_S = 2.0  # at the end, for the ingest to drain what was sent
 DEMO_TICK_MS = 100
 BIND = "tcp://127.0.0.1:*"
 
@@ -49,9 +49,11 @@ BIND = "tcp://127.0.0.1:*"
 def _write_config(args, directory: str, n: int):
     cfg = load_config(args.config)
     if cfg.ingest.curve.enabled:
-        raise ConfigError("ingest.curve: the demo's simulated fleet cannot use CURVE; "
-                          "give a config without [ingest.curve]")
-    over = {"ingest.bind": BIND}
+        raise ConfigError(
+            "ingest.curve: the demo's simulated fleet cannot use CURVE; "
+            "give a config without [ingest.curve]"
+        )
+    over: dict[str, str | int] = {"ingest.bind": BIND}
     if args.config is None:
         over["engine.tick_interval_ms"] = DEMO_TICK_MS
         over["engine.capacity"] = max(1024, 2 * n)
@@ -59,8 +61,7 @@ def _write_config(args, directory: str, n: int):
         over["ingest.registration_burst_per_sender"] = max(1024, n)
         over["ingest.registration_burst"] = max(16384, n)
     elif cfg.engine.capacity < n:
-        raise ConfigError(f"engine.capacity = {cfg.engine.capacity} is smaller than "
-                          f"--nodes {n}")
+        raise ConfigError(f"engine.capacity = {cfg.engine.capacity} is smaller than --nodes {n}")
     cfg = with_overrides(cfg, over)
     path = os.path.join(directory, "engine.toml")
     with open(path, "w", encoding="utf-8") as fh:
@@ -71,8 +72,10 @@ def _write_config(args, directory: str, n: int):
 def _status_line(t: float, vs, sent: int) -> str:
     c = vs.counts
     states = " ".join(f"{STATE_NAMES[s]} {c.get(STATE_NAMES[s], 0)}" for s in NodeState)
-    return (f"t={t:6.1f}s epoch {vs.epoch:>5} | {vs.registered} nodes: {states} | "
-            f"pressure {vs.pressure:.3f} | heartbeats sent {sent:,} accepted {vs.accepted:,}")
+    return (
+        f"t={t:6.1f}s epoch {vs.epoch:>5} | {vs.registered} nodes: {states} | "
+        f"pressure {vs.pressure:.3f} | heartbeats sent {sent:,} accepted {vs.accepted:,}"
+    )
 
 
 def _usage_error(args) -> str | None:
@@ -96,8 +99,11 @@ def _live_view_available(args) -> bool:
     try:
         import rich  # noqa: F401
     except ImportError:
-        print("shm-engine demo: rich is not installed (pip install 'shm-engine[top]'); "
-              "printing status lines instead", file=sys.stderr)
+        print(
+            "shm-engine demo: rich is not installed (pip install 'shm-engine[top]'); "
+            "printing status lines instead",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -114,6 +120,7 @@ def cmd_demo(args) -> int:
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
+
     # SIGTERM, and SIGHUP (the terminal went away), stop the demo like Ctrl-C.
     old_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGHUP)}
     workdir = tempfile.mkdtemp(prefix="shm-engine-demo-")
@@ -121,8 +128,11 @@ def cmd_demo(args) -> int:
     try:
         cfg, cfg_path = _write_config(args, workdir, args.nodes)
         engine = EngineProcess(name, cfg_path, workdir)
-        print(f"starting engine {name!r} (tick {cfg.engine.tick_interval_ms} ms); the first "
-              "run compiles the scoring kernels, which can take a minute ...", file=sys.stderr)
+        print(
+            f"starting engine {name!r} (tick {cfg.engine.tick_interval_ms} ms); the first "
+            "run compiles the scoring kernels, which can take a minute ...",
+            file=sys.stderr,
+        )
         engine.start()
         endpoint = engine.wait_ready(READY_TIMEOUT_S)["ingest_endpoint"]
         print(f"engine ready, ingest on {endpoint}", file=sys.stderr)
@@ -149,15 +159,19 @@ def _stop(engine: EngineProcess, code: int) -> int:
     segment = posix_name(engine.name)
     if rc != 0:
         how = "it had to be killed" if rc is None else f"exit {rc}"
-        print(f"shm-engine demo: the engine did not stop cleanly ({how}):\n"
-              f"{engine.log_tail()}", file=sys.stderr)
+        print(
+            f"shm-engine demo: the engine did not stop cleanly ({how}):\n{engine.log_tail()}",
+            file=sys.stderr,
+        )
         if engine.segment_exists() and not engine_running(engine.name):
-            unlink_segment(engine.name)     # ours, and its creator is gone
+            unlink_segment(engine.name)  # ours, and its creator is gone
             print(f"shm-engine demo: removed the stale segment {segment}", file=sys.stderr)
         return 1
     if engine.segment_exists():
-        print(f"shm-engine demo: segment {segment} left behind after the engine stopped",
-              file=sys.stderr)
+        print(
+            f"shm-engine demo: segment {segment} left behind after the engine stopped",
+            file=sys.stderr,
+        )
         return 1
     print(f"engine stopped cleanly (exit 0), segment {segment} removed")
     return code
@@ -166,15 +180,15 @@ def _stop(engine: EngineProcess, code: int) -> int:
 def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess) -> int:
     """Drive the fleet until --duration or Ctrl-C; print the summary."""
     from clients.heartbeat import HeartbeatClient
-
     from shm_engine.ops.topview import Watcher
 
     period = args.duration if args.duration is not None else CYCLE_S
     fleet = Fleet(args.nodes, args.seed, period, cfg.score.dead_after_s)
     stats = Stats(fleet)
     watcher = Watcher(name, rows=25)
-    client = HeartbeatClient(endpoint, max_frame_bytes=min(cfg.ingest.max_frame_bytes,
-                                                           wire.DEFAULT_MAX_FRAME_BYTES))
+    client = HeartbeatClient(
+        endpoint, max_frame_bytes=min(cfg.ingest.max_frame_bytes, wire.DEFAULT_MAX_FRAME_BYTES)
+    )
     live = None
     t0 = time.monotonic()
     t = 0.0
@@ -183,6 +197,7 @@ def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess)
             from rich.live import Live
 
             from shm_engine.ops.topview import render
+
             live = Live(auto_refresh=False, redirect_stderr=False)
             live.start()
         next_beat = next_view = t0
@@ -202,7 +217,7 @@ def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess)
                     batch, cpu = fleet.heartbeats(t)
                     client.send_batch(batch)
                     next_beat += HEARTBEAT_INTERVAL_S
-                    if next_beat < now:          # fell behind: skip, do not burst
+                    if next_beat < now:  # fell behind: skip, do not burst
                         next_beat = now + HEARTBEAT_INTERVAL_S
                     stats.add(watcher.sample(), t, cpu)
                 if now >= next_view:
@@ -224,19 +239,31 @@ def _run(args, name: str, cfg, endpoint: str, view: bool, engine: EngineProcess)
         # Let the ingest drain what was queued before counting what it took.
         settle = time.monotonic() + SETTLE_S
         vs = watcher.poll()
-        while (vs.heartbeats < client.sent and time.monotonic() < settle):
+        while vs.heartbeats < client.sent and time.monotonic() < settle:
             time.sleep(0.05)
             vs = watcher.poll()
         stats.add(watcher.snapshot, t, cpu)
-        print(stats.summary(name=name, ran_s=t, tick_ms=cfg.engine.tick_interval_ms,
-                            dead_after_s=cfg.score.dead_after_s, sent=client.sent,
-                            dropped=client.dropped, accepted=vs.accepted,
-                            rejected=sum(vs.rejects.values())), flush=True)
+        print(
+            stats.summary(
+                name=name,
+                ran_s=t,
+                tick_ms=cfg.engine.tick_interval_ms,
+                dead_after_s=cfg.score.dead_after_s,
+                sent=client.sent,
+                dropped=client.dropped,
+                accepted=vs.accepted,
+                rejected=sum(vs.rejects.values()),
+            ),
+            flush=True,
+        )
         if interrupted:
             print("(interrupted)", flush=True)
         if lost:
-            print(f"shm-engine demo: the engine exited (code {engine.returncode}) "
-                  f"while the demo ran:\n{engine.log_tail()}", file=sys.stderr)
+            print(
+                f"shm-engine demo: the engine exited (code {engine.returncode}) "
+                f"while the demo ran:\n{engine.log_tail()}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     finally:

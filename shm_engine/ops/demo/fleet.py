@@ -23,7 +23,7 @@ from shm_engine.wire.format import NODE_SIZE
 
 __all__ = ["Kind", "KINDS", "Fleet", "kind_counts", "HEARTBEAT_INTERVAL_S"]
 
-HEARTBEAT_INTERVAL_S = 0.2      # every node, every 200 ms, in one binary batch
+HEARTBEAT_INTERVAL_S = 0.2  # every node, every 200 ms, in one binary batch
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Fleet:
         self.kind = np.array(kinds, np.int64)
         self.names = names
         self.node_bytes = np.array([s.encode() for s in names], f"S{NODE_SIZE}")
-        u = lambda lo, hi: rng.uniform(lo, hi, n)   # noqa: E731
+        u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
         is_ = self.of_kind
         # Baselines; the kinds override their own columns below.
         self.cpu = u(0.25, 0.55)
@@ -93,8 +93,8 @@ class Fleet:
         self.tput = u(6.0, 10.0)
         self.err_rate = u(0.0, 0.02)
         self.p50 = u(40.0, 80.0)
-        self.tail = u(1.4, 2.0)                     # p95 / p50
-        self.spike_q = np.full(n, 22.0)             # queue added at the spike's peak
+        self.tail = u(1.4, 2.0)  # p95 / p50
+        self.spike_q = np.full(n, 22.0)  # queue added at the spike's peak
         g = is_("gcheavy")
         self.cpu[g] = u(0.88, 0.94)[g]
         self.mem[g] = u(0.50, 0.70)[g]
@@ -162,8 +162,9 @@ class Fleet:
         over = ((self.beat + self.flap_phase) // 2) % 2 == 0
         cpu = np.where(flapping, np.where(over, 0.99, 0.55), cpu)
         mem = np.clip(self.mem + 0.01 * noise[1], 0.0, 0.94)
-        queue = np.maximum(0.0, self.queue + 0.5 * noise[2] * (self.queue > 0.5)
-                           + self.spike_q * sp)
+        queue = np.maximum(
+            0.0, self.queue + 0.5 * noise[2] * (self.queue > 0.5) + self.spike_q * sp
+        )
         queue[k == _K["bigjobs"]] = 2.0 + self.spike_q[k == _K["bigjobs"]] * sp
         requests = rng.poisson(self.tput * HEARTBEAT_INTERVAL_S)
         requests = np.where(k == _K["failing"], np.maximum(requests, 25), requests)

@@ -27,13 +27,13 @@ class Stats:
         self.index = {name: i for i, name in enumerate(fleet.names)}
         self.seen = np.zeros((n, len(NodeState)), bool)
         self.samples = 0
-        self.pos_sum = np.zeros(n)          # rank by desirability (unranked: last)
-        self.cpu_pos_sum = np.zeros(n)      # rank a least-CPU policy would give
+        self.pos_sum = np.zeros(n)  # rank by desirability (unranked: last)
+        self.cpu_pos_sum = np.zeros(n)  # rank a least-CPU policy would give
         self.score_sum = np.zeros(n)
         self.node_samples = np.zeros(n)
         self.topk = max(1, n // 10)
-        self.top_bad = np.zeros(2)          # failing + bigjobs in top-k: desirability
-        self.top_bad_cpu = np.zeros(2)      # the same under least-CPU
+        self.top_bad = np.zeros(2)  # failing + bigjobs in top-k: desirability
+        self.top_bad_cpu = np.zeros(2)  # the same under least-CPU
         self.pressure_before: list[float] = []
         self.pressure_spike: list[tuple[float, float]] = []
         self.pressure_after: list[float] = []
@@ -81,17 +81,32 @@ class Stats:
         else:
             self.pressure_after.append(snap.pressure)
 
-    def summary(self, *, name: str, ran_s: float, tick_ms: int, dead_after_s: float,
-                sent: int, dropped: int, accepted: int | None, rejected: int | None) -> str:
+    def summary(
+        self,
+        *,
+        name: str,
+        ran_s: float,
+        tick_ms: int,
+        dead_after_s: float,
+        sent: int,
+        dropped: int,
+        accepted: int | None,
+        rejected: int | None,
+    ) -> str:
         f = self.fleet
         ns = np.maximum(self.node_samples, 1)
         mean_pos = self.pos_sum / ns
         mean_cpu_pos = self.cpu_pos_sum / ns
         mean_score = self.score_sum / ns
-        out = [f"shm-engine demo: {f.n} nodes for {ran_s:.1f} s on engine {name!r} "
-               f"(tick {tick_ms} ms), {self.samples} snapshots", ""]
-        hdr = (f"{'kind':<9} {'nodes':>5} {'quarantined':>11} {'dead':>5} {'overloaded':>10} "
-               f"{'mean score':>10} {'mean rank':>9}  what it is")
+        out = [
+            f"shm-engine demo: {f.n} nodes for {ran_s:.1f} s on engine {name!r} "
+            f"(tick {tick_ms} ms), {self.samples} snapshots",
+            "",
+        ]
+        hdr = (
+            f"{'kind':<9} {'nodes':>5} {'quarantined':>11} {'dead':>5} {'overloaded':>10} "
+            f"{'mean score':>10} {'mean rank':>9}  what it is"
+        )
         out += [hdr, "-" * len(hdr)]
         for i, kind in enumerate(KINDS):
             m = (f.kind == i) & (self.node_samples > 0)
@@ -103,41 +118,58 @@ class Stats:
             o = int(self.seen[m, NodeState.OVERLOADED].sum())
             sc = mean_score[m].mean() if m.any() else 0.0
             rk = mean_pos[m].mean() if m.any() else float("nan")
-            out.append(f"{kind.key:<9} {cnt:>5} {q:>11} {d:>5} {o:>10} {sc:>10.3f} "
-                       f"{rk:>9.1f}  {kind.about}")
-        out.append(f"(nodes of the kind seen in that state at least once; rank 1 is best, "
-                   f"unranked counts as {f.n})")
+            out.append(
+                f"{kind.key:<9} {cnt:>5} {q:>11} {d:>5} {o:>10} {sc:>10.3f} "
+                f"{rk:>9.1f}  {kind.about}"
+            )
+        out.append(
+            f"(nodes of the kind seen in that state at least once; rank 1 is best, "
+            f"unranked counts as {f.n})"
+        )
         if f.silence_s < dead_after_s:
-            out.append(f"(the dying nodes were silent {f.silence_s:.1f} s < dead_after_s "
-                       f"{dead_after_s:g} s: run longer, e.g. --duration 30, to see them die)")
+            out.append(
+                f"(the dying nodes were silent {f.silence_s:.1f} s < dead_after_s "
+                f"{dead_after_s:g} s: run longer, e.g. --duration 30, to see them die)"
+            )
         out.append("")
         sampled = self.node_samples > 0
         if sampled.any():
             best = [i for i in np.argsort(mean_pos, kind="stable") if sampled[i]][:5]
-            out.append("best ranked on average: " + ", ".join(
-                f"{f.names[i]} ({mean_pos[i]:.1f})" for i in best))
+            out.append(
+                "best ranked on average: "
+                + ", ".join(f"{f.names[i]} ({mean_pos[i]:.1f})" for i in best)
+            )
         g = f.of_kind("gcheavy") & sampled
         if g.any():
             a, b = mean_pos[g].mean(), mean_cpu_pos[g].mean()
             verdict = "higher" if a < b else "not higher"
-            out.append(f"GC-heavy nodes: mean rank {a:.1f} by desirability vs {b:.1f} under a "
-                       f"least-CPU policy (of {f.n}): desirability ranks them {verdict}")
+            out.append(
+                f"GC-heavy nodes: mean rank {a:.1f} by desirability vs {b:.1f} under a "
+                f"least-CPU policy (of {f.n}): desirability ranks them {verdict}"
+            )
         if self.samples:
             tb, tc = self.top_bad / self.samples, self.top_bad_cpu / self.samples
-            out.append(f"top {self.topk}, on average: least-CPU holds {tc[0]:.1f} failing and "
-                       f"{tc[1]:.1f} huge-job nodes; desirability holds {tb[0]:.1f} and "
-                       f"{tb[1]:.1f}")
+            out.append(
+                f"top {self.topk}, on average: least-CPU holds {tc[0]:.1f} failing and "
+                f"{tc[1]:.1f} huge-job nodes; desirability holds {tb[0]:.1f} and "
+                f"{tb[1]:.1f}"
+            )
 
         def mean(xs):
             return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+
         if self.pressure_spike:
             peak, at = max(self.pressure_spike)
-            out.append(f"pressure: {mean(self.pressure_before)} before the spike, peak "
-                       f"{peak:.3f} during it (t={at:.1f} s), {mean(self.pressure_after)} after")
+            out.append(
+                f"pressure: {mean(self.pressure_before)} before the spike, peak "
+                f"{peak:.3f} during it (t={at:.1f} s), {mean(self.pressure_after)} after"
+            )
         else:
             out.append(f"pressure: {mean(self.pressure_before)} (the run ended before the spike)")
         acc = "?" if accepted is None else f"{accepted:,}"
         rej = "?" if rejected is None else f"{rejected:,}"
-        out.append(f"heartbeats: {sent:,} sent, {acc} accepted by the engine, {rej} rejected, "
-                   f"{dropped:,} dropped by the client")
+        out.append(
+            f"heartbeats: {sent:,} sent, {acc} accepted by the engine, {rej} rejected, "
+            f"{dropped:,} dropped by the client"
+        )
         return "\n".join(out)
