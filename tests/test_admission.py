@@ -32,6 +32,7 @@ from shm_engine.ingest.admission import (
 )
 from shm_engine.ingest.process import Ingest
 from shm_engine.ingest.zap import ZapHandler
+from shm_engine.wire.format import HEADER, MAGIC, RECORD_SIZE, V1_RECORD_SIZE, V1_VERSION
 
 
 def hb(node: str, **kw) -> dict:
@@ -331,9 +332,15 @@ def test_frames_over_the_heartbeat_cap_are_refused_undecoded(shm_name):
         assert ing.handle_frame(with_comma_in_strings, 1.0) == 10  # counted, not over
         assert ing.handle_frame(b"[" + b"{}," * 10 + b"{}]", 1.0) == 0
         assert ing.handle_frame(wire.encode_batch([hb("other")]), 1.0) == 0
+        # A wire version 1 frame is held to the cap by its own record size.
+        eleven = wire.encode_batch(ten + [hb("n-10")])
+        v1 = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 11, 0) + b"".join(
+            eleven[16 + i * RECORD_SIZE : 16 + i * RECORD_SIZE + V1_RECORD_SIZE] for i in range(11)
+        )
+        assert ing.handle_frame(v1, 1.0) == 0
         counts = {r: int(h.rejects[i]) for i, r in enumerate(wire.REJECT_REASONS) if h.rejects[i]}
-        assert counts == {"too_many_heartbeats": 2, "node_not_allowed": 1}
-        assert int(h.ingest_heartbeats[0]) == 10 + 1 + 10 + 10 + 1 + 1
+        assert counts == {"too_many_heartbeats": 3, "node_not_allowed": 1}
+        assert int(h.ingest_heartbeats[0]) == 10 + 1 + 10 + 10 + 1 + 1 + 1
     finally:
         ing = None
         seg.close()

@@ -33,8 +33,12 @@ from shm_engine.wire.format import (
     HAS_OKERR,
     HAS_TAIL,
     HAS_THROUGHPUT,
+    HEADER,
+    MAGIC,
     RECORD_DTYPE,
     REJECT_REASONS,
+    V1_RECORD_SIZE,
+    V1_VERSION,
 )
 
 FORGET = 300.0  # engine.forget_after_s (the default), seconds
@@ -768,13 +772,21 @@ def test_check_slots_statuses():
     assert check([0, 1], now=11.0, lab=np.array([3, 0, 0], np.uint16)) == AGED | META
 
 
-def _singles_and_others():
+def _v1(frame: bytes) -> bytes:
+    """A 1-record frame in wire version 1: its record's first 192 bytes."""
+    return HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0) + frame[16 : 16 + V1_RECORD_SIZE]
+
+
+def _singles_and_others(version: int = 2):
     """Frames for a coalescing test: mostly 1-record binary frames (some
-    repeating a node, some invalid, some for new nodes, a zone change), with
-    a JSON frame padded to 208 bytes and a 2-record batch in between."""
+    repeating a node, some with slots, some invalid, some for new nodes, a
+    zone change), with a JSON frame padded to a 1-record frame's size and a
+    2-record batch in between; ``version`` 1: the 1-record frames in wire
+    version 1 (no slots), and one current frame among them."""
     frames = []
     for i in range(40):
-        frames.append(encode_batch([hb(f"n{i % 6}", queue=float(i))]))
+        extra = {"slots": 1 + i % 3} if version == 2 and i % 4 == 0 else {}
+        frames.append(encode_batch([hb(f"n{i % 6}", queue=float(i), **extra)]))
     frames[5] = encode_batch([hb("n7", queue=55.0)])  # new node
     bad = bytearray(encode_batch([hb("n1", queue=99.0)]))
     bad[16] = 0xFF  # cpu: NaN-ish bytes
@@ -783,13 +795,21 @@ def _singles_and_others():
     bad2[16 + 88] = 0  # empty node id
     frames[10] = bytes(bad2)
     frames[12] = encode_batch([hb("n2", zone="z1", queue=12.0)])  # zone set
+    if version == 1:
+        frames = [_v1(f) for f in frames]
+        frames[25] = encode_batch([hb("n3", queue=25.0, slots=2)])  # a current frame
+    size = len(frames[0])
     js = encode_json(hb("n8", queue=8.0))
-    js = js[:-1] + b" " * (208 - len(js)) + b"}"  # 208 bytes, JSON
-    assert len(js) == 208
+    js = js[:-1] + b" " * (size - len(js)) + b"}"  # a 1-record frame's size
+    assert len(js) == size
     frames.insert(20, js)
     frames.insert(30, encode_batch([hb("n9"), hb("n0", queue=3.0)]))
     frames.append(b"SHMH")  # truncated
     return frames
+
+
+def _v1_singles_and_others():
+    return _singles_and_others(version=1)
 
 
 def _json_and_others():
@@ -812,7 +832,7 @@ def _json_and_others():
     return frames
 
 
-@pytest.mark.parametrize("build", [_singles_and_others, _json_and_others])
+@pytest.mark.parametrize("build", [_singles_and_others, _v1_singles_and_others, _json_and_others])
 @pytest.mark.parametrize("chunk", [1, 3, 8, 25, 1000])
 def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, monkeypatch):
     """Coalesced runs of 1-record frames: the same segment bytes (rows,
@@ -846,6 +866,7 @@ def test_handle_frames_equals_handle_frame_one_by_one(shm_name, chunk, build, mo
                     counters(v),
                     bytes(v.table.recv_time),
                     bytes(v.table.queue),
+                    bytes(v.table.slots),
                     bytes(v.table.row_version),
                     bytes(v.registry.node_id),
                     bytes(v.registry.zone),
@@ -960,7 +981,7 @@ mm = mmap.mmap(-1, layout_for(64).size)
 ing = Ingest(SegmentViews(mm, layout_for(64)), Config())
 batch = [hb(f"b{i}", throughput=1.0, zone="z") for i in range(12)]
 bad = bytearray(wire.encode_batch([hb("c")] * 5))
-struct.pack_into("<d", bad, 16 + 4 * 192, 2.0)   # the last record's cpu: rejected
+struct.pack_into("<d", bad, 16 + 4 * wire.RECORD_DTYPE.itemsize, 2.0)   # the last record's cpu
 frames = [wire.encode_batch([hb("a")]), wire.encode_batch([hb("a", io=0.5)]),
           wire.encode_batch(batch), wire.encode_batch(batch),
           wire.encode_json(hb("j", zone="z", labels={"k": "v"})),

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import signal
 import stat
@@ -176,6 +177,30 @@ def test_hostile_node_ids_are_data(shm_name, tmp_path, reap):
             assert reader.score(n) > 0  # looked up by the exact string
     finally:
         reader.close()
+    # Ids outside the rule are refused whole, each counted once, and the
+    # nodes stay what they were.
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(eng.status()["ingest_endpoint"])
+    try:
+        sock.send(
+            json.dumps(
+                [dict(node=n, cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0) for n in REFUSED_IDS]
+            ).encode()
+        )
+        wait_until(
+            lambda: eng.status()["ingest"]["rejected"]["bad_node_id"] >= len(REFUSED_IDS),
+            30,
+            "the refused ids counted",
+            period=0.02,
+        )
+    finally:
+        sock.close(0)
+        ctx.term()
+    st = eng.status()
+    assert st["ingest"]["rejected"]["bad_node_id"] == len(REFUSED_IDS)
+    assert st["nodes"]["registered"] == len(HOSTILE_IDS)
     assert eng.stop() == 0
     # Nothing was created from an id: only the engine's own log files appeared.
     assert sorted(os.listdir(tmp_path)) == sorted(

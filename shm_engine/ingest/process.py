@@ -123,6 +123,7 @@ from shm_engine.ingest.zap import ZapHandler
 from shm_engine.wire.binary import batch_faults, decode_one_record_frames
 from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.format import (
+    BINARY_VERSIONS,
     FIELD_INDEX,
     HEADER,
     HEADER_SIZE,
@@ -131,6 +132,7 @@ from shm_engine.wire.format import (
     RECORD_DTYPE,
     RECORD_SIZE,
     REJECT_REASONS,
+    V1_ONE_FRAME_SIZE,
     WORDS,
     ZONE_WORDS,
 )
@@ -177,6 +179,7 @@ LARGE_CHUNK = 4  # the same for frames above RECV_COPY_MAX
 RECV_COPY_MAX = 16 * 1024
 COALESCE_MIN = 8  # fewer 1-record frames in a row are handled one by one
 _ONE_FRAME = ONE_FRAME_SIZE  # bytes of a 1-record binary frame
+_V1_ONE_FRAME = V1_ONE_FRAME_SIZE  # the same in wire version 1 (still accepted)
 # `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2  # frame kinds for `Ingest.handle_frames`
@@ -283,7 +286,8 @@ class Ingest:
         # The shortest frame over the cap (a JSON array of cap + 1 one-byte
         # items); whether a binary frame can be over it at all.
         self._cap_bytes = 2 * cap + 3
-        self._binary_over_cap = HEADER_SIZE + (cap + 1) * RECORD_SIZE <= self._max_frame_bytes
+        smallest = min(size for _, size in BINARY_VERSIONS)
+        self._binary_over_cap = HEADER_SIZE + (cap + 1) * smallest <= self._max_frame_bytes
         self._restricts = self.admission.restricts_nodes
         self._dead_after_s = config.score.dead_after_s
         self._no_dead_before = 0.0  # no registered node is DEAD before this time
@@ -389,8 +393,13 @@ class Ingest:
             return buf.count(b",") >= cap and json_array_items(buf) > cap
         if not self._binary_over_cap:
             return False
-        magic, _version, _size, count, _reserved = HEADER.unpack_from(mv)
-        return magic == MAGIC and count > cap and mv.nbytes == HEADER_SIZE + count * RECORD_SIZE
+        magic, version, size, count, _reserved = HEADER.unpack_from(mv)
+        return (
+            magic == MAGIC
+            and count > cap
+            and (version, size) in BINARY_VERSIONS
+            and mv.nbytes == HEADER_SIZE + count * size
+        )
 
     def _admit(self, dec: DecodedFrame, senders) -> tuple[DecodedFrame, int, object]:
         """The heartbeats of ``dec`` their senders may speak for and
@@ -468,12 +477,13 @@ class Ingest:
         if n < COALESCE_MIN or not self._coalesce:
             return self._one_by_one(frames, now, senders, clock)
         sizes = list(map(len, frames))
-        if sizes.count(_ONE_FRAME) == n:
-            return self._handle_run(frames, now, decode_one_record_frames, n * _ONE_FRAME, senders)
+        for one in (_ONE_FRAME, _V1_ONE_FRAME):
+            if sizes.count(one) == n:
+                return self._handle_run(frames, now, decode_one_record_frames, n * one, senders)
         most = self._max_frame_bytes
         kinds = [
             _BINARY1
-            if size == _ONE_FRAME
+            if size in (_ONE_FRAME, _V1_ONE_FRAME)
             else _JSON1
             if size <= most and type(f) is bytes and f[:1] == b"{"
             else _OTHER

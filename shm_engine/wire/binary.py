@@ -37,6 +37,7 @@ import numpy as np
 
 from shm_engine.wire._scalar import accept, one
 from shm_engine.wire.format import (
+    BINARY_VERSIONS,
     FLAGS_OFFSET,
     HEADER,
     HEADER_ONE,
@@ -406,7 +407,7 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
     if size < HEADER_SIZE:
         return frame_reject("malformed_frame", f"binary header truncated ({size} bytes)")
     _, version, record_size, count, reserved = HEADER.unpack_from(mv)
-    if (version, record_size) not in ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE)):
+    if (version, record_size) not in BINARY_VERSIONS:
         return frame_reject(
             "unsupported_version",
             f"version {version} record_size {record_size} "

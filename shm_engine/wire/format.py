@@ -72,6 +72,8 @@ V1_VERSION = 1
 V1_RECORD_SIZE = 192
 V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
 V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
+# The (version, record_size) pairs a binary header may name.
+BINARY_VERSIONS = ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE))
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # what clients split batches to
 JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")  # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
