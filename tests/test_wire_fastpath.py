@@ -27,25 +27,8 @@ from shm_engine.wire.format import (
     V1_VERSION,
 )
 from shm_engine.wire.jsondecode import check_mapping, decode_json_objects
+from support.heartbeats import FULL, MAX, MINIMAL
 
-MAX = 1 << 20
-
-FULL = dict(
-    node="n7",
-    cpu=0.5,
-    mem=0.25,
-    queue=3.0,
-    avg_job_s=0.2,
-    throughput=10.0,
-    ok=5,
-    err=1,
-    io=0.1,
-    p50_ms=3.0,
-    p95_ms=9.0,
-    ts=1.7e9,
-    zone="eu-1",
-)
-MINIMAL = dict(node="n7", cpu=0.5, mem=0.25, queue=3.0, avg_job_s=0.2)
 BASES = [
     FULL,
     MINIMAL,
