@@ -11,9 +11,15 @@ that fails fast can never look attractive; an ejected node is tried again
 
 The error-rate test needs e_ok + e_err > 0: with `min_requests` = 0 and an
 empty window the rate is undefined and does not trip.
+
+`trip_reason` says which test tripped (`kernels.reasons`: CPU, MEM, QUEUE,
+WAIT, ERROR_RATE, EJECTION; NONE when closed), checking them in the order
+cpu, mem, queue, wait, error rate, ejection; `tripped` is `trip_reason != NONE`.
 """
 
 from numba import njit
+
+from kernels.reasons import CPU, EJECTION, ERROR_RATE, MEM, NONE, QUEUE, WAIT
 
 
 @njit(cache=True, error_model="numpy")
@@ -27,6 +33,41 @@ def error_rate_tripped(e_ok, e_err, min_requests, max_error_rate):
 def ejected(consec, err_age, max_consecutive_errors, ejection_s):
     """A run of errors, the latest one recent."""
     return consec >= max_consecutive_errors and err_age < ejection_s
+
+
+@njit(cache=True, error_model="numpy")
+def trip_reason(
+    load,
+    wait,
+    cpu,
+    mem,
+    e_ok,
+    e_err,
+    consec,
+    err_age,
+    max_queue,
+    max_wait_s,
+    max_cpu,
+    max_mem,
+    min_requests,
+    max_error_rate,
+    max_consecutive_errors,
+    ejection_s,
+):
+    """Which test opens the breaker for this node this tick (NONE: closed)."""
+    if cpu >= max_cpu:
+        return CPU
+    if mem >= max_mem:
+        return MEM
+    if load >= max_queue:
+        return QUEUE
+    if wait >= max_wait_s:
+        return WAIT
+    if error_rate_tripped(e_ok, e_err, min_requests, max_error_rate):
+        return ERROR_RATE
+    if ejected(consec, err_age, max_consecutive_errors, ejection_s):
+        return EJECTION
+    return NONE
 
 
 @njit(cache=True, error_model="numpy")
@@ -49,8 +90,24 @@ def tripped(
     ejection_s,
 ):
     """True when the breaker is open for this node this tick."""
-    if load >= max_queue or wait >= max_wait_s or cpu >= max_cpu or mem >= max_mem:
-        return True
-    if error_rate_tripped(e_ok, e_err, min_requests, max_error_rate):
-        return True
-    return ejected(consec, err_age, max_consecutive_errors, ejection_s)
+    return (
+        trip_reason(
+            load,
+            wait,
+            cpu,
+            mem,
+            e_ok,
+            e_err,
+            consec,
+            err_age,
+            max_queue,
+            max_wait_s,
+            max_cpu,
+            max_mem,
+            min_requests,
+            max_error_rate,
+            max_consecutive_errors,
+            ejection_s,
+        )
+        != NONE
+    )

@@ -75,6 +75,7 @@ class TickOutputs(NamedTuple):
     ranked: np.ndarray  # i4 per slot: slots by rank; the first n_ranked are valid
     weights: np.ndarray  # f8[7]: weights at the published P, order params.WEIGHT_NAMES
     counts: np.ndarray  # i8[5]: nodes per state HEALTHY..DEAD after the tick
+    reason: np.ndarray  # u1 per slot: why the state changed this tick (kernels.reasons), 0 if not
 
 
 INPUT_DTYPES = dict(
@@ -112,7 +113,12 @@ STATE_DTYPES = dict(
     e_err=np.float64,
 )
 OUTPUT_DTYPES = dict(
-    score=np.float64, raw=np.float64, wait=np.float64, liveness=np.float64, ranked=np.int32
+    score=np.float64,
+    raw=np.float64,
+    wait=np.float64,
+    liveness=np.float64,
+    ranked=np.int32,
+    reason=np.uint8,
 )
 assert tuple(INPUT_DTYPES) == TickInputs._fields
 assert tuple(STATE_DTYPES) == TickState._fields

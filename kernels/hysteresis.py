@@ -13,11 +13,16 @@ Rules, in order:
 after step 11 are among HEALTHY/DEGRADED/OVERLOADED and differ, so c = 0 on a
 first tick, on revival, on death and whenever QUARANTINED is involved.
 Thresholds are compared as written (`t_degraded + delta` evaluated in float64).
+
+`transition_reason` names why step 11 changed the state (`kernels.reasons`):
+DEATH, REVIVAL, REGISTERED (first tick), the breaker's reason when a trip
+moved the node to OVERLOADED, HYSTERESIS otherwise; NONE when it did not change.
 """
 
 from numba import njit
 
 from kernels.params import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED
+from kernels.reasons import DEATH, HYSTERESIS, NONE, REGISTERED, REVIVAL
 
 
 @njit(cache=True, error_model="numpy")
@@ -67,3 +72,20 @@ def changed(prev_state, new_state, first):
     if first or prev_state > OVERLOADED or new_state > OVERLOADED:
         return 0
     return 1 if prev_state != new_state else 0
+
+
+@njit(cache=True, error_model="numpy")
+def transition_reason(prev_state, new_state, first, trip_why):
+    """Why step 11 moved a node from ``prev_state`` to ``new_state``
+    (``trip_why``: `breaker.trip_reason` of this tick); NONE if it did not."""
+    if first:
+        return REGISTERED
+    if new_state == prev_state:
+        return NONE
+    if new_state == DEAD:
+        return DEATH
+    if prev_state == DEAD:
+        return REVIVAL
+    if new_state == OVERLOADED and trip_why != NONE:
+        return trip_why
+    return HYSTERESIS

@@ -27,7 +27,9 @@ passes:
   3. per node in slot order: quarantine admissions under the cap, the `n`
      memory, step 13 and the ranking candidates; then step 14's sort.
 
-Results: out.score/raw/wait/liveness per slot, out.ranked[:n_ranked] the
+Results: out.score/raw/wait/liveness per slot, out.reason why the slot's
+state changed this tick (`kernels.reasons`, written by the stage that
+decided it; 0 when unchanged or empty), out.ranked[:n_ranked] the
 ranking, out.weights the 7 weights at the published P, out.counts nodes per
 state HEALTHY..DEAD.  Every score, raw and L is in [0, 1]; P in [0, 1].
 
@@ -44,9 +46,9 @@ import numpy as np
 from numba import njit
 
 from kernels.backpressure import backpressure
-from kernels.breaker import tripped
+from kernels.breaker import trip_reason
 from kernels.goodness import g_cpu, g_io, g_mem, g_rate, g_succ, g_tail, g_wait, rate
-from kernels.hysteresis import changed, next_state
+from kernels.hysteresis import changed, next_state, transition_reason
 from kernels.liveness import liveness
 from kernels.params import (
     ALPHA_QUEUE,
@@ -100,6 +102,7 @@ from kernels.quarantine import (
 )
 from kernels.queue import load, queue_ema, sojourn
 from kernels.ranking import RankScratch, make_rank_scratch, published, radix_ranked
+from kernels.reasons import QUARANTINE_ENTRY, QUARANTINE_RELEASE
 from kernels.smoothing import raw_score, smooth
 from kernels.weights import core_w, shifted, weights_in_effect
 from kernels.window import outcomes, window_decay, window_step
@@ -196,6 +199,7 @@ def _score(params, inp, prev, nxt, out, scratch):
     out_wait = out.wait
     out_liveness = out.liveness
     out_ranked = out.ranked
+    out_reason = out.reason
     counts = out.counts
     rates = scratch.rates
 
@@ -218,6 +222,7 @@ def _score(params, inp, prev, nxt, out, scratch):
             out_raw[i] = 0.0
             out_wait[i] = 0.0
             out_liveness[i] = 0.0
+            out_reason[i] = 0
             continue
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
         hb = new_hb[i] != 0
@@ -290,7 +295,7 @@ def _score(params, inp, prev, nxt, out, scratch):
             g_tail(in_p50[i], in_p95[i], max_tail_ratio),
         )
         B = backpressure(ld, max_queue, limit_critical)
-        trip = tripped(
+        why = trip_reason(
             ld,
             wait,
             cpu,
@@ -308,12 +313,14 @@ def _score(params, inp, prev, nxt, out, scratch):
             max_consecutive_errors,
             ejection_s,
         )
+        trip = why != 0
         raw = raw_score(trip, L, B, c)
         s = smooth(trip, L, raw, prev_s[i], first, beta)
         pstate = prev_state[i]
         flap_prev = 0.0 if first else prev_flap[i]
         n = 0 if first else prev_n[i]
         state = next_state(pstate, first, L, trip, s, t_degraded, t_overloaded, delta)
+        reason = transition_reason(pstate, state, first, why)
         flap = flap_update(flap_prev, changed(pstate, state, first), flap_window)
         probation = 0
         if (not first) and pstate == QUARANTINED and L > 0.0:
@@ -322,9 +329,11 @@ def _score(params, inp, prev, nxt, out, scratch):
                 state = HEALTHY
                 flap = 0.0
                 probation = 0
+                reason = QUARANTINE_RELEASE
         if state == QUARANTINED:
             n_quarantined += 1
         out_raw[i] = raw
+        out_reason[i] = reason
         nxt_s[i] = s
         nxt_state[i] = state
         nxt_flap[i] = flap
@@ -345,6 +354,7 @@ def _score(params, inp, prev, nxt, out, scratch):
             nxt_state[i] = state
             nxt_n[i] += 1
             nxt_probation[i] = 0
+            out_reason[i] = QUARANTINE_ENTRY
             n_quarantined += 1
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
         memory_prev = 0 if first else prev_memory[i]

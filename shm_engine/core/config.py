@@ -1,8 +1,8 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
-``[score]``, ``[score.weights]``.  A missing key takes its default; ``Config()`` is the
-all-defaults configuration.
+``[score]``, ``[score.weights]``, ``[events]``.  A missing key takes its
+default; ``Config()`` is the all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -69,6 +69,7 @@ from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_pro
 __all__ = [
     "ClaimsConfig",
     "Config",
+    "EventsConfig",
     "CurveConfig",
     "EngineConfig",
     "HARD_LIMIT_FACTOR",
@@ -711,6 +712,32 @@ class ClaimsConfig(_Section):
 
 
 # --------------------------------------------------------------------------
+# [events]
+
+#: Most events the event log can hold.
+MAX_EVENTS_CAPACITY = 1 << 24
+
+
+@dataclass(frozen=True)
+class EventsConfig(_Section):
+    """``[events]``: the event log, a ring of node state changes in the
+    shared-memory segment /NAME.events."""
+
+    PATH: ClassVar[str] = "events"
+
+    capacity: int = _key(
+        _INT,
+        65536,
+        "Events the log keeps: the newest ones; a reader that falls further "
+        "behind loses the oldest and is told how many. Each event takes 104 "
+        f"bytes of shared memory. Integer, 16..{MAX_EVENTS_CAPACITY}.",
+    )
+
+    def _validate(self) -> None:
+        self._int_range("capacity", 16, MAX_EVENTS_CAPACITY)
+
+
+# --------------------------------------------------------------------------
 # [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
 
@@ -991,6 +1018,9 @@ class Config(_Section):
         ScoreConfig,
         "The desirability score. Every key is a parameter of the "
         "score defined in docs/scoring.md; step letters refer to it.",
+    )
+    events: EventsConfig = _section(
+        EventsConfig, "The event log: node state changes, and why (shm-engine events)."
     )
 
     def to_params(self) -> np.ndarray:

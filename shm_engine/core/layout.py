@@ -116,11 +116,14 @@ import numpy as np
 from kernels.columns import TickOutputs, TickState
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
-LAYOUT_VERSION = 4
+# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields;
+# 5: config reload (header), params + config_version per buffer, reason column
+LAYOUT_VERSION = 5
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
+EVENTS_LAYOUT_VERSION = 1
+EVENTS_MAGIC = int.from_bytes(b"SHMEVTS1", "little")
 PAGE = 4096
 ALIGN = 64
 HEADER_BYTES = 4096
@@ -136,6 +139,8 @@ NAME_BYTES = 64
 ENDPOINT_BYTES = 256
 N_SENDER_SLOTS = 16  # senders with refusals shown by status; the last is "others"
 SENDER_NAME_BYTES = 48
+N_PARAM_SLOTS = 48  # kernels.params.N_PARAMS (34) and room to grow
+RELOAD_MESSAGE_BYTES = 1024
 
 # ---------------------------------------------------------------- header --
 # (name, dtype, count, offset).  Offsets are fixed by hand so that they read
@@ -200,6 +205,18 @@ _HEADER_FIELDS = (
     ("sender_not_authorized", "<u8", N_SENDER_SLOTS, 1472),
     ("sender_registration_rate", "<u8", N_SENDER_SLOTS, 1600),
     ("sender_names", "u1", N_SENDER_SLOTS * SENDER_NAME_BYTES, 1728),
+    # config reload (supervisor writes; shm_engine.ops.reload).  The pending
+    # score parameters, changed between two increments of params_seq (odd
+    # while written); the tick worker adopts them at its next tick when
+    # config_version moved.  reloads_done moves last, after the result.
+    ("reloads_started", "<u8", 1, 2560),
+    ("reloads_done", "<u8", 1, 2568),
+    ("reload_status", "<u8", 1, 2576),  # shm_engine.ops.reload.STATUS_NAMES
+    ("config_version", "<u8", 1, 2584),  # 1 at start, +1 per applied reload
+    ("config_hash", "<u8", 1, 2592),  # of the effective configuration
+    ("params_seq", "<u8", 1, 2600),
+    ("pending_params", "<f8", N_PARAM_SLOTS, 2608),
+    ("reload_message", "u1", RELOAD_MESSAGE_BYTES, 2992),
 )
 
 # ------------------------------------------------------- per-slot columns --
@@ -239,8 +256,13 @@ BUFFER_SCALARS = (
     ("registered", "<u8"),
     ("slot_hwm", "<u8"),
     ("ejected", "<u8"),  # nodes the tick found ejected (consecutive errors)
+    ("config_version", "<u8"),  # of the score parameters this tick used (`params`)
 )
-BUFFER_VECTORS = (("weights", "<f8", N_WEIGHT_SLOTS), ("counts", "<i8", N_COUNT_SLOTS))
+BUFFER_VECTORS = (
+    ("weights", "<f8", N_WEIGHT_SLOTS),
+    ("counts", "<i8", N_COUNT_SLOTS),
+    ("params", "<f8", N_PARAM_SLOTS),  # the kernels' parameter vector of this tick
+)
 # Published columns first: a snapshot copies these.
 BUFFER_COLUMNS = (
     ("score", "<f8"),
@@ -268,6 +290,8 @@ BUFFER_COLUMNS = (
     ("hb_seen", "<u8"),
     ("ok_seen", "<u8"),
     ("err_seen", "<u8"),
+    # why the state changed this tick (kernels.reasons), read by the event append
+    ("reason", "u1"),
 )
 #: The feedback columns of a score buffer, in the order the tick fills them.
 FEEDBACK_COLUMNS = ("rif", "fb_ok", "fb_err", "consec", "err_age")
@@ -378,7 +402,7 @@ def _view(buf, f: Field) -> np.ndarray:
 class Header:
     """Named views of the header fields (1-element arrays: index with [0])."""
 
-    def __init__(self, buf, layout: Layout | ClaimsLayout):
+    def __init__(self, buf, layout: Layout | ClaimsLayout | EventsLayout):
         for name, f in layout.header.items():
             setattr(self, name, _view(buf, f))
 
@@ -441,6 +465,7 @@ class ScoreBuffer:
     registered: np.ndarray
     slot_hwm: np.ndarray
     ejected: np.ndarray
+    config_version: np.ndarray
 
     def __init__(self, buf, fields: dict[str, Field]):
         v = {name: _view(buf, f) for name, f in fields.items()}
@@ -449,6 +474,7 @@ class ScoreBuffer:
             setattr(self, name, v[name])
         self.weights = v["weights"]
         self.counts = v["counts"]
+        self.params = v["params"]
         self.gen = v["gen"]
         self.hb_seen = v["hb_seen"]
         self.ok_seen = v["ok_seen"]
@@ -463,6 +489,7 @@ class ScoreBuffer:
             ranked=v["ranked"],
             weights=v["weights"][:7],
             counts=v["counts"][:5],
+            reason=v["reason"],
         )
 
 
@@ -631,3 +658,89 @@ def private_claims(capacity: int, max_schedulers: int = 1) -> ClaimsViews:
     it): what the tick reads when an engine has no claims segment."""
     layout = claims_layout_for(capacity, max_schedulers)
     return ClaimsViews(mmap.mmap(-1, layout.size), layout)
+
+
+# ------------------------------------------------------------ events segment --
+#: Bytes of a node id in an event entry (as in the registry).
+EVENT_NODE_BYTES = NODE_ID_BYTES
+EVENTS_HEADER_BYTES = 4096
+
+_EVENTS_HEADER_FIELDS = (
+    # identity, where the scores header has it (one stale check for all).
+    ("magic", "<u8", 1, 0),
+    ("layout_version", "<u4", 1, 8),
+    ("capacity", "<u4", 1, 12),
+    ("creator_pid", "<i8", 1, 16),
+    ("creator_start", "<u8", 1, 24),
+    ("segment_bytes", "<u8", 1, 32),
+    ("created_wall", "<f8", 1, 40),
+    # the sequence number of the last event appended (0: none), alone on its
+    # cache line (tick worker writes, after the entries it covers).
+    ("head", "<u8", 1, 64),
+)
+#: One event entry, struct of arrays (``capacity`` entries; event ``s`` is at
+#: index ``s % capacity``).  ``seq`` is ``s << 1 | 1`` while entry s is
+#: written and ``(s << 1) + 2`` once it is complete (0: never written).
+EVENT_COLUMNS = (
+    ("seq", "<u8", ()),
+    ("epoch", "<u8", ()),
+    ("tick_wall", "<f8", ()),
+    ("gen", "<u8", ()),
+    ("slot", "<u4", ()),
+    ("from_state", "u1", ()),
+    ("to_state", "u1", ()),
+    ("reason", "u1", ()),
+    ("node", "u1", (EVENT_NODE_BYTES,)),
+)
+
+
+@dataclass(frozen=True)
+class EventsLayout:
+    """Offsets of the events segment for one capacity (`events_layout_for`)."""
+
+    capacity: int
+    header: dict[str, Field]
+    entries: dict[str, Field]
+    size: int
+
+
+def events_layout_for(capacity: int) -> EventsLayout:
+    """The layout of an events segment holding ``capacity`` events."""
+    if not 1 <= capacity <= 1 << 24:
+        raise ValueError(f"events capacity {capacity} out of range 1..{1 << 24}")
+    header = {
+        n: Field(n, np.dtype(dt), (count,), off) for n, dt, count, off in _EVENTS_HEADER_FIELDS
+    }
+    entries, off = _place(EVENT_COLUMNS, capacity, EVENTS_HEADER_BYTES)
+    return EventsLayout(capacity, header, entries, _page(off))
+
+
+def _check_events_header() -> None:
+    scores = {n: off for n, _dt, _c, off in _HEADER_FIELDS}
+    mine = {n: off for n, _dt, _c, off in _EVENTS_HEADER_FIELDS}
+    for n in ("magic", "layout_version", "capacity", "creator_pid", "creator_start"):
+        assert mine[n] == scores[n], n
+
+
+_check_events_header()
+
+
+class EventsViews:
+    """Views of a mapped events segment: ``header`` (`Header`) and one
+    array per entry column (``seq``, ``epoch``, ... ``node`` u1[cap, 64])."""
+
+    seq: np.ndarray
+    epoch: np.ndarray
+    tick_wall: np.ndarray
+    gen: np.ndarray
+    slot: np.ndarray
+    from_state: np.ndarray
+    to_state: np.ndarray
+    reason: np.ndarray
+    node: np.ndarray
+
+    def __init__(self, buf, layout: EventsLayout):
+        self.layout = layout
+        self.header = Header(buf, layout)
+        for name, f in layout.entries.items():
+            setattr(self, name, _view(buf, f))

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the engine (supervisor, ingest, tick worker)")
     run.add_argument("--config", help="TOML configuration file")
+    run.add_argument(
+        "--bind",
+        metavar="ADDR",
+        help="ingest endpoint, e.g. tcp://127.0.0.1:7711 (overrides [ingest] bind)",
+    )
     name_arg(run)
     run.set_defaults(func=_lazy("shm_engine.ops.supervisor", "cmd_run"))
 
@@ -171,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also export per-node score and state (cardinality = fleet size)",
     )
     met.set_defaults(func=_lazy("shm_engine.ops.metrics", "cmd_metrics"))
+
+    ev = sub.add_parser("events", help="show node state changes and why (the event log)")
+    name_arg(ev)
+    owner_arg(ev)
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    ev.add_argument("--node", default=None, help="only this node's events")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ev.add_argument("--since", type=int, default=0, metavar="SEQ", help="events numbered above SEQ")
+    ev.set_defaults(func=_lazy("shm_engine.ops.eventscmd", "cmd_events"))
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")

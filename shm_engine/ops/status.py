@@ -88,6 +88,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
                 )
         except (EngineNotRunning, LayoutMismatch):
             pass
+        config = _config_status(v)
         ingest_alive = float(h.ingest_alive_mono[0])
         ticker_alive = float(h.ticker_alive_mono[0])
         return {
@@ -136,11 +137,47 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             },
             "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
             "claims": claims,
+            "config": config,
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
             },
         }
+
+
+def _config_status(v) -> dict:
+    """The configuration in effect: its version and hash (header), the
+    version and score parameters the latest epoch was computed with
+    (through the latch), and the latest reload's result."""
+    from kernels.params import N_PARAMS
+    from shm_engine.ops.reload import last_reload, params_in_effect
+
+    h = v.header
+    st, _epoch, got = read_consistent(
+        memoryview(h.latch_seq),
+        lambda b: (int(v.buffers[b].config_version[0]), v.buffers[b].params[:N_PARAMS].copy()),
+    )
+    last = last_reload(h)
+    return {
+        "version": int(h.config_version[0]),
+        "hash": f"{int(h.config_hash[0]):016x}",
+        "epoch_version": got[0] if st == READ_OK and got is not None else None,
+        "score": params_in_effect(got[1]) if st == READ_OK and got is not None else None,
+        "reloads": int(h.reloads_done[0]),
+        "last_reload": None if last is None else last.as_dict(),
+    }
+
+
+def _config_line(c: dict) -> str:
+    last = c["last_reload"]
+    text = f"config   version {c['version']} (hash {c['hash']}), {c['reloads']} reloads"
+    if last is not None:
+        text += f"; last {last['status']}"
+        if last["error"]:
+            text += f": {last['error']}"
+        if last["restart_needed"]:
+            text += "; needs restart: " + ", ".join(last["restart_needed"])
+    return text
 
 
 def _fmt_age(age) -> str:
@@ -168,6 +205,7 @@ def render(s: dict) -> str:
             f"{i['accepted']} accepted; rejected: {rej}",
             _security_line(s["security"]),
             _claims_line(s["claims"]),
+            _config_line(s["config"]),
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]

@@ -1,7 +1,8 @@
 """`shm-engine run`: the supervisor process and its two children.
 
 The supervisor owns the segments' lifetime: it creates the scores segment
-``/NAME`` and the claims segment ``/NAME.claims`` (O_CREAT|O_EXCL each,
+``/NAME``, the claims segment ``/NAME.claims`` and the event log
+``/NAME.events`` (O_CREAT|O_EXCL each,
 reclaiming a stale one; modes ``[engine] shm_mode`` and ``[claims]
 shm_mode``), starts the ingest and the tick worker as ``spawn`` children,
 restarts a child that dies, and on SIGTERM/SIGINT stops both and unlinks
@@ -32,7 +33,12 @@ logs ``spare_ready`` with the time it took).  A restart hands the role to
 the spare, warm or still warming (once warm, scoring resumes within the
 restart delay plus about one tick) and starts a new spare in the background.
 
-SIGHUP reloads the ingest's key and peer bindings: the supervisor forwards it
+SIGHUP reloads the configuration file (`shm_engine.ops.reload`): the
+supervisor validates the whole file, hands changed ``[score]`` parameters
+to the tick worker through the scores header (from its next tick) and
+reports the other changed keys as needing a restart.  Children it starts
+later get the configuration in effect.  SIGHUP also reloads the
+ingest's key and peer bindings: the supervisor forwards it
 to the running ingest once that ingest has beaten (a starting one reads the
 files anyway), and ignores it otherwise (a SIGHUP must not stop the engine).
 A spare exits when its parent dies or its pipe closes; a dead spare just
@@ -58,9 +64,11 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from shm_engine.core.claims import ClaimsSegment
-from shm_engine.core.config import Config, check_files, load_config
+from shm_engine.core.config import Config, check_files, load_config, with_overrides
+from shm_engine.core.events import EventSegment
 from shm_engine.core.runtime import EXIT_FATAL, log_event
 from shm_engine.core.segment import Segment
+from shm_engine.ops.reload import Reloader
 from shm_engine.ops.status import engine_ready
 
 __all__ = ["Supervisor", "cmd_run", "STABLE_AFTER_S", "DEFAULT_TARGETS"]
@@ -131,7 +139,8 @@ class _Child:
 class Supervisor:
     """Runs engine ``name``.  ``run()`` is the whole lifetime; ``targets``
     maps a role (``ingest``, ``ticker``) to ``"module:function"`` (tests
-    substitute their own)."""
+    substitute their own).  ``config_path`` and ``overrides``: where
+    ``config`` came from, read again on SIGHUP (`shm_engine.ops.reload`)."""
 
     def __init__(
         self,
@@ -141,9 +150,16 @@ class Supervisor:
         targets: dict[str, str] | None = None,
         log: TextIO | None = None,
         out: TextIO | None = None,
+        config_path: str | None = None,
+        overrides: dict | None = None,
     ):
         self.name = name
         self.config = config
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.events: EventSegment | None = None
+        self.reloader: Reloader | None = None
+        self._config_reload_pending = False
         self._log_stream = log if log is not None else sys.stderr
         self._out = out if out is not None else sys.stdout
         self._ctx = multiprocessing.get_context("spawn")
@@ -174,6 +190,7 @@ class Supervisor:
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
             self._reload_pending = True
+            self._config_reload_pending = True
         else:
             self._stop_signal = signum
 
@@ -448,7 +465,11 @@ class Supervisor:
             self.claims = ClaimsSegment.create(
                 self.name, cfg.engine.capacity, cfg.claims.max_schedulers, mode=cfg.claims.shm_mode
             )
+            self.events = EventSegment.create(
+                self.name, cfg.events.capacity, mode=cfg.engine.shm_mode
+            )
             h = self.seg.views.header
+            self.reloader = Reloader(h, cfg, self.config_path, self.overrides)
             h.supervisor_pid[0] = os.getpid()
             h.supervisor_alive_mono[0] = time.monotonic()
             self.log(
@@ -492,6 +513,8 @@ class Supervisor:
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
             self._watchdog(h, now)
+            if self._config_reload_pending:
+                self._reload_config()
             if self._reload_pending:
                 self._forward_reload(h)
             if not self._ready and engine_ready(h):
@@ -534,13 +557,33 @@ class Supervisor:
         self.log("INFO", "stop_requested", signal=signal.Signals(self._stop_signal).name)
         return 0
 
+    def _reload_config(self) -> None:
+        """SIGHUP: reload the configuration file (`shm_engine.ops.reload`)."""
+        self._config_reload_pending = False
+        assert self.reloader is not None  # made with the segments
+        r = self.reloader.reload()
+        if r.status == "invalid":
+            self.log("WARN", "reload_invalid", error=repr(r.error))
+            return
+        self.config = self.reloader.config  # what children started from now on get
+        self.log(
+            "INFO",
+            "reload_" + r.status,
+            config_version=r.config_version,
+            applied=",".join(r.applied) or "-",
+            restart_needed=",".join(r.restart_needed) or "-",
+        )
+
     def _shutdown(self) -> None:
-        seg, claims = self.seg, self.claims
+        seg, claims, events = self.seg, self.claims, self.events
         try:
             if seg is not None and seg.views is not None:
                 seg.views.header.stopping[0] = 1
             self._terminate_children()
         finally:
+            if events is not None:
+                events.close()
+                events.unlink()
             if claims is not None:
                 claims.close()
                 claims.unlink()
@@ -548,13 +591,17 @@ class Supervisor:
                 seg.close()
                 seg.unlink()
                 self.log("INFO", "engine_stopped", name=self.name, segment_unlinked=True)
-            self.seg = self.claims = None
+            self.seg = self.claims = self.events = None
 
 
 def cmd_run(args) -> int:
-    """``shm-engine run --config FILE --name NAME``.  Every check that can
-    fail (the configuration, the files it names, the segment names) runs
-    before a child starts, and a failure leaves no segment behind."""
+    """``shm-engine run [--config FILE] [--bind ADDR] --name NAME``.  Every
+    check that can fail (the configuration, the files it names, the segment
+    names) runs before a child starts, and a failure leaves no segment
+    behind.  ``--bind`` overrides ``[ingest] bind`` (also on reloads)."""
+    overrides = {"ingest.bind": args.bind} if getattr(args, "bind", None) else {}
     config = load_config(args.config)
+    if overrides:
+        config = with_overrides(config, overrides)
     check_files(config)
-    return Supervisor(args.name, config).run()
+    return Supervisor(args.name, config, config_path=args.config, overrides=overrides).run()

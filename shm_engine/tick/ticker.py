@@ -38,6 +38,16 @@ engine created without one) the tick reads a private zeroed one: every node
 has no scheduler traffic.  (Replay fills the same columns from its trace's
 feedback lines instead.)
 
+Events (`shm_engine.core.events`): after each publish the worker diffs the
+states of the two buffers and appends the changes, with the reason column
+the kernels wrote, to the events segment (`Ticker.events`); without one
+(tests, replay) nothing is appended.
+
+Reload (`shm_engine.core.paramsblock`): at the start of each tick the
+worker compares the header's ``config_version`` with the one it uses; when
+it moved, it adopts the pending parameter vector for this tick.  Every
+published buffer carries the vector and version it was computed with.
+
 Scheduling (`run_schedule`): deadlines are ``t0 + k * interval``, so the
 cadence never drifts; a tick that ends after the next deadline counts one
 overrun and the schedule skips to the first deadline still ahead instead of
@@ -59,18 +69,22 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
+from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_PARAMS
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.events import EventLog, EventSegment
+from shm_engine.core.events import warm_up as warm_up_events
 from shm_engine.core.layout import (
     FEEDBACK_COLUMNS,
     ClaimsViews,
+    EventsViews,
     SegmentViews,
     layout_for,
     private_claims,
 )
+from shm_engine.core.paramsblock import read_pending
 from shm_engine.core.rows import gather, make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
@@ -146,9 +160,16 @@ class Ticker:
     ``tick(now)`` computes and publishes one epoch and updates the tick
     counters in the header; overruns are counted by the schedule, not here.
     ``claims``: the engine's claims segment (views), or None to tick on
-    heartbeats alone."""
+    heartbeats alone; ``events``: its events segment (views), or None to
+    log no events."""
 
-    def __init__(self, views: SegmentViews, config: Config, claims: ClaimsViews | None = None):
+    def __init__(
+        self,
+        views: SegmentViews,
+        config: Config,
+        claims: ClaimsViews | None = None,
+        events: EventsViews | None = None,
+    ):
         self.views = views
         self.config = config
         self.header = views.header
@@ -176,6 +197,10 @@ class Ticker:
         self.claims = claims
         self.feedback = feedback_columns(self.inputs)
         self._next_lease_check = -math.inf
+        self.events = EventLog(events, cap, views.registry)
+        #: The configuration version of `params` (0: the one given, no reload block).
+        self.config_version = 0
+        self._config_version_cell = views.header.config_version.data
 
     @property
     def epoch(self) -> int:
@@ -185,6 +210,8 @@ class Ticker:
     def tick(self, now: float) -> TickResult:
         t_start = time.perf_counter()
         h = self.header
+        if self._config_version_cell[0] != self.config_version:
+            self.adopt_params()
         epoch = write_begin(self._latch)
         # Published state of epoch - 1 is the previous tick (all-UNREGISTERED
         # initial buffer 0 when epoch == 1).
@@ -225,9 +252,12 @@ class Ticker:
         nxt.registered[0] = registered
         nxt.slot_hwm[0] = hwm
         nxt.ejected[0] = ejected
+        nxt.params[:N_PARAMS] = self.params
+        nxt.config_version[0] = self.config_version
         # Every buffer store above stays before this one (x86-64 TSO, see the
         # module docstring). Pairs with read_begin in the readers.
         write_end(self._latch)
+        self.events.append(prev, nxt, self.inputs.fresh, self.views.registry, hwm, epoch)
         us = (time.perf_counter() - t_start) * 1e6
         self.stats.add(us)
         last, p50, p99, mx = self.stats.summary()
@@ -247,6 +277,18 @@ class Ticker:
         return TickResult(
             epoch, int(n_ranked), float(pressure), int(live), registered, int(torn), us
         )
+
+    def adopt_params(self) -> bool:
+        """Take the header's pending score parameters (a reload) for the next
+        tick; False if the block was being written (retried next tick)."""
+        got = read_pending(self.header)
+        if got is None:
+            return False
+        version, params = got
+        self.params = params
+        self.config_version = version
+        log_event("INFO", "params_adopted", config_version=version)
+        return True
 
     def score(self, prev, nxt) -> tuple[int, float, int]:
         """The kernels of a tick (docs/scoring.md, steps A-P) over ``self.inputs``:
@@ -271,6 +313,7 @@ def warm_up() -> None:
     exact dtypes and array kinds of a live segment, before the first tick."""
     kernels.warm_up()
     claims_mod.warm_up()
+    warm_up_events()
     layout = layout_for(2)
     mm = mmap.mmap(-1, layout.size)
     views = SegmentViews(mm, layout)
@@ -346,10 +389,26 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
         seg.close()
         return EXIT_FAILED
+    events_seg = None
+    try:
+        events_seg = EventSegment.attach(name, readonly=False)
+    except EngineNotRunning as err:
+        log_event("WARN", "events_absent", name=name, error=repr(str(err)))
+    except Exception as err:  # noqa: BLE001 - reported as an exit code
+        log_event("ERROR", "ticker_attach_failed", name=name, error=repr(str(err)))
+        seg.close()
+        if claims_seg is not None:
+            claims_seg.close()
+        return EXIT_FAILED
     ticker: Ticker | None = None
     try:
         warm_up()
-        ticker = Ticker(seg.views, config, claims_seg.views if claims_seg is not None else None)
+        ticker = Ticker(
+            seg.views,
+            config,
+            claims_seg.views if claims_seg is not None else None,
+            events_seg.views if events_seg is not None else None,
+        )
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
         log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
@@ -370,3 +429,5 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         seg.close()
         if claims_seg is not None:
             claims_seg.close()
+        if events_seg is not None:
+            events_seg.close()

@@ -41,7 +41,7 @@ def attach_segment(name: str) -> mmap.mmap:
 def unlink_segment(name: str) -> None:
     """Unlink ``name`` and its claims segment ``name.claims`` if they still
     exist (mappings stay valid until closed)."""
-    for path in (_path(name), _path(name) + ".claims"):
+    for path in (_path(name), _path(name) + ".claims", _path(name) + ".events"):
         try:
             posix_ipc.unlink_shared_memory(path)
         except posix_ipc.ExistentialError:
