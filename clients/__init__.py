@@ -9,6 +9,10 @@
   `UntrustedSegment`, `LayoutMismatch` (attach), `EngineStopped` (an
   `EngineNotRunning`: the engine went away), `NothingPublished`,
   `UnknownNode` (also a ``KeyError``), `ReadContention`.
+- `EventReader`, `Event`, `EventBatch`: the engine's event log (node state
+  changes and why), read from shared memory; attach raises as
+  `ScoreReader.attach` does (``read`` raises ValueError for a negative
+  ``after_seq``).
 - `Claim`, `NodeFeedback`: a job in flight (``reader.claim(node)``) and what
   the schedulers have recorded about a node (``reader.feedback(node)``).
 - What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
@@ -56,6 +60,9 @@ __all__ = [
     "SchedulerLimitReached",
     "LeaseRevoked",
     "ClaimAlreadyReleased",
+    "EventReader",
+    "Event",
+    "EventBatch",
 ]
 
 _LAZY = {
@@ -63,6 +70,9 @@ _LAZY = {
     "Snapshot": "clients.reader",
     "Claim": "clients.claims",
     "NodeFeedback": "clients.claims",
+    "EventReader": "clients.events",
+    "Event": "clients.events",
+    "EventBatch": "clients.events",
 }
 
 

@@ -18,6 +18,10 @@ Rules for callers:
 - A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
   create one per process (a forked child's ``send`` raises RuntimeError).
 - Labels travel only in JSON frames; everything else goes in binary frames.
+- An optional field passed as None is left out ("not reported"), so
+  ``hb.send(node, ..., io=sample.io)`` needs no test when a value is unknown.
+- ``leave(node)`` sends a leave message (`shm_engine.wire.leave`): a draining
+  node is unranked at the next tick instead of dying over ``dead_after_s``.
 - With ``curve=CurveKeys(...)`` the connection is CURVE-encrypted and the
   engine admits it only if the client's public key is in its
   ``[ingest.curve] authorized_keys_dir``.  An engine that refuses the key
@@ -40,6 +44,7 @@ from shm_engine.wire.binary import decode_binary
 from shm_engine.wire.encode import encode_batch, encode_json, encode_record
 from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE
 from shm_engine.wire.jsondecode import check_heartbeat
+from shm_engine.wire.leave import decode_leave, encode_leave
 
 #: How long ``close()`` waits by default for queued heartbeats to be sent.
 DEFAULT_LINGER_MS = 1000
@@ -93,6 +98,11 @@ class CurveKeys:
                 f"{client_secret_file} holds no secret key (give the client's .key_secret file)"
             )
         return cls(server_public, client_public, client_secret)
+
+
+def _present(fields: Mapping) -> dict:
+    """``fields`` without the keys whose value is None (not reported)."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _check_linger(linger_ms: int) -> None:
@@ -154,8 +164,10 @@ class HeartbeatClient:
     def send(self, node: str, **fields: Any) -> bool:
         """Send one heartbeat; True if queued, False if dropped (queue full).
 
-        Raises InvalidHeartbeat if the engine would reject it."""
+        An optional field given as None is left out (not reported).  Raises
+        InvalidHeartbeat if the engine would reject it."""
         self._check_usable()
+        fields = _present(fields)
         record, labels, reason, detail = check_heartbeat({"node": node, **fields})
         if reason is not None:
             assert detail is not None  # a reject reason comes with its detail
@@ -195,7 +207,7 @@ class HeartbeatClient:
             return decoded.records
         rows = []
         for mapping in records:
-            record, labels, reason, detail = check_heartbeat(dict(mapping))
+            record, labels, reason, detail = check_heartbeat(_present(mapping))
             if reason is not None:
                 assert detail is not None  # a reject reason comes with its detail
                 raise InvalidHeartbeat(reason, detail)
@@ -210,6 +222,20 @@ class HeartbeatClient:
         for i, record in enumerate(rows):
             out[i] = record
         return out
+
+    def leave(self, node: str) -> bool:
+        """Tell the engine that ``node`` is leaving (draining): it is
+        unranked from the next tick instead of dying slowly, and its slot is
+        freed (a later heartbeat registers it again).  True if queued, False
+        if dropped (queue full: send it again).  Raises InvalidHeartbeat for
+        a malformed node id."""
+        self._check_usable()
+        frame = encode_leave(node) if isinstance(node, str) else b""
+        key, reason, detail = decode_leave(frame) if frame else (None, "bad_node_id", "")
+        if key is None:
+            assert reason is not None
+            raise InvalidHeartbeat(reason, detail or f"leave: node {node!r} is not a string")
+        return self._send_frame(frame, 1)
 
     def _send_frame(self, frame: bytes, n: int) -> bool:
         try:

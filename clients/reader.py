@@ -47,6 +47,7 @@ hung supervisor for a dead one.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import NamedTuple
 
@@ -61,9 +62,10 @@ from shm_engine.core.errors import (
     EngineStopped,
     NothingPublished,
     ReadContention,
+    ShmEngineError,
     UnknownNode,
 )
-from shm_engine.core.registry import read_node_id
+from shm_engine.core.registry import read_node_id, read_node_meta
 from shm_engine.core.runtime import DEFAULT_NAME
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import (
@@ -94,6 +96,8 @@ __all__ = [
 SUPERVISOR_SILENT_S = 3.0
 #: Looked up at most this often while the beat stays old.
 DEAD_CHECK_INTERVAL_S = 1.0
+#: How often ``attach(wait=True)`` tries again.
+ATTACH_POLL_S = 0.05
 
 _PUBLISHED = ("score", "raw", "wait", "qema", "liveness", "state")
 _STATES = {int(s): s for s in NodeState}
@@ -159,6 +163,8 @@ class ScoreReader:
         self._seq_mv = v.header.latch_seq.data
         mvs = lambda col: tuple(b.views[col].data for b in self._bufs)  # noqa: E731
         self._score_mv, self._state_mv = mvs("score"), mvs("state")
+        self._liveness_mv = mvs("liveness")
+        self._recv_mv = v.table.recv_time.data
         self._gen_mv, self._ranked_mv = mvs("gen"), mvs("ranked")
         self._nranked_mv = tuple(b.n_ranked.data for b in self._bufs)
         self._gen_list = [0] * cap  # self._gens as Python ints, for per-slot checks
@@ -178,13 +184,47 @@ class ScoreReader:
         self._beat_mv = v.header.supervisor_alive_mono.data
 
     @classmethod
-    def attach(cls, name: str = DEFAULT_NAME, *, owner: int | str | None = None) -> ScoreReader:
+    def attach(
+        cls,
+        name: str = DEFAULT_NAME,
+        *,
+        owner: int | str | None = None,
+        wait: bool = False,
+        timeout: float = 60.0,
+    ) -> ScoreReader:
         """Map engine ``name`` read-only.
 
         ``owner``: the user the engine runs as (uid or name); default this
         process's effective uid.  Raises EngineNotRunning if there is no
         segment, EngineStopped if its engine is gone, UntrustedSegment if it
-        belongs to another user or others may write it, LayoutMismatch."""
+        belongs to another user or others may write it, LayoutMismatch.
+
+        ``wait=True``: wait up to ``timeout`` seconds for the engine to
+        start and publish its first tick (the first start compiles the
+        kernels, about 15-20 s), instead of raising EngineNotRunning or, on
+        the first read, NothingPublished.  After ``timeout`` it raises what
+        it last saw (EngineNotRunning, EngineStopped or NothingPublished),
+        saying how long it waited.  UntrustedSegment and LayoutMismatch are
+        raised at once."""
+        if not wait:
+            return cls._attach_once(name, owner)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reader = cls._attach_once(name, owner)
+            except EngineNotRunning as err:  # EngineStopped too: a new run may come
+                last: ShmEngineError = err
+            else:
+                if reader.epoch > 0:
+                    return reader
+                reader.close()
+                last = NothingPublished(f"engine {name!r} has not published a tick yet")
+            if time.monotonic() >= deadline:
+                raise type(last)(f"{last} (waited {timeout:g} s)") from last
+            time.sleep(ATTACH_POLL_S)
+
+    @classmethod
+    def _attach_once(cls, name: str, owner: int | str | None) -> ScoreReader:
         reader = cls(Segment.attach(name, readonly=True, owner=owner))
         try:
             reader._check_engine(time.monotonic())
@@ -204,6 +244,7 @@ class ScoreReader:
         # close is the caller's error, so the attributes stay typed as open.
         self._rif_mv = self._slots = None  # type: ignore[assignment]
         self._seq_mv = self._score_mv = self._state_mv = self._gen_mv = None  # type: ignore[assignment]
+        self._liveness_mv = self._recv_mv = None  # type: ignore[assignment]
         self._stopping_mv = self._beat_mv = None  # type: ignore[assignment]
         self._ranked_mv = self._nranked_mv = None  # type: ignore[assignment]
         self._bufs = None  # type: ignore[assignment]
@@ -370,8 +411,9 @@ class ScoreReader:
                 continue
             last = self._last
             if last is not None and slot < len(last.nodes) and last.nodes[slot] == node:
-                col = last.score if column is self._score_mv else last.state
-                return col[slot]
+                if column is self._score_mv:
+                    return last.score[slot]
+                return last.liveness[slot] if column is self._liveness_mv else last.state[slot]
             raise self._contention(f"node {node!r}")
         raise UnknownNode(
             node,
@@ -390,6 +432,47 @@ class ScoreReader:
     def state(self, node: str) -> NodeState:
         """Published state of ``node``; raises as `score` does."""
         return _STATES[self._read_slot(node, self._state_mv)]
+
+    def liveness(self, node: str) -> float:
+        """Published liveness L of ``node`` in [0, 1] (SCORING.md step 4: 1
+        while heartbeats are fresh, 0 once DEAD); raises as `score` does."""
+        return self._read_slot(node, self._liveness_mv)
+
+    def node_age_s(self, node: str) -> float:
+        """Seconds since the engine received ``node``'s latest heartbeat (its
+        own monotonic clock, as liveness uses; this host's clock is the
+        same).  Raises UnknownNode if ``node`` is not registered.  (The
+        reader's ``age_s`` is the age of the latest tick.)"""
+        self._check_engine(time.monotonic())
+        slot, gen = self._lookup(node)
+        recv = self._recv_mv[slot]
+        if int(self._registry.slot_gen[slot]) != gen:
+            self._refresh_index()
+            slot, gen = self._lookup(node)
+            recv = self._recv_mv[slot]
+        return max(0.0, time.monotonic() - recv)
+
+    def _meta(self, node: str) -> tuple[bytes, bytes]:
+        self._check_engine(time.monotonic())
+        for _attempt in range(2):
+            slot, gen = self._lookup(node)
+            got = read_node_meta(self._registry, slot, gen)
+            if got is not None:
+                return got
+            self._index_epoch = -1  # the slot changed hands: look the node up again
+            self._refresh_index()
+        raise UnknownNode(node, f"node {node!r} is not registered with engine {self.name!r}")
+
+    def zone(self, node: str) -> str:
+        """The zone ``node``'s latest heartbeat gave ("" if none).  Raises
+        UnknownNode if ``node`` is not registered."""
+        return self._meta(node)[0].decode("utf-8", "replace")
+
+    def labels(self, node: str) -> dict[str, str]:
+        """The labels ``node``'s latest heartbeat gave ({} if none).  Raises
+        UnknownNode if ``node`` is not registered."""
+        raw = self._meta(node)[1]
+        return json.loads(raw) if raw else {}
 
     # -------------------------------------------------------------- claims --
     def _claim_table(self) -> ClaimTable:

@@ -13,6 +13,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
+from test_ticker import node, send
 
 from kernels import reasons as R
 from kernels.breaker import trip_reason, tripped
@@ -27,7 +28,6 @@ from shm_engine.core.registry import NodeRegistry
 from shm_engine.tick.replay import Replay
 from shm_engine.tick.ticker import Ticker, warm_up
 from support.wait import wait_until
-from test_ticker import node, send
 
 INF = float("inf")
 # Breaker limits at their defaults: max_queue 100, max_wait_s 30, max_cpu 0.98,
@@ -241,7 +241,8 @@ def test_slow_reader_loses_the_oldest_and_counts_them(shm_name, reap):
 TRACE = (
     # tick -> heartbeats; every node sends every tick, so ages are 0 both ways.
     [[node("a"), node("b"), node("c")]] * 3
-    + [[node("a", cpu=0.99), node("b", queue=400.0, avg_job_s=0.01), node("c")]] * 3  # cpu, queue breakers
+    + [[node("a", cpu=0.99), node("b", queue=400.0, avg_job_s=0.01), node("c")]]
+    * 3  # cpu, queue breakers
     + [[node("a"), node("b")]] * 4  # c goes silent: DEAD after dead_after_s
     + [[node("a"), node("b"), node("c")]] * 3  # c revives
 )
@@ -261,7 +262,10 @@ def transitions_of(records) -> list[tuple[int, str, str, str]]:
 
 def test_ticker_events_match_replay_transitions():
     cfg = Config.from_dict(
-        {"engine": {"capacity": 8, "tick_interval_ms": 100}, "score": {"dead_after_s": 0.35, "suspect_after_s": 0.1}}
+        {
+            "engine": {"capacity": 8, "tick_interval_ms": 100},
+            "score": {"dead_after_s": 0.35, "suspect_after_s": 0.1},
+        }
     )
     layout = layout_for(8)
     views = SegmentViews(mmap.mmap(-1, layout.size), layout)

@@ -217,6 +217,7 @@ _HEADER_FIELDS = (
     ("params_seq", "<u8", 1, 2600),
     ("pending_params", "<f8", N_PARAM_SLOTS, 2608),
     ("reload_message", "u1", RELOAD_MESSAGE_BYTES, 2992),
+    ("ingest_left", "<u8", 1, 4016),  # leave messages accepted (ingest writes)
 )
 
 # ------------------------------------------------------- per-slot columns --

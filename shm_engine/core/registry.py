@@ -227,3 +227,27 @@ class NodeRegistry:
         for s in slots:
             self.free(int(s))
         return [int(s) for s in slots]
+
+
+def read_node_meta(reg: Registry, slot: int, gen: int) -> tuple[bytes, bytes] | None:
+    """``(zone, canonical labels JSON)`` of ``slot`` while it holds
+    registration ``gen``, read consistently from another process; None if
+    the slot no longer holds that registration, or was changing on every
+    attempt (try again).  Zone and labels change under ``meta_version``
+    (an update) or ``slot_gen`` (a registration): both are re-checked
+    around the copy, as in `read_node_id`."""
+    meta = reg.meta_version
+    slot_gen = reg.slot_gen
+    for _ in range(ID_READ_ATTEMPTS):
+        m = int(meta[slot])
+        if m & 1:
+            continue
+        if int(slot_gen[slot]) != gen:
+            return None
+        zone = decode_id(reg.zone[slot])
+        n = min(int(reg.labels_len[slot]), reg.labels.shape[1])
+        labels = bytes(reg.labels[slot, :n])
+        # The copy's loads come before these (TSO); pairs with slot_change_begin.
+        if int(meta[slot]) == m and int(slot_gen[slot]) == gen:
+            return zone, labels
+    return None

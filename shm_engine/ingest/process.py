@@ -137,6 +137,7 @@ from shm_engine.wire.format import (
     ZONE_WORDS,
 )
 from shm_engine.wire.jsondecode import decode_json_objects, json_array_items
+from shm_engine.wire.leave import MAX_LEAVE_FRAME_BYTES, decode_leave, is_leave_frame
 from shm_engine.wire.result import DecodedFrame
 
 __all__ = [
@@ -292,6 +293,7 @@ class Ingest:
         self._dead_after_s = config.score.dead_after_s
         self._no_dead_before = 0.0  # no registered node is DEAD before this time
         self._reclaimed = _cells(h.ingest_reclaimed)
+        self._left = _cells(h.ingest_left)  # leave messages accepted
         self._by_sender = SenderCounters(h)
         self._not_authorized_column = h.sender_not_authorized
         self._registration_rate_column = h.sender_registration_rate
@@ -316,6 +318,8 @@ class Ingest:
         try:
             if sender is not None and sender.refused:
                 self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
+            elif nbytes <= MAX_LEAVE_FRAME_BYTES and is_leave_frame(small := mv.tobytes()):
+                accepted = self._leave(small, sender)
             elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
                 self._refuse_frame(
                     _REJECT_INDEX["too_many_heartbeats"],
@@ -485,7 +489,7 @@ class Ingest:
             _BINARY1
             if size in (_ONE_FRAME, _V1_ONE_FRAME)
             else _JSON1
-            if size <= most and type(f) is bytes and f[:1] == b"{"
+            if size <= most and type(f) is bytes and f[:1] == b"{" and not is_leave_frame(f)
             else _OTHER
             for f, size in zip(frames, sizes, strict=True)
         ]
@@ -782,6 +786,31 @@ class Ingest:
                 error=repr(detail),
                 traceback=repr(traceback.format_exc()),
             )
+
+    def _leave(self, frame: bytes, sender: Sender | None) -> int:
+        """A leave frame (`shm_engine.wire.leave`): free the node's slot at
+        once, as forgetting does.  Returns 1 if the leave was accepted
+        (also for a node that is not registered), 0 if it was rejected."""
+        key, reason, detail = decode_leave(frame)
+        if key is None:
+            assert reason is not None and detail is not None
+            self._refuse(_REJECT_INDEX[reason], 1, sender, detail)
+            self._refused += 1
+            return 0
+        shown = f"leave: node {key.decode('ascii')!r}"
+        if sender is not None and not sender.may_speak_for(key):
+            self._refuse(_NOT_AUTHORIZED, 1, sender, shown)
+            self._refused += 1
+            return 0
+        if self._restricts and not self.admission.node_allowed(key):
+            self._refuse(_NODE_NOT_ALLOWED, 1, sender, shown)
+            self._refused += 1
+            return 0
+        slot = self._slot_of.pop(key, -1)
+        if slot >= 0:
+            self.registry.free(slot)  # remembered node lists are re-verified (_slots_of)
+        self._left[0] += 1
+        return 1
 
     # --------------------------------------------------------- upkeep --
     def forget(self, now: float) -> list[int]:

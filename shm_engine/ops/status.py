@@ -124,6 +124,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
                 "registered_now": int(h.registered[0]),
                 "alive_age_s": max(0.0, now - ingest_alive) if ingest_alive else None,
                 "reclaimed_dead": int(h.ingest_reclaimed[0]),
+                "left": int(h.ingest_left[0]),
             },
             "security": {
                 "mode": MODE_NAMES[min(int(h.ingest_mode[0]), len(MODE_NAMES) - 1)] or None,
