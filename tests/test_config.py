@@ -119,6 +119,7 @@ OPERATIONAL_DEFAULTS = {
     "ingest.curve.authorized_keys_dir": "",
     "claims.shm_mode": 0o600,
     "claims.max_schedulers": 64,
+    "events.capacity": 65536,
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -141,6 +142,7 @@ INT_KEYS = {
     "ingest.registration_burst_per_sender",
     "claims.shm_mode",
     "claims.max_schedulers",
+    "events.capacity",
 }
 
 
@@ -487,6 +489,7 @@ RANGE_ERRORS = [
     ("claims.shm_mode", 660, r"claims\.shm_mode = 0o1224 .* did you mean 0o660\?"),
     ("claims.max_schedulers", 0, r"claims\.max_schedulers = 0 must be in 1\.\.4096"),
     ("claims.max_schedulers", 4097, r"claims\.max_schedulers = 4097 must be in 1\.\.4096"),
+    ("events.capacity", 15, r"events\.capacity = 15 must be in 16\.\.16777216"),
     (
         "ingest.max_frame_bytes",
         1023,

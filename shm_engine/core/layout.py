@@ -5,9 +5,10 @@ numpy views over a buffer (`SegmentViews`, `ClaimsViews`).  Bump
 `LAYOUT_VERSION` (the scores segment) or `CLAIMS_LAYOUT_VERSION` (the claims
 segment) on any change to it; attach refuses a segment of another version.
 
-Two segments per engine, both sized by ``capacity`` (slots): the scores
-segment ``/NAME`` (below), which schedulers map read-only, and the claims
-segment ``/NAME.claims`` (further below), which they map read-write.
+Three segments per engine: the scores segment ``/NAME`` (below), which
+schedulers map read-only, and the claims segment ``/NAME.claims`` (further
+below), which they map read-write, both sized by ``capacity`` (slots); and
+the event log ``/NAME.events`` (at the end), sized by ``[events] capacity``.
 
 The scores segment.  Every column starts on a 64-byte boundary, so
 single-writer fields of different processes never share a cache line::
@@ -26,6 +27,9 @@ single-writer fields of different processes never share a cache line::
                   |   strings ...... engine name, ingest endpoint          |
                   |   admission .... ingest mode, keys, reloads, queue     |
                   |                  limits; per-sender refusals (16 rows) |
+                  |   reload ....... reloads started/done, status and      |
+                  |                  message, config version + hash,       |
+                  |                  pending score params (params_seq)     |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -45,14 +49,16 @@ single-writer fields of different processes never share a cache line::
                   | SCORE BUFFER 0 (tick worker writes)                    |
                   |   per tick: epoch, tick_mono, tick_wall, pressure,     |
                   |     n_ranked, live, registered, slot_hwm, ejected,     |
-                  |     weights f8[8], counts i8[8]                        |
+                  |     config_version, weights f8[8], counts i8[8],       |
+                  |     params f8[48] (the score parameters of the tick)   |
                   |   published per slot: score raw wait qema liveness f8, |
                   |     state u1, gen u8, ranked i4,                       |
                   |     feedback the tick read: rif fb_ok fb_err consec    |
                   |     err_age f8                                         |
                   |   carried per slot: s flap e_ok e_err f8,              |
                   |     n probation memory i4, hb_seen u8,                 |
-                  |     ok_seen err_seen u8 (claims counters)              |
+                  |     ok_seen err_seen u8 (claims counters),             |
+                  |     reason u1 (why the state changed this tick)        |
                   +--------------------------------------------------------+
                   | SCORE BUFFER 1 (same layout)                           |
                   +--------------------------------------------------------+
@@ -662,6 +668,18 @@ def private_claims(capacity: int, max_schedulers: int = 1) -> ClaimsViews:
 
 
 # ------------------------------------------------------------ events segment --
+# The event log (protocol in shm_engine.core.events)::
+#
+#     offset 0   +-----------------------------------------------------+
+#                | HEADER (4096 bytes): identity as above; head (the   |
+#                |   number of the last event appended) on its own line|
+#                +-----------------------------------------------------+
+#                | ENTRIES (capacity, struct of arrays; event s at     |
+#                |   s % capacity): seq u8 (s<<1|1 while written,      |
+#                |   (s<<1)+2 once complete), epoch u8, tick_wall f8,  |
+#                |   gen u8, slot u4, from_state to_state reason u1,   |
+#                |   node u1[64]                                       |
+#                +-----------------------------------------------------+
 #: Bytes of a node id in an event entry (as in the registry).
 EVENT_NODE_BYTES = NODE_ID_BYTES
 EVENTS_HEADER_BYTES = 4096
