@@ -14,6 +14,10 @@ configuration, key by key:
   * every other changed key (capacity, bind addresses, the tick interval,
     ...) needs a restart: it is reported, not applied.
 
+The ingest keeps the ``score.dead_after_s`` it started with for one
+decision of its own (which DEAD slot a new node may take when the registry
+is full); everything the tick computes follows the reload.
+
 The result is written to the header (``reload_status``, ``reload_message``
 as JSON, then ``reloads_done``), so any process can see it:
 `request_reload(name)` (the call an HTTP endpoint makes) signals the
