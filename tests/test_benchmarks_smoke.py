@@ -64,6 +64,8 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert res["freshness"]["latency_ms"]["n"] > 0
     assert res["freshness"]["latency_ms"]["median"] > 0
     assert res["memory"]["10000"]["segment_bytes_per_node"] > 0
+    for k in ("append_none_us", "append_1pct_us", "read_1000_us"):
+        assert res["events"][k]["median"] > 0
     assert "Goals:" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in committed} == committed
 

@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, report, scaling, tick
+from benchmarks.harness import (
+    claims,
+    events,
+    freshness,
+    ingest,
+    memory,
+    read,
+    report,
+    scaling,
+    tick,
+)
 from benchmarks.harness.common import machine
 
 __all__ = ["main", "OUT_DIR", "RECORD_DIR", "RESULTS_MD"]
@@ -27,7 +37,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness")
+SKIPPABLE = ("read", "claims", "ingest", "freshness", "events")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,6 +128,9 @@ def main(argv=None) -> int:
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
     res["freshness"] = (
         None if "freshness" in skip else freshness.run(10_000, 4.0 if args.quick else 30.0, log)
+    )
+    res["events"] = (
+        None if "events" in skip else events.run(10_000, 200 if args.quick else 2000, log)
     )
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)

@@ -52,7 +52,12 @@ from shm_engine.core.layout import (
     EventsViews,
     events_layout_for,
 )
-from shm_engine.core.ordering import fence_release, load_acquire_u64, store_release_u64
+from shm_engine.core.ordering import (
+    fence_acquire,
+    fence_release,
+    load_acquire_u64,
+    store_release_u64,
+)
 from shm_engine.core.segment import (
     SCORES_FORBIDDEN,
     MappedSegment,
@@ -216,7 +221,10 @@ def append_events(
             g = ev_gen[k]
             for b in range(width):
                 names[slot, b] = reg_node_id[slot, b]
-            # The id is the registration's only if the generation did not move.
+            # The id is the registration's only if the generation did not move:
+            # the copy's loads before the re-check (pairs with the ingest's
+            # fence_release in rows.slot_change_begin).
+            fence_acquire()
             if load_acquire_u64(reg_slot_gen, slot) != g:
                 for b in range(width):
                     names[slot, b] = 0
