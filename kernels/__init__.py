@@ -15,6 +15,9 @@ One module per stage: queue (steps 1-2), window (2, the error window),
 goodness (3), percentile (3, R), liveness (4), pressure (5), weights (6),
 backpressure (7), breaker (8), smoothing (9-10), hysteresis (11),
 quarantine (12), ranking (13-14); `pipeline` fuses them into three passes.
+`reasons` names why a state changed (the per-node `reason` output the
+breaker, hysteresis and quarantine stages write); `events` diffs two ticks'
+states into the rows of the event log.
 
 Importing this package, `kernels.params` or `kernels.defaults` does not
 import numba: every name backed by compiled code is resolved on first use,

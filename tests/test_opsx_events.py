@@ -174,6 +174,9 @@ def test_ring_wraps_and_counts_the_lost():
     assert read_events(v, 40) == ([], 0, 40)
     b = read_events(v, 30, limit=4)
     assert [e.seq for e in b.events] == [31, 32, 33, 34] and b.next_seq == 34
+    b = read_events(v, 0, node="n33")  # filtered, still counting what was lost
+    assert [e.seq for e in b.events] == [33] and (b.lost, b.next_seq) == (24, 40)
+    assert read_events(v, 0, node="n3").events == []  # exact ids, not prefixes
     # A number from an earlier run, beyond the head, restarts at the head.
     assert read_events(v, 99) == ([], 0, 40)
     with pytest.raises(ValueError, match="after_seq"):

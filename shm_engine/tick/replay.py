@@ -96,7 +96,11 @@ def parse_feedback(obj: dict, lineno: int) -> FeedbackLine:
 
 
 class Replay:
-    """Step-by-step replay state; `replay()` is the usual entry point."""
+    """Step-by-step replay state; `replay()` is the usual entry point.
+
+    ``params`` (the kernels' parameter vector, `Config.to_params`) may be
+    replaced between two `step` calls: the ticks from then on are computed
+    with it, as the engine does from the tick after a reload."""
 
     def __init__(self, config: Config):
         self.config = config
