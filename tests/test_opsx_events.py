@@ -303,3 +303,33 @@ def test_ticker_events_match_replay_transitions():
 def test_no_event_log_appends_nothing():
     log = EventLog(None, 4)
     assert log.append(None, None, None, None, 0, 1) == 0
+
+
+def test_event_reader_reads_and_follows(shm_name):
+    from clients import EventReader
+
+    seg = EventSegment.create(shm_name, 32)
+    try:
+        names = np.zeros((8, 64), np.uint8)
+        put(seg.views, 5, names)
+        with EventReader.attach(shm_name) as reader:
+            assert (reader.capacity, reader.head) == (32, 5)
+            assert [e.seq for e in reader.read().events] == [1, 2, 3, 4, 5]
+            batches = []
+
+            def stop():
+                return len(batches) == 2
+
+            for b in reader.follow(0, should_stop=stop):
+                batches.append(b)
+                if len(batches) == 1:
+                    put(seg.views, 3, names)  # arrives while following
+            assert [[e.seq for e in b.events] for b in batches] == [[1, 2, 3, 4, 5], [6, 7, 8]]
+            assert all(b.lost == 0 for b in batches)
+            # From the newest event on: nothing old; stops when told.
+            assert list(reader.follow(should_stop=lambda: True)) == []
+            assert reader.read(8, node="n3").events == []
+            assert reader.read(0, node="n7").events[0].as_dict()["node"] == "n7"
+    finally:
+        seg.close()
+        seg.unlink()

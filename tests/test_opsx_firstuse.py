@@ -151,6 +151,16 @@ def test_run_bind_without_config_then_first_use(tmp_path, shm_name, reap):
         wait_until(lambda: "ready\n" in out.read_text(), START_TIMEOUT_S, "ready")
         st = json.loads(cli("status", "--name", shm_name, "--json").stdout)
         assert st["ingest_endpoint"] == endpoint
+        followed = tmp_path / "follow.out"
+        with open(followed, "wb") as fo:
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "shm_engine", "events", "--name", shm_name]
+                + ["--follow", "--json", "--node", "drain"],
+                stdout=fo,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+        reap(follower)
         with clients.HeartbeatClient(endpoint) as hb:
             for node in ("keep", "drain"):
                 hb.send(
@@ -185,6 +195,13 @@ def test_run_bind_without_config_then_first_use(tmp_path, shm_name, reap):
             return rows if any(x["to_state"] == "unregistered" for x in rows) else None
 
         rows = wait_until(drained, 30, "the drain node's unregistered event")
+        wait_until(
+            lambda: '"reason": "unregistered"' in followed.read_text(),
+            30,
+            "events --follow to print the leave",
+        )
+        lines = [json.loads(x) for x in followed.read_text().splitlines()]
+        assert lines == rows  # --follow printed the same events, as they came
         assert rows[0]["reason"] == "registered" and rows[0]["from_state"] == "unregistered"
         assert rows[-1]["reason"] == "unregistered" and rows[-1]["node"] == "drain"
         assert all(x["node"] == "drain" for x in rows)
@@ -199,3 +216,4 @@ def test_run_bind_without_config_then_first_use(tmp_path, shm_name, reap):
         proc.terminate()
         proc.wait(30)
     assert proc.returncode == 0
+    assert follower.wait(30) == 0  # --follow ends once the engine has stopped
