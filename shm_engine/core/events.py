@@ -335,10 +335,6 @@ def warm_up() -> None:
 _STATE = STATE_NAMES
 
 
-def _decode_node(raw: np.ndarray) -> str:
-    return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
 def _named(names: np.ndarray, node: str) -> np.ndarray:
     """Which rows of NUL-padded ids ``names`` (u1[n, 64]) are exactly ``node``
     (vectorised: a ring of 65,536 entries is filtered in about a millisecond)."""
@@ -400,22 +396,37 @@ def read_events(
     keep = ok
     if node is not None:
         keep = ok & _named(names, node)
-    events = []
+    rows = np.flatnonzero(keep)
+    if rows.shape[0] == 0:
+        return EventBatch([], lost, last)
+    # Whole columns to Python values at once (a numpy scalar each costs ~100 ns).
+    raw = np.ascontiguousarray(names[rows]).tobytes()
+    width = names.shape[1]
     n_reasons = len(REASON_NAMES)
-    for j in np.flatnonzero(keep).tolist():
-        name = _decode_node(names[j])
-        r = int(reason[j])
-        events.append(
-            Event(
-                int(seqs[j]),
-                int(epoch[j]),
-                float(wall[j]),
-                name,
-                int(slot[j]),
-                int(gen[j]),
-                _STATE.get(int(frm[j]), str(int(frm[j]))),
-                _STATE.get(int(to[j]), str(int(to[j]))),
-                REASON_NAMES[r] if r < n_reasons else str(r),
+    events = [
+        Event(
+            s,
+            e,
+            w,
+            raw[k * width : (k + 1) * width].split(b"\0", 1)[0].decode("utf-8", "replace"),
+            sl,
+            g,
+            _STATE.get(f, str(f)),
+            _STATE.get(t, str(t)),
+            REASON_NAMES[r] if r < n_reasons else str(r),
+        )
+        for k, (s, e, w, sl, g, f, t, r) in enumerate(
+            zip(
+                seqs[rows].tolist(),
+                epoch[rows].tolist(),
+                wall[rows].tolist(),
+                slot[rows].tolist(),
+                gen[rows].tolist(),
+                frm[rows].tolist(),
+                to[rows].tolist(),
+                reason[rows].tolist(),
+                strict=True,
             )
         )
+    ]
     return EventBatch(events, lost, last)
