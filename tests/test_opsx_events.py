@@ -333,3 +333,10 @@ def test_event_reader_reads_and_follows(shm_name):
     finally:
         seg.close()
         seg.unlink()
+
+
+def test_an_engine_name_cannot_be_another_engines_event_log():
+    from shm_engine.core.segment import posix_name
+
+    with pytest.raises(ValueError, match="'.events'"):
+        posix_name("dfps.events")

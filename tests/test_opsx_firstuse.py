@@ -5,6 +5,7 @@ its event), the exported exceptions, and `shm-engine events`.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -216,4 +217,5 @@ def test_run_bind_without_config_then_first_use(tmp_path, shm_name, reap):
         proc.terminate()
         proc.wait(30)
     assert proc.returncode == 0
+    assert not os.path.exists(f"/dev/shm/{shm_name}.events")  # unlinked with the others
     assert follower.wait(30) == 0  # --follow ends once the engine has stopped

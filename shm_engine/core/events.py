@@ -59,6 +59,7 @@ from shm_engine.core.ordering import (
     store_release_u64,
 )
 from shm_engine.core.segment import (
+    EVENTS_SUFFIX,
     SCORES_FORBIDDEN,
     MappedSegment,
     check_identity,
@@ -81,8 +82,6 @@ __all__ = [
     "events_posix_name",
     "read_events",
 ]
-
-EVENTS_SUFFIX = ".events"
 
 
 def events_posix_name(name: str) -> str:

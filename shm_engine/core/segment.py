@@ -1,8 +1,9 @@
 """Creating, attaching and removing an engine's POSIX shared-memory segments.
 
-An engine has two: the scores segment ``/NAME`` (`Segment`) and the claims
-segment ``/NAME.claims`` (`shm_engine.core.claims.ClaimsSegment`, built on the
-helpers here: `create_exclusive`, `map_existing`).
+An engine has three: the scores segment ``/NAME`` (`Segment`), the claims
+segment ``/NAME.claims`` (`shm_engine.core.claims.ClaimsSegment`) and the
+event log ``/NAME.events`` (`shm_engine.core.events.EventSegment`), the
+last two built on the helpers here: `create_exclusive`, `map_existing`.
 
 Invariants:
 - The supervisor is the only creator.  It creates with O_CREAT|O_EXCL, so two
@@ -68,6 +69,7 @@ _CREATION_GRACE_S = 5.0
 
 
 CLAIMS_SUFFIX = ".claims"
+EVENTS_SUFFIX = ".events"  # the event log (shm_engine.core.events)
 # Where Linux shows POSIX shm objects (to name the owner of one we may not open).
 _SHM_DIR = "/dev/shm"
 
@@ -122,10 +124,10 @@ def describe_user(uid: int) -> str:
 
 def posix_name(name: str) -> str:
     """The POSIX shm name of engine ``name`` (``/dev/shm/<name>`` on Linux)."""
-    if not _NAME_RE.match(name) or name.endswith(CLAIMS_SUFFIX):
+    if not _NAME_RE.match(name) or name.endswith((CLAIMS_SUFFIX, EVENTS_SUFFIX)):
         raise ValueError(
             f"engine name {name!r} must be 1-200 characters of A-Z a-z 0-9 _ . - "
-            f"not ending in {CLAIMS_SUFFIX!r}"
+            f"not ending in {CLAIMS_SUFFIX!r} or {EVENTS_SUFFIX!r}"
         )
     return "/" + name
 

@@ -184,6 +184,7 @@ _V1_ONE_FRAME = V1_ONE_FRAME_SIZE  # the same in wire version 1 (still accepted)
 # `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2  # frame kinds for `Ingest.handle_frames`
+_LEFT_BRACE = ord("{")  # a leave frame's first byte (shm_engine.wire.leave)
 
 
 def _cells(view: np.ndarray) -> memoryview[Any]:
@@ -318,7 +319,11 @@ class Ingest:
         try:
             if sender is not None and sender.refused:
                 self._refuse_frame(_NOT_AUTHORIZED, sender, "bound to no node")
-            elif nbytes <= MAX_LEAVE_FRAME_BYTES and is_leave_frame(small := mv.tobytes()):
+            elif (
+                0 < nbytes <= MAX_LEAVE_FRAME_BYTES
+                and mv[0] == _LEFT_BRACE
+                and is_leave_frame(small := mv.tobytes())
+            ):
                 accepted = self._leave(small, sender)
             elif self._cap_bytes <= nbytes <= self._max_frame_bytes and self._over_cap(frame, mv):
                 self._refuse_frame(
