@@ -174,6 +174,7 @@ INT_BOUNDS = {
     "ingest.registration_burst": (0, I32, {}),
     "ingest.registration_burst_per_sender": (0, I32, {}),
     "claims.max_schedulers": (1, 4096, {}),
+    "events.capacity": (16, 2**24, {}),
     "score.min_requests": (1, I32, {}),
     "score.max_consecutive_errors": (1, I32, {}),
     "score.flap_window": (1, I32, {}),
