@@ -200,8 +200,8 @@ class ScoreReader:
         belongs to another user or others may write it, LayoutMismatch.
 
         ``wait=True``: wait up to ``timeout`` seconds for the engine to
-        start and publish its first tick (the first start compiles the
-        kernels, about 15-20 s), instead of raising EngineNotRunning or, on
+        start and publish its first tick (an engine's first start compiles
+        its kernels: tens of seconds, minutes on a busy machine), instead of raising EngineNotRunning or, on
         the first read, NothingPublished.  After ``timeout`` it raises what
         it last saw (EngineNotRunning, EngineStopped or NothingPublished),
         saying how long it waited.  UntrustedSegment and LayoutMismatch are
