@@ -201,11 +201,11 @@ class ScoreReader:
 
         ``wait=True``: wait up to ``timeout`` seconds for the engine to
         start and publish its first tick (an engine's first start compiles
-        its kernels: tens of seconds, minutes on a busy machine), instead of raising EngineNotRunning or, on
-        the first read, NothingPublished.  After ``timeout`` it raises what
-        it last saw (EngineNotRunning, EngineStopped or NothingPublished),
-        saying how long it waited.  UntrustedSegment and LayoutMismatch are
-        raised at once."""
+        its kernels: tens of seconds, minutes on a busy machine), instead
+        of raising EngineNotRunning or, on the first read, NothingPublished.
+        After ``timeout`` it raises what it last saw (EngineNotRunning,
+        EngineStopped or NothingPublished), saying how long it waited.
+        UntrustedSegment and LayoutMismatch are raised at once."""
         if not wait:
             return cls._attach_once(name, owner)
         deadline = time.monotonic() + timeout

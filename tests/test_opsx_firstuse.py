@@ -219,3 +219,11 @@ def test_run_bind_without_config_then_first_use(tmp_path, shm_name, reap):
     assert proc.returncode == 0
     assert not os.path.exists(f"/dev/shm/{shm_name}.events")  # unlinked with the others
     assert follower.wait(30) == 0  # --follow ends once the engine has stopped
+
+
+def test_run_bind_is_validated_like_the_file(shm_name):
+    r = cli("run", "--name", shm_name, "--bind", "tcp://0.0.0.0:7710")
+    assert r.returncode == 2
+    assert 'ingest.bind = "tcp://0.0.0.0:7710" can be reached from other machines' in r.stderr
+    r = cli("run", "--name", shm_name, "--bind", "nonsense")
+    assert r.returncode == 2 and 'ingest.bind = "nonsense"' in r.stderr
