@@ -160,4 +160,15 @@ def test_sighup_reload_on_a_running_engine(tmp_path, shm_name, reap):
     out = cli("status", "--name", shm_name)
     assert out.returncode == 0, out.stderr
     assert "config   version 3" in out.stdout and "needs restart: engine.capacity" in out.stdout
+    assert "events   " in out.stdout and " appended, the newest 65536 kept" in out.stdout
+    from shm_engine.ops.metrics import EngineCollector
+
+    series = {
+        (sample.name, sample.value)
+        for fam in EngineCollector(shm_name).collect()
+        for sample in fam.samples
+    }
+    assert ("shm_engine_config_version", 3.0) in series
+    assert ("shm_engine_config_reloads_total", 3.0) in series
+    assert any(name == "shm_engine_events_total" for name, _ in series)
     assert eng.stop() == 0

@@ -169,6 +169,20 @@ class EngineCollector:
         for child, info in s["children"].items():
             restarts.add_metric(e + [child], float(info["restarts"]))
         yield restarts
+        yield counter("shm_engine_heartbeats_left", "leave messages accepted", ing.get("left", 0))
+        cfg = s.get("config")
+        if cfg is not None:
+            yield gauge(
+                "shm_engine_config_version",
+                "version of the configuration in effect (1 at start, +1 per applied reload)",
+                cfg["version"],
+            )
+            yield counter("shm_engine_config_reloads", "configuration reloads done", cfg["reloads"])
+        ev = s.get("events")
+        if ev is not None:
+            yield counter(
+                "shm_engine_events", "node state changes appended to the event log", ev["appended"]
+            )
         if self.per_node:
             yield from self._per_node()
 

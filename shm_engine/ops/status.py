@@ -89,6 +89,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         except (EngineNotRunning, LayoutMismatch):
             pass
         config = _config_status(v)
+        events = _events_status(name, owner)
         ingest_alive = float(h.ingest_alive_mono[0])
         ticker_alive = float(h.ticker_alive_mono[0])
         return {
@@ -139,6 +140,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
             "claims": claims,
             "config": config,
+            "events": events,
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
@@ -167,6 +169,18 @@ def _config_status(v) -> dict:
         "reloads": int(h.reloads_done[0]),
         "last_reload": None if last is None else last.as_dict(),
     }
+
+
+def _events_status(name: str, owner) -> dict | None:
+    """The event log's size and how many events it has taken (None when
+    its segment is missing or not readable)."""
+    from shm_engine.core.events import EventSegment
+
+    try:
+        with EventSegment.attach(name, readonly=True, owner=owner) as es:
+            return {"appended": int(es.views.header.head[0]), "capacity": es.layout.capacity}
+    except (EngineNotRunning, LayoutMismatch):
+        return None
 
 
 def _config_line(c: dict) -> str:
@@ -207,6 +221,10 @@ def render(s: dict) -> str:
             _security_line(s["security"]),
             _claims_line(s["claims"]),
             _config_line(s["config"]),
+            "events   (event log not readable)"
+            if s["events"] is None
+            else f"events   {s['events']['appended']} appended, the newest "
+            f"{s['events']['capacity']} kept (shm-engine events)",
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]
