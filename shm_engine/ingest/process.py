@@ -58,6 +58,12 @@ registrations and counts as frame by frame, for a few list operations per
 frame.  Only registrations, re-registrations and metadata changes go record
 by record.
 
+Leaves (`shm_engine.wire.leave`): a frame ``{"leave": "NODE"}`` frees the
+node's slot at once, after the same admission checks as a heartbeat
+(`Ingest._leave`); it counts as one heartbeat, and ``ingest_left`` counts
+those accepted.  A run of JSON frames keeps a leave apart, so it is applied
+in its place among the heartbeats.
+
 New registrations stay unpublished (odd ``slot_gen``) until the frame's rows
 are written (`NodeRegistry.register(publish=False)`, then
 `publish_pending()`), so a tick never scores a new node on the previous
