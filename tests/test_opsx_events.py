@@ -13,6 +13,8 @@ import multiprocessing
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ticker import node, send
 
 from kernels import reasons as R
@@ -340,3 +342,48 @@ def test_an_engine_name_cannot_be_another_engines_event_log():
 
     with pytest.raises(ValueError, match="'.events'"):
         posix_name("dfps.events")
+
+
+STATES = [HEALTHY, DEGRADED, OVERLOADED, QUARANTINED, DEAD, UNREGISTERED]
+
+
+def _model(prev, nxt, fresh, reason, prev_gen, nxt_gen):
+    """The rows of `transitions`, as its docstring states them."""
+    rows = []
+    for i, (a, b) in enumerate(zip(prev, nxt, strict=True)):
+        if b == UNREGISTERED:
+            if a != UNREGISTERED:
+                rows.append((i, prev_gen[i], a, UNREGISTERED, R.UNREGISTERED))
+        elif fresh[i] or a == UNREGISTERED:
+            if a != UNREGISTERED:
+                rows.append((i, prev_gen[i], a, UNREGISTERED, R.UNREGISTERED))
+            rows.append((i, nxt_gen[i], UNREGISTERED, b, R.REGISTERED))
+        elif a != b:
+            rows.append((i, nxt_gen[i], a, b, reason[i]))
+    return rows
+
+
+_SLOT = st.tuples(
+    st.sampled_from(STATES),
+    st.sampled_from(STATES),
+    st.booleans(),
+    st.integers(0, R.N_REASONS - 1),
+    st.integers(0, 2**40),
+    st.integers(0, 2**40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SLOT, max_size=40))
+def test_transitions_match_the_model(slots):
+    n_slots = len(slots)
+    cols = list(zip(*slots, strict=True)) if slots else [()] * 6
+    dtypes = (np.uint8, np.uint8, np.uint8, np.uint8, np.uint64, np.uint64)
+    prev, nxt, fresh, reason, pg, ng = (np.array(c, dt) for c, dt in zip(cols, dtypes, strict=True))
+    out = [
+        np.zeros(2 * n_slots + 1, dt) for dt in (np.uint32, np.uint64, np.uint8, np.uint8, np.uint8)
+    ]
+    n = transitions(prev, nxt, fresh, reason, pg, ng, n_slots, *out)
+    got = list(zip(*(a[:n].tolist() for a in out), strict=True))
+    want = _model(*(a.tolist() for a in (prev, nxt, fresh, reason, pg, ng)))
+    assert got == want
