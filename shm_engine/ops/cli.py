@@ -172,6 +172,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     met.set_defaults(func=_lazy("shm_engine.ops.metrics", "cmd_metrics"))
 
+    mir = sub.add_parser(
+        "mirror", help="mirror one engine's scores (or several zones') from their score feeds"
+    )
+    mir.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="[ZONE=]tcp://HOST:PORT",
+        help="an engine's [feed] bind; repeat for one engine per zone",
+    )
+    name_arg(mir)
+    mir.add_argument("--capacity", type=int, default=16384, help="node slots of the mirror")
+    mir.add_argument(
+        "--zone-slots", type=int, default=None, help="slots per upstream (default: an equal share)"
+    )
+    mir.add_argument(
+        "--stale-after",
+        type=float,
+        default=0.5,
+        help="seconds without a frame before a zone is stale and left out of pick()",
+    )
+    mir.add_argument("--max-schedulers", type=int, default=64, help="claims leases on this host")
+    mir.add_argument("--curve-server-key", default=None, help="the feed's public CURVE key file")
+    mir.add_argument("--curve-client-key", default=None, help="this mirror's CURVE secret key file")
+    mir.set_defaults(func=_lazy("shm_engine.feed.mirror", "cmd_mirror"))
+
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
     keys.add_argument("--key-name", default="engine", help="file base name")

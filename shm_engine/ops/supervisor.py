@@ -72,6 +72,7 @@ SPARE_POLL_S = 0.1  # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
+    "feed": "shm_engine.feed.publisher:feed_main",  # only with [feed] bind
 }
 
 
@@ -150,7 +151,7 @@ class Supervisor:
         tg = dict(DEFAULT_TARGETS, **(targets or {}))
         self.children = {
             role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
-            for role in ("ingest", "ticker")
+            for role in ("ingest", "ticker") + (("feed",) if config.feed.enabled else ())
         }
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None
