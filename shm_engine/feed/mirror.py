@@ -302,7 +302,9 @@ class Mirror:
         result = "applied"
         if fr.stream != up.stream:
             if up.stream:
-                log_event("INFO", "mirror_new_stream", zone=up.zone, stream=f"{fr.stream:016x}")
+                log_event(
+                    "INFO", "mirror_new_stream", zone=up.zone, feed_stream=f"{fr.stream:016x}"
+                )
             up.stream, up.synced = fr.stream, False
             mv.up.stream[i] = fr.stream
             result = "gap"

@@ -400,7 +400,7 @@ class FeedbackSink:
         v.lease_start[m.lease] = 0
         v.lease_since[m.lease] = 0.0
         # After the row is zero: a new holder starts from a zero row.
-        cas_u64(v.lease_ident, m.lease, np.uint64(self.ident), _ZERO)
+        claims_mod._free_lease(v.lease_ident, m.lease, self.ident)
 
     def close(self) -> None:
         """Return every mirror's claims and free their leases."""
@@ -518,7 +518,7 @@ def feed_main(name: str, config: Config, parent_pid: int) -> int:
             "feed_started",
             pid=os.getpid(),
             endpoint=pub.getsockopt_string(zmq.LAST_ENDPOINT),
-            stream=f"{publisher.stream:016x}",
+            feed_stream=f"{publisher.stream:016x}",
         )
 
         def should_stop() -> bool:
