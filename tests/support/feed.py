@@ -102,3 +102,79 @@ def compare(engine_name: str, mirror_name: str) -> list[str]:
     if ranked_e != ranked_m:
         problems.append(f"rank order {ranked_e} on the engine, {ranked_m} on the mirror")
     return problems
+
+
+# ------------------------------------------------------- engines on loopback --
+def feed_extra(feed_port: int, feedback_port: int, full_every: int = 50) -> str:
+    """The ``[feed]`` section of an engine config (`support.engine.write_config`'s
+    ``extra``: it follows the ``[ingest]`` keys)."""
+    return (
+        f'\n[feed]\nbind = "tcp://127.0.0.1:{feed_port}"\n'
+        f'feedback_bind = "tcp://127.0.0.1:{feedback_port}"\n'
+        f"full_every = {full_every}\nmirror_timeout_s = 1.0\n"
+    )
+
+
+def beat_frame(zone: str, nodes: int, k: int) -> bytes:
+    """Heartbeats of nodes ``ZONE-n<i>`` for round ``k`` (binary batch)."""
+    from shm_engine.wire import encode_batch
+
+    return encode_batch(
+        [
+            dict(
+                node=f"{zone}-n{i}",
+                cpu=0.05 + 0.01 * ((i + k) % 7),
+                mem=0.2,
+                queue=float((i + k) % 3),
+                avg_job_s=0.5,
+            )
+            for i in range(nodes)
+        ]
+    )
+
+
+def mirror_main(name: str, endpoints, drop_every: int, stale_after_s: float, ready) -> None:
+    """A mirror process (``spawn`` target) whose ``drop_frame`` hook drops
+    every ``drop_every``-th delta frame of upstream 0 (0: none), as a slow
+    subscriber's high-water mark would; sets ``ready`` after its first
+    publish and runs until SIGTERM."""
+    import signal as _signal
+
+    from shm_engine.feed import mirror as mirror_mod
+
+    stop = {"now": False}
+    _signal.signal(_signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+
+    def drop(i: int, seq: int) -> bool:
+        return drop_every > 0 and i == 0 and seq > 1 and seq % drop_every == 0
+
+    m = mirror_mod.Mirror(
+        name, endpoints, capacity=64 * len(endpoints), stale_after_s=stale_after_s, drop_frame=drop
+    )
+    try:
+        mirror_mod.run(m, lambda: stop["now"], on_ready=ready.set)
+    finally:
+        m.close()
+
+
+def zone_state(mirror: str, i: int) -> str:
+    from shm_engine.feed.mirror import read_mirror_status
+
+    st = read_mirror_status(mirror)
+    return st["zones"][i]["state"] if st else "none"
+
+
+def compare_when_aligned(engine: str, mirror: str, i: int) -> list[str] | None:
+    """`compare` when the mirror shows zone ``i`` at the engine's latest
+    epoch (before and after the reads); None when they were not aligned."""
+    from shm_engine.feed.mirror import MirrorSegment
+
+    with MirrorSegment.attach(mirror) as ms, ScoreReader.attach(engine) as e:
+        before = int(ms.views.up.epoch[i])
+        epoch = e.snapshot().epoch
+        if before != epoch:
+            return None
+        problems = compare(engine, mirror)
+        if int(ms.views.up.epoch[i]) != before or e.snapshot().epoch != epoch:
+            return None
+        return problems
