@@ -119,6 +119,13 @@ OPERATIONAL_DEFAULTS = {
     "ingest.curve.authorized_keys_dir": "",
     "claims.shm_mode": 0o600,
     "claims.max_schedulers": 64,
+    "feed.bind": "",
+    "feed.full_every": 100,
+    "feed.feedback_bind": "",
+    "feed.mirror_timeout_s": 2.0,
+    "feed.allow_insecure": False,
+    "feed.curve.server_secret_key_file": "",
+    "feed.curve.authorized_keys_dir": "",
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -141,6 +148,7 @@ INT_KEYS = {
     "ingest.registration_burst_per_sender",
     "claims.shm_mode",
     "claims.max_schedulers",
+    "feed.full_every",
 }
 
 

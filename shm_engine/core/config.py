@@ -811,7 +811,7 @@ class FeedConfig(_Section):
             m = _BIND.fullmatch(value)
             port = m.group("port") if m else None
             if (
-                m is None
+                port is None
                 or not value.startswith("tcp://")
                 or (port != "*" and not 1 <= int(port) <= 65535)
             ):
