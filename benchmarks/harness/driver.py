@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, report, scaling, tick
+from benchmarks.harness import (
+    claims,
+    feed,
+    freshness,
+    ingest,
+    memory,
+    read,
+    report,
+    scaling,
+    tick,
+)
 from benchmarks.harness.common import machine
 
 __all__ = ["main", "OUT_DIR", "RECORD_DIR", "RESULTS_MD"]
@@ -27,7 +37,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness")
+SKIPPABLE = ("read", "claims", "ingest", "freshness", "feed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +129,7 @@ def main(argv=None) -> int:
     res["freshness"] = (
         None if "freshness" in skip else freshness.run(10_000, 4.0 if args.quick else 30.0, log)
     )
+    res["feed"] = None if "feed" in skip else feed.run(10_000, 40 if args.quick else 200, log)
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)
     res["plot"] = scaling.plot(rows, out_dir / "tick_scaling.png")

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from kernels.ranking import make_rank_scratch, radix_ranked
 from shm_engine.core.claims import ClaimsSegment, in_flight_by_slot, reap_dead_leases
 from shm_engine.core.errors import ConfigError
 from shm_engine.core.layout import (
@@ -110,6 +111,7 @@ FEEDBACK_INTERVAL_S = 0.002
 FEEDBACK_FULL_S = 0.5
 SNAPSHOT_RETRY_S = 0.25
 LEASE_CHECK_S = 0.2
+IDLE_POLL_MS = 20  # the loop's longest wait without frames or schedulers (staleness checks)
 LAG_WINDOW = 1024
 MIRROR_SUFFIX = ".mirror"
 _NONE = np.iinfo(np.uint64).max
@@ -275,9 +277,14 @@ class Mirror:
         self._dirty = np.zeros(capacity, bool)
         self._dirty_prev = np.zeros(capacity, bool)
         self._hwm = 0
+        self._order = np.zeros(capacity, np.int32)
+        self._n_ranked = 0
+        self._rerank = True
+        self._rank_scratch = make_rank_scratch(capacity)
         self.epoch = 0
         self.publishes_pending = False
         self.stats_bad = 0
+        self._feedback_held = False  # some in-flight count forwarded is not 0
 
     # -------------------------------------------------------------- close --
     def close(self, unlink: bool = True) -> None:
@@ -446,6 +453,7 @@ class Mirror:
         sl = slice(up.base, up.base + up.span)
         self.excluded[sl] = stale
         self.mv.excluded[sl] = 1 if stale else 0
+        self._rerank = True
         self.publishes_pending = True
         if state == UPSTREAM_STALE:
             log_event("WARN", "mirror_zone_stale", zone=up.zone, endpoint=up.endpoint)
@@ -476,9 +484,17 @@ class Mirror:
         bv["state"][rows] = self.state[rows]
         bv["gen"][rows] = self.gen_pub[rows]
         hwm = self._hwm
-        st, sc = self.state[:hwm], self.cols["score"][:hwm]
-        elig = np.flatnonzero((st <= 1) & (sc > 0) & ~self.excluded[:hwm])
-        order = elig[np.argsort(-sc[elig], kind="stable")]  # ties: slot ascending
+        if self._rerank or len(rows):
+            # The engine's own ranking (SCORING.md step 14): score descending,
+            # then slot ascending, from the candidates in slot order.
+            st, sc = self.state[:hwm], self.cols["score"][:hwm]
+            elig = np.flatnonzero((st <= 1) & (sc > 0) & ~self.excluded[:hwm])
+            m = len(elig)
+            self._order[:m] = elig
+            radix_ranked(self.cols["score"], self._order, m, self._rank_scratch)
+            self._n_ranked = m
+            self._rerank = False
+        order = self._order[: self._n_ranked]
         bv["ranked"][: len(order)] = order
         fresh = [u for u in self.ups if u.state == UPSTREAM_FRESH] or [
             u for u in self.ups if u.last_frame > 0
@@ -536,9 +552,11 @@ class Mirror:
     def feedback_frames(self, now: float) -> list[tuple[int, bytes]]:
         """(upstream, frame) for every upstream whose claims on this mirror
         changed since the last call (or whose full resend is due)."""
-        if self.claims is None:
+        if self.claims is None or not any(u.feedback_port and u.synced for u in self.ups):
             return []
         cv = self.claims.views
+        if not cv.lease_ident.any() and not self._feedback_held:
+            return []  # no scheduler here, nothing forwarded: nothing to say
         reg = self.reg
         hwm = int(self.views.header.slot_hwm[0])
         if hwm == 0:
@@ -551,6 +569,7 @@ class Mirror:
         ok_now = np.where((okw >> np.uint64(32)) == tags, okw & _LOW32, 0).astype(np.int64)
         err_now = np.where((errw >> np.uint64(32)) == tags, errw & _LOW32, 0).astype(np.int64)
         out = []
+        held = False
         for up in self.ups:
             if not up.feedback_port or not up.synced:
                 continue
@@ -582,6 +601,7 @@ class Mirror:
             else:
                 send_if = np.flatnonzero(mapped & (inf != up.sent_in_flight[:n]))
             up.sent_in_flight[:n] = np.where(mapped, inf, 0)
+            held = held or bool(up.sent_in_flight[:n].any())
             send_out = np.flatnonzero(mapped & ((d_ok > 0) | (d_err > 0)))
             if not full and not len(send_if) and not len(send_out):
                 continue
@@ -608,7 +628,15 @@ class Mirror:
                     ),
                 )
             )
+        self._feedback_held = held
         return out
+
+    def feedback_active(self) -> bool:
+        """True while schedulers here hold leases or forwarded claims are
+        outstanding (the loop then wakes every `FEEDBACK_INTERVAL_S`)."""
+        return self.claims is not None and (
+            self._feedback_held or bool(self.claims.views.lease_ident.any())
+        )
 
     def reap(self, now: float) -> None:
         """Return the claims of dead schedulers on this host (the mirror is
@@ -669,7 +697,7 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
             h.supervisor_alive_mono[0] = now
             h.ingest_alive_mono[0] = now
             mh.alive_mono[0] = now
-            events = dict(poller.poll(1))
+            events = dict(poller.poll(2 if mirror.feedback_active() else IDLE_POLL_MS))
             now = time.monotonic()
             for up, s in zip(mirror.ups, subs, strict=True):
                 if s not in events:

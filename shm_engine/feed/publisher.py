@@ -128,6 +128,7 @@ class FeedPublisher:
         meta = (
             int(buf.epoch[0]),
             float(buf.tick_wall[0]),
+            float(buf.tick_mono[0]),
             float(buf.pressure[0]),
             int(buf.n_ranked[0]),
             int(buf.live[0]),
@@ -204,9 +205,8 @@ class FeedPublisher:
         for i, col in enumerate(ff.ROW_FLOATS):
             rows[col] = self._cur[i, rows_at].view(np.float64)
         self.seq += 1
-        (epoch, tick_wall, pressure, n_ranked, live, registered, ejected, weights, counts) = (
-            self._meta
-        )
+        (epoch, tick_wall, _mono, pressure, n_ranked, live, registered, ejected) = self._meta[:8]
+        weights, counts = self._meta[8:]
         data = ff.encode_score_frame(
             kind=ff.KIND_FULL if full else ff.KIND_DELTA,
             stream=self.stream,
@@ -553,7 +553,7 @@ def _run(publisher: FeedPublisher, sink, pub, pull, zap, h, should_stop) -> None
     seq = h.latch_seq.data
     interval = max(int(h.tick_interval_ms[0]), 1) / 1000.0
     last_epoch = 0
-    seen_at = time.monotonic()
+    anchor = time.monotonic()
     lags = np.zeros(LAG_WINDOW)
     n_lag = 0
     next_expire = 0.0
@@ -568,13 +568,17 @@ def _run(publisher: FeedPublisher, sink, pub, pull, zap, h, should_stop) -> None
                     h.feed_skipped_epochs[0] += got - last_epoch - 1
                 data = publisher.frame()
                 pub.send(data, copy=False)
-                last_epoch, seen_at = got, now
+                last_epoch = got
                 h.feed_frames[0] += 1
                 h.feed_bytes[0] += len(data)
                 h.feed_epoch[0] = got
                 if publisher.seq == 1 or publisher._since_full == 0:
                     h.feed_full_frames[0] += 1
-                tick_wall = publisher._meta[1]
+                tick_wall, tick_mono = publisher._meta[1], publisher._meta[2]
+                # The next tick starts about one interval after this one did
+                # (the worker keeps a fixed schedule); a tick time on another
+                # clock (a replayed one) falls back to when we saw it.
+                anchor = tick_mono if abs(now - tick_mono) < 2 * interval else now
                 lags[n_lag % LAG_WINDOW] = (time.time() - tick_wall) * 1e6
                 n_lag += 1
                 if n_lag % 64 == 0:
@@ -582,10 +586,10 @@ def _run(publisher: FeedPublisher, sink, pub, pull, zap, h, should_stop) -> None
                     h.feed_lag_us_p50[0], h.feed_lag_us_p99[0] = p50, p99
             continue
         # Serve the sockets; sleep in the poll while the next tick is far.
-        due = seen_at + interval - FINE_WINDOW_S
+        due = anchor + interval - FINE_WINDOW_S
         if now < due:
             timeout = min(MAX_COARSE_MS, max(1, int((due - now) * 1000)))
-        elif now > seen_at + 3 * interval:
+        elif now > anchor + 3 * interval:
             timeout = 1  # the tick is late (or stopped): check every ms
         else:
             timeout = 0
