@@ -203,3 +203,25 @@ def test_feedback_about_another_stream_is_refused(rig_of):
     )
     fr = ff.decode_feedback(data, 64)
     assert not sink.apply(fr, 0.0) and sink.refused == 1 and not sink.mirrors
+
+
+def test_top_shows_a_mirrors_zones(rig_of):
+    from shm_engine.ops.topview import Watcher, render
+
+    rig = rig_of(zones=("eu", "us"), capacity=16)
+    for eng in rig.engines:
+        _beat(eng, 0, nodes=4)
+    rig.step()
+    with Watcher(rig.mirror.name) as w:
+        vs = w.poll()
+    assert [(z["zone"], z["state"], z["nodes"]) for z in vs.zones] == [
+        ("eu", "fresh", 4),
+        ("us", "fresh", 4),
+    ]
+    assert vs.registered == 8
+    pytest.importorskip("rich")
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(render(vs))
+    assert "zone us: fresh, 4 nodes" in console.export_text()

@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
     demo.add_argument("--config", help="TOML configuration file")
     demo.add_argument("--no-view", action="store_true", help="no live view, summary only")
+    demo.add_argument(
+        "--zones",
+        type=int,
+        default=0,
+        help="run N engines (one per zone) and a federating mirror, and watch the mirror",
+    )
     demo.set_defaults(func=_lazy("shm_engine.ops.demo.cli", "cmd_demo"))
 
     ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
