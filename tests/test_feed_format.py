@@ -27,11 +27,12 @@ def test_a_score_frame_round_trips_with_the_documented_sizes():
     idents = np.zeros(1, ff.IDENT_DTYPE)
     idents[0] = (3, 1, 2, b"node-3", b"eu")
     data = ff.encode_score_frame(**_kw(), rows=rows, idents=idents)
-    # 288-byte header, 72 bytes a row, 112 an identity.
-    assert len(data) == 288 + 2 * 72 + 1 * 112
+    # 296-byte header, 72 bytes a row, 112 an identity.
+    assert len(data) == 296 + 2 * 72 + 1 * 112
     fr = ff.decode_score_frame(data)
     assert not isinstance(fr, str)
     assert (fr.stream, fr.seq, fr.epoch, fr.engine, fr.feedback_port) == (7, 3, 11, "eu-1", 7712)
+    assert fr.engine_run == 42
     assert fr.rows["slot"].tolist() == [3, 5] and fr.rows["score"].tolist() == [0.5, 0.25]
     assert fr.idents[0]["node"] == b"node-3" and fr.idents[0]["zone"] == b"eu"
     assert fr.weights[:7] == (0.1,) * 7 and fr.counts[:5] == (2, 0, 0, 0, 0)
@@ -57,6 +58,7 @@ def _kw():
         weights=[0.1] * 7,
         counts=[2, 0, 0, 0, 0],
         engine="eu-1",
+        engine_run=42,
     )
 
 
@@ -77,7 +79,7 @@ def _patch(data: bytes, fmt: str, offset: int, value) -> bytes:
         (lambda d: d + b"\0", "length"),
         (lambda d: _patch(d, "<I", 56, 0), "capacity"),  # capacity 0
         (lambda d: _patch(d, "<I", 60, 99), "capacity"),  # slot_hwm > capacity
-        (lambda d: _patch(d, "<I", 288, 8), "slot"),  # first row's slot = slot_hwm
+        (lambda d: _patch(d, "<I", 296, 8), "slot"),  # first row's slot = slot_hwm
         (lambda d: _patch(d, "<d", 48, float("nan")), "value"),  # pressure
     ],
 )

@@ -85,17 +85,38 @@ def test_a_dropped_frame_is_a_gap_repaired_by_a_full_frame(rig_of):
     assert compare(eng.name, m.name) == []
 
 
-def test_a_restarted_engine_is_a_new_stream(rig_of):
+def test_a_restarted_engine_registers_every_node_anew(rig_of):
+    rig = rig_of()
+    eng, m = rig.engines[0], rig.mirror
+    _beat(eng, 0)
+    rig.step()
+    node = f"{eng.name[-6:]}-n01"
+    with ScoreReader.attach(m.name) as r:
+        c = r.claim(node)
+        gen = int(m.reg.slot_gen[eng.registry.get(node.encode())])
+        rig.pubs[0].engine_run ^= 1  # what a new segment of the engine gives
+        rig.pubs[0].full_pending = True
+        _beat(eng, 1)
+        assert rig.step() == ["applied"]
+        assert int(m.reg.slot_gen[eng.registry.get(node.encode())]) == gen + 2
+        assert compare(eng.name, m.name) == []
+        assert c.release(ok=True) is False  # made on the old run's registration
+
+
+def test_a_restarted_feed_child_is_a_new_stream(rig_of):
     rig = rig_of()
     eng = rig.engines[0]
     _beat(eng, 0)
     rig.step()
+    gens = rig.mirror.reg.slot_gen.copy()
     old = rig.pubs[0]
     rig.pubs[0] = type(old)(eng.views, full_every=1000)  # a new feed child
     _beat(eng, 1)
     # A new stream's first frame is full: applied at once, no request needed.
     assert rig.step() == ["applied"]
     assert read_mirror_status(rig.mirror.name)["zones"][0]["snapshots"] == 2
+    # The same engine run: its registrations (and claims on them) carry on.
+    assert np.array_equal(rig.mirror.reg.slot_gen, gens)
     assert compare(eng.name, rig.mirror.name) == []
 
 

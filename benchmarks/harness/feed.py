@@ -60,6 +60,7 @@ def run(n: int, ticks: int, log) -> dict:
     from shm_engine.core.registry import NodeRegistry
     from shm_engine.core.rows import column_addresses, write_rows
     from shm_engine.core.segment import Segment
+    from shm_engine.feed import format as ff
     from shm_engine.feed.publisher import feed_main
     from shm_engine.ops.engine_process import free_port
     from shm_engine.tick.ticker import Ticker
@@ -161,7 +162,7 @@ def run(n: int, ticks: int, log) -> dict:
                 "frames": frames,
                 "full_frames": int(h.feed_full_frames[0]) - full0,
                 "bytes_per_tick": (int(h.feed_bytes[0]) - b0) / max(frames, 1),
-                "delta_frame_bytes": 288 + 72 * k,
+                "delta_frame_bytes": ff.SCORE_HEADER.size + ff.ROW_DTYPE.itemsize * k,
                 "mirror_cpu_us_per_tick": (_cpu_s(mirror.pid) - cpu_m0) * 1e6 / max(m_epochs, 1),
                 "feed_cpu_us_per_tick": (_cpu_s(feed.pid) - cpu_f0) * 1e6 / max(frames, 1),
             }

@@ -65,9 +65,10 @@ MAX_CAPACITY = 1 << 24
 
 #: magic, version, kind, stream, seq, epoch, tick_wall, sent_wall, pressure,
 #: capacity, slot_hwm, n_ranked, live, registered, ejected, n_rows, n_idents,
-#: tick_interval_ms, feedback_port, reserved, weights[8], counts[8], engine name.
-SCORE_HEADER = struct.Struct(f"<4sHHQQQddd9IHH8d8q{NAME_BYTES}s")
-assert SCORE_HEADER.size == 288
+#: tick_interval_ms, feedback_port, reserved, weights[8], counts[8], engine name,
+#: engine run.
+SCORE_HEADER = struct.Struct(f"<4sHHQQQddd9IHH8d8q{NAME_BYTES}sQ")
+assert SCORE_HEADER.size == 296
 
 ROW_DTYPE = np.dtype(
     {
@@ -132,6 +133,7 @@ class ScoreFrame(NamedTuple):
     weights: tuple
     counts: tuple
     engine: str
+    engine_run: int  # the engine's run (its segment's creation): a restart changes it
     rows: np.ndarray  # ROW_DTYPE
     idents: np.ndarray  # IDENT_DTYPE
     nbytes: int
@@ -166,6 +168,7 @@ def encode_score_frame(
     weights,
     counts,
     engine: str,
+    engine_run: int,
     rows: np.ndarray,
     idents: np.ndarray,
 ) -> bytes:
@@ -196,6 +199,7 @@ def encode_score_frame(
         *(w + [0.0] * (8 - len(w))),
         *(c + [0] * (8 - len(c))),
         engine.encode("utf-8")[: NAME_BYTES - 1],
+        engine_run,
     )
     return b"".join((head, rows.tobytes(), idents.tobytes()))
 
@@ -217,7 +221,7 @@ def decode_score_frame(msg) -> ScoreFrame | str:
     stream, seq, epoch, tick_wall, sent_wall, pressure = f[3:9]
     capacity, hwm, n_ranked, live, registered, ejected, n_rows, n_idents, tick_ms = f[9:18]
     feedback_port = f[18]
-    weights, counts, name = f[20:28], f[28:36], f[36]
+    weights, counts, name, engine_run = f[20:28], f[28:36], f[36], f[37]
     if not 1 <= capacity <= MAX_CAPACITY or hwm > capacity:
         return "capacity"
     if n != SCORE_HEADER.size + n_rows * ROW_DTYPE.itemsize + n_idents * IDENT_DTYPE.itemsize:
@@ -249,6 +253,7 @@ def decode_score_frame(msg) -> ScoreFrame | str:
         weights,
         counts,
         name.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        engine_run,
         rows,
         idents,
         n,

@@ -178,6 +178,7 @@ class Upstream:
     base: int
     span: int
     stream: int = 0
+    engine_run: int = 0
     seq: int = 0
     synced: bool = False  # a full frame of the current stream was applied
     hwm: int = 0  # upstream slot_hwm (capped at span)
@@ -322,6 +323,11 @@ class Mirror:
         up.seq = fr.seq
         if fr.kind != ff.KIND_FULL and not up.synced:
             return result if result == "gap" else "ignored"
+        if fr.engine_run != up.engine_run:
+            # Another run of the engine: its registrations are new ones even
+            # where slot and generation repeat, so none is carried over.
+            self.ident_up_gen[up.base : up.base + up.span] = _NONE
+            up.engine_run = fr.engine_run
         if not up.zone:
             up.zone = fr.engine
             mv.write_up_str("zone", i, up.zone)

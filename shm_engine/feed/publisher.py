@@ -95,7 +95,12 @@ class FeedPublisher:
         self.feedback_port = feedback_port
         self.stream = stream if stream is not None else int.from_bytes(os.urandom(8), "little")
         self.seq = 0
-        self.engine = views.header.read_str("name")
+        h = views.header
+        self.engine = h.read_str("name")
+        # Tells a restarted engine (a new segment) from a restarted feed child.
+        self.engine_run = (int(h.creator_start[0]) << 32 ^ int(h.creator_pid[0])) ^ int(
+            np.float64(h.created_wall[0]).view(np.uint64)
+        )
         self._seq_mv = views.header.latch_seq.data
         # Float columns as u8 bit patterns, [column, slot]: cur is filled by
         # capture, last holds what the previous frame described; swapped.
@@ -226,6 +231,7 @@ class FeedPublisher:
             weights=weights,
             counts=counts,
             engine=self.engine,
+            engine_run=self.engine_run,
             rows=rows,
             idents=idents,
         )
