@@ -229,3 +229,93 @@ def test_dropped_frames_are_detected_and_repaired(tmp_path, shm_names, reap, pus
         proc.terminate()
         proc.join(20)
         eng.stop()
+
+
+def test_curve_feed_and_a_restarted_feed_child(tmp_path, shm_names, reap, pusher):
+    import os
+    import signal
+
+    import zmq.auth
+
+    from shm_engine.feed.mirror import CurveClient
+    from shm_engine.ops.keys import make_keys
+
+    server_pub, server_sec = make_keys(str(tmp_path / "server"), "feed")
+    client_pub, client_sec = make_keys(str(tmp_path / "mirrors"), "mirror-1")
+    name, mname = shm_names(), shm_names()
+    feed_port, back_port = free_port(), free_port()
+    cfg = write_config(
+        tmp_path / "curve.toml",
+        "*",
+        tick_ms=TICK_MS,
+        extra=feed_extra(feed_port, back_port)
+        + f'\n[feed.curve]\nserver_secret_key_file = "{server_sec}"\n'
+        f'authorized_keys_dir = "{tmp_path / "mirrors"}"\n',
+        engine_extra="warm_spares = false",
+    )
+    eng = Engine(name, cfg, tmp_path, reap)
+    endpoint = eng.wait_ready(START_TIMEOUT_S)["ingest_endpoint"]
+    s_pub, _ = zmq.auth.load_certificate(server_pub)
+    c_pub, c_sec = zmq.auth.load_certificate(client_sec)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(
+        target=mirror_main,
+        args=(mname, [("eu", f"tcp://127.0.0.1:{feed_port}")], 0, 0.5, ready),
+        kwargs={"curve": CurveClient(s_pub, c_pub, c_sec)},
+    )
+    proc.start()
+    reap(proc)
+    # A subscriber with a key the feed does not know.
+    zctx = zmq.Context()
+    stranger = zctx.socket(zmq.SUB)
+    stranger.setsockopt(zmq.LINGER, 0)
+    o_pub, o_sec = zmq.curve_keypair()
+    stranger.curve_serverkey, stranger.curve_publickey, stranger.curve_secretkey = (
+        s_pub,
+        o_pub,
+        o_sec,
+    )
+    stranger.setsockopt(zmq.SUBSCRIBE, b"")
+    stranger.connect(f"tcp://127.0.0.1:{feed_port}")
+    k = [0]
+
+    def beat():
+        k[0] += 1
+        pusher(endpoint, beat_frame("eu", NODES, k[0]))
+        return True
+
+    try:
+        wait_until(lambda: beat() and ready.is_set(), START_TIMEOUT_S, "mirror ready", period=0.05)
+        wait_until(lambda: beat() and _aligned(name, mname, 0), 20, "exact over CURVE", period=0.03)
+        frames = read_mirror_status(mname)["zones"][0]["frames"]
+        wait_until(
+            lambda: beat() and read_mirror_status(mname)["zones"][0]["frames"] >= frames + 10,
+            10,
+            "ten more frames",
+            period=0.03,
+        )
+        assert stranger.poll(0) == 0  # the unknown key got none of them
+        # The feed child dies: the supervisor restarts it, a new stream; resync.
+        st = eng.status()
+        old_pid, snaps = st["feed"]["pid"], read_mirror_status(mname)["zones"][0]["snapshots"]
+        os.kill(old_pid, signal.SIGKILL)
+        wait_until(
+            lambda: beat() and eng.status()["feed"]["restarts"] >= 1,
+            30,
+            "the feed child restarted",
+            period=0.05,
+        )
+        wait_until(
+            lambda: beat() and read_mirror_status(mname)["zones"][0]["snapshots"] > snaps,
+            30,
+            "a full frame of the new stream",
+            period=0.03,
+        )
+        wait_until(lambda: beat() and _aligned(name, mname, 0), 20, "exact again", period=0.03)
+    finally:
+        stranger.close(0)
+        zctx.term()
+        proc.terminate()
+        proc.join(20)
+        eng.stop()

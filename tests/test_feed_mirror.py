@@ -246,3 +246,22 @@ def test_top_shows_a_mirrors_zones(rig_of):
     console = Console(record=True, width=160)
     console.print(render(vs))
     assert "zone us: fresh, 4 nodes" in console.export_text()
+
+
+def test_a_mirror_whose_upstream_went_silent_reads_stale(rig_of):
+    from shm_engine.ops.status import read_status
+
+    rig = rig_of()
+    m = rig.mirror
+    _beat(rig.engines[0], 0)
+    silent_since = time.monotonic() - 1.5  # the last frame came 1.5 s ago
+    rig.step(now=silent_since)
+    m.check_fresh(time.monotonic())
+    m.publish(time.monotonic())  # the zone leaves the ranking ...
+    with ScoreReader.attach(m.name) as r:
+        # ... but the epoch keeps the time of the newest frame: never fresh-looking.
+        assert r.is_stale(1.0) and not r.is_stale(5.0)
+        assert r.top(5) == [] and r.pick() is None
+    st = read_status(m.name)
+    assert st["last_tick_age_s"] >= 1.5
+    assert st["mirror"]["zones"][0]["state"] == "stale"

@@ -133,11 +133,13 @@ def beat_frame(zone: str, nodes: int, k: int) -> bytes:
     )
 
 
-def mirror_main(name: str, endpoints, drop_every: int, stale_after_s: float, ready) -> None:
+def mirror_main(
+    name: str, endpoints, drop_every: int, stale_after_s: float, ready, curve=None
+) -> None:
     """A mirror process (``spawn`` target) whose ``drop_frame`` hook drops
     every ``drop_every``-th delta frame of upstream 0 (0: none), as a slow
     subscriber's high-water mark would; sets ``ready`` after its first
-    publish and runs until SIGTERM."""
+    publish and runs until SIGTERM.  ``curve``: a `mirror.CurveClient`."""
     import signal as _signal
 
     from shm_engine.feed import mirror as mirror_mod
@@ -152,7 +154,7 @@ def mirror_main(name: str, endpoints, drop_every: int, stale_after_s: float, rea
         name, endpoints, capacity=64 * len(endpoints), stale_after_s=stale_after_s, drop_frame=drop
     )
     try:
-        mirror_mod.run(m, lambda: stop["now"], on_ready=ready.set)
+        mirror_mod.run(m, lambda: stop["now"], curve, on_ready=ready.set)
     finally:
         m.close()
 
