@@ -19,6 +19,11 @@ Invariants:
 - A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the ingest cannot bind) is
   not restarted: the engine shuts down and ``run`` returns 1.
 
+With ``[feed] bind`` a third child, the feed (`shm_engine.feed.publisher`),
+follows the latch and publishes every epoch to mirrors on other hosts; it is
+supervised like the other two (restarts, watchdog, warm spare) and only reads
+the scores (it writes its header words, and the claims of mirrors' leases).
+
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
 `STABLE_AFTER_S` before dying starts again from the minimum.
