@@ -129,7 +129,11 @@ def main(argv=None) -> int:
     res["freshness"] = (
         None if "freshness" in skip else freshness.run(10_000, 4.0 if args.quick else 30.0, log)
     )
-    res["feed"] = None if "feed" in skip else feed.run(10_000, 40 if args.quick else 200, log)
+    res["feed"] = (
+        None
+        if "feed" in skip
+        else feed.run(1_000 if args.quick else 10_000, 30 if args.quick else 200, log)
+    )
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)
     res["plot"] = scaling.plot(rows, out_dir / "tick_scaling.png")

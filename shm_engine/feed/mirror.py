@@ -876,7 +876,9 @@ def cmd_mirror(args) -> int:
     def on_signal(signum, _frame):
         stop["sig"] = signum
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # A hangup (the terminal went away) stops it cleanly too: segments unlinked.
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    old = {s: signal.signal(s, on_signal) for s in stops}
     try:
         mirror = Mirror(
             args.name,

@@ -70,7 +70,6 @@ FINE_WINDOW_S = 0.002  # poll finely from this long before the next tick is due
 MAX_COARSE_MS = 50  # longest sleep between two checks of stop and the latch
 LAG_WINDOW = 1024  # frames the lag percentiles are taken over
 EXPIRE_EVERY_S = 0.1
-_U64 = np.uint64
 _ZERO = np.uint64(0)
 _32 = np.uint64(32)
 
@@ -119,6 +118,7 @@ class FeedPublisher:
         self._ident_meta = np.zeros(cap, np.uint64)
         self._since_full = 0
         self.full_pending = True  # the first frame of a stream is full
+        self.last_was_full = False
 
     # ------------------------------------------------------------ capture --
     def _copy(self, b: int):
@@ -203,6 +203,7 @@ class FeedPublisher:
             rows_at = np.flatnonzero(changed)
             idents = self._ident[moved]
             self._since_full += 1
+        self.last_was_full = bool(full)
         rows = np.empty(len(rows_at), ff.ROW_DTYPE)
         rows["slot"] = rows_at
         rows["state"] = self._cur_state[rows_at]
@@ -578,7 +579,7 @@ def _run(publisher: FeedPublisher, sink, pub, pull, zap, h, should_stop) -> None
                 h.feed_frames[0] += 1
                 h.feed_bytes[0] += len(data)
                 h.feed_epoch[0] = got
-                if publisher.seq == 1 or publisher._since_full == 0:
+                if publisher.last_was_full:
                     h.feed_full_frames[0] += 1
                 tick_wall, tick_mono = publisher._meta[1], publisher._meta[2]
                 # The next tick starts about one interval after this one did
