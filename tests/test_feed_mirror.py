@@ -265,3 +265,20 @@ def test_a_mirror_whose_upstream_went_silent_reads_stale(rig_of):
     st = read_status(m.name)
     assert st["last_tick_age_s"] >= 1.5
     assert st["mirror"]["zones"][0]["state"] == "stale"
+
+
+def test_metrics_export_a_mirrors_zones(rig_of):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shm_engine.ops.metrics import EngineCollector
+
+    rig = rig_of(zones=("eu", "us"), capacity=16)
+    for eng in rig.engines:
+        _beat(eng, 0, nodes=3)
+    rig.step()
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(rig.mirror.name))
+    text = generate_latest(registry).decode()
+    assert f'shm_engine_mirror_zone_fresh{{engine="{rig.mirror.name}",zone="us"}} 1.0' in text
+    assert "shm_engine_mirror_zone_gaps_total" in text
