@@ -103,3 +103,23 @@ def test_feedback_frames_round_trip_and_refuse_slots_beyond_the_engine():
     inf[0]["count"] = 1 << 32
     big = ff.encode_feedback(flags=0, mirror=9, stream=7, seq=3, in_flight=inf, outcomes=out)
     assert ff.decode_feedback(big, capacity=16) == "count"
+
+
+def test_rows_packed_by_columns_are_the_documented_records():
+    rng = np.random.default_rng(2)
+    k = 37
+    slots = rng.integers(0, 2**32, k, dtype=np.uint64).astype(np.int64)
+    states = rng.integers(0, 256, k).astype(np.uint8)
+    gens = rng.integers(0, 2**63, k, dtype=np.uint64)
+    floats = rng.normal(size=(7, k))
+    rows = ff.pack_rows(slots, states, gens, floats)
+    assert rows.dtype == ff.ROW_DTYPE and rows.shape == (k,)
+    assert rows["slot"].tolist() == slots.tolist() and rows["state"].tolist() == states.tolist()
+    assert rows["gen"].tolist() == gens.tolist()
+    for i, col in enumerate(ff.ROW_FLOATS):
+        assert rows[col].tolist() == floats[i].tolist()
+    back = ff.unpack_rows(rows)
+    assert back[0].tolist() == slots.tolist() and back[1].tolist() == states.tolist()
+    assert back[2].tolist() == gens.tolist() and np.array_equal(back[3], floats)
+    empty = ff.pack_rows(slots[:0], states[:0], gens[:0], floats[:, :0])
+    assert empty.shape == (0,) and ff.unpack_rows(empty)[3].shape == (7, 0)

@@ -93,6 +93,32 @@ ROW_DTYPE = np.dtype(
 #: is the heartbeat table's worker count).
 ROW_FLOATS = ("score", "raw", "wait", "qema", "liveness", "rif", "slots")
 
+_ROW_WORDS = ROW_DTYPE.itemsize // 8  # 9: [slot | state << 32, gen, the 7 floats]
+
+
+def pack_rows(slots: np.ndarray, states: np.ndarray, gens: np.ndarray, floats) -> np.ndarray:
+    """Rows of ``slots`` (with their ``states``, ``gens`` and the 7 float
+    columns of `ROW_FLOATS` as arrays or bit patterns, one per column), built
+    column by column (a structured array field is strided: a row's nine
+    8-byte words are filled as nine contiguous columns, then transposed)."""
+    k = len(slots)
+    words = np.empty((_ROW_WORDS, k), np.uint64)
+    words[0] = slots.astype(np.uint64) | (states.astype(np.uint64) << np.uint64(32))
+    words[1] = gens
+    for i, col in enumerate(floats):
+        words[2 + i] = col.view(np.uint64) if col.dtype != np.uint64 else col
+    return np.ascontiguousarray(words.T).view(ROW_DTYPE).reshape(k)
+
+
+def unpack_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(slots i8, states u1, gens u8, floats f8[7, k]) of contiguous ``rows``,
+    the inverse of `pack_rows` (columns contiguous, whatever the count)."""
+    words = np.ascontiguousarray(rows.view(np.uint64).reshape(len(rows), _ROW_WORDS).T)
+    slots = (words[0] & np.uint64(0xFFFF_FFFF)).astype(np.int64)
+    states = ((words[0] >> np.uint64(32)) & np.uint64(0xFF)).astype(np.uint8)
+    return slots, states, words[1], words[2:].view(np.float64)
+
+
 IDENT_DTYPE = np.dtype(
     {
         "names": ["slot", "registered", "gen", "node", "zone"],

@@ -355,15 +355,18 @@ class Mirror:
         self.publishes_pending = True
         return "applied"
 
-    def _local(self, up: Upstream, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of upstream ``slots`` within the span, their mirror slots)."""
+    def _local(self, up: Upstream, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ``records`` of upstream slots within the span, their mirror
+        slots); the others are counted as overflow."""
+        slots = records["slot"].astype(np.int64)
         inside = slots < up.span
-        if not inside.all():
-            self.mv.up.overflow[up.index] += int((~inside).sum())
-        return inside, slots[inside].astype(np.int64) + up.base
+        if inside.all():  # the rule: no copy of the records
+            return records, slots + up.base
+        self.mv.up.overflow[up.index] += int((~inside).sum())
+        return records[inside], slots[inside] + up.base
 
     def _apply_full(self, up: Upstream, fr: ff.ScoreFrame) -> None:
-        inside, m = self._local(up, fr.idents["slot"])
+        _idents, m = self._local(up, fr.idents)
         listed = np.zeros(up.span, bool)
         listed[m - up.base] = True
         reg = self.reg.registered[up.base : up.base + up.span]
@@ -380,11 +383,11 @@ class Mirror:
     def _apply_idents(self, up: Upstream, idents: np.ndarray) -> None:
         if not len(idents):
             return
-        inside, mslots = self._local(up, idents["slot"])
+        idents, mslots = self._local(up, idents)
         reg = self.reg
         label = up.zone.encode("utf-8")[: ZONE_BYTES - 1]
         changed = False
-        for rec, m in zip(idents[inside], mslots.tolist(), strict=True):
+        for rec, m in zip(idents, mslots.tolist(), strict=True):
             g = np.uint64(rec["gen"])
             if not rec["registered"]:
                 if reg.registered[m]:
@@ -436,18 +439,18 @@ class Mirror:
     def _apply_rows(self, up: Upstream, rows: np.ndarray) -> None:
         if not len(rows):
             return
-        inside, m = self._local(up, rows["slot"])
-        r = rows[inside]
-        for c in _FLOATS:
-            self.cols[c][m] = r[c]
-        self.state[m] = r["state"]
-        self.row_up_gen[m] = r["gen"]
-        match = (self.row_up_gen[m] == self.ident_up_gen[m]) & (self.reg.registered[m] != 0)
-        self.gen_pub[m] = np.where(match, self.reg.slot_gen[m], 0)
-        self.views.table.slots[m] = r["slots"]
+        r, m = self._local(up, rows)
+        _slots, states, gens, floats = ff.unpack_rows(r)
+        for i, c in enumerate(_FLOATS):
+            self.cols[c][m] = floats[i]
+        self.views.table.slots[m] = floats[len(_FLOATS)]
+        self.state[m] = states
+        self.row_up_gen[m] = gens
+        match = (gens == self.ident_up_gen[m]) & (self.reg.registered[m] != 0)
+        self.gen_pub[m] = np.where(match, self.reg.slot_gen[m], np.uint64(0))
         self._dirty[m] = True
         h = self.views.header
-        top = int(m.max()) + 1 if len(m) else 0
+        top = int(m.max()) + 1
         if top > int(h.slot_hwm[0]):
             h.slot_hwm[0] = top
 

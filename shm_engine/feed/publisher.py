@@ -204,12 +204,12 @@ class FeedPublisher:
             idents = self._ident[moved]
             self._since_full += 1
         self.last_was_full = bool(full)
-        rows = np.empty(len(rows_at), ff.ROW_DTYPE)
-        rows["slot"] = rows_at
-        rows["state"] = self._cur_state[rows_at]
-        rows["gen"] = self._cur_gen[rows_at]
-        for i, col in enumerate(ff.ROW_FLOATS):
-            rows[col] = self._cur[i, rows_at].view(np.float64)
+        rows = ff.pack_rows(
+            rows_at,
+            self._cur_state[rows_at],
+            self._cur_gen[rows_at],
+            self._cur[:, rows_at],
+        )
         self.seq += 1
         (epoch, tick_wall, _mono, pressure, n_ranked, live, registered, ejected) = self._meta[:8]
         weights, counts = self._meta[8:]
