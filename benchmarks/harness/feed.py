@@ -61,6 +61,7 @@ def run(n: int, ticks: int, log) -> dict:
     from shm_engine.core.rows import column_addresses, write_rows
     from shm_engine.core.segment import Segment
     from shm_engine.feed import format as ff
+    from shm_engine.feed.mirror import read_mirror_status
     from shm_engine.feed.publisher import feed_main
     from shm_engine.ops.engine_process import free_port
     from shm_engine.tick.ticker import Ticker
@@ -153,6 +154,7 @@ def run(n: int, ticks: int, log) -> dict:
                 next_at += TICK_S
                 time.sleep(max(0.0, next_at - time.monotonic()))
             frames = int(h.feed_frames[0]) - f0
+            zone = read_mirror_status(mname)["zones"][0]
             m_epochs = (mlatch[0] >> 1) - m_epochs0
             phase = {
                 "fraction": frac,
@@ -165,6 +167,9 @@ def run(n: int, ticks: int, log) -> dict:
                 "delta_frame_bytes": ff.SCORE_HEADER.size + ff.ROW_DTYPE.itemsize * k,
                 "mirror_cpu_us_per_tick": (_cpu_s(mirror.pid) - cpu_m0) * 1e6 / max(m_epochs, 1),
                 "feed_cpu_us_per_tick": (_cpu_s(feed.pid) - cpu_f0) * 1e6 / max(frames, 1),
+                "mirror_gaps_total": zone["gaps"],
+                "mirror_snapshots_total": zone["snapshots"],
+                "snapshot_requests_total": int(h.feed_snapshot_requests[0]),
             }
             out["phases"].append(phase)
             lag = phase["lag_ms"]
@@ -174,7 +179,9 @@ def run(n: int, ticks: int, log) -> dict:
                 f"{lag['p99'] if lag else float('nan'):.3f} ms; "
                 f"{phase['bytes_per_tick']:,.0f} B/tick; mirror "
                 f"{phase['mirror_cpu_us_per_tick']:,.0f} us/tick, feed child "
-                f"{phase['feed_cpu_us_per_tick']:,.0f} us/tick"
+                f"{phase['feed_cpu_us_per_tick']:,.0f} us/tick; {phase['full_frames']} full "
+                f"frames, mirror gaps {zone['gaps']}, snapshots {zone['snapshots']}, "
+                f"requests {phase['snapshot_requests_total']}"
             )
         return out
     finally:

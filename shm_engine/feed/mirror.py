@@ -693,7 +693,7 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
         for up in mirror.ups:
             s = ctx.socket(zmq.SUB)
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, 1000)
+            s.setsockopt(zmq.RCVHWM, 100)  # a backlog beyond is a gap: a full frame repairs it
             _curve(s, curve)
             s.setsockopt(zmq.SUBSCRIBE, b"")
             s.connect(up.endpoint)

@@ -70,6 +70,7 @@ FINE_WINDOW_S = 0.002  # poll finely from this long before the next tick is due
 MAX_COARSE_MS = 50  # longest sleep between two checks of stop and the latch
 LAG_WINDOW = 1024  # frames the lag percentiles are taken over
 EXPIRE_EVERY_S = 0.1
+SNDHWM_FRAMES = 100  # frames queued per subscriber (5 s of ticks at 50 ms)
 _ZERO = np.uint64(0)
 _32 = np.uint64(32)
 
@@ -489,6 +490,9 @@ def feed_main(name: str, config: Config, parent_pid: int) -> int:
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    # A slow mirror holds at most this many frames here; beyond, its frames
+    # are dropped, it sees the gap and takes a full frame.
+    pub.setsockopt(zmq.SNDHWM, SNDHWM_FRAMES)
     pull = ctx.socket(zmq.PULL) if claims_seg is not None else None
     if pull is not None:
         pull.setsockopt(zmq.LINGER, 0)
