@@ -282,3 +282,18 @@ def test_metrics_export_a_mirrors_zones(rig_of):
     text = generate_latest(registry).decode()
     assert f'shm_engine_mirror_zone_fresh{{engine="{rig.mirror.name}",zone="us"}} 1.0' in text
     assert "shm_engine_mirror_zone_gaps_total" in text
+
+
+def test_the_publishers_rows_are_the_documented_records(rig_of):
+    rig = rig_of()
+    eng = rig.engines[0]
+    _beat(eng, 0)
+    fr = rig.frame(0)
+    buf = eng.views.buffers[fr.epoch & 1].views
+    s = fr.rows["slot"].astype(np.int64)
+    assert s.tolist() == list(range(12))
+    for col in ff.ROW_FLOATS[:-1]:
+        assert fr.rows[col].tolist() == buf[col][s].tolist()
+    assert fr.rows["slots"].tolist() == eng.views.table.slots[s].tolist()
+    assert fr.rows["state"].tolist() == buf["state"][s].tolist()
+    assert fr.rows["gen"].tolist() == buf["gen"][s].tolist()

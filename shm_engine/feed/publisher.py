@@ -205,12 +205,9 @@ class FeedPublisher:
             idents = self._ident[moved]
             self._since_full += 1
         self.last_was_full = bool(full)
-        rows = ff.pack_rows(
-            rows_at,
-            self._cur_state[rows_at],
-            self._cur_gen[rows_at],
-            self._cur[:, rows_at],
-        )
+        words = np.empty((len(rows_at), ff.ROW_DTYPE.itemsize // 8), np.uint64)
+        _pack_words(rows_at, self._cur_state, self._cur_gen, self._cur, words)
+        rows = words.view(ff.ROW_DTYPE).reshape(len(rows_at))
         self.seq += 1
         (epoch, tick_wall, _mono, pressure, n_ranked, live, registered, ejected) = self._meta[:8]
         weights, counts = self._meta[8:]
@@ -242,6 +239,20 @@ class FeedPublisher:
         np.copyto(self._last_state[:hwm], self._cur_state[:hwm])
         np.copyto(self._last_gen[:hwm], self._cur_gen[:hwm])
         return data
+
+
+@njit(cache=True)
+def _pack_words(at, state, gen, cur, out):
+    """Rows of slots ``at`` as `format.ROW_DTYPE` words into ``out`` [k, 9]
+    (what `format.pack_rows` builds, without its transpose): ``slot | state
+    << 32``, ``gen``, then the float columns' bits ``cur[:, slot]``."""
+    n_floats = cur.shape[0]
+    for j in range(at.shape[0]):
+        s = at[j]
+        out[j, 0] = np.uint64(s) | (np.uint64(state[s]) << np.uint64(32))
+        out[j, 1] = gen[s]
+        for i in range(n_floats):
+            out[j, 2 + i] = cur[i, s]
 
 
 _ID_ATTEMPTS = 100
@@ -429,6 +440,8 @@ def warm_up() -> None:
     _set_in_flight(v.in_flight[0], gens, i8, u8, u8)
     _clear(v.in_flight[0], i8)
     _record(v.outcomes.reshape(-1), gens, i8, u8, i8, i8, 0)
+    cur = np.zeros((len(ff.ROW_FLOATS), 2), np.uint64)
+    _pack_words(i8, np.zeros(2, np.uint8), gens, cur, np.zeros((1, 9), np.uint64))
 
 
 def _curve_server(ctx: zmq.Context, sockets, config: Config):
