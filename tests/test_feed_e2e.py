@@ -125,7 +125,11 @@ def test_three_zones_through_a_federating_mirror(tmp_path, shm_names, reap, push
                 "the claim upstream",
                 period=0.02,
             )
-            assert engines[1].status()["feed"]["feedback"]["mirrors"] == 1
+            wait_until(
+                lambda: engines[1].status()["feed"]["feedback"]["mirrors"] == 1,
+                5,
+                "one mirror holding a lease upstream",
+            )
             with ScoreReader.attach(names[1]) as up:
                 wait_until(
                     lambda: beat() and up.feedback("us-n2").in_flight == 1,

@@ -366,9 +366,9 @@ class Mirror:
         return records[inside], slots[inside] + up.base
 
     def _apply_full(self, up: Upstream, fr: ff.ScoreFrame) -> None:
-        _idents, m = self._local(up, fr.idents)
         listed = np.zeros(up.span, bool)
-        listed[m - up.base] = True
+        at = fr.idents["slot"].astype(np.int64)
+        listed[at[at < up.span]] = True  # (overflow is counted by _apply_idents)
         reg = self.reg.registered[up.base : up.base + up.span]
         for s in np.flatnonzero((reg != 0) & ~listed).tolist():
             self._free(up.base + s)

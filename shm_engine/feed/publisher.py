@@ -659,3 +659,4 @@ def _feedback(pull, sink, h) -> None:
             continue
         if sink.apply(fr, time.monotonic()):
             h.feedback_frames[0] += 1
+            h.feedback_mirrors[0] = len(sink.mirrors)
