@@ -249,7 +249,7 @@ def test_top_shows_a_mirrors_zones(rig_of):
 
 
 def test_a_mirror_whose_upstream_went_silent_reads_stale(rig_of):
-    from shm_engine.ops.status import read_status
+    from shm_engine.ops.status import read_status, render
 
     rig = rig_of()
     m = rig.mirror
@@ -265,6 +265,9 @@ def test_a_mirror_whose_upstream_went_silent_reads_stale(rig_of):
     st = read_status(m.name)
     assert st["last_tick_age_s"] >= 1.5
     assert st["mirror"]["zones"][0]["state"] == "stale"
+    assert st["feed"] is None  # a mirror runs no feed of its own
+    line = [x for x in render(st).splitlines() if x.startswith("zone")]
+    assert len(line) == 1 and " STALE from tcp://127.0.0.1:7000: 12 nodes" in line[0]
 
 
 def test_metrics_export_a_mirrors_zones(rig_of):

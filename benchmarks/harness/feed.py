@@ -10,8 +10,10 @@ phases) gets a heartbeat with another CPU load: only their score moves (queue
 its heartbeat), so exactly that fraction of the rows changes; the whole fleet is re-sent
 with the same values every second, so no node ages into suspicion.
 
-- Lag: from this process's ``write_end`` of an epoch to the mirror's latch
-  showing the matching epoch, seen by spinning on the mirror's latch here.
+- Lag: from the tick's wall-clock stamp (set just before its ``write_end``)
+  of an epoch to the mirror's
+  publish of that epoch (the mirror segment's per-zone ``epoch``, written
+  right after the mirror's ``write_end``), polled every 50 us here.
 - Bytes per tick: the feed child's ``feed_bytes`` over its frames in the
   phase (full frames every ``full_every`` included), and the size of a delta
   frame alone (header + changed rows).
@@ -61,7 +63,7 @@ def run(n: int, ticks: int, log) -> dict:
     from shm_engine.core.rows import column_addresses, write_rows
     from shm_engine.core.segment import Segment
     from shm_engine.feed import format as ff
-    from shm_engine.feed.mirror import read_mirror_status
+    from shm_engine.feed.mirror import MirrorSegment, read_mirror_status
     from shm_engine.feed.publisher import feed_main
     from shm_engine.ops.engine_process import free_port
     from shm_engine.tick.ticker import Ticker
@@ -85,7 +87,7 @@ def run(n: int, ticks: int, log) -> dict:
     ctx = mp.get_context("spawn")
     procs: list = []
     stop = ctx.Event()
-    mseg = None
+    mseg = zseg = None
     try:
         reg = NodeRegistry(views)
         rng = np.random.default_rng(17)
@@ -122,8 +124,12 @@ def run(n: int, ticks: int, log) -> dict:
             ticker.tick(time.monotonic())
             next_at += TICK_S
             time.sleep(max(0.0, next_at - time.monotonic()))
+        refreshed = time.monotonic()
+        beat(np.arange(n))
         mseg = Segment.attach(mname, readonly=True)
         mlatch = mseg.views.header.latch_seq.data
+        zseg = MirrorSegment.attach(mname)
+        up_epoch = zseg.views.up.epoch  # the engine epoch the mirror's latest publish shows
         h = views.header
         out: dict = {"nodes": n, "ticks": ticks, "phases": []}
         for frac in FRACTIONS:
@@ -138,19 +144,24 @@ def run(n: int, ticks: int, log) -> dict:
                 rec["cpu"][sel] = rng.uniform(0.05, 0.6, len(sel))
                 # Every node's age stays below suspect_after_s: a refresh
                 # of the fleet every second (same values: no score moves).
-                beat(sel if int(time.monotonic() / TICK_S) % 20 else np.arange(n))
-                want = (mlatch[0] >> 1) + 1
-                ticker.tick(time.monotonic())
-                published = time.perf_counter()
-                while mlatch[0] >> 1 < want:
-                    if time.perf_counter() - published > SEEN_TIMEOUT_S:
+                if time.monotonic() - refreshed >= 1.0:
+                    refreshed = time.monotonic()
+                    beat(np.arange(n))
+                else:
+                    beat(sel)
+                want = ticker.tick(time.monotonic()).epoch
+                # The tick stamps its wall time just before its write_end:
+                # the lag is counted from there, not from tick() returning.
+                published = float(views.buffers[want & 1].tick_wall[0])
+                while int(up_epoch[0]) < want:
+                    if time.time() - published > SEEN_TIMEOUT_S:
                         missed += 1
                         break
                     time.sleep(
                         0.00005
                     )  # spinning would take a core from the two processes measured
                 else:
-                    lags.append((time.perf_counter() - published) * 1e3)
+                    lags.append((time.time() - published) * 1e3)
                 next_at += TICK_S
                 time.sleep(max(0.0, next_at - time.monotonic()))
             frames = int(h.feed_frames[0]) - f0
@@ -195,6 +206,8 @@ def run(n: int, ticks: int, log) -> dict:
                 p.join(5)
         if mseg is not None:
             mseg.close()
+        if zseg is not None:
+            zseg.close()
         seg.close()
         seg.unlink()
 

@@ -704,7 +704,7 @@ UPSTREAM_COLUMNS = (
     ("span", "<u4", 1),  # mirror slots reserved for it
     ("state", "u1", 1),  # UPSTREAM_NEVER / FRESH / STALE
     ("last_frame_mono", "<f8", 1),  # the mirror's monotonic time of its latest frame
-    ("epoch", "<u8", 1),  # upstream epoch of that frame
+    ("epoch", "<u8", 1),  # upstream epoch the mirror's latest publish shows
     ("stream", "<u8", 1),  # the upstream feed run it came from
     ("frames", "<u8", 1),
     ("gaps", "<u8", 1),  # sequence gaps seen (each repaired by a full frame)

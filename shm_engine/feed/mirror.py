@@ -179,6 +179,7 @@ class Upstream:
     span: int
     stream: int = 0
     engine_run: int = 0
+    epoch: int = 0  # upstream epoch of the latest frame applied
     seq: int = 0
     synced: bool = False  # a full frame of the current stream was applied
     hwm: int = 0  # upstream slot_hwm (capped at span)
@@ -346,7 +347,7 @@ class Mirror:
         up.live, up.registered, up.ejected = fr.live, fr.registered, fr.ejected
         up.feedback_port = fr.feedback_port
         mv.up.last_frame_mono[i] = now
-        mv.up.epoch[i] = fr.epoch
+        up.epoch = fr.epoch  # in the mirror segment once published
         if fr.tick_interval_ms:
             self.views.header.tick_interval_ms[0] = fr.tick_interval_ms
         if up.state != UPSTREAM_FRESH:
@@ -535,6 +536,8 @@ class Mirror:
         # Every buffer store above stays before this one (x86-64 TSO, as in
         # the tick worker). Pairs with read_begin in the readers.
         write_end(latch)
+        for u in self.ups:
+            self.mv.up.epoch[u.index] = u.epoch  # what readers now see of each zone
         self._dirty_prev, self._dirty = self._dirty, self._dirty_prev
         self._dirty[:] = False
         h.ticks[0] += 1
