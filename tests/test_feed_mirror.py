@@ -300,3 +300,34 @@ def test_the_publishers_rows_are_the_documented_records(rig_of):
     assert fr.rows["slots"].tolist() == eng.views.table.slots[s].tolist()
     assert fr.rows["state"].tolist() == buf["state"][s].tolist()
     assert fr.rows["gen"].tolist() == buf["gen"][s].tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merging_moved_rows_gives_the_order_of_a_full_sort(seed):
+    from shm_engine.feed.mirror import rerank
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    # Few distinct scores, so ties (broken by slot) are everywhere.
+    score = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], n)
+    state = rng.choice([0, 1, 2], n, p=[0.6, 0.3, 0.1]).astype(np.uint8)
+    excluded = rng.random(n) < 0.05
+
+    def full():
+        elig = np.flatnonzero((state <= 1) & (score > 0) & ~excluded)
+        return elig[np.lexsort((elig, -score[elig]))]
+
+    order = np.zeros(n, np.int32)
+    tmp = np.zeros(n, np.int32)
+    ref = full()
+    order[: len(ref)] = ref
+    m = len(ref)
+    for _ in range(50):
+        changed = np.sort(rng.choice(n, rng.integers(1, 20), replace=False))
+        score[changed] = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], len(changed))
+        state[changed] = rng.choice([0, 1, 3], len(changed)).astype(np.uint8)
+        is_changed = np.zeros(n, bool)
+        is_changed[changed] = True
+        m = rerank(order, m, changed, score, state, excluded, is_changed, tmp)
+        order, tmp = tmp, order
+        assert order[:m].tolist() == full().tolist()

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from numba import njit
 
 from kernels.ranking import make_rank_scratch, radix_ranked
 from shm_engine.core.claims import ClaimsSegment, in_flight_by_slot, reap_dead_leases
@@ -111,6 +112,9 @@ FEEDBACK_INTERVAL_S = 0.002
 FEEDBACK_FULL_S = 0.5
 SNAPSHOT_RETRY_S = 0.25
 LEASE_CHECK_S = 0.2
+#: Above one changed row in this many ranked ones, the ranking is rebuilt
+#: whole (radix) instead of merged.
+RERANK_FULL_SHARE = 16
 IDLE_POLL_MS = 20  # the loop's longest wait without frames or schedulers (staleness checks)
 LAG_WINDOW = 1024
 MIRROR_SUFFIX = ".mirror"
@@ -280,9 +284,11 @@ class Mirror:
         self._dirty_prev = np.zeros(capacity, bool)
         self._hwm = 0
         self._order = np.zeros(capacity, np.int32)
+        self._order_tmp = np.zeros(capacity, np.int32)
         self._n_ranked = 0
         self._rerank = True
         self._rank_scratch = make_rank_scratch(capacity)
+        self._counted_epoch = -1  # registry_epoch of the last node count
         self.epoch = 0
         self.publishes_pending = False
         self.stats_bad = 0
@@ -494,7 +500,8 @@ class Mirror:
         bv["state"][rows] = self.state[rows]
         bv["gen"][rows] = self.gen_pub[rows]
         hwm = self._hwm
-        if self._rerank or len(rows):
+        changed = np.flatnonzero(self._dirty[:hwm])
+        if self._rerank or len(changed) * RERANK_FULL_SHARE > max(self._n_ranked, 1):
             # The engine's own ranking (SCORING.md step 14): score descending,
             # then slot ascending, from the candidates in slot order.
             st, sc = self.state[:hwm], self.cols["score"][:hwm]
@@ -504,6 +511,20 @@ class Mirror:
             radix_ranked(self.cols["score"], self._order, m, self._rank_scratch)
             self._n_ranked = m
             self._rerank = False
+        elif len(changed):
+            # A few rows moved: take them out of the ranking and merge them
+            # back in where they now belong (the same order, in O(n)).
+            self._n_ranked = rerank(
+                self._order,
+                self._n_ranked,
+                changed,
+                self.cols["score"],
+                self.state,
+                self.excluded,
+                self._dirty,
+                self._order_tmp,
+            )
+            self._order, self._order_tmp = self._order_tmp, self._order
         order = self._order[: self._n_ranked]
         bv["ranked"][: len(order)] = order
         fresh = [u for u in self.ups if u.state == UPSTREAM_FRESH] or [
@@ -542,14 +563,19 @@ class Mirror:
         self._dirty[:] = False
         h.ticks[0] += 1
         h.ticker_alive_mono[0] = now
-        h.registered[0] = int(np.count_nonzero(self.reg.registered[: max(hwm, 1)]))
+        registry_epoch = int(h.registry_epoch[0])
+        recount = registry_epoch != self._counted_epoch  # a node came or went
+        self._counted_epoch = registry_epoch
+        if recount:
+            h.registered[0] = int(np.count_nonzero(self.reg.registered[: max(hwm, 1)]))
         mh = self.mv.header
         mh.publishes[0] += 1
         wall = time.time()
         for u in self.ups:
-            self.mv.up.nodes[u.index] = int(
-                np.count_nonzero(self.reg.registered[u.base : u.base + u.span])
-            )
+            if recount:
+                self.mv.up.nodes[u.index] = int(
+                    np.count_nonzero(self.reg.registered[u.base : u.base + u.span])
+                )
             if u.last_frame == now and u.tick_wall:
                 u.lags[u.n_lag % LAG_WINDOW] = (wall - u.tick_wall) * 1e6
                 u.n_lag += 1
@@ -657,6 +683,59 @@ class Mirror:
             reap_dead_leases(self.claims.views, int(self.views.header.slot_hwm[0]), now)
 
 
+@njit(cache=True)
+def rerank(order, n, changed, score, state, excluded, is_changed, out):
+    """The ranking ``order[:n]`` (score descending, then slot ascending) after
+    the slots ``changed`` (ascending; ``is_changed`` marks them) moved, into
+    ``out``; returns its length.  The unchanged entries keep their order;
+    the changed ones that are eligible (state healthy or degraded, score > 0,
+    not excluded) are sorted and merged in: the order a full sort gives."""
+    k = 0
+    moved = np.empty(changed.shape[0], np.int32)
+    for j in range(changed.shape[0]):
+        s = changed[j]
+        if state[s] <= 1 and score[s] > 0.0 and not excluded[s]:
+            # insertion sort: few rows move at a time
+            i = k
+            while i > 0 and _ranks_before(score, s, moved[i - 1]):
+                moved[i] = moved[i - 1]
+                i -= 1
+            moved[i] = s
+            k += 1
+    m = 0
+    a = 0
+    b = 0
+    while True:
+        while a < n and is_changed[order[a]]:
+            a += 1  # its old place is gone
+        if a < n and (b >= k or _ranks_before(score, order[a], moved[b])):
+            out[m] = order[a]
+            a += 1
+        elif b < k:
+            out[m] = moved[b]
+            b += 1
+        else:
+            break
+        m += 1
+    return m
+
+
+@njit(cache=True, inline="always")
+def _ranks_before(score, a, b):
+    sa, sb = score[a], score[b]
+    return sa > sb or (sa == sb and a < b)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the ranking the mirror publishes
+    with, before its first frame."""
+    score = np.array([0.5, 0.25])
+    order, out = np.array([0, 1], np.int32), np.zeros(2, np.int32)
+    state, excluded = np.zeros(2, np.uint8), np.zeros(2, bool)
+    rerank(order, 2, np.array([1], np.int64), score, state, excluded, excluded, out)
+    radix_ranked(score, order, 2, make_rank_scratch(2))
+
+
 def _put(row: np.ndarray, data: bytes) -> None:
     row[:] = 0
     row[: len(data)] = np.frombuffer(data, np.uint8)
@@ -686,6 +765,7 @@ def _host(endpoint: str) -> str:
 def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=None) -> None:
     """The mirror loop: receive, apply, publish, forward feedback, until
     ``should_stop()``."""
+    warm_up()
     ctx = zmq.Context()
     subs: list[zmq.Socket] = []
     pushes: dict[int, tuple[int, zmq.Socket]] = {}
