@@ -37,7 +37,17 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     proc = _run("--quick", "--out", str(tmp_path), timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "latest.json").read_text())
-    for key in ("machine", "tick", "read", "claims", "ingest", "freshness", "memory", "scaling"):
+    for key in (
+        "machine",
+        "tick",
+        "read",
+        "claims",
+        "ingest",
+        "freshness",
+        "feed",
+        "memory",
+        "scaling",
+    ):
         assert res.get(key), key
     assert [r["nodes"] for r in res["tick"]] == [1000, 10000]
     for row in res["tick"]:
@@ -66,6 +76,10 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert res["memory"]["10000"]["segment_bytes_per_node"] > 0
     for k in ("append_none_us", "append_1pct_us", "read_1000_us"):
         assert res["events"][k]["median"] > 0
+    phases = res["feed"]["phases"]
+    assert [p["fraction"] for p in phases] == [0.01, 0.1, 1.0]
+    for p in phases:
+        assert p["frames"] > 0 and p["bytes_per_tick"] > 0 and p["lag_ms"]["median"] > 0
     assert "Goals:" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in committed} == committed
 

@@ -120,6 +120,13 @@ OPERATIONAL_DEFAULTS = {
     "claims.shm_mode": 0o600,
     "claims.max_schedulers": 64,
     "events.capacity": 65536,
+    "feed.bind": "",
+    "feed.full_every": 100,
+    "feed.feedback_bind": "",
+    "feed.mirror_timeout_s": 2.0,
+    "feed.allow_insecure": False,
+    "feed.curve.server_secret_key_file": "",
+    "feed.curve.authorized_keys_dir": "",
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -143,6 +150,7 @@ INT_KEYS = {
     "claims.shm_mode",
     "claims.max_schedulers",
     "events.capacity",
+    "feed.full_every",
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.harness import (
     claims,
     events,
+    feed,
     freshness,
     ingest,
     memory,
@@ -37,7 +38,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness", "events")
+SKIPPABLE = ("read", "claims", "ingest", "freshness", "events", "feed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,6 +132,11 @@ def main(argv=None) -> int:
     )
     res["events"] = (
         None if "events" in skip else events.run(10_000, 200 if args.quick else 2000, log)
+    )
+    res["feed"] = (
+        None
+        if "feed" in skip
+        else feed.run(1_000 if args.quick else 10_000, 30 if args.quick else 200, log)
     )
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)

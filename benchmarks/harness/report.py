@@ -12,7 +12,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.harness import claims, events, freshness, ingest, memory, read, scaling, tick
+from benchmarks.harness import (
+    claims,
+    events,
+    feed,
+    freshness,
+    ingest,
+    memory,
+    read,
+    scaling,
+    tick,
+)
 
 __all__ = ["summarise", "record_results_md", "BEGIN", "END"]
 
@@ -24,6 +34,7 @@ SECTIONS = (
     ("ingest", ingest.summary),
     ("freshness", freshness.summary),
     ("events", events.summary),
+    ("feed", feed.summary),
     ("memory", memory.summary),
     ("scaling", scaling.summary),
 )

@@ -1,8 +1,9 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
-``[score]``, ``[score.weights]``, ``[events]``.  A missing key takes its
-default; ``Config()`` is the all-defaults configuration.
+``[score]``, ``[score.weights]``, ``[events]``, ``[feed]``, ``[feed.curve]``.
+A missing key takes its default; ``Config()`` is the all-defaults
+configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -72,6 +73,7 @@ __all__ = [
     "EventsConfig",
     "CurveConfig",
     "EngineConfig",
+    "FeedConfig",
     "HARD_LIMIT_FACTOR",
     "IngestConfig",
     "ScoreConfig",
@@ -737,6 +739,124 @@ class EventsConfig(_Section):
         self._int_range("capacity", 16, MAX_EVENTS_CAPACITY)
 
 
+# [feed] and [feed.curve]: the score feed to mirrors (shm_engine.feed)
+
+
+@dataclass(frozen=True)
+class FeedCurveConfig(_Section):
+    """``[feed.curve]``: CURVE security of the feed's sockets (the score
+    feed and the feedback from mirrors); both keys empty means CURVE off."""
+
+    PATH: ClassVar[str] = "feed.curve"
+
+    server_secret_key_file: str = _key(
+        _STR,
+        "",
+        "File holding the feed's CURVE secret key (zmq.auth key-file format). "
+        "Empty, with authorized_keys_dir empty too: CURVE off. Set both to turn "
+        "CURVE on.",
+    )
+    authorized_keys_dir: str = _key(
+        _STR,
+        "",
+        "Directory of the public key files (NAME.key) of the mirrors allowed to "
+        "subscribe and to send feedback. Set together with server_secret_key_file.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server_secret_key_file)
+
+    def _validate(self) -> None:
+        secret, keys = self.server_secret_key_file, self.authorized_keys_dir
+        if bool(secret) != bool(keys):
+            set_name, empty_name = (
+                ("server_secret_key_file", "authorized_keys_dir")
+                if secret
+                else ("authorized_keys_dir", "server_secret_key_file")
+            )
+            raise ConfigError(
+                f"{self.PATH}.{set_name} = {_show(getattr(self, set_name))} is set but "
+                f"{self.PATH}.{empty_name} is empty: set both (CURVE on) or neither (CURVE off)"
+            )
+
+
+@dataclass(frozen=True)
+class FeedConfig(_Section):
+    """``[feed]``: the score feed, which publishes every tick to mirrors on
+    other hosts, and the feedback their schedulers send back."""
+
+    PATH: ClassVar[str] = "feed"
+
+    bind: str = _key(
+        _STR,
+        "",
+        "ZeroMQ endpoint the score feed (a PUB socket) binds, tcp://host:port "
+        "(port may be *); mirrors subscribe to it (shm-engine mirror --from). "
+        "Empty: no feed (the feed child is not started).",
+    )
+    full_every: int = _key(
+        _INT,
+        100,
+        "A full snapshot is published every this many frames (and whenever a "
+        "mirror subscribes or asks for one); the frames between carry only the "
+        "rows that changed. Integer >= 1.",
+    )
+    feedback_bind: str = _key(
+        _STR,
+        "",
+        "ZeroMQ endpoint (tcp://host:port, a PULL socket) where mirrors send "
+        "the claims and outcomes of their schedulers; its port is announced in "
+        "the feed's full frames. Empty: no feedback from mirrors.",
+    )
+    mirror_timeout_s: float = _key(
+        _FLOAT,
+        2.0,
+        "A mirror that sent no feedback for this long has its forwarded jobs in "
+        "flight abandoned (mirrors send at least every 0.5 s). Seconds, >= 1.",
+    )
+    allow_insecure: bool = _key(
+        _BOOL,
+        False,
+        "Allow a feed bind other machines can reach without [feed.curve]: anyone "
+        "who reaches it could read every score, and send feedback. true or false.",
+    )
+    curve: FeedCurveConfig = _section(
+        FeedCurveConfig,
+        "CURVE authentication and encryption of the feed's sockets. Both keys empty: CURVE off.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bind)
+
+    def _validate(self) -> None:
+        for name in ("bind", "feedback_bind"):
+            value = getattr(self, name)
+            if not value:
+                continue
+            m = _BIND.fullmatch(value)
+            port = m.group("port") if m else None
+            if (
+                port is None
+                or not value.startswith("tcp://")
+                or (port != "*" and not 1 <= int(port) <= 65535)
+            ):
+                self._fail(name, "must look like tcp://host:port (port 1..65535 or *), or be empty")
+            if not (self.curve.enabled or self.allow_insecure or is_loopback_endpoint(value)):
+                raise ConfigError(
+                    f"feed.{name} = {_show(value)} can be reached from other machines and "
+                    "[feed.curve] is off. Bind a loopback address, turn CURVE on, or set "
+                    "feed.allow_insecure = true"
+                )
+        if self.feedback_bind and not self.bind:
+            self._fail("feedback_bind", "needs feed.bind (its port travels in the feed)")
+        if self.feedback_bind.endswith(":*"):
+            self._fail("feedback_bind", "needs a fixed port: mirrors learn it from the feed")
+        self._at_least(1, "full_every")
+        self._at_least(1.0, "mirror_timeout_s")
+
+
 # --------------------------------------------------------------------------
 # [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
@@ -1022,6 +1142,9 @@ class Config(_Section):
     events: EventsConfig = _section(
         EventsConfig, "The event log: node state changes, and why (shm-engine events)."
     )
+    feed: FeedConfig = _section(
+        FeedConfig, "The score feed to mirrors on other hosts (docs/scale-out.md)."
+    )
 
     def to_params(self) -> np.ndarray:
         """The kernels' parameter vector: ``[score]`` with ``[engine]
@@ -1163,10 +1286,12 @@ def check_files(config: Config) -> None:
     readable by this process; raise ConfigError naming the key, the path
     and the problem otherwise.  ``config --check`` and ``run`` call it (the
     engine needs them at start, before it creates anything)."""
-    cc = config.ingest.curve
+    cc, fc = config.ingest.curve, config.feed.curve
     named = (
         ("ingest.curve.server_secret_key_file", cc.server_secret_key_file, False),
         ("ingest.curve.authorized_keys_dir", cc.authorized_keys_dir, True),
+        ("feed.curve.server_secret_key_file", fc.server_secret_key_file, False),
+        ("feed.curve.authorized_keys_dir", fc.authorized_keys_dir, True),
     )
     for key, path, is_dir in named:
         if not path:

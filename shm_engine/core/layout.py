@@ -30,6 +30,8 @@ single-writer fields of different processes never share a cache line::
                   |   reload ....... reloads started/done, status and      |
                   |                  message, config version + hash,       |
                   |                  pending score params (params_seq)     |
+                  |   feed ......... feed child pid/restarts/beat, frames, |
+                  |                  bytes, lag, feedback from mirrors     |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -124,6 +126,7 @@ from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
 # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields;
 # 5: config reload (header), params + config_version per buffer, reason column
+#    and the score feed's child and counters (header 768..)
 LAYOUT_VERSION = 5
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
@@ -224,6 +227,23 @@ _HEADER_FIELDS = (
     ("pending_params", "<f8", N_PARAM_SLOTS, 2608),
     ("reload_message", "u1", RELOAD_MESSAGE_BYTES, 2992),
     ("ingest_left", "<u8", 1, 4016),  # leave messages accepted (ingest writes)
+    # the score feed (shm_engine.feed): its child (supervisor writes pid and
+    # restarts; the feed child its beat and counters).
+    ("feed_pid", "<i8", 1, 768),
+    ("feed_restarts", "<u8", 1, 776),
+    ("feed_alive_mono", "<f8", 1, 784),
+    ("feed_frames", "<u8", 1, 792),  # frames published (delta and full)
+    ("feed_full_frames", "<u8", 1, 800),
+    ("feed_bytes", "<u8", 1, 808),
+    ("feed_epoch", "<u8", 1, 816),  # engine epoch of the latest frame
+    ("feed_snapshot_requests", "<u8", 1, 824),  # subscriptions seen (each asks a full)
+    ("feed_skipped_epochs", "<u8", 1, 832),  # epochs published while the feed lagged
+    ("feed_lag_us_p50", "<f8", 1, 840),  # tick publish -> frame sent
+    ("feed_lag_us_p99", "<f8", 1, 848),
+    ("feedback_frames", "<u8", 1, 856),  # feedback frames applied from mirrors
+    ("feedback_bad", "<u8", 1, 864),  # refused (malformed, unknown stream)
+    ("feedback_mirrors", "<u8", 1, 872),  # mirrors holding a lease now
+    ("feedback_abandoned", "<u8", 1, 880),  # claims dropped with a silent mirror
 )
 
 # ------------------------------------------------------- per-slot columns --
@@ -409,7 +429,7 @@ def _view(buf, f: Field) -> np.ndarray:
 class Header:
     """Named views of the header fields (1-element arrays: index with [0])."""
 
-    def __init__(self, buf, layout: Layout | ClaimsLayout | EventsLayout):
+    def __init__(self, buf, layout: Layout | ClaimsLayout | EventsLayout | MirrorLayout):
         for name, f in layout.header.items():
             setattr(self, name, _view(buf, f))
 
@@ -763,3 +783,126 @@ class EventsViews:
         self.header = Header(buf, layout)
         for name, f in layout.entries.items():
             setattr(self, name, _view(buf, f))
+
+
+# ------------------------------------------------------------ mirror segment --
+#: Most upstream engines one mirror follows (zones of a federation).
+MAX_UPSTREAMS = 16
+MIRROR_LAYOUT_VERSION = 1
+MIRROR_MAGIC = int.from_bytes(b"SHMMIRR1", "little")
+MIRROR_HEADER_BYTES = 8192  # the header and the upstream rows
+UPSTREAM_ZONE_BYTES = ZONE_BYTES
+UPSTREAM_ENDPOINT_BYTES = ENDPOINT_BYTES
+#: `upstream_state` values: never heard from, publishing, silent too long.
+UPSTREAM_NEVER, UPSTREAM_FRESH, UPSTREAM_STALE = 0, 1, 2
+
+# The mirror segment ``/NAME.mirror`` (a mirror's own: `shm_engine.feed.mirror`)::
+#
+#     offset 0  +-----------------------------------------------------------+
+#               | HEADER: identity as the scores header (magic, version,    |
+#               |   capacity, creator pid + start, size), n_upstreams,      |
+#               |   stale_after_s, the mirror's counters                    |
+#               | UPSTREAMS (MAX_UPSTREAMS rows, struct of arrays): zone,   |
+#               |   endpoint, engine name, slot base + span, state, last    |
+#               |   frame time, epoch, stream, frames, gaps, snapshots,     |
+#               |   bad frames, bytes, overflow, nodes, lag p50/p99         |
+#               +-----------------------------------------------------------+
+#               | PER SLOT: excluded u1[cap] (1: its zone is stale: not     |
+#               |   ranked, not placeable), zone_index u1[cap] (255: none)  |
+#               +-----------------------------------------------------------+
+#
+# One writer, the mirror process; every field is a monitoring value or a
+# per-slot flag read with plain loads (the scores themselves go through the
+# scores segment's latch).
+_MIRROR_HEADER_FIELDS = (
+    ("magic", "<u8", 1, 0),
+    ("layout_version", "<u4", 1, 8),
+    ("capacity", "<u4", 1, 12),
+    ("creator_pid", "<i8", 1, 16),
+    ("creator_start", "<u8", 1, 24),
+    ("segment_bytes", "<u8", 1, 32),
+    ("created_wall", "<f8", 1, 40),
+    ("n_upstreams", "<u4", 1, 48),
+    ("stale_after_s", "<f8", 1, 56),
+    ("publishes", "<u8", 1, 64),  # epochs the mirror published
+    ("feedback_sent", "<u8", 1, 72),  # feedback frames sent upstream
+    ("alive_mono", "<f8", 1, 80),  # the mirror loop's beat
+)
+UPSTREAM_COLUMNS = (
+    ("zone", "u1", UPSTREAM_ZONE_BYTES),
+    ("endpoint", "u1", UPSTREAM_ENDPOINT_BYTES),
+    ("engine", "u1", NAME_BYTES),
+    ("base", "<u4", 1),  # first mirror slot of the zone
+    ("span", "<u4", 1),  # mirror slots reserved for it
+    ("state", "u1", 1),  # UPSTREAM_NEVER / FRESH / STALE
+    ("last_frame_mono", "<f8", 1),  # the mirror's monotonic time of its latest frame
+    ("epoch", "<u8", 1),  # upstream epoch the mirror's latest publish shows
+    ("stream", "<u8", 1),  # the upstream feed run it came from
+    ("frames", "<u8", 1),
+    ("gaps", "<u8", 1),  # sequence gaps seen (each repaired by a full frame)
+    ("snapshots", "<u8", 1),  # full frames applied
+    ("bad_frames", "<u8", 1),
+    ("bytes", "<u8", 1),
+    ("overflow", "<u8", 1),  # rows of upstream slots beyond span, dropped
+    ("nodes", "<u8", 1),  # registered nodes of the zone now
+    ("lag_us_p50", "<f8", 1),  # upstream tick -> mirror publish (wall clocks)
+    ("lag_us_p99", "<f8", 1),
+)
+
+
+@dataclass(frozen=True)
+class MirrorLayout:
+    """Offsets of the mirror segment for one capacity.  Build with
+    `mirror_layout_for()`."""
+
+    capacity: int
+    header: dict[str, Field]
+    upstreams: dict[str, Field]
+    excluded: Field
+    zone_index: Field
+    size: int
+
+
+def mirror_layout_for(capacity: int) -> MirrorLayout:
+    """The layout of a mirror segment for a scores segment of ``capacity`` slots."""
+    if not 1 <= capacity <= 1 << 24:
+        raise ValueError(f"capacity {capacity} out of range 1..{1 << 24}")
+    header = {
+        n: Field(n, np.dtype(dt), (count,), off) for n, dt, count, off in _MIRROR_HEADER_FIELDS
+    }
+    ups, off = {}, 512
+    for name, dt, count in UPSTREAM_COLUMNS:
+        shape = (MAX_UPSTREAMS, count) if count > 1 else (MAX_UPSTREAMS,)
+        ups[name] = Field(name, np.dtype(dt), shape, off)
+        off = _align(off + ups[name].nbytes)
+    assert off <= MIRROR_HEADER_BYTES, off
+    excluded = Field("excluded", np.dtype("u1"), (capacity,), MIRROR_HEADER_BYTES)
+    zi = _align(MIRROR_HEADER_BYTES + capacity)
+    zone_index = Field("zone_index", np.dtype("u1"), (capacity,), zi)
+    size = _page(zi + capacity)
+    return MirrorLayout(capacity, header, ups, excluded, zone_index, size)
+
+
+class MirrorViews:
+    """Views over one mapped mirror segment: ``header`` (`Header`), the
+    upstream columns as attributes of ``up`` (row i: upstream i), and the
+    per-slot ``excluded`` and ``zone_index``."""
+
+    def __init__(self, buf, layout: MirrorLayout):
+        self.layout = layout
+        self.header = Header(buf, layout)
+        self.up = Header.__new__(Header)
+        for name, f in layout.upstreams.items():
+            setattr(self.up, name, _view(buf, f))
+        self.excluded = _view(buf, layout.excluded)
+        self.zone_index = _view(buf, layout.zone_index)
+
+    def read_up_str(self, column: str, i: int) -> str:
+        raw = bytes(getattr(self.up, column)[i])
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def write_up_str(self, column: str, i: int, value: str) -> None:
+        arr = getattr(self.up, column)[i]
+        data = value.encode("utf-8")[: arr.size - 1]
+        arr[:] = 0
+        arr[: len(data)] = np.frombuffer(data, np.uint8)

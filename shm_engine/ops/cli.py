@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default=None, help="engine name (default: a unique demo name)")
     demo.add_argument("--config", help="TOML configuration file")
     demo.add_argument("--no-view", action="store_true", help="no live view, summary only")
+    demo.add_argument(
+        "--zones",
+        type=int,
+        default=0,
+        help="run N engines (one per zone) and a federating mirror, and watch the mirror",
+    )
     demo.set_defaults(func=_lazy("shm_engine.ops.demo.cli", "cmd_demo"))
 
     ag = sub.add_parser("agent", help="sample this machine and send heartbeats")
@@ -185,6 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.add_argument("--since", type=int, default=0, metavar="SEQ", help="events numbered above SEQ")
     ev.set_defaults(func=_lazy("shm_engine.ops.eventscmd", "cmd_events"))
+    mir = sub.add_parser(
+        "mirror", help="mirror one engine's scores (or several zones') from their score feeds"
+    )
+    mir.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="[ZONE=]tcp://HOST:PORT",
+        help="an engine's [feed] bind; repeat for one engine per zone",
+    )
+    name_arg(mir)
+    mir.add_argument("--capacity", type=int, default=16384, help="node slots of the mirror")
+    mir.add_argument(
+        "--zone-slots", type=int, default=None, help="slots per upstream (default: an equal share)"
+    )
+    mir.add_argument(
+        "--stale-after",
+        type=float,
+        default=0.5,
+        help="seconds without a frame before a zone is stale and left out of pick()",
+    )
+    mir.add_argument("--max-schedulers", type=int, default=64, help="claims leases on this host")
+    mir.add_argument("--curve-server-key", default=None, help="the feed's public CURVE key file")
+    mir.add_argument("--curve-client-key", default=None, help="this mirror's CURVE secret key file")
+    mir.set_defaults(func=_lazy("shm_engine.feed.mirror", "cmd_mirror"))
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")

@@ -161,6 +161,7 @@ class EngineCollector:
                 "leases of dead schedulers freed",
                 le["reaped"],
             )
+        yield from self._feed(s, e, gauge, counter)
         restarts = CounterMetricFamily(
             "shm_engine_child_restarts",
             "restarts of the engine's child processes",
@@ -185,6 +186,59 @@ class EngineCollector:
             )
         if self.per_node:
             yield from self._per_node()
+
+    @staticmethod
+    def _feed(s: dict, e: list, gauge, counter):
+        """The score feed's series (an engine with ``[feed] bind``) and a
+        mirror's per-zone series (`shm_engine.feed`)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        f = s.get("feed")
+        if f is not None:
+            yield counter("shm_engine_feed_frames", "score frames published", f["frames"])
+            yield counter("shm_engine_feed_bytes", "bytes of score frames published", f["bytes"])
+            yield counter(
+                "shm_engine_feed_full_frames", "full score frames published", f["full_frames"]
+            )
+            yield gauge(
+                "shm_engine_feed_lag_p99_microseconds",
+                "tick publish to frame sent, p99 over the last frames",
+                f["lag_us"]["p99"],
+            )
+            yield gauge(
+                "shm_engine_feed_mirrors", "mirrors sending feedback", f["feedback"]["mirrors"]
+            )
+            yield counter(
+                "shm_engine_feed_abandoned_claims",
+                "claims of silent mirrors abandoned",
+                f["feedback"]["abandoned"],
+            )
+        m = s.get("mirror")
+        if m is None:
+            return
+        fresh = GaugeMetricFamily(
+            "shm_engine_mirror_zone_fresh",
+            "1 while the zone's engine publishes, 0 when stale (left out of pick)",
+            labels=["engine", "zone"],
+        )
+        age = GaugeMetricFamily(
+            "shm_engine_mirror_zone_age_seconds",
+            "seconds since the zone's latest frame",
+            labels=["engine", "zone"],
+        )
+        gaps = CounterMetricFamily(
+            "shm_engine_mirror_zone_gaps",
+            "frame sequence gaps seen (each repaired by a full frame)",
+            labels=["engine", "zone"],
+        )
+        for z in m["zones"]:
+            label = e + [z["zone"]]
+            fresh.add_metric(label, 1.0 if z["state"] == "fresh" else 0.0)
+            age.add_metric(label, z["age_s"] if z["age_s"] is not None else float("inf"))
+            gaps.add_metric(label, float(z["gaps"]))
+        yield fresh
+        yield age
+        yield gaps
 
     def _per_node(self):
         from prometheus_client.core import GaugeMetricFamily

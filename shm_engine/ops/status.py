@@ -141,6 +141,8 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "claims": claims,
             "config": config,
             "events": events,
+            "feed": _feed_status(h, now),
+            "mirror": _mirror_status(name, owner),
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
@@ -195,6 +197,62 @@ def _config_line(c: dict) -> str:
     return text
 
 
+def _feed_status(h, now: float) -> dict | None:
+    """The score feed's counters (`shm_engine.feed.publisher`); None when the
+    engine runs no feed."""
+    if not int(h.feed_pid[0]) and not int(h.feed_frames[0]):
+        return None
+    alive = float(h.feed_alive_mono[0])
+    return {
+        "pid": int(h.feed_pid[0]),
+        "restarts": int(h.feed_restarts[0]),
+        "alive_age_s": max(0.0, now - alive) if alive else None,
+        "frames": int(h.feed_frames[0]),
+        "full_frames": int(h.feed_full_frames[0]),
+        "bytes": int(h.feed_bytes[0]),
+        "epoch": int(h.feed_epoch[0]),
+        "snapshot_requests": int(h.feed_snapshot_requests[0]),
+        "skipped_epochs": int(h.feed_skipped_epochs[0]),
+        "lag_us": {"p50": float(h.feed_lag_us_p50[0]), "p99": float(h.feed_lag_us_p99[0])},
+        "feedback": {
+            "frames": int(h.feedback_frames[0]),
+            "refused": int(h.feedback_bad[0]),
+            "mirrors": int(h.feedback_mirrors[0]),
+            "abandoned": int(h.feedback_abandoned[0]),
+        },
+    }
+
+
+def _mirror_status(name: str, owner) -> dict | None:
+    """The zones a mirror follows (`shm_engine.feed.mirror`); None for an engine."""
+    from shm_engine.feed.mirror import read_mirror_status
+
+    return read_mirror_status(name, owner)
+
+
+def _feed_lines(s: dict) -> list[str]:
+    out = []
+    f = s.get("feed")
+    if f is not None:
+        fb = f["feedback"]
+        out.append(
+            f"feed     {f['frames']} frames ({f['full_frames']} full), {f['bytes']} bytes, "
+            f"epoch {f['epoch']}, lag p50 {f['lag_us']['p50']:.0f} us p99 "
+            f"{f['lag_us']['p99']:.0f} us; feedback from {fb['mirrors']} mirrors, "
+            f"{fb['frames']} frames, {fb['abandoned']} abandoned"
+        )
+    m = s.get("mirror")
+    if m is not None:
+        for z in m["zones"]:
+            age = "never" if z["age_s"] is None else f"{z['age_s']:.3f}s ago"
+            out.append(
+                f"zone     {z['zone'] or '?'} {z['state'].upper()} from {z['endpoint']}: "
+                f"{z['nodes']} nodes, epoch {z['epoch']}, last frame {age}, "
+                f"{z['gaps']} gaps, {z['snapshots']} snapshots"
+            )
+    return out
+
+
 def _fmt_age(age) -> str:
     return "never" if age is None else f"{age:.3f}s ago"
 
@@ -225,6 +283,7 @@ def render(s: dict) -> str:
             if s["events"] is None
             else f"events   {s['events']['appended']} appended, the newest "
             f"{s['events']['capacity']} kept (shm-engine events)",
+            *_feed_lines(s),
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]

@@ -20,6 +20,11 @@ Invariants:
 - A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the ingest cannot bind) is
   not restarted: the engine shuts down and ``run`` returns 1.
 
+With ``[feed] bind`` a third child, the feed (`shm_engine.feed.publisher`),
+follows the latch and publishes every epoch to mirrors on other hosts; it is
+supervised like the other two (restarts, watchdog, warm spare) and only reads
+the scores (it writes its header words, and the claims of mirrors' leases).
+
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
 `STABLE_AFTER_S` before dying starts again from the minimum.
@@ -80,6 +85,7 @@ SPARE_POLL_S = 0.1  # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
+    "feed": "shm_engine.feed.publisher:feed_main",  # only with [feed] bind
 }
 
 
@@ -166,7 +172,7 @@ class Supervisor:
         tg = dict(DEFAULT_TARGETS, **(targets or {}))
         self.children = {
             role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
-            for role in ("ingest", "ticker")
+            for role in ("ingest", "ticker") + (("feed",) if config.feed.enabled else ())
         }
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None

@@ -121,6 +121,7 @@ class ViewState:
     accepted: int = 0
     age_s: float | None = None
     claims: dict | None = None  # status's "claims" object; None: not readable
+    zones: list = field(default_factory=list)  # a mirror's zones (status's "mirror")
     message: str | None = None  # e.g. "engine went away"
     now: float = 0.0  # monotonic time of the poll
 
@@ -151,6 +152,7 @@ class Watcher:
             )
         except (EngineNotRunning, LayoutMismatch):
             self._claims = None
+        self._owner = owner
         self._history: deque[tuple] = deque()  # counter samples of the rate window
         self._prev_states: dict[str, str] = {}
         self._recent: deque[StateChange] = deque(maxlen=_RECENT_CHANGES)
@@ -229,6 +231,10 @@ class Watcher:
         vs.rejects = {
             r: int(h.rejects[i]) for i, r in enumerate(REJECT_REASONS) if int(h.rejects[i])
         }
+        from shm_engine.feed.mirror import read_mirror_status  # a mirror's zones, if any
+
+        mirror = read_mirror_status(self.name, self._owner)
+        vs.zones = mirror["zones"] if mirror is not None else []
         try:
             snap = self._reader.snapshot()
         except NothingPublished:
@@ -374,6 +380,16 @@ def render(view_state: ViewState):
                 f"jobs in flight {cl['in_flight']:,}  released {cl['released_ok']:,} ok"
                 f" {cl['released_err']:,} error  abandoned {cl['abandoned']:,}  stale "
                 f"{cl['stale_releases']:,}  schedulers {le['in_use']}/{le['max']}"
+            )
+        )
+    for z in vs.zones:
+        stale = z["state"] != "fresh"
+        age = "-" if z["age_s"] is None else f"{z['age_s']:.2f} s"
+        parts.append(
+            Text(
+                f"zone {z['zone'] or '?'}: {z['state']}, {z['nodes']} nodes, last frame {age} "
+                f"ago, epoch {z['epoch']}, {z['gaps']} gaps" + ("  (not ranked)" if stale else ""),
+                style="bold red" if stale else "",
             )
         )
     if vs.message:

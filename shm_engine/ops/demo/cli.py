@@ -81,6 +81,8 @@ def _status_line(t: float, vs, sent: int) -> str:
 def _usage_error(args) -> str | None:
     if args.nodes < 1:
         return "--nodes must be >= 1"
+    if not 0 <= args.zones <= 8:
+        return "--zones must be in 0..8 (0: one engine, no mirror)"
     if args.duration is not None and args.duration <= 0:
         return "--duration must be > 0"
     if args.name is not None:
@@ -117,6 +119,14 @@ def cmd_demo(args) -> int:
         return 2
     name = args.name or f"demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     view = _live_view_available(args)
+    if args.zones:
+        from shm_engine.ops.demo.zones import run_zones  # engines per zone + a mirror
+
+        zdir = tempfile.mkdtemp(prefix="shm-engine-demo-")
+        try:
+            return run_zones(args, view, zdir)
+        finally:
+            shutil.rmtree(zdir, ignore_errors=True)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
