@@ -26,6 +26,7 @@ single-writer fields of different processes never share a cache line::
                   |   strings ...... engine name, ingest endpoint          |
                   |   admission .... ingest mode, keys, reloads, queue     |
                   |                  limits; per-sender refusals (16 rows) |
+                  |   http ......... pid, restarts, alive time, URL        |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -116,8 +117,9 @@ import numpy as np
 from kernels.columns import TickOutputs, TickState
 from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
-# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields
-LAYOUT_VERSION = 4
+# 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields;
+# 5: the HTTP child's fields
+LAYOUT_VERSION = 5
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
@@ -200,6 +202,13 @@ _HEADER_FIELDS = (
     ("sender_not_authorized", "<u8", N_SENDER_SLOTS, 1472),
     ("sender_registration_rate", "<u8", N_SENDER_SLOTS, 1600),
     ("sender_names", "u1", N_SENDER_SLOTS * SENDER_NAME_BYTES, 1728),
+    # HTTP child (shm_engine.http): pid and restarts (supervisor writes);
+    # alive time and the bound URL (the HTTP child writes, through a mapping
+    # of this header page alone).  An empty URL: no HTTP server configured.
+    ("http_pid", "<i8", 1, 3584),
+    ("http_restarts", "<u8", 1, 3592),
+    ("http_alive_mono", "<f8", 1, 3600),
+    ("http_endpoint", "u1", ENDPOINT_BYTES, 3648),
 )
 
 # ------------------------------------------------------- per-slot columns --

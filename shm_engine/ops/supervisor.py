@@ -48,6 +48,7 @@ published *and* the ingest socket is bound (for scripts that wait on it); a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -72,6 +73,7 @@ SPARE_POLL_S = 0.1  # a waiting spare checks its parent this often
 DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
+    "http": "shm_engine.http.server:http_main",
 }
 
 
@@ -148,9 +150,11 @@ class Supervisor:
         self._out = out if out is not None else sys.stdout
         self._ctx = multiprocessing.get_context("spawn")
         tg = dict(DEFAULT_TARGETS, **(targets or {}))
+        self._http_missing = _http_missing() if config.http.enabled else None
+        roles = ("ingest", "ticker") + (("http",) if self._http_wanted() else ())
         self.children = {
             role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
-            for role in ("ingest", "ticker")
+            for role in roles
         }
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None
@@ -158,6 +162,11 @@ class Supervisor:
         self._reload_pending = False
         self._wake_r = self._wake_w = -1
         self._ready = False
+
+    def _http_wanted(self) -> bool:
+        """The HTTP child runs when ``[http] bind`` is set and its packages
+        are installed (without them the engine runs and says why)."""
+        return self.config.http.enabled and not self._http_missing
 
     # ------------------------------------------------------------- logging --
     def log(self, level: str, event: str, **kv) -> None:
@@ -461,6 +470,18 @@ class Supervisor:
                 endpoint=cfg.ingest.bind,
             )
             self._say(f"ingest endpoint {cfg.ingest.bind}")
+            if self._http_missing:
+                self.log(
+                    "WARN",
+                    "http_unavailable",
+                    bind=cfg.http.bind,
+                    reason=repr(
+                        f"{self._http_missing} not installed: pip install 'shm-engine[http]'"
+                    ),
+                )
+            elif self._http_wanted():
+                # Until the child has bound it: the configured address.
+                h.write_str("http_endpoint", http_url(cfg.http))
             for child in self.children.values():
                 self._start(child)
             code = self._loop()
@@ -502,6 +523,8 @@ class Supervisor:
                 )
                 if bound != self.config.ingest.bind:  # a `*` port, now resolved
                     self._say(f"ingest endpoint {bound}")
+                if "http" in self.children:
+                    self._say(f"http endpoint {h.read_str('http_endpoint')}")
                 self._say("ready")
             timeout = 0.05 if not self._ready or self._reload_pending else 1.0
             for child in self.children.values():
@@ -549,6 +572,17 @@ class Supervisor:
                 seg.unlink()
                 self.log("INFO", "engine_stopped", name=self.name, segment_unlinked=True)
             self.seg = self.claims = None
+
+
+def _http_missing() -> str | None:
+    """The packages of the ``http`` extra that cannot be imported, or None."""
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    return " and ".join(missing) or None
+
+
+def http_url(hc) -> str:
+    """The URL of an ``[http]`` section's bind (its port as configured)."""
+    return f"{'https' if hc.tls else 'http'}://{hc.bind}"
 
 
 def cmd_run(args) -> int:

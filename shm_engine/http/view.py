@@ -1,0 +1,352 @@
+"""What the HTTP API reads: one engine's segments, as a scheduler reads them.
+
+`EngineView` maps the scores segment read-only (through a `ScoreReader`,
+whose latch loop makes every snapshot consistent) and, if it can, the
+claims segment read-only too.  Nothing here writes shared memory or can
+hold up a writer: the latch, the heartbeat table's ``row_version`` and the
+registry's ``meta_version`` are seqcounts, so a reader that loses a race
+copies again and the writer never waits.
+
+Per tick, not per request.  A request never copies the score buffers: the
+view keeps one `Frame` (a `Snapshot` and what is derived from it: the node
+index, the ranks, sort orders made on first use) per published epoch, and
+the zones and labels of every slot per ``registry_epoch``.  Under load the
+cost of a request is a dict lookup and a few array reads, whatever the
+request rate, and the tick worker's cost is zero (it never sees a reader).
+
+History.  `sample` (called by the server's background task about once a
+second) appends one summary per second (counts, pressure, weights) for the
+last `SUMMARY_SECONDS`, and every slot's score for the last
+`SCORE_SECONDS`, tagged with the slot's registration so that a slot
+reused by another node never shows the old node's history.
+
+Rules for callers: one thread (the server's event loop); ``close()`` once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clients.reader import ScoreReader, Snapshot
+from shm_engine.core.claims import ClaimsSegment
+from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
+from shm_engine.core.registry import read_node_id
+from shm_engine.core.segment import Segment
+from shm_engine.core.states import STATE_NAMES, UNREGISTERED, NodeState
+from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT, HAS_TS
+
+__all__ = [
+    "EngineView",
+    "Frame",
+    "SORT_KEYS",
+    "STATE_BY_NAME",
+    "SUMMARY_SECONDS",
+    "SCORE_SECONDS",
+]
+
+SUMMARY_SECONDS = 600  # summaries kept, one per second: the dashboard's charts
+SCORE_SECONDS = 60  # per-node score samples kept, one per second: sparklines
+ROW_READ_ATTEMPTS = 100  # copies of a row being written before giving up
+#: Sort keys of GET /v1/nodes: the published column each sorts by.
+SORT_KEYS = ("score", "raw", "wait", "liveness", "node")
+STATE_BY_NAME = {STATE_NAMES[int(s)]: int(s) for s in NodeState}
+_OPTIONAL = (
+    ("throughput", HAS_THROUGHPUT, ("throughput",)),
+    ("ok_err", HAS_OKERR, ("ok", "err")),
+    ("io", HAS_IO, ("io",)),
+    ("tail", HAS_TAIL, ("p50_ms", "p95_ms")),
+    ("ts", HAS_TS, ("ts",)),
+)
+
+
+@dataclass
+class Frame:
+    """One published tick and what requests derive from it (built once)."""
+
+    snap: Snapshot
+    slot_of: dict[str, int]
+    rank: np.ndarray  # rank of each slot (0 best), -1 if not ranked
+    present: np.ndarray  # bool per slot: a node is there
+    names: np.ndarray  # node id per slot ("" where none), for sorting
+    orders: dict = field(default_factory=dict)  # sort key -> (slots, values, names)
+
+    def order(self, key: str, descending: bool):
+        """Slots holding a node, sorted by ``key`` then node id (ascending
+        id in both directions, so ties have one stable order), with the
+        sort values as they are compared (negated when descending)."""
+        got = self.orders.get((key, descending))
+        if got is None:
+            slots = np.flatnonzero(self.present)
+            names = self.names[slots]
+            if key == "node":
+                idx = np.argsort(names, kind="stable")
+                if descending:
+                    idx = idx[::-1]
+                values = np.zeros(len(slots))
+            else:
+                col = getattr(self.snap, key)[slots].astype(np.float64)
+                values = -col if descending else col
+                idx = np.lexsort((names, values))
+                values = values[idx]
+            got = (slots[idx], values, names[idx])
+            self.orders[(key, descending)] = got
+        return got
+
+
+class EngineView:
+    """Read-only view of engine ``name`` for the HTTP API (see the module
+    docstring).  Raises what `ScoreReader.attach` raises."""
+
+    def __init__(self, name: str, owner: int | str | None = None):
+        self.name = name
+        self.reader = ScoreReader.attach(name, owner=owner)
+        try:
+            self.seg = Segment.attach(name, readonly=True, owner=owner)
+        except BaseException:
+            self.reader.close()
+            raise
+        self.claims: ClaimsSegment | None = None
+        try:
+            self.claims = ClaimsSegment.attach(name, readonly=True, owner=owner)
+        except (EngineNotRunning, LayoutMismatch):
+            pass  # no claims segment readable: in-flight counts are reported as None
+        v = self.seg.views
+        self.header = v.header
+        self.capacity = self.seg.layout.capacity
+        self._frame: Frame | None = None
+        self._meta_epoch = -1
+        self._zones: list[str] = []
+        self._labels: list[dict] = []
+        # History rings (module docstring).
+        self._sum: list[dict] = []
+        self._scores = np.full((SCORE_SECONDS, self.capacity), np.nan, np.float32)
+        self._score_gen = np.zeros((SCORE_SECONDS, self.capacity), np.uint64)
+        self._score_at = 0  # samples taken so far
+        self._last_sample_s = 0
+
+    def close(self) -> None:
+        self._frame = None
+        if self.claims is not None:
+            self.claims.close()
+        self.seg.close()
+        self.reader.close()
+
+    # ------------------------------------------------------------- frames --
+    @property
+    def epoch(self) -> int:
+        return self.reader.epoch
+
+    def frame(self) -> Frame:
+        """The `Frame` of the latest published tick.  Raises NothingPublished
+        before the first tick, EngineStopped once the engine is gone,
+        ReadContention if no copy could be made and none was held."""
+        f = self._frame
+        if f is not None and f.snap.epoch == self.reader.epoch:
+            return f
+        snap = self.reader.snapshot()
+        if f is not None and snap is f.snap:
+            return f  # the reader served its last copy (contention)
+        nodes = snap.nodes
+        if f is not None and f.snap.nodes is nodes:
+            slot_of, present, names = f.slot_of, f.present, f.names
+        else:
+            slot_of = {n: i for i, n in enumerate(nodes) if n is not None}
+            present = np.array([n is not None for n in nodes], bool)
+            names = np.array([n or "" for n in nodes], dtype=object).astype(str)
+        rank = np.full(len(nodes), -1, np.int64)
+        ranked = snap.ranked[snap.ranked < len(nodes)]
+        rank[ranked] = np.arange(len(ranked))
+        self._frame = Frame(snap, slot_of, rank, present, names)
+        return self._frame
+
+    # ---------------------------------------------------- zones and labels --
+    def meta(self) -> tuple[list[str], list[dict]]:
+        """Zone and labels of every slot below the high-water mark ("" and
+        {} for a free slot), read consistently per slot and cached until
+        the registry changes."""
+        h = self.header
+        epoch = int(h.registry_epoch[0])
+        if epoch == self._meta_epoch:
+            return self._zones, self._labels
+        reg = self.seg.views.registry
+        hwm = min(int(h.slot_hwm[0]), self.capacity)
+        for _attempt in range(ROW_READ_ATTEMPTS):
+            before = reg.meta_version[:hwm].copy()
+            gens = reg.slot_gen[:hwm].copy()
+            zone = reg.zone[:hwm].copy()
+            llen = reg.labels_len[:hwm].copy()
+            labels = reg.labels[:hwm].copy()
+            registered = reg.registered[:hwm].copy()
+            # Pairs with the ingest's slot_change_end on meta_version and
+            # slot_gen: an even, unchanged version means a whole copy.
+            unstable = ((before & 1) | (gens & 1)).astype(bool)
+            unstable |= reg.meta_version[:hwm] != before
+            unstable |= reg.slot_gen[:hwm] != gens
+            if not unstable.any():
+                break
+        zones: list[str] = []
+        labs: list[dict] = []
+        for s in range(hwm):
+            if not registered[s]:
+                zones.append("")
+                labs.append({})
+                continue
+            zones.append(bytes(zone[s]).split(b"\0", 1)[0].decode("utf-8", "replace"))
+            n = int(llen[s])
+            if n:
+                try:
+                    labs.append(json.loads(bytes(labels[s, :n])))
+                except ValueError:
+                    labs.append({})
+            else:
+                labs.append({})
+        self._zones, self._labels = zones, labs
+        # A copy that never settled is not cached: read again next time.
+        self._meta_epoch = epoch if not unstable.any() else -1
+        return zones, labs
+
+    def zone_of(self, slot: int) -> str:
+        zones = self.meta()[0]
+        return zones[slot] if slot < len(zones) else ""
+
+    def labels_of(self, slot: int) -> dict:
+        labels = self.meta()[1]
+        return labels[slot] if slot < len(labels) else {}
+
+    # ------------------------------------------------------------ one node --
+    def heartbeat(self, slot: int, gen: int) -> dict | None:
+        """The latest heartbeat of the node in ``slot`` (registration
+        ``gen``) as the ingest stored it, with its age; None if the slot
+        changed hands or stayed mid-write."""
+        t = self.seg.views.table
+        reg = self.seg.views.registry
+        for _attempt in range(ROW_READ_ATTEMPTS):
+            v0 = int(t.row_version[slot])
+            if v0 & 1:
+                continue
+            vals = {
+                "cpu": float(t.cpu[slot]),
+                "mem": float(t.mem[slot]),
+                "queue": float(t.queue[slot]),
+                "avg_job_s": float(t.avg_job_s[slot]),
+                "throughput": float(t.throughput[slot]),
+                "ok": float(t.ok[slot]),
+                "err": float(t.err[slot]),
+                "io": float(t.io[slot]),
+                "p50_ms": float(t.p50_ms[slot]),
+                "p95_ms": float(t.p95_ms[slot]),
+                "ts": float(t.ts[slot]),
+                "slots": float(t.slots[slot]),
+            }
+            recv = float(t.recv_time[slot])
+            reported = int(t.reported[slot])
+            # Pairs with the row writer's second row_version increment.
+            if int(t.row_version[slot]) != v0:
+                continue
+            if int(reg.slot_gen[slot]) != gen:
+                return None
+            out = {"age_s": max(0.0, time.monotonic() - recv), "cpu": vals["cpu"]}
+            out["mem"], out["queue"], out["avg_job_s"] = vals["mem"], vals["queue"], vals["avg_job_s"]
+            for _name, bit, keys in _OPTIONAL:
+                for k in keys:
+                    out[k] = vals[k] if reported & bit else None
+            out["slots"] = int(vals["slots"]) if reported & HAS_SLOTS else None
+            return out
+        return None
+
+    def in_flight(self, slot: int, gen: int) -> int | None:
+        """Claims open now on the node in ``slot`` (registration ``gen``),
+        every scheduler's; None without a readable claims segment."""
+        cs = self.claims
+        if cs is None:
+            return None
+        v = cs.views
+        tag = (gen >> 1) & 0xFFFFFFFF
+        total = 0
+        for k in np.flatnonzero(v.lease_ident).tolist():
+            w = int(v.in_flight[k, slot])
+            if w >> 32 == tag:
+                total += w & 0xFFFFFFFF
+        return total
+
+    def registration(self, slot: int, node: str) -> int | None:
+        """The registration (``slot_gen``) under which ``node`` holds
+        ``slot`` now; None if the slot holds another node or is changing."""
+        got = read_node_id(self.seg.views.registry, slot)
+        if got is None or got[1] != node.encode("utf-8"):
+            return None
+        return got[0]
+
+    # ------------------------------------------------------------- history --
+    def sample(self, now_wall: float | None = None) -> bool:
+        """Record this second's summary and scores (at most once per whole
+        second of wall time); True if a sample was taken.  Raises what
+        `frame` raises."""
+        now_wall = time.time() if now_wall is None else now_wall
+        second = int(now_wall)
+        if second <= self._last_sample_s:
+            return False
+        f = self.frame()
+        self._last_sample_s = second
+        self._sum.append(self.summary(f))
+        if len(self._sum) > SUMMARY_SECONDS:
+            del self._sum[: len(self._sum) - SUMMARY_SECONDS]
+        row = self._score_at % SCORE_SECONDS
+        n = len(f.snap.nodes)
+        self._scores[row] = np.nan
+        self._scores[row, :n] = np.where(f.present, f.snap.score, np.nan)
+        self._score_gen[row] = 0
+        self._score_gen[row, :n] = self.seg.views.registry.slot_gen[:n]
+        self._score_at += 1
+        return True
+
+    def summaries(self) -> list[dict]:
+        """The per-second summaries kept, oldest first."""
+        return list(self._sum)
+
+    def score_history(self, slots: np.ndarray) -> list[list[float | None]]:
+        """Per slot, its score once a second, oldest first (None where the
+        slot held another registration or nothing)."""
+        k = min(self._score_at, SCORE_SECONDS)
+        if k == 0 or len(slots) == 0:
+            return [[] for _ in range(len(slots))]
+        rows = [(self._score_at - k + i) % SCORE_SECONDS for i in range(k)]
+        sc = self._scores[rows][:, slots]
+        gens = self._score_gen[rows][:, slots]
+        cur = self.seg.views.registry.slot_gen[slots]
+        sc = np.where(gens == cur[None, :], sc, np.nan)
+        return [[None if math.isnan(x) else round(x, 4) for x in col] for col in sc.T.tolist()]
+
+    # ------------------------------------------------------------ summary --
+    def summary(self, f: Frame | None = None) -> dict:
+        """The compact per-tick summary pushed by GET /v1/stream."""
+        f = self.frame() if f is None else f
+        s = f.snap
+        h = self.header
+        rejected = int(h.rejects[:].sum())
+        return {
+            "epoch": int(s.epoch),
+            "t": float(s.tick_time),
+            "age_s": max(0.0, time.monotonic() - s.tick_mono),
+            "counts": {k: int(v) for k, v in s.counts.items()},
+            "pressure": float(s.pressure),
+            "weights": {k: float(v) for k, v in s.weights.items()},
+            "ranked": len(s.ranked),
+            "registered": int(f.present.sum()),
+            "ejected": int(s.ejected),
+            "ingest": {
+                "frames": int(h.ingest_frames[0]),
+                "accepted": int(h.ingest_accepted[0]),
+                "rejected": rejected,
+            },
+            "tick_us_p99": float(h.tick_us_p99[0]),
+        }
+
+
+def state_name(value: int) -> str:
+    return STATE_NAMES.get(int(value), STATE_NAMES[UNREGISTERED])
