@@ -121,7 +121,6 @@ class Forwarder:
         s = self._ctx.socket(zmq.PUSH)
         s.setsockopt(zmq.SNDHWM, FORWARD_HWM)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a live connection
         if self._curve is not None:
             server_public, public, secret = self._curve
             s.curve_serverkey = server_public

@@ -1,0 +1,173 @@
+"""The HTTP server as ``shm-engine run`` starts it: a supervised child.
+
+Each test runs a real engine (`support.engine.Engine`) with ``[http] bind =
+"127.0.0.1:0"`` and talks to it with httpx: the URL bound is in the
+engine's status.  Heartbeats posted over HTTP must be counted exactly as
+the same heartbeats sent over ZeroMQ; the child must be restarted when it
+dies, stop with the engine, and refuse a bad setup with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import httpx
+import pytest
+
+from clients.heartbeat import HeartbeatClient
+from support.engine import START_TIMEOUT_S, Engine, cli, free_port, write_config
+from support.wait import wait_until
+
+GOOD = {"node": "web-1", "cpu": 0.2, "mem": 0.3, "queue": 1, "avg_job_s": 0.5}
+BAD = {"node": "web-2", "cpu": 1.5, "mem": 0.3, "queue": 1, "avg_job_s": 0.5}
+TOKEN = "t0ken-for-tests"
+
+
+def _start(shm_name, tmp_path, reap, http_extra=""):
+    cfg = write_config(tmp_path / "e.toml", free_port(), http="127.0.0.1:0", http_extra=http_extra)
+    eng = Engine(shm_name, cfg, tmp_path, reap)
+    st = eng.wait_ready()
+    url = st["http"]["url"]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+    assert f"http endpoint {url}\n" in eng.stdout
+    return eng, url
+
+
+def _rejects(eng) -> dict:
+    return eng.status()["ingest"]["rejected"]
+
+
+def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, tmp_path, reap):
+    eng, url = _start(shm_name, tmp_path, reap)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        wait_until(lambda: http.get("/readyz").status_code == 200, 10, "ready")
+
+        # A valid heartbeat posted over HTTP is written by the ingest.
+        r = http.post("/v1/heartbeat", json=GOOD)
+        assert r.status_code == 202 and r.json()["accepted"] == 1
+        node = wait_until(
+            lambda: http.get("/v1/nodes/web-1").json() if http.get("/v1/nodes/web-1").status_code == 200 else None,
+            10,
+            "web-1 scored",
+        )
+        assert node["state"] == "healthy" and node["heartbeat"]["cpu"] == 0.2
+
+        # The same bad heartbeat over HTTP and over ZeroMQ: the same counter, +1 each.
+        before = _rejects(eng)
+        r = http.post("/v1/heartbeat", json=BAD)
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert (err["code"], err["field"], err["value"], err["node"]) == ("bad_field", "cpu", "1.5", "web-2")
+        wait_until(lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 1, 10, "HTTP reject counted")
+        endpoint = eng.status()["ingest_endpoint"]
+        with HeartbeatClient(endpoint) as hb:
+            hb._sock.send(json.dumps(BAD).encode())  # as a sender without the client's own check
+        wait_until(lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 2, 10, "ZeroMQ reject counted")
+        after = _rejects(eng)
+        assert {k: v for k, v in after.items() if k != "bad_field"} == {
+            k: v for k, v in before.items() if k != "bad_field"
+        }
+        # Bad JSON: 400 with the parser's reason, counted malformed_frame by the ingest.
+        r = http.post("/v1/heartbeat", content=b"{oops", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
+        wait_until(
+            lambda: _rejects(eng)["malformed_frame"] == before["malformed_frame"] + 1, 10, "malformed counted"
+        )
+
+        # Server-sent events: the history, then tick summaries with growing epochs.
+        epochs = []
+        with http.stream("GET", "/v1/stream") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "tick":
+                    epochs.append(json.loads(line[6:])["epoch"])
+                    if len(epochs) == 3:
+                        break
+        assert epochs == sorted(epochs) and len(set(epochs)) == 3
+
+        stats = http.get("/v1/stats").json()
+        assert stats["children"]["http"]["restarts"] == 0
+        assert "shm_engine_up" in http.get("/metrics").text
+
+    # The supervisor restarts a killed HTTP child, on a new port (bind port 0).
+    pid = eng.status()["children"]["http"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: eng.status()["children"]["http"]["restarts"] == 1
+        and eng.status()["http"]["url"] != url
+        and eng.status()["http"]["alive_age_s"] is not None,
+        START_TIMEOUT_S,
+        "http child restarted",
+    )
+    new_url = eng.status()["http"]["url"]
+    wait_until(lambda: httpx.get(new_url + "/healthz", timeout=5).status_code == 200, 10, "new child serves")
+    assert eng.stop() == 0
+    assert "http_started" in eng.stderr and "http_stopped" in eng.stderr
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(new_url + "/healthz", timeout=2)
+
+
+def test_token_file_guards_heartbeats(shm_name, tmp_path, reap):
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    eng, url = _start(shm_name, tmp_path, reap, http_extra=f'token_file = "{token}"')
+    with httpx.Client(base_url=url, timeout=10) as http:
+        r = http.post("/v1/heartbeat", json=GOOD)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "token_missing"
+        r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": "Bearer nope"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "token_invalid"
+        r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 202
+        assert http.get("/v1/nodes").status_code == 200  # reads stay open
+    assert eng.stop() == 0
+
+
+def test_a_token_file_others_can_read_is_refused_before_start(shm_name, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o644)
+    cfg = write_config(
+        tmp_path / "e.toml", free_port(), http="127.0.0.1:0", http_extra=f'token_file = "{token}"'
+    )
+    run = cli("run", "--name", shm_name, "--config", str(cfg))
+    assert run.returncode == 2
+    assert f'http.token_file = "{token}" has mode 0o644' in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('bind = "localhost"', 'http.bind = "localhost" must look like HOST:PORT'),
+        ('bind = "127.0.0.1:70000"', 'http.bind = "127.0.0.1:70000" must look like HOST:PORT'),
+        ('tls_cert = "c.pem"', 'http.tls_cert = "c.pem" is set but http.tls_key is empty'),
+        ("max_body_bytes = 0", "http.max_body_bytes = 0 must be in 1..67108864"),
+        ("nice = 20", "http.nice = 20 must be in 0..19"),
+        ("bnid = 1", "unknown key http.bnid (did you mean http.bind?)"),
+    ],
+)
+def test_bad_http_config_names_key_and_value(tmp_path, line, message):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[http]\n{line}\n")
+    out = cli("config", "--check", str(path))
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_a_taken_http_port_stops_the_engine_with_the_reason(shm_name, tmp_path, reap):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = write_config(tmp_path / "e.toml", free_port(), http=f"127.0.0.1:{port}")
+        eng = Engine(shm_name, cfg, tmp_path, reap)
+        wait_until(lambda: eng.returncode is not None, START_TIMEOUT_S, "engine exit")
+    assert eng.returncode == 1
+    assert "http_bind_failed" in eng.stderr and "engine_stopped" in eng.stderr, eng.stderr
+    assert not eng.segment_exists()
