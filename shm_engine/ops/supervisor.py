@@ -1,4 +1,4 @@
-"""`shm-engine run`: the supervisor process and its two children.
+"""`shm-engine run`: the supervisor process and its children.
 
 The supervisor owns the segments' lifetime: it creates the scores segment
 ``/NAME`` and the claims segment ``/NAME.claims`` (O_CREAT|O_EXCL each,
@@ -18,6 +18,15 @@ Invariants:
   the next ``run`` reclaims them as stale (their creator pid is dead).
 - A child that exits with `EXIT_FATAL` (`shm_engine.core.runtime`, e.g. the ingest cannot bind) is
   not restarted: the engine shuts down and ``run`` returns 1.
+
+The HTTP child (``[http] bind`` set, and the ``http`` extra installed;
+otherwise the engine runs without it and logs ``http_unavailable``) is
+supervised like the other two (`shm_engine.http.server`): restarted with
+the same backoff, watched through ``http_alive_mono``, and a fatal exit of
+it (its address taken, its TLS files refused) stops the engine.  Before it
+has bound, ``http_endpoint`` holds the configured URL; ``ready`` then also
+waits for its first beat, and the line before ``ready`` on stdout is
+``http endpoint URL`` with the port it bound.
 
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for

@@ -14,6 +14,10 @@ const COLORS = {
 };
 const WEIGHT_COLORS = ["#2563eb", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#64748b"];
 const REFRESH_MS = 1000;
+// `?node=ID` opens that node's detail view.
+// `?live=0`: a still page (no stream, no polling), for screenshots and for
+// headless checks whose virtual clock stops while a request is open.
+const LIVE = new URLSearchParams(location.search).get("live") !== "0";
 const HISTORY_S = 600;
 
 const $ = (id) => document.getElementById(id);
@@ -312,13 +316,18 @@ async function main() {
   } catch (err) {
     $("conn").textContent = err.message;
   }
-  await Promise.all([loadNodes(), refreshReady(), loadEvents()]);
+  const linked = new URLSearchParams(location.search).get("node");  // ?node=ID opens its detail
+  await Promise.all([loadNodes(), refreshReady(), loadEvents(), linked ? select(linked) : null]);
   for (const id of ["f-state", "f-sort", "f-limit"]) $(id).addEventListener("change", restartPaging);
   for (const id of ["f-zone", "f-label", "f-prefix"]) $(id).addEventListener("input", restartPaging);
   $("filters").addEventListener("submit", (e) => { e.preventDefault(); restartPaging(); });
   $("next").addEventListener("click", () => { if (state.next) { state.cursors.push(state.next); loadNodes(); } });
   $("prev").addEventListener("click", () => { if (state.cursors.length > 1) { state.cursors.pop(); loadNodes(); } });
   $("detail-close").addEventListener("click", () => { state.selected = null; $("detail").hidden = true; });
+  if (!LIVE) {
+    $("conn").textContent = "still (live=0)";
+    return;
+  }
   connect();
   setInterval(() => {
     if (document.hidden) return;
