@@ -119,6 +119,15 @@ OPERATIONAL_DEFAULTS = {
     "ingest.curve.authorized_keys_dir": "",
     "claims.shm_mode": 0o600,
     "claims.max_schedulers": 64,
+    "http.bind": "127.0.0.1:7720",
+    "http.token_file": "",
+    "http.tls_cert": "",
+    "http.tls_key": "",
+    "http.max_body_bytes": 1048576,
+    "http.stream_interval_ms": 250,
+    "http.max_streams": 64,
+    "http.nice": 5,
+    "http.curve_client_key_file": "",
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -141,6 +150,10 @@ INT_KEYS = {
     "ingest.registration_burst_per_sender",
     "claims.shm_mode",
     "claims.max_schedulers",
+    "http.max_body_bytes",
+    "http.stream_interval_ms",
+    "http.max_streams",
+    "http.nice",
 }
 
 
@@ -838,6 +851,7 @@ def test_render_defaults_comments_every_key():
         "[claims]",
         "[score]",
         "[score.weights]",
+        "[http]",
     ):
         assert section in lines
     assert "shm_mode = 0o600" in lines
