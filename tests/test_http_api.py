@@ -153,7 +153,17 @@ def test_nodes_ranked_first_then_the_rest_with_every_field(api):
     assert [n["node"] for n in nodes[-5:]] == [f"n{i}" for i in range(25, 30)]
     n3 = next(n for n in nodes if n["node"] == "n03")
     assert n3["zone"] == "eu" and n3["labels"] == {"role": "web"}
-    assert set(n3) == {"node", "state", "score", "raw", "wait", "liveness", "rank", "zone", "labels"}
+    assert set(n3) == {
+        "node",
+        "state",
+        "score",
+        "raw",
+        "wait",
+        "liveness",
+        "rank",
+        "zone",
+        "labels",
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,7 +174,10 @@ def test_nodes_ranked_first_then_the_rest_with_every_field(api):
         ("state=dead", set()),
         ("zone=us", {n for n, _c, z, _l in NODES if z == "us"}),
         ("label=role=web", {n for n, _c, _z, lab in NODES if lab["role"] == "web"}),
-        ("zone=eu&label=role=db", {n for n, _c, z, lab in NODES if z == "eu" and lab["role"] == "db"}),
+        (
+            "zone=eu&label=role=db",
+            {n for n, _c, z, lab in NODES if z == "eu" and lab["role"] == "db"},
+        ),
         ("prefix=n1", {f"n1{i}" for i in range(10)}),
         ("label=role=web&label=role=db", set()),
     ],
@@ -176,7 +189,9 @@ def test_nodes_filters(api, query, expect):
     assert page["total"] == len(expect)
 
 
-@pytest.mark.parametrize("sort", ["-score", "score", "raw", "-raw", "node", "-node", "wait", "-liveness"])
+@pytest.mark.parametrize(
+    "sort", ["-score", "score", "raw", "-raw", "node", "-node", "wait", "-liveness"]
+)
 def test_paging_visits_every_node_once_in_the_full_order(api, sort):
     client, _sent, _view = api
     full = [n["node"] for n in client.get(f"/v1/nodes?limit=1000&sort={sort}").json()["nodes"]]
@@ -217,7 +232,13 @@ def test_nodes_bad_parameters_name_the_field_and_value(api, query, field, value)
 def test_a_cursor_of_another_sort_order_is_refused(api):
     client, _sent, _view = api
     cur = client.get("/v1/nodes?limit=2&sort=node").json()["next_cursor"]
-    _err(client.get(f"/v1/nodes?limit=2&sort=-score&cursor={cur}"), 400, "bad_parameter", "cursor", cur)
+    _err(
+        client.get(f"/v1/nodes?limit=2&sort=-score&cursor={cur}"),
+        400,
+        "bad_parameter",
+        "cursor",
+        cur,
+    )
 
 
 def test_one_node_in_detail(api, engine):
@@ -248,7 +269,13 @@ def test_stats(api):
     client, _sent, _view = api
     s = client.get("/v1/stats").json()
     assert s["epoch"] == 1 and s["registered"] == 30 and s["ranked"] == 25
-    assert s["counts"] == {"healthy": 25, "degraded": 0, "overloaded": 5, "quarantined": 0, "dead": 0}
+    assert s["counts"] == {
+        "healthy": 25,
+        "degraded": 0,
+        "overloaded": 5,
+        "quarantined": 0,
+        "dead": 0,
+    }
     assert set(s["weights"]) == {"cpu", "mem", "io", "wait", "rate", "success", "tail"}
     assert 0 <= s["pressure"] <= 1
     assert s["ingest"]["rejected"]["frame_too_large"] == 2
@@ -271,8 +298,17 @@ def test_openapi_lists_every_route_of_the_table(api):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {
-        "/healthz", "/readyz", "/v1/nodes", "/v1/nodes/{id}", "/v1/stats",
-        "/v1/stats/history", "/v1/stream", "/v1/heartbeat", "/metrics", "/openapi.json", "/",
+        "/healthz",
+        "/readyz",
+        "/v1/nodes",
+        "/v1/nodes/{id}",
+        "/v1/stats",
+        "/v1/stats/history",
+        "/v1/stream",
+        "/v1/heartbeat",
+        "/metrics",
+        "/openapi.json",
+        "/",
     }
     post = doc["paths"]["/v1/heartbeat"]["post"]
     assert post["security"] == [{"bearer": []}] and "413" in post["responses"]
@@ -376,7 +412,13 @@ def test_a_batch_with_some_bad_heartbeats_is_202_and_explains_them(api):
 
 def test_heartbeat_needs_json_content_type(api):
     client, sent, _view = api
-    _err(_post(client, GOOD, ctype="text/plain"), 415, "unsupported_media_type", "Content-Type", "text/plain")
+    _err(
+        _post(client, GOOD, ctype="text/plain"),
+        415,
+        "unsupported_media_type",
+        "Content-Type",
+        "text/plain",
+    )
     assert sent == []
 
 
@@ -411,7 +453,9 @@ def test_a_frame_over_max_frame_bytes_is_413_and_counted_by_the_ingest(engine, s
 
 
 def test_a_full_ingest_queue_is_503(engine, shm_name):
-    client, view, _api, _sent = _client(shm_name, forward=lambda frame: "the ingest's queue is full; retry")
+    client, view, _api, _sent = _client(
+        shm_name, forward=lambda frame: "the ingest's queue is full; retry"
+    )
     with client:
         _err(_post(client, GOOD), 503, "ingest_unavailable")
     view.close()

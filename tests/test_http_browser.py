@@ -86,7 +86,9 @@ def test_dashboard_renders_the_demo_fleet(chromium, shm_name, tmp_path, reap):
         assert m is not None, f"no count for {state}"
         if state == "healthy":
             assert int(m.group(1)) > 0 and n > 0
-    assert re.search(r'id="page-info">1–50 of 300 nodes', dom), re.findall(r'id="page-info">[^<]*', dom)
+    assert re.search(r'id="page-info">1–50 of 300 nodes', dom), re.findall(
+        r'id="page-info">[^<]*', dom
+    )
     assert 'id="events"' in dom and "Event stream" in dom
     assert re.search(rf'id="engine-name">{re.escape(shm_name)}<', dom)
     # The detail view of the linked node, with its latest heartbeat.

@@ -50,7 +50,11 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
         r = http.post("/v1/heartbeat", json=GOOD)
         assert r.status_code == 202 and r.json()["accepted"] == 1
         node = wait_until(
-            lambda: http.get("/v1/nodes/web-1").json() if http.get("/v1/nodes/web-1").status_code == 200 else None,
+            lambda: (
+                http.get("/v1/nodes/web-1").json()
+                if http.get("/v1/nodes/web-1").status_code == 200
+                else None
+            ),
             10,
             "web-1 scored",
         )
@@ -61,21 +65,36 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
         r = http.post("/v1/heartbeat", json=BAD)
         assert r.status_code == 400
         err = r.json()["error"]
-        assert (err["code"], err["field"], err["value"], err["node"]) == ("bad_field", "cpu", "1.5", "web-2")
-        wait_until(lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 1, 10, "HTTP reject counted")
+        assert (err["code"], err["field"], err["value"], err["node"]) == (
+            "bad_field",
+            "cpu",
+            "1.5",
+            "web-2",
+        )
+        wait_until(
+            lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 1, 10, "HTTP reject counted"
+        )
         endpoint = eng.status()["ingest_endpoint"]
         with HeartbeatClient(endpoint) as hb:
             hb._sock.send(json.dumps(BAD).encode())  # as a sender without the client's own check
-        wait_until(lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 2, 10, "ZeroMQ reject counted")
+        wait_until(
+            lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 2,
+            10,
+            "ZeroMQ reject counted",
+        )
         after = _rejects(eng)
         assert {k: v for k, v in after.items() if k != "bad_field"} == {
             k: v for k, v in before.items() if k != "bad_field"
         }
         # Bad JSON: 400 with the parser's reason, counted malformed_frame by the ingest.
-        r = http.post("/v1/heartbeat", content=b"{oops", headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/heartbeat", content=b"{oops", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400 and "invalid JSON" in r.json()["error"]["message"]
         wait_until(
-            lambda: _rejects(eng)["malformed_frame"] == before["malformed_frame"] + 1, 10, "malformed counted"
+            lambda: _rejects(eng)["malformed_frame"] == before["malformed_frame"] + 1,
+            10,
+            "malformed counted",
         )
 
         # Server-sent events: the history, then tick summaries with growing epochs.
@@ -100,14 +119,20 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
     pid = eng.status()["children"]["http"]["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_until(
-        lambda: eng.status()["children"]["http"]["restarts"] == 1
-        and eng.status()["http"]["url"] != url
-        and eng.status()["http"]["alive_age_s"] is not None,
+        lambda: (
+            eng.status()["children"]["http"]["restarts"] == 1
+            and eng.status()["http"]["url"] != url
+            and eng.status()["http"]["alive_age_s"] is not None
+        ),
         START_TIMEOUT_S,
         "http child restarted",
     )
     new_url = eng.status()["http"]["url"]
-    wait_until(lambda: httpx.get(new_url + "/healthz", timeout=5).status_code == 200, 10, "new child serves")
+    wait_until(
+        lambda: httpx.get(new_url + "/healthz", timeout=5).status_code == 200,
+        10,
+        "new child serves",
+    )
     assert eng.stop() == 0
     assert "http_started" in eng.stderr and "http_stopped" in eng.stderr
     with pytest.raises(httpx.ConnectError):

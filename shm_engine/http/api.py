@@ -67,7 +67,9 @@ MAX_EXPLAINED = 20  # rejected heartbeats explained one by one in a reply
 READY_MAX_AGE_TICKS = 10  # /readyz: the latest tick is at most this many intervals old
 READY_MIN_AGE_S = 0.5  # ... or this many seconds, whichever is longer
 STREAM_KEEPALIVE_S = 15.0
-_FIELD_VALUE = re.compile(r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$")
+_FIELD_VALUE = re.compile(
+    r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
+)
 
 
 class ApiError(Exception):
@@ -218,7 +220,11 @@ def _explain(reason: str, detail: str) -> dict:
     if fv:
         fld, value = fv.group("field"), fv.group("value")
     else:
-        for pattern in (r"^missing (\w+)$", r"^unknown field '([^']*)'$", r"^field '([^']*)' given"):
+        for pattern in (
+            r"^missing (\w+)$",
+            r"^unknown field '([^']*)'$",
+            r"^field '([^']*)' given",
+        ):
             mm = re.match(pattern, rest)
             if mm:
                 fld = mm.group(1)
@@ -249,7 +255,7 @@ class Api:
         self.streams = 0
         self._summary: dict | None = None
         self._summary_epoch = -1
-        self._metrics = None
+        self._metrics: Any = None  # a prometheus_client registry, made on first use
 
     # ------------------------------------------------------------- guards --
     def frame(self) -> Frame:
@@ -599,7 +605,9 @@ class Api:
                 len(frame),
             )
         errors = _explain_all(frame)
-        first = errors[0] if errors else {"field": None, "value": None, "reason": "malformed_frame"}
+        first: dict[str, Any] = (
+            errors[0] if errors else {"field": None, "value": None, "reason": "malformed_frame"}
+        )
         body = {
             "accepted": accepted,
             "rejected": dict(dec.rejects),
@@ -637,17 +645,31 @@ def _explain_all(frame: bytes) -> list[dict]:
     try:
         value = parse_json(frame)
     except Reject as rej:
-        return [{"reason": rej.reason, "node": None, "field": None, "value": None,
-                 "detail": rej.detail}]
+        return [
+            {"reason": rej.reason, "node": None, "field": None, "value": None, "detail": rej.detail}
+        ]
     items = value if isinstance(value, list) else [value]
     if not isinstance(value, (list, dict)):
-        return [{"reason": "malformed_frame", "node": None, "field": None, "value": None,
-                 "detail": f"top level is {type(value).__name__}, not object or array"}]
-    out = []
+        return [
+            {
+                "reason": "malformed_frame",
+                "node": None,
+                "field": None,
+                "value": None,
+                "detail": f"top level is {type(value).__name__}, not object or array",
+            }
+        ]
+    out: list[dict[str, Any]] = []
     for i, obj in enumerate(items):
+        e: dict[str, Any]
         if not isinstance(obj, dict):
-            e = {"reason": "malformed_heartbeat", "node": None, "field": None, "value": None,
-                 "detail": f"array element is {type(obj).__name__}, not an object"}
+            e = {
+                "reason": "malformed_heartbeat",
+                "node": None,
+                "field": None,
+                "value": None,
+                "detail": f"array element is {type(obj).__name__}, not an object",
+            }
         else:
             try:
                 check_mapping(obj)
@@ -678,72 +700,131 @@ def endpoints() -> list[Endpoint]:
     """The route table (module docstring)."""
     state_enum = {"type": "string", "enum": list(STATE_BY_NAME)}
     return [
-        Endpoint("GET", "/healthz", Api.healthz, "The HTTP server is up",
-                 responses={200: "up"}),
-        Endpoint("GET", "/readyz", Api.readyz,
-                 "Ready: the engine runs, has published, and its latest tick is fresh",
-                 responses={200: "ready", 503: "not ready: code says why"}),
+        Endpoint("GET", "/healthz", Api.healthz, "The HTTP server is up", responses={200: "up"}),
         Endpoint(
-            "GET", "/v1/nodes", Api.nodes,
+            "GET",
+            "/readyz",
+            Api.readyz,
+            "Ready: the engine runs, has published, and its latest tick is fresh",
+            responses={200: "ready", 503: "not ready: code says why"},
+        ),
+        Endpoint(
+            "GET",
+            "/v1/nodes",
+            Api.nodes,
             "Nodes of the latest tick, filtered, sorted and paged (keyset cursor)",
             params=(
-                _p("state", "query", "keep these states (comma-separated or repeated)",
-                   state_enum),
+                _p("state", "query", "keep these states (comma-separated or repeated)", state_enum),
                 _p("zone", "query", "keep nodes of this zone"),
                 _p("label", "query", "keep nodes with label KEY=VALUE (repeat: all must match)"),
                 _p("prefix", "query", "keep node ids starting with this"),
-                _p("sort", "query", "score, raw, wait, liveness or node; prefix - for "
-                   "descending (default -score: the ranking)"),
-                _p("limit", "query", f"nodes per page, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})",
-                   {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+                _p(
+                    "sort",
+                    "query",
+                    "score, raw, wait, liveness or node; prefix - for "
+                    "descending (default -score: the ranking)",
+                ),
+                _p(
+                    "limit",
+                    "query",
+                    f"nodes per page, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                ),
                 _p("cursor", "query", "next_cursor of the previous page"),
-                _p("history", "query", "1: each node's score once a second for the last minute",
-                   {"type": "integer", "enum": [0, 1]}),
+                _p(
+                    "history",
+                    "query",
+                    "1: each node's score once a second for the last minute",
+                    {"type": "integer", "enum": [0, 1]},
+                ),
             ),
-            responses={200: "a page of nodes", 400: "a bad parameter (field names it)",
-                       503: "nothing published yet, or the engine is gone"},
+            responses={
+                200: "a page of nodes",
+                400: "a bad parameter (field names it)",
+                503: "nothing published yet, or the engine is gone",
+            },
         ),
         Endpoint(
-            "GET", "/v1/nodes/{id}", Api.node,
+            "GET",
+            "/v1/nodes/{id}",
+            Api.node,
             "One node: score, raw, state, wait, liveness, rank, in-flight claims, its "
             "latest heartbeat and score history",
             params=(_p("id", "path", "node id"),),
             responses={200: "the node", 404: "no such node in the latest tick"},
         ),
-        Endpoint("GET", "/v1/stats", Api.stats,
-                 "Counts per state, pressure, weights in effect, tick, ingest and claims "
-                 "counters", responses={200: "the engine's numbers"}),
-        Endpoint("GET", "/v1/stats/history", Api.history,
-                 "One summary per second for the last ten minutes",
-                 responses={200: "summaries, oldest first"}),
-        Endpoint("GET", "/v1/stream", Api.stream,
-                 "Server-sent events: `history` once, then `tick` (a compact summary) "
-                 "at most every http.stream_interval_ms",
-                 responses={200: "an event stream", 503: "too many streams"},
-                 content="text/event-stream"),
         Endpoint(
-            "POST", "/v1/heartbeat", Api.heartbeat,
+            "GET",
+            "/v1/stats",
+            Api.stats,
+            "Counts per state, pressure, weights in effect, tick, ingest and claims counters",
+            responses={200: "the engine's numbers"},
+        ),
+        Endpoint(
+            "GET",
+            "/v1/stats/history",
+            Api.history,
+            "One summary per second for the last ten minutes",
+            responses={200: "summaries, oldest first"},
+        ),
+        Endpoint(
+            "GET",
+            "/v1/stream",
+            Api.stream,
+            "Server-sent events: `history` once, then `tick` (a compact summary) "
+            "at most every http.stream_interval_ms",
+            responses={200: "an event stream", 503: "too many streams"},
+            content="text/event-stream",
+        ),
+        Endpoint(
+            "POST",
+            "/v1/heartbeat",
+            Api.heartbeat,
             "Send heartbeats (one JSON object or an array), checked as the ZeroMQ ingest "
             "checks them and counted in the same reject counters",
-            mutating=True, body=True,
+            mutating=True,
+            body=True,
             request={
                 "required": True,
-                "content": {"application/json": {"schema": {
-                    "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]
-                }}},
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"type": "object"},
+                                {"type": "array", "items": {"type": "object"}},
+                            ]
+                        }
+                    }
+                },
             },
-            responses={202: "forwarded to the ingest (accepted: the valid ones)",
-                       400: "every heartbeat rejected: reason, field and value",
-                       401: "token missing or wrong", 403: "mutations disabled",
-                       413: "body too large", 415: "not application/json",
-                       503: "the ingest cannot take it now"},
+            responses={
+                202: "forwarded to the ingest (accepted: the valid ones)",
+                400: "every heartbeat rejected: reason, field and value",
+                401: "token missing or wrong",
+                403: "mutations disabled",
+                413: "body too large",
+                415: "not application/json",
+                503: "the ingest cannot take it now",
+            },
         ),
-        Endpoint("GET", "/metrics", Api.metrics, "Prometheus metrics (the exporter's)",
-                 responses={200: "text exposition format"}, content="text/plain"),
-        Endpoint("GET", "/openapi.json", Api.openapi_json, "This document",
-                 responses={200: "OpenAPI 3.1"}),
-        Endpoint("GET", "/", Api.index, "The web dashboard",
-                 responses={200: "HTML"}, content="text/html"),
+        Endpoint(
+            "GET",
+            "/metrics",
+            Api.metrics,
+            "Prometheus metrics (the exporter's)",
+            responses={200: "text exposition format"},
+            content="text/plain",
+        ),
+        Endpoint(
+            "GET",
+            "/openapi.json",
+            Api.openapi_json,
+            "This document",
+            responses={200: "OpenAPI 3.1"},
+        ),
+        Endpoint(
+            "GET", "/", Api.index, "The web dashboard", responses={200: "HTML"}, content="text/html"
+        ),
     ]
 
 
@@ -785,7 +866,9 @@ def openapi(table: list[Endpoint]) -> dict:
             if status < 300:
                 resp["content"] = {ep.content: {}}
             else:
-                resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                resp["content"] = {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                }
             op["responses"][str(status)] = resp
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {

@@ -226,6 +226,9 @@ class EngineView:
         t = self.seg.views.table
         reg = self.seg.views.registry
         for _attempt in range(ROW_READ_ATTEMPTS):
+            # Plain loads, in program order on x86-64 (shm_engine.core.ordering):
+            # the version, the row, the version again.  Pairs with the two
+            # row_version increments of rows.write_rows (odd while written).
             v0 = int(t.row_version[slot])
             if v0 & 1:
                 continue
@@ -245,13 +248,13 @@ class EngineView:
             }
             recv = float(t.recv_time[slot])
             reported = int(t.reported[slot])
-            # Pairs with the row writer's second row_version increment.
             if int(t.row_version[slot]) != v0:
                 continue
             if int(reg.slot_gen[slot]) != gen:
                 return None
-            out = {"age_s": max(0.0, time.monotonic() - recv), "cpu": vals["cpu"]}
-            out["mem"], out["queue"], out["avg_job_s"] = vals["mem"], vals["queue"], vals["avg_job_s"]
+            out: dict[str, float | int | None] = {"age_s": max(0.0, time.monotonic() - recv)}
+            for k in ("cpu", "mem", "queue", "avg_job_s"):  # required: always there
+                out[k] = vals[k]
             for _name, bit, keys in _OPTIONAL:
                 for k in keys:
                     out[k] = vals[k] if reported & bit else None

@@ -64,7 +64,9 @@ def _run(binary: str, profile: Path, url: str, budget_ms: int, extra: list[str],
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def dump_dom(binary: str, profile: Path, url: str, budget_ms: int = 6000, timeout: float = 120) -> str:
+def dump_dom(
+    binary: str, profile: Path, url: str, budget_ms: int = 6000, timeout: float = 120
+) -> str:
     """The DOM of ``url`` after ``budget_ms`` of virtual time (scripts run).
     Virtual time stands still while a request is open, so the page must
     not hold one (the dashboard's ``?live=0``)."""
