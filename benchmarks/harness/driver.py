@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, report, scaling, tick
+from benchmarks.harness import (
+    claims,
+    freshness,
+    http,
+    ingest,
+    memory,
+    read,
+    report,
+    scaling,
+    tick,
+)
 from benchmarks.harness.common import machine
 
 __all__ = ["main", "OUT_DIR", "RECORD_DIR", "RESULTS_MD"]
@@ -27,7 +37,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness")
+SKIPPABLE = ("read", "claims", "ingest", "freshness", "http")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=("tick", "ingest"),
+        choices=("tick", "ingest", "http"),
         default=None,
         help="run only this section (tick: no Python baseline); prints the "
         "tables and writes <out>/<section>_only.json",
@@ -97,6 +107,10 @@ def main(argv=None) -> int:
         "command": " ".join(["python -m benchmarks run", *given]),
     }
     log(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
+    if args.only == "http":
+        res["http"] = hp = _http(args.quick, log)
+        print("\n".join(http.summary(hp)[0]))
+        return _write_json(res, out_dir / "http_only.json", log)
     if args.only == "ingest":
         res["ingest"] = ig = ingest.run(args.quick, log)
         print("\n".join(ingest.summary(ig)[0]))
@@ -119,6 +133,8 @@ def main(argv=None) -> int:
     res["freshness"] = (
         None if "freshness" in skip else freshness.run(10_000, 4.0 if args.quick else 30.0, log)
     )
+    # --quick leaves it out (its smoke test runs `--only http --quick`).
+    res["http"] = None if "http" in skip or args.quick else _http(False, log)
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)
     res["plot"] = scaling.plot(rows, out_dir / "tick_scaling.png")
@@ -130,6 +146,10 @@ def main(argv=None) -> int:
         report.record_results_md(res, lines, RESULTS_MD, "tick_scaling.png")
         log(f"wrote {RESULTS_MD}")
     return 0
+
+
+def _http(quick: bool, log) -> dict:
+    return http.run(2_000 if quick else 10_000, 3.0 if quick else 15.0, log)
 
 
 def _write_json(res: dict, path: Path, log) -> int:

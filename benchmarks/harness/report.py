@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, scaling, tick
+from benchmarks.harness import claims, freshness, http, ingest, memory, read, scaling, tick
 
 __all__ = ["summarise", "record_results_md", "BEGIN", "END"]
 
@@ -23,6 +23,7 @@ SECTIONS = (
     ("claims", claims.summary),
     ("ingest", ingest.summary),
     ("freshness", freshness.summary),
+    ("http", http.summary),
     ("memory", memory.summary),
     ("scaling", scaling.summary),
 )

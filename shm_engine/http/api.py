@@ -43,7 +43,8 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -70,6 +71,22 @@ STREAM_KEEPALIVE_S = 15.0
 _FIELD_VALUE = re.compile(
     r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
 )
+
+
+try:  # 5-10x faster encoding of the larger replies (a page of nodes)
+    import orjson
+except ImportError:  # pragma: no cover - the http extra installs it
+    orjson = None
+
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSONResponse, encoded by orjson when it is installed
+    (NaN and infinities become null, as the API documents)."""
+
+    def render(self, content: Any) -> bytes:
+        if orjson is not None:
+            return orjson.dumps(content)
+        return super().render(content)
 
 
 class ApiError(Exception):

@@ -152,8 +152,11 @@ def _curve_keys(config: Config) -> tuple[bytes, bytes, bytes] | None:
 def _bind(bind: str) -> socket.socket:
     host, port = http_host_port(bind)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+    # then, and without it a keep-alive reply waits out delayed ACKs (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
         sock.listen(1024)

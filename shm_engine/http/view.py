@@ -26,7 +26,6 @@ Rules for callers: one thread (the server's event loop); ``close()`` once.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -319,11 +318,11 @@ class EngineView:
         if k == 0 or len(slots) == 0:
             return [[] for _ in range(len(slots))]
         rows = [(self._score_at - k + i) % SCORE_SECONDS for i in range(k)]
-        sc = self._scores[rows][:, slots]
-        gens = self._score_gen[rows][:, slots]
+        sc = self._scores[np.ix_(rows, slots)]
+        gens = self._score_gen[np.ix_(rows, slots)]
         cur = self.seg.views.registry.slot_gen[slots]
-        sc = np.where(gens == cur[None, :], sc, np.nan)
-        return [[None if math.isnan(x) else round(x, 4) for x in col] for col in sc.T.tolist()]
+        sc = np.where(gens == cur[None, :], sc, np.nan).astype(np.float64).round(4)
+        return [[None if x != x else x for x in col] for col in sc.T.tolist()]  # NaN: None
 
     # ------------------------------------------------------------ summary --
     def summary(self, f: Frame | None = None) -> dict:
