@@ -10,6 +10,7 @@ the real one against the ingest's counters).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -22,7 +23,7 @@ from shm_engine.core.config import Config
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
-from shm_engine.http.api import MAX_LIMIT, Settings, build_app, openapi
+from shm_engine.http.api import LOOPBACK_HOSTS, MAX_LIMIT, Settings, build_app, openapi
 from shm_engine.http.view import EngineView
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
@@ -510,4 +511,27 @@ def test_without_a_forwarder_heartbeats_are_503(engine, shm_name):
     app, _api = build_app(view, _settings(), None)
     with TestClient(app) as client:
         _err(_post(client, GOOD), 503, "heartbeats_unavailable")
+    view.close()
+
+
+def test_a_loopback_server_answers_only_to_loopback_host_names(engine, shm_name):
+    settings = dataclasses.replace(_settings(), allowed_hosts=LOOPBACK_HOSTS)
+    client, view, _api, sent = _client(shm_name, settings)
+    with client:
+        for host in ("127.0.0.1:7720", "localhost", "[::1]:80"):
+            assert client.get("/healthz", headers={"host": host}).status_code == 200, host
+        for host in ("evil.example:7720", "127.0.0.1.evil.example", ""):
+            _err(
+                client.get("/v1/nodes", headers={"host": host}),
+                421,
+                "misdirected_request",
+                "Host",
+                host,
+            )
+        r = client.post(
+            "/v1/heartbeat",
+            content=json.dumps(GOOD),
+            headers={"host": "evil.example", "content-type": "application/json"},
+        )
+        assert r.status_code == 421 and sent == []
     view.close()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 
 import httpx
 import pytest
@@ -196,3 +198,49 @@ def test_a_taken_http_port_stops_the_engine_with_the_reason(shm_name, tmp_path, 
     assert eng.returncode == 1
     assert "http_bind_failed" in eng.stderr and "engine_stopped" in eng.stderr, eng.stderr
     assert not eng.segment_exists()
+
+
+def test_https_with_tls_cert_and_key(shm_name, tmp_path, reap):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    cfg = write_config(
+        tmp_path / "e.toml",
+        free_port(),
+        http="127.0.0.1:0",
+        http_extra=f'tls_cert = "{cert}"\ntls_key = "{key}"',
+    )
+    eng = Engine(shm_name, cfg, tmp_path, reap)
+    url = eng.wait_ready()["http"]["url"]
+    assert url.startswith("https://127.0.0.1:")
+    with httpx.Client(base_url=url, verify=str(cert), timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        r = http.post("/v1/heartbeat", json=GOOD)
+        assert r.status_code == 202
+    with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is refused
+        httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
+    assert eng.stop() == 0

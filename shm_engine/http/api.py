@@ -20,6 +20,12 @@ Security (``[http]``):
   the server is bound to loopback, and refused (403) otherwise.
 - A request body over ``max_body_bytes`` is refused with 413 from its
   Content-Length, or once the bytes read pass the limit: never read whole.
+- Browsers: a heartbeat must be ``application/json``, which a page of
+  another origin can only send after a CORS preflight this server never
+  grants, so a web page cannot post through a browser on the engine's host.
+  On a loopback bind the ``Host`` header must name a loopback host
+  (`LOOPBACK_HOSTS`; else 421), so a page cannot read the API through DNS
+  rebinding either.
 
 Rules for handlers: they run on the event loop, so they never block (every
 read here is a copy from shared memory, microseconds to a millisecond at
@@ -132,6 +138,7 @@ class Settings:
     stream_interval_s: float
     max_streams: int
     tick_interval_s: float
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; empty: any
 
     @classmethod
     def from_config(cls, config: Config, token: str | None, loopback: bool) -> Settings:
@@ -145,10 +152,13 @@ class Settings:
             stream_interval_s=hc.stream_interval_ms / 1000.0,
             max_streams=hc.max_streams,
             tick_interval_s=config.engine.tick_interval_ms / 1000.0,
+            allowed_hosts=LOOPBACK_HOSTS if loopback else (),
         )
 
 
 Handler = Callable[["Api", Request], Awaitable[Response]]
+#: Host names a loopback-bound server answers to (with any port).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -934,6 +944,34 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", f"{type(exc).__name__}: the server failed")
 
 
+class _HostCheck:
+    """ASGI middleware: 421 unless the Host header names one of ``hosts``."""
+
+    def __init__(self, app, hosts: tuple[str, ...]):
+        self.app = app
+        self.hosts = frozenset(hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = ""
+            for k, v in scope["headers"]:
+                if k == b"host":
+                    host = v.decode("latin-1")
+                    break
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.hosts:
+                resp = error_response(
+                    421,
+                    "misdirected_request",
+                    "this server answers only to a loopback host name",
+                    "Host",
+                    host,
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(
     view: EngineView,
     settings: Settings,
@@ -951,4 +989,6 @@ def build_app(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+    if settings.allowed_hosts:
+        app.add_middleware(_HostCheck, hosts=settings.allowed_hosts)
     return app, api
