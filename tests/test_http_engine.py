@@ -115,6 +115,8 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
 
         stats = http.get("/v1/stats").json()
         assert stats["children"]["http"]["restarts"] == 0
+        status = cli("status", "--name", shm_name)
+        assert status.returncode == 0 and f"http     {url}\n" in status.stdout, status.stdout
         assert "shm_engine_up" in http.get("/metrics").text
 
     # The supervisor restarts a killed HTTP child, on a new port (bind port 0).
