@@ -535,3 +535,20 @@ def test_a_loopback_server_answers_only_to_loopback_host_names(engine, shm_name)
         )
         assert r.status_code == 421 and sent == []
     view.close()
+
+
+def test_score_history_is_kept_for_the_lowest_slots_only(engine, shm_name, monkeypatch):
+    import shm_engine.http.view as view_module
+
+    monkeypatch.setattr(view_module, "HISTORY_SLOTS", 20)
+    client, view, _api, _sent = _client(shm_name)
+    with client:
+        for second in (2000.0, 2001.0, 2002.0):
+            assert view.sample(now_wall=second)
+        page = client.get("/v1/nodes?sort=node&limit=30&history=1").json()["nodes"]
+        assert view._scores.shape == (view_module.SCORE_SECONDS, 20)
+        for i, node in enumerate(page):  # slot i holds n{i:02d}
+            assert node["node"] == f"n{i:02d}"
+            expect = [round(node["score"], 4)] * 3 if i < 20 else [None] * 3
+            assert node["history"] == expect, node["node"]
+    view.close()

@@ -18,7 +18,9 @@ History.  `sample` (called by the server's background task about once a
 second) appends one summary per second (counts, pressure, weights) for the
 last `SUMMARY_SECONDS`, and every slot's score for the last
 `SCORE_SECONDS`, tagged with the slot's registration so that a slot
-reused by another node never shows the old node's history.
+reused by another node never shows the old node's history (for the lowest
+`HISTORY_SLOTS` slots: an engine with more nodes shows no sparkline for
+the others).
 
 Rules for callers: one thread (the server's event loop); ``close()`` once.
 """
@@ -50,6 +52,9 @@ __all__ = [
 
 SUMMARY_SECONDS = 600  # summaries kept, one per second: the dashboard's charts
 SCORE_SECONDS = 60  # per-node score samples kept, one per second: sparklines
+#: Slots whose score history is kept (the lowest ones): 60 samples of 8
+#: bytes each, so at most 31 MB however large the capacity.
+HISTORY_SLOTS = 65536
 ROW_READ_ATTEMPTS = 100  # copies of a row being written before giving up
 #: Sort keys of GET /v1/nodes: the published column each sorts by.
 SORT_KEYS = ("score", "raw", "wait", "liveness", "node")
@@ -123,8 +128,9 @@ class EngineView:
         self._labels: list[dict] = []
         # History rings (module docstring).
         self._sum: list[dict] = []
-        self._scores = np.full((SCORE_SECONDS, self.capacity), np.nan, np.float32)
-        self._score_gen = np.zeros((SCORE_SECONDS, self.capacity), np.uint64)
+        self._hist = min(self.capacity, HISTORY_SLOTS)
+        self._scores = np.full((SCORE_SECONDS, self._hist), np.nan, np.float32)
+        self._score_gen = np.zeros((SCORE_SECONDS, self._hist), np.uint32)  # slot_gen, low bits
         self._score_at = 0  # samples taken so far
         self._last_sample_s = 0
 
@@ -299,11 +305,11 @@ class EngineView:
         if len(self._sum) > SUMMARY_SECONDS:
             del self._sum[: len(self._sum) - SUMMARY_SECONDS]
         row = self._score_at % SCORE_SECONDS
-        n = len(f.snap.nodes)
+        n = min(len(f.snap.nodes), self._hist)
         self._scores[row] = np.nan
-        self._scores[row, :n] = np.where(f.present, f.snap.score, np.nan)
+        self._scores[row, :n] = np.where(f.present[:n], f.snap.score[:n], np.nan)
         self._score_gen[row] = 0
-        self._score_gen[row, :n] = self.seg.views.registry.slot_gen[:n]
+        self._score_gen[row, :n] = self.seg.views.registry.slot_gen[:n].astype(np.uint32)
         self._score_at += 1
         return True
 
@@ -317,10 +323,14 @@ class EngineView:
         k = min(self._score_at, SCORE_SECONDS)
         if k == 0 or len(slots) == 0:
             return [[] for _ in range(len(slots))]
+        slots = np.asarray(slots, np.int64)
+        kept = slots < self._hist
+        at = np.where(kept, slots, 0)
         rows = [(self._score_at - k + i) % SCORE_SECONDS for i in range(k)]
-        sc = self._scores[np.ix_(rows, slots)]
-        gens = self._score_gen[np.ix_(rows, slots)]
-        cur = self.seg.views.registry.slot_gen[slots]
+        sc = self._scores[np.ix_(rows, at)]
+        gens = self._score_gen[np.ix_(rows, at)]
+        cur = self.seg.views.registry.slot_gen[slots].astype(np.uint32)
+        sc[:, ~kept] = np.nan
         sc = np.where(gens == cur[None, :], sc, np.nan).astype(np.float64).round(4)
         return [[None if x != x else x for x in col] for col in sc.T.tolist()]  # NaN: None
 
