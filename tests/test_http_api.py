@@ -552,3 +552,15 @@ def test_score_history_is_kept_for_the_lowest_slots_only(engine, shm_name, monke
             expect = [round(node["score"], 4)] * 3 if i < 20 else [None] * 3
             assert node["history"] == expect, node["node"]
     view.close()
+
+
+def test_a_zone_or_label_change_is_seen_at_once(api, engine):
+    client, _sent, _view = api
+    assert "n03" in {n["node"] for n in client.get("/v1/nodes?zone=eu&limit=100").json()["nodes"]}
+    seg, _ticker = engine
+    NodeRegistry(seg.views).set_meta(3, b"moon", b'{"role":"cache"}')  # n03's slot
+    d = client.get("/v1/nodes/n03").json()
+    assert d["zone"] == "moon" and d["labels"] == {"role": "cache"}
+    assert [n["node"] for n in client.get("/v1/nodes?zone=moon").json()["nodes"]] == ["n03"]
+    got = client.get("/v1/nodes?label=role=cache").json()["nodes"]
+    assert [n["node"] for n in got] == ["n03"]

@@ -407,6 +407,7 @@ class Api:
     def node_item(self, f: Frame, slot: int) -> dict:
         s = f.snap
         rank = int(f.rank[slot])
+        zone, labels = self.view.zone_labels(slot)
         return {
             "node": s.nodes[slot],
             "state": state_name(s.state[slot]),
@@ -415,8 +416,8 @@ class Api:
             "wait": _finite(s.wait[slot]),
             "liveness": float(s.liveness[slot]),
             "rank": rank if rank >= 0 else None,
-            "zone": self.view.zone_of(slot) or None,
-            "labels": self.view.labels_of(slot),
+            "zone": zone or None,
+            "labels": labels,
         }
 
     async def nodes(self, request: Request) -> Response:

@@ -215,13 +215,31 @@ class EngineView:
         self._meta_epoch = epoch if not unstable.any() else -1
         return zones, labs
 
-    def zone_of(self, slot: int) -> str:
-        zones = self.meta()[0]
-        return zones[slot] if slot < len(zones) else ""
-
-    def labels_of(self, slot: int) -> dict:
-        labels = self.meta()[1]
-        return labels[slot] if slot < len(labels) else {}
+    def zone_labels(self, slot: int) -> tuple[str, dict]:
+        """Zone and labels of ``slot``: from the cache while the registry has
+        not changed, else read for this slot alone (a request for a few
+        nodes never pays for re-reading the whole registry)."""
+        if int(self.header.registry_epoch[0]) == self._meta_epoch and slot < len(self._zones):
+            return self._zones[slot], self._labels[slot]
+        reg = self.seg.views.registry
+        for _attempt in range(ROW_READ_ATTEMPTS):
+            v0, g0 = int(reg.meta_version[slot]), int(reg.slot_gen[slot])
+            if (v0 | g0) & 1:
+                continue
+            zone = bytes(reg.zone[slot]).split(b"\0", 1)[0]
+            n = int(reg.labels_len[slot])
+            raw = bytes(reg.labels[slot, :n])
+            live = bool(reg.registered[slot])
+            # Pairs with the ingest's slot_change_end on both versions.
+            if int(reg.meta_version[slot]) == v0 and int(reg.slot_gen[slot]) == g0:
+                if not live:
+                    return "", {}
+                try:
+                    labels = json.loads(raw) if n else {}
+                except ValueError:
+                    labels = {}
+                return zone.decode("utf-8", "replace"), labels
+        return "", {}
 
     # ------------------------------------------------------------ one node --
     def heartbeat(self, slot: int, gen: int) -> dict | None:
