@@ -79,10 +79,11 @@ _FIELD_VALUE = re.compile(
 )
 
 
+_orjson: Any
 try:  # 5-10x faster encoding of the larger replies (a page of nodes)
-    import orjson
+    import orjson as _orjson
 except ImportError:  # pragma: no cover - the http extra installs it
-    orjson = None
+    _orjson = None
 
 
 class JSONResponse(_StarletteJSON):
@@ -90,8 +91,8 @@ class JSONResponse(_StarletteJSON):
     (NaN and infinities become null, as the API documents)."""
 
     def render(self, content: Any) -> bytes:
-        if orjson is not None:
-            return orjson.dumps(content)
+        if _orjson is not None:
+            return _orjson.dumps(content)
         return super().render(content)
 
 

@@ -344,13 +344,13 @@ class EngineView:
         slots = np.asarray(slots, np.int64)
         kept = slots < self._hist
         at = np.where(kept, slots, 0)
-        rows = [(self._score_at - k + i) % SCORE_SECONDS for i in range(k)]
+        rows = (self._score_at - k + np.arange(k)) % SCORE_SECONDS
         sc = self._scores[np.ix_(rows, at)]
         gens = self._score_gen[np.ix_(rows, at)]
         cur = self.seg.views.registry.slot_gen[slots].astype(np.uint32)
         sc[:, ~kept] = np.nan
-        sc = np.where(gens == cur[None, :], sc, np.nan).astype(np.float64).round(4)
-        return [[None if x != x else x for x in col] for col in sc.T.tolist()]  # NaN: None
+        out = np.where(gens == cur[None, :], sc, np.nan).astype(np.float64).round(4)
+        return [[None if x != x else x for x in col] for col in out.T.tolist()]  # NaN: None
 
     # ------------------------------------------------------------ summary --
     def summary(self, f: Frame | None = None) -> dict:
