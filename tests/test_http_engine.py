@@ -18,8 +18,10 @@ import subprocess
 
 import httpx
 import pytest
+import zmq
 
 from clients.heartbeat import HeartbeatClient
+from shm_engine.ops.keys import make_keys
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, write_config
 from support.wait import wait_until
 
@@ -245,4 +247,60 @@ def test_https_with_tls_cert_and_key(shm_name, tmp_path, reap):
         assert r.status_code == 202
     with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port is refused
         httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
+    assert eng.stop() == 0
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+def test_heartbeats_forwarded_over_curve_follow_a_restarted_ingest(shm_name, tmp_path, reap):
+    """With CURVE on, the API forwards with its own client key, held to that
+    key's node bindings like any sender; an ingest restarted on another
+    port (``*``) is followed."""
+    keys, allowed = tmp_path / "keys", tmp_path / "authorized"
+    allowed.mkdir()
+    _spub, ssec = make_keys(str(keys), "engine")
+    apub, asec = make_keys(str(keys), "api")
+    shutil.copy(apub, allowed / "api.key")
+    (allowed / "api.nodes").write_text("web-*\n")
+    extra = (
+        f'\n[ingest.curve]\nserver_secret_key_file = "{ssec}"\nauthorized_keys_dir = "{allowed}"\n'
+    )
+    cfg = write_config(
+        tmp_path / "e.toml",
+        "*",
+        extra=extra,
+        http="127.0.0.1:0",
+        http_extra=f'curve_client_key_file = "{asec}"',
+    )
+    eng = Engine(shm_name, cfg, tmp_path, reap)
+    url = eng.wait_ready()["http"]["url"]
+    with httpx.Client(base_url=url, timeout=10) as http:
+
+        def scored(node):
+            return http.get(f"/v1/nodes/{node}").status_code == 200
+
+        assert http.post("/v1/heartbeat", json=GOOD).status_code == 202
+        wait_until(lambda: scored("web-1"), 20, "web-1 scored through CURVE")
+        before = _rejects(eng)["not_authorized"]
+        other = {**GOOD, "node": "db-1"}
+        assert http.post("/v1/heartbeat", json=other).status_code == 202  # valid: forwarded
+        wait_until(lambda: _rejects(eng)["not_authorized"] == before + 1, 20, "db-1 refused")
+        assert not scored("db-1")
+
+        old = eng.status()
+        os.kill(old["children"]["ingest"]["pid"], signal.SIGKILL)
+        wait_until(
+            lambda: (
+                eng.status()["ingest_endpoint"] not in (old["ingest_endpoint"], "")
+                and "*" not in eng.status()["ingest_endpoint"]
+            ),
+            START_TIMEOUT_S,
+            "ingest restarted on a new port",
+        )
+        second = {**GOOD, "node": "web-2"}
+
+        def delivered():
+            r = http.post("/v1/heartbeat", json=second)
+            return r.status_code == 202 and scored("web-2")
+
+        wait_until(delivered, START_TIMEOUT_S, "web-2 through the new ingest", period=0.2)
     assert eng.stop() == 0
