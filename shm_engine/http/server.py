@@ -47,6 +47,7 @@ __all__ = ["http_main", "Forwarder", "HeaderFields", "load_token", "warm_up", "B
 BEAT_S = 0.1  # the child beats, and checks its parent, this often
 SAMPLE_S = 0.25  # history sampling is checked this often (a sample per second)
 FORWARD_HWM = 1000  # heartbeat frames queued for the ingest before 503
+MAX_CONNECTIONS = 1024  # open connections and requests; uvicorn answers 503 beyond
 
 
 def warm_up() -> None:
@@ -221,6 +222,7 @@ def http_main(name: str, config: Config, parent_pid: int) -> int:
             ssl_keyfile=hc.tls_key or None,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            limit_concurrency=MAX_CONNECTIONS,
         )
         try:
             ucfg.load()
