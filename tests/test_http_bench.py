@@ -36,7 +36,7 @@ def test_http_section_runs(tmp_path):
     res = json.loads((tmp_path / "http_only.json").read_text())["http"]
     assert res["nodes"] == 2000 and res["get_node_errors"] == 0
     assert res["get_node_ms"]["n"] > 50 and res["get_node_ms"]["median"] > 0
-    assert res["get_node_rps"] > 0
+    assert res["get_node_rps"] > 0 and res["server_cpu_us_per_request"] > 0
     for phase in ("tick_us_quiet", "tick_us_hammered"):
         assert res[phase]["n"] > 10 and res[phase]["median"] > 0, phase
     assert "GET /v1/nodes/{id}" in proc.stdout

@@ -10,7 +10,8 @@ seconds each, in this order:
    nodes back to back over one keep-alive connection (``http.client``, the
    lightest Python client, so the server is what is measured).
 
-In both phases this process records the duration of every tick from the
+The server's CPU time per request is read from /proc (what it would take
+of an idle core).  In both phases this process records the duration of every tick from the
 header (``tick_us_last`` each time ``ticks`` moves; polling costs the same
 in both phases).  Reported: the client's latency p50/p99 and requests/s,
 and the tick's p50/p99 quiet and hammered.  On 2 cores the hammered phase
@@ -75,6 +76,13 @@ def _client(host: str, port: int, n: int, duration: float, q) -> None:
     q.put((lat, errors, elapsed))
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ticks(header, duration: float) -> list[float]:
     """Durations (µs) of the ticks published during ``duration`` seconds."""
     out = []
@@ -127,9 +135,12 @@ def run(n: int, duration: float, log) -> dict:
             quiet = _ticks(h, duration)
             q = ctx.Queue()
             client = ctx.Process(target=_client, args=(host, int(port), n, duration, q))
+            server_pid = engine.status()["children"]["http"]["pid"]
+            cpu0 = _cpu_s(server_pid)
             client.start()
             hammered = _ticks(h, duration)
             lat, errors, elapsed = q.get(timeout=duration + 60)
+            server_cpu = _cpu_s(server_pid) - cpu0
             client.join(10)
     finally:
         if sender is not None:
@@ -145,6 +156,9 @@ def run(n: int, duration: float, log) -> dict:
         "get_node_ms": get,
         "get_node_rps": len(lat) / elapsed,
         "get_node_errors": errors,
+        # What the server process spent per request (parsing, routing, the
+        # handler, the reply): its capacity on an idle core is 1e6 / this.
+        "server_cpu_us_per_request": 1e6 * server_cpu / max(len(lat), 1),
         "tick_us_quiet": stats(quiet),
         "tick_us_hammered": stats(hammered),
     }
@@ -165,7 +179,8 @@ def summary(res: dict) -> tuple[list[str], list[str]]:
         "| | p50 | p99 | rate |",
         "|---|---|---|---|",
         f"| GET /v1/nodes/{{id}} | {g['median']:.2f} ms | {g['p99']:.2f} ms | "
-        f"{res['get_node_rps']:,.0f} req/s ({res['get_node_errors']} errors) |",
+        f"{res['get_node_rps']:,.0f} req/s ({res['get_node_errors']} errors); server CPU "
+        f"{res['server_cpu_us_per_request']:.0f} µs/request |",
         f"| tick, API quiet | {q['median']:.0f} µs | {q['p99']:.0f} µs | {q['n']} ticks |",
         f"| tick, API hammered | {h['median']:.0f} µs | {h['p99']:.0f} µs | {h['n']} ticks |",
     ]
