@@ -551,6 +551,8 @@ def test_score_history_is_kept_for_the_lowest_slots_only(engine, shm_name, monke
             assert node["node"] == f"n{i:02d}"
             expect = [round(node["score"], 4)] * 3 if i < 20 else [None] * 3
             assert node["history"] == expect, node["node"]
+            # One node's detail reads the same history (its own code path).
+            assert client.get(f"/v1/nodes/{node['node']}").json()["history"] == expect
     view.close()
 
 

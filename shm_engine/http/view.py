@@ -341,16 +341,24 @@ class EngineView:
         k = min(self._score_at, SCORE_SECONDS)
         if k == 0 or len(slots) == 0:
             return [[] for _ in range(len(slots))]
+        rows = (self._score_at - k + np.arange(k)) % SCORE_SECONDS
+        if len(slots) == 1:  # one node (GET /v1/nodes/{id}): plain column reads
+            slot = int(slots[0])
+            if slot >= self._hist:
+                return [[None] * k]
+            sc = self._scores[rows, slot].astype(np.float64)
+            same = self._score_gen[rows, slot] == np.uint32(self.seg.views.registry.slot_gen[slot])
+            col = np.where(same, sc, np.nan).round(4).tolist()
+            return [[None if x != x else x for x in col]]  # NaN: None
         slots = np.asarray(slots, np.int64)
         kept = slots < self._hist
         at = np.where(kept, slots, 0)
-        rows = (self._score_at - k + np.arange(k)) % SCORE_SECONDS
-        sc = self._scores[np.ix_(rows, at)]
+        sc2 = self._scores[np.ix_(rows, at)]
         gens = self._score_gen[np.ix_(rows, at)]
         cur = self.seg.views.registry.slot_gen[slots].astype(np.uint32)
-        sc[:, ~kept] = np.nan
-        out = np.where(gens == cur[None, :], sc, np.nan).astype(np.float64).round(4)
-        return [[None if x != x else x for x in col] for col in out.T.tolist()]  # NaN: None
+        sc2[:, ~kept] = np.nan
+        out = np.where(gens == cur[None, :], sc2, np.nan).astype(np.float64).round(4)
+        return [[None if x != x else x for x in c] for c in out.T.tolist()]
 
     # ------------------------------------------------------------ summary --
     def summary(self, f: Frame | None = None) -> dict:
