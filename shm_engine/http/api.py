@@ -258,9 +258,16 @@ def _explain(reason: str, detail: str) -> dict:
                 fld = mm.group(1)
                 break
         else:
-            mm = re.match(r"^(\w+) (?:without|is|without)", rest)
-            if mm and mm.group(1) != "heartbeat":
-                fld = mm.group(1)
+            # "node id 'x y' has a character ...", "zone 'x' contains NUL"
+            mm = re.match(r"^(\w+)(?: id)? ('(?:[^'\\]|\\.)*') ", rest)
+            if mm:
+                fld, value = mm.group(1), mm.group(2)
+            else:
+                mm = re.match(r"^(\w+) (?:without|is) ", rest)
+                if mm and mm.group(1) != "heartbeat":
+                    fld = mm.group(1)
+    if value is not None and len(value) >= 2 and value[0] == value[-1] == "'":
+        value = value[1:-1]  # a string, as it was sent
     return {"reason": reason, "node": node, "field": fld, "value": value, "detail": rest}
 
 
