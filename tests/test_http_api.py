@@ -43,13 +43,16 @@ NODES = [
 GOOD = {"node": "posted-1", "cpu": 0.2, "mem": 0.3, "queue": 1, "avg_job_s": 0.5}
 
 
-def _settings(token=None, loopback=True, max_body=1 << 20, max_frame=1 << 20) -> Settings:
+def _settings(
+    token=None, loopback=True, max_body=1 << 20, max_frame=1 << 20, max_heartbeats=8192
+) -> Settings:
     return Settings(
         token=token,
         loopback=loopback,
         max_body_bytes=max_body,
         max_frame_bytes=max_frame,
         max_message_bytes=2 * max_frame,
+        max_heartbeats=max_heartbeats,
         stream_interval_s=0.05,
         max_streams=2,
         tick_interval_s=0.05,
@@ -452,6 +455,16 @@ def test_a_frame_over_max_frame_bytes_is_413_and_counted_by_the_ingest(engine, s
         huge = b"[" + b" " * 3000 + b"]"
         _err(_post(client, huge), 413, "body_too_large", "body", len(huge))
         assert len(sent) == 1  # past what the ingest socket takes at all: not sent
+    view.close()
+
+
+def test_more_heartbeats_than_the_ingest_takes_per_frame_is_413(engine, shm_name):
+    client, view, _api, sent = _client(shm_name, _settings(max_heartbeats=3))
+    with client:
+        assert _post(client, [GOOD] * 3).status_code == 202
+        body = json.dumps([GOOD] * 4).encode()
+        _err(_post(client, body), 413, "too_many_heartbeats", "body", 4)
+        assert sent[-1] == body  # forwarded: the ingest counts it too_many_heartbeats
     view.close()
 
 

@@ -62,7 +62,7 @@ from shm_engine.core.errors import (
 )
 from shm_engine.http.view import SORT_KEYS, STATE_BY_NAME, EngineView, Frame, state_name
 from shm_engine.wire.decode import decode_frame
-from shm_engine.wire.jsondecode import check_mapping, parse_json
+from shm_engine.wire.jsondecode import check_mapping, json_array_items, parse_json
 from shm_engine.wire.result import Reject
 
 __all__ = ["ApiError", "Endpoint", "Settings", "build_app", "openapi", "MAX_LIMIT"]
@@ -136,6 +136,7 @@ class Settings:
     max_body_bytes: int
     max_frame_bytes: int  # ingest.max_frame_bytes
     max_message_bytes: int  # what the ingest socket receives at all
+    max_heartbeats: int  # ingest.max_heartbeats_per_frame
     stream_interval_s: float
     max_streams: int
     tick_interval_s: float
@@ -150,6 +151,7 @@ class Settings:
             max_body_bytes=hc.max_body_bytes,
             max_frame_bytes=ic.max_frame_bytes,
             max_message_bytes=ic.max_message_bytes,
+            max_heartbeats=ic.max_heartbeats_per_frame,
             stream_interval_s=hc.stream_interval_ms / 1000.0,
             max_streams=hc.max_streams,
             tick_interval_s=config.engine.tick_interval_ms / 1000.0,
@@ -628,6 +630,14 @@ class Api:
         why = self.forward(frame)
         if why is not None:
             raise ApiError(503, "ingest_unavailable", why)
+        if len(frame) <= st.max_frame_bytes and json_array_items(frame) > st.max_heartbeats:
+            raise ApiError(  # the ingest refuses it whole, undecoded (and counts it)
+                413,
+                "too_many_heartbeats",
+                f"more than ingest.max_heartbeats_per_frame ({st.max_heartbeats}) heartbeats",
+                "body",
+                json_array_items(frame),
+            )
         accepted = len(dec.records)
         if not dec.rejects:
             return JSONResponse({"accepted": accepted, "rejected": {}}, status_code=202)
@@ -834,7 +844,9 @@ def endpoints() -> list[Endpoint]:
                 },
             },
             responses={
-                202: "forwarded to the ingest (accepted: the valid ones)",
+                202: "forwarded to the ingest; accepted: the valid ones, which the ingest "
+                "may still refuse on admission (allow_nodes, the API key's bindings, the "
+                "registration budget, a full registry), counted like any sender's",
                 400: "every heartbeat rejected: reason, field and value",
                 401: "token missing or wrong",
                 403: "mutations disabled",
