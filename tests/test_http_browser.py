@@ -5,8 +5,9 @@ The rendered DOM must show the fleet's nodes in the table with their state
 badges, the state counts, and the event-stream panel.  The page is loaded
 as ``/?live=0`` (everything fetched once, no event stream): Chromium's
 virtual clock, which lets the scripts run, stands still while a request
-is open, and a stream never ends (GET /v1/stream is tested on its own in
-test_http_engine).  A screenshot is
+is open, and a stream never ends.  The live page is checked by a second
+test in a browser kept open (`support.browser.PageSession`): the stream
+connects, pushes epochs, and the table fills.  A screenshot is
 saved (``SHM_ENGINE_SCREENSHOT=path`` chooses where, else the test's
 temporary directory) and its path printed.  Skipped, with the reason, only
 where no Chromium can be had (see `support.browser`).
@@ -23,7 +24,7 @@ import pytest
 
 from clients.heartbeat import HeartbeatClient
 from shm_engine.ops.demo.fleet import Fleet
-from support.browser import dump_dom, find_chromium, screenshot
+from support.browser import PageSession, dump_dom, find_chromium, screenshot
 from support.engine import Engine, free_port, write_config
 from support.wait import wait_until
 
@@ -96,3 +97,26 @@ def test_dashboard_renders_the_demo_fleet(chromium, shm_name, tmp_path, reap):
     assert re.search(r'<table id="detail-heartbeat" class="kv"><tr><td>age_s</td>', dom)
     assert re.search(r"<td>state</td><td>(healthy|degraded|overloaded|quarantined|dead)</td>", dom)
     assert shot.stat().st_size > 10_000
+
+
+def test_live_dashboard_follows_the_stream(chromium, shm_name, tmp_path, reap):
+    """The live page (no ``live=0``) in a browser kept open: the event
+    stream connects and pushes new epochs into the page, and the node table
+    fills, in real time."""
+    cfg = write_config(tmp_path / "e.toml", free_port(), http="127.0.0.1:0")
+    eng = Engine(shm_name, cfg, tmp_path, reap)
+    st = eng.wait_ready()
+    with HeartbeatClient(st["ingest_endpoint"]) as hb:
+        hb.send("live-1", cpu=0.2, mem=0.3, queue=1, avg_job_s=0.5)
+    with PageSession(chromium, tmp_path / "profile") as page:
+        page.open(st["http"]["url"] + "/")
+        js = "document.getElementById('{}').textContent"
+        wait_until(lambda: page.evaluate(js.format("conn")) == "live", 30, "stream open")
+        first = wait_until(lambda: int(page.evaluate(js.format("epoch")) or 0), 30, "an epoch")
+        wait_until(lambda: int(page.evaluate(js.format("epoch"))) > first + 2, 30, "epochs pushed")
+        rows = "document.querySelectorAll('#node-table tbody tr').length"
+        wait_until(lambda: page.evaluate(rows) == 1, 30, "the node in the table")
+        assert (
+            page.evaluate("document.querySelector('#node-table tbody tr').dataset.node") == "live-1"
+        )
+    assert eng.stop() == 0

@@ -13,7 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-__all__ = ["find_chromium", "dump_dom", "screenshot", "FLAGS"]
+__all__ = ["find_chromium", "dump_dom", "screenshot", "PageSession", "FLAGS"]
 
 CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 #: Flags of every run: no sandbox (tests run as root), nothing fetched from
@@ -91,3 +91,98 @@ def screenshot(
     if not path.exists():
         raise RuntimeError(f"chromium --screenshot failed ({out.returncode}): {out.stderr[-2000:]}")
     return path
+
+
+class PageSession:
+    """A live page in headless Chromium, driven over the DevTools protocol
+    on a pipe (``--remote-debugging-pipe``: fd 3 in, fd 4 out, JSON
+    messages ended by NUL), for what a still dump cannot show: a page that
+    keeps a stream open.  Use as a context manager; `evaluate` returns the
+    value of a JavaScript expression in the page."""
+
+    def __init__(self, binary: str, profile: Path, timeout: float = 30.0):
+        self.timeout = timeout
+        to_child, self._w = os.pipe()
+        self._r, from_child = os.pipe()
+
+        def fds() -> None:  # in the child: the pipes as fds 3 and 4
+            os.dup2(to_child, 3)
+            os.dup2(from_child, 4)
+
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=fds,
+            start_new_session=True,
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self._buf = b""
+        self._id = 0
+        self._session: str | None = None
+
+    def __enter__(self) -> PageSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        for fd in (self._w, self._r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _call(self, method: str, params: dict | None = None, session: bool = True) -> dict:
+        import json
+        import select
+        import time
+
+        self._id += 1
+        msg: dict = {"id": self._id, "method": method, "params": params or {}}
+        if session and self._session is not None:
+            msg["sessionId"] = self._session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise TimeoutError(f"no reply to {method} within {self.timeout} s")
+            chunk = os.read(self._r, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"chromium closed its pipe during {method}")
+            self._buf += chunk
+
+    def open(self, url: str) -> None:
+        """Attach to the browser's page and navigate it to ``url``."""
+        targets = self._call("Target.getTargets", session=False)["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        got = self._call(
+            "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}, session=False
+        )
+        self._session = got["sessionId"]
+        self._call("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str):
+        got = self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        return got["result"].get("value")
