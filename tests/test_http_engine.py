@@ -20,7 +20,6 @@ import httpx
 import pytest
 import zmq
 
-from clients.heartbeat import HeartbeatClient
 from shm_engine.ops.keys import make_keys
 from support.engine import START_TIMEOUT_S, Engine, cli, free_port, write_config
 from support.wait import wait_until
@@ -79,8 +78,12 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
             lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 1, 10, "HTTP reject counted"
         )
         endpoint = eng.status()["ingest_endpoint"]
-        with HeartbeatClient(endpoint) as hb:
-            hb._sock.send(json.dumps(BAD).encode())  # as a sender without the client's own check
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)  # a plain sender: HeartbeatClient would refuse BAD itself
+        push.connect(endpoint)
+        push.send(json.dumps(BAD).encode())
+        push.close(linger=5000)
+        ctx.term()
         wait_until(
             lambda: _rejects(eng)["bad_field"] == before["bad_field"] + 2,
             10,
