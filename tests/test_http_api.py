@@ -10,6 +10,7 @@ the real one against the ingest's counters).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
@@ -40,6 +41,8 @@ NODES = [
     )
     for i in range(30)
 ]
+# A cursor that decodes to 6000 nested arrays: refused, not a 500.
+DEEP = base64.urlsafe_b64encode(b"[" * 6000).decode()
 GOOD = {"node": "posted-1", "cpu": 0.2, "mem": 0.3, "queue": 1, "avg_job_s": 0.5}
 
 
@@ -226,6 +229,7 @@ def test_paging_visits_every_node_once_in_the_full_order(api, sort):
         ("label=role", "label", "role"),
         ("history=2", "history", "2"),
         ("cursor=%21%21", "cursor", "!!"),
+        ("cursor=" + DEEP, "cursor", DEEP[:200]),
     ],
 )
 def test_nodes_bad_parameters_name_the_field_and_value(api, query, field, value):

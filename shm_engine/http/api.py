@@ -212,7 +212,7 @@ def _decode_cursor(text: str, sort: str) -> tuple[float, str]:
         if key != sort or not isinstance(name, str):
             raise ValueError
         return float(value), name
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(
             400,
             "bad_parameter",

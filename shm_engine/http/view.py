@@ -119,6 +119,10 @@ class EngineView:
             self.claims = ClaimsSegment.attach(name, readonly=True, owner=owner)
         except (EngineNotRunning, LayoutMismatch):
             pass  # no claims segment readable: in-flight counts are reported as None
+        except BaseException:
+            self.seg.close()
+            self.reader.close()
+            raise
         v = self.seg.views
         self.header = v.header
         self.capacity = self.seg.layout.capacity
