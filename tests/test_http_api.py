@@ -34,7 +34,7 @@ TOKEN = "s3cret-token"
 # five are overloaded (cpu over max_cpu).
 NODES = [
     (
-        f"n{i:02d}",
+        f"n{i:02d}" if i != 29 else "rack-9/n29",  # an id may hold a slash
         0.995 if i >= 25 else 0.1 + i * 0.02,
         ("eu", "us", "ap")[i % 3],
         {"role": "web" if i % 2 else "db"},
@@ -43,6 +43,7 @@ NODES = [
 ]
 # A cursor that decodes to 6000 nested arrays: refused, not a 500.
 DEEP = base64.urlsafe_b64encode(b"[" * 6000).decode()
+OVERLOADED = ["n25", "n26", "n27", "n28", "rack-9/n29"]  # by node id
 GOOD = {"node": "posted-1", "cpu": 0.2, "mem": 0.3, "queue": 1, "avg_job_s": 0.5}
 
 
@@ -154,10 +155,10 @@ def test_nodes_ranked_first_then_the_rest_with_every_field(api):
     ranked = [n for n in nodes if n["rank"] is not None]
     assert [n["rank"] for n in ranked] == list(range(len(ranked)))
     over = [n for n in nodes if n["state"] == "overloaded"]
-    assert sorted(n["node"] for n in over) == [f"n{i}" for i in range(25, 30)]
+    assert sorted(n["node"] for n in over) == OVERLOADED
     assert all(n["score"] == 0 and n["rank"] is None for n in over)
     # Ties (score 0) are ordered by node id.
-    assert [n["node"] for n in nodes[-5:]] == [f"n{i}" for i in range(25, 30)]
+    assert [n["node"] for n in nodes[-5:]] == OVERLOADED
     n3 = next(n for n in nodes if n["node"] == "n03")
     assert n3["zone"] == "eu" and n3["labels"] == {"role": "web"}
     assert set(n3) == {
@@ -176,7 +177,7 @@ def test_nodes_ranked_first_then_the_rest_with_every_field(api):
 @pytest.mark.parametrize(
     "query, expect",
     [
-        ("state=overloaded", {f"n{i}" for i in range(25, 30)}),
+        ("state=overloaded", set(OVERLOADED)),
         ("state=healthy,overloaded", {n for n, *_ in NODES}),
         ("state=dead", set()),
         ("zone=us", {n for n, _c, z, _l in NODES if z == "us"}),
@@ -566,8 +567,8 @@ def test_score_history_is_kept_for_the_lowest_slots_only(engine, shm_name, monke
             assert view.sample(now_wall=second)
         page = client.get("/v1/nodes?sort=node&limit=30&history=1").json()["nodes"]
         assert view._scores.shape == (view_module.SCORE_SECONDS, 20)
-        for i, node in enumerate(page):  # slot i holds n{i:02d}
-            assert node["node"] == f"n{i:02d}"
+        for i, node in enumerate(page):  # slot i holds NODES[i]
+            assert node["node"] == NODES[i][0]
             expect = [round(node["score"], 4)] * 3 if i < 20 else [None] * 3
             assert node["history"] == expect, node["node"]
             # One node's detail reads the same history (its own code path).

@@ -178,6 +178,7 @@ class Endpoint:
     request: dict | None = None  # OpenAPI requestBody
     responses: dict = field(default_factory=dict)  # status -> description
     content: str = "application/json"  # media type of the 200 response
+    route: str | None = None  # the Starlette path when it differs (converters)
 
 
 # ----------------------------------------------------------------- helpers --
@@ -796,8 +797,9 @@ def endpoints() -> list[Endpoint]:
             Api.node,
             "One node: score, raw, state, wait, liveness, rank, in-flight claims, its "
             "latest heartbeat and score history",
-            params=(_p("id", "path", "node id"),),
+            params=(_p("id", "path", "node id (it may contain /)"),),
             responses={200: "the node", 404: "no such node in the latest tick"},
+            route="/v1/nodes/{id:path}",
         ),
         Endpoint(
             "GET",
@@ -945,7 +947,8 @@ def _route(api: Api, ep: Endpoint) -> Route:
             return err.response()
 
     endpoint.__name__ = ep.handler.__name__
-    return Route(ep.path, endpoint, methods=[ep.method], name=ep.handler.__name__)
+    path = ep.route or ep.path
+    return Route(path, endpoint, methods=[ep.method], name=ep.handler.__name__)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
