@@ -4,7 +4,8 @@
 # file, -k, -m slow ...) only pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh "test,agent,top,metrics"
+scripts/bootstrap.sh "test,agent,top,metrics,http"
+scripts/browser.sh
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 if [ "$#" -eq 0 ]; then
     echo "== ruff check, ruff format --check, mypy"

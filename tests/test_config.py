@@ -127,6 +127,15 @@ OPERATIONAL_DEFAULTS = {
     "feed.allow_insecure": False,
     "feed.curve.server_secret_key_file": "",
     "feed.curve.authorized_keys_dir": "",
+    "http.bind": "127.0.0.1:7720",
+    "http.token_file": "",
+    "http.tls_cert": "",
+    "http.tls_key": "",
+    "http.max_body_bytes": 1048576,
+    "http.stream_interval_ms": 250,
+    "http.max_streams": 64,
+    "http.nice": 5,
+    "http.curve_client_key_file": "",
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -151,6 +160,10 @@ INT_KEYS = {
     "claims.max_schedulers",
     "events.capacity",
     "feed.full_every",
+    "http.max_body_bytes",
+    "http.stream_interval_ms",
+    "http.max_streams",
+    "http.nice",
 }
 
 
@@ -849,6 +862,7 @@ def test_render_defaults_comments_every_key():
         "[claims]",
         "[score]",
         "[score.weights]",
+        "[http]",
     ):
         assert section in lines
     assert "shm_mode = 0o600" in lines

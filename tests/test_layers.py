@@ -8,6 +8,8 @@
     shm_engine.ingest  shm_engine.tick  clients     (siblings: none imports another)
       ^
     shm_engine.ops     supervisor, CLI, status, top, metrics, keys, demo
+    shm_engine.http    the HTTP API and dashboard (the supervisor names its
+                       child by a string, never an import)
     shm_engine         the package facade
 
 Every import counts, including those inside functions (a lazy import is still
@@ -35,6 +37,7 @@ LAYERS = [
     ("shm_engine.tick", 2, "tick"),
     ("clients", 2, "clients"),
     ("shm_engine.ops", 3, "ops"),
+    ("shm_engine.http", 3, "http"),
     ("shm_engine", 3, "facade"),
 ]
 
@@ -139,6 +142,7 @@ def test_the_checker_catches_upward_and_sibling_imports(tmp_path):
         ("clients.reader", 2),
         ("shm_engine.tick.ticker", 2),
         ("shm_engine.ops.cli", 3),
+        ("shm_engine.http.api", 3),
         ("shm_engine", 3),
     ],
 )

@@ -21,6 +21,7 @@ from benchmarks.harness import (
     events,
     feed,
     freshness,
+    http,
     ingest,
     memory,
     read,
@@ -39,6 +40,7 @@ RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
 SKIPPABLE = ("read", "claims", "ingest", "freshness", "events", "feed")
+SKIPPABLE = ("read", "claims", "ingest", "freshness", "http")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=("tick", "ingest"),
+        choices=("tick", "ingest", "http"),
         default=None,
         help="run only this section (tick: no Python baseline); prints the "
         "tables and writes <out>/<section>_only.json",
@@ -108,6 +110,10 @@ def main(argv=None) -> int:
         "command": " ".join(["python -m benchmarks run", *given]),
     }
     log(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
+    if args.only == "http":
+        res["http"] = hp = _http(args.quick, log)
+        print("\n".join(http.summary(hp)[0]))
+        return _write_json(res, out_dir / "http_only.json", log)
     if args.only == "ingest":
         res["ingest"] = ig = ingest.run(args.quick, log)
         print("\n".join(ingest.summary(ig)[0]))
@@ -138,6 +144,8 @@ def main(argv=None) -> int:
         if "feed" in skip
         else feed.run(1_000 if args.quick else 10_000, 30 if args.quick else 200, log)
     )
+    # --quick leaves it out (its smoke test runs `--only http --quick`).
+    res["http"] = None if "http" in skip or args.quick else _http(False, log)
     res["memory"] = memory.run(res["freshness"])
     res["scaling"] = scaling.run(rows)
     res["plot"] = scaling.plot(rows, out_dir / "tick_scaling.png")
@@ -149,6 +157,10 @@ def main(argv=None) -> int:
         report.record_results_md(res, lines, RESULTS_MD, "tick_scaling.png")
         log(f"wrote {RESULTS_MD}")
     return 0
+
+
+def _http(quick: bool, log) -> dict:
+    return http.run(2_000 if quick else 10_000, 3.0 if quick else 15.0, log)
 
 
 def _write_json(res: dict, path: Path, log) -> int:

@@ -17,6 +17,7 @@ from benchmarks.harness import (
     events,
     feed,
     freshness,
+    http,
     ingest,
     memory,
     read,
@@ -35,6 +36,7 @@ SECTIONS = (
     ("freshness", freshness.summary),
     ("events", events.summary),
     ("feed", feed.summary),
+    ("http", http.summary),
     ("memory", memory.summary),
     ("scaling", scaling.summary),
 )

@@ -1,9 +1,9 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
-``[score]``, ``[score.weights]``, ``[events]``, ``[feed]``, ``[feed.curve]``.
-A missing key takes its default; ``Config()`` is the all-defaults
-configuration.
+``[score]``, ``[score.weights]``, ``[events]``, ``[feed]``, ``[feed.curve]``,
+``[http]``.  A missing key takes its default; ``Config()`` is the
+all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -64,7 +64,7 @@ import numpy as np
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
 from shm_engine.core.errors import ConfigError
-from shm_engine.core.layout import ENDPOINT_BYTES, MAX_SCHEDULERS
+from shm_engine.core.layout import ENDPOINT_BYTES, HTTP_ENDPOINT_BYTES, MAX_SCHEDULERS
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
 
 __all__ = [
@@ -75,11 +75,14 @@ __all__ = [
     "EngineConfig",
     "FeedConfig",
     "HARD_LIMIT_FACTOR",
+    "HttpConfig",
     "IngestConfig",
     "ScoreConfig",
     "Weights",
     "check_files",
+    "http_host_port",
     "is_loopback_endpoint",
+    "is_loopback_http",
     "load_config",
     "parse_override",
     "render_config",
@@ -678,6 +681,125 @@ class IngestConfig(_Section):
 
 
 # --------------------------------------------------------------------------
+# [http]: the HTTP API and dashboard (shm_engine.http)
+
+_HTTP_BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+#: Largest ``[http] max_body_bytes``: a request body is held whole in memory.
+MAX_HTTP_BODY_BYTES = 64 << 20
+
+
+def http_host_port(bind: str) -> tuple[str, int]:
+    """``(host, port)`` of a valid ``[http] bind`` (brackets of an IPv6
+    host removed)."""
+    m = _HTTP_BIND.fullmatch(bind)
+    if m is None:
+        raise ValueError(f"http bind {bind!r} is not HOST:PORT")
+    return m.group("host").strip("[]"), int(m.group("port"))
+
+
+def is_loopback_http(bind: str) -> bool:
+    """Whether an ``[http] bind`` can be reached from this machine only."""
+    return is_loopback_endpoint("tcp://" + bind)
+
+
+@dataclass(frozen=True)
+class HttpConfig(_Section):
+    """``[http]``: the HTTP API and web dashboard, a supervised child."""
+
+    PATH: ClassVar[str] = "http"
+
+    bind: str = _key(
+        _STR,
+        "127.0.0.1:7720",
+        "HOST:PORT the HTTP API and dashboard listen on ([::1]:PORT for IPv6); "
+        "port 0 takes any free port (status shows the one bound). Empty: no "
+        "HTTP server.",
+    )
+    token_file: str = _key(
+        _STR,
+        "",
+        "File holding the bearer token that mutating endpoints (POST) require "
+        "(Authorization: Bearer TOKEN; surrounding whitespace ignored). It must "
+        "not be readable by group or others. Empty: mutating endpoints need no "
+        "token on a loopback bind and are disabled on any other.",
+    )
+    tls_cert: str = _key(
+        _STR,
+        "",
+        "PEM certificate (chain) file: serve HTTPS. Set together with tls_key; "
+        "both empty: plain HTTP.",
+    )
+    tls_key: str = _key(_STR, "", "PEM private key file of tls_cert.")
+    max_body_bytes: int = _key(
+        _INT,
+        1048576,
+        "Largest request body accepted; a larger one is refused with 413 "
+        "before it is read whole. A heartbeat body is further limited by "
+        f"ingest.max_frame_bytes. Bytes, integer, 1..{MAX_HTTP_BODY_BYTES}.",
+    )
+    stream_interval_ms: int = _key(
+        _INT,
+        250,
+        "Period of the summary pushed to each GET /v1/stream client (server-"
+        "sent events) and of the dashboard's live numbers. Milliseconds, "
+        "integer, 50..10000.",
+    )
+    max_streams: int = _key(
+        _INT,
+        64,
+        "Most GET /v1/stream clients at once; one more gets 503. Integer, 1..4096.",
+    )
+    nice: int = _key(
+        _INT,
+        5,
+        "Scheduling niceness added to the HTTP process, so that on a busy "
+        "machine the tick worker and the ingest get the CPU first. Integer, 0..19.",
+    )
+    curve_client_key_file: str = _key(
+        _STR,
+        "",
+        "With [ingest.curve]: the secret key file (shm-engine keys) POST "
+        "/v1/heartbeat forwards with; its public key must be in "
+        "ingest.curve.authorized_keys_dir, bound to the nodes the API may "
+        "send for. Empty with CURVE on: POST /v1/heartbeat answers 503.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bind)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def _validate(self) -> None:
+        if self.bind:
+            m = _HTTP_BIND.fullmatch(self.bind)
+            if m is None or not 0 <= int(m.group("port")) <= 65535:
+                self._fail(
+                    "bind",
+                    "must look like HOST:PORT (port 0..65535, 0 for any), "
+                    "[::1]:PORT, or be empty (no HTTP server)",
+                )
+            if len(self.bind.encode("utf-8")) > HTTP_ENDPOINT_BYTES - len("https://") - 1:
+                self._fail(
+                    "bind", f"is longer than {HTTP_ENDPOINT_BYTES - len('https://') - 1} bytes"
+                )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            set_name, empty_name = (
+                ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
+            )
+            raise ConfigError(
+                f"http.{set_name} = {_show(getattr(self, set_name))} is set but "
+                f"http.{empty_name} is empty: set both (HTTPS) or neither"
+            )
+        self._int_range("max_body_bytes", 1, MAX_HTTP_BODY_BYTES)
+        self._int_range("stream_interval_ms", 50, 10000)
+        self._int_range("max_streams", 1, 4096)
+        self._int_range("nice", 0, 19)
+
+
+# --------------------------------------------------------------------------
 # [claims]
 
 
@@ -1145,6 +1267,11 @@ class Config(_Section):
     feed: FeedConfig = _section(
         FeedConfig, "The score feed to mirrors on other hosts (docs/scale-out.md)."
     )
+    http: HttpConfig = _section(
+        HttpConfig,
+        "The HTTP API and web dashboard (GET endpoints read the segments like "
+        "any scheduler; POST endpoints need the token).",
+    )
 
     def to_params(self) -> np.ndarray:
         """The kernels' parameter vector: ``[score]`` with ``[engine]
@@ -1286,12 +1413,16 @@ def check_files(config: Config) -> None:
     readable by this process; raise ConfigError naming the key, the path
     and the problem otherwise.  ``config --check`` and ``run`` call it (the
     engine needs them at start, before it creates anything)."""
-    cc, fc = config.ingest.curve, config.feed.curve
+    cc, fc, hc = config.ingest.curve, config.feed.curve, config.http
     named = (
         ("ingest.curve.server_secret_key_file", cc.server_secret_key_file, False),
         ("ingest.curve.authorized_keys_dir", cc.authorized_keys_dir, True),
         ("feed.curve.server_secret_key_file", fc.server_secret_key_file, False),
         ("feed.curve.authorized_keys_dir", fc.authorized_keys_dir, True),
+        ("http.token_file", hc.token_file if hc.enabled else "", False),
+        ("http.tls_cert", hc.tls_cert if hc.enabled else "", False),
+        ("http.tls_key", hc.tls_key if hc.enabled else "", False),
+        ("http.curve_client_key_file", hc.curve_client_key_file if hc.enabled else "", False),
     )
     for key, path, is_dir in named:
         if not path:
@@ -1313,6 +1444,22 @@ def check_files(config: Config) -> None:
             raise ConfigError(
                 f"{key} = {_show(path)}: cannot read this {what}: {err.strerror or err}"
             ) from err
+    if hc.enabled and hc.token_file:
+        _check_token_file(hc.token_file)
+
+
+def _check_token_file(path: str) -> None:
+    """``[http] token_file``: not readable by group or others, not empty."""
+    key = "http.token_file"
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(
+            f"{key} = {_show(path)} has mode {mode:#o}: group or others may read "
+            "the token; chmod 600 it"
+        )
+    with open(path, "rb") as fh:
+        if not fh.read(4096).strip():
+            raise ConfigError(f"{key} = {_show(path)} is empty: write the token into it")
 
 
 def with_overrides(config: Config, dotted: Mapping[str, Any]) -> Config:

@@ -32,6 +32,7 @@ single-writer fields of different processes never share a cache line::
                   |                  pending score params (params_seq)     |
                   |   feed ......... feed child pid/restarts/beat, frames, |
                   |                  bytes, lag, feedback from mirrors     |
+                  |   http ......... pid, restarts, alive time, URL        |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -126,7 +127,7 @@ from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
 
 # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields;
 # 5: config reload (header), params + config_version per buffer, reason column
-#    and the score feed's child and counters (header 768..)
+#    the score feed's child and counters (header 768..); the HTTP child's (512.., 896..)
 LAYOUT_VERSION = 5
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 CLAIMS_LAYOUT_VERSION = 1
@@ -150,6 +151,7 @@ N_SENDER_SLOTS = 16  # senders with refusals shown by status; the last is "other
 SENDER_NAME_BYTES = 48
 N_PARAM_SLOTS = 48  # kernels.params.N_PARAMS (34) and room to grow
 RELOAD_MESSAGE_BYTES = 1024
+HTTP_ENDPOINT_BYTES = 128  # the HTTP API's URL (config keeps [http] bind shorter)
 
 # ---------------------------------------------------------------- header --
 # (name, dtype, count, offset).  Offsets are fixed by hand so that they read
@@ -244,6 +246,13 @@ _HEADER_FIELDS = (
     ("feedback_bad", "<u8", 1, 864),  # refused (malformed, unknown stream)
     ("feedback_mirrors", "<u8", 1, 872),  # mirrors holding a lease now
     ("feedback_abandoned", "<u8", 1, 880),  # claims dropped with a silent mirror
+    # HTTP child (shm_engine.http): pid and restarts (supervisor writes);
+    # alive time and the bound URL (the HTTP child writes, through a mapping
+    # of this header page alone).  An empty URL: no HTTP server configured.
+    ("http_pid", "<i8", 1, 512),
+    ("http_restarts", "<u8", 1, 520),
+    ("http_alive_mono", "<f8", 1, 528),
+    ("http_endpoint", "u1", HTTP_ENDPOINT_BYTES, 896),
 )
 
 # ------------------------------------------------------- per-slot columns --

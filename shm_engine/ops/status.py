@@ -31,10 +31,16 @@ __all__ = ["cmd_status", "engine_ready", "read_status"]
 
 
 def engine_ready(h) -> bool:
-    """True once both children are up: the tick worker has published an
+    """True once the children are up: the tick worker has published an
     epoch and the ingest process has beaten, which it does only after its
-    socket is bound and the resolved endpoint is in the header."""
-    return int(h.latch_seq[0]) >> 1 > 0 and float(h.ingest_alive_mono[0]) > 0.0
+    socket is bound and the resolved endpoint is in the header; and, when
+    the supervisor runs an HTTP child (it writes ``http_endpoint``), that
+    child has beaten, which it does once it listens."""
+    return (
+        int(h.latch_seq[0]) >> 1 > 0
+        and float(h.ingest_alive_mono[0]) > 0.0
+        and (float(h.http_alive_mono[0]) > 0.0 or not h.http_endpoint[0])
+    )
 
 
 def _copy_meta(buf) -> tuple:
@@ -146,7 +152,9 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
+                **_http_child(h),
             },
+            "http": _http_status(h, now),
         }
 
 
@@ -253,6 +261,24 @@ def _feed_lines(s: dict) -> list[str]:
     return out
 
 
+def _http_child(h) -> dict:
+    """The HTTP child's entry of ``children``; none when it is not configured."""
+    if not h.http_endpoint[0]:
+        return {}
+    return {"http": {"pid": int(h.http_pid[0]), "restarts": int(h.http_restarts[0])}}
+
+
+def _http_status(h, now: float) -> dict | None:
+    """Where the HTTP API listens (None: no HTTP server configured)."""
+    if not h.http_endpoint[0]:
+        return None
+    alive = float(h.http_alive_mono[0])
+    return {
+        "url": h.read_str("http_endpoint"),
+        "alive_age_s": max(0.0, now - alive) if alive else None,
+    }
+
+
 def _fmt_age(age) -> str:
     return "never" if age is None else f"{age:.3f}s ago"
 
@@ -284,10 +310,18 @@ def render(s: dict) -> str:
             else f"events   {s['events']['appended']} appended, the newest "
             f"{s['events']['capacity']} kept (shm-engine events)",
             *_feed_lines(s),
+            *_http_lines(s.get("http")),
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]
     )
+
+
+def _http_lines(http: dict | None) -> list[str]:
+    if http is None:
+        return []
+    state = "" if http["alive_age_s"] is not None else " (starting)"
+    return [f"http     {http['url']}{state}"]
 
 
 def _security_line(sec: dict) -> str:

@@ -1,4 +1,4 @@
-"""`shm-engine run`: the supervisor process and its two children.
+"""`shm-engine run`: the supervisor process and its children.
 
 The supervisor owns the segments' lifetime: it creates the scores segment
 ``/NAME``, the claims segment ``/NAME.claims`` and the event log
@@ -24,6 +24,15 @@ With ``[feed] bind`` a third child, the feed (`shm_engine.feed.publisher`),
 follows the latch and publishes every epoch to mirrors on other hosts; it is
 supervised like the other two (restarts, watchdog, warm spare) and only reads
 the scores (it writes its header words, and the claims of mirrors' leases).
+
+The HTTP child (``[http] bind`` set, and the ``http`` extra installed;
+otherwise the engine runs without it and logs ``http_unavailable``) is
+supervised like the others (`shm_engine.http.server`): restarted with
+the same backoff, watched through ``http_alive_mono``, and a fatal exit of
+it (its address taken, its TLS files refused) stops the engine.  Before it
+has bound, ``http_endpoint`` holds the configured URL; ``ready`` then also
+waits for its first beat, and the line before ``ready`` on stdout is
+``http endpoint URL`` with the port it bound.
 
 Restart policy: exponential backoff from ``engine.restart_backoff_min_s``,
 doubling up to ``restart_backoff_max_s``; a child that ran for
@@ -59,6 +68,7 @@ published *and* the ingest socket is bound (for scripts that wait on it); a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -86,6 +96,7 @@ DEFAULT_TARGETS = {
     "ingest": "shm_engine.ingest.process:ingest_main",
     "ticker": "shm_engine.tick.ticker:ticker_main",
     "feed": "shm_engine.feed.publisher:feed_main",  # only with [feed] bind
+    "http": "shm_engine.http.server:http_main",
 }
 
 
@@ -170,9 +181,15 @@ class Supervisor:
         self._out = out if out is not None else sys.stdout
         self._ctx = multiprocessing.get_context("spawn")
         tg = dict(DEFAULT_TARGETS, **(targets or {}))
+        self._http_missing = _http_missing() if config.http.enabled else None
+        roles = (
+            ("ingest", "ticker")
+            + (("feed",) if config.feed.enabled else ())
+            + (("http",) if self._http_wanted() else ())
+        )
         self.children = {
             role: _Child(role, tg[role], backoff=config.engine.restart_backoff_min_s)
-            for role in ("ingest", "ticker") + (("feed",) if config.feed.enabled else ())
+            for role in roles
         }
         self.seg: Segment | None = None
         self.claims: ClaimsSegment | None = None
@@ -180,6 +197,11 @@ class Supervisor:
         self._reload_pending = False
         self._wake_r = self._wake_w = -1
         self._ready = False
+
+    def _http_wanted(self) -> bool:
+        """The HTTP child runs when ``[http] bind`` is set and its packages
+        are installed (without them the engine runs and says why)."""
+        return self.config.http.enabled and not self._http_missing
 
     # ------------------------------------------------------------- logging --
     def log(self, level: str, event: str, **kv) -> None:
@@ -488,6 +510,18 @@ class Supervisor:
                 endpoint=cfg.ingest.bind,
             )
             self._say(f"ingest endpoint {cfg.ingest.bind}")
+            if self._http_missing:
+                self.log(
+                    "WARN",
+                    "http_unavailable",
+                    bind=cfg.http.bind,
+                    reason=repr(
+                        f"{self._http_missing} not installed: pip install 'shm-engine[http]'"
+                    ),
+                )
+            elif self._http_wanted():
+                # Until the child has bound it: the configured address.
+                h.write_str("http_endpoint", http_url(cfg.http))
             for child in self.children.values():
                 self._start(child)
             code = self._loop()
@@ -531,6 +565,8 @@ class Supervisor:
                 )
                 if bound != self.config.ingest.bind:  # a `*` port, now resolved
                     self._say(f"ingest endpoint {bound}")
+                if "http" in self.children:
+                    self._say(f"http endpoint {h.read_str('http_endpoint')}")
                 self._say("ready")
             timeout = 0.05 if not self._ready or self._reload_pending else 1.0
             for child in self.children.values():
@@ -598,6 +634,17 @@ class Supervisor:
                 seg.unlink()
                 self.log("INFO", "engine_stopped", name=self.name, segment_unlinked=True)
             self.seg = self.claims = self.events = None
+
+
+def _http_missing() -> str | None:
+    """The packages of the ``http`` extra that cannot be imported, or None."""
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    return " and ".join(missing) or None
+
+
+def http_url(hc) -> str:
+    """The URL of an ``[http]`` section's bind (its port as configured)."""
+    return f"{'https' if hc.tls else 'http'}://{hc.bind}"
 
 
 def cmd_run(args) -> int:

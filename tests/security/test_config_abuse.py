@@ -181,6 +181,10 @@ INT_BOUNDS = {
     "score.quarantine_memory": (1, I32, {}),
     "score.probation_ticks": (1, I32, {}),
     "score.max_backoff": (1, I32, {}),
+    "http.max_body_bytes": (1, 64 << 20, {}),
+    "http.stream_interval_ms": (50, 10_000, {}),
+    "http.max_streams": (1, 4096, {}),
+    "http.nice": (0, 19, {}),
 }
 
 

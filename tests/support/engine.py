@@ -64,11 +64,15 @@ def write_config(
     max_frame_bytes: int = 1048576,
     extra: str = "",
     engine_extra: str = "",
+    http: str = "",
+    http_extra: str = "",
 ) -> Path:
     """A config for a small engine that restarts children fast; ``port`` may
     be ``"*"`` (the ingest picks one and publishes it).  ``extra`` goes into
     ``[ingest]`` (later sections may follow it), ``engine_extra`` into
-    ``[engine]``."""
+    ``[engine]``.  ``http``: the ``[http] bind`` (default "": no HTTP
+    server, so engines of parallel tests never compete for its port;
+    ``"127.0.0.1:0"`` takes a free one), ``http_extra`` more ``[http]`` keys."""
     path.write_text(f"""
 [engine]
 tick_interval_ms = {tick_ms}
@@ -82,6 +86,10 @@ parent_check_interval_s = 0.1
 bind = "tcp://127.0.0.1:{port}"
 max_frame_bytes = {max_frame_bytes}
 {extra}
+
+[http]
+bind = "{http}"
+{http_extra}
 """)
     return path
 

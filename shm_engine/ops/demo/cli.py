@@ -3,7 +3,8 @@
 The engine is a child ``shm-engine run`` (`EngineProcess`) with its own
 segment name and a temporary config: the score defaults of SCORING.md, a
 100 ms tick and the ingest on a loopback port the engine picks itself
-(``tcp://127.0.0.1:*``; the bound endpoint comes back in its status).  The
+(``tcp://127.0.0.1:*``; the bound endpoint comes back in its status), and
+the HTTP API and dashboard on a free loopback port (printed at start).  The
 fleet's heartbeats go through `HeartbeatClient` as binary batches; scores
 come back through the ``top`` view's `Watcher` (a `ScoreReader`).
 
@@ -44,6 +45,7 @@ STOP_TIMEOUT_S = 20.0
 SETTLE_S = 2.0  # at the end, for the ingest to drain what was sent
 DEMO_TICK_MS = 100
 BIND = "tcp://127.0.0.1:*"
+HTTP_BIND = "127.0.0.1:0"  # the dashboard, on a free port (printed at start)
 
 
 def _write_config(args, directory: str, n: int):
@@ -53,7 +55,7 @@ def _write_config(args, directory: str, n: int):
             "ingest.curve: the demo's simulated fleet cannot use CURVE; "
             "give a config without [ingest.curve]"
         )
-    over: dict[str, str | int] = {"ingest.bind": BIND}
+    over: dict[str, str | int] = {"ingest.bind": BIND, "http.bind": HTTP_BIND}
     if args.config is None:
         over["engine.tick_interval_ms"] = DEMO_TICK_MS
         over["engine.capacity"] = max(1024, 2 * n)
@@ -144,8 +146,11 @@ def cmd_demo(args) -> int:
             file=sys.stderr,
         )
         engine.start()
-        endpoint = engine.wait_ready(READY_TIMEOUT_S)["ingest_endpoint"]
+        status = engine.wait_ready(READY_TIMEOUT_S)
+        endpoint = status["ingest_endpoint"]
         print(f"engine ready, ingest on {endpoint}", file=sys.stderr)
+        if status.get("http"):
+            print(f"dashboard and HTTP API on {status['http']['url']}/", file=sys.stderr)
         code = _run(args, name, cfg, endpoint, view, engine)
         return _stop(engine, code)
     except (EngineExited, TimeoutError) as err:
