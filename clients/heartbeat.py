@@ -17,7 +17,7 @@ Rules for callers:
   delivers, and closing never blocks longer than that.
 - A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
   create one per process (a forked child's ``send`` raises RuntimeError).
-- Labels travel only in JSON frames; everything else goes in binary frames.
+- Labels and taints travel only in JSON frames; everything else goes in binary frames.
 - With ``curve=CurveKeys(...)`` the connection is CURVE-encrypted and the
   engine admits it only if the client's public key is in its
   ``[ingest.curve] authorized_keys_dir``.  An engine that refuses the key
@@ -203,7 +203,7 @@ class HeartbeatClient:
                 raise InvalidHeartbeat(
                     "bad_field",
                     f"node {mapping['node']!r}: labels cannot travel in a "
-                    "binary batch; send this heartbeat with send()",
+                    "binary batch (nor taints); send this heartbeat with send()",
                 )
             rows.append(record)
         out = np.zeros(len(rows), RECORD_DTYPE)

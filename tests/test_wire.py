@@ -108,6 +108,7 @@ def test_record_layout_is_the_documented_one():
         "ts",
         "zone",
         "labels",
+        "taints",
     )
     assert [type(r).__name__ for r in RECORD_RULES] == (
         ["Text", "FlagsByte"] + ["Number"] * 9 + ["Resources", "Number", "Text", "ReservedBytes"]

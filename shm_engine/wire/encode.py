@@ -30,6 +30,7 @@ from shm_engine.wire.format import (
     REQUIRED_FIELDS,
     RESOURCES,
     VERSION,
+    split_meta,
 )
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
@@ -59,7 +60,9 @@ _ENTRIES = frozenset(RESOURCES.names + RESOURCES.values)
 
 
 def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
-    """The JSON-field mapping of a validated record (only the fields it carries)."""
+    """The JSON-field mapping of a validated record (only the fields it
+    carries); ``labels``: the heartbeat's meta bytes (labels and taints,
+    `format.split_meta`)."""
     flags = int(record["flags"])
     out: dict[str, Any] = {}
     for name, bit in BIT_OF.items():
@@ -71,8 +74,11 @@ def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
             for n, v in zip(RESOURCES.names, RESOURCES.values, strict=True)
             if bytes(record[n])
         }
-    if labels is not None:
-        out["labels"] = json.loads(labels)
+    lab, taints = split_meta(labels)
+    if lab is not None and (lab != b"{}" or not taints):
+        out["labels"] = json.loads(lab)
+    if taints:
+        out["taints"] = list(taints)
     return out
 
 
@@ -104,7 +110,7 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
             if labels is not None:
                 raise ValueError(
                     f"{node_label(mapping.get('node'))}: labels cannot "
-                    "travel in a binary frame; use encode_json"
+                    "travel in a binary frame (nor taints); use encode_json"
                 )
             rows.append(values)
         out = np.zeros(len(rows), RECORD_DTYPE)
