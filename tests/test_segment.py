@@ -41,7 +41,7 @@ def test_layout_columns_start_on_cache_lines():
 
 def test_layout_size_for_16384_slots_is_reported():
     # Recorded in docs/design.md; changes to the layout must update it there.
-    assert layout_for(16_384).size == 13_213_696  # 806 bytes per slot + 4 KiB
+    assert layout_for(16_384).size == 18_456_576  # 1,126 bytes per slot + 4 KiB
 
 
 def test_bad_capacity_rejected():

@@ -60,6 +60,7 @@ from shm_engine.core.layout import (
     SegmentViews,
     layout_for,
     read_capacity,
+    write_place_resources,
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -245,12 +246,15 @@ class Segment(MappedSegment):
         mode: int = 0o600,
         tick_interval_ms: int = 50,
         endpoint: str = "",
+        resources: tuple[tuple[str, int], ...] = (),
     ) -> Segment:
         """Create the segment of engine ``name``, reclaiming a stale one.
 
         Raises EngineAlreadyRunning if a live engine owns the name,
         UntrustedSegment if a segment that is not this user's holds it,
-        ValueError for a bad mode or endpoint (nothing created)."""
+        ValueError for a bad mode or endpoint (nothing created).
+        ``resources``: the placement resources as (name, scale) pairs
+        (``[placement] resources``; none: the ingest keeps no capacity)."""
         layout = layout_for(capacity)
         if len(endpoint.encode("utf-8")) >= ENDPOINT_BYTES:
             raise ValueError(f"endpoint {endpoint!r} is longer than {ENDPOINT_BYTES - 1} bytes")
@@ -258,10 +262,16 @@ class Segment(MappedSegment):
         mm = create_exclusive(name, pname, layout.size, mode, MAGIC, SCORES_FORBIDDEN)
         seg = cls(name, mm, layout, readonly=False)
         with unlink_on_error(seg, pname):
-            seg._initialise(capacity, tick_interval_ms, endpoint)
+            seg._initialise(capacity, tick_interval_ms, endpoint, resources)
         return seg
 
-    def _initialise(self, capacity: int, tick_interval_ms: int, endpoint: str) -> None:
+    def _initialise(
+        self,
+        capacity: int,
+        tick_interval_ms: int,
+        endpoint: str,
+        resources: tuple[tuple[str, int], ...] = (),
+    ) -> None:
         h = self.views.header
         h.layout_version[0] = LAYOUT_VERSION
         h.capacity[0] = capacity
@@ -274,6 +284,7 @@ class Segment(MappedSegment):
             b.state.state[:] = 255
         h.write_str("name", self.name)
         h.write_str("endpoint", endpoint)
+        write_place_resources(h, resources)
         h.magic[0] = MAGIC  # last: the segment is now valid
 
     # ------------------------------------------------------------ attach --

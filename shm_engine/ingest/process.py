@@ -102,7 +102,7 @@ from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoi
 from shm_engine.core.errors import LayoutMismatch
 from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.rows import column_addresses, write_rows
+from shm_engine.core.rows import alloc_names, column_addresses, write_alloc, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.ingest._checks import AGED, META, STALE, check_slots
@@ -258,6 +258,8 @@ class Ingest:
         self._zone_first_cells = views.registry.zone[:, 0].data
         self._labels_len_cells = views.registry.labels_len.data
         self._row_columns = column_addresses(views.table)  # self._table keeps them mapped
+        self._alloc = views.table.alloc
+        self._alloc_names, self._alloc_scales, self._n_alloc = alloc_names(views.header)
         self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
         self._zone_words = views.registry.zone.view(np.uint64)
@@ -547,7 +549,19 @@ class Ingest:
             slots = self._slot_of_one(dec, now, senders)
         else:
             slots = self._slots_of(records, dec.labels, now, remember, senders)
-        return int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
+        written = int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
+        if self._n_alloc:
+            words = np.ascontiguousarray(records).view(np.uint64).reshape(len(records), -1)
+            write_alloc(
+                self._alloc,
+                slots,
+                words,
+                words.view(np.float64),
+                self._alloc_names,
+                self._alloc_scales,
+                self._n_alloc,
+            )
+        return written
 
     def _slot_of_one(self, dec, now: float, senders) -> np.ndarray:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
@@ -839,6 +853,16 @@ class Ingest:
             np.full(1, -1, np.int64),
             np.zeros(1, RECORD_DTYPE),
             0.0,
+        )
+        words = np.zeros((1, WORDS), np.uint64)
+        write_alloc(
+            self._alloc,
+            np.full(1, -1, np.int64),
+            words,
+            words.view(np.float64),
+            self._alloc_names,
+            self._alloc_scales,
+            self._n_alloc,
         )
         self._check(np.zeros(0, np.int64), np.zeros((0, WORDS), np.uint64), 0.0)
         _warm_up_decode()

@@ -443,10 +443,15 @@ class Supervisor:
                 mode=cfg.engine.shm_mode,
                 tick_interval_ms=cfg.engine.tick_interval_ms,
                 endpoint=cfg.ingest.bind,
+                resources=cfg.placement.resources,
             )
             created = True
             self.claims = ClaimsSegment.create(
-                self.name, cfg.engine.capacity, cfg.claims.max_schedulers, mode=cfg.claims.shm_mode
+                self.name,
+                cfg.engine.capacity,
+                cfg.claims.max_schedulers,
+                mode=cfg.claims.shm_mode,
+                max_reservations=cfg.placement.max_reservations,
             )
             h = self.seg.views.header
             h.supervisor_pid[0] = os.getpid()
