@@ -13,6 +13,10 @@
   the schedulers have recorded about a node (``reader.feedback(node)``).
 - What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
   `LeaseRevoked`, `ClaimAlreadyReleased`.
+- `Placer`, `Job`, `Affinity`, `Placement`: place a job on a node that can
+  take it, with its capacity reserved (``Placer.attach(name).place(job)``);
+  what ``place()`` raises: `Unschedulable` (says why, per filter),
+  `ReservationLimitReached`.
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -29,9 +33,11 @@ from shm_engine.core.errors import (
     LeaseRevoked,
     NothingPublished,
     ReadContention,
+    ReservationLimitReached,
     SchedulerLimitReached,
     ShmEngineError,
     UnknownNode,
+    Unschedulable,
     UntrustedSegment,
 )
 from shm_engine.core.states import NodeState
@@ -56,6 +62,12 @@ __all__ = [
     "SchedulerLimitReached",
     "LeaseRevoked",
     "ClaimAlreadyReleased",
+    "Placer",
+    "Job",
+    "Affinity",
+    "Placement",
+    "Unschedulable",
+    "ReservationLimitReached",
 ]
 
 _LAZY = {
@@ -63,6 +75,10 @@ _LAZY = {
     "Snapshot": "clients.reader",
     "Claim": "clients.claims",
     "NodeFeedback": "clients.claims",
+    "Placer": "clients.placer",
+    "Job": "clients.placer",
+    "Affinity": "clients.placer",
+    "Placement": "clients.placer",
 }
 
 

@@ -265,18 +265,18 @@ class Explanation(NamedTuple):
 
 
 def reason_names(resources: Sequence[str], taints: Sequence[str] = ()) -> dict[int, str]:
-    """``counts`` position -> how a message names it."""
+    """``counts`` position -> how a message names it, in filter order."""
     names = {
         C_NOT_READY: "not ready",
         C_ZONE: "zone",
         C_SELECTOR: "selector",
         C_AFFINITY: "affinity",
-        C_SPREAD: "spread",
     }
-    for k, r in enumerate(resources):
-        names[C_RESOURCE0 + k] = f"insufficient {r}"
     for t, taint in enumerate(taints[:MAX_TAINT_KINDS]):
         names[C_TAINT0 + t] = f"taint {taint}"
+    for k, r in enumerate(resources):
+        names[C_RESOURCE0 + k] = f"insufficient {r}"
+    names[C_SPREAD] = "spread"
     return names
 
 
@@ -737,6 +737,7 @@ class Placer:
         detailed = int(counts[C_TAINT0:].sum())
         if counts[C_TAINT] > detailed:
             elim["taint (other)"] = int(counts[C_TAINT]) - detailed
+        # Biggest first; ties in filter order (the sort is stable).
         elim = dict(sorted(elim.items(), key=lambda kv: -kv[1]))
         nodes = feasible + int(counts[:C_TAINT0].sum())
         top = []
