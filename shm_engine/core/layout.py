@@ -585,6 +585,11 @@ _CLAIMS_HEADER_FIELDS = (
     # deadline, and those of dead leases.
     ("reservations_expired", "<u8", 1, 448),
     ("reservations_reaped", "<u8", 1, 456),
+    # placements per second, as the tick worker measured it at its latest
+    # lease check (the count it saw then, and when).
+    ("placements_seen", "<u8", 1, 464),
+    ("place_rate_mono", "<f8", 1, 472),
+    ("place_rate", "<f8", 1, 480),
 )
 LEASE_COLUMNS = (
     ("lease_ident", "<u8"),

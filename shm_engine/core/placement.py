@@ -90,6 +90,7 @@ __all__ = [
     "release_entry",
     "return_lease_reservations",
     "expire_reservations",
+    "measure_rate",
     "reserved_units",
     "open_reservations",
     "group_count",
@@ -351,6 +352,19 @@ def return_lease_reservations(views: ClaimsViews, lease: int) -> int:
     n = int(_return_block(views.reservations[lease], views.reserved, views.place, 0, False))
     views.header.reservations_reaped[0] += n
     return n
+
+
+def measure_rate(views: ClaimsViews, now: float) -> float:
+    """Update the header's placements-per-second from the placements made
+    since the previous call (tick worker only); returns it."""
+    h = views.header
+    made = int(h.placements[0])
+    since = float(h.place_rate_mono[0])
+    if since > 0.0 and now > since:
+        h.place_rate[0] = max(made - int(h.placements_seen[0]), 0) / (now - since)
+    h.placements_seen[0] = made
+    h.place_rate_mono[0] = now
+    return float(h.place_rate[0])
 
 
 def expire_reservations(views: ClaimsViews, now_ns: int) -> int:

@@ -20,6 +20,7 @@ import sys
 import time
 
 from shm_engine.core.claims import ClaimsSegment, claims_status
+from shm_engine.ops.place import capacity_status, render_capacity
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
@@ -80,12 +81,13 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         nodes = {"registered": registered}
         nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
-        claims = None
+        claims = placement = None
         try:
             with ClaimsSegment.attach(name, readonly=True, owner=owner) as cs:
                 claims = claims_status(
                     cs.views, v.registry.slot_gen, v.registry.registered, int(h.slot_hwm[0])
                 )
+                placement = capacity_status(v, cs.views)
         except (EngineNotRunning, LayoutMismatch):
             pass
         ingest_alive = float(h.ingest_alive_mono[0])
@@ -136,6 +138,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             },
             "ticker": {"alive_age_s": max(0.0, now - ticker_alive) if ticker_alive else None},
             "claims": claims,
+            "placement": placement,
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
@@ -168,6 +171,7 @@ def render(s: dict) -> str:
             f"{i['accepted']} accepted; rejected: {rej}",
             _security_line(s["security"]),
             _claims_line(s["claims"]),
+            *render_capacity(s["placement"]),
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]

@@ -269,6 +269,7 @@ class Ticker:
         # Reservations past their deadline, then those of dead leases (before
         # each lease is freed: a new holder starts from free entries).
         placement.expire_reservations(self.claims, time.monotonic_ns())
+        placement.measure_rate(self.claims, now)
         return claims_mod.reap_dead_leases(
             self.claims, hwm, now, before_free=placement.return_lease_reservations
         )
