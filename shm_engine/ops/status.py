@@ -20,12 +20,12 @@ import sys
 import time
 
 from shm_engine.core.claims import ClaimsSegment, claims_status
-from shm_engine.ops.place import capacity_status, render_capacity
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.ingest.admission import MODE_NAMES, read_senders
+from shm_engine.ops.place import capacity_status, render_capacity
 from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
