@@ -51,8 +51,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 
+from clients import claims as _claims_client
 from clients.claims import Claim
 from clients.reader import ScoreReader
 from kernels.placement import (
@@ -528,6 +530,21 @@ def compile_job(meta: _Meta, job: Job, zones: tuple[str, ...] | None, prefix: st
     return _Compiled(code, pref, local, tuple(untolerated))
 
 
+_ENTRIES: dict[tuple, Any] = {}
+
+
+def _entry(dispatcher, *args) -> Any:
+    """The compiled entry point of ``dispatcher`` for the types of ``args``
+    (calling it skips numba's type dispatch, a microsecond on a call of
+    two dozen arguments); compiled or loaded from the cache once."""
+    sig = tuple(numba.typeof(a) for a in args)
+    key = (dispatcher, sig)
+    fn = _ENTRIES.get(key)
+    if fn is None:
+        fn = _ENTRIES[key] = dispatcher.compile(sig)
+    return fn
+
+
 class Placer:
     """Places jobs on one engine's nodes.  Build with `Placer.attach`.
 
@@ -562,6 +579,10 @@ class Placer:
         self._place = cv.place
         self._slots = seg.views.table.slots
         self._bufs = seg.views.buffers
+        # (gen, state, score) of each score buffer, for the kernel
+        self._published = tuple(
+            (b.views["gen"], b.views["state"], b.views["score"]) for b in self._bufs
+        )
         self._hdr = seg.views.header
         self._epoch_mv = seg.views.header.registry_epoch.data
         self._meta = _Meta(reader, cfg.cost_label)
@@ -582,6 +603,11 @@ class Placer:
         self._lease = -1
         self._ident = 0
         self._ctx_seen: np.ndarray | None = None
+        self._entry_views: dict[int, list] = {}
+        self._release_fn: Any = None
+        self._reserve_fn: Any = None
+        self._scan_fn: Any = None
+        self._bump = _entry(_c.bump, self._cv.header.placements, 1)
         self._ctx_cells: Any = None
         self._free: list[int] = []
         self._n_entries = cv.layout.max_reservations
@@ -644,14 +670,24 @@ class Placer:
 
     def _release(self, entry: int, lease: int) -> bool:
         if lease != self._lease:
-            _c.bump(self._c_stale, 1)
+            self._bump(self._c_stale, 1)
             return False  # the lease was revoked: the engine returned it
-        held = bool(
-            _p.release_entry(self._cv.reservations[lease, entry], self._reserved_all, self._place)
-        )
+        e = self._entry_view(lease, entry)
+        if self._release_fn is None:
+            self._release_fn = _entry(_p.release_entry, e, self._reserved_all, self._place)
+        held = bool(self._release_fn(e, self._reserved_all, self._place))
         self._free.append(entry)
-        _c.bump(self._c_released if held else self._c_stale, 1)
+        self._bump(self._c_released if held else self._c_stale, 1)
         return held
+
+    def _entry_view(self, lease: int, entry: int) -> np.ndarray:
+        views = self._entry_views.get(lease)
+        if views is None:
+            views = self._entry_views[lease] = [None] * self._n_entries
+        e = views[entry]
+        if e is None:
+            e = views[entry] = self._cv.reservations[lease, entry]
+        return e
 
     # --------------------------------------------------------------- place --
     def _units_of(self, job: Job) -> np.ndarray:
@@ -694,38 +730,35 @@ class Placer:
 
     def _scan(self, comp: _Compiled, units: np.ndarray, ghash: int, spread: int):
         hwm = self._meta.hwm
-        skip = self._skip
+        tail = (
+            self._slots,
+            self._alloc,
+            self._reserved,
+            self._place,
+            comp.code,
+            comp.pref,
+            comp.local,
+            self._meta.cheap,
+            units,
+            ghash,
+            spread,
+            self._fit_most,
+            self._weights,
+            self._skip,
+            self._counts,
+            self._top_slot,
+            self._top_total,
+            self._top_parts,
+        )
+        head = (hwm, self._registered, self._slot_gen)
+        published = self._published
 
         def run(b: int):
-            buf = self._bufs[b].views
-            return int(
-                place_scan(
-                    hwm,
-                    self._registered,
-                    self._slot_gen,
-                    buf["gen"],
-                    buf["state"],
-                    buf["score"],
-                    self._slots,
-                    self._alloc,
-                    self._reserved,
-                    self._place,
-                    comp.code,
-                    comp.pref,
-                    comp.local,
-                    self._meta.cheap,
-                    units,
-                    ghash,
-                    spread,
-                    self._fit_most,
-                    self._weights,
-                    skip,
-                    self._counts,
-                    self._top_slot,
-                    self._top_total,
-                    self._top_parts,
-                )
-            )
+            args = head + published[b] + tail
+            fn = self._scan_fn
+            if fn is None:
+                fn = self._scan_fn = _entry(place_scan, *args)
+            return int(fn(*args))
 
         _epoch, feasible = self.reader._read(run)
         return feasible
@@ -807,15 +840,15 @@ class Placer:
         gen = int(self._slot_gen[slot])
         entry = self._free[-1]
         lease = self._lease
-        st = _p.reserve(
-            self._cv.reservations[lease, entry],
+        args = (
+            self._entry_view(lease, entry),
             self._slot_gen,
             self._alloc,
             self._reserved,
             self._place,
             self._cv.lease_ident,
             lease,
-            self._ident,
+            np.uint64(self._ident),  # one argument type whatever the ident's size
             slot,
             gen,
             units,
@@ -823,6 +856,10 @@ class Placer:
             spread,
             deadline,
         )
+        fn = self._reserve_fn
+        if fn is None:
+            fn = self._reserve_fn = _entry(_p.reserve, *args)
+        st = fn(*args)
         if st == _p.NO_LEASE:
             self._table._retire()
             raise LeaseRevoked(
@@ -830,7 +867,7 @@ class Placer:
                 f"(pid {os.getpid()}); the next place() takes a new one"
             )
         if st != _p.RESERVED:
-            _c.bump(self._c_conflicts, 1)
+            self._bump(self._c_conflicts, 1)
             return None
         self._free.pop()
         name = self.reader._names[slot]
@@ -838,11 +875,11 @@ class Placer:
             self.reader._index_epoch = -1
             self.reader._refresh_index()
             name = self.reader._names[slot]
-        if name is None or _c.claim_at(self._table._at, slot, gen) != _c.CLAIMED:
+        if name is None or _claims_client._claim(self._table._at, slot, gen) != _c.CLAIMED:
             self._release(entry, lease)
             return None
         claim = Claim(self._table, name, self._table._at, slot, gen)
-        _c.bump(self._c_placements, 1)
+        self._bump(self._c_placements, 1)
         reserved = self._amounts.get(units.ctypes.data)
         if reserved is None:
             reserved = {

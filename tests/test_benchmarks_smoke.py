@@ -37,7 +37,17 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     proc = _run("--quick", "--out", str(tmp_path), timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "latest.json").read_text())
-    for key in ("machine", "tick", "read", "claims", "ingest", "freshness", "memory", "scaling"):
+    for key in (
+        "machine",
+        "tick",
+        "read",
+        "claims",
+        "place",
+        "ingest",
+        "freshness",
+        "memory",
+        "scaling",
+    ):
         assert res.get(key), key
     assert [r["nodes"] for r in res["tick"]] == [1000, 10000]
     for row in res["tick"]:
@@ -51,6 +61,8 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert not ours["picked_none"]
     for k in ("ok", "error", "with", "in_flight"):
         assert res["claims"][k]["median_ns"] > 0
+    pl = res["place"]
+    assert pl["place_us"]["p50"] > 0 and pl["one_per_s"] > 0 and pl["many_per_s"] > 0
     assert res["read"]["manager"]["get_ns"]["median"] > 0
     assert "skipped" in res["read"]["redis"] or res["read"]["redis"]["hget_ns"]["median"] > 0
     for k in (

@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, report, scaling, tick
+from benchmarks.harness import (
+    claims,
+    freshness,
+    ingest,
+    memory,
+    place,
+    read,
+    report,
+    scaling,
+    tick,
+)
 from benchmarks.harness.common import machine
 
 __all__ = ["main", "OUT_DIR", "RECORD_DIR", "RESULTS_MD"]
@@ -27,7 +37,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness")
+SKIPPABLE = ("read", "claims", "place", "ingest", "freshness")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +124,17 @@ def main(argv=None) -> int:
         None
         if "claims" in skip
         else claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
+    )
+    res["place"] = (
+        None
+        if "place" in skip
+        else place.run(
+            1_000 if args.quick else 10_000,
+            300 if args.quick else 20_000,
+            1.0 if args.quick else 5.0,
+            4,
+            log,
+        )
     )
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
     res["freshness"] = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.harness import claims, freshness, ingest, memory, read, scaling, tick
+from benchmarks.harness import claims, freshness, ingest, memory, place, read, scaling, tick
 
 __all__ = ["summarise", "record_results_md", "BEGIN", "END"]
 
@@ -21,6 +21,7 @@ SECTIONS = (
     ("tick", tick.summary),
     ("read", read.summary),
     ("claims", claims.summary),
+    ("place", place.summary),
     ("ingest", ingest.summary),
     ("freshness", freshness.summary),
     ("memory", memory.summary),
