@@ -26,6 +26,7 @@ single-writer fields of different processes never share a cache line::
                   |   strings ...... engine name, ingest endpoint          |
                   |   admission .... ingest mode, keys, reloads, queue     |
                   |                  limits; per-sender refusals (16 rows) |
+                  |   placement .... resources: count, scale[8], name[8]   |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -33,6 +34,8 @@ single-writer fields of different processes never share a cache line::
                   |   cpu mem queue avg_job_s throughput ok err io         |
                   |   p50_ms p95_ms ts slots  f8[cap] each;                |
                   |   reported u1[cap]                                     |
+                  |   alloc u8[cap, 8]      capacity per placement         |
+                  |                         resource, fixed point          |
                   +--------------------------------------------------------+
                   | REGISTRY (ingest writes)                               |
                   |   slot_gen u8[cap]      odd while the slot changes     |
@@ -40,7 +43,8 @@ single-writer fields of different processes never share a cache line::
                   |                         labels; odd while written)     |
                   |   node_id u1[cap, 64]   UTF-8, NUL padded              |
                   |   zone u1[cap, 32]      labels_len u2[cap]             |
-                  |   labels u1[cap, 256]   canonical JSON object          |
+                  |   labels u1[cap, 512]   meta: canonical labels JSON,   |
+                  |                         then taints (wire.split_meta)  |
                   +--------------------------------------------------------+
                   | SCORE BUFFER 0 (tick worker writes)                    |
                   |   per tick: epoch, tick_mono, tick_wall, pressure,     |
@@ -83,6 +87,10 @@ is never touched and costs no memory)::
                   |   tick worker .. abandoned_claims, leases_reaped,      |
                   |                  lease_check_mono, released_ok,        |
                   |                  released_err, in_flight               |
+                  |   placement .... placements, CAS lost, released,       |
+                  |                  stale, unschedulable (+ reasons[16])  |
+                  |                  (schedulers, fetch_add); expired,     |
+                  |                  reaped, rate (tick worker)            |
                   +--------------------------------------------------------+
                   | LEASES (max_schedulers entries, struct of arrays)      |
                   |   lease_ident u8   0 = free, else start_time % 2**32   |
@@ -98,10 +106,21 @@ is never touched and costs no memory)::
                   |   each row page-aligned; word = tag | count of the     |
                   |   lease's open claims on the slot's registration       |
                   +--------------------------------------------------------+
+                  | RESERVED u8[cap, 8]: tag | units reserved, per         |
+                  |   placement resource (CAS against alloc)               |
+                  +--------------------------------------------------------+
+                  | PLACE u8[cap, 8]: [0] tag | open reservations,         |
+                  |   [1..8) group ways tag | group hash << 16 | count     |
+                  +--------------------------------------------------------+
+                  | RESERVATIONS u8[max_schedulers, max_reservations, 16]: |
+                  |   each lease's entries on pages of its own: held bits, |
+                  |   tag | slot, deadline ns, group hash, units[8]        |
+                  +--------------------------------------------------------+
 
 A *tag* is the upper 32 bits of a word: the registration number
 ``(slot_gen >> 1) % 2**32`` the lower 32 bits belong to.  The protocol that
-keeps these words exact without locks is in `shm_engine.core.claims`.
+keeps these words exact without locks is in `shm_engine.core.claims`; the
+placement words follow the same rules (`shm_engine.core.placement`).
 """
 
 from __future__ import annotations

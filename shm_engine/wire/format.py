@@ -33,6 +33,9 @@ else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
 the reserved spans) is derived from it.  Bytes no field covers are reserved
 and must be zero.
 
+Labels and taints travel in JSON frames only; the decoders keep them as a
+node's *meta bytes* (`split_meta`): canonical labels, then taints.
+
 `FIELDS` is the input table of SCORING.md as data, one row per heartbeat
 field (a pair sent together is one row), in the order the checks run, so a
 bound, a presence bit or a reject reason is written once.  `RECORD_RULES`
