@@ -1,0 +1,90 @@
+"""Taints on the wire: each malformed taint is rejected as ``bad_field`` with
+a detail naming it, valid ones are kept sorted after the labels (the node's
+meta bytes), and they round-trip through the encoders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shm_engine.wire import decode_frame
+from shm_engine.wire.encode import encode_batch, record_to_dict
+from shm_engine.wire.format import join_meta, split_meta
+from shm_engine.wire.jsondecode import check_heartbeat
+
+MAX = 1 << 20
+
+
+def hb(**kw):
+    return {**dict(node="n1", cpu=0.5, mem=0.5, queue=0.0, avg_job_s=1.0), **kw}
+
+
+@pytest.mark.parametrize(
+    "taints, detail",
+    [
+        ("gpu=true:NoSchedule", "taints='gpu=true:NoSchedule' is not an array"),
+        ([1], "taint 1 is not key=value:Effect"),
+        (["gpu=true"], "taint 'gpu=true' is not key=value:Effect"),
+        (["=true:NoSchedule"], "taint '=true:NoSchedule' is not key=value:Effect"),
+        (["-gpu=true:NoSchedule"], "is not key=value:Effect"),
+        (["gpu=tr ue:NoSchedule"], "is not key=value:Effect"),
+        (["gpu=true:NoExecute"], "has effect 'NoExecute', not one of NoSchedule, PreferNoSchedule"),
+        (["gpu=a:NoSchedule", "gpu=b:NoSchedule"], "taint gpu:NoSchedule given twice"),
+        ([f"k{i}:NoSchedule" for i in range(9)], "taints has 9 entries > 8"),
+        # (50 + 1 + 51 + 17) + (50 + 1 + 52 + 17) + 1 comma = 240 bytes: kept;
+        # one value byte more: 241
+        ([f"{'k' * 49}{i}={'v' * (51 + i)}:PreferNoSchedule" for i in range(2)], None),
+        (
+            [f"{'k' * 49}{i}={'v' * 52}:PreferNoSchedule" for i in range(2)],
+            "taints are 241 bytes > 240",
+        ),
+    ],
+)
+def test_malformed_taints_are_rejected_as_bad_field(taints, detail):
+    rec, meta, reason, got = check_heartbeat(hb(taints=taints))
+    if detail is None:
+        assert reason is None and rec is not None
+        return
+    assert (rec, meta, reason) == (None, None, "bad_field")
+    assert got is not None and detail in got
+
+
+def test_taints_are_kept_sorted_after_the_labels():
+    d = decode_frame(
+        json.dumps(
+            [
+                hb(taints=["z=1:NoSchedule", "a:PreferNoSchedule"], labels={"k": "v"}),
+                hb(node="n2", taints=["gpu=true:NoSchedule"]),
+                hb(node="n3", taints=[]),
+                hb(node="n4"),
+            ]
+        ).encode(),
+        MAX,
+    )
+    assert d.rejects == {}
+    assert d.labels == [
+        b'{"k":"v"}\na=:PreferNoSchedule,z=1:NoSchedule',
+        b"{}\ngpu=true:NoSchedule",
+        None,
+        None,
+    ]
+    assert split_meta(d.labels[0]) == (b'{"k":"v"}', ("a=:PreferNoSchedule", "z=1:NoSchedule"))
+    assert split_meta(d.labels[1]) == (b"{}", ("gpu=true:NoSchedule",))
+    assert split_meta(None) == (None, ())
+    assert join_meta(b'{"k":"v"}', ()) == b'{"k":"v"}'
+
+
+def test_taints_round_trip_through_record_to_dict():
+    obj = hb(taints=["gpu=true:NoSchedule"], labels={"a": "b"})
+    d = decode_frame(json.dumps(obj).encode(), MAX)
+    back = record_to_dict(d.records[0], d.labels[0])
+    assert back["taints"] == ["gpu=true:NoSchedule"] and back["labels"] == {"a": "b"}
+    only = decode_frame(json.dumps(hb(taints=["x:NoSchedule"])).encode(), MAX)
+    back = record_to_dict(only.records[0], only.labels[0])
+    assert back["taints"] == ["x=:NoSchedule"] and "labels" not in back
+
+
+def test_binary_frames_cannot_carry_taints():
+    with pytest.raises(ValueError, match=r"labels cannot travel in a binary frame \(nor taints\)"):
+        encode_batch([hb(taints=["x:NoSchedule"])])
