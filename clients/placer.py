@@ -668,10 +668,11 @@ class Placer:
         self._ctx_seen = ctx
         self._ctx_cells = ctx.data
 
-    def _release(self, entry: int, lease: int) -> bool:
-        if lease != self._lease:
+    def _release(self, entry: int, held_by: tuple[int, int]) -> bool:
+        if held_by != (self._lease, self._ident):
             self._bump(self._c_stale, 1)
-            return False  # the lease was revoked: the engine returned it
+            return False  # the lease was revoked (the engine returned it) or replaced
+        lease = held_by[0]
         e = self._entry_view(lease, entry)
         if self._release_fn is None:
             self._release_fn = _entry(_p.release_entry, e, self._reserved_all, self._place)
@@ -876,7 +877,7 @@ class Placer:
             self.reader._refresh_index()
             name = self.reader._names[slot]
         if name is None or _claims_client._claim(self._table._at, slot, gen) != _c.CLAIMED:
-            self._release(entry, lease)
+            self._release(entry, (lease, self._ident))
             return None
         claim = Claim(self._table, name, self._table._at, slot, gen)
         self._bump(self._c_placements, 1)
@@ -898,7 +899,7 @@ class Placer:
             float(self._top_total[i]),
             parts,
             entry,
-            lease,
+            (lease, self._ident),
             claim,
         )
 

@@ -316,3 +316,29 @@ def test_a_forgotten_node_takes_its_reservations_with_it(engine):
         assert p.release() is False  # stale: nothing of z's is touched
         assert core_placement.reserved_units(cv, gens, 1)[0, 0] == 4000
         q.release()
+
+
+def test_a_revoked_lease_leaves_old_placements_stale_and_new_ones_intact(engine):
+    from clients import LeaseRevoked
+    from shm_engine.core import claims as core_claims
+
+    engine.send(node_heartbeat("a", resources={"cpu": 4}))
+    engine.tick()
+    cv = engine.claims.views
+    gens = engine.views.registry.slot_gen
+    with _placer(engine) as pl:
+        old = pl.place(Job(requests={"cpu": 1}))
+        # The engine takes the lease for dead (as across pid namespaces) and
+        # returns its reservations.
+        core_claims.reap_dead_leases(
+            cv, 1, time.monotonic(), alive=lambda ident: False,
+            before_free=core_placement.return_lease_reservations,
+        )  # fmt: skip
+        assert core_placement.reserved_units(cv, gens, 1).sum() == 0
+        with pytest.raises(LeaseRevoked):
+            pl.place(Job(requests={"cpu": 1}))
+        new = pl.place(Job(requests={"cpu": 2}))  # a new lease (maybe the same index)
+        assert old.release() is False  # stale: it must not return the new one's entry
+        assert core_placement.reserved_units(cv, gens, 1)[0, 0] == 2000
+        assert new.release() is True
+        assert core_placement.reserved_units(cv, gens, 1).sum() == 0
