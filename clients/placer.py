@@ -81,8 +81,10 @@ from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import FIT_STRATEGIES, Config, PlacementConfig
 from shm_engine.core.errors import (
     ClaimAlreadyReleased,
+    LayoutMismatch,
     LeaseRevoked,
     ReservationLimitReached,
+    ShmEngineError,
     Unschedulable,
 )
 from shm_engine.core.layout import (
@@ -545,12 +547,24 @@ def _entry(dispatcher, *args) -> Any:
     return fn
 
 
+def engine_placement(header) -> PlacementConfig:
+    """The ``[placement]`` section the engine was started with (from its
+    segment), or the defaults if it did not record one."""
+    text = header.read_str("place_config")
+    if not text:
+        return Config().placement
+    try:
+        return Config.from_dict({"placement": json.loads(text)}).placement
+    except (ValueError, ShmEngineError) as err:
+        raise LayoutMismatch(f"the engine's [placement] section cannot be read: {err}") from err
+
+
 class Placer:
     """Places jobs on one engine's nodes.  Build with `Placer.attach`.
 
-    ``config``: the engine's ``[placement]`` settings for the score (fit,
-    top_k, weights, labels; default: the defaults); the resources and their
-    scales are the engine's own (read from its segment).  ``rng``: a seeded
+    ``config``: ``[placement]`` settings for the score (fit, top_k,
+    weights, labels; default: the engine's own, recorded in its segment);
+    the resources and their scales are always the engine's.  ``rng``: a seeded
     ``numpy.random.Generator`` for reproducible choices."""
 
     def __init__(
@@ -559,11 +573,11 @@ class Placer:
         config: PlacementConfig | None = None,
         rng: np.random.Generator | None = None,
     ):
-        cfg = config if config is not None else Config().placement
+        seg = reader._seg
+        cfg = config if config is not None else engine_placement(seg.views.header)
         self.config = cfg
         self.reader = reader
         self.name = reader.name
-        seg = reader._seg
         self._resources = read_place_resources(seg.views.header)
         self.resources = tuple(n for n, _ in self._resources)
         self._scale = {n: s for n, s in self._resources}

@@ -748,6 +748,7 @@ class ClaimsConfig(_Section):
 FIT_STRATEGIES = ("least", "most")
 MAX_PLACE_SCALE = 1_000_000_000
 MAX_TOP_K = 64
+MAX_LABEL_KEY_BYTES = 63
 
 
 @dataclass(frozen=True)
@@ -850,8 +851,13 @@ class PlacementConfig(_Section):
             self._fail("fit", f"must be one of {', '.join(map(repr, FIT_STRATEGIES))}")
         self._int_range("top_k", 1, MAX_TOP_K)
         self._int_range("max_reservations", 1, MAX_RESERVATIONS)
-        if not self.cost_label:
-            self._fail("cost_label", "must not be empty")
+        for name in ("cost_label", "data_label_prefix"):
+            n = len(getattr(self, name).encode("utf-8"))
+            if not 1 <= n <= MAX_LABEL_KEY_BYTES:
+                raise ConfigError(
+                    f"placement.{name} = {_show(getattr(self, name))} must be "
+                    f"1..{MAX_LABEL_KEY_BYTES} bytes"
+                )
 
 
 # --------------------------------------------------------------------------

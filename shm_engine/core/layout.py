@@ -26,7 +26,8 @@ single-writer fields of different processes never share a cache line::
                   |   strings ...... engine name, ingest endpoint          |
                   |   admission .... ingest mode, keys, reloads, queue     |
                   |                  limits; per-sender refusals (16 rows) |
-                  |   placement .... resources: count, scale[8], name[8]   |
+                  |   placement .... resources: count, scale[8], name[8];  |
+                  |                  the [placement] section as JSON       |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -156,6 +157,7 @@ LABELS_BYTES = (MAX_META_BYTES + ALIGN - 1) // ALIGN * ALIGN
 #: segment's RESERVED region).
 N_PLACE_RESOURCES = MAX_RESOURCES
 PLACE_NAME_BYTES = 16  # a resource name: 1..15 bytes, NUL padded (as on the wire)
+PLACE_CONFIG_BYTES = 1024
 N_REJECT_SLOTS = 32  # room for reject reasons (wire.format.REJECT_REASONS)
 N_WEIGHT_SLOTS = 8  # 7 weights in effect, one spare
 N_COUNT_SLOTS = 8  # 5 states, one spare each side
@@ -232,6 +234,9 @@ _HEADER_FIELDS = (
     ("place_resources", "<u8", 1, 2560),
     ("place_scale", "<u8", N_PLACE_RESOURCES, 2568),
     ("place_names", "u1", N_PLACE_RESOURCES * PLACE_NAME_BYTES, 2632),
+    # the engine's whole [placement] section as JSON (creator, once): what
+    # schedulers place with unless they are given their own
+    ("place_config", "u1", PLACE_CONFIG_BYTES, 2816),
 )
 
 # ------------------------------------------------------- per-slot columns --

@@ -48,6 +48,7 @@ published *and* the ingest socket is bound (for scripts that wait on it); a
 from __future__ import annotations
 
 import importlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -444,6 +445,7 @@ class Supervisor:
                 tick_interval_ms=cfg.engine.tick_interval_ms,
                 endpoint=cfg.ingest.bind,
                 resources=cfg.placement.resources,
+                placement=json.dumps(cfg.placement.to_dict()),
             )
             created = True
             self.claims = ClaimsSegment.create(

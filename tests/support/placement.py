@@ -46,7 +46,12 @@ class PlaceEngine:
     ):
         self.name = name
         self.config = config or Config()
-        self.seg = Segment.create(name, capacity, resources=self.config.placement.resources)
+        self.seg = Segment.create(
+            name,
+            capacity,
+            resources=self.config.placement.resources,
+            placement=json.dumps(self.config.placement.to_dict()),
+        )
         try:
             self.claims = ClaimsSegment.create(
                 name, capacity, max_schedulers, max_reservations=max_reservations
