@@ -61,3 +61,19 @@ def test_fixed_point_arithmetic():
         assert ing.handle_frame(json.dumps({**hb, "resources": res}).encode(), 1.0) == 1
         assert views.table.alloc[0, :3].tolist() == want, res
     del ing
+
+
+def test_binary_heartbeats_set_and_clear_taints():
+    views, ing = _ingest()
+    reg = views.registry
+
+    def meta():
+        return bytes(reg.labels[0, : reg.labels_len[0]])
+
+    hb = dict(node="a", cpu=0.1, mem=0.1, queue=0.0, avg_job_s=1.0)
+    assert ing.handle_frame(encode_batch([{**hb, "taints": ["gpu=true:NoSchedule"]}]), 1.0) == 1
+    assert meta() == b"{}\ngpu=true:NoSchedule"
+    # A heartbeat without taints replaces them (as every heartbeat replaces the row).
+    assert ing.handle_frame(encode_batch([hb]), 2.0) == 1
+    assert meta() == b""
+    del ing

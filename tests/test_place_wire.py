@@ -5,6 +5,7 @@ meta bytes), and they round-trip through the encoders."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
@@ -85,6 +86,56 @@ def test_taints_round_trip_through_record_to_dict():
     assert back["taints"] == ["x=:NoSchedule"] and "labels" not in back
 
 
-def test_binary_frames_cannot_carry_taints():
-    with pytest.raises(ValueError, match=r"labels cannot travel in a binary frame \(nor taints\)"):
-        encode_batch([hb(taints=["x:NoSchedule"])])
+def test_binary_frames_carry_taints_in_version_3():
+    hbs = [hb(taints=["x:NoSchedule", "gpu=true:PreferNoSchedule"]), hb(node="n2")]
+    frame = encode_batch(hbs)
+    version, size = struct.unpack_from("<HH", frame, 4)
+    assert (version, size) == (3, 640)
+    d = decode_frame(frame, MAX)
+    assert d.rejects == {} and len(d.records) == 2
+    assert d.labels == [b"{}\ngpu=true:PreferNoSchedule,x=:NoSchedule", None]
+    assert encode_batch([hb(node="n2")])[4] == 2  # no taints: version 2
+    with pytest.raises(ValueError, match=r"labels cannot travel in a binary frame"):
+        encode_batch([hb(taints=["x:NoSchedule"], labels={"a": "b"})])
+
+
+def _v3(taints: bytes, **kw) -> bytes:
+    body = bytearray(encode_batch([hb(taints=["x:NoSchedule"], **kw)]))
+    body[16 + 384 :] = taints.ljust(256, b"\0")
+    return bytes(body)
+
+
+@pytest.mark.parametrize(
+    "field, detail",
+    [
+        (b"x:NoExecute", "has effect 'NoExecute'"),
+        (b"x:NoSchedule\0junk", "taints field not NUL-padded"),
+        (b"x" * 256, "taints field not NUL-padded"),
+        ("é:NoSchedule".encode(), "taints field is not ASCII"),
+        (b"a:NoSchedule,a:NoSchedule", "taint a:NoSchedule given twice"),
+        (b",", "taint '' is not key=value:Effect"),
+    ],
+)
+def test_bad_taints_in_a_binary_record_reject_it(field, detail):
+    d = decode_frame(_v3(field), MAX)
+    assert d.rejects == {"bad_field": 1} and len(d.records) == 0
+    assert detail in d.sample[0][1] and d.sample[0][1].startswith("node 'n1'")
+
+
+def test_a_version_3_record_is_also_checked_as_version_2():
+    d = decode_frame(_v3(b"x:NoSchedule", cpu=0.5), MAX)
+    assert d.rejects == {} and d.one is not None and d.labels == [b"{}\nx=:NoSchedule"]
+    frame = bytearray(_v3(b"x:NoSchedule"))
+    struct.pack_into("<d", frame, 16, 1.5)  # cpu = 1.5
+    d = decode_frame(bytes(frame), MAX)
+    assert d.rejects == {"bad_field": 1} and "cpu=1.5" in d.sample[0][1]
+
+
+def test_many_version_3_records_take_the_compiled_check():
+    hbs = [hb(node=f"n{i}", taints=[f"k{i % 3}:NoSchedule"]) for i in range(50)]
+    hbs[7]["cpu"] = 0.25
+    frame = bytearray(encode_batch(hbs))
+    struct.pack_into("<d", frame, 16 + 640 * 9, -1.0)  # record 9: cpu out of range
+    d = decode_frame(bytes(frame), MAX)
+    assert d.rejects == {"bad_field": 1} and len(d.records) == 49
+    assert d.labels[9] == b"{}\nk1=:NoSchedule"  # record 10's, the 10th kept

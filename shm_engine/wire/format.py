@@ -26,15 +26,19 @@ A binary v2 frame, little-endian::
 
 Version 1 (record 192 bytes: the first 192 bytes of v2, with slots and the
 two flag bits of v2 unknown) is still accepted: its records are the v2
-records they extend to with zeros (`binary`).
+records they extend to with zeros (`binary`).  Version 3 (record 640
+bytes) is a v2 record followed by 256 bytes of taints (`TAINTS_FIELD_SIZE`),
+for nodes that have taints: binary frames carry no labels, but may carry
+taints.
 
 `RECORD_FIELDS` is the record, (name, type, offset) per field; everything
 else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
 the reserved spans) is derived from it.  Bytes no field covers are reserved
 and must be zero.
 
-Labels and taints travel in JSON frames only; the decoders keep them as a
-node's *meta bytes* (`split_meta`): canonical labels, then taints.
+Labels travel in JSON frames only, taints in JSON or binary version 3; the
+decoders keep them as a node's *meta bytes* (`split_meta`): canonical
+labels, then taints.
 
 `FIELDS` is the input table of SCORING.md as data, one row per heartbeat
 field (a pair sent together is one row), in the order the checks run, so a
@@ -75,8 +79,18 @@ V1_VERSION = 1
 V1_RECORD_SIZE = 192
 V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
 V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
+# Version 3: a version 2 record followed by the node's taints, NUL-padded
+# ASCII `key=value:Effect` joined by commas (empty: no taints), for senders
+# whose nodes have taints; the rest of the frame is version 2's.
+V3_VERSION = 3
+TAINTS_FIELD_SIZE = 256
+V3_RECORD_SIZE = RECORD_SIZE + TAINTS_FIELD_SIZE
 # The (version, record_size) pairs a binary header may name.
-BINARY_VERSIONS = ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE))
+BINARY_VERSIONS = (
+    (VERSION, RECORD_SIZE),
+    (V1_VERSION, V1_RECORD_SIZE),
+    (V3_VERSION, V3_RECORD_SIZE),
+)
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # what clients split batches to
 JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")  # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
@@ -363,7 +377,8 @@ class Taints(NamedTuple):
     ``key=value:Effect`` (or ``key:Effect``; key and value as
     `TAINT_KEY_RE` / `TAINT_VALUE_RE`, the effect one of ``effects``, one
     taint per key and effect), kept sorted and comma-joined after the
-    labels in the node's meta bytes (`split_meta`); JSON frames only."""
+    labels in the node's meta bytes (`split_meta`); JSON frames, or the
+    taints field of a binary version 3 record."""
 
     name: str
     max_entries: int
