@@ -751,6 +751,7 @@ class Placer:
             self._reserved,
             self._place,
             comp.code,
+            self._meta.gen,
             comp.pref,
             comp.local,
             self._meta.cheap,

@@ -9,7 +9,8 @@ caller tries the candidates this kernel returns (`shm_engine.core.placement`).
 Filters, in order; a node is counted under the first one it fails
 (``counts``, indexed by the ``C_*`` constants):
 
-    not ready    its registration is not the one the latest tick scored, or
+    not ready    its registration is not the one the latest tick scored (or
+                 the one its constraints were compiled for), or
                  its published state is not HEALTHY/DEGRADED, or its score
                  is 0 (tripped since)
     meta         ``meta_code[s]`` != 0: the job's label, zone and taint
@@ -76,6 +77,7 @@ def place_scan(
     reserved,
     place,
     meta_code,
+    meta_gen,
     pref,
     local,
     cheap,
@@ -98,7 +100,9 @@ def place_scan(
     ``state`` (u1), ``score`` (f8 in [0, 1]) of the latest published tick,
     ``slots`` (f8 >= 1), ``alloc`` and ``reserved`` (u8 [n, R]: units and
     ``tag << 32 | units`` words), ``place`` (u8 [n, 8]: open reservations
-    and group ways), ``meta_code`` (u1), ``pref``/``local``/``cheap`` (f8
+    and group ways), ``meta_code`` (u1) and ``meta_gen`` (u8: the
+    registration the code was compiled for; another one is not ready),
+    ``pref``/``local``/``cheap`` (f8
     in [0, 1]); ``skip`` (u1): slots already tried for this job (not
     counted, not scored).  The job: ``req`` (u8 units per resource; its
     length is R), ``ghash`` (0: no group), ``spread`` (0: no limit),
@@ -129,7 +133,13 @@ def place_scan(
         g = slot_gen[s]
         st = state[s]
         sc = score[s]
-        if g & _ONE or pub_gen[s] != g or (st != _HEALTHY and st != _DEGRADED) or not sc > 0.0:
+        if (
+            g & _ONE
+            or pub_gen[s] != g
+            or meta_gen[s] != g
+            or (st != _HEALTHY and st != _DEGRADED)
+            or not sc > 0.0
+        ):
             counts[C_NOT_READY] += 1
             continue
         m = meta_code[s]

@@ -46,6 +46,7 @@ def _cluster(n, alloc=(4000, 8000), **over):
         reserved=np.zeros((n, len(alloc)), np.uint64),
         place=np.zeros((n, 8), np.uint64),
         meta_code=np.zeros(n, np.uint8),
+        meta_gen=np.full(n, GEN, np.uint64),
         pref=np.ones(n),
         local=np.ones(n),
         cheap=np.ones(n),
@@ -72,6 +73,7 @@ def scan(c, req=(1000, 2000), ghash=0, spread=0, fit_most=False, weights=(30, 20
         c["reserved"],
         c["place"],
         c["meta_code"],
+        c["meta_gen"],
         c["pref"],
         c["local"],
         c["cheap"],
@@ -95,6 +97,10 @@ def _not_ready(c):
     c["state"][1] = 4  # DEAD
     c["score"][2] = 0.0  # tripped since its state was published
     c["pub_gen"][3] = GEN + 2  # the tick scored another registration
+
+
+def _meta_of_another_registration(c):
+    c["meta_gen"][1] = GEN - 2  # constraints compiled for the slot's previous node
 
 
 def _zone(c):
@@ -147,6 +153,7 @@ FILTER_CASES = [
     # (name, mutate, counts expected {position: n}, feasible of 5)
     ("all fit", lambda c: None, {}, 5),
     ("not ready", _not_ready, {C_NOT_READY: 4}, 1),
+    ("meta of another registration", _meta_of_another_registration, {C_NOT_READY: 1}, 4),
     ("zone", _zone, {C_ZONE: 2}, 3),
     ("selector", _selector, {C_SELECTOR: 3}, 2),
     ("required affinity", _affinity, {C_AFFINITY: 1}, 4),
@@ -201,7 +208,8 @@ def test_skip_leaves_tried_nodes_out_uncounted():
     top, total, parts = np.zeros(2, np.int64), np.zeros(2), np.zeros((2, N_PARTS))
     skip = np.array([1, 0, 0], np.uint8)
     args = [c[k] for k in ("registered", "slot_gen", "pub_gen", "state", "score", "slots")]
-    args += [c[k] for k in ("alloc", "reserved", "place", "meta_code", "pref", "local", "cheap")]
+    args += [c[k] for k in ("alloc", "reserved", "place", "meta_code", "meta_gen")]
+    args += [c[k] for k in ("pref", "local", "cheap")]
     w = np.array([30, 20, 20, 20, 10], np.float64)
     req = np.array([1000, 2000], np.uint64)
     got = place_scan(n, *args, req, 0, 0, False, w, skip, counts, top, total, parts)
