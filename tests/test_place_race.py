@@ -46,16 +46,41 @@ SPAWN = mp.get_context("spawn")
 NODES = [f"n-{i:02d}" for i in range(N_NODES)]
 
 
-def wait_until(predicate, timeout, what, period=0.002):
+def _heartbeats(eng) -> None:
+    eng.send_batch([node_heartbeat(n, resources={"cpu": CPU_PER_NODE, "mem_gb": 8}) for n in NODES])
+
+
+def wait_until(predicate, timeout, what, eng=None, period=0.002):
+    """Poll ``predicate`` until true, TimeoutError naming ``what`` otherwise;
+    with ``eng``, heartbeats every second meanwhile, so the nodes stay live
+    however slowly the placer processes start (the sleep is the poll period;
+    the result is decided by the predicate)."""
     deadline = time.monotonic() + timeout
+    beat = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        if eng is not None and now - beat > 1.0:
+            _heartbeats(eng)
+            beat = now
         time.sleep(period)
 
 
-def _heartbeats(eng) -> None:
-    eng.send_batch([node_heartbeat(n, resources={"cpu": CPU_PER_NODE, "mem_gb": 8}) for n in NODES])
+def _collect(results, procs, n, sampler, timeout=600) -> list:
+    """``n`` reports from ``results``, sampling meanwhile; fails if a
+    process died without reporting, or on the timeout."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        sampler.check_no_overcommit()
+        if not results.empty():
+            got.append(results.get())
+            continue
+        dead = [p.exitcode for p in procs if not p.is_alive() and p.exitcode != 0]
+        assert not dead, f"a placer died: exit codes {dead}"
+        assert time.monotonic() < deadline, f"{len(got)}/{n} reports after {timeout}s"
+    return got
 
 
 @pytest.fixture
@@ -139,7 +164,7 @@ def _race(engine, reap, attempts: int):
         p.start()
         procs.append(p)
     ident = engine.claims.views.lease_ident
-    wait_until(lambda: np.count_nonzero(ident) == N_PLACERS, 120, "every placer's lease")
+    wait_until(lambda: np.count_nonzero(ident) == N_PLACERS, 120, "every placer's lease", engine)
     sampler = Sampler(engine)
     t0 = time.monotonic()
     go.set()
@@ -153,11 +178,7 @@ def _race(engine, reap, attempts: int):
             done += 1
             barrier.wait(60)
         assert time.monotonic() < deadline and all(p.is_alive() for p in procs)
-    got = []
-    while len(got) < N_PLACERS:
-        sampler.check_no_overcommit()
-        if not results.empty():
-            got.append(results.get())
+    got = _collect(results, procs, N_PLACERS, sampler)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -195,7 +216,7 @@ def test_a_killed_placer_returns_its_reservations_within_a_second(engine, reap):
     victim = SPAWN.Process(target=holder_main, args=(engine.name, N_NODES, 20, go, log_raw))
     reap(victim)
     victim.start()
-    assert go.wait(120), "the victim placed its jobs"
+    wait_until(go.is_set, 120, "the victim to place its jobs", engine)
     sampler = Sampler(engine)
     sampler.check_balance([log])
     assert sampler.units()[:, 0].sum() == 20 * JOB_UNITS[0]
@@ -225,23 +246,21 @@ def test_a_killed_placer_returns_its_reservations_within_a_second(engine, reap):
         p.start()
         others.append(p)
     ident = engine.claims.views.lease_ident
-    wait_until(lambda: np.count_nonzero(ident) == 3, 120, "the survivors' leases")
+    wait_until(lambda: np.count_nonzero(ident) == 3, 120, "the survivors' leases", engine)
     go2.set()
     logs = [np.frombuffer(r, np.int64) for r in logs_raw]
-    wait_until(lambda: all(lg[N_NODES + 1] >= 500 for lg in logs), 300, "the race under way")
+    wait_until(
+        lambda: all(lg[N_NODES + 1] >= 500 for lg in logs), 300, "the race under way", engine
+    )
     os.kill(victim.pid, signal.SIGKILL)
     killed = time.monotonic()
     h = engine.claims.views.header
-    wait_until(lambda: int(h.reservations_reaped[0]) >= 20, 10, "the victim's reservations")
+    wait_until(lambda: int(h.reservations_reaped[0]) >= 20, 10, "the victim's reservations", engine)
     returned_after = time.monotonic() - killed
     print(f"\nvictim's reservations returned {returned_after * 1000:.0f} ms after SIGKILL")
     assert returned_after <= 1.0
     assert int(h.reservations_reaped[0]) == 20
-    got = []
-    while len(got) < 2:
-        sampler.check_no_overcommit()
-        if not results.empty():
-            got.append(results.get())
+    got = _collect(results, others, 2, sampler)
     for p in others:
         p.join(60)
         assert p.exitcode == 0
