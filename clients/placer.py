@@ -37,7 +37,9 @@ Rules for callers:
 - ``place`` raises `Unschedulable` when no node fits, naming per filter how
   many nodes it eliminated.  ``zones`` restricts a call to some zones (a
   scope decision made by the caller, e.g. scope escalation).
-- A `Placer` belongs to one process; a forked child makes its own.
+- A `Placer` belongs to one process (a forked child makes its own) and is
+  used by one thread at a time (its scan buffers are its own); several
+  Placers of one process share its lease and its reservation entries.
 """
 
 from __future__ import annotations
@@ -533,6 +535,9 @@ def compile_job(meta: _Meta, job: Job, zones: tuple[str, ...] | None, prefix: st
 
 
 _ENTRIES: dict[tuple, Any] = {}
+# (claims segment instance, lease, ident) -> the free entries of that lease,
+# shared by every Placer of this process (list.pop/append are atomic).
+_FREE_ENTRIES: dict[tuple[int, int, int], list[int]] = {}
 
 
 def _entry(dispatcher, *args) -> Any:
@@ -677,10 +682,19 @@ class Placer:
         ident = int(ctx[_c.CTX_IDENT])
         if (lease, ident) != (self._lease, self._ident):
             # A new lease: its entries were all returned before it was freed.
+            # Every Placer of this process on this engine holds the same
+            # lease, so they share one list of its free entries.
             self._lease, self._ident = lease, ident
-            self._free = list(range(self._n_entries - 1, -1, -1))
+            key = (int(self._cv.header.instance[0]), lease, ident)
+            self._free = _FREE_ENTRIES.setdefault(key, list(range(self._n_entries - 1, -1, -1)))
         self._ctx_seen = ctx
         self._ctx_cells = ctx.data
+
+    def _limit(self) -> ReservationLimitReached:
+        return ReservationLimitReached(
+            f"engine {self.name!r}: this process holds {self._n_entries} open "
+            "reservations ([placement] max_reservations); release some"
+        )
 
     def _release(self, entry: int, held_by: tuple[int, int]) -> bool:
         if held_by != (self._lease, self._ident):
@@ -811,10 +825,7 @@ class Placer:
         (NothingPublished before the first tick, EngineStopped)."""
         self._ensure_lease()
         if not self._free:
-            raise ReservationLimitReached(
-                f"engine {self.name!r}: this process holds {self._n_entries} open "
-                "reservations ([placement] max_reservations); release some"
-            )
+            raise self._limit()
         units = self._units_of(job)
         zkey = None if zones is None else tuple(sorted(_tuple_of_str("zones", zones)))
         comp = self._compile(job, zkey)
@@ -854,7 +865,10 @@ class Placer:
     def _try(self, i: int, units, ghash: int, spread: int, deadline: int) -> Placement | None:
         slot = int(self._top_slot[i])
         gen = int(self._slot_gen[slot])
-        entry = self._free[-1]
+        try:
+            entry = self._free.pop()  # taken before use: other Placers share the list
+        except IndexError:
+            raise self._limit() from None
         lease = self._lease
         args = (
             self._entry_view(lease, entry),
@@ -876,6 +890,8 @@ class Placer:
         if fn is None:
             fn = self._reserve_fn = _entry(_p.reserve, *args)
         st = fn(*args)
+        if st != _p.RESERVED:
+            self._free.append(entry)  # nothing held: free again
         if st == _p.NO_LEASE:
             self._table._retire()
             raise LeaseRevoked(
@@ -885,7 +901,6 @@ class Placer:
         if st != _p.RESERVED:
             self._bump(self._c_conflicts, 1)
             return None
-        self._free.pop()
         name = self.reader._names[slot]
         if name is None or self.reader._gen_list[slot] != gen:
             self.reader._index_epoch = -1

@@ -342,3 +342,20 @@ def test_a_revoked_lease_leaves_old_placements_stale_and_new_ones_intact(engine)
         assert core_placement.reserved_units(cv, gens, 1)[0, 0] == 2000
         assert new.release() is True
         assert core_placement.reserved_units(cv, gens, 1).sum() == 0
+
+
+def test_two_placers_of_one_process_share_the_lease_and_its_entries(engine):
+    engine.send(node_heartbeat("a", resources={"cpu": 64}))
+    engine.tick()
+    gens = engine.views.registry.slot_gen
+    cv = engine.claims.views
+    with _placer(engine) as one, _placer(engine) as two:
+        held = []
+        for i in range(8):  # max_reservations, taken alternately
+            held.append((one if i % 2 else two).place(Job(requests={"cpu": 1})))
+        with pytest.raises(ReservationLimitReached):
+            one.place(Job(requests={"cpu": 1}))
+        assert core_placement.reserved_units(cv, gens, 1)[0, 0] == 8000
+        for p in held:
+            assert p.release() is True
+        assert core_placement.reserved_units(cv, gens, 1).sum() == 0
