@@ -106,6 +106,10 @@ __all__ = [
     "reason_names",
 ]
 
+#: How an Unschedulable names the nodes that fitted but were taken by other
+#: schedulers during the call (and its reason slot in the claims header).
+TAKEN = "taken by other schedulers"
+C_TAKEN = 6
 #: The parts of the placement score, in `kernels.placement` order.
 PART_NAMES = ("fit", "affinity", "load", "locality", "cost")
 _OPS = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -845,7 +849,7 @@ class Placer:
                 if explain and first is None:
                     first = self._explain(comp, feasible)
                 if feasible == 0:
-                    raise self._unschedulable(comp, first)
+                    raise self._unschedulable(comp, len(tried))
                 # A uniform draw among the best, then the others in turn.
                 n_top = min(feasible, len(self._top_slot))
                 i0 = int(self._rng.random() * n_top)
@@ -933,13 +937,21 @@ class Placer:
             claim,
         )
 
-    def _unschedulable(self, comp: _Compiled, first: Explanation | None) -> Unschedulable:
-        exp = first if first is not None else self._explain(comp, 0)
+    def _unschedulable(self, comp: _Compiled, tried: int) -> Unschedulable:
+        """The error of the last pass; ``tried``: nodes that fit in an
+        earlier pass of this call but were taken by other schedulers first."""
+        exp = self._explain(comp, 0)
+        if tried:
+            elim = dict(exp.eliminated)
+            elim[TAKEN] = tried
+            elim = dict(sorted(elim.items(), key=lambda kv: -kv[1]))
+            exp = Explanation(exp.nodes + tried, 0, elim, exp.top)
         counts = self._counts
-        _c.bump(self._c_unsched, 1)
+        counts[C_TAKEN] = tried
+        self._bump(self._c_unsched, 1)
         for i in range(N_UNSCHED_SLOTS):
             if counts[i]:
-                _c.bump(self._c_reasons[i : i + 1], 1)
+                self._bump(self._c_reasons[i : i + 1], 1)
         why = ", ".join(f"{n} {reason}" for reason, n in exp.eliminated.items())
         msg = f"0/{exp.nodes} nodes fit" + (f": {why}" if why else "")
         return Unschedulable(msg, dict(exp.eliminated), exp)

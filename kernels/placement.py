@@ -49,6 +49,8 @@ C_SELECTOR = 2
 C_AFFINITY = 3
 C_TAINT = 4  # all taints together
 C_SPREAD = 5
+# 6 and 7 are not written by the kernel (clients.placer counts nodes taken by
+# other schedulers during a call at 6).
 C_RESOURCE0 = 8  # + k: insufficient resource k (8 resources)
 C_TAINT0 = 16  # + t: untolerated taint t (up to MAX_TAINT_KINDS)
 MAX_TAINT_KINDS = 48

@@ -359,3 +359,19 @@ def test_two_placers_of_one_process_share_the_lease_and_its_entries(engine):
         for p in held:
             assert p.release() is True
         assert core_placement.reserved_units(cv, gens, 1).sum() == 0
+
+
+def test_nodes_lost_to_other_schedulers_are_named_when_none_is_left(engine):
+    _fleet(engine)
+    with _placer(engine) as pl:
+        pl.place(Job(requests={"cpu": 1})).release()  # compiled and warm
+        # Every reservation CAS finds the capacity taken (as if other
+        # schedulers were faster each time).
+        pl._reserve_fn = lambda *args: core_placement.NO_FIT
+        with pytest.raises(Unschedulable) as err:
+            pl.place(Job(requests={"cpu": 1}))
+    assert str(err.value) == (
+        "0/4 nodes fit: 3 taken by other schedulers, 1 taint gpu=true:NoSchedule"
+    )
+    h = engine.claims.views.header
+    assert int(h.unsched_reasons[6]) == 1 and int(h.place_conflicts[0]) == 3

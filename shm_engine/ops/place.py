@@ -28,7 +28,15 @@ from shm_engine.core.registry import decode_id
 __all__ = ["capacity_status", "reason_label", "cmd_place", "render_capacity"]
 
 # Reasons counted in the claims header's unsched_reasons (kernels.placement C_*).
-_FIXED_REASONS = {0: "not_ready", 1: "zone", 2: "selector", 3: "affinity", 4: "taint", 5: "spread"}
+_FIXED_REASONS = {
+    0: "not_ready",
+    1: "zone",
+    2: "selector",
+    3: "affinity",
+    4: "taint",
+    5: "spread",
+    6: "taken",  # fitted, but other schedulers took the capacity first
+}
 _RESOURCE0 = 8
 
 
