@@ -139,3 +139,30 @@ def test_many_version_3_records_take_the_compiled_check():
     d = decode_frame(bytes(frame), MAX)
     assert d.rejects == {"bad_field": 1} and len(d.records) == 49
     assert d.labels[9] == b"{}\nk1=:NoSchedule"  # record 10's, the 10th kept
+
+
+def _recv(sock, limit=MAX):
+    assert sock.poll(10_000), "no frame arrived"
+    frame = sock.recv()
+    return frame, decode_frame(frame, limit)
+
+
+def test_the_heartbeat_client_sends_taints_in_binary_version_3(pull):
+    from clients import HeartbeatClient
+
+    sock, endpoint = pull
+    limit = 16 + 3 * 640  # 3 records of version 3 per frame
+    records = [hb(node=f"n{i}", taints=[f"k{i}:NoSchedule"] if i % 2 else []) for i in range(7)]
+    with HeartbeatClient(endpoint, max_frame_bytes=limit) as client:
+        assert client.send(
+            "solo", cpu=0.5, mem=0.5, queue=0.0, avg_job_s=1.0, taints=["x:NoSchedule"]
+        )
+        assert client.send_batch(records) == 7
+        frame, d = _recv(sock)
+        assert struct.unpack_from("<H", frame, 4)[0] == 3 and d.labels == [b"{}\nx=:NoSchedule"]
+        metas = []
+        for expected in (3, 3, 1):
+            frame, d = _recv(sock, limit)
+            assert len(frame) <= limit and d.seen == expected and d.rejects == {}
+            metas += d.labels or [None] * len(d.records)  # a chunk without taints: v2
+    assert metas == [None if i % 2 == 0 else f"{{}}\nk{i}=:NoSchedule".encode() for i in range(7)]
