@@ -17,6 +17,10 @@
   the schedulers have recorded about a node (``reader.feedback(node)``).
 - What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
   `LeaseRevoked`, `ClaimAlreadyReleased`.
+- `Placer`, `Job`, `Affinity`, `Placement`: place a job on a node that can
+  take it, with its capacity reserved (``Placer.attach(name).place(job)``);
+  what ``place()`` raises: `Unschedulable` (says why, per filter),
+  `ReservationLimitReached`.
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -33,9 +37,11 @@ from shm_engine.core.errors import (
     LeaseRevoked,
     NothingPublished,
     ReadContention,
+    ReservationLimitReached,
     SchedulerLimitReached,
     ShmEngineError,
     UnknownNode,
+    Unschedulable,
     UntrustedSegment,
 )
 from shm_engine.core.states import NodeState
@@ -63,6 +69,12 @@ __all__ = [
     "EventReader",
     "Event",
     "EventBatch",
+    "Placer",
+    "Job",
+    "Affinity",
+    "Placement",
+    "Unschedulable",
+    "ReservationLimitReached",
 ]
 
 _LAZY = {
@@ -73,6 +85,10 @@ _LAZY = {
     "EventReader": "clients.events",
     "Event": "clients.events",
     "EventBatch": "clients.events",
+    "Placer": "clients.placer",
+    "Job": "clients.placer",
+    "Affinity": "clients.placer",
+    "Placement": "clients.placer",
 }
 
 

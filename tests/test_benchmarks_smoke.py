@@ -45,6 +45,9 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
         "ingest",
         "freshness",
         "feed",
+        "place",
+        "ingest",
+        "freshness",
         "memory",
         "scaling",
     ):
@@ -61,6 +64,8 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert not ours["picked_none"]
     for k in ("ok", "error", "with", "in_flight"):
         assert res["claims"][k]["median_ns"] > 0
+    pl = res["place"]
+    assert pl["place_us"]["p50"] > 0 and pl["one_per_s"] > 0 and pl["many_per_s"] > 0
     assert res["read"]["manager"]["get_ns"]["median"] > 0
     assert "skipped" in res["read"]["redis"] or res["read"]["redis"]["hget_ns"]["median"] > 0
     for k in (

@@ -136,6 +136,20 @@ OPERATIONAL_DEFAULTS = {
     "http.max_streams": 64,
     "http.nice": 5,
     "http.curve_client_key_file": "",
+    # docs/placement.md
+    "placement.resources.cpu": 1000,
+    "placement.resources.mem_gb": 1000,
+    "placement.resources.gpu": 1,
+    "placement.fit": "least",
+    "placement.top_k": 4,
+    "placement.max_reservations": 1024,
+    "placement.cost_label": "cost",
+    "placement.data_label_prefix": "data/",
+    "placement.weights.fit": 30.0,
+    "placement.weights.affinity": 20.0,
+    "placement.weights.load": 20.0,
+    "placement.weights.locality": 20.0,
+    "placement.weights.cost": 10.0,
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -164,6 +178,11 @@ INT_KEYS = {
     "http.stream_interval_ms",
     "http.max_streams",
     "http.nice",
+    "placement.resources.cpu",
+    "placement.resources.mem_gb",
+    "placement.resources.gpu",
+    "placement.top_k",
+    "placement.max_reservations",
 }
 
 
@@ -852,7 +871,10 @@ def test_render_defaults_round_trip(tmp_path):
 def test_render_defaults_comments_every_key():
     lines = render_defaults().splitlines()
     assigned = [i for i, line in enumerate(lines) if re.match(r"^[a-z_0-9]+ = ", line)]
-    assert len(assigned) == len(ALL_DEFAULTS)
+    # placement.resources is one table: one line for its entries
+    tables = {k.rsplit(".", 1)[0] for k in ALL_DEFAULTS if k.startswith("placement.resources.")}
+    in_tables = [k for k in ALL_DEFAULTS if k.rsplit(".", 1)[0] in tables]
+    assert len(assigned) == len(ALL_DEFAULTS) - len(in_tables) + len(tables)
     for i in assigned:
         assert lines[i - 1].startswith("# "), lines[i]
     for section in (
@@ -860,6 +882,8 @@ def test_render_defaults_comments_every_key():
         "[ingest]",
         "[ingest.curve]",
         "[claims]",
+        "[placement]",
+        "[placement.weights]",
         "[score]",
         "[score.weights]",
         "[http]",

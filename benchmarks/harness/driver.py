@@ -24,6 +24,7 @@ from benchmarks.harness import (
     http,
     ingest,
     memory,
+    place,
     read,
     report,
     scaling,
@@ -39,8 +40,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness", "events", "feed")
-SKIPPABLE = ("read", "claims", "ingest", "freshness", "http")
+SKIPPABLE = ("read", "claims", "place", "ingest", "freshness", "events", "feed", "http")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,6 +131,17 @@ def main(argv=None) -> int:
         None
         if "claims" in skip
         else claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
+    )
+    res["place"] = (
+        None
+        if "place" in skip
+        else place.run(
+            1_000 if args.quick else 10_000,
+            300 if args.quick else 20_000,
+            1.0 if args.quick else 5.0,
+            4,
+            log,
+        )
     )
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
     res["freshness"] = (

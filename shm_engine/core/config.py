@@ -1,9 +1,9 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
-``[score]``, ``[score.weights]``, ``[events]``, ``[feed]``, ``[feed.curve]``,
-``[http]``.  A missing key takes its default; ``Config()`` is the
-all-defaults configuration.
+``[placement]``, ``[placement.weights]``, ``[score]``, ``[score.weights]``,
+``[events]``, ``[feed]``, ``[feed.curve]``, ``[http]``.  A missing key takes
+its default; ``Config()`` is the all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -64,7 +64,15 @@ import numpy as np
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
 from shm_engine.core.errors import ConfigError
-from shm_engine.core.layout import ENDPOINT_BYTES, HTTP_ENDPOINT_BYTES, MAX_SCHEDULERS
+from shm_engine.core.layout import (
+    DEFAULT_MAX_RESERVATIONS,
+    ENDPOINT_BYTES,
+    HTTP_ENDPOINT_BYTES,
+    MAX_RESERVATIONS,
+    MAX_SCHEDULERS,
+    N_PLACE_RESOURCES,
+    PLACE_NAME_BYTES,
+)
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
 
 __all__ = [
@@ -77,6 +85,8 @@ __all__ = [
     "HARD_LIMIT_FACTOR",
     "HttpConfig",
     "IngestConfig",
+    "PlacementConfig",
+    "PlacementWeights",
     "ScoreConfig",
     "Weights",
     "check_files",
@@ -112,6 +122,7 @@ _MAX_ZMQ_INT = _MAX_INT
 # Field kinds: how a value is type-checked and written to TOML.
 _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
 _STRS = "strs"  # an array of strings, stored as a tuple
+_INTMAP = "intmap"  # a table of name -> integer, stored as a tuple of pairs
 
 
 def _key(kind: str, default: Any, doc: str) -> Any:
@@ -233,6 +244,19 @@ def _as_strs(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _as_intmap(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)  # already stored: checked again
+    if not isinstance(value, Mapping):
+        raise _type_error(key, value, "a table of name = integer")
+    out = []
+    for name, n in value.items():
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise _type_error(f"{key}.{name}", n, "an integer")
+        out.append((str(name), n))
+    return tuple(out)
+
+
 _OCTAL = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
@@ -256,6 +280,7 @@ _CHECK = {
     _MODE: _as_mode,
     _BOOL: _as_bool,
     _STRS: _as_strs,
+    _INTMAP: _as_intmap,
 }
 
 
@@ -333,9 +358,14 @@ class _Section:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             kind = f.metadata["kind"]
-            out[f.name] = (
-                value.to_dict() if kind == _SECTION else list(value) if kind == _STRS else value
-            )
+            if kind == _SECTION:
+                out[f.name] = value.to_dict()
+            elif kind == _STRS:
+                out[f.name] = list(value)
+            elif kind == _INTMAP:
+                out[f.name] = dict(value)
+            else:
+                out[f.name] = value
         return out
 
 
@@ -979,6 +1009,125 @@ class FeedConfig(_Section):
         self._at_least(1.0, "mirror_timeout_s")
 
 
+# [placement] and [placement.weights]: docs/placement.md
+
+
+#: The fit strategies of ``[placement] fit``.
+FIT_STRATEGIES = ("least", "most")
+MAX_PLACE_SCALE = 1_000_000_000
+MAX_TOP_K = 64
+MAX_LABEL_KEY_BYTES = 63
+
+
+@dataclass(frozen=True)
+class PlacementWeights(_Section):
+    """``[placement.weights]``: weights of the parts of a node's placement
+    score (docs/placement.md); only their ratios matter."""
+
+    PATH: ClassVar[str] = "placement.weights"
+
+    fit: float = _key(_FLOAT, 30.0, "Weight of the resource fit part. >= 0.")
+    affinity: float = _key(_FLOAT, 20.0, "Weight of the preferred affinity part. >= 0.")
+    load: float = _key(
+        _FLOAT,
+        20.0,
+        "Weight of the load part: the published desirability discounted by the "
+        "reservations open on the node now. >= 0.",
+    )
+    locality: float = _key(
+        _FLOAT, 20.0, "Weight of the locality part (preferred zones, data labels). >= 0."
+    )
+    cost: float = _key(_FLOAT, 10.0, "Weight of the cost part (the node's cost label). >= 0.")
+
+    def _validate(self) -> None:
+        names = [f.name for f in fields(self)]
+        self._at_least(0, *names)
+        if not any(getattr(self, n) > 0 for n in names):
+            raise ConfigError(
+                " + ".join(self._ref(n) for n in names) + " must be > 0: the score divides by it"
+            )
+
+
+@dataclass(frozen=True)
+class PlacementConfig(_Section):
+    """``[placement]``: placing jobs on nodes with capacity reservations
+    (docs/placement.md)."""
+
+    PATH: ClassVar[str] = "placement"
+
+    resources: tuple = _key(
+        _INTMAP,
+        (("cpu", 1000), ("mem_gb", 1000), ("gpu", 1)),
+        "The resources jobs request and nodes report (heartbeat field resources), "
+        "each with its fixed-point scale: an amount x is kept as round(x * scale) "
+        "units, so cpu = 1000 counts milli-CPUs. A resource a node does not "
+        f"report is 0 there. At most {N_PLACE_RESOURCES} names of 1..15 bytes; "
+        f"scales 1..{MAX_PLACE_SCALE}; amounts are held in 32 bits of units per node.",
+    )
+    fit: str = _key(
+        _STR,
+        "least",
+        'Resource fit: "least" (least-allocated: prefer the emptiest nodes, '
+        'spreading) or "most" (most-allocated: fill nodes up, bin-packing).',
+    )
+    top_k: int = _key(
+        _INT,
+        4,
+        "Choose among this many best-scored feasible nodes, uniformly at random, "
+        "so schedulers racing for the same job do not all hit the best node. "
+        f"1 = always the best. 1..{MAX_TOP_K}.",
+    )
+    max_reservations: int = _key(
+        _INT,
+        DEFAULT_MAX_RESERVATIONS,
+        "Most reservations one scheduler process can hold open at once (each "
+        "takes 128 bytes of the claims segment per lease, touched only once used). "
+        f"1..{MAX_RESERVATIONS}.",
+    )
+    cost_label: str = _key(
+        _STR,
+        "cost",
+        "Node label whose number is the node's cost (lower is better); nodes "
+        "without it, or with a value that is not a number >= 0, cost 0.",
+    )
+    data_label_prefix: str = _key(
+        _STR,
+        "data/",
+        "A node holds data set D when it has a label named this prefix + D "
+        "(what Job(data=[...]) asks for).",
+    )
+    weights: PlacementWeights = _section(PlacementWeights, "Weights of the placement score.")
+
+    def _validate(self) -> None:
+        res = self.resources
+        if not 1 <= len(res) <= N_PLACE_RESOURCES:
+            raise ConfigError(
+                f"placement.resources has {len(res)} names: 1..{N_PLACE_RESOURCES} are allowed"
+            )
+        for name, scale in res:
+            raw = name.encode("utf-8", "replace")
+            if not 1 <= len(raw) < PLACE_NAME_BYTES or "\0" in name:
+                raise ConfigError(
+                    f"placement.resources name {name!r} must be 1..{PLACE_NAME_BYTES - 1} "
+                    "bytes of UTF-8 without NUL (as the heartbeat's resource names)"
+                )
+            if not 1 <= scale <= MAX_PLACE_SCALE:
+                raise ConfigError(
+                    f"placement.resources.{name} = {scale} must be in 1..{MAX_PLACE_SCALE}"
+                )
+        if self.fit not in FIT_STRATEGIES:
+            self._fail("fit", f"must be one of {', '.join(map(repr, FIT_STRATEGIES))}")
+        self._int_range("top_k", 1, MAX_TOP_K)
+        self._int_range("max_reservations", 1, MAX_RESERVATIONS)
+        for name in ("cost_label", "data_label_prefix"):
+            n = len(getattr(self, name).encode("utf-8"))
+            if not 1 <= n <= MAX_LABEL_KEY_BYTES:
+                raise ConfigError(
+                    f"placement.{name} = {_show(getattr(self, name))} must be "
+                    f"1..{MAX_LABEL_KEY_BYTES} bytes"
+                )
+
+
 # --------------------------------------------------------------------------
 # [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
@@ -1272,6 +1421,10 @@ class Config(_Section):
         "The HTTP API and web dashboard (GET endpoints read the segments like "
         "any scheduler; POST endpoints need the token).",
     )
+    placement: PlacementConfig = _section(
+        PlacementConfig,
+        "Placement: node capacity, reservations and the placement score (docs/placement.md).",
+    )
 
     def to_params(self) -> np.ndarray:
         """The kernels' parameter vector: ``[score]`` with ``[engine]
@@ -1526,6 +1679,8 @@ def _toml_value(kind: str, value: Any) -> str:
         return "true" if value else "false"
     if kind == _STRS:
         return "[" + ", ".join(_toml_string(v) for v in value) + "]"
+    if kind == _INTMAP:
+        return "{" + ", ".join(f"{_toml_string(k)} = {v}" for k, v in value) + "}"
     return str(value)
 
 

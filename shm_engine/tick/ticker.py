@@ -33,7 +33,9 @@ tick inputs' feedback columns (`Ticker.feedback`: ``rif``, ``fb_ok``,
 the same values in the buffer, with the counters it saw carried to the next
 tick and the number of ejected nodes.  After the publish, every
 `claims.LEASE_CHECK_INTERVAL_S`, the worker returns the claims of schedulers
-that died (`claims.reap_dead_leases`).  Without a claims segment (tests, an
+that died (`claims.reap_dead_leases`) and their placement reservations, and
+the reservations past their deadline (`shm_engine.core.placement`).
+Without a claims segment (tests, an
 engine created without one) the tick reads a private zeroed one: every node
 has no scheduler traffic.  (Replay fills the same columns from its trace's
 feedback lines instead.)
@@ -71,6 +73,7 @@ import kernels
 from kernels.columns import make_inputs
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_PARAMS
 from shm_engine.core import claims as claims_mod
+from shm_engine.core import placement
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
@@ -305,7 +308,13 @@ class Ticker:
         self._next_lease_check = now + claims_mod.LEASE_CHECK_INTERVAL_S
         if hwm is None:
             hwm = int(self.header.slot_hwm[0])
-        return claims_mod.reap_dead_leases(self.claims, hwm, now)
+        # Reservations past their deadline, then those of dead leases (before
+        # each lease is freed: a new holder starts from free entries).
+        placement.expire_reservations(self.claims, time.monotonic_ns())
+        placement.measure_rate(self.claims, now)
+        return claims_mod.reap_dead_leases(
+            self.claims, hwm, now, before_free=placement.return_lease_reservations
+        )
 
 
 def warm_up() -> None:
@@ -314,6 +323,7 @@ def warm_up() -> None:
     kernels.warm_up()
     claims_mod.warm_up()
     warm_up_events()
+    placement.warm_up()
     layout = layout_for(2)
     mm = mmap.mmap(-1, layout.size)
     views = SegmentViews(mm, layout)

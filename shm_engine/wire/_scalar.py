@@ -85,5 +85,7 @@ def json_fields(obj, values, read):
         flags |= 0x20
     if 'labels' in obj:
         labels = read['labels'](obj, values)
+    if 'taints' in obj:
+        labels = read['taints'](obj, labels)
     values[11] = flags
     return labels

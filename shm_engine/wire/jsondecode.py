@@ -42,11 +42,15 @@ from shm_engine.wire.format import (
     RECORD_DTYPE,
     RECORD_PACK,
     REQUIRED_FIELDS,
+    TAINT_KEY_RE,
+    TAINT_VALUE_RE,
     Labels,
     Number,
     Resources,
+    Taints,
     Text,
     describe_ranges,
+    join_meta,
 )
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 
@@ -176,6 +180,39 @@ def _labels(rule: Labels, labels: Any) -> bytes:
     return raw
 
 
+_TAINT_RE = re.compile(f"({TAINT_KEY_RE})(?:=({TAINT_VALUE_RE}))?:([A-Za-z]+)")
+
+
+def _with_taints(rule: Taints, taints: Any, labels: bytes | None) -> bytes | None:
+    """The meta bytes of ``labels`` and the checked ``taints`` (a list of
+    ``key=value:Effect``), or Reject.  See `format.split_meta`."""
+    if not isinstance(taints, list):
+        raise Reject(rule.reason, f"{rule.name}={short(taints)} is not an array")
+    if len(taints) > rule.max_entries:
+        raise Reject(rule.reason, f"{rule.name} has {len(taints)} entries > {rule.max_entries}")
+    seen: set[tuple[str, str]] = set()
+    canonical = []
+    for t in taints:
+        m = _TAINT_RE.fullmatch(t) if isinstance(t, str) else None
+        if m is None:
+            raise Reject(rule.reason, f"taint {short(t)} is not key=value:Effect")
+        key, value, effect = m.group(1), m.group(3) or "", m.group(6)
+        if effect not in rule.effects:
+            raise Reject(
+                rule.reason,
+                f"taint {short(t)} has effect {effect!r}, not one of {', '.join(rule.effects)}",
+            )
+        if (key, effect) in seen:
+            raise Reject(rule.reason, f"taint {key}:{effect} given twice")
+        seen.add((key, effect))
+        canonical.append(f"{key}={value}:{effect}")
+    canonical.sort()
+    raw = ",".join(canonical).encode("ascii")
+    if len(raw) > rule.max_bytes:
+        raise Reject(rule.reason, f"taints are {len(raw)} bytes > {rule.max_bytes}")
+    return join_meta(labels, tuple(canonical))
+
+
 def _resources(rule: Resources, obj: Mapping, values: list) -> None:
     """Check ``obj[rule.name]`` and write its entries into ``values`` (the
     record's names and values, in the object's order), or Reject."""
@@ -215,6 +252,10 @@ def _field_readers() -> dict:
             readers[rule.name] = lambda obj, values, rule=rule: _text(rule, obj[rule.name])
         elif isinstance(rule, Resources):
             readers[rule.name] = lambda obj, values, rule=rule: _resources(rule, obj, values)
+        elif isinstance(rule, Taints):
+            readers[rule.name] = lambda obj, labels, rule=rule: _with_taints(
+                rule, obj[rule.name], labels
+            )
         else:
             readers[rule.name] = lambda obj, values, rule=rule: _labels(rule, obj[rule.name])
     return readers

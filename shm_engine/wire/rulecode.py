@@ -49,6 +49,7 @@ from shm_engine.wire.format import (
     Number,
     ReservedBytes,
     Resources,
+    Taints,
     Text,
     names_of,
 )
@@ -227,6 +228,9 @@ def _json_fields_lines() -> list[str]:
             if isinstance(rule, Labels):
                 body.append(f"labels = {slow}")
                 continue
+            if isinstance(rule, Taints):  # its reader appends them to the labels
+                body.append(f"labels = read[{key!r}](obj, labels)")
+                continue
             if isinstance(rule, Resources):  # its reader fills the entries
                 body.append(slow)
                 continue
@@ -241,8 +245,8 @@ def _json_fields_lines() -> list[str]:
                 ]
             else:
                 body.append(f"values[{i}] = {slow}")
-        optional = isinstance(rule, Labels) or rule.bit != 0
-        if not isinstance(rule, Labels) and rule.bit:
+        optional = isinstance(rule, (Labels, Taints)) or rule.bit != 0
+        if not isinstance(rule, (Labels, Taints)) and rule.bit:
             body.append(f"flags |= {rule.bit:#04x}")
         if optional:
             lines.append(f"    if {keys[0]!r} in obj:")
