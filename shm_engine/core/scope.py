@@ -145,9 +145,10 @@ class ScopePolicy:
             raise TypeError(f"ScopePolicy.reload: expected a ScopeConfig, got {config!r}")
         self._config = config
         self._neighbours = config.neighbour_map()
-        for windows in (self._outcomes, self._beats):
-            for zone, old in windows.items():
-                windows[zone] = deque(old, maxlen=config.window)  # type: ignore[assignment]
+        for zone, outcomes in self._outcomes.items():
+            self._outcomes[zone] = deque(outcomes, maxlen=config.window)
+        for zone, beats in self._beats.items():
+            self._beats[zone] = deque(beats, maxlen=config.window)
         self._evaluated_at = -math.inf
 
     # ---------------------------------------------------------------- samples
