@@ -35,7 +35,10 @@ Score of a feasible node (ours), each part in [0, 1], weights of issue 11:
 
 Choice rules (how a scheduler avoids herding onto one node):
   * ``ours``: uniformly among the ``TOP_K`` (4) best scores;
-  * ``ours_argmax``: the best score (ties at random).
+  * ``ours_argmax``: the best score (ties at random);
+  * ``ours_near``: uniformly among the nodes within ``NEAR`` (0.02) of the
+    best score (near-ties, which concurrent schedulers would otherwise all
+    take the same one of).
 Baselines: ``kube_like`` (kube-scheduler's default resource scoring,
 NodeResourcesFit LeastAllocated: mean of the free fraction of cpu and memory
 after placement, the best node with ties at random; no load awareness, no
@@ -51,6 +54,7 @@ import numpy as np
 __all__ = [
     "FILTERS",
     "PLACEMENT_POLICIES",
+    "NEAR",
     "TOP_K",
     "WEIGHTS",
     "Cluster",
@@ -63,6 +67,7 @@ FILTERS = ("ready", "resources", "selector", "affinity", "taints", "zone", "spre
 #: fit, affinity, load, locality, cost (issue 11's defaults)
 WEIGHTS = (0.30, 0.20, 0.20, 0.20, 0.10)
 TOP_K = 4
+NEAR = 0.02
 CPU, MEM = 0, 1
 
 
@@ -202,6 +207,13 @@ class OursArgmax(Ours):
     top_k = 1
 
 
+class OursNear(_Policy):
+    def choose(self, c: Cluster, job: JobSpec, idx: np.ndarray) -> int:
+        total = np.asarray(WEIGHTS) @ score_parts(c, job, idx)
+        near = np.flatnonzero(total >= total.max() - NEAR)
+        return int(idx[near[self.rng.integers(near.shape[0])]])
+
+
 class KubeLike(_Policy):
     def choose(self, c: Cluster, job: JobSpec, idx: np.ndarray) -> int:
         alloc = c.alloc[idx][:, (CPU, MEM)]
@@ -217,6 +229,7 @@ class RandomFeasible(_Policy):
 PLACEMENT_POLICIES = {
     "ours": Ours,
     "ours_argmax": OursArgmax,
+    "ours_near": OursNear,
     "kube_like": KubeLike,
     "random_feasible": RandomFeasible,
 }

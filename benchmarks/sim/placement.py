@@ -63,7 +63,11 @@ __all__ = [
 ]
 
 RESOURCES = ("cpu", "mem_gb", "gpu")
-LABELS = {"disk": ("ssd", "hdd"), "arch": ("amd64", "arm64"), "data": tuple(f"ds{k}" for k in range(8))}
+LABELS = {
+    "disk": ("ssd", "hdd"),
+    "arch": ("amd64", "arm64"),
+    "data": tuple(f"ds{k}" for k in range(8)),
+}
 GPU_TAINT, SPOT_TAINT = 1, 2  # gpu=true:NoSchedule, spot=true:NoSchedule
 
 # name, cpu, mem_gb, gpu, share of nodes
@@ -98,6 +102,8 @@ class PlacementScenario:
     load: tuple = _RAMP  # (fraction of duration, offered load) breakpoints
     mean_run_s: float = 90.0  # nominal run time (speed 1, no contention)
     run_sigma: float = 0.8  # lognormal sigma of run times
+    speed_sd: float = 0.2  # node speed: lognormal(0, speed_sd) clipped to [0.6, 1.6]
+    gpu_nodes: bool = True  # include the gpu shape
     spot_fraction: float = 0.25
     not_ready_fraction: float = 0.03
     noisy_fraction: float = 0.20  # nodes with noisy-neighbour episodes
@@ -109,6 +115,7 @@ class PlacementScenario:
     spike_zone: int = -1  # scope: the zone whose tail spikes
     spike: tuple = ()  # scope: (seconds, factor) breakpoints
     spike_share: float = 0.2  # scope: share of jobs slowed in the spiking zone
+    spike_window: tuple = (0.0, 0.0)  # scope: arrivals whose p99 the summary reports
     bin_s: float = 100.0  # scope: width of a row of the table
 
 
@@ -132,18 +139,24 @@ PLACEMENT_SCENARIOS: dict[str, PlacementScenario] = {
             load=((0.0, 0.6), (1.0, 0.6)),
             mean_run_s=20.0,
             run_sigma=0.15,
+            speed_sd=0.05,
+            gpu_nodes=False,
             noisy_fraction=0.0,
             not_ready_fraction=0.0,
             spike_zone=1,
             spike=_SPIKE,
+            spike_window=(200.0, 700.0),
         ),
     )
 }
 
 
 def quick(s: PlacementScenario) -> PlacementScenario:
-    """The --quick variant: fewer nodes."""
-    return replace(s, n_nodes=48 if s.kind == "placement" else 40)
+    """The --quick variant: fewer nodes, and a shorter placement run (the
+    scope scenario keeps its timeline)."""
+    if s.kind == "scope":
+        return replace(s, n_nodes=24)
+    return replace(s, n_nodes=48, duration_s=600.0, warmup_s=100.0)
 
 
 @dataclass
@@ -181,9 +194,10 @@ def build_world(sc: PlacementScenario, seed: int) -> World:
     ss = np.random.SeedSequence([seed, sum(map(ord, sc.name)), 11])
     rn, rj, rh = (np.random.default_rng(s) for s in ss.spawn(3))
     n, nz = sc.n_nodes, len(sc.zones)
-    shares = np.array([s[4] for s in SHAPES])
+    shares = np.array([s[4] if sc.gpu_nodes or s[3] == 0 else 0.0 for s in SHAPES])
     shape = rn.choice(len(SHAPES), size=n, p=shares / shares.sum())
-    shape[: len(SHAPES)] = np.arange(len(SHAPES))  # every shape present
+    present = np.flatnonzero(shares)
+    shape[: present.shape[0]] = present  # every shape present
     alloc = np.array([[SHAPES[k][1], SHAPES[k][2], SHAPES[k][3]] for k in shape], float)
     zone = rn.integers(nz, size=n)
     zone[:nz] = np.arange(nz)
@@ -199,7 +213,7 @@ def build_world(sc: PlacementScenario, seed: int) -> World:
         "data": rn.integers(len(LABELS["data"]), size=n),
     }
     price = np.asarray(sc.zone_price, float)[zone] * np.where(spot, 0.4, 1.0)
-    speed = np.clip(rn.lognormal(0.0, 0.2, n), 0.6, 1.6)
+    speed = np.clip(rn.lognormal(0.0, sc.speed_sd, n), 0.6, 1.6)
     bg_base = rn.uniform(0.02, 0.10, n) * alloc[:, 0]
     episodes: list = [[] for _ in range(n)]
     for j in np.flatnonzero(rn.random(n) < sc.noisy_fraction):
@@ -248,7 +262,9 @@ def build_world(sc: PlacementScenario, seed: int) -> World:
             )
             zone_required[i] = True
             continue
-        cpu = float(np.searchsorted(np.cumsum([0.25, 0.30, 0.25, 0.15, 0.05]), r[0] * 0.99999, "right"))
+        cpu = float(
+            np.searchsorted(np.cumsum([0.25, 0.30, 0.25, 0.15, 0.05]), r[0] * 0.99999, "right")
+        )
         cpu = (0.5, 1.0, 2.0, 4.0, 8.0)[int(cpu)]
         mem = cpu * (2.0, 4.0, 8.0)[int(r[1] * 3)]
         gpu = 0.0
@@ -257,7 +273,7 @@ def build_world(sc: PlacementScenario, seed: int) -> World:
             gpu = 1.0 if r[4] < 0.6 else 2.0
             cpu, mem = max(cpu, 4.0), max(mem, 32.0)
             tol |= GPU_TAINT
-        selector = ((("disk", 0),) if r[5] < 0.25 else ())
+        selector = (("disk", 0),) if r[5] < 0.25 else ()
         affinity = (("arch", "In", (0,)),) if r[6] < 0.15 else ()
         preferred = ((1.0, "disk", "In", (0,)),) if (not selector and r[7] < 0.3) else ()
         required = r[8] < 0.2
@@ -296,12 +312,16 @@ def _spike_factor(sc: PlacementScenario, t: float) -> float:
 def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False) -> dict:
     """Simulate ``world`` placed by ``policy`` (a `PLACEMENT_POLICIES` name,
     or in the scope scenario one of `SCOPE_VARIANTS`); return its metrics.
-    ``trace`` adds every placement (job, node, time) and, in the scope
-    scenario, every scope decision of a job of the spiking zone."""
+    ``trace`` adds every placement (job, node, time), every job's end time
+    (``end``, NaN if never placed) and, in the scope scenario, every job's
+    scope decision at its first attempt (job, time, ratio, wide, every,
+    draw, level)."""
     sc = world.scenario
     if sc.kind == "scope":
         if policy not in SCOPE_VARIANTS:
-            raise ValueError(f"scenario {sc.name!r}: policy {policy!r} is not one of {SCOPE_VARIANTS}")
+            raise ValueError(
+                f"scenario {sc.name!r}: policy {policy!r} is not one of {SCOPE_VARIANTS}"
+            )
         chooser = PLACEMENT_POLICIES["ours"](rng)
         scope = ScopePolicy(
             ScopeConfig(neighbours=sc.neighbours, enabled=policy == "escalating"),
@@ -357,7 +377,9 @@ def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False
     heap: list = []
     seq = 0
     for j in range(n):
-        heap.append((float(world.hb_noise[j, 0] % sc.hb_interval_s + sc.hb_interval_s / 2), seq, _HB, j, 0))
+        heap.append(
+            (float(world.hb_noise[j, 0] % sc.hb_interval_s + sc.hb_interval_s / 2), seq, _HB, j, 0)
+        )
         seq += 1
         for s0, s1, extra in world.episodes[j]:
             heap.append((s0, seq, _BG, j, extra))
@@ -410,7 +432,9 @@ def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False
                 job = replace(job, zones=zones)
             else:  # widened: prefer the other zones of the scope, keep home as a fallback
                 scope_zones = zones if zones is not None else range(len(zone_names))
-                job = replace(job, zones=zones, prefer_zones=tuple(z for z in scope_zones if z != home))
+                job = replace(
+                    job, zones=zones, prefer_zones=tuple(z for z in scope_zones if z != home)
+                )
         attempts[i] += 1
         mask = filter_nodes(c, job)
         idx = np.flatnonzero(mask)
@@ -505,13 +529,21 @@ def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False
             bg[j] += x
             rerate(j, t)
     reserved_left = float(np.abs(c.reserved).max())
-    out = _metrics(world, start, end, unsched, unsched_reason, res_area / (cap_ready * (hi - lo)))
+    util = np.divide(
+        res_area, cap_ready * (hi - lo), out=np.zeros(len(RESOURCES)), where=cap_ready > 0
+    )
+    out = _metrics(world, start, end, node_of, unsched, unsched_reason, util)
     out["max_fill"] = max_fill
     out["reserved_left"] = reserved_left
     if scope is not None:
         out["bins"] = _scope_bins(world, start, end, node_of, level_of, ratio_at)
+        a0, a1 = sc.spike_window
+        mine = (world.home == sc.spike_zone) & (world.arr_t >= a0) & (world.arr_t < a1)
+        lat = (np.asarray(end) - world.arr_t)[mine]
+        out["spike_zone_p99_s"] = _pct(lat[np.isfinite(lat)], 99)
     if trace:
         out["placements"] = placements
+        out["end"] = end
         out["decisions"] = decisions
     return out
 
@@ -520,15 +552,30 @@ def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else math.nan
 
 
-def _metrics(world, start, end, unsched, reasons, util) -> dict:
+def _metrics(world, start, end, node_of, unsched, reasons, util) -> dict:
+    """Over the jobs arriving in [warmup, duration): latency = completion -
+    arrival; stretch = latency / the job's run time alone on its node
+    (nominal / speed); contention = run time on the node / that (1 = the
+    node's cores were never oversubscribed while it ran)."""
     sc = world.scenario
     arr = world.arr_t
     meas = (arr >= sc.warmup_s) & (arr < sc.duration_s)
     st, en = np.asarray(start), np.asarray(end)
     done = meas & np.isfinite(en)
+    alone = (world.run_s / world.speed[np.maximum(np.asarray(node_of), 0)])[done]
     lat = (en - arr)[done]
     pend = (st - arr)[done]
-    slow = ((en - st) / world.run_s)[done]
+    stretch = lat / alone
+    contention = (en - st)[done] / alone
+    nodes = np.asarray(node_of)[done]
+    jobs = [world.jobs[i] for i in np.flatnonzero(done)]
+    free_zone = ~world.zone_required[done]
+    at_home = world.zone[nodes] == world.home[done]
+    data = np.array([jb.data for jb in jobs], int)
+    has_data = data >= 0
+    data_hit = world.labels["data"][nodes] == data
+    cpu = np.array([jb.req[0] for jb in jobs])
+    price = world.price[nodes]
     return {
         "jobs": int(meas.sum()),
         "placed": int(done.sum()),
@@ -539,8 +586,13 @@ def _metrics(world, start, end, unsched, reasons, util) -> dict:
         "p999_s": _pct(lat, 99.9),
         "pending_p99_s": _pct(pend, 99),
         "pending_mean_s": float(pend.mean()) if pend.size else math.nan,
-        "slowdown_p50": _pct(slow, 50),
-        "slowdown_p99": _pct(slow, 99),
+        # what the locality and cost parts buy: jobs free to leave their zone
+        # that stayed, jobs bound to a data set placed on it, price per core
+        "zone_local_pct": float(100 * at_home[free_zone].mean()) if free_zone.any() else math.nan,
+        "data_local_pct": float(100 * data_hit[has_data].mean()) if has_data.any() else math.nan,
+        "price_per_core": float((price * cpu).sum() / cpu.sum()) if cpu.size else math.nan,
+        "stretch_p99": _pct(stretch, 99),
+        "contention_p99": _pct(contention, 99),
         "util_cpu_pct": float(100 * util[0]),
         "util_mem_pct": float(100 * util[1]),
         "util_gpu_pct": float(100 * util[2]),
@@ -585,3 +637,111 @@ def _scope_bins(world, start, end, node_of, level_of, ratio_at) -> list:
         )
         t0 = t1
     return rows
+
+
+# ------------------------------------------------------------ many seeds --
+#: Metrics aggregated over seeds (median, and every seed's value).
+SCALARS = (
+    "jobs",
+    "placed",
+    "unschedulable",
+    "p50_s",
+    "p99_s",
+    "p999_s",
+    "pending_mean_s",
+    "pending_p99_s",
+    "stretch_p99",
+    "contention_p99",
+    "zone_local_pct",
+    "data_local_pct",
+    "price_per_core",
+    "util_cpu_pct",
+    "util_mem_pct",
+    "util_gpu_pct",
+    "max_fill",
+    "reserved_left",
+)
+_BIN_KEYS = ("ratio", "widened", "every", "out_of_zone", "p99_s")
+
+
+def _scenario(name: str, is_quick: bool) -> PlacementScenario:
+    sc = PLACEMENT_SCENARIOS[name]
+    return quick(sc) if is_quick else sc
+
+
+def policies_of(sc: PlacementScenario, wanted=None) -> list:
+    """The policies a scenario runs: ``wanted`` among its own, all by default."""
+    own = list(SCOPE_VARIANTS) if sc.kind == "scope" else list(PLACEMENT_POLICIES)
+    return [p for p in own if wanted is None or p in wanted]
+
+
+def _run_one(task):
+    name, is_quick, seed, policy = task
+    w = build_world(_scenario(name, is_quick), seed)
+    rng = np.random.default_rng([seed, sum(map(ord, name)), 13])  # same for every policy
+    return name, seed, policy, run(w, policy, rng)
+
+
+def _median(xs):
+    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+    return float(np.median(np.asarray(xs, float))) if xs else math.nan
+
+
+def simulate_placement(names, seeds, is_quick=False, workers=1, wanted=None) -> dict:
+    """Every (scenario, seed, policy) of ``names``; per scenario and policy the
+    median of each metric over seeds and every seed's value (``by_seed``);
+    for the scope scenario, its table of time bins the same way."""
+    seeds = [int(s) for s in seeds]
+    tasks = [
+        (name, is_quick, seed, pol)
+        for name in names
+        for seed in seeds
+        for pol in policies_of(_scenario(name, is_quick), wanted)
+    ]
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            done = list(pool.imap_unordered(_run_one, tasks, chunksize=1))
+    else:
+        done = [_run_one(t) for t in tasks]
+    runs = {(name, seed, pol): m for name, seed, pol, m in done}
+    out = {}
+    for name in names:
+        sc = _scenario(name, is_quick)
+        pols = policies_of(sc, wanted)
+        entry: dict = {
+            "kind": sc.kind,
+            "description": sc.description,
+            "nodes": sc.n_nodes,
+            "duration_s": sc.duration_s,
+            "warmup_s": sc.warmup_s,
+            "policies": {},
+        }
+        for pol in pols:
+            ms = [runs[(name, s, pol)] for s in seeds]
+            keys = SCALARS + (("spike_zone_p99_s",) if sc.kind == "scope" else ())
+            agg: dict = {k: _median([m[k] for m in ms]) for k in keys}
+            for k in ("jobs", "placed", "unschedulable"):
+                agg[k] = int(round(agg[k]))
+            agg["by_seed"] = {k: [m[k] for m in ms] for k in keys}
+            reasons: dict = {}
+            for m in ms:
+                for r, v in m["unschedulable_by"].items():
+                    reasons[r] = reasons.get(r, 0) + v
+            agg["unschedulable_by_all_seeds"] = dict(sorted(reasons.items()))
+            if sc.kind == "scope":
+                rows = []
+                for b, row in enumerate(ms[0]["bins"]):
+                    r = {k: row[k] for k in ("t0", "t1", "factor")}
+                    r["jobs"] = int(_median([m["bins"][b]["jobs"] for m in ms]))
+                    for k in _BIN_KEYS:
+                        vals = [m["bins"][b][k] for m in ms]
+                        r[k] = _median(vals)
+                        r[k + "_by_seed"] = vals
+                    rows.append(r)
+                agg["bins"] = rows
+            entry["policies"][pol] = agg
+        entry["jobs"] = entry["policies"][pols[0]]["jobs"] if pols else 0
+        out[name] = entry
+    return out
