@@ -17,7 +17,8 @@ mem_gb, gpu), in zones with a price each (spot nodes 40% of it); labels
 sets); taints ``gpu=true:NoSchedule`` (gpu shapes) and
 ``spot=true:NoSchedule`` (spot nodes); a few NotReady nodes.  Hidden from
 reservations: node speed, and background CPU (daemons, plus noisy-neighbour
-episodes on some nodes) which heartbeats do show.
+episodes on some nodes) which heartbeats show (each node every second, in
+8 phase groups; the load part reads them).
 
 Jobs: Poisson arrivals at the offered load (reserved CPU / schedulable CPU,
 piecewise linear in time), requests of several shapes, selectors, required
@@ -155,7 +156,7 @@ def quick(s: PlacementScenario) -> PlacementScenario:
     """The --quick variant: fewer nodes, and a shorter placement run (the
     scope scenario keeps its timeline)."""
     if s.kind == "scope":
-        return replace(s, n_nodes=24)
+        return replace(s, n_nodes=40)
     return replace(s, n_nodes=48, duration_s=600.0, warmup_s=100.0)
 
 
@@ -301,6 +302,7 @@ def build_world(sc: PlacementScenario, seed: int) -> World:
 
 
 _ARRIVE, _RETRY, _DONE, _HB, _BG = range(5)
+HB_GROUPS = 8
 
 
 def _spike_factor(sc: PlacementScenario, t: float) -> float:
@@ -376,11 +378,13 @@ def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False
 
     heap: list = []
     seq = 0
-    for j in range(n):
-        heap.append(
-            (float(world.hb_noise[j, 0] % sc.hb_interval_s + sc.hb_interval_s / 2), seq, _HB, j, 0)
-        )
+    # Heartbeats in HB_GROUPS phase groups (node j in group j % HB_GROUPS).
+    groups = [list(range(g, n, HB_GROUPS)) for g in range(min(HB_GROUPS, n))]
+    hb_noise = world.hb_noise
+    for g in range(len(groups)):
+        heap.append(((g + 0.5) / len(groups) * sc.hb_interval_s, seq, _HB, g, 0))
         seq += 1
+    for j in range(n):
         for s0, s1, extra in world.episodes[j]:
             heap.append((s0, seq, _BG, j, extra))
             heap.append((s1, seq + 1, _BG, j, -extra))
@@ -518,9 +522,11 @@ def run(world: World, policy: str, rng: np.random.Generator, trace: bool = False
         elif kind == _HB:
             k = hb_k[j]
             hb_k[j] = k + 1
-            use = (run_cpu[j] + bg[j]) / cores[j] + world.hb_noise[j, k % world.hb_noise.shape[1]]
-            c.hb_cpu[j] = min(max(use, 0.0), 1.0)
-            c.hb_reserved_cpu[j] = c.reserved[j, 0]
+            grp = groups[j]
+            use = np.array([(run_cpu[x] + bg[x]) / cores[x] for x in grp])
+            use += hb_noise[grp, k % hb_noise.shape[1]]
+            c.hb_cpu[grp] = np.clip(use, 0.0, 1.0)
+            c.hb_reserved_cpu[grp] = c.reserved[grp, 0]
             if t < hi + sc.max_pending_s:  # no placement after the last retry
                 push(heap, (t + sc.hb_interval_s, seq, _HB, j, 0))
                 seq += 1
