@@ -1109,7 +1109,7 @@ def _lookup(obj: Any, dotted: str) -> Any:
 @dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration: ``.engine``, ``.ingest`` (``.curve``),
-    ``.claims``, ``.score`` (``.weights``)."""
+    ``.claims``, ``.score`` (``.weights``), ``.scope``."""
 
     PATH: ClassVar[str] = ""
 
