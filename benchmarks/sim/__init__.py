@@ -158,7 +158,10 @@ def simulate(
     wanted = list(policies) if policies else None
     policies = [p for p in policies if p in POLICIES] if policies else list(POLICIES)
     if scenarios and not policies:
-        raise ValueError(f"sim: --policy {' '.join(wanted or [])} names no routing policy")
+        raise ValueError(
+            f"sim: --policy {' '.join(wanted or [])} names no routing policy for "
+            f"{', '.join(scenarios)} (--scenario placement / scope runs placement alone)"
+        )
     if placing and wanted and not any(p in PLACEMENT_POLICIES for p in wanted):
         if any(s for s in placing if PLACEMENT_SCENARIOS[s].kind == "placement"):
             raise ValueError(f"sim: --policy {' '.join(wanted)} names no placement policy")
