@@ -150,6 +150,17 @@ OPERATIONAL_DEFAULTS = {
     "placement.weights.load": 20.0,
     "placement.weights.locality": 20.0,
     "placement.weights.cost": 10.0,
+    # issue 11's scope escalation
+    "scope.enabled": True,
+    "scope.min_samples": 10,
+    "scope.interval_s": 2.0,
+    "scope.window": 256,
+    "scope.max_age_s": 30.0,
+    "scope.federated_soft": 1.5,
+    "scope.federated_hard": 2.5,
+    "scope.centralized_soft": 1.7,
+    "scope.centralized_hard": 2.7,
+    "scope.neighbours": [],
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -183,6 +194,8 @@ INT_KEYS = {
     "placement.resources.gpu",
     "placement.top_k",
     "placement.max_reservations",
+    "scope.min_samples",
+    "scope.window",
 }
 
 
@@ -743,7 +756,7 @@ UNKNOWN = [
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
     (
         {"xyzzy": {}},
-        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score",
+        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score, scope",
     ),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
@@ -887,6 +900,7 @@ def test_render_defaults_comments_every_key():
         "[score]",
         "[score.weights]",
         "[http]",
+        "[scope]",
     ):
         assert section in lines
     assert "shm_mode = 0o600" in lines

@@ -2,8 +2,8 @@
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
 ``[placement]``, ``[placement.weights]``, ``[score]``, ``[score.weights]``,
-``[events]``, ``[feed]``, ``[feed.curve]``, ``[http]``.  A missing key takes
-its default; ``Config()`` is the all-defaults configuration.
+``[events]``, ``[feed]``, ``[feed.curve]``, ``[http]``, ``[scope]``.  A missing
+key takes its default; ``Config()`` is the all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -87,6 +87,7 @@ __all__ = [
     "IngestConfig",
     "PlacementConfig",
     "PlacementWeights",
+    "ScopeConfig",
     "ScoreConfig",
     "Weights",
     "check_files",
@@ -1128,6 +1129,139 @@ class PlacementConfig(_Section):
                 )
 
 
+# [scope]: zone scope escalation by tail latency (shm_engine.core.scope)
+
+#: Longest zone name: the wire format's (docs/wire-format.md, ``zone``).
+MAX_ZONE_BYTES = 31
+#: Most samples kept per zone and source.
+MAX_SCOPE_WINDOW = 1_000_000
+
+
+def _zone_problem(zone: str) -> str | None:
+    if not zone:
+        return "is empty"
+    if "\0" in zone:
+        return "contains NUL"
+    if len(zone.encode("utf-8")) > MAX_ZONE_BYTES:
+        return f"is over {MAX_ZONE_BYTES} bytes of UTF-8"
+    if zone != zone.strip() or "," in zone or "=" in zone:
+        return "has surrounding blanks, ',' or '='"
+    return None
+
+
+@dataclass(frozen=True)
+class ScopeConfig(_Section):
+    """``[scope]``: when placement widens a job's zone scope because its
+    zone's tail latency grew (`shm_engine.core.scope` has the rule).  Every
+    key may change on reload; the samples already kept stay."""
+
+    PATH: ClassVar[str] = "scope"
+
+    enabled: bool = _key(
+        _BOOL,
+        True,
+        "Widen a job's zone scope when its zone's P95/P50 latency ratio "
+        "grows. false: every job stays in its own zone's scope. true or false.",
+    )
+    min_samples: int = _key(
+        _INT,
+        10,
+        "Fewest samples of a zone for its P95/P50 ratio to count; with fewer "
+        "the zone is not escalated. Integer, 2..window.",
+    )
+    interval_s: float = _key(
+        _FLOAT,
+        2.0,
+        "How often the zones' ratios are re-evaluated; between evaluations "
+        "the shares of escalated jobs hold. Seconds, > 0.",
+    )
+    window: int = _key(
+        _INT,
+        256,
+        "Most recent samples kept per zone (outcome durations, and apart "
+        f"node heartbeats' p50/p95). Integer, 2..{MAX_SCOPE_WINDOW}.",
+    )
+    max_age_s: float = _key(
+        _FLOAT,
+        30.0,
+        "Samples older than this are dropped at an evaluation, so a zone "
+        "that recovered stops being escalated. Seconds, >= interval_s.",
+    )
+    federated_soft: float = _key(
+        _FLOAT,
+        1.5,
+        "P95/P50 ratio of a zone above which a share of its jobs may also use "
+        "the neighbouring zones: (ratio - soft) / (hard - soft). >= 1, "
+        "< federated_hard.",
+    )
+    federated_hard: float = _key(
+        _FLOAT,
+        2.5,
+        "Ratio at and above which every job of the zone may use the "
+        "neighbouring zones. <= centralized_hard.",
+    )
+    centralized_soft: float = _key(
+        _FLOAT,
+        1.7,
+        "Ratio above which a share of the zone's jobs may use every zone: "
+        "(ratio - soft) / (hard - soft). >= federated_soft, < centralized_hard.",
+    )
+    centralized_hard: float = _key(
+        _FLOAT,
+        2.7,
+        "Ratio at and above which every job of the zone may use every zone.",
+    )
+    neighbours: tuple[str, ...] = _key(
+        _STRS,
+        (),
+        'Neighbouring zones, one entry per zone: "zone=n1,n2" (e.g. '
+        '["eu-1=eu-2", "eu-2=eu-1,eu-3"]); not symmetric unless written so. '
+        "A zone without an entry has no neighbours: its federated scope is "
+        "itself.",
+    )
+
+    def _validate(self) -> None:
+        self._int_range("window", 2, MAX_SCOPE_WINDOW)
+        self._int_range("min_samples", 2, self.window)
+        self._positive("interval_s")
+        if self.max_age_s < self.interval_s:
+            self._fail("max_age_s", f"must be >= {self._ref('interval_s')}")
+        self._at_least(1, "federated_soft", "centralized_soft")
+        for tier in ("federated", "centralized"):
+            if getattr(self, f"{tier}_soft") >= getattr(self, f"{tier}_hard"):
+                self._fail(f"{tier}_soft", f"must be < {self._ref(f'{tier}_hard')}")
+        # Centralized thresholds at or above the federated ones: a job that may
+        # use every zone may use its neighbours too (the shares are nested).
+        if self.centralized_soft < self.federated_soft:
+            self._fail("centralized_soft", f"must be >= {self._ref('federated_soft')}")
+        if self.centralized_hard < self.federated_hard:
+            self._fail("centralized_hard", f"must be >= {self._ref('federated_hard')}")
+        self.neighbour_map()
+
+    def neighbour_map(self) -> dict[str, tuple[str, ...]]:
+        """``neighbours`` parsed: zone -> its neighbours in the order written."""
+        out: dict[str, tuple[str, ...]] = {}
+        key = f"{self.PATH}.neighbours"
+        for entry in self.neighbours:
+            zone, sep, rest = entry.partition("=")
+            where = f"{key} entry {_show(entry)}"
+            if not sep:
+                raise ConfigError(f'{where} must look like "zone=n1,n2"')
+            names = rest.split(",")
+            for name in (zone, *names):
+                problem = _zone_problem(name)
+                if problem is not None:
+                    raise ConfigError(f"{where}: zone {_show(name)} {problem}")
+            if zone in out:
+                raise ConfigError(f"{where}: zone {_show(zone)} has an entry already")
+            if zone in names:
+                raise ConfigError(f"{where}: zone {_show(zone)} is its own neighbour")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{where}: a neighbour is listed twice")
+            out[zone] = tuple(names)
+        return out
+
+
 # --------------------------------------------------------------------------
 # [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
@@ -1392,7 +1526,7 @@ def _lookup(obj: Any, dotted: str) -> Any:
 @dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration: ``.engine``, ``.ingest`` (``.curve``),
-    ``.claims``, ``.score`` (``.weights``)."""
+    ``.claims``, ``.score`` (``.weights``), ``.scope``."""
 
     PATH: ClassVar[str] = ""
 
@@ -1424,6 +1558,11 @@ class Config(_Section):
     placement: PlacementConfig = _section(
         PlacementConfig,
         "Placement: node capacity, reservations and the placement score (docs/placement.md).",
+    )
+    scope: ScopeConfig = _section(
+        ScopeConfig,
+        "Zone scope escalation: placement widens a job's zones when its "
+        "zone's P95/P50 latency ratio grows (docs/placement.md).",
     )
 
     def to_params(self) -> np.ndarray:
