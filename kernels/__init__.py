@@ -14,7 +14,7 @@ Public API:
 One module per stage: queue (steps 1-2), window (2, the error window),
 goodness (3), percentile (3, R), liveness (4), pressure (5), weights (6),
 backpressure (7), breaker (8), smoothing (9-10), hysteresis (11),
-quarantine (12), ranking (13-14); `pipeline` fuses them into three passes.
+quarantine (12), ranking (13-14); `pipeline` fuses them into two passes.
 
 Importing this package, `kernels.params` or `kernels.defaults` does not
 import numba: every name backed by compiled code is resolved on first use,

@@ -9,7 +9,8 @@ if it finds the latch odd (its predecessor died mid-write), ``write_begin``
 returns that unfinished epoch and the same buffer is rewritten from scratch.
 
 Memory ordering (see `shm_engine.core.ordering` and `shm_engine.core.seqlock`): the
-buffer is filled by jitted code (`rows.gather_inputs`, `kernels.tick`) and by
+buffer is filled by jitted code (`epoch.compute_epoch`: the gather, the
+feedback and `kernels.tick` in one call) and by
 Python numpy stores of the per-tick scalars, between the Python twins
 ``seqlock.write_begin`` and ``seqlock.write_end``.  We rely on x86-64 TSO plus
 the opacity of each call into compiled code: every store of the jitted
@@ -29,9 +30,10 @@ schedulers stamp their error releases with.
 Scheduler feedback (`shm_engine.core.claims`): each tick, right after the
 heartbeat gather, `claims.gather_feedback` reads the claims segment into the
 tick inputs' feedback columns (`Ticker.feedback`: ``rif``, ``fb_ok``,
-``fb_err``, ``consec``, ``err_age`` of `kernels.TickInputs`) and publishes
-the same values in the buffer, with the counters it saw carried to the next
-tick and the number of ejected nodes.  After the publish, every
+``fb_err``, ``consec``, ``err_age`` of `kernels.TickInputs`), which are the
+published columns of the buffer being written (one set of inputs per
+buffer), with the counters it saw carried to the next tick and the number
+of ejected nodes.  After the publish, every
 `claims.LEASE_CHECK_INTERVAL_S`, the worker returns the claims of schedulers
 that died (`claims.reap_dead_leases`).  Without a claims segment (tests, an
 engine created without one) the tick reads a private zeroed one: every node
@@ -65,7 +67,6 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
 from shm_engine.core import claims as claims_mod
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
@@ -77,10 +78,11 @@ from shm_engine.core.layout import (
     layout_for,
     private_claims,
 )
-from shm_engine.core.rows import gather, make_gather_cache
+from shm_engine.core.rows import make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.tick.epoch import compute_epoch
 
 __all__ = [
     "Ticker",
@@ -172,17 +174,23 @@ class Ticker:
         self._latch = views.header.latch_seq
         check_sequence_word(self._latch)
         self.params = config.to_params()
-        self.inputs = make_inputs(views.layout.capacity)
+        cap = views.layout.capacity
+        inputs = make_inputs(cap)
         # A slot the gather cannot read consistently keeps its previous inputs
         # for one tick.  A just-started worker has none: infinite age makes
         # such a slot DEAD (score 0) for that tick, never a zero-load node.
-        self.inputs.age[:] = np.inf
-        # Which rows self.inputs holds (the gather skips unchanged rows), and
+        inputs.age[:] = np.inf
+        # The feedback columns of the inputs are the published ones of the
+        # buffer being written (written once, read by the kernels there), so
+        # there is one set of inputs per buffer, sharing every other column.
+        self._inputs = tuple(
+            inputs._replace(**{c: b.views[c] for c in FEEDBACK_COLUMNS}) for b in views.buffers
+        )
+        # Which rows the inputs hold (the gather skips unchanged rows), and
         # the tick's work arrays: private, allocated once.
-        self._gather_cache = make_gather_cache(views.layout.capacity)
-        self._scratch = kernels.make_scratch(views.layout.capacity)
+        self._gather_cache = make_gather_cache(cap)
+        self._scratch = kernels.make_scratch(cap)
         self.stats = TickStats()
-        cap = views.layout.capacity
         self.live_claims = claims is not None
         if claims is None:
             claims = private_claims(cap)
@@ -191,13 +199,23 @@ class Ticker:
                 f"claims segment has {claims.layout.capacity} slots, the scores segment {cap}"
             )
         self.claims = claims
-        self.feedback = feedback_columns(self.inputs)
         self._next_lease_check = -math.inf
 
     @property
     def epoch(self) -> int:
         """The last published epoch (0: none)."""
         return int(self._latch[0]) >> 1
+
+    @property
+    def inputs(self):
+        """The tick inputs (`kernels.TickInputs`) of the last published epoch;
+        their feedback columns are that epoch's buffer's."""
+        return self._inputs[self.epoch & 1]
+
+    @property
+    def feedback(self) -> Feedback:
+        """The feedback columns of `inputs` (views, not copies)."""
+        return feedback_columns(self.inputs)
 
     def tick(self, now: float) -> TickResult:
         t_start = time.perf_counter()
@@ -207,31 +225,38 @@ class Ticker:
         # initial buffer 0 when epoch == 1).
         prev = self.views.buffers[(epoch - 1) & 1]
         nxt = self.views.buffers[epoch & 1]
-        hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
-        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm, cache=self._gather_cache)
-        c, inp = self.claims, self.inputs
-        # numba types a dispatcher call through a ParamSpec, which mypy cannot match
-        # against star-arguments followed by more positional ones.
-        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(  # type: ignore[call-arg]
+        inp = self._inputs[epoch & 1]
+        hwm = min(int(h.slot_hwm[0]), inp.active.shape[0])
+        c, t, cache = self.claims, self.views.table, self._gather_cache
+        reg = self.views.registry
+        n_ranked, pressure, live, torn, sum_rif, sum_ok, sum_err, ejected = compute_epoch(
+            self.params,
+            t,
+            reg.slot_gen,
+            reg.registered,
+            prev.state,
+            prev.gen,
+            prev.hb_seen,
+            prev.ok_seen,
+            prev.err_seen,
+            nxt.state,
+            nxt.out,
             nxt.gen,
-            inp.active,
-            inp.fresh,
+            nxt.hb_seen,
+            nxt.ok_seen,
+            nxt.err_seen,
+            inp,
+            self._scratch,
+            cache.gen,
+            cache.version,
+            cache.recv_time,
             c.lease_ident,
             c.in_flight_flat,
             c.row_words,
             c.outcomes,
-            prev.ok_seen,
-            prev.err_seen,
-            hwm,
             float(now),
-            self.params[MAX_CONSECUTIVE_ERRORS],
-            self.params[EJECTION_S],
-            *self.feedback,
-            *nxt.feedback,
-            nxt.ok_seen,
-            nxt.err_seen,
+            hwm,
         )
-        n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
@@ -271,9 +296,9 @@ class Ticker:
     def score(self, prev, nxt) -> tuple[int, float, int]:
         """The kernels of a tick (docs/scoring.md, steps A-P) over ``self.inputs``:
         the carried state of buffer ``prev`` in, the state and outputs of
-        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
-        it between gather and publish; alone, it is what the benchmark times
-        as the kernels."""
+        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` runs
+        the same kernels inside `compute_epoch`; alone, this is what the
+        benchmark times as the kernels."""
         return kernels.tick(self.params, self.inputs, prev.state, nxt.state, nxt.out, self._scratch)
 
     def check_leases(self, now: float, hwm: int | None = None) -> tuple[int, int, int]:
