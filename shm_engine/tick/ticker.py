@@ -99,7 +99,7 @@ __all__ = [
 
 STATS_WINDOW = 2048
 SUMMARY_EVERY = 64  # ticks between two percentile summaries in the header
-SPIN_S = 200e-6  # yield instead of sleeping this close to a deadline
+SPIN_S = 100e-6  # yield instead of sleeping this close to a deadline
 
 
 class TickResult(NamedTuple):
