@@ -17,6 +17,10 @@ buffer's published ones (``rif``, ``fb_ok``, ``fb_err``, ``consec``,
 ``err_age`` of that buffer), so the feedback is written once, where both
 the kernels and the readers find it; ``inp``, ``held_*`` and ``scratch``
 are the ticker's private arrays; ``hwm`` <= capacity.
+
+Note for development: numba's on-disk cache of `compute_epoch` is not
+invalidated when only a stage, the pipeline, the gather or the feedback
+gather changes; clear the cache directory after editing them.
 """
 
 from numba import njit
