@@ -756,8 +756,8 @@ UNKNOWN = [
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
     (
         {"xyzzy": {}},
-        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score, events, "
-        r"feed, http, placement, scope",
+        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, "
+        r"score, events, feed, http, placement, scope",
     ),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
