@@ -303,7 +303,7 @@ class Ticker:
         # Every buffer store above stays before this one (x86-64 TSO, see the
         # module docstring). Pairs with read_begin in the readers.
         write_end(self._latch)
-        self.events.append(prev, nxt, self.inputs.fresh, self.views.registry, hwm, epoch)
+        self.events.append(prev, nxt, inp.fresh, self.views.registry, hwm, epoch)
         us = (time.perf_counter() - t_start) * 1e6
         self.stats.add(us)
         h.tick_us_last[0] = us
