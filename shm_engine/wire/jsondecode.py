@@ -5,6 +5,25 @@ that carries ``labels``.  The frame is hostile until checked: its nesting
 depth is bounded before it is parsed (linear time), a repeated key is caught
 by the parser hook, and nothing is evaluated.
 
+Two parsers, one result.  The reference is the standard library's, with a
+hook that marks a repeated key (`parse_json`); `loads` parses with orjson
+(several times faster) and keeps its value only where it provably equals the
+reference's: no integer literal of 19 digits or more (orjson turns those
+beyond 64 bits into floats), as many key-value pairs in the value as colons
+outside strings in the text (no repeated key: orjson keeps one silently).
+Anything orjson refuses (``NaN``, ``1e400``, a lone surrogate, bad UTF-8) is
+parsed again by the reference, so every reject reason and detail is the
+reference's.
+
+Runs of heartbeats (`decode_json_objects`, and arrays of `COLUMNS_MIN` or
+more) are checked column by column: heartbeats with the same keys form a
+group, and each field's values are checked at once against its `FIELDS`
+row (floats and integers of the right type in range, node ids by one
+pattern over the whole column).  A heartbeat the column check does not
+plainly accept goes through `check_mapping`, the reference, in frame order;
+the column check only ever accepts what the reference accepts, with the same
+record bytes, so the result is the reference's, heartbeat for heartbeat.
+
 `check_heartbeat` validates one mapping against `format.FIELDS` (the replay
 path and the clients use it; the encoders use it through `check_mapping`).
 The node id is 1..63 characters of ``A-Z a-z 0-9 . _ : - /``; ``resources``
@@ -27,9 +46,11 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import orjson
 
 from shm_engine.wire._scalar import json_fields
 from shm_engine.wire.format import (
@@ -47,6 +68,7 @@ from shm_engine.wire.format import (
     Resources,
     Text,
     describe_ranges,
+    names_of,
 )
 from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
 
@@ -355,6 +377,41 @@ def parse_json(buf: bytes) -> Any:
         raise Reject("malformed_frame", f"invalid JSON: {short(str(err), 80)}") from None
 
 
+# An integer literal orjson may not return as an int (beyond 64 bits): a run
+# of 19 digits anywhere (a fraction, a string) sends the frame to the reference.
+# Digits become "0" (a regex search backtracks at every digit: 20x slower).
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGITS = b"0" * 19
+_CONTAINERS = (dict, list)
+
+
+def _pairs(value: Any) -> int:
+    """Key-value pairs in a parsed JSON value, nested objects included."""
+    if type(value) is dict:
+        return len(value) + sum([_pairs(v) for v in value.values() if type(v) in _CONTAINERS])
+    if type(value) is list:
+        return sum([_pairs(v) for v in value if type(v) in _CONTAINERS])
+    return 0
+
+
+def loads(buf: bytes) -> Any:
+    """`parse_json`'s value (or its Reject), parsed by orjson where that is
+    known to give the same value (see the module docstring)."""
+    opens = buf.count(b"{") + buf.count(b"[")
+    shallow = opens <= MAX_JSON_DEPTH or not _too_deep(buf)
+    if shallow and _LONG_DIGITS not in buf.translate(_DIGITS_TO_ZERO):
+        try:
+            value = orjson.loads(buf)
+        except orjson.JSONDecodeError:
+            return parse_json(buf)  # the reference decides, and words the reason
+        # A flat object (one bracket in the text) holds len() pairs; otherwise
+        # count them.  Colons in the text: one per pair, plus those in strings.
+        pairs = len(value) if opens == 1 and type(value) is dict else _pairs(value)
+        if pairs == buf.count(b":") or pairs == _JSON_STRING_RE.sub(b"", buf).count(b":"):
+            return value
+    return parse_json(buf)
+
+
 class _Heartbeats:
     """What a decode accepts and rejects, heartbeat by heartbeat."""
 
@@ -390,13 +447,15 @@ class _Heartbeats:
 def decode_json(buf: bytes) -> DecodedFrame:
     """`decode_frame` for a JSON frame (``buf`` within the size limit)."""
     try:
-        value = parse_json(buf)
+        value = loads(buf)
     except Reject as rej:
         return frame_reject(rej.reason, rej.detail)
     if isinstance(value, dict):
         items = [value]
     elif isinstance(value, list):
         items = value
+        if len(items) >= COLUMNS_MIN:
+            return _decode_items(items)
     else:
         return frame_reject(
             "malformed_frame", f"top level is {type(value).__name__}, not object or array"
@@ -422,12 +481,155 @@ def decode_json_objects(frames: list) -> DecodedFrame:
     bytes no longer than ``max_frame_bytes`` (the caller checks); never
     raises on bad input.
     """
-    out = _Heartbeats()
+    items: list = []
     for buf in frames:
         try:
-            obj = parse_json(buf)
+            items.append(loads(buf))
         except Reject as rej:
-            out.reject(rej.reason, "frame: " + rej.detail)
+            items.append(rej)
+    return _decode_items(items)
+
+
+# ------------------------------------------------------------------ runs, column by column
+
+#: Arrays of at least this many heartbeats are checked column by column.
+COLUMNS_MIN = 8
+_KEY_SIZE = RECORD_DTYPE[_KEY.name].itemsize
+_ITEM = np.dtype((np.void, RECORD_DTYPE.itemsize))
+# A column of node ids joined by newlines (not a node id character): one
+# fullmatch checks them all.
+_KEY_COLUMN = re.compile(
+    f"(?:{_RANGES_RE[_KEY.name].pattern[:-1]}{{1,{_KEY_SIZE - 1}}}\n)*"
+    f"{_RANGES_RE[_KEY.name].pattern[:-1]}{{1,{_KEY_SIZE - 1}}}"
+).fullmatch
+assert _KEY.nonempty and _KEY.ranges is not None and max(hi for _, hi in _KEY.ranges) < 0x80
+
+
+def _decode_items(items: list) -> DecodedFrame:
+    """The heartbeats ``items`` decoded as `decode_json` decodes an array's:
+    a dict is a heartbeat, a `Reject` a frame that did not parse (counted as
+    its frame's reject), anything else an element that is not an object.
+    Dicts with the same keys are checked column by column; what that check
+    does not plainly accept goes through `check_mapping`, in order."""
+    n = len(items)
+    records = np.zeros(n, RECORD_DTYPE)
+    good = np.zeros(n, bool)
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        if type(item) is dict:
+            groups.setdefault(tuple(item), []).append(i)
+    for keys, where in groups.items():
+        if len(where) < 2 or not _fast_keys(keys):
             continue
-        out.check(obj)
-    return out.frame(len(frames))
+        idx = np.array(where, np.intp)
+        good[idx] = _check_columns(keys, [items[i] for i in where], records, idx)
+    labels: list[bytes | None] = [None] * n
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    for i in np.flatnonzero(~good).tolist():
+        item = items[i]
+        if isinstance(item, Reject):
+            tally(rejects, sample, item.reason, "frame: " + item.detail)
+        elif not isinstance(item, dict):
+            tally(
+                rejects,
+                sample,
+                "malformed_heartbeat",
+                f"array element is {type(item).__name__}, not an object",
+            )
+        else:
+            try:
+                values, labels[i] = check_mapping(item)
+            except Reject as rej:
+                tally(rejects, sample, rej.reason, f"{node_label(item.get('node'))}: {rej.detail}")
+                continue
+            records[i] = values
+            good[i] = True
+    if good.all():
+        return DecodedFrame(records, labels, rejects, n, sample)
+    kept = np.flatnonzero(good).tolist()
+    # Selected as whole items: a structured copy would leave the reserved bytes unset.
+    whole = records.view(_ITEM)[kept].view(RECORD_DTYPE)
+    return DecodedFrame(whole, [labels[i] for i in kept], rejects, n, sample)
+
+
+def _fast_keys(keys: tuple) -> bool:
+    """Whether heartbeats with exactly ``keys`` pass `check_mapping`'s key
+    checks (known, required, pairs whole) and have only fields the column
+    check reads (no resources, no labels)."""
+    have = frozenset(keys)
+    return (
+        have <= _COLUMN_FIELDS
+        and _REQUIRED_SET <= have
+        and all((a in have) == (b in have) for a, b in PAIRS)
+    )
+
+
+_COLUMN_FIELDS = frozenset(
+    key for rule in FIELDS if isinstance(rule, (Number, Text)) for key in names_of(rule)
+)
+
+
+def _check_columns(keys: tuple, objs: list, records: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Check heartbeats ``objs`` (dicts, each with exactly ``keys``: see
+    `_fast_keys`) column by column and write them into ``records[idx]``;
+    returns which are plainly valid.  Accepts only what `check_mapping`
+    accepts, with the values it would give: a float field takes floats in
+    range, an integer field ints in range (the reference decides anything
+    else, e.g. an integer for a float field), text its rule's check."""
+    ok = np.ones(len(objs), bool)
+    flags = 0
+    for rule in FIELDS:
+        if not isinstance(rule, (Number, Text)) or rule.bit and names_of(rule)[0] not in keys:
+            continue
+        flags |= rule.bit
+        if isinstance(rule, Text):
+            records[rule.name][idx] = _text_column(rule, list(map(itemgetter(rule.name), objs)), ok)
+            continue
+        first = None
+        for key in rule.names:
+            column = _number_column(rule, key, list(map(itemgetter(key), objs)), ok)
+            if first is not None:
+                ok &= column >= first
+            first = column if rule.ordered else None
+            records[key][idx] = column
+    records["flags"][idx] = flags
+    return ok
+
+
+def _number_column(rule: Number, key: str, values: list, ok: np.ndarray) -> np.ndarray:
+    """``values`` of number field ``key`` as an array; clears ``ok`` where a
+    value is not of the field's type or not in range."""
+    bound = rule.bound
+    if RECORD_DTYPE[key].kind == "u":
+        # An interval holds every int between its ends: min and max decide.
+        if set(map(type, values)) == {int}:
+            if bound.holds(min(values)) and bound.holds(max(values)):
+                return np.array(values, np.int64)
+        plain = [type(x) is int and bound.holds(x) for x in values]
+        ok &= plain
+        return np.array([x if p else 0 for x, p in zip(values, plain, strict=True)], np.int64)
+    if set(map(type, values)) != {float}:
+        plain = [type(x) is float for x in values]
+        ok &= plain
+        values = [x if p else 0.0 for x, p in zip(values, plain, strict=True)]
+    column = np.fromiter(values, np.float64, len(values))
+    ok &= column > bound.lo if bound.lo_open else column >= bound.lo
+    ok &= column < bound.hi if bound.hi_open else column <= bound.hi
+    return column
+
+
+def _text_column(rule: Text, values: list, ok: np.ndarray) -> np.ndarray:
+    """``values`` of text field ``rule`` as UTF-8; clears ``ok`` where
+    `_text` would reject one."""
+    size = RECORD_DTYPE[rule.name].itemsize
+    if rule is _KEY and set(map(type, values)) == {str} and _KEY_COLUMN("\n".join(values)):
+        return np.array(values, f"S{size}")  # ASCII by the pattern
+    raw = []
+    for j, value in enumerate(values):
+        try:
+            raw.append(_text(rule, value))
+        except Reject:
+            ok[j] = False
+            raw.append(b"")
+    return np.array(raw, f"S{size}")
