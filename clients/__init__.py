@@ -1,14 +1,15 @@
 """Clients of the engine: schedulers read scores, nodes send heartbeats.
 
-- `ScoreReader`, `Snapshot`: read published scores straight from shared
-  memory (needs numpy and numba).
+- `ScoreReader`, `Snapshot`, `SnapshotView`: read published scores straight
+  from shared memory (needs numpy and numba); a view reads them in place,
+  valid until the engine rewrites its buffer (`SnapshotExpired`).
 - `HeartbeatClient`, `CurveKeys`, `InvalidHeartbeat`: send heartbeats to the
   ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
 - What `ScoreReader` calls raise, all `ShmEngineError`: `EngineNotRunning`,
   `UntrustedSegment`, `LayoutMismatch` (attach), `EngineStopped` (an
   `EngineNotRunning`: the engine went away), `NothingPublished`,
-  `UnknownNode` (also a ``KeyError``), `ReadContention`.
+  `UnknownNode` (also a ``KeyError``), `ReadContention`, `SnapshotExpired`.
 - `Claim`, `NodeFeedback`: a job in flight (``reader.claim(node)``) and what
   the schedulers have recorded about a node (``reader.feedback(node)``).
 - What ``claim()`` and ``release()`` raise: `SchedulerLimitReached`,
@@ -31,6 +32,7 @@ from shm_engine.core.errors import (
     ReadContention,
     SchedulerLimitReached,
     ShmEngineError,
+    SnapshotExpired,
     UnknownNode,
     UntrustedSegment,
 )
@@ -39,6 +41,7 @@ from shm_engine.core.states import NodeState
 __all__ = [
     "ScoreReader",
     "Snapshot",
+    "SnapshotView",
     "Claim",
     "NodeFeedback",
     "HeartbeatClient",
@@ -53,6 +56,7 @@ __all__ = [
     "NothingPublished",
     "UnknownNode",
     "ReadContention",
+    "SnapshotExpired",
     "SchedulerLimitReached",
     "LeaseRevoked",
     "ClaimAlreadyReleased",
@@ -61,6 +65,7 @@ __all__ = [
 _LAZY = {
     "ScoreReader": "clients.reader",
     "Snapshot": "clients.reader",
+    "SnapshotView": "clients.view",
     "Claim": "clients.claims",
     "NodeFeedback": "clients.claims",
 }
