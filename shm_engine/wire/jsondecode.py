@@ -70,7 +70,15 @@ from shm_engine.wire.format import (
     describe_ranges,
     names_of,
 )
-from shm_engine.wire.result import DecodedFrame, Reject, frame_reject, node_label, short, tally
+from shm_engine.wire.result import (
+    SAMPLE_MAX,
+    DecodedFrame,
+    Reject,
+    frame_reject,
+    node_label,
+    short,
+    tally,
+)
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)  # bool is excluded apart
 _INT_TYPES = (int, np.integer)
@@ -386,12 +394,16 @@ _CONTAINERS = (dict, list)
 
 
 def _pairs(value: Any) -> int:
-    """Key-value pairs in a parsed JSON value, nested objects included."""
-    if type(value) is dict:
-        return len(value) + sum([_pairs(v) for v in value.values() if type(v) in _CONTAINERS])
-    if type(value) is list:
-        return sum([_pairs(v) for v in value if type(v) in _CONTAINERS])
-    return 0
+    """Key-value pairs in a parsed JSON value, nested objects included
+    (level by level: no call per element, no recursion)."""
+    total, level = 0, [value]
+    while level:
+        dicts = [v for v in level if type(v) is dict]
+        total += sum(map(len, dicts))
+        inner = [x for d in dicts for x in d.values() if type(x) in _CONTAINERS]
+        inner += [x for v in level if type(v) is list for x in v if type(x) in _CONTAINERS]
+        level = inner
+    return total
 
 
 def loads(buf: bytes) -> Any:
@@ -509,26 +521,43 @@ def _decode_items(items: list) -> DecodedFrame:
     """The heartbeats ``items`` decoded as `decode_json` decodes an array's:
     a dict is a heartbeat, a `Reject` a frame that did not parse (counted as
     its frame's reject), anything else an element that is not an object.
-    Dicts with the same keys are checked column by column; what that check
-    does not plainly accept goes through `check_mapping`, in order."""
+
+    Dicts with the same keys form a group.  A group whose keys alone decide
+    the reject (`_key_reject`) is counted without a call per heartbeat; one
+    the column check can read is checked column by column; what is left
+    goes through `check_mapping`, in frame order.  Memory: the records of
+    the checked groups and of the result, nothing per rejected heartbeat."""
     n = len(items)
-    records = np.zeros(n, RECORD_DTYPE)
-    good = np.zeros(n, bool)
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         if type(item) is dict:
             groups.setdefault(tuple(item), []).append(i)
+    good = np.zeros(n, bool)
+    early: list[tuple[str, str] | None] = [None] * n
+    parts = []  # (frame positions, records, which are valid) per checked group
     for keys, where in groups.items():
-        if len(where) < 2 or not _fast_keys(keys):
-            continue
-        idx = np.array(where, np.intp)
-        good[idx] = _check_columns(keys, [items[i] for i in where], records, idx)
-    labels: list[bytes | None] = [None] * n
+        verdict = _key_reject(keys)
+        if verdict is not None:
+            for i in where:
+                early[i] = verdict
+        elif len(where) >= 2 and _fast_keys(keys):
+            idx = np.array(where, np.intp)
+            recs = np.zeros(len(where), RECORD_DTYPE)
+            ok = _check_columns(keys, [items[i] for i in where], recs)
+            good[idx] = ok
+            parts.append((idx, recs, ok))
+    slow: dict[int, tuple] = {}
+    labels_of: dict[int, bytes | None] = {}
     rejects: dict[str, int] = {}
     sample: list[tuple[str, str]] = []
     for i in np.flatnonzero(~good).tolist():
         item = items[i]
-        if isinstance(item, Reject):
+        if early[i] is not None:
+            reason, detail = early[i]
+            rejects[reason] = rejects.get(reason, 0) + 1
+            if len(sample) < SAMPLE_MAX:  # the detail only for the sample
+                sample.append((reason, f"{node_label(item.get('node'))}: {detail}"))
+        elif isinstance(item, Reject):
             tally(rejects, sample, item.reason, "frame: " + item.detail)
         elif not isinstance(item, dict):
             tally(
@@ -539,18 +568,38 @@ def _decode_items(items: list) -> DecodedFrame:
             )
         else:
             try:
-                values, labels[i] = check_mapping(item)
+                slow[i], labels_of[i] = check_mapping(item)
             except Reject as rej:
                 tally(rejects, sample, rej.reason, f"{node_label(item.get('node'))}: {rej.detail}")
                 continue
-            records[i] = values
             good[i] = True
-    if good.all():
-        return DecodedFrame(records, labels, rejects, n, sample)
-    kept = np.flatnonzero(good).tolist()
-    # Selected as whole items: a structured copy would leave the reserved bytes unset.
-    whole = records.view(_ITEM)[kept].view(RECORD_DTYPE)
-    return DecodedFrame(whole, [labels[i] for i in kept], rejects, n, sample)
+    kept = np.flatnonzero(good)
+    m = len(kept)
+    if m == n and len(parts) == 1:
+        records = parts[0][1]  # one group, all valid: already in frame order
+    else:
+        records = np.zeros(m, RECORD_DTYPE)
+        at = np.cumsum(good) - 1  # frame position -> position among the kept
+        # Copied as whole items: a structured copy would leave reserved bytes unset.
+        whole = records.view(_ITEM)
+        for idx, recs, ok in parts:
+            whole[at[idx[ok]]] = recs.view(_ITEM)[ok]
+        for i, values in slow.items():
+            records[at[i]] = values
+    labels = [labels_of.get(i) for i in kept.tolist()] if labels_of else [None] * m
+    return DecodedFrame(records, labels, rejects, n, sample)
+
+
+def _key_reject(keys: tuple) -> tuple[str, str] | None:
+    """The (reason, detail) `check_mapping` gives every heartbeat whose keys
+    are exactly ``keys`` before it reads a value (an unknown key, no node
+    id), or None."""
+    unknown = [k for k in keys if k not in KNOWN_FIELDS]
+    if unknown:
+        return "unknown_field", f"unknown field {short(unknown[0])}"
+    if _KEY.name not in keys:
+        return "missing_field", f"missing {_KEY.name}"
+    return None
 
 
 def _fast_keys(keys: tuple) -> bool:
@@ -570,9 +619,9 @@ _COLUMN_FIELDS = frozenset(
 )
 
 
-def _check_columns(keys: tuple, objs: list, records: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _check_columns(keys: tuple, objs: list, records: np.ndarray) -> np.ndarray:
     """Check heartbeats ``objs`` (dicts, each with exactly ``keys``: see
-    `_fast_keys`) column by column and write them into ``records[idx]``;
+    `_fast_keys`) column by column and write them into ``records``;
     returns which are plainly valid.  Accepts only what `check_mapping`
     accepts, with the values it would give: a float field takes floats in
     range, an integer field ints in range (the reference decides anything
@@ -584,7 +633,7 @@ def _check_columns(keys: tuple, objs: list, records: np.ndarray, idx: np.ndarray
             continue
         flags |= rule.bit
         if isinstance(rule, Text):
-            records[rule.name][idx] = _text_column(rule, list(map(itemgetter(rule.name), objs)), ok)
+            records[rule.name] = _text_column(rule, list(map(itemgetter(rule.name), objs)), ok)
             continue
         first = None
         for key in rule.names:
@@ -592,8 +641,8 @@ def _check_columns(keys: tuple, objs: list, records: np.ndarray, idx: np.ndarray
             if first is not None:
                 ok &= column >= first
             first = column if rule.ordered else None
-            records[key][idx] = column
-    records["flags"][idx] = flags
+            records[key] = column
+    records["flags"] = flags
     return ok
 
 
