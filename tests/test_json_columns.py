@@ -261,3 +261,21 @@ def test_a_run_of_plain_heartbeats_is_checked_by_columns(monkeypatch):
     assert checked == ["n7", "m11"]
     assert d.rejects == {"bad_field": 1} and len(d.records) == 29 and d.seen == 30
     assert d.records["cpu"][10] == 1.0 and d.records["node"][10] == b"m11"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=10**18 - 1),
+    st.integers(min_value=0, max_value=18),
+    st.integers(min_value=-340, max_value=320),
+    st.booleans(),
+)
+def test_loads_reads_any_number_text_as_the_reference(mantissa, point, exponent, negative):
+    """Decimal texts of up to 18 digits (longer ones go to the reference),
+    any exponent: orjson rounds them as the standard library does, or
+    refuses them (infinity) and the reference reads them."""
+    digits = str(mantissa)
+    if point and point < len(digits):
+        digits = f"{digits[:-point]}.{digits[-point:]}"
+    text = f"{'-' if negative else ''}{digits}e{exponent}"
+    _assert_loads_is_the_reference(f'{{"cpu": {text}, "n": {digits}}}'.encode())
