@@ -183,11 +183,14 @@ _RAW = [
 ]
 
 
+_ANY_BASE = st.sampled_from(_GOOD)
+
+
 @st.composite
-def _heartbeats(draw):
+def _heartbeats(draw, bases=_ANY_BASE):
     if draw(st.integers(0, 9)) == 0:
         return draw(st.sampled_from(_RAW))
-    obj = dict(draw(st.sampled_from(_GOOD)))
+    obj = dict(draw(bases))
     obj["node"] = f"n{draw(st.integers(0, 40))}"
     for _ in range(draw(st.integers(0, 2))):
         key, value = draw(st.sampled_from(_CHANGES))
@@ -244,6 +247,20 @@ def test_runs_and_arrays_decode_as_the_reference_does(frames):
     (ref,) = _reference([array])
     assert _result(d) == _result(ref)
     assert len(frames) < COLUMNS_MIN or d.one is None
+
+
+@st.composite
+def _one_sender(draw):
+    """A run from one kind of sender: one base, most heartbeats unchanged,
+    so that groups reach COLUMNS_MIN and the column check decides."""
+    base = draw(st.sampled_from(_GOOD))
+    return draw(st.lists(_heartbeats(st.just(base)), min_size=COLUMNS_MIN, max_size=80))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_one_sender())
+def test_runs_of_one_sender_decode_as_the_reference_does(frames):
+    assert _result(decode_json_objects(frames)) == _merged(_reference(frames))
 
 
 def test_a_run_of_plain_heartbeats_is_checked_by_columns(monkeypatch):

@@ -17,12 +17,13 @@ reference's.
 
 Runs of heartbeats (`decode_json_objects`, and arrays of `COLUMNS_MIN` or
 more) are checked column by column: heartbeats with the same keys form a
-group, and each field's values are checked at once against its `FIELDS`
-row (floats and integers of the right type in range, node ids by one
-pattern over the whole column).  A heartbeat the column check does not
-plainly accept goes through `check_mapping`, the reference, in frame order;
-the column check only ever accepts what the reference accepts, with the same
-record bytes, so the result is the reference's, heartbeat for heartbeat.
+group, and a group of `COLUMNS_MIN` or more has each field's values checked
+at once against its `FIELDS` row (floats and integers of the right type in
+range, node ids by one pattern over the whole column).  A heartbeat the
+column check does not plainly accept goes through `check_mapping`, the
+reference, in frame order; the column check only ever accepts what the
+reference accepts, with the same record bytes, so the result is the
+reference's, heartbeat for heartbeat.
 
 `check_heartbeat` validates one mapping against `format.FIELDS` (the replay
 path and the clients use it; the encoders use it through `check_mapping`).
@@ -504,8 +505,10 @@ def decode_json_objects(frames: list) -> DecodedFrame:
 
 # ------------------------------------------------------------------ runs, column by column
 
-#: Arrays of at least this many heartbeats are checked column by column.
-COLUMNS_MIN = 8
+#: Heartbeats with the same keys are checked column by column from this many
+#: on (a column check costs tens of microseconds whatever its length; one
+#: heartbeat through `check_mapping` a few).
+COLUMNS_MIN = 16
 _KEY_SIZE = RECORD_DTYPE[_KEY.name].itemsize
 _ITEM = np.dtype((np.void, RECORD_DTYPE.itemsize))
 # A column of node ids joined by newlines (not a node id character): one
@@ -540,7 +543,7 @@ def _decode_items(items: list) -> DecodedFrame:
         if verdict is not None:
             for i in where:
                 early[i] = verdict
-        elif len(where) >= 2 and _fast_keys(keys):
+        elif len(where) >= COLUMNS_MIN and _fast_keys(keys):
             idx = np.array(where, np.intp)
             recs = np.zeros(len(where), RECORD_DTYPE)
             ok = _check_columns(keys, [items[i] for i in where], recs)
