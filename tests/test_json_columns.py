@@ -296,3 +296,22 @@ def test_loads_reads_any_number_text_as_the_reference(mantissa, point, exponent,
         digits = f"{digits[:-point]}.{digits[-point:]}"
     text = f"{'-' if negative else ''}{digits}e{exponent}"
     _assert_loads_is_the_reference(f'{{"cpu": {text}, "n": {digits}}}'.encode())
+
+
+def test_a_flat_run_with_integers_beyond_64_bits_decodes_as_the_reference(monkeypatch):
+    """A run of flat objects is parsed at once, without searching the text
+    for long integers: a field orjson read as a float from such an integer
+    is never taken as plain, and the reference reads that frame again."""
+    frames = [json.dumps(dict(FULL, node=f"n{i}", zone="z")).encode() for i in range(24)]
+    big = {3: ("queue", 10**30), 5: ("ok", 10**25), 8: ("ts", -(10**20)), 9: ("cpu", 10**20)}
+    for i, (key, value) in big.items():
+        frames[i] = json.dumps(dict(FULL, node=f"n{i}", **{key: value})).encode()
+    reparsed = []
+    real = jsondecode.parse_json
+    monkeypatch.setattr(jsondecode, "parse_json", lambda buf: reparsed.append(buf) or real(buf))
+    got = decode_json_objects(frames)
+    assert sorted(reparsed) == sorted(frames[i] for i in big)  # only those, once each
+    monkeypatch.undo()
+    assert _result(got) == _merged(_reference(frames))
+    assert got.records["queue"][3] == float(10**30) and got.records["ts"][7] == float(-(10**20))
+    assert got.rejects == {"bad_field": 2}  # ok beyond 32 bits; cpu out of [0, 1]

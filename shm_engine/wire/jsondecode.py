@@ -13,7 +13,9 @@ beyond 64 bits into floats), as many key-value pairs in the value as colons
 outside strings in the text (no repeated key: orjson keeps one silently).
 Anything orjson refuses (``NaN``, ``1e400``, a lone surrogate, bad UTF-8) is
 parsed again by the reference, so every reject reason and detail is the
-reference's.
+reference's.  A run of flat objects is vetted as one text (`_flat_objects`);
+there a float of 2**63 or more may stand for a long integer, so the column
+check never takes one as plain and the reference reads its frame again.
 
 Runs of heartbeats (`decode_json_objects`, and arrays of `COLUMNS_MIN` or
 more) are checked column by column: heartbeats with the same keys form a
@@ -494,13 +496,39 @@ def decode_json_objects(frames: list) -> DecodedFrame:
     bytes no longer than ``max_frame_bytes`` (the caller checks); never
     raises on bad input.
     """
-    items: list = []
+    items = _flat_objects(frames)
+    if items is not None:
+        return _decode_items(items, frames)
+    items = []
     for buf in frames:
         try:
             items.append(loads(buf))
         except Reject as rej:
             items.append(rej)
     return _decode_items(items)
+
+
+def _flat_objects(frames: list) -> list | None:
+    """orjson's value of every frame at once, when the run's text shows
+    that each is one flat object: one brace per frame (the one it starts
+    with), no bracket, and as many pairs in all as colons in all (each frame
+    has at least as many colons as pairs, so the totals agree only if every
+    frame's do: no repeated key).  None when that does not hold, or a frame
+    does not parse: then frame by frame (`loads`).
+
+    Unlike `loads`, the text is not searched for long integers (decimal
+    fractions make long digit runs common): a value may be a float orjson
+    made of an integer beyond 64 bits, at least `_BIG` in magnitude.
+    `_decode_items` (told so by ``texts``) takes no such float as plain and
+    has the reference parse such a heartbeat's frame again."""
+    text = b"\n".join(frames)
+    if text.count(b"{") != len(frames) or b"[" in text:
+        return None
+    try:
+        items = list(map(orjson.loads, frames))
+    except orjson.JSONDecodeError:
+        return None
+    return items if sum(map(len, items)) == text.count(b":") else None
 
 
 # ------------------------------------------------------------------ runs, column by column
@@ -520,10 +548,12 @@ _KEY_COLUMN = re.compile(
 assert _KEY.nonempty and _KEY.ranges is not None and max(hi for _, hi in _KEY.ranges) < 0x80
 
 
-def _decode_items(items: list) -> DecodedFrame:
+def _decode_items(items: list, texts: list | None = None) -> DecodedFrame:
     """The heartbeats ``items`` decoded as `decode_json` decodes an array's:
     a dict is a heartbeat, a `Reject` a frame that did not parse (counted as
     its frame's reject), anything else an element that is not an object.
+    ``texts``: the frames the items were parsed from by `_flat_objects`
+    (whose floats may stand for long integers), else None.
 
     Dicts with the same keys form a group.  A group whose keys alone decide
     the reject (`_key_reject`) is counted without a call per heartbeat; one
@@ -570,6 +600,12 @@ def _decode_items(items: list) -> DecodedFrame:
                 f"array element is {type(item).__name__}, not an object",
             )
         else:
+            if texts is not None and _big_float(item):
+                try:  # maybe an integer orjson made a float: the reference reads it
+                    item = parse_json(texts[i])
+                except Reject as rej:
+                    tally(rejects, sample, rej.reason, "frame: " + rej.detail)
+                    continue
             try:
                 slow[i], labels_of[i] = check_mapping(item)
             except Reject as rej:
@@ -578,8 +614,8 @@ def _decode_items(items: list) -> DecodedFrame:
             good[i] = True
     kept = np.flatnonzero(good)
     m = len(kept)
-    if m == n and len(parts) == 1:
-        records = parts[0][1]  # one group, all valid: already in frame order
+    if m == n and len(parts) == 1 and not slow:
+        records = parts[0][1]  # one group, all plainly valid: already in frame order
     else:
         records = np.zeros(m, RECORD_DTYPE)
         at = np.cumsum(good) - 1  # frame position -> position among the kept
@@ -591,6 +627,20 @@ def _decode_items(items: list) -> DecodedFrame:
             records[at[i]] = values
     labels = [labels_of.get(i) for i in kept.tolist()] if labels_of else [None] * m
     return DecodedFrame(records, labels, rejects, n, sample)
+
+
+#: orjson reads an integer literal beyond 64 bits as a float at least this
+#: large in magnitude (the standard library as an int): such a float is never
+#: taken as plain.
+_BIG = float(2**63)
+
+
+def _big_float(obj: dict) -> bool:
+    """Whether heartbeat ``obj`` holds a float of magnitude `_BIG` or more
+    (in any field; resources and labels are one level down)."""
+    values = list(obj.values())
+    values += [x for v in values if type(v) is dict for x in v.values()]
+    return any([type(x) is float and not -_BIG < x < _BIG for x in values])
 
 
 def _key_reject(keys: tuple) -> tuple[str, str] | None:
@@ -666,8 +716,11 @@ def _number_column(rule: Number, key: str, values: list, ok: np.ndarray) -> np.n
         ok &= plain
         values = [x if p else 0.0 for x, p in zip(values, plain, strict=True)]
     column = np.fromiter(values, np.float64, len(values))
-    ok &= column > bound.lo if bound.lo_open else column >= bound.lo
-    ok &= column < bound.hi if bound.hi_open else column <= bound.hi
+    # Within the bound, and short of _BIG (see _flat_objects).
+    lo, lo_open = (bound.lo, bound.lo_open) if bound.lo > -_BIG else (-_BIG, True)
+    hi, hi_open = (bound.hi, bound.hi_open) if bound.hi < _BIG else (_BIG, True)
+    ok &= column > lo if lo_open else column >= lo
+    ok &= column < hi if hi_open else column <= hi
     return column
 
 
