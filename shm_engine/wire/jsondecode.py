@@ -585,8 +585,9 @@ def _decode_items(items: list, texts: list | None = None) -> DecodedFrame:
     sample: list[tuple[str, str]] = []
     for i in np.flatnonzero(~good).tolist():
         item = items[i]
-        if early[i] is not None:
-            reason, detail = early[i]
+        verdict = early[i]
+        if verdict is not None:
+            reason, detail = verdict
             rejects[reason] = rejects.get(reason, 0) + 1
             if len(sample) < SAMPLE_MAX:  # the detail only for the sample
                 sample.append((reason, f"{node_label(item.get('node'))}: {detail}"))
@@ -625,7 +626,9 @@ def _decode_items(items: list, texts: list | None = None) -> DecodedFrame:
             whole[at[idx[ok]]] = recs.view(_ITEM)[ok]
         for i, values in slow.items():
             records[at[i]] = values
-    labels = [labels_of.get(i) for i in kept.tolist()] if labels_of else [None] * m
+    labels: list[bytes | None] = (
+        [labels_of.get(i) for i in kept.tolist()] if labels_of else [None] * m
+    )
     return DecodedFrame(records, labels, rejects, n, sample)
 
 
