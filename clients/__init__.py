@@ -1,14 +1,15 @@
 """Clients of the engine: schedulers read scores, nodes send heartbeats.
 
-- `ScoreReader`, `Snapshot`: read published scores straight from shared
-  memory (needs numpy and numba).
+- `ScoreReader`, `Snapshot`, `SnapshotView`: read published scores straight
+  from shared memory (needs numpy and numba); a view reads them in place,
+  valid until the engine rewrites its buffer (`SnapshotExpired`).
 - `HeartbeatClient`, `CurveKeys`, `InvalidHeartbeat`: send heartbeats to the
   ingest (never blocks the caller; needs numpy and pyzmq only).
 - `NodeState`: the published node states.
 - What `ScoreReader` calls raise, all `ShmEngineError`: `EngineNotRunning`,
   `UntrustedSegment`, `LayoutMismatch` (attach), `EngineStopped` (an
   `EngineNotRunning`: the engine went away), `NothingPublished`,
-  `UnknownNode` (also a ``KeyError``), `ReadContention`.
+  `UnknownNode` (also a ``KeyError``), `ReadContention`, `SnapshotExpired`.
 - `EventReader`, `Event`, `EventBatch`: the engine's event log (node state
   changes and why), read from shared memory; attach raises as
   `ScoreReader.attach` does (``read`` raises ValueError for a negative
@@ -40,6 +41,7 @@ from shm_engine.core.errors import (
     ReservationLimitReached,
     SchedulerLimitReached,
     ShmEngineError,
+    SnapshotExpired,
     UnknownNode,
     Unschedulable,
     UntrustedSegment,
@@ -49,6 +51,7 @@ from shm_engine.core.states import NodeState
 __all__ = [
     "ScoreReader",
     "Snapshot",
+    "SnapshotView",
     "Claim",
     "NodeFeedback",
     "HeartbeatClient",
@@ -63,6 +66,7 @@ __all__ = [
     "NothingPublished",
     "UnknownNode",
     "ReadContention",
+    "SnapshotExpired",
     "SchedulerLimitReached",
     "LeaseRevoked",
     "ClaimAlreadyReleased",
@@ -80,6 +84,7 @@ __all__ = [
 _LAZY = {
     "ScoreReader": "clients.reader",
     "Snapshot": "clients.reader",
+    "SnapshotView": "clients.view",
     "Claim": "clients.claims",
     "NodeFeedback": "clients.claims",
     "EventReader": "clients.events",

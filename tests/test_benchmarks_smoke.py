@@ -60,6 +60,7 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
             assert row["parts"][part]["median"] > 0
     ours = res["read"]["ours"]
     assert ours["score_ns"]["median"] > 0 and ours["snapshot_us"]["median"] > 0
+    assert ours["view_us"]["median"] > 0
     assert ours["top10_us"]["median"] > 0 and ours["pick_us"]["median"] > 0
     assert not ours["picked_none"]
     for k in ("ok", "error", "with", "in_flight"):

@@ -104,6 +104,17 @@ class ReadContention(ShmEngineError):
     """
 
 
+class SnapshotExpired(ShmEngineError):
+    """Raised by a `clients.SnapshotView` (``ScoreReader.view()``) used after
+    the engine began rewriting its buffer, two ticks after the view's epoch:
+    what was read from it since may mix two ticks.
+
+    Not a fault: discard what was computed from the view and take a new one
+    (``reader.view()``), or copy what must outlive a tick
+    (``view.copy()`` or ``reader.snapshot()``).
+    """
+
+
 class SchedulerLimitReached(ShmEngineError):
     """Raised by ``claim()`` when every scheduler lease of the engine is held.
 

@@ -587,7 +587,10 @@ class Ingest:
         if len(records) == 1:
             slots = self._slot_of_one(dec, now, senders)
         else:
-            slots = self._slots_of(records, dec.labels, now, remember, senders)
+            labels = dec.labels
+            if labels is not None and not any(labels):
+                labels = None  # no heartbeat has labels: what a binary batch says
+            slots = self._slots_of(records, labels, now, remember, senders)
         written = int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
         if self._n_alloc:
             self._write_alloc(dec, slots)
