@@ -21,7 +21,9 @@
 - `Placer`, `Job`, `Affinity`, `Placement`: place a job on a node that can
   take it, with its capacity reserved (``Placer.attach(name).place(job)``);
   what ``place()`` raises: `Unschedulable` (says why, per filter),
-  `ReservationLimitReached`.
+  `ReservationLimitReached`; ``attach`` on a mirror raises
+  `PlacementNotSupported`.  `ScopeDecision`: the zone scope a job with a
+  home zone was placed in, and why (``Placement.scope``).
 
 Senders run on every node of a fleet, so `from clients import HeartbeatClient`
 stays light: the reader side is imported on first use.
@@ -37,6 +39,7 @@ from shm_engine.core.errors import (
     LayoutMismatch,
     LeaseRevoked,
     NothingPublished,
+    PlacementNotSupported,
     ReadContention,
     ReservationLimitReached,
     SchedulerLimitReached,
@@ -79,6 +82,8 @@ __all__ = [
     "Placement",
     "Unschedulable",
     "ReservationLimitReached",
+    "PlacementNotSupported",
+    "ScopeDecision",
 ]
 
 _LAZY = {
@@ -94,6 +99,7 @@ _LAZY = {
     "Job": "clients.placer",
     "Affinity": "clients.placer",
     "Placement": "clients.placer",
+    "ScopeDecision": "clients.placer",
 }
 
 

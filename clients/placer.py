@@ -36,7 +36,23 @@ Rules for callers:
   ``release`` then returns False).
 - ``place`` raises `Unschedulable` when no node fits, naming per filter how
   many nodes it eliminated.  ``zones`` restricts a call to some zones (a
-  scope decision made by the caller, e.g. scope escalation).
+  scope decision made by the caller; it wins over the one below).
+- Scope escalation (`shm_engine.core.scope`, docs/placement.md): a job with
+  one ``zone`` has that zone as its *home*; the placer's `ScopePolicy`
+  decides per job whether it stays there or may also use the neighbouring
+  zones or every zone, from the P95/P50 ratio of the home zone's recent
+  outcomes (place to release, fed by `Placement.release`) or, until there
+  are ``min_samples`` of those, of its nodes' heartbeat p50/p95 (read from
+  the table at most every ``interval_s``).  A widened job prefers the
+  other zones of its scope (the locality part).  ``Placement.scope`` and
+  ``explain`` say what was decided and why.  A job listing several zones,
+  or a call with ``zones``, is not escalated.  The thresholds are the
+  engine's ``[scope]`` section, followed across reloads (the engine
+  records it in its header with its ``config_version``; a placer re-reads
+  it when that moves), unless the placer was given its own.
+- A mirror's segment is refused (`PlacementNotSupported`): a mirror has no
+  capacity, labels or taints of its nodes, and reservations belong to the
+  owning engine (docs/scale-out.md).
 - A `Placer` belongs to one process (a forked child makes its own) and is
   used by one thread at a time (its scan buffers are its own); several
   Placers of one process share its lease and its reservation entries.
@@ -80,11 +96,12 @@ from kernels.placement import (
 from shm_engine.core import claims as _c
 from shm_engine.core import placement as _p
 from shm_engine.core.claims import ClaimsSegment
-from shm_engine.core.config import FIT_STRATEGIES, Config, PlacementConfig
+from shm_engine.core.config import FIT_STRATEGIES, Config, PlacementConfig, ScopeConfig
 from shm_engine.core.errors import (
     ClaimAlreadyReleased,
     LayoutMismatch,
     LeaseRevoked,
+    PlacementNotSupported,
     ReservationLimitReached,
     ShmEngineError,
     Unschedulable,
@@ -93,7 +110,10 @@ from shm_engine.core.layout import (
     N_UNSCHED_SLOTS,
     read_place_resources,
 )
+from shm_engine.core.paramsblock import read_scope
 from shm_engine.core.registry import decode_id
+from shm_engine.core.scope import EVERY, NEIGHBOURS, OWN, ScopePolicy
+from shm_engine.core.segment import is_mirror
 from shm_engine.wire.format import TAINT_EFFECTS, split_meta
 
 __all__ = [
@@ -103,6 +123,7 @@ __all__ = [
     "Placement",
     "Placer",
     "PART_NAMES",
+    "ScopeDecision",
     "reason_names",
 ]
 
@@ -113,6 +134,7 @@ C_TAKEN = 6
 #: The parts of the placement score, in `kernels.placement` order.
 PART_NAMES = ("fit", "affinity", "load", "locality", "cost")
 _OPS = ("In", "NotIn", "Exists", "DoesNotExist")
+LEVEL_NAMES = {OWN: "own", NEIGHBOURS: "neighbours", EVERY: "every"}
 _MAX_SPREAD = 0xFFFF
 
 
@@ -255,18 +277,55 @@ class Candidate(NamedTuple):
     parts: dict[str, float]
 
 
+class ScopeDecision(NamedTuple):
+    """The zone scope of one job with a home zone, and why.
+
+    ``level``: ``"own"``, ``"neighbours"`` or ``"every"``; ``zones``: the
+    zones allowed (home first; None: every zone); ``ratio``: the home
+    zone's P95/P50 (None: unknown, too few samples), from ``basis``
+    (``"outcomes"``, ``"heartbeats"`` or None) over ``samples`` samples;
+    ``wide``/``every``: the shares of the zone's jobs that may use at least
+    the neighbours / every zone; ``u``: this job's draw (``u < every``:
+    every zone, else ``u < wide``: neighbours, else own)."""
+
+    home: str
+    level: str
+    zones: tuple[str, ...] | None
+    ratio: float | None
+    wide: float
+    every: float
+    u: float
+    basis: str | None
+    samples: int
+
+    def __str__(self) -> str:
+        where = "every zone" if self.zones is None else ", ".join(self.zones)
+        if self.ratio is None:
+            why = f"{self.home} ratio unknown ({self.samples} outcomes, too few samples)"
+        else:
+            why = (
+                f"{self.home} P95/P50 {self.ratio:.2f} of {self.samples} {self.basis}: "
+                f"share wide {self.wide:.2f}, every {self.every:.2f}; draw {self.u:.3f}"
+            )
+        return f"scope {self.level} ({where}): {why}"
+
+
 class Explanation(NamedTuple):
     """What a pass saw: ``nodes`` registered, ``feasible`` after every
     filter, ``eliminated`` per filter (first failed filter only, biggest
-    first), the ``top`` candidates with their score parts."""
+    first), the ``top`` candidates with their score parts; ``scope``: the
+    job's `ScopeDecision` (None without a home zone)."""
 
     nodes: int
     feasible: int
     eliminated: dict[str, int]
     top: list[Candidate]
+    scope: ScopeDecision | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.feasible}/{self.nodes} nodes fit"]
+        if self.scope is not None:
+            lines.append(f"  {self.scope}")
         lines += [f"  {n:>8}  {why}" for why, n in self.eliminated.items()]
         for i, c in enumerate(self.top, 1):
             parts = " ".join(f"{k}={v:.3f}" for k, v in c.parts.items())
@@ -293,8 +352,10 @@ def reason_names(resources: Sequence[str], taints: Sequence[str] = ()) -> dict[i
 class Placement:
     """A job placed on a node: ``node``, ``zone``, ``reserved`` (resource
     -> amount held), ``score`` and ``parts`` (its score breakdown),
-    ``explain`` (an `Explanation` when asked for).  Release it exactly once
-    with the job's outcome."""
+    ``explain`` (an `Explanation` when asked for), ``scope`` (the
+    `ScopeDecision` of a job with a home zone, else None).  Release it
+    exactly once with the job's outcome; the time from place to release is
+    an outcome sample of its zone for scope escalation."""
 
     __slots__ = (
         "node",
@@ -304,6 +365,8 @@ class Placement:
         "score",
         "parts",
         "explain",
+        "scope",
+        "_placed_at",
         "_placer",
         "_entry",
         "_lease",
@@ -315,6 +378,8 @@ class Placement:
         self.node, self.zone, self.slot = node, zone, slot
         self.reserved, self.score, self.parts = reserved, score, parts
         self.explain: Explanation | None = None
+        self.scope: ScopeDecision | None = None
+        self._placed_at = 0.0
         self._placer, self._entry, self._lease, self._claim = placer, entry, lease, claim
         self._done = False
 
@@ -332,6 +397,7 @@ class Placement:
         self._done = True
         held = self._placer._release(self._entry, self._lease)
         counted = self._claim.release(ok=ok)
+        self._placer._observe(self.zone, self._placed_at)
         return held and counted
 
     def __enter__(self) -> Placement:
@@ -480,14 +546,31 @@ def _term_mask(meta: _Meta, t: Affinity) -> np.ndarray:
     return inside if t.op == "In" else ~inside
 
 
-def compile_job(meta: _Meta, job: Job, zones: tuple[str, ...] | None, prefix: str) -> _Compiled:
-    """The per-slot arrays of ``job``'s constraints over ``meta``."""
+def compile_job(
+    meta: _Meta,
+    job: Job,
+    zones: tuple[str, ...] | None,
+    prefix: str,
+    *,
+    scoped: bool = False,
+    away_from: str | None = None,
+) -> _Compiled:
+    """The per-slot arrays of ``job``'s constraints over ``meta``.
+
+    ``zones``: the call's zones, narrowing ``job.zone``; with ``scoped``,
+    the scope decided for the job's home zone instead, in place of
+    ``job.zone`` (None: every zone).  ``away_from``: a widened job's home
+    zone; its locality zone part is then 1 on a node of another zone and 0
+    on one of the home zone or without a zone, in place of
+    ``job.prefer_zones``."""
     n = len(meta.gen)
     hwm = meta.hwm
     code = np.zeros(n, np.uint8)
     c = code[:hwm]
     allowed = job.zone
-    if zones is not None:
+    if scoped:
+        allowed = zones
+    elif zones is not None:
         allowed = tuple(z for z in (allowed or zones) if z in zones)
     if allowed is not None:
         zcol = meta.zones()
@@ -522,7 +605,10 @@ def compile_job(meta: _Meta, job: Job, zones: tuple[str, ...] | None, prefix: st
     pref[:hwm] = (pref_w / pref_total if pref_total else 1.0) * 0.5**soft
     local = np.ones(n)
     parts = []
-    if job.prefer_zones:
+    if away_from is not None:
+        zcol = meta.zones()
+        parts.append(((zcol != None) & (zcol != away_from)).astype(np.float64))  # noqa: E711
+    elif job.prefer_zones:
         zcol = meta.zones()
         zm = np.zeros(hwm)
         for z in job.prefer_zones:
@@ -556,6 +642,21 @@ def _entry(dispatcher, *args) -> Any:
     return fn
 
 
+def engine_scope(header) -> tuple[int, ScopeConfig | None]:
+    """(config version, the ``[scope]`` section the engine recorded, None
+    if it recorded none or the record cannot be read now)."""
+    got = read_scope(header)
+    if got is None:
+        return -1, None  # being written: the next call reads it
+    version, data = got
+    if data is None:
+        return version, None
+    try:
+        return version, Config.from_dict({"scope": data}).scope
+    except (ValueError, ShmEngineError):
+        return version, None
+
+
 def engine_placement(header) -> PlacementConfig:
     """The ``[placement]`` section the engine was started with (from its
     segment), or the defaults if it did not record one."""
@@ -574,15 +675,27 @@ class Placer:
     ``config``: ``[placement]`` settings for the score (fit, top_k,
     weights, labels; default: the engine's own, recorded in its segment);
     the resources and their scales are always the engine's.  ``rng``: a seeded
-    ``numpy.random.Generator`` for reproducible choices."""
+    ``numpy.random.Generator`` for reproducible choices (and scope draws).
+    ``scope``: ``[scope]`` settings (default: the engine's, followed across
+    its reloads); ``clock``: seconds, monotonic, for outcome durations and
+    the scope rule's evaluations (a test injects its own)."""
 
     def __init__(
         self,
         reader: ScoreReader,
         config: PlacementConfig | None = None,
         rng: np.random.Generator | None = None,
+        *,
+        scope: ScopeConfig | None = None,
+        clock: Any = time.monotonic,
     ):
         seg = reader._seg
+        if is_mirror(seg):
+            raise PlacementNotSupported(
+                f"{seg.name!r} is a mirror: it has no capacity, labels or taints of "
+                "its nodes, and reservations stay at the owning engine; place on that "
+                "engine's host (read_excluded() names this mirror's stale zones)"
+            )
         cfg = config if config is not None else engine_placement(seg.views.header)
         self.config = cfg
         self.reader = reader
@@ -642,6 +755,15 @@ class Placer:
         self._c_stale = h.reservations_stale
         self._c_unsched = h.unschedulable
         self._c_reasons = h.unsched_reasons
+        # scope escalation
+        self._clock = clock
+        self._follow = scope is None
+        version, recorded = engine_scope(self._hdr) if self._follow else (-1, None)
+        self._scope_version = version
+        self._policy = ScopePolicy(scope or recorded or ScopeConfig(), clock=clock)
+        self._beats_at = -math.inf
+        self._beat_seen = np.zeros(cap)  # recv_time of each slot's latest sample
+        self._table_cols = seg.views.table
 
     @classmethod
     def attach(
@@ -651,18 +773,27 @@ class Placer:
         config: PlacementConfig | None = None,
         owner: int | str | None = None,
         rng: np.random.Generator | None = None,
+        scope: ScopeConfig | None = None,
+        clock: Any = time.monotonic,
     ) -> Placer:
         """A placer over engine ``name`` (attach errors as
-        `ScoreReader.attach`, and EngineNotRunning without a claims segment)."""
+        `ScoreReader.attach`, EngineNotRunning without a claims segment,
+        PlacementNotSupported for a mirror)."""
         reader = ScoreReader.attach(name, owner=owner)
         try:
-            return cls(reader, config, rng)
+            return cls(reader, config, rng, scope=scope, clock=clock)
         except BaseException:
             reader.close()
             raise
 
     def close(self) -> None:
         self.reader.close()
+
+    @property
+    def scope(self) -> ScopePolicy:
+        """The scope escalation rule this placer applies (its samples and
+        ``config``)."""
+        return self._policy
 
     def __enter__(self) -> Placer:
         return self
@@ -745,21 +876,120 @@ class Placer:
             self._units[key] = u
         return u
 
-    def _compile(self, job: Job, zones: tuple[str, ...] | None) -> _Compiled:
+    def _refresh_meta(self) -> None:
         epoch = self._epoch_mv[0]  # plain load: the cache is re-checked on the next call
         if epoch != self._meta_epoch:
             self.reader._refresh_index()
             self._meta.refresh(int(self._hdr.slot_hwm[0]))
             self._compiled.clear()
             self._meta_epoch = epoch
-        key = (job._meta_key, zones)
+
+    def _compile(
+        self, job: Job, zones: tuple[str, ...] | None, level: int = -1, home: str | None = None
+    ) -> _Compiled:
+        """``level`` >= 0: ``zones`` is the scope of that level for the
+        job's ``home`` zone (`compile_job` ``scoped``)."""
+        self._refresh_meta()
+        key = (job._meta_key, zones, level)
         comp = self._compiled.get(key)
         if comp is None:
-            comp = compile_job(self._meta, job, zones, self.config.data_label_prefix)
+            comp = compile_job(
+                self._meta,
+                job,
+                zones,
+                self.config.data_label_prefix,
+                scoped=level >= 0,
+                away_from=home if level > OWN else None,
+            )
             if len(self._compiled) > 1024:
                 self._compiled.clear()
             self._compiled[key] = comp
         return comp
+
+    # -------------------------------------------------------------- scope --
+    def _follow_config(self) -> None:
+        """Adopt the engine's ``[scope]`` section when its config version moved."""
+        if int(self._hdr.config_version[0]) == self._scope_version:
+            return
+        version, cfg = engine_scope(self._hdr)
+        if version < 0:
+            return  # being written: the next call
+        self._scope_version = version
+        if cfg is not None and cfg != self._policy.config:
+            self._policy.reload(cfg)
+
+    def _refresh_beats(self, now: float) -> None:
+        """One heartbeat sample per node that reported since the previous
+        refresh: its latest p50/p95, into its zone's window (at most
+        ``window`` per zone per refresh, evenly spread over the slots)."""
+        self._beats_at = now
+        hwm = self._meta.hwm
+        t = self._table_cols
+        v1 = t.row_version[:hwm].copy()
+        p50 = t.p50_ms[:hwm].copy()
+        p95 = t.p95_ms[:hwm].copy()
+        recv = t.recv_time[:hwm].copy()
+        # A row is copied whole only if its version did not move (the
+        # ingest writes a row between two increments, odd while written).
+        stable = (v1 == t.row_version[:hwm]) & (v1 % 2 == 0)
+        fresh = stable & (recv != self._beat_seen[:hwm])
+        self._beat_seen[:hwm] = np.where(stable, recv, self._beat_seen[:hwm])
+        with np.errstate(invalid="ignore"):
+            ok = (
+                fresh
+                & (self._registered[:hwm] != 0)
+                & (self._slot_gen[:hwm] == self._meta.gen[:hwm])
+                & (p50 > 0)
+                & (p95 >= p50)
+                & np.isfinite(p95)
+            )
+        if not ok.any():
+            return
+        zones = self._meta.zones()
+        window = self._policy.config.window
+        observe = self._policy.observe_heartbeat
+        for zone in {z for z in zones[ok].tolist() if z}:
+            idx = np.flatnonzero(ok & (zones == zone))
+            if len(idx) > window:
+                idx = idx[np.linspace(0, len(idx) - 1, window).astype(np.int64)]
+            for s in idx.tolist():
+                observe(zone, float(p50[s]), float(p95[s]), now)
+
+    def _decide(self, job: Job, home: str) -> tuple[ScopeDecision | None, _Compiled]:
+        """The scope of a job with a ``home`` zone (None while ``[scope]
+        enabled`` is false: the home zone is then required)."""
+        if self._follow:
+            self._follow_config()
+        pol = self._policy
+        if not pol.config.enabled:
+            return None, self._compile(job, None)
+        now = self._clock()
+        self._refresh_meta()
+        if now - self._beats_at >= pol.config.interval_s:
+            self._refresh_beats(now)
+        u = float(self._rng.random())
+        level = pol.level(home, u, now)
+        shares = pol.shares(home, now)
+        basis, samples = pol.basis(home)
+        zones = pol.zones(home, level)
+        decision = ScopeDecision(
+            home,
+            LEVEL_NAMES[level],
+            zones,
+            shares.ratio,
+            shares.wide,
+            shares.every,
+            u,
+            basis,
+            samples,
+        )
+        if level == OWN:
+            return decision, self._compile(job, None)
+        return decision, self._compile(job, zones, level, home)
+
+    def _observe(self, zone: str | None, placed_at: float) -> None:
+        if zone is not None:
+            self._policy.observe(zone, self._clock() - placed_at)
 
     def _scan(self, comp: _Compiled, units: np.ndarray, ghash: int, spread: int):
         hwm = self._meta.hwm
@@ -797,7 +1027,9 @@ class Placer:
         _epoch, feasible = self.reader._read(run)
         return feasible
 
-    def _explain(self, comp: _Compiled, feasible: int) -> Explanation:
+    def _explain(
+        self, comp: _Compiled, feasible: int, scope: ScopeDecision | None = None
+    ) -> Explanation:
         names = reason_names(self.resources, comp.taints)
         counts = self._counts
         elim = {names[i]: int(counts[i]) for i in names if counts[i]}
@@ -815,13 +1047,14 @@ class Placer:
             node = self.reader._names[s] or f"slot {s}"
             parts = dict(zip(PART_NAMES, self._top_parts[i].tolist(), strict=True))
             top.append(Candidate(node, float(self._top_total[i]), parts))
-        return Explanation(nodes, feasible, elim, top)
+        return Explanation(nodes, feasible, elim, top, scope)
 
     def place(
         self, job: Job, *, explain: bool = False, zones: Iterable[str] | None = None
     ) -> Placement:
         """Place ``job`` (see the module docstring); ``zones``: only these
-        zones (a scope decision), in addition to ``job.zone``.
+        zones (a scope decision of the caller, in addition to ``job.zone``;
+        no scope escalation then).
 
         Raises Unschedulable when no node fits, ReservationLimitReached,
         SchedulerLimitReached (no lease), ValueError for a request of a
@@ -831,8 +1064,14 @@ class Placer:
         if not self._free:
             raise self._limit()
         units = self._units_of(job)
-        zkey = None if zones is None else tuple(sorted(_tuple_of_str("zones", zones)))
-        comp = self._compile(job, zkey)
+        decision = None
+        if zones is not None:
+            comp = self._compile(job, tuple(sorted(_tuple_of_str("zones", zones))))
+        elif job.zone is not None and len(job.zone) == 1:
+            decision, comp = self._decide(job, job.zone[0])
+        else:
+            comp = self._compile(job, None)
+        placed_at = self._clock()
         ghash = _p.group_hash(job.group) if job.group and job.spread else 0
         spread = job.spread if ghash else 0
         deadline = (
@@ -847,9 +1086,9 @@ class Placer:
                 if feasible is None:
                     continue  # the latch lapped every attempt: scan again
                 if explain and first is None:
-                    first = self._explain(comp, feasible)
+                    first = self._explain(comp, feasible, decision)
                 if feasible == 0:
-                    raise self._unschedulable(comp, len(tried))
+                    raise self._unschedulable(comp, len(tried), decision)
                 # A uniform draw among the best, then the others in turn.
                 n_top = min(feasible, len(self._top_slot))
                 i0 = int(self._rng.random() * n_top)
@@ -858,6 +1097,8 @@ class Placer:
                     p = self._try(i, units, ghash, spread, deadline)
                     if p is not None:
                         p.explain = first
+                        p.scope = decision
+                        p._placed_at = placed_at
                         return p
                     s = int(self._top_slot[i])
                     skip[s] = 1
@@ -937,15 +1178,17 @@ class Placer:
             claim,
         )
 
-    def _unschedulable(self, comp: _Compiled, tried: int) -> Unschedulable:
+    def _unschedulable(
+        self, comp: _Compiled, tried: int, scope: ScopeDecision | None
+    ) -> Unschedulable:
         """The error of the last pass; ``tried``: nodes that fit in an
         earlier pass of this call but were taken by other schedulers first."""
-        exp = self._explain(comp, 0)
+        exp = self._explain(comp, 0, scope)
         if tried:
             elim = dict(exp.eliminated)
             elim[TAKEN] = tried
             elim = dict(sorted(elim.items(), key=lambda kv: -kv[1]))
-            exp = Explanation(exp.nodes + tried, 0, elim, exp.top)
+            exp = Explanation(exp.nodes + tried, 0, elim, exp.top, scope)
         counts = self._counts
         counts[C_TAKEN] = tried
         self._bump(self._c_unsched, 1)
@@ -954,4 +1197,6 @@ class Placer:
                 self._bump(self._c_reasons[i : i + 1], 1)
         why = ", ".join(f"{n} {reason}" for reason, n in exp.eliminated.items())
         msg = f"0/{exp.nodes} nodes fit" + (f": {why}" if why else "")
+        if scope is not None:
+            msg += f" ({scope})"
         return Unschedulable(msg, dict(exp.eliminated), exp)

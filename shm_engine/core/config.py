@@ -72,6 +72,7 @@ from shm_engine.core.layout import (
     MAX_SCHEDULERS,
     N_PLACE_RESOURCES,
     PLACE_NAME_BYTES,
+    SCOPE_CONFIG_BYTES,
 )
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
 
@@ -1237,6 +1238,14 @@ class ScopeConfig(_Section):
         if self.centralized_hard < self.federated_hard:
             self._fail("centralized_hard", f"must be >= {self._ref('federated_hard')}")
         self.neighbour_map()
+        # The section is recorded in the engine's header for the placers.
+        size = len(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")))
+        if size >= SCOPE_CONFIG_BYTES:
+            self._fail(
+                "neighbours",
+                f"makes the section {size} bytes as JSON; at most {SCOPE_CONFIG_BYTES - 1} "
+                "fit the engine's header",
+            )
 
     def neighbour_map(self) -> dict[str, tuple[str, ...]]:
         """``neighbours`` parsed: zone -> its neighbours in the order written."""

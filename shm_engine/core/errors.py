@@ -160,6 +160,18 @@ class Unschedulable(ShmEngineError):
         self.explain = explain
 
 
+class PlacementNotSupported(ShmEngineError):
+    """Raised by ``Placer.attach`` on a mirror (``shm-engine mirror``).
+
+    A mirror carries its engines' scores and zones but not their nodes'
+    capacity, labels or taints, and a reservation must be a
+    compare-and-swap in the owning engine's claims segment, which only
+    processes on its host can make (docs/scale-out.md).  Place on the
+    engine's host, or through it (remote placement); on the mirror, read
+    which zones are stale with `shm_engine.feed.mirror.read_excluded`.
+    """
+
+
 class ReservationLimitReached(ShmEngineError):
     """Raised by ``Placer.place()`` when this process holds ``[placement]
     max_reservations`` open reservations already.

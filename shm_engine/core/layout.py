@@ -34,7 +34,8 @@ single-writer fields of different processes never share a cache line::
                   |                  bytes, lag, feedback from mirrors     |
                   |   http ......... pid, restarts, alive time, URL        |
                   |   placement .... resources: count, scale[8], name[8];  |
-                  |                  the [placement] section as JSON       |
+                  |                  the [placement] section as JSON;      |
+                  |                  the [scope] section in effect (JSON)  |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -149,7 +150,9 @@ from shm_engine.wire.format import MAX_META_BYTES, MAX_RESOURCES, NODE_SIZE, ZON
 # 5: config reload (header), params + config_version per buffer, reason column;
 #    the score feed's child and counters (header 768..); the HTTP child's (512.., 896..);
 #    placement (alloc column, meta bytes with taints, resource names; header 4096..)
-LAYOUT_VERSION = 5
+# 6: the [scope] section in the header (scope_config, 5376..), changed with the
+#    pending score parameters on a reload
+LAYOUT_VERSION = 6
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
 # 2: placement (reservation counters, RESERVED, PLACE, RESERVATIONS)
 CLAIMS_LAYOUT_VERSION = 2
@@ -171,6 +174,7 @@ LABELS_BYTES = (MAX_META_BYTES + ALIGN - 1) // ALIGN * ALIGN
 N_PLACE_RESOURCES = MAX_RESOURCES
 PLACE_NAME_BYTES = 16  # a resource name: 1..15 bytes, NUL padded (as on the wire)
 PLACE_CONFIG_BYTES = 1024
+SCOPE_CONFIG_BYTES = 2048
 N_REJECT_SLOTS = 32  # room for reject reasons (wire.format.REJECT_REASONS)
 N_WEIGHT_SLOTS = 8  # 7 weights in effect, one spare
 N_COUNT_SLOTS = 8  # 5 states, one spare each side
@@ -290,6 +294,9 @@ _HEADER_FIELDS = (
     # the engine's whole [placement] section as JSON (creator, once): what
     # schedulers place with unless they are given their own
     ("place_config", "u1", PLACE_CONFIG_BYTES, 4352),
+    # the [scope] section in effect as JSON (supervisor writes, inside the
+    # params_seq window of shm_engine.core.paramsblock; empty: not recorded)
+    ("scope_config", "u1", SCOPE_CONFIG_BYTES, 5376),
 )
 
 # ------------------------------------------------------- per-slot columns --

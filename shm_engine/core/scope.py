@@ -132,6 +132,7 @@ class ScopePolicy:
         self._outcomes: dict[str, deque[tuple[float, float]]] = {}
         self._beats: dict[str, deque[tuple[float, float, float]]] = {}
         self._shares: dict[str, Shares] = {}
+        self._basis: dict[str, tuple[str | None, int]] = {}
         self._evaluated_at = -math.inf
         self.reload(config if config is not None else ScopeConfig())
 
@@ -196,21 +197,26 @@ class ScopePolicy:
         self._evaluated_at = now
         oldest = now - cfg.max_age_s
         shares: dict[str, Shares] = {}
+        basis: dict[str, tuple[str | None, int]] = {}
         for zone in self._outcomes.keys() | self._beats.keys():
             ratio = None
+            basis[zone] = (None, 0)
             w = self._outcomes.get(zone)
             if w is not None:
                 while w and w[0][0] < oldest:
                     w.popleft()
+                basis[zone] = (None, len(w))
                 if len(w) >= cfg.min_samples:
                     ordered = sorted(d for _, d in w)
                     ratio = quantile(ordered, 0.95) / quantile(ordered, 0.50)
+                    basis[zone] = ("outcomes", len(w))
             b = self._beats.get(zone)
             if b is not None:
                 while b and b[0][0] < oldest:
                     b.popleft()
                 if ratio is None and len(b) >= cfg.min_samples:
                     ratio = sum(x[2] for x in b) / sum(x[1] for x in b)
+                    basis[zone] = ("heartbeats", len(b))
             if ratio is None or not cfg.enabled:
                 shares[zone] = Shares(0.0, 0.0, ratio)
                 continue
@@ -218,6 +224,13 @@ class ScopePolicy:
             every = escalation_share(ratio, cfg.centralized_soft, cfg.centralized_hard)
             shares[zone] = Shares(max(wide, every), every, ratio)
         self._shares = shares
+        self._basis = basis
+
+    def basis(self, zone: str) -> tuple[str | None, int]:
+        """What the zone's ratio of the latest evaluation came from:
+        (``"outcomes"`` or ``"heartbeats"``, how many samples), or (None,
+        the outcomes kept) when there were too few of either."""
+        return self._basis.get(zone, (None, 0))
 
     def shares(self, zone: str, now: float | None = None) -> Shares:
         """The zone's shares as of the latest evaluation (re-evaluated first

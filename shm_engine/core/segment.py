@@ -57,9 +57,13 @@ from shm_engine.core.layout import (
     ENDPOINT_BYTES,
     LAYOUT_VERSION,
     MAGIC,
+    MIRROR_LAYOUT_VERSION,
+    MIRROR_MAGIC,
     Layout,
+    MirrorViews,
     SegmentViews,
     layout_for,
+    mirror_layout_for,
     read_capacity,
     write_place_resources,
 )
@@ -71,6 +75,7 @@ _CREATION_GRACE_S = 5.0
 
 CLAIMS_SUFFIX = ".claims"
 EVENTS_SUFFIX = ".events"  # the event log (shm_engine.core.events)
+MIRROR_SUFFIX = ".mirror"  # a mirror's zones and excluded slots (shm_engine.feed.mirror)
 # Where Linux shows POSIX shm objects (to name the owner of one we may not open).
 _SHM_DIR = "/dev/shm"
 
@@ -506,3 +511,31 @@ def _reclaim_if_stale(name: str, pname: str, magic: int, forbidden: int) -> None
     if process_alive(pid, start):
         raise EngineAlreadyRunning(f"engine {name!r} is already running (pid {pid})")
     unlink_shm(pname)
+
+
+def is_mirror(seg: Segment) -> bool:
+    """Whether scores segment ``seg`` is a mirror's (``shm-engine
+    mirror``): its mirror segment ``/NAME.mirror`` exists and was made by
+    the process that made ``seg`` (one left by a killed mirror, under a
+    name an engine has taken since, is not its)."""
+    pname = posix_name(seg.name) + MIRROR_SUFFIX
+    try:
+        mm, _size = map_existing(
+            seg.name, pname, True, "engine.shm_mode", seg.owner_uid, SCORES_FORBIDDEN
+        )
+    except EngineNotRunning:
+        return False
+    try:
+        try:
+            capacity = check_identity(
+                seg.name, pname, mm, MIRROR_MAGIC, MIRROR_LAYOUT_VERSION, "mirror"
+            )
+        except (EngineNotRunning, LayoutMismatch):
+            return False
+        views = MirrorViews(mm, mirror_layout_for(capacity))
+        made_by = (int(views.header.creator_pid[0]), int(views.header.creator_start[0]))
+        del views  # no view may outlive the mapping it closes below
+        h = seg.views.header
+        return made_by == (int(h.creator_pid[0]), int(h.creator_start[0]))
+    finally:
+        mm.close()

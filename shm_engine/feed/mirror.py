@@ -81,6 +81,7 @@ from shm_engine.core.layout import (
 from shm_engine.core.rows import slot_change_begin, slot_change_end
 from shm_engine.core.runtime import log_event
 from shm_engine.core.segment import (
+    MIRROR_SUFFIX,
     SCORES_FORBIDDEN,
     MappedSegment,
     Segment,
@@ -117,7 +118,6 @@ LEASE_CHECK_S = 0.2
 RERANK_FULL_SHARE = 16
 IDLE_POLL_MS = 20  # the loop's longest wait without frames or schedulers (staleness checks)
 LAG_WINDOW = 1024
-MIRROR_SUFFIX = ".mirror"
 _NONE = np.iinfo(np.uint64).max
 _LOW32 = np.uint64(0xFFFF_FFFF)
 _FLOATS = ff.ROW_FLOATS[:-1]  # the buffer's; "slots" goes to the heartbeat table

@@ -200,6 +200,8 @@ def cmd_place(args) -> int:
                     "score": p.score,
                     "parts": p.parts,
                 }
+                if p.scope is not None:
+                    out["scope"] = p.scope._asdict()
                 if p.explain is not None:
                     out["explain"] = {
                         "nodes": p.explain.nodes,
@@ -216,6 +218,8 @@ def cmd_place(args) -> int:
                 )
                 if p.explain is not None:
                     sys.stdout.write(str(p.explain) + "\n")
+                elif p.scope is not None:
+                    sys.stdout.write(f"{p.scope}\n")
         finally:
             p.release(ok=True)
     return 0

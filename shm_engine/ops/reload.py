@@ -11,6 +11,9 @@ configuration, key by key:
     parameter vector goes to the scores header (`shm_engine.core.paramsblock`)
     with the next configuration version, the tick worker adopts it, and each
     published epoch carries the vector and version it was computed with;
+  * ``[scope]`` keys (also live) go to the same block as JSON with the same
+    version; every `clients.Placer` following the engine's section sees the
+    version move at its next ``place()`` and adopts the new thresholds;
   * every other changed key (capacity, bind addresses, the tick interval,
     ...) needs a restart: it is reported, not applied.
 
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 #: Sections whose keys a reload applies at the next tick.
-LIVE_SECTIONS = ("score",)
+LIVE_SECTIONS = ("score", "scope")
 
 # reload_status values in the header.
 NONE, APPLIED, UNCHANGED, INVALID = 0, 1, 2, 3
@@ -148,7 +151,7 @@ class Reloader:
         self.config = config  # in effect
         self.version = 1
         self.hash = config_hash(config.to_dict())
-        write_pending(header, config.to_params(), self.version, self.hash)
+        write_pending(header, config.to_params(), self.version, self.hash, config.scope.to_dict())
         header.reload_status[0] = NONE
 
     def _load(self) -> Config:
@@ -177,7 +180,9 @@ class Reloader:
                 self.version += 1
                 self.hash = config_hash(effective.to_dict())
                 self.config = effective
-                write_pending(h, effective.to_params(), self.version, self.hash)
+                write_pending(
+                    h, effective.to_params(), self.version, self.hash, effective.scope.to_dict()
+                )
             result = ReloadResult(
                 "applied" if live else "unchanged",
                 self.version,
