@@ -37,9 +37,9 @@ The rule (issue 11; `ScopeConfig` holds the numbers, ``[scope]``):
 
 A widened scope is a superset: the own zone stays in it (listed first), so a
 job is never refused for want of room elsewhere.  What the placer prefers
-within the scope is its own affair (the simulator's widened job prefers
-the other zones of its scope, its own zone being the one in trouble;
-``python -m benchmarks sim --scenario scope``).
+within the scope is its own affair (`clients.Placer` and the simulator's
+widened job prefer the other zones of its scope, its own zone being the
+one in trouble; ``python -m benchmarks sim --scenario scope``).
 
 Rules for callers: one instance per scheduler process, used from one thread
 (it is plain Python state).  Hot-path calls never raise on bad samples:
