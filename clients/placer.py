@@ -65,6 +65,7 @@ import math
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -760,7 +761,13 @@ class Placer:
         self._follow = scope is None
         version, recorded = engine_scope(self._hdr) if self._follow else (-1, None)
         self._scope_version = version
-        self._policy = ScopePolicy(scope or recorded or ScopeConfig(), clock=clock)
+        if scope is None:
+            scope = recorded if recorded is not None else ScopeConfig()
+        self._policy = ScopePolicy(scope, clock=clock)
+        # Outcomes of releases, (zone, seconds, when), kept by the releasing
+        # thread and moved into the policy by the placing one (deque append
+        # and popleft are atomic; the policy is one thread's).
+        self._outcomes: deque[tuple[str, float, float]] = deque()
         self._beats_at = -math.inf
         self._beat_seen = np.zeros(cap)  # recv_time of each slot's latest sample
         self._table_cols = seg.views.table
@@ -792,7 +799,8 @@ class Placer:
     @property
     def scope(self) -> ScopePolicy:
         """The scope escalation rule this placer applies (its samples and
-        ``config``)."""
+        ``config``; outcomes released since the last scoped ``place()``
+        reach it at the next one)."""
         return self._policy
 
     def __enter__(self) -> Placer:
@@ -963,6 +971,9 @@ class Placer:
         pol = self._policy
         if not pol.config.enabled:
             return None, self._compile(job, None)
+        outcomes = self._outcomes
+        while outcomes:
+            pol.observe(*outcomes.popleft())
         now = self._clock()
         self._refresh_meta()
         if now - self._beats_at >= pol.config.interval_s:
@@ -989,7 +1000,10 @@ class Placer:
 
     def _observe(self, zone: str | None, placed_at: float) -> None:
         if zone is not None:
-            self._policy.observe(zone, self._clock() - placed_at)
+            now = self._clock()
+            self._outcomes.append((zone, now - placed_at, now))
+            if len(self._outcomes) > self._policy.config.window * 64:
+                self._outcomes.popleft()  # nobody places with a home zone: bounded
 
     def _scan(self, comp: _Compiled, units: np.ndarray, ghash: int, spread: int):
         hwm = self._meta.hwm
