@@ -254,6 +254,21 @@ def test_a_reload_of_the_engine_changes_the_thresholds(rig):
         assert all(p.scope is None and p.zone == "z1" for p in off)
 
 
+def test_a_scope_record_being_written_is_read_at_a_later_call(rig):
+    eng, reloader, path = rig
+    h = eng.views.header
+    with Placer.attach(eng.name, rng=np.random.default_rng(1), clock=Clock()) as pl:
+        pl.place(HOME).release()
+        path.write_text(SCOPE_TOML.format(extra="federated_soft = 1.6"))
+        assert reloader.reload().status == "applied"
+        h.params_seq[0] += 1  # odd: as if the supervisor were writing the block
+        pl.place(HOME).release()
+        assert pl.scope.config.federated_soft == 1.5  # not adopted from a torn read
+        h.params_seq[0] += 1
+        pl.place(HOME).release()
+        assert pl.scope.config.federated_soft == 1.6
+
+
 def test_a_placer_given_its_own_scope_does_not_follow_the_engine(rig):
     eng, reloader, path = rig
     clock = Clock()
