@@ -38,7 +38,10 @@ worker's reaper returns every forwarded claim, as for any dead scheduler);
 its in-flight counts are written into the lease's row as absolute values and
 its outcomes recorded like a local release.  A mirror silent for ``[feed]
 mirror_timeout_s`` has its row cleared (counted ``feedback_abandoned``) and
-its lease freed.
+its lease freed.  A feedback frame larger than the largest legitimate one
+(`format.feedback_frame_bound` of the engine's capacity) never reaches the
+child (``ZMQ_MAXMSGSIZE``); a malformed one is refused and counted
+(``feedback_bad``).
 """
 
 from __future__ import annotations
@@ -506,10 +509,14 @@ def feed_main(name: str, config: Config, parent_pid: int) -> int:
     # A slow mirror holds at most this many frames here; beyond, its frames
     # are dropped, it sees the gap and takes a full frame.
     pub.setsockopt(zmq.SNDHWM, SNDHWM_FRAMES)
-    pull = ctx.socket(zmq.PULL) if claims_seg is not None else None
-    if pull is not None:
+    pull = None
+    if claims_seg is not None:
+        pull = ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
+        # A frame over the largest one about this engine's slots is refused
+        # by ZeroMQ (it drops that connection; the mirror's PUSH reconnects).
+        cap = claims_seg.views.layout.capacity
+        pull.setsockopt(zmq.MAXMSGSIZE, ff.feedback_frame_bound(cap) + ff.WIRE_SLACK)
     zap = None
     try:
         try:
