@@ -207,3 +207,56 @@ def test_rows_beyond_the_zones_span_never_reach_the_next_zone(hostile):
         nodes = {n for n in r.snapshot().nodes if n is not None}
     assert not any(n.startswith("intruder") for n in nodes)
     assert h.status(0)["bad_frames"] == 0 and h.status(1)["nodes"] == 8
+
+
+@pytest.mark.parametrize("curve", [False, True])
+def test_the_engines_feedback_socket_takes_the_largest_frame_and_drops_larger(curve):
+    from shm_engine.feed.publisher import feedback_socket
+
+    if curve and not zmq.has("curve"):
+        pytest.skip("this libzmq has no CURVE")
+    cap = 64
+    ctx = zmq.Context()
+    pull = feedback_socket(ctx, cap)
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.SNDTIMEO, 5000)
+        if curve:  # the limit applies to the frame on the wire: CURVE's is larger
+            server_public, server_secret = zmq.curve_keypair()
+            pull.curve_secretkey, pull.curve_publickey = server_secret, server_public
+            pull.curve_server = True
+            push.curve_publickey, push.curve_secretkey = zmq.curve_keypair()
+            push.curve_serverkey = server_public
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        # One record of each kind per slot: the largest frame a mirror sends.
+        biggest = ff.encode_feedback(
+            flags=1,
+            mirror=1,
+            stream=7,
+            seq=1,
+            in_flight=np.zeros(cap, ff.IN_FLIGHT_DTYPE),
+            outcomes=np.zeros(cap, ff.OUTCOME_DTYPE),
+        )
+        assert len(biggest) == ff.feedback_frame_bound(cap)
+        push.send(biggest)
+        assert pull.poll(10_000) and pull.recv() == biggest
+        push.send(biggest + b"\0" * (ff.WIRE_SLACK + 64))
+        small = biggest[: ff.FEEDBACK_HEADER.size]
+
+        def only_small_arrives():
+            try:
+                push.send(small, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # reconnecting
+            if pull.poll(10):
+                assert pull.recv() == small  # never the oversized frame
+                return True
+            return False
+
+        wait_until(only_small_arrives, 10, "a frame after the oversized one", period=0.01)
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()

@@ -765,7 +765,9 @@ def rerank(order, n, changed, score, state, excluded, is_changed, out):
     the slots ``changed`` (ascending; ``is_changed`` marks them) moved, into
     ``out``; returns its length.  The unchanged entries keep their order;
     the changed ones that are eligible (state healthy or degraded, score > 0,
-    not excluded) are sorted and merged in: the order a full sort gives."""
+    not ``excluded``: the mirror passes its stale zones' slots and those whose
+    registration it does not mirror) are sorted and merged in: the order a
+    full sort gives."""
     k = 0
     moved = np.empty(changed.shape[0], np.int32)
     for j in range(changed.shape[0]):

@@ -66,7 +66,14 @@ from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.feed import format as ff
 
-__all__ = ["FeedPublisher", "FeedbackSink", "feed_main", "warm_up", "FINE_POLL_S"]
+__all__ = [
+    "FeedPublisher",
+    "FeedbackSink",
+    "feed_main",
+    "feedback_socket",
+    "warm_up",
+    "FINE_POLL_S",
+]
 
 FINE_POLL_S = 0.0001  # latch poll period once the next tick is due
 FINE_WINDOW_S = 0.002  # poll finely from this long before the next tick is due
@@ -447,6 +454,18 @@ def warm_up() -> None:
     _pack_words(i8, np.zeros(2, np.uint8), gens, cur, np.zeros((1, 9), np.uint64))
 
 
+def feedback_socket(ctx: zmq.Context, capacity: int) -> zmq.Socket:
+    """The PULL socket mirrors' feedback frames arrive on, for an engine of
+    ``capacity`` slots.  A message over the largest feedback frame about
+    those slots (plus the transport's `format.WIRE_SLACK`) is never
+    allocated: ZeroMQ drops the connection that carried it, and the
+    mirror's PUSH connects again."""
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.MAXMSGSIZE, ff.feedback_frame_bound(capacity) + ff.WIRE_SLACK)
+    return pull
+
+
 def _curve_server(ctx: zmq.Context, sockets, config: Config):
     """Make ``sockets`` CURVE servers admitting ``[feed.curve]``'s keys; the
     ZAP handler (close it before the context)."""
@@ -511,12 +530,7 @@ def feed_main(name: str, config: Config, parent_pid: int) -> int:
     pub.setsockopt(zmq.SNDHWM, SNDHWM_FRAMES)
     pull = None
     if claims_seg is not None:
-        pull = ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        # A frame over the largest one about this engine's slots is refused
-        # by ZeroMQ (it drops that connection; the mirror's PUSH reconnects).
-        cap = claims_seg.views.layout.capacity
-        pull.setsockopt(zmq.MAXMSGSIZE, ff.feedback_frame_bound(cap) + ff.WIRE_SLACK)
+        pull = feedback_socket(ctx, claims_seg.views.layout.capacity)
     zap = None
     try:
         try:
