@@ -46,10 +46,12 @@ the connection that carried a larger frame and, that being a protocol error,
 does not reconnect it by itself; the mirror watches each socket's monitor
 and, when a disconnection is not followed by ZeroMQ's own reconnection
 within `RECONNECT_GRACE_S`, counts the frame (reason ``oversize``) and
-reconnects.  A frame the decoder refuses is counted by reason
-(`layout.REFUSAL_REASONS`) and changes nothing; either way the upstream
-waits for a full frame.  A frame is applied only to its own zone's slots
-(`_local`), so no frame of one upstream reaches another zone's slots.
+reconnects.  A refused handshake (a CURVE key the feed does not admit) is
+not a frame: logged once, retried every `HANDSHAKE_RETRY_S`, not counted.
+A frame the decoder refuses is counted by reason (`layout.REFUSAL_REASONS`)
+and changes nothing; either way the upstream waits for a full frame.  A
+frame is applied only to its own zone's slots (`_local`), so no frame of
+one upstream reaches another zone's slots.
 
 Node ids: a node id is registered at one mirror slot at a time.  A
 registration whose id another slot holds (another zone reports the same id)
@@ -141,6 +143,23 @@ LAG_WINDOW = 1024
 #: (it does at once, after a peer's close) before the mirror takes it for a
 #: connection dropped on a protocol error (an oversized frame) and reconnects.
 RECONNECT_GRACE_S = 0.1
+#: After a failed handshake (a CURVE key the feed does not admit), ZeroMQ
+#: does not try again either; the mirror does, this often (the key may be
+#: admitted later), and counts no frame.
+HANDSHAKE_RETRY_S = 1.0
+_WATCHED = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 _REASON_INDEX = {r: i for i, r in enumerate(REFUSAL_REASONS)}
 MIRROR_SUFFIX = ".mirror"
 _NONE = np.iinfo(np.uint64).max
@@ -235,6 +254,7 @@ class Upstream:
     feedback_full_at: float = 0.0
     # refusals
     dropped_at: float = 0.0  # monotonic time of a disconnection not yet explained
+    handshake_failed: bool = False  # the latest handshake failed (the drop follows)
     refusals_logged: set = field(default_factory=set)
     duplicates_logged: set = field(default_factory=set)
 
@@ -865,7 +885,7 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
             s.setsockopt(zmq.MAXMSGSIZE, max_frame)
             _curve(s, curve)
             s.setsockopt(zmq.SUBSCRIBE, b"")
-            mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+            mon = s.get_monitor_socket(_WATCHED)
             monitors.append(mon)
             s.connect(up.endpoint)
             subs.append(s)
@@ -883,11 +903,14 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
             for up, s, mon in zip(mirror.ups, subs, monitors, strict=True):
                 if mon in events:
                     _connection_events(up, mon, now)
-                if up.dropped_at and now - up.dropped_at >= RECONNECT_GRACE_S:
-                    # ZeroMQ gave the connection up (a protocol error: with
-                    # MAXMSGSIZE set, a frame over it): count it, reconnect.
+                wait = HANDSHAKE_RETRY_S if up.handshake_failed else RECONNECT_GRACE_S
+                if up.dropped_at and now - up.dropped_at >= wait:
+                    # ZeroMQ gave the connection up: a refused handshake, or
+                    # else a protocol error (with MAXMSGSIZE set, a frame over
+                    # it: counted).  Connect again.
                     up.dropped_at = 0.0
-                    mirror.refuse(up.index, "oversize")
+                    if not up.handshake_failed:
+                        mirror.refuse(up.index, "oversize")
                     _reconnect(up, s)
                 if s not in events:
                     continue
@@ -964,10 +987,24 @@ def _connection_events(up: Upstream, mon: zmq.Socket, now: float) -> None:
             ev = recv_monitor_message(mon, zmq.NOBLOCK)
         except zmq.Again:
             return
-        if ev["event"] == zmq.EVENT_DISCONNECTED:
+        event = ev["event"]
+        if event == zmq.EVENT_DISCONNECTED:
             up.dropped_at = now
-        elif ev["event"] == zmq.EVENT_CONNECT_RETRIED:
+        elif event == zmq.EVENT_CONNECT_RETRIED:
             up.dropped_at = 0.0  # a peer's close: ZeroMQ reconnects by itself
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            up.handshake_failed = False
+        elif event & _HANDSHAKE_FAILED:
+            if not up.handshake_failed:
+                log_event(
+                    "WARN",
+                    "mirror_handshake_failed",
+                    zone=up.zone,
+                    endpoint=up.endpoint,
+                    event=int(event),
+                    code=int(ev["value"]),
+                )
+            up.handshake_failed = True
 
 
 def _reconnect(up: Upstream, sock: zmq.Socket) -> None:

@@ -85,10 +85,11 @@ class FeedRig:
 
 class MirrorThread:
     """`mirror.run` over ``mirror`` in a thread of this process (its sockets
-    are the product's); ``error`` holds what the loop raised, if anything.
+    are the product's; ``curve``: a `mirror.CurveClient`); ``error`` holds
+    what the loop raised, if anything.
     `stop` ends the loop and joins it."""
 
-    def __init__(self, mirror: Mirror):
+    def __init__(self, mirror: Mirror, curve=None):
         import threading
 
         from shm_engine.feed.mirror import run
@@ -98,7 +99,7 @@ class MirrorThread:
 
         def main():
             try:
-                run(mirror, self._stop.is_set)
+                run(mirror, self._stop.is_set, curve)
             except BaseException as err:  # noqa: BLE001 - reported to the test
                 self.error = err
 
