@@ -458,19 +458,18 @@ class Mirror:
         reg = self.reg
         label = up.zone.encode("utf-8")[: ZONE_BYTES - 1]
         changed = False
-        pairs = list(zip(idents, mslots.tolist(), strict=True))
         # Releases first: an id that moves between slots is free again
-        # before its new slot registers it.
-        for rec, m in pairs:
-            if not reg.registered[m]:
-                continue
-            if not rec["registered"] or (
-                self.ident_up_gen[m] != np.uint64(rec["gen"])
-                and _id_at(reg, m) != bytes(rec["node"]).rstrip(b"\0")
-            ):
+        # before its new slot registers it.  (Vectorised: a full frame lists
+        # every node, and few of them change.)
+        ends = (reg.registered[mslots] != 0) & (
+            (idents["registered"] == 0) | (self.ident_up_gen[mslots] != idents["gen"])
+        )
+        for j in np.flatnonzero(ends).tolist():
+            rec, m = idents[j], int(mslots[j])
+            if not rec["registered"] or _id_at(reg, m) != bytes(rec["node"]).rstrip(b"\0"):
                 self._free(m)
                 changed = True
-        for rec, m in pairs:
+        for rec, m in zip(idents, mslots.tolist(), strict=True):
             if not rec["registered"]:
                 continue
             g = np.uint64(rec["gen"])
@@ -490,8 +489,8 @@ class Mirror:
             if holder is not None and holder != m:
                 # Another slot (another zone's node) holds the id: it keeps it.
                 self.mv.up.duplicates[up.index] += 1
-                if node not in up.duplicates_logged:
-                    up.duplicates_logged.add(node)
+                if len(up.duplicates_logged) < 16 and node not in up.duplicates_logged:
+                    up.duplicates_logged.add(node)  # the first few ids, each once
                     log_event(
                         "WARN",
                         "mirror_duplicate_node",
