@@ -86,6 +86,8 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
     assert [p["fraction"] for p in phases] == [0.01, 0.1, 1.0]
     for p in phases:
         assert p["frames"] > 0 and p["bytes_per_tick"] > 0 and p["lag_ms"]["median"] > 0
+    fb = res["feed"]["feedback"]
+    assert fb["claim_ms"]["median"] > 0 and fb["release_ms"]["median"] > 0
     assert "Goals:" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in committed} == committed
 

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 
+from shm_engine.core.layout import REFUSAL_REASONS
 from shm_engine.feed import format as ff
 
 
@@ -81,10 +82,31 @@ def _patch(data: bytes, fmt: str, offset: int, value) -> bytes:
         (lambda d: _patch(d, "<I", 60, 99), "capacity"),  # slot_hwm > capacity
         (lambda d: _patch(d, "<I", 296, 8), "slot"),  # first row's slot = slot_hwm
         (lambda d: _patch(d, "<d", 48, float("nan")), "value"),  # pressure
+        (lambda d: _patch(d, "<I", 80, 9), "count"),  # 9 rows > slot_hwm 8
+        (lambda d: _patch(d, "<I", 84, 0xFFFF_FFFF), "count"),  # identities
+        (lambda d: _patch(d, "<B", 300, 5), "value"),  # first row's state: no such state
     ],
 )
 def test_a_malformed_score_frame_is_refused_with_a_reason(mangle, why):
     assert ff.decode_score_frame(mangle(_frame())) == why
+    assert why in REFUSAL_REASONS  # a counter of the mirror segment's
+
+
+def test_unregistered_rows_are_valid_and_the_bounds_hold_the_largest_frames():
+    rows = np.zeros(8, ff.ROW_DTYPE)
+    rows["slot"] = np.arange(8)
+    rows["state"] = 255  # no node: full frames list every slot below slot_hwm
+    idents = np.zeros(8, ff.IDENT_DTYPE)
+    idents["slot"] = np.arange(8)
+    data = ff.encode_score_frame(**_kw(), rows=rows, idents=idents)
+    assert not isinstance(ff.decode_score_frame(data), str)
+    # 296 + 8 x (72 + 112): a row and an identity for each of 8 slots.
+    assert len(data) == ff.score_frame_bound(8) == 296 + 8 * 184
+    inf = np.zeros(16, ff.IN_FLIGHT_DTYPE)
+    out = np.zeros(16, ff.OUTCOME_DTYPE)
+    fb = ff.encode_feedback(flags=1, mirror=1, stream=7, seq=1, in_flight=inf, outcomes=out)
+    assert len(fb) == ff.feedback_frame_bound(16) == 40 + 16 * 48
+    assert ff.decode_feedback(fb, capacity=15) == "count"  # 16 records > 15 slots
 
 
 def test_feedback_frames_round_trip_and_refuse_slots_beyond_the_engine():

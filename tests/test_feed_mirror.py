@@ -331,3 +331,54 @@ def test_merging_moved_rows_gives_the_order_of_a_full_sort(seed):
         m = rerank(order, m, changed, score, state, excluded, is_changed, tmp)
         order, tmp = tmp, order
         assert order[:m].tolist() == full().tolist()
+
+
+def test_a_node_id_two_zones_report_is_the_first_holders_until_it_is_freed(rig_of):
+    rig = rig_of(zones=("eu", "us"), capacity=16)
+    eu, us = rig.engines
+    m = rig.mirror
+    for eng, zone in ((eu, "eu"), (us, "us")):
+        for i in range(3):
+            eng.send(f"{zone}-n{i}", cpu=0.1 * (i + 1))
+        eng.send("shared-1", cpu=0.05 if zone == "eu" else 0.5)
+    rig.step()  # eu's frame is applied first: eu's node takes the id
+    zones = read_mirror_status(m.name)["zones"]
+    assert [z["duplicates"] for z in zones] == [0, 1] and [z["nodes"] for z in zones] == [4, 3]
+    assert compare(eu.name, m.name) == []
+    with ScoreReader.attach(m.name) as r:
+        snap = r.snapshot()
+        assert snap.nodes.count("shared-1") == 1 and snap.nodes.index("shared-1") < 16
+        # us's node is neither named nor ranked: top lists the id once, eu's score.
+        top = dict(r.top(10))
+        assert len(r.top(10)) == 7 and top["shared-1"] == r.score("shared-1")
+        with ScoreReader.attach(eu.name) as e:
+            assert r.score("shared-1") == e.score("shared-1")
+        # A later full frame of us refuses it again (counted again).
+        rig.pubs[1].full_pending = True
+        rig.step()
+        assert read_mirror_status(m.name)["zones"][1]["duplicates"] == 2
+        # eu forgets it: us's node gets the id from us's next full frame.
+        eu.forget("shared-1")
+        rig.step()
+        assert "shared-1" not in r.snapshot().nodes
+        rig.pubs[1].full_pending = True
+        rig.step()
+        assert r.snapshot().nodes.index("shared-1") >= 16
+        assert compare(us.name, m.name) == [] and compare(eu.name, m.name) == []
+
+
+def test_ids_that_swap_slots_within_one_frame_are_no_duplicates(rig_of):
+    rig = rig_of()
+    eng, m = rig.engines[0], rig.mirror
+    eng.send("a", cpu=0.1)
+    eng.send("b", cpu=0.2)
+    rig.step()
+    # b takes slot 0 and a slot 1: one delta frees and registers both slots.
+    eng.forget("a")
+    eng.forget("b")
+    eng.send("b", cpu=0.3)
+    eng.send("a", cpu=0.4)
+    assert [eng.registry.get(n) for n in (b"b", b"a")] == [0, 1]
+    assert rig.step() == ["applied"]
+    assert read_mirror_status(m.name)["zones"][0]["duplicates"] == 0
+    assert compare(eng.name, m.name) == []

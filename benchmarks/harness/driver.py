@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=("tick", "ingest", "freshness", "http"),
+        choices=("tick", "ingest", "freshness", "feed", "http"),
         default=None,
         help="run only this section (tick: no Python baseline; freshness: 30 s, "
         "or 4 s with --quick); prints the "
@@ -119,6 +119,10 @@ def main(argv=None) -> int:
         res["ingest"] = ig = ingest.run(args.quick, log)
         print("\n".join(ingest.summary(ig)[0]))
         return _write_json(res, out_dir / "ingest_only.json", log)
+    if args.only == "feed":
+        res["feed"] = fd = feed.run(1_000 if args.quick else 10_000, 30 if args.quick else 200, log)
+        print("\n".join(feed.summary(fd)[0] + feed.summary(fd)[1]))
+        return _write_json(res, out_dir / "feed_only.json", log)
     if args.only == "freshness":
         res["freshness"] = fr = freshness.run(10_000, 4.0 if args.quick else 30.0, log)
         print("\n".join(freshness.summary(fr)[0] + freshness.summary(fr)[1]))

@@ -1,4 +1,5 @@
-"""Section ``feed``: engine publish -> mirror publish, bytes per tick, the mirror's CPU.
+"""Section ``feed``: engine publish -> mirror publish, bytes per tick, the mirror's CPU,
+and the feedback delay (a claim on the mirror -> visible in the engine's claims).
 
 A segment of ``n`` nodes (10K in a full run) is ticked by this process with
 the tick worker's own `Ticker` every 50 ms; the real feed child
@@ -19,6 +20,12 @@ with the same values every second, so no node ages into suspicion.
   frame alone (header + changed rows).
 - CPU per tick: the mirror's and the feed child's user + system time over
   the phase, per epoch.
+- Feedback delay: a scheduler here claims a random node on the *mirror*
+  (``ScoreReader.claim``); the delay runs until the claim shows in the
+  engine's claims segment (the feed child's lease row for the node's slot,
+  written when the mirror's feedback frame arrives), polled every 50 us;
+  then the same for the release.  One claim and one release per tick, the
+  engine ticking meanwhile with 1% of its rows changing.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ FRACTIONS = (0.01, 0.10, 1.0)
 TICK_S = 0.05
 READY_TIMEOUT_S = 120.0
 SEEN_TIMEOUT_S = 1.0
+FEEDBACK_SAMPLES = 200  # claims (and releases) timed, one per tick
+POLL_S = 0.00005  # spinning would take a core from the processes measured
+_LOW32 = np.uint64(0xFFFF_FFFF)
 
 
 def _mirror_proc(name: str, endpoint: str, capacity: int, ready, stop) -> None:
@@ -58,6 +68,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def run(n: int, ticks: int, log) -> dict:
+    from clients.reader import ScoreReader
+    from shm_engine.core.claims import ClaimsSegment
     from shm_engine.core.config import Config, with_overrides
     from shm_engine.core.registry import NodeRegistry
     from shm_engine.core.rows import column_addresses, write_rows
@@ -69,13 +81,14 @@ def run(n: int, ticks: int, log) -> dict:
     from shm_engine.tick.ticker import Ticker
     from shm_engine.wire import RECORD_DTYPE
 
-    port = free_port()
+    port, back_port = free_port(), free_port()
     config = with_overrides(
         Config(),
         {
             "engine.capacity": n,
             "feed.bind": f"tcp://127.0.0.1:{port}",
             "feed.full_every": 100,
+            "feed.feedback_bind": f"tcp://127.0.0.1:{back_port}",
             # No smoothing: a node's score moves only on the tick of its
             # heartbeat, so the fraction of rows changing is the one chosen.
             "score.beta": 1.0,
@@ -84,6 +97,12 @@ def run(n: int, ticks: int, log) -> dict:
     name, mname = unique_name("feed"), unique_name("mirror")
     seg = Segment.create(name, n, tick_interval_ms=50)
     views = seg.views
+    try:
+        claims_seg = ClaimsSegment.create(name, n, 8)
+    except BaseException:
+        seg.close()
+        seg.unlink()
+        raise
     ctx = mp.get_context("spawn")
     procs: list = []
     stop = ctx.Event()
@@ -194,6 +213,60 @@ def run(n: int, ticks: int, log) -> dict:
                 f"frames, mirror gaps {zone['gaps']}, snapshots {zone['snapshots']}, "
                 f"requests {phase['snapshot_requests_total']}"
             )
+        # Feedback: a claim on the mirror -> visible in the engine's claims.
+        in_flight = claims_seg.views.in_flight  # [lease, slot]: tag << 32 | count
+        k = max(1, int(round(0.01 * n)))
+        claim_ms, release_ms, fb_missed = [], [], 0
+
+        def shows(slot: int, want: int, since: float) -> float | None:
+            while int((in_flight[:, slot] & _LOW32).sum()) != want:
+                if time.perf_counter() - since > SEEN_TIMEOUT_S:
+                    return None
+                time.sleep(POLL_S)
+            return (time.perf_counter() - since) * 1e3
+
+        samples = min(ticks, FEEDBACK_SAMPLES)
+        with ScoreReader.attach(mname) as reader:
+            next_at = time.monotonic()
+            for _ in range(samples):
+                sel = rng.choice(n, k, replace=False)
+                rec["cpu"][sel] = rng.uniform(0.05, 0.6, len(sel))
+                if time.monotonic() - refreshed >= 1.0:
+                    refreshed = time.monotonic()
+                    beat(np.arange(n))
+                else:
+                    beat(sel)
+                ticker.tick(time.monotonic())
+                i = int(rng.integers(n))
+                t0 = time.perf_counter()
+                c = reader.claim(rec["node"][i].decode())
+                got = shows(int(slots[i]), 1, t0)
+                t1 = time.perf_counter()
+                c.release(ok=True)
+                back = shows(int(slots[i]), 0, t1) if got is not None else None
+                if got is None or back is None:
+                    fb_missed += 1
+                else:
+                    claim_ms.append(got)
+                    release_ms.append(back)
+                next_at += TICK_S
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        out["feedback"] = {
+            "claim_ms": stats(claim_ms) if claim_ms else None,
+            "release_ms": stats(release_ms) if release_ms else None,
+            "missed": fb_missed,
+            "engine_feedback_frames": int(h.feedback_frames[0]),
+            "engine_feedback_bad": int(h.feedback_bad[0]),
+        }
+        fb = out["feedback"]
+        log(
+            f"feed feedback (mirror claim -> engine claims) at {n} nodes: p50 "
+            f"{fb['claim_ms']['median'] if claim_ms else float('nan'):.3f} ms p99 "
+            f"{fb['claim_ms']['p99'] if claim_ms else float('nan'):.3f} ms; release p50 "
+            f"{fb['release_ms']['median'] if release_ms else float('nan'):.3f} ms p99 "
+            f"{fb['release_ms']['p99'] if release_ms else float('nan'):.3f} ms; "
+            f"{fb_missed} not seen within {SEEN_TIMEOUT_S} s"
+        )
         return out
     finally:
         stop.set()  # the mirror's loop
@@ -208,6 +281,8 @@ def run(n: int, ticks: int, log) -> dict:
             mseg.close()
         if zseg is not None:
             zseg.close()
+        claims_seg.close()
+        claims_seg.unlink()
         seg.close()
         seg.unlink()
 
@@ -223,6 +298,14 @@ def summary(res: dict) -> tuple[list[str], list[str]]:
             f"(a delta alone {p['delta_frame_bytes']:,}); mirror CPU "
             f"{p['mirror_cpu_us_per_tick']:,.0f} us/tick, feed child "
             f"{p['feed_cpu_us_per_tick']:,.0f} us/tick"
+        )
+    fb = res.get("feedback")
+    if fb and fb["claim_ms"]:
+        c, r = fb["claim_ms"], fb["release_ms"]
+        lines.append(
+            f"  feedback, a claim on the mirror -> in the engine's claims: p50 "
+            f"{c['median']:.3f} ms, p99 {c['p99']:.3f} ms (release p50 {r['median']:.3f} ms, "
+            f"p99 {r['p99']:.3f} ms; {c['n']} samples, {fb['missed']} missed)"
         )
     goals = []
     first = res["phases"][0]["lag_ms"]

@@ -960,13 +960,29 @@ class EventsViews:
 # ------------------------------------------------------------ mirror segment --
 #: Most upstream engines one mirror follows (zones of a federation).
 MAX_UPSTREAMS = 16
-MIRROR_LAYOUT_VERSION = 1
+MIRROR_LAYOUT_VERSION = 2  # 2: refusals by reason, duplicate node ids
 MIRROR_MAGIC = int.from_bytes(b"SHMMIRR1", "little")
-MIRROR_HEADER_BYTES = 8192  # the header and the upstream rows
+MIRROR_HEADER_BYTES = 12288  # the header and the upstream rows
 UPSTREAM_ZONE_BYTES = ZONE_BYTES
 UPSTREAM_ENDPOINT_BYTES = ENDPOINT_BYTES
 #: `upstream_state` values: never heard from, publishing, silent too long.
 UPSTREAM_NEVER, UPSTREAM_FRESH, UPSTREAM_STALE = 0, 1, 2
+#: Why a mirror refused a frame of an upstream, in the order of the
+#: ``refused`` column's counters: the score frame decoder's reasons
+#: (`shm_engine.feed.format.decode_score_frame`), then ``oversize`` (a frame
+#: over the mirror's size bound: ZeroMQ dropped the connection carrying it).
+REFUSAL_REASONS = (
+    "short",
+    "magic",
+    "version",
+    "kind",
+    "capacity",
+    "length",
+    "count",
+    "slot",
+    "value",
+    "oversize",
+)
 
 # The mirror segment ``/NAME.mirror`` (a mirror's own: `shm_engine.feed.mirror`)::
 #
@@ -977,7 +993,8 @@ UPSTREAM_NEVER, UPSTREAM_FRESH, UPSTREAM_STALE = 0, 1, 2
 #               | UPSTREAMS (MAX_UPSTREAMS rows, struct of arrays): zone,   |
 #               |   endpoint, engine name, slot base + span, state, last    |
 #               |   frame time, epoch, stream, frames, gaps, snapshots,     |
-#               |   bad frames, bytes, overflow, nodes, lag p50/p99         |
+#               |   bad frames (and by reason), bytes, overflow, duplicate  |
+#               |   node ids, nodes, lag p50/p99                            |
 #               +-----------------------------------------------------------+
 #               | PER SLOT: excluded u1[cap] (1: its zone is stale: not     |
 #               |   ranked, not placeable), zone_index u1[cap] (255: none)  |
@@ -1013,9 +1030,11 @@ UPSTREAM_COLUMNS = (
     ("frames", "<u8", 1),
     ("gaps", "<u8", 1),  # sequence gaps seen (each repaired by a full frame)
     ("snapshots", "<u8", 1),  # full frames applied
-    ("bad_frames", "<u8", 1),
+    ("bad_frames", "<u8", 1),  # frames refused, all reasons
+    ("refused", "<u8", len(REFUSAL_REASONS)),  # frames refused by REFUSAL_REASONS
     ("bytes", "<u8", 1),
     ("overflow", "<u8", 1),  # rows of upstream slots beyond span, dropped
+    ("duplicates", "<u8", 1),  # registrations refused: the node id is another slot's
     ("nodes", "<u8", 1),  # registered nodes of the zone now
     ("lag_us_p50", "<f8", 1),  # upstream tick -> mirror publish (wall clocks)
     ("lag_us_p99", "<f8", 1),

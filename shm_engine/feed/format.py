@@ -16,10 +16,17 @@ evaluated):
   ``n_outcomes`` release counts since the mirror's previous frame
   (`OUTCOME_DTYPE`).
 
-Invariant: a decoder returns a frame only if every length, count and slot is
-in range; anything else is a status string (hot paths return status), and
-the caller counts it and drops the frame.  Records are copies, never views
-of the message buffer, so a frame outlives its message.
+Invariant: a decoder returns a frame only if every length, count, slot and
+state is in range; anything else is a status string (hot paths return
+status; the score decoder's are `layout.REFUSAL_REASONS`), and the caller
+counts it and drops the frame.  Records are copies, never views of the
+message buffer, so a frame outlives its message.
+
+Size bounds: a receiver caps its socket's messages (``ZMQ_MAXMSGSIZE``) at
+`score_frame_bound` / `feedback_frame_bound` of the slots it can hold, plus
+`WIRE_SLACK`, so a hostile or broken peer cannot make it allocate more than
+one legitimate frame; ZeroMQ drops the connection that carried a larger one
+(the receiver reconnects and counts it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from shm_engine.core.layout import NAME_BYTES, NODE_ID_BYTES, ZONE_BYTES
+from shm_engine.core.states import UNREGISTERED, NodeState
 
 __all__ = [
     "SCORE_MAGIC",
@@ -51,6 +59,9 @@ __all__ = [
     "decode_feedback",
     "SNAPSHOT_TOPIC",
     "MAX_CAPACITY",
+    "WIRE_SLACK",
+    "score_frame_bound",
+    "feedback_frame_bound",
 ]
 
 SCORE_MAGIC = b"SHMF"
@@ -138,6 +149,25 @@ IN_FLIGHT_DTYPE = np.dtype([("slot", "<u4"), ("pad", "<u4"), ("gen", "<u8"), ("c
 OUTCOME_DTYPE = np.dtype(
     [("slot", "<u4"), ("pad", "<u4"), ("gen", "<u8"), ("ok", "<u4"), ("err", "<u4")]
 )
+
+
+#: Bytes a frame may grow by on the wire: ZeroMQ applies ``ZMQ_MAXMSGSIZE``
+#: to the frame as it travels, which under CURVE is the MESSAGE command
+#: around the ciphertext (33 bytes more than the payload).
+WIRE_SLACK = 256
+_TOP_STATE = max(int(s) for s in NodeState)
+
+
+def score_frame_bound(slots: int) -> int:
+    """Bytes of the largest score frame about ``slots`` slots: the header, a
+    row and an identity for each (a frame lists a slot at most once)."""
+    return SCORE_HEADER.size + slots * (ROW_DTYPE.itemsize + IDENT_DTYPE.itemsize)
+
+
+def feedback_frame_bound(slots: int) -> int:
+    """Bytes of the largest feedback frame about ``slots`` slots: the header,
+    an in-flight and an outcome record for each."""
+    return FEEDBACK_HEADER.size + slots * (IN_FLIGHT_DTYPE.itemsize + OUTCOME_DTYPE.itemsize)
 
 
 class ScoreFrame(NamedTuple):
@@ -250,6 +280,8 @@ def decode_score_frame(msg) -> ScoreFrame | str:
     weights, counts, name, engine_run = f[20:28], f[28:36], f[36], f[37]
     if not 1 <= capacity <= MAX_CAPACITY or hwm > capacity:
         return "capacity"
+    if n_rows > hwm or n_idents > hwm:
+        return "count"  # a slot is listed at most once
     if n != SCORE_HEADER.size + n_rows * ROW_DTYPE.itemsize + n_idents * IDENT_DTYPE.itemsize:
         return "length"
     off = SCORE_HEADER.size
@@ -259,6 +291,9 @@ def decode_score_frame(msg) -> ScoreFrame | str:
     if (rows["slot"] >= hwm).any() or (idents["slot"] >= hwm).any():
         return "slot"
     if not np.isfinite(pressure) or not all(np.isfinite(weights)):
+        return "value"
+    st = rows["state"]
+    if ((st > _TOP_STATE) & (st != UNREGISTERED)).any():
         return "value"
     return ScoreFrame(
         kind,
@@ -307,6 +342,8 @@ def decode_feedback(msg, capacity: int) -> FeedbackFrame | str:
         return "magic"
     if version != FEED_VERSION:
         return "version"
+    if n_if > capacity or n_out > capacity:
+        return "count"
     if n != FEEDBACK_HEADER.size + n_if * IN_FLIGHT_DTYPE.itemsize + n_out * OUTCOME_DTYPE.itemsize:
         return "length"
     off = FEEDBACK_HEADER.size

@@ -39,6 +39,27 @@ upstream and ask for a full frame (a subscription to
 `format.SNAPSHOT_TOPIC` plus a nonce), asked again every
 `SNAPSHOT_RETRY_S` until one arrives.
 
+Hostile or broken upstreams: each SUB socket caps its messages
+(``ZMQ_MAXMSGSIZE``) at `format.score_frame_bound` of the mirror's capacity
+(plus `format.WIRE_SLACK`): nothing larger is ever allocated.  ZeroMQ drops
+the connection that carried a larger frame and, that being a protocol error,
+does not reconnect it by itself; the mirror watches each socket's monitor
+and, when a disconnection is not followed by ZeroMQ's own reconnection
+within `RECONNECT_GRACE_S`, counts the frame (reason ``oversize``) and
+reconnects.  A refused handshake (a CURVE key the feed does not admit) is
+not a frame: logged once, retried every `HANDSHAKE_RETRY_S`, not counted.
+A frame the decoder refuses is counted by reason (`layout.REFUSAL_REASONS`)
+and changes nothing; either way the upstream waits for a full frame.  A
+frame is applied only to its own zone's slots (`_local`), so no frame of
+one upstream reaches another zone's slots.
+
+Node ids: a node id is registered at one mirror slot at a time.  A
+registration whose id another slot holds (another zone reports the same id)
+is refused and counted (``duplicates``); the first holder keeps the id, and
+the refused node is registered from its zone's first full frame after the
+id is free.  Within a frame, releases are applied before registrations, so
+a node that moves between slots of one engine is never a duplicate.
+
 Feedback upstream: every `FEEDBACK_INTERVAL_S` the mirror reads its claims
 segment and sends each upstream that announced a feedback port (ZeroMQ
 PUSH) the in-flight counts that changed and the releases since the last
@@ -46,8 +67,8 @@ send, by the upstream's slot and generation; every `FEEDBACK_FULL_S` the
 whole in-flight set, which also tells the engine the mirror is alive.
 
 Rules for callers: one mirror per name; the segments are its alone (it is
-their only writer); node ids should be unique across zones (a reader finds
-a node by name: with a duplicate, one of them).
+their only writer); node ids must be unique across zones (a duplicate is
+refused, see above).
 """
 
 from __future__ import annotations
@@ -71,6 +92,7 @@ from shm_engine.core.layout import (
     MIRROR_MAGIC,
     OUT_ERR,
     OUT_OK,
+    REFUSAL_REASONS,
     UPSTREAM_FRESH,
     UPSTREAM_NEVER,
     UPSTREAM_STALE,
@@ -118,6 +140,28 @@ LEASE_CHECK_S = 0.2
 RERANK_FULL_SHARE = 16
 IDLE_POLL_MS = 20  # the loop's longest wait without frames or schedulers (staleness checks)
 LAG_WINDOW = 1024
+#: After a disconnection, how long ZeroMQ has to announce its own reconnection
+#: (it does at once, after a peer's close) before the mirror takes it for a
+#: connection dropped on a protocol error (an oversized frame) and reconnects.
+RECONNECT_GRACE_S = 0.1
+#: After a failed handshake (a CURVE key the feed does not admit), ZeroMQ
+#: does not try again either; the mirror does, this often (the key may be
+#: admitted later), and counts no frame.
+HANDSHAKE_RETRY_S = 1.0
+_WATCHED = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_REASON_INDEX = {r: i for i, r in enumerate(REFUSAL_REASONS)}
 _NONE = np.iinfo(np.uint64).max
 _LOW32 = np.uint64(0xFFFF_FFFF)
 _FLOATS = ff.ROW_FLOATS[:-1]  # the buffer's; "slots" goes to the heartbeat table
@@ -208,6 +252,11 @@ class Upstream:
     seen_gen: np.ndarray | None = None
     feedback_seq: int = 0
     feedback_full_at: float = 0.0
+    # refusals
+    dropped_at: float = 0.0  # monotonic time of a disconnection not yet explained
+    handshake_failed: bool = False  # the latest handshake failed (the drop follows)
+    refusals_logged: set = field(default_factory=set)
+    duplicates_logged: set = field(default_factory=set)
 
 
 class Mirror:
@@ -289,6 +338,7 @@ class Mirror:
         self._rerank = True
         self._rank_scratch = make_rank_scratch(capacity)
         self._counted_epoch = -1  # registry_epoch of the last node count
+        self._holder: dict[bytes, int] = {}  # node id -> the mirror slot holding it
         self.epoch = 0
         self.publishes_pending = False
         self.stats_bad = 0
@@ -362,6 +412,20 @@ class Mirror:
         self.publishes_pending = True
         return "applied"
 
+    def refuse(self, i: int, reason: str) -> None:
+        """Count a frame of upstream ``i`` refused for ``reason`` (one of
+        `layout.REFUSAL_REASONS`); nothing of it was applied, and the
+        upstream's deltas now wait for a full frame."""
+        up = self.ups[i]
+        self.mv.up.bad_frames[i] += 1
+        self.mv.up.refused[i, _REASON_INDEX[reason]] += 1
+        up.synced = False
+        if reason not in up.refusals_logged:  # once per reason: a flood logs nothing more
+            up.refusals_logged.add(reason)
+            log_event(
+                "WARN", "mirror_frame_refused", zone=up.zone, endpoint=up.endpoint, why=reason
+            )
+
     def _local(self, up: Upstream, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the ``records`` of upstream slots within the span, their mirror
         slots); the others are counted as overflow."""
@@ -394,13 +458,21 @@ class Mirror:
         reg = self.reg
         label = up.zone.encode("utf-8")[: ZONE_BYTES - 1]
         changed = False
+        # Releases first: an id that moves between slots is free again
+        # before its new slot registers it.  (Vectorised: a full frame lists
+        # every node, and few of them change.)
+        ends = (reg.registered[mslots] != 0) & (
+            (idents["registered"] == 0) | (self.ident_up_gen[mslots] != idents["gen"])
+        )
+        for j in np.flatnonzero(ends).tolist():
+            rec, m = idents[j], int(mslots[j])
+            if not rec["registered"] or _id_at(reg, m) != bytes(rec["node"]).rstrip(b"\0"):
+                self._free(m)
+                changed = True
         for rec, m in zip(idents, mslots.tolist(), strict=True):
-            g = np.uint64(rec["gen"])
             if not rec["registered"]:
-                if reg.registered[m]:
-                    self._free(m)
-                    changed = True
                 continue
+            g = np.uint64(rec["gen"])
             node = bytes(rec["node"]).rstrip(b"\0")
             zone = bytes(rec["zone"]).rstrip(b"\0") or label
             if not node:
@@ -413,12 +485,27 @@ class Mirror:
                     slot_change_end(reg.meta_version, m)
                     changed = True
                 continue
+            holder = self._holder.get(node)
+            if holder is not None and holder != m:
+                # Another slot (another zone's node) holds the id: it keeps it.
+                self.mv.up.duplicates[up.index] += 1
+                if len(up.duplicates_logged) < 16 and node not in up.duplicates_logged:
+                    up.duplicates_logged.add(node)  # the first few ids, each once
+                    log_event(
+                        "WARN",
+                        "mirror_duplicate_node",
+                        zone=up.zone,
+                        node=node.decode("utf-8", "replace"),
+                        held_by_zone=self.ups[int(self.mv.zone_index[holder])].zone,
+                    )
+                continue
             slot_change_begin(reg.slot_gen, m)
             reg.registered[m] = 1
             _put(reg.node_id[m], node)
             _put(reg.zone[m], zone)
             reg.labels_len[m] = 0
             slot_change_end(reg.slot_gen, m)
+            self._holder[node] = m
             self.ident_up_gen[m] = g
             self._regen(m)
             changed = True
@@ -429,6 +516,9 @@ class Mirror:
 
     def _free(self, m: int) -> None:
         reg = self.reg
+        node = _id_at(reg, m)
+        if self._holder.get(node) == m:
+            del self._holder[node]
         slot_change_begin(reg.slot_gen, m)
         reg.registered[m] = 0
         reg.node_id[m] = 0
@@ -447,6 +537,8 @@ class Mirror:
         if not len(rows):
             return
         r, m = self._local(up, rows)
+        if not len(m):
+            return  # every row beyond the span (counted)
         _slots, states, gens, floats = ff.unpack_rows(r)
         for i, c in enumerate(_FLOATS):
             self.cols[c][m] = floats[i]
@@ -501,11 +593,14 @@ class Mirror:
         bv["gen"][rows] = self.gen_pub[rows]
         hwm = self._hwm
         changed = np.flatnonzero(self._dirty[:hwm])
+        # Unranked: a stale zone's slots, and rows whose registration is not
+        # mirrored (a refused duplicate id, an identity still to come).
+        blocked = self.excluded | (self.gen_pub == 0)
         if self._rerank or len(changed) * RERANK_FULL_SHARE > max(self._n_ranked, 1):
             # The engine's own ranking (SCORING.md step 14): score descending,
             # then slot ascending, from the candidates in slot order.
             st, sc = self.state[:hwm], self.cols["score"][:hwm]
-            elig = np.flatnonzero((st <= 1) & (sc > 0) & ~self.excluded[:hwm])
+            elig = np.flatnonzero((st <= 1) & (sc > 0) & ~blocked[:hwm])
             m = len(elig)
             self._order[:m] = elig
             radix_ranked(self.cols["score"], self._order, m, self._rank_scratch)
@@ -520,7 +615,7 @@ class Mirror:
                 changed,
                 self.cols["score"],
                 self.state,
-                self.excluded,
+                blocked,
                 self._dirty,
                 self._order_tmp,
             )
@@ -689,7 +784,9 @@ def rerank(order, n, changed, score, state, excluded, is_changed, out):
     the slots ``changed`` (ascending; ``is_changed`` marks them) moved, into
     ``out``; returns its length.  The unchanged entries keep their order;
     the changed ones that are eligible (state healthy or degraded, score > 0,
-    not excluded) are sorted and merged in: the order a full sort gives."""
+    not ``excluded``: the mirror passes its stale zones' slots and those whose
+    registration it does not mirror) are sorted and merged in: the order a
+    full sort gives."""
     k = 0
     moved = np.empty(changed.shape[0], np.int32)
     for j in range(changed.shape[0]):
@@ -736,6 +833,11 @@ def warm_up() -> None:
     radix_ranked(score, order, 2, make_rank_scratch(2))
 
 
+def _id_at(reg, m: int) -> bytes:
+    """The node id mirror slot ``m`` holds (the mirror is its only writer)."""
+    return bytes(reg.node_id[m]).split(b"\0", 1)[0]
+
+
 def _put(row: np.ndarray, data: bytes) -> None:
     row[:] = 0
     row[: len(data)] = np.frombuffer(data, np.uint8)
@@ -768,20 +870,26 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
     warm_up()
     ctx = zmq.Context()
     subs: list[zmq.Socket] = []
+    monitors: list[zmq.Socket] = []
     pushes: dict[int, tuple[int, zmq.Socket]] = {}
     h = mirror.views.header
     mh = mirror.mv.header
+    max_frame = ff.score_frame_bound(mirror.capacity) + ff.WIRE_SLACK
     try:
         poller = zmq.Poller()
         for up in mirror.ups:
             s = ctx.socket(zmq.SUB)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVHWM, 100)  # a backlog beyond is a gap: a full frame repairs it
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame)
             _curve(s, curve)
             s.setsockopt(zmq.SUBSCRIBE, b"")
+            mon = s.get_monitor_socket(_WATCHED)
+            monitors.append(mon)
             s.connect(up.endpoint)
             subs.append(s)
             poller.register(s, zmq.POLLIN)
+            poller.register(mon, zmq.POLLIN)
         ready = False
         next_feedback = next_reap = 0.0
         while not should_stop():
@@ -791,7 +899,18 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
             mh.alive_mono[0] = now
             events = dict(poller.poll(2 if mirror.feedback_active() else IDLE_POLL_MS))
             now = time.monotonic()
-            for up, s in zip(mirror.ups, subs, strict=True):
+            for up, s, mon in zip(mirror.ups, subs, monitors, strict=True):
+                if mon in events:
+                    _connection_events(up, mon, now)
+                wait = HANDSHAKE_RETRY_S if up.handshake_failed else RECONNECT_GRACE_S
+                if up.dropped_at and now - up.dropped_at >= wait:
+                    # ZeroMQ gave the connection up: a refused handshake, or
+                    # else a protocol error (with MAXMSGSIZE set, a frame over
+                    # it: counted).  Connect again.
+                    up.dropped_at = 0.0
+                    if not up.handshake_failed:
+                        mirror.refuse(up.index, "oversize")
+                    _reconnect(up, s)
                 if s not in events:
                     continue
                 for _ in range(256):
@@ -801,9 +920,8 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
                         break
                     fr = ff.decode_score_frame(msg.buffer)
                     if isinstance(fr, str):
-                        mirror.mv.up.bad_frames[up.index] += 1
-                        up.synced = False
-                        _ask_snapshot(up, s, now, force=True)
+                        mirror.refuse(up.index, fr)
+                        _ask_snapshot(up, s, now, force=False)
                         continue
                     if mirror.drop_frame is not None and mirror.drop_frame(up.index, fr.seq):
                         continue
@@ -849,10 +967,54 @@ def run(mirror: Mirror, should_stop, curve: CurveClient | None = None, on_ready=
                 mirror.reap(now)
     finally:
         for s in subs:
+            s.disable_monitor()
             s.close(0)
+        for mon in monitors:
+            mon.close(0)
         for _port, p in pushes.values():
             p.close(0)
         ctx.term()
+
+
+def _connection_events(up: Upstream, mon: zmq.Socket, now: float) -> None:
+    """Read the monitor of ``up``'s socket: a disconnection stays unexplained
+    (``dropped_at``) until ZeroMQ announces its own reconnection."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    while True:
+        try:
+            ev = recv_monitor_message(mon, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        event = ev["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            up.dropped_at = now
+        elif event == zmq.EVENT_CONNECT_RETRIED:
+            up.dropped_at = 0.0  # a peer's close: ZeroMQ reconnects by itself
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            up.handshake_failed = False
+        elif event & _HANDSHAKE_FAILED:
+            if not up.handshake_failed:
+                log_event(
+                    "WARN",
+                    "mirror_handshake_failed",
+                    zone=up.zone,
+                    endpoint=up.endpoint,
+                    event=int(event),
+                    code=int(ev["value"]),
+                )
+            up.handshake_failed = True
+
+
+def _reconnect(up: Upstream, sock: zmq.Socket) -> None:
+    """Connect ``up`` anew; the new connection's subscriptions (every
+    topic, and a pending snapshot request) make the feed send a full frame."""
+    up.synced = False
+    try:
+        sock.disconnect(up.endpoint)
+    except zmq.ZMQError:
+        pass  # the dropped connection's endpoint is already gone
+    sock.connect(up.endpoint)
 
 
 def _ask_snapshot(up: Upstream, sock: zmq.Socket, now: float, *, force: bool) -> None:
@@ -897,6 +1059,8 @@ def read_mirror_status(name: str, owner=None) -> dict | None:
                     "gaps": int(v.up.gaps[i]),
                     "snapshots": int(v.up.snapshots[i]),
                     "bad_frames": int(v.up.bad_frames[i]),
+                    "refused": {r: int(v.up.refused[i, k]) for k, r in enumerate(REFUSAL_REASONS)},
+                    "duplicates": int(v.up.duplicates[i]),
                     "bytes": int(v.up.bytes[i]),
                     "overflow": int(v.up.overflow[i]),
                     "lag_us": {"p50": float(v.up.lag_us_p50[i]), "p99": float(v.up.lag_us_p99[i])},

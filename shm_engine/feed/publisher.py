@@ -38,7 +38,10 @@ worker's reaper returns every forwarded claim, as for any dead scheduler);
 its in-flight counts are written into the lease's row as absolute values and
 its outcomes recorded like a local release.  A mirror silent for ``[feed]
 mirror_timeout_s`` has its row cleared (counted ``feedback_abandoned``) and
-its lease freed.
+its lease freed.  A feedback frame larger than the largest legitimate one
+(`format.feedback_frame_bound` of the engine's capacity) never reaches the
+child (``ZMQ_MAXMSGSIZE``); a malformed one is refused and counted
+(``feedback_bad``).
 """
 
 from __future__ import annotations
@@ -63,7 +66,14 @@ from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.feed import format as ff
 
-__all__ = ["FeedPublisher", "FeedbackSink", "feed_main", "warm_up", "FINE_POLL_S"]
+__all__ = [
+    "FeedPublisher",
+    "FeedbackSink",
+    "feed_main",
+    "feedback_socket",
+    "warm_up",
+    "FINE_POLL_S",
+]
 
 FINE_POLL_S = 0.0001  # latch poll period once the next tick is due
 FINE_WINDOW_S = 0.002  # poll finely from this long before the next tick is due
@@ -444,6 +454,18 @@ def warm_up() -> None:
     _pack_words(i8, np.zeros(2, np.uint8), gens, cur, np.zeros((1, 9), np.uint64))
 
 
+def feedback_socket(ctx: zmq.Context, capacity: int) -> zmq.Socket:
+    """The PULL socket mirrors' feedback frames arrive on, for an engine of
+    ``capacity`` slots.  A message over the largest feedback frame about
+    those slots (plus the transport's `format.WIRE_SLACK`) is never
+    allocated: ZeroMQ drops the connection that carried it, and the
+    mirror's PUSH connects again."""
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.MAXMSGSIZE, ff.feedback_frame_bound(capacity) + ff.WIRE_SLACK)
+    return pull
+
+
 def _curve_server(ctx: zmq.Context, sockets, config: Config):
     """Make ``sockets`` CURVE servers admitting ``[feed.curve]``'s keys; the
     ZAP handler (close it before the context)."""
@@ -506,10 +528,9 @@ def feed_main(name: str, config: Config, parent_pid: int) -> int:
     # A slow mirror holds at most this many frames here; beyond, its frames
     # are dropped, it sees the gap and takes a full frame.
     pub.setsockopt(zmq.SNDHWM, SNDHWM_FRAMES)
-    pull = ctx.socket(zmq.PULL) if claims_seg is not None else None
-    if pull is not None:
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
+    pull = None
+    if claims_seg is not None:
+        pull = feedback_socket(ctx, claims_seg.views.layout.capacity)
     zap = None
     try:
         try:

@@ -190,6 +190,13 @@ class EngineProcess:
         return segment_exists(self.name)
 
     # -------------------------------------------------------------- stop --
+    def terminate(self) -> None:
+        """SIGTERM the child (if it runs) without waiting: several engines
+        then stop in parallel; `stop` waits for each."""
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float) -> int | None:
         """SIGTERM, then wait up to ``timeout`` seconds; SIGKILL if the child
         is still there.  Returns the exit code of a child that exited by

@@ -234,14 +234,29 @@ class EngineCollector:
             "frame sequence gaps seen (each repaired by a full frame)",
             labels=["engine", "zone"],
         )
+        refused = CounterMetricFamily(
+            "shm_engine_mirror_zone_refused_frames",
+            "frames of the zone refused, by reason (nothing of them applied)",
+            labels=["engine", "zone", "reason"],
+        )
+        dups = CounterMetricFamily(
+            "shm_engine_mirror_zone_duplicate_ids",
+            "registrations refused: another zone's node holds the id",
+            labels=["engine", "zone"],
+        )
         for z in m["zones"]:
             label = e + [z["zone"]]
             fresh.add_metric(label, 1.0 if z["state"] == "fresh" else 0.0)
             age.add_metric(label, z["age_s"] if z["age_s"] is not None else float("inf"))
             gaps.add_metric(label, float(z["gaps"]))
+            for reason, n in z["refused"].items():
+                refused.add_metric(label + [reason], float(n))
+            dups.add_metric(label, float(z["duplicates"]))
         yield fresh
         yield age
         yield gaps
+        yield refused
+        yield dups
 
     @staticmethod
     def _placement(pl: dict, e: list):

@@ -259,8 +259,17 @@ def _feed_lines(s: dict) -> list[str]:
             out.append(
                 f"zone     {z['zone'] or '?'} {z['state'].upper()} from {z['endpoint']}: "
                 f"{z['nodes']} nodes, epoch {z['epoch']}, last frame {age}, "
-                f"{z['gaps']} gaps, {z['snapshots']} snapshots"
+                f"{z['gaps']} gaps, {z['snapshots']} snapshots" + _refusals(z)
             )
+    return out
+
+
+def _refusals(z: dict) -> str:
+    """``, refused: 2 length, 1 oversize; 3 duplicate ids`` (empty when none)."""
+    why = ", ".join(f"{n} {r}" for r, n in z["refused"].items() if n)
+    out = f", refused: {why}" if why else ""
+    if z["duplicates"]:
+        out += f"; {z['duplicates']} duplicate ids refused"
     return out
 
 

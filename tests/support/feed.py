@@ -29,7 +29,9 @@ COLUMNS = ("score", "raw", "wait", "qema", "liveness", "state")
 class FeedRig:
     """``len(zones)`` engines (names from ``names()``) and a mirror of them."""
 
-    def __init__(self, names, zones=("a",), capacity=64, full_every=1000, zone_slots=None):
+    def __init__(
+        self, names, zones=("a",), capacity=64, full_every=1000, zone_slots=None, endpoints=None
+    ):
         self.engines: list[ClaimsEngine] = []
         self.pubs: list[FeedPublisher] = []
         self.mirror: Mirror | None = None
@@ -40,7 +42,10 @@ class FeedRig:
                 self.pubs.append(FeedPublisher(eng.views, full_every=full_every))
             self.mirror = Mirror(
                 names(),
-                [(z, f"tcp://127.0.0.1:{7000 + i}") for i, z in enumerate(zones)],
+                [
+                    (z, endpoints[i] if endpoints else f"tcp://127.0.0.1:{7000 + i}")
+                    for i, z in enumerate(zones)
+                ],
                 capacity=capacity * len(zones),
                 zone_slots=zone_slots,
             )
@@ -76,6 +81,38 @@ class FeedRig:
             eng.close()
         if self.mirror is not None:
             self.mirror.close()
+
+
+class MirrorThread:
+    """`mirror.run` over ``mirror`` in a thread of this process (its sockets
+    are the product's; ``curve``: a `mirror.CurveClient`); ``error`` holds
+    what the loop raised, if anything.
+    `stop` ends the loop and joins it."""
+
+    def __init__(self, mirror: Mirror, curve=None):
+        import threading
+
+        from shm_engine.feed.mirror import run
+
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+
+        def main():
+            try:
+                run(mirror, self._stop.is_set, curve)
+            except BaseException as err:  # noqa: BLE001 - reported to the test
+                self.error = err
+
+        self.thread = threading.Thread(target=main, name="mirror-loop", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the mirror loop did not stop"
 
 
 def compare(engine_name: str, mirror_name: str) -> list[str]:

@@ -52,6 +52,8 @@ def _configs(args, workdir: Path, zones: list[str], per_zone: int) -> list[tuple
             "feed.bind": f"tcp://127.0.0.1:{feed_port}",
             "feed.feedback_bind": f"tcp://127.0.0.1:{free_port()}",
             "engine.warm_spares": False,  # N engines on one demo host
+            # Each engine's HTTP API on a free port: N engines cannot share one.
+            "http.bind": "127.0.0.1:0",
         }
         if args.config is None:
             over["engine.tick_interval_ms"] = DEMO_TICK_MS
@@ -202,7 +204,10 @@ def _drive(args, view: bool, work: Path, procs: dict) -> int:
 
 
 def _stop_all(mirror, engines: list[EngineProcess], mirror_name: str) -> list[str]:
-    """Stop the mirror, then every engine; the names whose segment is left."""
+    """Stop the mirror and every engine, all at once (each takes a few
+    seconds: in turn, they would add up); the names whose segment is left."""
+    for e in engines:
+        e.terminate()
     if mirror is not None and mirror.poll() is None:
         mirror.terminate()
         try:
