@@ -747,7 +747,8 @@ class HttpConfig(_Section):
     max_streams: int = _key(
         _INT,
         64,
-        "Most GET /v1/stream clients at once; one more gets 503. Integer, 1..4096.",
+        "Most streaming clients (GET /v1/stream and GET /v1/events/stream) at "
+        "once; one more gets 503. Integer, 1..4096.",
     )
     nice: int = _key(
         _INT,

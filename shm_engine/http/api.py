@@ -2,8 +2,8 @@
 
 Every endpoint is one `Endpoint` row of the table `build_app` turns into
 Starlette routes *and* into the OpenAPI document (``GET /openapi.json``),
-so the document cannot drift from the code.  A new endpoint (the placement
-and event routes come next) is a handler and a row: ``mutating=True`` puts
+so the document cannot drift from the code.  A new endpoint is a handler
+and a row: ``mutating=True`` puts
 it behind the token rule below, ``body=True`` behind the body limit.
 
 Errors.  Every error is a JSON object ``{"error": {"status", "code",
@@ -74,6 +74,10 @@ MAX_EXPLAINED = 20  # rejected heartbeats explained one by one in a reply
 READY_MAX_AGE_TICKS = 10  # /readyz: the latest tick is at most this many intervals old
 READY_MIN_AGE_S = 0.5  # ... or this many seconds, whichever is longer
 STREAM_KEEPALIVE_S = 15.0
+DEFAULT_EVENTS = 100  # events per GET /v1/events reply
+MAX_EVENTS = 1000
+STREAM_EVENTS = 500  # events per message of GET /v1/events/stream, at most
+MAX_SEQ = (1 << 63) - 1
 _FIELD_VALUE = re.compile(
     r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
 )
@@ -198,6 +202,13 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def _dumps(obj: Any) -> str:
+    """Compact JSON text (orjson when installed), for a stream's data line."""
+    if _orjson is not None:
+        return _orjson.dumps(obj).decode()
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def _encode_cursor(obj: list) -> str:
@@ -493,7 +504,8 @@ class Api:
         item["in_flight"] = self.view.in_flight(slot, gen)
         item["heartbeat"] = self.view.heartbeat(slot, gen)
         item["history"] = self.view.score_history(np.array([slot]))[0]
-        item["events"] = None  # the event log is wired in by its own change
+        recent = self.view.recent.of_node(node)
+        item["events"] = None if recent is None else [ev._asdict() for ev in recent]
         return JSONResponse(item)
 
     # -------------------------------------------------------------- stats --
@@ -528,6 +540,8 @@ class Api:
                 "ingest": st["ingest"],
                 "claims": st["claims"],
                 "children": st["children"],
+                "config": st["config"],
+                "events": st["events"],
             }
         )
 
@@ -560,12 +574,7 @@ class Api:
         return self._summary
 
     async def stream(self, request: Request) -> Response:
-        if self.streams >= self.settings.max_streams:
-            raise ApiError(
-                503,
-                "too_many_streams",
-                f"{self.settings.max_streams} streams are open (http.max_streams)",
-            )
+        self._open_stream()
         self.frame()  # 503 before the stream starts, not inside it
 
         async def events():
@@ -601,6 +610,117 @@ class Api:
 
     async def history(self, request: Request) -> Response:
         return JSONResponse({"summaries": self.view.summaries()})
+
+    # ------------------------------------------------------------- events --
+    def event_log(self):
+        log = self.view.events
+        if log is None:
+            raise ApiError(
+                503, "no_event_log", f"engine {self.view.name!r} has no readable event log"
+            )
+        return log
+
+    def _open_stream(self) -> None:
+        if self.streams >= self.settings.max_streams:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                f"{self.settings.max_streams} streams are open (http.max_streams)",
+            )
+
+    async def events(self, request: Request) -> Response:
+        log = self.event_log()
+        q = request.query_params
+        limit = _query_int(request, "limit", DEFAULT_EVENTS, 1, MAX_EVENTS)
+        node = q.get("node") or None
+        head = log.head
+        if "after" in q:
+            after = _query_int(request, "after", 0, 0, MAX_SEQ)
+            batch = log.read(after, node=node, limit=limit)
+            events, lost, nxt = batch.events, batch.lost, batch.next_seq
+        elif node is None:  # the newest `limit` events
+            batch = log.read(max(0, head - limit), limit=limit)
+            events, lost, nxt = batch.events, batch.lost, batch.next_seq
+        else:  # the node's newest `limit` events: the whole ring, filtered
+            batch = log.read(max(0, head - log.capacity), node=node)
+            events, lost, nxt = batch.events[-limit:], batch.lost, batch.next_seq
+        return JSONResponse(
+            {
+                "events": [ev._asdict() for ev in events],
+                "lost": lost,
+                "next_seq": nxt,
+                "head": head,
+                "capacity": log.capacity,
+            }
+        )
+
+    async def events_stream(self, request: Request) -> Response:
+        log = self.event_log()
+        node = request.query_params.get("node") or None
+        resume = request.headers.get("last-event-id")
+        if resume is not None and resume.strip():
+            try:
+                seq = int(resume)
+                if not 0 <= seq <= MAX_SEQ:
+                    raise ValueError
+            except ValueError:
+                raise ApiError(
+                    400,
+                    "bad_header",
+                    "Last-Event-ID must be an event number this stream sent",
+                    "Last-Event-ID",
+                    resume[:200],
+                ) from None
+        elif "after" in request.query_params:
+            seq = _query_int(request, "after", 0, 0, MAX_SEQ)
+        else:
+            seq = log.head  # only what comes next
+        self._open_stream()
+        interval = self.settings.stream_interval_s
+        reader = self.view.reader
+
+        async def messages():
+            nonlocal seq
+            self.streams += 1
+            try:
+                # The cursor first: a client that reconnects before any event
+                # resumes here, not at the head of its reconnection.
+                yield f"retry: 1000\nid: {seq}\n\n"
+                sent_id, quiet = seq, 0.0
+                while True:  # ends when the client goes: Starlette cancels it
+                    # While this waits in a send to a slow client, the ring
+                    # moves on: the next read counts what it overwrote as lost.
+                    batch = log.read(seq, node=node, limit=STREAM_EVENTS)
+                    seq = batch.next_seq
+                    if batch.events or batch.lost:
+                        body = {
+                            "events": [ev._asdict() for ev in batch.events],
+                            "lost": batch.lost,
+                            "next_seq": seq,
+                        }
+                        yield f"id: {seq}\nevent: events\ndata: {_dumps(body)}\n\n"
+                        sent_id, quiet = seq, 0.0
+                    if seq < log.head:  # more is waiting: let other requests in first
+                        await asyncio.sleep(0)
+                        continue
+                    if quiet >= STREAM_KEEPALIVE_S:
+                        if not reader.engine_alive():
+                            yield 'event: error\ndata: {"code": "engine_stopped"}\n\n'
+                            return
+                        # The cursor moves past other nodes' events too.
+                        cursor = f"id: {seq}\n" if seq != sent_id else ""
+                        yield f"{cursor}: keep-alive\n\n"
+                        sent_id, quiet = seq, 0.0
+                    await asyncio.sleep(interval)
+                    quiet += interval
+            finally:
+                self.streams -= 1
+
+        return StreamingResponse(
+            messages(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     # ---------------------------------------------------------- heartbeat --
     async def heartbeat(self, request: Request) -> Response:
@@ -796,7 +916,7 @@ def endpoints() -> list[Endpoint]:
             "/v1/nodes/{id}",
             Api.node,
             "One node: score, raw, state, wait, liveness, rank, in-flight claims, its "
-            "latest heartbeat and score history",
+            "latest heartbeat, score history and latest events (null: no event log)",
             params=(_p("id", "path", "node id (it may contain /)"),),
             responses={200: "the node", 404: "no such node in the latest tick"},
             route="/v1/nodes/{id:path}",
@@ -805,7 +925,8 @@ def endpoints() -> list[Endpoint]:
             "GET",
             "/v1/stats",
             Api.stats,
-            "Counts per state, pressure, weights in effect, tick, ingest and claims counters",
+            "Counts per state, pressure, weights in effect, tick, ingest and claims "
+            "counters, the configuration in effect (version, latest reload), the event log",
             responses={200: "the engine's numbers"},
         ),
         Endpoint(
@@ -822,6 +943,58 @@ def endpoints() -> list[Endpoint]:
             "Server-sent events: `history` once, then `tick` (a compact summary) "
             "at most every http.stream_interval_ms",
             responses={200: "an event stream", 503: "too many streams"},
+            content="text/event-stream",
+        ),
+        Endpoint(
+            "GET",
+            "/v1/events",
+            Api.events,
+            "The event log: node state changes and why, oldest first. With after: "
+            "the events numbered above it (pass next_seq next time; lost counts those "
+            "the ring overwrote first); without: the newest limit events",
+            params=(
+                _p(
+                    "after",
+                    "query",
+                    "the next_seq of the previous reply (0: all the ring keeps)",
+                    {"type": "integer", "minimum": 0},
+                ),
+                _p("node", "query", "only this node's events (the cursor moves past others')"),
+                _p(
+                    "limit",
+                    "query",
+                    f"events considered, 1..{MAX_EVENTS} (default {DEFAULT_EVENTS})",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
+                ),
+            ),
+            responses={
+                200: "events, lost, next_seq, head, capacity",
+                400: "a bad parameter (field names it)",
+                503: "the engine has no readable event log",
+            },
+        ),
+        Endpoint(
+            "GET",
+            "/v1/events/stream",
+            Api.events_stream,
+            "Server-sent events of the event log: `events` messages (events, lost, "
+            "next_seq) whose id is the cursor; a reconnecting client's Last-Event-ID "
+            "resumes there. A client too slow to take them loses the oldest, counted "
+            "in lost; the engine never waits for it",
+            params=(
+                _p(
+                    "after",
+                    "query",
+                    "start after this event number (default: the newest; Last-Event-ID wins)",
+                    {"type": "integer", "minimum": 0},
+                ),
+                _p("node", "query", "only this node's events"),
+            ),
+            responses={
+                200: "an event stream",
+                400: "a bad parameter or Last-Event-ID",
+                503: "no event log, or too many streams",
+            },
             content="text/event-stream",
         ),
         Endpoint(

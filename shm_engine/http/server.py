@@ -272,6 +272,8 @@ async def _serve(server, sock, view, fields: HeaderFields, url: str, parent_pid:
                 next_sample = now + SAMPLE_S
                 with contextlib.suppress(Exception):  # nothing published yet, or gone
                     view.sample()
+            # Node details find their events indexed (a word read when none is new).
+            view.recent.sync()
             await asyncio.sleep(BEAT_S)
 
     task = None
