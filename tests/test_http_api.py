@@ -417,6 +417,11 @@ def test_stats(api):
     assert 0 <= s["pressure"] <= 1
     assert s["ingest"]["rejected"]["frame_too_large"] == 2
     assert s["tick"]["ticks"] == 1 and s["claims"]["in_flight"] == 0
+    # No supervisor wrote a configuration (version 0) nor reloaded; 30 events
+    # (the registrations).
+    assert (s["config"]["version"], s["config"]["epoch_version"]) == (0, 0)
+    assert s["config"]["last_reload"] is None and s["config"]["reloads"] == 0
+    assert s["events"] == {"appended": 30, "capacity": 64}
     hist = client.get("/v1/stats/history").json()
     assert hist == {"summaries": []}
 
@@ -445,12 +450,16 @@ def test_openapi_lists_every_route_of_the_table(api):
         "/v1/events",
         "/v1/events/stream",
         "/v1/heartbeat",
+        "/v1/reload",
         "/metrics",
         "/openapi.json",
         "/",
     }
     post = doc["paths"]["/v1/heartbeat"]["post"]
     assert post["security"] == [{"bearer": []}] and "413" in post["responses"]
+    reload = doc["paths"]["/v1/reload"]["post"]
+    assert reload["security"] == [{"bearer": []}]
+    assert {"200", "422", "503", "504"} <= set(reload["responses"])
     params = {p["name"] for p in doc["paths"]["/v1/nodes"]["get"]["parameters"]}
     assert params == {"state", "zone", "label", "prefix", "sort", "limit", "cursor", "history"}
     assert doc == openapi(_view_endpoints(client))

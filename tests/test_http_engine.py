@@ -148,19 +148,46 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
         httpx.get(new_url + "/healthz", timeout=2)
 
 
-def test_token_file_guards_heartbeats(shm_name, tmp_path, reap):
+def test_token_file_guards_posts_and_reload_goes_through(shm_name, tmp_path, reap):
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     eng, url = _start(shm_name, tmp_path, reap, http_extra=f'token_file = "{token}"')
-    with httpx.Client(base_url=url, timeout=10) as http:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/v1/heartbeat", json=GOOD)
         assert r.status_code == 401 and r.json()["error"]["code"] == "token_missing"
         r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": "Bearer nope"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "token_invalid"
-        r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": f"Bearer {TOKEN}"})
+        r = http.post("/v1/heartbeat", json=GOOD, headers=auth)
         assert r.status_code == 202
         assert http.get("/v1/nodes").status_code == 200  # reads stay open
+
+        # POST /v1/reload: the HTTP child signals the supervisor, which re-reads the file.
+        assert http.post("/v1/reload").status_code == 401
+        path = tmp_path / "e.toml"
+        text = path.read_text()
+        path.write_text(text + "\n[score]\nbeta = 0.8\n")
+        r = http.post("/v1/reload", headers=auth)
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["config_version"], r.json()["applied"]) == (
+            "applied",
+            2,
+            ["score.beta"],
+        )
+        wait_until(
+            lambda: http.get("/v1/stats").json()["config"]["epoch_version"] == 2,
+            20,
+            "an epoch computed with config version 2",
+        )
+        path.write_text(text + "\n[score]\nbeta = 1.5\n")
+        r = http.post("/v1/reload", headers=auth)
+        assert r.status_code == 422, r.text
+        e = r.json()["error"]
+        assert (e["code"], e["field"], e["value"]) == ("invalid_config", "score.beta", 1.5)
+        config = http.get("/v1/stats").json()["config"]
+        assert config["version"] == 2 and config["score"]["beta"] == 0.8
+        assert config["last_reload"]["status"] == "invalid"
     assert eng.stop() == 0
 
 

@@ -65,7 +65,15 @@ from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.jsondecode import check_mapping, json_array_items, parse_json
 from shm_engine.wire.result import Reject
 
-__all__ = ["ApiError", "Endpoint", "Settings", "build_app", "openapi", "MAX_LIMIT"]
+__all__ = [
+    "ApiError",
+    "Endpoint",
+    "Settings",
+    "build_app",
+    "config_error_field",
+    "openapi",
+    "MAX_LIMIT",
+]
 
 API_VERSION = "1"
 DEFAULT_LIMIT = 100
@@ -78,6 +86,7 @@ DEFAULT_EVENTS = 100  # events per GET /v1/events reply
 MAX_EVENTS = 1000
 STREAM_EVENTS = 500  # events per message of GET /v1/events/stream, at most
 MAX_SEQ = (1 << 63) - 1
+RELOAD_TIMEOUT_S = 10.0  # the supervisor's reload, awaited by POST /v1/reload
 _FIELD_VALUE = re.compile(
     r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
 )
@@ -145,6 +154,7 @@ class Settings:
     max_streams: int
     tick_interval_s: float
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; empty: any
+    reload_timeout_s: float = RELOAD_TIMEOUT_S  # POST /v1/reload waits this long
 
     @classmethod
     def from_config(cls, config: Config, token: str | None, loopback: bool) -> Settings:
@@ -202,6 +212,35 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+# A key and its value in a ConfigError message: "FILE: score.beta = 1.5 must ...".
+_CONFIG_KEY_VALUE = re.compile(
+    r"(?:^|: )(?P<key>[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)+) = "
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"|\[[^\]]*\]|[^\s:,;()]+)"
+)
+_CONFIG_KEY_ONLY = re.compile(
+    r"(?:^|: )(?:unknown (?:top-level )?(?:key|section) \[?(?P<unknown>[^\s\]]+)\]?"
+    r"|(?P<renamed>[a-z_][\w.]*) was renamed)"
+)
+
+
+def config_error_field(message: str) -> tuple[str | None, Any]:
+    """The key and the value a configuration error names (`ConfigError`
+    messages write ``KEY = VALUE`` with the value as TOML shows it): the
+    value decoded as JSON when it is a number, boolean, string or array,
+    else as written; (None, None) when the message names no key."""
+    m = _CONFIG_KEY_VALUE.search(message)
+    if m is not None:
+        text = m.group("value")
+        try:
+            return m.group("key"), json.loads(text)
+        except ValueError:
+            return m.group("key"), text
+    m = _CONFIG_KEY_ONLY.search(message)
+    if m is not None:
+        return m.group("unknown") or m.group("renamed"), None
+    return None, None
 
 
 def _dumps(obj: Any) -> str:
@@ -722,6 +761,30 @@ class Api:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    # ------------------------------------------------------------- reload --
+    async def reload(self, request: Request) -> Response:
+        from shm_engine.ops.reload import ReloadTimeout, request_reload
+
+        view = self.view
+        try:
+            # In a thread: the call signals the supervisor and polls for its result.
+            result = await asyncio.to_thread(
+                request_reload,
+                view.name,
+                timeout=self.settings.reload_timeout_s,
+                owner=view.seg.owner_uid,
+            )
+        except ReloadTimeout as err:
+            raise ApiError(504, "reload_timeout", str(err)) from None
+        except EngineNotRunning as err:
+            raise ApiError(503, "engine_not_running", str(err)) from None
+        body = result.as_dict()
+        if result.status == "invalid":
+            message = result.error or "the configuration file is invalid"
+            key, value = config_error_field(message)
+            return error_response(422, "invalid_config", message, key, value, reload=body)
+        return JSONResponse(body)
+
     # ---------------------------------------------------------- heartbeat --
     async def heartbeat(self, request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -1028,6 +1091,25 @@ def endpoints() -> list[Endpoint]:
                 413: "body too large",
                 415: "not application/json",
                 503: "the ingest cannot take it now",
+            },
+        ),
+        Endpoint(
+            "POST",
+            "/v1/reload",
+            Api.reload,
+            "Re-read the engine's configuration file (as SIGHUP does): the whole file "
+            "is validated first; [score] keys take effect at the next tick; other "
+            "changed keys are reported in restart_needed, not applied",
+            mutating=True,
+            responses={
+                200: "the reload's result: status (applied or unchanged), config_version, "
+                "config_hash, applied, restart_needed",
+                401: "token missing or wrong",
+                403: "mutations disabled",
+                422: "the file is invalid and nothing changed: field and value name the "
+                "key and its value; reload holds the result",
+                503: "the engine (its supervisor) is not running",
+                504: "no reload finished within the timeout (the supervisor is busy or hung)",
             },
         ),
         Endpoint(
