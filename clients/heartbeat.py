@@ -17,7 +17,8 @@ Rules for callers:
   delivers, and closing never blocks longer than that.
 - A client owns its own ``zmq.Context`` and must not cross a ``fork()``:
   create one per process (a forked child's ``send`` raises RuntimeError).
-- Labels travel only in JSON frames; everything else goes in binary frames.
+- Labels travel only in JSON frames (``send``); everything else, taints
+  included, goes in binary frames.
 - An optional field passed as None is left out ("not reported"), so
   ``hb.send(node, ..., io=sample.io)`` needs no test when a value is unknown.
 - ``leave(node)`` sends a leave message (`shm_engine.wire.leave`): a draining
@@ -42,7 +43,13 @@ import zmq
 from shm_engine.core.errors import ShmEngineError
 from shm_engine.wire.binary import decode_binary
 from shm_engine.wire.encode import encode_batch, encode_json, encode_record
-from shm_engine.wire.format import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, RECORD_DTYPE, RECORD_SIZE
+from shm_engine.wire.format import (
+    DEFAULT_MAX_FRAME_BYTES,
+    HEADER_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    V3_RECORD_SIZE,
+)
 from shm_engine.wire.jsondecode import check_heartbeat
 from shm_engine.wire.leave import decode_leave, encode_leave
 
@@ -175,8 +182,10 @@ class HeartbeatClient:
         assert record is not None  # no reject reason: the record is valid
         if labels is None:
             frame = encode_record(record)
-        else:
+        elif "labels" in fields:
             frame = encode_json({"node": node, **fields})
+        else:  # taints without labels: binary version 3
+            frame = encode_batch([{"node": node, **fields}])
         return self._send_frame(frame, 1)
 
     def send_batch(self, records: Iterable[Mapping] | np.ndarray) -> int:
@@ -184,20 +193,31 @@ class HeartbeatClient:
 
         ``records``: mappings with the JSON field names (``node`` included), or
         a ``wire.RECORD_DTYPE`` array.  All are validated before any is sent;
-        labels cannot travel in a batch (use ``send``).  Returns how many
-        heartbeats were queued; the rest were dropped and counted.
+        labels cannot travel in a batch (use ``send``); taints can (the
+        frames are then of binary version 3).  Returns how many heartbeats
+        were queued; the rest were dropped and counted.
         """
         self._check_usable()
-        batch = self._validated(records)
-        per_frame = (self.max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
+        tainted: list[Mapping] = []
+        batch = self._validated(records, tainted)
+        frames: list[Any]
+        if tainted:  # every mapping, validated: version 3 frames
+            per_frame = (self.max_frame_bytes - HEADER_SIZE) // V3_RECORD_SIZE
+            frames = [tainted[i : i + per_frame] for i in range(0, len(tainted), per_frame)]
+        else:
+            per_frame = (self.max_frame_bytes - HEADER_SIZE) // RECORD_SIZE
+            frames = [batch[i : i + per_frame] for i in range(0, len(batch), per_frame)]
         queued = 0
-        for start in range(0, len(batch), per_frame):
-            chunk = batch[start : start + per_frame]
+        for chunk in frames:
             if self._send_frame(encode_batch(chunk), len(chunk)):
                 queued += len(chunk)
         return queued
 
-    def _validated(self, records: Iterable[Mapping] | np.ndarray) -> np.ndarray:
+    def _validated(
+        self, records: Iterable[Mapping] | np.ndarray, tainted: list[Mapping]
+    ) -> np.ndarray:
+        """The records, validated; when a mapping has taints, ``tainted``
+        receives every mapping (they go out as mappings, with their taints)."""
         if isinstance(records, np.ndarray):
             if records.dtype != RECORD_DTYPE:
                 raise TypeError(f"records array has dtype {records.dtype}, not wire.RECORD_DTYPE")
@@ -205,19 +225,23 @@ class HeartbeatClient:
             if decoded.rejects:
                 raise InvalidHeartbeat(*decoded.sample[0])
             return decoded.records
-        rows = []
+        rows, mappings, any_taints = [], [], False
         for mapping in records:
             record, labels, reason, detail = check_heartbeat(_present(mapping))
             if reason is not None:
                 assert detail is not None  # a reject reason comes with its detail
                 raise InvalidHeartbeat(reason, detail)
-            if labels is not None:
+            if "labels" in mapping:
                 raise InvalidHeartbeat(
                     "bad_field",
                     f"node {mapping['node']!r}: labels cannot travel in a "
                     "binary batch; send this heartbeat with send()",
                 )
+            any_taints = any_taints or labels is not None
             rows.append(record)
+            mappings.append(mapping)
+        if any_taints:
+            tainted.extend(mappings)
         out = np.zeros(len(rows), RECORD_DTYPE)
         for i, record in enumerate(rows):
             out[i] = record

@@ -56,6 +56,7 @@ import numpy as np
 from clients.claims import Claim, ClaimCounter, ClaimTable, NodeFeedback, SinceTick
 from clients.pick import DEFAULT_D
 from clients.pick import pick as _pick
+from clients.view import SnapshotView
 from kernels.params import N_WEIGHTS, WEIGHT_NAMES
 from shm_engine.core.errors import (
     EngineNotRunning,
@@ -63,6 +64,7 @@ from shm_engine.core.errors import (
     NothingPublished,
     ReadContention,
     ShmEngineError,
+    SnapshotExpired,
     UnknownNode,
 )
 from shm_engine.core.registry import read_node_id, read_node_meta
@@ -81,9 +83,11 @@ from shm_engine.core.states import STATE_NAMES, NodeState
 __all__ = [
     "ScoreReader",
     "Snapshot",
+    "SnapshotView",
     "NothingPublished",
     "UnknownNode",
     "ReadContention",
+    "SnapshotExpired",
     "EngineStopped",
     "Claim",
     "NodeFeedback",
@@ -172,6 +176,11 @@ class ScoreReader:
             tuple(b.views[c] for c in _PUBLISHED + ("gen",)) for b in self._bufs
         )
         self._ranked_views = tuple(b.views["ranked"] for b in self._bufs)
+        self._sliced = [tuple(c[:0] for c in cols) for cols in self._published]  # view()
+        self._meta_mv = tuple(
+            (b.tick_wall.data, b.tick_mono.data, b.pressure.data, b.ejected.data)
+            for b in self._bufs
+        )
         self._rif_mv = mvs("rif")
         self._slots = v.table.slots  # pick reads .item(slot)
         self._counter: ClaimCounter | None = None  # claims counted read-only (pick)
@@ -247,6 +256,7 @@ class ScoreReader:
         self._liveness_mv = self._recv_mv = None  # type: ignore[assignment]
         self._stopping_mv = self._beat_mv = None  # type: ignore[assignment]
         self._ranked_mv = self._nranked_mv = None  # type: ignore[assignment]
+        self._sliced = self._meta_mv = None  # type: ignore[assignment]
         self._bufs = None  # type: ignore[assignment]
         self._seg.close()
 
@@ -520,7 +530,9 @@ class ScoreReader:
         return cols, ranked, meta
 
     def snapshot(self) -> Snapshot:
-        """One consistent copy of the latest tick (see `Snapshot`).
+        """One consistent copy of the latest tick (see `Snapshot`): stable,
+        the caller's to keep.  `view` reads the same in place, without the
+        copy, for as long as the latch allows.
 
         Raises NothingPublished before the first tick; ReadContention if no
         consistent copy could be made and none was made before (otherwise
@@ -532,11 +544,25 @@ class ScoreReader:
                 raise self._contention("a snapshot")
             return self._last
         cols, ranked, (wall, mono, pressure, weights, counts, ejected) = got
-        score, raw, wait, qema, liveness, state, gen = cols
-        snap = Snapshot(
-            epoch,
+        meta = (
             float(wall),
             float(mono),
+            float(pressure),
+            dict(zip(WEIGHT_NAMES, weights, strict=True)),
+            dict(zip(_STATE_KEYS, counts, strict=True)),
+            int(ejected),
+        )
+        return self._snapshot_of(epoch, cols, ranked, meta)
+
+    def _snapshot_of(self, epoch: int, cols: list, ranked: np.ndarray, meta: tuple) -> Snapshot:
+        """A `Snapshot` of consistent copies: ``cols`` in _PUBLISHED order,
+        then gen; ``meta`` (wall, mono, pressure, weights, counts, ejected)."""
+        score, raw, wait, qema, liveness, state, gen = cols
+        wall, mono, pressure, weights, counts, ejected = meta
+        snap = Snapshot(
+            epoch,
+            wall,
+            mono,
             self._nodes_for(gen, state),
             score,
             raw,
@@ -545,13 +571,50 @@ class ScoreReader:
             qema,
             liveness,
             ranked,
-            float(pressure),
-            dict(zip(WEIGHT_NAMES, weights, strict=True)),
-            dict(zip(_STATE_KEYS, counts, strict=True)),
-            int(ejected),
+            pressure,
+            weights,
+            counts,
+            ejected,
         )
         self._last = snap
         return snap
+
+    def view(self) -> SnapshotView:
+        """The latest tick in place: read-only views of the published
+        buffer, no copy, the same cost at any number of nodes.  Valid until
+        the engine begins rewriting that buffer, two ticks on: read, then
+        check (``with reader.view() as v:``, ``v.still_valid()``); see
+        `clients.view` for the rule.  ``v.copy()`` makes it a `Snapshot`.
+
+        Raises NothingPublished before the first tick, EngineStopped once
+        the engine is gone, ReadContention if the writer lapped every
+        attempt to read the tick's scalars."""
+        hwm = min(self._hdr.slot_hwm.item(0), len(self._gen_list))
+        epoch, got = self._read(self._view_meta)
+        if got is None:
+            raise self._contention("a view")
+        b = epoch & 1
+        cols = self._sliced[b]
+        if len(cols[0]) != hwm:
+            cols = self._sliced[b] = tuple(a[:hwm] for a in self._published[b])
+        n_ranked, meta = got
+        ranked = self._ranked_views[b][: min(n_ranked, hwm)]
+        return SnapshotView(self, self._seq_mv, epoch, cols, ranked, meta)
+
+    def _view_meta(self, b: int) -> tuple:
+        """The per-tick scalars a view copies: (n_ranked, (wall, mono,
+        pressure, ejected))."""
+        wall, mono, pressure, ejected = self._meta_mv[b]
+        return self._nranked_mv[b][0], (wall[0], mono[0], pressure[0], ejected[0])
+
+    def _weights_counts(self, b: int) -> tuple[dict, dict]:
+        """Buffer ``b``'s weights and counts as `Snapshot` holds them (not
+        checked: the caller checks the latch after)."""
+        buf = self._bufs[b]
+        return (
+            dict(zip(WEIGHT_NAMES, buf.weights[:N_WEIGHTS].tolist(), strict=True)),
+            dict(zip(_STATE_KEYS, buf.counts[:5].tolist(), strict=True)),
+        )
 
     def _nodes_for(self, gen: np.ndarray, state: np.ndarray) -> tuple:
         """Node names per slot for buffer generations ``gen`` (cached)."""

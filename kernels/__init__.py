@@ -14,7 +14,7 @@ Public API:
 One module per stage: queue (steps 1-2), window (2, the error window),
 goodness (3), percentile (3, R), liveness (4), pressure (5), weights (6),
 backpressure (7), breaker (8), smoothing (9-10), hysteresis (11),
-quarantine (12), ranking (13-14); `pipeline` fuses them into three passes.
+quarantine (12), ranking (13-14); `pipeline` fuses them into two passes.
 `reasons` names why a state changed (the per-node `reason` output the
 breaker, hysteresis and quarantine stages write); `events` diffs two ticks'
 states into the rows of the event log.

@@ -16,16 +16,21 @@ Slot rules:
     The driver resets the slot's feedback inputs (see `kernels.columns`).
 
 Order (SCORING.md "Order within a tick"; forgetting, heartbeats and
-feedback are applied to `inp` by the driver before the call), as three fused
-passes:
+feedback are applied to `inp` by the driver before the call), as two fused
+passes over the slots:
   1. steps 1, 2 (qema, load, wait, the error window) and 4 per node,
      accumulating S and the live count, and gathering the rates of the live
      nodes with avg_job_s > 0 into scratch;
   then step 5 (P) and R (`kernels.percentile`), once;
   2. per node in slot order: P_i, steps 3, 6-11, the flap update, probation
-     and release; counting QUARANTINED nodes;
-  3. per node in slot order: quarantine admissions under the cap, the `n`
-     memory, step 13 and the ranking candidates; then step 14's sort.
+     and release, counting QUARANTINED nodes; a node that is no admission
+     candidate of step 12 (HEALTHY/DEGRADED/OVERLOADED with flap >=
+     max_flaps) also gets its `n` memory, step 13 and its place among the
+     ranking candidates here, since no admission can change it;
+  then, over the candidates only (few), in slot order: admissions under
+  the cap (which counts every node's state after step 12's release, so it
+  waits for the whole pass), their `n` memory and step 13, merged into the
+  slot-ordered ranking candidates; then step 14's sort.
 
 Results: out.score/raw/wait/liveness per slot, out.reason why the slot's
 state changed this tick (`kernels.reasons`, written by the stage that
@@ -258,7 +263,15 @@ def _score(params, inp, prev, nxt, out, scratch):
     w_tail = params[W_TAIL]
     k1 = params[K1]
     k2 = params[K2]
+    cap = quarantine_cap(max_q_fraction, live)
+    for k in range(N_STATES):
+        counts[k] = 0
+    # Step 12's admission candidates, in slot order (the ranking's scratch is
+    # free until step 14).
+    cands = scratch.rank.idx_tmp
+    n_cands = 0
     n_quarantined = 0
+    m = 0
     for i in range(nslots):
         if active[i] == 0:
             continue
@@ -337,19 +350,30 @@ def _score(params, inp, prev, nxt, out, scratch):
         nxt_s[i] = s
         nxt_state[i] = state
         nxt_flap[i] = flap
-        nxt_n[i] = n
         nxt_probation[i] = probation
-
-    # Pass 3: admissions under the cap, the n memory, step 13, candidates.
-    cap = quarantine_cap(max_q_fraction, live)
-    for k in range(N_STATES):
-        counts[k] = 0
-    m = 0
-    for i in range(nslots):
-        if active[i] == 0:
+        if is_candidate(state, flap, max_flaps):
+            # Its admission depends on every node's state: decided below.
+            nxt_n[i] = n
+            cands[n_cands] = i
+            n_cands += 1
             continue
+        memory, n = memory_step(state, 0 if first else prev_memory[i], n, quarantine_memory)
+        nxt_memory[i] = memory
+        nxt_n[i] = n
+        score = published(state, s)
+        out_score[i] = score
+        counts[state] += 1
+        if score > 0.0:
+            out_ranked[m] = i
+            m += 1
+
+    # Step 12's admissions under the cap in slot order, then the candidates'
+    # n memory, step 13 and their place among the ranking candidates.
+    n_extra = 0
+    for j in range(n_cands):
+        i = cands[j]
         state = nxt_state[i]
-        if n_quarantined < cap and is_candidate(state, nxt_flap[i], max_flaps):
+        if n_quarantined < cap:
             state = QUARANTINED
             nxt_state[i] = state
             nxt_n[i] += 1
@@ -365,8 +389,22 @@ def _score(params, inp, prev, nxt, out, scratch):
         out_score[i] = score
         counts[state] += 1
         if score > 0.0:
-            out_ranked[m] = i
-            m += 1
+            cands[n_extra] = i
+            n_extra += 1
+    if n_extra > 0:
+        # Merge the two slot-ordered lists from the back, in place.
+        a = m - 1
+        b = n_extra - 1
+        k = m + n_extra - 1
+        while b >= 0:
+            if a >= 0 and out_ranked[a] > cands[b]:
+                out_ranked[k] = out_ranked[a]
+                a -= 1
+            else:
+                out_ranked[k] = cands[b]
+                b -= 1
+            k -= 1
+        m += n_extra
     return m, P, live
 
 

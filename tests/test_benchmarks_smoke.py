@@ -45,6 +45,9 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
         "ingest",
         "freshness",
         "feed",
+        "place",
+        "ingest",
+        "freshness",
         "memory",
         "scaling",
     ):
@@ -57,10 +60,13 @@ def test_quick_run_writes_every_section_into_its_output_folder_only(tmp_path):
             assert row["parts"][part]["median"] > 0
     ours = res["read"]["ours"]
     assert ours["score_ns"]["median"] > 0 and ours["snapshot_us"]["median"] > 0
+    assert ours["view_us"]["median"] > 0
     assert ours["top10_us"]["median"] > 0 and ours["pick_us"]["median"] > 0
     assert not ours["picked_none"]
     for k in ("ok", "error", "with", "in_flight"):
         assert res["claims"][k]["median_ns"] > 0
+    pl = res["place"]
+    assert pl["place_us"]["p50"] > 0 and pl["one_per_s"] > 0 and pl["many_per_s"] > 0
     assert res["read"]["manager"]["get_ns"]["median"] > 0
     assert "skipped" in res["read"]["redis"] or res["read"]["redis"]["hget_ns"]["median"] > 0
     for k in (

@@ -45,19 +45,29 @@ def _dev_shm(name):
 def test_claims_layout_regions_are_page_aligned_and_disjoint(capacity, leases):
     lay = claims_layout_for(capacity, leases)
     regions = lay.regions()
-    assert [r[0] for r in regions] == ["header", "leases", "outcomes", "in_flight"]
+    assert [r[0] for r in regions] == [
+        "header",
+        "leases",
+        "outcomes",
+        "in_flight",
+        "reserved",
+        "place",
+        "reservations",
+    ]
     for (_n, off, size), (_m, nxt, _s) in zip(regions, regions[1:], strict=False):
         assert off % 4096 == 0 and off + size <= nxt
     assert lay.outcomes.shape == (capacity, OUTCOME_WORDS)
     assert lay.row_bytes % 4096 == 0 and lay.row_bytes >= capacity * 8
-    assert lay.size == lay.in_flight.offset + leases * lay.row_bytes
+    assert lay.reserved.offset == lay.in_flight.offset + leases * lay.row_bytes
+    assert lay.size == lay.reservations.offset + leases * lay.block_bytes
     for f in lay.leases.values():
         assert CLAIMS_HEADER_BYTES <= f.offset and f.offset % 64 == 0
 
 
 def test_claims_layout_size_for_the_defaults_is_reported():
-    # Recorded in docs/design.md: 4 + 4 KiB, 32 B per slot, 8 B per slot and lease.
-    assert claims_layout_for(16_384, 64).size == 8_921_088
+    # Recorded in docs/design.md: 4 + 4 KiB, 32 B per slot, 8 B per slot and
+    # lease, 128 B of placement words per slot, 128 B per reservation entry.
+    assert claims_layout_for(16_384, 64).size == 19_406_848
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,31 @@ OPERATIONAL_DEFAULTS = {
     "http.max_streams": 64,
     "http.nice": 5,
     "http.curve_client_key_file": "",
+    # docs/placement.md
+    "placement.resources.cpu": 1000,
+    "placement.resources.mem_gb": 1000,
+    "placement.resources.gpu": 1,
+    "placement.fit": "least",
+    "placement.top_k": 4,
+    "placement.max_reservations": 1024,
+    "placement.cost_label": "cost",
+    "placement.data_label_prefix": "data/",
+    "placement.weights.fit": 30.0,
+    "placement.weights.affinity": 20.0,
+    "placement.weights.load": 20.0,
+    "placement.weights.locality": 20.0,
+    "placement.weights.cost": 10.0,
+    # issue 11's scope escalation
+    "scope.enabled": True,
+    "scope.min_samples": 10,
+    "scope.interval_s": 2.0,
+    "scope.window": 256,
+    "scope.max_age_s": 30.0,
+    "scope.federated_soft": 1.5,
+    "scope.federated_hard": 2.5,
+    "scope.centralized_soft": 1.7,
+    "scope.centralized_hard": 2.7,
+    "scope.neighbours": [],
 }
 
 ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
@@ -164,6 +189,13 @@ INT_KEYS = {
     "http.stream_interval_ms",
     "http.max_streams",
     "http.nice",
+    "placement.resources.cpu",
+    "placement.resources.mem_gb",
+    "placement.resources.gpu",
+    "placement.top_k",
+    "placement.max_reservations",
+    "scope.min_samples",
+    "scope.window",
 }
 
 
@@ -724,7 +756,8 @@ UNKNOWN = [
     ({"engine": {"zzzz": 1}}, r"unknown key engine\.zzzz; valid names in \[engine\]: capacity, "),
     (
         {"xyzzy": {}},
-        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, score",
+        r"unknown section \[xyzzy\]; valid names in the file: engine, ingest, claims, "
+        r"score, events, feed, http, placement, scope",
     ),
     # A section given as a scalar.
     ({"score": 5}, r"score = 5 has type integer, expected a table"),
@@ -852,7 +885,10 @@ def test_render_defaults_round_trip(tmp_path):
 def test_render_defaults_comments_every_key():
     lines = render_defaults().splitlines()
     assigned = [i for i, line in enumerate(lines) if re.match(r"^[a-z_0-9]+ = ", line)]
-    assert len(assigned) == len(ALL_DEFAULTS)
+    # placement.resources is one table: one line for its entries
+    tables = {k.rsplit(".", 1)[0] for k in ALL_DEFAULTS if k.startswith("placement.resources.")}
+    in_tables = [k for k in ALL_DEFAULTS if k.rsplit(".", 1)[0] in tables]
+    assert len(assigned) == len(ALL_DEFAULTS) - len(in_tables) + len(tables)
     for i in assigned:
         assert lines[i - 1].startswith("# "), lines[i]
     for section in (
@@ -860,9 +896,12 @@ def test_render_defaults_comments_every_key():
         "[ingest]",
         "[ingest.curve]",
         "[claims]",
+        "[placement]",
+        "[placement.weights]",
         "[score]",
         "[score.weights]",
         "[http]",
+        "[scope]",
     ):
         assert section in lines
     assert "shm_mode = 0o600" in lines

@@ -267,6 +267,7 @@ def test_write_rows_writes_each_row_exactly(writes, now):
         reported=np.zeros(8, np.uint8),
         row_version=np.zeros(8, np.uint64),
         slots=np.zeros(8),
+        alloc=np.zeros((8, 8), np.uint64),  # written by write_alloc, not here
     )
     for s, rec in zip(slots.tolist(), recs, strict=True):
         if 0 <= s < 8:

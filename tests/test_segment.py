@@ -41,7 +41,7 @@ def test_layout_columns_start_on_cache_lines():
 
 def test_layout_size_for_16384_slots_is_reported():
     # Recorded in docs/design.md; changes to the layout must update it there.
-    assert layout_for(16_384).size == 13_246_464  # 808 bytes per slot + 8 KiB
+    assert layout_for(16_384).size == 18_493_440  # 1,128 bytes per slot + 12 KiB
 
 
 def test_bad_capacity_rejected():

@@ -24,6 +24,7 @@ from benchmarks.harness import (
     http,
     ingest,
     memory,
+    place,
     read,
     report,
     scaling,
@@ -39,8 +40,7 @@ RECORD_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 FULL_NODES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_NODES = (1_000, 10_000)
-SKIPPABLE = ("read", "claims", "ingest", "freshness", "events", "feed")
-SKIPPABLE = ("read", "claims", "ingest", "freshness", "http")
+SKIPPABLE = ("read", "claims", "place", "ingest", "freshness", "events", "feed", "http")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--only",
-        choices=("tick", "ingest", "http"),
+        choices=("tick", "ingest", "freshness", "http"),
         default=None,
-        help="run only this section (tick: no Python baseline); prints the "
+        help="run only this section (tick: no Python baseline; freshness: 30 s, "
+        "or 4 s with --quick); prints the "
         "tables and writes <out>/<section>_only.json",
     )
     ap.add_argument(
@@ -118,6 +119,10 @@ def main(argv=None) -> int:
         res["ingest"] = ig = ingest.run(args.quick, log)
         print("\n".join(ingest.summary(ig)[0]))
         return _write_json(res, out_dir / "ingest_only.json", log)
+    if args.only == "freshness":
+        res["freshness"] = fr = freshness.run(10_000, 4.0 if args.quick else 30.0, log)
+        print("\n".join(freshness.summary(fr)[0] + freshness.summary(fr)[1]))
+        return _write_json(res, out_dir / "freshness_only.json", log)
     python_max = 1_000 if args.quick else 100_000
     res["tick"] = rows = [
         tick.run(n, _tick_reps(n, args.quick), python_max, log, only_tick=args.only == "tick")
@@ -131,6 +136,17 @@ def main(argv=None) -> int:
         None
         if "claims" in skip
         else claims.run(1_000 if args.quick else 10_000, 200 if args.quick else 2000, log)
+    )
+    res["place"] = (
+        None
+        if "place" in skip
+        else place.run(
+            1_000 if args.quick else 10_000,
+            300 if args.quick else 20_000,
+            1.0 if args.quick else 5.0,
+            4,
+            log,
+        )
     )
     res["ingest"] = None if "ingest" in skip else ingest.run(args.quick, log)
     res["freshness"] = (

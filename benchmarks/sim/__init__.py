@@ -1,7 +1,15 @@
 """Routing-quality simulator: does routing on the desirability score beat the
-policies it replaces and its peers?  ``python -m benchmarks sim [--quick]
-[--scenario NAME] [--policy NAME] [--seeds N | --seed S ...] [--retries R]
-[--schedulers K] [--score-override key=value] [--workers N]``.
+policies it replaces and its peers?  And placement: do issue 11's filters
+and weighted score place better than a kube-scheduler-like baseline, and
+does scope escalation move jobs out of a zone whose tail spikes?
+``python -m benchmarks sim [--quick] [--scenario NAME] [--policy NAME]
+[--seeds N | --seed S ...] [--retries R] [--schedulers K]
+[--score-override key=value] [--workers N]``.
+
+The placement scenarios (`PLACEMENT_SCENARIOS`: ``placement``, ``scope``)
+run in `placement` with their own policies (`PLACEMENT_POLICIES`; the scope
+scenario always runs its two variants, escalating and own-zone); they are
+part of the default run, and their tables follow the routing ones.
 
 Each (scenario, seed, policy) triple is one deterministic discrete-event run
 (`cluster.run`) over a seeded world (`scenarios.build_world`) that every
@@ -15,7 +23,8 @@ nothing else) and benchmarks/results/sim.json instead.  ``--json`` / ``--md``
 write where they say.
 
 Public API: `main(argv) -> int`, `simulate(...) -> dict`, `SCENARIOS`,
-`POLICIES`; the shipped pick lives in `clients.pick`.
+`POLICIES`, `PLACEMENT_SCENARIOS`, `PLACEMENT_POLICIES`; the shipped pick
+lives in `clients.pick`.
 """
 
 from __future__ import annotations
@@ -31,11 +40,20 @@ from functools import lru_cache
 
 import numpy as np
 
+from .place_policies import PLACEMENT_POLICIES
+from .placement import PLACEMENT_SCENARIOS, simulate_placement
 from .policies import POLICIES
 from .report import goal, render, write_section
 from .scenarios import SCENARIOS, build_world, quick
 
-__all__ = ["main", "simulate", "SCENARIOS", "POLICIES"]
+__all__ = [
+    "main",
+    "simulate",
+    "SCENARIOS",
+    "POLICIES",
+    "PLACEMENT_SCENARIOS",
+    "PLACEMENT_POLICIES",
+]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BENCH = os.path.dirname(_HERE)
@@ -128,9 +146,25 @@ def simulate(
     retries: int | None = None,
     schedulers: int | None = None,
 ) -> dict:
-    """Run every (scenario, seed, policy); return the result document (the JSON)."""
-    scenarios = list(scenarios or SCENARIOS)
-    policies = list(policies or POLICIES)
+    """Run every (scenario, seed, policy); return the result document (the JSON).
+    ``scenarios`` may name routing and placement scenarios (default: all of
+    both); ``policies`` filters each family's own policies."""
+    names = list(scenarios or [*SCENARIOS, *PLACEMENT_SCENARIOS])
+    for s in names:
+        if s not in SCENARIOS and s not in PLACEMENT_SCENARIOS:
+            raise ValueError(f"sim: unknown scenario {s!r}")
+    placing = [s for s in names if s in PLACEMENT_SCENARIOS]
+    scenarios = [s for s in names if s in SCENARIOS]
+    wanted = list(policies) if policies else None
+    policies = [p for p in policies if p in POLICIES] if policies else list(POLICIES)
+    if scenarios and not policies:
+        raise ValueError(
+            f"sim: --policy {' '.join(wanted or [])} names no routing policy for "
+            f"{', '.join(scenarios)} (--scenario placement / scope runs placement alone)"
+        )
+    if placing and wanted and not any(p in PLACEMENT_POLICIES for p in wanted):
+        if any(s for s in placing if PLACEMENT_SCENARIOS[s].kind == "placement"):
+            raise ValueError(f"sim: --policy {' '.join(wanted)} names no placement policy")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"sim: seeds = {seeds!r} must be distinct and at least one")
@@ -153,7 +187,10 @@ def simulate(
         for p in policies
     ]
     t0 = time.perf_counter()
-    if workers > 1:
+    placement = simulate_placement(placing, seeds, is_quick, workers, wanted) if placing else {}
+    if not tasks:
+        done = []
+    elif workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
@@ -197,6 +234,10 @@ def simulate(
         entry["jobs"] = entry["policies"][policies[0]]["jobs"]
         res[name] = entry
     cmd = "python -m benchmarks sim" + (" --quick" if is_quick else "")
+    if scenarios != list(SCENARIOS) or placing != list(PLACEMENT_SCENARIOS):
+        cmd += "".join(f" --scenario {s}" for s in names)
+    if wanted:
+        cmd += "".join(f" --policy {p}" for p in wanted)
     default_seeds = list(QUICK_SEEDS if is_quick else DEFAULT_SEEDS)
     if seeds != default_seeds:
         cmd += "".join(f" --seed {s}" for s in seeds)
@@ -213,10 +254,11 @@ def simulate(
             "score_overrides": dict(overrides),
             "workers": workers,
             "elapsed_s": round(elapsed, 1),
-            "runs": len(tasks),
+            "runs": len(tasks) + sum(len(r["policies"]) for r in placement.values()) * len(seeds),
         },
         "scenarios": res,
         "goal": goal(res),
+        "placement": placement,
     }
 
 
@@ -267,14 +309,14 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--scenario",
         action="append",
-        choices=sorted(SCENARIOS),
-        help="run only this scenario (repeatable)",
+        choices=sorted([*SCENARIOS, *PLACEMENT_SCENARIOS]),
+        help="run only this scenario (repeatable); placement and scope are the placement ones",
     )
     ap.add_argument(
         "--policy",
         action="append",
-        choices=list(POLICIES),
-        help="run only this policy (repeatable)",
+        choices=[*POLICIES, *PLACEMENT_POLICIES],
+        help="run only this policy (repeatable; each family keeps its own)",
     )
     ap.add_argument(
         "--seed",
@@ -350,9 +392,12 @@ def main(argv=None) -> int:
         os.replace(json_path + ".tmp", json_path)
     if md_path:
         write_section(md_path, body)
+    n_pol = len({p for r in result["scenarios"].values() for p in r["policies"]}) + len(
+        {p for r in result["placement"].values() for p in r["policies"]}
+    )
     print(
-        f"sim: {len(result['scenarios'])} scenarios x {len(seeds)} seeds x "
-        f"{len(next(iter(result['scenarios'].values()))['policies'])} policies in "
+        f"sim: {len(result['scenarios']) + len(result['placement'])} scenarios x "
+        f"{len(seeds)} seeds x {n_pol} policies in "
         f"{result['meta']['elapsed_s']} s"
         + (f"; wrote {json_path}" if json_path else "")
         + (f", {md_path}" if md_path else ""),

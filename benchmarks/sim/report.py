@@ -13,7 +13,16 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["goal", "render", "write_section", "BEGIN", "END", "SHIPPED", "PEER_NAMES"]
+__all__ = [
+    "goal",
+    "render",
+    "render_placement",
+    "write_section",
+    "BEGIN",
+    "END",
+    "SHIPPED",
+    "PEER_NAMES",
+]
 
 BEGIN = "<!-- sim:begin -->"
 END = "<!-- sim:end -->"
@@ -140,7 +149,17 @@ def _span(xs: list) -> str:
 
 
 def render(result: dict) -> str:
-    """The markdown body: method line, goal table, one table per scenario."""
+    """The markdown body: the routing section (method line, goal table, one
+    table per scenario) when routing scenarios ran, then the placement one."""
+    parts = []
+    if result["scenarios"]:
+        parts.append(_render_routing(result))
+    if result.get("placement"):
+        parts.append(render_placement(result))
+    return "\n".join(parts)
+
+
+def _render_routing(result: dict) -> str:
     m = result["meta"]
     seeds = m["seeds"]
     any_res = next(iter(result["scenarios"].values()), None)
@@ -256,3 +275,131 @@ def write_section(path: str, body: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------- placement --
+def _pspan(xs: list, fmt=None) -> str:
+    xs = [x for x in xs if not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return "n/a"
+    f = fmt or _f
+    lo, hi = min(xs), max(xs)
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}-{f(hi)}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.0f}%"
+
+
+def render_placement(result: dict) -> str:
+    """Markdown of the placement scenarios (``result["placement"]``)."""
+    m = result["meta"]
+    seeds = m["seeds"]
+    lines = [
+        "## Placement quality",
+        "",
+        f"Produced by `{m['command']}` (seeds {', '.join(map(str, seeds))}"
+        + (", quick" if m["quick"] else "")
+        + "). Same cluster and jobs for every policy of a seed. Each cell is the median "
+        "over seeds; (min-max) is the range over seeds. Latency = completion - arrival "
+        "(pending + run); stretch = latency / the job's run time alone on its node; "
+        "node queueing = run time / run time alone (1: the node's cores were never "
+        "oversubscribed while it ran; background CPU the reservations do not see makes "
+        "it grow); unschedulable = still pending 120 s after arrival; utilization = "
+        "reserved / allocatable of ready nodes, time-averaged after warm-up; zone local = "
+        "share of the jobs free to leave their home zone that stayed in it; data local = "
+        "share of the jobs bound to a data set placed on a node holding it; price / core "
+        "= mean price of the chosen nodes per requested core (on-demand z0 = 1). Every run "
+        "checks that no node was ever reserved beyond its allocatable and that all "
+        "reservations were returned.",
+        "",
+        "Policies (`benchmarks/sim/place_policies.py`): `ours` issue 11's filters and "
+        "weighted score (fit least-allocated 30%, preferred affinity 20%, load 20%, "
+        "locality 20%, cost 10%), uniformly among the 4 best; `ours_argmax` the best; "
+        "`ours_near` uniformly among the nodes within 0.02 of the best; "
+        "`kube_like` the same filters, then kube-scheduler's LeastAllocated on cpu and "
+        "memory, best node (no load awareness, no preferences); `random_feasible` "
+        "uniform among feasible nodes.",
+    ]
+    for name, res in result["placement"].items():
+        pols = res["policies"]
+        lines += ["", f"### {name}", "", f"{res['description']}. {res['nodes']} nodes, "
+                  f"{res['jobs']} jobs measured (median)."]  # fmt: skip
+        if res["kind"] == "scope":
+            lines += _render_scope(res)
+            continue
+        lines += [
+            "",
+            "| policy | p50 s | p99 s (min-max) | p99 stretch (min-max) "
+            "| p99 node queueing (min-max) | pending mean s | unschedulable (min-max) "
+            "| cpu % (min-max) | mem % | gpu % | zone local % | data local % | price / core |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for pol, x in pols.items():
+            b = x["by_seed"]
+            lines.append(
+                f"| {pol} | {_f(x['p50_s'])} | {_f(x['p99_s'])} ({_pspan(b['p99_s'])}) | "
+                f"{_f(x['stretch_p99'])} ({_pspan(b['stretch_p99'])}) | "
+                f"{_f(x['contention_p99'])} ({_pspan(b['contention_p99'])}) | "
+                f"{_f(x['pending_mean_s'])} | {x['unschedulable']} "
+                f"({_pspan(b['unschedulable'], lambda v: f'{v:.0f}')}) | "
+                f"{x['util_cpu_pct']:.1f} ({_pspan(b['util_cpu_pct'], lambda v: f'{v:.1f}')}) | "
+                f"{x['util_mem_pct']:.1f} | {x['util_gpu_pct']:.1f} | "
+                f"{x['zone_local_pct']:.0f} | {x['data_local_pct']:.0f} | "
+                f"{x['price_per_core']:.3f} |"
+            )
+        lines += [
+            "",
+            "Unschedulable jobs by the filter that removed the last candidates (all seeds): "
+            + "; ".join(
+                f"`{pol}` "
+                + (
+                    ", ".join(f"{k} {v}" for k, v in x["unschedulable_by_all_seeds"].items())
+                    or "none"
+                )
+                for pol, x in pols.items()
+            )
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _render_scope(res: dict) -> list:
+    pols = res["policies"]
+    esc = pols.get("escalating")
+    own = pols.get("own_zone")
+    out = [
+        "",
+        "Jobs of the spiking zone (z1) by arrival time. `ratio` = the P95/P50 ratio the "
+        "rule saw (`shm_engine.core.scope`, defaults of `[scope]`: 1.5/2.5 to the "
+        "neighbours, 1.7/2.7 to every zone, >= 10 samples, every 2 s); `widened` = share "
+        "of jobs the rule let out of their zone (`every`: to every zone); `out of zone` = "
+        "share placed outside z1. A widened job prefers the other zones of its scope and "
+        "keeps z1 as a fallback. `own_zone` keeps every job in its zone.",
+        "",
+        "| arrivals s | spike factor | ratio | widened (min-max) | every zone "
+        "| out of zone (min-max) | p99 s | p99 s own_zone |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    if esc is None:
+        return out[:1] + ["", "(the `escalating` variant was not run)"]
+    for b, row in enumerate(esc["bins"]):
+        own_p99 = own["bins"][b]["p99_s"] if own else math.nan
+        out.append(
+            f"| {row['t0']:.0f}-{row['t1']:.0f} | {row['factor']:.2f} | {_f(row['ratio'])} | "
+            f"{_pct(row['widened'])} ({_pspan(row['widened_by_seed'], _pct)}) | "
+            f"{_pct(row['every'])} | {_pct(row['out_of_zone'])} "
+            f"({_pspan(row['out_of_zone_by_seed'], _pct)}) | {_f(row['p99_s'])} | {_f(own_p99)} |"
+        )
+    summary = (
+        f"p99 latency of z1's jobs arriving during the spike: escalating "
+        f"{_f(esc['spike_zone_p99_s'])} s ({_pspan(esc['by_seed']['spike_zone_p99_s'])})"
+    )
+    if own:
+        summary += (
+            f", own_zone {_f(own['spike_zone_p99_s'])} s "
+            f"({_pspan(own['by_seed']['spike_zone_p99_s'])}); unschedulable "
+            f"{esc['unschedulable']} vs {own['unschedulable']}"
+        )
+    out += ["", summary + "."]
+    return out

@@ -95,6 +95,7 @@ from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.layout import (
     CLAIMS_LAYOUT_VERSION,
     CLAIMS_MAGIC,
+    DEFAULT_MAX_RESERVATIONS,
     OUT_CONSEC,
     OUT_ERR,
     OUT_LAST_ERR,
@@ -538,15 +539,17 @@ def _free_lease(idents, k, ident):
 
 
 def reap_dead_leases(
-    views: ClaimsViews, hwm: int, now: float, alive=lease_holder_alive
+    views: ClaimsViews, hwm: int, now: float, alive=lease_holder_alive, before_free=None
 ) -> tuple[int, int, int]:
     """Return the claims of every lease whose holder is dead and free it.
 
     Tick worker only (one reaper at a time).  ``hwm``: 1 + the highest slot
     ever registered (claims exist only below it).  Counts the returned claims
     in ``abandoned_claims`` and the leases in ``leases_reaped``; stamps
-    ``lease_check_mono`` with ``now``.  Returns (leases reaped, claims
-    returned, leases still in use)."""
+    ``lease_check_mono`` with ``now``.  ``before_free(views, lease)``, if
+    given, runs for each dead lease before it is freed (the placement's
+    reservations of the lease are returned there).  Returns (leases reaped,
+    claims returned, leases still in use)."""
     idents = views.lease_ident
     h = views.header
     hwm = min(int(hwm), views.layout.capacity)
@@ -562,6 +565,8 @@ def reap_dead_leases(
         views.lease_start[k] = 0
         views.lease_since[k] = 0.0
         returned += n
+        if before_free is not None:
+            before_free(views, k)
         if _free_lease(idents, k, ident):
             reaped += 1
             h.leases_reaped[0] += 1
@@ -787,14 +792,20 @@ class ClaimsSegment(MappedSegment):
 
     @classmethod
     def create(
-        cls, name: str, capacity: int, max_schedulers: int, *, mode: int = 0o600
+        cls,
+        name: str,
+        capacity: int,
+        max_schedulers: int,
+        *,
+        mode: int = 0o600,
+        max_reservations: int = DEFAULT_MAX_RESERVATIONS,
     ) -> ClaimsSegment:
         """Create engine ``name``'s claims segment (zeroed: no lease, no claim).
 
         Raises EngineAlreadyRunning if a live engine owns the name,
         UntrustedSegment if a segment that is not this user's holds it,
         ValueError for a mode others could write through (nothing created)."""
-        layout = claims_layout_for(capacity, max_schedulers)
+        layout = claims_layout_for(capacity, max_schedulers, max_reservations)
         pname = claims_posix_name(name)
         mm = create_exclusive(name, pname, layout.size, mode, CLAIMS_MAGIC, CLAIMS_FORBIDDEN)
         seg = cls(name, mm, layout, readonly=False)
@@ -803,6 +814,7 @@ class ClaimsSegment(MappedSegment):
             h.layout_version[0] = CLAIMS_LAYOUT_VERSION
             h.capacity[0] = capacity
             h.max_schedulers[0] = max_schedulers
+            h.max_reservations[0] = max_reservations
             h.creator_pid[0] = os.getpid()
             h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
             h.segment_bytes[0] = layout.size
@@ -829,12 +841,13 @@ class ClaimsSegment(MappedSegment):
             capacity = check_identity(
                 name, pname, mm, CLAIMS_MAGIC, CLAIMS_LAYOUT_VERSION, "claims"
             )
-            leases = int(np.frombuffer(mm, "<u4", 1, 48)[0])
-            layout = claims_layout_for(capacity, leases)
+            leases, entries = (int(x) for x in np.frombuffer(mm, "<u4", 2, 48))
+            layout = claims_layout_for(capacity, leases, entries)
             if layout.size != size:
                 raise LayoutMismatch(
                     f"engine {name!r}: claims segment is {size} bytes, layout "
-                    f"for capacity {capacity} and {leases} leases needs "
+                    f"for capacity {capacity}, {leases} leases and {entries} "
+                    "reservations each needs "
                     f"{layout.size}"
                 )
         except BaseException:

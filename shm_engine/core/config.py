@@ -1,9 +1,9 @@
 """Configuration: one TOML file, validated whole, once, at startup.
 
 Sections: ``[engine]``, ``[ingest]``, ``[ingest.curve]``, ``[claims]``,
-``[score]``, ``[score.weights]``, ``[events]``, ``[feed]``, ``[feed.curve]``,
-``[http]``.  A missing key takes its default; ``Config()`` is the
-all-defaults configuration.
+``[placement]``, ``[placement.weights]``, ``[score]``, ``[score.weights]``,
+``[events]``, ``[feed]``, ``[feed.curve]``, ``[http]``, ``[scope]``.  A missing
+key takes its default; ``Config()`` is the all-defaults configuration.
 
 Where the defaults come from
     Every ``[score]`` and ``[score.weights]`` key is a parameter of the score
@@ -64,7 +64,15 @@ import numpy as np
 from kernels import params as kp
 from kernels.defaults import DEFAULTS
 from shm_engine.core.errors import ConfigError
-from shm_engine.core.layout import ENDPOINT_BYTES, HTTP_ENDPOINT_BYTES, MAX_SCHEDULERS
+from shm_engine.core.layout import (
+    DEFAULT_MAX_RESERVATIONS,
+    ENDPOINT_BYTES,
+    HTTP_ENDPOINT_BYTES,
+    MAX_RESERVATIONS,
+    MAX_SCHEDULERS,
+    N_PLACE_RESOURCES,
+    PLACE_NAME_BYTES,
+)
 from shm_engine.core.segment import CLAIMS_FORBIDDEN, SCORES_FORBIDDEN, mode_problem
 
 __all__ = [
@@ -77,6 +85,9 @@ __all__ = [
     "HARD_LIMIT_FACTOR",
     "HttpConfig",
     "IngestConfig",
+    "PlacementConfig",
+    "PlacementWeights",
+    "ScopeConfig",
     "ScoreConfig",
     "Weights",
     "check_files",
@@ -112,6 +123,7 @@ _MAX_ZMQ_INT = _MAX_INT
 # Field kinds: how a value is type-checked and written to TOML.
 _INT, _FLOAT, _STR, _MODE, _BOOL, _SECTION = "int", "float", "str", "mode", "bool", "section"
 _STRS = "strs"  # an array of strings, stored as a tuple
+_INTMAP = "intmap"  # a table of name -> integer, stored as a tuple of pairs
 
 
 def _key(kind: str, default: Any, doc: str) -> Any:
@@ -233,6 +245,19 @@ def _as_strs(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _as_intmap(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)  # already stored: checked again
+    if not isinstance(value, Mapping):
+        raise _type_error(key, value, "a table of name = integer")
+    out = []
+    for name, n in value.items():
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise _type_error(f"{key}.{name}", n, "an integer")
+        out.append((str(name), n))
+    return tuple(out)
+
+
 _OCTAL = re.compile(r"(?:0o)?([0-7]{1,4})")
 
 
@@ -256,6 +281,7 @@ _CHECK = {
     _MODE: _as_mode,
     _BOOL: _as_bool,
     _STRS: _as_strs,
+    _INTMAP: _as_intmap,
 }
 
 
@@ -333,9 +359,14 @@ class _Section:
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             kind = f.metadata["kind"]
-            out[f.name] = (
-                value.to_dict() if kind == _SECTION else list(value) if kind == _STRS else value
-            )
+            if kind == _SECTION:
+                out[f.name] = value.to_dict()
+            elif kind == _STRS:
+                out[f.name] = list(value)
+            elif kind == _INTMAP:
+                out[f.name] = dict(value)
+            else:
+                out[f.name] = value
         return out
 
 
@@ -980,6 +1011,258 @@ class FeedConfig(_Section):
         self._at_least(1.0, "mirror_timeout_s")
 
 
+# [placement] and [placement.weights]: docs/placement.md
+
+
+#: The fit strategies of ``[placement] fit``.
+FIT_STRATEGIES = ("least", "most")
+MAX_PLACE_SCALE = 1_000_000_000
+MAX_TOP_K = 64
+MAX_LABEL_KEY_BYTES = 63
+
+
+@dataclass(frozen=True)
+class PlacementWeights(_Section):
+    """``[placement.weights]``: weights of the parts of a node's placement
+    score (docs/placement.md); only their ratios matter."""
+
+    PATH: ClassVar[str] = "placement.weights"
+
+    fit: float = _key(_FLOAT, 30.0, "Weight of the resource fit part. >= 0.")
+    affinity: float = _key(_FLOAT, 20.0, "Weight of the preferred affinity part. >= 0.")
+    load: float = _key(
+        _FLOAT,
+        20.0,
+        "Weight of the load part: the published desirability discounted by the "
+        "reservations open on the node now. >= 0.",
+    )
+    locality: float = _key(
+        _FLOAT, 20.0, "Weight of the locality part (preferred zones, data labels). >= 0."
+    )
+    cost: float = _key(_FLOAT, 10.0, "Weight of the cost part (the node's cost label). >= 0.")
+
+    def _validate(self) -> None:
+        names = [f.name for f in fields(self)]
+        self._at_least(0, *names)
+        if not any(getattr(self, n) > 0 for n in names):
+            raise ConfigError(
+                " + ".join(self._ref(n) for n in names) + " must be > 0: the score divides by it"
+            )
+
+
+@dataclass(frozen=True)
+class PlacementConfig(_Section):
+    """``[placement]``: placing jobs on nodes with capacity reservations
+    (docs/placement.md)."""
+
+    PATH: ClassVar[str] = "placement"
+
+    resources: tuple = _key(
+        _INTMAP,
+        (("cpu", 1000), ("mem_gb", 1000), ("gpu", 1)),
+        "The resources jobs request and nodes report (heartbeat field resources), "
+        "each with its fixed-point scale: an amount x is kept as round(x * scale) "
+        "units, so cpu = 1000 counts milli-CPUs. A resource a node does not "
+        f"report is 0 there. At most {N_PLACE_RESOURCES} names of 1..15 bytes; "
+        f"scales 1..{MAX_PLACE_SCALE}; amounts are held in 32 bits of units per node.",
+    )
+    fit: str = _key(
+        _STR,
+        "least",
+        'Resource fit: "least" (least-allocated: prefer the emptiest nodes, '
+        'spreading) or "most" (most-allocated: fill nodes up, bin-packing).',
+    )
+    top_k: int = _key(
+        _INT,
+        4,
+        "Choose among this many best-scored feasible nodes, uniformly at random, "
+        "so schedulers racing for the same job do not all hit the best node. "
+        f"1 = always the best. 1..{MAX_TOP_K}.",
+    )
+    max_reservations: int = _key(
+        _INT,
+        DEFAULT_MAX_RESERVATIONS,
+        "Most reservations one scheduler process can hold open at once (each "
+        "takes 128 bytes of the claims segment per lease, touched only once used). "
+        f"1..{MAX_RESERVATIONS}.",
+    )
+    cost_label: str = _key(
+        _STR,
+        "cost",
+        "Node label whose number is the node's cost (lower is better); nodes "
+        "without it, or with a value that is not a number >= 0, cost 0.",
+    )
+    data_label_prefix: str = _key(
+        _STR,
+        "data/",
+        "A node holds data set D when it has a label named this prefix + D "
+        "(what Job(data=[...]) asks for).",
+    )
+    weights: PlacementWeights = _section(PlacementWeights, "Weights of the placement score.")
+
+    def _validate(self) -> None:
+        res = self.resources
+        if not 1 <= len(res) <= N_PLACE_RESOURCES:
+            raise ConfigError(
+                f"placement.resources has {len(res)} names: 1..{N_PLACE_RESOURCES} are allowed"
+            )
+        for name, scale in res:
+            raw = name.encode("utf-8", "replace")
+            if not 1 <= len(raw) < PLACE_NAME_BYTES or "\0" in name:
+                raise ConfigError(
+                    f"placement.resources name {name!r} must be 1..{PLACE_NAME_BYTES - 1} "
+                    "bytes of UTF-8 without NUL (as the heartbeat's resource names)"
+                )
+            if not 1 <= scale <= MAX_PLACE_SCALE:
+                raise ConfigError(
+                    f"placement.resources.{name} = {scale} must be in 1..{MAX_PLACE_SCALE}"
+                )
+        if self.fit not in FIT_STRATEGIES:
+            self._fail("fit", f"must be one of {', '.join(map(repr, FIT_STRATEGIES))}")
+        self._int_range("top_k", 1, MAX_TOP_K)
+        self._int_range("max_reservations", 1, MAX_RESERVATIONS)
+        for name in ("cost_label", "data_label_prefix"):
+            n = len(getattr(self, name).encode("utf-8"))
+            if not 1 <= n <= MAX_LABEL_KEY_BYTES:
+                raise ConfigError(
+                    f"placement.{name} = {_show(getattr(self, name))} must be "
+                    f"1..{MAX_LABEL_KEY_BYTES} bytes"
+                )
+
+
+# [scope]: zone scope escalation by tail latency (shm_engine.core.scope)
+
+#: Longest zone name: the wire format's (docs/wire-format.md, ``zone``).
+MAX_ZONE_BYTES = 31
+#: Most samples kept per zone and source.
+MAX_SCOPE_WINDOW = 1_000_000
+
+
+def _zone_problem(zone: str) -> str | None:
+    if not zone:
+        return "is empty"
+    if "\0" in zone:
+        return "contains NUL"
+    if len(zone.encode("utf-8")) > MAX_ZONE_BYTES:
+        return f"is over {MAX_ZONE_BYTES} bytes of UTF-8"
+    if zone != zone.strip() or "," in zone or "=" in zone:
+        return "has surrounding blanks, ',' or '='"
+    return None
+
+
+@dataclass(frozen=True)
+class ScopeConfig(_Section):
+    """``[scope]``: when placement widens a job's zone scope because its
+    zone's tail latency grew (`shm_engine.core.scope` has the rule).  Every
+    key may change on reload; the samples already kept stay."""
+
+    PATH: ClassVar[str] = "scope"
+
+    enabled: bool = _key(
+        _BOOL,
+        True,
+        "Widen a job's zone scope when its zone's P95/P50 latency ratio "
+        "grows. false: every job stays in its own zone's scope. true or false.",
+    )
+    min_samples: int = _key(
+        _INT,
+        10,
+        "Fewest samples of a zone for its P95/P50 ratio to count; with fewer "
+        "the zone is not escalated. Integer, 2..window.",
+    )
+    interval_s: float = _key(
+        _FLOAT,
+        2.0,
+        "How often the zones' ratios are re-evaluated; between evaluations "
+        "the shares of escalated jobs hold. Seconds, > 0.",
+    )
+    window: int = _key(
+        _INT,
+        256,
+        "Most recent samples kept per zone (outcome durations, and apart "
+        f"node heartbeats' p50/p95). Integer, 2..{MAX_SCOPE_WINDOW}.",
+    )
+    max_age_s: float = _key(
+        _FLOAT,
+        30.0,
+        "Samples older than this are dropped at an evaluation, so a zone "
+        "that recovered stops being escalated. Seconds, >= interval_s.",
+    )
+    federated_soft: float = _key(
+        _FLOAT,
+        1.5,
+        "P95/P50 ratio of a zone above which a share of its jobs may also use "
+        "the neighbouring zones: (ratio - soft) / (hard - soft). >= 1, "
+        "< federated_hard.",
+    )
+    federated_hard: float = _key(
+        _FLOAT,
+        2.5,
+        "Ratio at and above which every job of the zone may use the "
+        "neighbouring zones. <= centralized_hard.",
+    )
+    centralized_soft: float = _key(
+        _FLOAT,
+        1.7,
+        "Ratio above which a share of the zone's jobs may use every zone: "
+        "(ratio - soft) / (hard - soft). >= federated_soft, < centralized_hard.",
+    )
+    centralized_hard: float = _key(
+        _FLOAT,
+        2.7,
+        "Ratio at and above which every job of the zone may use every zone.",
+    )
+    neighbours: tuple[str, ...] = _key(
+        _STRS,
+        (),
+        'Neighbouring zones, one entry per zone: "zone=n1,n2" (e.g. '
+        '["eu-1=eu-2", "eu-2=eu-1,eu-3"]); not symmetric unless written so. '
+        "A zone without an entry has no neighbours: its federated scope is "
+        "itself.",
+    )
+
+    def _validate(self) -> None:
+        self._int_range("window", 2, MAX_SCOPE_WINDOW)
+        self._int_range("min_samples", 2, self.window)
+        self._positive("interval_s")
+        if self.max_age_s < self.interval_s:
+            self._fail("max_age_s", f"must be >= {self._ref('interval_s')}")
+        self._at_least(1, "federated_soft", "centralized_soft")
+        for tier in ("federated", "centralized"):
+            if getattr(self, f"{tier}_soft") >= getattr(self, f"{tier}_hard"):
+                self._fail(f"{tier}_soft", f"must be < {self._ref(f'{tier}_hard')}")
+        # Centralized thresholds at or above the federated ones: a job that may
+        # use every zone may use its neighbours too (the shares are nested).
+        if self.centralized_soft < self.federated_soft:
+            self._fail("centralized_soft", f"must be >= {self._ref('federated_soft')}")
+        if self.centralized_hard < self.federated_hard:
+            self._fail("centralized_hard", f"must be >= {self._ref('federated_hard')}")
+        self.neighbour_map()
+
+    def neighbour_map(self) -> dict[str, tuple[str, ...]]:
+        """``neighbours`` parsed: zone -> its neighbours in the order written."""
+        out: dict[str, tuple[str, ...]] = {}
+        key = f"{self.PATH}.neighbours"
+        for entry in self.neighbours:
+            zone, sep, rest = entry.partition("=")
+            where = f"{key} entry {_show(entry)}"
+            if not sep:
+                raise ConfigError(f'{where} must look like "zone=n1,n2"')
+            names = rest.split(",")
+            for name in (zone, *names):
+                problem = _zone_problem(name)
+                if problem is not None:
+                    raise ConfigError(f"{where}: zone {_show(name)} {problem}")
+            if zone in out:
+                raise ConfigError(f"{where}: zone {_show(zone)} has an entry already")
+            if zone in names:
+                raise ConfigError(f"{where}: zone {_show(zone)} is its own neighbour")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{where}: a neighbour is listed twice")
+            out[zone] = tuple(names)
+        return out
+
+
 # --------------------------------------------------------------------------
 # [score] and [score.weights]: docs/scoring.md, step letters in the docs.
 
@@ -1244,7 +1527,7 @@ def _lookup(obj: Any, dotted: str) -> Any:
 @dataclass(frozen=True)
 class Config(_Section):
     """The whole configuration: ``.engine``, ``.ingest`` (``.curve``),
-    ``.claims``, ``.score`` (``.weights``)."""
+    ``.claims``, ``.score`` (``.weights``), ``.scope``."""
 
     PATH: ClassVar[str] = ""
 
@@ -1272,6 +1555,15 @@ class Config(_Section):
         HttpConfig,
         "The HTTP API and web dashboard (GET endpoints read the segments like "
         "any scheduler; POST endpoints need the token).",
+    )
+    placement: PlacementConfig = _section(
+        PlacementConfig,
+        "Placement: node capacity, reservations and the placement score (docs/placement.md).",
+    )
+    scope: ScopeConfig = _section(
+        ScopeConfig,
+        "Zone scope escalation: placement widens a job's zones when its "
+        "zone's P95/P50 latency ratio grows (docs/placement.md).",
     )
 
     def to_params(self) -> np.ndarray:
@@ -1527,6 +1819,8 @@ def _toml_value(kind: str, value: Any) -> str:
         return "true" if value else "false"
     if kind == _STRS:
         return "[" + ", ".join(_toml_string(v) for v in value) + "]"
+    if kind == _INTMAP:
+        return "{" + ", ".join(f"{_toml_string(k)} = {v}" for k, v in value) + "}"
     return str(value)
 
 

@@ -104,6 +104,17 @@ class ReadContention(ShmEngineError):
     """
 
 
+class SnapshotExpired(ShmEngineError):
+    """Raised by a `clients.SnapshotView` (``ScoreReader.view()``) used after
+    the engine began rewriting its buffer, two ticks after the view's epoch:
+    what was read from it since may mix two ticks.
+
+    Not a fault: discard what was computed from the view and take a new one
+    (``reader.view()``), or copy what must outlive a tick
+    (``view.copy()`` or ``reader.snapshot()``).
+    """
+
+
 class SchedulerLimitReached(ShmEngineError):
     """Raised by ``claim()`` when every scheduler lease of the engine is held.
 
@@ -129,4 +140,30 @@ class ClaimAlreadyReleased(ShmEngineError):
 
     Each claim is released exactly once (a ``with`` block does it for you on
     exit); releasing twice would count one job's outcome twice.
+    """
+
+
+class Unschedulable(ShmEngineError):
+    """Raised by ``Placer.place()`` when no node can take the job now.
+
+    The message counts, per filter, the nodes it eliminated (each node under
+    the first filter it failed), e.g. ``0/10000 nodes fit: 7200
+    insufficient cpu, 2500 taint gpu=true:NoSchedule, 300 not ready``;
+    ``.counts`` holds the same as a dict and ``.explain`` the whole
+    `clients.placer.Explanation`.  Retry later (capacity is released as
+    jobs end), relax the job's constraints, or add capacity.
+    """
+
+    def __init__(self, message: str, counts: dict[str, int] | None = None, explain=None):
+        super().__init__(message)
+        self.counts = counts or {}
+        self.explain = explain
+
+
+class ReservationLimitReached(ShmEngineError):
+    """Raised by ``Placer.place()`` when this process holds ``[placement]
+    max_reservations`` open reservations already.
+
+    Release placements as their jobs end (``Placement.release``), or raise
+    the limit and restart the engine.
     """

@@ -14,7 +14,7 @@ The scores segment.  Every column starts on a 64-byte boundary, so
 single-writer fields of different processes never share a cache line::
 
     offset 0      +--------------------------------------------------------+
-                  | HEADER (4096 bytes)                                    |
+                  | HEADER (8192 bytes)                                    |
                   |   identity ..... magic, layout_version, capacity,      |
                   |                  creator pid + start time, size        |
                   |   latch ........ latch_seq (own cache line)            |
@@ -33,6 +33,8 @@ single-writer fields of different processes never share a cache line::
                   |   feed ......... feed child pid/restarts/beat, frames, |
                   |                  bytes, lag, feedback from mirrors     |
                   |   http ......... pid, restarts, alive time, URL        |
+                  |   placement .... resources: count, scale[8], name[8];  |
+                  |                  the [placement] section as JSON       |
                   +--------------------------------------------------------+
                   | HEARTBEAT TABLE (ingest writes; struct of arrays)      |
                   |   row_version u8[cap]   odd while the row is written   |
@@ -40,6 +42,8 @@ single-writer fields of different processes never share a cache line::
                   |   cpu mem queue avg_job_s throughput ok err io         |
                   |   p50_ms p95_ms ts slots  f8[cap] each;                |
                   |   reported u1[cap]                                     |
+                  |   alloc u8[cap, 8]      capacity per placement         |
+                  |                         resource, fixed point          |
                   +--------------------------------------------------------+
                   | REGISTRY (ingest writes)                               |
                   |   slot_gen u8[cap]      odd while the slot changes     |
@@ -47,7 +51,8 @@ single-writer fields of different processes never share a cache line::
                   |                         labels; odd while written)     |
                   |   node_id u1[cap, 64]   UTF-8, NUL padded              |
                   |   zone u1[cap, 32]      labels_len u2[cap]             |
-                  |   labels u1[cap, 256]   canonical JSON object          |
+                  |   labels u1[cap, 512]   meta: canonical labels JSON,   |
+                  |                         then taints (wire.split_meta)  |
                   +--------------------------------------------------------+
                   | SCORE BUFFER 0 (tick worker writes)                    |
                   |   per tick: epoch, tick_mono, tick_wall, pressure,     |
@@ -92,6 +97,10 @@ is never touched and costs no memory)::
                   |   tick worker .. abandoned_claims, leases_reaped,      |
                   |                  lease_check_mono, released_ok,        |
                   |                  released_err, in_flight               |
+                  |   placement .... placements, CAS lost, released,       |
+                  |                  stale, unschedulable (+ reasons[16])  |
+                  |                  (schedulers, fetch_add); expired,     |
+                  |                  reaped, rate (tick worker)            |
                   +--------------------------------------------------------+
                   | LEASES (max_schedulers entries, struct of arrays)      |
                   |   lease_ident u8   0 = free, else start_time % 2**32   |
@@ -107,10 +116,21 @@ is never touched and costs no memory)::
                   |   each row page-aligned; word = tag | count of the     |
                   |   lease's open claims on the slot's registration       |
                   +--------------------------------------------------------+
+                  | RESERVED u8[cap, 8]: tag | units reserved, per         |
+                  |   placement resource (CAS against alloc)               |
+                  +--------------------------------------------------------+
+                  | PLACE u8[cap, 8]: [0] tag | open reservations,         |
+                  |   [1..8) group ways tag | group hash << 16 | count     |
+                  +--------------------------------------------------------+
+                  | RESERVATIONS u8[max_schedulers, max_reservations, 16]: |
+                  |   each lease's entries on pages of its own: held bits, |
+                  |   tag | slot, deadline ns, group hash, units[8]        |
+                  +--------------------------------------------------------+
 
 A *tag* is the upper 32 bits of a word: the registration number
 ``(slot_gen >> 1) % 2**32`` the lower 32 bits belong to.  The protocol that
-keeps these words exact without locks is in `shm_engine.core.claims`.
+keeps these words exact without locks is in `shm_engine.core.claims`; the
+placement words follow the same rules (`shm_engine.core.placement`).
 """
 
 from __future__ import annotations
@@ -123,25 +143,34 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from kernels.columns import TickOutputs, TickState
-from shm_engine.wire.format import MAX_LABELS_BYTES, NODE_SIZE, ZONE_SIZE
+from shm_engine.wire.format import MAX_META_BYTES, MAX_RESOURCES, NODE_SIZE, ZONE_SIZE
 
 # 2: feedback columns; 3: slots, e_ok/e_err, ejected (score v2); 4: admission fields;
-# 5: config reload (header), params + config_version per buffer, reason column
-#    the score feed's child and counters (header 768..); the HTTP child's (512.., 896..)
+# 5: config reload (header), params + config_version per buffer, reason column;
+#    the score feed's child and counters (header 768..); the HTTP child's (512.., 896..);
+#    placement (alloc column, meta bytes with taints, resource names; header 4096..)
 LAYOUT_VERSION = 5
 MAGIC = int.from_bytes(b"SHMENGN1", "little")
-CLAIMS_LAYOUT_VERSION = 1
+# 2: placement (reservation counters, RESERVED, PLACE, RESERVATIONS)
+CLAIMS_LAYOUT_VERSION = 2
 CLAIMS_MAGIC = int.from_bytes(b"SHMCLMS1", "little")
 EVENTS_LAYOUT_VERSION = 1
 EVENTS_MAGIC = int.from_bytes(b"SHMEVTS1", "little")
 PAGE = 4096
 ALIGN = 64
-HEADER_BYTES = 4096
+HEADER_BYTES = 8192
 # Registry columns hold the wire's fields as they arrive (a change there
 # changes the layout: bump LAYOUT_VERSION).
 NODE_ID_BYTES = NODE_SIZE  # 63 bytes of UTF-8 + at least one NUL
 ZONE_BYTES = ZONE_SIZE  # 31 bytes of UTF-8 + at least one NUL
-LABELS_BYTES = MAX_LABELS_BYTES  # canonical compact JSON of the labels object
+# The node's meta bytes: canonical labels JSON, then taints (wire.split_meta).
+LABELS_BYTES = (MAX_META_BYTES + ALIGN - 1) // ALIGN * ALIGN
+#: Placement resources an engine can be configured with ([placement]
+#: resources); each is one u8 word per node in ``alloc`` (and in the claims
+#: segment's RESERVED region).
+N_PLACE_RESOURCES = MAX_RESOURCES
+PLACE_NAME_BYTES = 16  # a resource name: 1..15 bytes, NUL padded (as on the wire)
+PLACE_CONFIG_BYTES = 1024
 N_REJECT_SLOTS = 32  # room for reject reasons (wire.format.REJECT_REASONS)
 N_WEIGHT_SLOTS = 8  # 7 weights in effect, one spare
 N_COUNT_SLOTS = 8  # 5 states, one spare each side
@@ -253,6 +282,14 @@ _HEADER_FIELDS = (
     ("http_restarts", "<u8", 1, 520),
     ("http_alive_mono", "<f8", 1, 528),
     ("http_endpoint", "u1", HTTP_ENDPOINT_BYTES, 896),
+    # placement (creator, once, before magic): the configured resources
+    # ([placement] resources) in order: count, fixed-point scale, name.
+    ("place_resources", "<u8", 1, 4096),
+    ("place_scale", "<u8", N_PLACE_RESOURCES, 4104),
+    ("place_names", "u1", N_PLACE_RESOURCES * PLACE_NAME_BYTES, 4168),
+    # the engine's whole [placement] section as JSON (creator, once): what
+    # schedulers place with unless they are given their own
+    ("place_config", "u1", PLACE_CONFIG_BYTES, 4352),
 )
 
 # ------------------------------------------------------- per-slot columns --
@@ -272,6 +309,8 @@ TABLE_COLUMNS = (
     ("ts", "<f8"),
     ("slots", "<f8"),
     ("reported", "u1"),
+    # allocatable capacity per configured resource, fixed point (`rows.write_alloc`)
+    ("alloc", "<u8", (N_PLACE_RESOURCES,)),
 )
 REGISTRY_COLUMNS = (
     ("slot_gen", "<u8", ()),
@@ -475,6 +514,7 @@ class HeartbeatTable(NamedTuple):
     ts: np.ndarray
     slots: np.ndarray
     reported: np.ndarray
+    alloc: np.ndarray
 
 
 class Registry(NamedTuple):
@@ -540,6 +580,34 @@ class SegmentViews:
         self.buffers = (ScoreBuffer(buf, layout.buffers[0]), ScoreBuffer(buf, layout.buffers[1]))
 
 
+def write_place_resources(header: Header, resources: tuple[tuple[str, int], ...]) -> None:
+    """Write the placement resources, (name, scale) pairs in order, into a
+    header being created (before its magic).  Raises ValueError on more
+    than `N_PLACE_RESOURCES` or a name that does not fit."""
+    if len(resources) > N_PLACE_RESOURCES:
+        raise ValueError(f"{len(resources)} placement resources > {N_PLACE_RESOURCES}")
+    names = header.place_names.reshape(N_PLACE_RESOURCES, PLACE_NAME_BYTES)
+    names[:] = 0
+    header.place_scale[:] = 0
+    for k, (name, scale) in enumerate(resources):
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) < PLACE_NAME_BYTES or b"\0" in raw or scale < 1:
+            raise ValueError(f"placement resource {name!r} (scale {scale}) cannot be stored")
+        names[k, : len(raw)] = np.frombuffer(raw, np.uint8)
+        header.place_scale[k] = scale
+    header.place_resources[0] = len(resources)
+
+
+def read_place_resources(header: Header) -> tuple[tuple[str, int], ...]:
+    """The placement resources a segment was created with: (name, scale)."""
+    n = min(int(header.place_resources[0]), N_PLACE_RESOURCES)
+    names = header.place_names.reshape(N_PLACE_RESOURCES, PLACE_NAME_BYTES)
+    return tuple(
+        (bytes(names[k]).split(b"\0", 1)[0].decode("utf-8", "replace"), int(header.place_scale[k]))
+        for k in range(n)
+    )
+
+
 def read_capacity(buf) -> tuple[int, int, int]:
     """(magic, layout_version, capacity) from the start of a mapped segment."""
     hdr = np.ndarray((2,), dtype="<u8", buffer=buf, offset=0)
@@ -551,6 +619,19 @@ CLAIMS_HEADER_BYTES = 4096
 #: Words of one node slot's outcome row (OUTCOMES region).
 OUTCOME_WORDS = 4
 OUT_CONSEC, OUT_LAST_ERR, OUT_OK, OUT_ERR = 0, 1, 2, 3
+#: Words of one node slot's placement row (PLACE region): [0] tag | open
+#: reservations, [1..8) group ways tag | group hash (16 bits) << 16 | count.
+PLACE_WORDS = 8
+PLACE_OPEN = 0
+GROUP_WAYS = PLACE_WORDS - 1
+#: Words of one reservation entry (RESERVATIONS region); see core.placement.
+ENTRY_WORDS = 16
+ENTRY_HELD, ENTRY_WHERE, ENTRY_DEADLINE, ENTRY_GROUP, ENTRY_AMOUNTS = 0, 1, 2, 3, 4
+#: Unschedulable reasons counted in the claims header (core.placement.REASONS).
+N_UNSCHED_SLOTS = 16
+DEFAULT_MAX_RESERVATIONS = 1024
+#: Most open reservations one lease can hold (a config limit, not a layout one).
+MAX_RESERVATIONS = 1 << 20
 
 _CLAIMS_HEADER_FIELDS = (
     # identity: written once by the creator; magic last.  magic, creator_pid
@@ -564,6 +645,7 @@ _CLAIMS_HEADER_FIELDS = (
     ("segment_bytes", "<u8", 1, 32),
     ("created_wall", "<f8", 1, 40),
     ("max_schedulers", "<u4", 1, 48),
+    ("max_reservations", "<u4", 1, 52),  # entries per lease (RESERVATIONS)
     ("instance", "<u8", 1, 56),  # random: tells this segment from a re-created one
     # counters any scheduler bumps (fetch_add_u64 only).
     ("stale_releases", "<u8", 1, 128),
@@ -577,6 +659,24 @@ _CLAIMS_HEADER_FIELDS = (
     ("released_ok", "<u8", 1, 224),
     ("released_err", "<u8", 1, 232),
     ("in_flight", "<u8", 1, 240),  # sum of rif at the latest tick
+    # placement, by schedulers (fetch_add only): placements made, reservation
+    # CASes lost to another scheduler, reservations released and released
+    # stale, place() calls that found no node, and those per first reason.
+    ("placements", "<u8", 1, 256),
+    ("place_conflicts", "<u8", 1, 264),
+    ("reservations_released", "<u8", 1, 272),
+    ("reservations_stale", "<u8", 1, 280),
+    ("unschedulable", "<u8", 1, 288),
+    ("unsched_reasons", "<u8", N_UNSCHED_SLOTS, 320),
+    # placement, by the tick worker: reservations returned past their
+    # deadline, and those of dead leases.
+    ("reservations_expired", "<u8", 1, 448),
+    ("reservations_reaped", "<u8", 1, 456),
+    # placements per second, as the tick worker measured it at its latest
+    # lease check (the count it saw then, and when).
+    ("placements_seen", "<u8", 1, 464),
+    ("place_rate_mono", "<f8", 1, 472),
+    ("place_rate", "<f8", 1, 480),
 )
 LEASE_COLUMNS = (
     ("lease_ident", "<u8"),
@@ -603,6 +703,16 @@ class ClaimsLayout:
     in_flight: Field  # u8[max_schedulers, capacity], rows `row_bytes` apart
     row_bytes: int
     size: int
+    reserved: Field  # u8[capacity, N_PLACE_RESOURCES]
+    place: Field  # u8[capacity, PLACE_WORDS]
+    reservations: (
+        Field  # u8[max_schedulers, max_reservations, ENTRY_WORDS], blocks `block_bytes` apart
+    )
+    block_bytes: int
+
+    @property
+    def max_reservations(self) -> int:
+        return self.reservations.shape[1]
 
     def regions(self) -> list[tuple[str, int, int]]:
         """(region, offset, bytes) for reports and docs."""
@@ -611,7 +721,10 @@ class ClaimsLayout:
             ("header", 0, CLAIMS_HEADER_BYTES),
             ("leases", lease0, self.outcomes.offset - lease0),
             ("outcomes", self.outcomes.offset, self.in_flight.offset - self.outcomes.offset),
-            ("in_flight", self.in_flight.offset, self.size - self.in_flight.offset),
+            ("in_flight", self.in_flight.offset, self.reserved.offset - self.in_flight.offset),
+            ("reserved", self.reserved.offset, self.place.offset - self.reserved.offset),
+            ("place", self.place.offset, self.reservations.offset - self.place.offset),
+            ("reservations", self.reservations.offset, self.size - self.reservations.offset),
         ]
 
 
@@ -619,13 +732,18 @@ class ClaimsLayout:
 MAX_SCHEDULERS = 4096
 
 
-def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
-    """The layout of a claims segment with ``capacity`` slots and
-    ``max_schedulers`` leases."""
+def claims_layout_for(
+    capacity: int, max_schedulers: int, max_reservations: int = DEFAULT_MAX_RESERVATIONS
+) -> ClaimsLayout:
+    """The layout of a claims segment with ``capacity`` slots,
+    ``max_schedulers`` leases and ``max_reservations`` reservation entries
+    per lease."""
     if not 1 <= capacity <= 1 << 24:
         raise ValueError(f"capacity {capacity} out of range 1..{1 << 24}")
     if not 1 <= max_schedulers <= MAX_SCHEDULERS:
         raise ValueError(f"max_schedulers {max_schedulers} out of range 1..{MAX_SCHEDULERS}")
+    if not 1 <= max_reservations <= MAX_RESERVATIONS:
+        raise ValueError(f"max_reservations {max_reservations} out of range 1..{MAX_RESERVATIONS}")
     header = {
         n: Field(n, np.dtype(dt), (count,), off) for n, dt, count, off in _CLAIMS_HEADER_FIELDS
     }
@@ -638,9 +756,29 @@ def claims_layout_for(capacity: int, max_schedulers: int) -> ClaimsLayout:
     off = _page(off + outcomes.nbytes)
     row_bytes = _page(capacity * 8)
     in_flight = Field("in_flight", np.dtype("<u8"), (max_schedulers, capacity), off)
-    size = off + max_schedulers * row_bytes
+    off += max_schedulers * row_bytes
+    reserved = Field("reserved", np.dtype("<u8"), (capacity, N_PLACE_RESOURCES), off)
+    off = _page(off + reserved.nbytes)
+    place = Field("place", np.dtype("<u8"), (capacity, PLACE_WORDS), off)
+    off = _page(off + place.nbytes)
+    block_bytes = _page(max_reservations * ENTRY_WORDS * 8)
+    reservations = Field(
+        "reservations", np.dtype("<u8"), (max_schedulers, max_reservations, ENTRY_WORDS), off
+    )
+    size = off + max_schedulers * block_bytes
     return ClaimsLayout(
-        capacity, max_schedulers, header, leases, outcomes, in_flight, row_bytes, size
+        capacity,
+        max_schedulers,
+        header,
+        leases,
+        outcomes,
+        in_flight,
+        row_bytes,
+        size,
+        reserved,
+        place,
+        reservations,
+        block_bytes,
     )
 
 
@@ -673,6 +811,12 @@ class ClaimsViews:
     lease_pid: np.ndarray
     lease_start: np.ndarray
     lease_since: np.ndarray
+    # Placement: ``reserved`` u8[capacity, N_PLACE_RESOURCES], ``place``
+    # u8[capacity, PLACE_WORDS], ``reservations`` u8[max_schedulers,
+    # max_reservations, ENTRY_WORDS] (lease k's entries in its own pages).
+    reserved: np.ndarray
+    place: np.ndarray
+    reservations: np.ndarray
 
     def __init__(self, buf, layout: ClaimsLayout):
         self.layout = layout
@@ -687,12 +831,24 @@ class ClaimsViews:
         self.row_words = layout.row_bytes // 8
         flat = (layout.max_schedulers - 1) * self.row_words + layout.capacity
         self.in_flight_flat = np.ndarray((flat,), dtype=f.dtype, buffer=buf, offset=f.offset)
+        self.reserved = _view(buf, layout.reserved)
+        self.place = _view(buf, layout.place)
+        r = layout.reservations
+        self.reservations = np.ndarray(
+            r.shape,
+            dtype=r.dtype,
+            buffer=buf,
+            offset=r.offset,
+            strides=(layout.block_bytes, ENTRY_WORDS * 8, 8),
+        )
 
 
-def private_claims(capacity: int, max_schedulers: int = 1) -> ClaimsViews:
+def private_claims(
+    capacity: int, max_schedulers: int = 1, max_reservations: int = 1
+) -> ClaimsViews:
     """A zeroed claims segment in private memory (no scheduler ever writes
     it): what the tick reads when an engine has no claims segment."""
-    layout = claims_layout_for(capacity, max_schedulers)
+    layout = claims_layout_for(capacity, max_schedulers, max_reservations)
     return ClaimsViews(mmap.mmap(-1, layout.size), layout)
 
 

@@ -5,8 +5,11 @@ A row is one slot of the heartbeat table: 113 bytes in the 15 columns of
 cpu .. ts, slots, f8 each; ``reported`` u1).  A heartbeat reaches the writer as a
 validated 384-byte wire record (``wire.RECORD_DTYPE``); the row keeps its
 metrics, the receive time, which optional metrics it carried, and ``slots``
-(1 when the heartbeat does not report it).  Resources are checked by the
-wire and not kept.
+(1 when the heartbeat does not report it).  The allocatable capacity of
+the configured placement resources (``alloc``, fixed point) is written by
+`write_alloc` just after the row, outside the row protocol: its only
+readers (placement) read it word by word and never need it consistent
+with the metrics; each word is one aligned 8-byte store.
 
 Invariant: the tick never uses a half-written row or a slot whose
 registration is changing.  The ingest, the only writer of the shared table and
@@ -44,13 +47,17 @@ from shm_engine.core.ordering import (
     store_release_u64,
 )
 from shm_engine.wire.format import (
+    FLAGS_WORD,
     HAS_IO,
     HAS_OKERR,
+    HAS_RESOURCES,
     HAS_SLOTS,
     HAS_TAIL,
     HAS_THROUGHPUT,
     HAS_TS,
+    MAX_RESOURCES,
     REPORTED_BITS,
+    WORD,
 )
 
 MAX_SPINS = 10_000
@@ -171,6 +178,47 @@ def column_addresses(table) -> np.ndarray:
             )
         out.append(col.ctypes.data)
     return np.array(out, np.intp)
+
+
+_RES_NAME_WORD = WORD["res_name0"]  # entry i's name: words +2i, +2i+1
+_RES_VALUE_WORD = WORD["res_value0"]  # entry i's value: word +i
+_U32_MAX = 0xFFFF_FFFF
+
+
+@njit(cache=True, nogil=True)
+def write_alloc(alloc, slots, words, values, names, scales, n_res):
+    """Set ``alloc[slots[j], k]`` from validated record j for each
+    configured resource k < ``n_res``: ``round(amount * scales[k])``
+    clamped to 2**32 - 1 when the record's resources name it (``names[k]``:
+    its two NUL-padded 8-byte words), else 0 (an accepted heartbeat
+    replaces the whole row).  ``words``/``values``: the records as (n,
+    WORDS) u8 and f8.  A slot outside ``alloc`` is skipped."""
+    cap = alloc.shape[0]
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        if s < 0 or s >= cap:
+            continue
+        has = (words[j, FLAGS_WORD] & np.uint64(0xFF)) & np.uint64(HAS_RESOURCES)
+        for k in range(n_res):
+            units = np.uint64(0)
+            if has:
+                for i in range(MAX_RESOURCES):
+                    w0 = words[j, _RES_NAME_WORD + 2 * i]
+                    if w0 == 0:
+                        break  # the entries come first
+                    if w0 == names[k, 0] and words[j, _RES_NAME_WORD + 2 * i + 1] == names[k, 1]:
+                        x = np.floor(values[j, _RES_VALUE_WORD + i] * scales[k] + 0.5)
+                        units = np.uint64(min(x, _U32_MAX))
+                        break
+            alloc[s, k] = units
+
+
+def alloc_names(header) -> tuple[np.ndarray, np.ndarray, int]:
+    """(names as (N, 2) u8 words, scales as f8, count) of the placement
+    resources in a scores segment's header, for `write_alloc`."""
+    n = int(header.place_resources[0])
+    names = header.place_names.view(np.uint64).reshape(-1, 2).copy()
+    return names, header.place_scale.astype(np.float64), n
 
 
 @njit(cache=True, nogil=True)

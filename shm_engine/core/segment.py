@@ -61,6 +61,7 @@ from shm_engine.core.layout import (
     SegmentViews,
     layout_for,
     read_capacity,
+    write_place_resources,
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -247,12 +248,17 @@ class Segment(MappedSegment):
         mode: int = 0o600,
         tick_interval_ms: int = 50,
         endpoint: str = "",
+        resources: tuple[tuple[str, int], ...] = (),
+        placement: str = "",
     ) -> Segment:
         """Create the segment of engine ``name``, reclaiming a stale one.
 
         Raises EngineAlreadyRunning if a live engine owns the name,
         UntrustedSegment if a segment that is not this user's holds it,
-        ValueError for a bad mode or endpoint (nothing created)."""
+        ValueError for a bad mode or endpoint (nothing created).
+        ``resources``: the placement resources as (name, scale) pairs
+        (``[placement] resources``; none: the ingest keeps no capacity);
+        ``placement``: the ``[placement]`` section as JSON, for schedulers."""
         layout = layout_for(capacity)
         if len(endpoint.encode("utf-8")) >= ENDPOINT_BYTES:
             raise ValueError(f"endpoint {endpoint!r} is longer than {ENDPOINT_BYTES - 1} bytes")
@@ -260,10 +266,17 @@ class Segment(MappedSegment):
         mm = create_exclusive(name, pname, layout.size, mode, MAGIC, SCORES_FORBIDDEN)
         seg = cls(name, mm, layout, readonly=False)
         with unlink_on_error(seg, pname):
-            seg._initialise(capacity, tick_interval_ms, endpoint)
+            seg._initialise(capacity, tick_interval_ms, endpoint, resources, placement)
         return seg
 
-    def _initialise(self, capacity: int, tick_interval_ms: int, endpoint: str) -> None:
+    def _initialise(
+        self,
+        capacity: int,
+        tick_interval_ms: int,
+        endpoint: str,
+        resources: tuple[tuple[str, int], ...] = (),
+        placement: str = "",
+    ) -> None:
         h = self.views.header
         h.layout_version[0] = LAYOUT_VERSION
         h.capacity[0] = capacity
@@ -276,6 +289,8 @@ class Segment(MappedSegment):
             b.state.state[:] = 255
         h.write_str("name", self.name)
         h.write_str("endpoint", endpoint)
+        write_place_resources(h, resources)
+        h.write_str("place_config", placement)
         h.magic[0] = MAGIC  # last: the segment is now valid
 
     # ------------------------------------------------------------ attach --

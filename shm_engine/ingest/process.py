@@ -94,6 +94,7 @@ ingest beats at least once per frame and the watchdog kills only a hung one.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import signal
@@ -106,9 +107,15 @@ import zmq
 
 from shm_engine.core.config import HARD_LIMIT_FACTOR, Config, is_loopback_endpoint
 from shm_engine.core.errors import LayoutMismatch
-from shm_engine.core.layout import N_REJECT_SLOTS, SegmentViews, layout_for
+from shm_engine.core.layout import (
+    N_PLACE_RESOURCES,
+    N_REJECT_SLOTS,
+    SegmentViews,
+    layout_for,
+    read_place_resources,
+)
 from shm_engine.core.registry import NodeRegistry, decode_id
-from shm_engine.core.rows import column_addresses, write_rows
+from shm_engine.core.rows import alloc_names, column_addresses, write_alloc, write_rows
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_FATAL, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.ingest._checks import AGED, META, STALE, check_slots
@@ -131,6 +138,7 @@ from shm_engine.wire.decode import decode_frame
 from shm_engine.wire.format import (
     BINARY_VERSIONS,
     FIELD_INDEX,
+    HAS_RESOURCES,
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -138,6 +146,8 @@ from shm_engine.wire.format import (
     RECORD_DTYPE,
     RECORD_SIZE,
     REJECT_REASONS,
+    RESOURCE_NAMES,
+    RESOURCE_VALUES,
     V1_ONE_FRAME_SIZE,
     WORDS,
     ZONE_WORDS,
@@ -189,6 +199,12 @@ _ONE_FRAME = ONE_FRAME_SIZE  # bytes of a 1-record binary frame
 _V1_ONE_FRAME = V1_ONE_FRAME_SIZE  # the same in wire version 1 (still accepted)
 # `DecodedFrame.one`: the record's values in RECORD_DTYPE order, text unpadded.
 _NODE, _ZONE = FIELD_INDEX["node"], FIELD_INDEX["zone"]
+_FLAGS = FIELD_INDEX["flags"]
+# (name, value) positions of the resource entries in `DecodedFrame.one`.
+_RESOURCE_ITEMS = tuple(
+    (FIELD_INDEX[n], FIELD_INDEX[v]) for n, v in zip(RESOURCE_NAMES, RESOURCE_VALUES, strict=True)
+)
+_U32_MAX = 0xFFFF_FFFF
 _OTHER, _BINARY1, _JSON1 = 0, 1, 2  # frame kinds for `Ingest.handle_frames`
 _LEFT_BRACE = ord("{")  # a leave frame's first byte (shm_engine.wire.leave)
 
@@ -266,6 +282,16 @@ class Ingest:
         self._zone_first_cells = views.registry.zone[:, 0].data
         self._labels_len_cells = views.registry.labels_len.data
         self._row_columns = column_addresses(views.table)  # self._table keeps them mapped
+        self._alloc = views.table.alloc
+        self._alloc_names, self._alloc_scales, self._n_alloc = alloc_names(views.header)
+        self._alloc_cells = views.table.alloc.reshape(-1).data
+        self._alloc_scale_list = self._alloc_scales.tolist()
+        self._alloc_index = {
+            name.encode("utf-8"): k
+            for k, (name, _) in enumerate(read_place_resources(views.header))
+        }
+        # Which rows hold any capacity (a row of zeros needs no rewrite).
+        self._has_alloc = bytearray(views.table.alloc.any(axis=1).astype(np.uint8).tobytes())
         self._capacity = len(views.table.recv_time)
         # The padded zone column as 8-byte words, and its first byte alone.
         self._zone_words = views.registry.zone.view(np.uint64)
@@ -561,8 +587,58 @@ class Ingest:
         if len(records) == 1:
             slots = self._slot_of_one(dec, now, senders)
         else:
-            slots = self._slots_of(records, dec.labels, now, remember, senders)
-        return int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
+            labels = dec.labels
+            if labels is not None and not any(labels):
+                labels = None  # no heartbeat has labels: what a binary batch says
+            slots = self._slots_of(records, labels, now, remember, senders)
+        written = int(write_rows(self._row_columns, self._capacity, slots, records, float(now)))
+        if self._n_alloc:
+            self._write_alloc(dec, slots)
+        return written
+
+    def _write_alloc(self, dec, slots: np.ndarray) -> None:
+        """The placement capacity of the rows just written (`rows.write_alloc`).
+        A heartbeat of one, on scalars: nothing to do when it carries no
+        resources and its row holds none (``_has_alloc``), the common case
+        of an engine whose nodes do not report resources."""
+        one, has = dec.one, self._has_alloc
+        if one is not None and len(slots) == 1:
+            s = int(slots[0])
+            if s < 0:
+                return
+            if one[_FLAGS] & HAS_RESOURCES:
+                row = [0] * self._n_alloc
+                index, scales = self._alloc_index, self._alloc_scale_list
+                for name_at, value_at in _RESOURCE_ITEMS:
+                    name = one[name_at]
+                    if not name:
+                        break  # the entries come first
+                    k = index.get(name)
+                    if k is not None:
+                        x = math.floor(one[value_at] * scales[k] + 0.5)
+                        row[k] = x if x < _U32_MAX else _U32_MAX
+            elif has[s]:
+                row = [0] * self._n_alloc
+            else:
+                return
+            cells, base = self._alloc_cells, s * N_PLACE_RESOURCES
+            for k, x in enumerate(row):
+                cells[base + k] = x
+            has[s] = any(row)
+            return
+        words = np.ascontiguousarray(dec.records).view(np.uint64).reshape(len(slots), -1)
+        write_alloc(
+            self._alloc,
+            slots,
+            words,
+            words.view(np.float64),
+            self._alloc_names,
+            self._alloc_scales,
+            self._n_alloc,
+        )
+        ok = slots[(slots >= 0) & (slots < self._capacity)]
+        for s, v in zip(ok.tolist(), self._alloc[ok].any(axis=1).tolist(), strict=True):
+            has[s] = v
 
     def _slot_of_one(self, dec, now: float, senders) -> np.ndarray:
         """`_slots_of` for a batch of one, on scalars (see the module docstring)."""
@@ -879,6 +955,16 @@ class Ingest:
             np.full(1, -1, np.int64),
             np.zeros(1, RECORD_DTYPE),
             0.0,
+        )
+        words = np.zeros((1, WORDS), np.uint64)
+        write_alloc(
+            self._alloc,
+            np.full(1, -1, np.int64),
+            words,
+            words.view(np.float64),
+            self._alloc_names,
+            self._alloc_scales,
+            self._n_alloc,
         )
         self._check(np.zeros(0, np.int64), np.zeros((0, WORDS), np.uint64), 0.0)
         _warm_up_decode()

@@ -217,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     mir.add_argument("--curve-server-key", default=None, help="the feed's public CURVE key file")
     mir.add_argument("--curve-client-key", default=None, help="this mirror's CURVE secret key file")
     mir.set_defaults(func=_lazy("shm_engine.feed.mirror", "cmd_mirror"))
+    pl = sub.add_parser(
+        "place", help="a trial placement on a running engine (reserved, shown, released)"
+    )
+    name_arg(pl)
+    owner_arg(pl)
+    pl.add_argument("--cpu", type=float, default=None, help="CPUs the job requests")
+    pl.add_argument("--mem-gb", type=float, default=None, help="memory the job requests, GB")
+    pl.add_argument("--gpu", type=float, default=None, help="GPUs the job requests")
+    pl.add_argument(
+        "--request", action="append", metavar="NAME=AMOUNT", help="another resource request"
+    )
+    pl.add_argument("--selector", action="append", metavar="KEY=VALUE", help="node label")
+    pl.add_argument(
+        "--toleration", action="append", metavar="KEY=VALUE:EFFECT", help="a tolerated taint"
+    )
+    pl.add_argument("--zone", action="append", help="a zone the node must be in")
+    pl.add_argument("--group", default=None, help="job group (anti-affinity)")
+    pl.add_argument("--spread", type=int, default=0, help="most placements of the group per node")
+    pl.add_argument(
+        "--explain", action="store_true", help="per filter, the nodes it eliminated; top nodes"
+    )
+    pl.add_argument("--json", action="store_true", help="one JSON object")
+    pl.set_defaults(func=_lazy("shm_engine.ops.place", "cmd_place"))
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory", help="where to write NAME.key and NAME.key_secret")

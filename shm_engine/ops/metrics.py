@@ -162,6 +162,9 @@ class EngineCollector:
                 le["reaped"],
             )
         yield from self._feed(s, e, gauge, counter)
+        pl = s.get("placement")
+        if pl is not None:
+            yield from self._placement(pl, e)
         restarts = CounterMetricFamily(
             "shm_engine_child_restarts",
             "restarts of the engine's child processes",
@@ -239,6 +242,55 @@ class EngineCollector:
         yield fresh
         yield age
         yield gaps
+
+    @staticmethod
+    def _placement(pl: dict, e: list):
+        """Capacity, reserved and free per resource and zone; placements,
+        their rate and the unschedulable reasons (shm_engine.ops.place)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        fams = {
+            key: GaugeMetricFamily(
+                f"shm_engine_placement_{key}",
+                f"{key} per resource (in its unit) over the registered nodes, by zone",
+                labels=["engine", "resource", "zone"],
+            )
+            for key in ("capacity", "reserved", "free")
+        }
+        for zone, rows in pl["zones"].items():
+            for res, r in rows.items():
+                for key, fam in fams.items():
+                    fam.add_metric(e + [res, zone], r[key])
+        yield from fams.values()
+        made = CounterMetricFamily(
+            "shm_engine_placements", "placements made by schedulers", labels=["engine"]
+        )
+        made.add_metric(e, float(pl["placements"]))
+        yield made
+        rate = GaugeMetricFamily(
+            "shm_engine_placements_per_second",
+            "placements per second at the tick worker's latest check",
+            labels=["engine"],
+        )
+        rate.add_metric(e, pl["placements_per_s"])
+        yield rate
+        for key, doc in (
+            ("conflicts", "reservation CASes lost to another scheduler (the next node was tried)"),
+            ("expired", "reservations returned by the engine past their deadline"),
+            ("reaped", "reservations of dead schedulers returned by the engine"),
+            ("unschedulable", "place() calls that found no node"),
+        ):
+            c = CounterMetricFamily(f"shm_engine_placement_{key}", doc, labels=["engine"])
+            c.add_metric(e, float(pl[key]))
+            yield c
+        why = CounterMetricFamily(
+            "shm_engine_placement_unschedulable_reasons",
+            "unschedulable place() calls in which the filter eliminated nodes, by filter",
+            labels=["engine", "reason"],
+        )
+        for reason, n in pl["unschedulable_reasons"].items():
+            why.add_metric(e + [reason], float(n))
+        yield why
 
     def _per_node(self):
         from prometheus_client.core import GaugeMetricFamily

@@ -25,6 +25,7 @@ from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.ingest.admission import MODE_NAMES, read_senders
+from shm_engine.ops.place import capacity_status, render_capacity
 from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
@@ -86,12 +87,13 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
         nodes = {"registered": registered}
         nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
         rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
-        claims = None
+        claims = placement = None
         try:
             with ClaimsSegment.attach(name, readonly=True, owner=owner) as cs:
                 claims = claims_status(
                     cs.views, v.registry.slot_gen, v.registry.registered, int(h.slot_hwm[0])
                 )
+                placement = capacity_status(v, cs.views)
         except (EngineNotRunning, LayoutMismatch):
             pass
         config = _config_status(v)
@@ -149,6 +151,7 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "events": events,
             "feed": _feed_status(h, now),
             "mirror": _mirror_status(name, owner),
+            "placement": placement,
             "children": {
                 "ingest": {"pid": int(h.ingest_pid[0]), "restarts": int(h.ingest_restarts[0])},
                 "ticker": {"pid": int(h.ticker_pid[0]), "restarts": int(h.ticker_restarts[0])},
@@ -311,6 +314,7 @@ def render(s: dict) -> str:
             f"{s['events']['capacity']} kept (shm-engine events)",
             *_feed_lines(s),
             *_http_lines(s.get("http")),
+            *render_capacity(s["placement"]),
             f"children ingest pid {c['ingest']['pid']} ({c['ingest']['restarts']} restarts), "
             f"ticker pid {c['ticker']['pid']} ({c['ticker']['restarts']} restarts)",
         ]

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -488,10 +489,16 @@ class Supervisor:
                 mode=cfg.engine.shm_mode,
                 tick_interval_ms=cfg.engine.tick_interval_ms,
                 endpoint=cfg.ingest.bind,
+                resources=cfg.placement.resources,
+                placement=json.dumps(cfg.placement.to_dict()),
             )
             created = True
             self.claims = ClaimsSegment.create(
-                self.name, cfg.engine.capacity, cfg.claims.max_schedulers, mode=cfg.claims.shm_mode
+                self.name,
+                cfg.engine.capacity,
+                cfg.claims.max_schedulers,
+                mode=cfg.claims.shm_mode,
+                max_reservations=cfg.placement.max_reservations,
             )
             self.events = EventSegment.create(
                 self.name, cfg.events.capacity, mode=cfg.engine.shm_mode

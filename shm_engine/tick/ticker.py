@@ -9,7 +9,8 @@ if it finds the latch odd (its predecessor died mid-write), ``write_begin``
 returns that unfinished epoch and the same buffer is rewritten from scratch.
 
 Memory ordering (see `shm_engine.core.ordering` and `shm_engine.core.seqlock`): the
-buffer is filled by jitted code (`rows.gather_inputs`, `kernels.tick`) and by
+buffer is filled by jitted code (`epoch.compute_epoch`: the gather, the
+feedback and `kernels.tick` in one call) and by
 Python numpy stores of the per-tick scalars, between the Python twins
 ``seqlock.write_begin`` and ``seqlock.write_end``.  We rely on x86-64 TSO plus
 the opacity of each call into compiled code: every store of the jitted
@@ -29,11 +30,14 @@ schedulers stamp their error releases with.
 Scheduler feedback (`shm_engine.core.claims`): each tick, right after the
 heartbeat gather, `claims.gather_feedback` reads the claims segment into the
 tick inputs' feedback columns (`Ticker.feedback`: ``rif``, ``fb_ok``,
-``fb_err``, ``consec``, ``err_age`` of `kernels.TickInputs`) and publishes
-the same values in the buffer, with the counters it saw carried to the next
-tick and the number of ejected nodes.  After the publish, every
+``fb_err``, ``consec``, ``err_age`` of `kernels.TickInputs`), which are the
+published columns of the buffer being written (one set of inputs per
+buffer), with the counters it saw carried to the next tick and the number
+of ejected nodes.  After the publish, every
 `claims.LEASE_CHECK_INTERVAL_S`, the worker returns the claims of schedulers
-that died (`claims.reap_dead_leases`).  Without a claims segment (tests, an
+that died (`claims.reap_dead_leases`) and their placement reservations, and
+the reservations past their deadline (`shm_engine.core.placement`).
+Without a claims segment (tests, an
 engine created without one) the tick reads a private zeroed one: every node
 has no scheduler traffic.  (Replay fills the same columns from its trace's
 feedback lines instead.)
@@ -51,9 +55,15 @@ published buffer carries the vector and version it was computed with.
 Scheduling (`run_schedule`): deadlines are ``t0 + k * interval``, so the
 cadence never drifts; a tick that ends after the next deadline counts one
 overrun and the schedule skips to the first deadline still ahead instead of
-bursting to catch up.  Durations (µs) are kept over the last ``STATS_WINDOW``
-ticks; last, p50, p99 and max of that window go to the header after each
-publish (they are monitoring values, outside the latch).
+bursting to catch up.  The worker sleeps until ``SPIN_S`` before a deadline
+and yields the CPU in a loop for the rest, with the thread's timer slack cut
+to 1 µs (`precise_timers`): a plain sleep to the deadline wakes up to the
+default 50 µs slack plus the scheduler's wake-up latency late, which a 2 ms
+tick cannot absorb.  Durations (µs) are kept over the last ``STATS_WINDOW``
+ticks; the header gets the last and the running maximum after each publish,
+and p50, p99 and the window's maximum on ticks 1, 2, 4, .. and then every
+``SUMMARY_EVERY`` ticks (a percentile over the window costs about as much as
+a tick at 10K nodes; these are monitoring values, outside the latch).
 """
 
 from __future__ import annotations
@@ -69,8 +79,9 @@ import numpy as np
 
 import kernels
 from kernels.columns import make_inputs
-from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_PARAMS
+from kernels.params import N_PARAMS
 from shm_engine.core import claims as claims_mod
+from shm_engine.core import placement
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
@@ -85,10 +96,11 @@ from shm_engine.core.layout import (
     private_claims,
 )
 from shm_engine.core.paramsblock import read_pending
-from shm_engine.core.rows import gather, make_gather_cache
+from shm_engine.core.rows import make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
+from shm_engine.tick.epoch import compute_epoch
 
 __all__ = [
     "Ticker",
@@ -98,9 +110,14 @@ __all__ = [
     "ticker_main",
     "warm_up",
     "STATS_WINDOW",
+    "SUMMARY_EVERY",
+    "SPIN_S",
+    "precise_timers",
 ]
 
 STATS_WINDOW = 2048
+SUMMARY_EVERY = 64  # ticks between two percentile summaries in the header
+SPIN_S = 100e-6  # yield instead of sleeping this close to a deadline
 
 
 class TickResult(NamedTuple):
@@ -144,6 +161,12 @@ class TickStats:
         self._n += 1
         self.last = us
 
+    def summary_due(self) -> bool:
+        """Whether the tick just added should refresh the header's
+        percentiles: ticks 1, 2, 4, .. SUMMARY_EVERY, then every SUMMARY_EVERY."""
+        n = self._n
+        return n > 0 and (n % SUMMARY_EVERY == 0 or (n < SUMMARY_EVERY and n & (n - 1) == 0))
+
     def summary(self) -> tuple[float, float, float, float]:
         """(last, p50, p99, max) in µs over the window; zeros before any tick."""
         n = min(self._n, self._ring.shape[0])
@@ -176,17 +199,23 @@ class Ticker:
         self._latch = views.header.latch_seq
         check_sequence_word(self._latch)
         self.params = config.to_params()
-        self.inputs = make_inputs(views.layout.capacity)
+        cap = views.layout.capacity
+        inputs = make_inputs(cap)
         # A slot the gather cannot read consistently keeps its previous inputs
         # for one tick.  A just-started worker has none: infinite age makes
         # such a slot DEAD (score 0) for that tick, never a zero-load node.
-        self.inputs.age[:] = np.inf
-        # Which rows self.inputs holds (the gather skips unchanged rows), and
+        inputs.age[:] = np.inf
+        # The feedback columns of the inputs are the published ones of the
+        # buffer being written (written once, read by the kernels there), so
+        # there is one set of inputs per buffer, sharing every other column.
+        self._inputs = tuple(
+            inputs._replace(**{c: b.views[c] for c in FEEDBACK_COLUMNS}) for b in views.buffers
+        )
+        # Which rows the inputs hold (the gather skips unchanged rows), and
         # the tick's work arrays: private, allocated once.
-        self._gather_cache = make_gather_cache(views.layout.capacity)
-        self._scratch = kernels.make_scratch(views.layout.capacity)
+        self._gather_cache = make_gather_cache(cap)
+        self._scratch = kernels.make_scratch(cap)
         self.stats = TickStats()
-        cap = views.layout.capacity
         self.live_claims = claims is not None
         if claims is None:
             claims = private_claims(cap)
@@ -195,7 +224,6 @@ class Ticker:
                 f"claims segment has {claims.layout.capacity} slots, the scores segment {cap}"
             )
         self.claims = claims
-        self.feedback = feedback_columns(self.inputs)
         self._next_lease_check = -math.inf
         self.events = EventLog(events, cap, views.registry)
         #: The configuration version of `params` (0: the one given, no reload block).
@@ -207,6 +235,17 @@ class Ticker:
         """The last published epoch (0: none)."""
         return int(self._latch[0]) >> 1
 
+    @property
+    def inputs(self):
+        """The tick inputs (`kernels.TickInputs`) of the last published epoch;
+        their feedback columns are that epoch's buffer's."""
+        return self._inputs[self.epoch & 1]
+
+    @property
+    def feedback(self) -> Feedback:
+        """The feedback columns of `inputs` (views, not copies)."""
+        return feedback_columns(self.inputs)
+
     def tick(self, now: float) -> TickResult:
         t_start = time.perf_counter()
         h = self.header
@@ -217,31 +256,38 @@ class Ticker:
         # initial buffer 0 when epoch == 1).
         prev = self.views.buffers[(epoch - 1) & 1]
         nxt = self.views.buffers[epoch & 1]
-        hwm = min(int(h.slot_hwm[0]), self.inputs.active.shape[0])
-        torn = gather(self.views, prev, nxt, self.inputs, now, hwm=hwm, cache=self._gather_cache)
-        c, inp = self.claims, self.inputs
-        # numba types a dispatcher call through a ParamSpec, which mypy cannot match
-        # against star-arguments followed by more positional ones.
-        sum_rif, sum_ok, sum_err, ejected = claims_mod.gather_feedback(  # type: ignore[call-arg]
+        inp = self._inputs[epoch & 1]
+        hwm = min(int(h.slot_hwm[0]), inp.active.shape[0])
+        c, t, cache = self.claims, self.views.table, self._gather_cache
+        reg = self.views.registry
+        n_ranked, pressure, live, torn, sum_rif, sum_ok, sum_err, ejected = compute_epoch(
+            self.params,
+            t,
+            reg.slot_gen,
+            reg.registered,
+            prev.state,
+            prev.gen,
+            prev.hb_seen,
+            prev.ok_seen,
+            prev.err_seen,
+            nxt.state,
+            nxt.out,
             nxt.gen,
-            inp.active,
-            inp.fresh,
+            nxt.hb_seen,
+            nxt.ok_seen,
+            nxt.err_seen,
+            inp,
+            self._scratch,
+            cache.gen,
+            cache.version,
+            cache.recv_time,
             c.lease_ident,
             c.in_flight_flat,
             c.row_words,
             c.outcomes,
-            prev.ok_seen,
-            prev.err_seen,
-            hwm,
             float(now),
-            self.params[MAX_CONSECUTIVE_ERRORS],
-            self.params[EJECTION_S],
-            *self.feedback,
-            *nxt.feedback,
-            nxt.ok_seen,
-            nxt.err_seen,
+            hwm,
         )
-        n_ranked, pressure, live = self.score(prev, nxt)
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
         nxt.tick_mono[0] = now
@@ -257,14 +303,17 @@ class Ticker:
         # Every buffer store above stays before this one (x86-64 TSO, see the
         # module docstring). Pairs with read_begin in the readers.
         write_end(self._latch)
-        self.events.append(prev, nxt, self.inputs.fresh, self.views.registry, hwm, epoch)
+        self.events.append(prev, nxt, inp.fresh, self.views.registry, hwm, epoch)
         us = (time.perf_counter() - t_start) * 1e6
         self.stats.add(us)
-        last, p50, p99, mx = self.stats.summary()
-        h.tick_us_last[0] = last
-        h.tick_us_p50[0] = p50
-        h.tick_us_p99[0] = p99
-        h.tick_us_max[0] = mx
+        h.tick_us_last[0] = us
+        if self.stats.summary_due():
+            _last, p50, p99, mx = self.stats.summary()
+            h.tick_us_p50[0] = p50
+            h.tick_us_p99[0] = p99
+            h.tick_us_max[0] = mx
+        elif us > h.tick_us_max[0]:
+            h.tick_us_max[0] = us
         h.ticks[0] += 1
         h.ticker_alive_mono[0] = time.monotonic()
         if self.live_claims:
@@ -293,9 +342,9 @@ class Ticker:
     def score(self, prev, nxt) -> tuple[int, float, int]:
         """The kernels of a tick (docs/scoring.md, steps A-P) over ``self.inputs``:
         the carried state of buffer ``prev`` in, the state and outputs of
-        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` calls
-        it between gather and publish; alone, it is what the benchmark times
-        as the kernels."""
+        buffer ``nxt`` out.  Returns (n_ranked, pressure, live).  `tick` runs
+        the same kernels inside `compute_epoch`; alone, this is what the
+        benchmark times as the kernels."""
         return kernels.tick(self.params, self.inputs, prev.state, nxt.state, nxt.out, self._scratch)
 
     def check_leases(self, now: float, hwm: int | None = None) -> tuple[int, int, int]:
@@ -305,7 +354,13 @@ class Ticker:
         self._next_lease_check = now + claims_mod.LEASE_CHECK_INTERVAL_S
         if hwm is None:
             hwm = int(self.header.slot_hwm[0])
-        return claims_mod.reap_dead_leases(self.claims, hwm, now)
+        # Reservations past their deadline, then those of dead leases (before
+        # each lease is freed: a new holder starts from free entries).
+        placement.expire_reservations(self.claims, time.monotonic_ns())
+        placement.measure_rate(self.claims, now)
+        return claims_mod.reap_dead_leases(
+            self.claims, hwm, now, before_free=placement.return_lease_reservations
+        )
 
 
 def warm_up() -> None:
@@ -314,6 +369,7 @@ def warm_up() -> None:
     kernels.warm_up()
     claims_mod.warm_up()
     warm_up_events()
+    placement.warm_up()
     layout = layout_for(2)
     mm = mmap.mmap(-1, layout.size)
     views = SegmentViews(mm, layout)
@@ -348,19 +404,46 @@ class Schedule:
         return False
 
 
-def run_schedule(ticker: Ticker, interval_s: float, should_stop, check_s: float) -> None:
+def precise_timers(slack_ns: int = 1000) -> bool:
+    """Cut the calling thread's timer slack (Linux ``PR_SET_TIMERSLACK``) so
+    that a sleep ends within about ``slack_ns`` of its deadline instead of up
+    to 50 µs after it.  Best effort: False where prctl is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(slack_ns), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_PR_SET_TIMERSLACK = 29
+
+
+def run_schedule(
+    ticker: Ticker,
+    interval_s: float,
+    should_stop,
+    check_s: float,
+    clock=time.monotonic,
+    sleep=time.sleep,
+    yield_cpu=os.sched_yield,
+) -> None:
     """Tick on the schedule until ``should_stop()``; it is checked at least
-    every ``check_s`` seconds while sleeping and after every tick."""
+    every ``check_s`` seconds while sleeping and after every tick.  Sleeps
+    until `SPIN_S` before each deadline, then yields until it (``clock``,
+    ``sleep`` and ``yield_cpu`` are for tests)."""
     h = ticker.header
-    sched = Schedule(interval_s, time.monotonic())
+    sched = Schedule(interval_s, clock())
     while not should_stop():
-        now = time.monotonic()
-        wait = sched.deadline - now
-        if wait > 0:
-            time.sleep(min(wait, check_s))
+        wait = sched.deadline - clock()
+        if wait > SPIN_S:
+            sleep(min(wait - SPIN_S, check_s))
             continue  # re-check stop, then the deadline
-        ticker.tick(now)
-        if sched.after_tick(time.monotonic()):
+        while clock() < sched.deadline:
+            yield_cpu()
+        ticker.tick(clock())
+        if sched.after_tick(clock()):
             h.overruns[0] += 1
 
 
@@ -416,6 +499,7 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         def should_stop() -> bool:
             return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
 
+        precise_timers()
         run_schedule(
             ticker,
             config.engine.tick_interval_ms / 1000.0,

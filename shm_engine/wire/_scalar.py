@@ -57,8 +57,10 @@ def json_fields(obj, values, read):
         values[4] = x if type(x) is float and 0.0 <= x < _INF else read['throughput'](obj, values)
         flags |= 0x01
     if 'ok' in obj:
-        values[9] = read['ok'](obj, values)
-        values[10] = read['err'](obj, values)
+        x = obj['ok']
+        values[9] = x if type(x) is int and 0 <= x <= 4294967295 else read['ok'](obj, values)
+        x = obj['err']
+        values[10] = x if type(x) is int and 0 <= x <= 4294967295 else read['err'](obj, values)
         flags |= 0x02
     if 'io' in obj:
         x = obj['io']
@@ -71,7 +73,8 @@ def json_fields(obj, values, read):
         values[7] = x if type(x) is float and 0.0 < x < _INF and x >= values[6] else read['p95_ms'](obj, values)
         flags |= 0x08
     if 'slots' in obj:
-        values[12] = read['slots'](obj, values)
+        x = obj['slots']
+        values[12] = x if type(x) is int and 1 <= x <= 65535 else read['slots'](obj, values)
         flags |= 0x40
     if 'resources' in obj:
         read['resources'](obj, values)
@@ -85,5 +88,7 @@ def json_fields(obj, values, read):
         flags |= 0x20
     if 'labels' in obj:
         labels = read['labels'](obj, values)
+    if 'taints' in obj:
+        labels = read['taints'](obj, labels)
     values[11] = flags
     return labels

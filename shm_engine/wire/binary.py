@@ -5,7 +5,11 @@ Version 2 is the current record (384 bytes).  Version 1 (192 bytes, the
 first 192 of a v2 record) is still accepted: its records are extended with
 zeros to v2 records and checked as those, once a record that sets a flag
 bit version 1 did not know (`format.V2_ONLY_FLAGS`) is rejected as v1 did.
-The extension is one numpy copy per frame.
+The extension is one numpy copy per frame.  Version 3 (640 bytes) is a v2
+record followed by the node's taints (`format.TAINTS_FIELD_SIZE` bytes,
+NUL-padded ASCII, comma-joined): the v2 part is checked as a v2 record, the
+taints as a JSON heartbeat's, and they become the record's meta bytes
+(`DecodedFrame.labels`).
 
 The rules exist once, as that table; three checks apply them:
 
@@ -50,11 +54,14 @@ from shm_engine.wire.format import (
     RECORD_STRUCT,
     RESERVED_ITEMS,
     RESERVED_SPANS,
+    TAINTS,
     V1_HEADER_ONE,
     V1_ONE_FRAME_SIZE,
     V1_RECORD_SIZE,
     V1_VERSION,
     V2_ONLY_FLAGS,
+    V3_RECORD_SIZE,
+    V3_VERSION,
     VERSION,
     FlagsByte,
     Number,
@@ -63,9 +70,11 @@ from shm_engine.wire.format import (
     Text,
     describe_ranges,
 )
+from shm_engine.wire.jsondecode import _with_taints
 from shm_engine.wire.result import (
     SAMPLE_MAX,
     DecodedFrame,
+    Reject,
     frame_reject,
     no_records,
     node_label,
@@ -399,6 +408,60 @@ def _decode_v1(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
     return DecodedFrame(dec.records, None, rejects, count, sample)
 
 
+def _taints_of(tail: bytes) -> bytes | None:
+    """The meta bytes of a v3 record's taints field, or Reject."""
+    text, nul, rest = tail.partition(b"\0")
+    if not nul or rest.strip(b"\0"):
+        raise Reject(TAINTS.reason, "taints field not NUL-padded")
+    if not text:
+        return None
+    try:
+        taints = text.decode("ascii").split(",")
+    except UnicodeDecodeError:
+        raise Reject(TAINTS.reason, "taints field is not ASCII") from None
+    return _with_taints(TAINTS, taints, None)
+
+
+def _decode_v3(mv: memoryview, count: int, compiled: bool) -> DecodedFrame:
+    """`decode_binary` for a version 3 frame, header checked: each record's
+    v2 part by the v2 rules, then its taints."""
+    raw3 = np.frombuffer(mv, np.uint8, count * V3_RECORD_SIZE, HEADER_SIZE).reshape(
+        count, V3_RECORD_SIZE
+    )
+    raw = np.ascontiguousarray(raw3[:, :RECORD_SIZE])
+    if compiled and count > SMALL_MAX:
+        faults = batch_faults(raw)[0].tolist()
+    else:
+        faults = [
+            0 if accept(v, _slow_ok) or record_fault(v) is None else 1 for v in _unpacked(raw)
+        ]
+    rejects: dict[str, int] = {}
+    sample: list[tuple[str, str]] = []
+    keep: list[int] = []
+    metas: list[bytes | None] = []
+    for j, fault in enumerate(faults):
+        if fault:
+            tally(rejects, sample, *_fault_sample(RECORD_STRUCT.unpack(raw[j].tobytes())))
+            continue
+        try:
+            metas.append(_taints_of(raw3[j, RECORD_SIZE:].tobytes()))
+        except Reject as rej:
+            v = RECORD_STRUCT.unpack(raw[j].tobytes())
+            tally(rejects, sample, rej.reason, f"{node_label(v[_NODE_ITEM])}: {rej.detail}")
+            continue
+        keep.append(j)
+    kept = raw[keep]
+    records = kept.view(RECORD_DTYPE).reshape(len(kept))
+    single = one(RECORD_STRUCT.unpack(kept[0].tobytes())) if count == 1 and keep else None
+    return DecodedFrame(records, metas, rejects, count, sample, single)
+
+
+def _unpacked(raw: np.ndarray):
+    unpack = RECORD_STRUCT.unpack
+    for j in range(len(raw)):
+        yield unpack(raw[j].tobytes())
+
+
 def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
     """`decode_frame` for a frame that starts with the magic (within the size
     limit).  ``compiled=False`` takes the scalar path whatever the number of
@@ -411,7 +474,8 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
         return frame_reject(
             "unsupported_version",
             f"version {version} record_size {record_size} "
-            f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE})",
+            f"(known: {VERSION}, {RECORD_SIZE}; {V1_VERSION}, {V1_RECORD_SIZE}; "
+            f"{V3_VERSION}, {V3_RECORD_SIZE})",
         )
     if reserved != 0:
         return frame_reject("malformed_frame", f"reserved header field is {reserved}")
@@ -424,6 +488,8 @@ def decode_binary(mv: memoryview, compiled: bool = True) -> DecodedFrame:
         return DecodedFrame(no_records(), None, {}, 0, [])
     if version == V1_VERSION:
         return _decode_v1(mv, count, compiled)
+    if version == V3_VERSION:
+        return _decode_v3(mv, count, compiled)
     if count <= SMALL_MAX or not compiled:
         return _decode_small(mv, count)
     return _decode_large(mv, count)

@@ -29,7 +29,11 @@ from shm_engine.wire.format import (
     RECORD_SIZE,
     REQUIRED_FIELDS,
     RESOURCES,
+    TAINTS_FIELD_SIZE,
+    V3_RECORD_SIZE,
+    V3_VERSION,
     VERSION,
+    split_meta,
 )
 from shm_engine.wire.jsondecode import check_mapping
 from shm_engine.wire.result import Reject, node_label
@@ -59,7 +63,9 @@ _ENTRIES = frozenset(RESOURCES.names + RESOURCES.values)
 
 
 def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
-    """The JSON-field mapping of a validated record (only the fields it carries)."""
+    """The JSON-field mapping of a validated record (only the fields it
+    carries); ``labels``: the heartbeat's meta bytes (labels and taints,
+    `format.split_meta`)."""
     flags = int(record["flags"])
     out: dict[str, Any] = {}
     for name, bit in BIT_OF.items():
@@ -71,8 +77,11 @@ def record_to_dict(record: np.void, labels: bytes | None = None) -> dict:
             for n, v in zip(RESOURCES.names, RESOURCES.values, strict=True)
             if bytes(record[n])
         }
-    if labels is not None:
-        out["labels"] = json.loads(labels)
+    lab, taints = split_meta(labels)
+    if lab is not None and (lab != b"{}" or not taints):
+        out["labels"] = json.loads(lab)
+    if taints:
+        out["taints"] = list(taints)
     return out
 
 
@@ -88,7 +97,9 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
     """A binary frame (current version) holding ``records``.
 
     Mappings (JSON field names) are validated; an invalid one, or one with
-    labels (binary frames cannot carry them), raises ValueError.  A
+    labels (binary frames cannot carry them), raises ValueError.  When a
+    mapping has taints, the frame is version 3 (each record followed by its
+    taints).  A
     RECORD_DTYPE array is written as is (reserved bytes zeroed), unvalidated.
     """
     if isinstance(records, np.ndarray):
@@ -98,18 +109,26 @@ def encode_batch(records: Iterable[Mapping] | np.ndarray) -> bytes:
         for name in FIELD_NAMES:
             out[name] = records[name]
     else:
-        rows = []
+        rows, taints = [], []
         for mapping in records:
-            values, labels = _checked(mapping)
-            if labels is not None:
+            values, meta = _checked(mapping)
+            labels, node_taints = split_meta(meta)
+            if "labels" in mapping:
                 raise ValueError(
                     f"{node_label(mapping.get('node'))}: labels cannot "
                     "travel in a binary frame; use encode_json"
                 )
             rows.append(values)
+            taints.append(",".join(node_taints).encode("ascii"))
         out = np.zeros(len(rows), RECORD_DTYPE)
         for i, values in enumerate(rows):
             out[i] = values
+        if any(taints):  # version 3: each record followed by its taints
+            tail = np.zeros((len(out), TAINTS_FIELD_SIZE), np.uint8)
+            for i, t in enumerate(taints):
+                tail[i, : len(t)] = np.frombuffer(t, np.uint8)
+            body = np.hstack([out.view(np.uint8).reshape(len(out), RECORD_SIZE), tail])
+            return HEADER.pack(MAGIC, V3_VERSION, V3_RECORD_SIZE, len(out), 0) + body.tobytes()
     return HEADER.pack(MAGIC, VERSION, RECORD_SIZE, len(out), 0) + out.tobytes()
 
 

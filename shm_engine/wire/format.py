@@ -26,12 +26,19 @@ A binary v2 frame, little-endian::
 
 Version 1 (record 192 bytes: the first 192 bytes of v2, with slots and the
 two flag bits of v2 unknown) is still accepted: its records are the v2
-records they extend to with zeros (`binary`).
+records they extend to with zeros (`binary`).  Version 3 (record 640
+bytes) is a v2 record followed by 256 bytes of taints (`TAINTS_FIELD_SIZE`),
+for nodes that have taints: binary frames carry no labels, but may carry
+taints.
 
 `RECORD_FIELDS` is the record, (name, type, offset) per field; everything
 else about its bytes (`RECORD_DTYPE`, the 8-byte words, the struct formats,
 the reserved spans) is derived from it.  Bytes no field covers are reserved
 and must be zero.
+
+Labels travel in JSON frames only, taints in JSON or binary version 3; the
+decoders keep them as a node's *meta bytes* (`split_meta`): canonical
+labels, then taints.
 
 `FIELDS` is the input table of SCORING.md as data, one row per heartbeat
 field (a pair sent together is one row), in the order the checks run, so a
@@ -72,8 +79,18 @@ V1_VERSION = 1
 V1_RECORD_SIZE = 192
 V1_ONE_FRAME_SIZE = HEADER_SIZE + V1_RECORD_SIZE
 V1_HEADER_ONE = HEADER.pack(MAGIC, V1_VERSION, V1_RECORD_SIZE, 1, 0)
+# Version 3: a version 2 record followed by the node's taints, NUL-padded
+# ASCII `key=value:Effect` joined by commas (empty: no taints), for senders
+# whose nodes have taints; the rest of the frame is version 2's.
+V3_VERSION = 3
+TAINTS_FIELD_SIZE = 256
+V3_RECORD_SIZE = RECORD_SIZE + TAINTS_FIELD_SIZE
 # The (version, record_size) pairs a binary header may name.
-BINARY_VERSIONS = ((VERSION, RECORD_SIZE), (V1_VERSION, V1_RECORD_SIZE))
+BINARY_VERSIONS = (
+    (VERSION, RECORD_SIZE),
+    (V1_VERSION, V1_RECORD_SIZE),
+    (V3_VERSION, V3_RECORD_SIZE),
+)
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # what clients split batches to
 JSON_FIRST_BYTES = frozenset(b"{[ \t\n\r")  # a frame starting so is JSON
 MAX_JSON_DEPTH = 32
@@ -98,6 +115,16 @@ ZONE_SIZE = 32  # padded: 31 bytes of UTF-8 + at least one NUL
 MAX_NODE_BYTES = NODE_SIZE - 1
 MAX_ZONE_BYTES = ZONE_SIZE - 1
 MAX_LABELS_BYTES = 256  # canonical compact JSON of `labels`
+MAX_TAINTS = 8  # taints per heartbeat
+MAX_TAINTS_BYTES = 240  # canonical taints: sorted, comma-joined `key=value:Effect`
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule")
+# A node's meta bytes (the registry's `labels` column): canonical labels, then
+# a newline and canonical taints if the node has taints (`split_meta`).
+MAX_META_BYTES = MAX_LABELS_BYTES + 1 + MAX_TAINTS_BYTES
+# Taint keys and values: Kubernetes label syntax (a key may carry a
+# `prefix/`); values may be empty.
+TAINT_KEY_RE = r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?"
+TAINT_VALUE_RE = r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?"
 U32_MAX = 2**32 - 1
 SLOTS_MAX = 65535
 MAX_RESOURCES = 8  # resource entries per heartbeat
@@ -345,6 +372,21 @@ class Labels(NamedTuple):
     reason: str = "bad_field"
 
 
+class Taints(NamedTuple):
+    """A JSON array of at most ``max_entries`` distinct strings
+    ``key=value:Effect`` (or ``key:Effect``; key and value as
+    `TAINT_KEY_RE` / `TAINT_VALUE_RE`, the effect one of ``effects``, one
+    taint per key and effect), kept sorted and comma-joined after the
+    labels in the node's meta bytes (`split_meta`); JSON frames, or the
+    taints field of a binary version 3 record."""
+
+    name: str
+    max_entries: int
+    max_bytes: int
+    effects: tuple[str, ...]
+    reason: str = "bad_field"
+
+
 class FlagsByte(NamedTuple):
     """Binary only: no bit of the flags byte outside ``known``."""
 
@@ -398,12 +440,14 @@ FIELDS = (
     Number(("ts",), HAS_TS, FINITE),
     Text("zone", HAS_ZONE, "zone", printable=False, nonempty=False, reason="bad_field"),
     Labels("labels", MAX_LABELS_BYTES),
+    Taints("taints", MAX_TAINTS, MAX_TAINTS_BYTES, TAINT_EFFECTS),
 )
+_META_ONLY = (Labels, Taints)  # rules of JSON frames only, kept in the meta bytes
 
 # The binary record's checks, in order: the node id, the flags, the rest.
 RECORD_RULES = (
     (FIELDS[0], FlagsByte(KNOWN_FLAGS))
-    + tuple(f for f in FIELDS[1:] if not isinstance(f, Labels))
+    + tuple(f for f in FIELDS[1:] if not isinstance(f, _META_ONLY))
     + (ReservedBytes(RESERVED_SPANS),)
 )
 
@@ -414,10 +458,10 @@ def names_of(row) -> tuple[str, ...]:
 
 
 def fields_of(row) -> tuple[str, ...]:
-    """The record fields of a `FIELDS` row (none for labels)."""
+    """The record fields of a `FIELDS` row (none for labels and taints)."""
     if isinstance(row, Resources):
         return row.names + row.values
-    return () if isinstance(row, Labels) else names_of(row)
+    return () if isinstance(row, _META_ONLY) else names_of(row)
 
 
 def _required(row) -> bool:
@@ -430,15 +474,38 @@ KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Pairs sent together: a heartbeat with one half misses the other.
 PAIRS = tuple(f.names for f in FIELDS if isinstance(f, Number) and len(f.names) == 2)
 # The presence bit of each record field (0: always present).
-BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, Labels) for n in fields_of(f)}
+BIT_OF = {n: f.bit for f in FIELDS if not isinstance(f, _META_ONLY) for n in fields_of(f)}
 RESOURCES = next(f for f in FIELDS if isinstance(f, Resources))
+TAINTS = next(f for f in FIELDS if isinstance(f, Taints))
+
+
+def split_meta(meta: bytes | None) -> tuple[bytes | None, tuple[str, ...]]:
+    """(canonical labels JSON or None, taints) of a node's meta bytes.
+
+    The meta bytes are what a JSON heartbeat's ``labels`` and ``taints``
+    leave in the registry: the canonical labels object (``{}`` when only
+    taints were sent), then, if there are taints, a newline and the sorted
+    taints joined by commas.  Canonical JSON never holds a raw newline, so
+    the split is unambiguous."""
+    if not meta:
+        return None, ()
+    labels, sep, taints = bytes(meta).partition(b"\n")
+    return labels, tuple(taints.decode("utf-8").split(",")) if sep and taints else ()
+
+
+def join_meta(labels: bytes | None, taints: tuple[str, ...]) -> bytes | None:
+    """The meta bytes of canonical ``labels`` and sorted ``taints`` (see
+    `split_meta`); None when there are neither."""
+    if not taints:
+        return labels
+    return (labels if labels is not None else b"{}") + b"\n" + ",".join(taints).encode("utf-8")
 
 
 def _check_the_tables() -> None:
     in_record = set(FIELD_NAMES) - {"flags"}
     in_rules = set(BIT_OF)
     assert in_record == in_rules, in_record ^ in_rules
-    bits = [f.bit for f in FIELDS if not isinstance(f, Labels) and f.bit]
+    bits = [f.bit for f in FIELDS if not isinstance(f, _META_ONLY) and f.bit]
     assert len(bits) == len(set(bits)) and sum(bits) == KNOWN_FLAGS < 256
     texts = [f.name for f in FIELDS if isinstance(f, Text)] + list(RESOURCES.names)
     for name in texts:  # the compiled check reads text fields as whole words

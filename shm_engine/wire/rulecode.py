@@ -8,8 +8,9 @@ current table renders; ``python -m shm_engine.wire`` rewrites both):
   ``slow_ok(rule index, value)`` decides what the expression leaves to the
   reference walk: text that is not plain ASCII, resources that are present);
   `one(v)`, that record as `DecodedFrame.one`; `json_fields(obj, values,
-  read)`, the fields of a JSON heartbeat in table order, a float in range
-  taken as is (`jsondecode`).  A loop of Python calls costs more than a
+  read)`, the fields of a JSON heartbeat in table order, a value of the
+  field's type (float, or int for an integer field) in range taken as is
+  (`jsondecode`).  A loop of Python calls costs more than a
   whole record's comparisons.
 - `_checks` (numba): one loop over the records with the rules written out
   as comparisons on a record's 8-byte words.  The same table walked by a
@@ -49,6 +50,7 @@ from shm_engine.wire.format import (
     Number,
     ReservedBytes,
     Resources,
+    Taints,
     Text,
     names_of,
 )
@@ -217,7 +219,8 @@ def _one_lines() -> list[str]:
 
 
 def _json_fields_lines() -> list[str]:
-    """`json_fields`: anything but a float in range goes to ``read[key](obj,
+    """`json_fields`: anything but a value of the field's type in range (a
+    float, or an int for an integer field) goes to ``read[key](obj,
     values)``, which checks it in full and raises `Reject`."""
     lines = ["def json_fields(obj, values, read):", "    flags = 0", "    labels = None"]
     for rule in FIELDS[1:]:
@@ -227,22 +230,27 @@ def _json_fields_lines() -> list[str]:
             if isinstance(rule, Labels):
                 body.append(f"labels = {slow}")
                 continue
+            if isinstance(rule, Taints):  # its reader appends them to the labels
+                body.append(f"labels = read[{key!r}](obj, labels)")
+                continue
             if isinstance(rule, Resources):  # its reader fills the entries
                 body.append(slow)
                 continue
             i = FIELD_INDEX[key]
-            if isinstance(rule, Number) and RECORD_DTYPE[key].kind == "f":
-                fast = _in_bound("x", rule.bound, False)
+            if isinstance(rule, Number):
+                kind = RECORD_DTYPE[key].kind
+                fast = _in_bound("x", rule.bound, kind == "u")
                 if rule.ordered and j:
                     fast += f" and x >= values[{FIELD_INDEX[keys[0]]}]"
+                plain = "int" if kind == "u" else "float"
                 body += [
                     f"x = obj[{key!r}]",
-                    f"values[{i}] = x if type(x) is float and {fast} else {slow}",
+                    f"values[{i}] = x if type(x) is {plain} and {fast} else {slow}",
                 ]
             else:
                 body.append(f"values[{i}] = {slow}")
-        optional = isinstance(rule, Labels) or rule.bit != 0
-        if not isinstance(rule, Labels) and rule.bit:
+        optional = isinstance(rule, (Labels, Taints)) or rule.bit != 0
+        if not isinstance(rule, (Labels, Taints)) and rule.bit:
             body.append(f"flags |= {rule.bit:#04x}")
         if optional:
             lines.append(f"    if {keys[0]!r} in obj:")

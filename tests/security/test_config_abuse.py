@@ -185,6 +185,12 @@ INT_BOUNDS = {
     "http.stream_interval_ms": (50, 10_000, {}),
     "http.max_streams": (1, 4096, {}),
     "http.nice": (0, 19, {}),
+    "feed.full_every": (1, I32, {}),
+    "placement.top_k": (1, 64, {}),
+    "placement.max_reservations": (1, 1 << 20, {}),
+    "scope.window": (2, 1_000_000, {"scope.min_samples": 2}),
+    # at most scope.window (256 by default)
+    "scope.min_samples": (2, 256, {}),
 }
 
 

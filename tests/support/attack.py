@@ -75,6 +75,10 @@ def fake_frames(prefix: str, count: int, per_frame: int) -> list[bytes]:
     return [wire.encode_batch(rec[a : a + per_frame]) for a in range(0, count, per_frame)]
 
 
+#: Longest a test's send may wait for room in its queue.
+SEND_TIMEOUT_MS = 60_000
+
+
 def push(
     ctx: zmq.Context,
     port: int,
@@ -89,6 +93,8 @@ def push(
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
+    # A send that cannot queue fails the test (zmq.Again) instead of hanging it.
+    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     if curve is not None:
         sock.curve_serverkey = curve.server_public
         sock.curve_publickey = curve.client_public
