@@ -450,6 +450,8 @@ def test_openapi_lists_every_route_of_the_table(api):
         "/v1/events",
         "/v1/events/stream",
         "/v1/heartbeat",
+        "/v1/place",
+        "/v1/release",
         "/v1/reload",
         "/metrics",
         "/openapi.json",

@@ -86,6 +86,7 @@ DEFAULT_EVENTS = 100  # events per GET /v1/events reply
 MAX_EVENTS = 1000
 STREAM_EVENTS = 500  # events per message of GET /v1/events/stream, at most
 MAX_SEQ = (1 << 63) - 1
+MAX_RELEASES = 1000  # placements released by one POST /v1/release
 RELOAD_TIMEOUT_S = 10.0  # the supervisor's reload, awaited by POST /v1/reload
 _FIELD_VALUE = re.compile(
     r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
@@ -155,6 +156,8 @@ class Settings:
     tick_interval_s: float
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted; empty: any
     reload_timeout_s: float = RELOAD_TIMEOUT_S  # POST /v1/reload waits this long
+    place_ttl_s: float = 60.0  # http.place_ttl_s: a placement's lease by default
+    max_place_ttl_s: float = 3600.0  # http.max_place_ttl_s
 
     @classmethod
     def from_config(cls, config: Config, token: str | None, loopback: bool) -> Settings:
@@ -170,6 +173,8 @@ class Settings:
             max_streams=hc.max_streams,
             tick_interval_s=config.engine.tick_interval_ms / 1000.0,
             allowed_hosts=LOOPBACK_HOSTS if loopback else (),
+            place_ttl_s=hc.place_ttl_s,
+            max_place_ttl_s=hc.max_place_ttl_s,
         )
 
 
@@ -344,6 +349,18 @@ class Api:
         self._summary: dict | None = None
         self._summary_epoch = -1
         self._metrics: Any = None  # a prometheus_client registry, made on first use
+        self._leases: Any = None  # shm_engine.http.place.Leases, made on first use
+
+    def beat(self) -> None:
+        """Periodic work (the server calls it every beat): leases that ran out."""
+        if self._leases is not None:
+            self._leases.sweep()
+
+    def close(self) -> None:
+        """Abandon the placements still held (the server is stopping)."""
+        if self._leases is not None:
+            self._leases.close()
+            self._leases = None
 
     # ------------------------------------------------------------- guards --
     def frame(self) -> Frame:
@@ -785,6 +802,148 @@ class Api:
             return error_response(422, "invalid_config", message, key, value, reload=body)
         return JSONResponse(body)
 
+    # ------------------------------------------------------------ placement --
+    async def json_body(self, request: Request) -> Any:
+        """The request's JSON body (application/json, at most max_body_bytes)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send the body as application/json",
+                "Content-Type",
+                ctype or None,
+            )
+        raw = await self.body(request, self.settings.max_body_bytes)
+        try:
+            return _orjson.loads(raw) if _orjson is not None else json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            raise ApiError(400, "invalid_json", f"the body is not JSON: {err}", "body") from None
+
+    def leases(self):
+        if self._leases is None:
+            from clients.placer import Placer
+            from shm_engine.http.place import Leases
+
+            view = self.view
+            self._leases = Leases(lambda: Placer.attach(view.name, owner=view.seg.owner_uid))
+        return self._leases
+
+    async def place(self, request: Request) -> Response:
+        from shm_engine.core.errors import (
+            LayoutMismatch,
+            LeaseRevoked,
+            ReservationLimitReached,
+            SchedulerLimitReached,
+            Unschedulable,
+        )
+        from shm_engine.http.place import BadJob, explanation_json, parse_place
+
+        body = await self.json_body(request)
+        st = self.settings
+        try:
+            job, ttl_s, explain, zones = parse_place(body, st.place_ttl_s, st.max_place_ttl_s)
+        except BadJob as err:
+            raise ApiError(422, "invalid_job", str(err), err.field, err.value) from None
+        leases = self.leases()
+        try:
+            try:
+                lease = leases.place(job, ttl_s, explain, zones)
+            except LeaseRevoked:  # the engine reaped this process's lease: take a new one
+                lease = leases.place(job, ttl_s, explain, zones)
+        except Unschedulable as err:
+            return error_response(
+                409,
+                "unschedulable",
+                str(err),
+                counts=err.counts,
+                explain=explanation_json(err.explain),
+            )
+        except ReservationLimitReached as err:
+            raise ApiError(503, "reservation_limit", str(err)) from None
+        except (SchedulerLimitReached, LeaseRevoked) as err:
+            raise ApiError(503, "scheduler_limit", str(err)) from None
+        except NothingPublished:
+            raise ApiError(
+                503, "nothing_published", "the engine has not published a tick yet"
+            ) from None
+        except (EngineNotRunning, LayoutMismatch) as err:
+            raise ApiError(503, "engine_stopped", str(err)) from None
+        except ValueError as err:  # a resource the engine does not place, or too much of one
+            m = re.match(r"request '?([^'=:]+)'?", str(err))
+            name = m.group(1) if m else None
+            raise ApiError(
+                422,
+                "invalid_job",
+                str(err),
+                f"requests.{name}" if name else "requests",
+                job.requests.get(name) if name else None,
+            ) from None
+        return JSONResponse(lease.as_dict())
+
+    async def release(self, request: Request) -> Response:
+        from shm_engine.http.place import LeaseExpired, UnknownPlacement
+
+        body = await self.json_body(request)
+        batch = isinstance(body, list)
+        items = body if batch else [body]
+        if batch and not 1 <= len(items) <= MAX_RELEASES:
+            raise ApiError(
+                422,
+                "bad_batch",
+                f"a batch releases 1..{MAX_RELEASES} placements",
+                "body",
+                len(items),
+            )
+        checked = []
+        for i, item in enumerate(items):
+            at = f"[{i}]." if batch else ""
+            if not isinstance(item, dict):
+                raise ApiError(
+                    422, "bad_field", "a release is an object {id, ok}", "body", type(item).__name__
+                )
+            unknown = set(item) - {"id", "ok"}
+            if unknown:
+                name = sorted(unknown)[0]
+                raise ApiError(422, "bad_field", f"unknown field {name!r}", at + name, item[name])
+            pid, ok = item.get("id"), item.get("ok")
+            if not isinstance(pid, str) or not pid:
+                raise ApiError(
+                    422, "bad_field", "id must be the id POST /v1/place returned", at + "id", pid
+                )
+            if not isinstance(ok, bool):
+                raise ApiError(
+                    422, "bad_field", "ok must be true (the job succeeded) or false", at + "ok", ok
+                )
+            checked.append((pid, ok))
+        leases = self.leases()
+        results = []
+        for pid, ok in checked:
+            try:
+                lease, held = leases.release(pid, ok)
+            except LeaseExpired:
+                err = ApiError(
+                    410,
+                    "lease_expired",
+                    "the placement's lease ran out: its reservation was returned",
+                    "id",
+                    pid,
+                )
+            except UnknownPlacement:
+                err = ApiError(
+                    404, "unknown_placement", "no placement held with this id", "id", pid
+                )
+            else:
+                results.append({"id": pid, "node": lease.placement.node, "ok": ok, "held": held})
+                continue
+            if not batch:
+                raise err
+            e = {"status": err.status, "code": err.code, "message": err.message}
+            results.append({"id": pid, "error": e})
+        if batch:
+            return JSONResponse({"results": results})
+        return JSONResponse(results[0])
+
     # ---------------------------------------------------------- heartbeat --
     async def heartbeat(self, request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -924,6 +1083,56 @@ def _p(name: str, where: str, desc: str, schema: dict | None = None, required: b
         "required": required or where == "path",
         "schema": schema or {"type": "string"},
     }
+
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+PLACE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "requests": {
+            "type": "object",
+            "additionalProperties": {"type": "number", "minimum": 0},
+            "description": "resource -> amount, in the resource's unit ([placement] resources)",
+        },
+        "selector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "affinity": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "op": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": _STRINGS,
+                    "weight": {"type": "number", "minimum": 0},
+                },
+                "required": ["key", "op"],
+            },
+        },
+        "tolerations": _STRINGS,
+        "zone": {"oneOf": [{"type": "string"}, _STRINGS]},
+        "prefer_zones": _STRINGS,
+        "data": _STRINGS,
+        "group": {"type": "string"},
+        "spread": {"type": "integer", "minimum": 0},
+        "ttl_s": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "the lease (default http.place_ttl_s, at most http.max_place_ttl_s)",
+        },
+        "explain": {"type": "boolean"},
+        "zones": {"oneOf": [{"type": "string"}, _STRINGS], "description": "scope: only these"},
+    },
+}
+_RELEASE_ONE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"id": {"type": "string"}, "ok": {"type": "boolean"}},
+    "required": ["id", "ok"],
+}
+RELEASE_SCHEMA = {
+    "oneOf": [_RELEASE_ONE, {"type": "array", "items": _RELEASE_ONE, "maxItems": MAX_RELEASES}]
+}
 
 
 def endpoints() -> list[Endpoint]:
@@ -1095,6 +1304,56 @@ def endpoints() -> list[Endpoint]:
         ),
         Endpoint(
             "POST",
+            "/v1/place",
+            Api.place,
+            "Place a job (a Job as JSON) on a node that can take it, its capacity "
+            "reserved there and held for ttl_s seconds (a lease): release it with "
+            "POST /v1/release, or it is returned when the lease runs out",
+            mutating=True,
+            body=True,
+            request={
+                "required": True,
+                "content": {"application/json": {"schema": PLACE_SCHEMA}},
+            },
+            responses={
+                200: "the placement: id, node, zone, reserved, score, parts, ttl_s, "
+                "expires_at (unix time), explain (when asked)",
+                400: "the body is not JSON",
+                401: "token missing or wrong",
+                403: "mutations disabled",
+                409: "no node can take the job now: counts per filter (and explain)",
+                413: "body too large",
+                415: "not application/json",
+                422: "an invalid job: field and value name what is wrong",
+                503: "the engine is not running or has not published, or this server "
+                "holds as many placements as it may ([placement] max_reservations)",
+            },
+        ),
+        Endpoint(
+            "POST",
+            "/v1/release",
+            Api.release,
+            "Release a placement with the job's outcome ({id, ok}), or a batch of "
+            f"them (an array of up to {MAX_RELEASES}; each answered in results)",
+            mutating=True,
+            body=True,
+            request={
+                "required": True,
+                "content": {"application/json": {"schema": RELEASE_SCHEMA}},
+            },
+            responses={
+                200: "released: node, ok, held (false if the engine had returned the "
+                "reservation already); for a batch, results in order",
+                400: "the body is not JSON",
+                401: "token missing or wrong",
+                403: "mutations disabled",
+                404: "no placement held with this id",
+                410: "the placement's lease ran out (it was returned)",
+                422: "a bad field (field and value name it)",
+            },
+        ),
+        Endpoint(
+            "POST",
             "/v1/reload",
             Api.reload,
             "Re-read the engine's configuration file (as SIGHUP does): the whole file "
@@ -1192,7 +1451,7 @@ def openapi(table: list[Endpoint]) -> dict:
 
 
 # ------------------------------------------------------------------- the app --
-def _route(api: Api, ep: Endpoint) -> Route:
+def _endpoint(api: Api, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
             if ep.mutating:
@@ -1202,8 +1461,35 @@ def _route(api: Api, ep: Endpoint) -> Route:
             return err.response()
 
     endpoint.__name__ = ep.handler.__name__
+    return endpoint
+
+
+def _route(api: Api, ep: Endpoint) -> Route:
     path = ep.route or ep.path
-    return Route(path, endpoint, methods=[ep.method], name=ep.handler.__name__)
+    return Route(path, _endpoint(api, ep), methods=[ep.method], name=ep.handler.__name__)
+
+
+class _Exact:
+    """ASGI: requests for a path of the table without parameters go straight
+    to its endpoint (a dict lookup, not Starlette's route-by-route match and
+    middleware: about a third of a small request's cost in the server); any
+    other request, a wrong method included, goes to ``app``."""
+
+    def __init__(self, app, table: dict[tuple[str, str], Callable]):
+        self.app = app
+        self.table = table
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            endpoint = self.table.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                try:
+                    response = await endpoint(Request(scope, receive))
+                except Exception as exc:  # noqa: BLE001 - as Starlette's handler would
+                    response = await _internal_error(Request(scope), exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -1256,18 +1542,22 @@ def build_app(
     settings: Settings,
     forward: Callable[[bytes], str | None] | None = None,
     extra: list[Endpoint] | None = None,
-) -> tuple[Starlette, Api]:
-    """The Starlette app over ``view`` (and the `Api` behind it).
-    ``extra``: more rows for the route table."""
+) -> tuple[Any, Api]:
+    """The ASGI app over ``view`` (and the `Api` behind it): Starlette for
+    every route, behind `_Exact` for the paths without parameters and, on a
+    loopback bind, `_HostCheck` in front of both.  ``extra``: more rows for
+    the route table."""
     table = endpoints() + list(extra or ())
     api = Api(view, settings, forward, table)
     static = StaticFiles(packages=[("shm_engine.http", "static")])
     routes: list[Route | Mount] = [_route(api, ep) for ep in table]
     routes.append(Mount("/static", app=static, name="static"))
-    app = Starlette(
+    starlette = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+    exact = {(ep.method, ep.path): _endpoint(api, ep) for ep in table if ep.route is None}
+    app: Any = _Exact(starlette, exact)
     if settings.allowed_hosts:
-        app.add_middleware(_HostCheck, hosts=settings.allowed_hosts)
+        app = _HostCheck(app, hosts=settings.allowed_hosts)
     return app, api
