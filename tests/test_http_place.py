@@ -171,7 +171,9 @@ def test_zones_and_constraints_reach_the_placer(api):
 BAD = [
     # (body, status, code, field, value)
     (b"{oops", 400, "invalid_json", "body", None),
-    (b"[1, 2]", 422, "invalid_job", "body", "list"),
+    (b'"x"', 422, "invalid_job", "body", "str"),
+    (b"[]", 422, "bad_batch", "body", 0),
+    (b"[" + b"{}," * 256 + b"{}]", 422, "bad_batch", "body", 257),
     (b'{"requests": {"cpu": -1}}', 422, "invalid_job", "requests.cpu", -1),
     (b'{"requests": {"cpu": "x"}}', 422, "invalid_job", "requests.cpu", "x"),
     (b'{"requests": {"cpu": true}}', 422, "invalid_job", "requests.cpu", True),
@@ -270,6 +272,33 @@ def test_place_and_release_need_the_token(engine, token, loopback, given, status
     finally:
         api.close()
         view.close()
+
+
+def test_a_batch_places_each_job_on_its_own(api):
+    client, _api = api
+    jobs = [
+        {"requests": {"cpu": 3}},  # a (4 CPUs)
+        {"requests": {"cpu": 3}},  # nothing left with 3 CPUs but the tainted c
+        {"requests": {"tpu": 1}},  # a resource the engine does not place
+        {"cpus": 1},  # not a job field
+        {"requests": {"gpu": 1}, "tolerations": ["gpu"]},  # c
+    ]
+    r = _place(client, jobs)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x.get("node") for x in res] == ["a", None, None, None, "c"]
+    errors = [x.get("error") for x in res]
+    assert errors[1]["code"] == "unschedulable" and errors[1]["status"] == 409
+    assert errors[1]["counts"] == {"insufficient cpu": 3, "taint gpu=true:NoSchedule": 1}
+    assert (errors[2]["code"], errors[2]["field"], errors[2]["value"]) == (
+        "invalid_job",
+        "[2].requests.tpu",
+        1,
+    )
+    assert (errors[3]["field"], errors[3]["value"]) == ("[3].cpus", 1)
+    assert _in_flight(client, "a") == 1 and _in_flight(client, "c") == 1
+    ids = [{"id": x["id"], "ok": True} for x in res if "id" in x]
+    assert [x["held"] for x in _release(client, ids).json()["results"]] == [True, True]
 
 
 # ----------------------------------------------------------------- release --

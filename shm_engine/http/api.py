@@ -57,8 +57,13 @@ from starlette.staticfiles import StaticFiles
 from shm_engine.core.config import Config
 from shm_engine.core.errors import (
     EngineNotRunning,
+    LayoutMismatch,
+    LeaseRevoked,
     NothingPublished,
     ReadContention,
+    ReservationLimitReached,
+    SchedulerLimitReached,
+    Unschedulable,
 )
 from shm_engine.http.view import SORT_KEYS, STATE_BY_NAME, EngineView, Frame, state_name
 from shm_engine.wire.decode import decode_frame
@@ -87,6 +92,8 @@ MAX_EVENTS = 1000
 STREAM_EVENTS = 500  # events per message of GET /v1/events/stream, at most
 MAX_SEQ = (1 << 63) - 1
 MAX_RELEASES = 1000  # placements released by one POST /v1/release
+JOB_CACHE = 1024  # distinct jobs of place requests kept parsed
+MAX_PLACE_BATCH = 256  # jobs placed by one POST /v1/place
 RELOAD_TIMEOUT_S = 10.0  # the supervisor's reload, awaited by POST /v1/reload
 _FIELD_VALUE = re.compile(
     r"^(?P<field>[a-z_0-9]+)=(?P<value>.*?)(?: (?:is|out|must|<|>|overflows).*)?$"
@@ -111,17 +118,37 @@ class JSONResponse(_StarletteJSON):
 
 
 class ApiError(Exception):
-    """A request the API refuses: the status and the JSON error body."""
+    """A request the API refuses: the status and the JSON error body
+    (``extra``: more members of it, e.g. an Unschedulable's counts)."""
 
     def __init__(
-        self, status: int, code: str, message: str, field: str | None = None, value: Any = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        value: Any = None,
+        **extra: Any,
     ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.field, self.value = field, value
+        self.extra = extra
+
+    def body(self) -> dict:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "field": self.field,
+            "value": self.value,
+            **self.extra,
+        }
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.code, self.message, self.field, self.value)
+        return error_response(
+            self.status, self.code, self.message, self.field, self.value, **self.extra
+        )
 
 
 def error_response(
@@ -248,6 +275,14 @@ def config_error_field(message: str) -> tuple[str | None, Any]:
     return None, None
 
 
+def _loads(raw: bytes) -> Any:
+    """A request body's JSON (400 naming the parser's reason if it is not)."""
+    try:
+        return _orjson.loads(raw) if _orjson is not None else json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise ApiError(400, "invalid_json", f"the body is not JSON: {err}", "body") from None
+
+
 def _dumps(obj: Any) -> str:
     """Compact JSON text (orjson when installed), for a stream's data line."""
     if _orjson is not None:
@@ -350,6 +385,7 @@ class Api:
         self._summary_epoch = -1
         self._metrics: Any = None  # a prometheus_client registry, made on first use
         self._leases: Any = None  # shm_engine.http.place.Leases, made on first use
+        self._jobs: dict[bytes, tuple] = {}  # place body -> parsed (`parsed_job`)
 
     def beat(self) -> None:
         """Periodic work (the server calls it every beat): leases that ran out."""
@@ -803,8 +839,9 @@ class Api:
         return JSONResponse(body)
 
     # ------------------------------------------------------------ placement --
-    async def json_body(self, request: Request) -> Any:
-        """The request's JSON body (application/json, at most max_body_bytes)."""
+    async def json_raw(self, request: Request) -> bytes:
+        """The request's body, checked to be application/json and at most
+        max_body_bytes."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(
@@ -814,11 +851,30 @@ class Api:
                 "Content-Type",
                 ctype or None,
             )
-        raw = await self.body(request, self.settings.max_body_bytes)
-        try:
-            return _orjson.loads(raw) if _orjson is not None else json.loads(raw)
-        except (ValueError, RecursionError) as err:
-            raise ApiError(400, "invalid_json", f"the body is not JSON: {err}", "body") from None
+        return await self.body(request, self.settings.max_body_bytes)
+
+    async def json_body(self, request: Request) -> Any:
+        """The request's JSON body (application/json, at most max_body_bytes)."""
+        return _loads(await self.json_raw(request))
+
+    def parsed_job(self, body: Any, key: bytes):
+        """(job, ttl_s, explain, zones) of one job of a place request, from
+        a cache of the last `JOB_CACHE` distinct ones by ``key`` (their
+        JSON: schedulers send the same few job shapes over and over, and a
+        Job is immutable); ApiError 422 for an invalid one."""
+        from shm_engine.http.place import BadJob, parse_place
+
+        got = self._jobs.get(key)
+        if got is None:
+            st = self.settings
+            try:
+                got = parse_place(body, st.place_ttl_s, st.max_place_ttl_s)
+            except BadJob as err:
+                raise ApiError(422, "invalid_job", str(err), err.field, err.value) from None
+            if len(self._jobs) >= JOB_CACHE:
+                self._jobs.clear()
+            self._jobs[key] = got
+        return got
 
     def leases(self):
         if self._leases is None:
@@ -829,22 +885,11 @@ class Api:
             self._leases = Leases(lambda: Placer.attach(view.name, owner=view.seg.owner_uid))
         return self._leases
 
-    async def place(self, request: Request) -> Response:
-        from shm_engine.core.errors import (
-            LayoutMismatch,
-            LeaseRevoked,
-            ReservationLimitReached,
-            SchedulerLimitReached,
-            Unschedulable,
-        )
-        from shm_engine.http.place import BadJob, explanation_json, parse_place
+    def place_one(self, job, ttl_s: float, explain: bool, zones) -> dict:
+        """Place one parsed job; its placement as the API returns it.
+        ApiError for what the client must hear (409 unschedulable, ...)."""
+        from shm_engine.http.place import explanation_json
 
-        body = await self.json_body(request)
-        st = self.settings
-        try:
-            job, ttl_s, explain, zones = parse_place(body, st.place_ttl_s, st.max_place_ttl_s)
-        except BadJob as err:
-            raise ApiError(422, "invalid_job", str(err), err.field, err.value) from None
         leases = self.leases()
         try:
             try:
@@ -852,13 +897,13 @@ class Api:
             except LeaseRevoked:  # the engine reaped this process's lease: take a new one
                 lease = leases.place(job, ttl_s, explain, zones)
         except Unschedulable as err:
-            return error_response(
+            raise ApiError(
                 409,
                 "unschedulable",
                 str(err),
                 counts=err.counts,
                 explain=explanation_json(err.explain),
-            )
+            ) from None
         except ReservationLimitReached as err:
             raise ApiError(503, "reservation_limit", str(err)) from None
         except (SchedulerLimitReached, LeaseRevoked) as err:
@@ -879,7 +924,29 @@ class Api:
                 f"requests.{name}" if name else "requests",
                 job.requests.get(name) if name else None,
             ) from None
-        return JSONResponse(lease.as_dict())
+        return lease.as_dict()
+
+    async def place(self, request: Request) -> Response:
+        raw = await self.json_raw(request)
+        if raw.lstrip()[:1] != b"[":  # one job (the common case: parsed from the cache)
+            job = self._jobs.get(raw) or self.parsed_job(_loads(raw), raw)
+            return JSONResponse(self.place_one(*job))
+        body = _loads(raw)
+        if not isinstance(body, list) or not 1 <= len(body) <= MAX_PLACE_BATCH:
+            n = len(body) if isinstance(body, list) else None
+            raise ApiError(422, "bad_batch", f"a batch places 1..{MAX_PLACE_BATCH} jobs", "body", n)
+        results = []
+        for i, item in enumerate(body):
+            try:
+                key = _orjson.dumps(item) if _orjson is not None else json.dumps(item).encode()
+                results.append(self.place_one(*self.parsed_job(item, key)))
+            except ApiError as err:
+                if err.code in ("engine_stopped", "nothing_published"):
+                    raise  # the engine, not this job: the whole request fails
+                if err.field is not None and err.field != "body":
+                    err.field = f"[{i}].{err.field}"
+                results.append({"error": err.body()})
+        return JSONResponse({"results": results})
 
     async def release(self, request: Request) -> Response:
         from shm_engine.http.place import LeaseExpired, UnknownPlacement
@@ -1308,16 +1375,31 @@ def endpoints() -> list[Endpoint]:
             Api.place,
             "Place a job (a Job as JSON) on a node that can take it, its capacity "
             "reserved there and held for ttl_s seconds (a lease): release it with "
-            "POST /v1/release, or it is returned when the lease runs out",
+            "POST /v1/release, or it is returned when the lease runs out. An array "
+            f"places up to {MAX_PLACE_BATCH} jobs, each on its own",
             mutating=True,
             body=True,
             request={
                 "required": True,
-                "content": {"application/json": {"schema": PLACE_SCHEMA}},
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                PLACE_SCHEMA,
+                                {
+                                    "type": "array",
+                                    "items": PLACE_SCHEMA,
+                                    "maxItems": MAX_PLACE_BATCH,
+                                },
+                            ]
+                        }
+                    }
+                },
             },
             responses={
                 200: "the placement: id, node, zone, reserved, score, parts, ttl_s, "
-                "expires_at (unix time), explain (when asked)",
+                "expires_at (unix time), explain (when asked); for a batch, results in "
+                "order, each a placement or {error} as the single request would have it",
                 400: "the body is not JSON",
                 401: "token missing or wrong",
                 403: "mutations disabled",
