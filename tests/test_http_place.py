@@ -301,6 +301,29 @@ def test_a_batch_places_each_job_on_its_own(api):
     assert [x["held"] for x in _release(client, ids).json()["results"]] == [True, True]
 
 
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:9"])
+def test_a_page_of_another_origin_cannot_place(engine, origin):
+    # Loopback without a token: what a browser on the engine's host could reach.
+    view = EngineView(engine.name)
+    app, api = build_app(view, _settings(token=None, loopback=True))
+    try:
+        with TestClient(app, base_url="http://127.0.0.1:7720") as client:
+            r = _place(client, {"requests": {"cpu": 1}}, headers={"origin": origin})
+            _err(r, 403, "cross_origin", "Origin", origin)
+            r = client.post("/v1/reload", headers={"origin": origin})
+            _err(r, 403, "cross_origin", "Origin", origin)
+            assert all(_in_flight(client, n) == 0 for n in "abcd")
+            # The server's own origin (its dashboard) and no Origin (not a browser) pass.
+            r = _place(
+                client, {"requests": {"cpu": 1}}, headers={"origin": "http://127.0.0.1:7720"}
+            )
+            assert r.status_code == 200, r.text
+            assert _place(client, {"requests": {"cpu": 1}}, headers={}).status_code == 200
+    finally:
+        api.close()
+        view.close()
+
+
 # ----------------------------------------------------------------- release --
 @pytest.mark.parametrize(
     "body, field, value",

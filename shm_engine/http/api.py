@@ -1,15 +1,15 @@
 """The HTTP API: one route table, its handlers, errors, auth and limits.
 
 Every endpoint is one `Endpoint` row of the table `build_app` turns into
-Starlette routes *and* into the OpenAPI document (``GET /openapi.json``),
-so the document cannot drift from the code.  A new endpoint is a handler
-and a row: ``mutating=True`` puts
-it behind the token rule below, ``body=True`` behind the body limit.
+routes *and* into the OpenAPI document (``GET /openapi.json``), so the
+document cannot drift from the code.  A new endpoint is a handler and a
+row: ``mutating=True`` puts it behind the rules for mutations below,
+``body=True`` behind the body limit.
 
 Errors.  Every error is a JSON object ``{"error": {"status", "code",
 "message", "field", "value"}}``: ``field`` names the query parameter, path
-parameter or heartbeat field at fault and ``value`` the bad value as sent
-(both null when no single field is at fault).  Bad input is a 4xx, never a
+parameter, header or body field at fault and ``value`` the bad value as
+sent (both null when no single field is at fault).  Bad input is a 4xx, never a
 500; an engine that has not published yet or is gone is a 503.
 
 Security (``[http]``):
@@ -20,16 +20,24 @@ Security (``[http]``):
   the server is bound to loopback, and refused (403) otherwise.
 - A request body over ``max_body_bytes`` is refused with 413 from its
   Content-Length, or once the bytes read pass the limit: never read whole.
-- Browsers: a heartbeat must be ``application/json``, which a page of
-  another origin can only send after a CORS preflight this server never
-  grants, so a web page cannot post through a browser on the engine's host.
-  On a loopback bind the ``Host`` header must name a loopback host
+- Browsers: a POST whose ``Origin`` is not the server's own is refused
+  (403), and bodies must be ``application/json``, which a page of another
+  origin can only send after a CORS preflight this server never grants: a
+  web page cannot post through a browser on the engine's host.  On a
+  loopback bind the ``Host`` header must name a loopback host
   (`LOOPBACK_HOSTS`; else 421), so a page cannot read the API through DNS
   rebinding either.
 
+Placement (``POST /v1/place``, ``/v1/release``): placements are held for
+remote clients under leases, `shm_engine.http.place`.
+
+Dispatch: paths without parameters skip Starlette's router (`_Exact`).
+
 Rules for handlers: they run on the event loop, so they never block (every
 read here is a copy from shared memory, microseconds to a millisecond at
-10K nodes); the heartbeat forwarder's send does not block either.
+10K nodes; a placement is a compiled scan and a compare-and-swap, tens of
+microseconds); the heartbeat forwarder's send does not block either, and
+the reload, which waits for the supervisor, runs in a thread.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
@@ -412,7 +421,16 @@ class Api:
             raise ApiError(503, "read_contention", str(err)) from None
 
     def check_token(self, request: Request) -> None:
-        """The rule for mutating endpoints (module docstring)."""
+        """The rules for mutating endpoints (module docstring)."""
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            raise ApiError(
+                403,
+                "cross_origin",
+                "a mutating request from a page of another origin is refused",
+                "Origin",
+                origin,
+            )
         token = self.settings.token
         if token is None:
             if self.settings.loopback:
