@@ -13,7 +13,8 @@ A claim is visible to every scheduler of the engine at once
 
 Rules for callers:
 - Release every claim exactly once; a second ``release`` raises
-  `ClaimAlreadyReleased`.  A claim dropped unreleased is returned when it is
+  `ClaimAlreadyReleased`.  ``abandon()`` closes one without an outcome,
+  for a job whose fate is unknown.  A claim dropped unreleased is returned when it is
   garbage collected (counted only in ``claims_dropped``, with a
   ResourceWarning); if the process dies, the engine returns it within a
   second (counted as abandoned).
@@ -137,6 +138,16 @@ class Claim:
         if ok:
             return not _release_ok(self._at, self._slot, self._gen)
         return not _release_err(self._at, self._slot, self._gen, _monotonic_ns())
+
+    def abandon(self) -> None:
+        """Close the claim without an outcome, for a job whose fate is
+        unknown (counted only in ``claims_dropped``, as a claim dropped
+        unreleased is, but without a warning).  Raises
+        ClaimAlreadyReleased if it was closed already."""
+        if self._done:
+            raise ClaimAlreadyReleased(f"the claim on node {self.node!r} was already released")
+        self._done = True
+        _drop(self._at, self._slot, self._gen)
 
     def __enter__(self) -> Claim:
         return self

@@ -401,6 +401,19 @@ class Placement:
         self._placer._observe(self.zone, self._placed_at)
         return held and counted
 
+    def abandon(self) -> bool:
+        """Return the reservation and close the claim without an outcome,
+        for a job whose fate is unknown (e.g. a remote client that never
+        released it: the node is neither credited nor blamed).  True if the
+        reservation was still held.  Raises ClaimAlreadyReleased on a
+        second call, or after ``release``."""
+        if self._done:
+            raise ClaimAlreadyReleased(f"the placement on node {self.node!r} was already released")
+        self._done = True
+        held = self._placer._release(self._entry, self._lease)
+        self._claim.abandon()
+        return held
+
     def __enter__(self) -> Placement:
         return self
 

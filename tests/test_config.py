@@ -136,6 +136,8 @@ OPERATIONAL_DEFAULTS = {
     "http.max_streams": 64,
     "http.nice": 5,
     "http.curve_client_key_file": "",
+    "http.place_ttl_s": 60.0,
+    "http.max_place_ttl_s": 3600.0,
     # docs/placement.md
     "placement.resources.cpu": 1000,
     "placement.resources.mem_gb": 1000,

@@ -21,13 +21,17 @@ from starlette.testclient import TestClient
 
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.config import Config
+from shm_engine.core.events import Event, EventSegment
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.http.api import LOOPBACK_HOSTS, MAX_LIMIT, Settings, build_app, openapi
-from shm_engine.http.view import EngineView
+from shm_engine.http.view import RECENT_PER_NODE, EngineView, RecentEvents
 from shm_engine.tick.ticker import Ticker
 from shm_engine.wire.jsondecode import check_heartbeat
+from support.events import check, put
+from support.ticks import node as heartbeat_of
+from support.ticks import send
 
 TOKEN = "s3cret-token"
 # (node, cpu, zone, labels): 30 nodes, three zones, two roles; the last
@@ -65,12 +69,15 @@ def _settings(
 
 @pytest.fixture
 def engine(shm_name):
-    """A segment with `NODES` scored by one tick, and its claims segment."""
+    """A segment with `NODES` scored by one tick (30 events: each
+    registered), its claims segment and its event log (64 events)."""
     seg = Segment.create(shm_name, 64)
     claims = ClaimsSegment.create(shm_name, 64, 4)
+    events = EventSegment.create(shm_name, 64)
     v = seg.views
     reg = NodeRegistry(v)
-    ticker = Ticker(v, Config(), claims.views)  # loads the kernels: before the clock is read
+    # Loads the kernels: before the clock is read.
+    ticker = Ticker(v, Config(), claims.views, events=events.views)
     now = time.monotonic()
     for node, cpu, zone, labels in NODES:
         rec, _l, reason, detail = check_heartbeat(
@@ -90,6 +97,7 @@ def engine(shm_name):
     v.header.rejects[0] = 2
     ticker.tick(now)
     yield seg, ticker
+    events.close()
     claims.close()
     seg.close()
 
@@ -255,7 +263,15 @@ def test_one_node_in_detail(api, engine):
     d = client.get("/v1/nodes/n03").json()
     assert d["node"] == "n03" and d["state"] == "healthy" and d["rank"] == 3
     assert d["zone"] == "eu" and d["labels"] == {"role": "web"}
-    assert d["in_flight"] == 0 and d["epoch"] == 1 and d["events"] is None
+    assert d["in_flight"] == 0 and d["epoch"] == 1
+    (ev,) = d["events"]
+    assert (ev["node"], ev["epoch"], ev["from_state"], ev["to_state"], ev["reason"]) == (
+        "n03",
+        1,
+        "unregistered",
+        "healthy",
+        "registered",
+    )
     hb = d["heartbeat"]
     assert hb["cpu"] == pytest.approx(0.16) and hb["mem"] == 0.2 and hb["queue"] == 1.0
     assert hb["throughput"] is None and hb["slots"] is None and hb["age_s"] >= 0
@@ -267,6 +283,118 @@ def test_one_node_in_detail(api, engine):
     assert d["history"] == [round(d["score"], 4)] * 2
     page = client.get("/v1/nodes?limit=1&history=1").json()
     assert page["nodes"][0]["history"] == [round(page["nodes"][0]["score"], 4)] * 2
+
+
+# ----------------------------------------------------------------- events --
+# The fixture's tick registered the 30 nodes: events 1..30, in slot order.
+def _seqs(body) -> list[int]:
+    return [e["seq"] for e in body["events"]]
+
+
+def test_events_are_paged_by_their_numbers(api):
+    client, _sent, _view = api
+    after, seen = 0, []
+    while True:
+        b = client.get(f"/v1/events?after={after}&limit=7").json()
+        assert b["lost"] == 0 and (b["head"], b["capacity"]) == (30, 64)
+        if not b["events"]:
+            assert b["next_seq"] == after == 30
+            break
+        assert _seqs(b) == list(range(after + 1, b["next_seq"] + 1)) and len(b["events"]) <= 7
+        seen += b["events"]
+        after = b["next_seq"]
+    assert [e["node"] for e in seen] == [n for n, *_ in NODES]
+    assert {(e["from_state"], e["reason"], e["epoch"]) for e in seen} == {
+        ("unregistered", "registered", 1)
+    }
+    assert {e["to_state"] for e in seen} == {"healthy", "overloaded"}
+    assert set(seen[0]) == {
+        "seq",
+        "epoch",
+        "tick_wall",
+        "node",
+        "slot",
+        "gen",
+        "from_state",
+        "to_state",
+        "reason",
+    }
+
+
+def test_events_without_after_are_the_newest(api):
+    client, _sent, _view = api
+    b = client.get("/v1/events?limit=5").json()
+    assert _seqs(b) == [26, 27, 28, 29, 30] and (b["lost"], b["next_seq"]) == (0, 30)
+    assert _seqs(client.get("/v1/events").json()) == list(range(1, 31))  # limit 100
+    b = client.get("/v1/events?node=rack-9/n29").json()  # the whole ring, filtered
+    assert [e["node"] for e in b["events"]] == ["rack-9/n29"] and b["next_seq"] == 30
+    b = client.get("/v1/events?after=0&node=n03").json()
+    assert [(e["seq"], e["node"]) for e in b["events"]] == [(4, "n03")] and b["next_seq"] == 30
+    assert client.get("/v1/events?after=30&node=n03").json()["events"] == []
+
+
+def test_events_overwritten_before_a_read_are_counted_lost(api, engine):
+    client, _sent, view = api
+    _seg, ticker = engine
+    assert [e["seq"] for e in client.get("/v1/nodes/n03").json()["events"]] == [4]
+    assert put(ticker.events.views, 100) == 130  # the ring (64) keeps 67..130
+    b = client.get("/v1/events?after=30&limit=1000").json()
+    assert b["lost"] == 36 and _seqs(b) == list(range(67, 131)) and b["next_seq"] == 130
+    for e in b["events"]:
+        check(Event(**e))
+    # 11..66 lost, 67..71 read (the limit), n70 kept.
+    b = client.get("/v1/events?after=10&limit=5&node=n70").json()
+    assert (_seqs(b), b["lost"], b["next_seq"]) == ([70], 56, 71)
+    # The node index reads the log as any reader does, and counts what it lost.
+    assert [e["seq"] for e in client.get("/v1/nodes/n03").json()["events"]] == [4]
+    assert view.recent.lost == 36
+
+
+@pytest.mark.parametrize(
+    "query, field, value",
+    [
+        ("after=-1", "after", "-1"),
+        ("after=x", "after", "x"),
+        ("after=9223372036854775808", "after", "9223372036854775808"),
+        ("limit=0", "limit", "0"),
+        ("limit=1001", "limit", "1001"),
+    ],
+)
+def test_events_bad_parameters_name_the_field_and_value(api, query, field, value):
+    client, _sent, _view = api
+    _err(client.get(f"/v1/events?{query}"), 400, "bad_parameter", field, value)
+
+
+def test_recent_events_keep_the_latest_of_a_bounded_number_of_nodes(api, engine):
+    _client_, _sent, view = api
+    _seg, ticker = engine
+    recent = RecentEvents(view.events, max_nodes=4)
+    assert recent.of_node("n00") == []  # only the 4 latest ids (n26..rack-9/n29) are kept
+    assert [e.node for e in recent.of_node("n26")] == ["n26"]
+    assert [e.seq for e in recent.of_node("rack-9/n29")] == [30]
+    # A node with more events than RECENT_PER_NODE keeps its latest ones.
+    recent = RecentEvents(view.events, max_nodes=100)
+    assert put(ticker.events.views, RECENT_PER_NODE + 3, node="hot") == 30 + RECENT_PER_NODE + 3
+    got = recent.of_node("hot")
+    assert [e.seq for e in got] == list(range(34, 34 + RECENT_PER_NODE))
+    assert recent.lost == 0 and [e.seq for e in recent.of_node("n03")] == [4]
+
+
+def test_without_an_event_log_events_are_503_and_details_say_none(shm_name):
+    seg = Segment.create(shm_name, 8)
+    try:
+        ticker = Ticker(seg.views, Config())
+        send(seg.views, NodeRegistry(seg.views), 0.0, **heartbeat_of("x"))
+        seg.views.header.supervisor_alive_mono[0] = time.monotonic()
+        ticker.tick(0.0)
+        client, view, _api, _sent = _client(shm_name)
+        with client:
+            _err(client.get("/v1/events"), 503, "no_event_log")
+            _err(client.get("/v1/events/stream"), 503, "no_event_log")
+            assert client.get("/v1/nodes/x").json()["events"] is None
+        view.close()
+    finally:
+        seg.close()
 
 
 def test_unknown_node_is_404_naming_it(api):
@@ -289,6 +417,11 @@ def test_stats(api):
     assert 0 <= s["pressure"] <= 1
     assert s["ingest"]["rejected"]["frame_too_large"] == 2
     assert s["tick"]["ticks"] == 1 and s["claims"]["in_flight"] == 0
+    # No supervisor wrote a configuration (version 0) nor reloaded; 30 events
+    # (the registrations).
+    assert (s["config"]["version"], s["config"]["epoch_version"]) == (0, 0)
+    assert s["config"]["last_reload"] is None and s["config"]["reloads"] == 0
+    assert s["events"] == {"appended": 30, "capacity": 64}
     hist = client.get("/v1/stats/history").json()
     assert hist == {"summaries": []}
 
@@ -314,13 +447,21 @@ def test_openapi_lists_every_route_of_the_table(api):
         "/v1/stats",
         "/v1/stats/history",
         "/v1/stream",
+        "/v1/events",
+        "/v1/events/stream",
         "/v1/heartbeat",
+        "/v1/place",
+        "/v1/release",
+        "/v1/reload",
         "/metrics",
         "/openapi.json",
         "/",
     }
     post = doc["paths"]["/v1/heartbeat"]["post"]
     assert post["security"] == [{"bearer": []}] and "413" in post["responses"]
+    reload = doc["paths"]["/v1/reload"]["post"]
+    assert reload["security"] == [{"bearer": []}]
+    assert {"200", "422", "503", "504"} <= set(reload["responses"])
     params = {p["name"] for p in doc["paths"]["/v1/nodes"]["get"]["parameters"]}
     assert params == {"state", "zone", "label", "prefix", "sort", "limit", "cursor", "history"}
     assert doc == openapi(_view_endpoints(client))

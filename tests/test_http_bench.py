@@ -39,4 +39,11 @@ def test_http_section_runs(tmp_path):
     assert res["get_node_rps"] > 0 and res["server_cpu_us_per_request"] > 0
     for phase in ("tick_us_quiet", "tick_us_hammered"):
         assert res[phase]["n"] > 10 and res[phase]["median"] > 0, phase
+    for phase in ("place", "place_batched"):
+        got = res[phase]
+        assert got["errors"] == {} and got["placements_per_s"] > 0, (phase, got)
+        assert got["request_ms"]["n"] > 10 and got["tick_us"]["n"] > 10, (phase, got)
+        assert got["server_cpu_us_per_placement"] > 0
+    assert res["place_batched"]["batch"] == 32
+    assert "POST /v1/place" in proc.stdout
     assert "GET /v1/nodes/{id}" in proc.stdout

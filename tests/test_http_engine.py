@@ -148,19 +148,77 @@ def test_http_child_serves_counts_like_the_ingest_restarts_and_stops(shm_name, t
         httpx.get(new_url + "/healthz", timeout=2)
 
 
-def test_token_file_guards_heartbeats(shm_name, tmp_path, reap):
+def test_token_file_guards_posts_and_reload_goes_through(shm_name, tmp_path, reap):
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     eng, url = _start(shm_name, tmp_path, reap, http_extra=f'token_file = "{token}"')
-    with httpx.Client(base_url=url, timeout=10) as http:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/v1/heartbeat", json=GOOD)
         assert r.status_code == 401 and r.json()["error"]["code"] == "token_missing"
         r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": "Bearer nope"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "token_invalid"
-        r = http.post("/v1/heartbeat", json=GOOD, headers={"authorization": f"Bearer {TOKEN}"})
+        r = http.post("/v1/heartbeat", json=GOOD, headers=auth)
         assert r.status_code == 202
         assert http.get("/v1/nodes").status_code == 200  # reads stay open
+
+        # POST /v1/reload: the HTTP child signals the supervisor, which re-reads the file.
+        assert http.post("/v1/reload").status_code == 401
+        path = tmp_path / "e.toml"
+        text = path.read_text()
+        path.write_text(text + "\n[score]\nbeta = 0.8\n")
+        r = http.post("/v1/reload", headers=auth)
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["config_version"], r.json()["applied"]) == (
+            "applied",
+            2,
+            ["score.beta"],
+        )
+        wait_until(
+            lambda: http.get("/v1/stats").json()["config"]["epoch_version"] == 2,
+            20,
+            "an epoch computed with config version 2",
+        )
+        path.write_text(text + "\n[score]\nbeta = 1.5\n")
+        r = http.post("/v1/reload", headers=auth)
+        assert r.status_code == 422, r.text
+        e = r.json()["error"]
+        assert (e["code"], e["field"], e["value"]) == ("invalid_config", "score.beta", 1.5)
+        config = http.get("/v1/stats").json()["config"]
+        assert config["version"] == 2 and config["score"]["beta"] == 0.8
+        assert config["last_reload"]["status"] == "invalid"
+    assert eng.stop() == 0
+
+
+def test_remote_placement_and_its_lease_on_a_running_engine(shm_name, tmp_path, reap):
+    """POST /v1/place on a real engine: the placement holds capacity on the
+    node; one not released within its ttl_s is returned by the HTTP
+    child's own sweep (in flight back to 0, a late release 410)."""
+    eng, url = _start(shm_name, tmp_path, reap)
+    node = {**GOOD, "node": "big-1", "resources": {"cpu": 4, "mem_gb": 8}}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/v1/heartbeat", json=node).status_code == 202
+
+        def in_flight():
+            r = http.get("/v1/nodes/big-1")
+            return r.json()["in_flight"] if r.status_code == 200 else None
+
+        wait_until(lambda: in_flight() == 0, 20, "big-1 scored")
+        kept = http.post("/v1/place", json={"requests": {"cpu": 3}}).json()
+        assert kept["node"] == "big-1" and kept["reserved"] == {"cpu": 3.0}
+        r = http.post("/v1/place", json={"requests": {"cpu": 1}, "ttl_s": 0.5})
+        assert r.status_code == 200, r.text
+        short = r.json()
+        assert in_flight() == 2
+        r = http.post("/v1/place", json={"requests": {"cpu": 1}})
+        assert r.status_code == 409 and r.json()["error"]["counts"] == {"insufficient cpu": 1}
+        wait_until(lambda: in_flight() == 1, 20, "the short lease returned by the server")
+        r = http.post("/v1/release", json={"id": short["id"], "ok": True})
+        assert r.status_code == 410 and r.json()["error"]["code"] == "lease_expired"
+        assert http.post("/v1/place", json={"requests": {"cpu": 1}}).status_code == 200
+        r = http.post("/v1/release", json={"id": kept["id"], "ok": True})
+        assert r.json() == {"id": kept["id"], "node": "big-1", "ok": True, "held": True}
     assert eng.stop() == 0
 
 
@@ -185,6 +243,9 @@ def test_a_token_file_others_can_read_is_refused_before_start(shm_name, tmp_path
         ("max_body_bytes = 0", "http.max_body_bytes = 0 must be in 1..67108864"),
         ("nice = 20", "http.nice = 20 must be in 0..19"),
         ("bnid = 1", "unknown key http.bnid (did you mean http.bind?)"),
+        ("place_ttl_s = 0", "http.place_ttl_s = 0 must be > 0"),
+        ("place_ttl_s = 7200", "http.place_ttl_s = 7200 must be <= http.max_place_ttl_s (3600)"),
+        ("max_place_ttl_s = 0.5", "http.max_place_ttl_s = 0.5 must be in 1..86400"),
     ],
 )
 def test_bad_http_config_names_key_and_value(tmp_path, line, message):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_ticker import node, send
 
 from kernels import reasons as R
 from kernels.breaker import trip_reason, tripped
@@ -23,12 +22,14 @@ from kernels.events import transitions
 from kernels.hysteresis import transition_reason
 from kernels.params import DEAD, DEGRADED, HEALTHY, OVERLOADED, QUARANTINED, UNREGISTERED
 from shm_engine.core.config import Config
-from shm_engine.core.events import EventLog, EventSegment, append_events, read_events
+from shm_engine.core.events import EventLog, EventSegment, read_events
 from shm_engine.core.events import warm_up as warm_up_events
-from shm_engine.core.layout import EventsViews, SegmentViews, events_layout_for, layout_for
+from shm_engine.core.layout import SegmentViews, layout_for
 from shm_engine.core.registry import NodeRegistry
 from shm_engine.tick.replay import Replay
 from shm_engine.tick.ticker import Ticker, warm_up
+from support.events import check, private_ring, put
+from support.ticks import node, send
 from support.wait import wait_until
 
 INF = float("inf")
@@ -108,58 +109,6 @@ def test_transitions_rows_per_slot():
 
 
 # ------------------------------------------------------------------ the ring --
-def private_ring(capacity: int) -> EventsViews:
-    layout = events_layout_for(capacity)
-    return EventsViews(mmap.mmap(-1, layout.size), layout)
-
-
-def put(views: EventsViews, n: int, names: np.ndarray) -> int:
-    """Append ``n`` self-describing events (see `expect`); returns the head."""
-    head = int(views.header.head[0])
-    rows = np.arange(n)
-    seqs = head + 1 + rows
-    names[:n] = 0
-    for k, s in enumerate(seqs.tolist()):
-        raw = f"n{s}".encode()
-        names[k, : len(raw)] = np.frombuffer(raw, np.uint8)
-    return int(
-        append_events(
-            n,
-            rows.astype(np.uint32),
-            (seqs * 7).astype(np.uint64),
-            (seqs % 5).astype(np.uint8),
-            ((seqs + 1) % 5).astype(np.uint8),
-            np.full(n, R.HYSTERESIS, np.uint8),
-            head + 1,
-            float(head) * 0.5,
-            names,
-            np.zeros((n, 64), np.uint8),
-            np.zeros(n, np.uint64),
-            views.header.head,
-            views.seq,
-            views.epoch,
-            views.tick_wall,
-            views.gen,
-            views.slot,
-            views.from_state,
-            views.to_state,
-            views.reason,
-            views.node,
-        )
-    )
-
-
-def check(ev) -> None:
-    """An event written by `put` describes its own sequence number."""
-    s = ev.seq
-    assert ev.node == f"n{s}"
-    assert ev.gen == 7 * s
-    assert ev.reason == "hysteresis"
-    from shm_engine.core.states import STATE_NAMES
-
-    assert (ev.from_state, ev.to_state) == (STATE_NAMES[s % 5], STATE_NAMES[(s + 1) % 5])
-
-
 def test_ring_wraps_and_counts_the_lost():
     v = private_ring(16)
     names = np.zeros((40, 64), np.uint8)

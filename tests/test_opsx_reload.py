@@ -13,7 +13,6 @@ import mmap
 
 import numpy as np
 import pytest
-from test_ticker import node, send
 
 from kernels.params import MAX_CPU, N_PARAMS, PARAM_NAMES
 from shm_engine.core.config import Config, load_config
@@ -24,31 +23,14 @@ from shm_engine.ops.reload import Reloader, changed_keys, last_reload, request_r
 from shm_engine.tick.replay import Replay
 from shm_engine.tick.ticker import Ticker, warm_up
 from support.engine import Engine, cli, free_port, write_config
+from support.reload import BASE, NEW, RELOAD_AT, TRACE
+from support.ticks import send
 from support.wait import wait_until
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     warm_up()
-
-
-BASE = """
-[engine]
-capacity = 8
-tick_interval_ms = 100
-"""
-# beta 0.5 -> 0.9 changes the smoothing at once; max_cpu 0.98 -> 0.6 trips
-# node "a" (cpu 0.7) on its cpu breaker from the tick of the reload on.
-NEW = (
-    BASE
-    + """
-[score]
-beta = 0.9
-max_cpu = 0.6
-"""
-)
-TRACE = [[node("a", cpu=0.7, queue=float(k % 3)), node("b", cpu=0.2 + 0.05 * k)] for k in range(8)]
-RELOAD_AT = 4
 
 
 def test_reload_takes_effect_at_the_next_tick_like_replay(tmp_path):

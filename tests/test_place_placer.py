@@ -246,6 +246,28 @@ def test_place_reserves_and_release_returns(engine):
     assert int(cv.header.placements[0]) == 1 and int(cv.header.reservations_released[0]) == 1
 
 
+def test_abandon_returns_the_reservation_and_counts_no_outcome(engine):
+    _fleet(engine)
+    cv = engine.claims.views
+    gens = engine.views.registry.slot_gen
+    with _placer(engine) as pl:
+        p = pl.place(Job(requests={"cpu": 3}))
+        dropped = int(cv.header.claims_dropped[0])
+        assert p.abandon() is True
+        assert core_placement.reserved_units(cv, gens, 4).sum() == 0
+        fb = pl.reader.feedback("a")
+        assert (fb.in_flight, fb.ok, fb.err) == (0, 0, 0)  # neither credited nor blamed
+        assert int(cv.header.claims_dropped[0]) == dropped + 1
+        with pytest.raises(ClaimAlreadyReleased):
+            p.abandon()
+        with pytest.raises(ClaimAlreadyReleased):
+            p.release()
+        q = pl.place(Job(requests={"cpu": 3}))
+        q.release()
+        with pytest.raises(ClaimAlreadyReleased):
+            q.abandon()
+
+
 def test_group_spread_limits_placements_per_node(engine):
     engine.send(*(node_heartbeat(n, resources={"cpu": 8}) for n in "ab"))
     engine.tick()

@@ -18,13 +18,11 @@ import pytest
 from clients.reader import ScoreReader
 from shm_engine.core.config import Config, with_overrides
 from shm_engine.core.registry import NodeRegistry
-from shm_engine.core.rows import column_addresses, write_rows
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import write_begin
 from shm_engine.core.states import NodeState
 from shm_engine.tick.ticker import Schedule, Ticker, TickStats, ticker_main, warm_up
-from shm_engine.wire.encode import node_key
-from shm_engine.wire.jsondecode import check_heartbeat
+from support.ticks import node, send
 
 CAP = 6  # not 8, the length of the weights and counts vectors
 CFG = Config()
@@ -40,28 +38,6 @@ def seg(shm_name):
     s = Segment.create(shm_name, CAP, tick_interval_ms=50)
     yield s
     s.close()
-
-
-def send(views, registry, now, **hb):
-    """Apply one heartbeat as the ingest does; returns its slot."""
-    rec, labels, reason, detail = check_heartbeat(hb)
-    assert rec is None or reason is None
-    assert rec is not None, detail
-    key = node_key(rec)
-    slot = registry.get(key)
-    if slot < 0:
-        slot = registry.register(key, b"", labels)
-    t = views.table
-    write_rows(
-        column_addresses(t), len(t.row_version), np.array([slot], np.int64), np.atleast_1d(rec), now
-    )
-    return slot
-
-
-def node(name, **kw):
-    hb = dict(node=name, cpu=0.49, mem=0.475, queue=0.0, avg_job_s=1.0)
-    hb.update(kw)
-    return hb
 
 
 # Queues and outcomes vary tick by tick so that the queue EMA, the error

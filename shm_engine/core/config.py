@@ -779,13 +779,28 @@ class HttpConfig(_Section):
     max_streams: int = _key(
         _INT,
         64,
-        "Most GET /v1/stream clients at once; one more gets 503. Integer, 1..4096.",
+        "Most streaming clients (GET /v1/stream and GET /v1/events/stream) at "
+        "once; one more gets 503. Integer, 1..4096.",
     )
     nice: int = _key(
         _INT,
         5,
         "Scheduling niceness added to the HTTP process, so that on a busy "
         "machine the tick worker and the ingest get the CPU first. Integer, 0..19.",
+    )
+    place_ttl_s: float = _key(
+        _FLOAT,
+        60.0,
+        "Lease of a placement made through POST /v1/place whose request gives "
+        "no ttl_s: not released within it, its reservation is returned (by the "
+        "server, and by the engine at the same deadline) and its claim closed "
+        "without an outcome. Seconds, > 0, <= max_place_ttl_s.",
+    )
+    max_place_ttl_s: float = _key(
+        _FLOAT,
+        3600.0,
+        "Longest lease a POST /v1/place request may ask for (ttl_s); a longer "
+        "one is refused with 422. Seconds, 1..86400.",
     )
     curve_client_key_file: str = _key(
         _STR,
@@ -829,6 +844,11 @@ class HttpConfig(_Section):
         self._int_range("stream_interval_ms", 50, 10000)
         self._int_range("max_streams", 1, 4096)
         self._int_range("nice", 0, 19)
+        if not 1 <= self.max_place_ttl_s <= 86400:
+            self._fail("max_place_ttl_s", "must be in 1..86400")
+        self._positive("place_ttl_s")
+        if self.place_ttl_s > self.max_place_ttl_s:
+            self._fail("place_ttl_s", f"must be <= {self._ref('max_place_ttl_s')}")
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The HTTP API and web dashboard of an engine (``[http]``; the ``http`` extra).
 
 - `server.http_main`: the supervised child that serves them on uvicorn.
-- `api.build_app`: the Starlette app over an `EngineView` (tests and
+- `api.build_app`: the ASGI app over an `EngineView` (tests and
   embedders build one themselves); `api.Endpoint` is a row of its route
   table, from which the OpenAPI document is made.
 - `view.EngineView`: the read-only view of the segments behind it.

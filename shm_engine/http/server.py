@@ -231,7 +231,10 @@ def http_main(name: str, config: Config, parent_pid: int) -> int:
             return EXIT_FATAL
         server = _Server(ucfg)
         url = _url(config, sock)
-        asyncio.run(_serve(server, sock, view, fields, url, parent_pid))
+        try:
+            asyncio.run(_serve(server, sock, view, fields, url, parent_pid, api))
+        finally:
+            api.close()
         log_event("INFO", "http_stopped", pid=os.getpid(), url=url)
         return EXIT_OK
     finally:
@@ -253,7 +256,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve(server, sock, view, fields: HeaderFields, url: str, parent_pid: int) -> None:
+async def _serve(server, sock, view, fields: HeaderFields, url: str, parent_pid: int, api) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: setattr(server, "should_exit", True))
 
@@ -272,6 +275,9 @@ async def _serve(server, sock, view, fields: HeaderFields, url: str, parent_pid:
                 next_sample = now + SAMPLE_S
                 with contextlib.suppress(Exception):  # nothing published yet, or gone
                     view.sample()
+            # Node details find their events indexed (a word read when none is new).
+            view.recent.sync()
+            api.beat()  # placements whose lease ran out are returned
             await asyncio.sleep(BEAT_S)
 
     task = None

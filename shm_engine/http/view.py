@@ -22,6 +22,12 @@ reused by another node never shows the old node's history (for the lowest
 `HISTORY_SLOTS` slots: an engine with more nodes shows no sparkline for
 the others).
 
+Events.  The view maps the engine's event log read-only too (`EventReader`;
+None when the engine has none) and keeps, in `RecentEvents`, each node's
+latest `RECENT_PER_NODE` events, brought up to date from the log's head
+when asked (a read of one word when nothing is new), so that a node's
+detail never scans the ring.
+
 Rules for callers: one thread (the server's event loop); ``close()`` once.
 """
 
@@ -29,10 +35,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from clients.events import Event, EventReader
 from clients.reader import ScoreReader, Snapshot
 from shm_engine.core.claims import ClaimsSegment
 from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
@@ -44,6 +52,8 @@ from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_T
 __all__ = [
     "EngineView",
     "Frame",
+    "RecentEvents",
+    "RECENT_PER_NODE",
     "SORT_KEYS",
     "STATE_BY_NAME",
     "SUMMARY_SECONDS",
@@ -59,6 +69,8 @@ ROW_READ_ATTEMPTS = 100  # copies of a row being written before giving up
 #: Sort keys of GET /v1/nodes: the published column each sorts by.
 SORT_KEYS = ("score", "raw", "wait", "liveness", "node")
 STATE_BY_NAME = {STATE_NAMES[int(s)]: int(s) for s in NodeState}
+RECENT_PER_NODE = 16  # events kept per node for its detail view
+SYNC_CHUNK = 8192  # events copied from the log per read while catching up
 _OPTIONAL = (
     ("throughput", HAS_THROUGHPUT, ("throughput",)),
     ("ok_err", HAS_OKERR, ("ok", "err")),
@@ -123,6 +135,18 @@ class EngineView:
             self.seg.close()
             self.reader.close()
             raise
+        self.events: EventReader | None = None
+        try:
+            self.events = EventReader.attach(name, owner=owner)
+        except (EngineNotRunning, LayoutMismatch):
+            pass  # no event log readable: the event endpoints answer 503
+        except BaseException:
+            if self.claims is not None:
+                self.claims.close()
+            self.seg.close()
+            self.reader.close()
+            raise
+        self.recent = RecentEvents(self.events, max_nodes=2 * self.seg.layout.capacity)
         v = self.seg.views
         self.header = v.header
         self.capacity = self.seg.layout.capacity
@@ -140,6 +164,8 @@ class EngineView:
 
     def close(self) -> None:
         self._frame = None
+        if self.events is not None:
+            self.events.close()
         if self.claims is not None:
             self.claims.close()
         self.seg.close()
@@ -387,7 +413,52 @@ class EngineView:
                 "rejected": rejected,
             },
             "tick_us_p99": float(h.tick_us_p99[0]),
+            "config_version": int(h.config_version[0]),
+            "reloads": int(h.reloads_done[0]),
         }
+
+
+class RecentEvents:
+    """Each node's latest `RECENT_PER_NODE` events, from an event log.
+
+    `sync` copies what the log appended since the last call (in chunks of
+    `SYNC_CHUNK`); events the ring overwrote before they were copied are
+    counted in ``lost``, as any reader's are.  At most ``max_nodes`` node
+    ids are kept: past that, the node whose latest event is the oldest is
+    dropped, so ids that come and go cannot grow it without bound."""
+
+    def __init__(self, log: EventReader | None, max_nodes: int):
+        self.log = log
+        self.max_nodes = max(1, max_nodes)
+        self.seq = 0  # the last event copied
+        self.lost = 0
+        self._by_node: OrderedDict[str, deque[Event]] = OrderedDict()
+
+    def sync(self) -> None:
+        log = self.log
+        if log is None:
+            return
+        while log.head > self.seq:
+            batch = log.read(self.seq, limit=SYNC_CHUNK)
+            self.lost += batch.lost
+            self.seq = batch.next_seq
+            by_node = self._by_node
+            for ev in batch.events:
+                q = by_node.get(ev.node)
+                if q is None:
+                    q = by_node[ev.node] = deque(maxlen=RECENT_PER_NODE)
+                    if len(by_node) > self.max_nodes:
+                        by_node.popitem(last=False)
+                else:
+                    by_node.move_to_end(ev.node)
+                q.append(ev)
+
+    def of_node(self, node: str) -> list[Event] | None:
+        """The node's latest events, oldest first (None without a log)."""
+        if self.log is None:
+            return None
+        self.sync()
+        return list(self._by_node.get(node, ()))
 
 
 def state_name(value: int) -> str:

@@ -77,15 +77,21 @@ def dump_dom(
 
 
 def screenshot(
-    binary: str, profile: Path, url: str, path: Path, budget_ms: int = 6000, timeout: float = 120
+    binary: str,
+    profile: Path,
+    url: str,
+    path: Path,
+    budget_ms: int = 6000,
+    timeout: float = 120,
+    size: tuple[int, int] = (1400, 1000),
 ) -> Path:
-    """A PNG of ``url`` (1400 x 1000) after ``budget_ms`` of virtual time."""
+    """A PNG of ``url`` (``size``: width, height) after ``budget_ms`` of virtual time."""
     out = _run(
         binary,
         profile,
         url,
         budget_ms,
-        [f"--screenshot={path}", "--window-size=1400,1000", "--hide-scrollbars"],
+        [f"--screenshot={path}", f"--window-size={size[0]},{size[1]}", "--hide-scrollbars"],
         timeout,
     )
     if not path.exists():

@@ -4,7 +4,10 @@
 // event, then a compact `tick` summary at most every stream interval); the
 // node table is fetched a page at a time from GET /v1/nodes, filtered,
 // sorted and paged by the server, so the page costs the same at 10 nodes
-// and at 10K.  Charts are drawn on canvas by the small functions below.
+// and at 10K.  The event panel shows the newest events (GET /v1/events),
+// then follows GET /v1/events/stream from there (the browser resumes it
+// with Last-Event-ID after a drop); the server filters by node.  Charts
+// are drawn on canvas by the small functions below.
 "use strict";
 
 const STATES = ["healthy", "degraded", "overloaded", "quarantined", "dead"];
@@ -14,6 +17,7 @@ const COLORS = {
 };
 const WEIGHT_COLORS = ["#2563eb", "#0891b2", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#64748b"];
 const REFRESH_MS = 1000;
+const EVENTS_SHOWN = 200;  // newest events kept in the panel
 // `?node=ID` opens that node's detail view.
 // `?live=0`: a still page (no stream, no polling), for screenshots and for
 // headless checks whose virtual clock stops while a request is open.
@@ -27,6 +31,9 @@ const state = {
   next: null,
   selected: null,      // node id of the detail view
   lastTick: null,
+  events: null,        // the event stream (EventSource), if open
+  eventsLost: 0,       // events the stream said were lost
+  configSeen: null,    // "version/reloads" last shown
 };
 
 // ------------------------------------------------------------------ fetch --
@@ -153,6 +160,14 @@ function showSummary(x) {
   $("tick-p99").textContent = `${(x.tick_us_p99 / 1000).toFixed(2)} ms`;
   $("hb-accepted").textContent = x.ingest.accepted.toLocaleString();
   $("hb-rejected").textContent = x.ingest.rejected.toLocaleString();
+  if (x.config_version !== undefined) {
+    const seen = `${x.config_version}/${x.reloads}`;
+    if (seen !== state.configSeen) {
+      state.configSeen = seen;
+      $("config-version").textContent = `v${x.config_version}`;
+      if (x.reloads) loadConfig();  // a reload happened: show its result
+    }
+  }
   const sec = Math.floor(x.t);
   const last = state.summaries[state.summaries.length - 1];
   if (!last || Math.floor(last.t) < sec) {
@@ -277,24 +292,125 @@ async function loadDetail() {
   const now = Date.now() / 1000;
   drawChart($("detail-chart"), hist.map((_, i) => now - (hist.length - 1 - i)),
     [{ name: "score", color: "#2563eb", values: hist }], 0, 1);
-  if (d.events) renderEvents($("detail-events"), d.events);
+  renderNodeEvents(d.events);
 }
 
 // ----------------------------------------------------------------- events --
-// The event log's change serves GET /v1/events; until then it answers 404
-// and the panel says there is none.
-function renderEvents(node, events) {
-  node.replaceChildren(...events.map((e) =>
-    el("li", {}, `${e.node ?? ""} ${e.from ?? ""} → ${e.to ?? ""} (${e.reason ?? ""})`)));
+function clock(t) {
+  const d = new Date(t * 1000);
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+// One event as a list item: time, node (click: its detail), from → to, why.
+function eventItem(e, withNode = true) {
+  const li = el("li", { "data-seq": e.seq },
+    el("time", { title: `epoch ${e.epoch}, event ${e.seq}` }, clock(e.tick_wall)));
+  if (withNode) {
+    const name = el("span", { class: "ev-node" }, e.node || "?");
+    name.addEventListener("click", () => select(e.node));
+    li.append(name);
+  }
+  li.append(
+    el("span", { class: `state ${e.from_state}` }, e.from_state), "→",
+    el("span", { class: `state ${e.to_state}` }, e.to_state),
+    el("span", { class: "reason" }, e.reason));
+  return li;
+}
+
+// Newest first, at most EVENTS_SHOWN.
+function addEvents(events) {
+  const list = $("event-list");
+  for (const e of events) list.prepend(eventItem(e));
+  while (list.children.length > EVENTS_SHOWN) list.lastElementChild.remove();
+  $("events-none").hidden = list.children.length > 0;
+}
+
+function eventsInfo() {
+  const node = $("ev-node").value.trim();
+  const lost = state.eventsLost ? `; ${state.eventsLost} lost (the page fell behind)` : "";
+  $("events-info").textContent = (node ? `node ${node}` : "all nodes") + lost;
 }
 
 async function loadEvents() {
-  const panel = $("events");
-  const r = await fetch(panel.dataset.endpoint + "?limit=50").catch(() => null);
-  if (!r || !r.ok) return;
-  const body = await r.json();
-  $("events-none").hidden = true;
-  renderEvents($("event-list"), body.events || []);
+  const node = $("ev-node").value.trim();
+  const p = new URLSearchParams({ limit: "50" });
+  if (node) p.set("node", node);
+  if (state.events) { state.events.close(); state.events = null; }
+  let body;
+  try {
+    body = await getJSON(`${$("events").dataset.endpoint}?${p}`);
+  } catch (err) {
+    $("event-list").replaceChildren();
+    $("events-none").textContent = err.message;
+    $("events-none").hidden = false;
+    return;
+  }
+  if (node !== $("ev-node").value.trim()) return;  // the filter changed meanwhile
+  $("event-list").replaceChildren();
+  state.eventsLost = 0;
+  addEvents(body.events);
+  $("events-none").textContent = node ? `no events of ${node} in the log` : "no events yet";
+  $("events-none").hidden = body.events.length > 0;
+  eventsInfo();
+  if (LIVE) followEvents(body.next_seq, node);
+}
+
+function followEvents(after, node) {
+  const p = new URLSearchParams({ after: String(after) });
+  if (node) p.set("node", node);
+  const es = new EventSource(`/v1/events/stream?${p}`);
+  state.events = es;
+  es.addEventListener("events", (ev) => {
+    const b = JSON.parse(ev.data);
+    if (b.lost) {
+      state.eventsLost += b.lost;
+      $("event-list").prepend(el("li", { class: "lost" }, `${b.lost} events lost here`));
+    }
+    addEvents(b.events);
+    eventsInfo();
+  });
+}
+
+function renderNodeEvents(events) {
+  const list = $("detail-events"), none = $("detail-events-none");
+  if (events === null || events === undefined) {
+    list.replaceChildren();
+    none.textContent = "this server has no event log";
+    none.hidden = false;
+    return;
+  }
+  list.replaceChildren(...events.slice().reverse().map((e) => eventItem(e, false)));
+  none.textContent = "no events of this node in the log";
+  none.hidden = events.length > 0;
+}
+
+// ----------------------------------------------------------------- config --
+async function loadConfig() {
+  let c;
+  try {
+    c = (await getJSON("/v1/stats")).config;
+  } catch (err) {
+    return;
+  }
+  showConfig(c);
+}
+
+function showConfig(c) {
+  if (!c) return;
+  $("config-version").textContent = `v${c.version}`;
+  const r = c.last_reload, span = $("reload-status");
+  span.className = "reload";
+  if (!r) {
+    span.textContent = c.reloads ? "" : "(no reload)";
+    span.title = "";
+    return;
+  }
+  let text = `last reload ${r.status}`;
+  if (r.status === "applied") text += `: ${r.applied.join(", ")}`;
+  if (r.restart_needed.length) text += `; needs restart: ${r.restart_needed.join(", ")}`;
+  if (r.status === "invalid") span.classList.add("invalid");
+  span.textContent = `(${text})`;
+  span.title = r.error || `config hash ${r.config_hash}`;
 }
 
 // ------------------------------------------------------------------- main --
@@ -311,6 +427,7 @@ async function main() {
                 rejected: Object.values(stats.ingest.rejected).reduce((a, b) => a + b, 0) },
       tick_us_p99: stats.tick.us.p99,
     });
+    showConfig(stats.config);
     state.summaries = (await getJSON("/v1/stats/history")).summaries;
     drawCharts();
   } catch (err) {
@@ -321,6 +438,8 @@ async function main() {
   for (const id of ["f-state", "f-sort", "f-limit"]) $(id).addEventListener("change", restartPaging);
   for (const id of ["f-zone", "f-label", "f-prefix"]) $(id).addEventListener("input", restartPaging);
   $("filters").addEventListener("submit", (e) => { e.preventDefault(); restartPaging(); });
+  $("ev-node").addEventListener("change", loadEvents);
+  $("event-filters").addEventListener("submit", (e) => { e.preventDefault(); loadEvents(); });
   $("next").addEventListener("click", () => { if (state.next) { state.cursors.push(state.next); loadNodes(); } });
   $("prev").addEventListener("click", () => { if (state.cursors.length > 1) { state.cursors.pop(); loadNodes(); } });
   $("detail-close").addEventListener("click", () => { state.selected = null; $("detail").hidden = true; });
