@@ -14,7 +14,7 @@ if [ "$#" -eq 0 ]; then
     .venv/bin/mypy
 fi
 set +e
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
