@@ -150,7 +150,8 @@ def test_unschedulable_is_409_with_counts_per_filter(api):
     e = _err(_place(client, {**job, "explain": True}), 409, "unschedulable")
     # b: selector (hdd); c, d: zone; a: 1 CPU left.
     assert e["counts"] == {"zone": 2, "selector": 1, "insufficient cpu": 1}
-    assert e["message"] == "0/4 nodes fit: 2 zone, 1 selector, 1 insufficient cpu"
+    # The counts, then the scope the job was placed in (its home zone, z1).
+    assert e["message"].startswith("0/4 nodes fit: 2 zone, 1 selector, 1 insufficient cpu (scope")
     assert e["explain"]["feasible"] == 0 and e["explain"]["nodes"] == 4
 
 
