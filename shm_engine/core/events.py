@@ -356,10 +356,12 @@ def read_events(
     (at most ``limit`` of them, the oldest first), as one `EventBatch`.
 
     ``lost`` counts the events above ``after_seq`` that were overwritten
-    before they could be copied; ``next_seq`` is the number of the last
-    event considered (pass it as ``after_seq`` next time).  ``node``: keep
-    only that node's events (the others still advance ``next_seq``).  Never
-    blocks and never raises on what it reads."""
+    before they could be copied (and any older than one that was: the
+    events returned are always one run, right after the lost ones);
+    ``next_seq`` is the number of the last event considered (pass it as
+    ``after_seq`` next time).  ``node``: keep only that node's events (the
+    others still advance ``next_seq``).  Never blocks and never raises on
+    what it reads."""
     if after_seq < 0:
         raise ValueError(f"after_seq = {after_seq!r} must be >= 0")
     h = views.header
@@ -390,6 +392,13 @@ def read_events(
     after = views.seq[idx]  # after the copies: a changed word means torn
     want = (seqs << np.uint64(1)) + np.uint64(2)
     ok = (before == want) & (after == want)
+    torn = np.flatnonzero(~ok)
+    if torn.shape[0]:
+        # The writer overwrites the oldest first, but numpy's copies promise
+        # no load order: an older entry can pass its check beside a newer
+        # torn one.  Drop everything up to the last torn entry, so what is
+        # returned is always one run, right after what was lost.
+        ok[: int(torn[-1]) + 1] = False
     lost += int((~ok).sum())
     epoch, wall, gen, slot, frm, to, reason, names = cols
     keep = ok
