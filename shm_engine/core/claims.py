@@ -86,7 +86,6 @@ Rules for callers
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 from numba import carray, njit
@@ -124,6 +123,7 @@ from shm_engine.core.segment import (
     expected_uid,
     map_existing,
     process_stat,
+    stamp_identity,
     unlink_on_error,
     unlink_shm,
 )
@@ -811,14 +811,9 @@ class ClaimsSegment(MappedSegment):
         seg = cls(name, mm, layout, readonly=False)
         with unlink_on_error(seg, pname):
             h = seg.views.header
-            h.layout_version[0] = CLAIMS_LAYOUT_VERSION
-            h.capacity[0] = capacity
+            stamp_identity(h, CLAIMS_LAYOUT_VERSION, capacity, layout.size)
             h.max_schedulers[0] = max_schedulers
             h.max_reservations[0] = max_reservations
-            h.creator_pid[0] = os.getpid()
-            h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
-            h.segment_bytes[0] = layout.size
-            h.created_wall[0] = time.time()
             h.instance[0] = int.from_bytes(os.urandom(8), "little") | 1
             h.magic[0] = CLAIMS_MAGIC  # last: the segment is now valid
         return seg

@@ -34,8 +34,6 @@ engine's run: a new ``run`` starts it empty.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -67,7 +65,7 @@ from shm_engine.core.segment import (
     expected_uid,
     map_existing,
     posix_name,
-    process_stat,
+    stamp_identity,
     unlink_on_error,
 )
 from shm_engine.core.states import STATE_NAMES
@@ -143,12 +141,7 @@ class EventSegment(MappedSegment):
         seg = cls(name, mm, layout, readonly=False)
         with unlink_on_error(seg, pname):
             h = seg.views.header
-            h.layout_version[0] = EVENTS_LAYOUT_VERSION
-            h.capacity[0] = capacity
-            h.creator_pid[0] = os.getpid()
-            h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
-            h.segment_bytes[0] = layout.size
-            h.created_wall[0] = time.time()
+            stamp_identity(h, EVENTS_LAYOUT_VERSION, capacity, layout.size)
             h.magic[0] = EVENTS_MAGIC  # last: the segment is now valid
         return seg
 

@@ -283,12 +283,7 @@ class Segment(MappedSegment):
         placement: str = "",
     ) -> None:
         h = self.views.header
-        h.layout_version[0] = LAYOUT_VERSION
-        h.capacity[0] = capacity
-        h.creator_pid[0] = os.getpid()
-        h.creator_start[0] = process_start_time(os.getpid()) or 0
-        h.segment_bytes[0] = self.layout.size
-        h.created_wall[0] = time.time()
+        stamp_identity(h, LAYOUT_VERSION, capacity, self.layout.size)
         h.tick_interval_ms[0] = tick_interval_ms
         for b in self.views.buffers:
             b.state.state[:] = 255
@@ -322,6 +317,19 @@ class Segment(MappedSegment):
             mm.close()
             raise
         return cls(name, mm, layout, readonly, uid)
+
+
+def stamp_identity(h, layout_version: int, capacity: int, size: int) -> None:
+    """Write the identity fields every segment header starts with (version,
+    capacity, creator pid and start time, size, creation time) into header
+    ``h`` of a segment this process just created; the caller writes
+    ``magic`` last, once the rest of its header is written."""
+    h.layout_version[0] = layout_version
+    h.capacity[0] = capacity
+    h.creator_pid[0] = os.getpid()
+    h.creator_start[0] = process_start_time(os.getpid()) or 0
+    h.segment_bytes[0] = size
+    h.created_wall[0] = time.time()
 
 
 def check_identity(

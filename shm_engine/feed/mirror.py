@@ -112,7 +112,7 @@ from shm_engine.core.segment import (
     expected_uid,
     map_existing,
     posix_name,
-    process_stat,
+    stamp_identity,
     unlink_on_error,
 )
 from shm_engine.core.seqlock import write_begin, write_end
@@ -189,12 +189,7 @@ class MirrorSegment(MappedSegment):
         seg = cls(name, mm, capacity, readonly=False)
         with unlink_on_error(seg, pname):
             h = seg.views.header
-            h.layout_version[0] = MIRROR_LAYOUT_VERSION
-            h.capacity[0] = capacity
-            h.creator_pid[0] = os.getpid()
-            h.creator_start[0] = (process_stat(os.getpid()) or (0, ""))[0]
-            h.segment_bytes[0] = layout.size
-            h.created_wall[0] = time.time()
+            stamp_identity(h, MIRROR_LAYOUT_VERSION, capacity, layout.size)
             seg.views.zone_index[:] = 255
             h.magic[0] = MIRROR_MAGIC  # last: the segment is now valid
         return seg

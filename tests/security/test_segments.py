@@ -175,7 +175,7 @@ def test_a_failed_initialisation_leaves_no_segment(shm_name, monkeypatch):
     with pytest.raises(OverflowError, match="simulated"):
         Segment.create(shm_name, 8)
     assert not segment_exists(shm_name)
-    monkeypatch.setattr("shm_engine.core.claims.process_stat", fail)
+    monkeypatch.setattr("shm_engine.core.claims.stamp_identity", fail)
     with pytest.raises(OverflowError, match="simulated"):
         ClaimsSegment.create(shm_name, 8, 2)
     assert not os.path.exists(_dev_shm(claims_posix_name(shm_name)))
