@@ -118,76 +118,54 @@ class TickScratch(NamedTuple):
 
     rank: RankScratch  # step 14's radix sort
     rates: np.ndarray  # f8[capacity]: the rates R is selected from
+    pterm: np.ndarray  # f8[capacity]: pressure terms, when pass 1 runs on threads
     window: np.ndarray  # f8[capacity]: the rates near R (`percentile.sample_select`)
 
 
 def make_scratch(capacity: int) -> TickScratch:
     """Scratch for `tick` over `capacity` slots."""
     return TickScratch(
-        make_rank_scratch(capacity), np.zeros(capacity, np.float64), np.zeros(capacity, np.float64)
+        make_rank_scratch(capacity),
+        np.zeros(capacity, np.float64),
+        np.zeros(capacity, np.float64),
+        np.zeros(capacity, np.float64),
     )
 
 
 @njit(cache=True, error_model="numpy")
-def _score(params, inp, prev, nxt, out, scratch):
-    """Steps 1-13 for every slot; leaves the step-14 candidates in slot order
-    in ``out.ranked[:m]``.  Returns (m, P, live)."""
-    nslots = inp.active.shape[0]
+def pass1_range(params, inp, prev, nxt, out, rates, pterm, lo, hi, live, p_sum, m_rates):
+    """Pass 1 (steps 1, 2 and 4) over slots ``[lo, hi)``: each slot's qema,
+    error window, wait and L, or every value of an empty slot.  ``live``,
+    ``p_sum`` (S) and ``m_rates`` (the rates in ``rates``) are the totals
+    over the slots before ``lo``; returns them through ``hi``, so the sums
+    run in slot order over consecutive ranges.  ``pterm``: empty, or one
+    per slot to receive each slot's pressure term (0 if not live), from
+    which a caller that ran the ranges on several threads sums S in slot
+    order.  `_score` calls it once over every slot; the tick worker once
+    per range of slots, after the gather and the feedback of the range
+    (`shm_engine.tick.epoch`)."""
+    keep_terms = pterm.shape[0] > 0
     alpha_queue = params[ALPHA_QUEUE]
-    max_cpu = params[MAX_CPU]
-    max_mem = params[MAX_MEM]
-    max_wait_s = params[MAX_WAIT_S]
-    max_tail_ratio = params[MAX_TAIL_RATIO]
+    d = window_decay(params[TICK_INTERVAL_MS], params[ERROR_HALF_LIFE_S])
     suspect_after_s = params[SUSPECT_AFTER_S]
     dead_after_s = params[DEAD_AFTER_S]
-    max_queue = params[MAX_QUEUE]
-    limit_critical = params[LIMIT_CRITICAL]
-    min_requests = params[MIN_REQUESTS]
-    max_error_rate = params[MAX_ERROR_RATE]
-    max_consecutive_errors = params[MAX_CONSECUTIVE_ERRORS]
-    ejection_s = params[EJECTION_S]
-    beta = params[BETA]
-    t_degraded = params[T_DEGRADED]
-    t_overloaded = params[T_OVERLOADED]
-    delta = params[DELTA]
-    flap_window = params[FLAP_WINDOW]
-    max_flaps = params[MAX_FLAPS]
-    max_q_fraction = params[MAX_QUARANTINED_FRACTION]
-    quarantine_memory = params[QUARANTINE_MEMORY]
-    probation_ticks = params[PROBATION_TICKS]
-    max_backoff = params[MAX_BACKOFF]
-    d = window_decay(params[TICK_INTERVAL_MS], params[ERROR_HALF_LIFE_S])
-
-    # Columns as local arrays: inside the loops nothing but scalars is passed
-    # to a stage function (an array or a tuple of arrays crossing a call costs
-    # an atomic incref/decref pair per array per node).
+    max_wait_s = params[MAX_WAIT_S]
+    # Columns as local arrays (see `pass2`).
     active = inp.active
     fresh = inp.fresh
     new_hb = inp.new_hb
     age = inp.age
-    in_cpu = inp.cpu
-    in_mem = inp.mem
     in_queue = inp.queue
     in_avg = inp.avg_job_s
     in_ok = inp.ok
     in_err = inp.err
-    in_io = inp.io
-    in_p50 = inp.p50_ms
-    in_p95 = inp.p95_ms
     in_rep = inp.reported
     in_slots = inp.slots
     in_rif = inp.rif
     in_fb_ok = inp.fb_ok
     in_fb_err = inp.fb_err
-    in_consec = inp.consec
-    in_err_age = inp.err_age
     prev_qema = prev.qema
-    prev_s = prev.s
     prev_state = prev.state
-    prev_flap = prev.flap
-    prev_n = prev.n
-    prev_probation = prev.probation
-    prev_memory = prev.memory
     prev_e_ok = prev.e_ok
     prev_e_err = prev.e_err
     nxt_qema = nxt.qema
@@ -203,16 +181,8 @@ def _score(params, inp, prev, nxt, out, scratch):
     out_raw = out.raw
     out_wait = out.wait
     out_liveness = out.liveness
-    out_ranked = out.ranked
     out_reason = out.reason
-    counts = out.counts
-    rates = scratch.rates
-
-    # Pass 1: steps 1, 2, 4; S and the rates run in slot order.
-    live = 0
-    p_sum = 0.0
-    m_rates = 0
-    for i in range(nslots):
+    for i in range(lo, hi):
         if active[i] == 0:
             nxt_qema[i] = 0.0
             nxt_s[i] = 0.0
@@ -228,6 +198,8 @@ def _score(params, inp, prev, nxt, out, scratch):
             out_wait[i] = 0.0
             out_liveness[i] = 0.0
             out_reason[i] = 0
+            if keep_terms:
+                pterm[i] = 0.0
             continue
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
         hb = new_hb[i] != 0
@@ -243,17 +215,111 @@ def _score(params, inp, prev, nxt, out, scratch):
         nxt_qema[i] = qema
         out_wait[i] = wait
         out_liveness[i] = L
+        term = 0.0
         if L > 0.0:
+            term = pressure_term(wait, max_wait_s)
             live += 1
-            p_sum += pressure_term(wait, max_wait_s)
+            p_sum += term
             if in_avg[i] > 0.0:
                 rates[m_rates] = rate(slots, in_avg[i])
                 m_rates += 1
+        if keep_terms:
+            pterm[i] = term
+    return live, p_sum, m_rates
 
-    # Step 5 and R, then pass 2: steps 3, 6-11 and step 12's flap/probation/release.
-    P = pressure(p_sum, live)
-    R = rate_reference(rates, m_rates, scratch.window)
-    weights_in_effect(params, P, out.weights)
+
+@njit(cache=True, error_model="numpy")
+def _score(params, inp, prev, nxt, out, scratch):
+    """Steps 1-13 for every slot; leaves the step-14 candidates in slot order
+    in ``out.ranked[:m]``.  Returns (m, P, live)."""
+    live, p_sum, m_rates = pass1_range(
+        params,
+        inp,
+        prev,
+        nxt,
+        out,
+        scratch.rates,
+        scratch.pterm[:0],
+        0,
+        inp.active.shape[0],
+        0,
+        0.0,
+        0,
+    )
+    return pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates)
+
+
+@njit(cache=True, error_model="numpy")
+def pass2_range(
+    params, inp, prev, nxt, out, P, R, p_sum, live, lo, hi, ranked, m, cands, n_cands, counts
+):
+    """Pass 2 (steps 3, 6-11, step 12's flap/probation/release; for a node
+    that is no admission candidate also its ``n`` memory and step 13) over
+    slots ``[lo, hi)``, after pass 1 over every slot and step 5 (``P``,
+    ``R``, and S = ``p_sum`` over ``live`` nodes).  Appends the ranking
+    candidates it decided to ``ranked`` from index ``m`` and the admission
+    candidates to ``cands`` from ``n_cands``, both in slot order, and counts
+    the decided nodes per state into ``counts`` (not zeroed here).  Returns
+    (m, n_cands, QUARANTINED nodes) after the range.  `pass2` calls it once
+    over every slot; the tick worker may split the slots between threads
+    (`shm_engine.tick.epoch`)."""
+    max_cpu = params[MAX_CPU]
+    max_mem = params[MAX_MEM]
+    max_wait_s = params[MAX_WAIT_S]
+    max_tail_ratio = params[MAX_TAIL_RATIO]
+    max_queue = params[MAX_QUEUE]
+    limit_critical = params[LIMIT_CRITICAL]
+    min_requests = params[MIN_REQUESTS]
+    max_error_rate = params[MAX_ERROR_RATE]
+    max_consecutive_errors = params[MAX_CONSECUTIVE_ERRORS]
+    ejection_s = params[EJECTION_S]
+    beta = params[BETA]
+    t_degraded = params[T_DEGRADED]
+    t_overloaded = params[T_OVERLOADED]
+    delta = params[DELTA]
+    flap_window = params[FLAP_WINDOW]
+    max_flaps = params[MAX_FLAPS]
+    quarantine_memory = params[QUARANTINE_MEMORY]
+    probation_ticks = params[PROBATION_TICKS]
+    max_backoff = params[MAX_BACKOFF]
+
+    # Columns as local arrays: inside the loops nothing but scalars is passed
+    # to a stage function (an array or a tuple of arrays crossing a call costs
+    # an atomic incref/decref pair per array per node).
+    active = inp.active
+    fresh = inp.fresh
+    in_cpu = inp.cpu
+    in_mem = inp.mem
+    in_avg = inp.avg_job_s
+    in_io = inp.io
+    in_p50 = inp.p50_ms
+    in_p95 = inp.p95_ms
+    in_rep = inp.reported
+    in_slots = inp.slots
+    in_rif = inp.rif
+    in_consec = inp.consec
+    in_err_age = inp.err_age
+    prev_s = prev.s
+    prev_state = prev.state
+    prev_flap = prev.flap
+    prev_n = prev.n
+    prev_probation = prev.probation
+    prev_memory = prev.memory
+    nxt_qema = nxt.qema
+    nxt_s = nxt.s
+    nxt_state = nxt.state
+    nxt_flap = nxt.flap
+    nxt_n = nxt.n
+    nxt_probation = nxt.probation
+    nxt_memory = nxt.memory
+    nxt_e_ok = nxt.e_ok
+    nxt_e_err = nxt.e_err
+    out_score = out.score
+    out_raw = out.raw
+    out_wait = out.wait
+    out_liveness = out.liveness
+    out_reason = out.reason
+
     w_cpu = params[W_CPU]
     w_mem = params[W_MEM]
     w_io = params[W_IO]
@@ -263,16 +329,8 @@ def _score(params, inp, prev, nxt, out, scratch):
     w_tail = params[W_TAIL]
     k1 = params[K1]
     k2 = params[K2]
-    cap = quarantine_cap(max_q_fraction, live)
-    for k in range(N_STATES):
-        counts[k] = 0
-    # Step 12's admission candidates, in slot order (the ranking's scratch is
-    # free until step 14).
-    cands = scratch.rank.idx_tmp
-    n_cands = 0
     n_quarantined = 0
-    m = 0
-    for i in range(nslots):
+    for i in range(lo, hi):
         if active[i] == 0:
             continue
         first = fresh[i] != 0 or prev_state[i] == UNREGISTERED
@@ -364,9 +422,42 @@ def _score(params, inp, prev, nxt, out, scratch):
         out_score[i] = score
         counts[state] += 1
         if score > 0.0:
-            out_ranked[m] = i
+            ranked[m] = i
             m += 1
+    return m, n_cands, n_quarantined
 
+
+@njit(cache=True, error_model="numpy")
+def step5(params, out, scratch, p_sum, live, m_rates):
+    """Step 5 and R after pass 1: returns (P, R) and writes the weights at P
+    into ``out.weights``."""
+    P = pressure(p_sum, live)
+    R = rate_reference(scratch.rates, m_rates, scratch.window)
+    weights_in_effect(params, P, out.weights)
+    return P, R
+
+
+@njit(cache=True, error_model="numpy")
+def admit(params, inp, prev, nxt, out, cands, m, n_cands, n_quarantined, live):
+    """Step 12's admissions after pass 2 over every slot: ``out.ranked[:m]``
+    and ``cands[:n_cands]`` are pass 2's ranking and admission candidates
+    (slot order), ``out.counts`` its counts, ``n_quarantined`` its
+    QUARANTINED nodes.  Returns the number of ranking candidates, all in
+    ``out.ranked[:m]`` in slot order."""
+    cap = quarantine_cap(params[MAX_QUARANTINED_FRACTION], live)
+    quarantine_memory = params[QUARANTINE_MEMORY]
+    fresh = inp.fresh
+    prev_state = prev.state
+    prev_memory = prev.memory
+    nxt_s = nxt.s
+    nxt_state = nxt.state
+    nxt_n = nxt.n
+    nxt_probation = nxt.probation
+    nxt_memory = nxt.memory
+    out_score = out.score
+    out_ranked = out.ranked
+    out_reason = out.reason
+    counts = out.counts
     # Step 12's admissions under the cap in slot order, then the candidates'
     # n memory, step 13 and their place among the ranking candidates.
     n_extra = 0
@@ -405,6 +496,39 @@ def _score(params, inp, prev, nxt, out, scratch):
                 b -= 1
             k -= 1
         m += n_extra
+    return m
+
+
+@njit(cache=True, error_model="numpy")
+def pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates):
+    """Everything after pass 1 (`pass1_range`'s results in), on one thread:
+    step 5 and R, pass 2, the admissions.  Returns (m, P, live)."""
+    P, R = step5(params, out, scratch, p_sum, live, m_rates)
+    counts = out.counts
+    for k in range(N_STATES):
+        counts[k] = 0
+    # Step 12's admission candidates go to the ranking's scratch (free until
+    # step 14).
+    cands = scratch.rank.idx_tmp
+    m, n_cands, n_quarantined = pass2_range(
+        params,
+        inp,
+        prev,
+        nxt,
+        out,
+        P,
+        R,
+        p_sum,
+        live,
+        0,
+        inp.active.shape[0],
+        out.ranked,
+        0,
+        cands,
+        0,
+        counts,
+    )
+    m = admit(params, inp, prev, nxt, out, cands, m, n_cands, n_quarantined, live)
     return m, P, live
 
 
@@ -413,5 +537,11 @@ def tick(params, inp, prev, nxt, out, scratch):
     """Compute one tick; returns (n_ranked, P, live count).  See the module
     docstring for the contract."""
     m, P, live = _score(params, inp, prev, nxt, out, scratch)
-    radix_ranked(out.score, out.ranked, m, scratch.rank)
+    rank(out, m, scratch)
     return m, P, live
+
+
+@njit(cache=True, error_model="numpy")
+def rank(out, m, scratch):
+    """Step 14 over the candidates `_score` left in ``out.ranked[:m]``."""
+    radix_ranked(out.score, out.ranked, m, scratch.rank)

@@ -96,6 +96,7 @@ OPERATIONAL_DEFAULTS = {
     "engine.capacity": 16384,  # SCORING.md "Inputs"
     "engine.tick_interval_ms": 50,  # SCORING.md "Replay"
     "engine.forget_after_s": 300.0,  # SCORING.md "Inputs"
+    "engine.tick_threads": 1,
     "engine.shm_mode": 0o600,
     "engine.restart_backoff_min_s": 0.5,
     "engine.restart_backoff_max_s": 10.0,
@@ -170,6 +171,7 @@ ALL_DEFAULTS = {**SCORING_DEFAULTS, **OPERATIONAL_DEFAULTS}
 INT_KEYS = {
     "engine.capacity",
     "engine.tick_interval_ms",
+    "engine.tick_threads",
     "engine.shm_mode",
     "score.min_requests",
     "score.max_consecutive_errors",
@@ -518,6 +520,7 @@ RANGE_ERRORS = [
     ("engine.capacity", 16_777_217, r"engine\.capacity = 16777217 must be in 1\.\.16777216"),
     ("engine.tick_interval_ms", 0, r"engine\.tick_interval_ms = 0 must be in 1\.\.60000"),
     ("engine.forget_after_s", 0, r"engine\.forget_after_s = 0 must be > 0"),
+    ("engine.tick_threads", 0, r"engine\.tick_threads = 0 must be in 1\.\.64"),
     ("engine.parent_check_interval_s", 0, r"engine\.parent_check_interval_s = 0 must be > 0"),
     ("engine.hang_timeout_s", -1, r"engine\.hang_timeout_s = -1 must be >= 0 \(0 turns"),
     ("engine.restart_backoff_min_s", 0, r"engine\.restart_backoff_min_s = 0 must be > 0"),

@@ -629,7 +629,42 @@ def gather_feedback(
     slots; ``ejected`` counts the slots the breaker ejects this tick
     (``consec >= max_consecutive_errors`` and ``err_age < ejection_s``, the
     score parameters of those names)."""
-    inf = np.inf
+    sum_rif, sum_ok, sum_err, ejected = feedback_range(
+        gen,
+        active,
+        fresh,
+        live_leases(idents),
+        in_flight,
+        row_words,
+        outcomes.reshape(-1),
+        prev_ok_seen,
+        prev_err_seen,
+        now,
+        max_consecutive_errors,
+        ejection_s,
+        rif,
+        fb_ok,
+        fb_err,
+        consec,
+        err_age,
+        ok_seen,
+        err_seen,
+        0,
+        hwm,
+        0.0,
+    )
+    for s in range(hwm):
+        pub_rif[s] = rif[s]
+        pub_fb_ok[s] = fb_ok[s]
+        pub_fb_err[s] = fb_err[s]
+        pub_consec[s] = consec[s]
+        pub_err_age[s] = err_age[s]
+    return sum_rif, sum_ok, sum_err, ejected
+
+
+@njit(cache=True, nogil=True)
+def live_leases(idents):
+    """The indices of the leases in use (ident != 0), in lease order."""
     n_leases = idents.shape[0]
     live = np.empty(n_leases, np.intp)
     m = 0
@@ -637,64 +672,95 @@ def gather_feedback(
         if load_acquire_u64(idents, k) != _ZERO:
             live[m] = k
             m += 1
-    for s in range(hwm):
-        rif[s] = 0.0
-    for j in range(m):
-        at = live[j] * row_words
-        for s in range(hwm):
-            w = load_relaxed_u64(in_flight, at + s)
-            if w != _ZERO and active[s] != 0 and (w >> _32) == tag_of(gen[s]):
-                rif[s] += np.float64(w & _LOW32)
-    sum_rif = 0.0
+    return live[:m]
+
+
+@njit(cache=True, nogil=True)
+def feedback_range(
+    gen,
+    active,
+    fresh,
+    leases,
+    in_flight,
+    row_words,
+    out_words,
+    prev_ok_seen,
+    prev_err_seen,
+    now,
+    max_consecutive_errors,
+    ejection_s,
+    rif,
+    fb_ok,
+    fb_err,
+    consec,
+    err_age,
+    ok_seen,
+    err_seen,
+    lo,
+    hi,
+    sum_rif,
+):
+    """`gather_feedback` for slots ``[lo, hi)`` into one set of columns:
+    ``leases`` from `live_leases`, ``out_words`` the outcomes flat (slot s's
+    row at ``s * OUTCOME_WORDS``), ``sum_rif`` the sum of rif over the slots
+    before ``lo`` (added to in slot order).  Returns (sum of rif through
+    ``hi``, ok releases, error releases, ejected) of the range.  The tick
+    worker calls it block by block, interleaved with the gather and pass 1
+    of the same slots (`shm_engine.tick.epoch`)."""
+    inf = np.inf
+    n_live = leases.shape[0]
     sum_ok = 0
     sum_err = 0
     ejected = 0
-    for s in range(hwm):
+    for s in range(lo, hi):
         if active[s] == 0:
             rif[s] = fb_ok[s] = fb_err[s] = consec[s] = 0.0
             err_age[s] = inf
             ok_seen[s] = err_seen[s] = _ZERO
+            continue
+        tag = tag_of(gen[s])
+        r = 0.0
+        for j in range(n_live):
+            w = load_relaxed_u64(in_flight, leases[j] * row_words + s)
+            if w != _ZERO and (w >> _32) == tag:
+                r += np.float64(w & _LOW32)
+        rif[s] = r
+        row = s * OUTCOME_WORDS
+        base_ok = _ZERO if fresh[s] else prev_ok_seen[s]
+        base_err = _ZERO if fresh[s] else prev_err_seen[s]
+        w = load_relaxed_u64(out_words, row + OUT_OK)
+        if (w >> _32) == tag:
+            d_ok = ((w & _LOW32) - base_ok) & _LOW32
+            ok_seen[s] = w & _LOW32
+        else:  # no release yet, or the slot already moved on: nothing new
+            d_ok = _ZERO
+            ok_seen[s] = base_ok
+        w = load_relaxed_u64(out_words, row + OUT_ERR)
+        if (w >> _32) == tag:
+            d_err = ((w & _LOW32) - base_err) & _LOW32
+            err_seen[s] = w & _LOW32
         else:
-            tag = tag_of(gen[s])
-            row = outcomes[s]
-            base_ok = _ZERO if fresh[s] else prev_ok_seen[s]
-            base_err = _ZERO if fresh[s] else prev_err_seen[s]
-            w = load_relaxed_u64(row, OUT_OK)
-            if (w >> _32) == tag:
-                d_ok = ((w & _LOW32) - base_ok) & _LOW32
-                ok_seen[s] = w & _LOW32
-            else:  # no release yet, or the slot already moved on: nothing new
-                d_ok = _ZERO
-                ok_seen[s] = base_ok
-            w = load_relaxed_u64(row, OUT_ERR)
-            if (w >> _32) == tag:
-                d_err = ((w & _LOW32) - base_err) & _LOW32
-                err_seen[s] = w & _LOW32
-            else:
-                d_err = _ZERO
-                err_seen[s] = base_err
-            fb_ok[s] = np.float64(d_ok)
-            fb_err[s] = np.float64(d_err)
-            sum_ok += np.int64(d_ok)
-            sum_err += np.int64(d_err)
-            # The pair was written whole by cas_pair_u64; a time loaded after
-            # a word of our tag (acquire) is our registration's, maybe newer.
-            w0 = load_acquire_u64(row, OUT_CONSEC)
-            t = load_relaxed_u64(row, OUT_LAST_ERR)
-            if (w0 >> _32) == tag:
-                consec[s] = np.float64(w0 & _LOW32)
-                err_age[s] = max(now - np.float64(t) * 1e-9, 0.0) if t != _ZERO else inf
-            else:
-                consec[s] = 0.0
-                err_age[s] = inf
-            sum_rif += rif[s]
-            if consec[s] >= max_consecutive_errors and err_age[s] < ejection_s:
-                ejected += 1
-        pub_rif[s] = rif[s]
-        pub_fb_ok[s] = fb_ok[s]
-        pub_fb_err[s] = fb_err[s]
-        pub_consec[s] = consec[s]
-        pub_err_age[s] = err_age[s]
+            d_err = _ZERO
+            err_seen[s] = base_err
+        fb_ok[s] = np.float64(d_ok)
+        fb_err[s] = np.float64(d_err)
+        sum_ok += np.int64(d_ok)
+        sum_err += np.int64(d_err)
+        # The pair was written whole by cas_pair_u64; a time loaded after
+        # a word of our tag (acquire) is our registration's, maybe newer.
+        w0 = load_acquire_u64(out_words, row + OUT_CONSEC)
+        t = load_relaxed_u64(out_words, row + OUT_LAST_ERR)
+        if (w0 >> _32) == tag:
+            c = np.float64(w0 & _LOW32)
+            age = max(now - np.float64(t) * 1e-9, 0.0) if t != _ZERO else inf
+        else:
+            c = 0.0
+            age = inf
+        consec[s] = c
+        err_age[s] = age
+        sum_rif += r
+        if c >= max_consecutive_errors and age < ejection_s:
+            ejected += 1
     return sum_rif, sum_ok, sum_err, ejected
 
 

@@ -242,42 +242,155 @@ def slot_change_end(slot_gen, slot):
 
 
 @njit(cache=True, nogil=True)
-def gather_inputs(
+def gather_range(
     slot_gen,
     registered,
-    row_version,
-    recv_time,
-    cpu,
-    mem,
-    queue,
-    avg_job_s,
-    throughput,
-    ok,
-    err,
-    io,
-    p50_ms,
-    p95_ms,
-    slots,
-    reported,
+    table,
     prev_gen,
     prev_hb_seen,
     prev_state,
-    inp_active,
-    inp_fresh,
-    inp_new_hb,
-    inp_age,
-    inp_cpu,
-    inp_mem,
-    inp_queue,
-    inp_avg_job_s,
-    inp_throughput,
-    inp_ok,
-    inp_err,
-    inp_io,
-    inp_p50_ms,
-    inp_p95_ms,
-    inp_slots,
-    inp_reported,
+    inp,
+    nxt_gen,
+    nxt_hb_seen,
+    now,
+    age_mul,
+    age_div,
+    held_gen,
+    held_version,
+    held_recv,
+    lo,
+    hi,
+):
+    """`gather_inputs` for slots ``[lo, hi)`` (hi <= hwm), ``table`` the
+    heartbeat table's columns and ``inp`` the `kernels.TickInputs`; returns
+    the number of slots that stayed inconsistent.  The tick worker calls it
+    block by block, interleaved with the feedback and pass 1 of the same
+    slots (`shm_engine.tick.epoch`)."""
+    # Columns as locals, once (not a tuple access per slot).
+    t_row_version = table.row_version
+    t_io = table.io
+    t_recv_time = table.recv_time
+    t_cpu = table.cpu
+    t_mem = table.mem
+    t_queue = table.queue
+    t_avg_job_s = table.avg_job_s
+    t_throughput = table.throughput
+    t_ok = table.ok
+    t_err = table.err
+    t_p50_ms = table.p50_ms
+    t_p95_ms = table.p95_ms
+    t_slots = table.slots
+    t_reported = table.reported
+    i_io = inp.io
+    i_fresh = inp.fresh
+    i_active = inp.active
+    i_new_hb = inp.new_hb
+    i_age = inp.age
+    i_cpu = inp.cpu
+    i_mem = inp.mem
+    i_queue = inp.queue
+    i_avg_job_s = inp.avg_job_s
+    i_throughput = inp.throughput
+    i_ok = inp.ok
+    i_err = inp.err
+    i_p50_ms = inp.p50_ms
+    i_p95_ms = inp.p95_ms
+    i_slots = inp.slots
+    i_reported = inp.reported
+    torn = 0
+    for s in range(lo, hi):
+        g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
+        v1 = load_acquire_u64(t_row_version, s)  # pairs with store_release in write_rows
+        if v1 == held_version[s] and g1 == held_gen[s]:
+            # Unchanged since the copy the inputs hold (held values are even).
+            fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
+            i_active[s] = 1
+            i_fresh[s] = 1 if fresh else 0
+            i_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
+            i_age[s] = ((now - held_recv[s]) * age_mul) / age_div
+            nxt_gen[s] = g1
+            nxt_hb_seen[s] = v1
+            continue
+        done = False
+        for _ in range(MAX_SPINS):
+            g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
+            if g1 & _ONE:
+                continue
+            reg = registered[s]
+            v1 = load_acquire_u64(t_row_version, s)  # pairs with store_release in write_rows
+            if v1 & _ONE:
+                continue
+            r_recv = t_recv_time[s]
+            r_cpu = t_cpu[s]
+            r_mem = t_mem[s]
+            r_queue = t_queue[s]
+            r_avg = t_avg_job_s[s]
+            r_tp = t_throughput[s]
+            r_ok = t_ok[s]
+            r_err = t_err[s]
+            r_io = t_io[s]
+            r_p50 = t_p50_ms[s]
+            r_p95 = t_p95_ms[s]
+            r_slots = t_slots[s]
+            r_rep = t_reported[s]
+            # Field loads complete before the re-check; pairs with fence_release in write_rows.
+            fence_acquire()
+            if load_relaxed_u64(t_row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
+                continue
+            done = True
+            break
+        if not done:
+            # Writer died mid-write: keep last tick's view of this slot (and
+            # the held_* of that view).
+            i_new_hb[s] = 0
+            nxt_gen[s] = prev_gen[s]
+            nxt_hb_seen[s] = prev_hb_seen[s]
+            i_fresh[s] = 0
+            i_active[s] = 1 if prev_state[s] != UNREGISTERED else 0
+            torn += 1
+            continue
+        if reg == 0:
+            i_active[s] = 0
+            i_fresh[s] = 0
+            i_new_hb[s] = 0
+            nxt_gen[s] = g1
+            nxt_hb_seen[s] = 0
+            held_version[s] = _ONE
+            continue
+        fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
+        i_active[s] = 1
+        i_fresh[s] = 1 if fresh else 0
+        i_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
+        i_age[s] = ((now - r_recv) * age_mul) / age_div
+        i_cpu[s] = r_cpu
+        i_mem[s] = r_mem
+        i_queue[s] = r_queue
+        i_avg_job_s[s] = r_avg
+        i_throughput[s] = r_tp
+        i_ok[s] = r_ok
+        i_err[s] = r_err
+        i_io[s] = r_io
+        i_p50_ms[s] = r_p50
+        i_p95_ms[s] = r_p95
+        i_slots[s] = r_slots
+        i_reported[s] = r_rep
+        nxt_gen[s] = g1
+        nxt_hb_seen[s] = v1
+        held_gen[s] = g1
+        held_version[s] = v1
+        held_recv[s] = r_recv
+    return torn
+
+
+@njit(cache=True, nogil=True)
+def gather_inputs(
+    slot_gen,
+    registered,
+    table,
+    prev_gen,
+    prev_hb_seen,
+    prev_state,
+    inp,
     nxt_gen,
     nxt_hb_seen,
     now,
@@ -305,93 +418,30 @@ def gather_inputs(
     registration change is in progress), so its fields are not read again;
     only the flags and the age are recomputed.  Every other row goes through
     the full read protocol."""
-    torn = 0
-    n = inp_active.shape[0]
-    for s in range(hwm):
-        g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
-        v1 = load_acquire_u64(row_version, s)  # pairs with store_release in write_rows
-        if v1 == held_version[s] and g1 == held_gen[s]:
-            # Unchanged since the copy the inputs hold (held values are even).
-            fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
-            inp_active[s] = 1
-            inp_fresh[s] = 1 if fresh else 0
-            inp_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
-            inp_age[s] = ((now - held_recv[s]) * age_mul) / age_div
-            nxt_gen[s] = g1
-            nxt_hb_seen[s] = v1
-            continue
-        done = False
-        for _ in range(MAX_SPINS):
-            g1 = load_acquire_u64(slot_gen, s)  # pairs with store_release in slot_change_end
-            if g1 & _ONE:
-                continue
-            reg = registered[s]
-            v1 = load_acquire_u64(row_version, s)  # pairs with store_release in write_rows
-            if v1 & _ONE:
-                continue
-            r_recv = recv_time[s]
-            r_cpu = cpu[s]
-            r_mem = mem[s]
-            r_queue = queue[s]
-            r_avg = avg_job_s[s]
-            r_tp = throughput[s]
-            r_ok = ok[s]
-            r_err = err[s]
-            r_io = io[s]
-            r_p50 = p50_ms[s]
-            r_p95 = p95_ms[s]
-            r_slots = slots[s]
-            r_rep = reported[s]
-            # Field loads complete before the re-check; pairs with fence_release in write_rows.
-            fence_acquire()
-            if load_relaxed_u64(row_version, s) != v1 or load_relaxed_u64(slot_gen, s) != g1:
-                continue
-            done = True
-            break
-        if not done:
-            # Writer died mid-write: keep last tick's view of this slot (and
-            # the held_* of that view).
-            torn += 1
-            inp_new_hb[s] = 0
-            nxt_gen[s] = prev_gen[s]
-            nxt_hb_seen[s] = prev_hb_seen[s]
-            inp_fresh[s] = 0
-            inp_active[s] = 1 if prev_state[s] != UNREGISTERED else 0
-            continue
-        if reg == 0:
-            inp_active[s] = 0
-            inp_fresh[s] = 0
-            inp_new_hb[s] = 0
-            nxt_gen[s] = g1
-            nxt_hb_seen[s] = 0
-            held_version[s] = _ONE
-            continue
-        fresh = prev_state[s] == UNREGISTERED or prev_gen[s] != g1
-        inp_active[s] = 1
-        inp_fresh[s] = 1 if fresh else 0
-        inp_new_hb[s] = 1 if (fresh or prev_hb_seen[s] != v1) else 0
-        inp_age[s] = ((now - r_recv) * age_mul) / age_div
-        inp_cpu[s] = r_cpu
-        inp_mem[s] = r_mem
-        inp_queue[s] = r_queue
-        inp_avg_job_s[s] = r_avg
-        inp_throughput[s] = r_tp
-        inp_ok[s] = r_ok
-        inp_err[s] = r_err
-        inp_io[s] = r_io
-        inp_p50_ms[s] = r_p50
-        inp_p95_ms[s] = r_p95
-        inp_slots[s] = r_slots
-        inp_reported[s] = r_rep
-        nxt_gen[s] = g1
-        nxt_hb_seen[s] = v1
-        held_gen[s] = g1
-        held_version[s] = v1
-        held_recv[s] = r_recv
+    n = inp.active.shape[0]
+    torn = gather_range(
+        slot_gen,
+        registered,
+        table,
+        prev_gen,
+        prev_hb_seen,
+        prev_state,
+        inp,
+        nxt_gen,
+        nxt_hb_seen,
+        now,
+        age_mul,
+        age_div,
+        held_gen,
+        held_version,
+        held_recv,
+        0,
+        hwm,
+    )
     for s in range(hwm, n):
-        inp_active[s] = 0
-        inp_fresh[s] = 0
-        inp_new_hb[s] = 0
+        inp.active[s] = 0
+        inp.fresh[s] = 0
+        inp.new_hb[s] = 0
     return torn
 
 
@@ -437,39 +487,11 @@ def gather(
     return gather_inputs(
         reg.slot_gen,
         reg.registered,
-        t.row_version,
-        t.recv_time,
-        t.cpu,
-        t.mem,
-        t.queue,
-        t.avg_job_s,
-        t.throughput,
-        t.ok,
-        t.err,
-        t.io,
-        t.p50_ms,
-        t.p95_ms,
-        t.slots,
-        t.reported,
+        t,
         prev.gen,
         prev.hb_seen,
         prev.state.state,
-        inp.active,
-        inp.fresh,
-        inp.new_hb,
-        inp.age,
-        inp.cpu,
-        inp.mem,
-        inp.queue,
-        inp.avg_job_s,
-        inp.throughput,
-        inp.ok,
-        inp.err,
-        inp.io,
-        inp.p50_ms,
-        inp.p95_ms,
-        inp.slots,
-        inp.reported,
+        inp,
         nxt.gen,
         nxt.hb_seen,
         float(now),

@@ -1,12 +1,30 @@
 """One epoch's computation as one compiled call: gather, feedback, kernels, ranking.
 
 `compute_epoch` is what `Ticker.tick` runs between ``write_begin`` and the
-per-tick scalars: the consistent heartbeat gather (`rows.gather_inputs`),
-the scheduler feedback (`claims.gather_feedback`) and the score pipeline
-with its ranking (`kernels.tick`), in that order, without returning to
-Python between them.  Each stage keeps its own contract; this module only
-chains them, so the stages stay testable alone and replay (which fills the
-feedback from its trace) runs the same kernels.
+per-tick scalars: the consistent heartbeat gather (`rows.gather_range`),
+the scheduler feedback (`claims.feedback_range`), the score pipeline
+(`kernels.pipeline`: pass 1, step 5, pass 2, the admissions) and step 14's
+ranking, without returning to Python between them.  Each stage keeps its
+own contract; this module only chains them, so the stages stay testable
+alone and replay (which fills the feedback from its trace) runs the same
+kernels.
+
+Threads.  ``threads`` > 1 splits the slots into that many ranges for the
+per-slot work: the gather, the feedback and pass 1 of a range run on one
+thread, then pass 2 of each range.  What crosses ranges is done on the
+calling thread, in slot order, so the result is bit-for-bit the one of a
+single thread: S (SCORING.md step 5) is summed again over the pressure
+terms pass 1 kept per slot (floating-point addition is not associative,
+and the score fixes the order); the rates R is selected from are moved
+together (the selection does not depend on their order anyway); the
+ranking and admission candidates of each range, already in slot order,
+are concatenated in range order; the counts per state added.  Step 12's
+admissions (which need every node's state) and step 14 run on the calling
+thread.  `compute_epoch_threads` is the same code compiled with numba's
+``parallel=True`` (its ``prange`` loops run on numba's thread pool);
+`compute_epoch` is it compiled without, where ``prange`` is ``range``.
+The ranges split the registered slots (below ``hwm``) evenly, and the
+empty slots above it evenly too.
 
 Why one call: a call from Python into compiled code unboxes every array it
 is handed (about a quarter microsecond each); the three stages took about
@@ -16,25 +34,25 @@ Rules for the caller (`Ticker`): ``inp``'s feedback columns are the next
 buffer's published ones (``rif``, ``fb_ok``, ``fb_err``, ``consec``,
 ``err_age`` of that buffer), so the feedback is written once, where both
 the kernels and the readers find it; ``inp``, ``held_*`` and ``scratch``
-are the ticker's private arrays; ``hwm`` <= capacity.
+are the ticker's private arrays; ``hwm`` <= capacity; ``threads`` >= 1.
 
 Note for development: numba's on-disk cache of `compute_epoch` is not
 invalidated when only a stage, the pipeline, the gather or the feedback
 gather changes; clear the cache directory after editing them.
 """
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
-from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS
-from kernels.pipeline import tick
-from shm_engine.core.claims import gather_feedback
-from shm_engine.core.rows import gather_inputs
+from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_STATES
+from kernels.pipeline import admit, pass1_range, pass2_range, rank, step5
+from shm_engine.core.claims import feedback_range, live_leases
+from shm_engine.core.rows import gather_range
 
-__all__ = ["compute_epoch"]
+__all__ = ["compute_epoch", "compute_epoch_threads"]
 
 
-@njit(cache=True, nogil=True)
-def compute_epoch(
+def _epoch(
     params,
     table,
     slot_gen,
@@ -61,83 +79,158 @@ def compute_epoch(
     outcomes,
     now,
     hwm,
+    threads,
 ):
     """Gather, feedback, score and rank one epoch into the next buffer's
     columns (``nxt_*``, ``out``).  Returns (n_ranked, P, live, torn,
     sum of rif, ok releases, error releases, ejected), the values of
     `kernels.tick`, `rows.gather_inputs` and `claims.gather_feedback`."""
-    torn = gather_inputs(
-        slot_gen,
-        registered,
-        table.row_version,
-        table.recv_time,
-        table.cpu,
-        table.mem,
-        table.queue,
-        table.avg_job_s,
-        table.throughput,
-        table.ok,
-        table.err,
-        table.io,
-        table.p50_ms,
-        table.p95_ms,
-        table.slots,
-        table.reported,
-        prev_gen,
-        prev_hb_seen,
-        prev_state.state,
-        inp.active,
-        inp.fresh,
-        inp.new_hb,
-        inp.age,
-        inp.cpu,
-        inp.mem,
-        inp.queue,
-        inp.avg_job_s,
-        inp.throughput,
-        inp.ok,
-        inp.err,
-        inp.io,
-        inp.p50_ms,
-        inp.p95_ms,
-        inp.slots,
-        inp.reported,
-        nxt_gen,
-        nxt_hb_seen,
-        now,
-        1.0,
-        1.0,
-        hwm,
-        held_gen,
-        held_version,
-        held_recv,
-    )
-    sum_rif, sum_ok, sum_err, ejected = gather_feedback(
-        nxt_gen,
-        inp.active,
-        inp.fresh,
-        lease_ident,
-        in_flight_flat,
-        row_words,
-        outcomes,
-        prev_ok_seen,
-        prev_err_seen,
-        hwm,
-        now,
-        params[MAX_CONSECUTIVE_ERRORS],
-        params[EJECTION_S],
-        inp.rif,
-        inp.fb_ok,
-        inp.fb_err,
-        inp.consec,
-        inp.err_age,
-        inp.rif,
-        inp.fb_ok,
-        inp.fb_err,
-        inp.consec,
-        inp.err_age,
-        nxt_ok_seen,
-        nxt_err_seen,
-    )
-    m, P, live = tick(params, inp, prev_state, nxt_state, out, scratch)
+    max_consecutive_errors = params[MAX_CONSECUTIVE_ERRORS]
+    ejection_s = params[EJECTION_S]
+    leases = live_leases(lease_ident)
+    out_words = outcomes.reshape(-1)
+    rates = scratch.rates
+    n = inp.active.shape[0]
+    T = max(1, min(threads, max(hwm, 1)))
+    # Per range: [0] torn, [1] ok, [2] err, [3] ejected, [4] live,
+    # [5] end of its rates, [6] end of its ranking candidates, [7] end of
+    # its admission candidates, [8] QUARANTINED; sums of rif and S.
+    ints = np.zeros((T, 9), np.int64)
+    floats = np.zeros((T, 2), np.float64)
+    counts = np.zeros((T, N_STATES), np.int64)
+    pterm = scratch.pterm if T > 1 else scratch.pterm[:0]
+    for k in prange(T):
+        lo = k * hwm // T
+        hi = (k + 1) * hwm // T
+        ints[k, 0] = gather_range(
+            slot_gen,
+            registered,
+            table,
+            prev_gen,
+            prev_hb_seen,
+            prev_state.state,
+            inp,
+            nxt_gen,
+            nxt_hb_seen,
+            now,
+            1.0,
+            1.0,
+            held_gen,
+            held_version,
+            held_recv,
+            lo,
+            hi,
+        )
+        s_rif, d_ok, d_err, d_ej = feedback_range(
+            nxt_gen,
+            inp.active,
+            inp.fresh,
+            leases,
+            in_flight_flat,
+            row_words,
+            out_words,
+            prev_ok_seen,
+            prev_err_seen,
+            now,
+            max_consecutive_errors,
+            ejection_s,
+            inp.rif,
+            inp.fb_ok,
+            inp.fb_err,
+            inp.consec,
+            inp.err_age,
+            nxt_ok_seen,
+            nxt_err_seen,
+            lo,
+            hi,
+            0.0,
+        )
+        ints[k, 1] = d_ok
+        ints[k, 2] = d_err
+        ints[k, 3] = d_ej
+        floats[k, 0] = s_rif
+        lv, ps, r_end = pass1_range(
+            params, inp, prev_state, nxt_state, out, rates, pterm, lo, hi, 0, 0.0, lo
+        )
+        ints[k, 4] = lv
+        ints[k, 5] = r_end
+        floats[k, 1] = ps
+        # This range's share of the empty slots above the high-water mark.
+        e_lo = hwm + k * (n - hwm) // T
+        e_hi = hwm + (k + 1) * (n - hwm) // T
+        for s in range(e_lo, e_hi):
+            inp.active[s] = 0
+            inp.fresh[s] = 0
+            inp.new_hb[s] = 0
+        pass1_range(params, inp, prev_state, nxt_state, out, rates, pterm, e_lo, e_hi, 0, 0.0, 0)
+    # Across ranges, in slot order.
+    torn = 0
+    sum_rif = 0.0
+    sum_ok = 0
+    sum_err = 0
+    ejected = 0
+    live = 0
+    m_rates = 0
+    for k in range(T):
+        torn += ints[k, 0]
+        sum_ok += ints[k, 1]
+        sum_err += ints[k, 2]
+        ejected += ints[k, 3]
+        live += ints[k, 4]
+        sum_rif += floats[k, 0]
+        lo = k * hwm // T
+        for j in range(lo, ints[k, 5]):
+            rates[m_rates] = rates[j]
+            m_rates += 1
+    p_sum = floats[0, 1]
+    for s in range(hwm // T, hwm):  # nothing with one range (pterm is empty)
+        p_sum += pterm[s]
+    P, R = step5(params, out, scratch, p_sum, live, m_rates)
+    cands = scratch.rank.idx_tmp
+    for k in prange(T):
+        lo = k * hwm // T
+        hi = (k + 1) * hwm // T
+        m_end, c_end, n_q = pass2_range(
+            params,
+            inp,
+            prev_state,
+            nxt_state,
+            out,
+            P,
+            R,
+            p_sum,
+            live,
+            lo,
+            hi,
+            out.ranked,
+            lo,
+            cands,
+            lo,
+            counts[k],
+        )
+        ints[k, 6] = m_end
+        ints[k, 7] = c_end
+        ints[k, 8] = n_q
+    m = 0
+    n_cands = 0
+    n_quarantined = 0
+    for c in range(N_STATES):
+        out.counts[c] = 0
+    for k in range(T):
+        lo = k * hwm // T
+        for j in range(lo, ints[k, 6]):
+            out.ranked[m] = out.ranked[j]
+            m += 1
+        for j in range(lo, ints[k, 7]):
+            cands[n_cands] = cands[j]
+            n_cands += 1
+        n_quarantined += ints[k, 8]
+        for c in range(N_STATES):
+            out.counts[c] += counts[k, c]
+    m = admit(params, inp, prev_state, nxt_state, out, cands, m, n_cands, n_quarantined, live)
+    rank(out, m, scratch)
     return m, P, live, torn, sum_rif, sum_ok, sum_err, ejected
+
+
+compute_epoch = njit(cache=True, nogil=True)(_epoch)
+compute_epoch_threads = njit(cache=True, nogil=True, parallel=True)(_epoch)

@@ -75,6 +75,7 @@ import signal
 import time
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 import kernels
@@ -100,7 +101,7 @@ from shm_engine.core.rows import make_gather_cache
 from shm_engine.core.runtime import EXIT_FAILED, EXIT_OK, log_event
 from shm_engine.core.segment import Segment
 from shm_engine.core.seqlock import check_sequence_word, write_begin, write_end
-from shm_engine.tick.epoch import compute_epoch
+from shm_engine.tick.epoch import compute_epoch, compute_epoch_threads
 
 __all__ = [
     "Ticker",
@@ -215,6 +216,17 @@ class Ticker:
         # the tick's work arrays: private, allocated once.
         self._gather_cache = make_gather_cache(cap)
         self._scratch = kernels.make_scratch(cap)
+        # Threads of the per-node work (`epoch`): one runs the serial
+        # compilation; more, the parallel one on numba's pool, capped at the
+        # pool's size.
+        self.threads = min(config.engine.tick_threads, numba.config.NUMBA_NUM_THREADS)
+        self._epoch = compute_epoch if self.threads == 1 else compute_epoch_threads
+        if self.threads > 1:
+            if "NUMBA_THREADING_LAYER" not in os.environ:
+                # numba's own pool: its idle workers sleep, where OpenMP's
+                # spin for a while after each tick and burn a core.
+                numba.config.THREADING_LAYER = "workqueue"
+            numba.set_num_threads(self.threads)
         self.stats = TickStats()
         self.live_claims = claims is not None
         if claims is None:
@@ -260,7 +272,7 @@ class Ticker:
         hwm = min(int(h.slot_hwm[0]), inp.active.shape[0])
         c, t, cache = self.claims, self.views.table, self._gather_cache
         reg = self.views.registry
-        n_ranked, pressure, live, torn, sum_rif, sum_ok, sum_err, ejected = compute_epoch(
+        n_ranked, pressure, live, torn, sum_rif, sum_ok, sum_err, ejected = self._epoch(
             self.params,
             t,
             reg.slot_gen,
@@ -287,6 +299,7 @@ class Ticker:
             c.outcomes,
             float(now),
             hwm,
+            self.threads,
         )
         registered = int(nxt.out.counts.sum())
         nxt.epoch[0] = epoch
@@ -363,9 +376,10 @@ class Ticker:
         )
 
 
-def warm_up() -> None:
+def warm_up(threads: int = 1) -> None:
     """Compile (or load from numba's cache) everything a tick runs, on the
-    exact dtypes and array kinds of a live segment, before the first tick."""
+    exact dtypes and array kinds of a live segment, before the first tick;
+    with ``threads`` > 1 also the threaded tick (`epoch`)."""
     kernels.warm_up()
     claims_mod.warm_up()
     warm_up_events()
@@ -375,9 +389,10 @@ def warm_up() -> None:
     views = SegmentViews(mm, layout)
     for b in views.buffers:
         b.state.state[:] = 255
-    t = Ticker(views, Config())
-    t.tick(0.0)
-    t.tick(0.05)
+    for n in sorted({1, threads}):
+        t = Ticker(views, Config.from_dict({"engine": {"tick_threads": n}}))
+        t.tick(0.0)
+        t.tick(0.05)
 
 
 # ------------------------------------------------------------------ schedule --
@@ -485,7 +500,7 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         return EXIT_FAILED
     ticker: Ticker | None = None
     try:
-        warm_up()
+        warm_up(config.engine.tick_threads)
         ticker = Ticker(
             seg.views,
             config,
