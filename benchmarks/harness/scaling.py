@@ -14,6 +14,7 @@ __all__ = ["run", "plot", "summary", "CURVES"]
 
 CURVES = (
     ("ticker", "Ticker.tick (the tick worker)", "o-"),
+    ("ticker_threads", "Ticker.tick, tick_threads = 2", "s-"),
     ("kernels", "kernels alone (Ticker.score)", "^-"),
     ("numpy", "NumPy baseline", "v--"),
     ("python", "Python baseline", "x:"),

@@ -1,30 +1,37 @@
 """One epoch's computation as one compiled call: gather, feedback, kernels, ranking.
 
 `compute_epoch` is what `Ticker.tick` runs between ``write_begin`` and the
-per-tick scalars: the consistent heartbeat gather (`rows.gather_range`),
-the scheduler feedback (`claims.feedback_range`), the score pipeline
-(`kernels.pipeline`: pass 1, step 5, pass 2, the admissions) and step 14's
-ranking, without returning to Python between them.  Each stage keeps its
-own contract; this module only chains them, so the stages stay testable
-alone and replay (which fills the feedback from its trace) runs the same
-kernels.
+per-tick scalars: the consistent heartbeat gather (`rows.gather_inputs`),
+the scheduler feedback (`claims.gather_feedback`) and the score pipeline
+with its ranking (`kernels.tick`), in that order, without returning to
+Python between them.  Each stage keeps its own contract; this module only
+chains them, so the stages stay testable alone and replay (which fills the
+feedback from its trace) runs the same kernels.
 
-Threads.  ``threads`` > 1 splits the slots into that many ranges for the
-per-slot work: the gather, the feedback and pass 1 of a range run on one
-thread, then pass 2 of each range.  What crosses ranges is done on the
-calling thread, in slot order, so the result is bit-for-bit the one of a
-single thread: S (SCORING.md step 5) is summed again over the pressure
-terms pass 1 kept per slot (floating-point addition is not associative,
-and the score fixes the order); the rates R is selected from are moved
-together (the selection does not depend on their order anyway); the
-ranking and admission candidates of each range, already in slot order,
-are concatenated in range order; the counts per state added.  Step 12's
-admissions (which need every node's state) and step 14 run on the calling
-thread.  `compute_epoch_threads` is the same code compiled with numba's
-``parallel=True`` (its ``prange`` loops run on numba's thread pool);
-`compute_epoch` is it compiled without, where ``prange`` is ``range``.
-The ranges split the registered slots (below ``hwm``) evenly, and the
-empty slots above it evenly too.
+`compute_epoch_threads` (``[engine] tick_threads`` > 1) computes the same
+epoch with the per-slot work split into ``threads`` ranges of slots on
+numba's thread pool (``parallel=True``; ``prange``): the gather, the
+feedback and pass 1 of each range (`rows.gather_range`,
+`claims.feedback_range`, `kernels.pipeline.pass1_range`), then pass 2 of
+each range (`kernels.pipeline.pass2_range`).  What crosses ranges runs on
+the calling thread in slot order, so the result is bit-for-bit the
+single-threaded one (the tests compare them): S (SCORING.md step 5) is
+summed again over the pressure terms pass 1 kept per slot (floating-point
+addition is not associative, and the score fixes the order); the rates R
+is selected from are moved together (the selection does not depend on
+their order anyway); the ranking and admission candidates of each range,
+already in slot order, are concatenated in range order; the counts per
+state added.  Step 5, step 12's admissions (which need every node's
+state) and step 14 run on the calling thread.  The ranges split the slots
+below ``hwm`` evenly, and the empty slots above it evenly too.
+
+Each parallel loop costs a hand-off to the pool's threads (measured here
+about 0.1 ms per loop, two loops a tick, with numba's own pool whose idle
+threads sleep); at 1M nodes the threads save more than that, below about
+100K nodes they cost more (README, "Performance").  The single-threaded
+entry keeps the stage functions whole rather than running the ranged
+driver with one range: compiled as one call, the ranged driver measured
+about 0.1 ms slower at 10K nodes.
 
 Why one call: a call from Python into compiled code unboxes every array it
 is handed (about a quarter microsecond each); the three stages took about
@@ -34,7 +41,8 @@ Rules for the caller (`Ticker`): ``inp``'s feedback columns are the next
 buffer's published ones (``rif``, ``fb_ok``, ``fb_err``, ``consec``,
 ``err_age`` of that buffer), so the feedback is written once, where both
 the kernels and the readers find it; ``inp``, ``held_*`` and ``scratch``
-are the ticker's private arrays; ``hwm`` <= capacity; ``threads`` >= 1.
+are the ticker's private arrays; ``hwm`` <= capacity; ``threads`` >= 1
+(`compute_epoch` ignores it).  Both entries take the same arguments.
 
 Note for development: numba's on-disk cache of `compute_epoch` is not
 invalidated when only a stage, the pipeline, the gather or the feedback
@@ -45,14 +53,14 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_STATES
-from kernels.pipeline import admit, pass1_range, pass2_range, rank, step5
-from shm_engine.core.claims import feedback_range, live_leases
-from shm_engine.core.rows import gather_range
+from kernels.pipeline import admit, pass1_range, pass2_range, rank, step5, tick
+from shm_engine.core.claims import feedback_range, gather_feedback, live_leases
+from shm_engine.core.rows import gather_inputs, gather_range
 
 __all__ = ["compute_epoch", "compute_epoch_threads"]
 
 
-def _epoch(
+def _epoch_ranges(
     params,
     table,
     slot_gen,
@@ -81,10 +89,8 @@ def _epoch(
     hwm,
     threads,
 ):
-    """Gather, feedback, score and rank one epoch into the next buffer's
-    columns (``nxt_*``, ``out``).  Returns (n_ranked, P, live, torn,
-    sum of rif, ok releases, error releases, ejected), the values of
-    `kernels.tick`, `rows.gather_inputs` and `claims.gather_feedback`."""
+    """`compute_epoch` over ``threads`` ranges of slots (see the module
+    docstring); compiled with ``parallel=True`` as `compute_epoch_threads`."""
     max_consecutive_errors = params[MAX_CONSECUTIVE_ERRORS]
     ejection_s = params[EJECTION_S]
     leases = live_leases(lease_ident)
@@ -232,5 +238,87 @@ def _epoch(
     return m, P, live, torn, sum_rif, sum_ok, sum_err, ejected
 
 
-compute_epoch = njit(cache=True, nogil=True)(_epoch)
-compute_epoch_threads = njit(cache=True, nogil=True, parallel=True)(_epoch)
+@njit(cache=True, nogil=True)
+def compute_epoch(
+    params,
+    table,
+    slot_gen,
+    registered,
+    prev_state,
+    prev_gen,
+    prev_hb_seen,
+    prev_ok_seen,
+    prev_err_seen,
+    nxt_state,
+    out,
+    nxt_gen,
+    nxt_hb_seen,
+    nxt_ok_seen,
+    nxt_err_seen,
+    inp,
+    scratch,
+    held_gen,
+    held_version,
+    held_recv,
+    lease_ident,
+    in_flight_flat,
+    row_words,
+    outcomes,
+    now,
+    hwm,
+    threads,
+):
+    """Gather, feedback, score and rank one epoch into the next buffer's
+    columns (``nxt_*``, ``out``).  Returns (n_ranked, P, live, torn,
+    sum of rif, ok releases, error releases, ejected), the values of
+    `kernels.tick`, `rows.gather_inputs` and `claims.gather_feedback`."""
+    torn = gather_inputs(
+        slot_gen,
+        registered,
+        table,
+        prev_gen,
+        prev_hb_seen,
+        prev_state.state,
+        inp,
+        nxt_gen,
+        nxt_hb_seen,
+        now,
+        1.0,
+        1.0,
+        hwm,
+        held_gen,
+        held_version,
+        held_recv,
+    )
+    sum_rif, sum_ok, sum_err, ejected = gather_feedback(
+        nxt_gen,
+        inp.active,
+        inp.fresh,
+        lease_ident,
+        in_flight_flat,
+        row_words,
+        outcomes,
+        prev_ok_seen,
+        prev_err_seen,
+        hwm,
+        now,
+        params[MAX_CONSECUTIVE_ERRORS],
+        params[EJECTION_S],
+        inp.rif,
+        inp.fb_ok,
+        inp.fb_err,
+        inp.consec,
+        inp.err_age,
+        inp.rif,
+        inp.fb_ok,
+        inp.fb_err,
+        inp.consec,
+        inp.err_age,
+        nxt_ok_seen,
+        nxt_err_seen,
+    )
+    m, P, live = tick(params, inp, prev_state, nxt_state, out, scratch)
+    return m, P, live, torn, sum_rif, sum_ok, sum_err, ejected
+
+
+compute_epoch_threads = njit(cache=True, nogil=True, parallel=True)(_epoch_ranges)
