@@ -15,6 +15,7 @@ scores, states or the ranking in these worlds.
 
 import mmap
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -228,3 +229,57 @@ def test_threads_count_in_the_result_of_a_busy_world(threads):
     counts = w.views.buffers[4 & 1].out.counts
     assert m > 50 and live > 50 and 0 < P <= 1 and sum_rif > 0
     assert counts[kernels.QUARANTINED] > 0
+
+
+def test_an_engine_with_tick_threads_scores_its_nodes(shm_name, tmp_path, reap):
+    """``[engine] tick_threads = 2`` through ``shm-engine run``: the tick
+    worker compiles and runs the threaded tick in its own process, and the
+    nodes score as with one thread."""
+    import zmq
+
+    from clients.reader import NothingPublished, ScoreReader
+    from shm_engine.core.states import NodeState
+    from shm_engine.wire.encode import encode_batch
+    from support.engine import START_TIMEOUT_S, Engine, free_port, write_config
+    from support.wait import wait_until
+
+    port = free_port()
+    eng = Engine(
+        shm_name,
+        write_config(tmp_path / "e.toml", port, capacity=8, engine_extra="tick_threads = 2"),
+        tmp_path,
+        reap,
+    )
+    eng.wait_ready()
+    # cpu 0.49 -> g_cpu 0.5, mem 0.475 -> g_mem 0.5, queue 0, equal rates,
+    # no outcomes: every node scores 0.725 / 0.9 each tick (test_e2e).
+    frame = encode_batch(
+        [dict(node=f"n-{i}", cpu=0.49, mem=0.475, queue=0.0, avg_job_s=1.0) for i in range(6)]
+    )
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    reader = ScoreReader.attach(shm_name)
+    try:
+
+        def scored():
+            sock.send(frame)
+            try:
+                return len(reader.snapshot().ranked) == 6
+            except NothingPublished:
+                return False
+
+        wait_until(scored, START_TIMEOUT_S, "six nodes ranked", period=0.05)
+        epoch = reader.epoch
+        wait_until(lambda: reader.epoch > epoch + 3, 10, "more epochs")
+        for i in range(6):
+            assert reader.state(f"n-{i}") == NodeState.HEALTHY
+            assert reader.score(f"n-{i}") == pytest.approx(0.725 / 0.9, abs=1e-12)
+        started = [ln for ln in eng.stderr.splitlines() if " ticker_started " in ln]
+        want = min(2, numba.config.NUMBA_NUM_THREADS)  # capped at the pool's size
+        assert started and started[-1].endswith(f" threads={want}"), eng.log_tail()
+    finally:
+        reader.close()
+        sock.close(0)
+        ctx.term()

@@ -509,7 +509,13 @@ def ticker_main(name: str, config: Config, parent_pid: int) -> int:
         )
         h = seg.views.header
         h.ticker_alive_mono[0] = time.monotonic()
-        log_event("INFO", "ticker_started", pid=os.getpid(), resume_epoch=ticker.epoch)
+        log_event(
+            "INFO",
+            "ticker_started",
+            pid=os.getpid(),
+            resume_epoch=ticker.epoch,
+            threads=ticker.threads,
+        )
 
         def should_stop() -> bool:
             return stop["signal"] or bool(h.stopping[0]) or os.getppid() != parent_pid
