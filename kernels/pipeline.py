@@ -246,7 +246,8 @@ def _score(params, inp, prev, nxt, out, scratch):
         0.0,
         0,
     )
-    return pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates)
+    n = inp.active.shape[0]
+    return pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates, n)
 
 
 @njit(cache=True, error_model="numpy")
@@ -500,9 +501,10 @@ def admit(params, inp, prev, nxt, out, cands, m, n_cands, n_quarantined, live):
 
 
 @njit(cache=True, error_model="numpy")
-def pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates):
+def pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates, limit):
     """Everything after pass 1 (`pass1_range`'s results in), on one thread:
-    step 5 and R, pass 2, the admissions.  Returns (m, P, live)."""
+    step 5 and R, pass 2, the admissions, over the slots below ``limit``
+    (every slot from ``limit`` on must be empty).  Returns (m, P, live)."""
     P, R = step5(params, out, scratch, p_sum, live, m_rates)
     counts = out.counts
     for k in range(N_STATES):
@@ -521,7 +523,7 @@ def pass2(params, inp, prev, nxt, out, scratch, live, p_sum, m_rates):
         p_sum,
         live,
         0,
-        inp.active.shape[0],
+        limit,
         out.ranked,
         0,
         cands,

@@ -397,6 +397,7 @@ def gather_inputs(
     age_mul,
     age_div,
     hwm,
+    limit,
     held_gen,
     held_version,
     held_recv,
@@ -408,7 +409,10 @@ def gather_inputs(
     written since the previous epoch.  ``age = ((now - recv_time) * age_mul)
     / age_div``: (1, 1) live, (tick_interval_ms, 1000) in replay, where times
     are tick numbers, so ages are exact in ticks.  Slots from ``hwm`` on are
-    inactive.  Returns the number of slots that stayed inconsistent.
+    inactive: those below ``limit`` are marked so, those from ``limit`` on
+    (``hwm`` <= ``limit`` <= capacity) are left alone, for a caller whose
+    inputs already read inactive there.  Returns the number of slots that
+    stayed inconsistent.
 
     ``held_*`` (one per slot, owned by the caller with the inputs) say which
     row the inputs already hold: slot_gen, row_version and recv_time of the
@@ -418,7 +422,6 @@ def gather_inputs(
     registration change is in progress), so its fields are not read again;
     only the flags and the age are recomputed.  Every other row goes through
     the full read protocol."""
-    n = inp.active.shape[0]
     torn = gather_range(
         slot_gen,
         registered,
@@ -438,7 +441,7 @@ def gather_inputs(
         0,
         hwm,
     )
-    for s in range(hwm, n):
+    for s in range(hwm, limit):
         inp.active[s] = 0
         inp.fresh[s] = 0
         inp.new_hb[s] = 0
@@ -498,6 +501,7 @@ def gather(
         float(age_mul),
         float(age_div),
         min(hwm, inp.active.shape[0]),
+        inp.active.shape[0],
         cache.gen,
         cache.version,
         cache.recv_time,

@@ -41,8 +41,19 @@ Rules for the caller (`Ticker`): ``inp``'s feedback columns are the next
 buffer's published ones (``rif``, ``fb_ok``, ``fb_err``, ``consec``,
 ``err_age`` of that buffer), so the feedback is written once, where both
 the kernels and the readers find it; ``inp``, ``held_*`` and ``scratch``
-are the ticker's private arrays; ``hwm`` <= capacity; ``threads`` >= 1
-(`compute_epoch` ignores it).  Both entries take the same arguments.
+are the ticker's private arrays; ``hwm`` <= ``limit`` <= capacity;
+``threads`` >= 1 (`compute_epoch` ignores it).  Both entries take the same
+arguments.
+
+Empty slots above the high-water mark: slots from ``limit`` on are not
+touched at all.  The caller passes the capacity until both buffers and
+both input sets have been written whole once, and afterwards the highest
+``hwm`` it has ticked with: a slot at or above every ``hwm`` so far has
+never held a node, so both buffers still hold its empty values (the
+registry's ``slot_hwm`` only grows).  A segment sized for more nodes than
+it holds (the default capacity is 16384) then costs nothing per tick for
+its unused slots; writing their empty values every tick measured about
+0.1 ms per tick for 6K unused slots.
 
 Note for development: numba's on-disk cache of `compute_epoch` is not
 invalidated when only a stage, the pipeline, the gather or the feedback
@@ -53,7 +64,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_STATES
-from kernels.pipeline import admit, pass1_range, pass2_range, rank, step5, tick
+from kernels.pipeline import admit, pass1_range, pass2, pass2_range, rank, step5
 from shm_engine.core.claims import feedback_range, gather_feedback, live_leases
 from shm_engine.core.rows import gather_inputs, gather_range
 
@@ -87,6 +98,7 @@ def _epoch_ranges(
     outcomes,
     now,
     hwm,
+    limit,
     threads,
 ):
     """`compute_epoch` over ``threads`` ranges of slots (see the module
@@ -96,7 +108,6 @@ def _epoch_ranges(
     leases = live_leases(lease_ident)
     out_words = outcomes.reshape(-1)
     rates = scratch.rates
-    n = inp.active.shape[0]
     T = max(1, min(threads, max(hwm, 1)))
     # Per range: [0] torn, [1] ok, [2] err, [3] ejected, [4] live,
     # [5] end of its rates, [6] end of its ranking candidates, [7] end of
@@ -162,8 +173,8 @@ def _epoch_ranges(
         ints[k, 5] = r_end
         floats[k, 1] = ps
         # This range's share of the empty slots above the high-water mark.
-        e_lo = hwm + k * (n - hwm) // T
-        e_hi = hwm + (k + 1) * (n - hwm) // T
+        e_lo = hwm + k * (limit - hwm) // T
+        e_hi = hwm + (k + 1) * (limit - hwm) // T
         for s in range(e_lo, e_hi):
             inp.active[s] = 0
             inp.fresh[s] = 0
@@ -266,6 +277,7 @@ def compute_epoch(
     outcomes,
     now,
     hwm,
+    limit,
     threads,
 ):
     """Gather, feedback, score and rank one epoch into the next buffer's
@@ -286,6 +298,7 @@ def compute_epoch(
         1.0,
         1.0,
         hwm,
+        limit,
         held_gen,
         held_version,
         held_recv,
@@ -317,7 +330,24 @@ def compute_epoch(
         nxt_ok_seen,
         nxt_err_seen,
     )
-    m, P, live = tick(params, inp, prev_state, nxt_state, out, scratch)
+    live, p_sum, m_rates = pass1_range(
+        params,
+        inp,
+        prev_state,
+        nxt_state,
+        out,
+        scratch.rates,
+        scratch.pterm[:0],
+        0,
+        limit,
+        0,
+        0.0,
+        0,
+    )
+    m, P, live = pass2(
+        params, inp, prev_state, nxt_state, out, scratch, live, p_sum, m_rates, limit
+    )
+    rank(out, m, scratch)
     return m, P, live, torn, sum_rif, sum_ok, sum_err, ejected
 
 

@@ -227,6 +227,8 @@ class Ticker:
                 # spin for a while after each tick and burn a core.
                 numba.config.THREADING_LAYER = "workqueue"
             numba.set_num_threads(self.threads)
+        self._max_hwm = 0
+        self._whole_ticks = 0
         self.stats = TickStats()
         self.live_claims = claims is not None
         if claims is None:
@@ -270,6 +272,12 @@ class Ticker:
         nxt = self.views.buffers[epoch & 1]
         inp = self._inputs[epoch & 1]
         hwm = min(int(h.slot_hwm[0]), inp.active.shape[0])
+        # Slots at or above every hwm so far never held a node: once both
+        # buffers (and both input sets) were written whole, they are skipped
+        # (`epoch`, "Empty slots above the high-water mark").
+        self._max_hwm = max(self._max_hwm, hwm)
+        limit = inp.active.shape[0] if self._whole_ticks < 2 else self._max_hwm
+        self._whole_ticks += 1
         c, t, cache = self.claims, self.views.table, self._gather_cache
         reg = self.views.registry
         n_ranked, pressure, live, torn, sum_rif, sum_ok, sum_err, ejected = self._epoch(
@@ -299,6 +307,7 @@ class Ticker:
             c.outcomes,
             float(now),
             hwm,
+            limit,
             self.threads,
         )
         registered = int(nxt.out.counts.sum())

@@ -1,4 +1,5 @@
-"""The threaded tick computes bit-for-bit what the single-threaded one does.
+"""The tick worker's epoch: threaded and single-threaded ticks agree bit for
+bit, and the unused slots above the high-water mark are skipped safely.
 
 `epoch.compute_epoch_threads` splits the per-node work of a tick into
 ranges run on numba's thread pool and joins what crosses ranges (S, the
@@ -64,6 +65,9 @@ class _World:
             mine[:] = theirs
 
     def tick(self, fn, params, epoch: int, now: float, hwm: int, threads: int):
+        # As the ticker does: every slot on the first two ticks, then only
+        # below the high-water mark (nothing registers above it here).
+        limit = self.layout.capacity if epoch <= 2 else hwm
         prev = self.views.buffers[(epoch - 1) & 1]
         nxt = self.views.buffers[epoch & 1]
         inp = self.inp._replace(
@@ -101,6 +105,7 @@ class _World:
             c.outcomes,
             now,
             hwm,
+            limit,
             threads,
         )
 
@@ -283,3 +288,58 @@ def test_an_engine_with_tick_threads_scores_its_nodes(shm_name, tmp_path, reap):
         reader.close()
         sock.close(0)
         ctx.term()
+
+
+def test_skipping_the_unused_slots_publishes_what_writing_them_does(shm_name):
+    """A segment of 300 slots whose fleet grows from 20 to 200 nodes (the
+    high-water mark moves up between ticks) and whose first nodes stop
+    beating (DEAD): a `Ticker` that skips the slots above every high-water
+    mark so far publishes exactly what one that writes every slot each tick
+    (the reference) publishes, column by column, tick by tick."""
+    from benchmarks.harness.common import bench_config, records, send_records
+    from shm_engine.core.segment import Segment
+    from shm_engine.ingest.process import Ingest
+    from shm_engine.tick.ticker import Ticker
+
+    cap = 300
+    config = bench_config(cap)
+    segs = [Segment.create(f"{shm_name}-{k}", cap) for k in range(2)]
+    try:
+        ingests = [Ingest(s.views, config) for s in segs]
+        skipping, whole = (Ticker(s.views, config) for s in segs)
+        rng = np.random.default_rng(3)
+        recs = records(200, rng)
+        now = 1000.0
+        skipped = 0
+        for k in range(40):
+            now += 0.5  # ticks far apart: the silent nodes die within the test
+            fleet = min(200, 20 + 10 * k)
+            beating = np.arange(10 if k > 10 else 0, fleet)  # the first ten fall silent
+            for ing in ingests:
+                send_records(ing, recs[beating], now)
+            whole._whole_ticks = 0  # the reference writes every slot, every tick
+            a, b = skipping.tick(now), whole.tick(now)
+            assert (a.epoch, a.n_ranked, a.pressure, a.live) == (
+                b.epoch,
+                b.n_ranked,
+                b.pressure,
+                b.live,
+            )
+            skipped += cap - skipping._max_hwm if skipping._whole_ticks > 2 else 0
+            x = segs[0].views.buffers[a.epoch & 1].views
+            y = segs[1].views.buffers[b.epoch & 1].views
+            for name in x:
+                if name in ("tick_wall", "tick_mono"):
+                    continue
+                u, v = x[name], y[name]
+                if name == "ranked":
+                    u, v = u[: a.n_ranked], v[: b.n_ranked]
+                assert np.array_equal(u, v, equal_nan=True), f"tick {k}: column {name}"
+        assert skipped > 0  # the skip happened
+        counts = segs[0].views.buffers[a.epoch & 1].out.counts
+        assert counts[kernels.DEAD] == 10 and a.n_ranked > 150
+    finally:
+        skipping = whole = ingests = None
+        for s in segs:
+            s.close()
+            s.unlink()
