@@ -22,8 +22,10 @@ is selected from are moved together (the selection does not depend on
 their order anyway); the ranking and admission candidates of each range,
 already in slot order, are concatenated in range order; the counts per
 state added.  Step 5, step 12's admissions (which need every node's
-state) and step 14 run on the calling thread.  The ranges split the slots
-below ``hwm`` evenly, and the empty slots above it evenly too.
+state) and step 14 run on the calling thread (a radix sort split between
+two threads by sampled key ranges measured no faster at 1M candidates on
+the 2-core benchmark machine, and was left out).  The ranges split the
+slots below ``hwm`` evenly, and the empty slots above it evenly too.
 
 Each parallel loop costs a hand-off to the pool's threads (measured here
 about 0.1 ms per loop, two loops a tick, with numba's own pool whose idle
