@@ -47,6 +47,7 @@ from shm_engine.core.errors import EngineNotRunning, LayoutMismatch
 from shm_engine.core.registry import read_node_id
 from shm_engine.core.segment import Segment
 from shm_engine.core.states import STATE_NAMES, UNREGISTERED, NodeState
+from shm_engine.ingest.counters import read_ingest_counters
 from shm_engine.wire.format import HAS_IO, HAS_OKERR, HAS_SLOTS, HAS_TAIL, HAS_THROUGHPUT, HAS_TS
 
 __all__ = [
@@ -393,10 +394,10 @@ class EngineView:
     # ------------------------------------------------------------ summary --
     def summary(self, f: Frame | None = None) -> dict:
         """The compact per-tick summary pushed by GET /v1/stream."""
+        h = self.header
+        ingest = read_ingest_counters(h)  # first: see shm_engine.ingest.counters
         f = self.frame() if f is None else f
         s = f.snap
-        h = self.header
-        rejected = int(h.rejects[:].sum())
         return {
             "epoch": int(s.epoch),
             "t": float(s.tick_time),
@@ -408,9 +409,9 @@ class EngineView:
             "registered": int(f.present.sum()),
             "ejected": int(s.ejected),
             "ingest": {
-                "frames": int(h.ingest_frames[0]),
-                "accepted": int(h.ingest_accepted[0]),
-                "rejected": rejected,
+                "frames": ingest["frames"],
+                "accepted": ingest["accepted"],
+                "rejected": sum(ingest["rejected"].values()),
             },
             "tick_us_p99": float(h.tick_us_p99[0]),
             "config_version": int(h.config_version[0]),

@@ -8,9 +8,10 @@ frame the header counters satisfy::
 
     ingest_accepted + sum(rejects) == ingest_heartbeats
 
-and ``ingest_frames`` is bumped last, so a reader that sees ``ingest_frames ==
-k`` also sees the rows and the other counters of those k frames (x86-64 TSO:
-the stores retire in program order, see `shm_engine.core.ordering`).
+and ``ingest_frames`` is bumped last, so a reader that loads ``ingest_frames``
+first and sees ``k`` also sees the rows and the other counters of those k
+frames (x86-64 TSO: the stores retire in program order, see
+`shm_engine.core.ordering`; readers: `shm_engine.ingest.counters`).
 
 Registration follows SCORING.md: a node's first accepted heartbeat takes the
 lowest free slot.  Nodes are forgotten every `FORGET_PERIOD_S`

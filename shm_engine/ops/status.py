@@ -25,8 +25,8 @@ from shm_engine.core.segment import Segment, process_alive
 from shm_engine.core.seqlock import READ_OK, read_consistent
 from shm_engine.core.states import STATE_NAMES, NodeState
 from shm_engine.ingest.admission import MODE_NAMES, read_senders
+from shm_engine.ingest.counters import read_ingest_counters
 from shm_engine.ops.place import capacity_status, render_capacity
-from shm_engine.wire.format import REJECT_REASONS
 
 __all__ = ["cmd_status", "engine_ready", "read_status"]
 
@@ -67,6 +67,8 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
     with Segment.attach(name, readonly=True, owner=owner) as seg:
         v = seg.views
         h = v.header
+        # Before any other read: the rejects and accepted of every frame it counts.
+        ingest = read_ingest_counters(h)
         pid = int(h.supervisor_pid[0])
         creator = int(h.creator_pid[0])
         if not process_alive(creator, int(h.creator_start[0])):
@@ -86,7 +88,6 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             counts, ejected, age = [0] * 5, 0, None
         nodes = {"registered": registered}
         nodes.update({STATE_NAMES[s]: int(counts[s]) for s in NodeState})
-        rejects = {reason: int(h.rejects[i]) for i, reason in enumerate(REJECT_REASONS)}
         claims = placement = None
         try:
             with ClaimsSegment.attach(name, readonly=True, owner=owner) as cs:
@@ -125,15 +126,15 @@ def read_status(name: str, owner: int | str | None = None) -> dict:
             "nodes": nodes,
             "ejected": ejected,
             "ingest": {
-                "frames": int(h.ingest_frames[0]),
-                "heartbeats": int(h.ingest_heartbeats[0]),
-                "accepted": int(h.ingest_accepted[0]),
-                "bytes": int(h.ingest_bytes[0]),
-                "rejected": rejects,
+                "frames": ingest["frames"],
+                "heartbeats": ingest["heartbeats"],
+                "accepted": ingest["accepted"],
+                "bytes": ingest["bytes"],
+                "rejected": ingest["rejected"],
                 "registered_now": int(h.registered[0]),
                 "alive_age_s": max(0.0, now - ingest_alive) if ingest_alive else None,
-                "reclaimed_dead": int(h.ingest_reclaimed[0]),
-                "left": int(h.ingest_left[0]),
+                "reclaimed_dead": ingest["reclaimed_dead"],
+                "left": ingest["left"],
             },
             "security": {
                 "mode": MODE_NAMES[min(int(h.ingest_mode[0]), len(MODE_NAMES) - 1)] or None,
