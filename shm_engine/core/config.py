@@ -406,8 +406,8 @@ class EngineConfig(_Section):
         "bit-for-bit those of one thread). Each tick hands work to the threads "
         "twice (about 0.1 ms each on a small virtual machine), so threads pay "
         "off only for large fleets: measured on 2 cores, 2 threads cut the tick "
-        "at 1M nodes by about a fifth and made it slower at 10K. The threads "
-        "sleep between ticks. Integer, "
+        "at 1M nodes by 10-20% and made it slower at 100K nodes and below. The "
+        "threads sleep between ticks. Integer, "
         f"1..{MAX_TICK_THREADS}.",
     )
     forget_after_s: float = _key(
