@@ -219,13 +219,15 @@ class Ticker:
         # Threads of the per-node work (`epoch`): one runs the serial
         # compilation; more, the parallel one on numba's pool, capped at the
         # pool's size.
-        self.threads = min(config.engine.tick_threads, numba.config.NUMBA_NUM_THREADS)
+        # (numba.config sets its attributes at import: mypy cannot see them.)
+        pool: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        self.threads = min(config.engine.tick_threads, pool)
         self._epoch = compute_epoch if self.threads == 1 else compute_epoch_threads
         if self.threads > 1:
             if "NUMBA_THREADING_LAYER" not in os.environ:
                 # numba's own pool: its idle workers sleep, where OpenMP's
                 # spin for a while after each tick and burn a core.
-                numba.config.THREADING_LAYER = "workqueue"
+                numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
             numba.set_num_threads(self.threads)
         self._max_hwm = 0
         self._whole_ticks = 0
