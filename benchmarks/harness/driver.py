@@ -132,8 +132,10 @@ def main(argv=None) -> int:
         tick.run(n, _tick_reps(n, args.quick), python_max, log, only_tick=args.only == "tick")
         for n in nodes
     ]
+    res["tick_sparse"] = tick.sparse(3_000, 16_384, 60 if args.quick else 300, log)
     if args.only == "tick":
         print("\n".join(tick.tables(rows)))
+        print(tick.sparse_line(res["tick_sparse"]).strip())
         return _write_json(res, out_dir / "tick_only.json", log)
     res["read"] = None if "read" in skip else read.run(10_000, 30 if args.quick else 300, log)
     res["claims"] = (

@@ -46,7 +46,7 @@ from benchmarks.harness.common import (
     verdict,
 )
 
-__all__ = ["run", "line", "tables", "summary", "GOALS"]
+__all__ = ["run", "sparse", "sparse_line", "line", "tables", "summary", "GOALS"]
 
 GOALS = {
     "tick_10k_us": 150.0,
@@ -274,6 +274,55 @@ def run(n: int, reps: int, python_max: int, log, only_tick: bool = False) -> dic
         out["python"] = _python_baseline(n, recs, params, reps, python_max)
     log(line(out))
     return out
+
+
+def sparse(n: int, capacity: int, reps: int, log) -> dict:
+    """``Ticker.tick`` for ``n`` nodes in a segment of ``capacity`` slots
+    (a segment sized for more nodes than it holds, as the default capacity
+    16384 is for most fleets), steady state as in `run`; also the same
+    ticker made to write every slot each tick, as it did before it skipped
+    the slots above the high-water mark.  The two take turns."""
+    from shm_engine.core.config import with_overrides
+    from shm_engine.core.segment import Segment
+    from shm_engine.ingest.process import Ingest
+    from shm_engine.tick.ticker import Ticker
+
+    rng = np.random.default_rng(capacity + n)
+    config = with_overrides(bench_config(n), {"engine.capacity": capacity})
+    seg = Segment.create(unique_name("sparse"), capacity)
+    try:
+        recs = records(n, rng)
+        now = 1000.0
+        ingest = Ingest(seg.views, config)
+        send_records(ingest, recs, now)
+        skipping, whole = Ticker(seg.views, config), Ticker(seg.views, config)
+        times: dict[str, list] = {"skipping": [], "whole": []}
+        hb = max(1, int(n * HB_FRACTION))
+        for k in range(WARM + 2 * reps):
+            now += TICK_S
+            sel = rng.choice(n, hb, replace=False)
+            drift(recs, sel, rng)
+            send_records(ingest, recs[sel], now)
+            whole._whole_ticks = 0  # never past its first ticks: every slot, every tick
+            key = "whole" if k & 1 else "skipping"
+            us = (whole if k & 1 else skipping).tick(now).duration_us
+            if k >= WARM:
+                times[key].append(us)
+        out = {"nodes": n, "capacity": capacity, **{k: stats(v) for k, v in times.items()}}
+    finally:
+        skipping = whole = ingest = None
+        seg.close()
+        seg.unlink()
+    log(sparse_line(out))
+    return out
+
+
+def sparse_line(out: dict) -> str:
+    return (
+        f"  tick n={out['nodes']} in {out['capacity']} slots: "
+        f"{out['skipping']['median']:.1f} us median (p99 {out['skipping']['p99']:.1f}); "
+        f"writing every slot each tick {out['whole']['median']:.1f} us"
+    )
 
 
 def _python_baseline(n: int, recs, params, reps: int, python_max: int) -> dict:
