@@ -166,6 +166,7 @@ def test_an_endless_file_is_not_read_whole(tmp_path):
 INT_BOUNDS = {
     "engine.capacity": (1, 16_777_216, {}),
     "engine.tick_interval_ms": (1, 60_000, {"engine.hang_timeout_s": 0}),
+    "engine.tick_threads": (1, 64, {}),
     "ingest.max_frame_bytes": (1024, 256 << 20, {"ingest.max_queue_bytes": I32}),
     "ingest.drain_batch": (1, I32, {}),
     "ingest.max_heartbeats_per_frame": (1, I32, {}),
