@@ -705,8 +705,8 @@ def feedback_range(
     row at ``s * OUTCOME_WORDS``), ``sum_rif`` the sum of rif over the slots
     before ``lo`` (added to in slot order).  Returns (sum of rif through
     ``hi``, ok releases, error releases, ejected) of the range.  The tick
-    worker calls it block by block, interleaved with the gather and pass 1
-    of the same slots (`shm_engine.tick.epoch`)."""
+    worker calls it over every slot, or once per range of slots on its
+    threads (`shm_engine.tick.epoch`)."""
     inf = np.inf
     n_live = leases.shape[0]
     sum_ok = 0

@@ -263,9 +263,9 @@ def gather_range(
 ):
     """`gather_inputs` for slots ``[lo, hi)`` (hi <= hwm), ``table`` the
     heartbeat table's columns and ``inp`` the `kernels.TickInputs`; returns
-    the number of slots that stayed inconsistent.  The tick worker calls it
-    block by block, interleaved with the feedback and pass 1 of the same
-    slots (`shm_engine.tick.epoch`)."""
+    the number of slots that stayed inconsistent.  `gather_inputs` calls it
+    over every slot; the threaded tick once per range of slots, each on its
+    own thread (`shm_engine.tick.epoch`)."""
     # Columns as locals, once (not a tuple access per slot).
     t_row_version = table.row_version
     t_io = table.io

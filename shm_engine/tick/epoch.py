@@ -2,11 +2,13 @@
 
 `compute_epoch` is what `Ticker.tick` runs between ``write_begin`` and the
 per-tick scalars: the consistent heartbeat gather (`rows.gather_inputs`),
-the scheduler feedback (`claims.gather_feedback`) and the score pipeline
-with its ranking (`kernels.tick`), in that order, without returning to
-Python between them.  Each stage keeps its own contract; this module only
-chains them, so the stages stay testable alone and replay (which fills the
-feedback from its trace) runs the same kernels.
+the scheduler feedback (`claims.feedback_range` over every slot, the body
+of `claims.gather_feedback`) and the score pipeline with its ranking (the
+stages of `kernels.tick`: `pass1_range`, `pass2`, `rank`, with the unused
+slots left out), in that order, without returning to Python between them.
+Each stage keeps its own contract; this module only chains them, so the
+stages stay testable alone and replay (which fills the feedback from its
+trace) runs the same kernels.
 
 `compute_epoch_threads` (``[engine] tick_threads`` > 1) computes the same
 epoch with the per-slot work split into ``threads`` ranges of slots on
@@ -67,7 +69,7 @@ from numba import njit, prange
 
 from kernels.params import EJECTION_S, MAX_CONSECUTIVE_ERRORS, N_STATES
 from kernels.pipeline import admit, pass1_range, pass2, pass2_range, rank, step5
-from shm_engine.core.claims import feedback_range, gather_feedback, live_leases
+from shm_engine.core.claims import feedback_range, live_leases
 from shm_engine.core.rows import gather_inputs, gather_range
 
 __all__ = ["compute_epoch", "compute_epoch_threads"]
@@ -305,17 +307,18 @@ def compute_epoch(
         held_version,
         held_recv,
     )
-    sum_rif, sum_ok, sum_err, ejected = gather_feedback(
+    # The feedback straight into ``inp``'s columns, which are the published
+    # ones (`gather_feedback` would copy them onto themselves).
+    sum_rif, sum_ok, sum_err, ejected = feedback_range(
         nxt_gen,
         inp.active,
         inp.fresh,
-        lease_ident,
+        live_leases(lease_ident),
         in_flight_flat,
         row_words,
-        outcomes,
+        outcomes.reshape(-1),
         prev_ok_seen,
         prev_err_seen,
-        hwm,
         now,
         params[MAX_CONSECUTIVE_ERRORS],
         params[EJECTION_S],
@@ -324,13 +327,11 @@ def compute_epoch(
         inp.fb_err,
         inp.consec,
         inp.err_age,
-        inp.rif,
-        inp.fb_ok,
-        inp.fb_err,
-        inp.consec,
-        inp.err_age,
         nxt_ok_seen,
         nxt_err_seen,
+        0,
+        hwm,
+        0.0,
     )
     live, p_sum, m_rates = pass1_range(
         params,
